@@ -1,0 +1,1 @@
+"""The genjobs service: storage, state machine, dispatcher and gRPC servicers."""

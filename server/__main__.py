@@ -1,0 +1,84 @@
+"""`genjobs-server` (and `python -m server`): serve, or print a token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from server.app import App
+from server.auth import load_secret, make_token
+from server.config import Settings, add_flags
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="genjobs-server",
+        description="Run the genjobs gRPC service (default), or print an auth token.",
+    )
+    add_flags(parser)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="run the server (the default)")
+    token = commands.add_parser("token", help="print a bearer token signed with the server's secret")
+    token.add_argument("--user", required=True, help="the user id (the token's sub)")
+    token.add_argument("--admin", action="store_true", help="may read every user's jobs")
+    token.add_argument("--days", type=float, default=30, help="how long the token is valid")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the genjobs-server console script."""
+    args = _parser().parse_args(argv)
+    settings = Settings.from_env().with_args(args)
+    if args.command == "token":
+        secret = load_secret(settings.auth_secret, settings.data_dir)
+        print(make_token(secret, args.user, args.admin, int(args.days * 86400)))
+        return 0
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return asyncio.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> int:
+    app = App(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        port = await app.start()
+    except BaseException:
+        await app.stop(0)
+        raise
+    _print_banner(settings, port)
+    await stop.wait()
+    logging.getLogger(__name__).info("shutting down")
+    await app.stop(grace=5.0)
+    return 0
+
+
+def _print_banner(settings: Settings, port: int) -> None:
+    secret = load_secret(settings.auth_secret, settings.data_dir)
+    token = make_token(secret, "dev")
+    target = f"{settings.host}:{port}"
+    print(
+        f"""
+genjobs is serving on {target}  (database: {settings.mongodb_uri or 'embedded, in ' + str(settings.data_dir)})
+
+  token for user 'dev':  export GENJOBS_TOKEN={token}
+  grpcurl:  grpcurl -plaintext -H "authorization: Bearer $GENJOBS_TOKEN" \\
+              -d '{{"mode":"MODE_TOPIC","params":{{"topic":"Tea"}}}}' {target} genjobs.v1.JobService/SubmitJob
+  genjobs:  genjobs submit --topic Tea && genjobs ls
+
+Stop with Ctrl-C.
+""",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

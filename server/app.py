@@ -1,0 +1,189 @@
+"""Assembles the server: database, store, dispatcher, event feed, gRPC services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pymongo.errors import PyMongoError
+
+from genjobs.v1 import bulk_pb2, bulk_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from server.auth import AuthInterceptor, load_secret
+from server.bulk import Bulks
+from server.config import Settings
+from server.dispatcher import Dispatcher
+from server.embedded import EmbeddedMongo
+from server.events import Event, EventHub
+from server.generators import make_generator
+from server.jobs import Jobs
+from server.servicers.bulk import BulkServicer
+from server.servicers.jobs import JobServicer
+from server.store import SNAPSHOT, Store, final
+from server.webhooks import WebhookSender
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    bulk_pb2.DESCRIPTOR.services_by_name["BulkService"].full_name,
+)
+HEALTH_CHECK_SECONDS = 1.0
+
+
+class App:
+    """One genjobs server: `await start()`, then `await stop()`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.embedded: EmbeddedMongo | None = None
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.health = health.aio.HealthServicer()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._database_ready = asyncio.Event()
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> int:
+        """Connect (or start the embedded database), then serve; returns the port."""
+        settings = self.settings
+        secret = load_secret(settings.auth_secret, settings.data_dir)
+        uri = settings.mongodb_uri
+        if not uri:
+            self.embedded = EmbeddedMongo(settings.data_dir)
+            uri = await asyncio.to_thread(self.embedded.acquire)
+        loop = asyncio.get_running_loop()
+        # Every RPC runs its pymongo call in a thread: enough of them for many
+        # concurrent callers, each holding one pooled connection briefly.
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc"))
+        self.store = Store(uri, settings.db_name, settings.retention_days)
+        self.hub = EventHub(loop)
+        self.jobs = Jobs(self.store, self.hub, self.worker_id, settings.max_attempts)
+        self.webhooks = WebhookSender(self.store, settings.webhook_secret)
+        self.bulks = Bulks(self.store, self.hub, self.jobs, self.webhooks)
+        self.dispatcher = Dispatcher(
+            self.store,
+            make_generator(settings.generator, settings.generator_url),
+            self.worker_id,
+            record=self.jobs.record,
+            lease_seconds=settings.lease_seconds,
+            poll_seconds=settings.poll_seconds,
+            retry_base_seconds=settings.retry_base_seconds,
+        )
+        self.jobs.dispatcher = self.dispatcher
+
+        server = grpc.aio.server(interceptors=[AuthInterceptor(secret)])
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(
+            JobServicer(self.jobs, self.hub, settings.heartbeat_seconds), server
+        )
+        bulk_pb2_grpc.add_BulkServiceServicer_to_server(
+            BulkServicer(self.bulks, self.hub, settings.heartbeat_seconds), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        if self.port == 0:
+            raise SystemExit(f"genjobs: cannot listen on {settings.host}:{settings.port}")
+        await server.start()
+        self.server = server
+        self._tasks = [
+            asyncio.create_task(self._watch_database(), name="database-health"),
+            asyncio.create_task(self._poll_remote_events(), name="remote-events"),
+        ]
+        await asyncio.wait_for(self._database_ready.wait(), timeout=30)
+        return self.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Graceful shutdown: NOT_SERVING, no new jobs, streams end UNAVAILABLE, then stop."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await asyncio.to_thread(self.dispatcher.stop, grace)
+        self.hub.close()
+        self.webhooks.stop()
+        if self.server is not None:
+            await self.server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.store.close()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.release)
+
+    async def wait(self) -> None:
+        """Until the server stops."""
+        if self.server is not None:
+            await self.server.wait_for_termination()
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def _watch_database(self) -> None:
+        """SERVING only while the database answers; indexes and the dispatcher
+        start the first time it does."""
+        serving: bool | None = None
+        while True:
+            try:
+                await asyncio.to_thread(self.store.ping)
+                if not self._database_ready.is_set():
+                    await asyncio.to_thread(self.store.ensure_indexes)
+                    self.dispatcher.start()
+                    self.webhooks.start()
+                    self._database_ready.set()
+                ok = True
+            except PyMongoError as exc:
+                ok = False
+                if serving is not False:
+                    log.warning("database unreachable: %s", exc)
+            if ok != serving and not self._stopped.is_set():
+                serving = ok
+                await self._set_health(
+                    health_pb2.HealthCheckResponse.SERVING if ok
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+            await asyncio.sleep(HEALTH_CHECK_SECONDS)
+
+    async def _poll_remote_events(self) -> None:
+        """Changes made by other replicas reach this server's watchers here.
+
+        One query per interval for all watched jobs: the job documents are the
+        truth; stored events fill in the steps between, a snapshot the rest.
+        """
+        while True:
+            await asyncio.sleep(self.settings.poll_seconds)
+            try:
+                await self._poll_once()
+                await self.bulks.poll_remote()
+            except PyMongoError as exc:
+                log.debug("remote event poll failed: %s", exc)
+
+    async def _poll_once(self) -> None:
+        ids = self.hub.watched("job:")
+        if not ids:
+            return
+        docs = await asyncio.to_thread(self.store.jobs_by_ids, ids)
+        for doc in docs:
+            key = f"job:{doc['_id']}"
+            last = self.hub.last_seq(key)
+            if doc["seq"] <= last:
+                continue
+            stored = await asyncio.to_thread(self.store.events_after, str(doc["_id"]), last)
+            for event in stored:
+                self.hub.deliver(Event(key, event["seq"], event, final(event["job"]["status"])))
+            if doc["seq"] > (stored[-1]["seq"] if stored else last):
+                snapshot = self.store.event_doc(doc, SNAPSHOT)
+                self.hub.deliver(Event(key, doc["seq"], snapshot, final(doc["status"])))

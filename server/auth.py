@@ -1,0 +1,134 @@
+"""Bearer-token auth: HS256 JWTs whose `sub` is the user; an interceptor that
+requires one on every RPC but health and reflection."""
+
+from __future__ import annotations
+
+import contextvars
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jwt
+from grpc_status import rpc_status
+
+from server.errors import ServiceError, unauthenticated
+
+ALGORITHM = "HS256"
+OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the token's subject, and whether it may see every user's jobs."""
+
+    user: str
+    admin: bool = False
+
+    @property
+    def owner_filter(self) -> str | None:
+        """The owner to filter reads by; None lets an admin read every user's jobs."""
+        return None if self.admin else self.user
+
+
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("genjobs_caller")
+
+
+def current_caller() -> Caller:
+    """The authenticated caller of the RPC being served."""
+    return _caller.get()
+
+
+def load_secret(configured: str, data_dir: Path) -> str:
+    """The signing secret: configured, or made once and kept in the data dir."""
+    if configured:
+        return configured
+    path = data_dir / "auth_secret"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def make_token(secret: str, user: str, admin: bool = False, ttl_seconds: int = 30 * 86400) -> str:
+    """An HS256 token for `user`, valid for `ttl_seconds`."""
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": user, "iat": now, "exp": now + ttl_seconds}
+    if admin:
+        claims["role"] = "admin"
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify(secret: str, header: str | None) -> Caller:
+    """The caller of an `authorization` header value, or UNAUTHENTICATED."""
+    if not header:
+        raise unauthenticated(
+            "MISSING_TOKEN", "send 'authorization: Bearer <token>' (genjobs-server token --user NAME)"
+        )
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthenticated("MALFORMED_TOKEN", "the authorization header must be 'Bearer <token>'")
+    try:
+        claims = jwt.decode(
+            token.strip(), secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]}
+        )
+    except jwt.ExpiredSignatureError:
+        raise unauthenticated("TOKEN_EXPIRED", "the token has expired; get a new one") from None
+    except jwt.InvalidTokenError as exc:
+        raise unauthenticated("INVALID_TOKEN", f"the token is not valid: {exc}") from None
+    user = claims.get("sub")
+    if not isinstance(user, str) or not user:
+        raise unauthenticated("INVALID_TOKEN", "the token has no subject")
+    return Caller(user=user, admin=claims.get("role") == "admin")
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Checks the bearer token before any handler runs, unary and streaming alike."""
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        if method.startswith(OPEN_PREFIXES):
+            return await continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        header = metadata.get("authorization")
+        try:
+            caller = verify(self._secret, header if isinstance(header, str) else None)
+        except ServiceError as error:
+            return _refuse(error, await continuation(handler_call_details))
+        _caller.set(caller)
+        return await continuation(handler_call_details)
+
+
+def _refuse(error: ServiceError, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as the real one that only aborts with `error`."""
+    status = rpc_status.to_status(error.to_status())
+
+    async def abort(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort_with_status(status)
+
+    async def abort_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort_with_status(status)
+        yield  # pragma: no cover - makes this an async generator
+
+    if handler is not None and handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(
+            abort_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.unary_unary_rpc_method_handler(
+        abort,
+        request_deserializer=handler.request_deserializer if handler else None,
+        response_serializer=handler.response_serializer if handler else None,
+    )

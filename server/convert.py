@@ -1,0 +1,147 @@
+"""Stored documents to protobuf messages and request messages to plain values."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from genjobs.v1 import bulk_pb2, jobs_pb2
+from server import clock
+
+Doc = dict[str, Any]
+
+
+def mode_name(value: int) -> str:
+    """MODE_TOPIC (enum number) -> "TOPIC"; "" for unspecified or unknown."""
+    try:
+        name = jobs_pb2.Mode.Name(value)  # type: ignore[arg-type]
+    except ValueError:
+        return ""
+    return "" if value == 0 else name.removeprefix("MODE_")
+
+
+def status_name(value: int) -> str:
+    """JOB_STATUS_QUEUED -> "QUEUED"; "" for unspecified or unknown."""
+    try:
+        name = jobs_pb2.JobStatus.Name(value)  # type: ignore[arg-type]
+    except ValueError:
+        return ""
+    return "" if value == 0 else name.removeprefix("JOB_STATUS_")
+
+
+def bulk_status_name(value: int) -> str:
+    """BULK_JOB_STATUS_PAUSED -> "PAUSED"; "" for unspecified or unknown."""
+    try:
+        name = bulk_pb2.BulkJobStatus.Name(value)  # type: ignore[arg-type]
+    except ValueError:
+        return ""
+    return "" if value == 0 else name.removeprefix("BULK_JOB_STATUS_")
+
+
+def params_dict(params: jobs_pb2.GenerationParams) -> Doc:
+    """GenerationParams as the document stored in a job."""
+    return {
+        "topic": params.topic,
+        "keywords": list(params.keywords),
+        "word_count": params.word_count,
+        "tone": params.tone,
+        "source_text": params.source_text,
+        "extra": dict(params.extra),
+    }
+
+
+def timestamp(value: datetime | int | None) -> Timestamp | None:
+    """A protobuf Timestamp of a datetime or epoch microseconds; None when unset."""
+    if not value:
+        return None
+    stamp = Timestamp()
+    stamp.FromMicroseconds(value if isinstance(value, int) else clock.to_us(value))
+    return stamp
+
+
+def timestamp_us(value: Timestamp, present: bool) -> int:
+    """Epoch microseconds of a request Timestamp, 0 when it was not set."""
+    return value.ToMicroseconds() if present else 0
+
+
+def job_error(doc: Doc | None) -> jobs_pb2.JobError | None:
+    """A stored error as JobError."""
+    if not doc:
+        return None
+    return jobs_pb2.JobError(
+        code=doc.get("code", ""),
+        category=doc.get("category", ""),
+        message=doc.get("message", ""),
+        retryable=bool(doc.get("retryable", False)),
+        attempt=int(doc.get("attempt", 0)),
+    )
+
+
+def job(doc: Doc) -> jobs_pb2.Job:
+    """A stored job as the Job message."""
+    params = doc.get("params", {})
+    message = jobs_pb2.Job(
+        id=str(doc["_id"]),
+        owner=doc.get("owner", ""),
+        project=doc.get("project", ""),
+        mode=jobs_pb2.Mode.Value("MODE_" + doc["mode"]),  # type: ignore[arg-type]
+        params=jobs_pb2.GenerationParams(
+            topic=params.get("topic", ""),
+            keywords=params.get("keywords", []),
+            word_count=params.get("word_count", 0),
+            tone=params.get("tone", ""),
+            source_text=params.get("source_text", ""),
+            extra=params.get("extra", {}),
+        ),
+        status=jobs_pb2.JobStatus.Value("JOB_STATUS_" + doc["status"]),  # type: ignore[arg-type]
+        attempt=doc.get("attempt", 0),
+        max_attempts=doc.get("max_attempts", 0),
+        retry_of=doc.get("retry_of", ""),
+        bulk_job_id=doc.get("bulk_job_id", ""),
+        queue_position=doc.get("queue_position", 0),
+        request_id=doc.get("request_id", ""),
+        cancel_requested=bool(doc.get("cancel_requested", False)),
+        create_time=timestamp(doc.get("ck")),
+        update_time=timestamp(doc.get("updated_us")),
+        start_time=timestamp(doc.get("started_us")),
+        end_time=timestamp(doc.get("ended_us")),
+        error=job_error(doc.get("error")),
+        attempt_errors=[job_error(e) for e in doc.get("attempt_errors", [])],
+    )
+    progress = doc.get("progress")
+    if progress:
+        message.progress.CopyFrom(
+            jobs_pb2.Progress(
+                percentage=int(progress.get("percentage", 0)),
+                stage=progress.get("stage", ""),
+                stage_progress=int(progress.get("stage_progress", 0)),
+                message=progress.get("message", ""),
+                started_at=timestamp(progress.get("started_at_us")),
+                estimated_completion=timestamp(progress.get("estimated_completion_us")),
+                elapsed_seconds=float(progress.get("elapsed_seconds", 0.0)),
+            )
+        )
+    result = doc.get("result")
+    if result:
+        message.result.CopyFrom(
+            jobs_pb2.GenerationResult(
+                content=result.get("content", ""),
+                title=result.get("title", ""),
+                word_count=int(result.get("word_count", 0)),
+                cost_cents=int(result.get("cost_cents", 0)),
+                metadata={str(k): str(v) for k, v in result.get("metadata", {}).items()},
+            )
+        )
+    return message
+
+
+def job_event(event: Doc) -> jobs_pb2.JobEvent:
+    """A stored (or just published) event as the JobEvent message."""
+    return jobs_pb2.JobEvent(
+        sequence=event["seq"],
+        type=jobs_pb2.JobEventType.Value("JOB_EVENT_TYPE_" + event["type"]),  # type: ignore[arg-type]
+        job=job(event["job"]),
+        time=timestamp(event["at_us"]),
+    )

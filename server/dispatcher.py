@@ -1,0 +1,385 @@
+"""The dispatcher: one thread that runs one job at a time across the deployment.
+
+Replicas elect it through a lease in `leases`; the elected one claims the
+oldest ready job with one atomic update on `_id`, runs it through the
+generator, and records the outcome with writes fenced by the job's lease
+epoch. A keeper thread renews both leases and notices cancel requests.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson import ObjectId
+from pymongo.errors import PyMongoError
+
+from server import clock
+from server.generators import (
+    GenerationCancelled,
+    GenerationFailed,
+    Generator,
+    JobSpec,
+)
+from server.store import (
+    BACKOFF,
+    NONE,
+    PROGRESS,
+    READY,
+    STATUS_CHANGED,
+    Doc,
+    Store,
+    job_error,
+)
+from server.states import Status
+
+log = logging.getLogger(__name__)
+
+LEADER_LEASE = "dispatcher"
+CANDIDATE_BATCH = 64
+PROGRESS_WRITE_INTERVAL = 0.2  # coalesce chattier generators to ~5 writes a second
+HOUSEKEEPING_INTERVAL = 1.0
+MAX_BACKOFF_SECONDS = 300.0
+
+EventSink = Callable[[Doc, str], None]
+
+
+@dataclass
+class _Run:
+    """The job this dispatcher is running now."""
+
+    oid: ObjectId
+    epoch: int
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lost: bool = False  # another run took the job over: write nothing more
+    stopping: bool = False  # the server is shutting down: requeue, don't cancel
+
+
+class Dispatcher:
+    """Claims and runs jobs; `record(doc, kind)` is told of every change it makes."""
+
+    def __init__(
+        self,
+        store: Store,
+        generator: Generator,
+        worker_id: str,
+        record: EventSink,
+        lease_seconds: float = 10.0,
+        poll_seconds: float = 0.5,
+        retry_base_seconds: float = 1.0,
+        on_final: Callable[[Doc], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.generator = generator
+        self.worker_id = worker_id
+        self.record = record
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.retry_base_seconds = retry_base_seconds
+        self.on_final = on_final or (lambda doc: None)
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._heap: list[tuple[int, ObjectId]] = []
+        self._horizon = -1  # candidates above this order key may be missing from the heap
+        self._last_refresh = 0.0
+        self._leader_until = 0.0  # monotonic time until which our lease surely holds
+        self._was_leader = False
+        self._needs_recovery = True
+        self._last_housekeeping = 0.0
+        self._run: _Run | None = None
+        self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+        self._keeper = threading.Thread(target=self._keep, name="lease-keeper", daemon=True)
+
+    # ---- called from other threads --------------------------------------
+
+    def start(self) -> None:
+        """Start the dispatcher and its lease keeper."""
+        self._thread.start()
+        self._keeper.start()
+
+    def offer(self, ck: int, oid: ObjectId) -> None:
+        """A job was just queued on this server: consider it without polling."""
+        with self._lock:
+            heapq.heappush(self._heap, (ck, oid))
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Something changed (resume, retry): look at the queue again now."""
+        with self._lock:
+            self._last_refresh = 0.0
+        self._wake.set()
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Stop the running job if it is `job_id`; True if it was running here."""
+        run = self._run
+        if run is not None and str(run.oid) == job_id:
+            run.cancel.set()
+            return True
+        return False
+
+    def running_job_id(self) -> str:
+        """The id of the job running here now, or ""."""
+        run = self._run
+        return str(run.oid) if run else ""
+
+    def stop(self, grace_seconds: float = 5.0) -> None:
+        """Take no more jobs; let the running one finish within the grace, else requeue it."""
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(grace_seconds)
+        run = self._run
+        if run is not None:
+            run.stopping = True
+            run.cancel.set()
+            self._thread.join(5.0)
+        self._keeper.join(2.0)
+        try:
+            self.store.release_leader(LEADER_LEASE, self.worker_id)
+        except PyMongoError:
+            log.warning("could not release the dispatcher lease; it lapses by itself")
+
+    # ---- leadership (keeper thread) ---------------------------------------
+
+    def _keep(self) -> None:
+        tick = min(1.0, self.lease_seconds / 3)
+        while not self._stopping.is_set() or self._run is not None:
+            started = time.monotonic()
+            try:
+                self._renew()
+            except PyMongoError as exc:
+                log.warning("lease renewal failed: %s", exc)
+            self._stopping.wait(max(0.0, tick - (time.monotonic() - started)))
+            if self._stopping.is_set() and self._run is None:
+                return
+
+    def _renew(self) -> None:
+        before = time.monotonic()
+        if not self._stopping.is_set() or self._run is not None:
+            if self.store.hold_leader(LEADER_LEASE, self.worker_id, self.lease_seconds):
+                # Trust the lease a little less long than it lasts (clock drift).
+                self._leader_until = before + self.lease_seconds * 0.8
+                if not self._was_leader:
+                    log.info("this server now runs the dispatcher (%s)", self.worker_id)
+                    self._needs_recovery = True
+                    self._was_leader = True
+                    self._wake.set()
+            else:
+                self._was_leader = False
+        run = self._run
+        if run is not None:
+            held = self.store.renew_job_lease(run.oid, run.epoch, self.lease_seconds)
+            if held is None:
+                run.lost = True
+                run.cancel.set()
+            elif held.get("cancel_requested"):
+                run.cancel.set()
+
+    def _is_leader(self) -> bool:
+        return time.monotonic() < self._leader_until
+
+    # ---- the dispatcher thread ------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if not self._is_leader():
+                    self._wake.wait(self.poll_seconds)
+                    self._wake.clear()
+                    continue
+                if not self._housekeeping():
+                    self._wake.wait(self.poll_seconds)
+                    self._wake.clear()
+                    continue
+                job = self._claim_next()
+                if job is None:
+                    self._wake.wait(self.poll_seconds)
+                    self._wake.clear()
+                    continue
+                self._execute(job)
+            except PyMongoError as exc:
+                log.warning("dispatcher: database unavailable (%s); retrying", exc)
+                self._stopping.wait(0.5)
+            except Exception:
+                log.exception("dispatcher: unexpected error")
+                self._stopping.wait(0.5)
+
+    def _housekeeping(self) -> bool:
+        """Recover lapsed runs and promote due retries; False while another
+        server's run still holds a live lease (one job at a time)."""
+        now = time.monotonic()
+        if not self._needs_recovery and now - self._last_housekeeping < HOUSEKEEPING_INTERVAL:
+            return True
+        self._last_housekeeping = now
+        busy_elsewhere = False
+        now_us = clock.now_us()
+        for doc in self.store.processing_jobs():
+            if doc["lease_until_us"] < now_us:
+                self._recover(doc)
+            else:
+                busy_elsewhere = True
+        for oid in self.store.due_backoff(now_us):
+            if self.store.make_ready(oid):
+                self._last_refresh = 0.0
+        self._needs_recovery = busy_elsewhere
+        return not busy_elsewhere
+
+    def _recover(self, doc: Doc) -> None:
+        """A run whose lease lapsed (its server died): requeue it or fail it."""
+        attempt, limit = doc["attempt"], doc["max_attempts"]
+        lost = job_error("WORKER_LOST", "transient", "the server running this job stopped", True, attempt)
+        stamp = clock.now_us()
+        changes: Doc = {"updated_us": stamp, "worker": "", "lease_until_us": 0,
+                        "attempt_errors": [*doc.get("attempt_errors", []), lost], "error": lost}
+        if doc.get("cancel_requested"):
+            changes.update(status=str(Status.CANCELLED), queue=NONE, ended_us=stamp)
+        elif attempt < limit:
+            changes.update(status=str(Status.QUEUED), queue=READY)
+        else:
+            lost["retryable"] = False
+            changes.update(status=str(Status.FAILED), queue=NONE, ended_us=stamp)
+        after = self.store.fenced_update(doc["_id"], doc["epoch"], changes)
+        if after is not None:
+            log.warning("job %s lost its worker; now %s", doc["_id"], after["status"])
+            self._emit(after, STATUS_CHANGED)
+            if after["status"] == str(Status.QUEUED):
+                self.wake()
+
+    def _claim_next(self) -> Doc | None:
+        """Claim the oldest ready job, FIFO by order key."""
+        refreshed = False
+        while True:
+            with self._lock:
+                stale = time.monotonic() - self._last_refresh > self.poll_seconds
+                beyond = bool(self._heap) and self._horizon >= 0 and self._heap[0][0] > self._horizon
+                need = not refreshed and (stale or not self._heap or beyond)
+            if need:
+                self._refresh()
+                refreshed = True
+            with self._lock:
+                if not self._heap:
+                    return None
+                ck, oid = heapq.heappop(self._heap)
+            job = self.store.claim(oid, self.worker_id, self.lease_seconds)
+            if job is not None:
+                return job
+
+    def _refresh(self) -> None:
+        found = self.store.runnable(CANDIDATE_BATCH)
+        with self._lock:
+            known = {oid for _, oid in self._heap}
+            for item in found:
+                if item[1] not in known:
+                    heapq.heappush(self._heap, item)
+            self._horizon = found[-1][0] if len(found) == CANDIDATE_BATCH else -1
+            self._last_refresh = time.monotonic()
+
+    def _execute(self, job: Doc) -> None:
+        run = _Run(job["_id"], job["epoch"])
+        self._run = run
+        try:
+            self._emit(job, STATUS_CHANGED)
+            spec = JobSpec(str(job["_id"]), job["owner"], job["mode"], job["params"], job["attempt"])
+            reporter = _ProgressWriter(self, run, job)
+            try:
+                output = self.generator.generate(spec, reporter.report, run.cancel)
+            except GenerationCancelled:
+                self._finish_cancelled(run, job)
+            except GenerationFailed as failure:
+                self._finish_failed(run, job, failure.code, failure.message, failure.retryable)
+            except Exception as exc:
+                log.exception("generator crashed on job %s", job["_id"])
+                self._finish_failed(run, job, "GENERATOR_CRASHED", f"{type(exc).__name__}: {exc}", False)
+            else:
+                self._write_outcome(run, self.store.completion(output.as_doc(), job["started_us"]))
+        finally:
+            self._run = None
+
+    def _finish_cancelled(self, run: _Run, job: Doc) -> None:
+        stamp = clock.now_us()
+        if run.stopping:
+            # Shutdown, not the owner's wish: give the attempt back and requeue.
+            self._write_outcome(run, {"status": str(Status.QUEUED), "queue": READY,
+                                      "attempt": job["attempt"] - 1, "worker": "", "updated_us": stamp})
+            return
+        error = job_error("CANCELLED", "cancelled", "cancelled by its owner while running", False,
+                          job["attempt"])
+        self._write_outcome(run, {"status": str(Status.CANCELLED), "queue": NONE, "ended_us": stamp,
+                                  "updated_us": stamp, "error": error})
+
+    def _finish_failed(self, run: _Run, job: Doc, code: str, message: str, retryable: bool) -> None:
+        attempt = job["attempt"]
+        category = "transient" if retryable else "permanent"
+        error = job_error(code, category, message, retryable, attempt)
+        stamp = clock.now_us()
+        changes: Doc = {"error": error, "attempt_errors": [*job.get("attempt_errors", []), error],
+                        "updated_us": stamp, "worker": ""}
+        if retryable and attempt < job["max_attempts"]:
+            delay = min(self.retry_base_seconds * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
+            delay *= random.uniform(0.5, 1.0)  # jitter: retries of many jobs spread out
+            changes.update(status=str(Status.QUEUED), queue=BACKOFF,
+                           run_after_us=clock.now_us() + int(delay * 1_000_000))
+        else:
+            changes.update(status=str(Status.FAILED), queue=NONE, ended_us=stamp)
+        self._write_outcome(run, changes)
+
+    def _write_outcome(self, run: _Run, changes: Doc) -> None:
+        if run.lost:
+            log.warning("job %s was taken over; not recording this run's outcome", run.oid)
+            return
+        after = self.store.fenced_update(run.oid, run.epoch, changes)
+        if after is None:
+            log.warning("job %s was taken over; this run's outcome is dropped", run.oid)
+            return
+        self._emit(after, STATUS_CHANGED)
+
+    def _emit(self, doc: Doc, kind: str) -> None:
+        self.record(doc, kind)
+        if kind == STATUS_CHANGED and doc["status"] != str(Status.PROCESSING):
+            self.on_final(doc)
+
+
+class _ProgressWriter:
+    """Turns a generator's progress reports into at most a few writes a second."""
+
+    def __init__(self, dispatcher: Dispatcher, run: _Run, job: Doc) -> None:
+        self.dispatcher = dispatcher
+        self.run = run
+        self.started_us = job["started_us"]
+        self.started_mono = time.monotonic()
+        # The claim already wrote 0%; a job shorter than one interval writes no progress.
+        self.last_write = self.started_mono
+
+    def report(self, percentage: int, stage: str, stage_progress: int, message: str) -> None:
+        now = time.monotonic()
+        if self.run.lost or now - self.last_write < PROGRESS_WRITE_INTERVAL:
+            return
+        self.last_write = now
+        elapsed = now - self.started_mono
+        progress: dict[str, Any] = {
+            "percentage": max(0, min(100, percentage)),
+            "stage": stage,
+            "stage_progress": max(0, min(100, stage_progress)),
+            "message": message,
+            "started_at_us": self.started_us,
+            "elapsed_seconds": round(elapsed, 3),
+        }
+        if percentage > 0:
+            remaining = elapsed * (100 - percentage) / percentage
+            progress["estimated_completion_us"] = clock.now_us() + int(remaining * 1e6)
+        after = self.dispatcher.store.fenced_update(
+            self.run.oid, self.run.epoch, {"progress": progress, "updated_us": clock.now_us()}
+        )
+        if after is None:
+            self.run.lost = True
+            self.run.cancel.set()
+            return
+        if after.get("cancel_requested"):
+            self.run.cancel.set()
+        self.dispatcher.record(after, PROGRESS)

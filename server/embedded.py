@@ -1,0 +1,193 @@
+"""The embedded database: one nx-27017 process per data dir, shared by every
+genjobs server that uses that dir, stopped by the last one to leave."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pymongo
+from pymongo.errors import PyMongoError
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_SECONDS = 30.0
+
+
+class EmbeddedMongo:
+    """Starts or joins the nx-27017 server for a data dir.
+
+    Files under the data dir: `mongo/` (the SQLite databases), `nx-27017.pid`
+    and `mongo.port` (the running instance), `users/<pid>` (one per genjobs
+    server using it), `embedded.lock` (serialises start, join and stop).
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir.resolve()
+        self.pid_file = self.data_dir / "nx-27017.pid"
+        self.port_file = self.data_dir / "mongo.port"
+        self.users_dir = self.data_dir / "users"
+        self.uri = ""
+
+    def acquire(self) -> str:
+        """Return the URI of the running instance, starting one if none is alive."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.users_dir.mkdir(exist_ok=True)
+        with self._locked():
+            pid, port = self._running()
+            if pid is None:
+                self._clear_stale_files()
+                pid, port = self._start()
+            else:
+                log.info("joining the embedded database (pid %d) on port %d", pid, port)
+            (self.users_dir / str(os.getpid())).touch()
+        self.uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+        return self.uri
+
+    def release(self) -> None:
+        """Leave the instance; stop it when no other live genjobs server uses it."""
+        with self._locked():
+            (self.users_dir / str(os.getpid())).unlink(missing_ok=True)
+            if self._live_users():
+                return
+            pid, _ = self._running()
+            if pid is not None:
+                log.info("stopping the embedded database (pid %d)", pid)
+                _stop_process(pid)
+            self._clear_stale_files()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.data_dir / "embedded.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _running(self) -> tuple[int | None, int]:
+        try:
+            pid = int(self.pid_file.read_text())
+            port = int(self.port_file.read_text())
+        except (OSError, ValueError):
+            return None, 0
+        if not _alive(pid) or not _answers(port, timeout=2.0):
+            return None, 0
+        return pid, port
+
+    def _clear_stale_files(self) -> None:
+        for path in (self.pid_file, self.port_file):
+            path.unlink(missing_ok=True)
+
+    def _live_users(self) -> list[int]:
+        live = []
+        for entry in self.users_dir.iterdir():
+            try:
+                pid = int(entry.name)
+            except ValueError:
+                continue
+            if _alive(pid):
+                live.append(pid)
+            else:
+                entry.unlink(missing_ok=True)
+        return live
+
+    def _start(self) -> tuple[int, int]:
+        port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "nx_27017.nx_27017",
+            "--data-dir",
+            str(self.data_dir / "mongo"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--pid-file",
+            str(self.data_dir / "nx-27017.daemon.pid"),
+            "--log-file",
+            str(self.data_dir / "nx-27017.log"),
+        ]
+        log_file = open(self.data_dir / "nx-27017.out", "ab")  # noqa: SIM115 - child keeps it
+        # Its own session: a Ctrl-C to one genjobs server must not kill the
+        # database that other servers on this data dir still use.
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log_file.close()
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not _answers(port, timeout=0.5):
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"nx-27017 exited with {process.returncode}; see {self.data_dir}/nx-27017.out"
+                )
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("nx-27017 did not answer within 30 s")
+            time.sleep(0.05)
+        self.pid_file.write_text(str(process.pid))
+        self.port_file.write_text(str(port))
+        log.info("started the embedded database (pid %d) on port %d", process.pid, port)
+        return process.pid, port
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still "exists"; treat it as gone.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            return False
+    return True
+
+
+def _answers(port: int, timeout: float) -> bool:
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
+        "127.0.0.1",
+        port,
+        directConnection=True,
+        serverSelectionTimeoutMS=int(timeout * 1000),
+        connectTimeoutMS=int(timeout * 1000),
+    )
+    try:
+        client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False
+    finally:
+        client.close()
+
+
+def _stop_process(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,106 @@
+"""The in-process event feed: job and bulk-job events fanned out to WatchJob and
+WatchBulkJob streams. A stream costs an asyncio.Queue, not a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Put on every queue when the server shuts down: streams end with UNAVAILABLE.
+SHUTDOWN: Any = object()
+
+
+@dataclass
+class Event:
+    """One change of a job or bulk job; `message` caches its protobuf form so
+    a thousand subscribers share one conversion."""
+
+    key: str
+    seq: int
+    doc: dict[str, Any]
+    final: bool
+    _message: Any = field(default=None, repr=False)
+
+    def message(self, build: Callable[[dict[str, Any]], Any]) -> Any:
+        """The event as a protobuf message, built once."""
+        if self._message is None:
+            self._message = build(self.doc)
+        return self._message
+
+
+class EventHub:
+    """Subscribers by key ("job:<id>" or "bulk:<id>"), fed from any thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._subscribers: dict[str, set[asyncio.Queue[Any]]] = {}
+        self._last_seq: dict[str, int] = {}  # the newest sequence delivered per watched key
+        self._closed = False
+
+    def publish(self, event: Event) -> None:
+        """Deliver `event` to its subscribers; safe to call from any thread."""
+        if self._closed:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, event)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+    def deliver(self, event: Event) -> None:
+        """Deliver `event` from the event loop itself."""
+        self._deliver(event)
+
+    def _deliver(self, event: Event) -> None:
+        subscribers = self._subscribers.get(event.key)
+        if not subscribers:
+            return
+        self._last_seq[event.key] = max(self._last_seq.get(event.key, 0), event.seq)
+        for queue in subscribers:
+            queue.put_nowait(event)
+
+    def last_seq(self, key: str) -> int:
+        """The newest sequence delivered (or noted) for a watched key."""
+        return self._last_seq.get(key, 0)
+
+    def note(self, key: str, seq: int) -> None:
+        """A new subscriber has seen up to `seq`: the poller need not replay older events."""
+        if key in self._subscribers:
+            self._last_seq[key] = max(self._last_seq.get(key, 0), seq)
+
+    @contextlib.contextmanager
+    def subscribe(self, key: str) -> Iterator[asyncio.Queue[Any]]:
+        """A queue receiving the events of `key` for the duration of the block."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        if self._closed:
+            queue.put_nowait(SHUTDOWN)
+        self._subscribers.setdefault(key, set()).add(queue)
+        try:
+            yield queue
+        finally:
+            subscribers = self._subscribers.get(key)
+            if subscribers is not None:
+                subscribers.discard(queue)
+                if not subscribers:
+                    del self._subscribers[key]
+                    self._last_seq.pop(key, None)
+
+    def watched(self, prefix: str) -> list[str]:
+        """The ids (keys without `prefix`) that have at least one subscriber."""
+        return [k.removeprefix(prefix) for k in self._subscribers if k.startswith(prefix)]
+
+    def subscriber_count(self) -> int:
+        """How many streams are open."""
+        return sum(len(s) for s in self._subscribers.values())
+
+    def close(self) -> None:
+        """End every stream (the server is stopping)."""
+        self._closed = True
+        for subscribers in self._subscribers.values():
+            for queue in subscribers:
+                queue.put_nowait(SHUTDOWN)

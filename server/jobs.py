@@ -1,0 +1,238 @@
+"""Job operations as the RPCs need them: validation, the store's conditional
+updates, events to watchers and the local dispatcher's wake-ups, in one place.
+
+Everything here is synchronous (pymongo); servicers call it through
+`asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from server import validation
+from server.auth import Caller
+from server.errors import FieldViolation, invalid
+from server.events import Event, EventHub
+from server.states import Status
+from server.store import STATUS_CHANGED, Doc, JobFilter, Page, Store, final
+
+MAX_BULK_OPERATION = 100
+SAMPLE_SIZE = 10
+
+# What each RunBulkOperation selects.
+OPERATION_STATUS = {
+    "RETRY_ALL_FAILED": str(Status.FAILED),
+    "CANCEL_ALL_QUEUED": str(Status.QUEUED),
+    "DELETE_ALL_COMPLETED": str(Status.COMPLETED),
+}
+
+
+class Wakeable:
+    """What the jobs layer needs of a dispatcher (None-safe stand-in when absent)."""
+
+    def offer(self, ck: int, oid: Any) -> None:
+        """A job was queued."""
+
+    def wake(self) -> None:
+        """Look at the queue again."""
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Stop `job_id` if it runs here."""
+        return False
+
+
+@dataclass
+class BulkOperationResult:
+    """What RunBulkOperation did (or, validate_only, would do)."""
+
+    job_ids: list[str]
+    affected: int
+    remaining: int
+
+
+class Jobs:
+    """The JobService's domain: every rule an RPC applies lives here or below."""
+
+    def __init__(
+        self, store: Store, hub: EventHub, worker_id: str, default_max_attempts: int
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.worker_id = worker_id
+        self.default_max_attempts = default_max_attempts
+        self.dispatcher: Wakeable = Wakeable()
+        self.on_change: list[Any] = []  # callbacks(doc) for bulk accounting
+
+    # ---- events ---------------------------------------------------------
+
+    def record(self, doc: Doc, kind: str, store: bool = True) -> None:
+        """Tell watchers of a change; `store` keeps it in job_events for replay."""
+        if store:
+            self.store.insert_events([self.store.event_doc(doc, kind, self.worker_id)])
+        self.publish(doc, kind)
+
+    def publish(self, doc: Doc, kind: str) -> None:
+        """Hand a change to this server's watchers only."""
+        event = self.store.event_doc(doc, kind, self.worker_id)
+        self.hub.publish(Event(f"job:{event['job_id']}", event["seq"], event, final(doc["status"])))
+        for callback in self.on_change:
+            callback(doc)
+
+    # ---- RPCs -----------------------------------------------------------
+
+    def submit(
+        self,
+        caller: Caller,
+        mode: str,
+        params: Doc,
+        request_id: str = "",
+        project: str = "",
+        max_attempts: int = 0,
+    ) -> Doc:
+        """Queue a job; a repeated request_id returns the first job. One command."""
+        bad = validation.check_submit(mode, params, request_id, project, max_attempts)
+        if bad:
+            raise invalid(bad)
+        params = normalized(params)
+        doc = self.store.new_job_doc(
+            caller.user,
+            mode,
+            params,
+            project=project,
+            request_id=request_id,
+            max_attempts=max_attempts or self.default_max_attempts,
+        )
+        stored, created = self.store.insert_job(doc)
+        if created:
+            # Sequence 1 is the job as submitted: watchers start from its
+            # snapshot, so it needs no stored event (SubmitJob stays one write).
+            self.dispatcher.offer(stored["ck"], stored["_id"])
+        return stored
+
+    def get(self, caller: Caller, job_id: str) -> Doc:
+        """One of the caller's jobs."""
+        return self.store.get(caller.owner_filter, job_id)
+
+    def list(self, caller: Caller, filters: JobFilter, page_size: int, token: str) -> Page:
+        """A page of the caller's jobs, newest first."""
+        size, bad = validation.page_size(page_size)
+        bad += validation.check_query(filters.query)
+        bad += _check_filter_values(filters)
+        if bad:
+            raise invalid(bad)
+        return self.store.list(caller.owner_filter, filters, size, token)
+
+    def cancel(self, caller: Caller, job_id: str) -> Doc:
+        """Cancel a queued job now, or ask the running one to stop."""
+        doc, running = self.store.cancel(caller.owner_filter, job_id)
+        if running:
+            # Stored: the dispatcher's CANCELLED follows, and a resumed watch
+            # must see this step too.
+            self.record(doc, STATUS_CHANGED)
+            self.dispatcher.request_cancel(job_id)
+        else:
+            self.publish(doc, STATUS_CHANGED)
+        return doc
+
+    def retry(self, caller: Caller, job_id: str, request_id: str = "") -> Doc:
+        """A new queued job with the same mode and params as a failed or cancelled one."""
+        bad = validation.check_common(request_id, "")
+        if bad:
+            raise invalid(bad)
+        doc = self.store.retry(caller.owner_filter, job_id, request_id, self.default_max_attempts)
+        self.dispatcher.offer(doc["ck"], doc["_id"])
+        self.publish(doc, STATUS_CHANGED)
+        return doc
+
+    def delete(self, caller: Caller, job_id: str) -> None:
+        """Remove a final job and its events."""
+        self.store.delete(caller.owner_filter, job_id)
+
+    def run_bulk_operation(
+        self, caller: Caller, operation: str, filters: JobFilter, validate_only: bool
+    ) -> BulkOperationResult:
+        """Retry, cancel or delete up to 100 of the caller's matching jobs."""
+        if operation not in OPERATION_STATUS:
+            raise invalid(
+                [FieldViolation("operation", "one of BULK_OPERATION_RETRY_ALL_FAILED, "
+                                "BULK_OPERATION_CANCEL_ALL_QUEUED, BULK_OPERATION_DELETE_ALL_COMPLETED")]
+            )
+        bad = _check_filter_values(filters)
+        if bad:
+            raise invalid(bad)
+        filters.statuses = [OPERATION_STATUS[operation]]
+        query = self.store.job_query(caller.owner_filter, filters)
+        if operation == "RETRY_ALL_FAILED":
+            query["retried_by"] = ""  # each failed job is retried once
+        if validate_only:
+            total = self.store.count(self.store.jobs, query)
+            sample = self.store.matching_ids(query, SAMPLE_SIZE)
+            return BulkOperationResult([str(i) for i in sample], total, total)
+        ids = self.store.matching_ids(query, MAX_BULK_OPERATION)
+        done: list[str] = []
+        if operation == "CANCEL_ALL_QUEUED":
+            for oid in ids:
+                doc = self.store.cancel_queued(oid)
+                if doc is not None:
+                    done.append(str(oid))
+                    self.publish(doc, STATUS_CHANGED)
+        elif operation == "DELETE_ALL_COMPLETED":
+            if ids:
+                self.store.delete_completed(ids)
+            done = [str(i) for i in ids]
+        else:
+            for oid in ids:
+                new = self.retry(caller, str(oid))
+                done.append(str(new["_id"]))
+        remaining = self.store.count(self.store.jobs, query) if len(ids) == MAX_BULK_OPERATION else 0
+        return BulkOperationResult(done, len(done), remaining)
+
+    def stats(self, caller: Caller, filters: JobFilter) -> Doc:
+        """Counts by status and mode, total cost, mean duration, failure rate."""
+        status_rows, mode_rows = self.store.stats(caller.owner_filter, filters)
+        by_status = {row["_id"]: int(row["n"]) for row in status_rows}
+        by_mode = {row["_id"]: int(row["n"]) for row in mode_rows}
+        cost = sum(int(row.get("cost") or 0) for row in status_rows)
+        seconds = sum(
+            float(row.get("seconds") or 0.0) for row in status_rows if row["_id"] == str(Status.COMPLETED)
+        )
+        completed = by_status.get(str(Status.COMPLETED), 0)
+        failed = by_status.get(str(Status.FAILED), 0)
+        return {
+            "total": sum(by_status.values()),
+            "by_status": by_status,
+            "by_mode": by_mode,
+            "cost_cents": cost,
+            "mean_duration": seconds / completed if completed else 0.0,
+            "failure_rate": failed / (completed + failed) if completed + failed else 0.0,
+        }
+
+    def history(self, caller: Caller, job_id: str, after: int) -> tuple[Doc, list[Doc]]:
+        """The job now and its stored events after `after` (for WatchJob)."""
+        doc = self.store.get(caller.owner_filter, job_id)
+        return doc, self.store.events_after(job_id, after) if after else []
+
+
+def normalized(params: Doc) -> Doc:
+    """Params as stored: the default word count filled in, blanks trimmed."""
+    return {
+        **params,
+        "topic": params.get("topic", "").strip(),
+        "keywords": [k.strip() for k in params.get("keywords", [])],
+        "word_count": params.get("word_count") or validation.DEFAULT_WORD_COUNT,
+    }
+
+
+def _check_filter_values(filters: JobFilter) -> list[FieldViolation]:
+    bad = []
+    if any(not s for s in filters.statuses):
+        bad.append(FieldViolation("statuses", "JOB_STATUS_UNSPECIFIED or unknown status"))
+    if any(m not in validation.MODES for m in filters.modes):
+        bad.append(FieldViolation("modes", "MODE_UNSPECIFIED or unknown mode"))
+    if filters.created_after_us and filters.created_before_us and (
+        filters.created_after_us >= filters.created_before_us
+    ):
+        bad.append(FieldViolation("created_before", "must be later than created_after"))
+    return bad
+

@@ -1,0 +1,164 @@
+"""JobService: protobuf in, a `Jobs` call, protobuf out."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from google.protobuf import empty_pb2
+
+from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
+from server import convert
+from server.auth import current_caller
+from server.events import Event, EventHub
+from server.jobs import Jobs
+from server.servicers.common import rpc
+from server.store import SNAPSHOT, JobFilter, final
+from server.watch import HEARTBEAT, follow
+
+
+def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.GetJobStatsRequest) -> JobFilter:
+    """The domain filter of a ListJobs or GetJobStats request."""
+    filters = JobFilter(
+        created_after_us=convert.timestamp_us(request.created_after, request.HasField("created_after")),
+        created_before_us=convert.timestamp_us(
+            request.created_before, request.HasField("created_before")
+        ),
+        project=request.project,
+    )
+    if isinstance(request, jobs_pb2.ListJobsRequest):
+        filters.statuses = [convert.status_name(s) for s in request.statuses]
+        filters.modes = [convert.mode_name(m) or "?" for m in request.modes]
+        filters.query = request.query
+        filters.bulk_job_id = request.bulk_job_id
+    return filters
+
+
+class JobServicer(jobs_pb2_grpc.JobServiceServicer):
+    """The JobService RPCs."""
+
+    def __init__(self, jobs: Jobs, hub: EventHub, heartbeat_seconds: float) -> None:
+        self.jobs = jobs
+        self.hub = hub
+        self.heartbeat_seconds = heartbeat_seconds
+
+    @rpc
+    async def SubmitJob(  # noqa: N802 - gRPC method names
+        self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Job:
+        doc = await asyncio.to_thread(
+            self.jobs.submit,
+            current_caller(),
+            convert.mode_name(request.mode),
+            convert.params_dict(request.params),
+            request.request_id,
+            request.project,
+            request.max_attempts,
+        )
+        return convert.job(doc)
+
+    @rpc
+    async def GetJob(  # noqa: N802
+        self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Job:
+        return convert.job(await asyncio.to_thread(self.jobs.get, current_caller(), request.id))
+
+    @rpc
+    async def ListJobs(  # noqa: N802
+        self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListJobsResponse:
+        page = await asyncio.to_thread(
+            self.jobs.list, current_caller(), job_filter(request), request.page_size, request.page_token
+        )
+        return jobs_pb2.ListJobsResponse(
+            jobs=[convert.job(d) for d in page.docs],
+            next_page_token=page.next_token,
+            total_size=page.total,
+        )
+
+    @rpc
+    async def CancelJob(  # noqa: N802
+        self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Job:
+        return convert.job(await asyncio.to_thread(self.jobs.cancel, current_caller(), request.id))
+
+    @rpc
+    async def RetryJob(  # noqa: N802
+        self, request: jobs_pb2.RetryJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Job:
+        doc = await asyncio.to_thread(
+            self.jobs.retry, current_caller(), request.id, request.request_id
+        )
+        return convert.job(doc)
+
+    @rpc
+    async def DeleteJob(  # noqa: N802
+        self, request: jobs_pb2.DeleteJobRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await asyncio.to_thread(self.jobs.delete, current_caller(), request.id)
+        return empty_pb2.Empty()
+
+    @rpc
+    async def RunBulkOperation(  # noqa: N802
+        self, request: jobs_pb2.RunBulkOperationRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.RunBulkOperationResponse:
+        filters = JobFilter(
+            modes=[convert.mode_name(m) or "?" for m in request.modes],
+            bulk_job_id=request.bulk_job_id,
+            project=request.project,
+        )
+        operation = jobs_pb2.BulkOperation.Name(request.operation).removeprefix("BULK_OPERATION_")
+        result = await asyncio.to_thread(
+            self.jobs.run_bulk_operation, current_caller(), operation, filters, request.validate_only
+        )
+        return jobs_pb2.RunBulkOperationResponse(
+            job_ids=result.job_ids,
+            affected_count=result.affected,
+            remaining_count=result.remaining,
+        )
+
+    @rpc
+    async def GetJobStats(  # noqa: N802
+        self, request: jobs_pb2.GetJobStatsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.GetJobStatsResponse:
+        stats = await asyncio.to_thread(self.jobs.stats, current_caller(), job_filter(request))
+        return jobs_pb2.GetJobStatsResponse(
+            total_jobs=stats["total"],
+            by_status=[
+                jobs_pb2.StatusCount(status=jobs_pb2.JobStatus.Value("JOB_STATUS_" + s), count=n)  # type: ignore[arg-type]
+                for s, n in sorted(stats["by_status"].items())
+            ],
+            by_mode=[
+                jobs_pb2.ModeCount(mode=jobs_pb2.Mode.Value("MODE_" + m), count=n)  # type: ignore[arg-type]
+                for m, n in sorted(stats["by_mode"].items())
+            ],
+            total_cost_cents=stats["cost_cents"],
+            mean_duration_seconds=stats["mean_duration"],
+            failure_rate=stats["failure_rate"],
+        )
+
+    @rpc
+    async def WatchJob(  # noqa: N802
+        self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+    ):  # type: ignore[no-untyped-def]
+        caller = current_caller()
+        key = f"job:{request.id}"
+        after = max(0, request.after_sequence)
+        with self.hub.subscribe(key) as queue:
+            doc, stored = await asyncio.to_thread(self.jobs.history, caller, request.id, after)
+            if after > doc["seq"]:
+                after = 0  # a sequence this job never had: start over from the snapshot
+            if after == doc["seq"] and final(doc["status"]):
+                return  # resumed after the end: nothing more will come
+            replay = [Event(key, e["seq"], e, final(e["job"]["status"])) for e in stored]
+            newest = replay[-1].seq if replay else after
+            if doc["seq"] > newest or after == 0:
+                # The job as it is now stands for any change not kept as an event.
+                snapshot = self.jobs.store.event_doc(doc, SNAPSHOT)
+                replay.append(Event(key, doc["seq"], snapshot, final(doc["status"])))
+            self.hub.note(key, max(after, doc["seq"]))
+            async for event in follow(queue, replay, after, self.heartbeat_seconds):
+                if event is HEARTBEAT:
+                    yield jobs_pb2.JobEvent(type=jobs_pb2.JOB_EVENT_TYPE_HEARTBEAT)
+                else:
+                    yield event.message(convert.job_event)

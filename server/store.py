@@ -1,0 +1,571 @@
+"""All MongoDB access for jobs, their events and the dispatcher lease.
+
+Rules kept here (see shared/MONGO.md):
+- every state change is one conditional update on `_id` (nx-27017 only uses an
+  index for find_one_and_update when it filters on `_id`), built from the
+  state machine table in `states`;
+- orderings and time ranges use the integer `ck` (creation microseconds,
+  unique), never dates: both servers compare integers the same way, fast;
+- references (owner, bulk_job_id, retry_of) are strings;
+- the dispatcher finds runnable jobs through the small indexed `queue` field
+  ("ready", "held", "backoff"; "none" once a job left the queue).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import pymongo
+from bson import ObjectId
+from bson.errors import InvalidId
+from pymongo import ReturnDocument
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
+
+from server import clock
+from server.errors import FieldViolation, ServiceError, invalid, not_found, wrong_status
+from server.states import (
+    FINAL,
+    REFUSAL_HINT,
+    REFUSAL_REASON,
+    Action,
+    Status,
+    allowed,
+)
+
+Doc = dict[str, Any]
+
+# The queue lanes of a QUEUED job; every other status is in lane NONE.
+READY, HELD, BACKOFF, NONE = "ready", "held", "backoff", "none"
+
+# Event types, as stored and as sent on WatchJob.
+SNAPSHOT, STATUS_CHANGED, PROGRESS = "SNAPSHOT", "STATUS_CHANGED", "PROGRESS"
+
+# Fields the service keeps for itself; never sent in an event snapshot twice.
+_EVENT_EXCLUDE = ("search_text", "request_key", "retention")
+
+
+@dataclass
+class JobFilter:
+    """The filters of ListJobs (and of RunBulkOperation and GetJobStats)."""
+
+    statuses: list[str] = field(default_factory=list)
+    modes: list[str] = field(default_factory=list)
+    created_after_us: int = 0
+    created_before_us: int = 0
+    query: str = ""
+    bulk_job_id: str = ""
+    project: str = ""
+
+    def fingerprint(self, owner: str | None) -> str:
+        """A short hash of the filters; a page token is only valid for the same one."""
+        blob = json.dumps([owner, sorted(self.statuses), sorted(self.modes), self.created_after_us,
+                           self.created_before_us, self.query, self.bulk_job_id, self.project])
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Page:
+    """One page of a listing."""
+
+    docs: list[Doc]
+    next_token: str
+    total: int
+
+
+def parse_id(ident: str, kind: str = "job") -> ObjectId:
+    """The ObjectId of a client-supplied id, or INVALID_ARGUMENT."""
+    try:
+        return ObjectId(ident)
+    except (InvalidId, TypeError):
+        raise invalid([FieldViolation("id", f"{ident!r} is not a {kind} id")]) from None
+
+
+def search_text(params: Doc) -> str:
+    """What the free-text `query` filter matches: topic and keywords, lower-cased."""
+    return " | ".join([params.get("topic", ""), *params.get("keywords", [])]).lower()
+
+
+class Store:
+    """The jobs, job_events and leases collections, and every query on them."""
+
+    def __init__(self, uri: str, db_name: str, retention_days: float = 30.0) -> None:
+        # Short timeouts: a down database must turn into UNAVAILABLE quickly,
+        # and pymongo reconnects by itself when it is back.
+        self.client: pymongo.MongoClient[Doc] = pymongo.MongoClient(
+            uri,
+            serverSelectionTimeoutMS=2000,
+            connectTimeoutMS=2000,
+            socketTimeoutMS=30000,
+            tz_aware=True,
+            maxPoolSize=64,
+        )
+        self.db = self.client[db_name]
+        self.jobs: Collection[Doc] = self.db["jobs"]
+        self.events: Collection[Doc] = self.db["job_events"]
+        self.leases: Collection[Doc] = self.db["leases"]
+        self.bulk_jobs: Collection[Doc] = self.db["bulk_jobs"]
+        self.notifications: Collection[Doc] = self.db["notifications"]
+        self.retention = timedelta(days=retention_days)
+        self.order_keys = clock.OrderKeys()
+
+    # ---- set-up ---------------------------------------------------------
+
+    def ensure_indexes(self) -> None:
+        """Create the index behind every query this module makes."""
+        jobs = self.jobs
+        jobs.create_index([("ck", 1)], unique=True)  # order key; admin listing
+        jobs.create_index([("owner", 1), ("ck", 1)])  # ListJobs, stats, bulk operations
+        jobs.create_index([("request_key", 1)], unique=True)  # idempotent submit and retry
+        jobs.create_index([("queue", 1), ("ck", 1)])  # dispatcher candidates
+        jobs.create_index([("status", 1)])  # expired-lease recovery
+        jobs.create_index([("bulk_job_id", 1), ("queue_position", 1)])  # bulk items
+        jobs.create_index([("retention.expire_at", 1)], expireAfterSeconds=0)  # COMPLETED only
+        self.events.create_index([("job_id", 1), ("seq", 1)], unique=True)  # WatchJob replay
+        self.events.create_index([("at_us", 1)])  # the remote-event poller
+        self.events.create_index([("expire_at", 1)], expireAfterSeconds=0)
+        self.bulk_jobs.create_index([("owner", 1), ("ck", 1)])
+        self.bulk_jobs.create_index([("ck", 1)], unique=True)
+        self.bulk_jobs.create_index([("request_key", 1)], unique=True)
+        self.notifications.create_index([("owner", 1), ("ck", 1)])
+        self.notifications.create_index([("delivery", 1)])
+
+    def ping(self) -> None:
+        """Raise unless the database answers."""
+        self.client.admin.command("ping")
+
+    def close(self) -> None:
+        """Close every connection."""
+        self.client.close()
+
+    # ---- creating jobs --------------------------------------------------
+
+    def new_job_doc(
+        self,
+        owner: str,
+        mode: str,
+        params: Doc,
+        *,
+        project: str = "",
+        request_id: str = "",
+        max_attempts: int = 3,
+        retry_of: str = "",
+        bulk_job_id: str = "",
+        queue_position: int = 0,
+        lane: str = READY,
+        ck: int = 0,
+        request_key: str = "",
+    ) -> Doc:
+        """A QUEUED job document, not yet stored."""
+        job_id = ObjectId()
+        ck = ck or self.order_keys.next()
+        return {
+            "_id": job_id,
+            "owner": owner,
+            "project": project,
+            "mode": mode,
+            "params": params,
+            "search_text": search_text(params),
+            "status": str(Status.QUEUED),
+            "queue": lane,
+            "run_after_us": 0,
+            "ck": ck,
+            "attempt": 0,
+            "max_attempts": max_attempts,
+            "attempt_errors": [],
+            "retry_of": retry_of,
+            "retried_by": "",
+            "bulk_job_id": bulk_job_id,
+            "queue_position": queue_position,
+            "request_id": request_id,
+            # Always set, so one plain unique index makes request_id idempotent
+            # (partial indexes are silently full on nx-27017).
+            "request_key": request_key or f"{owner}\x1f{request_id or job_id}",
+            "cancel_requested": False,
+            "epoch": 0,
+            "lease_until_us": 0,
+            "worker": "",
+            "seq": 1,
+            "updated_us": ck,
+        }
+
+    def insert_job(self, doc: Doc) -> tuple[Doc, bool]:
+        """Store a new job: (the job, True), or (the earlier job, False) when its
+        request key was used before. One command unless it was a repeat."""
+        for _ in range(5):
+            try:
+                self.jobs.insert_one(doc)
+                return doc, True
+            except DuplicateKeyError as exc:
+                if "request_key" in str(exc.details or exc):
+                    earlier = self.jobs.find_one({"request_key": doc["request_key"]})
+                    if earlier is not None:
+                        return earlier, False
+                # Another replica took the same order key: take the next one.
+                doc["ck"] = doc["updated_us"] = self.order_keys.next()
+        raise RuntimeError("could not store the job after 5 tries")
+
+    def record_created(self, doc: Doc) -> None:
+        """The first event of a new job (sequence 1)."""
+        self.insert_events([self.event_doc(doc, STATUS_CHANGED)])
+
+    # ---- reading --------------------------------------------------------
+
+    def get(self, owner: str | None, job_id: str) -> Doc:
+        """One job; another user's is NOT_FOUND (owner None: an admin sees all)."""
+        found = self.jobs.find_one(_owned(owner, parse_id(job_id)))
+        if found is None:
+            raise not_found("job", job_id)
+        return found
+
+    def list(self, owner: str | None, filters: JobFilter, size: int, token: str) -> Page:
+        """A page of jobs, newest first, by keyset on `ck`.
+
+        First page: a find and a $count aggregation (nx-27017's count_documents
+        reads every document; its $count runs in SQL). Later pages: one find,
+        the total carried in the token from the first page.
+        """
+        query = self.job_query(owner, filters)
+        fingerprint = filters.fingerprint(owner)
+        total = -1
+        if token:
+            before, total = _decode_token(token, fingerprint)
+            query["ck"] = {**query.get("ck", {}), "$lt": before}
+        docs = list(self.jobs.find(query).sort("ck", pymongo.DESCENDING).limit(size + 1))
+        if total < 0:
+            total = self.count(self.jobs, self.job_query(owner, filters))
+        more = len(docs) > size
+        docs = docs[:size]
+        next_token = _encode_token(docs[-1]["ck"], total, fingerprint) if more else ""
+        return Page(docs, next_token, total)
+
+    def job_query(self, owner: str | None, filters: JobFilter) -> Doc:
+        """The MongoDB filter for `filters`, restricted to the owner's jobs."""
+        query: Doc = {} if owner is None else {"owner": owner}
+        if filters.statuses:
+            query["status"] = {"$in": filters.statuses}
+        if filters.modes:
+            query["mode"] = {"$in": filters.modes}
+        created: Doc = {}
+        if filters.created_after_us:
+            created["$gte"] = filters.created_after_us
+        if filters.created_before_us:
+            created["$lt"] = filters.created_before_us
+        if created:
+            query["ck"] = created
+        if filters.query:
+            query["search_text"] = {"$regex": re.escape(filters.query.lower()), "$options": "i"}
+        if filters.bulk_job_id:
+            query["bulk_job_id"] = filters.bulk_job_id
+        if filters.project:
+            query["project"] = filters.project
+        return query
+
+    @staticmethod
+    def count(collection: Collection[Doc], query: Doc) -> int:
+        """How many documents match, counted by the server in one aggregation."""
+        rows = list(collection.aggregate([{"$match": query}, {"$count": "n"}]))
+        return int(rows[0]["n"]) if rows else 0
+
+    # ---- owner actions --------------------------------------------------
+
+    def cancel(self, owner: str | None, job_id: str) -> tuple[Doc, bool]:
+        """Cancel a job: (the job after, True when it was processing and the
+        dispatcher must stop it). One command for a queued job."""
+        oid = parse_id(job_id)
+        done = self._transition(owner, oid, Action.CANCEL_QUEUED, _cancelled())
+        if done is not None:
+            return done, False
+        running = self._transition(
+            owner, oid, Action.CANCEL_RUNNING, {"cancel_requested": True, "updated_us": clock.now_us()}
+        )
+        if running is not None:
+            return running, True
+        raise self.refusal(owner, job_id, Action.CANCEL_QUEUED)
+
+    def retry(self, owner: str | None, job_id: str, request_id: str, default_attempts: int) -> Doc:
+        """A new QUEUED job with the same mode and params; the same one again
+        when this job was retried before."""
+        original = self.jobs.find_one(
+            {**_owned(owner, parse_id(job_id)), "status": {"$in": allowed(Action.RETRY)}}
+        )
+        if original is None:
+            raise self.refusal(owner, job_id, Action.RETRY)
+        doc = self.new_job_doc(
+            original["owner"],
+            original["mode"],
+            original["params"],
+            project=original["project"],
+            request_id=request_id,
+            max_attempts=original.get("max_attempts") or default_attempts,
+            retry_of=job_id,
+            bulk_job_id=original["bulk_job_id"],
+            queue_position=original["queue_position"],
+            # One retry per job, whoever asks and however often: the unique
+            # request key makes a repeated or concurrent retry return the first.
+            request_key=f"{original['owner']}\x1fretry-of\x1f{job_id}",
+        )
+        stored, created = self.insert_job(doc)
+        if created:
+            self.record_created(stored)
+        self.jobs.update_one({"_id": original["_id"]}, {"$set": {"retried_by": str(stored["_id"])}})
+        return stored
+
+    def delete(self, owner: str | None, job_id: str) -> None:
+        """Remove a job in a final status, and its events."""
+        oid = parse_id(job_id)
+        result = self.jobs.delete_one({**_owned(owner, oid), "status": {"$in": allowed(Action.DELETE)}})
+        if result.deleted_count == 0:
+            raise self.refusal(owner, job_id, Action.DELETE)
+        self.events.delete_many({"job_id": job_id})
+
+    def refusal(self, owner: str | None, job_id: str, action: Action) -> ServiceError:
+        """Why `action` did not happen: NOT_FOUND, or the status that forbids it."""
+        found = self.jobs.find_one(_owned(owner, parse_id(job_id)), {"status": 1})
+        if found is None:
+            return not_found("job", job_id)
+        return wrong_status(
+            REFUSAL_REASON[action], "job", job_id, found["status"], REFUSAL_HINT[action]
+        )
+
+    def _transition(self, owner: str | None, oid: ObjectId, action: Action, changes: Doc) -> Doc | None:
+        """Apply `changes` if the job's status allows `action`; bump its sequence."""
+        return self.jobs.find_one_and_update(
+            {**_owned(owner, oid), "status": {"$in": allowed(action)}},
+            {"$set": changes, "$inc": {"seq": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    # ---- many jobs at once ----------------------------------------------
+
+    def matching_ids(self, query: Doc, limit: int) -> list[ObjectId]:
+        """The oldest `limit` job ids matching `query`."""
+        cursor = self.jobs.find(query, {"_id": 1}).sort("ck", pymongo.ASCENDING).limit(limit)
+        return [row["_id"] for row in cursor]
+
+    def cancel_queued(self, oid: ObjectId) -> Doc | None:
+        """Cancel one job if it is still queued (bulk operations, bulk cancel)."""
+        return self._transition(None, oid, Action.CANCEL_QUEUED, _cancelled())
+
+    def delete_completed(self, ids: list[ObjectId]) -> int:
+        """Delete those of `ids` that are COMPLETED, with their events."""
+        result = self.jobs.delete_many({"_id": {"$in": ids}, "status": str(Status.COMPLETED)})
+        self.events.delete_many({"job_id": {"$in": [str(i) for i in ids]}})
+        return result.deleted_count
+
+    def stats(self, owner: str | None, filters: JobFilter) -> tuple[list[Doc], list[Doc]]:
+        """(rows by status with count, cost and duration sums; rows by mode with count).
+
+        Two single-key groupings: nx-27017 does not group by a compound key.
+        """
+        match = {"$match": self.job_query(owner, filters)}
+        by_status = self.jobs.aggregate([match, {"$group": {
+            "_id": "$status", "n": {"$sum": 1}, "cost": {"$sum": "$cost_cents"},
+            "seconds": {"$sum": "$duration_s"}}}])
+        by_mode = self.jobs.aggregate([match, {"$group": {"_id": "$mode", "n": {"$sum": 1}}}])
+        return list(by_status), list(by_mode)
+
+    # ---- events ---------------------------------------------------------
+
+    def event_doc(self, job: Doc, kind: str, origin: str = "") -> Doc:
+        """The event recording `job` as it is now, at its current sequence."""
+        stamp = clock.now()
+        snapshot = {k: v for k, v in job.items() if k not in _EVENT_EXCLUDE}
+        return {
+            "job_id": str(job["_id"]),
+            "seq": job["seq"],
+            "type": kind,
+            "at_us": clock.now_us(),
+            "job": snapshot,
+            "origin": origin,
+            # Events are the log that WatchJob resumes from; they expire with
+            # the retention period, never before the completed job itself.
+            "expire_at": stamp + self.retention,
+        }
+
+    def insert_events(self, events: list[Doc]) -> None:
+        """Store events; one already stored (same job and sequence) is skipped."""
+        if not events:
+            return
+        try:
+            self.events.insert_many(events, ordered=False)
+        except pymongo.errors.BulkWriteError as exc:
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
+
+    def events_after(self, job_id: str, seq: int) -> list[Doc]:
+        """The stored events of a job after `seq`, in order."""
+        cursor = self.events.find({"job_id": job_id, "seq": {"$gt": seq}}).sort("seq", 1)
+        return list(cursor)
+
+    def events_since(self, job_ids: Iterable[str], since_us: int) -> list[Doc]:
+        """Events of any of `job_ids` stored at or after `since_us` (for the poller)."""
+        cursor = self.events.find({"at_us": {"$gte": since_us}, "job_id": {"$in": list(job_ids)}})
+        return sorted(cursor, key=lambda e: (e["job_id"], e["seq"]))
+
+    def jobs_by_ids(self, ids: list[str]) -> list[Doc]:
+        """The current documents of these jobs (the remote-event poller)."""
+        oids = [ObjectId(i) for i in ids if ObjectId.is_valid(i)]
+        return list(self.jobs.find({"_id": {"$in": oids}}))
+
+    # ---- the dispatcher -------------------------------------------------
+
+    def runnable(self, limit: int) -> list[tuple[int, ObjectId]]:
+        """The oldest ready jobs as (order key, id), for the dispatcher to claim."""
+        cursor = self.jobs.find({"queue": READY}, {"ck": 1}).sort("ck", 1).limit(limit)
+        return [(row["ck"], row["_id"]) for row in cursor]
+
+    def claim(self, oid: ObjectId, worker: str, lease_seconds: float) -> Doc | None:
+        """Take a ready job for running: one atomic update on `_id`.
+
+        Increments the lease epoch: every later write for this run is
+        conditional on it, so a stale dispatcher cannot overwrite a newer run.
+        """
+        now_us = clock.now_us()
+        return self.jobs.find_one_and_update(
+            {"_id": oid, "status": {"$in": allowed(Action.CLAIM)}, "queue": READY},
+            {
+                "$set": {
+                    "status": str(Status.PROCESSING),
+                    "queue": NONE,
+                    "worker": worker,
+                    "lease_until_us": now_us + int(lease_seconds * 1_000_000),
+                    "started_us": now_us,
+                    "updated_us": now_us,
+                    "progress": {"percentage": 0, "stage": "starting", "stage_progress": 0,
+                                 "message": "", "started_at_us": now_us, "elapsed_seconds": 0.0},
+                },
+                "$inc": {"epoch": 1, "attempt": 1, "seq": 1},
+            },
+            return_document=ReturnDocument.AFTER,
+        )
+
+    def fenced_update(self, oid: ObjectId, epoch: int, changes: Doc, bump: bool = True) -> Doc | None:
+        """Update a running job only if this run still holds it (same epoch)."""
+        update: Doc = {"$set": changes}
+        if bump:
+            update["$inc"] = {"seq": 1}
+        return self.jobs.find_one_and_update(
+            {"_id": oid, "epoch": epoch, "status": {"$in": allowed(Action.FINISH)}},
+            update,
+            return_document=ReturnDocument.AFTER,
+        )
+
+    def renew_job_lease(self, oid: ObjectId, epoch: int, lease_seconds: float) -> Doc | None:
+        """Extend a running job's lease; None when the run lost it."""
+        return self.jobs.find_one_and_update(
+            {"_id": oid, "epoch": epoch, "status": str(Status.PROCESSING)},
+            {"$set": {"lease_until_us": clock.now_us() + int(lease_seconds * 1_000_000)}},
+            projection={"cancel_requested": 1},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    def completion(self, result: Doc, started_us: int) -> Doc:
+        """The fields a COMPLETED job gets."""
+        now_us = clock.now_us()
+        return {
+            "status": str(Status.COMPLETED),
+            "result": result,
+            "cost_cents": int(result.get("cost_cents", 0)),
+            "duration_s": max((now_us - started_us) / 1e6, 0.0),
+            "ended_us": now_us,
+            "updated_us": now_us,
+            # The TTL index removes it then. Nested: nx-27017 stores a date set
+            # at the top level by an update as a string, but keeps nested ones.
+            "retention": {"expire_at": clock.now() + self.retention},
+        }
+
+    def processing_jobs(self) -> list[Doc]:
+        """Every PROCESSING job, with its lease (few: at most one per dispatcher)."""
+        return list(self.jobs.find({"status": str(Status.PROCESSING)}))
+
+    def due_backoff(self, now_us: int) -> list[ObjectId]:
+        """Jobs waiting out a retry backoff whose time has come."""
+        cursor = self.jobs.find({"queue": BACKOFF}, {"run_after_us": 1})
+        return [row["_id"] for row in cursor if row.get("run_after_us", 0) <= now_us]
+
+    def make_ready(self, oid: ObjectId) -> bool:
+        """Put a backed-off job back in the ready lane."""
+        result = self.jobs.update_one(
+            {"_id": oid, "status": str(Status.QUEUED), "queue": BACKOFF}, {"$set": {"queue": READY}}
+        )
+        return result.modified_count == 1
+
+    def hold_leader(self, lease_id: str, holder: str, lease_seconds: float) -> bool:
+        """Renew or take the named lease; True while `holder` has it."""
+        now_us = clock.now_us()
+        until = now_us + int(lease_seconds * 1_000_000)
+        renewed = self.leases.update_one(
+            {"_id": lease_id, "holder": holder}, {"$set": {"until_us": until}}
+        )
+        if renewed.matched_count:
+            return True
+        taken = self.leases.update_one(
+            {"_id": lease_id, "until_us": {"$lt": now_us}},
+            {"$set": {"holder": holder, "until_us": until}, "$inc": {"term": 1}},
+        )
+        if taken.matched_count:
+            return True
+        try:
+            self.leases.insert_one({"_id": lease_id, "holder": holder, "until_us": until, "term": 1})
+            return True
+        except DuplicateKeyError:
+            return False
+
+    def release_leader(self, lease_id: str, holder: str) -> None:
+        """Give the lease up at once (a clean shutdown), so another replica need not wait."""
+        self.leases.update_one({"_id": lease_id, "holder": holder}, {"$set": {"until_us": 0}})
+
+
+def _owned(owner: str | None, oid: ObjectId) -> Doc:
+    """A filter on `_id` that also requires the owner (None: any owner, for admins)."""
+    return {"_id": oid} if owner is None else {"_id": oid, "owner": owner}
+
+
+def _cancelled() -> Doc:
+    now_us = clock.now_us()
+    return {"status": str(Status.CANCELLED), "queue": NONE, "ended_us": now_us, "updated_us": now_us,
+            "error": _error("CANCELLED", "cancelled", "cancelled by its owner", False, 0)}
+
+
+def _error(code: str, category: str, message: str, retryable: bool, attempt: int) -> Doc:
+    return {"code": code, "category": category, "message": message, "retryable": retryable,
+            "attempt": attempt}
+
+
+job_error = _error
+
+
+def _encode_token(before_ck: int, total: int, fingerprint: str) -> str:
+    raw = json.dumps({"b": before_ck, "t": total, "f": fingerprint}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str, fingerprint: str) -> tuple[int, int]:
+    bad = invalid(
+        [FieldViolation("page_token", "not a token from this listing; start again without it")],
+        reason="INVALID_PAGE_TOKEN",
+    )
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        before, total, print_ = int(raw["b"]), int(raw["t"]), str(raw["f"])
+    except (ValueError, KeyError, TypeError):
+        raise bad from None
+    if print_ != fingerprint:
+        raise invalid(
+            [FieldViolation("page_token", "the filters changed since this token was issued")],
+            reason="PAGE_TOKEN_FILTER_MISMATCH",
+        )
+    return before, total
+
+
+def final(status: str) -> bool:
+    """Whether a stored status is final."""
+    return status in {str(s) for s in FINAL}

@@ -1,0 +1,155 @@
+"""Request validation: pure functions from plain values to field violations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.errors import FieldViolation
+
+MODES = ("TOPIC", "KEYWORDS", "TRENDS", "SPIN")
+DEFAULT_WORD_COUNT = 800
+MIN_WORDS, MAX_WORDS = 50, 5000
+MAX_TOPIC = 500
+MAX_KEYWORDS, MAX_KEYWORD = 20, 100
+MAX_SOURCE_TEXT = 100_000
+MAX_TONE = 50
+MAX_EXTRA, MAX_EXTRA_KEY, MAX_EXTRA_VALUE = 20, 64, 1000
+MAX_REQUEST_ID = 128
+MAX_PROJECT = 100
+MAX_ATTEMPTS_LIMIT = 10
+MAX_DEMO_SECONDS = 3600.0
+DEMO_FAILURES = ("transient", "permanent")
+MIN_BULK_ITEMS, MAX_BULK_ITEMS = 10, 50
+MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 100, 50
+MAX_QUERY = 200
+
+
+def check_params(mode: str, params: dict[str, Any], prefix: str = "params") -> list[FieldViolation]:
+    """Everything wrong with generation params for `mode` (an empty list when valid)."""
+    bad: list[FieldViolation] = []
+
+    def flag(name: str, why: str) -> None:
+        bad.append(FieldViolation(f"{prefix}.{name}", why))
+
+    topic: str = params.get("topic", "")
+    keywords: list[str] = params.get("keywords", [])
+    if len(topic) > MAX_TOPIC:
+        flag("topic", f"at most {MAX_TOPIC} characters")
+    if mode == "TOPIC" and not topic.strip():
+        flag("topic", "required for MODE_TOPIC")
+    if mode == "KEYWORDS" and not keywords:
+        flag("keywords", "at least one keyword is required for MODE_KEYWORDS")
+    if mode == "TRENDS" and not topic.strip() and not keywords:
+        flag("topic", "MODE_TRENDS needs a topic or keywords")
+    if len(keywords) > MAX_KEYWORDS:
+        flag("keywords", f"at most {MAX_KEYWORDS} keywords")
+    for i, word in enumerate(keywords):
+        if not word.strip() or len(word) > MAX_KEYWORD:
+            flag(f"keywords[{i}]", f"must be 1 to {MAX_KEYWORD} non-blank characters")
+    source = params.get("source_text", "")
+    if mode == "SPIN" and not source.strip():
+        flag("source_text", "required for MODE_SPIN")
+    if len(source) > MAX_SOURCE_TEXT:
+        flag("source_text", f"at most {MAX_SOURCE_TEXT} characters")
+    words = params.get("word_count", 0)
+    if words != 0 and not MIN_WORDS <= words <= MAX_WORDS:
+        flag("word_count", f"must be 0 (default {DEFAULT_WORD_COUNT}) or {MIN_WORDS} to {MAX_WORDS}")
+    if len(params.get("tone", "")) > MAX_TONE:
+        flag("tone", f"at most {MAX_TONE} characters")
+    bad.extend(_check_extra(params.get("extra", {}), prefix))
+    return bad
+
+
+def _check_extra(extra: dict[str, str], prefix: str) -> list[FieldViolation]:
+    bad: list[FieldViolation] = []
+    if len(extra) > MAX_EXTRA:
+        bad.append(FieldViolation(f"{prefix}.extra", f"at most {MAX_EXTRA} entries"))
+    for key, value in extra.items():
+        if not key or len(key) > MAX_EXTRA_KEY or len(value) > MAX_EXTRA_VALUE:
+            bad.append(
+                FieldViolation(
+                    f"{prefix}.extra[{key!r}]",
+                    f"keys 1 to {MAX_EXTRA_KEY} characters, values at most {MAX_EXTRA_VALUE}",
+                )
+            )
+    if "demo_seconds" in extra:
+        try:
+            seconds = float(extra["demo_seconds"])
+            ok = 0 <= seconds <= MAX_DEMO_SECONDS
+        except ValueError:
+            ok = False
+        if not ok:
+            bad.append(
+                FieldViolation(
+                    f"{prefix}.extra['demo_seconds']", f"a number from 0 to {MAX_DEMO_SECONDS:g}"
+                )
+            )
+    if "demo_fail" in extra and extra["demo_fail"] not in DEMO_FAILURES:
+        bad.append(
+            FieldViolation(f"{prefix}.extra['demo_fail']", "either 'transient' or 'permanent'")
+        )
+    return bad
+
+
+def check_mode(mode: str, field: str = "mode") -> list[FieldViolation]:
+    """A violation unless `mode` is one of MODES."""
+    if mode in MODES:
+        return []
+    return [FieldViolation(field, "required: one of MODE_TOPIC, MODE_KEYWORDS, MODE_TRENDS, MODE_SPIN")]
+
+
+def check_submit(
+    mode: str, params: dict[str, Any], request_id: str, project: str, max_attempts: int
+) -> list[FieldViolation]:
+    """Everything wrong with a SubmitJob request."""
+    bad = check_mode(mode)
+    bad += check_params(mode, params)
+    bad += check_common(request_id, project)
+    if not 0 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+        bad.append(FieldViolation("max_attempts", f"0 (server default) to {MAX_ATTEMPTS_LIMIT}"))
+    return bad
+
+
+def check_common(request_id: str, project: str) -> list[FieldViolation]:
+    """Checks shared by every create request."""
+    bad = []
+    if len(request_id) > MAX_REQUEST_ID:
+        bad.append(FieldViolation("request_id", f"at most {MAX_REQUEST_ID} characters"))
+    if len(project) > MAX_PROJECT:
+        bad.append(FieldViolation("project", f"at most {MAX_PROJECT} characters"))
+    return bad
+
+
+def check_bulk(
+    mode: str, items: list[dict[str, Any]], request_id: str, project: str, notify_url: str
+) -> list[FieldViolation]:
+    """Everything wrong with a CreateBulkJob request; item fields named items[i].field."""
+    bad = check_mode(mode)
+    if not MIN_BULK_ITEMS <= len(items) <= MAX_BULK_ITEMS:
+        bad.append(
+            FieldViolation(
+                "items", f"a bulk job has {MIN_BULK_ITEMS} to {MAX_BULK_ITEMS} items, got {len(items)}"
+            )
+        )
+    for i, item in enumerate(items):
+        bad += check_params(mode, item, prefix=f"items[{i}]")
+    bad += check_common(request_id, project)
+    if notify_url and not notify_url.startswith(("http://", "https://")):
+        bad.append(FieldViolation("notify_url", "must be an http:// or https:// URL"))
+    return bad
+
+
+def page_size(requested: int) -> tuple[int, list[FieldViolation]]:
+    """The page size to use: 0 means the default, larger than the max is capped."""
+    if requested < 0:
+        return 0, [FieldViolation("page_size", "must not be negative")]
+    if requested == 0:
+        return DEFAULT_PAGE_SIZE, []
+    return min(requested, MAX_PAGE_SIZE), []
+
+
+def check_query(query: str) -> list[FieldViolation]:
+    """A violation when the free-text query is too long."""
+    if len(query) > MAX_QUERY:
+        return [FieldViolation("query", f"at most {MAX_QUERY} characters")]
+    return []
