@@ -1,0 +1,406 @@
+"""A typed Python client over the generated genjobs stubs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from genjobs.v1 import bulk_pb2, bulk_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+
+T = TypeVar("T")
+
+
+class GenJobsError(Exception):
+    """An RPC failed. `reason` is the server's ErrorInfo reason (e.g. JOB_NOT_CANCELLABLE)."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        reason: str = "",
+        violations: Sequence[tuple[str, str]] = (),
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{reason or code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.violations = list(violations)
+        self.metadata = dict(metadata or {})
+
+
+class InvalidArgument(GenJobsError):
+    """The request was malformed; `violations` lists (field, description)."""
+
+
+class NotFound(GenJobsError):
+    """No such job (or it belongs to someone else)."""
+
+
+class FailedPrecondition(GenJobsError):
+    """The job's status does not allow this; `metadata['status']` names it."""
+
+
+class Unauthenticated(GenJobsError):
+    """No token, or a malformed, badly signed or expired one."""
+
+
+class Unavailable(GenJobsError):
+    """The server or its database is unreachable; retry later."""
+
+
+class ResourceExhausted(GenJobsError):
+    """A limit was hit."""
+
+
+_KINDS: dict[grpc.StatusCode, type[GenJobsError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+}
+
+
+def translate(error: grpc.RpcError) -> GenJobsError:
+    """The GenJobsError subclass for an RpcError, with its ErrorInfo and BadRequest."""
+    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+    message = error.details() if isinstance(error, grpc.Call) else str(error)
+    reason, violations, metadata = "", [], {}
+    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations = [(v.field, v.description) for v in bad.field_violations]
+    kind = _KINDS.get(code, GenJobsError)
+    return kind(code, message or "", reason, violations, metadata)
+
+
+def mode_value(mode: str | int) -> int:
+    """A Mode from "topic", "TOPIC", "MODE_TOPIC" or the enum number."""
+    if isinstance(mode, int):
+        return mode
+    name = mode.upper()
+    return int(jobs_pb2.Mode.Value(name if name.startswith("MODE_") else "MODE_" + name))
+
+
+def status_value(status: str | int) -> int:
+    """A JobStatus from "failed", "JOB_STATUS_FAILED" or the enum number."""
+    if isinstance(status, int):
+        return status
+    name = status.upper()
+    prefix = "JOB_STATUS_"
+    return int(jobs_pb2.JobStatus.Value(name if name.startswith(prefix) else prefix + name))
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    """A protobuf Timestamp of a datetime (None stays None)."""
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def params(
+    topic: str = "",
+    keywords: Sequence[str] = (),
+    word_count: int = 0,
+    tone: str = "",
+    source_text: str = "",
+    extra: Mapping[str, str] | None = None,
+) -> jobs_pb2.GenerationParams:
+    """GenerationParams from keyword arguments."""
+    return jobs_pb2.GenerationParams(
+        topic=topic,
+        keywords=list(keywords),
+        word_count=word_count,
+        tone=tone,
+        source_text=source_text,
+        extra=dict(extra or {}),
+    )
+
+
+class GenJobsClient:
+    """JobService and BulkService with Python types and exceptions by kind.
+
+    >>> with GenJobsClient("localhost:50051", token) as jobs:
+    ...     job = jobs.submit("topic", topic="Green tea")
+    ...     for event in jobs.watch(job.id): print(event.job.progress.percentage)
+    """
+
+    def __init__(
+        self,
+        target: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._channel = channel or grpc.insecure_channel(target)
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self.jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
+        self.bulk = bulk_pb2_grpc.BulkServiceStub(self._channel)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> GenJobsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., T], request: Any) -> T:
+        try:
+            return method(request, metadata=self._metadata, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise translate(error) from None
+
+    # ---- JobService -------------------------------------------------------
+
+    def submit(
+        self,
+        mode: str | int,
+        *,
+        request_id: str = "",
+        project: str = "",
+        max_attempts: int = 0,
+        generation: jobs_pb2.GenerationParams | None = None,
+        **param_fields: Any,
+    ) -> jobs_pb2.Job:
+        """Queue a job: `submit("topic", topic="Tea", word_count=300)`."""
+        request = jobs_pb2.SubmitJobRequest(
+            mode=mode_value(mode),  # type: ignore[arg-type]
+            params=generation or params(**param_fields),
+            request_id=request_id,
+            project=project,
+            max_attempts=max_attempts,
+        )
+        return self._call(self.jobs.SubmitJob, request)
+
+    def get(self, job_id: str) -> jobs_pb2.Job:
+        """One job."""
+        return self._call(self.jobs.GetJob, jobs_pb2.GetJobRequest(id=job_id))
+
+    def list(self, **filters: Any) -> jobs_pb2.ListJobsResponse:
+        """One page of ListJobs; see `list_request` for the filters."""
+        return self._call(self.jobs.ListJobs, list_request(**filters))
+
+    def iter_jobs(self, limit: int = 0, **filters: Any) -> Iterator[jobs_pb2.Job]:
+        """Every matching job, newest first, fetching pages as needed."""
+        token = ""
+        seen = 0
+        while True:
+            page = self.list(page_token=token, **filters)
+            for job in page.jobs:
+                yield job
+                seen += 1
+                if limit and seen >= limit:
+                    return
+            token = page.next_page_token
+            if not token:
+                return
+
+    def cancel(self, job_id: str) -> jobs_pb2.Job:
+        """Cancel a queued or processing job."""
+        return self._call(self.jobs.CancelJob, jobs_pb2.CancelJobRequest(id=job_id))
+
+    def retry(self, job_id: str, request_id: str = "") -> jobs_pb2.Job:
+        """Queue a new job like a failed or cancelled one."""
+        request = jobs_pb2.RetryJobRequest(id=job_id, request_id=request_id)
+        return self._call(self.jobs.RetryJob, request)
+
+    def delete(self, job_id: str) -> None:
+        """Delete a completed, failed or cancelled job."""
+        self._call(self.jobs.DeleteJob, jobs_pb2.DeleteJobRequest(id=job_id))
+
+    def run_bulk_operation(
+        self,
+        operation: str | int,
+        *,
+        bulk_job_id: str = "",
+        modes: Sequence[str | int] = (),
+        project: str = "",
+        validate_only: bool = False,
+    ) -> jobs_pb2.RunBulkOperationResponse:
+        """RETRY_ALL_FAILED, CANCEL_ALL_QUEUED or DELETE_ALL_COMPLETED on up to 100 jobs."""
+        if isinstance(operation, str):
+            name = operation.upper()
+            prefix = "BULK_OPERATION_"
+            operation = int(jobs_pb2.BulkOperation.Value(name if name.startswith(prefix) else prefix + name))
+        request = jobs_pb2.RunBulkOperationRequest(
+            operation=operation,  # type: ignore[arg-type]
+            bulk_job_id=bulk_job_id,
+            modes=[mode_value(m) for m in modes],  # type: ignore[misc]
+            project=project,
+            validate_only=validate_only,
+        )
+        return self._call(self.jobs.RunBulkOperation, request)
+
+    def stats(
+        self,
+        *,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        project: str = "",
+    ) -> jobs_pb2.GetJobStatsResponse:
+        """Counts by status and mode, cost, mean duration and failure rate."""
+        request = jobs_pb2.GetJobStatsRequest(
+            created_after=timestamp(created_after),
+            created_before=timestamp(created_before),
+            project=project,
+        )
+        return self._call(self.jobs.GetJobStats, request)
+
+    def watch(
+        self, job_id: str, after_sequence: int = 0, *, reconnect: bool = True
+    ) -> Iterator[jobs_pb2.JobEvent]:
+        """The job's events until its final status, resuming after dropped
+        connections from the last sequence seen (heartbeats are skipped)."""
+        return self._follow(
+            lambda after: self.jobs.WatchJob(
+                jobs_pb2.WatchJobRequest(id=job_id, after_sequence=after), metadata=self._metadata
+            ),
+            after_sequence,
+            reconnect,
+            jobs_pb2.JOB_EVENT_TYPE_HEARTBEAT,
+        )
+
+    def _follow(
+        self, open_stream: Callable[[int], Any], after: int, reconnect: bool, heartbeat: int
+    ) -> Iterator[Any]:
+        last = after
+        failures = 0
+        while True:
+            try:
+                for event in open_stream(last):
+                    failures = 0
+                    if event.type == heartbeat:
+                        continue
+                    last = event.sequence
+                    yield event
+                return
+            except grpc.RpcError as error:
+                translated = translate(error)
+                if not reconnect or not isinstance(translated, Unavailable) or failures >= 30:
+                    raise translated from None
+                failures += 1
+                time.sleep(min(0.1 * 2**failures, 2.0))
+
+    # ---- BulkService ------------------------------------------------------
+
+    def create_bulk(
+        self,
+        mode: str | int,
+        items: Sequence[jobs_pb2.GenerationParams | Mapping[str, Any]],
+        *,
+        request_id: str = "",
+        project: str = "",
+        notify_url: str = "",
+    ) -> bulk_pb2.BulkJob:
+        """Queue 10 to 50 items as one bulk job."""
+        request = bulk_pb2.CreateBulkJobRequest(
+            mode=mode_value(mode),  # type: ignore[arg-type]
+            items=[i if isinstance(i, jobs_pb2.GenerationParams) else params(**i) for i in items],
+            request_id=request_id,
+            project=project,
+            notify_url=notify_url,
+        )
+        return self._call(self.bulk.CreateBulkJob, request)
+
+    def get_bulk(self, bulk_id: str) -> bulk_pb2.BulkJob:
+        """One bulk job with its items."""
+        return self._call(self.bulk.GetBulkJob, bulk_pb2.GetBulkJobRequest(id=bulk_id))
+
+    def list_bulk(self, page_size: int = 0, page_token: str = "") -> bulk_pb2.ListBulkJobsResponse:
+        """One page of bulk jobs, newest first."""
+        request = bulk_pb2.ListBulkJobsRequest(page_size=page_size, page_token=page_token)
+        return self._call(self.bulk.ListBulkJobs, request)
+
+    def iter_bulk(self, limit: int = 0) -> Iterator[bulk_pb2.BulkJob]:
+        """Every bulk job, newest first."""
+        token, seen = "", 0
+        while True:
+            page = self.list_bulk(page_token=token)
+            for bulk in page.bulk_jobs:
+                yield bulk
+                seen += 1
+                if limit and seen >= limit:
+                    return
+            token = page.next_page_token
+            if not token:
+                return
+
+    def pause_bulk(self, bulk_id: str) -> bulk_pb2.BulkJob:
+        """Start no further items."""
+        return self._call(self.bulk.PauseBulkJob, bulk_pb2.PauseBulkJobRequest(id=bulk_id))
+
+    def resume_bulk(self, bulk_id: str) -> bulk_pb2.BulkJob:
+        """Go on with a paused bulk job."""
+        return self._call(self.bulk.ResumeBulkJob, bulk_pb2.ResumeBulkJobRequest(id=bulk_id))
+
+    def cancel_bulk(self, bulk_id: str) -> bulk_pb2.BulkJob:
+        """Cancel the queued items and stop the running one."""
+        return self._call(self.bulk.CancelBulkJob, bulk_pb2.CancelBulkJobRequest(id=bulk_id))
+
+    def watch_bulk(
+        self, bulk_id: str, after_sequence: int = 0, *, reconnect: bool = True
+    ) -> Iterator[bulk_pb2.BulkJobEvent]:
+        """The bulk job's events until it is final, resuming after dropped connections."""
+        return self._follow(
+            lambda after: self.bulk.WatchBulkJob(
+                bulk_pb2.WatchBulkJobRequest(id=bulk_id, after_sequence=after),
+                metadata=self._metadata,
+            ),
+            after_sequence,
+            reconnect,
+            bulk_pb2.BULK_JOB_EVENT_TYPE_HEARTBEAT,
+        )
+
+    def notifications(self, page_size: int = 0, page_token: str = "") -> bulk_pb2.ListNotificationsResponse:
+        """One page of the caller's notifications, newest first."""
+        request = bulk_pb2.ListNotificationsRequest(page_size=page_size, page_token=page_token)
+        return self._call(self.bulk.ListNotifications, request)
+
+
+def list_request(
+    *,
+    statuses: Sequence[str | int] = (),
+    modes: Sequence[str | int] = (),
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    query: str = "",
+    bulk_job_id: str = "",
+    project: str = "",
+    page_size: int = 0,
+    page_token: str = "",
+) -> jobs_pb2.ListJobsRequest:
+    """A ListJobsRequest from Python values."""
+    return jobs_pb2.ListJobsRequest(
+        statuses=[status_value(s) for s in statuses],  # type: ignore[misc]
+        modes=[mode_value(m) for m in modes],  # type: ignore[misc]
+        created_after=timestamp(created_after),
+        created_before=timestamp(created_before),
+        query=query,
+        bulk_job_id=bulk_job_id,
+        project=project,
+        page_size=page_size,
+        page_token=page_token,
+    )

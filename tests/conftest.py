@@ -1,0 +1,38 @@
+"""Fixtures: one real MongoDB-wire server per session, a fresh genjobs server per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client import GenJobsClient
+from tests.harness import MongoServer, ServerThread, make_settings
+
+
+@pytest.fixture(scope="session")
+def mongo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServer]:
+    server = MongoServer(tmp_path_factory.mktemp("mongo"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(mongo: MongoServer, tmp_path: Path) -> Iterator[ServerThread]:
+    running = ServerThread(make_settings(mongo.uri, tmp_path)).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def alice(server: ServerThread) -> Iterator[GenJobsClient]:
+    with server.client("alice") as client:
+        yield client
+
+
+@pytest.fixture
+def bob(server: ServerThread) -> Iterator[GenJobsClient]:
+    with server.client("bob") as client:
+        yield client

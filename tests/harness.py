@@ -1,0 +1,161 @@
+"""Test harness: a real nx-27017 and real genjobs servers, started on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pymongo
+
+from client import GenJobsClient
+from server.app import App
+from server.auth import make_token
+from server.config import Settings
+from server.embedded import free_port
+
+SECRET = "test-secret-0123456789abcdef0123"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+class MongoServer:
+    """An nx-27017 process on a free port, or the URI in GENJOBS_MONGODB_URI."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.external = os.environ.get("GENJOBS_MONGODB_URI", "")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.data_dir = data_dir
+        self.port = 0
+        self.uri = self.external
+
+    def start(self) -> None:
+        if self.external:
+            return
+        self.port = self.port or free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "nx_27017.nx_27017", "--data-dir", str(self.data_dir),
+             "--port", str(self.port), "--pid-file", str(self.data_dir / "pid"),
+             "--log-file", str(self.data_dir / "log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.uri = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            self.uri, serverSelectionTimeoutMS=200
+        )
+
+        def answers() -> bool:
+            try:
+                client.admin.command("ping")
+                return True
+            except pymongo.errors.PyMongoError:
+                return False
+
+        wait_for(answers, timeout=30)
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+class ServerThread:
+    """A genjobs App serving in a thread of its own, with its own event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app: App | None = None
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+        self._grace = 1.0
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(60):
+            raise AssertionError("server did not start")
+        if self._error:
+            raise self._error
+        return self
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.app = App(self.settings)
+        try:
+            self.port = await self.app.start()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        await self._stop.wait()
+        await self.app.stop(self._grace)
+
+    def stop(self, grace: float = 1.0) -> None:
+        if self._loop is None or self._stop is None or not self._thread.is_alive():
+            return
+        self._grace = grace
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def token(self, user: str = "alice", admin: bool = False, ttl: int = 3600) -> str:
+        return make_token(SECRET, user, admin, ttl)
+
+    def client(self, user: str = "alice", admin: bool = False) -> GenJobsClient:
+        return GenJobsClient(self.target, self.token(user, admin))
+
+
+def make_settings(mongo_uri: str, data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a test server: its own database, fast polling and leases."""
+    base = Settings(
+        port=0,
+        host="127.0.0.1",
+        data_dir=data_dir,
+        mongodb_uri=mongo_uri,
+        db_name="t_" + uuid.uuid4().hex[:12],
+        auth_secret=SECRET,
+        lease_seconds=2.0,
+        poll_seconds=0.1,
+        retry_base_seconds=0.1,
+        heartbeat_seconds=1.0,
+    )
+    return replace(base, **overrides)
+
+
+def server_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a genjobs-server subprocess use `settings`."""
+    env = dict(os.environ)
+    for name, value in settings.__dict__.items():
+        env["GENJOBS_" + name.upper()] = str(value)
+    return env
