@@ -8,11 +8,10 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
+from genjobs.v1 import bulk_pb2, bulk_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-
-from genjobs.v1 import bulk_pb2, bulk_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 T = TypeVar("T")
 

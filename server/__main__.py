@@ -67,7 +67,7 @@ def _print_banner(settings: Settings, port: int) -> None:
     target = f"{settings.host}:{port}"
     print(
         f"""
-genjobs is serving on {target}  (database: {settings.mongodb_uri or 'embedded, in ' + str(settings.data_dir)})
+genjobs is serving on {target}  (database: {settings.mongodb_uri or "embedded, in " + str(settings.data_dir)})
 
   token for user 'dev':  export GENJOBS_TOKEN={token}
   grpcurl:  grpcurl -plaintext -H "authorization: Bearer $GENJOBS_TOKEN" \\

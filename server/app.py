@@ -11,11 +11,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+from genjobs.v1 import bulk_pb2, bulk_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pymongo.errors import PyMongoError
 
-from genjobs.v1 import bulk_pb2, bulk_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server.auth import AuthInterceptor, load_secret
 from server.bulk import Bulks
 from server.config import Settings
@@ -67,7 +67,11 @@ class App:
         self.store = Store(uri, settings.db_name, settings.retention_days)
         self.hub = EventHub(loop)
         self.jobs = Jobs(self.store, self.hub, self.worker_id, settings.max_attempts)
-        self.webhooks = WebhookSender(self.store, settings.webhook_secret)
+        self.webhooks = WebhookSender(
+            self.store,
+            load_secret(settings.webhook_secret, settings.data_dir, "webhook_secret"),
+            settings.webhook_backoff_seconds,
+        )
         self.bulks = Bulks(self.store, self.hub, self.jobs, self.webhooks)
         self.dispatcher = Dispatcher(
             self.store,
@@ -152,7 +156,8 @@ class App:
             if ok != serving and not self._stopped.is_set():
                 serving = ok
                 await self._set_health(
-                    health_pb2.HealthCheckResponse.SERVING if ok
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ok
                     else health_pb2.HealthCheckResponse.NOT_SERVING
                 )
             await asyncio.sleep(HEALTH_CHECK_SECONDS)

@@ -42,11 +42,11 @@ def current_caller() -> Caller:
     return _caller.get()
 
 
-def load_secret(configured: str, data_dir: Path) -> str:
-    """The signing secret: configured, or made once and kept in the data dir."""
+def load_secret(configured: str, data_dir: Path, name: str = "auth_secret") -> str:
+    """A signing secret: configured, or made once and kept in the data dir."""
     if configured:
         return configured
-    path = data_dir / "auth_secret"
+    path = data_dir / name
     data_dir.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         path.write_text(secrets.token_urlsafe(32))

@@ -1,21 +1,338 @@
-"""Bulk jobs (placeholder until the bulk service is built)."""
+"""Bulk jobs: 10 to 50 items of one mode, run in order, steered as one.
+
+A bulk job's counts are never stored: they are computed from its item jobs
+whenever it is read, so they always agree with the items, whoever changed
+them. For each queue position the newest job counts (a retry supersedes
+the job it retries). What is stored is the owner's intent (PAUSED,
+CANCELLED), the completion, and a change sequence for watchers.
+"""
 
 from __future__ import annotations
 
-from server.events import EventHub
-from server.jobs import Jobs
-from server.store import Store
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson import ObjectId
+
+from server import clock, validation
+from server.auth import Caller
+from server.errors import ServiceError, invalid
+from server.events import Event, EventHub
+from server.jobs import Jobs, normalized
+from server.states import BULK_FINAL, BulkAction, BulkStatus, Status
+from server.store import BACKOFF, HELD, READY, STATUS_CHANGED, Doc, Page, Store
 from server.webhooks import WebhookSender
+
+_OPEN = [str(BulkStatus.QUEUED), str(BulkStatus.PROCESSING), str(BulkStatus.PAUSED)]
+
+
+@dataclass
+class BulkView:
+    """A bulk job with its counts and current items, as GetBulkJob shows it."""
+
+    doc: Doc
+    items: list[Doc] = field(default_factory=list)
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    remaining: int = 0
+    estimated_completion_us: int = 0
+
+    @property
+    def total(self) -> int:
+        return int(self.doc["total_items"])
+
+    @property
+    def percentage(self) -> float:
+        done = self.completed + self.failed + self.cancelled
+        return round(100.0 * done / self.total, 1) if self.total else 0.0
+
+    @property
+    def all_final(self) -> bool:
+        return self.remaining == 0 and len(self.items) == self.total
+
+    @property
+    def error_summary(self) -> list[str]:
+        return [
+            f"item {i['queue_position']}: {i['error']['code']}: {i['error']['message']}"
+            for i in self.items
+            if i["status"] == str(Status.FAILED) and i.get("error")
+        ]
+
+
+def summarize(doc: Doc, jobs: list[Doc]) -> BulkView:
+    """Counts, current items and an estimate from a bulk job's item jobs."""
+    current: dict[int, Doc] = {}
+    for job in jobs:
+        position = job["queue_position"]
+        if position not in current or job["ck"] > current[position]["ck"]:
+            current[position] = job
+    view = BulkView(doc, [current[p] for p in sorted(current)])
+    durations = []
+    for item in view.items:
+        status = item["status"]
+        if status == str(Status.COMPLETED):
+            view.completed += 1
+            durations.append(float(item.get("duration_s", 0.0)))
+        elif status == str(Status.FAILED):
+            view.failed += 1
+        elif status == str(Status.CANCELLED):
+            view.cancelled += 1
+        else:
+            view.remaining += 1
+    if durations and view.remaining and doc["status"] not in {str(s) for s in BULK_FINAL}:
+        mean = sum(durations) / len(durations)
+        view.estimated_completion_us = clock.now_us() + int(mean * view.remaining * 1e6)
+    return view
 
 
 class Bulks:
-    """The BulkService's domain."""
+    """The BulkService's domain, and the bookkeeping when an item changes."""
 
     def __init__(self, store: Store, hub: EventHub, jobs: Jobs, webhooks: WebhookSender) -> None:
         self.store = store
         self.hub = hub
         self.jobs = jobs
         self.webhooks = webhooks
+        jobs.on_change.append(self.item_changed)
+
+    # ---- RPCs -------------------------------------------------------------
+
+    def create(
+        self,
+        caller: Caller,
+        mode: str,
+        items: list[Doc],
+        request_id: str = "",
+        project: str = "",
+        notify_url: str = "",
+    ) -> BulkView:
+        """Validate every item, then store the bulk job and its items (two writes)."""
+        bad = validation.check_bulk(mode, items, request_id, project, notify_url)
+        if bad:
+            raise invalid(bad)
+        base = self.store.order_keys.next(len(items) + 1)
+        bulk_id = ObjectId()
+        bulk = {
+            "_id": bulk_id,
+            "owner": caller.user,
+            "project": project,
+            "mode": mode,
+            "status": str(BulkStatus.QUEUED),
+            "total_items": len(items),
+            "ck": base,
+            "request_id": request_id,
+            "request_key": f"{caller.user}\x1f{request_id or bulk_id}",
+            "notify_url": notify_url,
+            "seq": 1,
+            "started_us": 0,
+            "ended_us": 0,
+            "updated_us": base,
+            "settled": False,
+        }
+        docs = [
+            self.store.new_job_doc(
+                caller.user,
+                mode,
+                normalized(params),
+                project=project,
+                max_attempts=self.jobs.default_max_attempts,
+                bulk_job_id=str(bulk_id),
+                queue_position=position,
+                ck=base + position,  # items run in position order, FIFO among all jobs
+                request_key=f"{caller.user}\x1fbulk\x1f{bulk_id}\x1f{position}",
+            )
+            for position, params in enumerate(items, start=1)
+        ]
+        stored, _ = self.store.insert_bulk(bulk, docs)
+        self.jobs.dispatcher.wake()
+        return summarize(stored, self.store.bulk_items([str(stored["_id"])]) if stored is not bulk else docs)
+
+    def get(self, caller: Caller, bulk_id: str) -> BulkView:
+        """One bulk job with counts and items."""
+        doc = self.store.get_bulk(caller.owner_filter, bulk_id)
+        return summarize(doc, self.store.bulk_items([bulk_id]))
+
+    def list(
+        self, caller: Caller, statuses: list[str], project: str, size: int, token: str
+    ) -> tuple[list[BulkView], Page]:
+        """A page of bulk jobs with their counts (items fetched in one query)."""
+        page_size, bad = validation.page_size(size)
+        if bad:
+            raise invalid(bad)
+        page = self.store.list_bulk(caller.owner_filter, statuses, project, page_size, token)
+        ids = [str(d["_id"]) for d in page.docs]
+        by_bulk: dict[str, list[Doc]] = {i: [] for i in ids}
+        for item in self.store.bulk_items(ids) if ids else []:
+            by_bulk[item["bulk_job_id"]].append(item)
+        return [summarize(d, by_bulk[str(d["_id"])]) for d in page.docs], page
+
+    def pause(self, caller: Caller, bulk_id: str) -> BulkView:
+        """No further item starts; the running one finishes. Survives restarts."""
+        self.store.bulk_transition(
+            caller.owner_filter, bulk_id, BulkAction.PAUSE, {"status": str(BulkStatus.PAUSED)}
+        )
+        view = self.get(caller, bulk_id)
+        self.store.set_item_lanes(_ids(view), [READY, BACKOFF], HELD)
+        return self._publish(self.get(caller, bulk_id))
+
+    def resume(self, caller: Caller, bulk_id: str) -> BulkView:
+        """Go on at the next queued item."""
+        current = self.store.get_bulk(caller.owner_filter, bulk_id)
+        status = BulkStatus.PROCESSING if current.get("started_us") else BulkStatus.QUEUED
+        self.store.bulk_transition(caller.owner_filter, bulk_id, BulkAction.RESUME, {"status": str(status)})
+        view = self.get(caller, bulk_id)
+        self.store.set_item_lanes(_ids(view), [HELD], READY)
+        self.jobs.dispatcher.wake()
+        return self._publish(self.get(caller, bulk_id))
+
+    def cancel(self, caller: Caller, bulk_id: str) -> BulkView:
+        """Cancel the queued items and stop the running one."""
+        self.store.bulk_transition(
+            caller.owner_filter, bulk_id, BulkAction.CANCEL, {"status": str(BulkStatus.CANCELLED)}
+        )
+        view = self.get(caller, bulk_id)
+        # Hold the queued items first, so the dispatcher starts none of them
+        # while they are cancelled one by one; stop the running one last.
+        self.store.set_item_lanes(_ids(view), [READY, BACKOFF], HELD)
+        for item in view.items:
+            if item["status"] == str(Status.QUEUED):
+                cancelled = self.store.cancel_queued(item["_id"])
+                if cancelled is not None:
+                    self.jobs.publish(cancelled, STATUS_CHANGED)
+        for item in view.items:
+            if item["status"] == str(Status.PROCESSING):
+                with contextlib.suppress(ServiceError):  # it finished meanwhile
+                    self.jobs.cancel(caller, str(item["_id"]))
+        return self._settle(ObjectId(bulk_id)) or self.get(caller, bulk_id)
+
+    def notifications(self, caller: Caller, size: int, token: str) -> Page:
+        """A page of the caller's notifications."""
+        page_size, bad = validation.page_size(size)
+        if bad:
+            raise invalid(bad)
+        return self.store.list_notifications(caller.user, page_size, token)
+
+    # ---- item bookkeeping -------------------------------------------------
+
+    def item_changed(self, job: Doc, kind: str) -> None:
+        """An item job changed status: update the bulk job and tell its watchers."""
+        if kind != STATUS_CHANGED or not job.get("bulk_job_id"):
+            return
+        bulk_oid = ObjectId(job["bulk_job_id"])
+        status = job["status"]
+        if status == str(Status.PROCESSING):
+            self.store.mark_bulk_started(bulk_oid)
+            self.store.bulk_status_change(
+                bulk_oid, [str(BulkStatus.QUEUED)], {"status": str(BulkStatus.PROCESSING)}
+            )
+        elif status == str(Status.QUEUED) and job.get("retry_of"):
+            # A retried item reopens a completed bulk job until it is final again.
+            self.store.reopen_bulk(bulk_oid)
+        if self._settle(bulk_oid) is None:
+            bumped = self.store.bump_bulk(bulk_oid)
+            if bumped is not None:
+                self._publish(summarize(bumped, self.store.bulk_items([job["bulk_job_id"]])))
+
+    def _settle(self, bulk_oid: ObjectId) -> BulkView | None:
+        """Complete the bulk job if every item is final; the view when it did."""
+        bulk_id = str(bulk_oid)
+        doc = self.store.bulk_docs([bulk_id])
+        if not doc:
+            return None
+        view = summarize(doc[0], self.store.bulk_items([bulk_id]))
+        if not view.all_final:
+            return None
+        now_us = clock.now_us()
+        # One conditional update decides who settles it: only that caller notifies.
+        if doc[0]["status"] == str(BulkStatus.CANCELLED):
+            changed = self.store.bulk_status_change(
+                bulk_oid, [str(BulkStatus.CANCELLED)], {"ended_us": now_us, "settled": True}
+            )
+        else:
+            changed = self.store.bulk_status_change(
+                bulk_oid, _OPEN, {"status": str(BulkStatus.COMPLETED), "ended_us": now_us, "settled": True}
+            )
+        if not changed:
+            return None
+        settled = summarize(self.store.bulk_docs([bulk_id])[0], [*view.items])
+        notification = self._notify(settled) if settled.doc["status"] == str(BulkStatus.COMPLETED) else None
+        return self._publish(settled, notification)
+
+    def _notify(self, view: BulkView) -> Doc:
+        doc = view.doc
+        now_us = clock.now_us()
+        message = (
+            f"Bulk job {doc['_id']} completed: {view.completed} of {view.total} items succeeded, "
+            f"{view.failed} failed, {view.cancelled} cancelled."
+        )
+        notification = {
+            "_id": ObjectId(),
+            "owner": doc["owner"],
+            "bulk_job_id": str(doc["_id"]),
+            "message": message,
+            "ck": self.store.order_keys.next(),
+            "created_us": now_us,
+            "notify_url": doc.get("notify_url", ""),
+            "delivery": "pending" if doc.get("notify_url") else "none",
+            "attempts": 0,
+            "next_attempt_us": 0,
+            "payload": {
+                "event": "bulk_job.completed",
+                "bulk_job_id": str(doc["_id"]),
+                "owner": doc["owner"],
+                "total_items": view.total,
+                "completed_items": view.completed,
+                "failed_items": view.failed,
+                "cancelled_items": view.cancelled,
+                "error_summary": view.error_summary,
+                "completed_at_us": now_us,
+            },
+        }
+        self.store.insert_notification(notification)
+        if notification["delivery"] == "pending":
+            self.webhooks.wake()
+        return notification
+
+    def _publish(self, view: BulkView, notification: Doc | None = None) -> BulkView:
+        doc = view.doc
+        final = doc["status"] in {str(s) for s in BULK_FINAL} and view.all_final
+        kind = "COMPLETED" if notification else ("STATUS_CHANGED" if final else "ITEM_CHANGED")
+        payload: dict[str, Any] = {
+            "view": view,
+            "kind": kind,
+            "notification": notification,
+            "at_us": clock.now_us(),
+        }
+        self.hub.publish(Event(f"bulk:{doc['_id']}", doc["seq"], payload, final))
+        return view
 
     async def poll_remote(self) -> None:
-        """Deliver other replicas' bulk changes to this server's watchers."""
+        """Other replicas' bulk changes reach this server's watchers here."""
+        ids = self.hub.watched("bulk:")
+        if not ids:
+            return
+        for doc in await asyncio.to_thread(self.store.bulk_docs, ids):
+            key = f"bulk:{doc['_id']}"
+            if doc["seq"] > self.hub.last_seq(key):
+                items = await asyncio.to_thread(self.store.bulk_items, [str(doc["_id"])])
+                view = summarize(doc, items)
+                final = doc["status"] in {str(s) for s in BULK_FINAL} and view.all_final
+                payload = {
+                    "view": view,
+                    "kind": "STATUS_CHANGED" if final else "ITEM_CHANGED",
+                    "notification": None,
+                    "at_us": clock.now_us(),
+                }
+                self.hub.deliver(Event(key, doc["seq"], payload, final))
+
+
+def _ids(view: BulkView) -> list[ObjectId]:
+    return [item["_id"] for item in view.items]
+
+
+def is_final(view: BulkView) -> bool:
+    """Whether nothing more will happen to this bulk job."""
+    return view.doc["status"] in {str(s) for s in BULK_FINAL} and view.all_final

@@ -28,6 +28,7 @@ class Settings:
     retry_base_seconds: float = 1.0
     heartbeat_seconds: float = 15.0
     poll_seconds: float = 0.5
+    webhook_backoff_seconds: float = 1.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -73,6 +74,4 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per setting, e.g. --data-dir for GENJOBS_DATA_DIR."""
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(
-            flag, dest=f.name, default=None, help=f"overrides GENJOBS_{f.name.upper()}"
-        )
+        parser.add_argument(flag, dest=f.name, default=None, help=f"overrides GENJOBS_{f.name.upper()}")

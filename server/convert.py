@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from genjobs.v1 import bulk_pb2, jobs_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from genjobs.v1 import bulk_pb2, jobs_pb2
 from server import clock
 
 Doc = dict[str, Any]
@@ -145,3 +145,65 @@ def job_event(event: Doc) -> jobs_pb2.JobEvent:
         job=job(event["job"]),
         time=timestamp(event["at_us"]),
     )
+
+
+def bulk_job(view: Any, with_items: bool = True) -> bulk_pb2.BulkJob:
+    """A bulk job (a `bulk.BulkView`) as the BulkJob message."""
+    doc = view.doc
+    message = bulk_pb2.BulkJob(
+        id=str(doc["_id"]),
+        owner=doc["owner"],
+        project=doc.get("project", ""),
+        mode=jobs_pb2.Mode.Value("MODE_" + doc["mode"]),  # type: ignore[arg-type]
+        status=bulk_pb2.BulkJobStatus.Value("BULK_JOB_STATUS_" + doc["status"]),  # type: ignore[arg-type]
+        total_items=view.total,
+        completed_items=view.completed,
+        failed_items=view.failed,
+        cancelled_items=view.cancelled,
+        remaining_items=view.remaining,
+        percentage=view.percentage,
+        error_summary=view.error_summary,
+        create_time=timestamp(doc.get("ck")),
+        start_time=timestamp(doc.get("started_us")),
+        end_time=timestamp(doc.get("ended_us")),
+        estimated_completion=timestamp(view.estimated_completion_us),
+        request_id=doc.get("request_id", ""),
+        notify_url=doc.get("notify_url", ""),
+    )
+    if with_items:
+        message.items.extend(
+            bulk_pb2.BulkJobItem(
+                id=str(item["_id"]),
+                queue_position=item["queue_position"],
+                status=jobs_pb2.JobStatus.Value("JOB_STATUS_" + item["status"]),  # type: ignore[arg-type]
+                error=job_error(item.get("error")),
+            )
+            for item in view.items
+        )
+    return message
+
+
+def notification(doc: Doc) -> bulk_pb2.Notification:
+    """A stored notification as the Notification message."""
+    return bulk_pb2.Notification(
+        id=str(doc["_id"]),
+        bulk_job_id=doc.get("bulk_job_id", ""),
+        message=doc.get("message", ""),
+        create_time=timestamp(doc.get("created_us")),
+        delivered=doc.get("delivery") == "delivered",
+        delivery_attempts=int(doc.get("attempts", 0)),
+    )
+
+
+def bulk_event(payload: Doc) -> bulk_pb2.BulkJobEvent:
+    """A bulk event payload ({view, kind, notification, at_us}) as BulkJobEvent."""
+    view = payload["view"]
+    event = bulk_pb2.BulkJobEvent(
+        sequence=view.doc["seq"],
+        type=bulk_pb2.BulkJobEventType.Value("BULK_JOB_EVENT_TYPE_" + payload["kind"]),  # type: ignore[arg-type]
+        bulk_job=bulk_job(view),
+        time=timestamp(payload["at_us"]),
+    )
+    if payload.get("notification"):
+        event.notification.CopyFrom(notification(payload["notification"]))
+    return event

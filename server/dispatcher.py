@@ -27,6 +27,7 @@ from server.generators import (
     Generator,
     JobSpec,
 )
+from server.states import Status
 from server.store import (
     BACKOFF,
     NONE,
@@ -37,7 +38,6 @@ from server.store import (
     Store,
     job_error,
 )
-from server.states import Status
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +235,13 @@ class Dispatcher:
         attempt, limit = doc["attempt"], doc["max_attempts"]
         lost = job_error("WORKER_LOST", "transient", "the server running this job stopped", True, attempt)
         stamp = clock.now_us()
-        changes: Doc = {"updated_us": stamp, "worker": "", "lease_until_us": 0,
-                        "attempt_errors": [*doc.get("attempt_errors", []), lost], "error": lost}
+        changes: Doc = {
+            "updated_us": stamp,
+            "worker": "",
+            "lease_until_us": 0,
+            "attempt_errors": [*doc.get("attempt_errors", []), lost],
+            "error": lost,
+        }
         if doc.get("cancel_requested"):
             changes.update(status=str(Status.CANCELLED), queue=NONE, ended_us=stamp)
         elif attempt < limit:
@@ -305,26 +310,48 @@ class Dispatcher:
         stamp = clock.now_us()
         if run.stopping:
             # Shutdown, not the owner's wish: give the attempt back and requeue.
-            self._write_outcome(run, {"status": str(Status.QUEUED), "queue": READY,
-                                      "attempt": job["attempt"] - 1, "worker": "", "updated_us": stamp})
+            self._write_outcome(
+                run,
+                {
+                    "status": str(Status.QUEUED),
+                    "queue": READY,
+                    "attempt": job["attempt"] - 1,
+                    "worker": "",
+                    "updated_us": stamp,
+                },
+            )
             return
-        error = job_error("CANCELLED", "cancelled", "cancelled by its owner while running", False,
-                          job["attempt"])
-        self._write_outcome(run, {"status": str(Status.CANCELLED), "queue": NONE, "ended_us": stamp,
-                                  "updated_us": stamp, "error": error})
+        error = job_error(
+            "CANCELLED", "cancelled", "cancelled by its owner while running", False, job["attempt"]
+        )
+        self._write_outcome(
+            run,
+            {
+                "status": str(Status.CANCELLED),
+                "queue": NONE,
+                "ended_us": stamp,
+                "updated_us": stamp,
+                "error": error,
+            },
+        )
 
     def _finish_failed(self, run: _Run, job: Doc, code: str, message: str, retryable: bool) -> None:
         attempt = job["attempt"]
         category = "transient" if retryable else "permanent"
         error = job_error(code, category, message, retryable, attempt)
         stamp = clock.now_us()
-        changes: Doc = {"error": error, "attempt_errors": [*job.get("attempt_errors", []), error],
-                        "updated_us": stamp, "worker": ""}
+        changes: Doc = {
+            "error": error,
+            "attempt_errors": [*job.get("attempt_errors", []), error],
+            "updated_us": stamp,
+            "worker": "",
+        }
         if retryable and attempt < job["max_attempts"]:
             delay = min(self.retry_base_seconds * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
             delay *= random.uniform(0.5, 1.0)  # jitter: retries of many jobs spread out
-            changes.update(status=str(Status.QUEUED), queue=BACKOFF,
-                           run_after_us=clock.now_us() + int(delay * 1_000_000))
+            changes.update(
+                status=str(Status.QUEUED), queue=BACKOFF, run_after_us=clock.now_us() + int(delay * 1_000_000)
+            )
         else:
             changes.update(status=str(Status.FAILED), queue=NONE, ended_us=stamp)
         self._write_outcome(run, changes)

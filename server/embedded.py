@@ -121,9 +121,7 @@ class EmbeddedMongo:
         log_file = open(self.data_dir / "nx-27017.out", "ab")  # noqa: SIM115 - child keeps it
         # Its own session: a Ctrl-C to one genjobs server must not kill the
         # database that other servers on this data dir still use.
-        process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         log_file.close()
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not _answers(port, timeout=0.5):

@@ -40,9 +40,7 @@ class ServiceError(Exception):
         if self.violations:
             bad = error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
-                    )
+                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
                     for v in self.violations
                 ]
             )

@@ -43,11 +43,16 @@ class Output:
 
     def as_doc(self) -> dict[str, Any]:
         """The result as stored in the job."""
-        return {"content": self.content, "title": self.title, "word_count": self.word_count,
-                "cost_cents": self.cost_cents, "metadata": self.metadata}
+        return {
+            "content": self.content,
+            "title": self.title,
+            "word_count": self.word_count,
+            "cost_cents": self.cost_cents,
+            "metadata": self.metadata,
+        }
 
 
-class GenerationFailed(Exception):  # noqa: N818 - reads better at raise sites
+class GenerationFailed(Exception):
     """The attempt failed; `retryable` says whether another attempt may succeed."""
 
     def __init__(self, code: str, message: str, retryable: bool) -> None:
@@ -57,16 +62,14 @@ class GenerationFailed(Exception):  # noqa: N818 - reads better at raise sites
         self.retryable = retryable
 
 
-class GenerationCancelled(Exception):  # noqa: N818
+class GenerationCancelled(Exception):
     """The generator saw the cancel signal and stopped."""
 
 
 class Generator(Protocol):
     """Anything that turns a job into content."""
 
-    def generate(
-        self, job: JobSpec, report_progress: ProgressFn, cancelled: threading.Event
-    ) -> Output: ...
+    def generate(self, job: JobSpec, report_progress: ProgressFn, cancelled: threading.Event) -> Output: ...
 
 
 STAGES = (("research", 0.15), ("outline", 0.15), ("drafting", 0.55), ("editing", 0.15))
@@ -99,9 +102,7 @@ class DemoGenerator:
     attempts with a retryable error, `permanent` fails every attempt.
     """
 
-    def generate(
-        self, job: JobSpec, report_progress: ProgressFn, cancelled: threading.Event
-    ) -> Output:
+    def generate(self, job: JobSpec, report_progress: ProgressFn, cancelled: threading.Event) -> Output:
         extra = job.params.get("extra", {})
         seconds = float(extra.get("demo_seconds", 0) or 0)
         failure = extra.get("demo_fail", "")
@@ -173,9 +174,7 @@ class HttpGenerator:
         self.url = url.rstrip("/")
         self.timeout = timeout_seconds
 
-    def generate(
-        self, job: JobSpec, report_progress: ProgressFn, cancelled: threading.Event
-    ) -> Output:
+    def generate(self, job: JobSpec, report_progress: ProgressFn, cancelled: threading.Event) -> Output:
         body = {"job_id": job.id, "user_id": job.owner, "mode": job.mode, **job.params}
         outcome: dict[str, Any] = {}
         client = httpx.Client(timeout=self.timeout)
@@ -198,7 +197,9 @@ class HttpGenerator:
         client.close()
         if "error" in outcome:
             error = outcome["error"]
-            code = "GENERATOR_TIMEOUT" if isinstance(error, httpx.TimeoutException) else "GENERATOR_UNREACHABLE"
+            code = (
+                "GENERATOR_TIMEOUT" if isinstance(error, httpx.TimeoutException) else "GENERATOR_UNREACHABLE"
+            )
             raise GenerationFailed(code, f"{type(error).__name__}: {error}", True)
         return _http_output(outcome["response"])
 
@@ -237,4 +238,3 @@ def make_generator(kind: str, url: str) -> Generator:
             raise SystemExit("genjobs: GENJOBS_GENERATOR=http needs GENJOBS_GENERATOR_URL")
         return HttpGenerator(url)
     raise SystemExit(f"genjobs: unknown generator {kind!r} (use 'demo' or 'http')")
-

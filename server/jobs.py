@@ -7,6 +7,7 @@ Everything here is synchronous (pymongo); servicers call it through
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,15 +55,13 @@ class BulkOperationResult:
 class Jobs:
     """The JobService's domain: every rule an RPC applies lives here or below."""
 
-    def __init__(
-        self, store: Store, hub: EventHub, worker_id: str, default_max_attempts: int
-    ) -> None:
+    def __init__(self, store: Store, hub: EventHub, worker_id: str, default_max_attempts: int) -> None:
         self.store = store
         self.hub = hub
         self.worker_id = worker_id
         self.default_max_attempts = default_max_attempts
         self.dispatcher: Wakeable = Wakeable()
-        self.on_change: list[Any] = []  # callbacks(doc) for bulk accounting
+        self.on_change: list[Callable[[Doc, str], None]] = []  # bulk accounting
 
     # ---- events ---------------------------------------------------------
 
@@ -77,7 +76,7 @@ class Jobs:
         event = self.store.event_doc(doc, kind, self.worker_id)
         self.hub.publish(Event(f"job:{event['job_id']}", event["seq"], event, final(doc["status"])))
         for callback in self.on_change:
-            callback(doc)
+            callback(doc, kind)
 
     # ---- RPCs -----------------------------------------------------------
 
@@ -155,8 +154,13 @@ class Jobs:
         """Retry, cancel or delete up to 100 of the caller's matching jobs."""
         if operation not in OPERATION_STATUS:
             raise invalid(
-                [FieldViolation("operation", "one of BULK_OPERATION_RETRY_ALL_FAILED, "
-                                "BULK_OPERATION_CANCEL_ALL_QUEUED, BULK_OPERATION_DELETE_ALL_COMPLETED")]
+                [
+                    FieldViolation(
+                        "operation",
+                        "one of BULK_OPERATION_RETRY_ALL_FAILED, "
+                        "BULK_OPERATION_CANCEL_ALL_QUEUED, BULK_OPERATION_DELETE_ALL_COMPLETED",
+                    )
+                ]
             )
         bad = _check_filter_values(filters)
         if bad:
@@ -230,9 +234,10 @@ def _check_filter_values(filters: JobFilter) -> list[FieldViolation]:
         bad.append(FieldViolation("statuses", "JOB_STATUS_UNSPECIFIED or unknown status"))
     if any(m not in validation.MODES for m in filters.modes):
         bad.append(FieldViolation("modes", "MODE_UNSPECIFIED or unknown mode"))
-    if filters.created_after_us and filters.created_before_us and (
-        filters.created_after_us >= filters.created_before_us
+    if (
+        filters.created_after_us
+        and filters.created_before_us
+        and (filters.created_after_us >= filters.created_before_us)
     ):
         bad.append(FieldViolation("created_before", "must be later than created_after"))
     return bad
-

@@ -14,6 +14,7 @@ Rules kept here (see shared/MONGO.md):
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
@@ -32,12 +33,16 @@ from pymongo.errors import DuplicateKeyError
 from server import clock
 from server.errors import FieldViolation, ServiceError, invalid, not_found, wrong_status
 from server.states import (
+    BULK_REFUSAL_REASON,
     FINAL,
     REFUSAL_HINT,
     REFUSAL_REASON,
     Action,
+    BulkAction,
+    BulkStatus,
     Status,
     allowed,
+    bulk_allowed,
 )
 
 Doc = dict[str, Any]
@@ -66,8 +71,18 @@ class JobFilter:
 
     def fingerprint(self, owner: str | None) -> str:
         """A short hash of the filters; a page token is only valid for the same one."""
-        blob = json.dumps([owner, sorted(self.statuses), sorted(self.modes), self.created_after_us,
-                           self.created_before_us, self.query, self.bulk_job_id, self.project])
+        blob = json.dumps(
+            [
+                owner,
+                sorted(self.statuses),
+                sorted(self.modes),
+                self.created_after_us,
+                self.created_before_us,
+                self.query,
+                self.bulk_job_id,
+                self.project,
+            ]
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -93,7 +108,177 @@ def search_text(params: Doc) -> str:
     return " | ".join([params.get("topic", ""), *params.get("keywords", [])]).lower()
 
 
-class Store:
+class BulkQueries:
+    """Queries on bulk_jobs and notifications (mixed into Store)."""
+
+    jobs: Collection[Doc]
+    bulk_jobs: Collection[Doc]
+    notifications: Collection[Doc]
+    order_keys: clock.OrderKeys
+
+    def bulk_lane(self, bulk_job_id: str) -> str:
+        """The lane a new item of this bulk job starts in: held while it is paused."""
+        if not bulk_job_id:
+            return READY
+        bulk = self.bulk_jobs.find_one({"_id": ObjectId(bulk_job_id)}, {"status": 1})
+        return HELD if bulk is not None and bulk["status"] == str(BulkStatus.PAUSED) else READY
+
+    def insert_bulk(self, bulk: Doc, items: list[Doc]) -> tuple[Doc, bool]:
+        """Store a bulk job and its items in two round trips; a repeated request
+        key returns the earlier bulk job (completing its items if a crash cut
+        the first call short)."""
+        try:
+            self.bulk_jobs.insert_one(bulk)
+            created = True
+        except DuplicateKeyError:
+            earlier = self.bulk_jobs.find_one({"request_key": bulk["request_key"]})
+            if earlier is None:
+                raise
+            bulk, created = earlier, False
+            for item in items:
+                item["bulk_job_id"] = str(bulk["_id"])
+                item["request_key"] = f"{bulk['owner']}\x1fbulk\x1f{bulk['_id']}\x1f{item['queue_position']}"
+        try:
+            self.jobs.insert_many(items, ordered=False)
+        except pymongo.errors.BulkWriteError as exc:
+            # Items already stored by the first call are skipped by their unique key.
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
+        return bulk, created
+
+    def get_bulk(self, owner: str | None, bulk_id: str) -> Doc:
+        """One bulk job; another user's is NOT_FOUND."""
+        found = self.bulk_jobs.find_one(_owned(owner, parse_id(bulk_id, "bulk job")))
+        if found is None:
+            raise not_found("bulk job", bulk_id)
+        return found
+
+    def bulk_items(self, bulk_ids: list[str]) -> list[Doc]:
+        """Every job of these bulk jobs (retries included), without their content."""
+        return list(
+            self.jobs.find(
+                {"bulk_job_id": {"$in": bulk_ids}},
+                {
+                    "status": 1,
+                    "queue_position": 1,
+                    "ck": 1,
+                    "error": 1,
+                    "duration_s": 1,
+                    "bulk_job_id": 1,
+                    "ended_us": 1,
+                    "started_us": 1,
+                },
+            )
+        )
+
+    def bulk_transition(self, owner: str | None, bulk_id: str, action: BulkAction, changes: Doc) -> Doc:
+        """Apply `changes` if the bulk job's status allows `action`, else explain why not."""
+        oid = parse_id(bulk_id, "bulk job")
+        after = self.bulk_jobs.find_one_and_update(
+            {**_owned(owner, oid), "status": {"$in": bulk_allowed(action)}},
+            {"$set": changes, "$inc": {"seq": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if after is not None:
+            return after
+        current = self.get_bulk(owner, bulk_id)
+        return _raise(
+            wrong_status(
+                BULK_REFUSAL_REASON[action],
+                "bulk job",
+                bulk_id,
+                current["status"],
+                f"cannot {action} a {current['status'].lower()} bulk job",
+            )
+        )
+
+    def set_item_lanes(self, ids: list[ObjectId], lanes: list[str], lane: str) -> int:
+        """Move the still-queued jobs among `ids` from any of `lanes` to `lane`."""
+        if not ids:
+            return 0
+        result = self.jobs.update_many(
+            {"_id": {"$in": ids}, "status": str(Status.QUEUED), "queue": {"$in": lanes}},
+            {"$set": {"queue": lane}},
+        )
+        return result.modified_count
+
+    def bump_bulk(self, bulk_oid: ObjectId) -> Doc | None:
+        """Count one more change of a bulk job (its watchers' sequence)."""
+        return self.bulk_jobs.find_one_and_update(
+            {"_id": bulk_oid},
+            {"$inc": {"seq": 1}, "$set": {"updated_us": clock.now_us()}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    def bulk_status_change(self, bulk_oid: ObjectId, from_statuses: list[str], changes: Doc) -> bool:
+        """Conditionally move an unsettled bulk job between statuses (item accounting)."""
+        result = self.bulk_jobs.update_one(
+            {"_id": bulk_oid, "status": {"$in": from_statuses}, "settled": False},
+            {"$set": {**changes, "updated_us": clock.now_us()}, "$inc": {"seq": 1}},
+        )
+        return result.modified_count == 1
+
+    def reopen_bulk(self, bulk_oid: ObjectId) -> None:
+        """A completed bulk job got a new item (a retry): it runs again."""
+        self.bulk_jobs.update_one(
+            {"_id": bulk_oid, "status": str(BulkStatus.COMPLETED)},
+            {
+                "$set": {"status": str(BulkStatus.PROCESSING), "ended_us": 0, "settled": False},
+                "$inc": {"seq": 1},
+            },
+        )
+
+    def mark_bulk_started(self, bulk_oid: ObjectId) -> None:
+        """Record when a bulk job's first item started (once)."""
+        self.bulk_jobs.update_one(
+            {"_id": bulk_oid, "started_us": 0}, {"$set": {"started_us": clock.now_us()}}
+        )
+
+    def list_bulk(self, owner: str | None, statuses: list[str], project: str, size: int, token: str) -> Page:
+        """A page of bulk jobs, newest first (keyset on `ck`)."""
+        query: Doc = {} if owner is None else {"owner": owner}
+        if statuses:
+            query["status"] = {"$in": statuses}
+        if project:
+            query["project"] = project
+        fingerprint = hashlib.sha256(json.dumps([owner, sorted(statuses), project]).encode()).hexdigest()[:16]
+        return _keyset_page(self.bulk_jobs, query, fingerprint, size, token)
+
+    def bulk_docs(self, ids: list[str]) -> list[Doc]:
+        """The current documents of these bulk jobs (the remote-event poller)."""
+        return list(self.bulk_jobs.find({"_id": {"$in": [ObjectId(i) for i in ids if ObjectId.is_valid(i)]}}))
+
+    # ---- notifications ----------------------------------------------------
+
+    def insert_notification(self, doc: Doc) -> None:
+        """Store a notification (one per bulk job completion)."""
+        with contextlib.suppress(DuplicateKeyError):
+            self.notifications.insert_one(doc)
+
+    def list_notifications(self, owner: str, size: int, token: str) -> Page:
+        """A page of the owner's notifications, newest first."""
+        fingerprint = hashlib.sha256(owner.encode()).hexdigest()[:16]
+        return _keyset_page(self.notifications, {"owner": owner}, fingerprint, size, token, count=False)
+
+    def pending_deliveries(self, now_us: int) -> list[Doc]:
+        """Notifications waiting to be POSTed whose next attempt is due."""
+        cursor = self.notifications.find({"delivery": "pending"})
+        return [n for n in cursor if n.get("next_attempt_us", 0) <= now_us]
+
+    def claim_delivery(self, oid: ObjectId, until_us: int) -> Doc | None:
+        """Take one delivery attempt (so replicas never send the same attempt twice)."""
+        return self.notifications.find_one_and_update(
+            {"_id": oid, "delivery": "pending", "next_attempt_us": {"$lte": clock.now_us()}},
+            {"$set": {"next_attempt_us": until_us}, "$inc": {"attempts": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    def record_delivery(self, oid: ObjectId, changes: Doc) -> None:
+        """The outcome of a delivery attempt."""
+        self.notifications.update_one({"_id": oid, "delivery": "pending"}, {"$set": changes})
+
+
+class Store(BulkQueries):
     """The jobs, job_events and leases collections, and every query on them."""
 
     def __init__(self, uri: str, db_name: str, retention_days: float = 30.0) -> None:
@@ -212,10 +397,6 @@ class Store:
                 doc["ck"] = doc["updated_us"] = self.order_keys.next()
         raise RuntimeError("could not store the job after 5 tries")
 
-    def record_created(self, doc: Doc) -> None:
-        """The first event of a new job (sequence 1)."""
-        self.insert_events([self.event_doc(doc, STATUS_CHANGED)])
-
     # ---- reading --------------------------------------------------------
 
     def get(self, owner: str | None, job_id: str) -> Doc:
@@ -233,18 +414,7 @@ class Store:
         the total carried in the token from the first page.
         """
         query = self.job_query(owner, filters)
-        fingerprint = filters.fingerprint(owner)
-        total = -1
-        if token:
-            before, total = _decode_token(token, fingerprint)
-            query["ck"] = {**query.get("ck", {}), "$lt": before}
-        docs = list(self.jobs.find(query).sort("ck", pymongo.DESCENDING).limit(size + 1))
-        if total < 0:
-            total = self.count(self.jobs, self.job_query(owner, filters))
-        more = len(docs) > size
-        docs = docs[:size]
-        next_token = _encode_token(docs[-1]["ck"], total, fingerprint) if more else ""
-        return Page(docs, next_token, total)
+        return _keyset_page(self.jobs, query, filters.fingerprint(owner), size, token)
 
     def job_query(self, owner: str | None, filters: JobFilter) -> Doc:
         """The MongoDB filter for `filters`, restricted to the owner's jobs."""
@@ -311,10 +481,9 @@ class Store:
             # One retry per job, whoever asks and however often: the unique
             # request key makes a repeated or concurrent retry return the first.
             request_key=f"{original['owner']}\x1fretry-of\x1f{job_id}",
+            lane=self.bulk_lane(original["bulk_job_id"]),
         )
-        stored, created = self.insert_job(doc)
-        if created:
-            self.record_created(stored)
+        stored, _ = self.insert_job(doc)
         self.jobs.update_one({"_id": original["_id"]}, {"$set": {"retried_by": str(stored["_id"])}})
         return stored
 
@@ -331,9 +500,7 @@ class Store:
         found = self.jobs.find_one(_owned(owner, parse_id(job_id)), {"status": 1})
         if found is None:
             return not_found("job", job_id)
-        return wrong_status(
-            REFUSAL_REASON[action], "job", job_id, found["status"], REFUSAL_HINT[action]
-        )
+        return wrong_status(REFUSAL_REASON[action], "job", job_id, found["status"], REFUSAL_HINT[action])
 
     def _transition(self, owner: str | None, oid: ObjectId, action: Action, changes: Doc) -> Doc | None:
         """Apply `changes` if the job's status allows `action`; bump its sequence."""
@@ -366,9 +533,19 @@ class Store:
         Two single-key groupings: nx-27017 does not group by a compound key.
         """
         match = {"$match": self.job_query(owner, filters)}
-        by_status = self.jobs.aggregate([match, {"$group": {
-            "_id": "$status", "n": {"$sum": 1}, "cost": {"$sum": "$cost_cents"},
-            "seconds": {"$sum": "$duration_s"}}}])
+        by_status = self.jobs.aggregate(
+            [
+                match,
+                {
+                    "$group": {
+                        "_id": "$status",
+                        "n": {"$sum": 1},
+                        "cost": {"$sum": "$cost_cents"},
+                        "seconds": {"$sum": "$duration_s"},
+                    }
+                },
+            ]
+        )
         by_mode = self.jobs.aggregate([match, {"$group": {"_id": "$mode", "n": {"$sum": 1}}}])
         return list(by_status), list(by_mode)
 
@@ -439,8 +616,14 @@ class Store:
                     "lease_until_us": now_us + int(lease_seconds * 1_000_000),
                     "started_us": now_us,
                     "updated_us": now_us,
-                    "progress": {"percentage": 0, "stage": "starting", "stage_progress": 0,
-                                 "message": "", "started_at_us": now_us, "elapsed_seconds": 0.0},
+                    "progress": {
+                        "percentage": 0,
+                        "stage": "starting",
+                        "stage_progress": 0,
+                        "message": "",
+                        "started_at_us": now_us,
+                        "elapsed_seconds": 0.0,
+                    },
                 },
                 "$inc": {"epoch": 1, "attempt": 1, "seq": 1},
             },
@@ -502,9 +685,7 @@ class Store:
         """Renew or take the named lease; True while `holder` has it."""
         now_us = clock.now_us()
         until = now_us + int(lease_seconds * 1_000_000)
-        renewed = self.leases.update_one(
-            {"_id": lease_id, "holder": holder}, {"$set": {"until_us": until}}
-        )
+        renewed = self.leases.update_one({"_id": lease_id, "holder": holder}, {"$set": {"until_us": until}})
         if renewed.matched_count:
             return True
         taken = self.leases.update_one(
@@ -524,6 +705,25 @@ class Store:
         self.leases.update_one({"_id": lease_id, "holder": holder}, {"$set": {"until_us": 0}})
 
 
+def _keyset_page(
+    collection: Collection[Doc], query: Doc, fingerprint: str, size: int, token: str, count: bool = True
+) -> Page:
+    total = -1
+    if token:
+        before, total = _decode_token(token, fingerprint)
+        query = {**query, "ck": {"$lt": before}}
+    docs = list(collection.find(query).sort("ck", pymongo.DESCENDING).limit(size + 1))
+    if total < 0:
+        total = Store.count(collection, {k: v for k, v in query.items() if k != "ck"}) if count else 0
+    more = len(docs) > size
+    docs = docs[:size]
+    return Page(docs, _encode_token(docs[-1]["ck"], total, fingerprint) if more else "", total)
+
+
+def _raise(error: ServiceError) -> Doc:
+    raise error
+
+
 def _owned(owner: str | None, oid: ObjectId) -> Doc:
     """A filter on `_id` that also requires the owner (None: any owner, for admins)."""
     return {"_id": oid} if owner is None else {"_id": oid, "owner": owner}
@@ -531,13 +731,23 @@ def _owned(owner: str | None, oid: ObjectId) -> Doc:
 
 def _cancelled() -> Doc:
     now_us = clock.now_us()
-    return {"status": str(Status.CANCELLED), "queue": NONE, "ended_us": now_us, "updated_us": now_us,
-            "error": _error("CANCELLED", "cancelled", "cancelled by its owner", False, 0)}
+    return {
+        "status": str(Status.CANCELLED),
+        "queue": NONE,
+        "ended_us": now_us,
+        "updated_us": now_us,
+        "error": _error("CANCELLED", "cancelled", "cancelled by its owner", False, 0),
+    }
 
 
 def _error(code: str, category: str, message: str, retryable: bool, attempt: int) -> Doc:
-    return {"code": code, "category": category, "message": message, "retryable": retryable,
-            "attempt": attempt}
+    return {
+        "code": code,
+        "category": category,
+        "message": message,
+        "retryable": retryable,
+        "attempt": attempt,
+    }
 
 
 job_error = _error

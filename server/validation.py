@@ -80,14 +80,10 @@ def _check_extra(extra: dict[str, str], prefix: str) -> list[FieldViolation]:
             ok = False
         if not ok:
             bad.append(
-                FieldViolation(
-                    f"{prefix}.extra['demo_seconds']", f"a number from 0 to {MAX_DEMO_SECONDS:g}"
-                )
+                FieldViolation(f"{prefix}.extra['demo_seconds']", f"a number from 0 to {MAX_DEMO_SECONDS:g}")
             )
     if "demo_fail" in extra and extra["demo_fail"] not in DEMO_FAILURES:
-        bad.append(
-            FieldViolation(f"{prefix}.extra['demo_fail']", "either 'transient' or 'permanent'")
-        )
+        bad.append(FieldViolation(f"{prefix}.extra['demo_fail']", "either 'transient' or 'permanent'"))
     return bad
 
 

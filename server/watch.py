@@ -10,7 +10,7 @@ from typing import Any
 from server.events import SHUTDOWN, Event
 
 
-class ShuttingDown(Exception):  # noqa: N818
+class ShuttingDown(Exception):
     """The server is stopping: the stream ends with UNAVAILABLE so clients reconnect."""
 
 

@@ -52,10 +52,21 @@ class MongoServer:
             return
         self.port = self.port or free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "nx_27017.nx_27017", "--data-dir", str(self.data_dir),
-             "--port", str(self.port), "--pid-file", str(self.data_dir / "pid"),
-             "--log-file", str(self.data_dir / "log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "nx_27017.nx_27017",
+                "--data-dir",
+                str(self.data_dir),
+                "--port",
+                str(self.port),
+                "--pid-file",
+                str(self.data_dir / "pid"),
+                "--log-file",
+                str(self.data_dir / "log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.uri = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
         client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from genjobs.v1 import jobs_pb2
 
 from client import FailedPrecondition, GenJobsClient, InvalidArgument, NotFound
-from genjobs.v1 import jobs_pb2
 from tests.harness import ServerThread, wait_for
 
 QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED = (

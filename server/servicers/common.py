@@ -27,7 +27,8 @@ def _status_of(exc: BaseException, method: str) -> grpc.Status:
         error = unavailable()
     elif isinstance(exc, ShuttingDown):
         error = ServiceError(
-            grpc.StatusCode.UNAVAILABLE, "SERVER_SHUTTING_DOWN",
+            grpc.StatusCode.UNAVAILABLE,
+            "SERVER_SHUTTING_DOWN",
             "the server is restarting; reconnect with after_sequence to resume",
         )
     else:

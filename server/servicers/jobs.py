@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from google.protobuf import empty_pb2
 
-from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from server import convert
 from server.auth import current_caller
 from server.events import Event, EventHub
@@ -21,9 +21,7 @@ def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.GetJobStatsRequest) 
     """The domain filter of a ListJobs or GetJobStats request."""
     filters = JobFilter(
         created_after_us=convert.timestamp_us(request.created_after, request.HasField("created_after")),
-        created_before_us=convert.timestamp_us(
-            request.created_before, request.HasField("created_before")
-        ),
+        created_before_us=convert.timestamp_us(request.created_before, request.HasField("created_before")),
         project=request.project,
     )
     if isinstance(request, jobs_pb2.ListJobsRequest):
@@ -43,7 +41,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self.heartbeat_seconds = heartbeat_seconds
 
     @rpc
-    async def SubmitJob(  # noqa: N802 - gRPC method names
+    async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
         doc = await asyncio.to_thread(
@@ -58,13 +56,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         return convert.job(doc)
 
     @rpc
-    async def GetJob(  # noqa: N802
+    async def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
         return convert.job(await asyncio.to_thread(self.jobs.get, current_caller(), request.id))
 
     @rpc
-    async def ListJobs(  # noqa: N802
+    async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
         page = await asyncio.to_thread(
@@ -77,29 +75,27 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         )
 
     @rpc
-    async def CancelJob(  # noqa: N802
+    async def CancelJob(
         self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
         return convert.job(await asyncio.to_thread(self.jobs.cancel, current_caller(), request.id))
 
     @rpc
-    async def RetryJob(  # noqa: N802
+    async def RetryJob(
         self, request: jobs_pb2.RetryJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
-        doc = await asyncio.to_thread(
-            self.jobs.retry, current_caller(), request.id, request.request_id
-        )
+        doc = await asyncio.to_thread(self.jobs.retry, current_caller(), request.id, request.request_id)
         return convert.job(doc)
 
     @rpc
-    async def DeleteJob(  # noqa: N802
+    async def DeleteJob(
         self, request: jobs_pb2.DeleteJobRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
         await asyncio.to_thread(self.jobs.delete, current_caller(), request.id)
         return empty_pb2.Empty()
 
     @rpc
-    async def RunBulkOperation(  # noqa: N802
+    async def RunBulkOperation(
         self, request: jobs_pb2.RunBulkOperationRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.RunBulkOperationResponse:
         filters = JobFilter(
@@ -118,7 +114,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         )
 
     @rpc
-    async def GetJobStats(  # noqa: N802
+    async def GetJobStats(
         self, request: jobs_pb2.GetJobStatsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.GetJobStatsResponse:
         stats = await asyncio.to_thread(self.jobs.stats, current_caller(), job_filter(request))
@@ -138,9 +134,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         )
 
     @rpc
-    async def WatchJob(  # noqa: N802
-        self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
-    ):  # type: ignore[no-untyped-def]
+    async def WatchJob(self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         caller = current_caller()
         key = f"job:{request.id}"
         after = max(0, request.after_sequence)

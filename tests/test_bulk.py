@@ -1,0 +1,210 @@
+"""BulkService end to end: ordering, failures, pause across restarts, cancel, webhooks."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from genjobs.v1 import bulk_pb2, jobs_pb2
+
+from client import FailedPrecondition, GenJobsClient, InvalidArgument, NotFound
+from tests.harness import SECRET, MongoServer, ServerThread, make_settings, wait_for
+
+B = bulk_pb2
+
+
+def items(n: int, **extra_by_index: dict[str, str]) -> list[dict[str, Any]]:
+    return [
+        {"topic": f"article {i + 1}", "word_count": 60, "extra": extra_by_index.get(f"i{i + 1}", {})}
+        for i in range(n)
+    ]
+
+
+def bulk_status(client: GenJobsClient, bulk_id: str, status: int) -> bulk_pb2.BulkJob | None:
+    bulk = client.get_bulk(bulk_id)
+    return bulk if bulk.status == status else None
+
+
+@pytest.mark.parametrize("count", [9, 51])
+def test_bulk_size_limits(alice: GenJobsClient, count: int) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        alice.create_bulk("topic", items(count))
+    assert [f for f, _ in caught.value.violations] == ["items"]
+    assert alice.list_bulk().total_size == 0 and alice.list().total_size == 0
+
+
+def test_bad_item_is_named_and_nothing_stored(alice: GenJobsClient) -> None:
+    bad = items(12)
+    bad[6]["topic"] = ""
+    with pytest.raises(InvalidArgument) as caught:
+        alice.create_bulk("topic", bad)
+    assert [f for f, _ in caught.value.violations] == ["items[6].topic"]
+    assert alice.list().total_size == 0
+
+
+def test_ten_items_run_in_order_and_complete_with_a_notification(alice: GenJobsClient) -> None:
+    bulk = alice.create_bulk("topic", items(10), request_id="batch-1")
+    assert bulk.total_items == 10 and bulk.remaining_items == 10
+    assert [i.queue_position for i in bulk.items] == list(range(1, 11))
+    assert alice.create_bulk("topic", items(10), request_id="batch-1").id == bulk.id
+    events = list(alice.watch_bulk(bulk.id))
+    final = events[-1]
+    assert final.type == B.BULK_JOB_EVENT_TYPE_COMPLETED
+    assert final.bulk_job.status == B.BULK_JOB_STATUS_COMPLETED
+    assert final.bulk_job.completed_items == 10 and final.bulk_job.percentage == 100.0
+    assert final.notification.bulk_job_id == bulk.id
+    counts = [e.bulk_job.completed_items for e in events]
+    assert counts == sorted(counts)  # progress only goes forward
+    jobs = [alice.get(i.id) for i in alice.get_bulk(bulk.id).items]
+    starts = [j.start_time.ToNanoseconds() for j in jobs]
+    assert starts == sorted(starts)  # queue_position order
+    notes = alice.notifications().notifications
+    assert [n.bulk_job_id for n in notes] == [bulk.id]
+    assert "10 of 10" in notes[0].message
+
+
+def test_failed_item_does_not_stop_the_others_and_retry_supersedes_it(alice: GenJobsClient) -> None:
+    bulk = alice.create_bulk("topic", items(10, i3={"demo_fail": "permanent"}))
+    done = wait_for(lambda: bulk_status(alice, bulk.id, B.BULK_JOB_STATUS_COMPLETED), timeout=30)
+    assert (done.completed_items, done.failed_items) == (9, 1)
+    assert len(done.error_summary) == 1 and done.error_summary[0].startswith("item 3: DEMO_PERMANENT")
+    failed_item = done.items[2]
+    assert failed_item.status == jobs_pb2.JOB_STATUS_FAILED
+    retry = alice.run_bulk_operation("retry_all_failed", bulk_job_id=bulk.id)
+    assert retry.affected_count == 1
+    new = alice.get(retry.job_ids[0])
+    assert new.bulk_job_id == bulk.id and new.queue_position == 3
+    reopened = alice.get_bulk(bulk.id)
+    assert reopened.total_items == 10
+    assert reopened.items[2].id == new.id  # the retry holds position 3 now
+    again = wait_for(
+        lambda: (
+            (b := alice.get_bulk(bulk.id)).status == B.BULK_JOB_STATUS_COMPLETED
+            and b.items[2].status == jobs_pb2.JOB_STATUS_FAILED
+            and b
+        )
+    )
+    assert (again.completed_items, again.failed_items, again.total_items) == (9, 1, 10)
+
+
+def test_pause_survives_a_restart_then_resume_completes(mongo: MongoServer, tmp_path: Path) -> None:
+    settings = make_settings(mongo.uri, tmp_path)
+    first = ServerThread(settings).start()
+    with first.client() as alice:
+        bulk = alice.create_bulk("topic", items(10, i1={"demo_seconds": "1"}))
+        wait_for(lambda: alice.get_bulk(bulk.id).items[0].status == jobs_pb2.JOB_STATUS_PROCESSING)
+        paused = alice.pause_bulk(bulk.id)
+        assert paused.status == B.BULK_JOB_STATUS_PAUSED
+        with pytest.raises(FailedPrecondition) as caught:
+            alice.pause_bulk(bulk.id)
+        assert caught.value.reason == "BULK_JOB_NOT_PAUSABLE"
+        # The running item finishes; nothing after it starts.
+        wait_for(lambda: alice.get_bulk(bulk.id).items[0].status == jobs_pb2.JOB_STATUS_COMPLETED)
+    first.stop()
+    second = ServerThread(settings).start()
+    try:
+        with second.client() as alice:
+            still = alice.get_bulk(bulk.id)
+            assert still.status == B.BULK_JOB_STATUS_PAUSED
+            assert [i.status for i in still.items[1:]] == [jobs_pb2.JOB_STATUS_QUEUED] * 9
+            submitted = alice.submit("topic", topic="not in the bulk job")
+            wait_for(lambda: alice.get(submitted.id).status == jobs_pb2.JOB_STATUS_COMPLETED)
+            assert alice.get_bulk(bulk.id).completed_items == 1  # paused items were skipped
+            assert alice.resume_bulk(bulk.id).status == B.BULK_JOB_STATUS_PROCESSING
+            done = wait_for(lambda: bulk_status(alice, bulk.id, B.BULK_JOB_STATUS_COMPLETED), timeout=30)
+            assert done.completed_items == 10
+    finally:
+        second.stop()
+
+
+def test_cancel_mid_run(alice: GenJobsClient) -> None:
+    bulk = alice.create_bulk("topic", items(10, i2={"demo_seconds": "30"}))
+    wait_for(lambda: alice.get_bulk(bulk.id).items[1].status == jobs_pb2.JOB_STATUS_PROCESSING)
+    alice.cancel_bulk(bulk.id)
+    done = wait_for(lambda: (b := alice.get_bulk(bulk.id)).remaining_items == 0 and b, timeout=3)
+    assert done.status == B.BULK_JOB_STATUS_CANCELLED
+    assert (done.completed_items, done.cancelled_items) == (1, 9)
+    with pytest.raises(FailedPrecondition) as caught:
+        alice.resume_bulk(bulk.id)
+    assert caught.value.metadata["status"] == "CANCELLED"
+
+
+def test_counts_stay_consistent_under_concurrent_item_cancels(alice: GenJobsClient) -> None:
+    blocker = alice.submit("topic", topic="blocker", extra={"demo_seconds": "60"})
+    wait_for(lambda: alice.get(blocker.id).status == jobs_pb2.JOB_STATUS_PROCESSING)
+    bulk = alice.create_bulk("topic", items(20))
+    targets = [i.id for i in bulk.items[::2]]
+    threads = [threading.Thread(target=alice.cancel, args=(t,)) for t in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    now = alice.get_bulk(bulk.id)
+    statuses = [alice.get(i.id).status for i in now.items]
+    assert now.cancelled_items == statuses.count(jobs_pb2.JOB_STATUS_CANCELLED) == 10
+    assert now.remaining_items == 10
+    assert now.completed_items + now.failed_items + now.cancelled_items + now.remaining_items == 20
+
+
+def test_other_users_bulk_jobs_are_not_found(alice: GenJobsClient, bob: GenJobsClient) -> None:
+    bulk = alice.create_bulk("topic", items(10))
+    for action in (bob.get_bulk, bob.pause_bulk, bob.cancel_bulk):
+        with pytest.raises(NotFound):
+            action(bulk.id)
+    assert bob.list_bulk().total_size == 0
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list[tuple[dict[str, str], bytes]] = []
+    failures_left = 1
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if _Receiver.failures_left > 0:  # the first attempt fails: delivery is retried
+            _Receiver.failures_left -= 1
+            self.send_response(503)
+        else:
+            _Receiver.received.append((dict(self.headers), body))
+            self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[str]:
+    _Receiver.received = []
+    _Receiver.failures_left = 1
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/hook"
+    httpd.shutdown()
+
+
+def test_webhook_is_signed_and_retried(mongo: MongoServer, tmp_path: Path, receiver: str) -> None:
+    settings = make_settings(mongo.uri, tmp_path, webhook_secret="hook-secret", webhook_backoff_seconds=0.2)
+    server = ServerThread(settings).start()
+    try:
+        with server.client() as alice:
+            bulk = alice.create_bulk("topic", items(10), notify_url=receiver)
+            wait_for(lambda: _Receiver.received, timeout=30)
+            headers, body = _Receiver.received[0]
+            stamp = headers["X-Genjobs-Timestamp"]
+            expected = hmac.new(b"hook-secret", stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+            assert headers["X-Genjobs-Signature"] == "sha256=" + expected
+            payload = json.loads(body)
+            assert payload["bulk_job_id"] == bulk.id and payload["completed_items"] == 10
+            note = wait_for(lambda: [n for n in alice.notifications().notifications if n.delivered])
+            assert note[0].delivery_attempts == 2
+    finally:
+        server.stop()
+    assert SECRET  # the auth secret is not the webhook secret
