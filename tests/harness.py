@@ -170,3 +170,53 @@ def server_env(settings: Settings) -> dict[str, str]:
     for name, value in settings.__dict__.items():
         env["GENJOBS_" + name.upper()] = str(value)
     return env
+
+
+class ServerProcess:
+    """`python -m server` in a subprocess (for kill -9 and multi-process tests)."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = replace(settings, port=free_port())
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServerProcess:
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server"], env=server_env(self.settings),
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        wait_for(self._serving, timeout=60, interval=0.1)
+        return self
+
+    def _serving(self) -> bool:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        assert self.process is not None and self.process.poll() is None, self.log_path.read_text()
+        with grpc.insecure_channel(self.target) as channel:
+            try:
+                answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            except grpc.RpcError:
+                return False
+        return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.settings.port}"
+
+    def client(self, user: str = "alice") -> GenJobsClient:
+        return GenJobsClient(self.target, make_token(SECRET, user))
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+        self.log.close()
+
+    def terminate(self) -> int:
+        assert self.process is not None
+        self.process.terminate()
+        code = self.process.wait(30)
+        self.log.close()
+        return code

@@ -1,0 +1,312 @@
+"""The dispatcher: order, one job at a time across replicas, crashes, fencing,
+cancel, retries, the http generator and WatchJob resumption."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import grpc
+import pymongo
+import pytest
+
+from client import GenJobsClient, Unavailable
+from genjobs.v1 import jobs_pb2
+from server.store import READY, Store
+from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings, wait_for
+
+S = jobs_pb2
+
+
+def final(client: GenJobsClient, job_id: str, timeout: float = 20) -> jobs_pb2.Job:
+    return wait_for(
+        lambda: (j := client.get(job_id)).status
+        in (S.JOB_STATUS_COMPLETED, S.JOB_STATUS_FAILED, S.JOB_STATUS_CANCELLED) and j,
+        timeout=timeout,
+    )
+
+
+def test_job_runs_with_increasing_progress_and_contiguous_events(alice: GenJobsClient) -> None:
+    job = alice.submit("topic", topic="Progress", extra={"demo_seconds": "2"})
+    events = list(alice.watch(job.id))
+    sequences = [e.sequence for e in events]
+    assert sequences == list(range(sequences[0], sequences[0] + len(sequences)))
+    percentages = [e.job.progress.percentage for e in events]
+    assert percentages == sorted(percentages)
+    stages = {e.job.progress.stage for e in events if e.type == S.JOB_EVENT_TYPE_PROGRESS}
+    assert {"research", "drafting", "editing"} <= stages
+    assert events[-1].job.status == S.JOB_STATUS_COMPLETED
+    assert events[-1].job.progress.estimated_completion.seconds > 0 or len(events) > 3
+
+
+def test_jobs_run_fifo(alice: GenJobsClient) -> None:
+    blocker = alice.submit("topic", topic="blocker", extra={"demo_seconds": "0.5"})
+    ids = [alice.submit("topic", topic=f"fifo {i}").id for i in range(8)]
+    final(alice, blocker.id)
+    jobs = [final(alice, i) for i in ids]
+    starts = [j.start_time.ToNanoseconds() for j in jobs]
+    assert starts == sorted(starts)
+
+
+def test_watch_after_the_end_gets_the_snapshot_and_the_end(alice: GenJobsClient) -> None:
+    job = alice.submit("topic", topic="done already")
+    done = final(alice, job.id)
+    events = list(alice.watch(job.id))
+    assert len(events) == 1 and events[0].type == S.JOB_EVENT_TYPE_SNAPSHOT
+    assert events[0].job.status == S.JOB_STATUS_COMPLETED
+    assert list(alice.watch(job.id, after_sequence=events[0].sequence)) == []
+    assert done.id == job.id
+
+
+def test_watch_resumes_after_a_dropped_connection_without_loss(server: ServerThread) -> None:
+    with server.client() as alice:
+        job = alice.submit("topic", topic="resume", extra={"demo_seconds": "1.5"})
+        wait_for(lambda: alice.get(job.id).status == S.JOB_STATUS_PROCESSING)
+        stream = alice.jobs.WatchJob(S.WatchJobRequest(id=job.id), metadata=alice._metadata)
+        first = [next(stream), next(stream)]
+        stream.cancel()  # the connection drops
+        time.sleep(0.3)  # let events happen while disconnected
+        rest = list(alice.watch(job.id, after_sequence=first[-1].sequence))
+        sequences = [e.sequence for e in first + rest]
+        assert sequences == list(range(sequences[0], sequences[0] + len(sequences)))
+        assert rest[-1].job.status == S.JOB_STATUS_COMPLETED
+
+
+def test_transient_failure_is_retried_then_succeeds(alice: GenJobsClient) -> None:
+    job = alice.submit("topic", topic="flaky", extra={"demo_fail": "transient", "demo_fail_attempts": "1"})
+    done = final(alice, job.id)
+    assert done.status == S.JOB_STATUS_COMPLETED and done.attempt == 2
+    assert [e.code for e in done.attempt_errors] == ["DEMO_TRANSIENT"]
+
+
+def test_permanent_failure_fails_at_once(alice: GenJobsClient) -> None:
+    job = alice.submit("topic", topic="broken", extra={"demo_fail": "permanent"})
+    done = final(alice, job.id)
+    assert done.status == S.JOB_STATUS_FAILED and done.attempt == 1
+    assert done.error.category == "permanent" and not done.error.retryable
+
+
+def test_transient_failures_stop_at_max_attempts(alice: GenJobsClient) -> None:
+    job = alice.submit(
+        "topic", topic="hopeless", max_attempts=2, extra={"demo_fail": "transient", "demo_fail_attempts": "9"}
+    )
+    done = final(alice, job.id)
+    assert done.status == S.JOB_STATUS_FAILED and done.attempt == 2
+    assert len(done.attempt_errors) == 2 and done.error.retryable
+
+
+def test_fencing_a_stale_run_cannot_write(mongo: MongoServer) -> None:
+    store = Store(mongo.uri, "fencing_" + str(time.time_ns()))
+    store.ensure_indexes()
+    doc = store.new_job_doc("alice", "TOPIC", {"topic": "x"})
+    store.insert_job(doc)
+    stale = store.claim(doc["_id"], "worker-a", lease_seconds=0.01)
+    assert stale is not None
+    # worker-a stalls; its lease lapses and the job is requeued and claimed by worker-b.
+    requeued = store.fenced_update(doc["_id"], stale["epoch"], {"status": "QUEUED", "queue": READY})
+    assert requeued is not None
+    fresh = store.claim(doc["_id"], "worker-b", lease_seconds=10)
+    assert fresh is not None and fresh["epoch"] == stale["epoch"] + 1
+    assert store.fenced_update(doc["_id"], stale["epoch"], {"status": "COMPLETED"}) is None
+    assert store.renew_job_lease(doc["_id"], stale["epoch"], 10) is None
+    assert store.jobs.find_one({"_id": doc["_id"]})["worker"] == "worker-b"
+    store.close()
+
+
+def test_two_servers_never_run_two_jobs_at_once(mongo: MongoServer, tmp_path: Path) -> None:
+    settings = make_settings(mongo.uri, tmp_path, lease_seconds=1.0)
+    servers = [ServerProcess(settings, tmp_path / f"s{i}.log").start() for i in range(2)]
+    watcher: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo.uri)
+    jobs = watcher[settings.db_name]["jobs"]
+    most = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal most
+        while not stop.is_set():
+            most = max(most, len(list(jobs.find({"status": "PROCESSING"}, {"_id": 1}))))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        clients = [s.client() for s in servers]
+        ids = [clients[i % 2].submit("topic", topic=f"j{i}", extra={"demo_seconds": "0.05"}).id for i in range(30)]
+        done = [final(clients[0], i, timeout=60) for i in ids]
+        assert all(j.status == S.JOB_STATUS_COMPLETED and j.attempt == 1 for j in done)
+    finally:
+        stop.set()
+        sampler.join()
+        for s in servers:
+            s.terminate()
+    assert most == 1
+
+
+def test_cancel_reaches_the_replica_running_the_job(mongo: MongoServer, tmp_path: Path) -> None:
+    settings = make_settings(mongo.uri, tmp_path)
+    servers = [ServerThread(settings).start() for _ in range(2)]
+    try:
+        with servers[0].client() as one, servers[1].client() as two:
+            job = one.submit("topic", topic="long", extra={"demo_seconds": "30"})
+            wait_for(lambda: one.get(job.id).status == S.JOB_STATUS_PROCESSING)
+            runner = next(s for s in servers if s.app and s.app.dispatcher.running_job_id() == job.id)
+            other = two if runner is servers[0] else one
+            started = time.monotonic()
+            other.cancel(job.id)
+            wait_for(lambda: one.get(job.id).status == S.JOB_STATUS_CANCELLED, timeout=2.0)
+            assert time.monotonic() - started < 2.0
+    finally:
+        for s in servers:
+            s.stop()
+
+
+@pytest.mark.parametrize("attempts", [3, 1])
+def test_kill_9_mid_job_requeues_or_fails_never_stuck(mongo: MongoServer, tmp_path: Path, attempts: int) -> None:
+    settings = make_settings(mongo.uri, tmp_path, lease_seconds=1.0)
+    first = ServerProcess(settings, tmp_path / "first.log").start()
+    with first.client() as alice:
+        job = alice.submit("topic", topic="crash", max_attempts=attempts, extra={"demo_seconds": "2"})
+        wait_for(lambda: alice.get(job.id).status == S.JOB_STATUS_PROCESSING)
+    first.kill()
+    second = ServerProcess(settings, tmp_path / "second.log").start()
+    try:
+        with second.client() as alice:
+            done = final(alice, job.id, timeout=30)
+            assert done.attempt_errors[0].code == "WORKER_LOST"
+            if attempts == 1:
+                assert done.status == S.JOB_STATUS_FAILED and done.error.code == "WORKER_LOST"
+            else:
+                assert done.status == S.JOB_STATUS_COMPLETED and done.attempt == 2
+            store = pymongo.MongoClient(mongo.uri)[settings.db_name]
+            completions = store["job_events"].count_documents({"job_id": job.id, "job.status": "COMPLETED"})
+            assert completions == (1 if attempts == 3 else 0)
+    finally:
+        second.terminate()
+
+
+def test_sigterm_ends_streams_unavailable_and_requeues_the_running_job(mongo: MongoServer, tmp_path: Path) -> None:
+    settings = make_settings(mongo.uri, tmp_path)
+    process = ServerProcess(settings, tmp_path / "server.log").start()
+    with process.client() as alice:
+        job = alice.submit("topic", topic="interrupted", extra={"demo_seconds": "60"})
+        wait_for(lambda: alice.get(job.id).status == S.JOB_STATUS_PROCESSING)
+        outcome: list[BaseException] = []
+
+        def watch() -> None:
+            try:
+                for _ in alice.watch(job.id, reconnect=False):
+                    pass
+            except Unavailable as exc:
+                outcome.append(exc)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        time.sleep(0.2)  # the stream is open
+        assert process.process is not None
+        process.process.send_signal(signal.SIGTERM)
+        watcher.join(20)
+        assert process.process.wait(30) == 0
+    assert outcome and outcome[0].reason == "SERVER_SHUTTING_DOWN"
+    restarted = ServerProcess(settings, tmp_path / "again.log").start()
+    try:
+        with restarted.client() as alice:
+            again = alice.get(job.id)
+            assert again.status in (S.JOB_STATUS_QUEUED, S.JOB_STATUS_PROCESSING)
+            assert again.attempt <= 1 and not again.attempt_errors  # shutdown costs no attempt
+            alice.cancel(job.id)
+    finally:
+        restarted.terminate()
+
+
+class _Generator(BaseHTTPRequestHandler):
+    requests: ClassVar[list[tuple[str, dict[str, Any]]]] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Generator.requests.append((self.path, body))
+        topic = body.get("topic", "")
+        if topic == "server error":
+            code, answer = 500, {"success": False, "error": "overloaded"}
+        elif topic == "bad request":
+            code, answer = 400, {"success": False, "error": "topic not allowed"}
+        elif topic == "slow":
+            time.sleep(5)
+            code, answer = 200, {"success": True, "content": "late"}
+        else:
+            code, answer = 200, {"success": True, "content": "one two three", "title": "T", "cost_cents": 7}
+        data = json.dumps(answer).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_generator(mongo: MongoServer, tmp_path: Path) -> Iterator[ServerThread]:
+    _Generator.requests = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Generator)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    server = ServerThread(make_settings(mongo.uri, tmp_path, generator="http", generator_url=url)).start()
+    yield server
+    server.stop()
+    httpd.shutdown()
+
+
+def test_http_generator_success(http_generator: ServerThread) -> None:
+    with http_generator.client() as alice:
+        job = alice.submit("keywords", keywords=["a", "b"], word_count=100)
+        done = final(alice, job.id)
+    assert done.status == S.JOB_STATUS_COMPLETED
+    assert (done.result.content, done.result.title, done.result.cost_cents) == ("one two three", "T", 7)
+    assert done.result.word_count == 3
+    path, body = _Generator.requests[0]
+    assert path == "/api/content/generate/keywords"
+    assert body["job_id"] == job.id and body["user_id"] == "alice" and body["keywords"] == ["a", "b"]
+
+
+def test_http_generator_errors_map_to_transient_and_permanent(http_generator: ServerThread) -> None:
+    with http_generator.client() as alice:
+        transient = alice.submit("topic", topic="server error", max_attempts=2)
+        permanent = alice.submit("topic", topic="bad request")
+        t, p = final(alice, transient.id), final(alice, permanent.id)
+    assert t.status == S.JOB_STATUS_FAILED and t.attempt == 2 and t.error.retryable
+    assert t.error.code == "GENERATOR_UNAVAILABLE"
+    assert p.status == S.JOB_STATUS_FAILED and p.attempt == 1 and not p.error.retryable
+    assert "topic not allowed" in p.error.message
+
+
+def test_http_generator_request_is_aborted_on_cancel(http_generator: ServerThread) -> None:
+    with http_generator.client() as alice:
+        job = alice.submit("topic", topic="slow")
+        wait_for(lambda: _Generator.requests)
+        alice.cancel(job.id)
+        wait_for(lambda: alice.get(job.id).status == S.JOB_STATUS_CANCELLED, timeout=2.0)
+
+
+def test_stream_needs_no_thread(server: ServerThread) -> None:
+    with server.client() as alice:
+        job = alice.submit("topic", topic="idle", extra={"demo_seconds": "30"})
+        before = threading.active_count()
+        channel = grpc.insecure_channel(server.target)
+        stub = alice.jobs.__class__(channel)
+        streams = [stub.WatchJob(S.WatchJobRequest(id=job.id), metadata=alice._metadata) for _ in range(50)]
+        for stream in streams:
+            next(stream)
+        assert server.app is not None
+        wait_for(lambda: server.app.hub.subscriber_count() == 50)  # type: ignore[union-attr]
+        # 50 open streams; the client's channel adds a few threads, the server none per stream.
+        assert threading.active_count() - before < 10
+        for stream in streams:
+            stream.cancel()
+        channel.close()
+        alice.cancel(job.id)
