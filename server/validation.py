@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from server.errors import FieldViolation
@@ -22,6 +23,8 @@ DEMO_FAILURES = ("transient", "permanent")
 MIN_BULK_ITEMS, MAX_BULK_ITEMS = 10, 50
 MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 100, 50
 MAX_QUERY = 200
+# Extra keys become field names in MongoDB: no dots, no leading $.
+_EXTRA_KEY = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_EXTRA_KEY)
 
 
 def check_params(mode: str, params: dict[str, Any], prefix: str = "params") -> list[FieldViolation]:
@@ -65,11 +68,11 @@ def _check_extra(extra: dict[str, str], prefix: str) -> list[FieldViolation]:
     if len(extra) > MAX_EXTRA:
         bad.append(FieldViolation(f"{prefix}.extra", f"at most {MAX_EXTRA} entries"))
     for key, value in extra.items():
-        if not key or len(key) > MAX_EXTRA_KEY or len(value) > MAX_EXTRA_VALUE:
+        if not _EXTRA_KEY.fullmatch(key) or len(value) > MAX_EXTRA_VALUE:
             bad.append(
                 FieldViolation(
                     f"{prefix}.extra[{key!r}]",
-                    f"keys 1 to {MAX_EXTRA_KEY} characters, values at most {MAX_EXTRA_VALUE}",
+                    f"keys 1 to {MAX_EXTRA_KEY} of A-Z a-z 0-9 _ -, values at most {MAX_EXTRA_VALUE} characters",
                 )
             )
     if "demo_seconds" in extra:

@@ -40,8 +40,9 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
 class MongoServer:
     """An nx-27017 process on a free port, or the URI in GENJOBS_MONGODB_URI."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.external = os.environ.get("GENJOBS_MONGODB_URI", "")
+    def __init__(self, data_dir: Path, own: bool = False) -> None:
+        # own=True: always a local process, for tests that stop and restart it.
+        self.external = "" if own else os.environ.get("GENJOBS_MONGODB_URI", "")
         self.process: subprocess.Popen[bytes] | None = None
         self.data_dir = data_dir
         self.port = 0
