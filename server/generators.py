@@ -229,12 +229,23 @@ def _http_output(response: httpx.Response) -> Output:
     )
 
 
+class NoopGenerator:
+    """Returns an empty article at once: measures the service, not the generator."""
+
+    def generate(
+        self, job: JobSpec, report_progress: ProgressFn, cancelled: threading.Event
+    ) -> Output:
+        return Output(content="", title="", word_count=0)
+
+
 def make_generator(kind: str, url: str) -> Generator:
     """The generator named by configuration."""
     if kind == "demo":
         return DemoGenerator()
+    if kind == "noop":
+        return NoopGenerator()
     if kind == "http":
         if not url:
             raise SystemExit("genjobs: GENJOBS_GENERATOR=http needs GENJOBS_GENERATOR_URL")
         return HttpGenerator(url)
-    raise SystemExit(f"genjobs: unknown generator {kind!r} (use 'demo' or 'http')")
+    raise SystemExit(f"genjobs: unknown generator {kind!r} (use 'demo', 'http' or 'noop')")

@@ -1,0 +1,131 @@
+"""Shared by the benchmarks: servers to measure, command counting, statistics."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import Counter
+from pathlib import Path
+
+from pymongo import monitoring
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings  # noqa: E402
+
+__all__ = ["MongoServer", "ServerProcess", "ServerThread", "make_settings"]
+
+
+class CommandCounter(monitoring.CommandListener):
+    """Counts MongoDB commands by the name of the thread that sent them."""
+
+    def __init__(self) -> None:
+        self.by_thread: Counter[str] = Counter()
+        self.names: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name in ("ping", "hello", "isMaster", "endSessions"):
+            return
+        thread = threading.current_thread().name
+        with self._lock:
+            self.by_thread[thread.split("_")[0]] += 1
+            self.names[f"{thread.split('_')[0]}:{event.command_name}"] += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def take(self, prefix: str) -> int:
+        """Commands sent by threads whose name starts with `prefix` since the last take."""
+        with self._lock:
+            n = sum(v for k, v in self.by_thread.items() if k.startswith(prefix))
+            for k in [k for k in self.by_thread if k.startswith(prefix)]:
+                del self.by_thread[k]
+            return n
+
+
+COUNTER = CommandCounter()
+monitoring.register(COUNTER)  # every MongoClient made after this reports to it
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile (0-100) by nearest rank."""
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def scratch() -> Path:
+    return Path(tempfile.mkdtemp(prefix="genjobs-bench-"))
+
+
+def start_mongo() -> MongoServer:
+    """A fresh nx-27017 on a free port (GENJOBS_MONGODB_URI is ignored: figures are for nx)."""
+    directory = scratch()
+    mongo = MongoServer(directory, own=True)
+    mongo.start()
+    return mongo
+
+
+def ensure_redis() -> str:
+    """redis-server and rq, installed if missing; returns the redis-server path."""
+    if shutil.which("redis-server") is None:
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True)
+    try:
+        import rq  # noqa: F401
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "rq", "redis"], check=True)
+    return shutil.which("redis-server") or "redis-server"
+
+
+class Redis:
+    """A redis-server on a free port, for the RQ and Celery comparisons."""
+
+    def __init__(self) -> None:
+        from server.embedded import free_port
+
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [ensure_redis(), "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        import redis
+
+        self.client = redis.Redis(port=self.port)
+        from tests.harness import wait_for
+
+        def up() -> bool:
+            try:
+                return bool(self.client.ping())
+            except redis.exceptions.ConnectionError:
+                return False
+
+        wait_for(up)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def noop() -> None:
+    """The job RQ and Celery run."""
+
+
+os.environ.setdefault("PYTHONHASHSEED", "0")
