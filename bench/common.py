@@ -16,7 +16,7 @@ from pymongo import monitoring
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings  # noqa: E402
+from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings
 
 __all__ = ["MongoServer", "ServerProcess", "ServerThread", "make_settings"]
 

@@ -11,7 +11,6 @@ import time
 
 from common import COUNTER, Redis, ServerThread, make_settings, median, noop, percentile, scratch, start_mongo
 
-from client import GenJobsClient
 from server.store import Store
 
 CALLERS = 8
@@ -92,8 +91,18 @@ def list_latency(mongo_uri: str, settings_dir: object) -> tuple[list[float], lis
     total = 100_000
     for start in range(0, total, 5000):
         docs = [
-            store.new_job_doc("heavy", "TOPIC", {"topic": f"topic {i}", "keywords": [], "word_count": 800,
-                                                   "tone": "", "source_text": "", "extra": {}})
+            store.new_job_doc(
+                "heavy",
+                "TOPIC",
+                {
+                    "topic": f"topic {i}",
+                    "keywords": [],
+                    "word_count": 800,
+                    "tone": "",
+                    "source_text": "",
+                    "extra": {},
+                },
+            )
             for i in range(start, start + 5000)
         ]
         for d in docs:

@@ -232,9 +232,7 @@ def _http_output(response: httpx.Response) -> Output:
 class NoopGenerator:
     """Returns an empty article at once: measures the service, not the generator."""
 
-    def generate(
-        self, job: JobSpec, report_progress: ProgressFn, cancelled: threading.Event
-    ) -> Output:
+    def generate(self, job: JobSpec, report_progress: ProgressFn, cancelled: threading.Event) -> Output:
         return Output(content="", title="", word_count=0)
 
 

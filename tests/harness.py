@@ -184,8 +184,10 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server"], env=server_env(self.settings),
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "server"],
+            env=server_env(self.settings),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         wait_for(self._serving, timeout=60, interval=0.1)
         return self

@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 import grpc
 import pymongo
 import pytest
+from genjobs.v1 import jobs_pb2
 
 from client import GenJobsClient, Unavailable
-from genjobs.v1 import jobs_pb2
 from server.store import READY, Store
 from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings, wait_for
 
@@ -26,8 +26,11 @@ S = jobs_pb2
 
 def final(client: GenJobsClient, job_id: str, timeout: float = 20) -> jobs_pb2.Job:
     return wait_for(
-        lambda: (j := client.get(job_id)).status
-        in (S.JOB_STATUS_COMPLETED, S.JOB_STATUS_FAILED, S.JOB_STATUS_CANCELLED) and j,
+        lambda: (
+            (j := client.get(job_id)).status
+            in (S.JOB_STATUS_COMPLETED, S.JOB_STATUS_FAILED, S.JOB_STATUS_CANCELLED)
+            and j
+        ),
         timeout=timeout,
     )
 
@@ -136,7 +139,10 @@ def test_two_servers_never_run_two_jobs_at_once(mongo: MongoServer, tmp_path: Pa
     sampler.start()
     try:
         clients = [s.client() for s in servers]
-        ids = [clients[i % 2].submit("topic", topic=f"j{i}", extra={"demo_seconds": "0.05"}).id for i in range(30)]
+        ids = [
+            clients[i % 2].submit("topic", topic=f"j{i}", extra={"demo_seconds": "0.05"}).id
+            for i in range(30)
+        ]
         done = [final(clients[0], i, timeout=60) for i in ids]
         assert all(j.status == S.JOB_STATUS_COMPLETED and j.attempt == 1 for j in done)
     finally:
@@ -166,7 +172,9 @@ def test_cancel_reaches_the_replica_running_the_job(mongo: MongoServer, tmp_path
 
 
 @pytest.mark.parametrize("attempts", [3, 1])
-def test_kill_9_mid_job_requeues_or_fails_never_stuck(mongo: MongoServer, tmp_path: Path, attempts: int) -> None:
+def test_kill_9_mid_job_requeues_or_fails_never_stuck(
+    mongo: MongoServer, tmp_path: Path, attempts: int
+) -> None:
     settings = make_settings(mongo.uri, tmp_path, lease_seconds=1.0)
     first = ServerProcess(settings, tmp_path / "first.log").start()
     with first.client() as alice:
@@ -189,7 +197,9 @@ def test_kill_9_mid_job_requeues_or_fails_never_stuck(mongo: MongoServer, tmp_pa
         second.terminate()
 
 
-def test_sigterm_ends_streams_unavailable_and_requeues_the_running_job(mongo: MongoServer, tmp_path: Path) -> None:
+def test_sigterm_ends_streams_unavailable_and_requeues_the_running_job(
+    mongo: MongoServer, tmp_path: Path
+) -> None:
     settings = make_settings(mongo.uri, tmp_path)
     process = ServerProcess(settings, tmp_path / "server.log").start()
     with process.client() as alice:
@@ -226,7 +236,7 @@ def test_sigterm_ends_streams_unavailable_and_requeues_the_running_job(mongo: Mo
 class _Generator(BaseHTTPRequestHandler):
     requests: ClassVar[list[tuple[str, dict[str, Any]]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _Generator.requests.append((self.path, body))
         topic = body.get("topic", "")

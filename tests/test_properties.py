@@ -6,10 +6,10 @@ from __future__ import annotations
 import uuid
 
 import grpc
+from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from tests.harness import ServerThread
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
@@ -52,8 +52,9 @@ lists = st.builds(
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(request=submits, listing=lists)
-def test_random_requests_never_internal(server: ServerThread, request: jobs_pb2.SubmitJobRequest,
-                                        listing: jobs_pb2.ListJobsRequest) -> None:
+def test_random_requests_never_internal(
+    server: ServerThread, request: jobs_pb2.SubmitJobRequest, listing: jobs_pb2.ListJobsRequest
+) -> None:
     user = uuid.uuid4().hex
     metadata = (("authorization", f"Bearer {server.token(user)}"),)
     with grpc.insecure_channel(server.target) as channel:

@@ -35,7 +35,9 @@ def test_database_outage_gives_unavailable_and_recovers(tmp_path: Path) -> None:
             with pytest.raises(Unavailable) as caught:
                 alice.get(job.id)
             assert caught.value.reason == "DATABASE_UNAVAILABLE"
-            wait_for(lambda: health_of(server.target) == health_pb2.HealthCheckResponse.NOT_SERVING, timeout=10)
+            wait_for(
+                lambda: health_of(server.target) == health_pb2.HealthCheckResponse.NOT_SERVING, timeout=10
+            )
             mongo.start()  # same port, same data
             wait_for(lambda: health_of(server.target) == health_pb2.HealthCheckResponse.SERVING, timeout=15)
             assert alice.get(job.id).id == job.id
@@ -66,7 +68,9 @@ def test_embedded_database_is_shared_by_servers_on_one_data_dir(tmp_path: Path) 
             assert two.get(job.id).id == job.id
     finally:
         second.terminate()
-    wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2])
+    wait_for(
+        lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    )
     assert not (stale / "nx-27017.pid").exists()
 
 
@@ -74,9 +78,17 @@ def test_generated_code_matches_the_protos(tmp_path: Path) -> None:
     protos = ROOT / "protos"
     names = ["jobs", "bulk"]
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{protos}", f"--python_out={tmp_path}",
-         f"--grpc_python_out={tmp_path}", f"--mypy_out={tmp_path}", f"--mypy_grpc_out={tmp_path}",
-         *[str(protos / "genjobs" / "v1" / f"{n}.proto") for n in names]],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{protos}",
+            f"--python_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            f"--mypy_out={tmp_path}",
+            f"--mypy_grpc_out={tmp_path}",
+            *[str(protos / "genjobs" / "v1" / f"{n}.proto") for n in names],
+        ],
         check=True,
         env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
         capture_output=True,
@@ -85,14 +97,19 @@ def test_generated_code_matches_the_protos(tmp_path: Path) -> None:
         for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi"):
             generated = tmp_path / "genjobs" / "v1" / f"{name}{suffix}"
             committed = protos / "genjobs" / "v1" / f"{name}{suffix}"
-            assert filecmp.cmp(generated, committed, shallow=False), f"{committed.name} is stale: run make proto"
+            assert filecmp.cmp(generated, committed, shallow=False), (
+                f"{committed.name} is stale: run make proto"
+            )
 
 
 def test_token_command_prints_a_token_the_server_accepts(server: ServerThread, tmp_path: Path) -> None:
     env = {**os.environ, "GENJOBS_AUTH_SECRET": server.settings.auth_secret}
     token = subprocess.run(
-        [sys.executable, "-m", "server", "token", "--user", "carol"], env=env, check=True,
-        capture_output=True, text=True,
+        [sys.executable, "-m", "server", "token", "--user", "carol"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     from client import GenJobsClient
 

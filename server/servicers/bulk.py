@@ -94,9 +94,7 @@ class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
         )
 
     @rpc
-    async def WatchBulkJob(
-        self, request: bulk_pb2.WatchBulkJobRequest, context: grpc.aio.ServicerContext
-    ):  # type: ignore[no-untyped-def]
+    async def WatchBulkJob(self, request: bulk_pb2.WatchBulkJobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         # Every bulk event is a whole snapshot (counts and items), so resuming
         # needs only the newest one: nothing between is lost by skipping it.
         key = f"bulk:{request.id}"
