@@ -204,18 +204,7 @@ class GenJobsClient:
 
     def iter_jobs(self, limit: int = 0, **filters: Any) -> Iterator[jobs_pb2.Job]:
         """Every matching job, newest first, fetching pages as needed."""
-        token = ""
-        seen = 0
-        while True:
-            page = self.list(page_token=token, **filters)
-            for job in page.jobs:
-                yield job
-                seen += 1
-                if limit and seen >= limit:
-                    return
-            token = page.next_page_token
-            if not token:
-                return
+        return _paged(lambda token: self.list(page_token=token, **filters), "jobs", limit)
 
     def cancel(self, job_id: str) -> jobs_pb2.Job:
         """Cancel a queued or processing job."""
@@ -335,17 +324,7 @@ class GenJobsClient:
 
     def iter_bulk(self, limit: int = 0) -> Iterator[bulk_pb2.BulkJob]:
         """Every bulk job, newest first."""
-        token, seen = "", 0
-        while True:
-            page = self.list_bulk(page_token=token)
-            for bulk in page.bulk_jobs:
-                yield bulk
-                seen += 1
-                if limit and seen >= limit:
-                    return
-            token = page.next_page_token
-            if not token:
-                return
+        return _paged(lambda token: self.list_bulk(page_token=token), "bulk_jobs", limit)
 
     def pause_bulk(self, bulk_id: str) -> bulk_pb2.BulkJob:
         """Start no further items."""
@@ -377,6 +356,21 @@ class GenJobsClient:
         """One page of the caller's notifications, newest first."""
         request = bulk_pb2.ListNotificationsRequest(page_size=page_size, page_token=page_token)
         return self._call(self.bulk.ListNotifications, request)
+
+
+def _paged(fetch: Callable[[str], Any], field: str, limit: int) -> Iterator[Any]:
+    """The items of every page `fetch(page_token)` returns, up to `limit` (0: all)."""
+    token, seen = "", 0
+    while True:
+        page = fetch(token)
+        for item in getattr(page, field):
+            yield item
+            seen += 1
+            if limit and seen >= limit:
+                return
+        token = page.next_page_token
+        if not token:
+            return
 
 
 def list_request(

@@ -74,7 +74,8 @@ def test_watch_resumes_after_a_dropped_connection_without_loss(server: ServerThr
         stream = alice.jobs.WatchJob(S.WatchJobRequest(id=job.id), metadata=alice._metadata)
         first = [next(stream), next(stream)]
         stream.cancel()  # the connection drops
-        time.sleep(0.3)  # let events happen while disconnected
+        seen = first[-1].job.progress.percentage
+        wait_for(lambda: alice.get(job.id).progress.percentage > seen)  # progress made while away
         rest = list(alice.watch(job.id, after_sequence=first[-1].sequence))
         sequences = [e.sequence for e in first + rest]
         assert sequences == list(range(sequences[0], sequences[0] + len(sequences)))
@@ -206,17 +207,18 @@ def test_sigterm_ends_streams_unavailable_and_requeues_the_running_job(
         job = alice.submit("topic", topic="interrupted", extra={"demo_seconds": "60"})
         wait_for(lambda: alice.get(job.id).status == S.JOB_STATUS_PROCESSING)
         outcome: list[BaseException] = []
+        opened = threading.Event()
 
         def watch() -> None:
             try:
                 for _ in alice.watch(job.id, reconnect=False):
-                    pass
+                    opened.set()
             except Unavailable as exc:
                 outcome.append(exc)
 
         watcher = threading.Thread(target=watch)
         watcher.start()
-        time.sleep(0.2)  # the stream is open
+        wait_for(opened.is_set)  # the stream is open: its snapshot arrived
         assert process.process is not None
         process.process.send_signal(signal.SIGTERM)
         watcher.join(20)
@@ -235,6 +237,7 @@ def test_sigterm_ends_streams_unavailable_and_requeues_the_running_job(
 
 class _Generator(BaseHTTPRequestHandler):
     requests: ClassVar[list[tuple[str, dict[str, Any]]]] = []
+    release: ClassVar[threading.Event] = threading.Event()
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -245,7 +248,7 @@ class _Generator(BaseHTTPRequestHandler):
         elif topic == "bad request":
             code, answer = 400, {"success": False, "error": "topic not allowed"}
         elif topic == "slow":
-            time.sleep(5)
+            _Generator.release.wait(5)  # a generator that takes its time
             code, answer = 200, {"success": True, "content": "late"}
         else:
             code, answer = 200, {"success": True, "content": "one two three", "title": "T", "cost_cents": 7}
@@ -263,12 +266,14 @@ class _Generator(BaseHTTPRequestHandler):
 @pytest.fixture
 def http_generator(mongo: MongoServer, tmp_path: Path) -> Iterator[ServerThread]:
     _Generator.requests = []
+    _Generator.release = threading.Event()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Generator)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}"
     server = ServerThread(make_settings(mongo.uri, tmp_path, generator="http", generator_url=url)).start()
     yield server
     server.stop()
+    _Generator.release.set()
     httpd.shutdown()
 
 
