@@ -206,7 +206,7 @@ class Bulks:
             if item["status"] == str(Status.PROCESSING):
                 with contextlib.suppress(ServiceError):  # it finished meanwhile
                     self.jobs.cancel(caller, str(item["_id"]))
-        return self._settle(ObjectId(bulk_id)) or self.get(caller, bulk_id)
+        return self._settle(ObjectId(bulk_id), self.store.bulk_items([bulk_id])) or self.get(caller, bulk_id)
 
     def notifications(self, caller: Caller, size: int, token: str) -> Page:
         """A page of the caller's notifications."""
@@ -231,18 +231,19 @@ class Bulks:
         elif status == str(Status.QUEUED) and job.get("retry_of"):
             # A retried item reopens a completed bulk job until it is final again.
             self.store.reopen_bulk(bulk_oid)
-        if self._settle(bulk_oid) is None:
+        items = self.store.bulk_items([job["bulk_job_id"]])
+        if self._settle(bulk_oid, items) is None:
             bumped = self.store.bump_bulk(bulk_oid)
             if bumped is not None:
-                self._publish(summarize(bumped, self.store.bulk_items([job["bulk_job_id"]])))
+                self._publish(summarize(bumped, items))
 
-    def _settle(self, bulk_oid: ObjectId) -> BulkView | None:
-        """Complete the bulk job if every item is final; the view when it did."""
+    def _settle(self, bulk_oid: ObjectId, items: list[Doc]) -> BulkView | None:
+        """Complete the bulk job if every one of its `items` is final; the view when it did."""
         bulk_id = str(bulk_oid)
         doc = self.store.bulk_docs([bulk_id])
         if not doc:
             return None
-        view = summarize(doc[0], self.store.bulk_items([bulk_id]))
+        view = summarize(doc[0], items)
         if not view.all_final:
             return None
         now_us = clock.now_us()

@@ -65,15 +65,17 @@ class Jobs:
 
     # ---- events ---------------------------------------------------------
 
-    def record(self, doc: Doc, kind: str, store: bool = True) -> None:
-        """Tell watchers of a change; `store` keeps it in job_events for replay."""
-        if store:
-            self.store.insert_events([self.store.event_doc(doc, kind, self.worker_id)])
-        self.publish(doc, kind)
+    def record(self, doc: Doc, kind: str) -> None:
+        """Tell watchers of a change and keep it in job_events for replay."""
+        event = self.store.event_doc(doc, kind, self.worker_id)
+        self.store.insert_events([event])
+        self._deliver(doc, kind, event)
 
     def publish(self, doc: Doc, kind: str) -> None:
-        """Hand a change to this server's watchers only."""
-        event = self.store.event_doc(doc, kind, self.worker_id)
+        """Hand a change to this server's watchers only (not kept for replay)."""
+        self._deliver(doc, kind, self.store.event_doc(doc, kind, self.worker_id))
+
+    def _deliver(self, doc: Doc, kind: str, event: Doc) -> None:
         self.hub.publish(Event(f"job:{event['job_id']}", event["seq"], event, final(doc["status"])))
         for callback in self.on_change:
             callback(doc, kind)

@@ -736,11 +736,12 @@ def _cancelled() -> Doc:
         "queue": NONE,
         "ended_us": now_us,
         "updated_us": now_us,
-        "error": _error("CANCELLED", "cancelled", "cancelled by its owner", False, 0),
+        "error": job_error("CANCELLED", "cancelled", "cancelled by its owner", False, 0),
     }
 
 
-def _error(code: str, category: str, message: str, retryable: bool, attempt: int) -> Doc:
+def job_error(code: str, category: str, message: str, retryable: bool, attempt: int) -> Doc:
+    """A job error as stored (code, category, message, retryable, attempt)."""
     return {
         "code": code,
         "category": category,
@@ -749,8 +750,6 @@ def _error(code: str, category: str, message: str, retryable: bool, attempt: int
         "attempt": attempt,
     }
 
-
-job_error = _error
 
 
 def _encode_token(before_ck: int, total: int, fingerprint: str) -> str:
