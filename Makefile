@@ -23,6 +23,7 @@ test: $(STAMP)
 lint: $(STAMP) $(BUF)
 	$(BUF) lint protos
 	$(BIN)/ruff check server client tests bench
+	$(BIN)/ruff format --check server client tests bench
 	$(BIN)/mypy
 
 $(BUF):

@@ -78,7 +78,10 @@ def main() -> None:
     print(f"  ratio            {median(ours) / median(theirs):.2f}x RQ")
     print(f"MongoDB commands per dispatched job (dispatcher + lease keeper): {median(commands):.2f}")
     lat = start_latency(mongo.uri)
-    print(f"Enqueue-to-start on an idle dispatcher: p50 {percentile(lat, 50):.1f} ms  p99 {percentile(lat, 99):.1f} ms")
+    print(
+        f"Enqueue-to-start on an idle dispatcher: p50 {percentile(lat, 50):.1f} ms"
+        f"  p99 {percentile(lat, 99):.1f} ms"
+    )
     mongo.stop()
 
 

@@ -155,7 +155,7 @@ class Bulks:
         doc = self.store.get_bulk(caller.owner_filter, bulk_id)
         return summarize(doc, self.store.bulk_items([bulk_id]))
 
-    def list(
+    def list_bulk(
         self, caller: Caller, statuses: list[str], project: str, size: int, token: str
     ) -> tuple[list[BulkView], Page]:
         """A page of bulk jobs with their counts (items fetched in one query)."""

@@ -86,7 +86,7 @@ def job(doc: Doc) -> jobs_pb2.Job:
         id=str(doc["_id"]),
         owner=doc.get("owner", ""),
         project=doc.get("project", ""),
-        mode=jobs_pb2.Mode.Value("MODE_" + doc["mode"]),  # type: ignore[arg-type]
+        mode=jobs_pb2.Mode.Value("MODE_" + doc["mode"]),
         params=jobs_pb2.GenerationParams(
             topic=params.get("topic", ""),
             keywords=params.get("keywords", []),
@@ -95,7 +95,7 @@ def job(doc: Doc) -> jobs_pb2.Job:
             source_text=params.get("source_text", ""),
             extra=params.get("extra", {}),
         ),
-        status=jobs_pb2.JobStatus.Value("JOB_STATUS_" + doc["status"]),  # type: ignore[arg-type]
+        status=jobs_pb2.JobStatus.Value("JOB_STATUS_" + doc["status"]),
         attempt=doc.get("attempt", 0),
         max_attempts=doc.get("max_attempts", 0),
         retry_of=doc.get("retry_of", ""),
@@ -108,7 +108,7 @@ def job(doc: Doc) -> jobs_pb2.Job:
         start_time=timestamp(doc.get("started_us")),
         end_time=timestamp(doc.get("ended_us")),
         error=job_error(doc.get("error")),
-        attempt_errors=[job_error(e) for e in doc.get("attempt_errors", [])],
+        attempt_errors=[e for e in map(job_error, doc.get("attempt_errors", [])) if e is not None],
     )
     progress = doc.get("progress")
     if progress:
@@ -141,7 +141,7 @@ def job_event(event: Doc) -> jobs_pb2.JobEvent:
     """A stored (or just published) event as the JobEvent message."""
     return jobs_pb2.JobEvent(
         sequence=event["seq"],
-        type=jobs_pb2.JobEventType.Value("JOB_EVENT_TYPE_" + event["type"]),  # type: ignore[arg-type]
+        type=jobs_pb2.JobEventType.Value("JOB_EVENT_TYPE_" + event["type"]),
         job=job(event["job"]),
         time=timestamp(event["at_us"]),
     )
@@ -154,8 +154,8 @@ def bulk_job(view: Any, with_items: bool = True) -> bulk_pb2.BulkJob:
         id=str(doc["_id"]),
         owner=doc["owner"],
         project=doc.get("project", ""),
-        mode=jobs_pb2.Mode.Value("MODE_" + doc["mode"]),  # type: ignore[arg-type]
-        status=bulk_pb2.BulkJobStatus.Value("BULK_JOB_STATUS_" + doc["status"]),  # type: ignore[arg-type]
+        mode=jobs_pb2.Mode.Value("MODE_" + doc["mode"]),
+        status=bulk_pb2.BulkJobStatus.Value("BULK_JOB_STATUS_" + doc["status"]),
         total_items=view.total,
         completed_items=view.completed,
         failed_items=view.failed,
@@ -175,7 +175,7 @@ def bulk_job(view: Any, with_items: bool = True) -> bulk_pb2.BulkJob:
             bulk_pb2.BulkJobItem(
                 id=str(item["_id"]),
                 queue_position=item["queue_position"],
-                status=jobs_pb2.JobStatus.Value("JOB_STATUS_" + item["status"]),  # type: ignore[arg-type]
+                status=jobs_pb2.JobStatus.Value("JOB_STATUS_" + item["status"]),
                 error=job_error(item.get("error")),
             )
             for item in view.items
@@ -200,7 +200,7 @@ def bulk_event(payload: Doc) -> bulk_pb2.BulkJobEvent:
     view = payload["view"]
     event = bulk_pb2.BulkJobEvent(
         sequence=view.doc["seq"],
-        type=bulk_pb2.BulkJobEventType.Value("BULK_JOB_EVENT_TYPE_" + payload["kind"]),  # type: ignore[arg-type]
+        type=bulk_pb2.BulkJobEventType.Value("BULK_JOB_EVENT_TYPE_" + payload["kind"]),
         bulk_job=bulk_job(view),
         time=timestamp(payload["at_us"]),
     )

@@ -270,7 +270,7 @@ class Dispatcher:
             with self._lock:
                 if not self._heap:
                     return None
-                ck, oid = heapq.heappop(self._heap)
+                _, oid = heapq.heappop(self._heap)
             job = self.store.claim(oid, self.worker_id, self.lease_seconds)
             if job is not None:
                 return job

@@ -47,10 +47,9 @@ class EventHub:
         """Deliver `event` to its subscribers; safe to call from any thread."""
         if self._closed:
             return
-        try:
+        # A closed loop (RuntimeError) means nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._deliver, event)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            pass
 
     def deliver(self, event: Event) -> None:
         """Deliver `event` from the event loop itself."""

@@ -117,9 +117,9 @@ class DemoGenerator:
                 report_progress(int(done * 100), stage, int(step * 100 / steps), f"{stage} {subject}")
             if stage == "drafting" and failure == "permanent":
                 raise GenerationFailed("DEMO_PERMANENT", "demo_fail=permanent asked for a failure", False)
-            if stage == "drafting" and failure == "transient":
-                if job.attempt <= int(extra.get("demo_fail_attempts", "1")):
-                    raise GenerationFailed("DEMO_TRANSIENT", "demo_fail=transient: try again", True)
+            fails_now = job.attempt <= int(extra.get("demo_fail_attempts", "1"))
+            if stage == "drafting" and failure == "transient" and fails_now:
+                raise GenerationFailed("DEMO_TRANSIENT", "demo_fail=transient: try again", True)
         content = write_article(job.mode, job.params, words)
         return Output(
             content=content,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from server import validation
 from server.auth import Caller
@@ -29,8 +29,21 @@ OPERATION_STATUS = {
 }
 
 
-class Wakeable:
-    """What the jobs layer needs of a dispatcher (None-safe stand-in when absent)."""
+class Wakeable(Protocol):
+    """What the jobs layer needs of a dispatcher."""
+
+    def offer(self, ck: int, oid: Any) -> None:
+        """A job was queued."""
+
+    def wake(self) -> None:
+        """Look at the queue again."""
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Stop `job_id` if it runs here."""
+
+
+class NoDispatcher:
+    """Stands in until the server attaches its dispatcher."""
 
     def offer(self, ck: int, oid: Any) -> None:
         """A job was queued."""
@@ -60,7 +73,7 @@ class Jobs:
         self.hub = hub
         self.worker_id = worker_id
         self.default_max_attempts = default_max_attempts
-        self.dispatcher: Wakeable = Wakeable()
+        self.dispatcher: Wakeable = NoDispatcher()
         self.on_change: list[Callable[[Doc, str], None]] = []  # bulk accounting
 
     # ---- events ---------------------------------------------------------
@@ -115,14 +128,14 @@ class Jobs:
         """One of the caller's jobs."""
         return self.store.get(caller.owner_filter, job_id)
 
-    def list(self, caller: Caller, filters: JobFilter, page_size: int, token: str) -> Page:
+    def list_jobs(self, caller: Caller, filters: JobFilter, page_size: int, token: str) -> Page:
         """A page of the caller's jobs, newest first."""
         size, bad = validation.page_size(page_size)
         bad += validation.check_query(filters.query)
         bad += _check_filter_values(filters)
         if bad:
             raise invalid(bad)
-        return self.store.list(caller.owner_filter, filters, size, token)
+        return self.store.list_jobs(caller.owner_filter, filters, size, token)
 
     def cancel(self, caller: Caller, job_id: str) -> Doc:
         """Cancel a queued job now, or ask the running one to stop."""

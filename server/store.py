@@ -406,7 +406,7 @@ class Store(BulkQueries):
             raise not_found("job", job_id)
         return found
 
-    def list(self, owner: str | None, filters: JobFilter, size: int, token: str) -> Page:
+    def list_jobs(self, owner: str | None, filters: JobFilter, size: int, token: str) -> Page:
         """A page of jobs, newest first, by keyset on `ck`.
 
         First page: a find and a $count aggregation (nx-27017's count_documents
@@ -749,7 +749,6 @@ def job_error(code: str, category: str, message: str, retryable: bool, attempt: 
         "retryable": retryable,
         "attempt": attempt,
     }
-
 
 
 def _encode_token(before_ck: int, total: int, fingerprint: str) -> str:

@@ -24,7 +24,7 @@ MIN_BULK_ITEMS, MAX_BULK_ITEMS = 10, 50
 MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 100, 50
 MAX_QUERY = 200
 # Extra keys become field names in MongoDB: no dots, no leading $.
-_EXTRA_KEY = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_EXTRA_KEY)
+_EXTRA_KEY = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_EXTRA_KEY}}}")
 
 
 def check_params(mode: str, params: dict[str, Any], prefix: str = "params") -> list[FieldViolation]:
@@ -72,7 +72,8 @@ def _check_extra(extra: dict[str, str], prefix: str) -> list[FieldViolation]:
             bad.append(
                 FieldViolation(
                     f"{prefix}.extra[{key!r}]",
-                    f"keys 1 to {MAX_EXTRA_KEY} of A-Z a-z 0-9 _ -, values at most {MAX_EXTRA_VALUE} characters",
+                    f"keys 1 to {MAX_EXTRA_KEY} of A-Z a-z 0-9 _ -, "
+                    f"values at most {MAX_EXTRA_VALUE} characters",
                 )
             )
     if "demo_seconds" in extra:
@@ -87,6 +88,8 @@ def _check_extra(extra: dict[str, str], prefix: str) -> list[FieldViolation]:
             )
     if "demo_fail" in extra and extra["demo_fail"] not in DEMO_FAILURES:
         bad.append(FieldViolation(f"{prefix}.extra['demo_fail']", "either 'transient' or 'permanent'"))
+    if "demo_fail_attempts" in extra and not extra["demo_fail_attempts"].isdigit():
+        bad.append(FieldViolation(f"{prefix}.extra['demo_fail_attempts']", "a whole number of attempts"))
     return bad
 
 

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from genjobs.v1 import bulk_pb2, jobs_pb2
@@ -162,7 +162,7 @@ def test_other_users_bulk_jobs_are_not_found(alice: GenJobsClient, bob: GenJobsC
 
 
 class _Receiver(BaseHTTPRequestHandler):
-    received: list[tuple[dict[str, str], bytes]] = []
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
     failures_left = 1
 
     def do_POST(self) -> None:

@@ -12,7 +12,7 @@ from server.auth import current_caller
 from server.bulk import Bulks, is_final
 from server.events import Event, EventHub
 from server.servicers.common import rpc
-from server.watch import HEARTBEAT, follow
+from server.watch import follow
 
 
 class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
@@ -50,7 +50,7 @@ class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
     ) -> bulk_pb2.ListBulkJobsResponse:
         statuses = [convert.bulk_status_name(s) or "?" for s in request.statuses]
         views, page = await asyncio.to_thread(
-            self.bulks.list,
+            self.bulks.list_bulk,
             current_caller(),
             statuses,
             request.project,
@@ -112,7 +112,7 @@ class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
                 replay.append(Event(key, seq, payload, is_final(view)))
             self.hub.note(key, max(after, seq))
             async for event in follow(queue, replay, after, self.heartbeat_seconds):
-                if event is HEARTBEAT:
+                if event is None:  # a heartbeat
                     yield bulk_pb2.BulkJobEvent(type=bulk_pb2.BULK_JOB_EVENT_TYPE_HEARTBEAT)
                 else:
                     yield event.message(convert.bulk_event)

@@ -14,7 +14,7 @@ from server.events import Event, EventHub
 from server.jobs import Jobs
 from server.servicers.common import rpc
 from server.store import SNAPSHOT, JobFilter, final
-from server.watch import HEARTBEAT, follow
+from server.watch import follow
 
 
 def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.GetJobStatsRequest) -> JobFilter:
@@ -66,7 +66,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
         page = await asyncio.to_thread(
-            self.jobs.list, current_caller(), job_filter(request), request.page_size, request.page_token
+            self.jobs.list_jobs, current_caller(), job_filter(request), request.page_size, request.page_token
         )
         return jobs_pb2.ListJobsResponse(
             jobs=[convert.job(d) for d in page.docs],
@@ -121,11 +121,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         return jobs_pb2.GetJobStatsResponse(
             total_jobs=stats["total"],
             by_status=[
-                jobs_pb2.StatusCount(status=jobs_pb2.JobStatus.Value("JOB_STATUS_" + s), count=n)  # type: ignore[arg-type]
+                jobs_pb2.StatusCount(status=jobs_pb2.JobStatus.Value("JOB_STATUS_" + s), count=n)
                 for s, n in sorted(stats["by_status"].items())
             ],
             by_mode=[
-                jobs_pb2.ModeCount(mode=jobs_pb2.Mode.Value("MODE_" + m), count=n)  # type: ignore[arg-type]
+                jobs_pb2.ModeCount(mode=jobs_pb2.Mode.Value("MODE_" + m), count=n)
                 for m, n in sorted(stats["by_mode"].items())
             ],
             total_cost_cents=stats["cost_cents"],
@@ -152,7 +152,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 replay.append(Event(key, doc["seq"], snapshot, final(doc["status"])))
             self.hub.note(key, max(after, doc["seq"]))
             async for event in follow(queue, replay, after, self.heartbeat_seconds):
-                if event is HEARTBEAT:
+                if event is None:  # a heartbeat
                     yield jobs_pb2.JobEvent(type=jobs_pb2.JOB_EVENT_TYPE_HEARTBEAT)
                 else:
                     yield event.message(convert.job_event)
