@@ -81,6 +81,8 @@ class App:
             lease_seconds=settings.lease_seconds,
             poll_seconds=settings.poll_seconds,
             retry_base_seconds=settings.retry_base_seconds,
+            # Often enough that a completed job outlives its retention by at most a quarter.
+            sweep_seconds=min(60.0, settings.retention_days * 86400 / 4),
         )
         self.jobs.dispatcher = self.dispatcher
 

@@ -74,6 +74,7 @@ class Dispatcher:
         poll_seconds: float = 0.5,
         retry_base_seconds: float = 1.0,
         on_final: Callable[[Doc], None] | None = None,
+        sweep_seconds: float = 60.0,
     ) -> None:
         self.store = store
         self.generator = generator
@@ -83,6 +84,8 @@ class Dispatcher:
         self.poll_seconds = poll_seconds
         self.retry_base_seconds = retry_base_seconds
         self.on_final = on_final or (lambda doc: None)
+        self.sweep_seconds = sweep_seconds
+        self._last_sweep = 0.0
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -227,6 +230,11 @@ class Dispatcher:
         for oid in self.store.due_backoff(now_us):
             if self.store.make_ready(oid):
                 self._last_refresh = 0.0
+        if now - self._last_sweep >= self.sweep_seconds:
+            self._last_sweep = now
+            purged = self.store.purge_expired(now_us)
+            if purged:
+                log.info("retention: removed %d completed jobs", purged)
         self._needs_recovery = busy_elsewhere
         return not busy_elsewhere
 

@@ -20,7 +20,6 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import pymongo
@@ -54,7 +53,7 @@ READY, HELD, BACKOFF, NONE = "ready", "held", "backoff", "none"
 SNAPSHOT, STATUS_CHANGED, PROGRESS = "SNAPSHOT", "STATUS_CHANGED", "PROGRESS"
 
 # Fields the service keeps for itself; never sent in an event snapshot twice.
-_EVENT_EXCLUDE = ("search_text", "request_key", "retention")
+_EVENT_EXCLUDE = ("search_text", "request_key", "expire_us")
 
 
 @dataclass
@@ -298,13 +297,14 @@ class Store(BulkQueries):
         self.leases: Collection[Doc] = self.db["leases"]
         self.bulk_jobs: Collection[Doc] = self.db["bulk_jobs"]
         self.notifications: Collection[Doc] = self.db["notifications"]
-        self.retention = timedelta(days=retention_days)
+        self.retention_us = int(retention_days * 86400 * 1_000_000)
         self.order_keys = clock.OrderKeys()
 
     # ---- set-up ---------------------------------------------------------
 
     def ensure_indexes(self) -> None:
         """Create the index behind every query this module makes."""
+        self.drop_ttl_indexes()
         jobs = self.jobs
         jobs.create_index([("ck", 1)], unique=True)  # order key; admin listing
         jobs.create_index([("owner", 1), ("ck", 1)])  # ListJobs, stats, bulk operations
@@ -312,15 +312,34 @@ class Store(BulkQueries):
         jobs.create_index([("queue", 1), ("ck", 1)])  # dispatcher candidates
         jobs.create_index([("status", 1)])  # expired-lease recovery
         jobs.create_index([("bulk_job_id", 1), ("queue_position", 1)])  # bulk items
-        jobs.create_index([("retention.expire_at", 1)], expireAfterSeconds=0)  # COMPLETED only
+        jobs.create_index([("expire_us", 1)])  # retention sweep; set on COMPLETED only
         self.events.create_index([("job_id", 1), ("seq", 1)], unique=True)  # WatchJob replay
         self.events.create_index([("at_us", 1)])  # the remote-event poller
-        self.events.create_index([("expire_at", 1)], expireAfterSeconds=0)
+        self.events.create_index([("expire_us", 1)])  # retention sweep
         self.bulk_jobs.create_index([("owner", 1), ("ck", 1)])
         self.bulk_jobs.create_index([("ck", 1)], unique=True)
         self.bulk_jobs.create_index([("request_key", 1)], unique=True)
         self.notifications.create_index([("owner", 1), ("ck", 1)])
         self.notifications.create_index([("delivery", 1)])
+
+    def drop_ttl_indexes(self) -> None:
+        """Remove TTL indexes left by earlier versions.
+
+        nx-27017 purges a collection with a TTL index on every command, by a
+        scan of the whole collection (about 2 µs a document): retention is a
+        periodic indexed delete instead (`purge_expired`).
+        """
+        for collection in (self.jobs, self.events):
+            for index in collection.list_indexes():
+                if "expireAfterSeconds" in index:
+                    collection.drop_index(index["name"])
+
+    def purge_expired(self, now_us: int) -> int:
+        """Delete completed jobs and events past their retention; how many jobs went."""
+        expired = {"expire_us": {"$gte": 1, "$lt": now_us}}
+        gone = self.jobs.delete_many(expired).deleted_count
+        self.events.delete_many(expired)
+        return gone
 
     def ping(self) -> None:
         """Raise unless the database answers."""
@@ -553,18 +572,18 @@ class Store(BulkQueries):
 
     def event_doc(self, job: Doc, kind: str, origin: str = "") -> Doc:
         """The event recording `job` as it is now, at its current sequence."""
-        stamp = clock.now()
+        now_us = clock.now_us()
         snapshot = {k: v for k, v in job.items() if k not in _EVENT_EXCLUDE}
         return {
             "job_id": str(job["_id"]),
             "seq": job["seq"],
             "type": kind,
-            "at_us": clock.now_us(),
+            "at_us": now_us,
             "job": snapshot,
             "origin": origin,
             # Events are the log that WatchJob resumes from; they expire with
             # the retention period, never before the completed job itself.
-            "expire_at": stamp + self.retention,
+            "expire_us": now_us + self.retention_us,
         }
 
     def insert_events(self, events: list[Doc]) -> None:
@@ -660,9 +679,8 @@ class Store(BulkQueries):
             "duration_s": max((now_us - started_us) / 1e6, 0.0),
             "ended_us": now_us,
             "updated_us": now_us,
-            # The TTL index removes it then. Nested: nx-27017 stores a date set
-            # at the top level by an update as a string, but keeps nested ones.
-            "retention": {"expire_at": clock.now() + self.retention},
+            # The retention sweep removes it then (failed and cancelled jobs stay).
+            "expire_us": now_us + self.retention_us,
         }
 
     def processing_jobs(self) -> list[Doc]:
