@@ -63,8 +63,9 @@ def make_token(secret: str, user: str, admin: bool = False, ttl_seconds: int = 3
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def verify(secret: str, header: str | None) -> Caller:
-    """The caller of an `authorization` header value, or UNAUTHENTICATED."""
+def verify(secret: str, header: str | None) -> tuple[Caller, float]:
+    """The caller of an `authorization` header value and when its token
+    expires (epoch seconds), or UNAUTHENTICATED."""
     if not header:
         raise unauthenticated(
             "MISSING_TOKEN", "send 'authorization: Bearer <token>' (genjobs-server token --user NAME)"
@@ -83,14 +84,40 @@ def verify(secret: str, header: str | None) -> Caller:
     user = claims.get("sub")
     if not isinstance(user, str) or not user:
         raise unauthenticated("INVALID_TOKEN", "the token has no subject")
-    return Caller(user=user, admin=claims.get("role") == "admin")
+    return Caller(user=user, admin=claims.get("role") == "admin"), float(claims["exp"])
+
+
+class VerifiedTokens:
+    """Tokens already verified, with their callers, until they expire.
+
+    Decoding a JWT costs more CPU than the rest of a SubmitJob on the
+    server; a client sends the same token with every call, so each is
+    checked once (bounded memory: the cache is dropped when full).
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
+        self._known: dict[str, tuple[Caller, float]] = {}
+
+    def caller(self, header: str | None) -> Caller:
+        """The caller of an `authorization` header value, or UNAUTHENTICATED."""
+        known = self._known.get(header or "")
+        if known is not None and known[1] > time.time():
+            return known[0]
+        caller, expires = verify(self._secret, header)
+        if len(self._known) >= self.MAX_ENTRIES:
+            self._known.clear()
+        self._known[header or ""] = (caller, expires)
+        return caller
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Checks the bearer token before any handler runs, unary and streaming alike."""
 
     def __init__(self, secret: str) -> None:
-        self._secret = secret
+        self._tokens = VerifiedTokens(secret)
 
     async def intercept_service(
         self,
@@ -103,7 +130,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         metadata = dict(handler_call_details.invocation_metadata or ())
         header = metadata.get("authorization")
         try:
-            caller = verify(self._secret, header if isinstance(header, str) else None)
+            caller = self._tokens.caller(header if isinstance(header, str) else None)
         except ServiceError as error:
             return _refuse(error, await continuation(handler_call_details))
         _caller.set(caller)

@@ -18,7 +18,9 @@ import contextlib
 import hashlib
 import json
 import re
+import threading
 from collections.abc import Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +107,55 @@ def parse_id(ident: str, kind: str = "job") -> ObjectId:
 def search_text(params: Doc) -> str:
     """What the free-text `query` filter matches: topic and keywords, lower-cased."""
     return " | ".join([params.get("topic", ""), *params.get("keywords", [])]).lower()
+
+
+class GroupInsert:
+    """Inserts into one collection from concurrent threads, sharing round trips.
+
+    The first caller to find no flush under way becomes the flusher: it
+    sends everything pending as one unordered insert_many, again until
+    nothing is pending, and hands each caller its own outcome. A lone caller
+    costs one insert; eight at once cost about one between them, which is
+    what lets SubmitJob keep up under load (nx-27017 serialises commands).
+    """
+
+    def __init__(self, collection: Collection[Doc]) -> None:
+        self.collection = collection
+        self._lock = threading.Lock()
+        self._pending: list[tuple[Doc, Future[None]]] = []
+        self._flushing = False
+
+    def insert(self, doc: Doc) -> None:
+        """Insert `doc`; raises DuplicateKeyError (or the batch's error) as insert_one would."""
+        outcome: Future[None] = Future()
+        with self._lock:
+            self._pending.append((doc, outcome))
+            flusher = not self._flushing
+            self._flushing = True
+        while flusher:
+            with self._lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._flushing = False
+                    break
+            self._flush(batch)
+        outcome.result()
+
+    def _flush(self, batch: list[tuple[Doc, Future[None]]]) -> None:
+        failed: dict[int, Exception] = {}
+        try:
+            self.collection.insert_many([doc for doc, _ in batch], ordered=False)
+        except pymongo.errors.BulkWriteError as exc:
+            for error in exc.details.get("writeErrors", []):
+                kind = DuplicateKeyError if error.get("code") == 11000 else pymongo.errors.WriteError
+                failed[error["index"]] = kind(error.get("errmsg", ""), error.get("code"), error)
+        except Exception as exc:  # the whole round trip failed: every caller sees it
+            failed = dict.fromkeys(range(len(batch)), exc)
+        for index, (_, outcome) in enumerate(batch):
+            if index in failed:
+                outcome.set_exception(failed[index])
+            else:
+                outcome.set_result(None)
 
 
 class BulkQueries:
@@ -299,6 +350,7 @@ class Store(BulkQueries):
         self.notifications: Collection[Doc] = self.db["notifications"]
         self.retention_us = int(retention_days * 86400 * 1_000_000)
         self.order_keys = clock.OrderKeys()
+        self.job_inserts = GroupInsert(self.jobs)
 
     # ---- set-up ---------------------------------------------------------
 
@@ -405,7 +457,7 @@ class Store(BulkQueries):
         request key was used before. One command unless it was a repeat."""
         for _ in range(5):
             try:
-                self.jobs.insert_one(doc)
+                self.job_inserts.insert(doc)
                 return doc, True
             except DuplicateKeyError as exc:
                 if "request_key" in str(exc.details or exc):
@@ -677,6 +729,14 @@ class Store(BulkQueries):
             "result": result,
             "cost_cents": int(result.get("cost_cents", 0)),
             "duration_s": max((now_us - started_us) / 1e6, 0.0),
+            "progress": {
+                "percentage": 100,
+                "stage": "done",
+                "stage_progress": 100,
+                "message": "",
+                "started_at_us": started_us,
+                "elapsed_seconds": round(max((now_us - started_us) / 1e6, 0.0), 3),
+            },
             "ended_us": now_us,
             "updated_us": now_us,
             # The retention sweep removes it then (failed and cancelled jobs stay).

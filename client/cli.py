@@ -1,0 +1,803 @@
+"""`genjobs`: every JobService and BulkService operation as a one-line command.
+
+Target and token come from flags or GENJOBS_TARGET / GENJOBS_TOKEN; with no
+token, a server started by `make run` in this folder is found through its data
+dir (GENJOBS_DATA_DIR, default ./.genjobs) and a token for user `dev` is made.
+Output is aligned tables, or with `-o json` one JSON document with the .proto
+field names. Errors print one line and exit 1 (usage errors exit 2).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from genjobs.v1 import jobs_pb2
+from google.protobuf import json_format
+from rich.console import Console
+from rich.progress import Progress
+
+from client import render
+from client.client import (
+    FailedPrecondition,
+    GenJobsClient,
+    GenJobsError,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+    params,
+)
+
+DEFAULT_TARGET = "localhost:50051"
+LOCAL_USER = "dev"
+
+
+class Output(StrEnum):
+    """How results are printed."""
+
+    table = "table"
+    json = "json"
+
+
+class Mode(StrEnum):
+    """What the generator writes."""
+
+    topic = "topic"
+    keywords = "keywords"
+    trends = "trends"
+    spin = "spin"
+
+
+class JobStatus(StrEnum):
+    """A job's status, as a filter."""
+
+    queued = "queued"
+    processing = "processing"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+@dataclass
+class Options:
+    """The global flags, shared by every command."""
+
+    target: str
+    token: str
+    output: Output
+    data_dir: Path
+    console: Console
+    errors: Console
+
+    @property
+    def json(self) -> bool:
+        return self.output == Output.json
+
+    def resolved_token(self) -> str:
+        """The token to send: given, or made for `dev` from a local server's secret."""
+        if self.token:
+            return self.token
+        secret = self.data_dir / "auth_secret"
+        if secret.is_file():
+            from server.auth import make_token  # only for a local `make run` server
+
+            return make_token(secret.read_text().strip(), LOCAL_USER)
+        fail(
+            self.errors,
+            "no token: pass --token or set GENJOBS_TOKEN "
+            "(a server's owner prints one with `genjobs-server token --user NAME`)",
+        )
+
+
+def fail(errors: Console, message: str) -> NoReturn:
+    """Print one error line and exit 1."""
+    errors.print(f"[red]genjobs: error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def explain(error: GenJobsError, target: str) -> str:
+    """The error line: what went wrong, its reason, and what to do about it."""
+    reason = f" [{error.reason}]" if error.reason else ""
+    if isinstance(error, Unavailable):
+        hint = f"is genjobs running at {target}? (start one with `make run`, or set GENJOBS_TARGET)"
+        if error.reason == "DATABASE_UNAVAILABLE":
+            hint = "the server cannot reach its database; try again shortly"
+        return f"{error.message}{reason}: {hint}"
+    if isinstance(error, Unauthenticated):
+        return f"{error.message}{reason}: set GENJOBS_TOKEN (`genjobs-server token --user NAME`)"
+    if isinstance(error, InvalidArgument) and error.violations:
+        return f"invalid request{reason}: {render.violations_text(error.violations)}"
+    if isinstance(error, NotFound):
+        return f"{error.message}{reason}: check the id with `genjobs ls`"
+    if isinstance(error, FailedPrecondition):
+        return f"{error.message}{reason}"
+    return f"{error.message or error.code.name}{reason}"
+
+
+@contextmanager
+def connected(ctx: typer.Context) -> Iterator[GenJobsClient]:
+    """A client for the target; any RPC error becomes one error line and exit 1."""
+    opts: Options = ctx.obj
+    try:
+        with GenJobsClient(opts.target, opts.resolved_token()) as client:
+            yield client
+    except GenJobsError as error:
+        fail(opts.errors, explain(error, opts.target))
+
+
+def _show(opts: Options, data: Any, table: Any = None) -> None:
+    if opts.json:
+        render.print_json(opts.console, data)
+    elif table is not None:
+        opts.console.print(table)
+
+
+app = typer.Typer(
+    help="Queue, watch and steer AI content-generation jobs on a genjobs server.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+bulk_app = typer.Typer(help="Bulk jobs: 10 to 50 articles queued and steered as one.", no_args_is_help=True)
+ops_app = typer.Typer(help="Act on up to all of your matching jobs at once.", no_args_is_help=True)
+app.add_typer(bulk_app, name="bulk")
+app.add_typer(ops_app, name="ops")
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    target: Annotated[
+        str, typer.Option("--target", "-t", envvar="GENJOBS_TARGET", help="host:port of the server")
+    ] = DEFAULT_TARGET,
+    token: Annotated[
+        str, typer.Option("--token", envvar="GENJOBS_TOKEN", help="bearer token", show_default=False)
+    ] = "",
+    output: Annotated[Output, typer.Option("--output", "-o", help="table or json")] = Output.table,
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            envvar="GENJOBS_DATA_DIR", help="a local server's data dir, for a token when none is given"
+        ),
+    ] = Path(".genjobs"),
+) -> None:
+    """genjobs command line."""
+    # Consoles made per invocation, so that they write to the streams of the moment.
+    ctx.obj = Options(target, token, output, data_dir, Console(), Console(stderr=True))
+
+
+# ---- single jobs ------------------------------------------------------------
+
+
+def _parse_extra(pairs: list[str], errors: Console) -> dict[str, str]:
+    extra = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            fail(errors, f"--extra {pair!r}: write it as KEY=VALUE")
+        extra[key] = value
+    return extra
+
+
+def _read_json(path: Path, errors: Console) -> Any:
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text()
+        return json.loads(text)
+    except OSError as exc:
+        fail(errors, f"cannot read {path}: {exc.strerror}")
+    except json.JSONDecodeError as exc:
+        fail(errors, f"{path} is not JSON: {exc}")
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    mode: Annotated[Mode | None, typer.Option("--mode", "-m", help="what to write [default: topic]")] = None,
+    topic: Annotated[str, typer.Option(help="the subject (topic and trends modes)")] = "",
+    keyword: Annotated[list[str] | None, typer.Option("--keyword", "-k", help="a keyword; repeat it")] = None,
+    word_count: Annotated[int, typer.Option(help="words to write (0: the server default, 800)")] = 0,
+    tone: Annotated[str, typer.Option(help="e.g. friendly, formal")] = "",
+    source_text: Annotated[str, typer.Option(help="the text to rewrite (spin mode)")] = "",
+    extra: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the generator; repeat it")] = None,
+    project: Annotated[str, typer.Option(help="a project name to group jobs by")] = "",
+    request_id: Annotated[str, typer.Option(help="makes a retried submit return the same job")] = "",
+    max_attempts: Annotated[int, typer.Option(help="attempts before failing (0: server default)")] = 0,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="a JSON SubmitJob request (- for stdin); flags given override it"),
+    ] = None,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="then follow its progress")] = False,
+) -> None:
+    """Queue one job. Example: genjobs submit --topic "Green tea" --word-count 300"""
+    opts: Options = ctx.obj
+    request = jobs_pb2.SubmitJobRequest()
+    if file is not None:
+        try:
+            request = _submit_request(_read_json(file, opts.errors))
+        except (TypeError, ValueError) as exc:
+            fail(opts.errors, f"{file}: not a SubmitJob request: {exc}")
+    if mode is not None or not request.mode:
+        request.mode = jobs_pb2.Mode.Value("MODE_" + (mode or Mode.topic).value.upper())
+    given = params(
+        topic=topic,
+        keywords=keyword or [],
+        word_count=word_count,
+        tone=tone,
+        source_text=source_text,
+        extra=_parse_extra(extra or [], opts.errors),
+    )
+    request.params.MergeFrom(given)
+    request.project = project or request.project
+    request.request_id = request_id or request.request_id
+    request.max_attempts = max_attempts or request.max_attempts
+    with connected(ctx) as client:
+        job = client.submit(
+            request.mode,
+            generation=request.params,
+            project=request.project,
+            request_id=request.request_id,
+            max_attempts=request.max_attempts,
+        )
+        if watch:
+            _watch(opts, client, job.id)
+            return
+        if opts.json:
+            _show(opts, render.as_dict(job))
+        else:
+            opts.console.print(
+                f"queued {job.id} ({render.mode_name(job.mode)}: {render.subject(job.params)})"
+            )
+
+
+def _submit_request(data: Any) -> jobs_pb2.SubmitJobRequest:
+    """A SubmitJob request from its JSON form, accepting "topic" as well as "MODE_TOPIC"."""
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object")
+    mode = data.get("mode")
+    if isinstance(mode, str) and not mode.upper().startswith("MODE_"):
+        data = {**data, "mode": "MODE_" + mode.upper()}
+    return json_format.ParseDict(data, jobs_pb2.SubmitJobRequest())
+
+
+def _filters(
+    status: list[JobStatus] | None,
+    mode: list[Mode] | None,
+    after: datetime | None,
+    before: datetime | None,
+    query: str,
+    bulk: str,
+    project: str,
+) -> dict[str, Any]:
+    return {
+        "statuses": [s.value for s in status or []],
+        "modes": [m.value for m in mode or []],
+        # Dates without a zone are local time.
+        "created_after": after.astimezone() if after else None,
+        "created_before": before.astimezone() if before else None,
+        "query": query,
+        "bulk_job_id": bulk,
+        "project": project,
+    }
+
+
+StatusOpt = Annotated[list[JobStatus] | None, typer.Option("--status", "-s", help="repeat for several")]
+ModeOpt = Annotated[list[Mode] | None, typer.Option("--mode", "-m", help="repeat for several")]
+AfterOpt = Annotated[datetime | None, typer.Option(help="created at or after (local time)")]
+BeforeOpt = Annotated[datetime | None, typer.Option(help="created before (local time)")]
+QueryOpt = Annotated[str, typer.Option("--query", "-q", help="case-insensitive text in topic or keywords")]
+BulkOpt = Annotated[str, typer.Option("--bulk", help="only the items of this bulk job")]
+ProjectOpt = Annotated[str, typer.Option(help="only this project")]
+
+
+@app.command("ls")
+def list_jobs(
+    ctx: typer.Context,
+    status: StatusOpt = None,
+    mode: ModeOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    query: QueryOpt = "",
+    bulk: BulkOpt = "",
+    project: ProjectOpt = "",
+    limit: Annotated[int, typer.Option(help="at most this many jobs", min=1)] = 20,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="every matching job, page after page")] = False,
+) -> None:
+    """List your jobs, newest first. Example: genjobs ls --status failed -q tea"""
+    opts: Options = ctx.obj
+    filters = _filters(status, mode, after, before, query, bulk, project)
+    with connected(ctx) as client:
+        first = client.list(page_size=min(limit, 100) if not all_ else 100, **filters)
+        jobs = list(first.jobs)
+        token = first.next_page_token
+        while token and (all_ or len(jobs) < limit):
+            page = client.list(page_size=100, page_token=token, **filters)
+            jobs.extend(page.jobs)
+            token = page.next_page_token
+        if not all_:
+            jobs = jobs[:limit]
+    if opts.json:
+        _show(opts, {"jobs": [render.as_dict(j) for j in jobs], "total_size": first.total_size})
+        return
+    if not jobs:
+        opts.console.print("no jobs match")
+        return
+    opts.console.print(render.jobs_table(jobs))
+    if len(jobs) < first.total_size:
+        opts.console.print(f"[dim]{len(jobs)} of {first.total_size} shown (--all for every one)[/]")
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    content: Annotated[bool, typer.Option(help="print the whole article")] = False,
+) -> None:
+    """Show one job: parameters, progress, result or error, attempts."""
+    opts: Options = ctx.obj
+    with connected(ctx) as client:
+        job = client.get(job_id)
+    _show(opts, render.as_dict(job), render.job_detail(job, content))
+
+
+def _watch(opts: Options, client: GenJobsClient, job_id: str) -> None:
+    if opts.json:
+        last = None
+        for event in client.watch(job_id):
+            last = event.job
+    else:
+        last = render.follow_job(opts.console, client.watch(job_id))
+    if last is None:
+        return
+    if opts.json:
+        _show(opts, render.as_dict(last))
+    else:
+        opts.console.print(render.outcome_line(last))
+    if last.status != jobs_pb2.JOB_STATUS_COMPLETED:
+        raise typer.Exit(1)
+
+
+@app.command()
+def watch(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Follow a job live until it ends; exit 1 unless it completed.
+
+    Reconnects by itself when the connection drops, losing no step."""
+    with connected(ctx) as client:
+        _watch(ctx.obj, client, job_id)
+
+
+def _each(ctx: typer.Context, ids: list[str], verb: str, act: Any) -> None:
+    """Apply `act(client, id)` to every id; report each; exit 1 if any failed."""
+    opts: Options = ctx.obj
+    done, failed = [], 0
+    with connected(ctx) as client:
+        for job_id in ids:
+            try:
+                result = act(client, job_id)
+            except GenJobsError as error:
+                failed += 1
+                opts.errors.print(
+                    f"[red]genjobs: error:[/] {explain(error, opts.target)}", highlight=False, soft_wrap=True
+                )
+                continue
+            done.append(render.as_dict(result) if result is not None else {"id": job_id})
+            if not opts.json:
+                opts.console.print(_done_line(verb, job_id, result))
+    if opts.json:
+        _show(opts, {"jobs": done})
+    if failed:
+        raise typer.Exit(1)
+
+
+def _done_line(verb: str, job_id: str, result: jobs_pb2.Job | None) -> str:
+    if result is None:
+        return f"{verb} {job_id}"
+    if verb == "retried":
+        return f"retried {job_id} as {result.id}"
+    if result.status == jobs_pb2.JOB_STATUS_PROCESSING:
+        return f"stopping {job_id} (it was running)"
+    return f"{verb} {job_id}"
+
+
+IdsArg = Annotated[list[str], typer.Argument(metavar="ID...", help="one or more job ids")]
+
+
+@app.command()
+def cancel(ctx: typer.Context, ids: IdsArg) -> None:
+    """Cancel queued or running jobs (a running one is stopped within 2 s)."""
+    _each(ctx, ids, "cancelled", lambda client, job_id: client.cancel(job_id))
+
+
+@app.command()
+def retry(ctx: typer.Context, ids: IdsArg) -> None:
+    """Queue failed or cancelled jobs again, as new jobs."""
+    _each(ctx, ids, "retried", lambda client, job_id: client.retry(job_id))
+
+
+@app.command("rm")
+def remove(ctx: typer.Context, ids: IdsArg) -> None:
+    """Delete completed, failed or cancelled jobs and their history."""
+    _each(ctx, ids, "deleted", lambda client, job_id: client.delete(job_id))
+
+
+@app.command()
+def stats(
+    ctx: typer.Context, after: AfterOpt = None, before: BeforeOpt = None, project: ProjectOpt = ""
+) -> None:
+    """Counts by status and mode, total cost, mean duration, failure rate."""
+    opts: Options = ctx.obj
+    with connected(ctx) as client:
+        result = client.stats(
+            created_after=after.astimezone() if after else None,
+            created_before=before.astimezone() if before else None,
+            project=project,
+        )
+    _show(opts, render.as_dict(result), render.stats_table(result))
+
+
+EXPORT_COLUMNS = (
+    "id",
+    "status",
+    "mode",
+    "project",
+    "topic",
+    "keywords",
+    "word_count",
+    "tone",
+    "title",
+    "result_word_count",
+    "cost_cents",
+    "attempt",
+    "max_attempts",
+    "error_code",
+    "error_message",
+    "bulk_job_id",
+    "queue_position",
+    "retry_of",
+    "created",
+    "started",
+    "ended",
+)
+
+
+def _export_row(job: jobs_pb2.Job) -> list[Any]:
+    def iso(stamp: Any) -> str:
+        return stamp.ToJsonString() if stamp.seconds else ""
+
+    return [
+        job.id,
+        render.status_name(job.status),
+        render.mode_name(job.mode),
+        job.project,
+        job.params.topic,
+        ";".join(job.params.keywords),
+        job.params.word_count,
+        job.params.tone,
+        job.result.title,
+        job.result.word_count,
+        job.result.cost_cents,
+        job.attempt,
+        job.max_attempts,
+        job.error.code,
+        job.error.message,
+        job.bulk_job_id,
+        job.queue_position or "",
+        job.retry_of,
+        iso(job.create_time),
+        iso(job.start_time),
+        iso(job.end_time),
+    ]
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    csv_file: Annotated[Path, typer.Option("--csv", help="the CSV file to write (- for stdout)")],
+    status: StatusOpt = None,
+    mode: ModeOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    query: QueryOpt = "",
+    bulk: BulkOpt = "",
+    project: ProjectOpt = "",
+) -> None:
+    """Write your job history (with any ls filter) as CSV, one row per job."""
+    opts: Options = ctx.obj
+    filters = _filters(status, mode, after, before, query, bulk, project)
+    to_stdout = str(csv_file) == "-"
+    try:
+        handle = sys.stdout if to_stdout else csv_file.open("w", newline="", encoding="utf-8")
+    except OSError as exc:
+        fail(opts.errors, f"cannot write {csv_file}: {exc.strerror}")
+    written = 0
+    try:
+        writer = csv.writer(handle)
+        writer.writerow(EXPORT_COLUMNS)
+        with connected(ctx) as client, Progress(console=opts.errors, transient=True) as progress:
+            task = progress.add_task("exporting", total=None)
+            token = ""
+            while True:
+                page = client.list(page_size=100, page_token=token, **filters)
+                progress.update(task, total=page.total_size or None)
+                for job in page.jobs:
+                    writer.writerow(_export_row(job))
+                    written += 1
+                progress.update(task, completed=written)
+                token = page.next_page_token
+                if not token:
+                    break
+    finally:
+        if not to_stdout:
+            handle.close()
+    if opts.json:
+        _show(opts, {"file": str(csv_file), "rows": written})
+    elif not to_stdout:
+        opts.console.print(f"wrote {written} jobs to {csv_file}")
+
+
+# ---- bulk operations ----------------------------------------------------------
+
+OPERATIONS = {
+    "retry-failed": ("RETRY_ALL_FAILED", "retried"),
+    "cancel-queued": ("CANCEL_ALL_QUEUED", "cancelled"),
+    "clean-completed": ("DELETE_ALL_COMPLETED", "deleted"),
+}
+OPERATION_HELP = {
+    "retry-failed": "Retry every failed job (each failed job is retried once).",
+    "cancel-queued": "Cancel every queued job.",
+    "clean-completed": "Delete every completed job and its history.",
+}
+
+
+def _operation(
+    ctx: typer.Context, name: str, bulk: str, mode: list[Mode] | None, project: str, dry_run: bool
+) -> None:
+    opts: Options = ctx.obj
+    operation, verb = OPERATIONS[name]
+    scope: dict[str, Any] = {"bulk_job_id": bulk, "modes": [m.value for m in mode or []], "project": project}
+    with connected(ctx) as client:
+        preview = client.run_bulk_operation(operation, validate_only=True, **scope)
+        if dry_run:
+            if opts.json:
+                _show(opts, render.as_dict(preview))
+            else:
+                sample = ", ".join(preview.job_ids)
+                opts.console.print(
+                    f"would have {verb} {preview.affected_count} jobs (e.g. {sample or 'none'})"
+                )
+            return
+        # The server acts on at most 100 per call: go on until none is left,
+        # a bounded number of rounds (new failures during a retry wait for the next run).
+        ids: list[str] = []
+        rounds = preview.affected_count // 100 + 1
+        for _ in range(rounds):
+            result = client.run_bulk_operation(operation, **scope)
+            ids.extend(result.job_ids)
+            if not result.remaining_count:
+                break
+    if opts.json:
+        _show(opts, {"job_ids": ids, "affected_count": len(ids)})
+    else:
+        opts.console.print(f"{verb} {len(ids)} jobs")
+
+
+OpsBulkOpt = Annotated[str, typer.Option("--bulk", help="only the items of this bulk job")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", "-n", help="count and sample, change nothing")]
+
+
+def _operation_command(name: str) -> Any:
+    def command(
+        ctx: typer.Context,
+        bulk: OpsBulkOpt = "",
+        mode: ModeOpt = None,
+        project: ProjectOpt = "",
+        dry_run: DryRunOpt = False,
+    ) -> None:
+        _operation(ctx, name, bulk, mode, project, dry_run)
+
+    return command
+
+
+for _name in OPERATIONS:
+    ops_app.command(_name, help=OPERATION_HELP[_name])(_operation_command(_name))
+
+
+# ---- bulk jobs ----------------------------------------------------------------
+
+ITEM_FIELDS = ("topic", "keywords", "word_count", "tone", "source_text", "extra")
+
+
+def read_items(path: Path) -> list[dict[str, Any]]:
+    """Bulk items from CSV (a header row naming the fields; keywords split on ;)
+    or JSON lines (one object per line). Raises ValueError naming the bad line."""
+    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".csv" or (str(path) != "-" and not text.lstrip().startswith("{")):
+        return [_csv_item(row, n) for n, row in enumerate(csv.DictReader(text.splitlines()), start=2)]
+    items = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"line {n}: not JSON: {exc.msg}") from None
+        if not isinstance(item, dict) or set(item) - set(ITEM_FIELDS):
+            raise ValueError(f"line {n}: expected an object with fields among {', '.join(ITEM_FIELDS)}")
+        items.append(item)
+    return items
+
+
+def _csv_item(row: dict[str, str], line: int) -> dict[str, Any]:
+    item: dict[str, Any] = {"extra": {}}
+    for name, value in row.items():
+        value = (value or "").strip()
+        if name is None or not value:
+            continue
+        if name == "keywords":
+            item["keywords"] = [k.strip() for k in value.split(";") if k.strip()]
+        elif name == "word_count":
+            if not value.isdigit():
+                raise ValueError(f"line {line}: word_count {value!r} is not a whole number")
+            item["word_count"] = int(value)
+        elif name in ITEM_FIELDS:
+            item[name] = value
+        else:
+            item["extra"][name] = value  # any other column goes to the generator
+    return item
+
+
+@bulk_app.command("create")
+def bulk_create(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="CSV with a header row, or JSON lines (- for stdin)")],
+    mode: Annotated[Mode, typer.Option("--mode", "-m")] = Mode.topic,
+    project: ProjectOpt = "",
+    request_id: Annotated[str, typer.Option(help="makes a retried create return the same bulk job")] = "",
+    notify_url: Annotated[str, typer.Option(help="receives a signed POST when it completes")] = "",
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="then follow its progress")] = False,
+) -> None:
+    """Queue 10 to 50 articles as one bulk job, from a CSV or JSON-lines file."""
+    opts: Options = ctx.obj
+    try:
+        items = read_items(file)
+    except OSError as exc:
+        fail(opts.errors, f"cannot read {file}: {exc.strerror}")
+    except ValueError as exc:
+        fail(opts.errors, f"{file}: {exc}")
+    with connected(ctx) as client:
+        bulk = client.create_bulk(
+            mode.value, items, request_id=request_id, project=project, notify_url=notify_url
+        )
+        if watch:
+            _watch_bulk(opts, client, bulk.id)
+            return
+    if opts.json:
+        _show(opts, render.as_dict(bulk))
+    else:
+        opts.console.print(f"queued bulk job {bulk.id} with {bulk.total_items} items")
+
+
+@bulk_app.command("ls")
+def bulk_list(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(help="at most this many", min=1)] = 20,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="every bulk job")] = False,
+) -> None:
+    """List your bulk jobs, newest first, with their counts."""
+    opts: Options = ctx.obj
+    with connected(ctx) as client:
+        bulks = list(client.iter_bulk(limit=0 if all_ else limit))
+    if opts.json:
+        _show(opts, {"bulk_jobs": [render.as_dict(b) for b in bulks]})
+    elif bulks:
+        opts.console.print(render.bulk_table(bulks))
+    else:
+        opts.console.print("no bulk jobs")
+
+
+BulkIdArg = Annotated[str, typer.Argument(metavar="ID", help="a bulk job id")]
+
+
+@bulk_app.command("show")
+def bulk_show(ctx: typer.Context, bulk_id: BulkIdArg) -> None:
+    """Show a bulk job: counts, estimate, errors, and every item."""
+    opts: Options = ctx.obj
+    with connected(ctx) as client:
+        bulk = client.get_bulk(bulk_id)
+    if opts.json:
+        _show(opts, render.as_dict(bulk))
+    else:
+        summary, items = render.bulk_detail(bulk)
+        opts.console.print(summary)
+        opts.console.print(items)
+
+
+def _watch_bulk(opts: Options, client: GenJobsClient, bulk_id: str) -> None:
+    last = None
+    if opts.json:
+        for event in client.watch_bulk(bulk_id):
+            last = event.bulk_job
+        if last is not None:
+            _show(opts, render.as_dict(last))
+        return
+    last = render.follow_bulk(opts.console, client.watch_bulk(bulk_id))
+    if last is not None:
+        opts.console.print(
+            f"{render.styled(render.bulk_status_name(last.status))}: {last.completed_items} completed, "
+            f"{last.failed_items} failed, {last.cancelled_items} cancelled of {last.total_items}"
+        )
+        for line in last.error_summary:
+            opts.console.print(f"  [red]{line}[/]", highlight=False)
+
+
+@bulk_app.command("watch")
+def bulk_watch(ctx: typer.Context, bulk_id: BulkIdArg) -> None:
+    """Follow a bulk job live until every item has ended."""
+    with connected(ctx) as client:
+        _watch_bulk(ctx.obj, client, bulk_id)
+
+
+def _bulk_action(ctx: typer.Context, bulk_id: str, verb: str, act: Any) -> None:
+    opts: Options = ctx.obj
+    with connected(ctx) as client:
+        bulk = act(client, bulk_id)
+    if opts.json:
+        _show(opts, render.as_dict(bulk))
+    else:
+        opts.console.print(f"{verb} bulk job {bulk.id}: now {render.bulk_status_name(bulk.status)}")
+
+
+@bulk_app.command("pause")
+def bulk_pause(ctx: typer.Context, bulk_id: BulkIdArg) -> None:
+    """Start no further items (the running one finishes)."""
+    _bulk_action(ctx, bulk_id, "paused", lambda client, i: client.pause_bulk(i))
+
+
+@bulk_app.command("resume")
+def bulk_resume(ctx: typer.Context, bulk_id: BulkIdArg) -> None:
+    """Go on with a paused bulk job."""
+    _bulk_action(ctx, bulk_id, "resumed", lambda client, i: client.resume_bulk(i))
+
+
+@bulk_app.command("cancel")
+def bulk_cancel(ctx: typer.Context, bulk_id: BulkIdArg) -> None:
+    """Cancel the queued items and stop the running one."""
+    _bulk_action(ctx, bulk_id, "cancelled", lambda client, i: client.cancel_bulk(i))
+
+
+GLOBAL_OPTIONS = ("-o", "--output", "-t", "--target", "--token", "--data-dir")
+
+
+def globals_first(argv: list[str]) -> list[str]:
+    """Move global options given after the command (`genjobs ls -o json`) to the front."""
+    front: list[str] = []
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS and "--" not in rest:
+            front.append(arg)
+            if "=" not in arg:
+                front.append(next(args, ""))
+        else:
+            rest.append(arg)
+    return front + rest
+
+
+def main() -> None:
+    """Entry point of the genjobs console script."""
+    app(globals_first(sys.argv[1:]), prog_name="genjobs")
+
+
+if __name__ == "__main__":
+    main()

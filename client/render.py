@@ -1,0 +1,282 @@
+"""How the command line shows jobs: aligned tables, JSON documents and live progress."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from genjobs.v1 import bulk_pb2, jobs_pb2
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+FINAL_JOB = {jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED}
+STATUS_STYLE = {
+    "queued": "cyan",
+    "processing": "yellow",
+    "paused": "magenta",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "dim",
+}
+
+
+def as_dict(message: Message) -> dict[str, Any]:
+    """A message as JSON-ready data with the .proto field names, every field present."""
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def print_json(console: Console, data: Any) -> None:
+    """One JSON document on standard output (no colour, no wrapping)."""
+    console.print_json(json.dumps(data), highlight=False)
+
+
+def status_name(status: int) -> str:
+    """JOB_STATUS_FAILED -> "failed"."""
+    return jobs_pb2.JobStatus.Name(status).removeprefix("JOB_STATUS_").lower()  # type: ignore[arg-type]
+
+
+def bulk_status_name(status: int) -> str:
+    """BULK_JOB_STATUS_PAUSED -> "paused"."""
+    return bulk_pb2.BulkJobStatus.Name(status).removeprefix("BULK_JOB_STATUS_").lower()  # type: ignore[arg-type]
+
+
+def mode_name(mode: int) -> str:
+    """MODE_TOPIC -> "topic"."""
+    return jobs_pb2.Mode.Name(mode).removeprefix("MODE_").lower()  # type: ignore[arg-type]
+
+
+def styled(status: str) -> str:
+    """A status name in its colour."""
+    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+
+
+def when(stamp: Timestamp) -> str:
+    """A timestamp in local time to the second; "" when unset."""
+    if not stamp.seconds and not stamp.nanos:
+        return ""
+    return datetime.fromtimestamp(stamp.seconds).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def subject(params: jobs_pb2.GenerationParams, width: int = 40) -> str:
+    """What a job is about, in a few words."""
+    text = params.topic or ", ".join(params.keywords) or " ".join(params.source_text.split()[:8])
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def jobs_table(jobs: Iterable[jobs_pb2.Job]) -> Table:
+    """One row per job: id, status, progress, created, subject, project."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    # Ids and statuses are never cut; the subject and project fold when the terminal is narrow.
+    table.add_column("ID", no_wrap=True, min_width=24)
+    table.add_column("STATUS", no_wrap=True, min_width=10)
+    table.add_column("DONE", no_wrap=True, justify="right", min_width=4)
+    table.add_column("CREATED", no_wrap=True, min_width=11)
+    table.add_column("SUBJECT", overflow="ellipsis", no_wrap=True, ratio=3)
+    table.add_column("PROJECT", overflow="ellipsis", no_wrap=True, ratio=1)
+    for job in jobs:
+        table.add_row(
+            job.id,
+            styled(status_name(job.status)),
+            f"{job.progress.percentage}%",
+            when(job.create_time)[5:16],
+            subject(job.params),
+            job.project,
+        )
+    return table
+
+
+def job_detail(job: jobs_pb2.Job, content: bool = False) -> Table:
+    """Every field of one job worth reading, as a two-column table."""
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    params = job.params
+    rows: list[tuple[str, str]] = [
+        ("id", job.id),
+        ("status", styled(status_name(job.status)) + (" (cancel requested)" if job.cancel_requested else "")),
+        ("mode", mode_name(job.mode)),
+        ("topic", params.topic),
+        ("keywords", ", ".join(params.keywords)),
+        ("word count", str(params.word_count)),
+        ("tone", params.tone),
+        ("extra", ", ".join(f"{k}={v}" for k, v in sorted(params.extra.items()))),
+        ("project", job.project),
+        ("owner", job.owner),
+        ("attempt", f"{job.attempt} of {job.max_attempts}"),
+        ("progress", f"{job.progress.percentage}% {job.progress.stage} {job.progress.message}".strip()),
+        ("bulk job", f"{job.bulk_job_id} #{job.queue_position}" if job.bulk_job_id else ""),
+        ("retry of", job.retry_of),
+        ("request id", job.request_id),
+        ("created", when(job.create_time)),
+        ("started", when(job.start_time)),
+        ("ended", when(job.end_time)),
+    ]
+    if job.HasField("error"):
+        rows.append(("error", f"[red]{job.error.code}[/]: {job.error.message} ({job.error.category})"))
+    rows += [(f"attempt {e.attempt} error", f"{e.code}: {e.message}") for e in job.attempt_errors]
+    if job.HasField("result"):
+        result = job.result
+        rows.append(("title", result.title))
+        rows.append(("result", f"{result.word_count} words, {result.cost_cents}¢"))
+        text = result.content if content else _preview(result.content)
+        rows.append(("content", text))
+    for name, value in rows:
+        if value:
+            table.add_row(name, value)
+    return table
+
+
+def _preview(text: str, limit: int = 300) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0] + " … (--content shows all)"
+
+
+def stats_table(stats: jobs_pb2.GetJobStatsResponse) -> Table:
+    """Counts by status and mode, cost, duration and failure rate."""
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(justify="right")
+    table.add_row("total jobs", str(stats.total_jobs))
+    for row in stats.by_status:
+        table.add_row(styled(status_name(row.status)), str(row.count))
+    for mode_row in stats.by_mode:
+        table.add_row(f"mode {mode_name(mode_row.mode)}", str(mode_row.count))
+    table.add_row("total cost", f"{stats.total_cost_cents}¢")
+    table.add_row("mean duration", f"{stats.mean_duration_seconds:.2f} s")
+    table.add_row("failure rate", f"{stats.failure_rate:.1%}")
+    return table
+
+
+def bulk_table(bulks: Iterable[bulk_pb2.BulkJob]) -> Table:
+    """One row per bulk job with its counts."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("ID", no_wrap=True, min_width=24)
+    table.add_column("STATUS", no_wrap=True, min_width=10)
+    for name in ("DONE", "FAILED", "LEFT"):
+        table.add_column(name, no_wrap=True, justify="right")
+    table.add_column("CREATED", no_wrap=True, min_width=11)
+    table.add_column("PROJECT", overflow="ellipsis", no_wrap=True)
+    for bulk in bulks:
+        table.add_row(
+            bulk.id,
+            styled(bulk_status_name(bulk.status)),
+            f"{bulk.completed_items}/{bulk.total_items}",
+            str(bulk.failed_items),
+            str(bulk.remaining_items),
+            when(bulk.create_time)[5:16],
+            bulk.project,
+        )
+    return table
+
+
+def bulk_detail(bulk: bulk_pb2.BulkJob) -> tuple[Table, Table]:
+    """A bulk job's summary and its items."""
+    summary = Table(box=None, show_header=False, pad_edge=False)
+    summary.add_column(style="bold", no_wrap=True)
+    summary.add_column(overflow="fold")
+    rows = [
+        ("id", bulk.id),
+        ("status", styled(bulk_status_name(bulk.status))),
+        ("mode", mode_name(bulk.mode)),
+        ("progress", f"{bulk.percentage:.0f}%"),
+        (
+            "items",
+            f"{bulk.total_items} total: {bulk.completed_items} completed, {bulk.failed_items} failed, "
+            f"{bulk.cancelled_items} cancelled, {bulk.remaining_items} left",
+        ),
+        ("created", when(bulk.create_time)),
+        ("started", when(bulk.start_time)),
+        ("ended", when(bulk.end_time)),
+        ("estimated completion", when(bulk.estimated_completion)),
+        ("project", bulk.project),
+        ("notify url", bulk.notify_url),
+    ]
+    rows += [("error", line) for line in bulk.error_summary]
+    for name, value in rows:
+        if value:
+            summary.add_row(name, value)
+    items = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("#", "JOB", "STATUS", "ERROR"):
+        items.add_column(name, no_wrap=name != "ERROR")
+    for item in bulk.items:
+        error = f"{item.error.code}: {item.error.message}" if item.HasField("error") else ""
+        items.add_row(str(item.queue_position), item.id, styled(status_name(item.status)), error)
+    return summary, items
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description:<10}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[message]}"),
+        console=console,
+        transient=False,
+    )
+
+
+def follow_job(console: Console, events: Iterator[jobs_pb2.JobEvent]) -> jobs_pb2.Job | None:
+    """Show a job's progress as a live bar until it is final; the last job seen."""
+    last: jobs_pb2.Job | None = None
+    with _progress(console) as progress:
+        task = progress.add_task("waiting", total=100, message="")
+        for event in events:
+            last = event.job
+            stage = last.progress.stage or status_name(last.status)
+            message = last.progress.message
+            if last.status in FINAL_JOB:
+                stage, message = status_name(last.status), ""
+            percentage = 100 if last.status == jobs_pb2.JOB_STATUS_COMPLETED else last.progress.percentage
+            progress.update(task, completed=percentage, description=stage, message=message)
+    return last
+
+
+def outcome_line(job: jobs_pb2.Job) -> str:
+    """One line saying how a job ended."""
+    if job.status == jobs_pb2.JOB_STATUS_COMPLETED:
+        title = f"“{job.result.title}” " if job.result.title else ""
+        return (
+            f"[green]completed[/]: {title}{job.result.word_count} words, {job.result.cost_cents}¢ "
+            f"(genjobs show {job.id} --content)"
+        )
+    if job.status == jobs_pb2.JOB_STATUS_FAILED:
+        return f"[red]failed[/] after {job.attempt} attempt(s): {job.error.code}: {job.error.message}"
+    if job.status == jobs_pb2.JOB_STATUS_CANCELLED:
+        return "[dim]cancelled[/]"
+    return styled(status_name(job.status))
+
+
+def follow_bulk(console: Console, events: Iterator[bulk_pb2.BulkJobEvent]) -> bulk_pb2.BulkJob | None:
+    """Show a bulk job's progress as a live bar until it is final; the last state seen."""
+    last: bulk_pb2.BulkJob | None = None
+    with _progress(console) as progress:
+        task = progress.add_task("waiting", total=1, message="")
+        for event in events:
+            last = event.bulk_job
+            done = last.completed_items + last.failed_items + last.cancelled_items
+            message = (
+                f"{last.completed_items} completed, {last.failed_items} failed, {last.remaining_items} left"
+            )
+            progress.update(
+                task,
+                total=last.total_items or 1,
+                completed=done,
+                description=bulk_status_name(last.status),
+                message=message,
+            )
+    return last
+
+
+def violations_text(violations: Sequence[tuple[str, str]]) -> str:
+    """Field violations as `field: why; field: why`."""
+    return "; ".join(f"{name}: {why}" for name, why in violations)
