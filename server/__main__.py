@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from server.app import App
 from server.auth import load_secret, make_token
@@ -61,18 +62,33 @@ async def _serve(settings: Settings) -> int:
     return 0
 
 
+def _tool(name: str) -> str:
+    """How to call a script installed beside this Python (e.g. .venv/bin/genjobs)."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        return name
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _print_banner(settings: Settings, port: int) -> None:
     secret = load_secret(settings.auth_secret, settings.data_dir)
     token = make_token(secret, "dev")
     target = f"{settings.host}:{port}"
+    database = settings.mongodb_uri or f"embedded, in {settings.data_dir}"
     print(
         f"""
-genjobs is serving on {target}  (database: {settings.mongodb_uri or "embedded, in " + str(settings.data_dir)})
+genjobs is serving on {target}  (database: {database})
 
-  token for user 'dev':  export GENJOBS_TOKEN={token}
-  grpcurl:  grpcurl -plaintext -H "authorization: Bearer $GENJOBS_TOKEN" \\
-              -d '{{"mode":"MODE_TOPIC","params":{{"topic":"Tea"}}}}' {target} genjobs.v1.JobService/SubmitJob
-  genjobs:  genjobs submit --topic Tea && genjobs ls
+  token for user 'dev':
+    export GENJOBS_TOKEN={token}
+  grpcurl:
+    {_tool("grpcurl")} -plaintext -H "authorization: Bearer $GENJOBS_TOKEN" \\
+      -d '{{"mode":"MODE_TOPIC","params":{{"topic":"Green tea"}}}}' {target} genjobs.v1.JobService/SubmitJob
+  genjobs:
+    {_tool("genjobs")} --target {target} submit --topic "Green tea" --watch
 
 Stop with Ctrl-C.
 """,

@@ -58,7 +58,11 @@ def test_embedded_database_is_shared_by_servers_on_one_data_dir(tmp_path: Path) 
     try:
         pid = int((stale / "nx-27017.pid").read_text())
         assert pid != 999999
-        assert "joining the embedded database" in (tmp_path / "b.log").read_text()
+        banner = (tmp_path / "b.log").read_text()
+        assert "joining the embedded database" in banner
+        # How to call it: the address, a ready token, a grpcurl line and a genjobs line.
+        assert f"genjobs is serving on {second.target}" in banner and "export GENJOBS_TOKEN=ey" in banner
+        assert "genjobs.v1.JobService/SubmitJob" in banner and "genjobs --target" in banner
         with first.client() as one, second.client() as two:
             job = one.submit("topic", topic="shared")
             assert two.get(job.id).id == job.id

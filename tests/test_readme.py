@@ -1,0 +1,163 @@
+"""Every grpcurl and genjobs command in the README, run against a live server
+with the real grpcurl binary, so that a README change that breaks one fails."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from genjobs.v1 import jobs_pb2
+
+from client import GenJobsClient
+from tests.harness import SECRET, ServerThread, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+PLACEHOLDER = re.compile(r"<[a-z ]+ id>")
+FINAL = (jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED)
+
+
+def readme_blocks() -> list[list[str]]:
+    """The commands of each ```sh block, continuation lines and multi-line quotes joined."""
+    blocks, current, inside = [], [], False
+    pending = ""
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            inside = line.strip() == "```sh" and not inside
+            if not inside and current:
+                blocks.append(current)
+            current = []
+            continue
+        if not inside:
+            continue
+        pending = f"{pending}\n{line}" if pending else line
+        if pending.endswith("\\") or pending.count("'") % 2:
+            continue  # the command goes on on the next line
+        current.append(pending)
+        pending = ""
+    return blocks
+
+
+def commands() -> Iterator[tuple[int, str]]:
+    """(block number, command) for every command the README asks a user to run."""
+    for number, block in enumerate(readme_blocks()):
+        for command in block:
+            if command.startswith(("grpcurl", "genjobs", "export", "AUTH=")):
+                yield number, command
+
+
+def test_the_readme_shows_every_rpc_and_command() -> None:
+    text = "\n".join(c for _, c in commands())
+    for rpc in jobs_pb2.DESCRIPTOR.services_by_name["JobService"].methods_by_name:
+        assert f"JobService/{rpc}" in text
+    for command in (
+        "submit",
+        "ls",
+        "show",
+        "watch",
+        "cancel",
+        "retry",
+        "rm",
+        "ops",
+        "stats",
+        "export",
+        "bulk",
+    ):
+        assert f"genjobs {command}" in text
+
+
+class Ids:
+    """Jobs and bulk jobs in the state each README placeholder stands for."""
+
+    def __init__(self, client: GenJobsClient) -> None:
+        self.client = client
+        self.made: dict[str, str] = {}
+        self.blockers: list[str] = []
+        self.makers: dict[str, Callable[[], str]] = {
+            "<job id>": lambda: self._final(client.submit("topic", topic="Green tea").id),
+            "<finished job id>": lambda: self._final(client.submit("topic", topic="done").id),
+            "<failed job id>": lambda: self._final(
+                client.submit("topic", topic="broken", extra={"demo_fail": "permanent"}).id
+            ),
+            "<queued job id>": self._queued,
+            "<bulk id>": self._bulk,
+            "<running bulk id>": lambda: (
+                client.create_bulk(
+                    "topic", [{"topic": "long", "extra": {"demo_seconds": "30"}}, *self._items(9)]
+                ).id
+            ),
+        }
+
+    def fill(self, command: str) -> str:
+        """The command with its placeholders replaced, each made on first use."""
+        for placeholder in set(PLACEHOLDER.findall(command)):
+            if placeholder not in self.made:
+                self.made[placeholder] = self.makers[placeholder]()
+            command = command.replace(placeholder, self.made[placeholder])
+        return command
+
+    def release(self) -> None:
+        """Stop the job kept running for a queued placeholder, so later steps need not wait."""
+        for job_id in self.blockers:
+            self.client.cancel(job_id)
+        self.blockers.clear()
+
+    def _final(self, job_id: str) -> str:
+        wait_for(lambda: self.client.get(job_id).status in FINAL, timeout=20)
+        return job_id
+
+    def _queued(self) -> str:
+        blocker = self.client.submit("topic", topic="keeps the dispatcher busy", extra={"demo_seconds": "30"})
+        self.blockers.append(blocker.id)
+        return self.client.submit("topic", topic="waits its turn").id
+
+    @staticmethod
+    def _items(count: int) -> list[dict[str, object]]:
+        return [{"topic": f"item {i}", "word_count": 60} for i in range(count)]
+
+    def _bulk(self) -> str:
+        items = self._items(10)
+        items[2]["extra"] = {"demo_fail": "permanent"}
+        bulk = self.client.create_bulk("topic", items)
+        wait_for(lambda: self.client.get_bulk(bulk.id).remaining_items == 0, timeout=30)
+        return bulk.id
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    lines = ["topic,keywords,word_count"] + [f"Launch article {i},launch;product,80" for i in range(10)]
+    (tmp_path / "items.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def test_every_readme_command_runs(server: ServerThread, workdir: Path) -> None:
+    token = server.token("dev")
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "GENJOBS_TOKEN": token,
+        "GENJOBS_TARGET": server.target,
+        "GENJOBS_AUTH_SECRET": SECRET,
+        "AUTH": f"authorization: Bearer {token}",
+        "COLUMNS": "200",
+    }
+    ran = 0
+    with server.client("dev") as client:
+        # Fresh jobs for each block, so that its steps follow each other.
+        for number in sorted({n for n, _ in commands()}):
+            block = [c for n, c in commands() if n == number]
+            ids = Ids(client)
+            for command in block:
+                line = ids.fill(command).replace("localhost:50051", server.target)
+                done = subprocess.run(
+                    ["bash", "-c", line], env=env, cwd=workdir, capture_output=True, text=True, timeout=90
+                )
+                assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+                ids.release()
+                ran += 1
+    assert ran >= 40
