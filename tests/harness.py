@@ -208,8 +208,11 @@ class ServerProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.settings.port}"
 
+    def token(self, user: str = "alice") -> str:
+        return make_token(SECRET, user)
+
     def client(self, user: str = "alice") -> GenJobsClient:
-        return GenJobsClient(self.target, make_token(SECRET, user))
+        return GenJobsClient(self.target, self.token(user))
 
     def kill(self) -> None:
         assert self.process is not None
