@@ -1,35 +1,70 @@
-"""Issue 3 figures: no-op jobs end to end beside RQ's SimpleWorker, enqueue-to-start
-latency, MongoDB commands per dispatched job.
+"""Issue 3 figures: no-op jobs end to end beside RQ's SimpleWorker and Celery's solo
+worker, enqueue-to-start latency, MongoDB commands per dispatched job.
 
     .venv/bin/python bench/dispatch_bench.py
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
-from common import COUNTER, Redis, ServerThread, make_settings, median, noop, percentile, scratch, start_mongo
+from common import (
+    COUNTER,
+    Redis,
+    ServerProcess,
+    ServerThread,
+    make_settings,
+    median,
+    noop,
+    percentile,
+    scratch,
+    start_mongo,
+)
+
+from tests.harness import wait_for
 
 N = 2000
+BENCH = Path(__file__).resolve().parent
 RUNS = 3
 
 
-def genjobs_rate(mongo_uri: str) -> tuple[float, float]:
-    server = ServerThread(make_settings(mongo_uri, scratch(), generator="noop")).start()
+def genjobs_rate(mongo_uri: str) -> float:
+    """N no-op jobs submitted to a server process, until the last one completed.
+
+    Jobs run one at a time in submission order, so the last one completing
+    means every one did; the bench follows it with WatchJob, not by polling.
+    """
+    server = ServerProcess(make_settings(mongo_uri, scratch(), generator="noop"), scratch() / "s.log").start()
     with server.client("bench") as c:
+        started = time.monotonic()
+        last = None
+        for i in range(N):
+            last = c.submit("topic", topic=f"noop {i}")
+        assert last is not None
+        for _ in c.watch(last.id):
+            pass
+        elapsed = time.monotonic() - started
+        assert c.get(last.id).status == 3  # COMPLETED
+    server.terminate()
+    return N / elapsed
+
+
+def commands_per_job(mongo_uri: str, jobs: int = 300) -> float:
+    """MongoDB commands the dispatcher and its lease keeper send per job (in-process, counted)."""
+    server = ServerThread(make_settings(mongo_uri, scratch(), generator="noop")).start()
+    with server.client("count") as c:
         COUNTER.take("dispatcher")
         COUNTER.take("lease")
-        started = time.monotonic()
-        for i in range(N):
-            c.submit("topic", topic=f"noop {i}")
-        while c.stats().by_status and not (
-            len(c.stats().by_status) == 1 and c.stats().by_status[0].count == N
-        ):
-            time.sleep(0.05)
-        elapsed = time.monotonic() - started
-        per_job = (COUNTER.take("dispatcher") + COUNTER.take("lease")) / N
+        ids = [c.submit("topic", topic=f"counted {i}").id for i in range(jobs)]
+        for _ in c.watch(ids[-1]):
+            pass
+        per_job = (COUNTER.take("dispatcher") + COUNTER.take("lease")) / jobs
     server.stop()
-    return N / elapsed, per_job
+    return per_job
 
 
 def rq_rate(redis: Redis) -> float:
@@ -45,6 +80,60 @@ def rq_rate(redis: Redis) -> float:
     elapsed = time.monotonic() - started
     redis.client.flushall()
     return N / elapsed
+
+
+def celery_rate(redis: Redis) -> float:
+    """Celery's solo worker (one task at a time, like the dispatcher) on the same redis."""
+    ensure_celery()
+    env = {**os.environ, "BENCH_REDIS_URL": redis.url, "PYTHONPATH": str(BENCH)}
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "celery_app",
+            "worker",
+            "-P",
+            "solo",
+            "-c",
+            "1",
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "WARNING",
+        ],
+        cwd=BENCH,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        sys.path.insert(0, str(BENCH))
+        os.environ["BENCH_REDIS_URL"] = redis.url
+        import celery_app
+
+        celery_app._counter.delete("celery-done")
+        celery_app.noop.delay()  # the worker is up once it ran this one
+        wait_for(lambda: int(celery_app._counter.get("celery-done") or 0) == 1, timeout=60)
+        celery_app._counter.delete("celery-done")
+        started = time.monotonic()
+        for _ in range(N):
+            celery_app.noop.delay()
+        wait_for(lambda: int(celery_app._counter.get("celery-done") or 0) >= N, timeout=300, interval=0.01)
+        return N / (time.monotonic() - started)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        redis.client.flushall()
+
+
+def ensure_celery() -> None:
+    try:
+        import celery  # noqa: F401
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "celery[redis]"], check=True)
 
 
 def start_latency(mongo_uri: str) -> list[float]:
@@ -65,18 +154,23 @@ def start_latency(mongo_uri: str) -> list[float]:
 def main() -> None:
     mongo = start_mongo()
     redis = Redis()
-    ours, theirs, commands = [], [], []
+    ours, theirs, celeries = [], [], []
     for _ in range(RUNS):
-        rate, per_job = genjobs_rate(mongo.uri)
-        ours.append(rate)
-        commands.append(per_job)
+        ours.append(genjobs_rate(mongo.uri))
         theirs.append(rq_rate(redis))
+        celeries.append(celery_rate(redis))
     redis.stop()
     print(f"{N} no-op jobs, submit then wait for all, {RUNS} runs:")
     print(f"  genjobs          median {median(ours):6.0f} jobs/s  runs {[round(x) for x in ours]}")
     print(f"  RQ SimpleWorker  median {median(theirs):6.0f} jobs/s  runs {[round(x) for x in theirs]}")
-    print(f"  ratio            {median(ours) / median(theirs):.2f}x RQ")
-    print(f"MongoDB commands per dispatched job (dispatcher + lease keeper): {median(commands):.2f}")
+    print(f"  Celery solo      median {median(celeries):6.0f} jobs/s  runs {[round(x) for x in celeries]}")
+    print(
+        f"  ratio            {median(ours) / median(theirs):.2f}x RQ,"
+        f" {median(ours) / median(celeries):.2f}x Celery"
+    )
+    print(
+        f"MongoDB commands per dispatched job (dispatcher + lease keeper): {commands_per_job(mongo.uri):.2f}"
+    )
     lat = start_latency(mongo.uri)
     print(
         f"Enqueue-to-start on an idle dispatcher: p50 {percentile(lat, 50):.1f} ms"

@@ -20,7 +20,7 @@ from tests.harness import wait_for
 
 FAN_OUT = 1_000
 IDLE = 10_000
-CHANNELS = 20  # streams spread over several connections, as many clients would
+STREAMS_PER_CHANNEL = 100  # streams spread over many connections, as many clients would
 
 
 def rss_mb(pid: int) -> float:
@@ -34,7 +34,11 @@ async def open_streams(
     target: str, token: str, job_id: str, count: int, on_event: object = None
 ) -> tuple[list[grpc.aio.Channel], list[asyncio.Task[None]], asyncio.Event]:
     """`count` WatchJob streams; returns once every one has its snapshot."""
-    channels = [grpc.aio.insecure_channel(target) for _ in range(CHANNELS)]
+    # A subchannel pool of its own: a connection per channel, not one shared by all.
+    channels = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(count // STREAMS_PER_CHANNEL + 1)
+    ]
     stubs = [jobs_pb2_grpc.JobServiceStub(ch) for ch in channels]
     metadata = (("authorization", f"Bearer {token}"),)
     started = 0
@@ -42,7 +46,7 @@ async def open_streams(
 
     async def stream(i: int) -> None:
         nonlocal started
-        call = stubs[i % CHANNELS].WatchJob(jobs_pb2.WatchJobRequest(id=job_id), metadata=metadata)
+        call = stubs[i % len(stubs)].WatchJob(jobs_pb2.WatchJobRequest(id=job_id), metadata=metadata)
         first = True
         async for event in call:
             if first:
@@ -58,7 +62,10 @@ async def open_streams(
         tasks.append(asyncio.create_task(stream(i)))
         if i % 200 == 199:
             await asyncio.sleep(0.05)  # let the server keep up with new streams
-    await asyncio.wait_for(all_started.wait(), timeout=600)
+    try:
+        await asyncio.wait_for(all_started.wait(), timeout=600)
+    except TimeoutError:
+        raise SystemExit(f"only {started} of {count} streams opened within 600 s") from None
     return channels, tasks, all_started
 
 
@@ -94,6 +101,7 @@ async def idle_rss(server: ServerProcess) -> tuple[float, float]:
     after = rss_mb(server.process.pid)
     for task in tasks:
         task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     for channel in channels:
         await channel.close()
     with server.client() as c:
