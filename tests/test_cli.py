@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import Result
 from genjobs.v1 import jobs_pb2
 from rich.console import Console
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from client import GenJobsClient
 from client.cli import app, globals_first
