@@ -21,6 +21,7 @@ from server.bulk import Bulks
 from server.config import Settings
 from server.dispatcher import Dispatcher
 from server.embedded import EmbeddedMongo
+from server.eventlog import EventLog
 from server.events import Event, EventHub
 from server.generators import make_generator
 from server.jobs import Jobs
@@ -36,6 +37,12 @@ SERVICE_NAMES = (
     bulk_pb2.DESCRIPTOR.services_by_name["BulkService"].full_name,
 )
 HEALTH_CHECK_SECONDS = 1.0
+# gRPC turns away calls beyond 1,000 not yet taken up by the server (3,000 always).
+# Thousands of watchers reconnecting at once after a restart must queue, not fail.
+SERVER_OPTIONS = [
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 30_000),
+]
 
 
 class App:
@@ -66,7 +73,9 @@ class App:
         loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc"))
         self.store = Store(uri, settings.db_name, settings.retention_days)
         self.hub = EventHub(loop)
-        self.jobs = Jobs(self.store, self.hub, self.worker_id, settings.max_attempts)
+        self.event_log = EventLog(self.store)
+        self.event_log.start()
+        self.jobs = Jobs(self.store, self.hub, self.event_log, self.worker_id, settings.max_attempts)
         self.webhooks = WebhookSender(
             self.store,
             load_secret(settings.webhook_secret, settings.data_dir, "webhook_secret"),
@@ -86,13 +95,9 @@ class App:
         )
         self.jobs.dispatcher = self.dispatcher
 
-        server = grpc.aio.server(interceptors=[AuthInterceptor(secret)])
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(
-            JobServicer(self.jobs, self.hub, settings.heartbeat_seconds), server
-        )
-        bulk_pb2_grpc.add_BulkServiceServicer_to_server(
-            BulkServicer(self.bulks, self.hub, settings.heartbeat_seconds), server
-        )
+        server = grpc.aio.server(interceptors=[AuthInterceptor(secret)], options=SERVER_OPTIONS)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs, self.hub), server)
+        bulk_pb2_grpc.add_BulkServiceServicer_to_server(BulkServicer(self.bulks, self.hub), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -106,6 +111,7 @@ class App:
         self._tasks = [
             asyncio.create_task(self._watch_database(), name="database-health"),
             asyncio.create_task(self._poll_remote_events(), name="remote-events"),
+            asyncio.create_task(self.hub.beat(settings.heartbeat_seconds), name="heartbeats"),
         ]
         await asyncio.wait_for(self._database_ready.wait(), timeout=30)
         return self.port
@@ -117,6 +123,7 @@ class App:
         self._stopped.set()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await asyncio.to_thread(self.dispatcher.stop, grace)
+        await asyncio.to_thread(self.event_log.stop)
         self.hub.close()
         self.webhooks.stop()
         if self.server is not None:

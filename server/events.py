@@ -14,6 +14,9 @@ log = logging.getLogger(__name__)
 
 # Put on every queue when the server shuts down: streams end with UNAVAILABLE.
 SHUTDOWN: Any = object()
+# Put on every idle queue once a heartbeat interval: the stream sends a heartbeat.
+# One timer for all streams, not one per stream per wait.
+HEARTBEAT: Any = object()
 
 
 @dataclass
@@ -88,6 +91,15 @@ class EventHub:
                 if not subscribers:
                     del self._subscribers[key]
                     self._last_seq.pop(key, None)
+
+    async def beat(self, interval: float) -> None:
+        """Every `interval`, ask each idle stream to send a heartbeat (runs until cancelled)."""
+        while not self._closed:
+            await asyncio.sleep(interval)
+            for subscribers in self._subscribers.values():
+                for queue in subscribers:
+                    if queue.empty():
+                        queue.put_nowait(HEARTBEAT)
 
     def watched(self, prefix: str) -> list[str]:
         """The ids (keys without `prefix`) that have at least one subscriber."""

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from server import validation
 from server.auth import Caller
 from server.errors import FieldViolation, invalid
+from server.eventlog import EventLog
 from server.events import Event, EventHub
 from server.states import Status
 from server.store import STATUS_CHANGED, Doc, JobFilter, Page, Store, final
@@ -68,9 +69,12 @@ class BulkOperationResult:
 class Jobs:
     """The JobService's domain: every rule an RPC applies lives here or below."""
 
-    def __init__(self, store: Store, hub: EventHub, worker_id: str, default_max_attempts: int) -> None:
+    def __init__(
+        self, store: Store, hub: EventHub, event_log: EventLog, worker_id: str, default_max_attempts: int
+    ) -> None:
         self.store = store
         self.hub = hub
+        self.event_log = event_log
         self.worker_id = worker_id
         self.default_max_attempts = default_max_attempts
         self.dispatcher: Wakeable = NoDispatcher()
@@ -79,10 +83,10 @@ class Jobs:
     # ---- events ---------------------------------------------------------
 
     def record(self, doc: Doc, kind: str) -> None:
-        """Tell watchers of a change and keep it in job_events for replay."""
+        """Tell watchers of a change, and keep it in job_events for replay (in the background)."""
         event = self.store.event_doc(doc, kind, self.worker_id)
-        self.store.insert_events([event])
         self._deliver(doc, kind, event)
+        self.event_log.append(event)
 
     def publish(self, doc: Doc, kind: str) -> None:
         """Hand a change to this server's watchers only (not kept for replay)."""
@@ -161,6 +165,7 @@ class Jobs:
 
     def delete(self, caller: Caller, job_id: str) -> None:
         """Remove a final job and its events."""
+        self.event_log.flush()  # so that no event of this job is stored after the delete
         self.store.delete(caller.owner_filter, job_id)
 
     def run_bulk_operation(
@@ -198,6 +203,7 @@ class Jobs:
                     self.publish(doc, STATUS_CHANGED)
         elif operation == "DELETE_ALL_COMPLETED":
             if ids:
+                self.event_log.flush()
                 self.store.delete_completed(ids)
             done = [str(i) for i in ids]
         else:
@@ -230,7 +236,10 @@ class Jobs:
     def history(self, caller: Caller, job_id: str, after: int) -> tuple[Doc, list[Doc]]:
         """The job now and its stored events after `after` (for WatchJob)."""
         doc = self.store.get(caller.owner_filter, job_id)
-        return doc, self.store.events_after(job_id, after) if after else []
+        if not after:
+            return doc, []
+        self.event_log.flush()  # what this server already published is stored too
+        return doc, self.store.events_after(job_id, after)
 
 
 def normalized(params: Doc) -> Doc:

@@ -1,7 +1,7 @@
 """The job and bulk-job state machines: which action each status allows.
 
 This table is the one place these rules live; the store turns each entry into
-the `status: {$in: allowed}` condition of an atomic update.
+the status condition of an atomic update.
 """
 
 from __future__ import annotations

@@ -7,23 +7,18 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from server.events import SHUTDOWN, Event
+from server.events import HEARTBEAT, SHUTDOWN, Event
 
 
 class ShuttingDown(Exception):
     """The server is stopping: the stream ends with UNAVAILABLE so clients reconnect."""
 
 
-HEARTBEAT: Any = None  # yielded when nothing happened for a heartbeat interval
-
-
-async def follow(
-    queue: asyncio.Queue[Any], replay: list[Event], after: int, heartbeat_seconds: float
-) -> AsyncIterator[Event | None]:
+async def follow(queue: asyncio.Queue[Any], replay: list[Event], after: int) -> AsyncIterator[Event | None]:
     """Yield `replay`, then the queue's events, each sequence once and in order.
 
-    Yields HEARTBEAT (None) after `heartbeat_seconds` of silence; returns after
-    a final event; raises ShuttingDown when the server stops.
+    Yields None when the hub asks for a heartbeat (the stream was idle);
+    returns after a final event; raises ShuttingDown when the server stops.
     """
     last = after
     for event in replay:
@@ -33,10 +28,9 @@ async def follow(
             if event.final:
                 return
     while True:
-        try:
-            item = await asyncio.wait_for(queue.get(), heartbeat_seconds)
-        except TimeoutError:
-            yield HEARTBEAT
+        item = await queue.get()
+        if item is HEARTBEAT:
+            yield None
             continue
         if item is SHUTDOWN:
             raise ShuttingDown()

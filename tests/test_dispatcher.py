@@ -191,9 +191,14 @@ def test_kill_9_mid_job_requeues_or_fails_never_stuck(
                 assert done.status == S.JOB_STATUS_FAILED and done.error.code == "WORKER_LOST"
             else:
                 assert done.status == S.JOB_STATUS_COMPLETED and done.attempt == 2
-            store = pymongo.MongoClient(mongo.uri)[settings.db_name]
-            completions = store["job_events"].count_documents({"job_id": job.id, "job.status": "COMPLETED"})
-            assert completions == (1 if attempts == 3 else 0)
+            events = pymongo.MongoClient(mongo.uri)[settings.db_name]["job_events"]
+
+            def completions() -> int:
+                return events.count_documents({"job_id": job.id, "job.status": "COMPLETED"})
+
+            if attempts == 3:  # events are stored in the background: wait for the one
+                wait_for(completions)
+            assert completions() == (1 if attempts == 3 else 0)
     finally:
         second.terminate()
 
@@ -332,3 +337,31 @@ def test_stream_needs_no_thread(server: ServerThread) -> None:
             stream.cancel()
         channel.close()
         alice.cancel(job.id)
+
+
+def test_idle_stream_gets_heartbeats(server: ServerThread) -> None:
+    # The test server's heartbeat interval is 1 s: a queued job behind a long
+    # one sends nothing, yet its stream must show it is alive.
+    with server.client() as alice:
+        blocker = alice.submit("topic", topic="long", extra={"demo_seconds": "30"})
+        job = alice.submit("topic", topic="waits")
+        stream = alice.jobs.WatchJob(S.WatchJobRequest(id=job.id), metadata=alice._metadata, timeout=10)
+        assert next(stream).type == S.JOB_EVENT_TYPE_SNAPSHOT
+        beats = [next(stream), next(stream)]
+        assert [e.type for e in beats] == [S.JOB_EVENT_TYPE_HEARTBEAT] * 2
+        stream.cancel()
+        alice.cancel(blocker.id)
+
+
+def test_delete_removes_the_events_of_a_job_that_ran(server: ServerThread, mongo: MongoServer) -> None:
+    events = pymongo.MongoClient(mongo.uri)[server.settings.db_name]["job_events"]
+    with server.client() as alice:
+        job = alice.submit("topic", topic="ran", extra={"demo_seconds": "0.5"})
+        assert final(alice, job.id).status == S.JOB_STATUS_COMPLETED
+        alice.delete(job.id)  # at once: its events may still be on their way to the database
+        assert events.count_documents({"job_id": job.id}) == 0
+        # A later job's resumed watch stores everything published so far: still none.
+        other = alice.submit("topic", topic="after", extra={"demo_seconds": "0.5"})
+        assert list(alice.watch(other.id, after_sequence=1))[-1].job.status == S.JOB_STATUS_COMPLETED
+        assert events.count_documents({"job_id": job.id}) == 0
+        assert events.count_documents({"job_id": other.id}) >= 2

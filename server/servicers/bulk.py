@@ -18,10 +18,9 @@ from server.watch import follow
 class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
     """The BulkService RPCs."""
 
-    def __init__(self, bulks: Bulks, hub: EventHub, heartbeat_seconds: float) -> None:
+    def __init__(self, bulks: Bulks, hub: EventHub) -> None:
         self.bulks = bulks
         self.hub = hub
-        self.heartbeat_seconds = heartbeat_seconds
 
     @rpc
     async def CreateBulkJob(
@@ -111,7 +110,7 @@ class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
                 payload = {"view": view, "kind": "SNAPSHOT", "notification": None, "at_us": clock.now_us()}
                 replay.append(Event(key, seq, payload, is_final(view)))
             self.hub.note(key, max(after, seq))
-            async for event in follow(queue, replay, after, self.heartbeat_seconds):
+            async for event in follow(queue, replay, after):
                 if event is None:  # a heartbeat
                     yield bulk_pb2.BulkJobEvent(type=bulk_pb2.BULK_JOB_EVENT_TYPE_HEARTBEAT)
                 else:

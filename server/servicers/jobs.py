@@ -35,10 +35,9 @@ def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.GetJobStatsRequest) 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     """The JobService RPCs."""
 
-    def __init__(self, jobs: Jobs, hub: EventHub, heartbeat_seconds: float) -> None:
+    def __init__(self, jobs: Jobs, hub: EventHub) -> None:
         self.jobs = jobs
         self.hub = hub
-        self.heartbeat_seconds = heartbeat_seconds
 
     @rpc
     async def SubmitJob(
@@ -151,7 +150,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 snapshot = self.jobs.store.event_doc(doc, SNAPSHOT)
                 replay.append(Event(key, doc["seq"], snapshot, final(doc["status"])))
             self.hub.note(key, max(after, doc["seq"]))
-            async for event in follow(queue, replay, after, self.heartbeat_seconds):
+            async for event in follow(queue, replay, after):
                 if event is None:  # a heartbeat
                     yield jobs_pb2.JobEvent(type=jobs_pb2.JOB_EVENT_TYPE_HEARTBEAT)
                 else:
