@@ -51,8 +51,9 @@ class EventLog:
         """Wait until every event appended before this call is stored; False on timeout."""
         with self._changed:
             target = self._appended
-            self._hurry = True
-            self._changed.notify_all()
+            if self._settled < target:
+                self._hurry = True
+                self._changed.notify_all()
             return self._changed.wait_for(lambda: self._settled >= target or self._stopping, timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
