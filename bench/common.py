@@ -43,8 +43,9 @@ class CommandCounter(monitoring.CommandListener):
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         pass
 
-    def take(self, prefix: str) -> int:
-        """Commands sent by threads whose name starts with `prefix` since the last take."""
+    def take(self, prefix: str | tuple[str, ...]) -> int:
+        """Commands sent by threads whose name starts with `prefix` (or one of
+        them) since the last take."""
         with self._lock:
             n = sum(v for k, v in self.by_thread.items() if k.startswith(prefix))
             for k in [k for k in self.by_thread if k.startswith(prefix)]:

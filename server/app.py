@@ -132,7 +132,7 @@ class App:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.store.close()
+        await self.store.close_async()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.release)
 

@@ -1,8 +1,9 @@
 """Job operations as the RPCs need them: validation, the store's conditional
 updates, events to watchers and the local dispatcher's wake-ups, in one place.
 
-Everything here is synchronous (pymongo); servicers call it through
-`asyncio.to_thread`.
+Everything here but `submit` is synchronous (pymongo); servicers call it
+through `asyncio.to_thread`. `submit` runs on the event loop, so that
+concurrent submits share one insert (see `store.LoopInsert`).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class Jobs:
 
     # ---- RPCs -----------------------------------------------------------
 
-    def submit(
+    async def submit(
         self,
         caller: Caller,
         mode: str,
@@ -121,7 +122,7 @@ class Jobs:
             request_id=request_id,
             max_attempts=max_attempts or self.default_max_attempts,
         )
-        stored, created = self.store.insert_job(doc)
+        stored, created = await self.store.submit_job(doc)
         if created:
             # Sequence 1 is the job as submitted: watchers start from its
             # snapshot, so it needs no stored event (SubmitJob stays one write).

@@ -102,7 +102,7 @@ class ServerThread:
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, daemon=True)
+        self._thread = threading.Thread(target=self._main, name="server-loop", daemon=True)
         self._grace = 1.0
 
     def start(self) -> ServerThread:

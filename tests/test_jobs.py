@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -89,6 +90,17 @@ def test_request_id_makes_submit_idempotent_per_owner(alice: GenJobsClient, bob:
     assert again.id == first.id
     assert other.id != first.id
     assert alice.list().total_size == 1
+
+
+def test_concurrent_submits_share_inserts_and_keep_request_ids_unique(alice: GenJobsClient) -> None:
+    # Submits that arrive together are stored in one insert; a request_id
+    # repeated inside such a batch must still give every caller the one job.
+    request_ids = ["same"] * 8 + [f"own-{i}" for i in range(8)]
+    with ThreadPoolExecutor(len(request_ids)) as pool:
+        jobs = list(pool.map(lambda rid: alice.submit("topic", topic="Tea", request_id=rid), request_ids))
+    assert len({job.id for job in jobs[:8]}) == 1
+    assert len({job.id for job in jobs}) == 9
+    assert alice.list().total_size == 9
 
 
 def test_other_users_jobs_are_not_found(alice: GenJobsClient, bob: GenJobsClient) -> None:

@@ -43,8 +43,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
-        doc = await asyncio.to_thread(
-            self.jobs.submit,
+        doc = await self.jobs.submit(
             current_caller(),
             convert.mode_name(request.mode),
             convert.params_dict(request.params),
