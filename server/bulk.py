@@ -152,8 +152,12 @@ class Bulks:
 
     def get(self, caller: Caller, bulk_id: str) -> BulkView:
         """One bulk job with counts and items."""
-        doc = self.store.get_bulk(caller.owner_filter, bulk_id)
-        return summarize(doc, self.store.bulk_items([bulk_id]))
+        # Items first: the bulk job's sequence is then at least that of every
+        # change the counts include, so a watcher starting from this view
+        # skips no later event and sees no earlier (smaller) count after it.
+        # The items are returned only if the owner's query finds the bulk job.
+        items = self.store.bulk_items([bulk_id])
+        return summarize(self.store.get_bulk(caller.owner_filter, bulk_id), items)
 
     def list_bulk(
         self, caller: Caller, statuses: list[str], project: str, size: int, token: str
@@ -231,11 +235,13 @@ class Bulks:
         elif status == str(Status.QUEUED) and job.get("retry_of"):
             # A retried item reopens a completed bulk job until it is final again.
             self.store.reopen_bulk(bulk_oid)
+        # The sequence first, then the items: an event's counts then include
+        # every change up to its sequence, so counts never go backwards for a
+        # watcher that started from a view (`get` reads in the other order).
+        bumped = self.store.bump_bulk(bulk_oid)
         items = self.store.bulk_items([job["bulk_job_id"]])
-        if self._settle(bulk_oid, items) is None:
-            bumped = self.store.bump_bulk(bulk_oid)
-            if bumped is not None:
-                self._publish(summarize(bumped, items))
+        if self._settle(bulk_oid, items) is None and bumped is not None:
+            self._publish(summarize(bumped, items))
 
     def _settle(self, bulk_oid: ObjectId, items: list[Doc]) -> BulkView | None:
         """Complete the bulk job if every one of its `items` is final; the view when it did."""
