@@ -125,25 +125,22 @@ class LoopInsert:
         self._names = (db_name, collection)
         self._client: pymongo.AsyncMongoClient[Doc] | None = None
         self._pending: list[tuple[Doc, asyncio.Future[None]]] = []
-        self._flushing = False
         self._flusher: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
 
     async def insert(self, doc: Doc) -> None:
         """Insert `doc`; raises DuplicateKeyError (or the batch's error) as insert_one would."""
         outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((doc, outcome))
-        if not self._flushing:
-            self._flushing = True
+        if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_all())
         await outcome
 
     async def _flush_all(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self._flush(batch)
-        finally:
-            self._flushing = False
+        # Ends (done) in the same step as its last look at `_pending`, so a
+        # caller never finds it running with nothing left to send.
+        while self._pending:
+            batch, self._pending = self._pending, []
+            await self._flush(batch)
 
     async def _flush(self, batch: list[tuple[Doc, asyncio.Future[None]]]) -> None:
         if self._client is None:  # made on the loop that uses it
@@ -476,7 +473,10 @@ class Store(BulkQueries):
         try:
             await self.job_inserts.insert(doc)
             return doc, True
-        except DuplicateKeyError:
+        except DuplicateKeyError as exc:
+            earlier = await asyncio.to_thread(self._earlier_or_next_key, doc, exc)
+            if earlier is not None:
+                return earlier, False
             return await asyncio.to_thread(self.insert_job, doc)
 
     def insert_job(self, doc: Doc) -> tuple[Doc, bool]:
@@ -487,13 +487,20 @@ class Store(BulkQueries):
                 self.jobs.insert_one(doc)
                 return doc, True
             except DuplicateKeyError as exc:
-                if "request_key" in str(exc.details or exc):
-                    earlier = self.jobs.find_one({"request_key": doc["request_key"]})
-                    if earlier is not None:
-                        return earlier, False
-                # Another replica took the same order key: take the next one.
-                doc["ck"] = doc["updated_us"] = self.order_keys.next()
+                earlier = self._earlier_or_next_key(doc, exc)
+                if earlier is not None:
+                    return earlier, False
         raise RuntimeError("could not store the job after 5 tries")
+
+    def _earlier_or_next_key(self, doc: Doc, exc: DuplicateKeyError) -> Doc | None:
+        """After `doc` hit a unique key: the earlier job with its request key, or
+        None with `doc` given the next order key (another replica took its key)."""
+        if "request_key" in str(exc.details or exc):
+            earlier = self.jobs.find_one({"request_key": doc["request_key"]})
+            if earlier is not None:
+                return earlier
+        doc["ck"] = doc["updated_us"] = self.order_keys.next()
+        return None
 
     # ---- reading --------------------------------------------------------
 

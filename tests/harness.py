@@ -32,9 +32,11 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
         value = condition()
         if value:
             return value
-        if time.monotonic() > deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
+        # The pause between checks; never past the deadline, which is checked once more.
+        time.sleep(min(interval, remaining))
 
 
 class MongoServer:
