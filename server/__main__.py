@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from server.app import App
+from server.app import App, run
 from server.auth import load_secret, make_token
 from server.config import Settings, add_flags
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return asyncio.run(_serve(settings))
+    return run(_serve(settings))
 
 
 async def _serve(settings: Settings) -> int:

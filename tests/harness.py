@@ -17,7 +17,7 @@ from typing import Any
 import pymongo
 
 from client import GenJobsClient
-from server.app import App
+from server.app import App, run
 from server.auth import make_token
 from server.config import Settings
 from server.embedded import free_port
@@ -116,7 +116,7 @@ class ServerThread:
         return self
 
     def _main(self) -> None:
-        asyncio.run(self._serve())
+        run(self._serve())  # the server's own event loop
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
