@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from genjobs.v1 import bulk_pb2, jobs_pb2
 from google.protobuf import json_format
@@ -14,6 +14,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+E = TypeVar("E")  # a stream's event
+S = TypeVar("S")  # the state an event carries
 
 FINAL_JOB = {jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED}
 STATUS_STYLE = {
@@ -225,20 +228,47 @@ def _progress(console: Console) -> Progress:
     )
 
 
+def _follow(console: Console, events: Iterable[E], bar: Callable[[E], tuple[S, dict[str, Any]]]) -> S | None:
+    """Show a live bar until the stream ends; `bar` turns an event into the
+    state it carries and the bar's fields (total, completed, description,
+    message). Returns the last state seen."""
+    last: S | None = None
+    with _progress(console) as progress:
+        task = progress.add_task("waiting", total=1, message="")
+        for event in events:
+            last, fields = bar(event)
+            progress.update(task, **fields)
+    return last
+
+
+def _job_bar(event: jobs_pb2.JobEvent) -> tuple[jobs_pb2.Job, dict[str, Any]]:
+    job = event.job
+    stage, message = job.progress.stage or status_name(job.status), job.progress.message
+    if job.status in FINAL_JOB:
+        stage, message = status_name(job.status), ""
+    percentage = 100 if job.status == jobs_pb2.JOB_STATUS_COMPLETED else job.progress.percentage
+    return job, {"total": 100, "completed": percentage, "description": stage, "message": message}
+
+
+def _bulk_bar(event: bulk_pb2.BulkJobEvent) -> tuple[bulk_pb2.BulkJob, dict[str, Any]]:
+    bulk = event.bulk_job
+    message = f"{bulk.completed_items} completed, {bulk.failed_items} failed, {bulk.remaining_items} left"
+    return bulk, {
+        "total": bulk.total_items or 1,
+        "completed": bulk.completed_items + bulk.failed_items + bulk.cancelled_items,
+        "description": bulk_status_name(bulk.status),
+        "message": message,
+    }
+
+
 def follow_job(console: Console, events: Iterator[jobs_pb2.JobEvent]) -> jobs_pb2.Job | None:
     """Show a job's progress as a live bar until it is final; the last job seen."""
-    last: jobs_pb2.Job | None = None
-    with _progress(console) as progress:
-        task = progress.add_task("waiting", total=100, message="")
-        for event in events:
-            last = event.job
-            stage = last.progress.stage or status_name(last.status)
-            message = last.progress.message
-            if last.status in FINAL_JOB:
-                stage, message = status_name(last.status), ""
-            percentage = 100 if last.status == jobs_pb2.JOB_STATUS_COMPLETED else last.progress.percentage
-            progress.update(task, completed=percentage, description=stage, message=message)
-    return last
+    return _follow(console, events, _job_bar)
+
+
+def follow_bulk(console: Console, events: Iterator[bulk_pb2.BulkJobEvent]) -> bulk_pb2.BulkJob | None:
+    """Show a bulk job's progress as a live bar until it is final; the last state seen."""
+    return _follow(console, events, _bulk_bar)
 
 
 def outcome_line(job: jobs_pb2.Job) -> str:
@@ -254,27 +284,6 @@ def outcome_line(job: jobs_pb2.Job) -> str:
     if job.status == jobs_pb2.JOB_STATUS_CANCELLED:
         return "[dim]cancelled[/]"
     return styled(status_name(job.status))
-
-
-def follow_bulk(console: Console, events: Iterator[bulk_pb2.BulkJobEvent]) -> bulk_pb2.BulkJob | None:
-    """Show a bulk job's progress as a live bar until it is final; the last state seen."""
-    last: bulk_pb2.BulkJob | None = None
-    with _progress(console) as progress:
-        task = progress.add_task("waiting", total=1, message="")
-        for event in events:
-            last = event.bulk_job
-            done = last.completed_items + last.failed_items + last.cancelled_items
-            message = (
-                f"{last.completed_items} completed, {last.failed_items} failed, {last.remaining_items} left"
-            )
-            progress.update(
-                task,
-                total=last.total_items or 1,
-                completed=done,
-                description=bulk_status_name(last.status),
-                message=message,
-            )
-    return last
 
 
 def violations_text(violations: Sequence[tuple[str, str]]) -> str:
