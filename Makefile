@@ -35,7 +35,7 @@ proto: $(STAMP)
 		$(PROTOS)
 
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	for name in service dispatch bulk watch; do $(BIN)/python bench/$${name}_bench.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .genjobs .pytest_cache .mypy_cache .ruff_cache

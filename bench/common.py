@@ -9,7 +9,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from pymongo import monitoring
@@ -66,6 +68,26 @@ def percentile(values: list[float], p: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user and system) another process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(
+    run: Callable[[], tuple[int, float]], processes: dict[str, int]
+) -> tuple[float, dict[str, float]]:
+    """Call `run`, which returns (jobs done, seconds taken): jobs a second, and
+    what each party spent on a job in CPU microseconds: "callers" (this
+    process) and each of `processes` (name -> pid)."""
+    before = {name: process_cpu(pid) for name, pid in processes.items()}
+    callers_before = time.process_time()
+    jobs, seconds = run()
+    spent = {"callers": time.process_time() - callers_before}
+    spent.update({name: process_cpu(pid) - before[name] for name, pid in processes.items()})
+    return jobs / seconds, {name: cpu / max(1, jobs) * 1e6 for name, cpu in spent.items()}
 
 
 def scratch() -> Path:

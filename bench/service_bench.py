@@ -6,8 +6,10 @@ enqueue rate, ListJobs latency with 100k jobs stored for one user.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
+from collections.abc import Callable
 
 from common import (
     COUNTER,
@@ -15,6 +17,7 @@ from common import (
     ServerProcess,
     ServerThread,
     make_settings,
+    measured,
     median,
     noop,
     percentile,
@@ -55,47 +58,46 @@ def commands_per_rpc(server: ServerThread) -> dict[str, int]:
         return table
 
 
-def submit_rate(server: ServerThread | ServerProcess) -> float:
-    clients = [server.client(f"load{i}") for i in range(CALLERS)]
-    count = [0] * CALLERS
+def hammer(calls: list[Callable[[], object]]) -> tuple[int, float]:
+    """Each of `calls` in a thread of its own, over and over for SECONDS:
+    (calls made, seconds taken)."""
+    done = [0] * len(calls)
     deadline = time.monotonic() + SECONDS
 
     def caller(i: int) -> None:
         while time.monotonic() < deadline:
-            clients[i].submit("topic", topic="throughput")
-            count[i] += 1
+            calls[i]()
+            done[i] += 1
 
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(CALLERS)]
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(len(calls))]
     started = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return sum(count) / (time.monotonic() - started)
+    return sum(done), time.monotonic() - started
 
 
-def rq_rate(redis: Redis) -> float:
+def submit_jobs(server: ServerThread | ServerProcess, callers: int = CALLERS) -> tuple[int, float]:
+    """SubmitJob from `callers` threads, each with a channel of its own."""
+    clients = [server.client(f"load{i}") for i in range(callers)]
+    try:
+        return hammer([functools.partial(c.submit, "topic", topic="throughput") for c in clients])
+    finally:
+        for c in clients:
+            c.close()
+
+
+def rq_enqueues(redis: Redis) -> tuple[int, float]:
+    """RQ's enqueue of a no-op job from CALLERS threads, each with a connection of its own."""
     import redis as redis_lib
     from rq import Queue
 
     queues = [Queue("bench", connection=redis_lib.Redis(port=redis.port)) for _ in range(CALLERS)]
-    count = [0] * CALLERS
-    deadline = time.monotonic() + SECONDS
-
-    def caller(i: int) -> None:
-        while time.monotonic() < deadline:
-            queues[i].enqueue(noop)
-            count[i] += 1
-
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(CALLERS)]
-    started = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    rate = sum(count) / (time.monotonic() - started)
-    redis.client.flushall()
-    return rate
+    try:
+        return hammer([functools.partial(q.enqueue, noop) for q in queues])
+    finally:
+        redis.client.flushall()
 
 
 def list_latency(mongo_uri: str, settings_dir: object) -> tuple[list[float], list[float]]:
@@ -155,16 +157,32 @@ def main() -> None:
     with server.client("bench") as c:
         c.submit("topic", topic="keeps the dispatcher busy", extra={"demo_seconds": "3600"})
     redis = Redis()
+    assert server.process is not None and mongo.process is not None
+    ours_parties = {"server": server.process.pid, "nx-27017": mongo.process.pid}
+    rq_parties = {"redis-server": redis.process.pid}
     ours, theirs = [], []
-    for _ in range(RUNS):
-        ours.append(submit_rate(server))
-        theirs.append(rq_rate(redis))
+    for _ in range(RUNS):  # alternated, so that both see the same machine
+        ours.append(measured(lambda: submit_jobs(server), ours_parties))
+        theirs.append(measured(lambda: rq_enqueues(redis), rq_parties))
+    # With callers enough to keep both cores busy: the most this machine gives.
+    saturated = [measured(lambda: submit_jobs(server, 4 * CALLERS), ours_parties) for _ in range(3)]
     redis.stop()
     server.terminate()
-    print(f"SubmitJob, {CALLERS} concurrent callers, {RUNS} runs of {SECONDS:g} s:")
-    print(f"  genjobs  median {median(ours):7.0f} jobs/s  runs {[round(x) for x in ours]}")
-    print(f"  RQ       median {median(theirs):7.0f} jobs/s  runs {[round(x) for x in theirs]}")
-    print(f"  ratio    {median(ours) / median(theirs):.2f}x RQ", flush=True)
+    print(f"SubmitJob, {CALLERS} concurrent callers, {RUNS} runs of {SECONDS:g} s, alternated with RQ:")
+    for name, runs in (("genjobs", ours), ("RQ", theirs)):
+        rates = [rate for rate, _ in runs]
+        print(f"  {name:<8} median {median(rates):7.0f} jobs/s  runs {[round(x) for x in rates]}")
+    ratio = median([r for r, _ in ours]) / median([r for r, _ in theirs])
+    print(f"  ratio    {ratio:.2f}x RQ")
+    print("  CPU per job, median of the runs (callers: this process's threads):")
+    for name, runs in (("genjobs", ours), ("RQ", theirs)):
+        parties = runs[0][1]
+        spent = {party: median([cpu[party] for _, cpu in runs]) for party in parties}
+        shares = "  ".join(f"{party} {us:4.0f} µs" for party, us in spent.items())
+        print(f"  {name:<8} {shares}  = {sum(spent.values()):4.0f} µs")
+    rates = [rate for rate, _ in saturated]
+    runs_text = [round(x) for x in rates]
+    print(f"  genjobs with {4 * CALLERS} callers: median {median(rates):.0f} jobs/s  runs {runs_text}")
     firsts, nexts = list_latency(mongo.uri, None)
     print("ListJobs with 100,000 jobs stored for one user (page size 50):")
     print(f"  first page  p50 {percentile(firsts, 50):6.1f} ms  p99 {percentile(firsts, 99):6.1f} ms")
