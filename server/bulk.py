@@ -199,14 +199,17 @@ class Bulks:
         )
         view = self.get(caller, bulk_id)
         # Hold the queued items first, so the dispatcher starts none of them
-        # while they are cancelled one by one; stop the running one last.
+        # while they are cancelled one by one; stop the running one last. The
+        # items are read again once held: one the dispatcher started just
+        # before the hold is running now, and must be stopped, not skipped.
         self.store.set_item_lanes(_ids(view), [READY, BACKOFF], HELD)
-        for item in view.items:
+        items = self.store.bulk_items([bulk_id])
+        for item in items:
             if item["status"] == str(Status.QUEUED):
                 cancelled = self.store.cancel_queued(item["_id"])
                 if cancelled is not None:
                     self.jobs.publish(cancelled, STATUS_CHANGED)
-        for item in view.items:
+        for item in items:
             if item["status"] == str(Status.PROCESSING):
                 with contextlib.suppress(ServiceError):  # it finished meanwhile
                     self.jobs.cancel(caller, str(item["_id"]))
