@@ -24,12 +24,12 @@ from server.config import Settings
 from server.dispatcher import Dispatcher
 from server.embedded import EmbeddedMongo
 from server.eventlog import EventLog
-from server.events import Event, EventHub
+from server.events import EventHub
 from server.generators import make_generator
 from server.jobs import Jobs
 from server.servicers.bulk import BulkServicer
 from server.servicers.jobs import JobServicer
-from server.store import SNAPSHOT, Store, final
+from server.store import Store
 from server.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -194,24 +194,7 @@ class App:
         while True:
             await asyncio.sleep(self.settings.poll_seconds)
             try:
-                await self._poll_once()
+                await self.jobs.poll_remote()
                 await self.bulks.poll_remote()
             except PyMongoError as exc:
                 log.debug("remote event poll failed: %s", exc)
-
-    async def _poll_once(self) -> None:
-        ids = self.hub.watched("job:")
-        if not ids:
-            return
-        docs = await asyncio.to_thread(self.store.jobs_by_ids, ids)
-        for doc in docs:
-            key = f"job:{doc['_id']}"
-            last = self.hub.last_seq(key)
-            if doc["seq"] <= last:
-                continue
-            stored = await asyncio.to_thread(self.store.events_after, str(doc["_id"]), last)
-            for event in stored:
-                self.hub.deliver(Event(key, event["seq"], event, final(event["job"]["status"])))
-            if doc["seq"] > (stored[-1]["seq"] if stored else last):
-                snapshot = self.store.event_doc(doc, SNAPSHOT)
-                self.hub.deliver(Event(key, doc["seq"], snapshot, final(doc["status"])))

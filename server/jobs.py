@@ -8,6 +8,7 @@ concurrent submits share one insert (see `store.LoopInsert`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,7 +19,7 @@ from server.errors import FieldViolation, invalid
 from server.eventlog import EventLog
 from server.events import Event, EventHub
 from server.states import Status
-from server.store import STATUS_CHANGED, Doc, JobFilter, Page, Store, final
+from server.store import SNAPSHOT, STATUS_CHANGED, Doc, JobFilter, Page, Store, final
 
 MAX_BULK_OPERATION = 100
 SAMPLE_SIZE = 10
@@ -97,6 +98,25 @@ class Jobs:
         self.hub.publish(Event(f"job:{event['job_id']}", event["seq"], event, final(doc["status"])))
         for callback in self.on_change:
             callback(doc, kind)
+
+    async def poll_remote(self) -> None:
+        """Other replicas' changes to watched jobs reach this server's watchers here:
+        stored events fill in the steps, a snapshot the rest."""
+        ids = self.hub.watched("job:")
+        if not ids:
+            return
+        docs = await asyncio.to_thread(self.store.jobs_by_ids, ids)
+        for doc in docs:
+            key = f"job:{doc['_id']}"
+            last = self.hub.last_seq(key)
+            if doc["seq"] <= last:
+                continue
+            stored = await asyncio.to_thread(self.store.events_after, str(doc["_id"]), last)
+            for event in stored:
+                self.hub.deliver(Event(key, event["seq"], event, final(event["job"]["status"])))
+            if doc["seq"] > (stored[-1]["seq"] if stored else last):
+                snapshot = self.store.event_doc(doc, SNAPSHOT)
+                self.hub.deliver(Event(key, doc["seq"], snapshot, final(doc["status"])))
 
     # ---- RPCs -----------------------------------------------------------
 
