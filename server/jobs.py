@@ -33,30 +33,23 @@ OPERATION_STATUS = {
 
 
 class Wakeable(Protocol):
-    """What the jobs layer needs of a dispatcher."""
+    """What the jobs layer needs of a dispatcher (the bodies are the do-nothing stand-in's)."""
 
     def offer(self, ck: int, oid: Any) -> None:
         """A job was queued."""
+        return None
 
     def wake(self) -> None:
         """Look at the queue again."""
+        return None
 
     def request_cancel(self, job_id: str) -> bool:
-        """Stop `job_id` if it runs here."""
-
-
-class NoDispatcher:
-    """Stands in until the server attaches its dispatcher."""
-
-    def offer(self, ck: int, oid: Any) -> None:
-        """A job was queued."""
-
-    def wake(self) -> None:
-        """Look at the queue again."""
-
-    def request_cancel(self, job_id: str) -> bool:
-        """Stop `job_id` if it runs here."""
+        """Stop `job_id` if it runs here; whether it did."""
         return False
+
+
+class NoDispatcher(Wakeable):
+    """Stands in until the server attaches its dispatcher: does nothing."""
 
 
 @dataclass
