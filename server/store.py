@@ -27,6 +27,7 @@ import pymongo
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
@@ -124,6 +125,7 @@ class LoopInsert:
         self._connect = lambda: pymongo.AsyncMongoClient(uri, **options)
         self._names = (db_name, collection)
         self._client: pymongo.AsyncMongoClient[Doc] | None = None
+        self._collection: AsyncCollection[Doc] | None = None  # kept: pymongo builds a new one on each lookup
         self._pending: list[tuple[Doc, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
 
@@ -143,9 +145,10 @@ class LoopInsert:
             await self._flush(batch)
 
     async def _flush(self, batch: list[tuple[Doc, asyncio.Future[None]]]) -> None:
-        if self._client is None:  # made on the loop that uses it
+        if self._collection is None:  # made on the loop that uses it
             self._client = self._connect()
-        collection = self._client[self._names[0]][self._names[1]]
+            self._collection = self._client[self._names[0]][self._names[1]]
+        collection = self._collection
         failed: dict[int, BaseException] = {}
         try:
             await collection.insert_many([doc for doc, _ in batch], ordered=False)
