@@ -155,8 +155,8 @@ class Bulks:
         # Items first: the bulk job's sequence is then at least that of every
         # change the counts include, so a watcher starting from this view
         # skips no later event and sees no earlier (smaller) count after it.
-        # The items are returned only if the owner's query finds the bulk job.
-        items = self.store.bulk_items([bulk_id])
+        # Both queries carry the owner: another user's bulk job is NOT_FOUND.
+        items = self.store.bulk_items([bulk_id], caller.owner_filter)
         return summarize(self.store.get_bulk(caller.owner_filter, bulk_id), items)
 
     def list_bulk(

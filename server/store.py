@@ -217,11 +217,15 @@ class BulkQueries:
             raise not_found("bulk job", bulk_id)
         return found
 
-    def bulk_items(self, bulk_ids: list[str]) -> list[Doc]:
-        """Every job of these bulk jobs (retries included), without their content."""
+    def bulk_items(self, bulk_ids: list[str], owner: str | None = None) -> list[Doc]:
+        """Every job of these bulk jobs (retries included), without their content;
+        only `owner`'s when given."""
+        query: Doc = {"bulk_job_id": {"$in": bulk_ids}}
+        if owner is not None:
+            query["owner"] = owner
         return list(
             self.jobs.find(
-                {"bulk_job_id": {"$in": bulk_ids}},
+                query,
                 {
                     "status": 1,
                     "queue_position": 1,
