@@ -178,8 +178,7 @@ class Bulks:
         self.store.bulk_transition(
             caller.owner_filter, bulk_id, BulkAction.PAUSE, {"status": str(BulkStatus.PAUSED)}
         )
-        view = self.get(caller, bulk_id)
-        self.store.set_item_lanes(_ids(view), [READY, BACKOFF], HELD)
+        self._move_items(bulk_id, [READY, BACKOFF], HELD)
         return self._publish(self.get(caller, bulk_id))
 
     def resume(self, caller: Caller, bulk_id: str) -> BulkView:
@@ -187,8 +186,7 @@ class Bulks:
         current = self.store.get_bulk(caller.owner_filter, bulk_id)
         status = BulkStatus.PROCESSING if current.get("started_us") else BulkStatus.QUEUED
         self.store.bulk_transition(caller.owner_filter, bulk_id, BulkAction.RESUME, {"status": str(status)})
-        view = self.get(caller, bulk_id)
-        self.store.set_item_lanes(_ids(view), [HELD], READY)
+        self._move_items(bulk_id, [HELD], READY)
         self.jobs.dispatcher.wake()
         return self._publish(self.get(caller, bulk_id))
 
@@ -197,12 +195,11 @@ class Bulks:
         self.store.bulk_transition(
             caller.owner_filter, bulk_id, BulkAction.CANCEL, {"status": str(BulkStatus.CANCELLED)}
         )
-        view = self.get(caller, bulk_id)
         # Hold the queued items first, so the dispatcher starts none of them
         # while they are cancelled one by one; stop the running one last. The
         # items are read again once held: one the dispatcher started just
         # before the hold is running now, and must be stopped, not skipped.
-        self.store.set_item_lanes(_ids(view), [READY, BACKOFF], HELD)
+        self._move_items(bulk_id, [READY, BACKOFF], HELD)
         items = self.store.bulk_items([bulk_id])
         for item in items:
             if item["status"] == str(Status.QUEUED):
@@ -214,6 +211,11 @@ class Bulks:
                 with contextlib.suppress(ServiceError):  # it finished meanwhile
                     self.jobs.cancel(caller, str(item["_id"]))
         return self._settle(ObjectId(bulk_id), self.store.bulk_items([bulk_id])) or self.get(caller, bulk_id)
+
+    def _move_items(self, bulk_id: str, lanes: list[str], lane: str) -> None:
+        """Move this bulk job's still-queued items from any of `lanes` to `lane`
+        (called after the owner's transition of the bulk job succeeded)."""
+        self.store.set_item_lanes([item["_id"] for item in self.store.bulk_items([bulk_id])], lanes, lane)
 
     def notifications(self, caller: Caller, size: int, token: str) -> Page:
         """A page of the caller's notifications."""
@@ -337,10 +339,6 @@ class Bulks:
                     "at_us": clock.now_us(),
                 }
                 self.hub.deliver(Event(key, doc["seq"], payload, final))
-
-
-def _ids(view: BulkView) -> list[ObjectId]:
-    return [item["_id"] for item in view.items]
 
 
 def is_final(view: BulkView) -> bool:

@@ -122,10 +122,9 @@ class LoopInsert:
     """
 
     def __init__(self, uri: str, db_name: str, collection: str, **options: Any) -> None:
-        self._connect = lambda: pymongo.AsyncMongoClient(uri, **options)
-        self._names = (db_name, collection)
-        self._client: pymongo.AsyncMongoClient[Doc] | None = None
-        self._collection: AsyncCollection[Doc] | None = None  # kept: pymongo builds a new one on each lookup
+        self._open = lambda: pymongo.AsyncMongoClient(uri, **options)[db_name][collection]
+        # Opened once, on the loop that uses it (pymongo builds a new one on each lookup).
+        self._collection: AsyncCollection[Doc] | None = None
         self._pending: list[tuple[Doc, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
 
@@ -145,9 +144,8 @@ class LoopInsert:
             await self._flush(batch)
 
     async def _flush(self, batch: list[tuple[Doc, asyncio.Future[None]]]) -> None:
-        if self._collection is None:  # made on the loop that uses it
-            self._client = self._connect()
-            self._collection = self._client[self._names[0]][self._names[1]]
+        if self._collection is None:
+            self._collection = self._open()
         collection = self._collection
         failed: dict[int, BaseException] = {}
         try:
@@ -168,8 +166,8 @@ class LoopInsert:
 
     async def close(self) -> None:
         """Close the async client's connections."""
-        if self._client is not None:
-            await self._client.close()
+        if self._collection is not None:
+            await self._collection.database.client.close()
 
 
 class BulkQueries:
