@@ -106,6 +106,7 @@ class App:
             retry_base_seconds=settings.retry_base_seconds,
             # Often enough that a completed job outlives its retention by at most a quarter.
             sweep_seconds=min(60.0, settings.retention_days * 86400 / 4),
+            sweepers=[self.bulks.recover],
         )
         self.jobs.dispatcher = self.dispatcher
 

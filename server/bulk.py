@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
 
 from bson import ObjectId
 
@@ -25,6 +24,8 @@ from server.states import BULK_FINAL, BulkAction, BulkStatus, Status
 from server.store import BACKOFF, HELD, READY, STATUS_CHANGED, Doc, Page, Store
 from server.webhooks import WebhookSender
 
+# Bulk event kinds (BulkJobEventType without its prefix); STATUS_CHANGED is the store's.
+SNAPSHOT, ITEM_CHANGED, COMPLETED = "SNAPSHOT", "ITEM_CHANGED", "COMPLETED"
 _OPEN = [str(BulkStatus.QUEUED), str(BulkStatus.PROCESSING), str(BulkStatus.PAUSED)]
 
 
@@ -179,7 +180,7 @@ class Bulks:
             caller.owner_filter, bulk_id, BulkAction.PAUSE, {"status": str(BulkStatus.PAUSED)}
         )
         self._move_items(bulk_id, [READY, BACKOFF], HELD)
-        return self._publish(self.get(caller, bulk_id))
+        return self._publish(self.get(caller, bulk_id), STATUS_CHANGED)
 
     def resume(self, caller: Caller, bulk_id: str) -> BulkView:
         """Go on at the next queued item."""
@@ -188,7 +189,7 @@ class Bulks:
         self.store.bulk_transition(caller.owner_filter, bulk_id, BulkAction.RESUME, {"status": str(status)})
         self._move_items(bulk_id, [HELD], READY)
         self.jobs.dispatcher.wake()
-        return self._publish(self.get(caller, bulk_id))
+        return self._publish(self.get(caller, bulk_id), STATUS_CHANGED)
 
     def cancel(self, caller: Caller, bulk_id: str) -> BulkView:
         """Cancel the queued items and stop the running one."""
@@ -210,7 +211,8 @@ class Bulks:
             if item["status"] == str(Status.PROCESSING):
                 with contextlib.suppress(ServiceError):  # it finished meanwhile
                     self.jobs.cancel(caller, str(item["_id"]))
-        return self._settle(ObjectId(bulk_id), self.store.bulk_items([bulk_id])) or self.get(caller, bulk_id)
+        bulk = self.store.get_bulk(caller.owner_filter, bulk_id)
+        return self._settle(bulk, self.store.bulk_items([bulk_id])) or self.get(caller, bulk_id)
 
     def _move_items(self, bulk_id: str, lanes: list[str], lane: str) -> None:
         """Move this bulk job's still-queued items from any of `lanes` to `lane`
@@ -244,43 +246,60 @@ class Bulks:
         # every change up to its sequence, so counts never go backwards for a
         # watcher that started from a view (`get` reads in the other order).
         bumped = self.store.bump_bulk(bulk_oid)
+        if bumped is None:
+            return
         items = self.store.bulk_items([job["bulk_job_id"]])
-        if self._settle(bulk_oid, items) is None and bumped is not None:
-            self._publish(summarize(bumped, items))
+        if self._settle(bumped, items) is None:
+            self._publish(summarize(bumped, items), ITEM_CHANGED)
 
-    def _settle(self, bulk_oid: ObjectId, items: list[Doc]) -> BulkView | None:
-        """Complete the bulk job if every one of its `items` is final; the view when it did."""
-        bulk_id = str(bulk_oid)
-        doc = self.store.bulk_docs([bulk_id])
-        if not doc:
-            return None
-        view = summarize(doc[0], items)
+    def recover(self) -> None:
+        """Finish what a stopped server left half done: settle bulk jobs whose
+        items all ended, and store the notifications of those that completed.
+        The dispatcher's leader runs it at start-up and then once a sweep."""
+        for doc in self.store.unsettled_bulks():
+            self._settle(doc, self.store.bulk_items([str(doc["_id"])]))
+        # Older than a moment: the server settling one now stores its own.
+        for doc in self.store.unstored_notifications(clock.now_us() - 10_000_000):
+            self._store_notification(doc)
+
+    def _settle(self, doc: Doc, items: list[Doc]) -> BulkView | None:
+        """Complete the bulk job `doc` if every one of its `items` is final; the view when it did."""
+        view = summarize(doc, items)
         if not view.all_final:
             return None
         now_us = clock.now_us()
-        # One conditional update decides who settles it: only that caller notifies.
-        if doc[0]["status"] == str(BulkStatus.CANCELLED):
-            changed = self.store.bulk_status_change(
-                bulk_oid, [str(BulkStatus.CANCELLED)], {"ended_us": now_us, "settled": True}
+        # One conditional update decides who settles it, and it carries the
+        # notification: every watcher, on any replica, sees both together.
+        if doc["status"] == str(BulkStatus.CANCELLED):
+            settled = self.store.bulk_status_change(
+                doc["_id"], [str(BulkStatus.CANCELLED)], {"ended_us": now_us, "settled": True}
             )
         else:
-            changed = self.store.bulk_status_change(
-                bulk_oid, _OPEN, {"status": str(BulkStatus.COMPLETED), "ended_us": now_us, "settled": True}
+            settled = self.store.bulk_status_change(
+                doc["_id"],
+                _OPEN,
+                {
+                    "status": str(BulkStatus.COMPLETED),
+                    "ended_us": now_us,
+                    "settled": True,
+                    "notification": self._notification(view, now_us),
+                    "notification_pending": True,
+                },
             )
-        if not changed:
+        if settled is None:
             return None
-        settled = summarize(self.store.bulk_docs([bulk_id])[0], [*view.items])
-        notification = self._notify(settled) if settled.doc["status"] == str(BulkStatus.COMPLETED) else None
-        return self._publish(settled, notification)
+        if settled.get("notification_pending"):
+            self._store_notification(settled)
+        return self._publish(summarize(settled, view.items), STATUS_CHANGED)
 
-    def _notify(self, view: BulkView) -> Doc:
+    def _notification(self, view: BulkView, now_us: int) -> Doc:
+        """The notification a bulk job completing now sends its owner."""
         doc = view.doc
-        now_us = clock.now_us()
         message = (
             f"Bulk job {doc['_id']} completed: {view.completed} of {view.total} items succeeded, "
             f"{view.failed} failed, {view.cancelled} cancelled."
         )
-        notification = {
+        return {
             "_id": ObjectId(),
             "owner": doc["owner"],
             "bulk_job_id": str(doc["_id"]),
@@ -303,22 +322,18 @@ class Bulks:
                 "completed_at_us": now_us,
             },
         }
+
+    def _store_notification(self, bulk: Doc) -> None:
+        """Put a completed bulk job's notification in `notifications` (once:
+        its id is fixed) and hand it to the webhook sender."""
+        notification = bulk["notification"]
         self.store.insert_notification(notification)
+        self.store.notification_stored(bulk)
         if notification["delivery"] == "pending":
             self.webhooks.wake()
-        return notification
 
-    def _publish(self, view: BulkView, notification: Doc | None = None) -> BulkView:
-        doc = view.doc
-        final = doc["status"] in {str(s) for s in BULK_FINAL} and view.all_final
-        kind = "COMPLETED" if notification else ("STATUS_CHANGED" if final else "ITEM_CHANGED")
-        payload: dict[str, Any] = {
-            "view": view,
-            "kind": kind,
-            "notification": notification,
-            "at_us": clock.now_us(),
-        }
-        self.hub.publish(Event(f"bulk:{doc['_id']}", doc["seq"], payload, final))
+    def _publish(self, view: BulkView, kind: str) -> BulkView:
+        self.hub.publish(bulk_event(view, kind))
         return view
 
     async def poll_remote(self) -> None:
@@ -327,18 +342,29 @@ class Bulks:
         if not ids:
             return
         for doc in await asyncio.to_thread(self.store.bulk_docs, ids):
-            key = f"bulk:{doc['_id']}"
-            if doc["seq"] > self.hub.last_seq(key):
+            if doc["seq"] > self.hub.last_seq(f"bulk:{doc['_id']}"):
                 items = await asyncio.to_thread(self.store.bulk_items, [str(doc["_id"])])
-                view = summarize(doc, items)
-                final = doc["status"] in {str(s) for s in BULK_FINAL} and view.all_final
-                payload = {
-                    "view": view,
-                    "kind": "STATUS_CHANGED" if final else "ITEM_CHANGED",
-                    "notification": None,
-                    "at_us": clock.now_us(),
-                }
-                self.hub.deliver(Event(key, doc["seq"], payload, final))
+                self.hub.deliver(bulk_event(summarize(doc, items), ITEM_CHANGED))
+
+
+def bulk_event(view: BulkView, kind: str) -> Event:
+    """`view` as an event for watchers: of `kind` (SNAPSHOT, ITEM_CHANGED or
+    STATUS_CHANGED) while the bulk job runs; once it is final, STATUS_CHANGED
+    (SNAPSHOT for a watcher arriving later) or, when it completed, COMPLETED
+    with its notification, whichever path (local, poller, snapshot) built it."""
+    final = is_final(view)
+    notification = view.doc.get("notification") if final else None
+    if notification and view.doc["status"] == str(BulkStatus.COMPLETED):
+        kind = COMPLETED
+    elif final and kind == ITEM_CHANGED:
+        kind = STATUS_CHANGED
+    payload: Doc = {
+        "view": view,
+        "kind": kind,
+        "notification": notification if kind == COMPLETED else None,
+        "at_us": clock.now_us(),
+    }
+    return Event(f"bulk:{view.doc['_id']}", view.doc["seq"], payload, final)
 
 
 def is_final(view: BulkView) -> bool:

@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,8 +73,8 @@ class Dispatcher:
         lease_seconds: float = 10.0,
         poll_seconds: float = 0.5,
         retry_base_seconds: float = 1.0,
-        on_final: Callable[[Doc], None] | None = None,
         sweep_seconds: float = 60.0,
+        sweepers: Sequence[Callable[[], None]] = (),
     ) -> None:
         self.store = store
         self.generator = generator
@@ -83,8 +83,8 @@ class Dispatcher:
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.retry_base_seconds = retry_base_seconds
-        self.on_final = on_final or (lambda doc: None)
         self.sweep_seconds = sweep_seconds
+        self.sweepers = sweepers
         self._last_sweep = 0.0
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -214,7 +214,8 @@ class Dispatcher:
                 self._stopping.wait(0.5)
 
     def _housekeeping(self) -> bool:
-        """Recover lapsed runs and promote due retries; False while another
+        """Recover lapsed runs and promote due retries, and once a sweep
+        interval purge expired jobs and run the sweepers; False while another
         server's run still holds a live lease (one job at a time)."""
         now = time.monotonic()
         if not self._needs_recovery and now - self._last_housekeeping < HOUSEKEEPING_INTERVAL:
@@ -235,6 +236,8 @@ class Dispatcher:
             purged = self.store.purge_expired(now_us)
             if purged:
                 log.info("retention: removed %d completed jobs", purged)
+            for sweep in self.sweepers:
+                sweep()
         self._needs_recovery = busy_elsewhere
         return not busy_elsewhere
 
@@ -260,7 +263,7 @@ class Dispatcher:
         after = self.store.fenced_update(doc["_id"], doc["epoch"], changes)
         if after is not None:
             log.warning("job %s lost its worker; now %s", doc["_id"], after["status"])
-            self._emit(after, STATUS_CHANGED)
+            self.record(after, STATUS_CHANGED)
             if after["status"] == str(Status.QUEUED):
                 self.wake()
 
@@ -297,7 +300,7 @@ class Dispatcher:
         run = _Run(job["_id"], job["epoch"])
         self._run = run
         try:
-            self._emit(job, STATUS_CHANGED)
+            self.record(job, STATUS_CHANGED)
             spec = JobSpec(str(job["_id"]), job["owner"], job["mode"], job["params"], job["attempt"])
             reporter = _ProgressWriter(self, run, job)
             try:
@@ -372,12 +375,7 @@ class Dispatcher:
         if after is None:
             log.warning("job %s was taken over; this run's outcome is dropped", run.oid)
             return
-        self._emit(after, STATUS_CHANGED)
-
-    def _emit(self, doc: Doc, kind: str) -> None:
-        self.record(doc, kind)
-        if kind == STATUS_CHANGED and doc["status"] != str(Status.PROCESSING):
-            self.on_final(doc)
+        self.record(after, STATUS_CHANGED)
 
 
 class _ProgressWriter:

@@ -108,7 +108,8 @@ class Jobs:
             for event in stored:
                 self.hub.deliver(Event(key, event["seq"], event, final(event["job"]["status"])))
             if doc["seq"] > (stored[-1]["seq"] if stored else last):
-                snapshot = self.store.event_doc(doc, SNAPSHOT)
+                # A final job's last change was its final status.
+                snapshot = self.store.event_doc(doc, STATUS_CHANGED if final(doc["status"]) else SNAPSHOT)
                 self.hub.deliver(Event(key, doc["seq"], snapshot, final(doc["status"])))
 
     # ---- RPCs -----------------------------------------------------------

@@ -276,13 +276,14 @@ class BulkQueries:
             return_document=ReturnDocument.AFTER,
         )
 
-    def bulk_status_change(self, bulk_oid: ObjectId, from_statuses: list[str], changes: Doc) -> bool:
-        """Conditionally move an unsettled bulk job between statuses (item accounting)."""
-        result = self.bulk_jobs.update_one(
+    def bulk_status_change(self, bulk_oid: ObjectId, from_statuses: list[str], changes: Doc) -> Doc | None:
+        """Conditionally move an unsettled bulk job between statuses (item
+        accounting); the bulk job after the change, None when it did not apply."""
+        return self.bulk_jobs.find_one_and_update(
             {"_id": bulk_oid, "status": one_of(from_statuses), "settled": False},
             {"$set": {**changes, "updated_us": clock.now_us()}, "$inc": {"seq": 1}},
+            return_document=ReturnDocument.AFTER,
         )
-        return result.modified_count == 1
 
     def reopen_bulk(self, bulk_oid: ObjectId) -> None:
         """A completed bulk job got a new item (a retry): it runs again."""
@@ -314,7 +315,23 @@ class BulkQueries:
         """The current documents of these bulk jobs (the remote-event poller)."""
         return list(self.bulk_jobs.find({"_id": {"$in": [ObjectId(i) for i in ids if ObjectId.is_valid(i)]}}))
 
+    def unsettled_bulks(self) -> list[Doc]:
+        """Bulk jobs not yet settled: running, paused, or cancelled with items still open."""
+        return list(self.bulk_jobs.find({"settled": False}))
+
     # ---- notifications ----------------------------------------------------
+
+    def unstored_notifications(self, ended_before_us: int) -> list[Doc]:
+        """Bulk jobs that completed before `ended_before_us` whose notification
+        is not yet in `notifications` (the server settling them stopped)."""
+        return list(self.bulk_jobs.find({"notification_pending": True, "ended_us": {"$lt": ended_before_us}}))
+
+    def notification_stored(self, bulk: Doc) -> None:
+        """The notification `bulk` completed with is in `notifications` now."""
+        self.bulk_jobs.update_one(
+            {"_id": bulk["_id"], "ended_us": bulk["ended_us"], "notification_pending": True},
+            {"$set": {"notification_pending": False}},
+        )
 
     def insert_notification(self, doc: Doc) -> None:
         """Store a notification (one per bulk job completion)."""
@@ -388,6 +405,8 @@ class Store(BulkQueries):
         self.bulk_jobs.create_index([("request_key", 1)], unique=True)
         self.notifications.create_index([("owner", 1), ("ck", 1)])
         self.notifications.create_index([("delivery", 1)])
+        self.bulk_jobs.create_index([("settled", 1)])  # bulk recovery after a crash
+        self.bulk_jobs.create_index([("notification_pending", 1)])
 
     def drop_ttl_indexes(self) -> None:
         """Remove TTL indexes left by earlier versions.

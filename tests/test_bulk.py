@@ -7,11 +7,14 @@ import hmac
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pymongo
 import pytest
+from bson import ObjectId
 from genjobs.v1 import bulk_pb2, jobs_pb2
 
 from client import FailedPrecondition, GenJobsClient, InvalidArgument, NotFound
@@ -122,6 +125,65 @@ def test_pause_survives_a_restart_then_resume_completes(mongo: MongoServer, tmp_
             assert done.completed_items == 10
     finally:
         second.stop()
+
+
+def test_bulk_work_a_crash_left_half_done_is_finished_by_the_next_server(
+    mongo: MongoServer, tmp_path: Path
+) -> None:
+    settings = make_settings(mongo.uri, tmp_path)
+    first = ServerThread(settings).start()
+    with first.client() as alice:
+        unsettled, unnotified = (alice.create_bulk("topic", items(10)).id for _ in range(2))
+        for bulk_id in (unsettled, unnotified):
+            wait_for(lambda b=bulk_id: bulk_status(alice, b, B.BULK_JOB_STATUS_COMPLETED), timeout=30)
+    first.stop()
+    # What a server killed at the wrong moment leaves: every item ended but the
+    # bulk job still running; or the bulk job completed but its notification unstored.
+    db = pymongo.MongoClient(mongo.uri)[settings.db_name]
+    db.bulk_jobs.update_one(
+        {"_id": ObjectId(unsettled)},
+        {"$set": {"status": "PROCESSING", "settled": False, "ended_us": 0, "notification_pending": False}},
+    )
+    db.bulk_jobs.update_one(
+        {"_id": ObjectId(unnotified)}, {"$set": {"notification_pending": True, "ended_us": 1}}
+    )
+    db.notifications.delete_many({})
+    second = ServerThread(settings).start()
+    try:
+        with second.client() as alice:
+            done = wait_for(lambda: bulk_status(alice, unsettled, B.BULK_JOB_STATUS_COMPLETED))
+            assert done.completed_items == 10 and done.end_time.seconds > 0
+            notes = wait_for(lambda: len(n := alice.notifications().notifications) == 2 and n)
+            assert sorted(n.bulk_job_id for n in notes) == sorted([unsettled, unnotified])
+            assert all("10 of 10" in n.message for n in notes)
+            final = list(alice.watch_bulk(unsettled))[-1]  # a late watcher gets the notification too
+            assert final.type == B.BULK_JOB_EVENT_TYPE_COMPLETED
+            assert final.notification.bulk_job_id == unsettled
+    finally:
+        second.stop()
+
+
+def test_a_watcher_on_another_replica_gets_the_completion_and_its_notification(
+    mongo: MongoServer, tmp_path: Path
+) -> None:
+    settings = make_settings(mongo.uri, tmp_path)
+    running = ServerThread(settings).start()  # first up: it holds the dispatcher lease
+    try:
+        with running.client() as alice:
+            bulk = alice.create_bulk("topic", items(10, i10={"demo_seconds": "1"}))
+            wait_for(lambda: alice.get_bulk(bulk.id).items[0].status == jobs_pb2.JOB_STATUS_COMPLETED)
+        other = ServerThread(replace(settings, data_dir=tmp_path / "other")).start()
+        try:
+            with other.client() as alice:
+                events = list(alice.watch_bulk(bulk.id))
+        finally:
+            other.stop()
+    finally:
+        running.stop()
+    assert events[0].type == B.BULK_JOB_EVENT_TYPE_SNAPSHOT and events[0].bulk_job.completed_items < 10
+    assert events[-1].type == B.BULK_JOB_EVENT_TYPE_COMPLETED
+    assert events[-1].bulk_job.completed_items == 10
+    assert events[-1].notification.bulk_job_id == bulk.id and "10 of 10" in events[-1].notification.message
 
 
 def test_cancel_mid_run(alice: GenJobsClient) -> None:

@@ -7,10 +7,10 @@ import asyncio
 import grpc
 from genjobs.v1 import bulk_pb2, bulk_pb2_grpc
 
-from server import clock, convert
+from server import convert
 from server.auth import current_caller
-from server.bulk import Bulks, is_final
-from server.events import Event, EventHub
+from server.bulk import SNAPSHOT, Bulks, bulk_event, is_final
+from server.events import EventHub
 from server.servicers.common import rpc
 from server.watch import follow
 
@@ -105,10 +105,7 @@ class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
                 after = 0
             if after == seq and is_final(view):
                 return
-            replay = []
-            if seq > after or after == 0:
-                payload = {"view": view, "kind": "SNAPSHOT", "notification": None, "at_us": clock.now_us()}
-                replay.append(Event(key, seq, payload, is_final(view)))
+            replay = [bulk_event(view, SNAPSHOT)] if seq > after or after == 0 else []
             self.hub.note(key, max(after, seq))
             async for event in follow(queue, replay, after):
                 if event is None:  # a heartbeat
