@@ -184,9 +184,7 @@ class Bulks:
 
     def resume(self, caller: Caller, bulk_id: str) -> BulkView:
         """Go on at the next queued item."""
-        current = self.store.get_bulk(caller.owner_filter, bulk_id)
-        status = BulkStatus.PROCESSING if current.get("started_us") else BulkStatus.QUEUED
-        self.store.bulk_transition(caller.owner_filter, bulk_id, BulkAction.RESUME, {"status": str(status)})
+        self.store.resume_bulk(caller.owner_filter, bulk_id)
         self._move_items(bulk_id, [HELD], READY)
         self.jobs.dispatcher.wake()
         return self._publish(self.get(caller, bulk_id), STATUS_CHANGED)

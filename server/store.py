@@ -239,14 +239,33 @@ class BulkQueries:
 
     def bulk_transition(self, owner: str | None, bulk_id: str, action: BulkAction, changes: Doc) -> Doc:
         """Apply `changes` if the bulk job's status allows `action`, else explain why not."""
+        after = self._bulk_transition(owner, bulk_id, action, changes)
+        return after if after is not None else self._bulk_refusal(owner, bulk_id, action)
+
+    def resume_bulk(self, owner: str | None, bulk_id: str) -> Doc:
+        """Resume a paused bulk job: PROCESSING if an item has started, else QUEUED.
+        One conditional update for each case; a paused bulk job starts no item,
+        so which case holds cannot change between them."""
+        for started, status in (({"$gt": 0}, BulkStatus.PROCESSING), (0, BulkStatus.QUEUED)):
+            changes = {"status": str(status)}
+            after = self._bulk_transition(owner, bulk_id, BulkAction.RESUME, changes, {"started_us": started})
+            if after is not None:
+                return after
+        return self._bulk_refusal(owner, bulk_id, BulkAction.RESUME)
+
+    def _bulk_transition(
+        self, owner: str | None, bulk_id: str, action: BulkAction, changes: Doc, when: Doc | None = None
+    ) -> Doc | None:
+        """Apply `changes` if the bulk job's status allows `action` and it matches `when`."""
         oid = parse_id(bulk_id, "bulk job")
-        after = self.bulk_jobs.find_one_and_update(
-            {**_owned(owner, oid), "status": one_of(bulk_allowed(action))},
+        return self.bulk_jobs.find_one_and_update(
+            {**_owned(owner, oid), "status": one_of(bulk_allowed(action)), **(when or {})},
             {"$set": changes, "$inc": {"seq": 1}},
             return_document=ReturnDocument.AFTER,
         )
-        if after is not None:
-            return after
+
+    def _bulk_refusal(self, owner: str | None, bulk_id: str, action: BulkAction) -> Doc:
+        """Raise why `action` does not apply to the bulk job as it is now (NOT_FOUND if it is not there)."""
         current = self.get_bulk(owner, bulk_id)
         return _raise(
             wrong_status(

@@ -186,6 +186,19 @@ def test_a_watcher_on_another_replica_gets_the_completion_and_its_notification(
     assert events[-1].notification.bulk_job_id == bulk.id and "10 of 10" in events[-1].notification.message
 
 
+def test_a_bulk_job_paused_before_it_started_resumes_queued(alice: GenJobsClient) -> None:
+    blocker = alice.submit("topic", topic="blocker", extra={"demo_seconds": "60"})
+    wait_for(lambda: alice.get(blocker.id).status == jobs_pb2.JOB_STATUS_PROCESSING)
+    bulk = alice.create_bulk("topic", items(10))
+    assert alice.pause_bulk(bulk.id).status == B.BULK_JOB_STATUS_PAUSED
+    assert alice.resume_bulk(bulk.id).status == B.BULK_JOB_STATUS_QUEUED
+    with pytest.raises(FailedPrecondition) as caught:
+        alice.resume_bulk(bulk.id)
+    assert caught.value.reason == "BULK_JOB_NOT_PAUSED"
+    alice.cancel(blocker.id)
+    assert wait_for(lambda: bulk_status(alice, bulk.id, B.BULK_JOB_STATUS_COMPLETED), timeout=30)
+
+
 def test_cancel_mid_run(alice: GenJobsClient) -> None:
     bulk = alice.create_bulk("topic", items(10, i2={"demo_seconds": "30"}))
     wait_for(lambda: alice.get_bulk(bulk.id).items[1].status == jobs_pb2.JOB_STATUS_PROCESSING)
