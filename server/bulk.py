@@ -26,6 +26,8 @@ from server.webhooks import WebhookSender
 
 # Bulk event kinds (BulkJobEventType without its prefix); STATUS_CHANGED is the store's.
 SNAPSHOT, ITEM_CHANGED, COMPLETED = "SNAPSHOT", "ITEM_CHANGED", "COMPLETED"
+# How long bulk bookkeeping may stay half done before a sweep finishes it.
+RECOVERY_DELAY_US = 10_000_000
 _OPEN = [str(BulkStatus.QUEUED), str(BulkStatus.PROCESSING), str(BulkStatus.PAUSED)]
 
 
@@ -254,10 +256,14 @@ class Bulks:
         """Finish what a stopped server left half done: settle bulk jobs whose
         items all ended, and store the notifications of those that completed.
         The dispatcher's leader runs it at start-up and then once a sweep."""
-        for doc in self.store.unsettled_bulks():
-            self._settle(doc, self.store.bulk_items([str(doc["_id"])]))
-        # Older than a moment: the server settling one now stores its own.
-        for doc in self.store.unstored_notifications(clock.now_us() - 10_000_000):
+        # Untouched for a while: a live server settles a bulk job as its last item ends.
+        settled_before_us = clock.now_us() - RECOVERY_DELAY_US
+        stale = self.store.unsettled_bulks(settled_before_us)
+        busy = self.store.bulks_with_open_items([str(d["_id"]) for d in stale]) if stale else set()
+        for doc in stale:
+            if str(doc["_id"]) not in busy:
+                self._settle(doc, self.store.bulk_items([str(doc["_id"])]))
+        for doc in self.store.unstored_notifications(settled_before_us):
             self._store_notification(doc)
 
     def _settle(self, doc: Doc, items: list[Doc]) -> BulkView | None:

@@ -334,9 +334,20 @@ class BulkQueries:
         """The current documents of these bulk jobs (the remote-event poller)."""
         return list(self.bulk_jobs.find({"_id": {"$in": [ObjectId(i) for i in ids if ObjectId.is_valid(i)]}}))
 
-    def unsettled_bulks(self) -> list[Doc]:
-        """Bulk jobs not yet settled: running, paused, or cancelled with items still open."""
-        return list(self.bulk_jobs.find({"settled": False}))
+    def unsettled_bulks(self, updated_before_us: int) -> list[Doc]:
+        """Bulk jobs not yet settled whose last change is older than `updated_before_us`."""
+        return list(self.bulk_jobs.find({"settled": False, "updated_us": {"$lt": updated_before_us}}))
+
+    def bulks_with_open_items(self, bulk_ids: list[str]) -> set[str]:
+        """Which of these bulk jobs still have a queued or processing item."""
+        open_items = self.jobs.find(
+            {
+                "bulk_job_id": {"$in": bulk_ids},
+                "status": {"$in": [str(Status.QUEUED), str(Status.PROCESSING)]},
+            },
+            {"bulk_job_id": 1},
+        )
+        return {item["bulk_job_id"] for item in open_items}
 
     # ---- notifications ----------------------------------------------------
 

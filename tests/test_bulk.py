@@ -137,12 +137,13 @@ def test_bulk_work_a_crash_left_half_done_is_finished_by_the_next_server(
         for bulk_id in (unsettled, unnotified):
             wait_for(lambda b=bulk_id: bulk_status(alice, b, B.BULK_JOB_STATUS_COMPLETED), timeout=30)
     first.stop()
-    # What a server killed at the wrong moment leaves: every item ended but the
-    # bulk job still running; or the bulk job completed but its notification unstored.
+    # What a server killed at the wrong moment leaves (some time ago): every item
+    # ended but the bulk job still running; or the bulk job completed but its
+    # notification unstored.
     db = pymongo.MongoClient(mongo.uri)[settings.db_name]
     db.bulk_jobs.update_one(
         {"_id": ObjectId(unsettled)},
-        {"$set": {"status": "PROCESSING", "settled": False, "ended_us": 0, "notification_pending": False}},
+        {"$set": {"status": "PROCESSING", "settled": False, "ended_us": 0, "updated_us": 1}},
     )
     db.bulk_jobs.update_one(
         {"_id": ObjectId(unnotified)}, {"$set": {"notification_pending": True, "ended_us": 1}}
