@@ -170,11 +170,15 @@ class Bulks:
         if bad:
             raise invalid(bad)
         page = self.store.list_bulk(caller.owner_filter, statuses, project, page_size, token)
-        ids = [str(d["_id"]) for d in page.docs]
-        by_bulk: dict[str, list[Doc]] = {i: [] for i in ids}
-        for item in self.store.bulk_items(ids) if ids else []:
-            by_bulk[item["bulk_job_id"]].append(item)
+        by_bulk = self._items_by_bulk([str(d["_id"]) for d in page.docs])
         return [summarize(d, by_bulk[str(d["_id"])]) for d in page.docs], page
+
+    def _items_by_bulk(self, bulk_ids: list[str]) -> dict[str, list[Doc]]:
+        """The item jobs of these bulk jobs, by bulk job id (one query)."""
+        by_bulk: dict[str, list[Doc]] = {i: [] for i in bulk_ids}
+        for item in self.store.bulk_items(bulk_ids) if bulk_ids else []:
+            by_bulk[item["bulk_job_id"]].append(item)
+        return by_bulk
 
     def pause(self, caller: Caller, bulk_id: str) -> BulkView:
         """No further item starts; the running one finishes. Survives restarts."""
@@ -345,10 +349,16 @@ class Bulks:
         ids = self.hub.watched("bulk:")
         if not ids:
             return
-        for doc in await asyncio.to_thread(self.store.bulk_docs, ids):
-            if doc["seq"] > self.hub.last_seq(f"bulk:{doc['_id']}"):
-                items = await asyncio.to_thread(self.store.bulk_items, [str(doc["_id"])])
-                self.hub.deliver(bulk_event(summarize(doc, items), ITEM_CHANGED))
+        docs = await asyncio.to_thread(self.store.bulk_docs, ids)
+        changed = [str(d["_id"]) for d in docs if d["seq"] > self.hub.last_seq(f"bulk:{d['_id']}")]
+        if not changed:
+            return
+        # The items, then the bulk jobs again (as `get` reads them): an event's
+        # sequence then covers every change its counts include, so a later
+        # event never carries smaller counts.
+        items = await asyncio.to_thread(self._items_by_bulk, changed)
+        for doc in await asyncio.to_thread(self.store.bulk_docs, changed):
+            self.hub.deliver(bulk_event(summarize(doc, items[str(doc["_id"])]), ITEM_CHANGED))
 
 
 def bulk_event(view: BulkView, kind: str) -> Event:
