@@ -185,13 +185,13 @@ class Bulks:
         self.store.bulk_transition(
             caller.owner_filter, bulk_id, BulkAction.PAUSE, {"status": str(BulkStatus.PAUSED)}
         )
-        self._move_items(bulk_id, [READY, BACKOFF], HELD)
+        self.store.set_item_lanes(bulk_id, [READY, BACKOFF], HELD)
         return self._publish(self.get(caller, bulk_id), STATUS_CHANGED)
 
     def resume(self, caller: Caller, bulk_id: str) -> BulkView:
         """Go on at the next queued item."""
         self.store.resume_bulk(caller.owner_filter, bulk_id)
-        self._move_items(bulk_id, [HELD], READY)
+        self.store.set_item_lanes(bulk_id, [HELD], READY)
         self.jobs.dispatcher.wake()
         return self._publish(self.get(caller, bulk_id), STATUS_CHANGED)
 
@@ -200,11 +200,17 @@ class Bulks:
         self.store.bulk_transition(
             caller.owner_filter, bulk_id, BulkAction.CANCEL, {"status": str(BulkStatus.CANCELLED)}
         )
+        self._cancel_items(caller, bulk_id)
+        bulk = self.store.get_bulk(caller.owner_filter, bulk_id)
+        return self._settle(bulk, self.store.bulk_items([bulk_id])) or self.get(caller, bulk_id)
+
+    def _cancel_items(self, caller: Caller, bulk_id: str) -> None:
+        """Cancel a cancelled bulk job's queued items and stop its running one."""
         # Hold the queued items first, so the dispatcher starts none of them
         # while they are cancelled one by one; stop the running one last. The
-        # items are read again once held: one the dispatcher started just
-        # before the hold is running now, and must be stopped, not skipped.
-        self._move_items(bulk_id, [READY, BACKOFF], HELD)
+        # items are read once held: one the dispatcher started just before
+        # the hold is running now, and must be stopped, not skipped.
+        self.store.set_item_lanes(bulk_id, [READY, BACKOFF], HELD)
         items = self.store.bulk_items([bulk_id])
         for item in items:
             if item["status"] == str(Status.QUEUED):
@@ -215,13 +221,6 @@ class Bulks:
             if item["status"] == str(Status.PROCESSING):
                 with contextlib.suppress(ServiceError):  # it finished meanwhile
                     self.jobs.cancel(caller, str(item["_id"]))
-        bulk = self.store.get_bulk(caller.owner_filter, bulk_id)
-        return self._settle(bulk, self.store.bulk_items([bulk_id])) or self.get(caller, bulk_id)
-
-    def _move_items(self, bulk_id: str, lanes: list[str], lane: str) -> None:
-        """Move this bulk job's still-queued items from any of `lanes` to `lane`
-        (called after the owner's transition of the bulk job succeeded)."""
-        self.store.set_item_lanes([item["_id"] for item in self.store.bulk_items([bulk_id])], lanes, lane)
 
     def notifications(self, caller: Caller, size: int, token: str) -> Page:
         """A page of the caller's notifications."""
@@ -258,15 +257,19 @@ class Bulks:
 
     def recover(self) -> None:
         """Finish what a stopped server left half done: settle bulk jobs whose
-        items all ended, and store the notifications of those that completed.
+        items all ended, cancel the items of cancelled ones, and store the
+        notifications of those that completed.
         The dispatcher's leader runs it at start-up and then once a sweep."""
         # Untouched for a while: a live server settles a bulk job as its last item ends.
         settled_before_us = clock.now_us() - RECOVERY_DELAY_US
         stale = self.store.unsettled_bulks(settled_before_us)
         busy = self.store.bulks_with_open_items([str(d["_id"]) for d in stale]) if stale else set()
         for doc in stale:
-            if str(doc["_id"]) not in busy:
-                self._settle(doc, self.store.bulk_items([str(doc["_id"])]))
+            bulk_id = str(doc["_id"])
+            if bulk_id not in busy:
+                self._settle(doc, self.store.bulk_items([bulk_id]))
+            elif doc["status"] == str(BulkStatus.CANCELLED):  # stopped while cancelling it
+                self._cancel_items(Caller(doc["owner"]), bulk_id)
         for doc in self.store.unstored_notifications(settled_before_us):
             self._store_notification(doc)
 

@@ -277,12 +277,10 @@ class BulkQueries:
             )
         )
 
-    def set_item_lanes(self, ids: list[ObjectId], lanes: list[str], lane: str) -> int:
-        """Move the still-queued jobs among `ids` from any of `lanes` to `lane`."""
-        if not ids:
-            return 0
+    def set_item_lanes(self, bulk_id: str, lanes: list[str], lane: str) -> int:
+        """Move a bulk job's still-queued items from any of `lanes` to `lane` (one command)."""
         result = self.jobs.update_many(
-            {"_id": {"$in": ids}, "status": str(Status.QUEUED), "queue": {"$in": lanes}},
+            {"bulk_job_id": bulk_id, "status": str(Status.QUEUED), "queue": one_of(lanes)},
             {"$set": {"queue": lane}},
         )
         return result.modified_count

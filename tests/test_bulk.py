@@ -164,6 +164,31 @@ def test_bulk_work_a_crash_left_half_done_is_finished_by_the_next_server(
         second.stop()
 
 
+def test_a_bulk_cancel_cut_short_by_a_crash_is_finished_by_the_next_server(
+    mongo: MongoServer, tmp_path: Path
+) -> None:
+    settings = make_settings(mongo.uri, tmp_path)
+    first = ServerThread(settings).start()
+    with first.client() as alice:
+        bulk = alice.create_bulk("topic", items(10, i1={"demo_seconds": "60"}))
+        wait_for(lambda: alice.get_bulk(bulk.id).items[0].status == jobs_pb2.JOB_STATUS_PROCESSING)
+        alice.pause_bulk(bulk.id)
+        alice.cancel(bulk.items[0].id)
+        wait_for(lambda: alice.get_bulk(bulk.id).cancelled_items == 1)
+    first.stop()
+    # The bulk job marked cancelled, then the server killed before its items were.
+    db = pymongo.MongoClient(mongo.uri)[settings.db_name]
+    db.bulk_jobs.update_one({"_id": ObjectId(bulk.id)}, {"$set": {"status": "CANCELLED", "updated_us": 1}})
+    second = ServerThread(settings).start()
+    try:
+        with second.client() as alice:
+            done = wait_for(lambda: (b := alice.get_bulk(bulk.id)).end_time.seconds and b)
+            assert done.status == B.BULK_JOB_STATUS_CANCELLED
+            assert (done.cancelled_items, done.completed_items, done.remaining_items) == (10, 0, 0)
+    finally:
+        second.stop()
+
+
 def test_a_watcher_on_another_replica_gets_the_completion_and_its_notification(
     mongo: MongoServer, tmp_path: Path
 ) -> None:
