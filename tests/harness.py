@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,17 @@ class ServerThread:
 
     def client(self, user: str = "alice", admin: bool = False) -> GenJobsClient:
         return GenJobsClient(self.target, self.token(user, admin))
+
+
+@contextlib.contextmanager
+def serving(settings: Settings, user: str = "alice") -> Iterator[GenJobsClient]:
+    """A client of a server started on `settings`, stopped when the block ends."""
+    server = ServerThread(settings).start()
+    try:
+        with server.client(user) as client:
+            yield client
+    finally:
+        server.stop()
 
 
 def make_settings(mongo_uri: str, data_dir: Path, **overrides: Any) -> Settings:

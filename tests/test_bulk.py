@@ -18,7 +18,7 @@ from bson import ObjectId
 from genjobs.v1 import bulk_pb2, jobs_pb2
 
 from client import FailedPrecondition, GenJobsClient, InvalidArgument, NotFound
-from tests.harness import SECRET, MongoServer, ServerThread, make_settings, wait_for
+from tests.harness import MongoServer, make_settings, serving, wait_for
 
 B = bulk_pb2
 
@@ -99,8 +99,7 @@ def test_failed_item_does_not_stop_the_others_and_retry_supersedes_it(alice: Gen
 
 def test_pause_survives_a_restart_then_resume_completes(mongo: MongoServer, tmp_path: Path) -> None:
     settings = make_settings(mongo.uri, tmp_path)
-    first = ServerThread(settings).start()
-    with first.client() as alice:
+    with serving(settings) as alice:
         bulk = alice.create_bulk("topic", items(10, i1={"demo_seconds": "1"}))
         wait_for(lambda: alice.get_bulk(bulk.id).items[0].status == jobs_pb2.JOB_STATUS_PROCESSING)
         paused = alice.pause_bulk(bulk.id)
@@ -110,33 +109,26 @@ def test_pause_survives_a_restart_then_resume_completes(mongo: MongoServer, tmp_
         assert caught.value.reason == "BULK_JOB_NOT_PAUSABLE"
         # The running item finishes; nothing after it starts.
         wait_for(lambda: alice.get_bulk(bulk.id).items[0].status == jobs_pb2.JOB_STATUS_COMPLETED)
-    first.stop()
-    second = ServerThread(settings).start()
-    try:
-        with second.client() as alice:
-            still = alice.get_bulk(bulk.id)
-            assert still.status == B.BULK_JOB_STATUS_PAUSED
-            assert [i.status for i in still.items[1:]] == [jobs_pb2.JOB_STATUS_QUEUED] * 9
-            submitted = alice.submit("topic", topic="not in the bulk job")
-            wait_for(lambda: alice.get(submitted.id).status == jobs_pb2.JOB_STATUS_COMPLETED)
-            assert alice.get_bulk(bulk.id).completed_items == 1  # paused items were skipped
-            assert alice.resume_bulk(bulk.id).status == B.BULK_JOB_STATUS_PROCESSING
-            done = wait_for(lambda: bulk_status(alice, bulk.id, B.BULK_JOB_STATUS_COMPLETED), timeout=30)
-            assert done.completed_items == 10
-    finally:
-        second.stop()
+    with serving(settings) as alice:
+        still = alice.get_bulk(bulk.id)
+        assert still.status == B.BULK_JOB_STATUS_PAUSED
+        assert [i.status for i in still.items[1:]] == [jobs_pb2.JOB_STATUS_QUEUED] * 9
+        submitted = alice.submit("topic", topic="not in the bulk job")
+        wait_for(lambda: alice.get(submitted.id).status == jobs_pb2.JOB_STATUS_COMPLETED)
+        assert alice.get_bulk(bulk.id).completed_items == 1  # paused items were skipped
+        assert alice.resume_bulk(bulk.id).status == B.BULK_JOB_STATUS_PROCESSING
+        done = wait_for(lambda: bulk_status(alice, bulk.id, B.BULK_JOB_STATUS_COMPLETED), timeout=30)
+        assert done.completed_items == 10
 
 
 def test_bulk_work_a_crash_left_half_done_is_finished_by_the_next_server(
     mongo: MongoServer, tmp_path: Path
 ) -> None:
     settings = make_settings(mongo.uri, tmp_path)
-    first = ServerThread(settings).start()
-    with first.client() as alice:
+    with serving(settings) as alice:
         unsettled, unnotified = (alice.create_bulk("topic", items(10)).id for _ in range(2))
         for bulk_id in (unsettled, unnotified):
             wait_for(lambda b=bulk_id: bulk_status(alice, b, B.BULK_JOB_STATUS_COMPLETED), timeout=30)
-    first.stop()
     # What a server killed at the wrong moment leaves (some time ago): every item
     # ended but the bulk job still running; or the bulk job completed but its
     # notification unstored.
@@ -149,63 +141,45 @@ def test_bulk_work_a_crash_left_half_done_is_finished_by_the_next_server(
         {"_id": ObjectId(unnotified)}, {"$set": {"notification_pending": True, "ended_us": 1}}
     )
     db.notifications.delete_many({})
-    second = ServerThread(settings).start()
-    try:
-        with second.client() as alice:
-            done = wait_for(lambda: bulk_status(alice, unsettled, B.BULK_JOB_STATUS_COMPLETED))
-            assert done.completed_items == 10 and done.end_time.seconds > 0
-            notes = wait_for(lambda: len(n := alice.notifications().notifications) == 2 and n)
-            assert sorted(n.bulk_job_id for n in notes) == sorted([unsettled, unnotified])
-            assert all("10 of 10" in n.message for n in notes)
-            final = list(alice.watch_bulk(unsettled))[-1]  # a late watcher gets the notification too
-            assert final.type == B.BULK_JOB_EVENT_TYPE_COMPLETED
-            assert final.notification.bulk_job_id == unsettled
-    finally:
-        second.stop()
+    with serving(settings) as alice:
+        done = wait_for(lambda: bulk_status(alice, unsettled, B.BULK_JOB_STATUS_COMPLETED))
+        assert done.completed_items == 10 and done.end_time.seconds > 0
+        notes = wait_for(lambda: len(n := alice.notifications().notifications) == 2 and n)
+        assert sorted(n.bulk_job_id for n in notes) == sorted([unsettled, unnotified])
+        assert all("10 of 10" in n.message for n in notes)
+        final = list(alice.watch_bulk(unsettled))[-1]  # a late watcher gets the notification too
+        assert final.type == B.BULK_JOB_EVENT_TYPE_COMPLETED
+        assert final.notification.bulk_job_id == unsettled
 
 
 def test_a_bulk_cancel_cut_short_by_a_crash_is_finished_by_the_next_server(
     mongo: MongoServer, tmp_path: Path
 ) -> None:
     settings = make_settings(mongo.uri, tmp_path)
-    first = ServerThread(settings).start()
-    with first.client() as alice:
+    with serving(settings) as alice:
         bulk = alice.create_bulk("topic", items(10, i1={"demo_seconds": "60"}))
         wait_for(lambda: alice.get_bulk(bulk.id).items[0].status == jobs_pb2.JOB_STATUS_PROCESSING)
         alice.pause_bulk(bulk.id)
         alice.cancel(bulk.items[0].id)
         wait_for(lambda: alice.get_bulk(bulk.id).cancelled_items == 1)
-    first.stop()
     # The bulk job marked cancelled, then the server killed before its items were.
     db = pymongo.MongoClient(mongo.uri)[settings.db_name]
     db.bulk_jobs.update_one({"_id": ObjectId(bulk.id)}, {"$set": {"status": "CANCELLED", "updated_us": 1}})
-    second = ServerThread(settings).start()
-    try:
-        with second.client() as alice:
-            done = wait_for(lambda: (b := alice.get_bulk(bulk.id)).end_time.seconds and b)
-            assert done.status == B.BULK_JOB_STATUS_CANCELLED
-            assert (done.cancelled_items, done.completed_items, done.remaining_items) == (10, 0, 0)
-    finally:
-        second.stop()
+    with serving(settings) as alice:
+        done = wait_for(lambda: (b := alice.get_bulk(bulk.id)).end_time.seconds and b)
+        assert done.status == B.BULK_JOB_STATUS_CANCELLED
+        assert (done.cancelled_items, done.completed_items, done.remaining_items) == (10, 0, 0)
 
 
 def test_a_watcher_on_another_replica_gets_the_completion_and_its_notification(
     mongo: MongoServer, tmp_path: Path
 ) -> None:
     settings = make_settings(mongo.uri, tmp_path)
-    running = ServerThread(settings).start()  # first up: it holds the dispatcher lease
-    try:
-        with running.client() as alice:
-            bulk = alice.create_bulk("topic", items(10, i10={"demo_seconds": "1"}))
-            wait_for(lambda: alice.get_bulk(bulk.id).items[0].status == jobs_pb2.JOB_STATUS_COMPLETED)
-        other = ServerThread(replace(settings, data_dir=tmp_path / "other")).start()
-        try:
-            with other.client() as alice:
-                events = list(alice.watch_bulk(bulk.id))
-        finally:
-            other.stop()
-    finally:
-        running.stop()
+    with serving(settings) as alice:  # first up: it holds the dispatcher lease
+        bulk = alice.create_bulk("topic", items(10, i10={"demo_seconds": "1"}))
+        wait_for(lambda: alice.get_bulk(bulk.id).items[0].status == jobs_pb2.JOB_STATUS_COMPLETED)
+        with serving(replace(settings, data_dir=tmp_path / "other")) as watcher:
+            events = list(watcher.watch_bulk(bulk.id))
     assert events[0].type == B.BULK_JOB_EVENT_TYPE_SNAPSHOT and events[0].bulk_job.completed_items < 10
     assert events[-1].type == B.BULK_JOB_EVENT_TYPE_COMPLETED
     assert events[-1].bulk_job.completed_items == 10
@@ -293,19 +267,14 @@ def receiver() -> Iterator[str]:
 
 def test_webhook_is_signed_and_retried(mongo: MongoServer, tmp_path: Path, receiver: str) -> None:
     settings = make_settings(mongo.uri, tmp_path, webhook_secret="hook-secret", webhook_backoff_seconds=0.2)
-    server = ServerThread(settings).start()
-    try:
-        with server.client() as alice:
-            bulk = alice.create_bulk("topic", items(10), notify_url=receiver)
-            wait_for(lambda: _Receiver.received, timeout=30)
-            headers, body = _Receiver.received[0]
-            stamp = headers["X-Genjobs-Timestamp"]
-            expected = hmac.new(b"hook-secret", stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-            assert headers["X-Genjobs-Signature"] == "sha256=" + expected
-            payload = json.loads(body)
-            assert payload["bulk_job_id"] == bulk.id and payload["completed_items"] == 10
-            note = wait_for(lambda: [n for n in alice.notifications().notifications if n.delivered])
-            assert note[0].delivery_attempts == 2
-    finally:
-        server.stop()
-    assert SECRET  # the auth secret is not the webhook secret
+    with serving(settings) as alice:
+        bulk = alice.create_bulk("topic", items(10), notify_url=receiver)
+        wait_for(lambda: _Receiver.received, timeout=30)
+        headers, body = _Receiver.received[0]
+        stamp = headers["X-Genjobs-Timestamp"]
+        expected = hmac.new(b"hook-secret", stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+        assert headers["X-Genjobs-Signature"] == "sha256=" + expected
+        payload = json.loads(body)
+        assert payload["bulk_job_id"] == bulk.id and payload["completed_items"] == 10
+        note = wait_for(lambda: [n for n in alice.notifications().notifications if n.delivered])
+        assert note[0].delivery_attempts == 2

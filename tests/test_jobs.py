@@ -11,7 +11,7 @@ import pytest
 from genjobs.v1 import jobs_pb2
 
 from client import FailedPrecondition, GenJobsClient, InvalidArgument, NotFound
-from tests.harness import MongoServer, ServerThread, make_settings, wait_for
+from tests.harness import MongoServer, ServerThread, make_settings, serving, wait_for
 
 QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED = (
     jobs_pb2.JOB_STATUS_QUEUED,
@@ -303,23 +303,19 @@ def test_stats(alice: GenJobsClient, bob: GenJobsClient) -> None:
 def test_completed_jobs_expire_after_retention_failed_ones_stay(mongo: MongoServer, tmp_path: Path) -> None:
     retention_seconds = 1.5
     settings = make_settings(mongo.uri, tmp_path, retention_days=retention_seconds / 86400)
-    server = ServerThread(settings).start()
-    try:
-        with server.client() as alice:
-            done = alice.submit("topic", topic="short-lived")
-            failed = alice.submit("topic", topic="kept", extra={"demo_fail": "permanent"})
-            wait_for(lambda: status_of(alice, done.id, COMPLETED))
-            wait_for(lambda: status_of(alice, failed.id, FAILED))
+    with serving(settings) as alice:
+        done = alice.submit("topic", topic="short-lived")
+        failed = alice.submit("topic", topic="kept", extra={"demo_fail": "permanent"})
+        wait_for(lambda: status_of(alice, done.id, COMPLETED))
+        wait_for(lambda: status_of(alice, failed.id, FAILED))
 
-            def gone() -> bool:
-                try:
-                    alice.get(done.id)
-                except NotFound:
-                    return True
-                return False
+        def gone() -> bool:
+            try:
+                alice.get(done.id)
+            except NotFound:
+                return True
+            return False
 
-            wait_for(gone, timeout=retention_seconds * 4)
-            assert alice.get(failed.id).status == FAILED
-            assert [j.id for j in alice.iter_jobs()] == [failed.id]
-    finally:
-        server.stop()
+        wait_for(gone, timeout=retention_seconds * 4)
+        assert alice.get(failed.id).status == FAILED
+        assert [j.id for j in alice.iter_jobs()] == [failed.id]
