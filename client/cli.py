@@ -213,6 +213,8 @@ def submit(
     project: Annotated[str, typer.Option(help="a project name to group jobs by")] = "",
     request_id: Annotated[str, typer.Option(help="makes a retried submit return the same job")] = "",
     max_attempts: Annotated[int, typer.Option(help="attempts before failing (0: server default)")] = 0,
+    notify_url: Annotated[str, typer.Option(help="receives a signed POST when the job ends")] = "",
+    notify_email: Annotated[str, typer.Option(help="gets a mail when the job ends")] = "",
     file: Annotated[
         Path | None,
         typer.Option("--file", "-f", help="a JSON SubmitJob request (- for stdin); flags given override it"),
@@ -241,6 +243,8 @@ def submit(
     request.project = project or request.project
     request.request_id = request_id or request.request_id
     request.max_attempts = max_attempts or request.max_attempts
+    request.notify_url = notify_url or request.notify_url
+    request.notify_email = notify_email or request.notify_email
     with connected(ctx) as client:
         job = client.submit(
             request.mode,
@@ -248,6 +252,8 @@ def submit(
             project=request.project,
             request_id=request.request_id,
             max_attempts=request.max_attempts,
+            notify_url=request.notify_url,
+            notify_email=request.notify_email,
         )
         if watch:
             _watch(opts, client, job.id)
@@ -664,6 +670,7 @@ def bulk_create(
     project: ProjectOpt = "",
     request_id: Annotated[str, typer.Option(help="makes a retried create return the same bulk job")] = "",
     notify_url: Annotated[str, typer.Option(help="receives a signed POST when it completes")] = "",
+    notify_email: Annotated[str, typer.Option(help="gets a mail when it completes")] = "",
     watch: Annotated[bool, typer.Option("--watch", "-w", help="then follow its progress")] = False,
 ) -> None:
     """Queue 10 to 50 articles as one bulk job, from a CSV or JSON-lines file."""
@@ -676,7 +683,12 @@ def bulk_create(
         fail(opts.errors, f"{file}: {exc}")
     with connected(ctx) as client:
         bulk = client.create_bulk(
-            mode.value, items, request_id=request_id, project=project, notify_url=notify_url
+            mode.value,
+            items,
+            request_id=request_id,
+            project=project,
+            notify_url=notify_url,
+            notify_email=notify_email,
         )
         if watch:
             _watch_bulk(opts, client, bulk.id)

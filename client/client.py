@@ -182,6 +182,8 @@ class GenJobsClient:
         project: str = "",
         max_attempts: int = 0,
         generation: jobs_pb2.GenerationParams | None = None,
+        notify_url: str = "",
+        notify_email: str = "",
         **param_fields: Any,
     ) -> jobs_pb2.Job:
         """Queue a job: `submit("topic", topic="Tea", word_count=300)`."""
@@ -191,6 +193,8 @@ class GenJobsClient:
             request_id=request_id,
             project=project,
             max_attempts=max_attempts,
+            notify_url=notify_url,
+            notify_email=notify_email,
         )
         return self._call(self.jobs.SubmitJob, request)
 
@@ -302,6 +306,7 @@ class GenJobsClient:
         request_id: str = "",
         project: str = "",
         notify_url: str = "",
+        notify_email: str = "",
     ) -> bulk_pb2.BulkJob:
         """Queue 10 to 50 items as one bulk job."""
         request = bulk_pb2.CreateBulkJobRequest(
@@ -310,6 +315,7 @@ class GenJobsClient:
             request_id=request_id,
             project=project,
             notify_url=notify_url,
+            notify_email=notify_email,
         )
         return self._call(self.bulk.CreateBulkJob, request)
 
@@ -352,9 +358,13 @@ class GenJobsClient:
             bulk_pb2.BULK_JOB_EVENT_TYPE_HEARTBEAT,
         )
 
-    def notifications(self, page_size: int = 0, page_token: str = "") -> bulk_pb2.ListNotificationsResponse:
-        """One page of the caller's notifications, newest first."""
-        request = bulk_pb2.ListNotificationsRequest(page_size=page_size, page_token=page_token)
+    def notifications(
+        self, page_size: int = 0, page_token: str = "", job_id: str = "", bulk_job_id: str = ""
+    ) -> bulk_pb2.ListNotificationsResponse:
+        """One page of the caller's notifications, newest first (one job's or bulk job's when given)."""
+        request = bulk_pb2.ListNotificationsRequest(
+            page_size=page_size, page_token=page_token, job_id=job_id, bulk_job_id=bulk_job_id
+        )
         return self._call(self.bulk.ListNotifications, request)
 
 

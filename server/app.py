@@ -27,10 +27,11 @@ from server.eventlog import EventLog
 from server.events import EventHub
 from server.generators import make_generator
 from server.jobs import Jobs
+from server.notify import make_notifier
+from server.notify.job_end import JobNotifications
 from server.servicers.bulk import BulkServicer
 from server.servicers.jobs import JobServicer
 from server.store import Store
-from server.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,12 +91,12 @@ class App:
         self.event_log = EventLog(self.store)
         self.event_log.start()
         self.jobs = Jobs(self.store, self.hub, self.event_log, self.worker_id, settings.max_attempts)
-        self.webhooks = WebhookSender(
-            self.store,
-            load_secret(settings.webhook_secret, settings.data_dir, "webhook_secret"),
-            settings.webhook_backoff_seconds,
+        self.notifier = make_notifier(
+            settings, self.store, load_secret(settings.webhook_secret, settings.data_dir, "webhook_secret")
         )
-        self.bulks = Bulks(self.store, self.hub, self.jobs, self.webhooks)
+        self.jobs.email_enabled = bool(settings.smtp_url)
+        self.bulks = Bulks(self.store, self.hub, self.jobs, self.notifier)
+        self.job_notifications = JobNotifications(self.store, self.jobs, self.notifier)
         self.dispatcher = Dispatcher(
             self.store,
             make_generator(settings.generator, settings.generator_url),
@@ -106,7 +107,7 @@ class App:
             retry_base_seconds=settings.retry_base_seconds,
             # Often enough that a completed job outlives its retention by at most a quarter.
             sweep_seconds=min(60.0, settings.retention_days * 86400 / 4),
-            sweepers=[self.bulks.recover],
+            sweepers=[self.bulks.recover, self.job_notifications.recover],
         )
         self.jobs.dispatcher = self.dispatcher
 
@@ -140,7 +141,7 @@ class App:
         await asyncio.to_thread(self.dispatcher.stop, grace)
         await asyncio.to_thread(self.event_log.stop)
         self.hub.close()
-        self.webhooks.stop()
+        self.notifier.stop()
         if self.server is not None:
             await self.server.stop(grace)
         for task in self._tasks:
@@ -170,7 +171,7 @@ class App:
                 if not self._database_ready.is_set():
                     await asyncio.to_thread(self.store.ensure_indexes)
                     self.dispatcher.start()
-                    self.webhooks.start()
+                    self.notifier.start()
                     self._database_ready.set()
                 ok = True
             except PyMongoError as exc:

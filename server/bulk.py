@@ -20,9 +20,10 @@ from server.auth import Caller
 from server.errors import ServiceError, invalid
 from server.events import Event, EventHub
 from server.jobs import Jobs, normalized
+from server.notify.channels import new_notification
+from server.notify.sender import Notifier
 from server.states import BULK_FINAL, BulkAction, BulkStatus, Status
 from server.store import BACKOFF, HELD, READY, STATUS_CHANGED, Doc, Page, Store
-from server.webhooks import WebhookSender
 
 # Bulk event kinds (BulkJobEventType without its prefix); STATUS_CHANGED is the store's.
 SNAPSHOT, ITEM_CHANGED, COMPLETED = "SNAPSHOT", "ITEM_CHANGED", "COMPLETED"
@@ -41,6 +42,7 @@ class BulkView:
     failed: int = 0
     cancelled: int = 0
     remaining: int = 0
+    cost_cents: int = 0
     estimated_completion_us: int = 0
 
     @property
@@ -78,6 +80,7 @@ def summarize(doc: Doc, jobs: list[Doc]) -> BulkView:
         status = item["status"]
         if status == str(Status.COMPLETED):
             view.completed += 1
+            view.cost_cents += int(item.get("cost_cents", 0))
             durations.append(float(item.get("duration_s", 0.0)))
         elif status == str(Status.FAILED):
             view.failed += 1
@@ -94,11 +97,11 @@ def summarize(doc: Doc, jobs: list[Doc]) -> BulkView:
 class Bulks:
     """The BulkService's domain, and the bookkeeping when an item changes."""
 
-    def __init__(self, store: Store, hub: EventHub, jobs: Jobs, webhooks: WebhookSender) -> None:
+    def __init__(self, store: Store, hub: EventHub, jobs: Jobs, notifier: Notifier) -> None:
         self.store = store
         self.hub = hub
         self.jobs = jobs
-        self.webhooks = webhooks
+        self.notifier = notifier
         jobs.on_change.append(self.item_changed)
 
     # ---- RPCs -------------------------------------------------------------
@@ -111,11 +114,13 @@ class Bulks:
         request_id: str = "",
         project: str = "",
         notify_url: str = "",
+        notify_email: str = "",
     ) -> BulkView:
         """Validate every item, then store the bulk job and its items (two writes)."""
-        bad = validation.check_bulk(mode, items, request_id, project, notify_url)
+        bad = validation.check_bulk(mode, items, request_id, project, notify_url, notify_email)
         if bad:
             raise invalid(bad)
+        self.jobs.check_email(notify_email)
         base = self.store.order_keys.next(len(items) + 1)
         bulk_id = ObjectId()
         bulk = {
@@ -129,6 +134,7 @@ class Bulks:
             "request_id": request_id,
             "request_key": f"{caller.user}\x1f{request_id or bulk_id}",
             "notify_url": notify_url,
+            "notify_email": notify_email,
             "seq": 1,
             "started_us": 0,
             "ended_us": 0,
@@ -222,12 +228,14 @@ class Bulks:
                 with contextlib.suppress(ServiceError):  # it finished meanwhile
                     self.jobs.cancel(caller, str(item["_id"]))
 
-    def notifications(self, caller: Caller, size: int, token: str) -> Page:
-        """A page of the caller's notifications."""
+    def notifications(
+        self, caller: Caller, size: int, token: str, job_id: str = "", bulk_job_id: str = ""
+    ) -> Page:
+        """A page of the caller's notifications (only one job's or one bulk job's when given)."""
         page_size, bad = validation.page_size(size)
         if bad:
             raise invalid(bad)
-        return self.store.list_notifications(caller.user, page_size, token)
+        return self.store.list_notifications(caller.user, page_size, token, job_id, bulk_job_id)
 
     # ---- item bookkeeping -------------------------------------------------
 
@@ -310,38 +318,35 @@ class Bulks:
             f"Bulk job {doc['_id']} completed: {view.completed} of {view.total} items succeeded, "
             f"{view.failed} failed, {view.cancelled} cancelled."
         )
-        return {
-            "_id": ObjectId(),
-            "owner": doc["owner"],
-            "bulk_job_id": str(doc["_id"]),
-            "message": message,
-            "ck": self.store.order_keys.next(),
-            "created_us": now_us,
-            "notify_url": doc.get("notify_url", ""),
-            "delivery": "pending" if doc.get("notify_url") else "none",
-            "attempts": 0,
-            "next_attempt_us": 0,
-            "payload": {
-                "event": "bulk_job.completed",
+        return new_notification(
+            oid=ObjectId(),
+            owner=doc["owner"],
+            event="bulk_job.completed",
+            message=message,
+            payload={
                 "bulk_job_id": str(doc["_id"]),
                 "owner": doc["owner"],
                 "total_items": view.total,
                 "completed_items": view.completed,
                 "failed_items": view.failed,
                 "cancelled_items": view.cancelled,
+                "cost_cents": view.cost_cents,
                 "error_summary": view.error_summary,
                 "completed_at_us": now_us,
             },
-        }
+            ck=self.store.order_keys.next(),
+            created_us=now_us,
+            notify_url=doc.get("notify_url", ""),
+            notify_email=doc.get("notify_email", ""),
+            bulk_job_id=str(doc["_id"]),
+        )
 
     def _store_notification(self, bulk: Doc) -> None:
         """Put a completed bulk job's notification in `notifications` (once:
-        its id is fixed) and hand it to the webhook sender."""
-        notification = bulk["notification"]
-        self.store.insert_notification(notification)
+        its id is fixed) and hand it to the notifier."""
+        self.store.insert_notification(bulk["notification"])
         self.store.notification_stored(bulk)
-        if notification["delivery"] == "pending":
-            self.webhooks.wake()
+        self.notifier.wake()
 
     def _publish(self, view: BulkView, kind: str) -> BulkView:
         self.hub.publish(bulk_event(view, kind))

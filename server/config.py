@@ -29,6 +29,12 @@ class Settings:
     heartbeat_seconds: float = 15.0
     poll_seconds: float = 0.5
     webhook_backoff_seconds: float = 1.0
+    # Off: webhooks to loopback, private, link-local and metadata addresses are refused.
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: float = 5.0
+    smtp_url: str = ""  # smtp://user:pass@host:port or smtps://...; empty: no email
+    smtp_from: str = ""
+    public_url: str = ""  # where people reach genjobs' HTTP face: links in mails
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -65,9 +71,19 @@ def _convert(name: str, raw: str) -> object:
             return float(raw)
         if kind == "Path":
             return Path(raw)
+        if kind == "bool":
+            return _boolean(raw)
     except ValueError as exc:
         raise SystemExit(f"genjobs: GENJOBS_{name.upper()}={raw!r} is not a valid {kind}") from exc
     return raw
+
+
+def _boolean(raw: str) -> bool:
+    if raw.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

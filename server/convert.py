@@ -9,6 +9,7 @@ from genjobs.v1 import bulk_pb2, jobs_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from server import clock
+from server.notify.channels import CHANNELS
 
 Doc = dict[str, Any]
 
@@ -109,6 +110,8 @@ def job(doc: Doc) -> jobs_pb2.Job:
         end_time=timestamp(doc.get("ended_us")),
         error=job_error(doc.get("error")),
         attempt_errors=[e for e in map(job_error, doc.get("attempt_errors", [])) if e is not None],
+        notify_url=doc.get("notify_url", ""),
+        notify_email=doc.get("notify_email", ""),
     )
     progress = doc.get("progress")
     if progress:
@@ -169,6 +172,7 @@ def bulk_job(view: Any, with_items: bool = True) -> bulk_pb2.BulkJob:
         estimated_completion=timestamp(view.estimated_completion_us),
         request_id=doc.get("request_id", ""),
         notify_url=doc.get("notify_url", ""),
+        notify_email=doc.get("notify_email", ""),
     )
     if with_items:
         message.items.extend(
@@ -192,6 +196,22 @@ def notification(doc: Doc) -> bulk_pb2.Notification:
         create_time=timestamp(doc.get("created_us")),
         delivered=doc.get("delivery") == "delivered",
         delivery_attempts=int(doc.get("attempts", 0)),
+        job_id=doc.get("job_id", ""),
+        event=doc.get("event") or doc.get("payload", {}).get("event", ""),
+        deliveries=[
+            bulk_pb2.NotificationDelivery(
+                channel=bulk_pb2.DeliveryChannel.Value("DELIVERY_CHANNEL_" + channel.name.upper()),
+                target=doc.get(channel.target, ""),
+                state=bulk_pb2.DeliveryState.Value("DELIVERY_STATE_" + doc[channel.state].upper()),
+                attempts=int(doc.get(channel.attempts, 0)),
+                last_error=doc.get(channel.error, ""),
+                next_attempt_time=timestamp(
+                    doc.get(channel.next_us) if doc[channel.state] == "pending" else 0
+                ),
+            )
+            for channel in CHANNELS
+            if doc.get(channel.state, "none") != "none"
+        ],
     )
 
 

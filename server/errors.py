@@ -78,6 +78,15 @@ def wrong_status(reason: str, kind: str, ident: str, status: str, hint: str) -> 
     )
 
 
+def email_not_configured() -> ServiceError:
+    """FAILED_PRECONDITION: notify_email on a server with no SMTP server configured."""
+    return ServiceError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "EMAIL_NOT_CONFIGURED",
+        "email is not configured on this server (GENJOBS_SMTP_URL is unset): notify_email cannot be used",
+    )
+
+
 def unavailable(message: str = "the database is unreachable; try again shortly") -> ServiceError:
     """UNAVAILABLE: a retry later may succeed."""
     return ServiceError(grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE", message)

@@ -15,9 +15,10 @@ from typing import Any, Protocol
 
 from server import validation
 from server.auth import Caller
-from server.errors import FieldViolation, invalid
+from server.errors import FieldViolation, email_not_configured, invalid
 from server.eventlog import EventLog
 from server.events import Event, EventHub
+from server.notify.channels import targets
 from server.states import Status
 from server.store import SNAPSHOT, STATUS_CHANGED, Doc, JobFilter, Page, Store, final
 
@@ -73,7 +74,8 @@ class Jobs:
         self.worker_id = worker_id
         self.default_max_attempts = default_max_attempts
         self.dispatcher: Wakeable = NoDispatcher()
-        self.on_change: list[Callable[[Doc, str], None]] = []  # bulk accounting
+        self.on_change: list[Callable[[Doc, str], None]] = []  # bulk accounting, notifications
+        self.email_enabled = False  # the app sets it when mail is configured (GENJOBS_SMTP_URL)
 
     # ---- events ---------------------------------------------------------
 
@@ -122,11 +124,15 @@ class Jobs:
         request_id: str = "",
         project: str = "",
         max_attempts: int = 0,
+        notify_url: str = "",
+        notify_email: str = "",
     ) -> Doc:
         """Queue a job; a repeated request_id returns the first job. One command."""
         bad = validation.check_submit(mode, params, request_id, project, max_attempts)
+        bad += validation.check_notify(notify_url, notify_email)
         if bad:
             raise invalid(bad)
+        self.check_email(notify_email)
         params = normalized(params)
         doc = self.store.new_job_doc(
             caller.user,
@@ -136,12 +142,18 @@ class Jobs:
             request_id=request_id,
             max_attempts=max_attempts or self.default_max_attempts,
         )
+        doc.update(targets(notify_url, notify_email))
         stored, created = await self.store.submit_job(doc)
         if created:
             # Sequence 1 is the job as submitted: watchers start from its
             # snapshot, so it needs no stored event (SubmitJob stays one write).
             self.dispatcher.offer(stored["ck"], stored["_id"])
         return stored
+
+    def check_email(self, notify_email: str) -> None:
+        """FAILED_PRECONDITION when mail is asked for and this server sends none."""
+        if notify_email and not self.email_enabled:
+            raise email_not_configured()
 
     def get(self, caller: Caller, job_id: str) -> Doc:
         """One of the caller's jobs."""

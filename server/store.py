@@ -33,6 +33,7 @@ from pymongo.errors import DuplicateKeyError
 
 from server import clock
 from server.errors import FieldViolation, ServiceError, invalid, not_found, wrong_status
+from server.notify.channels import CHANNELS, PENDING, Channel, targets
 from server.states import (
     BULK_REFUSAL_REASON,
     FINAL,
@@ -230,6 +231,7 @@ class BulkQueries:
                     "ck": 1,
                     "error": 1,
                     "duration_s": 1,
+                    "cost_cents": 1,  # a bulk job's cost, in its notification
                     "bulk_job_id": 1,
                     "ended_us": 1,
                     "started_us": 1,
@@ -362,31 +364,59 @@ class BulkQueries:
         )
 
     def insert_notification(self, doc: Doc) -> None:
-        """Store a notification (one per bulk job completion)."""
+        """Store a notification; again with the same id, nothing happens."""
         with contextlib.suppress(DuplicateKeyError):
             self.notifications.insert_one(doc)
 
-    def list_notifications(self, owner: str, size: int, token: str) -> Page:
-        """A page of the owner's notifications, newest first."""
-        fingerprint = hashlib.sha256(owner.encode()).hexdigest()[:16]
-        return _keyset_page(self.notifications, {"owner": owner}, fingerprint, size, token, count=False)
+    def list_notifications(
+        self, owner: str, size: int, token: str, job_id: str = "", bulk_job_id: str = ""
+    ) -> Page:
+        """A page of the owner's notifications, newest first; only one job's
+        (its notification has the job's id) or one bulk job's when given."""
+        query: Doc = {"owner": owner}
+        if job_id:
+            query["_id"] = parse_id(job_id)
+        if bulk_job_id:
+            query["bulk_job_id"] = bulk_job_id
+        fingerprint = hashlib.sha256(json.dumps([owner, job_id, bulk_job_id]).encode()).hexdigest()[:16]
+        return _keyset_page(self.notifications, query, fingerprint, size, token, count=False)
 
-    def pending_deliveries(self, now_us: int) -> list[Doc]:
-        """Notifications waiting to be POSTed whose next attempt is due."""
-        cursor = self.notifications.find({"delivery": "pending"})
-        return [n for n in cursor if n.get("next_attempt_us", 0) <= now_us]
+    def due_deliveries(self, channel: Channel, now_us: int, limit: int = 200) -> list[Doc]:
+        """Notifications whose delivery on `channel` is pending and due."""
+        query = {channel.state: PENDING, channel.next_us: {"$lte": now_us}}
+        return list(self.notifications.find(query).limit(limit))
 
-    def claim_delivery(self, oid: ObjectId, until_us: int) -> Doc | None:
-        """Take one delivery attempt (so replicas never send the same attempt twice)."""
+    def claim_delivery(self, channel: Channel, oid: Any, now_us: int, until_us: int) -> Doc | None:
+        """Take one delivery attempt (so replicas never send the same attempt
+        twice); the notification with its attempt counted, None if taken."""
         return self.notifications.find_one_and_update(
-            {"_id": oid, "delivery": "pending", "next_attempt_us": {"$lte": clock.now_us()}},
-            {"$set": {"next_attempt_us": until_us}, "$inc": {"attempts": 1}},
+            {"_id": oid, channel.state: PENDING, channel.next_us: {"$lte": now_us}},
+            {"$set": {channel.next_us: until_us}, "$inc": {channel.attempts: 1}},
             return_document=ReturnDocument.AFTER,
         )
 
-    def record_delivery(self, oid: ObjectId, changes: Doc) -> None:
-        """The outcome of a delivery attempt."""
-        self.notifications.update_one({"_id": oid, "delivery": "pending"}, {"$set": changes})
+    def record_delivery(self, channel: Channel, oid: Any, attempt: int, changes: Doc) -> None:
+        """The outcome of attempt number `attempt` (ignored if another one started since)."""
+        self.notifications.update_one(
+            {"_id": oid, channel.state: PENDING, channel.attempts: attempt}, {"$set": changes}
+        )
+
+    def unnotified_jobs(self, ended_before_us: int) -> list[Doc]:
+        """Jobs that ended before `ended_before_us` with their notification not
+        yet stored (the server that ended them stopped in between)."""
+        return list(
+            self.jobs.find(
+                {
+                    "notify_pending": True,
+                    "status": {"$in": [str(s) for s in FINAL]},
+                    "ended_us": {"$lt": ended_before_us},
+                }
+            )
+        )
+
+    def job_notification_stored(self, oid: ObjectId) -> None:
+        """The job's notification is in `notifications` now."""
+        self.jobs.update_one({"_id": oid, "notify_pending": True}, {"$set": {"notify_pending": False}})
 
 
 class Store(BulkQueries):
@@ -432,7 +462,10 @@ class Store(BulkQueries):
         self.bulk_jobs.create_index([("ck", 1)], unique=True)
         self.bulk_jobs.create_index([("request_key", 1)], unique=True)
         self.notifications.create_index([("owner", 1), ("ck", 1)])
-        self.notifications.create_index([("delivery", 1)])
+        for channel in CHANNELS:  # due deliveries, one channel at a time
+            self.notifications.create_index([(channel.state, 1)])
+        self.notifications.create_index([("bulk_job_id", 1)])  # ListNotifications of a bulk job
+        jobs.create_index([("notify_pending", 1)])  # job notifications a crash left unstored
         self.bulk_jobs.create_index([("settled", 1)])  # bulk recovery after a crash
         self.bulk_jobs.create_index([("notification_pending", 1)])
 
@@ -640,6 +673,7 @@ class Store(BulkQueries):
             request_key=f"{original['owner']}\x1fretry-of\x1f{job_id}",
             lane=self.bulk_lane(original["bulk_job_id"]),
         )
+        doc.update(targets(original.get("notify_url", ""), original.get("notify_email", "")))  # kept
         stored, _ = self.insert_job(doc)
         self.jobs.update_one({"_id": original["_id"]}, {"$set": {"retried_by": str(stored["_id"])}})
         return stored

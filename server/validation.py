@@ -6,6 +6,8 @@ import re
 from typing import Any
 
 from server.errors import FieldViolation
+from server.notify.guard import url_problem
+from server.notify.mail import address_problem
 
 MODES = ("TOPIC", "KEYWORDS", "TRENDS", "SPIN")
 DEFAULT_WORD_COUNT = 800
@@ -122,8 +124,24 @@ def check_common(request_id: str, project: str) -> list[FieldViolation]:
     return bad
 
 
+def check_notify(notify_url: str, notify_email: str) -> list[FieldViolation]:
+    """Violations for a webhook URL (http or https, a host that parses, at most
+    2,048 characters) or a mail address that cannot be used; "" is none."""
+    bad = []
+    if notify_url and (why := url_problem(notify_url)):
+        bad.append(FieldViolation("notify_url", why))
+    if notify_email and (why := address_problem(notify_email)):
+        bad.append(FieldViolation("notify_email", why))
+    return bad
+
+
 def check_bulk(
-    mode: str, items: list[dict[str, Any]], request_id: str, project: str, notify_url: str
+    mode: str,
+    items: list[dict[str, Any]],
+    request_id: str,
+    project: str,
+    notify_url: str,
+    notify_email: str = "",
 ) -> list[FieldViolation]:
     """Everything wrong with a CreateBulkJob request; item fields named items[i].field."""
     bad = check_mode(mode)
@@ -136,8 +154,7 @@ def check_bulk(
     for i, item in enumerate(items):
         bad += check_params(mode, item, prefix=f"items[{i}]")
     bad += check_common(request_id, project)
-    if notify_url and not notify_url.startswith(("http://", "https://")):
-        bad.append(FieldViolation("notify_url", "must be an http:// or https:// URL"))
+    bad += check_notify(notify_url, notify_email)
     return bad
 
 

@@ -34,6 +34,7 @@ class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
             request.request_id,
             request.project,
             request.notify_url,
+            request.notify_email,
         )
         return convert.bulk_job(view)
 
@@ -85,7 +86,12 @@ class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
         self, request: bulk_pb2.ListNotificationsRequest, context: grpc.aio.ServicerContext
     ) -> bulk_pb2.ListNotificationsResponse:
         page = await asyncio.to_thread(
-            self.bulks.notifications, current_caller(), request.page_size, request.page_token
+            self.bulks.notifications,
+            current_caller(),
+            request.page_size,
+            request.page_token,
+            request.job_id,
+            request.bulk_job_id,
         )
         return bulk_pb2.ListNotificationsResponse(
             notifications=[convert.notification(d) for d in page.docs],

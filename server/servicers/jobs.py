@@ -50,6 +50,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             request.request_id,
             request.project,
             request.max_attempts,
+            notify_url=request.notify_url,
+            notify_email=request.notify_email,
         )
         return convert.job(doc)
 

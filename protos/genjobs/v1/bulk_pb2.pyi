@@ -71,6 +71,56 @@ BULK_JOB_EVENT_TYPE_COMPLETED: BulkJobEventType.ValueType  # 4
 BULK_JOB_EVENT_TYPE_HEARTBEAT: BulkJobEventType.ValueType  # 5
 Global___BulkJobEventType: _TypeAlias = BulkJobEventType  # noqa: Y015
 
+class _DeliveryChannel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryChannel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_CHANNEL_UNSPECIFIED: _DeliveryChannel.ValueType  # 0
+    DELIVERY_CHANNEL_WEBHOOK: _DeliveryChannel.ValueType  # 1
+    DELIVERY_CHANNEL_EMAIL: _DeliveryChannel.ValueType  # 2
+
+class DeliveryChannel(_DeliveryChannel, metaclass=_DeliveryChannelEnumTypeWrapper):
+    """DeliveryChannel is how a notification reaches its owner."""
+
+DELIVERY_CHANNEL_UNSPECIFIED: DeliveryChannel.ValueType  # 0
+DELIVERY_CHANNEL_WEBHOOK: DeliveryChannel.ValueType  # 1
+DELIVERY_CHANNEL_EMAIL: DeliveryChannel.ValueType  # 2
+Global___DeliveryChannel: _TypeAlias = DeliveryChannel  # noqa: Y015
+
+class _DeliveryState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_STATE_UNSPECIFIED: _DeliveryState.ValueType  # 0
+    DELIVERY_STATE_PENDING: _DeliveryState.ValueType  # 1
+    """Not sent yet, or waiting to be retried."""
+    DELIVERY_STATE_DELIVERED: _DeliveryState.ValueType  # 2
+    DELIVERY_STATE_FAILED: _DeliveryState.ValueType  # 3
+    """Given up: every attempt failed, or the target cannot be used."""
+    DELIVERY_STATE_REFUSED: _DeliveryState.ValueType  # 4
+    """Not sent: the webhook's host is a loopback, private, link-local or
+    metadata address (GENJOBS_WEBHOOK_ALLOW_PRIVATE=true allows them).
+    """
+
+class DeliveryState(_DeliveryState, metaclass=_DeliveryStateEnumTypeWrapper):
+    """DeliveryState is where one channel's delivery stands."""
+
+DELIVERY_STATE_UNSPECIFIED: DeliveryState.ValueType  # 0
+DELIVERY_STATE_PENDING: DeliveryState.ValueType  # 1
+"""Not sent yet, or waiting to be retried."""
+DELIVERY_STATE_DELIVERED: DeliveryState.ValueType  # 2
+DELIVERY_STATE_FAILED: DeliveryState.ValueType  # 3
+"""Given up: every attempt failed, or the target cannot be used."""
+DELIVERY_STATE_REFUSED: DeliveryState.ValueType  # 4
+"""Not sent: the webhook's host is a loopback, private, link-local or
+metadata address (GENJOBS_WEBHOOK_ALLOW_PRIVATE=true allows them).
+"""
+Global___DeliveryState: _TypeAlias = DeliveryState  # noqa: Y015
+
 @_typing.final
 class BulkJobItem(_message.Message):
     """BulkJobItem is one position of a bulk job and the job now holding it."""
@@ -127,6 +177,7 @@ class BulkJob(_message.Message):
     ESTIMATED_COMPLETION_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     NOTIFY_URL_FIELD_NUMBER: _builtins.int
+    NOTIFY_EMAIL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     owner: _builtins.str
     project: _builtins.str
@@ -140,6 +191,7 @@ class BulkJob(_message.Message):
     percentage: _builtins.float
     request_id: _builtins.str
     notify_url: _builtins.str
+    notify_email: _builtins.str
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___BulkJobItem]: ...
     @_builtins.property
@@ -176,10 +228,11 @@ class BulkJob(_message.Message):
         estimated_completion: _timestamp_pb2.Timestamp | None = ...,
         request_id: _builtins.str = ...,
         notify_url: _builtins.str = ...,
+        notify_email: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "estimated_completion", b"estimated_completion", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_items", b"cancelled_items", "completed_items", b"completed_items", "create_time", b"create_time", "end_time", b"end_time", "error_summary", b"error_summary", "estimated_completion", b"estimated_completion", "failed_items", b"failed_items", "id", b"id", "items", b"items", "mode", b"mode", "notify_url", b"notify_url", "owner", b"owner", "percentage", b"percentage", "project", b"project", "remaining_items", b"remaining_items", "request_id", b"request_id", "start_time", b"start_time", "status", b"status", "total_items", b"total_items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_items", b"cancelled_items", "completed_items", b"completed_items", "create_time", b"create_time", "end_time", b"end_time", "error_summary", b"error_summary", "estimated_completion", b"estimated_completion", "failed_items", b"failed_items", "id", b"id", "items", b"items", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "percentage", b"percentage", "project", b"project", "remaining_items", b"remaining_items", "request_id", b"request_id", "start_time", b"start_time", "status", b"status", "total_items", b"total_items"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -196,11 +249,16 @@ class CreateBulkJobRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
     NOTIFY_URL_FIELD_NUMBER: _builtins.int
+    NOTIFY_EMAIL_FIELD_NUMBER: _builtins.int
     mode: _jobs_pb2.Mode.ValueType
     request_id: _builtins.str
     project: _builtins.str
     notify_url: _builtins.str
     """Optional; receives a signed POST when the bulk job completes."""
+    notify_email: _builtins.str
+    """Optional; gets a mail when the bulk job completes (FAILED_PRECONDITION
+    when the server has no GENJOBS_SMTP_URL).
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_jobs_pb2.GenerationParams]: ...
     def __init__(
@@ -211,10 +269,11 @@ class CreateBulkJobRequest(_message.Message):
         request_id: _builtins.str = ...,
         project: _builtins.str = ...,
         notify_url: _builtins.str = ...,
+        notify_email: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "mode", b"mode", "notify_url", b"notify_url", "project", b"project", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "project", b"project", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -425,7 +484,9 @@ Global___BulkJobEvent: _TypeAlias = BulkJobEvent  # noqa: Y015
 
 @_typing.final
 class Notification(_message.Message):
-    """Notification tells an owner that something finished."""
+    """Notification tells an owner that something finished: a bulk job, or a
+    single job submitted with notify_url or notify_email.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -435,14 +496,27 @@ class Notification(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     DELIVERED_FIELD_NUMBER: _builtins.int
     DELIVERY_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     bulk_job_id: _builtins.str
+    """Set for a bulk job's notification."""
     message: _builtins.str
     delivered: _builtins.bool
     """Whether notify_url acknowledged it (false when none was given)."""
     delivery_attempts: _builtins.int
+    """Webhook delivery attempts made so far."""
+    job_id: _builtins.str
+    """Set for a single job's notification."""
+    event: _builtins.str
+    """What happened: bulk_job.completed, job.completed, job.failed, job.cancelled."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___NotificationDelivery]:
+        """One entry per channel the owner asked for (webhook, email)."""
+
     def __init__(
         self,
         *,
@@ -452,14 +526,58 @@ class Notification(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         delivered: _builtins.bool = ...,
         delivery_attempts: _builtins.int = ...,
+        job_id: _builtins.str = ...,
+        event: _builtins.str = ...,
+        deliveries: _abc.Iterable[Global___NotificationDelivery] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_job_id", b"bulk_job_id", "create_time", b"create_time", "delivered", b"delivered", "delivery_attempts", b"delivery_attempts", "id", b"id", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_job_id", b"bulk_job_id", "create_time", b"create_time", "delivered", b"delivered", "deliveries", b"deliveries", "delivery_attempts", b"delivery_attempts", "event", b"event", "id", b"id", "job_id", b"job_id", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Notification: _TypeAlias = Notification  # noqa: Y015
+
+@_typing.final
+class NotificationDelivery(_message.Message):
+    """NotificationDelivery is one channel's delivery of a notification."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    channel: Global___DeliveryChannel.ValueType
+    target: _builtins.str
+    """The URL or mail address."""
+    state: Global___DeliveryState.ValueType
+    attempts: _builtins.int
+    last_error: _builtins.str
+    """Why the last attempt failed, or why it was refused."""
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When the next attempt is due (pending deliveries that failed before)."""
+
+    def __init__(
+        self,
+        *,
+        channel: Global___DeliveryChannel.ValueType = ...,
+        target: _builtins.str = ...,
+        state: Global___DeliveryState.ValueType = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_attempt_time", b"next_attempt_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "channel", b"channel", "last_error", b"last_error", "next_attempt_time", b"next_attempt_time", "state", b"state", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotificationDelivery: _TypeAlias = NotificationDelivery  # noqa: Y015
 
 @_typing.final
 class ListNotificationsRequest(_message.Message):
@@ -469,17 +587,25 @@ class ListNotificationsRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    BULK_JOB_ID_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     page_token: _builtins.str
+    job_id: _builtins.str
+    """Only the notification of this job (a job's delivery outcome)."""
+    bulk_job_id: _builtins.str
+    """Only the notifications of this bulk job."""
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        bulk_job_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_job_id", b"bulk_job_id", "job_id", b"job_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

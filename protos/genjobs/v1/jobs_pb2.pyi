@@ -336,6 +336,8 @@ class Job(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     ATTEMPT_ERRORS_FIELD_NUMBER: _builtins.int
+    NOTIFY_URL_FIELD_NUMBER: _builtins.int
+    NOTIFY_EMAIL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     owner: _builtins.str
     project: _builtins.str
@@ -348,6 +350,11 @@ class Job(_message.Message):
     queue_position: _builtins.int
     request_id: _builtins.str
     cancel_requested: _builtins.bool
+    notify_url: _builtins.str
+    """Where the job's end is announced (see SubmitJobRequest); the outcome is
+    ListNotifications with job_id.
+    """
+    notify_email: _builtins.str
     @_builtins.property
     def params(self) -> Global___GenerationParams: ...
     @_builtins.property
@@ -394,10 +401,12 @@ class Job(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         attempt_errors: _abc.Iterable[Global___JobError] | None = ...,
+        notify_url: _builtins.str = ...,
+        notify_email: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "params", b"params", "progress", b"progress", "result", b"result", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_errors", b"attempt_errors", "bulk_job_id", b"bulk_job_id", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "max_attempts", b"max_attempts", "mode", b"mode", "owner", b"owner", "params", b"params", "progress", b"progress", "project", b"project", "queue_position", b"queue_position", "request_id", b"request_id", "result", b"result", "retry_of", b"retry_of", "start_time", b"start_time", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_errors", b"attempt_errors", "bulk_job_id", b"bulk_job_id", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "max_attempts", b"max_attempts", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "params", b"params", "progress", b"progress", "project", b"project", "queue_position", b"queue_position", "request_id", b"request_id", "result", b"result", "retry_of", b"retry_of", "start_time", b"start_time", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -414,12 +423,22 @@ class SubmitJobRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NOTIFY_URL_FIELD_NUMBER: _builtins.int
+    NOTIFY_EMAIL_FIELD_NUMBER: _builtins.int
     mode: Global___Mode.ValueType
     request_id: _builtins.str
     """Optional; the same request_id from the same owner returns the same job."""
     project: _builtins.str
     max_attempts: _builtins.int
     """0 means the server default."""
+    notify_url: _builtins.str
+    """Optional; receives one signed POST when the job ends (completed, failed
+    for good, cancelled). A retry of the job keeps it.
+    """
+    notify_email: _builtins.str
+    """Optional; gets a mail when the job ends (FAILED_PRECONDITION when the
+    server has no GENJOBS_SMTP_URL). A retry of the job keeps it.
+    """
     @_builtins.property
     def params(self) -> Global___GenerationParams: ...
     def __init__(
@@ -430,10 +449,12 @@ class SubmitJobRequest(_message.Message):
         request_id: _builtins.str = ...,
         project: _builtins.str = ...,
         max_attempts: _builtins.int = ...,
+        notify_url: _builtins.str = ...,
+        notify_email: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_attempts", b"max_attempts", "mode", b"mode", "params", b"params", "project", b"project", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_attempts", b"max_attempts", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "params", b"params", "project", b"project", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,31 @@
+"""Notifications: what tells an owner that a job or bulk job ended, and how
+it reaches them (a signed webhook, a mail), with one delivery mechanism for
+every channel: the `notifications` collection holds a delivery state per
+channel, and `sender.Notifier` claims due deliveries and sends them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from server.config import Settings
+    from server.notify.sender import Notifier
+    from server.store import Store
+
+
+def make_notifier(settings: Settings, store: Store, webhook_secret: str) -> Notifier:
+    """The notifier for these settings: webhooks always, mail when GENJOBS_SMTP_URL is set."""
+    from server.notify.mail import MailSender, SmtpConfig
+    from server.notify.sender import Notifier, Sender
+    from server.notify.webhook import WebhookSender
+
+    senders: list[Sender] = [
+        WebhookSender(webhook_secret, settings.webhook_timeout_seconds, settings.webhook_allow_private)
+    ]
+    if settings.smtp_url:
+        try:
+            config = SmtpConfig.from_url(settings.smtp_url, settings.smtp_from)
+        except ValueError as exc:
+            raise SystemExit(f"genjobs: {exc}") from exc
+        senders.append(MailSender(config, settings.public_url))
+    return Notifier(store, senders, settings.webhook_backoff_seconds)
