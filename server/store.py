@@ -465,6 +465,7 @@ class Store(BulkQueries):
         for channel in CHANNELS:  # due deliveries, one channel at a time
             self.notifications.create_index([(channel.state, 1)])
         self.notifications.create_index([("bulk_job_id", 1)])  # ListNotifications of a bulk job
+        self.notifications.create_index([("owner", 1)])  # ListNotifications (owner, ck) is a scan on nx-27017
         jobs.create_index([("notify_pending", 1)])  # job notifications a crash left unstored
         self.bulk_jobs.create_index([("settled", 1)])  # bulk recovery after a crash
         self.bulk_jobs.create_index([("notification_pending", 1)])

@@ -12,11 +12,17 @@ carry) and stores what is missing. So a crash neither loses nor doubles it.
 
 from __future__ import annotations
 
+import logging
+
+from pymongo.errors import PyMongoError
+
 from server import clock
 from server.jobs import Jobs
 from server.notify.channels import Doc, new_notification
 from server.notify.sender import Notifier
 from server.store import STATUS_CHANGED, Store, final
+
+log = logging.getLogger(__name__)
 
 # How long a job may stay final with its notification unstored before the
 # sweep stores it (a live server stores it at once).
@@ -74,7 +80,10 @@ class JobNotifications:
     def job_changed(self, job: Doc, kind: str) -> None:
         """A job changed here: store its notification if it just ended with one asked for."""
         if kind == STATUS_CHANGED and job.get("notify_pending") and final(job["status"]):
-            self._store(job)
+            try:
+                self._store(job)
+            except PyMongoError as exc:  # never the dispatcher's problem: the sweep stores it
+                log.warning("job %s: notification not stored yet (%s)", job["_id"], exc)
 
     def recover(self) -> None:
         """Store the notifications of jobs that ended on a server that then stopped.
