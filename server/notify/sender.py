@@ -141,14 +141,7 @@ class Notifier:
         attempts = int(doc[channel.attempts])
         state, detail = outcome.state, outcome.detail[:500]
         if state == PENDING and attempts >= sender.max_attempts:
-            log.warning(
-                "notification %s: %s gave up after %d attempts: %s",
-                doc["_id"],
-                channel.name,
-                attempts,
-                detail,
-            )
-            state = FAILED
+            state, detail = FAILED, f"gave up after {attempts} attempts: {detail}"
         changes: Doc = {channel.state: state, channel.error: detail}
         if state == PENDING:
             delay = min(self.backoff_seconds * 2 ** (attempts - 1), MAX_BACKOFF_SECONDS)
