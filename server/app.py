@@ -27,6 +27,7 @@ from server.eventlog import EventLog
 from server.events import EventHub
 from server.generators import make_generator
 from server.jobs import Jobs
+from server.progress import AttemptTokens, ExternalProgress, ProgressLink
 from server.servicers.bulk import BulkServicer
 from server.servicers.jobs import JobServicer
 from server.store import Store
@@ -57,6 +58,14 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:  # not built for this platform (Windows)
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def advertised(host: str, port: int) -> str:
+    """host:port where generation services reach this server: the bound host,
+    or this machine's name when bound to every interface."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = socket.getfqdn()
+    return f"{host}:{port}"
 
 
 class App:
@@ -96,9 +105,10 @@ class App:
             settings.webhook_backoff_seconds,
         )
         self.bulks = Bulks(self.store, self.hub, self.jobs, self.webhooks)
+        self.progress_link = ProgressLink(AttemptTokens(secret))
         self.dispatcher = Dispatcher(
             self.store,
-            make_generator(settings.generator, settings.generator_url),
+            make_generator(settings, self.progress_link),
             self.worker_id,
             record=self.jobs.record,
             lease_seconds=settings.lease_seconds,
@@ -111,7 +121,8 @@ class App:
         self.jobs.dispatcher = self.dispatcher
 
         server = grpc.aio.server(interceptors=[AuthInterceptor(secret)], options=SERVER_OPTIONS)
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs, self.hub), server)
+        progress = ExternalProgress(self.store, self.progress_link.tokens, self.jobs.record)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs, self.hub, progress), server)
         bulk_pb2_grpc.add_BulkServiceServicer_to_server(BulkServicer(self.bulks, self.hub), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -121,6 +132,7 @@ class App:
         self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
         if self.port == 0:
             raise SystemExit(f"genjobs: cannot listen on {settings.host}:{settings.port}")
+        self.progress_link.target = settings.progress_target or advertised(settings.host, self.port)
         await server.start()
         self.server = server
         self._tasks = [
