@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,9 +16,18 @@ from genjobs.v1 import jobs_pb2 as S
 
 from client import GenJobsClient
 from client.client import InvalidArgument
-from server.generators.base import cost_cents, title_of
+from server.generators.base import (
+    GenerationCancelled,
+    GenerationFailed,
+    JobSpec,
+    Output,
+    ProgressFn,
+    cost_cents,
+    title_of,
+)
 from server.generators.openai import Price, parse_prices
 from server.generators.prompts import Prompts, fill
+from server.generators.watchdog import Watchdog
 from tests.fake_openai import FakeOpenAI, Plan
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 
@@ -244,3 +254,33 @@ def test_a_prompts_file_replaces_prompts_and_is_checked(tmp_path: Path) -> None:
         path.write_text(text)
         with pytest.raises(SystemExit):
             Prompts.load(str(path))
+
+
+class _Stubborn:
+    """A generator that ignores its cancel signal until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def generate(self, job: JobSpec, report: ProgressFn, cancelled: threading.Event) -> Output:
+        self.release.wait(30)
+        return Output(content="late", title="", word_count=1)
+
+
+def test_the_watchdog_frees_the_lane_from_a_generator_that_ignores_cancel() -> None:
+    stubborn = _Stubborn()
+    job = JobSpec("j", "alice", "TOPIC", {"topic": "t", "extra": {"timeout_seconds": "0.2"}}, 1)
+    started = time.monotonic()
+    with pytest.raises(GenerationFailed) as caught:
+        Watchdog(stubborn, attempt_seconds=900, idle_seconds=60).generate(job, _ignore, threading.Event())
+    assert caught.value.code == "GENERATOR_TIMEOUT" and caught.value.retryable
+    assert time.monotonic() - started < 5  # the 0.2 s limit and the 1 s grace, on a loaded machine
+    cancelled = threading.Event()
+    cancelled.set()
+    with pytest.raises(GenerationCancelled):
+        Watchdog(stubborn, 900, 60).generate(JobSpec("k", "alice", "TOPIC", {}, 1), _ignore, cancelled)
+    stubborn.release.set()
+
+
+def _ignore(percentage: int, stage: str, stage_progress: int, message: str) -> None:
+    pass

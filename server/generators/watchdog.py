@@ -42,7 +42,6 @@ class Watchdog:
         if asked:
             limit = min(limit, float(asked))
         idle = self.idle_seconds if getattr(self.inner, "streams", False) else None
-        stop = threading.Event()
         finished = threading.Event()
         left_behind = threading.Event()
         heard = [time.monotonic()]
@@ -55,7 +54,8 @@ class Watchdog:
 
         def work() -> None:
             try:
-                outcome["output"] = self.inner.generate(job, report, stop)
+                # The dispatcher's own cancel signal: a cancel reaches the generator at once.
+                outcome["output"] = self.inner.generate(job, report, cancelled)
             except BaseException as exc:  # handed to the dispatcher's thread below
                 outcome["error"] = exc
             finally:
@@ -66,18 +66,22 @@ class Watchdog:
         timeout = ""
         while not finished.wait(TICK_SECONDS):
             now = time.monotonic()
-            if now - started > limit:
-                timeout = f"the attempt ran past its time limit of {limit:g} s"
-            elif idle is not None and now - heard[0] > idle:
-                timeout = f"the stream sent nothing for {idle:g} s"
-            if timeout or cancelled.is_set():
-                stop.set()
-                finished.wait(STOP_GRACE_SECONDS)
-                left_behind.set()
-                if timeout:
-                    raise GenerationFailed("GENERATOR_TIMEOUT", timeout, True)
-                raise GenerationCancelled()
+            if not cancelled.is_set():
+                if now - started > limit:
+                    timeout = f"the attempt ran past its time limit of {limit:g} s"
+                elif idle is not None and now - heard[0] > idle:
+                    timeout = f"the stream sent nothing for {idle:g} s"
+                if not timeout:
+                    continue
+                cancelled.set()  # stops the generator as a cancel would
+            if not finished.wait(STOP_GRACE_SECONDS):
+                left_behind.set()  # it ignores its cancel signal: leave it, free the lane
+            break
+        if timeout:
+            raise GenerationFailed("GENERATOR_TIMEOUT", timeout, True)
         if "error" in outcome:
             raise outcome["error"]
+        if "output" not in outcome:
+            raise GenerationCancelled()
         output: Output = outcome["output"]
         return output
