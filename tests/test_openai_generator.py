@@ -16,6 +16,7 @@ from genjobs.v1 import jobs_pb2 as S
 
 from client import GenJobsClient
 from client.client import InvalidArgument
+from server.embedded import free_port
 from server.generators.base import (
     GenerationCancelled,
     GenerationFailed,
@@ -49,15 +50,12 @@ def openai_server(
     started: list[tuple[ServerThread, GenJobsClient]] = []
 
     def start(**overrides: Any) -> GenJobsClient:
-        settings = make_settings(
-            mongo.uri,
-            tmp_path,
-            generator="openai",
-            openai_base_url=fake.base_url,
-            openai_model="test-model",
-            openai_prices=json.dumps(PRICES),
-            **overrides,
-        )
+        defaults: dict[str, Any] = {
+            "openai_base_url": fake.base_url,
+            "openai_model": "test-model",
+            "openai_prices": json.dumps(PRICES),
+        }
+        settings = make_settings(mongo.uri, tmp_path, generator="openai", **{**defaults, **overrides})
         server = ServerThread(settings).start()
         client = server.client()
         started.append((server, client))
@@ -284,3 +282,18 @@ def test_the_watchdog_frees_the_lane_from_a_generator_that_ignores_cancel() -> N
 
 def _ignore(percentage: int, stage: str, stage_progress: int, message: str) -> None:
     pass
+
+
+def test_server_errors_and_unreachable_endpoints_are_transient(
+    openai_server: Callable[..., GenJobsClient], fake: FakeOpenAI
+) -> None:
+    alice = openai_server()
+    fake.queue(Plan(status=503, error="overloaded"), Plan())
+    job = alice.submit("topic", topic="retried")
+    done = final(alice, job.id)
+    assert done.status == S.JOB_STATUS_COMPLETED and done.attempt == 2
+    assert done.attempt_errors[0].code == "GENERATOR_UNAVAILABLE" and done.attempt_errors[0].retryable
+    nobody = openai_server(openai_base_url=f"http://127.0.0.1:{free_port()}/v1")
+    job = nobody.submit("topic", topic="unreachable", max_attempts=1)
+    failed = final(nobody, job.id)
+    assert failed.error.code == "GENERATOR_UNREACHABLE" and failed.error.retryable
