@@ -8,6 +8,9 @@ fast as it can to a genjobs server process (generator=openai). Printed:
 - the job's end-to-end time (SubmitJob until WatchJob shows COMPLETED)
   against the stream's own duration, both as the streaming server saw it
   (request in to [DONE] out) and as the openai client alone reads it;
+- the same comparison in CPU: the server's CPU for the whole 1,000-chunk job
+  over the openai client's CPU reading that stream alone (wall-clock time on
+  a shared, loaded machine mostly measures waiting for a core);
 - progress writes a second while a stream of 1,000 chunks takes ~5 s.
 
     .venv/bin/python bench/generator_bench.py
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from dataclasses import replace
 
@@ -90,6 +94,7 @@ def main() -> None:
         assert server.process is not None
         pid = server.process.pid
         cpu_per_chunk, bare_cpu, ratios, bare_ratios, e2e, streams, bare = [], [], [], [], [], [], []
+        cpu_ratios = []
         try:
             with server.client("bench") as client:
                 run_job(client, fake, fast)  # warm-up: the first job makes the openai client
@@ -102,6 +107,7 @@ def main() -> None:
                     large = process_cpu(pid) - before
                     alone, alone_cpu = bare_client(fake, fast)
                     bare_cpu.append(alone_cpu / CHUNKS * 1e6)
+                    cpu_ratios.append(large / alone_cpu)
                     cpu_per_chunk.append((large - small) / (CHUNKS - 1) * 1e6)
                     e2e.append(elapsed)
                     streams.append(stream)
@@ -123,6 +129,8 @@ def main() -> None:
     print(f"  stream read by the openai client:    {median(bare) * 1000:8.1f} ms")
     print(f"  end to end / stream (server's view): {median(ratios):8.2f}x  (goal <= 1.10x)")
     print(f"  end to end / openai client alone:    {median(bare_ratios):8.2f}x")
+    print(f"  CPU, whole job / openai client alone: {median(cpu_ratios):7.2f}x  (wall clock: idle box)")
+    print(f"  load average during the run:         {os.getloadavg()[0]:8.1f}  on {os.cpu_count()} cores")
     print(f"  progress writes a second, ~5 s stream: {median(rates):6.2f}  (goal <= 4)")
 
 
