@@ -186,7 +186,7 @@ def test_cancel_mid_stream_closes_the_connection(
 def test_a_stream_that_stops_sending_times_out_and_the_retry_completes(
     openai_server: Callable[..., GenJobsClient], fake: FakeOpenAI
 ) -> None:
-    alice = openai_server(stream_idle_seconds=1.0)
+    alice = openai_server(stream_idle_seconds=1.5)
     fake.queue(Plan(pieces=ARTICLE, stall_after=2), Plan(pieces=ARTICLE))
     job = alice.submit("topic", topic="hangs once")
     done = final(alice, job.id)
