@@ -81,6 +81,9 @@ class App:
         self._tasks: list[asyncio.Task[None]] = []
         self._database_ready = asyncio.Event()
         self._stopped = asyncio.Event()
+        # Made first: a configuration mistake stops the server before it starts anything.
+        self.progress_link = ProgressLink()
+        self.generator = make_generator(settings, self.progress_link)
 
     async def start(self) -> int:
         """Connect (or start the embedded database), then serve; returns the port."""
@@ -105,10 +108,10 @@ class App:
             settings.webhook_backoff_seconds,
         )
         self.bulks = Bulks(self.store, self.hub, self.jobs, self.webhooks)
-        self.progress_link = ProgressLink(AttemptTokens(secret))
+        self.progress_link.tokens = AttemptTokens(secret)
         self.dispatcher = Dispatcher(
             self.store,
-            make_generator(settings, self.progress_link),
+            self.generator,
             self.worker_id,
             record=self.jobs.record,
             lease_seconds=settings.lease_seconds,

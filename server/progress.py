@@ -74,13 +74,14 @@ class AttemptTokens:
 @dataclass
 class ProgressLink:
     """What a generator tells an external service so that it can report progress:
-    this server's address (set once it listens) and the attempt's token."""
+    this server's address and the attempt's token (both set once the server starts)."""
 
-    tokens: AttemptTokens
     target: str = ""
+    tokens: AttemptTokens | None = None
 
     def token(self, job: Any) -> str:
         """The token for the attempt `job` (a JobSpec) is running."""
+        assert self.tokens is not None, "the server sets the tokens before it runs jobs"
         return self.tokens.issue(job.id, job.epoch, job.started_us)
 
 

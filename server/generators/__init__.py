@@ -63,9 +63,12 @@ def make_generator(settings: Settings, progress: ProgressLink | None = None) -> 
             progress,
         )
     elif kind == "openai":
+        key = settings.openai_api_key or os.environ.get("OPENAI_API_KEY", "")
+        if not key and "api.openai.com" in settings.openai_base_url:
+            raise SystemExit("genjobs: the OpenAI API needs GENJOBS_OPENAI_API_KEY (or OPENAI_API_KEY)")
         inner = OpenAIGenerator(
             settings.openai_base_url,
-            settings.openai_api_key or os.environ.get("OPENAI_API_KEY", ""),
+            key,
             settings.openai_model,
             parse_prices(settings.openai_prices),
             Prompts.load(settings.prompts_file),
