@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ from genjobs.v1 import jobs_pb2 as S
 
 from client import GenJobsClient
 from client.client import InvalidArgument
+from server.config import Settings
 from server.embedded import free_port
+from server.generators import make_generator
 from server.generators.base import (
     GenerationCancelled,
     GenerationFailed,
@@ -26,7 +29,7 @@ from server.generators.base import (
     cost_cents,
     title_of,
 )
-from server.generators.openai import Price, parse_prices
+from server.generators.openai import OpenAIGenerator, Price, parse_prices
 from server.generators.prompts import Prompts, fill
 from server.generators.watchdog import Watchdog
 from tests.fake_openai import FakeOpenAI, Plan
@@ -297,3 +300,18 @@ def test_server_errors_and_unreachable_endpoints_are_transient(
     job = nobody.submit("topic", topic="unreachable", max_attempts=1)
     failed = final(nobody, job.id)
     assert failed.error.code == "GENERATOR_UNREACHABLE" and failed.error.retryable
+
+
+def test_configuration_mistakes_stop_the_server_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(SystemExit, match="needs GENJOBS_OPENAI_API_KEY"):
+        make_generator(Settings(generator="openai"))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")
+    made = make_generator(Settings(generator="openai"))
+    assert isinstance(made, Watchdog) and isinstance(made.inner, OpenAIGenerator)
+    assert made.inner.api_key == "sk-from-the-environment"
+    local = Settings(generator="openai", openai_base_url="http://localhost:11434/v1")
+    with pytest.raises(SystemExit, match="GENJOBS_OPENAI_PRICES"):
+        make_generator(replace(local, openai_prices='{"m": 1}'))
+    with pytest.raises(SystemExit, match="GENJOBS_GENERATOR_HEADERS"):
+        make_generator(Settings(generator="http", generator_url="http://x", generator_headers="[]"))
