@@ -29,6 +29,7 @@ from server.generators import make_generator
 from server.jobs import Jobs
 from server.notify import make_notifier
 from server.notify.job_end import JobNotifications
+from server.progress import AttemptTokens, ExternalProgress, ProgressLink
 from server.servicers.bulk import BulkServicer
 from server.servicers.jobs import JobServicer
 from server.store import Store
@@ -60,6 +61,14 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
+def advertised(host: str, port: int) -> str:
+    """host:port where generation services reach this server: the bound host,
+    or this machine's name when bound to every interface."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = socket.getfqdn()
+    return f"{host}:{port}"
+
+
 class App:
     """One genjobs server: `await start()`, then `await stop()`."""
 
@@ -73,6 +82,9 @@ class App:
         self._tasks: list[asyncio.Task[None]] = []
         self._database_ready = asyncio.Event()
         self._stopped = asyncio.Event()
+        # Made first: a configuration mistake stops the server before it starts anything.
+        self.progress_link = ProgressLink()
+        self.generator = make_generator(settings, self.progress_link)
 
     async def start(self) -> int:
         """Connect (or start the embedded database), then serve; returns the port."""
@@ -97,9 +109,10 @@ class App:
         self.jobs.email_enabled = bool(settings.smtp_url)
         self.bulks = Bulks(self.store, self.hub, self.jobs, self.notifier)
         self.job_notifications = JobNotifications(self.store, self.jobs, self.notifier)
+        self.progress_link.tokens = AttemptTokens(secret)
         self.dispatcher = Dispatcher(
             self.store,
-            make_generator(settings.generator, settings.generator_url),
+            self.generator,
             self.worker_id,
             record=self.jobs.record,
             lease_seconds=settings.lease_seconds,
@@ -112,7 +125,8 @@ class App:
         self.jobs.dispatcher = self.dispatcher
 
         server = grpc.aio.server(interceptors=[AuthInterceptor(secret)], options=SERVER_OPTIONS)
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs, self.hub), server)
+        progress = ExternalProgress(self.store, self.progress_link.tokens, self.jobs.record)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs, self.hub, progress), server)
         bulk_pb2_grpc.add_BulkServiceServicer_to_server(BulkServicer(self.bulks, self.hub), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -122,6 +136,7 @@ class App:
         self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
         if self.port == 0:
             raise SystemExit(f"genjobs: cannot listen on {settings.host}:{settings.port}")
+        self.progress_link.target = settings.progress_target or advertised(settings.host, self.port)
         await server.start()
         self.server = server
         self._tasks = [

@@ -18,7 +18,8 @@ from grpc_status import rpc_status
 from server.errors import ServiceError, unauthenticated
 
 ALGORITHM = "HS256"
-OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+# ReportProgress carries its own credential: the attempt token (server/progress.py).
+OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.", "/genjobs.v1.JobService/ReportProgress")
 
 
 @dataclass(frozen=True)

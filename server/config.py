@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 
@@ -35,6 +35,18 @@ class Settings:
     smtp_url: str = ""  # smtp://user:pass@host:port or smtps://...; empty: no email
     smtp_from: str = ""
     public_url: str = ""  # where people reach genjobs' HTTP face: links in mails
+    # Generators (server/generators/): the http generator's time limit and
+    # headers, the openai generator's endpoint, and every attempt's limits.
+    generator_timeout_seconds: float = 600.0
+    generator_headers: str = field(default="", repr=False)  # JSON object; may hold credentials
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: str = field(default="", repr=False)  # empty: OPENAI_API_KEY
+    openai_model: str = "gpt-4o-mini"
+    openai_prices: str = ""  # JSON: {"<model>": {"input_per_mtok": USD, "output_per_mtok": USD}}
+    prompts_file: str = ""  # empty: the built-in server/generators/prompts.toml
+    attempt_timeout_seconds: float = 900.0
+    stream_idle_seconds: float = 60.0
+    progress_target: str = ""  # host:port generation services report to; empty: this server's
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from bson import ObjectId
 from pymongo.errors import PyMongoError
@@ -27,6 +26,7 @@ from server.generators import (
     Generator,
     JobSpec,
 )
+from server.progress import progress_fields
 from server.states import Status
 from server.store import (
     BACKOFF,
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 LEADER_LEASE = "dispatcher"
 CANDIDATE_BATCH = 64
-PROGRESS_WRITE_INTERVAL = 0.2  # coalesce chattier generators to ~5 writes a second
+PROGRESS_WRITE_INTERVAL = 0.25  # coalesce chattier generators to at most 4 writes a second
 HOUSEKEEPING_INTERVAL = 1.0
 MAX_BACKOFF_SECONDS = 300.0
 
@@ -301,14 +301,24 @@ class Dispatcher:
         self._run = run
         try:
             self.record(job, STATUS_CHANGED)
-            spec = JobSpec(str(job["_id"]), job["owner"], job["mode"], job["params"], job["attempt"])
+            spec = JobSpec(
+                str(job["_id"]),
+                job["owner"],
+                job["mode"],
+                job["params"],
+                job["attempt"],
+                epoch=job["epoch"],
+                started_us=job["started_us"],
+            )
             reporter = _ProgressWriter(self, run, job)
             try:
                 output = self.generator.generate(spec, reporter.report, run.cancel)
             except GenerationCancelled:
                 self._finish_cancelled(run, job)
             except GenerationFailed as failure:
-                self._finish_failed(run, job, failure.code, failure.message, failure.retryable)
+                self._finish_failed(
+                    run, job, failure.code, failure.message, failure.retryable, failure.retry_after_seconds
+                )
             except Exception as exc:
                 log.exception("generator crashed on job %s", job["_id"])
                 self._finish_failed(run, job, "GENERATOR_CRASHED", f"{type(exc).__name__}: {exc}", False)
@@ -346,7 +356,15 @@ class Dispatcher:
             },
         )
 
-    def _finish_failed(self, run: _Run, job: Doc, code: str, message: str, retryable: bool) -> None:
+    def _finish_failed(
+        self,
+        run: _Run,
+        job: Doc,
+        code: str,
+        message: str,
+        retryable: bool,
+        retry_after: float | None = None,
+    ) -> None:
         attempt = job["attempt"]
         category = "transient" if retryable else "permanent"
         error = job_error(code, category, message, retryable, attempt)
@@ -360,6 +378,7 @@ class Dispatcher:
         if retryable and attempt < job["max_attempts"]:
             delay = min(self.retry_base_seconds * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
             delay *= random.uniform(0.5, 1.0)  # jitter: retries of many jobs spread out
+            delay = max(delay, retry_after or 0.0)  # the provider's Retry-After, when longer
             changes.update(
                 status=str(Status.QUEUED), queue=BACKOFF, run_after_us=clock.now_us() + int(delay * 1_000_000)
             )
@@ -394,18 +413,9 @@ class _ProgressWriter:
         if self.run.lost or now - self.last_write < PROGRESS_WRITE_INTERVAL:
             return
         self.last_write = now
-        elapsed = now - self.started_mono
-        progress: dict[str, Any] = {
-            "percentage": max(0, min(100, percentage)),
-            "stage": stage,
-            "stage_progress": max(0, min(100, stage_progress)),
-            "message": message,
-            "started_at_us": self.started_us,
-            "elapsed_seconds": round(elapsed, 3),
-        }
-        if percentage > 0:
-            remaining = elapsed * (100 - percentage) / percentage
-            progress["estimated_completion_us"] = clock.now_us() + int(remaining * 1e6)
+        progress = progress_fields(
+            percentage, stage, stage_progress, message, self.started_us, now - self.started_mono
+        )
         after = self.dispatcher.store.fenced_update(
             self.run.oid, self.run.epoch, {"progress": progress, "updated_us": clock.now_us()}
         )

@@ -25,6 +25,8 @@ DEMO_FAILURES = ("transient", "permanent")
 MIN_BULK_ITEMS, MAX_BULK_ITEMS = 10, 50
 MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 100, 50
 MAX_QUERY = 200
+MAX_TIMEOUT_SECONDS = 86400.0
+_MODEL = re.compile(r"[A-Za-z0-9._:/-]{1,100}")
 # Extra keys become field names in MongoDB: no dots, no leading $.
 _EXTRA_KEY = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_EXTRA_KEY}}}")
 
@@ -92,6 +94,26 @@ def _check_extra(extra: dict[str, str], prefix: str) -> list[FieldViolation]:
         bad.append(FieldViolation(f"{prefix}.extra['demo_fail']", "either 'transient' or 'permanent'"))
     if "demo_fail_attempts" in extra and not extra["demo_fail_attempts"].isdigit():
         bad.append(FieldViolation(f"{prefix}.extra['demo_fail_attempts']", "a whole number of attempts"))
+    bad += _check_generator_extra(extra, prefix)
+    return bad
+
+
+def _check_generator_extra(extra: dict[str, str], prefix: str) -> list[FieldViolation]:
+    """The extras the generators read: model, temperature, timeout_seconds."""
+    bad = []
+    if "model" in extra and not _MODEL.fullmatch(extra["model"]):
+        bad.append(
+            FieldViolation(f"{prefix}.extra['model']", "a model name: 1 to 100 of A-Z a-z 0-9 . _ : / -")
+        )
+    for key, low, high in (("temperature", 0.0, 2.0), ("timeout_seconds", 1.0, MAX_TIMEOUT_SECONDS)):
+        if key not in extra:
+            continue
+        try:
+            ok = low <= float(extra[key]) <= high
+        except ValueError:
+            ok = False
+        if not ok:
+            bad.append(FieldViolation(f"{prefix}.extra[{key!r}]", f"a number from {low:g} to {high:g}"))
     return bad
 
 

@@ -10,8 +10,10 @@ from google.protobuf import empty_pb2
 
 from server import convert
 from server.auth import current_caller
+from server.errors import ServiceError
 from server.events import Event, EventHub
 from server.jobs import Jobs
+from server.progress import ExternalProgress
 from server.servicers.common import rpc
 from server.store import SNAPSHOT, JobFilter, final
 from server.watch import follow
@@ -35,9 +37,10 @@ def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.GetJobStatsRequest) 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     """The JobService RPCs."""
 
-    def __init__(self, jobs: Jobs, hub: EventHub) -> None:
+    def __init__(self, jobs: Jobs, hub: EventHub, progress: ExternalProgress | None = None) -> None:
         self.jobs = jobs
         self.hub = hub
+        self.progress = progress
 
     @rpc
     async def SubmitJob(
@@ -156,3 +159,20 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                     yield jobs_pb2.JobEvent(type=jobs_pb2.JOB_EVENT_TYPE_HEARTBEAT)
                 else:
                     yield event.message(convert.job_event)
+
+    @rpc
+    async def ReportProgress(
+        self, request: jobs_pb2.ReportProgressRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        if self.progress is None:
+            raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", "progress reports are off")
+        await asyncio.to_thread(
+            self.progress.report,
+            request.job_id,
+            request.token,
+            request.percentage,
+            request.stage,
+            request.stage_progress,
+            request.message,
+        )
+        return empty_pb2.Empty()

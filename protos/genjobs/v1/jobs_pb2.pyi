@@ -865,3 +865,41 @@ class GetJobStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetJobStatsResponse: _TypeAlias = GetJobStatsResponse  # noqa: Y015
+
+@_typing.final
+class ReportProgressRequest(_message.Message):
+    """ReportProgressRequest is one progress report of a running job's attempt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    PERCENTAGE_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    STAGE_PROGRESS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    token: _builtins.str
+    """progress.token from the generation request."""
+    percentage: _builtins.int
+    """0 to 100; 100 is shown as 99 until the job completes."""
+    stage: _builtins.str
+    stage_progress: _builtins.int
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        token: _builtins.str = ...,
+        percentage: _builtins.int = ...,
+        stage: _builtins.str = ...,
+        stage_progress: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "message", b"message", "percentage", b"percentage", "stage", b"stage", "stage_progress", b"stage_progress", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportProgressRequest: _TypeAlias = ReportProgressRequest  # noqa: Y015

@@ -81,6 +81,11 @@ class JobServiceStub:
                 request_serializer=genjobs_dot_v1_dot_jobs__pb2.GetJobStatsRequest.SerializeToString,
                 response_deserializer=genjobs_dot_v1_dot_jobs__pb2.GetJobStatsResponse.FromString,
                 _registered_method=True)
+        self.ReportProgress = channel.unary_unary(
+                '/genjobs.v1.JobService/ReportProgress',
+                request_serializer=genjobs_dot_v1_dot_jobs__pb2.ReportProgressRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -152,6 +157,16 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportProgress(self, request, context):
+        """ReportProgress is how an external generation service reports a running
+        job's progress. It needs no bearer token: the attempt token the service
+        was sent is the credential, and it is refused (PERMISSION_DENIED) once
+        that attempt has ended or for any other job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +214,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.GetJobStats,
                     request_deserializer=genjobs_dot_v1_dot_jobs__pb2.GetJobStatsRequest.FromString,
                     response_serializer=genjobs_dot_v1_dot_jobs__pb2.GetJobStatsResponse.SerializeToString,
+            ),
+            'ReportProgress': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportProgress,
+                    request_deserializer=genjobs_dot_v1_dot_jobs__pb2.ReportProgressRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -445,6 +465,33 @@ class JobService:
             '/genjobs.v1.JobService/GetJobStats',
             genjobs_dot_v1_dot_jobs__pb2.GetJobStatsRequest.SerializeToString,
             genjobs_dot_v1_dot_jobs__pb2.GetJobStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportProgress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genjobs.v1.JobService/ReportProgress',
+            genjobs_dot_v1_dot_jobs__pb2.ReportProgressRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,12 @@ class JobServiceStub:
     """RunBulkOperation acts on up to 100 of the caller's jobs at once."""
     GetJobStats: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobStatsRequest, _jobs_pb2.GetJobStatsResponse]
     """GetJobStats summarises the caller's jobs."""
+    ReportProgress: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ReportProgressRequest, _empty_pb2.Empty]
+    """ReportProgress is how an external generation service reports a running
+    job's progress. It needs no bearer token: the attempt token the service
+    was sent is the credential, and it is refused (PERMISSION_DENIED) once
+    that attempt has ended or for any other job.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -84,6 +90,12 @@ class JobServiceAsyncStub(JobServiceStub):
     """RunBulkOperation acts on up to 100 of the caller's jobs at once."""
     GetJobStats: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobStatsRequest, _jobs_pb2.GetJobStatsResponse]  # type: ignore[assignment]
     """GetJobStats summarises the caller's jobs."""
+    ReportProgress: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ReportProgressRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """ReportProgress is how an external generation service reports a running
+    job's progress. It needs no bearer token: the attempt token the service
+    was sent is the credential, and it is refused (PERMISSION_DENIED) once
+    that attempt has ended or for any other job.
+    """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """JobService owns single content-generation jobs: submit, inspect, steer, watch."""
@@ -163,5 +175,17 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.GetJobStatsResponse, _abc.Awaitable[_jobs_pb2.GetJobStatsResponse]]:
         """GetJobStats summarises the caller's jobs."""
+
+    @_abc_1.abstractmethod
+    def ReportProgress(
+        self,
+        request: _jobs_pb2.ReportProgressRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """ReportProgress is how an external generation service reports a running
+        job's progress. It needs no bearer token: the attempt token the service
+        was sent is the credential, and it is refused (PERMISSION_DENIED) once
+        that attempt has ended or for any other job.
+        """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

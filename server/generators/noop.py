@@ -1,0 +1,14 @@
+"""`noop`: an empty article at once, for measuring the service itself."""
+
+from __future__ import annotations
+
+import threading
+
+from server.generators.base import JobSpec, Output, ProgressFn
+
+
+class NoopGenerator:
+    """Returns an empty article at once: measures the service, not the generator."""
+
+    def generate(self, job: JobSpec, report_progress: ProgressFn, cancelled: threading.Event) -> Output:
+        return Output(content="", title="", word_count=0)

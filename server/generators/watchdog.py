@@ -1,0 +1,87 @@
+"""Every attempt's time limits, for any generator: past the attempt's limit, or
+a stream silent too long, the generator is stopped and the attempt fails as
+transient GENERATOR_TIMEOUT (retried by policy)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from server.generators.base import (
+    GenerationCancelled,
+    GenerationFailed,
+    Generator,
+    JobSpec,
+    Output,
+    ProgressFn,
+)
+
+TICK_SECONDS = 0.05
+STOP_GRACE_SECONDS = 1.0  # how long a stopped generator may take to let go (cancel must end in 2 s)
+
+
+class Watchdog:
+    """Runs another generator in a thread of its own and stops it at its limits.
+
+    The limit is GENJOBS_ATTEMPT_TIMEOUT_SECONDS, or the job's
+    `params.extra.timeout_seconds` when lower. A generator with
+    `streams = True` is also hung once it reports nothing for `idle_seconds`.
+    A generator that ignores its cancel signal is left behind after a grace,
+    so it never holds the one lane.
+    """
+
+    def __init__(self, inner: Generator, attempt_seconds: float, idle_seconds: float) -> None:
+        self.inner = inner
+        self.attempt_seconds = attempt_seconds
+        self.idle_seconds = idle_seconds
+
+    def generate(self, job: JobSpec, report_progress: ProgressFn, cancelled: threading.Event) -> Output:
+        limit = self.attempt_seconds
+        asked = job.params.get("extra", {}).get("timeout_seconds")
+        if asked:
+            limit = min(limit, float(asked))
+        idle = self.idle_seconds if getattr(self.inner, "streams", False) else None
+        finished = threading.Event()
+        left_behind = threading.Event()
+        heard = [time.monotonic()]
+        outcome: dict[str, Any] = {}
+
+        def report(percentage: int, stage: str, stage_progress: int, message: str) -> None:
+            heard[0] = time.monotonic()
+            if not left_behind.is_set():
+                report_progress(percentage, stage, stage_progress, message)
+
+        def work() -> None:
+            try:
+                # The dispatcher's own cancel signal: a cancel reaches the generator at once.
+                outcome["output"] = self.inner.generate(job, report, cancelled)
+            except BaseException as exc:  # handed to the dispatcher's thread below
+                outcome["error"] = exc
+            finally:
+                finished.set()
+
+        started = time.monotonic()
+        threading.Thread(target=work, name=f"generate-{job.id}", daemon=True).start()
+        timeout = ""
+        while not finished.wait(TICK_SECONDS):
+            now = time.monotonic()
+            if not cancelled.is_set():
+                if now - started > limit:
+                    timeout = f"the attempt ran past its time limit of {limit:g} s"
+                elif idle is not None and now - heard[0] > idle:
+                    timeout = f"the stream sent nothing for {idle:g} s"
+                if not timeout:
+                    continue
+                cancelled.set()  # stops the generator as a cancel would
+            if not finished.wait(STOP_GRACE_SECONDS):
+                left_behind.set()  # it ignores its cancel signal: leave it, free the lane
+            break
+        if timeout:
+            raise GenerationFailed("GENERATOR_TIMEOUT", timeout, True)
+        if "error" in outcome:
+            raise outcome["error"]
+        if "output" not in outcome:
+            raise GenerationCancelled()
+        output: Output = outcome["output"]
+        return output
