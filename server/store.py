@@ -22,9 +22,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
 import pymongo
 from bson import ObjectId
 from bson.errors import InvalidId
+from bson.raw_bson import RawBSONDocument
 from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection
@@ -53,6 +55,9 @@ READY, HELD, BACKOFF, NONE = "ready", "held", "backoff", "none"
 
 # Event types, as stored and as sent on WatchJob.
 SNAPSHOT, STATUS_CHANGED, PROGRESS = "SNAPSHOT", "STATUS_CHANGED", "PROGRESS"
+
+# A page's documents stop at this size: replies stay under gRPC's 4 MB default.
+MAX_PAGE_BYTES = 3 * 1024 * 1024
 
 # Fields the service keeps for itself; never sent in an event snapshot twice.
 _EVENT_EXCLUDE = ("search_text", "request_key", "expire_us")
@@ -916,11 +921,23 @@ def _keyset_page(
         # Below the last item shown, within any date range of `query`.
         created = query.get("ck", {})
         page_query = {**query, "ck": {**created, "$lt": min(before, created.get("$lt", before))}}
-    docs = list(collection.find(page_query).sort("ck", pymongo.DESCENDING).limit(size + 1))
+    # Read raw, to weigh each document: a page stops short of gRPC's 4 MB
+    # message limit however large its jobs. One decode of the kept ones
+    # after costs what pymongo's own decoding would have.
+    raw = collection.with_options(
+        codec_options=collection.codec_options.with_options(document_class=RawBSONDocument)
+    )
+    kept: list[bytes] = []
+    weight, more = 0, False
+    for found in raw.find(page_query).sort("ck", pymongo.DESCENDING).limit(size + 1):
+        weight += len(found.raw)
+        if len(kept) == size or (kept and weight > MAX_PAGE_BYTES):
+            more = True
+            break
+        kept.append(found.raw)
+    docs: list[Doc] = bson.decode_all(b"".join(kept), collection.codec_options)
     if total < 0:
         total = Store.count(collection, query) if count else 0
-    more = len(docs) > size
-    docs = docs[:size]
     return Page(docs, tokens.encode(docs[-1]["ck"], total, fingerprint) if more else "", total)
 
 

@@ -429,3 +429,29 @@ def test_a_bad_body_without_a_token_is_still_unauthenticated(shared: ServerThrea
     with pytest.raises(grpc.RpcError) as caught:
         channel.unary_unary("/genjobs.v1.JobService/GetJob")(b"\xff\xff", timeout=10)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# ---- replies a client can read -----------------------------------------------
+
+
+def test_a_page_of_large_jobs_fits_in_a_reply(shared: ServerThread) -> None:
+    """A page stops short of gRPC's 4 MB message limit; the token goes on from there."""
+    me = Caller(shared)
+    source = "word " * 20_000  # 100,000 characters, the most a job may carry
+    request = jobs_pb2.SubmitJobRequest(
+        mode=jobs_pb2.MODE_SPIN, params=jobs_pb2.GenerationParams(source_text=source)
+    )
+    submitted = []
+    for i in range(60):
+        request.request_id = f"big-{i}"
+        submitted.append(me.ok(me.jobs.SubmitJob, request).id)
+    seen: list[str] = []
+    listing = jobs_pb2.ListJobsRequest(page_size=100)
+    while True:
+        page = me.ok(me.jobs.ListJobs, listing)
+        assert page.total_size == 60 and page.ByteSize() < 4 * 1024 * 1024
+        seen += [j.id for j in page.jobs]
+        if not page.next_page_token:
+            break
+        listing.page_token = page.next_page_token
+    assert seen == submitted[::-1]
