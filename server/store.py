@@ -25,7 +25,6 @@ from typing import Any
 import bson
 import pymongo
 from bson import ObjectId
-from bson.errors import InvalidId
 from bson.raw_bson import RawBSONDocument
 from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
@@ -106,10 +105,7 @@ def parse_id(ident: str, kind: str = "job") -> ObjectId:
     bad = validation.check_id(ident, "id", kind)
     if bad:
         raise invalid(bad)
-    try:
-        return ObjectId(ident)
-    except (InvalidId, TypeError):
-        raise invalid(validation.check_id("", "id", kind)) from None
+    return ObjectId(ident)
 
 
 def request_key(owner: str, kind: str, *parts: str | int) -> str:
