@@ -69,12 +69,12 @@ def timestamp(value: datetime | int | None) -> Timestamp | None:
 MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
 
-def timestamp_us(value: Timestamp, present: bool, field: str) -> int:
-    """Epoch microseconds of a request Timestamp, 0 when it was not set;
+def timestamp_us(value: Timestamp, present: bool, field: str) -> int | None:
+    """Epoch microseconds of a request Timestamp, None when it was not set;
     INVALID_ARGUMENT naming `field` when it is outside Timestamp's range
     (which also keeps it inside MongoDB's 64-bit integers)."""
     if not present:
-        return 0
+        return None
     if not (MIN_SECONDS <= value.seconds <= MAX_SECONDS and 0 <= value.nanos <= 999_999_999):
         raise invalid(
             [FieldViolation(field, "seconds from 0001-01-01 to 9999-12-31 and nanos from 0 to 999999999")]

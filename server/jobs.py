@@ -268,10 +268,7 @@ def _check_filter_values(filters: JobFilter) -> list[FieldViolation]:
     bad += validation.check_label(filters.project, "project", validation.MAX_PROJECT)
     if filters.bulk_job_id:
         bad += validation.check_id(filters.bulk_job_id, "bulk_job_id", "bulk job")
-    if (
-        filters.created_after_us
-        and filters.created_before_us
-        and (filters.created_after_us >= filters.created_before_us)
-    ):
+    after, before = filters.created_after_us, filters.created_before_us
+    if after is not None and before is not None and after >= before:
         bad.append(FieldViolation("created_before", "must be later than created_after"))
     return bad

@@ -68,8 +68,9 @@ class JobFilter:
 
     statuses: list[str] = field(default_factory=list)
     modes: list[str] = field(default_factory=list)
-    created_after_us: int = 0
-    created_before_us: int = 0
+    # None: no bound (0 is a time like any other: 1970-01-01).
+    created_after_us: int | None = None
+    created_before_us: int | None = None
     query: str = ""
     bulk_job_id: str = ""
     project: str = ""
@@ -611,9 +612,9 @@ class Store(BulkQueries):
         if filters.modes:
             query["mode"] = one_of(filters.modes)
         created: Doc = {}
-        if filters.created_after_us:
+        if filters.created_after_us is not None:
             created["$gte"] = filters.created_after_us
-        if filters.created_before_us:
+        if filters.created_before_us is not None:
             created["$lt"] = filters.created_before_us
         if created:
             query["ck"] = created

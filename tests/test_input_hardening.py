@@ -469,3 +469,18 @@ def test_the_worst_error_fits_in_two_kilobytes() -> None:
     assert status.ByteSize() + len(status.message.encode()) < TRAILER_LIMIT
     bad = ServiceError(grpc.StatusCode.NOT_FOUND, "X", wide).to_status()
     assert bad.ByteSize() + len(bad.message.encode()) < 700
+
+
+def test_a_time_range_at_the_epoch_is_a_range(shared: ServerThread) -> None:
+    """created_before 1970-01-01 is before every job, not "no filter"."""
+    me = Caller(shared)
+    me.ok(
+        me.jobs.SubmitJob,
+        jobs_pb2.SubmitJobRequest(mode=jobs_pb2.MODE_TOPIC, params=jobs_pb2.GenerationParams(topic="t")),
+    )
+    epoch = Timestamp(seconds=0)
+    assert me.ok(me.jobs.ListJobs, jobs_pb2.ListJobsRequest(created_before=epoch)).total_size == 0
+    assert me.ok(me.jobs.GetJobStats, jobs_pb2.GetJobStatsRequest(created_before=epoch)).total_jobs == 0
+    assert me.ok(me.jobs.ListJobs, jobs_pb2.ListJobsRequest(created_after=epoch)).total_size == 1
+    error = me.fails(me.jobs.ListJobs, jobs_pb2.ListJobsRequest(created_after=epoch, created_before=epoch))
+    assert_invalid(error, "created_before")
