@@ -31,6 +31,7 @@ from server.notify import make_notifier
 from server.notify.job_end import JobNotifications
 from server.progress import AttemptTokens, ExternalProgress, ProgressLink
 from server.servicers.bulk import BulkServicer
+from server.servicers.common import RequestDecoding
 from server.servicers.jobs import JobServicer
 from server.store import Store
 
@@ -98,7 +99,7 @@ class App:
         # Every RPC runs its pymongo call in a thread: enough of them for many
         # concurrent callers, each holding one pooled connection briefly.
         loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc"))
-        self.store = Store(uri, settings.db_name, settings.retention_days)
+        self.store = Store(uri, settings.db_name, settings.retention_days, page_secret=secret)
         self.hub = EventHub(loop)
         self.event_log = EventLog(self.store)
         self.event_log.start()
@@ -124,7 +125,9 @@ class App:
         )
         self.jobs.dispatcher = self.dispatcher
 
-        server = grpc.aio.server(interceptors=[AuthInterceptor(secret)], options=SERVER_OPTIONS)
+        # Auth first: a caller without a token learns nothing, not even about its body.
+        interceptors = [AuthInterceptor(secret), RequestDecoding()]
+        server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         progress = ExternalProgress(self.store, self.progress_link.tokens, self.jobs.record)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs, self.hub, progress), server)
         bulk_pb2_grpc.add_BulkServiceServicer_to_server(BulkServicer(self.bulks, self.hub), server)

@@ -16,8 +16,10 @@ import jwt
 from grpc_status import rpc_status
 
 from server.errors import ServiceError, unauthenticated
+from server.validation import has_control
 
 ALGORITHM = "HS256"
+MAX_SUBJECT = 256  # characters of a user id
 # ReportProgress carries its own credential: the attempt token (server/progress.py).
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.", "/genjobs.v1.JobService/ReportProgress")
 
@@ -55,8 +57,26 @@ def load_secret(configured: str, data_dir: Path, name: str = "auth_secret") -> s
     return path.read_text().strip()
 
 
+def subject_problem(user: object) -> str:
+    """Why `user` cannot be a token's subject, or "" when it can.
+
+    The user id is the owner stored with every job and part of every
+    idempotency key: printable text of sensible length only.
+    """
+    if not isinstance(user, str) or not user:
+        return "the token has no subject"
+    if len(user) > MAX_SUBJECT:
+        return f"the token's subject is longer than {MAX_SUBJECT} characters"
+    if has_control(user):
+        return "the token's subject contains control characters"
+    return ""
+
+
 def make_token(secret: str, user: str, admin: bool = False, ttl_seconds: int = 30 * 86400) -> str:
     """An HS256 token for `user`, valid for `ttl_seconds`."""
+    problem = subject_problem(user)
+    if problem:
+        raise ValueError(problem)
     now = int(time.time())
     claims: dict[str, Any] = {"sub": user, "iat": now, "exp": now + ttl_seconds}
     if admin:
@@ -83,9 +103,10 @@ def verify(secret: str, header: str | None) -> tuple[Caller, float]:
     except jwt.InvalidTokenError as exc:
         raise unauthenticated("INVALID_TOKEN", f"the token is not valid: {exc}") from None
     user = claims.get("sub")
-    if not isinstance(user, str) or not user:
-        raise unauthenticated("INVALID_TOKEN", "the token has no subject")
-    return Caller(user=user, admin=claims.get("role") == "admin"), float(claims["exp"])
+    problem = subject_problem(user)
+    if problem:
+        raise unauthenticated("INVALID_TOKEN", problem)
+    return Caller(user=str(user), admin=claims.get("role") == "admin"), float(claims["exp"])
 
 
 class VerifiedTokens:

@@ -23,7 +23,17 @@ from server.jobs import Jobs, normalized
 from server.notify.channels import new_notification
 from server.notify.sender import Notifier
 from server.states import BULK_FINAL, BulkAction, BulkStatus, Status
-from server.store import BACKOFF, HELD, READY, STATUS_CHANGED, Doc, Page, Store
+from server.store import (
+    BACKOFF,
+    HELD,
+    READY,
+    STATUS_CHANGED,
+    Doc,
+    Page,
+    Store,
+    bulk_item_key,
+    submission_key,
+)
 
 # Bulk event kinds (BulkJobEventType without its prefix); STATUS_CHANGED is the store's.
 SNAPSHOT, ITEM_CHANGED, COMPLETED = "SNAPSHOT", "ITEM_CHANGED", "COMPLETED"
@@ -132,7 +142,7 @@ class Bulks:
             "total_items": len(items),
             "ck": base,
             "request_id": request_id,
-            "request_key": f"{caller.user}\x1f{request_id or bulk_id}",
+            "request_key": submission_key(caller.user, request_id, bulk_id, "bulk"),
             "notify_url": notify_url,
             "notify_email": notify_email,
             "seq": 1,
@@ -151,7 +161,7 @@ class Bulks:
                 bulk_job_id=str(bulk_id),
                 queue_position=position,
                 ck=base + position,  # items run in position order, FIFO among all jobs
-                request_key=f"{caller.user}\x1fbulk\x1f{bulk_id}\x1f{position}",
+                request_key=bulk_item_key(caller.user, bulk_id, position),
             )
             for position, params in enumerate(items, start=1)
         ]
@@ -165,6 +175,9 @@ class Bulks:
         # change the counts include, so a watcher starting from this view
         # skips no later event and sees no earlier (smaller) count after it.
         # Both queries carry the owner: another user's bulk job is NOT_FOUND.
+        bad = validation.check_id(bulk_id, "id", "bulk job")
+        if bad:
+            raise invalid(bad)
         items = self.store.bulk_items([bulk_id], caller.owner_filter)
         return summarize(self.store.get_bulk(caller.owner_filter, bulk_id), items)
 
@@ -173,6 +186,10 @@ class Bulks:
     ) -> tuple[list[BulkView], Page]:
         """A page of bulk jobs with their counts (items fetched in one query)."""
         page_size, bad = validation.page_size(size)
+        bad += validation.check_choices(
+            "statuses", statuses, [str(s) for s in BulkStatus], "BULK_JOB_STATUS_"
+        )
+        bad += validation.check_label(project, "project", validation.MAX_PROJECT)
         if bad:
             raise invalid(bad)
         page = self.store.list_bulk(caller.owner_filter, statuses, project, page_size, token)

@@ -10,35 +10,39 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from server import clock
 from server.notify.channels import CHANNELS
+from server.errors import FieldViolation, invalid
 
 Doc = dict[str, Any]
 
 
-def mode_name(value: int) -> str:
-    """MODE_TOPIC (enum number) -> "TOPIC"; "" for unspecified or unknown."""
+def enum_name(enum: Any, value: int, prefix: str) -> str:
+    """An enum number as its name without `prefix` (MODE_TOPIC -> "TOPIC");
+    "" for the unspecified zero or a number the enum does not have."""
     try:
-        name = jobs_pb2.Mode.Name(value)  # type: ignore[arg-type]
+        name: str = enum.Name(value)
     except ValueError:
         return ""
-    return "" if value == 0 else name.removeprefix("MODE_")
+    return "" if value == 0 else name.removeprefix(prefix)
+
+
+def mode_name(value: int) -> str:
+    """MODE_TOPIC (enum number) -> "TOPIC"; "" for unspecified or unknown."""
+    return enum_name(jobs_pb2.Mode, value, "MODE_")
 
 
 def status_name(value: int) -> str:
     """JOB_STATUS_QUEUED -> "QUEUED"; "" for unspecified or unknown."""
-    try:
-        name = jobs_pb2.JobStatus.Name(value)  # type: ignore[arg-type]
-    except ValueError:
-        return ""
-    return "" if value == 0 else name.removeprefix("JOB_STATUS_")
+    return enum_name(jobs_pb2.JobStatus, value, "JOB_STATUS_")
 
 
 def bulk_status_name(value: int) -> str:
     """BULK_JOB_STATUS_PAUSED -> "PAUSED"; "" for unspecified or unknown."""
-    try:
-        name = bulk_pb2.BulkJobStatus.Name(value)  # type: ignore[arg-type]
-    except ValueError:
-        return ""
-    return "" if value == 0 else name.removeprefix("BULK_JOB_STATUS_")
+    return enum_name(bulk_pb2.BulkJobStatus, value, "BULK_JOB_STATUS_")
+
+
+def operation_name(value: int) -> str:
+    """BULK_OPERATION_RETRY_ALL_FAILED -> "RETRY_ALL_FAILED"; "" for unspecified or unknown."""
+    return enum_name(jobs_pb2.BulkOperation, value, "BULK_OPERATION_")
 
 
 def params_dict(params: jobs_pb2.GenerationParams) -> Doc:
@@ -62,9 +66,21 @@ def timestamp(value: datetime | int | None) -> Timestamp | None:
     return stamp
 
 
-def timestamp_us(value: Timestamp, present: bool) -> int:
-    """Epoch microseconds of a request Timestamp, 0 when it was not set."""
-    return value.ToMicroseconds() if present else 0
+# The range google.protobuf.Timestamp allows: 0001-01-01 to 9999-12-31 (UTC).
+MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+def timestamp_us(value: Timestamp, present: bool, field: str) -> int | None:
+    """Epoch microseconds of a request Timestamp, None when it was not set;
+    INVALID_ARGUMENT naming `field` when it is outside Timestamp's range
+    (which also keeps it inside MongoDB's 64-bit integers)."""
+    if not present:
+        return None
+    if not (MIN_SECONDS <= value.seconds <= MAX_SECONDS and 0 <= value.nanos <= 999_999_999):
+        raise invalid(
+            [FieldViolation(field, "seconds from 0001-01-01 to 9999-12-31 and nanos from 0 to 999999999")]
+        )
+    return value.seconds * 1_000_000 + value.nanos // 1000
 
 
 def job_error(doc: Doc | None) -> jobs_pb2.JobError | None:

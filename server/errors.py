@@ -1,4 +1,10 @@
-"""Domain errors, each with a gRPC code and an UPPER_SNAKE ErrorInfo reason."""
+"""Domain errors, each with a gRPC code and an UPPER_SNAKE ErrorInfo reason.
+
+Every error is bounded here, once, whatever raised it: a client must be able
+to read any error (gRPC refuses trailers past a few KB), so an error repeats
+at most a short prefix of any input (`echo`), at most `MAX_VIOLATIONS` field
+violations (then says how many more), and fits in about 1.7 KB of trailers.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,15 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 DOMAIN = "genjobs.v1"
+
+MAX_ECHO = 64  # characters of an input an error repeats
+MAX_VIOLATIONS = 20
+MAX_FIELD, MAX_DESCRIPTION = 80, 200  # characters of one violation
+MAX_METADATA = 8  # ErrorInfo entries, each value at most MAX_ECHO characters
+# The message travels twice (grpc-message, and inside grpc-status-details-bin):
+# 2 x 300 + 1,100 bytes of details stays well under 2 KB of trailers.
+MAX_MESSAGE_BYTES = 300
+MAX_DETAILS_BYTES = 1100
 
 
 @dataclass
@@ -33,19 +48,54 @@ class ServiceError(Exception):
         return f"{self.reason}: {self.message}"
 
     def to_status(self) -> status_pb2.Status:
-        """The google.rpc.Status carrying ErrorInfo (and BadRequest when relevant)."""
+        """The google.rpc.Status carrying ErrorInfo (and BadRequest when relevant), bounded."""
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN)
-        info.metadata.update(self.metadata)
+        for key, value in list(self.metadata.items())[:MAX_METADATA]:
+            info.metadata[clip(key, MAX_ECHO)] = clip(value)
+        if len(self.violations) > 1:
+            info.metadata["violations"] = str(len(self.violations))
         details = [_pack(info)]
         if self.violations:
-            bad = error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                    for v in self.violations
-                ]
-            )
-            details.append(_pack(bad))
-        return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+            budget = MAX_DETAILS_BYTES - info.ByteSize()
+            details.append(_pack(_bad_request(self.violations, budget)))
+        message = _cut_bytes(self.message, MAX_MESSAGE_BYTES)
+        return status_pb2.Status(code=self.code.value[0], message=message, details=details)
+
+
+def _bad_request(violations: list[FieldViolation], budget: int) -> error_details_pb2.BadRequest:
+    """The first violations that fit `budget` bytes (at most MAX_VIOLATIONS), then how many more."""
+    bad = error_details_pb2.BadRequest()
+    for shown, violation in enumerate(violations):
+        entry = error_details_pb2.BadRequest.FieldViolation(
+            field=clip(violation.field, MAX_FIELD), description=clip(violation.description, MAX_DESCRIPTION)
+        )
+        # Room is kept for the closing "N more" entry (about 40 bytes).
+        if shown == MAX_VIOLATIONS or bad.ByteSize() + entry.ByteSize() + 48 > budget:
+            more = len(violations) - shown
+            bad.field_violations.add(field="", description=f"and {more} more violations not shown")
+            break
+        bad.field_violations.append(entry)
+    return bad
+
+
+def clip(value: str, limit: int = MAX_ECHO) -> str:
+    """`value` in at most `limit` characters: cut short, saying how long it was."""
+    if len(value) <= limit:
+        return value
+    tail = f"… ({len(value)} characters)"
+    return value[: max(limit - len(tail), 0)] + tail
+
+
+def echo(value: str) -> str:
+    """An input as an error repeats it: quoted, control characters escaped, at most
+    MAX_ECHO characters of it."""
+    quoted = repr(value[:MAX_ECHO])
+    return quoted if len(value) <= MAX_ECHO else f"{quoted}… ({len(value)} characters)"
+
+
+def _cut_bytes(text: str, limit: int) -> str:
+    raw = text.encode("utf-8", "replace")
+    return text if len(raw) <= limit else raw[: limit - 3].decode("utf-8", "ignore") + "…"
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -55,8 +105,11 @@ def _pack(message: object) -> any_pb2.Any:
 
 
 def invalid(violations: list[FieldViolation], reason: str = "INVALID_REQUEST") -> ServiceError:
-    """INVALID_ARGUMENT naming every bad field."""
-    summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+    """INVALID_ARGUMENT naming every bad field (the message names the first few)."""
+    shown = 3
+    summary = "; ".join(f"{clip(v.field)}: {clip(v.description)}" for v in violations[:shown])
+    if len(violations) > shown:
+        summary += f" (and {len(violations) - shown} more)"
     return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, reason, summary, violations)
 
 
@@ -64,7 +117,7 @@ def not_found(kind: str, ident: str) -> ServiceError:
     """NOT_FOUND; also what another user's resource looks like."""
     reason = f"{kind.upper().replace(' ', '_')}_NOT_FOUND"
     return ServiceError(
-        grpc.StatusCode.NOT_FOUND, reason, f"{kind} {ident!r} not found", metadata={"id": ident}
+        grpc.StatusCode.NOT_FOUND, reason, f"{kind} {echo(ident)} not found", metadata={"id": ident}
     )
 
 
@@ -73,7 +126,7 @@ def wrong_status(reason: str, kind: str, ident: str, status: str, hint: str) -> 
     return ServiceError(
         grpc.StatusCode.FAILED_PRECONDITION,
         reason,
-        f"{kind} {ident} is {status.lower()}: {hint}",
+        f"{kind} {clip(ident)} is {status.lower()}: {hint}",
         metadata={"id": ident, "status": status},
     )
 

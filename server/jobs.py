@@ -162,7 +162,6 @@ class Jobs:
     def list_jobs(self, caller: Caller, filters: JobFilter, page_size: int, token: str) -> Page:
         """A page of the caller's jobs, newest first."""
         size, bad = validation.page_size(page_size)
-        bad += validation.check_query(filters.query)
         bad += _check_filter_values(filters)
         if bad:
             raise invalid(bad)
@@ -199,17 +198,8 @@ class Jobs:
         self, caller: Caller, operation: str, filters: JobFilter, validate_only: bool
     ) -> BulkOperationResult:
         """Retry, cancel or delete up to 100 of the caller's matching jobs."""
-        if operation not in OPERATION_STATUS:
-            raise invalid(
-                [
-                    FieldViolation(
-                        "operation",
-                        "one of BULK_OPERATION_RETRY_ALL_FAILED, "
-                        "BULK_OPERATION_CANCEL_ALL_QUEUED, BULK_OPERATION_DELETE_ALL_COMPLETED",
-                    )
-                ]
-            )
-        bad = _check_filter_values(filters)
+        bad = validation.check_choices("operation", [operation], OPERATION_STATUS, "BULK_OPERATION_")
+        bad += _check_filter_values(filters)
         if bad:
             raise invalid(bad)
         filters.statuses = [OPERATION_STATUS[operation]]
@@ -242,6 +232,9 @@ class Jobs:
 
     def stats(self, caller: Caller, filters: JobFilter) -> Doc:
         """Counts by status and mode, total cost, mean duration, failure rate."""
+        bad = _check_filter_values(filters)
+        if bad:
+            raise invalid(bad)
         status_rows, mode_rows = self.store.stats(caller.owner_filter, filters)
         by_status = {row["_id"]: int(row["n"]) for row in status_rows}
         by_mode = {row["_id"]: int(row["n"]) for row in mode_rows}
@@ -280,15 +273,14 @@ def normalized(params: Doc) -> Doc:
 
 
 def _check_filter_values(filters: JobFilter) -> list[FieldViolation]:
-    bad = []
-    if any(not s for s in filters.statuses):
-        bad.append(FieldViolation("statuses", "JOB_STATUS_UNSPECIFIED or unknown status"))
-    if any(m not in validation.MODES for m in filters.modes):
-        bad.append(FieldViolation("modes", "MODE_UNSPECIFIED or unknown mode"))
-    if (
-        filters.created_after_us
-        and filters.created_before_us
-        and (filters.created_after_us >= filters.created_before_us)
-    ):
+    """Everything wrong with the filters of ListJobs, GetJobStats or RunBulkOperation."""
+    bad = validation.check_choices("statuses", filters.statuses, [str(s) for s in Status], "JOB_STATUS_")
+    bad += validation.check_choices("modes", filters.modes, validation.MODES, "MODE_")
+    bad += validation.check_query(filters.query)
+    bad += validation.check_label(filters.project, "project", validation.MAX_PROJECT)
+    if filters.bulk_job_id:
+        bad += validation.check_id(filters.bulk_job_id, "bulk_job_id", "bulk job")
+    after, before = filters.created_after_us, filters.created_before_us
+    if after is not None and before is not None and after >= before:
         bad.append(FieldViolation("created_before", "must be later than created_after"))
     return bad

@@ -14,7 +14,6 @@ Rules kept here (see shared/MONGO.md):
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import json
@@ -23,17 +22,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
 import pymongo
 from bson import ObjectId
-from bson.errors import InvalidId
+from bson.raw_bson import RawBSONDocument
 from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from server import clock
+from server import clock, validation
 from server.errors import FieldViolation, ServiceError, invalid, not_found, wrong_status
 from server.notify.channels import CHANNELS, PENDING, Channel, targets
+from server.pagetoken import PageTokens
 from server.states import (
     BULK_REFUSAL_REASON,
     FINAL,
@@ -55,6 +56,9 @@ READY, HELD, BACKOFF, NONE = "ready", "held", "backoff", "none"
 # Event types, as stored and as sent on WatchJob.
 SNAPSHOT, STATUS_CHANGED, PROGRESS = "SNAPSHOT", "STATUS_CHANGED", "PROGRESS"
 
+# A page's documents stop at this size: replies stay under gRPC's 4 MB default.
+MAX_PAGE_BYTES = 3 * 1024 * 1024
+
 # Fields the service keeps for itself; never sent in an event snapshot twice.
 _EVENT_EXCLUDE = ("search_text", "request_key", "expire_us")
 
@@ -65,8 +69,9 @@ class JobFilter:
 
     statuses: list[str] = field(default_factory=list)
     modes: list[str] = field(default_factory=list)
-    created_after_us: int = 0
-    created_before_us: int = 0
+    # None: no bound (0 is a time like any other: 1970-01-01).
+    created_after_us: int | None = None
+    created_before_us: int | None = None
     query: str = ""
     bulk_job_id: str = ""
     project: str = ""
@@ -99,10 +104,31 @@ class Page:
 
 def parse_id(ident: str, kind: str = "job") -> ObjectId:
     """The ObjectId of a client-supplied id, or INVALID_ARGUMENT."""
-    try:
-        return ObjectId(ident)
-    except (InvalidId, TypeError):
-        raise invalid([FieldViolation("id", f"{ident!r} is not a {kind} id")]) from None
+    bad = validation.check_id(ident, "id", kind)
+    if bad:
+        raise invalid(bad)
+    return ObjectId(ident)
+
+
+def request_key(owner: str, kind: str, *parts: str | int) -> str:
+    """The unique idempotency key of a stored job or bulk job.
+
+    A JSON array: no owner, client request id or part can run into the next
+    one, and each `kind` is a namespace of its own: "request" holds the
+    client's request ids, the server's own keys ("job", "retry-of",
+    "bulk-item", "bulk") can never be reached through one.
+    """
+    return json.dumps([owner, kind, *parts], separators=(",", ":"))
+
+
+def submission_key(owner: str, request_id: str, own_id: ObjectId, kind: str) -> str:
+    """The key of a submitted job or bulk job: the client's request id, else its own id."""
+    return request_key(owner, "request", request_id) if request_id else request_key(owner, kind, str(own_id))
+
+
+def bulk_item_key(owner: str, bulk_id: ObjectId | str, position: int) -> str:
+    """The key of a bulk job's item at `position` (a repeated create stores it once)."""
+    return request_key(owner, "bulk-item", str(bulk_id), position)
 
 
 def search_text(params: Doc) -> str:
@@ -178,6 +204,7 @@ class BulkQueries:
     bulk_jobs: Collection[Doc]
     notifications: Collection[Doc]
     order_keys: clock.OrderKeys
+    page_tokens: PageTokens
 
     def bulk_lane(self, bulk_job_id: str) -> str:
         """The lane a new item of this bulk job starts in: held while it is paused."""
@@ -200,7 +227,7 @@ class BulkQueries:
             bulk, created = earlier, False
             for item in items:
                 item["bulk_job_id"] = str(bulk["_id"])
-                item["request_key"] = f"{bulk['owner']}\x1fbulk\x1f{bulk['_id']}\x1f{item['queue_position']}"
+                item["request_key"] = bulk_item_key(bulk["owner"], bulk["_id"], item["queue_position"])
         try:
             self.jobs.insert_many(items, ordered=False)
         except pymongo.errors.BulkWriteError as exc:
@@ -328,7 +355,7 @@ class BulkQueries:
         if project:
             query["project"] = project
         fingerprint = hashlib.sha256(json.dumps([owner, sorted(statuses), project]).encode()).hexdigest()[:16]
-        return _keyset_page(self.bulk_jobs, query, fingerprint, size, token)
+        return _keyset_page(self.bulk_jobs, query, fingerprint, size, token, self.page_tokens)
 
     def bulk_docs(self, ids: list[str]) -> list[Doc]:
         """The current documents of these bulk jobs (the remote-event poller)."""
@@ -379,7 +406,9 @@ class BulkQueries:
         if bulk_job_id:
             query["bulk_job_id"] = bulk_job_id
         fingerprint = hashlib.sha256(json.dumps([owner, job_id, bulk_job_id]).encode()).hexdigest()[:16]
-        return _keyset_page(self.notifications, query, fingerprint, size, token, count=False)
+        return _keyset_page(
+            self.notifications, query, fingerprint, size, token, self.page_tokens, count=False
+        )
 
     def due_deliveries(self, channel: Channel, now_us: int, limit: int = 200) -> list[Doc]:
         """Notifications whose delivery on `channel` is pending and due."""
@@ -422,7 +451,7 @@ class BulkQueries:
 class Store(BulkQueries):
     """The jobs, job_events and leases collections, and every query on them."""
 
-    def __init__(self, uri: str, db_name: str, retention_days: float = 30.0) -> None:
+    def __init__(self, uri: str, db_name: str, retention_days: float = 30.0, page_secret: str = "") -> None:
         # Short timeouts: a down database must turn into UNAVAILABLE quickly,
         # and pymongo reconnects by itself when it is back.
         options: dict[str, Any] = {
@@ -440,6 +469,8 @@ class Store(BulkQueries):
         self.notifications: Collection[Doc] = self.db["notifications"]
         self.retention_us = int(retention_days * 86400 * 1_000_000)
         self.order_keys = clock.OrderKeys()
+        # Signs page tokens; replicas sharing the auth secret accept each other's.
+        self.page_tokens = PageTokens(page_secret)
         self.job_inserts = LoopInsert(uri, db_name, "jobs", **options)
 
     # ---- set-up ---------------------------------------------------------
@@ -544,7 +575,7 @@ class Store(BulkQueries):
             "request_id": request_id,
             # Always set, so one plain unique index makes request_id idempotent
             # (partial indexes are silently full on nx-27017).
-            "request_key": request_key or f"{owner}\x1f{request_id or job_id}",
+            "request_key": request_key or submission_key(owner, request_id, job_id, "job"),
             "cancel_requested": False,
             "epoch": 0,
             "lease_until_us": 0,
@@ -605,7 +636,7 @@ class Store(BulkQueries):
         the total carried in the token from the first page.
         """
         query = self.job_query(owner, filters)
-        return _keyset_page(self.jobs, query, filters.fingerprint(owner), size, token)
+        return _keyset_page(self.jobs, query, filters.fingerprint(owner), size, token, self.page_tokens)
 
     def job_query(self, owner: str | None, filters: JobFilter) -> Doc:
         """The MongoDB filter for `filters`, restricted to the owner's jobs."""
@@ -615,9 +646,9 @@ class Store(BulkQueries):
         if filters.modes:
             query["mode"] = one_of(filters.modes)
         created: Doc = {}
-        if filters.created_after_us:
+        if filters.created_after_us is not None:
             created["$gte"] = filters.created_after_us
-        if filters.created_before_us:
+        if filters.created_before_us is not None:
             created["$lt"] = filters.created_before_us
         if created:
             query["ck"] = created
@@ -671,7 +702,7 @@ class Store(BulkQueries):
             queue_position=original["queue_position"],
             # One retry per job, whoever asks and however often: the unique
             # request key makes a repeated or concurrent retry return the first.
-            request_key=f"{original['owner']}\x1fretry-of\x1f{job_id}",
+            request_key=request_key(original["owner"], "retry-of", job_id),
             lane=self.bulk_lane(original["bulk_job_id"]),
         )
         doc.update(targets(original.get("notify_url", ""), original.get("notify_email", "")))  # kept
@@ -905,18 +936,41 @@ class Store(BulkQueries):
 
 
 def _keyset_page(
-    collection: Collection[Doc], query: Doc, fingerprint: str, size: int, token: str, count: bool = True
+    collection: Collection[Doc],
+    query: Doc,
+    fingerprint: str,
+    size: int,
+    token: str,
+    tokens: PageTokens,
+    count: bool = True,
 ) -> Page:
+    """A page of `query`, newest first, by keyset on `ck`; the total (counted
+    on the first page, carried in the signed token after) matches `query`."""
     total = -1
+    page_query = query
     if token:
-        before, total = _decode_token(token, fingerprint)
-        query = {**query, "ck": {"$lt": before}}
-    docs = list(collection.find(query).sort("ck", pymongo.DESCENDING).limit(size + 1))
+        before, total = tokens.decode(token, fingerprint)
+        # Below the last item shown, within any date range of `query`.
+        created = query.get("ck", {})
+        page_query = {**query, "ck": {**created, "$lt": min(before, created.get("$lt", before))}}
+    # Read raw, to weigh each document: a page stops short of gRPC's 4 MB
+    # message limit however large its jobs. One decode of the kept ones
+    # after costs what pymongo's own decoding would have.
+    raw = collection.with_options(
+        codec_options=collection.codec_options.with_options(document_class=RawBSONDocument)
+    )
+    kept: list[bytes] = []
+    weight, more = 0, False
+    for found in raw.find(page_query).sort("ck", pymongo.DESCENDING).limit(size + 1):
+        weight += len(found.raw)
+        if len(kept) == size or (kept and weight > MAX_PAGE_BYTES):
+            more = True
+            break
+        kept.append(found.raw)
+    docs: list[Doc] = bson.decode_all(b"".join(kept), collection.codec_options)
     if total < 0:
-        total = Store.count(collection, {k: v for k, v in query.items() if k != "ck"}) if count else 0
-    more = len(docs) > size
-    docs = docs[:size]
-    return Page(docs, _encode_token(docs[-1]["ck"], total, fingerprint) if more else "", total)
+        total = Store.count(collection, query) if count else 0
+    return Page(docs, tokens.encode(docs[-1]["ck"], total, fingerprint) if more else "", total)
 
 
 def one_of(values: list[str]) -> str | Doc:
@@ -957,29 +1011,6 @@ def job_error(code: str, category: str, message: str, retryable: bool, attempt: 
         "retryable": retryable,
         "attempt": attempt,
     }
-
-
-def _encode_token(before_ck: int, total: int, fingerprint: str) -> str:
-    raw = json.dumps({"b": before_ck, "t": total, "f": fingerprint}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_token(token: str, fingerprint: str) -> tuple[int, int]:
-    bad = invalid(
-        [FieldViolation("page_token", "not a token from this listing; start again without it")],
-        reason="INVALID_PAGE_TOKEN",
-    )
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        before, total, print_ = int(raw["b"]), int(raw["t"]), str(raw["f"])
-    except (ValueError, KeyError, TypeError):
-        raise bad from None
-    if print_ != fingerprint:
-        raise invalid(
-            [FieldViolation("page_token", "the filters changed since this token was issued")],
-            reason="PAGE_TOKEN_FILTER_MISMATCH",
-        )
-    return before, total
 
 
 def final(status: str) -> bool:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Iterable
 from typing import Any
 
-from server.errors import FieldViolation
+from server.errors import FieldViolation, echo
 from server.notify.guard import url_problem
 from server.notify.mail import address_problem
 
@@ -27,6 +29,9 @@ MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 100, 50
 MAX_QUERY = 200
 MAX_TIMEOUT_SECONDS = 86400.0
 _MODEL = re.compile(r"[A-Za-z0-9._:/-]{1,100}")
+MAX_DEMO_FAIL_ATTEMPTS = 100
+# Ids are ObjectId hex; anything else is refused before it reaches a query.
+_ID = re.compile(r"[0-9a-fA-F]{24}")
 # Extra keys become field names in MongoDB: no dots, no leading $.
 _EXTRA_KEY = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_EXTRA_KEY}}}")
 
@@ -75,7 +80,7 @@ def _check_extra(extra: dict[str, str], prefix: str) -> list[FieldViolation]:
         if not _EXTRA_KEY.fullmatch(key) or len(value) > MAX_EXTRA_VALUE:
             bad.append(
                 FieldViolation(
-                    f"{prefix}.extra[{key!r}]",
+                    f"{prefix}.extra[{echo(key)}]",
                     f"keys 1 to {MAX_EXTRA_KEY} of A-Z a-z 0-9 _ -, "
                     f"values at most {MAX_EXTRA_VALUE} characters",
                 )
@@ -92,8 +97,16 @@ def _check_extra(extra: dict[str, str], prefix: str) -> list[FieldViolation]:
             )
     if "demo_fail" in extra and extra["demo_fail"] not in DEMO_FAILURES:
         bad.append(FieldViolation(f"{prefix}.extra['demo_fail']", "either 'transient' or 'permanent'"))
-    if "demo_fail_attempts" in extra and not extra["demo_fail_attempts"].isdigit():
-        bad.append(FieldViolation(f"{prefix}.extra['demo_fail_attempts']", "a whole number of attempts"))
+    if "demo_fail_attempts" in extra:
+        try:
+            demo_fail_attempts(extra)
+        except ValueError:
+            bad.append(
+                FieldViolation(
+                    f"{prefix}.extra['demo_fail_attempts']",
+                    f"a whole number of attempts from 0 to {MAX_DEMO_FAIL_ATTEMPTS} (digits 0-9)",
+                )
+            )
     bad += _check_generator_extra(extra, prefix)
     return bad
 
@@ -117,11 +130,58 @@ def _check_generator_extra(extra: dict[str, str], prefix: str) -> list[FieldViol
     return bad
 
 
+def demo_fail_attempts(extra: dict[str, str]) -> int:
+    """How many attempts `demo_fail=transient` fails (default 1): validation and the
+    demo generator both read it here, so what passes one never breaks the other."""
+    value = extra.get("demo_fail_attempts", "1")
+    # ASCII digits only: int() also takes Arabic-Indic digits and " 1 ", str.isdigit() also "²".
+    if not re.fullmatch(r"[0-9]{1,3}", value) or int(value) > MAX_DEMO_FAIL_ATTEMPTS:
+        raise ValueError(f"demo_fail_attempts must be 0 to {MAX_DEMO_FAIL_ATTEMPTS}")
+    return int(value)
+
+
 def check_mode(mode: str, field: str = "mode") -> list[FieldViolation]:
     """A violation unless `mode` is one of MODES."""
-    if mode in MODES:
+    return check_choices(field, [mode], MODES, "MODE_")
+
+
+def check_choices(
+    field: str, names: Iterable[str], allowed: Iterable[str], prefix: str
+) -> list[FieldViolation]:
+    """A violation naming `field` unless every one of `names` is in `allowed`.
+
+    The one check of enum values for every request: the servicers turn an
+    unspecified or unknown number into "", which is never allowed.
+    """
+    allowed = tuple(allowed)
+    if all(name in allowed for name in names):
         return []
-    return [FieldViolation(field, "required: one of MODE_TOPIC, MODE_KEYWORDS, MODE_TRENDS, MODE_SPIN")]
+    return [
+        FieldViolation(
+            field, "unspecified or unknown value: one of " + ", ".join(prefix + a for a in allowed)
+        )
+    ]
+
+
+def check_id(value: str, field: str = "id", kind: str = "job") -> list[FieldViolation]:
+    """A violation unless `value` is an id: 24 hexadecimal characters."""
+    if _ID.fullmatch(value):
+        return []
+    return [FieldViolation(field, f"not a {kind} id (24 hexadecimal characters)")]
+
+
+def has_control(value: str) -> bool:
+    """Whether `value` holds a control character or a lone surrogate."""
+    return any(unicodedata.category(c) in ("Cc", "Cs") for c in value)
+
+
+def check_label(value: str, field: str, limit: int) -> list[FieldViolation]:
+    """A short identifier (request_id, project): at most `limit` characters, no control characters."""
+    if len(value) > limit:
+        return [FieldViolation(field, f"at most {limit} characters")]
+    if has_control(value):
+        return [FieldViolation(field, "must not contain control characters")]
+    return []
 
 
 def check_submit(
@@ -138,12 +198,9 @@ def check_submit(
 
 def check_common(request_id: str, project: str) -> list[FieldViolation]:
     """Checks shared by every create request."""
-    bad = []
-    if len(request_id) > MAX_REQUEST_ID:
-        bad.append(FieldViolation("request_id", f"at most {MAX_REQUEST_ID} characters"))
-    if len(project) > MAX_PROJECT:
-        bad.append(FieldViolation("project", f"at most {MAX_PROJECT} characters"))
-    return bad
+    return check_label(request_id, "request_id", MAX_REQUEST_ID) + check_label(
+        project, "project", MAX_PROJECT
+    )
 
 
 def check_notify(notify_url: str, notify_email: str) -> list[FieldViolation]:
@@ -190,7 +247,6 @@ def page_size(requested: int) -> tuple[int, list[FieldViolation]]:
 
 
 def check_query(query: str) -> list[FieldViolation]:
-    """A violation when the free-text query is too long."""
-    if len(query) > MAX_QUERY:
-        return [FieldViolation("query", f"at most {MAX_QUERY} characters")]
-    return []
+    """A violation when the free-text query is too long or holds control
+    characters (MongoDB refuses a regular expression with a NUL)."""
+    return check_label(query, "query", MAX_QUERY)

@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 from server.generators.base import GenerationCancelled, GenerationFailed, JobSpec, Output, ProgressFn
-from server.validation import DEFAULT_WORD_COUNT
+from server.validation import DEFAULT_WORD_COUNT, demo_fail_attempts
 
 STAGES = (("research", 0.15), ("outline", 0.15), ("drafting", 0.55), ("editing", 0.15))
 
@@ -55,7 +55,7 @@ class DemoGenerator:
                 report_progress(int(done * 100), stage, int(step * 100 / steps), f"{stage} {subject}")
             if stage == "drafting" and failure == "permanent":
                 raise GenerationFailed("DEMO_PERMANENT", "demo_fail=permanent asked for a failure", False)
-            fails_now = job.attempt <= int(extra.get("demo_fail_attempts", "1"))
+            fails_now = job.attempt <= demo_fail_attempts(extra)
             if stage == "drafting" and failure == "transient" and fails_now:
                 raise GenerationFailed("DEMO_TRANSIENT", "demo_fail=transient: try again", True)
         content = write_article(job.mode, job.params, words)

@@ -48,7 +48,7 @@ class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
     async def ListBulkJobs(
         self, request: bulk_pb2.ListBulkJobsRequest, context: grpc.aio.ServicerContext
     ) -> bulk_pb2.ListBulkJobsResponse:
-        statuses = [convert.bulk_status_name(s) or "?" for s in request.statuses]
+        statuses = list(dict.fromkeys(convert.bulk_status_name(s) for s in request.statuses))
         views, page = await asyncio.to_thread(
             self.bulks.list_bulk,
             current_caller(),

@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 from grpc_status import rpc_status
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from server.errors import ServiceError, unavailable
+from server.errors import ServiceError, clip, unavailable
 from server.watch import ShuttingDown
 
 log = logging.getLogger(__name__)
@@ -62,3 +62,84 @@ def rpc(method: F) -> F:
             await context.abort_with_status(_status_of(exc, method.__name__))
 
     return unary  # type: ignore[return-value]
+
+
+class _Undecodable:
+    """Stands for a request body that did not parse, so that the handler can refuse it."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _malformed(undecodable: _Undecodable) -> grpc.Status:
+    error = ServiceError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MALFORMED_REQUEST",
+        f"the request body is not a valid protobuf message: {clip(str(undecodable.error), 200)}",
+    )
+    return rpc_status.to_status(error.to_status())
+
+
+class RequestDecoding(grpc.aio.ServerInterceptor):
+    """Answers INVALID_ARGUMENT to a body that does not parse (grpcio says UNKNOWN).
+
+    grpcio calls the handler's request deserializer before any servicer code
+    and turns what it raises into UNKNOWN. So each handler is wrapped once: its
+    deserializer hands an `_Undecodable` on instead of raising, and its
+    behaviour aborts with INVALID_ARGUMENT when it gets one. Placed after the
+    auth interceptor, whose refusals then decode bodies the same way.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        known = self._wrapped.get(handler_call_details.method)
+        if known is None or known[0] is not handler:
+            known = (handler, _tolerant(handler))
+            self._wrapped[handler_call_details.method] = known
+        return known[1]
+
+
+def _tolerant(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler` with a deserializer that never raises and a behaviour that refuses what did not parse."""
+    parse = handler.request_deserializer
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except Exception as exc:  # DecodeError, or bad UTF-8 in a string field
+            return _Undecodable(exc)
+
+    inner = handler.unary_stream if handler.response_streaming else handler.unary_unary
+    behaviour: Callable[..., Any]
+    if inspect.isasyncgenfunction(inner):  # a stream that yields its messages
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Undecodable):
+                await context.abort_with_status(_malformed(request))
+            async for item in inner(request, context):
+                yield item
+
+        behaviour = stream
+    else:  # a unary call, or a stream written with context.write
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Undecodable):
+                await context.abort_with_status(_malformed(request))
+            return await inner(request, context)
+
+        behaviour = call
+    make = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.response_streaming
+        else grpc.unary_unary_rpc_method_handler
+    )
+    return make(behaviour, request_deserializer=deserialize, response_serializer=handler.response_serializer)

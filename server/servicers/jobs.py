@@ -22,13 +22,18 @@ from server.watch import follow
 def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.GetJobStatsRequest) -> JobFilter:
     """The domain filter of a ListJobs or GetJobStats request."""
     filters = JobFilter(
-        created_after_us=convert.timestamp_us(request.created_after, request.HasField("created_after")),
-        created_before_us=convert.timestamp_us(request.created_before, request.HasField("created_before")),
+        created_after_us=convert.timestamp_us(
+            request.created_after, request.HasField("created_after"), "created_after"
+        ),
+        created_before_us=convert.timestamp_us(
+            request.created_before, request.HasField("created_before"), "created_before"
+        ),
         project=request.project,
     )
     if isinstance(request, jobs_pb2.ListJobsRequest):
-        filters.statuses = [convert.status_name(s) for s in request.statuses]
-        filters.modes = [convert.mode_name(m) or "?" for m in request.modes]
+        # Each value once: a repeated field of thousands of copies is a short filter.
+        filters.statuses = list(dict.fromkeys(convert.status_name(s) for s in request.statuses))
+        filters.modes = list(dict.fromkeys(convert.mode_name(m) for m in request.modes))
         filters.query = request.query
         filters.bulk_job_id = request.bulk_job_id
     return filters
@@ -102,11 +107,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.RunBulkOperationRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.RunBulkOperationResponse:
         filters = JobFilter(
-            modes=[convert.mode_name(m) or "?" for m in request.modes],
+            modes=list(dict.fromkeys(convert.mode_name(m) for m in request.modes)),
             bulk_job_id=request.bulk_job_id,
             project=request.project,
         )
-        operation = jobs_pb2.BulkOperation.Name(request.operation).removeprefix("BULK_OPERATION_")
+        operation = convert.operation_name(request.operation)
         result = await asyncio.to_thread(
             self.jobs.run_bulk_operation, current_caller(), operation, filters, request.validate_only
         )
