@@ -9,8 +9,8 @@ from genjobs.v1 import bulk_pb2, jobs_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from server import clock
-from server.notify.channels import CHANNELS
 from server.errors import FieldViolation, invalid
+from server.notify.channels import CHANNELS
 
 Doc = dict[str, Any]
 

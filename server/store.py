@@ -32,7 +32,7 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from server import clock, validation
-from server.errors import FieldViolation, ServiceError, invalid, not_found, wrong_status
+from server.errors import ServiceError, invalid, not_found, wrong_status
 from server.notify.channels import CHANNELS, PENDING, Channel, targets
 from server.pagetoken import PageTokens
 from server.states import (

@@ -237,6 +237,8 @@ JOB_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
             request_id=texts,
             project=texts,
             max_attempts=int32s,
+            notify_url=texts,
+            notify_email=texts,
         ),
         # Valid but for the labels: reaches the store's idempotency keys.
         st.builds(
@@ -275,6 +277,15 @@ JOB_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
     "GetJobStats": st.builds(
         jobs_pb2.GetJobStatsRequest, created_after=timestamps, created_before=timestamps, project=texts
     ),
+    "ReportProgress": st.builds(
+        jobs_pb2.ReportProgressRequest,
+        job_id=job_ids,
+        token=texts,
+        percentage=int32s,
+        stage=texts,
+        stage_progress=int32s,
+        message=texts,
+    ),
 }
 BULK_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
     "CreateBulkJob": st.builds(
@@ -284,6 +295,7 @@ BULK_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
         request_id=texts,
         project=texts,
         notify_url=st.one_of(texts, st.sampled_from(["http://127.0.0.1:9/x", "https://", "ftp://x"])),
+        notify_email=texts,
     ),
     "GetBulkJob": st.builds(bulk_pb2.GetBulkJobRequest, id=bulk_ids),
     "ListBulkJobs": st.builds(
@@ -298,7 +310,11 @@ BULK_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
     "CancelBulkJob": st.builds(bulk_pb2.CancelBulkJobRequest, id=bulk_ids),
     "WatchBulkJob": st.builds(bulk_pb2.WatchBulkJobRequest, id=bulk_ids, after_sequence=int64s),
     "ListNotifications": st.builds(
-        bulk_pb2.ListNotificationsRequest, page_size=int32s, page_token=page_tokens
+        bulk_pb2.ListNotificationsRequest,
+        page_size=int32s,
+        page_token=page_tokens,
+        job_id=st.one_of(st.just(""), job_ids),
+        bulk_job_id=st.one_of(st.just(""), bulk_ids),
     ),
 }
 BULK_RPCS = frozenset(BULK_REQUESTS)
