@@ -23,48 +23,65 @@ _sym_db = _symbol_database.Default()
 
 
 from genjobs.v1 import jobs_pb2 as genjobs_dot_v1_dot_jobs__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15genjobs/v1/bulk.proto\x12\ngenjobs.v1\x1a\x15genjobs/v1/jobs.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"}\n\x0b\x42ulkJobItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0equeue_position\x18\x02 \x01(\x05\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.genjobs.v1.JobStatus\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x14.genjobs.v1.JobError\"\xba\x04\n\x07\x42ulkJob\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07project\x18\x03 \x01(\t\x12\x1e\n\x04mode\x18\x04 \x01(\x0e\x32\x10.genjobs.v1.Mode\x12)\n\x06status\x18\x05 \x01(\x0e\x32\x19.genjobs.v1.BulkJobStatus\x12\x13\n\x0btotal_items\x18\x06 \x01(\x05\x12\x17\n\x0f\x63ompleted_items\x18\x07 \x01(\x05\x12\x14\n\x0c\x66\x61iled_items\x18\x08 \x01(\x05\x12\x17\n\x0f\x63\x61ncelled_items\x18\t \x01(\x05\x12\x17\n\x0fremaining_items\x18\n \x01(\x05\x12\x12\n\npercentage\x18\x0b \x01(\x01\x12&\n\x05items\x18\x0c \x03(\x0b\x32\x17.genjobs.v1.BulkJobItem\x12\x15\n\rerror_summary\x18\r \x03(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x14\x65stimated_completion\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x12 \x01(\t\x12\x12\n\nnotify_url\x18\x13 \x01(\t\"\x9c\x01\n\x14\x43reateBulkJobRequest\x12\x1e\n\x04mode\x18\x01 \x01(\x0e\x32\x10.genjobs.v1.Mode\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.genjobs.v1.GenerationParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07project\x18\x04 \x01(\t\x12\x12\n\nnotify_url\x18\x05 \x01(\t\"\x1f\n\x11GetBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"!\n\x13PauseBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\"\n\x14ResumeBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\"\n\x14\x43\x61ncelBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x13WatchBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"z\n\x13ListBulkJobsRequest\x12+\n\x08statuses\x18\x01 \x03(\x0e\x32\x19.genjobs.v1.BulkJobStatus\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"k\n\x14ListBulkJobsResponse\x12&\n\tbulk_jobs\x18\x01 \x03(\x0b\x32\x13.genjobs.v1.BulkJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\xcd\x01\n\x0c\x42ulkJobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.genjobs.v1.BulkJobEventType\x12%\n\x08\x62ulk_job\x18\x03 \x01(\x0b\x32\x13.genjobs.v1.BulkJob\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0cnotification\x18\x05 \x01(\x0b\x32\x18.genjobs.v1.Notification\"\x9f\x01\n\x0cNotification\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x62ulk_job_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdelivered\x18\x05 \x01(\x08\x12\x19\n\x11\x64\x65livery_attempts\x18\x06 \x01(\x05\"A\n\x18ListNotificationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"e\n\x19ListNotificationsResponse\x12/\n\rnotifications\x18\x01 \x03(\x0b\x32\x18.genjobs.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xc6\x01\n\rBulkJobStatus\x12\x1f\n\x1b\x42ULK_JOB_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x42ULK_JOB_STATUS_QUEUED\x10\x01\x12\x1e\n\x1a\x42ULK_JOB_STATUS_PROCESSING\x10\x02\x12\x1a\n\x16\x42ULK_JOB_STATUS_PAUSED\x10\x03\x12\x1d\n\x19\x42ULK_JOB_STATUS_COMPLETED\x10\x04\x12\x1d\n\x19\x42ULK_JOB_STATUS_CANCELLED\x10\x05*\xed\x01\n\x10\x42ulkJobEventType\x12#\n\x1f\x42ULK_JOB_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1c\x42ULK_JOB_EVENT_TYPE_SNAPSHOT\x10\x01\x12$\n BULK_JOB_EVENT_TYPE_ITEM_CHANGED\x10\x02\x12&\n\"BULK_JOB_EVENT_TYPE_STATUS_CHANGED\x10\x03\x12!\n\x1d\x42ULK_JOB_EVENT_TYPE_COMPLETED\x10\x04\x12!\n\x1d\x42ULK_JOB_EVENT_TYPE_HEARTBEAT\x10\x05\x32\xef\x04\n\x0b\x42ulkService\x12\x46\n\rCreateBulkJob\x12 .genjobs.v1.CreateBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\x12@\n\nGetBulkJob\x12\x1d.genjobs.v1.GetBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\x12Q\n\x0cListBulkJobs\x12\x1f.genjobs.v1.ListBulkJobsRequest\x1a .genjobs.v1.ListBulkJobsResponse\x12\x44\n\x0cPauseBulkJob\x12\x1f.genjobs.v1.PauseBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\x12\x46\n\rResumeBulkJob\x12 .genjobs.v1.ResumeBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\x12\x46\n\rCancelBulkJob\x12 .genjobs.v1.CancelBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\x12K\n\x0cWatchBulkJob\x12\x1f.genjobs.v1.WatchBulkJobRequest\x1a\x18.genjobs.v1.BulkJobEvent0\x01\x12`\n\x11ListNotifications\x12$.genjobs.v1.ListNotificationsRequest\x1a%.genjobs.v1.ListNotificationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15genjobs/v1/bulk.proto\x12\ngenjobs.v1\x1a\x15genjobs/v1/jobs.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"}\n\x0b\x42ulkJobItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0equeue_position\x18\x02 \x01(\x05\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.genjobs.v1.JobStatus\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x14.genjobs.v1.JobError\"\xba\x04\n\x07\x42ulkJob\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07project\x18\x03 \x01(\t\x12\x1e\n\x04mode\x18\x04 \x01(\x0e\x32\x10.genjobs.v1.Mode\x12)\n\x06status\x18\x05 \x01(\x0e\x32\x19.genjobs.v1.BulkJobStatus\x12\x13\n\x0btotal_items\x18\x06 \x01(\x05\x12\x17\n\x0f\x63ompleted_items\x18\x07 \x01(\x05\x12\x14\n\x0c\x66\x61iled_items\x18\x08 \x01(\x05\x12\x17\n\x0f\x63\x61ncelled_items\x18\t \x01(\x05\x12\x17\n\x0fremaining_items\x18\n \x01(\x05\x12\x12\n\npercentage\x18\x0b \x01(\x01\x12&\n\x05items\x18\x0c \x03(\x0b\x32\x17.genjobs.v1.BulkJobItem\x12\x15\n\rerror_summary\x18\r \x03(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x14\x65stimated_completion\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x12 \x01(\t\x12\x12\n\nnotify_url\x18\x13 \x01(\t\"\x9c\x01\n\x14\x43reateBulkJobRequest\x12\x1e\n\x04mode\x18\x01 \x01(\x0e\x32\x10.genjobs.v1.Mode\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.genjobs.v1.GenerationParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07project\x18\x04 \x01(\t\x12\x12\n\nnotify_url\x18\x05 \x01(\t\"\x1f\n\x11GetBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"!\n\x13PauseBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\"\n\x14ResumeBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\"\n\x14\x43\x61ncelBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x13WatchBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"z\n\x13ListBulkJobsRequest\x12+\n\x08statuses\x18\x01 \x03(\x0e\x32\x19.genjobs.v1.BulkJobStatus\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"k\n\x14ListBulkJobsResponse\x12&\n\tbulk_jobs\x18\x01 \x03(\x0b\x32\x13.genjobs.v1.BulkJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\xcd\x01\n\x0c\x42ulkJobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.genjobs.v1.BulkJobEventType\x12%\n\x08\x62ulk_job\x18\x03 \x01(\x0b\x32\x13.genjobs.v1.BulkJob\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0cnotification\x18\x05 \x01(\x0b\x32\x18.genjobs.v1.Notification\"\x9f\x01\n\x0cNotification\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x62ulk_job_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdelivered\x18\x05 \x01(\x08\x12\x19\n\x11\x64\x65livery_attempts\x18\x06 \x01(\x05\"A\n\x18ListNotificationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"e\n\x19ListNotificationsResponse\x12/\n\rnotifications\x18\x01 \x03(\x0b\x32\x18.genjobs.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xc6\x01\n\rBulkJobStatus\x12\x1f\n\x1b\x42ULK_JOB_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x42ULK_JOB_STATUS_QUEUED\x10\x01\x12\x1e\n\x1a\x42ULK_JOB_STATUS_PROCESSING\x10\x02\x12\x1a\n\x16\x42ULK_JOB_STATUS_PAUSED\x10\x03\x12\x1d\n\x19\x42ULK_JOB_STATUS_COMPLETED\x10\x04\x12\x1d\n\x19\x42ULK_JOB_STATUS_CANCELLED\x10\x05*\xed\x01\n\x10\x42ulkJobEventType\x12#\n\x1f\x42ULK_JOB_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1c\x42ULK_JOB_EVENT_TYPE_SNAPSHOT\x10\x01\x12$\n BULK_JOB_EVENT_TYPE_ITEM_CHANGED\x10\x02\x12&\n\"BULK_JOB_EVENT_TYPE_STATUS_CHANGED\x10\x03\x12!\n\x1d\x42ULK_JOB_EVENT_TYPE_COMPLETED\x10\x04\x12!\n\x1d\x42ULK_JOB_EVENT_TYPE_HEARTBEAT\x10\x05\x32\xe3\x06\n\x0b\x42ulkService\x12_\n\rCreateBulkJob\x12 .genjobs.v1.CreateBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/bulkJobs:\x01*\x12[\n\nGetBulkJob\x12\x1d.genjobs.v1.GetBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/bulkJobs/{id}\x12g\n\x0cListBulkJobs\x12\x1f.genjobs.v1.ListBulkJobsRequest\x1a .genjobs.v1.ListBulkJobsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/bulkJobs\x12h\n\x0cPauseBulkJob\x12\x1f.genjobs.v1.PauseBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/bulkJobs/{id}:pause:\x01*\x12k\n\rResumeBulkJob\x12 .genjobs.v1.ResumeBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/bulkJobs/{id}:resume:\x01*\x12k\n\rCancelBulkJob\x12 .genjobs.v1.CancelBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/bulkJobs/{id}:cancel:\x01*\x12l\n\x0cWatchBulkJob\x12\x1f.genjobs.v1.WatchBulkJobRequest\x1a\x18.genjobs.v1.BulkJobEvent\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/bulkJobs/{id}:watch0\x01\x12{\n\x11ListNotifications\x12$.genjobs.v1.ListNotificationsRequest\x1a%.genjobs.v1.ListNotificationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/notificationsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'genjobs.v1.bulk_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BULKJOBSTATUS']._serialized_start=1925
-  _globals['_BULKJOBSTATUS']._serialized_end=2123
-  _globals['_BULKJOBEVENTTYPE']._serialized_start=2126
-  _globals['_BULKJOBEVENTTYPE']._serialized_end=2363
-  _globals['_BULKJOBITEM']._serialized_start=93
-  _globals['_BULKJOBITEM']._serialized_end=218
-  _globals['_BULKJOB']._serialized_start=221
-  _globals['_BULKJOB']._serialized_end=791
-  _globals['_CREATEBULKJOBREQUEST']._serialized_start=794
-  _globals['_CREATEBULKJOBREQUEST']._serialized_end=950
-  _globals['_GETBULKJOBREQUEST']._serialized_start=952
-  _globals['_GETBULKJOBREQUEST']._serialized_end=983
-  _globals['_PAUSEBULKJOBREQUEST']._serialized_start=985
-  _globals['_PAUSEBULKJOBREQUEST']._serialized_end=1018
-  _globals['_RESUMEBULKJOBREQUEST']._serialized_start=1020
-  _globals['_RESUMEBULKJOBREQUEST']._serialized_end=1054
-  _globals['_CANCELBULKJOBREQUEST']._serialized_start=1056
-  _globals['_CANCELBULKJOBREQUEST']._serialized_end=1090
-  _globals['_WATCHBULKJOBREQUEST']._serialized_start=1092
-  _globals['_WATCHBULKJOBREQUEST']._serialized_end=1149
-  _globals['_LISTBULKJOBSREQUEST']._serialized_start=1151
-  _globals['_LISTBULKJOBSREQUEST']._serialized_end=1273
-  _globals['_LISTBULKJOBSRESPONSE']._serialized_start=1275
-  _globals['_LISTBULKJOBSRESPONSE']._serialized_end=1382
-  _globals['_BULKJOBEVENT']._serialized_start=1385
-  _globals['_BULKJOBEVENT']._serialized_end=1590
-  _globals['_NOTIFICATION']._serialized_start=1593
-  _globals['_NOTIFICATION']._serialized_end=1752
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=1754
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=1819
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=1821
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=1922
-  _globals['_BULKSERVICE']._serialized_start=2366
-  _globals['_BULKSERVICE']._serialized_end=2989
+  _globals['_BULKSERVICE'].methods_by_name['CreateBulkJob']._loaded_options = None
+  _globals['_BULKSERVICE'].methods_by_name['CreateBulkJob']._serialized_options = b'\202\323\344\223\002\021\"\014/v1/bulkJobs:\001*'
+  _globals['_BULKSERVICE'].methods_by_name['GetBulkJob']._loaded_options = None
+  _globals['_BULKSERVICE'].methods_by_name['GetBulkJob']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/bulkJobs/{id}'
+  _globals['_BULKSERVICE'].methods_by_name['ListBulkJobs']._loaded_options = None
+  _globals['_BULKSERVICE'].methods_by_name['ListBulkJobs']._serialized_options = b'\202\323\344\223\002\016\022\014/v1/bulkJobs'
+  _globals['_BULKSERVICE'].methods_by_name['PauseBulkJob']._loaded_options = None
+  _globals['_BULKSERVICE'].methods_by_name['PauseBulkJob']._serialized_options = b'\202\323\344\223\002\034\"\027/v1/bulkJobs/{id}:pause:\001*'
+  _globals['_BULKSERVICE'].methods_by_name['ResumeBulkJob']._loaded_options = None
+  _globals['_BULKSERVICE'].methods_by_name['ResumeBulkJob']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/bulkJobs/{id}:resume:\001*'
+  _globals['_BULKSERVICE'].methods_by_name['CancelBulkJob']._loaded_options = None
+  _globals['_BULKSERVICE'].methods_by_name['CancelBulkJob']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/bulkJobs/{id}:cancel:\001*'
+  _globals['_BULKSERVICE'].methods_by_name['WatchBulkJob']._loaded_options = None
+  _globals['_BULKSERVICE'].methods_by_name['WatchBulkJob']._serialized_options = b'\202\323\344\223\002\031\022\027/v1/bulkJobs/{id}:watch'
+  _globals['_BULKSERVICE'].methods_by_name['ListNotifications']._loaded_options = None
+  _globals['_BULKSERVICE'].methods_by_name['ListNotifications']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/notifications'
+  _globals['_BULKJOBSTATUS']._serialized_start=1955
+  _globals['_BULKJOBSTATUS']._serialized_end=2153
+  _globals['_BULKJOBEVENTTYPE']._serialized_start=2156
+  _globals['_BULKJOBEVENTTYPE']._serialized_end=2393
+  _globals['_BULKJOBITEM']._serialized_start=123
+  _globals['_BULKJOBITEM']._serialized_end=248
+  _globals['_BULKJOB']._serialized_start=251
+  _globals['_BULKJOB']._serialized_end=821
+  _globals['_CREATEBULKJOBREQUEST']._serialized_start=824
+  _globals['_CREATEBULKJOBREQUEST']._serialized_end=980
+  _globals['_GETBULKJOBREQUEST']._serialized_start=982
+  _globals['_GETBULKJOBREQUEST']._serialized_end=1013
+  _globals['_PAUSEBULKJOBREQUEST']._serialized_start=1015
+  _globals['_PAUSEBULKJOBREQUEST']._serialized_end=1048
+  _globals['_RESUMEBULKJOBREQUEST']._serialized_start=1050
+  _globals['_RESUMEBULKJOBREQUEST']._serialized_end=1084
+  _globals['_CANCELBULKJOBREQUEST']._serialized_start=1086
+  _globals['_CANCELBULKJOBREQUEST']._serialized_end=1120
+  _globals['_WATCHBULKJOBREQUEST']._serialized_start=1122
+  _globals['_WATCHBULKJOBREQUEST']._serialized_end=1179
+  _globals['_LISTBULKJOBSREQUEST']._serialized_start=1181
+  _globals['_LISTBULKJOBSREQUEST']._serialized_end=1303
+  _globals['_LISTBULKJOBSRESPONSE']._serialized_start=1305
+  _globals['_LISTBULKJOBSRESPONSE']._serialized_end=1412
+  _globals['_BULKJOBEVENT']._serialized_start=1415
+  _globals['_BULKJOBEVENT']._serialized_end=1620
+  _globals['_NOTIFICATION']._serialized_start=1623
+  _globals['_NOTIFICATION']._serialized_end=1782
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=1784
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=1849
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=1851
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=1952
+  _globals['_BULKSERVICE']._serialized_start=2396
+  _globals['_BULKSERVICE']._serialized_end=3263
 # @@protoc_insertion_point(module_scope)
