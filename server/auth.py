@@ -42,6 +42,12 @@ def current_caller() -> Caller:
     return _caller.get()
 
 
+def set_current_caller(caller: Caller) -> None:
+    """Make `caller` the caller of the request this task serves (the HTTP face's
+    counterpart of what AuthInterceptor does for gRPC)."""
+    _caller.set(caller)
+
+
 def load_secret(configured: str, data_dir: Path, name: str = "auth_secret") -> str:
     """A signing secret: configured, or made once and kept in the data dir."""
     if configured:
