@@ -29,6 +29,8 @@ class Settings:
     heartbeat_seconds: float = 15.0
     poll_seconds: float = 0.5
     webhook_backoff_seconds: float = 1.0
+    http_port: str = "8080"  # 0: a free port; "off": no HTTP face
+    http_host: str = ""  # empty: the same as host
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:

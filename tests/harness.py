@@ -175,6 +175,7 @@ def make_settings(mongo_uri: str, data_dir: Path, **overrides: Any) -> Settings:
         poll_seconds=0.1,
         retry_base_seconds=0.1,
         heartbeat_seconds=1.0,
+        http_port="0",
     )
     return replace(base, **overrides)
 
