@@ -342,6 +342,17 @@ def test_the_dashboard_is_served_at_the_root(api: Api) -> None:
     page = api.http.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "<title>" in page.text
+    script = api.http.get("/app.js", headers={"accept-encoding": "gzip"})
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert script.headers["content-encoding"] == "gzip" and "import" in script.text
+    again = api.http.get("/app.js", headers={"if-none-match": script.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+    assert api.http.get("/nothing.js").status_code == 404
+    # A page of jobs is compressed for a browser, never an event stream.
+    for i in range(3):
+        api.submit(f"compressed {i}")
+    listed = api.http.get("/v1/jobs", headers={"accept-encoding": "gzip"})
+    assert listed.headers["content-encoding"] == "gzip" and len(listed.json()["jobs"]) == 3
 
 
 def test_http_port_setting(mongo: MongoServer, tmp_path: Path) -> None:
