@@ -25,6 +25,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TIMEOUT_MS = 30_000  # a loaded 2-core CI box
+expect.set_options(timeout=TIMEOUT_MS)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +124,7 @@ def test_cancel_on_a_queued_job_from_the_keyboard(
 def test_a_bulk_job_counts_up_and_pause_stops_it(
     page: Page, server: ServerThread, alice: GenJobsClient, tmp_path: Path
 ) -> None:
-    items = [{"topic": f"item {i}", "word_count": 60, "extra": {"demo_seconds": "0.5"}} for i in range(10)]
+    items = [{"topic": f"item {i}", "word_count": 60, "extra": {"demo_seconds": "1.5"}} for i in range(10)]
     bulk = alice.create_bulk("topic", items)
     sign_in(page, server, f"/bulk/{bulk.id}")
     of = page.locator("#bulk-of")

@@ -95,5 +95,9 @@ onError((error) => {
     signIn(`${error.message}`);
   }
 });
-window.addEventListener("hashchange", route);
+window.addEventListener("hashchange", () => {
+  route();
+  // Keyboard and screen-reader users start reading the new page from its top.
+  main.focus({ preventScroll: true });
+});
 route();

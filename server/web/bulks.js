@@ -88,7 +88,10 @@ export function bulkPage(main, id) {
         h("h2", { id: "notes-title" }, "Notifications"), notes))),
   );
 
+  let shown = null;
+
   function render(bulk) {
+    shown = bulk;
     const status = bulkStatus(bulk);
     const buttons = [];
     if (status === "queued" || status === "processing") buttons.push(button("Pause", () => act("pause"), ""));
@@ -129,7 +132,11 @@ export function bulkPage(main, id) {
   async function act(verb) {
     if (verb === "cancel" && !(await confirmDialog("Cancel this bulk job?", "Queued items are cancelled and the running one is stopped.", "Cancel bulk job"))) return;
     try {
-      render(await api("POST", `/v1/bulkJobs/${id}:${verb}`));
+      const answer = await api("POST", `/v1/bulkJobs/${id}:${verb}`);
+      // The stream may have shown a later item change while the call was out:
+      // the answer's status is the action's, its counts no newer than what is shown.
+      const newer = shown && doneCount(shown) > doneCount(answer);
+      render(newer ? { ...shown, status: answer.status } : answer);
     } catch (error) {
       toast(error.message, "bad");
     }
