@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from typing import Any
@@ -30,7 +29,6 @@ from server.http.errors import error_body, error_response, no_route
 from server.http.web import WebFiles
 from server.servicers.common import plain_handlers, service_error
 
-log = logging.getLogger(__name__)
 API_PREFIX = "/v1/"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
