@@ -173,3 +173,20 @@ def test_without_a_token_it_asks_for_one(page: Page, server: ServerThread) -> No
     page.get_by_role("button", name="Sign in").click()
     expect(page.locator("#jobs-table")).to_be_visible()
     assert page.evaluate("sessionStorage.getItem('genjobs.token')") == token
+
+
+def test_a_bulk_operation_confirms_with_its_dry_run_count(
+    page: Page, server: ServerThread, alice: GenJobsClient
+) -> None:
+    failed = [alice.submit("topic", topic=f"broken {i}", extra={"demo_fail": "permanent"}) for i in range(2)]
+    wait_for(lambda: all(alice.get(j.id).status == jobs_pb2.JOB_STATUS_FAILED for j in failed), timeout=30)
+    sign_in(page, server)
+    expect(page.locator('tr[data-status="failed"]')).to_have_count(2)
+    page.get_by_role("button", name="Retry all failed").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("retry 2 failed jobs")
+    assert alice.list(statuses=["queued"]).total_size == 0  # a dry run only, so far
+    dialog.get_by_role("button", name="Retry 2").click()
+    expect(page.locator("tr[data-job-id]")).to_have_count(4)
+    retries = [j for j in alice.list().jobs if j.retry_of]
+    assert sorted(j.retry_of for j in retries) == sorted(j.id for j in failed)
