@@ -57,7 +57,7 @@ async def _serve(settings: Settings) -> int:
         await app.stop(0)
         raise
     _quiet_garbage_collector()
-    _print_banner(settings, port)
+    _print_banner(settings, port, app.http_port)
     await stop.wait()
     logging.getLogger(__name__).info("shutting down")
     await app.stop(grace=5.0)
@@ -84,11 +84,21 @@ def _tool(name: str) -> str:
         return str(path)
 
 
-def _print_banner(settings: Settings, port: int) -> None:
+def _print_banner(settings: Settings, port: int, http_port: int = 0) -> None:
     secret = load_secret(settings.auth_secret, settings.data_dir)
     token = make_token(secret, "dev")
     target = f"{settings.host}:{port}"
     database = settings.mongodb_uri or f"embedded, in {settings.data_dir}"
+    web = f"http://{settings.http_host or settings.host}:{http_port}"
+    dashboard = (
+        f"""  dashboard (signed in as 'dev'; the token stays in the URL fragment):
+    {web}/#token={token}
+  curl:
+    curl -H "authorization: Bearer $GENJOBS_TOKEN" {web}/v1/jobs
+"""
+        if http_port
+        else ""
+    )
     print(
         f"""
 genjobs is serving on {target}  (database: {database})
@@ -100,7 +110,7 @@ genjobs is serving on {target}  (database: {database})
       -d '{{"mode":"MODE_TOPIC","params":{{"topic":"Green tea"}}}}' {target} genjobs.v1.JobService/SubmitJob
   genjobs:
     {_tool("genjobs")} --target {target} submit --topic "Green tea" --watch
-
+{dashboard}
 Stop with Ctrl-C.
 """,
         flush=True,

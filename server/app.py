@@ -26,6 +26,7 @@ from server.embedded import EmbeddedMongo
 from server.eventlog import EventLog
 from server.events import EventHub
 from server.generators import make_generator
+from server.http.face import HttpFace, make_api, port_setting
 from server.jobs import Jobs
 from server.notify import make_notifier
 from server.notify.job_end import JobNotifications
@@ -79,6 +80,8 @@ class App:
         self.embedded: EmbeddedMongo | None = None
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.http: HttpFace | None = None
+        self.http_port = 0  # 0 while the HTTP face is off
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
         self._database_ready = asyncio.Event()
@@ -129,8 +132,10 @@ class App:
         interceptors = [AuthInterceptor(secret), RequestDecoding()]
         server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         progress = ExternalProgress(self.store, self.progress_link.tokens, self.jobs.record)
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs, self.hub, progress), server)
-        bulk_pb2_grpc.add_BulkServiceServicer_to_server(BulkServicer(self.bulks, self.hub), server)
+        job_servicer = JobServicer(self.jobs, self.hub, progress)
+        bulk_servicer = BulkServicer(self.bulks, self.hub)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, server)
+        bulk_pb2_grpc.add_BulkServiceServicer_to_server(bulk_servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -142,6 +147,7 @@ class App:
         self.progress_link.target = settings.progress_target or advertised(settings.host, self.port)
         await server.start()
         self.server = server
+        self.http_port = await self._start_http(secret, job_servicer, bulk_servicer)
         self._tasks = [
             asyncio.create_task(self._watch_database(), name="database-health"),
             asyncio.create_task(self._poll_remote_events(), name="remote-events"),
@@ -160,6 +166,8 @@ class App:
         await asyncio.to_thread(self.event_log.stop)
         self.hub.close()
         self.notifier.stop()
+        if self.http is not None:
+            await self.http.stop(grace)
         if self.server is not None:
             await self.server.stop(grace)
         for task in self._tasks:
@@ -169,6 +177,19 @@ class App:
         await self.store.close_async()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.release)
+
+    async def _start_http(self, secret: str, *servicers: object) -> int:
+        """The HTTP/JSON face and the dashboard on GENJOBS_HTTP_PORT, over the
+        same servicers' RPC bodies; returns its port (0: off)."""
+        port = port_setting(self.settings.http_port)
+        if port is None:
+            return 0
+        services = [
+            jobs_pb2.DESCRIPTOR.services_by_name["JobService"],
+            bulk_pb2.DESCRIPTOR.services_by_name["BulkService"],
+        ]
+        self.http = HttpFace(make_api(dict(zip(services, servicers, strict=True)), secret))
+        return await self.http.start(self.settings.http_host or self.settings.host, port)
 
     async def wait(self) -> None:
         """Until the server stops."""

@@ -24,6 +24,11 @@ MAX_SUBJECT = 256  # characters of a user id
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.", "/genjobs.v1.JobService/ReportProgress")
 
 
+def is_open(method: str) -> bool:
+    """Whether an RPC (its gRPC path, /package.Service/Method) needs no bearer token."""
+    return method.startswith(OPEN_PREFIXES)
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who is calling: the token's subject, and whether it may see every user's jobs."""
@@ -43,6 +48,12 @@ _caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("genjobs_caller
 def current_caller() -> Caller:
     """The authenticated caller of the RPC being served."""
     return _caller.get()
+
+
+def set_current_caller(caller: Caller) -> None:
+    """Make `caller` the caller of the request this task serves (the HTTP face's
+    counterpart of what AuthInterceptor does for gRPC)."""
+    _caller.set(caller)
 
 
 def load_secret(configured: str, data_dir: Path, name: str = "auth_secret") -> str:
@@ -147,7 +158,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method = handler_call_details.method
-        if method.startswith(OPEN_PREFIXES):
+        if is_open(method):
             return await continuation(handler_call_details)
         metadata = dict(handler_call_details.invocation_metadata or ())
         header = metadata.get("authorization")

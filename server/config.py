@@ -47,6 +47,8 @@ class Settings:
     attempt_timeout_seconds: float = 900.0
     stream_idle_seconds: float = 60.0
     progress_target: str = ""  # host:port generation services report to; empty: this server's
+    http_port: str = "8080"  # 0: a free port; "off": no HTTP face
+    http_host: str = ""  # empty: the same as host
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:

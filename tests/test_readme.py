@@ -11,14 +11,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from genjobs.v1 import jobs_pb2
+from genjobs.v1 import bulk_pb2, jobs_pb2
 
 from client import GenJobsClient
+from server.http.transcode import routes
 from tests.harness import SECRET, ServerThread, wait_for
 from tests.test_cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parent.parent
 PLACEHOLDER = re.compile(r"<[a-z ]+ id>")
+SERVICES = [
+    jobs_pb2.DESCRIPTOR.services_by_name["JobService"],
+    bulk_pb2.DESCRIPTOR.services_by_name["BulkService"],
+]
 FINAL = (jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED)
 
 
@@ -47,7 +52,7 @@ def commands() -> Iterator[tuple[int, str]]:
     """(block number, command) for every command the README asks a user to run."""
     for number, block in enumerate(readme_blocks()):
         for command in block:
-            if command.startswith(("grpcurl", "genjobs", "export", "AUTH=")):
+            if command.startswith(("grpcurl", "genjobs", "export", "AUTH=", "curl")):
                 yield number, command
 
 
@@ -56,6 +61,10 @@ def test_the_readme_shows_every_rpc_and_command() -> None:
     for rpc in jobs_pb2.DESCRIPTOR.services_by_name["JobService"].methods_by_name:
         assert f"JobService/{rpc}" in text
     assert all(f"genjobs {command}" in text for command in COMMANDS)
+    curls = [c for _, c in commands() if c.startswith("curl")]
+    for route in routes(SERVICES):  # every HTTP route, its ids as placeholders
+        path = re.sub(r"\\\{[a-z_]+\\\}", lambda _: PLACEHOLDER.pattern, re.escape(route.template))
+        assert any(re.search(f"localhost:8080{path}(?=[?'\\s]|$)", c) for c in curls), route.template
 
 
 class Ids:
@@ -134,6 +143,8 @@ def test_every_readme_command_runs(server: ServerThread, workdir: Path) -> None:
         "AUTH": f"authorization: Bearer {token}",
         "COLUMNS": "200",
     }
+    assert server.app is not None
+    http_port = server.app.http_port
     ran = 0
     with server.client("dev") as client:
         # Fresh jobs for each block, so that its steps follow each other.
@@ -142,6 +153,9 @@ def test_every_readme_command_runs(server: ServerThread, workdir: Path) -> None:
             ids = Ids(client)
             for command in block:
                 line = ids.fill(command).replace("localhost:50051", server.target)
+                line = line.replace("localhost:8080", f"127.0.0.1:{http_port}")
+                # An HTTP error status fails the step (curl alone would exit 0).
+                line = re.sub(r"^curl ", "curl --fail-with-body ", line)
                 done = subprocess.run(
                     ["bash", "-c", line], env=env, cwd=workdir, capture_output=True, text=True, timeout=90
                 )

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_status import rpc_status
 from pymongo.errors import ConnectionFailure, PyMongoError
 
@@ -20,7 +21,9 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _status_of(exc: BaseException, method: str) -> grpc.Status:
+def service_error(exc: BaseException, method: str) -> ServiceError:
+    """The error a caller sees for `exc` raised while serving `method`, over
+    gRPC or HTTP alike (anything unexpected is logged and becomes INTERNAL)."""
     if isinstance(exc, ServiceError):
         error = exc
     elif isinstance(exc, ConnectionFailure):
@@ -37,11 +40,20 @@ def _status_of(exc: BaseException, method: str) -> grpc.Status:
         else:
             log.exception("bug in %s", method)
         error = ServiceError(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error; see the server log")
-    return rpc_status.to_status(error.to_status())
+    return error
+
+
+def _status_of(exc: BaseException, method: str) -> grpc.Status:
+    return rpc_status.to_status(service_error(exc, method).to_status())
 
 
 def rpc(method: F) -> F:
-    """Wrap a servicer method (unary or streaming) so that errors become statuses."""
+    """Wrap a servicer method (unary or streaming) so that errors become statuses.
+
+    The wrapped body is the RPC's one translation (proto in, domain call,
+    proto out); the HTTP face calls it too, with no gRPC context (None), so a
+    body reads its caller from current_caller() and raises ServiceError.
+    """
     if inspect.isasyncgenfunction(method):
 
         @functools.wraps(method)
@@ -143,3 +155,17 @@ def _tolerant(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         else grpc.unary_unary_rpc_method_handler
     )
     return make(behaviour, request_deserializer=deserialize, response_serializer=handler.response_serializer)
+
+
+def plain_handlers(servicer: object, service: ServiceDescriptor) -> dict[str, Callable[[Any], Any]]:
+    """`servicer`'s RPCs of `service` by full method name (genjobs.v1.JobService.GetJob),
+    each its body without the gRPC wrapper: request in, response (or an async
+    iterator of them) out, errors raised. RPCs it does not implement are left out."""
+    bodies: dict[str, Callable[[Any], Any]] = {}
+    for method in service.methods:
+        bound = getattr(servicer, method.name, None)
+        body = inspect.unwrap(bound) if bound is not None else None
+        if body is None or body is bound:  # not an @rpc method: unimplemented
+            continue
+        bodies[method.full_name] = functools.partial(body, servicer, context=None)
+    return bodies

@@ -23,54 +23,71 @@ _sym_db = _symbol_database.Default()
 
 
 from genjobs.v1 import jobs_pb2 as genjobs_dot_v1_dot_jobs__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15genjobs/v1/bulk.proto\x12\ngenjobs.v1\x1a\x15genjobs/v1/jobs.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"}\n\x0b\x42ulkJobItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0equeue_position\x18\x02 \x01(\x05\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.genjobs.v1.JobStatus\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x14.genjobs.v1.JobError\"\xd0\x04\n\x07\x42ulkJob\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07project\x18\x03 \x01(\t\x12\x1e\n\x04mode\x18\x04 \x01(\x0e\x32\x10.genjobs.v1.Mode\x12)\n\x06status\x18\x05 \x01(\x0e\x32\x19.genjobs.v1.BulkJobStatus\x12\x13\n\x0btotal_items\x18\x06 \x01(\x05\x12\x17\n\x0f\x63ompleted_items\x18\x07 \x01(\x05\x12\x14\n\x0c\x66\x61iled_items\x18\x08 \x01(\x05\x12\x17\n\x0f\x63\x61ncelled_items\x18\t \x01(\x05\x12\x17\n\x0fremaining_items\x18\n \x01(\x05\x12\x12\n\npercentage\x18\x0b \x01(\x01\x12&\n\x05items\x18\x0c \x03(\x0b\x32\x17.genjobs.v1.BulkJobItem\x12\x15\n\rerror_summary\x18\r \x03(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x14\x65stimated_completion\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x12 \x01(\t\x12\x12\n\nnotify_url\x18\x13 \x01(\t\x12\x14\n\x0cnotify_email\x18( \x01(\t\"\xb2\x01\n\x14\x43reateBulkJobRequest\x12\x1e\n\x04mode\x18\x01 \x01(\x0e\x32\x10.genjobs.v1.Mode\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.genjobs.v1.GenerationParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07project\x18\x04 \x01(\t\x12\x12\n\nnotify_url\x18\x05 \x01(\t\x12\x14\n\x0cnotify_email\x18\x14 \x01(\t\"\x1f\n\x11GetBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"!\n\x13PauseBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\"\n\x14ResumeBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\"\n\x14\x43\x61ncelBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x13WatchBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"z\n\x13ListBulkJobsRequest\x12+\n\x08statuses\x18\x01 \x03(\x0e\x32\x19.genjobs.v1.BulkJobStatus\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"k\n\x14ListBulkJobsResponse\x12&\n\tbulk_jobs\x18\x01 \x03(\x0b\x32\x13.genjobs.v1.BulkJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\xcd\x01\n\x0c\x42ulkJobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.genjobs.v1.BulkJobEventType\x12%\n\x08\x62ulk_job\x18\x03 \x01(\x0b\x32\x13.genjobs.v1.BulkJob\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0cnotification\x18\x05 \x01(\x0b\x32\x18.genjobs.v1.Notification\"\xf4\x01\n\x0cNotification\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x62ulk_job_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdelivered\x18\x05 \x01(\x08\x12\x19\n\x11\x64\x65livery_attempts\x18\x06 \x01(\x05\x12\x0e\n\x06job_id\x18\x07 \x01(\t\x12\r\n\x05\x65vent\x18\x08 \x01(\t\x12\x34\n\ndeliveries\x18\t \x03(\x0b\x32 .genjobs.v1.NotificationDelivery\"\xdb\x01\n\x14NotificationDelivery\x12,\n\x07\x63hannel\x18\x01 \x01(\x0e\x32\x1b.genjobs.v1.DeliveryChannel\x12\x0e\n\x06target\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.genjobs.v1.DeliveryState\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x35\n\x11next_attempt_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x18ListNotificationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x13\n\x0b\x62ulk_job_id\x18\x04 \x01(\t\"e\n\x19ListNotificationsResponse\x12/\n\rnotifications\x18\x01 \x03(\x0b\x32\x18.genjobs.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xc6\x01\n\rBulkJobStatus\x12\x1f\n\x1b\x42ULK_JOB_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x42ULK_JOB_STATUS_QUEUED\x10\x01\x12\x1e\n\x1a\x42ULK_JOB_STATUS_PROCESSING\x10\x02\x12\x1a\n\x16\x42ULK_JOB_STATUS_PAUSED\x10\x03\x12\x1d\n\x19\x42ULK_JOB_STATUS_COMPLETED\x10\x04\x12\x1d\n\x19\x42ULK_JOB_STATUS_CANCELLED\x10\x05*\xed\x01\n\x10\x42ulkJobEventType\x12#\n\x1f\x42ULK_JOB_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1c\x42ULK_JOB_EVENT_TYPE_SNAPSHOT\x10\x01\x12$\n BULK_JOB_EVENT_TYPE_ITEM_CHANGED\x10\x02\x12&\n\"BULK_JOB_EVENT_TYPE_STATUS_CHANGED\x10\x03\x12!\n\x1d\x42ULK_JOB_EVENT_TYPE_COMPLETED\x10\x04\x12!\n\x1d\x42ULK_JOB_EVENT_TYPE_HEARTBEAT\x10\x05*m\n\x0f\x44\x65liveryChannel\x12 \n\x1c\x44\x45LIVERY_CHANNEL_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45LIVERY_CHANNEL_WEBHOOK\x10\x01\x12\x1a\n\x16\x44\x45LIVERY_CHANNEL_EMAIL\x10\x02*\xa0\x01\n\rDeliveryState\x12\x1e\n\x1a\x44\x45LIVERY_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45LIVERY_STATE_PENDING\x10\x01\x12\x1c\n\x18\x44\x45LIVERY_STATE_DELIVERED\x10\x02\x12\x19\n\x15\x44\x45LIVERY_STATE_FAILED\x10\x03\x12\x1a\n\x16\x44\x45LIVERY_STATE_REFUSED\x10\x04\x32\xef\x04\n\x0b\x42ulkService\x12\x46\n\rCreateBulkJob\x12 .genjobs.v1.CreateBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\x12@\n\nGetBulkJob\x12\x1d.genjobs.v1.GetBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\x12Q\n\x0cListBulkJobs\x12\x1f.genjobs.v1.ListBulkJobsRequest\x1a .genjobs.v1.ListBulkJobsResponse\x12\x44\n\x0cPauseBulkJob\x12\x1f.genjobs.v1.PauseBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\x12\x46\n\rResumeBulkJob\x12 .genjobs.v1.ResumeBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\x12\x46\n\rCancelBulkJob\x12 .genjobs.v1.CancelBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\x12K\n\x0cWatchBulkJob\x12\x1f.genjobs.v1.WatchBulkJobRequest\x1a\x18.genjobs.v1.BulkJobEvent0\x01\x12`\n\x11ListNotifications\x12$.genjobs.v1.ListNotificationsRequest\x1a%.genjobs.v1.ListNotificationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15genjobs/v1/bulk.proto\x12\ngenjobs.v1\x1a\x15genjobs/v1/jobs.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"}\n\x0b\x42ulkJobItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0equeue_position\x18\x02 \x01(\x05\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.genjobs.v1.JobStatus\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x14.genjobs.v1.JobError\"\xd0\x04\n\x07\x42ulkJob\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07project\x18\x03 \x01(\t\x12\x1e\n\x04mode\x18\x04 \x01(\x0e\x32\x10.genjobs.v1.Mode\x12)\n\x06status\x18\x05 \x01(\x0e\x32\x19.genjobs.v1.BulkJobStatus\x12\x13\n\x0btotal_items\x18\x06 \x01(\x05\x12\x17\n\x0f\x63ompleted_items\x18\x07 \x01(\x05\x12\x14\n\x0c\x66\x61iled_items\x18\x08 \x01(\x05\x12\x17\n\x0f\x63\x61ncelled_items\x18\t \x01(\x05\x12\x17\n\x0fremaining_items\x18\n \x01(\x05\x12\x12\n\npercentage\x18\x0b \x01(\x01\x12&\n\x05items\x18\x0c \x03(\x0b\x32\x17.genjobs.v1.BulkJobItem\x12\x15\n\rerror_summary\x18\r \x03(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x14\x65stimated_completion\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x12 \x01(\t\x12\x12\n\nnotify_url\x18\x13 \x01(\t\x12\x14\n\x0cnotify_email\x18( \x01(\t\"\xb2\x01\n\x14\x43reateBulkJobRequest\x12\x1e\n\x04mode\x18\x01 \x01(\x0e\x32\x10.genjobs.v1.Mode\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.genjobs.v1.GenerationParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07project\x18\x04 \x01(\t\x12\x12\n\nnotify_url\x18\x05 \x01(\t\x12\x14\n\x0cnotify_email\x18\x14 \x01(\t\"\x1f\n\x11GetBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"!\n\x13PauseBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\"\n\x14ResumeBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\"\n\x14\x43\x61ncelBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x13WatchBulkJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"z\n\x13ListBulkJobsRequest\x12+\n\x08statuses\x18\x01 \x03(\x0e\x32\x19.genjobs.v1.BulkJobStatus\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"k\n\x14ListBulkJobsResponse\x12&\n\tbulk_jobs\x18\x01 \x03(\x0b\x32\x13.genjobs.v1.BulkJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\xcd\x01\n\x0c\x42ulkJobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.genjobs.v1.BulkJobEventType\x12%\n\x08\x62ulk_job\x18\x03 \x01(\x0b\x32\x13.genjobs.v1.BulkJob\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0cnotification\x18\x05 \x01(\x0b\x32\x18.genjobs.v1.Notification\"\xf4\x01\n\x0cNotification\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x62ulk_job_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdelivered\x18\x05 \x01(\x08\x12\x19\n\x11\x64\x65livery_attempts\x18\x06 \x01(\x05\x12\x0e\n\x06job_id\x18\x07 \x01(\t\x12\r\n\x05\x65vent\x18\x08 \x01(\t\x12\x34\n\ndeliveries\x18\t \x03(\x0b\x32 .genjobs.v1.NotificationDelivery\"\xdb\x01\n\x14NotificationDelivery\x12,\n\x07\x63hannel\x18\x01 \x01(\x0e\x32\x1b.genjobs.v1.DeliveryChannel\x12\x0e\n\x06target\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.genjobs.v1.DeliveryState\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x35\n\x11next_attempt_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x18ListNotificationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x13\n\x0b\x62ulk_job_id\x18\x04 \x01(\t\"e\n\x19ListNotificationsResponse\x12/\n\rnotifications\x18\x01 \x03(\x0b\x32\x18.genjobs.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xc6\x01\n\rBulkJobStatus\x12\x1f\n\x1b\x42ULK_JOB_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x42ULK_JOB_STATUS_QUEUED\x10\x01\x12\x1e\n\x1a\x42ULK_JOB_STATUS_PROCESSING\x10\x02\x12\x1a\n\x16\x42ULK_JOB_STATUS_PAUSED\x10\x03\x12\x1d\n\x19\x42ULK_JOB_STATUS_COMPLETED\x10\x04\x12\x1d\n\x19\x42ULK_JOB_STATUS_CANCELLED\x10\x05*\xed\x01\n\x10\x42ulkJobEventType\x12#\n\x1f\x42ULK_JOB_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1c\x42ULK_JOB_EVENT_TYPE_SNAPSHOT\x10\x01\x12$\n BULK_JOB_EVENT_TYPE_ITEM_CHANGED\x10\x02\x12&\n\"BULK_JOB_EVENT_TYPE_STATUS_CHANGED\x10\x03\x12!\n\x1d\x42ULK_JOB_EVENT_TYPE_COMPLETED\x10\x04\x12!\n\x1d\x42ULK_JOB_EVENT_TYPE_HEARTBEAT\x10\x05*m\n\x0f\x44\x65liveryChannel\x12 \n\x1c\x44\x45LIVERY_CHANNEL_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45LIVERY_CHANNEL_WEBHOOK\x10\x01\x12\x1a\n\x16\x44\x45LIVERY_CHANNEL_EMAIL\x10\x02*\xa0\x01\n\rDeliveryState\x12\x1e\n\x1a\x44\x45LIVERY_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45LIVERY_STATE_PENDING\x10\x01\x12\x1c\n\x18\x44\x45LIVERY_STATE_DELIVERED\x10\x02\x12\x19\n\x15\x44\x45LIVERY_STATE_FAILED\x10\x03\x12\x1a\n\x16\x44\x45LIVERY_STATE_REFUSED\x10\x04\x32\xe3\x06\n\x0b\x42ulkService\x12_\n\rCreateBulkJob\x12 .genjobs.v1.CreateBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/bulkJobs:\x01*\x12[\n\nGetBulkJob\x12\x1d.genjobs.v1.GetBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/bulkJobs/{id}\x12g\n\x0cListBulkJobs\x12\x1f.genjobs.v1.ListBulkJobsRequest\x1a .genjobs.v1.ListBulkJobsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/bulkJobs\x12h\n\x0cPauseBulkJob\x12\x1f.genjobs.v1.PauseBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/bulkJobs/{id}:pause:\x01*\x12k\n\rResumeBulkJob\x12 .genjobs.v1.ResumeBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/bulkJobs/{id}:resume:\x01*\x12k\n\rCancelBulkJob\x12 .genjobs.v1.CancelBulkJobRequest\x1a\x13.genjobs.v1.BulkJob\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/bulkJobs/{id}:cancel:\x01*\x12l\n\x0cWatchBulkJob\x12\x1f.genjobs.v1.WatchBulkJobRequest\x1a\x18.genjobs.v1.BulkJobEvent\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/bulkJobs/{id}:watch0\x01\x12{\n\x11ListNotifications\x12$.genjobs.v1.ListNotificationsRequest\x1a%.genjobs.v1.ListNotificationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/notificationsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'genjobs.v1.bulk_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BULKJOBSTATUS']._serialized_start=2313
-  _globals['_BULKJOBSTATUS']._serialized_end=2511
-  _globals['_BULKJOBEVENTTYPE']._serialized_start=2514
-  _globals['_BULKJOBEVENTTYPE']._serialized_end=2751
-  _globals['_DELIVERYCHANNEL']._serialized_start=2753
-  _globals['_DELIVERYCHANNEL']._serialized_end=2862
-  _globals['_DELIVERYSTATE']._serialized_start=2865
-  _globals['_DELIVERYSTATE']._serialized_end=3025
-  _globals['_BULKJOBITEM']._serialized_start=93
-  _globals['_BULKJOBITEM']._serialized_end=218
-  _globals['_BULKJOB']._serialized_start=221
-  _globals['_BULKJOB']._serialized_end=813
-  _globals['_CREATEBULKJOBREQUEST']._serialized_start=816
-  _globals['_CREATEBULKJOBREQUEST']._serialized_end=994
-  _globals['_GETBULKJOBREQUEST']._serialized_start=996
-  _globals['_GETBULKJOBREQUEST']._serialized_end=1027
-  _globals['_PAUSEBULKJOBREQUEST']._serialized_start=1029
-  _globals['_PAUSEBULKJOBREQUEST']._serialized_end=1062
-  _globals['_RESUMEBULKJOBREQUEST']._serialized_start=1064
-  _globals['_RESUMEBULKJOBREQUEST']._serialized_end=1098
-  _globals['_CANCELBULKJOBREQUEST']._serialized_start=1100
-  _globals['_CANCELBULKJOBREQUEST']._serialized_end=1134
-  _globals['_WATCHBULKJOBREQUEST']._serialized_start=1136
-  _globals['_WATCHBULKJOBREQUEST']._serialized_end=1193
-  _globals['_LISTBULKJOBSREQUEST']._serialized_start=1195
-  _globals['_LISTBULKJOBSREQUEST']._serialized_end=1317
-  _globals['_LISTBULKJOBSRESPONSE']._serialized_start=1319
-  _globals['_LISTBULKJOBSRESPONSE']._serialized_end=1426
-  _globals['_BULKJOBEVENT']._serialized_start=1429
-  _globals['_BULKJOBEVENT']._serialized_end=1634
-  _globals['_NOTIFICATION']._serialized_start=1637
-  _globals['_NOTIFICATION']._serialized_end=1881
-  _globals['_NOTIFICATIONDELIVERY']._serialized_start=1884
-  _globals['_NOTIFICATIONDELIVERY']._serialized_end=2103
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=2105
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=2207
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=2209
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=2310
-  _globals['_BULKSERVICE']._serialized_start=3028
-  _globals['_BULKSERVICE']._serialized_end=3651
+  _globals['_BULKSERVICE'].methods_by_name['CreateBulkJob']._loaded_options = None
+  _globals['_BULKSERVICE'].methods_by_name['CreateBulkJob']._serialized_options = b'\202\323\344\223\002\021\"\014/v1/bulkJobs:\001*'
+  _globals['_BULKSERVICE'].methods_by_name['GetBulkJob']._loaded_options = None
+  _globals['_BULKSERVICE'].methods_by_name['GetBulkJob']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/bulkJobs/{id}'
+  _globals['_BULKSERVICE'].methods_by_name['ListBulkJobs']._loaded_options = None
+  _globals['_BULKSERVICE'].methods_by_name['ListBulkJobs']._serialized_options = b'\202\323\344\223\002\016\022\014/v1/bulkJobs'
+  _globals['_BULKSERVICE'].methods_by_name['PauseBulkJob']._loaded_options = None
+  _globals['_BULKSERVICE'].methods_by_name['PauseBulkJob']._serialized_options = b'\202\323\344\223\002\034\"\027/v1/bulkJobs/{id}:pause:\001*'
+  _globals['_BULKSERVICE'].methods_by_name['ResumeBulkJob']._loaded_options = None
+  _globals['_BULKSERVICE'].methods_by_name['ResumeBulkJob']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/bulkJobs/{id}:resume:\001*'
+  _globals['_BULKSERVICE'].methods_by_name['CancelBulkJob']._loaded_options = None
+  _globals['_BULKSERVICE'].methods_by_name['CancelBulkJob']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/bulkJobs/{id}:cancel:\001*'
+  _globals['_BULKSERVICE'].methods_by_name['WatchBulkJob']._loaded_options = None
+  _globals['_BULKSERVICE'].methods_by_name['WatchBulkJob']._serialized_options = b'\202\323\344\223\002\031\022\027/v1/bulkJobs/{id}:watch'
+  _globals['_BULKSERVICE'].methods_by_name['ListNotifications']._loaded_options = None
+  _globals['_BULKSERVICE'].methods_by_name['ListNotifications']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/notifications'
+  _globals['_BULKJOBSTATUS']._serialized_start=2343
+  _globals['_BULKJOBSTATUS']._serialized_end=2541
+  _globals['_BULKJOBEVENTTYPE']._serialized_start=2544
+  _globals['_BULKJOBEVENTTYPE']._serialized_end=2781
+  _globals['_DELIVERYCHANNEL']._serialized_start=2783
+  _globals['_DELIVERYCHANNEL']._serialized_end=2892
+  _globals['_DELIVERYSTATE']._serialized_start=2895
+  _globals['_DELIVERYSTATE']._serialized_end=3055
+  _globals['_BULKJOBITEM']._serialized_start=123
+  _globals['_BULKJOBITEM']._serialized_end=248
+  _globals['_BULKJOB']._serialized_start=251
+  _globals['_BULKJOB']._serialized_end=843
+  _globals['_CREATEBULKJOBREQUEST']._serialized_start=846
+  _globals['_CREATEBULKJOBREQUEST']._serialized_end=1024
+  _globals['_GETBULKJOBREQUEST']._serialized_start=1026
+  _globals['_GETBULKJOBREQUEST']._serialized_end=1057
+  _globals['_PAUSEBULKJOBREQUEST']._serialized_start=1059
+  _globals['_PAUSEBULKJOBREQUEST']._serialized_end=1092
+  _globals['_RESUMEBULKJOBREQUEST']._serialized_start=1094
+  _globals['_RESUMEBULKJOBREQUEST']._serialized_end=1128
+  _globals['_CANCELBULKJOBREQUEST']._serialized_start=1130
+  _globals['_CANCELBULKJOBREQUEST']._serialized_end=1164
+  _globals['_WATCHBULKJOBREQUEST']._serialized_start=1166
+  _globals['_WATCHBULKJOBREQUEST']._serialized_end=1223
+  _globals['_LISTBULKJOBSREQUEST']._serialized_start=1225
+  _globals['_LISTBULKJOBSREQUEST']._serialized_end=1347
+  _globals['_LISTBULKJOBSRESPONSE']._serialized_start=1349
+  _globals['_LISTBULKJOBSRESPONSE']._serialized_end=1456
+  _globals['_BULKJOBEVENT']._serialized_start=1459
+  _globals['_BULKJOBEVENT']._serialized_end=1664
+  _globals['_NOTIFICATION']._serialized_start=1667
+  _globals['_NOTIFICATION']._serialized_end=1911
+  _globals['_NOTIFICATIONDELIVERY']._serialized_start=1914
+  _globals['_NOTIFICATIONDELIVERY']._serialized_end=2133
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=2135
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=2237
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=2239
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=2340
+  _globals['_BULKSERVICE']._serialized_start=3058
+  _globals['_BULKSERVICE']._serialized_end=3925
 # @@protoc_insertion_point(module_scope)

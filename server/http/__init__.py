@@ -1,0 +1,1 @@
+"""The HTTP/JSON face of the gRPC API, and the dashboard it serves."""

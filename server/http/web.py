@@ -1,0 +1,65 @@
+"""The dashboard's files (server/web, package data), read once at start and
+served from memory, compressed ahead of time: no file or thread work per request."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import mimetypes
+from dataclasses import dataclass
+from importlib import resources
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
+
+
+@dataclass(frozen=True)
+class WebFile:
+    """One file: its bytes, gzipped bytes (when that is smaller) and validators."""
+
+    body: bytes
+    gzipped: bytes | None
+    media_type: str
+    etag: str
+
+
+class WebFiles:
+    """`GET /` is index.html; `GET /app.js` is app.js; anything else is 404."""
+
+    def __init__(self, package: str = "server", folder: str = "web") -> None:
+        self.files: dict[str, WebFile] = {}
+        for entry in resources.files(package).joinpath(folder).iterdir():
+            if not entry.is_file() or entry.name.startswith("."):
+                continue
+            body = entry.read_bytes()
+            suffix = "." + entry.name.rsplit(".", 1)[-1]
+            media_type = TYPES.get(suffix) or mimetypes.guess_type(entry.name)[0]
+            media_type = media_type or "application/octet-stream"
+            if media_type.startswith("text/"):
+                media_type += "; charset=utf-8"
+            packed = gzip.compress(body, 9, mtime=0)
+            self.files["/" + entry.name] = WebFile(
+                body=body,
+                gzipped=packed if len(packed) < len(body) * 0.9 else None,
+                media_type=media_type,
+                etag='"' + hashlib.sha256(body).hexdigest()[:16] + '"',
+            )
+        if "/index.html" in self.files:
+            self.files["/"] = self.files["/index.html"]
+
+    async def serve(self, request: Request) -> Response:
+        """The file at the request's path; 304 when the browser's copy is current."""
+        found = self.files.get(request.url.path)
+        if found is None:
+            return PlainTextResponse("not found", status_code=404)
+        # Revalidated on every load (cheap: a 304), so a new release is never stale.
+        headers = {"ETag": found.etag, "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+        if request.headers.get("if-none-match") == found.etag:
+            return Response(status_code=304, headers=headers)
+        body = found.body
+        if found.gzipped is not None and "gzip" in request.headers.get("accept-encoding", ""):
+            body = found.gzipped
+            headers["Content-Encoding"] = "gzip"
+        return Response(body, media_type=found.media_type, headers=headers)

@@ -1,0 +1,103 @@
+// The dashboard: sign-in from the URL fragment or a pasted token, and a
+// hash router over the pages (jobs, one job, bulk jobs, one bulk job).
+
+import { onError, setToken, token, user } from "./api.js";
+import { bulkListPage, bulkPage } from "./bulks.js";
+import { jobPage } from "./job.js";
+import { jobsPage } from "./jobs.js";
+import { button, h, replace } from "./ui.js";
+
+const main = document.getElementById("main");
+let leave = () => {};
+
+function takeTokenFromFragment() {
+  const match = location.hash.match(/^#token=([^&]+)/);
+  if (match) {
+    setToken(decodeURIComponent(match[1]));
+    // Drop the token from the address bar and history.
+    history.replaceState(null, "", `${location.pathname}${location.search}#/`);
+  }
+}
+
+function signIn(message = "") {
+  leave();
+  leave = () => {};
+  renderWho();
+  const field = h("textarea", { id: "token", rows: 4, required: true, spellcheck: "false", autocomplete: "off" });
+  const form = h(
+    "form",
+    {
+      class: "card signin",
+      onsubmit: (event) => {
+        event.preventDefault();
+        setToken(field.value);
+        route();
+      },
+    },
+    h("h1", {}, "Sign in"),
+    h("p", { class: "muted" }, "Paste a token: ", h("code", {}, "genjobs-server token --user NAME"), " prints one."),
+    message ? h("p", { class: "error-text", role: "alert" }, message) : null,
+    h("label", { for: "token" }, "Bearer token"),
+    field,
+    h("div", { class: "form-actions" }, h("button", { type: "submit", class: "primary" }, "Sign in")),
+  );
+  replace(main, form);
+  field.focus();
+}
+
+function renderWho() {
+  const who = document.getElementById("who");
+  if (!token()) {
+    replace(who);
+    return;
+  }
+  replace(
+    who,
+    h("span", { class: "user", title: "Signed in" }, user() || "signed in"),
+    button("Sign out", () => {
+      setToken("");
+      signIn();
+    }, "ghost small"),
+  );
+}
+
+function route() {
+  takeTokenFromFragment();
+  if (!token()) {
+    signIn();
+    return;
+  }
+  renderWho();
+  leave();
+  const path = location.hash.replace(/^#/, "") || "/";
+  let match;
+  let section = "jobs";
+  if ((match = path.match(/^\/jobs\/([\w-]+)$/))) {
+    leave = jobPage(main, match[1]);
+  } else if ((match = path.match(/^\/bulk\/([\w-]+)$/))) {
+    section = "bulk";
+    leave = bulkPage(main, match[1]);
+  } else if (path === "/bulk") {
+    section = "bulk";
+    leave = bulkListPage(main);
+  } else {
+    leave = jobsPage(main);
+  }
+  document.querySelectorAll("[data-nav]").forEach((a) => {
+    if (a.dataset.nav === section) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  });
+}
+
+onError((error) => {
+  if (error.status === 401) {
+    setToken("");
+    signIn(`${error.message}`);
+  }
+});
+window.addEventListener("hashchange", () => {
+  route();
+  // Keyboard and screen-reader users start reading the new page from its top.
+  main.focus({ preventScroll: true });
+});
+route();

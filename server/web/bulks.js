@@ -1,0 +1,170 @@
+// Bulk jobs: the list with X of Y and the notifications, and one bulk job with
+// its counts, items in order, and Pause / Resume / Cancel; live from its stream.
+
+import { api, follow } from "./api.js";
+import {
+  ago, badge, bulkStatus, button, confirmDialog, emptyState, h, jobStatus, modeName, progressBar,
+  replace, time, toast,
+} from "./ui.js";
+
+const BULK_FINAL = new Set(["completed", "cancelled"]);
+
+function doneCount(bulk) {
+  return (bulk.completedItems || 0) + (bulk.failedItems || 0) + (bulk.cancelledItems || 0);
+}
+
+function ofText(bulk) {
+  return `${doneCount(bulk)} of ${bulk.totalItems || 0}`;
+}
+
+export function bulkListPage(main) {
+  let left = false;
+  const tbody = h("tbody");
+  const notes = h("ul", { class: "notes" });
+  replace(
+    main,
+    h("div", { class: "page-head" }, h("h1", {}, "Bulk jobs")),
+    h("div", { class: "grid-main" },
+      h("section", { class: "card table-card", "aria-label": "Bulk jobs" },
+        h("div", { class: "table-wrap" },
+          h("table", { class: "jobs", id: "bulk-table" },
+            h("thead", {}, h("tr", {}, ["Bulk job", "Mode", "Status", "Done", "Created"].map((t) => h("th", { scope: "col" }, t)))),
+            tbody))),
+      h("section", { class: "card", "aria-labelledby": "notes-title" }, h("h2", { id: "notes-title" }, "Notifications"), notes)),
+  );
+
+  Promise.all([api("GET", "/v1/bulkJobs", { query: { pageSize: 50 } }), api("GET", "/v1/notifications", { query: { pageSize: 20 } })])
+    .then(([list, notifications]) => {
+      if (left) return;
+      const bulks = list.bulkJobs || [];
+      replace(tbody, bulks.length ? bulks.map((b) => {
+        const bar = progressBar(b.percentage || 0, `Progress of bulk job ${b.id}`);
+        bar.update(b.percentage || 0, bulkStatus(b));
+        return h("tr", { dataset: { bulkJobId: b.id, status: bulkStatus(b) } },
+          h("td", { class: "title", "data-label": "Bulk job" }, h("a", { href: `#/bulk/${b.id}` }, `${b.totalItems} items`),
+            h("div", { class: "sub" }, b.id.slice(-8))),
+          h("td", { "data-label": "Mode" }, modeName(b.mode)),
+          h("td", { "data-label": "Status" }, badge(bulkStatus(b))),
+          h("td", { class: "progress", "data-label": "Done" }, bar, h("span", { class: "pct" }, ofText(b))),
+          h("td", { "data-label": "Created" }, ago(b.createTime)));
+      }) : h("tr", {}, h("td", { colspan: 5 }, emptyState("No bulk jobs yet. Create one with genjobs bulk or POST /v1/bulkJobs."))));
+      renderNotes(notes, notifications.notifications || []);
+    })
+    .catch((error) => toast(error.message, "bad"));
+  return () => { left = true; };
+}
+
+function renderNotes(list, notifications) {
+  replace(list, notifications.length ? notifications.map((n) =>
+    h("li", {},
+      h("a", { href: `#/bulk/${n.bulkJobId}` }, n.message || "Bulk job finished"),
+      h("div", { class: "sub" }, `${ago(n.createTime)}${n.delivered ? " · delivered" : ""}`)))
+    : h("li", { class: "muted" }, "Nothing yet."));
+}
+
+export function bulkPage(main, id) {
+  let left = false;
+  let stream = null;
+  const head = h("div", { class: "page-head" });
+  const bar = progressBar(0, "Bulk job progress");
+  const counts = h("div", { class: "counts" });
+  const tbody = h("tbody");
+  const summary = h("section", { class: "card", "aria-labelledby": "summary-title" });
+  const notes = h("ul", { class: "notes" });
+
+  replace(
+    main,
+    h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: "#/bulk" }, "Bulk jobs"), " / ",
+      h("span", {}, id.slice(-8))),
+    head,
+    h("section", { class: "card progress-card", "aria-label": "Progress" }, counts, bar),
+    h("div", { class: "grid-main" },
+      h("section", { class: "card table-card", "aria-label": "Items" },
+        h("div", { class: "table-wrap" },
+          h("table", { class: "jobs compact", id: "items-table" },
+            h("thead", {}, h("tr", {}, ["#", "Job", "Status", "Error"].map((t) => h("th", { scope: "col" }, t)))),
+            tbody))),
+      h("div", {}, summary, h("section", { class: "card", "aria-labelledby": "notes-title" },
+        h("h2", { id: "notes-title" }, "Notifications"), notes))),
+  );
+
+  let shown = null;
+
+  function render(bulk) {
+    shown = bulk;
+    const status = bulkStatus(bulk);
+    const buttons = [];
+    if (status === "queued" || status === "processing") buttons.push(button("Pause", () => act("pause"), ""));
+    if (status === "paused") buttons.push(button("Resume", () => act("resume"), "primary"));
+    if (!BULK_FINAL.has(status)) buttons.push(button("Cancel", () => act("cancel"), "warn"));
+    replace(
+      head,
+      h("div", {}, h("h1", {}, `Bulk job · ${bulk.totalItems || 0} ${modeName(bulk.mode)} items`),
+        h("p", { class: "muted" }, `bulk job ${bulk.id}`)),
+      h("div", { class: "head-side", dataset: { bulkJobId: bulk.id, status } }, badge(status), h("div", { class: "actions" }, buttons)),
+    );
+    bar.update(bulk.percentage || 0, status);
+    const eta = time(bulk.estimatedCompletion);
+    replace(
+      counts,
+      h("div", { class: "of", id: "bulk-of" }, h("strong", {}, ofText(bulk)), " items done"),
+      h("dl", { class: "facts inline" },
+        [["Completed", bulk.completedItems || 0], ["Failed", bulk.failedItems || 0],
+          ["Cancelled", bulk.cancelledItems || 0], ["Remaining", bulk.remainingItems || 0],
+          ["Done at", eta && !BULK_FINAL.has(status) ? eta.toLocaleTimeString() : "—"]]
+          .map(([k, v]) => h("div", { dataset: { count: k.toLowerCase() } }, h("dt", {}, k), h("dd", {}, v)))),
+    );
+    if (bulk.items) {
+      replace(tbody, bulk.items.map((item) => {
+        const s = jobStatus(item);
+        return h("tr", { dataset: { jobId: item.id, status: s } },
+          h("td", { class: "num", "data-label": "#" }, item.queuePosition),
+          h("td", { "data-label": "Job" }, h("a", { href: `#/jobs/${item.id}` }, item.id.slice(-8))),
+          h("td", { "data-label": "Status" }, badge(s)),
+          h("td", { class: "error-cell", "data-label": "Error" }, item.error ? `${item.error.code}: ${item.error.message}` : ""));
+      }));
+    }
+    const errorsList = bulk.errorSummary || [];
+    summary.hidden = !errorsList.length;
+    replace(summary, h("h2", { id: "summary-title" }, "Errors"), h("ul", { class: "errors" }, errorsList.map((e) => h("li", {}, e))));
+  }
+
+  async function act(verb) {
+    if (verb === "cancel" && !(await confirmDialog("Cancel this bulk job?", "Queued items are cancelled and the running one is stopped.", "Cancel bulk job"))) return;
+    try {
+      const answer = await api("POST", `/v1/bulkJobs/${id}:${verb}`);
+      // The stream may have shown a later item change while the call was out:
+      // the answer's status is the action's, its counts no newer than what is shown.
+      const newer = shown && doneCount(shown) > doneCount(answer);
+      render(newer ? { ...shown, status: answer.status } : answer);
+    } catch (error) {
+      toast(error.message, "bad");
+    }
+  }
+
+  function loadNotes() {
+    api("GET", "/v1/notifications", { query: { pageSize: 50 } })
+      .then((page) => !left && renderNotes(notes, (page.notifications || []).filter((n) => n.bulkJobId === id)))
+      .catch(() => {});
+  }
+
+  api("GET", `/v1/bulkJobs/${id}`)
+    .then((bulk) => {
+      if (left) return;
+      render(bulk);
+      loadNotes();
+      if (!BULK_FINAL.has(bulkStatus(bulk))) {
+        stream = follow(`/v1/bulkJobs/${id}:watch`, (event) => {
+          if (left || !event.bulkJob) return;
+          render(event.bulkJob);
+          if (event.notification) loadNotes();
+        }, (event) => event.type === "BULK_JOB_EVENT_TYPE_COMPLETED" || BULK_FINAL.has(bulkStatus(event.bulkJob || {})));
+      }
+    })
+    .catch((error) => replace(head, h("h1", {}, "Bulk job not found"), h("p", { class: "muted" }, error.message)));
+
+  return () => {
+    left = true;
+    stream?.close();
+  };
+}

@@ -1,0 +1,173 @@
+// One job: its stages with the current one marked, percentage, ETA, elapsed
+// time, every attempt's error, the article (as text), and the actions; live
+// from the job's event stream.
+
+import { jobActions } from "./actions.js";
+import { api, follow } from "./api.js";
+import {
+  FINAL, badge, duration, emptyState, h, jobSeconds, jobStatus, jobTitle, modeName, money, progressBar,
+  replace, time, toast,
+} from "./ui.js";
+
+// The demo generator's stages; a generator's own stages are shown as they come.
+const STAGES = ["research", "outline", "drafting", "editing"];
+
+export function jobPage(main, id) {
+  let left = false;
+  let stream = null;
+  let ticker = null;
+  let job = null;
+
+  const head = h("div", { class: "page-head" });
+  const bar = progressBar(0, "Job progress");
+  const pct = h("div", { class: "big-pct" });
+  const stages = h("ol", { class: "stages", "aria-label": "Stages" });
+  const facts = h("dl", { class: "facts" });
+  const errors = h("section", { class: "card", "aria-labelledby": "errors-title" });
+  const article = h("section", { class: "card article", "aria-labelledby": "article-title" });
+  const params = h("dl", { class: "facts" });
+
+  replace(
+    main,
+    h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: "#/" }, "Jobs"), " / ",
+      h("span", {}, id.slice(-8))),
+    head,
+    h("div", { class: "grid-2" },
+      h("section", { class: "card progress-card", "aria-label": "Progress" }, pct, bar, stages, facts),
+      h("section", { class: "card", "aria-labelledby": "params-title" }, h("h2", { id: "params-title" }, "Request"), params)),
+    errors,
+    article,
+  );
+
+  function render(next) {
+    job = next;
+    const status = jobStatus(job);
+    const progress = job.progress || {};
+    const percent = status === "completed" ? 100 : progress.percentage || 0;
+    replace(
+      head,
+      h("div", {},
+        h("h1", {}, jobTitle(job)),
+        h("p", { class: "muted" }, `${modeName(job.mode)} · job ${job.id}`)),
+      h("div", { class: "head-side", dataset: { jobId: job.id, status } },
+        badge(status),
+        h("div", { class: "actions" }, jobActions(job, acted))),
+    );
+    bar.update(percent, status);
+    replace(pct, h("strong", {}, `${percent}%`), h("span", { class: "muted" }, progress.message || status));
+    renderStages(status, progress.stage || "");
+    renderFacts();
+    renderParams();
+    renderErrors();
+    renderArticle();
+  }
+
+  function renderStages(status, current) {
+    const names = [...STAGES];
+    if (current && !names.includes(current) && current !== "done") names.push(current);
+    const at = status === "completed" ? names.length : names.indexOf(current);
+    replace(
+      stages,
+      names.map((name, i) => {
+        const state = i < at ? "done" : i === at && status === "processing" ? "current" : "todo";
+        return h("li", { class: `stage ${state}`, "aria-current": state === "current" ? "step" : null },
+          h("span", { class: "dot", "aria-hidden": "true" }), name);
+      }),
+    );
+  }
+
+  function renderFacts() {
+    const status = jobStatus(job);
+    const progress = job.progress || {};
+    const eta = time(progress.estimatedCompletion);
+    const rows = [
+      ["Elapsed", duration(jobSeconds(job)) || "not started"],
+      ["Time left", status === "processing" && eta ? duration(Math.max(0, (eta - Date.now()) / 1000)) : "—"],
+      ["Attempt", `${job.attempt || 0} of ${job.maxAttempts || 0}`],
+      ["Created", time(job.createTime)?.toLocaleString() || ""],
+      ["Finished", time(job.endTime)?.toLocaleString() || "—"],
+    ];
+    replace(facts, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+  }
+
+  function renderParams() {
+    const p = job.params || {};
+    const rows = [
+      ["Topic", p.topic],
+      ["Keywords", (p.keywords || []).join(", ")],
+      ["Words", p.wordCount],
+      ["Tone", p.tone],
+      ["Source text", p.sourceText && `${p.sourceText.slice(0, 200)}${p.sourceText.length > 200 ? "…" : ""}`],
+      ["Extra", Object.entries(p.extra || {}).map(([k, v]) => `${k}=${v}`).join(", ")],
+      ["Project", job.project],
+      ["Retry of", job.retryOf && h("a", { href: `#/jobs/${job.retryOf}` }, job.retryOf)],
+      ["Bulk job", job.bulkJobId && h("a", { href: `#/bulk/${job.bulkJobId}` }, job.bulkJobId)],
+    ].filter(([, v]) => v);
+    replace(params, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+  }
+
+  function renderErrors() {
+    const list = job.attemptErrors || (job.error ? [job.error] : []);
+    errors.hidden = !list.length;
+    replace(
+      errors,
+      h("h2", { id: "errors-title" }, "Attempts that failed"),
+      h("ol", { class: "errors" }, list.map((e) =>
+        h("li", {},
+          h("strong", {}, `Attempt ${e.attempt || "?"}: ${e.code || "ERROR"}`),
+          h("span", { class: "muted" }, ` ${e.category || ""}${e.retryable ? " · retryable" : ""}`),
+          h("div", {}, e.message || "")))),
+    );
+  }
+
+  function renderArticle() {
+    const result = job.result;
+    if (!result || !result.content) {
+      replace(article, h("h2", { id: "article-title" }, "Article"),
+        emptyState(FINAL.has(jobStatus(job)) ? "No article was written." : "The article appears here when the job completes."));
+      return;
+    }
+    replace(
+      article,
+      h("div", { class: "article-head" },
+        h("h2", { id: "article-title" }, result.title || "Article"),
+        h("span", { class: "muted" }, `${result.wordCount || 0} words · ${money(result.costCents)}`)),
+      // textContent only: the generator's text is never markup here.
+      h("div", { class: "article-body" }, result.content),
+    );
+  }
+
+  function acted(kind, answer) {
+    if (kind === "retry") {
+      toast("Queued a retry.", "good");
+      location.hash = `#/jobs/${answer.id}`;
+    } else if (kind === "delete") {
+      toast("Deleted.");
+      location.hash = "#/";
+    } else {
+      render(answer);
+    }
+  }
+
+  function watch() {
+    stream = follow(`/v1/jobs/${id}:watch`, (event) => {
+      if (!left && event.job) render(event.job);
+    }, (event) => FINAL.has(jobStatus(event.job || {})));
+  }
+
+  api("GET", `/v1/jobs/${id}`)
+    .then((found) => {
+      if (left) return;
+      render(found);
+      if (!FINAL.has(jobStatus(found))) watch();
+      // The clock on screen moves between events (no requests: local time only).
+      ticker = setInterval(() => job && jobStatus(job) === "processing" && renderFacts(), 1000);
+    })
+    .catch((error) => replace(head, h("h1", {}, "Job not found"), h("p", { class: "muted" }, error.message)));
+
+  return () => {
+    left = true;
+    stream?.close();
+    clearInterval(ticker);
+  };
+}

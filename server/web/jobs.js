@@ -1,0 +1,297 @@
+// Overview: status cards with the total cost, a new-job form, the filtered jobs
+// table (newest first, 50 a page) kept live by the jobs' event streams, and the
+// bulk operations behind a confirmation that shows the dry-run count.
+
+import { jobActions } from "./actions.js";
+import { api, follow } from "./api.js";
+import {
+  FINAL, ago, badge, button, confirmDialog, duration, emptyState, h, jobSeconds, jobStatus, jobTitle,
+  modeName, money, progressBar, replace, toast,
+} from "./ui.js";
+
+const STATUSES = ["queued", "processing", "completed", "failed", "cancelled"];
+const MODES = ["topic", "keywords", "trends", "spin"];
+const PAGE_SIZE = 50;
+// Streams open at once (a browser keeps about six connections to one server).
+const MAX_STREAMS = 3;
+const BULK_OPERATIONS = [
+  { op: "BULK_OPERATION_RETRY_ALL_FAILED", label: "Retry all failed", verb: "retry", noun: "failed" },
+  { op: "BULK_OPERATION_CANCEL_ALL_QUEUED", label: "Cancel all queued", verb: "cancel", noun: "queued" },
+  { op: "BULK_OPERATION_DELETE_ALL_COMPLETED", label: "Delete all completed", verb: "delete", noun: "completed" },
+];
+
+export function jobsPage(main) {
+  const state = { filters: { status: "", mode: "", query: "", from: "", to: "" }, tokens: [""], page: 0 };
+  const rows = new Map(); // job id -> {job, tr, update}
+  const streams = new Map(); // job id -> follow handle
+  let left = false;
+  let reloadTimer;
+
+  const cards = h("section", { class: "cards", "aria-label": "Jobs by status" });
+  const tbody = h("tbody");
+  const pager = h("div", { class: "pager" });
+  const summary = h("p", { class: "muted", id: "jobs-summary", "aria-live": "polite" });
+
+  // New job ------------------------------------------------------------
+  const modeSelect = h("select", { id: "new-mode", name: "mode" }, MODES.map((m) => h("option", { value: m }, m)));
+  const topicInput = h("input", { id: "new-topic", name: "topic", placeholder: "What should it write about?", required: true });
+  const wordsInput = h("input", { id: "new-words", name: "words", type: "number", min: 50, max: 5000, value: 400 });
+  const extraInput = h("input", { id: "new-extra", name: "extra", placeholder: "key=value, key=value" });
+  const submitForm = h(
+    "form",
+    { class: "card new-job", onsubmit: submit, "aria-labelledby": "new-job-title" },
+    h("h2", { id: "new-job-title" }, "New job"),
+    h(
+      "div",
+      { class: "form-row" },
+      field("Mode", modeSelect),
+      field("Topic or keywords", topicInput, "grow"),
+      field("Words", wordsInput, "narrow"),
+      h("div", { class: "form-actions" }, h("button", { type: "submit", class: "primary" }, "Submit")),
+    ),
+    h("details", {}, h("summary", {}, "More options"), field("Extra parameters", extraInput, "grow")),
+  );
+
+  async function submit(event) {
+    event.preventDefault();
+    const mode = modeSelect.value;
+    const text = topicInput.value.trim();
+    const extra = Object.fromEntries(
+      extraInput.value.split(",").map((p) => p.split("=").map((s) => s.trim())).filter(([k, v]) => k && v),
+    );
+    const params = { wordCount: Number(wordsInput.value) || 0, extra };
+    if (mode === "keywords") params.keywords = text.split(",").map((k) => k.trim()).filter(Boolean);
+    else if (mode === "spin") params.sourceText = text;
+    else params.topic = text;
+    try {
+      const job = await api("POST", "/v1/jobs", { body: { mode: `MODE_${mode.toUpperCase()}`, params } });
+      toast(`Queued “${jobTitle(job)}”.`, "good");
+      topicInput.value = "";
+      await reload();
+    } catch (error) {
+      toast(error.message, "bad");
+    }
+  }
+
+  // Filters and bulk operations ------------------------------------------
+  const statusFilter = h("select", { id: "f-status" }, h("option", { value: "" }, "All statuses"),
+    STATUSES.map((s) => h("option", { value: s }, s)));
+  const modeFilter = h("select", { id: "f-mode" }, h("option", { value: "" }, "All modes"),
+    MODES.map((m) => h("option", { value: m }, m)));
+  const queryFilter = h("input", { id: "f-query", type: "search", placeholder: "Search topic or keywords" });
+  const fromFilter = h("input", { id: "f-from", type: "date" });
+  const toFilter = h("input", { id: "f-to", type: "date" });
+  let typing;
+  const refilter = () => {
+    state.filters = {
+      status: statusFilter.value, mode: modeFilter.value, query: queryFilter.value.trim(),
+      from: fromFilter.value, to: toFilter.value,
+    };
+    state.tokens = [""];
+    state.page = 0;
+    reload();
+  };
+  for (const input of [statusFilter, modeFilter, fromFilter, toFilter]) input.addEventListener("change", refilter);
+  queryFilter.addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(refilter, 250);
+  });
+  const filters = h(
+    "div",
+    { class: "filters", role: "search" },
+    field("Status", statusFilter), field("Mode", modeFilter), field("Search", queryFilter, "grow"),
+    field("From", fromFilter), field("To", toFilter),
+  );
+  const operations = h("div", { class: "operations", role: "group", "aria-labelledby": "ops-label" },
+    h("span", { class: "operations-label", id: "ops-label" }, "Across all your jobs:"),
+    BULK_OPERATIONS.map((o) => button(o.label, () => runOperation(o), "ghost small")));
+
+  async function runOperation(o) {
+    try {
+      const dry = await api("POST", "/v1/jobs:runBulkOperation", { body: { operation: o.op, validateOnly: true } });
+      const count = dry.affectedCount || 0;
+      if (!count) {
+        toast(`No ${o.noun} jobs to ${o.verb}.`);
+        return;
+      }
+      const more = dry.remainingCount ? ` (${dry.remainingCount} more after these; run it again for them)` : "";
+      const ok = await confirmDialog(`${o.label}?`, `This will ${o.verb} ${count} ${o.noun} job${count === 1 ? "" : "s"}${more}.`,
+        `${o.verb[0].toUpperCase()}${o.verb.slice(1)} ${count}`);
+      if (!ok) return;
+      const done = await api("POST", "/v1/jobs:runBulkOperation", { body: { operation: o.op } });
+      toast(`${o.verb[0].toUpperCase()}${o.verb.slice(1)}: ${done.affectedCount || 0} job(s).`, "good");
+      await reload();
+    } catch (error) {
+      toast(error.message, "bad");
+    }
+  }
+
+  // Table ------------------------------------------------------------------
+  const table = h(
+    "table",
+    { class: "jobs", id: "jobs-table" },
+    h("caption", { class: "visually-hidden" }, "Your jobs, newest first"),
+    h("thead", {}, h("tr", {}, ["Job", "Mode", "Status", "Progress", "Created", "Duration", ""].map((t) =>
+      h("th", { scope: "col" }, t)))),
+    tbody,
+  );
+
+  replace(
+    main,
+    h("div", { class: "page-head" }, h("h1", {}, "Jobs"), summary),
+    cards,
+    submitForm,
+    h("section", { class: "card table-card", "aria-label": "Jobs" },
+      h("div", { class: "toolbar" }, filters, operations),
+      h("div", { class: "table-wrap" }, table),
+      pager),
+  );
+
+  function query() {
+    const f = state.filters;
+    const q = { pageSize: PAGE_SIZE, pageToken: state.tokens[state.page] };
+    if (f.status) q.statuses = `JOB_STATUS_${f.status.toUpperCase()}`;
+    if (f.mode) q.modes = `MODE_${f.mode.toUpperCase()}`;
+    if (f.query) q.query = f.query;
+    if (f.from) q.createdAfter = new Date(`${f.from}T00:00:00`).toISOString();
+    if (f.to) q.createdBefore = new Date(`${f.to}T23:59:59.999`).toISOString();
+    return q;
+  }
+
+  async function loadStats() {
+    const stats = await api("GET", "/v1/jobs:stats");
+    const counts = Object.fromEntries((stats.byStatus || []).map((s) => [jobStatus(s), Number(s.count)]));
+    replace(
+      cards,
+      statCard("total", "All jobs", Number(stats.totalJobs || 0)),
+      STATUSES.map((s) => statCard(s, s, counts[s] || 0)),
+      statCard("cost", "Total cost", money(stats.totalCostCents)),
+    );
+  }
+
+  function statCard(key, label, value) {
+    return h("div", { class: `card stat stat-${key}`, dataset: { stat: key } },
+      h("div", { class: "stat-label" }, label), h("div", { class: "stat-value" }, value));
+  }
+
+  async function reload() {
+    clearTimeout(reloadTimer);
+    try {
+      const [page] = await Promise.all([api("GET", "/v1/jobs", { query: query() }), loadStats()]);
+      if (left) return;
+      render(page);
+    } catch (error) {
+      toast(error.message, "bad");
+    }
+  }
+
+  function render(page) {
+    const jobs = page.jobs || [];
+    rows.clear();
+    replace(tbody, jobs.length ? jobs.map(row) : h("tr", {}, h("td", { colspan: 7 }, emptyState("No jobs match."))));
+    const first = state.page * PAGE_SIZE;
+    replace(summary, jobs.length ? `${first + 1}–${first + jobs.length} of ${page.totalSize || jobs.length}` : "");
+    if (page.nextPageToken) state.tokens[state.page + 1] = page.nextPageToken;
+    replace(
+      pager,
+      button("Newer", () => { state.page -= 1; reload(); }, "ghost small"),
+      button("Older", () => { state.page += 1; reload(); }, "ghost small"),
+    );
+    pager.children[0].disabled = state.page === 0;
+    pager.children[1].disabled = !page.nextPageToken;
+    watchLive();
+  }
+
+  function row(job) {
+    const tr = h("tr", { dataset: { jobId: job.id } });
+    const bar = progressBar(0, `Progress of ${jobTitle(job)}`);
+    const cells = {
+      title: h("td", { class: "title", "data-label": "Job" }),
+      mode: h("td", { "data-label": "Mode" }),
+      status: h("td", { "data-label": "Status" }),
+      progress: h("td", { class: "progress", "data-label": "Progress" }, bar, h("span", { class: "pct" })),
+      created: h("td", { "data-label": "Created" }),
+      duration: h("td", { class: "num", "data-label": "Duration" }),
+      actions: h("td", { class: "actions" }),
+    };
+    tr.append(...Object.values(cells));
+    const entry = { job, tr };
+    entry.update = (next) => {
+      entry.job = next;
+      const status = jobStatus(next);
+      tr.dataset.status = status;
+      replace(cells.title, h("a", { href: `#/jobs/${next.id}` }, jobTitle(next)),
+        h("div", { class: "sub" }, next.bulkJobId ? "bulk item · " : "", next.id.slice(-8)));
+      replace(cells.mode, modeName(next.mode));
+      replace(cells.status, badge(status));
+      const pct = status === "completed" ? 100 : (next.progress && next.progress.percentage) || 0;
+      bar.update(pct, status);
+      cells.progress.lastChild.textContent = `${pct}%`;
+      replace(cells.created, h("time", { datetime: next.createTime, title: next.createTime }, ago(next.createTime)));
+      replace(cells.duration, duration(jobSeconds(next)));
+      replace(cells.actions, jobActions(next, (kind, answer) => acted(kind, answer, next)));
+    };
+    entry.update(job);
+    rows.set(job.id, entry);
+    return tr;
+  }
+
+  function acted(kind, answer, job) {
+    if (kind === "cancel") {
+      rows.get(job.id)?.update(answer);
+      toast(`Cancelled “${jobTitle(job)}”.`);
+      loadStats();
+      return;
+    }
+    toast(kind === "retry" ? `Retrying “${jobTitle(job)}”.` : `Deleted “${jobTitle(job)}”.`);
+    reload();
+  }
+
+  // Live updates: the running jobs and the next queued ones on this page follow
+  // their event streams; when one finishes the page is read again (the next
+  // job starts then, and jobs submitted elsewhere show up). No polling loop.
+  function watchLive() {
+    const open = [...rows.values()].filter((e) => !FINAL.has(jobStatus(e.job)));
+    const wanted = [
+      ...open.filter((e) => jobStatus(e.job) === "processing"),
+      ...open.filter((e) => jobStatus(e.job) === "queued").reverse(), // oldest first: it runs first
+    ].slice(0, MAX_STREAMS).map((e) => e.job.id);
+    for (const [id, stream] of streams) {
+      if (!wanted.includes(id)) {
+        stream.close();
+        streams.delete(id);
+      }
+    }
+    for (const id of wanted) {
+      if (streams.has(id)) continue;
+      streams.set(id, follow(`/v1/jobs/${id}:watch`, (event) => onEvent(id, event),
+        (event) => FINAL.has(jobStatus(event.job || {}))));
+    }
+  }
+
+  function onEvent(id, event) {
+    if (left || !event.job) return;
+    const entry = rows.get(id);
+    const before = entry ? jobStatus(entry.job) : "";
+    entry?.update(event.job);
+    const now = jobStatus(event.job);
+    if (now !== before) loadStats();
+    if (FINAL.has(now)) {
+      streams.get(id)?.close();
+      streams.delete(id);
+      clearTimeout(reloadTimer);
+      reloadTimer = setTimeout(reload, 300);
+    }
+  }
+
+  reload();
+  return () => {
+    left = true;
+    clearTimeout(reloadTimer);
+    streams.forEach((s) => s.close());
+  };
+}
+
+function field(label, input, size = "") {
+  return h("label", { class: `field ${size}` }, h("span", {}, label), input);
+}

@@ -1,0 +1,127 @@
+// Small DOM helpers and formatters shared by the pages. Text is always set as
+// text (never as HTML), so nothing a job carries can become markup.
+
+/** h("div", {class: "x", onclick}, child, "text") -> an element. */
+export function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (value === true) node.setAttribute(key, "");
+    else node.setAttribute(key, String(value));
+  }
+  append(node, children);
+  return node;
+}
+
+function append(node, children) {
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+}
+
+export function replace(node, ...children) {
+  node.replaceChildren();
+  append(node, children);
+  return node;
+}
+
+/** "JOB_STATUS_PROCESSING" -> "processing". */
+export const statusName = (value, prefix) => (value || "").replace(prefix, "").toLowerCase();
+export const jobStatus = (job) => statusName(job.status, "JOB_STATUS_") || "unknown";
+export const bulkStatus = (bulk) => statusName(bulk.status, "BULK_JOB_STATUS_") || "unknown";
+export const modeName = (mode) => statusName(mode, "MODE_");
+export const FINAL = new Set(["completed", "failed", "cancelled"]);
+
+export function badge(status) {
+  return h("span", { class: `badge badge-${status}` }, status);
+}
+
+/** A progress bar (role progressbar, aria-valuenow); update() it in place. */
+export function progressBar(percent, label = "Progress") {
+  const fill = h("span", { class: "fill" });
+  const bar = h("div", {
+    class: "bar",
+    role: "progressbar",
+    "aria-label": label,
+    "aria-valuemin": 0,
+    "aria-valuemax": 100,
+  }, fill);
+  bar.update = (value, status) => {
+    const v = Math.max(0, Math.min(100, Math.round(value || 0)));
+    bar.setAttribute("aria-valuenow", v);
+    bar.dataset.status = status || "";
+    fill.style.width = `${v}%`;
+  };
+  bar.update(percent);
+  return bar;
+}
+
+export function button(label, onclick, kind = "") {
+  return h("button", { type: "button", class: kind, onclick }, label);
+}
+
+export const time = (text) => (text ? new Date(text) : null);
+
+export function ago(text) {
+  const at = time(text);
+  if (!at) return "";
+  const seconds = (Date.now() - at.getTime()) / 1000;
+  if (seconds < 45) return "just now";
+  if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
+  if (seconds < 86400) return `${Math.round(seconds / 3600)} h ago`;
+  return at.toLocaleDateString();
+}
+
+export function duration(seconds) {
+  if (seconds == null || Number.isNaN(seconds)) return "";
+  const s = Math.max(0, seconds);
+  if (s < 1) return `${Math.round(s * 1000)} ms`;
+  if (s < 60) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min ${Math.round(s % 60)} s`;
+  return `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+/** Seconds a job has run (to its end, or to now while it runs). */
+export function jobSeconds(job) {
+  const start = time(job.startTime);
+  if (!start) return null;
+  const end = time(job.endTime) || (FINAL.has(jobStatus(job)) ? time(job.updateTime) : new Date());
+  return (end - start) / 1000;
+}
+
+export const money = (cents) => `$${(Number(cents || 0) / 100).toFixed(2)}`;
+
+export function jobTitle(job) {
+  const p = job.params || {};
+  return p.topic || (p.keywords || []).join(", ") || (p.sourceText || "").slice(0, 60) || job.id;
+}
+
+let toastTimer;
+export function toast(text, kind = "") {
+  const box = document.getElementById("toasts");
+  const note = h("div", { class: `toast ${kind}` }, text);
+  box.append(note);
+  clearTimeout(toastTimer);
+  setTimeout(() => note.remove(), 5000);
+}
+
+/** Ask before acting; resolves true on Confirm. */
+export function confirmDialog(title, text, okLabel = "Confirm") {
+  const dialog = document.getElementById("confirm");
+  document.getElementById("confirm-title").textContent = title;
+  document.getElementById("confirm-text").textContent = text;
+  document.getElementById("confirm-ok").textContent = okLabel;
+  dialog.returnValue = "";
+  dialog.showModal();
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+  });
+}
+
+export function emptyState(text) {
+  return h("div", { class: "empty" }, text);
+}

@@ -1,0 +1,192 @@
+"""The dashboard in a real headless browser (Debian's chromium driven by
+Playwright), against a live server: what a person sees and does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from genjobs.v1 import bulk_pb2, jobs_pb2
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from client import GenJobsClient
+from tests.harness import ServerThread, wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 30_000  # a loaded 2-core CI box
+expect.set_options(timeout=TIMEOUT_MS)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser, server: ServerThread) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    yield opened
+    context.close()
+    assert not errors, errors
+
+
+def sign_in(page: Page, server: ServerThread, where: str = "/") -> None:
+    assert server.app is not None
+    page.goto(f"http://127.0.0.1:{server.app.http_port}/#token={server.token('alice')}")
+    expect(page.locator("#who")).to_contain_text("alice")
+    assert "token" not in page.url  # the token left the address bar
+    if where != "/":
+        page.evaluate("where => { location.hash = where; }", f"#{where}")
+
+
+def test_a_submitted_job_appears_and_its_bar_moves_to_done_without_a_reload(
+    page: Page, server: ServerThread, tmp_path: Path
+) -> None:
+    sign_in(page, server)
+    expect(page.locator("#jobs-table")).to_be_visible()
+    page.evaluate("window.sameDocument = true")
+    page.fill("#new-topic", "Browser tea")
+    page.click("details summary")
+    page.fill("#new-extra", "demo_seconds=3")
+    page.get_by_role("button", name="Submit").click()
+
+    row = page.locator("tr[data-job-id]", has_text="Browser tea")
+    expect(row).to_have_count(1)
+    bar = row.get_by_role("progressbar")
+    # The bar moves: a value strictly between 0 and 100 is seen, then done.
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('tr[data-job-id]')]
+            .filter(r => r.textContent.includes('Browser tea'))
+            .some(r => { const v = +r.querySelector('[role=progressbar]').getAttribute('aria-valuenow');
+                         return v > 0 && v < 100; })"""
+    )
+    expect(row).to_have_attribute("data-status", "completed")
+    expect(bar).to_have_attribute("aria-valuenow", "100")
+    expect(row.locator(".badge")).to_have_text("completed")
+    assert page.evaluate("window.sameDocument") is True  # no reload happened
+    expect(page.locator("[data-stat=completed] .stat-value")).to_have_text("1")
+    page.screenshot(path=str(tmp_path / "jobs.png"), full_page=True)
+
+    row.get_by_role("link", name="Browser tea").click()
+    expect(page.locator(".head-side")).to_have_attribute("data-status", "completed")
+    body = page.locator(".article-body")
+    expect(body).to_contain_text("Browser tea")
+    assert body.evaluate("node => node.children.length") == 0  # text, never markup
+    expect(page.locator(".stage.done")).to_have_count(4)
+    page.screenshot(path=str(tmp_path / "job.png"), full_page=True)
+
+
+def test_cancel_on_a_queued_job_from_the_keyboard(
+    page: Page, server: ServerThread, alice: GenJobsClient, tmp_path: Path
+) -> None:
+    blocker = alice.submit("topic", topic="keeps the dispatcher busy", extra={"demo_seconds": "30"})
+    queued = alice.submit("topic", topic="waits its turn")
+    sign_in(page, server)
+    row = page.locator(f'tr[data-job-id="{queued.id}"]')
+    expect(row).to_have_attribute("data-status", "queued")
+    running = page.locator(f'tr[data-job-id="{blocker.id}"]')
+    expect(running).to_have_attribute("data-status", "processing")
+    cancel = row.get_by_role("button", name="Cancel")
+    # Reach the button with Tab alone, then press it with Enter.
+    for _ in range(200):
+        page.keyboard.press("Tab")
+        if cancel.evaluate("node => node === document.activeElement"):
+            break
+    else:
+        raise AssertionError("Tab never reached the Cancel button")
+    page.keyboard.press("Enter")
+    expect(row).to_have_attribute("data-status", "cancelled")
+    expect(row.locator(".badge")).to_have_text("cancelled")
+    expect(row.get_by_role("button", name="Retry")).to_be_visible()
+    assert alice.get(queued.id).status == jobs_pb2.JOB_STATUS_CANCELLED
+    page.screenshot(path=str(tmp_path / "cancelled.png"), full_page=True)
+    alice.cancel(blocker.id)
+
+
+def test_a_bulk_job_counts_up_and_pause_stops_it(
+    page: Page, server: ServerThread, alice: GenJobsClient, tmp_path: Path
+) -> None:
+    items = [{"topic": f"item {i}", "word_count": 60, "extra": {"demo_seconds": "1.5"}} for i in range(10)]
+    bulk = alice.create_bulk("topic", items)
+    sign_in(page, server, f"/bulk/{bulk.id}")
+    of = page.locator("#bulk-of")
+    expect(of).to_contain_text("of 10")
+    seen = {int(of.inner_text().split()[0])}
+    # X of Y rises while the page is open.
+    page.wait_for_function("() => +document.querySelector('#bulk-of').textContent.split(' ')[0] >= 2")
+    seen.add(int(of.inner_text().split()[0]))
+    assert max(seen) >= 2
+
+    page.get_by_role("button", name="Pause").click()
+    head = page.locator(".head-side")
+    expect(head).to_have_attribute("data-status", "paused")
+    expect(page.get_by_role("button", name="Resume")).to_be_visible()
+    # The running item finishes; nothing after it starts, and the page agrees.
+    settled = wait_for(
+        lambda: (
+            (b := alice.get_bulk(bulk.id)).status == bulk_pb2.BULK_JOB_STATUS_PAUSED
+            and all(i.status != jobs_pb2.JOB_STATUS_PROCESSING for i in b.items)
+            and b
+        ),
+        timeout=30,
+    )
+    done = settled.completed_items + settled.failed_items + settled.cancelled_items
+    assert done < 10
+    expect(of).to_contain_text(f"{done} of 10")
+    expect(page.locator('#items-table tr[data-status="queued"]')).to_have_count(10 - done)
+    page.screenshot(path=str(tmp_path / "bulk.png"), full_page=True)
+
+    page.evaluate("location.hash = '#/bulk'")
+    row = page.locator(f'tr[data-bulk-job-id="{bulk.id}"]')
+    expect(row).to_have_attribute("data-status", "paused")
+    expect(row).to_contain_text(f"{done} of 10")
+    page.screenshot(path=str(tmp_path / "bulks.png"), full_page=True)
+    alice.cancel_bulk(bulk.id)
+
+
+def test_without_a_token_it_asks_for_one(page: Page, server: ServerThread) -> None:
+    assert server.app is not None
+    page.goto(f"http://127.0.0.1:{server.app.http_port}/")
+    page.fill("#token", "not-a-token")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("not valid")
+    token = server.token("alice")
+    page.fill("#token", token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#jobs-table")).to_be_visible()
+    assert page.evaluate("sessionStorage.getItem('genjobs.token')") == token
+
+
+def test_a_bulk_operation_confirms_with_its_dry_run_count(
+    page: Page, server: ServerThread, alice: GenJobsClient
+) -> None:
+    failed = [alice.submit("topic", topic=f"broken {i}", extra={"demo_fail": "permanent"}) for i in range(2)]
+    wait_for(lambda: all(alice.get(j.id).status == jobs_pb2.JOB_STATUS_FAILED for j in failed), timeout=30)
+    sign_in(page, server)
+    expect(page.locator('tr[data-status="failed"]')).to_have_count(2)
+    page.get_by_role("button", name="Retry all failed").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("retry 2 failed jobs")
+    assert alice.list(statuses=["queued"]).total_size == 0  # a dry run only, so far
+    dialog.get_by_role("button", name="Retry 2").click()
+    expect(page.locator("tr[data-job-id]")).to_have_count(4)
+    retries = [j for j in alice.list().jobs if j.retry_of]
+    assert sorted(j.retry_of for j in retries) == sorted(j.id for j in failed)
