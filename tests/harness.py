@@ -93,6 +93,13 @@ class MongoServer:
             self.process.wait(10)
             self.process = None
 
+    def kill(self) -> None:
+        """kill -9: no shutdown at all (restart with start(): same port, same data)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
 
 class ServerThread:
     """A genjobs App serving in a thread of its own, with its own event loop."""
