@@ -40,6 +40,7 @@ SERVICE_NAMES = (
     bulk_pb2.DESCRIPTOR.services_by_name["BulkService"].full_name,
 )
 HEALTH_CHECK_SECONDS = 1.0
+DATABASE_START_SECONDS = 30.0  # a start gives up when the database has not answered by then
 # gRPC turns away calls beyond 1,000 not yet taken up by the server (3,000 always).
 # Thousands of watchers reconnecting at once after a restart must queue, not fail.
 SERVER_OPTIONS = [
@@ -59,6 +60,10 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
+class StartError(Exception):
+    """The server could not start; the message says why, in one line."""
+
+
 class App:
     """One genjobs server: `await start()`, then `await stop()`."""
 
@@ -74,21 +79,35 @@ class App:
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
-        """Connect (or start the embedded database), then serve; returns the port."""
+        """Connect (or start the embedded database), then serve; returns the port.
+
+        A start that fails undoes what it did (the embedded database it started
+        is stopped) and raises; `stop()` is only for a server that started."""
+        async with contextlib.AsyncExitStack() as undo:
+            port = await self._start(undo)
+            undo.pop_all()
+        return port
+
+    async def _start(self, undo: contextlib.AsyncExitStack) -> int:
         settings = self.settings
         secret = load_secret(settings.auth_secret, settings.data_dir)
+        # Settings first: a bad one must fail before anything is started.
+        generator = make_generator(settings.generator, settings.generator_url)
         uri = settings.mongodb_uri
         if not uri:
             self.embedded = EmbeddedMongo(settings.data_dir)
             uri = await asyncio.to_thread(self.embedded.acquire)
+            undo.push_async_callback(asyncio.to_thread, self.embedded.release)
         loop = asyncio.get_running_loop()
         # Every RPC runs its pymongo call in a thread: enough of them for many
         # concurrent callers, each holding one pooled connection briefly.
         loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc"))
         self.store = Store(uri, settings.db_name, settings.retention_days)
+        undo.push_async_callback(self.store.close_async)
         self.hub = EventHub(loop)
         self.event_log = EventLog(self.store)
         self.event_log.start()
+        undo.push_async_callback(asyncio.to_thread, self.event_log.stop)
         self.jobs = Jobs(self.store, self.hub, self.event_log, self.worker_id, settings.max_attempts)
         self.webhooks = WebhookSender(
             self.store,
@@ -98,7 +117,7 @@ class App:
         self.bulks = Bulks(self.store, self.hub, self.jobs, self.webhooks)
         self.dispatcher = Dispatcher(
             self.store,
-            make_generator(settings.generator, settings.generator_url),
+            generator,
             self.worker_id,
             record=self.jobs.record,
             lease_seconds=settings.lease_seconds,
@@ -109,6 +128,7 @@ class App:
             sweepers=[self.bulks.recover],
         )
         self.jobs.dispatcher = self.dispatcher
+        undo.push_async_callback(self._stop_workers)
 
         server = grpc.aio.server(interceptors=[AuthInterceptor(secret)], options=SERVER_OPTIONS)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs, self.hub), server)
@@ -118,17 +138,25 @@ class App:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        try:
+            self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        except RuntimeError:  # grpcio raises where older versions returned 0
+            self.port = 0
         if self.port == 0:
-            raise SystemExit(f"genjobs: cannot listen on {settings.host}:{settings.port}")
+            raise StartError(f"cannot listen on {settings.host}:{settings.port} (in use?)")
         await server.start()
         self.server = server
+        undo.push_async_callback(server.stop, 0)
         self._tasks = [
             asyncio.create_task(self._watch_database(), name="database-health"),
             asyncio.create_task(self._poll_remote_events(), name="remote-events"),
             asyncio.create_task(self.hub.beat(settings.heartbeat_seconds), name="heartbeats"),
         ]
-        await asyncio.wait_for(self._database_ready.wait(), timeout=30)
+        undo.push_async_callback(self._end_tasks)
+        try:
+            await asyncio.wait_for(self._database_ready.wait(), timeout=DATABASE_START_SECONDS)
+        except TimeoutError:
+            raise StartError(f"the database did not answer within {DATABASE_START_SECONDS:g} s") from None
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -143,13 +171,23 @@ class App:
         self.webhooks.stop()
         if self.server is not None:
             await self.server.stop(grace)
+        await self._end_tasks()
+        await self.store.close_async()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.release)
+
+    async def _stop_workers(self) -> None:
+        """Stop the dispatcher and the webhook sender if they were started
+        (they start once the database first answers)."""
+        if self._database_ready.is_set():
+            await asyncio.to_thread(self.dispatcher.stop, 0)
+            self.webhooks.stop()
+
+    async def _end_tasks(self) -> None:
         for task in self._tasks:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.store.close_async()
-        if self.embedded is not None:
-            await asyncio.to_thread(self.embedded.release)
 
     async def wait(self) -> None:
         """Until the server stops."""
