@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
+import pymongo
 from genjobs.v1 import bulk_pb2, bulk_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -27,6 +28,7 @@ from server.eventlog import EventLog
 from server.events import EventHub
 from server.generators import make_generator
 from server.jobs import Jobs
+from server.outage import DatabaseDeadline
 from server.servicers.bulk import BulkServicer
 from server.servicers.jobs import JobServicer
 from server.store import Store
@@ -41,6 +43,8 @@ SERVICE_NAMES = (
 )
 HEALTH_CHECK_SECONDS = 1.0
 DATABASE_START_SECONDS = 30.0  # a start gives up when the database has not answered by then
+HEALTH_PING_SECONDS = 2.0  # a database slower than this to answer a ping is NOT_SERVING
+INDEX_BUILD_SECONDS = 600.0
 # gRPC turns away calls beyond 1,000 not yet taken up by the server (3,000 always).
 # Thousands of watchers reconnecting at once after a restart must queue, not fail.
 SERVER_OPTIONS = [
@@ -102,7 +106,7 @@ class App:
         # Every RPC runs its pymongo call in a thread: enough of them for many
         # concurrent callers, each holding one pooled connection briefly.
         loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc"))
-        self.store = Store(uri, settings.db_name, settings.retention_days)
+        self.store = Store(uri, settings.db_name, settings.retention_days, settings.db_timeout_seconds)
         undo.push_async_callback(self.store.close_async)
         self.hub = EventHub(loop)
         self.event_log = EventLog(self.store)
@@ -130,7 +134,10 @@ class App:
         self.jobs.dispatcher = self.dispatcher
         undo.push_async_callback(self._stop_workers)
 
-        server = grpc.aio.server(interceptors=[AuthInterceptor(secret)], options=SERVER_OPTIONS)
+        server = grpc.aio.server(
+            interceptors=[AuthInterceptor(secret), DatabaseDeadline(settings.db_timeout_seconds)],
+            options=SERVER_OPTIONS,
+        )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs, self.hub), server)
         bulk_pb2_grpc.add_BulkServiceServicer_to_server(BulkServicer(self.bulks, self.hub), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -200,29 +207,47 @@ class App:
 
     async def _watch_database(self) -> None:
         """SERVING only while the database answers; indexes and the dispatcher
-        start the first time it does."""
+        start the first time it does.
+
+        The ping has a thread of its own and a short bound: RPC threads all
+        waiting on a frozen database must not keep health from saying so."""
         serving: bool | None = None
-        while True:
-            try:
-                await asyncio.to_thread(self.store.ping)
-                if not self._database_ready.is_set():
-                    await asyncio.to_thread(self.store.ensure_indexes)
-                    self.dispatcher.start()
-                    self.webhooks.start()
-                    self._database_ready.set()
-                ok = True
-            except PyMongoError as exc:
-                ok = False
-                if serving is not False:
-                    log.warning("database unreachable: %s", exc)
-            if ok != serving and not self._stopped.is_set():
-                serving = ok
-                await self._set_health(
-                    health_pb2.HealthCheckResponse.SERVING
-                    if ok
-                    else health_pb2.HealthCheckResponse.NOT_SERVING
-                )
-            await asyncio.sleep(HEALTH_CHECK_SECONDS)
+        pinger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")
+        loop = asyncio.get_running_loop()
+        ping_seconds = min(HEALTH_PING_SECONDS, self.settings.db_timeout_seconds)
+        try:
+            while True:
+                try:
+                    await loop.run_in_executor(pinger, self._ping, ping_seconds)
+                    if not self._database_ready.is_set():
+                        await asyncio.to_thread(self._ensure_indexes)
+                        self.dispatcher.start()
+                        self.webhooks.start()
+                        self._database_ready.set()
+                    ok = True
+                except PyMongoError as exc:
+                    ok = False
+                    if serving is not False:
+                        log.warning("database unreachable: %s", exc)
+                if ok != serving and not self._stopped.is_set():
+                    serving = ok
+                    await self._set_health(
+                        health_pb2.HealthCheckResponse.SERVING
+                        if ok
+                        else health_pb2.HealthCheckResponse.NOT_SERVING
+                    )
+                await asyncio.sleep(HEALTH_CHECK_SECONDS)
+        finally:
+            pinger.shutdown(wait=False)
+
+    def _ping(self, seconds: float) -> None:
+        with pymongo.timeout(seconds):
+            self.store.ping()
+
+    def _ensure_indexes(self) -> None:
+        # Building an index on a large collection may take longer than any one query.
+        with pymongo.timeout(INDEX_BUILD_SECONDS):
+            self.store.ensure_indexes()
 
     async def _poll_remote_events(self) -> None:
         """Changes made by other replicas reach this server's watchers here.

@@ -29,6 +29,9 @@ class Settings:
     heartbeat_seconds: float = 15.0
     poll_seconds: float = 0.5
     webhook_backoff_seconds: float = 1.0
+    # The longest any database call may take when the RPC sets no shorter deadline;
+    # a database that does not answer in time is UNAVAILABLE, not a stall.
+    db_timeout_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:

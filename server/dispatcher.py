@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pymongo
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
@@ -46,11 +47,14 @@ log = logging.getLogger(__name__)
 LEADER_LEASE = "dispatcher"
 CANDIDATE_BATCH = 64
 PROGRESS_WRITE_INTERVAL = 0.2  # coalesce chattier generators to ~5 writes a second
+PROGRESS_TIMEOUT_SECONDS = 1.0  # a progress write waits at most this for the database
+PROGRESS_PAUSE_SECONDS = 2.0  # after a progress write failed, none for this long
 HOUSEKEEPING_INTERVAL = 1.0
 MAX_BACKOFF_SECONDS = 300.0
 # How long a run's outcome waits for an unreachable database before the run
 # is abandoned (its lease lapses; it is requeued with its attempt given back).
 OUTCOME_PATIENCE_SECONDS = 300.0
+SWEEP_TIMEOUT_SECONDS = 120.0
 RECENT_RUNS = 256  # runs remembered, to tell a claim whose answer was lost from a run
 
 EventSink = Callable[[Doc, str], None]
@@ -108,6 +112,7 @@ class Dispatcher:
         # the generator or a crash, cost the attempt, so it is given back.
         self._started: deque[tuple[ObjectId, int]] = deque(maxlen=RECENT_RUNS)
         self._abandoned: set[tuple[ObjectId, int]] = set()
+        self._reachable_since: float | None = None  # monotonic; None while the keeper cannot renew
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
         self._keeper = threading.Thread(target=self._keep, name="lease-keeper", daemon=True)
 
@@ -167,7 +172,10 @@ class Dispatcher:
             started = time.monotonic()
             try:
                 self._renew()
+                if self._reachable_since is None:
+                    self._reachable_since = started
             except PyMongoError as exc:
+                self._reachable_since = None
                 log.warning("lease renewal failed: %s", exc)
             self._stopping.wait(max(0.0, tick - (time.monotonic() - started)))
             if self._stopping.is_set() and self._run is None:
@@ -194,6 +202,16 @@ class Dispatcher:
                 run.cancel.set()
             elif held.get("cancel_requested"):
                 run.cancel.set()
+
+    def _may_take_over(self, doc: Doc, now: float) -> bool:
+        """Whether a run whose lease lapsed is lost. Leases lapse in a database
+        outage too, while their holders wait with results in hand: a run is
+        taken over only once this server has reached the database for a whole
+        lease period (its holder, if alive, has renewed by then)."""
+        if doc["worker"] == self.worker_id:
+            return True  # ours: we know it is not running
+        since = self._reachable_since
+        return since is not None and now - since >= self.lease_seconds
 
     def _is_leader(self) -> bool:
         return time.monotonic() < self._leader_until
@@ -235,7 +253,7 @@ class Dispatcher:
         busy_elsewhere = False
         now_us = clock.now_us()
         for doc in self.store.processing_jobs():
-            if doc["lease_until_us"] < now_us:
+            if doc["lease_until_us"] < now_us and self._may_take_over(doc, now):
                 self._recover(doc)
             else:
                 busy_elsewhere = True
@@ -244,11 +262,13 @@ class Dispatcher:
                 self._last_refresh = 0.0
         if now - self._last_sweep >= self.sweep_seconds:
             self._last_sweep = now
-            purged = self.store.purge_expired(now_us)
-            if purged:
-                log.info("retention: removed %d completed jobs", purged)
-            for sweep in self.sweepers:
-                sweep()
+            # A purge of a long backlog may take longer than any one query may.
+            with pymongo.timeout(SWEEP_TIMEOUT_SECONDS):
+                purged = self.store.purge_expired(now_us)
+                if purged:
+                    log.info("retention: removed %d completed jobs", purged)
+                for sweep in self.sweepers:
+                    sweep()
         self._needs_recovery = busy_elsewhere
         return not busy_elsewhere
 
@@ -281,7 +301,7 @@ class Dispatcher:
         after = self.store.fenced_update(doc["_id"], doc["epoch"], changes)
         if after is not None:
             log.warning("job %s lost its worker; now %s", doc["_id"], after["status"])
-            self.record(after, STATUS_CHANGED)
+            self.tell(after, STATUS_CHANGED)
             if after["status"] == str(Status.QUEUED):
                 self.wake()
 
@@ -468,13 +488,16 @@ class _ProgressWriter:
             remaining = elapsed * (100 - percentage) / percentage
             progress["estimated_completion_us"] = clock.now_us() + int(remaining * 1e6)
         try:
-            after = self.dispatcher.store.fenced_update(
-                self.run.oid, self.run.epoch, {"progress": progress, "updated_us": clock.now_us()}
-            )
+            # Briefly: the generator waits for this call.
+            with pymongo.timeout(PROGRESS_TIMEOUT_SECONDS):
+                after = self.dispatcher.store.fenced_update(
+                    self.run.oid, self.run.epoch, {"progress": progress, "updated_us": clock.now_us()}
+                )
         except PyMongoError as exc:
             # Progress is advisory: a later report or the outcome supersedes it, and a
             # database error raised into the generator would be taken for its crash.
             log.warning("job %s: progress not stored (%s)", self.run.oid, exc)
+            self.last_write = time.monotonic() + PROGRESS_PAUSE_SECONDS  # no stall per report
             return
         if after is None:
             self.run.lost = True

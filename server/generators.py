@@ -175,7 +175,15 @@ class HttpGenerator:
         self.timeout = timeout_seconds
 
     def generate(self, job: JobSpec, report_progress: ProgressFn, cancelled: threading.Event) -> Output:
-        body = {"job_id": job.id, "user_id": job.owner, "mode": job.mode, **job.params}
+        # job_id + attempt identify one generation: a service may see an attempt twice
+        # (a crash after it answered, before the answer was stored).
+        body = {
+            "job_id": job.id,
+            "attempt": job.attempt,
+            "user_id": job.owner,
+            "mode": job.mode,
+            **job.params,
+        }
         outcome: dict[str, Any] = {}
         client = httpx.Client(timeout=self.timeout)
 

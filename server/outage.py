@@ -1,14 +1,17 @@
 """Database outages: telling "the database did not answer" from "it refused",
-and waiting one out for a write that must not be lost."""
+waiting one out for a write that must not be lost, and bounding how long an
+RPC waits for it."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import grpc
+import pymongo
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 log = logging.getLogger(__name__)
@@ -46,3 +49,32 @@ def persist(write: Callable[[], T], what: str, patience: float, give_up: threadi
             elif give_up.wait(min(pause, left)):
                 raise
             pause = min(pause * 2, MAX_RETRY_SECONDS)
+
+
+class DatabaseDeadline(grpc.aio.ServerInterceptor):
+    """Bounds the database calls of every unary RPC by the caller's deadline or
+    by `limit_seconds`, whichever ends first (pymongo's `timeout()` is carried
+    by context variables: into the threads `asyncio.to_thread` starts too).
+    A database that does not answer in time then gives UNAVAILABLE."""
+
+    def __init__(self, limit_seconds: float) -> None:
+        self.limit = limit_seconds
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.response_streaming:
+            return handler  # streams are long; each database call in them has the store's limit
+        behavior = handler.unary_unary
+        limit = self.limit
+
+        async def bounded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            remaining = context.time_remaining()
+            seconds = limit if remaining is None else min(limit, remaining)
+            with pymongo.timeout(max(seconds, 0.001)):  # 0 would mean "no limit" to pymongo
+                return await behavior(request, context)
+
+        return handler._replace(unary_unary=bounded)

@@ -203,6 +203,12 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
+        self.launch()
+        wait_for(self._serving, timeout=60, interval=0.1)
+        return self
+
+    def launch(self) -> ServerProcess:
+        """Start the process without waiting for it to serve."""
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server"],
@@ -210,7 +216,6 @@ class ServerProcess:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        wait_for(self._serving, timeout=60, interval=0.1)
         return self
 
     def _serving(self) -> bool:

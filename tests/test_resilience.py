@@ -13,11 +13,12 @@ import pytest
 from genjobs.v1 import jobs_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client import GenJobsClient
+from client import GenJobsClient, Unavailable
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 
 S = jobs_pb2
 FINAL = (S.JOB_STATUS_COMPLETED, S.JOB_STATUS_FAILED, S.JOB_STATUS_CANCELLED)
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @pytest.fixture
@@ -75,5 +76,38 @@ def test_database_killed_while_a_job_runs_is_not_the_generators_fault(
             done = settled(alice, job.id, timeout=60)
             assert done.status == S.JOB_STATUS_COMPLETED, done
             assert done.attempt == 1 and not done.attempt_errors
+    finally:
+        server.stop()
+
+
+def test_frozen_database_answers_unavailable_quickly_and_health_follows(
+    own_mongo: MongoServer, tmp_path: Path
+) -> None:
+    """SIGSTOP of the database: calls answer UNAVAILABLE within the configured
+    limit (not after 10 s), health goes NOT_SERVING, and both recover on SIGCONT."""
+    assert own_mongo.process is not None
+    settings = make_settings(own_mongo.uri, tmp_path, db_timeout_seconds=1.5)
+    server = ServerThread(settings).start()
+    try:
+        with server.client() as alice:
+            job = alice.submit("topic", topic="before the freeze")
+            os.kill(own_mongo.process.pid, signal.SIGSTOP)
+            try:
+                for call in (
+                    lambda: alice.submit("topic", topic="during the freeze"),
+                    lambda: alice.get(job.id),
+                    lambda: alice.list(),
+                ):
+                    started = time.monotonic()
+                    with pytest.raises(Unavailable) as caught:
+                        call()
+                    assert time.monotonic() - started < 6.0  # the limit is 1.5 s; room for a loaded box
+                    assert caught.value.reason == "DATABASE_UNAVAILABLE"
+                wait_for(lambda: health_of(server.target) == NOT_SERVING, timeout=10)
+            finally:
+                os.kill(own_mongo.process.pid, signal.SIGCONT)
+            wait_for(lambda: health_of(server.target) == SERVING, timeout=15)
+            assert alice.get(job.id).id == job.id
+            assert settled(alice, alice.submit("topic", topic="after").id, timeout=30).attempt == 1
     finally:
         server.stop()

@@ -9,21 +9,25 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
 from server.errors import ServiceError, unavailable
+from server.outage import unreachable
 from server.watch import ShuttingDown
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+RETRY_DELAY = duration_pb2.Duration(seconds=1)  # what an UNAVAILABLE answer suggests waiting
 
 
 def _status_of(exc: BaseException, method: str) -> grpc.Status:
     if isinstance(exc, ServiceError):
         error = exc
-    elif isinstance(exc, ConnectionFailure):
+    elif unreachable(exc):  # down, or slower than the time allowed (GENJOBS_DB_TIMEOUT_SECONDS)
         error = unavailable()
     elif isinstance(exc, ShuttingDown):
         error = ServiceError(
@@ -37,7 +41,12 @@ def _status_of(exc: BaseException, method: str) -> grpc.Status:
         else:
             log.exception("bug in %s", method)
         error = ServiceError(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error; see the server log")
-    return rpc_status.to_status(error.to_status())
+    status = error.to_status()
+    if error.code == grpc.StatusCode.UNAVAILABLE:
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=RETRY_DELAY))
+        status.details.append(retry)
+    return rpc_status.to_status(status)
 
 
 def rpc(method: F) -> F:
