@@ -111,3 +111,27 @@ def test_frozen_database_answers_unavailable_quickly_and_health_follows(
             assert settled(alice, alice.submit("topic", topic="after").id, timeout=30).attempt == 1
     finally:
         server.stop()
+
+
+def test_outage_longer_than_the_lease_leaves_the_job_to_the_replica_holding_its_result(
+    own_mongo: MongoServer, tmp_path: Path
+) -> None:
+    """Two replicas, the database away for longer than the lease while a job's
+    generator finishes: every lease lapses, yet the other replica does not take
+    the job over (and generate it again); the result is stored on attempt 1."""
+    settings = make_settings(own_mongo.uri, tmp_path, lease_seconds=1.0)
+    servers = [ServerThread(settings).start() for _ in range(2)]
+    try:
+        with servers[0].client() as alice:
+            job = alice.submit("topic", topic="outage", max_attempts=3, extra={"demo_seconds": "1.5"})
+            wait_for(lambda: alice.get(job.id).progress.percentage > 0, timeout=20)
+            own_mongo.kill()
+            back_at = time.monotonic() + 3.0  # past the generator's end and the lease
+            wait_for(lambda: time.monotonic() >= back_at, timeout=4)
+            own_mongo.start()
+            done = settled(alice, job.id, timeout=60)
+            assert done.status == S.JOB_STATUS_COMPLETED, done
+            assert done.attempt == 1 and not done.attempt_errors, done
+    finally:
+        for server in servers:
+            server.stop()
