@@ -17,14 +17,10 @@ from tests.test_chaos import run_chaos
 
 
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 1
+    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 1
     for run in range(1, runs + 1):
         with tempfile.TemporaryDirectory(prefix="genjobs-chaos-") as workdir:
             report = run_chaos(Path(workdir), seed=14 + run)
-            if "-v" in sys.argv:
-                import shutil
-
-                shutil.copytree(workdir, f"/tmp/chaos-{run}", dirs_exist_ok=True)
         print(f"run {run}:")
         for line in report.lines():
             print("  " + line)
