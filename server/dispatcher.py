@@ -172,8 +172,11 @@ class Dispatcher:
             started = time.monotonic()
             try:
                 self._renew()
-                if self._reachable_since is None:
-                    self._reachable_since = started
+                ended = time.monotonic()
+                if self._reachable_since is None or ended - started > tick:
+                    # A renewal that took long may have waited out an outage (pymongo
+                    # waits for a server within its timeout): contact is certain from now.
+                    self._reachable_since = ended
             except PyMongoError as exc:
                 self._reachable_since = None
                 log.warning("lease renewal failed: %s", exc)
