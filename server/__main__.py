@@ -52,16 +52,24 @@ async def _serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        port = await app.start()
-    except BaseException:
-        await app.stop(0)
-        raise
+        port = await app.start()  # undoes itself when it fails
+    except (Exception, SystemExit) as exc:
+        print(_why(exc), file=sys.stderr, flush=True)
+        return 1
     _quiet_garbage_collector()
     _print_banner(settings, port, app.http_port)
     await stop.wait()
     logging.getLogger(__name__).info("shutting down")
     await app.stop(grace=5.0)
     return 0
+
+
+def _why(exc: BaseException) -> str:
+    """One line saying why the server could not start (no traceback: the cause is not a bug)."""
+    if isinstance(exc, SystemExit) and isinstance(exc.code, str):
+        return exc.code  # a bad setting, already phrased for the operator
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"genjobs: cannot start: {detail}"
 
 
 def _quiet_garbage_collector() -> None:

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
+import pymongo
 from genjobs.v1 import bulk_pb2, bulk_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -30,6 +31,7 @@ from server.http.face import HttpFace, make_api, port_setting
 from server.jobs import Jobs
 from server.notify import make_notifier
 from server.notify.job_end import JobNotifications
+from server.outage import DatabaseDeadline
 from server.progress import AttemptTokens, ExternalProgress, ProgressLink
 from server.servicers.bulk import BulkServicer
 from server.servicers.common import RequestDecoding
@@ -44,6 +46,9 @@ SERVICE_NAMES = (
     bulk_pb2.DESCRIPTOR.services_by_name["BulkService"].full_name,
 )
 HEALTH_CHECK_SECONDS = 1.0
+DATABASE_START_SECONDS = 30.0  # a start gives up when the database has not answered by then
+HEALTH_PING_SECONDS = 2.0  # a database slower than this to answer a ping is NOT_SERVING
+INDEX_BUILD_SECONDS = 600.0
 # gRPC turns away calls beyond 1,000 not yet taken up by the server (3,000 always).
 # Thousands of watchers reconnecting at once after a restart must queue, not fail.
 SERVER_OPTIONS = [
@@ -71,6 +76,10 @@ def advertised(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+class StartError(Exception):
+    """The server could not start; the message says why, in one line."""
+
+
 class App:
     """One genjobs server: `await start()`, then `await stop()`."""
 
@@ -91,21 +100,35 @@ class App:
         self.generator = make_generator(settings, self.progress_link)
 
     async def start(self) -> int:
-        """Connect (or start the embedded database), then serve; returns the port."""
+        """Connect (or start the embedded database), then serve; returns the port.
+
+        A start that fails undoes what it did (the embedded database it started
+        is stopped) and raises; `stop()` is only for a server that started."""
+        async with contextlib.AsyncExitStack() as undo:
+            port = await self._start(undo)
+            undo.pop_all()
+        return port
+
+    async def _start(self, undo: contextlib.AsyncExitStack) -> int:
         settings = self.settings
         secret = load_secret(settings.auth_secret, settings.data_dir)
         uri = settings.mongodb_uri
         if not uri:
             self.embedded = EmbeddedMongo(settings.data_dir)
             uri = await asyncio.to_thread(self.embedded.acquire)
+            undo.push_async_callback(asyncio.to_thread, self.embedded.release)
         loop = asyncio.get_running_loop()
         # Every RPC runs its pymongo call in a thread: enough of them for many
         # concurrent callers, each holding one pooled connection briefly.
         loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc"))
-        self.store = Store(uri, settings.db_name, settings.retention_days, page_secret=secret)
+        self.store = Store(
+            uri, settings.db_name, settings.retention_days, settings.db_timeout_seconds, page_secret=secret
+        )
+        undo.push_async_callback(self.store.close_async)
         self.hub = EventHub(loop)
         self.event_log = EventLog(self.store)
         self.event_log.start()
+        undo.push_async_callback(asyncio.to_thread, self.event_log.stop)
         self.jobs = Jobs(self.store, self.hub, self.event_log, self.worker_id, settings.max_attempts)
         self.notifier = make_notifier(
             settings, self.store, load_secret(settings.webhook_secret, settings.data_dir, "webhook_secret")
@@ -127,9 +150,10 @@ class App:
             sweepers=[self.bulks.recover, self.job_notifications.recover],
         )
         self.jobs.dispatcher = self.dispatcher
+        undo.push_async_callback(self._stop_workers)
 
         # Auth first: a caller without a token learns nothing, not even about its body.
-        interceptors = [AuthInterceptor(secret), RequestDecoding()]
+        interceptors = [AuthInterceptor(secret), RequestDecoding(), DatabaseDeadline(settings.db_timeout_seconds)]
         server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         progress = ExternalProgress(self.store, self.progress_link.tokens, self.jobs.record)
         job_servicer = JobServicer(self.jobs, self.hub, progress)
@@ -141,19 +165,29 @@ class App:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        try:
+            self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        except RuntimeError:  # grpcio raises where older versions returned 0
+            self.port = 0
         if self.port == 0:
-            raise SystemExit(f"genjobs: cannot listen on {settings.host}:{settings.port}")
+            raise StartError(f"cannot listen on {settings.host}:{settings.port} (in use?)")
         self.progress_link.target = settings.progress_target or advertised(settings.host, self.port)
         await server.start()
         self.server = server
+        undo.push_async_callback(server.stop, 0)
         self.http_port = await self._start_http(secret, job_servicer, bulk_servicer)
+        if self.http is not None:
+            undo.push_async_callback(self.http.stop, 0)
         self._tasks = [
             asyncio.create_task(self._watch_database(), name="database-health"),
             asyncio.create_task(self._poll_remote_events(), name="remote-events"),
             asyncio.create_task(self.hub.beat(settings.heartbeat_seconds), name="heartbeats"),
         ]
-        await asyncio.wait_for(self._database_ready.wait(), timeout=30)
+        undo.push_async_callback(self._end_tasks)
+        try:
+            await asyncio.wait_for(self._database_ready.wait(), timeout=DATABASE_START_SECONDS)
+        except TimeoutError:
+            raise StartError(f"the database did not answer within {DATABASE_START_SECONDS:g} s") from None
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -170,13 +204,23 @@ class App:
             await self.http.stop(grace)
         if self.server is not None:
             await self.server.stop(grace)
+        await self._end_tasks()
+        await self.store.close_async()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.release)
+
+    async def _stop_workers(self) -> None:
+        """Stop the dispatcher and the webhook sender if they were started
+        (they start once the database first answers)."""
+        if self._database_ready.is_set():
+            await asyncio.to_thread(self.dispatcher.stop, 0)
+            self.notifier.stop()
+
+    async def _end_tasks(self) -> None:
         for task in self._tasks:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.store.close_async()
-        if self.embedded is not None:
-            await asyncio.to_thread(self.embedded.release)
 
     async def _start_http(self, secret: str, *servicers: object) -> int:
         """The HTTP/JSON face and the dashboard on GENJOBS_HTTP_PORT, over the
@@ -202,29 +246,47 @@ class App:
 
     async def _watch_database(self) -> None:
         """SERVING only while the database answers; indexes and the dispatcher
-        start the first time it does."""
+        start the first time it does.
+
+        The ping has a thread of its own and a short bound: RPC threads all
+        waiting on a frozen database must not keep health from saying so."""
         serving: bool | None = None
-        while True:
-            try:
-                await asyncio.to_thread(self.store.ping)
-                if not self._database_ready.is_set():
-                    await asyncio.to_thread(self.store.ensure_indexes)
-                    self.dispatcher.start()
-                    self.notifier.start()
-                    self._database_ready.set()
-                ok = True
-            except PyMongoError as exc:
-                ok = False
-                if serving is not False:
-                    log.warning("database unreachable: %s", exc)
-            if ok != serving and not self._stopped.is_set():
-                serving = ok
-                await self._set_health(
-                    health_pb2.HealthCheckResponse.SERVING
-                    if ok
-                    else health_pb2.HealthCheckResponse.NOT_SERVING
-                )
-            await asyncio.sleep(HEALTH_CHECK_SECONDS)
+        pinger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")
+        loop = asyncio.get_running_loop()
+        ping_seconds = min(HEALTH_PING_SECONDS, self.settings.db_timeout_seconds)
+        try:
+            while True:
+                try:
+                    await loop.run_in_executor(pinger, self._ping, ping_seconds)
+                    if not self._database_ready.is_set():
+                        await asyncio.to_thread(self._ensure_indexes)
+                        self.dispatcher.start()
+                        self.notifier.start()
+                        self._database_ready.set()
+                    ok = True
+                except PyMongoError as exc:
+                    ok = False
+                    if serving is not False:
+                        log.warning("database unreachable: %s", exc)
+                if ok != serving and not self._stopped.is_set():
+                    serving = ok
+                    await self._set_health(
+                        health_pb2.HealthCheckResponse.SERVING
+                        if ok
+                        else health_pb2.HealthCheckResponse.NOT_SERVING
+                    )
+                await asyncio.sleep(HEALTH_CHECK_SECONDS)
+        finally:
+            pinger.shutdown(wait=False)
+
+    def _ping(self, seconds: float) -> None:
+        with pymongo.timeout(seconds):
+            self.store.ping()
+
+    def _ensure_indexes(self) -> None:
+        # Building an index on a large collection may take longer than any one query.
+        with pymongo.timeout(INDEX_BUILD_SECONDS):
+            self.store.ensure_indexes()
 
     async def _poll_remote_events(self) -> None:
         """Changes made by other replicas reach this server's watchers here.

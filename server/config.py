@@ -49,6 +49,9 @@ class Settings:
     progress_target: str = ""  # host:port generation services report to; empty: this server's
     http_port: str = "8080"  # 0: a free port; "off": no HTTP face
     http_host: str = ""  # empty: the same as host
+    # The longest any database call may take when the RPC sets no shorter deadline;
+    # a database that does not answer in time is UNAVAILABLE, not a stall.
+    db_timeout_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:

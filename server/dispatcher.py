@@ -13,9 +13,11 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import pymongo
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
@@ -27,6 +29,7 @@ from server.generators import (
     JobSpec,
 )
 from server.progress import progress_fields
+from server.outage import persist, unreachable
 from server.states import Status
 from server.store import (
     BACKOFF,
@@ -44,8 +47,15 @@ log = logging.getLogger(__name__)
 LEADER_LEASE = "dispatcher"
 CANDIDATE_BATCH = 64
 PROGRESS_WRITE_INTERVAL = 0.25  # coalesce chattier generators to at most 4 writes a second
+PROGRESS_TIMEOUT_SECONDS = 1.0  # a progress write waits at most this for the database
+PROGRESS_PAUSE_SECONDS = 2.0  # after a progress write failed, none for this long
 HOUSEKEEPING_INTERVAL = 1.0
 MAX_BACKOFF_SECONDS = 300.0
+# How long a run's outcome waits for an unreachable database before the run
+# is abandoned (its lease lapses; it is requeued with its attempt given back).
+OUTCOME_PATIENCE_SECONDS = 300.0
+SWEEP_TIMEOUT_SECONDS = 120.0
+RECENT_RUNS = 256  # runs remembered, to tell a claim whose answer was lost from a run
 
 EventSink = Callable[[Doc, str], None]
 
@@ -97,6 +107,12 @@ class Dispatcher:
         self._needs_recovery = True
         self._last_housekeeping = 0.0
         self._run: _Run | None = None
+        # (job, epoch) of the runs started here, and of those whose outcome
+        # could not be stored: when such a lease lapses, the database, not
+        # the generator or a crash, cost the attempt, so it is given back.
+        self._started: deque[tuple[ObjectId, int]] = deque(maxlen=RECENT_RUNS)
+        self._abandoned: set[tuple[ObjectId, int]] = set()
+        self._reachable_since: float | None = None  # monotonic; None while the keeper cannot renew
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
         self._keeper = threading.Thread(target=self._keep, name="lease-keeper", daemon=True)
 
@@ -156,7 +172,13 @@ class Dispatcher:
             started = time.monotonic()
             try:
                 self._renew()
+                ended = time.monotonic()
+                if self._reachable_since is None or ended - started > tick:
+                    # A renewal that took long may have waited out an outage (pymongo
+                    # waits for a server within its timeout): contact is certain from now.
+                    self._reachable_since = ended
             except PyMongoError as exc:
+                self._reachable_since = None
                 log.warning("lease renewal failed: %s", exc)
             self._stopping.wait(max(0.0, tick - (time.monotonic() - started)))
             if self._stopping.is_set() and self._run is None:
@@ -183,6 +205,16 @@ class Dispatcher:
                 run.cancel.set()
             elif held.get("cancel_requested"):
                 run.cancel.set()
+
+    def _may_take_over(self, doc: Doc, now: float) -> bool:
+        """Whether a run whose lease lapsed is lost. Leases lapse in a database
+        outage too, while their holders wait with results in hand: a run is
+        taken over only once this server has reached the database for a whole
+        lease period (its holder, if alive, has renewed by then)."""
+        if doc["worker"] == self.worker_id:
+            return True  # ours: we know it is not running
+        since = self._reachable_since
+        return since is not None and now - since >= self.lease_seconds
 
     def _is_leader(self) -> bool:
         return time.monotonic() < self._leader_until
@@ -224,7 +256,7 @@ class Dispatcher:
         busy_elsewhere = False
         now_us = clock.now_us()
         for doc in self.store.processing_jobs():
-            if doc["lease_until_us"] < now_us:
+            if doc["lease_until_us"] < now_us and self._may_take_over(doc, now):
                 self._recover(doc)
             else:
                 busy_elsewhere = True
@@ -233,16 +265,25 @@ class Dispatcher:
                 self._last_refresh = 0.0
         if now - self._last_sweep >= self.sweep_seconds:
             self._last_sweep = now
-            purged = self.store.purge_expired(now_us)
-            if purged:
-                log.info("retention: removed %d completed jobs", purged)
-            for sweep in self.sweepers:
-                sweep()
+            # A purge of a long backlog may take longer than any one query may.
+            with pymongo.timeout(SWEEP_TIMEOUT_SECONDS):
+                purged = self.store.purge_expired(now_us)
+                if purged:
+                    log.info("retention: removed %d completed jobs", purged)
+                for sweep in self.sweepers:
+                    sweep()
         self._needs_recovery = busy_elsewhere
         return not busy_elsewhere
 
     def _recover(self, doc: Doc) -> None:
         """A run whose lease lapsed (its server died): requeue it or fail it."""
+        run_key = (doc["_id"], doc["epoch"])
+        if doc["worker"] == self.worker_id and (run_key not in self._started or run_key in self._abandoned):
+            # Claimed here but never run (the claim's answer was lost), or run
+            # here with its outcome lost to a database outage: not an attempt.
+            self._abandoned.discard(run_key)
+            self._write_outcome(_Run(doc["_id"], doc["epoch"]), self._requeue_changes(doc))
+            return
         attempt, limit = doc["attempt"], doc["max_attempts"]
         lost = job_error("WORKER_LOST", "transient", "the server running this job stopped", True, attempt)
         stamp = clock.now_us()
@@ -263,7 +304,7 @@ class Dispatcher:
         after = self.store.fenced_update(doc["_id"], doc["epoch"], changes)
         if after is not None:
             log.warning("job %s lost its worker; now %s", doc["_id"], after["status"])
-            self.record(after, STATUS_CHANGED)
+            self.tell(after, STATUS_CHANGED)
             if after["status"] == str(Status.QUEUED):
                 self.wake()
 
@@ -299,8 +340,9 @@ class Dispatcher:
     def _execute(self, job: Doc) -> None:
         run = _Run(job["_id"], job["epoch"])
         self._run = run
+        self._started.append((run.oid, run.epoch))
         try:
-            self.record(job, STATUS_CHANGED)
+            self.tell(job, STATUS_CHANGED)
             spec = JobSpec(
                 str(job["_id"]),
                 job["owner"],
@@ -319,6 +361,10 @@ class Dispatcher:
                 self._finish_failed(
                     run, job, failure.code, failure.message, failure.retryable, failure.retry_after_seconds
                 )
+            except PyMongoError as exc:
+                # A database error is never the generator's: the attempt is given back.
+                log.warning("job %s: database error while generating (%s); requeued", job["_id"], exc)
+                self._write_outcome(run, self._requeue_changes(job))
             except Exception as exc:
                 log.exception("generator crashed on job %s", job["_id"])
                 self._finish_failed(run, job, "GENERATOR_CRASHED", f"{type(exc).__name__}: {exc}", False)
@@ -331,16 +377,7 @@ class Dispatcher:
         stamp = clock.now_us()
         if run.stopping:
             # Shutdown, not the owner's wish: give the attempt back and requeue.
-            self._write_outcome(
-                run,
-                {
-                    "status": str(Status.QUEUED),
-                    "queue": READY,
-                    "attempt": job["attempt"] - 1,
-                    "worker": "",
-                    "updated_us": stamp,
-                },
-            )
+            self._write_outcome(run, self._requeue_changes(job))
             return
         error = job_error(
             "CANCELLED", "cancelled", "cancelled by its owner while running", False, job["attempt"]
@@ -386,15 +423,62 @@ class Dispatcher:
             changes.update(status=str(Status.FAILED), queue=NONE, ended_us=stamp)
         self._write_outcome(run, changes)
 
+    @staticmethod
+    def _requeue_changes(job: Doc) -> Doc:
+        """Back to the ready lane with the attempt given back (the run was not the job's fault)."""
+        return {
+            "status": str(Status.QUEUED),
+            "queue": READY,
+            "attempt": job["attempt"] - 1,
+            "worker": "",
+            "lease_until_us": 0,
+            "updated_us": clock.now_us(),
+        }
+
     def _write_outcome(self, run: _Run, changes: Doc) -> None:
+        """Store a run's outcome, fenced by its epoch; an unreachable database is
+        waited for (OUTCOME_PATIENCE_SECONDS), never taken for a failed job."""
         if run.lost:
             log.warning("job %s was taken over; not recording this run's outcome", run.oid)
             return
-        after = self.store.fenced_update(run.oid, run.epoch, changes)
+        tries = 0
+
+        def write() -> Doc | None:
+            nonlocal tries
+            tries += 1
+            return self.store.fenced_update(run.oid, run.epoch, changes)
+
+        try:
+            after = persist(write, f"the outcome of job {run.oid}", OUTCOME_PATIENCE_SECONDS, self._stopping)
+        except PyMongoError as exc:
+            if not unreachable(exc):
+                raise
+            self._abandoned.add((run.oid, run.epoch))
+            log.error("job %s: outcome not stored (%s); it runs again once its lease lapses", run.oid, exc)
+            return
+        if after is None and tries > 1:
+            # An earlier try may have been applied with its answer lost: it was ours if it left our stamp.
+            after = next(
+                (
+                    d
+                    for d in self.store.jobs_by_ids([str(run.oid)])
+                    if d["epoch"] == run.epoch and d["updated_us"] == changes["updated_us"]
+                ),
+                None,
+            )
         if after is None:
             log.warning("job %s was taken over; this run's outcome is dropped", run.oid)
             return
-        self.record(after, STATUS_CHANGED)
+        self.tell(after, STATUS_CHANGED)
+
+    def tell(self, doc: Doc, kind: str) -> None:
+        """`record` a change. The change is stored already: a database error in
+        the bookkeeping (a bulk job's counts) must not end or relabel the run;
+        the bulk sweep settles what it missed."""
+        try:
+            self.record(doc, kind)
+        except PyMongoError as exc:
+            log.warning("job %s: bookkeeping of a %s event failed (%s)", doc["_id"], kind, exc)
 
 
 class _ProgressWriter:
@@ -416,13 +500,22 @@ class _ProgressWriter:
         progress = progress_fields(
             percentage, stage, stage_progress, message, self.started_us, now - self.started_mono
         )
-        after = self.dispatcher.store.fenced_update(
-            self.run.oid, self.run.epoch, {"progress": progress, "updated_us": clock.now_us()}
-        )
+        try:
+            # Briefly: the generator waits for this call.
+            with pymongo.timeout(PROGRESS_TIMEOUT_SECONDS):
+                after = self.dispatcher.store.fenced_update(
+                    self.run.oid, self.run.epoch, {"progress": progress, "updated_us": clock.now_us()}
+                )
+        except PyMongoError as exc:
+            # Progress is advisory: a later report or the outcome supersedes it, and a
+            # database error raised into the generator would be taken for its crash.
+            log.warning("job %s: progress not stored (%s)", self.run.oid, exc)
+            self.last_write = time.monotonic() + PROGRESS_PAUSE_SECONDS  # no stall per report
+            return
         if after is None:
             self.run.lost = True
             self.run.cancel.set()
             return
         if after.get("cancel_requested"):
             self.run.cancel.set()
-        self.dispatcher.record(after, PROGRESS)
+        self.dispatcher.tell(after, PROGRESS)

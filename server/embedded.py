@@ -21,20 +21,29 @@ from pymongo.errors import PyMongoError
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_SECONDS = 30.0
+ANSWER_TIMEOUT_SECONDS = 5.0  # a running instance that takes longer than this is hung
 
 
 class EmbeddedMongo:
     """Starts or joins the nx-27017 server for a data dir.
 
     Files under the data dir: `mongo/` (the SQLite databases), `nx-27017.pid`
-    and `mongo.port` (the running instance), `users/<pid>` (one per genjobs
-    server using it), `embedded.lock` (serialises start, join and stop).
+    and `mongo.port` (the running instance), `nx-27017.daemon.pid` (nx-27017's
+    own, which it refuses to start over while the pid in it exists),
+    `users/<pid>` (one per genjobs server using it), `embedded.lock`
+    (serialises start, join and stop).
+
+    A pid in these files is trusted only when /proc shows that process is
+    nx-27017 serving this data dir: after a crash the pid may be a zombie, or
+    belong to some unrelated process by now.
     """
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir.resolve()
+        self.mongo_dir = self.data_dir / "mongo"
         self.pid_file = self.data_dir / "nx-27017.pid"
         self.port_file = self.data_dir / "mongo.port"
+        self.daemon_pid_file = self.data_dir / "nx-27017.daemon.pid"
         self.users_dir = self.data_dir / "users"
         self.uri = ""
 
@@ -75,17 +84,39 @@ class EmbeddedMongo:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _running(self) -> tuple[int | None, int]:
+        """The nx-27017 serving this data dir, if one answers: (pid, port).
+
+        One that is ours but does not answer (hung, or frozen) is killed: a
+        second instance on the same files must never start beside it."""
+        for pid in {p for p in (_read_int(self.pid_file), _read_int(self.daemon_pid_file)) if p}:
+            port = self._instance_port(pid)
+            if port is None:
+                continue
+            if _answers(port, timeout=ANSWER_TIMEOUT_SECONDS):
+                if _read_int(self.port_file) != port or _read_int(self.pid_file) != pid:
+                    self.pid_file.write_text(str(pid))
+                    self.port_file.write_text(str(port))
+                return pid, port
+            log.warning("the embedded database (pid %d) does not answer; stopping it", pid)
+            _stop_process(pid, signal.SIGKILL)
+        return None, 0
+
+    def _instance_port(self, pid: int) -> int | None:
+        """The port of `pid` if it is a live nx-27017 serving this data dir."""
+        if not _alive(pid):
+            return None
         try:
-            pid = int(self.pid_file.read_text())
-            port = int(self.port_file.read_text())
-        except (OSError, ValueError):
-            return None, 0
-        if not _alive(pid) or not _answers(port, timeout=2.0):
-            return None, 0
-        return pid, port
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            return None
+        if "nx_27017.nx_27017" not in args or _flag(args, "--data-dir") != str(self.mongo_dir):
+            return None
+        port = _flag(args, "--port")
+        return int(port) if port and port.isdigit() else None
 
     def _clear_stale_files(self) -> None:
-        for path in (self.pid_file, self.port_file):
+        # nx-27017's own pid file too: it refuses to start while that pid exists at all.
+        for path in (self.pid_file, self.port_file, self.daemon_pid_file):
             path.unlink(missing_ok=True)
 
     def _live_users(self) -> list[int]:
@@ -108,13 +139,13 @@ class EmbeddedMongo:
             "-m",
             "nx_27017.nx_27017",
             "--data-dir",
-            str(self.data_dir / "mongo"),
+            str(self.mongo_dir),
             "--host",
             "127.0.0.1",
             "--port",
             str(port),
             "--pid-file",
-            str(self.data_dir / "nx-27017.daemon.pid"),
+            str(self.daemon_pid_file),
             "--log-file",
             str(self.data_dir / "nx-27017.log"),
         ]
@@ -163,6 +194,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _flag(args: list[str], name: str) -> str | None:
+    """The value after `name` in a command line."""
+    return args[args.index(name) + 1] if name in args[:-1] else None
+
+
 def _answers(port: int, timeout: float) -> bool:
     client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
         "127.0.0.1",
@@ -180,9 +223,9 @@ def _answers(port: int, timeout: float) -> bool:
         client.close()
 
 
-def _stop_process(pid: int) -> None:
+def _stop_process(pid: int, sig: signal.Signals = signal.SIGTERM) -> None:
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
     deadline = time.monotonic() + 10
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from pymongo.errors import PyMongoError
-
+from server.outage import unreachable
 from server.store import Doc, Store
 
 log = logging.getLogger(__name__)
@@ -76,7 +75,15 @@ class EventLog:
                 batch, self._pending = self._pending, []
             try:
                 self.store.insert_events(batch)
-            except PyMongoError as exc:
+            except Exception as exc:
+                if not unreachable(exc):
+                    # Refused, not unanswered: trying again would refuse again. The job
+                    # documents are the truth; a watcher fills the gap with a snapshot.
+                    log.error("dropped %d job events the database refused: %r", len(batch), exc)
+                    with self._changed:
+                        self._settled += len(batch)
+                        self._changed.notify_all()
+                    continue
                 log.warning("could not store %d job events (%s); retrying", len(batch), exc)
                 with self._changed:
                     waiting = batch + self._pending

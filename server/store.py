@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import json
 import re
@@ -160,7 +161,11 @@ class LoopInsert:
         outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((doc, outcome))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_all())
+            # A context of its own: the round trip serves many callers, so no
+            # one caller's deadline (a pymongo.timeout of its RPC) may bound it.
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush_all(), context=contextvars.Context()
+            )
         await outcome
 
     async def _flush_all(self) -> None:
@@ -451,13 +456,22 @@ class BulkQueries:
 class Store(BulkQueries):
     """The jobs, job_events and leases collections, and every query on them."""
 
-    def __init__(self, uri: str, db_name: str, retention_days: float = 30.0, page_secret: str = "") -> None:
+    def __init__(
+        self,
+        uri: str,
+        db_name: str,
+        retention_days: float = 30.0,
+        timeout_seconds: float = 5.0,
+        page_secret: str = "",
+    ) -> None:
         # Short timeouts: a down database must turn into UNAVAILABLE quickly,
-        # and pymongo reconnects by itself when it is back.
+        # and pymongo reconnects by itself when it is back. `timeoutMS` bounds
+        # every operation as a whole (a frozen database too), unless a
+        # `pymongo.timeout()` block (an RPC's deadline) sets another bound.
         options: dict[str, Any] = {
             "serverSelectionTimeoutMS": 2000,
             "connectTimeoutMS": 2000,
-            "socketTimeoutMS": 30000,
+            "timeoutMS": int(timeout_seconds * 1000),
             "tz_aware": True,
         }
         self.client: pymongo.MongoClient[Doc] = pymongo.MongoClient(uri, maxPoolSize=64, **options)

@@ -93,6 +93,13 @@ class MongoServer:
             self.process.wait(10)
             self.process = None
 
+    def kill(self) -> None:
+        """kill -9: no shutdown at all (restart with start(): same port, same data)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
 
 class ServerThread:
     """A genjobs App serving in a thread of its own, with its own event loop."""
@@ -198,6 +205,12 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
+        self.launch()
+        wait_for(self._serving, timeout=60, interval=0.1)
+        return self
+
+    def launch(self) -> ServerProcess:
+        """Start the process without waiting for it to serve."""
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server"],
@@ -205,7 +218,6 @@ class ServerProcess:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        wait_for(self._serving, timeout=60, interval=0.1)
         return self
 
     def _serving(self) -> bool:

@@ -63,7 +63,15 @@ class HttpGenerator:
         self.progress = progress
 
     def generate(self, job: JobSpec, report_progress: ProgressFn, cancelled: threading.Event) -> Output:
-        body = {"job_id": job.id, "user_id": job.owner, "mode": job.mode, **job.params}
+        # job_id + attempt identify one generation: a service may see an attempt twice
+        # (a crash after it answered, before the answer was stored).
+        body: dict[str, Any] = {
+            "job_id": job.id,
+            "attempt": job.attempt,
+            "user_id": job.owner,
+            "mode": job.mode,
+            **job.params,
+        }
         if self.progress is not None and self.progress.target:
             body["progress"] = {"target": self.progress.target, "token": self.progress.token(job)}
         outcome: dict[str, Any] = {}

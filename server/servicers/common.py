@@ -9,16 +9,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.descriptor import ServiceDescriptor
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
 from server.errors import ServiceError, clip, unavailable
+from server.outage import unreachable
 from server.watch import ShuttingDown
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+RETRY_DELAY = duration_pb2.Duration(seconds=1)  # what an UNAVAILABLE answer suggests waiting
 
 
 def service_error(exc: BaseException, method: str) -> ServiceError:
@@ -26,7 +30,7 @@ def service_error(exc: BaseException, method: str) -> ServiceError:
     gRPC or HTTP alike (anything unexpected is logged and becomes INTERNAL)."""
     if isinstance(exc, ServiceError):
         error = exc
-    elif isinstance(exc, ConnectionFailure):
+    elif unreachable(exc):  # down, or slower than the time allowed (GENJOBS_DB_TIMEOUT_SECONDS)
         error = unavailable()
     elif isinstance(exc, ShuttingDown):
         error = ServiceError(
@@ -44,7 +48,13 @@ def service_error(exc: BaseException, method: str) -> ServiceError:
 
 
 def _status_of(exc: BaseException, method: str) -> grpc.Status:
-    return rpc_status.to_status(service_error(exc, method).to_status())
+    error = service_error(exc, method)
+    status = error.to_status()
+    if error.code == grpc.StatusCode.UNAVAILABLE:
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=RETRY_DELAY))
+        status.details.append(retry)
+    return rpc_status.to_status(status)
 
 
 def rpc(method: F) -> F:
