@@ -356,7 +356,7 @@ def _watch(opts: Options, client: GenJobsClient, job_id: str) -> None:
         for event in client.watch(job_id):
             last = event.job
     else:
-        last = render.follow_job(opts.console, client.watch(job_id))
+        last = render.follow_job(opts.console, lambda hook: client.watch(job_id, on_reconnect=hook), job_id)
     if last is None:
         return
     if opts.json:
@@ -730,11 +730,12 @@ def _watch_bulk(opts: Options, client: GenJobsClient, bulk_id: str) -> None:
         if last is not None:
             _show(opts, render.as_dict(last))
         return
-    last = render.follow_bulk(opts.console, client.watch_bulk(bulk_id))
+    last = render.follow_bulk(
+        opts.console, lambda hook: client.watch_bulk(bulk_id, on_reconnect=hook), bulk_id
+    )
     if last is not None:
         opts.console.print(
-            f"{render.styled(render.bulk_status_name(last.status))}: {last.completed_items} completed, "
-            f"{last.failed_items} failed, {last.cancelled_items} cancelled of {last.total_items}"
+            f"{render.styled(render.bulk_status_name(last.status))}: {render.bulk_counts(last)}"
         )
         for line in last.error_summary:
             opts.console.print(f"  [red]{line}[/]", highlight=False)

@@ -102,7 +102,8 @@ def test_ls_filters_limit_and_all(cli: Cli, alice: GenJobsClient) -> None:
 def test_watch_shows_a_progress_bar_and_exits_by_outcome(cli: Cli, alice: GenJobsClient) -> None:
     job = alice.submit("topic", topic="slow", extra={"demo_seconds": "1"})
     screen = io.StringIO()
-    last = follow_job(Console(file=screen, force_terminal=True, width=100), alice.watch(job.id))
+    console = Console(file=screen, force_terminal=True, width=100)
+    last = follow_job(console, lambda hook: alice.watch(job.id, on_reconnect=hook))
     assert last is not None and last.status == jobs_pb2.JOB_STATUS_COMPLETED
     drawn = screen.getvalue()
     assert "drafting" in drawn and "100%" in drawn and "━" in drawn
