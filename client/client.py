@@ -385,6 +385,10 @@ class GenJobsClient:
         request = bulk_pb2.ListNotificationsRequest(page_size=page_size, page_token=page_token)
         return self._call(self.bulk.ListNotifications, request)
 
+    def iter_notifications(self, limit: int = 0) -> Iterator[bulk_pb2.Notification]:
+        """Every notification, newest first, up to `limit` (0: all)."""
+        return _paged(lambda token: self.notifications(page_token=token), "notifications", limit)
+
 
 def _paged(fetch: Callable[[str], Any], field: str, limit: int) -> Iterator[Any]:
     """The items of every page `fetch(page_token)` returns, up to `limit` (0: all)."""

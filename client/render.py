@@ -78,29 +78,45 @@ def subject(params: jobs_pb2.GenerationParams, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def jobs_table(jobs: Iterable[jobs_pb2.Job]) -> Table:
-    """One row per job: id, status, progress, created, subject, project."""
+GAP = 2  # between two columns of a borderless table (one space of padding each side)
+
+
+def _listing(width: int, fixed: Sequence[tuple[str, int, str]], flexible: Sequence[tuple[str, int]]) -> Table:
+    """A borderless table `width` wide at most: the `fixed` columns (name,
+    width, justify) are never cut; the `flexible` ones (name, share) split
+    what is left and end in "…" when their text is longer."""
     table = Table(box=None, header_style="bold", pad_edge=False)
-    # Ids and statuses are never cut; the subject and project fold when the terminal is narrow.
-    table.add_column("ID", no_wrap=True, min_width=24)
-    table.add_column("STATUS", no_wrap=True, min_width=10)
-    table.add_column("DONE", no_wrap=True, justify="right", min_width=4)
-    table.add_column("CREATED", no_wrap=True, min_width=11)
-    table.add_column("SUBJECT", overflow="ellipsis", no_wrap=True, ratio=3)
-    table.add_column("PROJECT", overflow="ellipsis", no_wrap=True, ratio=1)
+    for name, size, justify in fixed:
+        table.add_column(name, no_wrap=True, min_width=size, justify=justify)  # type: ignore[arg-type]
+    room = width - sum(size for _, size, _ in fixed) - GAP * (len(fixed) + len(flexible) - 1)
+    shares = sum(share for _, share in flexible)
+    for name, share in flexible:
+        size = max(room * share // shares, 1)
+        table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=size)
+    return table
+
+
+def jobs_table(jobs: Iterable[jobs_pb2.Job], width: int = 200) -> Table:
+    """One row per job: id, status, progress, created, subject, project. At
+    any `width` (80 columns too), the subject and project give way."""
+    table = _listing(
+        width,
+        [("ID", 24, "left"), ("STATUS", 10, "left"), ("DONE", 4, "right"), ("CREATED", 11, "left")],
+        [("SUBJECT", 3), ("PROJECT", 1)],
+    )
     for job in jobs:
         table.add_row(
             job.id,
             styled(status_name(job.status)),
             f"{job.progress.percentage}%",
             when(job.create_time)[5:16],
-            subject(job.params),
+            subject(job.params, width),
             job.project,
         )
     return table
 
 
-def job_detail(job: jobs_pb2.Job, content: bool = False) -> Table:
+def job_detail(job: jobs_pb2.Job) -> Table:
     """Every field of one job worth reading, as a two-column table."""
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="bold", no_wrap=True)
@@ -133,8 +149,7 @@ def job_detail(job: jobs_pb2.Job, content: bool = False) -> Table:
         result = job.result
         rows.append(("title", result.title))
         rows.append(("result", f"{result.word_count} words, {result.cost_cents}¢"))
-        text = result.content if content else _preview(result.content)
-        rows.append(("content", text))
+        rows.append(("content", _preview(result.content)))
     for name, value in rows:
         if value:
             table.add_row(name, value)
@@ -144,7 +159,7 @@ def job_detail(job: jobs_pb2.Job, content: bool = False) -> Table:
 def _preview(text: str, limit: int = 300) -> str:
     if len(text) <= limit:
         return text
-    return text[:limit].rsplit(" ", 1)[0] + " … (--content shows all)"
+    return text[:limit].rsplit(" ", 1)[0] + " … (show --content prints it all)"
 
 
 def stats_table(stats: jobs_pb2.GetJobStatsResponse) -> Table:
@@ -163,15 +178,20 @@ def stats_table(stats: jobs_pb2.GetJobStatsResponse) -> Table:
     return table
 
 
-def bulk_table(bulks: Iterable[bulk_pb2.BulkJob]) -> Table:
-    """One row per bulk job with its counts."""
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    table.add_column("ID", no_wrap=True, min_width=24)
-    table.add_column("STATUS", no_wrap=True, min_width=10)
-    for name in ("DONE", "FAILED", "LEFT"):
-        table.add_column(name, no_wrap=True, justify="right")
-    table.add_column("CREATED", no_wrap=True, min_width=11)
-    table.add_column("PROJECT", overflow="ellipsis", no_wrap=True)
+def bulk_table(bulks: Iterable[bulk_pb2.BulkJob], width: int = 200) -> Table:
+    """One row per bulk job with its counts; the project gives way when narrow."""
+    table = _listing(
+        width,
+        [
+            ("ID", 24, "left"),
+            ("STATUS", 10, "left"),
+            ("DONE", 5, "right"),
+            ("FAILED", 6, "right"),
+            ("LEFT", 4, "right"),
+            ("CREATED", 11, "left"),
+        ],
+        [("PROJECT", 1)],
+    )
     for bulk in bulks:
         table.add_row(
             bulk.id,
@@ -182,6 +202,27 @@ def bulk_table(bulks: Iterable[bulk_pb2.BulkJob]) -> Table:
             when(bulk.create_time)[5:16],
             bulk.project,
         )
+    return table
+
+
+def notification_line(note: bulk_pb2.Notification) -> str:
+    """One notification on one line: when, what, and its webhook's fate."""
+    line = f"{when(note.create_time)}  {note.message}"
+    if note.delivered:
+        line += " [dim](webhook delivered)[/]"
+    elif note.delivery_attempts:
+        line += f" [dim](webhook not delivered after {note.delivery_attempts} attempts)[/]"
+    return line
+
+
+def notifications_table(notes: Iterable[bulk_pb2.Notification]) -> Table:
+    """One row per notification, newest first; the message folds, never cut."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("CREATED", no_wrap=True)
+    table.add_column("BULK JOB", no_wrap=True)
+    table.add_column("MESSAGE", overflow="fold")
+    for note in notes:
+        table.add_row(when(note.create_time), note.bulk_job_id, note.message)
     return table
 
 

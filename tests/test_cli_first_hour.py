@@ -5,17 +5,28 @@ Each test goes through `genjobs` as a user types it, against a live server.
 
 from __future__ import annotations
 
+import csv
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from genjobs.v1 import bulk_pb2
+from genjobs.v1 import bulk_pb2, jobs_pb2
+from rich.console import Console
 from typer.testing import Result
 
 from client import GenJobsClient
-from tests.harness import ServerThread, wait_for
-from tests.test_cli import Cli
+from client.render import follow_job
+from server.embedded import free_port
+from tests.harness import MongoServer, ServerThread, make_settings, wait_for
+from tests.test_cli import Cli, final_status
 
 
 @pytest.fixture
@@ -96,3 +107,159 @@ def test_within_fails_instead_of_hanging() -> None:
         raise AssertionError("within() did not fail")
     finally:
         stop.set()
+
+
+# ---- 5 and 6. watch rows: id, stage once, ETA, attempts, reconnecting; 80 columns
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def frames(drawn: str) -> list[str]:
+    """The distinct lines a live display drew, without colours and cursor moves."""
+    return sorted({line for line in re.split(r"[\r\n]", ANSI.sub("", drawn)) if line.strip()})
+
+
+def test_watch_row_at_80_columns_has_id_stage_once_eta_and_attempt(alice: GenJobsClient) -> None:
+    topic = "Green tea for breakfast, for lunch and for dinner, every day of the year"
+    job = alice.submit("topic", topic=topic, extra={"demo_seconds": "2", "demo_fail": "transient"})
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=80)
+    last = follow_job(console, lambda hook: alice.watch(job.id, on_reconnect=hook), job.id)
+    assert last is not None and last.status == jobs_pb2.JOB_STATUS_COMPLETED
+    rows = frames(screen.getvalue())
+    assert rows and all(len(row) <= 80 and row.startswith(job.id) for row in rows)
+    running = [row for row in rows if "waiting" not in row]
+    assert all("━" in row and "%" in row for row in running)  # the bar and its percentage stay
+    assert any("drafting" in row and "ETA" in row for row in running)
+    assert any("attempt 2 of 3" in row for row in running)
+    assert all(row.count(row.split()[1]) == 1 for row in running)  # the stage once
+    assert any("Green tea" in row and "…" in row for row in running)  # the topic gives way
+    assert any(row.split()[1] == "completed" and "100%" in row for row in rows)
+
+
+def test_watch_says_reconnecting_while_the_server_is_unreachable(mongo: MongoServer, tmp_path: Path) -> None:
+    settings = make_settings(mongo.uri, tmp_path, port=free_port())
+    first = ServerThread(settings).start()
+    dropped = threading.Event()
+    screen = io.StringIO()
+
+    def hook_of(shown: Callable[[Exception | None], None]) -> Callable[[Exception | None], None]:
+        def hook(error: Exception | None) -> None:
+            shown(error)
+            if error is not None:
+                dropped.set()
+
+        return hook
+
+    with first.client() as client:
+        job = client.submit("topic", topic="Survives a restart", extra={"demo_seconds": "2"})
+        wait_for(lambda: client.get(job.id).status == jobs_pb2.JOB_STATUS_PROCESSING)
+        console = Console(file=screen, force_terminal=True, width=100)
+        watching = threading.Thread(
+            target=lambda: follow_job(
+                console, lambda shown: client.watch(job.id, on_reconnect=hook_of(shown))
+            ),
+            daemon=True,
+        )
+        watching.start()
+        wait_for(lambda: "Survives" in ANSI.sub("", screen.getvalue()))
+        first.stop(grace=0.2)
+        wait_for(dropped.is_set)
+        second = ServerThread(settings).start()
+        try:
+            watching.join(60)
+            assert not watching.is_alive()
+        finally:
+            second.stop()
+    rows = frames(screen.getvalue())
+    assert any("reconnecting..." in row for row in rows)
+    assert "completed" in rows[-1] or any(row.split()[1] == "completed" for row in rows)
+
+
+def test_bulk_watch_shows_its_id_and_project_and_ls_keeps_id_status_progress_at_80(
+    cli: Cli, alice: GenJobsClient, tmp_path: Path
+) -> None:
+    project = "Spring launch campaign with a name far too long for a narrow terminal"
+    items = tmp_path / "items.csv"
+    items.write_text("topic\n" + "".join(f"Launch article {i} and why it matters\n" for i in range(10)))
+    narrow = {"COLUMNS": "80", "FORCE_COLOR": "1"}
+    out = cli("bulk", "create", str(items), "--project", project, "--watch", **narrow).stdout
+    rows = [row for row in frames(out) if row.split()[1] in ("queued", "processing", "completed")]
+    bulk_id = rows[0].split()[0]
+    assert all(len(row) <= 80 and row.startswith(bulk_id) and "━" in row for row in rows)
+    assert any("Spring launch" in row and "…" in row for row in rows)  # the name, shortened
+    listed = ANSI.sub("", cli("ls", "--limit", "3", **narrow).stdout).splitlines()
+    assert listed[0].split()[:4] == ["ID", "STATUS", "DONE", "CREATED"]
+    jobs = listed[1:4]
+    assert len(jobs) == 3 and all(len(row) <= 80 for row in jobs)
+    assert all(re.match(r"[0-9a-f]{24} +completed +100% ", row) for row in jobs)
+    assert all("Launch article" in row and "…" in row for row in jobs)
+
+
+def test_a_cancelled_bulk_job_is_not_shown_at_100_percent(cli: Cli, alice: GenJobsClient) -> None:
+    blocker = alice.submit("topic", topic="keeps the dispatcher busy", extra={"demo_seconds": "60"})
+    bulk = alice.create_bulk("topic", _items(10))
+    alice.cancel_bulk(bulk.id)
+    alice.cancel(blocker.id)
+    out = cli("bulk", "watch", bulk.id, FORCE_COLOR="1").stdout
+    shown = ANSI.sub("", out)
+    assert "100%" not in shown and "0 completed, 0 failed, 10 cancelled of 10" in shown
+    assert "progress  0%" in cli("bulk", "show", bulk.id).stdout
+
+
+# ---- 7. the article alone, content in exports, notifications
+
+
+def test_show_content_prints_the_article_alone_exactly_as_stored(
+    cli: Cli, alice: GenJobsClient, tmp_path: Path
+) -> None:
+    job = alice.submit("topic", topic="Green tea", word_count=150)
+    final_status(alice, job.id)
+    stored = alice.get(job.id).result.content
+    assert cli("show", "--content", job.id).stdout == stored
+    assert cli("show", job.id, "--content").stdout == stored  # flags after the id too
+    failed = alice.submit("topic", topic="broken", extra={"demo_fail": "permanent"})
+    final_status(alice, failed.id)
+    refused = cli("show", "--content", failed.id, code=1)
+    assert "has no article (it is failed)" in refused.stderr and not refused.stdout
+
+
+def test_export_can_include_the_content(cli: Cli, alice: GenJobsClient, tmp_path: Path) -> None:
+    job = alice.submit("topic", topic="Green tea", word_count=120)
+    final_status(alice, job.id)
+    target = tmp_path / "with-content.csv"
+    assert "wrote 1 jobs" in cli("export", "--csv", str(target), "--content").stdout
+    (row,) = csv.DictReader(target.open(newline="", encoding="utf-8"))
+    assert row["content"] == alice.get(job.id).result.content and row["id"] == job.id
+    plain = next(csv.reader(io.StringIO(cli("export", "--csv", "-").stdout)))
+    assert "content" not in plain
+
+
+def test_notifications_list_and_follow(server: ServerThread, alice: GenJobsClient, cli: Cli) -> None:
+    assert "no notifications" in cli("notifications").stdout
+    first = alice.create_bulk("topic", _items(10))
+    _bulk_final(alice, first.id)
+    listed = cli("notifications").stdout
+    assert f"Bulk job {first.id} completed: 10 of 10 items succeeded" in listed
+    assert [n["bulk_job_id"] for n in cli.json("notifications")["notifications"]] == [first.id]  # type: ignore[index]
+    follower = subprocess.Popen(
+        [str(Path(sys.executable).parent / "genjobs"), "notifications", "--follow", "--interval", "0.2"],
+        env={**os.environ, **cli.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(follower.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        wait_for(lambda: any(first.id in line for line in lines))
+        second = alice.create_bulk("topic", _items(10, **{"2": {"demo_fail": "permanent"}}))
+        wait_for(lambda: any(second.id in line for line in lines), timeout=30)
+        assert "9 of 10 items succeeded, 1 failed" in lines[-1]
+        assert len(lines) == 2  # each once
+    finally:
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(10) == 0
+    assert "Traceback" not in follower.stderr.read()  # type: ignore[union-attr]
