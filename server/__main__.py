@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -89,6 +90,14 @@ def _print_banner(settings: Settings, port: int) -> None:
     token = make_token(secret, "dev")
     target = f"{settings.host}:{port}"
     database = settings.mongodb_uri or f"embedded, in {settings.data_dir}"
+    # The genjobs line works as printed: the CLI makes a token from the secret
+    # in its default data dir by itself; any other secret it must be told of.
+    if settings.auth_secret:
+        reach = f" --token {token}"
+    elif settings.data_dir.resolve() != Settings().data_dir.resolve():
+        reach = f" --data-dir {shlex.quote(str(settings.data_dir.resolve()))}"
+    else:
+        reach = ""
     print(
         f"""
 genjobs is serving on {target}  (database: {database})
@@ -99,7 +108,7 @@ genjobs is serving on {target}  (database: {database})
     {_tool("grpcurl")} -plaintext -H "authorization: Bearer $GENJOBS_TOKEN" \\
       -d '{{"mode":"MODE_TOPIC","params":{{"topic":"Green tea"}}}}' {target} genjobs.v1.JobService/SubmitJob
   genjobs:
-    {_tool("genjobs")} --target {target} submit --topic "Green tea" --watch
+    {_tool("genjobs")} --target {target}{reach} submit --topic "Green tea" --watch
 
 Stop with Ctrl-C.
 """,

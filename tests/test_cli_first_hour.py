@@ -25,7 +25,7 @@ from typer.testing import Result
 from client import GenJobsClient
 from client.render import follow_job
 from server.embedded import free_port
-from tests.harness import MongoServer, ServerThread, make_settings, wait_for
+from tests.harness import SECRET, MongoServer, ServerProcess, ServerThread, make_settings, wait_for
 from tests.test_cli import Cli, final_status
 
 
@@ -263,3 +263,24 @@ def test_notifications_list_and_follow(server: ServerThread, alice: GenJobsClien
         follower.send_signal(signal.SIGINT)
         assert follower.wait(10) == 0
     assert "Traceback" not in follower.stderr.read()  # type: ignore[union-attr]
+
+
+# ---- 3. the start banner's genjobs line works as printed
+
+
+@pytest.mark.parametrize("secret", ["", SECRET], ids=["data-dir secret", "env secret"])
+def test_the_banners_genjobs_line_works_as_printed(mongo: MongoServer, tmp_path: Path, secret: str) -> None:
+    log = tmp_path / "server.log"
+    settings = make_settings(mongo.uri, tmp_path / "not the default data dir", auth_secret=secret)
+    server = ServerProcess(settings, log).start()
+    try:
+        banner = wait_for(lambda: "Stop with Ctrl-C" in (text := log.read_text()) and text)
+        line = banner.split("  genjobs:\n", 1)[1].splitlines()[0].strip()
+        assert line.startswith((".venv/bin/genjobs ", "/")) and " submit " in line
+        # A fresh shell in the server's folder: nothing but what the line says.
+        env = {name: value for name, value in os.environ.items() if not name.startswith("GENJOBS_")}
+        done = subprocess.run(["bash", "-c", line], env=env, capture_output=True, text=True, timeout=90)
+        assert done.returncode == 0, (line, done.stdout, done.stderr)
+        assert "completed" in done.stdout
+    finally:
+        server.terminate()
