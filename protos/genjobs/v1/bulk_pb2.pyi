@@ -314,6 +314,11 @@ class WatchBulkJobRequest(_message.Message):
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     after_sequence: _builtins.int
+    """Resume after this sequence (the last one received; 0 starts afresh):
+    the stream starts with the newest snapshot if the bulk job changed
+    since, else with its next change. The snapshots in between are not
+    replayed: the newest one holds everything they held.
+    """
     def __init__(
         self,
         *,
@@ -389,7 +394,7 @@ Global___ListBulkJobsResponse: _TypeAlias = ListBulkJobsResponse  # noqa: Y015
 
 @_typing.final
 class BulkJobEvent(_message.Message):
-    """BulkJobEvent is one change of a bulk job, with its counts after it."""
+    """BulkJobEvent is a whole snapshot of a bulk job after a change."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -399,6 +404,9 @@ class BulkJobEvent(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     NOTIFICATION_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
+    """The bulk job's change counter: increasing within a stream, not
+    gapless (see WatchBulkJob); 0 on heartbeats.
+    """
     type: Global___BulkJobEventType.ValueType
     @_builtins.property
     def bulk_job(self) -> Global___BulkJob: ...
