@@ -284,3 +284,32 @@ def test_the_banners_genjobs_line_works_as_printed(mongo: MongoServer, tmp_path:
         assert "completed" in done.stdout
     finally:
         server.terminate()
+
+
+# ---- 4. the repository carries its architecture, and the walk-through runs in order
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_readme_links_the_architecture_whose_layout_names_real_files() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "](docs/architecture.md)" in readme and "../shared" not in readme
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    layout = text.split("## Layout\n\n```\n", 1)[1].split("```", 1)[0]
+    folder, named = "", []
+    for line in layout.splitlines():
+        entry = re.split(r"\s{2,}", line.strip(), maxsplit=1)[0]
+        if not line.startswith(" "):
+            folder = entry if entry.endswith("/") else folder
+        elif re.fullmatch(r"[\w./, ]+", entry) and (entry.endswith((".py", "/"))):
+            named += [folder + name for name in entry.split(", ")]
+    assert len(named) > 20
+    # A module grown into a package of the same name (store.py -> store/) is still where it says.
+    missing = [n for n in named if not (ROOT / n).exists() and not (ROOT / n.removesuffix(".py")).is_dir()]
+    assert missing == []
+
+
+def test_the_walk_through_cleans_up_after_stats_and_export() -> None:
+    readme = (ROOT / "README.md").read_text()
+    clean = readme.index("genjobs ops clean-completed\n")
+    assert readme.index("genjobs stats\n") < clean and readme.index("genjobs export --csv") < clean
