@@ -386,6 +386,7 @@ def watch(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID"
 
     Reconnects by itself when the connection drops, losing no step."""
     with connected(ctx) as client:
+        client.get(job_id)  # a server that is not there at all is an error at once, not a minute of retries
         _watch(ctx.obj, client, job_id)
 
 
@@ -759,6 +760,7 @@ def _watch_bulk(opts: Options, client: GenJobsClient, bulk_id: str) -> None:
 def bulk_watch(ctx: typer.Context, bulk_id: BulkIdArg) -> None:
     """Follow a bulk job live until every item has ended."""
     with connected(ctx) as client:
+        client.get_bulk(bulk_id)  # as for watch: no server at all is an error at once
         _watch_bulk(ctx.obj, client, bulk_id)
 
 

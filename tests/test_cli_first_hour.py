@@ -313,3 +313,9 @@ def test_the_walk_through_cleans_up_after_stats_and_export() -> None:
     readme = (ROOT / "README.md").read_text()
     clean = readme.index("genjobs ops clean-completed\n")
     assert readme.index("genjobs stats\n") < clean and readme.index("genjobs export --csv") < clean
+
+
+def test_watching_with_no_server_at_all_fails_at_once(cli: Cli) -> None:
+    for command in (["watch", "0" * 24], ["bulk", "watch", "0" * 24]):
+        down: Result = within(10, lambda command=command: cli(*command, code=1, GENJOBS_TARGET="127.0.0.1:1"))
+        assert "is genjobs running at 127.0.0.1:1?" in down.stderr
