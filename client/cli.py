@@ -758,7 +758,7 @@ def _watch_bulk(opts: Options, client: GenJobsClient, bulk_id: str) -> None:
 
 @bulk_app.command("watch")
 def bulk_watch(ctx: typer.Context, bulk_id: BulkIdArg) -> None:
-    """Follow a bulk job live until every item has ended."""
+    """Follow a bulk job live until it is completed or cancelled."""
     with connected(ctx) as client:
         client.get_bulk(bulk_id)  # as for watch: no server at all is an error at once
         _watch_bulk(ctx.obj, client, bulk_id)
