@@ -219,10 +219,9 @@ def notifications_table(notes: Iterable[bulk_pb2.Notification]) -> Table:
     """One row per notification, newest first; the message folds, never cut."""
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("CREATED", no_wrap=True)
-    table.add_column("BULK JOB", no_wrap=True)
-    table.add_column("MESSAGE", overflow="fold")
+    table.add_column("MESSAGE", overflow="fold")  # names the job or bulk job
     for note in notes:
-        table.add_row(when(note.create_time), note.bulk_job_id, note.message)
+        table.add_row(when(note.create_time), note.message)
     return table
 
 
