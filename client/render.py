@@ -12,7 +12,7 @@ from genjobs.v1 import bulk_pb2, jobs_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskProgressColumn, TextColumn
 from rich.table import Column, Table
 from rich.text import Text
@@ -81,13 +81,15 @@ def subject(params: jobs_pb2.GenerationParams, width: int = 40) -> str:
 GAP = 2  # between two columns of a borderless table (one space of padding each side)
 
 
-def _listing(width: int, fixed: Sequence[tuple[str, int, str]], flexible: Sequence[tuple[str, int]]) -> Table:
+def _listing(
+    width: int, fixed: Sequence[tuple[str, int, JustifyMethod]], flexible: Sequence[tuple[str, int]]
+) -> Table:
     """A borderless table `width` wide at most: the `fixed` columns (name,
     width, justify) are never cut; the `flexible` ones (name, share) split
     what is left and end in "…" when their text is longer."""
     table = Table(box=None, header_style="bold", pad_edge=False)
     for name, size, justify in fixed:
-        table.add_column(name, no_wrap=True, min_width=size, justify=justify)  # type: ignore[arg-type]
+        table.add_column(name, no_wrap=True, min_width=size, justify=justify)
     room = width - sum(size for _, size, _ in fixed) - GAP * (len(fixed) + len(flexible) - 1)
     shares = sum(share for _, share in flexible)
     for name, share in flexible:
@@ -337,7 +339,7 @@ def _follow(
 
 
 def attempt_text(job: jobs_pb2.Job) -> str:
-    """ "attempt 2 of 3" for a job past its first attempt; "" otherwise."""
+    """The words `attempt 2 of 3` for a job past its first attempt; "" otherwise."""
     return f"attempt {job.attempt} of {job.max_attempts}" if job.attempt > 1 else ""
 
 
@@ -368,20 +370,22 @@ def _job_bar(event: jobs_pb2.JobEvent) -> tuple[jobs_pb2.Job, dict[str, Any]]:
 
 
 def bulk_deleted(bulk: bulk_pb2.BulkJob) -> int:
-    """Items deleted since they ended (they count in total_items only)."""
+    """Items deleted after they ended (they count in total_items only)."""
     counted = bulk.completed_items + bulk.failed_items + bulk.cancelled_items + bulk.remaining_items
     return max(bulk.total_items - counted, 0)
 
 
 def bulk_done(bulk: bulk_pb2.BulkJob) -> int:
-    """Items that ran to their end: a cancelled bulk job's cancelled items are
-    not done, so it never shows as finished work."""
-    done = bulk.completed_items + bulk.failed_items + bulk_deleted(bulk)
+    """How many items count as done on a bar: all of a completed bulk job;
+    of a cancelled one only those that ran to their end, so that it never
+    shows as finished work; otherwise every item over (items cancelled one
+    by one, and deleted ones, which were over)."""
     if bulk.status == bulk_pb2.BULK_JOB_STATUS_COMPLETED:
         return bulk.total_items
-    if bulk.status != bulk_pb2.BULK_JOB_STATUS_CANCELLED:
-        done += bulk.cancelled_items  # cancelled one by one: those items are over
-    return done
+    done = bulk.completed_items + bulk.failed_items
+    if bulk.status == bulk_pb2.BULK_JOB_STATUS_CANCELLED:
+        return done
+    return done + bulk.cancelled_items + bulk_deleted(bulk)
 
 
 def bulk_counts(bulk: bulk_pb2.BulkJob) -> str:
