@@ -804,7 +804,7 @@ def notifications(
     ] = False,
     interval: Annotated[float, typer.Option(help="seconds between two looks for new ones", min=0.1)] = 2.0,
 ) -> None:
-    """Your notifications (a bulk job completed), newest first."""
+    """Your notifications (work that finished), newest first; --follow waits for more."""
     opts: Options = ctx.obj
     with connected(ctx) as client:
         recent = list(client.iter_notifications(limit=limit))
