@@ -74,6 +74,17 @@ def _quiet_garbage_collector() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
+def _token_flag(settings: Settings, token: str) -> str:
+    """What the banner's genjobs line needs to find its token: nothing with the
+    default data dir (the CLI makes a token from the secret there by itself),
+    else the data dir, or the token itself when the secret is configured."""
+    if settings.auth_secret:
+        return f" --token {token}"
+    if settings.data_dir.resolve() != Settings().data_dir.resolve():
+        return f" --data-dir {shlex.quote(str(settings.data_dir.resolve()))}"
+    return ""
+
+
 def _tool(name: str) -> str:
     """How to call a script installed beside this Python (e.g. .venv/bin/genjobs)."""
     path = Path(sys.executable).parent / name
@@ -90,14 +101,6 @@ def _print_banner(settings: Settings, port: int) -> None:
     token = make_token(secret, "dev")
     target = f"{settings.host}:{port}"
     database = settings.mongodb_uri or f"embedded, in {settings.data_dir}"
-    # The genjobs line works as printed: the CLI makes a token from the secret
-    # in its default data dir by itself; any other secret it must be told of.
-    if settings.auth_secret:
-        reach = f" --token {token}"
-    elif settings.data_dir.resolve() != Settings().data_dir.resolve():
-        reach = f" --data-dir {shlex.quote(str(settings.data_dir.resolve()))}"
-    else:
-        reach = ""
     print(
         f"""
 genjobs is serving on {target}  (database: {database})
@@ -108,7 +111,7 @@ genjobs is serving on {target}  (database: {database})
     {_tool("grpcurl")} -plaintext -H "authorization: Bearer $GENJOBS_TOKEN" \\
       -d '{{"mode":"MODE_TOPIC","params":{{"topic":"Green tea"}}}}' {target} genjobs.v1.JobService/SubmitJob
   genjobs:
-    {_tool("genjobs")} --target {target}{reach} submit --topic "Green tea" --watch
+    {_tool("genjobs")} --target {target}{_token_flag(settings, token)} submit --topic "Green tea" --watch
 
 Stop with Ctrl-C.
 """,

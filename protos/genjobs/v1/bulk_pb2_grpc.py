@@ -125,19 +125,6 @@ class BulkServiceServicer:
 
     def WatchBulkJob(self, request, context):
         """WatchBulkJob streams the bulk job's progress until it is final.
-
-        Unlike WatchJob, which replays every change without a gap, each event
-        here is a whole snapshot: the bulk job with all its counts and items
-        after the newest change. Sequences increase but may skip: changes that
-        happen together are sent as one snapshot, and a skipped sequence is
-        never a lost event, since the next snapshot holds everything it held.
-        The stream starts with a SNAPSHOT, sends ITEM_CHANGED and
-        STATUS_CHANGED snapshots, and ends after the final one: COMPLETED
-        (with the notification) or STATUS_CHANGED to CANCELLED, whatever has
-        become of the items since (deleted items are counted in total_items
-        only). A watcher arriving after the end gets the final state alone:
-        COMPLETED with the notification, or a SNAPSHOT of the cancelled job.
-        Idle streams get HEARTBEAT events (sequence 0, no bulk job).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,21 +46,7 @@ class BulkServiceStub:
     CancelBulkJob: _grpc.UnaryUnaryMultiCallable[_bulk_pb2.CancelBulkJobRequest, _bulk_pb2.BulkJob]
     """CancelBulkJob cancels queued items and stops the running one."""
     WatchBulkJob: _grpc.UnaryStreamMultiCallable[_bulk_pb2.WatchBulkJobRequest, _bulk_pb2.BulkJobEvent]
-    """WatchBulkJob streams the bulk job's progress until it is final.
-
-    Unlike WatchJob, which replays every change without a gap, each event
-    here is a whole snapshot: the bulk job with all its counts and items
-    after the newest change. Sequences increase but may skip: changes that
-    happen together are sent as one snapshot, and a skipped sequence is
-    never a lost event, since the next snapshot holds everything it held.
-    The stream starts with a SNAPSHOT, sends ITEM_CHANGED and
-    STATUS_CHANGED snapshots, and ends after the final one: COMPLETED
-    (with the notification) or STATUS_CHANGED to CANCELLED, whatever has
-    become of the items since (deleted items are counted in total_items
-    only). A watcher arriving after the end gets the final state alone:
-    COMPLETED with the notification, or a SNAPSHOT of the cancelled job.
-    Idle streams get HEARTBEAT events (sequence 0, no bulk job).
-    """
+    """WatchBulkJob streams the bulk job's progress until it is final."""
     ListNotifications: _grpc.UnaryUnaryMultiCallable[_bulk_pb2.ListNotificationsRequest, _bulk_pb2.ListNotificationsResponse]
     """ListNotifications pages through the caller's notifications, newest first."""
 
@@ -82,21 +68,7 @@ class BulkServiceAsyncStub(BulkServiceStub):
     CancelBulkJob: _aio.UnaryUnaryMultiCallable[_bulk_pb2.CancelBulkJobRequest, _bulk_pb2.BulkJob]  # type: ignore[assignment]
     """CancelBulkJob cancels queued items and stops the running one."""
     WatchBulkJob: _aio.UnaryStreamMultiCallable[_bulk_pb2.WatchBulkJobRequest, _bulk_pb2.BulkJobEvent]  # type: ignore[assignment]
-    """WatchBulkJob streams the bulk job's progress until it is final.
-
-    Unlike WatchJob, which replays every change without a gap, each event
-    here is a whole snapshot: the bulk job with all its counts and items
-    after the newest change. Sequences increase but may skip: changes that
-    happen together are sent as one snapshot, and a skipped sequence is
-    never a lost event, since the next snapshot holds everything it held.
-    The stream starts with a SNAPSHOT, sends ITEM_CHANGED and
-    STATUS_CHANGED snapshots, and ends after the final one: COMPLETED
-    (with the notification) or STATUS_CHANGED to CANCELLED, whatever has
-    become of the items since (deleted items are counted in total_items
-    only). A watcher arriving after the end gets the final state alone:
-    COMPLETED with the notification, or a SNAPSHOT of the cancelled job.
-    Idle streams get HEARTBEAT events (sequence 0, no bulk job).
-    """
+    """WatchBulkJob streams the bulk job's progress until it is final."""
     ListNotifications: _aio.UnaryUnaryMultiCallable[_bulk_pb2.ListNotificationsRequest, _bulk_pb2.ListNotificationsResponse]  # type: ignore[assignment]
     """ListNotifications pages through the caller's notifications, newest first."""
 
@@ -157,21 +129,7 @@ class BulkServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _bulk_pb2.WatchBulkJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_bulk_pb2.BulkJobEvent], _abc.AsyncIterator[_bulk_pb2.BulkJobEvent]]:
-        """WatchBulkJob streams the bulk job's progress until it is final.
-
-        Unlike WatchJob, which replays every change without a gap, each event
-        here is a whole snapshot: the bulk job with all its counts and items
-        after the newest change. Sequences increase but may skip: changes that
-        happen together are sent as one snapshot, and a skipped sequence is
-        never a lost event, since the next snapshot holds everything it held.
-        The stream starts with a SNAPSHOT, sends ITEM_CHANGED and
-        STATUS_CHANGED snapshots, and ends after the final one: COMPLETED
-        (with the notification) or STATUS_CHANGED to CANCELLED, whatever has
-        become of the items since (deleted items are counted in total_items
-        only). A watcher arriving after the end gets the final state alone:
-        COMPLETED with the notification, or a SNAPSHOT of the cancelled job.
-        Idle streams get HEARTBEAT events (sequence 0, no bulk job).
-        """
+        """WatchBulkJob streams the bulk job's progress until it is final."""
 
     @_abc_1.abstractmethod
     def ListNotifications(
