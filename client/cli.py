@@ -9,9 +9,11 @@ field names. Errors print one line and exit 1 (usage errors exit 2).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from genjobs.v1 import jobs_pb2
+from genjobs.v1 import bulk_pb2, jobs_pb2
 from google.protobuf import json_format
 from rich.console import Console
 from rich.progress import Progress
@@ -338,7 +340,7 @@ def list_jobs(
     if not jobs:
         opts.console.print("no jobs match")
         return
-    opts.console.print(render.jobs_table(jobs))
+    opts.console.print(render.jobs_table(jobs, opts.console.width))
     if len(jobs) < first.total_size:
         opts.console.print(f"[dim]{len(jobs)} of {first.total_size} shown (--all for every one)[/]")
 
@@ -347,13 +349,24 @@ def list_jobs(
 def show(
     ctx: typer.Context,
     job_id: Annotated[str, typer.Argument(metavar="ID")],
-    content: Annotated[bool, typer.Option(help="print the whole article")] = False,
+    content: Annotated[
+        bool, typer.Option(help="print the article alone, as stored (to pipe: > article.md)")
+    ] = False,
 ) -> None:
     """Show one job: parameters, progress, result or error, attempts."""
     opts: Options = ctx.obj
     with connected(ctx) as client:
         job = client.get(job_id)
-    _show(opts, render.as_dict(job), render.job_detail(job, content))
+    if content and not opts.json:
+        text = job.result.content
+        if not text:
+            fail(opts.errors, f"job {job_id} has no article (it is {render.status_name(job.status)})")
+        # Written as is (no wrapping, no markup), so that a redirect gets the article byte for byte.
+        sys.stdout.write(text)
+        if sys.stdout.isatty() and not text.endswith("\n"):
+            sys.stdout.write("\n")  # only a terminal gets the prompt back on a line of its own
+        return
+    _show(opts, render.as_dict(job), render.job_detail(job))
 
 
 def _watch(opts: Options, client: GenJobsClient, job_id: str) -> None:
@@ -362,7 +375,7 @@ def _watch(opts: Options, client: GenJobsClient, job_id: str) -> None:
         for event in client.watch(job_id):
             last = event.job
     else:
-        last = render.follow_job(opts.console, client.watch(job_id))
+        last = render.follow_job(opts.console, lambda hook: client.watch(job_id, on_reconnect=hook), job_id)
     if last is None:
         return
     if opts.json:
@@ -379,6 +392,7 @@ def watch(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID"
 
     Reconnects by itself when the connection drops, losing no step."""
     with connected(ctx) as client:
+        client.get(job_id)  # a server that is not there at all is an error at once, not a minute of retries
         _watch(ctx.obj, client, job_id)
 
 
@@ -476,7 +490,7 @@ EXPORT_COLUMNS = (
 )
 
 
-def _export_row(job: jobs_pb2.Job) -> list[Any]:
+def _export_row(job: jobs_pb2.Job, content: bool = False) -> list[Any]:
     def iso(stamp: Any) -> str:
         return stamp.ToJsonString() if stamp.seconds else ""
 
@@ -502,7 +516,7 @@ def _export_row(job: jobs_pb2.Job) -> list[Any]:
         iso(job.create_time),
         iso(job.start_time),
         iso(job.end_time),
-    ]
+    ] + ([job.result.content] if content else [])
 
 
 @app.command()
@@ -516,6 +530,7 @@ def export(
     query: QueryOpt = "",
     bulk: BulkOpt = "",
     project: ProjectOpt = "",
+    content: Annotated[bool, typer.Option(help="add each article, in a last column 'content'")] = False,
 ) -> None:
     """Write your job history (with any ls filter) as CSV, one row per job."""
     opts: Options = ctx.obj
@@ -528,7 +543,7 @@ def export(
     written = 0
     try:
         writer = csv.writer(handle)
-        writer.writerow(EXPORT_COLUMNS)
+        writer.writerow(EXPORT_COLUMNS + (("content",) if content else ()))
         with connected(ctx) as client, Progress(console=opts.errors, transient=True) as progress:
             task = progress.add_task("exporting", total=None)
             token = ""
@@ -536,7 +551,7 @@ def export(
                 page = client.list(page_size=100, page_token=token, **filters)
                 progress.update(task, total=page.total_size or None)
                 for job in page.jobs:
-                    writer.writerow(_export_row(job))
+                    writer.writerow(_export_row(job, content))
                     written += 1
                 progress.update(task, completed=written)
                 token = page.next_page_token
@@ -712,7 +727,7 @@ def bulk_list(
     if opts.json:
         _show(opts, {"bulk_jobs": [render.as_dict(b) for b in bulks]})
     elif bulks:
-        opts.console.print(render.bulk_table(bulks))
+        opts.console.print(render.bulk_table(bulks, opts.console.width))
     else:
         opts.console.print("no bulk jobs")
 
@@ -742,11 +757,12 @@ def _watch_bulk(opts: Options, client: GenJobsClient, bulk_id: str) -> None:
         if last is not None:
             _show(opts, render.as_dict(last))
         return
-    last = render.follow_bulk(opts.console, client.watch_bulk(bulk_id))
+    last = render.follow_bulk(
+        opts.console, lambda hook: client.watch_bulk(bulk_id, on_reconnect=hook), bulk_id
+    )
     if last is not None:
         opts.console.print(
-            f"{render.styled(render.bulk_status_name(last.status))}: {last.completed_items} completed, "
-            f"{last.failed_items} failed, {last.cancelled_items} cancelled of {last.total_items}"
+            f"{render.styled(render.bulk_status_name(last.status))}: {render.bulk_counts(last)}"
         )
         for line in last.error_summary:
             opts.console.print(f"  [red]{line}[/]", highlight=False)
@@ -754,8 +770,9 @@ def _watch_bulk(opts: Options, client: GenJobsClient, bulk_id: str) -> None:
 
 @bulk_app.command("watch")
 def bulk_watch(ctx: typer.Context, bulk_id: BulkIdArg) -> None:
-    """Follow a bulk job live until every item has ended."""
+    """Follow a bulk job live until it is completed or cancelled."""
     with connected(ctx) as client:
+        client.get_bulk(bulk_id)  # as for watch: no server at all is an error at once
         _watch_bulk(ctx.obj, client, bulk_id)
 
 
@@ -785,6 +802,81 @@ def bulk_resume(ctx: typer.Context, bulk_id: BulkIdArg) -> None:
 def bulk_cancel(ctx: typer.Context, bulk_id: BulkIdArg) -> None:
     """Cancel the queued items and stop the running one."""
     _bulk_action(ctx, bulk_id, "cancelled", lambda client, i: client.cancel_bulk(i))
+
+
+# ---- notifications ------------------------------------------------------------
+
+
+@app.command("notifications")
+def notifications(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(help="at most this many of the newest", min=1)] = 20,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="then print new ones as they arrive, until Ctrl-C")
+    ] = False,
+    interval: Annotated[float, typer.Option(help="seconds between two looks for new ones", min=0.1)] = 2.0,
+) -> None:
+    """Your notifications (work that finished), newest first; --follow waits for more."""
+    opts: Options = ctx.obj
+    with connected(ctx) as client:
+        recent = list(client.iter_notifications(limit=limit))
+        if not follow:
+            if opts.json:
+                _show(opts, {"notifications": [render.as_dict(n) for n in recent]})
+            elif recent:
+                opts.console.print(render.notifications_table(recent))
+            else:
+                opts.console.print("no notifications")
+            return
+        # Following prints one line (or JSON document) each, oldest first, as `tail -f` does.
+        for note in reversed(recent):
+            _notification_line(opts, note)
+        opts.errors.print("[dim]waiting for new notifications (Ctrl-C to stop)[/]")
+        with contextlib.suppress(KeyboardInterrupt):
+            _follow_notifications(opts, client, {n.id for n in recent}, interval)
+
+
+def _follow_notifications(opts: Options, client: GenJobsClient, seen: set[str], interval: float) -> None:
+    """Print notifications not in `seen` as they appear, looking every `interval` s.
+
+    Polling ListNotifications is the one way to hear of every notification:
+    they come from bulk jobs created anywhere, later too, which watching
+    bulk jobs would have to discover first. A look is one indexed query
+    for the newest page."""
+    unreachable = False
+    while True:
+        time.sleep(interval)
+        try:
+            new = _unseen(client, seen)
+        except Unavailable:
+            if not unreachable:
+                opts.errors.print(f"[dim]{render.RECONNECTING}[/]")
+            unreachable = True
+            continue
+        unreachable = False
+        for note in reversed(new):
+            seen.add(note.id)
+            _notification_line(opts, note)
+
+
+def _unseen(client: GenJobsClient, seen: set[str]) -> list[bulk_pb2.Notification]:
+    """The notifications not in `seen`, newest first: the newest pages, up to
+    the first page that holds one already seen."""
+    new: list[bulk_pb2.Notification] = []
+    token = ""
+    while True:
+        page = client.notifications(page_token=token)
+        new += [n for n in page.notifications if n.id not in seen]
+        token = page.next_page_token
+        if not token or any(n.id in seen for n in page.notifications):
+            return new
+
+
+def _notification_line(opts: Options, note: bulk_pb2.Notification) -> None:
+    if opts.json:
+        opts.console.print(json.dumps(render.as_dict(note)), highlight=False, soft_wrap=True)
+    else:
+        opts.console.print(render.notification_line(note), highlight=False, soft_wrap=True)
 
 
 GLOBAL_OPTIONS = ("-o", "--output", "-t", "--target", "--token", "--data-dir")

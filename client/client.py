@@ -14,6 +14,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 T = TypeVar("T")
+# Told that a watch lost the server (the error) or reached it again (None).
+ReconnectHook = Callable[[Exception | None], None]
 
 
 class GenJobsError(Exception):
@@ -262,10 +264,18 @@ class GenJobsClient:
         return self._call(self.jobs.GetJobStats, request)
 
     def watch(
-        self, job_id: str, after_sequence: int = 0, *, reconnect: bool = True
+        self,
+        job_id: str,
+        after_sequence: int = 0,
+        *,
+        reconnect: bool = True,
+        on_reconnect: ReconnectHook | None = None,
     ) -> Iterator[jobs_pb2.JobEvent]:
         """The job's events until its final status, resuming after dropped
-        connections from the last sequence seen (heartbeats are skipped)."""
+        connections from the last sequence seen (heartbeats are skipped).
+
+        `on_reconnect(error)` is called each time the server is unreachable
+        and another try follows, and `on_reconnect(None)` when it answers again."""
         return self._follow(
             lambda after: self.jobs.WatchJob(
                 jobs_pb2.WatchJobRequest(id=job_id, after_sequence=after), metadata=self._metadata
@@ -273,16 +283,24 @@ class GenJobsClient:
             after_sequence,
             reconnect,
             jobs_pb2.JOB_EVENT_TYPE_HEARTBEAT,
+            on_reconnect,
         )
 
     def _follow(
-        self, open_stream: Callable[[int], Any], after: int, reconnect: bool, heartbeat: int
+        self,
+        open_stream: Callable[[int], Any],
+        after: int,
+        reconnect: bool,
+        heartbeat: int,
+        on_reconnect: ReconnectHook | None = None,
     ) -> Iterator[Any]:
         last = after
         failures = 0
         while True:
             try:
                 for event in open_stream(last):
+                    if failures and on_reconnect is not None:
+                        on_reconnect(None)
                     failures = 0
                     if event.type == heartbeat:
                         continue
@@ -294,6 +312,8 @@ class GenJobsClient:
                 if not reconnect or not isinstance(translated, Unavailable) or failures >= 30:
                     raise translated from None
                 failures += 1
+                if on_reconnect is not None:
+                    on_reconnect(translated)
                 time.sleep(min(0.1 * 2**failures, 2.0))
 
     # ---- BulkService ------------------------------------------------------
@@ -345,9 +365,16 @@ class GenJobsClient:
         return self._call(self.bulk.CancelBulkJob, bulk_pb2.CancelBulkJobRequest(id=bulk_id))
 
     def watch_bulk(
-        self, bulk_id: str, after_sequence: int = 0, *, reconnect: bool = True
+        self,
+        bulk_id: str,
+        after_sequence: int = 0,
+        *,
+        reconnect: bool = True,
+        on_reconnect: ReconnectHook | None = None,
     ) -> Iterator[bulk_pb2.BulkJobEvent]:
-        """The bulk job's events until it is final, resuming after dropped connections."""
+        """The bulk job's events until it is final, resuming after dropped
+        connections with its newest snapshot (every event is a whole snapshot,
+        so the sequences may skip); `on_reconnect` as for `watch`."""
         return self._follow(
             lambda after: self.bulk.WatchBulkJob(
                 bulk_pb2.WatchBulkJobRequest(id=bulk_id, after_sequence=after),
@@ -356,6 +383,7 @@ class GenJobsClient:
             after_sequence,
             reconnect,
             bulk_pb2.BULK_JOB_EVENT_TYPE_HEARTBEAT,
+            on_reconnect,
         )
 
     def notifications(
@@ -366,6 +394,10 @@ class GenJobsClient:
             page_size=page_size, page_token=page_token, job_id=job_id, bulk_job_id=bulk_job_id
         )
         return self._call(self.bulk.ListNotifications, request)
+
+    def iter_notifications(self, limit: int = 0) -> Iterator[bulk_pb2.Notification]:
+        """Every notification, newest first, up to `limit` (0: all)."""
+        return _paged(lambda token: self.notifications(page_token=token), "notifications", limit)
 
 
 def _paged(fetch: Callable[[str], Any], field: str, limit: int) -> Iterator[Any]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -11,9 +12,12 @@ from genjobs.v1 import bulk_pb2, jobs_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.console import Console, JustifyMethod
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskProgressColumn, TextColumn
+from rich.table import Column, Table
+from rich.text import Text
+
+from client.client import ReconnectHook
 
 E = TypeVar("E")  # a stream's event
 S = TypeVar("S")  # the state an event carries
@@ -74,29 +78,47 @@ def subject(params: jobs_pb2.GenerationParams, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def jobs_table(jobs: Iterable[jobs_pb2.Job]) -> Table:
-    """One row per job: id, status, progress, created, subject, project."""
+GAP = 2  # between two columns of a borderless table (one space of padding each side)
+
+
+def _listing(
+    width: int, fixed: Sequence[tuple[str, int, JustifyMethod]], flexible: Sequence[tuple[str, int]]
+) -> Table:
+    """A borderless table `width` wide at most: the `fixed` columns (name,
+    width, justify) are never cut; the `flexible` ones (name, share) split
+    what is left and end in "…" when their text is longer."""
     table = Table(box=None, header_style="bold", pad_edge=False)
-    # Ids and statuses are never cut; the subject and project fold when the terminal is narrow.
-    table.add_column("ID", no_wrap=True, min_width=24)
-    table.add_column("STATUS", no_wrap=True, min_width=10)
-    table.add_column("DONE", no_wrap=True, justify="right", min_width=4)
-    table.add_column("CREATED", no_wrap=True, min_width=11)
-    table.add_column("SUBJECT", overflow="ellipsis", no_wrap=True, ratio=3)
-    table.add_column("PROJECT", overflow="ellipsis", no_wrap=True, ratio=1)
+    for name, size, justify in fixed:
+        table.add_column(name, no_wrap=True, min_width=size, justify=justify)
+    room = width - sum(size for _, size, _ in fixed) - GAP * (len(fixed) + len(flexible) - 1)
+    shares = sum(share for _, share in flexible)
+    for name, share in flexible:
+        size = max(room * share // shares, 1)
+        table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=size)
+    return table
+
+
+def jobs_table(jobs: Iterable[jobs_pb2.Job], width: int = 200) -> Table:
+    """One row per job: id, status, progress, created, subject, project. At
+    any `width` (80 columns too), the subject and project give way."""
+    table = _listing(
+        width,
+        [("ID", 24, "left"), ("STATUS", 10, "left"), ("DONE", 4, "right"), ("CREATED", 11, "left")],
+        [("SUBJECT", 3), ("PROJECT", 1)],
+    )
     for job in jobs:
         table.add_row(
             job.id,
             styled(status_name(job.status)),
             f"{job.progress.percentage}%",
             when(job.create_time)[5:16],
-            subject(job.params),
+            subject(job.params, width),
             job.project,
         )
     return table
 
 
-def job_detail(job: jobs_pb2.Job, content: bool = False) -> Table:
+def job_detail(job: jobs_pb2.Job) -> Table:
     """Every field of one job worth reading, as a two-column table."""
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="bold", no_wrap=True)
@@ -129,8 +151,7 @@ def job_detail(job: jobs_pb2.Job, content: bool = False) -> Table:
         result = job.result
         rows.append(("title", result.title))
         rows.append(("result", f"{result.word_count} words, {result.cost_cents}¢"))
-        text = result.content if content else _preview(result.content)
-        rows.append(("content", text))
+        rows.append(("content", _preview(result.content)))
     for name, value in rows:
         if value:
             table.add_row(name, value)
@@ -140,7 +161,7 @@ def job_detail(job: jobs_pb2.Job, content: bool = False) -> Table:
 def _preview(text: str, limit: int = 300) -> str:
     if len(text) <= limit:
         return text
-    return text[:limit].rsplit(" ", 1)[0] + " … (--content shows all)"
+    return text[:limit].rsplit(" ", 1)[0] + " … (show --content prints it all)"
 
 
 def stats_table(stats: jobs_pb2.GetJobStatsResponse) -> Table:
@@ -159,15 +180,20 @@ def stats_table(stats: jobs_pb2.GetJobStatsResponse) -> Table:
     return table
 
 
-def bulk_table(bulks: Iterable[bulk_pb2.BulkJob]) -> Table:
-    """One row per bulk job with its counts."""
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    table.add_column("ID", no_wrap=True, min_width=24)
-    table.add_column("STATUS", no_wrap=True, min_width=10)
-    for name in ("DONE", "FAILED", "LEFT"):
-        table.add_column(name, no_wrap=True, justify="right")
-    table.add_column("CREATED", no_wrap=True, min_width=11)
-    table.add_column("PROJECT", overflow="ellipsis", no_wrap=True)
+def bulk_table(bulks: Iterable[bulk_pb2.BulkJob], width: int = 200) -> Table:
+    """One row per bulk job with its counts; the project gives way when narrow."""
+    table = _listing(
+        width,
+        [
+            ("ID", 24, "left"),
+            ("STATUS", 10, "left"),
+            ("DONE", 5, "right"),
+            ("FAILED", 6, "right"),
+            ("LEFT", 4, "right"),
+            ("CREATED", 11, "left"),
+        ],
+        [("PROJECT", 1)],
+    )
     for bulk in bulks:
         table.add_row(
             bulk.id,
@@ -181,6 +207,26 @@ def bulk_table(bulks: Iterable[bulk_pb2.BulkJob]) -> Table:
     return table
 
 
+def notification_line(note: bulk_pb2.Notification) -> str:
+    """One notification on one line: when, what, and its webhook's fate."""
+    line = f"{when(note.create_time)}  {note.message}"
+    if note.delivered:
+        line += " [dim](webhook delivered)[/]"
+    elif note.delivery_attempts:
+        line += f" [dim](webhook not delivered after {note.delivery_attempts} attempts)[/]"
+    return line
+
+
+def notifications_table(notes: Iterable[bulk_pb2.Notification]) -> Table:
+    """One row per notification, newest first; the message folds, never cut."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("CREATED", no_wrap=True)
+    table.add_column("MESSAGE", overflow="fold")  # names the job or bulk job
+    for note in notes:
+        table.add_row(when(note.create_time), note.message)
+    return table
+
+
 def bulk_detail(bulk: bulk_pb2.BulkJob) -> tuple[Table, Table]:
     """A bulk job's summary and its items."""
     summary = Table(box=None, show_header=False, pad_edge=False)
@@ -190,11 +236,12 @@ def bulk_detail(bulk: bulk_pb2.BulkJob) -> tuple[Table, Table]:
         ("id", bulk.id),
         ("status", styled(bulk_status_name(bulk.status))),
         ("mode", mode_name(bulk.mode)),
-        ("progress", f"{bulk.percentage:.0f}%"),
+        ("progress", f"{100 * bulk_done(bulk) / (bulk.total_items or 1):.0f}%"),
         (
             "items",
             f"{bulk.total_items} total: {bulk.completed_items} completed, {bulk.failed_items} failed, "
-            f"{bulk.cancelled_items} cancelled, {bulk.remaining_items} left",
+            f"{bulk.cancelled_items} cancelled, {bulk.remaining_items} left"
+            + (f", {bulk_deleted(bulk)} deleted" if bulk_deleted(bulk) else ""),
         ),
         ("created", when(bulk.create_time)),
         ("started", when(bulk.start_time)),
@@ -216,59 +263,170 @@ def bulk_detail(bulk: bulk_pb2.BulkJob) -> tuple[Table, Table]:
     return summary, items
 
 
+RECONNECTING = "reconnecting..."
+# Opens a stream given the hook the client calls when it drops (with the
+# error) and when the server answers again (with None).
+Watch = Callable[[ReconnectHook], Iterable[E]]
+
+
+def seconds(stamp: Timestamp) -> float:
+    """A timestamp as seconds since the epoch; 0.0 when unset."""
+    return stamp.seconds + stamp.nanos / 1e9
+
+
+def clock_text(duration: float) -> str:
+    """A duration as m:ss, or h:mm:ss from an hour on."""
+    whole = max(int(duration), 0)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class TimesColumn(ProgressColumn):
+    """Time spent and, while the server has an estimate, time left (`0:12 ETA 0:30`),
+    counted live between events from the task's `started`, `ended` and `eta`
+    fields (seconds since the epoch, 0 when unknown)."""
+
+    def __init__(self) -> None:
+        super().__init__(table_column=Column(no_wrap=True))
+
+    def render(self, task: Task) -> Text:
+        now = time.time()
+        started, ended, eta = (float(task.fields.get(name) or 0.0) for name in ("started", "ended", "eta"))
+        spent = clock_text((ended or now) - started) if started else "-:--"
+        left = f" ETA {clock_text(eta - now)}" if eta and not ended and eta > now else ""
+        return Text(spent + left, style="progress.elapsed")
+
+
 def _progress(console: Console) -> Progress:
+    """The live row: id, status or stage, bar, percentage and times are never
+    cut; the message (subject, attempt, project) takes what width is left."""
     return Progress(
-        TextColumn("[bold]{task.description:<10}"),
-        BarColumn(),
+        TextColumn("{task.fields[id]}", table_column=Column(no_wrap=True)),
+        TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True, min_width=10)),
+        BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=10, max_width=40)),
         TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[message]}"),
+        TimesColumn(),
+        TextColumn(
+            "{task.fields[message]}",
+            table_column=Column(no_wrap=True, overflow="ellipsis", ratio=2, min_width=1),
+        ),
         console=console,
         transient=False,
+        expand=True,
     )
 
 
-def _follow(console: Console, events: Iterable[E], bar: Callable[[E], tuple[S, dict[str, Any]]]) -> S | None:
+def _follow(
+    console: Console, watch: Watch[E], bar: Callable[[E], tuple[S, dict[str, Any]]], first_id: str
+) -> S | None:
     """Show a live bar until the stream ends; `bar` turns an event into the
     state it carries and the bar's fields (total, completed, description,
-    message). Returns the last state seen."""
+    message, id, started, ended, eta). While the server is unreachable the
+    message says so. Returns the last state seen."""
     last: S | None = None
     with _progress(console) as progress:
-        task = progress.add_task("waiting", total=1, message="")
-        for event in events:
+        task = progress.add_task("waiting", total=1, message="", id=first_id, started=0.0, ended=0.0, eta=0.0)
+        message = ""
+
+        def reconnecting(error: Exception | None) -> None:
+            progress.update(task, message=RECONNECTING if error is not None else message)
+
+        for event in watch(reconnecting):
             last, fields = bar(event)
+            message = fields["message"]
             progress.update(task, **fields)
     return last
 
 
+def attempt_text(job: jobs_pb2.Job) -> str:
+    """The words `attempt 2 of 3` for a job past its first attempt; "" otherwise."""
+    return f"attempt {job.attempt} of {job.max_attempts}" if job.attempt > 1 else ""
+
+
 def _job_bar(event: jobs_pb2.JobEvent) -> tuple[jobs_pb2.Job, dict[str, Any]]:
     job = event.job
-    stage, message = job.progress.stage or status_name(job.status), job.progress.message
-    if job.status in FINAL_JOB:
-        stage, message = status_name(job.status), ""
-    percentage = 100 if job.status == jobs_pb2.JOB_STATUS_COMPLETED else job.progress.percentage
-    return job, {"total": 100, "completed": percentage, "description": stage, "message": message}
+    progress = job.progress
+    stage = progress.stage or status_name(job.status)
+    # The stage is shown once, in its own column: the generator's message
+    # often repeats it ("drafting Green tea").
+    detail = progress.message.removeprefix(progress.stage).strip() or subject(job.params, 200)
+    final = job.status in FINAL_JOB
+    if final:
+        stage = status_name(job.status)
+    if job.status == jobs_pb2.JOB_STATUS_QUEUED and job.attempt > 1:
+        stage = "retrying"  # waiting out the backoff after a failed attempt
+    percentage = 100 if job.status == jobs_pb2.JOB_STATUS_COMPLETED else progress.percentage
+    message = " · ".join(part for part in (attempt_text(job), detail) if part)
+    return job, {
+        "total": 100,
+        "completed": percentage,
+        "description": stage,
+        "message": message,
+        "id": job.id,
+        "started": seconds(progress.started_at) or seconds(job.start_time),
+        "ended": seconds(job.end_time) if final else 0.0,
+        "eta": 0.0 if final else seconds(progress.estimated_completion),
+    }
+
+
+def bulk_deleted(bulk: bulk_pb2.BulkJob) -> int:
+    """Items deleted after they ended (they count in total_items only)."""
+    counted = bulk.completed_items + bulk.failed_items + bulk.cancelled_items + bulk.remaining_items
+    return max(bulk.total_items - counted, 0)
+
+
+def bulk_done(bulk: bulk_pb2.BulkJob) -> int:
+    """How many items count as done on a bar: all of a completed bulk job;
+    of a cancelled one only those that ran to their end, so that it never
+    shows as finished work; otherwise every item over (items cancelled one
+    by one, and deleted ones, which were over)."""
+    if bulk.status == bulk_pb2.BULK_JOB_STATUS_COMPLETED:
+        return bulk.total_items
+    done = bulk.completed_items + bulk.failed_items
+    if bulk.status == bulk_pb2.BULK_JOB_STATUS_CANCELLED:
+        return done
+    return done + bulk.cancelled_items + bulk_deleted(bulk)
+
+
+def bulk_counts(bulk: bulk_pb2.BulkJob) -> str:
+    """`9 completed, 1 failed, 0 cancelled of 10` (and how many were deleted)."""
+    text = (
+        f"{bulk.completed_items} completed, {bulk.failed_items} failed, "
+        f"{bulk.cancelled_items} cancelled of {bulk.total_items}"
+    )
+    deleted = bulk_deleted(bulk)
+    return f"{text}, {deleted} deleted" if deleted else text
 
 
 def _bulk_bar(event: bulk_pb2.BulkJobEvent) -> tuple[bulk_pb2.BulkJob, dict[str, Any]]:
     bulk = event.bulk_job
-    message = f"{bulk.completed_items} completed, {bulk.failed_items} failed, {bulk.remaining_items} left"
+    final = bulk.status in (bulk_pb2.BULK_JOB_STATUS_COMPLETED, bulk_pb2.BULK_JOB_STATUS_CANCELLED)
+    counts = f"{bulk.completed_items} done, {bulk.failed_items} failed, {bulk.remaining_items} left"
     return bulk, {
         "total": bulk.total_items or 1,
-        "completed": bulk.completed_items + bulk.failed_items + bulk.cancelled_items,
+        "completed": bulk_done(bulk),
         "description": bulk_status_name(bulk.status),
-        "message": message,
+        "message": " · ".join(part for part in (bulk.project, counts) if part),
+        "id": bulk.id,
+        "started": seconds(bulk.start_time),
+        "ended": seconds(bulk.end_time) if final else 0.0,
+        "eta": 0.0 if final else seconds(bulk.estimated_completion),
     }
 
 
-def follow_job(console: Console, events: Iterator[jobs_pb2.JobEvent]) -> jobs_pb2.Job | None:
-    """Show a job's progress as a live bar until it is final; the last job seen."""
-    return _follow(console, events, _job_bar)
+def follow_job(console: Console, watch: Watch[jobs_pb2.JobEvent], job_id: str = "") -> jobs_pb2.Job | None:
+    """Show a job's progress as a live bar until it is final; the last job seen.
+
+    `watch(hook)` opens the job's events, calling `hook` as the connection
+    drops and comes back (GenJobsClient.watch's on_reconnect)."""
+    return _follow(console, watch, _job_bar, job_id)
 
 
-def follow_bulk(console: Console, events: Iterator[bulk_pb2.BulkJobEvent]) -> bulk_pb2.BulkJob | None:
+def follow_bulk(
+    console: Console, watch: Watch[bulk_pb2.BulkJobEvent], bulk_id: str = ""
+) -> bulk_pb2.BulkJob | None:
     """Show a bulk job's progress as a live bar until it is final; the last state seen."""
-    return _follow(console, events, _bulk_bar)
+    return _follow(console, watch, _bulk_bar, bulk_id)
 
 
 def outcome_line(job: jobs_pb2.Job) -> str:

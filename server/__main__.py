@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -81,6 +82,17 @@ def _quiet_garbage_collector() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
+def _token_flag(settings: Settings, token: str) -> str:
+    """What the banner's genjobs line needs to find its token: nothing with the
+    default data dir (the CLI makes a token from the secret there by itself),
+    else the data dir, or the token itself when the secret is configured."""
+    if settings.auth_secret:
+        return f" --token {token}"
+    if settings.data_dir.resolve() != Settings().data_dir.resolve():
+        return f" --data-dir {shlex.quote(str(settings.data_dir.resolve()))}"
+    return ""
+
+
 def _tool(name: str) -> str:
     """How to call a script installed beside this Python (e.g. .venv/bin/genjobs)."""
     path = Path(sys.executable).parent / name
@@ -117,7 +129,7 @@ genjobs is serving on {target}  (database: {database})
     {_tool("grpcurl")} -plaintext -H "authorization: Bearer $GENJOBS_TOKEN" \\
       -d '{{"mode":"MODE_TOPIC","params":{{"topic":"Green tea"}}}}' {target} genjobs.v1.JobService/SubmitJob
   genjobs:
-    {_tool("genjobs")} --target {target} submit --topic "Green tea" --watch
+    {_tool("genjobs")} --target {target}{_token_flag(settings, token)} submit --topic "Green tea" --watch
 {dashboard}
 Stop with Ctrl-C.
 """,

@@ -153,7 +153,11 @@ class App:
         undo.push_async_callback(self._stop_workers)
 
         # Auth first: a caller without a token learns nothing, not even about its body.
-        interceptors = [AuthInterceptor(secret), RequestDecoding(), DatabaseDeadline(settings.db_timeout_seconds)]
+        interceptors = [
+            AuthInterceptor(secret),
+            RequestDecoding(),
+            DatabaseDeadline(settings.db_timeout_seconds),
+        ]
         server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         progress = ExternalProgress(self.store, self.progress_link.tokens, self.jobs.record)
         job_servicer = JobServicer(self.jobs, self.hub, progress)

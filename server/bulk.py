@@ -66,7 +66,11 @@ class BulkView:
 
     @property
     def all_final(self) -> bool:
-        return self.remaining == 0 and len(self.items) == self.total
+        # An item missing from a bulk job that has started was deleted, which
+        # only a final job can be; before the start it may be one a creation
+        # cut short has yet to store (a repeated request stores it).
+        stored = len(self.items) == self.total or bool(self.doc.get("started_us"))
+        return self.remaining == 0 and stored
 
     @property
     def error_summary(self) -> list[str]:
@@ -407,5 +411,6 @@ def bulk_event(view: BulkView, kind: str) -> Event:
 
 
 def is_final(view: BulkView) -> bool:
-    """Whether nothing more will happen to this bulk job."""
-    return view.doc["status"] in {str(s) for s in BULK_FINAL} and view.all_final
+    """Whether nothing more will happen to this bulk job: its status is final
+    and no item is open, whatever became of its items (deleted ones were final)."""
+    return view.doc["status"] in {str(s) for s in BULK_FINAL} and view.remaining == 0

@@ -28,8 +28,8 @@ from server.generators import (
     Generator,
     JobSpec,
 )
-from server.progress import progress_fields
 from server.outage import persist, unreachable
+from server.progress import progress_fields
 from server.states import Status
 from server.store import (
     BACKOFF,

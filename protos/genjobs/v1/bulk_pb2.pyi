@@ -373,6 +373,11 @@ class WatchBulkJobRequest(_message.Message):
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     after_sequence: _builtins.int
+    """Resume after this sequence (the last one received; 0 starts afresh):
+    the stream starts with the newest snapshot if the bulk job changed
+    since, else with its next change. The snapshots in between are not
+    replayed: the newest one holds everything they held.
+    """
     def __init__(
         self,
         *,
@@ -448,7 +453,22 @@ Global___ListBulkJobsResponse: _TypeAlias = ListBulkJobsResponse  # noqa: Y015
 
 @_typing.final
 class BulkJobEvent(_message.Message):
-    """BulkJobEvent is one change of a bulk job, with its counts after it."""
+    """BulkJobEvent is a whole snapshot of a bulk job after a change: what
+    WatchBulkJob streams.
+
+    Unlike WatchJob, which replays every change without a gap, each event
+    here is a whole snapshot: the bulk job with all its counts and items
+    after the newest change. Sequences increase but may skip: changes that
+    happen together are sent as one snapshot, and a skipped sequence is
+    never a lost event, since the next snapshot holds everything it held.
+    The stream starts with a SNAPSHOT, sends ITEM_CHANGED and
+    STATUS_CHANGED snapshots, and ends after the final one: COMPLETED
+    (with the notification) or STATUS_CHANGED to CANCELLED, whatever has
+    become of the items since (deleted items are counted in total_items
+    only). A watcher arriving after the end gets the final state alone:
+    COMPLETED with the notification, or a SNAPSHOT of the cancelled job.
+    Idle streams get HEARTBEAT events (sequence 0, no bulk job).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -458,6 +478,9 @@ class BulkJobEvent(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     NOTIFICATION_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
+    """The bulk job's change counter: increasing within a stream, not
+    gapless (see above); 0 on heartbeats.
+    """
     type: Global___BulkJobEventType.ValueType
     @_builtins.property
     def bulk_job(self) -> Global___BulkJob: ...
