@@ -19,8 +19,8 @@ from bson import ObjectId
 from pymongo import monitoring
 
 from server import clock
-from server.store import BACKOFF, JobFilter, Store
-from tests.harness import MongoServer
+from server.store import BACKOFF, TOTAL_SIZE_CAP, JobFilter, Store
+from tests.harness import MongoServer, ServerThread
 
 HISTORY = 20_000
 QUEUED = 10
@@ -187,3 +187,21 @@ def test_every_hot_path_searches_an_index(grown: tuple[Store, Recorder]) -> None
             if found:
                 scanning[name] = (collection, query, found)
     assert scanning == {}
+
+
+def test_list_total_counts_up_to_the_cap(server: ServerThread, mongo: MongoServer) -> None:
+    """A total_size reads what it counts: past TOTAL_SIZE_CAP jobs it says "the cap or more"."""
+    store = Store(mongo.uri, server.settings.db_name)
+    docs = [store.new_job_doc("alice", "TOPIC", PARAMS) for _ in range(TOTAL_SIZE_CAP + 5)]
+    for doc in docs:
+        doc.update(store.completion({"content": "x"}, doc["ck"]), queue="none")
+    store.jobs.insert_many(docs)
+    store.close()
+    with server.client("alice") as alice:
+        first = alice.list(page_size=10)
+        assert first.total_size == TOTAL_SIZE_CAP
+        assert len(first.jobs) == 10
+        assert alice.list(page_size=10, page_token=first.next_page_token).total_size == TOTAL_SIZE_CAP
+        assert alice.list(page_size=10, statuses=[3]).total_size == TOTAL_SIZE_CAP
+    with server.client("bob") as bob:
+        assert bob.list().total_size == 0
