@@ -247,13 +247,14 @@ def main() -> None:
     stored = 0
     for size in sizes:
         stored = fill(store, stored, size)
+        rows.append(measure_size(mongo.uri, db_name, store, mongo.process.pid, stored))
+        print("  ", {k: round(v, 2) for k, v in rows[-1].items()}, flush=True)
+        # What the measurements submitted and ran is history now too.
+        stored = store.jobs.estimated_document_count()
         if size in (sizes[0], sizes[-1]):
             deep.append(measure_deep_queue(mongo.uri, db_name, store, stored))
             print("  deep queue:", {k: round(v, 2) for k, v in deep[-1].items()}, flush=True)
-        rows.append(measure_size(mongo.uri, db_name, store, mongo.process.pid, stored))
-        print("  ", {k: round(v, 2) for k, v in rows[-1].items()}, flush=True)
-        # What the measurements submitted is history now too.
-        stored = store.jobs.estimated_document_count()
+            stored = store.jobs.estimated_document_count()
     store.close()
     mongo.stop()
     print_table(rows, deep)
