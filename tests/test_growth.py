@@ -9,6 +9,7 @@ plan names COLLSCAN, and executionStats counts the documents examined.
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -35,6 +36,7 @@ FILTERED = {
     "findAndModify": "query",
     "update": "updates",
     "delete": "deletes",
+    "count": "query",
 }
 
 
@@ -51,8 +53,8 @@ class Recorder(monitoring.CommandListener):
         command, collection = event.command, event.command[name]
         if name == "find":
             self.sent.append((collection, dict(command.get("filter", {}))))
-        elif name == "findAndModify":
-            self.sent.append((collection, dict(command["query"])))
+        elif name in ("findAndModify", "count"):
+            self.sent.append((collection, dict(command.get("query", {}))))
         elif name == "aggregate":
             for stage in command["pipeline"]:
                 if "$match" in stage:
@@ -209,3 +211,12 @@ def test_list_total_counts_up_to_the_cap(server: ServerThread, mongo: MongoServe
         assert alice.list(page_size=10, statuses=[3]).total_size == TOTAL_SIZE_CAP
     with server.client("bob") as bob:
         assert bob.list().total_size == 0
+
+
+def test_list_total_keeps_the_created_filter(server: ServerThread) -> None:
+    """The first page's total counts with every filter, the creation range too."""
+    with server.client("carol") as carol:
+        jobs = [carol.submit("topic", topic=f"t{i}") for i in range(3)]
+        since = jobs[1].create_time.ToDatetime(tzinfo=datetime.UTC)
+        page = carol.list(page_size=1, created_after=since)
+        assert page.total_size == 2
