@@ -4,6 +4,16 @@ Replicas elect it through a lease in `leases`; the elected one claims the
 oldest ready job with one atomic update on `_id`, runs it through the
 generator, and records the outcome with writes fenced by the job's lease
 epoch. A keeper thread renews both leases and notices cancel requests.
+
+What it reads stays the same size however long the history grows: the
+candidates are the oldest 64 jobs of the ready lane, read in order through
+the (queue, ck) index (see `store`), and a job submitted on this server is
+offered to it at once (`offer`), without a query. With nothing queued it
+wakes every poll interval for jobs other replicas queued, one index search
+of an empty lane. Housekeeping, once a second, reads the running jobs (by
+status) and the due jobs of the backoff lane; once a sweep interval, the
+expired completed jobs, the unsettled bulk jobs and the pending
+notifications: each an index search of live documents only.
 """
 
 from __future__ import annotations
