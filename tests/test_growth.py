@@ -20,6 +20,7 @@ from bson import ObjectId
 from pymongo import monitoring
 
 from server import clock
+from server.notify.channels import CHANNELS
 from server.store import BACKOFF, TOTAL_SIZE_CAP, JobFilter, Store
 from tests.harness import MongoServer, ServerThread
 
@@ -178,7 +179,11 @@ def hot_paths(store: Store) -> dict[str, Callable[[Store], object]]:
         "RunBulkOperation delete": lambda s: s.delete_completed([ObjectId(), ObjectId()]),
         "bulk lanes": lambda s: s.set_item_lanes(str(ObjectId()), [BACKOFF], BACKOFF),
         "bulk recovery": lambda s: (s.unsettled_bulks(now_us), s.bulks_with_open_items([str(ObjectId())])),
-        "notifications": lambda s: (s.unstored_notifications(now_us), s.pending_deliveries(now_us)),
+        "notifications": lambda s: (
+            s.unstored_notifications(now_us),
+            [s.due_deliveries(channel, now_us) for channel in CHANNELS],
+            s.unnotified_jobs(now_us),
+        ),
         "ListBulkJobs": lambda s: s.list_bulk("big", [], "", 50, ""),
         "notifications page": lambda s: s.list_notifications("big", 50, ""),
     }
