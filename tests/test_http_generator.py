@@ -43,7 +43,11 @@ class _Service(BaseHTTPRequestHandler):
             _Service.release.wait(10)
         code, answer = answers.get(topic, (200, {"success": True, "content": "fine"}))
         data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+        if topic == "busy, retry soon":  # a Retry-After that is neither seconds nor a date
+            code, data = 429, b"slow down"
         self.send_response(code)
+        if code == 429:
+            self.send_header("Retry-After", "soon")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -112,6 +116,11 @@ def test_a_server_errors_body_is_kept_as_a_bounded_excerpt(alice: GenJobsClient)
     assert job.error.code == "GENERATOR_UNAVAILABLE" and job.error.retryable
     assert job.error.message.startswith("HTTP 500: overloaded: xxx")
     assert len(job.error.message) < 400
+
+
+def test_an_unreadable_retry_after_is_still_a_transient_failure(alice: GenJobsClient) -> None:
+    job = run(alice, "busy, retry soon")
+    assert (job.error.code, job.error.retryable) == ("GENERATOR_RATE_LIMITED", True)
 
 
 def test_the_timeout_is_configurable(alice: GenJobsClient) -> None:

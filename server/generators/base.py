@@ -99,7 +99,10 @@ def retry_after(headers: Any) -> float | None:
         elif raw:
             seconds = float(raw)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(raw) if raw else None
+        try:
+            parsed = email.utils.parsedate_to_datetime(raw) if raw else None
+        except (TypeError, ValueError):  # neither seconds nor a date: the usual backoff
+            parsed = None
         seconds = parsed.timestamp() - time.time() if parsed else None
     if seconds is None or math.isnan(seconds):
         return None
