@@ -342,7 +342,9 @@ def list_jobs(
         return
     opts.console.print(render.jobs_table(jobs, opts.console.width))
     if len(jobs) < first.total_size:
-        opts.console.print(f"[dim]{len(jobs)} of {first.total_size} shown (--all for every one)[/]")
+        opts.console.print(
+            f"[dim]{len(jobs)} of {render.total(first.total_size)} shown (--all for every one)[/]"
+        )
 
 
 @app.command()
@@ -549,7 +551,9 @@ def export(
             token = ""
             while True:
                 page = client.list(page_size=100, page_token=token, **filters)
-                progress.update(task, total=page.total_size or None)
+                # A capped total ("1,000 or more") is no length for the bar.
+                known = page.total_size and page.total_size < render.TOTAL_SIZE_CAP
+                progress.update(task, total=page.total_size if known else None)
                 for job in page.jobs:
                     writer.writerow(_export_row(job, content))
                     written += 1

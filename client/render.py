@@ -32,6 +32,14 @@ STATUS_STYLE = {
     "cancelled": "dim",
 }
 
+# ListJobs counts at most this many: a total_size of it means "this many or more".
+TOTAL_SIZE_CAP = 1000
+
+
+def total(total_size: int) -> str:
+    """A ListJobs total as people read it: "1,000+" once it reaches the cap."""
+    return f"{total_size:,}+" if total_size >= TOTAL_SIZE_CAP else str(total_size)
+
 
 def as_dict(message: Message) -> dict[str, Any]:
     """A message as JSON-ready data with the .proto field names, every field present."""

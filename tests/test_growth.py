@@ -23,6 +23,7 @@ from server import clock
 from server.notify.channels import CHANNELS
 from server.store import BACKOFF, TOTAL_SIZE_CAP, JobFilter, Store
 from tests.harness import MongoServer, ServerThread
+from tests.test_cli import Cli
 
 HISTORY = 20_000
 QUEUED = 10
@@ -216,6 +217,8 @@ def test_list_total_counts_up_to_the_cap(server: ServerThread, mongo: MongoServe
         assert alice.list(page_size=10, statuses=[3]).total_size == TOTAL_SIZE_CAP
     with server.client("bob") as bob:
         assert bob.list().total_size == 0
+    shown = Cli(server)("ls", "--limit", "5").output
+    assert "5 of 1,000+ shown" in shown  # the cap is "or more", never an exact count
 
 
 def test_list_total_keeps_the_created_filter(server: ServerThread) -> None:

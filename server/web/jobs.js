@@ -14,6 +14,10 @@ const MODES = ["topic", "keywords", "trends", "spin"];
 const PAGE_SIZE = 50;
 // Streams open at once (a browser keeps about six connections to one server).
 const MAX_STREAMS = 3;
+// Stats read the owner's whole history: at most one read per this many ms,
+// however many rows change status (the last change is always read).
+const STATS_EVERY_MS = 2000;
+const TOTAL_CAP = 1000;
 const BULK_OPERATIONS = [
   { op: "BULK_OPERATION_RETRY_ALL_FAILED", label: "Retry all failed", verb: "retry", noun: "failed" },
   { op: "BULK_OPERATION_CANCEL_ALL_QUEUED", label: "Cancel all queued", verb: "cancel", noun: "queued" },
@@ -26,6 +30,8 @@ export function jobsPage(main) {
   const streams = new Map(); // job id -> follow handle
   let left = false;
   let reloadTimer;
+  let statsTimer;
+  let statsAt = 0;
 
   const cards = h("section", { class: "cards", "aria-label": "Jobs by status" });
   const tbody = h("tbody");
@@ -158,7 +164,18 @@ export function jobsPage(main) {
     return q;
   }
 
+  // loadStats, throttled: now when the last read is old enough, else once at its turn.
+  function refreshStats() {
+    if (statsTimer) return;
+    const wait = Math.max(0, statsAt + STATS_EVERY_MS - Date.now());
+    statsTimer = setTimeout(() => {
+      statsTimer = undefined;
+      loadStats().catch((error) => toast(error.message, "bad"));
+    }, wait);
+  }
+
   async function loadStats() {
+    statsAt = Date.now();
     const stats = await api("GET", "/v1/jobs:stats");
     const counts = Object.fromEntries((stats.byStatus || []).map((s) => [jobStatus(s), Number(s.count)]));
     replace(
@@ -177,9 +194,10 @@ export function jobsPage(main) {
   async function reload() {
     clearTimeout(reloadTimer);
     try {
-      const [page] = await Promise.all([api("GET", "/v1/jobs", { query: query() }), loadStats()]);
+      const page = await api("GET", "/v1/jobs", { query: query() });
       if (left) return;
       render(page);
+      refreshStats();
     } catch (error) {
       toast(error.message, "bad");
     }
@@ -190,7 +208,10 @@ export function jobsPage(main) {
     rows.clear();
     replace(tbody, jobs.length ? jobs.map(row) : h("tr", {}, h("td", { colspan: 7 }, emptyState("No jobs match."))));
     const first = state.page * PAGE_SIZE;
-    replace(summary, jobs.length ? `${first + 1}–${first + jobs.length} of ${page.totalSize || jobs.length}` : "");
+    // ListJobs counts to TOTAL_CAP at most: that total means "that many or more".
+    const total = Number(page.totalSize || jobs.length);
+    const of = total >= TOTAL_CAP ? `${total.toLocaleString()}+` : total;
+    replace(summary, jobs.length ? `${first + 1}–${first + jobs.length} of ${of}` : "");
     if (page.nextPageToken) state.tokens[state.page + 1] = page.nextPageToken;
     replace(
       pager,
@@ -240,7 +261,7 @@ export function jobsPage(main) {
     if (kind === "cancel") {
       rows.get(job.id)?.update(answer);
       toast(`Cancelled “${jobTitle(job)}”.`);
-      loadStats();
+      refreshStats();
       return;
     }
     toast(kind === "retry" ? `Retrying “${jobTitle(job)}”.` : `Deleted “${jobTitle(job)}”.`);
@@ -275,7 +296,7 @@ export function jobsPage(main) {
     const before = entry ? jobStatus(entry.job) : "";
     entry?.update(event.job);
     const now = jobStatus(event.job);
-    if (now !== before) loadStats();
+    if (now !== before) refreshStats();
     if (FINAL.has(now)) {
       streams.get(id)?.close();
       streams.delete(id);
@@ -288,6 +309,7 @@ export function jobsPage(main) {
   return () => {
     left = true;
     clearTimeout(reloadTimer);
+    clearTimeout(statsTimer);
     streams.forEach((s) => s.close());
   };
 }
