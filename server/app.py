@@ -10,6 +10,7 @@ import socket
 import uuid
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -18,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pymongo.errors import PyMongoError
 
+from server import observability
 from server.auth import AuthInterceptor, load_secret
 from server.bulk import Bulks
 from server.config import Settings
@@ -41,6 +43,7 @@ SERVICE_NAMES = (
     bulk_pb2.DESCRIPTOR.services_by_name["BulkService"].full_name,
 )
 HEALTH_CHECK_SECONDS = 1.0
+STOP_RPC_SECONDS = 5.0  # at shutdown, how long unary calls under way may take to answer
 # gRPC turns away calls beyond 1,000 not yet taken up by the server (3,000 always).
 # Thousands of watchers reconnecting at once after a restart must queue, not fail.
 SERVER_OPTIONS = [
@@ -73,6 +76,9 @@ class App:
         self._tasks: list[asyncio.Task[None]] = []
         self._database_ready = asyncio.Event()
         self._stopped = asyncio.Event()
+        self.metrics: observability.MetricsServer | None = None
+        self._hurried = False
+        self._hurry_task: asyncio.Future[None] | None = None
 
     async def start(self) -> int:
         """Connect (or start the embedded database), then serve; returns the port."""
@@ -111,7 +117,11 @@ class App:
         )
         self.jobs.dispatcher = self.dispatcher
 
-        server = grpc.aio.server(interceptors=[AuthInterceptor(secret)], options=SERVER_OPTIONS)
+        observability.setup_tracing()  # on only when OpenTelemetry's variables ask for it
+        server = grpc.aio.server(
+            interceptors=[*observability.server_interceptors(), AuthInterceptor(secret)],
+            options=SERVER_OPTIONS,
+        )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs, self.hub), server)
         bulk_pb2_grpc.add_BulkServiceServicer_to_server(BulkServicer(self.bulks, self.hub), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -119,7 +129,7 @@ class App:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        self.port = add_port(server, settings)
         if self.port == 0:
             raise SystemExit(f"genjobs: cannot listen on {settings.host}:{settings.port}")
         await server.start()
@@ -128,7 +138,12 @@ class App:
             asyncio.create_task(self._watch_database(), name="database-health"),
             asyncio.create_task(self._poll_remote_events(), name="remote-events"),
             asyncio.create_task(self.hub.beat(settings.heartbeat_seconds), name="heartbeats"),
+            asyncio.create_task(self._count_queue(), name="queue-gauges"),
         ]
+        if settings.metrics_port:
+            self.metrics = observability.MetricsServer(
+                settings.host, settings.metrics_port, settings.tls_cert_file, settings.tls_key_file
+            )
         await asyncio.wait_for(self._database_ready.wait(), timeout=30)
         return self.port
 
@@ -142,8 +157,12 @@ class App:
         await asyncio.to_thread(self.event_log.stop)
         self.hub.close()
         self.notifier.stop()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
         if self.server is not None:
-            await self.server.stop(grace)
+            # Streams have ended; unary calls under way get a moment to answer.
+            await self.server.stop(0 if self._hurried else min(grace, STOP_RPC_SECONDS))
+        observability.shutdown_tracing()
         for task in self._tasks:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -151,6 +170,15 @@ class App:
         await self.store.close_async()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.release)
+
+    def hurry(self) -> None:
+        """Stop now (a second signal): the running job is stopped and requeued at
+        once, and calls still under way are cancelled."""
+        self._hurried = True
+        if hasattr(self, "dispatcher"):
+            self.dispatcher.hurry()
+        if self.server is not None and self._stopped.is_set():
+            self._hurry_task = asyncio.ensure_future(self.server.stop(0))
 
     async def wait(self) -> None:
         """Until the server stops."""
@@ -187,6 +215,17 @@ class App:
                 )
             await asyncio.sleep(HEALTH_CHECK_SECONDS)
 
+    async def _count_queue(self) -> None:
+        """The queue gauges, from the database every few seconds (two indexed counts)."""
+        await self._database_ready.wait()
+        while True:
+            try:
+                queued, running = await asyncio.to_thread(self.store.queue_counts)
+                observability.queue_gauges(queued, running)
+            except PyMongoError as exc:
+                log.debug("queue count failed: %s", exc)
+            await asyncio.sleep(observability.QUEUE_REFRESH_SECONDS)
+
     async def _poll_remote_events(self) -> None:
         """Changes made by other replicas reach this server's watchers here.
 
@@ -200,3 +239,23 @@ class App:
                 await self.bulks.poll_remote()
             except PyMongoError as exc:
                 log.debug("remote event poll failed: %s", exc)
+
+
+def add_port(server: grpc.aio.Server, settings: Settings) -> int:
+    """Listen on the configured address, over TLS when a certificate is
+    configured (with client certificates required when a client CA is); the port."""
+    address = f"{settings.host}:{settings.port}"
+    if not (settings.tls_cert_file or settings.tls_key_file):
+        return server.add_insecure_port(address)
+    if not (settings.tls_cert_file and settings.tls_key_file):
+        raise SystemExit("genjobs: GENJOBS_TLS_CERT_FILE and GENJOBS_TLS_KEY_FILE go together")
+    try:
+        key = Path(settings.tls_key_file).read_bytes()
+        chain = Path(settings.tls_cert_file).read_bytes()
+        client_ca = Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
+    except OSError as exc:
+        raise SystemExit(f"genjobs: cannot read a TLS file: {exc}") from exc
+    credentials = grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+    return server.add_secure_port(address, credentials)
