@@ -95,9 +95,9 @@ def test_metrics_move_as_jobs_are_submitted_run_fail_and_are_cancelled(metered: 
         with pytest.raises(NotFound):
             alice.get("0" * 24)
         wait_for(lambda: receiver.received, timeout=30)
-    with GenJobsClient(metered.target, make_token("wrong-secret-0123456789abcdef-0123", "eve")) as eve:
-        with pytest.raises(Unauthenticated):
-            eve.get("0" * 24)
+    wrong = make_token("wrong-secret-0123456789abcdef-0123", "eve")
+    with GenJobsClient(metered.target, wrong) as eve, pytest.raises(Unauthenticated):
+        eve.get("0" * 24)
 
     after = wait_for(
         lambda: (
@@ -264,7 +264,8 @@ def test_metrics_served_over_tls_when_configured(mongo: MongoServer, tmp_path: P
     )
     server = ServerThread(settings).start()
     try:
-        answer = httpx.get(f"https://127.0.0.1:{settings.metrics_port}/metrics", verify=ssl.create_default_context(cafile=str(certs.ca_cert)))
+        trust = ssl.create_default_context(cafile=str(certs.ca_cert))
+        answer = httpx.get(f"https://127.0.0.1:{settings.metrics_port}/metrics", verify=trust)
         assert answer.status_code == 200 and "genjobs_rpc_handled_total" in answer.text
     finally:
         server.stop()
