@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from client import GenJobsClient
 from client.cli import app as cli
+from server import probe
 from tests.harness import MongoServer, ServerThread, make_settings
 
 
@@ -83,7 +84,8 @@ def make_certificates(folder: Path) -> Certificates:
     client, client_key = leaf("genjobs test client", [x509.DNSName("client.test")])
     pem = serialization.Encoding.PEM
     (folder / "ca.pem").write_bytes(ca.public_bytes(pem))
-    (folder / "server.pem").write_bytes(server.public_bytes(pem))
+    # The chain a server serves: its certificate, then the CA's.
+    (folder / "server.pem").write_bytes(server.public_bytes(pem) + ca.public_bytes(pem))
     (folder / "client.pem").write_bytes(client.public_bytes(pem))
     return Certificates(
         folder / "ca.pem",
@@ -121,6 +123,12 @@ def test_client_and_cli_talk_tls_with_a_ca_file(tls_server: ServerThread, certs:
     )
     assert result.exit_code == 0, result.output
     assert job.id[:8] in result.output
+
+
+def test_the_container_probe_speaks_tls(tls_server: ServerThread) -> None:
+    settings = replace(tls_server.settings, port=tls_server.port)
+    assert probe.check(settings)
+    assert not probe.check(replace(settings, tls_cert_file="", tls_key_file=""), timeout=2)  # plaintext
 
 
 def test_plaintext_and_untrusted_clients_are_refused(tls_server: ServerThread) -> None:
