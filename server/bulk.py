@@ -155,6 +155,9 @@ class Bulks:
             )
             for position, params in enumerate(items, start=1)
         ]
+        trace = observability.trace_fields()  # each item's attempts link to this call
+        for doc in docs:
+            doc.update(trace)
         stored, created = self.store.insert_bulk(bulk, docs)
         if created:
             observability.job_submitted(mode, len(docs))

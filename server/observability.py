@@ -228,6 +228,8 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
 
     def __init__(self) -> None:
         self._children: dict[tuple[str, ...], Any] = {}  # labelled metrics, looked up once
+        # method -> (the handler served, its measured wrapper): wrapped once, not per call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric._name, *labels)
@@ -245,6 +247,14 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         full = handler_call_details.method
+        known = self._wrapped.get(full)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler, full)
+        self._wrapped[full] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, full: str) -> grpc.RpcMethodHandler:
         service, _, method = full.lstrip("/").rpartition("/")
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(

@@ -79,7 +79,8 @@ def test_sigterm_lets_a_short_job_finish_and_exits_0(replicas: Replicas) -> None
     server = replicas.start("a", grace=20)
     with server.client() as alice:
         job = alice.submit("topic", topic="Short", extra={"demo_seconds": "2"})
-    wait_for(lambda: replicas.runner(job.id) is server, timeout=30)
+        wait_for(lambda: replicas.runner(job.id) is server, timeout=30)
+        behind = alice.submit("topic", topic="Queued behind it")
     assert server.process is not None
     server.process.send_signal(signal.SIGTERM)
     wait_for(lambda: not _serving(server), timeout=2)  # NOT_SERVING at once, while the job runs
@@ -88,6 +89,8 @@ def test_sigterm_lets_a_short_job_finish_and_exits_0(replicas: Replicas) -> None
     server.log.close()
     done = replicas.job(job.id)
     assert (done["status"], done["attempt"]) == ("COMPLETED", 1)
+    left = replicas.job(behind.id)
+    assert (left["status"], left["attempt"]) == ("QUEUED", 0)  # no new job claimed while stopping
 
 
 def test_sigterm_requeues_a_long_job_that_another_replica_starts_at_once(replicas: Replicas) -> None:
