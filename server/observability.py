@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -113,13 +112,26 @@ QUEUE_REFRESH_SECONDS = 5.0
 _FINAL = {"COMPLETED": "completed", "FAILED": "failed", "CANCELLED": "cancelled"}
 
 
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def _labelled(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, looked up once: labels() costs more than the
+    increment itself. The label values are bounded sets (modes, statuses, codes)."""
+    key = (metric, *values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
+
+
 def _mode(doc: Mapping[str, Any]) -> str:
     return str(doc.get("mode", "")).lower()
 
 
 def job_submitted(mode: str, count: int = 1) -> None:
     """`count` jobs of `mode` were queued here."""
-    JOBS_SUBMITTED.labels(mode.lower()).inc(count)
+    _labelled(JOBS_SUBMITTED, mode.lower()).inc(count)
 
 
 def job_changed(doc: Doc, kind: str) -> None:
@@ -127,7 +139,7 @@ def job_changed(doc: Doc, kind: str) -> None:
     final status counts the job as finished."""
     status = _FINAL.get(doc.get("status", ""))
     if status is not None and kind == "STATUS_CHANGED":
-        JOBS_FINISHED.labels(_mode(doc), status).inc()
+        _labelled(JOBS_FINISHED, _mode(doc), status).inc()
 
 
 def attempt_started(job: Doc) -> None:
@@ -140,22 +152,22 @@ def attempt_ended(after: Doc, run_seconds: float) -> None:
     """The dispatcher recorded an attempt's outcome; `after` is the job as stored."""
     mode = _mode(after)
     outcome = attempt_outcome(after)
-    JOB_ATTEMPTS.labels(mode, outcome).inc()
-    JOB_RUN.labels(mode).observe(run_seconds)
+    _labelled(JOB_ATTEMPTS, mode, outcome).inc()
+    _labelled(JOB_RUN, mode).observe(run_seconds)
     log.info("attempt %s of job %s: %s in %.3f s", after.get("attempt"), after["_id"], outcome, run_seconds)
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attribute("genjobs.outcome", outcome)
     if outcome in ("failed", "retry", "lost"):
-        JOB_FAILURES.labels(str((after.get("error") or {}).get("code", "UNKNOWN"))).inc()
+        _labelled(JOB_FAILURES, str((after.get("error") or {}).get("code", "UNKNOWN"))).inc()
     elif outcome == "completed":
-        GENERATOR_COST.labels(mode).inc(int(after.get("cost_cents") or 0))
+        _labelled(GENERATOR_COST, mode).inc(int(after.get("cost_cents") or 0))
 
 
 def attempt_lost(after: Doc) -> None:
     """An attempt whose server died was recovered by this replica."""
-    JOB_ATTEMPTS.labels(_mode(after), "lost").inc()
-    JOB_FAILURES.labels("WORKER_LOST").inc()
+    _labelled(JOB_ATTEMPTS, _mode(after), "lost").inc()
+    _labelled(JOB_FAILURES, "WORKER_LOST").inc()
 
 
 def attempt_outcome(after: Doc) -> str:
@@ -173,12 +185,12 @@ def leader(held: bool) -> None:
 
 def webhook_delivery(outcome: str) -> None:
     """One webhook attempt's outcome (delivered, retry, failed, refused)."""
-    WEBHOOK_DELIVERIES.labels(outcome).inc()
+    _labelled(WEBHOOK_DELIVERIES, outcome).inc()
 
 
 def queue_gauges(queued: int, running: int) -> None:
     """The deployment's queued and processing jobs, as counted in the database."""
-    QUEUE_DEPTH.labels(DEFAULT_PRIORITY).set(queued)
+    _labelled(QUEUE_DEPTH, DEFAULT_PRIORITY).set(queued)
     JOBS_RUNNING.set(running)
 
 
@@ -227,16 +239,8 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
     open streams, and names the RPC in log lines written while it runs."""
 
     def __init__(self) -> None:
-        self._children: dict[tuple[str, ...], Any] = {}  # labelled metrics, looked up once
         # method -> (the handler served, its measured wrapper): wrapped once, not per call.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric._name, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     async def intercept_service(
         self,
@@ -271,8 +275,8 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         return handler  # client streaming: only reflection, not measured
 
     def _done(self, service: str, method: str, code: str, started: float) -> None:
-        self._child(RPC_HANDLED, service, method, code).inc()
-        self._child(RPC_DURATION, service, method).observe(time.perf_counter() - started)
+        _labelled(RPC_HANDLED, service, method, code).inc()
+        _labelled(RPC_DURATION, service, method).observe(time.perf_counter() - started)
 
     def _unary(self, inner: Callable[..., Any], service: str, method: str) -> Callable[..., Any]:
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -295,7 +299,7 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
             _rpc.set(method)
             started = time.perf_counter()
             failed: BaseException | None = None
-            gauge = self._child(STREAMS_OPEN, method)
+            gauge = _labelled(STREAMS_OPEN, method)
             gauge.inc()
             try:
                 answers = inner(request, context)
@@ -490,10 +494,14 @@ def _context_fields() -> Doc:
 
             with contextlib.suppress(LookupError):
                 fields["owner"] = current_caller().user
-    span = trace.get_current_span().get_span_context()
-    if span.is_valid:
-        fields["trace_id"] = format(span.trace_id, "032x")
+    if _tracer is not None:  # without a tracer provider no span is ever current
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            fields["trace_id"] = format(span.trace_id, "032x")
     return fields
+
+
+_ENCODER = json.JSONEncoder(default=str)  # made once: json.dumps(default=...) makes one a call
 
 
 class JsonFormatter(logging.Formatter):
@@ -505,8 +513,10 @@ class JsonFormatter(logging.Formatter):
         self.redact = redact
 
     def format(self, record: logging.LogRecord) -> str:
+        created = record.created
         line: Doc = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+            + f".{int(created % 1 * 1000):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": self.redact(record.getMessage()),
@@ -514,7 +524,7 @@ class JsonFormatter(logging.Formatter):
         line.update(_context_fields())
         if record.exc_info:
             line["exception"] = self.redact(self.formatException(record.exc_info))
-        return json.dumps(line, default=str)
+        return _ENCODER.encode(line)
 
 
 class TextFormatter(logging.Formatter):
@@ -549,3 +559,5 @@ def configure_logging(level: str, fmt: str = "text", secrets: Iterable[str] = ()
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Neither format shows them: each record need not look them up.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False

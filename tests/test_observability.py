@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from client import GenJobsClient, NotFound, Unauthenticated
-from server import observability
+from server import auth, observability
 from server.auth import make_token
 from server.embedded import free_port
 from tests.harness import SECRET, MongoServer, ServerThread, make_settings, server_env, wait_for
@@ -201,9 +201,18 @@ def test_json_log_lines_carry_the_context_and_redact_tokens() -> None:
     )
     with observability.job_attempt({"_id": "j1", "owner": "alice", "attempt": 2, "bulk_job_id": "b1"}):
         line = json.loads(formatter.format(record))
-    assert line["level"] == "WARNING" and line["logger"] == "server.x" and line["time"].endswith("+00:00")
+    assert line["level"] == "WARNING" and line["logger"] == "server.x" and line["time"].endswith("Z")
     assert (line["job_id"], line["owner"], line["attempt"], line["bulk_job_id"]) == ("j1", "alice", 2, "b1")
     assert line["message"] == "saw [redacted] and [redacted]"
+    # In an RPC (the interceptor names it): the method, and the caller as the owner.
+    caller_token = auth._caller.set(auth.Caller("bob"))
+    rpc_token = observability._rpc.set("GetJob")
+    try:
+        line = json.loads(formatter.format(record))
+    finally:
+        observability._rpc.reset(rpc_token)
+        auth._caller.reset(caller_token)
+    assert (line["rpc"], line["owner"]) == ("GetJob", "bob") and "job_id" not in line
 
 
 def test_json_logs_of_a_real_server_parse_line_by_line_and_hold_no_token(
