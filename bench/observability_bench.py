@@ -130,14 +130,18 @@ def cost(mongo: MongoServer) -> None:
         (f"no-op dispatch, {DISPATCH_JOBS} jobs", dispatch),
     ):
         print(f"  {title}")
-        for index, unit, better in ((0, "jobs/s", "slower"), (1, "µs server CPU a job", "more")):
+        for index, unit, words in (
+            (0, "jobs/s", ("slower", "faster")),
+            (1, "µs server CPU a job", ("more", "less")),
+        ):
             with_it = [run[index] for run in figures[True]]
             without = [run[index] for run in figures[False]]
             print(f"    on   median {median(with_it):7.0f} {unit}  runs {[round(x) for x in with_it]}")
             print(f"    off  median {median(without):7.0f} {unit}  runs {[round(x) for x in without]}")
             ratio = median([a / b for a, b in zip(with_it, without, strict=True)])
             change = 100 * ((1 - ratio) if index == 0 else (ratio - 1))
-            print(f"    on/off: median of the per-run ratios {ratio:.3f} ({change:+.1f}% {better})")
+            word = words[0] if change >= 0 else words[1]
+            print(f"    on/off: median of the per-run ratios {ratio:.3f} (on: {abs(change):.1f}% {word})")
 
 
 def timed_drain(server: ServerProcess) -> tuple[int, float]:
