@@ -158,7 +158,7 @@ class App:
         self.hub.close()
         self.notifier.stop()
         if self.metrics is not None:
-            await asyncio.to_thread(self.metrics.stop)
+            self.metrics.stop()
         if self.server is not None:
             # Streams have ended; unary calls under way get a moment to answer.
             await self.server.stop(0 if self._hurried else min(grace, STOP_RPC_SECONDS))
