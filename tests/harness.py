@@ -176,6 +176,7 @@ def make_settings(mongo_uri: str, data_dir: Path, **overrides: Any) -> Settings:
         retry_base_seconds=0.1,
         heartbeat_seconds=1.0,
         webhook_allow_private=True,  # tests' receivers listen on loopback
+        shutdown_grace_seconds=2.0,  # a stopped test server requeues its running job soon
     )
     return replace(base, **overrides)
 
