@@ -35,7 +35,7 @@ proto: $(STAMP)
 		$(PROTOS)
 
 bench: $(STAMP)
-	for name in service dispatch bulk watch notify http; do $(BIN)/python bench/$${name}_bench.py || exit 1; done
+	for name in service dispatch bulk watch notify http observability; do $(BIN)/python bench/$${name}_bench.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .genjobs .pytest_cache .mypy_cache .ruff_cache

@@ -40,18 +40,25 @@ def genjobs_rate(mongo_uri: str) -> float:
     means every one did; the bench follows it with WatchJob, not by polling.
     """
     server = ServerProcess(make_settings(mongo_uri, scratch(), generator="noop"), scratch() / "s.log").start()
+    rate = drain(server, N)
+    server.terminate()
+    return rate
+
+
+def drain(server: ServerProcess, jobs: int) -> float:
+    """Submit `jobs` no-op jobs one after another and follow the last to its
+    end: jobs a second, from the first submit to the last completion."""
     with server.client("bench") as c:
         started = time.monotonic()
         last = None
-        for i in range(N):
+        for i in range(jobs):
             last = c.submit("topic", topic=f"noop {i}")
         assert last is not None
         for _ in c.watch(last.id):
             pass
         elapsed = time.monotonic() - started
         assert c.get(last.id).status == 3  # COMPLETED
-    server.terminate()
-    return N / elapsed
+    return jobs / elapsed
 
 
 def commands_per_job(mongo_uri: str, jobs: int = 300) -> float:

@@ -80,6 +80,8 @@ class Options:
     data_dir: Path
     console: Console
     errors: Console
+    tls: bool = False
+    ca_file: str = ""
 
     @property
     def json(self) -> bool:
@@ -131,7 +133,7 @@ def connected(ctx: typer.Context) -> Iterator[GenJobsClient]:
     """A client for the target; any RPC error becomes one error line and exit 1."""
     opts: Options = ctx.obj
     try:
-        with GenJobsClient(opts.target, opts.resolved_token()) as client:
+        with GenJobsClient(opts.target, opts.resolved_token(), tls=opts.tls, ca_file=opts.ca_file) as client:
             yield client
     except GenJobsError as error:
         fail(opts.errors, explain(error, opts.target))
@@ -173,10 +175,14 @@ def main_options(
             envvar="GENJOBS_DATA_DIR", help="a local server's data dir, for a token when none is given"
         ),
     ] = Path(".genjobs"),
+    tls: Annotated[bool, typer.Option("--tls", envvar="GENJOBS_TLS", help="connect over TLS")] = False,
+    ca_file: Annotated[
+        str, typer.Option("--ca-file", envvar="GENJOBS_CA_FILE", help="PEM CA to trust (implies --tls)")
+    ] = "",
 ) -> None:
     """genjobs command line."""
     # Consoles made per invocation, so that they write to the streams of the moment.
-    ctx.obj = Options(target, token, output, data_dir, Console(), Console(stderr=True))
+    ctx.obj = Options(target, token, output, data_dir, Console(), Console(stderr=True), tls, ca_file)
 
 
 # ---- single jobs ------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -150,10 +151,12 @@ class GenJobsClient:
         *,
         timeout: float = 30.0,
         channel: grpc.Channel | None = None,
+        tls: bool = False,
+        ca_file: str = "",
     ) -> None:
         self.target = target
         self.timeout = timeout
-        self._channel = channel or grpc.insecure_channel(target)
+        self._channel = channel or make_channel(target, tls, ca_file)
         self._metadata = (("authorization", f"Bearer {token}"),)
         self.jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
         self.bulk = bulk_pb2_grpc.BulkServiceStub(self._channel)
@@ -439,3 +442,12 @@ def list_request(
         page_size=page_size,
         page_token=page_token,
     )
+
+
+def make_channel(target: str, tls: bool = False, ca_file: str = "") -> grpc.Channel:
+    """A channel to `target`: plaintext, or TLS (`tls`, or a CA file to trust
+    instead of the system's roots)."""
+    if not (tls or ca_file):
+        return grpc.insecure_channel(target)
+    roots = Path(ca_file).read_bytes() if ca_file else None
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots))

@@ -10,7 +10,9 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
+from server import observability
 from server.app import App, run
 from server.auth import load_secret, make_token
 from server.config import Settings, add_flags
@@ -39,29 +41,48 @@ def main(argv: list[str] | None = None) -> int:
         secret = load_secret(settings.auth_secret, settings.data_dir)
         print(make_token(secret, args.user, args.admin, int(args.days * 86400)))
         return 0
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    observability.configure_logging(settings.log_level, settings.log_format, _secrets(settings))
     return run(_serve(settings))
+
+
+def _secrets(settings: Settings) -> list[str]:
+    """What no log line may show: the signing secrets and any password in a URL."""
+    found = [load_secret(settings.auth_secret, settings.data_dir)]
+    found.append(load_secret(settings.webhook_secret, settings.data_dir, "webhook_secret"))
+    for url in (settings.mongodb_uri, settings.smtp_url):
+        password = urlsplit(url).password if url else None
+        found += [password, unquote(password)] if password else []
+    return found
 
 
 async def _serve(settings: Settings) -> int:
     app = App(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # the second signal: no more waiting
+            logging.getLogger(__name__).warning("second signal: stopping now")
+            app.hurry()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     try:
         port = await app.start()  # undoes itself when it fails
     except (Exception, SystemExit) as exc:
         print(_why(exc), file=sys.stderr, flush=True)
         return 1
     _quiet_garbage_collector()
-    _print_banner(settings, port, app.http_port)
+    if settings.log_format == "json":  # production: no dev token on the console
+        logging.getLogger(__name__).info("serving on %s:%d", settings.host, port)
+    else:
+        _print_banner(settings, port, app.http_port)
     await stop.wait()
-    logging.getLogger(__name__).info("shutting down")
-    await app.stop(grace=5.0)
+    logging.getLogger(__name__).info(
+        "shutting down: the running job has %.0f s to finish", settings.shutdown_grace_seconds
+    )
+    await app.stop(grace=settings.shutdown_grace_seconds)
     return 0
 
 

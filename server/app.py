@@ -7,9 +7,11 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import uuid
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -19,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pymongo.errors import PyMongoError
 
+from server import observability
 from server.auth import AuthInterceptor, load_secret
 from server.bulk import Bulks
 from server.config import Settings
@@ -49,6 +52,7 @@ HEALTH_CHECK_SECONDS = 1.0
 DATABASE_START_SECONDS = 30.0  # a start gives up when the database has not answered by then
 HEALTH_PING_SECONDS = 2.0  # a database slower than this to answer a ping is NOT_SERVING
 INDEX_BUILD_SECONDS = 600.0
+STOP_RPC_SECONDS = 5.0  # at shutdown, how long unary calls under way may take to answer
 # gRPC turns away calls beyond 1,000 not yet taken up by the server (3,000 always).
 # Thousands of watchers reconnecting at once after a restart must queue, not fail.
 SERVER_OPTIONS = [
@@ -98,6 +102,9 @@ class App:
         # Made first: a configuration mistake stops the server before it starts anything.
         self.progress_link = ProgressLink()
         self.generator = make_generator(settings, self.progress_link)
+        self.metrics: observability.MetricsServer | None = None
+        self._hurried = False
+        self._hurry_task: asyncio.Future[None] | None = None
 
     async def start(self) -> int:
         """Connect (or start the embedded database), then serve; returns the port.
@@ -152,8 +159,10 @@ class App:
         self.jobs.dispatcher = self.dispatcher
         undo.push_async_callback(self._stop_workers)
 
+        observability.setup_tracing()  # on only when OpenTelemetry's variables ask for it
         # Auth first: a caller without a token learns nothing, not even about its body.
         interceptors = [
+            *observability.server_interceptors(),
             AuthInterceptor(secret),
             RequestDecoding(),
             DatabaseDeadline(settings.db_timeout_seconds),
@@ -170,7 +179,7 @@ class App:
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
-            self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+            self.port = add_port(server, settings)
         except RuntimeError:  # grpcio raises where older versions returned 0
             self.port = 0
         if self.port == 0:
@@ -186,8 +195,14 @@ class App:
             asyncio.create_task(self._watch_database(), name="database-health"),
             asyncio.create_task(self._poll_remote_events(), name="remote-events"),
             asyncio.create_task(self.hub.beat(settings.heartbeat_seconds), name="heartbeats"),
+            asyncio.create_task(self._count_queue(), name="queue-gauges"),
         ]
         undo.push_async_callback(self._end_tasks)
+        if settings.metrics_port:
+            self.metrics = observability.MetricsServer(
+                settings.host, settings.metrics_port, settings.tls_cert_file, settings.tls_key_file
+            )
+            undo.callback(self.metrics.stop)
         try:
             await asyncio.wait_for(self._database_ready.wait(), timeout=DATABASE_START_SECONDS)
         except TimeoutError:
@@ -203,22 +218,26 @@ class App:
         await asyncio.to_thread(self.dispatcher.stop, grace)
         await asyncio.to_thread(self.event_log.stop)
         self.hub.close()
-        self.notifier.stop()
+        await asyncio.to_thread(self.notifier.stop)  # may wait for its thread: not on the loop
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.http is not None:
-            await self.http.stop(grace)
+            await self.http.stop(0 if self._hurried else grace)
         if self.server is not None:
-            await self.server.stop(grace)
+            # Streams have ended; unary calls under way get a moment to answer.
+            await self.server.stop(0 if self._hurried else min(grace, STOP_RPC_SECONDS))
+        observability.shutdown_tracing()
         await self._end_tasks()
         await self.store.close_async()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.release)
 
     async def _stop_workers(self) -> None:
-        """Stop the dispatcher and the webhook sender if they were started
+        """Stop the dispatcher and the notifier if they were started
         (they start once the database first answers)."""
         if self._database_ready.is_set():
             await asyncio.to_thread(self.dispatcher.stop, 0)
-            self.notifier.stop()
+            await asyncio.to_thread(self.notifier.stop)
 
     async def _end_tasks(self) -> None:
         for task in self._tasks:
@@ -237,7 +256,18 @@ class App:
             bulk_pb2.DESCRIPTOR.services_by_name["BulkService"],
         ]
         self.http = HttpFace(make_api(dict(zip(services, servicers, strict=True)), secret))
-        return await self.http.start(self.settings.http_host or self.settings.host, port)
+        return await self.http.start(
+            self.settings.http_host or self.settings.host, port, http_tls(self.settings)
+        )
+
+    def hurry(self) -> None:
+        """Stop now (a second signal): the running job is stopped and requeued at
+        once, and calls still under way are cancelled."""
+        self._hurried = True
+        if hasattr(self, "dispatcher"):
+            self.dispatcher.hurry()
+        if self.server is not None and self._stopped.is_set():
+            self._hurry_task = asyncio.ensure_future(self.server.stop(0))
 
     async def wait(self) -> None:
         """Until the server stops."""
@@ -292,6 +322,17 @@ class App:
         with pymongo.timeout(INDEX_BUILD_SECONDS):
             self.store.ensure_indexes()
 
+    async def _count_queue(self) -> None:
+        """The queue gauges, from the database every few seconds (two indexed counts)."""
+        await self._database_ready.wait()
+        while True:
+            try:
+                queued, running = await asyncio.to_thread(self.store.queue_counts)
+                observability.queue_gauges(queued, running)
+            except PyMongoError as exc:
+                log.debug("queue count failed: %s", exc)
+            await asyncio.sleep(observability.QUEUE_REFRESH_SECONDS)
+
     async def _poll_remote_events(self) -> None:
         """Changes made by other replicas reach this server's watchers here.
 
@@ -305,3 +346,34 @@ class App:
                 await self.bulks.poll_remote()
             except PyMongoError as exc:
                 log.debug("remote event poll failed: %s", exc)
+
+
+def http_tls(settings: Settings) -> dict[str, Any] | None:
+    """uvicorn's TLS options for the HTTP face: the same certificate, key and
+    client CA as gRPC (None: plain HTTP)."""
+    if not settings.tls_cert_file:
+        return None
+    options: dict[str, Any] = {"ssl_certfile": settings.tls_cert_file, "ssl_keyfile": settings.tls_key_file}
+    if settings.tls_client_ca_file:
+        options.update(ssl_ca_certs=settings.tls_client_ca_file, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options
+
+
+def add_port(server: grpc.aio.Server, settings: Settings) -> int:
+    """Listen on the configured address, over TLS when a certificate is
+    configured (with client certificates required when a client CA is); the port."""
+    address = f"{settings.host}:{settings.port}"
+    if not (settings.tls_cert_file or settings.tls_key_file):
+        return server.add_insecure_port(address)
+    if not (settings.tls_cert_file and settings.tls_key_file):
+        raise SystemExit("genjobs: GENJOBS_TLS_CERT_FILE and GENJOBS_TLS_KEY_FILE go together")
+    try:
+        key = Path(settings.tls_key_file).read_bytes()
+        chain = Path(settings.tls_cert_file).read_bytes()
+        client_ca = Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
+    except OSError as exc:
+        raise SystemExit(f"genjobs: cannot read a TLS file: {exc}") from exc
+    credentials = grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+    return server.add_secure_port(address, credentials)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from bson import ObjectId
 
-from server import clock, validation
+from server import clock, observability, validation
 from server.auth import Caller
 from server.errors import ServiceError, invalid
 from server.events import Event, EventHub
@@ -169,7 +169,12 @@ class Bulks:
             )
             for position, params in enumerate(items, start=1)
         ]
-        stored, _ = self.store.insert_bulk(bulk, docs)
+        trace = observability.trace_fields()  # each item's attempts link to this call
+        for doc in docs:
+            doc.update(trace)
+        stored, created = self.store.insert_bulk(bulk, docs)
+        if created:
+            observability.job_submitted(mode, len(docs))
         self.jobs.dispatcher.wake()
         return summarize(stored, self.store.bulk_items([str(stored["_id"])]) if stored is not bulk else docs)
 

@@ -52,6 +52,12 @@ class Settings:
     # The longest any database call may take when the RPC sets no shorter deadline;
     # a database that does not answer in time is UNAVAILABLE, not a stall.
     db_timeout_seconds: float = 5.0
+    metrics_port: int = 0  # Prometheus /metrics on its own port; 0: not served there
+    log_format: str = "text"  # or json: one object a line
+    shutdown_grace_seconds: float = 20.0  # how long a stopping server lets the running job finish
+    tls_cert_file: str = ""  # PEM certificate chain: serve TLS (gRPC, and the HTTP face)
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""  # PEM CA bundle: require client certificates (mutual TLS)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:

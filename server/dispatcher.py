@@ -31,7 +31,7 @@ import pymongo
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
-from server import clock
+from server import clock, observability
 from server.generators import (
     GenerationCancelled,
     GenerationFailed,
@@ -163,16 +163,22 @@ class Dispatcher:
         self._stopping.set()
         self._wake.set()
         self._thread.join(grace_seconds)
-        run = self._run
-        if run is not None:
-            run.stopping = True
-            run.cancel.set()
+        self.hurry()
+        if self._run is not None:
             self._thread.join(5.0)
         self._keeper.join(2.0)
         try:
             self.store.release_leader(LEADER_LEASE, self.worker_id)
         except PyMongoError:
             log.warning("could not release the dispatcher lease; it lapses by itself")
+        observability.leader(False)
+
+    def hurry(self) -> None:
+        """Shutting down without waiting more: stop the running job and requeue it."""
+        run = self._run
+        if run is not None:
+            run.stopping = True
+            run.cancel.set()
 
     # ---- leadership (keeper thread) ---------------------------------------
 
@@ -205,8 +211,10 @@ class Dispatcher:
                     self._needs_recovery = True
                     self._was_leader = True
                     self._wake.set()
+                    observability.leader(True)
             else:
                 self._was_leader = False
+                observability.leader(False)
         run = self._run
         if run is not None:
             held = self.store.renew_job_lease(run.oid, run.epoch, self.lease_seconds)
@@ -314,6 +322,7 @@ class Dispatcher:
         after = self.store.fenced_update(doc["_id"], doc["epoch"], changes)
         if after is not None:
             log.warning("job %s lost its worker; now %s", doc["_id"], after["status"])
+            observability.attempt_lost(after)
             self.tell(after, STATUS_CHANGED)
             if after["status"] == str(Status.QUEUED):
                 self.wake()
@@ -348,6 +357,11 @@ class Dispatcher:
             self._last_refresh = time.monotonic()
 
     def _execute(self, job: Doc) -> None:
+        observability.attempt_started(job)
+        with observability.job_attempt(job):  # log context and trace span of the attempt
+            self._run_attempt(job)
+
+    def _run_attempt(self, job: Doc) -> None:
         run = _Run(job["_id"], job["epoch"])
         self._run = run
         self._started.append((run.oid, run.epoch))
@@ -479,6 +493,7 @@ class Dispatcher:
         if after is None:
             log.warning("job %s was taken over; this run's outcome is dropped", run.oid)
             return
+        observability.attempt_ended(after, max(0.0, (clock.now_us() - after.get("started_us", 0)) / 1e6))
         self.tell(after, STATUS_CHANGED)
 
     def tell(self, doc: Doc, kind: str) -> None:

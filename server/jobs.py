@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from server import validation
+from server import observability, validation
 from server.auth import Caller
 from server.errors import FieldViolation, email_not_configured, invalid
 from server.eventlog import EventLog
@@ -91,6 +91,7 @@ class Jobs:
 
     def _deliver(self, doc: Doc, kind: str, event: Doc) -> None:
         self.hub.publish(Event(f"job:{event['job_id']}", event["seq"], event, final(doc["status"])))
+        observability.job_changed(doc, kind)
         for callback in self.on_change:
             callback(doc, kind)
 
@@ -143,8 +144,10 @@ class Jobs:
             max_attempts=max_attempts or self.default_max_attempts,
         )
         doc.update(targets(notify_url, notify_email))
+        doc.update(observability.trace_fields())
         stored, created = await self.store.submit_job(doc)
         if created:
+            observability.job_submitted(mode)
             # Sequence 1 is the job as submitted: watchers start from its
             # snapshot, so it needs no stored event (SubmitJob stays one write).
             self.dispatcher.offer(stored["ck"], stored["_id"])

@@ -953,6 +953,12 @@ class Store(BulkQueries):
         """Every PROCESSING job, with its lease (few: at most one per dispatcher)."""
         return list(self.jobs.find({"status": str(Status.PROCESSING)}))
 
+    def queue_counts(self) -> tuple[int, int]:
+        """(queued, processing) jobs in the deployment: two counts on the status index."""
+        return self.count(self.jobs, {"status": str(Status.QUEUED)}), self.count(
+            self.jobs, {"status": str(Status.PROCESSING)}
+        )
+
     def due_backoff(self, now_us: int) -> list[ObjectId]:
         """Jobs waiting out a retry backoff whose time has come (the backoff lane only)."""
         cursor = self.jobs.find({"queue": BACKOFF, "run_after_us": {"$lte": now_us}}, {"_id": 1})

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from genjobs.v1 import bulk_pb2, jobs_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 from server.http.face import port_setting
 from server.http.transcode import routes, split_custom
@@ -365,3 +366,28 @@ def test_http_port_setting(mongo: MongoServer, tmp_path: Path) -> None:
         assert server.app is not None and server.app.http is None and server.app.http_port == 0
     finally:
         server.stop()
+
+
+def test_metrics_are_scraped_on_the_http_port(api: Api) -> None:
+    def submitted() -> float:
+        answer = api.http.get("/metrics", headers={"authorization": ""})  # no token: Prometheus has none
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(answer.text)
+            for sample in family.samples
+            if sample.name == "genjobs_jobs_submitted_total"
+        )
+
+    before = submitted()
+    api.submit()
+    assert submitted() == before + 1
+
+
+def test_a_body_over_four_megabytes_is_refused_unread(api: Api) -> None:
+    # ReportProgress needs no token: nobody may make the server hold a huge body.
+    answer = api.http.post(
+        "/v1/jobs/0123456789abcdef01234567:reportProgress", content=b"x" * (5 * 1024 * 1024)
+    )
+    assert answer.status_code == 429
+    assert error_of(answer.json())[1:] == ("RESOURCE_EXHAUSTED", "REQUEST_TOO_LARGE")

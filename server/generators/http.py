@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import math
 import threading
@@ -86,7 +87,10 @@ class HttpGenerator:
                 outcome["error"] = exc
 
         report_progress(5, "requesting", 0, "calling the generation service")
-        worker = threading.Thread(target=call, daemon=True, name=f"http-generate-{job.id}")
+        # In the attempt's context: the request's trace span is the attempt's child.
+        worker = threading.Thread(
+            target=contextvars.copy_context().run, args=(call,), daemon=True, name=f"http-generate-{job.id}"
+        )
         worker.start()
         while worker.is_alive():
             if cancelled.wait(0.05):

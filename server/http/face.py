@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from server import observability
 from server.auth import VerifiedTokens, is_open, set_current_caller
 from server.errors import ServiceError
 from server.http import transcode
@@ -30,6 +31,7 @@ from server.http.web import WebFiles
 from server.servicers.common import plain_handlers, service_error
 
 API_PREFIX = "/v1/"
+MAX_BODY_BYTES = 4 * 1024 * 1024  # gRPC's own limit on a request message
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -57,6 +59,7 @@ class HttpApi:
                     self.serve,
                     methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                 ),
+                Route("/metrics", _metrics, methods=["GET"]),
                 Route("/{path:path}", WebFiles().serve, methods=["GET", "HEAD"]),
             ],
         )
@@ -86,7 +89,7 @@ class HttpApi:
                 route,
                 variables,
                 request.query_params.multi_items(),
-                await request.body(),
+                await _body(request),
                 request.headers.get("last-event-id"),
             )
             handler = self.handlers.get(name)
@@ -142,6 +145,32 @@ def port_setting(value: str) -> int | None:
     return port
 
 
+async def _metrics(request: Request) -> Response:
+    """Prometheus' scrape of this replica (the same as GENJOBS_METRICS_PORT serves)."""
+    body, content_type = observability.exposition(request.headers.get("accept", ""))
+    return Response(body, media_type=content_type)
+
+
+async def _body(request: Request) -> bytes:
+    """The request body, refused past MAX_BODY_BYTES (as gRPC refuses a message
+    over 4 MB): one route needs no token, so no caller may make the server hold more."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise _too_large()
+    return bytes(body)
+
+
+def _too_large() -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE", f"the body is over {MAX_BODY_BYTES} bytes"
+    )
+
+
 def make_api(servicers: dict[ServiceDescriptor, object], secret: str) -> HttpApi:
     """The API over the same servicers' RPC bodies as gRPC, with the same token check."""
     handlers: dict[str, Callable[[Any], Any]] = {}
@@ -166,8 +195,9 @@ class HttpFace:
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on host:port (0: a free port) and serve; returns the port."""
+    async def start(self, host: str, port: int, tls: dict[str, Any] | None = None) -> int:
+        """Listen on host:port (0: a free port) and serve, over TLS with uvicorn's
+        `tls` options when given; returns the port."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -184,6 +214,7 @@ class HttpFace:
             lifespan="off",
             timeout_graceful_shutdown=5,
             server_header=False,
+            **(tls or {}),
         )
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http")

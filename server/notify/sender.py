@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from server import clock
+from server import clock, observability
 from server.notify.channels import FAILED, PENDING, REFUSED, Channel, Doc
 from server.store import Store
 
@@ -143,6 +143,8 @@ class Notifier:
         if state == PENDING and attempts >= sender.max_attempts:
             state, detail = FAILED, f"gave up after {attempts} attempts: {detail}"
         changes: Doc = {channel.state: state, channel.error: detail}
+        if channel.name == "webhook":
+            observability.webhook_delivery("retry" if state == PENDING else state.lower())
         if state == PENDING:
             delay = min(self.backoff_seconds * 2 ** (attempts - 1), MAX_BACKOFF_SECONDS)
             changes[channel.next_us] = clock.now_us() + int(delay * 1e6)
