@@ -4,6 +4,7 @@ transient GENERATOR_TIMEOUT (retried by policy)."""
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from typing import Any
@@ -62,7 +63,10 @@ class Watchdog:
                 finished.set()
 
         started = time.monotonic()
-        threading.Thread(target=work, name=f"generate-{job.id}", daemon=True).start()
+        # In the attempt's context (its log fields and trace span carry over to the generator).
+        threading.Thread(
+            target=contextvars.copy_context().run, args=(work,), name=f"generate-{job.id}", daemon=True
+        ).start()
         timeout = ""
         while not finished.wait(TICK_SECONDS):
             now = time.monotonic()
