@@ -848,6 +848,8 @@ class Store(BulkQueries):
         return {
             "status": str(Status.COMPLETED),
             "result": result,
+            # Nothing is wrong now: earlier attempts' errors stay in attempt_errors.
+            "error": None,
             "cost_cents": int(result.get("cost_cents", 0)),
             "duration_s": max((now_us - started_us) / 1e6, 0.0),
             "progress": {
