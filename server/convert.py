@@ -80,8 +80,8 @@ def job_error(doc: Doc | None) -> jobs_pb2.JobError | None:
     )
 
 
-def job(doc: Doc) -> jobs_pb2.Job:
-    """A stored job as the Job message."""
+def job(doc: Doc, full: bool = True) -> jobs_pb2.Job:
+    """A stored job as the Job message; without result.content unless `full`."""
     params = doc.get("params", {})
     message = jobs_pb2.Job(
         id=str(doc["_id"]),
@@ -130,7 +130,7 @@ def job(doc: Doc) -> jobs_pb2.Job:
     if result:
         message.result.CopyFrom(
             jobs_pb2.GenerationResult(
-                content=result.get("content", ""),
+                content=result.get("content", "") if full else "",
                 title=result.get("title", ""),
                 word_count=int(result.get("word_count", 0)),
                 cost_cents=int(result.get("cost_cents", 0)),

@@ -72,7 +72,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             self.jobs.list_jobs, current_caller(), job_filter(request), request.page_size, request.page_token
         )
         return jobs_pb2.ListJobsResponse(
-            jobs=[convert.job(d) for d in page.docs],
+            jobs=[convert.job(d, full=request.view == jobs_pb2.JOB_VIEW_FULL) for d in page.docs],
             next_page_token=page.next_token,
             total_size=page.total,
         )

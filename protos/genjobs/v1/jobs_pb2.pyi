@@ -74,6 +74,32 @@ JOB_STATUS_FAILED: JobStatus.ValueType  # 4
 JOB_STATUS_CANCELLED: JobStatus.ValueType  # 5
 Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
 
+class _JobView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_VIEW_UNSPECIFIED: _JobView.ValueType  # 0
+    """The same as JOB_VIEW_BASIC."""
+    JOB_VIEW_BASIC: _JobView.ValueType  # 1
+    """Every field but result.content (the article): small pages."""
+    JOB_VIEW_FULL: _JobView.ValueType  # 2
+    """Every field, the article too."""
+
+class JobView(_JobView, metaclass=_JobViewEnumTypeWrapper):
+    """JobView says how much of a job a list returns (AIP-157). GetJob always
+    returns the full job.
+    """
+
+JOB_VIEW_UNSPECIFIED: JobView.ValueType  # 0
+"""The same as JOB_VIEW_BASIC."""
+JOB_VIEW_BASIC: JobView.ValueType  # 1
+"""Every field but result.content (the article): small pages."""
+JOB_VIEW_FULL: JobView.ValueType  # 2
+"""Every field, the article too."""
+Global___JobView: _TypeAlias = JobView  # noqa: Y015
+
 class _JobEventType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -562,6 +588,7 @@ class ListJobsRequest(_message.Message):
     PROJECT_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """Case-insensitive match on topic or keywords."""
     bulk_job_id: _builtins.str
@@ -569,6 +596,8 @@ class ListJobsRequest(_message.Message):
     page_size: _builtins.int
     """0 means 50; at most 100."""
     page_token: _builtins.str
+    view: Global___JobView.ValueType
+    """How much of each job to return; unspecified means JOB_VIEW_BASIC."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___JobStatus.ValueType]: ...
     @_builtins.property
@@ -589,10 +618,11 @@ class ListJobsRequest(_message.Message):
         project: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        view: Global___JobView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_job_id", b"bulk_job_id", "created_after", b"created_after", "created_before", b"created_before", "modes", b"modes", "page_size", b"page_size", "page_token", b"page_token", "project", b"project", "query", b"query", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_job_id", b"bulk_job_id", "created_after", b"created_after", "created_before", b"created_before", "modes", b"modes", "page_size", b"page_size", "page_token", b"page_token", "project", b"project", "query", b"query", "statuses", b"statuses", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
