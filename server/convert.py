@@ -62,6 +62,13 @@ def timestamp(value: datetime | int | None) -> Timestamp | None:
     return stamp
 
 
+def now() -> Timestamp:
+    """The current time as a Timestamp (heartbeats)."""
+    stamp = timestamp(clock.now_us())
+    assert stamp is not None
+    return stamp
+
+
 def timestamp_us(value: Timestamp, present: bool) -> int:
     """Epoch microseconds of a request Timestamp, 0 when it was not set."""
     return value.ToMicroseconds() if present else 0

@@ -87,6 +87,16 @@ def email_not_configured() -> ServiceError:
     )
 
 
+def sequence_out_of_range(kind: str, ident: str, after: int, last: int) -> ServiceError:
+    """OUT_OF_RANGE: a watch resumed after a sequence the stream never reached."""
+    return ServiceError(
+        grpc.StatusCode.OUT_OF_RANGE,
+        "SEQUENCE_OUT_OF_RANGE",
+        f"after_sequence {after} is beyond {kind} {ident}'s last event ({last}): resume from {last} or 0",
+        metadata={"id": ident, "last_sequence": str(last)},
+    )
+
+
 def unavailable(message: str = "the database is unreachable; try again shortly") -> ServiceError:
     """UNAVAILABLE: a retry later may succeed."""
     return ServiceError(grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE", message)

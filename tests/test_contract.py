@@ -3,9 +3,13 @@ resumption, retry idempotency, error details, reflection, field annotations."""
 
 from __future__ import annotations
 
-from genjobs.v1 import jobs_pb2
+from datetime import UTC, datetime, timedelta
 
-from client import GenJobsClient
+import grpc
+import pytest
+from genjobs.v1 import bulk_pb2, jobs_pb2
+
+from client import GenJobsClient, translate
 from tests.harness import wait_for
 
 S = jobs_pb2
@@ -42,3 +46,44 @@ def test_lists_leave_articles_out_unless_asked_and_stay_small(alice: GenJobsClie
     full = list_page(alice, page_size=50, view=S.JOB_VIEW_FULL)
     whole = alice.get(ids[-1])
     assert full.jobs[0] == whole and len(whole.result.content.split()) >= 4900
+
+
+def test_resuming_beyond_the_last_event_is_out_of_range(alice: GenJobsClient) -> None:
+    job = alice.submit("topic", topic="short")
+    done = final(alice, job.id)
+    last = list(alice.watch(done.id))[-1].sequence
+    with pytest.raises(grpc.RpcError) as caught:
+        list(
+            alice.jobs.WatchJob(
+                S.WatchJobRequest(id=job.id, after_sequence=last + 5), metadata=alice._metadata
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert translate(caught.value).reason == "SEQUENCE_OUT_OF_RANGE" and str(last) in caught.value.details()
+    assert (
+        list(alice.jobs.WatchJob(S.WatchJobRequest(id=job.id, after_sequence=last), metadata=alice._metadata))
+        == []
+    )
+
+    bulk = alice.create_bulk("topic", [{"topic": f"item {i}"} for i in range(10)])
+    request = bulk_pb2.WatchBulkJobRequest(id=bulk.id, after_sequence=10_000)
+    with pytest.raises(grpc.RpcError) as caught:
+        list(alice.bulk.WatchBulkJob(request, metadata=alice._metadata))
+    assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert translate(caught.value).reason == "SEQUENCE_OUT_OF_RANGE"
+
+
+def test_heartbeats_carry_the_time_and_the_last_sequence_sent(alice: GenJobsClient) -> None:
+    job = alice.submit("topic", topic="slow", extra={"demo_seconds": "30"})
+    stream = alice.jobs.WatchJob(S.WatchJobRequest(id=job.id), metadata=alice._metadata)
+    sent = 0
+    try:
+        for event in stream:  # heartbeats come once a second of quiet in tests
+            if event.type == S.JOB_EVENT_TYPE_HEARTBEAT:
+                assert event.sequence == sent > 0
+                assert abs(event.time.ToDatetime(UTC) - datetime.now(UTC)) < timedelta(seconds=30)
+                break
+            sent = event.sequence
+    finally:
+        stream.cancel()
+        alice.cancel(job.id)

@@ -112,7 +112,9 @@ class _JobEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobEvent
     JOB_EVENT_TYPE_STATUS_CHANGED: _JobEventType.ValueType  # 2
     JOB_EVENT_TYPE_PROGRESS: _JobEventType.ValueType  # 3
     JOB_EVENT_TYPE_HEARTBEAT: _JobEventType.ValueType  # 4
-    """Nothing changed; keeps idle streams alive through proxies."""
+    """Nothing changed; keeps idle streams alive through proxies. Carries the
+    time and the last sequence sent (no job).
+    """
 
 class JobEventType(_JobEventType, metaclass=_JobEventTypeEnumTypeWrapper):
     """JobEventType says what a JobEvent reports."""
@@ -123,7 +125,9 @@ JOB_EVENT_TYPE_SNAPSHOT: JobEventType.ValueType  # 1
 JOB_EVENT_TYPE_STATUS_CHANGED: JobEventType.ValueType  # 2
 JOB_EVENT_TYPE_PROGRESS: JobEventType.ValueType  # 3
 JOB_EVENT_TYPE_HEARTBEAT: JobEventType.ValueType  # 4
-"""Nothing changed; keeps idle streams alive through proxies."""
+"""Nothing changed; keeps idle streams alive through proxies. Carries the
+time and the last sequence sent (no job).
+"""
 Global___JobEventType: _TypeAlias = JobEventType  # noqa: Y015
 
 class _BulkOperation:
@@ -667,7 +671,10 @@ class WatchJobRequest(_message.Message):
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     after_sequence: _builtins.int
-    """Resume after this sequence; 0 starts with the snapshot."""
+    """Resume after this sequence; 0 starts with the snapshot. A sequence beyond
+    the job's last event is OUT_OF_RANGE (ErrorInfo reason
+    SEQUENCE_OUT_OF_RANGE, metadata last_sequence).
+    """
     def __init__(
         self,
         *,
