@@ -87,3 +87,17 @@ def test_heartbeats_carry_the_time_and_the_last_sequence_sent(alice: GenJobsClie
     finally:
         stream.cancel()
         alice.cancel(job.id)
+
+
+def test_retry_request_id_names_one_retry(alice: GenJobsClient) -> None:
+    failed = final(alice, alice.submit("topic", topic="broken", extra={"demo_fail": "permanent"}).id)
+    first = alice.retry(failed.id, request_id="r1")
+    assert alice.retry(failed.id, request_id="r1").id == first.id  # a repeated request
+    assert first.retry_of == failed.id and first.request_id == "r1"
+    assert final(alice, first.id).status == S.JOB_STATUS_FAILED  # failed again
+    second = alice.retry(failed.id, request_id="r2")  # another request: another retry
+    assert second.id != first.id and second.retry_of == failed.id
+    assert alice.retry(failed.id, request_id="r2").id == second.id
+    plain = alice.retry(failed.id)  # no request_id: the job's one default retry
+    assert plain.id not in (first.id, second.id) and alice.retry(failed.id).id == plain.id
+    assert alice.get(failed.id).status == S.JOB_STATUS_FAILED

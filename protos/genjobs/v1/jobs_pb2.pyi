@@ -542,6 +542,11 @@ class RetryJobRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     request_id: _builtins.str
+    """Optional; names one retry of this job. The same (id, request_id) again
+    returns the same retry; another request_id makes another retry of the
+    job (for when the earlier retry failed again). Without a request_id a
+    job has one retry: asking again returns it.
+    """
     def __init__(
         self,
         *,
