@@ -4,13 +4,17 @@ resumption, retry idempotency, error details, reflection, field annotations."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
+import jwt
 import pytest
 from genjobs.v1 import bulk_pb2, jobs_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
-from client import GenJobsClient, translate
-from tests.harness import wait_for
+from client import GenJobsClient, GenJobsError, translate
+from tests.harness import SECRET, MongoServer, ServerThread, make_settings, wait_for
 
 S = jobs_pb2
 FINAL = (S.JOB_STATUS_COMPLETED, S.JOB_STATUS_FAILED, S.JOB_STATUS_CANCELLED)
@@ -101,3 +105,59 @@ def test_retry_request_id_names_one_retry(alice: GenJobsClient) -> None:
     plain = alice.retry(failed.id)  # no request_id: the job's one default retry
     assert plain.id not in (first.id, second.id) and alice.retry(failed.id).id == plain.id
     assert alice.get(failed.id).status == S.JOB_STATUS_FAILED
+
+
+def retry_delay(error: grpc.RpcError) -> float | None:
+    """The google.rpc.RetryInfo delay of an error, in seconds; None without one."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.ToTimedelta().total_seconds()
+    return None
+
+
+def test_unavailable_carries_a_retry_delay(tmp_path: Path) -> None:
+    (tmp_path / "db").mkdir()
+    mongo = MongoServer(tmp_path / "db", own=True)
+    mongo.start()
+    server = ServerThread(make_settings(mongo.uri, tmp_path)).start()
+    try:
+        with server.client() as alice:
+            job = alice.submit("topic", topic="before the outage")
+            mongo.stop()
+            with pytest.raises(grpc.RpcError) as caught:
+                alice.jobs.GetJob(S.GetJobRequest(id=job.id), metadata=alice._metadata, timeout=30)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert (retry_delay(caught.value) or 0) > 0
+    finally:
+        server.stop()
+        mongo.stop()
+
+
+@pytest.mark.parametrize(
+    ("token", "words"),
+    [
+        ("not.a.jwt", "not a genjobs token"),
+        ("abc", "not a genjobs token"),
+        (
+            jwt.encode({"sub": "alice", "exp": 9999999999}, "another-secret-0123456789abcdef", "HS256"),
+            "signed",
+        ),
+        (jwt.encode({"exp": 9999999999}, SECRET, "HS256"), "names no user"),
+        (jwt.encode({"sub": "alice"}, SECRET, "HS256"), "no expiry"),
+        (
+            jwt.encode({"sub": "alice", "exp": 9999999999, "nbf": 9999999990}, SECRET, "HS256"),
+            "not valid yet",
+        ),
+    ],
+)
+def test_invalid_token_is_explained_in_the_service_words(
+    server: ServerThread, token: str, words: str
+) -> None:
+    with GenJobsClient(server.target, token) as caller, pytest.raises(GenJobsError) as caught:
+        caller.list()
+    assert caught.value.reason == "INVALID_TOKEN" and words in str(caught.value)
+    for jwt_words in ("segments", "Signature verification", "claim", "padding", "Invalid", "payload"):
+        assert jwt_words not in str(caught.value)

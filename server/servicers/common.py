@@ -26,10 +26,8 @@ def _status_of(exc: BaseException, method: str) -> grpc.Status:
     elif isinstance(exc, ConnectionFailure):
         error = unavailable()
     elif isinstance(exc, ShuttingDown):
-        error = ServiceError(
-            grpc.StatusCode.UNAVAILABLE,
-            "SERVER_SHUTTING_DOWN",
-            "the server is restarting; reconnect with after_sequence to resume",
+        error = unavailable(
+            "the server is restarting; reconnect with after_sequence to resume", "SERVER_SHUTTING_DOWN"
         )
     else:
         if isinstance(exc, PyMongoError):
