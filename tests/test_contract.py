@@ -11,6 +11,7 @@ import jwt
 import pytest
 from genjobs.v1 import bulk_pb2, jobs_pb2
 from google.rpc import error_details_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
 
 from client import GenJobsClient, GenJobsError, translate
@@ -142,7 +143,7 @@ def test_unavailable_carries_a_retry_delay(tmp_path: Path) -> None:
         ("not.a.jwt", "not a genjobs token"),
         ("abc", "not a genjobs token"),
         (
-            jwt.encode({"sub": "alice", "exp": 9999999999}, "another-secret-0123456789abcdef", "HS256"),
+            jwt.encode({"sub": "alice", "exp": 9999999999}, "another-secret-0123456789abcdef0123", "HS256"),
             "signed",
         ),
         (jwt.encode({"exp": 9999999999}, SECRET, "HS256"), "names no user"),
@@ -161,3 +162,26 @@ def test_invalid_token_is_explained_in_the_service_words(
     assert caught.value.reason == "INVALID_TOKEN" and words in str(caught.value)
     for jwt_words in ("segments", "Signature verification", "claim", "padding", "Invalid", "payload"):
         assert jwt_words not in str(caught.value)
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_is_served_as_v1_and_v1alpha(server: ServerThread, version: str) -> None:
+    # The two protocols are identical on the wire: v1alpha's messages serve for both.
+    with grpc.insecure_channel(server.target) as channel:
+        info = channel.stream_stream(
+            f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="genjobs.v1.JobService"),
+        ]
+        listed, found = list(info(iter(requests), timeout=10))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {
+        "genjobs.v1.JobService",
+        "genjobs.v1.BulkService",
+        f"grpc.reflection.{version}.ServerReflection",
+    } <= names
+    assert found.file_descriptor_response.file_descriptor_proto
