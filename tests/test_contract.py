@@ -10,6 +10,7 @@ import grpc
 import jwt
 import pytest
 from genjobs.v1 import bulk_pb2, jobs_pb2
+from google.api import field_behavior_pb2, resource_pb2
 from google.rpc import error_details_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
@@ -185,3 +186,29 @@ def test_reflection_is_served_as_v1_and_v1alpha(server: ServerThread, version: s
         f"grpc.reflection.{version}.ServerReflection",
     } <= names
     assert found.file_descriptor_response.file_descriptor_proto
+
+
+def test_every_request_field_says_whether_it_is_required() -> None:
+    unannotated = [
+        f"{method.input_type.name}.{field.name}"
+        for file in (jobs_pb2.DESCRIPTOR, bulk_pb2.DESCRIPTOR)
+        for service in file.services_by_name.values()
+        for method in service.methods
+        for field in method.input_type.fields
+        if not field.GetOptions().Extensions[field_behavior_pb2.field_behavior]
+    ]
+    assert unannotated == []
+    behaviors = (
+        jobs_pb2.Job.DESCRIPTOR.fields_by_name["id"]
+        .GetOptions()
+        .Extensions[field_behavior_pb2.field_behavior]
+    )
+    assert list(behaviors) == [field_behavior_pb2.OUTPUT_ONLY]
+    resource = jobs_pb2.Job.DESCRIPTOR.GetOptions().Extensions[resource_pb2.resource]
+    assert resource.type == "genjobs/Job" and resource.name_field == "id"
+    reference = (
+        jobs_pb2.GetJobRequest.DESCRIPTOR.fields_by_name["id"]
+        .GetOptions()
+        .Extensions[resource_pb2.resource_reference]
+    )
+    assert reference.type == "genjobs/Job"
