@@ -47,7 +47,35 @@ HEALTH_CHECK_SECONDS = 1.0
 SERVER_OPTIONS = [
     ("grpc.server.max_pending_requests", 20_000),
     ("grpc.server.max_pending_requests_hard_limit", 30_000),
+    # A port in use is a start-up error: with SO_REUSEPORT a second server would
+    # share it, and calls would land on either at random.
+    ("grpc.so_reuseport", 0),
 ]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Stop (one line naming the port) when something already listens on it:
+    grpc would report it only in its own log, after the database has started."""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(
+                socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+            )  # as grpc binds: TIME_WAIT is no owner
+            probe.bind(address)
+    except OSError as exc:
+        raise SystemExit(_port_error(host, port, exc.strerror or str(exc))) from None
+
+
+def _port_error(host: str, port: int, why: str) -> str:
+    return (
+        f"genjobs: cannot listen on {host}:{port}: {why} (the port is in use or not allowed);"
+        " stop what holds it or choose another port with GENJOBS_PORT or --port"
+    )
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -85,6 +113,7 @@ class App:
         # Made first: a configuration mistake stops the server before it starts anything.
         self.progress_link = ProgressLink()
         self.generator = make_generator(settings, self.progress_link)
+        check_port_free(settings.host, settings.port)
 
     async def start(self) -> int:
         """Connect (or start the embedded database), then serve; returns the port."""
@@ -131,9 +160,12 @@ class App:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable((*SERVICE_NAMES, health.SERVICE_NAME), server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        try:
+            self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        except RuntimeError:
+            self.port = 0  # grpc raises, or returns 0, when it cannot bind
         if self.port == 0:
-            raise SystemExit(f"genjobs: cannot listen on {settings.host}:{settings.port}")
+            raise SystemExit(_port_error(settings.host, settings.port, "grpc could not bind it"))
         self.progress_link.target = settings.progress_target or advertised(settings.host, self.port)
         await server.start()
         self.server = server
