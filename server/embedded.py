@@ -106,7 +106,7 @@ class EmbeddedMongo:
         command = [
             sys.executable,
             "-m",
-            "nx_27017.nx_27017",
+            "server.quiet_nx",  # nx-27017 with a quiet, rotated log
             "--data-dir",
             str(self.data_dir / "mongo"),
             "--host",
