@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from genjobs.v1 import bulk_pb2, jobs_pb2
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from server import clock
@@ -60,6 +61,13 @@ def timestamp(value: datetime | int | None) -> Timestamp | None:
     stamp = Timestamp()
     stamp.FromMicroseconds(value if isinstance(value, int) else clock.to_us(value))
     return stamp
+
+
+def duration(seconds: float) -> Duration:
+    """A protobuf Duration of `seconds`, to the microsecond."""
+    value = Duration()
+    value.FromMicroseconds(round(seconds * 1_000_000))
+    return value
 
 
 def now() -> Timestamp:
@@ -131,6 +139,7 @@ def job(doc: Doc, full: bool = True) -> jobs_pb2.Job:
                 started_at=timestamp(progress.get("started_at_us")),
                 estimated_completion=timestamp(progress.get("estimated_completion_us")),
                 elapsed_seconds=float(progress.get("elapsed_seconds", 0.0)),
+                elapsed=duration(float(progress.get("elapsed_seconds", 0.0))),
             )
         )
     result = doc.get("result")

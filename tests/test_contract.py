@@ -212,3 +212,12 @@ def test_every_request_field_says_whether_it_is_required() -> None:
         .Extensions[resource_pb2.resource_reference]
     )
     assert reference.type == "genjobs/Job"
+
+
+def test_durations_are_durations(alice: GenJobsClient) -> None:
+    done = final(alice, alice.submit("topic", topic="timed", extra={"demo_seconds": "0.5"}).id)
+    elapsed = done.progress.elapsed.ToTimedelta().total_seconds()
+    assert elapsed >= 0.4 and abs(elapsed - done.progress.elapsed_seconds) < 1e-3
+    stats = alice._call(alice.jobs.GetJobStats, S.GetJobStatsRequest())
+    mean = stats.mean_duration.ToTimedelta().total_seconds()
+    assert mean >= 0.4 and abs(mean - stats.mean_duration_seconds) < 1e-3

@@ -133,6 +133,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             ],
             total_cost_cents=stats["cost_cents"],
             mean_duration_seconds=stats["mean_duration"],
+            mean_duration=convert.duration(stats["mean_duration"]),
             failure_rate=stats["failure_rate"],
         )
 

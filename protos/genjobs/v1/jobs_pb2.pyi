@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -17,6 +18,11 @@ if sys.version_info >= (3, 11):
     from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -221,15 +227,29 @@ class Progress(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     ESTIMATED_COMPLETION_FIELD_NUMBER: _builtins.int
     ELAPSED_SECONDS_FIELD_NUMBER: _builtins.int
+    ELAPSED_FIELD_NUMBER: _builtins.int
     percentage: _builtins.int
     stage: _builtins.str
     stage_progress: _builtins.int
     message: _builtins.str
-    elapsed_seconds: _builtins.float
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def elapsed_seconds(self) -> _builtins.float:
+        """Deprecated: use elapsed (the same time as a Duration)."""
+
+    @elapsed_seconds.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def elapsed_seconds(self, value: _builtins.float) -> None:
+        """Deprecated: use elapsed (the same time as a Duration)."""
+
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def estimated_completion(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def elapsed(self) -> _duration_pb2.Duration:
+        """Time since the attempt started."""
+
     def __init__(
         self,
         *,
@@ -240,10 +260,11 @@ class Progress(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         estimated_completion: _timestamp_pb2.Timestamp | None = ...,
         elapsed_seconds: _builtins.float = ...,
+        elapsed: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["estimated_completion", b"estimated_completion", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["elapsed", b"elapsed", "estimated_completion", b"estimated_completion", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed_seconds", b"elapsed_seconds", "estimated_completion", b"estimated_completion", "message", b"message", "percentage", b"percentage", "stage", b"stage", "stage_progress", b"stage_progress", "started_at", b"started_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed", b"elapsed", "elapsed_seconds", b"elapsed_seconds", "estimated_completion", b"estimated_completion", "message", b"message", "percentage", b"percentage", "stage", b"stage", "stage_progress", b"stage_progress", "started_at", b"started_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -881,15 +902,29 @@ class GetJobStatsResponse(_message.Message):
     TOTAL_COST_CENTS_FIELD_NUMBER: _builtins.int
     MEAN_DURATION_SECONDS_FIELD_NUMBER: _builtins.int
     FAILURE_RATE_FIELD_NUMBER: _builtins.int
+    MEAN_DURATION_FIELD_NUMBER: _builtins.int
     total_jobs: _builtins.int
     total_cost_cents: _builtins.int
-    mean_duration_seconds: _builtins.float
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def mean_duration_seconds(self) -> _builtins.float:
+        """Deprecated: use mean_duration (the same time as a Duration)."""
+
+    @mean_duration_seconds.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def mean_duration_seconds(self, value: _builtins.float) -> None:
+        """Deprecated: use mean_duration (the same time as a Duration)."""
+
     failure_rate: _builtins.float
     """failed / (completed + failed), 0 when none finished."""
     @_builtins.property
     def by_status(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatusCount]: ...
     @_builtins.property
     def by_mode(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModeCount]: ...
+    @_builtins.property
+    def mean_duration(self) -> _duration_pb2.Duration:
+        """Mean time completed jobs took, from start to end."""
+
     def __init__(
         self,
         *,
@@ -899,10 +934,11 @@ class GetJobStatsResponse(_message.Message):
         total_cost_cents: _builtins.int = ...,
         mean_duration_seconds: _builtins.float = ...,
         failure_rate: _builtins.float = ...,
+        mean_duration: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mean_duration", b"mean_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_mode", b"by_mode", "by_status", b"by_status", "failure_rate", b"failure_rate", "mean_duration_seconds", b"mean_duration_seconds", "total_cost_cents", b"total_cost_cents", "total_jobs", b"total_jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_mode", b"by_mode", "by_status", b"by_status", "failure_rate", b"failure_rate", "mean_duration", b"mean_duration", "mean_duration_seconds", b"mean_duration_seconds", "total_cost_cents", b"total_cost_cents", "total_jobs", b"total_jobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
