@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 BUF := $(VENV)/buf/node_modules/.bin/buf
 PROTOS := protos/genjobs/v1/jobs.proto protos/genjobs/v1/bulk.proto
 
-.PHONY: run test lint proto bench clean
+.PHONY: run test test-min lint proto bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,21 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The smoke tests on the lowest versions pyproject.toml allows, in a venv of their own.
+MIN_VENV := .venv-min
+MIN_STAMP := $(MIN_VENV)/.installed-stamp
+SMOKE := tests/test_auth.py tests/test_contract.py
+
+$(MIN_STAMP): pyproject.toml .ci/lowest.py
+	test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
+	$(PYTHON) .ci/lowest.py > $(MIN_VENV)/lowest.txt
+	$(MIN_VENV)/bin/python -m pip install --quiet -c $(MIN_VENV)/lowest.txt -e . pytest pytest-timeout
+	touch $(MIN_STAMP)
+
+test-min: $(MIN_STAMP)
+	$(MIN_VENV)/bin/python -m pip list --format=freeze | grep -iE '^(grpcio|protobuf|googleapis)'
+	$(MIN_VENV)/bin/python -m pytest $(SMOKE)
 
 lint: $(STAMP) $(BUF)
 	$(BUF) lint protos
@@ -38,4 +53,4 @@ bench: $(STAMP)
 	for name in service dispatch bulk watch notify http observability; do $(BIN)/python bench/$${name}_bench.py || exit 1; done
 
 clean:
-	rm -rf $(VENV) .genjobs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MIN_VENV) .genjobs .pytest_cache .mypy_cache .ruff_cache

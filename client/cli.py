@@ -556,7 +556,7 @@ def export(
             task = progress.add_task("exporting", total=None)
             token = ""
             while True:
-                page = client.list(page_size=100, page_token=token, **filters)
+                page = client.list(page_size=100, page_token=token, full=content, **filters)
                 # A capped total ("1,000 or more") is no length for the bar.
                 known = page.total_size and page.total_size < render.TOTAL_SIZE_CAP
                 progress.update(task, total=page.total_size if known else None)

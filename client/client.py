@@ -429,8 +429,9 @@ def list_request(
     project: str = "",
     page_size: int = 0,
     page_token: str = "",
+    full: bool = False,
 ) -> jobs_pb2.ListJobsRequest:
-    """A ListJobsRequest from Python values."""
+    """A ListJobsRequest from Python values; `full` asks for the articles too."""
     return jobs_pb2.ListJobsRequest(
         statuses=[status_value(s) for s in statuses],  # type: ignore[misc]
         modes=[mode_value(m) for m in modes],  # type: ignore[misc]
@@ -441,6 +442,7 @@ def list_request(
         project=project,
         page_size=page_size,
         page_token=page_token,
+        view=jobs_pb2.JOB_VIEW_FULL if full else jobs_pb2.JOB_VIEW_BASIC,
     )
 
 

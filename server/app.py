@@ -18,10 +18,9 @@ import grpc
 import pymongo
 from genjobs.v1 import bulk_pb2, bulk_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from pymongo.errors import PyMongoError
 
-from server import observability
+from server import observability, reflection
 from server.auth import AuthInterceptor, load_secret
 from server.bulk import Bulks
 from server.config import Settings
@@ -58,7 +57,35 @@ STOP_RPC_SECONDS = 5.0  # at shutdown, how long unary calls under way may take t
 SERVER_OPTIONS = [
     ("grpc.server.max_pending_requests", 20_000),
     ("grpc.server.max_pending_requests_hard_limit", 30_000),
+    # A port in use is a start-up error: with SO_REUSEPORT a second server would
+    # share it, and calls would land on either at random.
+    ("grpc.so_reuseport", 0),
 ]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Stop (one line naming the port) when something already listens on it:
+    grpc would report it only in its own log, after the database has started."""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(
+                socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+            )  # as grpc binds: TIME_WAIT is no owner
+            probe.bind(address)
+    except OSError as exc:
+        raise SystemExit(_port_error(host, port, exc.strerror or str(exc))) from None
+
+
+def _port_error(host: str, port: int, why: str) -> str:
+    return (
+        f"genjobs: cannot listen on {host}:{port}: {why} (the port is in use or not allowed);"
+        " stop what holds it or choose another port with GENJOBS_PORT or --port"
+    )
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -105,6 +132,7 @@ class App:
         self.metrics: observability.MetricsServer | None = None
         self._hurried = False
         self._hurry_task: asyncio.Future[None] | None = None
+        check_port_free(settings.host, settings.port)
 
     async def start(self) -> int:
         """Connect (or start the embedded database), then serve; returns the port.
@@ -174,16 +202,14 @@ class App:
         jobs_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, server)
         bulk_pb2_grpc.add_BulkServiceServicer_to_server(bulk_servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        reflection.enable((*SERVICE_NAMES, health.SERVICE_NAME), server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
             self.port = add_port(server, settings)
         except RuntimeError:  # grpcio raises where older versions returned 0
             self.port = 0
         if self.port == 0:
-            raise StartError(f"cannot listen on {settings.host}:{settings.port} (in use?)")
+            raise SystemExit(_port_error(settings.host, settings.port, "grpc could not bind it"))
         self.progress_link.target = settings.progress_target or advertised(settings.host, self.port)
         await server.start()
         self.server = server

@@ -75,7 +75,7 @@ def subject_problem(user: object) -> str:
     idempotency key: printable text of sensible length only.
     """
     if not isinstance(user, str) or not user:
-        return "the token has no subject"
+        return "the token names no user"
     if len(user) > MAX_SUBJECT:
         return f"the token's subject is longer than {MAX_SUBJECT} characters"
     if has_control(user):
@@ -112,12 +112,34 @@ def verify(secret: str, header: str | None) -> tuple[Caller, float]:
     except jwt.ExpiredSignatureError:
         raise unauthenticated("TOKEN_EXPIRED", "the token has expired; get a new one") from None
     except jwt.InvalidTokenError as exc:
-        raise unauthenticated("INVALID_TOKEN", f"the token is not valid: {exc}") from None
+        raise unauthenticated("INVALID_TOKEN", _why_invalid(exc)) from None
     user = claims.get("sub")
     problem = subject_problem(user)
     if problem:
-        raise unauthenticated("INVALID_TOKEN", problem)
+        raise unauthenticated("INVALID_TOKEN", problem + _GET_A_TOKEN)
     return Caller(user=str(user), admin=claims.get("role") == "admin"), float(claims["exp"])
+
+
+# What is wrong with a token, in the service's words (the JWT library's name
+# claims, segments and padding). The first matching class wins.
+_INVALID_TOKEN_WORDS: tuple[tuple[type[jwt.InvalidTokenError], str], ...] = (
+    (jwt.InvalidSignatureError, "the token was not signed by this server (another data dir or auth secret?)"),
+    (jwt.ImmatureSignatureError, "the token is not valid yet"),
+    (jwt.InvalidAlgorithmError, f"the token must be signed with {ALGORITHM}"),
+    (jwt.DecodeError, "this is not a genjobs token: it cannot be read"),
+)
+_GET_A_TOKEN = "; get one with: genjobs-server token --user NAME"
+
+
+def _why_invalid(exc: jwt.InvalidTokenError) -> str:
+    """The INVALID_TOKEN message for a JWT library error."""
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        missing = "names no user" if exc.claim == "sub" else "has no expiry"
+        return f"the token {missing}{_GET_A_TOKEN}"
+    for kind, words in _INVALID_TOKEN_WORDS:
+        if isinstance(exc, kind):
+            return words + _GET_A_TOKEN
+    return "the token is not valid" + _GET_A_TOKEN
 
 
 class VerifiedTokens:

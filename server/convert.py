@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from genjobs.v1 import bulk_pb2, jobs_pb2
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from server import clock
@@ -83,6 +84,20 @@ def timestamp_us(value: Timestamp, present: bool, field: str) -> int | None:
     return value.seconds * 1_000_000 + value.nanos // 1000
 
 
+def duration(seconds: float) -> Duration:
+    """A protobuf Duration of `seconds`, to the microsecond."""
+    value = Duration()
+    value.FromMicroseconds(round(seconds * 1_000_000))
+    return value
+
+
+def now() -> Timestamp:
+    """The current time as a Timestamp (heartbeats)."""
+    stamp = timestamp(clock.now_us())
+    assert stamp is not None
+    return stamp
+
+
 def job_error(doc: Doc | None) -> jobs_pb2.JobError | None:
     """A stored error as JobError."""
     if not doc:
@@ -96,8 +111,8 @@ def job_error(doc: Doc | None) -> jobs_pb2.JobError | None:
     )
 
 
-def job(doc: Doc) -> jobs_pb2.Job:
-    """A stored job as the Job message."""
+def job(doc: Doc, full: bool = True) -> jobs_pb2.Job:
+    """A stored job as the Job message; without result.content unless `full`."""
     params = doc.get("params", {})
     message = jobs_pb2.Job(
         id=str(doc["_id"]),
@@ -140,13 +155,14 @@ def job(doc: Doc) -> jobs_pb2.Job:
                 started_at=timestamp(progress.get("started_at_us")),
                 estimated_completion=timestamp(progress.get("estimated_completion_us")),
                 elapsed_seconds=float(progress.get("elapsed_seconds", 0.0)),
+                elapsed=duration(float(progress.get("elapsed_seconds", 0.0))),
             )
         )
     result = doc.get("result")
     if result:
         message.result.CopyFrom(
             jobs_pb2.GenerationResult(
-                content=result.get("content", ""),
+                content=result.get("content", "") if full else "",
                 title=result.get("title", ""),
                 word_count=int(result.get("word_count", 0)),
                 cost_cents=int(result.get("cost_cents", 0)),

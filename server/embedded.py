@@ -137,7 +137,7 @@ class EmbeddedMongo:
         command = [
             sys.executable,
             "-m",
-            "nx_27017.nx_27017",
+            "server.quiet_nx",  # nx-27017 with a quiet, rotated log
             "--data-dir",
             str(self.mongo_dir),
             "--host",

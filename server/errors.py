@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 DOMAIN = "genjobs.v1"
@@ -43,6 +43,8 @@ class ServiceError(Exception):
     message: str
     violations: list[FieldViolation] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    # Seconds a client should wait before retrying, sent as google.rpc.RetryInfo.
+    retry_delay: float | None = None
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
@@ -58,6 +60,10 @@ class ServiceError(Exception):
         if self.violations:
             budget = MAX_DETAILS_BYTES - info.ByteSize()
             details.append(_pack(_bad_request(self.violations, budget)))
+        if self.retry_delay is not None:
+            delay = duration_pb2.Duration()
+            delay.FromMilliseconds(int(self.retry_delay * 1000))
+            details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
         message = _cut_bytes(self.message, MAX_MESSAGE_BYTES)
         return status_pb2.Status(code=self.code.value[0], message=message, details=details)
 
@@ -140,9 +146,27 @@ def email_not_configured() -> ServiceError:
     )
 
 
-def unavailable(message: str = "the database is unreachable; try again shortly") -> ServiceError:
-    """UNAVAILABLE: a retry later may succeed."""
-    return ServiceError(grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE", message)
+def sequence_out_of_range(kind: str, ident: str, after: int, last: int) -> ServiceError:
+    """OUT_OF_RANGE: a watch resumed after a sequence the stream never reached."""
+    return ServiceError(
+        grpc.StatusCode.OUT_OF_RANGE,
+        "SEQUENCE_OUT_OF_RANGE",
+        f"after_sequence {after} is beyond {kind} {ident}'s last event ({last}): resume from {last} or 0",
+        metadata={"id": ident, "last_sequence": str(last)},
+    )
+
+
+# How long a client should wait before retrying an UNAVAILABLE call: about the
+# time pymongo takes to find a database that came back, or a replica to restart.
+UNAVAILABLE_RETRY_SECONDS = 1.0
+
+
+def unavailable(
+    message: str = "the database is unreachable; try again shortly",
+    reason: str = "DATABASE_UNAVAILABLE",
+) -> ServiceError:
+    """UNAVAILABLE with RetryInfo: a retry after the delay may succeed."""
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, reason, message, retry_delay=UNAVAILABLE_RETRY_SECONDS)
 
 
 def unauthenticated(reason: str, message: str) -> ServiceError:

@@ -733,7 +733,7 @@ class Store(BulkQueries):
 
     def retry(self, owner: str | None, job_id: str, request_id: str, default_attempts: int) -> Doc:
         """A new QUEUED job with the same mode and params; the same one again
-        when this job was retried before."""
+        when this job was retried before with the same request_id (or none)."""
         original = self.jobs.find_one(
             {**_owned(owner, parse_id(job_id)), "status": one_of(allowed(Action.RETRY))}
         )
@@ -749,14 +749,18 @@ class Store(BulkQueries):
             retry_of=job_id,
             bulk_job_id=original["bulk_job_id"],
             queue_position=original["queue_position"],
-            # One retry per job, whoever asks and however often: the unique
-            # request key makes a repeated or concurrent retry return the first.
-            request_key=request_key(original["owner"], "retry-of", job_id),
+            # One retry per (job, request_id), whoever asks and however often:
+            # the unique request key makes a repeated or concurrent retry return
+            # the first. Without a request_id, one retry per job.
+            request_key=request_key(
+                original["owner"], "retry-of", job_id, *([request_id] if request_id else [])
+            ),
             lane=self.bulk_lane(original["bulk_job_id"]),
         )
         doc.update(targets(original.get("notify_url", ""), original.get("notify_email", "")))  # kept
-        stored, _ = self.insert_job(doc)
-        self.jobs.update_one({"_id": original["_id"]}, {"$set": {"retried_by": str(stored["_id"])}})
+        stored, created = self.insert_job(doc)
+        if created:  # the newest retry; a repeated request changes nothing
+            self.jobs.update_one({"_id": original["_id"]}, {"$set": {"retried_by": str(stored["_id"])}})
         return stored
 
     def delete(self, owner: str | None, job_id: str) -> None:
@@ -933,6 +937,8 @@ class Store(BulkQueries):
         return {
             "status": str(Status.COMPLETED),
             "result": result,
+            # Nothing is wrong now: earlier attempts' errors stay in attempt_errors.
+            "error": None,
             "cost_cents": int(result.get("cost_cents", 0)),
             "duration_s": max((now_us - started_us) / 1e6, 0.0),
             "progress": {

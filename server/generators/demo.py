@@ -79,23 +79,52 @@ def _title(subject: str) -> str:
     return subject[:1].upper() + subject[1:80]
 
 
+# Sentences of exactly 1 to 6 words: the article ends on whole sentences and
+# still has exactly the asked number of words.
+_CLOSERS = {
+    1: "Onward.",
+    2: "Keep going.",
+    3: "Small steps count.",
+    4: "Test each idea early.",
+    5: "That is where progress starts.",
+    6: "Write down what you learn today.",
+}
+
+
 def write_article(mode: str, params: dict[str, Any], words: int) -> str:
-    """`words` words of readable text about the params, the same every time."""
+    """Exactly `words` words of readable text about the params, the same every
+    time: a heading, then paragraphs of whole sentences."""
     seed = hashlib.sha256(repr((mode, sorted(params.items(), key=str))).encode()).digest()
     rng = random.Random(seed)
     subject = _subject(JobSpec("", "", mode, params, 1))
     keywords = params.get("keywords", [])
+    heading = f"# {_title(subject)}"
+    budget = max(0, words - len(heading.split()))
     sentences: list[str] = []
+    deck: list[str] = []  # the body sentences, shuffled: none repeats before all are used
     count = 0
-    while count < words:
-        if not sentences or rng.random() < 0.2:
-            sentence = rng.choice(_OPENERS).format(s=subject, S=_title(subject))
-        elif keywords and rng.random() < 0.3:
-            sentence = f"Consider {rng.choice(keywords)} in that light."
+    while (left := budget - count) > 0:
+        if left <= len(_CLOSERS):
+            sentence = _CLOSERS[left]
         else:
-            sentence = rng.choice(_BODY)
+            if not deck:
+                deck.extend(rng.sample(_BODY, len(_BODY)))
+            if not sentences or rng.random() < 0.15:
+                sentence = rng.choice(_OPENERS).format(s=subject, S=_title(subject))
+            elif keywords and rng.random() < 0.25:
+                sentence = f"Consider {rng.choice(keywords)} in that light."
+            else:
+                sentence = deck.pop()
+            if len(sentence.split()) > left:  # near the end: the longest that fits
+                fits = [s for s in _BODY if len(s.split()) <= left]
+                sentence = max(fits, key=lambda s: len(s.split())) if fits else _CLOSERS[len(_CLOSERS)]
         sentences.append(sentence)
         count += len(sentence.split())
-    text = " ".join(sentences).split()[:words]
-    paragraphs = [" ".join(text[i : i + 80]) for i in range(0, len(text), 80)]
-    return "\n\n".join(paragraphs)
+    paragraphs: list[str] = []
+    while sentences:
+        size = rng.randint(3, 5)
+        if len(sentences) - size < 2:  # no one-sentence paragraph at the end
+            size = len(sentences)
+        paragraphs.append(" ".join(sentences[:size]))
+        sentences = sentences[size:]
+    return "\n\n".join([heading, *paragraphs])

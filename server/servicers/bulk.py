@@ -12,7 +12,7 @@ from server.auth import current_caller
 from server.bulk import SNAPSHOT, Bulks, bulk_event, is_final
 from server.events import EventHub
 from server.servicers.common import rpc
-from server.watch import follow
+from server.watch import Heartbeat, check_resume, follow
 
 
 class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
@@ -107,14 +107,17 @@ class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
         with self.hub.subscribe(key) as queue:
             view = await asyncio.to_thread(self.bulks.get, current_caller(), request.id)
             seq = view.doc["seq"]
-            if after > seq:
-                after = 0
+            check_resume("bulk job", request.id, after, seq)
             if after == seq and is_final(view):
                 return
             replay = [bulk_event(view, SNAPSHOT)] if seq > after or after == 0 else []
             self.hub.note(key, max(after, seq))
             async for event in follow(queue, replay, after):
-                if event is None:  # a heartbeat
-                    yield bulk_pb2.BulkJobEvent(type=bulk_pb2.BULK_JOB_EVENT_TYPE_HEARTBEAT)
+                if isinstance(event, Heartbeat):
+                    yield bulk_pb2.BulkJobEvent(
+                        type=bulk_pb2.BULK_JOB_EVENT_TYPE_HEARTBEAT,
+                        sequence=event.sequence,
+                        time=convert.now(),
+                    )
                 else:
                     yield event.message(convert.bulk_event)

@@ -9,9 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.descriptor import ServiceDescriptor
-from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from pymongo.errors import PyMongoError
 
@@ -22,7 +20,6 @@ from server.watch import ShuttingDown
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
-RETRY_DELAY = duration_pb2.Duration(seconds=1)  # what an UNAVAILABLE answer suggests waiting
 
 
 def service_error(exc: BaseException, method: str) -> ServiceError:
@@ -33,10 +30,8 @@ def service_error(exc: BaseException, method: str) -> ServiceError:
     elif unreachable(exc):  # down, or slower than the time allowed (GENJOBS_DB_TIMEOUT_SECONDS)
         error = unavailable()
     elif isinstance(exc, ShuttingDown):
-        error = ServiceError(
-            grpc.StatusCode.UNAVAILABLE,
-            "SERVER_SHUTTING_DOWN",
-            "the server is restarting; reconnect with after_sequence to resume",
+        error = unavailable(
+            "the server is restarting; reconnect with after_sequence to resume", "SERVER_SHUTTING_DOWN"
         )
     else:
         if isinstance(exc, PyMongoError):
@@ -48,13 +43,7 @@ def service_error(exc: BaseException, method: str) -> ServiceError:
 
 
 def _status_of(exc: BaseException, method: str) -> grpc.Status:
-    error = service_error(exc, method)
-    status = error.to_status()
-    if error.code == grpc.StatusCode.UNAVAILABLE:
-        retry = any_pb2.Any()
-        retry.Pack(error_details_pb2.RetryInfo(retry_delay=RETRY_DELAY))
-        status.details.append(retry)
-    return rpc_status.to_status(status)
+    return rpc_status.to_status(service_error(exc, method).to_status())
 
 
 def rpc(method: F) -> F:

@@ -16,7 +16,7 @@ from server.jobs import Jobs
 from server.progress import ExternalProgress
 from server.servicers.common import rpc
 from server.store import SNAPSHOT, JobFilter, final
-from server.watch import follow
+from server.watch import Heartbeat, check_resume, follow
 
 
 def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.GetJobStatsRequest) -> JobFilter:
@@ -77,7 +77,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             self.jobs.list_jobs, current_caller(), job_filter(request), request.page_size, request.page_token
         )
         return jobs_pb2.ListJobsResponse(
-            jobs=[convert.job(d) for d in page.docs],
+            jobs=[convert.job(d, full=request.view == jobs_pb2.JOB_VIEW_FULL) for d in page.docs],
             next_page_token=page.next_token,
             total_size=page.total,
         )
@@ -138,6 +138,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             ],
             total_cost_cents=stats["cost_cents"],
             mean_duration_seconds=stats["mean_duration"],
+            mean_duration=convert.duration(stats["mean_duration"]),
             failure_rate=stats["failure_rate"],
         )
 
@@ -148,8 +149,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         after = max(0, request.after_sequence)
         with self.hub.subscribe(key) as queue:
             doc, stored = await asyncio.to_thread(self.jobs.history, caller, request.id, after)
-            if after > doc["seq"]:
-                after = 0  # a sequence this job never had: start over from the snapshot
+            check_resume("job", request.id, after, doc["seq"])
             if after == doc["seq"] and final(doc["status"]):
                 return  # resumed after the end: nothing more will come
             replay = [Event(key, e["seq"], e, final(e["job"]["status"])) for e in stored]
@@ -160,8 +160,10 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 replay.append(Event(key, doc["seq"], snapshot, final(doc["status"])))
             self.hub.note(key, max(after, doc["seq"]))
             async for event in follow(queue, replay, after):
-                if event is None:  # a heartbeat
-                    yield jobs_pb2.JobEvent(type=jobs_pb2.JOB_EVENT_TYPE_HEARTBEAT)
+                if isinstance(event, Heartbeat):
+                    yield jobs_pb2.JobEvent(
+                        type=jobs_pb2.JOB_EVENT_TYPE_HEARTBEAT, sequence=event.sequence, time=convert.now()
+                    )
                 else:
                     yield event.message(convert.job_event)
 

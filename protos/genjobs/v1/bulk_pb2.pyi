@@ -376,7 +376,8 @@ class WatchBulkJobRequest(_message.Message):
     """Resume after this sequence (the last one received; 0 starts afresh):
     the stream starts with the newest snapshot if the bulk job changed
     since, else with its next change. The snapshots in between are not
-    replayed: the newest one holds everything they held.
+    replayed: the newest one holds everything they held. A sequence the
+    bulk job has not reached is OUT_OF_RANGE.
     """
     def __init__(
         self,

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -17,6 +18,11 @@ if sys.version_info >= (3, 11):
     from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -74,6 +80,32 @@ JOB_STATUS_FAILED: JobStatus.ValueType  # 4
 JOB_STATUS_CANCELLED: JobStatus.ValueType  # 5
 Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
 
+class _JobView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_VIEW_UNSPECIFIED: _JobView.ValueType  # 0
+    """The same as JOB_VIEW_BASIC."""
+    JOB_VIEW_BASIC: _JobView.ValueType  # 1
+    """Every field but result.content (the article): small pages."""
+    JOB_VIEW_FULL: _JobView.ValueType  # 2
+    """Every field, the article too."""
+
+class JobView(_JobView, metaclass=_JobViewEnumTypeWrapper):
+    """JobView says how much of a job a list returns (AIP-157). GetJob always
+    returns the full job.
+    """
+
+JOB_VIEW_UNSPECIFIED: JobView.ValueType  # 0
+"""The same as JOB_VIEW_BASIC."""
+JOB_VIEW_BASIC: JobView.ValueType  # 1
+"""Every field but result.content (the article): small pages."""
+JOB_VIEW_FULL: JobView.ValueType  # 2
+"""Every field, the article too."""
+Global___JobView: _TypeAlias = JobView  # noqa: Y015
+
 class _JobEventType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -86,7 +118,9 @@ class _JobEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobEvent
     JOB_EVENT_TYPE_STATUS_CHANGED: _JobEventType.ValueType  # 2
     JOB_EVENT_TYPE_PROGRESS: _JobEventType.ValueType  # 3
     JOB_EVENT_TYPE_HEARTBEAT: _JobEventType.ValueType  # 4
-    """Nothing changed; keeps idle streams alive through proxies."""
+    """Nothing changed; keeps idle streams alive through proxies. Carries the
+    time and the last sequence sent (no job).
+    """
 
 class JobEventType(_JobEventType, metaclass=_JobEventTypeEnumTypeWrapper):
     """JobEventType says what a JobEvent reports."""
@@ -97,7 +131,9 @@ JOB_EVENT_TYPE_SNAPSHOT: JobEventType.ValueType  # 1
 JOB_EVENT_TYPE_STATUS_CHANGED: JobEventType.ValueType  # 2
 JOB_EVENT_TYPE_PROGRESS: JobEventType.ValueType  # 3
 JOB_EVENT_TYPE_HEARTBEAT: JobEventType.ValueType  # 4
-"""Nothing changed; keeps idle streams alive through proxies."""
+"""Nothing changed; keeps idle streams alive through proxies. Carries the
+time and the last sequence sent (no job).
+"""
 Global___JobEventType: _TypeAlias = JobEventType  # noqa: Y015
 
 class _BulkOperation:
@@ -191,15 +227,29 @@ class Progress(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     ESTIMATED_COMPLETION_FIELD_NUMBER: _builtins.int
     ELAPSED_SECONDS_FIELD_NUMBER: _builtins.int
+    ELAPSED_FIELD_NUMBER: _builtins.int
     percentage: _builtins.int
     stage: _builtins.str
     stage_progress: _builtins.int
     message: _builtins.str
-    elapsed_seconds: _builtins.float
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def elapsed_seconds(self) -> _builtins.float:
+        """Deprecated: use elapsed (the same time as a Duration)."""
+
+    @elapsed_seconds.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def elapsed_seconds(self, value: _builtins.float) -> None:
+        """Deprecated: use elapsed (the same time as a Duration)."""
+
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def estimated_completion(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def elapsed(self) -> _duration_pb2.Duration:
+        """Time since the attempt started."""
+
     def __init__(
         self,
         *,
@@ -210,10 +260,11 @@ class Progress(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         estimated_completion: _timestamp_pb2.Timestamp | None = ...,
         elapsed_seconds: _builtins.float = ...,
+        elapsed: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["estimated_completion", b"estimated_completion", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["elapsed", b"elapsed", "estimated_completion", b"estimated_completion", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed_seconds", b"elapsed_seconds", "estimated_completion", b"estimated_completion", "message", b"message", "percentage", b"percentage", "stage", b"stage", "stage_progress", b"stage_progress", "started_at", b"started_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed", b"elapsed", "elapsed_seconds", b"elapsed_seconds", "estimated_completion", b"estimated_completion", "message", b"message", "percentage", b"percentage", "stage", b"stage", "stage_progress", b"stage_progress", "started_at", b"started_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -512,6 +563,11 @@ class RetryJobRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     request_id: _builtins.str
+    """Optional; names one retry of this job. The same (id, request_id) again
+    returns the same retry; another request_id makes another retry of the
+    job (for when the earlier retry failed again). Without a request_id a
+    job has one retry: asking again returns it.
+    """
     def __init__(
         self,
         *,
@@ -562,6 +618,7 @@ class ListJobsRequest(_message.Message):
     PROJECT_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """Case-insensitive match on topic or keywords."""
     bulk_job_id: _builtins.str
@@ -569,6 +626,8 @@ class ListJobsRequest(_message.Message):
     page_size: _builtins.int
     """0 means 50; at most 100."""
     page_token: _builtins.str
+    view: Global___JobView.ValueType
+    """How much of each job to return; unspecified means JOB_VIEW_BASIC."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___JobStatus.ValueType]: ...
     @_builtins.property
@@ -589,10 +648,11 @@ class ListJobsRequest(_message.Message):
         project: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        view: Global___JobView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_job_id", b"bulk_job_id", "created_after", b"created_after", "created_before", b"created_before", "modes", b"modes", "page_size", b"page_size", "page_token", b"page_token", "project", b"project", "query", b"query", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_job_id", b"bulk_job_id", "created_after", b"created_after", "created_before", b"created_before", "modes", b"modes", "page_size", b"page_size", "page_token", b"page_token", "project", b"project", "query", b"query", "statuses", b"statuses", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -637,7 +697,10 @@ class WatchJobRequest(_message.Message):
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     after_sequence: _builtins.int
-    """Resume after this sequence; 0 starts with the snapshot."""
+    """Resume after this sequence; 0 starts with the snapshot. A sequence beyond
+    the job's last event is OUT_OF_RANGE (ErrorInfo reason
+    SEQUENCE_OUT_OF_RANGE, metadata last_sequence).
+    """
     def __init__(
         self,
         *,
@@ -839,15 +902,29 @@ class GetJobStatsResponse(_message.Message):
     TOTAL_COST_CENTS_FIELD_NUMBER: _builtins.int
     MEAN_DURATION_SECONDS_FIELD_NUMBER: _builtins.int
     FAILURE_RATE_FIELD_NUMBER: _builtins.int
+    MEAN_DURATION_FIELD_NUMBER: _builtins.int
     total_jobs: _builtins.int
     total_cost_cents: _builtins.int
-    mean_duration_seconds: _builtins.float
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def mean_duration_seconds(self) -> _builtins.float:
+        """Deprecated: use mean_duration (the same time as a Duration)."""
+
+    @mean_duration_seconds.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def mean_duration_seconds(self, value: _builtins.float) -> None:
+        """Deprecated: use mean_duration (the same time as a Duration)."""
+
     failure_rate: _builtins.float
     """failed / (completed + failed), 0 when none finished."""
     @_builtins.property
     def by_status(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatusCount]: ...
     @_builtins.property
     def by_mode(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModeCount]: ...
+    @_builtins.property
+    def mean_duration(self) -> _duration_pb2.Duration:
+        """Mean time completed jobs took, from start to end."""
+
     def __init__(
         self,
         *,
@@ -857,10 +934,11 @@ class GetJobStatsResponse(_message.Message):
         total_cost_cents: _builtins.int = ...,
         mean_duration_seconds: _builtins.float = ...,
         failure_rate: _builtins.float = ...,
+        mean_duration: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mean_duration", b"mean_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_mode", b"by_mode", "by_status", b"by_status", "failure_rate", b"failure_rate", "mean_duration_seconds", b"mean_duration_seconds", "total_cost_cents", b"total_cost_cents", "total_jobs", b"total_jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_mode", b"by_mode", "by_status", b"by_status", "failure_rate", b"failure_rate", "mean_duration", b"mean_duration", "mean_duration_seconds", b"mean_duration_seconds", "total_cost_cents", b"total_cost_cents", "total_jobs", b"total_jobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -108,7 +108,8 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """ListJobs pages through the caller's jobs, newest first.
+        """ListJobs pages through the caller's jobs, newest first, without their
+        articles unless the request asks for JOB_VIEW_FULL.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

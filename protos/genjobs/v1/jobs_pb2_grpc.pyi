@@ -41,7 +41,9 @@ class JobServiceStub:
     GetJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.Job]
     """GetJob returns one of the caller's jobs."""
     ListJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]
-    """ListJobs pages through the caller's jobs, newest first."""
+    """ListJobs pages through the caller's jobs, newest first, without their
+    articles unless the request asks for JOB_VIEW_FULL.
+    """
     CancelJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.Job]
     """CancelJob cancels a queued job at once, or stops a processing one."""
     RetryJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.Job]
@@ -75,7 +77,9 @@ class JobServiceAsyncStub(JobServiceStub):
     GetJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
     """GetJob returns one of the caller's jobs."""
     ListJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]  # type: ignore[assignment]
-    """ListJobs pages through the caller's jobs, newest first."""
+    """ListJobs pages through the caller's jobs, newest first, without their
+    articles unless the request asks for JOB_VIEW_FULL.
+    """
     CancelJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
     """CancelJob cancels a queued job at once, or stops a processing one."""
     RetryJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
@@ -124,7 +128,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.ListJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.ListJobsResponse, _abc.Awaitable[_jobs_pb2.ListJobsResponse]]:
-        """ListJobs pages through the caller's jobs, newest first."""
+        """ListJobs pages through the caller's jobs, newest first, without their
+        articles unless the request asks for JOB_VIEW_FULL.
+        """
 
     @_abc_1.abstractmethod
     def CancelJob(
