@@ -124,7 +124,8 @@ class App:
         self.http_port = 0  # 0 while the HTTP face is off
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
-        self._database_ready = asyncio.Event()
+        self._database_answered = asyncio.Event()  # the first ping was answered
+        self._database_ready = asyncio.Event()  # ... and the indexes are built: serving
         self._stopped = asyncio.Event()
         # Made first: a configuration mistake stops the server before it starts anything.
         self.progress_link = ProgressLink()
@@ -229,11 +230,26 @@ class App:
                 settings.host, settings.metrics_port, settings.tls_cert_file, settings.tls_key_file
             )
             undo.callback(self.metrics.stop)
-        try:
-            await asyncio.wait_for(self._database_ready.wait(), timeout=DATABASE_START_SECONDS)
-        except TimeoutError:
-            raise StartError(f"the database did not answer within {DATABASE_START_SECONDS:g} s") from None
+        await self._await_database(self._tasks[0])
         return self.port
+
+    async def _await_database(self, watcher: asyncio.Task[None]) -> None:
+        """Until the database has answered (DATABASE_START_SECONDS at most) and
+        its indexes are built (INDEX_BUILD_SECONDS: long on a large history);
+        a watcher that died says why."""
+        for event, seconds, what in (
+            (self._database_answered, DATABASE_START_SECONDS, "the database did not answer"),
+            (self._database_ready, INDEX_BUILD_SECONDS, "the database's indexes were not built"),
+        ):
+            if event is self._database_ready and not event.is_set():
+                log.info("building the database's indexes (a large history takes a while)")
+            waiter = asyncio.ensure_future(event.wait())
+            await asyncio.wait([waiter, watcher], timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if watcher.done() and not watcher.cancelled() and watcher.exception() is not None:
+                raise StartError(f"{what}: {watcher.exception()}")
+            if not event.is_set():
+                raise StartError(f"{what} within {seconds:g} s")
 
     async def stop(self, grace: float = 5.0) -> None:
         """Graceful shutdown: NOT_SERVING, no new jobs, streams end UNAVAILABLE, then stop."""
@@ -318,6 +334,7 @@ class App:
             while True:
                 try:
                     await loop.run_in_executor(pinger, self._ping, ping_seconds)
+                    self._database_answered.set()
                     if not self._database_ready.is_set():
                         await asyncio.to_thread(self._ensure_indexes)
                         self.dispatcher.start()

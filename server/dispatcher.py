@@ -45,7 +45,6 @@ from server.store import (
     BACKOFF,
     NONE,
     PROGRESS,
-    READY,
     STATUS_CHANGED,
     Doc,
     Store,
@@ -315,7 +314,7 @@ class Dispatcher:
         if doc.get("cancel_requested"):
             changes.update(status=str(Status.CANCELLED), queue=NONE, ended_us=stamp)
         elif attempt < limit:
-            changes.update(status=str(Status.QUEUED), queue=READY)
+            changes.update(status=str(Status.QUEUED), queue=self.store.bulk_lane(doc.get("bulk_job_id", "")))
         else:
             lost["retryable"] = False
             changes.update(status=str(Status.FAILED), queue=NONE, ended_us=stamp)
@@ -447,12 +446,12 @@ class Dispatcher:
             changes.update(status=str(Status.FAILED), queue=NONE, ended_us=stamp)
         self._write_outcome(run, changes)
 
-    @staticmethod
-    def _requeue_changes(job: Doc) -> Doc:
-        """Back to the ready lane with the attempt given back (the run was not the job's fault)."""
+    def _requeue_changes(self, job: Doc) -> Doc:
+        """Back to the queue with the attempt given back (the run was not the job's
+        fault): the ready lane, or held when its bulk job is paused."""
         return {
             "status": str(Status.QUEUED),
-            "queue": READY,
+            "queue": self.store.bulk_lane(job.get("bulk_job_id", "")),
             "attempt": job["attempt"] - 1,
             "worker": "",
             "lease_until_us": 0,

@@ -9,9 +9,12 @@ concurrent submits share one insert (see `store.LoopInsert`).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from pymongo.errors import PyMongoError
 
 from server import observability, validation
 from server.auth import Caller
@@ -21,6 +24,8 @@ from server.events import Event, EventHub
 from server.notify.channels import targets
 from server.states import Status
 from server.store import SNAPSHOT, STATUS_CHANGED, Doc, JobFilter, Page, Store, final
+
+log = logging.getLogger(__name__)
 
 MAX_BULK_OPERATION = 100
 SAMPLE_SIZE = 10
@@ -93,7 +98,14 @@ class Jobs:
         self.hub.publish(Event(f"job:{event['job_id']}", event["seq"], event, final(doc["status"])))
         observability.job_changed(doc, kind)
         for callback in self.on_change:
-            callback(doc, kind)
+            # Each on its own: a database error in one (bulk counts) must not skip
+            # the next (the job's notification); their sweeps repair what failed.
+            try:
+                callback(doc, kind)
+            except PyMongoError as exc:
+                log.warning(
+                    "job %s: %s after a %s event failed (%s)", doc["_id"], callback.__name__, kind, exc
+                )
 
     async def poll_remote(self) -> None:
         """Other replicas' changes to watched jobs reach this server's watchers here:

@@ -278,3 +278,24 @@ def test_webhook_is_signed_and_retried(mongo: MongoServer, tmp_path: Path, recei
         assert payload["bulk_job_id"] == bulk.id and payload["completed_items"] == 10
         note = wait_for(lambda: [n for n in alice.notifications().notifications if n.delivered])
         assert note[0].delivery_attempts == 2
+
+
+def test_an_item_requeued_by_a_shutdown_stays_held_while_its_bulk_job_is_paused(
+    mongo: MongoServer, tmp_path: Path
+) -> None:
+    settings = make_settings(mongo.uri, tmp_path)
+    with serving(settings) as alice:
+        bulk = alice.create_bulk("topic", items(10, i1={"demo_seconds": "4"}))
+        wait_for(lambda: alice.get_bulk(bulk.id).items[0].status == jobs_pb2.JOB_STATUS_PROCESSING)
+        alice.pause_bulk(bulk.id)
+    # The stop (1 s grace) gave the running item back to the queue: it must wait
+    # for the resume like its paused siblings, not run on the next server.
+    first = pymongo.MongoClient(mongo.uri)[settings.db_name].jobs.find_one(
+        {"bulk_job_id": bulk.id, "queue_position": 1}
+    )
+    assert first is not None and (first["status"], first["queue"], first["attempt"]) == ("QUEUED", "held", 0)
+    with serving(settings) as alice:
+        assert alice.get_bulk(bulk.id).items[0].status == jobs_pb2.JOB_STATUS_QUEUED
+        alice.resume_bulk(bulk.id)
+        done = wait_for(lambda: bulk_status(alice, bulk.id, B.BULK_JOB_STATUS_COMPLETED), timeout=60)
+        assert done.completed_items == 10
