@@ -20,6 +20,9 @@ from pymongo.errors import PyMongoError
 
 log = logging.getLogger(__name__)
 
+# The embedded database's entry point: nx-27017 with a quiet, rotated log. A
+# pid is trusted as our database only when its command line runs this module.
+DATABASE_MODULE = "server.quiet_nx"
 START_TIMEOUT_SECONDS = 30.0
 ANSWER_TIMEOUT_SECONDS = 5.0  # a running instance that takes longer than this is hung
 
@@ -109,7 +112,7 @@ class EmbeddedMongo:
             args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             return None
-        if "nx_27017.nx_27017" not in args or _flag(args, "--data-dir") != str(self.mongo_dir):
+        if DATABASE_MODULE not in args or _flag(args, "--data-dir") != str(self.mongo_dir):
             return None
         port = _flag(args, "--port")
         return int(port) if port and port.isdigit() else None
@@ -137,7 +140,7 @@ class EmbeddedMongo:
         command = [
             sys.executable,
             "-m",
-            "server.quiet_nx",  # nx-27017 with a quiet, rotated log
+            DATABASE_MODULE,
             "--data-dir",
             str(self.mongo_dir),
             "--host",

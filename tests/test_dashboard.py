@@ -167,7 +167,7 @@ def test_without_a_token_it_asks_for_one(page: Page, server: ServerThread) -> No
     page.goto(f"http://127.0.0.1:{server.app.http_port}/")
     page.fill("#token", "not-a-token")
     page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("alert")).to_contain_text("not valid")
+    expect(page.get_by_role("alert")).to_contain_text("not a genjobs token")
     token = server.token("alice")
     page.fill("#token", token)
     page.get_by_role("button", name="Sign in").click()

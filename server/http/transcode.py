@@ -27,6 +27,7 @@ from server.http.errors import bad_request
 # and a streamed message's id (the SSE `id:`) is this field of it.
 RESUME_FIELD = "after_sequence"
 SEQUENCE_FIELD = "sequence"
+TYPE_FIELD = "type"
 
 # Well-known message types that a query parameter can carry as one string.
 SCALAR_MESSAGES = {
@@ -272,13 +273,22 @@ def to_json(message: Message, field: str = "") -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
+def is_heartbeat(message: Message) -> bool:
+    """Whether a stream message is a heartbeat: its `type` is the enum's *_HEARTBEAT."""
+    field = message.DESCRIPTOR.fields_by_name.get(TYPE_FIELD)
+    if field is None or field.enum_type is None:
+        return False
+    value = field.enum_type.values_by_number.get(getattr(message, TYPE_FIELD))
+    return value is not None and value.name.endswith("_HEARTBEAT")
+
+
 def sse_frame(message: Message, text: str) -> str:
     """One server-sent event, `id: <sequence>` then the message's JSON. A
-    message without a sequence (a heartbeat) is a comment: it keeps proxies
-    and the client's liveness check awake without being an event."""
+    heartbeat (it repeats the last sequence sent) is a comment: it keeps
+    proxies and the client's liveness check awake without being an event."""
+    if is_heartbeat(message):
+        return f": {text}\n\n"
     has_sequence = SEQUENCE_FIELD in message.DESCRIPTOR.fields_by_name
     sequence = getattr(message, SEQUENCE_FIELD) if has_sequence else 0
-    if has_sequence and not sequence:
-        return f": {text}\n\n"
     head = f"id: {sequence}\n" if sequence else ""
     return f"{head}data: {text}\n\n"

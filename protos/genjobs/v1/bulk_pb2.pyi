@@ -468,7 +468,7 @@ class BulkJobEvent(_message.Message):
     become of the items since (deleted items are counted in total_items
     only). A watcher arriving after the end gets the final state alone:
     COMPLETED with the notification, or a SNAPSHOT of the cancelled job.
-    Idle streams get HEARTBEAT events (sequence 0, no bulk job).
+    Idle streams get HEARTBEAT events: the time and the last sequence sent, no bulk job.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -480,7 +480,7 @@ class BulkJobEvent(_message.Message):
     NOTIFICATION_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The bulk job's change counter: increasing within a stream, not
-    gapless (see above); 0 on heartbeats.
+    gapless (see above); on heartbeats, the last sequence sent.
     """
     type: Global___BulkJobEventType.ValueType
     @_builtins.property
