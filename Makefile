@@ -37,8 +37,8 @@ test-min: $(MIN_STAMP)
 
 lint: $(STAMP) $(BUF)
 	$(BUF) lint protos
-	$(BIN)/ruff check server client tests bench
-	$(BIN)/ruff format --check server client tests bench
+	$(BIN)/ruff check server client tests bench examples
+	$(BIN)/ruff format --check server client tests bench examples
 	$(BIN)/mypy
 
 $(BUF):
