@@ -23,7 +23,6 @@ import itertools
 import json
 import random
 import select
-import socket
 import threading
 import time
 from collections import Counter
@@ -109,11 +108,12 @@ class _Generate(BaseHTTPRequestHandler):
             if not readable:
                 continue
             try:
-                if self.connection.recv(1, socket.MSG_PEEK) == b"":
+                # Data we did not expect is not a hang-up: it is read and dropped,
+                # and the wait goes on for the caller closing the connection.
+                if self.connection.recv(4096) == b"":
                     return True
             except OSError:
                 return True
-            time.sleep(left)  # data we did not expect: not a hang-up
         return False
 
     def log_message(self, *args: object) -> None:
