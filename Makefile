@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 BUF := $(VENV)/buf/node_modules/.bin/buf
-PROTOS := protos/genjobs/v1/jobs.proto protos/genjobs/v1/bulk.proto
+PROTOS := protos/genjobs/v1/jobs.proto protos/genjobs/v1/bulk.proto protos/genjobs/v1/schedules.proto protos/genjobs/v1/templates.proto
 
 .PHONY: run test test-min lint proto bench clean
 

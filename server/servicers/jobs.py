@@ -183,3 +183,17 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             request.message,
         )
         return empty_pb2.Empty()
+
+    async def SetBudget(
+        self, request: jobs_pb2.SetBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Budget:
+        """Not built yet (issue 20)."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "SetBudget is not built yet")
+        raise AssertionError("unreachable")
+
+    async def GetUsage(
+        self, request: jobs_pb2.GetUsageRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Usage:
+        """Not built yet (issue 20)."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetUsage is not built yet")
+        raise AssertionError("unreachable")

@@ -178,6 +178,10 @@ class BulkJob(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     NOTIFY_URL_FIELD_NUMBER: _builtins.int
     NOTIFY_EMAIL_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     owner: _builtins.str
     project: _builtins.str
@@ -192,6 +196,10 @@ class BulkJob(_message.Message):
     request_id: _builtins.str
     notify_url: _builtins.str
     notify_email: _builtins.str
+    priority: _jobs_pb2.Priority.ValueType
+    schedule_id: _builtins.str
+    """The schedule whose tick created this bulk job, if any."""
+    template: _builtins.str
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___BulkJobItem]: ...
     @_builtins.property
@@ -206,6 +214,8 @@ class BulkJob(_message.Message):
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def estimated_completion(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def schedule_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -229,10 +239,14 @@ class BulkJob(_message.Message):
         request_id: _builtins.str = ...,
         notify_url: _builtins.str = ...,
         notify_email: _builtins.str = ...,
+        priority: _jobs_pb2.Priority.ValueType = ...,
+        schedule_time: _timestamp_pb2.Timestamp | None = ...,
+        schedule_id: _builtins.str = ...,
+        template: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "estimated_completion", b"estimated_completion", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "estimated_completion", b"estimated_completion", "schedule_time", b"schedule_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_items", b"cancelled_items", "completed_items", b"completed_items", "create_time", b"create_time", "end_time", b"end_time", "error_summary", b"error_summary", "estimated_completion", b"estimated_completion", "failed_items", b"failed_items", "id", b"id", "items", b"items", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "percentage", b"percentage", "project", b"project", "remaining_items", b"remaining_items", "request_id", b"request_id", "start_time", b"start_time", "status", b"status", "total_items", b"total_items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_items", b"cancelled_items", "completed_items", b"completed_items", "create_time", b"create_time", "end_time", b"end_time", "error_summary", b"error_summary", "estimated_completion", b"estimated_completion", "failed_items", b"failed_items", "id", b"id", "items", b"items", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "percentage", b"percentage", "priority", b"priority", "project", b"project", "remaining_items", b"remaining_items", "request_id", b"request_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "start_time", b"start_time", "status", b"status", "template", b"template", "total_items", b"total_items"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -250,7 +264,11 @@ class CreateBulkJobRequest(_message.Message):
     PROJECT_FIELD_NUMBER: _builtins.int
     NOTIFY_URL_FIELD_NUMBER: _builtins.int
     NOTIFY_EMAIL_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
     mode: _jobs_pb2.Mode.ValueType
+    """Required unless `template` names a template, which supplies it."""
     request_id: _builtins.str
     project: _builtins.str
     notify_url: _builtins.str
@@ -259,8 +277,25 @@ class CreateBulkJobRequest(_message.Message):
     """Optional; gets a mail when the bulk job completes (FAILED_PRECONDITION
     when the server has no GENJOBS_SMTP_URL).
     """
+    priority: _jobs_pb2.Priority.ValueType
+    """Optional; every item runs at this priority. PRIORITY_HIGH needs a
+    premium or admin token (else PERMISSION_DENIED).
+    """
+    template: _builtins.str
+    """Optional; the name of one of the caller's templates holding a
+    CreateBulkJobRequest. Every field set in this request overrides the
+    template's.
+    """
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[_jobs_pb2.GenerationParams]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_jobs_pb2.GenerationParams]:
+        """Required unless `template` names a template; when given they replace
+        the template's items.
+        """
+
+    @_builtins.property
+    def schedule_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional; no item starts before this time."""
+
     def __init__(
         self,
         *,
@@ -270,10 +305,13 @@ class CreateBulkJobRequest(_message.Message):
         project: _builtins.str = ...,
         notify_url: _builtins.str = ...,
         notify_email: _builtins.str = ...,
+        priority: _jobs_pb2.Priority.ValueType = ...,
+        schedule_time: _timestamp_pb2.Timestamp | None = ...,
+        template: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule_time", b"schedule_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "project", b"project", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "priority", b"priority", "project", b"project", "request_id", b"request_id", "schedule_time", b"schedule_time", "template", b"template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

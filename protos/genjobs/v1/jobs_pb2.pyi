@@ -26,6 +26,32 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Priority:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Priority.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PRIORITY_UNSPECIFIED: _Priority.ValueType  # 0
+    """The same as PRIORITY_NORMAL."""
+    PRIORITY_LOW: _Priority.ValueType  # 1
+    PRIORITY_NORMAL: _Priority.ValueType  # 2
+    PRIORITY_HIGH: _Priority.ValueType  # 3
+    """Allowed to tokens with the claim "tier": "premium" and to admins."""
+
+class Priority(_Priority, metaclass=_PriorityEnumTypeWrapper):
+    """Priority orders runnable jobs: higher runs first; among jobs of one
+    priority the owner who has waited longest since their last start goes next.
+    """
+
+PRIORITY_UNSPECIFIED: Priority.ValueType  # 0
+"""The same as PRIORITY_NORMAL."""
+PRIORITY_LOW: Priority.ValueType  # 1
+PRIORITY_NORMAL: Priority.ValueType  # 2
+PRIORITY_HIGH: Priority.ValueType  # 3
+"""Allowed to tokens with the claim "tier": "premium" and to admins."""
+Global___Priority: _TypeAlias = Priority  # noqa: Y015
+
 class _Mode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -389,6 +415,10 @@ class Job(_message.Message):
     ATTEMPT_ERRORS_FIELD_NUMBER: _builtins.int
     NOTIFY_URL_FIELD_NUMBER: _builtins.int
     NOTIFY_EMAIL_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     owner: _builtins.str
     project: _builtins.str
@@ -406,6 +436,12 @@ class Job(_message.Message):
     ListNotifications with job_id.
     """
     notify_email: _builtins.str
+    priority: Global___Priority.ValueType
+    """PRIORITY_NORMAL when the request left it unspecified."""
+    schedule_id: _builtins.str
+    """The schedule whose tick created this job, if any."""
+    template: _builtins.str
+    """The template this job was submitted from, if any."""
     @_builtins.property
     def params(self) -> Global___GenerationParams: ...
     @_builtins.property
@@ -427,6 +463,10 @@ class Job(_message.Message):
     @_builtins.property
     def attempt_errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobError]:
         """Every failed attempt's error, oldest first."""
+
+    @_builtins.property
+    def schedule_time(self) -> _timestamp_pb2.Timestamp:
+        """Not started before this time (unset: as soon as its turn comes)."""
 
     def __init__(
         self,
@@ -454,10 +494,14 @@ class Job(_message.Message):
         attempt_errors: _abc.Iterable[Global___JobError] | None = ...,
         notify_url: _builtins.str = ...,
         notify_email: _builtins.str = ...,
+        priority: Global___Priority.ValueType = ...,
+        schedule_time: _timestamp_pb2.Timestamp | None = ...,
+        schedule_id: _builtins.str = ...,
+        template: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "params", b"params", "progress", b"progress", "result", b"result", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "params", b"params", "progress", b"progress", "result", b"result", "schedule_time", b"schedule_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_errors", b"attempt_errors", "bulk_job_id", b"bulk_job_id", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "max_attempts", b"max_attempts", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "params", b"params", "progress", b"progress", "project", b"project", "queue_position", b"queue_position", "request_id", b"request_id", "result", b"result", "retry_of", b"retry_of", "start_time", b"start_time", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_errors", b"attempt_errors", "bulk_job_id", b"bulk_job_id", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "max_attempts", b"max_attempts", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "project", b"project", "queue_position", b"queue_position", "request_id", b"request_id", "result", b"result", "retry_of", b"retry_of", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "start_time", b"start_time", "status", b"status", "template", b"template", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -476,7 +520,11 @@ class SubmitJobRequest(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     NOTIFY_URL_FIELD_NUMBER: _builtins.int
     NOTIFY_EMAIL_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
     mode: Global___Mode.ValueType
+    """Required unless `template` names a template, which supplies it."""
     request_id: _builtins.str
     """Optional; the same request_id from the same owner returns the same job."""
     project: _builtins.str
@@ -490,8 +538,25 @@ class SubmitJobRequest(_message.Message):
     """Optional; gets a mail when the job ends (FAILED_PRECONDITION when the
     server has no GENJOBS_SMTP_URL). A retry of the job keeps it.
     """
+    priority: Global___Priority.ValueType
+    """Optional; PRIORITY_HIGH needs a premium or admin token (else
+    PERMISSION_DENIED).
+    """
+    template: _builtins.str
+    """Optional; the name of one of the caller's templates holding a
+    SubmitJobRequest. Every field set in this request overrides the
+    template's.
+    """
     @_builtins.property
-    def params(self) -> Global___GenerationParams: ...
+    def params(self) -> Global___GenerationParams:
+        """Required unless `template` names a template. With a template, the
+        fields set here replace the template's; the others are the template's.
+        """
+
+    @_builtins.property
+    def schedule_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional; the job is QUEUED but not started before this time."""
+
     def __init__(
         self,
         *,
@@ -502,10 +567,13 @@ class SubmitJobRequest(_message.Message):
         max_attempts: _builtins.int = ...,
         notify_url: _builtins.str = ...,
         notify_email: _builtins.str = ...,
+        priority: Global___Priority.ValueType = ...,
+        schedule_time: _timestamp_pb2.Timestamp | None = ...,
+        template: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "schedule_time", b"schedule_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_attempts", b"max_attempts", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "params", b"params", "project", b"project", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_attempts", b"max_attempts", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "params", b"params", "priority", b"priority", "project", b"project", "request_id", b"request_id", "schedule_time", b"schedule_time", "template", b"template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -619,6 +687,8 @@ class ListJobsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
+    PRIORITIES_FIELD_NUMBER: _builtins.int
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """Case-insensitive match on topic or keywords."""
     bulk_job_id: _builtins.str
@@ -628,6 +698,8 @@ class ListJobsRequest(_message.Message):
     page_token: _builtins.str
     view: Global___JobView.ValueType
     """How much of each job to return; unspecified means JOB_VIEW_BASIC."""
+    schedule_id: _builtins.str
+    """Only the jobs this schedule's ticks created: its runs."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___JobStatus.ValueType]: ...
     @_builtins.property
@@ -636,6 +708,10 @@ class ListJobsRequest(_message.Message):
     def created_after(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def created_before(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def priorities(self) -> _containers.RepeatedScalarFieldContainer[Global___Priority.ValueType]:
+        """Only jobs of these priorities (PRIORITY_UNSPECIFIED means NORMAL)."""
+
     def __init__(
         self,
         *,
@@ -649,10 +725,12 @@ class ListJobsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         view: Global___JobView.ValueType = ...,
+        priorities: _abc.Iterable[Global___Priority.ValueType] | None = ...,
+        schedule_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_job_id", b"bulk_job_id", "created_after", b"created_after", "created_before", b"created_before", "modes", b"modes", "page_size", b"page_size", "page_token", b"page_token", "project", b"project", "query", b"query", "statuses", b"statuses", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_job_id", b"bulk_job_id", "created_after", b"created_after", "created_before", b"created_before", "modes", b"modes", "page_size", b"page_size", "page_token", b"page_token", "priorities", b"priorities", "project", b"project", "query", b"query", "schedule_id", b"schedule_id", "statuses", b"statuses", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -981,3 +1059,165 @@ class ReportProgressRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportProgressRequest: _TypeAlias = ReportProgressRequest  # noqa: Y015
+
+@_typing.final
+class SetBudgetRequest(_message.Message):
+    """SetBudgetRequest sets or removes one monthly spending limit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    MONTHLY_LIMIT_CENTS_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    project: _builtins.str
+    """Empty: the limit covers the owner's whole spend; else only this project's."""
+    monthly_limit_cents: _builtins.int
+    """The limit in cents per calendar month (UTC); 0 removes the limit."""
+    def __init__(
+        self,
+        *,
+        owner: _builtins.str = ...,
+        project: _builtins.str = ...,
+        monthly_limit_cents: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["monthly_limit_cents", b"monthly_limit_cents", "owner", b"owner", "project", b"project"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBudgetRequest: _TypeAlias = SetBudgetRequest  # noqa: Y015
+
+@_typing.final
+class Budget(_message.Message):
+    """Budget is one monthly spending limit and the spend it covers this month."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    MONTHLY_LIMIT_CENTS_FIELD_NUMBER: _builtins.int
+    SPENT_CENTS_FIELD_NUMBER: _builtins.int
+    EXHAUSTED_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    project: _builtins.str
+    """Empty for the owner's whole spend."""
+    monthly_limit_cents: _builtins.int
+    spent_cents: _builtins.int
+    """Completed jobs' cost this month (UTC) under this limit."""
+    exhausted: _builtins.bool
+    """Spend is at or over the limit: submits are refused and queued jobs wait."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        owner: _builtins.str = ...,
+        project: _builtins.str = ...,
+        monthly_limit_cents: _builtins.int = ...,
+        spent_cents: _builtins.int = ...,
+        exhausted: _builtins.bool = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exhausted", b"exhausted", "monthly_limit_cents", b"monthly_limit_cents", "owner", b"owner", "project", b"project", "spent_cents", b"spent_cents", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Budget: _TypeAlias = Budget  # noqa: Y015
+
+@_typing.final
+class GetUsageRequest(_message.Message):
+    """GetUsageRequest names whose usage to return."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    """Empty: the caller's own. Only admins may name another owner."""
+    def __init__(
+        self,
+        *,
+        owner: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
+
+@_typing.final
+class ProjectSpend(_message.Message):
+    """ProjectSpend is one project's spend this month."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    SPENT_CENTS_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    spent_cents: _builtins.int
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        spent_cents: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project", "spent_cents", b"spent_cents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProjectSpend: _TypeAlias = ProjectSpend  # noqa: Y015
+
+@_typing.final
+class Usage(_message.Message):
+    """Usage is an owner's spend this month, their limits and queue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    MONTH_FIELD_NUMBER: _builtins.int
+    SPENT_CENTS_FIELD_NUMBER: _builtins.int
+    PROJECTS_FIELD_NUMBER: _builtins.int
+    BUDGETS_FIELD_NUMBER: _builtins.int
+    QUEUED_JOBS_FIELD_NUMBER: _builtins.int
+    MAX_QUEUED_JOBS_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    month: _builtins.str
+    """The calendar month (UTC) the spend is counted in, as "2026-11"."""
+    spent_cents: _builtins.int
+    queued_jobs: _builtins.int
+    """Jobs queued now, and the most the server lets one owner queue."""
+    max_queued_jobs: _builtins.int
+    @_builtins.property
+    def projects(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProjectSpend]:
+        """Spend by project, largest first; the empty project is ""."""
+
+    @_builtins.property
+    def budgets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Budget]:
+        """Every limit set for the owner: the whole-spend one first."""
+
+    def __init__(
+        self,
+        *,
+        owner: _builtins.str = ...,
+        month: _builtins.str = ...,
+        spent_cents: _builtins.int = ...,
+        projects: _abc.Iterable[Global___ProjectSpend] | None = ...,
+        budgets: _abc.Iterable[Global___Budget] | None = ...,
+        queued_jobs: _builtins.int = ...,
+        max_queued_jobs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "max_queued_jobs", b"max_queued_jobs", "month", b"month", "owner", b"owner", "projects", b"projects", "queued_jobs", b"queued_jobs", "spent_cents", b"spent_cents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Usage: _TypeAlias = Usage  # noqa: Y015

@@ -86,6 +86,16 @@ class JobServiceStub:
                 request_serializer=genjobs_dot_v1_dot_jobs__pb2.ReportProgressRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.SetBudget = channel.unary_unary(
+                '/genjobs.v1.JobService/SetBudget',
+                request_serializer=genjobs_dot_v1_dot_jobs__pb2.SetBudgetRequest.SerializeToString,
+                response_deserializer=genjobs_dot_v1_dot_jobs__pb2.Budget.FromString,
+                _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/genjobs.v1.JobService/GetUsage',
+                request_serializer=genjobs_dot_v1_dot_jobs__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=genjobs_dot_v1_dot_jobs__pb2.Usage.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -168,6 +178,22 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetBudget(self, request, context):
+        """SetBudget sets an owner's monthly spending limit, for the owner's whole
+        spend or for one of their projects. Admins only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsage(self, request, context):
+        """GetUsage returns an owner's spend this month (UTC), their limits and
+        their queued jobs: the caller's own, or any owner's for an admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -220,6 +246,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ReportProgress,
                     request_deserializer=genjobs_dot_v1_dot_jobs__pb2.ReportProgressRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'SetBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBudget,
+                    request_deserializer=genjobs_dot_v1_dot_jobs__pb2.SetBudgetRequest.FromString,
+                    response_serializer=genjobs_dot_v1_dot_jobs__pb2.Budget.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=genjobs_dot_v1_dot_jobs__pb2.GetUsageRequest.FromString,
+                    response_serializer=genjobs_dot_v1_dot_jobs__pb2.Usage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -493,6 +529,60 @@ class JobService:
             '/genjobs.v1.JobService/ReportProgress',
             genjobs_dot_v1_dot_jobs__pb2.ReportProgressRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genjobs.v1.JobService/SetBudget',
+            genjobs_dot_v1_dot_jobs__pb2.SetBudgetRequest.SerializeToString,
+            genjobs_dot_v1_dot_jobs__pb2.Budget.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genjobs.v1.JobService/GetUsage',
+            genjobs_dot_v1_dot_jobs__pb2.GetUsageRequest.SerializeToString,
+            genjobs_dot_v1_dot_jobs__pb2.Usage.FromString,
             options,
             channel_credentials,
             insecure,

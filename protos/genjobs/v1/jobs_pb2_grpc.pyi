@@ -64,6 +64,14 @@ class JobServiceStub:
     was sent is the credential, and it is refused (PERMISSION_DENIED) once
     that attempt has ended or for any other job.
     """
+    SetBudget: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.SetBudgetRequest, _jobs_pb2.Budget]
+    """SetBudget sets an owner's monthly spending limit, for the owner's whole
+    spend or for one of their projects. Admins only.
+    """
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetUsageRequest, _jobs_pb2.Usage]
+    """GetUsage returns an owner's spend this month (UTC), their limits and
+    their queued jobs: the caller's own, or any owner's for an admin.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -99,6 +107,14 @@ class JobServiceAsyncStub(JobServiceStub):
     job's progress. It needs no bearer token: the attempt token the service
     was sent is the credential, and it is refused (PERMISSION_DENIED) once
     that attempt has ended or for any other job.
+    """
+    SetBudget: _aio.UnaryUnaryMultiCallable[_jobs_pb2.SetBudgetRequest, _jobs_pb2.Budget]  # type: ignore[assignment]
+    """SetBudget sets an owner's monthly spending limit, for the owner's whole
+    spend or for one of their projects. Admins only.
+    """
+    GetUsage: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetUsageRequest, _jobs_pb2.Usage]  # type: ignore[assignment]
+    """GetUsage returns an owner's spend this month (UTC), their limits and
+    their queued jobs: the caller's own, or any owner's for an admin.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -192,6 +208,26 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         job's progress. It needs no bearer token: the attempt token the service
         was sent is the credential, and it is refused (PERMISSION_DENIED) once
         that attempt has ended or for any other job.
+        """
+
+    @_abc_1.abstractmethod
+    def SetBudget(
+        self,
+        request: _jobs_pb2.SetBudgetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.Budget, _abc.Awaitable[_jobs_pb2.Budget]]:
+        """SetBudget sets an owner's monthly spending limit, for the owner's whole
+        spend or for one of their projects. Admins only.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _jobs_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.Usage, _abc.Awaitable[_jobs_pb2.Usage]]:
+        """GetUsage returns an owner's spend this month (UTC), their limits and
+        their queued jobs: the caller's own, or any owner's for an admin.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
