@@ -1,6 +1,7 @@
 """The genjobs Python client and command line."""
 
 from client.client import (
+    AlreadyExists,
     FailedPrecondition,
     GenJobsClient,
     GenJobsError,
@@ -13,6 +14,7 @@ from client.client import (
 )
 
 __all__ = [
+    "AlreadyExists",
     "FailedPrecondition",
     "GenJobsClient",
     "GenJobsError",

@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-from genjobs.v1 import bulk_pb2, bulk_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from genjobs.v1 import (
+    bulk_pb2,
+    bulk_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    schedules_pb2,
+    schedules_pb2_grpc,
+    templates_pb2,
+    templates_pb2_grpc,
+)
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -62,6 +71,10 @@ class ResourceExhausted(GenJobsError):
     """A limit was hit."""
 
 
+class AlreadyExists(GenJobsError):
+    """The name is taken (a template)."""
+
+
 _KINDS: dict[grpc.StatusCode, type[GenJobsError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
@@ -69,6 +82,7 @@ _KINDS: dict[grpc.StatusCode, type[GenJobsError]] = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
 }
 
 
@@ -92,9 +106,11 @@ def translate(error: grpc.RpcError) -> GenJobsError:
 
 
 def mode_value(mode: str | int) -> int:
-    """A Mode from "topic", "TOPIC", "MODE_TOPIC" or the enum number."""
+    """A Mode from "topic", "TOPIC", "MODE_TOPIC" or the enum number ("": unspecified)."""
     if isinstance(mode, int):
         return mode
+    if not mode:
+        return 0
     name = mode.upper()
     return int(jobs_pb2.Mode.Value(name if name.startswith("MODE_") else "MODE_" + name))
 
@@ -160,6 +176,8 @@ class GenJobsClient:
         self._metadata = (("authorization", f"Bearer {token}"),)
         self.jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
         self.bulk = bulk_pb2_grpc.BulkServiceStub(self._channel)
+        self.schedules = schedules_pb2_grpc.ScheduleServiceStub(self._channel)
+        self.templates = templates_pb2_grpc.TemplateServiceStub(self._channel)
 
     def close(self) -> None:
         """Close the channel."""
@@ -189,9 +207,11 @@ class GenJobsClient:
         generation: jobs_pb2.GenerationParams | None = None,
         notify_url: str = "",
         notify_email: str = "",
+        template: str = "",
         **param_fields: Any,
     ) -> jobs_pb2.Job:
-        """Queue a job: `submit("topic", topic="Tea", word_count=300)`."""
+        """Queue a job: `submit("topic", topic="Tea", word_count=300)`; with
+        `template`, mode "" takes the template's, and what is set overrides it."""
         request = jobs_pb2.SubmitJobRequest(
             mode=mode_value(mode),  # type: ignore[arg-type]
             params=generation or params(**param_fields),
@@ -200,6 +220,7 @@ class GenJobsClient:
             max_attempts=max_attempts,
             notify_url=notify_url,
             notify_email=notify_email,
+            template=template,
         )
         return self._call(self.jobs.SubmitJob, request)
 
@@ -330,8 +351,9 @@ class GenJobsClient:
         project: str = "",
         notify_url: str = "",
         notify_email: str = "",
+        template: str = "",
     ) -> bulk_pb2.BulkJob:
-        """Queue 10 to 50 items as one bulk job."""
+        """Queue 10 to 50 items as one bulk job (or a template's, overridden by what is set)."""
         request = bulk_pb2.CreateBulkJobRequest(
             mode=mode_value(mode),  # type: ignore[arg-type]
             items=[i if isinstance(i, jobs_pb2.GenerationParams) else params(**i) for i in items],
@@ -339,6 +361,7 @@ class GenJobsClient:
             project=project,
             notify_url=notify_url,
             notify_email=notify_email,
+            template=template,
         )
         return self._call(self.bulk.CreateBulkJob, request)
 
@@ -402,6 +425,113 @@ class GenJobsClient:
         """Every notification, newest first, up to `limit` (0: all)."""
         return _paged(lambda token: self.notifications(page_token=token), "notifications", limit)
 
+    # ---- ScheduleService ----------------------------------------------------
+
+    def create_schedule(
+        self,
+        cron: str,
+        *,
+        time_zone: str = "",
+        job: jobs_pb2.SubmitJobRequest | None = None,
+        bulk_job: bulk_pb2.CreateBulkJobRequest | None = None,
+        template: str = "",
+        request_id: str = "",
+    ) -> schedules_pb2.Schedule:
+        """Run `job`, `bulk_job` or the template named `template` on `cron`
+        (five fields, or six with seconds first) read in `time_zone` (UTC)."""
+        request = schedules_pb2.CreateScheduleRequest(cron=cron, time_zone=time_zone, request_id=request_id)
+        if job is not None:
+            request.job.CopyFrom(job)
+        elif bulk_job is not None:
+            request.bulk_job.CopyFrom(bulk_job)
+        elif template:
+            request.template = template
+        return self._call(self.schedules.CreateSchedule, request)
+
+    def get_schedule(self, schedule_id: str) -> schedules_pb2.Schedule:
+        """One schedule."""
+        return self._call(self.schedules.GetSchedule, schedules_pb2.GetScheduleRequest(id=schedule_id))
+
+    def list_schedules(self, page_size: int = 0, page_token: str = "") -> schedules_pb2.ListSchedulesResponse:
+        """One page of schedules, newest first."""
+        request = schedules_pb2.ListSchedulesRequest(page_size=page_size, page_token=page_token)
+        return self._call(self.schedules.ListSchedules, request)
+
+    def iter_schedules(self, limit: int = 0) -> Iterator[schedules_pb2.Schedule]:
+        """Every schedule, newest first, up to `limit` (0: all)."""
+        return _paged(lambda token: self.list_schedules(page_token=token), "schedules", limit)
+
+    def pause_schedule(self, schedule_id: str) -> schedules_pb2.Schedule:
+        """No more ticks until resumed."""
+        return self._call(self.schedules.PauseSchedule, schedules_pb2.PauseScheduleRequest(id=schedule_id))
+
+    def resume_schedule(self, schedule_id: str) -> schedules_pb2.Schedule:
+        """Tick again, from the next tick after now."""
+        request = schedules_pb2.ResumeScheduleRequest(id=schedule_id)
+        return self._call(self.schedules.ResumeSchedule, request)
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """Remove a schedule (its jobs stay)."""
+        self._call(self.schedules.DeleteSchedule, schedules_pb2.DeleteScheduleRequest(id=schedule_id))
+
+    # ---- TemplateService ----------------------------------------------------
+
+    def create_template(
+        self,
+        name: str,
+        *,
+        job: jobs_pb2.SubmitJobRequest | None = None,
+        bulk_job: bulk_pb2.CreateBulkJobRequest | None = None,
+    ) -> templates_pb2.Template:
+        """Save a named request; AlreadyExists if the name is taken."""
+        return self._call(
+            self.templates.CreateTemplate,
+            templates_pb2.CreateTemplateRequest(name=name, job=job, bulk_job=bulk_job),
+        )
+
+    def update_template(
+        self,
+        name: str,
+        *,
+        job: jobs_pb2.SubmitJobRequest | None = None,
+        bulk_job: bulk_pb2.CreateBulkJobRequest | None = None,
+    ) -> templates_pb2.Template:
+        """Replace a template's request."""
+        return self._call(
+            self.templates.UpdateTemplate,
+            templates_pb2.UpdateTemplateRequest(name=name, job=job, bulk_job=bulk_job),
+        )
+
+    def save_template(
+        self,
+        name: str,
+        *,
+        job: jobs_pb2.SubmitJobRequest | None = None,
+        bulk_job: bulk_pb2.CreateBulkJobRequest | None = None,
+    ) -> tuple[templates_pb2.Template, bool]:
+        """Create the template, or replace it if the name is taken; (it, whether it is new)."""
+        try:
+            return self.create_template(name, job=job, bulk_job=bulk_job), True
+        except AlreadyExists:
+            return self.update_template(name, job=job, bulk_job=bulk_job), False
+
+    def get_template(self, name: str) -> templates_pb2.Template:
+        """One template."""
+        return self._call(self.templates.GetTemplate, templates_pb2.GetTemplateRequest(name=name))
+
+    def list_templates(self, page_size: int = 0, page_token: str = "") -> templates_pb2.ListTemplatesResponse:
+        """One page of templates, by name."""
+        request = templates_pb2.ListTemplatesRequest(page_size=page_size, page_token=page_token)
+        return self._call(self.templates.ListTemplates, request)
+
+    def iter_templates(self, limit: int = 0) -> Iterator[templates_pb2.Template]:
+        """Every template, by name, up to `limit` (0: all)."""
+        return _paged(lambda token: self.list_templates(page_token=token), "templates", limit)
+
+    def delete_template(self, name: str) -> None:
+        """Remove a template."""
+        self._call(self.templates.DeleteTemplate, templates_pb2.DeleteTemplateRequest(name=name))
+
 
 def _paged(fetch: Callable[[str], Any], field: str, limit: int) -> Iterator[Any]:
     """The items of every page `fetch(page_token)` returns, up to `limit` (0: all)."""
@@ -430,6 +560,7 @@ def list_request(
     page_size: int = 0,
     page_token: str = "",
     full: bool = False,
+    schedule_id: str = "",
 ) -> jobs_pb2.ListJobsRequest:
     """A ListJobsRequest from Python values; `full` asks for the articles too."""
     return jobs_pb2.ListJobsRequest(
@@ -443,6 +574,7 @@ def list_request(
         page_size=page_size,
         page_token=page_token,
         view=jobs_pb2.JOB_VIEW_FULL if full else jobs_pb2.JOB_VIEW_BASIC,
+        schedule_id=schedule_id,
     )
 
 

@@ -16,7 +16,16 @@ from typing import Any, TypeVar
 
 import grpc
 import pymongo
-from genjobs.v1 import bulk_pb2, bulk_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from genjobs.v1 import (
+    bulk_pb2,
+    bulk_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    schedules_pb2,
+    schedules_pb2_grpc,
+    templates_pb2,
+    templates_pb2_grpc,
+)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pymongo.errors import PyMongoError
 
@@ -35,10 +44,15 @@ from server.notify import make_notifier
 from server.notify.job_end import JobNotifications
 from server.outage import DatabaseDeadline
 from server.progress import AttemptTokens, ExternalProgress, ProgressLink
+from server.schedule_store import ScheduleStore
+from server.schedules import Schedules
 from server.servicers.bulk import BulkServicer
 from server.servicers.common import RequestDecoding
 from server.servicers.jobs import JobServicer
+from server.servicers.schedules import ScheduleServicer
+from server.servicers.templates import TemplateServicer
 from server.store import Store
+from server.templates import BULK_JOB, JOB, Templates
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,6 +60,8 @@ T = TypeVar("T")
 SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     bulk_pb2.DESCRIPTOR.services_by_name["BulkService"].full_name,
+    schedules_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
+    templates_pb2.DESCRIPTOR.services_by_name["TemplateService"].full_name,
 )
 HEALTH_CHECK_SECONDS = 1.0
 DATABASE_START_SECONDS = 30.0  # a start gives up when the database has not answered by then
@@ -173,6 +189,9 @@ class App:
         self.bulks = Bulks(self.store, self.hub, self.jobs, self.notifier)
         self.job_notifications = JobNotifications(self.store, self.jobs, self.notifier)
         self.progress_link.tokens = AttemptTokens(secret)
+        self.schedule_store = ScheduleStore(self.store)
+        self.templates = Templates(self.schedule_store)
+        self.schedules = Schedules(self.schedule_store, self.templates)
         self.dispatcher = Dispatcher(
             self.store,
             self.generator,
@@ -184,6 +203,7 @@ class App:
             # Often enough that a completed job outlives its retention by at most a quarter.
             sweep_seconds=min(60.0, settings.retention_days * 86400 / 4),
             sweepers=[self.bulks.recover, self.job_notifications.recover],
+            tickers=[self.schedules.tick],
         )
         self.jobs.dispatcher = self.dispatcher
         undo.push_async_callback(self._stop_workers)
@@ -198,10 +218,17 @@ class App:
         ]
         server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         progress = ExternalProgress(self.store, self.progress_link.tokens, self.jobs.record)
-        job_servicer = JobServicer(self.jobs, self.hub, progress)
-        bulk_servicer = BulkServicer(self.bulks, self.hub)
+        job_servicer = JobServicer(self.jobs, self.hub, progress, self.templates)
+        bulk_servicer = BulkServicer(self.bulks, self.hub, self.templates)
+        schedule_servicer = ScheduleServicer(self.schedules)
+        template_servicer = TemplateServicer(self.templates)
+        # A schedule's tick submits as SubmitJob and CreateBulkJob do, on this loop.
+        self.schedules.loop = loop
+        self.schedules.submitters = {JOB: job_servicer.submit, BULK_JOB: bulk_servicer.create}
         jobs_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, server)
         bulk_pb2_grpc.add_BulkServiceServicer_to_server(bulk_servicer, server)
+        schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(schedule_servicer, server)
+        templates_pb2_grpc.add_TemplateServiceServicer_to_server(template_servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable((*SERVICE_NAMES, health.SERVICE_NAME), server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -215,7 +242,9 @@ class App:
         await server.start()
         self.server = server
         undo.push_async_callback(server.stop, 0)
-        self.http_port = await self._start_http(secret, job_servicer, bulk_servicer)
+        self.http_port = await self._start_http(
+            secret, job_servicer, bulk_servicer, schedule_servicer, template_servicer
+        )
         if self.http is not None:
             undo.push_async_callback(self.http.stop, 0)
         self._tasks = [
@@ -296,6 +325,8 @@ class App:
         services = [
             jobs_pb2.DESCRIPTOR.services_by_name["JobService"],
             bulk_pb2.DESCRIPTOR.services_by_name["BulkService"],
+            schedules_pb2.DESCRIPTOR.services_by_name["ScheduleService"],
+            templates_pb2.DESCRIPTOR.services_by_name["TemplateService"],
         ]
         self.http = HttpFace(make_api(dict(zip(services, servicers, strict=True)), secret))
         return await self.http.start(
@@ -364,6 +395,7 @@ class App:
         # Building an index on a large collection may take longer than any one query.
         with pymongo.timeout(INDEX_BUILD_SECONDS):
             self.store.ensure_indexes()
+            self.schedule_store.ensure_indexes()
 
     async def _count_queue(self) -> None:
         """The queue gauges, from the database every few seconds (two indexed counts)."""

@@ -129,8 +129,13 @@ class Bulks:
         project: str = "",
         notify_url: str = "",
         notify_email: str = "",
+        origin: Doc | None = None,
     ) -> BulkView:
-        """Validate every item, then store the bulk job and its items (two writes)."""
+        """Validate every item, then store the bulk job and its items (two writes).
+
+        `origin`: fields the server sets on the bulk job (`schedule_id`,
+        `template`, a schedule tick's own `request_key`); its items carry
+        the schedule and template too."""
         bad = validation.check_bulk(mode, items, request_id, project, notify_url, notify_email)
         if bad:
             raise invalid(bad)
@@ -154,6 +159,9 @@ class Bulks:
             "ended_us": 0,
             "updated_us": base,
             "settled": False,
+            "schedule_id": "",
+            "template": "",
+            **(origin or {}),
         }
         docs = [
             self.store.new_job_doc(
@@ -171,7 +179,7 @@ class Bulks:
         ]
         trace = observability.trace_fields()  # each item's attempts link to this call
         for doc in docs:
-            doc.update(trace)
+            doc.update(trace, schedule_id=bulk["schedule_id"], template=bulk["template"])
         stored, created = self.store.insert_bulk(bulk, docs)
         if created:
             observability.job_submitted(mode, len(docs))

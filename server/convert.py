@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from genjobs.v1 import bulk_pb2, jobs_pb2
+from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2, templates_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -39,6 +39,11 @@ def status_name(value: int) -> str:
 def bulk_status_name(value: int) -> str:
     """BULK_JOB_STATUS_PAUSED -> "PAUSED"; "" for unspecified or unknown."""
     return enum_name(bulk_pb2.BulkJobStatus, value, "BULK_JOB_STATUS_")
+
+
+def schedule_state_name(value: int) -> str:
+    """SCHEDULE_STATE_PAUSED -> "PAUSED"; "" for unspecified or unknown."""
+    return enum_name(schedules_pb2.ScheduleState, value, "SCHEDULE_STATE_")
 
 
 def operation_name(value: int) -> str:
@@ -143,6 +148,8 @@ def job(doc: Doc, full: bool = True) -> jobs_pb2.Job:
         attempt_errors=[e for e in map(job_error, doc.get("attempt_errors", [])) if e is not None],
         notify_url=doc.get("notify_url", ""),
         notify_email=doc.get("notify_email", ""),
+        schedule_id=doc.get("schedule_id", ""),
+        template=doc.get("template", ""),
     )
     progress = doc.get("progress")
     if progress:
@@ -205,6 +212,8 @@ def bulk_job(view: Any, with_items: bool = True) -> bulk_pb2.BulkJob:
         request_id=doc.get("request_id", ""),
         notify_url=doc.get("notify_url", ""),
         notify_email=doc.get("notify_email", ""),
+        schedule_id=doc.get("schedule_id", ""),
+        template=doc.get("template", ""),
     )
     if with_items:
         message.items.extend(
@@ -259,3 +268,40 @@ def bulk_event(payload: Doc) -> bulk_pb2.BulkJobEvent:
     if payload.get("notification"):
         event.notification.CopyFrom(notification(payload["notification"]))
     return event
+
+
+def template(doc: Doc) -> templates_pb2.Template:
+    """A stored template as the Template message."""
+    message = templates_pb2.Template(
+        name=doc["name"],
+        owner=doc["owner"],
+        create_time=timestamp(doc.get("ck")),
+        update_time=timestamp(doc.get("updated_us")),
+    )
+    getattr(message, doc["kind"]).ParseFromString(doc["request"])
+    return message
+
+
+def schedule(doc: Doc) -> schedules_pb2.Schedule:
+    """A stored schedule as the Schedule message."""
+    message = schedules_pb2.Schedule(
+        id=str(doc["_id"]),
+        owner=doc["owner"],
+        cron=doc["cron"],
+        time_zone=doc.get("time_zone", ""),
+        state=schedules_pb2.ScheduleState.Value("SCHEDULE_STATE_" + doc["state"]),
+        next_run_time=timestamp(doc.get("next_run_us")),
+        last_run_time=timestamp(doc.get("last_run_us")),
+        last_job_id=doc.get("last_job_id", ""),
+        last_bulk_job_id=doc.get("last_bulk_job_id", ""),
+        run_count=int(doc.get("run_count", 0)),
+        last_error=doc.get("last_error", ""),
+        request_id=doc.get("request_id", ""),
+        create_time=timestamp(doc.get("ck")),
+        update_time=timestamp(doc.get("updated_us")),
+    )
+    if doc["kind"] == "template":
+        message.template = doc["template"]
+    else:
+        getattr(message, doc["kind"]).ParseFromString(doc["request"])
+    return message

@@ -94,6 +94,7 @@ class Dispatcher:
         retry_base_seconds: float = 1.0,
         sweep_seconds: float = 60.0,
         sweepers: Sequence[Callable[[], None]] = (),
+        tickers: Sequence[Callable[[], None]] = (),
     ) -> None:
         self.store = store
         self.generator = generator
@@ -104,6 +105,7 @@ class Dispatcher:
         self.retry_base_seconds = retry_base_seconds
         self.sweep_seconds = sweep_seconds
         self.sweepers = sweepers
+        self.tickers = tickers  # run on every housekeeping pass (schedules' ticks)
         self._last_sweep = 0.0
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -280,6 +282,8 @@ class Dispatcher:
         for oid in self.store.due_backoff(now_us):
             if self.store.make_ready(oid):
                 self._last_refresh = 0.0
+        for tick in self.tickers:
+            tick()
         if now - self._last_sweep >= self.sweep_seconds:
             self._last_sweep = now
             # A purge of a long backlog may take longer than any one query may.

@@ -139,8 +139,12 @@ class Jobs:
         max_attempts: int = 0,
         notify_url: str = "",
         notify_email: str = "",
+        origin: Doc | None = None,
     ) -> Doc:
-        """Queue a job; a repeated request_id returns the first job. One command."""
+        """Queue a job; a repeated request_id returns the first job. One command.
+
+        `origin`: fields the server sets on the job (`schedule_id`, `template`,
+        and a schedule tick's own `request_key`)."""
         bad = validation.check_submit(mode, params, request_id, project, max_attempts)
         bad += validation.check_notify(notify_url, notify_email)
         if bad:
@@ -157,6 +161,7 @@ class Jobs:
         )
         doc.update(targets(notify_url, notify_email))
         doc.update(observability.trace_fields())
+        doc.update(origin or {})
         stored, created = await self.store.submit_job(doc)
         if created:
             observability.job_submitted(mode)
@@ -295,6 +300,8 @@ def _check_filter_values(filters: JobFilter) -> list[FieldViolation]:
     bad += validation.check_label(filters.project, "project", validation.MAX_PROJECT)
     if filters.bulk_job_id:
         bad += validation.check_id(filters.bulk_job_id, "bulk_job_id", "bulk job")
+    if filters.schedule_id:
+        bad += validation.check_id(filters.schedule_id, "schedule_id", "schedule")
     after, before = filters.created_after_us, filters.created_before_us
     if after is not None and before is not None and after >= before:
         bad.append(FieldViolation("created_before", "must be later than created_after"))

@@ -29,6 +29,10 @@ def _bad(reason: str, why: str) -> ServiceError:
     return invalid([FieldViolation("page_token", why)], reason=reason)
 
 
+def _not_ours() -> ServiceError:
+    return _bad("INVALID_PAGE_TOKEN", "not a token from this listing; start again without it")
+
+
 class PageTokens:
     """Makes and checks the page tokens of every listing."""
 
@@ -41,31 +45,53 @@ class PageTokens:
         mac = hmac.new(self._key, payload.encode(), hashlib.sha256).digest()[:16]
         return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
-    def encode(self, before_ck: int, total: int, fingerprint: str) -> str:
-        """The token of the page after the item with order key `before_ck`."""
-        raw = json.dumps({"b": before_ck, "t": total, "f": fingerprint}, separators=(",", ":"))
+    def _seal(self, claims: dict[str, Any]) -> str:
+        raw = json.dumps(claims, separators=(",", ":"))
         payload = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
         return f"{payload}.{self._sign(payload)}"
 
-    def decode(self, token: str, fingerprint: str) -> tuple[int, int]:
-        """(order key to continue below, total) of a token this server signed for
-        the listing with `fingerprint`; INVALID_ARGUMENT for anything else."""
-        not_ours = _bad("INVALID_PAGE_TOKEN", "not a token from this listing; start again without it")
+    def _open(self, token: str, fingerprint: str, names: tuple[str, ...]) -> list[Any]:
+        """The claims `names` of a token this server signed for the listing with
+        `fingerprint`; INVALID_ARGUMENT for anything else."""
         payload, _, signature = token.partition(".")
         if len(token) > MAX_TOKEN or not hmac.compare_digest(
             signature.encode(), self._sign(payload).encode()
         ):
-            raise not_ours
+            raise _not_ours()
         try:
             claims: Any = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-            before, total, signed_for = claims["b"], claims["t"], claims["f"]
+            values, signed_for = [claims[n] for n in names], claims["f"]
         except (ValueError, KeyError, TypeError, binascii.Error):
-            raise not_ours from None
-        if not (_count(before) and _count(total) and isinstance(signed_for, str)):
-            raise not_ours
+            raise _not_ours() from None
+        if not isinstance(signed_for, str):
+            raise _not_ours()
         if signed_for != fingerprint:
             raise _bad("PAGE_TOKEN_FILTER_MISMATCH", "the filters changed since this token was issued")
+        return values
+
+    def encode(self, before_ck: int, total: int, fingerprint: str) -> str:
+        """The token of the page after the item with order key `before_ck`."""
+        return self._seal({"b": before_ck, "t": total, "f": fingerprint})
+
+    def decode(self, token: str, fingerprint: str) -> tuple[int, int]:
+        """(order key to continue below, total) of a token this server signed for
+        the listing with `fingerprint`; INVALID_ARGUMENT for anything else."""
+        before, total = self._open(token, fingerprint, ("b", "t"))
+        if not (_count(before) and _count(total)):
+            raise _not_ours()
         return before, total
+
+    def encode_after(self, key: str, fingerprint: str) -> str:
+        """The token of the page after the item with sort key `key`, for
+        listings in name order (templates)."""
+        return self._seal({"a": key, "f": fingerprint})
+
+    def decode_after(self, token: str, fingerprint: str) -> str:
+        """The sort key to continue after, of a token from `encode_after`."""
+        (after,) = self._open(token, fingerprint, ("a",))
+        if not isinstance(after, str):
+            raise _not_ours()
+        return after
 
 
 def _count(value: Any) -> bool:

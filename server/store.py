@@ -89,6 +89,7 @@ class JobFilter:
     query: str = ""
     bulk_job_id: str = ""
     project: str = ""
+    schedule_id: str = ""
 
     def fingerprint(self, owner: str | None) -> str:
         """A short hash of the filters; a page token is only valid for the same one."""
@@ -102,6 +103,7 @@ class JobFilter:
                 self.query,
                 self.bulk_job_id,
                 self.project,
+                self.schedule_id,
             ]
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -542,6 +544,7 @@ class Store(BulkQueries):
         self.notifications.create_index([("bulk_job_id", 1)])  # ListNotifications of a bulk job
         self.notifications.create_index([("owner", 1)])  # ListNotifications (owner, ck) is a scan on nx-27017
         jobs.create_index([("notify_pending", 1)])  # job notifications a crash left unstored
+        jobs.create_index([("schedule_id", 1)])  # ListJobs of a schedule's runs
         self.bulk_jobs.create_index([("settled", 1)])  # bulk recovery after a crash
         self.bulk_jobs.create_index([("notification_pending", 1)])
 
@@ -626,6 +629,8 @@ class Store(BulkQueries):
             "worker": "",
             "seq": 1,
             "updated_us": ck,
+            "schedule_id": "",  # the schedule whose tick created it
+            "template": "",  # the template it was submitted from
         }
 
     async def submit_job(self, doc: Doc) -> tuple[Doc, bool]:
@@ -705,6 +710,8 @@ class Store(BulkQueries):
             query["bulk_job_id"] = filters.bulk_job_id
         if filters.project:
             query["project"] = filters.project
+        if filters.schedule_id:
+            query["schedule_id"] = filters.schedule_id
         return query
 
     @staticmethod

@@ -8,35 +8,48 @@ import grpc
 from genjobs.v1 import bulk_pb2, bulk_pb2_grpc
 
 from server import convert
-from server.auth import current_caller
-from server.bulk import SNAPSHOT, Bulks, bulk_event, is_final
+from server.auth import Caller, current_caller
+from server.bulk import SNAPSHOT, Bulks, BulkView, bulk_event, is_final
 from server.events import EventHub
 from server.servicers.common import rpc
+from server.store import Doc
+from server.templates import Templates
 from server.watch import Heartbeat, check_resume, follow
 
 
 class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
     """The BulkService RPCs."""
 
-    def __init__(self, bulks: Bulks, hub: EventHub) -> None:
+    def __init__(self, bulks: Bulks, hub: EventHub, templates: Templates | None = None) -> None:
         self.bulks = bulks
         self.hub = hub
+        self.templates = templates
 
     @rpc
     async def CreateBulkJob(
         self, request: bulk_pb2.CreateBulkJobRequest, context: grpc.aio.ServicerContext
     ) -> bulk_pb2.BulkJob:
-        view = await asyncio.to_thread(
+        return convert.bulk_job(await self.create(current_caller(), request))
+
+    async def create(
+        self, caller: Caller, request: bulk_pb2.CreateBulkJobRequest, origin: Doc | None = None
+    ) -> BulkView:
+        """CreateBulkJob as `caller` (a schedule's tick too, with its `origin`
+        fields), through the template the request names, if any."""
+        if request.template and self.templates is not None:
+            request, named = await asyncio.to_thread(self.templates.resolve, caller.user, request)
+            origin = {**(origin or {}), **named}
+        return await asyncio.to_thread(
             self.bulks.create,
-            current_caller(),
+            caller,
             convert.mode_name(request.mode),
             [convert.params_dict(item) for item in request.items],
             request.request_id,
             request.project,
             request.notify_url,
             request.notify_email,
+            origin,
         )
-        return convert.bulk_job(view)
 
     @rpc
     async def GetBulkJob(

@@ -9,13 +9,14 @@ from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from google.protobuf import empty_pb2
 
 from server import convert
-from server.auth import current_caller
+from server.auth import Caller, current_caller
 from server.errors import ServiceError
 from server.events import Event, EventHub
 from server.jobs import Jobs
 from server.progress import ExternalProgress
 from server.servicers.common import rpc
-from server.store import SNAPSHOT, JobFilter, final
+from server.store import SNAPSHOT, Doc, JobFilter, final
+from server.templates import Templates
 from server.watch import Heartbeat, check_resume, follow
 
 
@@ -36,23 +37,41 @@ def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.GetJobStatsRequest) 
         filters.modes = list(dict.fromkeys(convert.mode_name(m) for m in request.modes))
         filters.query = request.query
         filters.bulk_job_id = request.bulk_job_id
+        filters.schedule_id = request.schedule_id
     return filters
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     """The JobService RPCs."""
 
-    def __init__(self, jobs: Jobs, hub: EventHub, progress: ExternalProgress | None = None) -> None:
+    def __init__(
+        self,
+        jobs: Jobs,
+        hub: EventHub,
+        progress: ExternalProgress | None = None,
+        templates: Templates | None = None,
+    ) -> None:
         self.jobs = jobs
         self.hub = hub
         self.progress = progress
+        self.templates = templates
 
     @rpc
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
-        doc = await self.jobs.submit(
-            current_caller(),
+        return convert.job(await self.submit(current_caller(), request))
+
+    async def submit(
+        self, caller: Caller, request: jobs_pb2.SubmitJobRequest, origin: Doc | None = None
+    ) -> Doc:
+        """SubmitJob as `caller` (a schedule's tick too, with its `origin` fields),
+        through the template the request names, if any."""
+        if request.template and self.templates is not None:
+            request, named = await asyncio.to_thread(self.templates.resolve, caller.user, request)
+            origin = {**(origin or {}), **named}
+        return await self.jobs.submit(
+            caller,
             convert.mode_name(request.mode),
             convert.params_dict(request.params),
             request.request_id,
@@ -60,8 +79,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             request.max_attempts,
             notify_url=request.notify_url,
             notify_email=request.notify_email,
+            origin=origin,
         )
-        return convert.job(doc)
 
     @rpc
     async def GetJob(
