@@ -155,8 +155,12 @@ app = typer.Typer(
 )
 bulk_app = typer.Typer(help="Bulk jobs: 10 to 50 articles queued and steered as one.", no_args_is_help=True)
 ops_app = typer.Typer(help="Act on up to all of your matching jobs at once.", no_args_is_help=True)
+schedule_app = typer.Typer(help="Schedules: a job or bulk job made on a cron schedule.", no_args_is_help=True)
+template_app = typer.Typer(help="Templates: saved requests to submit with overrides.", no_args_is_help=True)
 app.add_typer(bulk_app, name="bulk")
 app.add_typer(ops_app, name="ops")
+app.add_typer(schedule_app, name="schedule")
+app.add_typer(template_app, name="template")
 
 
 @app.callback()
@@ -208,38 +212,61 @@ def _read_json(path: Path, errors: Console) -> Any:
         fail(errors, f"{path} is not JSON: {exc}")
 
 
-@app.command()
-def submit(
-    ctx: typer.Context,
-    mode: Annotated[Mode | None, typer.Option("--mode", "-m", help="what to write [default: topic]")] = None,
-    topic: Annotated[str, typer.Option(help="the subject (topic and trends modes)")] = "",
-    keyword: Annotated[list[str] | None, typer.Option("--keyword", "-k", help="a keyword; repeat it")] = None,
-    word_count: Annotated[int, typer.Option(help="words to write (0: the server default, 800)")] = 0,
-    tone: Annotated[str, typer.Option(help="e.g. friendly, formal")] = "",
-    source_text: Annotated[str, typer.Option(help="the text to rewrite (spin mode)")] = "",
-    extra: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the generator; repeat it")] = None,
-    project: Annotated[str, typer.Option(help="a project name to group jobs by")] = "",
-    request_id: Annotated[str, typer.Option(help="makes a retried submit return the same job")] = "",
-    max_attempts: Annotated[int, typer.Option(help="attempts before failing (0: server default)")] = 0,
-    notify_url: Annotated[str, typer.Option(help="receives a signed POST when the job ends")] = "",
-    notify_email: Annotated[str, typer.Option(help="gets a mail when the job ends")] = "",
-    file: Annotated[
-        Path | None,
-        typer.Option("--file", "-f", help="a JSON SubmitJob request (- for stdin); flags given override it"),
-    ] = None,
-    watch: Annotated[bool, typer.Option("--watch", "-w", help="then follow its progress")] = False,
-) -> None:
-    """Queue one job. Example: genjobs submit --topic "Green tea" --word-count 300"""
-    opts: Options = ctx.obj
+ModeFlag = Annotated[Mode | None, typer.Option("--mode", "-m", help="what to write [default: topic]")]
+TopicFlag = Annotated[str, typer.Option(help="the subject (topic and trends modes)")]
+KeywordFlag = Annotated[list[str] | None, typer.Option("--keyword", "-k", help="a keyword; repeat it")]
+WordsFlag = Annotated[int, typer.Option(help="words to write (0: the server default, 800)")]
+ToneFlag = Annotated[str, typer.Option(help="e.g. friendly, formal")]
+SourceFlag = Annotated[str, typer.Option(help="the text to rewrite (spin mode)")]
+ExtraFlag = Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the generator; repeat it")]
+ProjectFlag = Annotated[str, typer.Option(help="a project name to group jobs by")]
+AttemptsFlag = Annotated[int, typer.Option(help="attempts before failing (0: server default)")]
+NotifyUrlFlag = Annotated[str, typer.Option(help="receives a signed POST when the job ends")]
+NotifyEmailFlag = Annotated[str, typer.Option(help="gets a mail when the job ends")]
+FileFlag = Annotated[
+    Path | None,
+    typer.Option("--file", "-f", help="a JSON SubmitJob request (- for stdin); flags given override it"),
+]
+TemplateFlag = Annotated[
+    str, typer.Option("--template", "-t", help="start from this template; the flags given override it")
+]
+
+
+def _job_request(
+    opts: Options,
+    file: Path | None,
+    mode: Mode | None,
+    generation: jobs_pb2.GenerationParams,
+    **fields: Any,
+) -> jobs_pb2.SubmitJobRequest:
+    """A SubmitJob request from a JSON file (if any) with the flags given over it;
+    the mode defaults to topic unless a template supplies it."""
     request = jobs_pb2.SubmitJobRequest()
     if file is not None:
         try:
             request = _submit_request(_read_json(file, opts.errors))
         except (TypeError, ValueError) as exc:
             fail(opts.errors, f"{file}: not a SubmitJob request: {exc}")
-    if mode is not None or not request.mode:
+    template = fields.get("template") or request.template
+    if mode is not None or not (request.mode or template):
         request.mode = jobs_pb2.Mode.Value("MODE_" + (mode or Mode.topic).value.upper())
-    given = params(
+    request.params.MergeFrom(generation)
+    for name, value in fields.items():
+        if value:
+            setattr(request, name, value)
+    return request
+
+
+def _generation(
+    opts: Options,
+    topic: str,
+    keyword: list[str] | None,
+    word_count: int,
+    tone: str,
+    source_text: str,
+    extra: list[str] | None,
+) -> jobs_pb2.GenerationParams:
+    return params(
         topic=topic,
         keywords=keyword or [],
         word_count=word_count,
@@ -247,12 +274,41 @@ def submit(
         source_text=source_text,
         extra=_parse_extra(extra or [], opts.errors),
     )
-    request.params.MergeFrom(given)
-    request.project = project or request.project
-    request.request_id = request_id or request.request_id
-    request.max_attempts = max_attempts or request.max_attempts
-    request.notify_url = notify_url or request.notify_url
-    request.notify_email = notify_email or request.notify_email
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    mode: ModeFlag = None,
+    topic: TopicFlag = "",
+    keyword: KeywordFlag = None,
+    word_count: WordsFlag = 0,
+    tone: ToneFlag = "",
+    source_text: SourceFlag = "",
+    extra: ExtraFlag = None,
+    project: ProjectFlag = "",
+    request_id: Annotated[str, typer.Option(help="makes a retried submit return the same job")] = "",
+    max_attempts: AttemptsFlag = 0,
+    notify_url: NotifyUrlFlag = "",
+    notify_email: NotifyEmailFlag = "",
+    file: FileFlag = None,
+    template: TemplateFlag = "",
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="then follow its progress")] = False,
+) -> None:
+    """Queue one job. Example: genjobs submit --topic "Green tea" --word-count 300"""
+    opts: Options = ctx.obj
+    request = _job_request(
+        opts,
+        file,
+        mode,
+        _generation(opts, topic, keyword, word_count, tone, source_text, extra),
+        project=project,
+        request_id=request_id,
+        max_attempts=max_attempts,
+        notify_url=notify_url,
+        notify_email=notify_email,
+        template=template,
+    )
     with connected(ctx) as client:
         job = client.submit(
             request.mode,
@@ -262,6 +318,7 @@ def submit(
             max_attempts=request.max_attempts,
             notify_url=request.notify_url,
             notify_email=request.notify_email,
+            template=request.template,
         )
         if watch:
             _watch(opts, client, job.id)
@@ -324,12 +381,15 @@ def list_jobs(
     query: QueryOpt = "",
     bulk: BulkOpt = "",
     project: ProjectOpt = "",
+    schedule: Annotated[str, typer.Option("--schedule", help="only the runs of this schedule")] = "",
     limit: Annotated[int, typer.Option(help="at most this many jobs", min=1)] = 20,
     all_: Annotated[bool, typer.Option("--all", "-a", help="every matching job, page after page")] = False,
 ) -> None:
     """List your jobs, newest first. Example: genjobs ls --status failed -q tea"""
     opts: Options = ctx.obj
     filters = _filters(status, mode, after, before, query, bulk, project)
+    if schedule:
+        filters["schedule_id"] = schedule
     with connected(ctx) as client:
         first = client.list(page_size=min(limit, 100) if not all_ else 100, **filters)
         jobs = list(first.jobs)
@@ -687,33 +747,69 @@ def _csv_item(row: dict[str, str], line: int) -> dict[str, Any]:
     return item
 
 
+def _bulk_request(
+    opts: Options, file: Path | None, mode: Mode | None, **fields: Any
+) -> bulk_pb2.CreateBulkJobRequest:
+    """A CreateBulkJob request from an items file (if any) and the flags given;
+    the mode defaults to topic unless a template supplies it."""
+    items: list[dict[str, Any]] = []
+    if file is not None:
+        try:
+            items = read_items(file)
+        except OSError as exc:
+            fail(opts.errors, f"cannot read {file}: {exc.strerror}")
+        except ValueError as exc:
+            fail(opts.errors, f"{file}: {exc}")
+    elif not fields.get("template"):
+        fail(opts.errors, "give an items file (CSV or JSON lines), or --template NAME")
+    mode_text = mode.value if mode else "" if fields.get("template") else Mode.topic.value
+    request = bulk_pb2.CreateBulkJobRequest(items=[params(**item) for item in items])
+    if mode_text:
+        request.mode = jobs_pb2.Mode.Value("MODE_" + mode_text.upper())
+    for name, value in fields.items():
+        if value:
+            setattr(request, name, value)
+    return request
+
+
+ItemsArg = Annotated[
+    Path | None, typer.Argument(help="CSV with a header row, or JSON lines (- for stdin)", show_default=False)
+]
+
+
 @bulk_app.command("create")
 def bulk_create(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="CSV with a header row, or JSON lines (- for stdin)")],
-    mode: Annotated[Mode, typer.Option("--mode", "-m")] = Mode.topic,
+    file: ItemsArg = None,
+    mode: Annotated[Mode | None, typer.Option("--mode", "-m", help="[default: topic]")] = None,
     project: ProjectOpt = "",
     request_id: Annotated[str, typer.Option(help="makes a retried create return the same bulk job")] = "",
     notify_url: Annotated[str, typer.Option(help="receives a signed POST when it completes")] = "",
     notify_email: Annotated[str, typer.Option(help="gets a mail when it completes")] = "",
+    template: TemplateFlag = "",
     watch: Annotated[bool, typer.Option("--watch", "-w", help="then follow its progress")] = False,
 ) -> None:
-    """Queue 10 to 50 articles as one bulk job, from a CSV or JSON-lines file."""
+    """Queue 10 to 50 articles as one bulk job, from a CSV or JSON-lines file (or a template)."""
     opts: Options = ctx.obj
-    try:
-        items = read_items(file)
-    except OSError as exc:
-        fail(opts.errors, f"cannot read {file}: {exc.strerror}")
-    except ValueError as exc:
-        fail(opts.errors, f"{file}: {exc}")
+    request = _bulk_request(
+        opts,
+        file,
+        mode,
+        project=project,
+        request_id=request_id,
+        notify_url=notify_url,
+        notify_email=notify_email,
+        template=template,
+    )
     with connected(ctx) as client:
         bulk = client.create_bulk(
-            mode.value,
-            items,
-            request_id=request_id,
-            project=project,
-            notify_url=notify_url,
-            notify_email=notify_email,
+            request.mode,
+            request.items,
+            request_id=request.request_id,
+            project=request.project,
+            notify_url=request.notify_url,
+            notify_email=request.notify_email,
+            template=request.template,
         )
         if watch:
             _watch_bulk(opts, client, bulk.id)
@@ -815,6 +911,197 @@ def bulk_cancel(ctx: typer.Context, bulk_id: BulkIdArg) -> None:
 
 
 # ---- notifications ------------------------------------------------------------
+
+
+# ---- schedules and templates ---------------------------------------------------
+
+
+def _target(
+    opts: Options,
+    items: Path | None,
+    file: Path | None,
+    mode: Mode | None,
+    generation: jobs_pb2.GenerationParams,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The request a schedule or template holds, from the submit flags: a
+    CreateBulkJob request with --items, else a SubmitJob request."""
+    if items is not None:
+        bulk_fields = {k: v for k, v in fields.items() if k in ("project", "notify_url", "notify_email")}
+        return {"bulk_job": _bulk_request(opts, items, mode, **bulk_fields)}
+    return {"job": _job_request(opts, file, mode, generation, **fields)}
+
+
+BulkItemsFlag = Annotated[
+    Path | None, typer.Option("--items", help="a bulk job's items (CSV or JSON lines) instead of one job")
+]
+
+
+@schedule_app.command("create")
+def schedule_create(
+    ctx: typer.Context,
+    cron: Annotated[
+        str, typer.Option(help="minute hour day month weekday, or a first field of seconds: '*/5 * * * * *'")
+    ],
+    tz: Annotated[str, typer.Option("--tz", help="the IANA time zone of the cron [default: UTC]")] = "",
+    template: Annotated[str, typer.Option("--template", "-t", help="run this template as it is then")] = "",
+    items: BulkItemsFlag = None,
+    mode: ModeFlag = None,
+    topic: TopicFlag = "",
+    keyword: KeywordFlag = None,
+    word_count: WordsFlag = 0,
+    tone: ToneFlag = "",
+    source_text: SourceFlag = "",
+    extra: ExtraFlag = None,
+    project: ProjectFlag = "",
+    max_attempts: AttemptsFlag = 0,
+    notify_url: NotifyUrlFlag = "",
+    notify_email: NotifyEmailFlag = "",
+    file: FileFlag = None,
+    request_id: Annotated[str, typer.Option(help="makes a retried create return the same schedule")] = "",
+) -> None:
+    """Create a job (or, with --items, a bulk job) on a cron schedule.
+    Example: genjobs schedule create --cron '0 9 * * 1' --tz Europe/Berlin --topic Tea"""
+    opts: Options = ctx.obj
+    target: dict[str, Any] = {"template": template}
+    if not template:
+        target = _target(
+            opts,
+            items,
+            file,
+            mode,
+            _generation(opts, topic, keyword, word_count, tone, source_text, extra),
+            project=project,
+            max_attempts=max_attempts,
+            notify_url=notify_url,
+            notify_email=notify_email,
+        )
+    with connected(ctx) as client:
+        schedule = client.create_schedule(cron, time_zone=tz, request_id=request_id, **target)
+    if opts.json:
+        _show(opts, render.as_dict(schedule))
+    else:
+        next_run = render.when(schedule.next_run_time)
+        opts.console.print(f"schedule {schedule.id} ({render.target_text(schedule)}): next run {next_run}")
+
+
+@schedule_app.command("ls")
+def schedule_list(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(help="at most this many", min=1)] = 20,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="every schedule")] = False,
+) -> None:
+    """List your schedules, newest first (their runs: genjobs ls --schedule ID)."""
+    opts: Options = ctx.obj
+    with connected(ctx) as client:
+        schedules = list(client.iter_schedules(limit=0 if all_ else limit))
+    if opts.json:
+        _show(opts, {"schedules": [render.as_dict(s) for s in schedules]})
+    elif schedules:
+        opts.console.print(render.schedules_table(schedules, opts.console.width))
+    else:
+        opts.console.print("no schedules")
+
+
+ScheduleIdArg = Annotated[str, typer.Argument(metavar="ID", help="a schedule id")]
+
+
+def _schedule_action(ctx: typer.Context, schedule_id: str, verb: str, act: Any) -> None:
+    opts: Options = ctx.obj
+    with connected(ctx) as client:
+        schedule = act(client, schedule_id)
+    if opts.json:
+        _show(opts, render.as_dict(schedule) if schedule is not None else {"id": schedule_id})
+    elif schedule is None:
+        opts.console.print(f"{verb} schedule {schedule_id}")
+    else:
+        next_run = render.when(schedule.next_run_time)
+        opts.console.print(f"{verb} schedule {schedule_id}" + (f": next run {next_run}" if next_run else ""))
+
+
+@schedule_app.command("pause")
+def schedule_pause(ctx: typer.Context, schedule_id: ScheduleIdArg) -> None:
+    """Stop a schedule's ticks until it is resumed."""
+    _schedule_action(ctx, schedule_id, "paused", GenJobsClient.pause_schedule)
+
+
+@schedule_app.command("resume")
+def schedule_resume(ctx: typer.Context, schedule_id: ScheduleIdArg) -> None:
+    """Let a paused schedule tick again, from the next tick after now."""
+    _schedule_action(ctx, schedule_id, "resumed", GenJobsClient.resume_schedule)
+
+
+@schedule_app.command("rm")
+def schedule_remove(ctx: typer.Context, schedule_id: ScheduleIdArg) -> None:
+    """Delete a schedule (the jobs it created stay)."""
+    _schedule_action(ctx, schedule_id, "deleted", GenJobsClient.delete_schedule)
+
+
+@template_app.command("save")
+def template_save(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="1 to 64 of A-Z a-z 0-9 . _ -")],
+    items: BulkItemsFlag = None,
+    mode: ModeFlag = None,
+    topic: TopicFlag = "",
+    keyword: KeywordFlag = None,
+    word_count: WordsFlag = 0,
+    tone: ToneFlag = "",
+    source_text: SourceFlag = "",
+    extra: ExtraFlag = None,
+    project: ProjectFlag = "",
+    max_attempts: AttemptsFlag = 0,
+    notify_url: NotifyUrlFlag = "",
+    notify_email: NotifyEmailFlag = "",
+    file: FileFlag = None,
+) -> None:
+    """Save the submit flags (or, with --items, a bulk job) under a name; an
+    existing template of that name is replaced. Use it: genjobs submit --template NAME"""
+    opts: Options = ctx.obj
+    target = _target(
+        opts,
+        items,
+        file,
+        mode,
+        _generation(opts, topic, keyword, word_count, tone, source_text, extra),
+        project=project,
+        max_attempts=max_attempts,
+        notify_url=notify_url,
+        notify_email=notify_email,
+    )
+    with connected(ctx) as client:
+        template, created = client.save_template(name, **target)
+    if opts.json:
+        _show(opts, render.as_dict(template))
+    else:
+        done = "saved" if created else "updated"
+        opts.console.print(f"{done} template {name} ({render.target_text(template)})")
+
+
+@template_app.command("ls")
+def template_list(ctx: typer.Context) -> None:
+    """List your templates by name."""
+    opts: Options = ctx.obj
+    with connected(ctx) as client:
+        templates = list(client.iter_templates())
+    if opts.json:
+        _show(opts, {"templates": [render.as_dict(t) for t in templates]})
+    elif templates:
+        opts.console.print(render.templates_table(templates, opts.console.width))
+    else:
+        opts.console.print("no templates")
+
+
+@template_app.command("rm")
+def template_remove(ctx: typer.Context, name: Annotated[str, typer.Argument(help="its name")]) -> None:
+    """Delete a template (schedules naming it create nothing until it is saved again)."""
+    opts: Options = ctx.obj
+    with connected(ctx) as client:
+        client.delete_template(name)
+    if opts.json:
+        _show(opts, {"name": name})
+    else:
+        opts.console.print(f"deleted template {name}")
 
 
 @app.command("notifications")

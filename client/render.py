@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from genjobs.v1 import bulk_pb2, jobs_pb2
+from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2, templates_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -212,6 +212,61 @@ def bulk_table(bulks: Iterable[bulk_pb2.BulkJob], width: int = 200) -> Table:
             when(bulk.create_time)[5:16],
             bulk.project,
         )
+    return table
+
+
+def schedule_state_name(state: int) -> str:
+    """SCHEDULE_STATE_PAUSED -> "paused"."""
+    return schedules_pb2.ScheduleState.Name(state).removeprefix("SCHEDULE_STATE_").lower()  # type: ignore[arg-type]
+
+
+def target_text(request: schedules_pb2.Schedule | templates_pb2.Template, width: int = 40) -> str:
+    """What a schedule or template submits, in a few words."""
+    if isinstance(request, schedules_pb2.Schedule):
+        kind = request.WhichOneof("target")
+        if kind == "template":
+            return f"template {request.template}"
+    else:
+        kind = request.WhichOneof("request")
+    if kind == "job":
+        return f"{mode_name(request.job.mode)}: {subject(request.job.params, width)}"
+    if kind == "bulk_job":
+        return f"bulk {mode_name(request.bulk_job.mode)}: {len(request.bulk_job.items)} items"
+    return ""
+
+
+def schedules_table(schedules: Iterable[schedules_pb2.Schedule], width: int = 200) -> Table:
+    """One row per schedule: id, state, cron, next tick, runs, what it submits."""
+    table = _listing(
+        width,
+        [
+            ("ID", 24, "left"),
+            ("STATE", 6, "left"),
+            ("CRON", 14, "left"),
+            ("NEXT RUN", 19, "left"),
+            ("RUNS", 4, "right"),
+        ],
+        [("SUBMITS", 2), ("LAST ERROR", 1)],
+    )
+    for schedule in schedules:
+        state = schedule_state_name(schedule.state)
+        table.add_row(
+            schedule.id,
+            f"[{'green' if state == 'active' else 'yellow'}]{state}[/]",
+            schedule.cron + (f" {schedule.time_zone}" if schedule.time_zone else ""),
+            when(schedule.next_run_time),
+            str(schedule.run_count),
+            target_text(schedule),
+            f"[red]{schedule.last_error}[/]" if schedule.last_error else "",
+        )
+    return table
+
+
+def templates_table(templates: Iterable[templates_pb2.Template], width: int = 200) -> Table:
+    """One row per template: name, what it submits, when it last changed."""
+    table = _listing(width, [("NAME", 16, "left"), ("UPDATED", 19, "left")], [("SUBMITS", 1)])
+    for template in templates:
+        table.add_row(template.name, when(template.update_time), target_text(template))
     return table
 
 

@@ -21,6 +21,7 @@ from pymongo import monitoring
 
 from server import clock
 from server.notify.channels import CHANNELS
+from server.schedule_store import ScheduleStore
 from server.store import BACKOFF, TOTAL_SIZE_CAP, JobFilter, Store
 from tests.harness import MongoServer, ServerThread
 from tests.test_cli import Cli
@@ -186,6 +187,7 @@ def hot_paths(store: Store) -> dict[str, Callable[[Store], object]]:
             s.unnotified_jobs(now_us),
         ),
         "ListBulkJobs": lambda s: s.list_bulk("big", [], "", 50, ""),
+        "ListJobs by schedule": lambda s: s.list_jobs("big", JobFilter(schedule_id=str(ObjectId())), 50, ""),
         "notifications page": lambda s: s.list_notifications("big", 50, ""),
     }
 
@@ -199,6 +201,34 @@ def test_every_hot_path_searches_an_index(grown: tuple[Store, Recorder]) -> None
             if found:
                 scanning[name] = (collection, query, found)
     assert scanning == {}
+
+
+def test_schedule_and_template_queries_search_an_index(grown: tuple[Store, Recorder]) -> None:
+    """The leader's look for due schedules (every second) and the schedule and
+    template RPCs read an index, and ListJobs of a schedule's runs reads that
+    schedule's jobs, not the owner's 20,000."""
+    store, _ = grown
+    schedules = ScheduleStore(store)
+    schedules.ensure_indexes()
+    listening = store.jobs.database  # the client that records what it sends
+    schedules.schedules, schedules.templates = listening["schedules"], listening["templates"]
+    now_us = clock.now_us()
+    paths: dict[str, Callable[[Store], object]] = {
+        "due schedules": lambda s: schedules.due_schedules(now_us, 100),
+        "ListSchedules": lambda s: schedules.list_schedules("big", [], 50, ""),
+        "GetSchedule": lambda s: schedules.schedules.find_one({"_id": ObjectId(), "owner": "big"}),
+        "ListTemplates": lambda s: schedules.list_templates("big", 50, ""),
+        "a tick's advance": lambda s: schedules.advance(ObjectId(), now_us, {"last_error": ""}, ran=False),
+    }
+    for name, call in paths.items():
+        for collection, query in queries_of(grown, call):
+            assert scans(explain(store, collection, query)) == [], (name, query)
+    by_schedule = queries_of(
+        grown, lambda s: s.list_jobs("big", JobFilter(schedule_id=str(ObjectId())), 50, "")
+    )
+    plan = explain(store, *by_schedule[0])["queryPlanner"]["winningPlan"]
+    if isinstance(plan, list):  # nx-27017: the schedule_id index, not the owner's
+        assert any("schedule_id" in step.get("detail", "") for step in plan), plan
 
 
 def test_list_total_counts_up_to_the_cap(server: ServerThread, mongo: MongoServer) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from genjobs.v1 import bulk_pb2, jobs_pb2
+from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2, templates_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.http.face import port_setting
@@ -21,6 +21,8 @@ FINAL = {"JOB_STATUS_COMPLETED", "JOB_STATUS_FAILED", "JOB_STATUS_CANCELLED"}
 SERVICES = [
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"],
     bulk_pb2.DESCRIPTOR.services_by_name["BulkService"],
+    schedules_pb2.DESCRIPTOR.services_by_name["ScheduleService"],
+    templates_pb2.DESCRIPTOR.services_by_name["TemplateService"],
 ]
 
 

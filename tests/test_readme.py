@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from genjobs.v1 import bulk_pb2, jobs_pb2
+from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2, templates_pb2
 
 from client import GenJobsClient
 from server.http.transcode import routes
@@ -23,6 +23,8 @@ PLACEHOLDER = re.compile(r"<[a-z ]+ id>")
 SERVICES = [
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"],
     bulk_pb2.DESCRIPTOR.services_by_name["BulkService"],
+    schedules_pb2.DESCRIPTOR.services_by_name["ScheduleService"],
+    templates_pb2.DESCRIPTOR.services_by_name["TemplateService"],
 ]
 FINAL = (jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED)
 
