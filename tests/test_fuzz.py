@@ -24,7 +24,16 @@ from typing import Any
 import grpc
 import pymongo
 import pytest
-from genjobs.v1 import bulk_pb2, bulk_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from genjobs.v1 import (
+    bulk_pb2,
+    bulk_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    schedules_pb2,
+    schedules_pb2_grpc,
+    templates_pb2,
+    templates_pb2_grpc,
+)
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -38,7 +47,7 @@ EXAMPLES = int(os.environ.get("GENJOBS_FUZZ_EXAMPLES", "20"))  # per RPC
 TRAILER_LIMIT = 2048
 HUGE = 10_000
 REFUSED = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.RESOURCE_EXHAUSTED}
-COLLECTIONS = ("jobs", "bulk_jobs", "notifications")
+COLLECTIONS = ("jobs", "bulk_jobs", "notifications", "schedules", "templates")
 
 
 @dataclass
@@ -68,6 +77,8 @@ class Seeds:
     job_ids: list[str] = field(default_factory=list)
     bulk_ids: list[str] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
+    schedule_ids: list[str] = field(default_factory=list)
+    template_names: list[str] = field(default_factory=list)
 
 
 SEEDS = Seeds()
@@ -83,6 +94,8 @@ class Fuzzer:
         self.channel = grpc.insecure_channel(server.target)
         self.jobs = jobs_pb2_grpc.JobServiceStub(self.channel)
         self.bulk = bulk_pb2_grpc.BulkServiceStub(self.channel)
+        self.schedules = schedules_pb2_grpc.ScheduleServiceStub(self.channel)
+        self.templates = templates_pb2_grpc.TemplateServiceStub(self.channel)
         self.client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_uri)
         self.db = self.client[server.settings.db_name]
 
@@ -92,6 +105,10 @@ class Fuzzer:
     def call(self, rpc: str, request: Any) -> grpc.StatusCode:
         """Send one request; check and tally its answer."""
         service = self.bulk if rpc in BULK_RPCS else self.jobs
+        if rpc in SCHEDULE_REQUESTS:
+            service = self.schedules
+        elif rpc in TEMPLATE_REQUESTS:
+            service = self.templates
         method = getattr(service, rpc)
         before = self.stored()
         try:
@@ -248,6 +265,13 @@ JOB_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
             request_id=texts,
             project=texts,
         ),
+        # A template by name, with overrides: reaches the template merge.
+        st.builds(
+            jobs_pb2.SubmitJobRequest,
+            template=st.deferred(lambda: template_names),
+            params=params,
+            mode=enums,
+        ),
     ),
     "GetJob": st.builds(jobs_pb2.GetJobRequest, id=job_ids),
     "ListJobs": st.builds(
@@ -318,13 +342,67 @@ BULK_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
     ),
 }
 BULK_RPCS = frozenset(BULK_REQUESTS)
-REQUESTS = {**JOB_REQUESTS, **BULK_REQUESTS}
+schedule_ids = st.one_of(texts, hex_ids, st.deferred(lambda: st.sampled_from(SEEDS.schedule_ids)))
+template_names = st.one_of(
+    texts,
+    st.sampled_from(["a", "x" * 64, "x" * 65, "a.b_c-d"]),
+    st.deferred(lambda: st.sampled_from(SEEDS.template_names)),
+)
+# Valid crons that never tick during a test (a tick would store jobs beside a refused call).
+crons = st.one_of(
+    texts, st.sampled_from(["0 9 * * 1", "0 0 1 1 *", "61 * * * *", "* * * * * * *", "@yearly"])
+)
+zones = st.one_of(texts, st.sampled_from(["", "UTC", "Europe/Berlin", "Mars/Olympus", "../etc/passwd"]))
+submit_requests = st.deferred(lambda: JOB_REQUESTS["SubmitJob"])
+bulk_requests = st.deferred(lambda: BULK_REQUESTS["CreateBulkJob"])
+SCHEDULE_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
+    "CreateSchedule": st.one_of(
+        st.builds(
+            schedules_pb2.CreateScheduleRequest,
+            cron=crons,
+            time_zone=zones,
+            job=submit_requests,
+            request_id=texts,
+        ),
+        st.builds(schedules_pb2.CreateScheduleRequest, cron=crons, time_zone=zones, bulk_job=bulk_requests),
+        st.builds(schedules_pb2.CreateScheduleRequest, cron=crons, time_zone=zones, template=template_names),
+        st.builds(schedules_pb2.CreateScheduleRequest, cron=crons),
+    ),
+    "GetSchedule": st.builds(schedules_pb2.GetScheduleRequest, id=schedule_ids),
+    "ListSchedules": st.builds(
+        schedules_pb2.ListSchedulesRequest,
+        states=repeated(enums, enums),
+        page_size=int32s,
+        page_token=page_tokens,
+    ),
+    "PauseSchedule": st.builds(schedules_pb2.PauseScheduleRequest, id=schedule_ids),
+    "ResumeSchedule": st.builds(schedules_pb2.ResumeScheduleRequest, id=schedule_ids),
+    "DeleteSchedule": st.builds(schedules_pb2.DeleteScheduleRequest, id=schedule_ids),
+}
+TEMPLATE_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
+    "CreateTemplate": st.one_of(
+        st.builds(templates_pb2.CreateTemplateRequest, name=template_names, job=submit_requests),
+        st.builds(templates_pb2.CreateTemplateRequest, name=template_names, bulk_job=bulk_requests),
+        st.builds(templates_pb2.CreateTemplateRequest, name=template_names),
+    ),
+    "GetTemplate": st.builds(templates_pb2.GetTemplateRequest, name=template_names),
+    "ListTemplates": st.builds(templates_pb2.ListTemplatesRequest, page_size=int32s, page_token=page_tokens),
+    "UpdateTemplate": st.one_of(
+        st.builds(templates_pb2.UpdateTemplateRequest, name=template_names, job=submit_requests),
+        st.builds(templates_pb2.UpdateTemplateRequest, name=template_names, bulk_job=bulk_requests),
+        st.builds(templates_pb2.UpdateTemplateRequest, name=template_names),
+    ),
+    "DeleteTemplate": st.builds(templates_pb2.DeleteTemplateRequest, name=template_names),
+}
+REQUESTS = {**JOB_REQUESTS, **BULK_REQUESTS, **SCHEDULE_REQUESTS, **TEMPLATE_REQUESTS}
 
 
 def test_every_rpc_is_fuzzed() -> None:
     services = [
         jobs_pb2.DESCRIPTOR.services_by_name["JobService"],
         bulk_pb2.DESCRIPTOR.services_by_name["BulkService"],
+        schedules_pb2.DESCRIPTOR.services_by_name["ScheduleService"],
+        templates_pb2.DESCRIPTOR.services_by_name["TemplateService"],
     ]
     assert {m.name for s in services for m in s.methods} == set(REQUESTS)
 
@@ -362,9 +440,17 @@ def seed(fuzzer: Fuzzer) -> None:
         for _ in range(2)
     ]
     SEEDS.bulk_ids[:] = [b.id for b in bulks]
+    templates = [
+        ok(fuzzer.templates.CreateTemplate, templates_pb2.CreateTemplateRequest(name=f"seed{i}", job=request))
+        for i, request in enumerate([jobs_pb2.SubmitJobRequest(mode=jobs_pb2.MODE_TOPIC, params=topic)] * 2)
+    ]
+    SEEDS.template_names[:] = [t.name for t in templates]
+    weekly = schedules_pb2.CreateScheduleRequest(cron="0 9 * * 1", template="seed0")
+    SEEDS.schedule_ids[:] = [ok(fuzzer.schedules.CreateSchedule, weekly).id]
     SEEDS.tokens[:] = [
         ok(fuzzer.jobs.ListJobs, jobs_pb2.ListJobsRequest(page_size=1)).next_page_token,
         ok(fuzzer.bulk.ListBulkJobs, bulk_pb2.ListBulkJobsRequest(page_size=1)).next_page_token,
+        ok(fuzzer.templates.ListTemplates, templates_pb2.ListTemplatesRequest(page_size=1)).next_page_token,
     ]
 
 

@@ -18,6 +18,7 @@ from client.client import params
 from server import clock
 from server.app import App
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
+from tests.test_cli import Cli
 
 EVERY_SECOND = "* * * * * *"
 EVERY_2_SECONDS = "*/2 * * * * *"
@@ -218,3 +219,28 @@ def test_an_unknown_template_is_not_found(alice: GenJobsClient) -> None:
         alice.create_schedule("* * * * *", template="nothing-here")
     with pytest.raises(NotFound):
         alice.create_schedule("* * * * *", job=jobs_pb2.SubmitJobRequest(template="nothing-here"))
+
+
+def test_the_cli_creates_lists_pauses_resumes_and_removes_schedules(
+    server: ServerThread, alice: GenJobsClient
+) -> None:
+    cli = Cli(server)
+    made = cli.json(
+        "schedule", "create", "--cron", "0 9 * * 1", "--tz", "Europe/Berlin", "--topic", "Weekly tea"
+    )
+    schedule_id = str(made["id"])
+    assert made["job"]["params"]["topic"] == "Weekly tea" and made["time_zone"] == "Europe/Berlin"
+    listed = cli("schedule", "ls").stdout
+    assert schedule_id in listed and "0 9 * * 1 Europe/Berlin" in listed and "topic: Weekly tea" in listed
+    assert "paused schedule" in cli("schedule", "pause", schedule_id).stdout
+    assert alice.get_schedule(schedule_id).state == PAUSED
+    assert "next run" in cli("schedule", "resume", schedule_id).stdout
+    alice.create_template("tea", job=job())
+    by_template = cli.json("schedule", "create", "--cron", "*/5 * * * * *", "--template", "tea")
+    assert by_template["template"] == "tea"
+    assert "deleted schedule" in cli("schedule", "rm", schedule_id).stdout
+    assert "SCHEDULE_NOT_FOUND" in cli("schedule", "rm", schedule_id, code=1).stderr
+    assert "cron" in cli("schedule", "create", "--cron", "bad", "--topic", "x", code=1).stderr
+    assert [s.id for s in alice.iter_schedules()] == [by_template["id"]]
+    run = wait_for(lambda: runs(alice, str(by_template["id"])), timeout=20)[0]
+    assert run.id in cli("ls", "--schedule", str(by_template["id"])).stdout

@@ -10,6 +10,8 @@ from genjobs.v1 import bulk_pb2, jobs_pb2
 from client import AlreadyExists, FailedPrecondition, GenJobsClient, InvalidArgument, NotFound
 from client.client import params
 from server.templates import merge
+from tests.harness import ServerThread
+from tests.test_cli import Cli
 
 TOPIC = jobs_pb2.MODE_TOPIC
 
@@ -141,3 +143,35 @@ def test_merge_replaces_set_fields_only() -> None:
     assert dict(merged.params.extra) == {"k": "new"}  # a map set in the request replaces the base's
     assert list(merged.params.keywords) == ["x", "y"] and merged.params.topic == "a"
     assert merged.project == "p" and merged.max_attempts == 2
+
+
+def test_the_cli_saves_lists_uses_and_removes_templates(server: ServerThread, alice: GenJobsClient) -> None:
+    cli = Cli(server)
+    assert (
+        "saved template tea"
+        in cli("template", "save", "tea", "--topic", "Green tea", "--tone", "calm").stdout
+    )
+    assert (
+        "updated template tea"
+        in cli(
+            "template", "save", "tea", "--topic", "Green tea", "--tone", "friendly", "--word-count", "300"
+        ).stdout
+    )
+    listed = cli("template", "ls").stdout
+    assert "tea" in listed and "topic: Green tea" in listed
+    job_id = cli.json("submit", "--template", "tea", "--topic", "Black tea")["id"]
+    job = alice.get(str(job_id))
+    assert (job.params.topic, job.params.tone, job.params.word_count, job.template) == (
+        "Black tea",
+        "friendly",
+        300,
+        "tea",
+    )
+    items = server.settings.data_dir / "items.csv"
+    items.write_text("topic\n" + "".join(f"item {i}\n" for i in range(10)))
+    cli("template", "save", "ten", "--items", str(items), "--project", "bulky")
+    bulk = cli.json("bulk", "create", "--template", "ten")
+    assert bulk["template"] == "ten" and bulk["project"] == "bulky" and bulk["total_items"] == 10
+    assert "deleted template tea" in cli("template", "rm", "tea").stdout
+    assert "TEMPLATE_NOT_FOUND" in cli("template", "rm", "tea", code=1).stderr
+    assert [t.name for t in alice.iter_templates()] == ["ten"]
