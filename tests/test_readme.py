@@ -19,13 +19,14 @@ from tests.harness import SECRET, ServerThread, wait_for
 from tests.test_cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parent.parent
-PLACEHOLDER = re.compile(r"<[a-z ]+ id>")
+PLACEHOLDER = re.compile(r"<[a-z ]+ (?:id|name)>")
 SERVICES = [
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"],
     bulk_pb2.DESCRIPTOR.services_by_name["BulkService"],
     schedules_pb2.DESCRIPTOR.services_by_name["ScheduleService"],
     templates_pb2.DESCRIPTOR.services_by_name["TemplateService"],
 ]
+WEEKLY = jobs_pb2.SubmitJobRequest(mode=jobs_pb2.MODE_TOPIC, params=jobs_pb2.GenerationParams(topic="t"))
 FINAL = (jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED)
 
 
@@ -60,8 +61,9 @@ def commands() -> Iterator[tuple[int, str]]:
 
 def test_the_readme_shows_every_rpc_and_command() -> None:
     text = "\n".join(c for _, c in commands())
-    for rpc in jobs_pb2.DESCRIPTOR.services_by_name["JobService"].methods_by_name:
-        assert f"JobService/{rpc}" in text
+    for service in SERVICES:
+        for rpc in service.methods_by_name:
+            assert f"{service.name}/{rpc}" in text
     assert all(f"genjobs {command}" in text for command in COMMANDS)
     curls = [c for _, c in commands() if c.startswith("curl")]
     for route in routes(SERVICES):  # every HTTP route, its ids as placeholders
@@ -84,6 +86,8 @@ class Ids:
             ),
             "<queued job id>": self._queued,
             "<bulk id>": self._bulk,
+            "<schedule id>": lambda: client.create_schedule("0 9 * * 1", job=WEEKLY).id,
+            "<template name>": lambda: client.create_template(f"readme-{len(self.made)}", job=WEEKLY).name,
             "<running bulk id>": lambda: (
                 client.create_bulk(
                     "topic", [{"topic": "long", "extra": {"demo_seconds": "30"}}, *self._items(9)]
