@@ -72,7 +72,9 @@ def check_cron(cron: str, time_zone: str) -> list[FieldViolation]:
 
 def _cron(cron: str, time_zone: str, at_us: int) -> croniter:
     zone = ZoneInfo(time_zone or "UTC")
-    start = datetime.fromtimestamp(at_us / 1e6, zone)
+    # Exact to the microsecond (a float of epoch seconds is not): a tick at `at_us` is not "before" it.
+    seconds, micros = divmod(at_us, 1_000_000)
+    start = datetime.fromtimestamp(seconds, zone).replace(microsecond=micros)
     return croniter(cron, start, second_at_beginning=len(cron.split()) == 6)
 
 

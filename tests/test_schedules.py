@@ -5,6 +5,7 @@ time, per-owner isolation and refusals."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from client import GenJobsClient, InvalidArgument, NotFound
 from client.client import params
 from server import clock
 from server.app import App
+from server.schedules import latest_tick, next_tick
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 from tests.test_cli import Cli
 
@@ -244,3 +246,16 @@ def test_the_cli_creates_lists_pauses_resumes_and_removes_schedules(
     assert [s.id for s in alice.iter_schedules()] == [by_template["id"]]
     run = wait_for(lambda: runs(alice, str(by_template["id"])), timeout=20)[0]
     assert run.id in cli("ls", "--schedule", str(by_template["id"])).stdout
+
+
+def test_ticks_are_read_in_the_time_zone_and_on_whole_seconds() -> None:
+    winter = clock.to_us(datetime(2026, 1, 15, 12, 0, tzinfo=UTC))
+    summer = clock.to_us(datetime(2026, 7, 15, 12, 0, tzinfo=UTC))
+    # 09:00 in Berlin is 08:00 UTC in winter, 07:00 UTC in summer.
+    assert clock.from_us(next_tick("0 9 * * *", "Europe/Berlin", winter)).hour == 8
+    assert clock.from_us(next_tick("0 9 * * *", "Europe/Berlin", summer)).hour == 7
+    assert clock.from_us(next_tick("0 9 * * *", "", summer)).hour == 9  # UTC when empty
+    # A tick exactly now is the latest due, and the next one is strictly after it.
+    assert latest_tick(EVERY_2_SECONDS, "", winter) == winter
+    assert latest_tick(EVERY_2_SECONDS, "", winter - 1) == winter - 2_000_000
+    assert next_tick(EVERY_2_SECONDS, "", winter) == winter + 2_000_000
