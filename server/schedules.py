@@ -192,6 +192,8 @@ class Schedules:
                 self._fire(doc, now)
             except (PyMongoError, TimeoutError) as exc:  # still due: the next pass tries again
                 log.warning("schedule %s: tick not done (%s)", doc["_id"], exc)
+            except Exception:  # a bug here must not stop the other schedules or the dispatcher
+                log.exception("schedule %s: tick failed", doc["_id"])
 
     def _fire(self, doc: Doc, now: int) -> None:
         expected = doc["next_run_us"]
