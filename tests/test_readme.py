@@ -138,6 +138,7 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.timeout(300)  # some 90 commands, each a process: a loaded 2-core box takes a while
 def test_every_readme_command_runs(server: ServerThread, workdir: Path) -> None:
     token = server.token("dev")
     env = {
