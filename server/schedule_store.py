@@ -28,7 +28,7 @@ from pymongo.errors import DuplicateKeyError
 
 from server import clock
 from server.errors import ServiceError, not_found
-from server.store import Doc, Page, Store, _keyset_page, parse_id, request_key
+from server.store import MAX_PAGE_BYTES, Doc, Page, Store, _keyset_page, parse_id, request_key
 
 ACTIVE, PAUSED = "ACTIVE", "PAUSED"
 
@@ -110,9 +110,16 @@ class ScheduleStore:
         query: Doc = {"owner": owner}
         if token:
             query["name"] = {"$gt": self.store.page_tokens.decode_after(token, fingerprint)}
-        found = list(self.templates.find(query).sort("name", pymongo.ASCENDING).limit(size + 1))
-        docs = found[:size]
-        more = len(found) > size
+        docs: list[Doc] = []
+        weight, more = 0, False
+        for found in self.templates.find(query).sort("name", pymongo.ASCENDING).limit(size + 1):
+            # A page stops short of gRPC's 4 MB reply, as every listing's does (a
+            # bulk template may hold megabytes of source text).
+            weight += len(found["request"])
+            if len(docs) == size or (docs and weight > MAX_PAGE_BYTES):
+                more = True
+                break
+            docs.append(found)
         return docs, self.store.page_tokens.encode_after(docs[-1]["name"], fingerprint) if more else ""
 
     # ---- schedules ----------------------------------------------------------
@@ -143,7 +150,9 @@ class ScheduleStore:
         if states:
             query["state"] = states[0] if len(states) == 1 else {"$in": states}
         fingerprint = _fingerprint(owner, sorted(states))
-        return _keyset_page(self.schedules, query, fingerprint, size, token, self.store.page_tokens)
+        return _keyset_page(
+            self.schedules, query, fingerprint, size, token, self.store.page_tokens, count=False
+        )
 
     def set_state(self, owner: str, schedule_id: str, from_state: str, changes: Doc) -> Doc:
         """Apply `changes` to a schedule in `from_state`; the schedule as it is

@@ -175,3 +175,13 @@ def test_the_cli_saves_lists_uses_and_removes_templates(server: ServerThread, al
     assert "deleted template tea" in cli("template", "rm", "tea").stdout
     assert "TEMPLATE_NOT_FOUND" in cli("template", "rm", "tea", code=1).stderr
     assert [t.name for t in alice.iter_templates()] == ["ten"]
+
+
+def test_a_page_of_large_templates_stays_under_the_reply_limit(alice: GenJobsClient) -> None:
+    text = "word " * 20_000  # 100,000 characters, the most a request's source_text may hold
+    spin = jobs_pb2.SubmitJobRequest(mode=jobs_pb2.MODE_SPIN, params=params(source_text=text))
+    for i in range(45):  # 4.5 MB of templates: more than one gRPC reply may carry
+        alice.create_template(f"spin-{i:02d}", job=spin)
+    first = alice.list_templates()
+    assert 0 < len(first.templates) < 45 and first.next_page_token
+    assert len(list(alice.iter_templates())) == 45
