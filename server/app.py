@@ -184,6 +184,8 @@ class App:
             # Often enough that a completed job outlives its retention by at most a quarter.
             sweep_seconds=min(60.0, settings.retention_days * 86400 / 4),
             sweepers=[self.bulks.recover, self.job_notifications.recover],
+            concurrency=settings.concurrency,
+            gap_seconds=settings.job_gap_seconds,
         )
         self.jobs.dispatcher = self.dispatcher
         undo.push_async_callback(self._stop_workers)
