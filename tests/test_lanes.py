@@ -172,13 +172,15 @@ def test_cancel_stops_only_the_cancelled_of_two_running_jobs(mongo: MongoServer,
     settings = make_settings(mongo.uri, tmp_path, concurrency=2)
     with serving(settings) as alice:
         doomed = alice.submit("topic", topic="cancel me", extra={"demo_seconds": "30"})
-        spared = alice.submit("topic", topic="keep me", extra={"demo_seconds": "2"})
+        spared = alice.submit("topic", topic="keep me", extra={"demo_seconds": "3"})
         wait_for(lambda: processing(alice) == 2)
         alice.cancel(doomed.id)
-        wait_for(lambda: alice.get(doomed.id).status == S.JOB_STATUS_CANCELLED, timeout=5)
-        assert alice.get(spared.id).status == S.JOB_STATUS_PROCESSING
+        cancelled = wait_for(
+            lambda: (j := alice.get(doomed.id)).status == S.JOB_STATUS_CANCELLED and j, timeout=5
+        )
         done = final(alice, spared.id)
-    assert done.status == S.JOB_STATUS_COMPLETED and done.attempt == 1
+    assert done.status == S.JOB_STATUS_COMPLETED and done.attempt == 1 and not done.attempt_errors
+    assert cancelled.end_time.ToMicroseconds() < done.end_time.ToMicroseconds()  # stopped while it ran
 
 
 def test_shutdown_requeues_both_running_jobs_with_their_attempts_given_back(
