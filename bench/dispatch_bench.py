@@ -2,6 +2,7 @@
 worker, enqueue-to-start latency, MongoDB commands per dispatched job.
 
     .venv/bin/python bench/dispatch_bench.py
+    .venv/bin/python bench/dispatch_bench.py --lanes   # the no-op rate at GENJOBS_CONCURRENCY 1, 2, 3
 """
 
 from __future__ import annotations
@@ -31,33 +32,36 @@ N = 2000
 DISPATCH_THREADS = ("dispatcher", "lease", "event-log")
 BENCH = Path(__file__).resolve().parent
 RUNS = 3
+DEMO_JOBS, DEMO_SECONDS = 30, 0.2  # jobs whose time is the generator's: what lanes are for
 
 
-def genjobs_rate(mongo_uri: str) -> float:
-    """N no-op jobs submitted to a server process, until the last one completed.
+def genjobs_rate(mongo_uri: str, concurrency: int = 1, jobs: int = N, demo_seconds: float = 0.0) -> float:
+    """`jobs` no-op jobs (or demo jobs of `demo_seconds`) submitted to a server
+    process, until the last one completed.
 
-    Jobs run one at a time in submission order, so the last one completing
-    means every one did; the bench follows it with WatchJob, not by polling.
+    Jobs start in submission order, `concurrency` at a time, so once the last
+    `concurrency` of them completed every one did; the bench follows them with
+    WatchJob, not by polling.
     """
-    server = ServerProcess(make_settings(mongo_uri, scratch(), generator="noop"), scratch() / "s.log").start()
-    rate = drain(server, N)
+    generator = "demo" if demo_seconds else "noop"
+    settings = make_settings(mongo_uri, scratch(), generator=generator, concurrency=concurrency)
+    server = ServerProcess(settings, scratch() / "s.log").start()
+    rate = drain(server, jobs, concurrency, {"demo_seconds": str(demo_seconds)} if demo_seconds else {})
     server.terminate()
     return rate
 
 
-def drain(server: ServerProcess, jobs: int) -> float:
-    """Submit `jobs` no-op jobs one after another and follow the last to its
-    end: jobs a second, from the first submit to the last completion."""
+def drain(server: ServerProcess, jobs: int, lanes: int = 1, extra: dict[str, str] | None = None) -> float:
+    """Submit `jobs` jobs one after another and follow the last `lanes` to
+    their end: jobs a second, from the first submit to the last completion."""
     with server.client("bench") as c:
         started = time.monotonic()
-        last = None
-        for i in range(jobs):
-            last = c.submit("topic", topic=f"noop {i}")
-        assert last is not None
-        for _ in c.watch(last.id):
-            pass
+        last = [c.submit("topic", topic=f"noop {i}", extra=extra or {}).id for i in range(jobs)][-lanes:]
+        for job_id in last:
+            for _ in c.watch(job_id):
+                pass
         elapsed = time.monotonic() - started
-        assert c.get(last.id).status == 3  # COMPLETED
+        assert all(c.get(job_id).status == 3 for job_id in last)  # COMPLETED
     return jobs / elapsed
 
 
@@ -162,7 +166,25 @@ def start_latency(mongo_uri: str) -> list[float]:
     return latencies
 
 
+def lanes() -> None:
+    """The rate of no-op jobs, and of demo jobs of DEMO_SECONDS, with 1, 2 and
+    3 jobs running at once (GENJOBS_CONCURRENCY)."""
+    mongo = start_mongo()
+    for jobs, seconds, what in (
+        (N, 0.0, "no-op jobs"),
+        (DEMO_JOBS, DEMO_SECONDS, f"demo jobs of {DEMO_SECONDS} s"),
+    ):
+        print(f"{jobs} {what}, submit then wait for all, {RUNS} runs, by GENJOBS_CONCURRENCY:")
+        for concurrency in (1, 2, 3):
+            rates = [genjobs_rate(mongo.uri, concurrency, jobs, seconds) for _ in range(RUNS)]
+            print(f"  {concurrency}  median {median(rates):6.1f} jobs/s  runs {[round(x, 1) for x in rates]}")
+    mongo.stop()
+
+
 def main() -> None:
+    if "--lanes" in sys.argv[1:]:
+        lanes()
+        return
     mongo = start_mongo()
     redis = Redis()
     ours, theirs, celeries = [], [], []

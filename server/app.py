@@ -204,6 +204,8 @@ class App:
             sweep_seconds=min(60.0, settings.retention_days * 86400 / 4),
             sweepers=[self.bulks.recover, self.job_notifications.recover],
             tickers=[self.schedules.tick],
+            concurrency=settings.concurrency,
+            gap_seconds=settings.job_gap_seconds,
         )
         self.jobs.dispatcher = self.dispatcher
         undo.push_async_callback(self._stop_workers)

@@ -58,6 +58,15 @@ class Settings:
     tls_cert_file: str = ""  # PEM certificate chain: serve TLS (gRPC, and the HTTP face)
     tls_key_file: str = ""
     tls_client_ca_file: str = ""  # PEM CA bundle: require client certificates (mutual TLS)
+    # Pacing: how many jobs may run at once across the deployment, and the least
+    # time between the end of one run and the start of the next (throttling generators).
+    concurrency: int = 1
+    job_gap_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, least in _LEAST.items():
+            if getattr(self, name) < least:
+                raise SystemExit(f"genjobs: GENJOBS_{name.upper()}={getattr(self, name)!r}: at least {least}")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -83,6 +92,7 @@ class Settings:
 
 
 _TYPES = {f.name: f.type for f in fields(Settings)}
+_LEAST = {"concurrency": 1, "job_gap_seconds": 0.0}  # settings with a lower bound
 
 
 def _convert(name: str, raw: str) -> object:

@@ -1,9 +1,16 @@
-"""The dispatcher: one thread that runs one job at a time across the deployment.
+"""The dispatcher: one thread that claims jobs, and up to `concurrency` runs at
+once across the deployment (one, by default).
 
 Replicas elect it through a lease in `leases`; the elected one claims the
 oldest ready job with one atomic update on `_id`, runs it through the
-generator, and records the outcome with writes fenced by the job's lease
-epoch. A keeper thread renews both leases and notices cancel requests.
+generator (on the dispatcher's own thread when one run at a time is allowed,
+else on a thread per run), and records the outcome with writes fenced by the
+job's lease epoch. A keeper thread renews the leader lease and every run's
+lease and notices cancel requests. It claims only while fewer runs than
+`concurrency` hold a live lease in the deployment (its own, and those of
+other servers, e.g. a former leader's), and no sooner than `gap_seconds`
+after the last run ended (remembered in the leader lease, so that a new
+leader keeps the gap too).
 
 What it reads stays the same size however long the history grows: the
 candidates are the oldest 64 jobs of the ready lane, read in order through
@@ -71,13 +78,14 @@ EventSink = Callable[[Doc, str], None]
 
 @dataclass
 class _Run:
-    """The job this dispatcher is running now."""
+    """A job this dispatcher is running now."""
 
     oid: ObjectId
     epoch: int
     cancel: threading.Event = field(default_factory=threading.Event)
     lost: bool = False  # another run took the job over: write nothing more
     stopping: bool = False  # the server is shutting down: requeue, don't cancel
+    generated: bool = False  # the generator was called: its end counts for the gap
 
 
 class Dispatcher:
@@ -95,6 +103,8 @@ class Dispatcher:
         sweep_seconds: float = 60.0,
         sweepers: Sequence[Callable[[], None]] = (),
         tickers: Sequence[Callable[[], None]] = (),
+        concurrency: int = 1,
+        gap_seconds: float = 0.0,
     ) -> None:
         self.store = store
         self.generator = generator
@@ -106,6 +116,8 @@ class Dispatcher:
         self.sweep_seconds = sweep_seconds
         self.sweepers = sweepers
         self.tickers = tickers  # run on every housekeeping pass (schedules' ticks)
+        self.concurrency = concurrency
+        self.gap_us = int(gap_seconds * 1_000_000)
         self._last_sweep = 0.0
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -117,7 +129,13 @@ class Dispatcher:
         self._was_leader = False
         self._needs_recovery = True
         self._last_housekeeping = 0.0
-        self._run: _Run | None = None
+        # The runs going on here, by job; the condition is notified when one ends.
+        self._runs: dict[ObjectId, _Run] = {}
+        self._runs_changed = threading.Condition()
+        self._hurried = False
+        self._elsewhere = 0  # live runs of other servers at the last housekeeping pass
+        self._last_end_us = 0  # when the last run ended (wall clock): the gap counts from it
+        self._elected = False  # set by the keeper on election: read the former leader's last end
         # (job, epoch) of the runs started here, and of those whose outcome
         # could not be stored: when such a lease lapses, the database, not
         # the generator or a crash, cost the attempt, so it is given back.
@@ -148,25 +166,31 @@ class Dispatcher:
 
     def request_cancel(self, job_id: str) -> bool:
         """Stop the running job if it is `job_id`; True if it was running here."""
-        run = self._run
-        if run is not None and str(run.oid) == job_id:
+        run = next((r for r in self._current_runs() if str(r.oid) == job_id), None)
+        if run is not None:
             run.cancel.set()
             return True
         return False
 
+    def running_job_ids(self) -> list[str]:
+        """The ids of the jobs running here now."""
+        return [str(run.oid) for run in self._current_runs()]
+
     def running_job_id(self) -> str:
-        """The id of the job running here now, or ""."""
-        run = self._run
-        return str(run.oid) if run else ""
+        """The id of a job running here now (the one, with concurrency 1), or ""."""
+        return next(iter(self.running_job_ids()), "")
 
     def stop(self, grace_seconds: float = 5.0) -> None:
-        """Take no more jobs; let the running one finish within the grace, else requeue it."""
+        """Take no more jobs; let the running ones finish within the grace, else requeue them."""
+        deadline = time.monotonic() + grace_seconds
         self._stopping.set()
         self._wake.set()
         self._thread.join(grace_seconds)
+        self._wait_for_runs(deadline)
         self.hurry()
-        if self._run is not None:
+        if self._runs:
             self._thread.join(5.0)
+        self._wait_for_runs(time.monotonic() + 5.0)
         self._keeper.join(2.0)
         try:
             self.store.release_leader(LEADER_LEASE, self.worker_id)
@@ -175,17 +199,28 @@ class Dispatcher:
         observability.leader(False)
 
     def hurry(self) -> None:
-        """Shutting down without waiting more: stop the running job and requeue it."""
-        run = self._run
-        if run is not None:
+        """Shutting down without waiting more: stop the running jobs and requeue them."""
+        with self._runs_changed:
+            self._hurried = True  # a run registered from now on is stopped at once too
+            runs = list(self._runs.values())
+        for run in runs:
             run.stopping = True
             run.cancel.set()
+
+    def _current_runs(self) -> list[_Run]:
+        with self._runs_changed:
+            return list(self._runs.values())
+
+    def _wait_for_runs(self, deadline: float) -> None:
+        """Until no run is left here, or the deadline (monotonic) passed."""
+        with self._runs_changed:
+            self._runs_changed.wait_for(lambda: not self._runs, max(0.0, deadline - time.monotonic()))
 
     # ---- leadership (keeper thread) ---------------------------------------
 
     def _keep(self) -> None:
         tick = min(1.0, self.lease_seconds / 3)
-        while not self._stopping.is_set() or self._run is not None:
+        while not self._stopping.is_set() or self._runs:
             started = time.monotonic()
             try:
                 self._renew()
@@ -198,26 +233,26 @@ class Dispatcher:
                 self._reachable_since = None
                 log.warning("lease renewal failed: %s", exc)
             self._stopping.wait(max(0.0, tick - (time.monotonic() - started)))
-            if self._stopping.is_set() and self._run is None:
+            if self._stopping.is_set() and not self._runs:
                 return
 
     def _renew(self) -> None:
         before = time.monotonic()
-        if not self._stopping.is_set() or self._run is not None:
+        if not self._stopping.is_set() or self._runs:
             if self.store.hold_leader(LEADER_LEASE, self.worker_id, self.lease_seconds):
                 # Trust the lease a little less long than it lasts (clock drift).
                 self._leader_until = before + self.lease_seconds * 0.8
                 if not self._was_leader:
                     log.info("this server now runs the dispatcher (%s)", self.worker_id)
                     self._needs_recovery = True
+                    self._elected = True
                     self._was_leader = True
                     self._wake.set()
                     observability.leader(True)
             else:
                 self._was_leader = False
                 observability.leader(False)
-        run = self._run
-        if run is not None:
+        for run in self._current_runs():
             held = self.store.renew_job_lease(run.oid, run.epoch, self.lease_seconds)
             if held is None:
                 run.lost = True
@@ -247,16 +282,19 @@ class Dispatcher:
                     self._wake.wait(self.poll_seconds)
                     self._wake.clear()
                     continue
-                if not self._housekeeping():
-                    self._wake.wait(self.poll_seconds)
-                    self._wake.clear()
+                # Cleared before looking: a run ending or a job offered from
+                # now on cuts the wait below short instead of being missed.
+                self._wake.clear()
+                self._housekeeping()
+                wait = self._claim_wait()
+                if wait > 0:
+                    self._wake.wait(wait)
                     continue
                 job = self._claim_next()
                 if job is None:
                     self._wake.wait(self.poll_seconds)
-                    self._wake.clear()
                     continue
-                self._execute(job)
+                self._dispatch(job)
             except PyMongoError as exc:
                 log.warning("dispatcher: database unavailable (%s); retrying", exc)
                 self._stopping.wait(0.5)
@@ -264,21 +302,80 @@ class Dispatcher:
                 log.exception("dispatcher: unexpected error")
                 self._stopping.wait(0.5)
 
-    def _housekeeping(self) -> bool:
-        """Recover lapsed runs and promote due retries, and once a sweep
-        interval purge expired jobs and run the sweepers; False while another
-        server's run still holds a live lease (one job at a time)."""
+    def _claim_wait(self) -> float:
+        """Seconds to wait before claiming (0: claim now): while every lane of
+        the deployment is taken, or until the gap after the last end is over."""
+        if len(self._runs) + self._elsewhere >= self.concurrency:
+            return self.poll_seconds  # a run ending here wakes the loop sooner
+        return max(0.0, (self._last_end_us + self.gap_us - clock.now_us()) / 1e6)
+
+    def _ended(self, stamp_us: int) -> None:
+        """A run ended at `stamp_us`: the next claim keeps the gap after it."""
+        with self._runs_changed:
+            self._last_end_us = max(self._last_end_us, stamp_us)
+
+    def _dispatch(self, job: Doc) -> None:
+        """Run a claimed job: here when one run at a time is allowed (as it
+        always was), else on a thread of its own, so that claiming goes on."""
+        run = _Run(job["_id"], job["epoch"])
+        with self._runs_changed:
+            self._runs[run.oid] = run
+            if self._hurried:
+                run.stopping = True
+                run.cancel.set()
+        self._started.append((run.oid, run.epoch))
+        if self.concurrency == 1:
+            self._lane(job, run)
+        else:
+            threading.Thread(target=self._lane, args=(job, run), name="dispatcher-run", daemon=True).start()
+
+    def _lane(self, job: Doc, run: _Run) -> None:
+        try:
+            self._execute(job)
+        except PyMongoError as exc:
+            log.warning("job %s: database unavailable (%s); recovered once its lease lapses", run.oid, exc)
+        except Exception:
+            log.exception("job %s: unexpected error", run.oid)
+        finally:
+            with self._runs_changed:
+                del self._runs[run.oid]
+                self._runs_changed.notify_all()
+            if run.generated:
+                self._ended(clock.now_us())
+                if self.gap_us:
+                    try:
+                        self.store.note_run_end(LEADER_LEASE, self._last_end_us)
+                    except PyMongoError as exc:
+                        log.warning("could not store when the last run ended (%s)", exc)
+            self._wake.set()
+
+    def _housekeeping(self) -> None:
+        """Recover lapsed runs, count the live runs of other servers, and
+        promote due retries; once a sweep interval purge expired jobs and run
+        the sweepers."""
         now = time.monotonic()
         if not self._needs_recovery and now - self._last_housekeeping < HOUSEKEEPING_INTERVAL:
-            return True
+            return
         self._last_housekeeping = now
-        busy_elsewhere = False
         now_us = clock.now_us()
+        if self._elected:
+            self._elected = False
+            self._elsewhere = 0
+            if self.gap_us:
+                self._ended(self.store.last_run_end(LEADER_LEASE))
+        elsewhere = 0
         for doc in self.store.processing_jobs():
+            run_key = (doc["_id"], doc["epoch"])
+            here = self._runs.get(doc["_id"])
+            if here is not None and here.epoch == doc["epoch"]:
+                continue  # running here: the keeper holds its lease
             if doc["lease_until_us"] < now_us and self._may_take_over(doc, now):
                 self._recover(doc)
-            else:
-                busy_elsewhere = True
+            elif run_key not in self._started:
+                elsewhere += 1  # another server's run (started here: ended since, or abandoned)
+        if elsewhere < self._elsewhere:
+            self._ended(now_us)  # a run elsewhere ended by now: the gap counts from here
+        self._elsewhere = elsewhere
         for oid in self.store.due_backoff(now_us):
             if self.store.make_ready(oid):
                 self._last_refresh = 0.0
@@ -293,8 +390,7 @@ class Dispatcher:
                     log.info("retention: removed %d completed jobs", purged)
                 for sweep in self.sweepers:
                     sweep()
-        self._needs_recovery = busy_elsewhere
-        return not busy_elsewhere
+        self._needs_recovery = elsewhere > 0
 
     def _recover(self, doc: Doc) -> None:
         """A run whose lease lapsed (its server died): requeue it or fail it."""
@@ -365,40 +461,36 @@ class Dispatcher:
             self._run_attempt(job)
 
     def _run_attempt(self, job: Doc) -> None:
-        run = _Run(job["_id"], job["epoch"])
-        self._run = run
-        self._started.append((run.oid, run.epoch))
+        run = self._runs[job["_id"]]
+        run.generated = True
+        self.tell(job, STATUS_CHANGED)
+        spec = JobSpec(
+            str(job["_id"]),
+            job["owner"],
+            job["mode"],
+            job["params"],
+            job["attempt"],
+            epoch=job["epoch"],
+            started_us=job["started_us"],
+        )
+        reporter = _ProgressWriter(self, run, job)
         try:
-            self.tell(job, STATUS_CHANGED)
-            spec = JobSpec(
-                str(job["_id"]),
-                job["owner"],
-                job["mode"],
-                job["params"],
-                job["attempt"],
-                epoch=job["epoch"],
-                started_us=job["started_us"],
+            output = self.generator.generate(spec, reporter.report, run.cancel)
+        except GenerationCancelled:
+            self._finish_cancelled(run, job)
+        except GenerationFailed as failure:
+            self._finish_failed(
+                run, job, failure.code, failure.message, failure.retryable, failure.retry_after_seconds
             )
-            reporter = _ProgressWriter(self, run, job)
-            try:
-                output = self.generator.generate(spec, reporter.report, run.cancel)
-            except GenerationCancelled:
-                self._finish_cancelled(run, job)
-            except GenerationFailed as failure:
-                self._finish_failed(
-                    run, job, failure.code, failure.message, failure.retryable, failure.retry_after_seconds
-                )
-            except PyMongoError as exc:
-                # A database error is never the generator's: the attempt is given back.
-                log.warning("job %s: database error while generating (%s); requeued", job["_id"], exc)
-                self._write_outcome(run, self._requeue_changes(job))
-            except Exception as exc:
-                log.exception("generator crashed on job %s", job["_id"])
-                self._finish_failed(run, job, "GENERATOR_CRASHED", f"{type(exc).__name__}: {exc}", False)
-            else:
-                self._write_outcome(run, self.store.completion(output.as_doc(), job["started_us"]))
-        finally:
-            self._run = None
+        except PyMongoError as exc:
+            # A database error is never the generator's: the attempt is given back.
+            log.warning("job %s: database error while generating (%s); requeued", job["_id"], exc)
+            self._write_outcome(run, self._requeue_changes(job))
+        except Exception as exc:
+            log.exception("generator crashed on job %s", job["_id"])
+            self._finish_failed(run, job, "GENERATOR_CRASHED", f"{type(exc).__name__}: {exc}", False)
+        else:
+            self._write_outcome(run, self.store.completion(output.as_doc(), job["started_us"]))
 
     def _finish_cancelled(self, run: _Run, job: Doc) -> None:
         stamp = clock.now_us()

@@ -1007,6 +1007,21 @@ class Store(BulkQueries):
         """Give the lease up at once (a clean shutdown), so another replica need not wait."""
         self.leases.update_one({"_id": lease_id, "holder": holder}, {"$set": {"until_us": 0}})
 
+    def note_run_end(self, lease_id: str, ended_us: int) -> None:
+        """Remember in the named lease when a run ended, unless a later end is there."""
+        self.leases.update_one(
+            {
+                "_id": lease_id,
+                "$or": [{"last_end_us": {"$lt": ended_us}}, {"last_end_us": {"$exists": False}}],
+            },
+            {"$set": {"last_end_us": ended_us}},
+        )
+
+    def last_run_end(self, lease_id: str) -> int:
+        """When the last run ended as the named lease remembers it (0: never)."""
+        doc = self.leases.find_one({"_id": lease_id}, {"last_end_us": 1})
+        return int(doc.get("last_end_us", 0)) if doc else 0
+
 
 def _keyset_page(
     collection: Collection[Doc],

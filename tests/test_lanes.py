@@ -1,0 +1,203 @@
+"""Pacing and lanes: GENJOBS_JOB_GAP_SECONDS and GENJOBS_CONCURRENCY, through
+real servers running the demo generator on a real nx-27017."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pymongo
+import pytest
+from genjobs.v1 import jobs_pb2
+
+from client import GenJobsClient
+from server.clock import now_us
+from server.config import Settings
+from server.dispatcher import LEADER_LEASE
+from tests.harness import MongoServer, ServerThread, make_settings, serving, wait_for
+from tests.test_dispatcher import final
+
+S = jobs_pb2
+Interval = tuple[int, int]  # (started_us, ended_us) as stored
+
+
+def intervals(jobs: list[jobs_pb2.Job]) -> list[Interval]:
+    """The stored (start, end) of each job, in order of start."""
+    return sorted((j.start_time.ToMicroseconds(), j.end_time.ToMicroseconds()) for j in jobs)
+
+
+def most_at_once(spans: list[Interval]) -> int:
+    """The most intervals that overlap at any instant."""
+    return max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+
+
+def processing(client: GenJobsClient) -> int:
+    return len(client.list(statuses=["processing"]).jobs)
+
+
+@contextmanager
+def sampling(collection: pymongo.collection.Collection[dict[str, Any]]) -> Iterator[list[int]]:
+    """The most PROCESSING jobs seen at once while the block runs (in a list of one)."""
+    most = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            most[0] = max(most[0], len(list(collection.find({"status": "PROCESSING"}, {"_id": 1}))))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        yield most
+    finally:
+        stop.set()
+        sampler.join()
+
+
+@pytest.fixture
+def db(mongo: MongoServer) -> Iterator[pymongo.MongoClient[dict[str, Any]]]:
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo.uri)
+    yield client
+    client.close()
+
+
+def test_settings_refuse_no_lanes_and_a_negative_gap() -> None:
+    with pytest.raises(SystemExit, match="GENJOBS_CONCURRENCY"):
+        Settings.from_env({"GENJOBS_CONCURRENCY": "0"})
+    with pytest.raises(SystemExit, match="GENJOBS_JOB_GAP_SECONDS"):
+        Settings.from_env({"GENJOBS_JOB_GAP_SECONDS": "-1"})
+    settings = Settings.from_env({"GENJOBS_CONCURRENCY": "3", "GENJOBS_JOB_GAP_SECONDS": "5"})
+    assert (settings.concurrency, settings.job_gap_seconds) == (3, 5.0)
+    assert (Settings().concurrency, Settings().job_gap_seconds) == (1, 0.0)
+
+
+def test_the_gap_holds_between_the_end_of_a_job_and_the_start_of_the_next(
+    mongo: MongoServer, tmp_path: Path
+) -> None:
+    gap = 0.6
+    with serving(make_settings(mongo.uri, tmp_path, job_gap_seconds=gap)) as alice:
+        ids = [alice.submit("topic", topic=f"paced {i}", extra={"demo_seconds": "0.1"}).id for i in range(3)]
+        spans = intervals([final(alice, i) for i in ids])
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end + gap * 1e6
+
+
+def test_the_gap_outlives_a_change_of_leader(
+    mongo: MongoServer, tmp_path: Path, db: pymongo.MongoClient[dict[str, Any]]
+) -> None:
+    gap = 3.0  # longer than a standby needs to take the lease over
+    settings = make_settings(mongo.uri, tmp_path, job_gap_seconds=gap)
+    first = ServerThread(settings).start()
+    second: ServerThread | None = None
+    try:
+        assert first.app is not None
+        wait_for(first.app.dispatcher._is_leader)
+        second = ServerThread(settings).start()
+        with first.client() as alice:
+            one = alice.submit("topic", topic="before", extra={"demo_seconds": "0.1"})
+            two = alice.submit("topic", topic="after")
+            ended = final(alice, one.id)
+        first.stop()  # during the gap: the standby takes over and must keep it
+        with second.client() as alice:
+            started = final(alice, two.id)
+        assert started.start_time.ToMicroseconds() >= ended.end_time.ToMicroseconds() + gap * 1e6
+        lease = db[settings.db_name]["leases"].find_one({"_id": LEADER_LEASE})
+        assert lease is not None and lease["last_end_us"] >= ended.end_time.ToMicroseconds()
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_two_lanes_run_two_jobs_at_once_never_three(
+    mongo: MongoServer, tmp_path: Path, db: pymongo.MongoClient[dict[str, Any]]
+) -> None:
+    settings = make_settings(mongo.uri, tmp_path, concurrency=2)
+    with serving(settings) as alice, sampling(db[settings.db_name]["jobs"]) as most:
+        ids = [alice.submit("topic", topic=f"lane {i}", extra={"demo_seconds": "0.4"}).id for i in range(6)]
+        wait_for(lambda: processing(alice) == 2)
+        jobs = [final(alice, i) for i in ids]
+    assert all(j.status == S.JOB_STATUS_COMPLETED and j.attempt == 1 for j in jobs)
+    assert most_at_once(intervals(jobs)) == 2
+    assert most[0] == 2
+
+
+def test_two_lanes_across_two_replicas_and_a_change_of_leader_never_run_three(
+    mongo: MongoServer, tmp_path: Path, db: pymongo.MongoClient[dict[str, Any]]
+) -> None:
+    settings = make_settings(mongo.uri, tmp_path, concurrency=2)
+    servers = [ServerThread(settings).start() for _ in range(2)]
+    leases = db[settings.db_name]["leases"]
+    jobs_collection = db[settings.db_name]["jobs"]
+    try:
+        clients = [s.client() for s in servers]
+        with sampling(jobs_collection) as most:
+            ids = [
+                clients[i].submit("topic", topic=f"long {i}", extra={"demo_seconds": "3"}).id for i in (0, 1)
+            ]
+            wait_for(lambda: processing(clients[0]) == 2)
+            leader, other = (s.app.dispatcher for s in servers if s.app is not None)
+            if not leader._is_leader():
+                leader, other = other, leader
+            # The leader loses its lease while its two runs go on (as when its
+            # renewals fail for a while), then the other replica is elected:
+            # the former leader's runs must still count against the two lanes.
+            far = now_us() + int(30 * 1e6)
+            leases.update_one({"_id": LEADER_LEASE}, {"$set": {"holder": "gone", "until_us": far}})
+            wait_for(lambda: not leader._is_leader())
+            leases.update_one({"_id": LEADER_LEASE}, {"$set": {"holder": other.worker_id}})
+            ids += [
+                clients[i % 2].submit("topic", topic=f"short {i}", extra={"demo_seconds": "0.3"}).id
+                for i in range(6)
+            ]
+            jobs = [final(clients[0], i, timeout=60) for i in ids]
+        for c in clients:
+            c.close()
+    finally:
+        for s in servers:
+            s.stop()
+    assert all(j.status == S.JOB_STATUS_COMPLETED and j.attempt == 1 for j in jobs)
+    ran = {str(doc["_id"]): doc["worker"] for doc in jobs_collection.find({}, {"worker": 1})}
+    assert {ran[i] for i in ids[:2]} == {leader.worker_id}
+    assert {ran[i] for i in ids[2:]} == {other.worker_id}
+    assert most_at_once(intervals(jobs)) == 2
+    assert most[0] == 2
+
+
+def test_cancel_stops_only_the_cancelled_of_two_running_jobs(mongo: MongoServer, tmp_path: Path) -> None:
+    settings = make_settings(mongo.uri, tmp_path, concurrency=2)
+    with serving(settings) as alice:
+        doomed = alice.submit("topic", topic="cancel me", extra={"demo_seconds": "30"})
+        spared = alice.submit("topic", topic="keep me", extra={"demo_seconds": "3"})
+        wait_for(lambda: processing(alice) == 2)
+        alice.cancel(doomed.id)
+        cancelled = wait_for(
+            lambda: (j := alice.get(doomed.id)).status == S.JOB_STATUS_CANCELLED and j, timeout=5
+        )
+        done = final(alice, spared.id)
+    assert done.status == S.JOB_STATUS_COMPLETED and done.attempt == 1 and not done.attempt_errors
+    assert cancelled.end_time.ToMicroseconds() < done.end_time.ToMicroseconds()  # stopped while it ran
+
+
+def test_shutdown_requeues_both_running_jobs_with_their_attempts_given_back(
+    mongo: MongoServer, tmp_path: Path, db: pymongo.MongoClient[dict[str, Any]]
+) -> None:
+    settings = make_settings(mongo.uri, tmp_path, concurrency=2)
+    server = ServerThread(settings).start()
+    try:
+        with server.client() as alice:
+            ids = [
+                alice.submit("topic", topic=f"long {i}", extra={"demo_seconds": "30"}).id for i in range(2)
+            ]
+            wait_for(lambda: processing(alice) == 2)
+            assert server.app is not None
+            assert sorted(server.app.dispatcher.running_job_ids()) == sorted(ids)
+    finally:
+        server.stop(grace=0.5)
+    docs = list(db[settings.db_name]["jobs"].find({}))
+    assert sorted(str(d["_id"]) for d in docs) == sorted(ids)
+    assert all(d["status"] == "QUEUED" and d["queue"] == "ready" and d["attempt"] == 0 for d in docs)
