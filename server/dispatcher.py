@@ -3,8 +3,8 @@ once across the deployment (one, by default).
 
 Replicas elect it through a lease in `leases`; the elected one claims the
 oldest ready job with one atomic update on `_id`, runs it through the
-generator (on the dispatcher's own thread when one run at a time is allowed,
-else on a thread per run), and records the outcome with writes fenced by the
+generator on a thread per run (so that housekeeping and schedules' ticks go
+on while a job runs), and records the outcome with writes fenced by the
 job's lease epoch. A keeper thread renews the leader lease and every run's
 lease and notices cancel requests. It claims only while fewer runs than
 `concurrency` hold a live lease in the deployment (its own, and those of
@@ -315,8 +315,9 @@ class Dispatcher:
             self._last_end_us = max(self._last_end_us, stamp_us)
 
     def _dispatch(self, job: Doc) -> None:
-        """Run a claimed job: here when one run at a time is allowed (as it
-        always was), else on a thread of its own, so that claiming goes on."""
+        """Run a claimed job on a thread of its own, so that claiming (with
+        more than one lane) and the leader's housekeeping (schedules' ticks,
+        due retries, budget releases) go on while it runs."""
         run = _Run(job["_id"], job["epoch"])
         with self._runs_changed:
             self._runs[run.oid] = run
@@ -324,10 +325,7 @@ class Dispatcher:
                 run.stopping = True
                 run.cancel.set()
         self._started.append((run.oid, run.epoch))
-        if self.concurrency == 1:
-            self._lane(job, run)
-        else:
-            threading.Thread(target=self._lane, args=(job, run), name="dispatcher-run", daemon=True).start()
+        threading.Thread(target=self._lane, args=(job, run), name="dispatcher-run", daemon=True).start()
 
     def _lane(self, job: Doc, run: _Run) -> None:
         try:

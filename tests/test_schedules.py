@@ -259,3 +259,14 @@ def test_ticks_are_read_in_the_time_zone_and_on_whole_seconds() -> None:
     assert latest_tick(EVERY_2_SECONDS, "", winter) == winter
     assert latest_tick(EVERY_2_SECONDS, "", winter - 1) == winter - 2_000_000
     assert next_tick(EVERY_2_SECONDS, "", winter) == winter + 2_000_000
+
+
+def test_ticks_fire_while_a_long_job_runs(alice: GenJobsClient) -> None:
+    # One run at a time, yet the leader's housekeeping (ticks, due retries) goes on beside it.
+    long = alice.submit("topic", topic="Long read", extra={"demo_seconds": "6"})
+    wait_for(lambda: alice.get(long.id).status == jobs_pb2.JOB_STATUS_PROCESSING, timeout=20)
+    schedule = alice.create_schedule(EVERY_SECOND, job=job())
+    wait_for(lambda: alice.get_schedule(schedule.id).run_count >= 2, timeout=20)
+    assert alice.get(long.id).status == jobs_pb2.JOB_STATUS_PROCESSING  # ticked during the run, not after it
+    alice.delete_schedule(schedule.id)
+    alice.cancel(long.id)
