@@ -22,6 +22,8 @@ from pymongo.errors import PyMongoError
 
 from server import observability, reflection
 from server.auth import AuthInterceptor, load_secret
+from server.budget_store import BudgetStore
+from server.budgets import Budgets
 from server.bulk import Bulks
 from server.config import Settings
 from server.dispatcher import Dispatcher
@@ -173,6 +175,9 @@ class App:
         self.bulks = Bulks(self.store, self.hub, self.jobs, self.notifier)
         self.job_notifications = JobNotifications(self.store, self.jobs, self.notifier)
         self.progress_link.tokens = AttemptTokens(secret)
+        self.budgets = Budgets(BudgetStore(self.store), self.jobs.record, settings.max_queued_per_owner)
+        self.jobs.limits = self.budgets
+        self.jobs.on_change.append(self.budgets.job_changed)
         self.dispatcher = Dispatcher(
             self.store,
             self.generator,
@@ -183,7 +188,9 @@ class App:
             retry_base_seconds=settings.retry_base_seconds,
             # Often enough that a completed job outlives its retention by at most a quarter.
             sweep_seconds=min(60.0, settings.retention_days * 86400 / 4),
-            sweepers=[self.bulks.recover, self.job_notifications.recover],
+            sweepers=[self.bulks.recover, self.job_notifications.recover, self.budgets.recover],
+            admit=self.budgets.admit,
+            release=self.budgets.release,
         )
         self.jobs.dispatcher = self.dispatcher
         undo.push_async_callback(self._stop_workers)
@@ -198,7 +205,7 @@ class App:
         ]
         server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         progress = ExternalProgress(self.store, self.progress_link.tokens, self.jobs.record)
-        job_servicer = JobServicer(self.jobs, self.hub, progress)
+        job_servicer = JobServicer(self.jobs, self.hub, progress, self.budgets)
         bulk_servicer = BulkServicer(self.bulks, self.hub)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, server)
         bulk_pb2_grpc.add_BulkServiceServicer_to_server(bulk_servicer, server)
@@ -364,6 +371,7 @@ class App:
         # Building an index on a large collection may take longer than any one query.
         with pymongo.timeout(INDEX_BUILD_SECONDS):
             self.store.ensure_indexes()
+            self.budgets.store.ensure_indexes()
 
     async def _count_queue(self) -> None:
         """The queue gauges, from the database every few seconds (two indexed counts)."""

@@ -58,6 +58,7 @@ class Settings:
     tls_cert_file: str = ""  # PEM certificate chain: serve TLS (gRPC, and the HTTP face)
     tls_key_file: str = ""
     tls_client_ca_file: str = ""  # PEM CA bundle: require client certificates (mutual TLS)
+    max_queued_per_owner: int = 1000  # more queued jobs than this per owner are refused
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:

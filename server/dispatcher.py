@@ -94,6 +94,8 @@ class Dispatcher:
         retry_base_seconds: float = 1.0,
         sweep_seconds: float = 60.0,
         sweepers: Sequence[Callable[[], None]] = (),
+        admit: Callable[[Doc], bool] = lambda job: True,
+        release: Callable[[], int] = lambda: 0,
     ) -> None:
         self.store = store
         self.generator = generator
@@ -104,6 +106,10 @@ class Dispatcher:
         self.retry_base_seconds = retry_base_seconds
         self.sweep_seconds = sweep_seconds
         self.sweepers = sweepers
+        # Budgets (server/budgets.py): whether a claimed job may run (False: it
+        # was moved to the budget lane), and the release of jobs held there.
+        self.admit = admit
+        self.release = release
         self._last_sweep = 0.0
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -280,6 +286,8 @@ class Dispatcher:
         for oid in self.store.due_backoff(now_us):
             if self.store.make_ready(oid):
                 self._last_refresh = 0.0
+        if self.release():
+            self.wake()
         if now - self._last_sweep >= self.sweep_seconds:
             self._last_sweep = now
             # A purge of a long backlog may take longer than any one query may.
@@ -356,6 +364,8 @@ class Dispatcher:
             self._last_refresh = time.monotonic()
 
     def _execute(self, job: Doc) -> None:
+        if not self.admit(job):
+            return
         observability.attempt_started(job)
         with observability.job_attempt(job):  # log context and trace span of the attempt
             self._run_attempt(job)
