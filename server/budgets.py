@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from server import clock, validation
 from server.auth import Caller, subject_problem
@@ -47,6 +48,7 @@ QUEUE_CACHE_SECONDS = 1.0  # how long a queue-cap check lets later submits skip 
 # How long a job may stay completed with its cost uncounted before the sweep
 # counts it (a live server counts it at once).
 SWEEP_DELAY_US = 10_000_000
+MAX_CACHED_OWNERS = 4096  # beyond this many, the caches drop their expired entries
 
 EventSink = Callable[[Doc, str], None]
 
@@ -175,6 +177,8 @@ class Budgets:
         half = max(1, cap // 2)
         if count <= cap - half + 1 and not self.store.queued_at_least(owner, half):
             with self._lock:
+                if len(self._room) > MAX_CACHED_OWNERS:
+                    _drop_older(self._room, now - QUEUE_CACHE_SECONDS)
                 self._room[owner] = (now, cap - half + 1 - count)
             return
         with self._lock:
@@ -188,8 +192,8 @@ class Budgets:
         """Whether a claimed job may run. False: a limit binds, and the job (and
         the owner's or project's other ready jobs) now wait in the budget lane."""
         owner, project = job["owner"], job.get("project", "")
+        self._reload_if_stale()
         with self._lock:
-            self._reload_if_stale()
             if not self._scopes(owner, project):
                 return True
         binding = [limit for limit in self._limits(owner, project, 0.0) if limit.exhausted]
@@ -212,8 +216,8 @@ class Budgets:
         """Move jobs held by limits that no longer bind back to the ready lane;
         how many moved. Reads nothing from the database while nothing is held
         (but the budgets, at most every CACHE_SECONDS)."""
+        self._reload_if_stale()
         with self._lock:
-            self._reload_if_stale()
             held = [doc for doc in self._budgets.values() if doc.get("holding")]
         moved = 0
         for cached in held:
@@ -274,11 +278,15 @@ class Budgets:
     # ---- caches -----------------------------------------------------------------
 
     def _reload_if_stale(self) -> None:
-        """Re-read every budget if the copy is older than CACHE_SECONDS (lock held)."""
+        """Re-read every budget if the copy is older than CACHE_SECONDS. The
+        query runs without the lock: the event loop takes it on every submit."""
         now = time.monotonic()
-        if now - self._loaded > CACHE_SECONDS:
-            self._budgets = {doc["_id"]: doc for doc in self.store.all_budgets()}
-            self._loaded = now
+        with self._lock:
+            if now - self._loaded <= CACHE_SECONDS:
+                return
+        docs = {doc["_id"]: doc for doc in self.store.all_budgets()}
+        with self._lock:
+            self._budgets, self._loaded = docs, now
 
     def _scopes(self, owner: str, project: str) -> list[Doc]:
         """The cached limits (limit > 0) over a job of `owner` in `project` (lock held)."""
@@ -289,8 +297,8 @@ class Budgets:
     def _limits(self, owner: str, project: str, max_age: float) -> list[Limit]:
         """The limits over a job of `owner` in `project`, with this month's
         spend read at most `max_age` seconds ago."""
+        self._reload_if_stale()
         with self._lock:
-            self._reload_if_stale()
             scopes = self._scopes(owner, project)
         if not scopes:
             return []
@@ -301,8 +309,16 @@ class Budgets:
         if cached is None or now - cached[0] > max_age:
             cached = (now, self.store.usage_doc(owner, month_of(clock.now_us())))
             with self._lock:
+                if len(self._spend) > MAX_CACHED_OWNERS:
+                    _drop_older(self._spend, now - SPEND_CACHE_SECONDS)
                 self._spend[key] = cached
         return [_limit(doc, cached[1]) for doc in scopes]
+
+
+def _drop_older(cache: dict[str, tuple[float, Any]], before: float) -> None:
+    """Remove the entries of `cache` read before `before` (they would be read again)."""
+    for key in [key for key, (read, _) in cache.items() if read < before]:
+        del cache[key]
 
 
 def _limit(budget: Doc, spend: Doc | None) -> Limit:
