@@ -230,7 +230,7 @@ def budget_line(budget: jobs_pb2.Budget) -> str:
     scope = f"{budget.owner}'s project {budget.project!r}" if budget.project else budget.owner
     if not budget.monthly_limit_cents:
         return f"no monthly limit for {scope} (spent {budget.spent_cents}¢ this month)"
-    state = " [red]spent: new jobs are refused[/]" if budget.exhausted else ""
+    state = ": [red]exhausted, new jobs are refused[/]" if budget.exhausted else ""
     return f"monthly limit for {scope}: {budget.monthly_limit_cents}¢, spent {budget.spent_cents}¢{state}"
 
 

@@ -318,3 +318,25 @@ def test_quota_failure_stays_small() -> None:
     ).to_status()
     assert status.ByteSize() < 2000
     assert any(d.Is(error_details_pb2.QuotaFailure.DESCRIPTOR) for d in status.details)
+
+
+def test_the_cli_sets_budgets_and_shows_usage(server: ServerThread, alice: GenJobsClient) -> None:
+    from tests.test_cli import Cli
+
+    job = submit(alice, project="blog")
+    wait_for(lambda: completed(alice, job.id), timeout=30)
+    cli = Cli(server)
+    admin_token = server.token("root", admin=True)
+    out = cli("budget", "set", "alice", "500", GENJOBS_TOKEN=admin_token).stdout
+    assert "monthly limit for alice: 500¢, spent 5¢" in out
+    out = cli("budget", "set", "alice", "5", "--project", "blog", GENJOBS_TOKEN=admin_token).stdout
+    assert "alice's project 'blog': 5¢" in out and "exhausted, new jobs are refused" in out
+    refused = cli("budget", "set", "alice", "1", code=1)
+    assert "ADMIN_REQUIRED" in refused.stderr
+    table = cli("usage").stdout
+    assert "alice" in table and "project blog" in table and "queued jobs" in table
+    assert "spent" in table and "500¢" in table
+    data = cli.json("usage")
+    assert data["spent_cents"] == str(COST) and data["max_queued_jobs"] == 1000
+    refused = cli("submit", "--topic", "Tea", "--project", "blog", code=1)
+    assert "BUDGET_EXHAUSTED" in refused.stderr and "project 'blog'" in refused.stderr
