@@ -9,8 +9,9 @@ queued-jobs cap or more queued; then SubmitJob throughput from 8 callers
 bench/service_bench.py measures it), for owners with no limit and owners
 with a limit, in alternated runs. The cap is raised to a million for the
 throughput runs (8 callers queue thousands of jobs each; the check still
-runs: one query per owner a second). Run with PYTHONPATH pointing at an
-older tree, it measures that tree ("budgets: absent").
+runs: one query per owner a second). Run from a tree from before budgets
+(this script and bench/service_bench.py copied in, PYTHONPATH=.), it
+measures that tree ("budgets: absent").
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import functools
 import time
 
 from common import COUNTER, ServerProcess, ServerThread, make_settings, measured, median, scratch, start_mongo
-from service_bench import RPC_THREADS, hammer, submit_jobs
+from service_bench import RPC_THREADS, submit_jobs
 
 from client import GenJobsClient
 from server.auth import make_token
@@ -95,7 +96,7 @@ def main() -> None:
     free: list[tuple[float, dict[str, float]]] = []
     limited: list[tuple[float, dict[str, float]]] = []
     for run in range(RUNS):  # alternated, so that both see the same machine
-        free.append(measured(functools.partial(_submit_as, server, f"free{run}-"), parties))
+        free.append(measured(functools.partial(submit_jobs, server, CALLERS, f"free{run}-"), parties))
         limited.append(measured(lambda: submit_jobs(server, CALLERS), parties))
     server.terminate()
     print(f"SubmitJob, {CALLERS} concurrent callers, {RUNS} runs of 5 s:")
@@ -107,16 +108,6 @@ def main() -> None:
             f"  server+nx CPU {cpu:4.0f} µs/job"
         )
     mongo.stop()
-
-
-def _submit_as(server: ServerProcess, prefix: str) -> tuple[int, float]:
-    """submit_jobs with owners of their own (none of them has a limit)."""
-    clients = [server.client(f"{prefix}{i}") for i in range(CALLERS)]
-    try:
-        return hammer([functools.partial(c.submit, "topic", topic="throughput") for c in clients])
-    finally:
-        for c in clients:
-            c.close()
 
 
 if __name__ == "__main__":

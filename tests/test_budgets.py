@@ -340,3 +340,40 @@ def test_the_cli_sets_budgets_and_shows_usage(server: ServerThread, alice: GenJo
     assert data["spent_cents"] == str(COST) and data["max_queued_jobs"] == 1000
     refused = cli("submit", "--topic", "Tea", "--project", "blog", code=1)
     assert "BUDGET_EXHAUSTED" in refused.stderr and "project 'blog'" in refused.stderr
+
+
+def test_a_paused_bulk_job_stays_held_when_its_budget_is_raised(
+    server: ServerThread, mongo: MongoServer, alice: GenJobsClient, admin: GenJobsClient
+) -> None:
+    admin.set_budget("alice", COST)
+    items: list[dict[str, Any]] = [{"topic": f"Tea {i}", "word_count": WORDS} for i in range(10)]
+    items[0]["extra"] = {"demo_seconds": "0.5"}
+    bulk = alice.create_bulk("topic", items)
+    db: Database[dict[str, Any]] = pymongo.MongoClient(mongo.uri)[server.settings.db_name]
+    try:
+        lanes = lambda: sorted(j["queue"] for j in db.jobs.find({"bulk_job_id": bulk.id, "status": "QUEUED"}))  # noqa: E731
+        wait_for(lambda: lanes() == ["budget"] * 9, timeout=30)  # the first item spent the budget
+        alice.pause_bulk(bulk.id)
+        assert lanes() == ["held"] * 9
+        admin.set_budget("alice", 1000)
+        # The release has looked once the limit holds nothing: the paused items stay held.
+        wait_for(lambda: not db.budgets.find_one({"owner": "alice", "holding": True}), timeout=30)
+        assert lanes() == ["held"] * 9
+        alice.resume_bulk(bulk.id)
+        wait_for(lambda: alice.get_bulk(bulk.id).completed_items == 10, timeout=60)
+        assert alice.usage().spent_cents == 10 * COST
+    finally:
+        db.client.close()
+
+
+def test_months_and_project_keys() -> None:
+    """Unit: spend is kept by calendar month (UTC), under reversible project keys."""
+    from datetime import UTC, datetime
+
+    from server.budget_store import project_field, project_name
+
+    last = clock.to_us(datetime(2026, 11, 30, 23, 59, 59, 999999, tzinfo=UTC))
+    assert (month_of(last), month_of(last + 1)) == ("2026-11", "2026-12")
+    for name in ["", "blog", "a.b", "$x", "%2E", "p.%24.$"]:
+        key = project_field(name)
+        assert "." not in key and not key.startswith("$") and project_name(key) == name
