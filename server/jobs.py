@@ -105,8 +105,10 @@ class Jobs:
     def record(self, doc: Doc, kind: str) -> None:
         """Tell watchers of a change, and keep it in job_events for replay (in the background)."""
         event = self.store.event_doc(doc, kind, self.worker_id)
-        self._deliver(doc, kind, event)
+        # Queued for storage before the callbacks' bookkeeping (spend, notifications)
+        # runs: a DeleteJob that flushes the log right after the change finds it there.
         self.event_log.append(event)
+        self._deliver(doc, kind, event)
 
     def publish(self, doc: Doc, kind: str) -> None:
         """Hand a change to this server's watchers only (not kept for replay)."""
