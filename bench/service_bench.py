@@ -78,9 +78,11 @@ def hammer(calls: list[Callable[[], object]]) -> tuple[int, float]:
     return sum(done), time.monotonic() - started
 
 
-def submit_jobs(server: ServerThread | ServerProcess, callers: int = CALLERS) -> tuple[int, float]:
-    """SubmitJob from `callers` threads, each with a channel of its own."""
-    clients = [server.client(f"load{i}") for i in range(callers)]
+def submit_jobs(
+    server: ServerThread | ServerProcess, callers: int = CALLERS, owner_prefix: str = "load"
+) -> tuple[int, float]:
+    """SubmitJob from `callers` threads, each with a channel (and owner) of its own."""
+    clients = [server.client(f"{owner_prefix}{i}") for i in range(callers)]
     try:
         return hammer([functools.partial(c.submit, "topic", topic="throughput") for c in clients])
     finally:

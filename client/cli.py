@@ -1176,6 +1176,41 @@ def _notification_line(opts: Options, note: bulk_pb2.Notification) -> None:
         opts.console.print(render.notification_line(note), highlight=False, soft_wrap=True)
 
 
+# ---- budgets --------------------------------------------------------------
+
+budget_app = typer.Typer(help="Monthly spending limits (admin tokens).", no_args_is_help=True)
+app.add_typer(budget_app, name="budget")
+
+
+@app.command("usage")
+def usage(
+    ctx: typer.Context,
+    owner: Annotated[str, typer.Option(help="whose usage (admins only; default: yours)")] = "",
+) -> None:
+    """Spend this month (UTC) by project, your limits, and queued jobs against the cap."""
+    opts: Options = ctx.obj
+    with connected(ctx) as client:
+        result = client.usage(owner)
+    _show(opts, render.as_dict(result), render.usage_table(result))
+
+
+@budget_app.command("set")
+def budget_set(
+    ctx: typer.Context,
+    owner: Annotated[str, typer.Argument(metavar="OWNER", help="the user id the limit applies to")],
+    cents: Annotated[int, typer.Argument(metavar="CENTS", help="the monthly limit in cents; 0 removes it")],
+    project: Annotated[str, typer.Option(help="limit only this project's spend")] = "",
+) -> None:
+    """Set OWNER's monthly spending limit (or one project's); needs an admin token."""
+    opts: Options = ctx.obj
+    with connected(ctx) as client:
+        result = client.set_budget(owner, cents, project=project)
+    if opts.json:
+        render.print_json(opts.console, render.as_dict(result))
+    else:
+        opts.console.print(render.budget_line(result), highlight=False)
+
+
 GLOBAL_OPTIONS = ("-o", "--output", "-t", "--target", "--token", "--data-dir")
 
 

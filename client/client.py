@@ -340,6 +340,17 @@ class GenJobsClient:
                     on_reconnect(translated)
                 time.sleep(min(0.1 * 2**failures, 2.0))
 
+    def set_budget(self, owner: str, monthly_limit_cents: int, project: str = "") -> jobs_pb2.Budget:
+        """Set an owner's (or one project's) monthly limit in cents; 0 removes it. Admin tokens only."""
+        request = jobs_pb2.SetBudgetRequest(
+            owner=owner, project=project, monthly_limit_cents=monthly_limit_cents
+        )
+        return self._call(self.jobs.SetBudget, request)
+
+    def usage(self, owner: str = "") -> jobs_pb2.Usage:
+        """Spend this month, limits and queue: the caller's own, or (admins) `owner`'s."""
+        return self._call(self.jobs.GetUsage, jobs_pb2.GetUsageRequest(owner=owner))
+
     # ---- BulkService ------------------------------------------------------
 
     def create_bulk(

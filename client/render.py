@@ -188,6 +188,52 @@ def stats_table(stats: jobs_pb2.GetJobStatsResponse) -> Table:
     return table
 
 
+def usage_table(usage: jobs_pb2.Usage) -> Table:
+    """Spend this month by project, each limit with what is left, and the queue against its cap."""
+    table = Table(
+        title=f"{usage.owner} · {usage.month} (UTC)", title_justify="left", box=None, pad_edge=False
+    )
+    table.add_column("spend", style="bold", no_wrap=True)
+    table.add_column("spent", justify="right")
+    table.add_column("limit", justify="right")
+    table.add_column("left", justify="right")
+    limits = {budget.project: budget for budget in usage.budgets}
+    rows: list[tuple[str, int, jobs_pb2.Budget | None]] = [
+        ("all projects", usage.spent_cents, limits.get(""))
+    ]
+    for spend in usage.projects:
+        label = f"project {spend.project}" if spend.project else "no project"
+        rows.append((label, spend.spent_cents, limits.get(spend.project) if spend.project else None))
+    spent_in = {spend.project for spend in usage.projects}
+    rows += [
+        (f"project {b.project}", b.spent_cents, b)
+        for b in usage.budgets
+        if b.project and b.project not in spent_in
+    ]
+    for label, spent, budget in rows:
+        limit = budget.monthly_limit_cents if budget else 0
+        left = "[red]spent[/]" if budget and budget.exhausted else f"{limit - spent}¢" if limit else ""
+        table.add_row(label, f"{spent}¢", f"{limit}¢" if limit else "none", left)
+    full = usage.queued_jobs >= usage.max_queued_jobs
+    queued = f"[red]{usage.queued_jobs}[/]" if full else str(usage.queued_jobs)
+    table.add_row(
+        "queued jobs",
+        queued,
+        str(usage.max_queued_jobs),
+        str(max(0, usage.max_queued_jobs - usage.queued_jobs)),
+    )
+    return table
+
+
+def budget_line(budget: jobs_pb2.Budget) -> str:
+    """One line saying what a limit now is."""
+    scope = f"{budget.owner}'s project {budget.project!r}" if budget.project else budget.owner
+    if not budget.monthly_limit_cents:
+        return f"no monthly limit for {scope} (spent {budget.spent_cents}¢ this month)"
+    state = ": [red]exhausted, new jobs are refused[/]" if budget.exhausted else ""
+    return f"monthly limit for {scope}: {budget.monthly_limit_cents}¢, spent {budget.spent_cents}¢{state}"
+
+
 def bulk_table(bulks: Iterable[bulk_pb2.BulkJob], width: int = 200) -> Table:
     """One row per bulk job with its counts; the project gives way when narrow."""
     table = _listing(

@@ -31,6 +31,8 @@ from pymongo.errors import PyMongoError
 
 from server import observability, reflection
 from server.auth import AuthInterceptor, load_secret
+from server.budget_store import BudgetStore
+from server.budgets import Budgets
 from server.bulk import Bulks
 from server.config import Settings
 from server.dispatcher import Dispatcher
@@ -192,6 +194,9 @@ class App:
         self.schedule_store = ScheduleStore(self.store)
         self.templates = Templates(self.schedule_store)
         self.schedules = Schedules(self.schedule_store, self.templates)
+        self.budgets = Budgets(BudgetStore(self.store), self.jobs.record, settings.max_queued_per_owner)
+        self.jobs.limits = self.budgets
+        self.jobs.on_change.append(self.budgets.job_changed)
         self.dispatcher = Dispatcher(
             self.store,
             self.generator,
@@ -202,10 +207,12 @@ class App:
             retry_base_seconds=settings.retry_base_seconds,
             # Often enough that a completed job outlives its retention by at most a quarter.
             sweep_seconds=min(60.0, settings.retention_days * 86400 / 4),
-            sweepers=[self.bulks.recover, self.job_notifications.recover],
             tickers=[self.schedules.tick],
             concurrency=settings.concurrency,
             gap_seconds=settings.job_gap_seconds,
+            sweepers=[self.bulks.recover, self.job_notifications.recover, self.budgets.recover],
+            admit=self.budgets.admit,
+            release=self.budgets.release,
         )
         self.jobs.dispatcher = self.dispatcher
         undo.push_async_callback(self._stop_workers)
@@ -220,7 +227,7 @@ class App:
         ]
         server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         progress = ExternalProgress(self.store, self.progress_link.tokens, self.jobs.record)
-        job_servicer = JobServicer(self.jobs, self.hub, progress, self.templates)
+        job_servicer = JobServicer(self.jobs, self.hub, progress, self.templates, self.budgets)
         bulk_servicer = BulkServicer(self.bulks, self.hub, self.templates)
         schedule_servicer = ScheduleServicer(self.schedules)
         template_servicer = TemplateServicer(self.templates)
@@ -398,6 +405,7 @@ class App:
         with pymongo.timeout(INDEX_BUILD_SECONDS):
             self.store.ensure_indexes()
             self.schedule_store.ensure_indexes()
+            self.budgets.store.ensure_indexes()
 
     async def _count_queue(self) -> None:
         """The queue gauges, from the database every few seconds (two indexed counts)."""

@@ -17,6 +17,7 @@ from bson import ObjectId
 
 from server import clock, observability, validation
 from server.auth import Caller
+from server.budget_store import BUDGET
 from server.errors import ServiceError, invalid
 from server.events import Event, EventHub
 from server.jobs import Jobs, normalized
@@ -140,6 +141,7 @@ class Bulks:
         if bad:
             raise invalid(bad)
         self.jobs.check_email(notify_email)
+        self.jobs.limits.check_submit(caller.user, project, len(items))
         base = self.store.order_keys.next(len(items) + 1)
         bulk_id = ObjectId()
         bulk = {
@@ -225,7 +227,8 @@ class Bulks:
         self.store.bulk_transition(
             caller.owner_filter, bulk_id, BulkAction.PAUSE, {"status": str(BulkStatus.PAUSED)}
         )
-        self.store.set_item_lanes(bulk_id, [READY, BACKOFF], HELD)
+        # Items waiting for a budget are held too: a release must not start them.
+        self.store.set_item_lanes(bulk_id, [READY, BACKOFF, BUDGET], HELD)
         return self._publish(self.get(caller, bulk_id), STATUS_CHANGED)
 
     def resume(self, caller: Caller, bulk_id: str) -> BulkView:

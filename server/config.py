@@ -62,6 +62,7 @@ class Settings:
     # time between the end of one run and the start of the next (throttling generators).
     concurrency: int = 1
     job_gap_seconds: float = 0.0
+    max_queued_per_owner: int = 1000  # more queued jobs than this per owner are refused
 
     def __post_init__(self) -> None:
         for name, least in _LEAST.items():
@@ -92,7 +93,7 @@ class Settings:
 
 
 _TYPES = {f.name: f.type for f in fields(Settings)}
-_LEAST = {"concurrency": 1, "job_gap_seconds": 0.0}  # settings with a lower bound
+_LEAST = {"concurrency": 1, "job_gap_seconds": 0.0, "max_queued_per_owner": 1}  # settings with a lower bound
 
 
 def _convert(name: str, raw: str) -> object:

@@ -165,6 +165,8 @@ def job(doc: Doc, full: bool = True) -> jobs_pb2.Job:
                 elapsed=duration(float(progress.get("elapsed_seconds", 0.0))),
             )
         )
+    if doc.get("wait_reason") and doc["status"] == "QUEUED" and doc.get("queue") != "ready":
+        message.progress.message = doc["wait_reason"]  # why a queued job is not started (budgets)
     result = doc.get("result")
     if result:
         message.result.CopyFrom(

@@ -105,6 +105,8 @@ class Dispatcher:
         tickers: Sequence[Callable[[], None]] = (),
         concurrency: int = 1,
         gap_seconds: float = 0.0,
+        admit: Callable[[Doc], bool] = lambda job: True,
+        release: Callable[[], int] = lambda: 0,
     ) -> None:
         self.store = store
         self.generator = generator
@@ -118,6 +120,10 @@ class Dispatcher:
         self.tickers = tickers  # run on every housekeeping pass (schedules' ticks)
         self.concurrency = concurrency
         self.gap_us = int(gap_seconds * 1_000_000)
+        # Budgets (server/budgets.py): whether a claimed job may run (False: it
+        # was moved to the budget lane), and the release of jobs held there.
+        self.admit = admit
+        self.release = release
         self._last_sweep = 0.0
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -379,6 +385,8 @@ class Dispatcher:
                 self._last_refresh = 0.0
         for tick in self.tickers:
             tick()
+        if self.release():
+            self.wake()
         if now - self._last_sweep >= self.sweep_seconds:
             self._last_sweep = now
             # A purge of a long backlog may take longer than any one query may.
@@ -454,6 +462,8 @@ class Dispatcher:
             self._last_refresh = time.monotonic()
 
     def _execute(self, job: Doc) -> None:
+        if not self.admit(job):
+            return
         observability.attempt_started(job)
         with observability.job_attempt(job):  # log context and trace span of the attempt
             self._run_attempt(job)

@@ -45,6 +45,8 @@ class ServiceError(Exception):
     metadata: dict[str, str] = field(default_factory=dict)
     # Seconds a client should wait before retrying, sent as google.rpc.RetryInfo.
     retry_delay: float | None = None
+    # (subject, description) of each limit hit, sent as google.rpc.QuotaFailure.
+    quota: list[tuple[str, str]] = field(default_factory=list)
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
@@ -64,6 +66,13 @@ class ServiceError(Exception):
             delay = duration_pb2.Duration()
             delay.FromMilliseconds(int(self.retry_delay * 1000))
             details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+        if self.quota:
+            failure = error_details_pb2.QuotaFailure()
+            for subject, description in self.quota[:MAX_VIOLATIONS]:
+                failure.violations.add(
+                    subject=clip(subject, MAX_FIELD), description=clip(description, MAX_DESCRIPTION)
+                )
+            details.append(_pack(failure))
         message = _cut_bytes(self.message, MAX_MESSAGE_BYTES)
         return status_pb2.Status(code=self.code.value[0], message=message, details=details)
 
@@ -144,6 +153,17 @@ def email_not_configured() -> ServiceError:
         "EMAIL_NOT_CONFIGURED",
         "email is not configured on this server (GENJOBS_SMTP_URL is unset): notify_email cannot be used",
     )
+
+
+def quota_exceeded(reason: str, subject: str, description: str, metadata: dict[str, str]) -> ServiceError:
+    """RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure naming the limit that was hit."""
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    return ServiceError(code, reason, description, metadata=metadata, quota=[(subject, description)])
+
+
+def admins_only(what: str) -> ServiceError:
+    """PERMISSION_DENIED: an RPC (or a use of one) only admin tokens may make."""
+    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, "ADMIN_REQUIRED", f"{what} needs an admin token")
 
 
 def sequence_out_of_range(kind: str, ident: str, after: int, last: int) -> ServiceError:

@@ -58,6 +58,23 @@ class NoDispatcher(Wakeable):
     """Stands in until the server attaches its dispatcher: does nothing."""
 
 
+class SubmitLimits(Protocol):
+    """What the jobs layer asks before queueing (server/budgets.py; the bodies
+    are the no-limit stand-in's)."""
+
+    async def check_submit_async(self, owner: str, project: str, count: int) -> None:
+        """Refuse `count` new jobs of `owner` in `project` when a limit says so."""
+        return None
+
+    def check_submit(self, owner: str, project: str, count: int) -> None:
+        """The same, from a thread."""
+        return None
+
+
+class NoLimits(SubmitLimits):
+    """Stands in until the server attaches its budgets: refuses nothing."""
+
+
 @dataclass
 class BulkOperationResult:
     """What RunBulkOperation did (or, validate_only, would do)."""
@@ -79,6 +96,7 @@ class Jobs:
         self.worker_id = worker_id
         self.default_max_attempts = default_max_attempts
         self.dispatcher: Wakeable = NoDispatcher()
+        self.limits: SubmitLimits = NoLimits()  # budgets and the queued-jobs cap
         self.on_change: list[Callable[[Doc, str], None]] = []  # bulk accounting, notifications
         self.email_enabled = False  # the app sets it when mail is configured (GENJOBS_SMTP_URL)
 
@@ -87,8 +105,10 @@ class Jobs:
     def record(self, doc: Doc, kind: str) -> None:
         """Tell watchers of a change, and keep it in job_events for replay (in the background)."""
         event = self.store.event_doc(doc, kind, self.worker_id)
-        self._deliver(doc, kind, event)
+        # Queued for storage before the callbacks' bookkeeping (spend, notifications)
+        # runs: a DeleteJob that flushes the log right after the change finds it there.
         self.event_log.append(event)
+        self._deliver(doc, kind, event)
 
     def publish(self, doc: Doc, kind: str) -> None:
         """Hand a change to this server's watchers only (not kept for replay)."""
@@ -150,6 +170,7 @@ class Jobs:
         if bad:
             raise invalid(bad)
         self.check_email(notify_email)
+        await self.limits.check_submit_async(caller.user, project, 1)
         params = normalized(params)
         doc = self.store.new_job_doc(
             caller.user,

@@ -941,12 +941,17 @@ class Store(BulkQueries):
     def completion(self, result: Doc, started_us: int) -> Doc:
         """The fields a COMPLETED job gets."""
         now_us = clock.now_us()
+        cost = int(result.get("cost_cents", 0))
+        # A cost is counted in the owner's monthly spend once (server/budgets.py);
+        # a job that cost nothing adds no flag, so no write.
+        pending = {"spend_pending": True} if cost > 0 else {}
         return {
+            **pending,
             "status": str(Status.COMPLETED),
             "result": result,
             # Nothing is wrong now: earlier attempts' errors stay in attempt_errors.
             "error": None,
-            "cost_cents": int(result.get("cost_cents", 0)),
+            "cost_cents": cost,
             "duration_s": max((now_us - started_us) / 1e6, 0.0),
             "progress": {
                 "percentage": 100,

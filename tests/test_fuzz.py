@@ -18,7 +18,7 @@ import os
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -91,6 +91,7 @@ class Fuzzer:
         self.server = server
         self.user = "fuzz-" + uuid.uuid4().hex[:8]
         self.metadata = (("authorization", f"Bearer {server.token(self.user)}"),)
+        self.admin_metadata = (("authorization", f"Bearer {server.token('fuzz-admin', admin=True)}"),)
         self.channel = grpc.insecure_channel(server.target)
         self.jobs = jobs_pb2_grpc.JobServiceStub(self.channel)
         self.bulk = bulk_pb2_grpc.BulkServiceStub(self.channel)
@@ -112,7 +113,8 @@ class Fuzzer:
         method = getattr(service, rpc)
         before = self.stored()
         try:
-            answer = method(request, metadata=self.metadata, timeout=30)
+            metadata = self.admin_metadata if rpc in ADMIN_RPCS else self.metadata
+            answer = method(request, metadata=metadata, timeout=30)
             if rpc.startswith("Watch"):  # the first event is enough; then hang up
                 next(answer)
                 answer.cancel()
@@ -310,7 +312,16 @@ JOB_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
         stage_progress=int32s,
         message=texts,
     ),
+    # Sent with an admin token (ADMIN_RPCS), so that its checks are reached.
+    "SetBudget": st.builds(
+        jobs_pb2.SetBudgetRequest,
+        owner=st.one_of(texts, st.just("someone")),
+        project=texts,
+        monthly_limit_cents=st.one_of(int64s, st.integers(-5, -1)),
+    ),
+    "GetUsage": st.builds(jobs_pb2.GetUsageRequest, owner=st.one_of(texts, st.just(""))),
 }
+ADMIN_RPCS = frozenset({"SetBudget"})
 BULK_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
     "CreateBulkJob": st.builds(
         bulk_pb2.CreateBulkJobRequest,
@@ -457,7 +468,9 @@ def seed(fuzzer: Fuzzer) -> None:
 @pytest.fixture(scope="module")
 def fuzzer(mongo: MongoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzer]:
     """One server for every fuzzed RPC (starting one per example would dwarf the calls)."""
-    server = ServerThread(make_settings(mongo.uri, tmp_path_factory.mktemp("fuzz"))).start()
+    # Long runs queue thousands of jobs behind the seeds' running one: no queued-jobs cap here.
+    config = replace(make_settings(mongo.uri, tmp_path_factory.mktemp("fuzz")), max_queued_per_owner=10**9)
+    server = ServerThread(config).start()
     made = Fuzzer(server, mongo.uri)
     seed(made)
     yield made

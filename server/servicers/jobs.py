@@ -10,6 +10,7 @@ from google.protobuf import empty_pb2
 
 from server import convert
 from server.auth import Caller, current_caller
+from server.budgets import Budgets, Limit
 from server.errors import ServiceError
 from server.events import Event, EventHub
 from server.jobs import Jobs
@@ -50,11 +51,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         hub: EventHub,
         progress: ExternalProgress | None = None,
         templates: Templates | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.jobs = jobs
         self.hub = hub
         self.progress = progress
         self.templates = templates
+        self.budgets = budgets
 
     @rpc
     async def SubmitJob(
@@ -203,16 +206,47 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         )
         return empty_pb2.Empty()
 
+    @rpc
     async def SetBudget(
         self, request: jobs_pb2.SetBudgetRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Budget:
-        """Not built yet (issue 20)."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "SetBudget is not built yet")
-        raise AssertionError("unreachable")
+        limit = await asyncio.to_thread(
+            self._budgets().set_budget,
+            current_caller(),
+            request.owner,
+            request.project,
+            request.monthly_limit_cents,
+        )
+        return budget_message(limit)
 
+    @rpc
     async def GetUsage(
         self, request: jobs_pb2.GetUsageRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Usage:
-        """Not built yet (issue 20)."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetUsage is not built yet")
-        raise AssertionError("unreachable")
+        usage = await asyncio.to_thread(self._budgets().usage, current_caller(), request.owner)
+        return jobs_pb2.Usage(
+            owner=usage.owner,
+            month=usage.month,
+            spent_cents=usage.spent_cents,
+            projects=[jobs_pb2.ProjectSpend(project=p, spent_cents=c) for p, c in usage.projects],
+            budgets=[budget_message(limit) for limit in usage.limits],
+            queued_jobs=usage.queued,
+            max_queued_jobs=usage.max_queued,
+        )
+
+    def _budgets(self) -> Budgets:
+        if self.budgets is None:
+            raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", "budgets are off")
+        return self.budgets
+
+
+def budget_message(limit: Limit) -> jobs_pb2.Budget:
+    """A limit and its spend as the Budget message."""
+    return jobs_pb2.Budget(
+        owner=limit.owner,
+        project=limit.project,
+        monthly_limit_cents=limit.limit_cents,
+        spent_cents=limit.spent_cents,
+        exhausted=limit.exhausted,
+        update_time=convert.timestamp(limit.updated_us),
+    )

@@ -1,0 +1,114 @@
+"""Issue 20 (budgets) figures: what the budget and queue-cap checks cost SubmitJob.
+
+    .venv/bin/python bench/budget_bench.py
+
+MongoDB commands of one SubmitJob (RPC threads and event loop) for an owner
+with no limit, an owner with a monthly limit, and an owner with half the
+queued-jobs cap or more queued; then SubmitJob throughput from 8 callers
+(a server process of its own, its dispatcher busy on one long job, as
+bench/service_bench.py measures it), for owners with no limit and owners
+with a limit, in alternated runs. The cap is raised to a million for the
+throughput runs (8 callers queue thousands of jobs each; the check still
+runs: one query per owner a second). Run from a tree from before budgets
+(this script and bench/service_bench.py copied in, PYTHONPATH=.), it
+measures that tree ("budgets: absent").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+
+from common import COUNTER, ServerProcess, ServerThread, make_settings, measured, median, scratch, start_mongo
+from service_bench import RPC_THREADS, submit_jobs
+
+from client import GenJobsClient
+from server.auth import make_token
+from server.config import Settings
+from tests.harness import SECRET
+
+RUNS = 5
+CALLERS = 8
+BUDGETS = "max_queued_per_owner" in {f.name for f in dataclasses.fields(Settings)}
+
+
+def settings(uri: str, **overrides: object) -> Settings:
+    base = make_settings(uri, scratch())
+    if BUDGETS:
+        return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+    return base
+
+
+def commands_per_submit(uri: str) -> dict[str, float]:
+    """Median commands of a SubmitJob in each case (10 submits each, after a warm-up)."""
+    server = ServerThread(settings(uri, max_queued_per_owner=4)).start()
+    table: dict[str, float] = {}
+    try:
+        with server.client("admin", admin=True) as admin, server.client("busy") as busy:
+            blocker = busy.submit("topic", topic="blocker", extra={"demo_seconds": "60"})
+            while busy.get(blocker.id).status != 2:
+                time.sleep(0.01)
+            cases = {"no limit": "free", "monthly limit": "capped"}
+            if BUDGETS:
+                admin.set_budget("capped", 1_000_000)
+            for name, owner in cases.items():
+                with server.client(owner) as client:
+                    client.submit("topic", topic="warm")
+                    counts = []
+                    for _ in range(3):
+                        COUNTER.take(RPC_THREADS)
+                        job = client.submit("topic", topic="counted")
+                        counts.append(COUNTER.take(RPC_THREADS))
+                        client.cancel(job.id)
+                        COUNTER.take(RPC_THREADS)
+                    table[name] = median(counts)
+            if BUDGETS:
+                with server.client("near") as client:
+                    for i in range(3):  # the first finds none queued: room for 3 without asking
+                        client.submit("topic", topic=f"filler {i}")
+                    COUNTER.take(RPC_THREADS)
+                    client.submit("topic", topic="counted")
+                    table["half the cap queued"] = COUNTER.take(RPC_THREADS)
+            busy.cancel(blocker.id)
+    finally:
+        server.stop()
+    return table
+
+
+def main() -> None:
+    mongo = start_mongo()
+    print(f"budgets: {'present' if BUDGETS else 'absent'}")
+    print("MongoDB commands of one SubmitJob:")
+    for name, n in commands_per_submit(mongo.uri).items():
+        print(f"  {name:<22} {n:g}")
+    server = ServerProcess(
+        settings(mongo.uri, max_queued_per_owner=1_000_000), scratch() / "server.log"
+    ).start()
+    with server.client("bench") as c:
+        c.submit("topic", topic="keeps the dispatcher busy", extra={"demo_seconds": "3600"})
+    if BUDGETS:
+        with GenJobsClient(server.target, make_token(SECRET, "admin", admin=True)) as admin:
+            for i in range(CALLERS):
+                admin.set_budget(f"load{i}", 10**12)  # the throughput callers of the limited runs
+    assert server.process is not None and mongo.process is not None
+    parties = {"server": server.process.pid, "nx-27017": mongo.process.pid}
+    free: list[tuple[float, dict[str, float]]] = []
+    limited: list[tuple[float, dict[str, float]]] = []
+    for run in range(RUNS):  # alternated, so that both see the same machine
+        free.append(measured(functools.partial(submit_jobs, server, CALLERS, f"free{run}-"), parties))
+        limited.append(measured(lambda: submit_jobs(server, CALLERS), parties))
+    server.terminate()
+    print(f"SubmitJob, {CALLERS} concurrent callers, {RUNS} runs of 5 s:")
+    for name, runs in (("owners without a limit", free), ("owners with a limit", limited)):
+        rates = [rate for rate, _ in runs]
+        cpu = median([spent["server"] + spent["nx-27017"] for _, spent in runs])
+        print(
+            f"  {name:<24} median {median(rates):6.0f} jobs/s  runs {[round(r) for r in rates]}"
+            f"  server+nx CPU {cpu:4.0f} µs/job"
+        )
+    mongo.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,361 @@
+"""Budgets and quotas: monthly spending limits per owner and per project, and
+the cap on an owner's queued jobs.
+
+- Spend is the sum of completed jobs' `cost_cents` in the calendar month
+  (UTC). A job that cost something completes with `spend_pending` set (by
+  the same write); `job_changed` then adds its cost to its owner's month
+  (`BudgetStore.count_spend`, idempotent) and clears the flag. A server that
+  stops in between leaves the flag: the leader's sweep (`recover`) counts
+  such jobs. So each completed job is counted exactly once; a job that cost
+  nothing costs no write.
+- A submit (SubmitJob, CreateBulkJob) is refused with RESOURCE_EXHAUSTED and
+  a QuotaFailure when the owner, or the project it names, is at or over a
+  limit, or when the owner's queued jobs would pass GENJOBS_MAX_QUEUED_PER_OWNER.
+  The check runs on the submit path from memory: the budgets are re-read at
+  most every CACHE_SECONDS, an owner's spend every SPEND_CACHE_SECONDS, and
+  the queue cap from `room` (see `_check_queue`). Owners without limits and
+  far from the cap cost no query per submit.
+- The dispatcher asks `admit(job)` before running a claimed job. When a
+  limit binds, the job goes back to the queue in the budget lane with a
+  `wait_reason`, and so do the owner's (project's) other ready jobs, in one
+  update; the limit is marked `holding`. `release()`, run by the leader's
+  housekeeping, moves them back to the ready lane once the limit no longer
+  binds (raised, removed, or a new month).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from server import clock, validation
+from server.auth import Caller, subject_problem
+from server.budget_store import BudgetStore, budget_key, month_of, project_field, project_name, usage_key
+from server.errors import FieldViolation, ServiceError, admins_only, invalid, quota_exceeded
+from server.states import Status
+from server.store import STATUS_CHANGED, Doc
+
+log = logging.getLogger(__name__)
+
+CACHE_SECONDS = 1.5  # how old the budgets read on the submit path may be
+SPEND_CACHE_SECONDS = 1.0  # how old an owner's spend read on the submit path may be
+QUEUE_CACHE_SECONDS = 1.0  # how long a queue-cap check lets later submits skip the query
+# How long a job may stay completed with its cost uncounted before the sweep
+# counts it (a live server counts it at once).
+SWEEP_DELAY_US = 10_000_000
+MAX_CACHED_OWNERS = 4096  # beyond this many, the caches drop their expired entries
+
+EventSink = Callable[[Doc, str], None]
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One monthly limit with the spend it covers this month."""
+
+    owner: str
+    project: str  # "": the owner's whole spend
+    limit_cents: int
+    spent_cents: int
+    updated_us: int = 0
+
+    @property
+    def exhausted(self) -> bool:
+        """At or over the limit (a limit of 0 is none)."""
+        return self.limit_cents > 0 and self.spent_cents >= self.limit_cents
+
+    @property
+    def subject(self) -> str:
+        """The QuotaFailure subject: "owner:alice" or "owner:alice/project:blog"."""
+        return f"owner:{self.owner}" + (f"/project:{self.project}" if self.project else "")
+
+    def describe(self) -> str:
+        """E.g. "the monthly budget of 500 cents for alice is spent"."""
+        whose = f"{self.owner}'s project {self.project!r}" if self.project else self.owner
+        return f"the monthly budget of {self.limit_cents} cents for {whose} is spent"
+
+
+@dataclass
+class Usage:
+    """An owner's spend this month, their limits and their queue (GetUsage)."""
+
+    owner: str
+    month: str
+    spent_cents: int
+    projects: list[tuple[str, int]] = field(default_factory=list)  # largest first
+    limits: list[Limit] = field(default_factory=list)  # the whole-spend one first
+    queued: int = 0
+    max_queued: int = 0
+
+
+class Budgets:
+    """The budget rules: spend accounting, submit checks, admission and release."""
+
+    def __init__(self, store: BudgetStore, record: EventSink, max_queued: int) -> None:
+        self.store = store
+        self.record = record
+        self.max_queued = max_queued
+        self._lock = threading.Lock()
+        self._budgets: dict[str, Doc] = {}
+        self._loaded = -1e9  # monotonic time of the last read of every budget
+        self._spend: dict[str, tuple[float, Doc | None]] = {}  # usage key -> (read at, doc)
+        self._room: dict[str, tuple[float, int]] = {}  # owner -> (checked at, submits that surely fit)
+
+    # ---- spend ------------------------------------------------------------
+
+    def job_changed(self, job: Doc, kind: str) -> None:
+        """A job changed here: count its cost if it just completed with one."""
+        if kind == STATUS_CHANGED and job.get("spend_pending") and job["status"] == str(Status.COMPLETED):
+            self._count(job)
+
+    def recover(self) -> None:
+        """Count the cost of jobs completed on a server that stopped before it
+        counted them. The dispatcher's leader runs it once a sweep."""
+        for job in self.store.uncounted_jobs(clock.now_us() - SWEEP_DELAY_US):
+            self._count(job)
+
+    def _count(self, job: Doc) -> None:
+        self.store.count_spend(job)
+        self.store.spend_counted(job)
+        with self._lock:
+            self._spend.pop(usage_key(job["owner"], month_of(int(job["ended_us"]))), None)
+
+    # ---- submits ------------------------------------------------------------
+
+    async def check_submit_async(self, owner: str, project: str, count: int) -> None:
+        """`check_submit` from the event loop: from memory when the caches allow."""
+        if not self._passes_from_memory(owner, project, count):
+            await asyncio.to_thread(self.check_submit, owner, project, count)
+
+    def check_submit(self, owner: str, project: str, count: int) -> None:
+        """Refuse (RESOURCE_EXHAUSTED, QuotaFailure) `count` new jobs of `owner`
+        in `project` when a limit is spent or the queue cap would be passed."""
+        for limit in self._limits(owner, project, SPEND_CACHE_SECONDS):
+            if limit.exhausted:
+                raise budget_refusal(limit)
+        self._check_queue(owner, count)
+
+    def _passes_from_memory(self, owner: str, project: str, count: int) -> bool:
+        """True when the caches alone show the submit passes (no query needed)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._loaded > CACHE_SECONDS:
+                return False
+            for doc in self._scopes(owner, project):
+                cached = self._spend.get(usage_key(owner, month_of(clock.now_us())))
+                if cached is None or now - cached[0] > SPEND_CACHE_SECONDS:
+                    return False
+                if _limit(doc, cached[1]).exhausted:
+                    return False
+            return self._take_room(owner, count, now)
+
+    def _take_room(self, owner: str, count: int, now: float) -> bool:
+        checked, room = self._room.get(owner, (0.0, 0))
+        if now - checked > QUEUE_CACHE_SECONDS or room < count:
+            return False
+        self._room[owner] = (checked, room - count)
+        return True
+
+    def _check_queue(self, owner: str, count: int) -> None:
+        """Refuse when `owner`'s queued jobs plus `count` would pass the cap.
+
+        Exact on one server, and cheap: a check that finds fewer than half the
+        cap queued lets the next submits of this server fill the other half
+        without asking again for QUEUE_CACHE_SECONDS (other replicas' submits
+        in that second may pass the cap by what they queued). Near the cap,
+        each submit asks whether cap - count + 1 jobs are queued.
+        """
+        cap = self.max_queued
+        now = time.monotonic()
+        with self._lock:
+            if self._take_room(owner, count, now):
+                return
+        half = max(1, cap // 2)
+        if count <= cap - half + 1 and not self.store.queued_at_least(owner, half):
+            with self._lock:
+                if len(self._room) > MAX_CACHED_OWNERS:
+                    _drop_older(self._room, now - QUEUE_CACHE_SECONDS)
+                self._room[owner] = (now, cap - half + 1 - count)
+            return
+        with self._lock:
+            self._room.pop(owner, None)
+        if count > cap or self.store.queued_at_least(owner, cap - count + 1):
+            raise queue_refusal(owner, cap, count)
+
+    # ---- the dispatcher -----------------------------------------------------
+
+    def admit(self, job: Doc) -> bool:
+        """Whether a claimed job may run. False: a limit binds, and the job (and
+        the owner's or project's other ready jobs) now wait in the budget lane."""
+        owner, project = job["owner"], job.get("project", "")
+        self._reload_if_stale()
+        with self._lock:
+            if not self._scopes(owner, project):
+                return True
+        binding = [limit for limit in self._limits(owner, project, 0.0) if limit.exhausted]
+        if not binding:
+            return True
+        limit = binding[0]
+        reason = "waiting: " + limit.describe()
+        # The hold first: if this server stops now, the release still looks.
+        self.store.hold(limit.owner, limit.project)
+        with self._lock:
+            self._loaded = -1e9
+        after = self.store.to_budget_lane(job, reason)
+        if after is not None:
+            self.record(after, STATUS_CHANGED)
+        moved = self.store.hold_ready(owner, limit.project or None, reason)
+        log.info("job %s and %d more of %s wait: %s", job["_id"], moved, limit.subject, limit.describe())
+        return False
+
+    def release(self) -> int:
+        """Move jobs held by limits that no longer bind back to the ready lane;
+        how many moved. Reads nothing from the database while nothing is held
+        (but the budgets, at most every CACHE_SECONDS)."""
+        self._reload_if_stale()
+        with self._lock:
+            held = [doc for doc in self._budgets.values() if doc.get("holding")]
+        moved = 0
+        for cached in held:
+            doc = self.store.budget(cached["owner"], cached["project"])
+            if doc is None or not doc.get("holding"):
+                continue
+            limit = _limit(doc, self.store.usage_doc(doc["owner"], month_of(clock.now_us())))
+            if limit.exhausted:
+                continue
+            moved += self.store.release(limit.owner, limit.project or None)
+            self.store.unhold(limit.owner, limit.project, int(doc.get("hold_seq", 0)))
+        if held:
+            with self._lock:
+                self._loaded = -1e9
+        return moved
+
+    # ---- RPCs -----------------------------------------------------------------
+
+    def set_budget(self, caller: Caller, owner: str, project: str, limit_cents: int) -> Limit:
+        """Set (0: remove) a monthly limit; admins only."""
+        if not caller.admin:
+            raise admins_only("SetBudget")
+        bad: list[FieldViolation] = []
+        problem = subject_problem(owner)
+        if problem:
+            bad.append(FieldViolation("owner", "required: the user id the limit applies to"))
+        bad += validation.check_label(project, "project", validation.MAX_PROJECT)
+        if limit_cents < 0:
+            bad.append(FieldViolation("monthly_limit_cents", "must be 0 (no limit) or more"))
+        if bad:
+            raise invalid(bad)
+        doc = self.store.set_budget(owner, project, limit_cents)
+        with self._lock:
+            self._loaded = -1e9
+        return _limit(doc, self.store.usage_doc(owner, month_of(clock.now_us())))
+
+    def usage(self, caller: Caller, owner: str) -> Usage:
+        """An owner's spend this month, limits and queue: the caller's own, or
+        any owner's for an admin."""
+        owner = owner or caller.user
+        if owner != caller.user and not caller.admin:
+            raise admins_only("reading another owner's usage")
+        month = month_of(clock.now_us())
+        spend = self.store.usage_doc(owner, month)
+        budgets = self.store.owner_budgets(owner)
+        limits = [_limit(doc, spend) for doc in budgets if int(doc.get("limit_cents", 0)) > 0]
+        projects = [(project_name(k), int(v)) for k, v in ((spend or {}).get("projects") or {}).items()]
+        return Usage(
+            owner=owner,
+            month=month,
+            spent_cents=int((spend or {}).get("spent_cents", 0)),
+            projects=sorted(projects, key=lambda p: (-p[1], p[0])),
+            limits=sorted(limits, key=lambda limit: (limit.project != "", limit.project)),
+            queued=self.store.queued_count(owner),
+            max_queued=self.max_queued,
+        )
+
+    # ---- caches -----------------------------------------------------------------
+
+    def _reload_if_stale(self) -> None:
+        """Re-read every budget if the copy is older than CACHE_SECONDS. The
+        query runs without the lock: the event loop takes it on every submit."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._loaded <= CACHE_SECONDS:
+                return
+        docs = {doc["_id"]: doc for doc in self.store.all_budgets()}
+        with self._lock:
+            self._budgets, self._loaded = docs, now
+
+    def _scopes(self, owner: str, project: str) -> list[Doc]:
+        """The cached limits (limit > 0) over a job of `owner` in `project` (lock held)."""
+        keys = [budget_key(owner, "")] + ([budget_key(owner, project)] if project else [])
+        docs = [self._budgets.get(key) for key in keys]
+        return [doc for doc in docs if doc is not None and int(doc.get("limit_cents", 0)) > 0]
+
+    def _limits(self, owner: str, project: str, max_age: float) -> list[Limit]:
+        """The limits over a job of `owner` in `project`, with this month's
+        spend read at most `max_age` seconds ago."""
+        self._reload_if_stale()
+        with self._lock:
+            scopes = self._scopes(owner, project)
+        if not scopes:
+            return []
+        key = usage_key(owner, month_of(clock.now_us()))
+        now = time.monotonic()
+        with self._lock:
+            cached = self._spend.get(key)
+        if cached is None or now - cached[0] > max_age:
+            cached = (now, self.store.usage_doc(owner, month_of(clock.now_us())))
+            with self._lock:
+                if len(self._spend) > MAX_CACHED_OWNERS:
+                    _drop_older(self._spend, now - SPEND_CACHE_SECONDS)
+                self._spend[key] = cached
+        return [_limit(doc, cached[1]) for doc in scopes]
+
+
+def _drop_older(cache: dict[str, tuple[float, Any]], before: float) -> None:
+    """Remove the entries of `cache` read before `before` (they would be read again)."""
+    for key in [key for key, (read, _) in cache.items() if read < before]:
+        del cache[key]
+
+
+def _limit(budget: Doc, spend: Doc | None) -> Limit:
+    """A stored limit with the spend it covers in the month of `spend`."""
+    project = budget.get("project", "")
+    spend = spend or {}
+    if project:
+        spent = int((spend.get("projects") or {}).get(project_field(project), 0))
+    else:
+        spent = int(spend.get("spent_cents", 0))
+    limit_cents = int(budget.get("limit_cents", 0))
+    return Limit(budget["owner"], project, limit_cents, spent, int(budget.get("updated_us", 0)))
+
+
+def budget_refusal(limit: Limit) -> ServiceError:
+    """RESOURCE_EXHAUSTED: `limit` is spent."""
+    return quota_exceeded(
+        "BUDGET_EXHAUSTED",
+        limit.subject,
+        f"{limit.describe()} ({limit.spent_cents} cents this month):"
+        " no new jobs until it is raised or the month turns",
+        {
+            "owner": limit.owner,
+            "project": limit.project,
+            "monthly_limit_cents": str(limit.limit_cents),
+            "spent_cents": str(limit.spent_cents),
+        },
+    )
+
+
+def queue_refusal(owner: str, cap: int, count: int) -> ServiceError:
+    """RESOURCE_EXHAUSTED: `count` more queued jobs would pass the cap."""
+    more = "a job" if count == 1 else f"{count} jobs"
+    return quota_exceeded(
+        "QUEUED_JOBS_LIMIT",
+        f"owner:{owner}",
+        f"queueing {more} more would pass the limit of {cap} queued jobs per owner"
+        " (GENJOBS_MAX_QUEUED_PER_OWNER): wait for some to run, or cancel some",
+        {"owner": owner, "max_queued_jobs": str(cap)},
+    )
