@@ -41,6 +41,16 @@ def bulk_status_name(value: int) -> str:
     return enum_name(bulk_pb2.BulkJobStatus, value, "BULK_JOB_STATUS_")
 
 
+def priority_name(value: int) -> str:
+    """PRIORITY_HIGH -> "HIGH"; unspecified is "NORMAL"; "" for an unknown number."""
+    return enum_name(jobs_pb2.Priority, value, "PRIORITY_") if value else "NORMAL"
+
+
+def priority(doc: Doc) -> jobs_pb2.Priority.ValueType:
+    """A stored job's or bulk job's priority (NORMAL when stored before priorities)."""
+    return jobs_pb2.Priority.Value("PRIORITY_" + doc.get("priority", "NORMAL"))
+
+
 def operation_name(value: int) -> str:
     """BULK_OPERATION_RETRY_ALL_FAILED -> "RETRY_ALL_FAILED"; "" for unspecified or unknown."""
     return enum_name(jobs_pb2.BulkOperation, value, "BULK_OPERATION_")
@@ -82,6 +92,11 @@ def timestamp_us(value: Timestamp, present: bool, field: str) -> int | None:
             [FieldViolation(field, "seconds from 0001-01-01 to 9999-12-31 and nanos from 0 to 999999999")]
         )
     return value.seconds * 1_000_000 + value.nanos // 1000
+
+
+def schedule_us(request: jobs_pb2.SubmitJobRequest | bulk_pb2.CreateBulkJobRequest) -> int:
+    """A create request's schedule_time in epoch microseconds, 0 when unset (range checked)."""
+    return timestamp_us(request.schedule_time, request.HasField("schedule_time"), "schedule_time") or 0
 
 
 def duration(seconds: float) -> Duration:
@@ -143,6 +158,8 @@ def job(doc: Doc, full: bool = True) -> jobs_pb2.Job:
         attempt_errors=[e for e in map(job_error, doc.get("attempt_errors", [])) if e is not None],
         notify_url=doc.get("notify_url", ""),
         notify_email=doc.get("notify_email", ""),
+        priority=priority(doc),
+        schedule_time=timestamp(doc.get("schedule_us")),
     )
     progress = doc.get("progress")
     if progress:
@@ -205,6 +222,8 @@ def bulk_job(view: Any, with_items: bool = True) -> bulk_pb2.BulkJob:
         request_id=doc.get("request_id", ""),
         notify_url=doc.get("notify_url", ""),
         notify_email=doc.get("notify_email", ""),
+        priority=priority(doc),
+        schedule_time=timestamp(doc.get("schedule_us")),
     )
     if with_items:
         message.items.extend(

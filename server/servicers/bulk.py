@@ -35,6 +35,8 @@ class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
             request.project,
             request.notify_url,
             request.notify_email,
+            convert.priority_name(request.priority),
+            convert.schedule_us(request),
         )
         return convert.bulk_job(view)
 

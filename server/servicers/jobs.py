@@ -36,6 +36,7 @@ def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.GetJobStatsRequest) 
         filters.modes = list(dict.fromkeys(convert.mode_name(m) for m in request.modes))
         filters.query = request.query
         filters.bulk_job_id = request.bulk_job_id
+        filters.priorities = list(dict.fromkeys(convert.priority_name(p) for p in request.priorities))
     return filters
 
 
@@ -60,6 +61,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             request.max_attempts,
             notify_url=request.notify_url,
             notify_email=request.notify_email,
+            priority=convert.priority_name(request.priority),
+            schedule_us=convert.schedule_us(request),
         )
         return convert.job(doc)
 
