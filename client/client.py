@@ -108,6 +108,16 @@ def status_value(status: str | int) -> int:
     return int(jobs_pb2.JobStatus.Value(name if name.startswith(prefix) else prefix + name))
 
 
+def priority_value(priority: str | int) -> int:
+    """A Priority from "high", "PRIORITY_HIGH" or the enum number ("" : unspecified, normal)."""
+    if isinstance(priority, int):
+        return priority
+    if not priority:
+        return 0
+    name = priority.upper()
+    return int(jobs_pb2.Priority.Value(name if name.startswith("PRIORITY_") else "PRIORITY_" + name))
+
+
 def timestamp(value: datetime | None) -> Timestamp | None:
     """A protobuf Timestamp of a datetime (None stays None)."""
     if value is None:
@@ -189,9 +199,12 @@ class GenJobsClient:
         generation: jobs_pb2.GenerationParams | None = None,
         notify_url: str = "",
         notify_email: str = "",
+        priority: str | int = 0,
+        schedule_time: datetime | None = None,
         **param_fields: Any,
     ) -> jobs_pb2.Job:
-        """Queue a job: `submit("topic", topic="Tea", word_count=300)`."""
+        """Queue a job: `submit("topic", topic="Tea", word_count=300)`; `priority`
+        "low", "normal" or "high"; not started before `schedule_time` when given."""
         request = jobs_pb2.SubmitJobRequest(
             mode=mode_value(mode),  # type: ignore[arg-type]
             params=generation or params(**param_fields),
@@ -200,6 +213,8 @@ class GenJobsClient:
             max_attempts=max_attempts,
             notify_url=notify_url,
             notify_email=notify_email,
+            priority=priority_value(priority),  # type: ignore[arg-type]
+            schedule_time=timestamp(schedule_time),
         )
         return self._call(self.jobs.SubmitJob, request)
 
@@ -330,8 +345,10 @@ class GenJobsClient:
         project: str = "",
         notify_url: str = "",
         notify_email: str = "",
+        priority: str | int = 0,
+        schedule_time: datetime | None = None,
     ) -> bulk_pb2.BulkJob:
-        """Queue 10 to 50 items as one bulk job."""
+        """Queue 10 to 50 items as one bulk job (all at `priority`, none before `schedule_time`)."""
         request = bulk_pb2.CreateBulkJobRequest(
             mode=mode_value(mode),  # type: ignore[arg-type]
             items=[i if isinstance(i, jobs_pb2.GenerationParams) else params(**i) for i in items],
@@ -339,6 +356,8 @@ class GenJobsClient:
             project=project,
             notify_url=notify_url,
             notify_email=notify_email,
+            priority=priority_value(priority),  # type: ignore[arg-type]
+            schedule_time=timestamp(schedule_time),
         )
         return self._call(self.bulk.CreateBulkJob, request)
 
@@ -430,6 +449,7 @@ def list_request(
     page_size: int = 0,
     page_token: str = "",
     full: bool = False,
+    priorities: Sequence[str | int] = (),
 ) -> jobs_pb2.ListJobsRequest:
     """A ListJobsRequest from Python values; `full` asks for the articles too."""
     return jobs_pb2.ListJobsRequest(
@@ -443,6 +463,7 @@ def list_request(
         page_size=page_size,
         page_token=page_token,
         view=jobs_pb2.JOB_VIEW_FULL if full else jobs_pb2.JOB_VIEW_BASIC,
+        priorities=[priority_value(p) for p in priorities],  # type: ignore[misc]
     )
 
 

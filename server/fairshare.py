@@ -229,13 +229,14 @@ class FairShare:
 
     def save_turn(self) -> None:
         """Store the last streak start's turn, if not yet stored."""
-        if self._unsaved is None:
+        unsaved = self._unsaved
+        if unsaved is None:
             return
         try:
-            self.store.save_turn(*self._unsaved)
+            self.store.save_turn(*unsaved)
             self._unsaved = None
         except PyMongoError as exc:  # claims go on; the turn is stored at the next try
-            log.warning("could not store %s's turn: %s", self._unsaved[0], exc)
+            log.warning("could not store %s's turn: %s", unsaved[0], exc)
 
     def rebuild(self) -> None:
         """Start over from the ready lane's owners and their stored turns."""
