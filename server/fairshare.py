@@ -25,12 +25,12 @@ lazily as its turn comes) runs when the claims resume after a pause of
 about a lease (this server may have lost and regained the lead meanwhile)
 and once a sweep interval: it also repairs anything the reads above missed.
 
-Turns are kept in the `turns` collection (_id owner, last_us), written only
+Turns are kept in the `turns` collection (_id owner, last_us), stored only
 when a claim's owner differs from the previous claim's (a streak start):
 that keeps the relative order of last starts across restarts and leader
-changes, and costs a run of one owner's jobs nothing. The write waits for
-the dispatcher's next look at the queue, so that it never delays the start
-of the job just claimed.
+changes, and costs a run of one owner's jobs nothing. The streak starts of
+a poll interval are stored together, in one command at the next poll (and
+before a rebuild reads them back), never between a claim and its start.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ class FairShare:
         self._polled = 0.0  # monotonic time of the last read of the ready lane
         self._asked = 0.0  # monotonic time of the last `next`
         self._seen_us = 0  # ready_us up to which the incremental reads have read
-        self._unsaved: tuple[str, int] | None = None  # a streak start's turn, not yet stored
+        self._unsaved: dict[str, int] = {}  # streak starts' turns not yet stored
 
     def offer(self, owner: str, rank: int, ck: int, oid: ObjectId) -> None:
         """A job entered the ready lane here: consider it without a query."""
@@ -205,12 +205,12 @@ class FairShare:
 
     def next(self) -> Pick | None:
         """The next job to try to claim, reading the store only when due."""
-        self.save_turn()
         now = time.monotonic()
         pause, self._asked = now - self._asked, now
         if not self._built or now - self._built > self.rebuild_seconds or pause > self.pause_seconds:
             self.rebuild()
         elif now - self._polled > self.poll_seconds:
+            self.save_turns()
             self.poll()
         while True:
             with self._lock:
@@ -225,22 +225,23 @@ class FairShare:
         """A job of `owner` was claimed: its turn is now (stored at a streak start)."""
         now_us = clock.now_us()
         if self.candidates.started(owner, now_us):
-            self._unsaved = (owner, now_us)
+            self._unsaved[owner] = now_us
 
-    def save_turn(self) -> None:
-        """Store the last streak start's turn, if not yet stored."""
-        unsaved = self._unsaved
-        if unsaved is None:
+    def save_turns(self) -> None:
+        """Store the streak starts' turns not yet stored (one command)."""
+        if not self._unsaved:
             return
+        unsaved, self._unsaved = self._unsaved, {}
         try:
-            self.store.save_turn(*unsaved)
-            self._unsaved = None
-        except PyMongoError as exc:  # claims go on; the turn is stored at the next try
-            log.warning("could not store %s's turn: %s", unsaved[0], exc)
+            self.store.save_turns(unsaved)
+        except PyMongoError as exc:  # claims go on; the turns are stored at the next try
+            log.warning("could not store %d owners' turns: %s", len(unsaved), exc)
+            self._unsaved = {**unsaved, **self._unsaved}
 
     def rebuild(self) -> None:
         """Start over from the ready lane's owners and their stored turns."""
         now = time.monotonic()
+        self.save_turns()  # what is read back below must include them
         heads = self.store.ready_owners()
         turns = self.store.turns_of(list(heads))
         with self._lock:

@@ -974,9 +974,12 @@ class Store(BulkQueries):
             return {}
         return {str(d["_id"]): int(d["last_us"]) for d in self.turns.find({"_id": {"$in": owners}})}
 
-    def save_turn(self, owner: str, last_us: int) -> None:
-        """Store when `owner`'s job last started."""
-        self.turns.update_one({"_id": owner}, {"$set": {"last_us": last_us}}, upsert=True)
+    def save_turns(self, turns: dict[str, int]) -> None:
+        """Store when each owner's job last started (one command)."""
+        self.turns.bulk_write(
+            [pymongo.UpdateOne({"_id": o}, {"$set": {"last_us": t}}, upsert=True) for o, t in turns.items()],
+            ordered=False,
+        )
 
     def claim(self, oid: ObjectId, worker: str, lease_seconds: float) -> Doc | None:
         """Take a ready job for running: one atomic update on `_id`.
