@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 NORMAL_RANK = RANKS["NORMAL"]
 BATCH = 64  # candidates read per owner at a time
+# The first read of an owner after a rebuild: in round robin over many owners
+# each gets one start a round, so a full batch each would be read long before use.
+FIRST_READ = 8
 DISCOVERY_DELAY_US = 2_000_000  # a ready_us is read once it is this old (write latency, clock skew)
 DISCOVERY_LIMIT = 1000  # jobs per incremental read; the rest the next poll
 
@@ -123,8 +126,8 @@ class Candidates:
         self.turns = dict(turns)
         self.last_owner = ""
 
-    def fill(self, owner: str, rows: list[Entry]) -> None:
-        """The owner's first `batch` ready jobs in (rank, ck) order, just read."""
+    def fill(self, owner: str, rows: list[Entry], limit: int = 0) -> None:
+        """The owner's first `limit` (default: batch) ready jobs in (rank, ck) order, just read."""
         state = self.owners.get(owner)
         if state is None:
             state = self.owners[owner] = _Owner()
@@ -132,7 +135,7 @@ class Candidates:
         for rank, ck, oid in rows:
             self.add(owner, rank, ck, oid)
         state = self.owners[owner]
-        if len(rows) >= self.batch:
+        if len(rows) >= (limit or self.batch):
             state.bound = rows[-1][:2]
             state.drop_beyond()
         if not state.heap and state.bound is None:
@@ -193,6 +196,7 @@ class FairShare:
         self._asked = 0.0  # monotonic time of the last `next`
         self._seen_us = 0  # ready_us up to which the incremental reads have read
         self._unsaved: dict[str, int] = {}  # streak starts' turns not yet stored
+        self._read: set[str] = set()  # owners read since the last rebuild
 
     def offer(self, owner: str, rank: int, ck: int, oid: ObjectId) -> None:
         """A job entered the ready lane here: consider it without a query."""
@@ -217,9 +221,11 @@ class FairShare:
                 pick = self.candidates.pick()
             if pick is None or pick.oid is not None:
                 return pick
-            rows = self.store.owner_head(pick.owner, self.candidates.batch)
+            limit = self.candidates.batch if pick.owner in self._read else FIRST_READ
+            self._read.add(pick.owner)
+            rows = self.store.owner_head(pick.owner, limit)
             with self._lock:
-                self.candidates.fill(pick.owner, rows)
+                self.candidates.fill(pick.owner, rows, limit)
 
     def started(self, owner: str) -> None:
         """A job of `owner` was claimed: its turn is now (stored at a streak start)."""
@@ -246,6 +252,7 @@ class FairShare:
         turns = self.store.turns_of(list(heads))
         with self._lock:
             self.candidates.reset(heads, turns)
+        self._read = set()
         self._seen_us = clock.now_us() - DISCOVERY_DELAY_US
         self._built = self._polled = now
 
