@@ -51,9 +51,11 @@ log = logging.getLogger(__name__)
 
 NORMAL_RANK = RANKS["NORMAL"]
 BATCH = 64  # candidates read per owner at a time
-# The first read of an owner after a rebuild: in round robin over many owners
-# each gets one start a round, so a full batch each would be read long before use.
-FIRST_READ = 8
+# The first read of an owner after a rebuild; each next one reads 4 times as
+# many, up to BATCH. In round robin over many owners each gets one start a
+# round: full batches for all would be read long before use (nx-27017 spends
+# about 0.1 ms on each document a query returns).
+FIRST_READ = 4
 DISCOVERY_DELAY_US = 2_000_000  # a ready_us is read once it is this old (write latency, clock skew)
 DISCOVERY_LIMIT = 1000  # jobs per incremental read; the rest the next poll
 
@@ -196,7 +198,8 @@ class FairShare:
         self._asked = 0.0  # monotonic time of the last `next`
         self._seen_us = 0  # ready_us up to which the incremental reads have read
         self._unsaved: dict[str, int] = {}  # streak starts' turns not yet stored
-        self._read: set[str] = set()  # owners read since the last rebuild
+        self._reads: dict[str, int] = {}  # owner -> reads of its head since the last rebuild
+        self._turns_read: set[str] = set()  # owners whose stored turn was read since then
 
     def offer(self, owner: str, rank: int, ck: int, oid: ObjectId) -> None:
         """A job entered the ready lane here: consider it without a query."""
@@ -216,13 +219,15 @@ class FairShare:
         elif now - self._polled > self.poll_seconds:
             self.save_turns()
             self.poll()
+        self._read_turns()
         while True:
             with self._lock:
                 pick = self.candidates.pick()
             if pick is None or pick.oid is not None:
                 return pick
-            limit = self.candidates.batch if pick.owner in self._read else FIRST_READ
-            self._read.add(pick.owner)
+            reads = self._reads.get(pick.owner, 0)
+            self._reads[pick.owner] = reads + 1
+            limit = min(self.candidates.batch, FIRST_READ * 4**reads)
             rows = self.store.owner_head(pick.owner, limit)
             with self._lock:
                 self.candidates.fill(pick.owner, rows, limit)
@@ -232,6 +237,18 @@ class FairShare:
         now_us = clock.now_us()
         if self.candidates.started(owner, now_us):
             self._unsaved[owner] = now_us
+
+    def _read_turns(self) -> None:
+        """Read the stored turns of owners new here since the rebuild (one search of `_id`),
+        so that an owner who ran before is not taken for one who never did."""
+        new = [owner for owner in self.candidates.owners if owner not in self._turns_read]
+        if not new:
+            return
+        stored = self.store.turns_of(new)
+        with self._lock:
+            for owner, last_us in stored.items():
+                self.candidates.turns.setdefault(owner, last_us)
+        self._turns_read.update(new)
 
     def save_turns(self) -> None:
         """Store the streak starts' turns not yet stored (one command)."""
@@ -249,10 +266,11 @@ class FairShare:
         now = time.monotonic()
         self.save_turns()  # what is read back below must include them
         heads = self.store.ready_owners()
-        turns = self.store.turns_of(list(heads))
+        turns = {**self.store.turns_of(list(heads)), **self._unsaved}  # unsaved if the save failed
         with self._lock:
             self.candidates.reset(heads, turns)
-        self._read = set()
+        self._reads = {}
+        self._turns_read = set(heads)
         self._seen_us = clock.now_us() - DISCOVERY_DELAY_US
         self._built = self._polled = now
 
