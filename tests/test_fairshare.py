@@ -23,6 +23,7 @@ from client.cli import parse_at
 from client.client import GenJobsError, InvalidArgument
 from server.fairshare import Candidates, Pick
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
+from tests.test_cli import Cli
 
 S = jobs_pb2
 BLOCK = {"demo_seconds": "2"}  # long enough to queue the jobs under test behind it
@@ -273,3 +274,16 @@ def test_a_job_queued_on_another_replica_gets_its_turn(mongo: MongoServer, tmp_p
     finally:
         for running in servers:
             running.stop()
+
+
+def test_the_cli_sets_and_shows_priority_and_schedule_time(server: ServerThread) -> None:
+    cli = Cli(server)
+    queued = cli("submit", "--topic", "later", "--priority", "low", "--at", "+1h").output
+    assert "priority low, not before" in queued
+    job_id = queued.split()[1]
+    shown = cli("show", job_id).output
+    assert "priority" in shown and "low" in shown and "scheduled" in shown
+    assert cli.json("show", job_id)["priority"] == "PRIORITY_LOW"
+    refused = cli("submit", "--topic", "vip", "--priority", "high", code=1)
+    assert "PRIORITY_NOT_ALLOWED" in refused.output + refused.stderr
+    assert "not an ISO 8601 time" in cli("submit", "--topic", "x", "--at", "soon", code=1).stderr
