@@ -2,6 +2,8 @@
 same queue: 10,000 ready jobs from 100 owners over 40,000 finished ones.
 
     .venv/bin/python bench/fairshare_bench.py [--claims 1000] [--runs 5]
+    .venv/bin/python bench/fairshare_bench.py --dispatch-against f55c186
+
 
 Each run claims `--claims` jobs the way the dispatcher does, without running
 them: fair share through `server.fairshare.FairShare` (its rebuild included,
@@ -9,18 +11,26 @@ in the first claim), FIFO through the single-query path the dispatcher used
 before (the oldest 64 of the ready lane, read again every poll interval or
 when used up). MongoDB commands are counted with a pymongo listener. Between
 runs the claimed jobs go back to the ready lane and the turns are forgotten.
+
+With `--dispatch-against REF`: the no-op dispatch rate of `dispatch_bench.py`
+(one owner) of this tree and of the server at git REF (extracted with git
+archive), alternated with RQ's, 3 rounds: what fair share costs the
+one-owner path, on a machine too noisy for runs minutes apart to compare.
 """
 
 from __future__ import annotations
 
 import argparse
 import heapq
+import os
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pymongo
-from common import COUNTER, median, start_mongo
+from common import COUNTER, Redis, median, scratch, start_mongo
 
 from server.fairshare import FairShare
 from server.store import READY, Store
@@ -118,11 +128,39 @@ def measure(
     return seconds / claims * 1000, commands / claims, len(set(owners[:100])), names
 
 
+def dispatch_against(ref: str) -> None:
+    """The one-owner dispatch rate here and at `ref`, alternated with RQ's."""
+    import dispatch_bench
+
+    here = Path(__file__).resolve().parent.parent
+    there = scratch()
+    archive = subprocess.run(["git", "-C", str(here), "archive", ref], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(there)], input=archive.stdout, check=True)
+    mongo, redis = start_mongo(), Redis()
+    rates: dict[str, list[float]] = {ref: [], "this tree": [], "RQ": []}
+    for _ in range(3):
+        for name, tree in ((ref, there), ("this tree", here)):
+            os.chdir(tree)  # the server process runs `python -m server` from here
+            rates[name].append(dispatch_bench.genjobs_rate(mongo.uri))
+        rates["RQ"].append(dispatch_bench.rq_rate(redis))
+    redis.stop()
+    mongo.stop()
+    print(f"{dispatch_bench.N} no-op jobs, submit then wait for all, 3 rounds alternated:")
+    for name, runs in rates.items():
+        print(f"  {name:10}  median {median(runs):6.0f} jobs/s  runs {[round(x) for x in runs]}")
+    ours, theirs, rq = (median(rates[n]) for n in ("this tree", ref, "RQ"))
+    print(f"  this tree {ours / theirs:.2f}x {ref}; {ours / rq:.2f}x RQ ({ref}: {theirs / rq:.2f}x RQ)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--claims", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--dispatch-against", metavar="REF", default="")
     args = parser.parse_args()
+    if args.dispatch_against:
+        dispatch_against(args.dispatch_against)
+        return
     mongo = start_mongo()
     store = Store(mongo.uri, "bench_" + uuid.uuid4().hex[:8], timeout_seconds=60)
     fill(store)

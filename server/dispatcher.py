@@ -48,6 +48,7 @@ from server.store import (
     NONE,
     PROGRESS,
     RANKS,
+    READY,
     STATUS_CHANGED,
     Doc,
     Store,
@@ -327,8 +328,8 @@ class Dispatcher:
             log.warning("job %s lost its worker; now %s", doc["_id"], after["status"])
             observability.attempt_lost(after)
             self.tell(after, STATUS_CHANGED)
-            if after["status"] == str(Status.QUEUED):
-                self.wake()
+            if after["status"] == str(Status.QUEUED) and after["queue"] == READY:
+                self.offer(after["ck"], after["_id"], after["owner"], after.get("rank", RANKS["NORMAL"]))
 
     def _claim_next(self) -> Doc | None:
         """Claim the next ready job in fair-share order (see `fairshare`); None: nothing ready."""
