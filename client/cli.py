@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -58,6 +59,54 @@ class Mode(StrEnum):
     keywords = "keywords"
     trends = "trends"
     spin = "spin"
+
+
+class Priority(StrEnum):
+    """Which jobs run first: high (premium tokens and admins), normal, low."""
+
+    low = "low"
+    normal = "normal"
+    high = "high"
+
+
+PriorityOpt = Annotated[
+    Priority | None,
+    typer.Option("--priority", "-p", help="high needs a premium or admin token [default: normal]"),
+]
+AtOpt = Annotated[
+    str,
+    typer.Option(
+        "--at", help="not before this time: ISO 8601 (local time unless it says) or +30s, +5m, +2h, +1d"
+    ),
+]
+_RELATIVE = re.compile(r"\+(\d+(?:\.\d+)?)([smhd])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_at(text: str) -> datetime | None:
+    """`--at`: "+30s" style (from now) or an ISO 8601 time; None when empty. ValueError when neither."""
+    if not text:
+        return None
+    relative = _RELATIVE.fullmatch(text.strip())
+    if relative:
+        return datetime.now().astimezone() + timedelta(**{_UNITS[relative[2]]: float(relative[1])})
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"--at {text!r}: not an ISO 8601 time nor +N followed by s, m, h or d") from None
+    return moment if moment.tzinfo else moment.astimezone()
+
+
+def _priority_value(priority: Priority | None) -> int:
+    """The protobuf value of a --priority flag; 0 (unspecified) when not given."""
+    return jobs_pb2.Priority.Value("PRIORITY_" + priority.value.upper()) if priority else 0
+
+
+def _at(opts: Options, text: str) -> datetime | None:
+    try:
+        return parse_at(text)
+    except ValueError as exc:
+        fail(opts.errors, str(exc))
 
 
 class JobStatus(StrEnum):
@@ -293,6 +342,8 @@ def submit(
     notify_email: NotifyEmailFlag = "",
     file: FileFlag = None,
     template: TemplateFlag = "",
+    priority: PriorityOpt = None,
+    at: AtOpt = "",
     watch: Annotated[bool, typer.Option("--watch", "-w", help="then follow its progress")] = False,
 ) -> None:
     """Queue one job. Example: genjobs submit --topic "Green tea" --word-count 300"""
@@ -308,7 +359,11 @@ def submit(
         notify_url=notify_url,
         notify_email=notify_email,
         template=template,
+        priority=_priority_value(priority),
     )
+    when = _at(opts, at)
+    if when is None and request.HasField("schedule_time"):
+        when = request.schedule_time.ToDatetime(tzinfo=UTC)
     with connected(ctx) as client:
         job = client.submit(
             request.mode,
@@ -319,6 +374,8 @@ def submit(
             notify_url=request.notify_url,
             notify_email=request.notify_email,
             template=request.template,
+            priority=request.priority,
+            schedule_time=when,
         )
         if watch:
             _watch(opts, client, job.id)
@@ -327,7 +384,8 @@ def submit(
             _show(opts, render.as_dict(job))
         else:
             opts.console.print(
-                f"queued {job.id} ({render.mode_name(job.mode)}: {render.subject(job.params)})"
+                f"queued {job.id} ({render.mode_name(job.mode)}: {render.subject(job.params)}"
+                f"{render.queued_note(job.priority, job.schedule_time)})"
             )
 
 
@@ -787,6 +845,8 @@ def bulk_create(
     notify_url: Annotated[str, typer.Option(help="receives a signed POST when it completes")] = "",
     notify_email: Annotated[str, typer.Option(help="gets a mail when it completes")] = "",
     template: TemplateFlag = "",
+    priority: PriorityOpt = None,
+    at: AtOpt = "",
     watch: Annotated[bool, typer.Option("--watch", "-w", help="then follow its progress")] = False,
 ) -> None:
     """Queue 10 to 50 articles as one bulk job, from a CSV or JSON-lines file (or a template)."""
@@ -800,7 +860,9 @@ def bulk_create(
         notify_url=notify_url,
         notify_email=notify_email,
         template=template,
+        priority=_priority_value(priority),
     )
+    when = _at(opts, at)
     with connected(ctx) as client:
         bulk = client.create_bulk(
             request.mode,
@@ -810,6 +872,8 @@ def bulk_create(
             notify_url=request.notify_url,
             notify_email=request.notify_email,
             template=request.template,
+            priority=request.priority,
+            schedule_time=when,
         )
         if watch:
             _watch_bulk(opts, client, bulk.id)
@@ -817,7 +881,10 @@ def bulk_create(
     if opts.json:
         _show(opts, render.as_dict(bulk))
     else:
-        opts.console.print(f"queued bulk job {bulk.id} with {bulk.total_items} items")
+        opts.console.print(
+            f"queued bulk job {bulk.id} with {bulk.total_items} items"
+            f"{render.queued_note(bulk.priority, bulk.schedule_time)}"
+        )
 
 
 @bulk_app.command("ls")

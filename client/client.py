@@ -124,6 +124,16 @@ def status_value(status: str | int) -> int:
     return int(jobs_pb2.JobStatus.Value(name if name.startswith(prefix) else prefix + name))
 
 
+def priority_value(priority: str | int) -> int:
+    """A Priority from "high", "PRIORITY_HIGH" or the enum number ("" : unspecified, normal)."""
+    if isinstance(priority, int):
+        return priority
+    if not priority:
+        return 0
+    name = priority.upper()
+    return int(jobs_pb2.Priority.Value(name if name.startswith("PRIORITY_") else "PRIORITY_" + name))
+
+
 def timestamp(value: datetime | None) -> Timestamp | None:
     """A protobuf Timestamp of a datetime (None stays None)."""
     if value is None:
@@ -208,10 +218,13 @@ class GenJobsClient:
         notify_url: str = "",
         notify_email: str = "",
         template: str = "",
+        priority: str | int = 0,
+        schedule_time: datetime | None = None,
         **param_fields: Any,
     ) -> jobs_pb2.Job:
-        """Queue a job: `submit("topic", topic="Tea", word_count=300)`; with
-        `template`, mode "" takes the template's, and what is set overrides it."""
+        """Queue a job: `submit("topic", topic="Tea", word_count=300)`; `priority`
+        "low", "normal" or "high"; not started before `schedule_time` when given;
+        with `template`, mode "" takes the template's, and what is set overrides it."""
         request = jobs_pb2.SubmitJobRequest(
             mode=mode_value(mode),  # type: ignore[arg-type]
             params=generation or params(**param_fields),
@@ -221,6 +234,8 @@ class GenJobsClient:
             notify_url=notify_url,
             notify_email=notify_email,
             template=template,
+            priority=priority_value(priority),  # type: ignore[arg-type]
+            schedule_time=timestamp(schedule_time),
         )
         return self._call(self.jobs.SubmitJob, request)
 
@@ -363,8 +378,11 @@ class GenJobsClient:
         notify_url: str = "",
         notify_email: str = "",
         template: str = "",
+        priority: str | int = 0,
+        schedule_time: datetime | None = None,
     ) -> bulk_pb2.BulkJob:
-        """Queue 10 to 50 items as one bulk job (or a template's, overridden by what is set)."""
+        """Queue 10 to 50 items as one bulk job (or a template's, overridden by what
+        is set), all at `priority`, none before `schedule_time`."""
         request = bulk_pb2.CreateBulkJobRequest(
             mode=mode_value(mode),  # type: ignore[arg-type]
             items=[i if isinstance(i, jobs_pb2.GenerationParams) else params(**i) for i in items],
@@ -373,6 +391,8 @@ class GenJobsClient:
             notify_url=notify_url,
             notify_email=notify_email,
             template=template,
+            priority=priority_value(priority),  # type: ignore[arg-type]
+            schedule_time=timestamp(schedule_time),
         )
         return self._call(self.bulk.CreateBulkJob, request)
 
@@ -572,6 +592,7 @@ def list_request(
     page_token: str = "",
     full: bool = False,
     schedule_id: str = "",
+    priorities: Sequence[str | int] = (),
 ) -> jobs_pb2.ListJobsRequest:
     """A ListJobsRequest from Python values; `full` asks for the articles too."""
     return jobs_pb2.ListJobsRequest(
@@ -586,6 +607,7 @@ def list_request(
         page_token=page_token,
         view=jobs_pb2.JOB_VIEW_FULL if full else jobs_pb2.JOB_VIEW_BASIC,
         schedule_id=schedule_id,
+        priorities=[priority_value(p) for p in priorities],  # type: ignore[misc]
     )
 
 

@@ -68,6 +68,19 @@ def mode_name(mode: int) -> str:
     return jobs_pb2.Mode.Name(mode).removeprefix("MODE_").lower()  # type: ignore[arg-type]
 
 
+def priority_name(priority: int) -> str:
+    """PRIORITY_HIGH -> "high"; unspecified is "normal"."""
+    return jobs_pb2.Priority.Name(priority or jobs_pb2.PRIORITY_NORMAL).removeprefix("PRIORITY_").lower()  # type: ignore[arg-type]
+
+
+def queued_note(priority: int, schedule_time: Timestamp) -> str:
+    """What a submit prints after the id: its priority unless normal, its schedule time if any."""
+    notes = [f"priority {priority_name(priority)}"] if priority_name(priority) != "normal" else []
+    if schedule_time.seconds or schedule_time.nanos:
+        notes.append(f"not before {when(schedule_time)}")
+    return (", " + ", ".join(notes)) if notes else ""
+
+
 def styled(status: str) -> str:
     """A status name in its colour."""
     return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
@@ -143,6 +156,8 @@ def job_detail(job: jobs_pb2.Job) -> Table:
         ("extra", ", ".join(f"{k}={v}" for k, v in sorted(params.extra.items()))),
         ("project", job.project),
         ("owner", job.owner),
+        ("priority", priority_name(job.priority)),
+        ("scheduled", when(job.schedule_time)),
         ("attempt", f"{job.attempt} of {job.max_attempts}"),
         ("progress", f"{job.progress.percentage}% {job.progress.stage} {job.progress.message}".strip()),
         ("bulk job", f"{job.bulk_job_id} #{job.queue_position}" if job.bulk_job_id else ""),
@@ -357,6 +372,8 @@ def bulk_detail(bulk: bulk_pb2.BulkJob) -> tuple[Table, Table]:
         ("ended", when(bulk.end_time)),
         ("estimated completion", when(bulk.estimated_completion)),
         ("project", bulk.project),
+        ("priority", priority_name(bulk.priority)),
+        ("scheduled", when(bulk.schedule_time)),
         ("notify url", bulk.notify_url),
     ]
     rows += [("error", line) for line in bulk.error_summary]

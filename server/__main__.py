@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--user", required=True, help="the user id (the token's sub)")
     token.add_argument("--admin", action="store_true", help="may read every user's jobs")
     token.add_argument("--days", type=float, default=30, help="how long the token is valid")
+    token.add_argument("--tier", default="", help='the claim "tier" ("premium" may submit PRIORITY_HIGH)')
     return parser
 
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env().with_args(args)
     if args.command == "token":
         secret = load_secret(settings.auth_secret, settings.data_dir)
-        print(make_token(secret, args.user, args.admin, int(args.days * 86400)))
+        print(make_token(secret, args.user, args.admin, int(args.days * 86400), args.tier))
         return 0
     observability.configure_logging(settings.log_level, settings.log_format, _secrets(settings))
     return run(_serve(settings))

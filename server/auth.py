@@ -35,6 +35,7 @@ class Caller:
 
     user: str
     admin: bool = False
+    premium: bool = False  # the token's claim "tier": "premium"
 
     @property
     def owner_filter(self) -> str | None:
@@ -83,8 +84,10 @@ def subject_problem(user: object) -> str:
     return ""
 
 
-def make_token(secret: str, user: str, admin: bool = False, ttl_seconds: int = 30 * 86400) -> str:
-    """An HS256 token for `user`, valid for `ttl_seconds`."""
+def make_token(
+    secret: str, user: str, admin: bool = False, ttl_seconds: int = 30 * 86400, tier: str = ""
+) -> str:
+    """An HS256 token for `user`, valid for `ttl_seconds`; `tier` "premium" may ask for PRIORITY_HIGH."""
     problem = subject_problem(user)
     if problem:
         raise ValueError(problem)
@@ -92,6 +95,8 @@ def make_token(secret: str, user: str, admin: bool = False, ttl_seconds: int = 3
     claims: dict[str, Any] = {"sub": user, "iat": now, "exp": now + ttl_seconds}
     if admin:
         claims["role"] = "admin"
+    if tier:
+        claims["tier"] = tier
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -117,7 +122,8 @@ def verify(secret: str, header: str | None) -> tuple[Caller, float]:
     problem = subject_problem(user)
     if problem:
         raise unauthenticated("INVALID_TOKEN", problem + _GET_A_TOKEN)
-    return Caller(user=str(user), admin=claims.get("role") == "admin"), float(claims["exp"])
+    admin, premium = claims.get("role") == "admin", claims.get("tier") == "premium"
+    return Caller(user=str(user), admin=admin, premium=premium), float(claims["exp"])
 
 
 # What is wrong with a token, in the service's words (the JWT library's name

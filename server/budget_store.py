@@ -192,7 +192,10 @@ class BudgetStore:
         """Move `owner`'s jobs (of `project` only, when given) from the budget
         lane back to the ready lane, where their order keys put them where
         they were. How many moved."""
-        return self._move(owner, project, BUDGET, {"queue": READY, "wait_reason": ""})
+        # ready_us: the leader's read of what entered the ready lane finds them.
+        return self._move(
+            owner, project, BUDGET, {"queue": READY, "wait_reason": "", "ready_us": clock.now_us()}
+        )
 
     def _move(self, owner: str, project: str | None, lane: str, changes: Doc) -> int:
         """Apply `changes` to `owner`'s queued jobs in `lane`: their ids read

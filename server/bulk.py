@@ -20,14 +20,16 @@ from server.auth import Caller
 from server.budget_store import BUDGET
 from server.errors import ServiceError, invalid
 from server.events import Event, EventHub
-from server.jobs import Jobs, normalized
+from server.jobs import Jobs, check_priority_allowed, normalized
 from server.notify.channels import new_notification
 from server.notify.sender import Notifier
 from server.states import BULK_FINAL, BulkAction, BulkStatus, Status
 from server.store import (
     BACKOFF,
     HELD,
+    RANKS,
     READY,
+    SCHEDULED,
     STATUS_CHANGED,
     Doc,
     Page,
@@ -131,15 +133,20 @@ class Bulks:
         notify_url: str = "",
         notify_email: str = "",
         origin: Doc | None = None,
+        priority: str = "NORMAL",
+        schedule_us: int = 0,
     ) -> BulkView:
         """Validate every item, then store the bulk job and its items (two writes).
+        Every item runs at `priority`, none before `schedule_us`.
 
         `origin`: fields the server sets on the bulk job (`schedule_id`,
         `template`, a schedule tick's own `request_key`); its items carry
         the schedule and template too."""
         bad = validation.check_bulk(mode, items, request_id, project, notify_url, notify_email)
+        bad += validation.check_priority(priority)
         if bad:
             raise invalid(bad)
+        check_priority_allowed(caller, priority)
         self.jobs.check_email(notify_email)
         self.jobs.limits.check_submit(caller.user, project, len(items))
         base = self.store.order_keys.next(len(items) + 1)
@@ -163,6 +170,9 @@ class Bulks:
             "settled": False,
             "schedule_id": "",
             "template": "",
+            "priority": priority,
+            "rank": RANKS[priority],
+            "schedule_us": schedule_us,
             **(origin or {}),
         }
         docs = [
@@ -176,6 +186,8 @@ class Bulks:
                 queue_position=position,
                 ck=base + position,  # items run in position order, FIFO among all jobs
                 request_key=bulk_item_key(caller.user, bulk_id, position),
+                priority=priority,
+                schedule_us=schedule_us,
             )
             for position, params in enumerate(items, start=1)
         ]
@@ -185,7 +197,8 @@ class Bulks:
         stored, created = self.store.insert_bulk(bulk, docs)
         if created:
             observability.job_submitted(mode, len(docs))
-        self.jobs.dispatcher.wake()
+            for doc in docs:
+                self.jobs.offer(doc)
         return summarize(stored, self.store.bulk_items([str(stored["_id"])]) if stored is not bulk else docs)
 
     def get(self, caller: Caller, bulk_id: str) -> BulkView:
@@ -228,13 +241,13 @@ class Bulks:
             caller.owner_filter, bulk_id, BulkAction.PAUSE, {"status": str(BulkStatus.PAUSED)}
         )
         # Items waiting for a budget are held too: a release must not start them.
-        self.store.set_item_lanes(bulk_id, [READY, BACKOFF, BUDGET], HELD)
+        self.store.set_item_lanes(bulk_id, [READY, BACKOFF, SCHEDULED, BUDGET], HELD)
         return self._publish(self.get(caller, bulk_id), STATUS_CHANGED)
 
     def resume(self, caller: Caller, bulk_id: str) -> BulkView:
         """Go on at the next queued item."""
         self.store.resume_bulk(caller.owner_filter, bulk_id)
-        self.store.set_item_lanes(bulk_id, [HELD], READY)
+        self.store.resume_items(bulk_id)
         self.jobs.dispatcher.wake()
         return self._publish(self.get(caller, bulk_id), STATUS_CHANGED)
 
@@ -253,7 +266,7 @@ class Bulks:
         # while they are cancelled one by one; stop the running one last. The
         # items are read once held: one the dispatcher started just before
         # the hold is running now, and must be stopped, not skipped.
-        self.store.set_item_lanes(bulk_id, [READY, BACKOFF], HELD)
+        self.store.set_item_lanes(bulk_id, [READY, BACKOFF, SCHEDULED], HELD)
         items = self.store.bulk_items([bulk_id])
         for item in items:
             if item["status"] == str(Status.QUEUED):

@@ -46,6 +46,16 @@ def schedule_state_name(value: int) -> str:
     return enum_name(schedules_pb2.ScheduleState, value, "SCHEDULE_STATE_")
 
 
+def priority_name(value: int) -> str:
+    """PRIORITY_HIGH -> "HIGH"; unspecified is "NORMAL"; "" for an unknown number."""
+    return enum_name(jobs_pb2.Priority, value, "PRIORITY_") if value else "NORMAL"
+
+
+def priority(doc: Doc) -> jobs_pb2.Priority.ValueType:
+    """A stored job's or bulk job's priority (NORMAL when stored before priorities)."""
+    return jobs_pb2.Priority.Value("PRIORITY_" + doc.get("priority", "NORMAL"))
+
+
 def operation_name(value: int) -> str:
     """BULK_OPERATION_RETRY_ALL_FAILED -> "RETRY_ALL_FAILED"; "" for unspecified or unknown."""
     return enum_name(jobs_pb2.BulkOperation, value, "BULK_OPERATION_")
@@ -87,6 +97,11 @@ def timestamp_us(value: Timestamp, present: bool, field: str) -> int | None:
             [FieldViolation(field, "seconds from 0001-01-01 to 9999-12-31 and nanos from 0 to 999999999")]
         )
     return value.seconds * 1_000_000 + value.nanos // 1000
+
+
+def schedule_us(request: jobs_pb2.SubmitJobRequest | bulk_pb2.CreateBulkJobRequest) -> int:
+    """A create request's schedule_time in epoch microseconds, 0 when unset (range checked)."""
+    return timestamp_us(request.schedule_time, request.HasField("schedule_time"), "schedule_time") or 0
 
 
 def duration(seconds: float) -> Duration:
@@ -150,6 +165,8 @@ def job(doc: Doc, full: bool = True) -> jobs_pb2.Job:
         notify_email=doc.get("notify_email", ""),
         schedule_id=doc.get("schedule_id", ""),
         template=doc.get("template", ""),
+        priority=priority(doc),
+        schedule_time=timestamp(doc.get("schedule_us")),
     )
     progress = doc.get("progress")
     if progress:
@@ -216,6 +233,8 @@ def bulk_job(view: Any, with_items: bool = True) -> bulk_pb2.BulkJob:
         notify_email=doc.get("notify_email", ""),
         schedule_id=doc.get("schedule_id", ""),
         template=doc.get("template", ""),
+        priority=priority(doc),
+        schedule_time=timestamp(doc.get("schedule_us")),
     )
     if with_items:
         message.items.extend(

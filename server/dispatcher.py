@@ -2,7 +2,7 @@
 once across the deployment (one, by default).
 
 Replicas elect it through a lease in `leases`; the elected one claims the
-oldest ready job with one atomic update on `_id`, runs it through the
+next ready job with one atomic update on `_id`, runs it through the
 generator on a thread per run (so that housekeeping and schedules' ticks go
 on while a job runs), and records the outcome with writes fenced by the
 job's lease epoch. A keeper thread renews the leader lease and every run's
@@ -12,20 +12,21 @@ other servers, e.g. a former leader's), and no sooner than `gap_seconds`
 after the last run ended (remembered in the leader lease, so that a new
 leader keeps the gap too).
 
-What it reads stays the same size however long the history grows: the
-candidates are the oldest 64 jobs of the ready lane, read in order through
-the (queue, ck) index (see `store`), and a job submitted on this server is
-offered to it at once (`offer`), without a query. With nothing queued it
-wakes every poll interval for jobs other replicas queued, one index search
-of an empty lane. Housekeeping, once a second, reads the running jobs (by
-status) and the due jobs of the backoff lane; once a sweep interval, the
-expired completed jobs, the unsettled bulk jobs and the pending
-notifications: each an index search of live documents only.
+Which job is next is `fairshare`'s choice: the best priority, then the
+owner whose last start is oldest, then that owner's order. What it reads
+stays the same size however long the history grows: each owner's first
+candidates through the (queue, owner, rank, ck) index, and a job queued on
+this server is offered to it at once (`offer`), without a query. With
+nothing queued it wakes every poll interval for jobs other replicas queued,
+one index search of an empty lane. Housekeeping, once a second, reads the
+running jobs (by status) and the due jobs of the waiting lanes (retry
+backoff, schedule time); once a sweep interval, the expired completed
+jobs, the unsettled bulk jobs and the pending notifications: each an index
+search of live documents only.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 import random
 import threading
@@ -39,6 +40,7 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from server import clock, observability
+from server.fairshare import FairShare
 from server.generators import (
     GenerationCancelled,
     GenerationFailed,
@@ -52,6 +54,8 @@ from server.store import (
     BACKOFF,
     NONE,
     PROGRESS,
+    RANKS,
+    READY,
     STATUS_CHANGED,
     Doc,
     Store,
@@ -61,7 +65,6 @@ from server.store import (
 log = logging.getLogger(__name__)
 
 LEADER_LEASE = "dispatcher"
-CANDIDATE_BATCH = 64
 PROGRESS_WRITE_INTERVAL = 0.25  # coalesce chattier generators to at most 4 writes a second
 PROGRESS_TIMEOUT_SECONDS = 1.0  # a progress write waits at most this for the database
 PROGRESS_PAUSE_SECONDS = 2.0  # after a progress write failed, none for this long
@@ -127,10 +130,9 @@ class Dispatcher:
         self._last_sweep = 0.0
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._heap: list[tuple[int, ObjectId]] = []
-        self._horizon = -1  # candidates above this order key may be missing from the heap
-        self._last_refresh = 0.0
+        # The claim order. Claims resuming after a pause of half a lease may
+        # follow a spell as follower: it rebuilds from the database then.
+        self._fair = FairShare(store, poll_seconds, sweep_seconds, lease_seconds / 2)
         self._leader_until = 0.0  # monotonic time until which our lease surely holds
         self._was_leader = False
         self._needs_recovery = True
@@ -158,16 +160,17 @@ class Dispatcher:
         self._thread.start()
         self._keeper.start()
 
-    def offer(self, ck: int, oid: ObjectId) -> None:
-        """A job was just queued on this server: consider it without polling."""
-        with self._lock:
-            heapq.heappush(self._heap, (ck, oid))
+    def offer(self, ck: int, oid: ObjectId, owner: str = "", rank: int = RANKS["NORMAL"]) -> None:
+        """A job just entered the ready lane on this server: consider it without polling."""
+        if owner:
+            self._fair.offer(owner, rank, ck, oid)
+        else:
+            self._fair.stale()
         self._wake.set()
 
     def wake(self) -> None:
         """Something changed (resume, retry): look at the queue again now."""
-        with self._lock:
-            self._last_refresh = 0.0
+        self._fair.stale()
         self._wake.set()
 
     def request_cancel(self, job_id: str) -> bool:
@@ -380,9 +383,10 @@ class Dispatcher:
         if elsewhere < self._elsewhere:
             self._ended(now_us)  # a run elsewhere ended by now: the gap counts from here
         self._elsewhere = elsewhere
-        for oid in self.store.due_backoff(now_us):
-            if self.store.make_ready(oid):
-                self._last_refresh = 0.0
+        for lane, oid in self.store.due_waiting(now_us):
+            promoted = self.store.make_ready(oid, lane)
+            if promoted is not None:
+                self.offer(promoted["ck"], oid, promoted["owner"], promoted.get("rank", RANKS["NORMAL"]))
         for tick in self.tickers:
             tick()
         if self.release():
@@ -421,6 +425,7 @@ class Dispatcher:
             changes.update(status=str(Status.CANCELLED), queue=NONE, ended_us=stamp)
         elif attempt < limit:
             changes.update(status=str(Status.QUEUED), queue=self.store.bulk_lane(doc.get("bulk_job_id", "")))
+            changes["ready_us"] = stamp  # found by the dispatcher's next read of the lane
         else:
             lost["retryable"] = False
             changes.update(status=str(Status.FAILED), queue=NONE, ended_us=stamp)
@@ -429,37 +434,19 @@ class Dispatcher:
             log.warning("job %s lost its worker; now %s", doc["_id"], after["status"])
             observability.attempt_lost(after)
             self.tell(after, STATUS_CHANGED)
-            if after["status"] == str(Status.QUEUED):
-                self.wake()
+            if after["status"] == str(Status.QUEUED) and after["queue"] == READY:
+                self.offer(after["ck"], after["_id"], after["owner"], after.get("rank", RANKS["NORMAL"]))
 
     def _claim_next(self) -> Doc | None:
-        """Claim the oldest ready job, FIFO by order key."""
-        refreshed = False
+        """Claim the next ready job in fair-share order (see `fairshare`); None: nothing ready."""
         while True:
-            with self._lock:
-                stale = time.monotonic() - self._last_refresh > self.poll_seconds
-                beyond = bool(self._heap) and self._horizon >= 0 and self._heap[0][0] > self._horizon
-                need = not refreshed and (stale or not self._heap or beyond)
-            if need:
-                self._refresh()
-                refreshed = True
-            with self._lock:
-                if not self._heap:
-                    return None
-                _, oid = heapq.heappop(self._heap)
-            job = self.store.claim(oid, self.worker_id, self.lease_seconds)
+            pick = self._fair.next()
+            if pick is None or pick.oid is None:
+                return None
+            job = self.store.claim(pick.oid, self.worker_id, self.lease_seconds)
             if job is not None:
+                self._fair.started(job["owner"])
                 return job
-
-    def _refresh(self) -> None:
-        found = self.store.runnable(CANDIDATE_BATCH)
-        with self._lock:
-            known = {oid for _, oid in self._heap}
-            for item in found:
-                if item[1] not in known:
-                    heapq.heappush(self._heap, item)
-            self._horizon = found[-1][0] if len(found) == CANDIDATE_BATCH else -1
-            self._last_refresh = time.monotonic()
 
     def _execute(self, job: Doc) -> None:
         if not self.admit(job):
@@ -556,6 +543,7 @@ class Dispatcher:
         return {
             "status": str(Status.QUEUED),
             "queue": self.store.bulk_lane(job.get("bulk_job_id", "")),
+            "ready_us": clock.now_us(),  # found by the dispatcher's next read of the lane
             "attempt": job["attempt"] - 1,
             "worker": "",
             "lease_until_us": 0,

@@ -192,3 +192,8 @@ def unavailable(
 def unauthenticated(reason: str, message: str) -> ServiceError:
     """UNAUTHENTICATED: no, malformed, badly signed or expired token."""
     return ServiceError(grpc.StatusCode.UNAUTHENTICATED, reason, message)
+
+
+def permission_denied(reason: str, message: str) -> ServiceError:
+    """PERMISSION_DENIED: the token is valid but may not do this."""
+    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, reason, message)

@@ -18,12 +18,12 @@ from pymongo.errors import PyMongoError
 
 from server import observability, validation
 from server.auth import Caller
-from server.errors import FieldViolation, email_not_configured, invalid
+from server.errors import FieldViolation, email_not_configured, invalid, permission_denied
 from server.eventlog import EventLog
 from server.events import Event, EventHub
 from server.notify.channels import targets
 from server.states import Status
-from server.store import SNAPSHOT, STATUS_CHANGED, Doc, JobFilter, Page, Store, final
+from server.store import READY, SNAPSHOT, STATUS_CHANGED, Doc, JobFilter, Page, Store, final
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ OPERATION_STATUS = {
 class Wakeable(Protocol):
     """What the jobs layer needs of a dispatcher (the bodies are the do-nothing stand-in's)."""
 
-    def offer(self, ck: int, oid: Any) -> None:
-        """A job was queued."""
+    def offer(self, ck: int, oid: Any, owner: str = "", rank: int = 1) -> None:
+        """A job entered the ready lane."""
         return None
 
     def wake(self) -> None:
@@ -160,15 +160,20 @@ class Jobs:
         notify_url: str = "",
         notify_email: str = "",
         origin: Doc | None = None,
+        priority: str = "NORMAL",
+        schedule_us: int = 0,
     ) -> Doc:
         """Queue a job; a repeated request_id returns the first job. One command.
+        With a `schedule_us` to come, it waits in the scheduled lane until then.
 
         `origin`: fields the server sets on the job (`schedule_id`, `template`,
         and a schedule tick's own `request_key`)."""
         bad = validation.check_submit(mode, params, request_id, project, max_attempts)
         bad += validation.check_notify(notify_url, notify_email)
+        bad += validation.check_priority(priority)
         if bad:
             raise invalid(bad)
+        check_priority_allowed(caller, priority)
         self.check_email(notify_email)
         await self.limits.check_submit_async(caller.user, project, 1)
         params = normalized(params)
@@ -179,6 +184,8 @@ class Jobs:
             project=project,
             request_id=request_id,
             max_attempts=max_attempts or self.default_max_attempts,
+            priority=priority,
+            schedule_us=schedule_us,
         )
         doc.update(targets(notify_url, notify_email))
         doc.update(observability.trace_fields())
@@ -188,8 +195,13 @@ class Jobs:
             observability.job_submitted(mode)
             # Sequence 1 is the job as submitted: watchers start from its
             # snapshot, so it needs no stored event (SubmitJob stays one write).
-            self.dispatcher.offer(stored["ck"], stored["_id"])
+            self.offer(stored)
         return stored
+
+    def offer(self, doc: Doc) -> None:
+        """Hand a job that is in the ready lane to this server's dispatcher (no query)."""
+        if doc["queue"] == READY:
+            self.dispatcher.offer(doc["ck"], doc["_id"], doc["owner"], doc["rank"])
 
     def check_email(self, notify_email: str) -> None:
         """FAILED_PRECONDITION when mail is asked for and this server sends none."""
@@ -226,7 +238,7 @@ class Jobs:
         if bad:
             raise invalid(bad)
         doc = self.store.retry(caller.owner_filter, job_id, request_id, self.default_max_attempts)
-        self.dispatcher.offer(doc["ck"], doc["_id"])
+        self.offer(doc)
         self.publish(doc, STATUS_CHANGED)
         return doc
 
@@ -313,10 +325,20 @@ def normalized(params: Doc) -> Doc:
     }
 
 
+def check_priority_allowed(caller: Caller, priority: str) -> None:
+    """PERMISSION_DENIED when `caller` may not ask for `priority` (HIGH: premium tokens and admins)."""
+    if priority == "HIGH" and not (caller.premium or caller.admin):
+        raise permission_denied(
+            "PRIORITY_NOT_ALLOWED",
+            'PRIORITY_HIGH needs a token with the claim "tier": "premium" (or an admin token)',
+        )
+
+
 def _check_filter_values(filters: JobFilter) -> list[FieldViolation]:
     """Everything wrong with the filters of ListJobs, GetJobStats or RunBulkOperation."""
     bad = validation.check_choices("statuses", filters.statuses, [str(s) for s in Status], "JOB_STATUS_")
     bad += validation.check_choices("modes", filters.modes, validation.MODES, "MODE_")
+    bad += validation.check_choices("priorities", filters.priorities, validation.PRIORITIES, "PRIORITY_")
     bad += validation.check_query(filters.query)
     bad += validation.check_label(filters.project, "project", validation.MAX_PROJECT)
     if filters.bulk_job_id:

@@ -23,12 +23,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bson import ObjectId
 from croniter import croniter
+from genjobs.v1 import jobs_pb2
 from google.protobuf.message import Message
 from pymongo.errors import PyMongoError
 
 from server import clock, validation
 from server.auth import Caller
 from server.errors import FieldViolation, ServiceError, invalid
+from server.jobs import check_priority_allowed
 from server.schedule_store import ACTIVE, PAUSED, ScheduleStore, tick_key
 from server.store import Doc, Page, submission_key
 from server.templates import BULK_JOB, JOB, KINDS, Templates, check_name, check_request, stored_request
@@ -129,6 +131,8 @@ class Schedules:
                 # As if submitted now: through the template it names, if any.
                 resolved, _ = self.templates.resolve(caller.user, request)  # type: ignore[type-var]
                 bad += check_request(kind, resolved, kind)
+                if getattr(resolved, "priority", 0) == jobs_pb2.PRIORITY_HIGH:
+                    check_priority_allowed(caller, "HIGH")
         if bad:
             raise invalid(bad)
         if kind == TEMPLATE:
@@ -139,6 +143,9 @@ class Schedules:
         doc = {
             "_id": oid,
             "owner": caller.user,
+            # Ticks submit as the owner with this token's standing: HIGH priority
+            # jobs (from a template too) need it.
+            "premium": caller.premium or caller.admin,
             "cron": cron,
             "time_zone": time_zone,
             **fields,
@@ -208,7 +215,7 @@ class Schedules:
         }
         request = self._request(doc)
         try:
-            made = self._submit(doc["owner"], request, origin)
+            made = self._submit(Caller(user=doc["owner"], premium=doc.get("premium", False)), request, origin)
         except ServiceError as exc:  # a deleted template, a spent budget, a refused field
             log.info("schedule %s: tick created nothing: %s", schedule_id, exc)
             changes["last_error"] = f"{exc.reason}: {exc.message}"
@@ -225,11 +232,11 @@ class Schedules:
         kind = self.store.template_kind(doc["owner"], doc["template"]) or JOB  # none: NOT_FOUND on submit
         return KINDS[kind](template=doc["template"])
 
-    def _submit(self, owner: str, request: Message, origin: Doc) -> str:
-        """Submit `request` as `owner` on the server's event loop; the id made."""
+    def _submit(self, caller: Caller, request: Message, origin: Doc) -> str:
+        """Submit `request` as the schedule's owner on the server's event loop; the id made."""
         kind = JOB if isinstance(request, KINDS[JOB]) else BULK_JOB
         if self.loop is None or kind not in self.submitters:
             raise RuntimeError("schedules are not wired to the job services")
-        call = self.submitters[kind](Caller(user=owner), request, origin)
+        call = self.submitters[kind](caller, request, origin)
         made: Any = asyncio.run_coroutine_threadsafe(call, self.loop).result(TICK_SUBMIT_SECONDS)
         return str(made.doc["_id"] if kind == BULK_JOB else made["_id"])

@@ -61,6 +61,11 @@ Doc = dict[str, Any]
 
 # The queue lanes of a QUEUED job; every other status is in lane NONE.
 READY, HELD, BACKOFF, NONE = "ready", "held", "backoff", "none"
+SCHEDULED = "scheduled"  # not before its schedule_time (run_after_us)
+# Lanes whose jobs become ready at their run_after_us (housekeeping promotes them).
+WAITING = (BACKOFF, SCHEDULED)
+# Priority names as stored, and their rank: ascending sorts run highest first.
+RANKS = {"HIGH": 0, "NORMAL": 1, "LOW": 2}
 
 # A listing's total_size counts at most this many (it reads what it counts):
 # beyond it, the total reads "this many or more", and the first page of a big
@@ -90,6 +95,7 @@ class JobFilter:
     bulk_job_id: str = ""
     project: str = ""
     schedule_id: str = ""
+    priorities: list[str] = field(default_factory=list)
 
     def fingerprint(self, owner: str | None) -> str:
         """A short hash of the filters; a page token is only valid for the same one."""
@@ -104,6 +110,7 @@ class JobFilter:
                 self.bulk_job_id,
                 self.project,
                 self.schedule_id,
+                sorted(self.priorities),
             ]
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -331,11 +338,27 @@ class BulkQueries:
 
     def set_item_lanes(self, bulk_id: str, lanes: list[str], lane: str) -> int:
         """Move a bulk job's still-queued items from any of `lanes` to `lane` (one command)."""
+        changes: Doc = {"queue": lane, "ready_us": clock.now_us()} if lane == READY else {"queue": lane}
         result = self.jobs.update_many(
             {"bulk_job_id": bulk_id, "status": str(Status.QUEUED), "queue": one_of(lanes)},
-            {"$set": {"queue": lane}},
+            {"$set": changes},
         )
         return result.modified_count
+
+    def resume_items(self, bulk_id: str) -> None:
+        """Release a resumed bulk job's held items: those whose time (a
+        schedule_time, a retry backoff) is still to come wait for it in the
+        scheduled lane, the rest are ready."""
+        self.jobs.update_many(
+            {
+                "bulk_job_id": bulk_id,
+                "status": str(Status.QUEUED),
+                "queue": HELD,
+                "run_after_us": {"$gt": clock.now_us()},
+            },
+            {"$set": {"queue": SCHEDULED}},
+        )
+        self.set_item_lanes(bulk_id, [HELD], READY)
 
     def bump_bulk(self, bulk_oid: ObjectId) -> Doc | None:
         """Count one more change of a bulk job (its watchers' sequence)."""
@@ -497,6 +520,7 @@ class Store(BulkQueries):
         self.leases: Collection[Doc] = self.db["leases"]
         self.bulk_jobs: Collection[Doc] = self.db["bulk_jobs"]
         self.notifications: Collection[Doc] = self.db["notifications"]
+        self.turns: Collection[Doc] = self.db["turns"]  # owner -> last start (fair share)
         self.retention_us = int(retention_days * 86400 * 1_000_000)
         self.order_keys = clock.OrderKeys()
         # Signs page tokens; replicas sharing the auth secret accept each other's.
@@ -530,6 +554,11 @@ class Store(BulkQueries):
         jobs.create_index([("bulk_job_id", 1)])  # a bulk job's items
         jobs.create_index([("bulk_job_id", 1), ("queue_position", 1)])
         jobs.create_index([("expire_us", 1)])  # retention sweep; set on COMPLETED only
+        # Fair share: an owner's ready jobs in (rank, ck) order, and the jobs
+        # that entered the ready lane lately (see `fairshare`).
+        jobs.create_index([("queue", 1), ("owner", 1), ("rank", 1), ("ck", 1)])
+        jobs.create_index([("ready_us", 1)])
+        jobs.create_index([("queue", 1), ("run_after_us", 1)])  # due jobs of a waiting lane
         self.events.create_index([("job_id", 1), ("seq", 1)], unique=True)  # WatchJob replay
         self.events.create_index([("job_id", 1)])  # the same, and DeleteJob, as index searches
         self.events.create_index([("at_us", 1)])  # the remote-event poller
@@ -597,10 +626,15 @@ class Store(BulkQueries):
         lane: str = READY,
         ck: int = 0,
         request_key: str = "",
+        priority: str = "NORMAL",
+        schedule_us: int = 0,
     ) -> Doc:
-        """A QUEUED job document, not yet stored."""
+        """A QUEUED job document, not yet stored; with a `schedule_us` still to
+        come, in the scheduled lane until then."""
         job_id = ObjectId()
         ck = ck or self.order_keys.next()
+        if lane == READY and schedule_us > clock.now_us():
+            lane = SCHEDULED
         return {
             "_id": job_id,
             "owner": owner,
@@ -610,8 +644,12 @@ class Store(BulkQueries):
             "search_text": search_text(params),
             "status": str(Status.QUEUED),
             "queue": lane,
-            "run_after_us": 0,
+            "run_after_us": schedule_us if lane == SCHEDULED else 0,
             "ck": ck,
+            "priority": priority,
+            "rank": RANKS[priority],
+            "schedule_us": schedule_us,
+            "ready_us": ck,  # when it entered the ready lane (the dispatcher's incremental read)
             "attempt": 0,
             "max_attempts": max_attempts,
             "attempt_errors": [],
@@ -712,6 +750,8 @@ class Store(BulkQueries):
             query["project"] = filters.project
         if filters.schedule_id:
             query["schedule_id"] = filters.schedule_id
+        if filters.priorities:  # read along the owner's (owner, ck) index, like modes
+            query["priority"] = one_of(filters.priorities)
         return query
 
     @staticmethod
@@ -763,6 +803,7 @@ class Store(BulkQueries):
                 original["owner"], "retry-of", job_id, *([request_id] if request_id else [])
             ),
             lane=self.bulk_lane(original["bulk_job_id"]),
+            priority=original.get("priority", "NORMAL"),  # its schedule_time has passed
         )
         doc.update(targets(original.get("notify_url", ""), original.get("notify_email", "")))  # kept
         stored, created = self.insert_job(doc)
@@ -879,13 +920,73 @@ class Store(BulkQueries):
     # ---- the dispatcher -------------------------------------------------
 
     def runnable(self, limit: int) -> list[tuple[int, ObjectId]]:
-        """The oldest ready jobs as (order key, id), for the dispatcher to claim.
+        """The oldest ready jobs as (order key, id): FIFO, whoever owns them."""
+        return [(ck, oid) for _, _, ck, oid in self.runnable_heads(limit)]
+
+    def runnable_heads(self, limit: int) -> list[tuple[str, int, int, ObjectId]]:
+        """The oldest ready jobs as (owner, rank, order key, id).
 
         The ready lane read in order through the (queue, ck) index: at most
         `limit` documents, however long the history or the queue.
         """
-        cursor = self.jobs.find({"queue": READY}, {"ck": 1}).sort("ck", 1).limit(limit)
-        return [(row["ck"], row["_id"]) for row in cursor]
+        cursor = self.jobs.find({"queue": READY}, _CANDIDATE).sort("ck", 1).limit(limit)
+        return [_candidate(row) for row in cursor]
+
+    def owner_head(self, owner: str, limit: int) -> list[tuple[int, int, ObjectId]]:
+        """An owner's first `limit` ready jobs as (rank, order key, id), best rank
+        first, then in order: one index search of (queue, owner, rank, ck)."""
+        cursor = (
+            self.jobs.find({"queue": READY, "owner": owner}, _CANDIDATE)
+            .sort([("rank", 1), ("ck", 1)])
+            .limit(limit)
+        )
+        return [_candidate(row)[1:] for row in cursor]
+
+    def ready_owners(self) -> dict[str, tuple[int, int]]:
+        """Each owner with ready jobs -> (best rank, oldest order key) of them.
+
+        A grouping of the ready lane, which nx-27017 runs in SQL (about 9 ms at
+        10,000 ready jobs; `distinct` takes 20 times as long): for the
+        dispatcher's rebuild only, never per claim.
+        """
+        rows = self.jobs.aggregate(
+            [
+                {"$match": {"queue": READY}},
+                {"$group": {"_id": "$owner", "rank": {"$min": "$rank"}, "ck": {"$min": "$ck"}}},
+            ]
+        )
+        return {str(r["_id"]): (_rank(r), int(r["ck"])) for r in rows}
+
+    def entered_ready(
+        self, after_us: int, until_us: int, limit: int
+    ) -> tuple[list[tuple[str, int, int, ObjectId]], int]:
+        """The jobs still ready that entered the ready lane in (after_us,
+        until_us], at most `limit` of them, as (owner, rank, order key, id);
+        and up to when that read (until_us, or the last one's when cut short).
+
+        A range on the `ready_us` index alone (nx-27017 would take the queue
+        index for `{queue, ready_us}`, the whole lane): what entered the lane
+        lately, however long the queue or the history.
+        """
+        window = {"ready_us": {"$gt": after_us, "$lte": until_us}}
+        fields = {**_CANDIDATE, "queue": 1, "ready_us": 1}
+        cursor = self.jobs.find(window, fields).sort("ready_us", 1).limit(limit)
+        rows = list(cursor)
+        last = rows[-1]["ready_us"] if len(rows) >= limit else until_us
+        return [_candidate(row) for row in rows if row["queue"] == READY], last
+
+    def turns_of(self, owners: list[str]) -> dict[str, int]:
+        """The stored last starts of these owners (one search of `_id`)."""
+        if not owners:
+            return {}
+        return {str(d["_id"]): int(d["last_us"]) for d in self.turns.find({"_id": {"$in": owners}})}
+
+    def save_turns(self, turns: dict[str, int]) -> None:
+        """Store when each owner's job last started (one command)."""
+        self.turns.bulk_write(
+            [pymongo.UpdateOne({"_id": o}, {"$set": {"last_us": t}}, upsert=True) for o, t in turns.items()],
+            ordered=False,
+        )
 
     def claim(self, oid: ObjectId, worker: str, lease_seconds: float) -> Doc | None:
         """Take a ready job for running: one atomic update on `_id`.
@@ -977,17 +1078,23 @@ class Store(BulkQueries):
             self.jobs, {"status": str(Status.PROCESSING)}
         )
 
-    def due_backoff(self, now_us: int) -> list[ObjectId]:
-        """Jobs waiting out a retry backoff whose time has come (the backoff lane only)."""
-        cursor = self.jobs.find({"queue": BACKOFF, "run_after_us": {"$lte": now_us}}, {"_id": 1})
-        return [row["_id"] for row in cursor]
+    def due_waiting(self, now_us: int) -> list[tuple[str, ObjectId]]:
+        """(lane, id) of the jobs of the waiting lanes (retry backoff, schedule
+        time) whose time has come: one index search of (queue, run_after_us) a lane."""
+        return [
+            (lane, row["_id"])
+            for lane in WAITING
+            for row in self.jobs.find({"queue": lane, "run_after_us": {"$lte": now_us}}, {"_id": 1})
+        ]
 
-    def make_ready(self, oid: ObjectId) -> bool:
-        """Put a backed-off job back in the ready lane."""
-        result = self.jobs.update_one(
-            {"_id": oid, "status": str(Status.QUEUED), "queue": BACKOFF}, {"$set": {"queue": READY}}
+    def make_ready(self, oid: ObjectId, lane: str = BACKOFF) -> Doc | None:
+        """Move a job from a waiting lane to the ready lane; the job's candidate
+        fields (owner, rank, ck) when it did."""
+        return self.jobs.find_one_and_update(
+            {"_id": oid, "status": str(Status.QUEUED), "queue": lane},
+            {"$set": {"queue": READY, "ready_us": clock.now_us()}},
+            projection=_CANDIDATE,
         )
-        return result.modified_count == 1
 
     def hold_leader(self, lease_id: str, holder: str, lease_seconds: float) -> bool:
         """Renew or take the named lease; True while `holder` has it."""
@@ -1085,6 +1192,20 @@ def _first_total(collection: Collection[Doc], query: Doc, found: int, size: int)
     if next(iter(beyond), None) is not None:
         return TOTAL_SIZE_CAP
     return int(collection.database.command("count", collection.name, query=query)["n"])
+
+
+_CANDIDATE = {"owner": 1, "rank": 1, "ck": 1}  # what the dispatcher reads of a ready job
+
+
+def _rank(row: Doc) -> int:
+    """A job's rank; a job stored before priorities existed is NORMAL."""
+    rank = row.get("rank")
+    return RANKS["NORMAL"] if rank is None else int(rank)
+
+
+def _candidate(row: Doc) -> tuple[str, int, int, ObjectId]:
+    """(owner, rank, order key, id) of a ready job."""
+    return str(row["owner"]), _rank(row), int(row["ck"]), row["_id"]
 
 
 def one_of(values: list[str]) -> str | Doc:

@@ -12,6 +12,7 @@ from server.notify.guard import url_problem
 from server.notify.mail import address_problem
 
 MODES = ("TOPIC", "KEYWORDS", "TRENDS", "SPIN")
+PRIORITIES = ("LOW", "NORMAL", "HIGH")
 DEFAULT_WORD_COUNT = 800
 MIN_WORDS, MAX_WORDS = 50, 5000
 MAX_TOPIC = 500
@@ -143,6 +144,11 @@ def demo_fail_attempts(extra: dict[str, str]) -> int:
 def check_mode(mode: str, field: str = "mode") -> list[FieldViolation]:
     """A violation unless `mode` is one of MODES."""
     return check_choices(field, [mode], MODES, "MODE_")
+
+
+def check_priority(priority: str) -> list[FieldViolation]:
+    """A violation unless `priority` is one of PRIORITIES."""
+    return check_choices("priority", [priority], PRIORITIES, "PRIORITY_")
 
 
 def check_choices(

@@ -151,11 +151,12 @@ class ServerThread:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def token(self, user: str = "alice", admin: bool = False, ttl: int = 3600) -> str:
-        return make_token(SECRET, user, admin, ttl)
+    def token(self, user: str = "alice", admin: bool = False, ttl: int = 3600, tier: str = "") -> str:
+        return make_token(SECRET, user, admin, ttl, tier)
 
-    def client(self, user: str = "alice", admin: bool = False) -> GenJobsClient:
-        return GenJobsClient(self.target, self.token(user, admin))
+    def client(self, user: str = "alice", admin: bool = False, tier: str = "") -> GenJobsClient:
+        """A client with `user`'s token (`tier` "premium": the claim that allows PRIORITY_HIGH)."""
+        return GenJobsClient(self.target, self.token(user, admin, tier=tier))
 
 
 @contextlib.contextmanager

@@ -258,6 +258,8 @@ JOB_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
             max_attempts=int32s,
             notify_url=texts,
             notify_email=texts,
+            priority=enums,
+            schedule_time=timestamps,
         ),
         # Valid but for the labels: reaches the store's idempotency keys.
         st.builds(
@@ -266,6 +268,8 @@ JOB_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
             params=st.just(jobs_pb2.GenerationParams(topic="t", word_count=60)),
             request_id=texts,
             project=texts,
+            priority=enums,
+            schedule_time=timestamps,
         ),
         # A template by name, with overrides: reaches the template merge.
         st.builds(
@@ -287,6 +291,7 @@ JOB_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
         project=texts,
         page_size=int32s,
         page_token=page_tokens,
+        priorities=repeated(enums, enums),
     ),
     "CancelJob": st.builds(jobs_pb2.CancelJobRequest, id=job_ids),
     "RetryJob": st.builds(jobs_pb2.RetryJobRequest, id=job_ids, request_id=texts),
@@ -331,6 +336,8 @@ BULK_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
         project=texts,
         notify_url=st.one_of(texts, st.sampled_from(["http://127.0.0.1:9/x", "https://", "ftp://x"])),
         notify_email=texts,
+        priority=enums,
+        schedule_time=timestamps,
     ),
     "GetBulkJob": st.builds(bulk_pb2.GetBulkJobRequest, id=bulk_ids),
     "ListBulkJobs": st.builds(

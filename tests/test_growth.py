@@ -86,6 +86,7 @@ def grown(mongo: MongoServer) -> Iterator[tuple[Store, Recorder]]:
     database = listening[db_name]
     store.jobs, store.events = database["jobs"], database["job_events"]
     store.bulk_jobs, store.notifications = database["bulk_jobs"], database["notifications"]
+    store.turns = database["turns"]
     for _ in range(HISTORY // BATCH):
         docs = [store.new_job_doc("big", "TOPIC", PARAMS) for _ in range(BATCH)]
         for doc in docs:
@@ -172,7 +173,17 @@ def hot_paths(store: Store) -> dict[str, Callable[[Store], object]]:
         "progress and outcome": lambda s: s.fenced_update(queued[1][1], 1, {"updated_us": now_us}),
         "lease renewal": lambda s: s.renew_job_lease(queued[1][1], 1, 10.0),
         "expired-lease recovery": lambda s: s.processing_jobs(),
-        "due backoff": lambda s: s.due_backoff(now_us),
+        "due backoff and scheduled": lambda s: s.due_waiting(now_us),
+        "promotion to ready": lambda s: s.make_ready(ObjectId(), BACKOFF),
+        "fair share: an owner's head": lambda s: s.owner_head("big", 64),
+        "fair share: entered the ready lane": lambda s: s.entered_ready(now_us - 2_000_000, now_us, 1000),
+        "fair share: rebuild": lambda s: s.ready_owners(),
+        "fair share: turns": lambda s: (
+            s.turns_of(["big", "small"]),
+            s.save_turns({"big": now_us, "small": now_us}),
+        ),
+        "FIFO candidates with owners": lambda s: s.runnable_heads(64),
+        "ListJobs by priority": lambda s: s.list_jobs("small", JobFilter(priorities=["HIGH"]), 50, ""),
         "retention purge": lambda s: s.purge_expired(now_us - 86400 * 10**6),
         "WatchJob replay": lambda s: s.events_after(big_job, 0),
         "remote-event poller": lambda s: (s.jobs_by_ids([big_job]), s.events_since([big_job], now_us)),

@@ -49,6 +49,8 @@ class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
             request.notify_url,
             request.notify_email,
             origin,
+            convert.priority_name(request.priority),
+            convert.schedule_us(request),
         )
 
     @rpc

@@ -39,6 +39,7 @@ def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.GetJobStatsRequest) 
         filters.query = request.query
         filters.bulk_job_id = request.bulk_job_id
         filters.schedule_id = request.schedule_id
+        filters.priorities = list(dict.fromkeys(convert.priority_name(p) for p in request.priorities))
     return filters
 
 
@@ -83,6 +84,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             notify_url=request.notify_url,
             notify_email=request.notify_email,
             origin=origin,
+            priority=convert.priority_name(request.priority),
+            schedule_us=convert.schedule_us(request),
         )
 
     @rpc
