@@ -14,7 +14,7 @@ import pytest
 from bson import ObjectId
 from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2
 
-from client import GenJobsClient, InvalidArgument, NotFound
+from client import GenJobsClient, GenJobsError, InvalidArgument, NotFound
 from client.client import params
 from server import clock
 from server.app import App
@@ -270,3 +270,21 @@ def test_ticks_fire_while_a_long_job_runs(alice: GenJobsClient) -> None:
     assert alice.get(long.id).status == jobs_pb2.JOB_STATUS_PROCESSING  # ticked during the run, not after it
     alice.delete_schedule(schedule.id)
     alice.cancel(long.id)
+
+
+def test_a_high_priority_schedule_needs_a_premium_creator_and_ticks_at_high(
+    server: ServerThread, alice: GenJobsClient
+) -> None:
+    high = jobs_pb2.SubmitJobRequest(
+        mode=jobs_pb2.MODE_TOPIC, params=params(topic="Premium digest"), priority=jobs_pb2.PRIORITY_HIGH
+    )
+    with pytest.raises(GenJobsError) as refused:
+        alice.create_schedule(EVERY_SECOND, job=high)  # refused now, not at every tick
+    assert refused.value.code.name == "PERMISSION_DENIED"
+    with server.client("vip", tier="premium") as vip:
+        schedule = vip.create_schedule(EVERY_SECOND, job=high)
+        wait_for(lambda: vip.get_schedule(schedule.id).run_count >= 1, timeout=20)
+        vip.pause_schedule(schedule.id)
+        made = vip.get_schedule(schedule.id)
+        assert made.last_error == ""
+        assert vip.get(made.last_job_id).priority == jobs_pb2.PRIORITY_HIGH
