@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/genjobs-server
 
+# Two workers: most tests wait on servers, timers and subprocesses, so two
+# halve the wall time on two cores; each worker starts its own database, and
+# a module's tests stay on one worker (they share module fixtures).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadscope
 
 # The smoke tests on the lowest versions pyproject.toml allows, in a venv of their own.
 MIN_VENV := .venv-min
