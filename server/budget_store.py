@@ -30,7 +30,7 @@ from pymongo.errors import DuplicateKeyError
 
 from server import clock
 from server.states import Status
-from server.store import READY, Doc, Store
+from server.store import HELD, READY, Doc, Store
 
 BUDGET = "budget"  # the lane of queued jobs whose owner (or project) is over a limit
 
@@ -221,9 +221,10 @@ class BudgetStore:
         """Put a job this run claimed back in the queue, in the budget lane, its
         attempt given back (fenced by the run's epoch); the job after, None if
         the run lost it."""
+        paused = self.store.bulk_lane(job.get("bulk_job_id", "")) == HELD
         changes: Doc = {
             "status": str(Status.QUEUED),
-            "queue": BUDGET,
+            "queue": HELD if paused else BUDGET,  # a paused bulk job's item waits for its resume first
             "wait_reason": reason,
             "attempt": job["attempt"] - 1,
             "worker": "",

@@ -206,6 +206,9 @@ class Budgets:
         with self._lock:
             self._loaded = -1e9
         after = self.store.to_budget_lane(job, reason)
+        if after is not None and after.get("cancel_requested"):
+            # Cancelled between its claim and now: the owner's wish, not a wait.
+            after = self.store.store.cancel_queued(after["_id"]) or after
         if after is not None:
             self.record(after, STATUS_CHANGED)
         moved = self.store.hold_ready(owner, limit.project or None, reason)

@@ -266,7 +266,7 @@ class Bulks:
         # while they are cancelled one by one; stop the running one last. The
         # items are read once held: one the dispatcher started just before
         # the hold is running now, and must be stopped, not skipped.
-        self.store.set_item_lanes(bulk_id, [READY, BACKOFF, SCHEDULED], HELD)
+        self.store.set_item_lanes(bulk_id, [READY, BACKOFF, SCHEDULED, BUDGET], HELD)
         items = self.store.bulk_items([bulk_id])
         for item in items:
             if item["status"] == str(Status.QUEUED):

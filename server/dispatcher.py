@@ -52,6 +52,7 @@ from server.progress import progress_fields
 from server.states import Status
 from server.store import (
     BACKOFF,
+    HELD,
     NONE,
     PROGRESS,
     RANKS,
@@ -444,13 +445,16 @@ class Dispatcher:
             if pick is None or pick.oid is None:
                 return None
             job = self.store.claim(pick.oid, self.worker_id, self.lease_seconds)
-            if job is not None:
-                self._fair.started(job["owner"])
-                return job
+            if job is None:
+                continue
+            # Here, on the dispatcher thread: a job its budget sends back takes
+            # no turn, no lane and no gap, and never races the budgets' release.
+            if not self.admit(job):
+                continue
+            self._fair.started(job["owner"])
+            return job
 
     def _execute(self, job: Doc) -> None:
-        if not self.admit(job):
-            return
         observability.attempt_started(job)
         with observability.job_attempt(job):  # log context and trace span of the attempt
             self._run_attempt(job)
@@ -530,8 +534,11 @@ class Dispatcher:
             delay = min(self.retry_base_seconds * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
             delay *= random.uniform(0.5, 1.0)  # jitter: retries of many jobs spread out
             delay = max(delay, retry_after or 0.0)  # the provider's Retry-After, when longer
+            # Held, not backing off, when its bulk job was paused meanwhile: a
+            # promotion from backoff would start it while paused.
+            lane = BACKOFF if self.store.bulk_lane(job.get("bulk_job_id", "")) == READY else HELD
             changes.update(
-                status=str(Status.QUEUED), queue=BACKOFF, run_after_us=clock.now_us() + int(delay * 1_000_000)
+                status=str(Status.QUEUED), queue=lane, run_after_us=clock.now_us() + int(delay * 1_000_000)
             )
         else:
             changes.update(status=str(Status.FAILED), queue=NONE, ended_us=stamp)

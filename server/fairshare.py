@@ -241,7 +241,8 @@ class FairShare:
     def _read_turns(self) -> None:
         """Read the stored turns of owners new here since the rebuild (one search of `_id`),
         so that an owner who ran before is not taken for one who never did."""
-        new = [owner for owner in self.candidates.owners if owner not in self._turns_read]
+        with self._lock:  # offers from other threads add owners
+            new = [owner for owner in self.candidates.owners if owner not in self._turns_read]
         if not new:
             return
         stored = self.store.turns_of(new)

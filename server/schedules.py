@@ -131,12 +131,12 @@ class Schedules:
                 # As if submitted now: through the template it names, if any.
                 resolved, _ = self.templates.resolve(caller.user, request)  # type: ignore[type-var]
                 bad += check_request(kind, resolved, kind)
-                if getattr(resolved, "priority", 0) == jobs_pb2.PRIORITY_HIGH:
-                    check_priority_allowed(caller, "HIGH")
+                check_standing(caller, resolved)
         if bad:
             raise invalid(bad)
         if kind == TEMPLATE:
-            self.templates.get(caller, fields["template"])  # NOT_FOUND now, not at the first tick
+            # NOT_FOUND, or a HIGH priority this token may not ask for: now, not at every tick.
+            check_standing(caller, stored_request(self.templates.get(caller, fields["template"])))
         now = clock.now_us()
         oid = ObjectId()
         ck = self.store.store.order_keys.next()
@@ -240,3 +240,9 @@ class Schedules:
         call = self.submitters[kind](caller, request, origin)
         made: Any = asyncio.run_coroutine_threadsafe(call, self.loop).result(TICK_SUBMIT_SECONDS)
         return str(made.doc["_id"] if kind == BULK_JOB else made["_id"])
+
+
+def check_standing(caller: Caller, request: Message) -> None:
+    """PERMISSION_DENIED when a schedule's request asks for a priority its creator may not."""
+    if getattr(request, "priority", 0) == jobs_pb2.PRIORITY_HIGH:
+        check_priority_allowed(caller, "HIGH")

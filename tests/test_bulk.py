@@ -18,7 +18,7 @@ from bson import ObjectId
 from genjobs.v1 import bulk_pb2, jobs_pb2
 
 from client import FailedPrecondition, GenJobsClient, InvalidArgument, NotFound
-from tests.harness import MongoServer, make_settings, serving, wait_for
+from tests.harness import MongoServer, ServerThread, make_settings, serving, wait_for
 
 B = bulk_pb2
 
@@ -299,3 +299,23 @@ def test_an_item_requeued_by_a_shutdown_stays_held_while_its_bulk_job_is_paused(
         alice.resume_bulk(bulk.id)
         done = wait_for(lambda: bulk_status(alice, bulk.id, B.BULK_JOB_STATUS_COMPLETED), timeout=60)
         assert done.completed_items == 10
+
+
+def test_an_item_failing_after_a_pause_waits_held_not_in_backoff(
+    alice: GenJobsClient, mongo: MongoServer, server: ServerThread
+) -> None:
+    bulk = alice.create_bulk(
+        "topic", items(10, i1={"demo_seconds": "1", "demo_fail": "transient", "demo_fail_attempts": "1"})
+    )
+    wait_for(lambda: alice.get_bulk(bulk.id).items[0].status == jobs_pb2.JOB_STATUS_PROCESSING)
+    alice.pause_bulk(bulk.id)
+    jobs = pymongo.MongoClient(mongo.uri)[server.settings.db_name].jobs
+    # Its retryable failure lands after the pause: a backoff would end in the
+    # ready lane and start the item while its bulk job is paused.
+    first = wait_for(
+        lambda: jobs.find_one({"bulk_job_id": bulk.id, "queue_position": 1, "attempt": 1, "status": "QUEUED"})
+    )
+    assert first["queue"] == "held"
+    alice.resume_bulk(bulk.id)
+    done = wait_for(lambda: bulk_status(alice, bulk.id, B.BULK_JOB_STATUS_COMPLETED), timeout=60)
+    assert done.completed_items == 10

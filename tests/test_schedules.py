@@ -281,6 +281,10 @@ def test_a_high_priority_schedule_needs_a_premium_creator_and_ticks_at_high(
     with pytest.raises(GenJobsError) as refused:
         alice.create_schedule(EVERY_SECOND, job=high)  # refused now, not at every tick
     assert refused.value.code.name == "PERMISSION_DENIED"
+    alice.create_template("urgent", job=high)  # a template may hold it; a plain schedule of it may not
+    with pytest.raises(GenJobsError) as refused:
+        alice.create_schedule(EVERY_SECOND, template="urgent")
+    assert refused.value.code.name == "PERMISSION_DENIED"
     with server.client("vip", tier="premium") as vip:
         schedule = vip.create_schedule(EVERY_SECOND, job=high)
         wait_for(lambda: vip.get_schedule(schedule.id).run_count >= 1, timeout=20)
