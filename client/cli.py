@@ -15,7 +15,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -193,6 +193,18 @@ def _show(opts: Options, data: Any, table: Any = None) -> None:
         render.print_json(opts.console, data)
     elif table is not None:
         opts.console.print(table)
+
+
+def _show_listing(
+    opts: Options, key: str, rows: list[Any], table: Callable[[list[Any], int], Any], nothing: str
+) -> None:
+    """A listing command's output: JSON under `key`, else the table, else `nothing`."""
+    if opts.json:
+        _show(opts, {key: [render.as_dict(row) for row in rows]})
+    elif rows:
+        opts.console.print(table(rows, opts.console.width))
+    else:
+        opts.console.print(nothing)
 
 
 app = typer.Typer(
@@ -897,12 +909,7 @@ def bulk_list(
     opts: Options = ctx.obj
     with connected(ctx) as client:
         bulks = list(client.iter_bulk(limit=0 if all_ else limit))
-    if opts.json:
-        _show(opts, {"bulk_jobs": [render.as_dict(b) for b in bulks]})
-    elif bulks:
-        opts.console.print(render.bulk_table(bulks, opts.console.width))
-    else:
-        opts.console.print("no bulk jobs")
+    _show_listing(opts, "bulk_jobs", bulks, render.bulk_table, "no bulk jobs")
 
 
 BulkIdArg = Annotated[str, typer.Argument(metavar="ID", help="a bulk job id")]
@@ -1062,12 +1069,7 @@ def schedule_list(
     opts: Options = ctx.obj
     with connected(ctx) as client:
         schedules = list(client.iter_schedules(limit=0 if all_ else limit))
-    if opts.json:
-        _show(opts, {"schedules": [render.as_dict(s) for s in schedules]})
-    elif schedules:
-        opts.console.print(render.schedules_table(schedules, opts.console.width))
-    else:
-        opts.console.print("no schedules")
+    _show_listing(opts, "schedules", schedules, render.schedules_table, "no schedules")
 
 
 ScheduleIdArg = Annotated[str, typer.Argument(metavar="ID", help="a schedule id")]
@@ -1151,12 +1153,7 @@ def template_list(ctx: typer.Context) -> None:
     opts: Options = ctx.obj
     with connected(ctx) as client:
         templates = list(client.iter_templates())
-    if opts.json:
-        _show(opts, {"templates": [render.as_dict(t) for t in templates]})
-    elif templates:
-        opts.console.print(render.templates_table(templates, opts.console.width))
-    else:
-        opts.console.print("no templates")
+    _show_listing(opts, "templates", templates, render.templates_table, "no templates")
 
 
 @template_app.command("rm")

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import json
 
-import pymongo
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from server import clock
 from server.states import Status
-from server.store import HELD, READY, Doc, Store
+from server.store import READY, Doc, Store
 
 BUDGET = "budget"  # the lane of queued jobs whose owner (or project) is over a limit
 
@@ -198,37 +197,20 @@ class BudgetStore:
         )
 
     def _move(self, owner: str, project: str | None, lane: str, changes: Doc) -> int:
-        """Apply `changes` to `owner`'s queued jobs in `lane`: their ids read
-        through the (owner, status, ck) index, then one conditional update on
-        `_id` each, sent as one command. (An update_many with the same filter
-        reads the whole collection on nx-27017: 150 ms at 20,000 jobs for an
-        owner with none to move.)"""
+        """Apply `changes` (a new `queue` among them) to `owner`'s queued jobs in
+        `lane`: their ids read through the (owner, status, ck) index, then
+        `Store.move_queued`."""
         query: Doc = {"owner": owner, "status": str(Status.QUEUED), "queue": lane}
         if project is not None:
             query["project"] = project
+        to = changes.pop("queue")
         ids = [row["_id"] for row in self.jobs.find(query, {"_id": 1})]
-        if not ids:
-            return 0
-        # The lane again in each filter: a job claimed or cancelled meanwhile is left alone.
-        update = {"$set": changes, "$inc": {"seq": 1}}
-        writes = [
-            pymongo.UpdateOne({"_id": oid, "status": str(Status.QUEUED), "queue": lane}, update)
-            for oid in ids
-        ]
-        return self.jobs.bulk_write(writes, ordered=False).modified_count
+        return self.store.move_queued([(oid, lane, to) for oid in ids], changes, bump=True)
 
     def to_budget_lane(self, job: Doc, reason: str) -> Doc | None:
         """Put a job this run claimed back in the queue, in the budget lane, its
         attempt given back (fenced by the run's epoch); the job after, None if
         the run lost it."""
-        paused = self.store.bulk_lane(job.get("bulk_job_id", "")) == HELD
-        changes: Doc = {
-            "status": str(Status.QUEUED),
-            "queue": HELD if paused else BUDGET,  # a paused bulk job's item waits for its resume first
-            "wait_reason": reason,
-            "attempt": job["attempt"] - 1,
-            "worker": "",
-            "lease_until_us": 0,
-            "updated_us": clock.now_us(),
-        }
+        # A paused bulk job's item waits held, for its resume first.
+        changes = {**self.store.requeue_changes(job, BUDGET), "wait_reason": reason}
         return self.store.fenced_update(job["_id"], job["epoch"], changes)

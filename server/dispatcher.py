@@ -52,7 +52,6 @@ from server.progress import progress_fields
 from server.states import Status
 from server.store import (
     BACKOFF,
-    HELD,
     NONE,
     PROGRESS,
     RANKS,
@@ -410,7 +409,7 @@ class Dispatcher:
             # Claimed here but never run (the claim's answer was lost), or run
             # here with its outcome lost to a database outage: not an attempt.
             self._abandoned.discard(run_key)
-            self._write_outcome(_Run(doc["_id"], doc["epoch"]), self._requeue_changes(doc))
+            self._write_outcome(_Run(doc["_id"], doc["epoch"]), self.store.requeue_changes(doc))
             return
         attempt, limit = doc["attempt"], doc["max_attempts"]
         lost = job_error("WORKER_LOST", "transient", "the server running this job stopped", True, attempt)
@@ -484,7 +483,7 @@ class Dispatcher:
         except PyMongoError as exc:
             # A database error is never the generator's: the attempt is given back.
             log.warning("job %s: database error while generating (%s); requeued", job["_id"], exc)
-            self._write_outcome(run, self._requeue_changes(job))
+            self._write_outcome(run, self.store.requeue_changes(job))
         except Exception as exc:
             log.exception("generator crashed on job %s", job["_id"])
             self._finish_failed(run, job, "GENERATOR_CRASHED", f"{type(exc).__name__}: {exc}", False)
@@ -495,7 +494,7 @@ class Dispatcher:
         stamp = clock.now_us()
         if run.stopping:
             # Shutdown, not the owner's wish: give the attempt back and requeue.
-            self._write_outcome(run, self._requeue_changes(job))
+            self._write_outcome(run, self.store.requeue_changes(job))
             return
         error = job_error(
             "CANCELLED", "cancelled", "cancelled by its owner while running", False, job["attempt"]
@@ -536,26 +535,14 @@ class Dispatcher:
             delay = max(delay, retry_after or 0.0)  # the provider's Retry-After, when longer
             # Held, not backing off, when its bulk job was paused meanwhile: a
             # promotion from backoff would start it while paused.
-            lane = BACKOFF if self.store.bulk_lane(job.get("bulk_job_id", "")) == READY else HELD
             changes.update(
-                status=str(Status.QUEUED), queue=lane, run_after_us=clock.now_us() + int(delay * 1_000_000)
+                status=str(Status.QUEUED),
+                queue=self.store.waiting_lane(job, BACKOFF),
+                run_after_us=clock.now_us() + int(delay * 1_000_000),
             )
         else:
             changes.update(status=str(Status.FAILED), queue=NONE, ended_us=stamp)
         self._write_outcome(run, changes)
-
-    def _requeue_changes(self, job: Doc) -> Doc:
-        """Back to the queue with the attempt given back (the run was not the job's
-        fault): the ready lane, or held when its bulk job is paused."""
-        return {
-            "status": str(Status.QUEUED),
-            "queue": self.store.bulk_lane(job.get("bulk_job_id", "")),
-            "ready_us": clock.now_us(),  # found by the dispatcher's next read of the lane
-            "attempt": job["attempt"] - 1,
-            "worker": "",
-            "lease_until_us": 0,
-            "updated_us": clock.now_us(),
-        }
 
     def _write_outcome(self, run: _Run, changes: Doc) -> None:
         """Store a run's outcome, fenced by its epoch; an unreachable database is

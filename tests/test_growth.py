@@ -22,7 +22,7 @@ from pymongo import monitoring
 from server import clock
 from server.notify.channels import CHANNELS
 from server.schedule_store import ScheduleStore
-from server.store import BACKOFF, TOTAL_SIZE_CAP, JobFilter, Store
+from server.store import BACKOFF, HELD, READY, TOTAL_SIZE_CAP, JobFilter, Store
 from tests.harness import MongoServer, ServerThread
 from tests.test_cli import Cli
 
@@ -48,6 +48,7 @@ class Recorder(monitoring.CommandListener):
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.updates: list[dict[str, Any]] = []  # the filters of update commands
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         name = event.command_name
@@ -65,6 +66,8 @@ class Recorder(monitoring.CommandListener):
         else:
             for statement in command[FILTERED[name]]:
                 self.sent.append((collection, dict(statement["q"])))
+                if name == "update":
+                    self.updates.append(dict(statement["q"]))
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
@@ -201,6 +204,23 @@ def hot_paths(store: Store) -> dict[str, Callable[[Store], object]]:
         "ListJobs by schedule": lambda s: s.list_jobs("big", JobFilter(schedule_id=str(ObjectId())), 50, ""),
         "notifications page": lambda s: s.list_notifications("big", 50, ""),
     }
+
+
+def test_lane_moves_update_each_job_by_its_id(grown: tuple[Store, Recorder]) -> None:
+    # An update filtered on anything but _id reads the whole collection on nx-27017.
+    store, recorder = grown
+    bulk_id = str(ObjectId())
+    items = [
+        store.new_job_doc("small", "TOPIC", PARAMS, bulk_job_id=bulk_id, queue_position=i) for i in (1, 2)
+    ]
+    store.jobs.insert_many(items)
+    recorder.updates.clear()
+    assert store.set_item_lanes(bulk_id, [READY], HELD) == 2  # a pause
+    store.resume_items(bulk_id)
+    lanes = [d["queue"] for d in store.jobs.find({"bulk_job_id": bulk_id})]
+    store.jobs.delete_many({"bulk_job_id": bulk_id})
+    assert lanes == [READY, READY]
+    assert recorder.updates and all("_id" in query for query in recorder.updates), recorder.updates
 
 
 def test_every_hot_path_searches_an_index(grown: tuple[Store, Recorder]) -> None:

@@ -292,3 +292,17 @@ def test_a_high_priority_schedule_needs_a_premium_creator_and_ticks_at_high(
         made = vip.get_schedule(schedule.id)
         assert made.last_error == ""
         assert vip.get(made.last_job_id).priority == jobs_pb2.PRIORITY_HIGH
+
+
+def test_a_retried_run_is_still_a_run_of_its_schedule(alice: GenJobsClient) -> None:
+    failing = jobs_pb2.SubmitJobRequest(
+        mode=jobs_pb2.MODE_TOPIC, params=params(topic="Flaky digest", extra={"demo_fail": "permanent"})
+    )
+    schedule = alice.create_schedule(EVERY_SECOND, job=failing)
+    wait_for(lambda: alice.get_schedule(schedule.id).run_count >= 1, timeout=20)
+    alice.pause_schedule(schedule.id)
+    first = alice.get_schedule(schedule.id).last_job_id
+    wait_for(lambda: alice.get(first).status == jobs_pb2.JOB_STATUS_FAILED, timeout=20)
+    retry = alice.retry(first)
+    assert retry.schedule_id == schedule.id
+    assert retry.id in {j.id for j in runs(alice, schedule.id)}
