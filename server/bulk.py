@@ -148,7 +148,6 @@ class Bulks:
             raise invalid(bad)
         check_priority_allowed(caller, priority)
         self.jobs.check_email(notify_email)
-        self.jobs.limits.check_submit(caller.user, project, len(items))
         base = self.store.order_keys.next(len(items) + 1)
         bulk_id = ObjectId()
         bulk = {
@@ -175,6 +174,15 @@ class Bulks:
             "schedule_us": schedule_us,
             **(origin or {}),
         }
+        try:
+            self.jobs.limits.check_submit(caller.user, project, len(items))
+        except ServiceError:
+            # A repeat of a stored request is answered, not refused (see Jobs.submit).
+            keyed = request_id or "request_key" in (origin or {})
+            earlier = self.store.repeated(self.store.bulk_jobs, bulk) if keyed else None
+            if earlier is None:
+                raise
+            return summarize(earlier, self.store.bulk_items([str(earlier["_id"])]))
         docs = [
             self.store.new_job_doc(
                 caller.user,

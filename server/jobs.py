@@ -18,7 +18,7 @@ from pymongo.errors import PyMongoError
 
 from server import observability, validation
 from server.auth import Caller
-from server.errors import FieldViolation, email_not_configured, invalid, permission_denied
+from server.errors import FieldViolation, ServiceError, email_not_configured, invalid, permission_denied
 from server.eventlog import EventLog
 from server.events import Event, EventHub
 from server.notify.channels import targets
@@ -175,7 +175,6 @@ class Jobs:
             raise invalid(bad)
         check_priority_allowed(caller, priority)
         self.check_email(notify_email)
-        await self.limits.check_submit_async(caller.user, project, 1)
         params = normalized(params)
         doc = self.store.new_job_doc(
             caller.user,
@@ -190,6 +189,16 @@ class Jobs:
         doc.update(targets(notify_url, notify_email))
         doc.update(observability.trace_fields())
         doc.update(origin or {})
+        try:
+            await self.limits.check_submit_async(caller.user, project, 1)
+        except ServiceError:
+            # A repeat of a stored request is answered, not refused: the limit
+            # counted that job already (a client's retry, a schedule's tick again).
+            keyed = request_id or "request_key" in (origin or {})
+            earlier = await asyncio.to_thread(self.store.repeated, self.store.jobs, doc) if keyed else None
+            if earlier is None:
+                raise
+            return earlier
         stored, created = await self.store.submit_job(doc)
         if created:
             observability.job_submitted(mode)

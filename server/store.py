@@ -732,6 +732,10 @@ class Store(BulkQueries):
                     return earlier, False
         raise RuntimeError("could not store the job after 5 tries")
 
+    def repeated(self, collection: Collection[Doc], doc: Doc) -> Doc | None:
+        """The stored job or bulk job with `doc`'s request key, if any (a repeat)."""
+        return collection.find_one({"request_key": doc["request_key"]})
+
     def _earlier_or_next_key(self, doc: Doc, exc: DuplicateKeyError) -> Doc | None:
         """After `doc` hit a unique key: the earlier job with its request key, or
         None with `doc` given the next order key (another replica took its key)."""

@@ -382,3 +382,22 @@ def test_months_and_project_keys() -> None:
     for name in ["", "blog", "a.b", "$x", "%2E", "p.%24.$"]:
         key = project_field(name)
         assert "." not in key and not key.startswith("$") and project_name(key) == name
+
+
+def test_a_repeated_request_at_the_cap_returns_the_earlier_job(mongo: MongoServer, tmp_path: Path) -> None:
+    server = ServerThread(replace(make_settings(mongo.uri, tmp_path), max_queued_per_owner=11)).start()
+    try:
+        with server.client("alice") as alice:
+            running = submit(alice, seconds=30)
+            wait_for(lambda: status_of(alice, running.id) == jobs_pb2.JOB_STATUS_PROCESSING, timeout=30)
+            single = alice.submit("topic", topic="Tea", request_id="digest-1")
+            items = [{"topic": f"Tea {i}"} for i in range(10)]
+            bulk = alice.create_bulk("topic", items, request_id="digests")  # 11 queued: the cap
+            with pytest.raises(ResourceExhausted):
+                alice.submit("topic", topic="Tea", request_id="digest-2")
+            # A client retrying what it sent gets what it made, not a refusal.
+            assert alice.submit("topic", topic="Tea", request_id="digest-1").id == single.id
+            assert alice.create_bulk("topic", items, request_id="digests").id == bulk.id
+            alice.cancel(running.id)
+    finally:
+        server.stop()
