@@ -10,6 +10,7 @@ would make every later submit return the first job), nor is a `template`
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any, TypeVar
 
@@ -161,6 +162,14 @@ class Templates:
         if bad:
             raise invalid(bad)
         self.store.delete_template(caller.user, name)
+
+    async def apply(self, owner: str, request: Request, origin: Doc | None) -> tuple[Request, Doc | None]:
+        """`resolve` from the event loop for SubmitJob and CreateBulkJob: the
+        request to run, and `origin` with the template's name added."""
+        if not request.template:
+            return request, origin
+        request, named = await asyncio.to_thread(self.resolve, owner, request)
+        return request, {**(origin or {}), **named}
 
     def resolve(self, owner: str, request: Request) -> tuple[Request, Doc]:
         """The request to run: `request` as it is when it names no template,

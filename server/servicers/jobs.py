@@ -71,9 +71,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> Doc:
         """SubmitJob as `caller` (a schedule's tick too, with its `origin` fields),
         through the template the request names, if any."""
-        if request.template and self.templates is not None:
-            request, named = await asyncio.to_thread(self.templates.resolve, caller.user, request)
-            origin = {**(origin or {}), **named}
+        if self.templates is not None:
+            request, origin = await self.templates.apply(caller.user, request, origin)
         return await self.jobs.submit(
             caller,
             convert.mode_name(request.mode),
