@@ -39,6 +39,8 @@ import heapq
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from bson import ObjectId
@@ -200,11 +202,31 @@ class FairShare:
         self._unsaved: dict[str, int] = {}  # streak starts' turns not yet stored
         self._reads: dict[str, int] = {}  # owner -> reads of its head since the last rebuild
         self._turns_read: set[str] = set()  # owners whose stored turn was read since then
+        self._offered_meanwhile: list[tuple[str, int, int, ObjectId]] | None = None  # see _reading
 
     def offer(self, owner: str, rank: int, ck: int, oid: ObjectId) -> None:
         """A job entered the ready lane here: consider it without a query."""
         with self._lock:
             self.candidates.add(owner, rank, ck, oid)
+            if self._offered_meanwhile is not None:
+                self._offered_meanwhile.append((owner, rank, ck, oid))
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Around a read whose answer replaces candidates (an owner's head, a
+        rebuild): the offers made meanwhile are added again after it. A job
+        stored just after the read was dropped by `add` as beyond what was
+        known, and the read did not see it: without this, the owner's next
+        job would run before it."""
+        with self._lock:
+            self._offered_meanwhile = []
+        try:
+            yield
+        finally:
+            with self._lock:
+                meanwhile, self._offered_meanwhile = self._offered_meanwhile or [], None
+                for offered in meanwhile:
+                    self.candidates.add(*offered)
 
     def stale(self) -> None:
         """Something changed that offers did not tell (a resume): read the lane at the next claim."""
@@ -228,9 +250,10 @@ class FairShare:
             reads = self._reads.get(pick.owner, 0)
             self._reads[pick.owner] = reads + 1
             limit = min(self.candidates.batch, FIRST_READ * 4**reads)
-            rows = self.store.owner_head(pick.owner, limit)
-            with self._lock:
-                self.candidates.fill(pick.owner, rows, limit)
+            with self._reading():
+                rows = self.store.owner_head(pick.owner, limit)
+                with self._lock:
+                    self.candidates.fill(pick.owner, rows, limit)
 
     def started(self, owner: str) -> None:
         """A job of `owner` was claimed: its turn is now (stored at a streak start)."""
@@ -266,10 +289,11 @@ class FairShare:
         """Start over from the ready lane's owners and their stored turns."""
         now = time.monotonic()
         self.save_turns()  # what is read back below must include them
-        heads = self.store.ready_owners()
-        turns = {**self.store.turns_of(list(heads)), **self._unsaved}  # unsaved if the save failed
-        with self._lock:
-            self.candidates.reset(heads, turns)
+        with self._reading():
+            heads = self.store.ready_owners()
+            turns = {**self.store.turns_of(list(heads)), **self._unsaved}  # unsaved if the save failed
+            with self._lock:
+                self.candidates.reset(heads, turns)
         self._reads = {}
         self._turns_read = set(heads)
         self._seen_us = clock.now_us() - DISCOVERY_DELAY_US

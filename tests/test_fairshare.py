@@ -21,7 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from client import GenJobsClient
 from client.cli import parse_at
 from client.client import GenJobsError, InvalidArgument
-from server.fairshare import Candidates, Pick
+from server.fairshare import Candidates, FairShare, Pick
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 from tests.test_cli import Cli
 
@@ -118,6 +118,56 @@ def test_a_turn_is_stored_only_when_a_streak_starts() -> None:
         False,
         True,
     ]
+
+
+class InsertsDuringReads:
+    """The store as FairShare sees it, with a submit landing during each read:
+    the read's answer was taken before the job was stored, its offer comes
+    before the answer is used (as another thread's submit can)."""
+
+    def __init__(self, stored: list[tuple[int, ObjectId]], late: list[tuple[int, ObjectId]]) -> None:
+        self.stored, self.late = stored, late  # alice's (ck, id) stored and still to come
+        self.fair: FairShare | None = None
+
+    def _land_one(self) -> None:
+        if self.late and self.fair is not None:
+            ck, oid = self.late.pop(0)
+            self.stored.append((ck, oid))
+            self.fair.offer("alice", 1, ck, oid)
+
+    def ready_owners(self) -> dict[str, tuple[int, int]]:
+        heads = {"alice": (1, self.stored[0][0])} if self.stored else {}
+        self._land_one()
+        return heads
+
+    def owner_head(self, owner: str, limit: int) -> list[tuple[int, int, ObjectId]]:
+        rows = [(1, ck, oid) for ck, oid in self.stored[:limit]]
+        self._land_one()
+        return rows
+
+    def turns_of(self, owners: list[str]) -> dict[str, int]:
+        return {}
+
+    def save_turns(self, turns: dict[str, int]) -> None:
+        pass
+
+
+def test_a_job_submitted_during_a_read_keeps_its_place() -> None:
+    # A claim that found one owner's jobs 1 and 2 while job 3 was being stored
+    # ran job 4 before job 3 (a loaded full run saw test_jobs_run_fifo fail so).
+    ids = _ids(5)
+    names = {oid: f"job {i}" for i, oid in enumerate(ids)}
+    for stored_before in (2, 0):  # the owner had jobs when the lane was read, or none yet
+        jobs = list(enumerate(ids))
+        store = InsertsDuringReads(jobs[:stored_before], jobs[stored_before:])
+        fair = store.fair = FairShare(store, 60.0, 60.0, 60.0)  # type: ignore[arg-type]
+        order = []
+        while (pick := fair.next()) is not None:
+            assert pick.oid is not None
+            fair.started(pick.owner)
+            order.append(names[pick.oid])
+            store._land_one()  # the next submit, between two claims
+        assert order == [f"job {i}" for i in range(5)], stored_before
 
 
 def test_at_reads_relative_and_iso_times() -> None:
