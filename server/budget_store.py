@@ -5,6 +5,9 @@ and the few job queries the budget rules need.
   (project "" is the owner's whole spend); `limit_cents` 0 means no limit.
   `holding` is set while jobs of that scope wait in the budget lane, with
   `hold_seq` counting each hold, so a release never clears a newer hold.
+  Every write stamps `changed_us` (indexed), so a server's copy of the limits
+  is kept fresh by reading what changed since its last read, never every
+  limit again.
 - `usage`: one document per owner and calendar month (UTC), `_id` = [owner,
   month] as JSON: `spent_cents`, `projects` (spend per encoded project name)
   and `counted` (the jobs whose cost it holds and whose own flag is still
@@ -72,13 +75,14 @@ class BudgetStore:
     def ensure_indexes(self) -> None:
         """The indexes behind these queries (see the module docstring)."""
         self.budgets.create_index([("owner", 1)])  # GetUsage: an owner's limits
+        self.budgets.create_index([("changed_us", 1)])  # what changed since a server's last read
         self.jobs.create_index([("spend_pending", 1)])  # spend a crash left uncounted
 
     # ---- budgets ----------------------------------------------------------
 
-    def all_budgets(self) -> list[Doc]:
-        """Every limit (few: one per owner or project an admin capped)."""
-        return list(self.budgets.find({}))
+    def changed_budgets(self, since_us: int) -> list[Doc]:
+        """The limits written at or after `since_us` (0: every limit)."""
+        return list(self.budgets.find({"changed_us": {"$gte": since_us}}))
 
     def owner_budgets(self, owner: str) -> list[Doc]:
         """`owner`'s limits, removed ones (0) included."""
@@ -98,6 +102,7 @@ class BudgetStore:
                     "project": project,
                     "limit_cents": limit_cents,
                     "updated_us": clock.now_us(),
+                    "changed_us": clock.now_us(),
                 }
             },
             upsert=True,
@@ -109,13 +114,15 @@ class BudgetStore:
     def hold(self, owner: str, project: str) -> None:
         """Mark the limit as holding jobs back (before any job is moved)."""
         self.budgets.update_one(
-            {"_id": budget_key(owner, project)}, {"$set": {"holding": True}, "$inc": {"hold_seq": 1}}
+            {"_id": budget_key(owner, project)},
+            {"$set": {"holding": True, "changed_us": clock.now_us()}, "$inc": {"hold_seq": 1}},
         )
 
     def unhold(self, owner: str, project: str, hold_seq: int) -> bool:
         """Clear the hold, unless a newer one was set since `hold_seq` was read."""
         result = self.budgets.update_one(
-            {"_id": budget_key(owner, project), "hold_seq": hold_seq}, {"$set": {"holding": False}}
+            {"_id": budget_key(owner, project), "hold_seq": hold_seq},
+            {"$set": {"holding": False, "changed_us": clock.now_us()}},
         )
         return result.modified_count == 1
 

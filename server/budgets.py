@@ -11,10 +11,11 @@ the cap on an owner's queued jobs.
 - A submit (SubmitJob, CreateBulkJob) is refused with RESOURCE_EXHAUSTED and
   a QuotaFailure when the owner, or the project it names, is at or over a
   limit, or when the owner's queued jobs would pass GENJOBS_MAX_QUEUED_PER_OWNER.
-  The check runs on the submit path from memory: the budgets are re-read at
-  most every CACHE_SECONDS, an owner's spend every SPEND_CACHE_SECONDS, and
-  the queue cap from `room` (see `_check_queue`). Owners without limits and
-  far from the cap cost no query per submit.
+  The check runs on the submit path from memory: the budgets are read in
+  whole once, then what changed is re-read at most every CACHE_SECONDS; an
+  owner's spend every SPEND_CACHE_SECONDS; and the queue cap from `room`
+  (see `_check_queue`). Owners without limits and far from the cap cost no
+  query per submit.
 - The dispatcher asks `admit(job)` before running a claimed job. When a
   limit binds, the job goes back to the queue in the budget lane with a
   `wait_reason`, and so do the owner's (project's) other ready jobs, in one
@@ -49,6 +50,9 @@ QUEUE_CACHE_SECONDS = 1.0  # how long a queue-cap check lets later submits skip 
 # counts it (a live server counts it at once).
 SWEEP_DELAY_US = 10_000_000
 MAX_CACHED_OWNERS = 4096  # beyond this many, the caches drop their expired entries
+# Each re-read of the limits also reads those changed this long before the
+# newest change seen: a replica whose clock is behind by less still gets seen.
+CHANGE_MARGIN_US = 60_000_000
 
 EventSink = Callable[[Doc, str], None]
 
@@ -101,7 +105,8 @@ class Budgets:
         self.max_queued = max_queued
         self._lock = threading.Lock()
         self._budgets: dict[str, Doc] = {}
-        self._loaded = -1e9  # monotonic time of the last read of every budget
+        self._loaded = -1e9  # monotonic time of the last read of what changed
+        self._newest_us: int | None = None  # the newest `changed_us` read; None: nothing read yet
         self._spend: dict[str, tuple[float, Doc | None]] = {}  # usage key -> (read at, doc)
         self._room: dict[str, tuple[float, int]] = {}  # owner -> (checked at, submits that surely fit)
 
@@ -203,8 +208,7 @@ class Budgets:
         reason = "waiting: " + limit.describe()
         # The hold first: if this server stops now, the release still looks.
         self.store.hold(limit.owner, limit.project)
-        with self._lock:
-            self._loaded = -1e9
+        self.stale()
         after = self.store.to_budget_lane(job, reason)
         if after is not None and after.get("cancel_requested"):
             # Cancelled between its claim and now: the owner's wish, not a wait.
@@ -233,8 +237,7 @@ class Budgets:
             moved += self.store.release(limit.owner, limit.project or None)
             self.store.unhold(limit.owner, limit.project, int(doc.get("hold_seq", 0)))
         if held:
-            with self._lock:
-                self._loaded = -1e9
+            self.stale()
         return moved
 
     # ---- RPCs -----------------------------------------------------------------
@@ -253,8 +256,7 @@ class Budgets:
         if bad:
             raise invalid(bad)
         doc = self.store.set_budget(owner, project, limit_cents)
-        with self._lock:
-            self._loaded = -1e9
+        self.stale()
         return _limit(doc, self.store.usage_doc(owner, month_of(clock.now_us())))
 
     def usage(self, caller: Caller, owner: str) -> Usage:
@@ -280,16 +282,30 @@ class Budgets:
 
     # ---- caches -----------------------------------------------------------------
 
+    def stale(self) -> None:
+        """Make the next check re-read what changed (this server wrote a limit)."""
+        with self._lock:
+            self._loaded = -1e9
+
     def _reload_if_stale(self) -> None:
-        """Re-read every budget if the copy is older than CACHE_SECONDS. The
-        query runs without the lock: the event loop takes it on every submit."""
+        """Re-read the limits changed since the last read, if that read is older
+        than CACHE_SECONDS (the first read takes them all). The query runs
+        without the lock: the event loop takes it on every submit."""
         now = time.monotonic()
         with self._lock:
             if now - self._loaded <= CACHE_SECONDS:
                 return
-        docs = {doc["_id"]: doc for doc in self.store.all_budgets()}
+            since = 0 if self._newest_us is None else self._newest_us - CHANGE_MARGIN_US
+        changed = self.store.changed_budgets(since)
         with self._lock:
-            self._budgets, self._loaded = docs, now
+            for doc in changed:
+                # Two reads may cross: keep the later version of a limit.
+                kept = self._budgets.get(doc["_id"])
+                if kept is None or int(doc.get("changed_us", 0)) >= int(kept.get("changed_us", 0)):
+                    self._budgets[doc["_id"]] = doc
+            newest = max((int(doc.get("changed_us", 0)) for doc in changed), default=0)
+            self._loaded = now
+            self._newest_us = max(self._newest_us or 0, newest)
 
     def _scopes(self, owner: str, project: str) -> list[Doc]:
         """The cached limits (limit > 0) over a job of `owner` in `project` (lock held)."""

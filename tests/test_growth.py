@@ -20,6 +20,9 @@ from bson import ObjectId
 from pymongo import monitoring
 
 from server import clock
+from server.auth import Caller
+from server.budget_store import BudgetStore
+from server.budgets import Budgets
 from server.notify.channels import CHANNELS
 from server.schedule_store import ScheduleStore
 from server.store import BACKOFF, HELD, READY, TOTAL_SIZE_CAP, JobFilter, Store
@@ -289,3 +292,43 @@ def test_list_total_keeps_the_created_filter(server: ServerThread) -> None:
         since = jobs[1].create_time.ToDatetime(tzinfo=datetime.UTC)
         page = carol.list(page_size=1, created_after=since)
         assert page.total_size == 2
+
+
+def test_budget_queries_search_an_index(grown: tuple[Store, Recorder]) -> None:
+    """The budget rules read what changed, never every limit: the submit check
+    and the dispatcher's admission re-read the limits every 1.5 s, and a
+    deployment may cap thousands of owners."""
+    store, _ = grown
+    budget_store = BudgetStore(store)
+    budget_store.ensure_indexes()
+    listening = store.jobs.database  # the client that records what it sends
+    budget_store.budgets, budget_store.usage = listening["budgets"], listening["usage"]
+    for i in range(50):
+        budget_store.set_budget(f"capped{i}", "", 500)
+    budget_store.set_budget("big", "", 500)
+    budgets = Budgets(budget_store, lambda job, kind: None, max_queued=1000)
+    big_queued = store.jobs.find_one({"owner": "big", "status": "QUEUED"})
+    assert big_queued is not None
+
+    def fresh(call: Callable[[], object]) -> Callable[[Store], object]:
+        def run(s: Store) -> object:
+            budgets.stale()
+            return call()
+
+        return run
+
+    paths: dict[str, Callable[[Store], object]] = {
+        "the first read of the limits": lambda s: budgets.check_submit("small", "", 1),
+        "SubmitJob's check": fresh(lambda: budgets.check_submit("big", "", 1)),
+        "the dispatcher's admission": fresh(lambda: budgets.admit(big_queued)),
+        "release": fresh(budgets.release),
+        "GetUsage": lambda s: budgets.usage(Caller("admin", admin=True), "big"),
+        "SetBudget": lambda s: budgets.set_budget(Caller("admin", admin=True), "big", "", 1000),
+        "spend recovery": lambda s: budgets.recover(),
+    }
+    for name, call in paths.items():
+        sent = queries_of(grown, call)
+        assert sent, name
+        for collection, query in sent:
+            assert scans(explain(store, collection, query)) == [], (name, collection, query)
+    listening["budgets"].drop()
