@@ -246,7 +246,16 @@ class Jobs:
         bad = validation.check_common(request_id, "")
         if bad:
             raise invalid(bad)
-        doc = self.store.retry(caller.owner_filter, job_id, request_id, self.default_max_attempts)
+        doc = self.store.retry_doc(caller.owner_filter, job_id, request_id, self.default_max_attempts)
+        try:
+            # A retry queues a job like a submit: the same limits and cap.
+            self.limits.check_submit(doc["owner"], doc["project"], 1)
+        except ServiceError:
+            earlier = self.store.repeated(self.store.jobs, doc)  # a retry always has a request key
+            if earlier is None:
+                raise
+            return earlier
+        doc = self.store.store_retry(doc)
         self.offer(doc)
         self.publish(doc, STATUS_CHANGED)
         return doc
@@ -287,9 +296,15 @@ class Jobs:
             done = [str(i) for i in ids]
         else:
             for oid in ids:
-                new = self.retry(caller, str(oid))
+                try:
+                    new = self.retry(caller, str(oid))
+                except ServiceError:
+                    if not done:
+                        raise
+                    break  # a limit or the queued-jobs cap: the rest stay failed, counted below
                 done.append(str(new["_id"]))
-        remaining = self.store.count(self.store.jobs, query) if len(ids) == MAX_BULK_OPERATION else 0
+        more = len(ids) == MAX_BULK_OPERATION or len(done) < len(ids)  # a cut-off retry leaves some
+        remaining = self.store.count(self.store.jobs, query) if more else 0
         return BulkOperationResult(done, len(done), remaining)
 
     def stats(self, caller: Caller, filters: JobFilter) -> Doc:

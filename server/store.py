@@ -818,9 +818,10 @@ class Store(BulkQueries):
             return running, True
         raise self.refusal(owner, job_id, Action.CANCEL_QUEUED)
 
-    def retry(self, owner: str | None, job_id: str, request_id: str, default_attempts: int) -> Doc:
-        """A new QUEUED job with the same mode and params; the same one again
-        when this job was retried before with the same request_id (or none)."""
+    def retry_doc(self, owner: str | None, job_id: str, request_id: str, default_attempts: int) -> Doc:
+        """The new QUEUED job (not yet stored) that retries a failed or cancelled
+        one: the same mode, params and targets, and a request key that makes
+        a repeated or concurrent retry return the first (`store_retry`)."""
         original = self.jobs.find_one(
             {**_owned(owner, parse_id(job_id)), "status": one_of(allowed(Action.RETRY))}
         )
@@ -848,9 +849,14 @@ class Store(BulkQueries):
         doc.update(targets(original.get("notify_url", ""), original.get("notify_email", "")))  # kept
         # Still a run of its schedule, from its template (ListJobs by schedule_id lists it).
         doc.update(schedule_id=original.get("schedule_id", ""), template=original.get("template", ""))
+        return doc
+
+    def store_retry(self, doc: Doc) -> Doc:
+        """Store a retry made by `retry_doc`; the earlier one for a repeat."""
         stored, created = self.insert_job(doc)
         if created:  # the newest retry; a repeated request changes nothing
-            self.jobs.update_one({"_id": original["_id"]}, {"$set": {"retried_by": str(stored["_id"])}})
+            original = parse_id(doc["retry_of"])
+            self.jobs.update_one({"_id": original}, {"$set": {"retried_by": str(stored["_id"])}})
         return stored
 
     def delete(self, owner: str | None, job_id: str) -> None:

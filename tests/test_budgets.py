@@ -104,9 +104,13 @@ def test_over_budget_refused_and_queued_job_waits_until_raised(
     admin.set_budget("alice", COST)  # nothing spent yet: submits are accepted
     first = submit(alice, seconds=0.5)
     second = submit(alice)
+    dropped = submit(alice)
     wait_for(lambda: completed(alice, first.id), timeout=30)
     held = wait_for(lambda: waiting(alice, second.id), timeout=30)
     assert held.progress.message == "waiting: the monthly budget of 5 cents for alice is spent"
+    alice.cancel(dropped.id)
+    with pytest.raises(ResourceExhausted):  # a retry queues a job too
+        alice.retry(dropped.id)
 
     reason, violations = quota_failure(
         server, "alice", lambda _, stub, md: stub.SubmitJob(submit_request(), metadata=md)
@@ -131,6 +135,7 @@ def test_over_budget_refused_and_queued_job_waits_until_raised(
     assert done.attempt == 1  # the wait cost no attempt
     spent(alice, 2 * COST)
     assert submit(alice).status == jobs_pb2.JOB_STATUS_QUEUED  # accepted again
+    assert alice.retry(dropped.id).status == jobs_pb2.JOB_STATUS_QUEUED
 
 
 def test_a_project_limit_binds_only_that_project(
