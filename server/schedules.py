@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from bson import ObjectId
 from croniter import croniter
 from genjobs.v1 import jobs_pb2
+from google.protobuf import json_format
 from google.protobuf.message import Message
 from pymongo.errors import PyMongoError
 
@@ -230,7 +231,7 @@ class Schedules:
         if doc["kind"] != TEMPLATE:
             return stored_request(doc)
         kind = self.store.template_kind(doc["owner"], doc["template"]) or JOB  # none: NOT_FOUND on submit
-        return KINDS[kind](template=doc["template"])
+        return json_format.ParseDict({"template": doc["template"]}, KINDS[kind]())
 
     def _submit(self, caller: Caller, request: Message, origin: Doc) -> str:
         """Submit `request` as the schedule's owner on the server's event loop; the id made."""
