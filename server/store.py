@@ -125,9 +125,9 @@ class Page:
     total: int
 
 
-def parse_id(ident: str, kind: str = "job") -> ObjectId:
-    """The ObjectId of a client-supplied id, or INVALID_ARGUMENT."""
-    bad = validation.check_id(ident, "id", kind)
+def parse_id(ident: str, kind: str = "job", field: str = "id") -> ObjectId:
+    """The ObjectId of a client-supplied id, or INVALID_ARGUMENT naming `field`."""
+    bad = validation.check_id(ident, field, kind)
     if bad:
         raise invalid(bad)
     return ObjectId(ident)
@@ -482,7 +482,7 @@ class BulkQueries:
         (its notification has the job's id) or one bulk job's when given."""
         query: Doc = {"owner": owner}
         if job_id:
-            query["_id"] = parse_id(job_id)
+            query["_id"] = parse_id(job_id, field="job_id")
         if bulk_job_id:
             query["bulk_job_id"] = bulk_job_id
         fingerprint = hashlib.sha256(json.dumps([owner, job_id, bulk_job_id]).encode()).hexdigest()[:16]

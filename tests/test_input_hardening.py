@@ -173,6 +173,12 @@ def test_forged_notification_page_tokens_are_invalid_argument(shared: ServerThre
         assert_invalid(error, "page_token")
 
 
+def test_a_bad_notification_filter_names_its_field(shared: ServerThread) -> None:
+    me = Caller(shared)
+    error = me.fails(me.bulk.ListNotifications, bulk_pb2.ListNotificationsRequest(job_id="not-an-id"))
+    assert [field for field, _ in assert_invalid(error, "job_id")] == ["job_id"]
+
+
 def test_page_token_of_another_user_is_refused(shared: ServerThread) -> None:
     alice, bob = Caller(shared), Caller(shared)
     for i in range(2):
