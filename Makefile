@@ -17,11 +17,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/genjobs-server
 
-# Two workers: most tests wait on servers, timers and subprocesses, so two
-# halve the wall time on two cores; each worker starts its own database, and
-# a module's tests stay on one worker (they share module fixtures).
+# Three workers on two cores: most tests wait on servers, timers and
+# subprocesses, not on the CPU (on a fresh clone: 5 min 50 s with two, 4 min
+# 49 s with three and the long modules first, see tests/conftest.py; one of
+# two runs with four failed a test on the loaded machine). Each worker starts its
+# own database, and a module's tests stay on one worker (module fixtures).
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadscope
+	$(BIN)/python -m pytest -n 3 --dist loadscope
 
 # The smoke tests on the lowest versions pyproject.toml allows, in a venv of their own.
 MIN_VENV := .venv-min
