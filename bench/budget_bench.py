@@ -90,6 +90,9 @@ def limit_rereads(uri: str) -> dict[str, float]:
     budget_store.ensure_indexes()
     for i in range(LIMITS):
         budget_store.set_budget(f"owner{i}", "", 500)
+    # As if set an hour ago: a re-read looks back a minute (clock skew) before
+    # its last read began, so limits set just now would all be read again.
+    budget_store.budgets.update_many({}, {"$inc": {"changed_us": -3_600_000_000}})
     budgets = Budgets(budget_store, lambda job, kind: None, max_queued=1000)
     budgets.check_submit("owner0", "", 1)  # the first read: every limit
     timings: dict[str, list[float]] = {"what changed": [], "every limit": []}

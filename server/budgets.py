@@ -50,8 +50,8 @@ QUEUE_CACHE_SECONDS = 1.0  # how long a queue-cap check lets later submits skip 
 # counts it (a live server counts it at once).
 SWEEP_DELAY_US = 10_000_000
 MAX_CACHED_OWNERS = 4096  # beyond this many, the caches drop their expired entries
-# Each re-read of the limits also reads those changed this long before the
-# newest change seen: a replica whose clock is behind by less still gets seen.
+# Each re-read of the limits reads those stamped from this long before the
+# last read began: a replica whose clock is behind by less still gets seen.
 CHANGE_MARGIN_US = 60_000_000
 
 EventSink = Callable[[Doc, str], None]
@@ -106,7 +106,7 @@ class Budgets:
         self._lock = threading.Lock()
         self._budgets: dict[str, Doc] = {}
         self._loaded = -1e9  # monotonic time of the last read of what changed
-        self._newest_us: int | None = None  # the newest `changed_us` read; None: nothing read yet
+        self._last_read_us: int | None = None  # clock time the last read began; None: nothing read yet
         self._spend: dict[str, tuple[float, Doc | None]] = {}  # usage key -> (read at, doc)
         self._room: dict[str, tuple[float, int]] = {}  # owner -> (checked at, submits that surely fit)
 
@@ -289,13 +289,16 @@ class Budgets:
 
     def _reload_if_stale(self) -> None:
         """Re-read the limits changed since the last read, if that read is older
-        than CACHE_SECONDS (the first read takes them all). The query runs
+        than CACHE_SECONDS (the first read takes them all). The window starts
+        from when the last read began, not from the newest stamp read: limits
+        set in one burst long ago are not read again and again. The query runs
         without the lock: the event loop takes it on every submit."""
         now = time.monotonic()
         with self._lock:
             if now - self._loaded <= CACHE_SECONDS:
                 return
-            since = 0 if self._newest_us is None else self._newest_us - CHANGE_MARGIN_US
+            since = 0 if self._last_read_us is None else self._last_read_us - CHANGE_MARGIN_US
+        began_us = clock.now_us()
         changed = self.store.changed_budgets(since)
         with self._lock:
             for doc in changed:
@@ -303,9 +306,8 @@ class Budgets:
                 kept = self._budgets.get(doc["_id"])
                 if kept is None or int(doc.get("changed_us", 0)) >= int(kept.get("changed_us", 0)):
                     self._budgets[doc["_id"]] = doc
-            newest = max((int(doc.get("changed_us", 0)) for doc in changed), default=0)
             self._loaded = now
-            self._newest_us = max(self._newest_us or 0, newest)
+            self._last_read_us = max(self._last_read_us or 0, began_us)
 
     def _scopes(self, owner: str, project: str) -> list[Doc]:
         """The cached limits (limit > 0) over a job of `owner` in `project` (lock held)."""

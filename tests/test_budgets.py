@@ -25,8 +25,9 @@ from pymongo.database import Database
 
 from client import GenJobsClient, GenJobsError, ResourceExhausted
 from server import clock
-from server.budget_store import usage_key
-from server.budgets import month_of
+from server.budget_store import BudgetStore, budget_key, usage_key
+from server.budgets import Budgets, month_of
+from server.store import Store
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 
 WORDS = 500  # 5 cents a job
@@ -387,6 +388,46 @@ def test_months_and_project_keys() -> None:
     for name in ["", "blog", "a.b", "$x", "%2E", "p.%24.$"]:
         key = project_field(name)
         assert "." not in key and not key.startswith("$") and project_name(key) == name
+
+
+class CountingBudgetStore(BudgetStore):
+    """A budget store that records how many limits each re-read returns."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.reads: list[int] = []
+
+    def changed_budgets(self, since_us: int) -> list[dict[str, Any]]:
+        found = super().changed_budgets(since_us)
+        self.reads.append(len(found))
+        return found
+
+
+def test_limits_are_re_read_only_after_they_change(mongo: MongoServer) -> None:
+    """Every server re-reads the limits every 1.5 s: limits set long ago are read
+    once, not on every re-read, and a limit written by a replica whose clock is
+    up to a minute behind is still seen."""
+    store = Store(mongo.uri, "budget_rereads")
+    try:
+        budget_store = CountingBudgetStore(store)
+        budget_store.ensure_indexes()
+        for i in range(20):  # set in one burst, an hour ago
+            budget_store.set_budget(f"owner{i}", "", 500)
+        budget_store.budgets.update_many({}, {"$set": {"changed_us": clock.now_us() - 3_600_000_000}})
+        budgets = Budgets(budget_store, lambda job, kind: None, max_queued=1000)
+        budgets.check_submit("owner0", "", 1)
+        budgets.stale()
+        budgets.check_submit("owner0", "", 1)
+        assert budget_store.reads == [20, 0]
+        budget_store.set_budget("owner1", "", 700)  # as stamped by a clock 30 s behind:
+        behind = {"$inc": {"changed_us": -30_000_000}}
+        budget_store.budgets.update_one({"_id": budget_key("owner1", "")}, behind)
+        budgets.stale()
+        budgets.check_submit("owner0", "", 1)
+        assert budget_store.reads[-1] == 1
+    finally:
+        store.db.client.drop_database("budget_rereads")
+        store.close()
 
 
 def test_a_repeated_request_at_the_cap_returns_the_earlier_job(mongo: MongoServer, tmp_path: Path) -> None:
