@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, cast
 
 import typer
 from genjobs.v1 import bulk_pb2, jobs_pb2
@@ -29,7 +29,7 @@ from google.protobuf import json_format
 from rich.console import Console
 from rich.progress import Progress
 
-from client import render
+from client import render, visible
 from client.client import (
     FailedPrecondition,
     GenJobsClient,
@@ -154,7 +154,7 @@ class Options:
 
 def fail(errors: Console, message: str) -> NoReturn:
     """Print one error line and exit 1."""
-    errors.print(f"[red]genjobs: error:[/] {message}", highlight=False, soft_wrap=True)
+    errors.print(f"[red]genjobs: error:[/] {visible.text(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -178,12 +178,15 @@ def explain(error: GenJobsError, target: str) -> str:
 
 
 @contextmanager
-def connected(ctx: typer.Context) -> Iterator[GenJobsClient]:
-    """A client for the target; any RPC error becomes one error line and exit 1."""
+def connected(ctx: typer.Context, raw: bool = False) -> Iterator[GenJobsClient]:
+    """A client for the target; any RPC error becomes one error line and exit 1.
+
+    Its answers come with control characters made visible (`visible`), unless
+    the output is JSON (which escapes them itself) or `raw` (a file written as stored)."""
     opts: Options = ctx.obj
     try:
         with GenJobsClient(opts.target, opts.resolved_token(), tls=opts.tls, ca_file=opts.ca_file) as client:
-            yield client
+            yield client if opts.json or raw else cast(GenJobsClient, visible.VisibleClient(client))
     except GenJobsError as error:
         fail(opts.errors, explain(error, opts.target))
 
@@ -682,7 +685,11 @@ def export(
     try:
         writer = csv.writer(handle)
         writer.writerow(EXPORT_COLUMNS + (("content",) if content else ()))
-        with connected(ctx) as client, Progress(console=opts.errors, transient=True) as progress:
+        # A file gets the jobs as stored; a terminal (stdout) sees control characters made visible.
+        with (
+            connected(ctx, raw=not to_stdout) as client,
+            Progress(console=opts.errors, transient=True) as progress,
+        ):
             task = progress.add_task("exporting", total=None)
             token = ""
             while True:

@@ -15,17 +15,30 @@ and the few job queries the budget rules need.
   job in `counted`, so adding it twice adds it once; the marker goes once
   the job's `spend_pending` flag is cleared. Reading an owner's spend is one
   find by `_id`, however long the history.
+- `queue_slots`: one document per owner, `_id` = owner: `queued`, how many of
+  the owner's jobs are open (admitted and not yet final: queued, waiting in
+  any lane, or running), and `open`, a marker per such job (its id -> when
+  it was admitted). The cap is one conditional write per admission:
+  `{_id: owner, queued: {$lte: cap - n}}` gets `$inc queued n` and the n
+  markers, so no two admissions, on any replicas, pass the cap together. A
+  job's end removes its marker and counts it out in one conditional update
+  (`{_id, open.<id>: {$exists}}`): done twice, it counts once. What a crash
+  leaves (a marker whose job ended, or was never stored) the leader's sweep
+  removes (`stale_slots`, `open_statuses`). The claim writes nothing here.
 - On jobs: `spend_pending` (set by the completion write of a job that cost
   something) with a single-field index, so the recovery sweep is an index
-  search of the few jobs not yet counted; the queued cap and the moves in
-  and out of the budget lane read the (owner, status, ck) index: the
-  owner's queued jobs, never their history.
+  search of the few jobs not yet counted; the moves in and out of the
+  budget lane read the (owner, status, ck) index: the owner's queued jobs,
+  never their history.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 
+import pymongo
+from bson import ObjectId
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
@@ -71,12 +84,14 @@ class BudgetStore:
         self.jobs = store.jobs
         self.budgets: Collection[Doc] = store.db["budgets"]
         self.usage: Collection[Doc] = store.db["usage"]
+        self.slots: Collection[Doc] = store.db["queue_slots"]
 
     def ensure_indexes(self) -> None:
         """The indexes behind these queries (see the module docstring)."""
         self.budgets.create_index([("owner", 1)])  # GetUsage: an owner's limits
         self.budgets.create_index([("changed_us", 1)])  # what changed since a server's last read
         self.jobs.create_index([("spend_pending", 1)])  # spend a crash left uncounted
+        self.slots.create_index([("queued", 1)])  # the sweep: owners with open jobs
 
     # ---- budgets ----------------------------------------------------------
 
@@ -175,19 +190,59 @@ class BudgetStore:
 
     # ---- the queue --------------------------------------------------------
 
-    def queued_at_least(self, owner: str, count: int) -> bool:
-        """Whether `owner` has `count` or more QUEUED jobs: one step of `count`
-        entries along the (owner, status, ck) index, never the owner's history."""
-        if count <= 0:
-            return True
-        query = {"owner": owner, "status": str(Status.QUEUED)}
-        cursor = self.jobs.find(query, {"_id": 1}).skip(count - 1).limit(1)
-        return next(iter(cursor), None) is not None
+    def reserve_slots(self, owner: str, ids: list[ObjectId], cap: int) -> bool:
+        """Count `ids` (new jobs, not yet stored) among `owner`'s open jobs if
+        that leaves at most `cap` of them: one conditional update. False: no room."""
+        now_us = clock.now_us()
+        update = {"$inc": {"queued": len(ids)}, "$set": {f"open.{oid}": now_us for oid in ids}}
+        for _ in range(2):
+            fits = {"_id": owner, "queued": {"$lte": cap - len(ids)}}
+            if self.slots.find_one_and_update(fits, update, projection={"_id": 1}) is not None:
+                return True
+            if self.slots.find_one({"_id": owner}, {"_id": 1}) is not None:
+                return False
+            # The owner's first admission (or the first since this counter
+            # existed): it starts from the jobs they have open now.
+            opened = self.open_jobs(owner)
+            with contextlib.suppress(DuplicateKeyError):  # another admission started it first
+                markers = {str(oid): now_us for oid in opened}
+                self.slots.insert_one({"_id": owner, "queued": len(opened), "open": markers})
+        return False
 
-    def queued_count(self, owner: str) -> int:
-        """How many QUEUED jobs `owner` has (GetUsage; reads their index entries)."""
-        query = {"owner": owner, "status": str(Status.QUEUED)}
-        return sum(1 for _ in self.jobs.find(query, {"_id": 1}))
+    def release_slots(self, owner: str, ids: list[ObjectId]) -> int:
+        """Count these jobs out of `owner`'s open jobs (they ended, or were never
+        stored): one conditional update each, in one command; each counts once
+        however often it is released. How many were counted out."""
+        writes = [
+            pymongo.UpdateOne(
+                {"_id": owner, f"open.{oid}": {"$exists": True}},
+                {"$inc": {"queued": -1}, "$unset": {f"open.{oid}": ""}},
+            )
+            for oid in ids
+        ]
+        return self.slots.bulk_write(writes, ordered=False).modified_count if writes else 0
+
+    def open_count(self, owner: str) -> int:
+        """How many open jobs the cap counts for `owner` (GetUsage): one read by `_id`."""
+        doc = self.slots.find_one({"_id": owner}, {"queued": 1})
+        return int(doc["queued"]) if doc else len(self.open_jobs(owner))
+
+    def open_jobs(self, owner: str) -> list[ObjectId]:
+        """`owner`'s queued and running jobs, through the (owner, status, ck) index."""
+        return [
+            row["_id"]
+            for status in (Status.QUEUED, Status.PROCESSING)  # one equality each: `$in` would scan
+            for row in self.jobs.find({"owner": owner, "status": str(status)}, {"_id": 1})
+        ]
+
+    def slot_owners(self, limit: int = 1000) -> list[Doc]:
+        """The counters of owners with open jobs, their markers with them (the sweep)."""
+        return list(self.slots.find({"queued": {"$gt": 0}}).limit(limit))
+
+    def open_statuses(self, ids: list[str]) -> dict[str, str]:
+        """The status of each of these jobs still stored, by id (one search of `_id`)."""
+        oids = [ObjectId(i) for i in ids if ObjectId.is_valid(i)]
+        return {str(d["_id"]): d["status"] for d in self.jobs.find({"_id": {"$in": oids}}, {"status": 1})}
 
     def hold_ready(self, owner: str, project: str | None, reason: str) -> int:
         """Move `owner`'s ready jobs (of `project` only, when given) to the

@@ -8,14 +8,22 @@ the cap on an owner's queued jobs.
   stops in between leaves the flag: the leader's sweep (`recover`) counts
   such jobs. So each completed job is counted exactly once; a job that cost
   nothing costs no write.
-- A submit (SubmitJob, CreateBulkJob) is refused with RESOURCE_EXHAUSTED and
-  a QuotaFailure when the owner, or the project it names, is at or over a
-  limit, or when the owner's queued jobs would pass GENJOBS_MAX_QUEUED_PER_OWNER.
-  The check runs on the submit path from memory: the budgets are read in
-  whole once, then what changed is re-read at most every CACHE_SECONDS; an
-  owner's spend every SPEND_CACHE_SECONDS; and the queue cap from `room`
-  (see `_check_queue`). Owners without limits and far from the cap cost no
-  query per submit.
+- A submit (SubmitJob, CreateBulkJob, RetryJob) is refused with
+  RESOURCE_EXHAUSTED and a QuotaFailure when the owner, or the project it
+  names, is at or over a limit, or when the owner's open jobs would pass
+  GENJOBS_MAX_QUEUED_PER_OWNER. The limits are checked from memory: the
+  budgets are read in whole once, then what changed is re-read at most every
+  CACHE_SECONDS; an owner's spend every SPEND_CACHE_SECONDS.
+- The cap counts an owner's open jobs: admitted and not yet final (queued in
+  any lane, or running). Each admission takes its places with one
+  conditional write (`reserve`, see budget_store's `queue_slots`) before
+  the jobs are stored, and gives back those it did not store; a job's end
+  (`job_changed`) gives its place back. So the cap holds under any
+  concurrency, on one server or across replicas, and the dispatcher's claim
+  costs nothing more (running jobs stay counted until they end). A server
+  that stops between the two writes leaves a place taken: the leader's
+  sweep (`recover`) gives back the places of jobs that ended, and of jobs
+  never stored after SLOT_GRACE_US.
 - The dispatcher asks `admit(job)` before running a claimed job. When a
   limit binds, the job goes back to the queue in the budget lane with a
   `wait_reason`, and so do the owner's (project's) other ready jobs, in one
@@ -34,18 +42,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bson import ObjectId
+from pymongo.errors import PyMongoError
+
 from server import clock, validation
 from server.auth import Caller, subject_problem
 from server.budget_store import BudgetStore, budget_key, month_of, project_field, project_name, usage_key
 from server.errors import FieldViolation, ServiceError, admins_only, invalid, quota_exceeded
-from server.states import Status
+from server.states import FINAL, Status
 from server.store import STATUS_CHANGED, Doc
 
 log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 1.5  # how old the budgets read on the submit path may be
 SPEND_CACHE_SECONDS = 1.0  # how old an owner's spend read on the submit path may be
-QUEUE_CACHE_SECONDS = 1.0  # how long a queue-cap check lets later submits skip the query
+# A place reserved this long ago for a job that is not stored was left by a
+# server that stopped before its insert (an insert gives up within seconds).
+SLOT_GRACE_US = 60_000_000
 # How long a job may stay completed with its cost uncounted before the sweep
 # counts it (a live server counts it at once).
 SWEEP_DELAY_US = 10_000_000
@@ -55,6 +68,7 @@ MAX_CACHED_OWNERS = 4096  # beyond this many, the caches drop their expired entr
 CHANGE_MARGIN_US = 60_000_000
 
 EventSink = Callable[[Doc, str], None]
+FINAL_STATUSES = {str(s) for s in FINAL}
 
 
 @dataclass(frozen=True)
@@ -108,20 +122,48 @@ class Budgets:
         self._loaded = -1e9  # monotonic time of the last read of what changed
         self._last_read_us: int | None = None  # clock time the last read began; None: nothing read yet
         self._spend: dict[str, tuple[float, Doc | None]] = {}  # usage key -> (read at, doc)
-        self._room: dict[str, tuple[float, int]] = {}  # owner -> (checked at, submits that surely fit)
 
     # ---- spend ------------------------------------------------------------
 
     def job_changed(self, job: Doc, kind: str) -> None:
-        """A job changed here: count its cost if it just completed with one."""
-        if kind == STATUS_CHANGED and job.get("spend_pending") and job["status"] == str(Status.COMPLETED):
+        """A job changed here: count its cost if it just completed with one; give
+        its place under the queued-jobs cap back once it is final."""
+        if kind != STATUS_CHANGED or job["status"] not in FINAL_STATUSES:
+            return
+        self.unreserve(job["owner"], [job["_id"]])
+        if job.get("spend_pending") and job["status"] == str(Status.COMPLETED):
             self._count(job)
 
     def recover(self) -> None:
         """Count the cost of jobs completed on a server that stopped before it
-        counted them. The dispatcher's leader runs it once a sweep."""
+        counted them, and give back the places such a server left taken. The
+        dispatcher's leader runs it once a sweep."""
         for job in self.store.uncounted_jobs(clock.now_us() - SWEEP_DELAY_US):
             self._count(job)
+        self.repair_slots()
+
+    def repair_slots(self) -> int:
+        """Give back the places of jobs that are final or (reserved over
+        SLOT_GRACE_US ago) not stored; how many. Reads the counters of owners
+        with open jobs, and those jobs' statuses by `_id`."""
+        old_us = clock.now_us() - SLOT_GRACE_US
+        freed = 0
+        for doc in self.store.slot_owners():
+            markers: dict[str, Any] = doc.get("open") or {}
+            ids = list(markers)
+            statuses: dict[str, str] = {}
+            for start in range(0, len(ids), 500):
+                statuses.update(self.store.open_statuses(ids[start : start + 500]))
+            gone = [
+                ObjectId(i)
+                for i, at in markers.items()
+                if statuses.get(i) in FINAL_STATUSES or (i not in statuses and int(at) < old_us)
+            ]
+            if gone:
+                released = self.store.release_slots(str(doc["_id"]), gone)
+                freed += released
+                log.warning("queued-jobs cap: %d places of %s given back by the sweep", released, doc["_id"])
+        return freed
 
     def _count(self, job: Doc) -> None:
         self.store.count_spend(job)
@@ -138,14 +180,16 @@ class Budgets:
 
     def check_submit(self, owner: str, project: str, count: int) -> None:
         """Refuse (RESOURCE_EXHAUSTED, QuotaFailure) `count` new jobs of `owner`
-        in `project` when a limit is spent or the queue cap would be passed."""
+        in `project` when a limit is spent or they could never fit under the
+        cap. The cap itself is `reserve`'s."""
         for limit in self._limits(owner, project, SPEND_CACHE_SECONDS):
             if limit.exhausted:
                 raise budget_refusal(limit)
-        self._check_queue(owner, count)
+        if count > self.max_queued:
+            raise queue_refusal(owner, self.max_queued, count)
 
     def _passes_from_memory(self, owner: str, project: str, count: int) -> bool:
-        """True when the caches alone show the submit passes (no query needed)."""
+        """True when the caches alone show the limits pass (no query needed)."""
         now = time.monotonic()
         with self._lock:
             if now - self._loaded > CACHE_SECONDS:
@@ -156,40 +200,25 @@ class Budgets:
                     return False
                 if _limit(doc, cached[1]).exhausted:
                     return False
-            return self._take_room(owner, count, now)
+            return count <= self.max_queued
 
-    def _take_room(self, owner: str, count: int, now: float) -> bool:
-        checked, room = self._room.get(owner, (0.0, 0))
-        if now - checked > QUEUE_CACHE_SECONDS or room < count:
-            return False
-        self._room[owner] = (checked, room - count)
-        return True
+    def reserve(self, owner: str, ids: list[ObjectId]) -> None:
+        """Take places under the queued-jobs cap for new jobs `ids` of `owner`
+        (before they are stored), or refuse them all (RESOURCE_EXHAUSTED)."""
+        if not self.store.reserve_slots(owner, ids, self.max_queued):
+            raise queue_refusal(owner, self.max_queued, len(ids))
 
-    def _check_queue(self, owner: str, count: int) -> None:
-        """Refuse when `owner`'s queued jobs plus `count` would pass the cap.
+    async def reserve_async(self, owner: str, ids: list[ObjectId]) -> None:
+        """`reserve` from the event loop (one write, on a thread)."""
+        await asyncio.to_thread(self.reserve, owner, ids)
 
-        Exact on one server, and cheap: a check that finds fewer than half the
-        cap queued lets the next submits of this server fill the other half
-        without asking again for QUEUE_CACHE_SECONDS (other replicas' submits
-        in that second may pass the cap by what they queued). Near the cap,
-        each submit asks whether cap - count + 1 jobs are queued.
-        """
-        cap = self.max_queued
-        now = time.monotonic()
-        with self._lock:
-            if self._take_room(owner, count, now):
-                return
-        half = max(1, cap // 2)
-        if count <= cap - half + 1 and not self.store.queued_at_least(owner, half):
-            with self._lock:
-                if len(self._room) > MAX_CACHED_OWNERS:
-                    _drop_older(self._room, now - QUEUE_CACHE_SECONDS)
-                self._room[owner] = (now, cap - half + 1 - count)
-            return
-        with self._lock:
-            self._room.pop(owner, None)
-        if count > cap or self.store.queued_at_least(owner, cap - count + 1):
-            raise queue_refusal(owner, cap, count)
+    def unreserve(self, owner: str, ids: list[ObjectId]) -> None:
+        """Give back the places of jobs that ended, or were surely not stored (a
+        repeated request key); a database error leaves them to the sweep."""
+        try:
+            self.store.release_slots(owner, ids)
+        except PyMongoError as exc:
+            log.warning("queued-jobs cap: %d places of %s left to the sweep (%s)", len(ids), owner, exc)
 
     # ---- the dispatcher -----------------------------------------------------
 
@@ -276,7 +305,7 @@ class Budgets:
             spent_cents=int((spend or {}).get("spent_cents", 0)),
             projects=sorted(projects, key=lambda p: (-p[1], p[0])),
             limits=sorted(limits, key=lambda limit: (limit.project != "", limit.project)),
-            queued=self.store.queued_count(owner),
+            queued=self.store.open_count(owner),
             max_queued=self.max_queued,
         )
 
@@ -377,6 +406,7 @@ def queue_refusal(owner: str, cap: int, count: int) -> ServiceError:
         "QUEUED_JOBS_LIMIT",
         f"owner:{owner}",
         f"queueing {more} more would pass the limit of {cap} queued jobs per owner"
-        " (GENJOBS_MAX_QUEUED_PER_OWNER): wait for some to run, or cancel some",
+        " (GENJOBS_MAX_QUEUED_PER_OWNER; running jobs count until they end):"
+        " wait for some to end, or cancel some",
         {"owner": owner, "max_queued_jobs": str(cap)},
     )

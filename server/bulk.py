@@ -174,15 +174,6 @@ class Bulks:
             "schedule_us": schedule_us,
             **(origin or {}),
         }
-        try:
-            self.jobs.limits.check_submit(caller.user, project, len(items))
-        except ServiceError:
-            # A repeat of a stored request is answered, not refused (see Jobs.submit).
-            keyed = request_id or "request_key" in (origin or {})
-            earlier = self.store.repeated(self.store.bulk_jobs, bulk) if keyed else None
-            if earlier is None:
-                raise
-            return summarize(earlier, self.store.bulk_items([str(earlier["_id"])]))
         docs = [
             self.store.new_job_doc(
                 caller.user,
@@ -202,7 +193,22 @@ class Bulks:
         trace = observability.trace_fields()  # each item's attempts link to this call
         for doc in docs:
             doc.update(trace, schedule_id=bulk["schedule_id"], template=bulk["template"])
+        try:
+            self.jobs.limits.check_submit(caller.user, project, len(items))
+            self.jobs.limits.reserve(caller.user, [doc["_id"] for doc in docs])
+        except ServiceError:
+            # A repeat of a stored request is answered, not refused (see Jobs.submit).
+            keyed = request_id or "request_key" in (origin or {})
+            earlier = self.store.repeated(self.store.bulk_jobs, bulk) if keyed else None
+            if earlier is None:
+                raise
+            return summarize(earlier, self.store.bulk_items([str(earlier["_id"])]))
         stored, created = self.store.insert_bulk(bulk, docs)
+        if not created:
+            # A repeat: the items the first call stored hold their places; of
+            # ours, only those that filled in what it left unstored keep theirs.
+            kept = self.store.stored_ids([doc["_id"] for doc in docs])
+            self.jobs.limits.unreserve(caller.user, [doc["_id"] for doc in docs if doc["_id"] not in kept])
         if created:
             observability.job_submitted(mode, len(docs))
             for doc in docs:

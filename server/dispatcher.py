@@ -52,6 +52,7 @@ from server.progress import progress_fields
 from server.states import Status
 from server.store import (
     BACKOFF,
+    HELD,
     NONE,
     PROGRESS,
     RANKS,
@@ -383,10 +384,7 @@ class Dispatcher:
         if elsewhere < self._elsewhere:
             self._ended(now_us)  # a run elsewhere ended by now: the gap counts from here
         self._elsewhere = elsewhere
-        for lane, oid in self.store.due_waiting(now_us):
-            promoted = self.store.make_ready(oid, lane)
-            if promoted is not None:
-                self.offer(promoted["ck"], oid, promoted["owner"], promoted.get("rank", RANKS["NORMAL"]))
+        self._promote_due(now_us)
         for tick in self.tickers:
             tick()
         if self.release():
@@ -401,6 +399,19 @@ class Dispatcher:
                 for sweep in self.sweepers:
                     sweep()
         self._needs_recovery = elsewhere > 0
+
+    def _promote_due(self, now_us: int) -> None:
+        """Make the due jobs of the waiting lanes ready; a paused bulk job's item
+        is held instead (its retry failure may have been written as the pause
+        moved its siblings): it waits for the resume like them."""
+        lanes: dict[str, str] = {}  # bulk job id -> the lane its items go to now (one read each)
+        for lane, oid, bulk_id in self.store.due_waiting(now_us):
+            if bulk_id and lanes.setdefault(bulk_id, self.store.bulk_lane(bulk_id)) == HELD:
+                self.store.move_queued([(oid, lane, HELD)], bump=True)
+                continue
+            promoted = self.store.make_ready(oid, lane)
+            if promoted is not None:
+                self.offer(promoted["ck"], oid, promoted["owner"], promoted.get("rank", RANKS["NORMAL"]))
 
     def _recover(self, doc: Doc) -> None:
         """A run whose lease lapsed (its server died): requeue it or fail it."""
@@ -431,6 +442,7 @@ class Dispatcher:
             changes.update(status=str(Status.FAILED), queue=NONE, ended_us=stamp)
         after = self.store.fenced_update(doc["_id"], doc["epoch"], changes)
         if after is not None:
+            after = self._held_if_paused(after)
             log.warning("job %s lost its worker; now %s", doc["_id"], after["status"])
             observability.attempt_lost(after)
             self.tell(after, STATUS_CHANGED)
@@ -579,7 +591,18 @@ class Dispatcher:
             log.warning("job %s was taken over; this run's outcome is dropped", run.oid)
             return
         observability.attempt_ended(after, max(0.0, (clock.now_us() - after.get("started_us", 0)) / 1e6))
+        after = self._held_if_paused(after)
         self.tell(after, STATUS_CHANGED)
+
+    def _held_if_paused(self, after: Doc) -> Doc:
+        """A bulk job's item just sent back to the queue (a retry's backoff, a
+        run given back): held if its bulk job was paused meanwhile (see
+        `Store.hold_if_paused`). A read of the bulk job, for requeued items only."""
+        try:
+            return self.store.hold_if_paused(after) or after
+        except PyMongoError as exc:  # the bulk job unread: a backoff item is held by its promotion
+            log.warning("job %s: the paused check after a requeue failed (%s)", after["_id"], exc)
+            return after
 
     def tell(self, doc: Doc, kind: str) -> None:
         """`record` a change. The change is stored already: a database error in

@@ -70,6 +70,18 @@ class SubmitLimits(Protocol):
         """The same, from a thread."""
         return None
 
+    def reserve(self, owner: str, ids: list[Any]) -> None:
+        """Take places under the queued-jobs cap for new jobs, or refuse them."""
+        return None
+
+    async def reserve_async(self, owner: str, ids: list[Any]) -> None:
+        """The same, from the event loop."""
+        return None
+
+    def unreserve(self, owner: str, ids: list[Any]) -> None:
+        """Give back the places of jobs that were not stored."""
+        return None
+
 
 class NoLimits(SubmitLimits):
     """Stands in until the server attaches its budgets: refuses nothing."""
@@ -191,6 +203,7 @@ class Jobs:
         doc.update(origin or {})
         try:
             await self.limits.check_submit_async(caller.user, project, 1)
+            await self.limits.reserve_async(caller.user, [doc["_id"]])
         except ServiceError:
             # A repeat of a stored request is answered, not refused: the limit
             # counted that job already (a client's retry, a schedule's tick again).
@@ -199,7 +212,10 @@ class Jobs:
             if earlier is None:
                 raise
             return earlier
+        # A failed insert keeps its place until the sweep: it may have been stored.
         stored, created = await self.store.submit_job(doc)
+        if not created:  # a repeated request: the earlier job holds its own place
+            await asyncio.to_thread(self.limits.unreserve, caller.user, [doc["_id"]])
         if created:
             observability.job_submitted(mode)
             # Sequence 1 is the job as submitted: watchers start from its
@@ -250,12 +266,16 @@ class Jobs:
         try:
             # A retry queues a job like a submit: the same limits and cap.
             self.limits.check_submit(doc["owner"], doc["project"], 1)
+            self.limits.reserve(doc["owner"], [doc["_id"]])
         except ServiceError:
             earlier = self.store.repeated(self.store.jobs, doc)  # a retry always has a request key
             if earlier is None:
                 raise
             return earlier
+        new_id = doc["_id"]
         doc = self.store.store_retry(doc)
+        if doc["_id"] != new_id:  # a repeat: the earlier retry holds its own place
+            self.limits.unreserve(doc["owner"], [new_id])
         self.offer(doc)
         self.publish(doc, STATUS_CHANGED)
         return doc

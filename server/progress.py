@@ -15,6 +15,7 @@ import grpc
 from server import clock
 from server.errors import FieldViolation, ServiceError, invalid
 from server.store import PROGRESS, Doc, Store, parse_id
+from server.validation import check_label, check_text
 
 MAX_STAGE, MAX_MESSAGE = 50, 500
 _TOKEN_LABEL = b"genjobs-progress-token:"
@@ -89,6 +90,15 @@ def _denied(why: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.PERMISSION_DENIED, "PROGRESS_TOKEN_REFUSED", why)
 
 
+def _backwards(current: int, asked: int) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "PROGRESS_BACKWARDS",
+        f"the job is at {current}%: progress never goes back (this report said {asked}%)",
+        metadata={"percentage": str(current)},
+    )
+
+
 class ExternalProgress:
     """ReportProgress: a generation service's report becomes the job's
     progress, and a PROGRESS event, like the built-in generators' reports."""
@@ -107,10 +117,10 @@ class ExternalProgress:
             bad.append(FieldViolation("percentage", "0 to 100"))
         if not 0 <= stage_progress <= 100:
             bad.append(FieldViolation("stage_progress", "0 to 100"))
-        if len(stage) > MAX_STAGE:
-            bad.append(FieldViolation("stage", f"at most {MAX_STAGE} characters"))
+        bad += check_label(stage, "stage", MAX_STAGE)  # a stage name: one line
         if len(message) > MAX_MESSAGE:
             bad.append(FieldViolation("message", f"at most {MAX_MESSAGE} characters"))
+        bad += check_text(message, "message")
         if bad:
             raise invalid(bad)
         attempt = self.tokens.attempt_of(job_id, token)
@@ -122,9 +132,19 @@ class ExternalProgress:
         progress = progress_fields(
             min(percentage, 99), stage, stage_progress, message, started_us, (now_us - started_us) / 1e6
         )
+        # Never backwards: a report below the job's percentage (a late or
+        # reordered one) is refused by the same write, not stored.
+        oid = parse_id(job_id)
+        at_most = {"progress.percentage": {"$lte": progress["percentage"]}}
         after = self.store.fenced_update(
-            parse_id(job_id), epoch, {"progress": progress, "updated_us": now_us}
+            oid, epoch, {"progress": progress, "updated_us": now_us}, when=at_most
         )
         if after is None:
-            raise _denied("the attempt this token was issued for has ended")
+            # Why not: the attempt ended, or the report went back (read only to say which).
+            current = self.store.jobs.find_one(
+                {"_id": oid, "epoch": epoch, "status": "PROCESSING"}, {"progress": 1}
+            )
+            if current is None:
+                raise _denied("the attempt this token was issued for has ended")
+            raise _backwards(int(current["progress"]["percentage"]), progress["percentage"])
         self.record(after, PROGRESS)

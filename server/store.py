@@ -358,9 +358,31 @@ class BulkQueries:
         )
 
     def set_item_lanes(self, bulk_id: str, lanes: list[str], lane: str) -> int:
-        """Move a bulk job's still-queued items from any of `lanes` to `lane`."""
+        """Move a bulk job's still-queued items from any of `lanes` to `lane`.
+
+        Each move is conditional on any of `lanes`, not on the lane read: an
+        item promoted from backoff to ready between the read and the move
+        (housekeeping on another thread or server) is moved all the same."""
         rows = self.jobs.find({"bulk_job_id": bulk_id, "status": str(Status.QUEUED)}, {"queue": 1})
-        return self.move_queued([(row["_id"], row["queue"], lane) for row in rows if row["queue"] in lanes])
+        return self.move_queued([(row["_id"], lanes, lane) for row in rows if row["queue"] in lanes])
+
+    def hold_if_paused(self, job: Doc) -> Doc | None:
+        """After `job` (as just written) went back to a lane that can end in a
+        run: held instead, if its bulk job is paused; the job after, else None.
+
+        The pause writes its status before it moves its items, and this reads
+        the status after the job's own write: so either the pause's move finds
+        the job in its new lane, or this sees the pause (never neither)."""
+        bulk_id = job.get("bulk_job_id", "")
+        if not bulk_id or job.get("status") != str(Status.QUEUED) or job.get("queue") == HELD:
+            return None
+        if self.bulk_lane(bulk_id) != HELD:
+            return None
+        return self.jobs.find_one_and_update(
+            {"_id": job["_id"], "status": str(Status.QUEUED), "queue": job["queue"]},
+            {"$set": {"queue": HELD}, "$inc": {"seq": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
 
     def resume_items(self, bulk_id: str) -> None:
         """Release a resumed bulk job's held items: those whose time (a
@@ -374,9 +396,12 @@ class BulkQueries:
         )
 
     def move_queued(
-        self, moves: list[tuple[ObjectId, str, str]], changes: Doc | None = None, bump: bool = False
+        self,
+        moves: list[tuple[ObjectId, str | list[str], str]],
+        changes: Doc | None = None,
+        bump: bool = False,
     ) -> int:
-        """Move queued jobs between lanes, each (id, from lane, to lane), with
+        """Move queued jobs between lanes, each (id, from lane or any of lanes, to lane), with
         `changes` besides (`bump`: count a change the job's watchers hear of):
         one conditional update on `_id` each (a job claimed, cancelled or moved
         meanwhile is left alone), sent as one command; how many moved.
@@ -391,7 +416,11 @@ class BulkQueries:
             fields: Doc = {**(changes or {}), "queue": to}
             if to == READY:
                 fields["ready_us"] = now_us  # found by the dispatcher's next read of the lane
-            query = {"_id": oid, "status": str(Status.QUEUED), "queue": lane}
+            query = {
+                "_id": oid,
+                "status": str(Status.QUEUED),
+                "queue": lane if isinstance(lane, str) else one_of(lane),
+            }
             update: Doc = {"$set": fields, "$inc": {"seq": 1}} if bump else {"$set": fields}
             writes.append(pymongo.UpdateOne(query, update))
         return self.jobs.bulk_write(writes, ordered=False).modified_count if writes else 0
@@ -960,6 +989,10 @@ class Store(BulkQueries):
         cursor = self.events.find({"at_us": {"$gte": since_us}, "job_id": {"$in": list(job_ids)}})
         return sorted(cursor, key=lambda e: (e["job_id"], e["seq"]))
 
+    def stored_ids(self, oids: list[ObjectId]) -> set[ObjectId]:
+        """Which of these job ids are stored (one search of `_id`)."""
+        return {row["_id"] for row in self.jobs.find({"_id": {"$in": oids}}, {"_id": 1})}
+
     def jobs_by_ids(self, ids: list[str]) -> list[Doc]:
         """The current documents of these jobs (the remote-event poller)."""
         oids = [ObjectId(i) for i in ids if ObjectId.is_valid(i)]
@@ -1067,13 +1100,16 @@ class Store(BulkQueries):
             return_document=ReturnDocument.AFTER,
         )
 
-    def fenced_update(self, oid: ObjectId, epoch: int, changes: Doc, bump: bool = True) -> Doc | None:
-        """Update a running job only if this run still holds it (same epoch)."""
+    def fenced_update(
+        self, oid: ObjectId, epoch: int, changes: Doc, bump: bool = True, when: Doc | None = None
+    ) -> Doc | None:
+        """Update a running job only if this run still holds it (same epoch) and
+        it matches `when` besides."""
         update: Doc = {"$set": changes}
         if bump:
             update["$inc"] = {"seq": 1}
         return self.jobs.find_one_and_update(
-            {"_id": oid, "epoch": epoch, "status": one_of(allowed(Action.FINISH))},
+            {"_id": oid, "epoch": epoch, "status": one_of(allowed(Action.FINISH)), **(when or {})},
             update,
             return_document=ReturnDocument.AFTER,
         )
@@ -1126,13 +1162,16 @@ class Store(BulkQueries):
             self.jobs, {"status": str(Status.PROCESSING)}
         )
 
-    def due_waiting(self, now_us: int) -> list[tuple[str, ObjectId]]:
-        """(lane, id) of the jobs of the waiting lanes (retry backoff, schedule
-        time) whose time has come: one index search of (queue, run_after_us) a lane."""
+    def due_waiting(self, now_us: int) -> list[tuple[str, ObjectId, str]]:
+        """(lane, id, bulk job id) of the jobs of the waiting lanes (retry backoff,
+        schedule time) whose time has come: one index search of (queue,
+        run_after_us) a lane."""
         return [
-            (lane, row["_id"])
+            (lane, row["_id"], row.get("bulk_job_id", ""))
             for lane in WAITING
-            for row in self.jobs.find({"queue": lane, "run_after_us": {"$lte": now_us}}, {"_id": 1})
+            for row in self.jobs.find(
+                {"queue": lane, "run_after_us": {"$lte": now_us}}, {"_id": 1, "bulk_job_id": 1}
+            )
         ]
 
     def make_ready(self, oid: ObjectId, lane: str = BACKOFF) -> Doc | None:

@@ -35,6 +35,18 @@ MAX_DEMO_FAIL_ATTEMPTS = 100
 _ID = re.compile(r"[0-9a-fA-F]{24}")
 # Extra keys become field names in MongoDB: no dots, no leading $.
 _EXTRA_KEY = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_EXTRA_KEY}}}")
+# Control characters a text field refuses: C0 but tab and newline, DEL, C1
+# (\x80-\x9f: \x9b is a one-byte CSI to many terminals), lone surrogates.
+# Long text (source_text) also holds \r\n line ends, pasted from Windows.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+_LONG_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]|\r(?!\n)")
+# What `clean_text` removes whole: ANSI escape sequences (CSI, the OSC, DCS,
+# SOS, PM and APC strings up to their terminator, two-character escapes).
+_ANSI = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -~]"
+)
 
 
 def check_params(mode: str, params: dict[str, Any], prefix: str = "params") -> list[FieldViolation]:
@@ -48,6 +60,7 @@ def check_params(mode: str, params: dict[str, Any], prefix: str = "params") -> l
     keywords: list[str] = params.get("keywords", [])
     if len(topic) > MAX_TOPIC:
         flag("topic", f"at most {MAX_TOPIC} characters")
+    bad.extend(check_text(topic, f"{prefix}.topic"))
     if mode == "TOPIC" and not topic.strip():
         flag("topic", "required for MODE_TOPIC")
     if mode == "KEYWORDS" and not keywords:
@@ -59,16 +72,19 @@ def check_params(mode: str, params: dict[str, Any], prefix: str = "params") -> l
     for i, word in enumerate(keywords):
         if not word.strip() or len(word) > MAX_KEYWORD:
             flag(f"keywords[{i}]", f"must be 1 to {MAX_KEYWORD} non-blank characters")
+        bad.extend(check_text(word, f"{prefix}.keywords[{i}]"))
     source = params.get("source_text", "")
     if mode == "SPIN" and not source.strip():
         flag("source_text", "required for MODE_SPIN")
     if len(source) > MAX_SOURCE_TEXT:
         flag("source_text", f"at most {MAX_SOURCE_TEXT} characters")
+    bad.extend(check_text(source, f"{prefix}.source_text", long_text=True))
     words = params.get("word_count", 0)
     if words != 0 and not MIN_WORDS <= words <= MAX_WORDS:
         flag("word_count", f"must be 0 (default {DEFAULT_WORD_COUNT}) or {MIN_WORDS} to {MAX_WORDS}")
     if len(params.get("tone", "")) > MAX_TONE:
         flag("tone", f"at most {MAX_TONE} characters")
+    bad.extend(check_text(params.get("tone", ""), f"{prefix}.tone"))
     bad.extend(_check_extra(params.get("extra", {}), prefix))
     return bad
 
@@ -86,6 +102,7 @@ def _check_extra(extra: dict[str, str], prefix: str) -> list[FieldViolation]:
                     f"values at most {MAX_EXTRA_VALUE} characters",
                 )
             )
+        bad += check_text(value, f"{prefix}.extra[{key!r}]")
     if "demo_seconds" in extra:
         try:
             seconds = float(extra["demo_seconds"])
@@ -174,6 +191,33 @@ def check_id(value: str, field: str = "id", kind: str = "job") -> list[FieldViol
     if _ID.fullmatch(value):
         return []
     return [FieldViolation(field, f"not a {kind} id (24 hexadecimal characters)")]
+
+
+def check_text(value: str, field: str, long_text: bool = False) -> list[FieldViolation]:
+    """The one check of control characters in a text field: a violation naming
+    `field` when `value` holds one other than tab and newline (and, in
+    `long_text`, a carriage return before a newline)."""
+    found = (_LONG_TEXT_CONTROL if long_text else _CONTROL).search(value)
+    if found is None:
+        return []
+    allowed = "tab, newline and CRLF line ends" if long_text else "tab and newline"
+    return [
+        FieldViolation(
+            field,
+            f"must not contain control characters ({allowed} are allowed):"
+            f" {found.group()!r} at position {found.start()}",
+        )
+    ]
+
+
+def clean_text(value: str) -> str:
+    """Text from outside that is stored, not refused (what a generator produced):
+    ANSI escape sequences and other control characters removed, line ends
+    made \\n; tabs and newlines kept."""
+    if "\r" not in value and _CONTROL.search(value) is None:
+        return value
+    value = _ANSI.sub("", value).replace("\r\n", "\n").replace("\r", "\n")
+    return _CONTROL.sub("", value)
 
 
 def has_control(value: str) -> bool:

@@ -169,7 +169,8 @@ def test_a_project_limit_binds_only_that_project(
 
 
 def test_the_queued_jobs_cap_refuses_with_a_quota_failure(mongo: MongoServer, tmp_path: Path) -> None:
-    server = ServerThread(replace(make_settings(mongo.uri, tmp_path), max_queued_per_owner=3)).start()
+    # The cap counts open jobs: the running one too, until it ends.
+    server = ServerThread(replace(make_settings(mongo.uri, tmp_path), max_queued_per_owner=4)).start()
     try:
         with server.client("alice") as alice, server.client("bob") as bob:
             running = submit(alice, seconds=30)
@@ -180,9 +181,9 @@ def test_the_queued_jobs_cap_refuses_with_a_quota_failure(mongo: MongoServer, tm
                 server, "alice", lambda _, stub, md: stub.SubmitJob(submit_request(), metadata=md)
             )
             assert reason == "QUEUED_JOBS_LIMIT"
-            assert violations[0][0] == "owner:alice" and "3 queued jobs" in violations[0][1]
+            assert violations[0][0] == "owner:alice" and "4 queued jobs" in violations[0][1]
             usage = alice.usage()
-            assert (usage.queued_jobs, usage.max_queued_jobs) == (3, 3)
+            assert (usage.queued_jobs, usage.max_queued_jobs) == (4, 4)
             assert submit(bob).status == jobs_pb2.JOB_STATUS_QUEUED  # the cap is per owner
 
             def bulk(channel: grpc.Channel, _: Any, md: Any) -> Any:
@@ -197,7 +198,7 @@ def test_the_queued_jobs_cap_refuses_with_a_quota_failure(mongo: MongoServer, tm
 
             alice.cancel(running.id)  # the next one runs: room for one more
             wait_for(lambda: status_of(alice, running.id) == jobs_pb2.JOB_STATUS_CANCELLED, timeout=30)
-            wait_for(lambda: alice.usage().queued_jobs < 3, timeout=30)
+            wait_for(lambda: alice.usage().queued_jobs < 4, timeout=30)
             assert submit(alice).status == jobs_pb2.JOB_STATUS_QUEUED
     finally:
         server.stop()
@@ -431,14 +432,14 @@ def test_limits_are_re_read_only_after_they_change(mongo: MongoServer) -> None:
 
 
 def test_a_repeated_request_at_the_cap_returns_the_earlier_job(mongo: MongoServer, tmp_path: Path) -> None:
-    server = ServerThread(replace(make_settings(mongo.uri, tmp_path), max_queued_per_owner=11)).start()
+    server = ServerThread(replace(make_settings(mongo.uri, tmp_path), max_queued_per_owner=12)).start()
     try:
         with server.client("alice") as alice:
             running = submit(alice, seconds=30)
             wait_for(lambda: status_of(alice, running.id) == jobs_pb2.JOB_STATUS_PROCESSING, timeout=30)
             single = alice.submit("topic", topic="Tea", request_id="digest-1")
             items = [{"topic": f"Tea {i}"} for i in range(10)]
-            bulk = alice.create_bulk("topic", items, request_id="digests")  # 11 queued: the cap
+            bulk = alice.create_bulk("topic", items, request_id="digests")  # 12 open: the cap
             with pytest.raises(ResourceExhausted):
                 alice.submit("topic", topic="Tea", request_id="digest-2")
             # A client retrying what it sent gets what it made, not a refusal.

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from server.validation import clean_text
+
 ProgressFn = Callable[[int, str, int, str], None]  # percentage, stage, stage_progress, message
 
 
@@ -38,13 +40,14 @@ class Output:
     metadata: dict[str, str] = field(default_factory=dict)
 
     def as_doc(self) -> dict[str, Any]:
-        """The result as stored in the job."""
+        """The result as stored in the job: its text without control characters
+        (a generation service's escape codes never reach a terminal that shows it)."""
         return {
-            "content": self.content,
-            "title": self.title,
+            "content": clean_text(self.content),
+            "title": clean_text(self.title),
             "word_count": self.word_count,
             "cost_cents": self.cost_cents,
-            "metadata": self.metadata,
+            "metadata": {clean_text(k): clean_text(v) for k, v in self.metadata.items()},
         }
 
 
@@ -83,7 +86,7 @@ MAX_RETRY_AFTER_SECONDS = 3600.0
 
 def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
     """At most `limit` characters of a provider's text, on one line."""
-    flat = " ".join(text.split())
+    flat = " ".join(clean_text(text).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
