@@ -1275,6 +1275,32 @@ def budget_set(
         opts.console.print(render.budget_line(result), highlight=False)
 
 
+# ---- tiers ------------------------------------------------------------------
+
+tier_app = typer.Typer(
+    help="Owners' stored tiers: who may have PRIORITY_HIGH (admin tokens).", no_args_is_help=True
+)
+app.add_typer(tier_app, name="tier")
+
+
+@tier_app.command("set")
+def tier_set(
+    ctx: typer.Context,
+    owner: Annotated[str, typer.Argument(metavar="OWNER", help="the user id the tier applies to")],
+    tier: Annotated[
+        str, typer.Argument(metavar="TIER", help='"premium" grants PRIORITY_HIGH; "none" revokes it')
+    ],
+) -> None:
+    """Grant or revoke OWNER's premium tier (PRIORITY_HIGH, schedule ticks included); needs an admin token."""
+    opts: Options = ctx.obj
+    with connected(ctx) as client:
+        result = client.set_tier(owner, "" if tier.lower() in ("none", "plain", "") else tier)
+    if opts.json:
+        render.print_json(opts.console, render.as_dict(result))
+    else:
+        opts.console.print(f"{result.owner}: {result.tier or 'no stored tier'}", highlight=False)
+
+
 GLOBAL_OPTIONS = ("-o", "--output", "-t", "--target", "--token", "--data-dir")
 
 
