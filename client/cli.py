@@ -1015,7 +1015,7 @@ BulkItemsFlag = Annotated[
 def schedule_create(
     ctx: typer.Context,
     cron: Annotated[
-        str, typer.Option(help="minute hour day month weekday, or a first field of seconds: '*/5 * * * * *'")
+        str, typer.Option(help="minute hour day month weekday, or a first field of seconds: '30 */5 * * * *'")
     ],
     tz: Annotated[str, typer.Option("--tz", help="the IANA time zone of the cron [default: UTC]")] = "",
     template: Annotated[str, typer.Option("--template", "-t", help="run this template as it is then")] = "",

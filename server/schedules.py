@@ -73,7 +73,7 @@ def check_cron(cron: str, time_zone: str) -> list[FieldViolation]:
             FieldViolation(
                 "cron",
                 "a cron expression: minute hour day-of-month month day-of-week, "
-                "with an optional first field of seconds (e.g. '*/5 * * * * *')",
+                "with an optional first field of seconds (e.g. '30 */5 * * * *')",
             )
         )
     if time_zone:
