@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 TEMPLATE = "template"  # a schedule's third kind of target: a template's name
 DUE_BATCH = 100  # schedules fired per housekeeping pass at most; the rest on the next
 DUE_SCAN = 1000  # the longest due schedules shared out between owners on each pass
+RECOVERED_TICKS = 3  # good ticks in a row before a failing schedule is logged as running again
+QUIET_SECONDS = 600  # the same refusal as the last logged, this soon after it, is not logged again
 DAY_SECONDS = 23 * 3600  # the least gap of a daily tick (a day can be 23 hours at a DST change)
 TICK_SUBMIT_SECONDS = 30.0  # a tick's submit waits this long for the event loop's answer
 STATES = (ACTIVE, PAUSED)
@@ -203,6 +205,10 @@ class Schedules:
             "failing": "",  # the reason its ticks fail (or run at NORMAL), "" while they run
             "failed_ticks": 0,
             "failing_since_us": 0,
+            "good_ticks": 0,
+            "logged": "",  # the state last logged: a log line per change, not per tick
+            "logged_reason": "",
+            "logged_us": 0,
             "request_id": request_id,
             "request_key": submission_key(caller.user, request_id, oid, "schedule"),
             "ck": ck,
@@ -308,23 +314,41 @@ class Schedules:
 
     def _note(self, doc: Doc, changes: Doc, at: int, state: str, error: str, failed: bool) -> None:
         """Keep how the tick went in `changes`: `last_error` (with how many ticks in a
-        row have failed, and since when), and log only when the state changes."""
+        row have failed, and since when), and log only when the state changes.
+
+        The state logged (`logged`) changes to a refusal at once, and back to
+        "runs" only after RECOVERED_TICKS good ticks in a row. The same refusal
+        as the last one logged, within QUIET_SECONDS of it, is not logged again
+        (nor its end): a schedule that flaps (an owner at the queued-jobs cap,
+        a tick in a few let through) logs once, not at every turn."""
         failed_ticks = int(doc.get("failed_ticks") or 0) + 1 if failed else 0
         since = int(doc.get("failing_since_us") or 0) if failed_ticks > 1 else (at if failed else 0)
         if failed_ticks > 1:
             when = datetime.fromtimestamp(since / 1e6, UTC).isoformat(timespec="seconds")
             error = f"{error} ({failed_ticks} ticks in a row since {when})"
-        changes.update(last_error=error, failing=state, failed_ticks=failed_ticks, failing_since_us=since)
-        before = str(doc.get("failing") or "")
-        if state == before:
-            return  # the same as the last tick: already logged
+        good_ticks = 0 if state else int(doc.get("good_ticks") or 0) + 1
+        changes.update(
+            last_error=error,
+            failing=state,
+            failed_ticks=failed_ticks,
+            failing_since_us=since,
+            good_ticks=good_ticks,
+        )
+        logged = str(doc.get("logged") or "")
         schedule_id, owner = doc["_id"], doc["owner"]
-        if not state:
-            log.info("schedule %s of %s: its ticks run again", schedule_id, owner)
-        else:
-            log.warning(
-                "schedule %s of %s: %s (logged again only when this changes)", schedule_id, owner, error
+        if state and state != logged:
+            recent = (
+                doc.get("logged_reason") == state
+                and at - int(doc.get("logged_us") or 0) < QUIET_SECONDS * 1e6
             )
+            if not recent:
+                changes.update(logged=state, logged_reason=state, logged_us=at)
+                log.warning(
+                    "schedule %s of %s: %s (logged again only when this changes)", schedule_id, owner, error
+                )
+        elif not state and logged and good_ticks >= RECOVERED_TICKS:
+            changes["logged"] = ""
+            log.info("schedule %s of %s: its ticks run again (%d in a row)", schedule_id, owner, good_ticks)
 
     def _request(self, doc: Doc) -> Message:
         """What a tick submits: the schedule's request, or a request naming its template."""
