@@ -282,7 +282,11 @@ class Schedules:
         schedule_id = str(doc["_id"])
         origin = {"schedule_id": schedule_id, "request_key": tick_key(doc["owner"], schedule_id, at)}
         changes: Doc = {
-            "next_run_us": next_tick(doc["cron"], doc["time_zone"], max(at, now)),
+            # Never sooner than the least interval after this tick: a schedule stored
+            # before the limit (or under a lower one) ticks no faster than it allows.
+            "next_run_us": next_tick(
+                doc["cron"], doc["time_zone"], max(at, now, at + int(self.min_interval_seconds * 1e6) - 1)
+            ),
             "last_run_us": at,
         }
         owner = Caller(user=doc["owner"])  # no token at a tick: only the owner's stored tier counts

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,28 @@ def test_a_cron_faster_than_the_least_interval_is_refused_naming_the_limit(
             assert alice.create_schedule("0 * * * * *", job=job()).id  # second 0 of every minute
     finally:
         server.stop()
+
+
+def test_a_schedule_stored_before_the_limit_ticks_no_faster_than_it(
+    mongo: MongoServer, tmp_path: Path
+) -> None:
+    settings = make_settings(mongo.uri, tmp_path)  # the least interval at 1 s, as before the limit
+    first = ServerThread(settings).start()
+    try:
+        with first.client("alice") as alice:
+            schedule = alice.create_schedule(EVERY_SECOND, job=job())
+    finally:
+        first.stop()
+    second = ServerThread(replace(settings, min_schedule_interval_seconds=30)).start()
+    try:
+        with second.client("alice") as alice:
+            wait_for(lambda: alice.get_schedule(schedule.id).run_count >= 1, timeout=30)
+            ticked = alice.get_schedule(schedule.id)
+            gap = ticked.next_run_time.ToMicroseconds() - ticked.last_run_time.ToMicroseconds()
+            assert gap >= 30_000_000, gap
+            alice.delete_schedule(schedule.id)
+    finally:
+        second.stop()
 
 
 def test_the_least_interval_of_a_cron() -> None:
