@@ -218,7 +218,12 @@ async def sse_fan_out(server: ServerProcess, http_port: int) -> list[float]:
 def main() -> None:
     mongo = start_mongo()
     http_port = free_port()
-    settings = replace(make_settings(mongo.uri, scratch()), heartbeat_seconds=15.0, http_port=str(http_port))
+    settings = replace(
+        make_settings(mongo.uri, scratch()),
+        heartbeat_seconds=15.0,
+        http_port=str(http_port),
+        max_streams_per_owner=10 * FAN_OUT,  # one owner holds every stream: a fan-out measure, not the cap
+    )
     server = ServerProcess(settings, scratch() / "server.log").start()
     with server.client() as c:
         job = c.submit("topic", topic="Read many times", word_count=400)

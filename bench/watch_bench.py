@@ -118,7 +118,10 @@ def spread(latencies: list[float]) -> tuple[float, float]:
 
 def main() -> None:
     mongo = start_mongo()
-    settings = replace(make_settings(mongo.uri, scratch()), heartbeat_seconds=15.0)
+    # One owner holds every stream here: a fan-out measure, not the per-owner cap (100).
+    settings = replace(
+        make_settings(mongo.uri, scratch()), heartbeat_seconds=15.0, max_streams_per_owner=IDLE + FAN_OUT
+    )
     server = ServerProcess(settings, scratch() / "server.log").start()
     ours, floors = [], []
     for _ in range(RUNS):  # alternating, so that both see the same machine

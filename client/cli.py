@@ -1022,7 +1022,7 @@ BulkItemsFlag = Annotated[
 def schedule_create(
     ctx: typer.Context,
     cron: Annotated[
-        str, typer.Option(help="minute hour day month weekday, or a first field of seconds: '*/5 * * * * *'")
+        str, typer.Option(help="minute hour day month weekday, or a first field of seconds: '30 */5 * * * *'")
     ],
     tz: Annotated[str, typer.Option("--tz", help="the IANA time zone of the cron [default: UTC]")] = "",
     template: Annotated[str, typer.Option("--template", "-t", help="run this template as it is then")] = "",
@@ -1280,6 +1280,32 @@ def budget_set(
         render.print_json(opts.console, render.as_dict(result))
     else:
         opts.console.print(render.budget_line(result), highlight=False)
+
+
+# ---- tiers ------------------------------------------------------------------
+
+tier_app = typer.Typer(
+    help="Owners' stored tiers: who may have PRIORITY_HIGH (admin tokens).", no_args_is_help=True
+)
+app.add_typer(tier_app, name="tier")
+
+
+@tier_app.command("set")
+def tier_set(
+    ctx: typer.Context,
+    owner: Annotated[str, typer.Argument(metavar="OWNER", help="the user id the tier applies to")],
+    tier: Annotated[
+        str, typer.Argument(metavar="TIER", help='"premium" grants PRIORITY_HIGH; "none" revokes it')
+    ],
+) -> None:
+    """Grant or revoke OWNER's premium tier (PRIORITY_HIGH, schedule ticks included); needs an admin token."""
+    opts: Options = ctx.obj
+    with connected(ctx) as client:
+        result = client.set_tier(owner, "" if tier.lower() in ("none", "plain", "") else tier)
+    if opts.json:
+        render.print_json(opts.console, render.as_dict(result))
+    else:
+        opts.console.print(f"{result.owner}: {result.tier or 'no stored tier'}", highlight=False)
 
 
 GLOBAL_OPTIONS = ("-o", "--output", "-t", "--target", "--token", "--data-dir")

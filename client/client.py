@@ -362,6 +362,11 @@ class GenJobsClient:
         )
         return self._call(self.jobs.SetBudget, request)
 
+    def set_tier(self, owner: str, tier: str) -> jobs_pb2.Tier:
+        """Grant ("premium": PRIORITY_HIGH, schedule ticks included) or revoke ("")
+        an owner's stored tier. Admin tokens only."""
+        return self._call(self.jobs.SetTier, jobs_pb2.SetTierRequest(owner=owner, tier=tier))
+
     def usage(self, owner: str = "") -> jobs_pb2.Usage:
         """Spend this month, limits and queue: the caller's own, or (admins) `owner`'s."""
         return self._call(self.jobs.GetUsage, jobs_pb2.GetUsageRequest(owner=owner))

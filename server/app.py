@@ -37,6 +37,7 @@ from server.bulk import Bulks
 from server.config import Settings
 from server.dispatcher import Dispatcher
 from server.embedded import EmbeddedMongo
+from server.entitlement import Tiers
 from server.eventlog import EventLog
 from server.events import EventHub
 from server.generators import make_generator
@@ -55,6 +56,7 @@ from server.servicers.schedules import ScheduleServicer
 from server.servicers.templates import TemplateServicer
 from server.store import Store
 from server.templates import BULK_JOB, JOB, Templates
+from server.watch import StreamCap
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -192,8 +194,18 @@ class App:
         self.job_notifications = JobNotifications(self.store, self.jobs, self.notifier)
         self.progress_link.tokens = AttemptTokens(secret)
         self.schedule_store = ScheduleStore(self.store)
-        self.templates = Templates(self.schedule_store)
-        self.schedules = Schedules(self.schedule_store, self.templates)
+        self.templates = Templates(
+            self.schedule_store, settings.max_templates_per_owner, settings.max_template_bytes
+        )
+        self.tiers = Tiers(self.store.db)  # owners' stored tiers: who may have PRIORITY_HIGH
+        self.jobs.tiers = self.tiers
+        self.schedules = Schedules(
+            self.schedule_store,
+            self.templates,
+            self.tiers,
+            settings.max_schedules_per_owner,
+            settings.min_schedule_interval_seconds,
+        )
         self.budgets = Budgets(BudgetStore(self.store), self.jobs.record, settings.max_queued_per_owner)
         self.jobs.limits = self.budgets
         self.jobs.on_change.append(self.budgets.job_changed)
@@ -227,8 +239,9 @@ class App:
         ]
         server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         progress = ExternalProgress(self.store, self.progress_link.tokens, self.jobs.record)
-        job_servicer = JobServicer(self.jobs, self.hub, progress, self.templates, self.budgets)
-        bulk_servicer = BulkServicer(self.bulks, self.hub, self.templates)
+        streams = StreamCap(settings.max_streams_per_owner)  # per process: see server/watch.py
+        job_servicer = JobServicer(self.jobs, self.hub, progress, self.templates, self.budgets, streams)
+        bulk_servicer = BulkServicer(self.bulks, self.hub, self.templates, streams)
         schedule_servicer = ScheduleServicer(self.schedules)
         template_servicer = TemplateServicer(self.templates)
         # A schedule's tick submits as SubmitJob and CreateBulkJob do, on this loop.

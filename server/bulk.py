@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 
 from bson import ObjectId
 
-from server import clock, observability, validation
+from server import clock, entitlement, observability, validation
 from server.auth import Caller
 from server.budget_store import BUDGET
 from server.errors import ServiceError, invalid
 from server.events import Event, EventHub
-from server.jobs import Jobs, check_priority_allowed, normalized
+from server.jobs import Jobs, normalized
 from server.notify.channels import new_notification
 from server.notify.sender import Notifier
 from server.states import BULK_FINAL, BulkAction, BulkStatus, Status
@@ -146,7 +146,7 @@ class Bulks:
         bad += validation.check_priority(priority)
         if bad:
             raise invalid(bad)
-        check_priority_allowed(caller, priority)
+        entitlement.require(caller, priority, self.jobs.tiers)
         self.jobs.check_email(notify_email)
         base = self.store.order_keys.next(len(items) + 1)
         bulk_id = ObjectId()

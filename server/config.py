@@ -63,6 +63,13 @@ class Settings:
     concurrency: int = 1
     job_gap_seconds: float = 0.0
     max_queued_per_owner: int = 1000  # more queued jobs than this per owner are refused
+    # Abuse limits per owner (issue 26): schedules, the least time between two of a
+    # schedule's ticks, templates and their size, and open watch streams (per process).
+    max_schedules_per_owner: int = 100
+    min_schedule_interval_seconds: float = 60.0
+    max_templates_per_owner: int = 200
+    max_template_bytes: int = 1_048_576
+    max_streams_per_owner: int = 100
 
     def __post_init__(self) -> None:
         for name, least in _LEAST.items():
@@ -94,6 +101,13 @@ class Settings:
 
 _TYPES = {f.name: f.type for f in fields(Settings)}
 _LEAST = {"concurrency": 1, "job_gap_seconds": 0.0, "max_queued_per_owner": 1}  # settings with a lower bound
+_LEAST.update(
+    max_schedules_per_owner=1,
+    min_schedule_interval_seconds=0.0,
+    max_templates_per_owner=1,
+    max_template_bytes=1024,
+    max_streams_per_owner=1,
+)  # settings with a lower bound
 
 
 def _convert(name: str, raw: str) -> object:

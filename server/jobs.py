@@ -16,14 +16,15 @@ from typing import Any, Protocol
 
 from pymongo.errors import PyMongoError
 
-from server import observability, validation
+from server import entitlement, observability, validation
 from server.auth import Caller
-from server.errors import FieldViolation, ServiceError, email_not_configured, invalid, permission_denied
+from server.entitlement import Tiers
+from server.errors import FieldViolation, ServiceError, email_not_configured, invalid
 from server.eventlog import EventLog
 from server.events import Event, EventHub
 from server.notify.channels import targets
 from server.states import Status
-from server.store import READY, SNAPSHOT, STATUS_CHANGED, Doc, JobFilter, Page, Store, final
+from server.store import RANKS, READY, SNAPSHOT, STATUS_CHANGED, Doc, JobFilter, Page, Store, final
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class Jobs:
         self.limits: SubmitLimits = NoLimits()  # budgets and the queued-jobs cap
         self.on_change: list[Callable[[Doc, str], None]] = []  # bulk accounting, notifications
         self.email_enabled = False  # the app sets it when mail is configured (GENJOBS_SMTP_URL)
+        self.tiers: Tiers | None = None  # owners' stored tiers (PRIORITY_HIGH), set by the app
 
     # ---- events ---------------------------------------------------------
 
@@ -185,7 +187,7 @@ class Jobs:
         bad += validation.check_priority(priority)
         if bad:
             raise invalid(bad)
-        check_priority_allowed(caller, priority)
+        await entitlement.require_async(caller, priority, self.tiers)
         self.check_email(notify_email)
         params = normalized(params)
         doc = self.store.new_job_doc(
@@ -263,6 +265,10 @@ class Jobs:
         if bad:
             raise invalid(bad)
         doc = self.store.retry_doc(caller.owner_filter, job_id, request_id, self.default_max_attempts)
+        # The retry's creator is the caller, now: a HIGH job retried by one not
+        # entitled to HIGH (a plain token) runs at NORMAL (server/entitlement.py).
+        priority = entitlement.capped(caller, doc["priority"], self.tiers)
+        doc.update(priority=priority, rank=RANKS[priority])
         try:
             # A retry queues a job like a submit: the same limits and cap.
             self.limits.check_submit(doc["owner"], doc["project"], 1)
@@ -367,15 +373,6 @@ def normalized(params: Doc) -> Doc:
         "keywords": [k.strip() for k in params.get("keywords", [])],
         "word_count": params.get("word_count") or validation.DEFAULT_WORD_COUNT,
     }
-
-
-def check_priority_allowed(caller: Caller, priority: str) -> None:
-    """PERMISSION_DENIED when `caller` may not ask for `priority` (HIGH: premium tokens and admins)."""
-    if priority == "HIGH" and not (caller.premium or caller.admin):
-        raise permission_denied(
-            "PRIORITY_NOT_ALLOWED",
-            'PRIORITY_HIGH needs a token with the claim "tier": "premium" (or an admin token)',
-        )
 
 
 def _check_filter_values(filters: JobFilter) -> list[FieldViolation]:

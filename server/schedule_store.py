@@ -12,6 +12,12 @@ this module borrows from the `Store`.
   PAUSED, so the due schedules are one range search of the single-field
   index on it (`{next_run_us: {$gte: 1, $lte: now}}`), never a scan; each
   tick advances it with one conditional update on its expected value.
+- How many schedules and templates an owner has is a counter document per
+  owner and kind in `owner_counts` (`_id` "schedules:alice"): a create first
+  takes a place with one conditional `$inc` guarded by `n < cap` (so two
+  replicas' concurrent creates cannot both take the last place), and gives it
+  back when nothing was stored; a delete gives it back. A server that dies
+  between taking a place and storing leaves the count one high, never low.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from server import clock
-from server.errors import ServiceError, not_found
+from server.errors import ServiceError, not_found, quota_exceeded
 from server.store import MAX_PAGE_BYTES, Doc, Page, Store, _keyset_page, parse_id, request_key
 
 ACTIVE, PAUSED = "ACTIVE", "PAUSED"
+SCHEDULES, TEMPLATES = "schedules", "templates"  # what owner_counts counts
 
 
 def template_key(owner: str, name: str) -> str:
@@ -49,6 +56,7 @@ class ScheduleStore:
         self.store = store
         self.schedules: Collection[Doc] = store.db["schedules"]
         self.templates: Collection[Doc] = store.db["templates"]
+        self.counts: Collection[Doc] = store.db["owner_counts"]
 
     def ensure_indexes(self) -> None:
         """The index behind every query here (single-field ones make equalities
@@ -60,6 +68,43 @@ class ScheduleStore:
         self.schedules.create_index([("next_run_us", 1)])  # due ticks; 0 while paused
         self.templates.create_index([("owner", 1)])
         self.templates.create_index([("owner", 1), ("name", 1)])  # ListTemplates by name
+
+    # ---- per-owner caps -----------------------------------------------------
+
+    def take_place(self, kind: str, owner: str, cap: int, setting: str) -> None:
+        """Count one more of `owner`'s `kind` ("schedules", "templates"), or
+        RESOURCE_EXHAUSTED naming `setting` when they have `cap` already."""
+        key = f"{kind}:{owner}"
+        refused = True
+        for _ in range(2):
+            try:
+                # Matches only below the cap. An owner at the cap makes the upsert insert a
+                # second document of the same _id, refused: MongoDB raises a duplicate key
+                # error, nx-27017 answers None and stores nothing. A duplicate key error can
+                # also be another create's upsert of a new owner's first place: try again.
+                taken = self.counts.find_one_and_update(
+                    {"_id": key, "n": {"$lt": cap}},
+                    {"$inc": {"n": 1}},
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+                refused = taken is None
+                break
+            except DuplicateKeyError:
+                continue
+        if refused:
+            what = kind[:-1]
+            raise quota_exceeded(
+                f"TOO_MANY_{kind.upper()}",
+                f"owner:{owner}",
+                f"{owner} has {cap} {kind}, the most one owner may have ({setting}={cap}): "
+                f"delete one to make another",
+                {"owner": owner, "limit": str(cap), "setting": setting, "kind": what},
+            )
+
+    def give_place(self, kind: str, owner: str) -> None:
+        """Count one fewer of `owner`'s `kind` (never below 0)."""
+        self.counts.update_one({"_id": f"{kind}:{owner}", "n": {"$gt": 0}}, {"$inc": {"n": -1}})
 
     # ---- templates ----------------------------------------------------------
 
@@ -103,6 +148,7 @@ class ScheduleStore:
         """Remove a template; NOT_FOUND when there is none of that name."""
         if self.templates.delete_one({"_id": template_key(owner, name)}).deleted_count == 0:
             raise not_found("template", name)
+        self.give_place(TEMPLATES, owner)
 
     def list_templates(self, owner: str, size: int, token: str) -> tuple[list[Doc], str]:
         """A page of `owner`'s templates in name order (keyset on name) and the next token."""
@@ -137,6 +183,10 @@ class ScheduleStore:
                 raise
             return earlier
 
+    def schedule_by_key(self, key: str) -> Doc | None:
+        """The schedule a create with this request key stored, if any."""
+        return self.schedules.find_one({"request_key": key})
+
     def get_schedule(self, owner: str, schedule_id: str) -> Doc:
         """One of `owner`'s schedules; another's is NOT_FOUND."""
         found = self.schedules.find_one({"_id": parse_id(schedule_id, "schedule"), "owner": owner})
@@ -170,10 +220,23 @@ class ScheduleStore:
         oid = parse_id(schedule_id, "schedule")
         if self.schedules.delete_one({"_id": oid, "owner": owner}).deleted_count == 0:
             raise not_found("schedule", schedule_id)
+        self.give_place(SCHEDULES, owner)
 
-    def due_schedules(self, now_us: int, limit: int) -> list[Doc]:
-        """Active schedules whose next tick is at or before `now_us` (an index range search)."""
-        return list(self.schedules.find({"next_run_us": {"$gte": 1, "$lte": now_us}}).limit(limit))
+    def due_schedules(self, now_us: int, scan: int, limit: int) -> list[Doc]:
+        """Up to `limit` active schedules whose next tick is at or before
+        `now_us`, shared between owners (`fair_order`) among the `scan` longest
+        due: an index range search of small documents, then the chosen ones whole
+        by `_id` (a bulk schedule may hold megabytes of items)."""
+        heads = list(
+            self.schedules.find({"next_run_us": {"$gte": 1, "$lte": now_us}}, {"owner": 1, "next_run_us": 1})
+            .sort("next_run_us", pymongo.ASCENDING)
+            .limit(scan)
+        )
+        picked = fair_order(heads, limit)
+        if not picked:
+            return []
+        whole = {d["_id"]: d for d in self.schedules.find({"_id": {"$in": [d["_id"] for d in picked]}})}
+        return [whole[d["_id"]] for d in picked if d["_id"] in whole]
 
     def advance(self, oid: ObjectId, expected_next_us: int, changes: Doc, ran: bool) -> bool:
         """Move a schedule past a tick, if no one has since (pause, resume,
@@ -183,6 +246,23 @@ class ScheduleStore:
             update["$inc"] = {"run_count": 1}
         result = self.schedules.update_one({"_id": oid, "next_run_us": expected_next_us}, update)
         return result.modified_count == 1
+
+
+def fair_order(due: list[Doc], limit: int) -> list[Doc]:
+    """At most `limit` of `due` (longest due first), round robin between owners:
+    each owner's longest due, then each owner's second, and so on. So one owner's
+    hundreds of due ticks cannot keep another's waiting for the next pass."""
+    by_owner: dict[str, list[Doc]] = {}
+    for doc in due:  # owners in the order of their longest due tick
+        by_owner.setdefault(doc["owner"], []).append(doc)
+    picked: list[Doc] = []
+    depth = 0
+    while len(picked) < limit and any(len(docs) > depth for docs in by_owner.values()):
+        for docs in by_owner.values():
+            if len(docs) > depth and len(picked) < limit:
+                picked.append(docs[depth])
+        depth += 1
+    return picked
 
 
 def tick_key(owner: str, schedule_id: str, tick_us: int) -> str:

@@ -6,6 +6,10 @@ A template is a whole request, checked as if it were sent when it is saved.
 Its `request_id` is not kept (each submit from it is its own: a kept one
 would make every later submit return the first job), nor is a `template`
 (templates do not nest).
+
+An owner has at most GENJOBS_MAX_TEMPLATES_PER_OWNER templates (a counter
+taken with one conditional write, schedule_store.py), each at most
+GENJOBS_MAX_TEMPLATE_BYTES as stored.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from google.protobuf.message import Message
 from server import clock, convert, validation
 from server.auth import Caller
 from server.errors import FieldViolation, ServiceError, invalid
-from server.schedule_store import ScheduleStore, template_key
+from server.schedule_store import TEMPLATES, ScheduleStore, template_key
 from server.store import Doc
 
 # What a template (or a schedule) holds: the oneof field name and its message.
@@ -105,8 +109,10 @@ def stored_request(doc: Doc) -> Message:
 class Templates:
     """The TemplateService's domain, and the resolution of `template` on submits."""
 
-    def __init__(self, store: ScheduleStore) -> None:
+    def __init__(self, store: ScheduleStore, max_per_owner: int = 200, max_bytes: int = 1_048_576) -> None:
         self.store = store
+        self.max_per_owner = max_per_owner
+        self.max_bytes = max_bytes
 
     def _checked(self, name: str, kind: str, request: Message | None) -> bytes:
         """The request as stored, after every check; INVALID_ARGUMENT otherwise."""
@@ -120,7 +126,18 @@ class Templates:
             bad += check_request(kind, request, kind)
         if bad or request is None:
             raise invalid(bad)
-        return request.SerializeToString()
+        raw = request.SerializeToString()
+        if len(raw) > self.max_bytes:
+            raise invalid(
+                [
+                    FieldViolation(
+                        kind,
+                        f"{len(raw)} bytes; a template holds at most {self.max_bytes} "
+                        "(GENJOBS_MAX_TEMPLATE_BYTES)",
+                    )
+                ]
+            )
+        return raw
 
     def create(self, caller: Caller, name: str, kind: str, request: Message | None) -> Doc:
         """Save a new template; ALREADY_EXISTS if the caller has one of that name."""
@@ -135,7 +152,14 @@ class Templates:
             "ck": now,
             "updated_us": now,
         }
-        return self.store.insert_template(doc)
+        self.store.take_place(TEMPLATES, caller.user, self.max_per_owner, "GENJOBS_MAX_TEMPLATES_PER_OWNER")
+        stored = False
+        try:
+            stored = bool(self.store.insert_template(doc))
+            return doc
+        finally:
+            if not stored:  # a taken name (ALREADY_EXISTS): give the place back
+                self.store.give_place(TEMPLATES, caller.user)
 
     def get(self, caller: Caller, name: str) -> Doc:
         """One of the caller's templates."""

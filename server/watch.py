@@ -4,11 +4,12 @@ with no duplicates, ending after the final status."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from server.errors import sequence_out_of_range
+from server.errors import quota_exceeded, sequence_out_of_range
 from server.events import HEARTBEAT, SHUTDOWN, Event
 
 
@@ -21,6 +22,42 @@ class Heartbeat:
     """The stream was idle: a heartbeat carrying the last sequence sent."""
 
     sequence: int
+
+
+class StreamCap:
+    """How many watch streams (WatchJob, WatchBulkJob, and their server-sent
+    events on the HTTP face, which call the same handlers) each owner has open
+    on this server process, and the most one may (GENJOBS_MAX_STREAMS_PER_OWNER).
+
+    Per process, not per deployment: a stream holds this process's memory and
+    task, and a count shared in the database would outlive a process that died
+    with streams open. With N replicas an owner may hold N times the cap.
+    Counted on the event loop, so the check and the count are one step."""
+
+    def __init__(self, per_owner: int) -> None:
+        self.per_owner = per_owner
+        self.open: dict[str, int] = {}
+
+    @contextmanager
+    def hold(self, owner: str) -> Iterator[None]:
+        """One stream of `owner`'s for the block, or RESOURCE_EXHAUSTED past the cap."""
+        if self.open.get(owner, 0) >= self.per_owner:
+            raise quota_exceeded(
+                "TOO_MANY_STREAMS",
+                f"owner:{owner}",
+                f"{owner} has {self.per_owner} watch streams open on this server, the most one owner "
+                f"may (GENJOBS_MAX_STREAMS_PER_OWNER={self.per_owner}): close one first",
+                {"owner": owner, "limit": str(self.per_owner), "setting": "GENJOBS_MAX_STREAMS_PER_OWNER"},
+            )
+        self.open[owner] = self.open.get(owner, 0) + 1
+        try:
+            yield
+        finally:
+            left = self.open[owner] - 1
+            if left:
+                self.open[owner] = left
+            else:
+                del self.open[owner]  # no entry kept per owner who once watched
 
 
 def check_resume(kind: str, ident: str, after: int, last: int) -> None:

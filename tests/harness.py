@@ -186,6 +186,7 @@ def make_settings(mongo_uri: str, data_dir: Path, **overrides: Any) -> Settings:
         webhook_allow_private=True,  # tests' receivers listen on loopback
         http_port="0",
         shutdown_grace_seconds=2.0,  # a stopped test server requeues its running job soon
+        min_schedule_interval_seconds=1.0,  # tests' schedules tick every second or two
     )
     return replace(base, **overrides)
 

@@ -228,6 +228,6 @@ def test_global_options_may_follow_the_command() -> None:
 
 def test_help_answers(cli: Cli) -> None:
     top = cli("--help").stdout
-    assert len(COMMANDS) == 16 and all(command in top for command in COMMANDS)
+    assert len(COMMANDS) == 17 and all(command in top for command in COMMANDS)
     assert "--dry-run" in cli("ops", "retry-failed", "--help").stdout
     assert "JSON lines" in cli("bulk", "create", "--help").stdout

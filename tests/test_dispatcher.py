@@ -320,15 +320,20 @@ def test_stream_needs_no_thread(server: ServerThread) -> None:
         stub = alice.jobs.__class__(channel)
         streams: list[Any] = []
 
-        def open_streams(count: int) -> None:
+        def open_streams(count: int, user: str = "alice") -> None:
             # One at a time: each stream's opening query borrows a pool thread and gives it back.
+            # As watchers of one job (an admin reads anyone's) spread over owners, each under
+            # the per-owner cap of 100 streams (GENJOBS_MAX_STREAMS_PER_OWNER).
+            token = server.token(user, admin=user != "alice")
             for _ in range(count):
-                streams.append(stub.WatchJob(S.WatchJobRequest(id=job.id), metadata=alice._metadata))
+                metadata = (("authorization", f"Bearer {token}"),)
+                streams.append(stub.WatchJob(S.WatchJobRequest(id=job.id), metadata=metadata))
                 next(streams[-1])
 
         open_streams(10)
         before = threading.active_count()
-        open_streams(100)
+        open_streams(50, "ops-1")
+        open_streams(50, "ops-2")
         assert server.app is not None
         wait_for(lambda: server.app.hub.subscriber_count() == 110)  # type: ignore[union-attr]
         # 100 more open streams, and no more threads than a handful.

@@ -329,8 +329,13 @@ JOB_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
         monthly_limit_cents=st.one_of(int64s, st.integers(-5, -1)),
     ),
     "GetUsage": st.builds(jobs_pb2.GetUsageRequest, owner=st.one_of(texts, st.just(""))),
+    "SetTier": st.builds(
+        jobs_pb2.SetTierRequest,
+        owner=st.one_of(texts, st.just("someone")),
+        tier=st.one_of(texts, st.sampled_from(["", "premium"])),
+    ),
 }
-ADMIN_RPCS = frozenset({"SetBudget"})
+ADMIN_RPCS = frozenset({"SetBudget", "SetTier"})
 BULK_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
     "CreateBulkJob": st.builds(
         bulk_pb2.CreateBulkJobRequest,

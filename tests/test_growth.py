@@ -246,9 +246,12 @@ def test_schedule_and_template_queries_search_an_index(grown: tuple[Store, Recor
     schedules.ensure_indexes()
     listening = store.jobs.database  # the client that records what it sends
     schedules.schedules, schedules.templates = listening["schedules"], listening["templates"]
+    schedules.counts = listening["owner_counts"]
     now_us = clock.now_us()
     paths: dict[str, Callable[[Store], object]] = {
-        "due schedules": lambda s: schedules.due_schedules(now_us, 100),
+        "due schedules": lambda s: schedules.due_schedules(now_us, 1000, 100),
+        "a schedule's place under the cap": lambda s: schedules.take_place("schedules", "big", 100, "X"),
+        "its place given back": lambda s: schedules.give_place("schedules", "big"),
         "ListSchedules": lambda s: schedules.list_schedules("big", [], 50, ""),
         "GetSchedule": lambda s: schedules.schedules.find_one({"_id": ObjectId(), "owner": "big"}),
         "ListTemplates": lambda s: schedules.list_templates("big", 50, ""),

@@ -14,16 +14,23 @@ from server.events import EventHub
 from server.servicers.common import rpc
 from server.store import Doc
 from server.templates import Templates
-from server.watch import Heartbeat, check_resume, follow
+from server.watch import Heartbeat, StreamCap, check_resume, follow
 
 
 class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
     """The BulkService RPCs."""
 
-    def __init__(self, bulks: Bulks, hub: EventHub, templates: Templates | None = None) -> None:
+    def __init__(
+        self,
+        bulks: Bulks,
+        hub: EventHub,
+        templates: Templates | None = None,
+        streams: StreamCap | None = None,
+    ) -> None:
         self.bulks = bulks
         self.hub = hub
         self.templates = templates
+        self.streams = streams or StreamCap(100)  # open WatchBulkJob streams per owner
 
     @rpc
     async def CreateBulkJob(
@@ -118,8 +125,9 @@ class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
         # needs only the newest one: nothing between is lost by skipping it.
         key = f"bulk:{request.id}"
         after = max(0, request.after_sequence)
-        with self.hub.subscribe(key) as queue:
-            view = await asyncio.to_thread(self.bulks.get, current_caller(), request.id)
+        caller = current_caller()
+        with self.streams.hold(caller.user), self.hub.subscribe(key) as queue:
+            view = await asyncio.to_thread(self.bulks.get, caller, request.id)
             seq = view.doc["seq"]
             check_resume("bulk job", request.id, after, seq)
             if after == seq and is_final(view):

@@ -18,7 +18,7 @@ from server.progress import ExternalProgress
 from server.servicers.common import rpc
 from server.store import SNAPSHOT, Doc, JobFilter, final
 from server.templates import Templates
-from server.watch import Heartbeat, check_resume, follow
+from server.watch import Heartbeat, StreamCap, check_resume, follow
 
 
 def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.GetJobStatsRequest) -> JobFilter:
@@ -53,12 +53,14 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         progress: ExternalProgress | None = None,
         templates: Templates | None = None,
         budgets: Budgets | None = None,
+        streams: StreamCap | None = None,
     ) -> None:
         self.jobs = jobs
         self.hub = hub
         self.progress = progress
         self.templates = templates
         self.budgets = budgets
+        self.streams = streams or StreamCap(100)  # open WatchJob streams per owner
 
     @rpc
     async def SubmitJob(
@@ -171,7 +173,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         caller = current_caller()
         key = f"job:{request.id}"
         after = max(0, request.after_sequence)
-        with self.hub.subscribe(key) as queue:
+        with self.streams.hold(caller.user), self.hub.subscribe(key) as queue:
             doc, stored = await asyncio.to_thread(self.jobs.history, caller, request.id, after)
             check_resume("job", request.id, after, doc["seq"])
             if after == doc["seq"] and final(doc["status"]):
@@ -234,6 +236,17 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             budgets=[budget_message(limit) for limit in usage.limits],
             queued_jobs=usage.queued,
             max_queued_jobs=usage.max_queued,
+        )
+
+    @rpc
+    async def SetTier(
+        self, request: jobs_pb2.SetTierRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Tier:
+        if self.jobs.tiers is None:
+            raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", "tiers are off")
+        doc = await asyncio.to_thread(self.jobs.tiers.set_tier, current_caller(), request.owner, request.tier)
+        return jobs_pb2.Tier(
+            owner=doc["owner"], tier=doc["tier"], update_time=convert.timestamp(doc["updated_us"])
         )
 
     def _budgets(self) -> Budgets:

@@ -37,7 +37,9 @@ class _PriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Priority.Val
     PRIORITY_LOW: _Priority.ValueType  # 1
     PRIORITY_NORMAL: _Priority.ValueType  # 2
     PRIORITY_HIGH: _Priority.ValueType  # 3
-    """Allowed to tokens with the claim "tier": "premium" and to admins."""
+    """Allowed to tokens with the claim "tier": "premium", to admins, and to
+    owners an admin granted the tier "premium" (SetTier).
+    """
 
 class Priority(_Priority, metaclass=_PriorityEnumTypeWrapper):
     """Priority orders runnable jobs: higher runs first; among jobs of one
@@ -49,7 +51,9 @@ PRIORITY_UNSPECIFIED: Priority.ValueType  # 0
 PRIORITY_LOW: Priority.ValueType  # 1
 PRIORITY_NORMAL: Priority.ValueType  # 2
 PRIORITY_HIGH: Priority.ValueType  # 3
-"""Allowed to tokens with the claim "tier": "premium" and to admins."""
+"""Allowed to tokens with the claim "tier": "premium", to admins, and to
+owners an admin granted the tier "premium" (SetTier).
+"""
 Global___Priority: _TypeAlias = Priority  # noqa: Y015
 
 class _Mode:
@@ -1128,6 +1132,60 @@ class Budget(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Budget: _TypeAlias = Budget  # noqa: Y015
+
+@_typing.final
+class SetTierRequest(_message.Message):
+    """SetTierRequest grants or revokes an owner's stored tier."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    tier: _builtins.str
+    """"premium" grants PRIORITY_HIGH; "" revokes the grant."""
+    def __init__(
+        self,
+        *,
+        owner: _builtins.str = ...,
+        tier: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "tier", b"tier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTierRequest: _TypeAlias = SetTierRequest  # noqa: Y015
+
+@_typing.final
+class Tier(_message.Message):
+    """Tier is an owner's stored tier."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    tier: _builtins.str
+    """"premium", or "" (no grant)."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        owner: _builtins.str = ...,
+        tier: _builtins.str = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "tier", b"tier", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tier: _TypeAlias = Tier  # noqa: Y015
 
 @_typing.final
 class GetUsageRequest(_message.Message):

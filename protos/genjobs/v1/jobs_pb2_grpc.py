@@ -96,6 +96,11 @@ class JobServiceStub:
                 request_serializer=genjobs_dot_v1_dot_jobs__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=genjobs_dot_v1_dot_jobs__pb2.Usage.FromString,
                 _registered_method=True)
+        self.SetTier = channel.unary_unary(
+                '/genjobs.v1.JobService/SetTier',
+                request_serializer=genjobs_dot_v1_dot_jobs__pb2.SetTierRequest.SerializeToString,
+                response_deserializer=genjobs_dot_v1_dot_jobs__pb2.Tier.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -194,6 +199,16 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTier(self, request, context):
+        """SetTier grants (tier "premium") or revokes (tier "") an owner's stored
+        tier. PRIORITY_HIGH needs the premium standing when a job is created: a
+        premium or admin token on the call, or this stored tier (schedule ticks,
+        which have no token, use it alone). Admins only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -256,6 +271,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=genjobs_dot_v1_dot_jobs__pb2.GetUsageRequest.FromString,
                     response_serializer=genjobs_dot_v1_dot_jobs__pb2.Usage.SerializeToString,
+            ),
+            'SetTier': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTier,
+                    request_deserializer=genjobs_dot_v1_dot_jobs__pb2.SetTierRequest.FromString,
+                    response_serializer=genjobs_dot_v1_dot_jobs__pb2.Tier.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -583,6 +603,33 @@ class JobService:
             '/genjobs.v1.JobService/GetUsage',
             genjobs_dot_v1_dot_jobs__pb2.GetUsageRequest.SerializeToString,
             genjobs_dot_v1_dot_jobs__pb2.Usage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTier(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genjobs.v1.JobService/SetTier',
+            genjobs_dot_v1_dot_jobs__pb2.SetTierRequest.SerializeToString,
+            genjobs_dot_v1_dot_jobs__pb2.Tier.FromString,
             options,
             channel_credentials,
             insecure,

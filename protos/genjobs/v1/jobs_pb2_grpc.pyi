@@ -72,6 +72,12 @@ class JobServiceStub:
     """GetUsage returns an owner's spend this month (UTC), their limits and
     their queued jobs: the caller's own, or any owner's for an admin.
     """
+    SetTier: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.SetTierRequest, _jobs_pb2.Tier]
+    """SetTier grants (tier "premium") or revokes (tier "") an owner's stored
+    tier. PRIORITY_HIGH needs the premium standing when a job is created: a
+    premium or admin token on the call, or this stored tier (schedule ticks,
+    which have no token, use it alone). Admins only.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -115,6 +121,12 @@ class JobServiceAsyncStub(JobServiceStub):
     GetUsage: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetUsageRequest, _jobs_pb2.Usage]  # type: ignore[assignment]
     """GetUsage returns an owner's spend this month (UTC), their limits and
     their queued jobs: the caller's own, or any owner's for an admin.
+    """
+    SetTier: _aio.UnaryUnaryMultiCallable[_jobs_pb2.SetTierRequest, _jobs_pb2.Tier]  # type: ignore[assignment]
+    """SetTier grants (tier "premium") or revokes (tier "") an owner's stored
+    tier. PRIORITY_HIGH needs the premium standing when a job is created: a
+    premium or admin token on the call, or this stored tier (schedule ticks,
+    which have no token, use it alone). Admins only.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -228,6 +240,18 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_jobs_pb2.Usage, _abc.Awaitable[_jobs_pb2.Usage]]:
         """GetUsage returns an owner's spend this month (UTC), their limits and
         their queued jobs: the caller's own, or any owner's for an admin.
+        """
+
+    @_abc_1.abstractmethod
+    def SetTier(
+        self,
+        request: _jobs_pb2.SetTierRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.Tier, _abc.Awaitable[_jobs_pb2.Tier]]:
+        """SetTier grants (tier "premium") or revokes (tier "") an owner's stored
+        tier. PRIORITY_HIGH needs the premium standing when a job is created: a
+        premium or admin token on the call, or this stored tier (schedule ticks,
+        which have no token, use it alone). Admins only.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
