@@ -195,12 +195,15 @@ class BudgetStore:
         that leaves at most `cap` of them: one conditional update. False: no room."""
         now_us = clock.now_us()
         update = {"$inc": {"queued": len(ids)}, "$set": {f"open.{oid}": now_us for oid in ids}}
-        for _ in range(2):
-            fits = {"_id": owner, "queued": {"$lte": cap - len(ids)}}
+        fits = {"_id": owner, "queued": {"$lte": cap - len(ids)}}
+        for _ in range(3):
             if self.slots.find_one_and_update(fits, update, projection={"_id": 1}) is not None:
                 return True
-            if self.slots.find_one({"_id": owner}, {"_id": 1}) is not None:
-                return False
+            counter = self.slots.find_one({"_id": owner}, {"queued": 1})
+            if counter is not None:
+                if int(counter["queued"]) > cap - len(ids):
+                    return False  # full
+                continue  # made by a concurrent first admission after our write: try again
             # The owner's first admission (or the first since this counter
             # existed): it starts from the jobs they have open now.
             opened = self.open_jobs(owner)
