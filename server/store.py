@@ -27,7 +27,7 @@ import contextvars
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -490,10 +490,15 @@ class BulkQueries:
             self.notifications, query, fingerprint, size, token, self.page_tokens, count=False
         )
 
-    def due_deliveries(self, channel: Channel, now_us: int, limit: int = 500) -> list[Doc]:
-        """Notifications whose delivery on `channel` is pending and due: only
-        what the notifier needs to pick one (the claim returns the whole)."""
-        query = {channel.state: PENDING, channel.next_us: {"$lte": now_us}}
+    def due_deliveries(
+        self, channel: Channel, now_us: int, limit: int = 500, skip_owners: Sequence[str] = ()
+    ) -> list[Doc]:
+        """Notifications whose delivery on `channel` is pending and due, but
+        not `skip_owners`' (the notifier has no room for them): only what the
+        notifier needs to pick one (the claim returns the whole)."""
+        query: Doc = {channel.state: PENDING, channel.next_us: {"$lte": now_us}}
+        if skip_owners:  # a filter on the rows the state index finds (no scan)
+            query["owner"] = {"$nin": list(skip_owners)}
         return list(self.notifications.find(query, {"owner": 1, channel.target: 1}).limit(limit))
 
     def claim_delivery(

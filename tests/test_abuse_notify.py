@@ -21,6 +21,7 @@ from genjobs.v1 import bulk_pb2
 
 from client import GenJobsClient, InvalidArgument
 from server.embedded import free_port
+from server.notify.channels import new_notification
 from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings, serving, wait_for
 from tests.receivers import MailServer, Receiver, Trickler
 
@@ -82,6 +83,38 @@ def test_trickling_receivers_of_one_owner_do_not_delay_another_owners_webhook(
             assert late < 8.0, f"bob's webhook arrived {late:.1f} s after his job ended"
             # The tricklers were never given every worker.
             assert max(t.open for t in tricklers) <= 2
+    finally:
+        server.stop()
+
+
+def test_a_backlog_of_one_owners_due_webhooks_does_not_hide_another_owners(
+    mongo: MongoServer, tmp_path: Path, receiver: Receiver, tricklers: list[Trickler]
+) -> None:
+    server = ServerThread(make_settings(mongo.uri, tmp_path)).start()
+    try:
+        # More due deliveries than the notifier reads at a time, all mallory's.
+        now_us = int(time.time() * 1e6)
+        backlog = [
+            new_notification(
+                oid=ObjectId(),
+                owner="mallory",
+                event="job.completed",
+                message="a backlog",
+                payload={},
+                ck=now_us + i,
+                created_us=now_us,
+                notify_url=tricklers[i % 10].url(),
+                notify_email="",
+            )
+            for i in range(700)
+        ]
+        pymongo.MongoClient(mongo.uri)[server.settings.db_name].notifications.insert_many(backlog)
+        wait_for(lambda: sum(t.open for t in tricklers) >= 4, timeout=60)
+        with server.client("bob") as bob:
+            job = bob.submit("topic", topic="Tea", word_count=60, notify_url=receiver.url("/bob"))
+            hook = wait_for(lambda: receiver.on("/bob"), timeout=60)[0]
+            late = hook.at - ended_at(bob, job.id)
+            assert late < 8.0, f"bob's webhook arrived {late:.1f} s after his job ended"
     finally:
         server.stop()
 

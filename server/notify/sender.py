@@ -46,6 +46,8 @@ MAX_BACKOFF_SECONDS = 600.0
 # A claimed attempt not renewed within this time (its server died) is due again.
 CLAIM_SECONDS = 120.0
 STOP_SECONDS = 2.0  # how long a stopping notifier lets attempts under way finish
+BATCH = 500  # due deliveries read at a time
+LOOKS = 3  # reads a channel per pass, each leaving out the owners found with no room
 IO_THREADS = 4  # database calls and name lookups: never on the notifier's loop
 T = TypeVar("T")
 
@@ -175,32 +177,48 @@ class Notifier:
 
     async def _schedule(self) -> None:
         for sender in self.senders:
-            if self._stopping.is_set() or len(self._running) >= WORKERS:
-                return
-            channel = sender.channel
-            for doc in await self._call(self.store.due_deliveries, channel, clock.now_us()):
+            # Owners with no room are left out of the next look, so that one
+            # owner's backlog of due deliveries cannot hide everyone else's.
+            full: set[str] = set()
+            for _ in range(LOOKS):
                 if self._stopping.is_set() or len(self._running) >= WORKERS:
                     return  # the rest waits for a slot (a finished attempt wakes the loop)
-                owner = str(doc.get("owner", ""))
-                try:
-                    endpoint = f"{owner}\n{sender.endpoint(doc)}"
-                except Exception:
-                    endpoint = f"{owner}\n?"
-                if self._owners[owner] >= PER_OWNER or self._endpoints[endpoint] >= PER_ENDPOINT:
-                    continue  # it gets its turn when that owner or endpoint has room
-                token = secrets.token_hex(12)
-                now_us = clock.now_us()
-                until_us = now_us + int(self.claim_seconds * 1e6)
-                claimed = await self._call(
-                    self.store.claim_delivery, channel, doc["_id"], now_us, until_us, token
+                skipped = len(full)
+                due = await self._call(
+                    self.store.due_deliveries, sender.channel, clock.now_us(), BATCH, sorted(full)
                 )
-                if claimed is None:
-                    continue  # another replica took it
-                self._owners[owner] += 1
-                self._endpoints[endpoint] += 1
-                task = asyncio.get_running_loop().create_task(self._attempt(sender, claimed, token))
-                self._running[task] = _Slot(owner, endpoint)
-                task.add_done_callback(self._finished)
+                for doc in due:
+                    if self._stopping.is_set() or len(self._running) >= WORKERS:
+                        return
+                    await self._start(sender, doc, full)
+                if len(due) < BATCH or len(full) == skipped:
+                    break  # all seen, or nobody more to leave out
+
+    async def _start(self, sender: Sender, doc: Doc, full: set[str]) -> None:
+        """Claim `doc`'s attempt and start it, if its owner and endpoint have room."""
+        owner = str(doc.get("owner", ""))
+        try:
+            endpoint = f"{owner}\n{sender.endpoint(doc)}"
+        except Exception:
+            endpoint = f"{owner}\n?"
+        if self._owners[owner] >= PER_OWNER:
+            full.add(owner)
+            return
+        if self._endpoints[endpoint] >= PER_ENDPOINT:
+            return  # it gets its turn when that endpoint has room
+        token = secrets.token_hex(12)
+        now_us = clock.now_us()
+        until_us = now_us + int(self.claim_seconds * 1e6)
+        claimed = await self._call(
+            self.store.claim_delivery, sender.channel, doc["_id"], now_us, until_us, token
+        )
+        if claimed is None:
+            return  # another replica took it
+        self._owners[owner] += 1
+        self._endpoints[endpoint] += 1
+        task = asyncio.get_running_loop().create_task(self._attempt(sender, claimed, token))
+        self._running[task] = _Slot(owner, endpoint)
+        task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         slot = self._running.pop(task)
