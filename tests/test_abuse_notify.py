@@ -108,7 +108,8 @@ def test_a_backlog_of_one_owners_due_webhooks_does_not_hide_another_owners(
             )
             for i in range(700)
         ]
-        pymongo.MongoClient(mongo.uri)[server.settings.db_name].notifications.insert_many(backlog)
+        with pymongo.MongoClient(mongo.uri) as client:
+            client[server.settings.db_name].notifications.insert_many(backlog)
         wait_for(lambda: sum(t.open for t in tricklers) >= 4, timeout=60)
         with server.client("bob") as bob:
             job = bob.submit("topic", topic="Tea", word_count=60, notify_url=receiver.url("/bob"))
@@ -174,10 +175,11 @@ def test_sigterm_exits_within_the_grace_while_a_trickle_is_open(
         assert code == 0
         assert time.time() - asked < 10
         # The attempt was given back: due now, for the next server to make.
-        db = pymongo.MongoClient(mongo.uri)[settings.db_name]
-        doc = db.notifications.find_one({"_id": ObjectId(job.id)})
+        with pymongo.MongoClient(mongo.uri) as client:
+            doc = client[settings.db_name].notifications.find_one({"_id": ObjectId(job.id)})
         assert doc is not None and doc["delivery"] == "pending"
         assert doc["next_attempt_us"] <= time.time() * 1e6
+        assert (doc["attempts"], doc["claim_token"]) == (0, "")  # not counted, not held
     finally:
         if server.process is not None and server.process.poll() is None:
             server.kill()

@@ -122,13 +122,14 @@ class Notifier:
                 loop.call_soon_threadsafe(wake.set)
 
     def stop(self, grace: float = STOP_SECONDS) -> None:
-        """Stop delivering: attempts under way get `grace` seconds, then are
-        cancelled and their claims given back; the next server sends them."""
-        self._grace = grace
+        """Stop delivering: attempts under way get `grace` seconds (at most
+        STOP_SECONDS), then are cancelled and their claims given back; the
+        next server sends them."""
+        self._grace = min(grace, STOP_SECONDS)
         self._stopping.set()
         self.wake()
         if self._thread.is_alive():
-            self._thread.join(grace + 5)  # + giving claims back (bounded by the database timeout)
+            self._thread.join(self._grace + 5)  # + giving claims back (bounded by the database timeout)
         self._io.shutdown(wait=False, cancel_futures=True)
 
     # ---- the notifier's loop ------------------------------------------------
