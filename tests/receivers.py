@@ -139,6 +139,46 @@ class Trickler:
         self.sock.close()
 
 
+class Flood(Trickler):
+    """An HTTP receiver that answers 200 with a body of `limit` bytes, sent as
+    fast as the client reads, then holds the connection open. Records how
+    many body bytes it got to send on each connection."""
+
+    def __init__(self, limit: int = 50_000_000) -> None:
+        self.limit = limit
+        self.sent: list[int] = []
+        super().__init__(interval=0.2)
+
+    def _trickle(self, conn: socket.socket) -> None:
+        self.opened.append(time.time())
+        sent = 0
+        try:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                request += chunk
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (self.limit * 2))
+            block = b"x" * 65536
+            conn.settimeout(1.0)
+            while sent < self.limit and not self._stopping.is_set():
+                try:
+                    sent += conn.send(block)
+                except TimeoutError:
+                    continue  # the client is not reading (yet)
+            while not self._stopping.is_set():  # the rest never comes
+                readable, _, _ = select.select([conn], [], [], self.interval)
+                if readable and not conn.recv(65536):
+                    return
+        except OSError:
+            return
+        finally:
+            self.sent.append(sent)
+            self.closed.append(time.time())
+            conn.close()
+
+
 class _Inbox:
     def __init__(self) -> None:
         self.messages: list[tuple[EmailMessage, float]] = []

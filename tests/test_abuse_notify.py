@@ -23,7 +23,7 @@ from client import GenJobsClient, InvalidArgument
 from server.embedded import free_port
 from server.notify.channels import new_notification
 from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings, serving, wait_for
-from tests.receivers import MailServer, Receiver, Trickler
+from tests.receivers import Flood, MailServer, Receiver, Trickler
 
 B = bulk_pb2
 Doc = dict[str, Any]
@@ -138,6 +138,20 @@ def test_a_trickling_receiver_is_cut_off_at_the_attempts_deadline(
         wait_for(lambda: trickler.closed, timeout=10)
         held = trickler.closed[0] - trickler.opened[0]
         assert held < 2.0 + 2.0, f"a 2 s attempt held the trickling receiver {held:.1f} s"
+
+
+def test_a_huge_answer_is_read_only_in_part(mongo: MongoServer, tmp_path: Path) -> None:
+    flood = Flood()
+    try:
+        with serving(make_settings(mongo.uri, tmp_path)) as alice:
+            job = alice.submit("topic", topic="Tea", word_count=60, notify_url=flood.url())
+            found = wait_for(lambda: settled(alice, job.id, B.DELIVERY_CHANNEL_WEBHOOK), timeout=60)
+            assert (found.state, found.attempts) == (B.DELIVERY_STATE_DELIVERED, 1)
+            wait_for(lambda: flood.sent, timeout=10)
+        # What the sender took before hanging up (the rest sat in socket buffers).
+        assert flood.sent[0] < 10_000_000, f"{flood.sent[0]} bytes of an answer read"
+    finally:
+        flood.close()
 
 
 def test_an_answer_slower_than_the_claim_is_one_post_and_one_outcome(
