@@ -308,10 +308,15 @@ class App:
             return
         self._stopped.set()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        began = asyncio.get_running_loop().time()
         await asyncio.to_thread(self.dispatcher.stop, grace)
         await asyncio.to_thread(self.event_log.stop)
         self.hub.close()
-        await asyncio.to_thread(self.notifier.stop)  # may wait for its thread: not on the loop
+        # Notifications under way get what is left of the grace (at most a
+        # couple of seconds), then are cancelled and given back: a receiver
+        # cannot keep the server past its grace.
+        left = grace - (asyncio.get_running_loop().time() - began)
+        await asyncio.to_thread(self.notifier.stop, max(0.0, left))
         if self.metrics is not None:
             self.metrics.stop()
         if self.http is not None:

@@ -34,6 +34,12 @@ class Settings:
     webhook_timeout_seconds: float = 5.0
     smtp_url: str = ""  # smtp://user:pass@host:port or smtps://...; empty: no email
     smtp_from: str = ""
+    # Notifications: how long a claimed delivery attempt is held before another
+    # server may make it (renewed while the attempt runs), one mail attempt's
+    # time limit, and how many mails one owner may send an hour.
+    notify_claim_seconds: float = 120.0
+    smtp_timeout_seconds: float = 10.0
+    mail_per_owner_per_hour: int = 100
     public_url: str = ""  # where people reach genjobs' HTTP face: links in mails
     # Generators (server/generators/): the http generator's time limit and
     # headers, the openai generator's endpoint, and every attempt's limits.
@@ -100,14 +106,18 @@ class Settings:
 
 
 _TYPES = {f.name: f.type for f in fields(Settings)}
-_LEAST = {"concurrency": 1, "job_gap_seconds": 0.0, "max_queued_per_owner": 1}  # settings with a lower bound
-_LEAST.update(
-    max_schedules_per_owner=1,
-    min_schedule_interval_seconds=0.0,
-    max_templates_per_owner=1,
-    max_template_bytes=1024,
-    max_streams_per_owner=1,
-)  # settings with a lower bound
+_LEAST = {  # settings with a lower bound
+    "concurrency": 1,
+    "job_gap_seconds": 0.0,
+    "max_queued_per_owner": 1,
+    "max_schedules_per_owner": 1,
+    "min_schedule_interval_seconds": 0.0,
+    "max_templates_per_owner": 1,
+    "max_template_bytes": 1024,
+    "max_streams_per_owner": 1,
+    "notify_claim_seconds": 0.5,
+    "mail_per_owner_per_hour": 1,
+}
 
 
 def _convert(name: str, raw: str) -> object:

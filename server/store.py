@@ -27,7 +27,7 @@ import contextvars
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -519,24 +519,51 @@ class BulkQueries:
             self.notifications, query, fingerprint, size, token, self.page_tokens, count=False
         )
 
-    def due_deliveries(self, channel: Channel, now_us: int, limit: int = 200) -> list[Doc]:
-        """Notifications whose delivery on `channel` is pending and due."""
-        query = {channel.state: PENDING, channel.next_us: {"$lte": now_us}}
-        return list(self.notifications.find(query).limit(limit))
+    def due_deliveries(
+        self, channel: Channel, now_us: int, limit: int = 500, skip_owners: Sequence[str] = ()
+    ) -> list[Doc]:
+        """Notifications whose delivery on `channel` is pending and due, but
+        not `skip_owners`' (the notifier has no room for them): only what the
+        notifier needs to pick one (the claim returns the whole)."""
+        query: Doc = {channel.state: PENDING, channel.next_us: {"$lte": now_us}}
+        if skip_owners:  # a filter on the rows the state index finds (no scan)
+            query["owner"] = {"$nin": list(skip_owners)}
+        return list(self.notifications.find(query, {"owner": 1, channel.target: 1}).limit(limit))
 
-    def claim_delivery(self, channel: Channel, oid: Any, now_us: int, until_us: int) -> Doc | None:
+    def claim_delivery(
+        self, channel: Channel, oid: Any, now_us: int, until_us: int, token: str = ""
+    ) -> Doc | None:
         """Take one delivery attempt (so replicas never send the same attempt
-        twice); the notification with its attempt counted, None if taken."""
+        twice) under `token`; the notification with its attempt counted, None if taken."""
         return self.notifications.find_one_and_update(
             {"_id": oid, channel.state: PENDING, channel.next_us: {"$lte": now_us}},
-            {"$set": {channel.next_us: until_us}, "$inc": {channel.attempts: 1}},
+            {"$set": {channel.next_us: until_us, channel.claim: token}, "$inc": {channel.attempts: 1}},
             return_document=ReturnDocument.AFTER,
         )
 
-    def record_delivery(self, channel: Channel, oid: Any, attempt: int, changes: Doc) -> None:
-        """The outcome of attempt number `attempt` (ignored if another one started since)."""
+    def renew_delivery(self, channel: Channel, oid: Any, token: str, until_us: int) -> bool:
+        """Hold the attempt under `token` until `until_us`; False if it is no longer held."""
+        held = self.notifications.update_one(
+            {"_id": oid, channel.state: PENDING, channel.claim: token}, {"$set": {channel.next_us: until_us}}
+        )
+        return held.matched_count == 1
+
+    def release_delivery(self, channel: Channel, oid: Any, token: str, now_us: int) -> None:
+        """Give back the attempt under `token`, unmade (its server is stopping): due
+        now, for another server or the next start, and not counted."""
         self.notifications.update_one(
-            {"_id": oid, channel.state: PENDING, channel.attempts: attempt}, {"$set": changes}
+            {"_id": oid, channel.state: PENDING, channel.claim: token},
+            {"$set": {channel.next_us: now_us, channel.claim: ""}, "$inc": {channel.attempts: -1}},
+        )
+
+    def record_delivery(
+        self, channel: Channel, oid: Any, attempt: int, changes: Doc, token: str = ""
+    ) -> None:
+        """The outcome of attempt number `attempt` made under `token` (ignored if
+        that claim lapsed and another attempt took it since)."""
+        self.notifications.update_one(
+            {"_id": oid, channel.state: PENDING, channel.attempts: attempt, channel.claim: token},
+            {"$set": {**changes, channel.claim: ""}},
         )
 
     def unnotified_jobs(self, ended_before_us: int) -> list[Doc]:

@@ -24,6 +24,7 @@ from server.auth import Caller
 from server.budget_store import BudgetStore
 from server.budgets import Budgets
 from server.notify.channels import CHANNELS
+from server.notify.quota import MailQuota
 from server.schedule_store import ScheduleStore
 from server.store import BACKOFF, HELD, READY, TOTAL_SIZE_CAP, JobFilter, Store
 from tests.harness import MongoServer, ServerThread
@@ -203,6 +204,10 @@ def hot_paths(store: Store) -> dict[str, Callable[[Store], object]]:
             [s.due_deliveries(channel, now_us) for channel in CHANNELS],
             s.unnotified_jobs(now_us),
         ),
+        "notifications of owners with room": lambda s: [
+            s.due_deliveries(channel, now_us, 500, ["big", "small"]) for channel in CHANNELS
+        ],
+        "mail quota": lambda s: MailQuota(s.db["mail_quota"], 100).take("big", now_us),
         "ListBulkJobs": lambda s: s.list_bulk("big", [], "", 50, ""),
         "ListJobs by schedule": lambda s: s.list_jobs("big", JobFilter(schedule_id=str(ObjectId())), 50, ""),
         "notifications page": lambda s: s.list_notifications("big", 50, ""),

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 def make_notifier(settings: Settings, store: Store, webhook_secret: str) -> Notifier:
     """The notifier for these settings: webhooks always, mail when GENJOBS_SMTP_URL is set."""
     from server.notify.mail import MailSender, SmtpConfig
+    from server.notify.quota import MailQuota
     from server.notify.sender import Notifier, Sender
     from server.notify.webhook import WebhookSender
 
@@ -27,5 +28,6 @@ def make_notifier(settings: Settings, store: Store, webhook_secret: str) -> Noti
             config = SmtpConfig.from_url(settings.smtp_url, settings.smtp_from)
         except ValueError as exc:
             raise SystemExit(f"genjobs: {exc}") from exc
-        senders.append(MailSender(config, settings.public_url))
-    return Notifier(store, senders, settings.webhook_backoff_seconds)
+        quota = MailQuota(store.db["mail_quota"], settings.mail_per_owner_per_hour)
+        senders.append(MailSender(config, settings.public_url, settings.smtp_timeout_seconds, quota))
+    return Notifier(store, senders, settings.webhook_backoff_seconds, settings.notify_claim_seconds)

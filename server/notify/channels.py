@@ -33,6 +33,7 @@ class Channel:
     attempts: str
     next_us: str  # when the next attempt is due (or, while one runs, its claim expires)
     error: str
+    claim: str  # the token of the attempt under way ("" for none): only it may record an outcome
 
     def fields(self, target: str) -> Doc:
         """The delivery fields of a new notification sent to `target` ("" for none)."""
@@ -42,12 +43,21 @@ class Channel:
             self.attempts: 0,
             self.next_us: 0,
             self.error: "",
+            self.claim: "",
         }
 
 
-WEBHOOK = Channel("webhook", "notify_url", "delivery", "attempts", "next_attempt_us", "last_error")
+WEBHOOK = Channel(
+    "webhook", "notify_url", "delivery", "attempts", "next_attempt_us", "last_error", "claim_token"
+)
 EMAIL = Channel(
-    "email", "notify_email", "email_delivery", "email_attempts", "email_next_us", "email_last_error"
+    "email",
+    "notify_email",
+    "email_delivery",
+    "email_attempts",
+    "email_next_us",
+    "email_last_error",
+    "email_claim_token",
 )
 CHANNELS = (WEBHOOK, EMAIL)
 

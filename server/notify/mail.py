@@ -1,11 +1,12 @@
 """Mail: a plain-text message with a short HTML part, sent through the SMTP
-server of GENJOBS_SMTP_URL by aiosmtplib, on a notifier worker thread (its
-own short event loop: never the server's loop, never the dispatcher)."""
+server of GENJOBS_SMTP_URL by aiosmtplib, on the notifier's event loop
+(never the server's loop, never the dispatcher)."""
 
 from __future__ import annotations
 
 import asyncio
 import html
+import ipaddress
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -14,7 +15,8 @@ from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
 
-from server.notify.channels import DELIVERED, EMAIL, FAILED, PENDING, Doc
+from server.notify.channels import DELIVERED, EMAIL, FAILED, PENDING, REFUSED, Doc
+from server.notify.quota import MailQuota
 from server.notify.sender import Outcome
 
 MAX_ADDRESS = 254
@@ -22,11 +24,21 @@ MAX_ATTEMPTS = 20  # with backoff capped at 10 minutes: a mail server may be dow
 
 
 def address_problem(address: str) -> str:
-    """Why `address` is not a mail address genjobs can send to ("" when it is)."""
+    """Why `address` is not a mail address genjobs can send to ("" when it is).
+    Only user@domain.name: no address literal (user@[127.0.0.1]) or bare
+    address, and no source routing (%, !) or quoting, which could have a mail
+    relay pass the mail on to a host the domain does not name."""
     if len(address) > MAX_ADDRESS:
         return f"at most {MAX_ADDRESS} characters"
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in address):
         return "no spaces or control characters"
+    local, _, domain = address.rpartition("@")
+    if any(c in local for c in '%!"\\'):
+        return "no %, !, quotes or backslashes before the @ (no routing through another host)"
+    if domain.startswith("[") or _is_ip(domain):
+        return "must name a domain, not an address (no user@[127.0.0.1])"
+    if not all(_label(part) for part in domain.split(".")):
+        return "the domain must be names of letters, digits and hyphens, joined by dots"
     try:
         parsed = Address(addr_spec=address)
     except Exception:  # the stdlib parser raises many kinds (even AttributeError) on odd input
@@ -34,6 +46,19 @@ def address_problem(address: str) -> str:
     if not parsed.username or "." not in parsed.domain.strip(".") or parsed.addr_spec != address:
         return "not a mail address (user@example.com)"
     return ""
+
+
+def _is_ip(domain: str) -> bool:
+    try:
+        ipaddress.ip_address(domain)
+    except ValueError:
+        return False
+    return True
+
+
+def _label(part: str) -> bool:
+    """A domain name's label: letters (any script), digits and inner hyphens."""
+    return bool(part) and part[0] != "-" and part[-1] != "-" and all(c.isalnum() or c == "-" for c in part)
 
 
 @dataclass(frozen=True)
@@ -112,27 +137,43 @@ def compose(doc: Doc, sender: str, public_url: str) -> EmailMessage:
 
 
 class MailSender:
-    """Sends the email channel of notifications."""
+    """Sends the email channel of notifications, on the notifier's loop."""
 
     channel = EMAIL
     max_attempts = MAX_ATTEMPTS
 
-    def __init__(self, config: SmtpConfig, public_url: str = "", timeout_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        config: SmtpConfig,
+        public_url: str = "",
+        timeout_seconds: float = 10.0,
+        quota: MailQuota | None = None,
+    ) -> None:
         self.config = config
         self.public_url = public_url
-        self.timeout_seconds = timeout_seconds
+        self.deadline_seconds = timeout_seconds  # the whole attempt: connect, hello, send
+        self.quota = quota
 
     def endpoint(self, doc: Doc) -> str:
-        """Every mail goes through the one SMTP server."""
+        """Every mail goes through the one SMTP server (each owner's attempts limited apart)."""
         return f"smtp:{self.config.host}:{self.config.port}"
 
-    def send(self, doc: Doc) -> Outcome:
-        """Hand the mail to the SMTP server once; what came of it."""
+    async def send(self, doc: Doc) -> Outcome:
+        """Hand the mail to the SMTP server once, within the deadline; what came of it.
+        A mail past its owner's hourly rate is not sent."""
+        if self.quota is not None and int(doc[EMAIL.attempts]) == 1:  # counted once a mail
+            owner = str(doc.get("owner", ""))
+            if not await asyncio.to_thread(self.quota.take, owner):
+                return Outcome(
+                    REFUSED,
+                    f"not sent: {owner} has sent {self.quota.per_hour} mails this hour, "
+                    "the most GENJOBS_MAIL_PER_OWNER_PER_HOUR allows",
+                )
         message = compose(doc, self.config.sender, self.public_url)
         config = self.config
         try:
-            asyncio.run(
-                aiosmtplib.send(
+            async with asyncio.timeout(self.deadline_seconds):
+                await aiosmtplib.send(
                     message,
                     hostname=config.host,
                     port=config.port,
@@ -140,13 +181,16 @@ class MailSender:
                     password=config.password or None,
                     use_tls=config.use_tls,
                     start_tls=False if config.use_tls else None,  # None: STARTTLS where offered
-                    timeout=self.timeout_seconds,
+                    timeout=self.deadline_seconds,
                 )
-            )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             if all(r.code >= 500 for r in exc.recipients):  # permanent; a 4xx may pass later
                 return Outcome(FAILED, f"the mail server refused the address: {exc}")
             return Outcome(PENDING, f"{type(exc).__name__}: {exc}")
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-            return Outcome(PENDING, f"{type(exc).__name__}: {exc}")
+            detail = str(exc) or f"not done within {self.deadline_seconds:g} s (GENJOBS_SMTP_TIMEOUT_SECONDS)"
+            return Outcome(PENDING, f"{type(exc).__name__}: {detail}")
         return Outcome(DELIVERED)
+
+    async def aclose(self) -> None:
+        """Nothing held between mails: each attempt has its own connection."""

@@ -1,22 +1,36 @@
 """The one delivery mechanism behind every channel.
 
-A scheduler thread finds due deliveries (one indexed query per channel),
-claims each with a conditional update (so no two replicas send the same
-attempt), and hands it to a small pool of workers. Each endpoint (a webhook
-host, the SMTP server) has at most PER_ENDPOINT attempts in flight, and each
-attempt has a short timeout: a slow or failing endpoint holds up only its
-own deliveries, and a failed delivery backs off on its own. No failure of
-any kind, one delivery's or the database's, ends the scheduler.
+The notifier runs on its own thread with its own event loop (never the
+server's loop, never the dispatcher). It finds due deliveries (one indexed
+query per channel), claims each with a conditional update under a fresh
+token (so no two replicas send the same attempt), and runs the attempt as a
+task. What one owner can hold is bounded: at most WORKERS attempts run at
+once, at most PER_OWNER of them one owner's, at most PER_ENDPOINT of those
+to one endpoint (a webhook's host and port, the SMTP server). A delivery is
+claimed only when it can start at once, so no claim waits behind others.
+
+Each attempt has a total deadline (connect, send and the whole answer), and
+its claim is renewed while it runs, so it cannot lapse under it; its
+outcome is written only under its own token (fencing), so an attempt whose
+claim did lapse (a frozen server) cannot overwrite or double the outcome of
+the attempt that took over. Stopping gives attempts under way a short grace,
+then cancels them and gives their claims back, due at once, for another
+server or the next start. No failure of any kind, one delivery's or the
+database's, ends the notifier.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import logging
+import secrets
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from server import clock, observability
 from server.notify.channels import FAILED, PENDING, REFUSED, Channel, Doc
@@ -25,11 +39,17 @@ from server.store import Store
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0
-PER_ENDPOINT = 2
-WORKERS = 8
+WORKERS = 16  # attempts under way at once on one server
+PER_OWNER = 4  # of which one owner's: no owner's endpoints can take them all
+PER_ENDPOINT = 2  # of which to one of that owner's endpoints
 MAX_BACKOFF_SECONDS = 600.0
-# A claimed attempt not recorded within this time (its server died) is due again.
+# A claimed attempt not renewed within this time (its server died) is due again.
 CLAIM_SECONDS = 120.0
+STOP_SECONDS = 2.0  # how long a stopping notifier lets attempts under way finish
+BATCH = 500  # due deliveries read at a time
+LOOKS = 3  # reads a channel per pass, each leaving out the owners found with no room
+IO_THREADS = 4  # database calls and name lookups: never on the notifier's loop
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -45,98 +65,213 @@ class Sender(Protocol):
 
     channel: Channel
     max_attempts: int
+    deadline_seconds: float  # the most one attempt may take, all of it
 
     def endpoint(self, doc: Doc) -> str:
-        """The endpoint `doc` goes to (attempts to one endpoint are limited together)."""
+        """The endpoint `doc` goes to (one owner's attempts to one endpoint are limited together)."""
         ...
 
-    def send(self, doc: Doc) -> Outcome:
-        """Make one attempt (blocking, bounded by a timeout)."""
+    async def send(self, doc: Doc) -> Outcome:
+        """Make one attempt, over within `deadline_seconds`."""
         ...
+
+    async def aclose(self) -> None:
+        """Close connections (on the notifier's loop, as it ends)."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Slot:
+    owner: str
+    endpoint: str
 
 
 class Notifier:
     """Delivers pending notifications on every configured channel."""
 
-    def __init__(self, store: Store, senders: list[Sender], backoff_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        senders: list[Sender],
+        backoff_seconds: float = 1.0,
+        claim_seconds: float = CLAIM_SECONDS,
+    ) -> None:
         self.store = store
         self.senders = senders
         self.backoff_seconds = backoff_seconds
-        self._busy: collections.Counter[str] = collections.Counter()
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self.claim_seconds = claim_seconds
+        self._owners: collections.Counter[str] = collections.Counter()
+        self._endpoints: collections.Counter[str] = collections.Counter()
+        self._running: dict[asyncio.Task[None], _Slot] = {}
         self._stopping = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="notify")
-        self._thread = threading.Thread(target=self._loop, name="notifier", daemon=True)
+        self._grace = STOP_SECONDS
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="notify")
+        self._thread = threading.Thread(target=self._run, name="notifier", daemon=True)
 
     def start(self) -> None:
         """Start delivering."""
         self._thread.start()
 
     def wake(self) -> None:
-        """A notification is waiting: look now."""
-        self._wake.set()
+        """A notification is waiting (or a slot came free): look now. Any thread."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has ended
+                loop.call_soon_threadsafe(wake.set)
 
-    def stop(self) -> None:
-        """Stop delivering; attempts under way end within their timeout, and
-        what is left is sent by the next server to run."""
+    def stop(self, grace: float = STOP_SECONDS) -> None:
+        """Stop delivering: attempts under way get `grace` seconds (at most
+        STOP_SECONDS), then are cancelled and their claims given back; the
+        next server sends them."""
+        self._grace = min(grace, STOP_SECONDS)
         self._stopping.set()
-        self._wake.set()
+        self.wake()
         if self._thread.is_alive():
-            self._thread.join(5)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+            self._thread.join(self._grace + 5)  # + giving claims back (bounded by the database timeout)
+        self._io.shutdown(wait=False, cancel_futures=True)
 
-    def _loop(self) -> None:
+    # ---- the notifier's loop ------------------------------------------------
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        loop.set_default_executor(self._io)  # senders' to_thread calls too
+        try:
+            loop.run_until_complete(self._main(loop))
+        finally:
+            loop.close()
+
+    async def _main(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._wake = asyncio.Event()
+        self._loop = loop
         while not self._stopping.is_set():
+            self._wake.clear()  # before looking: a wake while looking makes it look again
             try:
-                self._schedule()
+                await self._schedule()
             except Exception:  # the database, or a bug: log it and go on
                 log.exception("notifications: scheduling failed")
-            self._wake.wait(min(POLL_SECONDS, self.backoff_seconds))
-            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(POLL_SECONDS, self.backoff_seconds)):
+                    await self._wake.wait()
+        await self._wind_down()
 
-    def _schedule(self) -> None:
+    async def _wind_down(self) -> None:
+        pending = set(self._running)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=self._grace)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 5  # giving claims back: bounded by the database timeout
+        while pending and loop.time() < until:
+            # Each gives its claim back as it ends. Again and again: a library
+            # may swallow one cancellation (asyncio.wait_for's race in 3.11).
+            for attempt in pending:
+                attempt.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         for sender in self.senders:
-            channel = sender.channel
-            now_us = clock.now_us()
-            for doc in self.store.due_deliveries(channel, now_us):
-                if self._stopping.is_set():
-                    return
-                try:
-                    endpoint = sender.endpoint(doc)
-                except Exception:
-                    endpoint = "?"
-                with self._lock:
-                    if self._busy[endpoint] >= PER_ENDPOINT:
-                        continue  # it gets its turn when that endpoint has room
-                claimed = self.store.claim_delivery(
-                    channel, doc["_id"], now_us, now_us + int(CLAIM_SECONDS * 1e6)
-                )
-                if claimed is None:
-                    continue  # another replica took it
-                with self._lock:
-                    self._busy[endpoint] += 1
-                self._pool.submit(self._attempt, sender, claimed, endpoint)
+            with contextlib.suppress(Exception):
+                await sender.aclose()
 
-    def _attempt(self, sender: Sender, doc: Doc, endpoint: str) -> None:
+    async def _call(self, function: Callable[..., T], *args: Any) -> T:
+        """A blocking (database) call, on the notifier's threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)
+
+    async def _schedule(self) -> None:
+        for sender in self.senders:
+            # Owners with no room are left out of the next look, so that one
+            # owner's backlog of due deliveries cannot hide everyone else's.
+            full: set[str] = set()
+            for _ in range(LOOKS):
+                if self._stopping.is_set() or len(self._running) >= WORKERS:
+                    return  # the rest waits for a slot (a finished attempt wakes the loop)
+                skipped = len(full)
+                due = await self._call(
+                    self.store.due_deliveries, sender.channel, clock.now_us(), BATCH, sorted(full)
+                )
+                for doc in due:
+                    if self._stopping.is_set() or len(self._running) >= WORKERS:
+                        return
+                    await self._start(sender, doc, full)
+                if len(due) < BATCH or len(full) == skipped:
+                    break  # all seen, or nobody more to leave out
+
+    async def _start(self, sender: Sender, doc: Doc, full: set[str]) -> None:
+        """Claim `doc`'s attempt and start it, if its owner and endpoint have room."""
+        owner = str(doc.get("owner", ""))
         try:
-            outcome = sender.send(doc)
-        except Exception as exc:  # a sender's bug must not lose the delivery
-            log.exception("notification %s: %s attempt failed", doc["_id"], sender.channel.name)
-            outcome = Outcome(PENDING, f"{type(exc).__name__}: {exc}")
+            endpoint = f"{owner}\n{sender.endpoint(doc)}"
+        except Exception:
+            endpoint = f"{owner}\n?"
+        if self._owners[owner] >= PER_OWNER:
+            full.add(owner)
+            return
+        if self._endpoints[endpoint] >= PER_ENDPOINT:
+            return  # it gets its turn when that endpoint has room
+        token = secrets.token_hex(12)
+        now_us = clock.now_us()
+        until_us = now_us + int(self.claim_seconds * 1e6)
+        claimed = await self._call(
+            self.store.claim_delivery, sender.channel, doc["_id"], now_us, until_us, token
+        )
+        if claimed is None:
+            return  # another replica took it
+        self._owners[owner] += 1
+        self._endpoints[endpoint] += 1
+        task = asyncio.get_running_loop().create_task(self._attempt(sender, claimed, token))
+        self._running[task] = _Slot(owner, endpoint)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        slot = self._running.pop(task)
+        self._owners[slot.owner] -= 1
+        self._endpoints[slot.endpoint] -= 1
+        if self._wake is not None:
+            self._wake.set()  # a slot came free
+
+    async def _attempt(self, sender: Sender, doc: Doc, token: str) -> None:
+        channel = sender.channel
+        attempt = asyncio.current_task()
+        assert attempt is not None
+        renewer = asyncio.get_running_loop().create_task(self._renew(channel, doc["_id"], token, attempt))
+        try:
+            try:
+                # The sender keeps its own deadline; this one holds a sender that does not.
+                async with asyncio.timeout(sender.deadline_seconds + 1):
+                    outcome = await sender.send(doc)
+            except TimeoutError:
+                outcome = Outcome(PENDING, f"no answer within {sender.deadline_seconds:g} s")
+            except Exception as exc:  # a sender's bug must not lose the delivery
+                log.exception("notification %s: %s attempt failed", doc["_id"], channel.name)
+                outcome = Outcome(PENDING, f"{type(exc).__name__}: {exc}")
+        except asyncio.CancelledError:  # stopping (or the claim was lost): give the claim back
+            renewer.cancel()
+            with contextlib.suppress(Exception):
+                await self._call(self.store.release_delivery, channel, doc["_id"], token, clock.now_us())
+            raise
         finally:
-            with self._lock:
-                self._busy[endpoint] -= 1
-            self._wake.set()
+            renewer.cancel()
         try:
-            self._record(sender, doc, outcome)
+            await self._call(self._record, sender, doc, token, outcome)
         except Exception:
             # Unrecorded, the claim lapses and the attempt is made again.
-            log.exception(
-                "notification %s: could not record its %s delivery", doc["_id"], sender.channel.name
-            )
+            log.exception("notification %s: could not record its %s delivery", doc["_id"], channel.name)
 
-    def _record(self, sender: Sender, doc: Doc, outcome: Outcome) -> None:
+    async def _renew(self, channel: Channel, oid: Any, token: str, attempt: asyncio.Task[None]) -> None:
+        """Hold the claim while the attempt runs; cancel the attempt if another took it."""
+        while True:
+            await asyncio.sleep(self.claim_seconds / 3)
+            until_us = clock.now_us() + int(self.claim_seconds * 1e6)
+            try:
+                held = await self._call(self.store.renew_delivery, channel, oid, token, until_us)
+            except Exception as exc:  # the database is away: a lapsed claim's outcome is fenced out
+                log.warning("notification %s: could not renew its %s claim: %s", oid, channel.name, exc)
+                continue
+            if not held:
+                log.warning("notification %s: its %s claim was taken over", oid, channel.name)
+                attempt.cancel()
+                return
+
+    def _record(self, sender: Sender, doc: Doc, token: str, outcome: Outcome) -> None:
         channel = sender.channel
         attempts = int(doc[channel.attempts])
         state, detail = outcome.state, outcome.detail[:500]
@@ -150,4 +285,4 @@ class Notifier:
             changes[channel.next_us] = clock.now_us() + int(delay * 1e6)
         elif state in (FAILED, REFUSED):
             log.warning("notification %s: %s %s: %s", doc["_id"], channel.name, state, detail)
-        self.store.record_delivery(channel, doc["_id"], attempts, changes)
+        self.store.record_delivery(channel, doc["_id"], attempts, changes, token)
