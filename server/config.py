@@ -49,6 +49,14 @@ class Settings:
     progress_target: str = ""  # host:port generation services report to; empty: this server's
     http_port: str = "8080"  # 0: a free port; "off": no HTTP face
     http_host: str = ""  # empty: the same as host
+    # The HTTP port's guards against abuse (server/http/guard.py): the largest
+    # request head (request line and headers), how long a head may take to
+    # arrive, how long a kept-alive connection may sit idle, and how many
+    # connections may be open at once (event streams included).
+    http_max_header_bytes: int = 32768
+    http_header_timeout_seconds: float = 10.0
+    http_idle_seconds: float = 5.0
+    http_max_connections: int = 1000
     # The longest any database call may take when the RPC sets no shorter deadline;
     # a database that does not answer in time is UNAVAILABLE, not a stall.
     db_timeout_seconds: float = 5.0
@@ -94,6 +102,12 @@ class Settings:
 
 _TYPES = {f.name: f.type for f in fields(Settings)}
 _LEAST = {"concurrency": 1, "job_gap_seconds": 0.0, "max_queued_per_owner": 1}  # settings with a lower bound
+_LEAST |= {  # the HTTP port's guards
+    "http_max_header_bytes": 1024,
+    "http_header_timeout_seconds": 0.1,
+    "http_idle_seconds": 0.1,
+    "http_max_connections": 1,
+}
 
 
 def _convert(name: str, raw: str) -> object:
