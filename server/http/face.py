@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from server import observability
@@ -71,6 +71,8 @@ class HttpApi:
                 Route("/metrics", _metrics, methods=["GET"]),
                 Route("/{path:path}", files.serve, methods=["GET", "HEAD"]),
             ],
+            # A path no route's pattern takes (one with a newline, say): still the API's error shape.
+            exception_handlers={404: _not_found},
         )
 
     def find(self, method: str, path: str) -> tuple[transcode.Route, dict[str, str]]:
@@ -167,6 +169,12 @@ def port_setting(value: str) -> int | None:
     if not 0 <= port <= 65535:
         raise SystemExit(f"genjobs: GENJOBS_HTTP_PORT={value!r} is not a port, 0 or 'off'")
     return port
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    if request.url.path.startswith(API_PREFIX):
+        return error_response(no_route(request.method, request.url.path, []))
+    return PlainTextResponse("not found", status_code=404)
 
 
 async def _metrics(request: Request) -> Response:
