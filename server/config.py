@@ -56,7 +56,7 @@ class Settings:
     http_max_header_bytes: int = 32768
     http_header_timeout_seconds: float = 10.0
     http_idle_seconds: float = 5.0
-    http_max_connections: int = 1000
+    http_max_connections: int = 2000
     # The longest any database call may take when the RPC sets no shorter deadline;
     # a database that does not answer in time is UNAVAILABLE, not a stall.
     db_timeout_seconds: float = 5.0

@@ -31,7 +31,7 @@ class Limits:
 
     max_header_bytes: int = 32768
     header_timeout_seconds: float = 10.0
-    max_connections: int = 1000
+    max_connections: int = 2000
 
 
 def _refusal(status: str, reason: str, message: str) -> bytes:
