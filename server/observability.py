@@ -97,12 +97,6 @@ RPC_DURATION = Histogram(
 STREAMS_OPEN = Gauge(
     "genjobs_streams_open", "Server streams open now.", ["method", "transport"], registry=REGISTRY
 )
-HTTP_REFUSED = Counter(
-    "genjobs_http_refused",
-    "HTTP connections closed by a guard (header_too_large, header_timeout, too_many_connections).",
-    ["reason"],
-    registry=REGISTRY,
-)
 DISPATCHER_LEADER = Gauge(
     "genjobs_dispatcher_leader", "1 while this replica holds the dispatcher lease.", registry=REGISTRY
 )
@@ -259,11 +253,6 @@ def rpc_done(service: str, method: str, code: str, started: float, transport: st
 def stream_gauge(method: str, transport: str) -> Any:
     """The open-streams gauge of `method` (inc() when one opens, dec() when it ends)."""
     return _labelled(STREAMS_OPEN, method, transport)
-
-
-def http_refused(reason: str) -> None:
-    """Count an HTTP connection a guard closed (server/http/guard.py)."""
-    _labelled(HTTP_REFUSED, reason).inc()
 
 
 class RpcMetrics(grpc.aio.ServerInterceptor):

@@ -123,6 +123,8 @@ def test_a_huge_header_is_refused_while_grpc_calls_keep_their_pace(server: Serve
         assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:200]
     answer = httpx.get(http_base(server) + "/", headers={"X-Big": "a" * 100_000}, timeout=30)
     assert answer.status_code == 431
+    # An alert can see it (the registry is the process's: other tests' servers count there too).
+    assert _value(_samples(server), "genjobs_http_refused_total", reason="header_too_large") > len(floods)
     assert httpx.get(http_base(server) + "/", headers={"X-Ok": "a" * 4000}, timeout=30).status_code == 200
 
 
@@ -170,6 +172,7 @@ def test_silent_and_unfinished_connections_are_closed(strict: ServerThread) -> N
         pytest.fail("an idle keep-alive connection was never closed")
     idle.close()
     assert time.monotonic() - started < 20
+    assert _value(_samples(strict), "genjobs_http_refused_total", reason="header_timeout") >= 10
 
 
 def test_open_http_connections_are_bounded(bounded: ServerThread) -> None:
@@ -191,6 +194,8 @@ def test_open_http_connections_are_bounded(bounded: ServerThread) -> None:
         sock.close()
     # Freed connections are counted down: the port serves again.
     wait_for(lambda: _status(bounded, "/") == 200, timeout=30)
+    refusals = _value(_samples(bounded), "genjobs_http_refused_total", reason="too_many_connections")
+    assert refusals >= refused
     with bounded.client("alice") as alice:  # gRPC never noticed
         assert alice.submit("topic", topic="still here").id
 
