@@ -97,6 +97,10 @@ RPC_DURATION = Histogram(
 STREAMS_OPEN = Gauge(
     "genjobs_streams_open", "Server streams open now.", ["method", "transport"], registry=REGISTRY
 )
+HTTP_REFUSED = Counter(
+    "genjobs_http_refused", "HTTP connections a guard closed (server/http/guard.py), by reason.", ["reason"],
+    registry=REGISTRY,
+)  # fmt: skip
 DISPATCHER_LEADER = Gauge(
     "genjobs_dispatcher_leader", "1 while this replica holds the dispatcher lease.", registry=REGISTRY
 )
@@ -253,6 +257,11 @@ def rpc_done(service: str, method: str, code: str, started: float, transport: st
 def stream_gauge(method: str, transport: str) -> Any:
     """The open-streams gauge of `method` (inc() when one opens, dec() when it ends)."""
     return _labelled(STREAMS_OPEN, method, transport)
+
+
+def http_refused(reason: str) -> None:
+    """An HTTP connection closed by a guard: header_too_large, header_timeout, too_many_connections."""
+    _labelled(HTTP_REFUSED, reason).inc()
 
 
 class RpcMetrics(grpc.aio.ServerInterceptor):

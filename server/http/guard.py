@@ -20,17 +20,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Counter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from server.observability import REGISTRY
-
-REFUSED = Counter(
-    "genjobs_http_refused",
-    "HTTP connections closed by a guard (header_too_large, header_timeout, too_many_connections).",
-    ["reason"],
-    registry=REGISTRY,
-)
+from server import observability
 
 
 @dataclass(frozen=True)
@@ -87,7 +79,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         """Take the connection, or refuse it at once when too many are open."""
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
-            REFUSED.labels("too_many_connections").inc()
+            observability.http_refused("too_many_connections")
             self._refuse(
                 "503 Service Unavailable", "TOO_MANY_CONNECTIONS", "too many HTTP connections are open"
             )
@@ -153,7 +145,7 @@ class GuardedHttpTools(HttpToolsProtocol):
             super().on_message_complete()
 
     def _too_large(self) -> None:
-        REFUSED.labels("header_too_large").inc()
+        observability.http_refused("header_too_large")
         self._refuse(
             "431 Request Header Fields Too Large",
             "HEADERS_TOO_LARGE",
@@ -174,7 +166,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._deadline = None
         if self.transport.is_closing():
             return
-        REFUSED.labels("header_timeout").inc()
+        observability.http_refused("header_timeout")
         if self.cycle is None or self.cycle.response_complete:
             self._refuse("408 Request Timeout", "HEADER_TIMEOUT", "the request head took too long")
         else:  # a response is being sent (a stream): a refusal would garble it
