@@ -147,7 +147,8 @@ def dashboard_runs(http_port: int, token: str) -> list[tuple[float, int, float]]
 
             page.on("requestfinished", finished)
             page.goto(f"http://127.0.0.1:{http_port}/#token={token}")
-            page.wait_for_function("window.__tableShown !== null", timeout=30_000)
+            # A function, not an expression: the page's CSP refuses eval, which an expression needs.
+            page.wait_for_function("() => window.__tableShown !== null", timeout=30_000)
             shown = page.evaluate("window.__tableShown")
             answered = page.evaluate(
                 "Math.max(...performance.getEntriesByType('resource')"

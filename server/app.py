@@ -42,6 +42,7 @@ from server.eventlog import EventLog
 from server.events import EventHub
 from server.generators import make_generator
 from server.http.face import HttpFace, make_api, port_setting
+from server.http.guard import Limits
 from server.jobs import Jobs
 from server.notify import make_notifier
 from server.notify.job_end import JobNotifications
@@ -355,7 +356,13 @@ class App:
             schedules_pb2.DESCRIPTOR.services_by_name["ScheduleService"],
             templates_pb2.DESCRIPTOR.services_by_name["TemplateService"],
         ]
-        self.http = HttpFace(make_api(dict(zip(services, servicers, strict=True)), secret))
+        limits = Limits(
+            max_header_bytes=self.settings.http_max_header_bytes,
+            header_timeout_seconds=self.settings.http_header_timeout_seconds,
+            max_connections=self.settings.http_max_connections,
+        )
+        api = make_api(dict(zip(services, servicers, strict=True)), secret)
+        self.http = HttpFace(api, limits, self.settings.http_idle_seconds)
         return await self.http.start(
             self.settings.http_host or self.settings.host, port, http_tls(self.settings)
         )

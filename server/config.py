@@ -55,6 +55,14 @@ class Settings:
     progress_target: str = ""  # host:port generation services report to; empty: this server's
     http_port: str = "8080"  # 0: a free port; "off": no HTTP face
     http_host: str = ""  # empty: the same as host
+    # The HTTP port's guards against abuse (server/http/guard.py): the largest
+    # request head (request line and headers), how long a head may take to
+    # arrive, how long a kept-alive connection may sit idle, and how many
+    # connections may be open at once (event streams included).
+    http_max_header_bytes: int = 32768
+    http_header_timeout_seconds: float = 10.0
+    http_idle_seconds: float = 5.0
+    http_max_connections: int = 2000
     # The longest any database call may take when the RPC sets no shorter deadline;
     # a database that does not answer in time is UNAVAILABLE, not a stall.
     db_timeout_seconds: float = 5.0
@@ -117,6 +125,10 @@ _LEAST = {  # settings with a lower bound
     "max_streams_per_owner": 1,
     "notify_claim_seconds": 0.5,
     "mail_per_owner_per_hour": 1,
+    "http_max_header_bytes": 1024,
+    "http_header_timeout_seconds": 0.1,
+    "http_idle_seconds": 0.1,
+    "http_max_connections": 1,
 }
 
 

@@ -85,15 +85,22 @@ JOB_RUN = Histogram(
 GENERATOR_COST = Counter(
     "genjobs_generator_cost_cents", "What completed jobs cost, in cents.", ["mode"], registry=REGISTRY
 )
+# transport: "grpc", or "http" for the same RPCs called through the HTTP/JSON face.
 RPC_HANDLED = Counter(
-    "genjobs_rpc_handled", "RPCs finished, by gRPC status code name.", ["service", "method", "code"],
-    registry=REGISTRY,
+    "genjobs_rpc_handled", "RPCs finished, by gRPC status code name.",
+    ["service", "method", "code", "transport"], registry=REGISTRY,
 )  # fmt: skip
 RPC_DURATION = Histogram(
-    "genjobs_rpc_duration_seconds", "RPC handling time (a stream: until it ends).", ["service", "method"],
-    buckets=RPC_BUCKETS, registry=REGISTRY,
+    "genjobs_rpc_duration_seconds", "RPC handling time (a stream: until it ends).",
+    ["service", "method", "transport"], buckets=RPC_BUCKETS, registry=REGISTRY,
 )  # fmt: skip
-STREAMS_OPEN = Gauge("genjobs_streams_open", "Server streams open now.", ["method"], registry=REGISTRY)
+STREAMS_OPEN = Gauge(
+    "genjobs_streams_open", "Server streams open now.", ["method", "transport"], registry=REGISTRY
+)
+HTTP_REFUSED = Counter(
+    "genjobs_http_refused", "HTTP connections a guard closed (server/http/guard.py), by reason.", ["reason"],
+    registry=REGISTRY,
+)  # fmt: skip
 DISPATCHER_LEADER = Gauge(
     "genjobs_dispatcher_leader", "1 while this replica holds the dispatcher lease.", registry=REGISTRY
 )
@@ -241,6 +248,22 @@ def _status_name(context: grpc.aio.ServicerContext, failed: BaseException | None
 _CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
 
 
+def rpc_done(service: str, method: str, code: str, started: float, transport: str) -> None:
+    """Count one finished RPC (`started`: its time.perf_counter() at the start)."""
+    _labelled(RPC_HANDLED, service, method, code, transport).inc()
+    _labelled(RPC_DURATION, service, method, transport).observe(time.perf_counter() - started)
+
+
+def stream_gauge(method: str, transport: str) -> Any:
+    """The open-streams gauge of `method` (inc() when one opens, dec() when it ends)."""
+    return _labelled(STREAMS_OPEN, method, transport)
+
+
+def http_refused(reason: str) -> None:
+    """An HTTP connection closed by a guard: header_too_large, header_timeout, too_many_connections."""
+    _labelled(HTTP_REFUSED, reason).inc()
+
+
 class RpcMetrics(grpc.aio.ServerInterceptor):
     """Counts and times every RPC by service, method and status code, counts
     open streams, and names the RPC in log lines written while it runs."""
@@ -282,8 +305,7 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         return handler  # client streaming: only reflection, not measured
 
     def _done(self, service: str, method: str, code: str, started: float) -> None:
-        _labelled(RPC_HANDLED, service, method, code).inc()
-        _labelled(RPC_DURATION, service, method).observe(time.perf_counter() - started)
+        rpc_done(service, method, code, started, "grpc")
 
     def _unary(self, inner: Callable[..., Any], service: str, method: str) -> Callable[..., Any]:
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -306,7 +328,7 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
             _rpc.set(method)
             started = time.perf_counter()
             failed: BaseException | None = None
-            gauge = _labelled(STREAMS_OPEN, method)
+            gauge = stream_gauge(method, "grpc")
             gauge.inc()
             try:
                 answers = inner(request, context)

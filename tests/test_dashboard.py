@@ -43,6 +43,8 @@ def page(browser: Browser, server: ServerThread) -> Iterator[Page]:
     opened = context.new_page()
     errors: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
+    # Whatever the Content-Security-Policy blocks (an inline script, a style) is logged so.
+    opened.on("console", lambda m: "Content Security Policy" in m.text and errors.append(m.text))
     yield opened
     context.close()
     assert not errors, errors

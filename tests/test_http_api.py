@@ -393,5 +393,5 @@ def test_a_body_over_four_megabytes_is_refused_unread(api: Api) -> None:
     answer = api.http.post(
         "/v1/jobs/0123456789abcdef01234567:reportProgress", content=b"x" * (5 * 1024 * 1024)
     )
-    assert answer.status_code == 429
+    assert answer.status_code == 413
     assert error_of(answer.json())[1:] == ("RESOURCE_EXHAUSTED", "REQUEST_TOO_LARGE")

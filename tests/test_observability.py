@@ -85,7 +85,7 @@ def test_metrics_move_as_jobs_are_submitted_run_fail_and_are_cancelled(metered: 
             ),
             timeout=15,
         )
-        assert value(gauges, "genjobs_streams_open", method="WatchJob") == 1
+        assert value(gauges, "genjobs_streams_open", method="WatchJob", transport="grpc") == 1
         assert value(gauges, "genjobs_dispatcher_leader") == 1
         stream.cancel()
 
@@ -104,7 +104,7 @@ def test_metrics_move_as_jobs_are_submitted_run_fail_and_are_cancelled(metered: 
             (s := scrape(port))
             and value(s, "genjobs_webhook_deliveries_total", outcome="delivered")
             > value(before, "genjobs_webhook_deliveries_total", outcome="delivered")
-            and value(s, "genjobs_streams_open", method="WatchJob") == 0
+            and value(s, "genjobs_streams_open", method="WatchJob", transport="grpc") == 0
             and s
         ),
         timeout=15,
@@ -126,27 +126,50 @@ def test_metrics_move_as_jobs_are_submitted_run_fail_and_are_cancelled(metered: 
     assert delta("genjobs_job_run_seconds_count", mode="topic") == 2
     assert delta("genjobs_generator_cost_cents_total", mode="topic") >= 1
     assert (
-        delta("genjobs_rpc_handled_total", service="genjobs.v1.JobService", method="SubmitJob", code="OK")
+        delta(
+            "genjobs_rpc_handled_total",
+            service="genjobs.v1.JobService",
+            transport="grpc",
+            method="SubmitJob",
+            code="OK",
+        )
         == 4
     )
     assert (
-        delta("genjobs_rpc_handled_total", service="genjobs.v1.JobService", method="GetJob", code="NOT_FOUND")
+        delta(
+            "genjobs_rpc_handled_total",
+            service="genjobs.v1.JobService",
+            transport="grpc",
+            method="GetJob",
+            code="NOT_FOUND",
+        )
         == 1
     )
     assert (
         delta(
             "genjobs_rpc_handled_total",
             service="genjobs.v1.JobService",
+            transport="grpc",
             method="GetJob",
             code="UNAUTHENTICATED",
         )
         == 1
     )
     assert delta(
-        "genjobs_rpc_handled_total", service="genjobs.v1.JobService", method="WatchJob", code="CANCELLED"
+        "genjobs_rpc_handled_total",
+        service="genjobs.v1.JobService",
+        transport="grpc",
+        method="WatchJob",
+        code="CANCELLED",
     )
     assert (
-        delta("genjobs_rpc_duration_seconds_count", service="genjobs.v1.JobService", method="SubmitJob") == 4
+        delta(
+            "genjobs_rpc_duration_seconds_count",
+            service="genjobs.v1.JobService",
+            transport="grpc",
+            method="SubmitJob",
+        )
+        == 4
     )
     assert delta("genjobs_webhook_deliveries_total", outcome="delivered") == 1
 

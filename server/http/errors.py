@@ -28,6 +28,8 @@ HTTP_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DATA_LOSS: 500,
 }
+# Errors whose HTTP status is more precise than their gRPC code's.
+STATUS_BY_REASON = {"REQUEST_TOO_LARGE": 413}
 # Longest piece of a caller's input echoed back in a message.
 ECHO_LIMIT = 200
 
@@ -38,7 +40,7 @@ def error_body(error: ServiceError) -> dict[str, object]:
     status = json_format.MessageToDict(error.to_status())
     return {
         "error": {
-            "code": HTTP_STATUS.get(error.code, 500),
+            "code": http_status(error),
             "message": error.message,
             "status": error.code.name,
             "details": status.get("details", []),
@@ -49,14 +51,20 @@ def error_body(error: ServiceError) -> dict[str, object]:
 def error_response(error: ServiceError) -> JSONResponse:
     """The HTTP response for `error`."""
     headers = {"WWW-Authenticate": "Bearer"} if error.code == grpc.StatusCode.UNAUTHENTICATED else None
-    return JSONResponse(error_body(error), status_code=HTTP_STATUS.get(error.code, 500), headers=headers)
+    return JSONResponse(error_body(error), status_code=http_status(error), headers=headers)
+
+
+def http_status(error: ServiceError) -> int:
+    """The HTTP status of `error`: by its reason where one is more precise, else by its code."""
+    return STATUS_BY_REASON.get(error.reason) or HTTP_STATUS.get(error.code, 500)
 
 
 def bad_request(reason: str, where: str, problem: str) -> ServiceError:
     """INVALID_ARGUMENT for input the transcoder cannot read (bad JSON, an
     unknown field, a wrong type), naming where it is."""
     problem = problem.strip().splitlines()[0] if problem.strip() else "invalid"
-    problem = problem[:ECHO_LIMIT]
+    # Echoed input may hold lone surrogates, which neither UTF-8 nor a protobuf string can carry.
+    problem = problem[:ECHO_LIMIT].encode("utf-8", "replace").decode()
     return ServiceError(
         grpc.StatusCode.INVALID_ARGUMENT, reason, f"{where}: {problem}", [FieldViolation(where, problem)]
     )

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from typing import Any
 
@@ -19,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from server import observability
@@ -27,12 +28,15 @@ from server.auth import VerifiedTokens, is_open, set_current_caller
 from server.errors import ServiceError
 from server.http import transcode
 from server.http.errors import error_body, error_response, no_route
-from server.http.web import WebFiles
+from server.http.guard import Limits, protocol
+from server.http.web import WebFiles, security_headers
 from server.servicers.common import plain_handlers, service_error
 
 API_PREFIX = "/v1/"
 MAX_BODY_BYTES = 4 * 1024 * 1024  # gRPC's own limit on a request message
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# The service and method label of an API call that matched no route (a path is no label).
+NO_ROUTE = ("genjobs.http", "NoRoute")
 
 
 class HttpApi:
@@ -49,10 +53,15 @@ class HttpApi:
         self.handlers = handlers
         self.tokens = tokens
         self.frames = transcode.FrameCache()
+        files = WebFiles()
         self.app = Starlette(
-            # Compressed when the caller accepts it (browsers do): a page of 50
-            # jobs with their articles shrinks about fivefold. Never the event streams.
-            middleware=[Middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)],
+            middleware=[
+                # Every answer: the dashboard's CSP, no sniffing, no framing.
+                Middleware(security_headers, headers=files.security_headers()),
+                # Compressed when the caller accepts it (browsers do): a page of 50
+                # jobs with their articles shrinks about fivefold. Never the event streams.
+                Middleware(GZipMiddleware, minimum_size=1024, compresslevel=5),
+            ],
             routes=[
                 Route(
                     API_PREFIX + "{rest:path}",
@@ -60,8 +69,10 @@ class HttpApi:
                     methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                 ),
                 Route("/metrics", _metrics, methods=["GET"]),
-                Route("/{path:path}", WebFiles().serve, methods=["GET", "HEAD"]),
+                Route("/{path:path}", files.serve, methods=["GET", "HEAD"]),
             ],
+            # A path no route's pattern takes (one with a newline, say): still the API's error shape.
+            exception_handlers={404: _not_found},
         )
 
     def find(self, method: str, path: str) -> tuple[transcode.Route, dict[str, str]]:
@@ -78,11 +89,15 @@ class HttpApi:
         raise no_route(method, path, allowed)
 
     async def serve(self, request: Request) -> Response:
-        """One API call: route, authenticate, build the request, call the RPC's handler."""
+        """One API call: route, authenticate, build the request, call the RPC's handler;
+        counted in the RPC metrics with transport="http" (a stream: when it ends)."""
+        started = time.perf_counter()
         name = request.url.path
+        service, method = NO_ROUTE
         try:
             route, variables = self.find(request.method, request.url.path)
             name = route.method.full_name
+            service, method = route.method.containing_service.full_name, route.method.name
             if not is_open(f"/{route.method.containing_service.full_name}/{route.method.name}"):
                 set_current_caller(self.tokens.caller(request.headers.get("authorization")))
             message = transcode.build_request(
@@ -96,13 +111,16 @@ class HttpApi:
             if handler is None:
                 raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", f"{name} is not served")
             if route.streaming:
-                return await self._stream(handler(message), name)
+                return await self._stream(handler(message), name, started)
             answer = await handler(message)
         except Exception as exc:
-            return error_response(service_error(exc, name))
+            error = service_error(exc, name)
+            observability.rpc_done(service, method, error.code.name, started, "http")
+            return error_response(error)
+        observability.rpc_done(service, method, "OK", started, "http")
         return Response(transcode.to_json(answer, route.response_body), media_type="application/json")
 
-    async def _stream(self, stream: AsyncIterator[Message], name: str) -> Response:
+    async def _stream(self, stream: AsyncIterator[Message], name: str, started: float) -> Response:
         """Server-sent events, one per message. The first message is awaited
         here, so that a stream refused at once (not found, bad request) is an
         HTTP error status, not an event."""
@@ -111,23 +129,31 @@ class HttpApi:
         except StopAsyncIteration:  # resumed after the end: nothing more will come
             first = None
         return StreamingResponse(
-            self._events(stream, first, name), media_type="text/event-stream", headers=SSE_HEADERS
+            self._events(stream, first, name, started), media_type="text/event-stream", headers=SSE_HEADERS
         )
 
     async def _events(
-        self, stream: AsyncIterator[Message], first: Message | None, name: str
+        self, stream: AsyncIterator[Message], first: Message | None, name: str, started: float
     ) -> AsyncIterator[str]:
+        service, _, method = name.rpartition(".")
+        gauge = observability.stream_gauge(method, "http")
+        gauge.inc()
+        code = "CANCELLED"  # unless it ends otherwise: the caller went away
         try:
-            if first is None:
-                return
-            yield transcode.sse_frame(first, self.frames.json(first))
-            async for message in stream:
-                yield transcode.sse_frame(message, self.frames.json(message))
+            if first is not None:
+                yield transcode.sse_frame(first, self.frames.json(first))
+                async for message in stream:
+                    yield transcode.sse_frame(message, self.frames.json(message))
+            code = "OK"
         except Exception as exc:
             # Headers are sent: the error (e.g. UNAVAILABLE at shutdown) is the last event.
-            body = error_body(service_error(exc, name))
+            error = service_error(exc, name)
+            code = error.code.name
+            body = error_body(error)
             yield f"event: error\ndata: {json.dumps(body, separators=(',', ':'))}\n\n"
         finally:
+            gauge.dec()
+            observability.rpc_done(service, method, code, started, "http")
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
 
@@ -143,6 +169,12 @@ def port_setting(value: str) -> int | None:
     if not 0 <= port <= 65535:
         raise SystemExit(f"genjobs: GENJOBS_HTTP_PORT={value!r} is not a port, 0 or 'off'")
     return port
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    if request.url.path.startswith(API_PREFIX):
+        return error_response(no_route(request.method, request.url.path, []))
+    return PlainTextResponse("not found", status_code=404)
 
 
 async def _metrics(request: Request) -> Response:
@@ -190,8 +222,10 @@ class _Server(uvicorn.Server):
 class HttpFace:
     """The HTTP port's lifetime: `await start(host, port)`, then `await stop(grace)`."""
 
-    def __init__(self, api: HttpApi) -> None:
+    def __init__(self, api: HttpApi, limits: Limits | None = None, idle_seconds: float = 5.0) -> None:
         self.api = api
+        self.limits = limits or Limits()
+        self.idle_seconds = idle_seconds
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -214,6 +248,10 @@ class HttpFace:
             lifespan="off",
             timeout_graceful_shutdown=5,
             server_header=False,
+            # httptools under the guards (server/http/guard.py): heads capped and
+            # timed, connections bounded; then a kept-alive connection's idle time.
+            http=protocol(self.limits),
+            timeout_keep_alive=self.idle_seconds,  # type: ignore[arg-type]
             **(tls or {}),
         )
         self._server = _Server(config)

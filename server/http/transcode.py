@@ -41,6 +41,8 @@ SCALAR_MESSAGES = {
 }
 _VARIABLE = re.compile(r"\{([A-Za-z_][\w.]*)(?:=([^}]*))?\}")
 _VERB = re.compile(r":([A-Za-z_][\w]*)$")
+# A \u escape of a UTF-16 surrogate (raw UTF-8 cannot hold one: json.loads refuses those bytes).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,14 @@ def _json_body(body: bytes) -> dict[str, Any]:
         return {}
     try:
         content = json.loads(body)
+        if _SURROGATE_ESCAPE.search(body):
+            # json.loads lets "\ud800" through as a lone surrogate, which no
+            # protobuf string (nor UTF-8) can hold: refused here, not deep in a handler.
+            json.dumps(content, ensure_ascii=False).encode()
+    except RecursionError:  # arrays or objects nested about a thousand deep
+        raise bad_request("INVALID_JSON", "body", "nested too deeply") from None
+    except UnicodeEncodeError:
+        raise bad_request("INVALID_JSON", "body", "a \\u escape is a lone surrogate") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request("INVALID_JSON", "body", f"not valid JSON: {exc}") from None
     if not isinstance(content, dict):
