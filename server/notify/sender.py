@@ -90,8 +90,9 @@ class Notifier:
         while not self._stopping.is_set():
             try:
                 self._schedule()
-            except Exception:  # the database, or a bug: log it and go on
-                log.exception("notifications: scheduling failed")
+            except Exception as exc:  # the database, or a bug: log it and go on
+                if not self.store.outage.failed(exc, "notifications"):
+                    log.exception("notifications: scheduling failed")
             self._wake.wait(min(POLL_SECONDS, self.backoff_seconds))
             self._wake.clear()
 
@@ -130,8 +131,10 @@ class Notifier:
             self._wake.set()
         try:
             self._record(sender, doc, outcome)
-        except Exception:
+        except Exception as exc:
             # Unrecorded, the claim lapses and the attempt is made again.
+            if self.store.outage.failed(exc, f"notification {doc['_id']}"):
+                return
             log.exception(
                 "notification %s: could not record its %s delivery", doc["_id"], sender.channel.name
             )
