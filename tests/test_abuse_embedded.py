@@ -4,6 +4,7 @@ calls made during it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -291,4 +292,31 @@ def test_embedded_database_that_cannot_be_restarted_stops_the_server_non_zero(tm
         wait_for(lambda: process.poll() is not None, timeout=60)
     server.log.close()
     assert process.returncode not in (None, 0)
+    assert not databases_of(data)
+
+
+def test_hung_embedded_database_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An embedded database that answers nothing for HUNG_SECONDS (frozen here;
+    3 s instead of 60 for the test) is killed and a new one started on the
+    same data: the server serves again, with the jobs from before."""
+    monkeypatch.setattr("server.app.HUNG_SECONDS", 3.0)
+    monkeypatch.setattr("server.embedded.HUNG_SECONDS", 3.0)
+    data = tmp_path / "data"
+    server = ServerThread(make_settings("", data)).start()
+    try:
+        with server.client() as alice:
+            before = alice.submit("topic", topic="before the freeze")
+            frozen = database_pid(data)
+            os.kill(frozen, signal.SIGSTOP)
+            try:
+                wait_for(lambda: health_of(server.target) == NOT_SERVING, timeout=20)
+                wait_for(lambda: databases_of(data) and frozen not in databases_of(data), timeout=60)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(frozen, signal.SIGCONT)
+            wait_for(lambda: health_of(server.target) == SERVING, timeout=60)
+            assert len(databases_of(data)) == 1
+            assert settled(alice, before.id, timeout=60).status == S.JOB_STATUS_COMPLETED
+    finally:
+        server.stop()
     assert not databases_of(data)
