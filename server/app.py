@@ -426,7 +426,7 @@ class App:
             return
         try:
             uri = await asyncio.to_thread(self.embedded.revive, hung)
-        except EmbeddedError as exc:
+        except (EmbeddedError, OSError) as exc:  # OSError: its data dir's files
             uri, why = "", f"the embedded database could not be restarted: {exc}"
         else:
             why = f"the embedded database moved to {uri}; restart to reconnect"
