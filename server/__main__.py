@@ -79,11 +79,19 @@ async def _serve(settings: Settings) -> int:
         logging.getLogger(__name__).info("serving on %s:%d", settings.host, port)
     else:
         _print_banner(settings, port, app.http_port)
-    await stop.wait()
+    # A stop signal, or a failure the server cannot serve past (its embedded
+    # database cannot be restarted): then it exits 1, for its supervisor to restart it.
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(app.failed.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for waiting in waits:
+        waiting.cancel()
     logging.getLogger(__name__).info(
         "shutting down: the running job has %.0f s to finish", settings.shutdown_grace_seconds
     )
     await app.stop(grace=settings.shutdown_grace_seconds)
+    if app.failed.is_set():
+        print(f"genjobs: {app.failure}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -36,7 +36,7 @@ from server.budgets import Budgets
 from server.bulk import Bulks
 from server.config import Settings
 from server.dispatcher import Dispatcher
-from server.embedded import EmbeddedMongo
+from server.embedded import HUNG_SECONDS, EmbeddedError, EmbeddedMongo
 from server.entitlement import Tiers
 from server.eventlog import EventLog
 from server.events import EventHub
@@ -46,7 +46,7 @@ from server.http.guard import Limits
 from server.jobs import Jobs
 from server.notify import make_notifier
 from server.notify.job_end import JobNotifications
-from server.outage import DatabaseDeadline
+from server.outage import DatabaseDeadline, bounded
 from server.progress import AttemptTokens, ExternalProgress, ProgressLink
 from server.schedule_store import ScheduleStore
 from server.schedules import Schedules
@@ -148,6 +148,10 @@ class App:
         self._database_answered = asyncio.Event()  # the first ping was answered
         self._database_ready = asyncio.Event()  # ... and the indexes are built: serving
         self._stopped = asyncio.Event()
+        # Set when this server cannot go on (its embedded database cannot be
+        # brought back): the process should exit non-zero for its supervisor.
+        self.failed = asyncio.Event()
+        self.failure = ""
         # Made first: a configuration mistake stops the server before it starts anything.
         self.progress_link = ProgressLink()
         self.generator = make_generator(settings, self.progress_link)
@@ -362,6 +366,10 @@ class App:
             max_connections=self.settings.http_max_connections,
         )
         api = make_api(dict(zip(services, servicers, strict=True)), secret)
+        # The same one deadline for an HTTP call's database calls as DatabaseDeadline gives a gRPC call's.
+        api.handlers = {
+            name: bounded(h, self.settings.db_timeout_seconds) for name, h in api.handlers.items()
+        }
         self.http = HttpFace(api, limits, self.settings.http_idle_seconds)
         return await self.http.start(
             self.settings.http_host or self.settings.host, port, http_tls(self.settings)
@@ -387,7 +395,8 @@ class App:
 
     async def _watch_database(self) -> None:
         """SERVING only while the database answers; indexes and the dispatcher
-        start the first time it does.
+        start the first time it does. An embedded database that died is
+        started again (see `_revive`).
 
         The ping has a thread of its own and a short bound: RPC threads all
         waiting on a frozen database must not keep health from saying so."""
@@ -395,10 +404,16 @@ class App:
         pinger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")
         loop = asyncio.get_running_loop()
         ping_seconds = min(HEALTH_PING_SECONDS, self.settings.db_timeout_seconds)
+        unanswered_since: float | None = None
         try:
             while True:
                 try:
+                    if self.embedded is not None and await loop.run_in_executor(pinger, self.embedded.dead):
+                        # Dead for sure: no need to wait out a ping first.
+                        await self._revive(hung=False)
                     await loop.run_in_executor(pinger, self._ping, ping_seconds)
+                    unanswered_since = None
+                    self.store.outage.answered()
                     self._database_answered.set()
                     if not self._database_ready.is_set():
                         await asyncio.to_thread(self._ensure_indexes)
@@ -408,8 +423,13 @@ class App:
                     ok = True
                 except PyMongoError as exc:
                     ok = False
-                    if serving is not False:
+                    if not self.store.outage.failed(exc, "health check") and serving is not False:
                         log.warning("database unreachable: %s", exc)
+                    now = loop.time()
+                    unanswered_since = unanswered_since or now
+                    if self.embedded is not None and now - unanswered_since >= HUNG_SECONDS:
+                        unanswered_since = None  # another HUNG_SECONDS before the next try
+                        await self._revive(hung=True)
                 if ok != serving and not self._stopped.is_set():
                     serving = ok
                     await self._set_health(
@@ -420,6 +440,24 @@ class App:
                 await asyncio.sleep(HEALTH_CHECK_SECONDS)
         finally:
             pinger.shutdown(wait=False)
+
+    async def _revive(self, hung: bool) -> None:
+        """Bring the embedded database back (whichever server using it gets its
+        lock first starts it, on the same port and data); `failed` is set when
+        that cannot be done where this server's connections look for it."""
+        assert self.embedded is not None
+        if self._stopped.is_set():
+            return
+        try:
+            uri = await asyncio.to_thread(self.embedded.revive, hung)
+        except (EmbeddedError, OSError) as exc:  # OSError: its data dir's files
+            uri, why = "", f"the embedded database could not be restarted: {exc}"
+        else:
+            why = f"the embedded database moved to {uri}; restart to reconnect"
+        if uri != self.embedded.uri and not self._stopped.is_set():
+            log.error("stopping: %s", why)
+            self.failure = why
+            self.failed.set()
 
     def _ping(self, seconds: float) -> None:
         with pymongo.timeout(seconds):

@@ -241,7 +241,7 @@ class Dispatcher:
                     self._reachable_since = ended
             except PyMongoError as exc:
                 self._reachable_since = None
-                log.warning("lease renewal failed: %s", exc)
+                self._database_error(exc, "lease renewal", logging.DEBUG, "lease renewal failed: %s", exc)
             self._stopping.wait(max(0.0, tick - (time.monotonic() - started)))
             if self._stopping.is_set() and not self._runs:
                 return
@@ -306,11 +306,19 @@ class Dispatcher:
                     continue
                 self._dispatch(job)
             except PyMongoError as exc:
-                log.warning("dispatcher: database unavailable (%s); retrying", exc)
+                self._database_error(
+                    exc, "dispatcher", logging.DEBUG, "dispatcher: database unavailable (%s); retrying", exc
+                )
                 self._stopping.wait(0.5)
             except Exception:
                 log.exception("dispatcher: unexpected error")
                 self._stopping.wait(0.5)
+
+    def _database_error(self, exc: PyMongoError, what: str, quiet: int, message: str, *args: object) -> None:
+        """Log `message` as a WARNING; or, when `exc` is the database not
+        answering, at level `quiet`: the store's Outage says that once."""
+        level = quiet if self.store.outage.failed(exc, what) else logging.WARNING
+        log.log(level, message, *args)
 
     def _claim_wait(self) -> float:
         """Seconds to wait before claiming (0: claim now): while every lane of
@@ -341,7 +349,14 @@ class Dispatcher:
         try:
             self._execute(job)
         except PyMongoError as exc:
-            log.warning("job %s: database unavailable (%s); recovered once its lease lapses", run.oid, exc)
+            self._database_error(
+                exc,
+                f"job {run.oid}",
+                logging.INFO,
+                "job %s: database unavailable (%s); recovered once its lease lapses",
+                run.oid,
+                exc,
+            )
         except Exception:
             log.exception("job %s: unexpected error", run.oid)
         finally:
@@ -354,7 +369,13 @@ class Dispatcher:
                     try:
                         self.store.note_run_end(LEADER_LEASE, self._last_end_us)
                     except PyMongoError as exc:
-                        log.warning("could not store when the last run ended (%s)", exc)
+                        self._database_error(
+                            exc,
+                            "storing the last run's end",
+                            logging.INFO,
+                            "could not store when the last run ended (%s)",
+                            exc,
+                        )
             self._wake.set()
 
     def _housekeeping(self) -> None:
@@ -494,7 +515,14 @@ class Dispatcher:
             )
         except PyMongoError as exc:
             # A database error is never the generator's: the attempt is given back.
-            log.warning("job %s: database error while generating (%s); requeued", job["_id"], exc)
+            self._database_error(
+                exc,
+                f"job {job['_id']}",
+                logging.INFO,
+                "job %s: database error while generating (%s); requeued",
+                job["_id"],
+                exc,
+            )
             self._write_outcome(run, self.store.requeue_changes(job))
         except Exception as exc:
             log.exception("generator crashed on job %s", job["_id"])
@@ -570,12 +598,25 @@ class Dispatcher:
             return self.store.fenced_update(run.oid, run.epoch, changes)
 
         try:
-            after = persist(write, f"the outcome of job {run.oid}", OUTCOME_PATIENCE_SECONDS, self._stopping)
+            after = persist(
+                write,
+                f"the outcome of job {run.oid}",
+                OUTCOME_PATIENCE_SECONDS,
+                self._stopping,
+                self.store.outage,
+            )
         except PyMongoError as exc:
             if not unreachable(exc):
                 raise
             self._abandoned.add((run.oid, run.epoch))
-            log.error("job %s: outcome not stored (%s); it runs again once its lease lapses", run.oid, exc)
+            self._database_error(
+                exc,
+                f"job {run.oid}",
+                logging.INFO,
+                "job %s: outcome not stored (%s); it runs again once its lease lapses",
+                run.oid,
+                exc,
+            )
             return
         if after is None and tries > 1:
             # An earlier try may have been applied with its answer lost: it was ours if it left our stamp.
@@ -611,7 +652,15 @@ class Dispatcher:
         try:
             self.record(doc, kind)
         except PyMongoError as exc:
-            log.warning("job %s: bookkeeping of a %s event failed (%s)", doc["_id"], kind, exc)
+            self._database_error(
+                exc,
+                f"job {doc['_id']}",
+                logging.INFO,
+                "job %s: bookkeeping of a %s event failed (%s)",
+                doc["_id"],
+                kind,
+                exc,
+            )
 
 
 class _ProgressWriter:
@@ -642,7 +691,14 @@ class _ProgressWriter:
         except PyMongoError as exc:
             # Progress is advisory: a later report or the outcome supersedes it, and a
             # database error raised into the generator would be taken for its crash.
-            log.warning("job %s: progress not stored (%s)", self.run.oid, exc)
+            self.dispatcher._database_error(
+                exc,
+                f"job {self.run.oid}",
+                logging.DEBUG,
+                "job %s: progress not stored (%s)",
+                self.run.oid,
+                exc,
+            )
             self.last_write = time.monotonic() + PROGRESS_PAUSE_SECONDS  # no stall per report
             return
         if after is None:

@@ -1,5 +1,6 @@
 """The embedded database: one nx-27017 process per data dir, shared by every
-genjobs server that uses that dir, stopped by the last one to leave."""
+genjobs server that uses that dir, restarted by whichever of them first finds
+it dead, stopped by the last one to leave."""
 
 from __future__ import annotations
 
@@ -24,7 +25,15 @@ log = logging.getLogger(__name__)
 # pid is trusted as our database only when its command line runs this module.
 DATABASE_MODULE = "server.quiet_nx"
 START_TIMEOUT_SECONDS = 30.0
-ANSWER_TIMEOUT_SECONDS = 5.0  # a running instance that takes longer than this is hung
+ANSWER_TIMEOUT_SECONDS = 5.0  # one ping's wait
+# An instance that is alive but has answered nothing for this long is hung, and
+# is killed so that a new one can start. Busy (a long command, a loaded box) is
+# not hung: one missed ping never kills a database other servers use.
+HUNG_SECONDS = 60.0
+
+
+class EmbeddedError(RuntimeError):
+    """The embedded database could not be started."""
 
 
 class EmbeddedMongo:
@@ -34,7 +43,12 @@ class EmbeddedMongo:
     and `mongo.port` (the running instance), `nx-27017.daemon.pid` (nx-27017's
     own, which it refuses to start over while the pid in it exists),
     `users/<pid>` (one per genjobs server using it), `embedded.lock`
-    (serialises start, join and stop).
+    (serialises start, join, restart and stop).
+
+    Every start happens with the exclusive lock held and only after finding no
+    live instance under it, so two servers never both start one: when the
+    database dies, every server using it calls `revive()`; the first to get the
+    lock starts a new one on the same port and data, the others then find it.
 
     A pid in these files is trusted only when /proc shows that process is
     nx-27017 serving this data dir: after a crash the pid may be a zombie, or
@@ -49,6 +63,7 @@ class EmbeddedMongo:
         self.daemon_pid_file = self.data_dir / "nx-27017.daemon.pid"
         self.users_dir = self.data_dir / "users"
         self.uri = ""
+        self.port = 0
 
     def acquire(self) -> str:
         """Return the URI of the running instance, starting one if none is alive."""
@@ -62,8 +77,40 @@ class EmbeddedMongo:
             else:
                 log.info("joining the embedded database (pid %d) on port %d", pid, port)
             (self.users_dir / str(os.getpid())).touch()
-        self.uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+        self.port = port
+        self.uri = _uri(port)
         return self.uri
+
+    def dead(self) -> bool:
+        """Whether no instance lives for this data dir (read from /proc; no lock, no query)."""
+        return self._instance() is None
+
+    def revive(self, hung: bool = False) -> str:
+        """After the database stopped answering: the URI of the instance to use.
+
+        A dead instance is replaced, on the same port and data, by whichever
+        server gets the lock first; `hung` (it has answered nothing for
+        HUNG_SECONDS) also replaces a live one that still does not answer.
+        The URI differs from `uri` only when the port moved (it could not be
+        had again): the caller's connections then point nowhere.
+        Raises EmbeddedError when no instance could be started."""
+        with self._locked():
+            found = self._instance()
+            if found is not None:
+                pid, port = found
+                if not hung or _answers(port, timeout=ANSWER_TIMEOUT_SECONDS):
+                    return _uri(port)  # alive: busy, frozen, or already restarted by another server
+                log.warning(
+                    "the embedded database (pid %d) has answered nothing for %.0f s; killing it",
+                    pid,
+                    HUNG_SECONDS,
+                )
+                _stop_process(pid, signal.SIGKILL)
+            else:
+                log.info("the embedded database died; starting it again on port %d", self.port)
+            self._clear_stale_files()
+            _, port = self._start(self.port)
+            return _uri(port)
 
     def release(self) -> None:
         """Leave the instance; stop it when no other live genjobs server uses it."""
@@ -71,10 +118,10 @@ class EmbeddedMongo:
             (self.users_dir / str(os.getpid())).unlink(missing_ok=True)
             if self._live_users():
                 return
-            pid, _ = self._running()
-            if pid is not None:
-                log.info("stopping the embedded database (pid %d)", pid)
-                _stop_process(pid)
+            found = self._instance()
+            if found is not None:
+                log.info("stopping the embedded database (pid %d)", found[0])
+                _stop_process(found[0])
             self._clear_stale_files()
 
     @contextlib.contextmanager
@@ -89,20 +136,41 @@ class EmbeddedMongo:
     def _running(self) -> tuple[int | None, int]:
         """The nx-27017 serving this data dir, if one answers: (pid, port).
 
-        One that is ours but does not answer (hung, or frozen) is killed: a
-        second instance on the same files must never start beside it."""
+        One that is ours but does not answer is waited for (it may be busy)
+        for up to HUNG_SECONDS, then killed: a second instance on the same
+        files must never start beside it."""
+        found = self._instance()
+        if found is None:
+            return None, 0
+        pid, port = found
+        deadline = time.monotonic() + HUNG_SECONDS
+        warned = False
+        while not _answers(port, timeout=ANSWER_TIMEOUT_SECONDS):
+            if not _alive(pid):
+                return None, 0
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "the embedded database (pid %d) has answered nothing for %.0f s; killing it",
+                    pid,
+                    HUNG_SECONDS,
+                )
+                _stop_process(pid, signal.SIGKILL)
+                return None, 0
+            if not warned:
+                log.warning("the embedded database (pid %d) does not answer yet; waiting for it", pid)
+                warned = True
+        if _read_int(self.port_file) != port or _read_int(self.pid_file) != pid:
+            self.pid_file.write_text(str(pid))
+            self.port_file.write_text(str(port))
+        return pid, port
+
+    def _instance(self) -> tuple[int, int] | None:
+        """(pid, port) of the live nx-27017 serving this data dir, from its pid files and /proc."""
         for pid in {p for p in (_read_int(self.pid_file), _read_int(self.daemon_pid_file)) if p}:
             port = self._instance_port(pid)
-            if port is None:
-                continue
-            if _answers(port, timeout=ANSWER_TIMEOUT_SECONDS):
-                if _read_int(self.port_file) != port or _read_int(self.pid_file) != pid:
-                    self.pid_file.write_text(str(pid))
-                    self.port_file.write_text(str(port))
+            if port is not None:
                 return pid, port
-            log.warning("the embedded database (pid %d) does not answer; stopping it", pid)
-            _stop_process(pid, signal.SIGKILL)
-        return None, 0
+        return None
 
     def _instance_port(self, pid: int) -> int | None:
         """The port of `pid` if it is a live nx-27017 serving this data dir."""
@@ -135,8 +203,9 @@ class EmbeddedMongo:
                 entry.unlink(missing_ok=True)
         return live
 
-    def _start(self) -> tuple[int, int]:
-        port = free_port()
+    def _start(self, port: int = 0) -> tuple[int, int]:
+        """Start an instance on `port` (0: a free one); (pid, port) once it answers."""
+        port = port or free_port()
         command = [
             sys.executable,
             "-m",
@@ -160,17 +229,22 @@ class EmbeddedMongo:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not _answers(port, timeout=0.5):
             if process.poll() is not None:
-                raise RuntimeError(
+                raise EmbeddedError(
                     f"nx-27017 exited with {process.returncode}; see {self.data_dir}/nx-27017.out"
                 )
             if time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError("nx-27017 did not answer within 30 s")
+                process.wait()
+                raise EmbeddedError("nx-27017 did not answer within 30 s")
             time.sleep(0.05)
         self.pid_file.write_text(str(process.pid))
         self.port_file.write_text(str(port))
         log.info("started the embedded database (pid %d) on port %d", process.pid, port)
         return process.pid, port
+
+
+def _uri(port: int) -> str:
+    return f"mongodb://127.0.0.1:{port}/?directConnection=true"
 
 
 def free_port() -> int:

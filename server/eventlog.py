@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from server.outage import unreachable
+from server.outage import time_left, unreachable
 from server.store import Doc, Store
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,11 @@ class EventLog:
             self._changed.notify_all()
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every event appended before this call is stored; False on timeout."""
+        """Wait until every event appended before this call is stored; False on
+        timeout (`timeout`, or what is left of the RPC's database deadline)."""
+        left = time_left()
+        if left is not None:
+            timeout = min(timeout, left)  # the wait is one of the RPC's database calls
         with self._changed:
             target = self._appended
             if self._settled < target:
@@ -84,7 +88,8 @@ class EventLog:
                         self._settled += len(batch)
                         self._changed.notify_all()
                     continue
-                log.warning("could not store %d job events (%s); retrying", len(batch), exc)
+                if not self.store.outage.failed(exc, f"storing {len(batch)} job events"):
+                    log.warning("could not store %d job events (%s); retrying", len(batch), exc)
                 with self._changed:
                     waiting = batch + self._pending
                     dropped = max(0, len(waiting) - MAX_PENDING)

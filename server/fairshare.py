@@ -282,7 +282,8 @@ class FairShare:
         try:
             self.store.save_turns(unsaved)
         except PyMongoError as exc:  # claims go on; the turns are stored at the next try
-            log.warning("could not store %d owners' turns: %s", len(unsaved), exc)
+            if not self.store.outage.failed(exc, "storing owners' turns"):
+                log.warning("could not store %d owners' turns: %s", len(unsaved), exc)
             self._unsaved = {**unsaved, **self._unsaved}
 
     def rebuild(self) -> None:

@@ -137,9 +137,10 @@ class Jobs:
             try:
                 callback(doc, kind)
             except PyMongoError as exc:
-                log.warning(
-                    "job %s: %s after a %s event failed (%s)", doc["_id"], callback.__name__, kind, exc
-                )
+                if not self.store.outage.failed(exc, f"job {doc['_id']}'s {callback.__name__}"):
+                    log.warning(
+                        "job %s: %s after a %s event failed (%s)", doc["_id"], callback.__name__, kind, exc
+                    )
 
     async def poll_remote(self) -> None:
         """Other replicas' changes to watched jobs reach this server's watchers here:

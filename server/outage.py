@@ -4,10 +4,13 @@ RPC waits for it."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -19,6 +22,8 @@ T = TypeVar("T")
 
 RETRY_SECONDS = 0.5  # first pause between tries; doubles up to MAX_RETRY_SECONDS
 MAX_RETRY_SECONDS = 2.0
+# When the database calls of the RPC being served must be done (time.monotonic()).
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("database_deadline", default=None)
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -27,10 +32,62 @@ def unreachable(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionFailure) or (isinstance(exc, PyMongoError) and exc.timeout)
 
 
-def persist(write: Callable[[], T], what: str, patience: float, give_up: threading.Event | None = None) -> T:
+class Outage:
+    """A database outage in the log: one WARNING when the first failure shows
+    it (whichever loop meets it first), one when the database answers again
+    (the health check says so). Failures in between are logged at DEBUG: a
+    loop retrying every second must not write a line, let alone a traceback,
+    each time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: float | None = None
+
+    @property
+    def on(self) -> bool:
+        """Whether the database is known not to answer."""
+        return self._since is not None
+
+    def failed(self, exc: BaseException, what: str) -> bool:
+        """Note that `what` failed with `exc`. True when `exc` says the database
+        did not answer (then it is logged here); False for any other error,
+        which the caller logs as before."""
+        if not unreachable(exc):
+            return False
+        with self._lock:
+            first = self._since is None
+            if first:
+                self._since = time.monotonic()
+        if first:
+            log.warning("database unreachable (%s: %s); waiting for it", what, brief(exc))
+        else:
+            log.debug("database still unreachable (%s: %s)", what, brief(exc))
+        return True
+
+    def answered(self) -> None:
+        """The database answered: the outage, if one was on, is over."""
+        with self._lock:
+            since, self._since = self._since, None
+        if since is not None:
+            log.warning("database answers again, after %.1f s unreachable", time.monotonic() - since)
+
+
+def brief(exc: BaseException) -> str:
+    """`exc` in one short line (pymongo appends a whole topology description)."""
+    return str(exc).split(", Timeout:")[0].split("\n")[0][:300]
+
+
+def persist(
+    write: Callable[[], T],
+    what: str,
+    patience: float,
+    give_up: threading.Event | None = None,
+    outage: Outage | None = None,
+) -> T:
     """`write()`, tried again while the database is unreachable, for up to
     `patience` seconds or until `give_up` is set; then its last error is raised.
-    Only for writes that are safe to repeat (conditional, fenced)."""
+    Only for writes that are safe to repeat (conditional, fenced). The wait is
+    reported to `outage` when given."""
     deadline = time.monotonic() + patience
     pause = RETRY_SECONDS
     warned = False
@@ -42,13 +99,50 @@ def persist(write: Callable[[], T], what: str, patience: float, give_up: threadi
             if not unreachable(exc) or left <= 0 or (give_up is not None and give_up.is_set()):
                 raise
             if not warned:
-                log.warning("database unreachable while writing %s (%s); waiting for it", what, exc)
+                if outage is None or not outage.failed(exc, f"writing {what}"):
+                    log.warning("database unreachable while writing %s (%s); waiting for it", what, exc)
                 warned = True
             if give_up is None:
                 time.sleep(min(pause, left))
             elif give_up.wait(min(pause, left)):
                 raise
             pause = min(pause * 2, MAX_RETRY_SECONDS)
+
+
+def time_left() -> float | None:
+    """Seconds left for the database calls of the RPC being served (None
+    outside an RPC: each call then has the store's own limit)."""
+    deadline = _deadline.get()
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+@contextlib.contextmanager
+def database_deadline(seconds: float) -> Iterator[None]:
+    """One deadline, `seconds` from now, for every database call made in the
+    block and in threads it starts (contextvars follow `asyncio.to_thread`):
+    pymongo's own calls through `pymongo.timeout`, and waits of ours (job
+    events to be stored, a shared insert) through `time_left()`."""
+    token = _deadline.set(time.monotonic() + seconds)
+    try:
+        with pymongo.timeout(max(seconds, 0.001)):  # 0 would mean "no limit" to pymongo
+            yield
+    finally:
+        _deadline.reset(token)
+
+
+def bounded(handler: Callable[[Any], Any], limit_seconds: float) -> Callable[[Any], Any]:
+    """An HTTP face's handler (request in, answer out) whose database calls
+    together take `limit_seconds` at most, as DatabaseDeadline bounds a gRPC
+    call's; a streaming handler is returned unchanged."""
+    body = getattr(handler, "func", handler)
+    if inspect.isasyncgenfunction(body):
+        return handler
+
+    async def call(request: Any) -> Any:
+        with database_deadline(limit_seconds):
+            return await handler(request)
+
+    return call
 
 
 class DatabaseDeadline(grpc.aio.ServerInterceptor):
@@ -73,8 +167,7 @@ class DatabaseDeadline(grpc.aio.ServerInterceptor):
 
         async def bounded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             remaining = context.time_remaining()
-            seconds = limit if remaining is None else min(limit, remaining)
-            with pymongo.timeout(max(seconds, 0.001)):  # 0 would mean "no limit" to pymongo
+            with database_deadline(limit if remaining is None else min(limit, remaining)):
                 return await behavior(request, context)
 
         return handler._replace(unary_unary=bounded)

@@ -43,6 +43,7 @@ from pymongo.errors import DuplicateKeyError
 from server import clock, validation
 from server.errors import ServiceError, invalid, not_found, wrong_status
 from server.notify.channels import CHANNELS, PENDING, Channel, targets
+from server.outage import Outage, time_left
 from server.pagetoken import PageTokens
 from server.states import (
     BULK_REFUSAL_REASON,
@@ -188,7 +189,18 @@ class LoopInsert:
             self._flusher = asyncio.get_running_loop().create_task(
                 self._flush_all(), context=contextvars.Context()
             )
-        await outcome
+        left = time_left()
+        if left is None:
+            await outcome
+            return
+        try:
+            # Within the caller's RPC deadline, though the round trip is not
+            # bounded by it: a caller must not wait for the batch ahead and then its own.
+            await asyncio.wait_for(outcome, left)
+        except TimeoutError:
+            raise pymongo.errors.NetworkTimeout(
+                "the database did not answer within the call's deadline"
+            ) from None
 
     async def _flush_all(self) -> None:
         # Ends (done) in the same step as its last look at `_pending`, so a
@@ -618,6 +630,7 @@ class Store(BulkQueries):
         # Signs page tokens; replicas sharing the auth secret accept each other's.
         self.page_tokens = PageTokens(page_secret)
         self.job_inserts = LoopInsert(uri, db_name, "jobs", **options)
+        self.outage = Outage()  # what the loops meeting a database outage log
 
     # ---- set-up ---------------------------------------------------------
 

@@ -83,7 +83,8 @@ class JobNotifications:
             try:
                 self._store(job)
             except PyMongoError as exc:  # never the dispatcher's problem: the sweep stores it
-                log.warning("job %s: notification not stored yet (%s)", job["_id"], exc)
+                if not self.store.outage.failed(exc, f"job {job['_id']}'s notification"):
+                    log.warning("job %s: notification not stored yet (%s)", job["_id"], exc)
 
     def recover(self) -> None:
         """Store the notifications of jobs that ended on a server that then stopped.

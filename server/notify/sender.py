@@ -149,8 +149,9 @@ class Notifier:
             self._wake.clear()  # before looking: a wake while looking makes it look again
             try:
                 await self._schedule()
-            except Exception:  # the database, or a bug: log it and go on
-                log.exception("notifications: scheduling failed")
+            except Exception as exc:  # the database, or a bug: log it and go on
+                if not self.store.outage.failed(exc, "notifications"):
+                    log.exception("notifications: scheduling failed")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(POLL_SECONDS, self.backoff_seconds)):
                     await self._wake.wait()
@@ -252,9 +253,10 @@ class Notifier:
             renewer.cancel()
         try:
             await self._call(self._record, sender, doc, token, outcome)
-        except Exception:
+        except Exception as exc:
             # Unrecorded, the claim lapses and the attempt is made again.
-            log.exception("notification %s: could not record its %s delivery", doc["_id"], channel.name)
+            if not self.store.outage.failed(exc, f"notification {doc['_id']}"):
+                log.exception("notification %s: could not record its %s delivery", doc["_id"], channel.name)
 
     async def _renew(self, channel: Channel, oid: Any, token: str, attempt: asyncio.Task[None]) -> None:
         """Hold the claim while the attempt runs; cancel the attempt if another took it."""
@@ -264,7 +266,8 @@ class Notifier:
             try:
                 held = await self._call(self.store.renew_delivery, channel, oid, token, until_us)
             except Exception as exc:  # the database is away: a lapsed claim's outcome is fenced out
-                log.warning("notification %s: could not renew its %s claim: %s", oid, channel.name, exc)
+                if not self.store.outage.failed(exc, f"notification {oid}"):
+                    log.warning("notification %s: could not renew its %s claim: %s", oid, channel.name, exc)
                 continue
             if not held:
                 log.warning("notification %s: its %s claim was taken over", oid, channel.name)
