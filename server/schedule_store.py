@@ -16,12 +16,15 @@ this module borrows from the `Store`.
   owner and kind in `owner_counts` (`_id` "schedules:alice"): a create first
   takes a place with one conditional `$inc` guarded by `n < cap` (so two
   replicas' concurrent creates cannot both take the last place), and gives it
-  back when nothing was stored; a delete gives it back. A server that dies
-  between taking a place and storing leaves the count one high, never low.
+  back when nothing was stored; a delete gives it back. A counter starts from
+  the owner's stored schedules (templates) through the owner index, so owners
+  from before the caps are counted. A server that dies between taking a place
+  and storing leaves the count one high, never low.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 
@@ -76,22 +79,20 @@ class ScheduleStore:
         RESOURCE_EXHAUSTED naming `setting` when they have `cap` already."""
         key = f"{kind}:{owner}"
         refused = True
-        for _ in range(2):
-            try:
-                # Matches only below the cap. An owner at the cap makes the upsert insert a
-                # second document of the same _id, refused: MongoDB raises a duplicate key
-                # error, nx-27017 answers None and stores nothing. A duplicate key error can
-                # also be another create's upsert of a new owner's first place: try again.
-                taken = self.counts.find_one_and_update(
-                    {"_id": key, "n": {"$lt": cap}},
-                    {"$inc": {"n": 1}},
-                    upsert=True,
-                    return_document=ReturnDocument.AFTER,
-                )
-                refused = taken is None
+        for _ in range(3):
+            if self.counts.find_one_and_update({"_id": key, "n": {"$lt": cap}}, {"$inc": {"n": 1}}):
+                refused = False
                 break
-            except DuplicateKeyError:
-                continue
+            counter = self.counts.find_one({"_id": key}, {"n": 1})
+            if counter is not None:
+                if int(counter["n"]) >= cap:
+                    break  # full
+                continue  # made by a concurrent first create after our write: try again
+            # The owner's first counted create (or the first since counting began):
+            # it starts from what they have, read through the owner index.
+            have = sum(1 for _ in self.collection(kind).find({"owner": owner}, {"_id": 1}))
+            with contextlib.suppress(DuplicateKeyError):  # another create started it first
+                self.counts.insert_one({"_id": key, "n": have})
         if refused:
             what = kind[:-1]
             raise quota_exceeded(
@@ -101,6 +102,10 @@ class ScheduleStore:
                 f"delete one to make another",
                 {"owner": owner, "limit": str(cap), "setting": setting, "kind": what},
             )
+
+    def collection(self, kind: str) -> Collection[Doc]:
+        """The collection `owner_counts` counts for `kind`."""
+        return self.schedules if kind == SCHEDULES else self.templates
 
     def give_place(self, kind: str, owner: str) -> None:
         """Count one fewer of `owner`'s `kind` (never below 0)."""

@@ -230,6 +230,21 @@ def test_templates_stop_at_the_cap_and_the_size_limit(capped: ServerThread) -> N
         assert refused.value.code.name == "INVALID_ARGUMENT"
 
 
+def test_templates_stored_before_the_cap_count_towards_it(capped: ServerThread) -> None:
+    # An upgrade: an owner's templates were stored before counting began (no
+    # counter document). The cap counts them, not only the ones made after.
+    assert capped.app is not None
+    with capped.client("erin") as erin:
+        for i in range(5):
+            erin.create_template(f"old{i}", job=job())
+        capped.app.store.db["owner_counts"].delete_many({"_id": "templates:erin"})
+        with pytest.raises(GenJobsError) as refused:
+            erin.create_template("one-more", job=job())
+        assert refused.value.code.name == "RESOURCE_EXHAUSTED"
+        erin.delete_template("old0")
+        assert erin.create_template("one-more", job=job()).name == "one-more"
+
+
 # ---- watch streams ---------------------------------------------------------------
 
 
