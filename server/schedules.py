@@ -271,6 +271,8 @@ class Schedules:
             try:
                 self._fire(doc, now)
             except (PyMongoError, TimeoutError) as exc:  # still due: the next pass tries again
+                if self.store.store.outage.failed(exc, f"schedule {doc['_id']}"):
+                    return  # the other due schedules would fail the same way
                 log.warning("schedule %s: tick not done (%s)", doc["_id"], exc)
             except Exception:  # a bug here must not stop the other schedules or the dispatcher
                 log.exception("schedule %s: tick failed", doc["_id"])

@@ -19,6 +19,7 @@ from genjobs.v1 import jobs_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import GenJobsClient, Unavailable
+from client.client import params
 from server.embedded import DATABASE_MODULE
 from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings, wait_for
 
@@ -146,6 +147,12 @@ def test_database_outage_logs_one_warning_when_it_starts_and_one_when_it_ends(
     try:
         with server.client() as alice:
             settled(alice, alice.submit("topic", topic="warm up").id, timeout=30)
+            # Schedules due every second: each tick meets the outage too.
+            for _ in range(3):
+                alice.create_schedule(
+                    "* * * * * *",
+                    job=jobs_pb2.SubmitJobRequest(mode=jobs_pb2.MODE_TOPIC, params=params(topic="tick")),
+                )
         started_at = len((tmp_path / "server.log").read_text())
         own_mongo.kill()
         wait_for(lambda: health_of(server.target) == NOT_SERVING, timeout=20)
