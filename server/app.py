@@ -142,6 +142,7 @@ class App:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.http: HttpFace | None = None
+        self.streams = StreamCap(settings.max_streams_per_owner)  # per process: see server/watch.py
         self.http_port = 0  # 0 while the HTTP face is off
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
@@ -244,9 +245,8 @@ class App:
         ]
         server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         progress = ExternalProgress(self.store, self.progress_link.tokens, self.jobs.record)
-        streams = StreamCap(settings.max_streams_per_owner)  # per process: see server/watch.py
-        job_servicer = JobServicer(self.jobs, self.hub, progress, self.templates, self.budgets, streams)
-        bulk_servicer = BulkServicer(self.bulks, self.hub, self.templates, streams)
+        job_servicer = JobServicer(self.jobs, self.hub, progress, self.templates, self.budgets, self.streams)
+        bulk_servicer = BulkServicer(self.bulks, self.hub, self.templates, self.streams)
         schedule_servicer = ScheduleServicer(self.schedules)
         template_servicer = TemplateServicer(self.templates)
         # A schedule's tick submits as SubmitJob and CreateBulkJob do, on this loop.
@@ -317,6 +317,7 @@ class App:
         await asyncio.to_thread(self.dispatcher.stop, grace)
         await asyncio.to_thread(self.event_log.stop)
         self.hub.close()
+        await self._streams_ended(min(grace, STOP_RPC_SECONDS))
         # Notifications under way get what is left of the grace (at most a
         # couple of seconds), then are cancelled and given back: a receiver
         # cannot keep the server past its grace.
@@ -334,6 +335,15 @@ class App:
         await self.store.close_async()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.release)
+
+    async def _streams_ended(self, within: float) -> None:
+        """Wait (at most `within` s) for the open Watch streams to end: the closed
+        hub ends each with UNAVAILABLE, which clients retry; one the server's
+        stop cancels first reads CANCELLED, which they do not (seen on a loaded machine)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + within
+        while self.streams.open and loop.time() < until:
+            await asyncio.sleep(0.01)
 
     async def _stop_workers(self) -> None:
         """Stop the dispatcher and the notifier if they were started
