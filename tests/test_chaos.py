@@ -11,7 +11,7 @@ What is observable from outside, and checked:
   closes at once). No call may start before the previous one ended;
 - generated twice: a job the service answered more than once; each must have a
   kill between its first answer and its next call (a crash after generation,
-  before the result was stored: at least once, as the README says);
+  before the result was stored: at least once, as docs/operations.md says);
 - bulk jobs: counts equal to their items' statuses, completed at the end.
 
 `bench/chaos_report.py` runs the same scenario and prints the figures.

@@ -310,7 +310,7 @@ def test_the_readme_links_the_architecture_whose_layout_names_real_files() -> No
 
 
 def test_the_walk_through_cleans_up_after_stats_and_export() -> None:
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "cli.md").read_text()
     clean = readme.index("genjobs ops clean-completed\n")
     assert readme.index("genjobs stats\n") < clean and readme.index("genjobs export --csv") < clean
 

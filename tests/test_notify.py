@@ -46,7 +46,7 @@ def final(client: GenJobsClient, job_id: str) -> J.Job | None:
 
 
 def verified(hook: Any) -> dict[str, Any]:
-    """The payload of a webhook whose signature checks out (the README's recipe)."""
+    """The payload of a webhook whose signature checks out (docs/notifications.md's recipe)."""
     stamp = hook.headers["X-Genjobs-Timestamp"]
     expected = hmac.new(SECRET.encode(), stamp.encode() + b"." + hook.body, hashlib.sha256).hexdigest()
     assert hmac.compare_digest(hook.headers["X-Genjobs-Signature"], "sha256=" + expected)

@@ -1,5 +1,6 @@
-"""Every grpcurl and genjobs command in the README, run against a live server
-with the real grpcurl binary, so that a README change that breaks one fails."""
+"""Every grpcurl, curl and genjobs command in the README and in the pages under
+docs/, run against a live server with the real grpcurl binary, so that a change
+to a page that breaks one fails; and every page under docs/ linked from the README."""
 
 from __future__ import annotations
 
@@ -30,11 +31,24 @@ WEEKLY = jobs_pb2.SubmitJobRequest(mode=jobs_pb2.MODE_TOPIC, params=jobs_pb2.Gen
 FINAL = (jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED)
 
 
+def pages() -> list[Path]:
+    """The README, then every page under docs/, in the order their commands run."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def readme_blocks() -> list[list[str]]:
-    """The commands of each ```sh block, continuation lines and multi-line quotes joined."""
+    """The commands of each ```sh block of every page, continuation lines and multi-line quotes joined."""
+    blocks: list[list[str]] = []
+    for page in pages():
+        blocks += page_blocks(page)
+    return blocks
+
+
+def page_blocks(page: Path) -> list[list[str]]:
+    """The commands of each ```sh block of one page."""
     blocks, current, inside = [], [], False
     pending = ""
-    for line in (ROOT / "README.md").read_text().splitlines():
+    for line in page.read_text().splitlines():
         if line.startswith("```"):
             inside = line.strip() == "```sh" and not inside
             if not inside and current:
@@ -52,7 +66,7 @@ def readme_blocks() -> list[list[str]]:
 
 
 def commands() -> Iterator[tuple[int, str]]:
-    """(block number, command) for every command the README asks a user to run."""
+    """(block number, command) for every command the README and docs/ ask a user to run."""
     for number, block in enumerate(readme_blocks()):
         for command in block:
             if command.startswith(("grpcurl", "genjobs", "export", "AUTH=", "curl")):
@@ -69,6 +83,12 @@ def test_the_readme_shows_every_rpc_and_command() -> None:
     for route in routes(SERVICES):  # every HTTP route, its ids as placeholders
         path = re.sub(r"\\\{[a-z_]+\\\}", lambda _: PLACEHOLDER.pattern, re.escape(route.template))
         assert any(re.search(f"localhost:8080{path}(?=[?'\\s]|$)", c) for c in curls), route.template
+
+
+def test_the_readme_links_every_docs_page() -> None:
+    readme = (ROOT / "README.md").read_text()
+    unlinked = [page.name for page in pages()[1:] if f"](docs/{page.name})" not in readme]
+    assert unlinked == []
 
 
 class Ids:
