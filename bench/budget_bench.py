@@ -26,11 +26,11 @@ from common import COUNTER, ServerProcess, ServerThread, make_settings, measured
 from service_bench import RPC_THREADS, submit_jobs
 
 from client import GenJobsClient
-from server.auth import make_token
-from server.budget_store import BudgetStore
-from server.budgets import Budgets
-from server.config import Settings
-from server.store import Store
+from server.api.auth import make_token
+from server.runtime.config import Settings
+from server.services.budgets import Budgets
+from server.storage.budgets import BudgetStore
+from server.storage.store import Store
 from tests.harness import SECRET
 
 RUNS = 5

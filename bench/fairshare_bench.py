@@ -6,7 +6,7 @@ same queue: 10,000 ready jobs from 100 owners over 40,000 finished ones.
 
 
 Each run claims `--claims` jobs the way the dispatcher does, without running
-them: fair share through `server.fairshare.FairShare` (its rebuild included,
+them: fair share through `server.dispatch.fairshare.FairShare` (its rebuild included,
 in the first claim), FIFO through the single-query path the dispatcher used
 before (the oldest 64 of the ready lane, read again every poll interval or
 when used up). MongoDB commands are counted with a pymongo listener. Between
@@ -32,8 +32,8 @@ from pathlib import Path
 import pymongo
 from common import COUNTER, Redis, median, scratch, start_mongo
 
-from server.fairshare import FairShare
-from server.store import READY, Store
+from server.dispatch.fairshare import FairShare
+from server.storage.store import READY, Store
 
 OWNERS, QUEUED, HISTORY = 100, 10_000, 40_000
 PARAMS = {"topic": "t", "keywords": ["k"], "word_count": 800, "tone": "", "source_text": "", "extra": {}}

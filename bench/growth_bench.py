@@ -38,7 +38,7 @@ from typing import Any
 import pymongo
 from common import ServerProcess, make_settings, percentile, process_cpu, scratch, start_mongo
 
-from server.store import Store
+from server.storage.store import Store
 
 CALLERS = 8
 # Fewer calls for a slow database (today's code at 100k runs a few jobs a second).

@@ -26,7 +26,7 @@ import grpc
 from common import ServerProcess, make_settings, median, percentile, process_cpu, scratch, start_mongo
 from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 
-from server.embedded import free_port
+from server.runtime.embedded import free_port
 from tests.harness import wait_for
 
 HEADER_BYTES = 100 * 1024 * 1024

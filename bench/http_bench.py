@@ -24,7 +24,7 @@ from common import ServerProcess, make_settings, median, percentile, scratch, st
 from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from watch_bench import fan_out
 
-from server.embedded import free_port
+from server.runtime.embedded import free_port
 from tests.harness import wait_for
 from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS
 

@@ -15,7 +15,7 @@ import time
 from common import ServerProcess, make_settings, median, scratch, start_mongo
 from genjobs.v1 import jobs_pb2
 
-from server.store import JobFilter, Store
+from server.storage.store import JobFilter, Store
 
 JOBS = 50
 WORDS = 2000

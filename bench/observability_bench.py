@@ -3,7 +3,7 @@
 1. SubmitJob throughput (8 callers, dispatcher busy, as in service_bench) and
    the no-op dispatch rate (as in dispatch_bench) of a server process with
    metrics, JSON logs and a scrape of /metrics every second ("on"), against
-   the same server with every recording call of server/observability.py
+   the same server with every recording call of server/runtime/observability.py
    turned into a no-op and text logs ("off"); runs alternated, order swapped
    each round, medians and ratios.
 2. Shutdown with a long job running, two replicas on one database: SIGTERM
@@ -32,8 +32,8 @@ from common import MongoServer, ServerProcess, make_settings, measured, median, 
 from dispatch_bench import drain
 from service_bench import submit_jobs
 
-from server.config import Settings
-from server.embedded import free_port
+from server.runtime.config import Settings
+from server.runtime.embedded import free_port
 from tests.harness import wait_for
 
 ROUNDS = 7
@@ -41,10 +41,10 @@ DISPATCH_JOBS = 600
 GRACE_SECONDS = 2.0
 
 # Loaded first by the "off" server process: every recording call and the RPC
-# interceptor of server/observability.py become no-ops (what genjobs was before it).
+# interceptor of server/runtime/observability.py become no-ops (what genjobs was before it).
 _BARE = """
 import contextlib
-import server.observability as o
+import server.runtime.observability as o
 for _name in ("job_submitted", "job_changed", "attempt_started", "attempt_ended", "attempt_lost",
               "leader", "webhook_delivery", "queue_gauges"):
     setattr(o, _name, lambda *args, **kwargs: None)

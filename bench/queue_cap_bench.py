@@ -18,8 +18,8 @@ from collections.abc import Callable
 from bson import ObjectId
 from common import start_mongo  # first: it puts the project on the path
 
-from server.budget_store import BudgetStore
-from server.store import Store
+from server.storage.budgets import BudgetStore
+from server.storage.store import Store
 
 CALLS = 50
 

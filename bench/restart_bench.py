@@ -34,7 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server.auth import make_token
+from server.api.auth import make_token
 from tests.harness import SECRET, ServerProcess, make_settings
 
 

@@ -54,7 +54,7 @@ def one_run(mongo_uri: str) -> tuple[int, int, float, int, float, float]:
     settings = make_settings(mongo_uri, scratch(), min_schedule_interval_seconds=1.0)
     server = ServerThread(settings).start()
     lines = Lines()
-    logger = logging.getLogger("server.schedules")
+    logger = logging.getLogger("server.services.schedules")
     logger.addHandler(lines)
     logger.setLevel(logging.INFO)
     try:

@@ -25,7 +25,7 @@ from common import (
     start_mongo,
 )
 
-from server.store import TOTAL_SIZE_CAP, Store
+from server.storage.store import TOTAL_SIZE_CAP, Store
 
 # Where the server sends an RPC's commands from: the executor's threads,
 # and the event loop's (SubmitJob inserts from there).

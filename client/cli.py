@@ -142,7 +142,7 @@ class Options:
             return self.token
         secret = self.data_dir / "auth_secret"
         if secret.is_file():
-            from server.auth import make_token  # only for a local `make run` server
+            from server.api.auth import make_token  # only for a local `make run` server
 
             return make_token(secret.read_text().strip(), LOCAL_USER)
         fail(

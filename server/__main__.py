@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from server import observability
-from server.app import App, run
-from server.auth import load_secret, make_token
-from server.config import Settings, add_flags
+from server.api.auth import load_secret, make_token
+from server.runtime import observability
+from server.runtime.app import App, run
+from server.runtime.config import Settings, add_flags
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -18,10 +18,10 @@ from typing import Any
 import pymongo
 
 from client import GenJobsClient
-from server.app import App, run
-from server.auth import make_token
-from server.config import Settings
-from server.embedded import free_port
+from server.api.auth import make_token
+from server.runtime.app import App, run
+from server.runtime.config import Settings
+from server.runtime.embedded import free_port
 
 SECRET = "test-secret-0123456789abcdef0123"
 

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import GenJobsClient, Unavailable
 from client.client import params
-from server.embedded import DATABASE_MODULE
+from server.runtime.embedded import DATABASE_MODULE
 from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings, wait_for
 
 S = jobs_pb2
@@ -306,8 +306,8 @@ def test_hung_embedded_database_is_replaced(tmp_path: Path, monkeypatch: pytest.
     """An embedded database that answers nothing for HUNG_SECONDS (frozen here;
     3 s instead of 60 for the test) is killed and a new one started on the
     same data: the server serves again, with the jobs from before."""
-    monkeypatch.setattr("server.app.HUNG_SECONDS", 3.0)
-    monkeypatch.setattr("server.embedded.HUNG_SECONDS", 3.0)
+    monkeypatch.setattr("server.runtime.app.HUNG_SECONDS", 3.0)
+    monkeypatch.setattr("server.runtime.embedded.HUNG_SECONDS", 3.0)
     data = tmp_path / "data"
     server = ServerThread(make_settings("", data)).start()
     try:

@@ -23,7 +23,7 @@ from genjobs.v1 import bulk_pb2, jobs_pb2, jobs_pb2_grpc, schedules_pb2, templat
 from prometheus_client.parser import text_string_to_metric_families
 
 from client import NotFound
-from server.http.transcode import routes
+from server.api.http.transcode import routes
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 
 SERVICES = [

@@ -21,7 +21,7 @@ from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from client import GenJobsClient
 from client.client import InvalidArgument, ResourceExhausted
-from server import clock
+from server.model import clock
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 from tests.test_cli import Cli
 

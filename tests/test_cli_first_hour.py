@@ -24,7 +24,7 @@ from typer.testing import Result
 
 from client import GenJobsClient
 from client.render import follow_job
-from server.embedded import free_port
+from server.runtime.embedded import free_port
 from tests.harness import SECRET, MongoServer, ServerProcess, ServerThread, make_settings, wait_for
 from tests.test_cli import Cli, final_status
 

@@ -20,8 +20,8 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
-from server import observability
-from server.embedded import free_port
+from server.runtime import observability
+from server.runtime.embedded import free_port
 from tests.harness import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

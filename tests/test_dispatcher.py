@@ -18,7 +18,7 @@ import pytest
 from genjobs.v1 import jobs_pb2
 
 from client import GenJobsClient, Unavailable
-from server.store import READY, Store
+from server.storage.store import READY, Store
 from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings, wait_for
 
 S = jobs_pb2

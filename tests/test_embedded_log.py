@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pymongo
 
-from server import quiet_nx
+from server.runtime import quiet_nx
 from tests.harness import ServerProcess, make_settings
 
 

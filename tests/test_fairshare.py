@@ -21,7 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from client import GenJobsClient
 from client.cli import parse_at
 from client.client import GenJobsError, InvalidArgument
-from server.fairshare import Candidates, FairShare, Pick
+from server.dispatch.fairshare import Candidates, FairShare, Pick
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 from tests.test_cli import Cli
 

@@ -19,14 +19,14 @@ import pytest
 from bson import ObjectId
 from pymongo import monitoring
 
-from server import clock
-from server.auth import Caller
-from server.budget_store import BudgetStore
-from server.budgets import Budgets
+from server.api.auth import Caller
+from server.model import clock
 from server.notify.channels import CHANNELS
 from server.notify.quota import MailQuota
-from server.schedule_store import ScheduleStore
-from server.store import BACKOFF, HELD, READY, TOTAL_SIZE_CAP, JobFilter, Store
+from server.services.budgets import Budgets
+from server.storage.budgets import BudgetStore
+from server.storage.schedules import ScheduleStore
+from server.storage.store import BACKOFF, HELD, READY, TOTAL_SIZE_CAP, JobFilter, Store
 from tests.harness import MongoServer, ServerThread
 from tests.test_cli import Cli
 

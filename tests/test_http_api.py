@@ -13,8 +13,8 @@ import pytest
 from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2, templates_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.http.face import port_setting
-from server.http.transcode import routes, split_custom
+from server.api.http.face import port_setting
+from server.api.http.transcode import routes, split_custom
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 
 FINAL = {"JOB_STATUS_COMPLETED", "JOB_STATUS_FAILED", "JOB_STATUS_CANCELLED"}

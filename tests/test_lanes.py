@@ -15,9 +15,9 @@ import pytest
 from genjobs.v1 import jobs_pb2
 
 from client import GenJobsClient
-from server.clock import now_us
-from server.config import Settings
-from server.dispatcher import LEADER_LEASE
+from server.dispatch.dispatcher import LEADER_LEASE
+from server.model.clock import now_us
+from server.runtime.config import Settings
 from tests.harness import MongoServer, ServerThread, make_settings, serving, wait_for
 from tests.test_dispatcher import final
 

@@ -18,7 +18,7 @@ from bson import ObjectId
 from genjobs.v1 import bulk_pb2, jobs_pb2
 
 from client import FailedPrecondition, GenJobsClient, InvalidArgument
-from server.embedded import free_port
+from server.runtime.embedded import free_port
 from tests.harness import MongoServer, ServerThread, make_settings, serving, wait_for
 from tests.receivers import MailServer, Receiver
 

@@ -23,9 +23,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from client import GenJobsClient, NotFound, Unauthenticated
-from server import auth, observability
-from server.auth import make_token
-from server.embedded import free_port
+from server.api import auth
+from server.api.auth import make_token
+from server.runtime import observability
+from server.runtime.embedded import free_port
 from tests.harness import SECRET, MongoServer, ServerThread, make_settings, server_env, wait_for
 from tests.receivers import Receiver
 

@@ -15,7 +15,7 @@ import pytest
 from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2, templates_pb2
 
 from client import GenJobsClient
-from server.http.transcode import routes
+from server.api.http.transcode import routes
 from tests.harness import SECRET, ServerThread, wait_for
 from tests.test_cli import COMMANDS
 

@@ -16,9 +16,9 @@ from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2
 
 from client import GenJobsClient, GenJobsError, InvalidArgument, NotFound
 from client.client import params
-from server import clock
-from server.app import App
-from server.schedules import latest_tick, next_tick
+from server.model import clock
+from server.runtime.app import App
+from server.services.schedules import latest_tick, next_tick
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 from tests.test_cli import Cli
 

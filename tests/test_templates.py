@@ -9,7 +9,7 @@ from genjobs.v1 import bulk_pb2, jobs_pb2
 
 from client import AlreadyExists, FailedPrecondition, GenJobsClient, InvalidArgument, NotFound
 from client.client import params
-from server.templates import merge
+from server.services.templates import merge
 from tests.harness import ServerThread
 from tests.test_cli import Cli
 

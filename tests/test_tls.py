@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from client import GenJobsClient
 from client.cli import app as cli
-from server import probe
+from server.runtime import probe
 from tests.harness import MongoServer, ServerThread, make_settings
 
 

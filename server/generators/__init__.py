@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 
-from server.config import Settings
 from server.generators.base import (
     GenerationCancelled,
     GenerationFailed,
@@ -26,7 +25,8 @@ from server.generators.noop import NoopGenerator
 from server.generators.openai import OpenAIGenerator, parse_prices
 from server.generators.prompts import Prompts
 from server.generators.watchdog import Watchdog
-from server.progress import ProgressLink
+from server.runtime.config import Settings
+from server.services.progress import ProgressLink
 
 __all__ = [
     "DemoGenerator",

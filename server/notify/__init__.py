@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from server.config import Settings
     from server.notify.sender import Notifier
-    from server.store import Store
+    from server.runtime.config import Settings
+    from server.storage.store import Store
 
 
 def make_notifier(settings: Settings, store: Store, webhook_secret: str) -> Notifier:

@@ -16,11 +16,11 @@ import logging
 
 from pymongo.errors import PyMongoError
 
-from server import clock
-from server.jobs import Jobs
+from server.model import clock
 from server.notify.channels import Doc, new_notification
 from server.notify.sender import Notifier
-from server.store import STATUS_CHANGED, Store, final
+from server.services.jobs import Jobs
+from server.storage.store import STATUS_CHANGED, Store, final
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from server import clock, observability
+from server.model import clock
 from server.notify.channels import FAILED, PENDING, REFUSED, Channel, Doc
-from server.store import Store
+from server.runtime import observability
+from server.storage.store import Store
 
 log = logging.getLogger(__name__)
 

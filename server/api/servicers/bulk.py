@@ -1,0 +1,145 @@
+"""BulkService: protobuf in, a `Bulks` call, protobuf out."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from genjobs.v1 import bulk_pb2, bulk_pb2_grpc
+
+from server.api import convert
+from server.api.auth import Caller, current_caller
+from server.api.servicers.common import rpc
+from server.api.watch import Heartbeat, StreamCap, check_resume, follow
+from server.services.bulk import SNAPSHOT, Bulks, BulkView, bulk_event, is_final
+from server.services.events import EventHub
+from server.services.templates import Templates
+from server.storage.store import Doc
+
+
+class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
+    """The BulkService RPCs."""
+
+    def __init__(
+        self,
+        bulks: Bulks,
+        hub: EventHub,
+        templates: Templates | None = None,
+        streams: StreamCap | None = None,
+    ) -> None:
+        self.bulks = bulks
+        self.hub = hub
+        self.templates = templates
+        self.streams = streams or StreamCap(100)  # open WatchBulkJob streams per owner
+
+    @rpc
+    async def CreateBulkJob(
+        self, request: bulk_pb2.CreateBulkJobRequest, context: grpc.aio.ServicerContext
+    ) -> bulk_pb2.BulkJob:
+        return convert.bulk_job(await self.create(current_caller(), request))
+
+    async def create(
+        self, caller: Caller, request: bulk_pb2.CreateBulkJobRequest, origin: Doc | None = None
+    ) -> BulkView:
+        """CreateBulkJob as `caller` (a schedule's tick too, with its `origin`
+        fields), through the template the request names, if any."""
+        if self.templates is not None:
+            request, origin = await self.templates.apply(caller.user, request, origin)
+        return await asyncio.to_thread(
+            self.bulks.create,
+            caller,
+            convert.mode_name(request.mode),
+            [convert.params_dict(item) for item in request.items],
+            request.request_id,
+            request.project,
+            request.notify_url,
+            request.notify_email,
+            origin,
+            convert.priority_name(request.priority),
+            convert.schedule_us(request),
+        )
+
+    @rpc
+    async def GetBulkJob(
+        self, request: bulk_pb2.GetBulkJobRequest, context: grpc.aio.ServicerContext
+    ) -> bulk_pb2.BulkJob:
+        return convert.bulk_job(await asyncio.to_thread(self.bulks.get, current_caller(), request.id))
+
+    @rpc
+    async def ListBulkJobs(
+        self, request: bulk_pb2.ListBulkJobsRequest, context: grpc.aio.ServicerContext
+    ) -> bulk_pb2.ListBulkJobsResponse:
+        statuses = list(dict.fromkeys(convert.bulk_status_name(s) for s in request.statuses))
+        views, page = await asyncio.to_thread(
+            self.bulks.list_bulk,
+            current_caller(),
+            statuses,
+            request.project,
+            request.page_size,
+            request.page_token,
+        )
+        return bulk_pb2.ListBulkJobsResponse(
+            bulk_jobs=[convert.bulk_job(v, with_items=False) for v in views],
+            next_page_token=page.next_token,
+            total_size=page.total,
+        )
+
+    @rpc
+    async def PauseBulkJob(
+        self, request: bulk_pb2.PauseBulkJobRequest, context: grpc.aio.ServicerContext
+    ) -> bulk_pb2.BulkJob:
+        return convert.bulk_job(await asyncio.to_thread(self.bulks.pause, current_caller(), request.id))
+
+    @rpc
+    async def ResumeBulkJob(
+        self, request: bulk_pb2.ResumeBulkJobRequest, context: grpc.aio.ServicerContext
+    ) -> bulk_pb2.BulkJob:
+        return convert.bulk_job(await asyncio.to_thread(self.bulks.resume, current_caller(), request.id))
+
+    @rpc
+    async def CancelBulkJob(
+        self, request: bulk_pb2.CancelBulkJobRequest, context: grpc.aio.ServicerContext
+    ) -> bulk_pb2.BulkJob:
+        return convert.bulk_job(await asyncio.to_thread(self.bulks.cancel, current_caller(), request.id))
+
+    @rpc
+    async def ListNotifications(
+        self, request: bulk_pb2.ListNotificationsRequest, context: grpc.aio.ServicerContext
+    ) -> bulk_pb2.ListNotificationsResponse:
+        page = await asyncio.to_thread(
+            self.bulks.notifications,
+            current_caller(),
+            request.page_size,
+            request.page_token,
+            request.job_id,
+            request.bulk_job_id,
+        )
+        return bulk_pb2.ListNotificationsResponse(
+            notifications=[convert.notification(d) for d in page.docs],
+            next_page_token=page.next_token,
+        )
+
+    @rpc
+    async def WatchBulkJob(self, request: bulk_pb2.WatchBulkJobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        # Every bulk event is a whole snapshot (counts and items), so resuming
+        # needs only the newest one: nothing between is lost by skipping it.
+        key = f"bulk:{request.id}"
+        after = max(0, request.after_sequence)
+        caller = current_caller()
+        with self.streams.hold(caller.user), self.hub.subscribe(key) as queue:
+            view = await asyncio.to_thread(self.bulks.get, caller, request.id)
+            seq = view.doc["seq"]
+            check_resume("bulk job", request.id, after, seq)
+            if after == seq and is_final(view):
+                return
+            replay = [bulk_event(view, SNAPSHOT)] if seq > after or after == 0 else []
+            self.hub.note(key, max(after, seq))
+            async for event in follow(queue, replay, after):
+                if isinstance(event, Heartbeat):
+                    yield bulk_pb2.BulkJobEvent(
+                        type=bulk_pb2.BULK_JOB_EVENT_TYPE_HEARTBEAT,
+                        sequence=event.sequence,
+                        time=convert.now(),
+                    )
+                else:
+                    yield event.message(convert.bulk_event)

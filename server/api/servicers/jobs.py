@@ -1,0 +1,267 @@
+"""JobService: protobuf in, a `Jobs` call, protobuf out."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
+from google.protobuf import empty_pb2
+
+from server.api import convert
+from server.api.auth import Caller, current_caller
+from server.api.servicers.common import rpc
+from server.api.watch import Heartbeat, StreamCap, check_resume, follow
+from server.model.errors import ServiceError
+from server.services.budgets import Budgets, Limit
+from server.services.events import Event, EventHub
+from server.services.jobs import Jobs
+from server.services.progress import ExternalProgress
+from server.services.templates import Templates
+from server.storage.store import SNAPSHOT, Doc, JobFilter, final
+
+
+def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.GetJobStatsRequest) -> JobFilter:
+    """The domain filter of a ListJobs or GetJobStats request."""
+    filters = JobFilter(
+        created_after_us=convert.timestamp_us(
+            request.created_after, request.HasField("created_after"), "created_after"
+        ),
+        created_before_us=convert.timestamp_us(
+            request.created_before, request.HasField("created_before"), "created_before"
+        ),
+        project=request.project,
+    )
+    if isinstance(request, jobs_pb2.ListJobsRequest):
+        # Each value once: a repeated field of thousands of copies is a short filter.
+        filters.statuses = list(dict.fromkeys(convert.status_name(s) for s in request.statuses))
+        filters.modes = list(dict.fromkeys(convert.mode_name(m) for m in request.modes))
+        filters.query = request.query
+        filters.bulk_job_id = request.bulk_job_id
+        filters.schedule_id = request.schedule_id
+        filters.priorities = list(dict.fromkeys(convert.priority_name(p) for p in request.priorities))
+    return filters
+
+
+class JobServicer(jobs_pb2_grpc.JobServiceServicer):
+    """The JobService RPCs."""
+
+    def __init__(
+        self,
+        jobs: Jobs,
+        hub: EventHub,
+        progress: ExternalProgress | None = None,
+        templates: Templates | None = None,
+        budgets: Budgets | None = None,
+        streams: StreamCap | None = None,
+    ) -> None:
+        self.jobs = jobs
+        self.hub = hub
+        self.progress = progress
+        self.templates = templates
+        self.budgets = budgets
+        self.streams = streams or StreamCap(100)  # open WatchJob streams per owner
+
+    @rpc
+    async def SubmitJob(
+        self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Job:
+        return convert.job(await self.submit(current_caller(), request))
+
+    async def submit(
+        self, caller: Caller, request: jobs_pb2.SubmitJobRequest, origin: Doc | None = None
+    ) -> Doc:
+        """SubmitJob as `caller` (a schedule's tick too, with its `origin` fields),
+        through the template the request names, if any."""
+        if self.templates is not None:
+            request, origin = await self.templates.apply(caller.user, request, origin)
+        return await self.jobs.submit(
+            caller,
+            convert.mode_name(request.mode),
+            convert.params_dict(request.params),
+            request.request_id,
+            request.project,
+            request.max_attempts,
+            notify_url=request.notify_url,
+            notify_email=request.notify_email,
+            origin=origin,
+            priority=convert.priority_name(request.priority),
+            schedule_us=convert.schedule_us(request),
+        )
+
+    @rpc
+    async def GetJob(
+        self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Job:
+        return convert.job(await asyncio.to_thread(self.jobs.get, current_caller(), request.id))
+
+    @rpc
+    async def ListJobs(
+        self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListJobsResponse:
+        page = await asyncio.to_thread(
+            self.jobs.list_jobs, current_caller(), job_filter(request), request.page_size, request.page_token
+        )
+        return jobs_pb2.ListJobsResponse(
+            jobs=[convert.job(d, full=request.view == jobs_pb2.JOB_VIEW_FULL) for d in page.docs],
+            next_page_token=page.next_token,
+            total_size=page.total,
+        )
+
+    @rpc
+    async def CancelJob(
+        self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Job:
+        return convert.job(await asyncio.to_thread(self.jobs.cancel, current_caller(), request.id))
+
+    @rpc
+    async def RetryJob(
+        self, request: jobs_pb2.RetryJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Job:
+        doc = await asyncio.to_thread(self.jobs.retry, current_caller(), request.id, request.request_id)
+        return convert.job(doc)
+
+    @rpc
+    async def DeleteJob(
+        self, request: jobs_pb2.DeleteJobRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await asyncio.to_thread(self.jobs.delete, current_caller(), request.id)
+        return empty_pb2.Empty()
+
+    @rpc
+    async def RunBulkOperation(
+        self, request: jobs_pb2.RunBulkOperationRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.RunBulkOperationResponse:
+        filters = JobFilter(
+            modes=list(dict.fromkeys(convert.mode_name(m) for m in request.modes)),
+            bulk_job_id=request.bulk_job_id,
+            project=request.project,
+        )
+        operation = convert.operation_name(request.operation)
+        result = await asyncio.to_thread(
+            self.jobs.run_bulk_operation, current_caller(), operation, filters, request.validate_only
+        )
+        return jobs_pb2.RunBulkOperationResponse(
+            job_ids=result.job_ids,
+            affected_count=result.affected,
+            remaining_count=result.remaining,
+        )
+
+    @rpc
+    async def GetJobStats(
+        self, request: jobs_pb2.GetJobStatsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.GetJobStatsResponse:
+        stats = await asyncio.to_thread(self.jobs.stats, current_caller(), job_filter(request))
+        return jobs_pb2.GetJobStatsResponse(
+            total_jobs=stats["total"],
+            by_status=[
+                jobs_pb2.StatusCount(status=jobs_pb2.JobStatus.Value("JOB_STATUS_" + s), count=n)
+                for s, n in sorted(stats["by_status"].items())
+            ],
+            by_mode=[
+                jobs_pb2.ModeCount(mode=jobs_pb2.Mode.Value("MODE_" + m), count=n)
+                for m, n in sorted(stats["by_mode"].items())
+            ],
+            total_cost_cents=stats["cost_cents"],
+            mean_duration_seconds=stats["mean_duration"],
+            mean_duration=convert.duration(stats["mean_duration"]),
+            failure_rate=stats["failure_rate"],
+        )
+
+    @rpc
+    async def WatchJob(self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        caller = current_caller()
+        key = f"job:{request.id}"
+        after = max(0, request.after_sequence)
+        with self.streams.hold(caller.user), self.hub.subscribe(key) as queue:
+            doc, stored = await asyncio.to_thread(self.jobs.history, caller, request.id, after)
+            check_resume("job", request.id, after, doc["seq"])
+            if after == doc["seq"] and final(doc["status"]):
+                return  # resumed after the end: nothing more will come
+            replay = [Event(key, e["seq"], e, final(e["job"]["status"])) for e in stored]
+            newest = replay[-1].seq if replay else after
+            if doc["seq"] > newest or after == 0:
+                # The job as it is now stands for any change not kept as an event.
+                snapshot = self.jobs.store.event_doc(doc, SNAPSHOT)
+                replay.append(Event(key, doc["seq"], snapshot, final(doc["status"])))
+            self.hub.note(key, max(after, doc["seq"]))
+            async for event in follow(queue, replay, after):
+                if isinstance(event, Heartbeat):
+                    yield jobs_pb2.JobEvent(
+                        type=jobs_pb2.JOB_EVENT_TYPE_HEARTBEAT, sequence=event.sequence, time=convert.now()
+                    )
+                else:
+                    yield event.message(convert.job_event)
+
+    @rpc
+    async def ReportProgress(
+        self, request: jobs_pb2.ReportProgressRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        if self.progress is None:
+            raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", "progress reports are off")
+        await asyncio.to_thread(
+            self.progress.report,
+            request.job_id,
+            request.token,
+            request.percentage,
+            request.stage,
+            request.stage_progress,
+            request.message,
+        )
+        return empty_pb2.Empty()
+
+    @rpc
+    async def SetBudget(
+        self, request: jobs_pb2.SetBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Budget:
+        limit = await asyncio.to_thread(
+            self._budgets().set_budget,
+            current_caller(),
+            request.owner,
+            request.project,
+            request.monthly_limit_cents,
+        )
+        return budget_message(limit)
+
+    @rpc
+    async def GetUsage(
+        self, request: jobs_pb2.GetUsageRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Usage:
+        usage = await asyncio.to_thread(self._budgets().usage, current_caller(), request.owner)
+        return jobs_pb2.Usage(
+            owner=usage.owner,
+            month=usage.month,
+            spent_cents=usage.spent_cents,
+            projects=[jobs_pb2.ProjectSpend(project=p, spent_cents=c) for p, c in usage.projects],
+            budgets=[budget_message(limit) for limit in usage.limits],
+            queued_jobs=usage.queued,
+            max_queued_jobs=usage.max_queued,
+        )
+
+    @rpc
+    async def SetTier(
+        self, request: jobs_pb2.SetTierRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Tier:
+        if self.jobs.tiers is None:
+            raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", "tiers are off")
+        doc = await asyncio.to_thread(self.jobs.tiers.set_tier, current_caller(), request.owner, request.tier)
+        return jobs_pb2.Tier(
+            owner=doc["owner"], tier=doc["tier"], update_time=convert.timestamp(doc["updated_us"])
+        )
+
+    def _budgets(self) -> Budgets:
+        if self.budgets is None:
+            raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", "budgets are off")
+        return self.budgets
+
+
+def budget_message(limit: Limit) -> jobs_pb2.Budget:
+    """A limit and its spend as the Budget message."""
+    return jobs_pb2.Budget(
+        owner=limit.owner,
+        project=limit.project,
+        monthly_limit_cents=limit.limit_cents,
+        spent_cents=limit.spent_cents,
+        exhausted=limit.exhausted,
+        update_time=convert.timestamp(limit.updated_us),
+    )

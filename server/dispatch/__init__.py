@@ -1,0 +1,11 @@
+"""Running jobs: the dispatcher thread that claims and runs them, and fair share.
+
+`dispatcher` claims queued jobs, runs their generator under the watchdog and
+records the outcome; `fairshare` decides who goes next (priority, then round
+robin by owner, then the owner's order).
+
+Layering (target, for import-linter): runtime -> api -> services ->
+dispatch | notify | generators -> storage -> model. dispatch may import
+storage and model, and generators (it runs them); notify and generators are
+its side-by-side rooms, never services, api or runtime.
+"""

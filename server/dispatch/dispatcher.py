@@ -1,0 +1,711 @@
+"""The dispatcher: one thread that claims jobs, and up to `concurrency` runs at
+once across the deployment (one, by default).
+
+Replicas elect it through a lease in `leases`; the elected one claims the
+next ready job with one atomic update on `_id`, runs it through the
+generator on a thread per run (so that housekeeping and schedules' ticks go
+on while a job runs), and records the outcome with writes fenced by the
+job's lease epoch. A keeper thread renews the leader lease and every run's
+lease and notices cancel requests. It claims only while fewer runs than
+`concurrency` hold a live lease in the deployment (its own, and those of
+other servers, e.g. a former leader's), and no sooner than `gap_seconds`
+after the last run ended (remembered in the leader lease, so that a new
+leader keeps the gap too).
+
+Which job is next is `fairshare`'s choice: the best priority, then the
+owner whose last start is oldest, then that owner's order. What it reads
+stays the same size however long the history grows: each owner's first
+candidates through the (queue, owner, rank, ck) index, and a job queued on
+this server is offered to it at once (`offer`), without a query. With
+nothing queued it wakes every poll interval for jobs other replicas queued,
+one index search of an empty lane. Housekeeping, once a second, reads the
+running jobs (by status) and the due jobs of the waiting lanes (retry
+backoff, schedule time); once a sweep interval, the expired completed
+jobs, the unsettled bulk jobs and the pending notifications: each an index
+search of live documents only.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pymongo
+from bson import ObjectId
+from pymongo.errors import PyMongoError
+
+from server.dispatch.fairshare import FairShare
+from server.generators import (
+    GenerationCancelled,
+    GenerationFailed,
+    Generator,
+    JobSpec,
+)
+from server.model import clock
+from server.model.states import Status
+from server.runtime import observability
+from server.services.progress import progress_fields
+from server.storage.outage import persist, unreachable
+from server.storage.store import (
+    BACKOFF,
+    HELD,
+    NONE,
+    PROGRESS,
+    RANKS,
+    READY,
+    STATUS_CHANGED,
+    Doc,
+    Store,
+    job_error,
+)
+
+log = logging.getLogger(__name__)
+
+LEADER_LEASE = "dispatcher"
+PROGRESS_WRITE_INTERVAL = 0.25  # coalesce chattier generators to at most 4 writes a second
+PROGRESS_TIMEOUT_SECONDS = 1.0  # a progress write waits at most this for the database
+PROGRESS_PAUSE_SECONDS = 2.0  # after a progress write failed, none for this long
+HOUSEKEEPING_INTERVAL = 1.0
+MAX_BACKOFF_SECONDS = 300.0
+# How long a run's outcome waits for an unreachable database before the run
+# is abandoned (its lease lapses; it is requeued with its attempt given back).
+OUTCOME_PATIENCE_SECONDS = 300.0
+SWEEP_TIMEOUT_SECONDS = 120.0
+RECENT_RUNS = 256  # runs remembered, to tell a claim whose answer was lost from a run
+
+EventSink = Callable[[Doc, str], None]
+
+
+@dataclass
+class _Run:
+    """A job this dispatcher is running now."""
+
+    oid: ObjectId
+    epoch: int
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lost: bool = False  # another run took the job over: write nothing more
+    stopping: bool = False  # the server is shutting down: requeue, don't cancel
+    generated: bool = False  # the generator was called: its end counts for the gap
+
+
+class Dispatcher:
+    """Claims and runs jobs; `record(doc, kind)` is told of every change it makes."""
+
+    def __init__(
+        self,
+        store: Store,
+        generator: Generator,
+        worker_id: str,
+        record: EventSink,
+        lease_seconds: float = 10.0,
+        poll_seconds: float = 0.5,
+        retry_base_seconds: float = 1.0,
+        sweep_seconds: float = 60.0,
+        sweepers: Sequence[Callable[[], None]] = (),
+        tickers: Sequence[Callable[[], None]] = (),
+        concurrency: int = 1,
+        gap_seconds: float = 0.0,
+        admit: Callable[[Doc], bool] = lambda job: True,
+        release: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.store = store
+        self.generator = generator
+        self.worker_id = worker_id
+        self.record = record
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.retry_base_seconds = retry_base_seconds
+        self.sweep_seconds = sweep_seconds
+        self.sweepers = sweepers
+        self.tickers = tickers  # run on every housekeeping pass (schedules' ticks)
+        self.concurrency = concurrency
+        self.gap_us = int(gap_seconds * 1_000_000)
+        # Budgets (server/services/budgets.py): whether a claimed job may run (False: it
+        # was moved to the budget lane), and the release of jobs held there.
+        self.admit = admit
+        self.release = release
+        self._last_sweep = 0.0
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        # The claim order. Claims resuming after a pause of half a lease may
+        # follow a spell as follower: it rebuilds from the database then.
+        self._fair = FairShare(store, poll_seconds, sweep_seconds, lease_seconds / 2)
+        self._leader_until = 0.0  # monotonic time until which our lease surely holds
+        self._was_leader = False
+        self._needs_recovery = True
+        self._last_housekeeping = 0.0
+        # The runs going on here, by job; the condition is notified when one ends.
+        self._runs: dict[ObjectId, _Run] = {}
+        self._runs_changed = threading.Condition()
+        self._hurried = False
+        self._elsewhere = 0  # live runs of other servers at the last housekeeping pass
+        self._last_end_us = 0  # when the last run ended (wall clock): the gap counts from it
+        self._elected = False  # set by the keeper on election: read the former leader's last end
+        # (job, epoch) of the runs started here, and of those whose outcome
+        # could not be stored: when such a lease lapses, the database, not
+        # the generator or a crash, cost the attempt, so it is given back.
+        self._started: deque[tuple[ObjectId, int]] = deque(maxlen=RECENT_RUNS)
+        self._abandoned: set[tuple[ObjectId, int]] = set()
+        self._reachable_since: float | None = None  # monotonic; None while the keeper cannot renew
+        self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+        self._keeper = threading.Thread(target=self._keep, name="lease-keeper", daemon=True)
+
+    # ---- called from other threads --------------------------------------
+
+    def start(self) -> None:
+        """Start the dispatcher and its lease keeper."""
+        self._thread.start()
+        self._keeper.start()
+
+    def offer(self, ck: int, oid: ObjectId, owner: str = "", rank: int = RANKS["NORMAL"]) -> None:
+        """A job just entered the ready lane on this server: consider it without polling."""
+        if owner:
+            self._fair.offer(owner, rank, ck, oid)
+        else:
+            self._fair.stale()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Something changed (resume, retry): look at the queue again now."""
+        self._fair.stale()
+        self._wake.set()
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Stop the running job if it is `job_id`; True if it was running here."""
+        run = next((r for r in self._current_runs() if str(r.oid) == job_id), None)
+        if run is not None:
+            run.cancel.set()
+            return True
+        return False
+
+    def running_job_ids(self) -> list[str]:
+        """The ids of the jobs running here now."""
+        return [str(run.oid) for run in self._current_runs()]
+
+    def running_job_id(self) -> str:
+        """The id of a job running here now (the one, with concurrency 1), or ""."""
+        return next(iter(self.running_job_ids()), "")
+
+    def stop(self, grace_seconds: float = 5.0) -> None:
+        """Take no more jobs; let the running ones finish within the grace, else requeue them."""
+        deadline = time.monotonic() + grace_seconds
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(grace_seconds)
+        self._wait_for_runs(deadline)
+        self.hurry()
+        if self._runs:
+            self._thread.join(5.0)
+        self._wait_for_runs(time.monotonic() + 5.0)
+        self._keeper.join(2.0)
+        try:
+            self.store.release_leader(LEADER_LEASE, self.worker_id)
+        except PyMongoError:
+            log.warning("could not release the dispatcher lease; it lapses by itself")
+        observability.leader(False)
+
+    def hurry(self) -> None:
+        """Shutting down without waiting more: stop the running jobs and requeue them."""
+        with self._runs_changed:
+            self._hurried = True  # a run registered from now on is stopped at once too
+            runs = list(self._runs.values())
+        for run in runs:
+            run.stopping = True
+            run.cancel.set()
+
+    def _current_runs(self) -> list[_Run]:
+        with self._runs_changed:
+            return list(self._runs.values())
+
+    def _wait_for_runs(self, deadline: float) -> None:
+        """Until no run is left here, or the deadline (monotonic) passed."""
+        with self._runs_changed:
+            self._runs_changed.wait_for(lambda: not self._runs, max(0.0, deadline - time.monotonic()))
+
+    # ---- leadership (keeper thread) ---------------------------------------
+
+    def _keep(self) -> None:
+        tick = min(1.0, self.lease_seconds / 3)
+        while not self._stopping.is_set() or self._runs:
+            started = time.monotonic()
+            try:
+                self._renew()
+                ended = time.monotonic()
+                if self._reachable_since is None or ended - started > tick:
+                    # A renewal that took long may have waited out an outage (pymongo
+                    # waits for a server within its timeout): contact is certain from now.
+                    self._reachable_since = ended
+            except PyMongoError as exc:
+                self._reachable_since = None
+                self._database_error(exc, "lease renewal", logging.DEBUG, "lease renewal failed: %s", exc)
+            self._stopping.wait(max(0.0, tick - (time.monotonic() - started)))
+            if self._stopping.is_set() and not self._runs:
+                return
+
+    def _renew(self) -> None:
+        before = time.monotonic()
+        if not self._stopping.is_set() or self._runs:
+            if self.store.hold_leader(LEADER_LEASE, self.worker_id, self.lease_seconds):
+                # Trust the lease a little less long than it lasts (clock drift).
+                self._leader_until = before + self.lease_seconds * 0.8
+                if not self._was_leader:
+                    log.info("this server now runs the dispatcher (%s)", self.worker_id)
+                    self._needs_recovery = True
+                    self._elected = True
+                    self._was_leader = True
+                    self._wake.set()
+                    observability.leader(True)
+            else:
+                self._was_leader = False
+                observability.leader(False)
+        for run in self._current_runs():
+            held = self.store.renew_job_lease(run.oid, run.epoch, self.lease_seconds)
+            if held is None:
+                run.lost = True
+                run.cancel.set()
+            elif held.get("cancel_requested"):
+                run.cancel.set()
+
+    def _may_take_over(self, doc: Doc, now: float) -> bool:
+        """Whether a run whose lease lapsed is lost. Leases lapse in a database
+        outage too, while their holders wait with results in hand: a run is
+        taken over only once this server has reached the database for a whole
+        lease period (its holder, if alive, has renewed by then)."""
+        if doc["worker"] == self.worker_id:
+            return True  # ours: we know it is not running
+        since = self._reachable_since
+        return since is not None and now - since >= self.lease_seconds
+
+    def _is_leader(self) -> bool:
+        return time.monotonic() < self._leader_until
+
+    # ---- the dispatcher thread ------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if not self._is_leader():
+                    self._wake.wait(self.poll_seconds)
+                    self._wake.clear()
+                    continue
+                # Cleared before looking: a run ending or a job offered from
+                # now on cuts the wait below short instead of being missed.
+                self._wake.clear()
+                self._housekeeping()
+                wait = self._claim_wait()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+                job = self._claim_next()
+                if job is None:
+                    self._wake.wait(self.poll_seconds)
+                    continue
+                self._dispatch(job)
+            except PyMongoError as exc:
+                self._database_error(
+                    exc, "dispatcher", logging.DEBUG, "dispatcher: database unavailable (%s); retrying", exc
+                )
+                self._stopping.wait(0.5)
+            except Exception:
+                log.exception("dispatcher: unexpected error")
+                self._stopping.wait(0.5)
+
+    def _database_error(self, exc: PyMongoError, what: str, quiet: int, message: str, *args: object) -> None:
+        """Log `message` as a WARNING; or, when `exc` is the database not
+        answering, at level `quiet`: the store's Outage says that once."""
+        level = quiet if self.store.outage.failed(exc, what) else logging.WARNING
+        log.log(level, message, *args)
+
+    def _claim_wait(self) -> float:
+        """Seconds to wait before claiming (0: claim now): while every lane of
+        the deployment is taken, or until the gap after the last end is over."""
+        if len(self._runs) + self._elsewhere >= self.concurrency:
+            return self.poll_seconds  # a run ending here wakes the loop sooner
+        return max(0.0, (self._last_end_us + self.gap_us - clock.now_us()) / 1e6)
+
+    def _ended(self, stamp_us: int) -> None:
+        """A run ended at `stamp_us`: the next claim keeps the gap after it."""
+        with self._runs_changed:
+            self._last_end_us = max(self._last_end_us, stamp_us)
+
+    def _dispatch(self, job: Doc) -> None:
+        """Run a claimed job on a thread of its own, so that claiming (with
+        more than one lane) and the leader's housekeeping (schedules' ticks,
+        due retries, budget releases) go on while it runs."""
+        run = _Run(job["_id"], job["epoch"])
+        with self._runs_changed:
+            self._runs[run.oid] = run
+            if self._hurried:
+                run.stopping = True
+                run.cancel.set()
+        self._started.append((run.oid, run.epoch))
+        threading.Thread(target=self._lane, args=(job, run), name="dispatcher-run", daemon=True).start()
+
+    def _lane(self, job: Doc, run: _Run) -> None:
+        try:
+            self._execute(job)
+        except PyMongoError as exc:
+            self._database_error(
+                exc,
+                f"job {run.oid}",
+                logging.INFO,
+                "job %s: database unavailable (%s); recovered once its lease lapses",
+                run.oid,
+                exc,
+            )
+        except Exception:
+            log.exception("job %s: unexpected error", run.oid)
+        finally:
+            with self._runs_changed:
+                del self._runs[run.oid]
+                self._runs_changed.notify_all()
+            if run.generated:
+                self._ended(clock.now_us())
+                if self.gap_us:
+                    try:
+                        self.store.note_run_end(LEADER_LEASE, self._last_end_us)
+                    except PyMongoError as exc:
+                        self._database_error(
+                            exc,
+                            "storing the last run's end",
+                            logging.INFO,
+                            "could not store when the last run ended (%s)",
+                            exc,
+                        )
+            self._wake.set()
+
+    def _housekeeping(self) -> None:
+        """Recover lapsed runs, count the live runs of other servers, and
+        promote due retries; once a sweep interval purge expired jobs and run
+        the sweepers."""
+        now = time.monotonic()
+        if not self._needs_recovery and now - self._last_housekeeping < HOUSEKEEPING_INTERVAL:
+            return
+        self._last_housekeeping = now
+        now_us = clock.now_us()
+        if self._elected:
+            self._elected = False
+            self._elsewhere = 0
+            if self.gap_us:
+                self._ended(self.store.last_run_end(LEADER_LEASE))
+        elsewhere = 0
+        for doc in self.store.processing_jobs():
+            run_key = (doc["_id"], doc["epoch"])
+            here = self._runs.get(doc["_id"])
+            if here is not None and here.epoch == doc["epoch"]:
+                continue  # running here: the keeper holds its lease
+            if doc["lease_until_us"] < now_us and self._may_take_over(doc, now):
+                self._recover(doc)
+            elif run_key not in self._started:
+                elsewhere += 1  # another server's run (started here: ended since, or abandoned)
+        if elsewhere < self._elsewhere:
+            self._ended(now_us)  # a run elsewhere ended by now: the gap counts from here
+        self._elsewhere = elsewhere
+        self._promote_due(now_us)
+        for tick in self.tickers:
+            tick()
+        if self.release():
+            self.wake()
+        if now - self._last_sweep >= self.sweep_seconds:
+            self._last_sweep = now
+            # A purge of a long backlog may take longer than any one query may.
+            with pymongo.timeout(SWEEP_TIMEOUT_SECONDS):
+                purged = self.store.purge_expired(now_us)
+                if purged:
+                    log.info("retention: removed %d completed jobs", purged)
+                for sweep in self.sweepers:
+                    sweep()
+        self._needs_recovery = elsewhere > 0
+
+    def _promote_due(self, now_us: int) -> None:
+        """Make the due jobs of the waiting lanes ready; a paused bulk job's item
+        is held instead (its retry failure may have been written as the pause
+        moved its siblings): it waits for the resume like them."""
+        lanes: dict[str, str] = {}  # bulk job id -> the lane its items go to now (one read each)
+        for lane, oid, bulk_id in self.store.due_waiting(now_us):
+            if bulk_id and lanes.setdefault(bulk_id, self.store.bulk_lane(bulk_id)) == HELD:
+                self.store.move_queued([(oid, lane, HELD)], bump=True)
+                continue
+            promoted = self.store.make_ready(oid, lane)
+            if promoted is not None:
+                self.offer(promoted["ck"], oid, promoted["owner"], promoted.get("rank", RANKS["NORMAL"]))
+
+    def _recover(self, doc: Doc) -> None:
+        """A run whose lease lapsed (its server died): requeue it or fail it."""
+        run_key = (doc["_id"], doc["epoch"])
+        if doc["worker"] == self.worker_id and (run_key not in self._started or run_key in self._abandoned):
+            # Claimed here but never run (the claim's answer was lost), or run
+            # here with its outcome lost to a database outage: not an attempt.
+            self._abandoned.discard(run_key)
+            self._write_outcome(_Run(doc["_id"], doc["epoch"]), self.store.requeue_changes(doc))
+            return
+        attempt, limit = doc["attempt"], doc["max_attempts"]
+        lost = job_error("WORKER_LOST", "transient", "the server running this job stopped", True, attempt)
+        stamp = clock.now_us()
+        changes: Doc = {
+            "updated_us": stamp,
+            "worker": "",
+            "lease_until_us": 0,
+            "attempt_errors": [*doc.get("attempt_errors", []), lost],
+            "error": lost,
+        }
+        if doc.get("cancel_requested"):
+            changes.update(status=str(Status.CANCELLED), queue=NONE, ended_us=stamp)
+        elif attempt < limit:
+            changes.update(status=str(Status.QUEUED), queue=self.store.bulk_lane(doc.get("bulk_job_id", "")))
+            changes["ready_us"] = stamp  # found by the dispatcher's next read of the lane
+        else:
+            lost["retryable"] = False
+            changes.update(status=str(Status.FAILED), queue=NONE, ended_us=stamp)
+        after = self.store.fenced_update(doc["_id"], doc["epoch"], changes)
+        if after is not None:
+            after = self._held_if_paused(after)
+            log.warning("job %s lost its worker; now %s", doc["_id"], after["status"])
+            observability.attempt_lost(after)
+            self.tell(after, STATUS_CHANGED)
+            if after["status"] == str(Status.QUEUED) and after["queue"] == READY:
+                self.offer(after["ck"], after["_id"], after["owner"], after.get("rank", RANKS["NORMAL"]))
+
+    def _claim_next(self) -> Doc | None:
+        """Claim the next ready job in fair-share order (see `fairshare`); None: nothing ready."""
+        while True:
+            pick = self._fair.next()
+            if pick is None or pick.oid is None:
+                return None
+            job = self.store.claim(pick.oid, self.worker_id, self.lease_seconds)
+            if job is None:
+                continue
+            # Here, on the dispatcher thread: a job its budget sends back takes
+            # no turn, no lane and no gap, and never races the budgets' release.
+            if not self.admit(job):
+                continue
+            self._fair.started(job["owner"])
+            return job
+
+    def _execute(self, job: Doc) -> None:
+        observability.attempt_started(job)
+        with observability.job_attempt(job):  # log context and trace span of the attempt
+            self._run_attempt(job)
+
+    def _run_attempt(self, job: Doc) -> None:
+        run = self._runs[job["_id"]]
+        run.generated = True
+        self.tell(job, STATUS_CHANGED)
+        spec = JobSpec(
+            str(job["_id"]),
+            job["owner"],
+            job["mode"],
+            job["params"],
+            job["attempt"],
+            epoch=job["epoch"],
+            started_us=job["started_us"],
+        )
+        reporter = _ProgressWriter(self, run, job)
+        try:
+            output = self.generator.generate(spec, reporter.report, run.cancel)
+        except GenerationCancelled:
+            self._finish_cancelled(run, job)
+        except GenerationFailed as failure:
+            self._finish_failed(
+                run, job, failure.code, failure.message, failure.retryable, failure.retry_after_seconds
+            )
+        except PyMongoError as exc:
+            # A database error is never the generator's: the attempt is given back.
+            self._database_error(
+                exc,
+                f"job {job['_id']}",
+                logging.INFO,
+                "job %s: database error while generating (%s); requeued",
+                job["_id"],
+                exc,
+            )
+            self._write_outcome(run, self.store.requeue_changes(job))
+        except Exception as exc:
+            log.exception("generator crashed on job %s", job["_id"])
+            self._finish_failed(run, job, "GENERATOR_CRASHED", f"{type(exc).__name__}: {exc}", False)
+        else:
+            self._write_outcome(run, self.store.completion(output.as_doc(), job["started_us"]))
+
+    def _finish_cancelled(self, run: _Run, job: Doc) -> None:
+        stamp = clock.now_us()
+        if run.stopping:
+            # Shutdown, not the owner's wish: give the attempt back and requeue.
+            self._write_outcome(run, self.store.requeue_changes(job))
+            return
+        error = job_error(
+            "CANCELLED", "cancelled", "cancelled by its owner while running", False, job["attempt"]
+        )
+        self._write_outcome(
+            run,
+            {
+                "status": str(Status.CANCELLED),
+                "queue": NONE,
+                "ended_us": stamp,
+                "updated_us": stamp,
+                "error": error,
+            },
+        )
+
+    def _finish_failed(
+        self,
+        run: _Run,
+        job: Doc,
+        code: str,
+        message: str,
+        retryable: bool,
+        retry_after: float | None = None,
+    ) -> None:
+        attempt = job["attempt"]
+        category = "transient" if retryable else "permanent"
+        error = job_error(code, category, message, retryable, attempt)
+        stamp = clock.now_us()
+        changes: Doc = {
+            "error": error,
+            "attempt_errors": [*job.get("attempt_errors", []), error],
+            "updated_us": stamp,
+            "worker": "",
+        }
+        if retryable and attempt < job["max_attempts"]:
+            delay = min(self.retry_base_seconds * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
+            delay *= random.uniform(0.5, 1.0)  # jitter: retries of many jobs spread out
+            delay = max(delay, retry_after or 0.0)  # the provider's Retry-After, when longer
+            # Held, not backing off, when its bulk job was paused meanwhile: a
+            # promotion from backoff would start it while paused.
+            changes.update(
+                status=str(Status.QUEUED),
+                queue=self.store.waiting_lane(job, BACKOFF),
+                run_after_us=clock.now_us() + int(delay * 1_000_000),
+            )
+        else:
+            changes.update(status=str(Status.FAILED), queue=NONE, ended_us=stamp)
+        self._write_outcome(run, changes)
+
+    def _write_outcome(self, run: _Run, changes: Doc) -> None:
+        """Store a run's outcome, fenced by its epoch; an unreachable database is
+        waited for (OUTCOME_PATIENCE_SECONDS), never taken for a failed job."""
+        if run.lost:
+            log.warning("job %s was taken over; not recording this run's outcome", run.oid)
+            return
+        tries = 0
+
+        def write() -> Doc | None:
+            nonlocal tries
+            tries += 1
+            return self.store.fenced_update(run.oid, run.epoch, changes)
+
+        try:
+            after = persist(
+                write,
+                f"the outcome of job {run.oid}",
+                OUTCOME_PATIENCE_SECONDS,
+                self._stopping,
+                self.store.outage,
+            )
+        except PyMongoError as exc:
+            if not unreachable(exc):
+                raise
+            self._abandoned.add((run.oid, run.epoch))
+            self._database_error(
+                exc,
+                f"job {run.oid}",
+                logging.INFO,
+                "job %s: outcome not stored (%s); it runs again once its lease lapses",
+                run.oid,
+                exc,
+            )
+            return
+        if after is None and tries > 1:
+            # An earlier try may have been applied with its answer lost: it was ours if it left our stamp.
+            after = next(
+                (
+                    d
+                    for d in self.store.jobs_by_ids([str(run.oid)])
+                    if d["epoch"] == run.epoch and d["updated_us"] == changes["updated_us"]
+                ),
+                None,
+            )
+        if after is None:
+            log.warning("job %s was taken over; this run's outcome is dropped", run.oid)
+            return
+        observability.attempt_ended(after, max(0.0, (clock.now_us() - after.get("started_us", 0)) / 1e6))
+        after = self._held_if_paused(after)
+        self.tell(after, STATUS_CHANGED)
+
+    def _held_if_paused(self, after: Doc) -> Doc:
+        """A bulk job's item just sent back to the queue (a retry's backoff, a
+        run given back): held if its bulk job was paused meanwhile (see
+        `Store.hold_if_paused`). A read of the bulk job, for requeued items only."""
+        try:
+            return self.store.hold_if_paused(after) or after
+        except PyMongoError as exc:  # the bulk job unread: a backoff item is held by its promotion
+            log.warning("job %s: the paused check after a requeue failed (%s)", after["_id"], exc)
+            return after
+
+    def tell(self, doc: Doc, kind: str) -> None:
+        """`record` a change. The change is stored already: a database error in
+        the bookkeeping (a bulk job's counts) must not end or relabel the run;
+        the bulk sweep settles what it missed."""
+        try:
+            self.record(doc, kind)
+        except PyMongoError as exc:
+            self._database_error(
+                exc,
+                f"job {doc['_id']}",
+                logging.INFO,
+                "job %s: bookkeeping of a %s event failed (%s)",
+                doc["_id"],
+                kind,
+                exc,
+            )
+
+
+class _ProgressWriter:
+    """Turns a generator's progress reports into at most a few writes a second."""
+
+    def __init__(self, dispatcher: Dispatcher, run: _Run, job: Doc) -> None:
+        self.dispatcher = dispatcher
+        self.run = run
+        self.started_us = job["started_us"]
+        self.started_mono = time.monotonic()
+        # The claim already wrote 0%; a job shorter than one interval writes no progress.
+        self.last_write = self.started_mono
+
+    def report(self, percentage: int, stage: str, stage_progress: int, message: str) -> None:
+        now = time.monotonic()
+        if self.run.lost or now - self.last_write < PROGRESS_WRITE_INTERVAL:
+            return
+        self.last_write = now
+        progress = progress_fields(
+            percentage, stage, stage_progress, message, self.started_us, now - self.started_mono
+        )
+        try:
+            # Briefly: the generator waits for this call.
+            with pymongo.timeout(PROGRESS_TIMEOUT_SECONDS):
+                after = self.dispatcher.store.fenced_update(
+                    self.run.oid, self.run.epoch, {"progress": progress, "updated_us": clock.now_us()}
+                )
+        except PyMongoError as exc:
+            # Progress is advisory: a later report or the outcome supersedes it, and a
+            # database error raised into the generator would be taken for its crash.
+            self.dispatcher._database_error(
+                exc,
+                f"job {self.run.oid}",
+                logging.DEBUG,
+                "job %s: progress not stored (%s)",
+                self.run.oid,
+                exc,
+            )
+            self.last_write = time.monotonic() + PROGRESS_PAUSE_SECONDS  # no stall per report
+            return
+        if after is None:
+            self.run.lost = True
+            self.run.cancel.set()
+            return
+        if after.get("cancel_requested"):
+            self.run.cancel.set()
+        self.dispatcher.tell(after, PROGRESS)

@@ -1,0 +1,11 @@
+"""The domain: what each RPC does, and the rules it applies.
+
+`jobs`, `bulk`, `schedules`, `templates`, `budgets` and `progress` carry out
+the RPCs of their aggregate; `validation` checks requests; `entitlement` is
+the one rule for PRIORITY_HIGH; `events` is the in-process event feed behind
+the Watch streams.
+
+Layering (target, for import-linter): runtime -> api -> services ->
+dispatch | notify | generators -> storage -> model. services may import
+dispatch, notify, generators, storage and model, never api or runtime.
+"""

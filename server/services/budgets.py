@@ -1,0 +1,413 @@
+"""Budgets and quotas: monthly spending limits per owner and per project, and
+the cap on an owner's queued jobs.
+
+- Spend is the sum of completed jobs' `cost_cents` in the calendar month
+  (UTC). A job that cost something completes with `spend_pending` set (by
+  the same write); `job_changed` then adds its cost to its owner's month
+  (`BudgetStore.count_spend`, idempotent) and clears the flag. A server that
+  stops in between leaves the flag: the leader's sweep (`recover`) counts
+  such jobs. So each completed job is counted exactly once; a job that cost
+  nothing costs no write.
+- A submit (SubmitJob, CreateBulkJob, RetryJob) is refused with
+  RESOURCE_EXHAUSTED and a QuotaFailure when the owner, or the project it
+  names, is at or over a limit, or when the owner's open jobs would pass
+  GENJOBS_MAX_QUEUED_PER_OWNER. The limits are checked from memory: the
+  budgets are read in whole once, then what changed is re-read at most every
+  CACHE_SECONDS; an owner's spend every SPEND_CACHE_SECONDS.
+- The cap counts an owner's open jobs: admitted and not yet final (queued in
+  any lane, or running). Each admission takes its places with one
+  conditional write (`reserve`, see storage/budgets.py's `queue_slots`) before
+  the jobs are stored, and gives back those it did not store; a job's end
+  (`job_changed`) gives its place back. So the cap holds under any
+  concurrency, on one server or across replicas, and the dispatcher's claim
+  costs nothing more (running jobs stay counted until they end). A server
+  that stops between the two writes leaves a place taken: the leader's
+  sweep (`recover`) gives back the places of jobs that ended, and of jobs
+  never stored after SLOT_GRACE_US.
+- The dispatcher asks `admit(job)` before running a claimed job. When a
+  limit binds, the job goes back to the queue in the budget lane with a
+  `wait_reason`, and so do the owner's (project's) other ready jobs, in one
+  update; the limit is marked `holding`. `release()`, run by the leader's
+  housekeeping, moves them back to the ready lane once the limit no longer
+  binds (raised, removed, or a new month).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson import ObjectId
+from pymongo.errors import PyMongoError
+
+from server.api.auth import Caller, subject_problem
+from server.model import clock
+from server.model.errors import FieldViolation, ServiceError, admins_only, invalid, quota_exceeded
+from server.model.states import FINAL, Status
+from server.services import validation
+from server.storage.budgets import BudgetStore, budget_key, month_of, project_field, project_name, usage_key
+from server.storage.store import STATUS_CHANGED, Doc
+
+log = logging.getLogger(__name__)
+
+CACHE_SECONDS = 1.5  # how old the budgets read on the submit path may be
+SPEND_CACHE_SECONDS = 1.0  # how old an owner's spend read on the submit path may be
+# A place reserved this long ago for a job that is not stored was left by a
+# server that stopped before its insert (an insert gives up within seconds).
+SLOT_GRACE_US = 60_000_000
+# How long a job may stay completed with its cost uncounted before the sweep
+# counts it (a live server counts it at once).
+SWEEP_DELAY_US = 10_000_000
+MAX_CACHED_OWNERS = 4096  # beyond this many, the caches drop their expired entries
+# Each re-read of the limits reads those stamped from this long before the
+# last read began: a replica whose clock is behind by less still gets seen.
+CHANGE_MARGIN_US = 60_000_000
+
+EventSink = Callable[[Doc, str], None]
+FINAL_STATUSES = {str(s) for s in FINAL}
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One monthly limit with the spend it covers this month."""
+
+    owner: str
+    project: str  # "": the owner's whole spend
+    limit_cents: int
+    spent_cents: int
+    updated_us: int = 0
+
+    @property
+    def exhausted(self) -> bool:
+        """At or over the limit (a limit of 0 is none)."""
+        return self.limit_cents > 0 and self.spent_cents >= self.limit_cents
+
+    @property
+    def subject(self) -> str:
+        """The QuotaFailure subject: "owner:alice" or "owner:alice/project:blog"."""
+        return f"owner:{self.owner}" + (f"/project:{self.project}" if self.project else "")
+
+    def describe(self) -> str:
+        """E.g. "the monthly budget of 500 cents for alice is spent"."""
+        whose = f"{self.owner}'s project {self.project!r}" if self.project else self.owner
+        return f"the monthly budget of {self.limit_cents} cents for {whose} is spent"
+
+
+@dataclass
+class Usage:
+    """An owner's spend this month, their limits and their queue (GetUsage)."""
+
+    owner: str
+    month: str
+    spent_cents: int
+    projects: list[tuple[str, int]] = field(default_factory=list)  # largest first
+    limits: list[Limit] = field(default_factory=list)  # the whole-spend one first
+    queued: int = 0
+    max_queued: int = 0
+
+
+class Budgets:
+    """The budget rules: spend accounting, submit checks, admission and release."""
+
+    def __init__(self, store: BudgetStore, record: EventSink, max_queued: int) -> None:
+        self.store = store
+        self.record = record
+        self.max_queued = max_queued
+        self._lock = threading.Lock()
+        self._budgets: dict[str, Doc] = {}
+        self._loaded = -1e9  # monotonic time of the last read of what changed
+        self._last_read_us: int | None = None  # clock time the last read began; None: nothing read yet
+        self._spend: dict[str, tuple[float, Doc | None]] = {}  # usage key -> (read at, doc)
+
+    # ---- spend ------------------------------------------------------------
+
+    def job_changed(self, job: Doc, kind: str) -> None:
+        """A job changed here: count its cost if it just completed with one; give
+        its place under the queued-jobs cap back once it is final."""
+        if kind != STATUS_CHANGED or job["status"] not in FINAL_STATUSES:
+            return
+        self.unreserve(job["owner"], [job["_id"]])
+        if job.get("spend_pending") and job["status"] == str(Status.COMPLETED):
+            self._count(job)
+
+    def recover(self) -> None:
+        """Count the cost of jobs completed on a server that stopped before it
+        counted them, and give back the places such a server left taken. The
+        dispatcher's leader runs it once a sweep."""
+        for job in self.store.uncounted_jobs(clock.now_us() - SWEEP_DELAY_US):
+            self._count(job)
+        self.repair_slots()
+
+    def repair_slots(self) -> int:
+        """Give back the places of jobs that are final or (reserved over
+        SLOT_GRACE_US ago) not stored; how many. Reads the counters of owners
+        with open jobs, and those jobs' statuses by `_id`."""
+        old_us = clock.now_us() - SLOT_GRACE_US
+        freed = 0
+        for doc in self.store.slot_owners():
+            markers: dict[str, Any] = doc.get("open") or {}
+            ids = list(markers)
+            statuses: dict[str, str] = {}
+            for start in range(0, len(ids), 500):
+                statuses.update(self.store.open_statuses(ids[start : start + 500]))
+            gone = [
+                ObjectId(i)
+                for i, at in markers.items()
+                if statuses.get(i) in FINAL_STATUSES or (i not in statuses and int(at) < old_us)
+            ]
+            if gone:
+                released = self.store.release_slots(str(doc["_id"]), gone)
+                freed += released
+                log.warning("queued-jobs cap: %d places of %s given back by the sweep", released, doc["_id"])
+        return freed
+
+    def _count(self, job: Doc) -> None:
+        self.store.count_spend(job)
+        self.store.spend_counted(job)
+        with self._lock:
+            self._spend.pop(usage_key(job["owner"], month_of(int(job["ended_us"]))), None)
+
+    # ---- submits ------------------------------------------------------------
+
+    async def check_submit_async(self, owner: str, project: str, count: int) -> None:
+        """`check_submit` from the event loop: from memory when the caches allow."""
+        if not self._passes_from_memory(owner, project, count):
+            await asyncio.to_thread(self.check_submit, owner, project, count)
+
+    def check_submit(self, owner: str, project: str, count: int) -> None:
+        """Refuse (RESOURCE_EXHAUSTED, QuotaFailure) `count` new jobs of `owner`
+        in `project` when a limit is spent or they could never fit under the
+        cap. The cap itself is `reserve`'s."""
+        for limit in self._limits(owner, project, SPEND_CACHE_SECONDS):
+            if limit.exhausted:
+                raise budget_refusal(limit)
+        if count > self.max_queued:
+            raise queue_refusal(owner, self.max_queued, count)
+
+    def _passes_from_memory(self, owner: str, project: str, count: int) -> bool:
+        """True when the caches alone show the limits pass (no query needed)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._loaded > CACHE_SECONDS:
+                return False
+            for doc in self._scopes(owner, project):
+                cached = self._spend.get(usage_key(owner, month_of(clock.now_us())))
+                if cached is None or now - cached[0] > SPEND_CACHE_SECONDS:
+                    return False
+                if _limit(doc, cached[1]).exhausted:
+                    return False
+            return count <= self.max_queued
+
+    def reserve(self, owner: str, ids: list[ObjectId]) -> None:
+        """Take places under the queued-jobs cap for new jobs `ids` of `owner`
+        (before they are stored), or refuse them all (RESOURCE_EXHAUSTED)."""
+        if not self.store.reserve_slots(owner, ids, self.max_queued):
+            raise queue_refusal(owner, self.max_queued, len(ids))
+
+    async def reserve_async(self, owner: str, ids: list[ObjectId]) -> None:
+        """`reserve` from the event loop (one write, on a thread)."""
+        await asyncio.to_thread(self.reserve, owner, ids)
+
+    def unreserve(self, owner: str, ids: list[ObjectId]) -> None:
+        """Give back the places of jobs that ended, or were surely not stored (a
+        repeated request key); a database error leaves them to the sweep."""
+        try:
+            self.store.release_slots(owner, ids)
+        except PyMongoError as exc:
+            log.warning("queued-jobs cap: %d places of %s left to the sweep (%s)", len(ids), owner, exc)
+
+    # ---- the dispatcher -----------------------------------------------------
+
+    def admit(self, job: Doc) -> bool:
+        """Whether a claimed job may run. False: a limit binds, and the job (and
+        the owner's or project's other ready jobs) now wait in the budget lane."""
+        owner, project = job["owner"], job.get("project", "")
+        self._reload_if_stale()
+        with self._lock:
+            if not self._scopes(owner, project):
+                return True
+        binding = [limit for limit in self._limits(owner, project, 0.0) if limit.exhausted]
+        if not binding:
+            return True
+        limit = binding[0]
+        reason = "waiting: " + limit.describe()
+        # The hold first: if this server stops now, the release still looks.
+        self.store.hold(limit.owner, limit.project)
+        self.stale()
+        after = self.store.to_budget_lane(job, reason)
+        if after is not None and after.get("cancel_requested"):
+            # Cancelled between its claim and now: the owner's wish, not a wait.
+            after = self.store.store.cancel_queued(after["_id"]) or after
+        if after is not None:
+            self.record(after, STATUS_CHANGED)
+        moved = self.store.hold_ready(owner, limit.project or None, reason)
+        log.info("job %s and %d more of %s wait: %s", job["_id"], moved, limit.subject, limit.describe())
+        return False
+
+    def release(self) -> int:
+        """Move jobs held by limits that no longer bind back to the ready lane;
+        how many moved. Reads nothing from the database while nothing is held
+        (but the budgets, at most every CACHE_SECONDS)."""
+        self._reload_if_stale()
+        with self._lock:
+            held = [doc for doc in self._budgets.values() if doc.get("holding")]
+        moved = 0
+        for cached in held:
+            doc = self.store.budget(cached["owner"], cached["project"])
+            if doc is None or not doc.get("holding"):
+                continue
+            limit = _limit(doc, self.store.usage_doc(doc["owner"], month_of(clock.now_us())))
+            if limit.exhausted:
+                continue
+            moved += self.store.release(limit.owner, limit.project or None)
+            self.store.unhold(limit.owner, limit.project, int(doc.get("hold_seq", 0)))
+        if held:
+            self.stale()
+        return moved
+
+    # ---- RPCs -----------------------------------------------------------------
+
+    def set_budget(self, caller: Caller, owner: str, project: str, limit_cents: int) -> Limit:
+        """Set (0: remove) a monthly limit; admins only."""
+        if not caller.admin:
+            raise admins_only("SetBudget")
+        bad: list[FieldViolation] = []
+        problem = subject_problem(owner)
+        if problem:
+            bad.append(FieldViolation("owner", "required: the user id the limit applies to"))
+        bad += validation.check_label(project, "project", validation.MAX_PROJECT)
+        if limit_cents < 0:
+            bad.append(FieldViolation("monthly_limit_cents", "must be 0 (no limit) or more"))
+        if bad:
+            raise invalid(bad)
+        doc = self.store.set_budget(owner, project, limit_cents)
+        self.stale()
+        return _limit(doc, self.store.usage_doc(owner, month_of(clock.now_us())))
+
+    def usage(self, caller: Caller, owner: str) -> Usage:
+        """An owner's spend this month, limits and queue: the caller's own, or
+        any owner's for an admin."""
+        owner = owner or caller.user
+        if owner != caller.user and not caller.admin:
+            raise admins_only("reading another owner's usage")
+        month = month_of(clock.now_us())
+        spend = self.store.usage_doc(owner, month)
+        budgets = self.store.owner_budgets(owner)
+        limits = [_limit(doc, spend) for doc in budgets if int(doc.get("limit_cents", 0)) > 0]
+        projects = [(project_name(k), int(v)) for k, v in ((spend or {}).get("projects") or {}).items()]
+        return Usage(
+            owner=owner,
+            month=month,
+            spent_cents=int((spend or {}).get("spent_cents", 0)),
+            projects=sorted(projects, key=lambda p: (-p[1], p[0])),
+            limits=sorted(limits, key=lambda limit: (limit.project != "", limit.project)),
+            queued=self.store.open_count(owner),
+            max_queued=self.max_queued,
+        )
+
+    # ---- caches -----------------------------------------------------------------
+
+    def stale(self) -> None:
+        """Make the next check re-read what changed (this server wrote a limit)."""
+        with self._lock:
+            self._loaded = -1e9
+
+    def _reload_if_stale(self) -> None:
+        """Re-read the limits changed since the last read, if that read is older
+        than CACHE_SECONDS (the first read takes them all). The window starts
+        from when the last read began, not from the newest stamp read: limits
+        set in one burst long ago are not read again and again. The query runs
+        without the lock: the event loop takes it on every submit."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._loaded <= CACHE_SECONDS:
+                return
+            since = 0 if self._last_read_us is None else self._last_read_us - CHANGE_MARGIN_US
+        began_us = clock.now_us()
+        changed = self.store.changed_budgets(since)
+        with self._lock:
+            for doc in changed:
+                # Two reads may cross: keep the later version of a limit.
+                kept = self._budgets.get(doc["_id"])
+                if kept is None or int(doc.get("changed_us", 0)) >= int(kept.get("changed_us", 0)):
+                    self._budgets[doc["_id"]] = doc
+            self._loaded = now
+            self._last_read_us = max(self._last_read_us or 0, began_us)
+
+    def _scopes(self, owner: str, project: str) -> list[Doc]:
+        """The cached limits (limit > 0) over a job of `owner` in `project` (lock held)."""
+        keys = [budget_key(owner, "")] + ([budget_key(owner, project)] if project else [])
+        docs = [self._budgets.get(key) for key in keys]
+        return [doc for doc in docs if doc is not None and int(doc.get("limit_cents", 0)) > 0]
+
+    def _limits(self, owner: str, project: str, max_age: float) -> list[Limit]:
+        """The limits over a job of `owner` in `project`, with this month's
+        spend read at most `max_age` seconds ago."""
+        self._reload_if_stale()
+        with self._lock:
+            scopes = self._scopes(owner, project)
+        if not scopes:
+            return []
+        key = usage_key(owner, month_of(clock.now_us()))
+        now = time.monotonic()
+        with self._lock:
+            cached = self._spend.get(key)
+        if cached is None or now - cached[0] > max_age:
+            cached = (now, self.store.usage_doc(owner, month_of(clock.now_us())))
+            with self._lock:
+                if len(self._spend) > MAX_CACHED_OWNERS:
+                    _drop_older(self._spend, now - SPEND_CACHE_SECONDS)
+                self._spend[key] = cached
+        return [_limit(doc, cached[1]) for doc in scopes]
+
+
+def _drop_older(cache: dict[str, tuple[float, Any]], before: float) -> None:
+    """Remove the entries of `cache` read before `before` (they would be read again)."""
+    for key in [key for key, (read, _) in cache.items() if read < before]:
+        del cache[key]
+
+
+def _limit(budget: Doc, spend: Doc | None) -> Limit:
+    """A stored limit with the spend it covers in the month of `spend`."""
+    project = budget.get("project", "")
+    spend = spend or {}
+    if project:
+        spent = int((spend.get("projects") or {}).get(project_field(project), 0))
+    else:
+        spent = int(spend.get("spent_cents", 0))
+    limit_cents = int(budget.get("limit_cents", 0))
+    return Limit(budget["owner"], project, limit_cents, spent, int(budget.get("updated_us", 0)))
+
+
+def budget_refusal(limit: Limit) -> ServiceError:
+    """RESOURCE_EXHAUSTED: `limit` is spent."""
+    return quota_exceeded(
+        "BUDGET_EXHAUSTED",
+        limit.subject,
+        f"{limit.describe()} ({limit.spent_cents} cents this month):"
+        " no new jobs until it is raised or the month turns",
+        {
+            "owner": limit.owner,
+            "project": limit.project,
+            "monthly_limit_cents": str(limit.limit_cents),
+            "spent_cents": str(limit.spent_cents),
+        },
+    )
+
+
+def queue_refusal(owner: str, cap: int, count: int) -> ServiceError:
+    """RESOURCE_EXHAUSTED: `count` more queued jobs would pass the cap."""
+    more = "a job" if count == 1 else f"{count} jobs"
+    return quota_exceeded(
+        "QUEUED_JOBS_LIMIT",
+        f"owner:{owner}",
+        f"queueing {more} more would pass the limit of {cap} queued jobs per owner"
+        " (GENJOBS_MAX_QUEUED_PER_OWNER; running jobs count until they end):"
+        " wait for some to end, or cancel some",
+        {"owner": owner, "max_queued_jobs": str(cap)},
+    )

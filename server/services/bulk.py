@@ -1,0 +1,461 @@
+"""Bulk jobs: 10 to 50 items of one mode, run in order, steered as one.
+
+A bulk job's counts are never stored: they are computed from its item jobs
+whenever it is read, so they always agree with the items, whoever changed
+them. For each queue position the newest job counts (a retry supersedes
+the job it retries). What is stored is the owner's intent (PAUSED,
+CANCELLED), the completion, and a change sequence for watchers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+from bson import ObjectId
+
+from server.api.auth import Caller
+from server.model import clock
+from server.model.errors import ServiceError, invalid
+from server.model.states import BULK_FINAL, BulkAction, BulkStatus, Status
+from server.notify.channels import new_notification
+from server.notify.sender import Notifier
+from server.runtime import observability
+from server.services import entitlement, validation
+from server.services.events import Event, EventHub
+from server.services.jobs import Jobs, normalized
+from server.storage.budgets import BUDGET
+from server.storage.store import (
+    BACKOFF,
+    HELD,
+    RANKS,
+    READY,
+    SCHEDULED,
+    STATUS_CHANGED,
+    Doc,
+    Page,
+    Store,
+    bulk_item_key,
+    submission_key,
+)
+
+# Bulk event kinds (BulkJobEventType without its prefix); STATUS_CHANGED is the store's.
+SNAPSHOT, ITEM_CHANGED, COMPLETED = "SNAPSHOT", "ITEM_CHANGED", "COMPLETED"
+# How long bulk bookkeeping may stay half done before a sweep finishes it.
+RECOVERY_DELAY_US = 10_000_000
+_OPEN = [str(BulkStatus.QUEUED), str(BulkStatus.PROCESSING), str(BulkStatus.PAUSED)]
+
+
+@dataclass
+class BulkView:
+    """A bulk job with its counts and current items, as GetBulkJob shows it."""
+
+    doc: Doc
+    items: list[Doc] = field(default_factory=list)
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    remaining: int = 0
+    cost_cents: int = 0
+    estimated_completion_us: int = 0
+
+    @property
+    def total(self) -> int:
+        return int(self.doc["total_items"])
+
+    @property
+    def percentage(self) -> float:
+        done = self.completed + self.failed + self.cancelled
+        return round(100.0 * done / self.total, 1) if self.total else 0.0
+
+    @property
+    def all_final(self) -> bool:
+        # An item missing from a bulk job that has started was deleted, which
+        # only a final job can be; before the start it may be one a creation
+        # cut short has yet to store (a repeated request stores it).
+        stored = len(self.items) == self.total or bool(self.doc.get("started_us"))
+        return self.remaining == 0 and stored
+
+    @property
+    def error_summary(self) -> list[str]:
+        return [
+            f"item {i['queue_position']}: {i['error']['code']}: {i['error']['message']}"
+            for i in self.items
+            if i["status"] == str(Status.FAILED) and i.get("error")
+        ]
+
+
+def summarize(doc: Doc, jobs: list[Doc]) -> BulkView:
+    """Counts, current items and an estimate from a bulk job's item jobs."""
+    current: dict[int, Doc] = {}
+    for job in jobs:
+        position = job["queue_position"]
+        if position not in current or job["ck"] > current[position]["ck"]:
+            current[position] = job
+    view = BulkView(doc, [current[p] for p in sorted(current)])
+    durations = []
+    for item in view.items:
+        status = item["status"]
+        if status == str(Status.COMPLETED):
+            view.completed += 1
+            view.cost_cents += int(item.get("cost_cents", 0))
+            durations.append(float(item.get("duration_s", 0.0)))
+        elif status == str(Status.FAILED):
+            view.failed += 1
+        elif status == str(Status.CANCELLED):
+            view.cancelled += 1
+        else:
+            view.remaining += 1
+    if durations and view.remaining and doc["status"] not in {str(s) for s in BULK_FINAL}:
+        mean = sum(durations) / len(durations)
+        view.estimated_completion_us = clock.now_us() + int(mean * view.remaining * 1e6)
+    return view
+
+
+class Bulks:
+    """The BulkService's domain, and the bookkeeping when an item changes."""
+
+    def __init__(self, store: Store, hub: EventHub, jobs: Jobs, notifier: Notifier) -> None:
+        self.store = store
+        self.hub = hub
+        self.jobs = jobs
+        self.notifier = notifier
+        jobs.on_change.append(self.item_changed)
+
+    # ---- RPCs -------------------------------------------------------------
+
+    def create(
+        self,
+        caller: Caller,
+        mode: str,
+        items: list[Doc],
+        request_id: str = "",
+        project: str = "",
+        notify_url: str = "",
+        notify_email: str = "",
+        origin: Doc | None = None,
+        priority: str = "NORMAL",
+        schedule_us: int = 0,
+    ) -> BulkView:
+        """Validate every item, then store the bulk job and its items (two writes).
+        Every item runs at `priority`, none before `schedule_us`.
+
+        `origin`: fields the server sets on the bulk job (`schedule_id`,
+        `template`, a schedule tick's own `request_key`); its items carry
+        the schedule and template too."""
+        bad = validation.check_bulk(mode, items, request_id, project, notify_url, notify_email)
+        bad += validation.check_priority(priority)
+        if bad:
+            raise invalid(bad)
+        entitlement.require(caller, priority, self.jobs.tiers)
+        self.jobs.check_email(notify_email)
+        base = self.store.order_keys.next(len(items) + 1)
+        bulk_id = ObjectId()
+        bulk = {
+            "_id": bulk_id,
+            "owner": caller.user,
+            "project": project,
+            "mode": mode,
+            "status": str(BulkStatus.QUEUED),
+            "total_items": len(items),
+            "ck": base,
+            "request_id": request_id,
+            "request_key": submission_key(caller.user, request_id, bulk_id, "bulk"),
+            "notify_url": notify_url,
+            "notify_email": notify_email,
+            "seq": 1,
+            "started_us": 0,
+            "ended_us": 0,
+            "updated_us": base,
+            "settled": False,
+            "schedule_id": "",
+            "template": "",
+            "priority": priority,
+            "rank": RANKS[priority],
+            "schedule_us": schedule_us,
+            **(origin or {}),
+        }
+        docs = [
+            self.store.new_job_doc(
+                caller.user,
+                mode,
+                normalized(params),
+                project=project,
+                max_attempts=self.jobs.default_max_attempts,
+                bulk_job_id=str(bulk_id),
+                queue_position=position,
+                ck=base + position,  # items run in position order, FIFO among all jobs
+                request_key=bulk_item_key(caller.user, bulk_id, position),
+                priority=priority,
+                schedule_us=schedule_us,
+            )
+            for position, params in enumerate(items, start=1)
+        ]
+        trace = observability.trace_fields()  # each item's attempts link to this call
+        for doc in docs:
+            doc.update(trace, schedule_id=bulk["schedule_id"], template=bulk["template"])
+        try:
+            self.jobs.limits.check_submit(caller.user, project, len(items))
+            self.jobs.limits.reserve(caller.user, [doc["_id"] for doc in docs])
+        except ServiceError:
+            # A repeat of a stored request is answered, not refused (see Jobs.submit).
+            keyed = request_id or "request_key" in (origin or {})
+            earlier = self.store.repeated(self.store.bulk_jobs, bulk) if keyed else None
+            if earlier is None:
+                raise
+            return summarize(earlier, self.store.bulk_items([str(earlier["_id"])]))
+        stored, created = self.store.insert_bulk(bulk, docs)
+        if not created:
+            # A repeat: the items the first call stored hold their places; of
+            # ours, only those that filled in what it left unstored keep theirs.
+            kept = self.store.stored_ids([doc["_id"] for doc in docs])
+            self.jobs.limits.unreserve(caller.user, [doc["_id"] for doc in docs if doc["_id"] not in kept])
+        if created:
+            observability.job_submitted(mode, len(docs))
+            for doc in docs:
+                self.jobs.offer(doc)
+        return summarize(stored, self.store.bulk_items([str(stored["_id"])]) if stored is not bulk else docs)
+
+    def get(self, caller: Caller, bulk_id: str) -> BulkView:
+        """One bulk job with counts and items."""
+        # Items first: the bulk job's sequence is then at least that of every
+        # change the counts include, so a watcher starting from this view
+        # skips no later event and sees no earlier (smaller) count after it.
+        # Both queries carry the owner: another user's bulk job is NOT_FOUND.
+        bad = validation.check_id(bulk_id, "id", "bulk job")
+        if bad:
+            raise invalid(bad)
+        items = self.store.bulk_items([bulk_id], caller.owner_filter)
+        return summarize(self.store.get_bulk(caller.owner_filter, bulk_id), items)
+
+    def list_bulk(
+        self, caller: Caller, statuses: list[str], project: str, size: int, token: str
+    ) -> tuple[list[BulkView], Page]:
+        """A page of bulk jobs with their counts (items fetched in one query)."""
+        page_size, bad = validation.page_size(size)
+        bad += validation.check_choices(
+            "statuses", statuses, [str(s) for s in BulkStatus], "BULK_JOB_STATUS_"
+        )
+        bad += validation.check_label(project, "project", validation.MAX_PROJECT)
+        if bad:
+            raise invalid(bad)
+        page = self.store.list_bulk(caller.owner_filter, statuses, project, page_size, token)
+        by_bulk = self._items_by_bulk([str(d["_id"]) for d in page.docs])
+        return [summarize(d, by_bulk[str(d["_id"])]) for d in page.docs], page
+
+    def _items_by_bulk(self, bulk_ids: list[str]) -> dict[str, list[Doc]]:
+        """The item jobs of these bulk jobs, by bulk job id (one query)."""
+        by_bulk: dict[str, list[Doc]] = {i: [] for i in bulk_ids}
+        for item in self.store.bulk_items(bulk_ids) if bulk_ids else []:
+            by_bulk[item["bulk_job_id"]].append(item)
+        return by_bulk
+
+    def pause(self, caller: Caller, bulk_id: str) -> BulkView:
+        """No further item starts; the running one finishes. Survives restarts."""
+        self.store.bulk_transition(
+            caller.owner_filter, bulk_id, BulkAction.PAUSE, {"status": str(BulkStatus.PAUSED)}
+        )
+        # Items waiting for a budget are held too: a release must not start them.
+        self.store.set_item_lanes(bulk_id, [READY, BACKOFF, SCHEDULED, BUDGET], HELD)
+        return self._publish(self.get(caller, bulk_id), STATUS_CHANGED)
+
+    def resume(self, caller: Caller, bulk_id: str) -> BulkView:
+        """Go on at the next queued item."""
+        self.store.resume_bulk(caller.owner_filter, bulk_id)
+        self.store.resume_items(bulk_id)
+        self.jobs.dispatcher.wake()
+        return self._publish(self.get(caller, bulk_id), STATUS_CHANGED)
+
+    def cancel(self, caller: Caller, bulk_id: str) -> BulkView:
+        """Cancel the queued items and stop the running one."""
+        self.store.bulk_transition(
+            caller.owner_filter, bulk_id, BulkAction.CANCEL, {"status": str(BulkStatus.CANCELLED)}
+        )
+        self._cancel_items(caller, bulk_id)
+        bulk = self.store.get_bulk(caller.owner_filter, bulk_id)
+        return self._settle(bulk, self.store.bulk_items([bulk_id])) or self.get(caller, bulk_id)
+
+    def _cancel_items(self, caller: Caller, bulk_id: str) -> None:
+        """Cancel a cancelled bulk job's queued items and stop its running one."""
+        # Hold the queued items first, so the dispatcher starts none of them
+        # while they are cancelled one by one; stop the running one last. The
+        # items are read once held: one the dispatcher started just before
+        # the hold is running now, and must be stopped, not skipped.
+        self.store.set_item_lanes(bulk_id, [READY, BACKOFF, SCHEDULED, BUDGET], HELD)
+        items = self.store.bulk_items([bulk_id])
+        for item in items:
+            if item["status"] == str(Status.QUEUED):
+                cancelled = self.store.cancel_queued(item["_id"])
+                if cancelled is not None:
+                    self.jobs.publish(cancelled, STATUS_CHANGED)
+        for item in items:
+            if item["status"] == str(Status.PROCESSING):
+                with contextlib.suppress(ServiceError):  # it finished meanwhile
+                    self.jobs.cancel(caller, str(item["_id"]))
+
+    def notifications(
+        self, caller: Caller, size: int, token: str, job_id: str = "", bulk_job_id: str = ""
+    ) -> Page:
+        """A page of the caller's notifications (only one job's or one bulk job's when given)."""
+        page_size, bad = validation.page_size(size)
+        if bad:
+            raise invalid(bad)
+        return self.store.list_notifications(caller.user, page_size, token, job_id, bulk_job_id)
+
+    # ---- item bookkeeping -------------------------------------------------
+
+    def item_changed(self, job: Doc, kind: str) -> None:
+        """An item job changed status: update the bulk job and tell its watchers."""
+        if kind != STATUS_CHANGED or not job.get("bulk_job_id"):
+            return
+        bulk_oid = ObjectId(job["bulk_job_id"])
+        status = job["status"]
+        if status == str(Status.PROCESSING):
+            self.store.mark_bulk_started(bulk_oid)
+            self.store.bulk_status_change(
+                bulk_oid, [str(BulkStatus.QUEUED)], {"status": str(BulkStatus.PROCESSING)}
+            )
+        elif status == str(Status.QUEUED) and job.get("retry_of"):
+            # A retried item reopens a completed bulk job until it is final again.
+            self.store.reopen_bulk(bulk_oid)
+        # The sequence first, then the items: an event's counts then include
+        # every change up to its sequence, so counts never go backwards for a
+        # watcher that started from a view (`get` reads in the other order).
+        bumped = self.store.bump_bulk(bulk_oid)
+        if bumped is None:
+            return
+        items = self.store.bulk_items([job["bulk_job_id"]])
+        if self._settle(bumped, items) is None:
+            self._publish(summarize(bumped, items), ITEM_CHANGED)
+
+    def recover(self) -> None:
+        """Finish what a stopped server left half done: settle bulk jobs whose
+        items all ended, cancel the items of cancelled ones, and store the
+        notifications of those that completed.
+        The dispatcher's leader runs it at start-up and then once a sweep."""
+        # Untouched for a while: a live server settles a bulk job as its last item ends.
+        settled_before_us = clock.now_us() - RECOVERY_DELAY_US
+        stale = self.store.unsettled_bulks(settled_before_us)
+        busy = self.store.bulks_with_open_items([str(d["_id"]) for d in stale]) if stale else set()
+        for doc in stale:
+            bulk_id = str(doc["_id"])
+            if bulk_id not in busy:
+                self._settle(doc, self.store.bulk_items([bulk_id]))
+            elif doc["status"] == str(BulkStatus.CANCELLED):  # stopped while cancelling it
+                self._cancel_items(Caller(doc["owner"]), bulk_id)
+        for doc in self.store.unstored_notifications(settled_before_us):
+            self._store_notification(doc)
+
+    def _settle(self, doc: Doc, items: list[Doc]) -> BulkView | None:
+        """Complete the bulk job `doc` if every one of its `items` is final; the view when it did."""
+        view = summarize(doc, items)
+        if not view.all_final:
+            return None
+        now_us = clock.now_us()
+        # One conditional update decides who settles it, and it carries the
+        # notification: every watcher, on any replica, sees both together.
+        if doc["status"] == str(BulkStatus.CANCELLED):
+            settled = self.store.bulk_status_change(
+                doc["_id"], [str(BulkStatus.CANCELLED)], {"ended_us": now_us, "settled": True}
+            )
+        else:
+            settled = self.store.bulk_status_change(
+                doc["_id"],
+                _OPEN,
+                {
+                    "status": str(BulkStatus.COMPLETED),
+                    "ended_us": now_us,
+                    "settled": True,
+                    "notification": self._notification(view, now_us),
+                    "notification_pending": True,
+                },
+            )
+        if settled is None:
+            return None
+        if settled.get("notification_pending"):
+            self._store_notification(settled)
+        return self._publish(summarize(settled, view.items), STATUS_CHANGED)
+
+    def _notification(self, view: BulkView, now_us: int) -> Doc:
+        """The notification a bulk job completing now sends its owner."""
+        doc = view.doc
+        message = (
+            f"Bulk job {doc['_id']} completed: {view.completed} of {view.total} items succeeded, "
+            f"{view.failed} failed, {view.cancelled} cancelled."
+        )
+        return new_notification(
+            oid=ObjectId(),
+            owner=doc["owner"],
+            event="bulk_job.completed",
+            message=message,
+            payload={
+                "bulk_job_id": str(doc["_id"]),
+                "owner": doc["owner"],
+                "total_items": view.total,
+                "completed_items": view.completed,
+                "failed_items": view.failed,
+                "cancelled_items": view.cancelled,
+                "cost_cents": view.cost_cents,
+                "error_summary": view.error_summary,
+                "completed_at_us": now_us,
+            },
+            ck=self.store.order_keys.next(),
+            created_us=now_us,
+            notify_url=doc.get("notify_url", ""),
+            notify_email=doc.get("notify_email", ""),
+            bulk_job_id=str(doc["_id"]),
+        )
+
+    def _store_notification(self, bulk: Doc) -> None:
+        """Put a completed bulk job's notification in `notifications` (once:
+        its id is fixed) and hand it to the notifier."""
+        self.store.insert_notification(bulk["notification"])
+        self.store.notification_stored(bulk)
+        self.notifier.wake()
+
+    def _publish(self, view: BulkView, kind: str) -> BulkView:
+        self.hub.publish(bulk_event(view, kind))
+        return view
+
+    async def poll_remote(self) -> None:
+        """Other replicas' bulk changes reach this server's watchers here."""
+        ids = self.hub.watched("bulk:")
+        if not ids:
+            return
+        docs = await asyncio.to_thread(self.store.bulk_docs, ids)
+        changed = [str(d["_id"]) for d in docs if d["seq"] > self.hub.last_seq(f"bulk:{d['_id']}")]
+        if not changed:
+            return
+        # The items, then the bulk jobs again (as `get` reads them): an event's
+        # sequence then covers every change its counts include, so a later
+        # event never carries smaller counts.
+        items = await asyncio.to_thread(self._items_by_bulk, changed)
+        for doc in await asyncio.to_thread(self.store.bulk_docs, changed):
+            self.hub.deliver(bulk_event(summarize(doc, items[str(doc["_id"])]), ITEM_CHANGED))
+
+
+def bulk_event(view: BulkView, kind: str) -> Event:
+    """`view` as an event for watchers: of `kind` (SNAPSHOT, ITEM_CHANGED or
+    STATUS_CHANGED) while the bulk job runs; once it is final, STATUS_CHANGED
+    (SNAPSHOT for a watcher arriving later) or, when it completed, COMPLETED
+    with its notification, whichever path (local, poller, snapshot) built it."""
+    final = is_final(view)
+    notification = view.doc.get("notification") if final else None
+    if notification and view.doc["status"] == str(BulkStatus.COMPLETED):
+        kind = COMPLETED
+    elif final and kind == ITEM_CHANGED:
+        kind = STATUS_CHANGED
+    payload: Doc = {
+        "view": view,
+        "kind": kind,
+        "notification": notification if kind == COMPLETED else None,
+        "at_us": clock.now_us(),
+    }
+    return Event(f"bulk:{view.doc['_id']}", view.doc["seq"], payload, final)
+
+
+def is_final(view: BulkView) -> bool:
+    """Whether nothing more will happen to this bulk job: its status is final
+    and no item is open, whatever became of its items (deleted ones were final)."""
+    return view.doc["status"] in {str(s) for s in BULK_FINAL} and view.remaining == 0

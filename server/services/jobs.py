@@ -1,0 +1,394 @@
+"""Job operations as the RPCs need them: validation, the store's conditional
+updates, events to watchers and the local dispatcher's wake-ups, in one place.
+
+Everything here but `submit` is synchronous (pymongo); servicers call it
+through `asyncio.to_thread`. `submit` runs on the event loop, so that
+concurrent submits share one insert (see `store.LoopInsert`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pymongo.errors import PyMongoError
+
+from server.api.auth import Caller
+from server.model.errors import FieldViolation, ServiceError, email_not_configured, invalid
+from server.model.states import Status
+from server.notify.channels import targets
+from server.runtime import observability
+from server.services import entitlement, validation
+from server.services.entitlement import Tiers
+from server.services.events import Event, EventHub
+from server.storage.eventlog import EventLog
+from server.storage.store import RANKS, READY, SNAPSHOT, STATUS_CHANGED, Doc, JobFilter, Page, Store, final
+
+log = logging.getLogger(__name__)
+
+MAX_BULK_OPERATION = 100
+SAMPLE_SIZE = 10
+
+# What each RunBulkOperation selects.
+OPERATION_STATUS = {
+    "RETRY_ALL_FAILED": str(Status.FAILED),
+    "CANCEL_ALL_QUEUED": str(Status.QUEUED),
+    "DELETE_ALL_COMPLETED": str(Status.COMPLETED),
+}
+
+
+class Wakeable(Protocol):
+    """What the jobs layer needs of a dispatcher (the bodies are the do-nothing stand-in's)."""
+
+    def offer(self, ck: int, oid: Any, owner: str = "", rank: int = 1) -> None:
+        """A job entered the ready lane."""
+        return None
+
+    def wake(self) -> None:
+        """Look at the queue again."""
+        return None
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Stop `job_id` if it runs here; whether it did."""
+        return False
+
+
+class NoDispatcher(Wakeable):
+    """Stands in until the server attaches its dispatcher: does nothing."""
+
+
+class SubmitLimits(Protocol):
+    """What the jobs layer asks before queueing (server/services/budgets.py; the bodies
+    are the no-limit stand-in's)."""
+
+    async def check_submit_async(self, owner: str, project: str, count: int) -> None:
+        """Refuse `count` new jobs of `owner` in `project` when a limit says so."""
+        return None
+
+    def check_submit(self, owner: str, project: str, count: int) -> None:
+        """The same, from a thread."""
+        return None
+
+    def reserve(self, owner: str, ids: list[Any]) -> None:
+        """Take places under the queued-jobs cap for new jobs, or refuse them."""
+        return None
+
+    async def reserve_async(self, owner: str, ids: list[Any]) -> None:
+        """The same, from the event loop."""
+        return None
+
+    def unreserve(self, owner: str, ids: list[Any]) -> None:
+        """Give back the places of jobs that were not stored."""
+        return None
+
+
+class NoLimits(SubmitLimits):
+    """Stands in until the server attaches its budgets: refuses nothing."""
+
+
+@dataclass
+class BulkOperationResult:
+    """What RunBulkOperation did (or, validate_only, would do)."""
+
+    job_ids: list[str]
+    affected: int
+    remaining: int
+
+
+class Jobs:
+    """The JobService's domain: every rule an RPC applies lives here or below."""
+
+    def __init__(
+        self, store: Store, hub: EventHub, event_log: EventLog, worker_id: str, default_max_attempts: int
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.event_log = event_log
+        self.worker_id = worker_id
+        self.default_max_attempts = default_max_attempts
+        self.dispatcher: Wakeable = NoDispatcher()
+        self.limits: SubmitLimits = NoLimits()  # budgets and the queued-jobs cap
+        self.on_change: list[Callable[[Doc, str], None]] = []  # bulk accounting, notifications
+        self.email_enabled = False  # the app sets it when mail is configured (GENJOBS_SMTP_URL)
+        self.tiers: Tiers | None = None  # owners' stored tiers (PRIORITY_HIGH), set by the app
+
+    # ---- events ---------------------------------------------------------
+
+    def record(self, doc: Doc, kind: str) -> None:
+        """Tell watchers of a change, and keep it in job_events for replay (in the background)."""
+        event = self.store.event_doc(doc, kind, self.worker_id)
+        # Queued for storage before the callbacks' bookkeeping (spend, notifications)
+        # runs: a DeleteJob that flushes the log right after the change finds it there.
+        self.event_log.append(event)
+        self._deliver(doc, kind, event)
+
+    def publish(self, doc: Doc, kind: str) -> None:
+        """Hand a change to this server's watchers only (not kept for replay)."""
+        self._deliver(doc, kind, self.store.event_doc(doc, kind, self.worker_id))
+
+    def _deliver(self, doc: Doc, kind: str, event: Doc) -> None:
+        self.hub.publish(Event(f"job:{event['job_id']}", event["seq"], event, final(doc["status"])))
+        observability.job_changed(doc, kind)
+        for callback in self.on_change:
+            # Each on its own: a database error in one (bulk counts) must not skip
+            # the next (the job's notification); their sweeps repair what failed.
+            try:
+                callback(doc, kind)
+            except PyMongoError as exc:
+                if not self.store.outage.failed(exc, f"job {doc['_id']}'s {callback.__name__}"):
+                    log.warning(
+                        "job %s: %s after a %s event failed (%s)", doc["_id"], callback.__name__, kind, exc
+                    )
+
+    async def poll_remote(self) -> None:
+        """Other replicas' changes to watched jobs reach this server's watchers here:
+        stored events fill in the steps, a snapshot the rest."""
+        ids = self.hub.watched("job:")
+        if not ids:
+            return
+        docs = await asyncio.to_thread(self.store.jobs_by_ids, ids)
+        for doc in docs:
+            key = f"job:{doc['_id']}"
+            last = self.hub.last_seq(key)
+            if doc["seq"] <= last:
+                continue
+            stored = await asyncio.to_thread(self.store.events_after, str(doc["_id"]), last)
+            for event in stored:
+                self.hub.deliver(Event(key, event["seq"], event, final(event["job"]["status"])))
+            if doc["seq"] > (stored[-1]["seq"] if stored else last):
+                # A final job's last change was its final status.
+                snapshot = self.store.event_doc(doc, STATUS_CHANGED if final(doc["status"]) else SNAPSHOT)
+                self.hub.deliver(Event(key, doc["seq"], snapshot, final(doc["status"])))
+
+    # ---- RPCs -----------------------------------------------------------
+
+    async def submit(
+        self,
+        caller: Caller,
+        mode: str,
+        params: Doc,
+        request_id: str = "",
+        project: str = "",
+        max_attempts: int = 0,
+        notify_url: str = "",
+        notify_email: str = "",
+        origin: Doc | None = None,
+        priority: str = "NORMAL",
+        schedule_us: int = 0,
+    ) -> Doc:
+        """Queue a job; a repeated request_id returns the first job. One command.
+        With a `schedule_us` to come, it waits in the scheduled lane until then.
+
+        `origin`: fields the server sets on the job (`schedule_id`, `template`,
+        and a schedule tick's own `request_key`)."""
+        bad = validation.check_submit(mode, params, request_id, project, max_attempts)
+        bad += validation.check_notify(notify_url, notify_email)
+        bad += validation.check_priority(priority)
+        if bad:
+            raise invalid(bad)
+        await entitlement.require_async(caller, priority, self.tiers)
+        self.check_email(notify_email)
+        params = normalized(params)
+        doc = self.store.new_job_doc(
+            caller.user,
+            mode,
+            params,
+            project=project,
+            request_id=request_id,
+            max_attempts=max_attempts or self.default_max_attempts,
+            priority=priority,
+            schedule_us=schedule_us,
+        )
+        doc.update(targets(notify_url, notify_email))
+        doc.update(observability.trace_fields())
+        doc.update(origin or {})
+        try:
+            await self.limits.check_submit_async(caller.user, project, 1)
+            await self.limits.reserve_async(caller.user, [doc["_id"]])
+        except ServiceError:
+            # A repeat of a stored request is answered, not refused: the limit
+            # counted that job already (a client's retry, a schedule's tick again).
+            keyed = request_id or "request_key" in (origin or {})
+            earlier = await asyncio.to_thread(self.store.repeated, self.store.jobs, doc) if keyed else None
+            if earlier is None:
+                raise
+            return earlier
+        # A failed insert keeps its place until the sweep: it may have been stored.
+        stored, created = await self.store.submit_job(doc)
+        if not created:  # a repeated request: the earlier job holds its own place
+            await asyncio.to_thread(self.limits.unreserve, caller.user, [doc["_id"]])
+        if created:
+            observability.job_submitted(mode)
+            # Sequence 1 is the job as submitted: watchers start from its
+            # snapshot, so it needs no stored event (SubmitJob stays one write).
+            self.offer(stored)
+        return stored
+
+    def offer(self, doc: Doc) -> None:
+        """Hand a job that is in the ready lane to this server's dispatcher (no query)."""
+        if doc["queue"] == READY:
+            self.dispatcher.offer(doc["ck"], doc["_id"], doc["owner"], doc["rank"])
+
+    def check_email(self, notify_email: str) -> None:
+        """FAILED_PRECONDITION when mail is asked for and this server sends none."""
+        if notify_email and not self.email_enabled:
+            raise email_not_configured()
+
+    def get(self, caller: Caller, job_id: str) -> Doc:
+        """One of the caller's jobs."""
+        return self.store.get(caller.owner_filter, job_id)
+
+    def list_jobs(self, caller: Caller, filters: JobFilter, page_size: int, token: str) -> Page:
+        """A page of the caller's jobs, newest first."""
+        size, bad = validation.page_size(page_size)
+        bad += _check_filter_values(filters)
+        if bad:
+            raise invalid(bad)
+        return self.store.list_jobs(caller.owner_filter, filters, size, token)
+
+    def cancel(self, caller: Caller, job_id: str) -> Doc:
+        """Cancel a queued job now, or ask the running one to stop."""
+        doc, running = self.store.cancel(caller.owner_filter, job_id)
+        if running:
+            # Stored: the dispatcher's CANCELLED follows, and a resumed watch
+            # must see this step too.
+            self.record(doc, STATUS_CHANGED)
+            self.dispatcher.request_cancel(job_id)
+        else:
+            self.publish(doc, STATUS_CHANGED)
+        return doc
+
+    def retry(self, caller: Caller, job_id: str, request_id: str = "") -> Doc:
+        """A new queued job with the same mode and params as a failed or cancelled one."""
+        bad = validation.check_common(request_id, "")
+        if bad:
+            raise invalid(bad)
+        doc = self.store.retry_doc(caller.owner_filter, job_id, request_id, self.default_max_attempts)
+        # The retry's creator is the caller, now: a HIGH job retried by one not
+        # entitled to HIGH (a plain token) runs at NORMAL (server/services/entitlement.py).
+        priority = entitlement.capped(caller, doc["priority"], self.tiers)
+        doc.update(priority=priority, rank=RANKS[priority])
+        try:
+            # A retry queues a job like a submit: the same limits and cap.
+            self.limits.check_submit(doc["owner"], doc["project"], 1)
+            self.limits.reserve(doc["owner"], [doc["_id"]])
+        except ServiceError:
+            earlier = self.store.repeated(self.store.jobs, doc)  # a retry always has a request key
+            if earlier is None:
+                raise
+            return earlier
+        new_id = doc["_id"]
+        doc = self.store.store_retry(doc)
+        if doc["_id"] != new_id:  # a repeat: the earlier retry holds its own place
+            self.limits.unreserve(doc["owner"], [new_id])
+        self.offer(doc)
+        self.publish(doc, STATUS_CHANGED)
+        return doc
+
+    def delete(self, caller: Caller, job_id: str) -> None:
+        """Remove a final job and its events."""
+        self.event_log.flush()  # so that no event of this job is stored after the delete
+        self.store.delete(caller.owner_filter, job_id)
+
+    def run_bulk_operation(
+        self, caller: Caller, operation: str, filters: JobFilter, validate_only: bool
+    ) -> BulkOperationResult:
+        """Retry, cancel or delete up to 100 of the caller's matching jobs."""
+        bad = validation.check_choices("operation", [operation], OPERATION_STATUS, "BULK_OPERATION_")
+        bad += _check_filter_values(filters)
+        if bad:
+            raise invalid(bad)
+        filters.statuses = [OPERATION_STATUS[operation]]
+        query = self.store.job_query(caller.owner_filter, filters)
+        if operation == "RETRY_ALL_FAILED":
+            query["retried_by"] = ""  # each failed job is retried once
+        if validate_only:
+            total = self.store.count(self.store.jobs, query)
+            sample = self.store.matching_ids(query, SAMPLE_SIZE)
+            return BulkOperationResult([str(i) for i in sample], total, total)
+        ids = self.store.matching_ids(query, MAX_BULK_OPERATION)
+        done: list[str] = []
+        if operation == "CANCEL_ALL_QUEUED":
+            for oid in ids:
+                doc = self.store.cancel_queued(oid)
+                if doc is not None:
+                    done.append(str(oid))
+                    self.publish(doc, STATUS_CHANGED)
+        elif operation == "DELETE_ALL_COMPLETED":
+            if ids:
+                self.event_log.flush()
+                self.store.delete_completed(ids)
+            done = [str(i) for i in ids]
+        else:
+            for oid in ids:
+                try:
+                    new = self.retry(caller, str(oid))
+                except ServiceError:
+                    if not done:
+                        raise
+                    break  # a limit or the queued-jobs cap: the rest stay failed, counted below
+                done.append(str(new["_id"]))
+        more = len(ids) == MAX_BULK_OPERATION or len(done) < len(ids)  # a cut-off retry leaves some
+        remaining = self.store.count(self.store.jobs, query) if more else 0
+        return BulkOperationResult(done, len(done), remaining)
+
+    def stats(self, caller: Caller, filters: JobFilter) -> Doc:
+        """Counts by status and mode, total cost, mean duration, failure rate."""
+        bad = _check_filter_values(filters)
+        if bad:
+            raise invalid(bad)
+        status_rows, mode_rows = self.store.stats(caller.owner_filter, filters)
+        by_status = {row["_id"]: int(row["n"]) for row in status_rows}
+        by_mode = {row["_id"]: int(row["n"]) for row in mode_rows}
+        cost = sum(int(row.get("cost") or 0) for row in status_rows)
+        seconds = sum(
+            float(row.get("seconds") or 0.0) for row in status_rows if row["_id"] == str(Status.COMPLETED)
+        )
+        completed = by_status.get(str(Status.COMPLETED), 0)
+        failed = by_status.get(str(Status.FAILED), 0)
+        return {
+            "total": sum(by_status.values()),
+            "by_status": by_status,
+            "by_mode": by_mode,
+            "cost_cents": cost,
+            "mean_duration": seconds / completed if completed else 0.0,
+            "failure_rate": failed / (completed + failed) if completed + failed else 0.0,
+        }
+
+    def history(self, caller: Caller, job_id: str, after: int) -> tuple[Doc, list[Doc]]:
+        """The job now and its stored events after `after` (for WatchJob)."""
+        doc = self.store.get(caller.owner_filter, job_id)
+        if not after:
+            return doc, []
+        self.event_log.flush()  # what this server already published is stored too
+        return doc, self.store.events_after(job_id, after)
+
+
+def normalized(params: Doc) -> Doc:
+    """Params as stored: the default word count filled in, blanks trimmed."""
+    return {
+        **params,
+        "topic": params.get("topic", "").strip(),
+        "keywords": [k.strip() for k in params.get("keywords", [])],
+        "word_count": params.get("word_count") or validation.DEFAULT_WORD_COUNT,
+    }
+
+
+def _check_filter_values(filters: JobFilter) -> list[FieldViolation]:
+    """Everything wrong with the filters of ListJobs, GetJobStats or RunBulkOperation."""
+    bad = validation.check_choices("statuses", filters.statuses, [str(s) for s in Status], "JOB_STATUS_")
+    bad += validation.check_choices("modes", filters.modes, validation.MODES, "MODE_")
+    bad += validation.check_choices("priorities", filters.priorities, validation.PRIORITIES, "PRIORITY_")
+    bad += validation.check_query(filters.query)
+    bad += validation.check_label(filters.project, "project", validation.MAX_PROJECT)
+    if filters.bulk_job_id:
+        bad += validation.check_id(filters.bulk_job_id, "bulk_job_id", "bulk job")
+    if filters.schedule_id:
+        bad += validation.check_id(filters.schedule_id, "schedule_id", "schedule")
+    after, before = filters.created_after_us, filters.created_before_us
+    if after is not None and before is not None and after >= before:
+        bad.append(FieldViolation("created_before", "must be later than created_after"))
+    return bad

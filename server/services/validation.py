@@ -1,0 +1,302 @@
+"""Request validation: pure functions from plain values to field violations."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+from typing import Any
+
+from server.model.errors import FieldViolation, echo
+from server.notify.guard import url_problem
+from server.notify.mail import address_problem
+
+MODES = ("TOPIC", "KEYWORDS", "TRENDS", "SPIN")
+PRIORITIES = ("LOW", "NORMAL", "HIGH")
+DEFAULT_WORD_COUNT = 800
+MIN_WORDS, MAX_WORDS = 50, 5000
+MAX_TOPIC = 500
+MAX_KEYWORDS, MAX_KEYWORD = 20, 100
+MAX_SOURCE_TEXT = 100_000
+MAX_TONE = 50
+MAX_EXTRA, MAX_EXTRA_KEY, MAX_EXTRA_VALUE = 20, 64, 1000
+MAX_REQUEST_ID = 128
+MAX_PROJECT = 100
+MAX_ATTEMPTS_LIMIT = 10
+MAX_DEMO_SECONDS = 3600.0
+DEMO_FAILURES = ("transient", "permanent")
+MIN_BULK_ITEMS, MAX_BULK_ITEMS = 10, 50
+MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 100, 50
+MAX_QUERY = 200
+MAX_TIMEOUT_SECONDS = 86400.0
+_MODEL = re.compile(r"[A-Za-z0-9._:/-]{1,100}")
+MAX_DEMO_FAIL_ATTEMPTS = 100
+# Ids are ObjectId hex; anything else is refused before it reaches a query.
+_ID = re.compile(r"[0-9a-fA-F]{24}")
+# Extra keys become field names in MongoDB: no dots, no leading $.
+_EXTRA_KEY = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_EXTRA_KEY}}}")
+# Control characters a text field refuses: C0 but tab and newline, DEL, C1
+# (\x80-\x9f: \x9b is a one-byte CSI to many terminals), lone surrogates.
+# Long text (source_text) also holds \r\n line ends, pasted from Windows.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+_LONG_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]|\r(?!\n)")
+# What `clean_text` removes whole: ANSI escape sequences (CSI, the OSC, DCS,
+# SOS, PM and APC strings up to their terminator, two-character escapes).
+_ANSI = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -~]"
+)
+
+
+def check_params(mode: str, params: dict[str, Any], prefix: str = "params") -> list[FieldViolation]:
+    """Everything wrong with generation params for `mode` (an empty list when valid)."""
+    bad: list[FieldViolation] = []
+
+    def flag(name: str, why: str) -> None:
+        bad.append(FieldViolation(f"{prefix}.{name}", why))
+
+    topic: str = params.get("topic", "")
+    keywords: list[str] = params.get("keywords", [])
+    if len(topic) > MAX_TOPIC:
+        flag("topic", f"at most {MAX_TOPIC} characters")
+    bad.extend(check_text(topic, f"{prefix}.topic"))
+    if mode == "TOPIC" and not topic.strip():
+        flag("topic", "required for MODE_TOPIC")
+    if mode == "KEYWORDS" and not keywords:
+        flag("keywords", "at least one keyword is required for MODE_KEYWORDS")
+    if mode == "TRENDS" and not topic.strip() and not keywords:
+        flag("topic", "MODE_TRENDS needs a topic or keywords")
+    if len(keywords) > MAX_KEYWORDS:
+        flag("keywords", f"at most {MAX_KEYWORDS} keywords")
+    for i, word in enumerate(keywords):
+        if not word.strip() or len(word) > MAX_KEYWORD:
+            flag(f"keywords[{i}]", f"must be 1 to {MAX_KEYWORD} non-blank characters")
+        bad.extend(check_text(word, f"{prefix}.keywords[{i}]"))
+    source = params.get("source_text", "")
+    if mode == "SPIN" and not source.strip():
+        flag("source_text", "required for MODE_SPIN")
+    if len(source) > MAX_SOURCE_TEXT:
+        flag("source_text", f"at most {MAX_SOURCE_TEXT} characters")
+    bad.extend(check_text(source, f"{prefix}.source_text", long_text=True))
+    words = params.get("word_count", 0)
+    if words != 0 and not MIN_WORDS <= words <= MAX_WORDS:
+        flag("word_count", f"must be 0 (default {DEFAULT_WORD_COUNT}) or {MIN_WORDS} to {MAX_WORDS}")
+    if len(params.get("tone", "")) > MAX_TONE:
+        flag("tone", f"at most {MAX_TONE} characters")
+    bad.extend(check_text(params.get("tone", ""), f"{prefix}.tone"))
+    bad.extend(_check_extra(params.get("extra", {}), prefix))
+    return bad
+
+
+def _check_extra(extra: dict[str, str], prefix: str) -> list[FieldViolation]:
+    bad: list[FieldViolation] = []
+    if len(extra) > MAX_EXTRA:
+        bad.append(FieldViolation(f"{prefix}.extra", f"at most {MAX_EXTRA} entries"))
+    for key, value in extra.items():
+        if not _EXTRA_KEY.fullmatch(key) or len(value) > MAX_EXTRA_VALUE:
+            bad.append(
+                FieldViolation(
+                    f"{prefix}.extra[{echo(key)}]",
+                    f"keys 1 to {MAX_EXTRA_KEY} of A-Z a-z 0-9 _ -, "
+                    f"values at most {MAX_EXTRA_VALUE} characters",
+                )
+            )
+        bad += check_text(value, f"{prefix}.extra[{key!r}]")
+    if "demo_seconds" in extra:
+        try:
+            seconds = float(extra["demo_seconds"])
+            ok = 0 <= seconds <= MAX_DEMO_SECONDS
+        except ValueError:
+            ok = False
+        if not ok:
+            bad.append(
+                FieldViolation(f"{prefix}.extra['demo_seconds']", f"a number from 0 to {MAX_DEMO_SECONDS:g}")
+            )
+    if "demo_fail" in extra and extra["demo_fail"] not in DEMO_FAILURES:
+        bad.append(FieldViolation(f"{prefix}.extra['demo_fail']", "either 'transient' or 'permanent'"))
+    if "demo_fail_attempts" in extra:
+        try:
+            demo_fail_attempts(extra)
+        except ValueError:
+            bad.append(
+                FieldViolation(
+                    f"{prefix}.extra['demo_fail_attempts']",
+                    f"a whole number of attempts from 0 to {MAX_DEMO_FAIL_ATTEMPTS} (digits 0-9)",
+                )
+            )
+    bad += _check_generator_extra(extra, prefix)
+    return bad
+
+
+def _check_generator_extra(extra: dict[str, str], prefix: str) -> list[FieldViolation]:
+    """The extras the generators read: model, temperature, timeout_seconds."""
+    bad = []
+    if "model" in extra and not _MODEL.fullmatch(extra["model"]):
+        bad.append(
+            FieldViolation(f"{prefix}.extra['model']", "a model name: 1 to 100 of A-Z a-z 0-9 . _ : / -")
+        )
+    for key, low, high in (("temperature", 0.0, 2.0), ("timeout_seconds", 1.0, MAX_TIMEOUT_SECONDS)):
+        if key not in extra:
+            continue
+        try:
+            ok = low <= float(extra[key]) <= high
+        except ValueError:
+            ok = False
+        if not ok:
+            bad.append(FieldViolation(f"{prefix}.extra[{key!r}]", f"a number from {low:g} to {high:g}"))
+    return bad
+
+
+def demo_fail_attempts(extra: dict[str, str]) -> int:
+    """How many attempts `demo_fail=transient` fails (default 1): validation and the
+    demo generator both read it here, so what passes one never breaks the other."""
+    value = extra.get("demo_fail_attempts", "1")
+    # ASCII digits only: int() also takes Arabic-Indic digits and " 1 ", str.isdigit() also "²".
+    if not re.fullmatch(r"[0-9]{1,3}", value) or int(value) > MAX_DEMO_FAIL_ATTEMPTS:
+        raise ValueError(f"demo_fail_attempts must be 0 to {MAX_DEMO_FAIL_ATTEMPTS}")
+    return int(value)
+
+
+def check_mode(mode: str, field: str = "mode") -> list[FieldViolation]:
+    """A violation unless `mode` is one of MODES."""
+    return check_choices(field, [mode], MODES, "MODE_")
+
+
+def check_priority(priority: str) -> list[FieldViolation]:
+    """A violation unless `priority` is one of PRIORITIES."""
+    return check_choices("priority", [priority], PRIORITIES, "PRIORITY_")
+
+
+def check_choices(
+    field: str, names: Iterable[str], allowed: Iterable[str], prefix: str
+) -> list[FieldViolation]:
+    """A violation naming `field` unless every one of `names` is in `allowed`.
+
+    The one check of enum values for every request: the servicers turn an
+    unspecified or unknown number into "", which is never allowed.
+    """
+    allowed = tuple(allowed)
+    if all(name in allowed for name in names):
+        return []
+    return [
+        FieldViolation(
+            field, "unspecified or unknown value: one of " + ", ".join(prefix + a for a in allowed)
+        )
+    ]
+
+
+def check_id(value: str, field: str = "id", kind: str = "job") -> list[FieldViolation]:
+    """A violation unless `value` is an id: 24 hexadecimal characters."""
+    if _ID.fullmatch(value):
+        return []
+    return [FieldViolation(field, f"not a {kind} id (24 hexadecimal characters)")]
+
+
+def check_text(value: str, field: str, long_text: bool = False) -> list[FieldViolation]:
+    """The one check of control characters in a text field: a violation naming
+    `field` when `value` holds one other than tab and newline (and, in
+    `long_text`, a carriage return before a newline)."""
+    found = (_LONG_TEXT_CONTROL if long_text else _CONTROL).search(value)
+    if found is None:
+        return []
+    allowed = "tab, newline and CRLF line ends" if long_text else "tab and newline"
+    return [
+        FieldViolation(
+            field,
+            f"must not contain control characters ({allowed} are allowed):"
+            f" {found.group()!r} at position {found.start()}",
+        )
+    ]
+
+
+def clean_text(value: str) -> str:
+    """Text from outside that is stored, not refused (what a generator produced):
+    ANSI escape sequences and other control characters removed, line ends
+    made \\n; tabs and newlines kept."""
+    if "\r" not in value and _CONTROL.search(value) is None:
+        return value
+    value = _ANSI.sub("", value).replace("\r\n", "\n").replace("\r", "\n")
+    return _CONTROL.sub("", value)
+
+
+def has_control(value: str) -> bool:
+    """Whether `value` holds a control character or a lone surrogate."""
+    return any(unicodedata.category(c) in ("Cc", "Cs") for c in value)
+
+
+def check_label(value: str, field: str, limit: int) -> list[FieldViolation]:
+    """A short identifier (request_id, project): at most `limit` characters, no control characters."""
+    if len(value) > limit:
+        return [FieldViolation(field, f"at most {limit} characters")]
+    if has_control(value):
+        return [FieldViolation(field, "must not contain control characters")]
+    return []
+
+
+def check_submit(
+    mode: str, params: dict[str, Any], request_id: str, project: str, max_attempts: int
+) -> list[FieldViolation]:
+    """Everything wrong with a SubmitJob request."""
+    bad = check_mode(mode)
+    bad += check_params(mode, params)
+    bad += check_common(request_id, project)
+    if not 0 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+        bad.append(FieldViolation("max_attempts", f"0 (server default) to {MAX_ATTEMPTS_LIMIT}"))
+    return bad
+
+
+def check_common(request_id: str, project: str) -> list[FieldViolation]:
+    """Checks shared by every create request."""
+    return check_label(request_id, "request_id", MAX_REQUEST_ID) + check_label(
+        project, "project", MAX_PROJECT
+    )
+
+
+def check_notify(notify_url: str, notify_email: str) -> list[FieldViolation]:
+    """Violations for a webhook URL (http or https, a host that parses, at most
+    2,048 characters) or a mail address that cannot be used; "" is none."""
+    bad = []
+    if notify_url and (why := url_problem(notify_url)):
+        bad.append(FieldViolation("notify_url", why))
+    if notify_email and (why := address_problem(notify_email)):
+        bad.append(FieldViolation("notify_email", why))
+    return bad
+
+
+def check_bulk(
+    mode: str,
+    items: list[dict[str, Any]],
+    request_id: str,
+    project: str,
+    notify_url: str,
+    notify_email: str = "",
+) -> list[FieldViolation]:
+    """Everything wrong with a CreateBulkJob request; item fields named items[i].field."""
+    bad = check_mode(mode)
+    if not MIN_BULK_ITEMS <= len(items) <= MAX_BULK_ITEMS:
+        bad.append(
+            FieldViolation(
+                "items", f"a bulk job has {MIN_BULK_ITEMS} to {MAX_BULK_ITEMS} items, got {len(items)}"
+            )
+        )
+    for i, item in enumerate(items):
+        bad += check_params(mode, item, prefix=f"items[{i}]")
+    bad += check_common(request_id, project)
+    bad += check_notify(notify_url, notify_email)
+    return bad
+
+
+def page_size(requested: int) -> tuple[int, list[FieldViolation]]:
+    """The page size to use: 0 means the default, larger than the max is capped."""
+    if requested < 0:
+        return 0, [FieldViolation("page_size", "must not be negative")]
+    if requested == 0:
+        return DEFAULT_PAGE_SIZE, []
+    return min(requested, MAX_PAGE_SIZE), []
+
+
+def check_query(query: str) -> list[FieldViolation]:
+    """A violation when the free-text query is too long or holds control
+    characters (MongoDB refuses a regular expression with a NUL)."""
+    return check_label(query, "query", MAX_QUERY)

@@ -1,0 +1,281 @@
+"""MongoDB access for budgets and spend: the `budgets` and `usage` collections,
+and the few job queries the budget rules need.
+
+- `budgets`: one document per limit, `_id` = [owner, project] as JSON
+  (project "" is the owner's whole spend); `limit_cents` 0 means no limit.
+  `holding` is set while jobs of that scope wait in the budget lane, with
+  `hold_seq` counting each hold, so a release never clears a newer hold.
+  Every write stamps `changed_us` (indexed), so a server's copy of the limits
+  is kept fresh by reading what changed since its last read, never every
+  limit again.
+- `usage`: one document per owner and calendar month (UTC), `_id` = [owner,
+  month] as JSON: `spent_cents`, `projects` (spend per encoded project name)
+  and `counted` (the jobs whose cost it holds and whose own flag is still
+  set). A job's cost is added by one conditional update that also marks the
+  job in `counted`, so adding it twice adds it once; the marker goes once
+  the job's `spend_pending` flag is cleared. Reading an owner's spend is one
+  find by `_id`, however long the history.
+- `queue_slots`: one document per owner, `_id` = owner: `queued`, how many of
+  the owner's jobs are open (admitted and not yet final: queued, waiting in
+  any lane, or running), and `open`, a marker per such job (its id -> when
+  it was admitted). The cap is one conditional write per admission:
+  `{_id: owner, queued: {$lte: cap - n}}` gets `$inc queued n` and the n
+  markers, so no two admissions, on any replicas, pass the cap together. A
+  job's end removes its marker and counts it out in one conditional update
+  (`{_id, open.<id>: {$exists}}`): done twice, it counts once. What a crash
+  leaves (a marker whose job ended, or was never stored) the leader's sweep
+  removes (`stale_slots`, `open_statuses`). The claim writes nothing here.
+- On jobs: `spend_pending` (set by the completion write of a job that cost
+  something) with a single-field index, so the recovery sweep is an index
+  search of the few jobs not yet counted; the moves in and out of the
+  budget lane read the (owner, status, ck) index: the owner's queued jobs,
+  never their history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pymongo
+from bson import ObjectId
+from pymongo import ReturnDocument
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
+
+from server.model import clock
+from server.model.states import Status
+from server.storage.store import READY, Doc, Store
+
+BUDGET = "budget"  # the lane of queued jobs whose owner (or project) is over a limit
+
+
+def budget_key(owner: str, project: str) -> str:
+    """The `_id` of the limit on `owner`'s spend (project "": all of it)."""
+    return json.dumps([owner, project], separators=(",", ":"))
+
+
+def usage_key(owner: str, month: str) -> str:
+    """The `_id` of `owner`'s spend in `month` ("2026-11")."""
+    return json.dumps([owner, month], separators=(",", ":"))
+
+
+def month_of(micros: int) -> str:
+    """The calendar month (UTC) of an epoch-microsecond time, as "2026-11"."""
+    return clock.from_us(micros).strftime("%Y-%m")
+
+
+def project_field(project: str) -> str:
+    """A project name as a key of the `projects` map: no dots, no leading `$`,
+    never empty (MongoDB field names), and reversible (`project_name`)."""
+    return "p" + project.replace("%", "%25").replace(".", "%2E").replace("$", "%24")
+
+
+def project_name(key: str) -> str:
+    """The project name of a `projects` key."""
+    return key[1:].replace("%24", "$").replace("%2E", ".").replace("%25", "%")
+
+
+class BudgetStore:
+    """Every query on budgets, usage, and the jobs they hold back."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.jobs = store.jobs
+        self.budgets: Collection[Doc] = store.db["budgets"]
+        self.usage: Collection[Doc] = store.db["usage"]
+        self.slots: Collection[Doc] = store.db["queue_slots"]
+
+    def ensure_indexes(self) -> None:
+        """The indexes behind these queries (see the module docstring)."""
+        self.budgets.create_index([("owner", 1)])  # GetUsage: an owner's limits
+        self.budgets.create_index([("changed_us", 1)])  # what changed since a server's last read
+        self.jobs.create_index([("spend_pending", 1)])  # spend a crash left uncounted
+        self.slots.create_index([("queued", 1)])  # the sweep: owners with open jobs
+
+    # ---- budgets ----------------------------------------------------------
+
+    def changed_budgets(self, since_us: int) -> list[Doc]:
+        """The limits written at or after `since_us` (0: every limit)."""
+        return list(self.budgets.find({"changed_us": {"$gte": since_us}}))
+
+    def owner_budgets(self, owner: str) -> list[Doc]:
+        """`owner`'s limits, removed ones (0) included."""
+        return list(self.budgets.find({"owner": owner}))
+
+    def budget(self, owner: str, project: str) -> Doc | None:
+        """One limit as stored now."""
+        return self.budgets.find_one({"_id": budget_key(owner, project)})
+
+    def set_budget(self, owner: str, project: str, limit_cents: int) -> Doc:
+        """Set (0: remove) a limit; the limit after. One upsert."""
+        after = self.budgets.find_one_and_update(
+            {"_id": budget_key(owner, project)},
+            {
+                "$set": {
+                    "owner": owner,
+                    "project": project,
+                    "limit_cents": limit_cents,
+                    "updated_us": clock.now_us(),
+                    "changed_us": clock.now_us(),
+                }
+            },
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        assert after is not None  # an upsert always leaves a document
+        return after
+
+    def hold(self, owner: str, project: str) -> None:
+        """Mark the limit as holding jobs back (before any job is moved)."""
+        self.budgets.update_one(
+            {"_id": budget_key(owner, project)},
+            {"$set": {"holding": True, "changed_us": clock.now_us()}, "$inc": {"hold_seq": 1}},
+        )
+
+    def unhold(self, owner: str, project: str, hold_seq: int) -> bool:
+        """Clear the hold, unless a newer one was set since `hold_seq` was read."""
+        result = self.budgets.update_one(
+            {"_id": budget_key(owner, project), "hold_seq": hold_seq},
+            {"$set": {"holding": False, "changed_us": clock.now_us()}},
+        )
+        return result.modified_count == 1
+
+    # ---- spend ------------------------------------------------------------
+
+    def usage_doc(self, owner: str, month: str) -> Doc | None:
+        """`owner`'s spend in `month`, or None before their first cost in it."""
+        return self.usage.find_one({"_id": usage_key(owner, month)}, {"counted": 0})
+
+    def count_spend(self, job: Doc) -> bool:
+        """Add a completed job's cost to its owner's month, once however often
+        this is called; True if this call added it."""
+        owner, job_id = job["owner"], str(job["_id"])
+        cents = int(job.get("cost_cents", 0))
+        month = month_of(int(job["ended_us"]))
+        key = usage_key(owner, month)
+        marker = f"counted.{job_id}"
+        update = {
+            "$inc": {"spent_cents": cents, f"projects.{project_field(job.get('project', ''))}": cents},
+            "$set": {marker: True},
+        }
+        for _ in range(2):
+            # One conditional update: the cost and its marker together, or neither.
+            if self.usage.update_one({"_id": key, marker: {"$exists": False}}, update).modified_count:
+                return True
+            # Not applied: counted already, or the month's document is missing.
+            # (Not an upsert: nx-27017 stores a dotted $inc of an upsert as one flat key.)
+            try:
+                month_doc = {"owner": owner, "month": month, "spent_cents": 0, "projects": {}, "counted": {}}
+                self.usage.insert_one({"_id": key, **month_doc})
+            except DuplicateKeyError:
+                if self.usage.find_one({"_id": key, marker: True}, {"_id": 1}) is not None:
+                    return False
+        return False
+
+    def spend_counted(self, job: Doc) -> None:
+        """The job's cost is in its month: clear its flag, then its marker."""
+        self.jobs.update_one({"_id": job["_id"], "spend_pending": True}, {"$set": {"spend_pending": False}})
+        key = usage_key(job["owner"], month_of(int(job["ended_us"])))
+        self.usage.update_one({"_id": key}, {"$unset": {f"counted.{job['_id']}": ""}})
+
+    def uncounted_jobs(self, ended_before_us: int, limit: int = 500) -> list[Doc]:
+        """Completed jobs that ended before `ended_before_us` with their cost not
+        yet counted (the server that completed them stopped in between)."""
+        cursor = self.jobs.find(
+            {"spend_pending": True, "ended_us": {"$lt": ended_before_us}},
+            {"owner": 1, "project": 1, "cost_cents": 1, "ended_us": 1, "status": 1},
+        )
+        return list(cursor.limit(limit))
+
+    # ---- the queue --------------------------------------------------------
+
+    def reserve_slots(self, owner: str, ids: list[ObjectId], cap: int) -> bool:
+        """Count `ids` (new jobs, not yet stored) among `owner`'s open jobs if
+        that leaves at most `cap` of them: one conditional update. False: no room."""
+        now_us = clock.now_us()
+        update = {"$inc": {"queued": len(ids)}, "$set": {f"open.{oid}": now_us for oid in ids}}
+        fits = {"_id": owner, "queued": {"$lte": cap - len(ids)}}
+        for _ in range(3):
+            if self.slots.find_one_and_update(fits, update, projection={"_id": 1}) is not None:
+                return True
+            counter = self.slots.find_one({"_id": owner}, {"queued": 1})
+            if counter is not None:
+                if int(counter["queued"]) > cap - len(ids):
+                    return False  # full
+                continue  # made by a concurrent first admission after our write: try again
+            # The owner's first admission (or the first since this counter
+            # existed): it starts from the jobs they have open now.
+            opened = self.open_jobs(owner)
+            with contextlib.suppress(DuplicateKeyError):  # another admission started it first
+                markers = {str(oid): now_us for oid in opened}
+                self.slots.insert_one({"_id": owner, "queued": len(opened), "open": markers})
+        return False
+
+    def release_slots(self, owner: str, ids: list[ObjectId]) -> int:
+        """Count these jobs out of `owner`'s open jobs (they ended, or were never
+        stored): one conditional update each, in one command; each counts once
+        however often it is released. How many were counted out."""
+        writes = [
+            pymongo.UpdateOne(
+                {"_id": owner, f"open.{oid}": {"$exists": True}},
+                {"$inc": {"queued": -1}, "$unset": {f"open.{oid}": ""}},
+            )
+            for oid in ids
+        ]
+        return self.slots.bulk_write(writes, ordered=False).modified_count if writes else 0
+
+    def open_count(self, owner: str) -> int:
+        """How many open jobs the cap counts for `owner` (GetUsage): one read by `_id`."""
+        doc = self.slots.find_one({"_id": owner}, {"queued": 1})
+        return int(doc["queued"]) if doc else len(self.open_jobs(owner))
+
+    def open_jobs(self, owner: str) -> list[ObjectId]:
+        """`owner`'s queued and running jobs, through the (owner, status, ck) index."""
+        return [
+            row["_id"]
+            for status in (Status.QUEUED, Status.PROCESSING)  # one equality each: `$in` would scan
+            for row in self.jobs.find({"owner": owner, "status": str(status)}, {"_id": 1})
+        ]
+
+    def slot_owners(self, limit: int = 1000) -> list[Doc]:
+        """The counters of owners with open jobs, their markers with them (the sweep)."""
+        return list(self.slots.find({"queued": {"$gt": 0}}).limit(limit))
+
+    def open_statuses(self, ids: list[str]) -> dict[str, str]:
+        """The status of each of these jobs still stored, by id (one search of `_id`)."""
+        oids = [ObjectId(i) for i in ids if ObjectId.is_valid(i)]
+        return {str(d["_id"]): d["status"] for d in self.jobs.find({"_id": {"$in": oids}}, {"status": 1})}
+
+    def hold_ready(self, owner: str, project: str | None, reason: str) -> int:
+        """Move `owner`'s ready jobs (of `project` only, when given) to the
+        budget lane, saying why. How many moved."""
+        return self._move(owner, project, READY, {"queue": BUDGET, "wait_reason": reason})
+
+    def release(self, owner: str, project: str | None) -> int:
+        """Move `owner`'s jobs (of `project` only, when given) from the budget
+        lane back to the ready lane, where their order keys put them where
+        they were. How many moved."""
+        # ready_us: the leader's read of what entered the ready lane finds them.
+        return self._move(
+            owner, project, BUDGET, {"queue": READY, "wait_reason": "", "ready_us": clock.now_us()}
+        )
+
+    def _move(self, owner: str, project: str | None, lane: str, changes: Doc) -> int:
+        """Apply `changes` (a new `queue` among them) to `owner`'s queued jobs in
+        `lane`: their ids read through the (owner, status, ck) index, then
+        `Store.move_queued`."""
+        query: Doc = {"owner": owner, "status": str(Status.QUEUED), "queue": lane}
+        if project is not None:
+            query["project"] = project
+        to = changes.pop("queue")
+        ids = [row["_id"] for row in self.jobs.find(query, {"_id": 1})]
+        return self.store.move_queued([(oid, lane, to) for oid in ids], changes, bump=True)
+
+    def to_budget_lane(self, job: Doc, reason: str) -> Doc | None:
+        """Put a job this run claimed back in the queue, in the budget lane, its
+        attempt given back (fenced by the run's epoch); the job after, None if
+        the run lost it."""
+        # A paused bulk job's item waits held, for its resume first.
+        changes = {**self.store.requeue_changes(job, BUDGET), "wait_reason": reason}
+        return self.store.fenced_update(job["_id"], job["epoch"], changes)

@@ -1,0 +1,276 @@
+"""MongoDB access for schedules and templates (collections `schedules`, `templates`).
+
+Kept beside store.py rather than in it: DESIGN.md splits the store by
+aggregate once it outgrows a screen, and these two aggregates share nothing
+with jobs but the connection, the order keys and the page tokens, which
+this module borrows from the `Store`.
+
+- A template's `_id` is its (owner, name) key: create is one insert (a taken
+  name is the unique `_id`), and get, update and delete are one command on
+  `_id` each (nx-27017 uses an index for find_one_and_update on `_id` only).
+- A schedule's `next_run_us` is its next tick while ACTIVE and 0 while
+  PAUSED, so the due schedules are one range search of the single-field
+  index on it (`{next_run_us: {$gte: 1, $lte: now}}`), never a scan; each
+  tick advances it with one conditional update on its expected value.
+- How many schedules and templates an owner has is a counter document per
+  owner and kind in `owner_counts` (`_id` "schedules:alice"): a create first
+  takes a place with one conditional `$inc` guarded by `n < cap` (so two
+  replicas' concurrent creates cannot both take the last place), and gives it
+  back when nothing was stored; a delete gives it back. A counter starts from
+  the owner's stored schedules (templates) through the owner index, so owners
+  from before the caps are counted. A server that dies between taking a place
+  and storing leaves the count one high, never low.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+
+import grpc
+import pymongo
+from bson import ObjectId
+from pymongo import ReturnDocument
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
+
+from server.model import clock
+from server.model.errors import ServiceError, not_found, quota_exceeded
+from server.storage.store import MAX_PAGE_BYTES, Doc, Page, Store, _keyset_page, parse_id, request_key
+
+ACTIVE, PAUSED = "ACTIVE", "PAUSED"
+SCHEDULES, TEMPLATES = "schedules", "templates"  # what owner_counts counts
+
+
+def template_key(owner: str, name: str) -> str:
+    """A template's `_id`: its owner and name, unique together."""
+    return json.dumps([owner, name], separators=(",", ":"))
+
+
+def _fingerprint(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+class ScheduleStore:
+    """The schedules and templates collections, and every query on them."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.schedules: Collection[Doc] = store.db["schedules"]
+        self.templates: Collection[Doc] = store.db["templates"]
+        self.counts: Collection[Doc] = store.db["owner_counts"]
+
+    def ensure_indexes(self) -> None:
+        """The index behind every query here (single-field ones make equalities
+        index searches on nx-27017, MONGO.md item 15)."""
+        self.schedules.create_index([("ck", 1)], unique=True)
+        self.schedules.create_index([("request_key", 1)], unique=True)  # idempotent create
+        self.schedules.create_index([("owner", 1)])
+        self.schedules.create_index([("owner", 1), ("ck", 1)])  # ListSchedules, newest first
+        self.schedules.create_index([("next_run_us", 1)])  # due ticks; 0 while paused
+        self.templates.create_index([("owner", 1)])
+        self.templates.create_index([("owner", 1), ("name", 1)])  # ListTemplates by name
+
+    # ---- per-owner caps -----------------------------------------------------
+
+    def take_place(self, kind: str, owner: str, cap: int, setting: str) -> None:
+        """Count one more of `owner`'s `kind` ("schedules", "templates"), or
+        RESOURCE_EXHAUSTED naming `setting` when they have `cap` already."""
+        key = f"{kind}:{owner}"
+        refused = True
+        for _ in range(3):
+            if self.counts.find_one_and_update({"_id": key, "n": {"$lt": cap}}, {"$inc": {"n": 1}}):
+                refused = False
+                break
+            counter = self.counts.find_one({"_id": key}, {"n": 1})
+            if counter is not None:
+                if int(counter["n"]) >= cap:
+                    break  # full
+                continue  # made by a concurrent first create after our write: try again
+            # The owner's first counted create (or the first since counting began):
+            # it starts from what they have, read through the owner index.
+            have = sum(1 for _ in self.collection(kind).find({"owner": owner}, {"_id": 1}))
+            with contextlib.suppress(DuplicateKeyError):  # another create started it first
+                self.counts.insert_one({"_id": key, "n": have})
+        if refused:
+            what = kind[:-1]
+            raise quota_exceeded(
+                f"TOO_MANY_{kind.upper()}",
+                f"owner:{owner}",
+                f"{owner} has {cap} {kind}, the most one owner may have ({setting}={cap}): "
+                f"delete one to make another",
+                {"owner": owner, "limit": str(cap), "setting": setting, "kind": what},
+            )
+
+    def collection(self, kind: str) -> Collection[Doc]:
+        """The collection `owner_counts` counts for `kind`."""
+        return self.schedules if kind == SCHEDULES else self.templates
+
+    def give_place(self, kind: str, owner: str) -> None:
+        """Count one fewer of `owner`'s `kind` (never below 0)."""
+        self.counts.update_one({"_id": f"{kind}:{owner}", "n": {"$gt": 0}}, {"$inc": {"n": -1}})
+
+    # ---- templates ----------------------------------------------------------
+
+    def insert_template(self, doc: Doc) -> Doc:
+        """Store a new template; ALREADY_EXISTS when its owner has one of that name."""
+        try:
+            self.templates.insert_one(doc)
+        except DuplicateKeyError:
+            raise ServiceError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                "TEMPLATE_EXISTS",
+                f"you have a template named {doc['name']!r}; update it or choose another name",
+                metadata={"name": doc["name"]},
+            ) from None
+        return doc
+
+    def get_template(self, owner: str, name: str) -> Doc:
+        """One of `owner`'s templates; NOT_FOUND when there is none of that name."""
+        found = self.templates.find_one({"_id": template_key(owner, name)})
+        if found is None:
+            raise not_found("template", name)
+        return found
+
+    def template_kind(self, owner: str, name: str) -> str | None:
+        """The kind of request `owner`'s template `name` holds; None when there is none."""
+        found = self.templates.find_one({"_id": template_key(owner, name)}, {"kind": 1})
+        return None if found is None else str(found["kind"])
+
+    def replace_template(self, owner: str, name: str, changes: Doc) -> Doc:
+        """Replace a template's request; NOT_FOUND when there is none of that name."""
+        found = self.templates.find_one_and_update(
+            {"_id": template_key(owner, name)},
+            {"$set": {**changes, "updated_us": clock.now_us()}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if found is None:
+            raise not_found("template", name)
+        return found
+
+    def delete_template(self, owner: str, name: str) -> None:
+        """Remove a template; NOT_FOUND when there is none of that name."""
+        if self.templates.delete_one({"_id": template_key(owner, name)}).deleted_count == 0:
+            raise not_found("template", name)
+        self.give_place(TEMPLATES, owner)
+
+    def list_templates(self, owner: str, size: int, token: str) -> tuple[list[Doc], str]:
+        """A page of `owner`'s templates in name order (keyset on name) and the next token."""
+        fingerprint = _fingerprint(owner, "templates")
+        query: Doc = {"owner": owner}
+        if token:
+            query["name"] = {"$gt": self.store.page_tokens.decode_after(token, fingerprint)}
+        docs: list[Doc] = []
+        weight, more = 0, False
+        for found in self.templates.find(query).sort("name", pymongo.ASCENDING).limit(size + 1):
+            # A page stops short of gRPC's 4 MB reply, as every listing's does (a
+            # bulk template may hold megabytes of source text).
+            weight += len(found["request"])
+            if len(docs) == size or (docs and weight > MAX_PAGE_BYTES):
+                more = True
+                break
+            docs.append(found)
+        return docs, self.store.page_tokens.encode_after(docs[-1]["name"], fingerprint) if more else ""
+
+    # ---- schedules ----------------------------------------------------------
+
+    def insert_schedule(self, doc: Doc) -> Doc:
+        """Store a new schedule; a repeated request key returns the earlier one."""
+        try:
+            self.schedules.insert_one(doc)
+            return doc
+        except DuplicateKeyError as exc:
+            if "request_key" not in str(exc.details or exc):
+                raise
+            earlier = self.schedules.find_one({"request_key": doc["request_key"]})
+            if earlier is None:
+                raise
+            return earlier
+
+    def schedule_by_key(self, key: str) -> Doc | None:
+        """The schedule a create with this request key stored, if any."""
+        return self.schedules.find_one({"request_key": key})
+
+    def get_schedule(self, owner: str, schedule_id: str) -> Doc:
+        """One of `owner`'s schedules; another's is NOT_FOUND."""
+        found = self.schedules.find_one({"_id": parse_id(schedule_id, "schedule"), "owner": owner})
+        if found is None:
+            raise not_found("schedule", schedule_id)
+        return found
+
+    def list_schedules(self, owner: str, states: list[str], size: int, token: str) -> Page:
+        """A page of `owner`'s schedules, newest first (keyset on `ck`)."""
+        query: Doc = {"owner": owner}
+        if states:
+            query["state"] = states[0] if len(states) == 1 else {"$in": states}
+        fingerprint = _fingerprint(owner, sorted(states))
+        return _keyset_page(
+            self.schedules, query, fingerprint, size, token, self.store.page_tokens, count=False
+        )
+
+    def set_state(self, owner: str, schedule_id: str, from_state: str, changes: Doc) -> Doc:
+        """Apply `changes` to a schedule in `from_state`; the schedule as it is
+        after (unchanged when it was not in `from_state`), NOT_FOUND if none."""
+        oid = parse_id(schedule_id, "schedule")
+        after = self.schedules.find_one_and_update(
+            {"_id": oid, "owner": owner, "state": from_state},
+            {"$set": {**changes, "updated_us": clock.now_us()}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return after if after is not None else self.get_schedule(owner, schedule_id)
+
+    def delete_schedule(self, owner: str, schedule_id: str) -> None:
+        """Remove a schedule; NOT_FOUND if `owner` has none of that id."""
+        oid = parse_id(schedule_id, "schedule")
+        if self.schedules.delete_one({"_id": oid, "owner": owner}).deleted_count == 0:
+            raise not_found("schedule", schedule_id)
+        self.give_place(SCHEDULES, owner)
+
+    def due_schedules(self, now_us: int, scan: int, limit: int) -> list[Doc]:
+        """Up to `limit` active schedules whose next tick is at or before
+        `now_us`, shared between owners (`fair_order`) among the `scan` longest
+        due: an index range search of small documents, then the chosen ones whole
+        by `_id` (a bulk schedule may hold megabytes of items)."""
+        heads = list(
+            self.schedules.find({"next_run_us": {"$gte": 1, "$lte": now_us}}, {"owner": 1, "next_run_us": 1})
+            .sort("next_run_us", pymongo.ASCENDING)
+            .limit(scan)
+        )
+        picked = fair_order(heads, limit)
+        if not picked:
+            return []
+        whole = {d["_id"]: d for d in self.schedules.find({"_id": {"$in": [d["_id"] for d in picked]}})}
+        return [whole[d["_id"]] for d in picked if d["_id"] in whole]
+
+    def advance(self, oid: ObjectId, expected_next_us: int, changes: Doc, ran: bool) -> bool:
+        """Move a schedule past a tick, if no one has since (pause, resume,
+        another replica's tick): one conditional update on its expected next tick."""
+        update: Doc = {"$set": {**changes, "updated_us": clock.now_us()}}
+        if ran:
+            update["$inc"] = {"run_count": 1}
+        result = self.schedules.update_one({"_id": oid, "next_run_us": expected_next_us}, update)
+        return result.modified_count == 1
+
+
+def fair_order(due: list[Doc], limit: int) -> list[Doc]:
+    """At most `limit` of `due` (longest due first), round robin between owners:
+    each owner's longest due, then each owner's second, and so on. So one owner's
+    hundreds of due ticks cannot keep another's waiting for the next pass."""
+    by_owner: dict[str, list[Doc]] = {}
+    for doc in due:  # owners in the order of their longest due tick
+        by_owner.setdefault(doc["owner"], []).append(doc)
+    picked: list[Doc] = []
+    depth = 0
+    while len(picked) < limit and any(len(docs) > depth for docs in by_owner.values()):
+        for docs in by_owner.values():
+            if len(docs) > depth and len(picked) < limit:
+                picked.append(docs[depth])
+        depth += 1
+    return picked
+
+
+def tick_key(owner: str, schedule_id: str, tick_us: int) -> str:
+    """The request key of what a schedule's tick creates: a tick repeated (after a
+    crash, by another replica) finds the job or bulk job it made the first time."""
+    return request_key(owner, "schedule", schedule_id, tick_us)
