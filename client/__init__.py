@@ -1,9 +1,9 @@
 """The genjobs Python client and command line."""
 
-from client.client import (
+from client.client import GenJobsClient
+from client.errors import (
     AlreadyExists,
     FailedPrecondition,
-    GenJobsClient,
     GenJobsError,
     InvalidArgument,
     NotFound,
