@@ -18,7 +18,16 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-RANK = {"runtime": 6, "api": 5, "services": 4, "dispatch": 3, "notify": 3, "generators": 3, "storage": 2, "model": 1}
+RANK = {
+    "runtime": 6,
+    "api": 5,
+    "services": 4,
+    "dispatch": 3,
+    "notify": 3,
+    "generators": 3,
+    "storage": 2,
+    "model": 1,
+}
 # Where each module of the flat layout (before issue 28) went.
 OLD_ROOMS = {
     "app": "runtime", "config": "runtime", "embedded": "runtime", "quiet_nx": "runtime",
@@ -141,7 +150,8 @@ def main() -> None:
         text = path.read_text()
         untyped[name] += len(re.findall(r"dict\[str, Any\]|\bDoc\b", text))
     total = sum(untyped.values())
-    print(f"dict[str, Any] / Doc uses outside the storage and API edges: {total} in {sum(1 for v in untyped.values() if v)} modules")
+    where = sum(1 for v in untyped.values() if v)
+    print(f"dict[str, Any] / Doc uses outside the storage and API edges: {total} in {where} modules")
 
 
 if __name__ == "__main__":
