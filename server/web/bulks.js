@@ -43,7 +43,7 @@ export function bulkListPage(main) {
             h("div", { class: "sub" }, b.id.slice(-8))),
           h("td", { "data-label": "Mode" }, modeName(b.mode)),
           h("td", { "data-label": "Status" }, badge(bulkStatus(b))),
-          h("td", { class: "progress", "data-label": "Completed" }, bar, h("span", { class: "pct" }, ofText(b))),
+          h("td", { class: "progress", "data-label": "Completed" }, bar, h("span", { class: "pct" }, ofText(b) + (b.deletedItems ? ` · ${b.deletedItems} deleted` : ""))),
           h("td", { "data-label": "Created" }, ago(b.createTime)));
       }) : h("tr", {}, h("td", { colspan: 5 }, emptyState("No bulk jobs yet. Create one with genjobs bulk or POST /v1/bulkJobs."))));
       renderNotes(notes, notifications.notifications || []);
