@@ -160,6 +160,7 @@ def job_detail(job: jobs_pb2.Job) -> Table:
         ("scheduled", when(job.schedule_time)),
         ("attempt", f"{job.attempt} of {job.max_attempts}"),
         ("progress", f"{job.progress.percentage}% {job.progress.stage} {job.progress.message}".strip()),
+        ("stages", stages_text(job)),
         ("bulk job", f"{job.bulk_job_id} #{job.queue_position}" if job.bulk_job_id else ""),
         ("retry of", job.retry_of),
         ("request id", job.request_id),
@@ -173,12 +174,23 @@ def job_detail(job: jobs_pb2.Job) -> Table:
     if job.HasField("result"):
         result = job.result
         rows.append(("title", result.title))
-        rows.append(("result", f"{result.word_count} words, {result.cost_cents}¢"))
+        rows.append(("result", f"{result.word_count} words, {cost_text(result)}"))
         rows.append(("content", _preview(result.content)))
     for name, value in rows:
         if value:
             table.add_row(name, value)
     return table
+
+
+def cost_text(result: jobs_pb2.GenerationResult) -> str:
+    """`12¢`, or `cost unknown` when the generator could not price it (not a real 0)."""
+    return "cost unknown" if result.cost_unknown else f"{result.cost_cents}¢"
+
+
+def stages_text(job: jobs_pb2.Job) -> str:
+    """The declared stages with the finished ones ticked (`research ✓, outline ✓,
+    drafting, editing`), from Job.stages and Job.stages_done; "" when none are declared."""
+    return ", ".join(f"{name} ✓" if i < job.stages_done else name for i, name in enumerate(job.stages))
 
 
 def _preview(text: str, limit: int = 300) -> str:
@@ -197,7 +209,8 @@ def stats_table(stats: jobs_pb2.GetJobStatsResponse) -> Table:
         table.add_row(styled(status_name(row.status)), str(row.count))
     for mode_row in stats.by_mode:
         table.add_row(f"mode {mode_name(mode_row.mode)}", str(mode_row.count))
-    table.add_row("total cost", f"{stats.total_cost_cents}¢")
+    unknown = f" (+ {stats.cost_unknown_jobs} jobs of unknown cost)" if stats.cost_unknown_jobs else ""
+    table.add_row("total cost", f"{stats.total_cost_cents}¢{unknown}")
     table.add_row("mean duration", f"{stats.mean_duration_seconds:.2f} s")
     table.add_row("failure rate", f"{stats.failure_rate:.1%}")
     return table
@@ -256,7 +269,7 @@ def bulk_table(bulks: Iterable[bulk_pb2.BulkJob], width: int = 200) -> Table:
         [
             ("ID", 24, "left"),
             ("STATUS", 10, "left"),
-            ("DONE", 5, "right"),
+            ("COMPLETED", 9, "right"),
             ("FAILED", 6, "right"),
             ("LEFT", 4, "right"),
             ("CREATED", 11, "left"),
@@ -360,12 +373,12 @@ def bulk_detail(bulk: bulk_pb2.BulkJob) -> tuple[Table, Table]:
         ("id", bulk.id),
         ("status", styled(bulk_status_name(bulk.status))),
         ("mode", mode_name(bulk.mode)),
-        ("progress", f"{100 * bulk_done(bulk) / (bulk.total_items or 1):.0f}%"),
+        ("progress", f"{bulk.percentage:.0f}%"),
         (
             "items",
             f"{bulk.total_items} total: {bulk.completed_items} completed, {bulk.failed_items} failed, "
             f"{bulk.cancelled_items} cancelled, {bulk.remaining_items} left"
-            + (f", {bulk_deleted(bulk)} deleted" if bulk_deleted(bulk) else ""),
+            + (f", {bulk.deleted_items} deleted" if bulk.deleted_items else ""),
         ),
         ("created", when(bulk.create_time)),
         ("started", when(bulk.start_time)),
@@ -495,33 +508,13 @@ def _job_bar(event: jobs_pb2.JobEvent) -> tuple[jobs_pb2.Job, dict[str, Any]]:
     }
 
 
-def bulk_deleted(bulk: bulk_pb2.BulkJob) -> int:
-    """Items deleted after they ended (they count in total_items only)."""
-    counted = bulk.completed_items + bulk.failed_items + bulk.cancelled_items + bulk.remaining_items
-    return max(bulk.total_items - counted, 0)
-
-
-def bulk_done(bulk: bulk_pb2.BulkJob) -> int:
-    """How many items count as done on a bar: all of a completed bulk job;
-    of a cancelled one only those that ran to their end, so that it never
-    shows as finished work; otherwise every item over (items cancelled one
-    by one, and deleted ones, which were over)."""
-    if bulk.status == bulk_pb2.BULK_JOB_STATUS_COMPLETED:
-        return bulk.total_items
-    done = bulk.completed_items + bulk.failed_items
-    if bulk.status == bulk_pb2.BULK_JOB_STATUS_CANCELLED:
-        return done
-    return done + bulk.cancelled_items + bulk_deleted(bulk)
-
-
 def bulk_counts(bulk: bulk_pb2.BulkJob) -> str:
     """`9 completed, 1 failed, 0 cancelled of 10` (and how many were deleted)."""
     text = (
         f"{bulk.completed_items} completed, {bulk.failed_items} failed, "
         f"{bulk.cancelled_items} cancelled of {bulk.total_items}"
     )
-    deleted = bulk_deleted(bulk)
-    return f"{text}, {deleted} deleted" if deleted else text
+    return f"{text}, {bulk.deleted_items} deleted" if bulk.deleted_items else text
 
 
 def _bulk_bar(event: bulk_pb2.BulkJobEvent) -> tuple[bulk_pb2.BulkJob, dict[str, Any]]:
@@ -529,8 +522,8 @@ def _bulk_bar(event: bulk_pb2.BulkJobEvent) -> tuple[bulk_pb2.BulkJob, dict[str,
     final = bulk.status in (bulk_pb2.BULK_JOB_STATUS_COMPLETED, bulk_pb2.BULK_JOB_STATUS_CANCELLED)
     counts = f"{bulk.completed_items} done, {bulk.failed_items} failed, {bulk.remaining_items} left"
     return bulk, {
-        "total": bulk.total_items or 1,
-        "completed": bulk_done(bulk),
+        "total": 100,
+        "completed": bulk.percentage,  # the server's: a cancelled bulk job never reads 100
         "description": bulk_status_name(bulk.status),
         "message": " · ".join(part for part in (bulk.project, counts) if part),
         "id": bulk.id,
@@ -560,7 +553,7 @@ def outcome_line(job: jobs_pb2.Job) -> str:
     if job.status == jobs_pb2.JOB_STATUS_COMPLETED:
         title = f"“{job.result.title}” " if job.result.title else ""
         return (
-            f"[green]completed[/]: {title}{job.result.word_count} words, {job.result.cost_cents}¢ "
+            f"[green]completed[/]: {title}{job.result.word_count} words, {cost_text(job.result)} "
             f"(genjobs show {job.id} --content)"
         )
     if job.status == jobs_pb2.JOB_STATUS_FAILED:

@@ -150,7 +150,7 @@ def test_a_bulk_job_counts_up_and_pause_stops_it(
         ),
         timeout=30,
     )
-    done = settled.completed_items + settled.failed_items + settled.cancelled_items
+    done = settled.completed_items  # the headline is what completed, as in `genjobs bulk ls`
     assert done < 10
     expect(of).to_contain_text(f"{done} of 10")
     expect(page.locator('#items-table tr[data-status="queued"]')).to_have_count(10 - done)
@@ -187,8 +187,66 @@ def test_a_bulk_operation_confirms_with_its_dry_run_count(
     page.get_by_role("button", name="Retry all failed").click()
     dialog = page.get_by_role("dialog")
     expect(dialog).to_contain_text("retry 2 failed jobs")
+    expect(dialog).not_to_contain_text("more after")  # 2 is all of them, not "2 more after these"
     assert alice.list(statuses=["queued"]).total_size == 0  # a dry run only, so far
     dialog.get_by_role("button", name="Retry 2").click()
     expect(page.locator("tr[data-job-id]")).to_have_count(4)
     retries = [j for j in alice.list().jobs if j.retry_of]
     assert sorted(j.retry_of for j in retries) == sorted(j.id for j in failed)
+
+
+def test_stage_chips_are_the_declared_stages_and_a_failed_job_shows_no_later_one_done(
+    page: Page, server: ServerThread, alice: GenJobsClient, tmp_path: Path
+) -> None:
+    broken = alice.submit("topic", topic="breaks early", extra={"demo_fail": "permanent"}, max_attempts=1)
+    failed = wait_for(
+        lambda: (j := alice.get(broken.id)).status == jobs_pb2.JOB_STATUS_FAILED and j, timeout=30
+    )
+    sign_in(page, server, f"/jobs/{broken.id}")
+    expect(page.locator(".head-side")).to_have_attribute("data-status", "failed")
+    chips = page.locator(".stage")
+    expect(chips).to_have_count(4)
+    expect(chips).to_have_text(["research", "outline", "drafting", "editing"], ignore_case=True)
+    # As many done as the server says (the stages before the one it failed in), never all four.
+    expect(page.locator(".stage.done")).to_have_count(failed.stages_done)
+    assert failed.stages_done <= 2
+    expect(page.locator(".stage.current")).to_have_count(0)
+    page.screenshot(path=str(tmp_path / "failed-stages.png"), full_page=True)
+
+
+def test_bulk_counts_a_cancelled_bulk_job_is_not_12_of_12_and_deleted_items_show(
+    page: Page, server: ServerThread, alice: GenJobsClient, tmp_path: Path
+) -> None:
+    blocker = alice.submit("topic", topic="keeps the dispatcher busy", extra={"demo_seconds": "60"})
+    items = [{"topic": f"cancelled {i}", "word_count": 60} for i in range(12)]
+    cancelled = alice.create_bulk("topic", items)
+    alice.cancel_bulk(cancelled.id)
+    alice.cancel(blocker.id)
+    finals = (bulk_pb2.BULK_JOB_STATUS_COMPLETED, bulk_pb2.BULK_JOB_STATUS_CANCELLED)
+    wait_for(
+        lambda: (b := alice.get_bulk(cancelled.id)).status in finals and b.remaining_items == 0, timeout=30
+    )
+    sign_in(page, server, f"/bulk/{cancelled.id}")
+    expect(page.locator("#bulk-of")).to_have_text("0 of 12 items completed")
+    expect(page.locator('[data-count="cancelled"] dd')).to_have_text("12")
+    expect(page.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "0")
+    page.screenshot(path=str(tmp_path / "bulk-cancelled.png"), full_page=True)
+
+    finished = alice.create_bulk("topic", [{"topic": f"kept {i}", "word_count": 60} for i in range(10)])
+    wait_for(
+        lambda: (b := alice.get_bulk(finished.id)).status in finals and b.remaining_items == 0, timeout=30
+    )
+    alice.run_bulk_operation("DELETE_ALL_COMPLETED", bulk_job_id=finished.id)
+    page.evaluate("where => { location.hash = where; }", f"#/bulk/{finished.id}")
+    expect(page.locator('[data-count="deleted"] dd')).to_have_text("10")
+    expect(page.locator("#bulk-of")).to_have_text("0 of 10 items completed")
+    expect(page.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "100")
+    page.screenshot(path=str(tmp_path / "bulk-deleted.png"), full_page=True)
+
+    page.evaluate("location.hash = '#/bulk'")
+    expect(page.locator(f'tr[data-bulk-job-id="{finished.id}"]')).to_contain_text("0 of 10 · 10 deleted")
+    row = page.locator(f'tr[data-bulk-job-id="{cancelled.id}"]')
+    expect(row).to_contain_text("0 of 12")
+    expect(row).not_to_contain_text("12 of 12")
+    page.screenshot(path=str(tmp_path / "bulks-counts.png"), full_page=True)
+    print(f"screenshots in {tmp_path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -131,8 +132,19 @@ def job_error(doc: Doc | None) -> jobs_pb2.JobError | None:
     )
 
 
-def job(doc: Doc, full: bool = True) -> jobs_pb2.Job:
-    """A stored job as the Job message; without result.content unless `full`."""
+def stages_done(doc: Doc, stages: Sequence[str]) -> int:
+    """How many of the declared `stages` a stored job has finished: all of
+    them once it completed, else the position of its current stage (0 when
+    that is not one of them: queued, "starting", a service's own stage)."""
+    if doc["status"] == "COMPLETED":
+        return len(stages)
+    current = (doc.get("progress") or {}).get("stage", "")
+    return stages.index(current) if current in stages else 0
+
+
+def job(doc: Doc, full: bool = True, stages: Sequence[str] = ()) -> jobs_pb2.Job:
+    """A stored job as the Job message; without result.content unless `full`.
+    `stages` are those the server's generator declares (Job.stages)."""
     params = doc.get("params", {})
     message = jobs_pb2.Job(
         id=str(doc["_id"]),
@@ -167,6 +179,8 @@ def job(doc: Doc, full: bool = True) -> jobs_pb2.Job:
         template=doc.get("template", ""),
         priority=priority(doc),
         schedule_time=timestamp(doc.get("schedule_us")),
+        stages=list(stages),
+        stages_done=stages_done(doc, stages),
     )
     progress = doc.get("progress")
     if progress:
@@ -193,17 +207,19 @@ def job(doc: Doc, full: bool = True) -> jobs_pb2.Job:
                 word_count=int(result.get("word_count", 0)),
                 cost_cents=int(result.get("cost_cents", 0)),
                 metadata={str(k): str(v) for k, v in result.get("metadata", {}).items()},
+                # Generators say so in metadata (stored results keep it there).
+                cost_unknown=str(result.get("metadata", {}).get("cost_unknown", "")) == "true",
             )
         )
     return message
 
 
-def job_event(event: Doc) -> jobs_pb2.JobEvent:
+def job_event(event: Doc, stages: Sequence[str] = ()) -> jobs_pb2.JobEvent:
     """A stored (or just published) event as the JobEvent message."""
     return jobs_pb2.JobEvent(
         sequence=event["seq"],
         type=jobs_pb2.JobEventType.Value("JOB_EVENT_TYPE_" + event["type"]),
-        job=job(event["job"]),
+        job=job(event["job"], stages=stages),
         time=timestamp(event["at_us"]),
     )
 
@@ -222,6 +238,8 @@ def bulk_job(view: Any, with_items: bool = True) -> bulk_pb2.BulkJob:
         failed_items=view.failed,
         cancelled_items=view.cancelled,
         remaining_items=view.remaining,
+        done_items=view.done,
+        deleted_items=view.deleted,
         percentage=view.percentage,
         error_summary=view.error_summary,
         create_time=timestamp(doc.get("ck")),

@@ -40,6 +40,7 @@ __all__ = [
     "Output",
     "ProgressFn",
     "Watchdog",
+    "declared_stages",
     "make_generator",
     "write_article",
 ]
@@ -77,3 +78,9 @@ def make_generator(settings: Settings, progress: ProgressLink | None = None) -> 
     else:
         raise SystemExit(f"genjobs: unknown generator {kind!r} (use 'demo', 'http', 'openai' or 'noop')")
     return Watchdog(inner, settings.attempt_timeout_seconds, settings.stream_idle_seconds)
+
+
+def declared_stages(generator: object) -> tuple[str, ...]:
+    """The stages a generator declares (its `stages`, in order; a Watchdog
+    says its inner generator's); () when it declares none."""
+    return tuple(getattr(generator, "stages", ()))

@@ -40,6 +40,8 @@ class DemoGenerator:
     attempts with a retryable error, `permanent` fails every attempt.
     """
 
+    stages = tuple(name for name, _ in STAGES)
+
     def generate(self, job: JobSpec, report_progress: ProgressFn, cancelled: threading.Event) -> Output:
         extra = job.params.get("extra", {})
         seconds = float(extra.get("demo_seconds", 0) or 0)

@@ -63,6 +63,9 @@ class HttpGenerator:
         self.headers = headers or {}
         self.progress = progress
 
+    # None declared: the service reports its own stages, known only as they come.
+    stages: tuple[str, ...] = ()
+
     def generate(self, job: JobSpec, report_progress: ProgressFn, cancelled: threading.Event) -> Output:
         # job_id + attempt identify one generation: a service may see an attempt twice
         # (a crash after it answered, before the answer was stored).

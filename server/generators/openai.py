@@ -91,6 +91,7 @@ class OpenAIGenerator:
     """
 
     streams = True
+    stages = (STAGE,)  # one streamed draft: its words are the progress
 
     def __init__(
         self,

@@ -34,6 +34,8 @@ class Watchdog:
 
     def __init__(self, inner: Generator, attempt_seconds: float, idle_seconds: float) -> None:
         self.inner = inner
+        # The wrapped generator's declared stages are the ones its jobs go through.
+        self.stages: tuple[str, ...] = tuple(getattr(inner, "stages", ()))
         self.attempt_seconds = attempt_seconds
         self.idle_seconds = idle_seconds
 

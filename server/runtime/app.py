@@ -40,7 +40,7 @@ from server.api.servicers.schedules import ScheduleServicer
 from server.api.servicers.templates import TemplateServicer
 from server.api.watch import StreamCap
 from server.dispatch.dispatcher import Dispatcher
-from server.generators import make_generator
+from server.generators import declared_stages, make_generator
 from server.notify import make_notifier
 from server.notify.job_end import JobNotifications
 from server.runtime import observability
@@ -246,7 +246,15 @@ class App:
         ]
         server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         progress = ExternalProgress(self.store, self.progress_link.tokens, self.jobs.record)
-        job_servicer = JobServicer(self.jobs, self.hub, progress, self.templates, self.budgets, self.streams)
+        job_servicer = JobServicer(
+            self.jobs,
+            self.hub,
+            progress,
+            self.templates,
+            self.budgets,
+            self.streams,
+            declared_stages(self.generator),
+        )
         bulk_servicer = BulkServicer(self.bulks, self.hub, self.templates, self.streams)
         schedule_servicer = ScheduleServicer(self.schedules)
         template_servicer = TemplateServicer(self.templates)

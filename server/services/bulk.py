@@ -65,9 +65,31 @@ class BulkView:
         return int(self.doc["total_items"])
 
     @property
+    def deleted(self) -> int:
+        """Items removed after they ended: missing from a bulk job that has
+        started or is final (before, a missing item is one a creation cut
+        short has yet to store, not a deleted one)."""
+        if not (self.doc.get("started_us") or self.doc["status"] in {str(s) for s in BULK_FINAL}):
+            return 0
+        return max(self.total - len(self.items), 0)
+
+    @property
+    def done(self) -> int:
+        """Items in a final status, deleted ones included (they were final)."""
+        return self.completed + self.failed + self.cancelled + self.deleted
+
+    @property
     def percentage(self) -> float:
-        done = self.completed + self.failed + self.cancelled
-        return round(100.0 * done / self.total, 1) if self.total else 0.0
+        """How far the work got: done of total, but only what ran to its end
+        (completed, failed) for a cancelled bulk job, so that it never reads
+        as finished work; a completed bulk job is 100."""
+        if not self.total:
+            return 0.0
+        status = self.doc["status"]
+        if status == str(BulkStatus.COMPLETED):
+            return 100.0
+        done = self.completed + self.failed if status == str(BulkStatus.CANCELLED) else self.done
+        return round(100.0 * done / self.total, 1)
 
     @property
     def all_final(self) -> bool:

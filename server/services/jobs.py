@@ -9,6 +9,7 @@ concurrent submits share one insert (see `store.LoopInsert`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -308,7 +309,9 @@ class Jobs:
         if validate_only:
             total = self.store.count(self.store.jobs, query)
             sample = self.store.matching_ids(query, SAMPLE_SIZE)
-            return BulkOperationResult([str(i) for i in sample], total, total)
+            # What one call would leave: it acts on at most MAX_BULK_OPERATION.
+            left = max(total - MAX_BULK_OPERATION, 0)
+            return BulkOperationResult([str(i) for i in sample], total, left)
         ids = self.store.matching_ids(query, MAX_BULK_OPERATION)
         done: list[str] = []
         if operation == "CANCEL_ALL_QUEUED":
@@ -349,7 +352,16 @@ class Jobs:
         )
         completed = by_status.get(str(Status.COMPLETED), 0)
         failed = by_status.get(str(Status.FAILED), 0)
+        unknown = 0
+        if completed:  # only completed jobs have a cost, known or not
+            scope = dataclasses.replace(filters, statuses=[str(Status.COMPLETED)])
+            query = {
+                **self.store.job_query(caller.owner_filter, scope),
+                "result.metadata.cost_unknown": "true",
+            }
+            unknown = self.store.count(self.store.jobs, query)
         return {
+            "cost_unknown": unknown,
             "total": sum(by_status.values()),
             "by_status": by_status,
             "by_mode": by_mode,

@@ -9,12 +9,10 @@ import {
 
 const BULK_FINAL = new Set(["completed", "cancelled"]);
 
-function doneCount(bulk) {
-  return (bulk.completedItems || 0) + (bulk.failedItems || 0) + (bulk.cancelledItems || 0);
-}
-
+// The counts are the server's (BulkJob: done = completed + failed + cancelled +
+// deleted); the headline is what completed, as `genjobs bulk ls` shows it.
 function ofText(bulk) {
-  return `${doneCount(bulk)} of ${bulk.totalItems || 0}`;
+  return `${bulk.completedItems || 0} of ${bulk.totalItems || 0}`;
 }
 
 export function bulkListPage(main) {
@@ -28,7 +26,7 @@ export function bulkListPage(main) {
       h("section", { class: "card table-card", "aria-label": "Bulk jobs" },
         h("div", { class: "table-wrap" },
           h("table", { class: "jobs", id: "bulk-table" },
-            h("thead", {}, h("tr", {}, ["Bulk job", "Mode", "Status", "Done", "Created"].map((t) => h("th", { scope: "col" }, t)))),
+            h("thead", {}, h("tr", {}, ["Bulk job", "Mode", "Status", "Completed", "Created"].map((t) => h("th", { scope: "col" }, t)))),
             tbody))),
       h("section", { class: "card", "aria-labelledby": "notes-title" }, h("h2", { id: "notes-title" }, "Notifications"), notes)),
   );
@@ -45,7 +43,7 @@ export function bulkListPage(main) {
             h("div", { class: "sub" }, b.id.slice(-8))),
           h("td", { "data-label": "Mode" }, modeName(b.mode)),
           h("td", { "data-label": "Status" }, badge(bulkStatus(b))),
-          h("td", { class: "progress", "data-label": "Done" }, bar, h("span", { class: "pct" }, ofText(b))),
+          h("td", { class: "progress", "data-label": "Completed" }, bar, h("span", { class: "pct" }, ofText(b) + (b.deletedItems ? ` · ${b.deletedItems} deleted` : ""))),
           h("td", { "data-label": "Created" }, ago(b.createTime)));
       }) : h("tr", {}, h("td", { colspan: 5 }, emptyState("No bulk jobs yet. Create one with genjobs bulk or POST /v1/bulkJobs."))));
       renderNotes(notes, notifications.notifications || []);
@@ -107,10 +105,11 @@ export function bulkPage(main, id) {
     const eta = time(bulk.estimatedCompletion);
     replace(
       counts,
-      h("div", { class: "of", id: "bulk-of" }, h("strong", {}, ofText(bulk)), " items done"),
+      h("div", { class: "of", id: "bulk-of" }, h("strong", {}, ofText(bulk)), " items completed"),
       h("dl", { class: "facts inline" },
         [["Completed", bulk.completedItems || 0], ["Failed", bulk.failedItems || 0],
           ["Cancelled", bulk.cancelledItems || 0], ["Remaining", bulk.remainingItems || 0],
+          ...(bulk.deletedItems ? [["Deleted", bulk.deletedItems]] : []),
           ["Done at", eta && !BULK_FINAL.has(status) ? eta.toLocaleTimeString() : "—"]]
           .map(([k, v]) => h("div", { dataset: { count: k.toLowerCase() } }, h("dt", {}, k), h("dd", {}, v)))),
     );
@@ -135,7 +134,7 @@ export function bulkPage(main, id) {
       const answer = await api("POST", `/v1/bulkJobs/${id}:${verb}`);
       // The stream may have shown a later item change while the call was out:
       // the answer's status is the action's, its counts no newer than what is shown.
-      const newer = shown && doneCount(shown) > doneCount(answer);
+      const newer = shown && (shown.doneItems || 0) > (answer.doneItems || 0);
       render(newer ? { ...shown, status: answer.status } : answer);
     } catch (error) {
       toast(error.message, "bad");

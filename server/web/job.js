@@ -9,9 +9,6 @@ import {
   replace, time, toast,
 } from "./ui.js";
 
-// The demo generator's stages; a generator's own stages are shown as they come.
-const STAGES = ["research", "outline", "drafting", "editing"];
-
 export function jobPage(main, id) {
   let left = false;
   let stream = null;
@@ -62,10 +59,14 @@ export function jobPage(main, id) {
     renderArticle();
   }
 
+  // The stages the server's generator declares (job.stages) and how many are
+  // finished (job.stagesDone), as the server says; a generator that declares
+  // none (http) shows the stage its service reports, alone.
   function renderStages(status, current) {
-    const names = [...STAGES];
-    if (current && !names.includes(current) && current !== "done") names.push(current);
-    const at = status === "completed" ? names.length : names.indexOf(current);
+    const names = [...(job.stages || [])];
+    let at = job.stagesDone || 0;
+    if (!names.length && current && current !== "done" && current !== "starting") names.push(current);
+    if (status === "completed") at = names.length;
     replace(
       stages,
       names.map((name, i) => {
@@ -131,7 +132,7 @@ export function jobPage(main, id) {
       article,
       h("div", { class: "article-head" },
         h("h2", { id: "article-title" }, result.title || "Article"),
-        h("span", { class: "muted" }, `${result.wordCount || 0} words · ${money(result.costCents)}`)),
+        h("span", { class: "muted" }, `${result.wordCount || 0} words · ${result.costUnknown ? "cost unknown" : money(result.costCents)}`)),
       // textContent only: the generator's text is never markup here.
       h("div", { class: "article-body" }, result.content),
     );

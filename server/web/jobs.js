@@ -120,9 +120,12 @@ export function jobsPage(main) {
         toast(`No ${o.noun} jobs to ${o.verb}.`);
         return;
       }
-      const more = dry.remainingCount ? ` (${dry.remainingCount} more after these; run it again for them)` : "";
-      const ok = await confirmDialog(`${o.label}?`, `This will ${o.verb} ${count} ${o.noun} job${count === 1 ? "" : "s"}${more}.`,
-        `${o.verb[0].toUpperCase()}${o.verb.slice(1)} ${count}`);
+      // affectedCount is every match; remainingCount what this one call leaves.
+      const more = Number(dry.remainingCount || 0);
+      const now = count - more;
+      const after = more ? ` (${more} more after these; run it again for them)` : "";
+      const ok = await confirmDialog(`${o.label}?`, `This will ${o.verb} ${now} ${o.noun} job${now === 1 ? "" : "s"}${after}.`,
+        `${o.verb[0].toUpperCase()}${o.verb.slice(1)} ${now}`);
       if (!ok) return;
       const done = await api("POST", "/v1/jobs:runBulkOperation", { body: { operation: o.op } });
       toast(`${o.verb[0].toUpperCase()}${o.verb.slice(1)}: ${done.affectedCount || 0} job(s).`, "good");
@@ -182,7 +185,8 @@ export function jobsPage(main) {
       cards,
       statCard("total", "All jobs", Number(stats.totalJobs || 0)),
       STATUSES.map((s) => statCard(s, s, counts[s] || 0)),
-      statCard("cost", "Total cost", money(stats.totalCostCents)),
+      statCard("cost", "Total cost", money(stats.totalCostCents) +
+        (Number(stats.costUnknownJobs || 0) ? ` + ${stats.costUnknownJobs} unknown` : "")),
     );
   }
 

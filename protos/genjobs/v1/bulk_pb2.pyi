@@ -169,6 +169,8 @@ class BulkJob(_message.Message):
     CANCELLED_ITEMS_FIELD_NUMBER: _builtins.int
     REMAINING_ITEMS_FIELD_NUMBER: _builtins.int
     PERCENTAGE_FIELD_NUMBER: _builtins.int
+    DONE_ITEMS_FIELD_NUMBER: _builtins.int
+    DELETED_ITEMS_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
     ERROR_SUMMARY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
@@ -188,11 +190,33 @@ class BulkJob(_message.Message):
     mode: _jobs_pb2.Mode.ValueType
     status: Global___BulkJobStatus.ValueType
     total_items: _builtins.int
+    """The counts, one meaning for every face: total_items = done_items +
+    remaining_items, and done_items = completed_items + failed_items +
+    cancelled_items + deleted_items.
+    """
     completed_items: _builtins.int
+    """Items that ran to the end and produced content (deleted ones not counted)."""
     failed_items: _builtins.int
+    """Items that failed for good (a retry holding the position replaces them)."""
     cancelled_items: _builtins.int
+    """Items cancelled before they ended."""
     remaining_items: _builtins.int
+    """Items not in a final status yet (queued or processing)."""
     percentage: _builtins.float
+    """How far the work got, 0 to 100: done_items of total_items, except that a
+    cancelled bulk job counts only completed_items and failed_items (what
+    ran to its end), so that it never reads as finished work; a completed
+    bulk job is 100.
+    """
+    done_items: _builtins.int
+    """Items in a final status (completed, failed, cancelled), deleted ones
+    included: they were final when removed.
+    """
+    deleted_items: _builtins.int
+    """Items removed after they ended (ops clean-completed, DeleteJob): their
+    outcome is no longer known, so they are in none of completed_items,
+    failed_items, cancelled_items.
+    """
     request_id: _builtins.str
     notify_url: _builtins.str
     notify_email: _builtins.str
@@ -230,6 +254,8 @@ class BulkJob(_message.Message):
         cancelled_items: _builtins.int = ...,
         remaining_items: _builtins.int = ...,
         percentage: _builtins.float = ...,
+        done_items: _builtins.int = ...,
+        deleted_items: _builtins.int = ...,
         items: _abc.Iterable[Global___BulkJobItem] | None = ...,
         error_summary: _abc.Iterable[_builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
@@ -246,7 +272,7 @@ class BulkJob(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "estimated_completion", b"estimated_completion", "schedule_time", b"schedule_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_items", b"cancelled_items", "completed_items", b"completed_items", "create_time", b"create_time", "end_time", b"end_time", "error_summary", b"error_summary", "estimated_completion", b"estimated_completion", "failed_items", b"failed_items", "id", b"id", "items", b"items", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "percentage", b"percentage", "priority", b"priority", "project", b"project", "remaining_items", b"remaining_items", "request_id", b"request_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "start_time", b"start_time", "status", b"status", "template", b"template", "total_items", b"total_items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_items", b"cancelled_items", "completed_items", b"completed_items", "create_time", b"create_time", "deleted_items", b"deleted_items", "done_items", b"done_items", "end_time", b"end_time", "error_summary", b"error_summary", "estimated_completion", b"estimated_completion", "failed_items", b"failed_items", "id", b"id", "items", b"items", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "percentage", b"percentage", "priority", b"priority", "project", b"project", "remaining_items", b"remaining_items", "request_id", b"request_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "start_time", b"start_time", "status", b"status", "template", b"template", "total_items", b"total_items"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

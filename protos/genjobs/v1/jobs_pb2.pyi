@@ -331,10 +331,18 @@ class GenerationResult(_message.Message):
     WORD_COUNT_FIELD_NUMBER: _builtins.int
     COST_CENTS_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    COST_UNKNOWN_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     title: _builtins.str
     word_count: _builtins.int
     cost_cents: _builtins.int
+    """What the generation cost, rounded up to the cent; 0 with cost_unknown
+    when the generator could not price it.
+    """
+    cost_unknown: _builtins.bool
+    """The cost is not known (e.g. the model has no price): cost_cents is not
+    a real 0, and faces show "unknown".
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -345,10 +353,11 @@ class GenerationResult(_message.Message):
         word_count: _builtins.int = ...,
         cost_cents: _builtins.int = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        cost_unknown: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "cost_cents", b"cost_cents", "metadata", b"metadata", "title", b"title", "word_count", b"word_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "cost_cents", b"cost_cents", "cost_unknown", b"cost_unknown", "metadata", b"metadata", "title", b"title", "word_count", b"word_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -423,6 +432,8 @@ class Job(_message.Message):
     SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
     SCHEDULE_ID_FIELD_NUMBER: _builtins.int
     TEMPLATE_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
+    STAGES_DONE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     owner: _builtins.str
     project: _builtins.str
@@ -446,6 +457,11 @@ class Job(_message.Message):
     """The schedule whose tick created this job, if any."""
     template: _builtins.str
     """The template this job was submitted from, if any."""
+    stages_done: _builtins.int
+    """How many of `stages` are finished: all of them for a completed job,
+    else the position of progress.stage among them (0 while queued or
+    starting, and for a job that failed before its first stage).
+    """
     @_builtins.property
     def params(self) -> Global___GenerationParams: ...
     @_builtins.property
@@ -471,6 +487,14 @@ class Job(_message.Message):
     @_builtins.property
     def schedule_time(self) -> _timestamp_pb2.Timestamp:
         """Not started before this time (unset: as soon as its turn comes)."""
+
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The stages, in order, that the server's generator declares (the one that
+        ran or will run this job): demo research, outline, drafting, editing;
+        openai and noop one. Empty when the generator does not declare them
+        (http: the service reports its own); progress.stage is then all there is.
+        """
 
     def __init__(
         self,
@@ -502,10 +526,12 @@ class Job(_message.Message):
         schedule_time: _timestamp_pb2.Timestamp | None = ...,
         schedule_id: _builtins.str = ...,
         template: _builtins.str = ...,
+        stages: _abc.Iterable[_builtins.str] | None = ...,
+        stages_done: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "params", b"params", "progress", b"progress", "result", b"result", "schedule_time", b"schedule_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_errors", b"attempt_errors", "bulk_job_id", b"bulk_job_id", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "max_attempts", b"max_attempts", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "project", b"project", "queue_position", b"queue_position", "request_id", b"request_id", "result", b"result", "retry_of", b"retry_of", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "start_time", b"start_time", "status", b"status", "template", b"template", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_errors", b"attempt_errors", "bulk_job_id", b"bulk_job_id", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "max_attempts", b"max_attempts", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "project", b"project", "queue_position", b"queue_position", "request_id", b"request_id", "result", b"result", "retry_of", b"retry_of", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "stages", b"stages", "stages_done", b"stages_done", "start_time", b"start_time", "status", b"status", "template", b"template", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -874,8 +900,11 @@ class RunBulkOperationResponse(_message.Message):
     AFFECTED_COUNT_FIELD_NUMBER: _builtins.int
     REMAINING_COUNT_FIELD_NUMBER: _builtins.int
     affected_count: _builtins.int
+    """With validate_only, every job that matches now."""
     remaining_count: _builtins.int
-    """Jobs that still match after this call (run it again for them)."""
+    """Jobs that still match after this call (run it again for them); with
+    validate_only, those one call would leave (it acts on at most 100).
+    """
     @_builtins.property
     def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The affected jobs (with validate_only, a sample of those that would be)."""
@@ -982,11 +1011,17 @@ class GetJobStatsResponse(_message.Message):
     BY_STATUS_FIELD_NUMBER: _builtins.int
     BY_MODE_FIELD_NUMBER: _builtins.int
     TOTAL_COST_CENTS_FIELD_NUMBER: _builtins.int
+    COST_UNKNOWN_JOBS_FIELD_NUMBER: _builtins.int
     MEAN_DURATION_SECONDS_FIELD_NUMBER: _builtins.int
     FAILURE_RATE_FIELD_NUMBER: _builtins.int
     MEAN_DURATION_FIELD_NUMBER: _builtins.int
     total_jobs: _builtins.int
     total_cost_cents: _builtins.int
+    """What the completed jobs cost, those of unknown cost (cost_unknown_jobs) aside."""
+    cost_unknown_jobs: _builtins.int
+    """Completed jobs whose cost is unknown (GenerationResult.cost_unknown):
+    total_cost_cents leaves them out, so it is a lower bound when this is not 0.
+    """
     @_builtins.property
     @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def mean_duration_seconds(self) -> _builtins.float:
@@ -1014,13 +1049,14 @@ class GetJobStatsResponse(_message.Message):
         by_status: _abc.Iterable[Global___StatusCount] | None = ...,
         by_mode: _abc.Iterable[Global___ModeCount] | None = ...,
         total_cost_cents: _builtins.int = ...,
+        cost_unknown_jobs: _builtins.int = ...,
         mean_duration_seconds: _builtins.float = ...,
         failure_rate: _builtins.float = ...,
         mean_duration: _duration_pb2.Duration | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["mean_duration", b"mean_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_mode", b"by_mode", "by_status", b"by_status", "failure_rate", b"failure_rate", "mean_duration", b"mean_duration", "mean_duration_seconds", b"mean_duration_seconds", "total_cost_cents", b"total_cost_cents", "total_jobs", b"total_jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_mode", b"by_mode", "by_status", b"by_status", "cost_unknown_jobs", b"cost_unknown_jobs", "failure_rate", b"failure_rate", "mean_duration", b"mean_duration", "mean_duration_seconds", b"mean_duration_seconds", "total_cost_cents", b"total_cost_cents", "total_jobs", b"total_jobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import grpc
 from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
@@ -54,19 +55,26 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         templates: Templates | None = None,
         budgets: Budgets | None = None,
         streams: StreamCap | None = None,
+        stages: Sequence[str] = (),
     ) -> None:
         self.jobs = jobs
+        # The stages the server's generator declares: every Job says them.
+        self.stages = tuple(stages)
         self.hub = hub
         self.progress = progress
         self.templates = templates
         self.budgets = budgets
         self.streams = streams or StreamCap(100)  # open WatchJob streams per owner
 
+    def job(self, doc: Doc, full: bool = True) -> jobs_pb2.Job:
+        """A stored job as the Job message, with the declared stages."""
+        return convert.job(doc, full, self.stages)
+
     @rpc
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
-        return convert.job(await self.submit(current_caller(), request))
+        return self.job(await self.submit(current_caller(), request))
 
     async def submit(
         self, caller: Caller, request: jobs_pb2.SubmitJobRequest, origin: Doc | None = None
@@ -93,7 +101,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
-        return convert.job(await asyncio.to_thread(self.jobs.get, current_caller(), request.id))
+        return self.job(await asyncio.to_thread(self.jobs.get, current_caller(), request.id))
 
     @rpc
     async def ListJobs(
@@ -103,7 +111,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             self.jobs.list_jobs, current_caller(), job_filter(request), request.page_size, request.page_token
         )
         return jobs_pb2.ListJobsResponse(
-            jobs=[convert.job(d, full=request.view == jobs_pb2.JOB_VIEW_FULL) for d in page.docs],
+            jobs=[self.job(d, full=request.view == jobs_pb2.JOB_VIEW_FULL) for d in page.docs],
             next_page_token=page.next_token,
             total_size=page.total,
         )
@@ -112,14 +120,14 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def CancelJob(
         self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
-        return convert.job(await asyncio.to_thread(self.jobs.cancel, current_caller(), request.id))
+        return self.job(await asyncio.to_thread(self.jobs.cancel, current_caller(), request.id))
 
     @rpc
     async def RetryJob(
         self, request: jobs_pb2.RetryJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
         doc = await asyncio.to_thread(self.jobs.retry, current_caller(), request.id, request.request_id)
-        return convert.job(doc)
+        return self.job(doc)
 
     @rpc
     async def DeleteJob(
@@ -163,6 +171,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 for m, n in sorted(stats["by_mode"].items())
             ],
             total_cost_cents=stats["cost_cents"],
+            cost_unknown_jobs=stats["cost_unknown"],
             mean_duration_seconds=stats["mean_duration"],
             mean_duration=convert.duration(stats["mean_duration"]),
             failure_rate=stats["failure_rate"],
@@ -191,7 +200,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                         type=jobs_pb2.JOB_EVENT_TYPE_HEARTBEAT, sequence=event.sequence, time=convert.now()
                     )
                 else:
-                    yield event.message(convert.job_event)
+                    yield event.message(lambda e: convert.job_event(e, self.stages))
 
     @rpc
     async def ReportProgress(
