@@ -45,6 +45,7 @@ lint: $(STAMP) $(BUF)
 	$(BIN)/ruff check server client tests bench examples
 	$(BIN)/ruff format --check server client tests bench examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 $(BUF):
 	npm install --silent --prefix $(VENV)/buf @bufbuild/buf@1

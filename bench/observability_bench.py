@@ -3,7 +3,7 @@
 1. SubmitJob throughput (8 callers, dispatcher busy, as in service_bench) and
    the no-op dispatch rate (as in dispatch_bench) of a server process with
    metrics, JSON logs and a scrape of /metrics every second ("on"), against
-   the same server with every recording call of server/runtime/observability.py
+   the same server with every recording call of server/telemetry/
    turned into a no-op and text logs ("off"); runs alternated, order swapped
    each round, medians and ratios.
 2. Shutdown with a long job running, two replicas on one database: SIGTERM
@@ -41,15 +41,17 @@ DISPATCH_JOBS = 600
 GRACE_SECONDS = 2.0
 
 # Loaded first by the "off" server process: every recording call and the RPC
-# interceptor of server/runtime/observability.py become no-ops (what genjobs was before it).
+# interceptor (server/telemetry/, server/runtime/observability.py) become no-ops (what genjobs was before it).
 _BARE = """
 import contextlib
 import server.runtime.observability as o
+import server.telemetry.context as c
+import server.telemetry.metrics as m
 for _name in ("job_submitted", "job_changed", "attempt_started", "attempt_ended", "attempt_lost",
               "leader", "webhook_delivery", "queue_gauges"):
-    setattr(o, _name, lambda *args, **kwargs: None)
+    setattr(m, _name, lambda *args, **kwargs: None)
 o.server_interceptors = lambda: []
-o.job_attempt = lambda job: contextlib.nullcontext()
+c.job_attempt = lambda job: contextlib.nullcontext()
 o.QUEUE_REFRESH_SECONDS = 1e9
 """
 

@@ -26,6 +26,7 @@ RANK = {
     "notify": 3,
     "generators": 3,
     "storage": 2,
+    "telemetry": 1.5,  # cross-cutting recording: just above model
     "model": 1,
 }
 # Where each module of the flat layout (before issue 28) went.

@@ -20,8 +20,8 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.runtime import observability
 from server.runtime.embedded import free_port
+from server.telemetry import metrics
 from tests.harness import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,7 +147,7 @@ def _exposed_names() -> dict[str, set[str]]:
     """Every series name the module's metrics expose, with the labels each takes."""
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
     names: dict[str, set[str]] = {}
-    for metric in vars(observability).values():
+    for metric in vars(metrics).values():
         if isinstance(metric, MetricWrapperBase):
             for suffix in suffixes[metric._type]:
                 extra = {"le"} if suffix == "_bucket" else set()
@@ -180,7 +180,7 @@ def test_alert_rules_are_well_formed_and_name_real_metrics() -> None:
 
 
 def test_the_registry_exposes_every_metric_the_issue_names() -> None:
-    body, _ = observability.exposition()
+    body, _ = metrics.exposition()
     families = {f.name: f.type for f in text_string_to_metric_families(body.decode())}
     wanted = {
         "genjobs_jobs_submitted": "counter",

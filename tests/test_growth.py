@@ -19,8 +19,8 @@ import pytest
 from bson import ObjectId
 from pymongo import monitoring
 
-from server.api.auth import Caller
 from server.model import clock
+from server.model.caller import Caller
 from server.notify.channels import CHANNELS
 from server.notify.quota import MailQuota
 from server.services.budgets import Budgets

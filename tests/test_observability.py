@@ -23,10 +23,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from client import GenJobsClient, NotFound, Unauthenticated
-from server.api import auth
 from server.api.auth import make_token
+from server.model import caller
 from server.runtime import observability
 from server.runtime.embedded import free_port
+from server.telemetry import context, metrics
 from tests.harness import SECRET, MongoServer, ServerThread, make_settings, server_env, wait_for
 from tests.receivers import Receiver
 
@@ -176,7 +177,7 @@ def test_metrics_move_as_jobs_are_submitted_run_fail_and_are_cancelled(metered: 
 
 
 def test_exposition_is_what_the_metrics_port_serves(metered: ServerThread) -> None:
-    body, content_type = observability.exposition()
+    body, content_type = metrics.exposition()
     assert content_type.startswith("text/plain; version=")
     names = {family.name for family in text_string_to_metric_families(body.decode())}
     assert {"genjobs_jobs_submitted", "genjobs_queue_depth", "genjobs_rpc_duration_seconds"} <= names
@@ -223,19 +224,19 @@ def test_json_log_lines_carry_the_context_and_redact_tokens() -> None:
     record = logging.LogRecord(
         "server.x", logging.WARNING, __file__, 1, "saw %s and %s", (token, "s3cret-value"), None
     )
-    with observability.job_attempt({"_id": "j1", "owner": "alice", "attempt": 2, "bulk_job_id": "b1"}):
+    with context.job_attempt({"_id": "j1", "owner": "alice", "attempt": 2, "bulk_job_id": "b1"}):
         line = json.loads(formatter.format(record))
     assert line["level"] == "WARNING" and line["logger"] == "server.x" and line["time"].endswith("Z")
     assert (line["job_id"], line["owner"], line["attempt"], line["bulk_job_id"]) == ("j1", "alice", 2, "b1")
     assert line["message"] == "saw [redacted] and [redacted]"
     # In an RPC (the interceptor names it): the method, and the caller as the owner.
-    caller_token = auth._caller.set(auth.Caller("bob"))
-    rpc_token = observability._rpc.set("GetJob")
+    caller_token = caller._caller.set(caller.Caller("bob"))
+    rpc_token = context.rpc_method.set("GetJob")
     try:
         line = json.loads(formatter.format(record))
     finally:
-        observability._rpc.reset(rpc_token)
-        auth._caller.reset(caller_token)
+        context.rpc_method.reset(rpc_token)
+        caller._caller.reset(caller_token)
     assert (line["rpc"], line["owner"]) == ("GetJob", "bob") and "job_id" not in line
 
 

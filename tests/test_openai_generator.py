@@ -17,7 +17,6 @@ from genjobs.v1 import jobs_pb2 as S
 
 from client import GenJobsClient
 from client.client import InvalidArgument
-from server.generators import make_generator
 from server.generators.base import (
     GenerationCancelled,
     GenerationFailed,
@@ -32,6 +31,7 @@ from server.generators.prompts import Prompts, fill
 from server.generators.watchdog import Watchdog
 from server.runtime.config import Settings
 from server.runtime.embedded import free_port
+from server.runtime.factories import make_generator
 from tests.fake_openai import FakeOpenAI, Plan
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 

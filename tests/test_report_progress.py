@@ -18,8 +18,8 @@ import pytest
 from genjobs.v1 import jobs_pb2 as S
 from genjobs.v1 import jobs_pb2_grpc
 
+from server.model.progress import AttemptTokens
 from server.runtime.embedded import free_port
-from server.services.progress import AttemptTokens
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "generation_service.py"

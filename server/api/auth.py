@@ -3,11 +3,9 @@ requires one on every RPC but health and reflection."""
 
 from __future__ import annotations
 
-import contextvars
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +13,10 @@ import grpc
 import jwt
 from grpc_status import rpc_status
 
+from server.model.caller import Caller, set_current_caller, subject_problem
 from server.model.errors import ServiceError, unauthenticated
-from server.services.validation import has_control
 
 ALGORITHM = "HS256"
-MAX_SUBJECT = 256  # characters of a user id
 # ReportProgress carries its own credential: the attempt token (server/services/progress.py).
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.", "/genjobs.v1.JobService/ReportProgress")
 
@@ -27,34 +24,6 @@ OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.", "/genjobs.v1.JobServic
 def is_open(method: str) -> bool:
     """Whether an RPC (its gRPC path, /package.Service/Method) needs no bearer token."""
     return method.startswith(OPEN_PREFIXES)
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is calling: the token's subject, and whether it may see every user's jobs."""
-
-    user: str
-    admin: bool = False
-    premium: bool = False  # the token's claim "tier": "premium"
-
-    @property
-    def owner_filter(self) -> str | None:
-        """The owner to filter reads by; None lets an admin read every user's jobs."""
-        return None if self.admin else self.user
-
-
-_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("genjobs_caller")
-
-
-def current_caller() -> Caller:
-    """The authenticated caller of the RPC being served."""
-    return _caller.get()
-
-
-def set_current_caller(caller: Caller) -> None:
-    """Make `caller` the caller of the request this task serves (the HTTP face's
-    counterpart of what AuthInterceptor does for gRPC)."""
-    _caller.set(caller)
 
 
 def load_secret(configured: str, data_dir: Path, name: str = "auth_secret") -> str:
@@ -67,21 +36,6 @@ def load_secret(configured: str, data_dir: Path, name: str = "auth_secret") -> s
         path.write_text(secrets.token_urlsafe(32))
         path.chmod(0o600)
     return path.read_text().strip()
-
-
-def subject_problem(user: object) -> str:
-    """Why `user` cannot be a token's subject, or "" when it can.
-
-    The user id is the owner stored with every job and part of every
-    idempotency key: printable text of sensible length only.
-    """
-    if not isinstance(user, str) or not user:
-        return "the token names no user"
-    if len(user) > MAX_SUBJECT:
-        return f"the token's subject is longer than {MAX_SUBJECT} characters"
-    if has_control(user):
-        return "the token's subject contains control characters"
-    return ""
 
 
 def make_token(
@@ -194,7 +148,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             caller = self._tokens.caller(header if isinstance(header, str) else None)
         except ServiceError as error:
             return _refuse(error, await continuation(handler_call_details))
-        _caller.set(caller)
+        set_current_caller(caller)
         return await continuation(handler_call_details)
 
 

@@ -4,8 +4,8 @@
 records the outcome; `fairshare` decides who goes next (priority, then round
 robin by owner, then the owner's order).
 
-Layering (target, for import-linter): runtime -> api -> services ->
-dispatch | notify | generators -> storage -> model. dispatch may import
+Layering (held by import-linter, pyproject.toml): runtime -> api -> services
+-> dispatch | notify | generators -> storage -> telemetry -> model. dispatch may import
 storage and model, and generators (it runs them); notify and generators are
 its side-by-side rooms, never services, api or runtime.
 """

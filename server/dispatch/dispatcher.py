@@ -40,16 +40,15 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from server.dispatch.fairshare import FairShare
-from server.generators import (
+from server.generators.base import (
     GenerationCancelled,
     GenerationFailed,
     Generator,
     JobSpec,
 )
 from server.model import clock
+from server.model.progress import progress_fields
 from server.model.states import Status
-from server.runtime import observability
-from server.services.progress import progress_fields
 from server.storage.outage import persist, unreachable
 from server.storage.store import (
     BACKOFF,
@@ -63,6 +62,7 @@ from server.storage.store import (
     Store,
     job_error,
 )
+from server.telemetry import context, metrics
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class Dispatcher:
             self.store.release_leader(LEADER_LEASE, self.worker_id)
         except PyMongoError:
             log.warning("could not release the dispatcher lease; it lapses by itself")
-        observability.leader(False)
+        metrics.leader(False)
 
     def hurry(self) -> None:
         """Shutting down without waiting more: stop the running jobs and requeue them."""
@@ -259,10 +259,10 @@ class Dispatcher:
                     self._elected = True
                     self._was_leader = True
                     self._wake.set()
-                    observability.leader(True)
+                    metrics.leader(True)
             else:
                 self._was_leader = False
-                observability.leader(False)
+                metrics.leader(False)
         for run in self._current_runs():
             held = self.store.renew_job_lease(run.oid, run.epoch, self.lease_seconds)
             if held is None:
@@ -466,7 +466,7 @@ class Dispatcher:
         if after is not None:
             after = self._held_if_paused(after)
             log.warning("job %s lost its worker; now %s", doc["_id"], after["status"])
-            observability.attempt_lost(after)
+            metrics.attempt_lost(after)
             self.tell(after, STATUS_CHANGED)
             if after["status"] == str(Status.QUEUED) and after["queue"] == READY:
                 self.offer(after["ck"], after["_id"], after["owner"], after.get("rank", RANKS["NORMAL"]))
@@ -488,8 +488,8 @@ class Dispatcher:
             return job
 
     def _execute(self, job: Doc) -> None:
-        observability.attempt_started(job)
-        with observability.job_attempt(job):  # log context and trace span of the attempt
+        metrics.attempt_started(job)
+        with context.job_attempt(job):  # log context and trace span of the attempt
             self._run_attempt(job)
 
     def _run_attempt(self, job: Doc) -> None:
@@ -632,7 +632,7 @@ class Dispatcher:
         if after is None:
             log.warning("job %s was taken over; this run's outcome is dropped", run.oid)
             return
-        observability.attempt_ended(after, max(0.0, (clock.now_us() - after.get("started_us", 0)) / 1e6))
+        metrics.attempt_ended(after, max(0.0, (clock.now_us() - after.get("started_us", 0)) / 1e6))
         after = self._held_if_paused(after)
         self.tell(after, STATUS_CHANGED)
 

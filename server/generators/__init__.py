@@ -9,8 +9,6 @@ GenerationCancelled; `Watchdog` holds every attempt to its time limits.
 
 from __future__ import annotations
 
-import os
-
 from server.generators.base import (
     GenerationCancelled,
     GenerationFailed,
@@ -25,8 +23,6 @@ from server.generators.noop import NoopGenerator
 from server.generators.openai import OpenAIGenerator, parse_prices
 from server.generators.prompts import Prompts
 from server.generators.watchdog import Watchdog
-from server.runtime.config import Settings
-from server.services.progress import ProgressLink
 
 __all__ = [
     "DemoGenerator",
@@ -39,45 +35,13 @@ __all__ = [
     "OpenAIGenerator",
     "Output",
     "ProgressFn",
+    "Prompts",
     "Watchdog",
     "declared_stages",
-    "make_generator",
+    "parse_headers",
+    "parse_prices",
     "write_article",
 ]
-
-
-def make_generator(settings: Settings, progress: ProgressLink | None = None) -> Generator:
-    """The generator named by configuration, held to every attempt's time limits."""
-    kind = settings.generator
-    if kind == "noop":
-        return NoopGenerator()  # returns at once: nothing to watch, and benchmarks measure the service
-    inner: Generator
-    if kind == "demo":
-        inner = DemoGenerator()
-    elif kind == "http":
-        if not settings.generator_url:
-            raise SystemExit("genjobs: GENJOBS_GENERATOR=http needs GENJOBS_GENERATOR_URL")
-        inner = HttpGenerator(
-            settings.generator_url,
-            settings.generator_timeout_seconds,
-            parse_headers(settings.generator_headers),
-            progress,
-        )
-    elif kind == "openai":
-        key = settings.openai_api_key or os.environ.get("OPENAI_API_KEY", "")
-        if not key and "api.openai.com" in settings.openai_base_url:
-            raise SystemExit("genjobs: the OpenAI API needs GENJOBS_OPENAI_API_KEY (or OPENAI_API_KEY)")
-        inner = OpenAIGenerator(
-            settings.openai_base_url,
-            key,
-            settings.openai_model,
-            parse_prices(settings.openai_prices),
-            Prompts.load(settings.prompts_file),
-            settings.attempt_timeout_seconds,
-        )
-    else:
-        raise SystemExit(f"genjobs: unknown generator {kind!r} (use 'demo', 'http', 'openai' or 'noop')")
-    return Watchdog(inner, settings.attempt_timeout_seconds, settings.stream_idle_seconds)
 
 
 def declared_stages(generator: object) -> tuple[str, ...]:

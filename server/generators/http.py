@@ -22,7 +22,7 @@ from server.generators.base import (
     retry_after,
     title_of,
 )
-from server.services.progress import ProgressLink
+from server.model.progress import ProgressLink
 
 
 def parse_headers(raw: str) -> dict[str, str]:

@@ -25,7 +25,7 @@ from server.generators.base import (
     title_of,
 )
 from server.generators.prompts import Prompts
-from server.services.validation import DEFAULT_WORD_COUNT
+from server.model.rules import DEFAULT_WORD_COUNT
 
 CANCEL_CHECK_SECONDS = 0.05
 STAGE = "drafting"

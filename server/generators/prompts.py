@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.services.validation import DEFAULT_WORD_COUNT, MODES
+from server.model.rules import DEFAULT_WORD_COUNT, MODES
 
 BUILT_IN = Path(__file__).with_name("prompts.toml")
 KEYS = ("system", *(m.lower() for m in MODES))

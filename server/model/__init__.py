@@ -1,10 +1,13 @@
-"""The domain's vocabulary: job and bulk state machines, the clock, domain errors.
+"""The domain's vocabulary: job and bulk state machines, the clock, domain errors,
+the caller, shared rules.
 
 `states` says which action each status allows; `clock` is the one source of
 time (tests move it); `errors` are the domain errors with their gRPC code,
-ErrorInfo reason and bounded details.
+ErrorInfo reason and bounded details; `caller` is who is calling; `rules`
+the request and text rules several layers read; `progress` a progress
+report's shape and the attempt tokens.
 
-Layering (target, for import-linter): runtime -> api -> services ->
-dispatch | notify | generators -> storage -> model. model is the bottom room:
+Layering (held by import-linter, pyproject.toml): runtime -> api -> services
+-> dispatch | notify | generators -> storage -> telemetry -> model. model is the bottom room:
 it imports no other room.
 """

@@ -19,7 +19,6 @@ from pymongo.errors import PyMongoError
 from server.model import clock
 from server.notify.channels import Doc, new_notification
 from server.notify.sender import Notifier
-from server.services.jobs import Jobs
 from server.storage.store import STATUS_CHANGED, Store, final
 
 log = logging.getLogger(__name__)
@@ -72,10 +71,9 @@ def job_notification(job: Doc, ck: int, now_us: int) -> Doc:
 class JobNotifications:
     """Stores single jobs' notifications as they end (and after a crash)."""
 
-    def __init__(self, store: Store, jobs: Jobs, notifier: Notifier) -> None:
+    def __init__(self, store: Store, notifier: Notifier) -> None:
         self.store = store
         self.notifier = notifier
-        jobs.on_change.append(self.job_changed)
 
     def job_changed(self, job: Doc, kind: str) -> None:
         """A job changed here: store its notification if it just ended with one asked for."""

@@ -30,12 +30,17 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from server.model import clock
 from server.notify.channels import FAILED, PENDING, REFUSED, Channel, Doc
-from server.runtime import observability
-from server.storage.store import Store
+from server.telemetry import metrics
+
+if TYPE_CHECKING:
+    # Only a type here. Imported at run time, it would close storage's circle
+    # (store -> services.validation -> notify.mail -> sender -> store) when
+    # sender is the first of them imported; the storage split removes that circle.
+    from server.storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +288,7 @@ class Notifier:
             state, detail = FAILED, f"gave up after {attempts} attempts: {detail}"
         changes: Doc = {channel.state: state, channel.error: detail}
         if channel.name == "webhook":
-            observability.webhook_delivery("retry" if state == PENDING else state.lower())
+            metrics.webhook_delivery("retry" if state == PENDING else state.lower())
         if state == PENDING:
             delay = min(self.backoff_seconds * 2 ** (attempts - 1), MAX_BACKOFF_SECONDS)
             changes[channel.next_us] = clock.now_us() + int(delay * 1e6)

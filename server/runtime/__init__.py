@@ -2,11 +2,13 @@
 
 `config` reads GENJOBS_* variables and flags; `app` assembles one server
 (database, store, event feed, dispatcher, notifier, gRPC and HTTP faces) and
-starts and stops it; `embedded` and `quiet_nx` run the embedded nx-27017;
-`observability` holds metrics, traces and JSON logs; `probe` is the container
+starts and stops it; `factories` makes the generator and notifier the
+settings name; `embedded` and `quiet_nx` run the embedded nx-27017;
+`observability` wires metrics, traces and JSON logs (what every layer records
+goes through server/telemetry/); `probe` is the container
 health check. The entry point `python -m server` (server/__main__.py) uses it.
 
-Layering (target, for import-linter): runtime -> api -> services ->
-dispatch | notify | generators -> storage -> model. runtime is the top room:
+Layering (held by import-linter, pyproject.toml): runtime -> api -> services
+-> dispatch | notify | generators -> storage -> telemetry -> model. runtime is the top room:
 it may import every other room; no other room should import it.
 """

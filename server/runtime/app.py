@@ -29,7 +29,7 @@ from genjobs.v1 import (
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pymongo.errors import PyMongoError
 
-from server.api import reflection
+from server.api import convert, reflection
 from server.api.auth import AuthInterceptor, load_secret
 from server.api.http.face import HttpFace, make_api, port_setting
 from server.api.http.guard import Limits
@@ -40,18 +40,19 @@ from server.api.servicers.schedules import ScheduleServicer
 from server.api.servicers.templates import TemplateServicer
 from server.api.watch import StreamCap
 from server.dispatch.dispatcher import Dispatcher
-from server.generators import declared_stages, make_generator
-from server.notify import make_notifier
+from server.generators import declared_stages
+from server.model.progress import AttemptTokens, ProgressLink
 from server.notify.job_end import JobNotifications
 from server.runtime import observability
 from server.runtime.config import Settings
 from server.runtime.embedded import HUNG_SECONDS, EmbeddedError, EmbeddedMongo
+from server.runtime.factories import make_generator, make_notifier
 from server.services.budgets import Budgets
 from server.services.bulk import Bulks
 from server.services.entitlement import Tiers
 from server.services.events import EventHub
 from server.services.jobs import Jobs
-from server.services.progress import AttemptTokens, ExternalProgress, ProgressLink
+from server.services.progress import ExternalProgress
 from server.services.schedules import Schedules
 from server.services.templates import BULK_JOB, JOB, Templates
 from server.storage.budgets import BudgetStore
@@ -59,6 +60,7 @@ from server.storage.eventlog import EventLog
 from server.storage.outage import DatabaseDeadline, bounded
 from server.storage.schedules import ScheduleStore
 from server.storage.store import Store
+from server.telemetry import metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -198,11 +200,12 @@ class App:
         )
         self.jobs.email_enabled = bool(settings.smtp_url)
         self.bulks = Bulks(self.store, self.hub, self.jobs, self.notifier)
-        self.job_notifications = JobNotifications(self.store, self.jobs, self.notifier)
+        self.job_notifications = JobNotifications(self.store, self.notifier)
+        self.jobs.on_change.append(self.job_notifications.job_changed)
         self.progress_link.tokens = AttemptTokens(secret)
         self.schedule_store = ScheduleStore(self.store)
         self.templates = Templates(
-            self.schedule_store, settings.max_templates_per_owner, settings.max_template_bytes
+            self.schedule_store, convert, settings.max_templates_per_owner, settings.max_template_bytes
         )
         self.tiers = Tiers(self.store.db)  # owners' stored tiers: who may have PRIORITY_HIGH
         self.jobs.tiers = self.tiers
@@ -495,7 +498,7 @@ class App:
         while True:
             try:
                 queued, running = await asyncio.to_thread(self.store.queue_counts)
-                observability.queue_gauges(queued, running)
+                metrics.queue_gauges(queued, running)
             except PyMongoError as exc:
                 log.debug("queue count failed: %s", exc)
             await asyncio.sleep(observability.QUEUE_REFRESH_SECONDS)

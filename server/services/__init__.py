@@ -5,7 +5,7 @@ the RPCs of their aggregate; `validation` checks requests; `entitlement` is
 the one rule for PRIORITY_HIGH; `events` is the in-process event feed behind
 the Watch streams.
 
-Layering (target, for import-linter): runtime -> api -> services ->
-dispatch | notify | generators -> storage -> model. services may import
+Layering (held by import-linter, pyproject.toml): runtime -> api -> services
+-> dispatch | notify | generators -> storage -> telemetry -> model. services may import
 dispatch, notify, generators, storage and model, never api or runtime.
 """

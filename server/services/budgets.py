@@ -45,8 +45,8 @@ from typing import Any
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
-from server.api.auth import Caller, subject_problem
 from server.model import clock
+from server.model.caller import Caller, subject_problem
 from server.model.errors import FieldViolation, ServiceError, admins_only, invalid, quota_exceeded
 from server.model.states import FINAL, Status
 from server.services import validation

@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 
 from bson import ObjectId
 
-from server.api.auth import Caller
 from server.model import clock
+from server.model.caller import Caller
 from server.model.errors import ServiceError, invalid
 from server.model.states import BULK_FINAL, BulkAction, BulkStatus, Status
 from server.notify.channels import new_notification
 from server.notify.sender import Notifier
-from server.runtime import observability
 from server.services import entitlement, validation
 from server.services.events import Event, EventHub
 from server.services.jobs import Jobs, normalized
@@ -39,6 +38,7 @@ from server.storage.store import (
     bulk_item_key,
     submission_key,
 )
+from server.telemetry import context, metrics
 
 # Bulk event kinds (BulkJobEventType without its prefix); STATUS_CHANGED is the store's.
 SNAPSHOT, ITEM_CHANGED, COMPLETED = "SNAPSHOT", "ITEM_CHANGED", "COMPLETED"
@@ -214,7 +214,7 @@ class Bulks:
             )
             for position, params in enumerate(items, start=1)
         ]
-        trace = observability.trace_fields()  # each item's attempts link to this call
+        trace = context.trace_fields()  # each item's attempts link to this call
         for doc in docs:
             doc.update(trace, schedule_id=bulk["schedule_id"], template=bulk["template"])
         try:
@@ -234,7 +234,7 @@ class Bulks:
             kept = self.store.stored_ids([doc["_id"] for doc in docs])
             self.jobs.limits.unreserve(caller.user, [doc["_id"] for doc in docs if doc["_id"] not in kept])
         if created:
-            observability.job_submitted(mode, len(docs))
+            metrics.job_submitted(mode, len(docs))
             for doc in docs:
                 self.jobs.offer(doc)
         return summarize(stored, self.store.bulk_items([str(stored["_id"])]) if stored is not bulk else docs)

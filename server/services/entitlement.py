@@ -28,8 +28,8 @@ import asyncio
 from pymongo.collection import Collection
 from pymongo.database import Database
 
-from server.api.auth import Caller, subject_problem
 from server.model import clock
+from server.model.caller import Caller, subject_problem
 from server.model.errors import FieldViolation, admins_only, invalid, permission_denied
 from server.storage.store import Doc
 

@@ -17,16 +17,16 @@ from typing import Any, Protocol
 
 from pymongo.errors import PyMongoError
 
-from server.api.auth import Caller
+from server.model.caller import Caller
 from server.model.errors import FieldViolation, ServiceError, email_not_configured, invalid
 from server.model.states import Status
 from server.notify.channels import targets
-from server.runtime import observability
 from server.services import entitlement, validation
 from server.services.entitlement import Tiers
 from server.services.events import Event, EventHub
 from server.storage.eventlog import EventLog
 from server.storage.store import RANKS, READY, SNAPSHOT, STATUS_CHANGED, Doc, JobFilter, Page, Store, final
+from server.telemetry import context, metrics
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class Jobs:
 
     def _deliver(self, doc: Doc, kind: str, event: Doc) -> None:
         self.hub.publish(Event(f"job:{event['job_id']}", event["seq"], event, final(doc["status"])))
-        observability.job_changed(doc, kind)
+        metrics.job_changed(doc, kind)
         for callback in self.on_change:
             # Each on its own: a database error in one (bulk counts) must not skip
             # the next (the job's notification); their sweeps repair what failed.
@@ -204,7 +204,7 @@ class Jobs:
             schedule_us=schedule_us,
         )
         doc.update(targets(notify_url, notify_email))
-        doc.update(observability.trace_fields())
+        doc.update(context.trace_fields())
         doc.update(origin or {})
         try:
             await self.limits.check_submit_async(caller.user, project, 1)
@@ -222,7 +222,7 @@ class Jobs:
         if not created:  # a repeated request: the earlier job holds its own place
             await asyncio.to_thread(self.limits.unreserve, caller.user, [doc["_id"]])
         if created:
-            observability.job_submitted(mode)
+            metrics.job_submitted(mode)
             # Sequence 1 is the job as submitted: watchers start from its
             # snapshot, so it needs no stored event (SubmitJob stays one write).
             self.offer(stored)

@@ -1,89 +1,20 @@
-"""Progress reports: the stored shape of a report, and reports from external
-generation services (ReportProgress), which prove with an attempt token that
-they work on the job's current attempt."""
+"""Reports from external generation services (ReportProgress), which prove
+with an attempt token that they work on the job's current attempt. The
+stored shape of a report and the tokens are server/model/progress.py's."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import grpc
 
 from server.model import clock
 from server.model.errors import FieldViolation, ServiceError, invalid
+from server.model.progress import AttemptTokens, progress_fields
 from server.services.validation import check_label, check_text
 from server.storage.store import PROGRESS, Doc, Store, parse_id
 
 MAX_STAGE, MAX_MESSAGE = 50, 500
-_TOKEN_LABEL = b"genjobs-progress-token:"
-
-
-def progress_fields(
-    percentage: int, stage: str, stage_progress: int, message: str, started_us: int, elapsed: float
-) -> dict[str, Any]:
-    """A job's `progress` as stored, with an estimated completion from the rate so far."""
-    progress: dict[str, Any] = {
-        "percentage": max(0, min(100, percentage)),
-        "stage": stage,
-        "stage_progress": max(0, min(100, stage_progress)),
-        "message": message,
-        "started_at_us": started_us,
-        "elapsed_seconds": round(elapsed, 3),
-    }
-    if percentage > 0:
-        remaining = elapsed * (100 - percentage) / percentage
-        progress["estimated_completion_us"] = clock.now_us() + int(remaining * 1e6)
-    return progress
-
-
-class AttemptTokens:
-    """Tokens that stand for one attempt of one job:
-    `<epoch>.<started_us>.<HMAC(job, epoch, started_us)>`.
-
-    The epoch is the job's lease epoch, new with every claim, so a token dies
-    with its attempt; the HMAC ties it to the job and to this deployment's
-    secret (every replica shares it, so any replica can check a report). The
-    attempt's start rides along, so a report needs no read before its write.
-    """
-
-    def __init__(self, secret: str) -> None:
-        self._key = _TOKEN_LABEL + secret.encode()
-
-    def issue(self, job_id: str, epoch: int, started_us: int) -> str:
-        """The token for `job_id`'s attempt with lease epoch `epoch`."""
-        return f"{epoch}.{started_us}.{self._mac(job_id, epoch, started_us)}"
-
-    def attempt_of(self, job_id: str, token: str) -> tuple[int, int] | None:
-        """(epoch, started_us) of a genuine token for `job_id`, else None."""
-        parts = token.split(".")
-        if len(parts) != 3 or not all(p.isdigit() and len(p) <= 18 for p in parts[:2]):
-            return None
-        epoch, started_us = int(parts[0]), int(parts[1])
-        return (
-            (epoch, started_us)
-            if hmac.compare_digest(parts[2], self._mac(job_id, epoch, started_us))
-            else None
-        )
-
-    def _mac(self, job_id: str, epoch: int, started_us: int) -> str:
-        return hmac.new(self._key, f"{job_id}:{epoch}:{started_us}".encode(), hashlib.sha256).hexdigest()
-
-
-@dataclass
-class ProgressLink:
-    """What a generator tells an external service so that it can report progress:
-    this server's address and the attempt's token (both set once the server starts)."""
-
-    target: str = ""
-    tokens: AttemptTokens | None = None
-
-    def token(self, job: Any) -> str:
-        """The token for the attempt `job` (a JobSpec) is running."""
-        assert self.tokens is not None, "the server sets the tokens before it runs jobs"
-        return self.tokens.issue(job.id, job.epoch, job.started_us)
 
 
 def _denied(why: str) -> ServiceError:

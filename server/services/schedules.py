@@ -38,8 +38,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from pymongo.errors import PyMongoError
 
-from server.api.auth import Caller
 from server.model import clock
+from server.model.caller import Caller
 from server.model.errors import FieldViolation, ServiceError, invalid
 from server.services import entitlement, validation
 from server.services.entitlement import HIGH, Tiers
@@ -188,7 +188,7 @@ class Schedules:
             if not bad:
                 # As if submitted now: through the template it names, if any.
                 resolved, _ = self.templates.resolve(caller.user, request)  # type: ignore[type-var]
-                bad += check_request(kind, resolved, kind)
+                bad += check_request(kind, resolved, kind, self.templates.convert)
                 self.check_standing(caller, resolved)
         if bad:
             raise invalid(bad)

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from genjobs.v1 import bulk_pb2, jobs_pb2
 from google.protobuf.message import Message
 
-from server.api import convert
-from server.api.auth import Caller
 from server.model import clock
+from server.model.caller import Caller
 from server.model.errors import FieldViolation, ServiceError, invalid
 from server.services import validation
 from server.storage.schedules import TEMPLATES, ScheduleStore, template_key
@@ -47,10 +46,25 @@ def check_name(name: str, field: str = "name") -> list[FieldViolation]:
     return [FieldViolation(field, "a template name: 1 to 64 of A-Z a-z 0-9 . _ -")]
 
 
-def check_request(kind: str, request: Message, prefix: str) -> list[FieldViolation]:
+class RequestValues(Protocol):
+    """How a request message reads as plain values: the API's conversion
+    (server/api/convert.py), handed in by the wiring so that services need
+    not know the API layer."""
+
+    def mode_name(self, value: int) -> str:
+        """A Mode number as its name without MODE_; "" for unspecified or unknown."""
+        ...
+
+    def params_dict(self, params: jobs_pb2.GenerationParams) -> Doc:
+        """GenerationParams as the document stored in a job."""
+        ...
+
+
+def check_request(kind: str, request: Message, prefix: str, convert: RequestValues) -> list[FieldViolation]:
     """Everything wrong with a SubmitJobRequest (kind "job") or a
     CreateBulkJobRequest ("bulk_job") as if it were sent now, through the
-    same checks as SubmitJob and CreateBulkJob; fields named `prefix`.field."""
+    same checks as SubmitJob and CreateBulkJob (reading it with `convert`);
+    fields named `prefix`.field."""
     if isinstance(request, jobs_pb2.SubmitJobRequest):
         bad = validation.check_submit(
             convert.mode_name(request.mode),
@@ -111,8 +125,15 @@ def stored_request(doc: Doc) -> Message:
 class Templates:
     """The TemplateService's domain, and the resolution of `template` on submits."""
 
-    def __init__(self, store: ScheduleStore, max_per_owner: int = 200, max_bytes: int = 1_048_576) -> None:
+    def __init__(
+        self,
+        store: ScheduleStore,
+        convert: RequestValues,
+        max_per_owner: int = 200,
+        max_bytes: int = 1_048_576,
+    ) -> None:
         self.store = store
+        self.convert = convert
         self.max_per_owner = max_per_owner
         self.max_bytes = max_bytes
 
@@ -125,7 +146,7 @@ class Templates:
             request = _without(request, "request_id")
             if getattr(request, "template", ""):
                 bad.append(FieldViolation(f"{kind}.template", "a template cannot name another template"))
-            bad += check_request(kind, request, kind)
+            bad += check_request(kind, request, kind, self.convert)
         if bad or request is None:
             raise invalid(bad)
         raw = request.SerializeToString()

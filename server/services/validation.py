@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
 from server.model.errors import FieldViolation, echo
+from server.model.rules import (
+    CONTROL,
+    DEFAULT_WORD_COUNT,
+    LONG_TEXT_CONTROL,
+    MAX_DEMO_FAIL_ATTEMPTS,
+    MODES,
+    PRIORITIES,
+    demo_fail_attempts,
+    has_control,
+)
 from server.notify.guard import url_problem
 from server.notify.mail import address_problem
 
-MODES = ("TOPIC", "KEYWORDS", "TRENDS", "SPIN")
-PRIORITIES = ("LOW", "NORMAL", "HIGH")
-DEFAULT_WORD_COUNT = 800
 MIN_WORDS, MAX_WORDS = 50, 5000
 MAX_TOPIC = 500
 MAX_KEYWORDS, MAX_KEYWORD = 20, 100
@@ -30,23 +36,10 @@ MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 100, 50
 MAX_QUERY = 200
 MAX_TIMEOUT_SECONDS = 86400.0
 _MODEL = re.compile(r"[A-Za-z0-9._:/-]{1,100}")
-MAX_DEMO_FAIL_ATTEMPTS = 100
 # Ids are ObjectId hex; anything else is refused before it reaches a query.
 _ID = re.compile(r"[0-9a-fA-F]{24}")
 # Extra keys become field names in MongoDB: no dots, no leading $.
 _EXTRA_KEY = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_EXTRA_KEY}}}")
-# Control characters a text field refuses: C0 but tab and newline, DEL, C1
-# (\x80-\x9f: \x9b is a one-byte CSI to many terminals), lone surrogates.
-# Long text (source_text) also holds \r\n line ends, pasted from Windows.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
-_LONG_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]|\r(?!\n)")
-# What `clean_text` removes whole: ANSI escape sequences (CSI, the OSC, DCS,
-# SOS, PM and APC strings up to their terminator, two-character escapes).
-_ANSI = re.compile(
-    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
-    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
-    r"|\x1b[ -~]"
-)
 
 
 def check_params(mode: str, params: dict[str, Any], prefix: str = "params") -> list[FieldViolation]:
@@ -148,16 +141,6 @@ def _check_generator_extra(extra: dict[str, str], prefix: str) -> list[FieldViol
     return bad
 
 
-def demo_fail_attempts(extra: dict[str, str]) -> int:
-    """How many attempts `demo_fail=transient` fails (default 1): validation and the
-    demo generator both read it here, so what passes one never breaks the other."""
-    value = extra.get("demo_fail_attempts", "1")
-    # ASCII digits only: int() also takes Arabic-Indic digits and " 1 ", str.isdigit() also "²".
-    if not re.fullmatch(r"[0-9]{1,3}", value) or int(value) > MAX_DEMO_FAIL_ATTEMPTS:
-        raise ValueError(f"demo_fail_attempts must be 0 to {MAX_DEMO_FAIL_ATTEMPTS}")
-    return int(value)
-
-
 def check_mode(mode: str, field: str = "mode") -> list[FieldViolation]:
     """A violation unless `mode` is one of MODES."""
     return check_choices(field, [mode], MODES, "MODE_")
@@ -197,7 +180,7 @@ def check_text(value: str, field: str, long_text: bool = False) -> list[FieldVio
     """The one check of control characters in a text field: a violation naming
     `field` when `value` holds one other than tab and newline (and, in
     `long_text`, a carriage return before a newline)."""
-    found = (_LONG_TEXT_CONTROL if long_text else _CONTROL).search(value)
+    found = (LONG_TEXT_CONTROL if long_text else CONTROL).search(value)
     if found is None:
         return []
     allowed = "tab, newline and CRLF line ends" if long_text else "tab and newline"
@@ -208,21 +191,6 @@ def check_text(value: str, field: str, long_text: bool = False) -> list[FieldVio
             f" {found.group()!r} at position {found.start()}",
         )
     ]
-
-
-def clean_text(value: str) -> str:
-    """Text from outside that is stored, not refused (what a generator produced):
-    ANSI escape sequences and other control characters removed, line ends
-    made \\n; tabs and newlines kept."""
-    if "\r" not in value and _CONTROL.search(value) is None:
-        return value
-    value = _ANSI.sub("", value).replace("\r\n", "\n").replace("\r", "\n")
-    return _CONTROL.sub("", value)
-
-
-def has_control(value: str) -> bool:
-    """Whether `value` holds a control character or a lone surrogate."""
-    return any(unicodedata.category(c) in ("Cc", "Cs") for c in value)
 
 
 def check_label(value: str, field: str, limit: int) -> list[FieldViolation]:

@@ -23,14 +23,15 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from server.api.auth import VerifiedTokens, is_open, set_current_caller
+from server.api.auth import VerifiedTokens, is_open
 from server.api.http import transcode
 from server.api.http.errors import error_body, error_response, no_route
 from server.api.http.guard import Limits, protocol
 from server.api.http.web import WebFiles, security_headers
 from server.api.servicers.common import plain_handlers, service_error
+from server.model.caller import set_current_caller
 from server.model.errors import ServiceError
-from server.runtime import observability
+from server.telemetry import metrics
 
 API_PREFIX = "/v1/"
 MAX_BODY_BYTES = 4 * 1024 * 1024  # gRPC's own limit on a request message
@@ -115,9 +116,9 @@ class HttpApi:
             answer = await handler(message)
         except Exception as exc:
             error = service_error(exc, name)
-            observability.rpc_done(service, method, error.code.name, started, "http")
+            metrics.rpc_done(service, method, error.code.name, started, "http")
             return error_response(error)
-        observability.rpc_done(service, method, "OK", started, "http")
+        metrics.rpc_done(service, method, "OK", started, "http")
         return Response(transcode.to_json(answer, route.response_body), media_type="application/json")
 
     async def _stream(self, stream: AsyncIterator[Message], name: str, started: float) -> Response:
@@ -136,7 +137,7 @@ class HttpApi:
         self, stream: AsyncIterator[Message], first: Message | None, name: str, started: float
     ) -> AsyncIterator[str]:
         service, _, method = name.rpartition(".")
-        gauge = observability.stream_gauge(method, "http")
+        gauge = metrics.stream_gauge(method, "http")
         gauge.inc()
         code = "CANCELLED"  # unless it ends otherwise: the caller went away
         try:
@@ -153,7 +154,7 @@ class HttpApi:
             yield f"event: error\ndata: {json.dumps(body, separators=(',', ':'))}\n\n"
         finally:
             gauge.dec()
-            observability.rpc_done(service, method, code, started, "http")
+            metrics.rpc_done(service, method, code, started, "http")
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
 
@@ -179,7 +180,7 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 async def _metrics(request: Request) -> Response:
     """Prometheus' scrape of this replica (the same as GENJOBS_METRICS_PORT serves)."""
-    body, content_type = observability.exposition(request.headers.get("accept", ""))
+    body, content_type = metrics.exposition(request.headers.get("accept", ""))
     return Response(body, media_type=content_type)
 
 

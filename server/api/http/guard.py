@@ -22,7 +22,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from server.runtime import observability
+from server.telemetry import metrics
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         """Take the connection, or refuse it at once when too many are open."""
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
-            observability.http_refused("too_many_connections")
+            metrics.http_refused("too_many_connections")
             self._refuse(
                 "503 Service Unavailable", "TOO_MANY_CONNECTIONS", "too many HTTP connections are open"
             )
@@ -145,7 +145,7 @@ class GuardedHttpTools(HttpToolsProtocol):
             super().on_message_complete()
 
     def _too_large(self) -> None:
-        observability.http_refused("header_too_large")
+        metrics.http_refused("header_too_large")
         self._refuse(
             "431 Request Header Fields Too Large",
             "HEADERS_TOO_LARGE",
@@ -166,7 +166,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._deadline = None
         if self.transport.is_closing():
             return
-        observability.http_refused("header_timeout")
+        metrics.http_refused("header_timeout")
         if self.cycle is None or self.cycle.response_complete:
             self._refuse("408 Request Timeout", "HEADER_TIMEOUT", "the request head took too long")
         else:  # a response is being sent (a stream): a refusal would garble it

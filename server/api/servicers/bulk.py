@@ -8,9 +8,9 @@ import grpc
 from genjobs.v1 import bulk_pb2, bulk_pb2_grpc
 
 from server.api import convert
-from server.api.auth import Caller, current_caller
 from server.api.servicers.common import rpc
 from server.api.watch import Heartbeat, StreamCap, check_resume, follow
+from server.model.caller import Caller, current_caller
 from server.services.bulk import SNAPSHOT, Bulks, BulkView, bulk_event, is_final
 from server.services.events import EventHub
 from server.services.templates import Templates

@@ -10,9 +10,9 @@ from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from google.protobuf import empty_pb2
 
 from server.api import convert
-from server.api.auth import Caller, current_caller
 from server.api.servicers.common import rpc
 from server.api.watch import Heartbeat, StreamCap, check_resume, follow
+from server.model.caller import Caller, current_caller
 from server.model.errors import ServiceError
 from server.services.budgets import Budgets, Limit
 from server.services.events import Event, EventHub

@@ -9,8 +9,8 @@ from genjobs.v1 import schedules_pb2, schedules_pb2_grpc
 from google.protobuf import empty_pb2
 
 from server.api import convert
-from server.api.auth import current_caller
 from server.api.servicers.common import rpc
+from server.model.caller import current_caller
 from server.services.schedules import Schedules
 
 

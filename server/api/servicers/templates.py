@@ -10,8 +10,8 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from server.api import convert
-from server.api.auth import current_caller
 from server.api.servicers.common import rpc
+from server.model.caller import current_caller
 from server.services.templates import Templates
 
 
