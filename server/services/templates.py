@@ -27,8 +27,8 @@ from server.api.auth import Caller
 from server.model import clock
 from server.model.errors import FieldViolation, ServiceError, invalid
 from server.services import validation
+from server.storage.database import Doc
 from server.storage.schedules import TEMPLATES, ScheduleStore, template_key
-from server.storage.store import Doc
 
 # What a template (or a schedule) holds: the oneof field name and its message.
 JOB, BULK_JOB = "job", "bulk_job"
