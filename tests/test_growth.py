@@ -219,7 +219,7 @@ def hot_paths(store: Store) -> dict[str, Callable[[Store], object]]:
         "notifications of owners with room": lambda s: [
             s.notifications.due_deliveries(channel, now_us, 500, ["big", "small"]) for channel in CHANNELS
         ],
-        "mail quota": lambda s: MailQuota(s.db["mail_quota"], 100).take("big", now_us),
+        "mail quota": lambda s: MailQuota(s.database.db["mail_quota"], 100).take("big", now_us),
         "ListBulkJobs": lambda s: s.bulks.list_bulk("big", [], "", 50, ""),
         "ListJobs by schedule": lambda s: s.jobs.list_jobs(
             "big", JobFilter(schedule_id=str(ObjectId())), 50, ""

@@ -144,9 +144,7 @@ class ExternalProgress:
         )
         if after is None:
             # Why not: the attempt ended, or the report went back (read only to say which).
-            current = self.store.database.jobs.find_one(
-                {"_id": oid, "epoch": epoch, "status": "PROCESSING"}, {"progress": 1}
-            )
+            current = self.store.queue.run_progress(oid, epoch)
             if current is None:
                 raise _denied("the attempt this token was issued for has ended")
             raise _backwards(int(current["progress"]["percentage"]), progress["percentage"])

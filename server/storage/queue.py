@@ -153,6 +153,10 @@ class QueueStore:
             return_document=ReturnDocument.AFTER,
         )
 
+    def run_progress(self, oid: ObjectId, epoch: int) -> Doc | None:
+        """The progress of a job's run under `epoch` while it is processing; None once that run ended."""
+        return self.jobs.find_one({"_id": oid, "epoch": epoch, "status": "PROCESSING"}, {"progress": 1})
+
     def renew_job_lease(self, oid: ObjectId, epoch: int, lease_seconds: float) -> Doc | None:
         """Extend a running job's lease; None when the run lost it."""
         return self.jobs.find_one_and_update(
