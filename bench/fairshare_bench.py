@@ -78,7 +78,7 @@ REBUILDS: list[float] = []  # seconds of each fair run's first look at the queue
 
 def fair(store: Store, claims: int) -> list[str]:
     """Claim in fair-share order; the owners in claim order."""
-    share = FairShare(store, POLL, 60.0, 5.0)
+    share = FairShare(store.queue, store.outage, POLL, 60.0, 5.0)
     started = time.perf_counter()
     share.rebuild()
     REBUILDS.append(time.perf_counter() - started)

@@ -104,7 +104,7 @@ class Dispatcher(RunLifecycle):
         self._stopping = threading.Event()
         # The claim order. Claims resuming after a pause of half a lease may
         # follow a spell as follower: it rebuilds from the database then.
-        self._fair = FairShare(store, poll_seconds, sweep_seconds, lease_seconds / 2)
+        self._fair = FairShare(store.queue, store.outage, poll_seconds, sweep_seconds, lease_seconds / 2)
         self._leader_until = 0.0  # monotonic time until which our lease surely holds
         self._was_leader = False
         self._needs_recovery = True

@@ -47,8 +47,8 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from server.model import clock
-from server.storage.queue import RANKS
-from server.storage.store import Store
+from server.storage.outage import Outage
+from server.storage.queue import RANKS, QueueStore
 
 log = logging.getLogger(__name__)
 
@@ -184,14 +184,15 @@ class FairShare:
 
     def __init__(
         self,
-        store: Store,
+        queue: QueueStore,
+        outage: Outage,
         poll_seconds: float,
         rebuild_seconds: float,
         pause_seconds: float,
         batch: int = BATCH,
     ) -> None:
-        self.store = store
-        self.queue = store.queue
+        self.queue = queue
+        self.outage = outage  # what the turns' writes log of a database outage
         self.poll_seconds = poll_seconds
         self.rebuild_seconds = rebuild_seconds
         self.pause_seconds = pause_seconds
@@ -284,7 +285,7 @@ class FairShare:
         try:
             self.queue.save_turns(unsaved)
         except PyMongoError as exc:  # claims go on; the turns are stored at the next try
-            if not self.store.outage.failed(exc, "storing owners' turns"):
+            if not self.outage.failed(exc, "storing owners' turns"):
                 log.warning("could not store %d owners' turns: %s", len(unsaved), exc)
             self._unsaved = {**unsaved, **self._unsaved}
 
