@@ -104,7 +104,7 @@ def limit_rereads(uri: str) -> dict[str, float]:
         started = time.perf_counter()
         list(budget_store.budgets.find({}))
         timings["every limit"].append((time.perf_counter() - started) * 1000)
-    store.db.client.drop_database("bench_limits")
+    store.database.db.client.drop_database("bench_limits")
     store.close()
     return {name: median(values) for name, values in timings.items()}
 

@@ -33,7 +33,8 @@ import pymongo
 from common import COUNTER, Redis, median, scratch, start_mongo
 
 from server.dispatch.fairshare import FairShare
-from server.storage.store import READY, Store
+from server.storage.queue import READY
+from server.storage.store import Store
 
 OWNERS, QUEUED, HISTORY = 100, 10_000, 40_000
 PARAMS = {"topic": "t", "keywords": ["k"], "word_count": 800, "tone": "", "source_text": "", "extra": {}}
@@ -46,29 +47,30 @@ def fill(store: Store) -> None:
     with pymongo.timeout(600):
         for start in range(0, HISTORY, 5000):
             docs = [
-                store.new_job_doc(f"user{i % OWNERS}", "TOPIC", PARAMS) for i in range(start, start + 5000)
+                store.jobs.new_job_doc(f"user{i % OWNERS}", "TOPIC", PARAMS)
+                for i in range(start, start + 5000)
             ]
             for doc in docs:
-                doc.update(store.completion({"content": "x"}, doc["ck"]), queue="none")
-            store.jobs.insert_many(docs)
+                doc.update(store.queue.completion({"content": "x"}, doc["ck"]), queue="none")
+            store.database.jobs.insert_many(docs)
         block = QUEUED // OWNERS // 2
         docs = [
-            store.new_job_doc(f"user{owner}", "TOPIC", PARAMS)
+            store.jobs.new_job_doc(f"user{owner}", "TOPIC", PARAMS)
             for _ in range(2)
             for owner in range(OWNERS)
             for _ in range(block)
         ]
-        store.jobs.insert_many(docs)
+        store.database.jobs.insert_many(docs)
         store.ensure_indexes()
 
 
 def reset(store: Store) -> None:
     """The claimed jobs back in the ready lane; no turns."""
     with pymongo.timeout(300):
-        store.jobs.update_many(
+        store.database.jobs.update_many(
             {"worker": WORKER}, {"$set": {"status": "QUEUED", "queue": READY, "worker": ""}}
         )
-        store.turns.delete_many({})
+        store.database.turns.delete_many({})
 
 
 REBUILDS: list[float] = []  # seconds of each fair run's first look at the queue (its rebuild)
@@ -76,7 +78,7 @@ REBUILDS: list[float] = []  # seconds of each fair run's first look at the queue
 
 def fair(store: Store, claims: int) -> list[str]:
     """Claim in fair-share order; the owners in claim order."""
-    share = FairShare(store, POLL, 60.0, 5.0)
+    share = FairShare(store.queue, store.outage, POLL, 60.0, 5.0)
     started = time.perf_counter()
     share.rebuild()
     REBUILDS.append(time.perf_counter() - started)
@@ -84,7 +86,7 @@ def fair(store: Store, claims: int) -> list[str]:
     while len(owners) < claims:
         pick = share.next()
         assert pick is not None and pick.oid is not None
-        job = store.claim(pick.oid, WORKER, 10.0)
+        job = store.queue.claim(pick.oid, WORKER, 10.0)
         if job is not None:
             share.started(job["owner"])
             owners.append(job["owner"])
@@ -99,7 +101,7 @@ def fifo(store: Store, claims: int) -> list[str]:
     while len(owners) < claims:
         stale = time.monotonic() - refreshed > POLL
         if stale or not heap or (horizon >= 0 and heap[0][0] > horizon):
-            found = store.runnable(BATCH)
+            found = store.queue.runnable(BATCH)
             known = {oid for _, oid in heap}
             for item in found:
                 if item[1] not in known:
@@ -107,7 +109,7 @@ def fifo(store: Store, claims: int) -> list[str]:
             horizon = found[-1][0] if len(found) == BATCH else -1
             refreshed = time.monotonic()
         _, oid = heapq.heappop(heap)
-        job = store.claim(oid, WORKER, 10.0)  # type: ignore[arg-type]
+        job = store.queue.claim(oid, WORKER, 10.0)  # type: ignore[arg-type]
         if job is not None:
             owners.append(job["owner"])
     return owners

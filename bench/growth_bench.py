@@ -6,7 +6,7 @@ running the noop generator.
     .venv/bin/python bench/growth_bench.py --sizes 1000,10000   # fewer sizes
 
 The history is inserted directly, in batches, as the documents SubmitJob
-writes (`Store.new_job_doc`), finished: mostly COMPLETED, some FAILED and
+writes (`JobStore.new_job_doc`), finished: mostly COMPLETED, some FAILED and
 CANCELLED, all but 5 of them owned by one big user. Job events are not
 inserted (they would triple the fill time); every event query is by job id
 or by time. At each size a fresh server process measures, with the
@@ -38,6 +38,7 @@ from typing import Any
 import pymongo
 from common import ServerProcess, make_settings, percentile, process_cpu, scratch, start_mongo
 
+from server.storage.database import Database
 from server.storage.store import Store
 
 CALLERS = 8
@@ -64,12 +65,14 @@ PARAMS = {
 
 def history_docs(store: Store, owner: str, n: int) -> list[dict[str, Any]]:
     """`n` finished jobs as SubmitJob stores them, then moved to a final status."""
-    docs = [store.new_job_doc(owner, "TOPIC", dict(PARAMS)) for _ in range(n)]
+    docs = [store.jobs.new_job_doc(owner, "TOPIC", dict(PARAMS)) for _ in range(n)]
     for doc in docs:
         roll = random.random()
         started = doc["ck"] + 1000
         if roll < 0.9:
-            doc.update(store.completion({"content": "x" * 200, "title": "t", "word_count": 40}, started))
+            doc.update(
+                store.queue.completion({"content": "x" * 200, "title": "t", "word_count": 40}, started)
+            )
         else:
             status = "FAILED" if roll < 0.97 else "CANCELLED"
             doc.update(status=status, ended_us=started + 1000, updated_us=started + 1000)
@@ -80,17 +83,17 @@ def history_docs(store: Store, owner: str, n: int) -> list[dict[str, Any]]:
 def fill(store: Store, have: int, target: int) -> int:
     """Insert history until `target` jobs are stored; returns how many are stored."""
     if have == 0:
-        store.jobs.insert_many(history_docs(store, SMALL, 5))
+        store.database.jobs.insert_many(history_docs(store, SMALL, 5))
         have = 5
     started = time.monotonic()
     # A big fill goes in unindexed and is indexed after, one pass an index
     # (nx-27017 keeps 15 indexes up to date document by document otherwise).
     rebuild = target - have > 50_000
     if rebuild:
-        store.jobs.drop_indexes()
+        store.database.jobs.drop_indexes()
     while have < target:
         n = min(BATCH, target - have)
-        store.jobs.insert_many(history_docs(store, BIG, n))
+        store.database.jobs.insert_many(history_docs(store, BIG, n))
         have += n
     if rebuild:
         store.ensure_indexes()
@@ -101,8 +104,8 @@ def fill(store: Store, have: int, target: int) -> int:
 def queue_ready(store: Store, n: int) -> None:
     """`n` ready no-op jobs, as SubmitJob stores them."""
     for start in range(0, n, BATCH):
-        docs = [store.new_job_doc(BIG, "TOPIC", dict(PARAMS)) for _ in range(min(BATCH, n - start))]
-        store.jobs.insert_many(docs)
+        docs = [store.jobs.new_job_doc(BIG, "TOPIC", dict(PARAMS)) for _ in range(min(BATCH, n - start))]
+        store.database.jobs.insert_many(docs)
 
 
 def timed(call: Any) -> float:
@@ -167,7 +170,7 @@ def idle_cpu(pids: dict[str, int]) -> dict[str, float]:
 
 def wait_idle(store: Store) -> None:
     """Until nothing is queued or running."""
-    while store.jobs.find_one({"queue": "ready"}, {"_id": 1}) or store.jobs.find_one(
+    while store.database.jobs.find_one({"queue": "ready"}, {"_id": 1}) or store.database.jobs.find_one(
         {"status": "PROCESSING"}, {"_id": 1}
     ):
         time.sleep(0.2)
@@ -196,7 +199,9 @@ def measure_size(uri: str, db_name: str, store: Store, mongo_pid: int, stored: i
     lat = submit_latencies(server)
     row["submit_p50"], row["submit_p99"] = percentile(lat, 50), percentile(lat, 99)
     wait_idle(store)
-    ids = [str(d["_id"]) for d in store.jobs.find({"owner": BIG}, {"_id": 1}).sort("ck", -1).limit(GETS)]
+    ids = [
+        str(d["_id"]) for d in store.database.jobs.find({"owner": BIG}, {"_id": 1}).sort("ck", -1).limit(GETS)
+    ]
     with server.client(BIG) as c:
         row["get_p50"] = statistics.median(timed(lambda i=i: c.get(i)) for i in ids)
     row["dispatch_rate"] = dispatch_rate(server)
@@ -212,7 +217,7 @@ def measure_deep_queue(uri: str, db_name: str, store: Store, stored: int) -> dic
     row: dict[str, float] = {"stored": stored}
     row.update(claim_cost(store))
     server = start_server(uri, db_name)
-    ready = lambda: Store.count(store.jobs, {"queue": "ready"})  # noqa: E731 - the ready lane only
+    ready = lambda: store.jobs.count({"queue": "ready"})  # noqa: E731 - the ready lane only
     time.sleep(2.0)
     before, t0 = ready(), time.monotonic()
     time.sleep(CLAIM_WINDOW_SECONDS)
@@ -220,19 +225,19 @@ def measure_deep_queue(uri: str, db_name: str, store: Store, stored: int) -> dic
     row["claims_per_s"] = (before - after) / (t1 - t0)
     row["queued_submit_p50"] = percentile(submit_latencies(server, 20), 50)
     server.terminate()
-    store.jobs.delete_many({"queue": "ready"})  # the rest would run in the next size's figures
+    store.database.jobs.delete_many({"queue": "ready"})  # the rest would run in the next size's figures
     return row
 
 
 def claim_cost(store: Store) -> dict[str, float]:
     """Time of the dispatcher's candidate query and of one claim on this
     queue (the Store's own methods; one MongoDB command each)."""
-    runnable = [timed(lambda: store.runnable(64)) for _ in range(7)]
+    runnable = [timed(lambda: store.queue.runnable(64)) for _ in range(7)]
     claims = []
-    for ck_oid in store.runnable(7):
-        claims.append(timed(lambda oid=ck_oid[1]: store.claim(oid, "bench", 10.0)))
+    for ck_oid in store.queue.runnable(7):
+        claims.append(timed(lambda oid=ck_oid[1]: store.queue.claim(oid, "bench", 10.0)))
     # Those claimed ones are not run: put them back in the ready lane.
-    store.jobs.update_many(
+    store.database.jobs.update_many(
         {"worker": "bench"}, {"$set": {"status": "QUEUED", "queue": "ready", "worker": ""}}
     )
     return {"candidates_ms": statistics.median(runnable), "claim_ms": statistics.median(claims)}
@@ -247,10 +252,11 @@ def main() -> None:
     mongo = start_mongo()
     assert mongo.process is not None
     db_name = "growth"
-    store = Store(mongo.uri, db_name)
-    store.ensure_indexes()
+    database = Database(mongo.uri, db_name)
     # The fill's big batches through a client without the service's 30 s socket timeout.
-    store.jobs = pymongo.MongoClient(mongo.uri)[db_name]["jobs"]
+    database.jobs = pymongo.MongoClient(mongo.uri)[db_name]["jobs"]
+    store = Store.over(database)
+    store.ensure_indexes()
     rows, deep = [], []
     stored = 0
     for size in sizes:
@@ -258,11 +264,11 @@ def main() -> None:
         rows.append(measure_size(mongo.uri, db_name, store, mongo.process.pid, stored))
         print("  ", {k: round(v, 2) for k, v in rows[-1].items()}, flush=True)
         # What the measurements submitted and ran is history now too.
-        stored = store.jobs.estimated_document_count()
+        stored = store.database.jobs.estimated_document_count()
         if size in (sizes[0], sizes[-1]):
             deep.append(measure_deep_queue(mongo.uri, db_name, store, stored))
             print("  deep queue:", {k: round(v, 2) for k, v in deep[-1].items()}, flush=True)
-            stored = store.jobs.estimated_document_count()
+            stored = store.database.jobs.estimated_document_count()
     store.close()
     mongo.stop()
     print_table(rows, deep)

@@ -15,7 +15,8 @@ import time
 from common import ServerProcess, make_settings, median, scratch, start_mongo
 from genjobs.v1 import jobs_pb2
 
-from server.storage.store import JobFilter, Store
+from server.storage.paging import JobFilter
+from server.storage.store import Store
 
 JOBS = 50
 WORDS = 2000
@@ -63,12 +64,12 @@ def main() -> None:
                 runs = [timed_page(call, request) for _ in range(RUNS)]
                 print(f"{name:<16} {runs[0][0]:>9} {median([r[1] for r in runs]):>8.2f}")
         store = Store(mongo.uri, settings.db_name)
-        query = store.job_query("reader", JobFilter())
+        query = store.jobs.job_query("reader", JobFilter())
         for label, projection in (("whole documents", None), ('projection {"result": 0}', {"result": 0})):
             times = []
             for _ in range(CALLS):
                 start = time.perf_counter()
-                docs = list(store.jobs.find(query, projection).sort("ck", -1).limit(JOBS + 1))
+                docs = list(store.database.jobs.find(query, projection).sort("ck", -1).limit(JOBS + 1))
                 times.append((time.perf_counter() - start) * 1000)
                 assert len(docs) == JOBS
             print(f"MongoDB read of the page, {label}: p50 {median(times):.2f} ms")

@@ -39,9 +39,9 @@ def one_run(store: Store, slots: BudgetStore, run: int) -> dict[str, float]:
     slots.reserve_slots(full, [ObjectId() for _ in range(1000 - CALLS)], 10**9)  # 950 open jobs
     new = [ObjectId() for _ in range(CALLS)]
     more = [ObjectId() for _ in range(CALLS)]
-    docs = [store.new_job_doc(few, "TOPIC", {"topic": "t"}) for _ in range(CALLS)]
+    docs = [store.jobs.new_job_doc(few, "TOPIC", {"topic": "t"}) for _ in range(CALLS)]
     return {
-        "insert_one of a job": _median_ms(lambda i: store.jobs.insert_one(docs[i])),
+        "insert_one of a job": _median_ms(lambda i: store.database.jobs.insert_one(docs[i])),
         "reserve, few open": _median_ms(lambda i: slots.reserve_slots(few, [new[i]], 10**9)),
         "release, few open": _median_ms(lambda i: slots.release_slots(few, [new[i]])),
         "reserve, ~1,000 open": _median_ms(lambda i: slots.reserve_slots(full, [more[i]], 10**9)),
@@ -62,7 +62,7 @@ def main() -> None:
         print(f"queued-jobs cap on nx-27017, median of {runs} runs x {CALLS} calls (ms):")
         for name in results[0]:
             print(f"  {name:24} {statistics.median(r[name] for r in results):6.2f}")
-        store.client.drop_database("queue_cap_bench")
+        store.database.client.drop_database("queue_cap_bench")
         store.close()
     finally:
         mongo.stop()

@@ -25,7 +25,8 @@ from common import (
     start_mongo,
 )
 
-from server.storage.store import TOTAL_SIZE_CAP, Store
+from server.storage.paging import TOTAL_SIZE_CAP
+from server.storage.store import Store
 
 # Where the server sends an RPC's commands from: the executor's threads,
 # and the event loop's (SubmitJob inserts from there).
@@ -109,7 +110,7 @@ def list_latency(mongo_uri: str, settings_dir: object) -> tuple[list[float], lis
     total = 100_000
     for start in range(0, total, 5000):
         docs = [
-            store.new_job_doc(
+            store.jobs.new_job_doc(
                 "heavy",
                 "TOPIC",
                 {
@@ -125,7 +126,7 @@ def list_latency(mongo_uri: str, settings_dir: object) -> tuple[list[float], lis
         ]
         for d in docs:
             d.update(status="COMPLETED", queue="none")
-        store.jobs.insert_many(docs)
+        store.database.jobs.insert_many(docs)
     store.close()
     server = ServerThread(settings).start()
     firsts, nexts = [], []

@@ -20,7 +20,7 @@ from bson import ObjectId
 from genjobs.v1 import bulk_pb2
 
 from client import GenJobsClient, InvalidArgument
-from server.notify.channels import new_notification
+from server.model.channels import new_notification
 from server.runtime.embedded import free_port
 from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings, serving, wait_for
 from tests.receivers import Flood, MailServer, Receiver, Trickler

@@ -239,7 +239,7 @@ def test_templates_stored_before_the_cap_count_towards_it(capped: ServerThread) 
     with capped.client("erin") as erin:
         for i in range(5):
             erin.create_template(f"old{i}", job=job())
-        capped.app.store.db["owner_counts"].delete_many({"_id": "templates:erin"})
+        capped.app.store.database.db["owner_counts"].delete_many({"_id": "templates:erin"})
         with pytest.raises(GenJobsError) as refused:
             erin.create_template("one-more", job=job())
         assert refused.value.code.name == "RESOURCE_EXHAUSTED"

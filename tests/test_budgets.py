@@ -427,7 +427,7 @@ def test_limits_are_re_read_only_after_they_change(mongo: MongoServer) -> None:
         budgets.check_submit("owner0", "", 1)
         assert budget_store.reads[-1] == 1
     finally:
-        store.db.client.drop_database("budget_rereads")
+        store.database.db.client.drop_database("budget_rereads")
         store.close()
 
 

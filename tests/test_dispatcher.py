@@ -18,7 +18,8 @@ import pytest
 from genjobs.v1 import jobs_pb2
 
 from client import GenJobsClient, Unavailable
-from server.storage.store import READY, Store
+from server.storage.queue import READY
+from server.storage.store import Store
 from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings, wait_for
 
 S = jobs_pb2
@@ -108,18 +109,18 @@ def test_transient_failures_stop_at_max_attempts(alice: GenJobsClient) -> None:
 def test_fencing_a_stale_run_cannot_write(mongo: MongoServer) -> None:
     store = Store(mongo.uri, "fencing_" + str(time.time_ns()))
     store.ensure_indexes()
-    doc = store.new_job_doc("alice", "TOPIC", {"topic": "x"})
-    store.insert_job(doc)
-    stale = store.claim(doc["_id"], "worker-a", lease_seconds=0.01)
+    doc = store.jobs.new_job_doc("alice", "TOPIC", {"topic": "x"})
+    store.jobs.insert_job(doc)
+    stale = store.queue.claim(doc["_id"], "worker-a", lease_seconds=0.01)
     assert stale is not None
     # worker-a stalls; its lease lapses and the job is requeued and claimed by worker-b.
-    requeued = store.fenced_update(doc["_id"], stale["epoch"], {"status": "QUEUED", "queue": READY})
+    requeued = store.queue.fenced_update(doc["_id"], stale["epoch"], {"status": "QUEUED", "queue": READY})
     assert requeued is not None
-    fresh = store.claim(doc["_id"], "worker-b", lease_seconds=10)
+    fresh = store.queue.claim(doc["_id"], "worker-b", lease_seconds=10)
     assert fresh is not None and fresh["epoch"] == stale["epoch"] + 1
-    assert store.fenced_update(doc["_id"], stale["epoch"], {"status": "COMPLETED"}) is None
-    assert store.renew_job_lease(doc["_id"], stale["epoch"], 10) is None
-    assert store.jobs.find_one({"_id": doc["_id"]})["worker"] == "worker-b"
+    assert store.queue.fenced_update(doc["_id"], stale["epoch"], {"status": "COMPLETED"}) is None
+    assert store.queue.renew_job_lease(doc["_id"], stale["epoch"], 10) is None
+    assert store.database.jobs.find_one({"_id": doc["_id"]})["worker"] == "worker-b"
     store.close()
 
 

@@ -22,6 +22,7 @@ from client import GenJobsClient
 from client.cli import parse_at
 from client.client import GenJobsError, InvalidArgument
 from server.dispatch.fairshare import Candidates, FairShare, Pick
+from server.storage.outage import Outage
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 from tests.test_cli import Cli
 
@@ -121,7 +122,7 @@ def test_a_turn_is_stored_only_when_a_streak_starts() -> None:
 
 
 class InsertsDuringReads:
-    """The store as FairShare sees it, with a submit landing during each read:
+    """The queue store as FairShare sees it, with a submit landing during each read:
     the read's answer was taken before the job was stored, its offer comes
     before the answer is used (as another thread's submit can)."""
 
@@ -160,7 +161,7 @@ def test_a_job_submitted_during_a_read_keeps_its_place() -> None:
     for stored_before in (2, 0):  # the owner had jobs when the lane was read, or none yet
         jobs = list(enumerate(ids))
         store = InsertsDuringReads(jobs[:stored_before], jobs[stored_before:])
-        fair = store.fair = FairShare(store, 60.0, 60.0, 60.0)  # type: ignore[arg-type]
+        fair = store.fair = FairShare(store, Outage(), 60.0, 60.0, 60.0)  # type: ignore[arg-type]
         order = []
         while (pick := fair.next()) is not None:
             assert pick.oid is not None

@@ -21,12 +21,15 @@ from pymongo import monitoring
 
 from server.model import clock
 from server.model.caller import Caller
-from server.notify.channels import CHANNELS
+from server.model.channels import CHANNELS
 from server.notify.quota import MailQuota
 from server.services.budgets import Budgets
 from server.storage.budgets import BudgetStore
+from server.storage.database import Database
+from server.storage.paging import TOTAL_SIZE_CAP, JobFilter
+from server.storage.queue import BACKOFF, HELD, READY
 from server.storage.schedules import ScheduleStore
-from server.storage.store import BACKOFF, HELD, READY, TOTAL_SIZE_CAP, JobFilter, Store
+from server.storage.store import Store
 from tests.harness import MongoServer, ServerThread
 from tests.test_cli import Cli
 
@@ -85,23 +88,24 @@ def grown(mongo: MongoServer) -> Iterator[tuple[Store, Recorder]]:
     """A Store over 20,000 finished jobs and 10 queued ones, its commands recorded."""
     recorder = Recorder()
     db_name = "t_growth_" + uuid.uuid4().hex[:8]
-    store = Store(mongo.uri, db_name)
+    connection = Database(mongo.uri, db_name)
     # The store's collections through a client that records what it sends.
     listening: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
         mongo.uri, event_listeners=[recorder]
     )
     database = listening[db_name]
-    store.jobs, store.events = database["jobs"], database["job_events"]
-    store.bulk_jobs, store.notifications = database["bulk_jobs"], database["notifications"]
-    store.turns = database["turns"]
+    connection.jobs, connection.events = database["jobs"], database["job_events"]
+    connection.bulk_jobs, connection.notifications = database["bulk_jobs"], database["notifications"]
+    connection.turns = database["turns"]
+    store = Store.over(connection)
     for _ in range(HISTORY // BATCH):
-        docs = [store.new_job_doc("big", "TOPIC", PARAMS) for _ in range(BATCH)]
+        docs = [store.jobs.new_job_doc("big", "TOPIC", PARAMS) for _ in range(BATCH)]
         for doc in docs:
-            doc.update(store.completion({"content": "x"}, doc["ck"]), queue="none")
-        store.jobs.insert_many(docs)
+            doc.update(store.queue.completion({"content": "x"}, doc["ck"]), queue="none")
+        store.database.jobs.insert_many(docs)
     # Queued: 3 of a small user's, the rest the big user's.
     owners = ["small"] * 3 + ["big"] * (QUEUED - 3)
-    store.jobs.insert_many([store.new_job_doc(owner, "TOPIC", PARAMS) for owner in owners])
+    store.database.jobs.insert_many([store.jobs.new_job_doc(owner, "TOPIC", PARAMS) for owner in owners])
     # Indexed after the inserts: one pass each, several times faster than
     # keeping them up to date document by document.
     store.ensure_indexes()
@@ -133,7 +137,7 @@ def scans(plan: dict[str, Any]) -> list[str]:
 
 
 def explain(store: Store, collection: str, query: dict[str, Any]) -> dict[str, Any]:
-    answer: dict[str, Any] = store.db.command(
+    answer: dict[str, Any] = store.database.db.command(
         "explain", {"find": collection, "filter": query}, verbosity="executionStats"
     )
     return answer
@@ -151,7 +155,7 @@ def queries_of(
 
 def test_the_claim_query_reads_the_queue_not_the_history(grown: tuple[Store, Recorder]) -> None:
     store, _ = grown
-    sent = queries_of(grown, lambda s: s.runnable(64))
+    sent = queries_of(grown, lambda s: s.queue.runnable(64))
     assert len(sent) == 1
     collection, query = sent[0]
     plan = explain(store, collection, query)
@@ -159,58 +163,68 @@ def test_the_claim_query_reads_the_queue_not_the_history(grown: tuple[Store, Rec
     stats = plan.get("executionStats", {})
     if stats.get("totalDocsExamined"):  # MongoDB counts what it read; nx-27017 answers 0
         assert stats["totalDocsExamined"] <= 64
-    assert len(store.runnable(64)) == QUEUED
+    assert len(store.queue.runnable(64)) == QUEUED
 
 
 def hot_paths(store: Store) -> dict[str, Callable[[Store], object]]:
     """Each hot path, as the RPCs and the dispatcher call the store."""
-    big_job = str(store.jobs.find_one({"owner": "big", "status": "COMPLETED"}, {"_id": 1})["_id"])  # type: ignore[index]
-    queued = store.runnable(QUEUED)[-3:]  # the big user's
-    first = store.list_jobs("big", JobFilter(), 50, "")
+    big_job = str(store.database.jobs.find_one({"owner": "big", "status": "COMPLETED"}, {"_id": 1})["_id"])  # type: ignore[index]
+    queued = store.queue.runnable(QUEUED)[-3:]  # the big user's
+    first = store.jobs.list_jobs("big", JobFilter(), 50, "")
     now_us = clock.now_us()
     return {
-        "GetJob": lambda s: s.get("big", big_job),
-        "ListJobs first page, big user": lambda s: s.list_jobs("big", JobFilter(), 50, ""),
-        "ListJobs later page, big user": lambda s: s.list_jobs("big", JobFilter(), 50, first.next_token),
-        "ListJobs, small user": lambda s: s.list_jobs("small", JobFilter(), 50, ""),
-        "ListJobs by status": lambda s: s.list_jobs("small", JobFilter(statuses=["QUEUED"]), 50, ""),
-        "CancelJob": lambda s: s.cancel("big", str(queued[0][1])),
-        "claim candidates": lambda s: s.runnable(64),
-        "claim": lambda s: s.claim(queued[1][1], "w", 10.0),
-        "progress and outcome": lambda s: s.fenced_update(queued[1][1], 1, {"updated_us": now_us}),
-        "lease renewal": lambda s: s.renew_job_lease(queued[1][1], 1, 10.0),
-        "expired-lease recovery": lambda s: s.processing_jobs(),
-        "due backoff and scheduled": lambda s: s.due_waiting(now_us),
-        "promotion to ready": lambda s: s.make_ready(ObjectId(), BACKOFF),
-        "fair share: an owner's head": lambda s: s.owner_head("big", 64),
-        "fair share: entered the ready lane": lambda s: s.entered_ready(now_us - 2_000_000, now_us, 1000),
-        "fair share: rebuild": lambda s: s.ready_owners(),
-        "fair share: turns": lambda s: (
-            s.turns_of(["big", "small"]),
-            s.save_turns({"big": now_us, "small": now_us}),
+        "GetJob": lambda s: s.jobs.get("big", big_job),
+        "ListJobs first page, big user": lambda s: s.jobs.list_jobs("big", JobFilter(), 50, ""),
+        "ListJobs later page, big user": lambda s: s.jobs.list_jobs("big", JobFilter(), 50, first.next_token),
+        "ListJobs, small user": lambda s: s.jobs.list_jobs("small", JobFilter(), 50, ""),
+        "ListJobs by status": lambda s: s.jobs.list_jobs("small", JobFilter(statuses=["QUEUED"]), 50, ""),
+        "CancelJob": lambda s: s.jobs.cancel("big", str(queued[0][1])),
+        "claim candidates": lambda s: s.queue.runnable(64),
+        "claim": lambda s: s.queue.claim(queued[1][1], "w", 10.0),
+        "progress and outcome": lambda s: s.queue.fenced_update(queued[1][1], 1, {"updated_us": now_us}),
+        "lease renewal": lambda s: s.queue.renew_job_lease(queued[1][1], 1, 10.0),
+        "expired-lease recovery": lambda s: s.queue.processing_jobs(),
+        "due backoff and scheduled": lambda s: s.queue.due_waiting(now_us),
+        "promotion to ready": lambda s: s.queue.make_ready(ObjectId(), BACKOFF),
+        "fair share: an owner's head": lambda s: s.queue.owner_head("big", 64),
+        "fair share: entered the ready lane": lambda s: s.queue.entered_ready(
+            now_us - 2_000_000, now_us, 1000
         ),
-        "FIFO candidates with owners": lambda s: s.runnable_heads(64),
-        "ListJobs by priority": lambda s: s.list_jobs("small", JobFilter(priorities=["HIGH"]), 50, ""),
+        "fair share: rebuild": lambda s: s.queue.ready_owners(),
+        "fair share: turns": lambda s: (
+            s.queue.turns_of(["big", "small"]),
+            s.queue.save_turns({"big": now_us, "small": now_us}),
+        ),
+        "FIFO candidates with owners": lambda s: s.queue.runnable_heads(64),
+        "ListJobs by priority": lambda s: s.jobs.list_jobs("small", JobFilter(priorities=["HIGH"]), 50, ""),
         "retention purge": lambda s: s.purge_expired(now_us - 86400 * 10**6),
-        "WatchJob replay": lambda s: s.events_after(big_job, 0),
-        "remote-event poller": lambda s: (s.jobs_by_ids([big_job]), s.events_since([big_job], now_us)),
-        "GetBulkJob items": lambda s: s.bulk_items([str(ObjectId())], "big"),
-        "ListBulkJobs items": lambda s: s.bulk_items([str(ObjectId()), str(ObjectId())]),
-        "RunBulkOperation delete": lambda s: s.delete_completed([ObjectId(), ObjectId()]),
-        "bulk lanes": lambda s: s.set_item_lanes(str(ObjectId()), [BACKOFF], BACKOFF),
-        "bulk recovery": lambda s: (s.unsettled_bulks(now_us), s.bulks_with_open_items([str(ObjectId())])),
+        "WatchJob replay": lambda s: s.events.events_after(big_job, 0),
+        "remote-event poller": lambda s: (
+            s.jobs.jobs_by_ids([big_job]),
+            s.events.events_since([big_job], now_us),
+        ),
+        "GetBulkJob items": lambda s: s.bulks.bulk_items([str(ObjectId())], "big"),
+        "ListBulkJobs items": lambda s: s.bulks.bulk_items([str(ObjectId()), str(ObjectId())]),
+        "RunBulkOperation delete": lambda s: s.jobs.delete_completed([ObjectId(), ObjectId()]),
+        "bulk lanes": lambda s: s.bulks.set_item_lanes(str(ObjectId()), [BACKOFF], BACKOFF),
+        "bulk recovery": lambda s: (
+            s.bulks.unsettled_bulks(now_us),
+            s.bulks.bulks_with_open_items([str(ObjectId())]),
+        ),
         "notifications": lambda s: (
-            s.unstored_notifications(now_us),
-            [s.due_deliveries(channel, now_us) for channel in CHANNELS],
-            s.unnotified_jobs(now_us),
+            s.bulks.unstored_notifications(now_us),
+            [s.notifications.due_deliveries(channel, now_us) for channel in CHANNELS],
+            s.jobs.unnotified_jobs(now_us),
         ),
         "notifications of owners with room": lambda s: [
-            s.due_deliveries(channel, now_us, 500, ["big", "small"]) for channel in CHANNELS
+            s.notifications.due_deliveries(channel, now_us, 500, ["big", "small"]) for channel in CHANNELS
         ],
-        "mail quota": lambda s: MailQuota(s.db["mail_quota"], 100).take("big", now_us),
-        "ListBulkJobs": lambda s: s.list_bulk("big", [], "", 50, ""),
-        "ListJobs by schedule": lambda s: s.list_jobs("big", JobFilter(schedule_id=str(ObjectId())), 50, ""),
-        "notifications page": lambda s: s.list_notifications("big", 50, ""),
+        "mail quota": lambda s: MailQuota(s.database.db["mail_quota"], 100).take("big", now_us),
+        "ListBulkJobs": lambda s: s.bulks.list_bulk("big", [], "", 50, ""),
+        "ListJobs by schedule": lambda s: s.jobs.list_jobs(
+            "big", JobFilter(schedule_id=str(ObjectId())), 50, ""
+        ),
+        "notifications page": lambda s: s.notifications.list_notifications("big", 50, ""),
     }
 
 
@@ -219,14 +233,15 @@ def test_lane_moves_update_each_job_by_its_id(grown: tuple[Store, Recorder]) -> 
     store, recorder = grown
     bulk_id = str(ObjectId())
     items = [
-        store.new_job_doc("small", "TOPIC", PARAMS, bulk_job_id=bulk_id, queue_position=i) for i in (1, 2)
+        store.jobs.new_job_doc("small", "TOPIC", PARAMS, bulk_job_id=bulk_id, queue_position=i)
+        for i in (1, 2)
     ]
-    store.jobs.insert_many(items)
+    store.database.jobs.insert_many(items)
     recorder.updates.clear()
-    assert store.set_item_lanes(bulk_id, [READY], HELD) == 2  # a pause
-    store.resume_items(bulk_id)
-    lanes = [d["queue"] for d in store.jobs.find({"bulk_job_id": bulk_id})]
-    store.jobs.delete_many({"bulk_job_id": bulk_id})
+    assert store.bulks.set_item_lanes(bulk_id, [READY], HELD) == 2  # a pause
+    store.bulks.resume_items(bulk_id)
+    lanes = [d["queue"] for d in store.database.jobs.find({"bulk_job_id": bulk_id})]
+    store.database.jobs.delete_many({"bulk_job_id": bulk_id})
     assert lanes == [READY, READY]
     assert recorder.updates and all("_id" in query for query in recorder.updates), recorder.updates
 
@@ -247,9 +262,9 @@ def test_schedule_and_template_queries_search_an_index(grown: tuple[Store, Recor
     template RPCs read an index, and ListJobs of a schedule's runs reads that
     schedule's jobs, not the owner's 20,000."""
     store, _ = grown
-    schedules = ScheduleStore(store)
+    schedules = ScheduleStore(store.database)
     schedules.ensure_indexes()
-    listening = store.jobs.database  # the client that records what it sends
+    listening = store.database.jobs.database  # the client that records what it sends
     schedules.schedules, schedules.templates = listening["schedules"], listening["templates"]
     schedules.counts = listening["owner_counts"]
     now_us = clock.now_us()
@@ -266,7 +281,7 @@ def test_schedule_and_template_queries_search_an_index(grown: tuple[Store, Recor
         for collection, query in queries_of(grown, call):
             assert scans(explain(store, collection, query)) == [], (name, query)
     by_schedule = queries_of(
-        grown, lambda s: s.list_jobs("big", JobFilter(schedule_id=str(ObjectId())), 50, "")
+        grown, lambda s: s.jobs.list_jobs("big", JobFilter(schedule_id=str(ObjectId())), 50, "")
     )
     plan = explain(store, *by_schedule[0])["queryPlanner"]["winningPlan"]
     if isinstance(plan, list):  # nx-27017: the schedule_id index, not the owner's
@@ -276,10 +291,10 @@ def test_schedule_and_template_queries_search_an_index(grown: tuple[Store, Recor
 def test_list_total_counts_up_to_the_cap(server: ServerThread, mongo: MongoServer) -> None:
     """A total_size reads what it counts: past TOTAL_SIZE_CAP jobs it says "the cap or more"."""
     store = Store(mongo.uri, server.settings.db_name)
-    docs = [store.new_job_doc("alice", "TOPIC", PARAMS) for _ in range(TOTAL_SIZE_CAP + 5)]
+    docs = [store.jobs.new_job_doc("alice", "TOPIC", PARAMS) for _ in range(TOTAL_SIZE_CAP + 5)]
     for doc in docs:
-        doc.update(store.completion({"content": "x"}, doc["ck"]), queue="none")
-    store.jobs.insert_many(docs)
+        doc.update(store.queue.completion({"content": "x"}, doc["ck"]), queue="none")
+    store.database.jobs.insert_many(docs)
     store.close()
     with server.client("alice") as alice:
         first = alice.list(page_size=10)
@@ -309,13 +324,13 @@ def test_budget_queries_search_an_index(grown: tuple[Store, Recorder]) -> None:
     store, _ = grown
     budget_store = BudgetStore(store)
     budget_store.ensure_indexes()
-    listening = store.jobs.database  # the client that records what it sends
+    listening = store.database.jobs.database  # the client that records what it sends
     budget_store.budgets, budget_store.usage = listening["budgets"], listening["usage"]
     for i in range(50):
         budget_store.set_budget(f"capped{i}", "", 500)
     budget_store.set_budget("big", "", 500)
     budgets = Budgets(budget_store, lambda job, kind: None, max_queued=1000)
-    big_queued = store.jobs.find_one({"owner": "big", "status": "QUEUED"})
+    big_queued = store.database.jobs.find_one({"owner": "big", "status": "QUEUED"})
     assert big_queued is not None
 
     def fresh(call: Callable[[], object]) -> Callable[[Store], object]:

@@ -286,7 +286,7 @@ def test_long_extra_keys_are_not_echoed_whole(shared: ServerThread) -> None:
 
 
 def test_retry_cannot_be_hijacked_by_a_request_id(shared: ServerThread) -> None:
-    from server.storage.store import request_key
+    from server.storage.paging import request_key
 
     me = Caller(shared)
     failing = jobs_pb2.SubmitJobRequest(
@@ -339,7 +339,7 @@ def test_a_subject_with_control_characters_is_unauthenticated(shared: ServerThre
 
 
 def test_request_keys_are_unambiguous() -> None:
-    from server.storage.store import request_key
+    from server.storage.paging import request_key
 
     assert request_key("a\x1fb", "request", "c") != request_key("a", "request", "b\x1fc")
     assert request_key("a", "request", "retry-of", "x") != request_key("a", "retry-of", "x")

@@ -15,8 +15,8 @@ from bson import ObjectId
 from genjobs.v1 import bulk_pb2
 
 from client import GenJobsClient, InvalidArgument
+from server.model.channels import new_notification
 from server.notify import guard
-from server.notify.channels import new_notification
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 from tests.receivers import Receiver
 

@@ -11,8 +11,8 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.model import clock
+from server.model.channels import CHANNELS
 from server.model.errors import FieldViolation, invalid
-from server.notify.channels import CHANNELS
 
 Doc = dict[str, Any]
 

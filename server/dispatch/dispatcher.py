@@ -28,72 +28,40 @@ search of live documents only.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import pymongo
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from server.dispatch.fairshare import FairShare
+from server.dispatch.run import Run, RunLifecycle
 from server.generators.base import (
-    GenerationCancelled,
-    GenerationFailed,
     Generator,
-    JobSpec,
 )
 from server.model import clock
-from server.model.progress import progress_fields
 from server.model.states import Status
-from server.storage.outage import persist, unreachable
-from server.storage.store import (
-    BACKOFF,
-    HELD,
-    NONE,
-    PROGRESS,
-    RANKS,
-    READY,
-    STATUS_CHANGED,
-    Doc,
-    Store,
-    job_error,
-)
-from server.telemetry import context, metrics
+from server.storage.database import Doc
+from server.storage.events import STATUS_CHANGED
+from server.storage.jobs import job_error
+from server.storage.queue import HELD, NONE, RANKS, READY
+from server.storage.store import Store
+from server.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
 LEADER_LEASE = "dispatcher"
-PROGRESS_WRITE_INTERVAL = 0.25  # coalesce chattier generators to at most 4 writes a second
-PROGRESS_TIMEOUT_SECONDS = 1.0  # a progress write waits at most this for the database
-PROGRESS_PAUSE_SECONDS = 2.0  # after a progress write failed, none for this long
 HOUSEKEEPING_INTERVAL = 1.0
-MAX_BACKOFF_SECONDS = 300.0
-# How long a run's outcome waits for an unreachable database before the run
-# is abandoned (its lease lapses; it is requeued with its attempt given back).
-OUTCOME_PATIENCE_SECONDS = 300.0
 SWEEP_TIMEOUT_SECONDS = 120.0
 RECENT_RUNS = 256  # runs remembered, to tell a claim whose answer was lost from a run
 
 EventSink = Callable[[Doc, str], None]
 
 
-@dataclass
-class _Run:
-    """A job this dispatcher is running now."""
-
-    oid: ObjectId
-    epoch: int
-    cancel: threading.Event = field(default_factory=threading.Event)
-    lost: bool = False  # another run took the job over: write nothing more
-    stopping: bool = False  # the server is shutting down: requeue, don't cancel
-    generated: bool = False  # the generator was called: its end counts for the gap
-
-
-class Dispatcher:
+class Dispatcher(RunLifecycle):
     """Claims and runs jobs; `record(doc, kind)` is told of every change it makes."""
 
     def __init__(
@@ -114,6 +82,8 @@ class Dispatcher:
         release: Callable[[], int] = lambda: 0,
     ) -> None:
         self.store = store
+        self.queue = store.queue
+        self.bulks = store.bulks
         self.generator = generator
         self.worker_id = worker_id
         self.record = record
@@ -134,13 +104,13 @@ class Dispatcher:
         self._stopping = threading.Event()
         # The claim order. Claims resuming after a pause of half a lease may
         # follow a spell as follower: it rebuilds from the database then.
-        self._fair = FairShare(store, poll_seconds, sweep_seconds, lease_seconds / 2)
+        self._fair = FairShare(store.queue, store.outage, poll_seconds, sweep_seconds, lease_seconds / 2)
         self._leader_until = 0.0  # monotonic time until which our lease surely holds
         self._was_leader = False
         self._needs_recovery = True
         self._last_housekeeping = 0.0
         # The runs going on here, by job; the condition is notified when one ends.
-        self._runs: dict[ObjectId, _Run] = {}
+        self._runs: dict[ObjectId, Run] = {}
         self._runs_changed = threading.Condition()
         self._hurried = False
         self._elsewhere = 0  # live runs of other servers at the last housekeeping pass
@@ -204,7 +174,7 @@ class Dispatcher:
         self._wait_for_runs(time.monotonic() + 5.0)
         self._keeper.join(2.0)
         try:
-            self.store.release_leader(LEADER_LEASE, self.worker_id)
+            self.queue.release_leader(LEADER_LEASE, self.worker_id)
         except PyMongoError:
             log.warning("could not release the dispatcher lease; it lapses by itself")
         metrics.leader(False)
@@ -218,7 +188,7 @@ class Dispatcher:
             run.stopping = True
             run.cancel.set()
 
-    def _current_runs(self) -> list[_Run]:
+    def _current_runs(self) -> list[Run]:
         with self._runs_changed:
             return list(self._runs.values())
 
@@ -250,7 +220,7 @@ class Dispatcher:
     def _renew(self) -> None:
         before = time.monotonic()
         if not self._stopping.is_set() or self._runs:
-            if self.store.hold_leader(LEADER_LEASE, self.worker_id, self.lease_seconds):
+            if self.queue.hold_leader(LEADER_LEASE, self.worker_id, self.lease_seconds):
                 # Trust the lease a little less long than it lasts (clock drift).
                 self._leader_until = before + self.lease_seconds * 0.8
                 if not self._was_leader:
@@ -264,7 +234,7 @@ class Dispatcher:
                 self._was_leader = False
                 metrics.leader(False)
         for run in self._current_runs():
-            held = self.store.renew_job_lease(run.oid, run.epoch, self.lease_seconds)
+            held = self.queue.renew_job_lease(run.oid, run.epoch, self.lease_seconds)
             if held is None:
                 run.lost = True
                 run.cancel.set()
@@ -315,12 +285,6 @@ class Dispatcher:
                 log.exception("dispatcher: unexpected error")
                 self._stopping.wait(0.5)
 
-    def _database_error(self, exc: PyMongoError, what: str, quiet: int, message: str, *args: object) -> None:
-        """Log `message` as a WARNING; or, when `exc` is the database not
-        answering, at level `quiet`: the store's Outage says that once."""
-        level = quiet if self.store.outage.failed(exc, what) else logging.WARNING
-        log.log(level, message, *args)
-
     def _claim_wait(self) -> float:
         """Seconds to wait before claiming (0: claim now): while every lane of
         the deployment is taken, or until the gap after the last end is over."""
@@ -337,7 +301,7 @@ class Dispatcher:
         """Run a claimed job on a thread of its own, so that claiming (with
         more than one lane) and the leader's housekeeping (schedules' ticks,
         due retries, budget releases) go on while it runs."""
-        run = _Run(job["_id"], job["epoch"])
+        run = Run(job["_id"], job["epoch"])
         with self._runs_changed:
             self._runs[run.oid] = run
             if self._hurried:
@@ -346,7 +310,7 @@ class Dispatcher:
         self._started.append((run.oid, run.epoch))
         threading.Thread(target=self._lane, args=(job, run), name="dispatcher-run", daemon=True).start()
 
-    def _lane(self, job: Doc, run: _Run) -> None:
+    def _lane(self, job: Doc, run: Run) -> None:
         try:
             self._execute(job)
         except PyMongoError as exc:
@@ -368,7 +332,7 @@ class Dispatcher:
                 self._ended(clock.now_us())
                 if self.gap_us:
                     try:
-                        self.store.note_run_end(LEADER_LEASE, self._last_end_us)
+                        self.queue.note_run_end(LEADER_LEASE, self._last_end_us)
                     except PyMongoError as exc:
                         self._database_error(
                             exc,
@@ -392,9 +356,9 @@ class Dispatcher:
             self._elected = False
             self._elsewhere = 0
             if self.gap_us:
-                self._ended(self.store.last_run_end(LEADER_LEASE))
+                self._ended(self.queue.last_run_end(LEADER_LEASE))
         elsewhere = 0
-        for doc in self.store.processing_jobs():
+        for doc in self.queue.processing_jobs():
             run_key = (doc["_id"], doc["epoch"])
             here = self._runs.get(doc["_id"])
             if here is not None and here.epoch == doc["epoch"]:
@@ -427,11 +391,11 @@ class Dispatcher:
         is held instead (its retry failure may have been written as the pause
         moved its siblings): it waits for the resume like them."""
         lanes: dict[str, str] = {}  # bulk job id -> the lane its items go to now (one read each)
-        for lane, oid, bulk_id in self.store.due_waiting(now_us):
-            if bulk_id and lanes.setdefault(bulk_id, self.store.bulk_lane(bulk_id)) == HELD:
-                self.store.move_queued([(oid, lane, HELD)], bump=True)
+        for lane, oid, bulk_id in self.queue.due_waiting(now_us):
+            if bulk_id and lanes.setdefault(bulk_id, self.bulks.bulk_lane(bulk_id)) == HELD:
+                self.queue.move_queued([(oid, lane, HELD)], bump=True)
                 continue
-            promoted = self.store.make_ready(oid, lane)
+            promoted = self.queue.make_ready(oid, lane)
             if promoted is not None:
                 self.offer(promoted["ck"], oid, promoted["owner"], promoted.get("rank", RANKS["NORMAL"]))
 
@@ -442,7 +406,7 @@ class Dispatcher:
             # Claimed here but never run (the claim's answer was lost), or run
             # here with its outcome lost to a database outage: not an attempt.
             self._abandoned.discard(run_key)
-            self._write_outcome(_Run(doc["_id"], doc["epoch"]), self.store.requeue_changes(doc))
+            self._write_outcome(Run(doc["_id"], doc["epoch"]), self.bulks.requeue_changes(doc))
             return
         attempt, limit = doc["attempt"], doc["max_attempts"]
         lost = job_error("WORKER_LOST", "transient", "the server running this job stopped", True, attempt)
@@ -457,12 +421,12 @@ class Dispatcher:
         if doc.get("cancel_requested"):
             changes.update(status=str(Status.CANCELLED), queue=NONE, ended_us=stamp)
         elif attempt < limit:
-            changes.update(status=str(Status.QUEUED), queue=self.store.bulk_lane(doc.get("bulk_job_id", "")))
+            changes.update(status=str(Status.QUEUED), queue=self.bulks.bulk_lane(doc.get("bulk_job_id", "")))
             changes["ready_us"] = stamp  # found by the dispatcher's next read of the lane
         else:
             lost["retryable"] = False
             changes.update(status=str(Status.FAILED), queue=NONE, ended_us=stamp)
-        after = self.store.fenced_update(doc["_id"], doc["epoch"], changes)
+        after = self.queue.fenced_update(doc["_id"], doc["epoch"], changes)
         if after is not None:
             after = self._held_if_paused(after)
             log.warning("job %s lost its worker; now %s", doc["_id"], after["status"])
@@ -477,7 +441,7 @@ class Dispatcher:
             pick = self._fair.next()
             if pick is None or pick.oid is None:
                 return None
-            job = self.store.claim(pick.oid, self.worker_id, self.lease_seconds)
+            job = self.queue.claim(pick.oid, self.worker_id, self.lease_seconds)
             if job is None:
                 continue
             # Here, on the dispatcher thread: a job its budget sends back takes
@@ -486,226 +450,3 @@ class Dispatcher:
                 continue
             self._fair.started(job["owner"])
             return job
-
-    def _execute(self, job: Doc) -> None:
-        metrics.attempt_started(job)
-        with context.job_attempt(job):  # log context and trace span of the attempt
-            self._run_attempt(job)
-
-    def _run_attempt(self, job: Doc) -> None:
-        run = self._runs[job["_id"]]
-        run.generated = True
-        self.tell(job, STATUS_CHANGED)
-        spec = JobSpec(
-            str(job["_id"]),
-            job["owner"],
-            job["mode"],
-            job["params"],
-            job["attempt"],
-            epoch=job["epoch"],
-            started_us=job["started_us"],
-        )
-        reporter = _ProgressWriter(self, run, job)
-        try:
-            output = self.generator.generate(spec, reporter.report, run.cancel)
-        except GenerationCancelled:
-            self._finish_cancelled(run, job)
-        except GenerationFailed as failure:
-            self._finish_failed(
-                run, job, failure.code, failure.message, failure.retryable, failure.retry_after_seconds
-            )
-        except PyMongoError as exc:
-            # A database error is never the generator's: the attempt is given back.
-            self._database_error(
-                exc,
-                f"job {job['_id']}",
-                logging.INFO,
-                "job %s: database error while generating (%s); requeued",
-                job["_id"],
-                exc,
-            )
-            self._write_outcome(run, self.store.requeue_changes(job))
-        except Exception as exc:
-            log.exception("generator crashed on job %s", job["_id"])
-            self._finish_failed(run, job, "GENERATOR_CRASHED", f"{type(exc).__name__}: {exc}", False)
-        else:
-            self._write_outcome(run, self.store.completion(output.as_doc(), job["started_us"]))
-
-    def _finish_cancelled(self, run: _Run, job: Doc) -> None:
-        stamp = clock.now_us()
-        if run.stopping:
-            # Shutdown, not the owner's wish: give the attempt back and requeue.
-            self._write_outcome(run, self.store.requeue_changes(job))
-            return
-        error = job_error(
-            "CANCELLED", "cancelled", "cancelled by its owner while running", False, job["attempt"]
-        )
-        self._write_outcome(
-            run,
-            {
-                "status": str(Status.CANCELLED),
-                "queue": NONE,
-                "ended_us": stamp,
-                "updated_us": stamp,
-                "error": error,
-            },
-        )
-
-    def _finish_failed(
-        self,
-        run: _Run,
-        job: Doc,
-        code: str,
-        message: str,
-        retryable: bool,
-        retry_after: float | None = None,
-    ) -> None:
-        attempt = job["attempt"]
-        category = "transient" if retryable else "permanent"
-        error = job_error(code, category, message, retryable, attempt)
-        stamp = clock.now_us()
-        changes: Doc = {
-            "error": error,
-            "attempt_errors": [*job.get("attempt_errors", []), error],
-            "updated_us": stamp,
-            "worker": "",
-        }
-        if retryable and attempt < job["max_attempts"]:
-            delay = min(self.retry_base_seconds * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
-            delay *= random.uniform(0.5, 1.0)  # jitter: retries of many jobs spread out
-            delay = max(delay, retry_after or 0.0)  # the provider's Retry-After, when longer
-            # Held, not backing off, when its bulk job was paused meanwhile: a
-            # promotion from backoff would start it while paused.
-            changes.update(
-                status=str(Status.QUEUED),
-                queue=self.store.waiting_lane(job, BACKOFF),
-                run_after_us=clock.now_us() + int(delay * 1_000_000),
-            )
-        else:
-            changes.update(status=str(Status.FAILED), queue=NONE, ended_us=stamp)
-        self._write_outcome(run, changes)
-
-    def _write_outcome(self, run: _Run, changes: Doc) -> None:
-        """Store a run's outcome, fenced by its epoch; an unreachable database is
-        waited for (OUTCOME_PATIENCE_SECONDS), never taken for a failed job."""
-        if run.lost:
-            log.warning("job %s was taken over; not recording this run's outcome", run.oid)
-            return
-        tries = 0
-
-        def write() -> Doc | None:
-            nonlocal tries
-            tries += 1
-            return self.store.fenced_update(run.oid, run.epoch, changes)
-
-        try:
-            after = persist(
-                write,
-                f"the outcome of job {run.oid}",
-                OUTCOME_PATIENCE_SECONDS,
-                self._stopping,
-                self.store.outage,
-            )
-        except PyMongoError as exc:
-            if not unreachable(exc):
-                raise
-            self._abandoned.add((run.oid, run.epoch))
-            self._database_error(
-                exc,
-                f"job {run.oid}",
-                logging.INFO,
-                "job %s: outcome not stored (%s); it runs again once its lease lapses",
-                run.oid,
-                exc,
-            )
-            return
-        if after is None and tries > 1:
-            # An earlier try may have been applied with its answer lost: it was ours if it left our stamp.
-            after = next(
-                (
-                    d
-                    for d in self.store.jobs_by_ids([str(run.oid)])
-                    if d["epoch"] == run.epoch and d["updated_us"] == changes["updated_us"]
-                ),
-                None,
-            )
-        if after is None:
-            log.warning("job %s was taken over; this run's outcome is dropped", run.oid)
-            return
-        metrics.attempt_ended(after, max(0.0, (clock.now_us() - after.get("started_us", 0)) / 1e6))
-        after = self._held_if_paused(after)
-        self.tell(after, STATUS_CHANGED)
-
-    def _held_if_paused(self, after: Doc) -> Doc:
-        """A bulk job's item just sent back to the queue (a retry's backoff, a
-        run given back): held if its bulk job was paused meanwhile (see
-        `Store.hold_if_paused`). A read of the bulk job, for requeued items only."""
-        try:
-            return self.store.hold_if_paused(after) or after
-        except PyMongoError as exc:  # the bulk job unread: a backoff item is held by its promotion
-            log.warning("job %s: the paused check after a requeue failed (%s)", after["_id"], exc)
-            return after
-
-    def tell(self, doc: Doc, kind: str) -> None:
-        """`record` a change. The change is stored already: a database error in
-        the bookkeeping (a bulk job's counts) must not end or relabel the run;
-        the bulk sweep settles what it missed."""
-        try:
-            self.record(doc, kind)
-        except PyMongoError as exc:
-            self._database_error(
-                exc,
-                f"job {doc['_id']}",
-                logging.INFO,
-                "job %s: bookkeeping of a %s event failed (%s)",
-                doc["_id"],
-                kind,
-                exc,
-            )
-
-
-class _ProgressWriter:
-    """Turns a generator's progress reports into at most a few writes a second."""
-
-    def __init__(self, dispatcher: Dispatcher, run: _Run, job: Doc) -> None:
-        self.dispatcher = dispatcher
-        self.run = run
-        self.started_us = job["started_us"]
-        self.started_mono = time.monotonic()
-        # The claim already wrote 0%; a job shorter than one interval writes no progress.
-        self.last_write = self.started_mono
-
-    def report(self, percentage: int, stage: str, stage_progress: int, message: str) -> None:
-        now = time.monotonic()
-        if self.run.lost or now - self.last_write < PROGRESS_WRITE_INTERVAL:
-            return
-        self.last_write = now
-        progress = progress_fields(
-            percentage, stage, stage_progress, message, self.started_us, now - self.started_mono
-        )
-        try:
-            # Briefly: the generator waits for this call.
-            with pymongo.timeout(PROGRESS_TIMEOUT_SECONDS):
-                after = self.dispatcher.store.fenced_update(
-                    self.run.oid, self.run.epoch, {"progress": progress, "updated_us": clock.now_us()}
-                )
-        except PyMongoError as exc:
-            # Progress is advisory: a later report or the outcome supersedes it, and a
-            # database error raised into the generator would be taken for its crash.
-            self.dispatcher._database_error(
-                exc,
-                f"job {self.run.oid}",
-                logging.DEBUG,
-                "job %s: progress not stored (%s)",
-                self.run.oid,
-                exc,
-            )
-            self.last_write = time.monotonic() + PROGRESS_PAUSE_SECONDS  # no stall per report
-            return
-        if after is None:
-            self.run.lost = True
-            self.run.cancel.set()
-            return
-        if after.get("cancel_requested"):
-            self.run.cancel.set()
-        self.dispatcher.tell(after, PROGRESS)

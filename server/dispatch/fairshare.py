@@ -1,7 +1,7 @@
 """Who goes next: priority, then fair share between owners, then each owner's order.
 
 The dispatcher still claims one job at a time with one atomic update on
-`_id`, conditional on the ready lane (`store.claim`); this module only
+`_id`, conditional on the ready lane (`store.queue.claim`); this module only
 decides which `_id` to try, from memory, with no scan of the queue per claim:
 
 - per owner, a short heap of candidates (rank, ck, id): the owner's first
@@ -47,7 +47,8 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from server.model import clock
-from server.storage.store import RANKS, Store
+from server.storage.outage import Outage
+from server.storage.queue import RANKS, QueueStore
 
 log = logging.getLogger(__name__)
 
@@ -183,13 +184,15 @@ class FairShare:
 
     def __init__(
         self,
-        store: Store,
+        queue: QueueStore,
+        outage: Outage,
         poll_seconds: float,
         rebuild_seconds: float,
         pause_seconds: float,
         batch: int = BATCH,
     ) -> None:
-        self.store = store
+        self.queue = queue
+        self.outage = outage  # what the turns' writes log of a database outage
         self.poll_seconds = poll_seconds
         self.rebuild_seconds = rebuild_seconds
         self.pause_seconds = pause_seconds
@@ -251,7 +254,7 @@ class FairShare:
             self._reads[pick.owner] = reads + 1
             limit = min(self.candidates.batch, FIRST_READ * 4**reads)
             with self._reading():
-                rows = self.store.owner_head(pick.owner, limit)
+                rows = self.queue.owner_head(pick.owner, limit)
                 with self._lock:
                     self.candidates.fill(pick.owner, rows, limit)
 
@@ -268,7 +271,7 @@ class FairShare:
             new = [owner for owner in self.candidates.owners if owner not in self._turns_read]
         if not new:
             return
-        stored = self.store.turns_of(new)
+        stored = self.queue.turns_of(new)
         with self._lock:
             for owner, last_us in stored.items():
                 self.candidates.turns.setdefault(owner, last_us)
@@ -280,9 +283,9 @@ class FairShare:
             return
         unsaved, self._unsaved = self._unsaved, {}
         try:
-            self.store.save_turns(unsaved)
+            self.queue.save_turns(unsaved)
         except PyMongoError as exc:  # claims go on; the turns are stored at the next try
-            if not self.store.outage.failed(exc, "storing owners' turns"):
+            if not self.outage.failed(exc, "storing owners' turns"):
                 log.warning("could not store %d owners' turns: %s", len(unsaved), exc)
             self._unsaved = {**unsaved, **self._unsaved}
 
@@ -291,8 +294,8 @@ class FairShare:
         now = time.monotonic()
         self.save_turns()  # what is read back below must include them
         with self._reading():
-            heads = self.store.ready_owners()
-            turns = {**self.store.turns_of(list(heads)), **self._unsaved}  # unsaved if the save failed
+            heads = self.queue.ready_owners()
+            turns = {**self.queue.turns_of(list(heads)), **self._unsaved}  # unsaved if the save failed
             with self._lock:
                 self.candidates.reset(heads, turns)
         self._reads = {}
@@ -305,7 +308,7 @@ class FairShare:
         self._polled = time.monotonic()
         if not len(self.candidates):
             # Nothing known: the head of the lane says what there is, as cheaply.
-            found = self.store.runnable_heads(self.candidates.batch)
+            found = self.queue.runnable_heads(self.candidates.batch)
             if len(found) >= self.candidates.batch:
                 self.rebuild()
                 return
@@ -315,7 +318,7 @@ class FairShare:
             self._seen_us = clock.now_us() - DISCOVERY_DELAY_US
             return
         until = clock.now_us() - DISCOVERY_DELAY_US
-        found, last = self.store.entered_ready(self._seen_us, until, DISCOVERY_LIMIT)
+        found, last = self.queue.entered_ready(self._seen_us, until, DISCOVERY_LIMIT)
         with self._lock:
             for owner, rank, ck, oid in found:
                 self.candidates.add(owner, rank, ck, oid)

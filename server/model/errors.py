@@ -161,6 +161,11 @@ def quota_exceeded(reason: str, subject: str, description: str, metadata: dict[s
     return ServiceError(code, reason, description, metadata=metadata, quota=[(subject, description)])
 
 
+def already_exists(reason: str, message: str, metadata: dict[str, str]) -> ServiceError:
+    """ALREADY_EXISTS: a name (or key) the caller has already used."""
+    return ServiceError(grpc.StatusCode.ALREADY_EXISTS, reason, message, metadata=metadata)
+
+
 def admins_only(what: str) -> ServiceError:
     """PERMISSION_DENIED: an RPC (or a use of one) only admin tokens may make."""
     return ServiceError(grpc.StatusCode.PERMISSION_DENIED, "ADMIN_REQUIRED", f"{what} needs an admin token")

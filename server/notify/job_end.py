@@ -17,9 +17,11 @@ import logging
 from pymongo.errors import PyMongoError
 
 from server.model import clock
-from server.notify.channels import Doc, new_notification
+from server.model.channels import Doc, new_notification
 from server.notify.sender import Notifier
-from server.storage.store import STATUS_CHANGED, Store, final
+from server.storage.events import STATUS_CHANGED
+from server.storage.jobs import final
+from server.storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +89,12 @@ class JobNotifications:
     def recover(self) -> None:
         """Store the notifications of jobs that ended on a server that then stopped.
         The dispatcher's leader runs it once a sweep."""
-        for job in self.store.unnotified_jobs(clock.now_us() - SWEEP_DELAY_US):
+        for job in self.store.jobs.unnotified_jobs(clock.now_us() - SWEEP_DELAY_US):
             self._store(job)
 
     def _store(self, job: Doc) -> None:
-        self.store.insert_notification(job_notification(job, self.store.order_keys.next(), clock.now_us()))
-        self.store.job_notification_stored(job["_id"])
+        self.store.notifications.insert_notification(
+            job_notification(job, self.store.order_keys.next(), clock.now_us())
+        )
+        self.store.jobs.job_notification_stored(job["_id"])
         self.notifier.wake()

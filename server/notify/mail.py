@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
 
-from server.notify.channels import DELIVERED, EMAIL, FAILED, PENDING, REFUSED, Doc
+from server.model.channels import DELIVERED, EMAIL, FAILED, PENDING, REFUSED, Doc
 from server.notify.quota import MailQuota
 from server.notify.sender import Outcome
 

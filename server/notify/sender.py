@@ -30,17 +30,12 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from server.model import clock
-from server.notify.channels import FAILED, PENDING, REFUSED, Channel, Doc
+from server.model.channels import FAILED, PENDING, REFUSED, Channel, Doc
+from server.storage.store import Store
 from server.telemetry import metrics
-
-if TYPE_CHECKING:
-    # Only a type here. Imported at run time, it would close storage's circle
-    # (store -> services.validation -> notify.mail -> sender -> store) when
-    # sender is the first of them imported; the storage split removes that circle.
-    from server.storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +98,7 @@ class Notifier:
         claim_seconds: float = CLAIM_SECONDS,
     ) -> None:
         self.store = store
+        self.notifications = store.notifications
         self.senders = senders
         self.backoff_seconds = backoff_seconds
         self.claim_seconds = claim_seconds
@@ -193,7 +189,11 @@ class Notifier:
                     return  # the rest waits for a slot (a finished attempt wakes the loop)
                 skipped = len(full)
                 due = await self._call(
-                    self.store.due_deliveries, sender.channel, clock.now_us(), BATCH, sorted(full)
+                    self.notifications.due_deliveries,
+                    sender.channel,
+                    clock.now_us(),
+                    BATCH,
+                    sorted(full),
                 )
                 for doc in due:
                     if self._stopping.is_set() or len(self._running) >= WORKERS:
@@ -218,7 +218,7 @@ class Notifier:
         now_us = clock.now_us()
         until_us = now_us + int(self.claim_seconds * 1e6)
         claimed = await self._call(
-            self.store.claim_delivery, sender.channel, doc["_id"], now_us, until_us, token
+            self.notifications.claim_delivery, sender.channel, doc["_id"], now_us, until_us, token
         )
         if claimed is None:
             return  # another replica took it
@@ -253,7 +253,9 @@ class Notifier:
         except asyncio.CancelledError:  # stopping (or the claim was lost): give the claim back
             renewer.cancel()
             with contextlib.suppress(Exception):
-                await self._call(self.store.release_delivery, channel, doc["_id"], token, clock.now_us())
+                await self._call(
+                    self.notifications.release_delivery, channel, doc["_id"], token, clock.now_us()
+                )
             raise
         finally:
             renewer.cancel()
@@ -270,7 +272,7 @@ class Notifier:
             await asyncio.sleep(self.claim_seconds / 3)
             until_us = clock.now_us() + int(self.claim_seconds * 1e6)
             try:
-                held = await self._call(self.store.renew_delivery, channel, oid, token, until_us)
+                held = await self._call(self.notifications.renew_delivery, channel, oid, token, until_us)
             except Exception as exc:  # the database is away: a lapsed claim's outcome is fenced out
                 if not self.store.outage.failed(exc, f"notification {oid}"):
                     log.warning("notification %s: could not renew its %s claim: %s", oid, channel.name, exc)
@@ -294,4 +296,4 @@ class Notifier:
             changes[channel.next_us] = clock.now_us() + int(delay * 1e6)
         elif state in (FAILED, REFUSED):
             log.warning("notification %s: %s %s: %s", doc["_id"], channel.name, state, detail)
-        self.store.record_delivery(channel, doc["_id"], attempts, changes, token)
+        self.notifications.record_delivery(channel, doc["_id"], attempts, changes, token)

@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from server.model.channels import DELIVERED, FAILED, PENDING, REFUSED, WEBHOOK, Doc
 from server.notify import guard
-from server.notify.channels import DELIVERED, FAILED, PENDING, REFUSED, WEBHOOK, Doc
 from server.notify.sender import Outcome
 
 SIGNATURE_HEADER = "X-Genjobs-Signature"

@@ -191,7 +191,7 @@ class App:
         )
         undo.push_async_callback(self.store.close_async)
         self.hub = EventHub(loop)
-        self.event_log = EventLog(self.store)
+        self.event_log = EventLog(self.store.events, self.store.outage)
         self.event_log.start()
         undo.push_async_callback(asyncio.to_thread, self.event_log.stop)
         self.jobs = Jobs(self.store, self.hub, self.event_log, self.worker_id, settings.max_attempts)
@@ -203,11 +203,11 @@ class App:
         self.job_notifications = JobNotifications(self.store, self.notifier)
         self.jobs.on_change.append(self.job_notifications.job_changed)
         self.progress_link.tokens = AttemptTokens(secret)
-        self.schedule_store = ScheduleStore(self.store)
+        self.schedule_store = ScheduleStore(self.store.database)
         self.templates = Templates(
             self.schedule_store, convert, settings.max_templates_per_owner, settings.max_template_bytes
         )
-        self.tiers = Tiers(self.store.db)  # owners' stored tiers: who may have PRIORITY_HIGH
+        self.tiers = Tiers(self.store.database.db)  # owners' stored tiers: who may have PRIORITY_HIGH
         self.jobs.tiers = self.tiers
         self.schedules = Schedules(
             self.schedule_store,
@@ -497,7 +497,7 @@ class App:
         await self._database_ready.wait()
         while True:
             try:
-                queued, running = await asyncio.to_thread(self.store.queue_counts)
+                queued, running = await asyncio.to_thread(self.store.queue.queue_counts)
                 metrics.queue_gauges(queued, running)
             except PyMongoError as exc:
                 log.debug("queue count failed: %s", exc)

@@ -72,6 +72,6 @@ def make_notifier(settings: Settings, store: Store, webhook_secret: str) -> Noti
             config = SmtpConfig.from_url(settings.smtp_url, settings.smtp_from)
         except ValueError as exc:
             raise SystemExit(f"genjobs: {exc}") from exc
-        quota = MailQuota(store.db["mail_quota"], settings.mail_per_owner_per_hour)
+        quota = MailQuota(store.database.db["mail_quota"], settings.mail_per_owner_per_hour)
         senders.append(MailSender(config, settings.public_url, settings.smtp_timeout_seconds, quota))
     return Notifier(store, senders, settings.webhook_backoff_seconds, settings.notify_claim_seconds)

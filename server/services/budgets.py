@@ -51,7 +51,8 @@ from server.model.errors import FieldViolation, ServiceError, admins_only, inval
 from server.model.states import FINAL, Status
 from server.services import validation
 from server.storage.budgets import BudgetStore, budget_key, month_of, project_field, project_name, usage_key
-from server.storage.store import STATUS_CHANGED, Doc
+from server.storage.database import Doc
+from server.storage.events import STATUS_CHANGED
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ class Budgets:
         after = self.store.to_budget_lane(job, reason)
         if after is not None and after.get("cancel_requested"):
             # Cancelled between its claim and now: the owner's wish, not a wait.
-            after = self.store.store.cancel_queued(after["_id"]) or after
+            after = self.store.cancel_queued(after["_id"]) or after
         if after is not None:
             self.record(after, STATUS_CHANGED)
         moved = self.store.hold_ready(owner, limit.project or None, reason)

@@ -17,27 +17,19 @@ from bson import ObjectId
 
 from server.model import clock
 from server.model.caller import Caller
+from server.model.channels import new_notification
 from server.model.errors import ServiceError, invalid
 from server.model.states import BULK_FINAL, BulkAction, BulkStatus, Status
-from server.notify.channels import new_notification
 from server.notify.sender import Notifier
 from server.services import entitlement, validation
 from server.services.events import Event, EventHub
 from server.services.jobs import Jobs, normalized
 from server.storage.budgets import BUDGET
-from server.storage.store import (
-    BACKOFF,
-    HELD,
-    RANKS,
-    READY,
-    SCHEDULED,
-    STATUS_CHANGED,
-    Doc,
-    Page,
-    Store,
-    bulk_item_key,
-    submission_key,
-)
+from server.storage.database import Doc
+from server.storage.events import STATUS_CHANGED
+from server.storage.paging import Page, bulk_item_key, submission_key
+from server.storage.queue import BACKOFF, HELD, RANKS, READY, SCHEDULED
+from server.storage.store import Store
 from server.telemetry import context, metrics
 
 # Bulk event kinds (BulkJobEventType without its prefix); STATUS_CHANGED is the store's.
@@ -199,7 +191,7 @@ class Bulks:
             **(origin or {}),
         }
         docs = [
-            self.store.new_job_doc(
+            self.store.jobs.new_job_doc(
                 caller.user,
                 mode,
                 normalized(params),
@@ -223,21 +215,23 @@ class Bulks:
         except ServiceError:
             # A repeat of a stored request is answered, not refused (see Jobs.submit).
             keyed = request_id or "request_key" in (origin or {})
-            earlier = self.store.repeated(self.store.bulk_jobs, bulk) if keyed else None
+            earlier = self.store.bulks.repeated(bulk) if keyed else None
             if earlier is None:
                 raise
-            return summarize(earlier, self.store.bulk_items([str(earlier["_id"])]))
-        stored, created = self.store.insert_bulk(bulk, docs)
+            return summarize(earlier, self.store.bulks.bulk_items([str(earlier["_id"])]))
+        stored, created = self.store.bulks.insert_bulk(bulk, docs)
         if not created:
             # A repeat: the items the first call stored hold their places; of
             # ours, only those that filled in what it left unstored keep theirs.
-            kept = self.store.stored_ids([doc["_id"] for doc in docs])
+            kept = self.store.jobs.stored_ids([doc["_id"] for doc in docs])
             self.jobs.limits.unreserve(caller.user, [doc["_id"] for doc in docs if doc["_id"] not in kept])
         if created:
             metrics.job_submitted(mode, len(docs))
             for doc in docs:
                 self.jobs.offer(doc)
-        return summarize(stored, self.store.bulk_items([str(stored["_id"])]) if stored is not bulk else docs)
+        return summarize(
+            stored, self.store.bulks.bulk_items([str(stored["_id"])]) if stored is not bulk else docs
+        )
 
     def get(self, caller: Caller, bulk_id: str) -> BulkView:
         """One bulk job with counts and items."""
@@ -248,8 +242,8 @@ class Bulks:
         bad = validation.check_id(bulk_id, "id", "bulk job")
         if bad:
             raise invalid(bad)
-        items = self.store.bulk_items([bulk_id], caller.owner_filter)
-        return summarize(self.store.get_bulk(caller.owner_filter, bulk_id), items)
+        items = self.store.bulks.bulk_items([bulk_id], caller.owner_filter)
+        return summarize(self.store.bulks.get_bulk(caller.owner_filter, bulk_id), items)
 
     def list_bulk(
         self, caller: Caller, statuses: list[str], project: str, size: int, token: str
@@ -262,41 +256,41 @@ class Bulks:
         bad += validation.check_label(project, "project", validation.MAX_PROJECT)
         if bad:
             raise invalid(bad)
-        page = self.store.list_bulk(caller.owner_filter, statuses, project, page_size, token)
+        page = self.store.bulks.list_bulk(caller.owner_filter, statuses, project, page_size, token)
         by_bulk = self._items_by_bulk([str(d["_id"]) for d in page.docs])
         return [summarize(d, by_bulk[str(d["_id"])]) for d in page.docs], page
 
     def _items_by_bulk(self, bulk_ids: list[str]) -> dict[str, list[Doc]]:
         """The item jobs of these bulk jobs, by bulk job id (one query)."""
         by_bulk: dict[str, list[Doc]] = {i: [] for i in bulk_ids}
-        for item in self.store.bulk_items(bulk_ids) if bulk_ids else []:
+        for item in self.store.bulks.bulk_items(bulk_ids) if bulk_ids else []:
             by_bulk[item["bulk_job_id"]].append(item)
         return by_bulk
 
     def pause(self, caller: Caller, bulk_id: str) -> BulkView:
         """No further item starts; the running one finishes. Survives restarts."""
-        self.store.bulk_transition(
+        self.store.bulks.bulk_transition(
             caller.owner_filter, bulk_id, BulkAction.PAUSE, {"status": str(BulkStatus.PAUSED)}
         )
         # Items waiting for a budget are held too: a release must not start them.
-        self.store.set_item_lanes(bulk_id, [READY, BACKOFF, SCHEDULED, BUDGET], HELD)
+        self.store.bulks.set_item_lanes(bulk_id, [READY, BACKOFF, SCHEDULED, BUDGET], HELD)
         return self._publish(self.get(caller, bulk_id), STATUS_CHANGED)
 
     def resume(self, caller: Caller, bulk_id: str) -> BulkView:
         """Go on at the next queued item."""
-        self.store.resume_bulk(caller.owner_filter, bulk_id)
-        self.store.resume_items(bulk_id)
+        self.store.bulks.resume_bulk(caller.owner_filter, bulk_id)
+        self.store.bulks.resume_items(bulk_id)
         self.jobs.dispatcher.wake()
         return self._publish(self.get(caller, bulk_id), STATUS_CHANGED)
 
     def cancel(self, caller: Caller, bulk_id: str) -> BulkView:
         """Cancel the queued items and stop the running one."""
-        self.store.bulk_transition(
+        self.store.bulks.bulk_transition(
             caller.owner_filter, bulk_id, BulkAction.CANCEL, {"status": str(BulkStatus.CANCELLED)}
         )
         self._cancel_items(caller, bulk_id)
-        bulk = self.store.get_bulk(caller.owner_filter, bulk_id)
-        return self._settle(bulk, self.store.bulk_items([bulk_id])) or self.get(caller, bulk_id)
+        bulk = self.store.bulks.get_bulk(caller.owner_filter, bulk_id)
+        return self._settle(bulk, self.store.bulks.bulk_items([bulk_id])) or self.get(caller, bulk_id)
 
     def _cancel_items(self, caller: Caller, bulk_id: str) -> None:
         """Cancel a cancelled bulk job's queued items and stop its running one."""
@@ -304,11 +298,11 @@ class Bulks:
         # while they are cancelled one by one; stop the running one last. The
         # items are read once held: one the dispatcher started just before
         # the hold is running now, and must be stopped, not skipped.
-        self.store.set_item_lanes(bulk_id, [READY, BACKOFF, SCHEDULED, BUDGET], HELD)
-        items = self.store.bulk_items([bulk_id])
+        self.store.bulks.set_item_lanes(bulk_id, [READY, BACKOFF, SCHEDULED, BUDGET], HELD)
+        items = self.store.bulks.bulk_items([bulk_id])
         for item in items:
             if item["status"] == str(Status.QUEUED):
-                cancelled = self.store.cancel_queued(item["_id"])
+                cancelled = self.store.jobs.cancel_queued(item["_id"])
                 if cancelled is not None:
                     self.jobs.publish(cancelled, STATUS_CHANGED)
         for item in items:
@@ -323,7 +317,7 @@ class Bulks:
         page_size, bad = validation.page_size(size)
         if bad:
             raise invalid(bad)
-        return self.store.list_notifications(caller.user, page_size, token, job_id, bulk_job_id)
+        return self.store.notifications.list_notifications(caller.user, page_size, token, job_id, bulk_job_id)
 
     # ---- item bookkeeping -------------------------------------------------
 
@@ -334,20 +328,20 @@ class Bulks:
         bulk_oid = ObjectId(job["bulk_job_id"])
         status = job["status"]
         if status == str(Status.PROCESSING):
-            self.store.mark_bulk_started(bulk_oid)
-            self.store.bulk_status_change(
+            self.store.bulks.mark_bulk_started(bulk_oid)
+            self.store.bulks.bulk_status_change(
                 bulk_oid, [str(BulkStatus.QUEUED)], {"status": str(BulkStatus.PROCESSING)}
             )
         elif status == str(Status.QUEUED) and job.get("retry_of"):
             # A retried item reopens a completed bulk job until it is final again.
-            self.store.reopen_bulk(bulk_oid)
+            self.store.bulks.reopen_bulk(bulk_oid)
         # The sequence first, then the items: an event's counts then include
         # every change up to its sequence, so counts never go backwards for a
         # watcher that started from a view (`get` reads in the other order).
-        bumped = self.store.bump_bulk(bulk_oid)
+        bumped = self.store.bulks.bump_bulk(bulk_oid)
         if bumped is None:
             return
-        items = self.store.bulk_items([job["bulk_job_id"]])
+        items = self.store.bulks.bulk_items([job["bulk_job_id"]])
         if self._settle(bumped, items) is None:
             self._publish(summarize(bumped, items), ITEM_CHANGED)
 
@@ -358,15 +352,15 @@ class Bulks:
         The dispatcher's leader runs it at start-up and then once a sweep."""
         # Untouched for a while: a live server settles a bulk job as its last item ends.
         settled_before_us = clock.now_us() - RECOVERY_DELAY_US
-        stale = self.store.unsettled_bulks(settled_before_us)
-        busy = self.store.bulks_with_open_items([str(d["_id"]) for d in stale]) if stale else set()
+        stale = self.store.bulks.unsettled_bulks(settled_before_us)
+        busy = self.store.bulks.bulks_with_open_items([str(d["_id"]) for d in stale]) if stale else set()
         for doc in stale:
             bulk_id = str(doc["_id"])
             if bulk_id not in busy:
-                self._settle(doc, self.store.bulk_items([bulk_id]))
+                self._settle(doc, self.store.bulks.bulk_items([bulk_id]))
             elif doc["status"] == str(BulkStatus.CANCELLED):  # stopped while cancelling it
                 self._cancel_items(Caller(doc["owner"]), bulk_id)
-        for doc in self.store.unstored_notifications(settled_before_us):
+        for doc in self.store.bulks.unstored_notifications(settled_before_us):
             self._store_notification(doc)
 
     def _settle(self, doc: Doc, items: list[Doc]) -> BulkView | None:
@@ -378,11 +372,11 @@ class Bulks:
         # One conditional update decides who settles it, and it carries the
         # notification: every watcher, on any replica, sees both together.
         if doc["status"] == str(BulkStatus.CANCELLED):
-            settled = self.store.bulk_status_change(
+            settled = self.store.bulks.bulk_status_change(
                 doc["_id"], [str(BulkStatus.CANCELLED)], {"ended_us": now_us, "settled": True}
             )
         else:
-            settled = self.store.bulk_status_change(
+            settled = self.store.bulks.bulk_status_change(
                 doc["_id"],
                 _OPEN,
                 {
@@ -432,8 +426,8 @@ class Bulks:
     def _store_notification(self, bulk: Doc) -> None:
         """Put a completed bulk job's notification in `notifications` (once:
         its id is fixed) and hand it to the notifier."""
-        self.store.insert_notification(bulk["notification"])
-        self.store.notification_stored(bulk)
+        self.store.notifications.insert_notification(bulk["notification"])
+        self.store.bulks.notification_stored(bulk)
         self.notifier.wake()
 
     def _publish(self, view: BulkView, kind: str) -> BulkView:
@@ -445,7 +439,7 @@ class Bulks:
         ids = self.hub.watched("bulk:")
         if not ids:
             return
-        docs = await asyncio.to_thread(self.store.bulk_docs, ids)
+        docs = await asyncio.to_thread(self.store.bulks.bulk_docs, ids)
         changed = [str(d["_id"]) for d in docs if d["seq"] > self.hub.last_seq(f"bulk:{d['_id']}")]
         if not changed:
             return
@@ -453,7 +447,7 @@ class Bulks:
         # sequence then covers every change its counts include, so a later
         # event never carries smaller counts.
         items = await asyncio.to_thread(self._items_by_bulk, changed)
-        for doc in await asyncio.to_thread(self.store.bulk_docs, changed):
+        for doc in await asyncio.to_thread(self.store.bulks.bulk_docs, changed):
             self.hub.deliver(bulk_event(summarize(doc, items[str(doc["_id"])]), ITEM_CHANGED))
 
 

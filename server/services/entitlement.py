@@ -31,7 +31,7 @@ from pymongo.database import Database
 from server.model import clock
 from server.model.caller import Caller, subject_problem
 from server.model.errors import FieldViolation, admins_only, invalid, permission_denied
-from server.storage.store import Doc
+from server.storage.database import Doc
 
 PREMIUM = "premium"
 TIERS = ("", PREMIUM)  # "" is the plain tier: no stored grant

@@ -18,14 +18,19 @@ from typing import Any, Protocol
 from pymongo.errors import PyMongoError
 
 from server.model.caller import Caller
+from server.model.channels import targets
 from server.model.errors import FieldViolation, ServiceError, email_not_configured, invalid
 from server.model.states import Status
-from server.notify.channels import targets
 from server.services import entitlement, validation
 from server.services.entitlement import Tiers
 from server.services.events import Event, EventHub
+from server.storage.database import Doc
 from server.storage.eventlog import EventLog
-from server.storage.store import RANKS, READY, SNAPSHOT, STATUS_CHANGED, Doc, JobFilter, Page, Store, final
+from server.storage.events import SNAPSHOT, STATUS_CHANGED
+from server.storage.jobs import final
+from server.storage.paging import JobFilter, Page
+from server.storage.queue import RANKS, READY
+from server.storage.store import Store
 from server.telemetry import context, metrics
 
 log = logging.getLogger(__name__)
@@ -120,7 +125,7 @@ class Jobs:
 
     def record(self, doc: Doc, kind: str) -> None:
         """Tell watchers of a change, and keep it in job_events for replay (in the background)."""
-        event = self.store.event_doc(doc, kind, self.worker_id)
+        event = self.store.events.event_doc(doc, kind, self.worker_id)
         # Queued for storage before the callbacks' bookkeeping (spend, notifications)
         # runs: a DeleteJob that flushes the log right after the change finds it there.
         self.event_log.append(event)
@@ -128,7 +133,7 @@ class Jobs:
 
     def publish(self, doc: Doc, kind: str) -> None:
         """Hand a change to this server's watchers only (not kept for replay)."""
-        self._deliver(doc, kind, self.store.event_doc(doc, kind, self.worker_id))
+        self._deliver(doc, kind, self.store.events.event_doc(doc, kind, self.worker_id))
 
     def _deliver(self, doc: Doc, kind: str, event: Doc) -> None:
         self.hub.publish(Event(f"job:{event['job_id']}", event["seq"], event, final(doc["status"])))
@@ -150,18 +155,20 @@ class Jobs:
         ids = self.hub.watched("job:")
         if not ids:
             return
-        docs = await asyncio.to_thread(self.store.jobs_by_ids, ids)
+        docs = await asyncio.to_thread(self.store.jobs.jobs_by_ids, ids)
         for doc in docs:
             key = f"job:{doc['_id']}"
             last = self.hub.last_seq(key)
             if doc["seq"] <= last:
                 continue
-            stored = await asyncio.to_thread(self.store.events_after, str(doc["_id"]), last)
+            stored = await asyncio.to_thread(self.store.events.events_after, str(doc["_id"]), last)
             for event in stored:
                 self.hub.deliver(Event(key, event["seq"], event, final(event["job"]["status"])))
             if doc["seq"] > (stored[-1]["seq"] if stored else last):
                 # A final job's last change was its final status.
-                snapshot = self.store.event_doc(doc, STATUS_CHANGED if final(doc["status"]) else SNAPSHOT)
+                snapshot = self.store.events.event_doc(
+                    doc, STATUS_CHANGED if final(doc["status"]) else SNAPSHOT
+                )
                 self.hub.deliver(Event(key, doc["seq"], snapshot, final(doc["status"])))
 
     # ---- RPCs -----------------------------------------------------------
@@ -193,7 +200,7 @@ class Jobs:
         await entitlement.require_async(caller, priority, self.tiers)
         self.check_email(notify_email)
         params = normalized(params)
-        doc = self.store.new_job_doc(
+        doc = self.store.jobs.new_job_doc(
             caller.user,
             mode,
             params,
@@ -213,12 +220,12 @@ class Jobs:
             # A repeat of a stored request is answered, not refused: the limit
             # counted that job already (a client's retry, a schedule's tick again).
             keyed = request_id or "request_key" in (origin or {})
-            earlier = await asyncio.to_thread(self.store.repeated, self.store.jobs, doc) if keyed else None
+            earlier = await asyncio.to_thread(self.store.jobs.repeated, doc) if keyed else None
             if earlier is None:
                 raise
             return earlier
         # A failed insert keeps its place until the sweep: it may have been stored.
-        stored, created = await self.store.submit_job(doc)
+        stored, created = await self.store.jobs.submit_job(doc)
         if not created:  # a repeated request: the earlier job holds its own place
             await asyncio.to_thread(self.limits.unreserve, caller.user, [doc["_id"]])
         if created:
@@ -240,7 +247,7 @@ class Jobs:
 
     def get(self, caller: Caller, job_id: str) -> Doc:
         """One of the caller's jobs."""
-        return self.store.get(caller.owner_filter, job_id)
+        return self.store.jobs.get(caller.owner_filter, job_id)
 
     def list_jobs(self, caller: Caller, filters: JobFilter, page_size: int, token: str) -> Page:
         """A page of the caller's jobs, newest first."""
@@ -248,11 +255,11 @@ class Jobs:
         bad += _check_filter_values(filters)
         if bad:
             raise invalid(bad)
-        return self.store.list_jobs(caller.owner_filter, filters, size, token)
+        return self.store.jobs.list_jobs(caller.owner_filter, filters, size, token)
 
     def cancel(self, caller: Caller, job_id: str) -> Doc:
         """Cancel a queued job now, or ask the running one to stop."""
-        doc, running = self.store.cancel(caller.owner_filter, job_id)
+        doc, running = self.store.jobs.cancel(caller.owner_filter, job_id)
         if running:
             # Stored: the dispatcher's CANCELLED follows, and a resumed watch
             # must see this step too.
@@ -267,7 +274,7 @@ class Jobs:
         bad = validation.check_common(request_id, "")
         if bad:
             raise invalid(bad)
-        doc = self.store.retry_doc(caller.owner_filter, job_id, request_id, self.default_max_attempts)
+        doc = self.store.jobs.retry_doc(caller.owner_filter, job_id, request_id, self.default_max_attempts)
         # The retry's creator is the caller, now: a HIGH job retried by one not
         # entitled to HIGH (a plain token) runs at NORMAL (server/services/entitlement.py).
         priority = entitlement.capped(caller, doc["priority"], self.tiers)
@@ -277,12 +284,12 @@ class Jobs:
             self.limits.check_submit(doc["owner"], doc["project"], 1)
             self.limits.reserve(doc["owner"], [doc["_id"]])
         except ServiceError:
-            earlier = self.store.repeated(self.store.jobs, doc)  # a retry always has a request key
+            earlier = self.store.jobs.repeated(doc)  # a retry always has a request key
             if earlier is None:
                 raise
             return earlier
         new_id = doc["_id"]
-        doc = self.store.store_retry(doc)
+        doc = self.store.jobs.store_retry(doc)
         if doc["_id"] != new_id:  # a repeat: the earlier retry holds its own place
             self.limits.unreserve(doc["owner"], [new_id])
         self.offer(doc)
@@ -292,7 +299,7 @@ class Jobs:
     def delete(self, caller: Caller, job_id: str) -> None:
         """Remove a final job and its events."""
         self.event_log.flush()  # so that no event of this job is stored after the delete
-        self.store.delete(caller.owner_filter, job_id)
+        self.store.jobs.delete(caller.owner_filter, job_id)
 
     def run_bulk_operation(
         self, caller: Caller, operation: str, filters: JobFilter, validate_only: bool
@@ -303,27 +310,27 @@ class Jobs:
         if bad:
             raise invalid(bad)
         filters.statuses = [OPERATION_STATUS[operation]]
-        query = self.store.job_query(caller.owner_filter, filters)
+        query = self.store.jobs.job_query(caller.owner_filter, filters)
         if operation == "RETRY_ALL_FAILED":
             query["retried_by"] = ""  # each failed job is retried once
         if validate_only:
-            total = self.store.count(self.store.jobs, query)
-            sample = self.store.matching_ids(query, SAMPLE_SIZE)
+            total = self.store.jobs.count(query)
+            sample = self.store.jobs.matching_ids(query, SAMPLE_SIZE)
             # What one call would leave: it acts on at most MAX_BULK_OPERATION.
             left = max(total - MAX_BULK_OPERATION, 0)
             return BulkOperationResult([str(i) for i in sample], total, left)
-        ids = self.store.matching_ids(query, MAX_BULK_OPERATION)
+        ids = self.store.jobs.matching_ids(query, MAX_BULK_OPERATION)
         done: list[str] = []
         if operation == "CANCEL_ALL_QUEUED":
             for oid in ids:
-                doc = self.store.cancel_queued(oid)
+                doc = self.store.jobs.cancel_queued(oid)
                 if doc is not None:
                     done.append(str(oid))
                     self.publish(doc, STATUS_CHANGED)
         elif operation == "DELETE_ALL_COMPLETED":
             if ids:
                 self.event_log.flush()
-                self.store.delete_completed(ids)
+                self.store.jobs.delete_completed(ids)
             done = [str(i) for i in ids]
         else:
             for oid in ids:
@@ -335,7 +342,7 @@ class Jobs:
                     break  # a limit or the queued-jobs cap: the rest stay failed, counted below
                 done.append(str(new["_id"]))
         more = len(ids) == MAX_BULK_OPERATION or len(done) < len(ids)  # a cut-off retry leaves some
-        remaining = self.store.count(self.store.jobs, query) if more else 0
+        remaining = self.store.jobs.count(query) if more else 0
         return BulkOperationResult(done, len(done), remaining)
 
     def stats(self, caller: Caller, filters: JobFilter) -> Doc:
@@ -343,7 +350,7 @@ class Jobs:
         bad = _check_filter_values(filters)
         if bad:
             raise invalid(bad)
-        status_rows, mode_rows = self.store.stats(caller.owner_filter, filters)
+        status_rows, mode_rows = self.store.jobs.stats(caller.owner_filter, filters)
         by_status = {row["_id"]: int(row["n"]) for row in status_rows}
         by_mode = {row["_id"]: int(row["n"]) for row in mode_rows}
         cost = sum(int(row.get("cost") or 0) for row in status_rows)
@@ -356,10 +363,10 @@ class Jobs:
         if completed:  # only completed jobs have a cost, known or not
             scope = dataclasses.replace(filters, statuses=[str(Status.COMPLETED)])
             query = {
-                **self.store.job_query(caller.owner_filter, scope),
+                **self.store.jobs.job_query(caller.owner_filter, scope),
                 "result.metadata.cost_unknown": "true",
             }
-            unknown = self.store.count(self.store.jobs, query)
+            unknown = self.store.jobs.count(query)
         return {
             "cost_unknown": unknown,
             "total": sum(by_status.values()),
@@ -372,11 +379,11 @@ class Jobs:
 
     def history(self, caller: Caller, job_id: str, after: int) -> tuple[Doc, list[Doc]]:
         """The job now and its stored events after `after` (for WatchJob)."""
-        doc = self.store.get(caller.owner_filter, job_id)
+        doc = self.store.jobs.get(caller.owner_filter, job_id)
         if not after:
             return doc, []
         self.event_log.flush()  # what this server already published is stored too
-        return doc, self.store.events_after(job_id, after)
+        return doc, self.store.events.events_after(job_id, after)
 
 
 def normalized(params: Doc) -> Doc:

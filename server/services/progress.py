@@ -12,7 +12,10 @@ from server.model import clock
 from server.model.errors import FieldViolation, ServiceError, invalid
 from server.model.progress import AttemptTokens, progress_fields
 from server.services.validation import check_label, check_text
-from server.storage.store import PROGRESS, Doc, Store, parse_id
+from server.storage.database import Doc
+from server.storage.events import PROGRESS
+from server.storage.paging import parse_id
+from server.storage.store import Store
 
 MAX_STAGE, MAX_MESSAGE = 50, 500
 
@@ -67,14 +70,12 @@ class ExternalProgress:
         # reordered one) is refused by the same write, not stored.
         oid = parse_id(job_id)
         at_most = {"progress.percentage": {"$lte": progress["percentage"]}}
-        after = self.store.fenced_update(
+        after = self.store.queue.fenced_update(
             oid, epoch, {"progress": progress, "updated_us": now_us}, when=at_most
         )
         if after is None:
             # Why not: the attempt ended, or the report went back (read only to say which).
-            current = self.store.jobs.find_one(
-                {"_id": oid, "epoch": epoch, "status": "PROCESSING"}, {"progress": 1}
-            )
+            current = self.store.queue.run_progress(oid, epoch)
             if current is None:
                 raise _denied("the attempt this token was issued for has ended")
             raise _backwards(int(current["progress"]["percentage"]), progress["percentage"])

@@ -52,8 +52,9 @@ from server.services.templates import (
     check_request,
     stored_request,
 )
+from server.storage.database import Doc
+from server.storage.paging import Page, submission_key
 from server.storage.schedules import ACTIVE, PAUSED, SCHEDULES, ScheduleStore, fair_order, tick_key
-from server.storage.store import Doc, Page, submission_key
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ class Schedules:
             self.check_standing(caller, stored_request(self.templates.get(caller, fields["template"])))
         now = clock.now_us()
         oid = ObjectId()
-        ck = self.store.store.order_keys.next()
+        ck = self.store.order_keys.next()
         doc = {
             "_id": oid,
             "owner": caller.user,
@@ -280,7 +281,7 @@ class Schedules:
             try:
                 self._fire(doc, now)
             except (PyMongoError, TimeoutError) as exc:  # still due: the next pass tries again
-                if self.store.store.outage.failed(exc, f"schedule {doc['_id']}"):
+                if self.store.outage.failed(exc, f"schedule {doc['_id']}"):
                     return  # the other due schedules would fail the same way
                 log.warning("schedule %s: tick not done (%s)", doc["_id"], exc)
             except Exception:  # a bug here must not stop the other schedules or the dispatcher

@@ -26,8 +26,8 @@ from server.model import clock
 from server.model.caller import Caller
 from server.model.errors import FieldViolation, ServiceError, invalid
 from server.services import validation
+from server.storage.database import Doc
 from server.storage.schedules import TEMPLATES, ScheduleStore, template_key
-from server.storage.store import Doc
 
 # What a template (or a schedule) holds: the oneof field name and its message.
 JOB, BULK_JOB = "job", "bulk_job"

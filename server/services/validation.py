@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from server.model.errors import FieldViolation, echo
+from server.model.ids import check_id as check_id  # the rule lives in model; callers keep it here
 from server.model.rules import (
     CONTROL,
     DEFAULT_WORD_COUNT,
@@ -36,8 +37,6 @@ MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 100, 50
 MAX_QUERY = 200
 MAX_TIMEOUT_SECONDS = 86400.0
 _MODEL = re.compile(r"[A-Za-z0-9._:/-]{1,100}")
-# Ids are ObjectId hex; anything else is refused before it reaches a query.
-_ID = re.compile(r"[0-9a-fA-F]{24}")
 # Extra keys become field names in MongoDB: no dots, no leading $.
 _EXTRA_KEY = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_EXTRA_KEY}}}")
 
@@ -167,13 +166,6 @@ def check_choices(
             field, "unspecified or unknown value: one of " + ", ".join(prefix + a for a in allowed)
         )
     ]
-
-
-def check_id(value: str, field: str = "id", kind: str = "job") -> list[FieldViolation]:
-    """A violation unless `value` is an id: 24 hexadecimal characters."""
-    if _ID.fullmatch(value):
-        return []
-    return [FieldViolation(field, f"not a {kind} id (24 hexadecimal characters)")]
 
 
 def check_text(value: str, field: str, long_text: bool = False) -> list[FieldViolation]:

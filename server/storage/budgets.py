@@ -45,7 +45,9 @@ from pymongo.errors import DuplicateKeyError
 
 from server.model import clock
 from server.model.states import Status
-from server.storage.store import READY, Doc, Store
+from server.storage.database import Doc
+from server.storage.queue import READY
+from server.storage.store import Store
 
 BUDGET = "budget"  # the lane of queued jobs whose owner (or project) is over a limit
 
@@ -80,11 +82,13 @@ class BudgetStore:
     """Every query on budgets, usage, and the jobs they hold back."""
 
     def __init__(self, store: Store) -> None:
-        self.store = store
-        self.jobs = store.jobs
-        self.budgets: Collection[Doc] = store.db["budgets"]
-        self.usage: Collection[Doc] = store.db["usage"]
-        self.slots: Collection[Doc] = store.db["queue_slots"]
+        self.jobs = store.database.jobs
+        self.budgets: Collection[Doc] = store.database.db["budgets"]
+        self.usage: Collection[Doc] = store.database.db["usage"]
+        self.slots: Collection[Doc] = store.database.db["queue_slots"]
+        self.queue = store.queue
+        self.bulks = store.bulks
+        self.job_store = store.jobs
 
     def ensure_indexes(self) -> None:
         """The indexes behind these queries (see the module docstring)."""
@@ -264,18 +268,22 @@ class BudgetStore:
     def _move(self, owner: str, project: str | None, lane: str, changes: Doc) -> int:
         """Apply `changes` (a new `queue` among them) to `owner`'s queued jobs in
         `lane`: their ids read through the (owner, status, ck) index, then
-        `Store.move_queued`."""
+        `QueueStore.move_queued`."""
         query: Doc = {"owner": owner, "status": str(Status.QUEUED), "queue": lane}
         if project is not None:
             query["project"] = project
         to = changes.pop("queue")
         ids = [row["_id"] for row in self.jobs.find(query, {"_id": 1})]
-        return self.store.move_queued([(oid, lane, to) for oid in ids], changes, bump=True)
+        return self.queue.move_queued([(oid, lane, to) for oid in ids], changes, bump=True)
 
     def to_budget_lane(self, job: Doc, reason: str) -> Doc | None:
         """Put a job this run claimed back in the queue, in the budget lane, its
         attempt given back (fenced by the run's epoch); the job after, None if
         the run lost it."""
         # A paused bulk job's item waits held, for its resume first.
-        changes = {**self.store.requeue_changes(job, BUDGET), "wait_reason": reason}
-        return self.store.fenced_update(job["_id"], job["epoch"], changes)
+        changes = {**self.bulks.requeue_changes(job, BUDGET), "wait_reason": reason}
+        return self.queue.fenced_update(job["_id"], job["epoch"], changes)
+
+    def cancel_queued(self, oid: ObjectId) -> Doc | None:
+        """Cancel a job if it is still queued (one its owner cancelled on its way to the budget lane)."""
+        return self.job_store.cancel_queued(oid)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from server.storage.outage import time_left, unreachable
-from server.storage.store import Doc, Store
+from server.storage.database import Doc
+from server.storage.events import EventStore
+from server.storage.outage import Outage, time_left, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,9 @@ MAX_PENDING = 100_000  # while the database is away; beyond this the oldest are 
 class EventLog:
     """Stores events in the background; `flush()` waits until those appended so far are stored."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, events: EventStore, outage: Outage) -> None:
+        self.events = events
+        self.outage = outage
         self._changed = threading.Condition()
         self._pending: list[Doc] = []
         self._appended = 0  # events handed over so far
@@ -78,7 +80,7 @@ class EventLog:
                 self._hurry = False
                 batch, self._pending = self._pending, []
             try:
-                self.store.insert_events(batch)
+                self.events.insert_events(batch)
             except Exception as exc:
                 if not unreachable(exc):
                     # Refused, not unanswered: trying again would refuse again. The job
@@ -88,7 +90,7 @@ class EventLog:
                         self._settled += len(batch)
                         self._changed.notify_all()
                     continue
-                if not self.store.outage.failed(exc, f"storing {len(batch)} job events"):
+                if not self.outage.failed(exc, f"storing {len(batch)} job events"):
                     log.warning("could not store %d job events (%s); retrying", len(batch), exc)
                 with self._changed:
                     waiting = batch + self._pending

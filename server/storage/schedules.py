@@ -1,9 +1,8 @@
 """MongoDB access for schedules and templates (collections `schedules`, `templates`).
 
-Kept beside store.py rather than in it: DESIGN.md splits the store by
-aggregate once it outgrows a screen, and these two aggregates share nothing
-with jobs but the connection, the order keys and the page tokens, which
-this module borrows from the `Store`.
+One of the aggregate stores (see `store`): these two aggregates share
+nothing with jobs but the connection, the order keys and the page tokens,
+which this module borrows from the `Database`.
 
 - A template's `_id` is its (owner, name) key: create is one insert (a taken
   name is the unique `_id`), and get, update and delete are one command on
@@ -28,7 +27,6 @@ import contextlib
 import hashlib
 import json
 
-import grpc
 import pymongo
 from bson import ObjectId
 from pymongo import ReturnDocument
@@ -36,8 +34,9 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from server.model import clock
-from server.model.errors import ServiceError, not_found, quota_exceeded
-from server.storage.store import MAX_PAGE_BYTES, Doc, Page, Store, _keyset_page, parse_id, request_key
+from server.model.errors import already_exists, not_found, quota_exceeded
+from server.storage.database import Database, Doc
+from server.storage.paging import MAX_PAGE_BYTES, Page, keyset_page, parse_id, request_key
 
 ACTIVE, PAUSED = "ACTIVE", "PAUSED"
 SCHEDULES, TEMPLATES = "schedules", "templates"  # what owner_counts counts
@@ -55,11 +54,13 @@ def _fingerprint(*parts: object) -> str:
 class ScheduleStore:
     """The schedules and templates collections, and every query on them."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.schedules: Collection[Doc] = store.db["schedules"]
-        self.templates: Collection[Doc] = store.db["templates"]
-        self.counts: Collection[Doc] = store.db["owner_counts"]
+    def __init__(self, database: Database) -> None:
+        self.schedules: Collection[Doc] = database.db["schedules"]
+        self.templates: Collection[Doc] = database.db["templates"]
+        self.counts: Collection[Doc] = database.db["owner_counts"]
+        self.page_tokens = database.page_tokens
+        self.order_keys = database.order_keys
+        self.outage = database.outage  # what the schedule ticks log of a database outage
 
     def ensure_indexes(self) -> None:
         """The index behind every query here (single-field ones make equalities
@@ -118,8 +119,7 @@ class ScheduleStore:
         try:
             self.templates.insert_one(doc)
         except DuplicateKeyError:
-            raise ServiceError(
-                grpc.StatusCode.ALREADY_EXISTS,
+            raise already_exists(
                 "TEMPLATE_EXISTS",
                 f"you have a template named {doc['name']!r}; update it or choose another name",
                 metadata={"name": doc["name"]},
@@ -160,7 +160,7 @@ class ScheduleStore:
         fingerprint = _fingerprint(owner, "templates")
         query: Doc = {"owner": owner}
         if token:
-            query["name"] = {"$gt": self.store.page_tokens.decode_after(token, fingerprint)}
+            query["name"] = {"$gt": self.page_tokens.decode_after(token, fingerprint)}
         docs: list[Doc] = []
         weight, more = 0, False
         for found in self.templates.find(query).sort("name", pymongo.ASCENDING).limit(size + 1):
@@ -171,7 +171,7 @@ class ScheduleStore:
                 more = True
                 break
             docs.append(found)
-        return docs, self.store.page_tokens.encode_after(docs[-1]["name"], fingerprint) if more else ""
+        return docs, self.page_tokens.encode_after(docs[-1]["name"], fingerprint) if more else ""
 
     # ---- schedules ----------------------------------------------------------
 
@@ -205,9 +205,7 @@ class ScheduleStore:
         if states:
             query["state"] = states[0] if len(states) == 1 else {"$in": states}
         fingerprint = _fingerprint(owner, sorted(states))
-        return _keyset_page(
-            self.schedules, query, fingerprint, size, token, self.store.page_tokens, count=False
-        )
+        return keyset_page(self.schedules, query, fingerprint, size, token, self.page_tokens, count=False)
 
     def set_state(self, owner: str, schedule_id: str, from_state: str, changes: Doc) -> Doc:
         """Apply `changes` to a schedule in `from_state`; the schedule as it is

@@ -14,7 +14,7 @@ from server.model.caller import Caller, current_caller
 from server.services.bulk import SNAPSHOT, Bulks, BulkView, bulk_event, is_final
 from server.services.events import EventHub
 from server.services.templates import Templates
-from server.storage.store import Doc
+from server.storage.database import Doc
 
 
 class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):

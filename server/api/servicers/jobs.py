@@ -19,7 +19,10 @@ from server.services.events import Event, EventHub
 from server.services.jobs import Jobs
 from server.services.progress import ExternalProgress
 from server.services.templates import Templates
-from server.storage.store import SNAPSHOT, Doc, JobFilter, final
+from server.storage.database import Doc
+from server.storage.events import SNAPSHOT
+from server.storage.jobs import final
+from server.storage.paging import JobFilter
 
 
 def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.GetJobStatsRequest) -> JobFilter:
@@ -191,7 +194,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             newest = replay[-1].seq if replay else after
             if doc["seq"] > newest or after == 0:
                 # The job as it is now stands for any change not kept as an event.
-                snapshot = self.jobs.store.event_doc(doc, SNAPSHOT)
+                snapshot = self.jobs.store.events.event_doc(doc, SNAPSHOT)
                 replay.append(Event(key, doc["seq"], snapshot, final(doc["status"])))
             self.hub.note(key, max(after, doc["seq"]))
             async for event in follow(queue, replay, after):

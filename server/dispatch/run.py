@@ -1,0 +1,298 @@
+"""A run's lifecycle on the dispatcher: the generator's call, its progress
+writes, and its outcome (completed, failed with or without a retry,
+cancelled, or given back), each written fenced by the run's lease epoch.
+
+`RunLifecycle` is the part of the `Dispatcher` that runs one claimed job; the
+claiming, the leadership and the housekeeping stay in `dispatcher`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pymongo
+from bson import ObjectId
+from pymongo.errors import PyMongoError
+
+from server.generators.base import GenerationCancelled, GenerationFailed, Generator, JobSpec
+from server.model import clock
+from server.model.progress import progress_fields
+from server.model.states import Status
+from server.storage.bulk import BulkStore
+from server.storage.database import Doc
+from server.storage.events import PROGRESS, STATUS_CHANGED
+from server.storage.jobs import job_error
+from server.storage.outage import persist, unreachable
+from server.storage.queue import BACKOFF, NONE, QueueStore
+from server.storage.store import Store
+from server.telemetry import context, metrics
+
+log = logging.getLogger("server.dispatch.dispatcher")  # one logger for the dispatcher's lines
+
+PROGRESS_WRITE_INTERVAL = 0.25  # coalesce chattier generators to at most 4 writes a second
+PROGRESS_TIMEOUT_SECONDS = 1.0  # a progress write waits at most this for the database
+PROGRESS_PAUSE_SECONDS = 2.0  # after a progress write failed, none for this long
+MAX_BACKOFF_SECONDS = 300.0
+# How long a run's outcome waits for an unreachable database before the run
+# is abandoned (its lease lapses; it is requeued with its attempt given back).
+OUTCOME_PATIENCE_SECONDS = 300.0
+
+
+@dataclass
+class Run:
+    """A job this dispatcher is running now."""
+
+    oid: ObjectId
+    epoch: int
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lost: bool = False  # another run took the job over: write nothing more
+    stopping: bool = False  # the server is shutting down: requeue, don't cancel
+    generated: bool = False  # the generator was called: its end counts for the gap
+
+
+class RunLifecycle:
+    """Runs one claimed job and stores its outcome (mixed into `Dispatcher`, which sets these)."""
+
+    store: Store
+    queue: QueueStore
+    bulks: BulkStore
+    generator: Generator
+    record: Callable[[Doc, str], None]
+    retry_base_seconds: float
+    _runs: dict[ObjectId, Run]
+    _stopping: threading.Event
+    _abandoned: set[tuple[ObjectId, int]]
+
+    def _execute(self, job: Doc) -> None:
+        metrics.attempt_started(job)
+        with context.job_attempt(job):  # log context and trace span of the attempt
+            self._run_attempt(job)
+
+    def _run_attempt(self, job: Doc) -> None:
+        run = self._runs[job["_id"]]
+        run.generated = True
+        self.tell(job, STATUS_CHANGED)
+        spec = JobSpec(
+            str(job["_id"]),
+            job["owner"],
+            job["mode"],
+            job["params"],
+            job["attempt"],
+            epoch=job["epoch"],
+            started_us=job["started_us"],
+        )
+        reporter = ProgressWriter(self, run, job)
+        try:
+            output = self.generator.generate(spec, reporter.report, run.cancel)
+        except GenerationCancelled:
+            self._finish_cancelled(run, job)
+        except GenerationFailed as failure:
+            self._finish_failed(
+                run, job, failure.code, failure.message, failure.retryable, failure.retry_after_seconds
+            )
+        except PyMongoError as exc:
+            # A database error is never the generator's: the attempt is given back.
+            self._database_error(
+                exc,
+                f"job {job['_id']}",
+                logging.INFO,
+                "job %s: database error while generating (%s); requeued",
+                job["_id"],
+                exc,
+            )
+            self._write_outcome(run, self.bulks.requeue_changes(job))
+        except Exception as exc:
+            log.exception("generator crashed on job %s", job["_id"])
+            self._finish_failed(run, job, "GENERATOR_CRASHED", f"{type(exc).__name__}: {exc}", False)
+        else:
+            self._write_outcome(run, self.queue.completion(output.as_doc(), job["started_us"]))
+
+    def _finish_cancelled(self, run: Run, job: Doc) -> None:
+        stamp = clock.now_us()
+        if run.stopping:
+            # Shutdown, not the owner's wish: give the attempt back and requeue.
+            self._write_outcome(run, self.bulks.requeue_changes(job))
+            return
+        error = job_error(
+            "CANCELLED", "cancelled", "cancelled by its owner while running", False, job["attempt"]
+        )
+        self._write_outcome(
+            run,
+            {
+                "status": str(Status.CANCELLED),
+                "queue": NONE,
+                "ended_us": stamp,
+                "updated_us": stamp,
+                "error": error,
+            },
+        )
+
+    def _finish_failed(
+        self,
+        run: Run,
+        job: Doc,
+        code: str,
+        message: str,
+        retryable: bool,
+        retry_after: float | None = None,
+    ) -> None:
+        attempt = job["attempt"]
+        category = "transient" if retryable else "permanent"
+        error = job_error(code, category, message, retryable, attempt)
+        stamp = clock.now_us()
+        changes: Doc = {
+            "error": error,
+            "attempt_errors": [*job.get("attempt_errors", []), error],
+            "updated_us": stamp,
+            "worker": "",
+        }
+        if retryable and attempt < job["max_attempts"]:
+            delay = min(self.retry_base_seconds * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
+            delay *= random.uniform(0.5, 1.0)  # jitter: retries of many jobs spread out
+            delay = max(delay, retry_after or 0.0)  # the provider's Retry-After, when longer
+            # Held, not backing off, when its bulk job was paused meanwhile: a
+            # promotion from backoff would start it while paused.
+            changes.update(
+                status=str(Status.QUEUED),
+                queue=self.bulks.waiting_lane(job, BACKOFF),
+                run_after_us=clock.now_us() + int(delay * 1_000_000),
+            )
+        else:
+            changes.update(status=str(Status.FAILED), queue=NONE, ended_us=stamp)
+        self._write_outcome(run, changes)
+
+    def _write_outcome(self, run: Run, changes: Doc) -> None:
+        """Store a run's outcome, fenced by its epoch; an unreachable database is
+        waited for (OUTCOME_PATIENCE_SECONDS), never taken for a failed job."""
+        if run.lost:
+            log.warning("job %s was taken over; not recording this run's outcome", run.oid)
+            return
+        tries = 0
+
+        def write() -> Doc | None:
+            nonlocal tries
+            tries += 1
+            return self.queue.fenced_update(run.oid, run.epoch, changes)
+
+        try:
+            after = persist(
+                write,
+                f"the outcome of job {run.oid}",
+                OUTCOME_PATIENCE_SECONDS,
+                self._stopping,
+                self.store.outage,
+            )
+        except PyMongoError as exc:
+            if not unreachable(exc):
+                raise
+            self._abandoned.add((run.oid, run.epoch))
+            self._database_error(
+                exc,
+                f"job {run.oid}",
+                logging.INFO,
+                "job %s: outcome not stored (%s); it runs again once its lease lapses",
+                run.oid,
+                exc,
+            )
+            return
+        if after is None and tries > 1:
+            # An earlier try may have been applied with its answer lost: it was ours if it left our stamp.
+            after = next(
+                (
+                    d
+                    for d in self.store.jobs.jobs_by_ids([str(run.oid)])
+                    if d["epoch"] == run.epoch and d["updated_us"] == changes["updated_us"]
+                ),
+                None,
+            )
+        if after is None:
+            log.warning("job %s was taken over; this run's outcome is dropped", run.oid)
+            return
+        metrics.attempt_ended(after, max(0.0, (clock.now_us() - after.get("started_us", 0)) / 1e6))
+        after = self._held_if_paused(after)
+        self.tell(after, STATUS_CHANGED)
+
+    def _held_if_paused(self, after: Doc) -> Doc:
+        """A bulk job's item just sent back to the queue (a retry's backoff, a
+        run given back): held if its bulk job was paused meanwhile (see
+        `BulkStore.hold_if_paused`). A read of the bulk job, for requeued items only."""
+        try:
+            return self.bulks.hold_if_paused(after) or after
+        except PyMongoError as exc:  # the bulk job unread: a backoff item is held by its promotion
+            log.warning("job %s: the paused check after a requeue failed (%s)", after["_id"], exc)
+            return after
+
+    def tell(self, doc: Doc, kind: str) -> None:
+        """`record` a change. The change is stored already: a database error in
+        the bookkeeping (a bulk job's counts) must not end or relabel the run;
+        the bulk sweep settles what it missed."""
+        try:
+            self.record(doc, kind)
+        except PyMongoError as exc:
+            self._database_error(
+                exc,
+                f"job {doc['_id']}",
+                logging.INFO,
+                "job %s: bookkeeping of a %s event failed (%s)",
+                doc["_id"],
+                kind,
+                exc,
+            )
+
+    def _database_error(self, exc: PyMongoError, what: str, quiet: int, message: str, *args: object) -> None:
+        """Log `message` as a WARNING; or, when `exc` is the database not
+        answering, at level `quiet`: the store's Outage says that once."""
+        level = quiet if self.store.outage.failed(exc, what) else logging.WARNING
+        log.log(level, message, *args)
+
+
+class ProgressWriter:
+    """Turns a generator's progress reports into at most a few writes a second."""
+
+    def __init__(self, dispatcher: RunLifecycle, run: Run, job: Doc) -> None:
+        self.dispatcher = dispatcher
+        self.run = run
+        self.started_us = job["started_us"]
+        self.started_mono = time.monotonic()
+        # The claim already wrote 0%; a job shorter than one interval writes no progress.
+        self.last_write = self.started_mono
+
+    def report(self, percentage: int, stage: str, stage_progress: int, message: str) -> None:
+        now = time.monotonic()
+        if self.run.lost or now - self.last_write < PROGRESS_WRITE_INTERVAL:
+            return
+        self.last_write = now
+        progress = progress_fields(
+            percentage, stage, stage_progress, message, self.started_us, now - self.started_mono
+        )
+        try:
+            # Briefly: the generator waits for this call.
+            with pymongo.timeout(PROGRESS_TIMEOUT_SECONDS):
+                after = self.dispatcher.queue.fenced_update(
+                    self.run.oid, self.run.epoch, {"progress": progress, "updated_us": clock.now_us()}
+                )
+        except PyMongoError as exc:
+            # Progress is advisory: a later report or the outcome supersedes it, and a
+            # database error raised into the generator would be taken for its crash.
+            self.dispatcher._database_error(
+                exc,
+                f"job {self.run.oid}",
+                logging.DEBUG,
+                "job %s: progress not stored (%s)",
+                self.run.oid,
+                exc,
+            )
+            self.last_write = time.monotonic() + PROGRESS_PAUSE_SECONDS  # no stall per report
+            return
+        if after is None:
+            self.run.lost = True
+            self.run.cancel.set()
+            return
+        if after.get("cancel_requested"):
+            self.run.cancel.set()
+        self.dispatcher.tell(after, PROGRESS)

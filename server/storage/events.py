@@ -1,0 +1,77 @@
+"""The job_events collection: each change of a job, stored for WatchJob's replay."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pymongo
+from bson import ObjectId
+
+from server.model import clock
+from server.storage.database import Database, Doc
+
+# Event types, as stored and as sent on WatchJob.
+SNAPSHOT, STATUS_CHANGED, PROGRESS = "SNAPSHOT", "STATUS_CHANGED", "PROGRESS"
+
+# Fields the service keeps for itself; never sent in an event snapshot twice.
+_EVENT_EXCLUDE = ("search_text", "request_key", "expire_us")
+
+
+class EventStore:
+    """Job events: stored once each (job, sequence), read in order, retained with the job."""
+
+    def __init__(self, database: Database) -> None:
+        self.events = database.events
+        self.retention_us = database.retention_us
+
+    def ensure_indexes(self) -> None:
+        """The indexes behind every query on job_events."""
+        self.events.create_index([("job_id", 1), ("seq", 1)], unique=True)  # WatchJob replay
+        self.events.create_index([("job_id", 1)])  # the same, and DeleteJob, as index searches
+        self.events.create_index([("at_us", 1)])  # the remote-event poller
+        self.events.create_index([("expire_us", 1)])  # retention sweep
+
+    def event_doc(self, job: Doc, kind: str, origin: str = "") -> Doc:
+        """The event recording `job` as it is now, at its current sequence."""
+        now_us = clock.now_us()
+        snapshot = {k: v for k, v in job.items() if k not in _EVENT_EXCLUDE}
+        return {
+            "job_id": str(job["_id"]),
+            "seq": job["seq"],
+            "type": kind,
+            "at_us": now_us,
+            "job": snapshot,
+            "origin": origin,
+            # Events are the log that WatchJob resumes from; they expire with
+            # the retention period, never before the completed job itself.
+            "expire_us": now_us + self.retention_us,
+        }
+
+    def insert_events(self, events: list[Doc]) -> None:
+        """Store events; one already stored (same job and sequence) is skipped."""
+        if not events:
+            return
+        try:
+            self.events.insert_many(events, ordered=False)
+        except pymongo.errors.BulkWriteError as exc:
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
+
+    def events_after(self, job_id: str, seq: int) -> list[Doc]:
+        """The stored events of a job after `seq`, in order."""
+        cursor = self.events.find({"job_id": job_id, "seq": {"$gt": seq}}).sort("seq", 1)
+        return list(cursor)
+
+    def events_since(self, job_ids: Iterable[str], since_us: int) -> list[Doc]:
+        """Events of any of `job_ids` stored at or after `since_us` (for the poller)."""
+        cursor = self.events.find({"at_us": {"$gte": since_us}, "job_id": {"$in": list(job_ids)}})
+        return sorted(cursor, key=lambda e: (e["job_id"], e["seq"]))
+
+    def forget(self, job_id: str) -> None:
+        """Delete a deleted job's events."""
+        self.events.delete_many({"job_id": job_id})
+
+    def forget_all(self, ids: list[ObjectId]) -> None:
+        """Delete the events of these deleted jobs: one command, one indexed
+        equality per job (`$in` would scan every event)."""
+        self.events.bulk_write([pymongo.DeleteMany({"job_id": str(i)}) for i in ids], ordered=False)

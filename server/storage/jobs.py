@@ -1,0 +1,399 @@
+"""The jobs collection: job documents, their insert, reads, listings, owner
+actions (cancel, retry, delete) and statistics.
+
+The queue lanes of a job and the writes of a run are `queue`'s; a job's
+events are `events`'; the bulk job a job belongs to is `bulk`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pymongo
+from bson import ObjectId
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from server.model import clock
+from server.model.channels import targets
+from server.model.errors import ServiceError, not_found, wrong_status
+from server.model.states import FINAL, REFUSAL_HINT, REFUSAL_REASON, Action, Status, allowed
+from server.storage.bulk import BulkStore
+from server.storage.database import Database, Doc, count, one_of, owned
+from server.storage.events import EventStore
+from server.storage.inserts import LoopInsert
+from server.storage.paging import JobFilter, Page, keyset_page, parse_id, request_key, submission_key
+from server.storage.queue import NONE, RANKS, READY, SCHEDULED
+
+
+class JobStore:
+    """Job documents: every query and update on them but the queue's."""
+
+    def __init__(self, database: Database, events: EventStore, bulks: BulkStore) -> None:
+        self.jobs = database.jobs
+        self.order_keys = database.order_keys
+        self.page_tokens = database.page_tokens
+        self.retention_us = database.retention_us
+        self.job_inserts = LoopInsert(database.uri, database.db_name, "jobs", **database.options)
+        self.events = events
+        self.bulks = bulks
+
+    def ensure_indexes(self) -> None:
+        """Create the index behind every query on jobs (the queue's too).
+
+        Every hot query must read what is queued or what its caller named,
+        never the history (costs stay flat as history grows). nx-27017 uses an
+        index for an equality only when an index on that field alone exists
+        (MONGO.md item 15): so each field filtered by equality gets a
+        single-field index, and the compound index beside it serves the sort
+        (SQLite picks (queue, ck) for `{queue} sorted by ck`, (owner, ck) for
+        `{owner} sorted by ck`). On MongoDB the single-field ones are only a
+        little redundant (each is a prefix of a compound one).
+        """
+        jobs = self.jobs
+        jobs.create_index([("ck", 1)], unique=True)  # order key; admin listing
+        jobs.create_index([("owner", 1)])  # makes {owner} an index search on nx-27017
+        jobs.create_index([("owner", 1), ("ck", 1)])  # ListJobs, bulk operations
+        jobs.create_index([("owner", 1), ("status", 1), ("ck", 1)])  # ListJobs by status
+        jobs.create_index([("request_key", 1)], unique=True)  # idempotent submit and retry
+        jobs.create_index([("queue", 1)])  # the queue lanes: makes {queue} an index search
+        jobs.create_index([("queue", 1), ("ck", 1)])  # dispatcher candidates, oldest first
+        jobs.create_index([("status", 1)])  # expired-lease recovery
+        jobs.create_index([("bulk_job_id", 1)])  # a bulk job's items
+        jobs.create_index([("bulk_job_id", 1), ("queue_position", 1)])
+        jobs.create_index([("expire_us", 1)])  # retention sweep; set on COMPLETED only
+        # Fair share: an owner's ready jobs in (rank, ck) order, and the jobs
+        # that entered the ready lane lately (see `fairshare`).
+        jobs.create_index([("queue", 1), ("owner", 1), ("rank", 1), ("ck", 1)])
+        jobs.create_index([("ready_us", 1)])
+        jobs.create_index([("queue", 1), ("run_after_us", 1)])  # due jobs of a waiting lane
+        jobs.create_index([("notify_pending", 1)])  # job notifications a crash left unstored
+        jobs.create_index([("schedule_id", 1)])  # ListJobs of a schedule's runs
+
+    async def close(self) -> None:
+        """Close the event loop's inserts' connections."""
+        await self.job_inserts.close()
+
+    def repeated(self, doc: Doc) -> Doc | None:
+        """The stored job with `doc`'s request key, if any (a repeat)."""
+        return self.jobs.find_one({"request_key": doc["request_key"]})
+
+    def count(self, query: Doc, cap: int = 0) -> int:
+        """How many jobs match `query` (at most `cap` when given)."""
+        return count(self.jobs, query, cap)
+
+    def new_job_doc(
+        self,
+        owner: str,
+        mode: str,
+        params: Doc,
+        *,
+        project: str = "",
+        request_id: str = "",
+        max_attempts: int = 3,
+        retry_of: str = "",
+        bulk_job_id: str = "",
+        queue_position: int = 0,
+        lane: str = READY,
+        ck: int = 0,
+        request_key: str = "",
+        priority: str = "NORMAL",
+        schedule_us: int = 0,
+    ) -> Doc:
+        """A QUEUED job document, not yet stored; with a `schedule_us` still to
+        come, in the scheduled lane until then."""
+        job_id = ObjectId()
+        ck = ck or self.order_keys.next()
+        if lane == READY and schedule_us > clock.now_us():
+            lane = SCHEDULED
+        return {
+            "_id": job_id,
+            "owner": owner,
+            "project": project,
+            "mode": mode,
+            "params": params,
+            "search_text": search_text(params),
+            "status": str(Status.QUEUED),
+            "queue": lane,
+            "run_after_us": schedule_us if lane == SCHEDULED else 0,
+            "ck": ck,
+            "priority": priority,
+            "rank": RANKS[priority],
+            "schedule_us": schedule_us,
+            "ready_us": ck,  # when it entered the ready lane (the dispatcher's incremental read)
+            "attempt": 0,
+            "max_attempts": max_attempts,
+            "attempt_errors": [],
+            "retry_of": retry_of,
+            "retried_by": "",
+            "bulk_job_id": bulk_job_id,
+            "queue_position": queue_position,
+            "request_id": request_id,
+            # Always set, so one plain unique index makes request_id idempotent
+            # (partial indexes are silently full on nx-27017).
+            "request_key": request_key or submission_key(owner, request_id, job_id, "job"),
+            "cancel_requested": False,
+            "epoch": 0,
+            "lease_until_us": 0,
+            "worker": "",
+            "seq": 1,
+            "updated_us": ck,
+            "schedule_id": "",  # the schedule whose tick created it
+            "template": "",  # the template it was submitted from
+        }
+
+    async def submit_job(self, doc: Doc) -> tuple[Doc, bool]:
+        """`insert_job` from the event loop, sharing round trips with concurrent
+        submits: one command between them unless a key was used before."""
+        try:
+            await self.job_inserts.insert(doc)
+            return doc, True
+        except DuplicateKeyError as exc:
+            earlier = await asyncio.to_thread(self._earlier_or_next_key, doc, exc)
+            if earlier is not None:
+                return earlier, False
+            return await asyncio.to_thread(self.insert_job, doc)
+
+    def insert_job(self, doc: Doc) -> tuple[Doc, bool]:
+        """Store a new job: (the job, True), or (the earlier job, False) when its
+        request key was used before. One command unless it was a repeat."""
+        for _ in range(5):
+            try:
+                self.jobs.insert_one(doc)
+                return doc, True
+            except DuplicateKeyError as exc:
+                earlier = self._earlier_or_next_key(doc, exc)
+                if earlier is not None:
+                    return earlier, False
+        raise RuntimeError("could not store the job after 5 tries")
+
+    def _earlier_or_next_key(self, doc: Doc, exc: DuplicateKeyError) -> Doc | None:
+        """After `doc` hit a unique key: the earlier job with its request key, or
+        None with `doc` given the next order key (another replica took its key)."""
+        if "request_key" in str(exc.details or exc):
+            earlier = self.jobs.find_one({"request_key": doc["request_key"]})
+            if earlier is not None:
+                return earlier
+        doc["ck"] = doc["updated_us"] = self.order_keys.next()
+        return None
+
+    def get(self, owner: str | None, job_id: str) -> Doc:
+        """One job; another user's is NOT_FOUND (owner None: an admin sees all)."""
+        found = self.jobs.find_one(owned(owner, parse_id(job_id)))
+        if found is None:
+            raise not_found("job", job_id)
+        return found
+
+    def list_jobs(self, owner: str | None, filters: JobFilter, size: int, token: str) -> Page:
+        """A page of jobs, newest first, by keyset on `ck`.
+
+        First page: a find and a $count aggregation (nx-27017's count_documents
+        reads every document; its $count runs in SQL), capped at
+        TOTAL_SIZE_CAP. Later pages: one find, the total carried in the token
+        from the first page. With the owner's single-field index, `{owner}`
+        sorted by ck reads the (owner, ck) index from the page's edge: the
+        page's documents, not the owner's history.
+        """
+        query = self.job_query(owner, filters)
+        return keyset_page(self.jobs, query, filters.fingerprint(owner), size, token, self.page_tokens)
+
+    def job_query(self, owner: str | None, filters: JobFilter) -> Doc:
+        """The MongoDB filter for `filters`, restricted to the owner's jobs."""
+        query: Doc = {} if owner is None else {"owner": owner}
+        if filters.statuses:
+            query["status"] = one_of(filters.statuses)
+        if filters.modes:
+            query["mode"] = one_of(filters.modes)
+        created: Doc = {}
+        if filters.created_after_us is not None:
+            created["$gte"] = filters.created_after_us
+        if filters.created_before_us is not None:
+            created["$lt"] = filters.created_before_us
+        if created:
+            query["ck"] = created
+        if filters.query:
+            query["search_text"] = {"$regex": re.escape(filters.query.lower()), "$options": "i"}
+        if filters.bulk_job_id:
+            query["bulk_job_id"] = filters.bulk_job_id
+        if filters.project:
+            query["project"] = filters.project
+        if filters.schedule_id:
+            query["schedule_id"] = filters.schedule_id
+        if filters.priorities:  # read along the owner's (owner, ck) index, like modes
+            query["priority"] = one_of(filters.priorities)
+        return query
+
+    def cancel(self, owner: str | None, job_id: str) -> tuple[Doc, bool]:
+        """Cancel a job: (the job after, True when it was processing and the
+        dispatcher must stop it). One command for a queued job."""
+        oid = parse_id(job_id)
+        done = self._transition(owner, oid, Action.CANCEL_QUEUED, _cancelled())
+        if done is not None:
+            return done, False
+        running = self._transition(
+            owner, oid, Action.CANCEL_RUNNING, {"cancel_requested": True, "updated_us": clock.now_us()}
+        )
+        if running is not None:
+            return running, True
+        raise self.refusal(owner, job_id, Action.CANCEL_QUEUED)
+
+    def retry_doc(self, owner: str | None, job_id: str, request_id: str, default_attempts: int) -> Doc:
+        """The new QUEUED job (not yet stored) that retries a failed or cancelled
+        one: the same mode, params and targets, and a request key that makes
+        a repeated or concurrent retry return the first (`store_retry`)."""
+        original = self.jobs.find_one(
+            {**owned(owner, parse_id(job_id)), "status": one_of(allowed(Action.RETRY))}
+        )
+        if original is None:
+            raise self.refusal(owner, job_id, Action.RETRY)
+        doc = self.new_job_doc(
+            original["owner"],
+            original["mode"],
+            original["params"],
+            project=original["project"],
+            request_id=request_id,
+            max_attempts=original.get("max_attempts") or default_attempts,
+            retry_of=job_id,
+            bulk_job_id=original["bulk_job_id"],
+            queue_position=original["queue_position"],
+            # One retry per (job, request_id), whoever asks and however often:
+            # the unique request key makes a repeated or concurrent retry return
+            # the first. Without a request_id, one retry per job.
+            request_key=request_key(
+                original["owner"], "retry-of", job_id, *([request_id] if request_id else [])
+            ),
+            lane=self.bulks.bulk_lane(original["bulk_job_id"]),
+            priority=original.get("priority", "NORMAL"),  # its schedule_time has passed
+        )
+        doc.update(targets(original.get("notify_url", ""), original.get("notify_email", "")))  # kept
+        # Still a run of its schedule, from its template (ListJobs by schedule_id lists it).
+        doc.update(schedule_id=original.get("schedule_id", ""), template=original.get("template", ""))
+        return doc
+
+    def store_retry(self, doc: Doc) -> Doc:
+        """Store a retry made by `retry_doc`; the earlier one for a repeat."""
+        stored, created = self.insert_job(doc)
+        if created:  # the newest retry; a repeated request changes nothing
+            original = parse_id(doc["retry_of"])
+            self.jobs.update_one({"_id": original}, {"$set": {"retried_by": str(stored["_id"])}})
+        return stored
+
+    def delete(self, owner: str | None, job_id: str) -> None:
+        """Remove a job in a final status, and its events."""
+        oid = parse_id(job_id)
+        result = self.jobs.delete_one({**owned(owner, oid), "status": one_of(allowed(Action.DELETE))})
+        if result.deleted_count == 0:
+            raise self.refusal(owner, job_id, Action.DELETE)
+        self.events.forget(job_id)
+
+    def refusal(self, owner: str | None, job_id: str, action: Action) -> ServiceError:
+        """Why `action` did not happen: NOT_FOUND, or the status that forbids it."""
+        found = self.jobs.find_one(owned(owner, parse_id(job_id)), {"status": 1})
+        if found is None:
+            return not_found("job", job_id)
+        return wrong_status(REFUSAL_REASON[action], "job", job_id, found["status"], REFUSAL_HINT[action])
+
+    def _transition(self, owner: str | None, oid: ObjectId, action: Action, changes: Doc) -> Doc | None:
+        """Apply `changes` if the job's status allows `action`; bump its sequence."""
+        return self.jobs.find_one_and_update(
+            {**owned(owner, oid), "status": one_of(allowed(action))},
+            {"$set": changes, "$inc": {"seq": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    def matching_ids(self, query: Doc, limit: int) -> list[ObjectId]:
+        """The oldest `limit` job ids matching `query`."""
+        cursor = self.jobs.find(query, {"_id": 1}).sort("ck", pymongo.ASCENDING).limit(limit)
+        return [row["_id"] for row in cursor]
+
+    def cancel_queued(self, oid: ObjectId) -> Doc | None:
+        """Cancel one job if it is still queued (bulk operations, bulk cancel)."""
+        return self._transition(None, oid, Action.CANCEL_QUEUED, _cancelled())
+
+    def delete_completed(self, ids: list[ObjectId]) -> int:
+        """Delete those of `ids` that are COMPLETED, with their events."""
+        result = self.jobs.delete_many({"_id": {"$in": ids}, "status": str(Status.COMPLETED)})
+        if ids:
+            self.events.forget_all(ids)
+        return result.deleted_count
+
+    def stats(self, owner: str | None, filters: JobFilter) -> tuple[list[Doc], list[Doc]]:
+        """(rows by status with count, cost and duration sums; rows by mode with count).
+
+        Two single-key groupings: nx-27017 does not group by a compound key.
+        """
+        match = {"$match": self.job_query(owner, filters)}
+        by_status = self.jobs.aggregate(
+            [
+                match,
+                {
+                    "$group": {
+                        "_id": "$status",
+                        "n": {"$sum": 1},
+                        "cost": {"$sum": "$cost_cents"},
+                        "seconds": {"$sum": "$duration_s"},
+                    }
+                },
+            ]
+        )
+        by_mode = self.jobs.aggregate([match, {"$group": {"_id": "$mode", "n": {"$sum": 1}}}])
+        return list(by_status), list(by_mode)
+
+    def stored_ids(self, oids: list[ObjectId]) -> set[ObjectId]:
+        """Which of these job ids are stored (one search of `_id`)."""
+        return {row["_id"] for row in self.jobs.find({"_id": {"$in": oids}}, {"_id": 1})}
+
+    def jobs_by_ids(self, ids: list[str]) -> list[Doc]:
+        """The current documents of these jobs (the remote-event poller)."""
+        oids = [ObjectId(i) for i in ids if ObjectId.is_valid(i)]
+        return list(self.jobs.find({"_id": {"$in": oids}}))
+
+    def unnotified_jobs(self, ended_before_us: int) -> list[Doc]:
+        """Jobs that ended before `ended_before_us` with their notification not
+        yet stored (the server that ended them stopped in between)."""
+        return list(
+            self.jobs.find(
+                {
+                    "notify_pending": True,
+                    "status": {"$in": [str(s) for s in FINAL]},
+                    "ended_us": {"$lt": ended_before_us},
+                }
+            )
+        )
+
+    def job_notification_stored(self, oid: ObjectId) -> None:
+        """The job's notification is in `notifications` now."""
+        self.jobs.update_one({"_id": oid, "notify_pending": True}, {"$set": {"notify_pending": False}})
+
+
+def search_text(params: Doc) -> str:
+    """What the free-text `query` filter matches: topic and keywords, lower-cased."""
+    return " | ".join([params.get("topic", ""), *params.get("keywords", [])]).lower()
+
+
+def _cancelled() -> Doc:
+    now_us = clock.now_us()
+    return {
+        "status": str(Status.CANCELLED),
+        "queue": NONE,
+        "ended_us": now_us,
+        "updated_us": now_us,
+        "error": job_error("CANCELLED", "cancelled", "cancelled by its owner", False, 0),
+    }
+
+
+def job_error(code: str, category: str, message: str, retryable: bool, attempt: int) -> Doc:
+    """A job error as stored (code, category, message, retryable, attempt)."""
+    return {
+        "code": code,
+        "category": category,
+        "message": message,
+        "retryable": retryable,
+        "attempt": attempt,
+    }
+
+
+def final(status: str) -> bool:
+    """Whether a stored status is final."""
+    return status in {str(s) for s in FINAL}
