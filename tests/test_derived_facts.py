@@ -11,8 +11,9 @@ from genjobs.v1 import bulk_pb2, jobs_pb2
 
 from client import GenJobsClient
 from server.api.convert import stages_done
-from server.generators import declared_stages, make_generator
+from server.generators import declared_stages
 from server.runtime.config import Settings
+from server.runtime.factories import make_generator
 from tests.fake_openai import FakeOpenAI, Plan
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 from tests.test_cli import Cli, final_status
