@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,3 +48,16 @@ def alice(server: ServerThread) -> Iterator[GenJobsClient]:
 def bob(server: ServerThread) -> Iterator[GenJobsClient]:
     with server.client("bob") as client:
         yield client
+
+
+@pytest.fixture
+def own_mongo(tmp_path: Path) -> Iterator[MongoServer]:
+    """An nx-27017 of the test's own (even with GENJOBS_MONGODB_URI set), which
+    it may kill, restart and freeze (SIGSTOP): given back running."""
+    (tmp_path / "db").mkdir()
+    mongo = MongoServer(tmp_path / "db", own=True)
+    mongo.start()
+    yield mongo
+    if mongo.process is not None:
+        os.kill(mongo.process.pid, signal.SIGCONT)
+    mongo.stop()

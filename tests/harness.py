@@ -15,7 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pymongo
+from genjobs.v1 import jobs_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import GenJobsClient
 from server.api.auth import make_token
@@ -38,6 +41,32 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
             raise AssertionError(f"condition not met within {timeout} s")
         # The pause between checks; never past the deadline, which is checked once more.
         time.sleep(min(interval, remaining))
+
+
+FINAL = (jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED)
+
+
+def health_of(target: str) -> int:
+    """The server's health status (-1: it does not answer)."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            return answer.status
+        except grpc.RpcError:
+            return -1
+
+
+def settled(client: GenJobsClient, job_id: str, timeout: float) -> jobs_pb2.Job:
+    """The job once final; calls may fail meanwhile (a database or server away)."""
+
+    def final_job() -> jobs_pb2.Job | None:
+        try:
+            job = client.get(job_id)
+        except Exception:
+            return None
+        return job if job.status in FINAL else None
+
+    return wait_for(final_job, timeout=timeout, interval=0.1)
 
 
 class MongoServer:

@@ -9,45 +9,28 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import httpx
 import pytest
 from genjobs.v1 import jobs_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from client import GenJobsClient, Unavailable
 from client.client import params
 from server.runtime.embedded import DATABASE_MODULE
-from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings, wait_for
+from tests.harness import (
+    MongoServer,
+    ServerProcess,
+    ServerThread,
+    health_of,
+    make_settings,
+    settled,
+    wait_for,
+)
 
 S = jobs_pb2
-FINAL = (S.JOB_STATUS_COMPLETED, S.JOB_STATUS_FAILED, S.JOB_STATUS_CANCELLED)
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@pytest.fixture
-def own_mongo(tmp_path: Path) -> Iterator[MongoServer]:
-    """An external nx-27017 (given by URI) this test may kill, restart and freeze."""
-    (tmp_path / "db").mkdir()
-    mongo = MongoServer(tmp_path / "db", own=True)
-    mongo.start()
-    yield mongo
-    if mongo.process is not None:
-        os.kill(mongo.process.pid, signal.SIGCONT)
-    mongo.stop()
-
-
-def health_of(target: str) -> int:
-    """The server's health status (-1: it does not answer)."""
-    with grpc.insecure_channel(target) as channel:
-        try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-            return answer.status
-        except grpc.RpcError:
-            return -1
 
 
 def databases_of(data_dir: Path) -> list[int]:
@@ -72,19 +55,6 @@ def database_pid(data_dir: Path) -> int:
     pids = databases_of(data_dir)
     assert len(pids) == 1, pids
     return pids[0]
-
-
-def settled(client: GenJobsClient, job_id: str, timeout: float) -> jobs_pb2.Job:
-    """The job once final; calls may fail meanwhile."""
-
-    def final_job() -> jobs_pb2.Job | None:
-        try:
-            job = client.get(job_id)
-        except Exception:
-            return None
-        return job if job.status in FINAL else None
-
-    return wait_for(final_job, timeout=timeout, interval=0.1)
 
 
 def accepted(client: GenJobsClient, topic: str) -> jobs_pb2.Job:

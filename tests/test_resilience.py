@@ -5,54 +5,17 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from genjobs.v1 import jobs_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from client import GenJobsClient, Unavailable
-from tests.harness import MongoServer, ServerThread, make_settings, wait_for
+from client import Unavailable
+from tests.harness import MongoServer, ServerThread, health_of, make_settings, settled, wait_for
 
 S = jobs_pb2
-FINAL = (S.JOB_STATUS_COMPLETED, S.JOB_STATUS_FAILED, S.JOB_STATUS_CANCELLED)
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@pytest.fixture
-def own_mongo(tmp_path: Path) -> Iterator[MongoServer]:
-    """An nx-27017 this test may kill, restart and freeze."""
-    (tmp_path / "db").mkdir()
-    mongo = MongoServer(tmp_path / "db", own=True)
-    mongo.start()
-    yield mongo
-    if mongo.process is not None:
-        os.kill(mongo.process.pid, signal.SIGCONT)
-    mongo.stop()
-
-
-def health_of(target: str) -> int:
-    with grpc.insecure_channel(target) as channel:
-        try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-            return answer.status
-        except grpc.RpcError:
-            return -1
-
-
-def settled(client: GenJobsClient, job_id: str, timeout: float) -> jobs_pb2.Job:
-    """The job once final; GetJob may answer UNAVAILABLE meanwhile."""
-
-    def final_job() -> jobs_pb2.Job | None:
-        try:
-            job = client.get(job_id)
-        except Exception:
-            return None
-        return job if job.status in FINAL else None
-
-    return wait_for(final_job, timeout=timeout, interval=0.1)
 
 
 @pytest.mark.parametrize("down_seconds", [0.0, 3.0])

@@ -8,19 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from client import Unavailable
-from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings, wait_for
+from tests.harness import MongoServer, ServerProcess, ServerThread, health_of, make_settings, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def health_of(target: str) -> int:
-    with grpc.insecure_channel(target) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
 
 
 def test_database_outage_gives_unavailable_and_recovers(tmp_path: Path) -> None:
