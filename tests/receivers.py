@@ -1,13 +1,17 @@
-"""Real local receivers for notification tests: an HTTP server that records
-webhook POSTs, and an SMTP server (aiosmtpd) that records mail."""
+"""Real local receivers for tests: an HTTP server that records webhook POSTs,
+an SMTP server (aiosmtpd) that records mail, and the plumbing of the tests'
+own generation services (`JsonHandler`, `serving`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import select
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -15,6 +19,38 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from aiosmtpd.controller import Controller
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """A test's HTTP service: reads JSON bodies, answers JSON, logs nothing."""
+
+    def body(self) -> Any:
+        """The request's JSON body."""
+        return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+
+    def answer(self, code: int, payload: Any) -> None:
+        """Send `payload` as a JSON answer with status `code`."""
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """`handler` served on a free loopback port for the block; yields its base URL."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
 
 
 @dataclass

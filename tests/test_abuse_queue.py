@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,6 +22,7 @@ from client import GenJobsClient
 from client.client import InvalidArgument, ResourceExhausted
 from server.model import clock
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
+from tests.receivers import JsonHandler, serving
 from tests.test_cli import Cli
 
 ESCAPES = "hi\x1b]0;PWNED\x07\x1b[2K"  # a title change, then a line erase
@@ -227,39 +227,27 @@ def test_the_cli_prints_control_characters_from_the_server_visibly(
 # ---- ReportProgress -------------------------------------------------------------------
 
 
-class _Holding(BaseHTTPRequestHandler):
+class _Holding(JsonHandler):
     """A generation service that holds every request until released."""
 
     bodies: ClassVar[list[dict[str, Any]]] = []
     release: ClassVar[threading.Event] = threading.Event()
 
     def do_POST(self) -> None:
-        _Holding.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        _Holding.bodies.append(self.body())
         _Holding.release.wait(20)
-        data = json.dumps({"success": True, "content": "done\x1b[2K at\r\nlast", "title": "T\x07"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.answer(200, {"success": True, "content": "done\x1b[2K at\r\nlast", "title": "T\x07"})
 
 
 @pytest.fixture
 def holding(mongo: MongoServer, tmp_path: Path) -> Iterator[ServerThread]:
     _Holding.bodies = []
     _Holding.release = threading.Event()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Holding)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    server = ServerThread(make_settings(mongo.uri, tmp_path, generator="http", generator_url=url)).start()
-    yield server
+    with serving(_Holding) as url:
+        server = ServerThread(make_settings(mongo.uri, tmp_path, generator="http", generator_url=url)).start()
+        yield server
     _Holding.release.set()
     server.stop()
-    httpd.shutdown()
 
 
 def _report(

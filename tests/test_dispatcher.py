@@ -3,12 +3,10 @@ cancel, retries, the http generator and WatchJob resumption."""
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +19,7 @@ from client import GenJobsClient, Unavailable
 from server.storage.queue import READY
 from server.storage.store import Store
 from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings, wait_for
+from tests.receivers import JsonHandler, serving
 
 S = jobs_pb2
 
@@ -241,12 +240,12 @@ def test_sigterm_ends_streams_unavailable_and_requeues_the_running_job(
         restarted.terminate()
 
 
-class _Generator(BaseHTTPRequestHandler):
+class _Generator(JsonHandler):
     requests: ClassVar[list[tuple[str, dict[str, Any]]]] = []
     release: ClassVar[threading.Event] = threading.Event()
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.body()
         _Generator.requests.append((self.path, body))
         topic = body.get("topic", "")
         if topic == "server error":
@@ -258,29 +257,18 @@ class _Generator(BaseHTTPRequestHandler):
             code, answer = 200, {"success": True, "content": "late"}
         else:
             code, answer = 200, {"success": True, "content": "one two three", "title": "T", "cost_cents": 7}
-        data = json.dumps(answer).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.answer(code, answer)
 
 
 @pytest.fixture
 def http_generator(mongo: MongoServer, tmp_path: Path) -> Iterator[ServerThread]:
     _Generator.requests = []
     _Generator.release = threading.Event()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Generator)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    server = ServerThread(make_settings(mongo.uri, tmp_path, generator="http", generator_url=url)).start()
-    yield server
+    with serving(_Generator) as url:
+        server = ServerThread(make_settings(mongo.uri, tmp_path, generator="http", generator_url=url)).start()
+        yield server
     server.stop()
     _Generator.release.set()
-    httpd.shutdown()
 
 
 def test_http_generator_success(http_generator: ServerThread) -> None:

@@ -3,13 +3,11 @@ progress with the attempt token they were sent; nothing else is accepted."""
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +19,7 @@ from genjobs.v1 import jobs_pb2_grpc
 from server.model.progress import AttemptTokens
 from server.runtime.embedded import free_port
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
+from tests.receivers import JsonHandler, serving
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "generation_service.py"
 FINALS = (S.JOB_STATUS_COMPLETED, S.JOB_STATUS_FAILED, S.JOB_STATUS_CANCELLED)
@@ -59,44 +58,32 @@ def _listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-class _Holding(BaseHTTPRequestHandler):
+class _Holding(JsonHandler):
     """A generation service that fails its first request (500) and holds the others."""
 
     bodies: ClassVar[list[dict[str, Any]]] = []
     release: ClassVar[threading.Event] = threading.Event()
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.body()
         _Holding.bodies.append(body)
         if body.get("topic") == "fails once" and len(_Holding.bodies) == 1:
             code, answer = 500, {"success": False, "error": "warming up"}
         else:
             _Holding.release.wait(20)
             code, answer = 200, {"success": True, "content": "done at last"}
-        data = json.dumps(answer).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.answer(code, answer)
 
 
 @pytest.fixture
 def holding(mongo: MongoServer, tmp_path: Path) -> Iterator[ServerThread]:
     _Holding.bodies = []
     _Holding.release = threading.Event()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Holding)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    server = ServerThread(make_settings(mongo.uri, tmp_path, generator="http", generator_url=url)).start()
-    yield server
+    with serving(_Holding) as url:
+        server = ServerThread(make_settings(mongo.uri, tmp_path, generator="http", generator_url=url)).start()
+        yield server
     _Holding.release.set()
     server.stop()
-    httpd.shutdown()
 
 
 def _report(server: ServerThread, job_id: str, token: str, percentage: int = 50) -> grpc.StatusCode:
