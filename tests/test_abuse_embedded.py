@@ -261,8 +261,18 @@ def test_embedded_database_that_cannot_be_restarted_stops_the_server_non_zero(tm
         os.kill(process.pid, signal.SIGSTOP)
         try:
             os.kill(database_pid(data), signal.SIGKILL)
-            wait_for(lambda: not databases_of(data), timeout=10)  # dead: its port is closed
-            squatter.bind(("127.0.0.1", port))
+            wait_for(lambda: not databases_of(data), timeout=10)
+
+            def taken() -> bool:
+                # A killed process's leader shows as dead before its other threads
+                # have closed its files: the port frees a moment later.
+                try:
+                    squatter.bind(("127.0.0.1", port))
+                except OSError:
+                    return False
+                return True
+
+            wait_for(taken, timeout=10)
             squatter.listen()
         finally:
             os.kill(process.pid, signal.SIGCONT)
