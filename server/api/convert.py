@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from server.model import clock
 from server.model.channels import CHANNELS
 from server.model.errors import FieldViolation, invalid
+from server.model.vocabulary import Priority
 
 Doc = dict[str, Any]
 
@@ -49,12 +50,12 @@ def schedule_state_name(value: int) -> str:
 
 def priority_name(value: int) -> str:
     """PRIORITY_HIGH -> "HIGH"; unspecified is "NORMAL"; "" for an unknown number."""
-    return enum_name(jobs_pb2.Priority, value, "PRIORITY_") if value else "NORMAL"
+    return enum_name(jobs_pb2.Priority, value, "PRIORITY_") if value else str(Priority.NORMAL)
 
 
 def priority(doc: Doc) -> jobs_pb2.Priority.ValueType:
     """A stored job's or bulk job's priority (NORMAL when stored before priorities)."""
-    return jobs_pb2.Priority.Value("PRIORITY_" + doc.get("priority", "NORMAL"))
+    return jobs_pb2.Priority.Value("PRIORITY_" + Priority.of(doc.get("priority")))
 
 
 def operation_name(value: int) -> str:

@@ -20,6 +20,7 @@ from server.model.caller import Caller
 from server.model.channels import new_notification
 from server.model.errors import ServiceError, invalid
 from server.model.states import BULK_FINAL, BulkAction, BulkStatus, Status
+from server.model.vocabulary import Priority
 from server.notify.sender import Notifier
 from server.services import entitlement, validation
 from server.services.events import Event, EventHub
@@ -28,7 +29,7 @@ from server.storage.budgets import BUDGET
 from server.storage.database import Doc
 from server.storage.events import STATUS_CHANGED
 from server.storage.paging import Page, bulk_item_key, submission_key
-from server.storage.queue import BACKOFF, HELD, RANKS, READY, SCHEDULED
+from server.storage.queue import BACKOFF, HELD, READY, SCHEDULED
 from server.storage.store import Store
 from server.telemetry import context, metrics
 
@@ -149,7 +150,7 @@ class Bulks:
         notify_url: str = "",
         notify_email: str = "",
         origin: Doc | None = None,
-        priority: str = "NORMAL",
+        priority: str = Priority.NORMAL,
         schedule_us: int = 0,
     ) -> BulkView:
         """Validate every item, then store the bulk job and its items (two writes).
@@ -186,7 +187,7 @@ class Bulks:
             "schedule_id": "",
             "template": "",
             "priority": priority,
-            "rank": RANKS[priority],
+            "rank": Priority(priority).rank,
             "schedule_us": schedule_us,
             **(origin or {}),
         }

@@ -21,6 +21,7 @@ from server.model.caller import Caller
 from server.model.channels import targets
 from server.model.errors import FieldViolation, ServiceError, email_not_configured, invalid
 from server.model.states import Status
+from server.model.vocabulary import Mode, Priority
 from server.services import entitlement, validation
 from server.services.entitlement import Tiers
 from server.services.events import Event, EventHub
@@ -29,7 +30,7 @@ from server.storage.eventlog import EventLog
 from server.storage.events import SNAPSHOT, STATUS_CHANGED
 from server.storage.jobs import final
 from server.storage.paging import JobFilter, Page
-from server.storage.queue import RANKS, READY
+from server.storage.queue import READY
 from server.storage.store import Store
 from server.telemetry import context, metrics
 
@@ -184,7 +185,7 @@ class Jobs:
         notify_url: str = "",
         notify_email: str = "",
         origin: Doc | None = None,
-        priority: str = "NORMAL",
+        priority: str = Priority.NORMAL,
         schedule_us: int = 0,
     ) -> Doc:
         """Queue a job; a repeated request_id returns the first job. One command.
@@ -278,7 +279,7 @@ class Jobs:
         # The retry's creator is the caller, now: a HIGH job retried by one not
         # entitled to HIGH (a plain token) runs at NORMAL (server/services/entitlement.py).
         priority = entitlement.capped(caller, doc["priority"], self.tiers)
-        doc.update(priority=priority, rank=RANKS[priority])
+        doc.update(priority=priority, rank=Priority(priority).rank)
         try:
             # A retry queues a job like a submit: the same limits and cap.
             self.limits.check_submit(doc["owner"], doc["project"], 1)
@@ -399,8 +400,8 @@ def normalized(params: Doc) -> Doc:
 def _check_filter_values(filters: JobFilter) -> list[FieldViolation]:
     """Everything wrong with the filters of ListJobs, GetJobStats or RunBulkOperation."""
     bad = validation.check_choices("statuses", filters.statuses, [str(s) for s in Status], "JOB_STATUS_")
-    bad += validation.check_choices("modes", filters.modes, validation.MODES, "MODE_")
-    bad += validation.check_choices("priorities", filters.priorities, validation.PRIORITIES, "PRIORITY_")
+    bad += validation.check_choices("modes", filters.modes, Mode, "MODE_")
+    bad += validation.check_choices("priorities", filters.priorities, Priority, "PRIORITY_")
     bad += validation.check_query(filters.query)
     bad += validation.check_label(filters.project, "project", validation.MAX_PROJECT)
     if filters.bulk_job_id:

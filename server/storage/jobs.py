@@ -19,12 +19,13 @@ from server.model import clock
 from server.model.channels import targets
 from server.model.errors import ServiceError, not_found, wrong_status
 from server.model.states import FINAL, REFUSAL_HINT, REFUSAL_REASON, Action, Status, allowed
+from server.model.vocabulary import Priority
 from server.storage.bulk import BulkStore
 from server.storage.database import Database, Doc, count, one_of, owned
 from server.storage.events import EventStore
 from server.storage.inserts import LoopInsert
 from server.storage.paging import JobFilter, Page, keyset_page, parse_id, request_key, submission_key
-from server.storage.queue import NONE, RANKS, READY, SCHEDULED
+from server.storage.queue import NONE, READY, SCHEDULED
 
 
 class JobStore:
@@ -98,7 +99,7 @@ class JobStore:
         lane: str = READY,
         ck: int = 0,
         request_key: str = "",
-        priority: str = "NORMAL",
+        priority: str = Priority.NORMAL,
         schedule_us: int = 0,
     ) -> Doc:
         """A QUEUED job document, not yet stored; with a `schedule_us` still to
@@ -119,7 +120,7 @@ class JobStore:
             "run_after_us": schedule_us if lane == SCHEDULED else 0,
             "ck": ck,
             "priority": priority,
-            "rank": RANKS[priority],
+            "rank": Priority(priority).rank,
             "schedule_us": schedule_us,
             "ready_us": ck,  # when it entered the ready lane (the dispatcher's incremental read)
             "attempt": 0,
@@ -264,7 +265,7 @@ class JobStore:
                 original["owner"], "retry-of", job_id, *([request_id] if request_id else [])
             ),
             lane=self.bulks.bulk_lane(original["bulk_job_id"]),
-            priority=original.get("priority", "NORMAL"),  # its schedule_time has passed
+            priority=Priority.of(original.get("priority")),  # its schedule_time has passed
         )
         doc.update(targets(original.get("notify_url", ""), original.get("notify_email", "")))  # kept
         # Still a run of its schedule, from its template (ListJobs by schedule_id lists it).
