@@ -13,7 +13,7 @@ from server.api import convert
 from server.api.servicers.common import rpc
 from server.api.watch import Heartbeat, StreamCap, check_resume, follow
 from server.model.caller import Caller, current_caller
-from server.model.errors import ServiceError
+from server.model.errors import Code, ServiceError
 from server.services.budgets import Budgets, Limit
 from server.services.events import Event, EventHub
 from server.services.jobs import Jobs
@@ -210,7 +210,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.ReportProgressRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
         if self.progress is None:
-            raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", "progress reports are off")
+            raise ServiceError(Code.UNIMPLEMENTED, "UNIMPLEMENTED", "progress reports are off")
         await asyncio.to_thread(
             self.progress.report,
             request.job_id,
@@ -255,7 +255,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.SetTierRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Tier:
         if self.jobs.tiers is None:
-            raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", "tiers are off")
+            raise ServiceError(Code.UNIMPLEMENTED, "UNIMPLEMENTED", "tiers are off")
         doc = await asyncio.to_thread(self.jobs.tiers.set_tier, current_caller(), request.owner, request.tier)
         return jobs_pb2.Tier(
             owner=doc["owner"], tier=doc["tier"], update_time=convert.timestamp(doc["updated_us"])
@@ -263,7 +263,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
     def _budgets(self) -> Budgets:
         if self.budgets is None:
-            raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", "budgets are off")
+            raise ServiceError(Code.UNIMPLEMENTED, "UNIMPLEMENTED", "budgets are off")
         return self.budgets
 
 
