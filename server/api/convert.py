@@ -267,7 +267,7 @@ def bulk_job(view: Any, with_items: bool = True) -> bulk_pb2.BulkJob:
                 status=jobs_pb2.JobStatus.Value("JOB_STATUS_" + item.status),
                 error=job_error(item.error),
             )
-            for item in view.item_jobs
+            for item in view.item_records
         )
     return message
 

@@ -23,6 +23,11 @@ running jobs (by status) and the due jobs of the waiting lanes (retry
 backoff, schedule time); once a sweep interval, the expired completed
 jobs, the unsettled bulk jobs and the pending notifications: each an index
 search of live documents only.
+
+The claim path reads narrow projections of job documents ({owner, rank,
+ck}, a claimed job's fields), not `model.records.Job`: a record built per
+candidate and per claim would add a conversion on the hottest path for
+fields it never reads.
 """
 
 from __future__ import annotations

@@ -167,6 +167,16 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class BulkItem:
+    """One item of a bulk job as its bulk job shows it: the current job at a position."""
+
+    id: str
+    queue_position: int
+    status: Status
+    error: JobError | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BulkJob:
     """A stored bulk job (its items are jobs; its counts are the bulk service's)."""
 

@@ -19,7 +19,7 @@ from server.model import clock
 from server.model.caller import Caller
 from server.model.channels import new_notification
 from server.model.errors import ServiceError, invalid
-from server.model.records import BulkJob, Job, Submission
+from server.model.records import BulkItem, BulkJob, Submission
 from server.model.states import BULK_FINAL, BulkAction, BulkStatus, Status
 from server.model.vocabulary import Mode, Priority
 from server.notify.sender import Notifier
@@ -61,9 +61,9 @@ class BulkView:
         return records.bulk_job(self.doc)
 
     @property
-    def item_jobs(self) -> list[Job]:
+    def item_records(self) -> list[BulkItem]:
         """The current items as the model's records."""
-        return [records.job(item) for item in self.items]
+        return [records.bulk_item(item) for item in self.items]
 
     @property
     def total(self) -> int:

@@ -13,7 +13,17 @@ from bson import ObjectId
 
 from server.model.channels import EMAIL, WEBHOOK
 from server.model.channels import targets as target_fields
-from server.model.records import BulkJob, Job, JobError, Params, Progress, Result, Submission, notify_targets
+from server.model.records import (
+    BulkItem,
+    BulkJob,
+    Job,
+    JobError,
+    Params,
+    Progress,
+    Result,
+    Submission,
+    notify_targets,
+)
 from server.model.states import BulkStatus, Status
 from server.model.targets import NotifyTarget
 from server.model.vocabulary import Mode, Priority
@@ -179,6 +189,13 @@ def job_doc(submission: Submission, job_id: ObjectId, ck: int, lane: str, reques
         "template": submission.template,  # the template it was submitted from
         **targets_doc(submission.targets),
     }
+
+
+def bulk_item(doc: Doc) -> BulkItem:
+    """A bulk job's item (a job document, or its projection without content) as a BulkItem."""
+    return BulkItem(
+        str(doc["_id"]), int(doc["queue_position"]), Status(doc["status"]), job_error(doc.get("error"))
+    )
 
 
 def bulk_job(doc: Doc) -> BulkJob:
