@@ -35,6 +35,7 @@ from common import COUNTER, Redis, median, scratch, start_mongo
 from server.dispatch.fairshare import FairShare
 from server.storage.queue import READY
 from server.storage.store import Store
+from tests.harness import seed_job
 
 OWNERS, QUEUED, HISTORY = 100, 10_000, 40_000
 PARAMS = {"topic": "t", "keywords": ["k"], "word_count": 800, "tone": "", "source_text": "", "extra": {}}
@@ -46,16 +47,13 @@ def fill(store: Store) -> None:
     """The history, then the queue: each owner queues two blocks of 50, as bulk jobs do."""
     with pymongo.timeout(600):
         for start in range(0, HISTORY, 5000):
-            docs = [
-                store.jobs.new_job_doc(f"user{i % OWNERS}", "TOPIC", PARAMS)
-                for i in range(start, start + 5000)
-            ]
+            docs = [seed_job(store, f"user{i % OWNERS}", PARAMS) for i in range(start, start + 5000)]
             for doc in docs:
                 doc.update(store.queue.completion({"content": "x"}, doc["ck"]), queue="none")
             store.database.jobs.insert_many(docs)
         block = QUEUED // OWNERS // 2
         docs = [
-            store.jobs.new_job_doc(f"user{owner}", "TOPIC", PARAMS)
+            seed_job(store, f"user{owner}", PARAMS)
             for _ in range(2)
             for owner in range(OWNERS)
             for _ in range(block)

@@ -6,7 +6,7 @@ running the noop generator.
     .venv/bin/python bench/growth_bench.py --sizes 1000,10000   # fewer sizes
 
 The history is inserted directly, in batches, as the documents SubmitJob
-writes (`JobStore.new_job_doc`), finished: mostly COMPLETED, some FAILED and
+writes (`JobStore.new_job`), finished: mostly COMPLETED, some FAILED and
 CANCELLED, all but 5 of them owned by one big user. Job events are not
 inserted (they would triple the fill time); every event query is by job id
 or by time. At each size a fresh server process measures, with the
@@ -40,6 +40,7 @@ from common import ServerProcess, make_settings, percentile, process_cpu, scratc
 
 from server.storage.database import Database
 from server.storage.store import Store
+from tests.harness import seed_job
 
 CALLERS = 8
 # Fewer calls for a slow database (today's code at 100k runs a few jobs a second).
@@ -65,7 +66,7 @@ PARAMS = {
 
 def history_docs(store: Store, owner: str, n: int) -> list[dict[str, Any]]:
     """`n` finished jobs as SubmitJob stores them, then moved to a final status."""
-    docs = [store.jobs.new_job_doc(owner, "TOPIC", dict(PARAMS)) for _ in range(n)]
+    docs = [seed_job(store, owner, dict(PARAMS)) for _ in range(n)]
     for doc in docs:
         roll = random.random()
         started = doc["ck"] + 1000
@@ -104,7 +105,7 @@ def fill(store: Store, have: int, target: int) -> int:
 def queue_ready(store: Store, n: int) -> None:
     """`n` ready no-op jobs, as SubmitJob stores them."""
     for start in range(0, n, BATCH):
-        docs = [store.jobs.new_job_doc(BIG, "TOPIC", dict(PARAMS)) for _ in range(min(BATCH, n - start))]
+        docs = [seed_job(store, BIG, dict(PARAMS)) for _ in range(min(BATCH, n - start))]
         store.database.jobs.insert_many(docs)
 
 

@@ -20,6 +20,7 @@ from common import start_mongo  # first: it puts the project on the path
 
 from server.storage.budgets import BudgetStore
 from server.storage.store import Store
+from tests.harness import seed_job
 
 CALLS = 50
 
@@ -39,7 +40,7 @@ def one_run(store: Store, slots: BudgetStore, run: int) -> dict[str, float]:
     slots.reserve_slots(full, [ObjectId() for _ in range(1000 - CALLS)], 10**9)  # 950 open jobs
     new = [ObjectId() for _ in range(CALLS)]
     more = [ObjectId() for _ in range(CALLS)]
-    docs = [store.jobs.new_job_doc(few, "TOPIC", {"topic": "t"}) for _ in range(CALLS)]
+    docs = [seed_job(store, few, {"topic": "t"}) for _ in range(CALLS)]
     return {
         "insert_one of a job": _median_ms(lambda i: store.database.jobs.insert_one(docs[i])),
         "reserve, few open": _median_ms(lambda i: slots.reserve_slots(few, [new[i]], 10**9)),

@@ -27,6 +27,7 @@ from common import (
 
 from server.storage.paging import TOTAL_SIZE_CAP
 from server.storage.store import Store
+from tests.harness import seed_job
 
 # Where the server sends an RPC's commands from: the executor's threads,
 # and the event loop's (SubmitJob inserts from there).
@@ -110,9 +111,9 @@ def list_latency(mongo_uri: str, settings_dir: object) -> tuple[list[float], lis
     total = 100_000
     for start in range(0, total, 5000):
         docs = [
-            store.jobs.new_job_doc(
+            seed_job(
+                store,
                 "heavy",
-                "TOPIC",
                 {
                     "topic": f"topic {i}",
                     "keywords": [],

@@ -22,9 +22,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import GenJobsClient
 from server.api.auth import make_token
+from server.model.records import Submission
+from server.model.vocabulary import Mode
 from server.runtime.app import App, run
 from server.runtime.config import Settings
 from server.runtime.embedded import free_port
+from server.storage import records
+from server.storage.store import Store
 
 SECRET = "test-secret-0123456789abcdef0123"
 
@@ -44,6 +48,12 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
 
 
 FINAL = (jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED)
+
+
+def seed_job(store: Store, owner: str, params: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A QUEUED TOPIC job document of `owner`, not stored: what tests and
+    benches fill the jobs collection with (`fields`: more of the Submission)."""
+    return store.jobs.new_job(Submission(owner, Mode.TOPIC, records.params(params), **fields))
 
 
 def health_of(target: str) -> int:

@@ -322,11 +322,12 @@ def test_a_free_job_writes_no_spend(mongo: MongoServer, tmp_path: Path) -> None:
 
 def test_quota_failure_stays_small() -> None:
     """Unit: a QuotaFailure echoes at most a bounded subject and description."""
+    from server.api.status import to_status
     from server.model.errors import quota_exceeded
 
-    status = quota_exceeded(
-        "BUDGET_EXHAUSTED", "owner:" + "x" * 5000, "y" * 5000, {"owner": "x" * 5000}
-    ).to_status()
+    status = to_status(
+        quota_exceeded("BUDGET_EXHAUSTED", "owner:" + "x" * 5000, "y" * 5000, {"owner": "x" * 5000})
+    )
     assert status.ByteSize() < 2000
     assert any(d.Is(error_details_pb2.QuotaFailure.DESCRIPTOR) for d in status.details)
 

@@ -12,6 +12,9 @@ from genjobs.v1 import bulk_pb2, jobs_pb2
 from client import GenJobsClient
 from server.api.convert import stages_done
 from server.generators import declared_stages
+from server.model.records import Job, Params, Progress
+from server.model.states import Status
+from server.model.vocabulary import Mode
 from server.runtime.config import Settings
 from server.runtime.factories import make_generator
 from tests.fake_openai import FakeOpenAI, Plan
@@ -93,10 +96,14 @@ def test_demo_jobs_carry_the_four_declared_stages(alice: GenJobsClient) -> None:
 
 
 def test_a_job_that_failed_while_starting_has_no_stage_done() -> None:
-    doc = {"status": "FAILED", "progress": {"stage": "starting"}}
-    assert stages_done(doc, DEMO_STAGES) == 0
-    assert stages_done({"status": "COMPLETED", "progress": {"stage": "done"}}, DEMO_STAGES) == 4
-    assert stages_done({"status": "QUEUED"}, DEMO_STAGES) == 0
+    def job(status: Status, stage: str = "") -> Job:
+        return Job(
+            "j", "alice", Mode.TOPIC, Params(), status, progress=Progress(stage=stage) if stage else None
+        )
+
+    assert stages_done(job(Status.FAILED, "starting"), DEMO_STAGES) == 0
+    assert stages_done(job(Status.COMPLETED, "done"), DEMO_STAGES) == 4
+    assert stages_done(job(Status.QUEUED), DEMO_STAGES) == 0
 
 
 def test_noop_and_openai_declare_one_stage_and_http_none() -> None:

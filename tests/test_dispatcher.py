@@ -18,7 +18,7 @@ from genjobs.v1 import jobs_pb2
 from client import GenJobsClient, Unavailable
 from server.storage.queue import READY
 from server.storage.store import Store
-from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings, wait_for
+from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings, seed_job, wait_for
 from tests.receivers import JsonHandler, serving
 
 S = jobs_pb2
@@ -108,7 +108,7 @@ def test_transient_failures_stop_at_max_attempts(alice: GenJobsClient) -> None:
 def test_fencing_a_stale_run_cannot_write(mongo: MongoServer) -> None:
     store = Store(mongo.uri, "fencing_" + str(time.time_ns()))
     store.ensure_indexes()
-    doc = store.jobs.new_job_doc("alice", "TOPIC", {"topic": "x"})
+    doc = seed_job(store, "alice", {"topic": "x"})
     store.jobs.insert_job(doc)
     stale = store.queue.claim(doc["_id"], "worker-a", lease_seconds=0.01)
     assert stale is not None

@@ -30,7 +30,7 @@ from server.storage.paging import TOTAL_SIZE_CAP, JobFilter
 from server.storage.queue import BACKOFF, HELD, READY
 from server.storage.schedules import ScheduleStore
 from server.storage.store import Store
-from tests.harness import MongoServer, ServerThread
+from tests.harness import MongoServer, ServerThread, seed_job
 from tests.test_cli import Cli
 
 HISTORY = 20_000
@@ -99,13 +99,13 @@ def grown(mongo: MongoServer) -> Iterator[tuple[Store, Recorder]]:
     connection.turns = database["turns"]
     store = Store.over(connection)
     for _ in range(HISTORY // BATCH):
-        docs = [store.jobs.new_job_doc("big", "TOPIC", PARAMS) for _ in range(BATCH)]
+        docs = [seed_job(store, "big", PARAMS) for _ in range(BATCH)]
         for doc in docs:
             doc.update(store.queue.completion({"content": "x"}, doc["ck"]), queue="none")
         store.database.jobs.insert_many(docs)
     # Queued: 3 of a small user's, the rest the big user's.
     owners = ["small"] * 3 + ["big"] * (QUEUED - 3)
-    store.database.jobs.insert_many([store.jobs.new_job_doc(owner, "TOPIC", PARAMS) for owner in owners])
+    store.database.jobs.insert_many([seed_job(store, owner, PARAMS) for owner in owners])
     # Indexed after the inserts: one pass each, several times faster than
     # keeping them up to date document by document.
     store.ensure_indexes()
@@ -232,10 +232,7 @@ def test_lane_moves_update_each_job_by_its_id(grown: tuple[Store, Recorder]) -> 
     # An update filtered on anything but _id reads the whole collection on nx-27017.
     store, recorder = grown
     bulk_id = str(ObjectId())
-    items = [
-        store.jobs.new_job_doc("small", "TOPIC", PARAMS, bulk_job_id=bulk_id, queue_position=i)
-        for i in (1, 2)
-    ]
+    items = [seed_job(store, "small", PARAMS, bulk_job_id=bulk_id, queue_position=i) for i in (1, 2)]
     store.database.jobs.insert_many(items)
     recorder.updates.clear()
     assert store.bulks.set_item_lanes(bulk_id, [READY], HELD) == 2  # a pause
@@ -291,7 +288,7 @@ def test_schedule_and_template_queries_search_an_index(grown: tuple[Store, Recor
 def test_list_total_counts_up_to_the_cap(server: ServerThread, mongo: MongoServer) -> None:
     """A total_size reads what it counts: past TOTAL_SIZE_CAP jobs it says "the cap or more"."""
     store = Store(mongo.uri, server.settings.db_name)
-    docs = [store.jobs.new_job_doc("alice", "TOPIC", PARAMS) for _ in range(TOTAL_SIZE_CAP + 5)]
+    docs = [seed_job(store, "alice", PARAMS) for _ in range(TOTAL_SIZE_CAP + 5)]
     for doc in docs:
         doc.update(store.queue.completion({"content": "x"}, doc["ck"]), queue="none")
     store.database.jobs.insert_many(docs)

@@ -465,15 +465,16 @@ def test_a_page_of_large_jobs_fits_in_a_reply(shared: ServerThread) -> None:
 
 def test_the_worst_error_fits_in_two_kilobytes() -> None:
     """Pure logic: the bounds of errors.to_status hold for the largest inputs."""
-    from server.model.errors import FieldViolation, ServiceError, invalid
+    from server.api.status import to_status
+    from server.model.errors import Code, FieldViolation, ServiceError, invalid
 
     wide = "\U0010ffff" * 5000  # four bytes a character in UTF-8
     error = invalid([FieldViolation(wide, wide) for _ in range(10_000)])
     error.metadata = {wide[:100] + str(i): wide for i in range(50)}
     error.message = wide
-    status = error.to_status()
+    status = to_status(error)
     assert status.ByteSize() + len(status.message.encode()) < TRAILER_LIMIT
-    bad = ServiceError(grpc.StatusCode.NOT_FOUND, "X", wide).to_status()
+    bad = to_status(ServiceError(Code.NOT_FOUND, "X", wide))
     assert bad.ByteSize() + len(bad.message.encode()) < 700
 
 

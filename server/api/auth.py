@@ -11,8 +11,8 @@ from typing import Any
 
 import grpc
 import jwt
-from grpc_status import rpc_status
 
+from server.api.status import grpc_status
 from server.model.caller import Caller, set_current_caller, subject_problem
 from server.model.errors import ServiceError, unauthenticated
 
@@ -154,7 +154,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 def _refuse(error: ServiceError, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
     """A handler of the same shape as the real one that only aborts with `error`."""
-    status = rpc_status.to_status(error.to_status())
+    status = grpc_status(error)
 
     async def abort(request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort_with_status(status)

@@ -1,4 +1,5 @@
-"""Stored documents to protobuf messages and request messages to plain values."""
+"""Model records (and the stored documents of notifications, templates and
+schedules) to protobuf messages, and request messages to plain values."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from server.model import clock
 from server.model.channels import CHANNELS
 from server.model.errors import FieldViolation, invalid
+from server.model.records import BulkJob, Job, JobError
+from server.model.states import Status
+from server.model.vocabulary import Lane, Priority
+from server.storage import records
 
 Doc = dict[str, Any]
 
@@ -49,12 +54,12 @@ def schedule_state_name(value: int) -> str:
 
 def priority_name(value: int) -> str:
     """PRIORITY_HIGH -> "HIGH"; unspecified is "NORMAL"; "" for an unknown number."""
-    return enum_name(jobs_pb2.Priority, value, "PRIORITY_") if value else "NORMAL"
+    return enum_name(jobs_pb2.Priority, value, "PRIORITY_") if value else str(Priority.NORMAL)
 
 
-def priority(doc: Doc) -> jobs_pb2.Priority.ValueType:
-    """A stored job's or bulk job's priority (NORMAL when stored before priorities)."""
-    return jobs_pb2.Priority.Value("PRIORITY_" + doc.get("priority", "NORMAL"))
+def priority(value: Priority) -> jobs_pb2.Priority.ValueType:
+    """A job's or bulk job's priority as the enum number."""
+    return jobs_pb2.Priority.Value("PRIORITY_" + value)
 
 
 def operation_name(value: int) -> str:
@@ -119,120 +124,120 @@ def now() -> Timestamp:
     return stamp
 
 
-def job_error(doc: Doc | None) -> jobs_pb2.JobError | None:
-    """A stored error as JobError."""
-    if not doc:
+def job_error(error: JobError | None) -> jobs_pb2.JobError | None:
+    """A job's error as JobError."""
+    if error is None:
         return None
     return jobs_pb2.JobError(
-        code=doc.get("code", ""),
-        category=doc.get("category", ""),
-        message=doc.get("message", ""),
-        retryable=bool(doc.get("retryable", False)),
-        attempt=int(doc.get("attempt", 0)),
+        code=error.code,
+        category=error.category,
+        message=error.message,
+        retryable=error.retryable,
+        attempt=error.attempt,
     )
 
 
-def stages_done(doc: Doc, stages: Sequence[str]) -> int:
-    """How many of the declared `stages` a stored job has finished: all of
-    them once it completed, else the position of its current stage (0 when
-    that is not one of them: queued, "starting", a service's own stage)."""
-    if doc["status"] == "COMPLETED":
+def stages_done(job: Job, stages: Sequence[str]) -> int:
+    """How many of the declared `stages` a job has finished: all of them once
+    it completed, else the position of its current stage (0 when that is not
+    one of them: queued, "starting", a service's own stage)."""
+    if job.status == Status.COMPLETED:
         return len(stages)
-    current = (doc.get("progress") or {}).get("stage", "")
+    current = job.progress.stage if job.progress else ""
     return stages.index(current) if current in stages else 0
 
 
-def job(doc: Doc, full: bool = True, stages: Sequence[str] = ()) -> jobs_pb2.Job:
-    """A stored job as the Job message; without result.content unless `full`.
+def job(job: Job, full: bool = True, stages: Sequence[str] = ()) -> jobs_pb2.Job:
+    """A job as the Job message; without result.content unless `full`.
     `stages` are those the server's generator declares (Job.stages)."""
-    params = doc.get("params", {})
+    params = job.params
     message = jobs_pb2.Job(
-        id=str(doc["_id"]),
-        owner=doc.get("owner", ""),
-        project=doc.get("project", ""),
-        mode=jobs_pb2.Mode.Value("MODE_" + doc["mode"]),
+        id=job.id,
+        owner=job.owner,
+        project=job.project,
+        mode=jobs_pb2.Mode.Value("MODE_" + job.mode),
         params=jobs_pb2.GenerationParams(
-            topic=params.get("topic", ""),
-            keywords=params.get("keywords", []),
-            word_count=params.get("word_count", 0),
-            tone=params.get("tone", ""),
-            source_text=params.get("source_text", ""),
-            extra=params.get("extra", {}),
+            topic=params.topic,
+            keywords=params.keywords,
+            word_count=params.word_count,
+            tone=params.tone,
+            source_text=params.source_text,
+            extra=params.extra,
         ),
-        status=jobs_pb2.JobStatus.Value("JOB_STATUS_" + doc["status"]),
-        attempt=doc.get("attempt", 0),
-        max_attempts=doc.get("max_attempts", 0),
-        retry_of=doc.get("retry_of", ""),
-        bulk_job_id=doc.get("bulk_job_id", ""),
-        queue_position=doc.get("queue_position", 0),
-        request_id=doc.get("request_id", ""),
-        cancel_requested=bool(doc.get("cancel_requested", False)),
-        create_time=timestamp(doc.get("ck")),
-        update_time=timestamp(doc.get("updated_us")),
-        start_time=timestamp(doc.get("started_us")),
-        end_time=timestamp(doc.get("ended_us")),
-        error=job_error(doc.get("error")),
-        attempt_errors=[e for e in map(job_error, doc.get("attempt_errors", [])) if e is not None],
-        notify_url=doc.get("notify_url", ""),
-        notify_email=doc.get("notify_email", ""),
-        schedule_id=doc.get("schedule_id", ""),
-        template=doc.get("template", ""),
-        priority=priority(doc),
-        schedule_time=timestamp(doc.get("schedule_us")),
+        status=jobs_pb2.JobStatus.Value("JOB_STATUS_" + job.status),
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        retry_of=job.retry_of,
+        bulk_job_id=job.bulk_job_id,
+        queue_position=job.queue_position,
+        request_id=job.request_id,
+        cancel_requested=job.cancel_requested,
+        create_time=timestamp(job.created_us),
+        update_time=timestamp(job.updated_us),
+        start_time=timestamp(job.started_us),
+        end_time=timestamp(job.ended_us),
+        error=job_error(job.error),
+        attempt_errors=[e for e in map(job_error, job.attempt_errors) if e is not None],
+        notify_url=job.target("webhook"),
+        notify_email=job.target("email"),
+        schedule_id=job.schedule_id,
+        template=job.template,
+        priority=priority(job.priority),
+        schedule_time=timestamp(job.schedule_us),
         stages=list(stages),
-        stages_done=stages_done(doc, stages),
+        stages_done=stages_done(job, stages),
     )
-    progress = doc.get("progress")
+    progress = job.progress
     if progress:
         message.progress.CopyFrom(
             jobs_pb2.Progress(
-                percentage=int(progress.get("percentage", 0)),
-                stage=progress.get("stage", ""),
-                stage_progress=int(progress.get("stage_progress", 0)),
-                message=progress.get("message", ""),
-                started_at=timestamp(progress.get("started_at_us")),
-                estimated_completion=timestamp(progress.get("estimated_completion_us")),
-                elapsed_seconds=float(progress.get("elapsed_seconds", 0.0)),
-                elapsed=duration(float(progress.get("elapsed_seconds", 0.0))),
+                percentage=progress.percentage,
+                stage=progress.stage,
+                stage_progress=progress.stage_progress,
+                message=progress.message,
+                started_at=timestamp(progress.started_at_us),
+                estimated_completion=timestamp(progress.estimated_completion_us),
+                elapsed_seconds=progress.elapsed_seconds,
+                elapsed=duration(progress.elapsed_seconds),
             )
         )
-    if doc.get("wait_reason") and doc["status"] == "QUEUED" and doc.get("queue") != "ready":
-        message.progress.message = doc["wait_reason"]  # why a queued job is not started (budgets)
-    result = doc.get("result")
+    if job.wait_reason and job.status == Status.QUEUED and job.lane != Lane.READY:
+        message.progress.message = job.wait_reason  # why a queued job is not started (budgets)
+    result = job.result
     if result:
         message.result.CopyFrom(
             jobs_pb2.GenerationResult(
-                content=result.get("content", "") if full else "",
-                title=result.get("title", ""),
-                word_count=int(result.get("word_count", 0)),
-                cost_cents=int(result.get("cost_cents", 0)),
-                metadata={str(k): str(v) for k, v in result.get("metadata", {}).items()},
-                # Generators say so in metadata (stored results keep it there).
-                cost_unknown=str(result.get("metadata", {}).get("cost_unknown", "")) == "true",
+                content=result.content if full else "",
+                title=result.title,
+                word_count=result.word_count,
+                cost_cents=result.cost_cents,
+                metadata=result.metadata,
+                cost_unknown=result.cost_unknown,
             )
         )
     return message
 
 
 def job_event(event: Doc, stages: Sequence[str] = ()) -> jobs_pb2.JobEvent:
-    """A stored (or just published) event as the JobEvent message."""
+    """A stored (or just published) event as the JobEvent message (an event
+    carries its job as stored: read through the storage edge's conversion)."""
     return jobs_pb2.JobEvent(
         sequence=event["seq"],
         type=jobs_pb2.JobEventType.Value("JOB_EVENT_TYPE_" + event["type"]),
-        job=job(event["job"], stages=stages),
+        job=job(records.job(event["job"]), stages=stages),
         time=timestamp(event["at_us"]),
     )
 
 
 def bulk_job(view: Any, with_items: bool = True) -> bulk_pb2.BulkJob:
-    """A bulk job (a `bulk.BulkView`) as the BulkJob message."""
-    doc = view.doc
+    """A bulk job (a `bulk.BulkView`: the record and its counts) as the BulkJob message."""
+    bulk: BulkJob = view.bulk_job
     message = bulk_pb2.BulkJob(
-        id=str(doc["_id"]),
-        owner=doc["owner"],
-        project=doc.get("project", ""),
-        mode=jobs_pb2.Mode.Value("MODE_" + doc["mode"]),
-        status=bulk_pb2.BulkJobStatus.Value("BULK_JOB_STATUS_" + doc["status"]),
+        id=bulk.id,
+        owner=bulk.owner,
+        project=bulk.project,
+        mode=jobs_pb2.Mode.Value("MODE_" + bulk.mode),
+        status=bulk_pb2.BulkJobStatus.Value("BULK_JOB_STATUS_" + bulk.status),
         total_items=view.total,
         completed_items=view.completed,
         failed_items=view.failed,
@@ -242,27 +247,27 @@ def bulk_job(view: Any, with_items: bool = True) -> bulk_pb2.BulkJob:
         deleted_items=view.deleted,
         percentage=view.percentage,
         error_summary=view.error_summary,
-        create_time=timestamp(doc.get("ck")),
-        start_time=timestamp(doc.get("started_us")),
-        end_time=timestamp(doc.get("ended_us")),
+        create_time=timestamp(bulk.created_us),
+        start_time=timestamp(bulk.started_us),
+        end_time=timestamp(bulk.ended_us),
         estimated_completion=timestamp(view.estimated_completion_us),
-        request_id=doc.get("request_id", ""),
-        notify_url=doc.get("notify_url", ""),
-        notify_email=doc.get("notify_email", ""),
-        schedule_id=doc.get("schedule_id", ""),
-        template=doc.get("template", ""),
-        priority=priority(doc),
-        schedule_time=timestamp(doc.get("schedule_us")),
+        request_id=bulk.request_id,
+        notify_url=bulk.target("webhook"),
+        notify_email=bulk.target("email"),
+        schedule_id=bulk.schedule_id,
+        template=bulk.template,
+        priority=priority(bulk.priority),
+        schedule_time=timestamp(bulk.schedule_us),
     )
     if with_items:
         message.items.extend(
             bulk_pb2.BulkJobItem(
-                id=str(item["_id"]),
-                queue_position=item["queue_position"],
-                status=jobs_pb2.JobStatus.Value("JOB_STATUS_" + item["status"]),
-                error=job_error(item.get("error")),
+                id=item.id,
+                queue_position=item.queue_position,
+                status=jobs_pb2.JobStatus.Value("JOB_STATUS_" + item.status),
+                error=job_error(item.error),
             )
-            for item in view.items
+            for item in view.item_records
         )
     return message
 

@@ -23,6 +23,11 @@ running jobs (by status) and the due jobs of the waiting lanes (retry
 backoff, schedule time); once a sweep interval, the expired completed
 jobs, the unsettled bulk jobs and the pending notifications: each an index
 search of live documents only.
+
+The claim path reads narrow projections of job documents ({owner, rank,
+ck}, a claimed job's fields), not `model.records.Job`: a record built per
+candidate and per claim would add a conversion on the hottest path for
+fields it never reads.
 """
 
 from __future__ import annotations
@@ -44,10 +49,11 @@ from server.generators.base import (
 )
 from server.model import clock
 from server.model.states import Status
+from server.model.vocabulary import Priority
 from server.storage.database import Doc
 from server.storage.events import STATUS_CHANGED
 from server.storage.jobs import job_error
-from server.storage.queue import HELD, NONE, RANKS, READY
+from server.storage.queue import HELD, NONE, READY
 from server.storage.store import Store
 from server.telemetry import metrics
 
@@ -132,7 +138,7 @@ class Dispatcher(RunLifecycle):
         self._thread.start()
         self._keeper.start()
 
-    def offer(self, ck: int, oid: ObjectId, owner: str = "", rank: int = RANKS["NORMAL"]) -> None:
+    def offer(self, ck: int, oid: ObjectId, owner: str = "", rank: int = Priority.NORMAL.rank) -> None:
         """A job just entered the ready lane on this server: consider it without polling."""
         if owner:
             self._fair.offer(owner, rank, ck, oid)
@@ -397,7 +403,7 @@ class Dispatcher(RunLifecycle):
                 continue
             promoted = self.queue.make_ready(oid, lane)
             if promoted is not None:
-                self.offer(promoted["ck"], oid, promoted["owner"], promoted.get("rank", RANKS["NORMAL"]))
+                self.offer(promoted["ck"], oid, promoted["owner"], Priority.rank_of(promoted.get("rank")))
 
     def _recover(self, doc: Doc) -> None:
         """A run whose lease lapsed (its server died): requeue it or fail it."""
@@ -433,7 +439,7 @@ class Dispatcher(RunLifecycle):
             metrics.attempt_lost(after)
             self.tell(after, STATUS_CHANGED)
             if after["status"] == str(Status.QUEUED) and after["queue"] == READY:
-                self.offer(after["ck"], after["_id"], after["owner"], after.get("rank", RANKS["NORMAL"]))
+                self.offer(after["ck"], after["_id"], after["owner"], Priority.rank_of(after.get("rank")))
 
     def _claim_next(self) -> Doc | None:
         """Claim the next ready job in fair-share order (see `fairshare`); None: nothing ready."""

@@ -48,11 +48,10 @@ from pymongo.errors import PyMongoError
 
 from server.model import clock
 from server.storage.outage import Outage
-from server.storage.queue import RANKS, QueueStore
+from server.storage.queue import QueueStore
 
 log = logging.getLogger(__name__)
 
-NORMAL_RANK = RANKS["NORMAL"]
 BATCH = 64  # candidates read per owner at a time
 # The first read of an owner after a rebuild; each next one reads 4 times as
 # many, up to BATCH. In round robin over many owners each gets one start a

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.model.rules import DEFAULT_WORD_COUNT, MODES
+from server.model.rules import DEFAULT_WORD_COUNT
+from server.model.vocabulary import Mode
 
 BUILT_IN = Path(__file__).with_name("prompts.toml")
-KEYS = ("system", *(m.lower() for m in MODES))
+KEYS = ("system", *(m.lower() for m in Mode))
 PLACEHOLDERS = ("topic", "keywords", "tone", "word_count", "source_text")
 _FORMATTER = string.Formatter()
 

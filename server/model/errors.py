@@ -1,18 +1,17 @@
-"""Domain errors, each with a gRPC code and an UPPER_SNAKE ErrorInfo reason.
+"""Domain errors, each with a canonical `Code` and an UPPER_SNAKE ErrorInfo reason.
 
-Every error is bounded here, once, whatever raised it: a client must be able
-to read any error (gRPC refuses trailers past a few KB), so an error repeats
-at most a short prefix of any input (`echo`), at most `MAX_VIOLATIONS` field
-violations (then says how many more), and fits in about 1.7 KB of trailers.
+No transport here: the api maps a `Code` to gRPC (the same numbers) and to
+HTTP, once each (server/api/status.py, server/api/http/errors.py). The
+bounds are the model's: a client must be able to read any error (gRPC
+refuses trailers past a few KB), so an error repeats at most a short prefix
+of any input (`echo`), at most `MAX_VIOLATIONS` field violations (then says
+how many more), and its wire form fits in about 1.7 KB of trailers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import grpc
-from google.protobuf import any_pb2, duration_pb2
-from google.rpc import error_details_pb2, status_pb2
+from enum import IntEnum
 
 DOMAIN = "genjobs.v1"
 
@@ -24,6 +23,29 @@ MAX_METADATA = 8  # ErrorInfo entries, each value at most MAX_ECHO characters
 # 2 x 300 + 1,100 bytes of details stays well under 2 KB of trailers.
 MAX_MESSAGE_BYTES = 300
 MAX_DETAILS_BYTES = 1100
+
+
+class Code(IntEnum):
+    """The canonical error codes (google.rpc.Code): gRPC's status codes have
+    the same names and numbers, HTTP a status for each."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
 
 
 @dataclass
@@ -38,7 +60,7 @@ class FieldViolation:
 class ServiceError(Exception):
     """An error the caller should see: code, reason, message, optional details."""
 
-    code: grpc.StatusCode
+    code: Code
     reason: str
     message: str
     violations: list[FieldViolation] = field(default_factory=list)
@@ -50,47 +72,6 @@ class ServiceError(Exception):
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
-
-    def to_status(self) -> status_pb2.Status:
-        """The google.rpc.Status carrying ErrorInfo (and BadRequest when relevant), bounded."""
-        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN)
-        for key, value in list(self.metadata.items())[:MAX_METADATA]:
-            info.metadata[clip(key, MAX_ECHO)] = clip(value)
-        if len(self.violations) > 1:
-            info.metadata["violations"] = str(len(self.violations))
-        details = [_pack(info)]
-        if self.violations:
-            budget = MAX_DETAILS_BYTES - info.ByteSize()
-            details.append(_pack(_bad_request(self.violations, budget)))
-        if self.retry_delay is not None:
-            delay = duration_pb2.Duration()
-            delay.FromMilliseconds(int(self.retry_delay * 1000))
-            details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-        if self.quota:
-            failure = error_details_pb2.QuotaFailure()
-            for subject, description in self.quota[:MAX_VIOLATIONS]:
-                failure.violations.add(
-                    subject=clip(subject, MAX_FIELD), description=clip(description, MAX_DESCRIPTION)
-                )
-            details.append(_pack(failure))
-        message = _cut_bytes(self.message, MAX_MESSAGE_BYTES)
-        return status_pb2.Status(code=self.code.value[0], message=message, details=details)
-
-
-def _bad_request(violations: list[FieldViolation], budget: int) -> error_details_pb2.BadRequest:
-    """The first violations that fit `budget` bytes (at most MAX_VIOLATIONS), then how many more."""
-    bad = error_details_pb2.BadRequest()
-    for shown, violation in enumerate(violations):
-        entry = error_details_pb2.BadRequest.FieldViolation(
-            field=clip(violation.field, MAX_FIELD), description=clip(violation.description, MAX_DESCRIPTION)
-        )
-        # Room is kept for the closing "N more" entry (about 40 bytes).
-        if shown == MAX_VIOLATIONS or bad.ByteSize() + entry.ByteSize() + 48 > budget:
-            more = len(violations) - shown
-            bad.field_violations.add(field="", description=f"and {more} more violations not shown")
-            break
-        bad.field_violations.append(entry)
-    return bad
 
 
 def clip(value: str, limit: int = MAX_ECHO) -> str:
@@ -108,38 +89,25 @@ def echo(value: str) -> str:
     return quoted if len(value) <= MAX_ECHO else f"{quoted}… ({len(value)} characters)"
 
 
-def _cut_bytes(text: str, limit: int) -> str:
-    raw = text.encode("utf-8", "replace")
-    return text if len(raw) <= limit else raw[: limit - 3].decode("utf-8", "ignore") + "…"
-
-
-def _pack(message: object) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]
-    return packed
-
-
 def invalid(violations: list[FieldViolation], reason: str = "INVALID_REQUEST") -> ServiceError:
     """INVALID_ARGUMENT naming every bad field (the message names the first few)."""
     shown = 3
     summary = "; ".join(f"{clip(v.field)}: {clip(v.description)}" for v in violations[:shown])
     if len(violations) > shown:
         summary += f" (and {len(violations) - shown} more)"
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, reason, summary, violations)
+    return ServiceError(Code.INVALID_ARGUMENT, reason, summary, violations)
 
 
 def not_found(kind: str, ident: str) -> ServiceError:
     """NOT_FOUND; also what another user's resource looks like."""
     reason = f"{kind.upper().replace(' ', '_')}_NOT_FOUND"
-    return ServiceError(
-        grpc.StatusCode.NOT_FOUND, reason, f"{kind} {echo(ident)} not found", metadata={"id": ident}
-    )
+    return ServiceError(Code.NOT_FOUND, reason, f"{kind} {echo(ident)} not found", metadata={"id": ident})
 
 
 def wrong_status(reason: str, kind: str, ident: str, status: str, hint: str) -> ServiceError:
     """FAILED_PRECONDITION naming the current status."""
     return ServiceError(
-        grpc.StatusCode.FAILED_PRECONDITION,
+        Code.FAILED_PRECONDITION,
         reason,
         f"{kind} {clip(ident)} is {status.lower()}: {hint}",
         metadata={"id": ident, "status": status},
@@ -149,7 +117,7 @@ def wrong_status(reason: str, kind: str, ident: str, status: str, hint: str) -> 
 def email_not_configured() -> ServiceError:
     """FAILED_PRECONDITION: notify_email on a server with no SMTP server configured."""
     return ServiceError(
-        grpc.StatusCode.FAILED_PRECONDITION,
+        Code.FAILED_PRECONDITION,
         "EMAIL_NOT_CONFIGURED",
         "email is not configured on this server (GENJOBS_SMTP_URL is unset): notify_email cannot be used",
     )
@@ -157,24 +125,24 @@ def email_not_configured() -> ServiceError:
 
 def quota_exceeded(reason: str, subject: str, description: str, metadata: dict[str, str]) -> ServiceError:
     """RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure naming the limit that was hit."""
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    return ServiceError(code, reason, description, metadata=metadata, quota=[(subject, description)])
+    quota = [(subject, description)]
+    return ServiceError(Code.RESOURCE_EXHAUSTED, reason, description, metadata=metadata, quota=quota)
 
 
 def already_exists(reason: str, message: str, metadata: dict[str, str]) -> ServiceError:
     """ALREADY_EXISTS: a name (or key) the caller has already used."""
-    return ServiceError(grpc.StatusCode.ALREADY_EXISTS, reason, message, metadata=metadata)
+    return ServiceError(Code.ALREADY_EXISTS, reason, message, metadata=metadata)
 
 
 def admins_only(what: str) -> ServiceError:
     """PERMISSION_DENIED: an RPC (or a use of one) only admin tokens may make."""
-    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, "ADMIN_REQUIRED", f"{what} needs an admin token")
+    return ServiceError(Code.PERMISSION_DENIED, "ADMIN_REQUIRED", f"{what} needs an admin token")
 
 
 def sequence_out_of_range(kind: str, ident: str, after: int, last: int) -> ServiceError:
     """OUT_OF_RANGE: a watch resumed after a sequence the stream never reached."""
     return ServiceError(
-        grpc.StatusCode.OUT_OF_RANGE,
+        Code.OUT_OF_RANGE,
         "SEQUENCE_OUT_OF_RANGE",
         f"after_sequence {after} is beyond {kind} {ident}'s last event ({last}): resume from {last} or 0",
         metadata={"id": ident, "last_sequence": str(last)},
@@ -191,14 +159,14 @@ def unavailable(
     reason: str = "DATABASE_UNAVAILABLE",
 ) -> ServiceError:
     """UNAVAILABLE with RetryInfo: a retry after the delay may succeed."""
-    return ServiceError(grpc.StatusCode.UNAVAILABLE, reason, message, retry_delay=UNAVAILABLE_RETRY_SECONDS)
+    return ServiceError(Code.UNAVAILABLE, reason, message, retry_delay=UNAVAILABLE_RETRY_SECONDS)
 
 
 def unauthenticated(reason: str, message: str) -> ServiceError:
     """UNAUTHENTICATED: no, malformed, badly signed or expired token."""
-    return ServiceError(grpc.StatusCode.UNAUTHENTICATED, reason, message)
+    return ServiceError(Code.UNAUTHENTICATED, reason, message)
 
 
 def permission_denied(reason: str, message: str) -> ServiceError:
     """PERMISSION_DENIED: the token is valid but may not do this."""
-    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, reason, message)
+    return ServiceError(Code.PERMISSION_DENIED, reason, message)

@@ -1,5 +1,5 @@
 """Plain rules about requests and text that more than one layer reads: the
-modes and priorities, the default length, the demo's failure count, and the
+default length, the demo's failure count, and the
 cleaning of text from outside. Validation (services) refuses by them; the
 generators and storage follow them; none of them needs anything but `re`."""
 
@@ -8,8 +8,6 @@ from __future__ import annotations
 import re
 import unicodedata
 
-MODES = ("TOPIC", "KEYWORDS", "TRENDS", "SPIN")
-PRIORITIES = ("LOW", "NORMAL", "HIGH")
 DEFAULT_WORD_COUNT = 800
 MAX_DEMO_FAIL_ATTEMPTS = 100
 # Control characters a text field refuses: C0 but tab and newline, DEL, C1

@@ -31,6 +31,7 @@ from pymongo.errors import PyMongoError
 
 from server.api import convert, reflection
 from server.api.auth import AuthInterceptor, load_secret
+from server.api.deadline import DatabaseDeadline, bounded
 from server.api.http.face import HttpFace, make_api, port_setting
 from server.api.http.guard import Limits
 from server.api.servicers.bulk import BulkServicer
@@ -57,7 +58,6 @@ from server.services.schedules import Schedules
 from server.services.templates import BULK_JOB, JOB, Templates
 from server.storage.budgets import BudgetStore
 from server.storage.eventlog import EventLog
-from server.storage.outage import DatabaseDeadline, bounded
 from server.storage.schedules import ScheduleStore
 from server.storage.store import Store
 from server.telemetry import metrics

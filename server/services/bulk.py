@@ -19,16 +19,19 @@ from server.model import clock
 from server.model.caller import Caller
 from server.model.channels import new_notification
 from server.model.errors import ServiceError, invalid
+from server.model.records import BulkItem, BulkJob, Submission
 from server.model.states import BULK_FINAL, BulkAction, BulkStatus, Status
+from server.model.vocabulary import Mode, Priority
 from server.notify.sender import Notifier
 from server.services import entitlement, validation
 from server.services.events import Event, EventHub
 from server.services.jobs import Jobs, normalized
+from server.storage import records
 from server.storage.budgets import BUDGET
 from server.storage.database import Doc
 from server.storage.events import STATUS_CHANGED
 from server.storage.paging import Page, bulk_item_key, submission_key
-from server.storage.queue import BACKOFF, HELD, RANKS, READY, SCHEDULED
+from server.storage.queue import BACKOFF, HELD, READY, SCHEDULED
 from server.storage.store import Store
 from server.telemetry import context, metrics
 
@@ -51,6 +54,16 @@ class BulkView:
     remaining: int = 0
     cost_cents: int = 0
     estimated_completion_us: int = 0
+
+    @property
+    def bulk_job(self) -> BulkJob:
+        """The bulk job as the model's record."""
+        return records.bulk_job(self.doc)
+
+    @property
+    def item_records(self) -> list[BulkItem]:
+        """The current items as the model's records."""
+        return [records.bulk_item(item) for item in self.items]
 
     @property
     def total(self) -> int:
@@ -149,7 +162,7 @@ class Bulks:
         notify_url: str = "",
         notify_email: str = "",
         origin: Doc | None = None,
-        priority: str = "NORMAL",
+        priority: str = Priority.NORMAL,
         schedule_us: int = 0,
     ) -> BulkView:
         """Validate every item, then store the bulk job and its items (two writes).
@@ -186,29 +199,33 @@ class Bulks:
             "schedule_id": "",
             "template": "",
             "priority": priority,
-            "rank": RANKS[priority],
+            "rank": Priority(priority).rank,
             "schedule_us": schedule_us,
             **(origin or {}),
         }
         docs = [
-            self.store.jobs.new_job_doc(
-                caller.user,
-                mode,
-                normalized(params),
-                project=project,
-                max_attempts=self.jobs.default_max_attempts,
-                bulk_job_id=str(bulk_id),
-                queue_position=position,
+            self.store.jobs.new_job(
+                Submission(
+                    owner=caller.user,
+                    mode=Mode(mode),
+                    params=records.params(normalized(params)),
+                    project=project,
+                    max_attempts=self.jobs.default_max_attempts,
+                    bulk_job_id=str(bulk_id),
+                    queue_position=position,
+                    request_key=bulk_item_key(caller.user, bulk_id, position),
+                    priority=Priority(priority),
+                    schedule_us=schedule_us,
+                    schedule_id=bulk["schedule_id"],
+                    template=bulk["template"],
+                ),
                 ck=base + position,  # items run in position order, FIFO among all jobs
-                request_key=bulk_item_key(caller.user, bulk_id, position),
-                priority=priority,
-                schedule_us=schedule_us,
             )
             for position, params in enumerate(items, start=1)
         ]
         trace = context.trace_fields()  # each item's attempts link to this call
         for doc in docs:
-            doc.update(trace, schedule_id=bulk["schedule_id"], template=bulk["template"])
+            doc.update(trace)
         try:
             self.jobs.limits.check_submit(caller.user, project, len(items))
             self.jobs.limits.reserve(caller.user, [doc["_id"] for doc in docs])

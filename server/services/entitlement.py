@@ -31,11 +31,12 @@ from pymongo.database import Database
 from server.model import clock
 from server.model.caller import Caller, subject_problem
 from server.model.errors import FieldViolation, admins_only, invalid, permission_denied
+from server.model.vocabulary import Priority
 from server.storage.database import Doc
 
 PREMIUM = "premium"
 TIERS = ("", PREMIUM)  # "" is the plain tier: no stored grant
-HIGH, NORMAL = "HIGH", "NORMAL"
+HIGH, NORMAL = Priority.HIGH, Priority.NORMAL  # short names for the rule below
 
 
 class Tiers:

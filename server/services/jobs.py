@@ -18,18 +18,20 @@ from typing import Any, Protocol
 from pymongo.errors import PyMongoError
 
 from server.model.caller import Caller
-from server.model.channels import targets
 from server.model.errors import FieldViolation, ServiceError, email_not_configured, invalid
+from server.model.records import Job, Submission, notify_targets
 from server.model.states import Status
+from server.model.vocabulary import Mode, Priority
 from server.services import entitlement, validation
 from server.services.entitlement import Tiers
 from server.services.events import Event, EventHub
+from server.storage import records
 from server.storage.database import Doc
 from server.storage.eventlog import EventLog
 from server.storage.events import SNAPSHOT, STATUS_CHANGED
-from server.storage.jobs import final
-from server.storage.paging import JobFilter, Page
-from server.storage.queue import RANKS, READY
+from server.storage.jobs import JobPage, final
+from server.storage.paging import JobFilter
+from server.storage.queue import READY
 from server.storage.store import Store
 from server.telemetry import context, metrics
 
@@ -184,7 +186,7 @@ class Jobs:
         notify_url: str = "",
         notify_email: str = "",
         origin: Doc | None = None,
-        priority: str = "NORMAL",
+        priority: str = Priority.NORMAL,
         schedule_us: int = 0,
     ) -> Doc:
         """Queue a job; a repeated request_id returns the first job. One command.
@@ -199,27 +201,30 @@ class Jobs:
             raise invalid(bad)
         await entitlement.require_async(caller, priority, self.tiers)
         self.check_email(notify_email)
-        params = normalized(params)
-        doc = self.store.jobs.new_job_doc(
-            caller.user,
-            mode,
-            params,
+        origin = origin or {}
+        submission = Submission(
+            owner=caller.user,
+            mode=Mode(mode),
+            params=records.params(normalized(params)),
             project=project,
             request_id=request_id,
             max_attempts=max_attempts or self.default_max_attempts,
-            priority=priority,
+            priority=Priority(priority),
             schedule_us=schedule_us,
+            targets=notify_targets(notify_url, notify_email),
+            request_key=origin.get("request_key", ""),
+            schedule_id=origin.get("schedule_id", ""),
+            template=origin.get("template", ""),
         )
-        doc.update(targets(notify_url, notify_email))
+        doc = self.store.jobs.new_job(submission)
         doc.update(context.trace_fields())
-        doc.update(origin or {})
         try:
             await self.limits.check_submit_async(caller.user, project, 1)
             await self.limits.reserve_async(caller.user, [doc["_id"]])
         except ServiceError:
             # A repeat of a stored request is answered, not refused: the limit
             # counted that job already (a client's retry, a schedule's tick again).
-            keyed = request_id or "request_key" in (origin or {})
+            keyed = request_id or "request_key" in origin
             earlier = await asyncio.to_thread(self.store.jobs.repeated, doc) if keyed else None
             if earlier is None:
                 raise
@@ -245,11 +250,11 @@ class Jobs:
         if notify_email and not self.email_enabled:
             raise email_not_configured()
 
-    def get(self, caller: Caller, job_id: str) -> Doc:
+    def get(self, caller: Caller, job_id: str) -> Job:
         """One of the caller's jobs."""
         return self.store.jobs.get(caller.owner_filter, job_id)
 
-    def list_jobs(self, caller: Caller, filters: JobFilter, page_size: int, token: str) -> Page:
+    def list_jobs(self, caller: Caller, filters: JobFilter, page_size: int, token: str) -> JobPage:
         """A page of the caller's jobs, newest first."""
         size, bad = validation.page_size(page_size)
         bad += _check_filter_values(filters)
@@ -257,7 +262,7 @@ class Jobs:
             raise invalid(bad)
         return self.store.jobs.list_jobs(caller.owner_filter, filters, size, token)
 
-    def cancel(self, caller: Caller, job_id: str) -> Doc:
+    def cancel(self, caller: Caller, job_id: str) -> Job:
         """Cancel a queued job now, or ask the running one to stop."""
         doc, running = self.store.jobs.cancel(caller.owner_filter, job_id)
         if running:
@@ -267,18 +272,20 @@ class Jobs:
             self.dispatcher.request_cancel(job_id)
         else:
             self.publish(doc, STATUS_CHANGED)
-        return doc
+        return records.job(doc)
 
-    def retry(self, caller: Caller, job_id: str, request_id: str = "") -> Doc:
+    def retry(self, caller: Caller, job_id: str, request_id: str = "") -> Job:
         """A new queued job with the same mode and params as a failed or cancelled one."""
         bad = validation.check_common(request_id, "")
         if bad:
             raise invalid(bad)
-        doc = self.store.jobs.retry_doc(caller.owner_filter, job_id, request_id, self.default_max_attempts)
+        kept = self.store.jobs.retry_submission(
+            caller.owner_filter, job_id, request_id, self.default_max_attempts
+        )
         # The retry's creator is the caller, now: a HIGH job retried by one not
         # entitled to HIGH (a plain token) runs at NORMAL (server/services/entitlement.py).
-        priority = entitlement.capped(caller, doc["priority"], self.tiers)
-        doc.update(priority=priority, rank=RANKS[priority])
+        priority = Priority(entitlement.capped(caller, kept.priority, self.tiers))
+        doc = self.store.jobs.new_retry(dataclasses.replace(kept, priority=priority))
         try:
             # A retry queues a job like a submit: the same limits and cap.
             self.limits.check_submit(doc["owner"], doc["project"], 1)
@@ -287,14 +294,14 @@ class Jobs:
             earlier = self.store.jobs.repeated(doc)  # a retry always has a request key
             if earlier is None:
                 raise
-            return earlier
+            return records.job(earlier)
         new_id = doc["_id"]
         doc = self.store.jobs.store_retry(doc)
         if doc["_id"] != new_id:  # a repeat: the earlier retry holds its own place
             self.limits.unreserve(doc["owner"], [new_id])
         self.offer(doc)
         self.publish(doc, STATUS_CHANGED)
-        return doc
+        return records.job(doc)
 
     def delete(self, caller: Caller, job_id: str) -> None:
         """Remove a final job and its events."""
@@ -340,7 +347,7 @@ class Jobs:
                     if not done:
                         raise
                     break  # a limit or the queued-jobs cap: the rest stay failed, counted below
-                done.append(str(new["_id"]))
+                done.append(new.id)
         more = len(ids) == MAX_BULK_OPERATION or len(done) < len(ids)  # a cut-off retry leaves some
         remaining = self.store.jobs.count(query) if more else 0
         return BulkOperationResult(done, len(done), remaining)
@@ -379,7 +386,7 @@ class Jobs:
 
     def history(self, caller: Caller, job_id: str, after: int) -> tuple[Doc, list[Doc]]:
         """The job now and its stored events after `after` (for WatchJob)."""
-        doc = self.store.jobs.get(caller.owner_filter, job_id)
+        doc = self.store.jobs.document(caller.owner_filter, job_id)
         if not after:
             return doc, []
         self.event_log.flush()  # what this server already published is stored too
@@ -399,8 +406,8 @@ def normalized(params: Doc) -> Doc:
 def _check_filter_values(filters: JobFilter) -> list[FieldViolation]:
     """Everything wrong with the filters of ListJobs, GetJobStats or RunBulkOperation."""
     bad = validation.check_choices("statuses", filters.statuses, [str(s) for s in Status], "JOB_STATUS_")
-    bad += validation.check_choices("modes", filters.modes, validation.MODES, "MODE_")
-    bad += validation.check_choices("priorities", filters.priorities, validation.PRIORITIES, "PRIORITY_")
+    bad += validation.check_choices("modes", filters.modes, Mode, "MODE_")
+    bad += validation.check_choices("priorities", filters.priorities, Priority, "PRIORITY_")
     bad += validation.check_query(filters.query)
     bad += validation.check_label(filters.project, "project", validation.MAX_PROJECT)
     if filters.bulk_job_id:

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import grpc
-
 from server.model import clock
-from server.model.errors import FieldViolation, ServiceError, invalid
+from server.model.errors import Code, FieldViolation, ServiceError, invalid
 from server.model.progress import AttemptTokens, progress_fields
 from server.services.validation import check_label, check_text
 from server.storage.database import Doc
@@ -21,12 +19,12 @@ MAX_STAGE, MAX_MESSAGE = 50, 500
 
 
 def _denied(why: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, "PROGRESS_TOKEN_REFUSED", why)
+    return ServiceError(Code.PERMISSION_DENIED, "PROGRESS_TOKEN_REFUSED", why)
 
 
 def _backwards(current: int, asked: int) -> ServiceError:
     return ServiceError(
-        grpc.StatusCode.FAILED_PRECONDITION,
+        Code.FAILED_PRECONDITION,
         "PROGRESS_BACKWARDS",
         f"the job is at {current}%: progress never goes back (this report said {asked}%)",
         metadata={"percentage": str(current)},

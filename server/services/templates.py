@@ -18,13 +18,12 @@ import asyncio
 import re
 from typing import Any, Protocol, TypeVar
 
-import grpc
 from genjobs.v1 import bulk_pb2, jobs_pb2
 from google.protobuf.message import Message
 
 from server.model import clock
 from server.model.caller import Caller
-from server.model.errors import FieldViolation, ServiceError, invalid
+from server.model.errors import Code, FieldViolation, ServiceError, invalid
 from server.services import validation
 from server.storage.database import Doc
 from server.storage.schedules import TEMPLATES, ScheduleStore, template_key
@@ -235,7 +234,7 @@ class Templates:
         if doc["kind"] != kind:
             wanted = "SubmitJob" if doc["kind"] == JOB else "CreateBulkJob"
             raise ServiceError(
-                grpc.StatusCode.FAILED_PRECONDITION,
+                Code.FAILED_PRECONDITION,
                 "TEMPLATE_KIND_MISMATCH",
                 f"template {name!r} holds a {doc['kind'].replace('_', ' ')} request: use it with {wanted}",
                 metadata={"name": name, "kind": doc["kind"]},

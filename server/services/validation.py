@@ -13,11 +13,10 @@ from server.model.rules import (
     DEFAULT_WORD_COUNT,
     LONG_TEXT_CONTROL,
     MAX_DEMO_FAIL_ATTEMPTS,
-    MODES,
-    PRIORITIES,
     demo_fail_attempts,
     has_control,
 )
+from server.model.vocabulary import Mode, Priority
 from server.notify.guard import url_problem
 from server.notify.mail import address_problem
 
@@ -141,13 +140,13 @@ def _check_generator_extra(extra: dict[str, str], prefix: str) -> list[FieldViol
 
 
 def check_mode(mode: str, field: str = "mode") -> list[FieldViolation]:
-    """A violation unless `mode` is one of MODES."""
-    return check_choices(field, [mode], MODES, "MODE_")
+    """A violation unless `mode` is a Mode."""
+    return check_choices(field, [mode], Mode, "MODE_")
 
 
 def check_priority(priority: str) -> list[FieldViolation]:
-    """A violation unless `priority` is one of PRIORITIES."""
-    return check_choices("priority", [priority], PRIORITIES, "PRIORITY_")
+    """A violation unless `priority` is a Priority."""
+    return check_choices("priority", [priority], Priority, "PRIORITY_")
 
 
 def check_choices(

@@ -8,7 +8,9 @@ events are `events`'; the bulk job a job belongs to is `bulk`'s.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
+from dataclasses import dataclass
 
 import pymongo
 from bson import ObjectId
@@ -16,15 +18,25 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from server.model import clock
-from server.model.channels import targets
 from server.model.errors import ServiceError, not_found, wrong_status
+from server.model.records import Job, Submission
 from server.model.states import FINAL, REFUSAL_HINT, REFUSAL_REASON, Action, Status, allowed
+from server.storage import records
 from server.storage.bulk import BulkStore
 from server.storage.database import Database, Doc, count, one_of, owned
 from server.storage.events import EventStore
 from server.storage.inserts import LoopInsert
-from server.storage.paging import JobFilter, Page, keyset_page, parse_id, request_key, submission_key
-from server.storage.queue import NONE, RANKS, READY, SCHEDULED
+from server.storage.paging import JobFilter, keyset_page, parse_id, request_key, submission_key
+from server.storage.queue import NONE, READY, SCHEDULED
+
+
+@dataclass
+class JobPage:
+    """One page of a job listing."""
+
+    jobs: list[Job]
+    next_token: str
+    total: int
 
 
 class JobStore:
@@ -83,65 +95,15 @@ class JobStore:
         """How many jobs match `query` (at most `cap` when given)."""
         return count(self.jobs, query, cap)
 
-    def new_job_doc(
-        self,
-        owner: str,
-        mode: str,
-        params: Doc,
-        *,
-        project: str = "",
-        request_id: str = "",
-        max_attempts: int = 3,
-        retry_of: str = "",
-        bulk_job_id: str = "",
-        queue_position: int = 0,
-        lane: str = READY,
-        ck: int = 0,
-        request_key: str = "",
-        priority: str = "NORMAL",
-        schedule_us: int = 0,
-    ) -> Doc:
-        """A QUEUED job document, not yet stored; with a `schedule_us` still to
-        come, in the scheduled lane until then."""
+    def new_job(self, submission: Submission, *, ck: int = 0, lane: str = READY) -> Doc:
+        """A QUEUED job document of `submission`, not yet stored; with a
+        schedule_us still to come, in the scheduled lane until then."""
         job_id = ObjectId()
         ck = ck or self.order_keys.next()
-        if lane == READY and schedule_us > clock.now_us():
+        if lane == READY and submission.schedule_us > clock.now_us():
             lane = SCHEDULED
-        return {
-            "_id": job_id,
-            "owner": owner,
-            "project": project,
-            "mode": mode,
-            "params": params,
-            "search_text": search_text(params),
-            "status": str(Status.QUEUED),
-            "queue": lane,
-            "run_after_us": schedule_us if lane == SCHEDULED else 0,
-            "ck": ck,
-            "priority": priority,
-            "rank": RANKS[priority],
-            "schedule_us": schedule_us,
-            "ready_us": ck,  # when it entered the ready lane (the dispatcher's incremental read)
-            "attempt": 0,
-            "max_attempts": max_attempts,
-            "attempt_errors": [],
-            "retry_of": retry_of,
-            "retried_by": "",
-            "bulk_job_id": bulk_job_id,
-            "queue_position": queue_position,
-            "request_id": request_id,
-            # Always set, so one plain unique index makes request_id idempotent
-            # (partial indexes are silently full on nx-27017).
-            "request_key": request_key or submission_key(owner, request_id, job_id, "job"),
-            "cancel_requested": False,
-            "epoch": 0,
-            "lease_until_us": 0,
-            "worker": "",
-            "seq": 1,
-            "updated_us": ck,
-            "schedule_id": "",  # the schedule whose tick created it
-            "template": "",  # the template it was submitted from
-        }
+        key = submission.request_key or submission_key(submission.owner, submission.request_id, job_id, "job")
+        return records.job_doc(submission, job_id, ck, lane, key)
 
     async def submit_job(self, doc: Doc) -> tuple[Doc, bool]:
         """`insert_job` from the event loop, sharing round trips with concurrent
@@ -178,14 +140,19 @@ class JobStore:
         doc["ck"] = doc["updated_us"] = self.order_keys.next()
         return None
 
-    def get(self, owner: str | None, job_id: str) -> Doc:
+    def get(self, owner: str | None, job_id: str) -> Job:
         """One job; another user's is NOT_FOUND (owner None: an admin sees all)."""
+        return records.job(self.document(owner, job_id))
+
+    def document(self, owner: str | None, job_id: str) -> Doc:
+        """One job's stored document, as `get` finds it: what job events carry
+        (watchers and the event log read documents)."""
         found = self.jobs.find_one(owned(owner, parse_id(job_id)))
         if found is None:
             raise not_found("job", job_id)
         return found
 
-    def list_jobs(self, owner: str | None, filters: JobFilter, size: int, token: str) -> Page:
+    def list_jobs(self, owner: str | None, filters: JobFilter, size: int, token: str) -> JobPage:
         """A page of jobs, newest first, by keyset on `ck`.
 
         First page: a find and a $count aggregation (nx-27017's count_documents
@@ -196,7 +163,8 @@ class JobStore:
         page's documents, not the owner's history.
         """
         query = self.job_query(owner, filters)
-        return keyset_page(self.jobs, query, filters.fingerprint(owner), size, token, self.page_tokens)
+        page = keyset_page(self.jobs, query, filters.fingerprint(owner), size, token, self.page_tokens)
+        return JobPage([records.job(doc) for doc in page.docs], page.next_token, page.total)
 
     def job_query(self, owner: str | None, filters: JobFilter) -> Doc:
         """The MongoDB filter for `filters`, restricted to the owner's jobs."""
@@ -238,41 +206,31 @@ class JobStore:
             return running, True
         raise self.refusal(owner, job_id, Action.CANCEL_QUEUED)
 
-    def retry_doc(self, owner: str | None, job_id: str, request_id: str, default_attempts: int) -> Doc:
-        """The new QUEUED job (not yet stored) that retries a failed or cancelled
-        one: the same mode, params and targets, and a request key that makes
-        a repeated or concurrent retry return the first (`store_retry`)."""
+    def retry_submission(
+        self, owner: str | None, job_id: str, request_id: str, default_attempts: int
+    ) -> Submission:
+        """What retrying a failed or cancelled job submits (`Job.retry_submission`
+        says what it keeps), with a request key that makes a repeated or
+        concurrent retry return the first (`store_retry`)."""
         original = self.jobs.find_one(
             {**owned(owner, parse_id(job_id)), "status": one_of(allowed(Action.RETRY))}
         )
         if original is None:
             raise self.refusal(owner, job_id, Action.RETRY)
-        doc = self.new_job_doc(
-            original["owner"],
-            original["mode"],
-            original["params"],
-            project=original["project"],
-            request_id=request_id,
-            max_attempts=original.get("max_attempts") or default_attempts,
-            retry_of=job_id,
-            bulk_job_id=original["bulk_job_id"],
-            queue_position=original["queue_position"],
-            # One retry per (job, request_id), whoever asks and however often:
-            # the unique request key makes a repeated or concurrent retry return
-            # the first. Without a request_id, one retry per job.
-            request_key=request_key(
-                original["owner"], "retry-of", job_id, *([request_id] if request_id else [])
-            ),
-            lane=self.bulks.bulk_lane(original["bulk_job_id"]),
-            priority=original.get("priority", "NORMAL"),  # its schedule_time has passed
-        )
-        doc.update(targets(original.get("notify_url", ""), original.get("notify_email", "")))  # kept
-        # Still a run of its schedule, from its template (ListJobs by schedule_id lists it).
-        doc.update(schedule_id=original.get("schedule_id", ""), template=original.get("template", ""))
-        return doc
+        kept = records.job(original).retry_submission(request_id, default_attempts)
+        # One retry per (job, request_id), whoever asks and however often: the
+        # unique request key makes a repeated or concurrent retry return the
+        # first. Without a request_id, one retry per job.
+        key = request_key(kept.owner, "retry-of", job_id, *([request_id] if request_id else []))
+        return dataclasses.replace(kept, request_key=key)
+
+    def new_retry(self, submission: Submission) -> Doc:
+        """The new QUEUED job document of a retry (`retry_submission`), in the
+        lane of its bulk job (held while that is paused)."""
+        return self.new_job(submission, lane=self.bulks.bulk_lane(submission.bulk_job_id))
 
     def store_retry(self, doc: Doc) -> Doc:
-        """Store a retry made by `retry_doc`; the earlier one for a repeat."""
+        """Store a retry made by `new_retry`; the earlier one for a repeat."""
         stored, created = self.insert_job(doc)
         if created:  # the newest retry; a repeated request changes nothing
             original = parse_id(doc["retry_of"])
@@ -365,11 +323,6 @@ class JobStore:
     def job_notification_stored(self, oid: ObjectId) -> None:
         """The job's notification is in `notifications` now."""
         self.jobs.update_one({"_id": oid, "notify_pending": True}, {"$set": {"notify_pending": False}})
-
-
-def search_text(params: Doc) -> str:
-    """What the free-text `query` filter matches: topic and keywords, lower-cased."""
-    return " | ".join([params.get("topic", ""), *params.get("keywords", [])]).lower()
 
 
 def _cancelled() -> Doc:

@@ -17,15 +17,15 @@ from pymongo.errors import DuplicateKeyError
 
 from server.model import clock
 from server.model.states import Action, Status, allowed
+from server.model.vocabulary import Lane, Priority
 from server.storage.database import Database, Doc, count, one_of
 
 # The queue lanes of a QUEUED job; every other status is in lane NONE.
-READY, HELD, BACKOFF, NONE = "ready", "held", "backoff", "none"
-SCHEDULED = "scheduled"  # not before its schedule_time (run_after_us)
+# Plain strings (the lanes of model.vocabulary.Lane): compared on the dispatcher's hot path.
+READY, HELD, BACKOFF, NONE = str(Lane.READY), str(Lane.HELD), str(Lane.BACKOFF), str(Lane.NONE)
+SCHEDULED = str(Lane.SCHEDULED)  # not before its schedule_time (run_after_us)
 # Lanes whose jobs become ready at their run_after_us (housekeeping promotes them).
 WAITING = (BACKOFF, SCHEDULED)
-# Priority names as stored, and their rank: ascending sorts run highest first.
-RANKS = {"HIGH": 0, "NORMAL": 1, "LOW": 2}
 
 _CANDIDATE = {"owner": 1, "rank": 1, "ck": 1}  # what the dispatcher reads of a ready job
 
@@ -297,8 +297,7 @@ class QueueStore:
 
 def _rank(row: Doc) -> int:
     """A job's rank; a job stored before priorities existed is NORMAL."""
-    rank = row.get("rank")
-    return RANKS["NORMAL"] if rank is None else int(rank)
+    return Priority.rank_of(row.get("rank"))
 
 
 def _candidate(row: Doc) -> tuple[str, int, int, ObjectId]:

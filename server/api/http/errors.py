@@ -2,31 +2,31 @@
 
 from __future__ import annotations
 
-import grpc
 from google.protobuf import json_format
 from starlette.responses import JSONResponse
 
-from server.model.errors import FieldViolation, ServiceError
+from server.api.status import to_status
+from server.model.errors import Code, FieldViolation, ServiceError
 
 # google.rpc.Code -> HTTP status, as google/rpc/code.proto documents it.
 HTTP_STATUS = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
+    Code.OK: 200,
+    Code.CANCELLED: 499,
+    Code.UNKNOWN: 500,
+    Code.INVALID_ARGUMENT: 400,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409,
+    Code.PERMISSION_DENIED: 403,
+    Code.UNAUTHENTICATED: 401,
+    Code.RESOURCE_EXHAUSTED: 429,
+    Code.FAILED_PRECONDITION: 400,
+    Code.ABORTED: 409,
+    Code.OUT_OF_RANGE: 400,
+    Code.UNIMPLEMENTED: 501,
+    Code.INTERNAL: 500,
+    Code.UNAVAILABLE: 503,
+    Code.DATA_LOSS: 500,
 }
 # Errors whose HTTP status is more precise than their gRPC code's.
 STATUS_BY_REASON = {"REQUEST_TOO_LARGE": 413}
@@ -37,7 +37,7 @@ ECHO_LIMIT = 200
 def error_body(error: ServiceError) -> dict[str, object]:
     """`{"error": {code, message, status, details}}` for `error`; details are
     the same ErrorInfo (and BadRequest) the gRPC status carries."""
-    status = json_format.MessageToDict(error.to_status())
+    status = json_format.MessageToDict(to_status(error))
     return {
         "error": {
             "code": http_status(error),
@@ -50,7 +50,7 @@ def error_body(error: ServiceError) -> dict[str, object]:
 
 def error_response(error: ServiceError) -> JSONResponse:
     """The HTTP response for `error`."""
-    headers = {"WWW-Authenticate": "Bearer"} if error.code == grpc.StatusCode.UNAUTHENTICATED else None
+    headers = {"WWW-Authenticate": "Bearer"} if error.code == Code.UNAUTHENTICATED else None
     return JSONResponse(error_body(error), status_code=http_status(error), headers=headers)
 
 
@@ -66,7 +66,7 @@ def bad_request(reason: str, where: str, problem: str) -> ServiceError:
     # Echoed input may hold lone surrogates, which neither UTF-8 nor a protobuf string can carry.
     problem = problem[:ECHO_LIMIT].encode("utf-8", "replace").decode()
     return ServiceError(
-        grpc.StatusCode.INVALID_ARGUMENT, reason, f"{where}: {problem}", [FieldViolation(where, problem)]
+        Code.INVALID_ARGUMENT, reason, f"{where}: {problem}", [FieldViolation(where, problem)]
     )
 
 
@@ -75,8 +75,8 @@ def no_route(method: str, path: str, allowed: list[str]) -> ServiceError:
     path = path[:ECHO_LIMIT]
     if allowed:
         return ServiceError(
-            grpc.StatusCode.UNIMPLEMENTED,
+            Code.UNIMPLEMENTED,
             "METHOD_NOT_ALLOWED",
             f"{method} is not served on {path}; use {', '.join(sorted(allowed))}",
         )
-    return ServiceError(grpc.StatusCode.NOT_FOUND, "NO_SUCH_ROUTE", f"no API route {method} {path}")
+    return ServiceError(Code.NOT_FOUND, "NO_SUCH_ROUTE", f"no API route {method} {path}")

@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from typing import Any
 
-import grpc
 import uvicorn
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
@@ -30,7 +29,7 @@ from server.api.http.guard import Limits, protocol
 from server.api.http.web import WebFiles, security_headers
 from server.api.servicers.common import plain_handlers, service_error
 from server.model.caller import set_current_caller
-from server.model.errors import ServiceError
+from server.model.errors import Code, ServiceError
 from server.telemetry import metrics
 
 API_PREFIX = "/v1/"
@@ -110,7 +109,7 @@ class HttpApi:
             )
             handler = self.handlers.get(name)
             if handler is None:
-                raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", f"{name} is not served")
+                raise ServiceError(Code.UNIMPLEMENTED, "NOT_IMPLEMENTED", f"{name} is not served")
             if route.streaming:
                 return await self._stream(handler(message), name, started)
             answer = await handler(message)
@@ -200,7 +199,7 @@ async def _body(request: Request) -> bytes:
 
 def _too_large() -> ServiceError:
     return ServiceError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE", f"the body is over {MAX_BODY_BYTES} bytes"
+        Code.RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE", f"the body is over {MAX_BODY_BYTES} bytes"
     )
 
 

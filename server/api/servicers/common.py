@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
-from grpc_status import rpc_status
 from pymongo.errors import PyMongoError
 
+from server.api.status import grpc_status
 from server.api.watch import ShuttingDown
-from server.model.errors import ServiceError, clip, unavailable
+from server.model.errors import Code, ServiceError, clip, unavailable
 from server.storage.outage import unreachable
 
 log = logging.getLogger(__name__)
@@ -38,12 +38,12 @@ def service_error(exc: BaseException, method: str) -> ServiceError:
             log.error("database error in %s: %s", method, exc)
         else:
             log.exception("bug in %s", method)
-        error = ServiceError(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error; see the server log")
+        error = ServiceError(Code.INTERNAL, "INTERNAL", "internal error; see the server log")
     return error
 
 
 def _status_of(exc: BaseException, method: str) -> grpc.Status:
-    return rpc_status.to_status(service_error(exc, method).to_status())
+    return grpc_status(service_error(exc, method))
 
 
 def rpc(method: F) -> F:
@@ -84,11 +84,11 @@ class _Undecodable:
 
 def _malformed(undecodable: _Undecodable) -> grpc.Status:
     error = ServiceError(
-        grpc.StatusCode.INVALID_ARGUMENT,
+        Code.INVALID_ARGUMENT,
         "MALFORMED_REQUEST",
         f"the request body is not a valid protobuf message: {clip(str(undecodable.error), 200)}",
     )
-    return rpc_status.to_status(error.to_status())
+    return grpc_status(error)
 
 
 class RequestDecoding(grpc.aio.ServerInterceptor):

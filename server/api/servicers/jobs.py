@@ -13,12 +13,14 @@ from server.api import convert
 from server.api.servicers.common import rpc
 from server.api.watch import Heartbeat, StreamCap, check_resume, follow
 from server.model.caller import Caller, current_caller
-from server.model.errors import ServiceError
+from server.model.errors import Code, ServiceError
+from server.model.records import Job
 from server.services.budgets import Budgets, Limit
 from server.services.events import Event, EventHub
 from server.services.jobs import Jobs
 from server.services.progress import ExternalProgress
 from server.services.templates import Templates
+from server.storage import records
 from server.storage.database import Doc
 from server.storage.events import SNAPSHOT
 from server.storage.jobs import final
@@ -69,15 +71,15 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self.budgets = budgets
         self.streams = streams or StreamCap(100)  # open WatchJob streams per owner
 
-    def job(self, doc: Doc, full: bool = True) -> jobs_pb2.Job:
-        """A stored job as the Job message, with the declared stages."""
-        return convert.job(doc, full, self.stages)
+    def job(self, job: Job, full: bool = True) -> jobs_pb2.Job:
+        """A job as the Job message, with the declared stages."""
+        return convert.job(job, full, self.stages)
 
     @rpc
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
-        return self.job(await self.submit(current_caller(), request))
+        return self.job(records.job(await self.submit(current_caller(), request)))
 
     async def submit(
         self, caller: Caller, request: jobs_pb2.SubmitJobRequest, origin: Doc | None = None
@@ -114,7 +116,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             self.jobs.list_jobs, current_caller(), job_filter(request), request.page_size, request.page_token
         )
         return jobs_pb2.ListJobsResponse(
-            jobs=[self.job(d, full=request.view == jobs_pb2.JOB_VIEW_FULL) for d in page.docs],
+            jobs=[self.job(j, full=request.view == jobs_pb2.JOB_VIEW_FULL) for j in page.jobs],
             next_page_token=page.next_token,
             total_size=page.total,
         )
@@ -129,8 +131,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def RetryJob(
         self, request: jobs_pb2.RetryJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
-        doc = await asyncio.to_thread(self.jobs.retry, current_caller(), request.id, request.request_id)
-        return self.job(doc)
+        job = await asyncio.to_thread(self.jobs.retry, current_caller(), request.id, request.request_id)
+        return self.job(job)
 
     @rpc
     async def DeleteJob(
@@ -210,7 +212,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.ReportProgressRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
         if self.progress is None:
-            raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", "progress reports are off")
+            raise ServiceError(Code.UNIMPLEMENTED, "UNIMPLEMENTED", "progress reports are off")
         await asyncio.to_thread(
             self.progress.report,
             request.job_id,
@@ -255,7 +257,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.SetTierRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Tier:
         if self.jobs.tiers is None:
-            raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", "tiers are off")
+            raise ServiceError(Code.UNIMPLEMENTED, "UNIMPLEMENTED", "tiers are off")
         doc = await asyncio.to_thread(self.jobs.tiers.set_tier, current_caller(), request.owner, request.tier)
         return jobs_pb2.Tier(
             owner=doc["owner"], tier=doc["tier"], update_time=convert.timestamp(doc["updated_us"])
@@ -263,7 +265,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
     def _budgets(self) -> Budgets:
         if self.budgets is None:
-            raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", "budgets are off")
+            raise ServiceError(Code.UNIMPLEMENTED, "UNIMPLEMENTED", "budgets are off")
         return self.budgets
 
 

@@ -1,0 +1,202 @@
+"""The typed records of the domain: a job, a bulk job, and a submission (the
+validated input a SubmitJob, a bulk item, a retry or a schedule's tick turns
+into a job). Storage converts them to and from documents
+(server/storage/records.py), the api to and from protobuf
+(server/api/convert.py); each in one place.
+
+The rules that belong to a record live on it: what a retry keeps
+(`Job.retry_submission`), whether a cost is known (`Result.cost_unknown`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from server.model.states import FINAL, BulkStatus, Status
+from server.model.targets import NotifyTarget
+from server.model.vocabulary import Lane, Mode, Priority
+
+
+def notify_targets(notify_url: str, notify_email: str) -> tuple[NotifyTarget, ...]:
+    """THE targets of a job's or bulk job's notify_url and notify_email (as a
+    request names them and a document stores them): one for each that is set."""
+    found = (NotifyTarget("webhook", notify_url), NotifyTarget("email", notify_email))
+    return tuple(t for t in found if t.address)
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """What to generate: a job's generation parameters as submitted (normalized)."""
+
+    topic: str = ""
+    keywords: tuple[str, ...] = ()
+    word_count: int = 0
+    tone: str = ""
+    source_text: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class JobError:
+    """Why an attempt or a job failed."""
+
+    code: str = ""
+    category: str = ""
+    message: str = ""
+    retryable: bool = False
+    attempt: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A running job's last progress report."""
+
+    percentage: int = 0
+    stage: str = ""
+    stage_progress: int = 0
+    message: str = ""
+    started_at_us: int = 0
+    estimated_completion_us: int = 0
+    elapsed_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a completed job produced."""
+
+    content: str = ""
+    title: str = ""
+    word_count: int = 0
+    cost_cents: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def cost_unknown(self) -> bool:
+        """Whether the generator could not price it (its model has no price):
+        generators say so in metadata, and stored results keep it there."""
+        return self.metadata.get("cost_unknown", "") == "true"
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A new job as validated and decided, before it is stored: what SubmitJob,
+    a bulk item, a retry or a schedule's tick asks for."""
+
+    owner: str
+    mode: Mode
+    params: Params
+    project: str = ""
+    request_id: str = ""
+    max_attempts: int = 3
+    priority: Priority = Priority.NORMAL
+    schedule_us: int = 0  # not before then (0: now)
+    targets: tuple[NotifyTarget, ...] = ()
+    retry_of: str = ""
+    bulk_job_id: str = ""
+    queue_position: int = 0
+    request_key: str = ""  # "" derives one from owner and request_id (storage)
+    schedule_id: str = ""  # the schedule whose tick created it
+    template: str = ""  # the template it was submitted from
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A stored job, as every layer above storage reads it."""
+
+    id: str
+    owner: str
+    mode: Mode
+    params: Params
+    status: Status
+    project: str = ""
+    priority: Priority = Priority.NORMAL
+    lane: str = Lane.NONE  # a stored lane (Lane's values)
+    attempt: int = 0
+    max_attempts: int = 0
+    retry_of: str = ""
+    retried_by: str = ""
+    bulk_job_id: str = ""
+    queue_position: int = 0
+    request_id: str = ""
+    cancel_requested: bool = False
+    created_us: int = 0
+    updated_us: int = 0
+    started_us: int = 0
+    ended_us: int = 0
+    schedule_us: int = 0
+    error: JobError | None = None
+    attempt_errors: tuple[JobError, ...] = ()
+    targets: tuple[NotifyTarget, ...] = ()
+    schedule_id: str = ""
+    template: str = ""
+    progress: Progress | None = None
+    wait_reason: str = ""  # why a queued job is not started (budgets)
+    result: Result | None = None
+    seq: int = 0
+
+    @property
+    def final(self) -> bool:
+        """Whether the job has ended (completed, failed or cancelled)."""
+        return self.status in FINAL
+
+    def target(self, channel: str) -> str:
+        """The address of the job's `channel` target ("" when it has none)."""
+        return next((t.address for t in self.targets if t.channel == channel), "")
+
+    def retry_submission(self, request_id: str, default_attempts: int) -> Submission:
+        """THE rule of what a retry keeps: the same owner, project, mode, params,
+        notification targets, bulk job and place in it, schedule and template,
+        and priority (its schedule_time has passed, so not that); attempts
+        start again. Who may keep HIGH is the caller's entitlement (services)."""
+        return Submission(
+            owner=self.owner,
+            mode=self.mode,
+            params=self.params,
+            project=self.project,
+            request_id=request_id,
+            max_attempts=self.max_attempts or default_attempts,
+            priority=self.priority,
+            targets=self.targets,
+            retry_of=self.id,
+            bulk_job_id=self.bulk_job_id,
+            queue_position=self.queue_position,
+            # Still a run of its schedule, from its template (ListJobs by schedule_id lists it).
+            schedule_id=self.schedule_id,
+            template=self.template,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BulkItem:
+    """One item of a bulk job as its bulk job shows it: the current job at a position."""
+
+    id: str
+    queue_position: int
+    status: Status
+    error: JobError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BulkJob:
+    """A stored bulk job (its items are jobs; its counts are the bulk service's)."""
+
+    id: str
+    owner: str
+    mode: Mode
+    status: BulkStatus
+    project: str = ""
+    priority: Priority = Priority.NORMAL
+    total: int = 0
+    request_id: str = ""
+    created_us: int = 0
+    started_us: int = 0
+    ended_us: int = 0
+    schedule_us: int = 0
+    targets: tuple[NotifyTarget, ...] = ()
+    schedule_id: str = ""
+    template: str = ""
+    seq: int = 0
+
+    def target(self, channel: str) -> str:
+        """The address of the bulk job's `channel` target ("" when it has none)."""
+        return next((t.address for t in self.targets if t.channel == channel), "")
