@@ -11,8 +11,9 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.model import clock
-from server.model.channels import CHANNELS
+from server.model.channels import CHANNELS, targets_of
 from server.model.errors import FieldViolation, invalid
+from server.model.targets import NotifyTarget
 
 Doc = dict[str, Any]
 
@@ -173,8 +174,7 @@ def job(doc: Doc, full: bool = True, stages: Sequence[str] = ()) -> jobs_pb2.Job
         end_time=timestamp(doc.get("ended_us")),
         error=job_error(doc.get("error")),
         attempt_errors=[e for e in map(job_error, doc.get("attempt_errors", [])) if e is not None],
-        notify_url=doc.get("notify_url", ""),
-        notify_email=doc.get("notify_email", ""),
+        **notify_fields(doc),
         schedule_id=doc.get("schedule_id", ""),
         template=doc.get("template", ""),
         priority=priority(doc),
@@ -247,8 +247,7 @@ def bulk_job(view: Any, with_items: bool = True) -> bulk_pb2.BulkJob:
         end_time=timestamp(doc.get("ended_us")),
         estimated_completion=timestamp(view.estimated_completion_us),
         request_id=doc.get("request_id", ""),
-        notify_url=doc.get("notify_url", ""),
-        notify_email=doc.get("notify_email", ""),
+        **notify_fields(doc),
         schedule_id=doc.get("schedule_id", ""),
         template=doc.get("template", ""),
         priority=priority(doc),
@@ -265,6 +264,31 @@ def bulk_job(view: Any, with_items: bool = True) -> bulk_pb2.BulkJob:
             for item in view.items
         )
     return message
+
+
+# The request and answer fields that are shorthands for one target each: the
+# only place the API names channels (the contract keeps them for older clients).
+SHORTHANDS = {"notify_url": "webhook", "notify_email": "email"}
+
+
+def notify_targets(request: jobs_pb2.SubmitJobRequest | bulk_pb2.CreateBulkJobRequest) -> list[NotifyTarget]:
+    """The notification targets a request asks for: its `notify` list, then its shorthands."""
+    targets = [NotifyTarget(t.channel, t.address) for t in request.notify]
+    for field, channel in SHORTHANDS.items():
+        if address := getattr(request, field):
+            targets.append(NotifyTarget(channel, address, given_as=field))
+    return targets
+
+
+def notify_fields(doc: Doc) -> dict[str, Any]:
+    """A job's or bulk job's targets as the Job and BulkJob fields: `notify`, and the shorthands."""
+    targets = targets_of(doc)
+    fields: dict[str, Any] = {
+        "notify": [jobs_pb2.NotifyTarget(channel=t.channel, address=t.address) for t in targets]
+    }
+    for field, channel in SHORTHANDS.items():
+        fields[field] = next((t.address for t in targets if t.channel == channel), "")
+    return fields
 
 
 def notification(doc: Doc) -> bulk_pb2.Notification:

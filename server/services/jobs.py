@@ -11,16 +11,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pymongo.errors import PyMongoError
 
+from server.model import channels
 from server.model.caller import Caller
-from server.model.channels import targets
-from server.model.errors import FieldViolation, ServiceError, email_not_configured, invalid
+from server.model.errors import FieldViolation, ServiceError, channel_not_configured, invalid
 from server.model.states import Status
+from server.model.targets import NotifyTarget
 from server.services import entitlement, validation
 from server.services.entitlement import Tiers
 from server.services.events import Event, EventHub
@@ -118,7 +119,9 @@ class Jobs:
         self.dispatcher: Wakeable = NoDispatcher()
         self.limits: SubmitLimits = NoLimits()  # budgets and the queued-jobs cap
         self.on_change: list[Callable[[Doc, str], None]] = []  # bulk accounting, notifications
-        self.email_enabled = False  # the app sets it when mail is configured (GENJOBS_SMTP_URL)
+        # The channels this server has a sender for, set by the app (mail needs
+        # GENJOBS_SMTP_URL); a channel that always has one is never refused.
+        self.notify_channels: frozenset[str] = frozenset()
         self.tiers: Tiers | None = None  # owners' stored tiers (PRIORITY_HIGH), set by the app
 
     # ---- events ---------------------------------------------------------
@@ -181,8 +184,7 @@ class Jobs:
         request_id: str = "",
         project: str = "",
         max_attempts: int = 0,
-        notify_url: str = "",
-        notify_email: str = "",
+        notify: Sequence[NotifyTarget] = (),
         origin: Doc | None = None,
         priority: str = "NORMAL",
         schedule_us: int = 0,
@@ -193,12 +195,12 @@ class Jobs:
         `origin`: fields the server sets on the job (`schedule_id`, `template`,
         and a schedule tick's own `request_key`)."""
         bad = validation.check_submit(mode, params, request_id, project, max_attempts)
-        bad += validation.check_notify(notify_url, notify_email)
+        bad += validation.check_notify(notify)
         bad += validation.check_priority(priority)
         if bad:
             raise invalid(bad)
         await entitlement.require_async(caller, priority, self.tiers)
-        self.check_email(notify_email)
+        self.check_channels(notify)
         params = normalized(params)
         doc = self.store.jobs.new_job_doc(
             caller.user,
@@ -210,7 +212,7 @@ class Jobs:
             priority=priority,
             schedule_us=schedule_us,
         )
-        doc.update(targets(notify_url, notify_email))
+        doc.update(channels.target_fields(notify))
         doc.update(context.trace_fields())
         doc.update(origin or {})
         try:
@@ -240,10 +242,12 @@ class Jobs:
         if doc["queue"] == READY:
             self.dispatcher.offer(doc["ck"], doc["_id"], doc["owner"], doc["rank"])
 
-    def check_email(self, notify_email: str) -> None:
-        """FAILED_PRECONDITION when mail is asked for and this server sends none."""
-        if notify_email and not self.email_enabled:
-            raise email_not_configured()
+    def check_channels(self, notify: Sequence[NotifyTarget]) -> None:
+        """FAILED_PRECONDITION when a channel is asked for that this server has no sender for."""
+        for target in notify:
+            channel = channels.find(target.channel)
+            if channel is not None and channel.unconfigured[0] and channel.name not in self.notify_channels:
+                raise channel_not_configured(*channel.unconfigured)
 
     def get(self, caller: Caller, job_id: str) -> Doc:
         """One of the caller's jobs."""

@@ -16,7 +16,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from server.model import clock
-from server.model.channels import targets
+from server.model.channels import PENDING_FLAG, target_fields, targets_of
 from server.model.errors import ServiceError, not_found, wrong_status
 from server.model.states import FINAL, REFUSAL_HINT, REFUSAL_REASON, Action, Status, allowed
 from server.storage.bulk import BulkStore
@@ -68,7 +68,7 @@ class JobStore:
         jobs.create_index([("queue", 1), ("owner", 1), ("rank", 1), ("ck", 1)])
         jobs.create_index([("ready_us", 1)])
         jobs.create_index([("queue", 1), ("run_after_us", 1)])  # due jobs of a waiting lane
-        jobs.create_index([("notify_pending", 1)])  # job notifications a crash left unstored
+        jobs.create_index([(PENDING_FLAG, 1)])  # job notifications a crash left unstored
         jobs.create_index([("schedule_id", 1)])  # ListJobs of a schedule's runs
 
     async def close(self) -> None:
@@ -266,7 +266,7 @@ class JobStore:
             lane=self.bulks.bulk_lane(original["bulk_job_id"]),
             priority=original.get("priority", "NORMAL"),  # its schedule_time has passed
         )
-        doc.update(targets(original.get("notify_url", ""), original.get("notify_email", "")))  # kept
+        doc.update(target_fields(targets_of(original)))  # kept
         # Still a run of its schedule, from its template (ListJobs by schedule_id lists it).
         doc.update(schedule_id=original.get("schedule_id", ""), template=original.get("template", ""))
         return doc
@@ -355,16 +355,16 @@ class JobStore:
         return list(
             self.jobs.find(
                 {
-                    "notify_pending": True,
+                    PENDING_FLAG: True,
                     "status": {"$in": [str(s) for s in FINAL]},
                     "ended_us": {"$lt": ended_before_us},
                 }
             )
         )
 
-    def job_notification_stored(self, oid: ObjectId) -> None:
+    def notification_stored(self, job: Doc) -> None:
         """The job's notification is in `notifications` now."""
-        self.jobs.update_one({"_id": oid, "notify_pending": True}, {"$set": {"notify_pending": False}})
+        self.jobs.update_one({"_id": job["_id"], PENDING_FLAG: True}, {"$set": {PENDING_FLAG: False}})
 
 
 def search_text(params: Doc) -> str:
