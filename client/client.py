@@ -76,6 +76,11 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     return stamp
 
 
+def targets(pairs: Sequence[tuple[str, str]]) -> list[jobs_pb2.NotifyTarget]:
+    """(channel, address) pairs as the `notify` list of a request."""
+    return [jobs_pb2.NotifyTarget(channel=channel, address=address) for channel, address in pairs]
+
+
 def params(
     topic: str = "",
     keywords: Sequence[str] = (),
@@ -148,6 +153,7 @@ class GenJobsClient:
         project: str = "",
         max_attempts: int = 0,
         generation: jobs_pb2.GenerationParams | None = None,
+        notify: Sequence[tuple[str, str]] = (),
         notify_url: str = "",
         notify_email: str = "",
         template: str = "",
@@ -157,6 +163,7 @@ class GenJobsClient:
     ) -> jobs_pb2.Job:
         """Queue a job: `submit("topic", topic="Tea", word_count=300)`; `priority`
         "low", "normal" or "high"; not started before `schedule_time` when given;
+        `notify`: (channel, address) pairs, e.g. [("webhook", "https://...")];
         with `template`, mode "" takes the template's, and what is set overrides it."""
         request = jobs_pb2.SubmitJobRequest(
             mode=mode_value(mode),  # type: ignore[arg-type]
@@ -164,6 +171,7 @@ class GenJobsClient:
             request_id=request_id,
             project=project,
             max_attempts=max_attempts,
+            notify=targets(notify),
             notify_url=notify_url,
             notify_email=notify_email,
             template=template,
@@ -313,6 +321,7 @@ class GenJobsClient:
         *,
         request_id: str = "",
         project: str = "",
+        notify: Sequence[tuple[str, str]] = (),
         notify_url: str = "",
         notify_email: str = "",
         template: str = "",
@@ -326,6 +335,7 @@ class GenJobsClient:
             items=[i if isinstance(i, jobs_pb2.GenerationParams) else params(**i) for i in items],
             request_id=request_id,
             project=project,
+            notify=targets(notify),
             notify_url=notify_url,
             notify_email=notify_email,
             template=template,

@@ -21,6 +21,7 @@ from genjobs.v1 import bulk_pb2
 
 from client import GenJobsClient, InvalidArgument
 from server.model.channels import new_notification
+from server.model.targets import NotifyTarget
 from server.runtime.embedded import free_port
 from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings, serving, wait_for
 from tests.receivers import Flood, MailServer, Receiver, Trickler
@@ -103,8 +104,7 @@ def test_a_backlog_of_one_owners_due_webhooks_does_not_hide_another_owners(
                 payload={},
                 ck=now_us + i,
                 created_us=now_us,
-                notify_url=tricklers[i % 10].url(),
-                notify_email="",
+                targets=[NotifyTarget("webhook", tricklers[i % 10].url())],
             )
             for i in range(700)
         ]

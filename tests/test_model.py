@@ -7,8 +7,9 @@ from __future__ import annotations
 import grpc
 from bson import ObjectId
 
+import server.notify  # noqa: F401  (the channels register themselves as it is imported)
 from server.model.errors import Code
-from server.model.records import Job, Params, Submission, notify_targets
+from server.model.records import Job, Params, Submission
 from server.model.states import Status
 from server.model.targets import NotifyTarget
 from server.model.vocabulary import Mode, Priority
@@ -24,7 +25,7 @@ def test_a_missing_or_unknown_priority_is_normal_and_high_runs_first() -> None:
 
 
 def test_a_retry_keeps_the_work_and_its_targets_but_not_its_schedule_time() -> None:
-    targets = notify_targets("https://example.com/hook", "me@example.com")
+    targets = (NotifyTarget("webhook", "https://example.com/hook"), NotifyTarget("email", "me@example.com"))
     original = Job(
         id="j1",
         owner="alice",

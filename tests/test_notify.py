@@ -241,3 +241,53 @@ def test_notifications_of_other_users_jobs_are_not_listed(
             assert bob.notifications().notifications == []
     finally:
         server.stop()
+
+
+def test_a_job_and_a_bulk_job_notify_the_targets_of_their_notify_list(
+    mongo: MongoServer, tmp_path: Path, receiver: Receiver
+) -> None:
+    settings = make_settings(mongo.uri, tmp_path, webhook_secret=SECRET)
+    with serving(settings) as alice:
+        job = alice.submit("topic", topic="Tea", word_count=60, notify=[("webhook", receiver.url("/job"))])
+        bulk = alice.create_bulk(
+            "topic",
+            [{"topic": f"article {i}", "word_count": 60} for i in range(10)],
+            notify=[("webhook", receiver.url("/bulk"))],
+        )
+        # The list and its shorthand say the same.
+        assert [(t.channel, t.address) for t in job.notify] == [("webhook", receiver.url("/job"))]
+        assert job.notify_url == receiver.url("/job") and not job.notify_email
+        assert [(t.channel, t.address) for t in bulk.notify] == [("webhook", receiver.url("/bulk"))]
+        assert bulk.notify_url == receiver.url("/bulk")
+        wait_for(lambda: delivered(alice, B.DELIVERY_CHANNEL_WEBHOOK, job_id=job.id), timeout=60)
+        wait_for(lambda: delivered(alice, B.DELIVERY_CHANNEL_WEBHOOK, bulk_job_id=bulk.id), timeout=90)
+        [job_hook] = [verified(h) for h in receiver.on("/job")]
+        [bulk_hook] = [verified(h) for h in receiver.on("/bulk")]
+        assert job_hook["event"] == "job.completed" and job_hook["job_id"] == job.id
+        assert bulk_hook["event"] == "bulk_job.completed" and bulk_hook["bulk_job_id"] == bulk.id
+        assert [(t.channel, t.address) for t in alice.get(job.id).notify] == [
+            ("webhook", receiver.url("/job"))
+        ]
+
+
+def test_a_notify_target_on_an_unknown_channel_or_twice_on_one_is_refused(server: ServerThread) -> None:
+    with server.client("alice") as alice:
+        with pytest.raises(InvalidArgument) as caught:
+            alice.submit("topic", topic="Tea", notify=[("pigeon", "loft 3")])
+        [(field, description)] = caught.value.violations
+        assert field == "notify[0].channel"
+        assert "unknown channel 'pigeon'" in description and "'webhook'" in description
+        with pytest.raises(InvalidArgument) as caught:
+            alice.create_bulk(
+                "topic", [{"topic": f"t{i}"} for i in range(10)], notify=[("webhook", "ftp://example.com")]
+            )
+        assert [field for field, _ in caught.value.violations] == ["notify[0].address"]
+        with pytest.raises(InvalidArgument) as caught:
+            alice.submit(
+                "topic",
+                topic="Tea",
+                notify=[("webhook", "https://a.example.com/")],
+                notify_url="https://b.example.com/",
+            )
+        assert [field for field, _ in caught.value.violations] == ["notify_url"]
+        assert alice.list().total_size == 0

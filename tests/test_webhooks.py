@@ -16,6 +16,7 @@ from genjobs.v1 import bulk_pb2
 
 from client import GenJobsClient, InvalidArgument
 from server.model.channels import new_notification
+from server.model.targets import NotifyTarget
 from server.notify import guard
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 from tests.receivers import Receiver
@@ -48,8 +49,7 @@ def stored_notification(owner: str, url: str) -> dict[str, Any]:
         payload={"bulk_job_id": "0" * 24},
         ck=int(time.time() * 1e6),
         created_us=int(time.time() * 1e6),
-        notify_url=url,
-        notify_email="",
+        targets=[NotifyTarget("webhook", url)],
         bulk_job_id="0" * 24,
     )
     for old_only in ("job_id", "event", "notify_email", "email_delivery", "email_attempts"):

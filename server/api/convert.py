@@ -16,6 +16,7 @@ from server.model.channels import CHANNELS
 from server.model.errors import FieldViolation, invalid
 from server.model.records import BulkJob, Job, JobError
 from server.model.states import Status
+from server.model.targets import NotifyTarget
 from server.model.vocabulary import Lane, Priority
 from server.storage import records
 
@@ -178,8 +179,7 @@ def job(job: Job, full: bool = True, stages: Sequence[str] = ()) -> jobs_pb2.Job
         end_time=timestamp(job.ended_us),
         error=job_error(job.error),
         attempt_errors=[e for e in map(job_error, job.attempt_errors) if e is not None],
-        notify_url=job.target("webhook"),
-        notify_email=job.target("email"),
+        **notify_fields(job.targets),
         schedule_id=job.schedule_id,
         template=job.template,
         priority=priority(job.priority),
@@ -252,8 +252,7 @@ def bulk_job(view: Any, with_items: bool = True) -> bulk_pb2.BulkJob:
         end_time=timestamp(bulk.ended_us),
         estimated_completion=timestamp(view.estimated_completion_us),
         request_id=bulk.request_id,
-        notify_url=bulk.target("webhook"),
-        notify_email=bulk.target("email"),
+        **notify_fields(bulk.targets),
         schedule_id=bulk.schedule_id,
         template=bulk.template,
         priority=priority(bulk.priority),
@@ -270,6 +269,30 @@ def bulk_job(view: Any, with_items: bool = True) -> bulk_pb2.BulkJob:
             for item in view.item_records
         )
     return message
+
+
+# The request and answer fields that are shorthands for one target each: the
+# only place the API names channels (the contract keeps them for older clients).
+SHORTHANDS = {"notify_url": "webhook", "notify_email": "email"}
+
+
+def notify_targets(request: jobs_pb2.SubmitJobRequest | bulk_pb2.CreateBulkJobRequest) -> list[NotifyTarget]:
+    """The notification targets a request asks for: its `notify` list, then its shorthands."""
+    targets = [NotifyTarget(t.channel, t.address) for t in request.notify]
+    for field, channel in SHORTHANDS.items():
+        if address := getattr(request, field):
+            targets.append(NotifyTarget(channel, address, given_as=field))
+    return targets
+
+
+def notify_fields(targets: Sequence[NotifyTarget]) -> dict[str, Any]:
+    """A job's or bulk job's targets as the Job and BulkJob fields: `notify`, and the shorthands."""
+    fields: dict[str, Any] = {
+        "notify": [jobs_pb2.NotifyTarget(channel=t.channel, address=t.address) for t in targets]
+    }
+    for field, channel in SHORTHANDS.items():
+        fields[field] = next((t.address for t in targets if t.channel == channel), "")
+    return fields
 
 
 def notification(doc: Doc) -> bulk_pb2.Notification:

@@ -114,13 +114,10 @@ def wrong_status(reason: str, kind: str, ident: str, status: str, hint: str) -> 
     )
 
 
-def email_not_configured() -> ServiceError:
-    """FAILED_PRECONDITION: notify_email on a server with no SMTP server configured."""
-    return ServiceError(
-        Code.FAILED_PRECONDITION,
-        "EMAIL_NOT_CONFIGURED",
-        "email is not configured on this server (GENJOBS_SMTP_URL is unset): notify_email cannot be used",
-    )
+def channel_not_configured(reason: str, message: str) -> ServiceError:
+    """FAILED_PRECONDITION: a notification channel this server has no sender for
+    (the channel's module says which `reason` and `message`)."""
+    return ServiceError(Code.FAILED_PRECONDITION, reason, message)
 
 
 def quota_exceeded(reason: str, subject: str, description: str, metadata: dict[str, str]) -> ServiceError:

@@ -17,13 +17,6 @@ from server.model.targets import NotifyTarget
 from server.model.vocabulary import Lane, Mode, Priority
 
 
-def notify_targets(notify_url: str, notify_email: str) -> tuple[NotifyTarget, ...]:
-    """THE targets of a job's or bulk job's notify_url and notify_email (as a
-    request names them and a document stores them): one for each that is set."""
-    found = (NotifyTarget("webhook", notify_url), NotifyTarget("email", notify_email))
-    return tuple(t for t in found if t.address)
-
-
 @dataclass(frozen=True, slots=True)
 class Params:
     """What to generate: a job's generation parameters as submitted (normalized)."""

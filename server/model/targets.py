@@ -6,7 +6,7 @@ jobs carry a list of them; the notify room owns each channel's delivery.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -15,3 +15,6 @@ class NotifyTarget:
 
     channel: str
     address: str
+    # The request field it was given in when that was a shorthand (notify_url):
+    # a field violation names it. "" for an entry of the `notify` list.
+    given_as: str = field(default="", compare=False, repr=False)

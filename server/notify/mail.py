@@ -1,6 +1,9 @@
 """Mail: a plain-text message with a short HTML part, sent through the SMTP
 server of GENJOBS_SMTP_URL by aiosmtplib, on the notifier's event loop
-(never the server's loop, never the dispatcher)."""
+(never the server's loop, never the dispatcher).
+
+The "email" channel: its address is a plain user@domain.name; a server
+without GENJOBS_SMTP_URL has no sender for it and refuses it."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
 
-from server.model.channels import DELIVERED, EMAIL, FAILED, PENDING, REFUSED, Doc
+from server.model.channels import DELIVERED, FAILED, PENDING, REFUSED, Channel, Doc, register
 from server.notify.quota import MailQuota
 from server.notify.sender import Outcome
 
@@ -46,6 +49,24 @@ def address_problem(address: str) -> str:
     if not parsed.username or "." not in parsed.domain.strip(".") or parsed.addr_spec != address:
         return "not a mail address (user@example.com)"
     return ""
+
+
+EMAIL = register(
+    Channel(
+        "email",
+        "notify_email",
+        "email_delivery",
+        "email_attempts",
+        "email_next_us",
+        "email_last_error",
+        "email_claim_token",
+        problem=address_problem,
+        unconfigured=(
+            "EMAIL_NOT_CONFIGURED",
+            "email is not configured on this server (GENJOBS_SMTP_URL is unset): notify_email cannot be used",
+        ),
+    )
+)
 
 
 def _is_ip(domain: str) -> bool:

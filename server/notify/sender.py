@@ -112,6 +112,11 @@ class Notifier:
         self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="notify")
         self._thread = threading.Thread(target=self._run, name="notifier", daemon=True)
 
+    @property
+    def channels(self) -> frozenset[str]:
+        """The names of the channels this notifier sends."""
+        return frozenset(sender.channel.name for sender in self.senders)
+
     def start(self) -> None:
         """Start delivering."""
         self._thread.start()

@@ -1,4 +1,7 @@
-"""Webhooks: one signed JSON POST per attempt, to the address the guard checked."""
+"""Webhooks: one signed JSON POST per attempt, to the address the guard checked.
+
+The "webhook" channel: its address is an http(s) URL (the guard's check).
+Its fields keep the names older versions stored (notify_url, delivery, ...)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from server.model.channels import DELIVERED, FAILED, PENDING, REFUSED, WEBHOOK, Doc
+from server.model.channels import DELIVERED, FAILED, PENDING, REFUSED, Channel, Doc, register
 from server.notify import guard
 from server.notify.sender import Outcome
 
@@ -19,6 +22,19 @@ SIGNATURE_HEADER = "X-Genjobs-Signature"
 TIMESTAMP_HEADER = "X-Genjobs-Timestamp"
 MAX_ATTEMPTS = 6
 MAX_ANSWER = 64 * 1024  # the most of a receiver's answer read
+
+WEBHOOK = register(
+    Channel(
+        "webhook",
+        "notify_url",
+        "delivery",
+        "attempts",
+        "next_attempt_us",
+        "last_error",
+        "claim_token",
+        problem=guard.url_problem,
+    )
+)
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

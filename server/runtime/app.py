@@ -43,7 +43,7 @@ from server.api.watch import StreamCap
 from server.dispatch.dispatcher import Dispatcher
 from server.generators import declared_stages
 from server.model.progress import AttemptTokens, ProgressLink
-from server.notify.job_end import JobNotifications
+from server.notify.ending import EndNotifications
 from server.runtime import observability
 from server.runtime.config import Settings
 from server.runtime.embedded import HUNG_SECONDS, EmbeddedError, EmbeddedMongo
@@ -198,9 +198,9 @@ class App:
         self.notifier = make_notifier(
             settings, self.store, load_secret(settings.webhook_secret, settings.data_dir, "webhook_secret")
         )
-        self.jobs.email_enabled = bool(settings.smtp_url)
-        self.bulks = Bulks(self.store, self.hub, self.jobs, self.notifier)
-        self.job_notifications = JobNotifications(self.store, self.notifier)
+        self.jobs.notify_channels = self.notifier.channels
+        self.job_notifications = EndNotifications(self.store, self.notifier)
+        self.bulks = Bulks(self.store, self.hub, self.jobs, self.job_notifications)
         self.jobs.on_change.append(self.job_notifications.job_changed)
         self.progress_link.tokens = AttemptTokens(secret)
         self.schedule_store = ScheduleStore(self.store.database)

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bson import ObjectId
 
-from server.model import clock
+from server.model import channels, clock
 from server.model.caller import Caller
-from server.model.channels import new_notification
+from server.model.channels import PENDING_FLAG, new_notification, targets_of
 from server.model.errors import ServiceError, invalid
 from server.model.records import BulkItem, BulkJob, Submission
 from server.model.states import BULK_FINAL, BulkAction, BulkStatus, Status
+from server.model.targets import NotifyTarget
 from server.model.vocabulary import Mode, Priority
-from server.notify.sender import Notifier
+from server.notify.ending import EndNotifications
 from server.services import entitlement, validation
 from server.services.events import Event, EventHub
 from server.services.jobs import Jobs, normalized
@@ -143,11 +145,11 @@ def summarize(doc: Doc, jobs: list[Doc]) -> BulkView:
 class Bulks:
     """The BulkService's domain, and the bookkeeping when an item changes."""
 
-    def __init__(self, store: Store, hub: EventHub, jobs: Jobs, notifier: Notifier) -> None:
+    def __init__(self, store: Store, hub: EventHub, jobs: Jobs, ends: EndNotifications) -> None:
         self.store = store
         self.hub = hub
         self.jobs = jobs
-        self.notifier = notifier
+        self.ends = ends
         jobs.on_change.append(self.item_changed)
 
     # ---- RPCs -------------------------------------------------------------
@@ -159,8 +161,7 @@ class Bulks:
         items: list[Doc],
         request_id: str = "",
         project: str = "",
-        notify_url: str = "",
-        notify_email: str = "",
+        notify: Sequence[NotifyTarget] = (),
         origin: Doc | None = None,
         priority: str = Priority.NORMAL,
         schedule_us: int = 0,
@@ -171,12 +172,12 @@ class Bulks:
         `origin`: fields the server sets on the bulk job (`schedule_id`,
         `template`, a schedule tick's own `request_key`); its items carry
         the schedule and template too."""
-        bad = validation.check_bulk(mode, items, request_id, project, notify_url, notify_email)
+        bad = validation.check_bulk(mode, items, request_id, project, notify)
         bad += validation.check_priority(priority)
         if bad:
             raise invalid(bad)
         entitlement.require(caller, priority, self.jobs.tiers)
-        self.jobs.check_email(notify_email)
+        self.jobs.check_channels(notify)
         base = self.store.order_keys.next(len(items) + 1)
         bulk_id = ObjectId()
         bulk = {
@@ -189,8 +190,7 @@ class Bulks:
             "ck": base,
             "request_id": request_id,
             "request_key": submission_key(caller.user, request_id, bulk_id, "bulk"),
-            "notify_url": notify_url,
-            "notify_email": notify_email,
+            **channels.target_fields(notify, pending=False),  # set as it completes
             "seq": 1,
             "started_us": 0,
             "ended_us": 0,
@@ -365,7 +365,7 @@ class Bulks:
     def recover(self) -> None:
         """Finish what a stopped server left half done: settle bulk jobs whose
         items all ended, cancel the items of cancelled ones, and store the
-        notifications of those that completed.
+        notifications of those that completed (EndNotifications.recover).
         The dispatcher's leader runs it at start-up and then once a sweep."""
         # Untouched for a while: a live server settles a bulk job as its last item ends.
         settled_before_us = clock.now_us() - RECOVERY_DELAY_US
@@ -377,8 +377,6 @@ class Bulks:
                 self._settle(doc, self.store.bulks.bulk_items([bulk_id]))
             elif doc["status"] == str(BulkStatus.CANCELLED):  # stopped while cancelling it
                 self._cancel_items(Caller(doc["owner"]), bulk_id)
-        for doc in self.store.bulks.unstored_notifications(settled_before_us):
-            self._store_notification(doc)
 
     def _settle(self, doc: Doc, items: list[Doc]) -> BulkView | None:
         """Complete the bulk job `doc` if every one of its `items` is final; the view when it did."""
@@ -401,13 +399,13 @@ class Bulks:
                     "ended_us": now_us,
                     "settled": True,
                     "notification": self._notification(view, now_us),
-                    "notification_pending": True,
+                    PENDING_FLAG: True,
                 },
             )
         if settled is None:
             return None
-        if settled.get("notification_pending"):
-            self._store_notification(settled)
+        if settled.get(PENDING_FLAG):
+            self.ends.ended(self.ends.bulk, settled)
         return self._publish(summarize(settled, view.items), STATUS_CHANGED)
 
     def _notification(self, view: BulkView, now_us: int) -> Doc:
@@ -435,17 +433,9 @@ class Bulks:
             },
             ck=self.store.order_keys.next(),
             created_us=now_us,
-            notify_url=doc.get("notify_url", ""),
-            notify_email=doc.get("notify_email", ""),
+            targets=targets_of(doc),
             bulk_job_id=str(doc["_id"]),
         )
-
-    def _store_notification(self, bulk: Doc) -> None:
-        """Put a completed bulk job's notification in `notifications` (once:
-        its id is fixed) and hand it to the notifier."""
-        self.store.notifications.insert_notification(bulk["notification"])
-        self.store.bulks.notification_stored(bulk)
-        self.notifier.wake()
 
     def _publish(self, view: BulkView, kind: str) -> BulkView:
         self.hub.publish(bulk_event(view, kind))

@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pymongo.errors import PyMongoError
 
+from server.model import channels
 from server.model.caller import Caller
-from server.model.errors import FieldViolation, ServiceError, email_not_configured, invalid
-from server.model.records import Job, Submission, notify_targets
+from server.model.errors import FieldViolation, ServiceError, channel_not_configured, invalid
+from server.model.records import Job, Submission
 from server.model.states import Status
+from server.model.targets import NotifyTarget
 from server.model.vocabulary import Mode, Priority
 from server.services import entitlement, validation
 from server.services.entitlement import Tiers
@@ -120,7 +122,9 @@ class Jobs:
         self.dispatcher: Wakeable = NoDispatcher()
         self.limits: SubmitLimits = NoLimits()  # budgets and the queued-jobs cap
         self.on_change: list[Callable[[Doc, str], None]] = []  # bulk accounting, notifications
-        self.email_enabled = False  # the app sets it when mail is configured (GENJOBS_SMTP_URL)
+        # The channels this server has a sender for, set by the app (mail needs
+        # GENJOBS_SMTP_URL); a channel that always has one is never refused.
+        self.notify_channels: frozenset[str] = frozenset()
         self.tiers: Tiers | None = None  # owners' stored tiers (PRIORITY_HIGH), set by the app
 
     # ---- events ---------------------------------------------------------
@@ -183,8 +187,7 @@ class Jobs:
         request_id: str = "",
         project: str = "",
         max_attempts: int = 0,
-        notify_url: str = "",
-        notify_email: str = "",
+        notify: Sequence[NotifyTarget] = (),
         origin: Doc | None = None,
         priority: str = Priority.NORMAL,
         schedule_us: int = 0,
@@ -195,12 +198,12 @@ class Jobs:
         `origin`: fields the server sets on the job (`schedule_id`, `template`,
         and a schedule tick's own `request_key`)."""
         bad = validation.check_submit(mode, params, request_id, project, max_attempts)
-        bad += validation.check_notify(notify_url, notify_email)
+        bad += validation.check_notify(notify)
         bad += validation.check_priority(priority)
         if bad:
             raise invalid(bad)
         await entitlement.require_async(caller, priority, self.tiers)
-        self.check_email(notify_email)
+        self.check_channels(notify)
         origin = origin or {}
         submission = Submission(
             owner=caller.user,
@@ -211,7 +214,7 @@ class Jobs:
             max_attempts=max_attempts or self.default_max_attempts,
             priority=Priority(priority),
             schedule_us=schedule_us,
-            targets=notify_targets(notify_url, notify_email),
+            targets=tuple(notify),
             request_key=origin.get("request_key", ""),
             schedule_id=origin.get("schedule_id", ""),
             template=origin.get("template", ""),
@@ -245,10 +248,12 @@ class Jobs:
         if doc["queue"] == READY:
             self.dispatcher.offer(doc["ck"], doc["_id"], doc["owner"], doc["rank"])
 
-    def check_email(self, notify_email: str) -> None:
-        """FAILED_PRECONDITION when mail is asked for and this server sends none."""
-        if notify_email and not self.email_enabled:
-            raise email_not_configured()
+    def check_channels(self, notify: Sequence[NotifyTarget]) -> None:
+        """FAILED_PRECONDITION when a channel is asked for that this server has no sender for."""
+        for target in notify:
+            channel = channels.find(target.channel)
+            if channel is not None and channel.unconfigured[0] and channel.name not in self.notify_channels:
+                raise channel_not_configured(*channel.unconfigured)
 
     def get(self, caller: Caller, job_id: str) -> Job:
         """One of the caller's jobs."""

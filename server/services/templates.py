@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 from server.model import clock
 from server.model.caller import Caller
 from server.model.errors import Code, FieldViolation, ServiceError, invalid
+from server.model.targets import NotifyTarget
 from server.services import validation
 from server.storage.database import Doc
 from server.storage.schedules import TEMPLATES, ScheduleStore, template_key
@@ -58,6 +59,12 @@ class RequestValues(Protocol):
         """GenerationParams as the document stored in a job."""
         ...
 
+    def notify_targets(
+        self, request: jobs_pb2.SubmitJobRequest | bulk_pb2.CreateBulkJobRequest
+    ) -> list[NotifyTarget]:
+        """The notification targets a request asks for (its list and its shorthands)."""
+        ...
+
 
 def check_request(kind: str, request: Message, prefix: str, convert: RequestValues) -> list[FieldViolation]:
     """Everything wrong with a SubmitJobRequest (kind "job") or a
@@ -72,7 +79,7 @@ def check_request(kind: str, request: Message, prefix: str, convert: RequestValu
             request.project,
             request.max_attempts,
         )
-        bad += validation.check_notify(request.notify_url, request.notify_email)
+        bad += validation.check_notify(convert.notify_targets(request))
     else:
         assert isinstance(request, bulk_pb2.CreateBulkJobRequest)
         bad = validation.check_bulk(
@@ -80,8 +87,7 @@ def check_request(kind: str, request: Message, prefix: str, convert: RequestValu
             [convert.params_dict(item) for item in request.items],
             request.request_id,
             request.project,
-            request.notify_url,
-            request.notify_email,
+            convert.notify_targets(request),
         )
     return [FieldViolation(f"{prefix}.{v.field}", v.description) for v in bad]
 

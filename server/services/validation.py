@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import server.notify  # noqa: F401  (its channels register as it is imported)
+from server.model import channels
 from server.model.errors import FieldViolation, echo
 from server.model.ids import check_id as check_id  # the rule lives in model; callers keep it here
 from server.model.rules import (
@@ -16,9 +18,8 @@ from server.model.rules import (
     demo_fail_attempts,
     has_control,
 )
+from server.model.targets import NotifyTarget
 from server.model.vocabulary import Mode, Priority
-from server.notify.guard import url_problem
-from server.notify.mail import address_problem
 
 MIN_WORDS, MAX_WORDS = 50, 5000
 MAX_TOPIC = 500
@@ -212,14 +213,29 @@ def check_common(request_id: str, project: str) -> list[FieldViolation]:
     )
 
 
-def check_notify(notify_url: str, notify_email: str) -> list[FieldViolation]:
-    """Violations for a webhook URL (http or https, a host that parses, at most
-    2,048 characters) or a mail address that cannot be used; "" is none."""
+def check_notify(targets: Sequence[NotifyTarget]) -> list[FieldViolation]:
+    """Violations for notification targets: a channel the server knows, an
+    address its channel can use (its module's check), one target per channel
+    (each is one delivery); a shorthand's violation names the shorthand."""
     bad = []
-    if notify_url and (why := url_problem(notify_url)):
-        bad.append(FieldViolation("notify_url", why))
-    if notify_email and (why := address_problem(notify_email)):
-        bad.append(FieldViolation("notify_email", why))
+    seen: set[str] = set()
+    for i, target in enumerate(targets):
+        name = f"notify[{i}]"
+        channel = channels.find(target.channel)
+        if channel is None:
+            known = ", ".join(repr(c.name) for c in channels.CHANNELS)
+            bad.append(
+                FieldViolation(f"{name}.channel", f"unknown channel {echo(target.channel)}: one of {known}")
+            )
+        elif not target.address:
+            bad.append(FieldViolation(f"{name}.address", "required"))
+        elif why := channel.problem(target.address):
+            bad.append(FieldViolation(target.given_as or f"{name}.address", why))
+        elif channel.name in seen:
+            bad.append(
+                FieldViolation(target.given_as or name, f"one target per channel: {channel.name} twice")
+            )
+        seen.add(target.channel)
     return bad
 
 
@@ -228,8 +244,7 @@ def check_bulk(
     items: list[dict[str, Any]],
     request_id: str,
     project: str,
-    notify_url: str,
-    notify_email: str = "",
+    notify: Sequence[NotifyTarget] = (),
 ) -> list[FieldViolation]:
     """Everything wrong with a CreateBulkJob request; item fields named items[i].field."""
     bad = check_mode(mode)
@@ -242,7 +257,7 @@ def check_bulk(
     for i, item in enumerate(items):
         bad += check_params(mode, item, prefix=f"items[{i}]")
     bad += check_common(request_id, project)
-    bad += check_notify(notify_url, notify_email)
+    bad += check_notify(notify)
     return bad
 
 

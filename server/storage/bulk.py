@@ -11,11 +11,15 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from server.model import clock
+from server.model.channels import PENDING_FLAG
 from server.model.errors import not_found, wrong_status
 from server.model.states import BULK_REFUSAL_REASON, BulkAction, BulkStatus, Status, bulk_allowed
 from server.storage.database import Database, Doc, one_of, owned, raise_error
 from server.storage.paging import Page, bulk_item_key, keyset_page, parse_id
 from server.storage.queue import HELD, READY, SCHEDULED, QueueStore
+
+# What versions before issue 28 called PENDING_FLAG on bulk jobs (renamed at start).
+LEGACY_FLAG = "notification_pending"
 
 
 class BulkStore:
@@ -28,13 +32,20 @@ class BulkStore:
         self.queue = queue
 
     def ensure_indexes(self) -> None:
-        """The indexes behind every query on bulk_jobs."""
+        """The indexes behind every query on bulk_jobs (and an older version's flag renamed)."""
         self.bulk_jobs.create_index([("owner", 1)])
         self.bulk_jobs.create_index([("owner", 1), ("ck", 1)])
         self.bulk_jobs.create_index([("ck", 1)], unique=True)
         self.bulk_jobs.create_index([("request_key", 1)], unique=True)
         self.bulk_jobs.create_index([("settled", 1)])  # bulk recovery after a crash
-        self.bulk_jobs.create_index([("notification_pending", 1)])
+        self.bulk_jobs.create_index([(PENDING_FLAG, 1)])  # notifications a crash left unstored
+        self.bulk_jobs.create_index([(LEGACY_FLAG, 1)])
+        # What an older version left flagged under the old name (rare: a crash
+        # between completing a bulk job and storing its notification) is
+        # renamed once at start, so that the sweep's query stays one index.
+        self.bulk_jobs.update_many(
+            {LEGACY_FLAG: True}, {"$set": {PENDING_FLAG: True}, "$unset": {LEGACY_FLAG: ""}}
+        )
 
     def repeated(self, doc: Doc) -> Doc | None:
         """The stored bulk job with `doc`'s request key, if any (a repeat)."""
@@ -265,11 +276,12 @@ class BulkStore:
     def unstored_notifications(self, ended_before_us: int) -> list[Doc]:
         """Bulk jobs that completed before `ended_before_us` whose notification
         is not yet in `notifications` (the server settling them stopped)."""
-        return list(self.bulk_jobs.find({"notification_pending": True, "ended_us": {"$lt": ended_before_us}}))
+        return list(self.bulk_jobs.find({PENDING_FLAG: True, "ended_us": {"$lt": ended_before_us}}))
 
     def notification_stored(self, bulk: Doc) -> None:
-        """The notification `bulk` completed with is in `notifications` now."""
+        """The notification `bulk` completed with is in `notifications` now (not
+        that of a later completion: a retried item reopens a bulk job)."""
         self.bulk_jobs.update_one(
-            {"_id": bulk["_id"], "ended_us": bulk["ended_us"], "notification_pending": True},
-            {"$set": {"notification_pending": False}},
+            {"_id": bulk["_id"], "ended_us": bulk["ended_us"]},
+            {"$set": {PENDING_FLAG: False}},
         )

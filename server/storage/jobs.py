@@ -18,6 +18,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from server.model import clock
+from server.model.channels import PENDING_FLAG
 from server.model.errors import ServiceError, not_found, wrong_status
 from server.model.records import Job, Submission
 from server.model.states import FINAL, REFUSAL_HINT, REFUSAL_REASON, Action, Status, allowed
@@ -80,7 +81,7 @@ class JobStore:
         jobs.create_index([("queue", 1), ("owner", 1), ("rank", 1), ("ck", 1)])
         jobs.create_index([("ready_us", 1)])
         jobs.create_index([("queue", 1), ("run_after_us", 1)])  # due jobs of a waiting lane
-        jobs.create_index([("notify_pending", 1)])  # job notifications a crash left unstored
+        jobs.create_index([(PENDING_FLAG, 1)])  # job notifications a crash left unstored
         jobs.create_index([("schedule_id", 1)])  # ListJobs of a schedule's runs
 
     async def close(self) -> None:
@@ -313,16 +314,16 @@ class JobStore:
         return list(
             self.jobs.find(
                 {
-                    "notify_pending": True,
+                    PENDING_FLAG: True,
                     "status": {"$in": [str(s) for s in FINAL]},
                     "ended_us": {"$lt": ended_before_us},
                 }
             )
         )
 
-    def job_notification_stored(self, oid: ObjectId) -> None:
+    def notification_stored(self, job: Doc) -> None:
         """The job's notification is in `notifications` now."""
-        self.jobs.update_one({"_id": oid, "notify_pending": True}, {"$set": {"notify_pending": False}})
+        self.jobs.update_one({"_id": job["_id"], PENDING_FLAG: True}, {"$set": {PENDING_FLAG: False}})
 
 
 def _cancelled() -> Doc:

@@ -11,8 +11,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from server.model.channels import EMAIL, WEBHOOK
-from server.model.channels import targets as target_fields
+from server.model import channels
 from server.model.records import (
     BulkItem,
     BulkJob,
@@ -22,7 +21,6 @@ from server.model.records import (
     Progress,
     Result,
     Submission,
-    notify_targets,
 )
 from server.model.states import BulkStatus, Status
 from server.model.targets import NotifyTarget
@@ -40,14 +38,13 @@ def search_text(params: Doc) -> str:
 def targets(doc: Doc) -> tuple[NotifyTarget, ...]:
     """THE reading of a job's or bulk job's stored notification targets
     (the channels' flat target fields, as notifications store them)."""
-    return notify_targets(doc.get(WEBHOOK.target, ""), doc.get(EMAIL.target, ""))
+    return tuple(channels.targets_of(doc))
 
 
 def targets_doc(found: tuple[NotifyTarget, ...]) -> Doc:
     """The stored fields of notification `found` targets (and the pending
     flag a job's notification needs), as `targets` reads them back."""
-    by_channel = {t.channel: t.address for t in found}
-    return target_fields(by_channel.get(WEBHOOK.name, ""), by_channel.get(EMAIL.name, ""))
+    return channels.target_fields(found)
 
 
 def params(doc: Doc) -> Params:

@@ -178,6 +178,7 @@ class BulkJob(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     ESTIMATED_COMPLETION_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    NOTIFY_FIELD_NUMBER: _builtins.int
     NOTIFY_URL_FIELD_NUMBER: _builtins.int
     NOTIFY_EMAIL_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
@@ -219,6 +220,7 @@ class BulkJob(_message.Message):
     """
     request_id: _builtins.str
     notify_url: _builtins.str
+    """The webhook and email targets of `notify` again, as their shorthands."""
     notify_email: _builtins.str
     priority: _jobs_pb2.Priority.ValueType
     schedule_id: _builtins.str
@@ -238,6 +240,10 @@ class BulkJob(_message.Message):
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def estimated_completion(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def notify(self) -> _containers.RepeatedCompositeFieldContainer[_jobs_pb2.NotifyTarget]:
+        """Where its completion is announced (see CreateBulkJobRequest)."""
+
     @_builtins.property
     def schedule_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -263,6 +269,7 @@ class BulkJob(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         estimated_completion: _timestamp_pb2.Timestamp | None = ...,
         request_id: _builtins.str = ...,
+        notify: _abc.Iterable[_jobs_pb2.NotifyTarget] | None = ...,
         notify_url: _builtins.str = ...,
         notify_email: _builtins.str = ...,
         priority: _jobs_pb2.Priority.ValueType = ...,
@@ -272,7 +279,7 @@ class BulkJob(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "estimated_completion", b"estimated_completion", "schedule_time", b"schedule_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_items", b"cancelled_items", "completed_items", b"completed_items", "create_time", b"create_time", "deleted_items", b"deleted_items", "done_items", b"done_items", "end_time", b"end_time", "error_summary", b"error_summary", "estimated_completion", b"estimated_completion", "failed_items", b"failed_items", "id", b"id", "items", b"items", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "percentage", b"percentage", "priority", b"priority", "project", b"project", "remaining_items", b"remaining_items", "request_id", b"request_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "start_time", b"start_time", "status", b"status", "template", b"template", "total_items", b"total_items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_items", b"cancelled_items", "completed_items", b"completed_items", "create_time", b"create_time", "deleted_items", b"deleted_items", "done_items", b"done_items", "end_time", b"end_time", "error_summary", b"error_summary", "estimated_completion", b"estimated_completion", "failed_items", b"failed_items", "id", b"id", "items", b"items", "mode", b"mode", "notify", b"notify", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "percentage", b"percentage", "priority", b"priority", "project", b"project", "remaining_items", b"remaining_items", "request_id", b"request_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "start_time", b"start_time", "status", b"status", "template", b"template", "total_items", b"total_items"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -288,6 +295,7 @@ class CreateBulkJobRequest(_message.Message):
     ITEMS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
+    NOTIFY_FIELD_NUMBER: _builtins.int
     NOTIFY_URL_FIELD_NUMBER: _builtins.int
     NOTIFY_EMAIL_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
@@ -298,10 +306,13 @@ class CreateBulkJobRequest(_message.Message):
     request_id: _builtins.str
     project: _builtins.str
     notify_url: _builtins.str
-    """Optional; receives a signed POST when the bulk job completes."""
+    """Optional shorthand for a "webhook" target in `notify`: receives a signed
+    POST when the bulk job completes.
+    """
     notify_email: _builtins.str
-    """Optional; gets a mail when the bulk job completes (FAILED_PRECONDITION
-    when the server has no GENJOBS_SMTP_URL).
+    """Optional shorthand for an "email" target in `notify`: gets a mail when
+    the bulk job completes (FAILED_PRECONDITION when the server has no
+    GENJOBS_SMTP_URL).
     """
     priority: _jobs_pb2.Priority.ValueType
     """Optional; every item runs at this priority. PRIORITY_HIGH needs a
@@ -319,6 +330,12 @@ class CreateBulkJobRequest(_message.Message):
         """
 
     @_builtins.property
+    def notify(self) -> _containers.RepeatedCompositeFieldContainer[_jobs_pb2.NotifyTarget]:
+        """Optional; where the bulk job's completion is announced, one notification
+        per target (see NotifyTarget in jobs.proto).
+        """
+
+    @_builtins.property
     def schedule_time(self) -> _timestamp_pb2.Timestamp:
         """Optional; no item starts before this time."""
 
@@ -329,6 +346,7 @@ class CreateBulkJobRequest(_message.Message):
         items: _abc.Iterable[_jobs_pb2.GenerationParams] | None = ...,
         request_id: _builtins.str = ...,
         project: _builtins.str = ...,
+        notify: _abc.Iterable[_jobs_pb2.NotifyTarget] | None = ...,
         notify_url: _builtins.str = ...,
         notify_email: _builtins.str = ...,
         priority: _jobs_pb2.Priority.ValueType = ...,
@@ -337,7 +355,7 @@ class CreateBulkJobRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["schedule_time", b"schedule_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "priority", b"priority", "project", b"project", "request_id", b"request_id", "schedule_time", b"schedule_time", "template", b"template"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "mode", b"mode", "notify", b"notify", "notify_email", b"notify_email", "notify_url", b"notify_url", "priority", b"priority", "project", b"project", "request_id", b"request_id", "schedule_time", b"schedule_time", "template", b"template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

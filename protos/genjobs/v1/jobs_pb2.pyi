@@ -400,6 +400,35 @@ class JobError(_message.Message):
 Global___JobError: _TypeAlias = JobError  # noqa: Y015
 
 @_typing.final
+class NotifyTarget(_message.Message):
+    """NotifyTarget is one place a job's or bulk job's end is announced: a
+    channel and an address on it. Channels: "webhook" (address: an http or
+    https URL; one signed POST) and "email" (address: user@domain; needs a
+    server with GENJOBS_SMTP_URL, else FAILED_PRECONDITION). At most one
+    target per channel; an unknown channel is INVALID_ARGUMENT.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    channel: _builtins.str
+    address: _builtins.str
+    def __init__(
+        self,
+        *,
+        channel: _builtins.str = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "channel", b"channel"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotifyTarget: _TypeAlias = NotifyTarget  # noqa: Y015
+
+@_typing.final
 class Job(_message.Message):
     """Job is one content-generation job."""
 
@@ -426,6 +455,7 @@ class Job(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     ATTEMPT_ERRORS_FIELD_NUMBER: _builtins.int
+    NOTIFY_FIELD_NUMBER: _builtins.int
     NOTIFY_URL_FIELD_NUMBER: _builtins.int
     NOTIFY_EMAIL_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
@@ -447,9 +477,7 @@ class Job(_message.Message):
     request_id: _builtins.str
     cancel_requested: _builtins.bool
     notify_url: _builtins.str
-    """Where the job's end is announced (see SubmitJobRequest); the outcome is
-    ListNotifications with job_id.
-    """
+    """The webhook and email targets of `notify` again, as their shorthands."""
     notify_email: _builtins.str
     priority: Global___Priority.ValueType
     """PRIORITY_NORMAL when the request left it unspecified."""
@@ -483,6 +511,12 @@ class Job(_message.Message):
     @_builtins.property
     def attempt_errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobError]:
         """Every failed attempt's error, oldest first."""
+
+    @_builtins.property
+    def notify(self) -> _containers.RepeatedCompositeFieldContainer[Global___NotifyTarget]:
+        """Where the job's end is announced (see SubmitJobRequest); the outcome is
+        ListNotifications with job_id.
+        """
 
     @_builtins.property
     def schedule_time(self) -> _timestamp_pb2.Timestamp:
@@ -520,6 +554,7 @@ class Job(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         attempt_errors: _abc.Iterable[Global___JobError] | None = ...,
+        notify: _abc.Iterable[Global___NotifyTarget] | None = ...,
         notify_url: _builtins.str = ...,
         notify_email: _builtins.str = ...,
         priority: Global___Priority.ValueType = ...,
@@ -531,7 +566,7 @@ class Job(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "params", b"params", "progress", b"progress", "result", b"result", "schedule_time", b"schedule_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_errors", b"attempt_errors", "bulk_job_id", b"bulk_job_id", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "max_attempts", b"max_attempts", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "project", b"project", "queue_position", b"queue_position", "request_id", b"request_id", "result", b"result", "retry_of", b"retry_of", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "stages", b"stages", "stages_done", b"stages_done", "start_time", b"start_time", "status", b"status", "template", b"template", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_errors", b"attempt_errors", "bulk_job_id", b"bulk_job_id", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "max_attempts", b"max_attempts", "mode", b"mode", "notify", b"notify", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "project", b"project", "queue_position", b"queue_position", "request_id", b"request_id", "result", b"result", "retry_of", b"retry_of", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "stages", b"stages", "stages_done", b"stages_done", "start_time", b"start_time", "status", b"status", "template", b"template", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -548,6 +583,7 @@ class SubmitJobRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NOTIFY_FIELD_NUMBER: _builtins.int
     NOTIFY_URL_FIELD_NUMBER: _builtins.int
     NOTIFY_EMAIL_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
@@ -561,12 +597,12 @@ class SubmitJobRequest(_message.Message):
     max_attempts: _builtins.int
     """0 means the server default."""
     notify_url: _builtins.str
-    """Optional; receives one signed POST when the job ends (completed, failed
-    for good, cancelled). A retry of the job keeps it.
+    """Optional shorthand for a "webhook" target in `notify`: receives one
+    signed POST when the job ends.
     """
     notify_email: _builtins.str
-    """Optional; gets a mail when the job ends (FAILED_PRECONDITION when the
-    server has no GENJOBS_SMTP_URL). A retry of the job keeps it.
+    """Optional shorthand for an "email" target in `notify`: gets a mail when
+    the job ends (FAILED_PRECONDITION when the server has no GENJOBS_SMTP_URL).
     """
     priority: Global___Priority.ValueType
     """Optional; PRIORITY_HIGH needs a premium or admin token (else
@@ -584,6 +620,12 @@ class SubmitJobRequest(_message.Message):
         """
 
     @_builtins.property
+    def notify(self) -> _containers.RepeatedCompositeFieldContainer[Global___NotifyTarget]:
+        """Optional; where the job's end (completed, failed for good, cancelled) is
+        announced, one notification per target. A retry of the job keeps them.
+        """
+
+    @_builtins.property
     def schedule_time(self) -> _timestamp_pb2.Timestamp:
         """Optional; the job is QUEUED but not started before this time."""
 
@@ -595,6 +637,7 @@ class SubmitJobRequest(_message.Message):
         request_id: _builtins.str = ...,
         project: _builtins.str = ...,
         max_attempts: _builtins.int = ...,
+        notify: _abc.Iterable[Global___NotifyTarget] | None = ...,
         notify_url: _builtins.str = ...,
         notify_email: _builtins.str = ...,
         priority: Global___Priority.ValueType = ...,
@@ -603,7 +646,7 @@ class SubmitJobRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "schedule_time", b"schedule_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_attempts", b"max_attempts", "mode", b"mode", "notify_email", b"notify_email", "notify_url", b"notify_url", "params", b"params", "priority", b"priority", "project", b"project", "request_id", b"request_id", "schedule_time", b"schedule_time", "template", b"template"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_attempts", b"max_attempts", "mode", b"mode", "notify", b"notify", "notify_email", b"notify_email", "notify_url", b"notify_url", "params", b"params", "priority", b"priority", "project", b"project", "request_id", b"request_id", "schedule_time", b"schedule_time", "template", b"template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,129 @@
+"""One path from the end of a job or a bulk job to its notification.
+
+Whatever ends (a job: COMPLETED, FAILED for good, CANCELLED, never a failure
+that is retried; a bulk job: COMPLETED) has the `notify_pending` flag set
+while its notification is not stored: a job from its submission when it
+has targets, a bulk job in the conditional update that completes it (which
+also carries its notification, for watchers). Its notification is stored
+under an id fixed by what it announces, then the flag is cleared and the
+notifier woken. Storing it twice stores it once, and a server that stops in
+between leaves the flag set: the leader's sweep finds such work (one
+indexed query per kind, on the flag) and stores what is missing. So a crash
+neither loses nor doubles a notification.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pymongo.errors import PyMongoError
+
+from server.model import clock
+from server.model.channels import PENDING_FLAG, Doc, new_notification, targets_of
+from server.notify.sender import Notifier
+from server.storage.events import STATUS_CHANGED
+from server.storage.jobs import final
+from server.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+# How long work may stay ended with its notification unstored before the
+# sweep stores it (a live server stores it at once).
+SWEEP_DELAY_US = 10_000_000
+EVENTS = {"COMPLETED": "job.completed", "FAILED": "job.failed", "CANCELLED": "job.cancelled"}
+
+
+def job_notification(job: Doc, ck: int, now_us: int) -> Doc:
+    """The notification announcing that `job` ended."""
+    status = job["status"]
+    params = job.get("params", {})
+    result = job.get("result") or {}
+    error = job.get("error") if status != "COMPLETED" else None
+    what = params.get("topic") or ", ".join(params.get("keywords", [])) or job["mode"]
+    message = f"Job {job['_id']} ({job['mode']} {what!r}) {status.lower()}"
+    if error:
+        message += f": {error['code']}: {error['message']}"
+    payload = {
+        "job_id": str(job["_id"]),
+        "owner": job["owner"],
+        "project": job.get("project", ""),
+        "status": status,
+        "mode": job["mode"],
+        "topic": params.get("topic", ""),
+        "keywords": params.get("keywords", []),
+        "title": result.get("title", ""),
+        "word_count": int(result.get("word_count", 0)),
+        "cost_cents": int(job.get("cost_cents", 0)),
+        "attempt": int(job.get("attempt", 0)),
+        "error": {"code": error["code"], "message": error["message"]} if error else None,
+        "ended_at_us": int(job.get("ended_us", 0)),
+    }
+    return new_notification(
+        oid=job["_id"],
+        owner=job["owner"],
+        event=EVENTS[status],
+        message=message[:1000],
+        payload=payload,
+        ck=ck,
+        created_us=now_us,
+        targets=targets_of(job),
+        job_id=str(job["_id"]),
+    )
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What differs between a job's end and a bulk job's: where the flag
+    lives (its store's two calls) and how its notification is made."""
+
+    name: str
+    unnotified: Callable[[int], list[Doc]]  # ended before a time, flag still set: one indexed query
+    stored: Callable[[Doc], None]  # clear the flag of this end (conditional on it)
+    notification: Callable[[Doc], Doc]  # the notification of this end
+
+
+class EndNotifications:
+    """Stores the notifications of jobs and bulk jobs as they end (and after a crash)."""
+
+    def __init__(self, store: Store, notifier: Notifier) -> None:
+        self.store = store
+        self.notifier = notifier
+        self.job = Kind("job", store.jobs.unnotified_jobs, store.jobs.notification_stored, self._of_job)
+        # A bulk job's notification is made as it completes (its counts then),
+        # and kept on it: watchers get it with the COMPLETED event.
+        self.bulk = Kind(
+            "bulk job", store.bulks.unstored_notifications, store.bulks.notification_stored, _kept
+        )
+
+    def ended(self, kind: Kind, doc: Doc) -> None:
+        """`doc` ended with its flag set: store its notification (once), clear the flag, wake the notifier."""
+        self.store.notifications.insert_notification(kind.notification(doc))
+        kind.stored(doc)
+        self.notifier.wake()
+
+    def job_changed(self, job: Doc, kind: str) -> None:
+        """A job changed here: store its notification if it just ended with one asked for."""
+        if kind == STATUS_CHANGED and job.get(PENDING_FLAG) and final(job["status"]):
+            try:
+                self.ended(self.job, job)
+            except PyMongoError as exc:  # never the dispatcher's problem: the sweep stores it
+                if not self.store.outage.failed(exc, f"job {job['_id']}'s notification"):
+                    log.warning("job %s: notification not stored yet (%s)", job["_id"], exc)
+
+    def recover(self) -> None:
+        """Store the notifications of jobs and bulk jobs that ended on a server
+        that then stopped. The dispatcher's leader runs it once a sweep."""
+        before_us = clock.now_us() - SWEEP_DELAY_US
+        for kind in (self.job, self.bulk):
+            for doc in kind.unnotified(before_us):
+                self.ended(kind, doc)
+
+    def _of_job(self, job: Doc) -> Doc:
+        return job_notification(job, self.store.order_keys.next(), clock.now_us())
+
+
+def _kept(bulk: Doc) -> Doc:
+    notification: Doc = bulk["notification"]
+    return notification
