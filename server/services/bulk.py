@@ -134,8 +134,7 @@ class Bulks:
         self.store = store
         self.hub = hub
         self.jobs = jobs
-        self.notifier = notifier
-        jobs.on_change.append(self.item_changed)
+        self.notifier = notifier  # item_changed: the wiring hands it to `jobs` as a listener
 
     # ---- RPCs -------------------------------------------------------------
 
