@@ -43,7 +43,7 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from server.dispatch.fairshare import FairShare
-from server.dispatch.run import Run, RunLifecycle
+from server.dispatch.run import Run, RunLifecycle, database_error
 from server.generators.base import (
     Generator,
 )
@@ -67,7 +67,7 @@ RECENT_RUNS = 256  # runs remembered, to tell a claim whose answer was lost from
 EventSink = Callable[[Doc, str], None]
 
 
-class Dispatcher(RunLifecycle):
+class Dispatcher:
     """Claims and runs jobs; `record(doc, kind)` is told of every change it makes."""
 
     def __init__(
@@ -90,12 +90,9 @@ class Dispatcher(RunLifecycle):
         self.store = store
         self.queue = store.queue
         self.bulks = store.bulks
-        self.generator = generator
         self.worker_id = worker_id
-        self.record = record
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
-        self.retry_base_seconds = retry_base_seconds
         self.sweep_seconds = sweep_seconds
         self.sweepers = sweepers
         self.tickers = tickers  # run on every housekeeping pass (schedules' ticks)
@@ -108,6 +105,8 @@ class Dispatcher(RunLifecycle):
         self._last_sweep = 0.0
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        # A claimed job's run, from the generator's call to its stored outcome.
+        self._lifecycle = RunLifecycle(store, generator, record, retry_base_seconds, self._stopping)
         # The claim order. Claims resuming after a pause of half a lease may
         # follow a spell as follower: it rebuilds from the database then.
         self._fair = FairShare(store.queue, store.outage, poll_seconds, sweep_seconds, lease_seconds / 2)
@@ -122,11 +121,10 @@ class Dispatcher(RunLifecycle):
         self._elsewhere = 0  # live runs of other servers at the last housekeeping pass
         self._last_end_us = 0  # when the last run ended (wall clock): the gap counts from it
         self._elected = False  # set by the keeper on election: read the former leader's last end
-        # (job, epoch) of the runs started here, and of those whose outcome
-        # could not be stored: when such a lease lapses, the database, not
-        # the generator or a crash, cost the attempt, so it is given back.
+        # (job, epoch) of the runs started here, and (the lifecycle's `abandoned`)
+        # of those whose outcome could not be stored: when such a lease lapses,
+        # the database, not the generator or a crash, cost the attempt, so it is given back.
         self._started: deque[tuple[ObjectId, int]] = deque(maxlen=RECENT_RUNS)
-        self._abandoned: set[tuple[ObjectId, int]] = set()
         self._reachable_since: float | None = None  # monotonic; None while the keeper cannot renew
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
         self._keeper = threading.Thread(target=self._keep, name="lease-keeper", daemon=True)
@@ -193,6 +191,9 @@ class Dispatcher(RunLifecycle):
         for run in runs:
             run.stopping = True
             run.cancel.set()
+
+    def _database_error(self, exc: PyMongoError, what: str, quiet: int, message: str, *args: object) -> None:
+        database_error(self.store.outage, exc, what, quiet, message, *args)
 
     def _current_runs(self) -> list[Run]:
         with self._runs_changed:
@@ -318,7 +319,7 @@ class Dispatcher(RunLifecycle):
 
     def _lane(self, job: Doc, run: Run) -> None:
         try:
-            self._execute(job)
+            self._lifecycle.execute(job, run)
         except PyMongoError as exc:
             self._database_error(
                 exc,
@@ -408,11 +409,12 @@ class Dispatcher(RunLifecycle):
     def _recover(self, doc: Doc) -> None:
         """A run whose lease lapsed (its server died): requeue it or fail it."""
         run_key = (doc["_id"], doc["epoch"])
-        if doc["worker"] == self.worker_id and (run_key not in self._started or run_key in self._abandoned):
+        abandoned = self._lifecycle.abandoned
+        if doc["worker"] == self.worker_id and (run_key not in self._started or run_key in abandoned):
             # Claimed here but never run (the claim's answer was lost), or run
             # here with its outcome lost to a database outage: not an attempt.
-            self._abandoned.discard(run_key)
-            self._write_outcome(Run(doc["_id"], doc["epoch"]), self.bulks.requeue_changes(doc))
+            abandoned.discard(run_key)
+            self._lifecycle.give_back(Run(doc["_id"], doc["epoch"]), doc)
             return
         attempt, limit = doc["attempt"], doc["max_attempts"]
         lost = job_error("WORKER_LOST", "transient", "the server running this job stopped", True, attempt)
@@ -434,10 +436,10 @@ class Dispatcher(RunLifecycle):
             changes.update(status=str(Status.FAILED), queue=NONE, ended_us=stamp)
         after = self.queue.fenced_update(doc["_id"], doc["epoch"], changes)
         if after is not None:
-            after = self._held_if_paused(after)
+            after = self._lifecycle.held_if_paused(after)
             log.warning("job %s lost its worker; now %s", doc["_id"], after["status"])
             metrics.attempt_lost(after)
-            self.tell(after, STATUS_CHANGED)
+            self._lifecycle.tell(after, STATUS_CHANGED)
             if after["status"] == str(Status.QUEUED) and after["queue"] == READY:
                 self.offer(after["ck"], after["_id"], after["owner"], Priority.rank_of(after.get("rank")))
 

@@ -2,8 +2,10 @@
 writes, and its outcome (completed, failed with or without a retry,
 cancelled, or given back), each written fenced by the run's lease epoch.
 
-`RunLifecycle` is the part of the `Dispatcher` that runs one claimed job; the
-claiming, the leadership and the housekeeping stay in `dispatcher`.
+`RunLifecycle` runs one claimed job; the `Dispatcher` holds one and calls
+`execute` (a claimed job's attempt), `give_back` (a lapsed run of its own
+that was not an attempt), `held_if_paused` and `tell`. The claiming, the
+leadership and the housekeeping stay in `dispatcher`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from server.storage.bulk import BulkStore
 from server.storage.database import Doc
 from server.storage.events import PROGRESS, STATUS_CHANGED
 from server.storage.jobs import job_error
-from server.storage.outage import persist, unreachable
+from server.storage.outage import Outage, persist, unreachable
 from server.storage.queue import BACKOFF, NONE, QueueStore
 from server.storage.store import Store
 from server.telemetry import context, metrics
@@ -55,26 +57,48 @@ class Run:
     generated: bool = False  # the generator was called: its end counts for the gap
 
 
+def database_error(
+    outage: Outage, exc: PyMongoError, what: str, quiet: int, message: str, *args: object
+) -> None:
+    """Log `message` as a WARNING; or, when `exc` is the database not
+    answering, at level `quiet`: the store's Outage says that once."""
+    level = quiet if outage.failed(exc, what) else logging.WARNING
+    log.log(level, message, *args)
+
+
 class RunLifecycle:
-    """Runs one claimed job and stores its outcome (mixed into `Dispatcher`, which sets these)."""
+    """Runs one claimed job and stores its outcome, for the `Dispatcher` that holds it."""
 
-    store: Store
-    queue: QueueStore
-    bulks: BulkStore
-    generator: Generator
-    record: Callable[[Doc, str], None]
-    retry_base_seconds: float
-    _runs: dict[ObjectId, Run]
-    _stopping: threading.Event
-    _abandoned: set[tuple[ObjectId, int]]
+    def __init__(
+        self,
+        store: Store,
+        generator: Generator,
+        record: Callable[[Doc, str], None],
+        retry_base_seconds: float,
+        stopping: threading.Event,
+    ) -> None:
+        self.store = store
+        self.queue: QueueStore = store.queue
+        self.bulks: BulkStore = store.bulks
+        self.generator = generator
+        self.record = record
+        self.retry_base_seconds = retry_base_seconds
+        self._stopping = stopping  # the dispatcher's: an outcome stops waiting for the database
+        # (job, epoch) of the runs whose outcome could not be stored: the
+        # dispatcher gives such a run back, not counting it as an attempt.
+        self.abandoned: set[tuple[ObjectId, int]] = set()
 
-    def _execute(self, job: Doc) -> None:
+    def execute(self, job: Doc, run: Run) -> None:
+        """Run the claimed `job` (its `run` registered by the dispatcher) and store its outcome."""
         metrics.attempt_started(job)
         with context.job_attempt(job):  # log context and trace span of the attempt
-            self._run_attempt(job)
+            self._run_attempt(job, run)
 
-    def _run_attempt(self, job: Doc) -> None:
-        run = self._runs[job["_id"]]
+    def give_back(self, run: Run, job: Doc) -> None:
+        """Requeue `job` with its attempt given back (a run that was not an attempt)."""
+        self._write_outcome(run, self.bulks.requeue_changes(job))
+
+    def _run_attempt(self, job: Doc, run: Run) -> None:
         run.generated = True
         self.tell(job, STATUS_CHANGED)
         spec = JobSpec(
@@ -190,7 +214,7 @@ class RunLifecycle:
         except PyMongoError as exc:
             if not unreachable(exc):
                 raise
-            self._abandoned.add((run.oid, run.epoch))
+            self.abandoned.add((run.oid, run.epoch))
             self._database_error(
                 exc,
                 f"job {run.oid}",
@@ -214,10 +238,10 @@ class RunLifecycle:
             log.warning("job %s was taken over; this run's outcome is dropped", run.oid)
             return
         metrics.attempt_ended(after, max(0.0, (clock.now_us() - after.get("started_us", 0)) / 1e6))
-        after = self._held_if_paused(after)
+        after = self.held_if_paused(after)
         self.tell(after, STATUS_CHANGED)
 
-    def _held_if_paused(self, after: Doc) -> Doc:
+    def held_if_paused(self, after: Doc) -> Doc:
         """A bulk job's item just sent back to the queue (a retry's backoff, a
         run given back): held if its bulk job was paused meanwhile (see
         `BulkStore.hold_if_paused`). A read of the bulk job, for requeued items only."""
@@ -245,17 +269,14 @@ class RunLifecycle:
             )
 
     def _database_error(self, exc: PyMongoError, what: str, quiet: int, message: str, *args: object) -> None:
-        """Log `message` as a WARNING; or, when `exc` is the database not
-        answering, at level `quiet`: the store's Outage says that once."""
-        level = quiet if self.store.outage.failed(exc, what) else logging.WARNING
-        log.log(level, message, *args)
+        database_error(self.store.outage, exc, what, quiet, message, *args)
 
 
 class ProgressWriter:
     """Turns a generator's progress reports into at most a few writes a second."""
 
-    def __init__(self, dispatcher: RunLifecycle, run: Run, job: Doc) -> None:
-        self.dispatcher = dispatcher
+    def __init__(self, lifecycle: RunLifecycle, run: Run, job: Doc) -> None:
+        self.lifecycle = lifecycle
         self.run = run
         self.started_us = job["started_us"]
         self.started_mono = time.monotonic()
@@ -273,13 +294,13 @@ class ProgressWriter:
         try:
             # Briefly: the generator waits for this call.
             with pymongo.timeout(PROGRESS_TIMEOUT_SECONDS):
-                after = self.dispatcher.queue.fenced_update(
+                after = self.lifecycle.queue.fenced_update(
                     self.run.oid, self.run.epoch, {"progress": progress, "updated_us": clock.now_us()}
                 )
         except PyMongoError as exc:
             # Progress is advisory: a later report or the outcome supersedes it, and a
             # database error raised into the generator would be taken for its crash.
-            self.dispatcher._database_error(
+            self.lifecycle._database_error(
                 exc,
                 f"job {self.run.oid}",
                 logging.DEBUG,
@@ -295,4 +316,4 @@ class ProgressWriter:
             return
         if after.get("cancel_requested"):
             self.run.cancel.set()
-        self.dispatcher.tell(after, PROGRESS)
+        self.lifecycle.tell(after, PROGRESS)

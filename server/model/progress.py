@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from server.model import clock
@@ -65,15 +65,21 @@ class AttemptTokens:
         return hmac.new(self._key, f"{job_id}:{epoch}:{started_us}".encode(), hashlib.sha256).hexdigest()
 
 
-@dataclass
 class ProgressLink:
     """What a generator tells an external service so that it can report progress:
-    this server's address and the attempt's token (both set once the server starts)."""
+    this server's address (`target`: "" until the server listens) and the
+    attempt's token. Made before the server binds its port, so the address is
+    asked of `address` each time."""
 
-    target: str = ""
-    tokens: AttemptTokens | None = None
+    def __init__(self, tokens: AttemptTokens, address: Callable[[], str]) -> None:
+        self.tokens = tokens
+        self._address = address
+
+    @property
+    def target(self) -> str:
+        """host:port where a generation service reaches this server; "" before it listens."""
+        return self._address()
 
     def token(self, job: Any) -> str:
         """The token for the attempt `job` (a JobSpec) is running."""
-        assert self.tokens is not None, "the server sets the tokens before it runs jobs"
         return self.tokens.issue(job.id, job.epoch, job.started_us)

@@ -1,8 +1,9 @@
 """The process: settings, assembly, the embedded database, observability, probes.
 
 `config` reads GENJOBS_* variables and flags; `app` assembles one server
-(database, store, event feed, dispatcher, notifier, gRPC and HTTP faces) and
-starts and stops it; `factories` makes the generator and notifier the
+(database, store, event feed, gRPC and HTTP faces) and starts and stops it;
+`wiring` builds its domain objects, dispatcher and servicers, each complete,
+once; `factories` makes the generator and notifier the
 settings name; `embedded` and `quiet_nx` run the embedded nx-27017;
 `observability` wires metrics, traces and JSON logs (what every layer records
 goes through server/telemetry/); `probe` is the container

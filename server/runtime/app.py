@@ -29,36 +29,20 @@ from genjobs.v1 import (
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pymongo.errors import PyMongoError
 
-from server.api import convert, reflection
+from server.api import reflection
 from server.api.auth import AuthInterceptor, load_secret
 from server.api.deadline import DatabaseDeadline, bounded
 from server.api.http.face import HttpFace, make_api, port_setting
 from server.api.http.guard import Limits
-from server.api.servicers.bulk import BulkServicer
 from server.api.servicers.common import RequestDecoding
-from server.api.servicers.jobs import JobServicer
-from server.api.servicers.schedules import ScheduleServicer
-from server.api.servicers.templates import TemplateServicer
 from server.api.watch import StreamCap
-from server.dispatch.dispatcher import Dispatcher
-from server.generators import declared_stages
 from server.model.progress import AttemptTokens, ProgressLink
-from server.notify.ending import EndNotifications
-from server.runtime import observability
+from server.runtime import observability, wiring
 from server.runtime.config import Settings
 from server.runtime.embedded import HUNG_SECONDS, EmbeddedError, EmbeddedMongo
-from server.runtime.factories import make_generator, make_notifier
-from server.services.budgets import Budgets
-from server.services.bulk import Bulks
-from server.services.entitlement import Tiers
+from server.runtime.factories import make_generator
 from server.services.events import EventHub
-from server.services.jobs import Jobs
-from server.services.progress import ExternalProgress
-from server.services.schedules import Schedules
-from server.services.templates import BULK_JOB, JOB, Templates
-from server.storage.budgets import BudgetStore
 from server.storage.eventlog import EventLog
-from server.storage.schedules import ScheduleStore
 from server.storage.store import Store
 from server.telemetry import metrics
 
@@ -156,8 +140,9 @@ class App:
         # brought back): the process should exit non-zero for its supervisor.
         self.failed = asyncio.Event()
         self.failure = ""
+        self.secret = load_secret(settings.auth_secret, settings.data_dir)
         # Made first: a configuration mistake stops the server before it starts anything.
-        self.progress_link = ProgressLink()
+        self.progress_link = ProgressLink(AttemptTokens(self.secret), self._progress_target)
         self.generator = make_generator(settings, self.progress_link)
         self.metrics: observability.MetricsServer | None = None
         self._hurried = False
@@ -176,7 +161,7 @@ class App:
 
     async def _start(self, undo: contextlib.AsyncExitStack) -> int:
         settings = self.settings
-        secret = load_secret(settings.auth_secret, settings.data_dir)
+        secret = self.secret
         uri = settings.mongodb_uri
         if not uri:
             self.embedded = EmbeddedMongo(settings.data_dir)
@@ -194,49 +179,24 @@ class App:
         self.event_log = EventLog(self.store.events, self.store.outage)
         self.event_log.start()
         undo.push_async_callback(asyncio.to_thread, self.event_log.stop)
-        self.jobs = Jobs(self.store, self.hub, self.event_log, self.worker_id, settings.max_attempts)
-        self.notifier = make_notifier(
-            settings, self.store, load_secret(settings.webhook_secret, settings.data_dir, "webhook_secret")
-        )
-        self.jobs.notify_channels = self.notifier.channels
-        self.job_notifications = EndNotifications(self.store, self.notifier)
-        self.bulks = Bulks(self.store, self.hub, self.jobs, self.job_notifications)
-        self.jobs.on_change.append(self.job_notifications.job_changed)
-        self.progress_link.tokens = AttemptTokens(secret)
-        self.schedule_store = ScheduleStore(self.store.database)
-        self.templates = Templates(
-            self.schedule_store, convert, settings.max_templates_per_owner, settings.max_template_bytes
-        )
-        self.tiers = Tiers(self.store.database.db)  # owners' stored tiers: who may have PRIORITY_HIGH
-        self.jobs.tiers = self.tiers
-        self.schedules = Schedules(
-            self.schedule_store,
-            self.templates,
-            self.tiers,
-            settings.max_schedules_per_owner,
-            settings.min_schedule_interval_seconds,
-        )
-        self.budgets = Budgets(BudgetStore(self.store), self.jobs.record, settings.max_queued_per_owner)
-        self.jobs.limits = self.budgets
-        self.jobs.on_change.append(self.budgets.job_changed)
-        self.dispatcher = Dispatcher(
+        services = wiring.build(
+            settings,
             self.store,
+            self.hub,
+            self.event_log,
+            load_secret(settings.webhook_secret, settings.data_dir, "webhook_secret"),
             self.generator,
+            self.progress_link,
             self.worker_id,
-            record=self.jobs.record,
-            lease_seconds=settings.lease_seconds,
-            poll_seconds=settings.poll_seconds,
-            retry_base_seconds=settings.retry_base_seconds,
-            # Often enough that a completed job outlives its retention by at most a quarter.
-            sweep_seconds=min(60.0, settings.retention_days * 86400 / 4),
-            tickers=[self.schedules.tick],
-            concurrency=settings.concurrency,
-            gap_seconds=settings.job_gap_seconds,
-            sweepers=[self.bulks.recover, self.job_notifications.recover, self.budgets.recover],
-            admit=self.budgets.admit,
-            release=self.budgets.release,
+            loop,
         )
-        self.jobs.dispatcher = self.dispatcher
+        self.services = services
+        self.jobs, self.bulks, self.budgets = services.jobs, services.bulks, services.budgets
+        self.notifier, self.dispatcher, self.schedules = (
+            services.notifier,
+            services.dispatcher,
+            services.schedules,
+        )
         undo.push_async_callback(self._stop_workers)
 
         observability.setup_tracing()  # on only when OpenTelemetry's variables ask for it
@@ -248,26 +208,11 @@ class App:
             DatabaseDeadline(settings.db_timeout_seconds),
         ]
         server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
-        progress = ExternalProgress(self.store, self.progress_link.tokens, self.jobs.record)
-        job_servicer = JobServicer(
-            self.jobs,
-            self.hub,
-            progress,
-            self.templates,
-            self.budgets,
-            self.streams,
-            declared_stages(self.generator),
-        )
-        bulk_servicer = BulkServicer(self.bulks, self.hub, self.templates, self.streams)
-        schedule_servicer = ScheduleServicer(self.schedules)
-        template_servicer = TemplateServicer(self.templates)
-        # A schedule's tick submits as SubmitJob and CreateBulkJob do, on this loop.
-        self.schedules.loop = loop
-        self.schedules.submitters = {JOB: job_servicer.submit, BULK_JOB: bulk_servicer.create}
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, server)
-        bulk_pb2_grpc.add_BulkServiceServicer_to_server(bulk_servicer, server)
-        schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(schedule_servicer, server)
-        templates_pb2_grpc.add_TemplateServiceServicer_to_server(template_servicer, server)
+        servicers = wiring.servicers(services, self.hub, self.streams, self.generator)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(servicers.jobs, server)
+        bulk_pb2_grpc.add_BulkServiceServicer_to_server(servicers.bulk, server)
+        schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(servicers.schedules, server)
+        templates_pb2_grpc.add_TemplateServiceServicer_to_server(servicers.templates, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable((*SERVICE_NAMES, health.SERVICE_NAME), server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -277,13 +222,10 @@ class App:
             self.port = 0
         if self.port == 0:
             raise SystemExit(_port_error(settings.host, settings.port, "grpc could not bind it"))
-        self.progress_link.target = settings.progress_target or advertised(settings.host, self.port)
         await server.start()
         self.server = server
         undo.push_async_callback(server.stop, 0)
-        self.http_port = await self._start_http(
-            secret, job_servicer, bulk_servicer, schedule_servicer, template_servicer
-        )
+        self.http_port = await self._start_http(secret, *servicers.in_order())
         if self.http is not None:
             undo.push_async_callback(self.http.stop, 0)
         self._tasks = [
@@ -387,11 +329,13 @@ class App:
             header_timeout_seconds=self.settings.http_header_timeout_seconds,
             max_connections=self.settings.http_max_connections,
         )
-        api = make_api(dict(zip(services, servicers, strict=True)), secret)
         # The same one deadline for an HTTP call's database calls as DatabaseDeadline gives a gRPC call's.
-        api.handlers = {
-            name: bounded(h, self.settings.db_timeout_seconds) for name, h in api.handlers.items()
-        }
+        seconds = self.settings.db_timeout_seconds
+        api = make_api(
+            dict(zip(services, servicers, strict=True)),
+            secret,
+            wrap=lambda handler: bounded(handler, seconds),
+        )
         self.http = HttpFace(api, limits, self.settings.http_idle_seconds)
         return await self.http.start(
             self.settings.http_host or self.settings.host, port, http_tls(self.settings)
@@ -481,6 +425,12 @@ class App:
             self.failure = why
             self.failed.set()
 
+    def _progress_target(self) -> str:
+        """host:port where generation services reach this server ("" until it listens)."""
+        if not self.port:
+            return ""
+        return self.settings.progress_target or advertised(self.settings.host, self.port)
+
     def _ping(self, seconds: float) -> None:
         with pymongo.timeout(seconds):
             self.store.ping()
@@ -489,7 +439,7 @@ class App:
         # Building an index on a large collection may take longer than any one query.
         with pymongo.timeout(INDEX_BUILD_SECONDS):
             self.store.ensure_indexes()
-            self.schedule_store.ensure_indexes()
+            self.services.schedule_store.ensure_indexes()
             self.budgets.store.ensure_indexes()
 
     async def _count_queue(self) -> None:

@@ -1,7 +1,8 @@
 """The domain: what each RPC does, and the rules it applies.
 
 `jobs`, `bulk`, `schedules`, `templates`, `budgets` and `progress` carry out
-the RPCs of their aggregate; `validation` checks requests; `entitlement` is
+the RPCs of their aggregate; `intake` is SubmitJob's and CreateBulkJob's
+operation, which a schedule's tick calls too; `validation` checks requests; `entitlement` is
 the one rule for PRIORITY_HIGH; `events` is the in-process event feed behind
 the Watch streams.
 

@@ -149,8 +149,8 @@ class Bulks:
         self.store = store
         self.hub = hub
         self.jobs = jobs
-        self.ends = ends
-        jobs.on_change.append(self.item_changed)
+        self.ends = ends  # a completed bulk job stores its notification through it
+        # (`item_changed` is not registered here: the wiring hands it to `jobs` as a listener)
 
     # ---- RPCs -------------------------------------------------------------
 

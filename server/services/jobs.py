@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -51,7 +51,7 @@ OPERATION_STATUS = {
 
 
 class Wakeable(Protocol):
-    """What the jobs layer needs of a dispatcher (the bodies are the do-nothing stand-in's)."""
+    """What the jobs layer needs of a dispatcher."""
 
     def offer(self, ck: int, oid: Any, owner: str = "", rank: int = 1) -> None:
         """A job entered the ready lane."""
@@ -66,13 +66,8 @@ class Wakeable(Protocol):
         return False
 
 
-class NoDispatcher(Wakeable):
-    """Stands in until the server attaches its dispatcher: does nothing."""
-
-
 class SubmitLimits(Protocol):
-    """What the jobs layer asks before queueing (server/services/budgets.py; the bodies
-    are the no-limit stand-in's)."""
+    """What the jobs layer asks before queueing (server/services/budgets.py)."""
 
     async def check_submit_async(self, owner: str, project: str, count: int) -> None:
         """Refuse `count` new jobs of `owner` in `project` when a limit says so."""
@@ -95,10 +90,6 @@ class SubmitLimits(Protocol):
         return None
 
 
-class NoLimits(SubmitLimits):
-    """Stands in until the server attaches its budgets: refuses nothing."""
-
-
 @dataclass
 class BulkOperationResult:
     """What RunBulkOperation did (or, validate_only, would do)."""
@@ -112,20 +103,31 @@ class Jobs:
     """The JobService's domain: every rule an RPC applies lives here or below."""
 
     def __init__(
-        self, store: Store, hub: EventHub, event_log: EventLog, worker_id: str, default_max_attempts: int
+        self,
+        store: Store,
+        hub: EventHub,
+        event_log: EventLog,
+        worker_id: str,
+        default_max_attempts: int,
+        *,
+        dispatcher: Wakeable,
+        limits: SubmitLimits,
+        tiers: Tiers,
+        notify_channels: Iterable[str],
+        on_change: Sequence[Callable[[Doc, str], None]],
     ) -> None:
         self.store = store
         self.hub = hub
         self.event_log = event_log
         self.worker_id = worker_id
         self.default_max_attempts = default_max_attempts
-        self.dispatcher: Wakeable = NoDispatcher()
-        self.limits: SubmitLimits = NoLimits()  # budgets and the queued-jobs cap
-        self.on_change: list[Callable[[Doc, str], None]] = []  # bulk accounting, notifications
-        # The channels this server has a sender for, set by the app (mail needs
-        # GENJOBS_SMTP_URL); a channel that always has one is never refused.
-        self.notify_channels: frozenset[str] = frozenset()
-        self.tiers: Tiers | None = None  # owners' stored tiers (PRIORITY_HIGH), set by the app
+        self.dispatcher = dispatcher
+        self.limits = limits  # budgets and the queued-jobs cap
+        self.tiers = tiers  # owners' stored tiers (PRIORITY_HIGH)
+        # The channels this server has a sender for (mail needs GENJOBS_SMTP_URL);
+        # a channel that always has one is never refused.
+        self.notify_channels = frozenset(notify_channels)
+        self.on_change = tuple(on_change)  # bulk accounting, notifications, budgets
 
     # ---- events ---------------------------------------------------------
 

@@ -26,14 +26,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bson import ObjectId
 from croniter import croniter
-from genjobs.v1 import jobs_pb2
+from genjobs.v1 import bulk_pb2, jobs_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from pymongo.errors import PyMongoError
@@ -43,8 +43,8 @@ from server.model.caller import Caller
 from server.model.errors import FieldViolation, ServiceError, invalid
 from server.services import entitlement, validation
 from server.services.entitlement import HIGH, Tiers
+from server.services.intake import Intake
 from server.services.templates import (
-    BULK_JOB,
     JOB,
     KINDS,
     Templates,
@@ -66,11 +66,8 @@ QUIET_SECONDS = 600  # the same refusal as the last logged, this soon after it, 
 DAY_SECONDS = 23 * 3600  # the least gap of a daily tick (a day can be 23 hours at a DST change)
 TICK_SUBMIT_SECONDS = 30.0  # a tick's submit waits this long for the event loop's answer
 STATES = (ACTIVE, PAUSED)
+T = TypeVar("T")
 __all__ = ["Schedules", "check_cron", "fair_order", "latest_tick", "least_interval", "next_tick"]
-
-# What a tick calls to create its job or bulk job: (owner, request, origin fields) ->
-# the job document, or the bulk job's view.
-Submitter = Callable[[Caller, Any, Doc], Coroutine[Any, Any, Any]]
 
 
 def check_cron(cron: str, time_zone: str) -> list[FieldViolation]:
@@ -138,19 +135,21 @@ class Schedules:
         self,
         store: ScheduleStore,
         templates: Templates,
-        tiers: Tiers | None = None,
+        tiers: Tiers,
+        intake: Intake,
+        loop: asyncio.AbstractEventLoop,
         max_per_owner: int = 100,
         min_interval_seconds: float = 60.0,
     ) -> None:
         self.store = store
         self.templates = templates
         self.tiers = tiers
+        # A tick submits through the operation SubmitJob and CreateBulkJob call,
+        # on the server's event loop (`loop`), where `Jobs.submit` runs.
+        self.intake = intake
+        self.loop = loop
         self.max_per_owner = max_per_owner
         self.min_interval_seconds = min_interval_seconds
-        # Set by the app once its servicers exist: a tick submits as SubmitJob
-        # and CreateBulkJob do, on the server's event loop.
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.submitters: dict[str, Submitter] = {}
 
     # ---- RPCs -----------------------------------------------------------------
 
@@ -375,9 +374,13 @@ class Schedules:
 
     def _submit(self, caller: Caller, request: Message, origin: Doc) -> str:
         """Submit `request` as the schedule's owner on the server's event loop; the id made."""
-        kind = JOB if isinstance(request, KINDS[JOB]) else BULK_JOB
-        if self.loop is None or kind not in self.submitters:
-            raise RuntimeError("schedules are not wired to the job services")
-        call = self.submitters[kind](caller, request, origin)
-        made: Any = asyncio.run_coroutine_threadsafe(call, self.loop).result(TICK_SUBMIT_SECONDS)
-        return str(made.doc["_id"] if kind == BULK_JOB else made["_id"])
+        if isinstance(request, jobs_pb2.SubmitJobRequest):
+            job = self._on_loop(self.intake.submit(caller, request, origin))
+            return str(job["_id"])
+        assert isinstance(request, bulk_pb2.CreateBulkJobRequest)
+        view = self._on_loop(self.intake.create_bulk(caller, request, origin))
+        return str(view.doc["_id"])
+
+    def _on_loop(self, call: Coroutine[Any, Any, T]) -> T:
+        """`call`'s result, run on the server's event loop (a tick runs on the dispatcher's thread)."""
+        return asyncio.run_coroutine_threadsafe(call, self.loop).result(TICK_SUBMIT_SECONDS)

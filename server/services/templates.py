@@ -65,6 +65,14 @@ class RequestValues(Protocol):
         """The notification targets a request asks for (its list and its shorthands)."""
         ...
 
+    def priority_name(self, value: int) -> str:
+        """A Priority number as its name without PRIORITY_ (unspecified: "NORMAL")."""
+        ...
+
+    def schedule_us(self, request: jobs_pb2.SubmitJobRequest | bulk_pb2.CreateBulkJobRequest) -> int:
+        """A create request's schedule_time in epoch microseconds, 0 when unset (range checked)."""
+        ...
+
 
 def check_request(kind: str, request: Message, prefix: str, convert: RequestValues) -> list[FieldViolation]:
     """Everything wrong with a SubmitJobRequest (kind "job") or a

@@ -203,11 +203,18 @@ def _too_large() -> ServiceError:
     )
 
 
-def make_api(servicers: dict[ServiceDescriptor, object], secret: str) -> HttpApi:
-    """The API over the same servicers' RPC bodies as gRPC, with the same token check."""
+def make_api(
+    servicers: dict[ServiceDescriptor, object],
+    secret: str,
+    wrap: Callable[[Callable[[Any], Any]], Callable[[Any], Any]] | None = None,
+) -> HttpApi:
+    """The API over the same servicers' RPC bodies as gRPC, with the same token
+    check; each handler through `wrap` when given (the database's deadline)."""
     handlers: dict[str, Callable[[Any], Any]] = {}
     for service, servicer in servicers.items():
         handlers.update(plain_handlers(servicer, service))
+    if wrap is not None:
+        handlers = {name: wrap(handler) for name, handler in handlers.items()}
     return HttpApi(servicers, handlers, VerifiedTokens(secret))
 
 

@@ -10,11 +10,10 @@ from genjobs.v1 import bulk_pb2, bulk_pb2_grpc
 from server.api import convert
 from server.api.servicers.common import rpc
 from server.api.watch import Heartbeat, StreamCap, check_resume, follow
-from server.model.caller import Caller, current_caller
-from server.services.bulk import SNAPSHOT, Bulks, BulkView, bulk_event, is_final
+from server.model.caller import current_caller
+from server.services.bulk import SNAPSHOT, Bulks, bulk_event, is_final
 from server.services.events import EventHub
-from server.services.templates import Templates
-from server.storage.database import Doc
+from server.services.intake import Intake
 
 
 class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
@@ -23,40 +22,20 @@ class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
     def __init__(
         self,
         bulks: Bulks,
+        intake: Intake,
         hub: EventHub,
-        templates: Templates | None = None,
-        streams: StreamCap | None = None,
+        streams: StreamCap,
     ) -> None:
         self.bulks = bulks
+        self.intake = intake  # CreateBulkJob's operation, which a schedule's tick calls too
         self.hub = hub
-        self.templates = templates
-        self.streams = streams or StreamCap(100)  # open WatchBulkJob streams per owner
+        self.streams = streams  # open WatchBulkJob streams per owner
 
     @rpc
     async def CreateBulkJob(
         self, request: bulk_pb2.CreateBulkJobRequest, context: grpc.aio.ServicerContext
     ) -> bulk_pb2.BulkJob:
-        return convert.bulk_job(await self.create(current_caller(), request))
-
-    async def create(
-        self, caller: Caller, request: bulk_pb2.CreateBulkJobRequest, origin: Doc | None = None
-    ) -> BulkView:
-        """CreateBulkJob as `caller` (a schedule's tick too, with its `origin`
-        fields), through the template the request names, if any."""
-        if self.templates is not None:
-            request, origin = await self.templates.apply(caller.user, request, origin)
-        return await asyncio.to_thread(
-            self.bulks.create,
-            caller,
-            convert.mode_name(request.mode),
-            [convert.params_dict(item) for item in request.items],
-            request.request_id,
-            request.project,
-            convert.notify_targets(request),
-            origin,
-            convert.priority_name(request.priority),
-            convert.schedule_us(request),
-        )
+        return convert.bulk_job(await self.intake.create_bulk(current_caller(), request))
 
     @rpc
     async def GetBulkJob(

@@ -12,16 +12,14 @@ from google.protobuf import empty_pb2
 from server.api import convert
 from server.api.servicers.common import rpc
 from server.api.watch import Heartbeat, StreamCap, check_resume, follow
-from server.model.caller import Caller, current_caller
-from server.model.errors import Code, ServiceError
+from server.model.caller import current_caller
 from server.model.records import Job
 from server.services.budgets import Budgets, Limit
 from server.services.events import Event, EventHub
+from server.services.intake import Intake
 from server.services.jobs import Jobs
 from server.services.progress import ExternalProgress
-from server.services.templates import Templates
 from server.storage import records
-from server.storage.database import Doc
 from server.storage.events import SNAPSHOT
 from server.storage.jobs import final
 from server.storage.paging import JobFilter
@@ -55,21 +53,21 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     def __init__(
         self,
         jobs: Jobs,
+        intake: Intake,
         hub: EventHub,
-        progress: ExternalProgress | None = None,
-        templates: Templates | None = None,
-        budgets: Budgets | None = None,
-        streams: StreamCap | None = None,
-        stages: Sequence[str] = (),
+        progress: ExternalProgress,
+        budgets: Budgets,
+        streams: StreamCap,
+        stages: Sequence[str],
     ) -> None:
         self.jobs = jobs
+        self.intake = intake  # SubmitJob's operation, which a schedule's tick calls too
         # The stages the server's generator declares: every Job says them.
         self.stages = tuple(stages)
         self.hub = hub
         self.progress = progress
-        self.templates = templates
         self.budgets = budgets
-        self.streams = streams or StreamCap(100)  # open WatchJob streams per owner
+        self.streams = streams  # open WatchJob streams per owner
 
     def job(self, job: Job, full: bool = True) -> jobs_pb2.Job:
         """A job as the Job message, with the declared stages."""
@@ -79,27 +77,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
-        return self.job(records.job(await self.submit(current_caller(), request)))
-
-    async def submit(
-        self, caller: Caller, request: jobs_pb2.SubmitJobRequest, origin: Doc | None = None
-    ) -> Doc:
-        """SubmitJob as `caller` (a schedule's tick too, with its `origin` fields),
-        through the template the request names, if any."""
-        if self.templates is not None:
-            request, origin = await self.templates.apply(caller.user, request, origin)
-        return await self.jobs.submit(
-            caller,
-            convert.mode_name(request.mode),
-            convert.params_dict(request.params),
-            request.request_id,
-            request.project,
-            request.max_attempts,
-            notify=convert.notify_targets(request),
-            origin=origin,
-            priority=convert.priority_name(request.priority),
-            schedule_us=convert.schedule_us(request),
-        )
+        return self.job(records.job(await self.intake.submit(current_caller(), request)))
 
     @rpc
     async def GetJob(
@@ -210,8 +188,6 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def ReportProgress(
         self, request: jobs_pb2.ReportProgressRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
-        if self.progress is None:
-            raise ServiceError(Code.UNIMPLEMENTED, "UNIMPLEMENTED", "progress reports are off")
         await asyncio.to_thread(
             self.progress.report,
             request.job_id,
@@ -228,7 +204,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.SetBudgetRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Budget:
         limit = await asyncio.to_thread(
-            self._budgets().set_budget,
+            self.budgets.set_budget,
             current_caller(),
             request.owner,
             request.project,
@@ -240,7 +216,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def GetUsage(
         self, request: jobs_pb2.GetUsageRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Usage:
-        usage = await asyncio.to_thread(self._budgets().usage, current_caller(), request.owner)
+        usage = await asyncio.to_thread(self.budgets.usage, current_caller(), request.owner)
         return jobs_pb2.Usage(
             owner=usage.owner,
             month=usage.month,
@@ -255,17 +231,10 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def SetTier(
         self, request: jobs_pb2.SetTierRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Tier:
-        if self.jobs.tiers is None:
-            raise ServiceError(Code.UNIMPLEMENTED, "UNIMPLEMENTED", "tiers are off")
         doc = await asyncio.to_thread(self.jobs.tiers.set_tier, current_caller(), request.owner, request.tier)
         return jobs_pb2.Tier(
             owner=doc["owner"], tier=doc["tier"], update_time=convert.timestamp(doc["updated_us"])
         )
-
-    def _budgets(self) -> Budgets:
-        if self.budgets is None:
-            raise ServiceError(Code.UNIMPLEMENTED, "UNIMPLEMENTED", "budgets are off")
-        return self.budgets
 
 
 def budget_message(limit: Limit) -> jobs_pb2.Budget:

@@ -1,0 +1,210 @@
+"""Wiring in one place: every object of the server's domain and API built
+complete, once, in dependency order, each given its collaborators when it is
+made (no attribute is set on an object after it is built).
+
+Three cycles run through `Jobs`; each is broken by a small callback handed
+in at construction that reaches an object built later in `build` (none of
+them is called before `build` has returned and the server serves):
+
+- budgets <-> jobs: `Jobs` asks `Budgets` before queueing and tells it of every
+  change, and `Budgets` records the jobs it holds and releases through
+  `Jobs.record`: `Budgets` gets `record`, a callback to `Jobs.record`.
+- bulk jobs <-> jobs: `Bulks` works through `Jobs`, and `Jobs` tells it of every
+  item's change: `Jobs` gets `item_changed`, a callback to `Bulks.item_changed`.
+- dispatcher <-> jobs: `Jobs` offers new jobs to the dispatcher, which records
+  through `Jobs.record`, ticks the schedules (which submit through `Jobs`) and
+  sweeps the bulk jobs: `Jobs` gets `LaterDispatcher`, the `Wakeable` interface
+  over the dispatcher. The dispatcher itself gets `Jobs.record` directly,
+  so its hot path has no extra call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from server.api import convert
+from server.api.servicers.bulk import BulkServicer
+from server.api.servicers.jobs import JobServicer
+from server.api.servicers.schedules import ScheduleServicer
+from server.api.servicers.templates import TemplateServicer
+from server.api.watch import StreamCap
+from server.dispatch.dispatcher import Dispatcher
+from server.generators import Generator, declared_stages
+from server.model.progress import ProgressLink
+from server.notify.ending import EndNotifications
+from server.notify.sender import Notifier
+from server.runtime.config import Settings
+from server.runtime.factories import make_notifier
+from server.services.budgets import Budgets
+from server.services.bulk import Bulks
+from server.services.entitlement import Tiers
+from server.services.events import EventHub
+from server.services.intake import Intake
+from server.services.jobs import Jobs, Wakeable
+from server.services.progress import ExternalProgress
+from server.services.schedules import Schedules
+from server.services.templates import Templates
+from server.storage.budgets import BudgetStore
+from server.storage.database import Doc
+from server.storage.eventlog import EventLog
+from server.storage.schedules import ScheduleStore
+from server.storage.store import Store
+
+
+class LaterDispatcher(Wakeable):
+    """The dispatcher's `Wakeable` side for `Jobs`, which is built before it
+    (see the module's docstring): each call goes to `dispatcher()`."""
+
+    def __init__(self, dispatcher: Callable[[], Wakeable]) -> None:
+        self._dispatcher = dispatcher
+
+    def offer(self, ck: int, oid: Any, owner: str = "", rank: int = 1) -> None:
+        """A job entered the ready lane."""
+        self._dispatcher().offer(ck, oid, owner, rank)
+
+    def wake(self) -> None:
+        """Look at the queue again."""
+        self._dispatcher().wake()
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Stop `job_id` if it runs here; whether it did."""
+        return self._dispatcher().request_cancel(job_id)
+
+
+@dataclass(frozen=True)
+class Services:
+    """The server's domain objects (and its dispatcher), built by `build`."""
+
+    notifier: Notifier
+    job_notifications: EndNotifications
+    tiers: Tiers
+    schedule_store: ScheduleStore
+    templates: Templates
+    budgets: Budgets
+    jobs: Jobs
+    bulks: Bulks
+    intake: Intake
+    schedules: Schedules
+    dispatcher: Dispatcher
+    progress: ExternalProgress
+
+
+def build(
+    settings: Settings,
+    store: Store,
+    hub: EventHub,
+    event_log: EventLog,
+    webhook_secret: str,
+    generator: Generator,
+    progress_link: ProgressLink,
+    worker_id: str,
+    loop: asyncio.AbstractEventLoop,
+) -> Services:
+    """Every domain object and the dispatcher, complete, in dependency order."""
+
+    # The cycles' callbacks (see the module's docstring).
+    def record(doc: Doc, kind: str) -> None:
+        jobs.record(doc, kind)
+
+    def item_changed(doc: Doc, kind: str) -> None:
+        bulks.item_changed(doc, kind)
+
+    notifier = make_notifier(settings, store, webhook_secret)
+    job_notifications = EndNotifications(store, notifier)
+    tiers = Tiers(store.database.db)  # owners' stored tiers: who may have PRIORITY_HIGH
+    schedule_store = ScheduleStore(store.database)
+    templates = Templates(
+        schedule_store, convert, settings.max_templates_per_owner, settings.max_template_bytes
+    )
+    budgets = Budgets(BudgetStore(store), record, settings.max_queued_per_owner)
+    jobs = Jobs(
+        store,
+        hub,
+        event_log,
+        worker_id,
+        settings.max_attempts,
+        dispatcher=LaterDispatcher(lambda: dispatcher),
+        limits=budgets,
+        tiers=tiers,
+        notify_channels=notifier.channels,
+        # In this order: a bulk job's counts, the job's notification, its spend.
+        on_change=[item_changed, job_notifications.job_changed, budgets.job_changed],
+    )
+    bulks = Bulks(store, hub, jobs, job_notifications)
+    intake = Intake(jobs, bulks, templates, convert)
+    schedules = Schedules(
+        schedule_store,
+        templates,
+        tiers,
+        intake,
+        loop,
+        settings.max_schedules_per_owner,
+        settings.min_schedule_interval_seconds,
+    )
+    dispatcher = Dispatcher(
+        store,
+        generator,
+        worker_id,
+        record=jobs.record,
+        lease_seconds=settings.lease_seconds,
+        poll_seconds=settings.poll_seconds,
+        retry_base_seconds=settings.retry_base_seconds,
+        # Often enough that a completed job outlives its retention by at most a quarter.
+        sweep_seconds=min(60.0, settings.retention_days * 86400 / 4),
+        tickers=[schedules.tick],
+        concurrency=settings.concurrency,
+        gap_seconds=settings.job_gap_seconds,
+        sweepers=[bulks.recover, job_notifications.recover, budgets.recover],
+        admit=budgets.admit,
+        release=budgets.release,
+    )
+    progress = ExternalProgress(store, progress_link.tokens, jobs.record)
+    return Services(
+        notifier=notifier,
+        job_notifications=job_notifications,
+        tiers=tiers,
+        schedule_store=schedule_store,
+        templates=templates,
+        budgets=budgets,
+        jobs=jobs,
+        bulks=bulks,
+        intake=intake,
+        schedules=schedules,
+        dispatcher=dispatcher,
+        progress=progress,
+    )
+
+
+@dataclass(frozen=True)
+class Servicers:
+    """The four gRPC servicers, which the HTTP face serves too."""
+
+    jobs: JobServicer
+    bulk: BulkServicer
+    schedules: ScheduleServicer
+    templates: TemplateServicer
+
+    def in_order(self) -> tuple[object, ...]:
+        """In the order of `app.SERVICE_NAMES`: JobService, BulkService, ScheduleService, TemplateService."""
+        return (self.jobs, self.bulk, self.schedules, self.templates)
+
+
+def servicers(services: Services, hub: EventHub, streams: StreamCap, generator: Generator) -> Servicers:
+    """The servicers over `services`: protobuf in, a domain call, protobuf out."""
+    return Servicers(
+        jobs=JobServicer(
+            services.jobs,
+            services.intake,
+            hub,
+            services.progress,
+            services.budgets,
+            streams,
+            declared_stages(generator),
+        ),
+        bulk=BulkServicer(services.bulks, services.intake, hub, streams),
+        schedules=ScheduleServicer(services.schedules),
+        templates=TemplateServicer(services.templates),
+    )
