@@ -28,6 +28,6 @@ VOLUME /data
 EXPOSE 50051 9464
 # The gRPC health service: SERVING while the database answers.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
-    CMD ["python", "-m", "server.runtime.probe"]
+    CMD ["python", "-m", "genjobs.server.runtime.probe"]
 STOPSIGNAL SIGTERM
 CMD ["genjobs-server"]

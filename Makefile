@@ -12,7 +12,20 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(MAKE) --no-print-directory $(TYPECHECK)
 	touch $(STAMP)
+
+# The import names genjobs.server and genjobs.client map to the folders server/
+# and client/ (pyproject.toml's package-dir): the editable install's finder
+# follows that at run time, but mypy and import-linter read folders, so they
+# read this tree of links instead.
+TYPECHECK := $(VENV)/typecheck/genjobs
+$(TYPECHECK):
+	mkdir -p $(TYPECHECK)
+	ln -sfn ../../../protos/genjobs/__init__.py $(TYPECHECK)/__init__.py
+	ln -sfn ../../../protos/genjobs/v1 $(TYPECHECK)/v1
+	ln -sfn ../../../server $(TYPECHECK)/server
+	ln -sfn ../../../client $(TYPECHECK)/client
 
 run: $(STAMP)
 	$(BIN)/genjobs-server
@@ -45,7 +58,7 @@ lint: $(STAMP) $(BUF)
 	$(BIN)/ruff check server client tests bench examples
 	$(BIN)/ruff format --check server client tests bench examples
 	$(BIN)/mypy
-	$(BIN)/lint-imports
+	PYTHONPATH=$(VENV)/typecheck $(BIN)/lint-imports
 
 $(BUF):
 	npm install --silent --prefix $(VENV)/buf @bufbuild/buf@1

@@ -25,12 +25,12 @@ import time
 from common import COUNTER, ServerProcess, ServerThread, make_settings, measured, median, scratch, start_mongo
 from service_bench import RPC_THREADS, submit_jobs
 
-from client import GenJobsClient
-from server.api.auth import make_token
-from server.runtime.config import Settings
-from server.services.budgets import Budgets
-from server.storage.budgets import BudgetStore
-from server.storage.store import Store
+from genjobs.client import GenJobsClient
+from genjobs.server.api.auth import make_token
+from genjobs.server.runtime.config import Settings
+from genjobs.server.services.budgets import Budgets
+from genjobs.server.storage.budgets import BudgetStore
+from genjobs.server.storage.store import Store
 from tests.harness import SECRET
 
 RUNS = 5

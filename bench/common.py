@@ -118,7 +118,7 @@ class Redis:
     """A redis-server on a free port, for the RQ and Celery comparisons."""
 
     def __init__(self) -> None:
-        from server.runtime.embedded import free_port
+        from genjobs.server.runtime.embedded import free_port
 
         self.port = free_port()
         self.process = subprocess.Popen(

@@ -32,9 +32,9 @@ from pathlib import Path
 import pymongo
 from common import COUNTER, Redis, median, scratch, start_mongo
 
-from server.dispatch.fairshare import FairShare
-from server.storage.queue import READY
-from server.storage.store import Store
+from genjobs.server.dispatch.fairshare import FairShare
+from genjobs.server.storage.queue import READY
+from genjobs.server.storage.store import Store
 from tests.harness import seed_job
 
 OWNERS, QUEUED, HISTORY = 100, 10_000, 40_000
@@ -140,7 +140,7 @@ def dispatch_against(ref: str) -> None:
     rates: dict[str, list[float]] = {ref: [], "this tree": [], "RQ": []}
     for _ in range(3):
         for name, tree in ((ref, there), ("this tree", here)):
-            os.chdir(tree)  # the server process runs `python -m server` from here
+            os.chdir(tree)  # the server process runs `python -m genjobs.server` from here
             rates[name].append(dispatch_bench.genjobs_rate(mongo.uri))
         rates["RQ"].append(dispatch_bench.rq_rate(redis))
     redis.stop()

@@ -26,9 +26,9 @@ from dataclasses import replace
 
 import openai
 from common import ServerProcess, make_settings, median, process_cpu, scratch, start_mongo
-from genjobs.v1 import jobs_pb2 as S
 
-from client import GenJobsClient
+from genjobs.client import GenJobsClient
+from genjobs.v1 import jobs_pb2 as S
 from tests.fake_openai import FakeOpenAI, Plan
 
 CHUNKS = 1000

@@ -38,8 +38,8 @@ from typing import Any
 import pymongo
 from common import ServerProcess, make_settings, percentile, process_cpu, scratch, start_mongo
 
-from server.storage.database import Database
-from server.storage.store import Store
+from genjobs.server.storage.database import Database
+from genjobs.server.storage.store import Store
 from tests.harness import seed_job
 
 CALLERS = 8

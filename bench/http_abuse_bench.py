@@ -24,9 +24,9 @@ from dataclasses import replace
 
 import grpc
 from common import ServerProcess, make_settings, median, percentile, process_cpu, scratch, start_mongo
-from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 
-from server.runtime.embedded import free_port
+from genjobs.server.runtime.embedded import free_port
+from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from tests.harness import wait_for
 
 HEADER_BYTES = 100 * 1024 * 1024

@@ -21,10 +21,10 @@ from datetime import datetime
 
 import grpc
 from common import ServerProcess, make_settings, median, percentile, scratch, start_mongo
-from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from watch_bench import fan_out
 
-from server.runtime.embedded import free_port
+from genjobs.server.runtime.embedded import free_port
+from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from tests.harness import wait_for
 from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS
 

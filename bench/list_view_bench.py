@@ -13,10 +13,10 @@ from __future__ import annotations
 import time
 
 from common import ServerProcess, make_settings, median, scratch, start_mongo
-from genjobs.v1 import jobs_pb2
 
-from server.storage.paging import JobFilter
-from server.storage.store import Store
+from genjobs.server.storage.paging import JobFilter
+from genjobs.server.storage.store import Store
+from genjobs.v1 import jobs_pb2
 
 JOBS = 50
 WORDS = 2000

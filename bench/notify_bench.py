@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from common import ServerProcess, make_settings, median, percentile, scratch, start_mongo
 
-from server.runtime.embedded import free_port
+from genjobs.server.runtime.embedded import free_port
 from tests.harness import wait_for
 from tests.receivers import MailServer, Receiver
 

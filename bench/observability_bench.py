@@ -32,8 +32,8 @@ from common import MongoServer, ServerProcess, make_settings, measured, median, 
 from dispatch_bench import drain
 from service_bench import submit_jobs
 
-from server.runtime.config import Settings
-from server.runtime.embedded import free_port
+from genjobs.server.runtime.config import Settings
+from genjobs.server.runtime.embedded import free_port
 from tests.harness import wait_for
 
 ROUNDS = 7
@@ -44,9 +44,9 @@ GRACE_SECONDS = 2.0
 # interceptor (server/telemetry/, server/runtime/observability.py) become no-ops (what genjobs was before it).
 _BARE = """
 import contextlib
-import server.runtime.observability as o
-import server.telemetry.context as c
-import server.telemetry.metrics as m
+import genjobs.server.runtime.observability as o
+import genjobs.server.telemetry.context as c
+import genjobs.server.telemetry.metrics as m
 for _name in ("job_submitted", "job_changed", "attempt_started", "attempt_ended", "attempt_lost",
               "leader", "webhook_delivery", "queue_gauges"):
     setattr(m, _name, lambda *args, **kwargs: None)

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from bson import ObjectId
 from common import start_mongo  # first: it puts the project on the path
 
-from server.storage.budgets import BudgetStore
-from server.storage.store import Store
+from genjobs.server.storage.budgets import BudgetStore
+from genjobs.server.storage.store import Store
 from tests.harness import seed_job
 
 CALLS = 50

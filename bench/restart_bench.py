@@ -29,12 +29,13 @@ import time
 from pathlib import Path
 
 import grpc
-from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server.api.auth import make_token
+from genjobs.server.api.auth import make_token
 from tests.harness import SECRET, ServerProcess, make_settings
 
 

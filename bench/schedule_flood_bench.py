@@ -19,10 +19,10 @@ import statistics
 import time
 
 from common import ServerThread, make_settings, scratch, start_mongo
-from genjobs.v1 import jobs_pb2
 
-from client import GenJobsError
-from client.client import params
+from genjobs.client import GenJobsError
+from genjobs.client.client import params
+from genjobs.v1 import jobs_pb2
 
 FLOOD = 500
 WINDOW_SECONDS = 31.0
@@ -54,7 +54,7 @@ def one_run(mongo_uri: str) -> tuple[int, int, float, int, float, float]:
     settings = make_settings(mongo_uri, scratch(), min_schedule_interval_seconds=1.0)
     server = ServerThread(settings).start()
     lines = Lines()
-    logger = logging.getLogger("server.services.schedules")
+    logger = logging.getLogger("genjobs.server.services.schedules")
     logger.addHandler(lines)
     logger.setLevel(logging.INFO)
     try:

@@ -25,8 +25,8 @@ from common import (
     start_mongo,
 )
 
-from server.storage.paging import TOTAL_SIZE_CAP
-from server.storage.store import Store
+from genjobs.server.storage.paging import TOTAL_SIZE_CAP
+from genjobs.server.storage.store import Store
 from tests.harness import seed_job
 
 # Where the server sends an RPC's commands from: the executor's threads,

@@ -82,6 +82,10 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
                 for alias in node.names
             ]
         for target in targets:
+            # Since the packaging of issue 28 the folders server/ and client/ are
+            # imported as genjobs.server and genjobs.client; names here are by folder.
+            if target.startswith(("genjobs.server", "genjobs.client")):
+                target = target.removeprefix("genjobs.")
             while target and target not in known:
                 target = target.rpartition(".")[0]
             if target and target != name and not name.startswith(target + "."):

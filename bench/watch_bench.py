@@ -14,9 +14,9 @@ from pathlib import Path
 
 import grpc
 from common import ServerProcess, make_settings, median, percentile, scratch, start_mongo
-from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from grpc_floor import floor_latencies
 
+from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from tests.harness import wait_for
 
 FAN_OUT = 1_000

@@ -1,7 +1,7 @@
 """The genjobs Python client and command line."""
 
-from client.client import GenJobsClient
-from client.errors import (
+from genjobs.client.client import GenJobsClient
+from genjobs.client.errors import (
     AlreadyExists,
     FailedPrecondition,
     GenJobsError,

@@ -9,6 +9,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+# The exceptions live in client.errors; named here too, so that
+# `from client.client import NotFound` goes on working.
+from genjobs.client.errors import AlreadyExists as AlreadyExists
+from genjobs.client.errors import FailedPrecondition as FailedPrecondition
+from genjobs.client.errors import GenJobsError as GenJobsError
+from genjobs.client.errors import InvalidArgument as InvalidArgument
+from genjobs.client.errors import NotFound as NotFound
+from genjobs.client.errors import ResourceExhausted as ResourceExhausted
+from genjobs.client.errors import Unauthenticated as Unauthenticated
+from genjobs.client.errors import Unavailable as Unavailable
+from genjobs.client.errors import translate as translate
 from genjobs.v1 import (
     bulk_pb2,
     bulk_pb2_grpc,
@@ -19,19 +32,6 @@ from genjobs.v1 import (
     templates_pb2,
     templates_pb2_grpc,
 )
-from google.protobuf.timestamp_pb2 import Timestamp
-
-# The exceptions live in client.errors; named here too, so that
-# `from client.client import NotFound` goes on working.
-from client.errors import AlreadyExists as AlreadyExists
-from client.errors import FailedPrecondition as FailedPrecondition
-from client.errors import GenJobsError as GenJobsError
-from client.errors import InvalidArgument as InvalidArgument
-from client.errors import NotFound as NotFound
-from client.errors import ResourceExhausted as ResourceExhausted
-from client.errors import Unauthenticated as Unauthenticated
-from client.errors import Unavailable as Unavailable
-from client.errors import translate as translate
 
 T = TypeVar("T")
 # Told that a watch lost the server (the error) or reached it again (None).

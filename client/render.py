@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2, templates_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -17,7 +16,8 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskProgres
 from rich.table import Column, Table
 from rich.text import Text
 
-from client.client import ReconnectHook
+from genjobs.client.client import ReconnectHook
+from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2, templates_pb2
 
 E = TypeVar("E")  # a stream's event
 S = TypeVar("S")  # the state an event carries

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
+
 from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 STAGES = (("research", 20), ("outline", 40), ("drafting", 80), ("editing", 95))

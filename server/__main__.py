@@ -1,4 +1,4 @@
-"""`genjobs-server` (and `python -m server`): serve, or print a token."""
+"""`genjobs-server` (and `python -m genjobs.server`): serve, or print a token."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from server.api.auth import load_secret, make_token
-from server.runtime import observability
-from server.runtime.app import App, run
-from server.runtime.config import Settings, add_flags
+from genjobs.server.api.auth import load_secret, make_token
+from genjobs.server.runtime import observability
+from genjobs.server.runtime.app import App, run
+from genjobs.server.runtime.config import Settings, add_flags
 
 
 def _parser() -> argparse.ArgumentParser:

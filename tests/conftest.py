@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from client import GenJobsClient
+from genjobs.client import GenJobsClient
 from tests.harness import MongoServer, ServerThread, make_settings
 
 # The modules that take a minute or more. `make test` spreads modules over

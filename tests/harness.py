@@ -17,18 +17,18 @@ from typing import Any
 
 import grpc
 import pymongo
-from genjobs.v1 import jobs_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client import GenJobsClient
-from server.api.auth import make_token
-from server.model.records import Submission
-from server.model.vocabulary import Mode
-from server.runtime.app import App, run
-from server.runtime.config import Settings
-from server.runtime.embedded import free_port
-from server.storage import records
-from server.storage.store import Store
+from genjobs.client import GenJobsClient
+from genjobs.server.api.auth import make_token
+from genjobs.server.model.records import Submission
+from genjobs.server.model.vocabulary import Mode
+from genjobs.server.runtime.app import App, run
+from genjobs.server.runtime.config import Settings
+from genjobs.server.runtime.embedded import free_port
+from genjobs.server.storage import records
+from genjobs.server.storage.store import Store
+from genjobs.v1 import jobs_pb2
 
 SECRET = "test-secret-0123456789abcdef0123"
 
@@ -239,7 +239,7 @@ def server_env(settings: Settings) -> dict[str, str]:
 
 
 class ServerProcess:
-    """`python -m server` in a subprocess (for kill -9 and multi-process tests)."""
+    """`python -m genjobs.server` in a subprocess (for kill -9 and multi-process tests)."""
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self.settings = replace(settings, port=free_port())

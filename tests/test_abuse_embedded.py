@@ -13,12 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from genjobs.v1 import jobs_pb2
 from grpc_health.v1 import health_pb2
 
-from client import GenJobsClient, Unavailable
-from client.client import params
-from server.runtime.embedded import DATABASE_MODULE
+from genjobs.client import GenJobsClient, Unavailable
+from genjobs.client.client import params
+from genjobs.server.runtime.embedded import DATABASE_MODULE
+from genjobs.v1 import jobs_pb2
 from tests.harness import (
     MongoServer,
     ServerProcess,
@@ -286,8 +286,8 @@ def test_hung_embedded_database_is_replaced(tmp_path: Path, monkeypatch: pytest.
     """An embedded database that answers nothing for HUNG_SECONDS (frozen here;
     3 s instead of 60 for the test) is killed and a new one started on the
     same data: the server serves again, with the jobs from before."""
-    monkeypatch.setattr("server.runtime.app.HUNG_SECONDS", 3.0)
-    monkeypatch.setattr("server.runtime.embedded.HUNG_SECONDS", 3.0)
+    monkeypatch.setattr("genjobs.server.runtime.app.HUNG_SECONDS", 3.0)
+    monkeypatch.setattr("genjobs.server.runtime.embedded.HUNG_SECONDS", 3.0)
     data = tmp_path / "data"
     server = ServerThread(make_settings("", data)).start()
     try:

@@ -19,11 +19,11 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from genjobs.v1 import bulk_pb2, jobs_pb2, jobs_pb2_grpc, schedules_pb2, templates_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
-from client import NotFound
-from server.api.http.transcode import routes
+from genjobs.client import NotFound
+from genjobs.server.api.http.transcode import routes
+from genjobs.v1 import bulk_pb2, jobs_pb2, jobs_pb2_grpc, schedules_pb2, templates_pb2
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 
 SERVICES = [

@@ -16,11 +16,11 @@ from typing import Any, ClassVar
 import grpc
 import pymongo
 import pytest
-from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 
-from client import GenJobsClient
-from client.client import InvalidArgument, ResourceExhausted
-from server.model import clock
+from genjobs.client import GenJobsClient
+from genjobs.client.client import InvalidArgument, ResourceExhausted
+from genjobs.server.model import clock
+from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 from tests.receivers import JsonHandler, serving
 from tests.test_cli import Cli

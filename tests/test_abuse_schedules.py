@@ -16,10 +16,10 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from genjobs.v1 import bulk_pb2, jobs_pb2, jobs_pb2_grpc
 
-from client import GenJobsClient, GenJobsError
-from client.client import params
+from genjobs.client import GenJobsClient, GenJobsError
+from genjobs.client.client import params
+from genjobs.v1 import bulk_pb2, jobs_pb2, jobs_pb2_grpc
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 
 EVERY_SECOND = "* * * * * *"
@@ -108,7 +108,7 @@ def test_a_schedule_stored_before_the_limit_ticks_no_faster_than_it(
 
 
 def test_the_least_interval_of_a_cron() -> None:
-    from server.services.schedules import least_interval
+    from genjobs.server.services.schedules import least_interval
 
     assert least_interval(EVERY_SECOND) == 1
     assert least_interval("*/5 * * * * *") == 5
@@ -159,7 +159,7 @@ def test_another_owners_schedule_ticks_on_time_beside_a_flood(capped: ServerThre
 
 
 def test_due_ticks_are_taken_round_robin_between_owners() -> None:
-    from server.services.schedules import fair_order
+    from genjobs.server.services.schedules import fair_order
 
     # 300 of mallory's ticks due first, then one each of bob's and carol's.
     due = [{"_id": i, "owner": "mallory"} for i in range(300)]
@@ -174,7 +174,7 @@ def test_due_ticks_are_taken_round_robin_between_owners() -> None:
 def test_a_failing_schedule_says_so_and_logs_once_per_change(
     alice: GenJobsClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="server.services.schedules")
+    caplog.set_level(logging.INFO, logger="genjobs.server.services.schedules")
     alice.create_template("digest", job=job())
     schedule = alice.create_schedule(EVERY_SECOND, template="digest")
     wait_for(lambda: alice.get_schedule(schedule.id).run_count >= 1, timeout=30)
@@ -191,7 +191,9 @@ def test_a_failing_schedule_says_so_and_logs_once_per_change(
     wait_for(lambda: alice.get_schedule(schedule.id).last_error == "", timeout=30, interval=0.2)
     alice.delete_schedule(schedule.id)
     lines = [
-        r for r in caplog.records if r.name == "server.services.schedules" and schedule.id in r.getMessage()
+        r
+        for r in caplog.records
+        if r.name == "genjobs.server.services.schedules" and schedule.id in r.getMessage()
     ]
     # One line when it starts failing, one when it runs again: not one per tick.
     assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]

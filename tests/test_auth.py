@@ -5,10 +5,10 @@ from __future__ import annotations
 import grpc
 import jwt
 import pytest
-from genjobs.v1 import bulk_pb2, bulk_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client import Unauthenticated, translate
+from genjobs.client import Unauthenticated, translate
+from genjobs.v1 import bulk_pb2, bulk_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from tests.harness import SECRET, ServerThread
 
 

@@ -18,16 +18,16 @@ import httpx
 import pymongo
 import pytest
 from bson import ObjectId
-from genjobs.v1 import bulk_pb2, jobs_pb2, jobs_pb2_grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from pymongo.database import Database
 
-from client import GenJobsClient, GenJobsError, ResourceExhausted
-from server.model import clock
-from server.services.budgets import Budgets, month_of
-from server.storage.budgets import BudgetStore, budget_key, usage_key
-from server.storage.store import Store
+from genjobs.client import GenJobsClient, GenJobsError, ResourceExhausted
+from genjobs.server.model import clock
+from genjobs.server.services.budgets import Budgets, month_of
+from genjobs.server.storage.budgets import BudgetStore, budget_key, usage_key
+from genjobs.server.storage.store import Store
+from genjobs.v1 import bulk_pb2, jobs_pb2, jobs_pb2_grpc
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 
 WORDS = 500  # 5 cents a job
@@ -322,8 +322,8 @@ def test_a_free_job_writes_no_spend(mongo: MongoServer, tmp_path: Path) -> None:
 
 def test_quota_failure_stays_small() -> None:
     """Unit: a QuotaFailure echoes at most a bounded subject and description."""
-    from server.api.status import to_status
-    from server.model.errors import quota_exceeded
+    from genjobs.server.api.status import to_status
+    from genjobs.server.model.errors import quota_exceeded
 
     status = to_status(
         quota_exceeded("BUDGET_EXHAUSTED", "owner:" + "x" * 5000, "y" * 5000, {"owner": "x" * 5000})
@@ -383,7 +383,7 @@ def test_months_and_project_keys() -> None:
     """Unit: spend is kept by calendar month (UTC), under reversible project keys."""
     from datetime import UTC, datetime
 
-    from server.storage.budgets import project_field, project_name
+    from genjobs.server.storage.budgets import project_field, project_name
 
     last = clock.to_us(datetime(2026, 11, 30, 23, 59, 59, 999999, tzinfo=UTC))
     assert (month_of(last), month_of(last + 1)) == ("2026-11", "2026-12")

@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 import pymongo
 import pytest
 from bson import ObjectId
-from genjobs.v1 import bulk_pb2, jobs_pb2
 
-from client import FailedPrecondition, GenJobsClient, InvalidArgument, NotFound
+from genjobs.client import FailedPrecondition, GenJobsClient, InvalidArgument, NotFound
+from genjobs.v1 import bulk_pb2, jobs_pb2
 from tests.harness import MongoServer, ServerThread, make_settings, serving, wait_for
 
 B = bulk_pb2

@@ -32,9 +32,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from genjobs.v1 import bulk_pb2, jobs_pb2
 
-from client import GenJobsClient, GenJobsError
+from genjobs.client import GenJobsClient, GenJobsError
+from genjobs.v1 import bulk_pb2, jobs_pb2
 from tests.harness import MongoServer, ServerProcess, make_settings, wait_for
 
 S = jobs_pb2

@@ -8,13 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
-from genjobs.v1 import jobs_pb2
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
-from client import GenJobsClient
-from client.cli import app, globals_first
-from client.render import follow_job
+from genjobs.client import GenJobsClient
+from genjobs.client.cli import app, globals_first
+from genjobs.client.render import follow_job
+from genjobs.v1 import jobs_pb2
 from tests.harness import SECRET, ServerThread, wait_for
 
 # Every top-level command and command group of `genjobs`.

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from genjobs.v1 import bulk_pb2, jobs_pb2
 from rich.console import Console
 from typer.testing import Result
 
-from client import GenJobsClient
-from client.render import follow_job
-from server.runtime.embedded import free_port
+from genjobs.client import GenJobsClient
+from genjobs.client.render import follow_job
+from genjobs.server.runtime.embedded import free_port
+from genjobs.v1 import bulk_pb2, jobs_pb2
 from tests.harness import SECRET, MongoServer, ServerProcess, ServerThread, make_settings, wait_for
 from tests.test_cli import Cli, final_status
 

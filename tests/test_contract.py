@@ -9,13 +9,13 @@ from pathlib import Path
 import grpc
 import jwt
 import pytest
-from genjobs.v1 import bulk_pb2, jobs_pb2
 from google.api import field_behavior_pb2, resource_pb2
 from google.rpc import error_details_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
 
-from client import GenJobsClient, GenJobsError, translate
+from genjobs.client import GenJobsClient, GenJobsError, translate
+from genjobs.v1 import bulk_pb2, jobs_pb2
 from tests.harness import SECRET, MongoServer, ServerThread, make_settings, wait_for
 
 S = jobs_pb2

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from genjobs.v1 import bulk_pb2, jobs_pb2
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from client import GenJobsClient
+from genjobs.client import GenJobsClient
+from genjobs.v1 import bulk_pb2, jobs_pb2
 from tests.harness import ServerThread, wait_for
 
 CHROMIUM = "/usr/bin/chromium"

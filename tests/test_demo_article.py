@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import re
 
+from genjobs.client import GenJobsClient
 from genjobs.v1 import jobs_pb2
-
-from client import GenJobsClient
 from tests.harness import wait_for
 
 

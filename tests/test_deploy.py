@@ -20,8 +20,8 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.runtime.embedded import free_port
-from server.telemetry import metrics
+from genjobs.server.runtime.embedded import free_port
+from genjobs.server.telemetry import metrics
 from tests.harness import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,16 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
-from genjobs.v1 import bulk_pb2, jobs_pb2
 
-from client import GenJobsClient
-from server.api.convert import stages_done
-from server.generators import declared_stages
-from server.model.records import Job, Params, Progress
-from server.model.states import Status
-from server.model.vocabulary import Mode
-from server.runtime.config import Settings
-from server.runtime.factories import make_generator
+from genjobs.client import GenJobsClient
+from genjobs.server.api.convert import stages_done
+from genjobs.server.generators import declared_stages
+from genjobs.server.model.records import Job, Params, Progress
+from genjobs.server.model.states import Status
+from genjobs.server.model.vocabulary import Mode
+from genjobs.server.runtime.config import Settings
+from genjobs.server.runtime.factories import make_generator
+from genjobs.v1 import bulk_pb2, jobs_pb2
 from tests.fake_openai import FakeOpenAI, Plan
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 from tests.test_cli import Cli, final_status

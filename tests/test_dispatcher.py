@@ -13,11 +13,11 @@ from typing import Any, ClassVar
 import grpc
 import pymongo
 import pytest
-from genjobs.v1 import jobs_pb2
 
-from client import GenJobsClient, Unavailable
-from server.storage.queue import READY
-from server.storage.store import Store
+from genjobs.client import GenJobsClient, Unavailable
+from genjobs.server.storage.queue import READY
+from genjobs.server.storage.store import Store
+from genjobs.v1 import jobs_pb2
 from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings, seed_job, wait_for
 from tests.receivers import JsonHandler, serving
 

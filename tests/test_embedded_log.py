@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pymongo
 
-from server.runtime import quiet_nx
+from genjobs.server.runtime import quiet_nx
 from tests.harness import ServerProcess, make_settings
 
 

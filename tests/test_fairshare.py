@@ -15,14 +15,14 @@ from pathlib import Path
 import pymongo
 import pytest
 from bson import ObjectId
-from genjobs.v1 import jobs_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from client import GenJobsClient
-from client.cli import parse_at
-from client.client import GenJobsError, InvalidArgument
-from server.dispatch.fairshare import Candidates, FairShare, Pick
-from server.storage.outage import Outage
+from genjobs.client import GenJobsClient
+from genjobs.client.cli import parse_at
+from genjobs.client.client import GenJobsError, InvalidArgument
+from genjobs.server.dispatch.fairshare import Candidates, FairShare, Pick
+from genjobs.server.storage.outage import Outage
+from genjobs.v1 import jobs_pb2
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 from tests.test_cli import Cli
 

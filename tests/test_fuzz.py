@@ -24,6 +24,10 @@ from typing import Any
 import grpc
 import pymongo
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from genjobs.v1 import (
     bulk_pb2,
     bulk_pb2_grpc,
@@ -34,10 +38,6 @@ from genjobs.v1 import (
     templates_pb2,
     templates_pb2_grpc,
 )
-from google.protobuf.timestamp_pb2 import Timestamp
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 
 # The server shares this process: its dispatcher's retry jitter draws from

@@ -28,7 +28,7 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.api.http.transcode import Route, routes
+from genjobs.server.api.http.transcode import Route, routes
 from tests.harness import MongoServer, ServerThread, make_settings
 from tests.test_abuse_http import MALFORMED, SERVICES
 from tests.test_fuzz import ADMIN_RPCS, REQUESTS, Fuzzer, seed

@@ -19,17 +19,17 @@ import pytest
 from bson import ObjectId
 from pymongo import monitoring
 
-from server.model import clock
-from server.model.caller import Caller
-from server.model.channels import CHANNELS
-from server.notify.quota import MailQuota
-from server.services.budgets import Budgets
-from server.storage.budgets import BudgetStore
-from server.storage.database import Database
-from server.storage.paging import TOTAL_SIZE_CAP, JobFilter
-from server.storage.queue import BACKOFF, HELD, READY
-from server.storage.schedules import ScheduleStore
-from server.storage.store import Store
+from genjobs.server.model import clock
+from genjobs.server.model.caller import Caller
+from genjobs.server.model.channels import CHANNELS
+from genjobs.server.notify.quota import MailQuota
+from genjobs.server.services.budgets import Budgets
+from genjobs.server.storage.budgets import BudgetStore
+from genjobs.server.storage.database import Database
+from genjobs.server.storage.paging import TOTAL_SIZE_CAP, JobFilter
+from genjobs.server.storage.queue import BACKOFF, HELD, READY
+from genjobs.server.storage.schedules import ScheduleStore
+from genjobs.server.storage.store import Store
 from tests.harness import MongoServer, ServerThread, seed_job
 from tests.test_cli import Cli
 

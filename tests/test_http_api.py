@@ -10,11 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
-from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2, templates_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.api.http.face import port_setting
-from server.api.http.transcode import routes, split_custom
+from genjobs.server.api.http.face import port_setting
+from genjobs.server.api.http.transcode import routes, split_custom
+from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2, templates_pb2
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 
 FINAL = {"JOB_STATUS_COMPLETED", "JOB_STATUS_FAILED", "JOB_STATUS_CANCELLED"}

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from genjobs.v1 import jobs_pb2 as S
 
-from client import GenJobsClient
-from server.generators.http import parse_headers
+from genjobs.client import GenJobsClient
+from genjobs.server.generators.http import parse_headers
+from genjobs.v1 import jobs_pb2 as S
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 
 SECRET_HEADER = "Bearer s3cret-value"

@@ -16,10 +16,10 @@ from typing import Any
 import grpc
 import jwt
 import pytest
-from genjobs.v1 import bulk_pb2, bulk_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 
+from genjobs.v1 import bulk_pb2, bulk_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from tests.harness import SECRET, MongoServer, ServerThread, make_settings, wait_for
 
 TRAILER_LIMIT = 2048
@@ -286,7 +286,7 @@ def test_long_extra_keys_are_not_echoed_whole(shared: ServerThread) -> None:
 
 
 def test_retry_cannot_be_hijacked_by_a_request_id(shared: ServerThread) -> None:
-    from server.storage.paging import request_key
+    from genjobs.server.storage.paging import request_key
 
     me = Caller(shared)
     failing = jobs_pb2.SubmitJobRequest(
@@ -339,7 +339,7 @@ def test_a_subject_with_control_characters_is_unauthenticated(shared: ServerThre
 
 
 def test_request_keys_are_unambiguous() -> None:
-    from server.storage.paging import request_key
+    from genjobs.server.storage.paging import request_key
 
     assert request_key("a\x1fb", "request", "c") != request_key("a", "request", "b\x1fc")
     assert request_key("a", "request", "retry-of", "x") != request_key("a", "retry-of", "x")
@@ -465,8 +465,8 @@ def test_a_page_of_large_jobs_fits_in_a_reply(shared: ServerThread) -> None:
 
 def test_the_worst_error_fits_in_two_kilobytes() -> None:
     """Pure logic: the bounds of errors.to_status hold for the largest inputs."""
-    from server.api.status import to_status
-    from server.model.errors import Code, FieldViolation, ServiceError, invalid
+    from genjobs.server.api.status import to_status
+    from genjobs.server.model.errors import Code, FieldViolation, ServiceError, invalid
 
     wide = "\U0010ffff" * 5000  # four bytes a character in UTF-8
     error = invalid([FieldViolation(wide, wide) for _ in range(10_000)])

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from genjobs.v1 import jobs_pb2
 
-from client import FailedPrecondition, GenJobsClient, InvalidArgument, NotFound
+from genjobs.client import FailedPrecondition, GenJobsClient, InvalidArgument, NotFound
+from genjobs.v1 import jobs_pb2
 from tests.harness import MongoServer, ServerThread, make_settings, serving, wait_for
 
 QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED = (

@@ -12,12 +12,12 @@ from typing import Any
 
 import pymongo
 import pytest
-from genjobs.v1 import jobs_pb2
 
-from client import GenJobsClient
-from server.dispatch.dispatcher import LEADER_LEASE
-from server.model.clock import now_us
-from server.runtime.config import Settings
+from genjobs.client import GenJobsClient
+from genjobs.server.dispatch.dispatcher import LEADER_LEASE
+from genjobs.server.model.clock import now_us
+from genjobs.server.runtime.config import Settings
+from genjobs.v1 import jobs_pb2
 from tests.harness import MongoServer, ServerThread, make_settings, serving, wait_for
 from tests.test_dispatcher import final
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import grpc
 from bson import ObjectId
 
-import server.notify  # noqa: F401  (the channels register themselves as it is imported)
-from server.model.errors import Code
-from server.model.records import Job, Params, Submission
-from server.model.states import Status
-from server.model.targets import NotifyTarget
-from server.model.vocabulary import Mode, Priority
-from server.storage import records
+import genjobs.server.notify  # noqa: F401  (the channels register themselves as it is imported)
+from genjobs.server.model.errors import Code
+from genjobs.server.model.records import Job, Params, Submission
+from genjobs.server.model.states import Status
+from genjobs.server.model.targets import NotifyTarget
+from genjobs.server.model.vocabulary import Mode, Priority
+from genjobs.server.storage import records
 
 
 def test_a_missing_or_unknown_priority_is_normal_and_high_runs_first() -> None:

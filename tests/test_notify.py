@@ -15,10 +15,10 @@ from typing import Any
 import pymongo
 import pytest
 from bson import ObjectId
-from genjobs.v1 import bulk_pb2, jobs_pb2
 
-from client import FailedPrecondition, GenJobsClient, InvalidArgument
-from server.runtime.embedded import free_port
+from genjobs.client import FailedPrecondition, GenJobsClient, InvalidArgument
+from genjobs.server.runtime.embedded import free_port
+from genjobs.v1 import bulk_pb2, jobs_pb2
 from tests.harness import MongoServer, ServerThread, make_settings, serving, wait_for
 from tests.receivers import MailServer, Receiver
 

@@ -17,17 +17,17 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from client import GenJobsClient, NotFound, Unauthenticated
-from server.api.auth import make_token
-from server.model import caller
-from server.runtime import observability
-from server.runtime.embedded import free_port
-from server.telemetry import context, metrics
+from genjobs.client import GenJobsClient, NotFound, Unauthenticated
+from genjobs.server.api.auth import make_token
+from genjobs.server.model import caller
+from genjobs.server.runtime import observability
+from genjobs.server.runtime.embedded import free_port
+from genjobs.server.telemetry import context, metrics
+from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from tests.harness import SECRET, MongoServer, ServerThread, make_settings, server_env, wait_for
 from tests.receivers import Receiver
 

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from genjobs.v1 import jobs_pb2 as S
 
-from client import GenJobsClient
-from client.client import InvalidArgument
-from server.generators.base import (
+from genjobs.client import GenJobsClient
+from genjobs.client.client import InvalidArgument
+from genjobs.server.generators.base import (
     GenerationCancelled,
     GenerationFailed,
     JobSpec,
@@ -26,12 +25,13 @@ from server.generators.base import (
     cost_cents,
     title_of,
 )
-from server.generators.openai import OpenAIGenerator, Price, parse_prices
-from server.generators.prompts import Prompts, fill
-from server.generators.watchdog import Watchdog
-from server.runtime.config import Settings
-from server.runtime.embedded import free_port
-from server.runtime.factories import make_generator
+from genjobs.server.generators.openai import OpenAIGenerator, Price, parse_prices
+from genjobs.server.generators.prompts import Prompts, fill
+from genjobs.server.generators.watchdog import Watchdog
+from genjobs.server.runtime.config import Settings
+from genjobs.server.runtime.embedded import free_port
+from genjobs.server.runtime.factories import make_generator
+from genjobs.v1 import jobs_pb2 as S
 from tests.fake_openai import FakeOpenAI, Plan
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 

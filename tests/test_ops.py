@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from server.runtime.embedded import DATABASE_MODULE, free_port
+from genjobs.server.runtime.embedded import DATABASE_MODULE, free_port
 from tests.harness import ServerProcess, make_settings, server_env, wait_for
 
 GENJOBS_SERVER = str(Path(sys.executable).parent / "genjobs-server")

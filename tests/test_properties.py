@@ -6,10 +6,10 @@ from __future__ import annotations
 import uuid
 
 import grpc
-from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from tests.harness import ServerThread
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)

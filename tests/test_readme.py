@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2, templates_pb2
 
-from client import GenJobsClient
-from server.api.http.transcode import routes
+from genjobs.client import GenJobsClient
+from genjobs.server.api.http.transcode import routes
+from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2, templates_pb2
 from tests.harness import SECRET, ServerThread, wait_for
 from tests.test_cli import COMMANDS
 

@@ -13,11 +13,11 @@ from typing import Any, ClassVar
 
 import grpc
 import pytest
+
+from genjobs.server.model.progress import AttemptTokens
+from genjobs.server.runtime.embedded import free_port
 from genjobs.v1 import jobs_pb2 as S
 from genjobs.v1 import jobs_pb2_grpc
-
-from server.model.progress import AttemptTokens
-from server.runtime.embedded import free_port
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 from tests.receivers import JsonHandler, serving
 

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-from genjobs.v1 import jobs_pb2
 from grpc_health.v1 import health_pb2
 
-from client import Unavailable
+from genjobs.client import Unavailable
+from genjobs.v1 import jobs_pb2
 from tests.harness import MongoServer, ServerThread, health_of, make_settings, settled, wait_for
 
 S = jobs_pb2

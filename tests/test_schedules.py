@@ -12,13 +12,13 @@ from typing import Any
 import pymongo
 import pytest
 from bson import ObjectId
-from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2
 
-from client import GenJobsClient, GenJobsError, InvalidArgument, NotFound
-from client.client import params
-from server.model import clock
-from server.runtime.app import App
-from server.services.schedules import latest_tick, next_tick
+from genjobs.client import GenJobsClient, GenJobsError, InvalidArgument, NotFound
+from genjobs.client.client import params
+from genjobs.server.model import clock
+from genjobs.server.runtime.app import App
+from genjobs.server.services.schedules import latest_tick, next_tick
+from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 from tests.test_cli import Cli
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from grpc_health.v1 import health_pb2
 
-from client import Unavailable
+from genjobs.client import Unavailable
 from tests.harness import MongoServer, ServerProcess, ServerThread, health_of, make_settings, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,7 +109,7 @@ def test_token_command_prints_a_token_the_server_accepts(server: ServerThread, t
         capture_output=True,
         text=True,
     ).stdout.strip()
-    from client import GenJobsClient
+    from genjobs.client import GenJobsClient
 
     with GenJobsClient(server.target, token) as carol:
         assert carol.list().total_size == 0

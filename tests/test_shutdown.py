@@ -1,4 +1,4 @@
-"""Graceful shutdown of real `python -m server` processes sharing one database:
+"""Graceful shutdown of real `python -m genjobs.server` processes sharing one database:
 SIGTERM lets a short job finish, requeues a long one for the other replica at
 once (attempt given back), ends streams with UNAVAILABLE, exits 0; a second
 signal stops at once."""
@@ -17,8 +17,8 @@ import grpc
 import pymongo
 import pytest
 from bson import ObjectId
-from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 
+from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from tests.harness import MongoServer, ServerProcess, make_settings, wait_for
 
 Doc = dict[str, Any]

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from genjobs.v1 import bulk_pb2, jobs_pb2
 
-from client import AlreadyExists, FailedPrecondition, GenJobsClient, InvalidArgument, NotFound
-from client.client import params
-from server.services.templates import merge
+from genjobs.client import AlreadyExists, FailedPrecondition, GenJobsClient, InvalidArgument, NotFound
+from genjobs.client.client import params
+from genjobs.server.services.templates import merge
+from genjobs.v1 import bulk_pb2, jobs_pb2
 from tests.harness import ServerThread
 from tests.test_cli import Cli
 

@@ -14,12 +14,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from typer.testing import CliRunner
 
-from client import GenJobsClient
-from client.cli import app as cli
-from server.runtime import probe
+from genjobs.client import GenJobsClient
+from genjobs.client.cli import app as cli
+from genjobs.server.runtime import probe
+from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from tests.harness import MongoServer, ServerThread, make_settings
 
 

@@ -12,12 +12,12 @@ from typing import Any
 import pymongo
 import pytest
 from bson import ObjectId
-from genjobs.v1 import bulk_pb2
 
-from client import GenJobsClient, InvalidArgument
-from server.model.channels import new_notification
-from server.model.targets import NotifyTarget
-from server.notify import guard
+from genjobs.client import GenJobsClient, InvalidArgument
+from genjobs.server.model.channels import new_notification
+from genjobs.server.model.targets import NotifyTarget
+from genjobs.server.notify import guard
+from genjobs.v1 import bulk_pb2
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 from tests.receivers import Receiver
 

@@ -16,9 +16,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from client.cli import account, bulk, jobs, notifications, ops, schedules, templates
-from client.cli.shared import DEFAULT_TARGET, Options, Output
-from client.cli.shared import parse_at as parse_at  # named here too, as before the split
+from genjobs.client.cli import account, bulk, jobs, notifications, ops, schedules, templates
+from genjobs.client.cli.shared import DEFAULT_TARGET, Options, Output
+from genjobs.client.cli.shared import parse_at as parse_at  # named here too, as before the split
 
 app = typer.Typer(
     help="Queue, watch and steer AI content-generation jobs on a genjobs server.",

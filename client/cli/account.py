@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from client import render
-from client.cli.shared import Options, connected, print_result
+from genjobs.client import render
+from genjobs.client.cli.shared import Options, connected, print_result
 
 # Not a group: the root app (client.cli) takes `usage` as its own.
 commands = typer.Typer()

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-from client import render
-from client.cli.request_flags import TemplateFlag, bulk_request
-from client.cli.shared import (
+from genjobs.client import render
+from genjobs.client.cli.request_flags import TemplateFlag, bulk_request
+from genjobs.client.cli.shared import (
     AtOpt,
     Mode,
     Options,
@@ -21,7 +21,7 @@ from client.cli.shared import (
     print_result,
     priority_value,
 )
-from client.client import GenJobsClient
+from genjobs.client.client import GenJobsClient
 
 bulk_app = typer.Typer(help="Bulk jobs: 10 to 50 articles queued and steered as one.", no_args_is_help=True)
 

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from genjobs.v1 import jobs_pb2
 from rich.progress import Progress
 
-from client import render
-from client.cli.request_flags import (
+from genjobs.client import render
+from genjobs.client.cli.request_flags import (
     AttemptsFlag,
     ExtraFlag,
     FileFlag,
@@ -31,7 +30,7 @@ from client.cli.request_flags import (
     generation_params,
     job_request,
 )
-from client.cli.shared import (
+from genjobs.client.cli.shared import (
     AfterOpt,
     AtOpt,
     BeforeOpt,
@@ -50,7 +49,8 @@ from client.cli.shared import (
     print_result,
     priority_value,
 )
-from client.client import GenJobsClient, GenJobsError
+from genjobs.client.client import GenJobsClient, GenJobsError
+from genjobs.v1 import jobs_pb2
 
 # Not a group: the root app (client.cli) takes these commands as its own.
 commands = typer.Typer()

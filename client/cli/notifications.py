@@ -8,11 +8,11 @@ import time
 from typing import Annotated
 
 import typer
-from genjobs.v1 import bulk_pb2
 
-from client import render
-from client.cli.shared import Options, connected, print_result
-from client.client import GenJobsClient, Unavailable
+from genjobs.client import render
+from genjobs.client.cli.shared import Options, connected, print_result
+from genjobs.client.client import GenJobsClient, Unavailable
+from genjobs.v1 import bulk_pb2
 
 # Not a group: the root app (client.cli) takes this command as its own.
 commands = typer.Typer()

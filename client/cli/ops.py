@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from client import render
-from client.cli.shared import (
+from genjobs.client import render
+from genjobs.client.cli.shared import (
     Mode,
     ModeOpt,
     Options,

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from genjobs.v1 import bulk_pb2, jobs_pb2
 from google.protobuf import json_format
 from rich.console import Console
 
-from client.cli.shared import Mode, Options, fail
-from client.client import params
+from genjobs.client.cli.shared import Mode, Options, fail
+from genjobs.client.client import params
+from genjobs.v1 import bulk_pb2, jobs_pb2
 
 
 def _parse_extra(pairs: list[str], errors: Console) -> dict[str, str]:

@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from client import render
-from client.cli.request_flags import (
+from genjobs.client import render
+from genjobs.client.cli.request_flags import (
     AttemptsFlag,
     BulkItemsFlag,
     ExtraFlag,
@@ -24,13 +24,13 @@ from client.cli.request_flags import (
     generation_params,
     stored_request,
 )
-from client.cli.shared import (
+from genjobs.client.cli.shared import (
     Options,
     connected,
     print_listing,
     print_result,
 )
-from client.client import GenJobsClient
+from genjobs.client.client import GenJobsClient
 
 schedule_app = typer.Typer(help="Schedules: a job or bulk job made on a cron schedule.", no_args_is_help=True)
 

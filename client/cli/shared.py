@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, cast
 
 import typer
-from genjobs.v1 import jobs_pb2
 from rich.console import Console
 
-from client import render, visible
-from client.client import (
+from genjobs.client import render, visible
+from genjobs.client.client import (
     FailedPrecondition,
     GenJobsClient,
     GenJobsError,
@@ -27,6 +26,7 @@ from client.client import (
     Unauthenticated,
     Unavailable,
 )
+from genjobs.v1 import jobs_pb2
 
 DEFAULT_TARGET = "localhost:50051"
 LOCAL_USER = "dev"
@@ -130,8 +130,13 @@ class Options:
             return self.token
         secret = self.data_dir / "auth_secret"
         if secret.is_file():
-            from server.api.auth import make_token  # only for a local `make run` server
-
+            try:  # only for a local `make run` server, whose package is installed beside
+                from genjobs.server.api.auth import make_token
+            except ImportError:
+                fail(
+                    self.errors,
+                    "no token: pass --token or set GENJOBS_TOKEN (genjobs-client alone cannot make one)",
+                )
             return make_token(secret.read_text().strip(), LOCAL_USER)
         fail(
             self.errors,

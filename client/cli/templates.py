@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from client import render
-from client.cli.request_flags import (
+from genjobs.client import render
+from genjobs.client.cli.request_flags import (
     AttemptsFlag,
     BulkItemsFlag,
     ExtraFlag,
@@ -24,7 +24,7 @@ from client.cli.request_flags import (
     generation_params,
     stored_request,
 )
-from client.cli.shared import (
+from genjobs.client.cli.shared import (
     Options,
     connected,
     print_listing,

@@ -12,9 +12,9 @@ from typing import Any
 import grpc
 import jwt
 
-from server.api.status import grpc_status
-from server.model.caller import Caller, set_current_caller, subject_problem
-from server.model.errors import ServiceError, unauthenticated
+from genjobs.server.api.status import grpc_status
+from genjobs.server.model.caller import Caller, set_current_caller, subject_problem
+from genjobs.server.model.errors import ServiceError, unauthenticated
 
 ALGORITHM = "HS256"
 # ReportProgress carries its own credential: the attempt token (server/services/progress.py).

@@ -7,18 +7,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2, templates_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from server.model import clock
-from server.model.channels import CHANNELS
-from server.model.errors import FieldViolation, invalid
-from server.model.records import BulkJob, Job, JobError
-from server.model.states import Status
-from server.model.targets import NotifyTarget
-from server.model.vocabulary import Lane, Priority
-from server.storage import records
+from genjobs.server.model import clock
+from genjobs.server.model.channels import CHANNELS
+from genjobs.server.model.errors import FieldViolation, invalid
+from genjobs.server.model.records import BulkJob, Job, JobError
+from genjobs.server.model.states import Status
+from genjobs.server.model.targets import NotifyTarget
+from genjobs.server.model.vocabulary import Lane, Priority
+from genjobs.server.storage import records
+from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2, templates_pb2
 
 Doc = dict[str, Any]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from server.storage.outage import database_deadline
+from genjobs.server.storage.outage import database_deadline
 
 
 def bounded(handler: Callable[[Any], Any], limit_seconds: float) -> Callable[[Any], Any]:

@@ -9,7 +9,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from server.model.errors import (
+from genjobs.server.model.errors import (
     DOMAIN,
     MAX_DESCRIPTION,
     MAX_DETAILS_BYTES,

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from server.model.errors import quota_exceeded, sequence_out_of_range
-from server.services.events import HEARTBEAT, SHUTDOWN, Event
+from genjobs.server.model.errors import quota_exceeded, sequence_out_of_range
+from genjobs.server.services.events import HEARTBEAT, SHUTDOWN, Event
 
 
 class ShuttingDown(Exception):

@@ -42,20 +42,20 @@ import pymongo
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
-from server.dispatch.fairshare import FairShare
-from server.dispatch.run import Run, RunLifecycle, database_error
-from server.generators.base import (
+from genjobs.server.dispatch.fairshare import FairShare
+from genjobs.server.dispatch.run import Run, RunLifecycle, database_error
+from genjobs.server.generators.base import (
     Generator,
 )
-from server.model import clock
-from server.model.states import Status
-from server.model.vocabulary import Priority
-from server.storage.database import Doc
-from server.storage.events import STATUS_CHANGED
-from server.storage.jobs import job_error
-from server.storage.queue import HELD, NONE, READY
-from server.storage.store import Store
-from server.telemetry import metrics
+from genjobs.server.model import clock
+from genjobs.server.model.states import Status
+from genjobs.server.model.vocabulary import Priority
+from genjobs.server.storage.database import Doc
+from genjobs.server.storage.events import STATUS_CHANGED
+from genjobs.server.storage.jobs import job_error
+from genjobs.server.storage.queue import HELD, NONE, READY
+from genjobs.server.storage.store import Store
+from genjobs.server.telemetry import metrics
 
 log = logging.getLogger(__name__)
 

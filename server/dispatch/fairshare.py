@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
-from server.model import clock
-from server.storage.outage import Outage
-from server.storage.queue import QueueStore
+from genjobs.server.model import clock
+from genjobs.server.storage.outage import Outage
+from genjobs.server.storage.queue import QueueStore
 
 log = logging.getLogger(__name__)
 

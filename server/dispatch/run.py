@@ -21,20 +21,20 @@ import pymongo
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
-from server.generators.base import GenerationCancelled, GenerationFailed, Generator, JobSpec
-from server.model import clock
-from server.model.progress import progress_fields
-from server.model.states import Status
-from server.storage.bulk import BulkStore
-from server.storage.database import Doc
-from server.storage.events import PROGRESS, STATUS_CHANGED
-from server.storage.jobs import job_error
-from server.storage.outage import Outage, persist, unreachable
-from server.storage.queue import BACKOFF, NONE, QueueStore
-from server.storage.store import Store
-from server.telemetry import context, metrics
+from genjobs.server.generators.base import GenerationCancelled, GenerationFailed, Generator, JobSpec
+from genjobs.server.model import clock
+from genjobs.server.model.progress import progress_fields
+from genjobs.server.model.states import Status
+from genjobs.server.storage.bulk import BulkStore
+from genjobs.server.storage.database import Doc
+from genjobs.server.storage.events import PROGRESS, STATUS_CHANGED
+from genjobs.server.storage.jobs import job_error
+from genjobs.server.storage.outage import Outage, persist, unreachable
+from genjobs.server.storage.queue import BACKOFF, NONE, QueueStore
+from genjobs.server.storage.store import Store
+from genjobs.server.telemetry import context, metrics
 
-log = logging.getLogger("server.dispatch.dispatcher")  # one logger for the dispatcher's lines
+log = logging.getLogger("genjobs.server.dispatch.dispatcher")  # one logger for the dispatcher's lines
 
 PROGRESS_WRITE_INTERVAL = 0.25  # coalesce chattier generators to at most 4 writes a second
 PROGRESS_TIMEOUT_SECONDS = 1.0  # a progress write waits at most this for the database

@@ -9,7 +9,7 @@ GenerationCancelled; `Watchdog` holds every attempt to its time limits.
 
 from __future__ import annotations
 
-from server.generators.base import (
+from genjobs.server.generators.base import (
     GenerationCancelled,
     GenerationFailed,
     Generator,
@@ -17,12 +17,12 @@ from server.generators.base import (
     Output,
     ProgressFn,
 )
-from server.generators.demo import DemoGenerator, write_article
-from server.generators.http import HttpGenerator, parse_headers
-from server.generators.noop import NoopGenerator
-from server.generators.openai import OpenAIGenerator, parse_prices
-from server.generators.prompts import Prompts
-from server.generators.watchdog import Watchdog
+from genjobs.server.generators.demo import DemoGenerator, write_article
+from genjobs.server.generators.http import HttpGenerator, parse_headers
+from genjobs.server.generators.noop import NoopGenerator
+from genjobs.server.generators.openai import OpenAIGenerator, parse_prices
+from genjobs.server.generators.prompts import Prompts
+from genjobs.server.generators.watchdog import Watchdog
 
 __all__ = [
     "DemoGenerator",

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from server.model.rules import clean_text
+from genjobs.server.model.rules import clean_text
 
 ProgressFn = Callable[[int, str, int, str], None]  # percentage, stage, stage_progress, message
 

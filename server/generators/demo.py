@@ -7,8 +7,8 @@ import random
 import threading
 from typing import Any
 
-from server.generators.base import GenerationCancelled, GenerationFailed, JobSpec, Output, ProgressFn
-from server.model.rules import DEFAULT_WORD_COUNT, demo_fail_attempts
+from genjobs.server.generators.base import GenerationCancelled, GenerationFailed, JobSpec, Output, ProgressFn
+from genjobs.server.model.rules import DEFAULT_WORD_COUNT, demo_fail_attempts
 
 STAGES = (("research", 0.15), ("outline", 0.15), ("drafting", 0.55), ("editing", 0.15))
 

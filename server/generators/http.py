@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from server.generators.base import (
+from genjobs.server.generators.base import (
     GenerationCancelled,
     GenerationFailed,
     JobSpec,
@@ -22,7 +22,7 @@ from server.generators.base import (
     retry_after,
     title_of,
 )
-from server.model.progress import ProgressLink
+from genjobs.server.model.progress import ProgressLink
 
 
 def parse_headers(raw: str) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from server.generators.base import JobSpec, Output, ProgressFn
+from genjobs.server.generators.base import JobSpec, Output, ProgressFn
 
 
 class NoopGenerator:

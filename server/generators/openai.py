@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import openai
 
-from server.generators.base import (
+from genjobs.server.generators.base import (
     GenerationCancelled,
     GenerationFailed,
     JobSpec,
@@ -24,8 +24,8 @@ from server.generators.base import (
     retry_after,
     title_of,
 )
-from server.generators.prompts import Prompts
-from server.model.rules import DEFAULT_WORD_COUNT
+from genjobs.server.generators.prompts import Prompts
+from genjobs.server.model.rules import DEFAULT_WORD_COUNT
 
 CANCEL_CHECK_SECONDS = 0.05
 STAGE = "drafting"

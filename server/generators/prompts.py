@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.model.rules import DEFAULT_WORD_COUNT
-from server.model.vocabulary import Mode
+from genjobs.server.model.rules import DEFAULT_WORD_COUNT
+from genjobs.server.model.vocabulary import Mode
 
 BUILT_IN = Path(__file__).with_name("prompts.toml")
 KEYS = ("system", *(m.lower() for m in Mode))

@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-from server.generators.base import (
+from genjobs.server.generators.base import (
     GenerationCancelled,
     GenerationFailed,
     Generator,

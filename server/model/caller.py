@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass
 
-from server.model.rules import has_control
+from genjobs.server.model.rules import has_control
 
 MAX_SUBJECT = 256  # characters of a user id
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from server.model.targets import NotifyTarget
+from genjobs.server.model.targets import NotifyTarget
 
 Doc = dict[str, Any]
 

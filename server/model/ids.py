@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from server.model.errors import FieldViolation
+from genjobs.server.model.errors import FieldViolation
 
 # Ids are ObjectId hex; anything else is refused before it reaches a query.
 _ID = re.compile(r"[0-9a-fA-F]{24}")

@@ -9,7 +9,7 @@ import hmac
 from collections.abc import Callable
 from typing import Any
 
-from server.model import clock
+from genjobs.server.model import clock
 
 _TOKEN_LABEL = b"genjobs-progress-token:"
 

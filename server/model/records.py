@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from server.model.states import FINAL, BulkStatus, Status
-from server.model.targets import NotifyTarget
-from server.model.vocabulary import Lane, Mode, Priority
+from genjobs.server.model.states import FINAL, BulkStatus, Status
+from genjobs.server.model.targets import NotifyTarget
+from genjobs.server.model.vocabulary import Lane, Mode, Priority
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 from pymongo.errors import PyMongoError
 
-from server.model import clock
-from server.model.channels import PENDING_FLAG, Doc, new_notification, targets_of
-from server.notify.sender import Notifier
-from server.storage.events import STATUS_CHANGED
-from server.storage.jobs import final
-from server.storage.store import Store
+from genjobs.server.model import clock
+from genjobs.server.model.channels import PENDING_FLAG, Doc, new_notification, targets_of
+from genjobs.server.notify.sender import Notifier
+from genjobs.server.storage.events import STATUS_CHANGED
+from genjobs.server.storage.jobs import final
+from genjobs.server.storage.store import Store
 
 log = logging.getLogger(__name__)
 

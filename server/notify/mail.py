@@ -18,9 +18,9 @@ from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
 
-from server.model.channels import DELIVERED, FAILED, PENDING, REFUSED, Channel, Doc, register
-from server.notify.quota import MailQuota
-from server.notify.sender import Outcome
+from genjobs.server.model.channels import DELIVERED, FAILED, PENDING, REFUSED, Channel, Doc, register
+from genjobs.server.notify.quota import MailQuota
+from genjobs.server.notify.sender import Outcome
 
 MAX_ADDRESS = 254
 MAX_ATTEMPTS = 20  # with backoff capped at 10 minutes: a mail server may be down for hours

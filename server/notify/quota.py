@@ -16,7 +16,7 @@ from typing import Any
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from server.model import clock
+from genjobs.server.model import clock
 
 HOUR_US = 3_600_000_000
 

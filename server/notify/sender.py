@@ -32,10 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from server.model import clock
-from server.model.channels import FAILED, PENDING, REFUSED, Channel, Doc
-from server.storage.store import Store
-from server.telemetry import metrics
+from genjobs.server.model import clock
+from genjobs.server.model.channels import FAILED, PENDING, REFUSED, Channel, Doc
+from genjobs.server.storage.store import Store
+from genjobs.server.telemetry import metrics
 
 log = logging.getLogger(__name__)
 

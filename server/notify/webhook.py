@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from server.model.channels import DELIVERED, FAILED, PENDING, REFUSED, Channel, Doc, register
-from server.notify import guard
-from server.notify.sender import Outcome
+from genjobs.server.model.channels import DELIVERED, FAILED, PENDING, REFUSED, Channel, Doc, register
+from genjobs.server.notify import guard
+from genjobs.server.notify.sender import Outcome
 
 SIGNATURE_HEADER = "X-Genjobs-Signature"
 TIMESTAMP_HEADER = "X-Genjobs-Timestamp"

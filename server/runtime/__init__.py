@@ -7,7 +7,7 @@ once; `factories` makes the generator and notifier the
 settings name; `embedded` and `quiet_nx` run the embedded nx-27017;
 `observability` wires metrics, traces and JSON logs (what every layer records
 goes through server/telemetry/); `probe` is the container
-health check. The entry point `python -m server` (server/__main__.py) uses it.
+health check. The entry point `python -m genjobs.server` (server/__main__.py) uses it.
 
 Layering (held by import-linter, pyproject.toml): runtime -> api -> services
 -> dispatch | notify | generators -> storage -> telemetry -> model. runtime is the top room:

@@ -16,6 +16,25 @@ from typing import Any, TypeVar
 
 import grpc
 import pymongo
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from pymongo.errors import PyMongoError
+
+from genjobs.server.api import reflection
+from genjobs.server.api.auth import AuthInterceptor, load_secret
+from genjobs.server.api.deadline import DatabaseDeadline, bounded
+from genjobs.server.api.http.face import HttpFace, make_api, port_setting
+from genjobs.server.api.http.guard import Limits
+from genjobs.server.api.servicers.common import RequestDecoding
+from genjobs.server.api.watch import StreamCap
+from genjobs.server.model.progress import AttemptTokens, ProgressLink
+from genjobs.server.runtime import observability, wiring
+from genjobs.server.runtime.config import Settings
+from genjobs.server.runtime.embedded import HUNG_SECONDS, EmbeddedError, EmbeddedMongo
+from genjobs.server.runtime.factories import make_generator
+from genjobs.server.services.events import EventHub
+from genjobs.server.storage.eventlog import EventLog
+from genjobs.server.storage.store import Store
+from genjobs.server.telemetry import metrics
 from genjobs.v1 import (
     bulk_pb2,
     bulk_pb2_grpc,
@@ -26,25 +45,6 @@ from genjobs.v1 import (
     templates_pb2,
     templates_pb2_grpc,
 )
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from pymongo.errors import PyMongoError
-
-from server.api import reflection
-from server.api.auth import AuthInterceptor, load_secret
-from server.api.deadline import DatabaseDeadline, bounded
-from server.api.http.face import HttpFace, make_api, port_setting
-from server.api.http.guard import Limits
-from server.api.servicers.common import RequestDecoding
-from server.api.watch import StreamCap
-from server.model.progress import AttemptTokens, ProgressLink
-from server.runtime import observability, wiring
-from server.runtime.config import Settings
-from server.runtime.embedded import HUNG_SECONDS, EmbeddedError, EmbeddedMongo
-from server.runtime.factories import make_generator
-from server.services.events import EventHub
-from server.storage.eventlog import EventLog
-from server.storage.store import Store
-from server.telemetry import metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # The embedded database's entry point: nx-27017 with a quiet, rotated log. A
 # pid is trusted as our database only when its command line runs this module.
-DATABASE_MODULE = "server.runtime.quiet_nx"
+DATABASE_MODULE = "genjobs.server.runtime.quiet_nx"
 START_TIMEOUT_SECONDS = 30.0
 ANSWER_TIMEOUT_SECONDS = 5.0  # one ping's wait
 # An instance that is alive but has answered nothing for this long is hung, and

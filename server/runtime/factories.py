@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from server.generators import (
+from genjobs.server.generators import (
     DemoGenerator,
     Generator,
     HttpGenerator,
@@ -18,14 +18,14 @@ from server.generators import (
     parse_headers,
     parse_prices,
 )
-from server.generators.prompts import Prompts
-from server.model.progress import ProgressLink
-from server.notify.mail import MailSender, SmtpConfig
-from server.notify.quota import MailQuota
-from server.notify.sender import Notifier, Sender
-from server.notify.webhook import WebhookSender
-from server.runtime.config import Settings
-from server.storage.store import Store
+from genjobs.server.generators.prompts import Prompts
+from genjobs.server.model.progress import ProgressLink
+from genjobs.server.notify.mail import MailSender, SmtpConfig
+from genjobs.server.notify.quota import MailQuota
+from genjobs.server.notify.sender import Notifier, Sender
+from genjobs.server.notify.webhook import WebhookSender
+from genjobs.server.runtime.config import Settings
+from genjobs.server.storage.store import Store
 
 
 def make_generator(settings: Settings, progress: ProgressLink | None = None) -> Generator:

@@ -33,8 +33,8 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from prometheus_client.exposition import start_http_server
 
-from server.telemetry import context as telemetry_context
-from server.telemetry import metrics
+from genjobs.server.telemetry import context as telemetry_context
+from genjobs.server.telemetry import metrics
 
 Doc = dict[str, Any]
 

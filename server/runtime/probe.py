@@ -1,4 +1,4 @@
-"""`python -m server.runtime.probe`: exit 0 when the local server's gRPC health says
+"""`python -m genjobs.server.runtime.probe`: exit 0 when the local server's gRPC health says
 SERVING, else 1 (a container's HEALTHCHECK; Kubernetes has gRPC probes of its own)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.runtime.config import Settings
+from genjobs.server.runtime.config import Settings
 
 
 def check(settings: Settings, timeout: float = 3.0) -> bool:

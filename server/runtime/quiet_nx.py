@@ -6,7 +6,7 @@ rotates. It has no log-level flag, so this entry point takes its command line
 unchanged, keeps warnings and errors only, and writes them to --log-file
 through a rotating handler: at most (1 + BACKUPS) x MAX_BYTES on disk.
 
-    python -m server.runtime.quiet_nx --data-dir D --port P --pid-file F --log-file L
+    python -m genjobs.server.runtime.quiet_nx --data-dir D --port P --pid-file F --log-file L
 """
 
 from __future__ import annotations

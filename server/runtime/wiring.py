@@ -25,33 +25,33 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from server.api import convert
-from server.api.servicers.bulk import BulkServicer
-from server.api.servicers.jobs import JobServicer
-from server.api.servicers.schedules import ScheduleServicer
-from server.api.servicers.templates import TemplateServicer
-from server.api.watch import StreamCap
-from server.dispatch.dispatcher import Dispatcher
-from server.generators import Generator, declared_stages
-from server.model.progress import ProgressLink
-from server.notify.ending import EndNotifications
-from server.notify.sender import Notifier
-from server.runtime.config import Settings
-from server.runtime.factories import make_notifier
-from server.services.budgets import Budgets
-from server.services.bulk import Bulks
-from server.services.entitlement import Tiers
-from server.services.events import EventHub
-from server.services.intake import Intake
-from server.services.jobs import Jobs, Wakeable
-from server.services.progress import ExternalProgress
-from server.services.schedules import Schedules
-from server.services.templates import Templates
-from server.storage.budgets import BudgetStore
-from server.storage.database import Doc
-from server.storage.eventlog import EventLog
-from server.storage.schedules import ScheduleStore
-from server.storage.store import Store
+from genjobs.server.api import convert
+from genjobs.server.api.servicers.bulk import BulkServicer
+from genjobs.server.api.servicers.jobs import JobServicer
+from genjobs.server.api.servicers.schedules import ScheduleServicer
+from genjobs.server.api.servicers.templates import TemplateServicer
+from genjobs.server.api.watch import StreamCap
+from genjobs.server.dispatch.dispatcher import Dispatcher
+from genjobs.server.generators import Generator, declared_stages
+from genjobs.server.model.progress import ProgressLink
+from genjobs.server.notify.ending import EndNotifications
+from genjobs.server.notify.sender import Notifier
+from genjobs.server.runtime.config import Settings
+from genjobs.server.runtime.factories import make_notifier
+from genjobs.server.services.budgets import Budgets
+from genjobs.server.services.bulk import Bulks
+from genjobs.server.services.entitlement import Tiers
+from genjobs.server.services.events import EventHub
+from genjobs.server.services.intake import Intake
+from genjobs.server.services.jobs import Jobs, Wakeable
+from genjobs.server.services.progress import ExternalProgress
+from genjobs.server.services.schedules import Schedules
+from genjobs.server.services.templates import Templates
+from genjobs.server.storage.budgets import BudgetStore
+from genjobs.server.storage.database import Doc
+from genjobs.server.storage.eventlog import EventLog
+from genjobs.server.storage.schedules import ScheduleStore
+from genjobs.server.storage.store import Store
 
 
 class LaterDispatcher(Wakeable):

@@ -45,14 +45,21 @@ from typing import Any
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
-from server.model import clock
-from server.model.caller import Caller, subject_problem
-from server.model.errors import FieldViolation, ServiceError, admins_only, invalid, quota_exceeded
-from server.model.states import FINAL, Status
-from server.services import validation
-from server.storage.budgets import BudgetStore, budget_key, month_of, project_field, project_name, usage_key
-from server.storage.database import Doc
-from server.storage.events import STATUS_CHANGED
+from genjobs.server.model import clock
+from genjobs.server.model.caller import Caller, subject_problem
+from genjobs.server.model.errors import FieldViolation, ServiceError, admins_only, invalid, quota_exceeded
+from genjobs.server.model.states import FINAL, Status
+from genjobs.server.services import validation
+from genjobs.server.storage.budgets import (
+    BudgetStore,
+    budget_key,
+    month_of,
+    project_field,
+    project_name,
+    usage_key,
+)
+from genjobs.server.storage.database import Doc
+from genjobs.server.storage.events import STATUS_CHANGED
 
 log = logging.getLogger(__name__)
 

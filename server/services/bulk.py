@@ -16,26 +16,26 @@ from dataclasses import dataclass, field
 
 from bson import ObjectId
 
-from server.model import channels, clock
-from server.model.caller import Caller
-from server.model.channels import PENDING_FLAG, new_notification, targets_of
-from server.model.errors import ServiceError, invalid
-from server.model.records import BulkItem, BulkJob, Submission
-from server.model.states import BULK_FINAL, BulkAction, BulkStatus, Status
-from server.model.targets import NotifyTarget
-from server.model.vocabulary import Mode, Priority
-from server.notify.ending import EndNotifications
-from server.services import entitlement, validation
-from server.services.events import Event, EventHub
-from server.services.jobs import Jobs, normalized
-from server.storage import records
-from server.storage.budgets import BUDGET
-from server.storage.database import Doc
-from server.storage.events import STATUS_CHANGED
-from server.storage.paging import Page, bulk_item_key, submission_key
-from server.storage.queue import BACKOFF, HELD, READY, SCHEDULED
-from server.storage.store import Store
-from server.telemetry import context, metrics
+from genjobs.server.model import channels, clock
+from genjobs.server.model.caller import Caller
+from genjobs.server.model.channels import PENDING_FLAG, new_notification, targets_of
+from genjobs.server.model.errors import ServiceError, invalid
+from genjobs.server.model.records import BulkItem, BulkJob, Submission
+from genjobs.server.model.states import BULK_FINAL, BulkAction, BulkStatus, Status
+from genjobs.server.model.targets import NotifyTarget
+from genjobs.server.model.vocabulary import Mode, Priority
+from genjobs.server.notify.ending import EndNotifications
+from genjobs.server.services import entitlement, validation
+from genjobs.server.services.events import Event, EventHub
+from genjobs.server.services.jobs import Jobs, normalized
+from genjobs.server.storage import records
+from genjobs.server.storage.budgets import BUDGET
+from genjobs.server.storage.database import Doc
+from genjobs.server.storage.events import STATUS_CHANGED
+from genjobs.server.storage.paging import Page, bulk_item_key, submission_key
+from genjobs.server.storage.queue import BACKOFF, HELD, READY, SCHEDULED
+from genjobs.server.storage.store import Store
+from genjobs.server.telemetry import context, metrics
 
 # Bulk event kinds (BulkJobEventType without its prefix); STATUS_CHANGED is the store's.
 SNAPSHOT, ITEM_CHANGED, COMPLETED = "SNAPSHOT", "ITEM_CHANGED", "COMPLETED"

@@ -28,11 +28,11 @@ import asyncio
 from pymongo.collection import Collection
 from pymongo.database import Database
 
-from server.model import clock
-from server.model.caller import Caller, subject_problem
-from server.model.errors import FieldViolation, admins_only, invalid, permission_denied
-from server.model.vocabulary import Priority
-from server.storage.database import Doc
+from genjobs.server.model import clock
+from genjobs.server.model.caller import Caller, subject_problem
+from genjobs.server.model.errors import FieldViolation, admins_only, invalid, permission_denied
+from genjobs.server.model.vocabulary import Priority
+from genjobs.server.storage.database import Doc
 
 PREMIUM = "premium"
 TIERS = ("", PREMIUM)  # "" is the plain tier: no stored grant

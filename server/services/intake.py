@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 
+from genjobs.server.model.caller import Caller
+from genjobs.server.services.bulk import Bulks, BulkView
+from genjobs.server.services.jobs import Jobs
+from genjobs.server.services.templates import RequestValues, Templates
+from genjobs.server.storage.database import Doc
 from genjobs.v1 import bulk_pb2, jobs_pb2
-
-from server.model.caller import Caller
-from server.services.bulk import Bulks, BulkView
-from server.services.jobs import Jobs
-from server.services.templates import RequestValues, Templates
-from server.storage.database import Doc
 
 
 class Intake:

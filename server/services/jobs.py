@@ -17,25 +17,25 @@ from typing import Any, Protocol
 
 from pymongo.errors import PyMongoError
 
-from server.model import channels
-from server.model.caller import Caller
-from server.model.errors import FieldViolation, ServiceError, channel_not_configured, invalid
-from server.model.records import Job, Submission
-from server.model.states import Status
-from server.model.targets import NotifyTarget
-from server.model.vocabulary import Mode, Priority
-from server.services import entitlement, validation
-from server.services.entitlement import Tiers
-from server.services.events import Event, EventHub
-from server.storage import records
-from server.storage.database import Doc
-from server.storage.eventlog import EventLog
-from server.storage.events import SNAPSHOT, STATUS_CHANGED
-from server.storage.jobs import JobPage, final
-from server.storage.paging import JobFilter
-from server.storage.queue import READY
-from server.storage.store import Store
-from server.telemetry import context, metrics
+from genjobs.server.model import channels
+from genjobs.server.model.caller import Caller
+from genjobs.server.model.errors import FieldViolation, ServiceError, channel_not_configured, invalid
+from genjobs.server.model.records import Job, Submission
+from genjobs.server.model.states import Status
+from genjobs.server.model.targets import NotifyTarget
+from genjobs.server.model.vocabulary import Mode, Priority
+from genjobs.server.services import entitlement, validation
+from genjobs.server.services.entitlement import Tiers
+from genjobs.server.services.events import Event, EventHub
+from genjobs.server.storage import records
+from genjobs.server.storage.database import Doc
+from genjobs.server.storage.eventlog import EventLog
+from genjobs.server.storage.events import SNAPSHOT, STATUS_CHANGED
+from genjobs.server.storage.jobs import JobPage, final
+from genjobs.server.storage.paging import JobFilter
+from genjobs.server.storage.queue import READY
+from genjobs.server.storage.store import Store
+from genjobs.server.telemetry import context, metrics
 
 log = logging.getLogger(__name__)
 

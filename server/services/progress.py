@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from server.model import clock
-from server.model.errors import Code, FieldViolation, ServiceError, invalid
-from server.model.progress import AttemptTokens, progress_fields
-from server.services.validation import check_label, check_text
-from server.storage.database import Doc
-from server.storage.events import PROGRESS
-from server.storage.paging import parse_id
-from server.storage.store import Store
+from genjobs.server.model import clock
+from genjobs.server.model.errors import Code, FieldViolation, ServiceError, invalid
+from genjobs.server.model.progress import AttemptTokens, progress_fields
+from genjobs.server.services.validation import check_label, check_text
+from genjobs.server.storage.database import Doc
+from genjobs.server.storage.events import PROGRESS
+from genjobs.server.storage.paging import parse_id
+from genjobs.server.storage.store import Store
 
 MAX_STAGE, MAX_MESSAGE = 50, 500
 

@@ -33,18 +33,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bson import ObjectId
 from croniter import croniter
-from genjobs.v1 import bulk_pb2, jobs_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from pymongo.errors import PyMongoError
 
-from server.model import clock
-from server.model.caller import Caller
-from server.model.errors import FieldViolation, ServiceError, invalid
-from server.services import entitlement, validation
-from server.services.entitlement import HIGH, Tiers
-from server.services.intake import Intake
-from server.services.templates import (
+from genjobs.server.model import clock
+from genjobs.server.model.caller import Caller
+from genjobs.server.model.errors import FieldViolation, ServiceError, invalid
+from genjobs.server.services import entitlement, validation
+from genjobs.server.services.entitlement import HIGH, Tiers
+from genjobs.server.services.intake import Intake
+from genjobs.server.services.templates import (
     JOB,
     KINDS,
     Templates,
@@ -52,9 +51,10 @@ from server.services.templates import (
     check_request,
     stored_request,
 )
-from server.storage.database import Doc
-from server.storage.paging import Page, submission_key
-from server.storage.schedules import ACTIVE, PAUSED, SCHEDULES, ScheduleStore, fair_order, tick_key
+from genjobs.server.storage.database import Doc
+from genjobs.server.storage.paging import Page, submission_key
+from genjobs.server.storage.schedules import ACTIVE, PAUSED, SCHEDULES, ScheduleStore, fair_order, tick_key
+from genjobs.v1 import bulk_pb2, jobs_pb2
 
 log = logging.getLogger(__name__)
 

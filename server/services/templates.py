@@ -18,16 +18,16 @@ import asyncio
 import re
 from typing import Any, Protocol, TypeVar
 
-from genjobs.v1 import bulk_pb2, jobs_pb2
 from google.protobuf.message import Message
 
-from server.model import clock
-from server.model.caller import Caller
-from server.model.errors import Code, FieldViolation, ServiceError, invalid
-from server.model.targets import NotifyTarget
-from server.services import validation
-from server.storage.database import Doc
-from server.storage.schedules import TEMPLATES, ScheduleStore, template_key
+from genjobs.server.model import clock
+from genjobs.server.model.caller import Caller
+from genjobs.server.model.errors import Code, FieldViolation, ServiceError, invalid
+from genjobs.server.model.targets import NotifyTarget
+from genjobs.server.services import validation
+from genjobs.server.storage.database import Doc
+from genjobs.server.storage.schedules import TEMPLATES, ScheduleStore, template_key
+from genjobs.v1 import bulk_pb2, jobs_pb2
 
 # What a template (or a schedule) holds: the oneof field name and its message.
 JOB, BULK_JOB = "job", "bulk_job"

@@ -6,11 +6,11 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import server.notify  # noqa: F401  (its channels register as it is imported)
-from server.model import channels
-from server.model.errors import FieldViolation, echo
-from server.model.ids import check_id as check_id  # the rule lives in model; callers keep it here
-from server.model.rules import (
+import genjobs.server.notify  # noqa: F401  (its channels register as it is imported)
+from genjobs.server.model import channels
+from genjobs.server.model.errors import FieldViolation, echo
+from genjobs.server.model.ids import check_id as check_id  # the rule lives in model; callers keep it here
+from genjobs.server.model.rules import (
     CONTROL,
     DEFAULT_WORD_COUNT,
     LONG_TEXT_CONTROL,
@@ -18,8 +18,8 @@ from server.model.rules import (
     demo_fail_attempts,
     has_control,
 )
-from server.model.targets import NotifyTarget
-from server.model.vocabulary import Mode, Priority
+from genjobs.server.model.targets import NotifyTarget
+from genjobs.server.model.vocabulary import Mode, Priority
 
 MIN_WORDS, MAX_WORDS = 50, 5000
 MAX_TOPIC = 500

@@ -43,11 +43,11 @@ from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from server.model import clock
-from server.model.states import Status
-from server.storage.database import Doc
-from server.storage.queue import READY
-from server.storage.store import Store
+from genjobs.server.model import clock
+from genjobs.server.model.states import Status
+from genjobs.server.storage.database import Doc
+from genjobs.server.storage.queue import READY
+from genjobs.server.storage.store import Store
 
 BUDGET = "budget"  # the lane of queued jobs whose owner (or project) is over a limit
 

@@ -10,13 +10,13 @@ from bson import ObjectId
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from server.model import clock
-from server.model.channels import PENDING_FLAG
-from server.model.errors import not_found, wrong_status
-from server.model.states import BULK_REFUSAL_REASON, BulkAction, BulkStatus, Status, bulk_allowed
-from server.storage.database import Database, Doc, one_of, owned, raise_error
-from server.storage.paging import Page, bulk_item_key, keyset_page, parse_id
-from server.storage.queue import HELD, READY, SCHEDULED, QueueStore
+from genjobs.server.model import clock
+from genjobs.server.model.channels import PENDING_FLAG
+from genjobs.server.model.errors import not_found, wrong_status
+from genjobs.server.model.states import BULK_REFUSAL_REASON, BulkAction, BulkStatus, Status, bulk_allowed
+from genjobs.server.storage.database import Database, Doc, one_of, owned, raise_error
+from genjobs.server.storage.paging import Page, bulk_item_key, keyset_page, parse_id
+from genjobs.server.storage.queue import HELD, READY, SCHEDULED, QueueStore
 
 # What versions before issue 28 called PENDING_FLAG on bulk jobs (renamed at start).
 LEGACY_FLAG = "notification_pending"

@@ -22,10 +22,10 @@ import pymongo
 from bson import ObjectId
 from pymongo.collection import Collection
 
-from server.model import clock
-from server.model.errors import ServiceError
-from server.storage.outage import Outage
-from server.storage.pagetoken import PageTokens
+from genjobs.server.model import clock
+from genjobs.server.model.errors import ServiceError
+from genjobs.server.storage.outage import Outage
+from genjobs.server.storage.pagetoken import PageTokens
 
 Doc = dict[str, Any]
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from server.storage.database import Doc
-from server.storage.events import EventStore
-from server.storage.outage import Outage, time_left, unreachable
+from genjobs.server.storage.database import Doc
+from genjobs.server.storage.events import EventStore
+from genjobs.server.storage.outage import Outage, time_left, unreachable
 
 log = logging.getLogger(__name__)
 

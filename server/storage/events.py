@@ -7,8 +7,8 @@ from collections.abc import Iterable
 import pymongo
 from bson import ObjectId
 
-from server.model import clock
-from server.storage.database import Database, Doc
+from genjobs.server.model import clock
+from genjobs.server.storage.database import Database, Doc
 
 # Event types, as stored and as sent on WatchJob.
 SNAPSHOT, STATUS_CHANGED, PROGRESS = "SNAPSHOT", "STATUS_CHANGED", "PROGRESS"

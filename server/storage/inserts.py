@@ -10,8 +10,8 @@ import pymongo
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from server.storage.database import Doc
-from server.storage.outage import time_left
+from genjobs.server.storage.database import Doc
+from genjobs.server.storage.outage import time_left
 
 
 class LoopInsert:

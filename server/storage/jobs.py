@@ -17,18 +17,18 @@ from bson import ObjectId
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from server.model import clock
-from server.model.channels import PENDING_FLAG
-from server.model.errors import ServiceError, not_found, wrong_status
-from server.model.records import Job, Submission
-from server.model.states import FINAL, REFUSAL_HINT, REFUSAL_REASON, Action, Status, allowed
-from server.storage import records
-from server.storage.bulk import BulkStore
-from server.storage.database import Database, Doc, count, one_of, owned
-from server.storage.events import EventStore
-from server.storage.inserts import LoopInsert
-from server.storage.paging import JobFilter, keyset_page, parse_id, request_key, submission_key
-from server.storage.queue import NONE, READY, SCHEDULED
+from genjobs.server.model import clock
+from genjobs.server.model.channels import PENDING_FLAG
+from genjobs.server.model.errors import ServiceError, not_found, wrong_status
+from genjobs.server.model.records import Job, Submission
+from genjobs.server.model.states import FINAL, REFUSAL_HINT, REFUSAL_REASON, Action, Status, allowed
+from genjobs.server.storage import records
+from genjobs.server.storage.bulk import BulkStore
+from genjobs.server.storage.database import Database, Doc, count, one_of, owned
+from genjobs.server.storage.events import EventStore
+from genjobs.server.storage.inserts import LoopInsert
+from genjobs.server.storage.paging import JobFilter, keyset_page, parse_id, request_key, submission_key
+from genjobs.server.storage.queue import NONE, READY, SCHEDULED
 
 
 @dataclass

@@ -11,9 +11,9 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from server.model.channels import CHANNELS, PENDING, Channel
-from server.storage.database import Database, Doc
-from server.storage.paging import Page, keyset_page, parse_id
+from genjobs.server.model.channels import CHANNELS, PENDING, Channel
+from genjobs.server.storage.database import Database, Doc
+from genjobs.server.storage.paging import Page, keyset_page, parse_id
 
 
 class NotificationStore:

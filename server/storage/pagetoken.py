@@ -18,7 +18,7 @@ import json
 import secrets
 from typing import Any
 
-from server.model.errors import FieldViolation, ServiceError, invalid
+from genjobs.server.model.errors import FieldViolation, ServiceError, invalid
 
 MAX_TOKEN = 256  # characters; real tokens are about 90
 _INT64 = 2**63

@@ -16,10 +16,10 @@ from bson import ObjectId
 from bson.raw_bson import RawBSONDocument
 from pymongo.collection import Collection
 
-from server.model.errors import invalid
-from server.model.ids import check_id
-from server.storage.database import Doc
-from server.storage.pagetoken import PageTokens
+from genjobs.server.model.errors import invalid
+from genjobs.server.model.ids import check_id
+from genjobs.server.storage.database import Doc
+from genjobs.server.storage.pagetoken import PageTokens
 
 # A listing's total_size counts at most this many (it reads what it counts):
 # beyond it, the total reads "this many or more", and the first page of a big

@@ -15,10 +15,10 @@ from bson import ObjectId
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from server.model import clock
-from server.model.states import Action, Status, allowed
-from server.model.vocabulary import Lane, Priority
-from server.storage.database import Database, Doc, count, one_of
+from genjobs.server.model import clock
+from genjobs.server.model.states import Action, Status, allowed
+from genjobs.server.model.vocabulary import Lane, Priority
+from genjobs.server.storage.database import Database, Doc, count, one_of
 
 # The queue lanes of a QUEUED job; every other status is in lane NONE.
 # Plain strings (the lanes of model.vocabulary.Lane): compared on the dispatcher's hot path.

@@ -11,8 +11,8 @@ from typing import Any
 
 from bson import ObjectId
 
-from server.model import channels
-from server.model.records import (
+from genjobs.server.model import channels
+from genjobs.server.model.records import (
     BulkItem,
     BulkJob,
     Job,
@@ -22,10 +22,10 @@ from server.model.records import (
     Result,
     Submission,
 )
-from server.model.states import BulkStatus, Status
-from server.model.targets import NotifyTarget
-from server.model.vocabulary import Mode, Priority
-from server.storage.queue import SCHEDULED
+from genjobs.server.model.states import BulkStatus, Status
+from genjobs.server.model.targets import NotifyTarget
+from genjobs.server.model.vocabulary import Mode, Priority
+from genjobs.server.storage.queue import SCHEDULED
 
 Doc = dict[str, Any]
 

@@ -33,10 +33,10 @@ from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from server.model import clock
-from server.model.errors import already_exists, not_found, quota_exceeded
-from server.storage.database import Database, Doc
-from server.storage.paging import MAX_PAGE_BYTES, Page, keyset_page, parse_id, request_key
+from genjobs.server.model import clock
+from genjobs.server.model.errors import already_exists, not_found, quota_exceeded
+from genjobs.server.storage.database import Database, Doc
+from genjobs.server.storage.paging import MAX_PAGE_BYTES, Page, keyset_page, parse_id, request_key
 
 ACTIVE, PAUSED = "ACTIVE", "PAUSED"
 SCHEDULES, TEMPLATES = "schedules", "templates"  # what owner_counts counts

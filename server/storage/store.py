@@ -7,12 +7,12 @@ indexes, purges retention, pings and closes.
 
 from __future__ import annotations
 
-from server.storage.bulk import BulkStore
-from server.storage.database import Database
-from server.storage.events import EventStore
-from server.storage.jobs import JobStore
-from server.storage.notifications import NotificationStore
-from server.storage.queue import QueueStore
+from genjobs.server.storage.bulk import BulkStore
+from genjobs.server.storage.database import Database
+from genjobs.server.storage.events import EventStore
+from genjobs.server.storage.jobs import JobStore
+from genjobs.server.storage.notifications import NotificationStore
+from genjobs.server.storage.queue import QueueStore
 
 
 class Store:

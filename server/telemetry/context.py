@@ -17,7 +17,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from server.model.caller import current_caller
+from genjobs.server.model.caller import current_caller
 
 Doc = dict[str, Any]
 

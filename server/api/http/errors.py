@@ -5,8 +5,8 @@ from __future__ import annotations
 from google.protobuf import json_format
 from starlette.responses import JSONResponse
 
-from server.api.status import to_status
-from server.model.errors import Code, FieldViolation, ServiceError
+from genjobs.server.api.status import to_status
+from genjobs.server.model.errors import Code, FieldViolation, ServiceError
 
 # google.rpc.Code -> HTTP status, as google/rpc/code.proto documents it.
 HTTP_STATUS = {

@@ -22,15 +22,15 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from server.api.auth import VerifiedTokens, is_open
-from server.api.http import transcode
-from server.api.http.errors import error_body, error_response, no_route
-from server.api.http.guard import Limits, protocol
-from server.api.http.web import WebFiles, security_headers
-from server.api.servicers.common import plain_handlers, service_error
-from server.model.caller import set_current_caller
-from server.model.errors import Code, ServiceError
-from server.telemetry import metrics
+from genjobs.server.api.auth import VerifiedTokens, is_open
+from genjobs.server.api.http import transcode
+from genjobs.server.api.http.errors import error_body, error_response, no_route
+from genjobs.server.api.http.guard import Limits, protocol
+from genjobs.server.api.http.web import WebFiles, security_headers
+from genjobs.server.api.servicers.common import plain_handlers, service_error
+from genjobs.server.model.caller import set_current_caller
+from genjobs.server.model.errors import Code, ServiceError
+from genjobs.server.telemetry import metrics
 
 API_PREFIX = "/v1/"
 MAX_BODY_BYTES = 4 * 1024 * 1024  # gRPC's own limit on a request message

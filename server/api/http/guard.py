@@ -22,7 +22,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from server.telemetry import metrics
+from genjobs.server.telemetry import metrics
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-# mypy sees protos/google/api (the vendored .proto files, for protoc and buf)
-# before googleapis-common-protos' modules; at run time these are the latter's.
-from google.api import annotations_pb2, http_pb2  # type: ignore[attr-defined]
+from google.api import annotations_pb2, http_pb2
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
-from server.api.http.errors import bad_request
+from genjobs.server.api.http.errors import bad_request
 
 # Resuming a stream: the Last-Event-ID header goes into this request field,
 # and a streamed message's id (the SSE `id:`) is this field of it.

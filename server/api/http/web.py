@@ -34,7 +34,7 @@ class WebFile:
 class WebFiles:
     """`GET /` is index.html; `GET /app.js` is app.js; anything else is 404."""
 
-    def __init__(self, package: str = "server", folder: str = "web") -> None:
+    def __init__(self, package: str = "genjobs.server", folder: str = "web") -> None:
         self.files: dict[str, WebFile] = {}
         for entry in resources.files(package).joinpath(folder).iterdir():
             if not entry.is_file() or entry.name.startswith("."):

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from genjobs.v1 import bulk_pb2, bulk_pb2_grpc
 
-from server.api import convert
-from server.api.servicers.common import rpc
-from server.api.watch import Heartbeat, StreamCap, check_resume, follow
-from server.model.caller import current_caller
-from server.services.bulk import SNAPSHOT, Bulks, bulk_event, is_final
-from server.services.events import EventHub
-from server.services.intake import Intake
+from genjobs.server.api import convert
+from genjobs.server.api.servicers.common import rpc
+from genjobs.server.api.watch import Heartbeat, StreamCap, check_resume, follow
+from genjobs.server.model.caller import current_caller
+from genjobs.server.services.bulk import SNAPSHOT, Bulks, bulk_event, is_final
+from genjobs.server.services.events import EventHub
+from genjobs.server.services.intake import Intake
+from genjobs.v1 import bulk_pb2, bulk_pb2_grpc
 
 
 class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):

@@ -12,10 +12,10 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from pymongo.errors import PyMongoError
 
-from server.api.status import grpc_status
-from server.api.watch import ShuttingDown
-from server.model.errors import Code, ServiceError, clip, unavailable
-from server.storage.outage import unreachable
+from genjobs.server.api.status import grpc_status
+from genjobs.server.api.watch import ShuttingDown
+from genjobs.server.model.errors import Code, ServiceError, clip, unavailable
+from genjobs.server.storage.outage import unreachable
 
 log = logging.getLogger(__name__)
 

@@ -6,23 +6,23 @@ import asyncio
 from collections.abc import Sequence
 
 import grpc
-from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 from google.protobuf import empty_pb2
 
-from server.api import convert
-from server.api.servicers.common import rpc
-from server.api.watch import Heartbeat, StreamCap, check_resume, follow
-from server.model.caller import current_caller
-from server.model.records import Job
-from server.services.budgets import Budgets, Limit
-from server.services.events import Event, EventHub
-from server.services.intake import Intake
-from server.services.jobs import Jobs
-from server.services.progress import ExternalProgress
-from server.storage import records
-from server.storage.events import SNAPSHOT
-from server.storage.jobs import final
-from server.storage.paging import JobFilter
+from genjobs.server.api import convert
+from genjobs.server.api.servicers.common import rpc
+from genjobs.server.api.watch import Heartbeat, StreamCap, check_resume, follow
+from genjobs.server.model.caller import current_caller
+from genjobs.server.model.records import Job
+from genjobs.server.services.budgets import Budgets, Limit
+from genjobs.server.services.events import Event, EventHub
+from genjobs.server.services.intake import Intake
+from genjobs.server.services.jobs import Jobs
+from genjobs.server.services.progress import ExternalProgress
+from genjobs.server.storage import records
+from genjobs.server.storage.events import SNAPSHOT
+from genjobs.server.storage.jobs import final
+from genjobs.server.storage.paging import JobFilter
+from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 
 def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.GetJobStatsRequest) -> JobFilter:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from genjobs.v1 import schedules_pb2, schedules_pb2_grpc
 from google.protobuf import empty_pb2
 
-from server.api import convert
-from server.api.servicers.common import rpc
-from server.model.caller import current_caller
-from server.services.schedules import Schedules
+from genjobs.server.api import convert
+from genjobs.server.api.servicers.common import rpc
+from genjobs.server.model.caller import current_caller
+from genjobs.server.services.schedules import Schedules
+from genjobs.v1 import schedules_pb2, schedules_pb2_grpc
 
 
 class ScheduleServicer(schedules_pb2_grpc.ScheduleServiceServicer):

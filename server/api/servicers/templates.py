@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from genjobs.v1 import templates_pb2, templates_pb2_grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
-from server.api import convert
-from server.api.servicers.common import rpc
-from server.model.caller import current_caller
-from server.services.templates import Templates
+from genjobs.server.api import convert
+from genjobs.server.api.servicers.common import rpc
+from genjobs.server.model.caller import current_caller
+from genjobs.server.services.templates import Templates
+from genjobs.v1 import templates_pb2, templates_pb2_grpc
 
 
 def _request(
