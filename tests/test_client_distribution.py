@@ -5,6 +5,7 @@ dependencies (issue 28)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,13 @@ SERVER_ONLY = ("pymongo", "starlette", "uvicorn", "openai", "opentelemetry", "nx
 @pytest.fixture(scope="module")
 def client_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clean venv with only `pip install ./client` in it."""
-    venv = tmp_path_factory.mktemp("client-venv") / "venv"
+    scratch = tmp_path_factory.mktemp("client-venv")
+    # Built from a copy: pip builds in the source folder, and its build/ and
+    # egg-info must not land in the checkout.
+    ignore = shutil.ignore_patterns("__pycache__", "build", "*.egg-info")
+    for folder in ("client", "protos"):
+        shutil.copytree(ROOT / folder, scratch / "src" / folder, ignore=ignore)
+    venv = scratch / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     subprocess.run(
         [
@@ -30,7 +37,7 @@ def client_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "install",
             "--quiet",
             "--disable-pip-version-check",
-            str(ROOT / "client"),
+            str(scratch / "src" / "client"),
         ],
         check=True,
         timeout=600,
