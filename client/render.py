@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from rich.console import Console, JustifyMethod
+from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskProgressColumn, TextColumn
 from rich.table import Column, Table
 from rich.text import Text
@@ -39,6 +40,11 @@ TOTAL_SIZE_CAP = 1000
 def total(total_size: int) -> str:
     """A ListJobs total as people read it: "1,000+" once it reaches the cap."""
     return f"{total_size:,}+" if total_size >= TOTAL_SIZE_CAP else str(total_size)
+
+
+def count(number: int, noun: str, plural: str = "") -> str:
+    """`1 job`, `2 jobs`, `0 jobs`: a number and its noun in agreement (`plural` when not noun + "s")."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
 
 
 def as_dict(message: Message) -> dict[str, Any]:
@@ -86,57 +92,52 @@ def styled(status: str) -> str:
     return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
 
 
-def when(stamp: Timestamp) -> str:
-    """A timestamp in local time to the second; "" when unset."""
+_utc = False  # --utc: every time in UTC rather than in the viewer's zone
+
+
+def use_zone(utc: bool) -> None:
+    """Show times in UTC (`--utc`) or, the default, in the viewer's local zone."""
+    global _utc
+    _utc = utc
+
+
+def moment(stamp: Timestamp, time_zone: str = "") -> datetime:
+    """A timestamp as an aware time: UTC with --utc, else in `time_zone` (an
+    IANA name, as a schedule's) when given and known, else the local zone."""
+    instant = datetime.fromtimestamp(stamp.seconds, UTC)
+    if _utc:
+        return instant
+    if time_zone:
+        try:
+            return instant.astimezone(ZoneInfo(time_zone))
+        except (ZoneInfoNotFoundError, ValueError):
+            pass  # a zone this machine does not know: the local one, named
+    return instant.astimezone()
+
+
+def when(stamp: Timestamp, time_zone: str = "") -> str:
+    """A timestamp to the second with its zone named (`2026-12-07 09:00:00 CET`); "" when unset."""
     if not stamp.seconds and not stamp.nanos:
         return ""
-    return datetime.fromtimestamp(stamp.seconds).strftime("%Y-%m-%d %H:%M:%S")
+    return moment(stamp, time_zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def short_when(stamp: Timestamp, time_zone: str = "", zone: bool = False) -> str:
+    """`12-07 09:00` for a table whose header names the zone (or with it, `zone`)."""
+    if not stamp.seconds and not stamp.nanos:
+        return ""
+    return moment(stamp, time_zone).strftime("%m-%d %H:%M" + (" %Z" if zone else ""))
+
+
+def zone_name() -> str:
+    """The abbreviation of the zone times are shown in, now (`CET`, `UTC`)."""
+    return "UTC" if _utc else datetime.now().astimezone().strftime("%Z")
 
 
 def subject(params: jobs_pb2.GenerationParams, width: int = 40) -> str:
     """What a job is about, in a few words."""
     text = params.topic or ", ".join(params.keywords) or " ".join(params.source_text.split()[:8])
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-GAP = 2  # between two columns of a borderless table (one space of padding each side)
-
-
-def _listing(
-    width: int, fixed: Sequence[tuple[str, int, JustifyMethod]], flexible: Sequence[tuple[str, int]]
-) -> Table:
-    """A borderless table `width` wide at most: the `fixed` columns (name,
-    width, justify) are never cut; the `flexible` ones (name, share) split
-    what is left and end in "…" when their text is longer."""
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for name, size, justify in fixed:
-        table.add_column(name, no_wrap=True, min_width=size, justify=justify)
-    room = width - sum(size for _, size, _ in fixed) - GAP * (len(fixed) + len(flexible) - 1)
-    shares = sum(share for _, share in flexible)
-    for name, share in flexible:
-        size = max(room * share // shares, 1)
-        table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=size)
-    return table
-
-
-def jobs_table(jobs: Iterable[jobs_pb2.Job], width: int = 200) -> Table:
-    """One row per job: id, status, progress, created, subject, project. At
-    any `width` (80 columns too), the subject and project give way."""
-    table = _listing(
-        width,
-        [("ID", 24, "left"), ("STATUS", 10, "left"), ("DONE", 4, "right"), ("CREATED", 11, "left")],
-        [("SUBJECT", 3), ("PROJECT", 1)],
-    )
-    for job in jobs:
-        table.add_row(
-            job.id,
-            styled(status_name(job.status)),
-            f"{job.progress.percentage}%",
-            when(job.create_time)[5:16],
-            subject(job.params, width),
-            job.project,
-        )
-    return table
 
 
 def job_detail(job: jobs_pb2.Job) -> Table:
@@ -174,7 +175,7 @@ def job_detail(job: jobs_pb2.Job) -> Table:
     if job.HasField("result"):
         result = job.result
         rows.append(("title", result.title))
-        rows.append(("result", f"{result.word_count} words, {cost_text(result)}"))
+        rows.append(("result", f"{count(result.word_count, 'word')}, {cost_text(result)}"))
         rows.append(("content", _preview(result.content)))
     for name, value in rows:
         if value:
@@ -199,20 +200,38 @@ def _preview(text: str, limit: int = 300) -> str:
     return text[:limit].rsplit(" ", 1)[0] + " … (show --content prints it all)"
 
 
-def stats_table(stats: jobs_pb2.GetJobStatsResponse) -> Table:
-    """Counts by status and mode, cost, duration and failure rate."""
-    table = Table(box=None, show_header=False, pad_edge=False)
+def stats_table(
+    stats: jobs_pb2.GetJobStatsResponse, usage: jobs_pb2.Usage | None = None, project: str = ""
+) -> Table:
+    """Counts by status and mode, cost, duration and failure rate of the jobs
+    stored now (a deleted job is in none of them, so each figure names what it
+    is of), then this month's spend from `usage`, which deletions do not lower."""
+    table = Table(
+        title="jobs stored now (deleted jobs not counted)", title_justify="left", box=None, pad_edge=False
+    )
     table.add_column(style="bold", no_wrap=True)
     table.add_column(justify="right")
     table.add_row("total jobs", str(stats.total_jobs))
+    counts = {row.status: row.count for row in stats.by_status}
     for row in stats.by_status:
         table.add_row(styled(status_name(row.status)), str(row.count))
     for mode_row in stats.by_mode:
         table.add_row(f"mode {mode_name(mode_row.mode)}", str(mode_row.count))
-    unknown = f" (+ {stats.cost_unknown_jobs} jobs of unknown cost)" if stats.cost_unknown_jobs else ""
-    table.add_row("total cost", f"{stats.total_cost_cents}¢{unknown}")
-    table.add_row("mean duration", f"{stats.mean_duration_seconds:.2f} s")
-    table.add_row("failure rate", f"{stats.failure_rate:.1%}")
+    completed = counts.get(jobs_pb2.JOB_STATUS_COMPLETED, 0)
+    failed = counts.get(jobs_pb2.JOB_STATUS_FAILED, 0)
+    unknown = f", {stats.cost_unknown_jobs} of unknown cost left out" if stats.cost_unknown_jobs else ""
+    table.add_row(
+        "total cost", f"{stats.total_cost_cents}¢ (of {count(completed, 'completed job')}{unknown})"
+    )
+    duration = f"{stats.mean_duration_seconds:.2f} s" if completed else "none completed"
+    table.add_row("mean duration", duration)
+    rate = f"{stats.failure_rate:.1%} ({failed} of {count(completed + failed, 'finished job')})"
+    table.add_row("failure rate", rate if completed + failed else "none finished")
+    if usage is not None:
+        spent = usage.spent_cents
+        if project:
+            spent = next((p.spent_cents for p in usage.projects if p.project == project), 0)
+        table.add_row(f"spent in {usage.month} (UTC)", f"{spent}¢ (deleted jobs too)")
     return table
 
 
@@ -262,33 +281,6 @@ def budget_line(budget: jobs_pb2.Budget) -> str:
     return f"monthly limit for {scope}: {budget.monthly_limit_cents}¢, spent {budget.spent_cents}¢{state}"
 
 
-def bulk_table(bulks: Iterable[bulk_pb2.BulkJob], width: int = 200) -> Table:
-    """One row per bulk job with its counts; the project gives way when narrow."""
-    table = _listing(
-        width,
-        [
-            ("ID", 24, "left"),
-            ("STATUS", 10, "left"),
-            ("COMPLETED", 9, "right"),
-            ("FAILED", 6, "right"),
-            ("LEFT", 4, "right"),
-            ("CREATED", 11, "left"),
-        ],
-        [("PROJECT", 1)],
-    )
-    for bulk in bulks:
-        table.add_row(
-            bulk.id,
-            styled(bulk_status_name(bulk.status)),
-            f"{bulk.completed_items}/{bulk.total_items}",
-            str(bulk.failed_items),
-            str(bulk.remaining_items),
-            when(bulk.create_time)[5:16],
-            bulk.project,
-        )
-    return table
-
-
 def schedule_state_name(state: int) -> str:
     """SCHEDULE_STATE_PAUSED -> "paused"."""
     return schedules_pb2.ScheduleState.Name(state).removeprefix("SCHEDULE_STATE_").lower()  # type: ignore[arg-type]
@@ -305,43 +297,8 @@ def target_text(request: schedules_pb2.Schedule | templates_pb2.Template, width:
     if kind == "job":
         return f"{mode_name(request.job.mode)}: {subject(request.job.params, width)}"
     if kind == "bulk_job":
-        return f"bulk {mode_name(request.bulk_job.mode)}: {len(request.bulk_job.items)} items"
+        return f"bulk {mode_name(request.bulk_job.mode)}: {count(len(request.bulk_job.items), 'item')}"
     return ""
-
-
-def schedules_table(schedules: Iterable[schedules_pb2.Schedule], width: int = 200) -> Table:
-    """One row per schedule: id, state, cron, next tick, runs, what it submits."""
-    table = _listing(
-        width,
-        [
-            ("ID", 24, "left"),
-            ("STATE", 6, "left"),
-            ("CRON", 14, "left"),
-            ("NEXT RUN", 19, "left"),
-            ("RUNS", 4, "right"),
-        ],
-        [("SUBMITS", 2), ("LAST ERROR", 1)],
-    )
-    for schedule in schedules:
-        state = schedule_state_name(schedule.state)
-        table.add_row(
-            schedule.id,
-            f"[{'green' if state == 'active' else 'yellow'}]{state}[/]",
-            schedule.cron + (f" {schedule.time_zone}" if schedule.time_zone else ""),
-            when(schedule.next_run_time),
-            str(schedule.run_count),
-            target_text(schedule),
-            f"[red]{schedule.last_error}[/]" if schedule.last_error else "",
-        )
-    return table
-
-
-def templates_table(templates: Iterable[templates_pb2.Template], width: int = 200) -> Table:
-    """One row per template: name, what it submits, when it last changed."""
-    table = _listing(width, [("NAME", 16, "left"), ("UPDATED", 19, "left")], [("SUBMITS", 1)])
-    for template in templates:
-        table.add_row(template.name, when(template.update_time), target_text(template))
-    return table
 
 
 def notification_line(note: bulk_pb2.Notification) -> str:
@@ -350,7 +307,7 @@ def notification_line(note: bulk_pb2.Notification) -> str:
     if note.delivered:
         line += " [dim](webhook delivered)[/]"
     elif note.delivery_attempts:
-        line += f" [dim](webhook not delivered after {note.delivery_attempts} attempts)[/]"
+        line += f" [dim](webhook not delivered after {count(note.delivery_attempts, 'attempt')})[/]"
     return line
 
 
@@ -520,12 +477,14 @@ def bulk_counts(bulk: bulk_pb2.BulkJob) -> str:
 def _bulk_bar(event: bulk_pb2.BulkJobEvent) -> tuple[bulk_pb2.BulkJob, dict[str, Any]]:
     bulk = event.bulk_job
     final = bulk.status in (bulk_pb2.BULK_JOB_STATUS_COMPLETED, bulk_pb2.BULK_JOB_STATUS_CANCELLED)
-    counts = f"{bulk.completed_items} done, {bulk.failed_items} failed, {bulk.remaining_items} left"
+    # Failures lead, so that a narrow terminal shows them as they happen, not at the end.
+    failed = f"{bulk.failed_items} failed" if bulk.failed_items else ""
+    counts = f"{bulk.completed_items} done, {bulk.remaining_items} left"
     return bulk, {
         "total": 100,
         "completed": bulk.percentage,  # the server's: a cancelled bulk job never reads 100
         "description": bulk_status_name(bulk.status),
-        "message": " · ".join(part for part in (bulk.project, counts) if part),
+        "message": " · ".join(part for part in (failed, bulk.project, counts) if part),
         "id": bulk.id,
         "started": seconds(bulk.start_time),
         "ended": seconds(bulk.end_time) if final else 0.0,
@@ -553,11 +512,11 @@ def outcome_line(job: jobs_pb2.Job) -> str:
     if job.status == jobs_pb2.JOB_STATUS_COMPLETED:
         title = f"“{job.result.title}” " if job.result.title else ""
         return (
-            f"[green]completed[/]: {title}{job.result.word_count} words, {cost_text(job.result)} "
+            f"[green]completed[/]: {title}{count(job.result.word_count, 'word')}, {cost_text(job.result)} "
             f"(genjobs show {job.id} --content)"
         )
     if job.status == jobs_pb2.JOB_STATUS_FAILED:
-        return f"[red]failed[/] after {job.attempt} attempt(s): {job.error.code}: {job.error.message}"
+        return f"[red]failed[/] after {count(job.attempt, 'attempt')}: {job.error.code}: {job.error.message}"
     if job.status == jobs_pb2.JOB_STATUS_CANCELLED:
         return "[dim]cancelled[/]"
     return styled(status_name(job.status))

@@ -134,6 +134,17 @@ def _tool(name: str) -> str:
         return str(path)
 
 
+def _generator_text(settings: Settings) -> str:
+    """Which generator writes the articles, and with what model or service."""
+    if settings.generator == "openai":
+        return f"openai, model {settings.openai_model} at {settings.openai_base_url} (GENJOBS_OPENAI_MODEL)"
+    if settings.generator == "http":
+        return f"http, at {settings.generator_url} (GENJOBS_GENERATOR_URL)"
+    if settings.generator == "demo":
+        return "demo, no model: made-up articles (GENJOBS_GENERATOR=openai or http for real ones)"
+    return settings.generator
+
+
 def _print_banner(settings: Settings, port: int, http_port: int = 0) -> None:
     secret = load_secret(settings.auth_secret, settings.data_dir)
     token = make_token(secret, "dev")
@@ -152,6 +163,7 @@ def _print_banner(settings: Settings, port: int, http_port: int = 0) -> None:
     print(
         f"""
 genjobs is serving on {target}  (database: {database})
+  generator: {_generator_text(settings)}
 
   token for user 'dev':
     export GENJOBS_TOKEN={token}

@@ -111,7 +111,7 @@ def test_watch_shows_a_progress_bar_and_exits_by_outcome(cli: Cli, alice: GenJob
     assert "completed" in done and "words" in done
     failing = alice.submit("topic", topic="broken", extra={"demo_fail": "permanent"})
     failed = cli("watch", failing.id, code=1).stdout
-    assert "failed after 1 attempt(s): DEMO_PERMANENT" in failed
+    assert "failed after 1 attempt: DEMO_PERMANENT" in failed
     assert cli.json("watch", job.id)["status"] == "JOB_STATUS_COMPLETED"
 
 
@@ -121,7 +121,7 @@ def test_cancel_retry_rm_and_their_refusals(cli: Cli, alice: GenJobsClient) -> N
     queued = alice.submit("topic", topic="waits")
     out = cli("cancel", queued.id, blocker.id).stdout
     assert f"cancelled {queued.id}" in out and f"stopping {blocker.id}" in out
-    refused = cli("rm", queued.id, "0" * 24, code=1)
+    refused = cli("rm", queued.id, "0" * 24, "--yes", code=1)
     assert f"deleted {queued.id}" in refused.stdout
     assert "JOB_NOT_FOUND" in refused.stderr and "genjobs ls" in refused.stderr
     assert final_status(alice, blocker.id) == jobs_pb2.JOB_STATUS_CANCELLED
@@ -137,9 +137,9 @@ def test_ops_dry_run_then_act(cli: Cli, alice: GenJobsClient) -> None:
     alice.submit("topic", topic="blocker", extra={"demo_seconds": "60"})
     queued = [alice.submit("topic", topic=f"q{i}").id for i in range(3)]
     preview = cli("ops", "cancel-queued", "--dry-run").stdout
-    assert "would have cancelled 3 jobs" in preview
+    assert "would cancel 3 jobs" in preview
     assert all(alice.get(i).status == jobs_pb2.JOB_STATUS_QUEUED for i in queued)
-    done = cli.json("ops", "cancel-queued")
+    done = cli.json("ops", "cancel-queued", "--yes")
     assert sorted(done["job_ids"]) == sorted(queued)  # type: ignore[arg-type]
     assert "deleted 0 jobs" in cli("ops", "clean-completed").stdout
 
@@ -175,7 +175,7 @@ def test_bulk_create_watch_show_ls_and_retry(cli: Cli, tmp_path: Path) -> None:
     bulk = cli.json("bulk", "ls")["bulk_jobs"][0]  # type: ignore[index]
     shown = cli("bulk", "show", bulk["id"]).stdout
     assert "10 total: 9 completed, 1 failed" in shown and "Article" not in shown
-    assert "retried 1 jobs" in cli("ops", "retry-failed", "--bulk", bulk["id"]).stdout
+    assert "retried 1 job" in cli("ops", "retry-failed", "--bulk", bulk["id"]).stdout
     assert bulk["id"] in cli("bulk", "ls").stdout
 
 
@@ -187,7 +187,7 @@ def test_bulk_from_json_lines_pause_resume_cancel(cli: Cli, tmp_path: Path) -> N
     assert "paused" in cli("bulk", "pause", str(bulk_id)).stdout
     assert "BULK_JOB_NOT_PAUSABLE" in cli("bulk", "pause", str(bulk_id), code=1).stderr
     assert "resumed" in cli("bulk", "resume", str(bulk_id)).stdout
-    assert "cancelled bulk job" in cli("bulk", "cancel", str(bulk_id)).stdout
+    assert "cancelled bulk job" in cli("bulk", "cancel", str(bulk_id), "-y").stdout
     final = cli("bulk", "watch", str(bulk_id)).stdout
     assert "cancelled" in final and "of 11" in final
 

@@ -67,7 +67,7 @@ def _bulk_final(client: GenJobsClient, bulk_id: str, timeout: float = 30) -> bul
 def test_bulk_watch_ends_after_its_completed_items_were_deleted(cli: Cli, alice: GenJobsClient) -> None:
     bulk = alice.create_bulk("topic", _items(10))
     _bulk_final(alice, bulk.id)
-    assert "deleted 10 jobs" in cli("ops", "clean-completed").stdout
+    assert "deleted 10 jobs" in cli("ops", "clean-completed", "--yes").stdout
     watched: Result = within(30, lambda: cli("bulk", "watch", bulk.id))
     assert "completed" in watched.stdout and "10 deleted" in watched.stdout
     events = within(30, lambda: list(alice.watch_bulk(bulk.id)))
@@ -79,7 +79,7 @@ def test_a_bulk_job_whose_done_items_were_deleted_while_it_ran_still_completes(
 ) -> None:
     bulk = alice.create_bulk("topic", _items(10, **{"10": {"demo_seconds": "3"}}))
     wait_for(lambda: alice.get_bulk(bulk.id).completed_items == 9, timeout=30)
-    assert "deleted 9 jobs" in cli("ops", "clean-completed").stdout
+    assert "deleted 9 jobs" in cli("ops", "clean-completed", "--yes").stdout
     watched: Result = within(30, lambda: cli("bulk", "watch", bulk.id))
     assert "completed: 1 completed" in watched.stdout and "9 deleted" in watched.stdout
     assert alice.get_bulk(bulk.id).status == bulk_pb2.BULK_JOB_STATUS_COMPLETED
@@ -88,9 +88,9 @@ def test_a_bulk_job_whose_done_items_were_deleted_while_it_ran_still_completes(
 def test_bulk_watch_of_a_cancelled_bulk_job_whose_items_were_deleted(cli: Cli, alice: GenJobsClient) -> None:
     blocker = alice.submit("topic", topic="keeps the dispatcher busy", extra={"demo_seconds": "60"})
     bulk = alice.create_bulk("topic", _items(10))
-    cli("bulk", "cancel", bulk.id)
+    cli("bulk", "cancel", bulk.id, "--yes")
     _bulk_final(alice, bulk.id)
-    cli("rm", *[item.id for item in alice.get_bulk(bulk.id).items])
+    cli("rm", "--yes", *[item.id for item in alice.get_bulk(bulk.id).items])
     watched: Result = within(30, lambda: cli("bulk", "watch", bulk.id, FORCE_COLOR="1"))
     shown = ANSI.sub("", watched.stdout)
     assert "cancelled" in shown and "of 10, 10 deleted" in shown and "100%" not in shown
@@ -229,7 +229,7 @@ def test_export_can_include_the_content(cli: Cli, alice: GenJobsClient, tmp_path
     job = alice.submit("topic", topic="Green tea", word_count=120)
     final_status(alice, job.id)
     target = tmp_path / "with-content.csv"
-    assert "wrote 1 jobs" in cli("export", "--csv", str(target), "--content").stdout
+    assert "wrote 1 job " in cli("export", "--csv", str(target), "--content").stdout
     (row,) = csv.DictReader(target.open(newline="", encoding="utf-8"))
     assert row["content"] == alice.get(job.id).result.content and row["id"] == job.id
     plain = next(csv.reader(io.StringIO(cli("export", "--csv", "-").stdout)))
@@ -311,7 +311,7 @@ def test_the_readme_links_the_architecture_whose_layout_names_real_files() -> No
 
 def test_the_walk_through_cleans_up_after_stats_and_export() -> None:
     readme = (ROOT / "docs" / "cli.md").read_text()
-    clean = readme.index("genjobs ops clean-completed\n")
+    clean = readme.index("genjobs ops clean-completed --yes\n")
     assert readme.index("genjobs stats\n") < clean and readme.index("genjobs export --csv") < clean
 
 

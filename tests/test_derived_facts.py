@@ -66,7 +66,7 @@ def test_after_clean_completed_the_counts_say_deleted(cli: Cli, alice: GenJobsCl
     bulk = alice.create_bulk("topic", _items(10))
     before = _final_bulk(alice, bulk.id)
     assert (before.completed_items, before.done_items, before.deleted_items) == (10, 10, 0)
-    cli("ops", "clean-completed")
+    cli("ops", "clean-completed", "--yes")
     after = alice.get_bulk(bulk.id)
     assert (after.completed_items, after.done_items, after.deleted_items, after.remaining_items) == (
         0,
@@ -137,7 +137,7 @@ def _cost_unknown_in_cli(mongo: MongoServer, tmp_path: Path, fake: FakeOpenAI) -
         cli = Cli(server)
         shown = cli("show", submitted.id).stdout
         assert "cost unknown" in shown and "0¢" not in shown
-        assert "jobs of unknown cost" in cli("stats").stdout
+        assert "0¢ (of 1 completed job, 1 of unknown cost left out)" in cli("stats").stdout
         assert json.loads(cli("-o", "json", "show", submitted.id).stdout)["result"]["cost_unknown"] is True
     finally:
         client.close()

@@ -8,7 +8,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from tests.harness import MongoServer, ServerProcess, make_settings, server_env
+import pytest
+
+from tests.harness import MongoServer, ServerProcess, make_settings, server_env, wait_for
 
 
 def second_server(mongo: MongoServer, data_dir: Path, port: int) -> subprocess.CompletedProcess[str]:
@@ -43,3 +45,39 @@ def test_a_port_held_by_another_program_stops_the_server(mongo: MongoServer, tmp
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(port) in lines[0] and "in use" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("setting", ["http_port", "metrics_port"])
+def test_a_busy_http_or_metrics_port_names_the_setting_to_change(
+    mongo: MongoServer, tmp_path: Path, setting: str
+) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        busy = {setting: str(port) if setting == "http_port" else port}
+        settings = replace(make_settings(mongo.uri, tmp_path), **busy)
+        result = subprocess.run(
+            [sys.executable, "-m", "server"],
+            env=server_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # the HTTP face's log may come first
+    assert last.startswith("genjobs: cannot listen") and str(port) in last, result.stderr
+    assert f"GENJOBS_{setting.upper()}" in last, result.stderr
+
+
+def test_the_banner_names_the_generator_and_its_model(mongo: MongoServer, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    settings = make_settings(
+        mongo.uri, tmp_path / "data", generator="openai", openai_base_url="http://127.0.0.1:9/v1"
+    )
+    server = ServerProcess(replace(settings, log_format="text", openai_model="gpt-test-mini"), log).start()
+    try:
+        banner = wait_for(lambda: "Stop with Ctrl-C" in (text := log.read_text()) and text)
+        assert "generator: openai, model gpt-test-mini at http://127.0.0.1:9/v1" in banner
+    finally:
+        server.terminate()

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from genjobs.client import render
+from genjobs.client import listing, render
 from genjobs.client.cli.request_flags import TemplateFlag, bulk_request
 from genjobs.client.cli.shared import (
     AtOpt,
@@ -15,7 +15,9 @@ from genjobs.client.cli.shared import (
     Options,
     PriorityOpt,
     ProjectOpt,
+    YesOpt,
     at_time,
+    confirm,
     connected,
     print_listing,
     print_result,
@@ -35,7 +37,10 @@ ItemsArg = Annotated[
 def bulk_create(
     ctx: typer.Context,
     file: ItemsArg = None,
-    mode: Annotated[Mode | None, typer.Option("--mode", "-m", help="[default: topic]")] = None,
+    mode: Annotated[
+        Mode | None,
+        typer.Option("--mode", "-m", metavar="MODE", help="topic, keywords, trends or spin [default: topic]"),
+    ] = None,
     project: ProjectOpt = "",
     request_id: Annotated[str, typer.Option(help="makes a retried create return the same bulk job")] = "",
     notify_url: Annotated[str, typer.Option(help="receives a signed POST when it completes")] = "",
@@ -78,7 +83,7 @@ def bulk_create(
         print_result(opts, render.as_dict(bulk))
     else:
         opts.console.print(
-            f"queued bulk job {bulk.id} with {bulk.total_items} items"
+            f"queued bulk job {bulk.id} with {render.count(bulk.total_items, 'item')}"
             f"{render.queued_note(bulk.priority, bulk.schedule_time)}"
         )
 
@@ -93,7 +98,7 @@ def bulk_list(
     opts: Options = ctx.obj
     with connected(ctx) as client:
         bulks = list(client.iter_bulk(limit=0 if all_ else limit))
-    print_listing(opts, "bulk_jobs", bulks, render.bulk_table, "no bulk jobs")
+    print_listing(opts, "bulk_jobs", bulks, listing.bulk_table, "no bulk jobs")
 
 
 BulkIdArg = Annotated[str, typer.Argument(metavar="ID", help="a bulk job id")]
@@ -163,6 +168,7 @@ def bulk_resume(ctx: typer.Context, bulk_id: BulkIdArg) -> None:
 
 
 @bulk_app.command("cancel")
-def bulk_cancel(ctx: typer.Context, bulk_id: BulkIdArg) -> None:
-    """Cancel the queued items and stop the running one."""
+def bulk_cancel(ctx: typer.Context, bulk_id: BulkIdArg, yes: YesOpt = False) -> None:
+    """Cancel the queued items and stop the running one (asks first, unless --yes)."""
+    confirm(ctx.obj, yes, f"cancel bulk job {bulk_id} (its queued items; a running one is stopped)")
     _bulk_action(ctx, bulk_id, "cancelled", lambda client, i: client.cancel_bulk(i))

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import Progress
 
-from genjobs.client import render
+from genjobs.client import listing, render
 from genjobs.client.cli.request_flags import (
     AttemptsFlag,
     ExtraFlag,
@@ -41,7 +41,9 @@ from genjobs.client.cli.shared import (
     ProjectOpt,
     QueryOpt,
     StatusOpt,
+    YesOpt,
     at_time,
+    confirm,
     connected,
     explain,
     fail,
@@ -155,7 +157,7 @@ def list_jobs(
     if not jobs:
         opts.console.print("no jobs match")
         return
-    opts.console.print(render.jobs_table(jobs, opts.console.width))
+    opts.console.print(listing.jobs_table(jobs, opts.console.width))
     if len(jobs) < first.total_size:
         opts.console.print(
             f"[dim]{len(jobs)} of {render.total(first.total_size)} shown (--all for every one)[/]"
@@ -262,8 +264,10 @@ def retry(ctx: typer.Context, ids: IdsArg) -> None:
 
 
 @commands.command("rm")
-def remove(ctx: typer.Context, ids: IdsArg) -> None:
-    """Delete completed, failed or cancelled jobs and their history."""
+def remove(ctx: typer.Context, ids: IdsArg, yes: YesOpt = False) -> None:
+    """Delete completed, failed or cancelled jobs and their history (asks first, unless --yes)."""
+    history = "its history" if len(ids) == 1 else "their history"
+    confirm(ctx.obj, yes, f"delete {render.count(len(ids), 'job')} ({', '.join(ids)}) and {history}")
     _each(ctx, ids, "deleted", lambda client, job_id: client.delete(job_id))
 
 
@@ -271,7 +275,8 @@ def remove(ctx: typer.Context, ids: IdsArg) -> None:
 def stats(
     ctx: typer.Context, after: AfterOpt = None, before: BeforeOpt = None, project: ProjectOpt = ""
 ) -> None:
-    """Counts by status and mode, total cost, mean duration, failure rate."""
+    """Counts by status and mode, total cost, mean duration and failure rate of
+    the jobs stored now; then this month's spend, deleted jobs included."""
     opts: Options = ctx.obj
     with connected(ctx) as client:
         result = client.stats(
@@ -279,7 +284,9 @@ def stats(
             created_before=before.astimezone() if before else None,
             project=project,
         )
-    print_result(opts, render.as_dict(result), render.stats_table(result))
+        # This month's spend survives deletion, as the stored jobs' figures do not.
+        usage = None if opts.json else client.usage()
+    print_result(opts, render.as_dict(result), render.stats_table(result, usage, project))
 
 
 EXPORT_COLUMNS = (
@@ -386,4 +393,4 @@ def export(
     if opts.json:
         print_result(opts, {"file": str(csv_file), "rows": written})
     elif not to_stdout:
-        opts.console.print(f"wrote {written} jobs to {csv_file}")
+        opts.console.print(f"wrote {render.count(written, 'job')} to {csv_file}")

@@ -23,7 +23,7 @@ def notifications(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option(help="at most this many of the newest", min=1)] = 20,
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="then print new ones as they arrive, until Ctrl-C")
+        bool, typer.Option("--follow", help="then print new ones as they arrive, until Ctrl-C")
     ] = False,
     interval: Annotated[float, typer.Option(help="seconds between two looks for new ones", min=0.1)] = 2.0,
 ) -> None:

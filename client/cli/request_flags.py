@@ -39,7 +39,10 @@ def _read_json(path: Path, errors: Console) -> Any:
         fail(errors, f"{path} is not JSON: {exc}")
 
 
-ModeFlag = Annotated[Mode | None, typer.Option("--mode", "-m", help="what to write [default: topic]")]
+ModeFlag = Annotated[
+    Mode | None,
+    typer.Option("--mode", "-m", metavar="MODE", help="topic, keywords, trends or spin [default: topic]"),
+]
 TopicFlag = Annotated[str, typer.Option(help="the subject (topic and trends modes)")]
 KeywordFlag = Annotated[list[str] | None, typer.Option("--keyword", "-k", help="a keyword; repeat it")]
 WordsFlag = Annotated[int, typer.Option(help="words to write (0: the server default, 800)")]
@@ -55,7 +58,7 @@ FileFlag = Annotated[
     typer.Option("--file", "-f", help="a JSON SubmitJob request (- for stdin); flags given override it"),
 ]
 TemplateFlag = Annotated[
-    str, typer.Option("--template", "-t", help="start from this template; the flags given override it")
+    str, typer.Option("--template", help="start from this template; the flags given override it")
 ]
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from genjobs.client import render
+from genjobs.client import listing, render
 from genjobs.client.cli.request_flags import (
     AttemptsFlag,
     BulkItemsFlag,
@@ -42,7 +42,7 @@ def schedule_create(
         str, typer.Option(help="minute hour day month weekday, or a first field of seconds: '30 */5 * * * *'")
     ],
     tz: Annotated[str, typer.Option("--tz", help="the IANA time zone of the cron [default: UTC]")] = "",
-    template: Annotated[str, typer.Option("--template", "-t", help="run this template as it is then")] = "",
+    template: Annotated[str, typer.Option("--template", help="run this template as it is then")] = "",
     items: BulkItemsFlag = None,
     mode: ModeFlag = None,
     topic: TopicFlag = "",
@@ -79,7 +79,7 @@ def schedule_create(
     if opts.json:
         print_result(opts, render.as_dict(schedule))
     else:
-        next_run = render.when(schedule.next_run_time)
+        next_run = render.when(schedule.next_run_time, schedule.time_zone)
         opts.console.print(f"schedule {schedule.id} ({render.target_text(schedule)}): next run {next_run}")
 
 
@@ -93,7 +93,7 @@ def schedule_list(
     opts: Options = ctx.obj
     with connected(ctx) as client:
         schedules = list(client.iter_schedules(limit=0 if all_ else limit))
-    print_listing(opts, "schedules", schedules, render.schedules_table, "no schedules")
+    print_listing(opts, "schedules", schedules, listing.schedules_table, "no schedules")
 
 
 ScheduleIdArg = Annotated[str, typer.Argument(metavar="ID", help="a schedule id")]
@@ -108,7 +108,7 @@ def _schedule_action(ctx: typer.Context, schedule_id: str, verb: str, act: Any) 
     elif schedule is None:
         opts.console.print(f"{verb} schedule {schedule_id}")
     else:
-        next_run = render.when(schedule.next_run_time)
+        next_run = render.when(schedule.next_run_time, schedule.time_zone)
         opts.console.print(f"{verb} schedule {schedule_id}" + (f": next run {next_run}" if next_run else ""))
 
 

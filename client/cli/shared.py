@@ -5,6 +5,7 @@ and printing a result as a table or JSON."""
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,7 +59,12 @@ class Priority(StrEnum):
 
 PriorityOpt = Annotated[
     Priority | None,
-    typer.Option("--priority", "-p", help="high needs a premium or admin token [default: normal]"),
+    typer.Option(
+        "--priority",
+        "-p",
+        metavar="PRIORITY",
+        help="low, normal or high (premium or admin tokens) [default: normal]",
+    ),
 ]
 AtOpt = Annotated[
     str,
@@ -119,6 +125,7 @@ class Options:
     errors: Console
     tls: bool = False
     ca_file: str = ""
+    utc: bool = False
 
     @property
     def json(self) -> bool:
@@ -149,6 +156,33 @@ def fail(errors: Console, message: str) -> NoReturn:
     """Print one error line and exit 1."""
     errors.print(f"[red]genjobs: error:[/] {visible.text(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
+
+
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do it without asking")]
+
+
+def stdin_is_terminal() -> bool:
+    """Whether there is someone at a terminal to answer a question."""
+    return sys.stdin.isatty()
+
+
+def confirm(opts: Options, yes: bool, what: str) -> None:
+    """Before a command that deletes or cancels: ask "WHAT?" unless --yes. With no
+    terminal to ask on (a script, a pipe), refuse with exit 2 naming --yes; a
+    "no" is exit 1 with nothing done."""
+    if yes:
+        return
+    if not stdin_is_terminal():
+        opts.errors.print(
+            f"[red]genjobs: error:[/] this would {visible.text(what)}; "
+            "pass --yes to do it without a terminal to ask on",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    if not typer.confirm(f"{what[0].upper()}{what[1:]}?", default=False, err=True):
+        opts.errors.print("nothing done", highlight=False)
+        raise typer.Exit(1)
 
 
 def explain(error: GenJobsError, target: str) -> str:
@@ -226,8 +260,19 @@ def job_filters(
     }
 
 
-StatusOpt = Annotated[list[JobStatus] | None, typer.Option("--status", "-s", help="repeat for several")]
-ModeOpt = Annotated[list[Mode] | None, typer.Option("--mode", "-m", help="repeat for several")]
+StatusOpt = Annotated[
+    list[JobStatus] | None,
+    typer.Option(
+        "--status",
+        "-s",
+        metavar="STATUS",
+        help="queued, processing, completed, failed or cancelled; repeat for several",
+    ),
+]
+ModeOpt = Annotated[
+    list[Mode] | None,
+    typer.Option("--mode", "-m", metavar="MODE", help="topic, keywords, trends or spin; repeat for several"),
+]
 AfterOpt = Annotated[datetime | None, typer.Option(help="created at or after (local time)")]
 BeforeOpt = Annotated[datetime | None, typer.Option(help="created before (local time)")]
 QueryOpt = Annotated[str, typer.Option("--query", "-q", help="case-insensitive text in topic or keywords")]

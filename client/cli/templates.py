@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from genjobs.client import render
+from genjobs.client import listing, render
 from genjobs.client.cli.request_flags import (
     AttemptsFlag,
     BulkItemsFlag,
@@ -81,7 +81,7 @@ def template_list(ctx: typer.Context) -> None:
     opts: Options = ctx.obj
     with connected(ctx) as client:
         templates = list(client.iter_templates())
-    print_listing(opts, "templates", templates, render.templates_table, "no templates")
+    print_listing(opts, "templates", templates, listing.templates_table, "no templates")
 
 
 @template_app.command("rm")

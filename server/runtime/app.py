@@ -89,10 +89,12 @@ def check_port_free(host: str, port: int) -> None:
         raise SystemExit(_port_error(host, port, exc.strerror or str(exc))) from None
 
 
-def _port_error(host: str, port: int, why: str) -> str:
+def _port_error(host: str, port: int, why: str, setting: str = "GENJOBS_PORT") -> str:
+    """One line naming the port, and the setting that moves it."""
     return (
         f"genjobs: cannot listen on {host}:{port}: {why} (the port is in use or not allowed);"
-        " stop what holds it or choose another port with GENJOBS_PORT or --port"
+        f" stop what holds it or choose another port with {setting}"
+        f" or --{setting.removeprefix('GENJOBS_').lower().replace('_', '-')}"
     )
 
 
@@ -236,9 +238,15 @@ class App:
         ]
         undo.push_async_callback(self._end_tasks)
         if settings.metrics_port:
-            self.metrics = observability.MetricsServer(
-                settings.host, settings.metrics_port, settings.tls_cert_file, settings.tls_key_file
-            )
+            try:
+                self.metrics = observability.MetricsServer(
+                    settings.host, settings.metrics_port, settings.tls_cert_file, settings.tls_key_file
+                )
+            except OSError as exc:
+                why = exc.strerror or str(exc)
+                raise SystemExit(
+                    _port_error(settings.host, settings.metrics_port, why, "GENJOBS_METRICS_PORT")
+                ) from None
             undo.callback(self.metrics.stop)
         await self._await_database(self._tasks[0])
         return self.port

@@ -246,7 +246,10 @@ class HttpFace:
             sock.bind((host, port))
         except OSError as exc:
             sock.close()
-            raise SystemExit(f"genjobs: cannot listen for HTTP on {host}:{port}: {exc}") from None
+            raise SystemExit(
+                f"genjobs: cannot listen for HTTP on {host}:{port}: {exc.strerror or exc};"
+                " stop what holds it or choose another port with GENJOBS_HTTP_PORT or --http-port"
+            ) from None
         sock.listen(2048)  # connections wait in the backlog until uvicorn takes them up
         config = uvicorn.Config(
             self.api.app,
