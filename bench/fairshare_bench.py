@@ -35,7 +35,7 @@ from common import COUNTER, Redis, median, scratch, start_mongo
 from genjobs.server.dispatch.fairshare import FairShare
 from genjobs.server.storage.queue import READY
 from genjobs.server.storage.store import Store
-from tests.harness import seed_job
+from tests.harness import ServerProcess, seed_job
 
 OWNERS, QUEUED, HISTORY = 100, 10_000, 40_000
 PARAMS = {"topic": "t", "keywords": ["k"], "word_count": 800, "tone": "", "source_text": "", "extra": {}}
@@ -138,9 +138,14 @@ def dispatch_against(ref: str) -> None:
     subprocess.run(["tar", "-x", "-C", str(there)], input=archive.stdout, check=True)
     mongo, redis = start_mongo(), Redis()
     rates: dict[str, list[float]] = {ref: [], "this tree": [], "RQ": []}
+    # A checkout from before the packaging of issue 28 runs as `python -m server`
+    # from its folder; a packaged one would run the installed genjobs.server, this tree's.
+    if (there / "client" / "pyproject.toml").exists():
+        raise SystemExit(f"{ref} is packaged (genjobs.server): run this bench in its own checkout instead")
     for _ in range(3):
         for name, tree in ((ref, there), ("this tree", here)):
-            os.chdir(tree)  # the server process runs `python -m genjobs.server` from here
+            os.chdir(tree)
+            ServerProcess.module = "genjobs.server" if tree == here else "server"
             rates[name].append(dispatch_bench.genjobs_rate(mongo.uri))
         rates["RQ"].append(dispatch_bench.rq_rate(redis))
     redis.stop()

@@ -241,6 +241,10 @@ def server_env(settings: Settings) -> dict[str, str]:
 class ServerProcess:
     """`python -m genjobs.server` in a subprocess (for kill -9 and multi-process tests)."""
 
+    # A bench may run an older checkout's server from that checkout's folder:
+    # before issue 28's packaging its module was the top-level `server`.
+    module = "genjobs.server"
+
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self.settings = replace(settings, port=free_port())
         self.log_path = log_path
@@ -255,7 +259,7 @@ class ServerProcess:
         """Start the process without waiting for it to serve."""
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server"],
+            [sys.executable, "-m", self.module],
             env=server_env(self.settings),
             stdout=self.log,
             stderr=subprocess.STDOUT,

@@ -249,7 +249,8 @@ def test_json_logs_of_a_real_server_parse_line_by_line_and_hold_no_token(
     env = {**server_env(settings), "OTEL_TRACES_EXPORTER": "console"}
     stderr_path, stdout_path = tmp_path / "stderr", tmp_path / "stdout"
     with open(stderr_path, "wb") as stderr, open(stdout_path, "wb") as stdout:
-        process = subprocess.Popen([sys.executable, "-m", "server"], env=env, stdout=stdout, stderr=stderr)
+        command = [sys.executable, "-m", "genjobs.server"]
+        process = subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr)
     try:
         token = make_token(SECRET, "alice")
         target = f"127.0.0.1:{settings.port}"

@@ -16,7 +16,11 @@ from tests.harness import MongoServer, ServerProcess, make_settings, server_env,
 def second_server(mongo: MongoServer, data_dir: Path, port: int) -> subprocess.CompletedProcess[str]:
     settings = replace(make_settings(mongo.uri, data_dir), port=port)
     return subprocess.run(
-        [sys.executable, "-m", "server"], env=server_env(settings), capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "genjobs.server"],
+        env=server_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -58,7 +62,7 @@ def test_a_busy_http_or_metrics_port_names_the_setting_to_change(
         busy = {setting: str(port) if setting == "http_port" else port}
         settings = replace(make_settings(mongo.uri, tmp_path), **busy)
         result = subprocess.run(
-            [sys.executable, "-m", "server"],
+            [sys.executable, "-m", "genjobs.server"],
             env=server_env(settings),
             capture_output=True,
             text=True,

@@ -103,7 +103,7 @@ def test_generated_code_matches_the_protos(tmp_path: Path) -> None:
 def test_token_command_prints_a_token_the_server_accepts(server: ServerThread, tmp_path: Path) -> None:
     env = {**os.environ, "GENJOBS_AUTH_SECRET": server.settings.auth_secret}
     token = subprocess.run(
-        [sys.executable, "-m", "server", "token", "--user", "carol"],
+        [sys.executable, "-m", "genjobs.server", "token", "--user", "carol"],
         env=env,
         check=True,
         capture_output=True,
