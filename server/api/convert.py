@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from genjobs.server.model import clock
 from genjobs.server.model.channels import CHANNELS
 from genjobs.server.model.errors import FieldViolation, invalid
-from genjobs.server.model.records import BulkJob, Job, JobError
+from genjobs.server.model.records import BulkJob, Job, JobError, Template
 from genjobs.server.model.states import Status
 from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.model.vocabulary import Lane, Priority
@@ -337,15 +337,15 @@ def bulk_event(payload: Doc) -> bulk_pb2.BulkJobEvent:
     return event
 
 
-def template(doc: Doc) -> templates_pb2.Template:
-    """A stored template as the Template message."""
+def template(value: Template) -> templates_pb2.Template:
+    """A template as the Template message."""
     message = templates_pb2.Template(
-        name=doc["name"],
-        owner=doc["owner"],
-        create_time=timestamp(doc.get("ck")),
-        update_time=timestamp(doc.get("updated_us")),
+        name=value.name,
+        owner=value.owner,
+        create_time=timestamp(value.created_us),
+        update_time=timestamp(value.updated_us),
     )
-    getattr(message, doc["kind"]).ParseFromString(doc["request"])
+    getattr(message, value.kind).ParseFromString(value.request)
     return message
 
 

@@ -48,6 +48,7 @@ from pymongo.errors import PyMongoError
 from genjobs.server.model import clock
 from genjobs.server.model.caller import Caller, subject_problem
 from genjobs.server.model.errors import FieldViolation, ServiceError, admins_only, invalid, quota_exceeded
+from genjobs.server.model.records import Job, Spend
 from genjobs.server.model.states import FINAL, Status
 from genjobs.server.services import validation
 from genjobs.server.storage.budgets import (
@@ -134,14 +135,14 @@ class Budgets:
 
     # ---- spend ------------------------------------------------------------
 
-    def job_changed(self, job: Doc, kind: str) -> None:
+    def job_changed(self, job: Job, kind: str) -> None:
         """A job changed here: count its cost if it just completed with one; give
         its place under the queued-jobs cap back once it is final."""
-        if kind != STATUS_CHANGED or job["status"] not in FINAL_STATUSES:
+        if kind != STATUS_CHANGED or not job.final:
             return
-        self.unreserve(job["owner"], [job["_id"]])
-        if job.get("spend_pending") and job["status"] == str(Status.COMPLETED):
-            self._count(job)
+        self.unreserve(job.owner, [ObjectId(job.id)])
+        if job.spend_pending and job.status == Status.COMPLETED:
+            self._count(job.spend)
 
     def recover(self) -> None:
         """Count the cost of jobs completed on a server that stopped before it
@@ -174,11 +175,11 @@ class Budgets:
                 log.warning("queued-jobs cap: %d places of %s given back by the sweep", released, doc["_id"])
         return freed
 
-    def _count(self, job: Doc) -> None:
+    def _count(self, job: Spend) -> None:
         self.store.count_spend(job)
         self.store.spend_counted(job)
         with self._lock:
-            self._spend.pop(usage_key(job["owner"], month_of(int(job["ended_us"]))), None)
+            self._spend.pop(usage_key(job.owner, month_of(job.ended_us)), None)
 
     # ---- submits ------------------------------------------------------------
 

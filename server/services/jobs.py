@@ -20,7 +20,7 @@ from pymongo.errors import PyMongoError
 from genjobs.server.model import channels
 from genjobs.server.model.caller import Caller
 from genjobs.server.model.errors import FieldViolation, ServiceError, channel_not_configured, invalid
-from genjobs.server.model.records import Job, Submission
+from genjobs.server.model.records import NO_ORIGIN, Job, Origin, Submission
 from genjobs.server.model.states import Status
 from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.model.vocabulary import Mode, Priority
@@ -114,7 +114,7 @@ class Jobs:
         limits: SubmitLimits,
         tiers: Tiers,
         notify_channels: Iterable[str],
-        on_change: Sequence[Callable[[Doc, str], None]],
+        on_change: Sequence[Callable[[Job, str], None]],
     ) -> None:
         self.store = store
         self.hub = hub
@@ -127,7 +127,8 @@ class Jobs:
         # The channels this server has a sender for (mail needs GENJOBS_SMTP_URL);
         # a channel that always has one is never refused.
         self.notify_channels = frozenset(notify_channels)
-        self.on_change = tuple(on_change)  # bulk accounting, notifications, budgets
+        # Bulk accounting, notifications, budgets: each gets the changed Job and the event's kind.
+        self.on_change = tuple(on_change)
 
     # ---- events ---------------------------------------------------------
 
@@ -144,17 +145,26 @@ class Jobs:
         self._deliver(doc, kind, self.store.events.event_doc(doc, kind, self.worker_id))
 
     def _deliver(self, doc: Doc, kind: str, event: Doc) -> None:
-        self.hub.publish(Event(f"job:{event['job_id']}", event["seq"], event, final(doc["status"])))
-        metrics.job_changed(doc, kind)
+        # `doc` is the job as the storage write returned it and `event` the wire's
+        # snapshot of it: both stay documents on purpose (watchers get the event as is).
+        ended = final(doc["status"])
+        self.hub.publish(Event(f"job:{event['job_id']}", event["seq"], event, ended))
+        # The listeners hear a job's status changes that end it and every status
+        # change of a bulk item: the claim of a lone job (PROCESSING) and its
+        # progress reports convert nothing.
+        if kind != STATUS_CHANGED or not (ended or doc.get("bulk_job_id")):
+            return
+        job = records.job(doc)  # the one conversion of this change, for every listener
+        metrics.job_changed(job, kind)
         for callback in self.on_change:
             # Each on its own: a database error in one (bulk counts) must not skip
             # the next (the job's notification); their sweeps repair what failed.
             try:
-                callback(doc, kind)
+                callback(job, kind)
             except PyMongoError as exc:
-                if not self.store.outage.failed(exc, f"job {doc['_id']}'s {callback.__name__}"):
+                if not self.store.outage.failed(exc, f"job {job.id}'s {callback.__name__}"):
                     log.warning(
-                        "job %s: %s after a %s event failed (%s)", doc["_id"], callback.__name__, kind, exc
+                        "job %s: %s after a %s event failed (%s)", job.id, callback.__name__, kind, exc
                     )
 
     async def poll_remote(self) -> None:
@@ -190,15 +200,15 @@ class Jobs:
         project: str = "",
         max_attempts: int = 0,
         notify: Sequence[NotifyTarget] = (),
-        origin: Doc | None = None,
+        origin: Origin = NO_ORIGIN,
         priority: str = Priority.NORMAL,
         schedule_us: int = 0,
-    ) -> Doc:
+    ) -> Job:
         """Queue a job; a repeated request_id returns the first job. One command.
         With a `schedule_us` to come, it waits in the scheduled lane until then.
 
-        `origin`: fields the server sets on the job (`schedule_id`, `template`,
-        and a schedule tick's own `request_key`)."""
+        `origin`: what the server sets on the job (its schedule, template, and
+        a schedule tick's own request key)."""
         bad = validation.check_submit(mode, params, request_id, project, max_attempts)
         bad += validation.check_notify(notify)
         bad += validation.check_priority(priority)
@@ -206,7 +216,6 @@ class Jobs:
             raise invalid(bad)
         await entitlement.require_async(caller, priority, self.tiers)
         self.check_channels(notify)
-        origin = origin or {}
         submission = Submission(
             owner=caller.user,
             mode=Mode(mode),
@@ -217,9 +226,9 @@ class Jobs:
             priority=Priority(priority),
             schedule_us=schedule_us,
             targets=tuple(notify),
-            request_key=origin.get("request_key", ""),
-            schedule_id=origin.get("schedule_id", ""),
-            template=origin.get("template", ""),
+            request_key=origin.request_key,
+            schedule_id=origin.schedule_id,
+            template=origin.template,
         )
         doc = self.store.jobs.new_job(submission)
         doc.update(context.trace_fields())
@@ -229,11 +238,11 @@ class Jobs:
         except ServiceError:
             # A repeat of a stored request is answered, not refused: the limit
             # counted that job already (a client's retry, a schedule's tick again).
-            keyed = request_id or "request_key" in origin
+            keyed = request_id or origin.keyed
             earlier = await asyncio.to_thread(self.store.jobs.repeated, doc) if keyed else None
             if earlier is None:
                 raise
-            return earlier
+            return records.job(earlier)
         # A failed insert keeps its place until the sweep: it may have been stored.
         stored, created = await self.store.jobs.submit_job(doc)
         if not created:  # a repeated request: the earlier job holds its own place
@@ -243,7 +252,7 @@ class Jobs:
             # Sequence 1 is the job as submitted: watchers start from its
             # snapshot, so it needs no stored event (SubmitJob stays one write).
             self.offer(stored)
-        return stored
+        return records.job(stored)  # SubmitJob's one conversion (its answer)
 
     def offer(self, doc: Doc) -> None:
         """Hand a job that is in the ready lane to this server's dispatcher (no query)."""

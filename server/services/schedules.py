@@ -40,6 +40,7 @@ from pymongo.errors import PyMongoError
 from genjobs.server.model import clock
 from genjobs.server.model.caller import Caller
 from genjobs.server.model.errors import FieldViolation, ServiceError, invalid
+from genjobs.server.model.records import Origin
 from genjobs.server.services import entitlement, validation
 from genjobs.server.services.entitlement import HIGH, Tiers
 from genjobs.server.services.intake import Intake
@@ -194,7 +195,8 @@ class Schedules:
             raise invalid(bad)
         if kind == TEMPLATE:
             # NOT_FOUND, or a HIGH priority this caller may not ask for: now, not at every tick.
-            self.check_standing(caller, stored_request(self.templates.get(caller, fields["template"])))
+            template = self.templates.get(caller, fields["template"])
+            self.check_standing(caller, stored_request(template.kind, template.request))
         now = clock.now_us()
         oid = ObjectId()
         ck = self.store.order_keys.next()
@@ -291,7 +293,7 @@ class Schedules:
         # The latest tick due; earlier ones missed while no server ran are skipped.
         at = max(expected, latest_tick(doc["cron"], doc["time_zone"], now))
         schedule_id = str(doc["_id"])
-        origin = {"schedule_id": schedule_id, "request_key": tick_key(doc["owner"], schedule_id, at)}
+        origin = Origin(schedule_id=schedule_id, request_key=tick_key(doc["owner"], schedule_id, at))
         changes: Doc = {
             # Never sooner than the least interval after this tick: a schedule stored
             # before the limit (or under a lower one) ticks no faster than it allows.
@@ -368,15 +370,15 @@ class Schedules:
     def _request(self, doc: Doc) -> Message:
         """What a tick submits: the schedule's request, or a request naming its template."""
         if doc["kind"] != TEMPLATE:
-            return stored_request(doc)
+            return stored_request(doc["kind"], doc["request"])
         kind = self.store.template_kind(doc["owner"], doc["template"]) or JOB  # none: NOT_FOUND on submit
         return json_format.ParseDict({"template": doc["template"]}, KINDS[kind]())
 
-    def _submit(self, caller: Caller, request: Message, origin: Doc) -> str:
+    def _submit(self, caller: Caller, request: Message, origin: Origin) -> str:
         """Submit `request` as the schedule's owner on the server's event loop; the id made."""
         if isinstance(request, jobs_pb2.SubmitJobRequest):
             job = self._on_loop(self.intake.submit(caller, request, origin))
-            return str(job["_id"])
+            return job.id
         assert isinstance(request, bulk_pb2.CreateBulkJobRequest)
         view = self._on_loop(self.intake.create_bulk(caller, request, origin))
         return str(view.doc["_id"])

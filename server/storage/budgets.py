@@ -44,6 +44,7 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from genjobs.server.model import clock
+from genjobs.server.model.records import Spend
 from genjobs.server.model.states import Status
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.queue import READY
@@ -151,16 +152,16 @@ class BudgetStore:
         """`owner`'s spend in `month`, or None before their first cost in it."""
         return self.usage.find_one({"_id": usage_key(owner, month)}, {"counted": 0})
 
-    def count_spend(self, job: Doc) -> bool:
+    def count_spend(self, job: Spend) -> bool:
         """Add a completed job's cost to its owner's month, once however often
         this is called; True if this call added it."""
-        owner, job_id = job["owner"], str(job["_id"])
-        cents = int(job.get("cost_cents", 0))
-        month = month_of(int(job["ended_us"]))
+        owner, job_id = job.owner, job.job_id
+        cents = job.cost_cents
+        month = month_of(job.ended_us)
         key = usage_key(owner, month)
         marker = f"counted.{job_id}"
         update = {
-            "$inc": {"spent_cents": cents, f"projects.{project_field(job.get('project', ''))}": cents},
+            "$inc": {"spent_cents": cents, f"projects.{project_field(job.project)}": cents},
             "$set": {marker: True},
         }
         for _ in range(2):
@@ -177,20 +178,31 @@ class BudgetStore:
                     return False
         return False
 
-    def spend_counted(self, job: Doc) -> None:
+    def spend_counted(self, job: Spend) -> None:
         """The job's cost is in its month: clear its flag, then its marker."""
-        self.jobs.update_one({"_id": job["_id"], "spend_pending": True}, {"$set": {"spend_pending": False}})
-        key = usage_key(job["owner"], month_of(int(job["ended_us"])))
-        self.usage.update_one({"_id": key}, {"$unset": {f"counted.{job['_id']}": ""}})
+        self.jobs.update_one(
+            {"_id": ObjectId(job.job_id), "spend_pending": True}, {"$set": {"spend_pending": False}}
+        )
+        key = usage_key(job.owner, month_of(job.ended_us))
+        self.usage.update_one({"_id": key}, {"$unset": {f"counted.{job.job_id}": ""}})
 
-    def uncounted_jobs(self, ended_before_us: int, limit: int = 500) -> list[Doc]:
-        """Completed jobs that ended before `ended_before_us` with their cost not
+    def uncounted_jobs(self, ended_before_us: int, limit: int = 500) -> list[Spend]:
+        """The costs of completed jobs that ended before `ended_before_us` not
         yet counted (the server that completed them stopped in between)."""
         cursor = self.jobs.find(
             {"spend_pending": True, "ended_us": {"$lt": ended_before_us}},
             {"owner": 1, "project": 1, "cost_cents": 1, "ended_us": 1, "status": 1},
         )
-        return list(cursor.limit(limit))
+        return [
+            Spend(
+                str(d["_id"]),
+                d["owner"],
+                d.get("project", ""),
+                int(d.get("cost_cents", 0)),
+                int(d["ended_us"]),
+            )
+            for d in cursor.limit(limit)
+        ]
 
     # ---- the queue --------------------------------------------------------
 

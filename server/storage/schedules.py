@@ -35,6 +35,7 @@ from pymongo.errors import DuplicateKeyError
 
 from genjobs.server.model import clock
 from genjobs.server.model.errors import already_exists, not_found, quota_exceeded
+from genjobs.server.model.records import Template
 from genjobs.server.storage.database import Database, Doc
 from genjobs.server.storage.paging import MAX_PAGE_BYTES, Page, keyset_page, parse_id, request_key
 
@@ -114,40 +115,39 @@ class ScheduleStore:
 
     # ---- templates ----------------------------------------------------------
 
-    def insert_template(self, doc: Doc) -> Doc:
+    def insert_template(self, template: Template) -> None:
         """Store a new template; ALREADY_EXISTS when its owner has one of that name."""
         try:
-            self.templates.insert_one(doc)
+            self.templates.insert_one(_template_doc(template))
         except DuplicateKeyError:
             raise already_exists(
                 "TEMPLATE_EXISTS",
-                f"you have a template named {doc['name']!r}; update it or choose another name",
-                metadata={"name": doc["name"]},
+                f"you have a template named {template.name!r}; update it or choose another name",
+                metadata={"name": template.name},
             ) from None
-        return doc
 
-    def get_template(self, owner: str, name: str) -> Doc:
+    def get_template(self, owner: str, name: str) -> Template:
         """One of `owner`'s templates; NOT_FOUND when there is none of that name."""
         found = self.templates.find_one({"_id": template_key(owner, name)})
         if found is None:
             raise not_found("template", name)
-        return found
+        return _template(found)
 
     def template_kind(self, owner: str, name: str) -> str | None:
         """The kind of request `owner`'s template `name` holds; None when there is none."""
         found = self.templates.find_one({"_id": template_key(owner, name)}, {"kind": 1})
         return None if found is None else str(found["kind"])
 
-    def replace_template(self, owner: str, name: str, changes: Doc) -> Doc:
-        """Replace a template's request; NOT_FOUND when there is none of that name."""
+    def replace_template(self, owner: str, name: str, kind: str, request: bytes) -> Template:
+        """Replace a template's request (of `kind`); NOT_FOUND when there is none of that name."""
         found = self.templates.find_one_and_update(
             {"_id": template_key(owner, name)},
-            {"$set": {**changes, "updated_us": clock.now_us()}},
+            {"$set": {"kind": kind, "request": request, "updated_us": clock.now_us()}},
             return_document=ReturnDocument.AFTER,
         )
         if found is None:
             raise not_found("template", name)
-        return found
+        return _template(found)
 
     def delete_template(self, owner: str, name: str) -> None:
         """Remove a template; NOT_FOUND when there is none of that name."""
@@ -155,7 +155,7 @@ class ScheduleStore:
             raise not_found("template", name)
         self.give_place(TEMPLATES, owner)
 
-    def list_templates(self, owner: str, size: int, token: str) -> tuple[list[Doc], str]:
+    def list_templates(self, owner: str, size: int, token: str) -> tuple[list[Template], str]:
         """A page of `owner`'s templates in name order (keyset on name) and the next token."""
         fingerprint = _fingerprint(owner, "templates")
         query: Doc = {"owner": owner}
@@ -171,7 +171,8 @@ class ScheduleStore:
                 more = True
                 break
             docs.append(found)
-        return docs, self.page_tokens.encode_after(docs[-1]["name"], fingerprint) if more else ""
+        after = self.page_tokens.encode_after(docs[-1]["name"], fingerprint) if more else ""
+        return [_template(d) for d in docs], after
 
     # ---- schedules ----------------------------------------------------------
 
@@ -266,6 +267,31 @@ def fair_order(due: list[Doc], limit: int) -> list[Doc]:
                 picked.append(docs[depth])
         depth += 1
     return picked
+
+
+def _template(doc: Doc) -> Template:
+    """A stored template as a Template."""
+    return Template(
+        owner=doc["owner"],
+        name=doc["name"],
+        kind=doc["kind"],
+        request=bytes(doc["request"]),
+        created_us=int(doc.get("ck") or 0),
+        updated_us=int(doc.get("updated_us") or 0),
+    )
+
+
+def _template_doc(template: Template) -> Doc:
+    """A Template as stored (keyed by owner and name)."""
+    return {
+        "_id": template_key(template.owner, template.name),
+        "owner": template.owner,
+        "name": template.name,
+        "kind": template.kind,
+        "request": template.request,
+        "ck": template.created_us,
+        "updated_us": template.updated_us,
+    }
 
 
 def tick_key(owner: str, schedule_id: str, tick_us: int) -> str:

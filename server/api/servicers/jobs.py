@@ -18,7 +18,6 @@ from genjobs.server.services.events import Event, EventHub
 from genjobs.server.services.intake import Intake
 from genjobs.server.services.jobs import Jobs
 from genjobs.server.services.progress import ExternalProgress
-from genjobs.server.storage import records
 from genjobs.server.storage.events import SNAPSHOT
 from genjobs.server.storage.jobs import final
 from genjobs.server.storage.paging import JobFilter
@@ -77,7 +76,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
-        return self.job(records.job(await self.intake.submit(current_caller(), request)))
+        return self.job(await self.intake.submit(current_caller(), request))
 
     @rpc
     async def GetJob(
