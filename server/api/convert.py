@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from genjobs.server.model import clock
 from genjobs.server.model.channels import CHANNELS
 from genjobs.server.model.errors import FieldViolation, invalid
-from genjobs.server.model.records import BulkJob, Job, JobError, Template
+from genjobs.server.model.records import BulkJob, Job, JobError, Schedule, Template
 from genjobs.server.model.states import Status
 from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.model.vocabulary import Lane, Priority
@@ -349,26 +349,26 @@ def template(value: Template) -> templates_pb2.Template:
     return message
 
 
-def schedule(doc: Doc) -> schedules_pb2.Schedule:
-    """A stored schedule as the Schedule message."""
+def schedule(value: Schedule) -> schedules_pb2.Schedule:
+    """A schedule as the Schedule message."""
     message = schedules_pb2.Schedule(
-        id=str(doc["_id"]),
-        owner=doc["owner"],
-        cron=doc["cron"],
-        time_zone=doc.get("time_zone", ""),
-        state=schedules_pb2.ScheduleState.Value("SCHEDULE_STATE_" + doc["state"]),
-        next_run_time=timestamp(doc.get("next_run_us")),
-        last_run_time=timestamp(doc.get("last_run_us")),
-        last_job_id=doc.get("last_job_id", ""),
-        last_bulk_job_id=doc.get("last_bulk_job_id", ""),
-        run_count=int(doc.get("run_count", 0)),
-        last_error=doc.get("last_error", ""),
-        request_id=doc.get("request_id", ""),
-        create_time=timestamp(doc.get("ck")),
-        update_time=timestamp(doc.get("updated_us")),
+        id=value.id,
+        owner=value.owner,
+        cron=value.cron,
+        time_zone=value.time_zone,
+        state=schedules_pb2.ScheduleState.Value("SCHEDULE_STATE_" + value.state),
+        next_run_time=timestamp(value.next_run_us),
+        last_run_time=timestamp(value.last_run_us),
+        last_job_id=value.last_job_id,
+        last_bulk_job_id=value.last_bulk_job_id,
+        run_count=value.run_count,
+        last_error=value.last_error,
+        request_id=value.request_id,
+        create_time=timestamp(value.created_us),
+        update_time=timestamp(value.updated_us),
     )
-    if doc["kind"] == "template":
-        message.template = doc["template"]
+    if value.kind == "template":
+        message.template = value.template
     else:
-        getattr(message, doc["kind"]).ParseFromString(doc["request"])
+        getattr(message, value.kind).ParseFromString(value.request)
     return message

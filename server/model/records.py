@@ -214,6 +214,38 @@ class Template:
 
 
 @dataclass(frozen=True, slots=True)
+class Schedule:
+    """A stored schedule: a request (or a template's name) submitted at each
+    tick of `cron`, and how its ticks have gone."""
+
+    id: str
+    owner: str
+    cron: str
+    kind: str  # "job", "bulk_job" or "template": what each tick submits
+    time_zone: str = ""
+    request: bytes = b""  # the request it keeps (kind "job" or "bulk_job")
+    template: str = ""  # the template it names (kind "template")
+    state: str = "ACTIVE"
+    next_run_us: int = 0  # 0 while paused
+    last_run_us: int = 0
+    last_job_id: str = ""
+    last_bulk_job_id: str = ""
+    run_count: int = 0
+    last_error: str = ""
+    failing: str = ""  # the reason its ticks fail (or run at NORMAL), "" while they run
+    failed_ticks: int = 0
+    failing_since_us: int = 0
+    good_ticks: int = 0
+    logged: str = ""  # the state last logged: a log line per change, not per tick
+    logged_reason: str = ""
+    logged_us: int = 0
+    request_id: str = ""
+    request_key: str = ""
+    created_us: int = 0
+    updated_us: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class BulkItem:
     """One item of a bulk job as its bulk job shows it: the current job at a position."""
 
