@@ -202,6 +202,27 @@ class Spend:
 
 
 @dataclass(frozen=True, slots=True)
+class Budget:
+    """A monthly spend limit on an owner (project "": all their spend), as stored."""
+
+    owner: str
+    project: str = ""
+    limit_cents: int = 0  # 0: none (removed)
+    updated_us: int = 0
+    changed_us: int = 0  # when it or its hold was last written: servers re-read what changed
+    holding: bool = False  # it holds queued jobs back (in the budget lane)
+    hold_seq: int = 0  # bumped by each hold: a release clears only the hold it read
+
+
+@dataclass(frozen=True, slots=True)
+class MonthSpend:
+    """An owner's spend in one month: in all, and by project name."""
+
+    spent_cents: int = 0
+    projects: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Template:
     """An owner's named request, SubmitJob's or CreateBulkJob's (`kind`), kept serialized."""
 

@@ -44,7 +44,7 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from genjobs.server.model import clock
-from genjobs.server.model.records import Spend
+from genjobs.server.model.records import Budget, MonthSpend, Spend
 from genjobs.server.model.states import Status
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.queue import READY
@@ -100,19 +100,20 @@ class BudgetStore:
 
     # ---- budgets ----------------------------------------------------------
 
-    def changed_budgets(self, since_us: int) -> list[Doc]:
+    def changed_budgets(self, since_us: int) -> list[Budget]:
         """The limits written at or after `since_us` (0: every limit)."""
-        return list(self.budgets.find({"changed_us": {"$gte": since_us}}))
+        return [_budget(d) for d in self.budgets.find({"changed_us": {"$gte": since_us}})]
 
-    def owner_budgets(self, owner: str) -> list[Doc]:
+    def owner_budgets(self, owner: str) -> list[Budget]:
         """`owner`'s limits, removed ones (0) included."""
-        return list(self.budgets.find({"owner": owner}))
+        return [_budget(d) for d in self.budgets.find({"owner": owner})]
 
-    def budget(self, owner: str, project: str) -> Doc | None:
+    def budget(self, owner: str, project: str) -> Budget | None:
         """One limit as stored now."""
-        return self.budgets.find_one({"_id": budget_key(owner, project)})
+        found = self.budgets.find_one({"_id": budget_key(owner, project)})
+        return None if found is None else _budget(found)
 
-    def set_budget(self, owner: str, project: str, limit_cents: int) -> Doc:
+    def set_budget(self, owner: str, project: str, limit_cents: int) -> Budget:
         """Set (0: remove) a limit; the limit after. One upsert."""
         after = self.budgets.find_one_and_update(
             {"_id": budget_key(owner, project)},
@@ -129,7 +130,7 @@ class BudgetStore:
             return_document=ReturnDocument.AFTER,
         )
         assert after is not None  # an upsert always leaves a document
-        return after
+        return _budget(after)
 
     def hold(self, owner: str, project: str) -> None:
         """Mark the limit as holding jobs back (before any job is moved)."""
@@ -148,9 +149,13 @@ class BudgetStore:
 
     # ---- spend ------------------------------------------------------------
 
-    def usage_doc(self, owner: str, month: str) -> Doc | None:
-        """`owner`'s spend in `month`, or None before their first cost in it."""
-        return self.usage.find_one({"_id": usage_key(owner, month)}, {"counted": 0})
+    def month_spend(self, owner: str, month: str) -> MonthSpend:
+        """`owner`'s spend in `month` (nothing before their first cost in it)."""
+        found = self.usage.find_one({"_id": usage_key(owner, month)}, {"counted": 0})
+        if found is None:
+            return MonthSpend()
+        projects = {project_name(k): int(v) for k, v in (found.get("projects") or {}).items()}
+        return MonthSpend(int(found.get("spent_cents", 0)), projects)
 
     def count_spend(self, job: Spend) -> bool:
         """Add a completed job's cost to its owner's month, once however often
@@ -299,3 +304,16 @@ class BudgetStore:
     def cancel_queued(self, oid: ObjectId) -> Doc | None:
         """Cancel a job if it is still queued (one its owner cancelled on its way to the budget lane)."""
         return self.job_store.cancel_queued(oid)
+
+
+def _budget(doc: Doc) -> Budget:
+    """A stored limit as a Budget."""
+    return Budget(
+        owner=doc["owner"],
+        project=doc.get("project", ""),
+        limit_cents=int(doc.get("limit_cents", 0)),
+        updated_us=int(doc.get("updated_us", 0)),
+        changed_us=int(doc.get("changed_us", 0)),
+        holding=bool(doc.get("holding", False)),
+        hold_seq=int(doc.get("hold_seq", 0)),
+    )
