@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from genjobs.server.model import clock
 from genjobs.server.model.channels import CHANNELS
 from genjobs.server.model.errors import FieldViolation, invalid
-from genjobs.server.model.records import BulkJob, Job, JobError, Schedule, Template
+from genjobs.server.model.records import BulkJob, Job, JobError, Params, Schedule, Template
 from genjobs.server.model.states import Status
 from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.model.vocabulary import Lane, Priority
@@ -68,16 +68,16 @@ def operation_name(value: int) -> str:
     return enum_name(jobs_pb2.BulkOperation, value, "BULK_OPERATION_")
 
 
-def params_dict(params: jobs_pb2.GenerationParams) -> Doc:
-    """GenerationParams as the document stored in a job."""
-    return {
-        "topic": params.topic,
-        "keywords": list(params.keywords),
-        "word_count": params.word_count,
-        "tone": params.tone,
-        "source_text": params.source_text,
-        "extra": dict(params.extra),
-    }
+def params_of(params: jobs_pb2.GenerationParams) -> Params:
+    """GenerationParams as the model's Params (as asked: validated and normalized below)."""
+    return Params(
+        topic=params.topic,
+        keywords=tuple(params.keywords),
+        word_count=params.word_count,
+        tone=params.tone,
+        source_text=params.source_text,
+        extra=dict(params.extra),
+    )
 
 
 def timestamp(value: datetime | int | None) -> Timestamp | None:

@@ -20,7 +20,7 @@ from genjobs.server.model import channels, clock
 from genjobs.server.model.caller import Caller
 from genjobs.server.model.channels import PENDING_FLAG, new_notification, targets_of
 from genjobs.server.model.errors import ServiceError, invalid
-from genjobs.server.model.records import NO_ORIGIN, BulkItem, BulkJob, Job, Origin, Submission
+from genjobs.server.model.records import NO_ORIGIN, BulkItem, BulkJob, Job, Origin, Params, Submission
 from genjobs.server.model.states import BULK_FINAL, BulkAction, BulkStatus, Status
 from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.model.vocabulary import Mode, Priority
@@ -158,7 +158,7 @@ class Bulks:
         self,
         caller: Caller,
         mode: str,
-        items: list[Doc],
+        items: list[Params],
         request_id: str = "",
         project: str = "",
         notify: Sequence[NotifyTarget] = (),
@@ -207,7 +207,7 @@ class Bulks:
                 Submission(
                     owner=caller.user,
                     mode=Mode(mode),
-                    params=records.params(normalized(params)),
+                    params=normalized(params),
                     project=project,
                     max_attempts=self.jobs.default_max_attempts,
                     bulk_job_id=str(bulk_id),

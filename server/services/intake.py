@@ -39,7 +39,7 @@ class Intake:
         return await self.jobs.submit(
             caller,
             convert.mode_name(request.mode),
-            convert.params_dict(request.params),
+            convert.params_of(request.params),
             request.request_id,
             request.project,
             request.max_attempts,
@@ -60,7 +60,7 @@ class Intake:
             self.bulks.create,
             caller,
             convert.mode_name(request.mode),
-            [convert.params_dict(item) for item in request.items],
+            [convert.params_of(item) for item in request.items],
             request.request_id,
             request.project,
             convert.notify_targets(request),

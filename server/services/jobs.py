@@ -20,7 +20,7 @@ from pymongo.errors import PyMongoError
 from genjobs.server.model import channels
 from genjobs.server.model.caller import Caller
 from genjobs.server.model.errors import FieldViolation, ServiceError, channel_not_configured, invalid
-from genjobs.server.model.records import NO_ORIGIN, Job, Origin, Submission
+from genjobs.server.model.records import NO_ORIGIN, Job, Origin, Params, Submission
 from genjobs.server.model.states import Status
 from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.model.vocabulary import Mode, Priority
@@ -195,7 +195,7 @@ class Jobs:
         self,
         caller: Caller,
         mode: str,
-        params: Doc,
+        params: Params,
         request_id: str = "",
         project: str = "",
         max_attempts: int = 0,
@@ -219,7 +219,7 @@ class Jobs:
         submission = Submission(
             owner=caller.user,
             mode=Mode(mode),
-            params=records.params(normalized(params)),
+            params=normalized(params),
             project=project,
             request_id=request_id,
             max_attempts=max_attempts or self.default_max_attempts,
@@ -409,14 +409,14 @@ class Jobs:
         return doc, self.store.events.events_after(job_id, after)
 
 
-def normalized(params: Doc) -> Doc:
+def normalized(params: Params) -> Params:
     """Params as stored: the default word count filled in, blanks trimmed."""
-    return {
-        **params,
-        "topic": params.get("topic", "").strip(),
-        "keywords": [k.strip() for k in params.get("keywords", [])],
-        "word_count": params.get("word_count") or validation.DEFAULT_WORD_COUNT,
-    }
+    return dataclasses.replace(
+        params,
+        topic=params.topic.strip(),
+        keywords=tuple(k.strip() for k in params.keywords),
+        word_count=params.word_count or validation.DEFAULT_WORD_COUNT,
+    )
 
 
 def _check_filter_values(filters: JobFilter) -> list[FieldViolation]:

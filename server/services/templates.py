@@ -24,10 +24,9 @@ from google.protobuf.message import Message
 from genjobs.server.model import clock
 from genjobs.server.model.caller import Caller
 from genjobs.server.model.errors import Code, FieldViolation, ServiceError, invalid
-from genjobs.server.model.records import Origin, Template
+from genjobs.server.model.records import Origin, Params, Template
 from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.services import validation
-from genjobs.server.storage.database import Doc
 from genjobs.server.storage.schedules import TEMPLATES, ScheduleStore
 from genjobs.v1 import bulk_pb2, jobs_pb2
 
@@ -57,7 +56,7 @@ class RequestValues(Protocol):
         """A Mode number as its name without MODE_; "" for unspecified or unknown."""
         ...
 
-    def params_dict(self, params: jobs_pb2.GenerationParams) -> Doc:
+    def params_of(self, params: jobs_pb2.GenerationParams) -> Params:
         """GenerationParams as the document stored in a job."""
         ...
 
@@ -84,7 +83,7 @@ def check_request(kind: str, request: Message, prefix: str, convert: RequestValu
     if isinstance(request, jobs_pb2.SubmitJobRequest):
         bad = validation.check_submit(
             convert.mode_name(request.mode),
-            convert.params_dict(request.params),
+            convert.params_of(request.params),
             request.request_id,
             request.project,
             request.max_attempts,
@@ -94,7 +93,7 @@ def check_request(kind: str, request: Message, prefix: str, convert: RequestValu
         assert isinstance(request, bulk_pb2.CreateBulkJobRequest)
         bad = validation.check_bulk(
             convert.mode_name(request.mode),
-            [convert.params_dict(item) for item in request.items],
+            [convert.params_of(item) for item in request.items],
             request.request_id,
             request.project,
             convert.notify_targets(request),
