@@ -90,6 +90,20 @@ class SubmitLimits(Protocol):
         return None
 
 
+@dataclass(frozen=True)
+class JobStats:
+    """What GetJobStats answers: counts by status and mode, total cost (and how
+    many completed jobs had none known), mean duration, failure rate."""
+
+    total: int
+    by_status: dict[str, int]
+    by_mode: dict[str, int]
+    cost_cents: int
+    cost_unknown: int
+    mean_duration: float  # seconds, over completed jobs
+    failure_rate: float  # failed of completed + failed
+
+
 @dataclass
 class BulkOperationResult:
     """What RunBulkOperation did (or, validate_only, would do)."""
@@ -368,7 +382,7 @@ class Jobs:
         remaining = self.store.jobs.count(query) if more else 0
         return BulkOperationResult(done, len(done), remaining)
 
-    def stats(self, caller: Caller, filters: JobFilter) -> Doc:
+    def stats(self, caller: Caller, filters: JobFilter) -> JobStats:
         """Counts by status and mode, total cost, mean duration, failure rate."""
         bad = _check_filter_values(filters)
         if bad:
@@ -390,15 +404,15 @@ class Jobs:
                 "result.metadata.cost_unknown": "true",
             }
             unknown = self.store.jobs.count(query)
-        return {
-            "cost_unknown": unknown,
-            "total": sum(by_status.values()),
-            "by_status": by_status,
-            "by_mode": by_mode,
-            "cost_cents": cost,
-            "mean_duration": seconds / completed if completed else 0.0,
-            "failure_rate": failed / (completed + failed) if completed + failed else 0.0,
-        }
+        return JobStats(
+            total=sum(by_status.values()),
+            by_status=by_status,
+            by_mode=by_mode,
+            cost_cents=cost,
+            cost_unknown=unknown,
+            mean_duration=seconds / completed if completed else 0.0,
+            failure_rate=failed / (completed + failed) if completed + failed else 0.0,
+        )
 
     def history(self, caller: Caller, job_id: str, after: int) -> tuple[Doc, list[Doc]]:
         """The job now and its stored events after `after` (for WatchJob)."""

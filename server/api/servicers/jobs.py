@@ -142,20 +142,20 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.GetJobStatsResponse:
         stats = await asyncio.to_thread(self.jobs.stats, current_caller(), job_filter(request))
         return jobs_pb2.GetJobStatsResponse(
-            total_jobs=stats["total"],
+            total_jobs=stats.total,
             by_status=[
                 jobs_pb2.StatusCount(status=jobs_pb2.JobStatus.Value("JOB_STATUS_" + s), count=n)
-                for s, n in sorted(stats["by_status"].items())
+                for s, n in sorted(stats.by_status.items())
             ],
             by_mode=[
                 jobs_pb2.ModeCount(mode=jobs_pb2.Mode.Value("MODE_" + m), count=n)
-                for m, n in sorted(stats["by_mode"].items())
+                for m, n in sorted(stats.by_mode.items())
             ],
-            total_cost_cents=stats["cost_cents"],
-            cost_unknown_jobs=stats["cost_unknown"],
-            mean_duration_seconds=stats["mean_duration"],
-            mean_duration=convert.duration(stats["mean_duration"]),
-            failure_rate=stats["failure_rate"],
+            total_cost_cents=stats.cost_cents,
+            cost_unknown_jobs=stats.cost_unknown,
+            mean_duration_seconds=stats.mean_duration,
+            mean_duration=convert.duration(stats.mean_duration),
+            failure_rate=stats.failure_rate,
         )
 
     @rpc
