@@ -415,7 +415,8 @@ class Jobs:
         )
 
     def history(self, caller: Caller, job_id: str, after: int) -> tuple[Doc, list[Doc]]:
-        """The job now and its stored events after `after` (for WatchJob)."""
+        """The job now and its stored events after `after` (for WatchJob): the
+        wire's event snapshots, documents on purpose (the API converts them once)."""
         doc = self.store.jobs.document(caller.owner_filter, job_id)
         if not after:
             return doc, []
