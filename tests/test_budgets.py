@@ -24,6 +24,7 @@ from pymongo.database import Database
 
 from genjobs.client import GenJobsClient, GenJobsError, ResourceExhausted
 from genjobs.server.model import clock
+from genjobs.server.model.records import Budget
 from genjobs.server.services.budgets import Budgets, month_of
 from genjobs.server.storage.budgets import BudgetStore, budget_key, usage_key
 from genjobs.server.storage.store import Store
@@ -399,7 +400,7 @@ class CountingBudgetStore(BudgetStore):
         super().__init__(store)
         self.reads: list[int] = []
 
-    def changed_budgets(self, since_us: int) -> list[dict[str, Any]]:
+    def changed_budgets(self, since_us: int) -> list[Budget]:
         found = super().changed_budgets(since_us)
         self.reads.append(len(found))
         return found

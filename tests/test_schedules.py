@@ -4,6 +4,7 @@ time, per-owner isolation and refusals."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,11 +81,12 @@ def test_one_job_per_tick_with_two_replicas(mongo: MongoServer, tmp_path: Path) 
 
 def test_a_repeated_tick_creates_nothing_more(alice: GenJobsClient, server: ServerThread, db: Any) -> None:
     schedule = alice.pause_schedule(alice.create_schedule(EVERY_SECOND, job=job()).id)
-    doc = db.schedules.find_one({"_id": ObjectId(schedule.id)})
+    stored = app_of(server).schedules.store.get_schedule("alice", schedule.id)
     tick = (clock.now_us() // 1_000_000 - 5) * 1_000_000
-    doc["next_run_us"] = tick  # as the leader read it before it crashed between job and advance
+    # As the leader read it before it crashed between job and advance.
+    read = dataclasses.replace(stored, next_run_us=tick)
     for _ in range(2):  # the first leader's tick, then its successor's
-        app_of(server).schedules._fire(dict(doc), tick + 500_000)
+        app_of(server).schedules._fire(read, tick + 500_000)
     assert tick_times(db, schedule.id) == [tick]
     assert len(runs(alice, schedule.id)) == 1
 

@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from genjobs.server.model import clock
 from genjobs.server.model.channels import CHANNELS
 from genjobs.server.model.errors import FieldViolation, invalid
-from genjobs.server.model.records import BulkJob, Job, JobError
+from genjobs.server.model.records import BulkJob, Job, JobError, Params, Schedule, Template
 from genjobs.server.model.states import Status
 from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.model.vocabulary import Lane, Priority
@@ -68,16 +68,16 @@ def operation_name(value: int) -> str:
     return enum_name(jobs_pb2.BulkOperation, value, "BULK_OPERATION_")
 
 
-def params_dict(params: jobs_pb2.GenerationParams) -> Doc:
-    """GenerationParams as the document stored in a job."""
-    return {
-        "topic": params.topic,
-        "keywords": list(params.keywords),
-        "word_count": params.word_count,
-        "tone": params.tone,
-        "source_text": params.source_text,
-        "extra": dict(params.extra),
-    }
+def params_of(params: jobs_pb2.GenerationParams) -> Params:
+    """GenerationParams as the model's Params (as asked: validated and normalized below)."""
+    return Params(
+        topic=params.topic,
+        keywords=tuple(params.keywords),
+        word_count=params.word_count,
+        tone=params.tone,
+        source_text=params.source_text,
+        extra=dict(params.extra),
+    )
 
 
 def timestamp(value: datetime | int | None) -> Timestamp | None:
@@ -337,38 +337,38 @@ def bulk_event(payload: Doc) -> bulk_pb2.BulkJobEvent:
     return event
 
 
-def template(doc: Doc) -> templates_pb2.Template:
-    """A stored template as the Template message."""
+def template(value: Template) -> templates_pb2.Template:
+    """A template as the Template message."""
     message = templates_pb2.Template(
-        name=doc["name"],
-        owner=doc["owner"],
-        create_time=timestamp(doc.get("ck")),
-        update_time=timestamp(doc.get("updated_us")),
+        name=value.name,
+        owner=value.owner,
+        create_time=timestamp(value.created_us),
+        update_time=timestamp(value.updated_us),
     )
-    getattr(message, doc["kind"]).ParseFromString(doc["request"])
+    getattr(message, value.kind).ParseFromString(value.request)
     return message
 
 
-def schedule(doc: Doc) -> schedules_pb2.Schedule:
-    """A stored schedule as the Schedule message."""
+def schedule(value: Schedule) -> schedules_pb2.Schedule:
+    """A schedule as the Schedule message."""
     message = schedules_pb2.Schedule(
-        id=str(doc["_id"]),
-        owner=doc["owner"],
-        cron=doc["cron"],
-        time_zone=doc.get("time_zone", ""),
-        state=schedules_pb2.ScheduleState.Value("SCHEDULE_STATE_" + doc["state"]),
-        next_run_time=timestamp(doc.get("next_run_us")),
-        last_run_time=timestamp(doc.get("last_run_us")),
-        last_job_id=doc.get("last_job_id", ""),
-        last_bulk_job_id=doc.get("last_bulk_job_id", ""),
-        run_count=int(doc.get("run_count", 0)),
-        last_error=doc.get("last_error", ""),
-        request_id=doc.get("request_id", ""),
-        create_time=timestamp(doc.get("ck")),
-        update_time=timestamp(doc.get("updated_us")),
+        id=value.id,
+        owner=value.owner,
+        cron=value.cron,
+        time_zone=value.time_zone,
+        state=schedules_pb2.ScheduleState.Value("SCHEDULE_STATE_" + value.state),
+        next_run_time=timestamp(value.next_run_us),
+        last_run_time=timestamp(value.last_run_us),
+        last_job_id=value.last_job_id,
+        last_bulk_job_id=value.last_bulk_job_id,
+        run_count=value.run_count,
+        last_error=value.last_error,
+        request_id=value.request_id,
+        create_time=timestamp(value.created_us),
+        update_time=timestamp(value.updated_us),
     )
-    if doc["kind"] == "template":
-        message.template = doc["template"]
+    if value.kind == "template":
+        message.template = value.template
     else:
-        getattr(message, doc["kind"]).ParseFromString(doc["request"])
+        getattr(message, value.kind).ParseFromString(value.request)
     return message

@@ -6,6 +6,10 @@ cancelled, or given back), each written fenced by the run's lease epoch.
 `execute` (a claimed job's attempt), `give_back` (a lapsed run of its own
 that was not an attempt), `held_if_paused` and `tell`. The claiming, the
 leadership and the housekeeping stay in `dispatcher`.
+
+A claimed job stays the document the claim returned, on purpose: the claim's
+hot path converts nothing. `Jobs.record` turns a change into a `Job` once, for
+the listeners, when it ends a job or moves a bulk item.
 """
 
 from __future__ import annotations

@@ -71,6 +71,25 @@ class Result:
 
 
 @dataclass(frozen=True, slots=True)
+class Origin:
+    """What the server itself sets on a job or bulk job it is asked for: the
+    schedule whose tick asks (with that tick's own request key) and the
+    template the request names."""
+
+    schedule_id: str = ""
+    template: str = ""
+    request_key: str = ""  # a schedule tick's: a repeated tick is one job
+
+    @property
+    def keyed(self) -> bool:
+        """Whether a repeat of it is answered with the first (a tick's key)."""
+        return bool(self.request_key)
+
+
+NO_ORIGIN = Origin()  # a caller's own request: the server sets nothing on it
+
+
+@dataclass(frozen=True, slots=True)
 class Submission:
     """A new job as validated and decided, before it is stored: what SubmitJob,
     a bulk item, a retry or a schedule's tick asks for."""
@@ -126,6 +145,8 @@ class Job:
     wait_reason: str = ""  # why a queued job is not started (budgets)
     result: Result | None = None
     seq: int = 0
+    notify_pending: bool = False  # ended, its notification not stored yet (notify/ending.py)
+    spend_pending: bool = False  # completed, its cost not counted yet (services/budgets.py)
 
     @property
     def final(self) -> bool:
@@ -135,6 +156,16 @@ class Job:
     def target(self, channel: str) -> str:
         """The address of the job's `channel` target ("" when it has none)."""
         return next((t.address for t in self.targets if t.channel == channel), "")
+
+    @property
+    def cost_cents(self) -> int:
+        """What it cost (0 until it completed)."""
+        return self.result.cost_cents if self.result is not None else 0
+
+    @property
+    def spend(self) -> Spend:
+        """Its cost as its owner's month counts it."""
+        return Spend(self.id, self.owner, self.project, self.cost_cents, self.ended_us)
 
     def retry_submission(self, request_id: str, default_attempts: int) -> Submission:
         """THE rule of what a retry keeps: the same owner, project, mode, params,
@@ -157,6 +188,82 @@ class Job:
             schedule_id=self.schedule_id,
             template=self.template,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """A completed job's cost, counted once in its owner's month (budgets)."""
+
+    job_id: str
+    owner: str
+    project: str
+    cost_cents: int
+    ended_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A monthly spend limit on an owner (project "": all their spend), as stored."""
+
+    owner: str
+    project: str = ""
+    limit_cents: int = 0  # 0: none (removed)
+    updated_us: int = 0
+    changed_us: int = 0  # when it or its hold was last written: servers re-read what changed
+    holding: bool = False  # it holds queued jobs back (in the budget lane)
+    hold_seq: int = 0  # bumped by each hold: a release clears only the hold it read
+
+
+@dataclass(frozen=True, slots=True)
+class MonthSpend:
+    """An owner's spend in one month: in all, and by project name."""
+
+    spent_cents: int = 0
+    projects: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """An owner's named request, SubmitJob's or CreateBulkJob's (`kind`), kept serialized."""
+
+    owner: str
+    name: str
+    kind: str  # "job" or "bulk_job": which request `request` holds
+    request: bytes
+    created_us: int = 0
+    updated_us: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A stored schedule: a request (or a template's name) submitted at each
+    tick of `cron`, and how its ticks have gone."""
+
+    id: str
+    owner: str
+    cron: str
+    kind: str  # "job", "bulk_job" or "template": what each tick submits
+    time_zone: str = ""
+    request: bytes = b""  # the request it keeps (kind "job" or "bulk_job")
+    template: str = ""  # the template it names (kind "template")
+    state: str = "ACTIVE"
+    next_run_us: int = 0  # 0 while paused
+    last_run_us: int = 0
+    last_job_id: str = ""
+    last_bulk_job_id: str = ""
+    run_count: int = 0
+    last_error: str = ""
+    failing: str = ""  # the reason its ticks fail (or run at NORMAL), "" while they run
+    failed_ticks: int = 0
+    failing_since_us: int = 0
+    good_ticks: int = 0
+    logged: str = ""  # the state last logged: a log line per change, not per tick
+    logged_reason: str = ""
+    logged_us: int = 0
+    request_id: str = ""
+    request_key: str = ""
+    created_us: int = 0
+    updated_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)

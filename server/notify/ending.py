@@ -17,17 +17,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
+from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from genjobs.server.model import clock
-from genjobs.server.model.channels import PENDING_FLAG, Doc, new_notification, targets_of
+from genjobs.server.model.channels import Doc, new_notification
+from genjobs.server.model.records import Job, Result
+from genjobs.server.model.states import Status
 from genjobs.server.notify.sender import Notifier
 from genjobs.server.storage.events import STATUS_CHANGED
-from genjobs.server.storage.jobs import final
 from genjobs.server.storage.store import Store
 
 log = logging.getLogger(__name__)
+
+Ended = TypeVar("Ended")  # what ended: a Job, or a bulk job's document (its notification kept on it)
 
 # How long work may stay ended with its notification unstored before the
 # sweep stores it (a live server stores it at once).
@@ -35,53 +40,55 @@ SWEEP_DELAY_US = 10_000_000
 EVENTS = {"COMPLETED": "job.completed", "FAILED": "job.failed", "CANCELLED": "job.cancelled"}
 
 
-def job_notification(job: Doc, ck: int, now_us: int) -> Doc:
+def job_notification(job: Job, ck: int, now_us: int) -> Doc:
     """The notification announcing that `job` ended."""
-    status = job["status"]
-    params = job.get("params", {})
-    result = job.get("result") or {}
-    error = job.get("error") if status != "COMPLETED" else None
-    what = params.get("topic") or ", ".join(params.get("keywords", [])) or job["mode"]
-    message = f"Job {job['_id']} ({job['mode']} {what!r}) {status.lower()}"
+    status = str(job.status)
+    params = job.params
+    result = job.result or Result()
+    error = job.error if job.status != Status.COMPLETED else None
+    mode = str(job.mode)
+    what = params.topic or ", ".join(params.keywords) or mode
+    message = f"Job {job.id} ({mode} {what!r}) {status.lower()}"
     if error:
-        message += f": {error['code']}: {error['message']}"
+        message += f": {error.code}: {error.message}"
+    # The payload is the notification's wire body (webhook JSON): a document on purpose.
     payload = {
-        "job_id": str(job["_id"]),
-        "owner": job["owner"],
-        "project": job.get("project", ""),
+        "job_id": job.id,
+        "owner": job.owner,
+        "project": job.project,
         "status": status,
-        "mode": job["mode"],
-        "topic": params.get("topic", ""),
-        "keywords": params.get("keywords", []),
-        "title": result.get("title", ""),
-        "word_count": int(result.get("word_count", 0)),
-        "cost_cents": int(job.get("cost_cents", 0)),
-        "attempt": int(job.get("attempt", 0)),
-        "error": {"code": error["code"], "message": error["message"]} if error else None,
-        "ended_at_us": int(job.get("ended_us", 0)),
+        "mode": mode,
+        "topic": params.topic,
+        "keywords": list(params.keywords),
+        "title": result.title,
+        "word_count": result.word_count,
+        "cost_cents": job.cost_cents,
+        "attempt": job.attempt,
+        "error": {"code": error.code, "message": error.message} if error else None,
+        "ended_at_us": job.ended_us,
     }
     return new_notification(
-        oid=job["_id"],
-        owner=job["owner"],
+        oid=ObjectId(job.id),
+        owner=job.owner,
         event=EVENTS[status],
         message=message[:1000],
         payload=payload,
         ck=ck,
         created_us=now_us,
-        targets=targets_of(job),
-        job_id=str(job["_id"]),
+        targets=list(job.targets),
+        job_id=job.id,
     )
 
 
 @dataclass(frozen=True)
-class Kind:
+class Kind(Generic[Ended]):
     """What differs between a job's end and a bulk job's: where the flag
     lives (its store's two calls) and how its notification is made."""
 
     name: str
-    unnotified: Callable[[int], list[Doc]]  # ended before a time, flag still set: one indexed query
-    stored: Callable[[Doc], None]  # clear the flag of this end (conditional on it)
-    notification: Callable[[Doc], Doc]  # the notification of this end
+    unnotified: Callable[[int], list[Ended]]  # ended before a time, flag still set: one indexed query
+    stored: Callable[[Ended], None]  # clear the flag of this end (conditional on it)
+    notification: Callable[[Ended], Doc]  # the notification of this end
 
 
 class EndNotifications:
@@ -97,30 +104,32 @@ class EndNotifications:
             "bulk job", store.bulks.unstored_notifications, store.bulks.notification_stored, _kept
         )
 
-    def ended(self, kind: Kind, doc: Doc) -> None:
+    def ended(self, kind: Kind[Ended], doc: Ended) -> None:
         """`doc` ended with its flag set: store its notification (once), clear the flag, wake the notifier."""
         self.store.notifications.insert_notification(kind.notification(doc))
         kind.stored(doc)
         self.notifier.wake()
 
-    def job_changed(self, job: Doc, kind: str) -> None:
+    def job_changed(self, job: Job, kind: str) -> None:
         """A job changed here: store its notification if it just ended with one asked for."""
-        if kind == STATUS_CHANGED and job.get(PENDING_FLAG) and final(job["status"]):
+        if kind == STATUS_CHANGED and job.notify_pending and job.final:
             try:
                 self.ended(self.job, job)
             except PyMongoError as exc:  # never the dispatcher's problem: the sweep stores it
-                if not self.store.outage.failed(exc, f"job {job['_id']}'s notification"):
-                    log.warning("job %s: notification not stored yet (%s)", job["_id"], exc)
+                if not self.store.outage.failed(exc, f"job {job.id}'s notification"):
+                    log.warning("job %s: notification not stored yet (%s)", job.id, exc)
 
     def recover(self) -> None:
         """Store the notifications of jobs and bulk jobs that ended on a server
         that then stopped. The dispatcher's leader runs it once a sweep."""
         before_us = clock.now_us() - SWEEP_DELAY_US
-        for kind in (self.job, self.bulk):
-            for doc in kind.unnotified(before_us):
-                self.ended(kind, doc)
+        for doc in self.job.unnotified(before_us):
+            self.ended(self.job, doc)
+        # A bulk job's stays a document: its notification was made and kept on it as it completed.
+        for bulk in self.bulk.unnotified(before_us):
+            self.ended(self.bulk, bulk)
 
-    def _of_job(self, job: Doc) -> Doc:
+    def _of_job(self, job: Job) -> Doc:
         return job_notification(job, self.store.order_keys.next(), clock.now_us())
 
 

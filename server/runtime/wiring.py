@@ -34,6 +34,7 @@ from genjobs.server.api.watch import StreamCap
 from genjobs.server.dispatch.dispatcher import Dispatcher
 from genjobs.server.generators import Generator, declared_stages
 from genjobs.server.model.progress import ProgressLink
+from genjobs.server.model.records import Job
 from genjobs.server.notify.ending import EndNotifications
 from genjobs.server.notify.sender import Notifier
 from genjobs.server.runtime.config import Settings
@@ -109,8 +110,8 @@ def build(
     def record(doc: Doc, kind: str) -> None:
         jobs.record(doc, kind)
 
-    def item_changed(doc: Doc, kind: str) -> None:
-        bulks.item_changed(doc, kind)
+    def item_changed(job: Job, kind: str) -> None:
+        bulks.item_changed(job, kind)
 
     notifier = make_notifier(settings, store, webhook_secret)
     job_notifications = EndNotifications(store, notifier)

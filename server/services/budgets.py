@@ -48,14 +48,13 @@ from pymongo.errors import PyMongoError
 from genjobs.server.model import clock
 from genjobs.server.model.caller import Caller, subject_problem
 from genjobs.server.model.errors import FieldViolation, ServiceError, admins_only, invalid, quota_exceeded
+from genjobs.server.model.records import Budget, Job, MonthSpend, Spend
 from genjobs.server.model.states import FINAL, Status
 from genjobs.server.services import validation
 from genjobs.server.storage.budgets import (
     BudgetStore,
     budget_key,
     month_of,
-    project_field,
-    project_name,
     usage_key,
 )
 from genjobs.server.storage.database import Doc
@@ -127,21 +126,21 @@ class Budgets:
         self.record = record
         self.max_queued = max_queued
         self._lock = threading.Lock()
-        self._budgets: dict[str, Doc] = {}
+        self._budgets: dict[str, Budget] = {}  # by budget_key
         self._loaded = -1e9  # monotonic time of the last read of what changed
         self._last_read_us: int | None = None  # clock time the last read began; None: nothing read yet
-        self._spend: dict[str, tuple[float, Doc | None]] = {}  # usage key -> (read at, doc)
+        self._spend: dict[str, tuple[float, MonthSpend]] = {}  # usage key -> (read at, spend)
 
     # ---- spend ------------------------------------------------------------
 
-    def job_changed(self, job: Doc, kind: str) -> None:
+    def job_changed(self, job: Job, kind: str) -> None:
         """A job changed here: count its cost if it just completed with one; give
         its place under the queued-jobs cap back once it is final."""
-        if kind != STATUS_CHANGED or job["status"] not in FINAL_STATUSES:
+        if kind != STATUS_CHANGED or not job.final:
             return
-        self.unreserve(job["owner"], [job["_id"]])
-        if job.get("spend_pending") and job["status"] == str(Status.COMPLETED):
-            self._count(job)
+        self.unreserve(job.owner, [ObjectId(job.id)])
+        if job.spend_pending and job.status == Status.COMPLETED:
+            self._count(job.spend)
 
     def recover(self) -> None:
         """Count the cost of jobs completed on a server that stopped before it
@@ -174,11 +173,11 @@ class Budgets:
                 log.warning("queued-jobs cap: %d places of %s given back by the sweep", released, doc["_id"])
         return freed
 
-    def _count(self, job: Doc) -> None:
+    def _count(self, job: Spend) -> None:
         self.store.count_spend(job)
         self.store.spend_counted(job)
         with self._lock:
-            self._spend.pop(usage_key(job["owner"], month_of(int(job["ended_us"]))), None)
+            self._spend.pop(usage_key(job.owner, month_of(job.ended_us)), None)
 
     # ---- submits ------------------------------------------------------------
 
@@ -234,6 +233,7 @@ class Budgets:
     def admit(self, job: Doc) -> bool:
         """Whether a claimed job may run. False: a limit binds, and the job (and
         the owner's or project's other ready jobs) now wait in the budget lane."""
+        # `job` stays the claimed document on purpose: the claim's hot path converts nothing.
         owner, project = job["owner"], job.get("project", "")
         self._reload_if_stale()
         with self._lock:
@@ -263,17 +263,17 @@ class Budgets:
         (but the budgets, at most every CACHE_SECONDS)."""
         self._reload_if_stale()
         with self._lock:
-            held = [doc for doc in self._budgets.values() if doc.get("holding")]
+            held = [budget for budget in self._budgets.values() if budget.holding]
         moved = 0
         for cached in held:
-            doc = self.store.budget(cached["owner"], cached["project"])
-            if doc is None or not doc.get("holding"):
+            budget = self.store.budget(cached.owner, cached.project)
+            if budget is None or not budget.holding:
                 continue
-            limit = _limit(doc, self.store.usage_doc(doc["owner"], month_of(clock.now_us())))
+            limit = _limit(budget, self.store.month_spend(budget.owner, month_of(clock.now_us())))
             if limit.exhausted:
                 continue
             moved += self.store.release(limit.owner, limit.project or None)
-            self.store.unhold(limit.owner, limit.project, int(doc.get("hold_seq", 0)))
+            self.store.unhold(limit.owner, limit.project, budget.hold_seq)
         if held:
             self.stale()
         return moved
@@ -293,9 +293,9 @@ class Budgets:
             bad.append(FieldViolation("monthly_limit_cents", "must be 0 (no limit) or more"))
         if bad:
             raise invalid(bad)
-        doc = self.store.set_budget(owner, project, limit_cents)
+        budget = self.store.set_budget(owner, project, limit_cents)
         self.stale()
-        return _limit(doc, self.store.usage_doc(owner, month_of(clock.now_us())))
+        return _limit(budget, self.store.month_spend(owner, month_of(clock.now_us())))
 
     def usage(self, caller: Caller, owner: str) -> Usage:
         """An owner's spend this month, limits and queue: the caller's own, or
@@ -304,14 +304,14 @@ class Budgets:
         if owner != caller.user and not caller.admin:
             raise admins_only("reading another owner's usage")
         month = month_of(clock.now_us())
-        spend = self.store.usage_doc(owner, month)
+        spend = self.store.month_spend(owner, month)
         budgets = self.store.owner_budgets(owner)
-        limits = [_limit(doc, spend) for doc in budgets if int(doc.get("limit_cents", 0)) > 0]
-        projects = [(project_name(k), int(v)) for k, v in ((spend or {}).get("projects") or {}).items()]
+        limits = [_limit(budget, spend) for budget in budgets if budget.limit_cents > 0]
+        projects = list(spend.projects.items())
         return Usage(
             owner=owner,
             month=month,
-            spent_cents=int((spend or {}).get("spent_cents", 0)),
+            spent_cents=spend.spent_cents,
             projects=sorted(projects, key=lambda p: (-p[1], p[0])),
             limits=sorted(limits, key=lambda limit: (limit.project != "", limit.project)),
             queued=self.store.open_count(owner),
@@ -339,19 +339,20 @@ class Budgets:
         began_us = clock.now_us()
         changed = self.store.changed_budgets(since)
         with self._lock:
-            for doc in changed:
+            for budget in changed:
                 # Two reads may cross: keep the later version of a limit.
-                kept = self._budgets.get(doc["_id"])
-                if kept is None or int(doc.get("changed_us", 0)) >= int(kept.get("changed_us", 0)):
-                    self._budgets[doc["_id"]] = doc
+                key = budget_key(budget.owner, budget.project)
+                kept = self._budgets.get(key)
+                if kept is None or budget.changed_us >= kept.changed_us:
+                    self._budgets[key] = budget
             self._loaded = now
             self._last_read_us = max(self._last_read_us or 0, began_us)
 
-    def _scopes(self, owner: str, project: str) -> list[Doc]:
+    def _scopes(self, owner: str, project: str) -> list[Budget]:
         """The cached limits (limit > 0) over a job of `owner` in `project` (lock held)."""
         keys = [budget_key(owner, "")] + ([budget_key(owner, project)] if project else [])
-        docs = [self._budgets.get(key) for key in keys]
-        return [doc for doc in docs if doc is not None and int(doc.get("limit_cents", 0)) > 0]
+        found = [self._budgets.get(key) for key in keys]
+        return [budget for budget in found if budget is not None and budget.limit_cents > 0]
 
     def _limits(self, owner: str, project: str, max_age: float) -> list[Limit]:
         """The limits over a job of `owner` in `project`, with this month's
@@ -366,12 +367,12 @@ class Budgets:
         with self._lock:
             cached = self._spend.get(key)
         if cached is None or now - cached[0] > max_age:
-            cached = (now, self.store.usage_doc(owner, month_of(clock.now_us())))
+            cached = (now, self.store.month_spend(owner, month_of(clock.now_us())))
             with self._lock:
                 if len(self._spend) > MAX_CACHED_OWNERS:
                     _drop_older(self._spend, now - SPEND_CACHE_SECONDS)
                 self._spend[key] = cached
-        return [_limit(doc, cached[1]) for doc in scopes]
+        return [_limit(budget, cached[1]) for budget in scopes]
 
 
 def _drop_older(cache: dict[str, tuple[float, Any]], before: float) -> None:
@@ -380,16 +381,11 @@ def _drop_older(cache: dict[str, tuple[float, Any]], before: float) -> None:
         del cache[key]
 
 
-def _limit(budget: Doc, spend: Doc | None) -> Limit:
+def _limit(budget: Budget, spend: MonthSpend) -> Limit:
     """A stored limit with the spend it covers in the month of `spend`."""
-    project = budget.get("project", "")
-    spend = spend or {}
-    if project:
-        spent = int((spend.get("projects") or {}).get(project_field(project), 0))
-    else:
-        spent = int(spend.get("spent_cents", 0))
-    limit_cents = int(budget.get("limit_cents", 0))
-    return Limit(budget["owner"], project, limit_cents, spent, int(budget.get("updated_us", 0)))
+    project = budget.project
+    spent = spend.projects.get(project, 0) if project else spend.spent_cents
+    return Limit(budget.owner, project, budget.limit_cents, spent, budget.updated_us)
 
 
 def budget_refusal(limit: Limit) -> ServiceError:

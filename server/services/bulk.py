@@ -20,7 +20,7 @@ from genjobs.server.model import channels, clock
 from genjobs.server.model.caller import Caller
 from genjobs.server.model.channels import PENDING_FLAG, new_notification, targets_of
 from genjobs.server.model.errors import ServiceError, invalid
-from genjobs.server.model.records import BulkItem, BulkJob, Submission
+from genjobs.server.model.records import NO_ORIGIN, BulkItem, BulkJob, Job, Origin, Params, Submission
 from genjobs.server.model.states import BULK_FINAL, BulkAction, BulkStatus, Status
 from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.model.vocabulary import Mode, Priority
@@ -158,20 +158,20 @@ class Bulks:
         self,
         caller: Caller,
         mode: str,
-        items: list[Doc],
+        items: list[Params],
         request_id: str = "",
         project: str = "",
         notify: Sequence[NotifyTarget] = (),
-        origin: Doc | None = None,
+        origin: Origin = NO_ORIGIN,
         priority: str = Priority.NORMAL,
         schedule_us: int = 0,
     ) -> BulkView:
         """Validate every item, then store the bulk job and its items (two writes).
         Every item runs at `priority`, none before `schedule_us`.
 
-        `origin`: fields the server sets on the bulk job (`schedule_id`,
-        `template`, a schedule tick's own `request_key`); its items carry
-        the schedule and template too."""
+        `origin`: what the server sets on the bulk job (its schedule, template,
+        a schedule tick's own request key); its items carry the schedule and
+        template too."""
         bad = validation.check_bulk(mode, items, request_id, project, notify)
         bad += validation.check_priority(priority)
         if bad:
@@ -189,26 +189,25 @@ class Bulks:
             "total_items": len(items),
             "ck": base,
             "request_id": request_id,
-            "request_key": submission_key(caller.user, request_id, bulk_id, "bulk"),
+            "request_key": origin.request_key or submission_key(caller.user, request_id, bulk_id, "bulk"),
             **channels.target_fields(notify, pending=False),  # set as it completes
             "seq": 1,
             "started_us": 0,
             "ended_us": 0,
             "updated_us": base,
             "settled": False,
-            "schedule_id": "",
-            "template": "",
+            "schedule_id": origin.schedule_id,
+            "template": origin.template,
             "priority": priority,
             "rank": Priority(priority).rank,
             "schedule_us": schedule_us,
-            **(origin or {}),
         }
         docs = [
             self.store.jobs.new_job(
                 Submission(
                     owner=caller.user,
                     mode=Mode(mode),
-                    params=records.params(normalized(params)),
+                    params=normalized(params),
                     project=project,
                     max_attempts=self.jobs.default_max_attempts,
                     bulk_job_id=str(bulk_id),
@@ -216,8 +215,8 @@ class Bulks:
                     request_key=bulk_item_key(caller.user, bulk_id, position),
                     priority=Priority(priority),
                     schedule_us=schedule_us,
-                    schedule_id=bulk["schedule_id"],
-                    template=bulk["template"],
+                    schedule_id=origin.schedule_id,
+                    template=origin.template,
                 ),
                 ck=base + position,  # items run in position order, FIFO among all jobs
             )
@@ -231,7 +230,7 @@ class Bulks:
             self.jobs.limits.reserve(caller.user, [doc["_id"] for doc in docs])
         except ServiceError:
             # A repeat of a stored request is answered, not refused (see Jobs.submit).
-            keyed = request_id or "request_key" in (origin or {})
+            keyed = request_id or origin.keyed
             earlier = self.store.bulks.repeated(bulk) if keyed else None
             if earlier is None:
                 raise
@@ -338,18 +337,18 @@ class Bulks:
 
     # ---- item bookkeeping -------------------------------------------------
 
-    def item_changed(self, job: Doc, kind: str) -> None:
+    def item_changed(self, job: Job, kind: str) -> None:
         """An item job changed status: update the bulk job and tell its watchers."""
-        if kind != STATUS_CHANGED or not job.get("bulk_job_id"):
+        if kind != STATUS_CHANGED or not job.bulk_job_id:
             return
-        bulk_oid = ObjectId(job["bulk_job_id"])
-        status = job["status"]
-        if status == str(Status.PROCESSING):
+        bulk_oid = ObjectId(job.bulk_job_id)
+        status = job.status
+        if status == Status.PROCESSING:
             self.store.bulks.mark_bulk_started(bulk_oid)
             self.store.bulks.bulk_status_change(
                 bulk_oid, [str(BulkStatus.QUEUED)], {"status": str(BulkStatus.PROCESSING)}
             )
-        elif status == str(Status.QUEUED) and job.get("retry_of"):
+        elif status == Status.QUEUED and job.retry_of:
             # A retried item reopens a completed bulk job until it is final again.
             self.store.bulks.reopen_bulk(bulk_oid)
         # The sequence first, then the items: an event's counts then include
@@ -358,7 +357,7 @@ class Bulks:
         bumped = self.store.bulks.bump_bulk(bulk_oid)
         if bumped is None:
             return
-        items = self.store.bulks.bulk_items([job["bulk_job_id"]])
+        items = self.store.bulks.bulk_items([job.bulk_job_id])
         if self._settle(bumped, items) is None:
             self._publish(summarize(bumped, items), ITEM_CHANGED)
 

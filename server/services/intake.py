@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 
 from genjobs.server.model.caller import Caller
+from genjobs.server.model.records import NO_ORIGIN, Job, Origin
 from genjobs.server.services.bulk import Bulks, BulkView
 from genjobs.server.services.jobs import Jobs
 from genjobs.server.services.templates import RequestValues, Templates
-from genjobs.server.storage.database import Doc
 from genjobs.v1 import bulk_pb2, jobs_pb2
 
 
@@ -30,8 +30,8 @@ class Intake:
         self.convert = convert
 
     async def submit(
-        self, caller: Caller, request: jobs_pb2.SubmitJobRequest, origin: Doc | None = None
-    ) -> Doc:
+        self, caller: Caller, request: jobs_pb2.SubmitJobRequest, origin: Origin = NO_ORIGIN
+    ) -> Job:
         """SubmitJob as `caller` (a schedule's tick too, with its `origin` fields);
         the stored job. Runs on the event loop (see `Jobs.submit`)."""
         request, origin = await self.templates.apply(caller.user, request, origin)
@@ -39,7 +39,7 @@ class Intake:
         return await self.jobs.submit(
             caller,
             convert.mode_name(request.mode),
-            convert.params_dict(request.params),
+            convert.params_of(request.params),
             request.request_id,
             request.project,
             request.max_attempts,
@@ -50,7 +50,7 @@ class Intake:
         )
 
     async def create_bulk(
-        self, caller: Caller, request: bulk_pb2.CreateBulkJobRequest, origin: Doc | None = None
+        self, caller: Caller, request: bulk_pb2.CreateBulkJobRequest, origin: Origin = NO_ORIGIN
     ) -> BulkView:
         """CreateBulkJob as `caller` (a schedule's tick too, with its `origin`
         fields); the bulk job made."""
@@ -60,7 +60,7 @@ class Intake:
             self.bulks.create,
             caller,
             convert.mode_name(request.mode),
-            [convert.params_dict(item) for item in request.items],
+            [convert.params_of(item) for item in request.items],
             request.request_id,
             request.project,
             convert.notify_targets(request),

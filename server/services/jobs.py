@@ -20,7 +20,7 @@ from pymongo.errors import PyMongoError
 from genjobs.server.model import channels
 from genjobs.server.model.caller import Caller
 from genjobs.server.model.errors import FieldViolation, ServiceError, channel_not_configured, invalid
-from genjobs.server.model.records import Job, Submission
+from genjobs.server.model.records import NO_ORIGIN, Job, Origin, Params, Submission
 from genjobs.server.model.states import Status
 from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.model.vocabulary import Mode, Priority
@@ -90,6 +90,20 @@ class SubmitLimits(Protocol):
         return None
 
 
+@dataclass(frozen=True)
+class JobStats:
+    """What GetJobStats answers: counts by status and mode, total cost (and how
+    many completed jobs had none known), mean duration, failure rate."""
+
+    total: int
+    by_status: dict[str, int]
+    by_mode: dict[str, int]
+    cost_cents: int
+    cost_unknown: int
+    mean_duration: float  # seconds, over completed jobs
+    failure_rate: float  # failed of completed + failed
+
+
 @dataclass
 class BulkOperationResult:
     """What RunBulkOperation did (or, validate_only, would do)."""
@@ -114,7 +128,7 @@ class Jobs:
         limits: SubmitLimits,
         tiers: Tiers,
         notify_channels: Iterable[str],
-        on_change: Sequence[Callable[[Doc, str], None]],
+        on_change: Sequence[Callable[[Job, str], None]],
     ) -> None:
         self.store = store
         self.hub = hub
@@ -127,7 +141,8 @@ class Jobs:
         # The channels this server has a sender for (mail needs GENJOBS_SMTP_URL);
         # a channel that always has one is never refused.
         self.notify_channels = frozenset(notify_channels)
-        self.on_change = tuple(on_change)  # bulk accounting, notifications, budgets
+        # Bulk accounting, notifications, budgets: each gets the changed Job and the event's kind.
+        self.on_change = tuple(on_change)
 
     # ---- events ---------------------------------------------------------
 
@@ -144,17 +159,26 @@ class Jobs:
         self._deliver(doc, kind, self.store.events.event_doc(doc, kind, self.worker_id))
 
     def _deliver(self, doc: Doc, kind: str, event: Doc) -> None:
-        self.hub.publish(Event(f"job:{event['job_id']}", event["seq"], event, final(doc["status"])))
-        metrics.job_changed(doc, kind)
+        # `doc` is the job as the storage write returned it and `event` the wire's
+        # snapshot of it: both stay documents on purpose (watchers get the event as is).
+        ended = final(doc["status"])
+        self.hub.publish(Event(f"job:{event['job_id']}", event["seq"], event, ended))
+        # The listeners hear a job's status changes that end it and every status
+        # change of a bulk item: the claim of a lone job (PROCESSING) and its
+        # progress reports convert nothing.
+        if kind != STATUS_CHANGED or not (ended or doc.get("bulk_job_id")):
+            return
+        job = records.job(doc)  # the one conversion of this change, for every listener
+        metrics.job_changed(job, kind)
         for callback in self.on_change:
             # Each on its own: a database error in one (bulk counts) must not skip
             # the next (the job's notification); their sweeps repair what failed.
             try:
-                callback(doc, kind)
+                callback(job, kind)
             except PyMongoError as exc:
-                if not self.store.outage.failed(exc, f"job {doc['_id']}'s {callback.__name__}"):
+                if not self.store.outage.failed(exc, f"job {job.id}'s {callback.__name__}"):
                     log.warning(
-                        "job %s: %s after a %s event failed (%s)", doc["_id"], callback.__name__, kind, exc
+                        "job %s: %s after a %s event failed (%s)", job.id, callback.__name__, kind, exc
                     )
 
     async def poll_remote(self) -> None:
@@ -185,20 +209,20 @@ class Jobs:
         self,
         caller: Caller,
         mode: str,
-        params: Doc,
+        params: Params,
         request_id: str = "",
         project: str = "",
         max_attempts: int = 0,
         notify: Sequence[NotifyTarget] = (),
-        origin: Doc | None = None,
+        origin: Origin = NO_ORIGIN,
         priority: str = Priority.NORMAL,
         schedule_us: int = 0,
-    ) -> Doc:
+    ) -> Job:
         """Queue a job; a repeated request_id returns the first job. One command.
         With a `schedule_us` to come, it waits in the scheduled lane until then.
 
-        `origin`: fields the server sets on the job (`schedule_id`, `template`,
-        and a schedule tick's own `request_key`)."""
+        `origin`: what the server sets on the job (its schedule, template, and
+        a schedule tick's own request key)."""
         bad = validation.check_submit(mode, params, request_id, project, max_attempts)
         bad += validation.check_notify(notify)
         bad += validation.check_priority(priority)
@@ -206,20 +230,19 @@ class Jobs:
             raise invalid(bad)
         await entitlement.require_async(caller, priority, self.tiers)
         self.check_channels(notify)
-        origin = origin or {}
         submission = Submission(
             owner=caller.user,
             mode=Mode(mode),
-            params=records.params(normalized(params)),
+            params=normalized(params),
             project=project,
             request_id=request_id,
             max_attempts=max_attempts or self.default_max_attempts,
             priority=Priority(priority),
             schedule_us=schedule_us,
             targets=tuple(notify),
-            request_key=origin.get("request_key", ""),
-            schedule_id=origin.get("schedule_id", ""),
-            template=origin.get("template", ""),
+            request_key=origin.request_key,
+            schedule_id=origin.schedule_id,
+            template=origin.template,
         )
         doc = self.store.jobs.new_job(submission)
         doc.update(context.trace_fields())
@@ -229,11 +252,11 @@ class Jobs:
         except ServiceError:
             # A repeat of a stored request is answered, not refused: the limit
             # counted that job already (a client's retry, a schedule's tick again).
-            keyed = request_id or "request_key" in origin
+            keyed = request_id or origin.keyed
             earlier = await asyncio.to_thread(self.store.jobs.repeated, doc) if keyed else None
             if earlier is None:
                 raise
-            return earlier
+            return records.job(earlier)
         # A failed insert keeps its place until the sweep: it may have been stored.
         stored, created = await self.store.jobs.submit_job(doc)
         if not created:  # a repeated request: the earlier job holds its own place
@@ -243,7 +266,7 @@ class Jobs:
             # Sequence 1 is the job as submitted: watchers start from its
             # snapshot, so it needs no stored event (SubmitJob stays one write).
             self.offer(stored)
-        return stored
+        return records.job(stored)  # SubmitJob's one conversion (its answer)
 
     def offer(self, doc: Doc) -> None:
         """Hand a job that is in the ready lane to this server's dispatcher (no query)."""
@@ -359,7 +382,7 @@ class Jobs:
         remaining = self.store.jobs.count(query) if more else 0
         return BulkOperationResult(done, len(done), remaining)
 
-    def stats(self, caller: Caller, filters: JobFilter) -> Doc:
+    def stats(self, caller: Caller, filters: JobFilter) -> JobStats:
         """Counts by status and mode, total cost, mean duration, failure rate."""
         bad = _check_filter_values(filters)
         if bad:
@@ -381,18 +404,19 @@ class Jobs:
                 "result.metadata.cost_unknown": "true",
             }
             unknown = self.store.jobs.count(query)
-        return {
-            "cost_unknown": unknown,
-            "total": sum(by_status.values()),
-            "by_status": by_status,
-            "by_mode": by_mode,
-            "cost_cents": cost,
-            "mean_duration": seconds / completed if completed else 0.0,
-            "failure_rate": failed / (completed + failed) if completed + failed else 0.0,
-        }
+        return JobStats(
+            total=sum(by_status.values()),
+            by_status=by_status,
+            by_mode=by_mode,
+            cost_cents=cost,
+            cost_unknown=unknown,
+            mean_duration=seconds / completed if completed else 0.0,
+            failure_rate=failed / (completed + failed) if completed + failed else 0.0,
+        )
 
     def history(self, caller: Caller, job_id: str, after: int) -> tuple[Doc, list[Doc]]:
-        """The job now and its stored events after `after` (for WatchJob)."""
+        """The job now and its stored events after `after` (for WatchJob): the
+        wire's event snapshots, documents on purpose (the API converts them once)."""
         doc = self.store.jobs.document(caller.owner_filter, job_id)
         if not after:
             return doc, []
@@ -400,14 +424,14 @@ class Jobs:
         return doc, self.store.events.events_after(job_id, after)
 
 
-def normalized(params: Doc) -> Doc:
+def normalized(params: Params) -> Params:
     """Params as stored: the default word count filled in, blanks trimmed."""
-    return {
-        **params,
-        "topic": params.get("topic", "").strip(),
-        "keywords": [k.strip() for k in params.get("keywords", [])],
-        "word_count": params.get("word_count") or validation.DEFAULT_WORD_COUNT,
-    }
+    return dataclasses.replace(
+        params,
+        topic=params.topic.strip(),
+        keywords=tuple(k.strip() for k in params.keywords),
+        word_count=params.word_count or validation.DEFAULT_WORD_COUNT,
+    )
 
 
 def _check_filter_values(filters: JobFilter) -> list[FieldViolation]:

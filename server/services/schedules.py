@@ -40,6 +40,7 @@ from pymongo.errors import PyMongoError
 from genjobs.server.model import clock
 from genjobs.server.model.caller import Caller
 from genjobs.server.model.errors import FieldViolation, ServiceError, invalid
+from genjobs.server.model.records import Origin, Schedule
 from genjobs.server.services import entitlement, validation
 from genjobs.server.services.entitlement import HIGH, Tiers
 from genjobs.server.services.intake import Intake
@@ -52,7 +53,7 @@ from genjobs.server.services.templates import (
     stored_request,
 )
 from genjobs.server.storage.database import Doc
-from genjobs.server.storage.paging import Page, submission_key
+from genjobs.server.storage.paging import submission_key
 from genjobs.server.storage.schedules import ACTIVE, PAUSED, SCHEDULES, ScheduleStore, fair_order, tick_key
 from genjobs.v1 import bulk_pb2, jobs_pb2
 
@@ -161,7 +162,7 @@ class Schedules:
         kind: str,
         target: Message | str | None,
         request_id: str = "",
-    ) -> Doc:
+    ) -> Schedule:
         """Start a schedule; the same request_id from the same owner returns the first."""
         cron = cron.strip()
         bad = check_cron(cron, time_zone)
@@ -174,17 +175,17 @@ class Schedules:
                 )
             )
         bad += validation.check_label(request_id, "request_id", validation.MAX_REQUEST_ID)
-        fields: Doc = {"kind": kind, "request": b"", "template": ""}
+        raw, template_name = b"", ""
         if target is None:
             bad.append(FieldViolation("target", "exactly one of job, bulk_job or template is required"))
         elif isinstance(target, str):
             bad += check_name(target, TEMPLATE)
-            fields["template"] = target
+            template_name = target
         else:
             request = KINDS[kind]()
             request.CopyFrom(target)
             request.ClearField("request_id")  # each tick's job has its own key
-            fields["request"] = request.SerializeToString()
+            raw = request.SerializeToString()
             if not bad:
                 # As if submitted now: through the template it names, if any.
                 resolved, _ = self.templates.resolve(caller.user, request)  # type: ignore[type-var]
@@ -194,73 +195,66 @@ class Schedules:
             raise invalid(bad)
         if kind == TEMPLATE:
             # NOT_FOUND, or a HIGH priority this caller may not ask for: now, not at every tick.
-            self.check_standing(caller, stored_request(self.templates.get(caller, fields["template"])))
+            template = self.templates.get(caller, template_name)
+            self.check_standing(caller, stored_request(template.kind, template.request))
         now = clock.now_us()
         oid = ObjectId()
         ck = self.store.order_keys.next()
-        doc = {
-            "_id": oid,
-            "owner": caller.user,
-            "cron": cron,
-            "time_zone": time_zone,
-            **fields,
-            "state": ACTIVE,
-            "next_run_us": next_tick(cron, time_zone, now),
-            "last_run_us": 0,
-            "last_job_id": "",
-            "last_bulk_job_id": "",
-            "run_count": 0,
-            "last_error": "",
-            "failing": "",  # the reason its ticks fail (or run at NORMAL), "" while they run
-            "failed_ticks": 0,
-            "failing_since_us": 0,
-            "good_ticks": 0,
-            "logged": "",  # the state last logged: a log line per change, not per tick
-            "logged_reason": "",
-            "logged_us": 0,
-            "request_id": request_id,
-            "request_key": submission_key(caller.user, request_id, oid, "schedule"),
-            "ck": ck,
-            "updated_us": ck,
-        }
+        schedule = Schedule(
+            id=str(oid),
+            owner=caller.user,
+            cron=cron,
+            kind=kind,
+            time_zone=time_zone,
+            request=raw,
+            template=template_name,
+            state=ACTIVE,
+            next_run_us=next_tick(cron, time_zone, now),
+            request_id=request_id,
+            request_key=submission_key(caller.user, request_id, oid, "schedule"),
+            created_us=ck,
+            updated_us=ck,
+        )
         try:
             self.store.take_place(
                 SCHEDULES, caller.user, self.max_per_owner, "GENJOBS_MAX_SCHEDULES_PER_OWNER"
             )
         except ServiceError:
-            earlier = self.store.schedule_by_key(doc["request_key"]) if request_id else None
+            earlier = self.store.schedule_by_key(schedule.request_key) if request_id else None
             if earlier is None:
                 raise
             return earlier  # a repeated create is answered, not refused
-        stored: Doc | None = None
+        stored: Schedule | None = None
         try:
-            stored = self.store.insert_schedule(doc)
+            stored = self.store.insert_schedule(schedule)
             return stored
         finally:
-            if stored is None or stored["_id"] != oid:  # nothing new stored: give the place back
+            if stored is None or stored.id != schedule.id:  # nothing new stored: give the place back
                 self.store.give_place(SCHEDULES, caller.user)
 
-    def get(self, caller: Caller, schedule_id: str) -> Doc:
+    def get(self, caller: Caller, schedule_id: str) -> Schedule:
         """One of the caller's schedules."""
         return self.store.get_schedule(caller.user, schedule_id)
 
-    def list_schedules(self, caller: Caller, states: list[str], page_size: int, token: str) -> Page:
-        """A page of the caller's schedules, newest first."""
+    def list_schedules(
+        self, caller: Caller, states: list[str], page_size: int, token: str
+    ) -> tuple[list[Schedule], str]:
+        """A page of the caller's schedules, newest first, and the next page's token."""
         size, bad = validation.page_size(page_size)
         bad += validation.check_choices("states", states, STATES, "SCHEDULE_STATE_")
         if bad:
             raise invalid(bad)
         return self.store.list_schedules(caller.user, states, size, token)
 
-    def pause(self, caller: Caller, schedule_id: str) -> Doc:
+    def pause(self, caller: Caller, schedule_id: str) -> Schedule:
         """No more ticks until resumed (a paused schedule stays paused)."""
-        return self.store.set_state(caller.user, schedule_id, ACTIVE, {"state": PAUSED, "next_run_us": 0})
+        return self.store.set_state(caller.user, schedule_id, ACTIVE, PAUSED, 0)
 
-    def resume(self, caller: Caller, schedule_id: str) -> Doc:
+    def resume(self, caller: Caller, schedule_id: str) -> Schedule:
         """Tick again from the first tick after now (an active schedule stays as it is)."""
-        doc = self.store.get_schedule(caller.user, schedule_id)
-        changes = {"state": ACTIVE, "next_run_us": next_tick(doc["cron"], doc["time_zone"], clock.now_us())}
-        return self.store.set_state(caller.user, schedule_id, PAUSED, changes)
+        found = self.store.get_schedule(caller.user, schedule_id)
+        next_run_us = next_tick(found.cron, found.time_zone, clock.now_us())
+        return self.store.set_state(caller.user, schedule_id, PAUSED, ACTIVE, next_run_us)
 
     def delete(self, caller: Caller, schedule_id: str) -> None:
         """Remove a schedule; the jobs it created stay."""
@@ -280,39 +274,39 @@ class Schedules:
             try:
                 self._fire(doc, now)
             except (PyMongoError, TimeoutError) as exc:  # still due: the next pass tries again
-                if self.store.outage.failed(exc, f"schedule {doc['_id']}"):
+                if self.store.outage.failed(exc, f"schedule {doc.id}"):
                     return  # the other due schedules would fail the same way
-                log.warning("schedule %s: tick not done (%s)", doc["_id"], exc)
+                log.warning("schedule %s: tick not done (%s)", doc.id, exc)
             except Exception:  # a bug here must not stop the other schedules or the dispatcher
-                log.exception("schedule %s: tick failed", doc["_id"])
+                log.exception("schedule %s: tick failed", doc.id)
 
-    def _fire(self, doc: Doc, now: int) -> None:
-        expected = doc["next_run_us"]
+    def _fire(self, doc: Schedule, now: int) -> None:
+        expected = doc.next_run_us
         # The latest tick due; earlier ones missed while no server ran are skipped.
-        at = max(expected, latest_tick(doc["cron"], doc["time_zone"], now))
-        schedule_id = str(doc["_id"])
-        origin = {"schedule_id": schedule_id, "request_key": tick_key(doc["owner"], schedule_id, at)}
+        at = max(expected, latest_tick(doc.cron, doc.time_zone, now))
+        schedule_id = doc.id
+        origin = Origin(schedule_id=schedule_id, request_key=tick_key(doc.owner, schedule_id, at))
         changes: Doc = {
             # Never sooner than the least interval after this tick: a schedule stored
             # before the limit (or under a lower one) ticks no faster than it allows.
             "next_run_us": next_tick(
-                doc["cron"], doc["time_zone"], max(at, now, at + int(self.min_interval_seconds * 1e6) - 1)
+                doc.cron, doc.time_zone, max(at, now, at + int(self.min_interval_seconds * 1e6) - 1)
             ),
             "last_run_us": at,
         }
-        owner = Caller(user=doc["owner"])  # no token at a tick: only the owner's stored tier counts
+        owner = Caller(user=doc.owner)  # no token at a tick: only the owner's stored tier counts
         try:
             request = self._request(doc)
             note = self._entitled_priority(owner, request)
             made = self._submit(owner, request, origin)
         except ServiceError as exc:  # a deleted template, a spent budget, a refused field
             self._note(doc, changes, at, exc.reason, f"{exc.reason}: {exc.message}", failed=True)
-            self.store.advance(doc["_id"], expected, changes, ran=False)
+            self.store.advance(doc.id, expected, changes, ran=False)
             return
         key = "last_job_id" if isinstance(request, KINDS[JOB]) else "last_bulk_job_id"
         changes[key] = made
         self._note(doc, changes, at, "PRIORITY_NOT_ALLOWED" if note else "", note, failed=False)
-        self.store.advance(doc["_id"], expected, changes, ran=True)
+        self.store.advance(doc.id, expected, changes, ran=True)
 
     def _entitled_priority(self, owner: Caller, request: Message) -> str:
         """Run `request` at NORMAL when it (or its template, as it is now) asks
@@ -327,7 +321,7 @@ class Schedules:
             f'"premium" that PRIORITY_HIGH needs at each tick (an admin grants it: genjobs tier set)'
         )
 
-    def _note(self, doc: Doc, changes: Doc, at: int, state: str, error: str, failed: bool) -> None:
+    def _note(self, doc: Schedule, changes: Doc, at: int, state: str, error: str, failed: bool) -> None:
         """Keep how the tick went in `changes`: `last_error` (with how many ticks in a
         row have failed, and since when), and log only when the state changes.
 
@@ -336,12 +330,12 @@ class Schedules:
         as the last one logged, within QUIET_SECONDS of it, is not logged again
         (nor its end): a schedule that flaps (an owner at the queued-jobs cap,
         a tick in a few let through) logs once, not at every turn."""
-        failed_ticks = int(doc.get("failed_ticks") or 0) + 1 if failed else 0
-        since = int(doc.get("failing_since_us") or 0) if failed_ticks > 1 else (at if failed else 0)
+        failed_ticks = doc.failed_ticks + 1 if failed else 0
+        since = doc.failing_since_us if failed_ticks > 1 else (at if failed else 0)
         if failed_ticks > 1:
             when = datetime.fromtimestamp(since / 1e6, UTC).isoformat(timespec="seconds")
             error = f"{error} ({failed_ticks} ticks in a row since {when})"
-        good_ticks = 0 if state else int(doc.get("good_ticks") or 0) + 1
+        good_ticks = 0 if state else doc.good_ticks + 1
         changes.update(
             last_error=error,
             failing=state,
@@ -349,13 +343,10 @@ class Schedules:
             failing_since_us=since,
             good_ticks=good_ticks,
         )
-        logged = str(doc.get("logged") or "")
-        schedule_id, owner = doc["_id"], doc["owner"]
+        logged = doc.logged
+        schedule_id, owner = doc.id, doc.owner
         if state and state != logged:
-            recent = (
-                doc.get("logged_reason") == state
-                and at - int(doc.get("logged_us") or 0) < QUIET_SECONDS * 1e6
-            )
+            recent = doc.logged_reason == state and at - doc.logged_us < QUIET_SECONDS * 1e6
             if not recent:
                 changes.update(logged=state, logged_reason=state, logged_us=at)
                 log.warning(
@@ -365,18 +356,18 @@ class Schedules:
             changes["logged"] = ""
             log.info("schedule %s of %s: its ticks run again (%d in a row)", schedule_id, owner, good_ticks)
 
-    def _request(self, doc: Doc) -> Message:
+    def _request(self, doc: Schedule) -> Message:
         """What a tick submits: the schedule's request, or a request naming its template."""
-        if doc["kind"] != TEMPLATE:
-            return stored_request(doc)
-        kind = self.store.template_kind(doc["owner"], doc["template"]) or JOB  # none: NOT_FOUND on submit
-        return json_format.ParseDict({"template": doc["template"]}, KINDS[kind]())
+        if doc.kind != TEMPLATE:
+            return stored_request(doc.kind, doc.request)
+        kind = self.store.template_kind(doc.owner, doc.template) or JOB  # none: NOT_FOUND on submit
+        return json_format.ParseDict({"template": doc.template}, KINDS[kind]())
 
-    def _submit(self, caller: Caller, request: Message, origin: Doc) -> str:
+    def _submit(self, caller: Caller, request: Message, origin: Origin) -> str:
         """Submit `request` as the schedule's owner on the server's event loop; the id made."""
         if isinstance(request, jobs_pb2.SubmitJobRequest):
             job = self._on_loop(self.intake.submit(caller, request, origin))
-            return str(job["_id"])
+            return job.id
         assert isinstance(request, bulk_pb2.CreateBulkJobRequest)
         view = self._on_loop(self.intake.create_bulk(caller, request, origin))
         return str(view.doc["_id"])

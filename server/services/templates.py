@@ -15,6 +15,7 @@ GENJOBS_MAX_TEMPLATE_BYTES as stored.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from typing import Any, Protocol, TypeVar
 
@@ -23,10 +24,10 @@ from google.protobuf.message import Message
 from genjobs.server.model import clock
 from genjobs.server.model.caller import Caller
 from genjobs.server.model.errors import Code, FieldViolation, ServiceError, invalid
+from genjobs.server.model.records import Origin, Params, Template
 from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.services import validation
-from genjobs.server.storage.database import Doc
-from genjobs.server.storage.schedules import TEMPLATES, ScheduleStore, template_key
+from genjobs.server.storage.schedules import TEMPLATES, ScheduleStore
 from genjobs.v1 import bulk_pb2, jobs_pb2
 
 # What a template (or a schedule) holds: the oneof field name and its message.
@@ -55,7 +56,7 @@ class RequestValues(Protocol):
         """A Mode number as its name without MODE_; "" for unspecified or unknown."""
         ...
 
-    def params_dict(self, params: jobs_pb2.GenerationParams) -> Doc:
+    def params_of(self, params: jobs_pb2.GenerationParams) -> Params:
         """GenerationParams as the document stored in a job."""
         ...
 
@@ -82,7 +83,7 @@ def check_request(kind: str, request: Message, prefix: str, convert: RequestValu
     if isinstance(request, jobs_pb2.SubmitJobRequest):
         bad = validation.check_submit(
             convert.mode_name(request.mode),
-            convert.params_dict(request.params),
+            convert.params_of(request.params),
             request.request_id,
             request.project,
             request.max_attempts,
@@ -92,7 +93,7 @@ def check_request(kind: str, request: Message, prefix: str, convert: RequestValu
         assert isinstance(request, bulk_pb2.CreateBulkJobRequest)
         bad = validation.check_bulk(
             convert.mode_name(request.mode),
-            [convert.params_dict(item) for item in request.items],
+            [convert.params_of(item) for item in request.items],
             request.request_id,
             request.project,
             convert.notify_targets(request),
@@ -128,10 +129,10 @@ def merge(base: Message, overrides: Message) -> Message:
     return merged
 
 
-def stored_request(doc: Doc) -> Message:
-    """The request a template or schedule document keeps."""
-    request = KINDS[doc["kind"]]()
-    request.ParseFromString(doc["request"])
+def stored_request(kind: str, raw: bytes) -> Message:
+    """The request a template or schedule keeps: of `kind`, serialized as `raw`."""
+    request = KINDS[kind]()
+    request.ParseFromString(raw)
     return request
 
 
@@ -175,46 +176,39 @@ class Templates:
             )
         return raw
 
-    def create(self, caller: Caller, name: str, kind: str, request: Message | None) -> Doc:
+    def create(self, caller: Caller, name: str, kind: str, request: Message | None) -> Template:
         """Save a new template; ALREADY_EXISTS if the caller has one of that name."""
         raw = self._checked(name, kind, request)
         now = clock.now_us()
-        doc = {
-            "_id": template_key(caller.user, name),
-            "owner": caller.user,
-            "name": name,
-            "kind": kind,
-            "request": raw,
-            "ck": now,
-            "updated_us": now,
-        }
+        template = Template(caller.user, name, kind, raw, created_us=now, updated_us=now)
         self.store.take_place(TEMPLATES, caller.user, self.max_per_owner, "GENJOBS_MAX_TEMPLATES_PER_OWNER")
         stored = False
         try:
-            stored = bool(self.store.insert_template(doc))
-            return doc
+            self.store.insert_template(template)
+            stored = True
+            return template
         finally:
             if not stored:  # a taken name (ALREADY_EXISTS): give the place back
                 self.store.give_place(TEMPLATES, caller.user)
 
-    def get(self, caller: Caller, name: str) -> Doc:
+    def get(self, caller: Caller, name: str) -> Template:
         """One of the caller's templates."""
         bad = check_name(name)
         if bad:
             raise invalid(bad)
         return self.store.get_template(caller.user, name)
 
-    def list_templates(self, caller: Caller, page_size: int, token: str) -> tuple[list[Doc], str]:
+    def list_templates(self, caller: Caller, page_size: int, token: str) -> tuple[list[Template], str]:
         """A page of the caller's templates, by name."""
         size, bad = validation.page_size(page_size)
         if bad:
             raise invalid(bad)
         return self.store.list_templates(caller.user, size, token)
 
-    def update(self, caller: Caller, name: str, kind: str, request: Message | None) -> Doc:
+    def update(self, caller: Caller, name: str, kind: str, request: Message | None) -> Template:
         """Replace a template's request (its kind may change); NOT_FOUND if none."""
         raw = self._checked(name, kind, request)
-        return self.store.replace_template(caller.user, name, {"kind": kind, "request": raw})
+        return self.store.replace_template(caller.user, name, kind, raw)
 
     def delete(self, caller: Caller, name: str) -> None:
         """Remove one of the caller's templates."""
@@ -223,39 +217,39 @@ class Templates:
             raise invalid(bad)
         self.store.delete_template(caller.user, name)
 
-    async def apply(self, owner: str, request: Request, origin: Doc | None) -> tuple[Request, Doc | None]:
+    async def apply(self, owner: str, request: Request, origin: Origin) -> tuple[Request, Origin]:
         """`resolve` from the event loop for SubmitJob and CreateBulkJob: the
         request to run, and `origin` with the template's name added."""
         if not request.template:
             return request, origin
         request, named = await asyncio.to_thread(self.resolve, owner, request)
-        return request, {**(origin or {}), **named}
+        return request, dataclasses.replace(origin, template=named)
 
-    def resolve(self, owner: str, request: Request) -> tuple[Request, Doc]:
+    def resolve(self, owner: str, request: Request) -> tuple[Request, str]:
         """The request to run: `request` as it is when it names no template,
         else the owner's template of that name (as it is now) with every field
-        set in `request` over it. Also the fields the job or bulk job carries
-        for it ({"template": name}, or nothing). NOT_FOUND for an unknown
+        set in `request` over it. Also the template's name the job or bulk job
+        carries ("" for none). NOT_FOUND for an unknown
         name, FAILED_PRECONDITION for a template of the other kind."""
         name = request.template
         if not name:
-            return request, {}
+            return request, ""
         bad = check_name(name, "template")
         if bad:
             raise invalid(bad)
-        doc = self.store.get_template(owner, name)
+        template = self.store.get_template(owner, name)
         kind = JOB if isinstance(request, jobs_pb2.SubmitJobRequest) else BULK_JOB
-        if doc["kind"] != kind:
-            wanted = "SubmitJob" if doc["kind"] == JOB else "CreateBulkJob"
+        if template.kind != kind:
+            wanted = "SubmitJob" if template.kind == JOB else "CreateBulkJob"
             raise ServiceError(
                 Code.FAILED_PRECONDITION,
                 "TEMPLATE_KIND_MISMATCH",
-                f"template {name!r} holds a {doc['kind'].replace('_', ' ')} request: use it with {wanted}",
-                metadata={"name": name, "kind": doc["kind"]},
+                f"template {name!r} holds a {template.kind.replace('_', ' ')} request: use it with {wanted}",
+                metadata={"name": name, "kind": template.kind},
             )
-        merged = merge(stored_request(doc), request)
+        merged = merge(stored_request(template.kind, template.request), request)
         merged.ClearField("template")
-        return merged, {"template": name}  # type: ignore[return-value]  # the same kind as `request`
+        return merged, name  # type: ignore[return-value]  # the same kind as `request`
 
 
 def _without(request: Message, field: str) -> Message:

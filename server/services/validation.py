@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import genjobs.server.notify  # noqa: F401  (its channels register as it is imported)
 from genjobs.server.model import channels
 from genjobs.server.model.errors import FieldViolation, echo
 from genjobs.server.model.ids import check_id as check_id  # the rule lives in model; callers keep it here
+from genjobs.server.model.records import Params
 from genjobs.server.model.rules import (
     CONTROL,
     DEFAULT_WORD_COUNT,
@@ -41,15 +41,14 @@ _MODEL = re.compile(r"[A-Za-z0-9._:/-]{1,100}")
 _EXTRA_KEY = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_EXTRA_KEY}}}")
 
 
-def check_params(mode: str, params: dict[str, Any], prefix: str = "params") -> list[FieldViolation]:
+def check_params(mode: str, params: Params, prefix: str = "params") -> list[FieldViolation]:
     """Everything wrong with generation params for `mode` (an empty list when valid)."""
     bad: list[FieldViolation] = []
 
     def flag(name: str, why: str) -> None:
         bad.append(FieldViolation(f"{prefix}.{name}", why))
 
-    topic: str = params.get("topic", "")
-    keywords: list[str] = params.get("keywords", [])
+    topic, keywords = params.topic, params.keywords
     if len(topic) > MAX_TOPIC:
         flag("topic", f"at most {MAX_TOPIC} characters")
     bad.extend(check_text(topic, f"{prefix}.topic"))
@@ -65,19 +64,19 @@ def check_params(mode: str, params: dict[str, Any], prefix: str = "params") -> l
         if not word.strip() or len(word) > MAX_KEYWORD:
             flag(f"keywords[{i}]", f"must be 1 to {MAX_KEYWORD} non-blank characters")
         bad.extend(check_text(word, f"{prefix}.keywords[{i}]"))
-    source = params.get("source_text", "")
+    source = params.source_text
     if mode == "SPIN" and not source.strip():
         flag("source_text", "required for MODE_SPIN")
     if len(source) > MAX_SOURCE_TEXT:
         flag("source_text", f"at most {MAX_SOURCE_TEXT} characters")
     bad.extend(check_text(source, f"{prefix}.source_text", long_text=True))
-    words = params.get("word_count", 0)
+    words = params.word_count
     if words != 0 and not MIN_WORDS <= words <= MAX_WORDS:
         flag("word_count", f"must be 0 (default {DEFAULT_WORD_COUNT}) or {MIN_WORDS} to {MAX_WORDS}")
-    if len(params.get("tone", "")) > MAX_TONE:
+    if len(params.tone) > MAX_TONE:
         flag("tone", f"at most {MAX_TONE} characters")
-    bad.extend(check_text(params.get("tone", ""), f"{prefix}.tone"))
-    bad.extend(_check_extra(params.get("extra", {}), prefix))
+    bad.extend(check_text(params.tone, f"{prefix}.tone"))
+    bad.extend(_check_extra(params.extra, prefix))
     return bad
 
 
@@ -195,7 +194,7 @@ def check_label(value: str, field: str, limit: int) -> list[FieldViolation]:
 
 
 def check_submit(
-    mode: str, params: dict[str, Any], request_id: str, project: str, max_attempts: int
+    mode: str, params: Params, request_id: str, project: str, max_attempts: int
 ) -> list[FieldViolation]:
     """Everything wrong with a SubmitJob request."""
     bad = check_mode(mode)
@@ -241,7 +240,7 @@ def check_notify(targets: Sequence[NotifyTarget]) -> list[FieldViolation]:
 
 def check_bulk(
     mode: str,
-    items: list[dict[str, Any]],
+    items: list[Params],
     request_id: str,
     project: str,
     notify: Sequence[NotifyTarget] = (),

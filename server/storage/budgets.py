@@ -44,6 +44,7 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from genjobs.server.model import clock
+from genjobs.server.model.records import Budget, MonthSpend, Spend
 from genjobs.server.model.states import Status
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.queue import READY
@@ -99,19 +100,20 @@ class BudgetStore:
 
     # ---- budgets ----------------------------------------------------------
 
-    def changed_budgets(self, since_us: int) -> list[Doc]:
+    def changed_budgets(self, since_us: int) -> list[Budget]:
         """The limits written at or after `since_us` (0: every limit)."""
-        return list(self.budgets.find({"changed_us": {"$gte": since_us}}))
+        return [_budget(d) for d in self.budgets.find({"changed_us": {"$gte": since_us}})]
 
-    def owner_budgets(self, owner: str) -> list[Doc]:
+    def owner_budgets(self, owner: str) -> list[Budget]:
         """`owner`'s limits, removed ones (0) included."""
-        return list(self.budgets.find({"owner": owner}))
+        return [_budget(d) for d in self.budgets.find({"owner": owner})]
 
-    def budget(self, owner: str, project: str) -> Doc | None:
+    def budget(self, owner: str, project: str) -> Budget | None:
         """One limit as stored now."""
-        return self.budgets.find_one({"_id": budget_key(owner, project)})
+        found = self.budgets.find_one({"_id": budget_key(owner, project)})
+        return None if found is None else _budget(found)
 
-    def set_budget(self, owner: str, project: str, limit_cents: int) -> Doc:
+    def set_budget(self, owner: str, project: str, limit_cents: int) -> Budget:
         """Set (0: remove) a limit; the limit after. One upsert."""
         after = self.budgets.find_one_and_update(
             {"_id": budget_key(owner, project)},
@@ -128,7 +130,7 @@ class BudgetStore:
             return_document=ReturnDocument.AFTER,
         )
         assert after is not None  # an upsert always leaves a document
-        return after
+        return _budget(after)
 
     def hold(self, owner: str, project: str) -> None:
         """Mark the limit as holding jobs back (before any job is moved)."""
@@ -147,20 +149,24 @@ class BudgetStore:
 
     # ---- spend ------------------------------------------------------------
 
-    def usage_doc(self, owner: str, month: str) -> Doc | None:
-        """`owner`'s spend in `month`, or None before their first cost in it."""
-        return self.usage.find_one({"_id": usage_key(owner, month)}, {"counted": 0})
+    def month_spend(self, owner: str, month: str) -> MonthSpend:
+        """`owner`'s spend in `month` (nothing before their first cost in it)."""
+        found = self.usage.find_one({"_id": usage_key(owner, month)}, {"counted": 0})
+        if found is None:
+            return MonthSpend()
+        projects = {project_name(k): int(v) for k, v in (found.get("projects") or {}).items()}
+        return MonthSpend(int(found.get("spent_cents", 0)), projects)
 
-    def count_spend(self, job: Doc) -> bool:
+    def count_spend(self, job: Spend) -> bool:
         """Add a completed job's cost to its owner's month, once however often
         this is called; True if this call added it."""
-        owner, job_id = job["owner"], str(job["_id"])
-        cents = int(job.get("cost_cents", 0))
-        month = month_of(int(job["ended_us"]))
+        owner, job_id = job.owner, job.job_id
+        cents = job.cost_cents
+        month = month_of(job.ended_us)
         key = usage_key(owner, month)
         marker = f"counted.{job_id}"
         update = {
-            "$inc": {"spent_cents": cents, f"projects.{project_field(job.get('project', ''))}": cents},
+            "$inc": {"spent_cents": cents, f"projects.{project_field(job.project)}": cents},
             "$set": {marker: True},
         }
         for _ in range(2):
@@ -177,20 +183,31 @@ class BudgetStore:
                     return False
         return False
 
-    def spend_counted(self, job: Doc) -> None:
+    def spend_counted(self, job: Spend) -> None:
         """The job's cost is in its month: clear its flag, then its marker."""
-        self.jobs.update_one({"_id": job["_id"], "spend_pending": True}, {"$set": {"spend_pending": False}})
-        key = usage_key(job["owner"], month_of(int(job["ended_us"])))
-        self.usage.update_one({"_id": key}, {"$unset": {f"counted.{job['_id']}": ""}})
+        self.jobs.update_one(
+            {"_id": ObjectId(job.job_id), "spend_pending": True}, {"$set": {"spend_pending": False}}
+        )
+        key = usage_key(job.owner, month_of(job.ended_us))
+        self.usage.update_one({"_id": key}, {"$unset": {f"counted.{job.job_id}": ""}})
 
-    def uncounted_jobs(self, ended_before_us: int, limit: int = 500) -> list[Doc]:
-        """Completed jobs that ended before `ended_before_us` with their cost not
+    def uncounted_jobs(self, ended_before_us: int, limit: int = 500) -> list[Spend]:
+        """The costs of completed jobs that ended before `ended_before_us` not
         yet counted (the server that completed them stopped in between)."""
         cursor = self.jobs.find(
             {"spend_pending": True, "ended_us": {"$lt": ended_before_us}},
             {"owner": 1, "project": 1, "cost_cents": 1, "ended_us": 1, "status": 1},
         )
-        return list(cursor.limit(limit))
+        return [
+            Spend(
+                str(d["_id"]),
+                d["owner"],
+                d.get("project", ""),
+                int(d.get("cost_cents", 0)),
+                int(d["ended_us"]),
+            )
+            for d in cursor.limit(limit)
+        ]
 
     # ---- the queue --------------------------------------------------------
 
@@ -287,3 +304,16 @@ class BudgetStore:
     def cancel_queued(self, oid: ObjectId) -> Doc | None:
         """Cancel a job if it is still queued (one its owner cancelled on its way to the budget lane)."""
         return self.job_store.cancel_queued(oid)
+
+
+def _budget(doc: Doc) -> Budget:
+    """A stored limit as a Budget."""
+    return Budget(
+        owner=doc["owner"],
+        project=doc.get("project", ""),
+        limit_cents=int(doc.get("limit_cents", 0)),
+        updated_us=int(doc.get("updated_us", 0)),
+        changed_us=int(doc.get("changed_us", 0)),
+        holding=bool(doc.get("holding", False)),
+        hold_seq=int(doc.get("hold_seq", 0)),
+    )

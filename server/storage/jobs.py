@@ -308,22 +308,25 @@ class JobStore:
         oids = [ObjectId(i) for i in ids if ObjectId.is_valid(i)]
         return list(self.jobs.find({"_id": {"$in": oids}}))
 
-    def unnotified_jobs(self, ended_before_us: int) -> list[Doc]:
+    def unnotified_jobs(self, ended_before_us: int) -> list[Job]:
         """Jobs that ended before `ended_before_us` with their notification not
         yet stored (the server that ended them stopped in between)."""
         return list(
-            self.jobs.find(
-                {
-                    PENDING_FLAG: True,
-                    "status": {"$in": [str(s) for s in FINAL]},
-                    "ended_us": {"$lt": ended_before_us},
-                }
+            map(
+                records.job,
+                self.jobs.find(
+                    {
+                        PENDING_FLAG: True,
+                        "status": {"$in": [str(s) for s in FINAL]},
+                        "ended_us": {"$lt": ended_before_us},
+                    }
+                ),
             )
         )
 
-    def notification_stored(self, job: Doc) -> None:
+    def notification_stored(self, job: Job) -> None:
         """The job's notification is in `notifications` now."""
-        self.jobs.update_one({"_id": job["_id"], PENDING_FLAG: True}, {"$set": {PENDING_FLAG: False}})
+        self.jobs.update_one({"_id": ObjectId(job.id), PENDING_FLAG: True}, {"$set": {PENDING_FLAG: False}})
 
 
 def _cancelled() -> Doc:

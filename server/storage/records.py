@@ -143,6 +143,8 @@ def job(doc: Doc) -> Job:
         wait_reason=doc.get("wait_reason", ""),
         result=_result(doc.get("result")),
         seq=int(doc.get("seq", 0)),
+        notify_pending=bool(doc.get(channels.PENDING_FLAG, False)),
+        spend_pending=bool(doc.get("spend_pending", False)),
     )
 
 

@@ -24,6 +24,7 @@ which this module borrows from the `Database`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 
@@ -35,8 +36,9 @@ from pymongo.errors import DuplicateKeyError
 
 from genjobs.server.model import clock
 from genjobs.server.model.errors import already_exists, not_found, quota_exceeded
+from genjobs.server.model.records import Schedule, Template
 from genjobs.server.storage.database import Database, Doc
-from genjobs.server.storage.paging import MAX_PAGE_BYTES, Page, keyset_page, parse_id, request_key
+from genjobs.server.storage.paging import MAX_PAGE_BYTES, keyset_page, parse_id, request_key
 
 ACTIVE, PAUSED = "ACTIVE", "PAUSED"
 SCHEDULES, TEMPLATES = "schedules", "templates"  # what owner_counts counts
@@ -114,40 +116,39 @@ class ScheduleStore:
 
     # ---- templates ----------------------------------------------------------
 
-    def insert_template(self, doc: Doc) -> Doc:
+    def insert_template(self, template: Template) -> None:
         """Store a new template; ALREADY_EXISTS when its owner has one of that name."""
         try:
-            self.templates.insert_one(doc)
+            self.templates.insert_one(_template_doc(template))
         except DuplicateKeyError:
             raise already_exists(
                 "TEMPLATE_EXISTS",
-                f"you have a template named {doc['name']!r}; update it or choose another name",
-                metadata={"name": doc["name"]},
+                f"you have a template named {template.name!r}; update it or choose another name",
+                metadata={"name": template.name},
             ) from None
-        return doc
 
-    def get_template(self, owner: str, name: str) -> Doc:
+    def get_template(self, owner: str, name: str) -> Template:
         """One of `owner`'s templates; NOT_FOUND when there is none of that name."""
         found = self.templates.find_one({"_id": template_key(owner, name)})
         if found is None:
             raise not_found("template", name)
-        return found
+        return _template(found)
 
     def template_kind(self, owner: str, name: str) -> str | None:
         """The kind of request `owner`'s template `name` holds; None when there is none."""
         found = self.templates.find_one({"_id": template_key(owner, name)}, {"kind": 1})
         return None if found is None else str(found["kind"])
 
-    def replace_template(self, owner: str, name: str, changes: Doc) -> Doc:
-        """Replace a template's request; NOT_FOUND when there is none of that name."""
+    def replace_template(self, owner: str, name: str, kind: str, request: bytes) -> Template:
+        """Replace a template's request (of `kind`); NOT_FOUND when there is none of that name."""
         found = self.templates.find_one_and_update(
             {"_id": template_key(owner, name)},
-            {"$set": {**changes, "updated_us": clock.now_us()}},
+            {"$set": {"kind": kind, "request": request, "updated_us": clock.now_us()}},
             return_document=ReturnDocument.AFTER,
         )
         if found is None:
             raise not_found("template", name)
-        return found
+        return _template(found)
 
     def delete_template(self, owner: str, name: str) -> None:
         """Remove a template; NOT_FOUND when there is none of that name."""
@@ -155,7 +156,7 @@ class ScheduleStore:
             raise not_found("template", name)
         self.give_place(TEMPLATES, owner)
 
-    def list_templates(self, owner: str, size: int, token: str) -> tuple[list[Doc], str]:
+    def list_templates(self, owner: str, size: int, token: str) -> tuple[list[Template], str]:
         """A page of `owner`'s templates in name order (keyset on name) and the next token."""
         fingerprint = _fingerprint(owner, "templates")
         query: Doc = {"owner": owner}
@@ -171,52 +172,60 @@ class ScheduleStore:
                 more = True
                 break
             docs.append(found)
-        return docs, self.page_tokens.encode_after(docs[-1]["name"], fingerprint) if more else ""
+        after = self.page_tokens.encode_after(docs[-1]["name"], fingerprint) if more else ""
+        return [_template(d) for d in docs], after
 
     # ---- schedules ----------------------------------------------------------
 
-    def insert_schedule(self, doc: Doc) -> Doc:
+    def insert_schedule(self, schedule: Schedule) -> Schedule:
         """Store a new schedule; a repeated request key returns the earlier one."""
         try:
-            self.schedules.insert_one(doc)
-            return doc
+            self.schedules.insert_one(_schedule_doc(schedule))
+            return schedule
         except DuplicateKeyError as exc:
             if "request_key" not in str(exc.details or exc):
                 raise
-            earlier = self.schedules.find_one({"request_key": doc["request_key"]})
+            earlier = self.schedule_by_key(schedule.request_key)
             if earlier is None:
                 raise
             return earlier
 
-    def schedule_by_key(self, key: str) -> Doc | None:
+    def schedule_by_key(self, key: str) -> Schedule | None:
         """The schedule a create with this request key stored, if any."""
-        return self.schedules.find_one({"request_key": key})
+        found = self.schedules.find_one({"request_key": key})
+        return None if found is None else _schedule(found)
 
-    def get_schedule(self, owner: str, schedule_id: str) -> Doc:
+    def get_schedule(self, owner: str, schedule_id: str) -> Schedule:
         """One of `owner`'s schedules; another's is NOT_FOUND."""
         found = self.schedules.find_one({"_id": parse_id(schedule_id, "schedule"), "owner": owner})
         if found is None:
             raise not_found("schedule", schedule_id)
-        return found
+        return _schedule(found)
 
-    def list_schedules(self, owner: str, states: list[str], size: int, token: str) -> Page:
-        """A page of `owner`'s schedules, newest first (keyset on `ck`)."""
+    def list_schedules(
+        self, owner: str, states: list[str], size: int, token: str
+    ) -> tuple[list[Schedule], str]:
+        """A page of `owner`'s schedules, newest first (keyset on `ck`), and the next token."""
         query: Doc = {"owner": owner}
         if states:
             query["state"] = states[0] if len(states) == 1 else {"$in": states}
         fingerprint = _fingerprint(owner, sorted(states))
-        return keyset_page(self.schedules, query, fingerprint, size, token, self.page_tokens, count=False)
+        page = keyset_page(self.schedules, query, fingerprint, size, token, self.page_tokens, count=False)
+        return [_schedule(d) for d in page.docs], page.next_token
 
-    def set_state(self, owner: str, schedule_id: str, from_state: str, changes: Doc) -> Doc:
-        """Apply `changes` to a schedule in `from_state`; the schedule as it is
-        after (unchanged when it was not in `from_state`), NOT_FOUND if none."""
+    def set_state(
+        self, owner: str, schedule_id: str, from_state: str, state: str, next_run_us: int
+    ) -> Schedule:
+        """Move a schedule in `from_state` to `state`, next ticking at
+        `next_run_us`; the schedule as it is after (unchanged when it was not in
+        `from_state`), NOT_FOUND if none."""
         oid = parse_id(schedule_id, "schedule")
         after = self.schedules.find_one_and_update(
             {"_id": oid, "owner": owner, "state": from_state},
-            {"$set": {**changes, "updated_us": clock.now_us()}},
+            {"$set": {"state": state, "next_run_us": next_run_us, "updated_us": clock.now_us()}},
             return_document=ReturnDocument.AFTER,
         )
-        return after if after is not None else self.get_schedule(owner, schedule_id)
+        return _schedule(after) if after is not None else self.get_schedule(owner, schedule_id)
 
     def delete_schedule(self, owner: str, schedule_id: str) -> None:
         """Remove a schedule; NOT_FOUND if `owner` has none of that id."""
@@ -225,7 +234,7 @@ class ScheduleStore:
             raise not_found("schedule", schedule_id)
         self.give_place(SCHEDULES, owner)
 
-    def due_schedules(self, now_us: int, scan: int, limit: int) -> list[Doc]:
+    def due_schedules(self, now_us: int, scan: int, limit: int) -> list[Schedule]:
         """Up to `limit` active schedules whose next tick is at or before
         `now_us`, shared between owners (`fair_order`) among the `scan` longest
         due: an index range search of small documents, then the chosen ones whole
@@ -239,11 +248,13 @@ class ScheduleStore:
         if not picked:
             return []
         whole = {d["_id"]: d for d in self.schedules.find({"_id": {"$in": [d["_id"] for d in picked]}})}
-        return [whole[d["_id"]] for d in picked if d["_id"] in whole]
+        return [_schedule(whole[d["_id"]]) for d in picked if d["_id"] in whole]
 
-    def advance(self, oid: ObjectId, expected_next_us: int, changes: Doc, ran: bool) -> bool:
+    def advance(self, schedule_id: str, expected_next_us: int, changes: Doc, ran: bool) -> bool:
         """Move a schedule past a tick, if no one has since (pause, resume,
-        another replica's tick): one conditional update on its expected next tick."""
+        another replica's tick): one conditional update on its expected next tick.
+        `changes` are the tick's fields to set (an update's $set: a document on purpose)."""
+        oid = ObjectId(schedule_id)
         update: Doc = {"$set": {**changes, "updated_us": clock.now_us()}}
         if ran:
             update["$inc"] = {"run_count": 1}
@@ -266,6 +277,52 @@ def fair_order(due: list[Doc], limit: int) -> list[Doc]:
                 picked.append(docs[depth])
         depth += 1
     return picked
+
+
+# Stored under the record's own names, but for its id (`_id`) and creation time (`ck`).
+_SCHEDULE_FIELDS = tuple(f.name for f in dataclasses.fields(Schedule) if f.name not in ("id", "created_us"))
+
+
+def _schedule(doc: Doc) -> Schedule:
+    """A stored schedule as a Schedule (a field an older version did not store reads as its default)."""
+    found = {name: doc[name] for name in _SCHEDULE_FIELDS if doc.get(name) is not None}
+    if "request" in found:
+        found["request"] = bytes(found["request"])
+    return Schedule(id=str(doc["_id"]), created_us=int(doc.get("ck") or 0), **found)
+
+
+def _schedule_doc(schedule: Schedule) -> Doc:
+    """A Schedule as stored."""
+    return {
+        "_id": ObjectId(schedule.id),
+        **{name: getattr(schedule, name) for name in _SCHEDULE_FIELDS},
+        "ck": schedule.created_us,
+    }
+
+
+def _template(doc: Doc) -> Template:
+    """A stored template as a Template."""
+    return Template(
+        owner=doc["owner"],
+        name=doc["name"],
+        kind=doc["kind"],
+        request=bytes(doc["request"]),
+        created_us=int(doc.get("ck") or 0),
+        updated_us=int(doc.get("updated_us") or 0),
+    )
+
+
+def _template_doc(template: Template) -> Doc:
+    """A Template as stored (keyed by owner and name)."""
+    return {
+        "_id": template_key(template.owner, template.name),
+        "owner": template.owner,
+        "name": template.name,
+        "kind": template.kind,
+        "request": template.request,
+        "ck": template.created_us,
+        "updated_us": template.updated_us,
+    }
 
 
 def tick_key(owner: str, schedule_id: str, tick_us: int) -> str:

@@ -19,6 +19,8 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from genjobs.server.model.records import Job
+
 Doc = dict[str, Any]
 log = logging.getLogger(__name__)
 
@@ -117,12 +119,12 @@ def job_submitted(mode: str, count: int = 1) -> None:
     _labelled(JOBS_SUBMITTED, mode.lower()).inc(count)
 
 
-def job_changed(doc: Doc, kind: str) -> None:
-    """A change this replica made to a job (every one passes here once): a
-    final status counts the job as finished."""
-    status = _FINAL.get(doc.get("status", ""))
+def job_changed(job: Job, kind: str) -> None:
+    """A status change this replica made to a job that ended it or a bulk
+    item (every one passes here once): a final status counts the job as finished."""
+    status = _FINAL.get(job.status)
     if status is not None and kind == "STATUS_CHANGED":
-        _labelled(JOBS_FINISHED, _mode(doc), status).inc()
+        _labelled(JOBS_FINISHED, str(job.mode).lower(), status).inc()
 
 
 def attempt_started(job: Doc) -> None:

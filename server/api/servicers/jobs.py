@@ -18,7 +18,6 @@ from genjobs.server.services.events import Event, EventHub
 from genjobs.server.services.intake import Intake
 from genjobs.server.services.jobs import Jobs
 from genjobs.server.services.progress import ExternalProgress
-from genjobs.server.storage import records
 from genjobs.server.storage.events import SNAPSHOT
 from genjobs.server.storage.jobs import final
 from genjobs.server.storage.paging import JobFilter
@@ -77,7 +76,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
-        return self.job(records.job(await self.intake.submit(current_caller(), request)))
+        return self.job(await self.intake.submit(current_caller(), request))
 
     @rpc
     async def GetJob(
@@ -143,20 +142,20 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.GetJobStatsResponse:
         stats = await asyncio.to_thread(self.jobs.stats, current_caller(), job_filter(request))
         return jobs_pb2.GetJobStatsResponse(
-            total_jobs=stats["total"],
+            total_jobs=stats.total,
             by_status=[
                 jobs_pb2.StatusCount(status=jobs_pb2.JobStatus.Value("JOB_STATUS_" + s), count=n)
-                for s, n in sorted(stats["by_status"].items())
+                for s, n in sorted(stats.by_status.items())
             ],
             by_mode=[
                 jobs_pb2.ModeCount(mode=jobs_pb2.Mode.Value("MODE_" + m), count=n)
-                for m, n in sorted(stats["by_mode"].items())
+                for m, n in sorted(stats.by_mode.items())
             ],
-            total_cost_cents=stats["cost_cents"],
-            cost_unknown_jobs=stats["cost_unknown"],
-            mean_duration_seconds=stats["mean_duration"],
-            mean_duration=convert.duration(stats["mean_duration"]),
-            failure_rate=stats["failure_rate"],
+            total_cost_cents=stats.cost_cents,
+            cost_unknown_jobs=stats.cost_unknown,
+            mean_duration_seconds=stats.mean_duration,
+            mean_duration=convert.duration(stats.mean_duration),
+            failure_rate=stats.failure_rate,
         )
 
     @rpc

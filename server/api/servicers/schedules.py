@@ -48,11 +48,11 @@ class ScheduleServicer(schedules_pb2_grpc.ScheduleServiceServicer):
         self, request: schedules_pb2.ListSchedulesRequest, context: grpc.aio.ServicerContext
     ) -> schedules_pb2.ListSchedulesResponse:
         states = list(dict.fromkeys(convert.schedule_state_name(s) for s in request.states))
-        page = await asyncio.to_thread(
+        found, token = await asyncio.to_thread(
             self.schedules.list_schedules, current_caller(), states, request.page_size, request.page_token
         )
         return schedules_pb2.ListSchedulesResponse(
-            schedules=[convert.schedule(d) for d in page.docs], next_page_token=page.next_token
+            schedules=[convert.schedule(s) for s in found], next_page_token=token
         )
 
     @rpc
