@@ -21,11 +21,8 @@ from genjobs.server.generators.prompts import Prompts
 # The key that stands for any model name (the single-provider settings accept
 # every model the endpoint serves, as they always did).
 OPEN = "*"
-TOKENS_PER_WORD = 1.33  # English prose, measured on OpenAI's tokenizers
 CHARS_PER_TOKEN = 4  # the usual rule of thumb for English prompts
 TOKENS_PER_MESSAGE = 4  # the chat format's own framing of each message
-# A model writes within about this share of the words it is asked for.
-LOW_SHARE, HIGH_SHARE = 0.75, 1.5
 
 
 @dataclass(frozen=True)

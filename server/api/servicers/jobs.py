@@ -77,6 +77,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
+        if request.validate_only:
+            doc, estimate = await self.intake.preview(current_caller(), request)
+            message = self.job(records.job(doc))
+            message.estimate.CopyFrom(convert.estimate(estimate))
+            return message
         return self.job(records.job(await self.intake.submit(current_caller(), request)))
 
     @rpc
