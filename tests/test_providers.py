@@ -11,10 +11,7 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from typer.testing import CliRunner
 
 from genjobs.client import GenJobsClient
@@ -24,9 +21,9 @@ from genjobs.server.generators.providers import Price, Providers
 from genjobs.server.runtime.config import Settings
 from genjobs.server.runtime.factories import make_generator
 from genjobs.v1 import jobs_pb2 as S
-from genjobs.v1 import jobs_pb2_grpc
 from tests.fake_openai import FakeOpenAI, Plan
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
+from tests.test_budgets import quota_failure
 
 ARTICLE = ["# Tea in the hills\n\n", "Green ", "tea grows ", "on steep", " slopes."]
 
@@ -211,37 +208,16 @@ def test_a_budget_refuses_a_job_whose_low_estimate_passes_what_is_left(
     )
     for validate_only in (False, True):  # a dry run says what the submit would meet
         dear.validate_only = validate_only
-        reason, subjects = quota_failure(server, dear)
-        assert reason == "BUDGET_EXHAUSTED" and subjects == ["owner:alice"]
+        reason, violations = quota_failure(
+            server, "alice", lambda _, stub, metadata: stub.SubmitJob(dear, metadata=metadata)
+        )
+        assert reason == "BUDGET_EXHAUSTED" and [v[0] for v in violations] == ["owner:alice"]
+        assert "low estimate of 30 cents would pass the 10 cents left" in violations[0][1]
     assert not alice.list().jobs
     cheap = alice.submit(
         "topic", topic="Tea", word_count=300
     )  # low estimate 0 (300 words): within the 10 cents
     assert final(alice, cheap.id).status == S.JOB_STATUS_COMPLETED
-
-
-def quota_failure(server: ServerThread, request: S.SubmitJobRequest) -> tuple[str, list[str]]:
-    """SubmitJob as alice, expecting RESOURCE_EXHAUSTED: (its ErrorInfo reason, QuotaFailure subjects)."""
-    with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as caught:
-        jobs_pb2_grpc.JobServiceStub(channel).SubmitJob(
-            request, metadata=(("authorization", f"Bearer {server.token('alice')}"),)
-        )
-    error = caught.value
-    assert isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "low estimate of 30 cents would pass the 10 cents left" in str(error.details())
-    status = rpc_status.from_call(error)
-    assert status is not None
-    reason, subjects = "", []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
-            failure = error_details_pb2.QuotaFailure()
-            detail.Unpack(failure)
-            subjects = [v.subject for v in failure.violations]
-    return reason, subjects
 
 
 def test_dry_runs_on_the_command_line(server: ServerThread, alice: GenJobsClient, tmp_path: Path) -> None:

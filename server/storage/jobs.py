@@ -301,9 +301,11 @@ class JobStore:
         return list(by_status), list(by_mode)
 
     def recent_durations(self, model: str, limit: int) -> list[float]:
-        """How long the newest `limit` completed jobs of `model` ran, in seconds
-        (an index search on the model; its completed jobs expire with retention)."""
-        query = {"result.metadata.model": model, "status": str(Status.COMPLETED)}
+        """How long the newest `limit` completed jobs of `model` ran, in seconds:
+        an index search on the model (only a completed job has a result; a
+        status condition beside it makes nx-27017 pick the status index, MONGO.md
+        item 18), sorted among that model's jobs, which expire with retention."""
+        query = {"result.metadata.model": model}
         cursor = self.jobs.find(query, {"duration_s": 1}).sort("ck", pymongo.DESCENDING).limit(limit)
         return [float(doc["duration_s"]) for doc in cursor if doc.get("duration_s") is not None]
 
