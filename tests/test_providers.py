@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -135,10 +136,25 @@ def test_a_fallback_writes_while_the_first_provider_fails(
     assert [r.body["model"] for r in backup.requests] == ["local"]
     meta = dict(job.result.metadata)
     assert (meta["model"], meta["provider"], meta["fallback_from"]) == ("local", "backup", "small")
-    assert meta["fallback_reason"] == (
-        f"small on main: GENERATOR_UNAVAILABLE: HTTP {status}: overloaded, try later"
+    assert (
+        meta["fallback_reason"]
+        == f"small on main: HTTP {status}: overloaded, try later (GENERATOR_UNAVAILABLE)"
     )
     assert job.result.content == "".join(ARTICLE) and job.result.cost_unknown
+
+
+def test_when_every_model_of_the_list_fails_the_error_names_each(
+    alice: GenJobsClient, fakes: tuple[FakeOpenAI, FakeOpenAI]
+) -> None:
+    main, backup = fakes
+    main.queue(Plan(status=503, error="main is down"))
+    backup.queue(Plan(status=502, error="backup is down"))
+    job = final(alice, alice.submit("topic", topic="Tea", max_attempts=1).id)
+    assert job.status == S.JOB_STATUS_FAILED and job.error.code == "GENERATOR_UNAVAILABLE"
+    assert job.error.message == (
+        "local on backup: HTTP 502: backup is down"
+        " (after small on main: HTTP 503: main is down (GENERATOR_UNAVAILABLE))"
+    )
 
 
 def test_a_refusal_that_is_the_jobs_takes_no_fallback(
@@ -186,6 +202,18 @@ def test_the_estimate_of_a_ten_item_bulk_job(alice: GenJobsClient) -> None:
     assert estimate.low_cents == 10 * one.low_cents and estimate.high_cents == 10 * one.high_cents
     assert estimate.high_cents > estimate.low_cents and not estimate.cost_unknown
     assert 10 * one.prompt_tokens - 10 <= estimate.prompt_tokens <= 10 * one.prompt_tokens + 10
+
+
+def test_the_http_face_estimates_too(server: ServerThread, alice: GenJobsClient) -> None:
+    assert server.app is not None
+    auth = {"authorization": f"Bearer {server.token('alice')}"}
+    body = {"mode": "MODE_TOPIC", "params": {"topic": "Tea", "wordCount": 1000}, "validateOnly": True}
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.app.http_port}", timeout=30) as http:
+        answer = http.post("/v1/jobs", json=body, headers=auth)
+    assert answer.status_code == 200, answer.text
+    estimate = answer.json()["estimate"]
+    assert (estimate["lowCents"], estimate["highCents"], estimate["model"]) == ("1", "3", "small")
+    assert not alice.list().jobs
 
 
 def test_an_unpriced_model_estimates_an_unknown_cost(alice: GenJobsClient) -> None:

@@ -126,7 +126,7 @@ class OpenAIGenerator:
                     if passed:
                         exc.message = f"{exc.message} (after {'; '.join(passed)})"
                     raise
-                passed.append(f"{model.name} on {model.provider}: {exc.code}: {exc.message}")
+                passed.append(f"{exc.message} ({exc.code})")
                 continue
             if passed:
                 output.metadata["fallback_from"] = chain[0].name
@@ -172,8 +172,9 @@ class OpenAIGenerator:
             failure = GenerationFailed("GENERATOR_STREAM_ERROR", excerpt(exc.message), True)
         else:
             return self._output(model, draft)
-        # Which provider and model it came from; whether any text had come (no fallback then).
+        # Which model and provider it came from; whether any text had come (no fallback then).
         failure.provider, failure.model, failure.started = model.provider, model.name, bool(draft.pieces)
+        failure.message = f"{model.name} on {model.provider}: {failure.message}"
         raise failure from None
 
     def _output(self, model: Model, draft: _Draft) -> Output:
