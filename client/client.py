@@ -159,12 +159,14 @@ class GenJobsClient:
         template: str = "",
         priority: str | int = 0,
         schedule_time: datetime | None = None,
+        validate_only: bool = False,
         **param_fields: Any,
     ) -> jobs_pb2.Job:
         """Queue a job: `submit("topic", topic="Tea", word_count=300)`; `priority`
         "low", "normal" or "high"; not started before `schedule_time` when given;
         `notify`: (channel, address) pairs, e.g. [("webhook", "https://...")];
-        with `template`, mode "" takes the template's, and what is set overrides it."""
+        with `template`, mode "" takes the template's, and what is set overrides it.
+        `validate_only`: store nothing; the job as it would be, with its `estimate`."""
         request = jobs_pb2.SubmitJobRequest(
             mode=mode_value(mode),  # type: ignore[arg-type]
             params=generation or params(**param_fields),
@@ -177,6 +179,7 @@ class GenJobsClient:
             template=template,
             priority=priority_value(priority),  # type: ignore[arg-type]
             schedule_time=timestamp(schedule_time),
+            validate_only=validate_only,
         )
         return self._call(self.jobs.SubmitJob, request)
 
@@ -327,9 +330,11 @@ class GenJobsClient:
         template: str = "",
         priority: str | int = 0,
         schedule_time: datetime | None = None,
+        validate_only: bool = False,
     ) -> bulk_pb2.BulkJob:
         """Queue 10 to 50 items as one bulk job (or a template's, overridden by what
-        is set), all at `priority`, none before `schedule_time`."""
+        is set), all at `priority`, none before `schedule_time`. `validate_only`:
+        store nothing; the bulk job as it would be, with its `estimate`."""
         request = bulk_pb2.CreateBulkJobRequest(
             mode=mode_value(mode),  # type: ignore[arg-type]
             items=[i if isinstance(i, jobs_pb2.GenerationParams) else params(**i) for i in items],
@@ -341,6 +346,7 @@ class GenJobsClient:
             template=template,
             priority=priority_value(priority),  # type: ignore[arg-type]
             schedule_time=timestamp(schedule_time),
+            validate_only=validate_only,
         )
         return self._call(self.bulk.CreateBulkJob, request)
 

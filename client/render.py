@@ -188,6 +188,31 @@ def cost_text(result: jobs_pb2.GenerationResult) -> str:
     return "cost unknown" if result.cost_unknown else f"{result.cost_cents}¢"
 
 
+def estimate_text(estimate: jobs_pb2.Estimate) -> str:
+    """`estimate 3-5¢, about 40 s`, or `cost unknown: model X has no price`
+    (never a 0 that is not one), with the model that would write it."""
+    if estimate.cost_unknown:
+        text = f"cost unknown: {estimate.cost_unknown_reason or 'no price'}"
+    elif estimate.low_cents == estimate.high_cents:
+        text = f"estimate {estimate.low_cents}¢"
+    else:
+        text = f"estimate {estimate.low_cents}-{estimate.high_cents}¢"
+    if estimate.HasField("expected_duration"):
+        text += f", about {_about(estimate.expected_duration.ToTimedelta().total_seconds())}"
+    if estimate.model:
+        text += f" ({estimate.model} on {estimate.provider})" if estimate.provider else f" ({estimate.model})"
+    return text
+
+
+def _about(seconds: float) -> str:
+    """A rough duration: `40 s`, `3 min`, `2.5 h`."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def stages_text(job: jobs_pb2.Job) -> str:
     """The declared stages with the finished ones ticked (`research ✓, outline ✓,
     drafting, editing`), from Job.stages and Job.stages_done; "" when none are declared."""

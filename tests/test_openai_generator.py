@@ -309,7 +309,7 @@ def test_configuration_mistakes_stop_the_server_at_start(monkeypatch: pytest.Mon
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")
     made = make_generator(Settings(generator="openai"))
     assert isinstance(made, Watchdog) and isinstance(made.inner, OpenAIGenerator)
-    assert made.inner.api_key == "sk-from-the-environment"
+    assert made.inner.providers.providers["openai"].api_key == "sk-from-the-environment"
     local = Settings(generator="openai", openai_base_url="http://localhost:11434/v1")
     with pytest.raises(SystemExit, match="GENJOBS_OPENAI_PRICES"):
         make_generator(replace(local, openai_prices='{"m": 1}'))

@@ -19,6 +19,7 @@ from genjobs.client.cli.shared import (
     at_time,
     confirm,
     connected,
+    print_estimate,
     print_listing,
     print_result,
     priority_value,
@@ -49,6 +50,9 @@ def bulk_create(
     priority: PriorityOpt = None,
     at: AtOpt = "",
     watch: Annotated[bool, typer.Option("--watch", "-w", help="then follow its progress")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="queue nothing: check it and print what it would cost and take")
+    ] = False,
 ) -> None:
     """Queue 10 to 50 articles as one bulk job, from a CSV or JSON-lines file (or a template)."""
     opts: Options = ctx.obj
@@ -75,7 +79,11 @@ def bulk_create(
             template=request.template,
             priority=request.priority,
             schedule_time=when,
+            validate_only=dry_run,
         )
+        if dry_run:
+            print_estimate(opts, bulk, f"bulk job of {render.count(bulk.total_items, 'item')}")
+            return
         if watch:
             _watch_bulk(opts, client, bulk.id)
             return

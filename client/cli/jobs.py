@@ -48,6 +48,7 @@ from genjobs.client.cli.shared import (
     explain,
     fail,
     job_filters,
+    print_estimate,
     print_result,
     priority_value,
 )
@@ -78,6 +79,9 @@ def submit(
     priority: PriorityOpt = None,
     at: AtOpt = "",
     watch: Annotated[bool, typer.Option("--watch", "-w", help="then follow its progress")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="queue nothing: check it and print what it would cost and take")
+    ] = False,
 ) -> None:
     """Queue one job. Example: genjobs submit --topic "Green tea" --word-count 300"""
     opts: Options = ctx.obj
@@ -109,7 +113,11 @@ def submit(
             template=request.template,
             priority=request.priority,
             schedule_time=when,
+            validate_only=dry_run,
         )
+        if dry_run:
+            print_estimate(opts, job, f"{render.mode_name(job.mode)}: {render.subject(job.params)}")
+            return
         if watch:
             _watch(opts, client, job.id)
             return

@@ -226,6 +226,15 @@ def print_result(opts: Options, data: Any, table: Any = None) -> None:
         opts.console.print(table)
 
 
+def print_estimate(opts: Options, made: Any, what: str) -> None:
+    """A --dry-run's answer (a Job or BulkJob with its estimate): JSON with -o
+    json, else one line: what would be queued and what it would cost and take."""
+    if opts.json:
+        render.print_json(opts.console, render.as_dict(made))
+    else:
+        opts.console.print(f"dry run, nothing queued ({what}): {render.estimate_text(made.estimate)}")
+
+
 def print_listing(
     opts: Options, key: str, rows: list[Any], table: Callable[[list[Any], int], Any], nothing: str
 ) -> None:

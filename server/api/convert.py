@@ -17,6 +17,7 @@ from genjobs.server.model.records import BulkJob, Job, JobError, Params, Schedul
 from genjobs.server.model.states import Status
 from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.model.vocabulary import Lane, Priority
+from genjobs.server.services.estimates import Estimate
 from genjobs.server.storage import records
 from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2, templates_pb2
 
@@ -227,6 +228,23 @@ def job_event(event: Doc, stages: Sequence[str] = ()) -> jobs_pb2.JobEvent:
         job=job(records.job(event["job"]), stages=stages),
         time=timestamp(event["at_us"]),
     )
+
+
+def estimate(value: Estimate) -> jobs_pb2.Estimate:
+    """An estimate (SubmitJob's or CreateBulkJob's with validate_only) as the Estimate message."""
+    message = jobs_pb2.Estimate(
+        low_cents=value.low_cents,
+        high_cents=value.high_cents,
+        cost_unknown=value.cost_unknown,
+        cost_unknown_reason=value.cost_unknown_reason,
+        model=value.model,
+        provider=value.provider,
+        prompt_tokens=value.prompt_tokens,
+        word_count=value.word_count,
+    )
+    if value.expected_seconds is not None:
+        message.expected_duration.CopyFrom(duration(value.expected_seconds))
+    return message
 
 
 def bulk_job(view: Any, with_items: bool = True) -> bulk_pb2.BulkJob:

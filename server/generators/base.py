@@ -55,7 +55,14 @@ class GenerationFailed(Exception):
     """The attempt failed; `retryable` says whether another attempt may succeed."""
 
     def __init__(
-        self, code: str, message: str, retryable: bool, retry_after_seconds: float | None = None
+        self,
+        code: str,
+        message: str,
+        retryable: bool,
+        retry_after_seconds: float | None = None,
+        *,
+        provider: str = "",
+        model: str = "",
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -63,6 +70,10 @@ class GenerationFailed(Exception):
         self.retryable = retryable
         # The provider asked for this long a pause (HTTP 429 Retry-After).
         self.retry_after_seconds = retry_after_seconds
+        # Where it came from (generators with providers): the provider's name and the model.
+        self.provider = provider
+        self.model = model
+        self.started = False  # output had begun to arrive (a fallback would repeat it)
 
 
 class GenerationCancelled(Exception):

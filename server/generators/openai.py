@@ -1,11 +1,14 @@
 """`openai`: any OpenAI-compatible chat-completions endpoint (OpenAI, Ollama,
-vLLM, llama.cpp's server, LM Studio) through the official `openai` package,
-streamed, with progress from the words written so far."""
+vLLM, llama.cpp's server, LM Studio, a LiteLLM proxy) through the official
+`openai` package, streamed, with progress from the words written so far.
+
+The endpoints are the providers of `providers.py`: a job runs on the model
+its `params.extra["model"]` names, or the default; while that model's
+provider answers 5xx or 529 or cannot be reached, on its fallbacks in turn."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -25,40 +28,15 @@ from genjobs.server.generators.base import (
     title_of,
 )
 from genjobs.server.generators.prompts import Prompts
+from genjobs.server.generators.providers import Catalog, Model, Price, Providers, parse_prices
 from genjobs.server.model.rules import DEFAULT_WORD_COUNT
 
 CANCEL_CHECK_SECONDS = 0.05
 STAGE = "drafting"
+# The failures that are the provider's, not the job's: a fallback may take over.
+PROVIDER_FAILURES = ("GENERATOR_UNAVAILABLE", "GENERATOR_UNREACHABLE")
 
-
-@dataclass(frozen=True)
-class Price:
-    """A model's price in US dollars per million tokens."""
-
-    input_per_mtok: float
-    output_per_mtok: float
-
-    def dollars(self, prompt_tokens: int, completion_tokens: int) -> float:
-        """What a call with these token counts costs."""
-        return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
-
-
-def parse_prices(raw: str) -> dict[str, Price]:
-    """GENJOBS_OPENAI_PRICES: `{"<model>": {"input_per_mtok": USD, "output_per_mtok": USD}}`."""
-    if not raw.strip():
-        return {}
-    try:
-        data = json.loads(raw)
-        return {
-            str(model): Price(float(p["input_per_mtok"]), float(p["output_per_mtok"]))
-            for model, p in data.items()
-        }
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise SystemExit(
-            "genjobs: GENJOBS_OPENAI_PRICES must be JSON like "
-            '{"gpt-4o-mini": {"input_per_mtok": 0.15, "output_per_mtok": 0.6}}'
-            f" ({type(exc).__name__}: {exc})"
-        ) from None
+__all__ = ["OpenAIGenerator", "Price", "parse_prices"]
 
 
 @dataclass
@@ -85,37 +63,27 @@ class _Draft:
 class OpenAIGenerator:
     """Streams a chat completion and turns it into an article.
 
-    One event loop thread and one client serve every job (a client costs
-    about 0.1 s to make); cancelling the job cancels the stream's task,
-    which closes its connection.
+    One event loop thread serves every job, with one client per provider
+    (a client costs about 0.1 s to make); cancelling the job cancels the
+    stream's task, which closes its connection.
     """
 
     streams = True
     stages = (STAGE,)  # one streamed draft: its words are the progress
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str,
-        model: str,
-        prices: dict[str, Price],
-        prompts: Prompts,
-        timeout_seconds: float = 600.0,
-    ) -> None:
-        self.base_url = base_url
-        # Local servers (Ollama, vLLM) need no key, but the client insists on one.
-        self.api_key = api_key or "unused"
-        self.model = model
-        self.prices = prices
+    def __init__(self, providers: Providers, prompts: Prompts, timeout_seconds: float = 600.0) -> None:
+        self.providers = providers
         self.prompts = prompts
+        # What the service checks and estimates before a job runs (handed over by the wiring).
+        self.catalog = Catalog(providers, prompts)
         self.timeout = timeout_seconds
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: openai.AsyncOpenAI | None = None
+        self._clients: dict[str, openai.AsyncOpenAI] = {}
 
     def generate(self, job: JobSpec, report_progress: ProgressFn, cancelled: threading.Event) -> Output:
         loop = self._started()
-        future = asyncio.run_coroutine_threadsafe(self._stream(job, report_progress), loop)
+        future = asyncio.run_coroutine_threadsafe(self._run(job, report_progress), loop)
         done = threading.Event()
         future.add_done_callback(lambda _: done.set())
         while not done.wait(CANCEL_CHECK_SECONDS):
@@ -129,23 +97,53 @@ class OpenAIGenerator:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 threading.Thread(target=loop.run_forever, name="openai-generator", daemon=True).start()
-                self._client = openai.AsyncOpenAI(
-                    base_url=self.base_url, api_key=self.api_key, max_retries=0, timeout=self.timeout
-                )
                 self._loop = loop
             return self._loop
 
-    async def _stream(self, job: JobSpec, report: ProgressFn) -> Output:
-        assert self._client is not None
+    def _client(self, provider: str) -> openai.AsyncOpenAI:
+        """The provider's client, made on first use (on the generator's loop)."""
+        if provider not in self._clients:
+            spec = self.providers.providers[provider]
+            self._clients[provider] = openai.AsyncOpenAI(
+                base_url=spec.base_url,
+                # Local servers (Ollama, vLLM) need no key, but the client insists on one.
+                api_key=spec.api_key or "unused",
+                max_retries=0,
+                timeout=self.timeout,
+            )
+        return self._clients[provider]
+
+    async def _run(self, job: JobSpec, report: ProgressFn) -> Output:
+        """The job on its model, then on each fallback while providers fail."""
+        chain = self.providers.chain(job.params.get("extra", {}).get("model", ""))
+        passed: list[str] = []  # why each earlier model was passed over
+        for position, model in enumerate(chain):
+            try:
+                output = await self._stream(job, model, report)
+            except GenerationFailed as exc:
+                last = position == len(chain) - 1
+                if last or exc.code not in PROVIDER_FAILURES or exc.started:
+                    if passed:
+                        exc.message = f"{exc.message} (after {'; '.join(passed)})"
+                    raise
+                passed.append(f"{exc.message} ({exc.code})")
+                continue
+            if passed:
+                output.metadata["fallback_from"] = chain[0].name
+                output.metadata["fallback_reason"] = excerpt("; ".join(passed), 500)
+            return output
+        raise AssertionError("a chain has at least one model")
+
+    async def _stream(self, job: JobSpec, model: Model, report: ProgressFn) -> Output:
+        client = self._client(model.provider)
         extra = job.params.get("extra", {})
-        model = extra.get("model") or self.model
         temperature = float(extra["temperature"]) if extra.get("temperature") else openai.omit
         target = int(job.params.get("word_count") or DEFAULT_WORD_COUNT)
-        draft = _Draft(model=model)
-        report(0, STAGE, 0, f"asking {excerpt(model, 60)}")
+        draft = _Draft(model=model.name)
+        report(0, STAGE, 0, f"asking {excerpt(model.name, 60)} on {excerpt(model.provider, 40)}")
         try:
-            stream = await self._client.chat.completions.create(
-                model=model,
+            stream = await client.chat.completions.create(
+                model=model.name,
                 messages=cast(Any, self.prompts.messages(job.mode, job.params)),
                 stream=True,
                 stream_options={"include_usage": True},
@@ -164,39 +162,57 @@ class OpenAIGenerator:
                     done = min(99, draft.words * 100 // target)  # 100 is the completion's
                     report(done, STAGE, done, f"{draft.words} of {target} words")
         except openai.APIStatusError as exc:
-            raise http_failure(
-                exc.status_code, _provider_message(exc), retry_after(exc.response.headers)
-            ) from None
+            failure = http_failure(exc.status_code, _provider_message(exc), retry_after(exc.response.headers))
         except openai.APITimeoutError as exc:
-            raise GenerationFailed("GENERATOR_TIMEOUT", f"{model}: {exc}", True) from None
+            failure = GenerationFailed("GENERATOR_TIMEOUT", f"{model.name}: {exc}", True)
         except openai.APIConnectionError as exc:
-            raise GenerationFailed("GENERATOR_UNREACHABLE", f"{self.base_url}: {exc}", True) from None
+            base_url = self.providers.providers[model.provider].base_url
+            failure = GenerationFailed("GENERATOR_UNREACHABLE", f"{base_url}: {exc}", True)
         except openai.APIError as exc:  # an error event in the middle of the stream
-            raise GenerationFailed("GENERATOR_STREAM_ERROR", excerpt(exc.message), True) from None
-        return self._output(model, draft)
+            failure = GenerationFailed("GENERATOR_STREAM_ERROR", excerpt(exc.message), True)
+        else:
+            return self._output(model, draft)
+        # Which model and provider it came from; whether any text had come (no fallback then).
+        failure.provider, failure.model, failure.started = model.provider, model.name, bool(draft.pieces)
+        failure.message = f"{model.name} on {model.provider}: {failure.message}"
+        raise failure from None
 
-    def _output(self, model: str, draft: _Draft) -> Output:
+    def _output(self, model: Model, draft: _Draft) -> Output:
         if draft.finish_reason == "content_filter":
             raise GenerationFailed(
                 "GENERATOR_REFUSED",
                 f"{draft.model} stopped the article (finish_reason content_filter)",
                 False,
+                provider=model.provider,
+                model=model.name,
             )
         content = "".join(draft.pieces)
         if not content.strip():
-            raise GenerationFailed("GENERATOR_EMPTY", f"{draft.model} returned no text", True)
-        metadata = {"generator": "openai", "model": draft.model, "finish_reason": draft.finish_reason}
+            raise GenerationFailed(
+                "GENERATOR_EMPTY",
+                f"{draft.model} returned no text",
+                True,
+                provider=model.provider,
+                model=model.name,
+            )
+        metadata = {
+            "generator": "openai",
+            "model": model.name,
+            "provider": model.provider,
+            "finish_reason": draft.finish_reason,
+        }
+        if draft.model != model.name:
+            metadata["provider_model"] = draft.model  # the provider's own name for it (a dated version)
         if draft.finish_reason == "length":
             metadata["truncated"] = "true"
-        price = self.prices.get(model) or self.prices.get(draft.model)
         cents = 0
         if draft.usage is not None:
             prompt_tokens = int(draft.usage.prompt_tokens or 0)
             completion_tokens = int(draft.usage.completion_tokens or 0)
             metadata.update(prompt_tokens=str(prompt_tokens), completion_tokens=str(completion_tokens))
-            if price is not None:
-                cents = cost_cents(price.dollars(prompt_tokens, completion_tokens))
-        if price is None or draft.usage is None:
+            if model.price is not None:
+                cents = cost_cents(model.price.dollars(prompt_tokens, completion_tokens))
+        if model.price is None or draft.usage is None:
             metadata["cost_unknown"] = "true"
         return Output(
             content=content,

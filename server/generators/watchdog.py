@@ -36,6 +36,7 @@ class Watchdog:
         self.inner = inner
         # The wrapped generator's declared stages are the ones its jobs go through.
         self.stages: tuple[str, ...] = tuple(getattr(inner, "stages", ()))
+        self.catalog = getattr(inner, "catalog", None)  # and its models and prices
         self.attempt_seconds = attempt_seconds
         self.idle_seconds = idle_seconds
 

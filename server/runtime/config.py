@@ -49,6 +49,9 @@ class Settings:
     openai_api_key: str = field(default="", repr=False)  # empty: OPENAI_API_KEY
     openai_model: str = "gpt-4o-mini"
     openai_prices: str = ""  # JSON: {"<model>": {"input_per_mtok": USD, "output_per_mtok": USD}}
+    # TOML naming the openai generator's providers, models, prices and fallbacks
+    # (docs/generators.md); empty: the GENJOBS_OPENAI_* settings are its one provider.
+    providers_file: str = ""
     prompts_file: str = ""  # empty: the built-in server/generators/prompts.toml
     attempt_timeout_seconds: float = 900.0
     stream_idle_seconds: float = 60.0

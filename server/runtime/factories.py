@@ -14,6 +14,7 @@ from genjobs.server.generators import (
     HttpGenerator,
     NoopGenerator,
     OpenAIGenerator,
+    Providers,
     Watchdog,
     parse_headers,
     parse_prices,
@@ -31,6 +32,10 @@ from genjobs.server.storage.store import Store
 def make_generator(settings: Settings, progress: ProgressLink | None = None) -> Generator:
     """The generator named by configuration, held to every attempt's time limits."""
     kind = settings.generator
+    if settings.providers_file and kind != "openai":
+        raise SystemExit(
+            "genjobs: GENJOBS_PROVIDERS_FILE is the openai generator's: set GENJOBS_GENERATOR=openai"
+        )
     if kind == "noop":
         return NoopGenerator()  # returns at once: nothing to watch, and benchmarks measure the service
     inner: Generator
@@ -46,20 +51,24 @@ def make_generator(settings: Settings, progress: ProgressLink | None = None) -> 
             progress,
         )
     elif kind == "openai":
-        key = settings.openai_api_key or os.environ.get("OPENAI_API_KEY", "")
-        if not key and "api.openai.com" in settings.openai_base_url:
-            raise SystemExit("genjobs: the OpenAI API needs GENJOBS_OPENAI_API_KEY (or OPENAI_API_KEY)")
         inner = OpenAIGenerator(
-            settings.openai_base_url,
-            key,
-            settings.openai_model,
-            parse_prices(settings.openai_prices),
-            Prompts.load(settings.prompts_file),
-            settings.attempt_timeout_seconds,
+            _providers(settings), Prompts.load(settings.prompts_file), settings.attempt_timeout_seconds
         )
     else:
         raise SystemExit(f"genjobs: unknown generator {kind!r} (use 'demo', 'http', 'openai' or 'noop')")
     return Watchdog(inner, settings.attempt_timeout_seconds, settings.stream_idle_seconds)
+
+
+def _providers(settings: Settings) -> Providers:
+    """The providers file's providers, or the one the GENJOBS_OPENAI_* settings describe."""
+    if settings.providers_file:
+        return Providers.load(settings.providers_file)
+    key = settings.openai_api_key or os.environ.get("OPENAI_API_KEY", "")
+    if not key and "api.openai.com" in settings.openai_base_url:
+        raise SystemExit("genjobs: the OpenAI API needs GENJOBS_OPENAI_API_KEY (or OPENAI_API_KEY)")
+    return Providers.single(
+        settings.openai_base_url, key, settings.openai_model, parse_prices(settings.openai_prices)
+    )
 
 
 def make_notifier(settings: Settings, store: Store, webhook_secret: str) -> Notifier:

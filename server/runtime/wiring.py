@@ -32,7 +32,7 @@ from genjobs.server.api.servicers.schedules import ScheduleServicer
 from genjobs.server.api.servicers.templates import TemplateServicer
 from genjobs.server.api.watch import StreamCap
 from genjobs.server.dispatch.dispatcher import Dispatcher
-from genjobs.server.generators import Generator, declared_stages
+from genjobs.server.generators import Generator, declared_catalog, declared_stages
 from genjobs.server.model.progress import ProgressLink
 from genjobs.server.model.records import Job
 from genjobs.server.notify.ending import EndNotifications
@@ -42,6 +42,7 @@ from genjobs.server.runtime.factories import make_notifier
 from genjobs.server.services.budgets import Budgets
 from genjobs.server.services.bulk import Bulks
 from genjobs.server.services.entitlement import Tiers
+from genjobs.server.services.estimates import Estimates
 from genjobs.server.services.events import EventHub
 from genjobs.server.services.intake import Intake
 from genjobs.server.services.jobs import Jobs, Wakeable
@@ -135,7 +136,8 @@ def build(
         on_change=[item_changed, job_notifications.job_changed, budgets.job_changed],
     )
     bulks = Bulks(store, hub, jobs, job_notifications)
-    intake = Intake(jobs, bulks, templates, convert)
+    estimates = Estimates(declared_catalog(generator), settings.generator, store.jobs)
+    intake = Intake(jobs, bulks, templates, convert, estimates)
     schedules = Schedules(
         schedule_store,
         templates,

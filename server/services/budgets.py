@@ -94,6 +94,10 @@ class Limit:
         """At or over the limit (a limit of 0 is none)."""
         return self.limit_cents > 0 and self.spent_cents >= self.limit_cents
 
+    def short_of(self, cents: int) -> bool:
+        """Whether `cents` more would pass what is left of the limit (0 is none)."""
+        return self.limit_cents > 0 and cents > self.limit_cents - self.spent_cents
+
     @property
     def subject(self) -> str:
         """The QuotaFailure subject: "owner:alice" or "owner:alice/project:blog"."""
@@ -181,22 +185,23 @@ class Budgets:
 
     # ---- submits ------------------------------------------------------------
 
-    async def check_submit_async(self, owner: str, project: str, count: int) -> None:
+    async def check_submit_async(self, owner: str, project: str, count: int, cents: int = 0) -> None:
         """`check_submit` from the event loop: from memory when the caches allow."""
-        if not self._passes_from_memory(owner, project, count):
-            await asyncio.to_thread(self.check_submit, owner, project, count)
+        if not self._passes_from_memory(owner, project, count, cents):
+            await asyncio.to_thread(self.check_submit, owner, project, count, cents)
 
-    def check_submit(self, owner: str, project: str, count: int) -> None:
+    def check_submit(self, owner: str, project: str, count: int, cents: int = 0) -> None:
         """Refuse (RESOURCE_EXHAUSTED, QuotaFailure) `count` new jobs of `owner`
-        in `project` when a limit is spent or they could never fit under the
-        cap. The cap itself is `reserve`'s."""
+        in `project` when a limit is spent, or what is left of it is less than
+        `cents` (their low estimate), or they could never fit under the cap.
+        The cap itself is `reserve`'s."""
         for limit in self._limits(owner, project, SPEND_CACHE_SECONDS):
-            if limit.exhausted:
-                raise budget_refusal(limit)
+            if limit.exhausted or limit.short_of(cents):
+                raise budget_refusal(limit, cents)
         if count > self.max_queued:
             raise queue_refusal(owner, self.max_queued, count)
 
-    def _passes_from_memory(self, owner: str, project: str, count: int) -> bool:
+    def _passes_from_memory(self, owner: str, project: str, count: int, cents: int = 0) -> bool:
         """True when the caches alone show the limits pass (no query needed)."""
         now = time.monotonic()
         with self._lock:
@@ -206,7 +211,8 @@ class Budgets:
                 cached = self._spend.get(usage_key(owner, month_of(clock.now_us())))
                 if cached is None or now - cached[0] > SPEND_CACHE_SECONDS:
                     return False
-                if _limit(doc, cached[1]).exhausted:
+                limit = _limit(doc, cached[1])
+                if limit.exhausted or limit.short_of(cents):
                     return False
             return count <= self.max_queued
 
@@ -388,18 +394,27 @@ def _limit(budget: Budget, spend: MonthSpend) -> Limit:
     return Limit(budget.owner, project, budget.limit_cents, spent, budget.updated_us)
 
 
-def budget_refusal(limit: Limit) -> ServiceError:
-    """RESOURCE_EXHAUSTED: `limit` is spent."""
+def budget_refusal(limit: Limit, cents: int = 0) -> ServiceError:
+    """RESOURCE_EXHAUSTED: `limit` is spent, or `cents` (a low estimate) would pass it."""
+    if limit.exhausted:
+        why = f"{limit.describe()} ({limit.spent_cents} cents this month):"
+        why += " no new jobs until it is raised or the month turns"
+    else:
+        left = limit.limit_cents - limit.spent_cents
+        why = (
+            f"the low estimate of {cents} cents would pass the {left} cents left of the monthly"
+            f" budget of {limit.subject}: ask for fewer words or a cheaper model, or raise the budget"
+        )
     return quota_exceeded(
         "BUDGET_EXHAUSTED",
         limit.subject,
-        f"{limit.describe()} ({limit.spent_cents} cents this month):"
-        " no new jobs until it is raised or the month turns",
+        why,
         {
             "owner": limit.owner,
             "project": limit.project,
             "monthly_limit_cents": str(limit.limit_cents),
             "spent_cents": str(limit.spent_cents),
+            **({"estimate_low_cents": str(cents)} if cents else {}),
         },
     )
 

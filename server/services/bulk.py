@@ -165,9 +165,14 @@ class Bulks:
         origin: Origin = NO_ORIGIN,
         priority: str = Priority.NORMAL,
         schedule_us: int = 0,
+        estimate_cents: int = 0,
+        validate_only: bool = False,
     ) -> BulkView:
         """Validate every item, then store the bulk job and its items (two writes).
-        Every item runs at `priority`, none before `schedule_us`.
+        Every item runs at `priority`, none before `schedule_us`. A budget
+        refuses them when what is left is less than `estimate_cents` (their low
+        estimate); `validate_only`: every check, then the bulk job as it would
+        be, stored nowhere.
 
         `origin`: what the server sets on the bulk job (its schedule, template,
         a schedule tick's own request key); its items carry the schedule and
@@ -226,7 +231,9 @@ class Bulks:
         for doc in docs:
             doc.update(trace)
         try:
-            self.jobs.limits.check_submit(caller.user, project, len(items))
+            self.jobs.limits.check_submit(caller.user, project, len(items), estimate_cents)
+            if validate_only:
+                return summarize(bulk, docs)
             self.jobs.limits.reserve(caller.user, [doc["_id"] for doc in docs])
         except ServiceError:
             # A repeat of a stored request is answered, not refused (see Jobs.submit).

@@ -69,11 +69,12 @@ class Wakeable(Protocol):
 class SubmitLimits(Protocol):
     """What the jobs layer asks before queueing (server/services/budgets.py)."""
 
-    async def check_submit_async(self, owner: str, project: str, count: int) -> None:
-        """Refuse `count` new jobs of `owner` in `project` when a limit says so."""
+    async def check_submit_async(self, owner: str, project: str, count: int, cents: int = 0) -> None:
+        """Refuse `count` new jobs of `owner` in `project` (estimated at `cents` at
+        least) when a limit says so."""
         return None
 
-    def check_submit(self, owner: str, project: str, count: int) -> None:
+    def check_submit(self, owner: str, project: str, count: int, cents: int = 0) -> None:
         """The same, from a thread."""
         return None
 
@@ -217,9 +218,14 @@ class Jobs:
         origin: Origin = NO_ORIGIN,
         priority: str = Priority.NORMAL,
         schedule_us: int = 0,
+        estimate_cents: int = 0,
+        validate_only: bool = False,
     ) -> Job:
         """Queue a job; a repeated request_id returns the first job. One command.
         With a `schedule_us` to come, it waits in the scheduled lane until then.
+        A budget refuses it when what is left is less than `estimate_cents` (its
+        low estimate). `validate_only`: every check, then the job as it would
+        be, stored nowhere.
 
         `origin`: what the server sets on the job (its schedule, template, and
         a schedule tick's own request key)."""
@@ -247,7 +253,9 @@ class Jobs:
         doc = self.store.jobs.new_job(submission)
         doc.update(context.trace_fields())
         try:
-            await self.limits.check_submit_async(caller.user, project, 1)
+            await self.limits.check_submit_async(caller.user, project, 1, estimate_cents)
+            if validate_only:
+                return records.job(doc)
             await self.limits.reserve_async(caller.user, [doc["_id"]])
         except ServiceError:
             # A repeat of a stored request is answered, not refused: the limit

@@ -83,6 +83,7 @@ class JobStore:
         jobs.create_index([("queue", 1), ("run_after_us", 1)])  # due jobs of a waiting lane
         jobs.create_index([(PENDING_FLAG, 1)])  # job notifications a crash left unstored
         jobs.create_index([("schedule_id", 1)])  # ListJobs of a schedule's runs
+        jobs.create_index([("result.metadata.model", 1)])  # an estimate's recent jobs of a model
 
     async def close(self) -> None:
         """Close the event loop's inserts' connections."""
@@ -298,6 +299,15 @@ class JobStore:
         )
         by_mode = self.jobs.aggregate([match, {"$group": {"_id": "$mode", "n": {"$sum": 1}}}])
         return list(by_status), list(by_mode)
+
+    def recent_durations(self, model: str, limit: int) -> list[float]:
+        """How long the newest `limit` completed jobs of `model` ran, in seconds:
+        an index search on the model (only a completed job has a result; a
+        status condition beside it makes nx-27017 pick the status index, MONGO.md
+        item 18), sorted among that model's jobs, which expire with retention."""
+        query = {"result.metadata.model": model}
+        cursor = self.jobs.find(query, {"duration_s": 1}).sort("ck", pymongo.DESCENDING).limit(limit)
+        return [float(doc["duration_s"]) for doc in cursor if doc.get("duration_s") is not None]
 
     def stored_ids(self, oids: list[ObjectId]) -> set[ObjectId]:
         """Which of these job ids are stored (one search of `_id`)."""

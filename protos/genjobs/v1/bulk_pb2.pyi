@@ -185,6 +185,7 @@ class BulkJob(_message.Message):
     SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
     SCHEDULE_ID_FIELD_NUMBER: _builtins.int
     TEMPLATE_FIELD_NUMBER: _builtins.int
+    ESTIMATE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     owner: _builtins.str
     project: _builtins.str
@@ -246,6 +247,12 @@ class BulkJob(_message.Message):
 
     @_builtins.property
     def schedule_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def estimate(self) -> _jobs_pb2.Estimate:
+        """What the items are expected to cost and take, together: set only on the
+        answer to a CreateBulkJob with validate_only.
+        """
+
     def __init__(
         self,
         *,
@@ -276,10 +283,11 @@ class BulkJob(_message.Message):
         schedule_time: _timestamp_pb2.Timestamp | None = ...,
         schedule_id: _builtins.str = ...,
         template: _builtins.str = ...,
+        estimate: _jobs_pb2.Estimate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "estimated_completion", b"estimated_completion", "schedule_time", b"schedule_time", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "estimate", b"estimate", "estimated_completion", b"estimated_completion", "schedule_time", b"schedule_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_items", b"cancelled_items", "completed_items", b"completed_items", "create_time", b"create_time", "deleted_items", b"deleted_items", "done_items", b"done_items", "end_time", b"end_time", "error_summary", b"error_summary", "estimated_completion", b"estimated_completion", "failed_items", b"failed_items", "id", b"id", "items", b"items", "mode", b"mode", "notify", b"notify", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "percentage", b"percentage", "priority", b"priority", "project", b"project", "remaining_items", b"remaining_items", "request_id", b"request_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "start_time", b"start_time", "status", b"status", "template", b"template", "total_items", b"total_items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_items", b"cancelled_items", "completed_items", b"completed_items", "create_time", b"create_time", "deleted_items", b"deleted_items", "done_items", b"done_items", "end_time", b"end_time", "error_summary", b"error_summary", "estimate", b"estimate", "estimated_completion", b"estimated_completion", "failed_items", b"failed_items", "id", b"id", "items", b"items", "mode", b"mode", "notify", b"notify", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "percentage", b"percentage", "priority", b"priority", "project", b"project", "remaining_items", b"remaining_items", "request_id", b"request_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "start_time", b"start_time", "status", b"status", "template", b"template", "total_items", b"total_items"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -301,6 +309,7 @@ class CreateBulkJobRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
     TEMPLATE_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     mode: _jobs_pb2.Mode.ValueType
     """Required unless `template` names a template, which supplies it."""
     request_id: _builtins.str
@@ -322,6 +331,10 @@ class CreateBulkJobRequest(_message.Message):
     """Optional; the name of one of the caller's templates holding a
     CreateBulkJobRequest. Every field set in this request overrides the
     template's.
+    """
+    validate_only: _builtins.bool
+    """Optional; check the request and answer the bulk job as it would be, with
+    its `estimate`, storing nothing.
     """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_jobs_pb2.GenerationParams]:
@@ -352,10 +365,11 @@ class CreateBulkJobRequest(_message.Message):
         priority: _jobs_pb2.Priority.ValueType = ...,
         schedule_time: _timestamp_pb2.Timestamp | None = ...,
         template: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["schedule_time", b"schedule_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "mode", b"mode", "notify", b"notify", "notify_email", b"notify_email", "notify_url", b"notify_url", "priority", b"priority", "project", b"project", "request_id", b"request_id", "schedule_time", b"schedule_time", "template", b"template"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "mode", b"mode", "notify", b"notify", "notify_email", b"notify_email", "notify_url", b"notify_url", "priority", b"priority", "project", b"project", "request_id", b"request_id", "schedule_time", b"schedule_time", "template", b"template", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -464,6 +464,7 @@ class Job(_message.Message):
     TEMPLATE_FIELD_NUMBER: _builtins.int
     STAGES_FIELD_NUMBER: _builtins.int
     STAGES_DONE_FIELD_NUMBER: _builtins.int
+    ESTIMATE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     owner: _builtins.str
     project: _builtins.str
@@ -530,6 +531,12 @@ class Job(_message.Message):
         (http: the service reports its own); progress.stage is then all there is.
         """
 
+    @_builtins.property
+    def estimate(self) -> Global___Estimate:
+        """What the job is expected to cost and take: set only on the answer to a
+        SubmitJob with validate_only.
+        """
+
     def __init__(
         self,
         *,
@@ -563,14 +570,76 @@ class Job(_message.Message):
         template: _builtins.str = ...,
         stages: _abc.Iterable[_builtins.str] | None = ...,
         stages_done: _builtins.int = ...,
+        estimate: Global___Estimate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "params", b"params", "progress", b"progress", "result", b"result", "schedule_time", b"schedule_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "estimate", b"estimate", "params", b"params", "progress", b"progress", "result", b"result", "schedule_time", b"schedule_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_errors", b"attempt_errors", "bulk_job_id", b"bulk_job_id", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "max_attempts", b"max_attempts", "mode", b"mode", "notify", b"notify", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "project", b"project", "queue_position", b"queue_position", "request_id", b"request_id", "result", b"result", "retry_of", b"retry_of", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "stages", b"stages", "stages_done", b"stages_done", "start_time", b"start_time", "status", b"status", "template", b"template", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_errors", b"attempt_errors", "bulk_job_id", b"bulk_job_id", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "estimate", b"estimate", "id", b"id", "max_attempts", b"max_attempts", "mode", b"mode", "notify", b"notify", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "project", b"project", "queue_position", b"queue_position", "request_id", b"request_id", "result", b"result", "retry_of", b"retry_of", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "stages", b"stages", "stages_done", b"stages_done", "start_time", b"start_time", "status", b"status", "template", b"template", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class Estimate(_message.Message):
+    """Estimate is what a job (or a bulk job: the sum of its items) is expected
+    to cost and take, before it runs.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOW_CENTS_FIELD_NUMBER: _builtins.int
+    HIGH_CENTS_FIELD_NUMBER: _builtins.int
+    COST_UNKNOWN_FIELD_NUMBER: _builtins.int
+    COST_UNKNOWN_REASON_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    WORD_COUNT_FIELD_NUMBER: _builtins.int
+    EXPECTED_DURATION_FIELD_NUMBER: _builtins.int
+    low_cents: _builtins.int
+    """The cost range in cents, from the model's prices, the prompt's tokens
+    (estimated from its length) and the word count asked for. Both 0 with
+    cost_unknown.
+    """
+    high_cents: _builtins.int
+    cost_unknown: _builtins.bool
+    """The cost cannot be known (the model has no price, or the generator
+    declares none); cost_unknown_reason says why. Never a real 0.
+    """
+    cost_unknown_reason: _builtins.str
+    model: _builtins.str
+    """The model the job would run on (the default when it names none), and its provider."""
+    provider: _builtins.str
+    prompt_tokens: _builtins.int
+    """About how many tokens the prompt holds, and the words asked for."""
+    word_count: _builtins.int
+    @_builtins.property
+    def expected_duration(self) -> _duration_pb2.Duration:
+        """The mean duration of recent completed jobs of that model, times the
+        items; unset when there are none to go by.
+        """
+
+    def __init__(
+        self,
+        *,
+        low_cents: _builtins.int = ...,
+        high_cents: _builtins.int = ...,
+        cost_unknown: _builtins.bool = ...,
+        cost_unknown_reason: _builtins.str = ...,
+        model: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        prompt_tokens: _builtins.int = ...,
+        word_count: _builtins.int = ...,
+        expected_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expected_duration", b"expected_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_unknown", b"cost_unknown", "cost_unknown_reason", b"cost_unknown_reason", "expected_duration", b"expected_duration", "high_cents", b"high_cents", "low_cents", b"low_cents", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "word_count", b"word_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Estimate: _TypeAlias = Estimate  # noqa: Y015
 
 @_typing.final
 class SubmitJobRequest(_message.Message):
@@ -589,6 +658,7 @@ class SubmitJobRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
     TEMPLATE_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     mode: Global___Mode.ValueType
     """Required unless `template` names a template, which supplies it."""
     request_id: _builtins.str
@@ -612,6 +682,11 @@ class SubmitJobRequest(_message.Message):
     """Optional; the name of one of the caller's templates holding a
     SubmitJobRequest. Every field set in this request overrides the
     template's.
+    """
+    validate_only: _builtins.bool
+    """Optional; check the request and answer the job as it would be, with its
+    `estimate`, storing nothing (a budget that the low estimate would pass
+    refuses it as it would the submit).
     """
     @_builtins.property
     def params(self) -> Global___GenerationParams:
@@ -643,10 +718,11 @@ class SubmitJobRequest(_message.Message):
         priority: Global___Priority.ValueType = ...,
         schedule_time: _timestamp_pb2.Timestamp | None = ...,
         template: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "schedule_time", b"schedule_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_attempts", b"max_attempts", "mode", b"mode", "notify", b"notify", "notify_email", b"notify_email", "notify_url", b"notify_url", "params", b"params", "priority", b"priority", "project", b"project", "request_id", b"request_id", "schedule_time", b"schedule_time", "template", b"template"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_attempts", b"max_attempts", "mode", b"mode", "notify", b"notify", "notify_email", b"notify_email", "notify_url", b"notify_url", "params", b"params", "priority", b"priority", "project", b"project", "request_id", b"request_id", "schedule_time", b"schedule_time", "template", b"template", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -35,6 +35,11 @@ class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
     async def CreateBulkJob(
         self, request: bulk_pb2.CreateBulkJobRequest, context: grpc.aio.ServicerContext
     ) -> bulk_pb2.BulkJob:
+        if request.validate_only:
+            view, estimate = await self.intake.preview_bulk(current_caller(), request)
+            message = convert.bulk_job(view)
+            message.estimate.CopyFrom(convert.estimate(estimate))
+            return message
         return convert.bulk_job(await self.intake.create_bulk(current_caller(), request))
 
     @rpc

@@ -76,6 +76,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
+        if request.validate_only:
+            job, estimate = await self.intake.preview(current_caller(), request)
+            message = self.job(job)
+            message.estimate.CopyFrom(convert.estimate(estimate))
+            return message
         return self.job(await self.intake.submit(current_caller(), request))
 
     @rpc
