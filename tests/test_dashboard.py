@@ -250,3 +250,36 @@ def test_bulk_counts_a_cancelled_bulk_job_is_not_12_of_12_and_deleted_items_show
     expect(row).not_to_contain_text("12 of 12")
     page.screenshot(path=str(tmp_path / "bulks-counts.png"), full_page=True)
     print(f"screenshots in {tmp_path}")
+
+
+def test_every_page_opens_from_its_plain_url_as_mail_links_and_bookmarks_do(
+    page: Page, server: ServerThread, alice: GenJobsClient, tmp_path: Path
+) -> None:
+    assert server.app is not None
+    base = f"http://127.0.0.1:{server.app.http_port}"
+    job = alice.submit("topic", topic="Linked from a mail", word_count=60)
+    bulk = alice.create_bulk("topic", [{"topic": f"linked {i}", "word_count": 60} for i in range(10)])
+    # A mail's link, the token handed over in the fragment as `genjobs-server token` prints it.
+    page.goto(f"{base}/jobs/{job.id}#token={server.token('alice')}")
+    expect(page.locator(".head-side")).to_have_attribute("data-job-id", job.id)
+    expect(page.locator("h1")).to_have_text("Linked from a mail")
+    assert page.url == f"{base}/jobs/{job.id}"  # the token left the address bar
+    page.goto(f"{base}/bulk-jobs/{bulk.id}")  # a bookmark, signed in already
+    expect(page.locator(".head-side")).to_have_attribute("data-bulk-job-id", bulk.id)
+    page.goto(f"{base}/bulk-jobs")
+    expect(page.locator(f'tr[data-bulk-job-id="{bulk.id}"]')).to_be_visible()
+    # A link inside the dashboard moves to the page's own address, without a reload.
+    page.evaluate("window.sameDocument = true")
+    page.locator(f'tr[data-bulk-job-id="{bulk.id}"] a').click()
+    expect(page).to_have_url(f"{base}/bulk-jobs/{bulk.id}")
+    page.go_back()
+    expect(page).to_have_url(f"{base}/bulk-jobs")
+    expect(page.locator("[aria-current=page]")).to_have_text("Bulk jobs")
+    assert page.evaluate("window.sameDocument") is True
+    # An old link of the `#/` kind still opens its page, at its new address.
+    page.goto(f"{base}/#/jobs/{job.id}")
+    expect(page.locator(".head-side")).to_have_attribute("data-job-id", job.id)
+    expect(page).to_have_url(f"{base}/jobs/{job.id}")
+    # Not a page: still a 404.
+    for path in ("/nothing-here", f"/jobs/{job.id}/more/deep"):
+        assert page.request.get(base + path).status == 404

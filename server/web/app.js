@@ -1,11 +1,12 @@
 // The dashboard: sign-in from the URL fragment or a pasted token, and a
-// hash router over the pages (jobs, one job, bulk jobs, one bulk job).
+// router over the pages by the address's path (`/jobs/<id>`, `/bulk-jobs`, ...;
+// the server answers index.html for each), old `#/...` links taken too.
 
 import { onError, setToken, token, user } from "./api.js";
 import { bulkListPage, bulkPage } from "./bulks.js";
 import { jobPage } from "./job.js";
 import { jobsPage } from "./jobs.js";
-import { button, h, replace } from "./ui.js";
+import { button, h, navigate, replace } from "./ui.js";
 
 const main = document.getElementById("main");
 let leave = () => {};
@@ -15,8 +16,16 @@ function takeTokenFromFragment() {
   if (match) {
     setToken(decodeURIComponent(match[1]));
     // Drop the token from the address bar and history.
-    history.replaceState(null, "", `${location.pathname}${location.search}#/`);
+    history.replaceState(null, "", `${location.pathname}${location.search}`);
   }
+}
+
+// An old hash link (`#/jobs/<id>`, `#/bulk/<id>`) becomes its path.
+function takeHashRoute() {
+  const old = location.hash.replace(/^#/, "");
+  if (!old.startsWith("/")) return;
+  const path = old.replace(/^\/bulk(?=\/|$)/, "/bulk-jobs");
+  history.replaceState(null, "", path);
 }
 
 function signIn(message = "") {
@@ -63,21 +72,22 @@ function renderWho() {
 
 function route() {
   takeTokenFromFragment();
+  takeHashRoute();
   if (!token()) {
     signIn();
     return;
   }
   renderWho();
   leave();
-  const path = location.hash.replace(/^#/, "") || "/";
+  const path = location.pathname.replace(/\/+$/, "") || "/";
   let match;
   let section = "jobs";
   if ((match = path.match(/^\/jobs\/([\w-]+)$/))) {
     leave = jobPage(main, match[1]);
-  } else if ((match = path.match(/^\/bulk\/([\w-]+)$/))) {
+  } else if ((match = path.match(/^\/bulk-jobs\/([\w-]+)$/))) {
     section = "bulk";
     leave = bulkPage(main, match[1]);
-  } else if (path === "/bulk") {
+  } else if (path === "/bulk-jobs") {
     section = "bulk";
     leave = bulkListPage(main);
   } else {
@@ -95,9 +105,22 @@ onError((error) => {
     signIn(`${error.message}`);
   }
 });
-window.addEventListener("hashchange", () => {
+function moved() {
   route();
   // Keyboard and screen-reader users start reading the new page from its top.
   main.focus({ preventScroll: true });
+}
+window.addEventListener("popstate", moved);
+window.addEventListener("hashchange", () => {
+  if (location.hash.startsWith("#/")) moved();
+});
+// A click on a link to a page of ours opens it here, without reloading (a
+// modified click still opens a new tab, as links do).
+document.addEventListener("click", (event) => {
+  const link = event.target.closest && event.target.closest("a[href^='/']");
+  if (!link || event.defaultPrevented || event.button !== 0) return;
+  if (event.metaKey || event.ctrlKey || event.shiftKey || event.altKey || link.target) return;
+  event.preventDefault();
+  if (link.getAttribute("href") !== location.pathname) navigate(link.getAttribute("href"));
 });
 route();

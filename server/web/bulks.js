@@ -39,7 +39,7 @@ export function bulkListPage(main) {
         const bar = progressBar(b.percentage || 0, `Progress of bulk job ${b.id}`);
         bar.update(b.percentage || 0, bulkStatus(b));
         return h("tr", { dataset: { bulkJobId: b.id, status: bulkStatus(b) } },
-          h("td", { class: "title", "data-label": "Bulk job" }, h("a", { href: `#/bulk/${b.id}` }, `${b.totalItems} items`),
+          h("td", { class: "title", "data-label": "Bulk job" }, h("a", { href: `/bulk-jobs/${b.id}` }, `${b.totalItems} items`),
             h("div", { class: "sub" }, b.id.slice(-8))),
           h("td", { "data-label": "Mode" }, modeName(b.mode)),
           h("td", { "data-label": "Status" }, badge(bulkStatus(b))),
@@ -55,7 +55,7 @@ export function bulkListPage(main) {
 function renderNotes(list, notifications) {
   replace(list, notifications.length ? notifications.map((n) =>
     h("li", {},
-      h("a", { href: `#/bulk/${n.bulkJobId}` }, n.message || "Bulk job finished"),
+      h("a", { href: `/bulk-jobs/${n.bulkJobId}` }, n.message || "Bulk job finished"),
       h("div", { class: "sub" }, `${ago(n.createTime)}${n.delivered ? " · delivered" : ""}`)))
     : h("li", { class: "muted" }, "Nothing yet."));
 }
@@ -72,7 +72,7 @@ export function bulkPage(main, id) {
 
   replace(
     main,
-    h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: "#/bulk" }, "Bulk jobs"), " / ",
+    h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: "/bulk-jobs" }, "Bulk jobs"), " / ",
       h("span", {}, id.slice(-8))),
     head,
     h("section", { class: "card progress-card", "aria-label": "Progress" }, counts, bar),
@@ -118,7 +118,7 @@ export function bulkPage(main, id) {
         const s = jobStatus(item);
         return h("tr", { dataset: { jobId: item.id, status: s } },
           h("td", { class: "num", "data-label": "#" }, item.queuePosition),
-          h("td", { "data-label": "Job" }, h("a", { href: `#/jobs/${item.id}` }, item.id.slice(-8))),
+          h("td", { "data-label": "Job" }, h("a", { href: `/jobs/${item.id}` }, item.id.slice(-8))),
           h("td", { "data-label": "Status" }, badge(s)),
           h("td", { class: "error-cell", "data-label": "Error" }, item.error ? `${item.error.code}: ${item.error.message}` : ""));
       }));

@@ -5,8 +5,8 @@
 import { jobActions } from "./actions.js";
 import { api, follow } from "./api.js";
 import {
-  FINAL, badge, duration, emptyState, h, jobSeconds, jobStatus, jobTitle, modeName, money, progressBar,
-  replace, time, toast,
+  FINAL, badge, duration, emptyState, h, jobSeconds, jobStatus, jobTitle, modeName, money, navigate,
+  progressBar, replace, time, toast,
 } from "./ui.js";
 
 export function jobPage(main, id) {
@@ -26,7 +26,7 @@ export function jobPage(main, id) {
 
   replace(
     main,
-    h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: "#/" }, "Jobs"), " / ",
+    h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: "/" }, "Jobs"), " / ",
       h("span", {}, id.slice(-8))),
     head,
     h("div", { class: "grid-2" },
@@ -101,8 +101,8 @@ export function jobPage(main, id) {
       ["Source text", p.sourceText && `${p.sourceText.slice(0, 200)}${p.sourceText.length > 200 ? "…" : ""}`],
       ["Extra", Object.entries(p.extra || {}).map(([k, v]) => `${k}=${v}`).join(", ")],
       ["Project", job.project],
-      ["Retry of", job.retryOf && h("a", { href: `#/jobs/${job.retryOf}` }, job.retryOf)],
-      ["Bulk job", job.bulkJobId && h("a", { href: `#/bulk/${job.bulkJobId}` }, job.bulkJobId)],
+      ["Retry of", job.retryOf && h("a", { href: `/jobs/${job.retryOf}` }, job.retryOf)],
+      ["Bulk job", job.bulkJobId && h("a", { href: `/bulk-jobs/${job.bulkJobId}` }, job.bulkJobId)],
     ].filter(([, v]) => v);
     replace(params, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
   }
@@ -141,10 +141,10 @@ export function jobPage(main, id) {
   function acted(kind, answer) {
     if (kind === "retry") {
       toast("Queued a retry.", "good");
-      location.hash = `#/jobs/${answer.id}`;
+      navigate(`/jobs/${answer.id}`);
     } else if (kind === "delete") {
       toast("Deleted.");
-      location.hash = "#/";
+      navigate("/");
     } else {
       render(answer);
     }

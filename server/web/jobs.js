@@ -245,7 +245,7 @@ export function jobsPage(main) {
       entry.job = next;
       const status = jobStatus(next);
       tr.dataset.status = status;
-      replace(cells.title, h("a", { href: `#/jobs/${next.id}` }, jobTitle(next)),
+      replace(cells.title, h("a", { href: `/jobs/${next.id}` }, jobTitle(next)),
         h("div", { class: "sub" }, next.bulkJobId ? "bulk item · " : "", next.id.slice(-8)));
       replace(cells.mode, modeName(next.mode));
       replace(cells.status, badge(status));

@@ -125,3 +125,9 @@ export function confirmDialog(title, text, okLabel = "Confirm") {
 export function emptyState(text) {
   return h("div", { class: "empty" }, text);
 }
+
+/** Open a dashboard page by its path (`/jobs/<id>`) without reloading. */
+export function navigate(path) {
+  history.pushState(null, "", path);
+  window.dispatchEvent(new PopStateEvent("popstate"));
+}
