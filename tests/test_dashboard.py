@@ -283,3 +283,29 @@ def test_every_page_opens_from_its_plain_url_as_mail_links_and_bookmarks_do(
     # Not a page: still a 404.
     for path in ("/nothing-here", f"/jobs/{job.id}/more/deep"):
         assert page.request.get(base + path).status == 404
+
+
+def test_the_jobs_page_shows_new_jobs_and_counts_from_one_owner_stream(
+    page: Page, server: ServerThread, alice: GenJobsClient, tmp_path: Path
+) -> None:
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    sign_in(page, server)
+    expect(page.locator("#jobs-table")).to_contain_text("No jobs match.")
+    expect(page.locator("[data-stat=total] .stat-value")).to_have_text("0")
+    page.evaluate("window.sameDocument = true")
+    # A job from the client (as from the CLI) appears, and the counts move, within 2 s.
+    job = alice.submit("topic", topic="Sent from the CLI", extra={"demo_seconds": "2"})
+    row = page.locator(f'tr[data-job-id="{job.id}"]')
+    expect(row).to_be_visible(timeout=2_000)
+    expect(page.locator("[data-stat=total] .stat-value")).to_have_text("1")
+    expect(row).to_have_attribute("data-status", "processing")
+    expect(page.locator("[data-stat=processing] .stat-value")).to_have_text("1")
+    expect(row).to_have_attribute("data-status", "completed")
+    expect(page.locator("[data-stat=completed] .stat-value")).to_have_text("1")
+    expect(page.locator("[data-stat=processing] .stat-value")).to_have_text("0")
+    assert page.evaluate("window.sameDocument") is True  # no reload happened
+    # One stream for the owner, none per row.
+    assert not [u for u in requests if f"/v1/jobs/{job.id}:watch" in u]
+    assert [u for u in requests if u.endswith("/v1/jobs:watch")]
+    page.screenshot(path=str(tmp_path / "jobs-live.png"), full_page=True)

@@ -246,6 +246,7 @@ class Bulks:
             metrics.job_submitted(mode, len(docs))
             for doc in docs:
                 self.jobs.offer(doc)
+                self.jobs.announce(doc)
         return summarize(
             stored, self.store.bulks.bulk_items([str(stored["_id"])]) if stored is not bulk else docs
         )

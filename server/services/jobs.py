@@ -26,7 +26,7 @@ from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.model.vocabulary import Mode, Priority
 from genjobs.server.services import entitlement, validation
 from genjobs.server.services.entitlement import Tiers
-from genjobs.server.services.events import Event, EventHub
+from genjobs.server.services.events import Event, EventHub, owner_key
 from genjobs.server.storage import records
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.eventlog import EventLog
@@ -139,12 +139,20 @@ class Jobs:
         self.event_log.append(event)
         self._deliver(doc, kind, event)
 
+    def announce(self, doc: Doc) -> None:
+        """Tell the owner's stream (WatchJobs) of a new job: its watchers
+        start from its snapshot, so it is no event of its own."""
+        event = self.store.events.event_doc(doc, SNAPSHOT, self.worker_id)
+        self.hub.publish(Event(owner_key(doc["owner"]), doc["seq"], event, False))
+
     def publish(self, doc: Doc, kind: str) -> None:
         """Hand a change to this server's watchers only (not kept for replay)."""
         self._deliver(doc, kind, self.store.events.event_doc(doc, kind, self.worker_id))
 
     def _deliver(self, doc: Doc, kind: str, event: Doc) -> None:
         self.hub.publish(Event(f"job:{event['job_id']}", event["seq"], event, final(doc["status"])))
+        # The owner's stream (WatchJobs) sees every job of theirs; it never ends with one.
+        self.hub.publish(Event(owner_key(doc["owner"]), event["seq"], event, False))
         metrics.job_changed(doc, kind)
         for callback in self.on_change:
             # Each on its own: a database error in one (bulk counts) must not skip
@@ -243,6 +251,7 @@ class Jobs:
             # Sequence 1 is the job as submitted: watchers start from its
             # snapshot, so it needs no stored event (SubmitJob stays one write).
             self.offer(stored)
+            self.announce(stored)
         return stored
 
     def offer(self, doc: Doc) -> None:
