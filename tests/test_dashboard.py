@@ -4,7 +4,9 @@ Playwright), against a live server: what a person sees and does."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -309,3 +311,40 @@ def test_the_jobs_page_shows_new_jobs_and_counts_from_one_owner_stream(
     assert not [u for u in requests if f"/v1/jobs/{job.id}:watch" in u]
     assert [u for u in requests if u.endswith("/v1/jobs:watch")]
     page.screenshot(path=str(tmp_path / "jobs-live.png"), full_page=True)
+
+
+def test_bulk_items_show_their_topics_and_project_and_a_job_its_schedule_and_priority(
+    page: Page, server: ServerThread, alice: GenJobsClient, tmp_path: Path
+) -> None:
+    topics = [f"Autumn {name}" for name in "abcdefghij"]
+    items: list[dict[str, Any]] = [{"topic": t, "word_count": 60} for t in topics]
+    items[3]["extra"] = {"demo_fail": "permanent"}
+    launch = alice.create_bulk("topic", items, project="autumn-launch")
+    plain = alice.create_bulk("topic", [{"topic": f"Plain {i}", "word_count": 60} for i in range(10)])
+    later = alice.submit(
+        "topic", topic="New year post", priority="low", schedule_time=datetime(2030, 1, 1, 9, tzinfo=UTC)
+    )
+    finals = (bulk_pb2.BULK_JOB_STATUS_COMPLETED, bulk_pb2.BULK_JOB_STATUS_CANCELLED)
+    wait_for(lambda: alice.get_bulk(launch.id).status in finals, timeout=60)
+    sign_in(page, server, f"/bulk-jobs/{launch.id}")
+    expect(page.locator("h1")).to_have_text("autumn-launch")
+    rows = page.locator("#items-table tbody tr")
+    expect(rows).to_have_count(10)
+    expect(rows.locator("td.title a")).to_have_text(topics)
+    expect(page.locator("#bulk-errors li")).to_have_count(1)
+    expect(page.locator("#bulk-errors li")).to_contain_text("Autumn d: ")
+    page.screenshot(path=str(tmp_path / "bulk-topics.png"), full_page=True)
+
+    page.goto(page.url.split("/bulk-jobs/")[0] + "/bulk-jobs")
+    expect(page.locator(f'tr[data-bulk-job-id="{launch.id}"] td.title a')).to_have_text("autumn-launch")
+    expect(page.locator(f'tr[data-bulk-job-id="{plain.id}"] td.title a')).to_have_text("Plain 0 + 9 more")
+    page.screenshot(path=str(tmp_path / "bulks-named.png"), full_page=True)
+
+    page.goto(page.url.split("/bulk-jobs")[0] + f"/jobs/{later.id}")
+    expect(page.locator("#job-state")).to_contain_text("scheduled for")
+    expect(page.locator("#job-state")).to_contain_text("2030")
+    expect(page.locator('[data-fact="scheduled for"]')).to_contain_text("2030")
+    expect(page.locator('[data-fact="priority"]')).to_have_text("low")
+    expect(page.locator('[data-fact="elapsed"]')).to_have_text("not due yet")
+    page.screenshot(path=str(tmp_path / "job-scheduled.png"), full_page=True)
+    alice.cancel(later.id)

@@ -7,7 +7,7 @@ import { jobActions } from "./actions.js";
 import { api, follow } from "./api.js";
 import {
   ago, badge, button, confirmDialog, duration, emptyState, h, jobSeconds, jobStatus, jobTitle,
-  modeName, money, progressBar, replace, toast,
+  modeName, money, progressBar, replace, statusName, time, toast, when,
 } from "./ui.js";
 
 const STATUSES = ["queued", "processing", "completed", "failed", "cancelled"];
@@ -247,7 +247,7 @@ export function jobsPage(main) {
       const status = jobStatus(next);
       tr.dataset.status = status;
       replace(cells.title, h("a", { href: `/jobs/${next.id}` }, jobTitle(next)),
-        h("div", { class: "sub" }, next.bulkJobId ? "bulk item · " : "", next.id.slice(-8)));
+        h("div", { class: "sub" }, jobNotes(next).join(" · ")));
       replace(cells.mode, modeName(next.mode));
       replace(cells.status, badge(status));
       const pct = status === "completed" ? 100 : (next.progress && next.progress.percentage) || 0;
@@ -296,6 +296,20 @@ export function jobsPage(main) {
     clearTimeout(statsTimer);
     stream.close();
   };
+}
+
+// The row's second line: what sets the job apart (project, bulk, priority, a
+// time it waits for), then its short id.
+function jobNotes(job) {
+  const due = time(job.scheduleTime);
+  const priority = statusName(job.priority, "PRIORITY_");
+  return [
+    job.project,
+    job.bulkJobId && "bulk item",
+    priority && priority !== "normal" && `${priority} priority`,
+    due && due > Date.now() && `scheduled for ${when(due)}`,
+    job.id.slice(-8),
+  ].filter(Boolean);
 }
 
 function field(label, input, size = "") {
