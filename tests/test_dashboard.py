@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -348,3 +349,86 @@ def test_bulk_items_show_their_topics_and_project_and_a_job_its_schedule_and_pri
     expect(page.locator('[data-fact="elapsed"]')).to_have_text("not due yet")
     page.screenshot(path=str(tmp_path / "job-scheduled.png"), full_page=True)
     alice.cancel(later.id)
+
+
+def test_schedules_templates_usage_and_notifications_have_pages(
+    browser: Browser, server: ServerThread, alice: GenJobsClient, tmp_path: Path
+) -> None:
+    assert server.app is not None
+    base = f"http://127.0.0.1:{server.app.http_port}"
+    alice.create_template(
+        "weekly-tea",
+        job=jobs_pb2.SubmitJobRequest(
+            mode=jobs_pb2.MODE_TOPIC,
+            project="tea",
+            params=jobs_pb2.GenerationParams(topic="Weekly tea", word_count=60),
+        ),
+    )
+    schedule = alice.create_schedule("0 9 * * 1", time_zone="Europe/Berlin", template="weekly-tea")
+    with server.client("root", admin=True) as admin:
+        admin.set_budget("alice", 500)
+        admin.set_budget("alice", 200, project="tea")
+    bulk = alice.create_bulk("topic", [{"topic": f"noted {i}", "word_count": 60} for i in range(10)])
+    wait_for(lambda: alice.get_bulk(bulk.id).status == bulk_pb2.BULK_JOB_STATUS_COMPLETED, timeout=60)
+    # The viewer is in New York: the Berlin schedule's next run reads in New York time.
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, timezone_id="America/New_York")
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{base}/schedules#token={server.token('alice')}")
+    row = page.locator(f'tr[data-schedule-id="{schedule.id}"]')
+    expect(row).to_contain_text("template weekly-tea")
+    next_run = schedule.next_run_time.ToDatetime(UTC).astimezone(ZoneInfo("America/New_York"))
+    expect(row.locator(".next-run")).to_contain_text(f"{next_run:%I:%M}")
+    expect(row.locator(".next-run")).to_contain_text("EST")
+    page.screenshot(path=str(tmp_path / "schedules.png"), full_page=True)
+    row.get_by_role("link").click()
+    expect(page).to_have_url(f"{base}/schedules/{schedule.id}")
+    expect(page.locator('[data-fact="its zone"]')).to_have_text("Europe/Berlin")
+    expect(page.locator("#runs-table")).to_contain_text("No runs yet.")
+    page.get_by_role("button", name="Pause").click()
+    expect(page.locator(".head-side")).to_have_attribute("data-state", "paused")
+    expect(page.locator('[data-fact="next run"]')).to_have_text("paused")
+    page.get_by_role("button", name="Resume").click()
+    expect(page.locator(".head-side")).to_have_attribute("data-state", "active")
+    page.screenshot(path=str(tmp_path / "schedule.png"), full_page=True)
+    page.get_by_role("button", name="Delete").click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+    expect(page).to_have_url(f"{base}/schedules")
+    expect(page.locator("#schedules-table")).to_contain_text("No schedules yet.")
+
+    page.goto(f"{base}/templates")
+    page.locator('tr[data-template="weekly-tea"] a').click()
+    expect(page.locator("#template-request")).to_contain_text("Weekly tea")
+    page.screenshot(path=str(tmp_path / "template.png"), full_page=True)
+    page.get_by_role("button", name="Submit").click()
+    expect(page.locator(".head-side")).to_have_attribute("data-status", "completed")
+    expect(page.locator("h1")).to_have_text("Weekly tea")
+    expect(page.locator('a[href="/templates/weekly-tea"]')).to_be_visible()  # the job names its template
+    page.goto(f"{base}/templates/weekly-tea")
+    page.get_by_role("button", name="Delete").click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+    expect(page.locator("#templates-table")).to_contain_text("No templates yet.")
+    page.screenshot(path=str(tmp_path / "templates.png"), full_page=True)
+
+    spent = alice.usage()
+    page.goto(f"{base}/usage")
+    limits = page.locator("#budgets li")
+    expect(limits).to_have_count(2)
+    tea = page.locator('#budgets li[data-project="tea"]')
+    expect(tea).to_contain_text("of $2.00")
+    expect(page.locator('#budgets li[data-project=""]')).to_contain_text("of $5.00")
+    tea_spent = next(b.spent_cents for b in spent.budgets if b.project == "tea")
+    expect(tea).to_contain_text(f"${tea_spent / 100:.2f} of $2.00")
+    expect(tea.get_by_role("progressbar")).to_have_attribute(
+        "aria-valuenow", str(int(100 * tea_spent / 200 + 0.5))
+    )
+
+    page.screenshot(path=str(tmp_path / "usage.png"), full_page=True)
+
+    page.goto(f"{base}/notifications")
+    note = page.locator(f'#notifications a[href="/bulk-jobs/{bulk.id}"]')
+    expect(note).to_contain_text("10 of 10")
+    page.screenshot(path=str(tmp_path / "notifications.png"), full_page=True)
+    context.close()
+    assert not errors, errors

@@ -6,6 +6,9 @@ import { onError, setToken, token, user } from "./api.js";
 import { bulkListPage, bulkPage } from "./bulks.js";
 import { jobPage } from "./job.js";
 import { jobsPage } from "./jobs.js";
+import { schedulePage, schedulesPage } from "./schedules.js";
+import { templatePage, templatesPage } from "./templates.js";
+import { notificationsPage, usagePage } from "./usage.js";
 import { button, h, navigate, replace } from "./ui.js";
 
 const main = document.getElementById("main");
@@ -90,6 +93,18 @@ function route() {
   } else if (path === "/bulk-jobs") {
     section = "bulk";
     leave = bulkListPage(main);
+  } else if ((match = path.match(/^\/schedules(?:\/([\w-]+))?$/))) {
+    section = "schedules";
+    leave = match[1] ? schedulePage(main, match[1]) : schedulesPage(main);
+  } else if ((match = path.match(/^\/templates(?:\/([^/]+))?$/))) {
+    section = "templates";
+    leave = match[1] ? templatePage(main, decodeURIComponent(match[1])) : templatesPage(main);
+  } else if (path === "/usage") {
+    section = "usage";
+    leave = usagePage(main);
+  } else if (path === "/notifications") {
+    section = "notifications";
+    leave = notificationsPage(main);
   } else {
     leave = jobsPage(main);
   }

@@ -21,7 +21,7 @@ TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".p
 _INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
 # The dashboard's pages as plain URLs (mail links, bookmarks): each is index.html,
 # whose script routes by the path. One page name, then at most one id or name.
-PAGES = re.compile(r"/(jobs|bulk-jobs|schedules|templates|usage|notifications)(/[\w.-]{1,200})?/?")
+PAGES = re.compile(r"/(jobs|bulk-jobs|schedules|templates|usage|notifications)(/[\w.%-]{1,200})?/?")
 
 
 @dataclass(frozen=True)
