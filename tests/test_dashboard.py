@@ -432,3 +432,84 @@ def test_schedules_templates_usage_and_notifications_have_pages(
     page.screenshot(path=str(tmp_path / "notifications.png"), full_page=True)
     context.close()
     assert not errors, errors
+
+
+# Every page, and what shows once it has loaded.
+PAGES = {
+    "/": "tr[data-job-id]",
+    "/jobs/{job}": ".head-side",
+    "/bulk-jobs": "tr[data-bulk-job-id]",
+    "/bulk-jobs/{bulk}": "#bulk-errors li strong",
+    "/schedules": "tr[data-schedule-id]",
+    "/schedules/{schedule}": "#runs-table tbody tr",
+    "/templates": "tr[data-template]",
+    "/templates/weekly-tea": ".head-side",
+    "/usage": "#budgets li",
+    "/notifications": "#notifications li[data-notification-id]",
+}
+
+
+def test_every_page_at_desktop_and_phone_width_with_nothing_cut_off(
+    browser: Browser, server: ServerThread, alice: GenJobsClient, tmp_path: Path
+) -> None:
+    assert server.app is not None
+    base = f"http://127.0.0.1:{server.app.http_port}"
+    items: list[dict[str, Any]] = [{"topic": f"Phone item {i}", "word_count": 60} for i in range(10)]
+    items[2]["extra"] = {"demo_fail": "permanent"}
+    bulk = alice.create_bulk("topic", items, project="autumn-launch")
+    wait_for(lambda: alice.get_bulk(bulk.id).status == bulk_pb2.BULK_JOB_STATUS_COMPLETED, timeout=60)
+    later = datetime(2030, 1, 1, 9, tzinfo=UTC)
+    jobs = [alice.submit("topic", topic=f"Queued for later {i}", schedule_time=later) for i in range(40)]
+    alice.create_template(
+        "weekly-tea",
+        job=jobs_pb2.SubmitJobRequest(
+            mode=jobs_pb2.MODE_TOPIC, params=jobs_pb2.GenerationParams(topic="Weekly tea")
+        ),
+    )
+    schedule = alice.create_schedule("0 9 * * 1", time_zone="Europe/Berlin", template="weekly-tea")
+    with server.client("root", admin=True) as admin:
+        admin.set_budget("alice", 500)
+    ids = {"job": jobs[-1].id, "bulk": bulk.id, "schedule": schedule.id}
+    errors: list[str] = []
+    for width, height in ((1280, 900), (390, 844)):
+        context = browser.new_context(viewport={"width": width, "height": height})
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{base}/#token={server.token('alice')}")
+        expect(page.locator("tr[data-job-id]")).to_have_count(50)
+        if width == 390:
+            # The first screen shows jobs: the first row starts inside it.
+            first = page.locator("tr[data-job-id]").first.bounding_box()
+            assert first is not None and first["y"] + 40 < height, first
+        for path, loaded in PAGES.items():
+            page.goto(base + path.format(**ids))
+            expect(page.locator(loaded).first).to_be_visible()
+            name = path.strip("/").split("/")[0] or "jobs"
+            name += "-one" if "{" in path or path.count("/") > 1 else ""
+            page.screenshot(path=str(tmp_path / f"{name}-{width}.png"), full_page=True)
+            page.screenshot(path=str(tmp_path / f"{name}-{width}-first-screen.png"))
+            # Nothing cut off: the page does not scroll sideways and every cell is inside it.
+            cut = page.evaluate(
+                """() => [document.documentElement.scrollWidth > innerWidth ? 'page' : null,
+                    ...[...document.querySelectorAll('td, th')].filter(c => c.offsetParent)
+                      .filter(c => c.getBoundingClientRect().right > innerWidth + 1).map(c => c.textContent)]
+                    .filter(Boolean)"""
+            )
+            assert cut == [], (path, width, cut)
+        if width == 390:
+            page.goto(f"{base}/bulk-jobs/{bulk.id}")
+            expect(page.locator("td.error-cell", has_text="DEMO_PERMANENT")).to_be_visible()
+            # Keyboard alone: Tab to the first item's link, Enter opens it.
+            link = page.locator("#items-table td.title a").first
+            expect(link).to_have_text("Phone item 0")
+            for _ in range(60):
+                page.keyboard.press("Tab")
+                if link.evaluate("node => node === document.activeElement"):
+                    break
+            else:
+                raise AssertionError("Tab never reached the first item")
+            page.keyboard.press("Enter")
+            expect(page.locator("h1")).to_have_text("Phone item 0")
+        context.close()
+        assert not errors, errors
+    print(f"screenshots in {tmp_path}")

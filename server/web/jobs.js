@@ -152,7 +152,9 @@ export function jobsPage(main) {
     cards,
     submitForm,
     h("section", { class: "card table-card", "aria-label": "Jobs" },
-      h("div", { class: "toolbar" }, filters, operations),
+      // Folded on a phone, so that the first screen shows jobs.
+      h("details", { class: "toolbar fold", open: !matchMedia("(max-width: 760px)").matches },
+        h("summary", {}, "Filters and bulk actions"), h("div", { class: "toolbar-body" }, filters, operations)),
       h("div", { class: "table-wrap" }, table),
       pager),
   );
