@@ -3,14 +3,19 @@
 // the server answers index.html for each), old `#/...` links taken too.
 
 import { onError, setToken, token, user } from "./api.js";
-import { bulkListPage, bulkPage } from "./bulks.js";
-import { jobPage } from "./job.js";
-import { jobsPage } from "./jobs.js";
-import { schedulePage, schedulesPage } from "./schedules.js";
-import { templatePage, templatesPage } from "./templates.js";
-import { notificationsPage, usagePage } from "./usage.js";
 import { button, h, navigate, replace } from "./ui.js";
 
+// Each page's module is loaded when the page is first opened: the first
+// screen waits for its own module only.
+const load = {
+  jobs: () => import("./jobs.js"),
+  job: () => import("./job.js"),
+  bulks: () => import("./bulks.js"),
+  schedules: () => import("./schedules.js"),
+  templates: () => import("./templates.js"),
+  usage: () => import("./usage.js"),
+};
+let opening = 0; // which route() call is the newest
 const main = document.getElementById("main");
 let leave = () => {};
 
@@ -32,6 +37,7 @@ function takeHashRoute() {
 }
 
 function signIn(message = "") {
+  opening += 1; // a page module still loading does not open over this form
   leave();
   leave = () => {};
   renderWho();
@@ -73,7 +79,25 @@ function renderWho() {
   );
 }
 
-function route() {
+// The page at the address's path: [section, module, (module) => leave].
+function pageOf(path) {
+  let match;
+  if ((match = path.match(/^\/jobs\/([\w-]+)$/))) return ["jobs", "job", (m) => m.jobPage(main, match[1])];
+  if ((match = path.match(/^\/bulk-jobs\/([\w-]+)$/))) return ["bulk", "bulks", (m) => m.bulkPage(main, match[1])];
+  if (path === "/bulk-jobs") return ["bulk", "bulks", (m) => m.bulkListPage(main)];
+  if ((match = path.match(/^\/schedules(?:\/([\w-]+))?$/))) {
+    return ["schedules", "schedules", (m) => (match[1] ? m.schedulePage(main, match[1]) : m.schedulesPage(main))];
+  }
+  if ((match = path.match(/^\/templates(?:\/([^/]+))?$/))) {
+    const name = match[1] && decodeURIComponent(match[1]);
+    return ["templates", "templates", (m) => (name ? m.templatePage(main, name) : m.templatesPage(main))];
+  }
+  if (path === "/usage") return ["usage", "usage", (m) => m.usagePage(main)];
+  if (path === "/notifications") return ["notifications", "usage", (m) => m.notificationsPage(main)];
+  return ["jobs", "jobs", (m) => m.jobsPage(main)];
+}
+
+async function route() {
   takeTokenFromFragment();
   takeHashRoute();
   if (!token()) {
@@ -82,36 +106,15 @@ function route() {
   }
   renderWho();
   leave();
-  const path = location.pathname.replace(/\/+$/, "") || "/";
-  let match;
-  let section = "jobs";
-  if ((match = path.match(/^\/jobs\/([\w-]+)$/))) {
-    leave = jobPage(main, match[1]);
-  } else if ((match = path.match(/^\/bulk-jobs\/([\w-]+)$/))) {
-    section = "bulk";
-    leave = bulkPage(main, match[1]);
-  } else if (path === "/bulk-jobs") {
-    section = "bulk";
-    leave = bulkListPage(main);
-  } else if ((match = path.match(/^\/schedules(?:\/([\w-]+))?$/))) {
-    section = "schedules";
-    leave = match[1] ? schedulePage(main, match[1]) : schedulesPage(main);
-  } else if ((match = path.match(/^\/templates(?:\/([^/]+))?$/))) {
-    section = "templates";
-    leave = match[1] ? templatePage(main, decodeURIComponent(match[1])) : templatesPage(main);
-  } else if (path === "/usage") {
-    section = "usage";
-    leave = usagePage(main);
-  } else if (path === "/notifications") {
-    section = "notifications";
-    leave = notificationsPage(main);
-  } else {
-    leave = jobsPage(main);
-  }
+  leave = () => {};
+  const [section, name, open] = pageOf(location.pathname.replace(/\/+$/, "") || "/");
   document.querySelectorAll("[data-nav]").forEach((a) => {
     if (a.dataset.nav === section) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   });
+  const mine = ++opening;
+  const module = await load[name]();
+  if (mine === opening) leave = open(module); // else a newer route() opens its page
 }
 
 onError((error) => {

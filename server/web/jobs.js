@@ -288,15 +288,17 @@ export function jobsPage(main) {
     if (!reloadTimer) reloadTimer = setTimeout(() => { reloadTimer = undefined; reload(); }, RELOAD_AFTER_MS);
   }
   // Each (re)connection reads the page again, as nothing is replayed: what
-  // changed between the first read and the stream's start shows too.
-  const stream = follow("/v1/jobs:watch", onEvent, null, () => {}, () => reload());
-
-  reload();
+  // changed between the first read and the stream's start shows too. Opened
+  // once the table shows, so that the first read has the server to itself.
+  let stream = null;
+  reload().finally(() => {
+    if (!left) stream = follow("/v1/jobs:watch", onEvent, null, () => {}, () => reload());
+  });
   return () => {
     left = true;
     clearTimeout(reloadTimer);
     clearTimeout(statsTimer);
-    stream.close();
+    stream?.close();
   };
 }
 
