@@ -10,7 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from genjobs.client import GenJobsClient
 from genjobs.v1 import bulk_pb2, jobs_pb2
@@ -62,6 +62,15 @@ def sign_in(page: Page, server: ServerThread, where: str = "/") -> None:
         page.evaluate("where => { location.hash = where; }", f"#{where}")
 
 
+def tab_to(page: Page, target: Locator) -> None:
+    """Press Tab until `target` has the focus (as a keyboard user reaches it)."""
+    for _ in range(200):
+        page.keyboard.press("Tab")
+        if target.evaluate("node => node === document.activeElement"):
+            return
+    raise AssertionError(f"Tab never reached {target}")
+
+
 def test_a_submitted_job_appears_and_its_bar_moves_to_done_without_a_reload(
     page: Page, server: ServerThread, tmp_path: Path
 ) -> None:
@@ -111,12 +120,7 @@ def test_cancel_on_a_queued_job_from_the_keyboard(
     expect(running).to_have_attribute("data-status", "processing")
     cancel = row.get_by_role("button", name="Cancel")
     # Reach the button with Tab alone, then press it with Enter.
-    for _ in range(200):
-        page.keyboard.press("Tab")
-        if cancel.evaluate("node => node === document.activeElement"):
-            break
-    else:
-        raise AssertionError("Tab never reached the Cancel button")
+    tab_to(page, cancel)
     page.keyboard.press("Enter")
     expect(row).to_have_attribute("data-status", "cancelled")
     expect(row.locator(".badge")).to_have_text("cancelled")
@@ -502,12 +506,7 @@ def test_every_page_at_desktop_and_phone_width_with_nothing_cut_off(
             # Keyboard alone: Tab to the first item's link, Enter opens it.
             link = page.locator("#items-table td.title a").first
             expect(link).to_have_text("Phone item 0")
-            for _ in range(60):
-                page.keyboard.press("Tab")
-                if link.evaluate("node => node === document.activeElement"):
-                    break
-            else:
-                raise AssertionError("Tab never reached the first item")
+            tab_to(page, link)
             page.keyboard.press("Enter")
             expect(page.locator("h1")).to_have_text("Phone item 0")
         context.close()
