@@ -319,3 +319,27 @@ def test_an_item_failing_after_a_pause_waits_held_not_in_backoff(
     alice.resume_bulk(bulk.id)
     done = wait_for(lambda: bulk_status(alice, bulk.id, B.BULK_JOB_STATUS_COMPLETED), timeout=60)
     assert done.completed_items == 10
+
+
+def test_retrying_a_bulk_jobs_failed_item_that_fails_again_sends_no_second_notification(
+    alice: GenJobsClient,
+) -> None:
+    items: list[dict[str, Any]] = [{"topic": f"item {i}", "word_count": 60} for i in range(10)]
+    items[4]["extra"] = {"demo_fail": "permanent"}
+    bulk = alice.create_bulk("topic", items)
+    completed = bulk_pb2.BULK_JOB_STATUS_COMPLETED
+    wait_for(lambda: alice.get_bulk(bulk.id).status == completed, timeout=60)
+    first = alice.notifications(bulk_job_id=bulk.id).notifications
+    assert [n.message.split(": ", 1)[1] for n in first] == ["9 of 10 items succeeded, 1 failed, 0 cancelled."]
+    for _ in range(2):  # as `genjobs ops retry-failed --bulk ID`, twice
+        retried = alice.run_bulk_operation("RETRY_ALL_FAILED", bulk_job_id=bulk.id).job_ids
+        assert len(retried) == 1
+        wait_for(
+            lambda r=retried[0]: (
+                alice.get(r).status == jobs_pb2.JOB_STATUS_FAILED
+                and alice.get_bulk(bulk.id).status == completed
+            ),
+            timeout=60,
+        )
+    # The outcome did not change: the one notification stands, none is added.
+    assert [n.id for n in alice.notifications(bulk_job_id=bulk.id).notifications] == [first[0].id]

@@ -4,10 +4,13 @@ Playwright), against a live server: what a person sees and does."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from genjobs.client import GenJobsClient
 from genjobs.v1 import bulk_pb2, jobs_pb2
@@ -59,6 +62,15 @@ def sign_in(page: Page, server: ServerThread, where: str = "/") -> None:
         page.evaluate("where => { location.hash = where; }", f"#{where}")
 
 
+def tab_to(page: Page, target: Locator) -> None:
+    """Press Tab until `target` has the focus (as a keyboard user reaches it)."""
+    for _ in range(200):
+        page.keyboard.press("Tab")
+        if target.evaluate("node => node === document.activeElement"):
+            return
+    raise AssertionError(f"Tab never reached {target}")
+
+
 def test_a_submitted_job_appears_and_its_bar_moves_to_done_without_a_reload(
     page: Page, server: ServerThread, tmp_path: Path
 ) -> None:
@@ -108,12 +120,7 @@ def test_cancel_on_a_queued_job_from_the_keyboard(
     expect(running).to_have_attribute("data-status", "processing")
     cancel = row.get_by_role("button", name="Cancel")
     # Reach the button with Tab alone, then press it with Enter.
-    for _ in range(200):
-        page.keyboard.press("Tab")
-        if cancel.evaluate("node => node === document.activeElement"):
-            break
-    else:
-        raise AssertionError("Tab never reached the Cancel button")
+    tab_to(page, cancel)
     page.keyboard.press("Enter")
     expect(row).to_have_attribute("data-status", "cancelled")
     expect(row.locator(".badge")).to_have_text("cancelled")
@@ -249,4 +256,260 @@ def test_bulk_counts_a_cancelled_bulk_job_is_not_12_of_12_and_deleted_items_show
     expect(row).to_contain_text("0 of 12")
     expect(row).not_to_contain_text("12 of 12")
     page.screenshot(path=str(tmp_path / "bulks-counts.png"), full_page=True)
+    print(f"screenshots in {tmp_path}")
+
+
+def test_every_page_opens_from_its_plain_url_as_mail_links_and_bookmarks_do(
+    page: Page, server: ServerThread, alice: GenJobsClient, tmp_path: Path
+) -> None:
+    assert server.app is not None
+    base = f"http://127.0.0.1:{server.app.http_port}"
+    job = alice.submit("topic", topic="Linked from a mail", word_count=60)
+    bulk = alice.create_bulk("topic", [{"topic": f"linked {i}", "word_count": 60} for i in range(10)])
+    # A mail's link, the token handed over in the fragment as `genjobs-server token` prints it.
+    page.goto(f"{base}/jobs/{job.id}#token={server.token('alice')}")
+    expect(page.locator(".head-side")).to_have_attribute("data-job-id", job.id)
+    expect(page.locator("h1")).to_have_text("Linked from a mail")
+    assert page.url == f"{base}/jobs/{job.id}"  # the token left the address bar
+    page.goto(f"{base}/bulk-jobs/{bulk.id}")  # a bookmark, signed in already
+    expect(page.locator(".head-side")).to_have_attribute("data-bulk-job-id", bulk.id)
+    page.goto(f"{base}/bulk-jobs")
+    expect(page.locator(f'tr[data-bulk-job-id="{bulk.id}"]')).to_be_visible()
+    # A link inside the dashboard moves to the page's own address, without a reload.
+    page.evaluate("window.sameDocument = true")
+    page.locator(f'tr[data-bulk-job-id="{bulk.id}"] a').click()
+    expect(page).to_have_url(f"{base}/bulk-jobs/{bulk.id}")
+    page.go_back()
+    expect(page).to_have_url(f"{base}/bulk-jobs")
+    expect(page.locator("[aria-current=page]")).to_have_text("Bulk jobs")
+    assert page.evaluate("window.sameDocument") is True
+    # An old link of the `#/` kind still opens its page, at its new address.
+    page.goto(f"{base}/#/jobs/{job.id}")
+    expect(page.locator(".head-side")).to_have_attribute("data-job-id", job.id)
+    expect(page).to_have_url(f"{base}/jobs/{job.id}")
+    # Not a page: still a 404.
+    for path in ("/nothing-here", f"/jobs/{job.id}/more/deep"):
+        assert page.request.get(base + path).status == 404
+
+
+def test_the_jobs_page_shows_new_jobs_and_counts_from_one_owner_stream(
+    page: Page, server: ServerThread, alice: GenJobsClient, tmp_path: Path
+) -> None:
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    sign_in(page, server)
+    expect(page.locator("#jobs-table")).to_contain_text("No jobs match.")
+    expect(page.locator("[data-stat=total] .stat-value")).to_have_text("0")
+    page.evaluate("window.sameDocument = true")
+    # A job from the client (as from the CLI) appears, and the counts move, within 2 s.
+    job = alice.submit("topic", topic="Sent from the CLI", extra={"demo_seconds": "2"})
+    row = page.locator(f'tr[data-job-id="{job.id}"]')
+    expect(row).to_be_visible(timeout=2_000)
+    expect(page.locator("[data-stat=total] .stat-value")).to_have_text("1")
+    expect(row).to_have_attribute("data-status", "processing")
+    expect(page.locator("[data-stat=processing] .stat-value")).to_have_text("1")
+    expect(row).to_have_attribute("data-status", "completed")
+    expect(page.locator("[data-stat=completed] .stat-value")).to_have_text("1")
+    expect(page.locator("[data-stat=processing] .stat-value")).to_have_text("0")
+    assert page.evaluate("window.sameDocument") is True  # no reload happened
+    # One stream for the owner, none per row.
+    assert not [u for u in requests if f"/v1/jobs/{job.id}:watch" in u]
+    assert [u for u in requests if u.endswith("/v1/jobs:watch")]
+    page.screenshot(path=str(tmp_path / "jobs-live.png"), full_page=True)
+
+
+def test_bulk_items_show_their_topics_and_project_and_a_job_its_schedule_and_priority(
+    page: Page, server: ServerThread, alice: GenJobsClient, tmp_path: Path
+) -> None:
+    topics = [f"Autumn {name}" for name in "abcdefghij"]
+    items: list[dict[str, Any]] = [{"topic": t, "word_count": 60} for t in topics]
+    items[3]["extra"] = {"demo_fail": "permanent"}
+    launch = alice.create_bulk("topic", items, project="autumn-launch")
+    plain = alice.create_bulk("topic", [{"topic": f"Plain {i}", "word_count": 60} for i in range(10)])
+    later = alice.submit(
+        "topic", topic="New year post", priority="low", schedule_time=datetime(2030, 1, 1, 9, tzinfo=UTC)
+    )
+    finals = (bulk_pb2.BULK_JOB_STATUS_COMPLETED, bulk_pb2.BULK_JOB_STATUS_CANCELLED)
+    wait_for(lambda: alice.get_bulk(launch.id).status in finals, timeout=60)
+    sign_in(page, server, f"/bulk-jobs/{launch.id}")
+    expect(page.locator("h1")).to_have_text("autumn-launch")
+    rows = page.locator("#items-table tbody tr")
+    expect(rows).to_have_count(10)
+    expect(rows.locator("td.title a")).to_have_text(topics)
+    expect(page.locator("#bulk-errors li")).to_have_count(1)
+    expect(page.locator("#bulk-errors li")).to_contain_text("Autumn d: ")
+    page.screenshot(path=str(tmp_path / "bulk-topics.png"), full_page=True)
+
+    page.goto(page.url.split("/bulk-jobs/")[0] + "/bulk-jobs")
+    expect(page.locator(f'tr[data-bulk-job-id="{launch.id}"] td.title a')).to_have_text("autumn-launch")
+    expect(page.locator(f'tr[data-bulk-job-id="{plain.id}"] td.title a')).to_have_text("Plain 0 + 9 more")
+    page.screenshot(path=str(tmp_path / "bulks-named.png"), full_page=True)
+
+    page.goto(page.url.split("/bulk-jobs")[0] + f"/jobs/{later.id}")
+    expect(page.locator("#job-state")).to_contain_text("scheduled for")
+    expect(page.locator("#job-state")).to_contain_text("2030")
+    expect(page.locator('[data-fact="scheduled for"]')).to_contain_text("2030")
+    expect(page.locator('[data-fact="priority"]')).to_have_text("low")
+    expect(page.locator('[data-fact="elapsed"]')).to_have_text("not due yet")
+    page.screenshot(path=str(tmp_path / "job-scheduled.png"), full_page=True)
+    alice.cancel(later.id)
+
+
+def test_schedules_templates_usage_and_notifications_have_pages(
+    browser: Browser, server: ServerThread, alice: GenJobsClient, tmp_path: Path
+) -> None:
+    assert server.app is not None
+    base = f"http://127.0.0.1:{server.app.http_port}"
+    alice.create_template(
+        "weekly-tea",
+        job=jobs_pb2.SubmitJobRequest(
+            mode=jobs_pb2.MODE_TOPIC,
+            project="tea",
+            params=jobs_pb2.GenerationParams(topic="Weekly tea", word_count=60),
+        ),
+    )
+    schedule = alice.create_schedule("0 9 * * 1", time_zone="Europe/Berlin", template="weekly-tea")
+    with server.client("root", admin=True) as admin:
+        admin.set_budget("alice", 500)
+        admin.set_budget("alice", 200, project="tea")
+    bulk = alice.create_bulk("topic", [{"topic": f"noted {i}", "word_count": 60} for i in range(10)])
+    wait_for(lambda: alice.get_bulk(bulk.id).status == bulk_pb2.BULK_JOB_STATUS_COMPLETED, timeout=60)
+    # The viewer is in New York: the Berlin schedule's next run reads in New York time.
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, timezone_id="America/New_York")
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{base}/schedules#token={server.token('alice')}")
+    row = page.locator(f'tr[data-schedule-id="{schedule.id}"]')
+    expect(row).to_contain_text("template weekly-tea")
+    next_run = schedule.next_run_time.ToDatetime(UTC).astimezone(ZoneInfo("America/New_York"))
+    expect(row.locator(".next-run")).to_contain_text(f"{next_run:%I:%M}")
+    expect(row.locator(".next-run")).to_contain_text("EST")
+    page.screenshot(path=str(tmp_path / "schedules.png"), full_page=True)
+    row.get_by_role("link").click()
+    expect(page).to_have_url(f"{base}/schedules/{schedule.id}")
+    expect(page.locator('[data-fact="its zone"]')).to_have_text("Europe/Berlin")
+    expect(page.locator("#runs-table")).to_contain_text("No runs yet.")
+    page.get_by_role("button", name="Pause").click()
+    expect(page.locator(".head-side")).to_have_attribute("data-state", "paused")
+    expect(page.locator('[data-fact="next run"]')).to_have_text("paused")
+    page.get_by_role("button", name="Resume").click()
+    expect(page.locator(".head-side")).to_have_attribute("data-state", "active")
+    page.screenshot(path=str(tmp_path / "schedule.png"), full_page=True)
+    page.get_by_role("button", name="Delete").click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+    expect(page).to_have_url(f"{base}/schedules")
+    expect(page.locator("#schedules-table")).to_contain_text("No schedules yet.")
+
+    page.goto(f"{base}/templates")
+    page.locator('tr[data-template="weekly-tea"] a').click()
+    expect(page.locator("#template-request")).to_contain_text("Weekly tea")
+    page.screenshot(path=str(tmp_path / "template.png"), full_page=True)
+    page.get_by_role("button", name="Submit").click()
+    expect(page.locator(".head-side")).to_have_attribute("data-status", "completed")
+    expect(page.locator("h1")).to_have_text("Weekly tea")
+    expect(page.locator('a[href="/templates/weekly-tea"]')).to_be_visible()  # the job names its template
+    page.goto(f"{base}/templates/weekly-tea")
+    page.get_by_role("button", name="Delete").click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+    expect(page.locator("#templates-table")).to_contain_text("No templates yet.")
+    page.screenshot(path=str(tmp_path / "templates.png"), full_page=True)
+
+    spent = alice.usage()
+    page.goto(f"{base}/usage")
+    limits = page.locator("#budgets li")
+    expect(limits).to_have_count(2)
+    tea = page.locator('#budgets li[data-project="tea"]')
+    expect(tea).to_contain_text("of $2.00")
+    expect(page.locator('#budgets li[data-project=""]')).to_contain_text("of $5.00")
+    tea_spent = next(b.spent_cents for b in spent.budgets if b.project == "tea")
+    expect(tea).to_contain_text(f"${tea_spent / 100:.2f} of $2.00")
+    expect(tea.get_by_role("progressbar")).to_have_attribute(
+        "aria-valuenow", str(int(100 * tea_spent / 200 + 0.5))
+    )
+
+    page.screenshot(path=str(tmp_path / "usage.png"), full_page=True)
+
+    page.goto(f"{base}/notifications")
+    note = page.locator(f'#notifications a[href="/bulk-jobs/{bulk.id}"]')
+    expect(note).to_contain_text("10 of 10")
+    page.screenshot(path=str(tmp_path / "notifications.png"), full_page=True)
+    context.close()
+    assert not errors, errors
+
+
+# Every page, and what shows once it has loaded.
+PAGES = {
+    "/": "tr[data-job-id]",
+    "/jobs/{job}": ".head-side",
+    "/bulk-jobs": "tr[data-bulk-job-id]",
+    "/bulk-jobs/{bulk}": "#bulk-errors li strong",
+    "/schedules": "tr[data-schedule-id]",
+    "/schedules/{schedule}": "#runs-table tbody tr",
+    "/templates": "tr[data-template]",
+    "/templates/weekly-tea": ".head-side",
+    "/usage": "#budgets li",
+    "/notifications": "#notifications li[data-notification-id]",
+}
+
+
+def test_every_page_at_desktop_and_phone_width_with_nothing_cut_off(
+    browser: Browser, server: ServerThread, alice: GenJobsClient, tmp_path: Path
+) -> None:
+    assert server.app is not None
+    base = f"http://127.0.0.1:{server.app.http_port}"
+    items: list[dict[str, Any]] = [{"topic": f"Phone item {i}", "word_count": 60} for i in range(10)]
+    items[2]["extra"] = {"demo_fail": "permanent"}
+    bulk = alice.create_bulk("topic", items, project="autumn-launch")
+    wait_for(lambda: alice.get_bulk(bulk.id).status == bulk_pb2.BULK_JOB_STATUS_COMPLETED, timeout=60)
+    later = datetime(2030, 1, 1, 9, tzinfo=UTC)
+    jobs = [alice.submit("topic", topic=f"Queued for later {i}", schedule_time=later) for i in range(40)]
+    alice.create_template(
+        "weekly-tea",
+        job=jobs_pb2.SubmitJobRequest(
+            mode=jobs_pb2.MODE_TOPIC, params=jobs_pb2.GenerationParams(topic="Weekly tea")
+        ),
+    )
+    schedule = alice.create_schedule("0 9 * * 1", time_zone="Europe/Berlin", template="weekly-tea")
+    with server.client("root", admin=True) as admin:
+        admin.set_budget("alice", 500)
+    ids = {"job": jobs[-1].id, "bulk": bulk.id, "schedule": schedule.id}
+    errors: list[str] = []
+    for width, height in ((1280, 900), (390, 844)):
+        context = browser.new_context(viewport={"width": width, "height": height})
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{base}/#token={server.token('alice')}")
+        expect(page.locator("tr[data-job-id]")).to_have_count(50)
+        if width == 390:
+            # The first screen shows jobs: the first row starts inside it.
+            # (One read of the row's place: the table may be drawn again meanwhile.)
+            top = page.evaluate("() => document.querySelector('tr[data-job-id]').getBoundingClientRect().top")
+            assert top + 40 < height, top
+        for path, loaded in PAGES.items():
+            page.goto(base + path.format(**ids))
+            expect(page.locator(loaded).first).to_be_visible()
+            name = path.strip("/").split("/")[0] or "jobs"
+            name += "-one" if "{" in path or path.count("/") > 1 else ""
+            page.screenshot(path=str(tmp_path / f"{name}-{width}.png"), full_page=True)
+            page.screenshot(path=str(tmp_path / f"{name}-{width}-first-screen.png"))
+            # Nothing cut off: the page does not scroll sideways and every cell is inside it.
+            cut = page.evaluate(
+                """() => [document.documentElement.scrollWidth > innerWidth ? 'page' : null,
+                    ...[...document.querySelectorAll('td, th')].filter(c => c.offsetParent)
+                      .filter(c => c.getBoundingClientRect().right > innerWidth + 1).map(c => c.textContent)]
+                    .filter(Boolean)"""
+            )
+            assert cut == [], (path, width, cut)
+        if width == 390:
+            page.goto(f"{base}/bulk-jobs/{bulk.id}")
+            expect(page.locator("td.error-cell", has_text="DEMO_PERMANENT")).to_be_visible()
+            # Keyboard alone: Tab to the first item's link, Enter opens it.
+            link = page.locator("#items-table td.title a").first
+            expect(link).to_have_text("Phone item 0")
+            tab_to(page, link)
+            page.keyboard.press("Enter")
+            expect(page.locator("h1")).to_have_text("Phone item 0")
+        context.close()
+        assert not errors, errors
     print(f"screenshots in {tmp_path}")

@@ -301,6 +301,7 @@ JOB_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
     "RetryJob": st.builds(jobs_pb2.RetryJobRequest, id=job_ids, request_id=texts),
     "DeleteJob": st.builds(jobs_pb2.DeleteJobRequest, id=job_ids),
     "WatchJob": st.builds(jobs_pb2.WatchJobRequest, id=job_ids, after_sequence=int64s),
+    "WatchJobs": st.builds(jobs_pb2.WatchJobsRequest, project=texts),
     "RunBulkOperation": st.builds(
         jobs_pb2.RunBulkOperationRequest,
         operation=enums,

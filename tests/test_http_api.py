@@ -311,6 +311,29 @@ def test_watch_streams_each_event_once_and_resumes_from_last_event_id(api: Api) 
     assert api.events(f"/v1/jobs/{job['id']}:watch", **{"Last-Event-ID": str(sequences[-1])}) == []
 
 
+def test_the_owner_stream_carries_every_job_of_the_owner_and_no_one_elses(api: Api, bob_api: Api) -> None:
+    with api.http.stream("GET", "/v1/jobs:watch?project=tea") as answer:
+        assert answer.status_code == 200
+        lines = answer.iter_lines()
+        assert next(lines).startswith(": ")  # a heartbeat at once: the stream is open
+
+        def body(project: str, topic: str) -> dict[str, Any]:
+            return {"mode": "MODE_TOPIC", "project": project, "params": {"topic": topic}}
+
+        bob_api("POST", "/v1/jobs", json=body("tea", "bob's"))
+        api("POST", "/v1/jobs", json=body("coffee", "other"))
+        job = api("POST", "/v1/jobs", json=body("tea", "mine"))
+        seen: list[dict[str, Any]] = []
+        for line in lines:
+            if line.startswith("data: "):
+                seen.append(httpx.Response(200, content=line[6:]).json()["job"])
+                if seen[-1]["status"] == "JOB_STATUS_COMPLETED":
+                    break
+    assert {j["id"] for j in seen} == {job["id"]}  # neither bob's job nor another project's
+    statuses = [j["status"] for j in seen]
+    assert statuses[0] == "JOB_STATUS_QUEUED" and "JOB_STATUS_PROCESSING" in statuses
+
+
 def test_watch_bulk_job_until_its_notification(api: Api) -> None:
     items = [{"topic": f"item {i}", "wordCount": 60} for i in range(10)]
     bulk = api("POST", "/v1/bulkJobs", json={"mode": "MODE_TOPIC", "items": items})

@@ -9,6 +9,7 @@ import os
 import ssl
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -304,3 +305,20 @@ def test_metrics_served_over_tls_when_configured(mongo: MongoServer, tmp_path: P
         assert answer.status_code == 200 and "genjobs_rpc_handled_total" in answer.text
     finally:
         server.stop()
+
+
+def test_attempt_log_lines_say_which_attempt_ran_and_how_long_until_the_next(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now_us = int(time.time() * 1e6)
+    backoff = {"_id": "j1", "mode": "TOPIC", "status": "QUEUED", "queue": "backoff", "attempt": 1,
+               "run_after_us": now_us + 2_000_000, "error": {"code": "DEMO_TRANSIENT"}}  # fmt: skip
+    # A requeued attempt is given back: the job stores attempt 0 after its first ran.
+    requeued = {"_id": "j2", "mode": "TOPIC", "status": "QUEUED", "queue": "ready", "attempt": 0}
+    with caplog.at_level(logging.INFO, logger="genjobs.server.telemetry.metrics"):
+        metrics.attempt_ended(backoff, 0.003)
+        metrics.attempt_ended(requeued, 0.5)
+    retry, again = [r.getMessage() for r in caplog.records if r.name == "genjobs.server.telemetry.metrics"]
+    assert retry.startswith("attempt 1 of job j1: failed after 0.003 s; retry in ")
+    assert 1.5 <= float(retry.split("retry in ")[1].split(" s")[0]) <= 2.0  # the delay, not the run
+    assert again.startswith("attempt 1 of job j2: requeued after 0.500 s")  # the attempt that ran

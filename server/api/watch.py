@@ -94,3 +94,16 @@ async def follow(
         yield item
         if item.final:
             return
+
+
+async def follow_all(queue: asyncio.Queue[Any]) -> AsyncIterator[Event | Heartbeat]:
+    """An owner's stream (WatchJobs): a heartbeat at once (so the stream's
+    headers go out before any change), then every event as it comes and a
+    heartbeat when idle; raises ShuttingDown when the server stops. No replay
+    and no ordering across jobs: each event carries its job whole."""
+    yield Heartbeat(0)
+    while True:
+        item = await queue.get()
+        if item is SHUTDOWN:
+            raise ShuttingDown()
+        yield Heartbeat(0) if item is HEARTBEAT else item

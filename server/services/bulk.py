@@ -252,6 +252,7 @@ class Bulks:
             metrics.job_submitted(mode, len(docs))
             for doc in docs:
                 self.jobs.offer(doc)
+                self.jobs.announce(doc)
         return summarize(
             stored, self.store.bulks.bulk_items([str(stored["_id"])]) if stored is not bulk else docs
         )
@@ -396,6 +397,12 @@ class Bulks:
             settled = self.store.bulks.bulk_status_change(
                 doc["_id"], [str(BulkStatus.CANCELLED)], {"ended_us": now_us, "settled": True}
             )
+        elif doc.get("reopened") and _same_outcome(doc.get("notification"), view):
+            # Completed again as it last did (a retried item failed again):
+            # its notification stands; the owner is not told the same twice.
+            settled = self.store.bulks.bulk_status_change(
+                doc["_id"], _OPEN, {"status": str(BulkStatus.COMPLETED), "ended_us": now_us, "settled": True}
+            )
         else:
             settled = self.store.bulks.bulk_status_change(
                 doc["_id"],
@@ -462,6 +469,18 @@ class Bulks:
         items = await asyncio.to_thread(self._items_by_bulk, changed)
         for doc in await asyncio.to_thread(self.store.bulks.bulk_docs, changed):
             self.hub.deliver(bulk_event(summarize(doc, items[str(doc["_id"])]), ITEM_CHANGED))
+
+
+def _same_outcome(notification: Doc | None, view: BulkView) -> bool:
+    """Whether the bulk job's last notification told the outcome `view` has."""
+    told = (notification or {}).get("payload") or {}
+    now = {
+        "total_items": view.total,
+        "completed_items": view.completed,
+        "failed_items": view.failed,
+        "cancelled_items": view.cancelled,
+    }
+    return bool(told) and all(told.get(key) == value for key, value in now.items())
 
 
 def bulk_event(view: BulkView, kind: str) -> Event:

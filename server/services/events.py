@@ -37,8 +37,13 @@ class Event:
         return self._message
 
 
+def owner_key(owner: str) -> str:
+    """The hub key of every change of `owner`'s jobs (WatchJobs)."""
+    return f"owner:{owner}"
+
+
 class EventHub:
-    """Subscribers by key ("job:<id>" or "bulk:<id>"), fed from any thread."""
+    """Subscribers by key ("job:<id>", "bulk:<id>" or "owner:<user>"), fed from any thread."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop

@@ -26,7 +26,7 @@ from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.model.vocabulary import Mode, Priority
 from genjobs.server.services import entitlement, validation
 from genjobs.server.services.entitlement import Tiers
-from genjobs.server.services.events import Event, EventHub
+from genjobs.server.services.events import Event, EventHub, owner_key
 from genjobs.server.storage import records
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.eventlog import EventLog
@@ -155,6 +155,12 @@ class Jobs:
         self.event_log.append(event)
         self._deliver(doc, kind, event)
 
+    def announce(self, doc: Doc) -> None:
+        """Tell the owner's stream (WatchJobs) of a new job: its watchers
+        start from its snapshot, so it is no event of its own."""
+        event = self.store.events.event_doc(doc, SNAPSHOT, self.worker_id)
+        self.hub.publish(Event(owner_key(doc["owner"]), doc["seq"], event, False))
+
     def publish(self, doc: Doc, kind: str) -> None:
         """Hand a change to this server's watchers only (not kept for replay)."""
         self._deliver(doc, kind, self.store.events.event_doc(doc, kind, self.worker_id))
@@ -164,6 +170,8 @@ class Jobs:
         # snapshot of it: both stay documents on purpose (watchers get the event as is).
         ended = final(doc["status"])
         self.hub.publish(Event(f"job:{event['job_id']}", event["seq"], event, ended))
+        # The owner's stream (WatchJobs) sees every job of theirs; it never ends with one.
+        self.hub.publish(Event(owner_key(doc["owner"]), event["seq"], event, False))
         # The listeners hear a job's status changes that end it and every status
         # change of a bulk item: the claim of a lone job (PROCESSING) and its
         # progress reports convert nothing.
@@ -274,6 +282,7 @@ class Jobs:
             # Sequence 1 is the job as submitted: watchers start from its
             # snapshot, so it needs no stored event (SubmitJob stays one write).
             self.offer(stored)
+            self.announce(stored)
         return records.job(stored)  # SubmitJob's one conversion (its answer)
 
     def offer(self, doc: Doc) -> None:

@@ -231,11 +231,17 @@ class BulkStore:
         )
 
     def reopen_bulk(self, bulk_oid: ObjectId) -> None:
-        """A completed bulk job got a new item (a retry): it runs again."""
+        """A completed bulk job got a new item (a retry): it runs again
+        (`reopened`: its notification was sent, and tells its last outcome)."""
         self.bulk_jobs.update_one(
             {"_id": bulk_oid, "status": str(BulkStatus.COMPLETED)},
             {
-                "$set": {"status": str(BulkStatus.PROCESSING), "ended_us": 0, "settled": False},
+                "$set": {
+                    "status": str(BulkStatus.PROCESSING),
+                    "ended_us": 0,
+                    "settled": False,
+                    "reopened": True,
+                },
                 "$inc": {"seq": 1},
             },
         )

@@ -141,8 +141,7 @@ def attempt_ended(after: Doc, run_seconds: float) -> None:
     _labelled(JOB_RUN, mode).observe(run_seconds)
     # A line costs more than the rest of the recording: completions (the metrics count them) only at DEBUG.
     level = logging.DEBUG if outcome == "completed" else logging.INFO
-    attempt = after.get("attempt")
-    log.log(level, "attempt %s of job %s: %s in %.3f s", attempt, after["_id"], outcome, run_seconds)
+    log.log(level, "%s", attempt_line(after, outcome, run_seconds))
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attribute("genjobs.outcome", outcome)
@@ -156,6 +155,18 @@ def attempt_lost(after: Doc) -> None:
     """An attempt whose server died was recovered by this replica."""
     _labelled(JOB_ATTEMPTS, _mode(after), "lost").inc()
     _labelled(JOB_FAILURES, "WORKER_LOST").inc()
+
+
+def attempt_line(after: Doc, outcome: str, run_seconds: float) -> str:
+    """The log line of an attempt that ended: the number of the attempt that
+    ran (a requeued one was given back, so the job holds one less), how long
+    it ran, and for a retry how long until the next attempt may start."""
+    attempt = int(after.get("attempt") or 0)
+    head = f"attempt {attempt + 1 if outcome == 'requeued' else attempt} of job {after['_id']}"
+    if outcome == "retry":
+        delay = max(0.0, int(after.get("run_after_us") or 0) / 1e6 - time.time())
+        return f"{head}: failed after {run_seconds:.3f} s; retry in {delay:.1f} s"
+    return f"{head}: {outcome} after {run_seconds:.3f} s"
 
 
 def attempt_outcome(after: Doc) -> str:

@@ -76,18 +76,21 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const SILENCE_MS = 45000;
 
 /**
- * Follow a server-sent event stream (WatchJob, WatchBulkJob). Calls
+ * Follow a server-sent event stream (WatchJob, WatchBulkJob, WatchJobs). Calls
  * `onEvent(message)` for each event; `isLast(message)` says whether the
- * stream ends after it. A dropped stream reconnects with Last-Event-ID, so
- * nothing is missed or seen twice. Returns {close()}.
+ * stream ends after it (null: a stream that never ends, WatchJobs). A dropped
+ * stream reconnects with Last-Event-ID, so nothing is missed or seen twice;
+ * `onOpen(count)` runs as each connection opens (a stream without replay
+ * reads the state again then). Returns {close()}.
  */
-export function follow(path, onEvent, isLast, onFail = () => {}) {
+export function follow(path, onEvent, isLast, onFail = () => {}, onOpen = () => {}) {
   const abort = new AbortController();
   let lastId = "";
   let closed = false;
+  let opened = 0;
 
   async function once() {
-    const extra = lastId ? { "Last-Event-ID": lastId } : {};
+    const extra = lastId && isLast ? { "Last-Event-ID": lastId } : {};
     const answer = await fetch(path, { headers: headers(extra), signal: abort.signal });
     if (!answer.ok) {
       const error = new ApiError(answer.status, await answer.json().catch(() => ({})));
@@ -96,6 +99,7 @@ export function follow(path, onEvent, isLast, onFail = () => {}) {
       onFail(error);
       return "end";
     }
+    onOpen(opened++);
     const reader = answer.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     let seen = 0;
@@ -127,14 +131,14 @@ export function follow(path, onEvent, isLast, onFail = () => {}) {
           seen += 1;
           const message = JSON.parse(data);
           onEvent(message);
-          if (isLast(message)) return "end";
+          if (isLast && isLast(message)) return "end";
         }
       }
     } finally {
       clearTimeout(timer);
     }
     // Ended without a final event: dropped, unless a resumed stream had nothing more.
-    return seen === 0 && lastId ? "end" : "retry";
+    return isLast && seen === 0 && lastId ? "end" : "retry";
   }
 
   (async () => {

@@ -3,7 +3,7 @@
 
 import { api, follow } from "./api.js";
 import {
-  ago, badge, bulkStatus, button, confirmDialog, emptyState, h, jobStatus, modeName, progressBar,
+  ago, badge, bulkStatus, button, confirmDialog, emptyState, h, jobStatus, jobTitle, modeName, progressBar,
   replace, time, toast,
 } from "./ui.js";
 
@@ -13,6 +13,19 @@ const BULK_FINAL = new Set(["completed", "cancelled"]);
 // deleted); the headline is what completed, as `genjobs bulk ls` shows it.
 function ofText(bulk) {
   return `${bulk.completedItems || 0} of ${bulk.totalItems || 0}`;
+}
+
+/** A bulk job's item jobs (retries included, articles left out): id -> job. */
+async function itemJobs(id) {
+  const page = await api("GET", "/v1/jobs", { query: { bulkJobId: id, pageSize: 100, view: "JOB_VIEW_BASIC" } });
+  return new Map((page.jobs || []).map((job) => [job.id, job]));
+}
+
+/** What a bulk job is called: its project, else its first item's topic. */
+function bulkName(bulk, jobs) {
+  if (bulk.project) return bulk.project;
+  const first = [...jobs.values()].sort((a, b) => (a.queuePosition || 0) - (b.queuePosition || 0))[0];
+  return first ? `${jobTitle(first)}${bulk.totalItems > 1 ? ` + ${bulk.totalItems - 1} more` : ""}` : `${bulk.totalItems} items`;
 }
 
 export function bulkListPage(main) {
@@ -39,14 +52,21 @@ export function bulkListPage(main) {
         const bar = progressBar(b.percentage || 0, `Progress of bulk job ${b.id}`);
         bar.update(b.percentage || 0, bulkStatus(b));
         return h("tr", { dataset: { bulkJobId: b.id, status: bulkStatus(b) } },
-          h("td", { class: "title", "data-label": "Bulk job" }, h("a", { href: `#/bulk/${b.id}` }, `${b.totalItems} items`),
-            h("div", { class: "sub" }, b.id.slice(-8))),
+          h("td", { class: "title", "data-label": "Bulk job" }, h("a", { href: `/bulk-jobs/${b.id}` }, bulkName(b, new Map())),
+            h("div", { class: "sub" }, `${b.totalItems} items · ${b.id.slice(-8)}`)),
           h("td", { "data-label": "Mode" }, modeName(b.mode)),
           h("td", { "data-label": "Status" }, badge(bulkStatus(b))),
           h("td", { class: "progress", "data-label": "Completed" }, bar, h("span", { class: "pct" }, ofText(b) + (b.deletedItems ? ` · ${b.deletedItems} deleted` : ""))),
           h("td", { "data-label": "Created" }, ago(b.createTime)));
       }) : h("tr", {}, h("td", { colspan: 5 }, emptyState("No bulk jobs yet. Create one with genjobs bulk or POST /v1/bulkJobs."))));
       renderNotes(notes, notifications.notifications || []);
+      // Without a project a bulk job is called by its first topic: read after the table shows.
+      for (const b of bulks.filter((one) => !one.project)) {
+        itemJobs(b.id).then((jobs) => {
+          const link = !left && tbody.querySelector(`tr[data-bulk-job-id="${b.id}"] a`);
+          if (link) link.textContent = bulkName(b, jobs);
+        }).catch(() => {});
+      }
     })
     .catch((error) => toast(error.message, "bad"));
   return () => { left = true; };
@@ -55,7 +75,7 @@ export function bulkListPage(main) {
 function renderNotes(list, notifications) {
   replace(list, notifications.length ? notifications.map((n) =>
     h("li", {},
-      h("a", { href: `#/bulk/${n.bulkJobId}` }, n.message || "Bulk job finished"),
+      h("a", { href: `/bulk-jobs/${n.bulkJobId}` }, n.message || "Bulk job finished"),
       h("div", { class: "sub" }, `${ago(n.createTime)}${n.delivered ? " · delivered" : ""}`)))
     : h("li", { class: "muted" }, "Nothing yet."));
 }
@@ -72,7 +92,7 @@ export function bulkPage(main, id) {
 
   replace(
     main,
-    h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: "#/bulk" }, "Bulk jobs"), " / ",
+    h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: "/bulk-jobs" }, "Bulk jobs"), " / ",
       h("span", {}, id.slice(-8))),
     head,
     h("section", { class: "card progress-card", "aria-label": "Progress" }, counts, bar),
@@ -87,6 +107,7 @@ export function bulkPage(main, id) {
   );
 
   let shown = null;
+  let jobs = new Map(); // item job id -> job (its topic)
 
   function render(bulk) {
     shown = bulk;
@@ -97,8 +118,9 @@ export function bulkPage(main, id) {
     if (!BULK_FINAL.has(status)) buttons.push(button("Cancel", () => act("cancel"), "warn"));
     replace(
       head,
-      h("div", {}, h("h1", {}, `Bulk job · ${bulk.totalItems || 0} ${modeName(bulk.mode)} items`),
-        h("p", { class: "muted" }, `bulk job ${bulk.id}`)),
+      h("div", {}, h("h1", {}, bulkName(bulk, jobs)),
+        h("p", { class: "muted" }, [bulk.project && `project ${bulk.project}`,
+          `${bulk.totalItems || 0} ${modeName(bulk.mode)} items`, `bulk job ${bulk.id}`].filter(Boolean).join(" · "))),
       h("div", { class: "head-side", dataset: { bulkJobId: bulk.id, status } }, badge(status), h("div", { class: "actions" }, buttons)),
     );
     bar.update(bulk.percentage || 0, status);
@@ -118,14 +140,37 @@ export function bulkPage(main, id) {
         const s = jobStatus(item);
         return h("tr", { dataset: { jobId: item.id, status: s } },
           h("td", { class: "num", "data-label": "#" }, item.queuePosition),
-          h("td", { "data-label": "Job" }, h("a", { href: `#/jobs/${item.id}` }, item.id.slice(-8))),
+          h("td", { class: "title", "data-label": "Job" }, h("a", { href: `/jobs/${item.id}` }, topicOf(item)),
+            h("div", { class: "sub" }, item.id.slice(-8))),
           h("td", { "data-label": "Status" }, badge(s)),
           h("td", { class: "error-cell", "data-label": "Error" }, item.error ? `${item.error.code}: ${item.error.message}` : ""));
       }));
     }
-    const errorsList = bulk.errorSummary || [];
-    summary.hidden = !errorsList.length;
-    replace(summary, h("h2", { id: "summary-title" }, "Errors"), h("ul", { class: "errors" }, errorsList.map((e) => h("li", {}, e))));
+    // Errors by topic: the items that failed, named as the table names them.
+    const failed = (bulk.items || []).filter((item) => jobStatus(item) === "failed" && item.error);
+    summary.hidden = !failed.length;
+    replace(summary, h("h2", { id: "summary-title" }, "Errors"), h("ul", { class: "errors", id: "bulk-errors" }, failed.map((item) =>
+      h("li", {}, h("strong", {}, topicOf(item)), `: ${item.error.code}: ${item.error.message}`))));
+  }
+
+  // The items' topics, read again when an item is a job not seen yet (a retry).
+  let reading = false;
+  const asked = new Set(); // ids read again for, once each
+  function readTopics() {
+    reading = true;
+    itemJobs(id).then((found) => {
+      jobs = found;
+      if (!left && shown) render(shown);
+    }).catch(() => {}).finally(() => { reading = false; });
+  }
+
+  function topicOf(item) {
+    if (!jobs.has(item.id) && jobs.size && !reading && !asked.has(item.id)) {
+      asked.add(item.id);
+      readTopics();
+    }
+    const job = jobs.get(item.id);
+    return job ? jobTitle(job) : `item ${item.queuePosition}`;
   }
 
   async function act(verb) {
@@ -152,6 +197,7 @@ export function bulkPage(main, id) {
       if (left) return;
       render(bulk);
       loadNotes();
+      readTopics();
       if (!BULK_FINAL.has(bulkStatus(bulk))) {
         stream = follow(`/v1/bulkJobs/${id}:watch`, (event) => {
           if (left || !event.bulkJob) return;

@@ -5,8 +5,8 @@
 import { jobActions } from "./actions.js";
 import { api, follow } from "./api.js";
 import {
-  FINAL, badge, duration, emptyState, h, jobSeconds, jobStatus, jobTitle, modeName, money, progressBar,
-  replace, time, toast,
+  FINAL, badge, duration, emptyState, h, jobSeconds, jobStatus, jobTitle, modeName, money, navigate,
+  progressBar, replace, statusName, time, toast, when,
 } from "./ui.js";
 
 export function jobPage(main, id) {
@@ -26,7 +26,7 @@ export function jobPage(main, id) {
 
   replace(
     main,
-    h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: "#/" }, "Jobs"), " / ",
+    h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: "/" }, "Jobs"), " / ",
       h("span", {}, id.slice(-8))),
     head,
     h("div", { class: "grid-2" },
@@ -51,7 +51,10 @@ export function jobPage(main, id) {
         h("div", { class: "actions" }, jobActions(job, acted))),
     );
     bar.update(percent, status);
-    replace(pct, h("strong", {}, `${percent}%`), h("span", { class: "muted" }, progress.message || status));
+    const due = time(job.scheduleTime);
+    const waiting = status === "queued" && due && due > Date.now();
+    replace(pct, h("strong", {}, `${percent}%`),
+      h("span", { class: "muted", id: "job-state" }, waiting ? `scheduled for ${when(due)}` : progress.message || status));
     renderStages(status, progress.stage || "");
     renderFacts();
     renderParams();
@@ -81,14 +84,17 @@ export function jobPage(main, id) {
     const status = jobStatus(job);
     const progress = job.progress || {};
     const eta = time(progress.estimatedCompletion);
+    const due = time(job.scheduleTime);
     const rows = [
-      ["Elapsed", duration(jobSeconds(job)) || "not started"],
+      ...(due ? [["Scheduled for", when(due)]] : []),
+      ["Priority", statusName(job.priority, "PRIORITY_") || "normal"],
+      ["Elapsed", duration(jobSeconds(job)) || (due && due > Date.now() ? "not due yet" : "not started")],
       ["Time left", status === "processing" && eta ? duration(Math.max(0, (eta - Date.now()) / 1000)) : "—"],
       ["Attempt", `${job.attempt || 0} of ${job.maxAttempts || 0}`],
-      ["Created", time(job.createTime)?.toLocaleString() || ""],
-      ["Finished", time(job.endTime)?.toLocaleString() || "—"],
+      ["Created", when(time(job.createTime))],
+      ["Finished", when(time(job.endTime)) || "—"],
     ];
-    replace(facts, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+    replace(facts, rows.map(([k, v]) => [h("dt", {}, k), h("dd", { dataset: { fact: k.toLowerCase() } }, v)]));
   }
 
   function renderParams() {
@@ -101,8 +107,10 @@ export function jobPage(main, id) {
       ["Source text", p.sourceText && `${p.sourceText.slice(0, 200)}${p.sourceText.length > 200 ? "…" : ""}`],
       ["Extra", Object.entries(p.extra || {}).map(([k, v]) => `${k}=${v}`).join(", ")],
       ["Project", job.project],
-      ["Retry of", job.retryOf && h("a", { href: `#/jobs/${job.retryOf}` }, job.retryOf)],
-      ["Bulk job", job.bulkJobId && h("a", { href: `#/bulk/${job.bulkJobId}` }, job.bulkJobId)],
+      ["Template", job.template && h("a", { href: `/templates/${job.template}` }, job.template)],
+      ["Schedule", job.scheduleId && h("a", { href: `/schedules/${job.scheduleId}` }, job.scheduleId)],
+      ["Retry of", job.retryOf && h("a", { href: `/jobs/${job.retryOf}` }, job.retryOf)],
+      ["Bulk job", job.bulkJobId && h("a", { href: `/bulk-jobs/${job.bulkJobId}` }, job.bulkJobId)],
     ].filter(([, v]) => v);
     replace(params, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
   }
@@ -141,10 +149,10 @@ export function jobPage(main, id) {
   function acted(kind, answer) {
     if (kind === "retry") {
       toast("Queued a retry.", "good");
-      location.hash = `#/jobs/${answer.id}`;
+      navigate(`/jobs/${answer.id}`);
     } else if (kind === "delete") {
       toast("Deleted.");
-      location.hash = "#/";
+      navigate("/");
     } else {
       render(answer);
     }

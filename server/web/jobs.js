@@ -1,22 +1,24 @@
 // Overview: status cards with the total cost, a new-job form, the filtered jobs
-// table (newest first, 50 a page) kept live by the jobs' event streams, and the
-// bulk operations behind a confirmation that shows the dry-run count.
+// table (newest first, 50 a page) kept live by the owner's one event stream
+// (WatchJobs), and the bulk operations behind a confirmation that shows the
+// dry-run count.
 
 import { jobActions } from "./actions.js";
 import { api, follow } from "./api.js";
 import {
-  FINAL, ago, badge, button, confirmDialog, duration, emptyState, h, jobSeconds, jobStatus, jobTitle,
-  modeName, money, progressBar, replace, toast,
+  ago, badge, button, confirmDialog, duration, emptyState, h, jobSeconds, jobStatus, jobTitle,
+  modeName, money, progressBar, replace, statusName, time, toast, when,
 } from "./ui.js";
 
 const STATUSES = ["queued", "processing", "completed", "failed", "cancelled"];
 const MODES = ["topic", "keywords", "trends", "spin"];
 const PAGE_SIZE = 50;
-// Streams open at once (a browser keeps about six connections to one server).
-const MAX_STREAMS = 3;
 // Stats read the owner's whole history: at most one read per this many ms,
 // however many rows change status (the last change is always read).
-const STATS_EVERY_MS = 2000;
+const STATS_EVERY_MS = 1000;
+// A new job, or one whose status changed, reads the page again: at most once
+// per this many ms, however many change at once.
+const RELOAD_AFTER_MS = 300;
 const TOTAL_CAP = 1000;
 const BULK_OPERATIONS = [
   { op: "BULK_OPERATION_RETRY_ALL_FAILED", label: "Retry all failed", verb: "retry", noun: "failed" },
@@ -27,7 +29,6 @@ const BULK_OPERATIONS = [
 export function jobsPage(main) {
   const state = { filters: { status: "", mode: "", query: "", from: "", to: "" }, tokens: [""], page: 0 };
   const rows = new Map(); // job id -> {job, tr, update}
-  const streams = new Map(); // job id -> follow handle
   let left = false;
   let reloadTimer;
   let statsTimer;
@@ -151,7 +152,9 @@ export function jobsPage(main) {
     cards,
     submitForm,
     h("section", { class: "card table-card", "aria-label": "Jobs" },
-      h("div", { class: "toolbar" }, filters, operations),
+      // Folded on a phone, so that the first screen shows jobs.
+      h("details", { class: "toolbar fold", open: !matchMedia("(max-width: 760px)").matches },
+        h("summary", {}, "Filters and bulk actions"), h("div", { class: "toolbar-body" }, filters, operations)),
       h("div", { class: "table-wrap" }, table),
       pager),
   );
@@ -197,6 +200,7 @@ export function jobsPage(main) {
 
   async function reload() {
     clearTimeout(reloadTimer);
+    reloadTimer = undefined;
     try {
       const page = await api("GET", "/v1/jobs", { query: query() });
       if (left) return;
@@ -224,7 +228,6 @@ export function jobsPage(main) {
     );
     pager.children[0].disabled = state.page === 0;
     pager.children[1].disabled = !page.nextPageToken;
-    watchLive();
   }
 
   function row(job) {
@@ -245,8 +248,8 @@ export function jobsPage(main) {
       entry.job = next;
       const status = jobStatus(next);
       tr.dataset.status = status;
-      replace(cells.title, h("a", { href: `#/jobs/${next.id}` }, jobTitle(next)),
-        h("div", { class: "sub" }, next.bulkJobId ? "bulk item · " : "", next.id.slice(-8)));
+      replace(cells.title, h("a", { href: `/jobs/${next.id}` }, jobTitle(next)),
+        h("div", { class: "sub" }, jobNotes(next).join(" · ")));
       replace(cells.mode, modeName(next.mode));
       replace(cells.status, badge(status));
       const pct = status === "completed" ? 100 : (next.progress && next.progress.percentage) || 0;
@@ -272,50 +275,45 @@ export function jobsPage(main) {
     reload();
   }
 
-  // Live updates: the running jobs and the next queued ones on this page follow
-  // their event streams; when one finishes the page is read again (the next
-  // job starts then, and jobs submitted elsewhere show up). No polling loop.
-  function watchLive() {
-    const open = [...rows.values()].filter((e) => !FINAL.has(jobStatus(e.job)));
-    const wanted = [
-      ...open.filter((e) => jobStatus(e.job) === "processing"),
-      ...open.filter((e) => jobStatus(e.job) === "queued").reverse(), // oldest first: it runs first
-    ].slice(0, MAX_STREAMS).map((e) => e.job.id);
-    for (const [id, stream] of streams) {
-      if (!wanted.includes(id)) {
-        stream.close();
-        streams.delete(id);
-      }
-    }
-    for (const id of wanted) {
-      if (streams.has(id)) continue;
-      streams.set(id, follow(`/v1/jobs/${id}:watch`, (event) => onEvent(id, event),
-        (event) => FINAL.has(jobStatus(event.job || {}))));
-    }
-  }
-
-  function onEvent(id, event) {
+  // Live updates: one stream of every change of the owner's jobs. Progress
+  // moves its row in place; a new job, or a status change, reads the page and
+  // the counts again (the filters and the page decide where a job belongs).
+  function onEvent(event) {
     if (left || !event.job) return;
-    const entry = rows.get(id);
+    const entry = rows.get(event.job.id);
     const before = entry ? jobStatus(entry.job) : "";
     entry?.update(event.job);
-    const now = jobStatus(event.job);
-    if (now !== before) refreshStats();
-    if (FINAL.has(now)) {
-      streams.get(id)?.close();
-      streams.delete(id);
-      clearTimeout(reloadTimer);
-      reloadTimer = setTimeout(reload, 300);
-    }
+    if (jobStatus(event.job) === before) return;
+    refreshStats();
+    if (!reloadTimer) reloadTimer = setTimeout(() => { reloadTimer = undefined; reload(); }, RELOAD_AFTER_MS);
   }
-
-  reload();
+  // Each (re)connection reads the page again, as nothing is replayed: what
+  // changed between the first read and the stream's start shows too. Opened
+  // once the table shows, so that the first read has the server to itself.
+  let stream = null;
+  reload().finally(() => {
+    if (!left) stream = follow("/v1/jobs:watch", onEvent, null, () => {}, () => reload());
+  });
   return () => {
     left = true;
     clearTimeout(reloadTimer);
     clearTimeout(statsTimer);
-    streams.forEach((s) => s.close());
+    stream?.close();
   };
+}
+
+// The row's second line: what sets the job apart (project, bulk, priority, a
+// time it waits for), then its short id.
+function jobNotes(job) {
+  const due = time(job.scheduleTime);
+  const priority = statusName(job.priority, "PRIORITY_");
+  return [
+    job.project,
+    job.bulkJobId && "bulk item",
+    priority && priority !== "normal" && `${priority} priority`,
+    due && due > Date.now() && `scheduled for ${when(due)}`,
+    job.id.slice(-8),
+  ].filter(Boolean);
 }
 
 function field(label, input, size = "") {

@@ -65,6 +65,13 @@ export function button(label, onclick, kind = "") {
 
 export const time = (text) => (text ? new Date(text) : null);
 
+// The viewer's own zone, named: "7 Dec 2030, 09:00 CET".
+const WHEN = new Intl.DateTimeFormat(undefined, {
+  year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", timeZoneName: "short",
+});
+/** A moment in the viewer's time zone, with the zone named. */
+export const when = (at) => (at ? WHEN.format(at) : "");
+
 export function ago(text) {
   const at = time(text);
   if (!at) return "";
@@ -124,4 +131,10 @@ export function confirmDialog(title, text, okLabel = "Confirm") {
 
 export function emptyState(text) {
   return h("div", { class: "empty" }, text);
+}
+
+/** Open a dashboard page by its path (`/jobs/<id>`) without reloading. */
+export function navigate(path) {
+  history.pushState(null, "", path);
+  window.dispatchEvent(new PopStateEvent("popstate"));
 }

@@ -71,6 +71,11 @@ class JobServiceStub:
                 request_serializer=genjobs_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=genjobs_dot_v1_dot_jobs__pb2.JobEvent.FromString,
                 _registered_method=True)
+        self.WatchJobs = channel.unary_stream(
+                '/genjobs.v1.JobService/WatchJobs',
+                request_serializer=genjobs_dot_v1_dot_jobs__pb2.WatchJobsRequest.SerializeToString,
+                response_deserializer=genjobs_dot_v1_dot_jobs__pb2.JobEvent.FromString,
+                _registered_method=True)
         self.RunBulkOperation = channel.unary_unary(
                 '/genjobs.v1.JobService/RunBulkOperation',
                 request_serializer=genjobs_dot_v1_dot_jobs__pb2.RunBulkOperationRequest.SerializeToString,
@@ -154,6 +159,17 @@ class JobServiceServicer:
 
     def WatchJob(self, request, context):
         """WatchJob streams the job's snapshot, then every change, until it is final.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJobs(self, request, context):
+        """WatchJobs streams every change of the caller's jobs as it happens (a new
+        job, a status, progress), each a JobEvent with the job after the change;
+        a heartbeat first and while idle. It does not end by itself and does not
+        replay: read ListJobs on (re)connecting, then apply the events. The
+        dashboard's jobs page and `genjobs ls --follow` follow it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -245,6 +261,11 @@ def add_JobServiceServicer_to_server(servicer, server):
             'WatchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJob,
                     request_deserializer=genjobs_dot_v1_dot_jobs__pb2.WatchJobRequest.FromString,
+                    response_serializer=genjobs_dot_v1_dot_jobs__pb2.JobEvent.SerializeToString,
+            ),
+            'WatchJobs': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJobs,
+                    request_deserializer=genjobs_dot_v1_dot_jobs__pb2.WatchJobsRequest.FromString,
                     response_serializer=genjobs_dot_v1_dot_jobs__pb2.JobEvent.SerializeToString,
             ),
             'RunBulkOperation': grpc.unary_unary_rpc_method_handler(
@@ -467,6 +488,33 @@ class JobService:
             target,
             '/genjobs.v1.JobService/WatchJob',
             genjobs_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
+            genjobs_dot_v1_dot_jobs__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/genjobs.v1.JobService/WatchJobs',
+            genjobs_dot_v1_dot_jobs__pb2.WatchJobsRequest.SerializeToString,
             genjobs_dot_v1_dot_jobs__pb2.JobEvent.FromString,
             options,
             channel_credentials,

@@ -54,6 +54,13 @@ class JobServiceStub:
     """DeleteJob removes a job in a final status, and its events."""
     WatchJob: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.JobEvent]
     """WatchJob streams the job's snapshot, then every change, until it is final."""
+    WatchJobs: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.JobEvent]
+    """WatchJobs streams every change of the caller's jobs as it happens (a new
+    job, a status, progress), each a JobEvent with the job after the change;
+    a heartbeat first and while idle. It does not end by itself and does not
+    replay: read ListJobs on (re)connecting, then apply the events. The
+    dashboard's jobs page and `genjobs ls --follow` follow it.
+    """
     RunBulkOperation: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RunBulkOperationRequest, _jobs_pb2.RunBulkOperationResponse]
     """RunBulkOperation acts on up to 100 of the caller's jobs at once."""
     GetJobStats: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobStatsRequest, _jobs_pb2.GetJobStatsResponse]
@@ -104,6 +111,13 @@ class JobServiceAsyncStub(JobServiceStub):
     """DeleteJob removes a job in a final status, and its events."""
     WatchJob: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.JobEvent]  # type: ignore[assignment]
     """WatchJob streams the job's snapshot, then every change, until it is final."""
+    WatchJobs: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.JobEvent]  # type: ignore[assignment]
+    """WatchJobs streams every change of the caller's jobs as it happens (a new
+    job, a status, progress), each a JobEvent with the job after the change;
+    a heartbeat first and while idle. It does not end by itself and does not
+    replay: read ListJobs on (re)connecting, then apply the events. The
+    dashboard's jobs page and `genjobs ls --follow` follow it.
+    """
     RunBulkOperation: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RunBulkOperationRequest, _jobs_pb2.RunBulkOperationResponse]  # type: ignore[assignment]
     """RunBulkOperation acts on up to 100 of the caller's jobs at once."""
     GetJobStats: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobStatsRequest, _jobs_pb2.GetJobStatsResponse]  # type: ignore[assignment]
@@ -193,6 +207,19 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_jobs_pb2.JobEvent], _abc.AsyncIterator[_jobs_pb2.JobEvent]]:
         """WatchJob streams the job's snapshot, then every change, until it is final."""
+
+    @_abc_1.abstractmethod
+    def WatchJobs(
+        self,
+        request: _jobs_pb2.WatchJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_jobs_pb2.JobEvent], _abc.AsyncIterator[_jobs_pb2.JobEvent]]:
+        """WatchJobs streams every change of the caller's jobs as it happens (a new
+        job, a status, progress), each a JobEvent with the job after the change;
+        a heartbeat first and while idle. It does not end by itself and does not
+        replay: read ListJobs on (re)connecting, then apply the events. The
+        dashboard's jobs page and `genjobs ls --follow` follow it.
+        """
 
     @_abc_1.abstractmethod
     def RunBulkOperation(

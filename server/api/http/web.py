@@ -19,6 +19,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
 # An inline <script> of the pages (no src): allowed by its hash, nothing else inline.
 _INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
+# The dashboard's pages as plain URLs (mail links, bookmarks): each is index.html,
+# whose script routes by the path. One page name, then at most one id or name.
+PAGES = re.compile(r"/(jobs|bulk-jobs|schedules|templates|usage|notifications)(/[\w.%-]{1,200})?/?")
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,8 @@ class WebFile:
 
 
 class WebFiles:
-    """`GET /` is index.html; `GET /app.js` is app.js; anything else is 404."""
+    """`GET /` and every page's path (`/jobs/<id>`, `/schedules`, ...) are
+    index.html; `GET /app.js` is app.js; anything else is 404."""
 
     def __init__(self, package: str = "genjobs.server", folder: str = "web") -> None:
         self.files: dict[str, WebFile] = {}
@@ -84,7 +88,10 @@ class WebFiles:
 
     async def serve(self, request: Request) -> Response:
         """The file at the request's path; 304 when the browser's copy is current."""
-        found = self.files.get(request.url.path)
+        path = request.url.path
+        found = self.files.get(path)
+        if found is None and PAGES.fullmatch(path):
+            found = self.files.get("/index.html")
         if found is None:
             return PlainTextResponse("not found", status_code=404)
         # Revalidated on every load (cheap: a 304), so a new release is never stale.

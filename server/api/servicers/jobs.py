@@ -10,11 +10,11 @@ from google.protobuf import empty_pb2
 
 from genjobs.server.api import convert
 from genjobs.server.api.servicers.common import rpc
-from genjobs.server.api.watch import Heartbeat, StreamCap, check_resume, follow
+from genjobs.server.api.watch import Heartbeat, StreamCap, check_resume, follow, follow_all
 from genjobs.server.model.caller import current_caller
 from genjobs.server.model.records import Job
 from genjobs.server.services.budgets import Budgets, Limit
-from genjobs.server.services.events import Event, EventHub
+from genjobs.server.services.events import Event, EventHub, owner_key
 from genjobs.server.services.intake import Intake
 from genjobs.server.services.jobs import Jobs
 from genjobs.server.services.progress import ExternalProgress
@@ -186,6 +186,17 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                         type=jobs_pb2.JOB_EVENT_TYPE_HEARTBEAT, sequence=event.sequence, time=convert.now()
                     )
                 else:
+                    yield event.message(lambda e: convert.job_event(e, self.stages))
+
+    @rpc
+    async def WatchJobs(self, request: jobs_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        caller = current_caller()
+        # One of the owner's watch streams, counted with WatchJob's under the same cap.
+        with self.streams.hold(caller.user), self.hub.subscribe(owner_key(caller.user)) as queue:
+            async for event in follow_all(queue):
+                if isinstance(event, Heartbeat):
+                    yield jobs_pb2.JobEvent(type=jobs_pb2.JOB_EVENT_TYPE_HEARTBEAT, time=convert.now())
+                elif not request.project or event.doc["job"].get("project", "") == request.project:
                     yield event.message(lambda e: convert.job_event(e, self.stages))
 
     @rpc
