@@ -97,7 +97,7 @@ def test_a_submitted_job_appears_and_its_bar_moves_to_done_without_a_reload(
     expect(row.locator(".badge")).to_have_text("completed")
     assert page.evaluate("window.sameDocument") is True  # no reload happened
     expect(page.locator("[data-stat=completed] .stat-value")).to_have_text("1")
-    page.screenshot(path=str(tmp_path / "jobs.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "jobs.png"), full_page=True, animations="disabled")
 
     row.get_by_role("link", name="Browser tea").click()
     expect(page.locator(".head-side")).to_have_attribute("data-status", "completed")
@@ -105,7 +105,7 @@ def test_a_submitted_job_appears_and_its_bar_moves_to_done_without_a_reload(
     expect(body).to_contain_text("Browser tea")
     assert body.evaluate("node => node.children.length") == 0  # text, never markup
     expect(page.locator(".stage.done")).to_have_count(4)
-    page.screenshot(path=str(tmp_path / "job.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "job.png"), full_page=True, animations="disabled")
 
 
 def test_cancel_on_a_queued_job_from_the_keyboard(
@@ -126,7 +126,7 @@ def test_cancel_on_a_queued_job_from_the_keyboard(
     expect(row.locator(".badge")).to_have_text("cancelled")
     expect(row.get_by_role("button", name="Retry")).to_be_visible()
     assert alice.get(queued.id).status == jobs_pb2.JOB_STATUS_CANCELLED
-    page.screenshot(path=str(tmp_path / "cancelled.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "cancelled.png"), full_page=True, animations="disabled")
     alice.cancel(blocker.id)
 
 
@@ -161,13 +161,13 @@ def test_a_bulk_job_counts_up_and_pause_stops_it(
     assert done < 10
     expect(of).to_contain_text(f"{done} of 10")
     expect(page.locator('#items-table tr[data-status="queued"]')).to_have_count(10 - done)
-    page.screenshot(path=str(tmp_path / "bulk.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "bulk.png"), full_page=True, animations="disabled")
 
     page.evaluate("location.hash = '#/bulk'")
     row = page.locator(f'tr[data-bulk-job-id="{bulk.id}"]')
     expect(row).to_have_attribute("data-status", "paused")
     expect(row).to_contain_text(f"{done} of 10")
-    page.screenshot(path=str(tmp_path / "bulks.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "bulks.png"), full_page=True, animations="disabled")
     alice.cancel_bulk(bulk.id)
 
 
@@ -218,7 +218,7 @@ def test_stage_chips_are_the_declared_stages_and_a_failed_job_shows_no_later_one
     expect(page.locator(".stage.done")).to_have_count(failed.stages_done)
     assert failed.stages_done <= 2
     expect(page.locator(".stage.current")).to_have_count(0)
-    page.screenshot(path=str(tmp_path / "failed-stages.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "failed-stages.png"), full_page=True, animations="disabled")
 
 
 def test_bulk_counts_a_cancelled_bulk_job_is_not_12_of_12_and_deleted_items_show(
@@ -237,7 +237,7 @@ def test_bulk_counts_a_cancelled_bulk_job_is_not_12_of_12_and_deleted_items_show
     expect(page.locator("#bulk-of")).to_have_text("0 of 12 items completed")
     expect(page.locator('[data-count="cancelled"] dd')).to_have_text("12")
     expect(page.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "0")
-    page.screenshot(path=str(tmp_path / "bulk-cancelled.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "bulk-cancelled.png"), full_page=True, animations="disabled")
 
     finished = alice.create_bulk("topic", [{"topic": f"kept {i}", "word_count": 60} for i in range(10)])
     wait_for(
@@ -248,14 +248,14 @@ def test_bulk_counts_a_cancelled_bulk_job_is_not_12_of_12_and_deleted_items_show
     expect(page.locator('[data-count="deleted"] dd')).to_have_text("10")
     expect(page.locator("#bulk-of")).to_have_text("0 of 10 items completed")
     expect(page.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "100")
-    page.screenshot(path=str(tmp_path / "bulk-deleted.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "bulk-deleted.png"), full_page=True, animations="disabled")
 
     page.evaluate("location.hash = '#/bulk'")
     expect(page.locator(f'tr[data-bulk-job-id="{finished.id}"]')).to_contain_text("0 of 10 · 10 deleted")
     row = page.locator(f'tr[data-bulk-job-id="{cancelled.id}"]')
     expect(row).to_contain_text("0 of 12")
     expect(row).not_to_contain_text("12 of 12")
-    page.screenshot(path=str(tmp_path / "bulks-counts.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "bulks-counts.png"), full_page=True, animations="disabled")
     print(f"screenshots in {tmp_path}")
 
 
@@ -315,7 +315,7 @@ def test_the_jobs_page_shows_new_jobs_and_counts_from_one_owner_stream(
     # One stream for the owner, none per row.
     assert not [u for u in requests if f"/v1/jobs/{job.id}:watch" in u]
     assert [u for u in requests if u.endswith("/v1/jobs:watch")]
-    page.screenshot(path=str(tmp_path / "jobs-live.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "jobs-live.png"), full_page=True, animations="disabled")
 
 
 def test_bulk_items_show_their_topics_and_project_and_a_job_its_schedule_and_priority(
@@ -338,12 +338,12 @@ def test_bulk_items_show_their_topics_and_project_and_a_job_its_schedule_and_pri
     expect(rows.locator("td.title a")).to_have_text(topics)
     expect(page.locator("#bulk-errors li")).to_have_count(1)
     expect(page.locator("#bulk-errors li")).to_contain_text("Autumn d: ")
-    page.screenshot(path=str(tmp_path / "bulk-topics.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "bulk-topics.png"), full_page=True, animations="disabled")
 
     page.goto(page.url.split("/bulk-jobs/")[0] + "/bulk-jobs")
     expect(page.locator(f'tr[data-bulk-job-id="{launch.id}"] td.title a')).to_have_text("autumn-launch")
     expect(page.locator(f'tr[data-bulk-job-id="{plain.id}"] td.title a')).to_have_text("Plain 0 + 9 more")
-    page.screenshot(path=str(tmp_path / "bulks-named.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "bulks-named.png"), full_page=True, animations="disabled")
 
     page.goto(page.url.split("/bulk-jobs")[0] + f"/jobs/{later.id}")
     expect(page.locator("#job-state")).to_contain_text("scheduled for")
@@ -351,7 +351,7 @@ def test_bulk_items_show_their_topics_and_project_and_a_job_its_schedule_and_pri
     expect(page.locator('[data-fact="scheduled for"]')).to_contain_text("2030")
     expect(page.locator('[data-fact="priority"]')).to_have_text("low")
     expect(page.locator('[data-fact="elapsed"]')).to_have_text("not due yet")
-    page.screenshot(path=str(tmp_path / "job-scheduled.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "job-scheduled.png"), full_page=True, animations="disabled")
     alice.cancel(later.id)
 
 
@@ -385,7 +385,7 @@ def test_schedules_templates_usage_and_notifications_have_pages(
     next_run = schedule.next_run_time.ToDatetime(UTC).astimezone(ZoneInfo("America/New_York"))
     expect(row.locator(".next-run")).to_contain_text(f"{next_run:%I:%M}")
     expect(row.locator(".next-run")).to_contain_text("EST")
-    page.screenshot(path=str(tmp_path / "schedules.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "schedules.png"), full_page=True, animations="disabled")
     row.get_by_role("link").click()
     expect(page).to_have_url(f"{base}/schedules/{schedule.id}")
     expect(page.locator('[data-fact="its zone"]')).to_have_text("Europe/Berlin")
@@ -395,7 +395,7 @@ def test_schedules_templates_usage_and_notifications_have_pages(
     expect(page.locator('[data-fact="next run"]')).to_have_text("paused")
     page.get_by_role("button", name="Resume").click()
     expect(page.locator(".head-side")).to_have_attribute("data-state", "active")
-    page.screenshot(path=str(tmp_path / "schedule.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "schedule.png"), full_page=True, animations="disabled")
     page.get_by_role("button", name="Delete").click()
     page.get_by_role("dialog").get_by_role("button", name="Delete").click()
     expect(page).to_have_url(f"{base}/schedules")
@@ -404,7 +404,7 @@ def test_schedules_templates_usage_and_notifications_have_pages(
     page.goto(f"{base}/templates")
     page.locator('tr[data-template="weekly-tea"] a').click()
     expect(page.locator("#template-request")).to_contain_text("Weekly tea")
-    page.screenshot(path=str(tmp_path / "template.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "template.png"), full_page=True, animations="disabled")
     page.get_by_role("button", name="Submit").click()
     expect(page.locator(".head-side")).to_have_attribute("data-status", "completed")
     expect(page.locator("h1")).to_have_text("Weekly tea")
@@ -413,7 +413,7 @@ def test_schedules_templates_usage_and_notifications_have_pages(
     page.get_by_role("button", name="Delete").click()
     page.get_by_role("dialog").get_by_role("button", name="Delete").click()
     expect(page.locator("#templates-table")).to_contain_text("No templates yet.")
-    page.screenshot(path=str(tmp_path / "templates.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "templates.png"), full_page=True, animations="disabled")
 
     spent = alice.usage()
     page.goto(f"{base}/usage")
@@ -428,12 +428,12 @@ def test_schedules_templates_usage_and_notifications_have_pages(
         "aria-valuenow", str(int(100 * tea_spent / 200 + 0.5))
     )
 
-    page.screenshot(path=str(tmp_path / "usage.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "usage.png"), full_page=True, animations="disabled")
 
     page.goto(f"{base}/notifications")
     note = page.locator(f'#notifications a[href="/bulk-jobs/{bulk.id}"]')
     expect(note).to_contain_text("10 of 10")
-    page.screenshot(path=str(tmp_path / "notifications.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "notifications.png"), full_page=True, animations="disabled")
     context.close()
     assert not errors, errors
 
@@ -491,8 +491,8 @@ def test_every_page_at_desktop_and_phone_width_with_nothing_cut_off(
             expect(page.locator(loaded).first).to_be_visible()
             name = path.strip("/").split("/")[0] or "jobs"
             name += "-one" if "{" in path or path.count("/") > 1 else ""
-            page.screenshot(path=str(tmp_path / f"{name}-{width}.png"), full_page=True)
-            page.screenshot(path=str(tmp_path / f"{name}-{width}-first-screen.png"))
+            page.screenshot(path=str(tmp_path / f"{name}-{width}.png"), full_page=True, animations="disabled")
+            page.screenshot(path=str(tmp_path / f"{name}-{width}-first-screen.png"), animations="disabled")
             # Nothing cut off: the page does not scroll sideways and every cell is inside it.
             cut = page.evaluate(
                 """() => [document.documentElement.scrollWidth > innerWidth ? 'page' : null,
