@@ -16,7 +16,7 @@ from genjobs.server.model.errors import FieldViolation, invalid
 from genjobs.server.model.records import BulkJob, Job, JobError, Params, Schedule, Template
 from genjobs.server.model.states import Status
 from genjobs.server.model.targets import NotifyTarget
-from genjobs.server.model.vocabulary import Lane, Priority
+from genjobs.server.model.vocabulary import Priority
 from genjobs.server.services.estimates import Estimate
 from genjobs.server.storage import records
 from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2, templates_pb2
@@ -202,8 +202,9 @@ def job(job: Job, full: bool = True, stages: Sequence[str] = ()) -> jobs_pb2.Job
                 elapsed=duration(progress.elapsed_seconds),
             )
         )
-    if job.wait_reason and job.status == Status.QUEUED and job.lane != Lane.READY:
-        message.progress.message = job.wait_reason  # why a queued job is not started (budgets)
+    if job.wait_reason and job.status == Status.QUEUED:
+        # Why a queued job is not started (budgets; its provider down: services/jobs.py).
+        message.progress.message = job.wait_reason
     result = job.result
     if result:
         message.result.CopyFrom(
