@@ -176,3 +176,30 @@ def test_a_second_replica_learns_the_outage(mongo: MongoServer, tmp_path: Path, 
     finally:
         second.stop()
         first.stop()
+
+
+def test_rpm_paces_the_requests_before_the_provider_refuses(
+    mongo: MongoServer, tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    path = tmp_path / "providers.toml"
+    path.write_text(
+        f"""
+default_model = "test-model"
+
+[providers.paced]
+base_url = "{fake.base_url}"
+rpm = 60
+
+[providers.paced.models.test-model]
+"""
+    )
+    server = start(mongo, tmp_path, fake, providers_file=str(path), concurrency=3)
+    try:
+        with server.client("alice") as alice:
+            ids = [alice.submit("topic", topic=f"Tea {n}").id for n in range(3)]
+            wait_for(lambda: all(j.status == S.JOB_STATUS_COMPLETED for j in jobs_of(alice, ids)), timeout=30)
+            arrived = sorted(r.arrived for r in fake.requests)
+            # 60 a minute: one a second, though three lanes were free.
+            assert arrived[2] - arrived[0] >= 1.5  # two intervals, less the claims' own jitter
+    finally:
+        server.stop()
