@@ -35,7 +35,7 @@ from genjobs.server.storage.database import Doc
 from genjobs.server.storage.events import PROGRESS, STATUS_CHANGED
 from genjobs.server.storage.jobs import job_error
 from genjobs.server.storage.outage import Outage, persist, unreachable
-from genjobs.server.storage.queue import BACKOFF, NONE, QueueStore
+from genjobs.server.storage.queue import BACKOFF, NONE, READY, QueueStore
 from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import context, metrics
 
@@ -126,7 +126,7 @@ class RunLifecycle:
             wait = self.gate.settle(job, failure=failure) if self.gate else None
             if wait is not None:
                 # The provider's failure, not the job's: the attempt is given back.
-                self.wait_for_provider(run, job, wait)
+                self.wait_for_provider(run, job, wait, failure)
                 return
             self._finish_failed(
                 run, job, failure.code, failure.message, failure.retryable, failure.retry_after_seconds
@@ -150,14 +150,17 @@ class RunLifecycle:
                 self.gate.settle(job, output=output)
             self._write_outcome(run, self.queue.completion(output.as_doc(), job["started_us"]))
 
-    def wait_for_provider(self, run: Run, job: Doc, seconds: float) -> None:
+    def wait_for_provider(
+        self, run: Run, job: Doc, seconds: float, failure: GenerationFailed | None = None
+    ) -> None:
         """Requeue a claimed `job` with its attempt given back, to wait `seconds`
-        for its provider (0: in the ready lane, where the gate holds its claim)."""
-        if seconds <= 0:
-            self._write_outcome(run, self.bulks.requeue_changes(job))
-            return
-        changes = self.bulks.requeue_changes(job, BACKOFF)
-        changes["run_after_us"] = clock.now_us() + int(seconds * 1_000_000)
+        for its provider (0: in the ready lane, where the gate holds its claim);
+        the provider's `failure`, if it ran, is its error meanwhile (not an attempt's)."""
+        changes = self.bulks.requeue_changes(job, BACKOFF if seconds > 0 else READY)
+        if seconds > 0:
+            changes["run_after_us"] = clock.now_us() + int(seconds * 1_000_000)
+        if failure is not None:
+            changes["error"] = job_error(failure.code, "transient", failure.message, True, job["attempt"] - 1)
         self._write_outcome(run, changes)
 
     def _finish_cancelled(self, run: Run, job: Doc) -> None:
