@@ -203,3 +203,21 @@ rpm = 60
             assert arrived[2] - arrived[0] >= 1.5  # two intervals, less the claims' own jitter
     finally:
         server.stop()
+
+
+def test_an_overloaded_529_costs_no_attempt_but_a_4xx_does(
+    mongo: MongoServer, tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    server = start(mongo, tmp_path, fake)
+    try:
+        with server.client("alice") as alice:
+            fake.queue(Plan(status=529, error="overloaded"), Plan(status=529, error="overloaded"), Plan())
+            job = alice.submit("topic", topic="Tea", max_attempts=1).id
+            done = wait_for(lambda: (j := alice.get(job)).status == S.JOB_STATUS_COMPLETED and j)
+            assert done.attempt == 1 and not done.attempt_errors
+            fake.queue(Plan(status=422, error="unprocessable"))
+            refused = alice.submit("topic", topic="Coffee", max_attempts=1).id
+            failed = wait_for(lambda: (j := alice.get(refused)).status == S.JOB_STATUS_FAILED and j)
+            assert failed.attempt == 1 and failed.error.code == "GENERATOR_REJECTED"
+    finally:
+        server.stop()

@@ -77,6 +77,16 @@ class _State:
     tokens: _Bucket | None = None  # tpm
 
 
+@dataclass(frozen=True)
+class Policy:
+    """When a provider is down, how often it is probed, how long its jobs wait at most."""
+
+    threshold: int = 3  # the provider's failures in a row that mark it down
+    probe_seconds: float = 10.0
+    max_outage_seconds: float = 6 * 3600.0
+    retry_base_seconds: float = 1.0  # the wait after a failure before it is down, doubling
+
+
 class ProviderGate:
     """Which jobs may start now, by their provider's health and limits (see the module)."""
 
@@ -85,18 +95,15 @@ class ProviderGate:
         store: ProviderStore,
         providers: Iterable[str],
         provider_of: Callable[[str], str],
-        threshold: int = 3,
-        probe_seconds: float = 10.0,
-        max_outage_seconds: float = 6 * 3600.0,
-        retry_base_seconds: float = 1.0,
+        policy: Policy,
         limits: dict[str, tuple[int | None, int | None]] | None = None,
     ) -> None:
         self.store = store
         self._provider_of = provider_of
-        self.threshold = max(1, threshold)
-        self.probe_seconds = probe_seconds
-        self.max_outage_us = int(max_outage_seconds * 1_000_000)
-        self.retry_base_seconds = retry_base_seconds
+        self.threshold = max(1, policy.threshold)
+        self.probe_seconds = policy.probe_seconds
+        self.max_outage_us = int(policy.max_outage_seconds * 1_000_000)
+        self.retry_base_seconds = policy.retry_base_seconds
         self._lock = threading.Lock()
         now = time.monotonic()
         self._states: dict[str, _State] = {}

@@ -32,7 +32,7 @@ from genjobs.server.api.servicers.schedules import ScheduleServicer
 from genjobs.server.api.servicers.templates import TemplateServicer
 from genjobs.server.api.watch import StreamCap
 from genjobs.server.dispatch.dispatcher import Dispatcher
-from genjobs.server.dispatch.providers import GENERATOR, ProviderGate
+from genjobs.server.dispatch.providers import GENERATOR, Policy, ProviderGate
 from genjobs.server.generators import Generator, declared_catalog, declared_stages
 from genjobs.server.model.progress import ProgressLink
 from genjobs.server.model.records import Job
@@ -197,16 +197,13 @@ def provider_gate(settings: Settings, store: Store, generator: Generator) -> Pro
         names = list(catalog.providers.providers)
         provider_of = catalog.provider_of
         limits = {name: (p.rpm, p.tpm) for name, p in catalog.providers.providers.items()}
-    return ProviderGate(
-        ProviderStore(store.database),
-        names,
-        provider_of,
-        threshold=settings.provider_failure_threshold,
-        probe_seconds=settings.provider_probe_seconds,
-        max_outage_seconds=settings.provider_max_outage_seconds,
-        retry_base_seconds=settings.retry_base_seconds,
-        limits=limits,
+    policy = Policy(
+        settings.provider_failure_threshold,
+        settings.provider_probe_seconds,
+        settings.provider_max_outage_seconds,
+        settings.retry_base_seconds,
     )
+    return ProviderGate(ProviderStore(store.database), names, provider_of, policy, limits)
 
 
 def _the_generator(model: str) -> str:
