@@ -116,6 +116,7 @@ class ProviderGate:
             metrics.provider_up(name, True)
         self._refreshed = 0.0
         self._last_expiry = 0.0
+        self._changes = 0  # this process's down/up marks so far: a read older than one is stale
 
     # ---- a job's provider ---------------------------------------------------
 
@@ -220,6 +221,7 @@ class ProviderGate:
 
     def _changed(self, name: str, state: _State, why: str) -> None:
         """Log, count and store a down/up change (called holding the lock)."""
+        self._changes += 1
         down = state.down_since_us > 0
         metrics.provider_up(name, not down)
         if down:
@@ -262,11 +264,14 @@ class ProviderGate:
         if not force and now - self._refreshed < REFRESH_SECONDS:
             return
         self._refreshed = now
+        changes = self._changes
         try:
             stored = self.store.states()
         except PyMongoError:
             return  # the database's outage is told elsewhere
         with self._lock:
+            if changes != self._changes:
+                return  # marked here while reading: the read may predate it
             for mark in stored:
                 state = self._states.get(mark.name)
                 if state is None:
