@@ -84,6 +84,9 @@ def test_an_outage_under_five_queued_jobs_fails_none_and_costs_no_attempt(
             listed = {j.id: j for j in alice.list().jobs}
             assert all(WAITING.fullmatch(listed[i].progress.message) for i in ids)
             assert all(j.status == S.JOB_STATUS_QUEUED and j.attempt == 0 for j in jobs_of(alice, ids))
+            watching = alice.watch(ids[0])  # what `genjobs submit --watch` shows meanwhile
+            assert WAITING.fullmatch(next(iter(watching)).job.progress.message)
+            watching.close()  # type: ignore[attr-defined]
             assert health_of(f"127.0.0.1:{server.port}") == 1  # SERVING
             assert provider_up(metrics_port) == 0
             fake.restart()

@@ -3,7 +3,7 @@ schedules) to protobuf messages, and request messages to plain values."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -220,13 +220,17 @@ def job(job: Job, full: bool = True, stages: Sequence[str] = ()) -> jobs_pb2.Job
     return message
 
 
-def job_event(event: Doc, stages: Sequence[str] = ()) -> jobs_pb2.JobEvent:
+def job_event(
+    event: Doc, stages: Sequence[str] = (), told: Callable[[Job], Job] | None = None
+) -> jobs_pb2.JobEvent:
     """A stored (or just published) event as the JobEvent message (an event
-    carries its job as stored: read through the storage edge's conversion)."""
+    carries its job as stored: read through the storage edge's conversion;
+    `told` adds why a queued job waits, as GetJob does)."""
+    record = records.job(event["job"])
     return jobs_pb2.JobEvent(
         sequence=event["seq"],
         type=jobs_pb2.JobEventType.Value("JOB_EVENT_TYPE_" + event["type"]),
-        job=job(records.job(event["job"]), stages=stages),
+        job=job(told(record) if told else record, stages=stages),
         time=timestamp(event["at_us"]),
     )
 

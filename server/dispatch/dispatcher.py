@@ -271,6 +271,8 @@ class Dispatcher:
         while not self._stopping.is_set():
             try:
                 if not self._is_leader():
+                    if self.gate is not None:
+                        self.gate.refresh()  # what queued jobs say here: the leader's marks
                     self._wake.wait(self.poll_seconds)
                     self._wake.clear()
                     continue

@@ -247,8 +247,8 @@ class ProviderGate:
     # ---- what queued jobs show, and the other replicas' marks -----------------
 
     def waiting_reason(self, model: str) -> str:
-        """Why a queued job of `model` ("": the default) does not start ("" when it may)."""
-        self.refresh()
+        """Why a queued job of `model` ("": the default) does not start ("" when it may):
+        from memory (every replica's dispatcher thread refreshes it), never a read."""
         with self._lock:
             name = self.provider_of(model)
             state = self._states[name]

@@ -293,7 +293,7 @@ class Jobs:
 
     def get(self, caller: Caller, job_id: str) -> Job:
         """One of the caller's jobs."""
-        return self._told_why(self.store.jobs.get(caller.owner_filter, job_id))
+        return self.told_why(self.store.jobs.get(caller.owner_filter, job_id))
 
     def list_jobs(self, caller: Caller, filters: JobFilter, page_size: int, token: str) -> JobPage:
         """A page of the caller's jobs, newest first."""
@@ -302,10 +302,10 @@ class Jobs:
         if bad:
             raise invalid(bad)
         page = self.store.jobs.list_jobs(caller.owner_filter, filters, size, token)
-        page.jobs = [self._told_why(job) for job in page.jobs]
+        page.jobs = [self.told_why(job) for job in page.jobs]
         return page
 
-    def _told_why(self, job: Job) -> Job:
+    def told_why(self, job: Job) -> Job:
         """A queued job with its provider's outage or rate limit as its wait
         reason: from this process's provider state, no write per job."""
         if job.status != Status.QUEUED or job.lane not in (Lane.READY, Lane.BACKOFF):
