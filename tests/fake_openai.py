@@ -58,17 +58,35 @@ class FakeOpenAI:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self._handler = Handler
+        self.httpd: ThreadingHTTPServer | None = self._listen(0)
+        self.port = self.httpd.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+
+    def _listen(self, port: int) -> ThreadingHTTPServer:
+        httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler)
+        httpd.daemon_threads = True
+        return httpd
 
     def __enter__(self) -> FakeOpenAI:
+        assert self.httpd is not None
         threading.Thread(target=self.httpd.serve_forever, daemon=True, name="fake-openai").start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop listening, as a provider does for a restart: connections are refused."""
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.httpd = None
+
+    def restart(self) -> None:
+        """Listen again on the same port."""
+        self.httpd = self._listen(self.port)
+        self.__enter__()
 
     def queue(self, *plans: Plan) -> None:
         """Answer the next requests with these plans, in order."""

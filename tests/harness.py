@@ -226,6 +226,7 @@ def make_settings(mongo_uri: str, data_dir: Path, **overrides: Any) -> Settings:
         http_port="0",
         shutdown_grace_seconds=2.0,  # a stopped test server requeues its running job soon
         min_schedule_interval_seconds=1.0,  # tests' schedules tick every second or two
+        provider_probe_seconds=0.5,  # a provider marked down is probed twice a second
     )
     return replace(base, **overrides)
 

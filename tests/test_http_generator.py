@@ -111,15 +111,23 @@ def test_cost_cents_numbers_and_numeric_strings_round_up(alice: GenJobsClient) -
     assert refused.error.code == "GENERATOR_BAD_RESPONSE" and "cost_cents 'lots'" in refused.error.message
 
 
+def waiting(alice: GenJobsClient, topic: str) -> S.Job:
+    """A job the service's own trouble keeps waiting: queued, attempt given back, the error on it."""
+    job = alice.submit("topic", topic=topic, max_attempts=1)
+    return wait_for(lambda: (j := alice.get(job.id)).error.code and j, timeout=20)
+
+
 def test_a_server_errors_body_is_kept_as_a_bounded_excerpt(alice: GenJobsClient) -> None:
-    job = run(alice, "server error")
+    job = waiting(alice, "server error")
+    assert job.status == S.JOB_STATUS_QUEUED and job.attempt == 0  # the service's failure, not the job's
     assert job.error.code == "GENERATOR_UNAVAILABLE" and job.error.retryable
     assert job.error.message.startswith("HTTP 500: overloaded: xxx")
     assert len(job.error.message) < 400
 
 
 def test_an_unreadable_retry_after_is_still_a_transient_failure(alice: GenJobsClient) -> None:
-    job = run(alice, "busy, retry soon")
+    job = waiting(alice, "busy, retry soon")
+    assert job.status == S.JOB_STATUS_QUEUED and job.attempt == 0
     assert (job.error.code, job.error.retryable) == ("GENERATOR_RATE_LIMITED", True)
 
 

@@ -148,11 +148,11 @@ def test_when_every_model_of_the_list_fails_the_error_names_each(
 ) -> None:
     main, backup = fakes
     main.queue(Plan(status=503, error="main is down"))
-    backup.queue(Plan(status=502, error="backup is down"))
+    backup.queue(Plan(status=400, error="backup refuses"))
     job = final(alice, alice.submit("topic", topic="Tea", max_attempts=1).id)
-    assert job.status == S.JOB_STATUS_FAILED and job.error.code == "GENERATOR_UNAVAILABLE"
+    assert job.status == S.JOB_STATUS_FAILED and job.error.code == "GENERATOR_REJECTED"
     assert job.error.message == (
-        "local on backup: HTTP 502: backup is down"
+        "local on backup: HTTP 400: backup refuses"
         " (after small on main: HTTP 503: main is down (GENERATOR_UNAVAILABLE))"
     )
 

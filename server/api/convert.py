@@ -3,7 +3,7 @@ schedules) to protobuf messages, and request messages to plain values."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +16,7 @@ from genjobs.server.model.errors import FieldViolation, invalid
 from genjobs.server.model.records import BulkJob, Job, JobError, Params, Schedule, Template
 from genjobs.server.model.states import Status
 from genjobs.server.model.targets import NotifyTarget
-from genjobs.server.model.vocabulary import Lane, Priority
+from genjobs.server.model.vocabulary import Priority
 from genjobs.server.services.estimates import Estimate
 from genjobs.server.storage import records
 from genjobs.v1 import bulk_pb2, jobs_pb2, schedules_pb2, templates_pb2
@@ -202,8 +202,9 @@ def job(job: Job, full: bool = True, stages: Sequence[str] = ()) -> jobs_pb2.Job
                 elapsed=duration(progress.elapsed_seconds),
             )
         )
-    if job.wait_reason and job.status == Status.QUEUED and job.lane != Lane.READY:
-        message.progress.message = job.wait_reason  # why a queued job is not started (budgets)
+    if job.wait_reason and job.status == Status.QUEUED:
+        # Why a queued job is not started (budgets; its provider down: services/jobs.py).
+        message.progress.message = job.wait_reason
     result = job.result
     if result:
         message.result.CopyFrom(
@@ -219,13 +220,17 @@ def job(job: Job, full: bool = True, stages: Sequence[str] = ()) -> jobs_pb2.Job
     return message
 
 
-def job_event(event: Doc, stages: Sequence[str] = ()) -> jobs_pb2.JobEvent:
+def job_event(
+    event: Doc, stages: Sequence[str] = (), told: Callable[[Job], Job] | None = None
+) -> jobs_pb2.JobEvent:
     """A stored (or just published) event as the JobEvent message (an event
-    carries its job as stored: read through the storage edge's conversion)."""
+    carries its job as stored: read through the storage edge's conversion;
+    `told` adds why a queued job waits, as GetJob does)."""
+    record = records.job(event["job"])
     return jobs_pb2.JobEvent(
         sequence=event["seq"],
         type=jobs_pb2.JobEventType.Value("JOB_EVENT_TYPE_" + event["type"]),
-        job=job(records.job(event["job"]), stages=stages),
+        job=job(told(record) if told else record, stages=stages),
         time=timestamp(event["at_us"]),
     )
 

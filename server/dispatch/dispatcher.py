@@ -43,6 +43,7 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from genjobs.server.dispatch.fairshare import FairShare
+from genjobs.server.dispatch.providers import ProviderGate
 from genjobs.server.dispatch.run import Run, RunLifecycle, database_error
 from genjobs.server.generators.base import (
     Generator,
@@ -86,6 +87,7 @@ class Dispatcher:
         gap_seconds: float = 0.0,
         admit: Callable[[Doc], bool] = lambda job: True,
         release: Callable[[], int] = lambda: 0,
+        gate: ProviderGate | None = None,
     ) -> None:
         self.store = store
         self.queue = store.queue
@@ -106,7 +108,9 @@ class Dispatcher:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         # A claimed job's run, from the generator's call to its stored outcome.
-        self._lifecycle = RunLifecycle(store, generator, record, retry_base_seconds, self._stopping)
+        self._lifecycle = RunLifecycle(store, generator, record, retry_base_seconds, self._stopping, gate)
+        # Providers' outages and rate limits (issue #31): which claims may start now.
+        self.gate = gate
         # The claim order. Claims resuming after a pause of half a lease may
         # follow a spell as follower: it rebuilds from the database then.
         self._fair = FairShare(store.queue, store.outage, poll_seconds, sweep_seconds, lease_seconds / 2)
@@ -267,6 +271,8 @@ class Dispatcher:
         while not self._stopping.is_set():
             try:
                 if not self._is_leader():
+                    if self.gate is not None:
+                        self.gate.refresh()  # what queued jobs say here: the leader's marks
                     self._wake.wait(self.poll_seconds)
                     self._wake.clear()
                     continue
@@ -297,7 +303,8 @@ class Dispatcher:
         the deployment is taken, or until the gap after the last end is over."""
         if len(self._runs) + self._elsewhere >= self.concurrency:
             return self.poll_seconds  # a run ending here wakes the loop sooner
-        return max(0.0, (self._last_end_us + self.gap_us - clock.now_us()) / 1e6)
+        closed = self.gate.claim_wait() if self.gate is not None else 0.0  # every provider down or paused
+        return max(closed, (self._last_end_us + self.gap_us - clock.now_us()) / 1e6)
 
     def _ended(self, stamp_us: int) -> None:
         """A run ended at `stamp_us`: the next claim keeps the gap after it."""
@@ -380,6 +387,8 @@ class Dispatcher:
         self._promote_due(now_us)
         for tick in self.tickers:
             tick()
+        if self.gate is not None:
+            self.gate.tick(lambda doc: self._lifecycle.tell(doc, STATUS_CHANGED))
         if self.release():
             self.wake()
         if now - self._last_sweep >= self.sweep_seconds:
@@ -455,6 +464,10 @@ class Dispatcher:
             # Here, on the dispatcher thread: a job its budget sends back takes
             # no turn, no lane and no gap, and never races the budgets' release.
             if not self.admit(job):
+                continue
+            wait = self.gate.hold(job) if self.gate is not None else None
+            if wait is not None:  # its provider is down or paused: back to wait, attempt given back
+                self._lifecycle.wait_for_provider(Run(job["_id"], job["epoch"]), job, wait)
                 continue
             self._fair.started(job["owner"])
             return job

@@ -25,6 +25,7 @@ import pymongo
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
+from genjobs.server.dispatch.providers import ProviderGate
 from genjobs.server.generators.base import GenerationCancelled, GenerationFailed, Generator, JobSpec
 from genjobs.server.model import clock
 from genjobs.server.model.progress import progress_fields
@@ -34,7 +35,7 @@ from genjobs.server.storage.database import Doc
 from genjobs.server.storage.events import PROGRESS, STATUS_CHANGED
 from genjobs.server.storage.jobs import job_error
 from genjobs.server.storage.outage import Outage, persist, unreachable
-from genjobs.server.storage.queue import BACKOFF, NONE, QueueStore
+from genjobs.server.storage.queue import BACKOFF, NONE, READY, QueueStore
 from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import context, metrics
 
@@ -80,8 +81,10 @@ class RunLifecycle:
         record: Callable[[Doc, str], None],
         retry_base_seconds: float,
         stopping: threading.Event,
+        gate: ProviderGate | None = None,
     ) -> None:
         self.store = store
+        self.gate = gate  # whether a failure was the provider's (an outage, a rate limit)
         self.queue: QueueStore = store.queue
         self.bulks: BulkStore = store.bulks
         self.generator = generator
@@ -120,6 +123,11 @@ class RunLifecycle:
         except GenerationCancelled:
             self._finish_cancelled(run, job)
         except GenerationFailed as failure:
+            wait = self.gate.settle(job, failure=failure) if self.gate else None
+            if wait is not None:
+                # The provider's failure, not the job's: the attempt is given back.
+                self.wait_for_provider(run, job, wait, failure)
+                return
             self._finish_failed(
                 run, job, failure.code, failure.message, failure.retryable, failure.retry_after_seconds
             )
@@ -138,7 +146,22 @@ class RunLifecycle:
             log.exception("generator crashed on job %s", job["_id"])
             self._finish_failed(run, job, "GENERATOR_CRASHED", f"{type(exc).__name__}: {exc}", False)
         else:
+            if self.gate:
+                self.gate.settle(job, output=output)
             self._write_outcome(run, self.queue.completion(output.as_doc(), job["started_us"]))
+
+    def wait_for_provider(
+        self, run: Run, job: Doc, seconds: float, failure: GenerationFailed | None = None
+    ) -> None:
+        """Requeue a claimed `job` with its attempt given back, to wait `seconds`
+        for its provider (0: in the ready lane, where the gate holds its claim);
+        the provider's `failure`, if it ran, is its error meanwhile (not an attempt's)."""
+        changes = self.bulks.requeue_changes(job, BACKOFF if seconds > 0 else READY)
+        if seconds > 0:
+            changes["run_after_us"] = clock.now_us() + int(seconds * 1_000_000)
+        if failure is not None:
+            changes["error"] = job_error(failure.code, "transient", failure.message, True, job["attempt"] - 1)
+        self._write_outcome(run, changes)
 
     def _finish_cancelled(self, run: Run, job: Doc) -> None:
         stamp = clock.now_us()

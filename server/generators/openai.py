@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import httpx
 import openai
 
 from genjobs.server.generators.base import (
@@ -164,7 +165,11 @@ class OpenAIGenerator:
         except openai.APIStatusError as exc:
             failure = http_failure(exc.status_code, _provider_message(exc), retry_after(exc.response.headers))
         except openai.APITimeoutError as exc:
-            failure = GenerationFailed("GENERATOR_TIMEOUT", f"{model.name}: {exc}", True)
+            if isinstance(exc.__cause__, httpx.ConnectTimeout):  # never reached: an outage, not the job's
+                base_url = self.providers.providers[model.provider].base_url
+                failure = GenerationFailed("GENERATOR_UNREACHABLE", f"{base_url}: connect timeout", True)
+            else:
+                failure = GenerationFailed("GENERATOR_TIMEOUT", f"{model.name}: {exc}", True)
         except openai.APIConnectionError as exc:
             base_url = self.providers.providers[model.provider].base_url
             failure = GenerationFailed("GENERATOR_UNREACHABLE", f"{base_url}: {exc}", True)

@@ -52,6 +52,11 @@ class Settings:
     # TOML naming the openai generator's providers, models, prices and fallbacks
     # (docs/generators.md); empty: the GENJOBS_OPENAI_* settings are its one provider.
     providers_file: str = ""
+    # A provider's outages (issue #31): failures in a row that mark it down, how
+    # often a down provider is probed, how long its waiting jobs wait at most.
+    provider_failure_threshold: int = 3
+    provider_probe_seconds: float = 10.0
+    provider_max_outage_seconds: float = 6 * 3600.0
     prompts_file: str = ""  # empty: the built-in server/generators/prompts.toml
     attempt_timeout_seconds: float = 900.0
     stream_idle_seconds: float = 60.0
@@ -119,6 +124,9 @@ class Settings:
 _TYPES = {f.name: f.type for f in fields(Settings)}
 _LEAST = {  # settings with a lower bound
     "concurrency": 1,
+    "provider_failure_threshold": 1,
+    "provider_probe_seconds": 0.05,
+    "provider_max_outage_seconds": 0.0,
     "job_gap_seconds": 0.0,
     "max_queued_per_owner": 1,
     "max_schedules_per_owner": 1,

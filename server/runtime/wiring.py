@@ -32,6 +32,7 @@ from genjobs.server.api.servicers.schedules import ScheduleServicer
 from genjobs.server.api.servicers.templates import TemplateServicer
 from genjobs.server.api.watch import StreamCap
 from genjobs.server.dispatch.dispatcher import Dispatcher
+from genjobs.server.dispatch.providers import GENERATOR, Policy, ProviderGate
 from genjobs.server.generators import Generator, declared_catalog, declared_stages
 from genjobs.server.model.progress import ProgressLink
 from genjobs.server.model.records import Job
@@ -52,6 +53,7 @@ from genjobs.server.services.templates import Templates
 from genjobs.server.storage.budgets import BudgetStore
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.eventlog import EventLog
+from genjobs.server.storage.providers import ProviderStore
 from genjobs.server.storage.schedules import ScheduleStore
 from genjobs.server.storage.store import Store
 
@@ -115,6 +117,7 @@ def build(
         bulks.item_changed(job, kind)
 
     notifier = make_notifier(settings, store, webhook_secret)
+    gate = provider_gate(settings, store, generator)
     job_notifications = EndNotifications(store, notifier)
     tiers = Tiers(store.database.db)  # owners' stored tiers: who may have PRIORITY_HIGH
     schedule_store = ScheduleStore(store.database)
@@ -134,6 +137,7 @@ def build(
         notify_channels=notifier.channels,
         # In this order: a bulk job's counts, the job's notification, its spend.
         on_change=[item_changed, job_notifications.job_changed, budgets.job_changed],
+        waiting=gate.waiting_reason,
     )
     bulks = Bulks(store, hub, jobs, job_notifications)
     estimates = Estimates(declared_catalog(generator), settings.generator, store.jobs)
@@ -163,6 +167,7 @@ def build(
         sweepers=[bulks.recover, job_notifications.recover, budgets.recover],
         admit=budgets.admit,
         release=budgets.release,
+        gate=gate,
     )
     progress = ExternalProgress(store, progress_link.tokens, jobs.record)
     return Services(
@@ -179,6 +184,31 @@ def build(
         dispatcher=dispatcher,
         progress=progress,
     )
+
+
+def provider_gate(settings: Settings, store: Store, generator: Generator) -> ProviderGate:
+    """The gate over the generator's providers (its catalog's), or over the
+    generator itself as one provider."""
+    catalog = declared_catalog(generator)
+    names: list[str] = [GENERATOR]
+    provider_of: Callable[[str], str] = _the_generator
+    limits: dict[str, tuple[int | None, int | None]] = {}
+    if catalog is not None:
+        names = list(catalog.providers.providers)
+        provider_of = catalog.provider_of
+        limits = {name: (p.rpm, p.tpm) for name, p in catalog.providers.providers.items()}
+    policy = Policy(
+        settings.provider_failure_threshold,
+        settings.provider_probe_seconds,
+        settings.provider_max_outage_seconds,
+        settings.retry_base_seconds,
+    )
+    return ProviderGate(ProviderStore(store.database), names, provider_of, policy, limits)
+
+
+def _the_generator(model: str) -> str:
+    """A generator without providers is its every model's one provider."""
+    return GENERATOR
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from genjobs.server.model.errors import FieldViolation, ServiceError, channel_no
 from genjobs.server.model.records import NO_ORIGIN, Job, Origin, Params, Submission
 from genjobs.server.model.states import Status
 from genjobs.server.model.targets import NotifyTarget
-from genjobs.server.model.vocabulary import Mode, Priority
+from genjobs.server.model.vocabulary import Lane, Mode, Priority
 from genjobs.server.services import entitlement, validation
 from genjobs.server.services.entitlement import Tiers
 from genjobs.server.services.events import Event, EventHub, owner_key
@@ -130,8 +130,11 @@ class Jobs:
         tiers: Tiers,
         notify_channels: Iterable[str],
         on_change: Sequence[Callable[[Job, str], None]],
+        waiting: Callable[[str], str] = lambda model: "",
     ) -> None:
         self.store = store
+        # Why a queued job of this model waits (its provider down or rate limited; issue #31).
+        self.waiting = waiting
         self.hub = hub
         self.event_log = event_log
         self.worker_id = worker_id
@@ -299,7 +302,7 @@ class Jobs:
 
     def get(self, caller: Caller, job_id: str) -> Job:
         """One of the caller's jobs."""
-        return self.store.jobs.get(caller.owner_filter, job_id)
+        return self.told_why(self.store.jobs.get(caller.owner_filter, job_id))
 
     def list_jobs(self, caller: Caller, filters: JobFilter, page_size: int, token: str) -> JobPage:
         """A page of the caller's jobs, newest first."""
@@ -307,7 +310,17 @@ class Jobs:
         bad += _check_filter_values(filters)
         if bad:
             raise invalid(bad)
-        return self.store.jobs.list_jobs(caller.owner_filter, filters, size, token)
+        page = self.store.jobs.list_jobs(caller.owner_filter, filters, size, token)
+        page.jobs = [self.told_why(job) for job in page.jobs]
+        return page
+
+    def told_why(self, job: Job) -> Job:
+        """A queued job with its provider's outage or rate limit as its wait
+        reason: from this process's provider state, no write per job."""
+        if job.status != Status.QUEUED or job.lane not in (Lane.READY, Lane.BACKOFF):
+            return job  # held by its bulk job or its budget: that reason is stored
+        reason = self.waiting(job.params.extra.get("model", ""))
+        return dataclasses.replace(job, wait_reason=reason) if reason != job.wait_reason else job
 
     def cancel(self, caller: Caller, job_id: str) -> Job:
         """Cancel a queued job now, or ask the running one to stop."""

@@ -83,6 +83,10 @@ HTTP_REFUSED = Counter(
 DISPATCHER_LEADER = Gauge(
     "genjobs_dispatcher_leader", "1 while this replica holds the dispatcher lease.", registry=REGISTRY
 )
+PROVIDER_UP = Gauge(
+    "genjobs_provider_up", "1 while a generation provider is up, 0 while it is marked down.",
+    ["provider"], registry=REGISTRY,
+)  # fmt: skip
 WEBHOOK_DELIVERIES = Counter(
     "genjobs_webhook_deliveries",
     "Webhook attempts by outcome (delivered, retry, failed, refused).",
@@ -180,6 +184,11 @@ def attempt_outcome(after: Doc) -> str:
 def leader(held: bool) -> None:
     """Whether this replica holds the dispatcher lease now."""
     DISPATCHER_LEADER.set(1 if held else 0)
+
+
+def provider_up(provider: str, up: bool) -> None:
+    """Whether this replica's dispatcher takes `provider` for up (issue #31)."""
+    PROVIDER_UP.labels(provider).set(1 if up else 0)
 
 
 def webhook_delivery(outcome: str) -> None:

@@ -186,7 +186,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                         type=jobs_pb2.JOB_EVENT_TYPE_HEARTBEAT, sequence=event.sequence, time=convert.now()
                     )
                 else:
-                    yield event.message(lambda e: convert.job_event(e, self.stages))
+                    yield event.message(lambda e: convert.job_event(e, self.stages, self.jobs.told_why))
 
     @rpc
     async def WatchJobs(self, request: jobs_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
