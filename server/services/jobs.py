@@ -411,7 +411,7 @@ class Jobs:
                 **self.store.jobs.job_query(caller.owner_filter, scope),
                 "result.metadata.cost_unknown": "true",
             }
-            unknown = self.store.jobs.count(query)
+            unknown = self.store.jobs.count_with_archive(query)
         return JobStats(
             total=sum(by_status.values()),
             by_status=by_status,
