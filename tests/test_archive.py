@@ -16,6 +16,7 @@ from genjobs.server.storage.archive import BATCH
 from genjobs.server.storage.store import Store
 from genjobs.v1 import jobs_pb2
 from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings, seed_job, serving, wait_for
+from tests.test_cli import Cli
 
 COMPLETED, FAILED = jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED
 SECOND_DAYS = 1 / 86400
@@ -34,21 +35,41 @@ def test_completed_jobs_move_to_the_archive_and_stay_findable(mongo: MongoServer
     settings = make_settings(
         mongo.uri, tmp_path, retention_days=1.0 * SECOND_DAYS, archive_failed_days=3600 * SECOND_DAYS
     )
-    with serving(settings) as alice:
-        done = alice.submit("topic", topic="moves")
-        failed = alice.submit("topic", topic="stays", extra={"demo_fail": "permanent"})
-        wait_for(lambda: alice.get(failed.id).status == FAILED)
-        wait_for(lambda: alice.get(done.id).status == COMPLETED)
-        wait_for(lambda: archived(alice, done.id), timeout=15)
+    server = ServerThread(settings).start()
+    try:
+        with server.client("alice") as alice:
+            _moves_and_stays_findable(alice, Cli(server))
+    finally:
+        server.stop()
 
-        job = alice.get(done.id)  # GetJob finds it, whole, with its archive time
-        assert job.status == COMPLETED and job.result.content
-        assert job.archive_time.ToMicroseconds() >= job.end_time.ToMicroseconds()
-        assert not alice.get(failed.id).HasField("archive_time")
-        assert ids(alice) == [failed.id]  # the live jobs only
-        assert ids(alice, show_archived=True) == [failed.id, done.id]  # newest first
-        assert ids(alice, archived_only=True) == [done.id]
-        assert alice.list(show_archived=True).total_size == 2
+
+def _moves_and_stays_findable(alice: GenJobsClient, cli: Cli) -> None:
+    done = alice.submit("topic", topic="moves")
+    failed = alice.submit("topic", topic="stays", extra={"demo_fail": "permanent"})
+    wait_for(lambda: alice.get(failed.id).status == FAILED)
+    wait_for(lambda: alice.get(done.id).status == COMPLETED)
+    wait_for(lambda: archived(alice, done.id), timeout=15)
+
+    job = alice.get(done.id)  # GetJob finds it, whole, with its archive time
+    assert job.status == COMPLETED and job.result.content
+    assert job.archive_time.ToMicroseconds() >= job.end_time.ToMicroseconds()
+    assert not alice.get(failed.id).HasField("archive_time")
+    assert ids(alice) == [failed.id]  # the live jobs only
+    assert ids(alice, show_archived=True) == [failed.id, done.id]  # newest first
+    assert ids(alice, archived_only=True) == [done.id]
+    assert alice.list(show_archived=True).total_size == 2
+
+    # The command line: ls with each flag, show, export.
+    listed = cli.json("ls")["jobs"]
+    assert [j["id"] for j in listed] == [failed.id]  # type: ignore[index]
+    listed = cli.json("ls", "--archived")["jobs"]
+    assert [j["id"] for j in listed] == [failed.id, done.id]  # type: ignore[index]
+    listed = cli.json("ls", "--archived-only")["jobs"]
+    assert [(j["id"], bool(j["archive_time"])) for j in listed] == [(done.id, True)]  # type: ignore[index]
+    assert "archived" in cli("show", done.id).stdout
+    exported = cli("export", "--csv", "-", "--archived").stdout
+    assert done.id in exported and failed.id in exported
+    assert failed.id not in cli("export", "--csv", "-", "--archived-only").stdout
 
 
 def test_stats_count_archived_jobs(mongo: MongoServer, tmp_path: Path) -> None:
