@@ -119,11 +119,7 @@ def keyset_page(
 ) -> Page:
     """A page of `query`, newest first, by keyset on `ck`; the total (counted
     on the first page, carried in the signed token after) matches `query`."""
-    total = -1
-    page_query = query
-    if token:
-        before, total = tokens.decode(token, fingerprint)
-        page_query = below(query, before)
+    page_query, total = resume(query, token, fingerprint, tokens)
     docs, more = read_page(collection, page_query, size)
     if total < 0:  # the first page: `query` has no token bound, only the filters
         found = size + 1 if more else len(docs)
@@ -147,11 +143,7 @@ def merged_page(
     one shown was shown. A page reads at most a page from each side; a job
     met on both sides (copied, not yet deleted from live) is shown once, live.
     """
-    total = -1
-    page_query = query
-    if token:
-        before, total = tokens.decode(token, fingerprint)
-        page_query = below(query, before)
+    page_query, total = resume(query, token, fingerprint, tokens)
     live_docs, live_more = read_page(live, page_query, size)
     archived, archive_more = read_page(archive, page_query, size)
     seen = {d["_id"] for d in live_docs}
@@ -174,10 +166,15 @@ def merged_page(
     return Page(docs, tokens.encode(docs[-1]["ck"], total, fingerprint) if more and docs else "", total)
 
 
-def below(query: Doc, before: int) -> Doc:
-    """`query` restricted to order keys below `before`, within any range it has."""
+def resume(query: Doc, token: str, fingerprint: str, tokens: PageTokens) -> tuple[Doc, int]:
+    """(the query of the page `token` points at, the total it carries); the
+    first page's is `query` itself, its total -1 (not counted yet)."""
+    if not token:
+        return query, -1
+    before, total = tokens.decode(token, fingerprint)
+    # Below the last item shown, within any date range of `query`.
     created = query.get("ck", {})
-    return {**query, "ck": {**created, "$lt": min(before, created.get("$lt", before))}}
+    return {**query, "ck": {**created, "$lt": min(before, created.get("$lt", before))}}, total
 
 
 def read_page(collection: Collection[Doc], page_query: Doc, size: int) -> tuple[list[Doc], bool]:
