@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import pymongo
 from bson import ObjectId
-from pymongo.collection import Collection
 
 from genjobs.server.model.channels import PENDING_FLAG
 from genjobs.server.model.states import Status
@@ -70,8 +69,8 @@ class ArchiveStore:
     def __init__(self, database: Database) -> None:
         self.live_jobs = database.jobs
         self.live_events = database.events
-        self.jobs: Collection[Doc] = database.db["jobs_archive"]
-        self.events: Collection[Doc] = database.db["job_events_archive"]
+        self.jobs = database.jobs_archive
+        self.events = database.events_archive
 
     def ensure_indexes(self) -> None:
         """The indexes behind the move (on the live jobs) and every archive query."""
