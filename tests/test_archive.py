@@ -72,13 +72,14 @@ def _moves_and_stays_findable(alice: GenJobsClient, cli: Cli) -> None:
     assert failed.id not in cli("export", "--csv", "-", "--archived-only").stdout
 
 
-def test_stats_count_archived_jobs(mongo: MongoServer, tmp_path: Path) -> None:
+def test_stats_and_usage_count_archived_jobs(mongo: MongoServer, tmp_path: Path) -> None:
     settings = make_settings(mongo.uri, tmp_path, retention_days=2.0 * SECOND_DAYS)
     with serving(settings) as alice:
         done = [alice.submit("topic", topic=f"t{i}") for i in range(2)]
         wait_for(lambda: all(alice.get(j.id).status == COMPLETED for j in done))
         before = alice.stats()
         assert before.total_jobs == 2 and before.total_cost_cents > 0
+        spent = wait_for(lambda: alice.usage().spent_cents)  # the month's spend, once counted
         wait_for(lambda: all(archived(alice, j.id) for j in done), timeout=15)
         after = alice.stats()
         assert ids(alice) == []  # both moved
@@ -86,6 +87,7 @@ def test_stats_count_archived_jobs(mongo: MongoServer, tmp_path: Path) -> None:
         assert after.total_cost_cents == before.total_cost_cents
         assert list(after.by_status) == list(before.by_status)
         assert after.mean_duration_seconds == pytest.approx(before.mean_duration_seconds)
+        assert alice.usage().spent_cents == spent == before.total_cost_cents
 
 
 def test_retry_and_delete_an_archived_job(mongo: MongoServer, tmp_path: Path) -> None:
