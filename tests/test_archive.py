@@ -201,3 +201,20 @@ def test_a_move_killed_mid_batch_loses_and_doubles_nothing(mongo: MongoServer, t
     assert store.archive.events.count_documents({}) == events_before
     assert store.events.events.count_documents({}) == 0
     store.close()
+
+
+def test_a_bulk_job_keeps_its_counts_when_its_items_are_archived(mongo: MongoServer, tmp_path: Path) -> None:
+    settings = make_settings(
+        mongo.uri, tmp_path, retention_days=1.0 * SECOND_DAYS, archive_failed_days=1.0 * SECOND_DAYS
+    )
+    with serving(settings) as alice:
+        failing = {"topic": "bad", "extra": {"demo_fail": "permanent"}}
+        items = [{"topic": f"item {i}"} for i in range(9)] + [failing]
+        bulk = alice.create_bulk("topic", items)
+        wait_for(lambda: alice.get_bulk(bulk.id).remaining_items == 0, timeout=60)
+        before = alice.get_bulk(bulk.id)
+        assert (before.completed_items, before.failed_items) == (9, 1)
+        wait_for(lambda: ids(alice, bulk_job_id=bulk.id) == [], timeout=20)  # every item archived
+        after = alice.get_bulk(bulk.id)
+        assert (after.total_items, after.completed_items, after.failed_items) == (10, 9, 1)
+        assert [i.status for i in after.items] == [i.status for i in before.items]

@@ -83,6 +83,7 @@ class ArchiveStore:
         jobs.create_index([("owner", 1), ("ck", 1)])  # ListJobs with the archive
         jobs.create_index([("owner", 1), ("status", 1), ("ck", 1)])
         jobs.create_index([("archived_us", 1)])  # archive retention
+        jobs.create_index([("bulk_job_id", 1)])  # a bulk job's items (its counts)
         self.events.create_index([("job_id", 1), ("seq", 1)], unique=True)
         self.events.create_index([("job_id", 1)])
 
