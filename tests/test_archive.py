@@ -67,6 +67,10 @@ def _moves_and_stays_findable(alice: GenJobsClient, cli: Cli) -> None:
     listed = cli.json("ls", "--archived-only")["jobs"]
     assert [(j["id"], bool(j["archive_time"])) for j in listed] == [(done.id, True)]  # type: ignore[index]
     assert "archived" in cli("show", done.id).stdout
+    # WatchJob replays an archived job's events from the archive.
+    replayed = [e.sequence for e in alice.watch(done.id, after_sequence=1)]
+    assert replayed and replayed[0] == 2 and replayed == sorted(set(replayed))
+    assert list(alice.watch(done.id))[-1].job.status == COMPLETED
     exported = cli("export", "--csv", "-", "--archived").stdout
     assert done.id in exported and failed.id in exported
     assert failed.id not in cli("export", "--csv", "-", "--archived-only").stdout

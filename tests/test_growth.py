@@ -233,6 +233,7 @@ def hot_paths(store: Store) -> dict[str, Callable[[Store], object]]:
         "GetJob of an archived job": lambda s: s.archive.document("big", ObjectId()),
         "archive move": lambda s: s.archive.move_batch("COMPLETED", now_us - 86400 * 10**6, 200),
         "archive retention": lambda s: s.archive.purge(Retention(archive_days=1.0), now_us, 1.0),
+        "WatchJob replay of an archived job": lambda s: s.archive.events_after(big_job, 0),
     }
 
 

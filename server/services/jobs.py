@@ -429,7 +429,8 @@ class Jobs:
         if not after:
             return doc, []
         self.event_log.flush()  # what this server already published is stored too
-        return doc, self.store.events.events_after(job_id, after)
+        events = self.store.archive.events_after if doc.get("archived_us") else self.store.events.events_after
+        return doc, events(job_id, after)
 
 
 def normalized(params: Params) -> Params:

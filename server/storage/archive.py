@@ -151,6 +151,10 @@ class ArchiveStore:
         """An archived job's document (None: not archived, or another owner's)."""
         return self.jobs.find_one(owned(owner, oid))
 
+    def events_after(self, job_id: str, seq: int) -> list[Doc]:
+        """An archived job's events after `seq`, in order (WatchJob's replay)."""
+        return list(self.events.find({"job_id": job_id, "seq": {"$gt": seq}}).sort("seq", 1))
+
     def delete(self, owner: str | None, oid: ObjectId) -> bool:
         """Remove an archived job and its events; whether it was there."""
         if self.jobs.delete_one(owned(owner, oid)).deleted_count == 0:
