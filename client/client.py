@@ -547,8 +547,11 @@ def list_request(
     full: bool = False,
     schedule_id: str = "",
     priorities: Sequence[str | int] = (),
+    show_archived: bool = False,
+    archived_only: bool = False,
 ) -> jobs_pb2.ListJobsRequest:
-    """A ListJobsRequest from Python values; `full` asks for the articles too."""
+    """A ListJobsRequest from Python values; `full` asks for the articles too,
+    `show_archived` for the archived jobs too, `archived_only` for them alone."""
     return jobs_pb2.ListJobsRequest(
         statuses=[status_value(s) for s in statuses],  # type: ignore[misc]
         modes=[mode_value(m) for m in modes],  # type: ignore[misc]
@@ -562,6 +565,8 @@ def list_request(
         view=jobs_pb2.JOB_VIEW_FULL if full else jobs_pb2.JOB_VIEW_BASIC,
         schedule_id=schedule_id,
         priorities=[priority_value(p) for p in priorities],  # type: ignore[misc]
+        show_archived=show_archived,
+        archived_only=archived_only,
     )
 
 

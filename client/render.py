@@ -168,6 +168,7 @@ def job_detail(job: jobs_pb2.Job) -> Table:
         ("created", when(job.create_time)),
         ("started", when(job.start_time)),
         ("ended", when(job.end_time)),
+        ("archived", when(job.archive_time)),
     ]
     if job.HasField("error"):
         rows.append(("error", f"[red]{job.error.code}[/]: {job.error.message} ({job.error.category})"))

@@ -24,6 +24,7 @@ from genjobs.server.model.caller import Caller
 from genjobs.server.model.channels import CHANNELS
 from genjobs.server.notify.quota import MailQuota
 from genjobs.server.services.budgets import Budgets
+from genjobs.server.storage.archive import Retention
 from genjobs.server.storage.budgets import BudgetStore
 from genjobs.server.storage.database import Database
 from genjobs.server.storage.paging import TOTAL_SIZE_CAP, JobFilter
@@ -97,6 +98,8 @@ def grown(mongo: MongoServer) -> Iterator[tuple[Store, Recorder]]:
     connection.jobs, connection.events = database["jobs"], database["job_events"]
     connection.bulk_jobs, connection.notifications = database["bulk_jobs"], database["notifications"]
     connection.turns = database["turns"]
+    connection.jobs_archive = database["jobs_archive"]
+    connection.events_archive = database["job_events_archive"]
     store = Store.over(connection)
     for _ in range(HISTORY // BATCH):
         docs = [seed_job(store, "big", PARAMS) for _ in range(BATCH)]
@@ -225,6 +228,12 @@ def hot_paths(store: Store) -> dict[str, Callable[[Store], object]]:
             "big", JobFilter(schedule_id=str(ObjectId())), 50, ""
         ),
         "notifications page": lambda s: s.notifications.list_notifications("big", 50, ""),
+        "ListJobs with the archive": lambda s: s.jobs.list_jobs("big", JobFilter(show_archived=True), 50, ""),
+        "ListJobs archived only": lambda s: s.jobs.list_jobs("big", JobFilter(archived_only=True), 50, ""),
+        "GetJob of an archived job": lambda s: s.archive.document("big", ObjectId()),
+        "archive move": lambda s: s.archive.move_batch("COMPLETED", now_us - 86400 * 10**6, 200),
+        "archive retention": lambda s: s.archive.purge(Retention(archive_days=1.0), now_us, 1.0),
+        "WatchJob replay of an archived job": lambda s: s.archive.events_after(big_job, 0),
     }
 
 

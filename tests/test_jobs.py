@@ -300,9 +300,11 @@ def test_stats(alice: GenJobsClient, bob: GenJobsClient) -> None:
     assert alice.stats(created_after=datetime.now(UTC) + timedelta(hours=1)).total_jobs == 0
 
 
-def test_completed_jobs_expire_after_retention_failed_ones_stay(mongo: MongoServer, tmp_path: Path) -> None:
+def test_delete_mode_expires_completed_jobs_keeps_failed_ones(mongo: MongoServer, tmp_path: Path) -> None:
     retention_seconds = 1.5
-    settings = make_settings(mongo.uri, tmp_path, retention_days=retention_seconds / 86400)
+    settings = make_settings(
+        mongo.uri, tmp_path, retention_days=retention_seconds / 86400, retention_mode="delete"
+    )
     with serving(settings) as alice:
         done = alice.submit("topic", topic="short-lived")
         failed = alice.submit("topic", topic="kept", extra={"demo_fail": "permanent"})

@@ -130,6 +130,15 @@ def submit(
             )
 
 
+ArchivedOpt = Annotated[bool, typer.Option("--archived", help="archived jobs too (GENJOBS_RETENTION_MODE)")]
+ArchivedOnlyOpt = Annotated[bool, typer.Option("--archived-only", help="archived jobs only")]
+
+
+def archive_filters(archived: bool, archived_only: bool) -> dict[str, bool]:
+    """The ListJobs flags of --archived and --archived-only."""
+    return {"show_archived": archived, "archived_only": archived_only}
+
+
 @commands.command("ls")
 def list_jobs(
     ctx: typer.Context,
@@ -143,10 +152,13 @@ def list_jobs(
     schedule: Annotated[str, typer.Option("--schedule", help="only the runs of this schedule")] = "",
     limit: Annotated[int, typer.Option(help="at most this many jobs", min=1)] = 20,
     all_: Annotated[bool, typer.Option("--all", "-a", help="every matching job, page after page")] = False,
+    archived: ArchivedOpt = False,
+    archived_only: ArchivedOnlyOpt = False,
 ) -> None:
     """List your jobs, newest first. Example: genjobs ls --status failed -q tea"""
     opts: Options = ctx.obj
-    filters = job_filters(status, mode, after, before, query, bulk, project)
+    filters: dict[str, Any] = job_filters(status, mode, after, before, query, bulk, project)
+    filters.update(archive_filters(archived, archived_only))
     if schedule:
         filters["schedule_id"] = schedule
     with connected(ctx) as client:
@@ -363,10 +375,13 @@ def export(
     bulk: BulkOpt = "",
     project: ProjectOpt = "",
     content: Annotated[bool, typer.Option(help="add each article, in a last column 'content'")] = False,
+    archived: ArchivedOpt = False,
+    archived_only: ArchivedOnlyOpt = False,
 ) -> None:
     """Write your job history (with any ls filter) as CSV, one row per job."""
     opts: Options = ctx.obj
-    filters = job_filters(status, mode, after, before, query, bulk, project)
+    filters: dict[str, Any] = job_filters(status, mode, after, before, query, bulk, project)
+    filters.update(archive_filters(archived, archived_only))
     to_stdout = str(csv_file) == "-"
     try:
         handle = sys.stdout if to_stdout else csv_file.open("w", newline="", encoding="utf-8")

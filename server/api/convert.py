@@ -178,6 +178,7 @@ def job(job: Job, full: bool = True, stages: Sequence[str] = ()) -> jobs_pb2.Job
         update_time=timestamp(job.updated_us),
         start_time=timestamp(job.started_us),
         end_time=timestamp(job.ended_us),
+        archive_time=timestamp(job.archived_us),
         error=job_error(job.error),
         attempt_errors=[e for e in map(job_error, job.attempt_errors) if e is not None],
         **notify_fields(job.targets),

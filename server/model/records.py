@@ -136,6 +136,7 @@ class Job:
     started_us: int = 0
     ended_us: int = 0
     schedule_us: int = 0
+    archived_us: int = 0  # when it moved to the archive (0: live)
     error: JobError | None = None
     attempt_errors: tuple[JobError, ...] = ()
     targets: tuple[NotifyTarget, ...] = ()

@@ -32,6 +32,7 @@ from genjobs.server.runtime.config import Settings
 from genjobs.server.runtime.embedded import HUNG_SECONDS, EmbeddedError, EmbeddedMongo
 from genjobs.server.runtime.factories import make_generator
 from genjobs.server.services.events import EventHub
+from genjobs.server.storage.archive import Retention
 from genjobs.server.storage.eventlog import EventLog
 from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import metrics
@@ -174,7 +175,12 @@ class App:
         # concurrent callers, each holding one pooled connection briefly.
         loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc"))
         self.store = Store(
-            uri, settings.db_name, settings.retention_days, settings.db_timeout_seconds, page_secret=secret
+            uri,
+            settings.db_name,
+            settings.retention_days,
+            settings.db_timeout_seconds,
+            page_secret=secret,
+            retention=retention_of(settings),
         )
         undo.push_async_callback(self.store.close_async)
         self.hub = EventHub(loop)
@@ -505,3 +511,13 @@ def add_port(server: grpc.aio.Server, settings: Settings) -> int:
         [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
     return server.add_secure_port(address, credentials)
+
+
+def retention_of(settings: Settings) -> Retention:
+    """What the settings ask retention to do with finished jobs."""
+    return Retention(
+        settings.retention_mode,
+        settings.retention_days,
+        settings.archive_failed_days,
+        settings.archive_retention_days,
+    )

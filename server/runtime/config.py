@@ -23,6 +23,13 @@ class Settings:
     lease_seconds: float = 10.0
     max_attempts: int = 3
     retention_days: float = 30.0
+    # What retention does (storage/archive.py): "archive" moves finished jobs to
+    # the archive collections (completed after retention_days, failed and
+    # cancelled after archive_failed_days), which keep them archive_retention_days
+    # (0: for ever); "delete" deletes completed jobs and keeps the others live.
+    retention_mode: str = "archive"
+    archive_failed_days: float = 90.0
+    archive_retention_days: float = 0.0
     webhook_secret: str = ""
     log_level: str = "INFO"
     retry_base_seconds: float = 1.0
@@ -94,6 +101,8 @@ class Settings:
     max_streams_per_owner: int = 100
 
     def __post_init__(self) -> None:
+        if self.retention_mode not in ("archive", "delete"):
+            raise SystemExit(f"genjobs: GENJOBS_RETENTION_MODE={self.retention_mode!r}: archive or delete")
         for name, least in _LEAST.items():
             if getattr(self, name) < least:
                 raise SystemExit(f"genjobs: GENJOBS_{name.upper()}={getattr(self, name)!r}: at least {least}")
@@ -123,6 +132,8 @@ class Settings:
 
 _TYPES = {f.name: f.type for f in fields(Settings)}
 _LEAST = {  # settings with a lower bound
+    "archive_failed_days": 0.0,
+    "archive_retention_days": 0.0,
     "concurrency": 1,
     "provider_failure_threshold": 1,
     "provider_probe_seconds": 0.05,

@@ -159,8 +159,8 @@ def build(
         lease_seconds=settings.lease_seconds,
         poll_seconds=settings.poll_seconds,
         retry_base_seconds=settings.retry_base_seconds,
-        # Often enough that a completed job outlives its retention by at most a quarter.
-        sweep_seconds=min(60.0, settings.retention_days * 86400 / 4),
+        # Often enough that a job outlives its retention by at most a quarter.
+        sweep_seconds=store.retention.sweep_seconds,
         tickers=[schedules.tick],
         concurrency=settings.concurrency,
         gap_seconds=settings.job_gap_seconds,

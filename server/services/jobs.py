@@ -433,7 +433,7 @@ class Jobs:
                 **self.store.jobs.job_query(caller.owner_filter, scope),
                 "result.metadata.cost_unknown": "true",
             }
-            unknown = self.store.jobs.count(query)
+            unknown = self.store.jobs.count_with_archive(query)
         return JobStats(
             total=sum(by_status.values()),
             by_status=by_status,
@@ -451,7 +451,8 @@ class Jobs:
         if not after:
             return doc, []
         self.event_log.flush()  # what this server already published is stored too
-        return doc, self.store.events.events_after(job_id, after)
+        events = self.store.archive.events_after if doc.get("archived_us") else self.store.events.events_after
+        return doc, events(job_id, after)
 
 
 def normalized(params: Params) -> Params:

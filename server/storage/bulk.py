@@ -27,6 +27,7 @@ class BulkStore:
 
     def __init__(self, database: Database, queue: QueueStore) -> None:
         self.jobs = database.jobs
+        self.archived_jobs = database.jobs_archive  # items past retention (storage/archive.py)
         self.bulk_jobs = database.bulk_jobs
         self.page_tokens = database.page_tokens
         self.queue = queue
@@ -113,8 +114,10 @@ class BulkStore:
         """Every job of these bulk jobs (retries included), without their content;
         only `owner`'s when given.
 
-        One query per bulk job: nx-27017 answers an equality on `bulk_job_id`
-        from its index, but `$in` on any field but `_id` by a scan of every job.
+        One query per bulk job and side (live, archived): nx-27017 answers an
+        equality on `bulk_job_id` from its index, but `$in` on any field but
+        `_id` by a scan of every job. An item met on both sides (a move between
+        its copy and its delete) counts once.
         """
         projection = {
             "status": 1,
@@ -127,13 +130,14 @@ class BulkStore:
             "ended_us": 1,
             "started_us": 1,
         }
-        items: list[Doc] = []
+        items: dict[object, Doc] = {}
         for bulk_id in bulk_ids:
             query: Doc = {"bulk_job_id": bulk_id}
             if owner is not None:
                 query["owner"] = owner
-            items.extend(self.jobs.find(query, projection))
-        return items
+            for collection in (self.archived_jobs, self.jobs):  # live last: live wins
+                items.update((doc["_id"], doc) for doc in collection.find(query, projection))
+        return list(items.values())
 
     def bulk_transition(self, owner: str | None, bulk_id: str, action: BulkAction, changes: Doc) -> Doc:
         """Apply `changes` if the bulk job's status allows `action`, else explain why not."""

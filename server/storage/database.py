@@ -60,6 +60,8 @@ class Database:
         self.bulk_jobs: Collection[Doc] = self.db["bulk_jobs"]
         self.notifications: Collection[Doc] = self.db["notifications"]
         self.turns: Collection[Doc] = self.db["turns"]  # owner -> last start (fair share)
+        self.jobs_archive: Collection[Doc] = self.db["jobs_archive"]  # finished jobs (archive.py)
+        self.events_archive: Collection[Doc] = self.db["job_events_archive"]
         self.retention_us = int(retention_days * 86400 * 1_000_000)
         self.order_keys = clock.OrderKeys()
         # Signs page tokens; replicas sharing the auth secret accept each other's.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pymongo
@@ -23,11 +24,19 @@ from genjobs.server.model.errors import ServiceError, not_found, wrong_status
 from genjobs.server.model.records import Job, Submission
 from genjobs.server.model.states import FINAL, REFUSAL_HINT, REFUSAL_REASON, Action, Status, allowed
 from genjobs.server.storage import records
+from genjobs.server.storage.archive import ArchiveStore
 from genjobs.server.storage.bulk import BulkStore
 from genjobs.server.storage.database import Database, Doc, count, one_of, owned
 from genjobs.server.storage.events import EventStore
 from genjobs.server.storage.inserts import LoopInsert
-from genjobs.server.storage.paging import JobFilter, keyset_page, parse_id, request_key, submission_key
+from genjobs.server.storage.paging import (
+    JobFilter,
+    keyset_page,
+    merged_page,
+    parse_id,
+    request_key,
+    submission_key,
+)
 from genjobs.server.storage.queue import NONE, READY, SCHEDULED
 
 
@@ -43,8 +52,11 @@ class JobPage:
 class JobStore:
     """Job documents: every query and update on them but the queue's."""
 
-    def __init__(self, database: Database, events: EventStore, bulks: BulkStore) -> None:
+    def __init__(
+        self, database: Database, events: EventStore, bulks: BulkStore, archive: ArchiveStore
+    ) -> None:
         self.jobs = database.jobs
+        self.archive = archive  # finished jobs moved out of `jobs`: read after it
         self.order_keys = database.order_keys
         self.page_tokens = database.page_tokens
         self.retention_us = database.retention_us
@@ -149,7 +161,9 @@ class JobStore:
     def document(self, owner: str | None, job_id: str) -> Doc:
         """One job's stored document, as `get` finds it: what job events carry
         (watchers and the event log read documents)."""
-        found = self.jobs.find_one(owned(owner, parse_id(job_id)))
+        oid = parse_id(job_id)
+        # Live first, then the archive: a job moves by copy, then delete (storage/archive.py).
+        found = self.jobs.find_one(owned(owner, oid)) or self.archive.document(owner, oid)
         if found is None:
             raise not_found("job", job_id)
         return found
@@ -165,7 +179,13 @@ class JobStore:
         page's documents, not the owner's history.
         """
         query = self.job_query(owner, filters)
-        page = keyset_page(self.jobs, query, filters.fingerprint(owner), size, token, self.page_tokens)
+        mark = filters.fingerprint(owner)
+        if filters.archived_only:
+            page = keyset_page(self.archive.jobs, query, mark, size, token, self.page_tokens)
+        elif filters.show_archived:
+            page = merged_page(self.jobs, self.archive.jobs, query, mark, size, token, self.page_tokens)
+        else:
+            page = keyset_page(self.jobs, query, mark, size, token, self.page_tokens)
         return JobPage([records.job(doc) for doc in page.docs], page.next_token, page.total)
 
     def job_query(self, owner: str | None, filters: JobFilter) -> Doc:
@@ -214,9 +234,8 @@ class JobStore:
         """What retrying a failed or cancelled job submits (`Job.retry_submission`
         says what it keeps), with a request key that makes a repeated or
         concurrent retry return the first (`store_retry`)."""
-        original = self.jobs.find_one(
-            {**owned(owner, parse_id(job_id)), "status": one_of(allowed(Action.RETRY))}
-        )
+        retryable = {**owned(owner, parse_id(job_id)), "status": one_of(allowed(Action.RETRY))}
+        original = self.jobs.find_one(retryable) or self.archive.jobs.find_one(retryable)
         if original is None:
             raise self.refusal(owner, job_id, Action.RETRY)
         kept = records.job(original).retry_submission(request_id, default_attempts)
@@ -237,19 +256,23 @@ class JobStore:
         if created:  # the newest retry; a repeated request changes nothing
             original = parse_id(doc["retry_of"])
             self.jobs.update_one({"_id": original}, {"$set": {"retried_by": str(stored["_id"])}})
+            self.archive.note_retry(original, str(stored["_id"]))
         return stored
 
     def delete(self, owner: str | None, job_id: str) -> None:
         """Remove a job in a final status, and its events."""
         oid = parse_id(job_id)
         result = self.jobs.delete_one({**owned(owner, oid), "status": one_of(allowed(Action.DELETE))})
-        if result.deleted_count == 0:
+        # The archive too, after live: a copy made before the live delete goes as well.
+        archived = self.archive.delete(owner, oid)
+        if result.deleted_count == 0 and not archived:
             raise self.refusal(owner, job_id, Action.DELETE)
         self.events.forget(job_id)
 
     def refusal(self, owner: str | None, job_id: str, action: Action) -> ServiceError:
         """Why `action` did not happen: NOT_FOUND, or the status that forbids it."""
-        found = self.jobs.find_one(owned(owner, parse_id(job_id)), {"status": 1})
+        oid = parse_id(job_id)
+        found = self.jobs.find_one(owned(owner, oid), {"status": 1}) or self.archive.document(owner, oid)
         if found is None:
             return not_found("job", job_id)
         return wrong_status(REFUSAL_REASON[action], "job", job_id, found["status"], REFUSAL_HINT[action])
@@ -284,21 +307,30 @@ class JobStore:
         Two single-key groupings: nx-27017 does not group by a compound key.
         """
         match = {"$match": self.job_query(owner, filters)}
-        by_status = self.jobs.aggregate(
-            [
-                match,
-                {
-                    "$group": {
-                        "_id": "$status",
-                        "n": {"$sum": 1},
-                        "cost": {"$sum": "$cost_cents"},
-                        "seconds": {"$sum": "$duration_s"},
-                    }
-                },
-            ]
-        )
-        by_mode = self.jobs.aggregate([match, {"$group": {"_id": "$mode", "n": {"$sum": 1}}}])
-        return list(by_status), list(by_mode)
+        by_status: dict[str, Doc] = {}
+        by_mode: dict[str, Doc] = {}
+        # The archive counts too: archiving a job moves it, it does not undo it.
+        for collection in (self.jobs, self.archive.jobs):
+            status_rows = collection.aggregate(
+                [
+                    match,
+                    {
+                        "$group": {
+                            "_id": "$status",
+                            "n": {"$sum": 1},
+                            "cost": {"$sum": "$cost_cents"},
+                            "seconds": {"$sum": "$duration_s"},
+                        }
+                    },
+                ]
+            )
+            _add_rows(by_status, status_rows)
+            _add_rows(by_mode, collection.aggregate([match, {"$group": {"_id": "$mode", "n": {"$sum": 1}}}]))
+        return list(by_status.values()), list(by_mode.values())
+
+    def count_with_archive(self, query: Doc) -> int:
+        """How many jobs match `query`, live or archived (statistics)."""
+        return count(self.jobs, query) + count(self.archive.jobs, query)
 
     def recent_durations(self, model: str, limit: int) -> list[float]:
         """How long the newest `limit` completed jobs of `model` ran, in seconds:
@@ -337,6 +369,15 @@ class JobStore:
     def notification_stored(self, job: Job) -> None:
         """The job's notification is in `notifications` now."""
         self.jobs.update_one({"_id": ObjectId(job.id), PENDING_FLAG: True}, {"$set": {PENDING_FLAG: False}})
+
+
+def _add_rows(into: dict[str, Doc], rows: Iterable[Doc]) -> None:
+    """Sum grouped rows into `into` by their `_id`, field by field."""
+    for row in rows:
+        kept = into.setdefault(row["_id"], {"_id": row["_id"]})
+        for key, value in row.items():
+            if key != "_id":
+                kept[key] = (kept.get(key) or 0) + (value or 0)
 
 
 def _cancelled() -> Doc:

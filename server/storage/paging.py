@@ -44,9 +44,14 @@ class JobFilter:
     project: str = ""
     schedule_id: str = ""
     priorities: list[str] = field(default_factory=list)
+    # The archive (storage/archive.py): also list it, or list only it.
+    show_archived: bool = False
+    archived_only: bool = False
 
     def fingerprint(self, owner: str | None) -> str:
         """A short hash of the filters; a page token is only valid for the same one."""
+        # The archive flags only when set: the tokens of listings without them stay valid.
+        flags = [self.show_archived, self.archived_only] if self.show_archived or self.archived_only else []
         blob = json.dumps(
             [
                 owner,
@@ -59,6 +64,7 @@ class JobFilter:
                 self.project,
                 self.schedule_id,
                 sorted(self.priorities),
+                *flags,
             ]
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -113,13 +119,66 @@ def keyset_page(
 ) -> Page:
     """A page of `query`, newest first, by keyset on `ck`; the total (counted
     on the first page, carried in the signed token after) matches `query`."""
-    total = -1
-    page_query = query
-    if token:
-        before, total = tokens.decode(token, fingerprint)
-        # Below the last item shown, within any date range of `query`.
-        created = query.get("ck", {})
-        page_query = {**query, "ck": {**created, "$lt": min(before, created.get("$lt", before))}}
+    page_query, total = resume(query, token, fingerprint, tokens)
+    docs, more = read_page(collection, page_query, size)
+    if total < 0:  # the first page: `query` has no token bound, only the filters
+        found = size + 1 if more else len(docs)
+        total = _first_total(collection, query, found, size) if count else 0
+    return Page(docs, tokens.encode(docs[-1]["ck"], total, fingerprint) if more else "", total)
+
+
+def merged_page(
+    live: Collection[Doc],
+    archive: Collection[Doc],
+    query: Doc,
+    fingerprint: str,
+    size: int,
+    token: str,
+    tokens: PageTokens,
+) -> Page:
+    """A page of `query` over the live jobs and the archive together, newest first.
+
+    `ck` orders both (a job keeps its order key when archived), so one keyset
+    position serves both sides: every job of either side newer than the last
+    one shown was shown. A page reads at most a page from each side; a job
+    met on both sides (copied, not yet deleted from live) is shown once, live.
+    """
+    page_query, total = resume(query, token, fingerprint, tokens)
+    live_docs, live_more = read_page(live, page_query, size)
+    archived, archive_more = read_page(archive, page_query, size)
+    seen = {d["_id"] for d in live_docs}
+    merged = sorted(live_docs + [d for d in archived if d["_id"] not in seen], key=lambda d: -d["ck"])
+    docs: list[Doc] = []
+    weight = 0
+    for doc in merged[:size]:
+        weight += len(bson.encode(doc))
+        if docs and weight > MAX_PAGE_BYTES:
+            break
+        docs.append(doc)
+    more = live_more or archive_more or len(merged) > len(docs)
+    if total < 0:
+        found_live = size + 1 if live_more else len(live_docs)
+        found_archive = size + 1 if archive_more else len(archived)
+        total = min(
+            _first_total(live, query, found_live, size) + _first_total(archive, query, found_archive, size),
+            TOTAL_SIZE_CAP,
+        )
+    return Page(docs, tokens.encode(docs[-1]["ck"], total, fingerprint) if more and docs else "", total)
+
+
+def resume(query: Doc, token: str, fingerprint: str, tokens: PageTokens) -> tuple[Doc, int]:
+    """(the query of the page `token` points at, the total it carries); the
+    first page's is `query` itself, its total -1 (not counted yet)."""
+    if not token:
+        return query, -1
+    before, total = tokens.decode(token, fingerprint)
+    # Below the last item shown, within any date range of `query`.
+    created = query.get("ck", {})
+    return {**query, "ck": {**created, "$lt": min(before, created.get("$lt", before))}}, total
+
+
+def read_page(collection: Collection[Doc], page_query: Doc, size: int) -> tuple[list[Doc], bool]:
+    """Up to `size` documents of `page_query`, newest first, and whether more follow."""
     # Read raw, to weigh each document: a page stops short of gRPC's 4 MB
     # message limit however large its jobs. One decode of the kept ones
     # after costs what pymongo's own decoding would have.
@@ -135,10 +194,7 @@ def keyset_page(
             break
         kept.append(found.raw)
     docs: list[Doc] = bson.decode_all(b"".join(kept), collection.codec_options)
-    if total < 0:  # the first page: `query` has no token bound, only the filters
-        found = size + 1 if more else len(kept)
-        total = _first_total(collection, query, found, size) if count else 0
-    return Page(docs, tokens.encode(docs[-1]["ck"], total, fingerprint) if more else "", total)
+    return docs, more
 
 
 def _first_total(collection: Collection[Doc], query: Doc, found: int, size: int) -> int:

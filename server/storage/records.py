@@ -134,6 +134,7 @@ def job(doc: Doc) -> Job:
         started_us=int(doc.get("started_us") or 0),
         ended_us=int(doc.get("ended_us") or 0),
         schedule_us=int(doc.get("schedule_us") or 0),
+        archived_us=int(doc.get("archived_us") or 0),
         error=job_error(doc.get("error")),
         attempt_errors=tuple(e for e in map(job_error, doc.get("attempt_errors", [])) if e is not None),
         targets=targets(doc),

@@ -7,12 +7,17 @@ indexes, purges retention, pings and closes.
 
 from __future__ import annotations
 
+from genjobs.server.storage.archive import DAY_US, DELETE, ArchiveStore, Retention
 from genjobs.server.storage.bulk import BulkStore
 from genjobs.server.storage.database import Database
 from genjobs.server.storage.events import EventStore
 from genjobs.server.storage.jobs import JobStore
 from genjobs.server.storage.notifications import NotificationStore
 from genjobs.server.storage.queue import QueueStore
+
+# How long one sweep may move jobs to the archive: it runs in the dispatcher's
+# housekeeping, and a backlog goes on at the next sweep.
+ARCHIVE_SWEEP_SECONDS = 2.0
 
 
 class Store:
@@ -25,8 +30,10 @@ class Store:
         retention_days: float = 30.0,
         timeout_seconds: float = 5.0,
         page_secret: str = "",
+        retention: Retention | None = None,
     ) -> None:
         self._compose(Database(uri, db_name, retention_days, timeout_seconds, page_secret))
+        self.retention = retention or Retention(completed_days=retention_days)
 
     @classmethod
     def over(cls, database: Database) -> Store:
@@ -34,6 +41,7 @@ class Store:
         collections through a client of its own first)."""
         store = cls.__new__(cls)
         store._compose(database)
+        store.retention = Retention(completed_days=database.retention_us / DAY_US)
         return store
 
     def _compose(self, database: Database) -> None:
@@ -43,20 +51,28 @@ class Store:
         self.queue = QueueStore(self.database)
         self.events = EventStore(self.database)
         self.bulks = BulkStore(self.database, self.queue)
-        self.jobs = JobStore(self.database, self.events, self.bulks)
+        self.archive = ArchiveStore(self.database)
+        self.jobs = JobStore(self.database, self.events, self.bulks, self.archive)
         self.notifications = NotificationStore(self.database)
 
     def ensure_indexes(self) -> None:
         """Create the index behind every query of every aggregate store."""
         self.database.drop_ttl_indexes()
         self.jobs.ensure_indexes()
+        self.archive.ensure_indexes()
         self.events.ensure_indexes()
         self.bulks.ensure_indexes()
         self.notifications.ensure_indexes()
 
-    def purge_expired(self, now_us: int) -> int:
-        """Delete completed jobs and events past their retention; how many jobs went."""
-        return self.database.purge_expired(now_us)
+    def purge_expired(self, now_us: int, budget_seconds: float = ARCHIVE_SWEEP_SECONDS) -> int:
+        """Retention: delete completed jobs and events past it (mode delete), or
+        move finished jobs to the archive and delete what the archive keeps no
+        longer (mode archive, for about `budget_seconds`); how many jobs went."""
+        if self.retention.mode == DELETE:
+            return self.database.purge_expired(now_us)
+        moved = self.archive.move_due(self.retention, now_us, budget_seconds)
+        self.archive.purge(self.retention, now_us, budget_seconds)
+        return moved
 
     def ping(self) -> None:
         """Raise unless the database answers."""

@@ -465,6 +465,7 @@ class Job(_message.Message):
     STAGES_FIELD_NUMBER: _builtins.int
     STAGES_DONE_FIELD_NUMBER: _builtins.int
     ESTIMATE_FIELD_NUMBER: _builtins.int
+    ARCHIVE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     owner: _builtins.str
     project: _builtins.str
@@ -537,6 +538,14 @@ class Job(_message.Message):
         SubmitJob with validate_only.
         """
 
+    @_builtins.property
+    def archive_time(self) -> _timestamp_pb2.Timestamp:
+        """When the job moved to the archive (unset: it is live). Archived jobs are
+        finished ones past GENJOBS_RETENTION_DAYS (completed) or
+        GENJOBS_ARCHIVE_FAILED_DAYS (failed, cancelled); GetJob finds them, ListJobs
+        lists them with show_archived or archived_only.
+        """
+
     def __init__(
         self,
         *,
@@ -571,10 +580,11 @@ class Job(_message.Message):
         stages: _abc.Iterable[_builtins.str] | None = ...,
         stages_done: _builtins.int = ...,
         estimate: Global___Estimate | None = ...,
+        archive_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "estimate", b"estimate", "params", b"params", "progress", b"progress", "result", b"result", "schedule_time", b"schedule_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["archive_time", b"archive_time", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "estimate", b"estimate", "params", b"params", "progress", b"progress", "result", b"result", "schedule_time", b"schedule_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_errors", b"attempt_errors", "bulk_job_id", b"bulk_job_id", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "estimate", b"estimate", "id", b"id", "max_attempts", b"max_attempts", "mode", b"mode", "notify", b"notify", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "project", b"project", "queue_position", b"queue_position", "request_id", b"request_id", "result", b"result", "retry_of", b"retry_of", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "stages", b"stages", "stages_done", b"stages_done", "start_time", b"start_time", "status", b"status", "template", b"template", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive_time", b"archive_time", "attempt", b"attempt", "attempt_errors", b"attempt_errors", "bulk_job_id", b"bulk_job_id", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "estimate", b"estimate", "id", b"id", "max_attempts", b"max_attempts", "mode", b"mode", "notify", b"notify", "notify_email", b"notify_email", "notify_url", b"notify_url", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "project", b"project", "queue_position", b"queue_position", "request_id", b"request_id", "result", b"result", "retry_of", b"retry_of", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "stages", b"stages", "stages_done", b"stages_done", "start_time", b"start_time", "status", b"status", "template", b"template", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -838,6 +848,8 @@ class ListJobsRequest(_message.Message):
     VIEW_FIELD_NUMBER: _builtins.int
     PRIORITIES_FIELD_NUMBER: _builtins.int
     SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    SHOW_ARCHIVED_FIELD_NUMBER: _builtins.int
+    ARCHIVED_ONLY_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """Case-insensitive match on topic or keywords."""
     bulk_job_id: _builtins.str
@@ -849,6 +861,12 @@ class ListJobsRequest(_message.Message):
     """How much of each job to return; unspecified means JOB_VIEW_BASIC."""
     schedule_id: _builtins.str
     """Only the jobs this schedule's ticks created: its runs."""
+    show_archived: _builtins.bool
+    """Archived jobs too, merged with the live ones, newest first (one page
+    token across both).
+    """
+    archived_only: _builtins.bool
+    """Archived jobs only."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___JobStatus.ValueType]: ...
     @_builtins.property
@@ -876,10 +894,12 @@ class ListJobsRequest(_message.Message):
         view: Global___JobView.ValueType = ...,
         priorities: _abc.Iterable[Global___Priority.ValueType] | None = ...,
         schedule_id: _builtins.str = ...,
+        show_archived: _builtins.bool = ...,
+        archived_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_job_id", b"bulk_job_id", "created_after", b"created_after", "created_before", b"created_before", "modes", b"modes", "page_size", b"page_size", "page_token", b"page_token", "priorities", b"priorities", "project", b"project", "query", b"query", "schedule_id", b"schedule_id", "statuses", b"statuses", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived_only", b"archived_only", "bulk_job_id", b"bulk_job_id", "created_after", b"created_after", "created_before", b"created_before", "modes", b"modes", "page_size", b"page_size", "page_token", b"page_token", "priorities", b"priorities", "project", b"project", "query", b"query", "schedule_id", b"schedule_id", "show_archived", b"show_archived", "statuses", b"statuses", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -42,6 +42,7 @@ def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.GetJobStatsRequest) 
         filters.query = request.query
         filters.bulk_job_id = request.bulk_job_id
         filters.schedule_id = request.schedule_id
+        filters.show_archived, filters.archived_only = request.show_archived, request.archived_only
         filters.priorities = list(dict.fromkeys(convert.priority_name(p) for p in request.priorities))
     return filters
 
