@@ -166,7 +166,9 @@ class BudgetStore:
         month = month_of(job.ended_us)
         key = usage_key(owner, month)
         marker = f"counted.{job_id}"
-        counts = {"spent_cents": cents, f"projects.{project_field(job.project)}": cents}
+        counts = {"spent_cents": cents}
+        if cents:  # an unknown cost alone lists no project at 0
+            counts[f"projects.{project_field(job.project)}"] = cents
         if job.cost_unknown:
             counts["cost_unknown_jobs"] = 1
         update = {"$inc": counts, "$set": {marker: True}}
