@@ -283,10 +283,14 @@ def usage_table(usage: jobs_pb2.Usage) -> Table:
         for b in usage.budgets
         if b.project and b.project not in spent_in
     ]
+    # Jobs on an unpriced model are not in any figure: said apart, never as 0¢.
+    n = usage.cost_unknown_jobs
+    unknown = f" + {n} job{'s' if n != 1 else ''} of unknown cost" if n else ""
     for label, spent, budget in rows:
         limit = budget.monthly_limit_cents if budget else 0
         left = "[red]spent[/]" if budget and budget.exhausted else f"{limit - spent}¢" if limit else ""
-        table.add_row(label, f"{spent}¢", f"{limit}¢" if limit else "none", left)
+        table.add_row(label, f"{spent}¢{unknown}", f"{limit}¢" if limit else "none", left)
+        unknown = ""  # the whole spend's row only
     full = usage.queued_jobs >= usage.max_queued_jobs
     queued = f"[red]{usage.queued_jobs}[/]" if full else str(usage.queued_jobs)
     table.add_row(

@@ -288,6 +288,9 @@ def test_spend_is_counted_once_across_restarts(mongo: MongoServer, tmp_path: Pat
     uncounted.update(_id=ObjectId(), ck=uncounted["ck"] + 1, request_key=f"crash-{uncounted['ck']}")
     uncounted.update(cost_cents=7, ended_us=ended, spend_pending=True, project="blog")
     db.jobs.insert_one(uncounted)
+    # A job on an unpriced model the stopped server completed: counted apart, once.
+    unknown = {**uncounted, "_id": ObjectId(), "ck": uncounted["ck"] + 1, "request_key": "crash-unknown"}
+    db.jobs.insert_one({**unknown, "cost_cents": 0, "cost_unknown": True})
 
     for _ in range(2):  # the first start counts what is missing; the second adds nothing
         server = ServerThread(settings).start()
@@ -295,7 +298,7 @@ def test_spend_is_counted_once_across_restarts(mongo: MongoServer, tmp_path: Pat
             with server.client("alice") as alice:
                 wait_for(lambda: db.jobs.count_documents({"spend_pending": True}) == 0, timeout=30)
                 usage = alice.usage()
-                assert usage.spent_cents == COST + 7
+                assert (usage.spent_cents, usage.cost_unknown_jobs) == (COST + 7, 1)
                 assert dict((p.project, p.spent_cents) for p in usage.projects) == {"": COST, "blog": 7}
         finally:
             server.stop()

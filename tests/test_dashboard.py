@@ -4,6 +4,7 @@ Playwright), against a live server: what a person sees and does."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from genjobs.client import GenJobsClient
 from genjobs.v1 import bulk_pb2, jobs_pb2
-from tests.harness import ServerThread, wait_for
+from tests.fake_openai import FakeOpenAI, Plan
+from tests.harness import MongoServer, ServerThread, make_settings, wait_for
+from tests.test_providers import ARTICLE, providers_file
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -41,6 +44,13 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser, server: ServerThread) -> Iterator[Page]:
+    with browser_page(browser) as opened:
+        yield opened
+
+
+@contextmanager
+def browser_page(browser: Browser) -> Iterator[Page]:
+    """A fresh page; on leaving, no script error and nothing the CSP blocked."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(TIMEOUT_MS)
     opened = context.new_page()
@@ -106,6 +116,55 @@ def test_a_submitted_job_appears_and_its_bar_moves_to_done_without_a_reload(
     assert body.evaluate("node => node.children.length") == 0  # text, never markup
     expect(page.locator(".stage.done")).to_have_count(4)
     page.screenshot(path=str(tmp_path / "job.png"), full_page=True, animations="disabled")
+
+
+@pytest.fixture
+def priced(mongo: MongoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerThread]:
+    """A server on the openai generator whose providers file prices `small`
+    (the default) and not `local`, each served by a fake that writes ARTICLE."""
+    monkeypatch.setenv("MAIN_TEST_KEY", "sk-main")
+    with FakeOpenAI() as main, FakeOpenAI() as backup:
+        main.default = backup.default = Plan(pieces=ARTICLE)
+        path = providers_file(tmp_path / "providers.toml", main.base_url, backup.base_url)
+        settings = make_settings(mongo.uri, tmp_path, generator="openai", providers_file=str(path))
+        running = ServerThread(settings).start()
+        yield running
+        running.stop()
+
+
+def test_the_new_job_form_shows_the_estimate_before_submitting(
+    browser: Browser, priced: ServerThread, tmp_path: Path
+) -> None:
+    with browser_page(browser) as page, priced.client("alice") as alice:
+        sign_in(page, priced)
+        estimate = page.locator("#new-estimate")
+        page.fill("#new-words", "1000")
+        page.locator("#new-topic").press_sequentially("Green tea", delay=20)
+        # 1000 words at $10/M out, 0.75x to 1.5x, and the prompt at $2.50/M (as test_providers).
+        expect(estimate).to_have_text("estimate 1-3¢ (small on main)")
+        page.screenshot(path=str(tmp_path / "estimate.png"), full_page=True, animations="disabled")
+        page.click("details summary")
+        page.fill("#new-extra", "model=local")
+        expect(estimate).to_have_text("cost unknown: model local has no price (local on backup)")
+        page.fill("#new-extra", "model=nope")
+        expect(estimate).to_contain_text("unknown model 'nope': known models are")
+        expect(estimate).to_have_class("estimate error-text")
+        page.screenshot(path=str(tmp_path / "estimate-error.png"), full_page=True, animations="disabled")
+        assert not alice.list().jobs  # an estimate stores nothing
+        page.fill("#new-extra", "model=local")
+        expect(estimate).to_contain_text("cost unknown")
+        page.get_by_role("button", name="Submit").click()
+        row = page.locator("tr[data-job-id]", has_text="Green tea")
+        expect(row).to_have_attribute("data-status", "completed")
+        expect(estimate).to_have_text("")  # the form is empty again
+        assert len(alice.list().jobs) == 1
+        # This month's usage counts the unpriced job apart, not as $0.00 spent.
+        wait_for(lambda: alice.usage().cost_unknown_jobs == 1, timeout=10)
+        page.get_by_role("link", name="Usage").click()
+        spent = page.locator("[data-stat=cost] .stat-value")
+        expect(spent).to_have_text("$0.00 + 1 job of unknown cost")
+        expect(page.locator("#projects-title + *")).to_have_text("Nothing spent this month.")  # no $0.00 row
+        page.screenshot(path=str(tmp_path / "usage.png"), full_page=True, animations="disabled")
 
 
 def test_cancel_on_a_queued_job_from_the_keyboard(

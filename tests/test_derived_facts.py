@@ -115,7 +115,7 @@ def test_noop_and_openai_declare_one_stage_and_http_none() -> None:
     assert declared_stages(make_generator(http)) == ()
 
 
-def test_an_unpriced_model_shows_cost_unknown_in_the_cli(mongo: MongoServer, tmp_path: Path) -> None:
+def test_an_unpriced_model_shows_unknown_cost_in_cli_and_usage(mongo: MongoServer, tmp_path: Path) -> None:
     with FakeOpenAI() as fake:
         _cost_unknown_in_cli(mongo, tmp_path, fake)
 
@@ -139,6 +139,12 @@ def _cost_unknown_in_cli(mongo: MongoServer, tmp_path: Path, fake: FakeOpenAI) -
         assert "cost unknown" in shown and "0¢" not in shown
         assert "0¢ (of 1 completed job, 1 of unknown cost left out)" in cli("stats").stdout
         assert json.loads(cli("-o", "json", "show", submitted.id).stdout)["result"]["cost_unknown"] is True
+        # This month's usage counts it apart: not as a 0¢ spend.
+        usage = wait_for(lambda: (u := client.usage()).cost_unknown_jobs and u, timeout=10)
+        assert (usage.cost_unknown_jobs, usage.spent_cents) == (1, 0)
+        row = next(line for line in cli("usage").stdout.splitlines() if "all projects" in line)
+        assert "0¢ + 1 job of unknown cost" in row
+        assert json.loads(cli("-o", "json", "usage").stdout)["cost_unknown_jobs"] == 1
     finally:
         client.close()
         server.stop()

@@ -166,7 +166,8 @@ class Job:
     @property
     def spend(self) -> Spend:
         """Its cost as its owner's month counts it."""
-        return Spend(self.id, self.owner, self.project, self.cost_cents, self.ended_us)
+        unknown = self.result is not None and self.result.cost_unknown
+        return Spend(self.id, self.owner, self.project, self.cost_cents, self.ended_us, unknown)
 
     def retry_submission(self, request_id: str, default_attempts: int) -> Submission:
         """THE rule of what a retry keeps: the same owner, project, mode, params,
@@ -200,6 +201,7 @@ class Spend:
     project: str
     cost_cents: int
     ended_us: int
+    cost_unknown: bool = False  # its model has no price: counted apart, never as 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +223,7 @@ class MonthSpend:
 
     spent_cents: int = 0
     projects: dict[str, int] = field(default_factory=dict)
+    cost_unknown_jobs: int = 0  # completed jobs whose cost is unknown (not in spent_cents)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,9 @@
 the cap on an owner's queued jobs.
 
 - Spend is the sum of completed jobs' `cost_cents` in the calendar month
-  (UTC). A job that cost something completes with `spend_pending` set (by
-  the same write); `job_changed` then adds its cost to its owner's month
+  (UTC); completed jobs whose cost is unknown are counted apart, by the same
+  write. A job that cost something, or whose cost is unknown, completes with
+  `spend_pending` set (by the same write); `job_changed` then adds its cost to its owner's month
   (`BudgetStore.count_spend`, idempotent) and clears the flag. A server that
   stops in between leaves the flag: the leader's sweep (`recover`) counts
   such jobs. So each completed job is counted exactly once; a job that cost
@@ -120,6 +121,7 @@ class Usage:
     limits: list[Limit] = field(default_factory=list)  # the whole-spend one first
     queued: int = 0
     max_queued: int = 0
+    cost_unknown_jobs: int = 0  # completed this month, their cost unknown (not in spent_cents)
 
 
 class Budgets:
@@ -322,6 +324,7 @@ class Budgets:
             limits=sorted(limits, key=lambda limit: (limit.project != "", limit.project)),
             queued=self.store.open_count(owner),
             max_queued=self.max_queued,
+            cost_unknown_jobs=spend.cost_unknown_jobs,
         )
 
     # ---- caches -----------------------------------------------------------------

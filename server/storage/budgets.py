@@ -10,8 +10,9 @@ and the few job queries the budget rules need.
   limit again.
 - `usage`: one document per owner and calendar month (UTC), `_id` = [owner,
   month] as JSON: `spent_cents`, `projects` (spend per encoded project name)
-  and `counted` (the jobs whose cost it holds and whose own flag is still
-  set). A job's cost is added by one conditional update that also marks the
+  `cost_unknown_jobs` (completed jobs whose model has no price: counted
+  apart, never as 0) and `counted` (the jobs whose cost it holds and whose
+  own flag is still set). A job's cost is added by one conditional update that also marks the
   job in `counted`, so adding it twice adds it once; the marker goes once
   the job's `spend_pending` flag is cleared. Reading an owner's spend is one
   find by `_id`, however long the history.
@@ -155,7 +156,7 @@ class BudgetStore:
         if found is None:
             return MonthSpend()
         projects = {project_name(k): int(v) for k, v in (found.get("projects") or {}).items()}
-        return MonthSpend(int(found.get("spent_cents", 0)), projects)
+        return MonthSpend(int(found.get("spent_cents", 0)), projects, int(found.get("cost_unknown_jobs", 0)))
 
     def count_spend(self, job: Spend) -> bool:
         """Add a completed job's cost to its owner's month, once however often
@@ -165,10 +166,12 @@ class BudgetStore:
         month = month_of(job.ended_us)
         key = usage_key(owner, month)
         marker = f"counted.{job_id}"
-        update = {
-            "$inc": {"spent_cents": cents, f"projects.{project_field(job.project)}": cents},
-            "$set": {marker: True},
-        }
+        counts = {"spent_cents": cents}
+        if cents:  # an unknown cost alone lists no project at 0
+            counts[f"projects.{project_field(job.project)}"] = cents
+        if job.cost_unknown:
+            counts["cost_unknown_jobs"] = 1
+        update = {"$inc": counts, "$set": {marker: True}}
         for _ in range(2):
             # One conditional update: the cost and its marker together, or neither.
             if self.usage.update_one({"_id": key, marker: {"$exists": False}}, update).modified_count:
@@ -176,7 +179,14 @@ class BudgetStore:
             # Not applied: counted already, or the month's document is missing.
             # (Not an upsert: nx-27017 stores a dotted $inc of an upsert as one flat key.)
             try:
-                month_doc = {"owner": owner, "month": month, "spent_cents": 0, "projects": {}, "counted": {}}
+                month_doc = {
+                    "owner": owner,
+                    "month": month,
+                    "spent_cents": 0,
+                    "cost_unknown_jobs": 0,
+                    "projects": {},
+                    "counted": {},
+                }
                 self.usage.insert_one({"_id": key, **month_doc})
             except DuplicateKeyError:
                 if self.usage.find_one({"_id": key, marker: True}, {"_id": 1}) is not None:
@@ -196,7 +206,7 @@ class BudgetStore:
         yet counted (the server that completed them stopped in between)."""
         cursor = self.jobs.find(
             {"spend_pending": True, "ended_us": {"$lt": ended_before_us}},
-            {"owner": 1, "project": 1, "cost_cents": 1, "ended_us": 1, "status": 1},
+            {"owner": 1, "project": 1, "cost_cents": 1, "ended_us": 1, "cost_unknown": 1},
         )
         return [
             Spend(
@@ -205,6 +215,7 @@ class BudgetStore:
                 d.get("project", ""),
                 int(d.get("cost_cents", 0)),
                 int(d["ended_us"]),
+                bool(d.get("cost_unknown", False)),
             )
             for d in cursor.limit(limit)
         ]

@@ -170,9 +170,13 @@ class QueueStore:
         """The fields a COMPLETED job gets."""
         now_us = clock.now_us()
         cost = int(result.get("cost_cents", 0))
-        # A cost is counted in the owner's monthly spend once (server/services/budgets.py);
+        unknown = (result.get("metadata") or {}).get("cost_unknown") == "true"
+        # A cost is counted in the owner's monthly spend once (server/services/budgets.py),
+        # an unknown one apart (top-level flag: the recovery sweep projects no dotted path);
         # a job that cost nothing adds no flag, so no write.
-        pending = {"spend_pending": True} if cost > 0 else {}
+        pending: Doc = {"spend_pending": True} if cost > 0 or unknown else {}
+        if unknown:
+            pending["cost_unknown"] = True
         return {
             **pending,
             "status": str(Status.COMPLETED),

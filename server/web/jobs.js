@@ -19,6 +19,8 @@ const STATS_EVERY_MS = 1000;
 // A new job, or one whose status changed, reads the page again: at most once
 // per this many ms, however many change at once.
 const RELOAD_AFTER_MS = 300;
+// The new-job form asks for an estimate once typing pauses this long.
+const ESTIMATE_AFTER_MS = 400;
 const TOTAL_CAP = 1000;
 const BULK_OPERATIONS = [
   { op: "BULK_OPERATION_RETRY_ALL_FAILED", label: "Retry all failed", verb: "retry", noun: "failed" },
@@ -44,6 +46,7 @@ export function jobsPage(main) {
   const topicInput = h("input", { id: "new-topic", name: "topic", placeholder: "What should it write about?", required: true });
   const wordsInput = h("input", { id: "new-words", name: "words", type: "number", min: 50, max: 5000, value: 400 });
   const extraInput = h("input", { id: "new-extra", name: "extra", placeholder: "key=value, key=value" });
+  const estimateOut = h("output", { id: "new-estimate", class: "estimate", "aria-live": "polite" });
   const submitForm = h(
     "form",
     { class: "card new-job", onsubmit: submit, "aria-labelledby": "new-job-title" },
@@ -54,13 +57,13 @@ export function jobsPage(main) {
       field("Mode", modeSelect),
       field("Topic or keywords", topicInput, "grow"),
       field("Words", wordsInput, "narrow"),
-      h("div", { class: "form-actions" }, h("button", { type: "submit", class: "primary" }, "Submit")),
+      h("div", { class: "form-actions" }, h("button", { type: "submit", class: "primary" }, "Submit"), estimateOut),
     ),
     h("details", {}, h("summary", {}, "More options"), field("Extra parameters", extraInput, "grow")),
   );
 
-  async function submit(event) {
-    event.preventDefault();
+  // The SubmitJob request the form holds (the estimate asks with the same one).
+  function newJob() {
     const mode = modeSelect.value;
     const text = topicInput.value.trim();
     const extra = Object.fromEntries(
@@ -70,15 +73,44 @@ export function jobsPage(main) {
     if (mode === "keywords") params.keywords = text.split(",").map((k) => k.trim()).filter(Boolean);
     else if (mode === "spin") params.sourceText = text;
     else params.topic = text;
+    return { mode: `MODE_${mode.toUpperCase()}`, params };
+  }
+
+  async function submit(event) {
+    event.preventDefault();
     try {
-      const job = await api("POST", "/v1/jobs", { body: { mode: `MODE_${mode.toUpperCase()}`, params } });
+      const job = await api("POST", "/v1/jobs", { body: newJob() });
       toast(`Queued “${jobTitle(job)}”.`, "good");
       topicInput.value = "";
+      showEstimate(null);
       await reload();
     } catch (error) {
       toast(error.message, "bad");
     }
   }
+
+  // The estimate before submitting: the same request with validateOnly (nothing
+  // is stored), asked once typing pauses; an answer to an older form is dropped.
+  let estimateTimer;
+  let estimateSeq = 0;
+  function showEstimate(text, bad = false) {
+    estimateOut.textContent = text || "";
+    estimateOut.classList.toggle("error-text", bad);
+  }
+  function estimateSoon() {
+    clearTimeout(estimateTimer);
+    const seq = ++estimateSeq;
+    if (!topicInput.value.trim()) return showEstimate(null);
+    estimateTimer = setTimeout(async () => {
+      try {
+        const job = await api("POST", "/v1/jobs", { body: { ...newJob(), validateOnly: true } });
+        if (seq === estimateSeq && !left) showEstimate(estimateText(job.estimate || {}));
+      } catch (error) {
+        if (seq === estimateSeq && !left) showEstimate(error.message, true);
+      }
+    }, ESTIMATE_AFTER_MS);
+  }
+  for (const input of [modeSelect, topicInput, wordsInput, extraInput]) input.addEventListener("input", estimateSoon);
 
   // Filters and bulk operations ------------------------------------------
   const statusFilter = h("select", { id: "f-status" }, h("option", { value: "" }, "All statuses"),
@@ -297,6 +329,7 @@ export function jobsPage(main) {
   return () => {
     left = true;
     clearTimeout(reloadTimer);
+    clearTimeout(estimateTimer);
     clearTimeout(statsTimer);
     stream?.close();
   };
@@ -318,4 +351,16 @@ function jobNotes(job) {
 
 function field(label, input, size = "") {
   return h("label", { class: `field ${size}` }, h("span", {}, label), input);
+}
+
+// "estimate 1-3¢, about 40 s (small on main)", or "cost unknown: model X has
+// no price": never a 0 that is not one (the CLI's render.estimate_text).
+function estimateText(e) {
+  const low = Number(e.lowCents || 0);
+  const high = Number(e.highCents || 0);
+  let text = e.costUnknown ? `cost unknown: ${e.costUnknownReason || "no price"}`
+    : `estimate ${low === high ? low : `${low}-${high}`}¢`;
+  if (e.expectedDuration) text += `, about ${duration(parseFloat(e.expectedDuration))}`;
+  if (e.model) text += e.provider ? ` (${e.model} on ${e.provider})` : ` (${e.model})`;
+  return text;
 }

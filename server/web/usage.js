@@ -13,10 +13,13 @@ export function usagePage(main) {
   api("GET", "/v1/usage")
     .then((usage) => {
       if (left) return;
+      const unknown = Number(usage.costUnknownJobs || 0);
       const card = (key, label, value) => h("div", { class: `card stat stat-${key}`, dataset: { stat: key } },
         h("div", { class: "stat-label" }, label), h("div", { class: "stat-value" }, value));
       replace(summary,
-        card("cost", `Spent in ${usage.month || "this month"}`, money(usage.spentCents)),
+        card("cost", `Spent in ${usage.month || "this month"}`, money(usage.spentCents) +
+          // Jobs on an unpriced model: counted apart, never as $0.00.
+          (unknown ? ` + ${unknown} job${unknown === 1 ? "" : "s"} of unknown cost` : "")),
         card("queued", "Queued jobs", `${usage.queuedJobs || 0}${usage.maxQueuedJobs ? ` of ${usage.maxQueuedJobs}` : ""}`));
       const limits = usage.budgets || [];
       replace(budgets, h("h2", { id: "budgets-title" }, "Budgets this month"),

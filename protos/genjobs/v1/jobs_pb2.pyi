@@ -1441,6 +1441,7 @@ class Usage(_message.Message):
     BUDGETS_FIELD_NUMBER: _builtins.int
     QUEUED_JOBS_FIELD_NUMBER: _builtins.int
     MAX_QUEUED_JOBS_FIELD_NUMBER: _builtins.int
+    COST_UNKNOWN_JOBS_FIELD_NUMBER: _builtins.int
     owner: _builtins.str
     month: _builtins.str
     """The calendar month (UTC) the spend is counted in, as "2026-11"."""
@@ -1448,6 +1449,10 @@ class Usage(_message.Message):
     queued_jobs: _builtins.int
     """Jobs queued now, and the most the server lets one owner queue."""
     max_queued_jobs: _builtins.int
+    cost_unknown_jobs: _builtins.int
+    """Jobs completed this month whose cost is unknown (their model has no
+    price): not in spent_cents, and not counted there as 0 either.
+    """
     @_builtins.property
     def projects(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProjectSpend]:
         """Spend by project, largest first; the empty project is ""."""
@@ -1466,10 +1471,11 @@ class Usage(_message.Message):
         budgets: _abc.Iterable[Global___Budget] | None = ...,
         queued_jobs: _builtins.int = ...,
         max_queued_jobs: _builtins.int = ...,
+        cost_unknown_jobs: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "max_queued_jobs", b"max_queued_jobs", "month", b"month", "owner", b"owner", "projects", b"projects", "queued_jobs", b"queued_jobs", "spent_cents", b"spent_cents"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "cost_unknown_jobs", b"cost_unknown_jobs", "max_queued_jobs", b"max_queued_jobs", "month", b"month", "owner", b"owner", "projects", b"projects", "queued_jobs", b"queued_jobs", "spent_cents", b"spent_cents"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -241,6 +241,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             budgets=[budget_message(limit) for limit in usage.limits],
             queued_jobs=usage.queued,
             max_queued_jobs=usage.max_queued,
+            cost_unknown_jobs=usage.cost_unknown_jobs,
         )
 
     @rpc
