@@ -572,3 +572,28 @@ def test_every_page_at_desktop_and_phone_width_with_nothing_cut_off(
         context.close()
         assert not errors, errors
     print(f"screenshots in {tmp_path}")
+
+
+def test_the_jobs_page_includes_archived_jobs_when_asked(
+    browser: Browser, mongo: MongoServer, tmp_path: Path
+) -> None:
+    # Completed jobs move to the archive after a second; failed ones stay live.
+    day = 1 / 86400
+    settings = make_settings(mongo.uri, tmp_path, retention_days=day, archive_failed_days=3600 * day)
+    server = ServerThread(settings).start()
+    try:
+        with server.client("alice") as alice, browser_page(browser) as page:
+            done = alice.submit("topic", topic="Moved to the archive")
+            alice.submit("topic", topic="Still live", extra={"demo_fail": "permanent"})
+            wait_for(lambda: alice.get(done.id).HasField("archive_time"), timeout=30)
+            sign_in(page, server)
+            rows = page.locator("#jobs-table tbody tr")
+            expect(rows.filter(has_text="Still live")).to_have_count(1)
+            expect(rows.filter(has_text="Moved to the archive")).to_have_count(0)
+            page.locator("#f-archived").check()
+            archived_row = rows.filter(has_text="Moved to the archive")
+            expect(archived_row).to_have_count(1)
+            expect(archived_row).to_contain_text("archived")
+            page.screenshot(path=str(tmp_path / "archived.png"), full_page=True, animations="disabled")
+    finally:
+        server.stop()

@@ -29,7 +29,9 @@ const BULK_OPERATIONS = [
 ];
 
 export function jobsPage(main) {
-  const state = { filters: { status: "", mode: "", query: "", from: "", to: "" }, tokens: [""], page: 0 };
+  const state = {
+    filters: { status: "", mode: "", query: "", from: "", to: "", archived: false }, tokens: [""], page: 0,
+  };
   const rows = new Map(); // job id -> {job, tr, update}
   let left = false;
   let reloadTimer;
@@ -120,17 +122,21 @@ export function jobsPage(main) {
   const queryFilter = h("input", { id: "f-query", type: "search", placeholder: "Search topic or keywords" });
   const fromFilter = h("input", { id: "f-from", type: "date" });
   const toFilter = h("input", { id: "f-to", type: "date" });
+  // Jobs the archive holds (GENJOBS_RETENTION_MODE=archive) are left out unless asked for.
+  const archivedFilter = h("input", { id: "f-archived", type: "checkbox" });
   let typing;
   const refilter = () => {
     state.filters = {
       status: statusFilter.value, mode: modeFilter.value, query: queryFilter.value.trim(),
-      from: fromFilter.value, to: toFilter.value,
+      from: fromFilter.value, to: toFilter.value, archived: archivedFilter.checked,
     };
     state.tokens = [""];
     state.page = 0;
     reload();
   };
-  for (const input of [statusFilter, modeFilter, fromFilter, toFilter]) input.addEventListener("change", refilter);
+  for (const input of [statusFilter, modeFilter, fromFilter, toFilter, archivedFilter]) {
+    input.addEventListener("change", refilter);
+  }
   queryFilter.addEventListener("input", () => {
     clearTimeout(typing);
     typing = setTimeout(refilter, 250);
@@ -139,7 +145,7 @@ export function jobsPage(main) {
     "div",
     { class: "filters", role: "search" },
     field("Status", statusFilter), field("Mode", modeFilter), field("Search", queryFilter, "grow"),
-    field("From", fromFilter), field("To", toFilter),
+    field("From", fromFilter), field("To", toFilter), field("Include archived", archivedFilter, "check"),
   );
   const operations = h("div", { class: "operations", role: "group", "aria-labelledby": "ops-label" },
     h("span", { class: "operations-label", id: "ops-label" }, "Across all your jobs:"),
@@ -199,6 +205,7 @@ export function jobsPage(main) {
     if (f.query) q.query = f.query;
     if (f.from) q.createdAfter = new Date(`${f.from}T00:00:00`).toISOString();
     if (f.to) q.createdBefore = new Date(`${f.to}T23:59:59.999`).toISOString();
+    if (f.archived) q.showArchived = true;
     return q;
   }
 
@@ -345,6 +352,7 @@ function jobNotes(job) {
     job.bulkJobId && "bulk item",
     priority && priority !== "normal" && `${priority} priority`,
     due && due > Date.now() && `scheduled for ${when(due)}`,
+    job.archiveTime && `archived ${when(time(job.archiveTime))}`,
     job.id.slice(-8),
   ].filter(Boolean);
 }
