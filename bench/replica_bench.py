@@ -94,7 +94,7 @@ def main() -> None:
     if args.against:
         trees[args.against] = tree_of(args.against)
     mongo = start_mongo()
-    print(f"submit-to-start (ms), idle deployment of 2 server processes on one nx-27017, {args.jobs} jobs each:")
+    print(f"submit-to-start (ms), idle, 2 server processes on one nx-27017, {args.jobs} jobs to each:")
     for name, pythonpath in trees.items():
         for role, values in latencies(mongo.uri, args.jobs, pythonpath).items():
             print(
