@@ -48,6 +48,13 @@ MARK = re.compile(r"wb-\d+-\d+")  # the topic of one job: wb-<round>-<job>
 WORDS = re.compile(r"^(\d+) of ")  # the openai generator's progress message
 
 
+class Listener(ThreadingHTTPServer):
+    """A thread per stream, and a backlog for 32 clients connecting at once (the default is 5)."""
+
+    daemon_threads = True
+    request_queue_size = 256
+
+
 class Streams:
     """An OpenAI-compatible streaming server: every request gets `tokens` words
     over `seconds`; it remembers when it sent each word of each topic."""
@@ -64,9 +71,7 @@ class Streams:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.request_queue_size = 256
+        self.httpd = Listener(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True, name="streams").start()
 
@@ -198,10 +203,11 @@ def bare(base_url: str, jobs: int, lanes: int) -> dict[str, float]:
     process of its own reading the same streams: its CPU seconds and words."""
     out = subprocess.run(
         [sys.executable, __file__, "--bare", base_url, str(jobs), str(lanes)],
-        check=True,
         capture_output=True,
         text=True,
     )
+    if out.returncode:
+        raise SystemExit(f"the bare client failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -294,37 +300,40 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d')}: {args.jobs} jobs from {OWNERS} owners, {args.tokens} tokens over"
         f" {args.seconds:g} s each, openai generator, WatchJob on every job"
     )
-    for tag, lanes in enumerate(args.lanes):
-        ideal = args.jobs * args.seconds / lanes
-        ours = genjobs_round(mongo, streams, args.jobs, lanes, tag)
-        alone = bare(streams.base_url, args.jobs, lanes)
-        lat = ours["latencies"]
-        print(f"concurrency {lanes}: ideal makespan {ideal:.1f} s")
-        print(
-            f"  genjobs   makespan {ours['makespan']:6.2f} s = {ours['makespan'] / ideal:.2f}x ideal,"
-            f" {args.jobs / ours['makespan']:5.2f} jobs/s;"
-            f" CPU per token: server {ours['server_cpu'] / tokens * 1e6:.0f} µs"
-            f" (= {ours['server_cpu'] / max(alone['cpu'], 1e-9):.2f}x the bare client), database"
-            f" {ours['db_cpu'] / tokens * 1e6:.0f} µs; progress latency p50 {percentile(lat, 50):.0f} ms"
-            f" p99 {percentile(lat, 99):.0f} ms"
-        )
-        print(f"  bare openai client  CPU per token {alone['cpu'] / max(1, alone['words']) * 1e6:.0f} µs")
-        if redis is not None:
-            theirs = celery_round(redis, streams, args.jobs, lanes, 100 + tag)
+    try:
+        for tag, lanes in enumerate(args.lanes):
+            ideal = args.jobs * args.seconds / lanes
+            ours = genjobs_round(mongo, streams, args.jobs, lanes, tag)
+            alone = bare(streams.base_url, args.jobs, lanes)
+            lat = ours["latencies"]
+            print(f"concurrency {lanes}: ideal makespan {ideal:.1f} s")
             print(
-                f"  Celery    makespan {theirs['makespan']:6.2f} s = {theirs['makespan'] / ideal:.2f}x ideal,"
-                f" {args.jobs / theirs['makespan']:5.2f} jobs/s; worker CPU per token"
-                f" {theirs['cpu'] / max(1, theirs['words']) * 1e6:.0f} µs;"
-                f" genjobs/Celery jobs/s {theirs['makespan'] / ours['makespan']:.2f}x"
+                f"  genjobs   makespan {ours['makespan']:6.2f} s = {ours['makespan'] / ideal:.2f}x ideal,"
+                f" {args.jobs / ours['makespan']:5.2f} jobs/s;"
+                f" CPU per token: server {ours['server_cpu'] / tokens * 1e6:.0f} µs"
+                f" (= {ours['server_cpu'] / max(alone['cpu'], 1e-9):.2f}x the bare client), database"
+                f" {ours['db_cpu'] / tokens * 1e6:.0f} µs; progress latency p50 {percentile(lat, 50):.0f} ms"
+                f" p99 {percentile(lat, 99):.0f} ms"
             )
-    if why_not:
-        print(f"Celery not run: {why_not}")
-    per_job = commands_per_job(mongo, streams, min(args.jobs, 16), 8)
-    print(f"MongoDB commands per job (in-process server, concurrency 8): {per_job:.1f}")
-    if redis is not None:
-        redis.stop()
-    streams.stop()
-    mongo.stop()
+            print(f"  bare openai client  CPU per token {alone['cpu'] / max(1, alone['words']) * 1e6:.0f} µs")
+            if redis is not None:
+                theirs = celery_round(redis, streams, args.jobs, lanes, 100 + tag)
+                print(
+                    f"  Celery    makespan {theirs['makespan']:6.2f} s"
+                    f" = {theirs['makespan'] / ideal:.2f}x ideal,"
+                    f" {args.jobs / theirs['makespan']:5.2f} jobs/s; worker CPU per token"
+                    f" {theirs['cpu'] / max(1, theirs['words']) * 1e6:.0f} µs;"
+                    f" genjobs/Celery jobs/s {theirs['makespan'] / ours['makespan']:.2f}x"
+                )
+        if why_not:
+            print(f"Celery not run: {why_not}")
+        per_job = commands_per_job(mongo, streams, min(args.jobs, 16), 8)
+        print(f"MongoDB commands per job (in-process server, concurrency 8): {per_job:.1f}")
+    finally:
+        if redis is not None:
+            redis.stop()
+        streams.stop()
+        mongo.stop()
 
 
 if __name__ == "__main__":
