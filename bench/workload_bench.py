@@ -170,17 +170,31 @@ def genjobs_round(mongo: MongoServer, streams: Streams, jobs: int, lanes: int, t
         watcher = threading.Thread(target=watch, args=(client, job.id, seen[job.id], done), daemon=True)
         watcher.start()
         watchers.append(watcher)
+    submitted = time.time() - started
     for watcher in watchers:
         watcher.join(600)
     makespan = max(done.values()) - started
     spent = process_cpu(server.process.pid) - cpu[0], process_cpu(mongo.process.pid) - cpu[1]
+    # Where the makespan goes: the submits, the last start, how long runs took.
+    ran = [clients[j % OWNERS].get(job_id) for j, job_id in enumerate(topics)]
+    last_start = max(job.start_time.ToNanoseconds() for job in ran) / 1e9 - started
+    runs = [(job.end_time.ToNanoseconds() - job.start_time.ToNanoseconds()) / 1e9 for job in ran]
     for client in clients:
         client.close()
     server.terminate()
     latencies = [
         ms for job_id, topic in topics.items() for ms in progress_latencies(streams.sent[topic], seen[job_id])
     ]
-    return {"makespan": makespan, "server_cpu": spent[0], "db_cpu": spent[1], "latencies": latencies}
+    return {
+        "makespan": makespan,
+        "server_cpu": spent[0],
+        "db_cpu": spent[1],
+        "latencies": latencies,
+        "submitted": submitted,
+        "last_start": last_start,
+        "run_p50": percentile(runs, 50),
+        "run_max": max(runs),
+    }
 
 
 def commands_per_job(mongo: MongoServer, streams: Streams, jobs: int, lanes: int) -> float:
@@ -314,6 +328,11 @@ def main() -> None:
                 f" (= {ours['server_cpu'] / max(alone['cpu'], 1e-9):.2f}x the bare client), database"
                 f" {ours['db_cpu'] / tokens * 1e6:.0f} µs; progress latency p50 {percentile(lat, 50):.0f} ms"
                 f" p99 {percentile(lat, 99):.0f} ms"
+            )
+            print(
+                f"            submits took {ours['submitted']:.2f} s, the last job started"
+                f" {ours['last_start']:.2f} s after the first submit; a run took p50"
+                f" {ours['run_p50']:.2f} s, at most {ours['run_max']:.2f} s"
             )
             print(f"  bare openai client  CPU per token {alone['cpu'] / max(1, alone['words']) * 1e6:.0f} µs")
             if redis is not None:
