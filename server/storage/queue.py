@@ -92,15 +92,18 @@ class QueueStore:
         jobs stamped with one microsecond (a bulk move) goes on inside it next
         time. A range on the `ready_us` index alone (nx-27017 would take the
         queue index for `{queue, ready_us}`, the whole lane); the rest of a
-        cut run, an equality on it: what entered the lane lately, however
-        long the queue or the history.
+        cut run, an equality on it (both SEARCH on nx-27017): what entered
+        the lane lately, however long the queue or the history.
         """
         after_us, after_id = after
         fields = {**_CANDIDATE, "queue": 1, "ready_us": 1}
         rows: list[Doc] = []
         if after_id is not None:
-            rest_of_run = {"ready_us": after_us, "_id": {"$gt": after_id}}
-            rows = list(self.jobs.find(rest_of_run, fields).sort("_id", 1).limit(limit))
+            # Equality alone: with any condition on `_id` nx-27017 scans the
+            # collection. A run is one write's (a bulk move): read whole, once
+            # a page it spans.
+            run = self.jobs.find({"ready_us": after_us}, fields).sort("_id", 1)
+            rows = [row for row in run if row["_id"] > after_id][:limit]
         cursor: ReadyCursor = (after_us, rows[-1]["_id"]) if rows else (after_us, None)
         if len(rows) < limit:
             window = {"ready_us": {"$gt": after_us, "$lte": until_us}}
