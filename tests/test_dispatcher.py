@@ -361,3 +361,25 @@ def test_delete_removes_the_events_of_a_job_that_ran(server: ServerThread, mongo
         assert list(alice.watch(other.id, after_sequence=1))[-1].job.status == S.JOB_STATUS_COMPLETED
         assert events.count_documents({"job_id": job.id}) == 0
         assert events.count_documents({"job_id": other.id}) >= 2
+
+
+def test_a_job_submitted_to_the_replica_that_is_not_the_leader_runs(
+    mongo: MongoServer, tmp_path: Path
+) -> None:
+    # Two server processes on one database: the follower queues jobs and
+    # signals the leader (the wakeups document); the leader runs them all.
+    settings = make_settings(mongo.uri, tmp_path)
+    servers = [ServerProcess(settings, tmp_path / f"server{i}.log").start() for i in range(2)]
+    database = pymongo.MongoClient(mongo.uri)[settings.db_name]
+    try:
+        lease = wait_for(
+            lambda: database.leases.find_one({"_id": "dispatcher", "until_us": {"$gt": 0}}), timeout=30
+        )
+        follower = next(s for s in servers if s.process and f":{s.process.pid}:" not in lease["holder"])
+        with follower.client("bob") as bob:
+            jobs = [bob.submit("topic", topic=f"from the follower {i}") for i in range(3)]
+            assert [final(bob, job.id).status for job in jobs] == [S.JOB_STATUS_COMPLETED] * 3
+    finally:
+        for server in servers:
+            server.terminate()
+        database.client.close()

@@ -20,8 +20,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from genjobs.client import GenJobsClient
 from genjobs.client.cli import parse_at
 from genjobs.client.client import GenJobsError, InvalidArgument
+from genjobs.server.dispatch import fairshare
 from genjobs.server.dispatch.fairshare import Candidates, FairShare, Pick
+from genjobs.server.model import clock
+from genjobs.server.storage.database import Database
 from genjobs.server.storage.outage import Outage
+from genjobs.server.storage.queue import QueueStore
 from genjobs.v1 import jobs_pb2
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 from tests.test_cli import Cli
@@ -338,3 +342,35 @@ def test_the_cli_sets_and_shows_priority_and_schedule_time(server: ServerThread)
     refused = cli("submit", "--topic", "vip", "--priority", "high", code=1)
     assert "PRIORITY_NOT_ALLOWED" in refused.output + refused.stderr
     assert "not an ISO 8601 time" in cli("submit", "--topic", "x", "--at", "soon", code=1).stderr
+
+
+# ---- the incremental read of the ready lane -------------------------------------
+
+
+def test_no_job_is_passed_over_at_a_page_edge(
+    mongo: MongoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Jobs that entered the ready lane in one microsecond (one bulk move does
+    # that), more of them than one incremental read takes: a read that ended
+    # inside the run skipped the rest of it until the next rebuild.
+    monkeypatch.setattr(fairshare, "DISCOVERY_DELAY_US", 0)
+    monkeypatch.setattr(fairshare, "DISCOVERY_LIMIT", 5)
+    database = Database(mongo.uri, f"edge_{ObjectId()}")
+    jobs = database.jobs
+    jobs.create_index([("ready_us", 1)])
+    queued = {"status": "QUEUED", "queue": "ready", "rank": 1}
+    jobs.insert_one({**queued, "owner": "zoe", "ck": 1, "ready_us": 1})  # known by the rebuild
+    fair = FairShare(QueueStore(database), Outage(), 60.0, 60.0, 60.0)
+    fair.rebuild()
+    stamp = clock.now_us() + 1
+    run = [ObjectId() for _ in range(12)]
+    jobs.insert_many(
+        [{**queued, "_id": oid, "owner": "amy", "ck": 10 + i, "ready_us": stamp} for i, oid in enumerate(run)]
+    )
+    wait_for(lambda: clock.now_us() > stamp, timeout=5)
+    for _ in range(4):  # more reads than pages
+        fair.poll()
+    known = fair.candidates.owners["amy"].ids
+    assert sorted(known) == sorted(run), f"{len(run) - len(known)} of {len(run)} jobs passed over"
+    database.client.drop_database(database.db_name)
+    database.client.close()

@@ -191,8 +191,12 @@ def hot_paths(store: Store) -> dict[str, Callable[[Store], object]]:
         "promotion to ready": lambda s: s.queue.make_ready(ObjectId(), BACKOFF),
         "fair share: an owner's head": lambda s: s.queue.owner_head("big", 64),
         "fair share: entered the ready lane": lambda s: s.queue.entered_ready(
-            now_us - 2_000_000, now_us, 1000
+            (now_us - 2_000_000, None), now_us, 1000
         ),
+        "fair share: the rest of a run cut by a page": lambda s: s.queue.entered_ready(
+            (now_us - 2_000_000, ObjectId()), now_us, 1000
+        ),
+        "the leader's wakeups": lambda s: s.queue.wakeups("dispatcher-wakeups"),
         "fair share: rebuild": lambda s: s.queue.ready_owners(),
         "fair share: turns": lambda s: (
             s.queue.turns_of(["big", "small"]),

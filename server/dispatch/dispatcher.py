@@ -16,9 +16,14 @@ Which job is next is `fairshare`'s choice: the best priority, then the
 owner whose last start is oldest, then that owner's order. What it reads
 stays the same size however long the history grows: each owner's first
 candidates through the (queue, owner, rank, ck) index, and a job queued on
-this server is offered to it at once (`offer`), without a query. With
-nothing queued it wakes every poll interval for jobs other replicas queued,
-one index search of an empty lane. Housekeeping, once a second, reads the
+this server is offered to it at once (`offer`), without a query. A
+replica that is not the leader, having queued jobs, bumps the count of a
+wakeups document (one update, coalesced over the jobs queued meanwhile); the
+leader reads that document by `_id` every WAKEUP_POLL_SECONDS while another
+replica is alive (each follower's keeper notes so there once a tick), else
+every poll interval, and on a new count reads what entered the ready lane up
+to now: a job queued on any replica starts about as soon as on the leader.
+Housekeeping, once a second, reads the
 running jobs (by status) and the due jobs of the waiting lanes (retry
 backoff, schedule time); once a sweep interval, the expired completed
 jobs, the unsettled bulk jobs and the pending notifications: each an index
@@ -61,6 +66,10 @@ from genjobs.server.telemetry import metrics
 log = logging.getLogger(__name__)
 
 LEADER_LEASE = "dispatcher"
+# A document next to the leader lease: replicas that queue jobs bump its count,
+# and the leader reads it every WAKEUP_POLL_SECONDS while another replica is alive.
+WAKEUPS = "dispatcher-wakeups"
+WAKEUP_POLL_SECONDS = 0.02
 HOUSEKEEPING_INTERVAL = 1.0
 SWEEP_TIMEOUT_SECONDS = 120.0
 RECENT_RUNS = 256  # runs remembered, to tell a claim whose answer was lost from a run
@@ -130,6 +139,10 @@ class Dispatcher:
         # the database, not the generator or a crash, cost the attempt, so it is given back.
         self._started: deque[tuple[ObjectId, int]] = deque(maxlen=RECENT_RUNS)
         self._reachable_since: float | None = None  # monotonic; None while the keeper cannot renew
+        self._signal = False  # a follower queued jobs since it last signalled the leader
+        self._wakeups = -1  # the wakeups count the leader last heeded (-1: none yet)
+        self._wakeups_read = 0.0  # monotonic time the leader last read the wakeups
+        self._followers = False  # whether another replica was alive at that read
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
         self._keeper = threading.Thread(target=self._keep, name="lease-keeper", daemon=True)
 
@@ -146,11 +159,13 @@ class Dispatcher:
             self._fair.offer(owner, rank, ck, oid)
         else:
             self._fair.stale()
+        self._signal = not self._is_leader()
         self._wake.set()
 
     def wake(self) -> None:
         """Something changed (resume, retry): look at the queue again now."""
         self._fair.stale()
+        self._signal = not self._is_leader()
         self._wake.set()
 
     def request_cancel(self, job_id: str) -> bool:
@@ -244,6 +259,7 @@ class Dispatcher:
             else:
                 self._was_leader = False
                 metrics.leader(False)
+                self.queue.note_follower(WAKEUPS, clock.now_us() + int(self.lease_seconds * 1_000_000))
         for run in self._current_runs():
             held = self.queue.renew_job_lease(run.oid, run.epoch, self.lease_seconds)
             if held is None:
@@ -273,6 +289,9 @@ class Dispatcher:
                 if not self._is_leader():
                     if self.gate is not None:
                         self.gate.refresh()  # what queued jobs say here: the leader's marks
+                    if self._signal:  # jobs were queued here: the leader learns of them now
+                        self._signal = False
+                        self.queue.signal_leader(WAKEUPS)
                     self._wake.wait(self.poll_seconds)
                     self._wake.clear()
                     continue
@@ -284,9 +303,10 @@ class Dispatcher:
                 if wait > 0:
                     self._wake.wait(wait)
                     continue
+                self._heed_wakeups()
                 job = self._claim_next()
                 if job is None:
-                    self._wake.wait(self.poll_seconds)
+                    self._wake.wait(WAKEUP_POLL_SECONDS if self._followers else self.poll_seconds)
                     continue
                 self._dispatch(job)
             except PyMongoError as exc:
@@ -297,6 +317,20 @@ class Dispatcher:
             except Exception:
                 log.exception("dispatcher: unexpected error")
                 self._stopping.wait(0.5)
+
+    def _heed_wakeups(self) -> None:
+        """Read the wakeups document when due (every WAKEUP_POLL_SECONDS while
+        another replica is alive, else every poll interval); when a replica
+        signalled since, read what entered the ready lane up to now."""
+        now = time.monotonic()
+        if now - self._wakeups_read < (WAKEUP_POLL_SECONDS if self._followers else self.poll_seconds):
+            return
+        self._wakeups_read = now
+        count, followers_until_us = self.queue.wakeups(WAKEUPS)
+        self._followers = followers_until_us > clock.now_us()
+        if count != self._wakeups:
+            self._wakeups = count
+            self._fair.fresh()
 
     def _claim_wait(self) -> float:
         """Seconds to wait before claiming (0: claim now): while every lane of

@@ -18,7 +18,11 @@ What other replicas queue, and jobs re-entering the ready lane (bulk
 resume, requeue, promotion elsewhere), carry `ready_us`: each poll interval
 one range read on its index picks up the jobs that entered the ready lane in
 a window ending DISCOVERY_DELAY_US ago, so each is read once whatever the
-write latency. With nothing in memory the poll reads the head of the ready
+write latency; the read pages on a (ready_us, _id) cursor, so a page that
+ends inside a run of jobs stamped with one microsecond goes on inside it.
+When another replica signals that it queued jobs (the dispatcher's wakeups),
+`fresh` reads the same index up to now, without the delay.
+With nothing in memory the poll reads the head of the ready
 lane instead (as the FIFO dispatcher did): one query either way. A full
 rebuild (one $group of the ready lane by owner, then each owner's head read
 lazily as its turn comes) runs when the claims resume after a pause of
@@ -48,7 +52,7 @@ from pymongo.errors import PyMongoError
 
 from genjobs.server.model import clock
 from genjobs.server.storage.outage import Outage
-from genjobs.server.storage.queue import QueueStore
+from genjobs.server.storage.queue import QueueStore, ReadyCursor
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,7 @@ BATCH = 64  # candidates read per owner at a time
 FIRST_READ = 4
 DISCOVERY_DELAY_US = 2_000_000  # a ready_us is read once it is this old (write latency, clock skew)
 DISCOVERY_LIMIT = 1000  # jobs per incremental read; the rest the next poll
+FRESH_PAGES = 4  # pages read at most when another replica's wakeup is heeded
 
 Key = tuple[int, int]  # (rank, ck)
 Entry = tuple[int, int, ObjectId]  # (rank, ck, id)
@@ -200,7 +205,8 @@ class FairShare:
         self._built = 0.0  # monotonic time of the last rebuild; 0: never
         self._polled = 0.0  # monotonic time of the last read of the ready lane
         self._asked = 0.0  # monotonic time of the last `next`
-        self._seen_us = 0  # ready_us up to which the incremental reads have read
+        self._seen: ReadyCursor = (0, None)  # where the incremental (delayed) reads got to
+        self._fresh: ReadyCursor = (0, None)  # where the reads another replica's wakeup asked for got to
         self._unsaved: dict[str, int] = {}  # streak starts' turns not yet stored
         self._reads: dict[str, int] = {}  # owner -> reads of its head since the last rebuild
         self._turns_read: set[str] = set()  # owners whose stored turn was read since then
@@ -299,7 +305,7 @@ class FairShare:
                 self.candidates.reset(heads, turns)
         self._reads = {}
         self._turns_read = set(heads)
-        self._seen_us = clock.now_us() - DISCOVERY_DELAY_US
+        self._seen = self._fresh = (clock.now_us() - DISCOVERY_DELAY_US, None)
         self._built = self._polled = now
 
     def poll(self) -> None:
@@ -314,11 +320,30 @@ class FairShare:
             with self._lock:
                 for owner, rank, ck, oid in found:
                     self.candidates.add(owner, rank, ck, oid)
-            self._seen_us = clock.now_us() - DISCOVERY_DELAY_US
+            self._seen = (clock.now_us() - DISCOVERY_DELAY_US, None)
             return
-        until = clock.now_us() - DISCOVERY_DELAY_US
-        found, last = self.queue.entered_ready(self._seen_us, until, DISCOVERY_LIMIT)
+        self._seen = self._entered(self._seen, clock.now_us() - DISCOVERY_DELAY_US)
+
+    def fresh(self) -> None:
+        """Another replica queued jobs (its wakeup says so): learn of them now,
+        not DISCOVERY_DELAY_US later. Reads up to now, a few pages at most; a
+        job whose write was slower than this read is the delayed read's."""
+        if not len(self.candidates):
+            self.poll()  # the head of the lane: it has no delay
+            return
+        cursor = self._fresh if self._fresh[0] >= self._seen[0] else self._seen
+        until = clock.now_us()
+        for _ in range(FRESH_PAGES):
+            cursor = self._entered(cursor, until)
+            if cursor[1] is None:
+                break
+        self._fresh = cursor
+
+    def _entered(self, cursor: ReadyCursor, until_us: int) -> ReadyCursor:
+        """Add the jobs that entered the ready lane after `cursor` up to
+        `until_us` (one page); where the read got to."""
+        found, cursor = self.queue.entered_ready(cursor, until_us, DISCOVERY_LIMIT)
         with self._lock:
             for owner, rank, ck, oid in found:
                 self.candidates.add(owner, rank, ck, oid)
-        self._seen_us = last
+        return cursor

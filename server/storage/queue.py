@@ -28,6 +28,9 @@ SCHEDULED = str(Lane.SCHEDULED)  # not before its schedule_time (run_after_us)
 WAITING = (BACKOFF, SCHEDULED)
 
 _CANDIDATE = {"owner": 1, "rank": 1, "ck": 1}  # what the dispatcher reads of a ready job
+# Where a read of jobs entering the ready lane got to: (ready_us, _id of the
+# last job read at it; None when every job of that microsecond was read).
+ReadyCursor = tuple[int, ObjectId | None]
 
 
 class QueueStore:
@@ -78,22 +81,38 @@ class QueueStore:
         return {str(r["_id"]): (_rank(r), int(r["ck"])) for r in rows}
 
     def entered_ready(
-        self, after_us: int, until_us: int, limit: int
-    ) -> tuple[list[tuple[str, int, int, ObjectId]], int]:
-        """The jobs still ready that entered the ready lane in (after_us,
-        until_us], at most `limit` of them, as (owner, rank, order key, id);
-        and up to when that read (until_us, or the last one's when cut short).
+        self, after: ReadyCursor, until_us: int, limit: int
+    ) -> tuple[list[tuple[str, int, int, ObjectId]], ReadyCursor]:
+        """The jobs still ready that entered the ready lane after `after` and
+        no later than `until_us`, at most `limit` of them, as (owner, rank,
+        order key, id); and the cursor to read on from.
 
-        A range on the `ready_us` index alone (nx-27017 would take the queue
-        index for `{queue, ready_us}`, the whole lane): what entered the lane
-        lately, however long the queue or the history.
+        The cursor is (ready_us, _id) of the last job read (an _id of None:
+        all of that microsecond was read), so a page that ends inside a run of
+        jobs stamped with one microsecond (a bulk move) goes on inside it next
+        time. A range on the `ready_us` index alone (nx-27017 would take the
+        queue index for `{queue, ready_us}`, the whole lane); the rest of a
+        cut run, an equality on it (both SEARCH on nx-27017): what entered
+        the lane lately, however long the queue or the history.
         """
-        window = {"ready_us": {"$gt": after_us, "$lte": until_us}}
+        after_us, after_id = after
         fields = {**_CANDIDATE, "queue": 1, "ready_us": 1}
-        cursor = self.jobs.find(window, fields).sort("ready_us", 1).limit(limit)
-        rows = list(cursor)
-        last = rows[-1]["ready_us"] if len(rows) >= limit else until_us
-        return [_candidate(row) for row in rows if row["queue"] == READY], last
+        rows: list[Doc] = []
+        if after_id is not None:
+            # Equality alone: with any condition on `_id` nx-27017 scans the
+            # collection. A run is one write's (a bulk move): read whole, once
+            # a page it spans.
+            run = self.jobs.find({"ready_us": after_us}, fields).sort("_id", 1)
+            rows = [row for row in run if row["_id"] > after_id][:limit]
+        cursor: ReadyCursor = (after_us, rows[-1]["_id"]) if rows else (after_us, None)
+        if len(rows) < limit:
+            window = {"ready_us": {"$gt": after_us, "$lte": until_us}}
+            wanted = limit - len(rows)
+            more = list(self.jobs.find(window, fields).sort([("ready_us", 1), ("_id", 1)]).limit(wanted))
+            rows += more
+            cut = len(more) >= wanted
+            cursor = (int(rows[-1]["ready_us"]), rows[-1]["_id"]) if cut else (max(until_us, after_us), None)
+        return [_candidate(row) for row in rows if row["queue"] == READY], cursor
 
     def turns_of(self, owners: list[str]) -> dict[str, int]:
         """The stored last starts of these owners (one search of `_id`)."""
@@ -282,6 +301,19 @@ class QueueStore:
     def release_leader(self, lease_id: str, holder: str) -> None:
         """Give the lease up at once (a clean shutdown), so another replica need not wait."""
         self.leases.update_one({"_id": lease_id, "holder": holder}, {"$set": {"until_us": 0}})
+
+    def signal_leader(self, wakeups_id: str) -> None:
+        """Tell the leader (polling `wakeups`) that jobs entered the ready lane here: one update."""
+        self.leases.update_one({"_id": wakeups_id}, {"$inc": {"count": 1}}, upsert=True)
+
+    def note_follower(self, wakeups_id: str, until_us: int) -> None:
+        """A replica that is not the leader is alive until `until_us` (the leader polls quickly then)."""
+        self.leases.update_one({"_id": wakeups_id}, {"$set": {"followers_until_us": until_us}}, upsert=True)
+
+    def wakeups(self, wakeups_id: str) -> tuple[int, int]:
+        """(signals so far, until when a follower is alive) of the wakeups document: one read by `_id`."""
+        doc = self.leases.find_one({"_id": wakeups_id})
+        return (int(doc.get("count", 0)), int(doc.get("followers_until_us", 0))) if doc else (0, 0)
 
     def note_run_end(self, lease_id: str, ended_us: int) -> None:
         """Remember in the named lease when a run ended, unless a later end is there."""
