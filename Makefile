@@ -8,11 +8,13 @@ PROTOS := protos/genjobs/v1/jobs.proto protos/genjobs/v1/bulk.proto protos/genjo
 
 .PHONY: run test test-min lint proto bench clean
 
+# PYTHONWARNINGS=ignore: setuptools warns at length about every editable install
+# that maps folders to other import names (package-dir: genjobs.server is server/).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(MAKE) --no-print-directory $(TYPECHECK)
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -e '.[dev]'
+	@$(MAKE) --no-print-directory $(TYPECHECK)
 	touch $(STAMP)
 
 # The import names genjobs.server and genjobs.client map to the folders server/
@@ -21,11 +23,11 @@ $(STAMP): pyproject.toml
 # read this tree of links instead.
 TYPECHECK := $(VENV)/typecheck/genjobs
 $(TYPECHECK):
-	mkdir -p $(TYPECHECK)
-	ln -sfn ../../../protos/genjobs/__init__.py $(TYPECHECK)/__init__.py
-	ln -sfn ../../../protos/genjobs/v1 $(TYPECHECK)/v1
-	ln -sfn ../../../server $(TYPECHECK)/server
-	ln -sfn ../../../client $(TYPECHECK)/client
+	@mkdir -p $(TYPECHECK)
+	@ln -sfn ../../../protos/genjobs/__init__.py $(TYPECHECK)/__init__.py
+	@ln -sfn ../../../protos/genjobs/v1 $(TYPECHECK)/v1
+	@ln -sfn ../../../server $(TYPECHECK)/server
+	@ln -sfn ../../../client $(TYPECHECK)/client
 
 run: $(STAMP)
 	$(BIN)/genjobs-server
