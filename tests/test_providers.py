@@ -79,12 +79,6 @@ def server(
     running.stop()
 
 
-@pytest.fixture
-def alice(server: ServerThread) -> Iterator[GenJobsClient]:
-    with server.client("alice") as client:
-        yield client
-
-
 def final(client: GenJobsClient, job_id: str) -> S.Job:
     finals = (S.JOB_STATUS_COMPLETED, S.JOB_STATUS_FAILED, S.JOB_STATUS_CANCELLED)
     return wait_for(lambda: (j := client.get(job_id)).status in finals and j, timeout=20)  # type: ignore[no-any-return]
