@@ -397,6 +397,9 @@ def test_bulk_items_show_their_topics_and_project_and_a_job_its_schedule_and_pri
     expect(rows.locator("td.title a")).to_have_text(topics)
     expect(page.locator("#bulk-errors li")).to_have_count(1)
     expect(page.locator("#bulk-errors li")).to_contain_text("Autumn d: ")
+    # An ended bulk job says when it was done, not "—".
+    ended = alice.get_bulk(launch.id).end_time.ToDatetime().year
+    expect(page.locator('[data-count="done at"] dd')).to_contain_text(str(ended))
     page.screenshot(path=str(tmp_path / "bulk-topics.png"), full_page=True, animations="disabled")
 
     page.goto(page.url.split("/bulk-jobs/")[0] + "/bulk-jobs")

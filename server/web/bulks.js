@@ -4,7 +4,7 @@
 import { api, follow } from "./api.js";
 import {
   ago, badge, bulkStatus, button, confirmDialog, emptyState, h, jobStatus, jobTitle, modeName, progressBar,
-  replace, time, toast,
+  replace, time, toast, when,
 } from "./ui.js";
 
 const BULK_FINAL = new Set(["completed", "cancelled"]);
@@ -132,7 +132,8 @@ export function bulkPage(main, id) {
         [["Completed", bulk.completedItems || 0], ["Failed", bulk.failedItems || 0],
           ["Cancelled", bulk.cancelledItems || 0], ["Remaining", bulk.remainingItems || 0],
           ...(bulk.deletedItems ? [["Deleted", bulk.deletedItems]] : []),
-          ["Done at", eta && !BULK_FINAL.has(status) ? eta.toLocaleTimeString() : "—"]]
+          // Running: when it should be done; ended: when it was (its end time).
+          ["Done at", (BULK_FINAL.has(status) ? when(time(bulk.endTime)) : eta && eta.toLocaleTimeString()) || "—"]]
           .map(([k, v]) => h("div", { dataset: { count: k.toLowerCase() } }, h("dt", {}, k), h("dd", {}, v)))),
     );
     if (bulk.items) {
