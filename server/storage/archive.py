@@ -30,6 +30,7 @@ from bson import ObjectId
 from genjobs.server.model.channels import PENDING_FLAG
 from genjobs.server.model.states import Status
 from genjobs.server.storage.database import Database, Doc, owned
+from genjobs.server.storage.events import delete_events_of
 
 DELETE, ARCHIVE = "delete", "archive"  # GENJOBS_RETENTION_MODE
 BATCH = 200  # jobs a batch moves: one find, a few bulk commands
@@ -143,7 +144,7 @@ class ArchiveStore:
             if not ids:
                 break
             # Events first: a crash in between leaves the job, which the next batch finds.
-            self._forget_events([str(i) for i in ids])
+            delete_events_of(self.events, [str(i) for i in ids])
             gone += self.jobs.delete_many({"_id": {"$in": ids}}).deleted_count
         return gone
 
@@ -159,15 +160,8 @@ class ArchiveStore:
         """Remove an archived job and its events; whether it was there."""
         if self.jobs.delete_one(owned(owner, oid)).deleted_count == 0:
             return False
-        self._forget_events([str(oid)])
+        delete_events_of(self.events, [str(oid)])
         return True
-
-    def _forget_events(self, job_ids: list[str]) -> None:
-        """Delete these jobs' archived events: found by `job_id` (an index
-        search each), deleted by `_id` (see `move_batch`)."""
-        found = [e["_id"] for i in job_ids for e in self.events.find({"job_id": i}, {"_id": 1})]
-        if found:
-            self.events.delete_many({"_id": {"$in": found}})
 
     def note_retry(self, oid: ObjectId, retry_id: str) -> None:
         """Record the retry of an archived job (after the live copy's update:

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import pymongo
 from bson import ObjectId
+from pymongo.collection import Collection
 
 from genjobs.server.model import clock
 from genjobs.server.storage.database import Database, Doc
@@ -15,6 +16,15 @@ SNAPSHOT, STATUS_CHANGED, PROGRESS = "SNAPSHOT", "STATUS_CHANGED", "PROGRESS"
 
 # Fields the service keeps for itself; never sent in an event snapshot twice.
 _EVENT_EXCLUDE = ("search_text", "request_key", "expire_us")
+
+
+def delete_events_of(events: Collection[Doc], job_ids: Iterable[str]) -> None:
+    """Delete these jobs' events from `events` (live or archived): found by
+    `job_id`, an index search each, deleted by `_id`. A delete filtered on
+    `job_id` (or `$in` over it) reads every event on nx-27017 (MONGO.md 21)."""
+    found = [e["_id"] for job_id in job_ids for e in events.find({"job_id": job_id}, {"_id": 1})]
+    if found:
+        events.delete_many({"_id": {"$in": found}})
 
 
 class EventStore:
@@ -69,9 +79,8 @@ class EventStore:
 
     def forget(self, job_id: str) -> None:
         """Delete a deleted job's events."""
-        self.events.delete_many({"job_id": job_id})
+        delete_events_of(self.events, [job_id])
 
     def forget_all(self, ids: list[ObjectId]) -> None:
-        """Delete the events of these deleted jobs: one command, one indexed
-        equality per job (`$in` would scan every event)."""
-        self.events.bulk_write([pymongo.DeleteMany({"job_id": str(i)}) for i in ids], ordered=False)
+        """Delete the events of these deleted jobs."""
+        delete_events_of(self.events, [str(i) for i in ids])
