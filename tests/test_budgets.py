@@ -436,6 +436,23 @@ def test_limits_are_re_read_only_after_they_change(mongo: MongoServer) -> None:
         store.close()
 
 
+def test_a_job_that_just_ended_frees_its_place_at_once(mongo: MongoServer, tmp_path: Path) -> None:
+    """A run's end gives its place back behind the run (in a window of ends
+    written together); a submit right after the end is still admitted, and
+    the owner's count shows the place back once the window is written."""
+    server = ServerThread(replace(make_settings(mongo.uri, tmp_path), max_queued_per_owner=1)).start()
+    try:
+        with server.client("alice") as alice:
+            for i in range(5):
+                job = alice.submit("topic", topic=f"Tea {i}")
+                for _ in alice.watch(job.id):
+                    pass
+                assert completed(alice, job.id)
+            wait_for(lambda: alice.usage().queued_jobs == 0)
+    finally:
+        server.stop()
+
+
 def test_a_repeated_request_at_the_cap_returns_the_earlier_job(mongo: MongoServer, tmp_path: Path) -> None:
     server = ServerThread(replace(make_settings(mongo.uri, tmp_path), max_queued_per_owner=12)).start()
     try:

@@ -3,8 +3,9 @@ once across the deployment (one, by default).
 
 Replicas elect it through a lease in `leases`; the elected one claims the
 next ready job with one atomic update on `_id`, runs it through the
-generator on a thread per run (so that housekeeping and schedules' ticks go
-on while a job runs), and records the outcome with writes fenced by the
+generator on one of `concurrency` long-lived lane threads (so that
+housekeeping and schedules' ticks go on while a job runs, and a run costs no
+thread start), and records the outcome with writes fenced by the
 job's lease epoch. A keeper thread renews the leader lease and every run's
 lease and notices cancel requests. It claims only while fewer runs than
 `concurrency` hold a live lease in the deployment (its own, and those of
@@ -38,6 +39,7 @@ fields it never reads.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -144,6 +146,12 @@ class Dispatcher:
         self._wakeups_read = 0.0  # monotonic time the leader last read the wakeups
         self._followers = False  # whether another replica was alive at that read
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+        # The lanes: one long-lived thread each, handed claimed jobs (None: stop).
+        self._handoff: queue.SimpleQueue[tuple[Doc, Run] | None] = queue.SimpleQueue()
+        self._lanes = [
+            threading.Thread(target=self._lane, name=f"dispatcher-lane-{n}", daemon=True)
+            for n in range(concurrency)
+        ]
         self._keeper = threading.Thread(target=self._keep, name="lease-keeper", daemon=True)
 
     # ---- called from other threads --------------------------------------
@@ -152,6 +160,8 @@ class Dispatcher:
         """Start the dispatcher and its lease keeper."""
         self._thread.start()
         self._keeper.start()
+        for lane in self._lanes:
+            lane.start()
 
     def offer(self, ck: int, oid: ObjectId, owner: str = "", rank: int = Priority.NORMAL.rank) -> None:
         """A job just entered the ready lane on this server: consider it without polling."""
@@ -195,6 +205,8 @@ class Dispatcher:
         if self._runs:
             self._thread.join(5.0)
         self._wait_for_runs(time.monotonic() + 5.0)
+        for _ in self._lanes:
+            self._handoff.put(None)
         self._keeper.join(2.0)
         try:
             self.queue.release_leader(LEADER_LEASE, self.worker_id)
@@ -346,9 +358,10 @@ class Dispatcher:
             self._last_end_us = max(self._last_end_us, stamp_us)
 
     def _dispatch(self, job: Doc) -> None:
-        """Run a claimed job on a thread of its own, so that claiming (with
-        more than one lane) and the leader's housekeeping (schedules' ticks,
-        due retries, budget releases) go on while it runs."""
+        """Hand a claimed job to a free lane, so that claiming (with more than
+        one lane) and the leader's housekeeping (schedules' ticks, due
+        retries, budget releases) go on while it runs. A lane is free: the
+        claim was made only while fewer than `concurrency` runs are here."""
         run = Run(job["_id"], job["epoch"])
         with self._runs_changed:
             self._runs[run.oid] = run
@@ -356,9 +369,14 @@ class Dispatcher:
                 run.stopping = True
                 run.cancel.set()
         self._started.append((run.oid, run.epoch))
-        threading.Thread(target=self._lane, args=(job, run), name="dispatcher-run", daemon=True).start()
+        self._handoff.put((job, run))
 
-    def _lane(self, job: Doc, run: Run) -> None:
+    def _lane(self) -> None:
+        """A lane's thread: runs the jobs handed to it, one after another."""
+        while (handed := self._handoff.get()) is not None:
+            self._run(*handed)
+
+    def _run(self, job: Doc, run: Run) -> None:
         try:
             self._lifecycle.execute(job, run)
         except PyMongoError as exc:

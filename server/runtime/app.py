@@ -283,6 +283,7 @@ class App:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         began = asyncio.get_running_loop().time()
         await asyncio.to_thread(self.dispatcher.stop, grace)
+        await asyncio.to_thread(self.budgets.close)
         await asyncio.to_thread(self.event_log.stop)
         self.hub.close()
         await self._streams_ended(min(grace, STOP_RPC_SECONDS))
@@ -318,6 +319,7 @@ class App:
         (they start once the database first answers)."""
         if self._database_ready.is_set():
             await asyncio.to_thread(self.dispatcher.stop, 0)
+            await asyncio.to_thread(self.budgets.close)
             await asyncio.to_thread(self.notifier.stop)
 
     async def _end_tasks(self) -> None:

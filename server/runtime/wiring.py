@@ -155,7 +155,7 @@ def build(
         store,
         generator,
         worker_id,
-        record=jobs.record,
+        record=jobs.record_run,
         lease_seconds=settings.lease_seconds,
         poll_seconds=settings.poll_seconds,
         retry_base_seconds=settings.retry_base_seconds,

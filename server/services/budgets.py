@@ -52,6 +52,7 @@ from genjobs.server.model.errors import FieldViolation, ServiceError, admins_onl
 from genjobs.server.model.records import Budget, Job, MonthSpend, Spend
 from genjobs.server.model.states import FINAL, Status
 from genjobs.server.services import validation
+from genjobs.server.services.place_returns import RUN_PATH, PlaceReturns
 from genjobs.server.storage.budgets import (
     BudgetStore,
     budget_key,
@@ -136,6 +137,7 @@ class Budgets:
         self._loaded = -1e9  # monotonic time of the last read of what changed
         self._last_read_us: int | None = None  # clock time the last read began; None: nothing read yet
         self._spend: dict[str, tuple[float, MonthSpend]] = {}  # usage key -> (read at, spend)
+        self.returns = PlaceReturns(store)  # the places of runs' ends, written behind
 
     # ---- spend ------------------------------------------------------------
 
@@ -144,9 +146,16 @@ class Budgets:
         its place under the queued-jobs cap back once it is final."""
         if kind != STATUS_CHANGED or not job.final:
             return
-        self.unreserve(job.owner, [ObjectId(job.id)])
+        if RUN_PATH.get():
+            self.returns.add(job.owner, [ObjectId(job.id)])
+        else:
+            self.unreserve(job.owner, [ObjectId(job.id)])
         if job.spend_pending and job.status == Status.COMPLETED:
             self._count(job.spend)
+
+    def close(self) -> None:
+        """Give back the places still pending (the server is stopping)."""
+        self.returns.close()
 
     def recover(self) -> None:
         """Count the cost of jobs completed on a server that stopped before it
@@ -221,6 +230,11 @@ class Budgets:
     def reserve(self, owner: str, ids: list[ObjectId]) -> None:
         """Take places under the queued-jobs cap for new jobs `ids` of `owner`
         (before they are stored), or refuse them all (RESOURCE_EXHAUSTED)."""
+        if self.store.reserve_slots(owner, ids, self.max_queued):
+            return
+        # Full, unless the places of runs that ended here wait to be given back.
+        if not (self.returns.pending(owner) and self.returns.flush()):
+            raise queue_refusal(owner, self.max_queued, len(ids))
         if not self.store.reserve_slots(owner, ids, self.max_queued):
             raise queue_refusal(owner, self.max_queued, len(ids))
 
@@ -316,6 +330,8 @@ class Budgets:
         budgets = self.store.owner_budgets(owner)
         limits = [_limit(budget, spend) for budget in budgets if budget.limit_cents > 0]
         projects = list(spend.projects.items())
+        if self.returns.pending(owner):  # the places of runs that just ended here count out first
+            self.returns.flush()
         return Usage(
             owner=owner,
             month=month,

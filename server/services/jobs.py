@@ -27,6 +27,7 @@ from genjobs.server.model.vocabulary import Lane, Mode, Priority
 from genjobs.server.services import entitlement, validation
 from genjobs.server.services.entitlement import Tiers
 from genjobs.server.services.events import Event, EventHub, owner_key
+from genjobs.server.services.place_returns import RUN_PATH
 from genjobs.server.storage import records
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.eventlog import EventLog
@@ -157,6 +158,15 @@ class Jobs:
         # runs: a DeleteJob that flushes the log right after the change finds it there.
         self.event_log.append(event)
         self._deliver(doc, kind, event)
+
+    def record_run(self, doc: Doc, kind: str) -> None:
+        """`record` for the dispatcher's runs: what their ends give back to the
+        queued-jobs cap is written behind them (see services/place_returns.py)."""
+        token = RUN_PATH.set(True)
+        try:
+            self.record(doc, kind)
+        finally:
+            RUN_PATH.reset(token)
 
     def announce(self, doc: Doc) -> None:
         """Tell the owner's stream (WatchJobs) of a new job: its watchers

@@ -246,13 +246,19 @@ class BudgetStore:
 
     def release_slots(self, owner: str, ids: list[ObjectId]) -> int:
         """Count these jobs out of `owner`'s open jobs (they ended, or were never
-        stored): one conditional update each, in one command; each counts once
-        however often it is released. How many were counted out."""
+        stored): see `release_places`. How many were counted out."""
+        return self.release_places({owner: ids})
+
+    def release_places(self, by_owner: dict[str, list[ObjectId]]) -> int:
+        """Count these jobs out of their owners' open jobs: one conditional
+        update each, in one command; each counts once however often it is
+        released. How many were counted out."""
         writes = [
             pymongo.UpdateOne(
                 {"_id": owner, f"open.{oid}": {"$exists": True}},
                 {"$inc": {"queued": -1}, "$unset": {f"open.{oid}": ""}},
             )
+            for owner, ids in by_owner.items()
             for oid in ids
         ]
         return self.slots.bulk_write(writes, ordered=False).modified_count if writes else 0
