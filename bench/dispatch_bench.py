@@ -1,5 +1,6 @@
 """Issue 3 figures: no-op jobs end to end beside RQ's SimpleWorker and Celery's solo
-worker, enqueue-to-start latency, MongoDB commands per dispatched job.
+worker, enqueue-to-start latency, MongoDB commands per dispatched job; and
+(issue 30) the dispatcher alone draining a queue beside RQ's worker alone.
 
     .venv/bin/python bench/dispatch_bench.py
     .venv/bin/python bench/dispatch_bench.py --lanes   # the no-op rate at GENJOBS_CONCURRENCY 1, 2, 3
@@ -11,7 +12,10 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+
+import pymongo
 
 from common import (
     COUNTER,
@@ -63,6 +67,49 @@ def drain(server: ServerProcess, jobs: int, lanes: int = 1, extra: dict[str, str
         elapsed = time.monotonic() - started
         assert all(c.get(job_id).status == 3 for job_id in last)  # COMPLETED
     return jobs / elapsed
+
+
+def drain_rate(mongo_uri: str, jobs: int = N) -> float:
+    """The dispatcher alone: `jobs` no-op jobs are queued on a server that
+    keeps a gap of an hour after its one job, then a second server without
+    the gap drains them. Jobs a second from the first start to the last end
+    (read from the database afterwards)."""
+    settings = make_settings(
+        mongo_uri, scratch(), generator="noop", job_gap_seconds=3600.0, max_queued_per_owner=jobs + 10
+    )
+    holder = ServerProcess(settings, scratch() / "hold.log").start()
+    with holder.client("bench") as c:
+        for _ in c.watch(c.submit("topic", topic="before the gap").id):
+            pass
+        last = [c.submit("topic", topic=f"queued {i}").id for i in range(jobs)][-1]
+    holder.terminate()
+    drainer = ServerProcess(replace(settings, job_gap_seconds=0.0), scratch() / "drain.log").start()
+    with drainer.client("bench") as c:
+        for _ in c.watch(last):
+            pass
+    drainer.terminate()
+    database: pymongo.database.Database[dict[str, object]] = pymongo.MongoClient(mongo_uri)[settings.db_name]
+    runs = list(database.jobs.find({}, {"started_us": 1, "ended_us": 1}))
+    runs = sorted(runs, key=lambda d: int(d["started_us"]))[1:]  # type: ignore[call-overload]
+    span = max(int(d["ended_us"]) for d in runs) - int(runs[0]["started_us"])  # type: ignore[call-overload]
+    database.client.close()
+    return len(runs) / (span / 1e6)
+
+
+def rq_worker_rate(redis: Redis) -> float:
+    """RQ's SimpleWorker alone, on `N` jobs enqueued before it starts."""
+    import redis as redis_lib
+    from rq import Queue, SimpleWorker
+
+    connection = redis_lib.Redis(port=redis.port)
+    queue = Queue("bench", connection=connection)
+    for _ in range(N):
+        queue.enqueue(noop)
+    started = time.monotonic()
+    SimpleWorker([queue], connection=connection).work(burst=True, logging_level="WARNING")
+    elapsed = time.monotonic() - started
+    redis.client.flushall()
+    return N / elapsed
 
 
 def commands_per_job(mongo_uri: str, jobs: int = 300) -> float:
@@ -192,7 +239,6 @@ def main() -> None:
         ours.append(genjobs_rate(mongo.uri))
         theirs.append(rq_rate(redis))
         celeries.append(celery_rate(redis))
-    redis.stop()
     print(f"{N} no-op jobs, submit then wait for all, {RUNS} runs:")
     print(f"  genjobs          median {median(ours):6.0f} jobs/s  runs {[round(x) for x in ours]}")
     print(f"  RQ SimpleWorker  median {median(theirs):6.0f} jobs/s  runs {[round(x) for x in theirs]}")
@@ -201,6 +247,15 @@ def main() -> None:
         f"  ratio            {median(ours) / median(theirs):.2f}x RQ,"
         f" {median(ours) / median(celeries):.2f}x Celery"
     )
+    drains, workers = [], []
+    for _ in range(RUNS):
+        drains.append(drain_rate(mongo.uri))
+        workers.append(rq_worker_rate(redis))
+    print(f"{N} queued no-op jobs drained, the dispatcher or the worker alone, {RUNS} runs:")
+    print(f"  genjobs dispatcher  median {median(drains):6.0f} jobs/s  runs {[round(x) for x in drains]}")
+    print(f"  RQ SimpleWorker     median {median(workers):6.0f} jobs/s  runs {[round(x) for x in workers]}")
+    print(f"  ratio               {median(drains) / median(workers):.2f}x RQ")
+    redis.stop()
     per_job = commands_per_job(mongo.uri)
     print(f"MongoDB commands per dispatched job (dispatcher, lease keeper, event log): {per_job:.2f}")
     lat = start_latency(mongo.uri)

@@ -470,3 +470,21 @@ def test_a_repeated_request_at_the_cap_returns_the_earlier_job(mongo: MongoServe
             alice.cancel(running.id)
     finally:
         server.stop()
+
+
+def test_places_given_back_together_count_each_job_once(mongo: MongoServer) -> None:
+    """The written-behind returns give an owner's places back in one update;
+    a job already counted out (by the sweep, or twice) counts once."""
+    store = Store(mongo.uri, "places_together")
+    try:
+        slots = BudgetStore(store)
+        ids = [ObjectId() for _ in range(4)]
+        assert slots.reserve_slots("alice", ids, 10)
+        assert slots.release_places({"alice": ids[:2]}) == 2
+        assert slots.open_count("alice") == 2
+        assert slots.release_places({"alice": ids[1:3], "bob": []}) == 1  # ids[1] is out already
+        assert slots.release_places({"alice": ids + ids}) == 1
+        assert slots.open_count("alice") == 0
+    finally:
+        store.database.db.client.drop_database("places_together")
+        store.close()

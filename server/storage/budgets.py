@@ -250,18 +250,35 @@ class BudgetStore:
         return self.release_places({owner: ids})
 
     def release_places(self, by_owner: dict[str, list[ObjectId]]) -> int:
-        """Count these jobs out of their owners' open jobs: one conditional
-        update each, in one command; each counts once however often it is
-        released. How many were counted out."""
-        writes = [
-            pymongo.UpdateOne(
-                {"_id": owner, f"open.{oid}": {"$exists": True}},
-                {"$inc": {"queued": -1}, "$unset": {f"open.{oid}": ""}},
+        """Count these jobs out of their owners' open jobs; each counts once
+        however often it is released. How many were counted out.
+
+        One conditional update per owner for all of that owner's jobs at once
+        (nx-27017 reads and rewrites the whole counter, markers and all, once
+        per update: with a long queue that is most of the cost). An owner one
+        of whose jobs was counted out already matches nothing there, and gets
+        one conditional update per job instead, in one command."""
+        counted = 0
+        for owner, listed in by_owner.items():
+            ids = list(dict.fromkeys(listed))
+            if not ids:
+                continue
+            together = self.slots.update_one(
+                {"_id": owner, **{f"open.{oid}": {"$exists": True} for oid in ids}},
+                {"$inc": {"queued": -len(ids)}, "$unset": {f"open.{oid}": "" for oid in ids}},
             )
-            for owner, ids in by_owner.items()
-            for oid in ids
-        ]
-        return self.slots.bulk_write(writes, ordered=False).modified_count if writes else 0
+            if together.modified_count:
+                counted += len(ids)
+                continue
+            writes = [
+                pymongo.UpdateOne(
+                    {"_id": owner, f"open.{oid}": {"$exists": True}},
+                    {"$inc": {"queued": -1}, "$unset": {f"open.{oid}": ""}},
+                )
+                for oid in ids
+            ]
+            counted += self.slots.bulk_write(writes, ordered=False).modified_count
+        return counted
 
     def open_count(self, owner: str) -> int:
         """How many open jobs the cap counts for `owner` (GetUsage): one read by `_id`."""

@@ -1,0 +1,83 @@
+"""Issue 30 item 1: the floor of a no-op job on nx-27017 — what each command
+on a job's path costs, measured alone, and what the path adds up to.
+
+Each command runs ROUNDS times one after another through the server's own
+storage classes (the real documents and indexes), from one thread: its
+round trip (median) and nx-27017's CPU per command (read from /proc). The
+floor of a design is its commands per job times their cost; nx-27017 serves
+every command on one core, so its CPU per job bounds jobs per second.
+
+    .venv/bin/python bench/floor_bench.py
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from bson import ObjectId
+from common import median, process_cpu, start_mongo
+
+from genjobs.server.model.records import Params, Submission
+from genjobs.server.model.vocabulary import Mode
+from genjobs.server.storage.budgets import BudgetStore
+from genjobs.server.storage.store import Store
+
+ROUNDS = 500
+RUNS = 3
+
+
+def measure(pid: int, step: Callable[[int], object], rounds: int = ROUNDS) -> tuple[float, float]:
+    """(median round trip, nx-27017 CPU per call), in µs."""
+    times = []
+    cpu = process_cpu(pid)
+    for i in range(rounds):
+        began = time.perf_counter()
+        step(i)
+        times.append(time.perf_counter() - began)
+    return median(times) * 1e6, (process_cpu(pid) - cpu) / rounds * 1e6
+
+
+def main() -> None:
+    mongo = start_mongo()
+    assert mongo.process is not None
+    pid = mongo.process.pid
+    store = Store(mongo.uri, "floor")
+    store.ensure_indexes()
+    slots = BudgetStore(store)
+    submission = Submission(owner="alice", mode=Mode.TOPIC, params=Params(topic="floor", word_count=800))
+    figures: dict[str, list[tuple[float, float]]] = {}
+    for _ in range(RUNS):
+        docs = [store.jobs.new_job(submission) for _ in range(ROUNDS)]
+        claimed: list[dict[str, object]] = []
+        ids = [ObjectId() for _ in range(ROUNDS)]
+        steps: dict[str, Callable[[int], object]] = {
+            "reserve a cap place (findAndModify)": lambda i: slots.reserve_slots("alice", [ids[i]], 10**9),
+            "insert the job": lambda i: store.jobs.insert_job(docs[i]),
+            "claim (findAndModify)": lambda i: claimed.append(
+                store.queue.claim(docs[i]["_id"], "w", 10.0) or {}
+            ),
+            "outcome (fenced findAndModify)": lambda i: store.queue.fenced_update(
+                docs[i]["_id"], int(claimed[i]["epoch"]), store.queue.completion({"content": ""}, 0)  # type: ignore[call-overload]
+            ),
+            "give the place back (update)": lambda i: slots.release_slots("alice", [ids[i]]),
+        }
+        for name, step in steps.items():
+            figures.setdefault(name, []).append(measure(pid, step))
+    print(f"nx-27017, {ROUNDS} calls of each, one after another, median of {RUNS} runs:")
+    print(f"  {'command':40s} {'round trip':>11s} {'nx-27017 CPU':>13s}")
+    for name, runs in figures.items():
+        trip = median([r[0] for r in runs])
+        cpu = median([r[1] for r in runs])
+        print(f"  {name:40s} {trip:8.0f} µs {cpu:10.0f} µs")
+    path = {name: median([r[1] for r in runs]) for name, runs in figures.items()}
+    submit = path["reserve a cap place (findAndModify)"] + path["insert the job"]
+    dispatch = path["claim (findAndModify)"] + path["outcome (fenced findAndModify)"]
+    print(f"  a job's path (reserve, insert, claim, outcome): {submit + dispatch:.0f} µs of nx-27017 CPU:")
+    print(f"    at most {1e6 / (submit + dispatch):.0f} jobs/s end to end, {1e6 / dispatch:.0f} jobs/s dispatch alone")
+    store.close()
+    mongo.stop()
+
+
+if __name__ == "__main__":
+    main()
