@@ -16,7 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pymongo
-
 from common import (
     COUNTER,
     Redis,

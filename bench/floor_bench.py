@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from bson import ObjectId
 from common import median, process_cpu, start_mongo
@@ -38,6 +39,25 @@ def measure(pid: int, step: Callable[[int], object], rounds: int = ROUNDS) -> tu
     return median(times) * 1e6, (process_cpu(pid) - cpu) / rounds * 1e6
 
 
+def path_steps(
+    store: Store, slots: BudgetStore, submission: Submission
+) -> dict[str, Callable[[int], object]]:
+    """The commands of ROUNDS new jobs' paths, each step to run ROUNDS times in turn."""
+    docs = [store.jobs.new_job(submission) for _ in range(ROUNDS)]
+    claimed: list[dict[str, Any]] = []
+    ids = [ObjectId() for _ in range(ROUNDS)]
+    done = store.queue.completion({"content": ""}, 0)
+    return {
+        "reserve a cap place (findAndModify)": lambda i: slots.reserve_slots("alice", [ids[i]], 10**9),
+        "insert the job": lambda i: store.jobs.insert_job(docs[i]),
+        "claim (findAndModify)": lambda i: claimed.append(store.queue.claim(docs[i]["_id"], "w", 10.0) or {}),
+        "outcome (fenced findAndModify)": lambda i: store.queue.fenced_update(
+            docs[i]["_id"], int(claimed[i]["epoch"]), done
+        ),
+        "give the place back (update)": lambda i: slots.release_slots("alice", [ids[i]]),
+    }
+
+
 def main() -> None:
     mongo = start_mongo()
     assert mongo.process is not None
@@ -48,21 +68,7 @@ def main() -> None:
     submission = Submission(owner="alice", mode=Mode.TOPIC, params=Params(topic="floor", word_count=800))
     figures: dict[str, list[tuple[float, float]]] = {}
     for _ in range(RUNS):
-        docs = [store.jobs.new_job(submission) for _ in range(ROUNDS)]
-        claimed: list[dict[str, object]] = []
-        ids = [ObjectId() for _ in range(ROUNDS)]
-        steps: dict[str, Callable[[int], object]] = {
-            "reserve a cap place (findAndModify)": lambda i: slots.reserve_slots("alice", [ids[i]], 10**9),
-            "insert the job": lambda i: store.jobs.insert_job(docs[i]),
-            "claim (findAndModify)": lambda i: claimed.append(
-                store.queue.claim(docs[i]["_id"], "w", 10.0) or {}
-            ),
-            "outcome (fenced findAndModify)": lambda i: store.queue.fenced_update(
-                docs[i]["_id"], int(claimed[i]["epoch"]), store.queue.completion({"content": ""}, 0)  # type: ignore[call-overload]
-            ),
-            "give the place back (update)": lambda i: slots.release_slots("alice", [ids[i]]),
-        }
-        for name, step in steps.items():
+        for name, step in path_steps(store, slots, submission).items():
             figures.setdefault(name, []).append(measure(pid, step))
     print(f"nx-27017, {ROUNDS} calls of each, one after another, median of {RUNS} runs:")
     print(f"  {'command':40s} {'round trip':>11s} {'nx-27017 CPU':>13s}")
@@ -74,7 +80,10 @@ def main() -> None:
     submit = path["reserve a cap place (findAndModify)"] + path["insert the job"]
     dispatch = path["claim (findAndModify)"] + path["outcome (fenced findAndModify)"]
     print(f"  a job's path (reserve, insert, claim, outcome): {submit + dispatch:.0f} µs of nx-27017 CPU:")
-    print(f"    at most {1e6 / (submit + dispatch):.0f} jobs/s end to end, {1e6 / dispatch:.0f} jobs/s dispatch alone")
+    print(
+        f"    at most {1e6 / (submit + dispatch):.0f} jobs/s end to end,"
+        f" {1e6 / dispatch:.0f} jobs/s dispatch alone"
+    )
     store.close()
     mongo.stop()
 
