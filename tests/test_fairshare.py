@@ -145,8 +145,8 @@ class InsertsDuringReads:
         self._land_one()
         return heads
 
-    def owner_head(self, owner: str, limit: int) -> list[tuple[int, int, ObjectId]]:
-        rows = [(1, ck, oid) for ck, oid in self.stored[:limit]]
+    def owner_head(self, owner: str, limit: int) -> list[dict[str, object]]:
+        rows = [{"_id": oid, "owner": owner, "rank": 1, "ck": ck} for ck, oid in self.stored[:limit]]
         self._land_one()
         return rows
 

@@ -16,7 +16,10 @@ import pytest
 from genjobs.client import GenJobsClient
 from genjobs.server.dispatch.dispatcher import LEADER_LEASE
 from genjobs.server.model.clock import now_us
+from genjobs.server.model.records import Params, Submission
+from genjobs.server.model.vocabulary import Mode
 from genjobs.server.runtime.config import Settings
+from genjobs.server.storage.store import Store
 from genjobs.v1 import jobs_pb2
 from tests.harness import MongoServer, ServerThread, make_settings, serving, wait_for
 from tests.test_dispatcher import final
@@ -201,3 +204,77 @@ def test_shutdown_requeues_both_running_jobs_with_their_attempts_given_back(
     docs = list(db[settings.db_name]["jobs"].find({}))
     assert sorted(str(d["_id"]) for d in docs) == sorted(ids)
     assert all(d["status"] == "QUEUED" and d["queue"] == "ready" and d["attempt"] == 0 for d in docs)
+
+
+# ---- a run's end and its lane's next claim in one command --------------------------
+
+
+def test_back_to_back_jobs_run_once_each_in_order_and_never_overlap(
+    mongo: MongoServer, tmp_path: Path
+) -> None:
+    """No-op jobs end and the next starts in one command: each runs once, in
+    submission order, one at a time, and a watcher sees it start and end."""
+    with serving(make_settings(mongo.uri, tmp_path, generator="noop")) as alice:
+        ids = [alice.submit("topic", topic=f"quick {i}").id for i in range(40)]
+        seen = [event.job.status for event in alice.watch(ids[-1])]
+        jobs = [final(alice, i) for i in ids]
+    assert seen[-1] == S.JOB_STATUS_COMPLETED
+    assert all(j.status == S.JOB_STATUS_COMPLETED and j.attempt == 1 for j in jobs)
+    assert all(j.progress.percentage == 100 for j in jobs)
+    spans = [(j.start_time.ToMicroseconds(), j.end_time.ToMicroseconds()) for j in jobs]
+    assert spans == sorted(spans)  # in submission order
+    assert most_at_once(spans) == 1
+
+
+@pytest.fixture
+def store(mongo: MongoServer) -> Iterator[Store]:
+    store = Store(mongo.uri, "end_and_claim")
+    store.ensure_indexes()
+    yield store
+    store.database.db.client.drop_database("end_and_claim")
+    store.close()
+
+
+def _running_and_ready(store: Store) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A job just claimed, and a ready job as read."""
+    submission = Submission(owner="alice", mode=Mode.TOPIC, params=Params(topic="tea"))
+    first, second = store.jobs.new_job(submission), store.jobs.new_job(submission)
+    store.jobs.insert_job(first)
+    store.jobs.insert_job(second)
+    running = store.queue.claim(first["_id"], "w", 10.0)
+    ready = store.queue.jobs.find_one({"_id": second["_id"]})
+    assert running is not None and ready is not None
+    return running, ready
+
+
+def test_end_and_claim_returns_both_documents_as_stored(store: Store) -> None:
+    queue = store.queue
+    running, ready = _running_and_ready(store)
+    changes = queue.completion({"content": "done"}, running["started_us"])
+    ended, claimed = queue.end_and_claim(running, changes, ready, "w", 10.0)
+    assert ended == queue.jobs.find_one({"_id": running["_id"]})
+    assert claimed == queue.jobs.find_one({"_id": ready["_id"]})
+    assert claimed is not None and (claimed["status"], claimed["attempt"]) == ("PROCESSING", 1)
+
+
+def test_end_and_claim_claims_nothing_changed_since_it_was_read(store: Store) -> None:
+    queue = store.queue
+    running, ready = _running_and_ready(store)
+    queue.jobs.update_one(
+        {"_id": ready["_id"]}, {"$set": {"rank": 0}, "$inc": {"seq": 1}}
+    )  # e.g. a new priority
+    changes = queue.completion({"content": "done"}, running["started_us"])
+    ended, claimed = queue.end_and_claim(running, changes, ready, "w", 10.0)
+    assert claimed is None and queue.jobs.find_one({"_id": ready["_id"]})["status"] == "QUEUED"  # type: ignore[index]
+    assert ended == queue.jobs.find_one({"_id": running["_id"]}) and ended is not None
+    assert ended["status"] == "COMPLETED"
+
+
+def test_end_and_claim_leaves_an_outcome_that_changed_to_the_usual_write(store: Store) -> None:
+    queue = store.queue
+    running, ready = _running_and_ready(store)
+    queue.fenced_update(running["_id"], running["epoch"], {"cancel_requested": True})  # a cancel request
+    changes = queue.completion({"content": "done"}, running["started_us"])
+    ended, claimed = queue.end_and_claim(running, changes, ready, "w", 10.0)
+    assert ended is None and queue.jobs.find_one({"_id": running["_id"]})["status"] == "PROCESSING"  # type: ignore[index]
+    assert claimed == queue.jobs.find_one({"_id": ready["_id"]})

@@ -51,7 +51,7 @@ from pymongo.errors import PyMongoError
 
 from genjobs.server.dispatch.fairshare import FairShare
 from genjobs.server.dispatch.providers import ProviderGate
-from genjobs.server.dispatch.run import Run, RunLifecycle, database_error
+from genjobs.server.dispatch.run import Followed, Run, RunLifecycle, database_error
 from genjobs.server.generators.base import (
     Generator,
 )
@@ -119,7 +119,11 @@ class Dispatcher:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         # A claimed job's run, from the generator's call to its stored outcome.
-        self._lifecycle = RunLifecycle(store, generator, record, retry_base_seconds, self._stopping, gate)
+        self._lifecycle = RunLifecycle(
+            store, generator, record, retry_base_seconds, self._stopping, gate, follow=self._end_and_follow
+        )
+        # Claims are made by this thread and by lanes whose run ends (`_end_and_follow`).
+        self._claiming = threading.Lock()
         # Providers' outages and rate limits (issue #31): which claims may start now.
         self.gate = gate
         # The claim order. Claims resuming after a pause of half a lease may
@@ -163,10 +167,18 @@ class Dispatcher:
         for lane in self._lanes:
             lane.start()
 
-    def offer(self, ck: int, oid: ObjectId, owner: str = "", rank: int = Priority.NORMAL.rank) -> None:
-        """A job just entered the ready lane on this server: consider it without polling."""
+    def offer(
+        self,
+        ck: int,
+        oid: ObjectId,
+        owner: str = "",
+        rank: int = Priority.NORMAL.rank,
+        doc: Doc | None = None,
+    ) -> None:
+        """A job just entered the ready lane on this server (`doc`: as stored):
+        consider it without polling."""
         if owner:
-            self._fair.offer(owner, rank, ck, oid)
+            self._fair.offer(owner, rank, ck, oid, doc)
         else:
             self._fair.stale()
         self._signal = not self._is_leader()
@@ -315,7 +327,6 @@ class Dispatcher:
                 if wait > 0:
                     self._wake.wait(wait)
                     continue
-                self._heed_wakeups()
                 job = self._claim_next()
                 if job is None:
                     self._wake.wait(WAKEUP_POLL_SECONDS if self._followers else self.poll_seconds)
@@ -372,11 +383,16 @@ class Dispatcher:
         self._handoff.put((job, run))
 
     def _lane(self) -> None:
-        """A lane's thread: runs the jobs handed to it, one after another."""
+        """A lane's thread: runs the jobs handed to it, and those it claimed as
+        its last run ended, one after another."""
         while (handed := self._handoff.get()) is not None:
-            self._run(*handed)
+            job, run = handed
+            while (following := self._run(job, run)) is not None:
+                with self._runs_changed:
+                    job, run = following, self._runs[following["_id"]]
 
-    def _run(self, job: Doc, run: Run) -> None:
+    def _run(self, job: Doc, run: Run) -> Doc | None:
+        """Run a claimed job; the next job this lane claimed as it ended, if any."""
         try:
             self._lifecycle.execute(job, run)
         except PyMongoError as exc:
@@ -407,7 +423,9 @@ class Dispatcher:
                             "could not store when the last run ended (%s)",
                             exc,
                         )
-            self._wake.set()
+            if run.following is None:
+                self._wake.set()  # a lane is free
+        return run.following
 
     def _housekeeping(self) -> None:
         """Recover lapsed runs, count the live runs of other servers, and
@@ -506,20 +524,77 @@ class Dispatcher:
 
     def _claim_next(self) -> Doc | None:
         """Claim the next ready job in fair-share order (see `fairshare`); None: nothing ready."""
-        while True:
+        with self._claiming:
+            self._heed_wakeups()
+            # A lane's follow-up may have taken the free lane meanwhile.
+            while len(self._runs) + self._elsewhere < self.concurrency:
+                pick = self._fair.next()
+                if pick is None or pick.oid is None:
+                    return None
+                job = self.queue.claim(pick.oid, self.worker_id, self.lease_seconds)
+                if job is not None and self._runnable(job):
+                    return job
+            return None
+
+    def _runnable(self, job: Doc) -> bool:
+        """A job just claimed may start: its budget admits it (else it was moved
+        to the budget lane) and its provider takes work (else it went back to
+        wait, its attempt given back). Here, under the claim lock: a job its
+        budget sends back takes no turn, no lane and no gap, and never races
+        the budgets' release."""
+        if not self.admit(job):
+            return False
+        wait = self.gate.hold(job) if self.gate is not None else None
+        if wait is not None:
+            self._lifecycle.wait_for_provider(Run(job["_id"], job["epoch"]), job, wait)
+            return False
+        self._fair.started(job["owner"])
+        return True
+
+    def _end_and_follow(self, run: Run, job: Doc, changes: Doc) -> Followed:
+        """A run that wrote nothing since its claim completed: store its outcome
+        and claim its lane's next job in one command (`end_and_claim`) when a
+        job may start now and its document is at hand (submitted here, or read
+        with its owner's head). The next job is registered as this lane's run."""
+        if (
+            self.gap_us
+            or self._stopping.is_set()
+            or self._hurried
+            or self._needs_recovery
+            or not self._is_leader()
+            or (self.gate is not None and self.gate.claim_wait() > 0)
+        ):
+            return Followed(None)
+        with self._claiming:
+            self._heed_wakeups()
+            if len(self._runs) - 1 + self._elsewhere >= self.concurrency:  # this run's lane is the one freed
+                return Followed(None)
             pick = self._fair.next()
-            if pick is None or pick.oid is None:
-                return None
-            job = self.queue.claim(pick.oid, self.worker_id, self.lease_seconds)
-            if job is None:
-                continue
-            # Here, on the dispatcher thread: a job its budget sends back takes
-            # no turn, no lane and no gap, and never races the budgets' release.
-            if not self.admit(job):
-                continue
-            wait = self.gate.hold(job) if self.gate is not None else None
-            if wait is not None:  # its provider is down or paused: back to wait, attempt given back
-                self._lifecycle.wait_for_provider(Run(job["_id"], job["epoch"]), job, wait)
-                continue
-            self._fair.started(job["owner"])
-            return job
+            if pick is None or pick.oid is None or pick.doc is None:
+                if pick is not None and pick.oid is not None:
+                    self._fair.put_back(pick)
+                return Followed(None)
+            try:
+                ended, claimed = self.queue.end_and_claim(
+                    job, changes, pick.doc, self.worker_id, self.lease_seconds
+                )
+            except PyMongoError as exc:
+                self._fair.put_back(pick)
+                self._database_error(
+                    exc, f"job {run.oid}", logging.INFO, "job %s: outcome unsure (%s)", run.oid, exc
+                )
+                return Followed(None, unsure=True)
+            if claimed is None:
+                self._fair.put_back(pick)  # changed since it was read: claimed the usual way, if still ready
+                return Followed(ended)
+            if not self._runnable(claimed):
+                return Followed(ended)
+            following = Run(claimed["_id"], claimed["epoch"])
+            with self._runs_changed:
+                self._runs[following.oid] = following
+                if self._hurried:
+                    following.stopping = True
+                    following.cancel.set()
+            self._started.append((following.oid, following.epoch))
+            run.following = claimed  # run next by this lane, whatever happens to the rest of this run
+            return Followed(ended)

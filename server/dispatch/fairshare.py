@@ -51,8 +51,9 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from genjobs.server.model import clock
+from genjobs.server.storage.database import Doc
 from genjobs.server.storage.outage import Outage
-from genjobs.server.storage.queue import QueueStore, ReadyCursor
+from genjobs.server.storage.queue import QueueStore, ReadyCursor, candidate
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ BATCH = 64  # candidates read per owner at a time
 # round: full batches for all would be read long before use (nx-27017 spends
 # about 0.1 ms on each document a query returns).
 FIRST_READ = 4
+MAX_DOCS = 4096  # candidates' documents kept at most (those of jobs claimed elsewhere linger till a rebuild)
 DISCOVERY_DELAY_US = 2_000_000  # a ready_us is read once it is this old (write latency, clock skew)
 DISCOVERY_LIMIT = 1000  # jobs per incremental read; the rest the next poll
 FRESH_PAGES = 4  # pages read at most when another replica's wakeup is heeded
@@ -100,6 +102,8 @@ class Pick:
 
     owner: str
     oid: ObjectId | None
+    key: Key = field(default=(0, 0), compare=False)  # the job's (rank, ck)
+    doc: Doc | None = field(default=None, compare=False)  # the job as read or submitted, when known
 
 
 class Candidates:
@@ -166,11 +170,11 @@ class Candidates:
         state = self.owners[owner]
         if not state.heap:
             return Pick(owner, None)
-        _, _, oid = heapq.heappop(state.heap)
+        rank, ck, oid = heapq.heappop(state.heap)
         state.ids.discard(oid)
         if not state.heap and state.bound is None:
             del self.owners[owner]
-        return Pick(owner, oid)
+        return Pick(owner, oid, (rank, ck))
 
     def started(self, owner: str, now_us: int) -> bool:
         """`owner`'s job started now; True when that starts a streak (store the turn)."""
@@ -211,13 +215,24 @@ class FairShare:
         self._reads: dict[str, int] = {}  # owner -> reads of its head since the last rebuild
         self._turns_read: set[str] = set()  # owners whose stored turn was read since then
         self._offered_meanwhile: list[tuple[str, int, int, ObjectId]] | None = None  # see _reading
+        # Candidates' documents as submitted here or read with an owner's head: what
+        # a lane needs to claim one together with its run's end. Cleared at a rebuild.
+        self._docs: dict[ObjectId, Doc] = {}
 
-    def offer(self, owner: str, rank: int, ck: int, oid: ObjectId) -> None:
-        """A job entered the ready lane here: consider it without a query."""
+    def offer(self, owner: str, rank: int, ck: int, oid: ObjectId, doc: Doc | None = None) -> None:
+        """A job entered the ready lane here (`doc`: as stored): consider it without a query."""
         with self._lock:
             self.candidates.add(owner, rank, ck, oid)
+            if doc is not None and len(self._docs) < MAX_DOCS:
+                self._docs[oid] = doc
             if self._offered_meanwhile is not None:
                 self._offered_meanwhile.append((owner, rank, ck, oid))
+
+    def put_back(self, pick: Pick) -> None:
+        """A picked job was not claimed after all but may still be ready: a
+        later claim tries it again (without its document, which may be stale)."""
+        with self._lock:
+            self.candidates.add(pick.owner, *pick.key, pick.oid)  # type: ignore[arg-type]
 
     @contextmanager
     def _reading(self) -> Iterator[None]:
@@ -253,15 +268,19 @@ class FairShare:
         while True:
             with self._lock:
                 pick = self.candidates.pick()
+                if pick is not None and pick.oid is not None:
+                    pick.doc = self._docs.pop(pick.oid, None)
             if pick is None or pick.oid is not None:
                 return pick
             reads = self._reads.get(pick.owner, 0)
             self._reads[pick.owner] = reads + 1
             limit = min(self.candidates.batch, FIRST_READ * 4**reads)
             with self._reading():
-                rows = self.queue.owner_head(pick.owner, limit)
+                docs = self.queue.owner_head(pick.owner, limit)
                 with self._lock:
-                    self.candidates.fill(pick.owner, rows, limit)
+                    self.candidates.fill(pick.owner, [candidate(doc)[1:] for doc in docs], limit)
+                    if len(self._docs) < MAX_DOCS:
+                        self._docs.update((doc["_id"], doc) for doc in docs)
 
     def started(self, owner: str) -> None:
         """A job of `owner` was claimed: its turn is now (stored at a streak start)."""
@@ -303,6 +322,7 @@ class FairShare:
             turns = {**self.queue.turns_of(list(heads)), **self._unsaved}  # unsaved if the save failed
             with self._lock:
                 self.candidates.reset(heads, turns)
+                self._docs = {}
         self._reads = {}
         self._turns_read = set(heads)
         self._seen = self._fresh = (clock.now_us() - DISCOVERY_DELAY_US, None)

@@ -60,6 +60,15 @@ class Run:
     lost: bool = False  # another run took the job over: write nothing more
     stopping: bool = False  # the server is shutting down: requeue, don't cancel
     generated: bool = False  # the generator was called: its end counts for the gap
+    following: Doc | None = None  # the job its lane claimed as it ended (run next by that lane)
+
+
+@dataclass
+class Followed:
+    """What writing a run's outcome together with its lane's next claim did."""
+
+    ended: Doc | None  # the ended job as stored; None: its outcome is written the usual way
+    unsure: bool = False  # the command failed: the outcome may have been stored
 
 
 def database_error(
@@ -82,8 +91,11 @@ class RunLifecycle:
         retry_base_seconds: float,
         stopping: threading.Event,
         gate: ProviderGate | None = None,
+        follow: Callable[[Run, Doc, Doc], Followed] | None = None,
     ) -> None:
         self.store = store
+        # The dispatcher's: store a completed run's outcome with its lane's next claim.
+        self.follow = follow
         self.gate = gate  # whether a failure was the provider's (an outage, a rate limit)
         self.queue: QueueStore = store.queue
         self.bulks: BulkStore = store.bulks
@@ -118,8 +130,15 @@ class RunLifecycle:
             started_us=job["started_us"],
         )
         reporter = ProgressWriter(self, run, job)
+        reported = False
+
+        def report(percentage: int, stage: str, stage_progress: int, message: str) -> None:
+            nonlocal reported
+            reported = True  # the job may have changed since its claim: no end_and_claim
+            reporter.report(percentage, stage, stage_progress, message)
+
         try:
-            output = self.generator.generate(spec, reporter.report, run.cancel)
+            output = self.generator.generate(spec, report, run.cancel)
         except GenerationCancelled:
             self._finish_cancelled(run, job)
         except GenerationFailed as failure:
@@ -148,7 +167,12 @@ class RunLifecycle:
         else:
             if self.gate:
                 self.gate.settle(job, output=output)
-            self._write_outcome(run, self.queue.completion(output.as_doc(), job["started_us"]))
+            changes = self.queue.completion(output.as_doc(), job["started_us"])
+            followed = self.follow(run, job, changes) if self.follow and not reported else Followed(None)
+            if followed.ended is not None:
+                self._stored(followed.ended)
+            else:
+                self._write_outcome(run, changes, unsure=followed.unsure)
 
     def wait_for_provider(
         self, run: Run, job: Doc, seconds: float, failure: GenerationFailed | None = None
@@ -217,13 +241,14 @@ class RunLifecycle:
             changes.update(status=str(Status.FAILED), queue=NONE, ended_us=stamp)
         self._write_outcome(run, changes)
 
-    def _write_outcome(self, run: Run, changes: Doc) -> None:
+    def _write_outcome(self, run: Run, changes: Doc, unsure: bool = False) -> None:
         """Store a run's outcome, fenced by its epoch; an unreachable database is
-        waited for (OUTCOME_PATIENCE_SECONDS), never taken for a failed job."""
+        waited for (OUTCOME_PATIENCE_SECONDS), never taken for a failed job.
+        `unsure`: an earlier write of it may have been stored, its answer lost."""
         if run.lost:
             log.warning("job %s was taken over; not recording this run's outcome", run.oid)
             return
-        tries = 0
+        tries = 1 if unsure else 0
 
         def write() -> Doc | None:
             nonlocal tries
@@ -264,6 +289,10 @@ class RunLifecycle:
         if after is None:
             log.warning("job %s was taken over; this run's outcome is dropped", run.oid)
             return
+        self._stored(after)
+
+    def _stored(self, after: Doc) -> None:
+        """A run's outcome is stored (`after`): measure it and tell of it."""
         metrics.attempt_ended(after, max(0.0, (clock.now_us() - after.get("started_us", 0)) / 1e6))
         after = self.held_if_paused(after)
         self.tell(after, STATUS_CHANGED)

@@ -65,9 +65,9 @@ class LaterDispatcher(Wakeable):
     def __init__(self, dispatcher: Callable[[], Wakeable]) -> None:
         self._dispatcher = dispatcher
 
-    def offer(self, ck: int, oid: Any, owner: str = "", rank: int = 1) -> None:
-        """A job entered the ready lane."""
-        self._dispatcher().offer(ck, oid, owner, rank)
+    def offer(self, ck: int, oid: Any, owner: str = "", rank: int = 1, doc: Doc | None = None) -> None:
+        """A job entered the ready lane (`doc`: as stored)."""
+        self._dispatcher().offer(ck, oid, owner, rank, doc)
 
     def wake(self) -> None:
         """Look at the queue again."""

@@ -54,8 +54,8 @@ OPERATION_STATUS = {
 class Wakeable(Protocol):
     """What the jobs layer needs of a dispatcher."""
 
-    def offer(self, ck: int, oid: Any, owner: str = "", rank: int = 1) -> None:
-        """A job entered the ready lane."""
+    def offer(self, ck: int, oid: Any, owner: str = "", rank: int = 1, doc: Doc | None = None) -> None:
+        """A job entered the ready lane (`doc`: as stored)."""
         return None
 
     def wake(self) -> None:
@@ -301,7 +301,7 @@ class Jobs:
     def offer(self, doc: Doc) -> None:
         """Hand a job that is in the ready lane to this server's dispatcher (no query)."""
         if doc["queue"] == READY:
-            self.dispatcher.offer(doc["ck"], doc["_id"], doc["owner"], doc["rank"])
+            self.dispatcher.offer(doc["ck"], doc["_id"], doc["owner"], doc["rank"], doc)
 
     def check_channels(self, notify: Sequence[NotifyTarget]) -> None:
         """FAILED_PRECONDITION when a channel is asked for that this server has no sender for."""

@@ -53,17 +53,15 @@ class QueueStore:
         `limit` documents, however long the history or the queue.
         """
         cursor = self.jobs.find({"queue": READY}, _CANDIDATE).sort("ck", 1).limit(limit)
-        return [_candidate(row) for row in cursor]
+        return [candidate(row) for row in cursor]
 
-    def owner_head(self, owner: str, limit: int) -> list[tuple[int, int, ObjectId]]:
-        """An owner's first `limit` ready jobs as (rank, order key, id), best rank
-        first, then in order: one index search of (queue, owner, rank, ck)."""
-        cursor = (
-            self.jobs.find({"queue": READY, "owner": owner}, _CANDIDATE)
-            .sort([("rank", 1), ("ck", 1)])
-            .limit(limit)
-        )
-        return [_candidate(row)[1:] for row in cursor]
+    def owner_head(self, owner: str, limit: int) -> list[Doc]:
+        """An owner's first `limit` ready jobs, whole, best rank first, then in
+        order: one index search of (queue, owner, rank, ck). Whole: the
+        dispatcher may claim one of them together with a run's end
+        (`end_and_claim`), which needs the job as it is stored."""
+        cursor = self.jobs.find({"queue": READY, "owner": owner}).sort([("rank", 1), ("ck", 1)]).limit(limit)
+        return list(cursor)
 
     def ready_owners(self) -> dict[str, tuple[int, int]]:
         """Each owner with ready jobs -> (best rank, oldest order key) of them.
@@ -112,7 +110,7 @@ class QueueStore:
             rows += more
             cut = len(more) >= wanted
             cursor = (int(rows[-1]["ready_us"]), rows[-1]["_id"]) if cut else (max(until_us, after_us), None)
-        return [_candidate(row) for row in rows if row["queue"] == READY], cursor
+        return [candidate(row) for row in rows if row["queue"] == READY], cursor
 
     def turns_of(self, owners: list[str]) -> dict[str, int]:
         """The stored last starts of these owners (one search of `_id`)."""
@@ -133,30 +131,64 @@ class QueueStore:
         Increments the lease epoch: every later write for this run is
         conditional on it, so a stale dispatcher cannot overwrite a newer run.
         """
-        now_us = clock.now_us()
         return self.jobs.find_one_and_update(
             {"_id": oid, "status": one_of(allowed(Action.CLAIM)), "queue": READY},
-            {
-                "$set": {
-                    "status": str(Status.PROCESSING),
-                    "queue": NONE,
-                    "worker": worker,
-                    "lease_until_us": now_us + int(lease_seconds * 1_000_000),
-                    "started_us": now_us,
-                    "updated_us": now_us,
-                    "progress": {
-                        "percentage": 0,
-                        "stage": "starting",
-                        "stage_progress": 0,
-                        "message": "",
-                        "started_at_us": now_us,
-                        "elapsed_seconds": 0.0,
-                    },
-                },
-                "$inc": {"epoch": 1, "attempt": 1, "seq": 1},
-            },
+            _claim_update(worker, lease_seconds, clock.now_us()),
             return_document=ReturnDocument.AFTER,
         )
+
+    def end_and_claim(
+        self, ended: Doc, changes: Doc, ready: Doc, worker: str, lease_seconds: float
+    ) -> tuple[Doc | None, Doc | None]:
+        """Store a run's outcome and claim the next job in one command: two
+        conditional updates, each on the exact version of its document that
+        the caller holds (its `seq`), so that each one's result is that
+        document with the update applied. (The ended job as stored, the
+        claimed job), None for an update that did not apply.
+
+        `ended` is the run's job as its claim left it (nothing wrote to it
+        since: no progress, no cancel request); `ready` a ready job as read.
+        When only one update applied, the two documents are read back to
+        tell which (rare: the next job changed since it was read).
+        """
+        now_us = clock.now_us()
+        claim = _claim_update(worker, lease_seconds, now_us)
+        result = self.jobs.bulk_write(
+            [
+                pymongo.UpdateOne(
+                    {
+                        "_id": ended["_id"],
+                        "epoch": ended["epoch"],
+                        "seq": ended["seq"],
+                        "status": one_of(allowed(Action.FINISH)),
+                    },
+                    {"$set": changes, "$inc": {"seq": 1}},
+                ),
+                pymongo.UpdateOne(
+                    {
+                        "_id": ready["_id"],
+                        "seq": ready["seq"],
+                        "status": one_of(allowed(Action.CLAIM)),
+                        "queue": READY,
+                    },
+                    claim,
+                ),
+            ],
+            ordered=True,
+        )
+        if result.modified_count == 2:
+            return applied(ended, {"$set": changes, "$inc": {"seq": 1}}), applied(ready, claim)
+        if result.modified_count == 0:
+            return None, None
+        stored = {d["_id"]: d for d in self.jobs.find({"_id": {"$in": [ended["_id"], ready["_id"]]}})}
+        after, claimed = stored.get(ended["_id"]), stored.get(ready["_id"])
+        ours = (
+            after is not None
+            and after["epoch"] == ended["epoch"]
+            and after["updated_us"] == changes["updated_us"]
+        )
+        taken = claimed is not None and (claimed.get("worker"), claimed.get("started_us")) == (worker, now_us)
+        return (after if ours else None), (claimed if taken else None)
 
     def fenced_update(
         self, oid: ObjectId, epoch: int, changes: Doc, bump: bool = True, when: Doc | None = None
@@ -336,6 +368,37 @@ def _rank(row: Doc) -> int:
     return Priority.rank_of(row.get("rank"))
 
 
-def _candidate(row: Doc) -> tuple[str, int, int, ObjectId]:
+def _claim_update(worker: str, lease_seconds: float, now_us: int) -> Doc:
+    """What a claim writes: the job is PROCESSING here, leased, at 0%, under a new epoch."""
+    return {
+        "$set": {
+            "status": str(Status.PROCESSING),
+            "queue": NONE,
+            "worker": worker,
+            "lease_until_us": now_us + int(lease_seconds * 1_000_000),
+            "started_us": now_us,
+            "updated_us": now_us,
+            "progress": {
+                "percentage": 0,
+                "stage": "starting",
+                "stage_progress": 0,
+                "message": "",
+                "started_at_us": now_us,
+                "elapsed_seconds": 0.0,
+            },
+        },
+        "$inc": {"epoch": 1, "attempt": 1, "seq": 1},
+    }
+
+
+def applied(doc: Doc, update: Doc) -> Doc:
+    """`doc` with a top-level `$set` and `$inc` applied, as the database applies them."""
+    after = {**doc, **update.get("$set", {})}
+    for name, by in update.get("$inc", {}).items():
+        after[name] = doc.get(name, 0) + by
+    return after
+
+
+def candidate(row: Doc) -> tuple[str, int, int, ObjectId]:
     """(owner, rank, order key, id) of a ready job."""
     return str(row["owner"]), _rank(row), int(row["ck"]), row["_id"]
