@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # their ends give their places back here, not by a write in the run's path.
 RUN_PATH: ContextVar[bool] = ContextVar("run_path", default=False)
 
-WINDOW_SECONDS = 0.05  # ends gathered into one write: at 300 jobs a second, about 15
+WINDOW_SECONDS = 0.25  # ends gathered into one write (nx-27017 rewrites the counter, markers and all, per write)
 THREAD = "dispatcher-place-returns"  # named for the dispatcher: its commands are the runs'
 
 
