@@ -22,6 +22,7 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from genjobs.server.storage.budgets import BudgetStore
+from genjobs.server.storage.outage import unreachable
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 # their ends give their places back here, not by a write in the run's path.
 RUN_PATH: ContextVar[bool] = ContextVar("run_path", default=False)
 
-WINDOW_SECONDS = 0.25  # ends gathered into one write (nx-27017 rewrites the counter, markers and all, per write)
+# Ends gathered into one write: nx-27017 rewrites the counter, markers and all, per write.
+WINDOW_SECONDS = 0.25
 THREAD = "dispatcher-place-returns"  # named for the dispatcher: its commands are the runs'
 
 
@@ -60,8 +62,10 @@ class PlaceReturns:
             return owner in self._pending
 
     def flush(self) -> int:
-        """Give back every pending place now (one command); how many counted out.
-        A database error leaves them to the leader's sweep."""
+        """Give back every pending place now (one command an owner); how many
+        counted out. While the database does not answer they wait for the next
+        window (its outage is logged once, elsewhere); another error leaves
+        them to the leader's sweep."""
         with self._lock:
             batch, self._pending = self._pending, {}
         if not batch:
@@ -69,6 +73,12 @@ class PlaceReturns:
         try:
             return self.store.release_places(batch)
         except PyMongoError as exc:
+            if unreachable(exc) and not self._closed.is_set():
+                with self._lock:
+                    for owner, ids in batch.items():
+                        self._pending.setdefault(owner, []).extend(ids)
+                self._due.set()
+                return 0
             places = sum(map(len, batch.values()))
             log.warning("queued-jobs cap: %d places left to the sweep (%s)", places, exc)
             return 0
