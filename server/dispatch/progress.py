@@ -1,0 +1,229 @@
+"""A run's progress writes, off the generator's thread.
+
+A generator reports progress as often as it likes (the `openai` generator
+once per streamed piece, on the one event loop that serves every job's
+stream). `ProgressWriter.report` only keeps the latest report and makes sure
+a write is scheduled; `ProgressWrites`, one per dispatcher, writes on a
+thread of its own ("dispatcher-progress") each run's latest report at most
+once per PROGRESS_WRITE_INTERVAL, and a report not yet written when its
+interval is up is written then (reports are coalesced, never lost). Each
+write is one fenced conditional update, and its PROGRESS event is told to
+watchers by the same thread.
+
+A run's outcome supersedes its progress: `close` drops a pending write and
+waits for one in flight (its event told first), so no progress is written
+or told after the outcome.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import pymongo
+from bson import ObjectId
+from pymongo.errors import PyMongoError
+
+from genjobs.server.model import clock
+from genjobs.server.model.progress import progress_fields
+from genjobs.server.storage.database import Doc
+from genjobs.server.storage.events import PROGRESS
+from genjobs.server.storage.outage import unreachable
+from genjobs.server.storage.queue import QueueStore
+
+# A report waits at most this long to be written (latency to watchers is
+# about this plus a write), and a run writes at most 1/this times a second.
+PROGRESS_WRITE_INTERVAL = 0.15
+PROGRESS_TIMEOUT_SECONDS = 1.0  # a progress write waits at most this for the database
+PROGRESS_PAUSE_SECONDS = 2.0  # after a progress write failed, none for this long
+IDLE_SECONDS = 5.0  # the writer thread ends after this long with nothing scheduled
+
+# (exc, what, quiet level, message, *args): the lifecycle's logging of database errors.
+ErrorLog = Callable[..., None]
+
+
+class RunState(Protocol):
+    """What a progress writer reads and sets of its run (`run.Run`)."""
+
+    oid: ObjectId
+    epoch: int
+    cancel: threading.Event
+    lost: bool
+
+
+@dataclass(frozen=True)
+class _Report:
+    percentage: int
+    stage: str
+    stage_progress: int
+    message: str
+    at: float  # monotonic time of the report
+
+
+class ProgressWriter:
+    """One run's progress: the generator's `report` callback. All its state is
+    guarded by its `ProgressWrites`' lock."""
+
+    def __init__(self, writes: ProgressWrites, run: RunState, job: Doc) -> None:
+        self.writes = writes
+        self.run = run
+        self.started_us = job["started_us"]
+        self.started_mono = time.monotonic()
+        # The claim already wrote 0%: the first write comes an interval after the start.
+        self.last_write = self.started_mono
+        self.paused_until = 0.0  # after this run's write failed
+        self.latest: _Report | None = None  # reported, not yet written
+        self.scheduled = False  # a write of this run is due (in the heap) or in flight
+        self.in_flight = False
+        self.closed = False  # the outcome is being written: nothing more
+
+    def report(self, percentage: int, stage: str, stage_progress: int, message: str) -> None:
+        """Keep the latest report (the generator never waits for the database)."""
+        latest = _Report(percentage, stage, stage_progress, message, time.monotonic())
+        writes = self.writes
+        with writes.changed:
+            if self.closed or self.run.lost:
+                return
+            self.latest = latest
+            if not self.scheduled:
+                self.scheduled = True
+                writes.schedule(self, max(self.last_write + writes.interval, self.paused_until))
+
+
+class ProgressWrites:
+    """Every run's progress writes of one dispatcher, on one thread."""
+
+    def __init__(
+        self,
+        queue: QueueStore,
+        tell: Callable[[Doc, str], None],
+        database_error: ErrorLog,
+        interval: float = PROGRESS_WRITE_INTERVAL,
+    ) -> None:
+        self.queue = queue
+        self.tell = tell
+        self.database_error = database_error
+        self.interval = interval
+        self.changed = threading.Condition()
+        self._due: list[tuple[float, int, ProgressWriter]] = []  # a heap of (due, order, writer)
+        self._order = itertools.count()  # ties in `_due` go first come, first served
+        self._writers: dict[tuple[ObjectId, int], ProgressWriter] = {}  # by (job, epoch)
+        self._thread: threading.Thread | None = None
+        self._waking_at = float("inf")  # when the thread wakes by itself (monotonic)
+        self._paused_until = 0.0  # the database was unreachable: no writes until then
+
+    def writer(self, run: RunState, job: Doc) -> ProgressWriter:
+        """The progress writer of a run that starts now."""
+        writer = ProgressWriter(self, run, job)
+        with self.changed:
+            self._writers[(run.oid, run.epoch)] = writer
+        return writer
+
+    def close(self, run: RunState) -> None:
+        """The run's outcome is about to be written: drop its pending progress,
+        wait for a write in flight (at most its timeout), and take no more."""
+        with self.changed:
+            writer = self._writers.pop((run.oid, run.epoch), None)
+            if writer is None:
+                return  # no progress writer (a run given back, or given to wait)
+            writer.closed = True
+            writer.latest = None
+            self.changed.wait_for(lambda: not writer.in_flight)
+
+    def schedule(self, writer: ProgressWriter, due: float) -> None:
+        """A write of `writer` at `due` (monotonic); called holding `changed`."""
+        heapq.heappush(self._due, (due, next(self._order), writer))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="dispatcher-progress", daemon=True)
+            self._thread.start()
+        elif due < self._waking_at:
+            self.changed.notify_all()
+
+    def _work(self) -> None:
+        with self.changed:
+            while True:
+                writer = self._next()
+                if writer is None:
+                    self._thread = None  # the next schedule starts another
+                    return
+                report, writer.latest, writer.in_flight = writer.latest, None, True
+                assert report is not None
+                self.changed.release()
+                try:
+                    started = time.monotonic()
+                    self._write(writer, report)
+                finally:
+                    self.changed.acquire()
+                writer.in_flight = False
+                writer.last_write = started
+                if writer.latest is not None and not writer.closed:
+                    self.schedule(writer, max(started + self.interval, writer.paused_until))
+                else:
+                    writer.scheduled = False
+                self.changed.notify_all()  # a `close` may wait for this write
+
+    def _next(self) -> ProgressWriter | None:
+        """The next writer due with a report to write, once due; None after
+        IDLE_SECONDS with nothing scheduled. Called holding `changed`."""
+        while True:
+            now = time.monotonic()
+            if not self._due:
+                self._waking_at = now + IDLE_SECONDS
+                self.changed.wait(IDLE_SECONDS)
+                self._waking_at = float("inf")
+                if not self._due:
+                    return None
+                continue
+            due, _, writer = self._due[0]
+            due = max(due, self._paused_until)
+            if due > now:
+                self._waking_at = due
+                self.changed.wait(due - now)
+                self._waking_at = float("inf")
+                continue
+            heapq.heappop(self._due)
+            if writer.closed or writer.latest is None:
+                writer.scheduled = False
+                continue
+            return writer
+
+    def _write(self, writer: ProgressWriter, report: _Report) -> None:
+        """One fenced update of the run's progress, and its PROGRESS event."""
+        run = writer.run
+        progress = progress_fields(
+            report.percentage,
+            report.stage,
+            report.stage_progress,
+            report.message,
+            writer.started_us,
+            report.at - writer.started_mono,
+        )
+        try:
+            # Briefly: a `close` (the outcome) may wait for this write.
+            with pymongo.timeout(PROGRESS_TIMEOUT_SECONDS):
+                after = self.queue.fenced_update(
+                    run.oid, run.epoch, {"progress": progress, "updated_us": clock.now_us()}
+                )
+        except PyMongoError as exc:
+            # Progress is advisory: a later report or the outcome supersedes it.
+            self.database_error(
+                exc, f"job {run.oid}", logging.DEBUG, "job %s: progress not stored (%s)", run.oid, exc
+            )
+            pause = time.monotonic() + PROGRESS_PAUSE_SECONDS  # no stall per report
+            writer.paused_until = pause
+            if unreachable(exc):  # every run's write would wait as long
+                self._paused_until = pause
+            return
+        if after is None:  # another run took the job over, or it ended meanwhile
+            run.lost = True
+            run.cancel.set()
+            return
+        if after.get("cancel_requested"):
+            run.cancel.set()
+        self.tell(after, PROGRESS)
