@@ -39,9 +39,13 @@ from genjobs.server.storage.queue import QueueStore
 
 # A report waits at most this long to be written (latency to watchers is
 # about this plus a write), and a run writes at most 1/this times a second.
-PROGRESS_WRITE_INTERVAL = 0.15
+PROGRESS_WRITE_INTERVAL = 0.2
 PROGRESS_TIMEOUT_SECONDS = 1.0  # a progress write waits at most this for the database
 PROGRESS_PAUSE_SECONDS = 2.0  # after a progress write failed, none for this long
+# Writes at once: a write mostly waits for the database (and, on a busy
+# process, for the GIL after each socket call); one thread cannot keep up with
+# 32 streams' writes on a loaded 2-core machine.
+PROGRESS_WRITERS = 4
 IDLE_SECONDS = 5.0  # the writer thread ends after this long with nothing scheduled
 
 # (exc, what, quiet level, message, *args): the lifecycle's logging of database errors.
@@ -105,6 +109,7 @@ class ProgressWrites:
         tell: Callable[[Doc, str], None],
         database_error: ErrorLog,
         interval: float = PROGRESS_WRITE_INTERVAL,
+        threads: int = PROGRESS_WRITERS,
     ) -> None:
         self.queue = queue
         self.tell = tell
@@ -114,8 +119,10 @@ class ProgressWrites:
         self._due: list[tuple[float, int, ProgressWriter]] = []  # a heap of (due, order, writer)
         self._order = itertools.count()  # ties in `_due` go first come, first served
         self._writers: dict[tuple[ObjectId, int], ProgressWriter] = {}  # by (job, epoch)
-        self._thread: threading.Thread | None = None
-        self._waking_at = float("inf")  # when the thread wakes by itself (monotonic)
+        self.threads = threads
+        self._threads = 0  # writer threads alive
+        self._timer = False  # one of them waits for the next due write
+        self._waking_at = float("inf")  # when that one wakes by itself (monotonic)
         self._paused_until = 0.0  # the database was unreachable: no writes until then
 
     def writer(self, run: RunState, job: Doc) -> ProgressWriter:
@@ -139,59 +146,68 @@ class ProgressWrites:
     def schedule(self, writer: ProgressWriter, due: float) -> None:
         """A write of `writer` at `due` (monotonic); called holding `changed`."""
         heapq.heappush(self._due, (due, next(self._order), writer))
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="dispatcher-progress", daemon=True)
-            self._thread.start()
-        elif due < self._waking_at:
-            self.changed.notify_all()
+        if self._timer:
+            if due < self._waking_at:
+                self.changed.notify_all()  # the timekeeper wakes sooner (and `close` waiters check again)
+        elif self._threads < self.threads:
+            self._start()
+        # Else every thread is writing: the first to finish keeps the time.
+
+    def _start(self) -> None:
+        """Another writer thread; called holding `changed`."""
+        self._threads += 1
+        threading.Thread(target=self._work, name="dispatcher-progress", daemon=True).start()
 
     def _work(self) -> None:
         with self.changed:
-            while True:
-                writer = self._next()
-                if writer is None:
-                    self._thread = None  # the next schedule starts another
-                    return
-                report, writer.latest, writer.in_flight = writer.latest, None, True
-                assert report is not None
-                self.changed.release()
-                try:
-                    started = time.monotonic()
-                    self._write(writer, report)
-                finally:
-                    self.changed.acquire()
-                writer.in_flight = False
-                writer.last_write = started
-                if writer.latest is not None and not writer.closed:
-                    self.schedule(writer, max(started + self.interval, writer.paused_until))
-                else:
-                    writer.scheduled = False
-                self.changed.notify_all()  # a `close` may wait for this write
+            try:
+                while (writer := self._next()) is not None:
+                    self._write_locked(writer)
+            finally:
+                self._threads -= 1
+
+    def _write_locked(self, writer: ProgressWriter) -> None:
+        """Write `writer`'s latest report; called holding `changed`, which it
+        releases meanwhile."""
+        report, writer.latest, writer.in_flight = writer.latest, None, True
+        assert report is not None
+        started = time.monotonic()
+        self.changed.release()
+        try:
+            self._write(writer, report)
+        finally:
+            self.changed.acquire()
+            writer.in_flight = False
+            writer.last_write = started
+            if writer.latest is not None and not writer.closed:
+                self.schedule(writer, max(started + self.interval, writer.paused_until))
+            else:
+                writer.scheduled = False
+            self.changed.notify_all()  # a `close` may wait for this write
 
     def _next(self) -> ProgressWriter | None:
-        """The next writer due with a report to write, once due; None after
-        IDLE_SECONDS with nothing scheduled. Called holding `changed`."""
+        """The next writer due with a report to write, once due. One idle
+        thread at most keeps the time; another finding nothing due ends, and
+        so does the timekeeper after IDLE_SECONDS with nothing scheduled (None).
+        Called holding `changed`."""
         while True:
             now = time.monotonic()
-            if not self._due:
-                self._waking_at = now + IDLE_SECONDS
-                self.changed.wait(IDLE_SECONDS)
-                self._waking_at = float("inf")
-                if not self._due:
-                    return None
-                continue
-            due, _, writer = self._due[0]
-            due = max(due, self._paused_until)
-            if due > now:
-                self._waking_at = due
-                self.changed.wait(due - now)
-                self._waking_at = float("inf")
-                continue
-            heapq.heappop(self._due)
-            if writer.closed or writer.latest is None:
-                writer.scheduled = False
-                continue
-            return writer
+            if self._due and (due := max(self._due[0][0], self._paused_until)) <= now:
+                _, _, writer = heapq.heappop(self._due)
+                if writer.closed or writer.latest is None:
+                    writer.scheduled = False
+                    continue
+                if self._due and not self._timer and self._threads < self.threads:
+                    self._start()  # more to write: in parallel, the database's answers overlap
+                return writer
+            if self._timer:
+                return None
+            wake = due if self._due else now + IDLE_SECONDS
+            self._timer, self._waking_at = True, wake
+            self.changed.wait(wake - now)
+            self._timer, self._waking_at = False, float("inf")
+            if not self._due and time.monotonic() >= wake:
+                return None
 
     def _write(self, writer: ProgressWriter, report: _Report) -> None:
         """One fenced update of the run's progress, and its PROGRESS event."""
