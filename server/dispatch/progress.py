@@ -3,12 +3,13 @@
 A generator reports progress as often as it likes (the `openai` generator
 once per streamed piece, on the one event loop that serves every job's
 stream). `ProgressWriter.report` only keeps the latest report and makes sure
-a write is scheduled; `ProgressWrites`, one per dispatcher, writes on a
-thread of its own ("dispatcher-progress") each run's latest report at most
-once per PROGRESS_WRITE_INTERVAL, and a report not yet written when its
-interval is up is written then (reports are coalesced, never lost). Each
-write is one fenced conditional update, and its PROGRESS event is told to
-watchers by the same thread.
+a write is scheduled; `ProgressWrites`, one per dispatcher, writes on
+threads of its own ("dispatcher-progress": one keeps the time, up to
+PROGRESS_WRITERS write at once) each run's latest report at most once per
+PROGRESS_WRITE_INTERVAL, and a report not yet written when its interval is
+up is written then (reports are coalesced, never lost). Each write is one
+fenced conditional update, and its PROGRESS event is told to watchers by the
+thread that wrote it.
 
 A run's outcome supersedes its progress: `close` drops a pending write and
 waits for one in flight (its event told first), so no progress is written
@@ -36,6 +37,8 @@ from genjobs.server.storage.database import Doc
 from genjobs.server.storage.events import PROGRESS
 from genjobs.server.storage.outage import unreachable
 from genjobs.server.storage.queue import QueueStore
+
+log = logging.getLogger("genjobs.server.dispatch.dispatcher")  # the dispatcher's lines, as run.py
 
 # A report waits at most this long to be written (latency to watchers is
 # about this plus a write), and a run writes at most 1/this times a second.
@@ -101,7 +104,8 @@ class ProgressWriter:
 
 
 class ProgressWrites:
-    """Every run's progress writes of one dispatcher, on one thread."""
+    """Every run's progress writes of one dispatcher, on a few threads of its own
+    (started when there is something to write, ended when idle)."""
 
     def __init__(
         self,
@@ -175,6 +179,8 @@ class ProgressWrites:
         self.changed.release()
         try:
             self._write(writer, report)
+        except Exception:  # never the generator's: its next report is written all the same
+            log.exception("job %s: progress write failed", writer.run.oid)
         finally:
             self.changed.acquire()
             writer.in_flight = False
@@ -194,7 +200,7 @@ class ProgressWrites:
             now = time.monotonic()
             if self._due and (due := max(self._due[0][0], self._paused_until)) <= now:
                 _, _, writer = heapq.heappop(self._due)
-                if writer.closed or writer.latest is None:
+                if writer.closed or writer.latest is None or writer.run.lost:
                     writer.scheduled = False
                     continue
                 if self._due and not self._timer and self._threads < self.threads:
