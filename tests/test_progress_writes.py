@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from bson import ObjectId
+from pymongo.errors import ServerSelectionTimeoutError
 
 from genjobs.server.dispatch.progress import ProgressWrites
 from genjobs.v1 import jobs_pb2 as S
@@ -120,3 +121,48 @@ def test_the_outcome_drops_pending_progress_and_waits_for_a_write_in_flight() ->
     wait_for(lambda: "another run" in told)
     assert told == ["in flight", "OUTCOME", "another run"]
     assert database.written == ["in flight", "another run"]
+
+
+class _Answering:
+    """A queue store whose progress writes raise `error`, or answer `after`."""
+
+    def __init__(self, error: Exception | None = None, after: dict[str, Any] | None = None) -> None:
+        self.error, self.after = error, after
+        self.tries = 0
+
+    def fenced_update(self, oid: ObjectId, epoch: int, changes: dict[str, Any]) -> dict[str, Any] | None:
+        self.tries += 1
+        if self.error is not None:
+            raise self.error
+        return self.after
+
+
+def test_a_database_error_never_reaches_the_generator() -> None:
+    database, told, logged = _Answering(error=ServerSelectionTimeoutError("down")), [], []
+    writes = ProgressWrites(
+        cast(Any, database),
+        lambda doc, kind: told.append(kind),
+        lambda *args: logged.append(args),
+        interval=0.01,
+    )
+    run = _Run()
+    writer = writes.writer(run, {"started_us": 1})
+    writer.report(1, "drafting", 1, "first")  # returns: the write is the writer thread's
+    wait_for(lambda: logged)  # tried, failed, logged as the lifecycle logs database errors
+    writer.report(2, "drafting", 2, "second")
+    writes.close(run)  # the outcome goes on
+    assert told == [] and not run.lost and not run.cancel.is_set()
+
+
+def test_a_write_that_finds_the_run_gone_stops_it() -> None:
+    database, told = _Answering(after=None), []
+    writes = ProgressWrites(
+        cast(Any, database), lambda doc, kind: told.append(kind), lambda *args: None, interval=0.01
+    )
+    run = _Run()
+    writer = writes.writer(run, {"started_us": 1})
+    writer.report(1, "drafting", 1, "first")
+    wait_for(run.cancel.is_set)  # taken over: the generator is stopped
+    writer.report(2, "drafting", 2, "second")  # and nothing more is written
+    writes.close(run)
+    assert run.lost and told == [] and database.tries == 1
