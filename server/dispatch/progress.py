@@ -23,6 +23,7 @@ import itertools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -122,7 +123,11 @@ class ProgressWrites:
         self.changed = threading.Condition()
         self._due: list[tuple[float, int, ProgressWriter]] = []  # a heap of (due, order, writer)
         self._order = itertools.count()  # ties in `_due` go first come, first served
-        self._writers: dict[tuple[ObjectId, int], ProgressWriter] = {}  # by (job, epoch)
+        # By (job, epoch), for `close`; weakly: a run ended without `close` (its
+        # outcome written with its lane's next claim) leaves nothing behind.
+        self._writers: weakref.WeakValueDictionary[tuple[ObjectId, int], ProgressWriter] = (
+            weakref.WeakValueDictionary()
+        )
         self.threads = threads
         self._threads = 0  # writer threads alive
         self._timer = False  # one of them waits for the next due write
@@ -142,7 +147,7 @@ class ProgressWrites:
         with self.changed:
             writer = self._writers.pop((run.oid, run.epoch), None)
             if writer is None:
-                return  # no progress writer (a run given back, or given to wait)
+                return  # no progress writer (a run given back, or given to wait), or gone
             writer.closed = True
             writer.latest = None
             self.changed.wait_for(lambda: not writer.in_flight)
