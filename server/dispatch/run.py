@@ -17,22 +17,20 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import pymongo
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
+from genjobs.server.dispatch.progress import ProgressWrites
 from genjobs.server.dispatch.providers import ProviderGate
 from genjobs.server.generators.base import GenerationCancelled, GenerationFailed, Generator, JobSpec
 from genjobs.server.model import clock
-from genjobs.server.model.progress import progress_fields
 from genjobs.server.model.states import Status
 from genjobs.server.storage.bulk import BulkStore
 from genjobs.server.storage.database import Doc
-from genjobs.server.storage.events import PROGRESS, STATUS_CHANGED
+from genjobs.server.storage.events import STATUS_CHANGED
 from genjobs.server.storage.jobs import job_error
 from genjobs.server.storage.outage import Outage, persist, unreachable
 from genjobs.server.storage.queue import BACKOFF, NONE, READY, QueueStore
@@ -41,9 +39,6 @@ from genjobs.server.telemetry import context, metrics
 
 log = logging.getLogger("genjobs.server.dispatch.dispatcher")  # one logger for the dispatcher's lines
 
-PROGRESS_WRITE_INTERVAL = 0.25  # coalesce chattier generators to at most 4 writes a second
-PROGRESS_TIMEOUT_SECONDS = 1.0  # a progress write waits at most this for the database
-PROGRESS_PAUSE_SECONDS = 2.0  # after a progress write failed, none for this long
 MAX_BACKOFF_SECONDS = 300.0
 # How long a run's outcome waits for an unreachable database before the run
 # is abandoned (its lease lapses; it is requeued with its attempt given back).
@@ -106,6 +101,7 @@ class RunLifecycle:
         # (job, epoch) of the runs whose outcome could not be stored: the
         # dispatcher gives such a run back, not counting it as an attempt.
         self.abandoned: set[tuple[ObjectId, int]] = set()
+        self.progress = ProgressWrites(self.queue, self.tell, self._database_error)  # its own thread
 
     def execute(self, job: Doc, run: Run) -> None:
         """Run the claimed `job` (its `run` registered by the dispatcher) and store its outcome."""
@@ -129,7 +125,7 @@ class RunLifecycle:
             epoch=job["epoch"],
             started_us=job["started_us"],
         )
-        reporter = ProgressWriter(self, run, job)
+        reporter = self.progress.writer(run, job)
         reported = False
 
         def report(percentage: int, stage: str, stage_progress: int, message: str) -> None:
@@ -245,6 +241,7 @@ class RunLifecycle:
         """Store a run's outcome, fenced by its epoch; an unreachable database is
         waited for (OUTCOME_PATIENCE_SECONDS), never taken for a failed job.
         `unsure`: an earlier write of it may have been stored, its answer lost."""
+        self.progress.close(run)  # the outcome supersedes its pending progress
         if run.lost:
             log.warning("job %s was taken over; not recording this run's outcome", run.oid)
             return
@@ -326,50 +323,3 @@ class RunLifecycle:
 
     def _database_error(self, exc: PyMongoError, what: str, quiet: int, message: str, *args: object) -> None:
         database_error(self.store.outage, exc, what, quiet, message, *args)
-
-
-class ProgressWriter:
-    """Turns a generator's progress reports into at most a few writes a second."""
-
-    def __init__(self, lifecycle: RunLifecycle, run: Run, job: Doc) -> None:
-        self.lifecycle = lifecycle
-        self.run = run
-        self.started_us = job["started_us"]
-        self.started_mono = time.monotonic()
-        # The claim already wrote 0%; a job shorter than one interval writes no progress.
-        self.last_write = self.started_mono
-
-    def report(self, percentage: int, stage: str, stage_progress: int, message: str) -> None:
-        now = time.monotonic()
-        if self.run.lost or now - self.last_write < PROGRESS_WRITE_INTERVAL:
-            return
-        self.last_write = now
-        progress = progress_fields(
-            percentage, stage, stage_progress, message, self.started_us, now - self.started_mono
-        )
-        try:
-            # Briefly: the generator waits for this call.
-            with pymongo.timeout(PROGRESS_TIMEOUT_SECONDS):
-                after = self.lifecycle.queue.fenced_update(
-                    self.run.oid, self.run.epoch, {"progress": progress, "updated_us": clock.now_us()}
-                )
-        except PyMongoError as exc:
-            # Progress is advisory: a later report or the outcome supersedes it, and a
-            # database error raised into the generator would be taken for its crash.
-            self.lifecycle._database_error(
-                exc,
-                f"job {self.run.oid}",
-                logging.DEBUG,
-                "job %s: progress not stored (%s)",
-                self.run.oid,
-                exc,
-            )
-            self.last_write = time.monotonic() + PROGRESS_PAUSE_SECONDS  # no stall per report
-            return
-        if after is None:
-            self.run.lost = True
-            self.run.cancel.set()
-            return
-        if after.get("cancel_requested"):
-            self.run.cancel.set()
-        self.lifecycle.tell(after, PROGRESS)

@@ -1,0 +1,168 @@
+"""A run's progress writes (server/dispatch/progress.py): reports are
+coalesced, never lost; a report never waits for the database; the outcome
+supersedes a run's pending progress, and nothing is told after it."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from bson import ObjectId
+from pymongo.errors import ServerSelectionTimeoutError
+
+from genjobs.server.dispatch.progress import ProgressWrites
+from genjobs.v1 import jobs_pb2 as S
+from tests.fake_openai import FakeOpenAI, Plan
+from tests.harness import MongoServer, ServerThread, make_settings, wait_for
+
+
+def test_a_watcher_sees_the_last_report_before_the_stream_pauses(mongo: MongoServer, tmp_path: Path) -> None:
+    # Six words at once, then nothing until the job is cancelled: the reports of
+    # the burst come within one write interval, and the last of them must show.
+    pieces = ["# Herons\n\n", "stand ", "still ", "in ", "reeds "]
+    with FakeOpenAI() as fake:
+        fake.queue(Plan(pieces=pieces, stall_after=len(pieces)))
+        settings = make_settings(
+            mongo.uri, tmp_path, generator="openai", openai_base_url=fake.base_url, openai_model="test-model"
+        )
+        server = ServerThread(settings).start()
+        try:
+            with server.client() as alice:
+                job = alice.submit("topic", topic="herons", word_count=300)
+                events: list[S.JobEvent] = []
+
+                def follow() -> None:
+                    for event in alice.watch(job.id):
+                        events.append(event)
+
+                watcher = threading.Thread(target=follow, daemon=True)
+                watcher.start()
+                wait_for(lambda: any(e.job.progress.message == "6 of 300 words" for e in list(events)))
+                alice.cancel(job.id)
+                watcher.join(30)
+        finally:
+            server.stop()
+    assert events[-1].job.status == S.JOB_STATUS_CANCELLED
+    progress = [e for e in events if e.type == S.JOB_EVENT_TYPE_PROGRESS]
+    assert progress[-1].job.progress.message == "6 of 300 words"
+    assert progress[-1].job.progress.percentage == 2
+    assert progress[-1].sequence < events[-1].sequence
+
+
+@dataclass
+class _Run:
+    oid: ObjectId = field(default_factory=ObjectId)
+    epoch: int = 1
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lost: bool = False
+
+
+class _SlowDatabase:
+    """A queue store whose progress writes each wait until `release` is set."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()  # a write is waiting
+        self.release = threading.Event()
+        self.written: list[str] = []
+
+    def fenced_update(self, oid: ObjectId, epoch: int, changes: dict[str, Any]) -> dict[str, Any]:
+        self.entered.set()
+        self.release.wait(30)
+        self.written.append(changes["progress"]["message"])
+        return {"_id": oid, "seq": len(self.written), "progress": changes["progress"]}
+
+
+def _writes(database: _SlowDatabase, told: list[str]) -> ProgressWrites:
+    return ProgressWrites(
+        cast(Any, database),
+        lambda doc, kind: told.append(doc["progress"]["message"]),
+        lambda *args: None,
+        interval=0.01,
+    )
+
+
+def test_reports_never_wait_for_the_database_and_the_last_one_is_written() -> None:
+    database, told = _SlowDatabase(), []
+    writes = _writes(database, told)
+    writer = writes.writer(_Run(), {"started_us": 1})
+    writer.report(1, "drafting", 1, "first")
+    wait_for(database.entered.is_set)  # its write waits for the database
+    for n in range(2, 101):
+        writer.report(n, "drafting", n, f"report {n}")  # each returns at once all the same
+    database.release.set()
+    wait_for(lambda: told[-1:] == ["report 100"])
+    assert told == ["first", "report 100"]  # the reports in between were coalesced
+
+
+def test_the_outcome_drops_pending_progress_and_waits_for_a_write_in_flight() -> None:
+    database, told = _SlowDatabase(), []
+    writes = _writes(database, told)
+    run = _Run()
+    writer = writes.writer(run, {"started_us": 1})
+    writer.report(10, "drafting", 10, "in flight")
+    wait_for(database.entered.is_set)
+    writer.report(20, "drafting", 20, "pending")
+
+    def outcome() -> None:
+        writes.close(run)
+        told.append("OUTCOME")
+
+    closing = threading.Thread(target=outcome)
+    closing.start()
+    wait_for(lambda: writer.closed)
+    writer.report(30, "drafting", 30, "after the outcome")
+    database.release.set()
+    closing.join(30)
+    # Another run's report, written after anything the closed run had due.
+    other = writes.writer(_Run(), {"started_us": 1})
+    other.report(5, "drafting", 5, "another run")
+    wait_for(lambda: "another run" in told)
+    assert told == ["in flight", "OUTCOME", "another run"]
+    assert database.written == ["in flight", "another run"]
+
+
+class _Answering:
+    """A queue store whose progress writes raise `error`, or answer `after`."""
+
+    def __init__(self, error: Exception | None = None, after: dict[str, Any] | None = None) -> None:
+        self.error, self.after = error, after
+        self.tries = 0
+
+    def fenced_update(self, oid: ObjectId, epoch: int, changes: dict[str, Any]) -> dict[str, Any] | None:
+        self.tries += 1
+        if self.error is not None:
+            raise self.error
+        return self.after
+
+
+def test_a_database_error_never_reaches_the_generator() -> None:
+    database, told, logged = _Answering(error=ServerSelectionTimeoutError("down")), [], []
+    writes = ProgressWrites(
+        cast(Any, database),
+        lambda doc, kind: told.append(kind),
+        lambda *args: logged.append(args),
+        interval=0.01,
+    )
+    run = _Run()
+    writer = writes.writer(run, {"started_us": 1})
+    writer.report(1, "drafting", 1, "first")  # returns: the write is the writer thread's
+    wait_for(lambda: logged)  # tried, failed, logged as the lifecycle logs database errors
+    writer.report(2, "drafting", 2, "second")
+    writes.close(run)  # the outcome goes on
+    assert told == [] and not run.lost and not run.cancel.is_set()
+
+
+def test_a_write_that_finds_the_run_gone_stops_it() -> None:
+    database, told = _Answering(after=None), []
+    writes = ProgressWrites(
+        cast(Any, database), lambda doc, kind: told.append(kind), lambda *args: None, interval=0.01
+    )
+    run = _Run()
+    writer = writes.writer(run, {"started_us": 1})
+    writer.report(1, "drafting", 1, "first")
+    wait_for(run.cancel.is_set)  # taken over: the generator is stopped
+    writer.report(2, "drafting", 2, "second")  # and nothing more is written
+    writes.close(run)
+    assert run.lost and told == [] and database.tries == 1
