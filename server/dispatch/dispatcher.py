@@ -373,6 +373,10 @@ class Dispatcher:
         one lane) and the leader's housekeeping (schedules' ticks, due
         retries, budget releases) go on while it runs. A lane is free: the
         claim was made only while fewer than `concurrency` runs are here."""
+        self._handoff.put((job, self._register(job)))
+
+    def _register(self, job: Doc) -> Run:
+        """A claimed job's run, counted among the runs here from now on."""
         run = Run(job["_id"], job["epoch"])
         with self._runs_changed:
             self._runs[run.oid] = run
@@ -380,7 +384,7 @@ class Dispatcher:
                 run.stopping = True
                 run.cancel.set()
         self._started.append((run.oid, run.epoch))
-        self._handoff.put((job, run))
+        return run
 
     def _lane(self) -> None:
         """A lane's thread: runs the jobs handed to it, and those it claimed as
@@ -589,12 +593,6 @@ class Dispatcher:
                 return Followed(ended)
             if not self._runnable(claimed):
                 return Followed(ended)
-            following = Run(claimed["_id"], claimed["epoch"])
-            with self._runs_changed:
-                self._runs[following.oid] = following
-                if self._hurried:
-                    following.stopping = True
-                    following.cancel.set()
-            self._started.append((following.oid, following.epoch))
+            self._register(claimed)
             run.following = claimed  # run next by this lane, whatever happens to the rest of this run
             return Followed(ended)
