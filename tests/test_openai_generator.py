@@ -17,6 +17,7 @@ import pytest
 from genjobs.client import GenJobsClient
 from genjobs.client.client import InvalidArgument
 from genjobs.server.generators.base import (
+    CancelSignal,
     GenerationCancelled,
     GenerationFailed,
     JobSpec,
@@ -314,3 +315,14 @@ def test_configuration_mistakes_stop_the_server_at_start(monkeypatch: pytest.Mon
         make_generator(replace(local, openai_prices='{"m": 1}'))
     with pytest.raises(SystemExit, match="GENJOBS_GENERATOR_HEADERS"):
         make_generator(Settings(generator="http", generator_url="http://x", generator_headers="[]"))
+
+
+def test_a_cancel_signal_calls_back_once_when_set() -> None:
+    """A run's cancel reaches a waiting generator at once, without polling."""
+    signal = CancelSignal()
+    calls: list[str] = []
+    signal.on_set(lambda: calls.append("before"))
+    signal.set()
+    signal.set()
+    signal.on_set(lambda: calls.append("after"))
+    assert calls == ["before", "after"] and signal.is_set()

@@ -25,7 +25,13 @@ from pymongo.errors import PyMongoError
 
 from genjobs.server.dispatch.progress import ProgressWrites
 from genjobs.server.dispatch.providers import ProviderGate
-from genjobs.server.generators.base import GenerationCancelled, GenerationFailed, Generator, JobSpec
+from genjobs.server.generators.base import (
+    CancelSignal,
+    GenerationCancelled,
+    GenerationFailed,
+    Generator,
+    JobSpec,
+)
 from genjobs.server.model import clock
 from genjobs.server.model.states import Status
 from genjobs.server.storage.bulk import BulkStore
@@ -51,7 +57,7 @@ class Run:
 
     oid: ObjectId
     epoch: int
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: threading.Event = field(default_factory=CancelSignal)  # calls back: generators need not poll
     lost: bool = False  # another run took the job over: write nothing more
     stopping: bool = False  # the server is shutting down: requeue, don't cancel
     generated: bool = False  # the generator was called: its end counts for the gap

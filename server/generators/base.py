@@ -80,6 +80,41 @@ class GenerationCancelled(Exception):
     """The generator saw the cancel signal and stopped."""
 
 
+class CancelSignal(threading.Event):
+    """A run's cancel signal that also calls back when set: a generator or the
+    watchdog waits for its own end or the cancel, with no polling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks_lock = threading.Lock()
+
+    def set(self) -> None:
+        """Set the signal and call each callback once."""
+        with self._callbacks_lock:
+            super().set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_set(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the signal is set (now, if it is)."""
+        with self._callbacks_lock:
+            if not self.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+
+def when_set(signal: threading.Event, callback: Callable[[], None]) -> bool:
+    """Call `callback` once `signal` is set, when the signal can tell (a
+    `CancelSignal`); whether it will (else the caller polls)."""
+    if isinstance(signal, CancelSignal):
+        signal.on_set(callback)
+        return True
+    return False
+
+
 class Generator(Protocol):
     """Anything that turns a job into content.
 

@@ -27,6 +27,7 @@ from genjobs.server.generators.base import (
     http_failure,
     retry_after,
     title_of,
+    when_set,
 )
 from genjobs.server.generators.prompts import Prompts
 from genjobs.server.generators.providers import Catalog, Model, Price, Providers, parse_prices
@@ -85,12 +86,14 @@ class OpenAIGenerator:
     def generate(self, job: JobSpec, report_progress: ProgressFn, cancelled: threading.Event) -> Output:
         loop = self._started()
         future = asyncio.run_coroutine_threadsafe(self._run(job, report_progress), loop)
-        done = threading.Event()
+        done = threading.Event()  # the stream ended, or the job was cancelled
         future.add_done_callback(lambda _: done.set())
-        while not done.wait(CANCEL_CHECK_SECONDS):
-            if cancelled.is_set():
-                future.cancel()  # cancels the task: its `async with` closes the connection
-                raise GenerationCancelled()
+        tick = None if when_set(cancelled, done.set) else CANCEL_CHECK_SECONDS  # a plain Event is polled
+        while not done.wait(tick) and not cancelled.is_set():
+            pass
+        if not future.done():  # cancelled
+            future.cancel()  # cancels the task: its `async with` closes the connection
+            raise GenerationCancelled()
         return future.result()
 
     def _started(self) -> asyncio.AbstractEventLoop:

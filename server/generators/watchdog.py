@@ -16,9 +16,11 @@ from genjobs.server.generators.base import (
     JobSpec,
     Output,
     ProgressFn,
+    when_set,
 )
 
 TICK_SECONDS = 0.05
+LONGEST_WAIT_SECONDS = 60.0  # a wait for a limit, at most (an Event cannot wait forever)
 STOP_GRACE_SECONDS = 1.0  # how long a stopped generator may take to let go (cancel must end in 2 s)
 
 
@@ -47,6 +49,7 @@ class Watchdog:
             limit = min(limit, float(asked))
         idle = self.idle_seconds if getattr(self.inner, "streams", False) else None
         finished = threading.Event()
+        wake = threading.Event()  # finished or cancelled
         left_behind = threading.Event()
         heard = [time.monotonic()]
         outcome: dict[str, Any] = {}
@@ -64,14 +67,18 @@ class Watchdog:
                 outcome["error"] = exc
             finally:
                 finished.set()
+                wake.set()
 
         started = time.monotonic()
         # In the attempt's context (its log fields and trace span carry over to the generator).
         threading.Thread(
             target=contextvars.copy_context().run, args=(work,), name=f"generate-{job.id}", daemon=True
         ).start()
+        # Woken when the generator finishes or the job is cancelled, else at the
+        # next limit (a plain Event as the signal: every TICK_SECONDS).
+        tick = float("inf") if when_set(cancelled, wake.set) else TICK_SECONDS
         timeout = ""
-        while not finished.wait(TICK_SECONDS):
+        while not finished.is_set():
             now = time.monotonic()
             if not cancelled.is_set():
                 if now - started > limit:
@@ -79,6 +86,8 @@ class Watchdog:
                 elif idle is not None and now - heard[0] > idle:
                     timeout = f"the stream sent nothing for {idle:g} s"
                 if not timeout:
+                    due = started + limit if idle is None else min(started + limit, heard[0] + idle)
+                    wake.wait(min(max(due - now, 0.0) + TICK_SECONDS / 10, tick, LONGEST_WAIT_SECONDS))
                     continue
                 cancelled.set()  # stops the generator as a cancel would
             if not finished.wait(STOP_GRACE_SECONDS):
