@@ -574,9 +574,9 @@ class Dispatcher:
             if len(self._runs) - 1 + self._elsewhere >= self.concurrency:  # this run's lane is the one freed
                 return Followed(None)
             pick = self._fair.next()
-            if pick is None or pick.oid is None or pick.doc is None:
-                if pick is not None and pick.oid is not None:
-                    self._fair.put_back(pick)
+            if pick is None or pick.doc is None:
+                if pick is not None:
+                    self._fair.put_back(pick)  # not at hand: the dispatcher thread claims it
                 return Followed(None)
             try:
                 ended, claimed = self.queue.end_and_claim(

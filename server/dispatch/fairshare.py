@@ -231,8 +231,10 @@ class FairShare:
     def put_back(self, pick: Pick) -> None:
         """A picked job was not claimed after all but may still be ready: a
         later claim tries it again (without its document, which may be stale)."""
+        if pick.oid is None:
+            return
         with self._lock:
-            self.candidates.add(pick.owner, *pick.key, pick.oid)  # type: ignore[arg-type]
+            self.candidates.add(pick.owner, *pick.key, pick.oid)
 
     @contextmanager
     def _reading(self) -> Iterator[None]:

@@ -39,7 +39,7 @@ from genjobs.server.storage.database import Doc
 from genjobs.server.storage.events import STATUS_CHANGED
 from genjobs.server.storage.jobs import job_error
 from genjobs.server.storage.outage import Outage, persist, unreachable
-from genjobs.server.storage.queue import BACKOFF, NONE, READY, QueueStore
+from genjobs.server.storage.queue import BACKOFF, NONE, READY, QueueStore, stamped_by
 from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import context, metrics
 
@@ -281,14 +281,8 @@ class RunLifecycle:
             return
         if after is None and tries > 1:
             # An earlier try may have been applied with its answer lost: it was ours if it left our stamp.
-            after = next(
-                (
-                    d
-                    for d in self.store.jobs.jobs_by_ids([str(run.oid)])
-                    if d["epoch"] == run.epoch and d["updated_us"] == changes["updated_us"]
-                ),
-                None,
-            )
+            stored = self.store.jobs.jobs_by_ids([str(run.oid)])
+            after = next((d for d in stored if stamped_by(d, run.epoch, changes)), None)
         if after is None:
             log.warning("job %s was taken over; this run's outcome is dropped", run.oid)
             return

@@ -182,11 +182,7 @@ class QueueStore:
             return None, None
         stored = {d["_id"]: d for d in self.jobs.find({"_id": {"$in": [ended["_id"], ready["_id"]]}})}
         after, claimed = stored.get(ended["_id"]), stored.get(ready["_id"])
-        ours = (
-            after is not None
-            and after["epoch"] == ended["epoch"]
-            and after["updated_us"] == changes["updated_us"]
-        )
+        ours = after is not None and stamped_by(after, ended["epoch"], changes)
         taken = claimed is not None and (claimed.get("worker"), claimed.get("started_us")) == (worker, now_us)
         return (after if ours else None), (claimed if taken else None)
 
@@ -389,6 +385,12 @@ def _claim_update(worker: str, lease_seconds: float, now_us: int) -> Doc:
         },
         "$inc": {"epoch": 1, "attempt": 1, "seq": 1},
     }
+
+
+def stamped_by(doc: Doc, epoch: int, changes: Doc) -> bool:
+    """Whether `doc` holds the write of `changes` by the run of `epoch` (an
+    outcome whose answer was lost, or that shared a command): its stamp is there."""
+    return bool(doc["epoch"] == epoch and doc["updated_us"] == changes["updated_us"])
 
 
 def applied(doc: Doc, update: Doc) -> Doc:
