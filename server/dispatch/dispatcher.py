@@ -355,10 +355,12 @@ class Dispatcher:
             self._wakeups = count
             self._fair.fresh()
 
-    def _claim_wait(self) -> float:
-        """Seconds to wait before claiming (0: claim now): while every lane of
-        the deployment is taken, or until the gap after the last end is over."""
-        if len(self._runs) + self._elsewhere >= self.concurrency:
+    def _claim_wait(self, freeing: int = 0) -> float:
+        """Seconds to wait before claiming (0 or less: claim now): while every
+        lane of the deployment is taken (`freeing`: of this server's runs, those
+        ending now), every provider is down or paused, or until the gap after
+        the last end is over."""
+        if len(self._runs) - freeing + self._elsewhere >= self.concurrency:
             return self.poll_seconds  # a run ending here wakes the loop sooner
         closed = self.gate.claim_wait() if self.gate is not None else 0.0  # every provider down or paused
         return max(closed, (self._last_end_us + self.gap_us - clock.now_us()) / 1e6)
@@ -531,7 +533,7 @@ class Dispatcher:
         with self._claiming:
             self._heed_wakeups()
             # A lane's follow-up may have taken the free lane meanwhile.
-            while len(self._runs) + self._elsewhere < self.concurrency:
+            while self._claim_wait() <= 0:
                 pick = self._fair.next()
                 if pick is None or pick.oid is None:
                     return None
@@ -560,18 +562,13 @@ class Dispatcher:
         and claim its lane's next job in one command (`end_and_claim`) when a
         job may start now and its document is at hand (submitted here, or read
         with its owner's head). The next job is registered as this lane's run."""
-        if (
-            self.gap_us
-            or self._stopping.is_set()
-            or self._hurried
-            or self._needs_recovery
-            or not self._is_leader()
-            or (self.gate is not None and self.gate.claim_wait() > 0)
-        ):
+        if self.gap_us or self._hurried or self._needs_recovery or not self._is_leader():
+            return Followed(None)  # (with a gap: it starts at this run's end)
+        if self._stopping.is_set():
             return Followed(None)
         with self._claiming:
             self._heed_wakeups()
-            if len(self._runs) - 1 + self._elsewhere >= self.concurrency:  # this run's lane is the one freed
+            if self._claim_wait(freeing=1) > 0:  # this run's lane is the one freed
                 return Followed(None)
             pick = self._fair.next()
             if pick is None or pick.doc is None:
