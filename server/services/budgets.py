@@ -239,8 +239,10 @@ class Budgets:
             raise queue_refusal(owner, self.max_queued, len(ids))
 
     async def reserve_async(self, owner: str, ids: list[ObjectId]) -> None:
-        """`reserve` from the event loop (one write, on a thread)."""
-        await asyncio.to_thread(self.reserve, owner, ids)
+        """`reserve` from the event loop: one write sent from the loop when there
+        is room, else `reserve` on a thread (the full cap, an owner's first job)."""
+        if not await self.store.reserve_slots_async(owner, ids, self.max_queued):
+            await asyncio.to_thread(self.reserve, owner, ids)
 
     def unreserve(self, owner: str, ids: list[ObjectId]) -> None:
         """Give back the places of jobs that ended, or were surely not stored (a

@@ -88,6 +88,7 @@ class BudgetStore:
         self.budgets: Collection[Doc] = store.database.db["budgets"]
         self.usage: Collection[Doc] = store.database.db["usage"]
         self.slots: Collection[Doc] = store.database.db["queue_slots"]
+        self.loop_slots = store.database.loop_client.collection("queue_slots")
         self.queue = store.queue
         self.bulks = store.bulks
         self.job_store = store.jobs
@@ -222,12 +223,17 @@ class BudgetStore:
 
     # ---- the queue --------------------------------------------------------
 
+    async def reserve_slots_async(self, owner: str, ids: list[ObjectId], cap: int) -> bool:
+        """`reserve_slots`' first try, sent from the event loop: True when the
+        places were taken; False when the owner's counter is full or not made
+        yet (then `reserve_slots` decides)."""
+        fits, update = _reservation(owner, ids, cap)
+        return (await self.loop_slots.update_one(fits, update)).modified_count == 1
+
     def reserve_slots(self, owner: str, ids: list[ObjectId], cap: int) -> bool:
         """Count `ids` (new jobs, not yet stored) among `owner`'s open jobs if
         that leaves at most `cap` of them: one conditional update. False: no room."""
-        now_us = clock.now_us()
-        update = {"$inc": {"queued": len(ids)}, "$set": {f"open.{oid}": now_us for oid in ids}}
-        fits = {"_id": owner, "queued": {"$lte": cap - len(ids)}}
+        fits, update = _reservation(owner, ids, cap)
         for _ in range(3):
             if self.slots.find_one_and_update(fits, update, projection={"_id": 1}) is not None:
                 return True
@@ -240,7 +246,7 @@ class BudgetStore:
             # existed): it starts from the jobs they have open now.
             opened = self.open_jobs(owner)
             with contextlib.suppress(DuplicateKeyError):  # another admission started it first
-                markers = {str(oid): now_us for oid in opened}
+                markers = {str(oid): clock.now_us() for oid in opened}
                 self.slots.insert_one({"_id": owner, "queued": len(opened), "open": markers})
         return False
 
@@ -351,3 +357,11 @@ def _budget(doc: Doc) -> Budget:
         holding=bool(doc.get("holding", False)),
         hold_seq=int(doc.get("hold_seq", 0)),
     )
+
+
+def _reservation(owner: str, ids: list[ObjectId], cap: int) -> tuple[Doc, Doc]:
+    """The conditional update that takes places for `ids` under `owner`'s cap:
+    (filter, update)."""
+    now_us = clock.now_us()
+    update = {"$inc": {"queued": len(ids)}, "$set": {f"open.{oid}": now_us for oid in ids}}
+    return {"_id": owner, "queued": {"$lte": cap - len(ids)}}, update

@@ -20,6 +20,8 @@ from typing import Any
 
 import pymongo
 from bson import ObjectId
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.collection import Collection
 
 from genjobs.server.model import clock
@@ -28,6 +30,27 @@ from genjobs.server.storage.outage import Outage
 from genjobs.server.storage.pagetoken import PageTokens
 
 Doc = dict[str, Any]
+
+
+class LoopClient:
+    """pymongo's async client for commands sent from the event loop, opened on
+    first use (on the loop that uses it): a command sent from the loop has no
+    hop to a thread and back, about half a millisecond on a busy process."""
+
+    def __init__(self, uri: str, db_name: str, **options: Any) -> None:
+        self._open = lambda: pymongo.AsyncMongoClient(uri, **options)[db_name]
+        self._database: AsyncDatabase[Doc] | None = None
+
+    def collection(self, name: str) -> AsyncCollection[Doc]:
+        """The collection `name`, through the loop's client."""
+        if self._database is None:
+            self._database = self._open()
+        return self._database[name]
+
+    async def close(self) -> None:
+        """Close the async client's connections."""
+        if self._database is not None:
+            await self._database.client.close()
 
 
 class Database:
@@ -54,6 +77,7 @@ class Database:
         self.uri, self.db_name = uri, db_name
         self.client: pymongo.MongoClient[Doc] = pymongo.MongoClient(uri, maxPoolSize=64, **self.options)
         self.db = self.client[db_name]
+        self.loop_client = LoopClient(uri, db_name, **self.options)  # the event loop's commands
         self.jobs: Collection[Doc] = self.db["jobs"]
         self.events: Collection[Doc] = self.db["job_events"]
         self.leases: Collection[Doc] = self.db["leases"]
@@ -92,8 +116,13 @@ class Database:
         self.client.admin.command("ping")
 
     def close(self) -> None:
-        """Close every connection."""
+        """Close every connection but the event loop's (`close_async`)."""
         self.client.close()
+
+    async def close_async(self) -> None:
+        """Close every connection, the event loop's too."""
+        await self.loop_client.close()
+        self.close()
 
 
 def count(collection: Collection[Doc], query: Doc, cap: int = 0) -> int:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import Any
 
 import pymongo
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from genjobs.server.storage.database import Doc
+from genjobs.server.storage.database import Doc, LoopClient
 from genjobs.server.storage.outage import time_left
 
 
@@ -26,9 +25,9 @@ class LoopInsert:
     on top of its cost per document).
     """
 
-    def __init__(self, uri: str, db_name: str, collection: str, **options: Any) -> None:
-        self._open = lambda: pymongo.AsyncMongoClient(uri, **options)[db_name][collection]
-        # Opened once, on the loop that uses it (pymongo builds a new one on each lookup).
+    def __init__(self, client: LoopClient, collection: str) -> None:
+        self._client, self._name = client, collection
+        # Looked up once (pymongo builds a new one on each lookup).
         self._collection: AsyncCollection[Doc] | None = None
         self._pending: list[tuple[Doc, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
@@ -65,7 +64,7 @@ class LoopInsert:
 
     async def _flush(self, batch: list[tuple[Doc, asyncio.Future[None]]]) -> None:
         if self._collection is None:
-            self._collection = self._open()
+            self._collection = self._client.collection(self._name)
         collection = self._collection
         failed: dict[int, BaseException] = {}
         try:
@@ -83,8 +82,3 @@ class LoopInsert:
                 outcome.set_exception(failed[index])
             else:
                 outcome.set_result(None)
-
-    async def close(self) -> None:
-        """Close the async client's connections."""
-        if self._collection is not None:
-            await self._collection.database.client.close()

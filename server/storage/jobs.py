@@ -60,7 +60,7 @@ class JobStore:
         self.order_keys = database.order_keys
         self.page_tokens = database.page_tokens
         self.retention_us = database.retention_us
-        self.job_inserts = LoopInsert(database.uri, database.db_name, "jobs", **database.options)
+        self.job_inserts = LoopInsert(database.loop_client, "jobs")
         self.events = events
         self.bulks = bulks
 
@@ -96,10 +96,6 @@ class JobStore:
         jobs.create_index([(PENDING_FLAG, 1)])  # job notifications a crash left unstored
         jobs.create_index([("schedule_id", 1)])  # ListJobs of a schedule's runs
         jobs.create_index([("result.metadata.model", 1)])  # an estimate's recent jobs of a model
-
-    async def close(self) -> None:
-        """Close the event loop's inserts' connections."""
-        await self.job_inserts.close()
 
     def repeated(self, doc: Doc) -> Doc | None:
         """The stored job with `doc`'s request key, if any (a repeat)."""

@@ -83,6 +83,5 @@ class Store:
         self.database.close()
 
     async def close_async(self) -> None:
-        """Close every connection, the event loop's inserts' too."""
-        await self.jobs.close()
-        self.close()
+        """Close every connection, the event loop's too."""
+        await self.database.close_async()
