@@ -26,7 +26,7 @@ from genjobs.server.generators.base import (
     cost_cents,
     title_of,
 )
-from genjobs.server.generators.openai import OpenAIGenerator, Price, parse_prices
+from genjobs.server.generators.openai import OpenAIGenerator, Price, _Draft, parse_prices
 from genjobs.server.generators.prompts import Prompts, fill
 from genjobs.server.generators.watchdog import Watchdog
 from genjobs.server.runtime.config import Settings
@@ -221,6 +221,21 @@ def test_generator_extras_are_checked_at_submit(openai_server: Callable[..., Gen
 
 
 # ---- pure logic -----------------------------------------------------------
+
+
+def test_a_providers_odd_chunks_are_passed_over_not_fatal() -> None:
+    draft = _Draft(model="asked")
+    chunks: list[object] = [
+        {"model": "asked-2026", "choices": [{"delta": {"content": "Hello "}}]},
+        {"choices": [None, {"delta": None}, {"delta": {"content": 5}}], "model": None},
+        "not a chunk",
+        {"choices": [{"delta": {"content": "world"}, "finish_reason": "stop"}]},
+        {"choices": [], "usage": {"prompt_tokens": 3}},
+    ]
+    for chunk in chunks:
+        draft.take(chunk)
+    assert ("".join(draft.pieces), draft.words) == ("Hello world", 2)
+    assert (draft.model, draft.finish_reason, draft.usage) == ("asked-2026", "stop", {"prompt_tokens": 3})
 
 
 def test_costs_round_up_to_whole_cents() -> None:

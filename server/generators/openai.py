@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import openai
@@ -50,7 +50,24 @@ class _Draft:
     in_word: bool = False  # the text so far ends inside a word
     model: str = ""
     finish_reason: str = ""
-    usage: Any = None
+    usage: dict[str, Any] | None = None  # the stream's last chunk's
+
+    def take(self, chunk: object) -> None:
+        """One streamed chunk, the JSON of a ChatCompletionChunk (a provider's
+        odd field is passed over, as openai's unvalidated models would)."""
+        if not isinstance(chunk, dict):
+            return
+        self.model = _text(chunk.get("model")) or self.model
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            if isinstance(delta, dict) and (content := _text(delta.get("content"))):
+                self.add(content)
+            if reason := _text(choice.get("finish_reason")):
+                self.finish_reason = reason
 
     def add(self, text: str) -> None:
         """Append a piece, counting words across piece boundaries."""
@@ -141,28 +158,32 @@ class OpenAIGenerator:
     async def _stream(self, job: JobSpec, model: Model, report: ProgressFn) -> Output:
         client = self._client(model.provider)
         extra = job.params.get("extra", {})
-        temperature = float(extra["temperature"]) if extra.get("temperature") else openai.omit
+        body: dict[str, Any] = {
+            "model": model.name,
+            "messages": self.prompts.messages(job.mode, job.params),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if extra.get("temperature"):
+            body["temperature"] = float(extra["temperature"])
         target = int(job.params.get("word_count") or DEFAULT_WORD_COUNT)
         draft = _Draft(model=model.name)
         report(0, STAGE, 0, f"asking {excerpt(model.name, 60)} on {excerpt(model.provider, 40)}")
         try:
-            stream = await client.chat.completions.create(
-                model=model.name,
-                messages=cast(Any, self.prompts.messages(job.mode, job.params)),
+            # The chunks as plain JSON: openai's typed chunk models took about
+            # half of this loop's CPU a token (docs/performance.md). The client
+            # still sends, times out, decodes the events and raises on an
+            # error event, as `chat.completions.create` would.
+            stream = await client.post(
+                "/chat/completions",
+                body=body,
+                cast_to=object,
                 stream=True,
-                stream_options={"include_usage": True},
-                temperature=temperature,
+                stream_cls=openai.AsyncStream[object],
             )
             async with stream:
                 async for chunk in stream:
-                    draft.model = chunk.model or draft.model
-                    if chunk.usage is not None:
-                        draft.usage = chunk.usage
-                    for choice in chunk.choices:
-                        if choice.delta.content:
-                            draft.add(choice.delta.content)
-                        if choice.finish_reason:
-                            draft.finish_reason = choice.finish_reason
+                    draft.take(chunk)
                     done = min(99, draft.words * 100 // target)  # 100 is the completion's
                     report(done, STAGE, done, f"{draft.words} of {target} words")
         except openai.APIStatusError as exc:
@@ -215,8 +236,8 @@ class OpenAIGenerator:
             metadata["truncated"] = "true"
         cents = 0
         if draft.usage is not None:
-            prompt_tokens = int(draft.usage.prompt_tokens or 0)
-            completion_tokens = int(draft.usage.completion_tokens or 0)
+            prompt_tokens = _count(draft.usage.get("prompt_tokens"))
+            completion_tokens = _count(draft.usage.get("completion_tokens"))
             metadata.update(prompt_tokens=str(prompt_tokens), completion_tokens=str(completion_tokens))
             if model.price is not None:
                 cents = cost_cents(model.price.dollars(prompt_tokens, completion_tokens))
@@ -244,3 +265,13 @@ def _provider_message(error: openai.APIStatusError) -> str:
         return error.response.text
     except Exception:  # a streamed body that was never read
         return error.message
+
+
+def _text(value: object) -> str:
+    """A chunk's string field, or "" when it is missing or not a string."""
+    return value if isinstance(value, str) else ""
+
+
+def _count(value: object) -> int:
+    """A usage count, or 0 when it is missing or not a number."""
+    return int(value) if isinstance(value, int | float) else 0
