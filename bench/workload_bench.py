@@ -62,6 +62,7 @@ class Streams:
     def __init__(self, tokens: int, seconds: float) -> None:
         self.tokens, self.seconds = tokens, seconds
         self.sent: dict[str, list[float]] = {}  # topic -> wall time each word was sent
+        self.arrived: dict[str, float] = {}  # topic -> wall time its request was read
         streams = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -81,6 +82,7 @@ class Streams:
         times: list[float] = []
         if found:
             self.sent[found.group()] = times
+            self.arrived[found.group()] = time.time()
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
         handler.end_headers()
@@ -179,6 +181,11 @@ def genjobs_round(mongo: MongoServer, streams: Streams, jobs: int, lanes: int, t
     ran = [clients[j % OWNERS].get(job_id) for j, job_id in enumerate(topics)]
     last_start = max(job.start_time.ToNanoseconds() for job in ran) / 1e9 - started
     runs = [(job.end_time.ToNanoseconds() - job.start_time.ToNanoseconds()) / 1e9 for job in ran]
+    # A run beyond its stream: from its start to the request reaching the
+    # streaming server, and from the last word sent to its end.
+    pairs = [(topics[job.id], job) for job in ran]
+    lead = [streams.arrived[mark] - job.start_time.ToNanoseconds() / 1e9 for mark, job in pairs]
+    tail = [job.end_time.ToNanoseconds() / 1e9 - streams.sent[mark][-1] for mark, job in pairs]
     for client in clients:
         client.close()
     server.terminate()
@@ -194,6 +201,10 @@ def genjobs_round(mongo: MongoServer, streams: Streams, jobs: int, lanes: int, t
         "last_start": last_start,
         "run_p50": percentile(runs, 50),
         "run_max": max(runs),
+        "lead_p50": percentile(lead, 50),
+        "lead_max": max(lead),
+        "tail_p50": percentile(tail, 50),
+        "tail_max": max(tail),
     }
 
 
@@ -332,7 +343,10 @@ def main() -> None:
             print(
                 f"            submits took {ours['submitted']:.2f} s, the last job started"
                 f" {ours['last_start']:.2f} s after the first submit; a run took p50"
-                f" {ours['run_p50']:.2f} s, at most {ours['run_max']:.2f} s"
+                f" {ours['run_p50']:.2f} s, at most {ours['run_max']:.2f} s: from its start to its request"
+                f" {ours['lead_p50'] * 1000:.0f} ms (at most {ours['lead_max'] * 1000:.0f}),"
+                f" from the last word to its end {ours['tail_p50'] * 1000:.0f} ms"
+                f" (at most {ours['tail_max'] * 1000:.0f})"
             )
             print(f"  bare openai client  CPU per token {alone['cpu'] / max(1, alone['words']) * 1e6:.0f} µs")
             if redis is not None:
