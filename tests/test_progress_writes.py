@@ -5,6 +5,7 @@ supersedes a run's pending progress, and nothing is told after it."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -57,6 +58,7 @@ class _Run:
     epoch: int = 1
     cancel: threading.Event = field(default_factory=threading.Event)
     lost: bool = False
+    lease_renewed: float = 0.0
 
 
 class _SlowDatabase:
@@ -166,3 +168,29 @@ def test_a_write_that_finds_the_run_gone_stops_it() -> None:
     writer.report(2, "drafting", 2, "second")  # and nothing more is written
     writes.close(run)
     assert run.lost and told == [] and database.tries == 1
+
+
+def test_a_progress_write_extends_the_runs_lease_so_the_keeper_skips_it() -> None:
+    changes: list[dict[str, Any]] = []
+
+    class Recording:
+        def fenced_update(self, oid: ObjectId, epoch: int, change: dict[str, Any]) -> dict[str, Any]:
+            changes.append(change)
+            return {"_id": oid, "seq": 2, "progress": change["progress"]}
+
+    told: list[str] = []
+    writes = ProgressWrites(
+        cast(Any, Recording()),
+        lambda doc, kind: told.append(doc["progress"]["message"]),
+        lambda *args: None,
+        interval=0.01,
+        lease_seconds=30.0,
+    )
+    run = _Run()
+    before = time.monotonic()
+    writes.writer(run, {"started_us": 1}).report(5, "drafting", 5, "five words")
+    wait_for(lambda: told == ["five words"])
+    (change,) = changes
+    # The lease runs 30 s from the write, as the keeper's renewal would set it.
+    assert 29_000_000 <= change["lease_until_us"] - change["updated_us"] <= 30_000_000
+    assert run.lease_renewed >= before  # the keeper need not renew it within its tick

@@ -120,7 +120,14 @@ class Dispatcher:
         self._stopping = threading.Event()
         # A claimed job's run, from the generator's call to its stored outcome.
         self._lifecycle = RunLifecycle(
-            store, generator, record, retry_base_seconds, self._stopping, gate, follow=self._end_and_follow
+            store,
+            generator,
+            record,
+            retry_base_seconds,
+            self._stopping,
+            gate,
+            follow=self._end_and_follow,
+            lease_seconds=lease_seconds,
         )
         # Claims are made by this thread and by lanes whose run ends (`_end_and_follow`).
         self._claiming = threading.Lock()
@@ -250,7 +257,7 @@ class Dispatcher:
     # ---- leadership (keeper thread) ---------------------------------------
 
     def _keep(self) -> None:
-        tick = min(1.0, self.lease_seconds / 3)
+        tick = self._lease_tick()
         while not self._stopping.is_set() or self._runs:
             started = time.monotonic()
             try:
@@ -284,13 +291,20 @@ class Dispatcher:
                 self._was_leader = False
                 metrics.leader(False)
                 self.queue.note_follower(WAKEUPS, clock.now_us() + int(self.lease_seconds * 1_000_000))
+        tick = self._lease_tick()
         for run in self._current_runs():
+            if before - run.lease_renewed < tick:
+                continue  # a progress write extended its lease within the tick
             held = self.queue.renew_job_lease(run.oid, run.epoch, self.lease_seconds)
             if held is None:
                 run.lost = True
                 run.cancel.set()
             elif held.get("cancel_requested"):
                 run.cancel.set()
+
+    def _lease_tick(self) -> float:
+        """How often the keeper renews the leases (a third of a lease, at most a second)."""
+        return min(1.0, self.lease_seconds / 3)
 
     def _may_take_over(self, doc: Doc, now: float) -> bool:
         """Whether a run whose lease lapsed is lost. Leases lapse in a database

@@ -63,6 +63,7 @@ class RunState(Protocol):
     epoch: int
     cancel: threading.Event
     lost: bool
+    lease_renewed: float
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,16 @@ class ProgressWrites:
         database_error: ErrorLog,
         interval: float = PROGRESS_WRITE_INTERVAL,
         threads: int = PROGRESS_WRITERS,
+        lease_seconds: float = 0.0,
     ) -> None:
         self.queue = queue
         self.tell = tell
         self.database_error = database_error
         self.interval = interval
+        # Each write also extends the run's lease (the same fence as the lease
+        # keeper's renewal), so the keeper skips a run that reports: at 32
+        # streaming runs that is 32 renewals a second fewer.
+        self.lease_us = int(lease_seconds * 1_000_000)
         self.changed = threading.Condition()
         self._due: list[tuple[float, int, ProgressWriter]] = []  # a heap of (due, order, writer)
         self._order = itertools.count()  # ties in `_due` go first come, first served
@@ -231,12 +237,15 @@ class ProgressWrites:
             writer.started_us,
             report.at - writer.started_mono,
         )
+        now_us = clock.now_us()
+        changes: Doc = {"progress": progress, "updated_us": now_us}
+        if self.lease_us:
+            changes["lease_until_us"] = now_us + self.lease_us
+        sent = time.monotonic()
         try:
             # Briefly: a `close` (the outcome) may wait for this write.
             with pymongo.timeout(PROGRESS_TIMEOUT_SECONDS):
-                after = self.queue.fenced_update(
-                    run.oid, run.epoch, {"progress": progress, "updated_us": clock.now_us()}
-                )
+                after = self.queue.fenced_update(run.oid, run.epoch, changes)
         except PyMongoError as exc:
             # Progress is advisory: a later report or the outcome supersedes it.
             self.database_error(
@@ -251,6 +260,8 @@ class ProgressWrites:
             run.lost = True
             run.cancel.set()
             return
+        if self.lease_us:
+            run.lease_renewed = sent
         if after.get("cancel_requested"):
             run.cancel.set()
         self.tell(after, PROGRESS)

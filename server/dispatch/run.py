@@ -62,6 +62,7 @@ class Run:
     stopping: bool = False  # the server is shutting down: requeue, don't cancel
     generated: bool = False  # the generator was called: its end counts for the gap
     following: Doc | None = None  # the job its lane claimed as it ended (run next by that lane)
+    lease_renewed: float = 0.0  # when a progress write last extended its lease (monotonic)
 
 
 @dataclass
@@ -93,6 +94,7 @@ class RunLifecycle:
         stopping: threading.Event,
         gate: ProviderGate | None = None,
         follow: Callable[[Run, Doc, Doc], Followed] | None = None,
+        lease_seconds: float = 0.0,
     ) -> None:
         self.store = store
         # The dispatcher's: store a completed run's outcome with its lane's next claim.
@@ -107,7 +109,10 @@ class RunLifecycle:
         # (job, epoch) of the runs whose outcome could not be stored: the
         # dispatcher gives such a run back, not counting it as an attempt.
         self.abandoned: set[tuple[ObjectId, int]] = set()
-        self.progress = ProgressWrites(self.queue, self.tell, self._database_error)  # its own thread
+        # On threads of its own; each write extends the run's lease too.
+        self.progress = ProgressWrites(
+            self.queue, self.tell, self._database_error, lease_seconds=lease_seconds
+        )
 
     def execute(self, job: Doc, run: Run) -> None:
         """Run the claimed `job` (its `run` registered by the dispatcher) and store its outcome."""
