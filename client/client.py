@@ -292,7 +292,7 @@ class GenJobsClient:
                 return
             except grpc.RpcError as error:
                 translated = translate(error)
-                if not reconnect or not isinstance(translated, Unavailable) or failures >= 30:
+                if not reconnect or not _dropped(translated) or failures >= 30:
                     raise translated from None
                 failures += 1
                 if on_reconnect is not None:
@@ -577,3 +577,16 @@ def make_channel(target: str, tls: bool = False, ca_file: str = "") -> grpc.Chan
         return grpc.insecure_channel(target)
     roots = Path(ca_file).read_bytes() if ca_file else None
     return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots))
+
+
+# What grpc says when this client ended a call itself: never a dropped connection.
+_ENDED_HERE = ("Locally cancelled by application!", "Channel closed!")
+
+
+def _dropped(error: GenJobsError) -> bool:
+    """Whether a watch stream ended because the server went away: UNAVAILABLE,
+    or CANCELLED by the server (its stop cancels a stream still open at the
+    end of its grace), not by this client."""
+    if isinstance(error, Unavailable):
+        return True
+    return error.code == grpc.StatusCode.CANCELLED and error.message not in _ENDED_HERE

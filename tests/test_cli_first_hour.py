@@ -17,11 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from rich.console import Console
 from typer.testing import Result
 
 from genjobs.client import GenJobsClient
+from genjobs.client.errors import GenJobsError
 from genjobs.client.render import follow_job
 from genjobs.server.runtime.embedded import free_port
 from genjobs.v1 import bulk_pb2, jobs_pb2
@@ -175,6 +177,71 @@ def test_watch_says_reconnecting_while_the_server_is_unreachable(mongo: MongoSer
     rows = frames(screen.getvalue())
     assert any("reconnecting..." in row for row in rows)
     assert any(row.split()[1] == "completed" and "100%" in row for row in rows)
+
+
+class _Ended(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    """A watch stream's end as grpc reports it to the client: `details` says who ended it."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def initial_metadata(self) -> tuple[()]:
+        return ()
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> None:
+        return None
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return False
+
+
+def _stream_ended_once(ended: _Ended) -> tuple[Callable[[int], Any], list[int]]:
+    """A WatchJob that sends event 1 then ends with `ended`; reopened, sends event 2."""
+    opened: list[int] = []
+
+    def open_stream(after: int) -> Any:
+        opened.append(after)
+        if len(opened) > 1:
+            return iter([jobs_pb2.JobEvent(sequence=2)])
+
+        def first() -> Any:
+            yield jobs_pb2.JobEvent(sequence=1)
+            raise ended
+
+        return first()
+
+    return open_stream, opened
+
+
+def test_a_watch_whose_stream_the_servers_stop_cancelled_reconnects() -> None:
+    # A server stopping cancels the streams still open at the end of its grace
+    # (a reconnect that arrived during its stop, on a loaded machine): the
+    # client sees CANCELLED, and must go on as for UNAVAILABLE.
+    open_stream, opened = _stream_ended_once(_Ended(grpc.StatusCode.CANCELLED, "CANCELLED"))
+    with GenJobsClient("127.0.0.1:1", "token") as client:
+        events = list(client._follow(open_stream, 0, True, jobs_pb2.JOB_EVENT_TYPE_HEARTBEAT))
+    assert ([e.sequence for e in events], opened) == ([1, 2], [0, 1])
+    # A stream this client ended itself is not reopened.
+    for mine in ("Locally cancelled by application!", "Channel closed!"):
+        open_stream, opened = _stream_ended_once(_Ended(grpc.StatusCode.CANCELLED, mine))
+        with GenJobsClient("127.0.0.1:1", "token") as client, pytest.raises(GenJobsError):
+            list(client._follow(open_stream, 0, True, jobs_pb2.JOB_EVENT_TYPE_HEARTBEAT))
+        assert opened == [0]
 
 
 def test_bulk_watch_shows_its_id_and_project_and_ls_keeps_id_status_progress_at_80(

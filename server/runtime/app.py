@@ -308,7 +308,8 @@ class App:
     async def _streams_ended(self, within: float) -> None:
         """Wait (at most `within` s) for the open Watch streams to end: the closed
         hub ends each with UNAVAILABLE, which clients retry; one the server's
-        stop cancels first reads CANCELLED, which they do not (seen on a loaded machine)."""
+        stop cancels first (on a loaded machine) reads CANCELLED, which the
+        genjobs client retries too."""
         loop = asyncio.get_running_loop()
         until = loop.time() + within
         while self.streams.open and loop.time() < until:
