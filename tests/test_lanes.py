@@ -14,7 +14,7 @@ import pymongo
 import pytest
 
 from genjobs.client import GenJobsClient
-from genjobs.server.dispatch.dispatcher import LEADER_LEASE
+from genjobs.server.dispatch.keeper import LEADER_LEASE
 from genjobs.server.model.clock import now_us
 from genjobs.server.model.records import Params, Submission
 from genjobs.server.model.vocabulary import Mode

@@ -6,8 +6,8 @@ next ready job with one atomic update on `_id`, runs it through the
 generator on one of `concurrency` long-lived lane threads (so that
 housekeeping and schedules' ticks go on while a job runs, and a run costs no
 thread start), and records the outcome with writes fenced by the
-job's lease epoch. A keeper thread renews the leader lease and every run's
-lease and notices cancel requests. It claims only while fewer runs than
+job's lease epoch. A keeper thread (`keeper`) renews the leader lease and
+every run's lease and notices cancel requests. It claims only while fewer runs than
 `concurrency` hold a live lease in the deployment (its own, and those of
 other servers, e.g. a former leader's), and no sooner than `gap_seconds`
 after the last run ended (remembered in the leader lease, so that a new
@@ -50,6 +50,7 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from genjobs.server.dispatch.fairshare import FairShare
+from genjobs.server.dispatch.keeper import LEADER_LEASE, WAKEUPS, LeaseKeeper
 from genjobs.server.dispatch.providers import ProviderGate
 from genjobs.server.dispatch.run import Followed, Run, RunLifecycle, database_error
 from genjobs.server.generators.base import (
@@ -67,10 +68,6 @@ from genjobs.server.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
-LEADER_LEASE = "dispatcher"
-# A document next to the leader lease: replicas that queue jobs bump its count,
-# and the leader reads it every WAKEUP_POLL_SECONDS while another replica is alive.
-WAKEUPS = "dispatcher-wakeups"
 WAKEUP_POLL_SECONDS = 0.02
 HOUSEKEEPING_INTERVAL = 1.0
 SWEEP_TIMEOUT_SECONDS = 120.0
@@ -136,8 +133,6 @@ class Dispatcher:
         # The claim order. Claims resuming after a pause of half a lease may
         # follow a spell as follower: it rebuilds from the database then.
         self._fair = FairShare(store.queue, store.outage, poll_seconds, sweep_seconds, lease_seconds / 2)
-        self._leader_until = 0.0  # monotonic time until which our lease surely holds
-        self._was_leader = False
         self._needs_recovery = True
         self._last_housekeeping = 0.0
         # The runs going on here, by job; the condition is notified when one ends.
@@ -151,7 +146,6 @@ class Dispatcher:
         # of those whose outcome could not be stored: when such a lease lapses,
         # the database, not the generator or a crash, cost the attempt, so it is given back.
         self._started: deque[tuple[ObjectId, int]] = deque(maxlen=RECENT_RUNS)
-        self._reachable_since: float | None = None  # monotonic; None while the keeper cannot renew
         self._signal = False  # a follower queued jobs since it last signalled the leader
         self._wakeups = -1  # the wakeups count the leader last heeded (-1: none yet)
         self._wakeups_read = 0.0  # monotonic time the leader last read the wakeups
@@ -163,7 +157,15 @@ class Dispatcher:
             threading.Thread(target=self._lane, name=f"dispatcher-lane-{n}", daemon=True)
             for n in range(concurrency)
         ]
-        self._keeper = threading.Thread(target=self._keep, name="lease-keeper", daemon=True)
+        self._keeper = LeaseKeeper(
+            store.queue,
+            worker_id,
+            lease_seconds,
+            self._current_runs,
+            self._stopping,
+            self._on_elected,
+            self._database_error,
+        )
 
     # ---- called from other threads --------------------------------------
 
@@ -254,70 +256,14 @@ class Dispatcher:
         with self._runs_changed:
             self._runs_changed.wait_for(lambda: not self._runs, max(0.0, deadline - time.monotonic()))
 
-    # ---- leadership (keeper thread) ---------------------------------------
-
-    def _keep(self) -> None:
-        tick = self._lease_tick()
-        while not self._stopping.is_set() or self._runs:
-            started = time.monotonic()
-            try:
-                self._renew()
-                ended = time.monotonic()
-                if self._reachable_since is None or ended - started > tick:
-                    # A renewal that took long may have waited out an outage (pymongo
-                    # waits for a server within its timeout): contact is certain from now.
-                    self._reachable_since = ended
-            except PyMongoError as exc:
-                self._reachable_since = None
-                self._database_error(exc, "lease renewal", logging.DEBUG, "lease renewal failed: %s", exc)
-            self._stopping.wait(max(0.0, tick - (time.monotonic() - started)))
-            if self._stopping.is_set() and not self._runs:
-                return
-
-    def _renew(self) -> None:
-        before = time.monotonic()
-        if not self._stopping.is_set() or self._runs:
-            if self.queue.hold_leader(LEADER_LEASE, self.worker_id, self.lease_seconds):
-                # Trust the lease a little less long than it lasts (clock drift).
-                self._leader_until = before + self.lease_seconds * 0.8
-                if not self._was_leader:
-                    log.info("this server now runs the dispatcher (%s)", self.worker_id)
-                    self._needs_recovery = True
-                    self._elected = True
-                    self._was_leader = True
-                    self._wake.set()
-                    metrics.leader(True)
-            else:
-                self._was_leader = False
-                metrics.leader(False)
-                self.queue.note_follower(WAKEUPS, clock.now_us() + int(self.lease_seconds * 1_000_000))
-        tick = self._lease_tick()
-        for run in self._current_runs():
-            if before - run.lease_renewed < tick:
-                continue  # a progress write extended its lease within the tick
-            held = self.queue.renew_job_lease(run.oid, run.epoch, self.lease_seconds)
-            if held is None:
-                run.lost = True
-                run.cancel.set()
-            elif held.get("cancel_requested"):
-                run.cancel.set()
-
-    def _lease_tick(self) -> float:
-        """How often the keeper renews the leases (a third of a lease, at most a second)."""
-        return min(1.0, self.lease_seconds / 3)
-
-    def _may_take_over(self, doc: Doc, now: float) -> bool:
-        """Whether a run whose lease lapsed is lost. Leases lapse in a database
-        outage too, while their holders wait with results in hand: a run is
-        taken over only once this server has reached the database for a whole
-        lease period (its holder, if alive, has renewed by then)."""
-        if doc["worker"] == self.worker_id:
-            return True  # ours: we know it is not running
-        since = self._reachable_since
-        return since is not None and now - since >= self.lease_seconds
-
     def _is_leader(self) -> bool:
-        return time.monotonic() < self._leader_until
+        return self._keeper.is_leader()
+
+    def _on_elected(self) -> None:
+        """The keeper took the leader lease: recover the former leader's runs now."""
+        self._needs_recovery = True
+        self._elected = True
+        self._wake.set()
 
     # ---- the dispatcher thread ------------------------------------------
 
@@ -467,7 +413,7 @@ class Dispatcher:
             here = self._runs.get(doc["_id"])
             if here is not None and here.epoch == doc["epoch"]:
                 continue  # running here: the keeper holds its lease
-            if doc["lease_until_us"] < now_us and self._may_take_over(doc, now):
+            if doc["lease_until_us"] < now_us and self._keeper.may_take_over(doc, now):
                 self._recover(doc)
             elif run_key not in self._started:
                 elsewhere += 1  # another server's run (started here: ended since, or abandoned)
