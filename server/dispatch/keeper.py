@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from pymongo.errors import PyMongoError
 
+from genjobs.server.dispatch.progress import ErrorLog
 from genjobs.server.dispatch.run import Run
 from genjobs.server.model import clock
 from genjobs.server.storage.database import Doc
@@ -30,9 +31,6 @@ LEADER_LEASE = "dispatcher"
 # A document next to the leader lease: replicas that queue jobs bump its count,
 # and the leader reads it every WAKEUP_POLL_SECONDS while another replica is alive.
 WAKEUPS = "dispatcher-wakeups"
-
-# (exc, what, quiet level, message, *args): the dispatcher's logging of database errors.
-ErrorLog = Callable[..., None]
 
 
 class LeaseKeeper:

@@ -282,8 +282,7 @@ class App:
         self._stopped.set()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         began = asyncio.get_running_loop().time()
-        await asyncio.to_thread(self.dispatcher.stop, grace)
-        await asyncio.to_thread(self.budgets.close)
+        await self._stop_dispatching(grace)
         await asyncio.to_thread(self.event_log.stop)
         self.hub.close()
         await self._streams_ended(min(grace, STOP_RPC_SECONDS))
@@ -319,9 +318,14 @@ class App:
         """Stop the dispatcher and the notifier if they were started
         (they start once the database first answers)."""
         if self._database_ready.is_set():
-            await asyncio.to_thread(self.dispatcher.stop, 0)
-            await asyncio.to_thread(self.budgets.close)
+            await self._stop_dispatching(0)
             await asyncio.to_thread(self.notifier.stop)
+
+    async def _stop_dispatching(self, grace: float) -> None:
+        """Stop the dispatcher (its runs get `grace`), then give back the cap's
+        places its runs' ends left pending."""
+        await asyncio.to_thread(self.dispatcher.stop, grace)
+        await asyncio.to_thread(self.budgets.close)
 
     async def _end_tasks(self) -> None:
         for task in self._tasks:

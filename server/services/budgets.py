@@ -227,10 +227,11 @@ class Budgets:
                     return False
             return count <= self.max_queued
 
-    def reserve(self, owner: str, ids: list[ObjectId]) -> None:
+    def reserve(self, owner: str, ids: list[ObjectId], tried: bool = False) -> None:
         """Take places under the queued-jobs cap for new jobs `ids` of `owner`
-        (before they are stored), or refuse them all (RESOURCE_EXHAUSTED)."""
-        if self.store.reserve_slots(owner, ids, self.max_queued):
+        (before they are stored), or refuse them all (RESOURCE_EXHAUSTED).
+        `tried`: the first write was sent already, from the event loop."""
+        if self.store.reserve_slots(owner, ids, self.max_queued, tried):
             return
         # Full, unless the places of runs that ended here wait to be given back.
         if not (self.returns.pending(owner) and self.returns.flush()):
@@ -242,7 +243,7 @@ class Budgets:
         """`reserve` from the event loop: one write sent from the loop when there
         is room, else `reserve` on a thread (the full cap, an owner's first job)."""
         if not await self.store.reserve_slots_async(owner, ids, self.max_queued):
-            await asyncio.to_thread(self.reserve, owner, ids)
+            await asyncio.to_thread(self.reserve, owner, ids, True)
 
     def unreserve(self, owner: str, ids: list[ObjectId]) -> None:
         """Give back the places of jobs that ended, or were surely not stored (a

@@ -230,12 +230,14 @@ class BudgetStore:
         fits, update = _reservation(owner, ids, cap)
         return (await self.loop_slots.update_one(fits, update)).modified_count == 1
 
-    def reserve_slots(self, owner: str, ids: list[ObjectId], cap: int) -> bool:
+    def reserve_slots(self, owner: str, ids: list[ObjectId], cap: int, tried: bool = False) -> bool:
         """Count `ids` (new jobs, not yet stored) among `owner`'s open jobs if
-        that leaves at most `cap` of them: one conditional update. False: no room."""
+        that leaves at most `cap` of them: one conditional update. False: no room.
+        `tried`: that update was just sent and did not apply (`reserve_slots_async`)."""
         fits, update = _reservation(owner, ids, cap)
-        for _ in range(3):
-            if self.slots.find_one_and_update(fits, update, projection={"_id": 1}) is not None:
+        for attempt in range(3):
+            sent = tried and attempt == 0  # then not sent again: why it did not apply is read below
+            if not sent and self.slots.find_one_and_update(fits, update, projection={"_id": 1}) is not None:
                 return True
             counter = self.slots.find_one({"_id": owner}, {"queued": 1})
             if counter is not None:
