@@ -76,6 +76,21 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, every core summed
+    (/proc/stat): the busy share of a span says whether the cores were the limit."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    hertz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - idle) / hertz, sum(ticks) / hertz
+
+
+def busy_share(before: tuple[float, float]) -> float:
+    """The share of the machine's CPU (all cores) busy since `machine_cpu()` gave `before`."""
+    busy, total = machine_cpu()
+    return (busy - before[0]) / max(1e-9, total - before[1])
+
+
 def measured(
     run: Callable[[], tuple[int, float]], processes: dict[str, int]
 ) -> tuple[float, dict[str, float]]:

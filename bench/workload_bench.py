@@ -30,6 +30,8 @@ from common import (
     Redis,
     ServerProcess,
     ServerThread,
+    busy_share,
+    machine_cpu,
     make_settings,
     percentile,
     process_cpu,
@@ -163,6 +165,7 @@ def genjobs_round(mongo: MongoServer, streams: Streams, jobs: int, lanes: int, t
     done: dict[str, float] = {}
     watchers = []
     cpu = process_cpu(server.process.pid), process_cpu(mongo.process.pid)
+    machine = machine_cpu()
     started = time.time()
     topics = {}
     for j in range(jobs):
@@ -176,6 +179,7 @@ def genjobs_round(mongo: MongoServer, streams: Streams, jobs: int, lanes: int, t
     for watcher in watchers:
         watcher.join(600)
     makespan = max(done.values()) - started
+    busy = busy_share(machine)
     spent = process_cpu(server.process.pid) - cpu[0], process_cpu(mongo.process.pid) - cpu[1]
     # Where the makespan goes: the submits, the last start, how long runs took.
     ran = [clients[j % OWNERS].get(job_id) for j, job_id in enumerate(topics)]
@@ -196,6 +200,7 @@ def genjobs_round(mongo: MongoServer, streams: Streams, jobs: int, lanes: int, t
         "makespan": makespan,
         "server_cpu": spent[0],
         "db_cpu": spent[1],
+        "busy": busy,
         "latencies": latencies,
         "submitted": submitted,
         "last_start": last_start,
@@ -283,12 +288,15 @@ def celery_round(redis: Redis, streams: Streams, jobs: int, lanes: int, tag: int
     try:
         # Ready: a first task answered (not counted).
         workload_celery.stream.delay("warm-up").get(timeout=120)
-        cpu = process_cpu(worker.pid)
+        cpu = process_cpu(worker.pid), process_cpu(redis.process.pid)
+        machine = machine_cpu()
         started = time.time()
         results = [workload_celery.stream.delay(f"wb-{tag}-{j}") for j in range(jobs)]
         words = sum(r.get(timeout=600)["words"] for r in results)
         makespan = time.time() - started
-        return {"makespan": makespan, "cpu": process_cpu(worker.pid) - cpu, "words": words}
+        busy = busy_share(machine)
+        spent = process_cpu(worker.pid) - cpu[0], process_cpu(redis.process.pid) - cpu[1]
+        return {"makespan": makespan, "cpu": spent[0], "redis_cpu": spent[1], "words": words, "busy": busy}
     finally:
         worker.terminate()
         worker.wait(30)
@@ -346,7 +354,7 @@ def main() -> None:
                 f" {ours['run_p50']:.2f} s, at most {ours['run_max']:.2f} s: from its start to its request"
                 f" {ours['lead_p50'] * 1000:.0f} ms (at most {ours['lead_max'] * 1000:.0f}),"
                 f" from the last word to its end {ours['tail_p50'] * 1000:.0f} ms"
-                f" (at most {ours['tail_max'] * 1000:.0f})"
+                f" (at most {ours['tail_max'] * 1000:.0f}); the machine's cores {ours['busy']:.0%} busy"
             )
             print(f"  bare openai client  CPU per token {alone['cpu'] / max(1, alone['words']) * 1e6:.0f} µs")
             if redis is not None:
@@ -355,8 +363,10 @@ def main() -> None:
                     f"  Celery    makespan {theirs['makespan']:6.2f} s"
                     f" = {theirs['makespan'] / ideal:.2f}x ideal,"
                     f" {args.jobs / theirs['makespan']:5.2f} jobs/s; worker CPU per token"
-                    f" {theirs['cpu'] / max(1, theirs['words']) * 1e6:.0f} µs;"
-                    f" genjobs/Celery jobs/s {theirs['makespan'] / ours['makespan']:.2f}x"
+                    f" {theirs['cpu'] / max(1, theirs['words']) * 1e6:.0f} µs, redis"
+                    f" {theirs['redis_cpu'] / max(1, theirs['words']) * 1e6:.0f} µs;"
+                    f" genjobs/Celery jobs/s {theirs['makespan'] / ours['makespan']:.2f}x;"
+                    f" the machine's cores {theirs['busy']:.0%} busy"
                 )
         if why_not:
             print(f"Celery not run: {why_not}")
