@@ -175,6 +175,51 @@ def test_a_job_submitted_during_a_read_keeps_its_place() -> None:
         assert order == [f"job {i}" for i in range(5)], stored_before
 
 
+class CountedReads:
+    """The queue store as FairShare sees it: an empty ready lane, each read named."""
+
+    def __init__(self) -> None:
+        self.reads: list[str] = []
+
+    def ready_owners(self) -> dict[str, tuple[int, int]]:
+        self.reads.append("ready_owners")
+        return {}
+
+    def runnable_heads(self, limit: int) -> list[tuple[str, int, int, ObjectId]]:
+        self.reads.append("runnable_heads")
+        return []
+
+    def entered_ready(self, cursor: object, until_us: int, limit: int) -> tuple[list[object], object]:
+        self.reads.append("entered_ready")
+        return [], (until_us, None)
+
+    def turns_of(self, owners: list[str]) -> dict[str, int]:
+        self.reads.append("turns_of")
+        return {}
+
+    def save_turns(self, turns: dict[str, int]) -> None:
+        self.reads.append("save_turns")
+
+
+def test_the_poll_waits_for_the_claim_unless_nothing_is_known() -> None:
+    # After a run longer than the poll interval, the poll's reads (3 round
+    # trips with the wakeups check) came between the run's end and the next
+    # job's claim: the dispatcher now picks from memory and catches up after.
+    store = CountedReads()
+    fair = FairShare(store, Outage(), 0.0, 60.0, 60.0)  # type: ignore[arg-type]  # every poll due
+    assert fair.next() is None and "ready_owners" in store.reads  # the first pick builds
+    oid = ObjectId()
+    fair.offer("alice", 1, 1, oid)
+    fair.started("alice")  # a turn to store at the next poll
+    store.reads.clear()
+    pick = fair.next(polls=False)
+    assert pick is not None and pick.oid == oid
+    assert "entered_ready" not in store.reads and "save_turns" not in store.reads
+    assert fair.catch_up() and store.reads[-2:] == ["save_turns", "runnable_heads"]
+    store.reads.clear()  # nothing known now: the due poll comes first
+    assert fair.next(polls=False) is None and store.reads == ["runnable_heads"]
+
+
 def test_at_reads_relative_and_iso_times() -> None:
     before = datetime.now(UTC)
     later = parse_at("+5m")

@@ -292,6 +292,8 @@ class Dispatcher:
                     self._wake.wait(WAKEUP_POLL_SECONDS if self._followers else self.poll_seconds)
                     continue
                 self._dispatch(job)
+                with self._claiming:
+                    self._catch_up()  # while the lane starts it, not before its claim
             except PyMongoError as exc:
                 self._database_error(
                     exc, "dispatcher", logging.DEBUG, "dispatcher: database unavailable (%s); retrying", exc
@@ -301,19 +303,20 @@ class Dispatcher:
                 log.exception("dispatcher: unexpected error")
                 self._stopping.wait(0.5)
 
-    def _heed_wakeups(self) -> None:
+    def _heed_wakeups(self) -> bool:
         """Read the wakeups document when due (every WAKEUP_POLL_SECONDS while
         another replica is alive, else every poll interval); when a replica
-        signalled since, read what entered the ready lane up to now."""
+        signalled since, read what entered the ready lane up to now. Whether it read."""
         now = time.monotonic()
         if now - self._wakeups_read < (WAKEUP_POLL_SECONDS if self._followers else self.poll_seconds):
-            return
+            return False
         self._wakeups_read = now
         count, followers_until_us = self.queue.wakeups(WAKEUPS)
         self._followers = followers_until_us > clock.now_us()
         if count != self._wakeups:
             self._wakeups = count
             self._fair.fresh()
+        return True
 
     def _claim_wait(self, freeing: int = 0) -> float:
         """Seconds to wait before claiming (0 or less: claim now): while every
@@ -489,18 +492,31 @@ class Dispatcher:
                 self.offer(after["ck"], after["_id"], after["owner"], Priority.rank_of(after.get("rank")))
 
     def _claim_next(self) -> Doc | None:
-        """Claim the next ready job in fair-share order (see `fairshare`); None: nothing ready."""
+        """Claim the next ready job in fair-share order (see `fairshare`); None:
+        nothing ready. The reads due once a poll interval wait for `_catch_up`
+        unless nothing is known: after a run longer than that interval, they
+        would otherwise come between its end and the next job's start."""
         with self._claiming:
-            self._heed_wakeups()
+            if self._followers:
+                self._heed_wakeups()  # what other replicas queued counts for this pick
             # A lane's follow-up may have taken the free lane meanwhile.
             while self._claim_wait() <= 0:
-                pick = self._fair.next()
+                pick = self._fair.next(polls=False)
                 if pick is None or pick.oid is None:
+                    if self._catch_up():
+                        continue  # the reads found what to try, perhaps
                     return None
                 job = self.queue.claim(pick.oid, self.worker_id, self.lease_seconds)
                 if job is not None and self._runnable(job):
                     return job
             return None
+
+    def _catch_up(self) -> bool:
+        """The reads due once a poll interval (the wakeups document, the turns'
+        save, the ready lane's poll), made once a claimed job is on its way;
+        whether any was made. Under the claim lock."""
+        heeded = self._heed_wakeups()
+        return self._fair.catch_up() or heeded
 
     def _runnable(self, job: Doc) -> bool:
         """A job just claimed may start: its budget admits it (else it was moved

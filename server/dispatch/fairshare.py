@@ -257,15 +257,16 @@ class FairShare:
         """Something changed that offers did not tell (a resume): read the lane at the next claim."""
         self._polled = 0.0
 
-    def next(self) -> Pick | None:
-        """The next job to try to claim, reading the store only when due."""
+    def next(self, polls: bool = True) -> Pick | None:
+        """The next job to try to claim, reading the store only when due.
+        `polls=False`: the poll interval's reads are left to `catch_up` after
+        the claim, unless nothing is known (then they are made first)."""
         now = time.monotonic()
         pause, self._asked = now - self._asked, now
         if not self._built or now - self._built > self.rebuild_seconds or pause > self.pause_seconds:
             self.rebuild()
-        elif now - self._polled > self.poll_seconds:
-            self.save_turns()
-            self.poll()
+        elif polls or not len(self.candidates):
+            self.catch_up()
         self._read_turns()
         while True:
             with self._lock:
@@ -283,6 +284,15 @@ class FairShare:
                     self.candidates.fill(pick.owner, [candidate(doc)[1:] for doc in docs], limit)
                     if len(self._docs) < MAX_DOCS:
                         self._docs.update((doc["_id"], doc) for doc in docs)
+
+    def catch_up(self) -> bool:
+        """The poll interval's reads when due: the turns not yet stored, and the
+        jobs that entered the ready lane without an offer here. Whether it read."""
+        if time.monotonic() - self._polled <= self.poll_seconds:
+            return False
+        self.save_turns()
+        self.poll()
+        return True
 
     def started(self, owner: str) -> None:
         """A job of `owner` was claimed: its turn is now (stored at a streak start)."""
