@@ -26,7 +26,10 @@ from genjobs.client import GenJobsClient, GenJobsError, ResourceExhausted
 from genjobs.server.model import clock
 from genjobs.server.model.records import Budget
 from genjobs.server.services.budgets import Budgets, month_of
+from genjobs.server.services.written_behind import RUN_PATH
+from genjobs.server.storage import records
 from genjobs.server.storage.budgets import BudgetStore, budget_key, usage_key
+from genjobs.server.storage.events import STATUS_CHANGED
 from genjobs.server.storage.store import Store
 from genjobs.v1 import bulk_pb2, jobs_pb2, jobs_pb2_grpc
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
@@ -487,4 +490,37 @@ def test_places_given_back_together_count_each_job_once(mongo: MongoServer) -> N
         assert slots.open_count("alice") == 0
     finally:
         store.database.db.client.drop_database("places_together")
+        store.close()
+
+
+def test_costs_counted_behind_runs_count_once_and_settle_together(mongo: MongoServer) -> None:
+    """A run's cost is in its month at once (the next admission reads it);
+    its flag and marker are cleared behind the run, the flags in one command;
+    a sweep before that adds nothing."""
+    store = Store(mongo.uri, "spend_behind")
+    try:
+        budgets = Budgets(BudgetStore(store), lambda doc, kind: None, 10)
+        ended = clock.now_us() - 20_000_000  # old enough for the sweep
+        docs = [
+            {"_id": ObjectId(), "owner": "alice", "mode": "TOPIC", "status": "COMPLETED", "ended_us": ended}
+            | {"cost_cents": cents, "spend_pending": True, "result": {"cost_cents": cents}}
+            for cents in (3, 4)
+        ]
+        store.jobs.jobs.insert_many(docs)
+        token = RUN_PATH.set(True)
+        try:
+            for doc in docs:
+                budgets.job_changed(records.job(doc), STATUS_CHANGED)
+        finally:
+            RUN_PATH.reset(token)
+        month = month_of(ended)
+        assert budgets.store.month_spend("alice", month).spent_cents == 7
+        budgets.recover()  # a sweep while the flags may still be set
+        budgets.close()  # what was written behind is written by now
+        assert budgets.store.month_spend("alice", month).spent_cents == 7
+        assert store.jobs.jobs.count_documents({"spend_pending": True}) == 0
+        stored = budgets.store.usage.find_one({"_id": usage_key("alice", month)})
+        assert stored is not None and stored["counted"] == {}
+    finally:
+        store.database.db.client.drop_database("spend_behind")
         store.close()

@@ -52,7 +52,7 @@ from genjobs.server.model.errors import FieldViolation, ServiceError, admins_onl
 from genjobs.server.model.records import Budget, Job, MonthSpend, Spend
 from genjobs.server.model.states import FINAL, Status
 from genjobs.server.services import validation
-from genjobs.server.services.place_returns import RUN_PATH, PlaceReturns
+from genjobs.server.services.written_behind import RUN_PATH, WrittenBehind
 from genjobs.server.storage.budgets import (
     BudgetStore,
     budget_key,
@@ -76,6 +76,9 @@ MAX_CACHED_OWNERS = 4096  # beyond this many, the caches drop their expired entr
 # Each re-read of the limits reads those stamped from this long before the
 # last read began: a replica whose clock is behind by less still gets seen.
 CHANGE_MARGIN_US = 60_000_000
+
+# The threads that write behind the runs: named for the dispatcher, whose commands they are.
+RETURNS_THREAD, FLAGS_THREAD = "dispatcher-place-returns", "dispatcher-spend-flags"
 
 EventSink = Callable[[Doc, str], None]
 FINAL_STATUSES = {str(s) for s in FINAL}
@@ -137,7 +140,10 @@ class Budgets:
         self._loaded = -1e9  # monotonic time of the last read of what changed
         self._last_read_us: int | None = None  # clock time the last read began; None: nothing read yet
         self._spend: dict[str, tuple[float, MonthSpend]] = {}  # usage key -> (read at, spend)
-        self.returns = PlaceReturns(store)  # the places of runs' ends, written behind
+        # Written behind the dispatcher's runs (services/written_behind.py):
+        # the places their ends give back, and their counted costs' flags.
+        self.returns = WrittenBehind(store.release_places, "queued-jobs cap places", RETURNS_THREAD)
+        self.counted = WrittenBehind(store.spend_counted_many, "counted costs' flags", FLAGS_THREAD)
 
     # ---- spend ------------------------------------------------------------
 
@@ -146,16 +152,18 @@ class Budgets:
         its place under the queued-jobs cap back once it is final."""
         if kind != STATUS_CHANGED or not job.final:
             return
-        if RUN_PATH.get():
+        behind = RUN_PATH.get()
+        if behind:
             self.returns.add(job.owner, [ObjectId(job.id)])
         else:
             self.unreserve(job.owner, [ObjectId(job.id)])
         if job.spend_pending and job.status == Status.COMPLETED:
-            self._count(job.spend)
+            self._count(job.spend, behind)
 
     def close(self) -> None:
-        """Give back the places still pending (the server is stopping)."""
+        """Write what is pending behind the runs (the server is stopping)."""
         self.returns.close()
+        self.counted.close()
 
     def recover(self) -> None:
         """Count the cost of jobs completed on a server that stopped before it
@@ -188,9 +196,15 @@ class Budgets:
                 log.warning("queued-jobs cap: %d places of %s given back by the sweep", released, doc["_id"])
         return freed
 
-    def _count(self, job: Spend) -> None:
+    def _count(self, job: Spend, behind: bool = False) -> None:
+        """Add a completed job's cost to its month (before the lane's next claim:
+        admission reads it), then clear its flag and marker, `behind` the run
+        or now."""
         self.store.count_spend(job)
-        self.store.spend_counted(job)
+        if behind:
+            self.counted.add(job.owner, [job])
+        else:
+            self.store.spend_counted(job)
         with self._lock:
             self._spend.pop(usage_key(job.owner, month_of(job.ended_us)), None)
 

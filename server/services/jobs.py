@@ -27,7 +27,7 @@ from genjobs.server.model.vocabulary import Lane, Mode, Priority
 from genjobs.server.services import entitlement, validation
 from genjobs.server.services.entitlement import Tiers
 from genjobs.server.services.events import Event, EventHub, owner_key
-from genjobs.server.services.place_returns import RUN_PATH
+from genjobs.server.services.written_behind import RUN_PATH
 from genjobs.server.storage import records
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.eventlog import EventLog
@@ -161,7 +161,8 @@ class Jobs:
 
     def record_run(self, doc: Doc, kind: str) -> None:
         """`record` for the dispatcher's runs: what their ends give back to the
-        queued-jobs cap is written behind them (see services/place_returns.py)."""
+        queued-jobs cap, and their costs' flags, are written behind them (see
+        services/written_behind.py)."""
         token = RUN_PATH.set(True)
         try:
             self.record(doc, kind)

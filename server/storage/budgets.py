@@ -196,11 +196,25 @@ class BudgetStore:
 
     def spend_counted(self, job: Spend) -> None:
         """The job's cost is in its month: clear its flag, then its marker."""
-        self.jobs.update_one(
-            {"_id": ObjectId(job.job_id), "spend_pending": True}, {"$set": {"spend_pending": False}}
-        )
-        key = usage_key(job.owner, month_of(job.ended_us))
-        self.usage.update_one({"_id": key}, {"$unset": {f"counted.{job.job_id}": ""}})
+        self.spend_counted_many({job.owner: [job]})
+
+    def spend_counted_many(self, by_owner: dict[str, list[Spend]]) -> int:
+        """These jobs' costs are in their months: clear their flags (one
+        command), then their markers (one command a month document). In that
+        order: a sweep between the two finds no flag; the other way round it
+        would find a flag and no marker, and count the cost again. How many."""
+        jobs = [job for listed in by_owner.values() for job in listed]
+        if not jobs:
+            return 0
+        cleared = {"$set": {"spend_pending": False}}
+        flags = [pymongo.UpdateOne({"_id": ObjectId(j.job_id), "spend_pending": True}, cleared) for j in jobs]
+        self.jobs.bulk_write(flags, ordered=False)  # each by `_id` (MONGO.md 21)
+        markers: dict[str, list[str]] = {}
+        for job in jobs:
+            markers.setdefault(usage_key(job.owner, month_of(job.ended_us)), []).append(job.job_id)
+        for key, ids in markers.items():
+            self.usage.update_one({"_id": key}, {"$unset": {f"counted.{job_id}": "" for job_id in ids}})
+        return len(jobs)
 
     def uncounted_jobs(self, ended_before_us: int, limit: int = 500) -> list[Spend]:
         """The costs of completed jobs that ended before `ended_before_us` not

@@ -1,0 +1,110 @@
+"""Writes that follow a dispatcher run's end, sent behind it in batches.
+
+A run's end is followed by bookkeeping writes that need not stand between
+it and the lane's next claim: its place under the queued-jobs cap given
+back (`BudgetStore.release_places`), and, once its cost is counted, its
+`spend_pending` flag and its counting marker cleared
+(`BudgetStore.spend_counted_many`). On the run's path each was one more
+command per job before the next claim; here the ends of a short window are
+written together, a command or two for every owner, by a thread of their
+own. Each write is idempotent, and a server that stops before it leaves
+the work to the leader's sweep, as a crash right after a job's end always
+did. Until the write, an owner's queued-jobs count is higher by the jobs
+that ended in the window: a submit the cap would refuse here first sends
+what is pending (`flush`) and tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Generic, TypeVar
+
+from pymongo.errors import PyMongoError
+
+from genjobs.server.storage.outage import unreachable
+
+log = logging.getLogger(__name__)
+
+# Set while the dispatcher records its runs' changes (`Jobs.record_run`):
+# their ends' bookkeeping is written here, not by writes in the run's path.
+RUN_PATH: ContextVar[bool] = ContextVar("run_path", default=False)
+
+# Ends gathered into one write: nx-27017 rewrites a counter, markers and all, per write.
+WINDOW_SECONDS = 0.25
+
+Item = TypeVar("Item")
+
+
+class WrittenBehind(Generic[Item]):
+    """Items by owner, written together every `window_seconds` by `write`
+    (which says how many it wrote) on a thread named `thread`."""
+
+    def __init__(
+        self,
+        write: Callable[[dict[str, list[Item]]], int],
+        what: str,
+        thread: str,
+        window_seconds: float = WINDOW_SECONDS,
+    ) -> None:
+        self.write = write
+        self.what = what  # for the log: "queued-jobs cap places"
+        self.thread_name = thread  # named for the dispatcher: its commands are the runs'
+        self.window_seconds = window_seconds
+        self._pending: dict[str, list[Item]] = {}
+        self._lock = threading.Lock()
+        self._due = threading.Event()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, owner: str, items: list[Item]) -> None:
+        """Write these within the window."""
+        with self._lock:
+            self._pending.setdefault(owner, []).extend(items)
+            if self._thread is None and not self._closed.is_set():
+                self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
+                self._thread.start()
+        self._due.set()
+
+    def pending(self, owner: str) -> bool:
+        """Whether items of `owner` wait to be written."""
+        with self._lock:
+            return owner in self._pending
+
+    def flush(self) -> int:
+        """Write every pending item now; how many were written. While the
+        database does not answer they wait for the next window (its outage is
+        logged once, elsewhere); another error leaves them to the leader's sweep."""
+        with self._lock:
+            batch, self._pending = self._pending, {}
+        if not batch:
+            return 0
+        try:
+            return self.write(batch)
+        except PyMongoError as exc:
+            if unreachable(exc) and not self._closed.is_set():
+                with self._lock:
+                    for owner, items in batch.items():
+                        self._pending.setdefault(owner, []).extend(items)
+                self._due.set()
+                return 0
+            count = sum(map(len, batch.values()))
+            log.warning("%s: %d left to the sweep (%s)", self.what, count, exc)
+            return 0
+
+    def close(self) -> None:
+        """Write what is pending and stop the thread."""
+        self._closed.set()
+        self._due.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        self.flush()
+
+    def _loop(self) -> None:
+        while not self._closed.is_set():
+            self._due.wait()
+            self._closed.wait(self.window_seconds)  # gather the window's ends
+            self._due.clear()
+            self.flush()
