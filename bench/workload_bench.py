@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -118,6 +119,16 @@ def progress_latencies(sent: list[float], seen: list[tuple[int, float]]) -> list
         if heard is not None:
             found.append((heard - at) * 1000)
     return found
+
+
+def between_runs(streams: Streams, tag: int) -> float:
+    """For a round at concurrency 1: ms from one stream's last word to the next
+    stream's request reaching the streaming server, p50 (what a lane costs
+    between two jobs: the outcome, the next claim, the request's way out)."""
+    ours = [mark for mark in streams.arrived if mark.startswith(f"wb-{tag}-")]
+    marks = sorted(ours, key=lambda mark: streams.arrived[mark])
+    gaps = [(streams.arrived[b] - streams.sent[a][-1]) * 1000 for a, b in itertools.pairwise(marks)]
+    return percentile(gaps, 50) if gaps else 0.0
 
 
 def watch(client: GenJobsClient, job_id: str, seen: list[tuple[int, float]], done: dict[str, float]) -> None:
@@ -356,6 +367,9 @@ def main() -> None:
                 f" from the last word to its end {ours['tail_p50'] * 1000:.0f} ms"
                 f" (at most {ours['tail_max'] * 1000:.0f}); the machine's cores {ours['busy']:.0%} busy"
             )
+            if lanes == 1:
+                gap = between_runs(streams, tag)
+                print(f"            from a stream's last word to the next request p50 {gap:.1f} ms")
             print(f"  bare openai client  CPU per token {alone['cpu'] / max(1, alone['words']) * 1e6:.0f} µs")
             if redis is not None:
                 theirs = celery_round(redis, streams, args.jobs, lanes, 100 + tag)
@@ -368,6 +382,9 @@ def main() -> None:
                     f" genjobs/Celery jobs/s {theirs['makespan'] / ours['makespan']:.2f}x;"
                     f" the machine's cores {theirs['busy']:.0%} busy"
                 )
+                if lanes == 1:
+                    gap = between_runs(streams, 100 + tag)
+                    print(f"            from a stream's last word to the next request p50 {gap:.1f} ms")
         if why_not:
             print(f"Celery not run: {why_not}")
         per_job = commands_per_job(mongo, streams, min(args.jobs, 16), 8)
