@@ -91,14 +91,17 @@ class WrittenBehind(Generic[Item]):
         try:
             return self.write(batch)
         except PyMongoError as exc:
-            if self.waits_out_outages and unreachable(exc) and not self._closed.is_set():
+            down = unreachable(exc)
+            if down and self.waits_out_outages and not self._closed.is_set():
                 with self._lock:
                     for owner, items in batch.items():
                         self._pending.setdefault(owner, []).extend(items)
                 self._due.set()
                 return 0
             count = sum(map(len, batch.values()))
-            log.warning("%s: %d left to the sweep (%s)", self.what, count, exc)
+            # An outage is logged once, elsewhere: what it leaves to the sweep is a detail.
+            level = logging.INFO if down else logging.WARNING
+            log.log(level, "%s: %d left to the sweep (%s)", self.what, count, exc)
             return 0
 
     def closing(self) -> None:
