@@ -269,6 +269,9 @@ def test_report_progress_refuses_control_characters_and_going_backwards(holding:
         job = alice.submit("topic", topic="held")
         wait_for(lambda: _Holding.bodies)
         token = _Holding.bodies[0]["progress"]["token"]
+        # The generator's own first report ("requesting") is written an interval
+        # after the start: once it is, the service's reports below come after it.
+        wait_for(lambda: alice.get(job.id).progress.stage == "requesting")
         for field, (stage, message) in {"stage": (ESCAPES, ""), "message": ("writing", "m\x00")}.items():
             error = _report(holding, job.id, token, 40, stage, message)
             assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -26,7 +26,7 @@ from genjobs.client import GenJobsClient, GenJobsError, ResourceExhausted
 from genjobs.server.model import clock
 from genjobs.server.model.records import Budget
 from genjobs.server.services.budgets import Budgets, month_of
-from genjobs.server.services.written_behind import RUN_PATH
+from genjobs.server.services.written_behind import RUN_PATH, WrittenBehind
 from genjobs.server.storage import records
 from genjobs.server.storage.budgets import BudgetStore, budget_key, usage_key
 from genjobs.server.storage.events import STATUS_CHANGED
@@ -524,3 +524,23 @@ def test_costs_counted_behind_runs_count_once_and_settle_together(mongo: MongoSe
     finally:
         store.database.db.client.drop_database("spend_behind")
         store.close()
+
+
+def test_counted_flags_do_not_wait_out_an_outage() -> None:
+    """A flag's clear that landed after another server's sweep read the flag
+    would let that sweep count the cost again: while the database does not
+    answer, the flags are left to the sweep; the cap's places (safe to land
+    late) wait for it."""
+    sent: list[dict[str, list[str]]] = []
+
+    def down(batch: dict[str, list[str]]) -> int:
+        sent.append(batch)
+        raise pymongo.errors.AutoReconnect("the database is down")
+
+    flags = WrittenBehind(down, "counted costs' flags", "test-flags", 60.0, waits_out_outages=False)
+    places = WrittenBehind(down, "queued-jobs cap places", "test-places", 60.0)
+    for behind in (flags, places):
+        behind.add("alice", ["job"])
+        assert behind.flush() == 0
+    assert not flags.pending("alice") and places.pending("alice")
+    assert len(sent) == 2

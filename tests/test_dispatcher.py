@@ -15,6 +15,7 @@ import pymongo
 import pytest
 
 from genjobs.client import GenJobsClient, Unavailable
+from genjobs.server.dispatch import dispatcher
 from genjobs.server.storage.queue import READY
 from genjobs.server.storage.store import Store
 from genjobs.v1 import jobs_pb2
@@ -383,3 +384,40 @@ def test_a_job_submitted_to_the_replica_that_is_not_the_leader_runs(
         for server in servers:
             server.terminate()
         database.client.close()
+
+
+class SlowWakeups:
+    """A wakeups document that takes longer to read than its interval (a loaded database)."""
+
+    reads = 0
+
+    def wakeups(self, wakeups_id: str) -> tuple[int, int]:
+        SlowWakeups.reads += 1
+        time.sleep(dispatcher.WAKEUP_POLL_SECONDS * 1.2)
+        return 0, 2**62  # a follower alive: the check is due every WAKEUP_POLL_SECONDS
+
+
+class NothingReady:
+    def next(self, polls: bool = True) -> None:
+        return None
+
+    def catch_up(self) -> bool:
+        return False
+
+    def fresh(self) -> None:
+        pass
+
+
+def test_a_claim_that_finds_nothing_returns_however_slow_the_wakeups_read() -> None:
+    # With a follower alive and each wakeups read slower than its interval,
+    # the read was due again at once: the claim looped, holding the claim
+    # lock (no run could store its end) and never letting housekeeping run.
+    claims = dispatcher.Dispatcher.__new__(dispatcher.Dispatcher)
+    claims._claiming = threading.Lock()
+    claims._followers, claims._wakeups_read, claims._wakeups = True, 0.0, 0
+    claims.queue, claims._fair = SlowWakeups(), NothingReady()  # type: ignore[assignment]
+    claims._runs, claims._elsewhere, claims.concurrency, claims.gate = {}, 0, 1, None
+    claims._last_end_us, claims.gap_us, claims.poll_seconds = 0, 0, 0.5
+    ended = threading.Event()
+    threading.Thread(target=lambda: (claims._claim_next(), ended.set()), daemon=True).start()
+    assert ended.wait(5), f"still claiming after {SlowWakeups.reads} wakeups reads"

@@ -220,6 +220,20 @@ def test_the_poll_waits_for_the_claim_unless_nothing_is_known() -> None:
     assert fair.next(polls=False) is None and store.reads == ["runnable_heads"]
 
 
+def test_a_stale_lane_is_read_before_the_next_pick() -> None:
+    # A resume or a budget's release marks the lane stale: the job it moved
+    # back may rank first, so the read comes before the pick, not after it.
+    store = CountedReads()
+    fair = FairShare(store, Outage(), 60.0, 60.0, 60.0)  # type: ignore[arg-type]  # no poll due
+    fair.next()
+    fair.offer("alice", 1, 1, ObjectId())
+    fair.next(polls=False)
+    fair.offer("alice", 1, 2, ObjectId())
+    store.reads.clear()
+    fair.stale()
+    assert fair.next(polls=False) is not None and store.reads == ["entered_ready"]
+
+
 def test_at_reads_relative_and_iso_times() -> None:
     before = datetime.now(UTC)
     later = parse_at("+5m")

@@ -499,11 +499,14 @@ class Dispatcher:
         with self._claiming:
             if self._followers:
                 self._heed_wakeups()  # what other replicas queued counts for this pick
+            caught_up = False
             # A lane's follow-up may have taken the free lane meanwhile.
             while self._claim_wait() <= 0:
                 pick = self._fair.next(polls=False)
                 if pick is None or pick.oid is None:
-                    if self._catch_up():
+                    # Once a call: a read slower than its interval would be due again at once.
+                    if not caught_up and self._catch_up():
+                        caught_up = True
                         continue  # the reads found what to try, perhaps
                     return None
                 job = self.queue.claim(pick.oid, self.worker_id, self.lease_seconds)

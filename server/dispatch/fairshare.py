@@ -265,8 +265,8 @@ class FairShare:
         pause, self._asked = now - self._asked, now
         if not self._built or now - self._built > self.rebuild_seconds or pause > self.pause_seconds:
             self.rebuild()
-        elif polls or not len(self.candidates):
-            self.catch_up()
+        elif polls or not len(self.candidates) or not self._polled:
+            self.catch_up()  # (`stale` asked for the read before this pick)
         self._read_turns()
         while True:
             with self._lock:

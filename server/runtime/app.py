@@ -322,8 +322,8 @@ class App:
             await asyncio.to_thread(self.notifier.stop)
 
     async def _stop_dispatching(self, grace: float) -> None:
-        """Stop the dispatcher (its runs get `grace`), then give back the cap's
-        places its runs' ends left pending."""
+        """Stop the dispatcher (its runs get `grace`), then write what its runs'
+        ends left pending behind them (the cap's places, the counted costs' flags)."""
         await asyncio.to_thread(self.dispatcher.stop, grace)
         await asyncio.to_thread(self.budgets.close)
 

@@ -143,7 +143,9 @@ class Budgets:
         # Written behind the dispatcher's runs (services/written_behind.py):
         # the places their ends give back, and their counted costs' flags.
         self.returns = WrittenBehind(store.release_places, "queued-jobs cap places", RETURNS_THREAD)
-        self.counted = WrittenBehind(store.spend_counted_many, "counted costs' flags", FLAGS_THREAD)
+        self.counted = WrittenBehind(
+            store.spend_counted_many, "counted costs' flags", FLAGS_THREAD, waits_out_outages=False
+        )
 
     # ---- spend ------------------------------------------------------------
 
@@ -162,8 +164,9 @@ class Budgets:
 
     def close(self) -> None:
         """Write what is pending behind the runs (the server is stopping)."""
-        self.returns.close()
+        self.returns.closing()  # both threads finish together, not one after the other
         self.counted.close()
+        self.returns.close()
 
     def recover(self) -> None:
         """Count the cost of jobs completed on a server that stopped before it

@@ -9,9 +9,12 @@ command per job before the next claim; here the ends of a short window are
 written together, a command or two for every owner, by a thread of their
 own. Each write is idempotent, and a server that stops before it leaves
 the work to the leader's sweep, as a crash right after a job's end always
-did. Until the write, an owner's queued-jobs count is higher by the jobs
-that ended in the window: a submit the cap would refuse here first sends
-what is pending (`flush`) and tries again.
+did. The flags do not wait out a database outage: a clear that lands after
+another server's sweep read the flag would let that sweep count the cost
+again (the places' writes are safe to land late, so they wait). Until the
+write, an owner's queued-jobs count is higher by the jobs that ended in the
+window: a submit the cap would refuse here first sends what is pending
+(`flush`) and tries again.
 """
 
 from __future__ import annotations
@@ -48,9 +51,13 @@ class WrittenBehind(Generic[Item]):
         what: str,
         thread: str,
         window_seconds: float = WINDOW_SECONDS,
+        waits_out_outages: bool = True,
     ) -> None:
         self.write = write
         self.what = what  # for the log: "queued-jobs cap places"
+        # False: while the database does not answer, items go to the sweep at
+        # once (a write that lands late may cross the sweep's own).
+        self.waits_out_outages = waits_out_outages
         self.thread_name = thread  # named for the dispatcher: its commands are the runs'
         self.window_seconds = window_seconds
         self._pending: dict[str, list[Item]] = {}
@@ -84,20 +91,27 @@ class WrittenBehind(Generic[Item]):
         try:
             return self.write(batch)
         except PyMongoError as exc:
-            if unreachable(exc) and not self._closed.is_set():
+            down = unreachable(exc)
+            if down and self.waits_out_outages and not self._closed.is_set():
                 with self._lock:
                     for owner, items in batch.items():
                         self._pending.setdefault(owner, []).extend(items)
                 self._due.set()
                 return 0
             count = sum(map(len, batch.values()))
-            log.warning("%s: %d left to the sweep (%s)", self.what, count, exc)
+            # An outage is logged once, elsewhere: what it leaves to the sweep is a detail.
+            level = logging.INFO if down else logging.WARNING
+            log.log(level, "%s: %d left to the sweep (%s)", self.what, count, exc)
             return 0
+
+    def closing(self) -> None:
+        """Stop gathering: the thread writes what is pending and ends (`close` waits for it)."""
+        self._closed.set()
+        self._due.set()
 
     def close(self) -> None:
         """Write what is pending and stop the thread."""
-        self._closed.set()
-        self._due.set()
+        self.closing()
         if self._thread is not None:
             self._thread.join(5.0)
         self.flush()
