@@ -387,13 +387,17 @@ def test_a_job_submitted_to_the_replica_that_is_not_the_leader_runs(
 
 
 class SlowWakeups:
-    """A wakeups document that takes longer to read than its interval (a loaded database)."""
+    """A wakeups document whose read takes longer than its interval (a loaded
+    database): each read leaves the next one due at once, as a read that
+    outlasted WAKEUP_POLL_SECONDS does."""
 
-    reads = 0
+    def __init__(self, claims: dispatcher.Dispatcher) -> None:
+        self.claims = claims
+        self.reads = 0
 
     def wakeups(self, wakeups_id: str) -> tuple[int, int]:
-        SlowWakeups.reads += 1
-        time.sleep(dispatcher.WAKEUP_POLL_SECONDS * 1.2)
+        self.reads += 1
+        self.claims._wakeups_read -= dispatcher.WAKEUP_POLL_SECONDS * 2  # stamped before the read
         return 0, 2**62  # a follower alive: the check is due every WAKEUP_POLL_SECONDS
 
 
@@ -415,9 +419,10 @@ def test_a_claim_that_finds_nothing_returns_however_slow_the_wakeups_read() -> N
     claims = dispatcher.Dispatcher.__new__(dispatcher.Dispatcher)
     claims._claiming = threading.Lock()
     claims._followers, claims._wakeups_read, claims._wakeups = True, 0.0, 0
-    claims.queue, claims._fair = SlowWakeups(), NothingReady()  # type: ignore[assignment]
+    slow = SlowWakeups(claims)
+    claims.queue, claims._fair = slow, NothingReady()  # type: ignore[assignment]
     claims._runs, claims._elsewhere, claims.concurrency, claims.gate = {}, 0, 1, None
     claims._last_end_us, claims.gap_us, claims.poll_seconds = 0, 0, 0.5
     ended = threading.Event()
     threading.Thread(target=lambda: (claims._claim_next(), ended.set()), daemon=True).start()
-    assert ended.wait(5), f"still claiming after {SlowWakeups.reads} wakeups reads"
+    assert ended.wait(5), f"still claiming after {slow.reads} wakeups reads"
