@@ -59,14 +59,27 @@ class _Owner:
     """One owner's open jobs as this server knows them."""
 
     read_at: float = -math.inf  # monotonic time of the last read; -inf: to be read
-    stored: dict[ObjectId, int | None] = field(default_factory=dict)  # open jobs -> their place
-    pending: dict[ObjectId, int] = field(default_factory=dict)  # placed, their inserts unanswered
+    jobs: dict[ObjectId, int | None] = field(default_factory=dict)  # open jobs -> their place number
+    pending: set[ObjectId] = field(default_factory=set)  # of `jobs`, those whose insert is unanswered
+    used: set[int] = field(default_factory=set)  # the numbers `jobs` hold
 
-    def count(self) -> int:
-        return len(self.stored.keys() | self.pending.keys())
+    def read(self, found: dict[ObjectId, int | None]) -> None:
+        """What a read found, with the inserts still unanswered."""
+        unanswered = {oid: self.jobs[oid] for oid in self.pending if oid in self.jobs}
+        self.jobs = {**found, **unanswered}
+        self.used = {number for number in self.jobs.values() if number is not None}
+        self.read_at = time.monotonic()
 
-    def used(self) -> set[int]:
-        return {n for n in self.stored.values() if n is not None} | set(self.pending.values())
+    def add(self, oid: ObjectId, number: int) -> None:
+        self.jobs[oid] = number
+        self.pending.add(oid)
+        self.used.add(number)
+
+    def drop(self, oid: ObjectId) -> None:
+        number = self.jobs.pop(oid, None)
+        self.pending.discard(oid)
+        if number is not None:
+            self.used.discard(number)
 
 
 class QueueCap:
@@ -130,10 +143,9 @@ class QueueCap:
         shows no room."""
         if self._place_from_memory(owner, docs):
             return
-        known = self.reader.open_places(owner)
+        found = self.reader.open_places(owner)
         with self._lock:
-            remembered = self._remember(owner)
-            remembered.read_at, remembered.stored = time.monotonic(), known
+            self._remember(owner).read(found)
         if not self._place_from_memory(owner, docs):
             raise queue_refusal(owner, self.cap, len(docs))
 
@@ -143,8 +155,7 @@ class QueueCap:
             known = self._owners.get(owner)
             if known is not None:
                 for oid in ids:
-                    known.stored.pop(oid, None)
-                    known.pending.pop(oid, None)
+                    known.drop(oid)
 
     def ended(self, job: Job, kind: str) -> None:
         """A job changed here: once it is final its place is free (the write
@@ -169,12 +180,12 @@ class QueueCap:
             known = self._owners.get(owner)
             if known is None or time.monotonic() - known.read_at > FRESH_SECONDS:
                 return False
-            if known.count() + len(new) > self.cap:
+            if len(known.jobs) + len(new) > self.cap:
                 return False
             self._owners.move_to_end(owner)
-            for doc, number in zip(new, _free(known.used(), self.cap, len(new)), strict=True):
+            for doc, number in zip(new, _free(known.used, self.cap, len(new)), strict=True):
                 doc[PLACE] = place_key(owner, number)
-                known.pending[doc["_id"]] = number
+                known.add(doc["_id"], number)
             return True
 
     def _settle(self, owner: str, docs: list[Doc], unstored: list[Doc]) -> list[Doc]:
@@ -185,11 +196,11 @@ class QueueCap:
         with self._lock:
             known = self._remember(owner)
             for doc in docs:
-                number = known.pending.pop(doc["_id"], None)
                 if id(doc) in lost:
+                    known.drop(doc["_id"])
                     doc.pop(PLACE, None)
                 else:
-                    known.stored[doc["_id"]] = number
+                    known.pending.discard(doc["_id"])  # an open job now
             if unstored:
                 known.read_at = -math.inf
         return unstored
