@@ -4,9 +4,12 @@ nx-27017 (unique per owner, given back by the write that ends a job)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterator
 from typing import Any
 
+import pymongo
 import pytest
 from bson import ObjectId
 
@@ -33,6 +36,9 @@ class Reader:
     def open_places(self, owner: str) -> dict[ObjectId, int | None]:
         self.reads += 1
         return dict(self.open.get(owner, {}))
+
+    def free_ended(self, places: list[str]) -> int:
+        return 0  # every job here is open
 
     def insert(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Store `docs` as the database would: PlaceTaken for places held."""
@@ -191,3 +197,80 @@ def test_a_bulk_insert_stores_the_items_whose_places_were_free(store: Store) -> 
     assert [doc["_id"] for doc in taken.value.docs] == [items[1]["_id"]]
     assert set(store.jobs.open_places("alice")) == {held["_id"], items[0]["_id"], items[2]["_id"]}
     assert items[0]["queue"] == READY
+
+
+def test_an_insert_without_an_answer_keeps_its_place_and_the_owner_is_read_again() -> None:
+    """A SubmitJob that times out may still be stored (its document waits in
+    a batch): it is stored with its place, never without one."""
+    reader = Reader()
+    cap = QueueCap(reader, 2)
+    doc = _new()
+
+    def late(docs: list[dict[str, Any]]) -> None:
+        reader.insert(docs)  # lands after its caller gave up
+        raise pymongo.errors.NetworkTimeout("the database did not answer within the call's deadline")
+
+    with pytest.raises(pymongo.errors.NetworkTimeout):
+        cap.store("alice", doc, late)
+    assert PLACE in doc[0]
+    reads = reader.reads
+    cap.store("alice", _new(), reader.insert)
+    assert reader.reads == reads + 1
+    with pytest.raises(ServiceError):
+        cap.store("alice", _new(), reader.insert)
+
+
+def test_a_submit_cancelled_during_its_read_leaves_no_place_taken() -> None:
+    gate, reading = threading.Event(), threading.Event()
+
+    class SlowReader(Reader):
+        def open_places(self, owner: str) -> dict[ObjectId, int | None]:
+            reading.set()
+            gate.wait(10)
+            return super().open_places(owner)
+
+    reader = SlowReader()
+    cap = QueueCap(reader, 1)
+
+    async def cancelled() -> None:
+        async def insert(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return reader.insert(docs)
+
+        task = asyncio.create_task(cap.store_async("alice", _new(), insert))
+        await asyncio.to_thread(reading.wait, 10)
+        task.cancel()
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancelled())
+    cap.store("alice", _new(), reader.insert)  # the one place is free
+    assert len(reader.open["alice"]) == 1
+
+
+def test_a_place_an_ended_job_still_holds_is_given_back_after_a_collision(store: Store) -> None:
+    """A job ended by a server of an older version keeps its place: the
+    collision on it frees it, and the submit is stored."""
+    old = seed_job(store, "alice", {"topic": "old"})
+    old[PLACE] = "alice#0"
+    store.jobs.insert_job(old)
+    store.jobs.jobs.update_one(
+        {"_id": old["_id"]}, {"$set": {"status": str(Status.COMPLETED), "queue": "none"}}
+    )
+    cap = QueueCap(store.jobs, 1)
+    new = seed_job(store, "alice", {"topic": "new"})
+    cap.store("alice", [new], lambda docs: store.jobs.insert_job(docs[0]))
+    assert store.jobs.open_places("alice") == {new["_id"]: 0}
+    assert PLACE not in store.jobs.jobs.find_one({"_id": old["_id"]})
+
+
+def test_a_place_taken_is_told_apart_on_the_event_loop_inserts(store: Store) -> None:
+    first, second = (seed_job(store, "alice", {"topic": t}) for t in ("a", "b"))
+    first[PLACE] = second[PLACE] = "alice#3"
+    store.jobs.insert_job(first)
+
+    async def submit() -> None:
+        with pytest.raises(PlaceTaken):
+            await store.jobs.submit_job(second)
+
+    asyncio.run(submit())

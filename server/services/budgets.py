@@ -1,5 +1,5 @@
-"""Budgets and quotas: monthly spending limits per owner and per project, and
-the cap on an owner's queued jobs.
+"""Budgets: monthly spending limits per owner and per project (the cap on an
+owner's queued jobs is queue_cap.py's).
 
 - Spend is the sum of completed jobs' `cost_cents` in the calendar month
   (UTC); completed jobs whose cost is unknown are counted apart, by the same

@@ -273,7 +273,9 @@ class Bulks:
     def _withdraw(self, bulk: Doc, items: list[Doc]) -> None:
         """Remove a bulk job the cap refused after it was stored in part (its
         items not started yet; the bulk job itself if none was)."""
-        if not self.store.bulks.withdraw(bulk["_id"], [doc["_id"] for doc in items]):
+        ids = [doc["_id"] for doc in items]
+        self.jobs.cap.unplaced(bulk["owner"], ids)  # the next read tells the started ones
+        if not self.store.bulks.withdraw(bulk["_id"], ids):
             log.warning(
                 "bulk job %s refused by the cap, but some of its items had started: kept", bulk["_id"]
             )

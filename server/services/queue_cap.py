@@ -23,6 +23,7 @@ a moment its items held places that a submit racing it was refused.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import threading
@@ -39,6 +40,8 @@ from genjobs.server.model.records import Job
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.places import PLACE, PlaceTaken, place_key
 
+log = logging.getLogger(__name__)
+
 FRESH_SECONDS = 60.0  # how old an owner's read may be before their next submit reads again
 MAX_OWNERS = 4096  # owners remembered; the least recently used are forgotten first
 TRIES = 5  # inserts that found their places taken before the submit is refused
@@ -53,6 +56,10 @@ class PlaceReader(Protocol):
         """`owner`'s open jobs -> the number of the place each holds (None: none)."""
         ...
 
+    def free_ended(self, places: list[str]) -> int:
+        """Give back those of these places that an ended job holds; how many."""
+        ...
+
 
 @dataclass
 class _Owner:
@@ -60,24 +67,29 @@ class _Owner:
 
     read_at: float = -math.inf  # monotonic time of the last read; -inf: to be read
     jobs: dict[ObjectId, int | None] = field(default_factory=dict)  # open jobs -> their place number
-    pending: set[ObjectId] = field(default_factory=set)  # of `jobs`, those whose insert is unanswered
+    # Of `jobs`, those whose insert is unanswered, by when they were placed.
+    pending: dict[ObjectId, float] = field(default_factory=dict)
     used: set[int] = field(default_factory=set)  # the numbers `jobs` hold
+    collided: list[str] = field(default_factory=list)  # places found taken, for the next read to look at
 
     def read(self, found: dict[ObjectId, int | None]) -> None:
-        """What a read found, with the inserts still unanswered."""
+        """What a read found, with the inserts still unanswered (for at most
+        FRESH_SECONDS: an insert is answered, or given up, well within it)."""
+        now = time.monotonic()
+        self.pending = {oid: at for oid, at in self.pending.items() if now - at < FRESH_SECONDS}
         unanswered = {oid: self.jobs[oid] for oid in self.pending if oid in self.jobs}
         self.jobs = {**found, **unanswered}
         self.used = {number for number in self.jobs.values() if number is not None}
-        self.read_at = time.monotonic()
+        self.read_at = now
 
     def add(self, oid: ObjectId, number: int) -> None:
         self.jobs[oid] = number
-        self.pending.add(oid)
+        self.pending[oid] = time.monotonic()
         self.used.add(number)
 
     def drop(self, oid: ObjectId) -> None:
         number = self.jobs.pop(oid, None)
-        self.pending.discard(oid)
+        self.pending.pop(oid, None)
         if number is not None:
             self.used.discard(number)
 
@@ -109,31 +121,35 @@ class QueueCap:
             try:
                 stored = insert(docs)
             except PlaceTaken as taken:
-                docs = self._settle(owner, docs, taken.docs)
+                docs = self._taken(owner, docs, taken.docs)
                 continue
             except BaseException:
-                self._settle(owner, docs, docs)
+                self._unanswered(owner, docs)
                 raise
-            self._settle(owner, docs, [])
+            self._stored(owner, docs)
             return stored
         raise queue_refusal(owner, self.cap, len(docs))
 
     async def store_async(
         self, owner: str, docs: list[Doc], insert: Callable[[list[Doc]], Awaitable[T]]
     ) -> T:
-        """`store` from the event loop: places from memory when it can, a read on a thread when not."""
+        """`store` from the event loop: places from memory when it can, after a
+        read on a thread when not."""
         for _ in range(TRIES):
             if not self._place_from_memory(owner, docs):
-                await asyncio.to_thread(self.place, owner, docs)
+                # Only the read goes to the thread: placing stays here, right
+                # before the insert, so a call cancelled meanwhile places nothing.
+                found = await asyncio.to_thread(self._read, owner)
+                self._place_after_read(owner, docs, found)
             try:
                 stored = await insert(docs)
             except PlaceTaken as taken:
-                docs = self._settle(owner, docs, taken.docs)
+                docs = self._taken(owner, docs, taken.docs)
                 continue
-            except BaseException:
-                self._settle(owner, docs, docs)
+            except BaseException:  # a timeout or a cancelled call too: the insert may yet land
+                self._unanswered(owner, docs)
                 raise
-            self._settle(owner, docs, [])
+            self._stored(owner, docs)
             return stored
         raise queue_refusal(owner, self.cap, len(docs))
 
@@ -141,13 +157,8 @@ class QueueCap:
         """Give those of `docs` without a place one, reading the owner's open
         jobs first when memory is not enough; RESOURCE_EXHAUSTED when the read
         shows no room."""
-        if self._place_from_memory(owner, docs):
-            return
-        found = self.reader.open_places(owner)
-        with self._lock:
-            self._remember(owner).read(found)
         if not self._place_from_memory(owner, docs):
-            raise queue_refusal(owner, self.cap, len(docs))
+            self._place_after_read(owner, docs, self._read(owner))
 
     def unplaced(self, owner: str, ids: list[ObjectId]) -> None:
         """These jobs are not open (not stored: a repeated request; or ended here)."""
@@ -165,7 +176,10 @@ class QueueCap:
 
     def open_count(self, owner: str) -> int:
         """How many open jobs the cap counts for `owner` now (one read; GetUsage)."""
-        return len(self.reader.open_places(owner))
+        found = self._read(owner)
+        with self._lock:
+            self._remember(owner).read(found)
+            return len(self._owners[owner].jobs)
 
     # ---- memory ---------------------------------------------------------------
 
@@ -188,22 +202,58 @@ class QueueCap:
                 known.add(doc["_id"], number)
             return True
 
-    def _settle(self, owner: str, docs: list[Doc], unstored: list[Doc]) -> list[Doc]:
-        """`docs`' inserts were answered: those not in `unstored` are open jobs
-        now; the `unstored` lose their places, and when any place was taken
-        elsewhere, the owner is read again before the next placing. `unstored`."""
-        lost = {id(doc) for doc in unstored}
+    def _read(self, owner: str) -> dict[ObjectId, int | None]:
+        """Read `owner`'s open jobs; first free the places found taken since
+        the last read that a job holds though it ended (a server of an older
+        version ended it): a collision on them would otherwise come back."""
+        collided: list[str] = []
+        with self._lock:
+            known = self._owners.get(owner)
+            if known is not None:
+                collided, known.collided = known.collided, []
+        if collided and self.reader.free_ended(collided):
+            log.warning("queued-jobs cap: places of %s held by ended jobs were given back", owner)
+        return self.reader.open_places(owner)
+
+    def _place_after_read(self, owner: str, docs: list[Doc], found: dict[ObjectId, int | None]) -> None:
+        """Remember what a read `found`, then place `docs`; RESOURCE_EXHAUSTED when there is no room."""
+        with self._lock:
+            self._remember(owner).read(found)
+        if not self._place_from_memory(owner, docs):
+            raise queue_refusal(owner, self.cap, len(docs))
+
+    def _stored(self, owner: str, docs: list[Doc]) -> None:
+        """`docs` were stored: open jobs now."""
+        with self._lock:
+            known = self._remember(owner)
+            for doc in docs:
+                known.pending.pop(doc["_id"], None)
+
+    def _taken(self, owner: str, docs: list[Doc], taken: list[Doc]) -> list[Doc]:
+        """Of `docs`, the `taken` were not stored (their places were taken
+        meanwhile), the others were: the `taken` lose their places, and the
+        owner is read before the next placing. `taken`."""
+        lost = {id(doc) for doc in taken}
         with self._lock:
             known = self._remember(owner)
             for doc in docs:
                 if id(doc) in lost:
                     known.drop(doc["_id"])
-                    doc.pop(PLACE, None)
+                    known.collided.append(doc.pop(PLACE))
                 else:
-                    known.pending.discard(doc["_id"])  # an open job now
-            if unstored:
-                known.read_at = -math.inf
-        return unstored
+                    known.pending.pop(doc["_id"], None)
+            known.read_at = -math.inf
+        return taken
+
+    def _unanswered(self, owner: str, docs: list[Doc]) -> None:
+        """`docs`' insert failed or was given up without an answer: stored or
+        not (it may still land, with the places the documents hold), they are
+        forgotten until the owner's next read, which comes before the next placing."""
+        with self._lock:
+            known = self._remember(owner)
+            for doc in docs:
+                known.drop(doc["_id"])
+            known.read_at = -math.inf
 
     def _remember(self, owner: str) -> _Owner:
         """`owner`'s memory, made if new, most recently used (under the lock)."""

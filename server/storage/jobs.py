@@ -37,7 +37,14 @@ from genjobs.server.storage.paging import (
     request_key,
     submission_key,
 )
-from genjobs.server.storage.places import PLACE, PlaceTaken, is_place_taken, place_number, state_update
+from genjobs.server.storage.places import (
+    PLACE,
+    PlaceTaken,
+    duplicate_index,
+    is_place_taken,
+    place_number,
+    state_update,
+)
 from genjobs.server.storage.queue import NONE, READY, SCHEDULED
 
 
@@ -148,7 +155,7 @@ class JobStore:
         """After `doc` hit a unique key: the earlier job with its request key,
         PlaceTaken for its place, or None with `doc` given the next order key
         (another replica took its key)."""
-        if "request_key" in str(exc.details or exc):
+        if "request_key" in duplicate_index(exc):
             earlier = self.jobs.find_one({"request_key": doc["request_key"]})
             if earlier is not None:
                 return earlier
@@ -166,6 +173,20 @@ class JobStore:
             for status in (Status.QUEUED, Status.PROCESSING)  # one equality each: `$in` would scan
             for row in self.jobs.find({"owner": owner, "status": str(status)}, {PLACE: 1})
         }
+
+    def free_ended(self, places: list[str]) -> int:
+        """Give back those of these places that a final job holds (ended by a
+        write that did not give it back: a server of an older version); how
+        many. A search of the place index each, then a conditional update on
+        the job's final status."""
+        freed = 0
+        for place in places:
+            holder = self.jobs.find_one({PLACE: place}, {"status": 1})
+            if holder is not None and final(holder["status"]):
+                freed += self.jobs.update_one(
+                    {"_id": holder["_id"], "status": holder["status"], PLACE: place}, {"$unset": {PLACE: ""}}
+                ).modified_count
+        return freed
 
     def get(self, owner: str | None, job_id: str) -> Job:
         """One job; another user's is NOT_FOUND (owner None: an admin sees all)."""

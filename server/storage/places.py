@@ -61,14 +61,21 @@ def state_update(changes: Doc, bump: bool = True) -> Doc:
     return update
 
 
-def is_place_taken(exc: DuplicateKeyError | Doc) -> bool:
-    """Whether a duplicate key error (or a bulk write's error entry) is the
-    place's index. MongoDB names the key (`keyPattern`); nx-27017 only the
-    index, in its message ("... index 'idx_jobs_place'")."""
-    details = exc if isinstance(exc, dict) else (exc.details or {})
+def duplicate_index(error: DuplicateKeyError | Doc) -> str:
+    """What names the unique index a duplicate key error (or a bulk write's
+    error entry) is about: MongoDB's `keyPattern` fields, or the index named
+    in the message (nx-27017: "UNIQUE constraint failed: index
+    'idx_jobs_place'"; MongoDB: "... index: place_1 dup key: {...}", the
+    key's value cut off). Never the document, which bulk errors carry."""
+    details = error if isinstance(error, dict) else (error.details or {})
     pattern = details.get("keyPattern")
     if isinstance(pattern, dict):
-        return PLACE in pattern
-    message = str(details.get("errmsg", "") if details else exc)
-    index = message.split(" dup key")[0]  # MongoDB's message goes on with the key's value
-    return index.rstrip("'\" ").endswith(f"_{PLACE}") or f"{PLACE}_1" in index
+        return " ".join(pattern)
+    message = str(details.get("errmsg") or ("" if isinstance(error, dict) else error))
+    return message.split(" dup key")[0]
+
+
+def is_place_taken(error: DuplicateKeyError | Doc) -> bool:
+    """Whether a duplicate key error (or a bulk write's error entry) is the place's index."""
+    index = duplicate_index(error)
+    return index.rstrip("'\" ").endswith(f"_{PLACE}") or f"{PLACE}_1" in index or index == PLACE
