@@ -29,6 +29,7 @@ from genjobs.client import GenJobsClient
 from genjobs.server.api.auth import make_token
 from genjobs.server.runtime.config import Settings
 from genjobs.server.services.budgets import Budgets
+from genjobs.server.services.queue_cap import QueueCap
 from genjobs.server.storage.budgets import BudgetStore
 from genjobs.server.storage.store import Store
 from tests.harness import SECRET
@@ -93,7 +94,7 @@ def limit_rereads(uri: str) -> dict[str, float]:
     # As if set an hour ago: a re-read looks back a minute (clock skew) before
     # its last read began, so limits set just now would all be read again.
     budget_store.budgets.update_many({}, {"$inc": {"changed_us": -3_600_000_000}})
-    budgets = Budgets(budget_store, lambda job, kind: None, max_queued=1000)
+    budgets = Budgets(budget_store, lambda job, kind: None, QueueCap(store.jobs, 1000))
     budgets.check_submit("owner0", "", 1)  # the first read: every limit
     timings: dict[str, list[float]] = {"what changed": [], "every limit": []}
     for _ in range(20):

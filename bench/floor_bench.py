@@ -16,12 +16,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bson import ObjectId
 from common import median, process_cpu, start_mongo
 
 from genjobs.server.model.records import Params, Submission
 from genjobs.server.model.vocabulary import Mode
-from genjobs.server.storage.budgets import BudgetStore
+from genjobs.server.storage.places import PLACE, place_key
 from genjobs.server.storage.store import Store
 
 ROUNDS = 500
@@ -42,11 +41,12 @@ def measure(pid: int, step: Callable[[int], object], rounds: int = ROUNDS) -> tu
 Step = Callable[[int], object]
 
 
-def path_steps(store: Store, slots: BudgetStore, submission: Submission) -> dict[str, Step]:
+def path_steps(store: Store, submission: Submission) -> dict[str, Step]:
     """The commands of ROUNDS new jobs' paths, each step to run ROUNDS times in turn."""
     docs = [store.jobs.new_job(submission) for _ in range(ROUNDS)]
+    for doc in docs:  # each holds its place under the queued-jobs cap, as a submit stores it
+        doc[PLACE] = place_key(submission.owner, int(doc["ck"]))
     claimed: list[dict[str, Any]] = []
-    ids = [ObjectId() for _ in range(ROUNDS)]
     done = store.queue.completion({"content": ""}, 0)
     # For the lane's way: ROUNDS + 1 more jobs stored, the first claimed; each
     # round ends the running one and claims the next (their documents as stored).
@@ -58,13 +58,11 @@ def path_steps(store: Store, slots: BudgetStore, submission: Submission) -> dict
         running.append(store.queue.end_and_claim(running[-1], done, queued[i + 1], "w", 10.0)[1] or {})
 
     return {
-        "reserve a cap place (findAndModify)": lambda i: slots.reserve_slots("alice", [ids[i]], 10**9),
-        "insert the job": lambda i: store.jobs.insert_job(docs[i]),
+        "insert the job (with its place)": lambda i: store.jobs.insert_job(docs[i]),
         "claim (findAndModify)": lambda i: claimed.append(store.queue.claim(docs[i]["_id"], "w", 10.0) or {}),
         "outcome (fenced findAndModify)": lambda i: store.queue.fenced_update(
             docs[i]["_id"], int(claimed[i]["epoch"]), done
         ),
-        "give the place back (update)": lambda i: slots.release_slots("alice", [ids[i]]),
         "outcome and next claim (end_and_claim)": end_and_claim,
     }
 
@@ -75,11 +73,10 @@ def main() -> None:
     pid = mongo.process.pid
     store = Store(mongo.uri, "floor")
     store.ensure_indexes()
-    slots = BudgetStore(store)
     submission = Submission(owner="alice", mode=Mode.TOPIC, params=Params(topic="floor", word_count=800))
     figures: dict[str, list[tuple[float, float]]] = {}
     for _ in range(RUNS):
-        for name, step in path_steps(store, slots, submission).items():
+        for name, step in path_steps(store, submission).items():
             figures.setdefault(name, []).append(measure(pid, step))
     print(f"nx-27017, {ROUNDS} calls of each, one after another, median of {RUNS} runs:")
     print(f"  {'command':40s} {'round trip':>11s} {'nx-27017 CPU':>13s}")
@@ -88,9 +85,9 @@ def main() -> None:
         cpu = median([r[1] for r in runs])
         print(f"  {name:40s} {trip:8.0f} µs {cpu:10.0f} µs")
     path = {name: median([r[1] for r in runs]) for name, runs in figures.items()}
-    submit = path["reserve a cap place (findAndModify)"] + path["insert the job"]
+    submit = path["insert the job (with its place)"]
     dispatch = path["claim (findAndModify)"] + path["outcome (fenced findAndModify)"]
-    print(f"  a job's path (reserve, insert, claim, outcome): {submit + dispatch:.0f} µs of nx-27017 CPU:")
+    print(f"  a job's path (insert, claim, outcome): {submit + dispatch:.0f} µs of nx-27017 CPU:")
     print(
         f"    at most {1e6 / (submit + dispatch):.0f} jobs/s end to end,"
         f" {1e6 / dispatch:.0f} jobs/s dispatch alone"

@@ -115,31 +115,28 @@ def test_two_servers_on_one_database_share_the_cap(mongo: MongoServer, tmp_path:
         second.stop()
 
 
-def test_a_counter_left_by_a_crash_is_repaired_by_the_sweep(mongo: MongoServer, tmp_path: Path) -> None:
-    """A server that stopped between a job's end and the release of its place
-    (or between a reservation and its insert) leaves the owner's count too
-    high; the leader's sweep gives those places back."""
-    settings = replace(make_settings(mongo.uri, tmp_path), max_queued_per_owner=3, retention_days=2e-5)
-    server = ServerThread(settings).start()
+def test_room_made_on_another_server_is_seen_by_the_next_submit(mongo: MongoServer, tmp_path: Path) -> None:
+    """Places are held by the jobs themselves: jobs that ended on another
+    server free their places there and then, and a server that remembers the
+    owner full reads again before it refuses."""
+    settings = replace(make_settings(mongo.uri, tmp_path / "a"), max_queued_per_owner=3)
+    first = ServerThread(settings).start()
+    second = ServerThread(replace(settings, data_dir=tmp_path / "b")).start()
     try:
-        with server.client("alice") as alice:
-            _fill(alice, 3)
+        with first.client("alice") as one, second.client("alice") as two:
+            _fill(one, 3)
             with pytest.raises(ResourceExhausted):
-                alice.submit("topic", topic="full", schedule_time=LATER)
-            jobs = _jobs(mongo, server)
-            # Two of them ended, as a server that stopped at once would leave them.
-            ids = [row["_id"] for row in jobs.find({"owner": "alice"}).limit(2)]
-            jobs.delete_one({"_id": ids[0]})
-            jobs.update_one({"_id": ids[1]}, {"$set": {"status": "CANCELLED", "queue": "none"}})
-            slots = pymongo.MongoClient(mongo.uri)[settings.db_name].queue_slots
-            stamp = {f"open.{oid}": clock.now_us() - 3_600_000_000 for oid in ids}  # reserved long ago
-            slots.update_one({"_id": "alice"}, {"$set": stamp})
-            wait_for(lambda: alice.usage().queued_jobs == 1, timeout=30)
-            _fill(alice, 2)
+                one.submit("topic", topic="full", schedule_time=LATER)
+            ids = [row["_id"] for row in _jobs(mongo, first).find({"owner": "alice"}).limit(2)]
+            for oid in ids:
+                two.cancel(str(oid))
+            assert one.usage().queued_jobs == 1
+            _fill(one, 2)
             with pytest.raises(ResourceExhausted):
-                alice.submit("topic", topic="full again", schedule_time=LATER)
+                one.submit("topic", topic="full again", schedule_time=LATER)
     finally:
-        server.stop()
+        first.stop()
+        second.stop()
 
 
 # ---- control characters -------------------------------------------------------------

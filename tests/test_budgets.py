@@ -26,6 +26,7 @@ from genjobs.client import GenJobsClient, GenJobsError, ResourceExhausted
 from genjobs.server.model import clock
 from genjobs.server.model.records import Budget
 from genjobs.server.services.budgets import Budgets, month_of
+from genjobs.server.services.queue_cap import QueueCap
 from genjobs.server.services.written_behind import RUN_PATH, WrittenBehind
 from genjobs.server.storage import records
 from genjobs.server.storage.budgets import BudgetStore, budget_key, usage_key
@@ -423,7 +424,7 @@ def test_limits_are_re_read_only_after_they_change(mongo: MongoServer) -> None:
         for i in range(20):  # set in one burst, an hour ago
             budget_store.set_budget(f"owner{i}", "", 500)
         budget_store.budgets.update_many({}, {"$set": {"changed_us": clock.now_us() - 3_600_000_000}})
-        budgets = Budgets(budget_store, lambda job, kind: None, max_queued=1000)
+        budgets = Budgets(budget_store, lambda job, kind: None, QueueCap(store.jobs, 1000))
         budgets.check_submit("owner0", "", 1)
         budgets.stale()
         budgets.check_submit("owner0", "", 1)
@@ -440,9 +441,8 @@ def test_limits_are_re_read_only_after_they_change(mongo: MongoServer) -> None:
 
 
 def test_a_job_that_just_ended_frees_its_place_at_once(mongo: MongoServer, tmp_path: Path) -> None:
-    """A run's end gives its place back behind the run (in a window of ends
-    written together); a submit right after the end is still admitted, and
-    the owner's count shows the place back once the window is written."""
+    """A run's end gives its place back in the write of its outcome: a submit
+    right after the end is admitted, and the owner's count shows it."""
     server = ServerThread(replace(make_settings(mongo.uri, tmp_path), max_queued_per_owner=1)).start()
     try:
         with server.client("alice") as alice:
@@ -451,7 +451,7 @@ def test_a_job_that_just_ended_frees_its_place_at_once(mongo: MongoServer, tmp_p
                 for _ in alice.watch(job.id):
                     pass
                 assert completed(alice, job.id)
-            wait_for(lambda: alice.usage().queued_jobs == 0)
+            assert alice.usage().queued_jobs == 0
     finally:
         server.stop()
 
@@ -475,31 +475,13 @@ def test_a_repeated_request_at_the_cap_returns_the_earlier_job(mongo: MongoServe
         server.stop()
 
 
-def test_places_given_back_together_count_each_job_once(mongo: MongoServer) -> None:
-    """The written-behind returns give an owner's places back in one update;
-    a job already counted out (by the sweep, or twice) counts once."""
-    store = Store(mongo.uri, "places_together")
-    try:
-        slots = BudgetStore(store)
-        ids = [ObjectId() for _ in range(4)]
-        assert slots.reserve_slots("alice", ids, 10)
-        assert slots.release_places({"alice": ids[:2]}) == 2
-        assert slots.open_count("alice") == 2
-        assert slots.release_places({"alice": ids[1:3], "bob": []}) == 1  # ids[1] is out already
-        assert slots.release_places({"alice": ids + ids}) == 1
-        assert slots.open_count("alice") == 0
-    finally:
-        store.database.db.client.drop_database("places_together")
-        store.close()
-
-
 def test_costs_counted_behind_runs_count_once_and_settle_together(mongo: MongoServer) -> None:
     """A run's cost is in its month at once (the next admission reads it);
     its flag and marker are cleared behind the run, the flags in one command;
     a sweep before that adds nothing."""
     store = Store(mongo.uri, "spend_behind")
     try:
-        budgets = Budgets(BudgetStore(store), lambda doc, kind: None, 10)
+        budgets = Budgets(BudgetStore(store), lambda doc, kind: None, QueueCap(store.jobs, 10))
         ended = clock.now_us() - 20_000_000  # old enough for the sweep
         docs = [
             {"_id": ObjectId(), "owner": "alice", "mode": "TOPIC", "status": "COMPLETED", "ended_us": ended}
@@ -529,18 +511,15 @@ def test_costs_counted_behind_runs_count_once_and_settle_together(mongo: MongoSe
 def test_counted_flags_do_not_wait_out_an_outage() -> None:
     """A flag's clear that landed after another server's sweep read the flag
     would let that sweep count the cost again: while the database does not
-    answer, the flags are left to the sweep; the cap's places (safe to land
-    late) wait for it."""
+    answer, the flags are left to the sweep."""
     sent: list[dict[str, list[str]]] = []
 
     def down(batch: dict[str, list[str]]) -> int:
         sent.append(batch)
         raise pymongo.errors.AutoReconnect("the database is down")
 
-    flags = WrittenBehind(down, "counted costs' flags", "test-flags", 60.0, waits_out_outages=False)
-    places = WrittenBehind(down, "queued-jobs cap places", "test-places", 60.0)
-    for behind in (flags, places):
-        behind.add("alice", ["job"])
-        assert behind.flush() == 0
-    assert not flags.pending("alice") and places.pending("alice")
-    assert len(sent) == 2
+    flags = WrittenBehind(down, "counted costs' flags", "test-flags", 60.0)
+    flags.add("alice", ["job"])
+    assert flags.flush() == 0
+    assert flags.flush() == 0  # nothing is kept to send again
+    assert len(sent) == 1

@@ -134,7 +134,9 @@ def test_cancel_retry_rm_and_their_refusals(cli: Cli, alice: GenJobsClient) -> N
 
 
 def test_ops_dry_run_then_act(cli: Cli, alice: GenJobsClient) -> None:
-    alice.submit("topic", topic="blocker", extra={"demo_seconds": "60"})
+    blocker = alice.submit("topic", topic="blocker", extra={"demo_seconds": "60"})
+    # Started before the others are queued: a busy machine could leave it queued too.
+    wait_for(lambda: alice.get(blocker.id).status == jobs_pb2.JOB_STATUS_PROCESSING, timeout=30)
     queued = [alice.submit("topic", topic=f"q{i}").id for i in range(3)]
     preview = cli("ops", "cancel-queued", "--dry-run").stdout
     assert "would cancel 3 jobs" in preview

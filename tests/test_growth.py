@@ -24,6 +24,7 @@ from genjobs.server.model.caller import Caller
 from genjobs.server.model.channels import CHANNELS
 from genjobs.server.notify.quota import MailQuota
 from genjobs.server.services.budgets import Budgets
+from genjobs.server.services.queue_cap import QueueCap
 from genjobs.server.storage.archive import Retention
 from genjobs.server.storage.budgets import BudgetStore
 from genjobs.server.storage.database import Database
@@ -339,7 +340,7 @@ def test_budget_queries_search_an_index(grown: tuple[Store, Recorder]) -> None:
     for i in range(50):
         budget_store.set_budget(f"capped{i}", "", 500)
     budget_store.set_budget("big", "", 500)
-    budgets = Budgets(budget_store, lambda job, kind: None, max_queued=1000)
+    budgets = Budgets(budget_store, lambda job, kind: None, QueueCap(store.jobs, 1000))
     big_queued = store.database.jobs.find_one({"owner": "big", "status": "QUEUED"})
     assert big_queued is not None
 

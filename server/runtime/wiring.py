@@ -48,6 +48,7 @@ from genjobs.server.services.events import EventHub
 from genjobs.server.services.intake import Intake
 from genjobs.server.services.jobs import Jobs, Wakeable
 from genjobs.server.services.progress import ExternalProgress
+from genjobs.server.services.queue_cap import QueueCap
 from genjobs.server.services.schedules import Schedules
 from genjobs.server.services.templates import Templates
 from genjobs.server.storage.budgets import BudgetStore
@@ -124,7 +125,8 @@ def build(
     templates = Templates(
         schedule_store, convert, settings.max_templates_per_owner, settings.max_template_bytes
     )
-    budgets = Budgets(BudgetStore(store), record, settings.max_queued_per_owner)
+    cap = QueueCap(store.jobs, settings.max_queued_per_owner)
+    budgets = Budgets(BudgetStore(store), record, cap)
     jobs = Jobs(
         store,
         hub,
@@ -133,10 +135,11 @@ def build(
         settings.max_attempts,
         dispatcher=LaterDispatcher(lambda: dispatcher),
         limits=budgets,
+        cap=cap,
         tiers=tiers,
         notify_channels=notifier.channels,
-        # In this order: a bulk job's counts, the job's notification, its spend.
-        on_change=[item_changed, job_notifications.job_changed, budgets.job_changed],
+        # In this order: a bulk job's counts, the job's notification, its spend, its place.
+        on_change=[item_changed, job_notifications.job_changed, budgets.job_changed, cap.ended],
         waiting=gate.waiting_reason,
     )
     bulks = Bulks(store, hub, jobs, job_notifications)

@@ -1,5 +1,5 @@
-"""Budgets and quotas: monthly spending limits per owner and per project, and
-the cap on an owner's queued jobs.
+"""Budgets: monthly spending limits per owner and per project (the cap on an
+owner's queued jobs is queue_cap.py's).
 
 - Spend is the sum of completed jobs' `cost_cents` in the calendar month
   (UTC); completed jobs whose cost is unknown are counted apart, by the same
@@ -11,20 +11,10 @@ the cap on an owner's queued jobs.
   nothing costs no write.
 - A submit (SubmitJob, CreateBulkJob, RetryJob) is refused with
   RESOURCE_EXHAUSTED and a QuotaFailure when the owner, or the project it
-  names, is at or over a limit, or when the owner's open jobs would pass
-  GENJOBS_MAX_QUEUED_PER_OWNER. The limits are checked from memory: the
+  names, is at or over a limit. The limits are checked from memory: the
   budgets are read in whole once, then what changed is re-read at most every
-  CACHE_SECONDS; an owner's spend every SPEND_CACHE_SECONDS.
-- The cap counts an owner's open jobs: admitted and not yet final (queued in
-  any lane, or running). Each admission takes its places with one
-  conditional write (`reserve`, see storage/budgets.py's `queue_slots`) before
-  the jobs are stored, and gives back those it did not store; a job's end
-  (`job_changed`) gives its place back. So the cap holds under any
-  concurrency, on one server or across replicas, and the dispatcher's claim
-  costs nothing more (running jobs stay counted until they end). A server
-  that stops between the two writes leaves a place taken: the leader's
-  sweep (`recover`) gives back the places of jobs that ended, and of jobs
-  never stored after SLOT_GRACE_US.
+  CACHE_SECONDS; an owner's spend every SPEND_CACHE_SECONDS. (The cap on an
+  owner's open jobs is queue_cap.py's.)
 - The dispatcher asks `admit(job)` before running a claimed job. When a
   limit binds, the job goes back to the queue in the budget lane with a
   `wait_reason`, and so do the owner's (project's) other ready jobs, in one
@@ -43,15 +33,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bson import ObjectId
-from pymongo.errors import PyMongoError
-
 from genjobs.server.model import clock
 from genjobs.server.model.caller import Caller, subject_problem
 from genjobs.server.model.errors import FieldViolation, ServiceError, admins_only, invalid, quota_exceeded
 from genjobs.server.model.records import Budget, Job, MonthSpend, Spend
-from genjobs.server.model.states import FINAL, Status
+from genjobs.server.model.states import Status
 from genjobs.server.services import validation
+from genjobs.server.services.queue_cap import QueueCap
 from genjobs.server.services.written_behind import RUN_PATH, WrittenBehind
 from genjobs.server.storage.budgets import (
     BudgetStore,
@@ -66,9 +54,6 @@ log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 1.5  # how old the budgets read on the submit path may be
 SPEND_CACHE_SECONDS = 1.0  # how old an owner's spend read on the submit path may be
-# A place reserved this long ago for a job that is not stored was left by a
-# server that stopped before its insert (an insert gives up within seconds).
-SLOT_GRACE_US = 60_000_000
 # How long a job may stay completed with its cost uncounted before the sweep
 # counts it (a live server counts it at once).
 SWEEP_DELAY_US = 10_000_000
@@ -77,11 +62,10 @@ MAX_CACHED_OWNERS = 4096  # beyond this many, the caches drop their expired entr
 # last read began: a replica whose clock is behind by less still gets seen.
 CHANGE_MARGIN_US = 60_000_000
 
-# The threads that write behind the runs: named for the dispatcher, whose commands they are.
-RETURNS_THREAD, FLAGS_THREAD = "dispatcher-place-returns", "dispatcher-spend-flags"
+# The thread that writes behind the runs: named for the dispatcher, whose commands they are.
+FLAGS_THREAD = "dispatcher-spend-flags"
 
 EventSink = Callable[[Doc, str], None]
-FINAL_STATUSES = {str(s) for s in FINAL}
 
 
 @dataclass(frozen=True)
@@ -131,73 +115,34 @@ class Usage:
 class Budgets:
     """The budget rules: spend accounting, submit checks, admission and release."""
 
-    def __init__(self, store: BudgetStore, record: EventSink, max_queued: int) -> None:
+    def __init__(self, store: BudgetStore, record: EventSink, cap: QueueCap) -> None:
         self.store = store
         self.record = record
-        self.max_queued = max_queued
+        self.cap = cap  # the queued-jobs cap: GetUsage counts it, a submit's check asks it
         self._lock = threading.Lock()
         self._budgets: dict[str, Budget] = {}  # by budget_key
         self._loaded = -1e9  # monotonic time of the last read of what changed
         self._last_read_us: int | None = None  # clock time the last read began; None: nothing read yet
         self._spend: dict[str, tuple[float, MonthSpend]] = {}  # usage key -> (read at, spend)
-        # Written behind the dispatcher's runs (services/written_behind.py):
-        # the places their ends give back, and their counted costs' flags.
-        self.returns = WrittenBehind(store.release_places, "queued-jobs cap places", RETURNS_THREAD)
-        self.counted = WrittenBehind(
-            store.spend_counted_many, "counted costs' flags", FLAGS_THREAD, waits_out_outages=False
-        )
+        # Written behind the dispatcher's runs (services/written_behind.py): their counted costs' flags.
+        self.counted = WrittenBehind(store.spend_counted_many, "counted costs' flags", FLAGS_THREAD)
 
     # ---- spend ------------------------------------------------------------
 
     def job_changed(self, job: Job, kind: str) -> None:
-        """A job changed here: count its cost if it just completed with one; give
-        its place under the queued-jobs cap back once it is final."""
-        if kind != STATUS_CHANGED or not job.final:
-            return
-        behind = RUN_PATH.get()
-        if behind:
-            self.returns.add(job.owner, [ObjectId(job.id)])
-        else:
-            self.unreserve(job.owner, [ObjectId(job.id)])
-        if job.spend_pending and job.status == Status.COMPLETED:
-            self._count(job.spend, behind)
+        """A job changed here: count its cost if it just completed with one."""
+        if kind == STATUS_CHANGED and job.spend_pending and job.status == Status.COMPLETED:
+            self._count(job.spend, RUN_PATH.get())
 
     def close(self) -> None:
         """Write what is pending behind the runs (the server is stopping)."""
-        self.returns.closing()  # both threads finish together, not one after the other
         self.counted.close()
-        self.returns.close()
 
     def recover(self) -> None:
         """Count the cost of jobs completed on a server that stopped before it
-        counted them, and give back the places such a server left taken. The
-        dispatcher's leader runs it once a sweep."""
+        counted them. The dispatcher's leader runs it once a sweep."""
         for job in self.store.uncounted_jobs(clock.now_us() - SWEEP_DELAY_US):
             self._count(job)
-        self.repair_slots()
-
-    def repair_slots(self) -> int:
-        """Give back the places of jobs that are final or (reserved over
-        SLOT_GRACE_US ago) not stored; how many. Reads the counters of owners
-        with open jobs, and those jobs' statuses by `_id`."""
-        old_us = clock.now_us() - SLOT_GRACE_US
-        freed = 0
-        for doc in self.store.slot_owners():
-            markers: dict[str, Any] = doc.get("open") or {}
-            ids = list(markers)
-            statuses: dict[str, str] = {}
-            for start in range(0, len(ids), 500):
-                statuses.update(self.store.open_statuses(ids[start : start + 500]))
-            gone = [
-                ObjectId(i)
-                for i, at in markers.items()
-                if statuses.get(i) in FINAL_STATUSES or (i not in statuses and int(at) < old_us)
-            ]
-            if gone:
-                released = self.store.release_slots(str(doc["_id"]), gone)
-                freed += released
-                log.warning("queued-jobs cap: %d places of %s given back by the sweep", released, doc["_id"])
-        return freed
 
     def _count(self, job: Spend, behind: bool = False) -> None:
         """Add a completed job's cost to its month (before the lane's next claim:
@@ -222,12 +167,11 @@ class Budgets:
         """Refuse (RESOURCE_EXHAUSTED, QuotaFailure) `count` new jobs of `owner`
         in `project` when a limit is spent, or what is left of it is less than
         `cents` (their low estimate), or they could never fit under the cap.
-        The cap itself is `reserve`'s."""
+        The cap itself is taken by their inserts (queue_cap.py)."""
         for limit in self._limits(owner, project, SPEND_CACHE_SECONDS):
             if limit.exhausted or limit.short_of(cents):
                 raise budget_refusal(limit, cents)
-        if count > self.max_queued:
-            raise queue_refusal(owner, self.max_queued, count)
+        self.cap.check_count(owner, count)
 
     def _passes_from_memory(self, owner: str, project: str, count: int, cents: int = 0) -> bool:
         """True when the caches alone show the limits pass (no query needed)."""
@@ -242,33 +186,7 @@ class Budgets:
                 limit = _limit(doc, cached[1])
                 if limit.exhausted or limit.short_of(cents):
                     return False
-            return count <= self.max_queued
-
-    def reserve(self, owner: str, ids: list[ObjectId], tried: bool = False) -> None:
-        """Take places under the queued-jobs cap for new jobs `ids` of `owner`
-        (before they are stored), or refuse them all (RESOURCE_EXHAUSTED).
-        `tried`: the first write was sent already, from the event loop."""
-        if self.store.reserve_slots(owner, ids, self.max_queued, tried):
-            return
-        # Full, unless the places of runs that ended here wait to be given back.
-        if not (self.returns.pending(owner) and self.returns.flush()):
-            raise queue_refusal(owner, self.max_queued, len(ids))
-        if not self.store.reserve_slots(owner, ids, self.max_queued):
-            raise queue_refusal(owner, self.max_queued, len(ids))
-
-    async def reserve_async(self, owner: str, ids: list[ObjectId]) -> None:
-        """`reserve` from the event loop: one write sent from the loop when there
-        is room, else `reserve` on a thread (the full cap, an owner's first job)."""
-        if not await self.store.reserve_slots_async(owner, ids, self.max_queued):
-            await asyncio.to_thread(self.reserve, owner, ids, True)
-
-    def unreserve(self, owner: str, ids: list[ObjectId]) -> None:
-        """Give back the places of jobs that ended, or were surely not stored (a
-        repeated request key); a database error leaves them to the sweep."""
-        try:
-            self.store.release_slots(owner, ids)
-        except PyMongoError as exc:
-            log.warning("queued-jobs cap: %d places of %s left to the sweep (%s)", len(ids), owner, exc)
+            return count <= self.cap.cap
 
     # ---- the dispatcher -----------------------------------------------------
 
@@ -350,16 +268,14 @@ class Budgets:
         budgets = self.store.owner_budgets(owner)
         limits = [_limit(budget, spend) for budget in budgets if budget.limit_cents > 0]
         projects = list(spend.projects.items())
-        if self.returns.pending(owner):  # the places of runs that just ended here count out first
-            self.returns.flush()
         return Usage(
             owner=owner,
             month=month,
             spent_cents=spend.spent_cents,
             projects=sorted(projects, key=lambda p: (-p[1], p[0])),
             limits=sorted(limits, key=lambda limit: (limit.project != "", limit.project)),
-            queued=self.store.open_count(owner),
-            max_queued=self.max_queued,
+            queued=self.cap.open_count(owner),
+            max_queued=self.cap.cap,
             cost_unknown_jobs=spend.cost_unknown_jobs,
         )
 
@@ -455,17 +371,4 @@ def budget_refusal(limit: Limit, cents: int = 0) -> ServiceError:
             "spent_cents": str(limit.spent_cents),
             **({"estimate_low_cents": str(cents)} if cents else {}),
         },
-    )
-
-
-def queue_refusal(owner: str, cap: int, count: int) -> ServiceError:
-    """RESOURCE_EXHAUSTED: `count` more queued jobs would pass the cap."""
-    more = "a job" if count == 1 else f"{count} jobs"
-    return quota_exceeded(
-        "QUEUED_JOBS_LIMIT",
-        f"owner:{owner}",
-        f"queueing {more} more would pass the limit of {cap} queued jobs per owner"
-        " (GENJOBS_MAX_QUEUED_PER_OWNER; running jobs count until they end):"
-        " wait for some to end, or cancel some",
-        {"owner": owner, "max_queued_jobs": str(cap)},
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -36,6 +37,8 @@ from genjobs.server.storage.paging import Page, bulk_item_key, submission_key
 from genjobs.server.storage.queue import BACKOFF, HELD, READY, SCHEDULED
 from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import context, metrics
+
+log = logging.getLogger(__name__)
 
 # Bulk event kinds (BulkJobEventType without its prefix); STATUS_CHANGED is the store's.
 SNAPSHOT, ITEM_CHANGED, COMPLETED = "SNAPSHOT", "ITEM_CHANGED", "COMPLETED"
@@ -230,24 +233,34 @@ class Bulks:
         trace = context.trace_fields()  # each item's attempts link to this call
         for doc in docs:
             doc.update(trace)
+        opened: list[tuple[Doc, bool]] = []  # (the bulk job stored, whether this call made it)
+
+        def insert(items: list[Doc]) -> None:
+            if not opened:
+                opened.append(self.store.bulks.insert_bulk(bulk, items))
+            self.store.bulks.insert_items(items)
+
         try:
             self.jobs.limits.check_submit(caller.user, project, len(items), estimate_cents)
             if validate_only:
                 return summarize(bulk, docs)
-            self.jobs.limits.reserve(caller.user, [doc["_id"] for doc in docs])
+            self.jobs.cap.store(caller.user, docs, insert)
         except ServiceError:
+            if opened and opened[0][1]:
+                # Stored in part, when another replica's submits took some of its places.
+                self._withdraw(opened[0][0], docs)
+                raise
             # A repeat of a stored request is answered, not refused (see Jobs.submit).
             keyed = request_id or origin.keyed
             earlier = self.store.bulks.repeated(bulk) if keyed else None
             if earlier is None:
                 raise
             return summarize(earlier, self.store.bulks.bulk_items([str(earlier["_id"])]))
-        stored, created = self.store.bulks.insert_bulk(bulk, docs)
+        stored, created = opened[0]
         if not created:
-            # A repeat: the items the first call stored hold their places; of
-            # ours, only those that filled in what it left unstored keep theirs.
+            # A repeat: the items the first call stored hold their places; ours were not stored.
             kept = self.store.jobs.stored_ids([doc["_id"] for doc in docs])
-            self.jobs.limits.unreserve(caller.user, [doc["_id"] for doc in docs if doc["_id"] not in kept])
+            self.jobs.cap.unplaced(caller.user, [doc["_id"] for doc in docs if doc["_id"] not in kept])
         if created:
             metrics.job_submitted(mode, len(docs))
             for doc in docs:
@@ -256,6 +269,16 @@ class Bulks:
         return summarize(
             stored, self.store.bulks.bulk_items([str(stored["_id"])]) if stored is not bulk else docs
         )
+
+    def _withdraw(self, bulk: Doc, items: list[Doc]) -> None:
+        """Remove a bulk job the cap refused after it was stored in part (its
+        items not started yet; the bulk job itself if none was)."""
+        ids = [doc["_id"] for doc in items]
+        self.jobs.cap.unplaced(bulk["owner"], ids)  # the next read tells the started ones
+        if not self.store.bulks.withdraw(bulk["_id"], ids):
+            log.warning(
+                "bulk job %s refused by the cap, but some of its items had started: kept", bulk["_id"]
+            )
 
     def get(self, caller: Caller, bulk_id: str) -> BulkView:
         """One bulk job with counts and items."""

@@ -27,6 +27,7 @@ from genjobs.server.model.vocabulary import Lane, Mode, Priority
 from genjobs.server.services import entitlement, validation
 from genjobs.server.services.entitlement import Tiers
 from genjobs.server.services.events import Event, EventHub, owner_key
+from genjobs.server.services.queue_cap import QueueCap
 from genjobs.server.services.written_behind import RUN_PATH
 from genjobs.server.storage import records
 from genjobs.server.storage.database import Doc
@@ -79,18 +80,6 @@ class SubmitLimits(Protocol):
         """The same, from a thread."""
         return None
 
-    def reserve(self, owner: str, ids: list[Any]) -> None:
-        """Take places under the queued-jobs cap for new jobs, or refuse them."""
-        return None
-
-    async def reserve_async(self, owner: str, ids: list[Any]) -> None:
-        """The same, from the event loop."""
-        return None
-
-    def unreserve(self, owner: str, ids: list[Any]) -> None:
-        """Give back the places of jobs that were not stored."""
-        return None
-
 
 @dataclass(frozen=True)
 class JobStats:
@@ -128,6 +117,7 @@ class Jobs:
         *,
         dispatcher: Wakeable,
         limits: SubmitLimits,
+        cap: QueueCap,
         tiers: Tiers,
         notify_channels: Iterable[str],
         on_change: Sequence[Callable[[Job, str], None]],
@@ -141,7 +131,8 @@ class Jobs:
         self.worker_id = worker_id
         self.default_max_attempts = default_max_attempts
         self.dispatcher = dispatcher
-        self.limits = limits  # budgets and the queued-jobs cap
+        self.limits = limits  # budgets
+        self.cap = cap  # the queued-jobs cap: a new job's place
         self.tiers = tiers  # owners' stored tiers (PRIORITY_HIGH)
         # The channels this server has a sender for (mail needs GENJOBS_SMTP_URL);
         # a channel that always has one is never refused.
@@ -278,7 +269,9 @@ class Jobs:
             await self.limits.check_submit_async(caller.user, project, 1, estimate_cents)
             if validate_only:
                 return records.job(doc)
-            await self.limits.reserve_async(caller.user, [doc["_id"]])
+            job, created = await self.cap.store_async(
+                caller.user, [doc], lambda docs: self.store.jobs.submit_job(docs[0])
+            )
         except ServiceError:
             # A repeat of a stored request is answered, not refused: the limit
             # counted that job already (a client's retry, a schedule's tick again).
@@ -287,17 +280,15 @@ class Jobs:
             if earlier is None:
                 raise
             return records.job(earlier)
-        # A failed insert keeps its place until the sweep: it may have been stored.
-        stored, created = await self.store.jobs.submit_job(doc)
         if not created:  # a repeated request: the earlier job holds its own place
-            await asyncio.to_thread(self.limits.unreserve, caller.user, [doc["_id"]])
+            self.cap.unplaced(caller.user, [doc["_id"]])
         if created:
             metrics.job_submitted(mode)
             # Sequence 1 is the job as submitted: watchers start from its
             # snapshot, so it needs no stored event (SubmitJob stays one write).
-            self.offer(stored)
-            self.announce(stored)
-        return records.job(stored)  # SubmitJob's one conversion (its answer)
+            self.offer(job)
+            self.announce(job)
+        return records.job(job)  # SubmitJob's one conversion (its answer)
 
     def offer(self, doc: Doc) -> None:
         """Hand a job that is in the ready lane to this server's dispatcher (no query)."""
@@ -360,16 +351,15 @@ class Jobs:
         try:
             # A retry queues a job like a submit: the same limits and cap.
             self.limits.check_submit(doc["owner"], doc["project"], 1)
-            self.limits.reserve(doc["owner"], [doc["_id"]])
+            stored = self.cap.store(doc["owner"], [doc], lambda docs: self.store.jobs.store_retry(docs[0]))
         except ServiceError:
             earlier = self.store.jobs.repeated(doc)  # a retry always has a request key
             if earlier is None:
                 raise
             return records.job(earlier)
-        new_id = doc["_id"]
-        doc = self.store.jobs.store_retry(doc)
+        new_id, doc = doc["_id"], stored
         if doc["_id"] != new_id:  # a repeat: the earlier retry holds its own place
-            self.limits.unreserve(doc["owner"], [new_id])
+            self.cap.unplaced(doc["owner"], [new_id])
         self.offer(doc)
         self.publish(doc, STATUS_CHANGED)
         return records.job(doc)

@@ -1,20 +1,15 @@
 """Writes that follow a dispatcher run's end, sent behind it in batches.
 
 A run's end is followed by bookkeeping writes that need not stand between
-it and the lane's next claim: its place under the queued-jobs cap given
-back (`BudgetStore.release_places`), and, once its cost is counted, its
-`spend_pending` flag and its counting marker cleared
-(`BudgetStore.spend_counted_many`). On the run's path each was one more
-command per job before the next claim; here the ends of a short window are
-written together, a command or two for every owner, by a thread of their
-own. Each write is idempotent, and a server that stops before it leaves
-the work to the leader's sweep, as a crash right after a job's end always
-did. The flags do not wait out a database outage: a clear that lands after
-another server's sweep read the flag would let that sweep count the cost
-again (the places' writes are safe to land late, so they wait). Until the
-write, an owner's queued-jobs count is higher by the jobs that ended in the
-window: a submit the cap would refuse here first sends what is pending
-(`flush`) and tries again.
+it and the lane's next claim: once its cost is counted, its `spend_pending`
+flag and its counting marker cleared (`BudgetStore.spend_counted_many`). On
+the run's path that was two more commands per job before the next claim;
+here the ends of a short window are written together, a command or two for
+every owner, by a thread of its own. Each write is idempotent, and a server
+that stops before it leaves the work to the leader's sweep, as a crash right
+after a job's end always did. The writes do not wait out a database outage:
+a flag's clear that lands after another server's sweep read the flag would
+let that sweep count the cost again.
 """
 
 from __future__ import annotations
@@ -35,7 +30,7 @@ log = logging.getLogger(__name__)
 # their ends' bookkeeping is written here, not by writes in the run's path.
 RUN_PATH: ContextVar[bool] = ContextVar("run_path", default=False)
 
-# Ends gathered into one write: nx-27017 rewrites a counter, markers and all, per write.
+# Ends gathered into one write: nx-27017 rewrites a month's usage document, markers and all, per write.
 WINDOW_SECONDS = 0.25
 
 Item = TypeVar("Item")
@@ -51,13 +46,9 @@ class WrittenBehind(Generic[Item]):
         what: str,
         thread: str,
         window_seconds: float = WINDOW_SECONDS,
-        waits_out_outages: bool = True,
     ) -> None:
         self.write = write
-        self.what = what  # for the log: "queued-jobs cap places"
-        # False: while the database does not answer, items go to the sweep at
-        # once (a write that lands late may cross the sweep's own).
-        self.waits_out_outages = waits_out_outages
+        self.what = what  # for the log: "counted costs' flags"
         self.thread_name = thread  # named for the dispatcher: its commands are the runs'
         self.window_seconds = window_seconds
         self._pending: dict[str, list[Item]] = {}
@@ -75,15 +66,9 @@ class WrittenBehind(Generic[Item]):
                 self._thread.start()
         self._due.set()
 
-    def pending(self, owner: str) -> bool:
-        """Whether items of `owner` wait to be written."""
-        with self._lock:
-            return owner in self._pending
-
     def flush(self) -> int:
-        """Write every pending item now; how many were written. While the
-        database does not answer they wait for the next window (its outage is
-        logged once, elsewhere); another error leaves them to the leader's sweep."""
+        """Write every pending item now; how many were written. An error leaves
+        them to the leader's sweep."""
         with self._lock:
             batch, self._pending = self._pending, {}
         if not batch:
@@ -92,26 +77,16 @@ class WrittenBehind(Generic[Item]):
             return self.write(batch)
         except PyMongoError as exc:
             down = unreachable(exc)
-            if down and self.waits_out_outages and not self._closed.is_set():
-                with self._lock:
-                    for owner, items in batch.items():
-                        self._pending.setdefault(owner, []).extend(items)
-                self._due.set()
-                return 0
             count = sum(map(len, batch.values()))
             # An outage is logged once, elsewhere: what it leaves to the sweep is a detail.
             level = logging.INFO if down else logging.WARNING
             log.log(level, "%s: %d left to the sweep (%s)", self.what, count, exc)
             return 0
 
-    def closing(self) -> None:
-        """Stop gathering: the thread writes what is pending and ends (`close` waits for it)."""
-        self._closed.set()
-        self._due.set()
-
     def close(self) -> None:
         """Write what is pending and stop the thread."""
-        self.closing()
+        self._closed.set()
+        self._due.set()
         if self._thread is not None:
             self._thread.join(5.0)
         self.flush()

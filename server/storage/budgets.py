@@ -16,16 +16,6 @@ and the few job queries the budget rules need.
   job in `counted`, so adding it twice adds it once; the marker goes once
   the job's `spend_pending` flag is cleared. Reading an owner's spend is one
   find by `_id`, however long the history.
-- `queue_slots`: one document per owner, `_id` = owner: `queued`, how many of
-  the owner's jobs are open (admitted and not yet final: queued, waiting in
-  any lane, or running), and `open`, a marker per such job (its id -> when
-  it was admitted). The cap is one conditional write per admission:
-  `{_id: owner, queued: {$lte: cap - n}}` gets `$inc queued n` and the n
-  markers, so no two admissions, on any replicas, pass the cap together. A
-  job's end removes its marker and counts it out in one conditional update
-  (`{_id, open.<id>: {$exists}}`): done twice, it counts once. What a crash
-  leaves (a marker whose job ended, or was never stored) the leader's sweep
-  removes (`stale_slots`, `open_statuses`). The claim writes nothing here.
 - On jobs: `spend_pending` (set by the completion write of a job that cost
   something) with a single-field index, so the recovery sweep is an index
   search of the few jobs not yet counted; the moves in and out of the
@@ -35,7 +25,6 @@ and the few job queries the budget rules need.
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import pymongo
@@ -87,8 +76,6 @@ class BudgetStore:
         self.jobs = store.database.jobs
         self.budgets: Collection[Doc] = store.database.db["budgets"]
         self.usage: Collection[Doc] = store.database.db["usage"]
-        self.slots: Collection[Doc] = store.database.db["queue_slots"]
-        self.loop_slots = store.database.loop_client.collection("queue_slots")
         self.queue = store.queue
         self.bulks = store.bulks
         self.job_store = store.jobs
@@ -98,7 +85,6 @@ class BudgetStore:
         self.budgets.create_index([("owner", 1)])  # GetUsage: an owner's limits
         self.budgets.create_index([("changed_us", 1)])  # what changed since a server's last read
         self.jobs.create_index([("spend_pending", 1)])  # spend a crash left uncounted
-        self.slots.create_index([("queued", 1)])  # the sweep: owners with open jobs
 
     # ---- budgets ----------------------------------------------------------
 
@@ -235,95 +221,6 @@ class BudgetStore:
             for d in cursor.limit(limit)
         ]
 
-    # ---- the queue --------------------------------------------------------
-
-    async def reserve_slots_async(self, owner: str, ids: list[ObjectId], cap: int) -> bool:
-        """`reserve_slots`' first try, sent from the event loop: True when the
-        places were taken; False when the owner's counter is full or not made
-        yet (then `reserve_slots` decides)."""
-        fits, update = _reservation(owner, ids, cap)
-        return (await self.loop_slots.update_one(fits, update)).modified_count == 1
-
-    def reserve_slots(self, owner: str, ids: list[ObjectId], cap: int, tried: bool = False) -> bool:
-        """Count `ids` (new jobs, not yet stored) among `owner`'s open jobs if
-        that leaves at most `cap` of them: one conditional update. False: no room.
-        `tried`: that update was just sent and did not apply (`reserve_slots_async`)."""
-        fits, update = _reservation(owner, ids, cap)
-        for attempt in range(3):
-            sent = tried and attempt == 0  # then not sent again: why it did not apply is read below
-            if not sent and self.slots.find_one_and_update(fits, update, projection={"_id": 1}) is not None:
-                return True
-            counter = self.slots.find_one({"_id": owner}, {"queued": 1})
-            if counter is not None:
-                if int(counter["queued"]) > cap - len(ids):
-                    return False  # full
-                continue  # made by a concurrent first admission after our write: try again
-            # The owner's first admission (or the first since this counter
-            # existed): it starts from the jobs they have open now.
-            opened = self.open_jobs(owner)
-            with contextlib.suppress(DuplicateKeyError):  # another admission started it first
-                markers = {str(oid): clock.now_us() for oid in opened}
-                self.slots.insert_one({"_id": owner, "queued": len(opened), "open": markers})
-        return False
-
-    def release_slots(self, owner: str, ids: list[ObjectId]) -> int:
-        """Count these jobs out of `owner`'s open jobs (they ended, or were never
-        stored): see `release_places`. How many were counted out."""
-        return self.release_places({owner: ids})
-
-    def release_places(self, by_owner: dict[str, list[ObjectId]]) -> int:
-        """Count these jobs out of their owners' open jobs; each counts once
-        however often it is released. How many were counted out.
-
-        One conditional update per owner for all of that owner's jobs at once
-        (nx-27017 reads and rewrites the whole counter, markers and all, once
-        per update: with a long queue that is most of the cost). An owner one
-        of whose jobs was counted out already matches nothing there, and gets
-        one conditional update per job instead, in one command."""
-        counted = 0
-        for owner, listed in by_owner.items():
-            ids = list(dict.fromkeys(listed))
-            if not ids:
-                continue
-            together = self.slots.update_one(
-                {"_id": owner, **{f"open.{oid}": {"$exists": True} for oid in ids}},
-                {"$inc": {"queued": -len(ids)}, "$unset": {f"open.{oid}": "" for oid in ids}},
-            )
-            if together.modified_count:
-                counted += len(ids)
-                continue
-            writes = [
-                pymongo.UpdateOne(
-                    {"_id": owner, f"open.{oid}": {"$exists": True}},
-                    {"$inc": {"queued": -1}, "$unset": {f"open.{oid}": ""}},
-                )
-                for oid in ids
-            ]
-            counted += self.slots.bulk_write(writes, ordered=False).modified_count
-        return counted
-
-    def open_count(self, owner: str) -> int:
-        """How many open jobs the cap counts for `owner` (GetUsage): one read by `_id`."""
-        doc = self.slots.find_one({"_id": owner}, {"queued": 1})
-        return int(doc["queued"]) if doc else len(self.open_jobs(owner))
-
-    def open_jobs(self, owner: str) -> list[ObjectId]:
-        """`owner`'s queued and running jobs, through the (owner, status, ck) index."""
-        return [
-            row["_id"]
-            for status in (Status.QUEUED, Status.PROCESSING)  # one equality each: `$in` would scan
-            for row in self.jobs.find({"owner": owner, "status": str(status)}, {"_id": 1})
-        ]
-
-    def slot_owners(self, limit: int = 1000) -> list[Doc]:
-        """The counters of owners with open jobs, their markers with them (the sweep)."""
-        return list(self.slots.find({"queued": {"$gt": 0}}).limit(limit))
-
-    def open_statuses(self, ids: list[str]) -> dict[str, str]:
-        """The status of each of these jobs still stored, by id (one search of `_id`)."""
-        oids = [ObjectId(i) for i in ids if ObjectId.is_valid(i)]
-        return {str(d["_id"]): d["status"] for d in self.jobs.find({"_id": {"$in": oids}}, {"status": 1})}
-
     def hold_ready(self, owner: str, project: str | None, reason: str) -> int:
         """Move `owner`'s ready jobs (of `project` only, when given) to the
         budget lane, saying why. How many moved."""
@@ -373,11 +270,3 @@ def _budget(doc: Doc) -> Budget:
         holding=bool(doc.get("holding", False)),
         hold_seq=int(doc.get("hold_seq", 0)),
     )
-
-
-def _reservation(owner: str, ids: list[ObjectId], cap: int) -> tuple[Doc, Doc]:
-    """The conditional update that takes places for `ids` under `owner`'s cap:
-    (filter, update)."""
-    now_us = clock.now_us()
-    update = {"$inc": {"queued": len(ids)}, "$set": {f"open.{oid}": now_us for oid in ids}}
-    return {"_id": owner, "queued": {"$lte": cap - len(ids)}}, update

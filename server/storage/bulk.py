@@ -16,6 +16,7 @@ from genjobs.server.model.errors import not_found, wrong_status
 from genjobs.server.model.states import BULK_REFUSAL_REASON, BulkAction, BulkStatus, Status, bulk_allowed
 from genjobs.server.storage.database import Database, Doc, one_of, owned, raise_error
 from genjobs.server.storage.paging import Page, bulk_item_key, keyset_page, parse_id
+from genjobs.server.storage.places import PlaceTaken, is_place_taken
 from genjobs.server.storage.queue import HELD, READY, SCHEDULED, QueueStore
 
 # What versions before issue 28 called PENDING_FLAG on bulk jobs (renamed at start).
@@ -81,9 +82,10 @@ class BulkStore:
         return HELD if bulk is not None and bulk["status"] == str(BulkStatus.PAUSED) else READY
 
     def insert_bulk(self, bulk: Doc, items: list[Doc]) -> tuple[Doc, bool]:
-        """Store a bulk job and its items in two round trips; a repeated request
-        key returns the earlier bulk job (completing its items if a crash cut
-        the first call short)."""
+        """Store a bulk job, before its items (`insert_items`): (the bulk job,
+        whether it is new). A repeated request key returns the earlier bulk
+        job, and `items` are given its keys, so that storing them completes
+        what a crash may have cut short in the first call."""
         try:
             self.bulk_jobs.insert_one(bulk)
             created = True
@@ -95,13 +97,31 @@ class BulkStore:
             for item in items:
                 item["bulk_job_id"] = str(bulk["_id"])
                 item["request_key"] = bulk_item_key(bulk["owner"], bulk["_id"], item["queue_position"])
+        return bulk, created
+
+    def insert_items(self, items: list[Doc]) -> None:
+        """Store bulk items (one command); PlaceTaken with those another job
+        took the place of meanwhile (the others are stored). Items stored
+        before (a repeated request) are skipped by their unique key."""
         try:
             self.jobs.insert_many(items, ordered=False)
         except pymongo.errors.BulkWriteError as exc:
-            # Items already stored by the first call are skipped by their unique key.
-            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != 11000 for e in errors):
                 raise
-        return bulk, created
+            taken = [items[e["index"]] for e in errors if is_place_taken(e)]
+            if taken:
+                raise PlaceTaken(taken) from None
+
+    def withdraw(self, bulk_oid: ObjectId, item_ids: list[ObjectId]) -> bool:
+        """Remove a bulk job just created and refused after all (the cap had no
+        room for the rest of its items): its items not claimed yet, then the
+        bulk job itself if none of them was. Whether it is gone."""
+        self.jobs.delete_many({"_id": {"$in": item_ids}, "epoch": 0})
+        if self.jobs.find_one({"bulk_job_id": str(bulk_oid)}, {"_id": 1}):
+            return False
+        self.bulk_jobs.delete_one({"_id": bulk_oid})
+        return True
 
     def get_bulk(self, owner: str | None, bulk_id: str) -> Doc:
         """One bulk job; another user's is NOT_FOUND."""

@@ -37,6 +37,14 @@ from genjobs.server.storage.paging import (
     request_key,
     submission_key,
 )
+from genjobs.server.storage.places import (
+    PLACE,
+    PlaceTaken,
+    duplicate_index,
+    is_place_taken,
+    place_number,
+    state_update,
+)
 from genjobs.server.storage.queue import NONE, READY, SCHEDULED
 
 
@@ -82,6 +90,7 @@ class JobStore:
         jobs.create_index([("owner", 1), ("ck", 1)])  # ListJobs, bulk operations
         jobs.create_index([("owner", 1), ("status", 1), ("ck", 1)])  # ListJobs by status
         jobs.create_index([("request_key", 1)], unique=True)  # idempotent submit and retry
+        jobs.create_index([(PLACE, 1)], unique=True, sparse=True)  # the queued-jobs cap (storage/places.py)
         jobs.create_index([("queue", 1)])  # the queue lanes: makes {queue} an index search
         jobs.create_index([("queue", 1), ("ck", 1)])  # dispatcher candidates, oldest first
         jobs.create_index([("status", 1)])  # expired-lease recovery
@@ -117,7 +126,8 @@ class JobStore:
 
     async def submit_job(self, doc: Doc) -> tuple[Doc, bool]:
         """`insert_job` from the event loop, sharing round trips with concurrent
-        submits: one command between them unless a key was used before."""
+        submits: one command between them unless a key was used before.
+        PlaceTaken when another job took its place meanwhile."""
         try:
             await self.job_inserts.insert(doc)
             return doc, True
@@ -129,7 +139,8 @@ class JobStore:
 
     def insert_job(self, doc: Doc) -> tuple[Doc, bool]:
         """Store a new job: (the job, True), or (the earlier job, False) when its
-        request key was used before. One command unless it was a repeat."""
+        request key was used before. One command unless it was a repeat.
+        PlaceTaken when another job took its place meanwhile."""
         for _ in range(5):
             try:
                 self.jobs.insert_one(doc)
@@ -141,14 +152,41 @@ class JobStore:
         raise RuntimeError("could not store the job after 5 tries")
 
     def _earlier_or_next_key(self, doc: Doc, exc: DuplicateKeyError) -> Doc | None:
-        """After `doc` hit a unique key: the earlier job with its request key, or
-        None with `doc` given the next order key (another replica took its key)."""
-        if "request_key" in str(exc.details or exc):
+        """After `doc` hit a unique key: the earlier job with its request key,
+        PlaceTaken for its place, or None with `doc` given the next order key
+        (another replica took its key)."""
+        if "request_key" in duplicate_index(exc):
             earlier = self.jobs.find_one({"request_key": doc["request_key"]})
             if earlier is not None:
                 return earlier
+        if is_place_taken(exc):
+            raise PlaceTaken([doc])
         doc["ck"] = doc["updated_us"] = self.order_keys.next()
         return None
+
+    def open_places(self, owner: str) -> dict[ObjectId, int | None]:
+        """`owner`'s queued and running jobs -> the number of the place each
+        holds (None: a job stored before places), through the (owner, status,
+        ck) index."""
+        return {
+            row["_id"]: place_number(row.get(PLACE))
+            for status in (Status.QUEUED, Status.PROCESSING)  # one equality each: `$in` would scan
+            for row in self.jobs.find({"owner": owner, "status": str(status)}, {PLACE: 1})
+        }
+
+    def free_ended(self, places: list[str]) -> int:
+        """Give back those of these places that a final job holds (ended by a
+        write that did not give it back: a server of an older version); how
+        many. A search of the place index each, then a conditional update on
+        the job's final status."""
+        freed = 0
+        for place in places:
+            holder = self.jobs.find_one({PLACE: place}, {"status": 1})
+            if holder is not None and final(holder["status"]):
+                freed += self.jobs.update_one(
+                    {"_id": holder["_id"], "status": holder["status"], PLACE: place}, {"$unset": {PLACE: ""}}
+                ).modified_count
+        return freed
 
     def get(self, owner: str | None, job_id: str) -> Job:
         """One job; another user's is NOT_FOUND (owner None: an admin sees all)."""
@@ -274,10 +312,11 @@ class JobStore:
         return wrong_status(REFUSAL_REASON[action], "job", job_id, found["status"], REFUSAL_HINT[action])
 
     def _transition(self, owner: str | None, oid: ObjectId, action: Action, changes: Doc) -> Doc | None:
-        """Apply `changes` if the job's status allows `action`; bump its sequence."""
+        """Apply `changes` if the job's status allows `action`; bump its sequence
+        (a final status gives its place back)."""
         return self.jobs.find_one_and_update(
             {**owned(owner, oid), "status": one_of(allowed(action))},
-            {"$set": changes, "$inc": {"seq": 1}},
+            state_update(changes),
             return_document=ReturnDocument.AFTER,
         )
 

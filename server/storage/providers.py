@@ -18,6 +18,7 @@ from genjobs.server.model.providers import ProviderState
 from genjobs.server.model.states import Status
 from genjobs.server.storage.database import Database, Doc
 from genjobs.server.storage.jobs import job_error
+from genjobs.server.storage.places import state_update
 from genjobs.server.storage.queue import BACKOFF, NONE, READY
 
 
@@ -82,15 +83,14 @@ class ProviderStore:
         error = job_error("GENERATOR_UNREACHABLE", "transient", message, False, 0)
         return self.jobs.find_one_and_update(
             {"_id": oid, "queue": lane, "status": str(Status.QUEUED)},
-            {
-                "$set": {
+            state_update(
+                {
                     "status": str(Status.FAILED),
                     "queue": NONE,
                     "ended_us": stamp,
                     "updated_us": stamp,
                     "error": error,
-                },
-                "$inc": {"seq": 1},
-            },
+                }
+            ),
             return_document=ReturnDocument.AFTER,
         )

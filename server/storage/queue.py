@@ -19,6 +19,7 @@ from genjobs.server.model import clock
 from genjobs.server.model.states import Action, Status, allowed
 from genjobs.server.model.vocabulary import Lane, Priority
 from genjobs.server.storage.database import Database, Doc, count, one_of
+from genjobs.server.storage.places import state_update
 
 # The queue lanes of a QUEUED job; every other status is in lane NONE.
 # Plain strings (the lanes of model.vocabulary.Lane): compared on the dispatcher's hot path.
@@ -153,6 +154,7 @@ class QueueStore:
         """
         now_us = clock.now_us()
         claim = _claim_update(worker, lease_seconds, now_us)
+        outcome = state_update(changes)
         result = self.jobs.bulk_write(
             [
                 pymongo.UpdateOne(
@@ -162,7 +164,7 @@ class QueueStore:
                         "seq": ended["seq"],
                         "status": one_of(allowed(Action.FINISH)),
                     },
-                    {"$set": changes, "$inc": {"seq": 1}},
+                    outcome,
                 ),
                 pymongo.UpdateOne(
                     {
@@ -177,7 +179,7 @@ class QueueStore:
             ordered=True,
         )
         if result.modified_count == 2:
-            return applied(ended, {"$set": changes, "$inc": {"seq": 1}}), applied(ready, claim)
+            return applied(ended, outcome), applied(ready, claim)
         if result.modified_count == 0:
             return None, None
         stored = {d["_id"]: d for d in self.jobs.find({"_id": {"$in": [ended["_id"], ready["_id"]]}})}
@@ -190,13 +192,10 @@ class QueueStore:
         self, oid: ObjectId, epoch: int, changes: Doc, bump: bool = True, when: Doc | None = None
     ) -> Doc | None:
         """Update a running job only if this run still holds it (same epoch) and
-        it matches `when` besides."""
-        update: Doc = {"$set": changes}
-        if bump:
-            update["$inc"] = {"seq": 1}
+        it matches `when` besides (a final status gives its place back)."""
         return self.jobs.find_one_and_update(
             {"_id": oid, "epoch": epoch, "status": one_of(allowed(Action.FINISH)), **(when or {})},
-            update,
+            state_update(changes, bump),
             return_document=ReturnDocument.AFTER,
         )
 
@@ -394,10 +393,12 @@ def stamped_by(doc: Doc, epoch: int, changes: Doc) -> bool:
 
 
 def applied(doc: Doc, update: Doc) -> Doc:
-    """`doc` with a top-level `$set` and `$inc` applied, as the database applies them."""
+    """`doc` with a top-level `$set`, `$inc` and `$unset` applied, as the database applies them."""
     after = {**doc, **update.get("$set", {})}
     for name, by in update.get("$inc", {}).items():
         after[name] = doc.get(name, 0) + by
+    for name in update.get("$unset", {}):
+        after.pop(name, None)
     return after
 
 
