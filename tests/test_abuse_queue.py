@@ -106,6 +106,8 @@ def test_two_servers_on_one_database_share_the_cap(mongo: MongoServer, tmp_path:
                 (one if i % 2 else two).cancel(str(oid))
             with pytest.raises(ResourceExhausted):
                 one.create_bulk("topic", [{"topic": f"t{i}"} for i in range(10)], schedule_time=LATER)
+            # A server that found the owner full reads again once that read is a second old.
+            wait_for(lambda: two.usage().queued_jobs == CAP - 5, timeout=10)
             _fill(two, 5)
             with pytest.raises(ResourceExhausted):
                 one.submit("topic", topic="one too many", schedule_time=LATER)
@@ -117,8 +119,8 @@ def test_two_servers_on_one_database_share_the_cap(mongo: MongoServer, tmp_path:
 
 def test_room_made_on_another_server_is_seen_by_the_next_submit(mongo: MongoServer, tmp_path: Path) -> None:
     """Places are held by the jobs themselves: jobs that ended on another
-    server free their places there and then, and a server that remembers the
-    owner full reads again before it refuses."""
+    server free their places there and then, and a server that found the
+    owner full reads again once that read is a second old."""
     settings = replace(make_settings(mongo.uri, tmp_path / "a"), max_queued_per_owner=3)
     first = ServerThread(settings).start()
     second = ServerThread(replace(settings, data_dir=tmp_path / "b")).start()
@@ -130,7 +132,7 @@ def test_room_made_on_another_server_is_seen_by_the_next_submit(mongo: MongoServ
             ids = [row["_id"] for row in _jobs(mongo, first).find({"owner": "alice"}).limit(2)]
             for oid in ids:
                 two.cancel(str(oid))
-            assert one.usage().queued_jobs == 1
+            wait_for(lambda: one.usage().queued_jobs == 1, timeout=10)
             _fill(one, 2)
             with pytest.raises(ResourceExhausted):
                 one.submit("topic", topic="full again", schedule_time=LATER)

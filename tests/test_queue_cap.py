@@ -69,7 +69,14 @@ def test_the_cap_is_filled_exactly_and_refused_past_it_with_one_read() -> None:
     with pytest.raises(ServiceError) as refused:
         cap.store("alice", _new(), reader.insert)
     assert refused.value.reason == "QUEUED_JOBS_LIMIT"
-    assert reader.reads == 2  # a refusal is decided by a fresh read
+    for _ in range(5):
+        with pytest.raises(ServiceError):
+            cap.store("alice", _new(), reader.insert)
+    assert reader.reads == 1  # refused by the read of a moment ago, not a read a call
+    older = QueueCap(reader, 3, full_seconds=0.0)
+    with pytest.raises(ServiceError):
+        older.store("alice", _new(), reader.insert)
+    assert reader.reads == 2  # a refusal after a read older than full_seconds reads first
     cap.store("bob", _new(3), reader.insert)  # owners apart
 
 
@@ -98,7 +105,7 @@ def test_jobs_of_older_versions_without_a_place_still_count() -> None:
 
 def test_a_place_taken_elsewhere_is_read_again_and_another_given() -> None:
     reader = Reader()
-    cap = QueueCap(reader, 2)
+    cap = QueueCap(reader, 2, full_seconds=0.0)  # a read that found it full is not trusted after
     cap.store("alice", _new(), reader.insert)
     # Another replica takes the last free place: this server does not know.
     free = ({0, 1} - set(reader.open["alice"].values())).pop()
