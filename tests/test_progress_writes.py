@@ -14,9 +14,10 @@ from bson import ObjectId
 from pymongo.errors import ServerSelectionTimeoutError
 
 from genjobs.server.dispatch.progress import ProgressWrites
+from genjobs.server.storage.store import Store
 from genjobs.v1 import jobs_pb2 as S
 from tests.fake_openai import FakeOpenAI, Plan
-from tests.harness import MongoServer, ServerThread, make_settings, wait_for
+from tests.harness import MongoServer, ServerThread, make_settings, seed_job, wait_for
 
 
 def test_a_watcher_sees_the_last_report_before_the_stream_pauses(mongo: MongoServer, tmp_path: Path) -> None:
@@ -69,7 +70,9 @@ class _SlowDatabase:
         self.release = threading.Event()
         self.written: list[str] = []
 
-    def fenced_update(self, oid: ObjectId, epoch: int, changes: dict[str, Any]) -> dict[str, Any]:
+    def fenced_update(
+        self, oid: ObjectId, epoch: int, changes: dict[str, Any], when: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         self.entered.set()
         self.release.wait(30)
         self.written.append(changes["progress"]["message"])
@@ -132,11 +135,16 @@ class _Answering:
         self.error, self.after = error, after
         self.tries = 0
 
-    def fenced_update(self, oid: ObjectId, epoch: int, changes: dict[str, Any]) -> dict[str, Any] | None:
+    def fenced_update(
+        self, oid: ObjectId, epoch: int, changes: dict[str, Any], when: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
         self.tries += 1
         if self.error is not None:
             raise self.error
         return self.after
+
+    def run_progress(self, oid: ObjectId, epoch: int) -> dict[str, Any] | None:
+        return None  # the run's job is not PROCESSING under its epoch any more
 
 
 def test_a_database_error_never_reaches_the_generator() -> None:
@@ -174,7 +182,9 @@ def test_a_progress_write_extends_the_runs_lease_so_the_keeper_skips_it() -> Non
     changes: list[dict[str, Any]] = []
 
     class Recording:
-        def fenced_update(self, oid: ObjectId, epoch: int, change: dict[str, Any]) -> dict[str, Any]:
+        def fenced_update(
+            self, oid: ObjectId, epoch: int, change: dict[str, Any], when: dict[str, Any] | None = None
+        ) -> dict[str, Any]:
             changes.append(change)
             return {"_id": oid, "seq": 2, "progress": change["progress"]}
 
@@ -194,3 +204,32 @@ def test_a_progress_write_extends_the_runs_lease_so_the_keeper_skips_it() -> Non
     # The lease runs 30 s from the write, as the keeper's renewal would set it.
     assert 29_000_000 <= change["lease_until_us"] - change["updated_us"] <= 30_000_000
     assert run.lease_renewed >= before  # the keeper need not renew it within its tick
+
+
+def test_a_report_older_than_the_stored_progress_does_not_take_it_back(mongo: MongoServer) -> None:
+    """An http generator's own report, made before the service's
+    ReportProgress stored a higher percentage and written after it, leaves
+    the service's progress; the run goes on, and its later reports are written."""
+    store = Store(mongo.uri, "progress_behind")
+    try:
+        doc = seed_job(store, "alice", {"topic": "t"})
+        store.jobs.insert_job(doc)
+        claimed = store.queue.claim(doc["_id"], "w", 30)
+        assert claimed is not None
+        run = _Run(oid=doc["_id"], epoch=claimed["epoch"])
+        service = {"percentage": 50, "stage": "drafting", "message": "the service's 50%"}
+        store.queue.fenced_update(doc["_id"], run.epoch, {"progress": service})
+        told: list[str] = []
+        writes = ProgressWrites(
+            store.queue, lambda d, kind: told.append(d["progress"]["message"]), lambda *a: None, interval=0.01
+        )
+        writer = writes.writer(run, claimed)
+        writer.report(5, "requesting", 0, "the generator's 5%")
+        wait_for(lambda: not writer.scheduled)
+        assert store.queue.run_progress(doc["_id"], run.epoch) == {"_id": doc["_id"], "progress": service}
+        assert not run.lost and not run.cancel.is_set() and told == []
+        writer.report(60, "drafting", 60, "the generator's 60%")
+        wait_for(lambda: told == ["the generator's 60%"])
+    finally:
+        store.database.db.client.drop_database("progress_behind")
+        store.close()

@@ -242,10 +242,15 @@ class ProgressWrites:
         if self.lease_us:
             changes["lease_until_us"] = now_us + self.lease_us
         sent = time.monotonic()
+        # Never backwards: an external service's ReportProgress may have stored
+        # a higher percentage since this report was made (http generator).
+        at_most = {"progress.percentage": {"$lte": report.percentage}}
         try:
             # Briefly: a `close` (the outcome) may wait for this write.
             with pymongo.timeout(PROGRESS_TIMEOUT_SECONDS):
-                after = self.queue.fenced_update(run.oid, run.epoch, changes)
+                after = self.queue.fenced_update(run.oid, run.epoch, changes, when=at_most)
+                # Not stored: the run lost the job, or the job is further along (rare: read which).
+                behind = after is None and self.queue.run_progress(run.oid, run.epoch) is not None
         except PyMongoError as exc:
             # Progress is advisory: a later report or the outcome supersedes it.
             self.database_error(
@@ -255,6 +260,8 @@ class ProgressWrites:
             writer.paused_until = pause
             if unreachable(exc):  # every run's write would wait as long
                 self._paused_until = pause
+            return
+        if behind:  # the stored progress is newer news than this report
             return
         if after is None:  # another run took the job over, or it ended meanwhile
             run.lost = True
