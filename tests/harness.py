@@ -50,6 +50,19 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
 FINAL = (jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED)
 
 
+@contextlib.contextmanager
+def scratch_store(uri: str, name: str) -> Iterator[Store]:
+    """A Store over a database of its own (named `name`), with its indexes;
+    the database is dropped afterwards."""
+    store = Store(uri, name)
+    store.ensure_indexes()
+    try:
+        yield store
+    finally:
+        store.database.db.client.drop_database(name)
+        store.close()
+
+
 def seed_job(store: Store, owner: str, params: dict[str, Any], **fields: Any) -> dict[str, Any]:
     """A QUEUED TOPIC job document of `owner`, not stored: what tests and
     benches fill the jobs collection with (`fields`: more of the Submission)."""

@@ -21,7 +21,7 @@ from genjobs.server.model.vocabulary import Mode
 from genjobs.server.runtime.config import Settings
 from genjobs.server.storage.store import Store
 from genjobs.v1 import jobs_pb2
-from tests.harness import MongoServer, ServerThread, make_settings, serving, wait_for
+from tests.harness import MongoServer, ServerThread, make_settings, scratch_store, serving, wait_for
 from tests.test_dispatcher import final
 
 S = jobs_pb2
@@ -228,11 +228,8 @@ def test_back_to_back_jobs_run_once_each_in_order_and_never_overlap(
 
 @pytest.fixture
 def store(mongo: MongoServer) -> Iterator[Store]:
-    store = Store(mongo.uri, "end_and_claim")
-    store.ensure_indexes()
-    yield store
-    store.database.db.client.drop_database("end_and_claim")
-    store.close()
+    with scratch_store(mongo.uri, "end_and_claim") as store:
+        yield store
 
 
 def _running_and_ready(store: Store) -> tuple[dict[str, Any], dict[str, Any]]:

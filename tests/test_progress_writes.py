@@ -14,10 +14,9 @@ from bson import ObjectId
 from pymongo.errors import ServerSelectionTimeoutError
 
 from genjobs.server.dispatch.progress import ProgressWrites
-from genjobs.server.storage.store import Store
 from genjobs.v1 import jobs_pb2 as S
 from tests.fake_openai import FakeOpenAI, Plan
-from tests.harness import MongoServer, ServerThread, make_settings, seed_job, wait_for
+from tests.harness import MongoServer, ServerThread, make_settings, scratch_store, seed_job, wait_for
 
 
 def test_a_watcher_sees_the_last_report_before_the_stream_pauses(mongo: MongoServer, tmp_path: Path) -> None:
@@ -210,8 +209,7 @@ def test_a_report_older_than_the_stored_progress_does_not_take_it_back(mongo: Mo
     """An http generator's own report, made before the service's
     ReportProgress stored a higher percentage and written after it, leaves
     the service's progress; the run goes on, and its later reports are written."""
-    store = Store(mongo.uri, "progress_behind")
-    try:
+    with scratch_store(mongo.uri, "progress_behind") as store:
         doc = seed_job(store, "alice", {"topic": "t"})
         store.jobs.insert_job(doc)
         claimed = store.queue.claim(doc["_id"], "w", 30)
@@ -230,6 +228,3 @@ def test_a_report_older_than_the_stored_progress_does_not_take_it_back(mongo: Mo
         assert not run.lost and not run.cancel.is_set() and told == []
         writer.report(60, "drafting", 60, "the generator's 60%")
         wait_for(lambda: told == ["the generator's 60%"])
-    finally:
-        store.database.db.client.drop_database("progress_behind")
-        store.close()

@@ -23,7 +23,7 @@ from genjobs.server.storage.events import STATUS_CHANGED
 from genjobs.server.storage.places import PLACE, PlaceTaken, place_number
 from genjobs.server.storage.queue import READY
 from genjobs.server.storage.store import Store
-from tests.harness import MongoServer, seed_job
+from tests.harness import MongoServer, scratch_store, seed_job
 
 
 class Reader:
@@ -156,11 +156,8 @@ def test_a_place_taken_every_time_refuses_after_some_tries() -> None:
 
 @pytest.fixture
 def store(mongo: MongoServer) -> Iterator[Store]:
-    store = Store(mongo.uri, "places")
-    store.ensure_indexes()
-    yield store
-    store.database.db.client.drop_database("places")
-    store.close()
+    with scratch_store(mongo.uri, "places") as store:
+        yield store
 
 
 def test_a_place_is_held_once_and_given_back_by_the_write_that_ends_the_job(store: Store) -> None:
