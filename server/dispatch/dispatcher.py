@@ -542,10 +542,14 @@ class Dispatcher:
         job in one command (`end_and_claim`) when a job may start now and its
         document is at hand (submitted here, or read with its owner's head).
         If the job changed since (another's write), only the claim applies and
-        the outcome goes the usual way. The next job is registered as this
-        lane's run."""
+        the outcome goes the usual way. A run that cost something is not
+        followed. The next job is registered as this lane's run."""
         if self.gap_us or self._hurried or self._needs_recovery or not self._is_leader():
             return Followed(None)  # (with a gap: it starts at this run's end)
+        if int(changes.get("cost_cents") or 0) > 0:
+            # Its cost is counted before the lane's next claim, so that the
+            # next job's admission reads it (a budget it spent holds that job).
+            return Followed(None)
         if self._stopping.is_set():
             return Followed(None)
         with self._claiming:
