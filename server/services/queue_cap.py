@@ -50,6 +50,7 @@ FULL_SECONDS = 1.0
 TRIES = 5  # inserts that found their places taken before the submit is refused
 
 T = TypeVar("T")
+_PICK = random.Random()  # its own: the process's shared generator is left alone (tests seed it)
 
 
 class PlaceReader(Protocol):
@@ -281,11 +282,11 @@ def _free(used: set[int], cap: int, count: int) -> list[int]:
     if len(used) * 2 < cap:
         chosen: set[int] = set()
         while len(chosen) < count:
-            number = random.randrange(cap)
+            number = _PICK.randrange(cap)
             if number not in used:
                 chosen.add(number)
         return list(chosen)
-    return random.sample([n for n in range(cap) if n not in used], count)
+    return _PICK.sample([n for n in range(cap) if n not in used], count)
 
 
 def queue_refusal(owner: str, cap: int, count: int) -> ServiceError:
