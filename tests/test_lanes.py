@@ -12,7 +12,6 @@ from typing import Any
 
 import pymongo
 import pytest
-from pymongo import monitoring
 
 from genjobs.client import GenJobsClient
 from genjobs.server.dispatch.keeper import LEADER_LEASE
@@ -22,7 +21,6 @@ from genjobs.server.model.vocabulary import Mode
 from genjobs.server.runtime.config import Settings
 from genjobs.server.storage.store import Store
 from genjobs.v1 import jobs_pb2
-from tests.fake_openai import FakeOpenAI, Plan
 from tests.harness import MongoServer, ServerThread, make_settings, scratch_store, serving, wait_for
 from tests.test_dispatcher import final
 
@@ -277,44 +275,3 @@ def test_end_and_claim_leaves_an_outcome_that_changed_to_the_usual_write(store: 
     ended, claimed = queue.end_and_claim(running, changes, ready, "w", 10.0)
     assert ended is None and queue.jobs.find_one({"_id": running["_id"]})["status"] == "PROCESSING"  # type: ignore[index]
     assert claimed == queue.jobs.find_one({"_id": ready["_id"]})
-
-
-def test_streamed_jobs_end_and_start_the_next_in_one_command(mongo: MongoServer, tmp_path: Path) -> None:
-    """Jobs whose progress was written (streamed answers) end and the next
-    starts in one command too, from the document their last progress write
-    left: each runs once, in order, one at a time, its progress at 100."""
-    shared: list[int] = []
-
-    class Shared(monitoring.CommandListener):
-        def started(self, event: monitoring.CommandStartedEvent) -> None:
-            updates = event.command.get("updates") if event.command_name == "update" else None
-            if event.database_name == db_name and updates is not None and len(updates) == 2:
-                shared.append(1)  # an outcome and the next claim
-
-        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-            pass
-
-        def failed(self, event: monitoring.CommandFailedEvent) -> None:
-            pass
-
-    words = ["# Tea\n\n", *(f"word{i} " for i in range(8))]
-    with FakeOpenAI() as fake:
-        for _ in range(4):
-            fake.queue(Plan(pieces=words, delay=0.06))  # about half a second: progress is written
-        settings = make_settings(
-            mongo.uri, tmp_path, generator="openai", openai_base_url=fake.base_url, openai_model="test-model"
-        )
-        db_name = settings.db_name
-        monitoring.register(Shared())  # the server's clients, made after this, report to it
-        with serving(settings) as alice:
-            ids = [alice.submit("topic", topic=f"tea {i}").id for i in range(4)]
-            progress = [e for e in alice.watch(ids[0]) if e.type == jobs_pb2.JOB_EVENT_TYPE_PROGRESS]
-            for _ in alice.watch(ids[-1]):
-                pass
-            jobs = [final(alice, i) for i in ids]
-    assert progress, "the first job's progress was written while it streamed"
-    assert all(j.status == jobs_pb2.JOB_STATUS_COMPLETED and j.attempt == 1 for j in jobs)
-    assert all(j.progress.percentage == 100 for j in jobs)
-    spans = [(j.start_time.ToMicroseconds(), j.end_time.ToMicroseconds()) for j in jobs]
-    assert spans == sorted(spans) and most_at_once(spans) == 1
-    assert len(shared) >= 1  # at least one end shared its command with the next claim

@@ -537,13 +537,11 @@ class Dispatcher:
         return True
 
     def _end_and_follow(self, run: Run, job: Doc, changes: Doc) -> Followed:
-        """A run completed, `job` as it holds it (as claimed, or as its last
-        progress write left it): store its outcome and claim its lane's next
-        job in one command (`end_and_claim`) when a job may start now and its
-        document is at hand (submitted here, or read with its owner's head).
-        If the job changed since (another's write), only the claim applies and
-        the outcome goes the usual way. A run that cost something is not
-        followed. The next job is registered as this lane's run."""
+        """A run that wrote nothing since its claim completed: store its outcome
+        and claim its lane's next job in one command (`end_and_claim`) when a
+        job may start now and its document is at hand (submitted here, or read
+        with its owner's head). A run that cost something is not followed. The
+        next job is registered as this lane's run."""
         if self.gap_us or self._hurried or self._needs_recovery or not self._is_leader():
             return Followed(None)  # (with a gap: it starts at this run's end)
         if int(changes.get("cost_cents") or 0) > 0:

@@ -91,7 +91,6 @@ class ProgressWriter:
         self.scheduled = False  # a write of this run is due (in the heap) or in flight
         self.in_flight = False
         self.closed = False  # the outcome is being written: nothing more
-        self.stored: Doc | None = None  # the job as this run's last progress write left it
 
     def report(self, percentage: int, stage: str, stage_progress: int, message: str) -> None:
         """Keep the latest report (the generator never waits for the database)."""
@@ -148,18 +147,16 @@ class ProgressWrites:
             self._writers[(run.oid, run.epoch)] = writer
         return writer
 
-    def close(self, run: RunState) -> Doc | None:
+    def close(self, run: RunState) -> None:
         """The run's outcome is about to be written: drop its pending progress,
-        wait for a write in flight (at most its timeout), and take no more.
-        The job as the run's last progress write left it (None: none wrote)."""
+        wait for a write in flight (at most its timeout), and take no more."""
         with self.changed:
             writer = self._writers.pop((run.oid, run.epoch), None)
             if writer is None:
-                return None  # no progress writer (a run given back, or given to wait), or gone
+                return  # no progress writer (a run given back, or given to wait), or gone
             writer.closed = True
             writer.latest = None
             self.changed.wait_for(lambda: not writer.in_flight)
-            return writer.stored
 
     def schedule(self, writer: ProgressWriter, due: float) -> None:
         """A write of `writer` at `due` (monotonic); called holding `changed`."""
@@ -270,7 +267,6 @@ class ProgressWrites:
             run.lost = True
             run.cancel.set()
             return
-        writer.stored = after
         if self.lease_us:
             run.lease_renewed = sent
         if after.get("cancel_requested"):

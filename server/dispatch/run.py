@@ -137,9 +137,15 @@ class RunLifecycle:
             started_us=job["started_us"],
         )
         reporter = self.progress.writer(run, job)
+        reported = False
+
+        def report(percentage: int, stage: str, stage_progress: int, message: str) -> None:
+            nonlocal reported
+            reported = True  # the job may have changed since its claim: no end_and_claim
+            reporter.report(percentage, stage, stage_progress, message)
 
         try:
-            output = self.generator.generate(spec, reporter.report, run.cancel)
+            output = self.generator.generate(spec, report, run.cancel)
         except GenerationCancelled:
             self._finish_cancelled(run, job)
         except GenerationFailed as failure:
@@ -169,13 +175,7 @@ class RunLifecycle:
             if self.gate:
                 self.gate.settle(job, output=output)
             changes = self.queue.completion(output.as_doc(), job["started_us"])
-            # The job as this run holds it: as claimed, or as its last progress
-            # write left it (its `seq`), so that its outcome can share a command
-            # with the lane's next claim; a write of another's since (a cancel
-            # request, a service's ReportProgress) sends it the usual way.
-            held = self.progress.close(run) or job
-            follow = self.follow if not run.lost else None
-            followed = follow(run, held, changes) if follow is not None else Followed(None)
+            followed = self.follow(run, job, changes) if self.follow and not reported else Followed(None)
             if followed.ended is not None:
                 self._stored(followed.ended)
             else:
