@@ -66,6 +66,15 @@ def _open_jobs(jobs: pymongo.collection.Collection[dict[str, Any]], owner: str) 
     return jobs.count_documents({"owner": owner, "status": {"$in": ["QUEUED", "PROCESSING"]}})
 
 
+def _admitted(client: GenJobsClient) -> bool:
+    """Whether one more job of the client's owner is queued now."""
+    try:
+        client.submit("topic", topic="one more", schedule_time=LATER)
+    except ResourceExhausted:
+        return False
+    return True
+
+
 def _fill(client: GenJobsClient, count: int) -> None:
     for i in range(count):
         client.submit("topic", topic=f"waiting {i}", schedule_time=LATER)
@@ -99,7 +108,12 @@ def test_two_servers_on_one_database_share_the_cap(mongo: MongoServer, tmp_path:
             _flood([one, two], singles=60, bulks=6)
             jobs = _jobs(mongo, first)
             queued = jobs.count_documents({"owner": "alice", "status": "QUEUED"})
-            assert queued == CAP, f"{queued} queued against a cap of {CAP}"
+            assert queued <= CAP, f"{queued} queued against a cap of {CAP}"
+            # Across servers a bulk job that lost some of its places to the
+            # other's submits is withdrawn, which can leave room: it is not lost.
+            for _ in range(CAP - queued):
+                wait_for(lambda: _admitted(one), timeout=10)
+            assert jobs.count_documents({"owner": "alice", "status": "QUEUED"}) == CAP
             # Room comes back when jobs end, on whichever server ends them.
             ids = [row["_id"] for row in jobs.find({"owner": "alice", "status": "QUEUED"}).limit(5)]
             for i, oid in enumerate(ids):

@@ -14,12 +14,8 @@ import pytest
 from bson import ObjectId
 
 from genjobs.server.model.errors import ServiceError
-from genjobs.server.model.records import Submission
 from genjobs.server.model.states import Status
-from genjobs.server.model.vocabulary import Mode
 from genjobs.server.services.queue_cap import TRIES, QueueCap
-from genjobs.server.storage import records
-from genjobs.server.storage.events import STATUS_CHANGED
 from genjobs.server.storage.places import PLACE, PlaceTaken, place_number
 from genjobs.server.storage.queue import READY
 from genjobs.server.storage.store import Store
@@ -87,9 +83,7 @@ def test_a_job_that_ended_here_frees_its_place_without_a_read() -> None:
     cap.store("alice", docs, reader.insert)
     ended = docs[0]["_id"]
     del reader.open["alice"][ended]
-    submission = Submission("alice", Mode.TOPIC, records.params({"topic": "t"}))
-    done = {**records.job_doc(submission, ended, 1, READY, "key"), "status": str(Status.COMPLETED)}
-    cap.ended(records.job(done), STATUS_CHANGED)
+    cap.unplaced("alice", [ended])  # as `Jobs.record` says of a job that ended here
     cap.store("alice", _new(), reader.insert)
     assert reader.reads == 1
 

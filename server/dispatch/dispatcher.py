@@ -540,9 +540,14 @@ class Dispatcher:
         """A run that wrote nothing since its claim completed: store its outcome
         and claim its lane's next job in one command (`end_and_claim`) when a
         job may start now and its document is at hand (submitted here, or read
-        with its owner's head). The next job is registered as this lane's run."""
+        with its owner's head). A run that cost something is not followed. The
+        next job is registered as this lane's run."""
         if self.gap_us or self._hurried or self._needs_recovery or not self._is_leader():
             return Followed(None)  # (with a gap: it starts at this run's end)
+        if int(changes.get("cost_cents") or 0) > 0:
+            # Its cost is counted before the lane's next claim, so that the
+            # next job's admission reads it (a budget it spent holds that job).
+            return Followed(None)
         if self._stopping.is_set():
             return Followed(None)
         with self._claiming:

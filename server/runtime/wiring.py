@@ -138,8 +138,8 @@ def build(
         cap=cap,
         tiers=tiers,
         notify_channels=notifier.channels,
-        # In this order: a bulk job's counts, the job's notification, its spend, its place.
-        on_change=[item_changed, job_notifications.job_changed, budgets.job_changed, cap.ended],
+        # In this order: a bulk job's counts, the job's notification, its spend.
+        on_change=[item_changed, job_notifications.job_changed, budgets.job_changed],
         waiting=gate.waiting_reason,
     )
     bulks = Bulks(store, hub, jobs, job_notifications)

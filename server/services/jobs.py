@@ -148,6 +148,9 @@ class Jobs:
         # Queued for storage before the callbacks' bookkeeping (spend, notifications)
         # runs: a DeleteJob that flushes the log right after the change finds it there.
         self.event_log.append(event)
+        if final(doc["status"]):
+            # Before any watcher hears of the end: the submit it may prompt finds the place free.
+            self.cap.unplaced(doc["owner"], [doc["_id"]])
         self._deliver(doc, kind, event)
 
     def record_run(self, doc: Doc, kind: str) -> None:

@@ -36,7 +36,6 @@ from typing import Protocol, TypeVar
 from bson import ObjectId
 
 from genjobs.server.model.errors import ServiceError, quota_exceeded
-from genjobs.server.model.records import Job
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.places import PLACE, PlaceTaken, place_key
 
@@ -51,6 +50,7 @@ FULL_SECONDS = 1.0
 TRIES = 5  # inserts that found their places taken before the submit is refused
 
 T = TypeVar("T")
+_PICK = random.Random()  # its own: the process's shared generator is left alone (tests seed it)
 
 
 class PlaceReader(Protocol):
@@ -166,18 +166,13 @@ class QueueCap:
             self._place_after_read(owner, docs, self._read(owner))
 
     def unplaced(self, owner: str, ids: list[ObjectId]) -> None:
-        """These jobs are not open (not stored: a repeated request; or ended here)."""
+        """These jobs are not open (not stored: a repeated request; or ended
+        here, `Jobs.record` says so before their end is told)."""
         with self._lock:
             known = self._owners.get(owner)
             if known is not None:
                 for oid in ids:
                     known.drop(oid)
-
-    def ended(self, job: Job, kind: str) -> None:
-        """A job changed here: once it is final its place is free (the write
-        that ended it gave it back)."""
-        if job.final:
-            self.unplaced(job.owner, [ObjectId(job.id)])
 
     def open_count(self, owner: str) -> int:
         """How many open jobs the cap counts for `owner` (GetUsage): as a read
@@ -287,11 +282,11 @@ def _free(used: set[int], cap: int, count: int) -> list[int]:
     if len(used) * 2 < cap:
         chosen: set[int] = set()
         while len(chosen) < count:
-            number = random.randrange(cap)
+            number = _PICK.randrange(cap)
             if number not in used:
                 chosen.add(number)
         return list(chosen)
-    return random.sample([n for n in range(cap) if n not in used], count)
+    return _PICK.sample([n for n in range(cap) if n not in used], count)
 
 
 def queue_refusal(owner: str, cap: int, count: int) -> ServiceError:
