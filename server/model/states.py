@@ -20,6 +20,12 @@ class Status(StrEnum):
 
 
 FINAL: frozenset[Status] = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+_FINAL_NAMES = frozenset(str(s) for s in FINAL)
+
+
+def final(status: str) -> bool:
+    """Whether a stored status is final."""
+    return status in _FINAL_NAMES
 
 
 class Action(StrEnum):

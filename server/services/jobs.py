@@ -21,7 +21,7 @@ from genjobs.server.model import channels
 from genjobs.server.model.caller import Caller
 from genjobs.server.model.errors import FieldViolation, ServiceError, channel_not_configured, invalid
 from genjobs.server.model.records import NO_ORIGIN, Job, Origin, Params, Submission
-from genjobs.server.model.states import Status
+from genjobs.server.model.states import Status, final
 from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.model.vocabulary import Lane, Mode, Priority
 from genjobs.server.services import entitlement, validation
@@ -33,7 +33,7 @@ from genjobs.server.storage import records
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.eventlog import EventLog
 from genjobs.server.storage.events import SNAPSHOT, STATUS_CHANGED
-from genjobs.server.storage.jobs import JobPage, final
+from genjobs.server.storage.jobs import JobPage
 from genjobs.server.storage.paging import JobFilter
 from genjobs.server.storage.queue import READY
 from genjobs.server.storage.store import Store
@@ -148,15 +148,11 @@ class Jobs:
         # Queued for storage before the callbacks' bookkeeping (spend, notifications)
         # runs: a DeleteJob that flushes the log right after the change finds it there.
         self.event_log.append(event)
-        if final(doc["status"]):
-            # Before any watcher hears of the end: the submit it may prompt finds the place free.
-            self.cap.unplaced(doc["owner"], [doc["_id"]])
         self._deliver(doc, kind, event)
 
     def record_run(self, doc: Doc, kind: str) -> None:
-        """`record` for the dispatcher's runs: what their ends give back to the
-        queued-jobs cap, and their costs' flags, are written behind them (see
-        services/written_behind.py)."""
+        """`record` for the dispatcher's runs: their counted costs' flags are
+        written behind them (see services/written_behind.py)."""
         token = RUN_PATH.set(True)
         try:
             self.record(doc, kind)
@@ -177,6 +173,9 @@ class Jobs:
         # `doc` is the job as the storage write returned it and `event` the wire's
         # snapshot of it: both stay documents on purpose (watchers get the event as is).
         ended = final(doc["status"])
+        if ended:
+            # Before any watcher hears of the end: the submit it may prompt finds the place free.
+            self.cap.unplaced(doc["owner"], [doc["_id"]])
         self.hub.publish(Event(f"job:{event['job_id']}", event["seq"], event, ended))
         # The owner's stream (WatchJobs) sees every job of theirs; it never ends with one.
         self.hub.publish(Event(owner_key(doc["owner"]), event["seq"], event, False))

@@ -22,7 +22,7 @@ from genjobs.server.model import clock
 from genjobs.server.model.channels import PENDING_FLAG
 from genjobs.server.model.errors import ServiceError, not_found, wrong_status
 from genjobs.server.model.records import Job, Submission
-from genjobs.server.model.states import FINAL, REFUSAL_HINT, REFUSAL_REASON, Action, Status, allowed
+from genjobs.server.model.states import FINAL, REFUSAL_HINT, REFUSAL_REASON, Action, Status, allowed, final
 from genjobs.server.storage import records
 from genjobs.server.storage.archive import ArchiveStore
 from genjobs.server.storage.bulk import BulkStore
@@ -435,8 +435,3 @@ def job_error(code: str, category: str, message: str, retryable: bool, attempt: 
         "retryable": retryable,
         "attempt": attempt,
     }
-
-
-def final(status: str) -> bool:
-    """Whether a stored status is final."""
-    return status in {str(s) for s in FINAL}

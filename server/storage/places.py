@@ -19,11 +19,10 @@ from __future__ import annotations
 
 from pymongo.errors import DuplicateKeyError
 
-from genjobs.server.model.states import FINAL
+from genjobs.server.model.states import final
 from genjobs.server.storage.database import Doc
 
 PLACE = "place"
-_FINAL = {str(s) for s in FINAL}
 
 
 class PlaceTaken(Exception):
@@ -56,7 +55,7 @@ def state_update(changes: Doc, bump: bool = True) -> Doc:
     update: Doc = {"$set": changes}
     if bump:
         update["$inc"] = {"seq": 1}
-    if changes.get("status") in _FINAL:
+    if final(str(changes.get("status", ""))):
         update["$unset"] = {PLACE: ""}
     return update
 

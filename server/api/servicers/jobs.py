@@ -13,13 +13,13 @@ from genjobs.server.api.servicers.common import rpc
 from genjobs.server.api.watch import Heartbeat, StreamCap, check_resume, follow, follow_all
 from genjobs.server.model.caller import current_caller
 from genjobs.server.model.records import Job
+from genjobs.server.model.states import final
 from genjobs.server.services.budgets import Budgets, Limit
 from genjobs.server.services.events import Event, EventHub, owner_key
 from genjobs.server.services.intake import Intake
 from genjobs.server.services.jobs import Jobs
 from genjobs.server.services.progress import ExternalProgress
 from genjobs.server.storage.events import SNAPSHOT
-from genjobs.server.storage.jobs import final
 from genjobs.server.storage.paging import JobFilter
 from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
 
