@@ -323,7 +323,7 @@ class App:
 
     async def _stop_dispatching(self, grace: float) -> None:
         """Stop the dispatcher (its runs get `grace`), then write what its runs'
-        ends left pending behind them (the cap's places, the counted costs' flags)."""
+        ends left pending behind them (the counted costs' flags)."""
         await asyncio.to_thread(self.dispatcher.stop, grace)
         await asyncio.to_thread(self.budgets.close)
 
