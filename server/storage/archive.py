@@ -30,7 +30,7 @@ from bson import ObjectId
 from genjobs.server.model.channels import PENDING_FLAG
 from genjobs.server.model.states import Status
 from genjobs.server.storage.database import Database, Doc, owned
-from genjobs.server.storage.events import delete_events_of
+from genjobs.server.storage.events import delete_events_of, loaded
 
 DELETE, ARCHIVE = "delete", "archive"  # GENJOBS_RETENTION_MODE
 BATCH = 200  # jobs a batch moves: one find, a few bulk commands
@@ -154,7 +154,7 @@ class ArchiveStore:
 
     def events_after(self, job_id: str, seq: int) -> list[Doc]:
         """An archived job's events after `seq`, in order (WatchJob's replay)."""
-        return list(self.events.find({"job_id": job_id, "seq": {"$gt": seq}}).sort("seq", 1))
+        return [loaded(e) for e in self.events.find({"job_id": job_id, "seq": {"$gt": seq}}).sort("seq", 1)]
 
     def delete(self, owner: str | None, oid: ObjectId) -> bool:
         """Remove an archived job and its events; whether it was there."""

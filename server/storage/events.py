@@ -1,9 +1,17 @@
-"""The job_events collection: each change of a job, stored for WatchJob's replay."""
+"""The job_events collection: each change of a job, stored for WatchJob's replay.
+
+An event's job snapshot is stored as one BSON value (`stored`), not as a
+nested document: nothing queries inside it, it comes back exactly as it went
+in, and nx-27017 charges by the nested value (a deep copy and a JSON dump of
+each), so a stored event costs it about a quarter less. `loaded` turns it back
+(and passes the nested snapshots that older servers stored as they are).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import bson
 import pymongo
 from bson import ObjectId
 from pymongo.collection import Collection
@@ -25,6 +33,18 @@ def delete_events_of(events: Collection[Doc], job_ids: Iterable[str]) -> None:
     found = [e["_id"] for job_id in job_ids for e in events.find({"job_id": job_id}, {"_id": 1})]
     if found:
         events.delete_many({"_id": {"$in": found}})
+
+
+def stored(event: Doc) -> Doc:
+    """`event` as stored: its job snapshot one BSON value (the event itself unchanged)."""
+    return {**event, "job": bson.Binary(bson.encode(event["job"]))}
+
+
+def loaded(event: Doc) -> Doc:
+    """A stored event as delivered: its job snapshot a document again."""
+    if isinstance(event.get("job"), bytes):
+        event["job"] = bson.decode(event["job"])
+    return event
 
 
 class EventStore:
@@ -62,7 +82,7 @@ class EventStore:
         if not events:
             return
         try:
-            self.events.insert_many(events, ordered=False)
+            self.events.insert_many([stored(e) for e in events], ordered=False)
         except pymongo.errors.BulkWriteError as exc:
             if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
                 raise
@@ -70,12 +90,12 @@ class EventStore:
     def events_after(self, job_id: str, seq: int) -> list[Doc]:
         """The stored events of a job after `seq`, in order."""
         cursor = self.events.find({"job_id": job_id, "seq": {"$gt": seq}}).sort("seq", 1)
-        return list(cursor)
+        return [loaded(e) for e in cursor]
 
     def events_since(self, job_ids: Iterable[str], since_us: int) -> list[Doc]:
         """Events of any of `job_ids` stored at or after `since_us` (for the poller)."""
         cursor = self.events.find({"at_us": {"$gte": since_us}, "job_id": {"$in": list(job_ids)}})
-        return sorted(cursor, key=lambda e: (e["job_id"], e["seq"]))
+        return sorted((loaded(e) for e in cursor), key=lambda e: (e["job_id"], e["seq"]))
 
     def forget(self, job_id: str) -> None:
         """Delete a deleted job's events."""
