@@ -84,6 +84,21 @@ def test_watch_resumes_after_a_dropped_connection_without_loss(server: ServerThr
         assert rest[-1].job.status == S.JOB_STATUS_COMPLETED
 
 
+def test_events_stored_by_an_older_server_still_replay(server: ServerThread, mongo: MongoServer) -> None:
+    # Older servers stored an event's job snapshot as a nested document, not one BSON value.
+    events = pymongo.MongoClient(mongo.uri)[server.settings.db_name]["job_events"]
+    with server.client() as alice:
+        job = alice.submit("topic", topic="stored long ago")
+        final(alice, job.id)
+        assert server.app is not None and server.app.event_log.flush()
+        for event in events.find({"job_id": job.id}):
+            assert isinstance(event["job"], bytes)  # as this server stores it
+            events.update_one({"_id": event["_id"]}, {"$set": {"job": loaded(event)["job"]}})
+        replayed = list(alice.watch(job.id, after_sequence=1))
+    assert [e.job.status for e in replayed] == [S.JOB_STATUS_PROCESSING, S.JOB_STATUS_COMPLETED]
+    assert all(e.job.params.topic == "stored long ago" for e in replayed)
+
+
 def test_transient_failure_is_retried_then_succeeds(alice: GenJobsClient) -> None:
     job = alice.submit("topic", topic="flaky", extra={"demo_fail": "transient", "demo_fail_attempts": "1"})
     done = final(alice, job.id)
