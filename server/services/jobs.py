@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -139,6 +140,8 @@ class Jobs:
         self.notify_channels = frozenset(notify_channels)
         # Bulk accounting, notifications, budgets: each gets the changed Job and the event's kind.
         self.on_change = tuple(on_change)
+        # Where `record_run_later` tells of changes: one thread, so in the order recorded.
+        self._deliveries = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-deliveries")
 
     # ---- events ---------------------------------------------------------
 
@@ -156,6 +159,31 @@ class Jobs:
         token = RUN_PATH.set(True)
         try:
             self.record(doc, kind)
+        finally:
+            RUN_PATH.reset(token)
+
+    def record_run_later(self, doc: Doc, kind: str) -> None:
+        """`record_run`, with the change kept for replay now (a DeleteJob right
+        after finds it) and told to watchers and listeners off the caller's
+        thread, in order: for a lane whose next job is claimed already, so that
+        the telling overlaps its next command instead of preceding it."""
+        event = self.store.events.event_doc(doc, kind, self.worker_id)
+        self.event_log.append(event)
+        try:
+            self._deliveries.submit(self._deliver_run, doc, kind, event)
+        except RuntimeError:  # closed (the server stops): told here
+            self._deliver_run(doc, kind, event)
+
+    def close(self) -> None:
+        """Tell what `record_run_later` still holds; once the dispatcher stopped."""
+        self._deliveries.shutdown(wait=True)
+
+    def _deliver_run(self, doc: Doc, kind: str, event: Doc) -> None:
+        token = RUN_PATH.set(True)
+        try:
+            self._deliver(doc, kind, event)
+        except Exception:  # on the deliveries' thread: nobody else would hear of it
+            log.exception("job %s: telling of a %s event failed", doc["_id"], kind)
         finally:
             RUN_PATH.reset(token)
 
