@@ -35,6 +35,19 @@ def delete_events_of(events: Collection[Doc], job_ids: Iterable[str]) -> None:
         events.delete_many({"_id": {"$in": found}})
 
 
+def insert_new(events: Collection[Doc], docs: list[Doc]) -> None:
+    """Insert stored events into `events` (live or archived), skipping those
+    there already (same `_id`, or job and sequence): an event never changes.
+    Never replaced: nx-27017 fails a replace of a document holding binary."""
+    if not docs:
+        return
+    try:
+        events.insert_many(docs, ordered=False)
+    except pymongo.errors.BulkWriteError as exc:
+        if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+            raise
+
+
 def stored(event: Doc) -> Doc:
     """`event` as stored: its job snapshot one BSON value (the event itself unchanged)."""
     return {**event, "job": bson.Binary(bson.encode(event["job"]))}
@@ -79,13 +92,7 @@ class EventStore:
 
     def insert_events(self, events: list[Doc]) -> None:
         """Store events; one already stored (same job and sequence) is skipped."""
-        if not events:
-            return
-        try:
-            self.events.insert_many([stored(e) for e in events], ordered=False)
-        except pymongo.errors.BulkWriteError as exc:
-            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                raise
+        insert_new(self.events, [stored(e) for e in events])
 
     def events_after(self, job_id: str, seq: int) -> list[Doc]:
         """The stored events of a job after `seq`, in order."""
