@@ -14,10 +14,13 @@ from collections.abc import Iterable
 import bson
 import pymongo
 from bson import ObjectId
+from bson.codec_options import CodecOptions
 from pymongo.collection import Collection
 
 from genjobs.server.model import clock
 from genjobs.server.storage.database import Database, Doc
+
+CODEC: CodecOptions[Doc] = CodecOptions(tz_aware=True)  # as the database's client reads
 
 # Event types, as stored and as sent on WatchJob.
 SNAPSHOT, STATUS_CHANGED, PROGRESS = "SNAPSHOT", "STATUS_CHANGED", "PROGRESS"
@@ -56,7 +59,7 @@ def stored(event: Doc) -> Doc:
 def loaded(event: Doc) -> Doc:
     """A stored event as delivered: its job snapshot a document again."""
     if isinstance(event.get("job"), bytes):
-        event["job"] = bson.decode(event["job"])
+        event["job"] = bson.decode(event["job"], CODEC)
     return event
 
 
