@@ -207,6 +207,20 @@ def test_a_move_killed_mid_batch_loses_and_doubles_nothing(mongo: MongoServer, t
     store.close()
 
 
+def test_a_move_whose_events_were_copied_already_completes(mongo: MongoServer, tmp_path: Path) -> None:
+    # A move stopped between its copy and its deletes (a crash, a timeout) is done again.
+    store = Store(mongo.uri, make_settings(mongo.uri, tmp_path).db_name)
+    store.ensure_indexes()
+    seeded = seed_finished(store, 3, clock.now_us() - 10**9)
+    store.archive.events.insert_many(list(store.events.events.find()))
+    assert store.archive.move_batch("COMPLETED", clock.now_us(), BATCH) == 3
+    assert store.events.events.count_documents({}) == 0
+    assert [e["job"]["status"] for oid in seeded for e in store.archive.events_after(oid, 0)] == [
+        "COMPLETED"
+    ] * 3
+    store.close()
+
+
 def test_a_bulk_job_keeps_its_counts_when_its_items_are_archived(mongo: MongoServer, tmp_path: Path) -> None:
     settings = make_settings(
         mongo.uri, tmp_path, retention_days=1.0 * SECOND_DAYS, archive_failed_days=1.0 * SECOND_DAYS

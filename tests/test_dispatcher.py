@@ -16,6 +16,7 @@ import pytest
 
 from genjobs.client import GenJobsClient, Unavailable
 from genjobs.server.dispatch import dispatcher
+from genjobs.server.storage.events import loaded
 from genjobs.server.storage.queue import READY
 from genjobs.server.storage.store import Store
 from genjobs.v1 import jobs_pb2
@@ -81,6 +82,21 @@ def test_watch_resumes_after_a_dropped_connection_without_loss(server: ServerThr
         sequences = [e.sequence for e in first + rest]
         assert sequences == list(range(sequences[0], sequences[0] + len(sequences)))
         assert rest[-1].job.status == S.JOB_STATUS_COMPLETED
+
+
+def test_events_stored_by_an_older_server_still_replay(server: ServerThread, mongo: MongoServer) -> None:
+    # Older servers stored an event's job snapshot as a nested document, not one BSON value.
+    events = pymongo.MongoClient(mongo.uri)[server.settings.db_name]["job_events"]
+    with server.client() as alice:
+        job = alice.submit("topic", topic="stored long ago")
+        final(alice, job.id)
+        assert server.app is not None and server.app.event_log.flush()
+        for event in events.find({"job_id": job.id}):
+            assert isinstance(event["job"], bytes)  # as this server stores it
+            events.update_one({"_id": event["_id"]}, {"$set": {"job": loaded(event)["job"]}})
+        replayed = list(alice.watch(job.id, after_sequence=1))
+    assert [e.job.status for e in replayed] == [S.JOB_STATUS_PROCESSING, S.JOB_STATUS_COMPLETED]
+    assert all(e.job.params.topic == "stored long ago" for e in replayed)
 
 
 def test_transient_failure_is_retried_then_succeeds(alice: GenJobsClient) -> None:
@@ -195,7 +211,8 @@ def test_kill_9_mid_job_requeues_or_fails_never_stuck(
             events = pymongo.MongoClient(mongo.uri)[settings.db_name]["job_events"]
 
             def completions() -> int:
-                return events.count_documents({"job_id": job.id, "job.status": "COMPLETED"})
+                stored = events.find({"job_id": job.id})
+                return sum(loaded(e)["job"]["status"] == "COMPLETED" for e in stored)
 
             if attempts == 3:  # events are stored in the background: wait for the one
                 wait_for(completions)

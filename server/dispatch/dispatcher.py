@@ -77,7 +77,9 @@ EventSink = Callable[[Doc, str], None]
 
 
 class Dispatcher:
-    """Claims and runs jobs; `record(doc, kind)` is told of every change it makes."""
+    """Claims and runs jobs; `record(doc, kind)` is told of every change it
+    makes (`record_later`, if given, of a run's end whose lane claimed its next
+    job with it: it may tell its listeners after the caller goes on)."""
 
     def __init__(
         self,
@@ -96,6 +98,7 @@ class Dispatcher:
         admit: Callable[[Doc], bool] = lambda job: True,
         release: Callable[[], int] = lambda: 0,
         gate: ProviderGate | None = None,
+        record_later: EventSink | None = None,
     ) -> None:
         self.store = store
         self.queue = store.queue
@@ -125,6 +128,7 @@ class Dispatcher:
             gate,
             follow=self._end_and_follow,
             lease_seconds=lease_seconds,
+            record_later=record_later,
         )
         # Claims are made by this thread and by lanes whose run ends (`_end_and_follow`).
         self._claiming = threading.Lock()

@@ -95,6 +95,7 @@ class RunLifecycle:
         gate: ProviderGate | None = None,
         follow: Callable[[Run, Doc, Doc], Followed] | None = None,
         lease_seconds: float = 0.0,
+        record_later: Callable[[Doc, str], None] | None = None,
     ) -> None:
         self.store = store
         # The dispatcher's: store a completed run's outcome with its lane's next claim.
@@ -104,6 +105,8 @@ class RunLifecycle:
         self.bulks: BulkStore = store.bulks
         self.generator = generator
         self.record = record
+        # A followed run's end (its lane's next job claimed with it): told off the lane's path.
+        self.record_later = record_later or record
         self.retry_base_seconds = retry_base_seconds
         self._stopping = stopping  # the dispatcher's: an outcome stops waiting for the database
         # (job, epoch) of the runs whose outcome could not be stored: the
@@ -177,7 +180,7 @@ class RunLifecycle:
             changes = self.queue.completion(output.as_doc(), job["started_us"])
             followed = self.follow(run, job, changes) if self.follow and not reported else Followed(None)
             if followed.ended is not None:
-                self._stored(followed.ended)
+                self._stored(followed.ended, followed=True)
             else:
                 self._write_outcome(run, changes, unsure=followed.unsure)
 
@@ -293,9 +296,14 @@ class RunLifecycle:
             return
         self._stored(after)
 
-    def _stored(self, after: Doc) -> None:
-        """A run's outcome is stored (`after`): measure it and tell of it."""
+    def _stored(self, after: Doc, followed: bool = False) -> None:
+        """A run's outcome is stored (`after`): measure it and tell of it
+        (`followed`: stored in the command that claims its lane's next job, a
+        completion that cost nothing: no listener's work must precede that job)."""
         metrics.attempt_ended(after, max(0.0, (clock.now_us() - after.get("started_us", 0)) / 1e6))
+        if followed:
+            self.record_later(after, STATUS_CHANGED)
+            return
         after = self.held_if_paused(after)
         self.tell(after, STATUS_CHANGED)
 

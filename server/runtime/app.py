@@ -322,9 +322,11 @@ class App:
             await asyncio.to_thread(self.notifier.stop)
 
     async def _stop_dispatching(self, grace: float) -> None:
-        """Stop the dispatcher (its runs get `grace`), then write what its runs'
-        ends left pending behind them (the counted costs' flags)."""
+        """Stop the dispatcher (its runs get `grace`), then tell of the ends its
+        lanes left to be told, and write what they left pending behind them (the
+        counted costs' flags)."""
         await asyncio.to_thread(self.dispatcher.stop, grace)
+        await asyncio.to_thread(self.jobs.close, max(grace, 1.0))
         await asyncio.to_thread(self.budgets.close)
 
     async def _end_tasks(self) -> None:

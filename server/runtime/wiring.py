@@ -159,6 +159,7 @@ def build(
         generator,
         worker_id,
         record=jobs.record_run,
+        record_later=jobs.record_run_later,
         lease_seconds=settings.lease_seconds,
         poll_seconds=settings.poll_seconds,
         retry_base_seconds=settings.retry_base_seconds,

@@ -9,9 +9,12 @@ concurrent submits share one insert (see `store.LoopInsert`).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,6 +43,9 @@ from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import context, metrics
 
 log = logging.getLogger(__name__)
+
+# Runs' ends waiting to be told (`Jobs.record_run_later`) beyond which a lane tells its own.
+MAX_DELIVERIES_BEHIND = 64
 
 MAX_BULK_OPERATION = 100
 SAMPLE_SIZE = 10
@@ -139,6 +145,11 @@ class Jobs:
         self.notify_channels = frozenset(notify_channels)
         # Bulk accounting, notifications, budgets: each gets the changed Job and the event's kind.
         self.on_change = tuple(on_change)
+        # Where `record_run_later` tells of changes: one thread, so in the order
+        # recorded; named as the dispatcher's, whose runs' ends it tells.
+        self._deliveries = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatcher-deliveries")
+        self._behind = 0  # changes handed to it and not yet told
+        self._behind_lock = threading.Lock()
 
     # ---- events ---------------------------------------------------------
 
@@ -158,6 +169,53 @@ class Jobs:
             self.record(doc, kind)
         finally:
             RUN_PATH.reset(token)
+
+    def record_run_later(self, doc: Doc, kind: str) -> None:
+        """`record_run`, with the change kept for replay now (a DeleteJob right
+        after finds it) and told to watchers and listeners off the caller's
+        thread, in order: for a lane whose next job is claimed already, so that
+        the telling overlaps its next command instead of preceding it."""
+        event = self.store.events.event_doc(doc, kind, self.worker_id)
+        self.event_log.append(event)
+        if final(doc["status"]):
+            # Now, as `record` does: the end is stored, and GetJob or a replay may tell of it.
+            self.cap.unplaced(doc["owner"], [doc["_id"]])
+        with self._behind_lock:
+            later = self._behind < MAX_DELIVERIES_BEHIND  # else the lane waits its turn: told here
+            if later:
+                self._behind += 1
+        if later:
+            try:
+                # In the lane's context: the attempt's log context and span.
+                context = contextvars.copy_context()
+                self._deliveries.submit(context.run, self._deliver_run, doc, kind, event, True)
+                return
+            except RuntimeError:  # closed (the server stops): told here
+                with self._behind_lock:
+                    self._behind -= 1
+        self._deliver_run(doc, kind, event)
+
+    def close(self, timeout: float) -> None:
+        """Tell what `record_run_later` still holds, within `timeout` seconds
+        (what is left is dropped: its events are stored, and the listeners'
+        sweeps repair what they missed); once the dispatcher stopped."""
+        try:
+            self._deliveries.submit(lambda: None).result(timeout)
+        except TimeoutError:
+            log.warning("stopping: %d job changes not told to watchers and listeners", self._behind)
+        self._deliveries.shutdown(wait=False, cancel_futures=True)
+
+    def _deliver_run(self, doc: Doc, kind: str, event: Doc, queued: bool = False) -> None:
+        token = RUN_PATH.set(True)
+        try:
+            self._deliver(doc, kind, event)
+        except Exception:  # on the deliveries' thread: nobody else would hear of it
+            log.exception("job %s: telling of a %s event failed", doc["_id"], kind)
+        finally:
+            RUN_PATH.reset(token)
+            if queued:
+                with self._behind_lock:
+                    self._behind -= 1
 
     def announce(self, doc: Doc) -> None:
         """Tell the owner's stream (WatchJobs) of a new job: its watchers

@@ -5,8 +5,8 @@ each job document with `archived_us` set. A job is in exactly one of the two
 collections as readers see it, without transactions (nx-27017 does not isolate
 them, MONGO.md item 8):
 
-1. copy: the job and its events are upserted into the archive by `_id`
-   (idempotent: a copy made twice is one copy);
+1. copy: the job is upserted into the archive by `_id`, its events inserted
+   unless there (idempotent: a copy made twice is one copy);
 2. delete: its live events go, then the live job.
 
 A reader looks in `jobs` first, then in `jobs_archive` (`JobStore.document`),
@@ -30,7 +30,7 @@ from bson import ObjectId
 from genjobs.server.model.channels import PENDING_FLAG
 from genjobs.server.model.states import Status
 from genjobs.server.storage.database import Database, Doc, owned
-from genjobs.server.storage.events import delete_events_of
+from genjobs.server.storage.events import delete_events_of, insert_new, loaded
 
 DELETE, ARCHIVE = "delete", "archive"  # GENJOBS_RETENTION_MODE
 BATCH = 200  # jobs a batch moves: one find, a few bulk commands
@@ -105,7 +105,8 @@ class ArchiveStore:
 
     def move_batch(self, status: str, ended_before_us: int, limit: int) -> int:
         """Move up to `limit` of the oldest `status` jobs that ended before
-        `ended_before_us`: copy (upsert by `_id`), then delete from live."""
+        `ended_before_us`: copy (jobs upserted by `_id`, events inserted once),
+        then delete from live."""
         cursor = (
             self.live_jobs.find({"status": status, "ended_us": {"$gte": 1, "$lt": ended_before_us}})
             .sort("ended_us", pymongo.ASCENDING)
@@ -124,7 +125,7 @@ class ArchiveStore:
         )
         events = [e for d in docs for e in self.live_events.find({"job_id": str(d["_id"])})]
         if events:
-            self.events.bulk_write([pymongo.ReplaceOne({"_id": e["_id"]}, e, upsert=True) for e in events])
+            insert_new(self.events, events)  # a move done again (a crash before its deletes) adds none twice
             # By `_id`: a delete filtered on `job_id` reads every event on
             # nx-27017 (like update_many, MONGO.md item 21), 23 ms a job at 3k events.
             self.live_events.delete_many({"_id": {"$in": [e["_id"] for e in events]}})
@@ -154,7 +155,7 @@ class ArchiveStore:
 
     def events_after(self, job_id: str, seq: int) -> list[Doc]:
         """An archived job's events after `seq`, in order (WatchJob's replay)."""
-        return list(self.events.find({"job_id": job_id, "seq": {"$gt": seq}}).sort("seq", 1))
+        return [loaded(e) for e in self.events.find({"job_id": job_id, "seq": {"$gt": seq}}).sort("seq", 1)]
 
     def delete(self, owner: str | None, oid: ObjectId) -> bool:
         """Remove an archived job and its events; whether it was there."""

@@ -25,6 +25,7 @@ and the few job queries the budget rules need.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pymongo
@@ -43,6 +44,7 @@ from genjobs.server.storage.store import Store
 BUDGET = "budget"  # the lane of queued jobs whose owner (or project) is over a limit
 
 
+@functools.lru_cache(maxsize=4096)  # asked on every claim's admission: json.dumps is not cheap
 def budget_key(owner: str, project: str) -> str:
     """The `_id` of the limit on `owner`'s spend (project "": all of it)."""
     return json.dumps([owner, project], separators=(",", ":"))
