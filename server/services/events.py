@@ -53,7 +53,11 @@ class EventHub:
 
     def publish(self, event: Event) -> None:
         """Deliver `event` to its subscribers; safe to call from any thread."""
-        if self._closed:
+        if self._closed or event.key not in self._subscribers:
+            # Nobody watches it: the loop is not woken for nothing (most changes,
+            # a job's own stream being open only while someone watches it). A
+            # WatchJob or WatchBulkJob subscribing from now on reads the job after
+            # subscribing, so its snapshot has this change, stored before it is told.
             return
         # A closed loop (RuntimeError) means nobody is listening any more.
         with contextlib.suppress(RuntimeError):
