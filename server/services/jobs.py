@@ -9,11 +9,12 @@ concurrent submits share one insert (see `store.LoopInsert`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -43,6 +44,17 @@ from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import context, metrics
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _on_run_path() -> Iterator[None]:
+    """Mark what runs inside as the dispatcher's runs' bookkeeping (RUN_PATH)."""
+    token = RUN_PATH.set(True)
+    try:
+        yield
+    finally:
+        RUN_PATH.reset(token)
+
 
 # Runs' ends waiting to be told (`Jobs.record_run_later`) beyond which a lane tells its own.
 MAX_DELIVERIES_BEHIND = 64
@@ -155,31 +167,22 @@ class Jobs:
 
     def record(self, doc: Doc, kind: str) -> None:
         """Tell watchers of a change, and keep it in job_events for replay (in the background)."""
-        event = self.store.events.event_doc(doc, kind, self.worker_id)
-        # Queued for storage before the callbacks' bookkeeping (spend, notifications)
-        # runs: a DeleteJob that flushes the log right after the change finds it there.
-        self.event_log.append(event)
-        self._deliver(doc, kind, event)
+        self._deliver(doc, kind, self._keep(doc, kind))
 
     def record_run(self, doc: Doc, kind: str) -> None:
         """`record` for the dispatcher's runs: their counted costs' flags are
         written behind them (see services/written_behind.py)."""
-        token = RUN_PATH.set(True)
-        try:
+        with _on_run_path():
             self.record(doc, kind)
-        finally:
-            RUN_PATH.reset(token)
 
     def record_run_later(self, doc: Doc, kind: str) -> None:
         """`record_run`, with the change kept for replay now (a DeleteJob right
         after finds it) and told to watchers and listeners off the caller's
         thread, in order: for a lane whose next job is claimed already, so that
         the telling overlaps its next command instead of preceding it."""
-        event = self.store.events.event_doc(doc, kind, self.worker_id)
-        self.event_log.append(event)
-        if final(doc["status"]):
-            # Now, as `record` does: the end is stored, and GetJob or a replay may tell of it.
-            self.cap.unplaced(doc["owner"], [doc["_id"]])
+        event = self._keep(doc, kind)
+        # Now, as `record` does: the end is stored, and GetJob or a replay may tell of it.
+        ended = self._free_place_if_ended(doc)
         with self._behind_lock:
             later = self._behind < MAX_DELIVERIES_BEHIND  # else the lane waits its turn: told here
             if later:
@@ -188,12 +191,12 @@ class Jobs:
             try:
                 # In the lane's context: the attempt's log context and span.
                 context = contextvars.copy_context()
-                self._deliveries.submit(context.run, self._deliver_run, doc, kind, event, True)
+                self._deliveries.submit(context.run, self._tell_run, doc, kind, event, ended, True)
                 return
             except RuntimeError:  # closed (the server stops): told here
                 with self._behind_lock:
                     self._behind -= 1
-        self._deliver_run(doc, kind, event)
+        self._tell_run(doc, kind, event, ended)
 
     def close(self, timeout: float) -> None:
         """Tell what `record_run_later` still holds, within `timeout` seconds
@@ -205,14 +208,22 @@ class Jobs:
             log.warning("stopping: %d job changes not told to watchers and listeners", self._behind)
         self._deliveries.shutdown(wait=False, cancel_futures=True)
 
-    def _deliver_run(self, doc: Doc, kind: str, event: Doc, queued: bool = False) -> None:
-        token = RUN_PATH.set(True)
+    def _keep(self, doc: Doc, kind: str) -> Doc:
+        """The change's event, queued for storage (for replay) before anyone is
+        told of it: a DeleteJob that flushes the log right after the change finds
+        it there, and the callbacks' bookkeeping (spend, notifications) comes after."""
+        event = self.store.events.event_doc(doc, kind, self.worker_id)
+        self.event_log.append(event)
+        return event
+
+    def _tell_run(self, doc: Doc, kind: str, event: Doc, ended: bool, queued: bool = False) -> None:
+        """`_tell` for a run's end on the deliveries thread (`queued`) or the lane."""
         try:
-            self._deliver(doc, kind, event)
+            with _on_run_path():
+                self._tell(doc, kind, event, ended)
         except Exception:  # on the deliveries' thread: nobody else would hear of it
             log.exception("job %s: telling of a %s event failed", doc["_id"], kind)
         finally:
-            RUN_PATH.reset(token)
             if queued:
                 with self._behind_lock:
                     self._behind -= 1
@@ -228,12 +239,21 @@ class Jobs:
         self._deliver(doc, kind, self.store.events.event_doc(doc, kind, self.worker_id))
 
     def _deliver(self, doc: Doc, kind: str, event: Doc) -> None:
-        # `doc` is the job as the storage write returned it and `event` the wire's
-        # snapshot of it: both stay documents on purpose (watchers get the event as is).
+        # Before any watcher hears of an end: the submit it may prompt finds the place free.
+        self._tell(doc, kind, event, self._free_place_if_ended(doc))
+
+    def _free_place_if_ended(self, doc: Doc) -> bool:
+        """Whether the changed job is final; if so, its place under the
+        queued-jobs cap is free in this server's memory from now on."""
         ended = final(doc["status"])
         if ended:
-            # Before any watcher hears of the end: the submit it may prompt finds the place free.
             self.cap.unplaced(doc["owner"], [doc["_id"]])
+        return ended
+
+    def _tell(self, doc: Doc, kind: str, event: Doc, ended: bool) -> None:
+        """Tell watchers and listeners of a change (`ended`: it made the job final)."""
+        # `doc` is the job as the storage write returned it and `event` the wire's
+        # snapshot of it: both stay documents on purpose (watchers get the event as is).
         self.hub.publish(Event(f"job:{event['job_id']}", event["seq"], event, ended))
         # The owner's stream (WatchJobs) sees every job of theirs; it never ends with one.
         self.hub.publish(Event(owner_key(doc["owner"]), event["seq"], event, False))
