@@ -130,9 +130,12 @@ def test_a_huge_header_is_refused_while_grpc_calls_keep_their_pace(server: Serve
 
 @pytest.fixture
 def strict(mongo: MongoServer, tmp_path: Path) -> Iterator[ServerThread]:
-    """A server with a short header deadline and idle time."""
+    """A server with short head and body deadlines and idle time."""
     settings = replace(
-        make_settings(mongo.uri, tmp_path), http_header_timeout_seconds=1.0, http_idle_seconds=1.0
+        make_settings(mongo.uri, tmp_path),
+        http_header_timeout_seconds=1.0,
+        http_body_timeout_seconds=1.0,
+        http_idle_seconds=1.0,
     )
     running = ServerThread(settings).start()
     yield running
@@ -173,6 +176,46 @@ def test_silent_and_unfinished_connections_are_closed(strict: ServerThread) -> N
     idle.close()
     assert time.monotonic() - started < 20
     assert _value(_samples(strict), "genjobs_http_refused_total", reason="header_timeout") >= 10
+
+
+def test_a_body_that_stops_coming_is_refused_in_time(strict: ServerThread, caplog: Any) -> None:
+    """A request whose body stalls is answered 408 and closed (each one held
+    a connection and a waiting handler for good), with no error logged for
+    it; a slow but whole body is served."""
+    caplog.set_level(logging.WARNING)
+    token = strict.token("alice")
+    stalled = [connect(strict) for _ in range(3)]
+    for sock in stalled:
+        sock.sendall(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: genjobs\r\ncontent-type: application/json\r\n"
+            + f"authorization: Bearer {token}\r\ncontent-length: 200\r\n\r\n".encode()
+            + b'{"mode": "MODE_TOPIC",'
+        )
+    for sock in stalled:
+        sock.settimeout(20)  # the deadline is a second; a socket still open after 20 s fails the test
+        try:
+            answer = read_all(sock)
+        except TimeoutError:
+            pytest.fail("a request whose body stopped coming was never closed")
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert b"BODY_TIMEOUT" in answer
+        sock.close()
+    assert _value(_samples(strict), "genjobs_http_refused_total", reason="body_timeout") >= 3
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    body = b'{"mode": "MODE_TOPIC", "params": {"topic": "slow but whole"}}'
+    slow = connect(strict)
+    slow.sendall(
+        b"POST /v1/jobs HTTP/1.1\r\nHost: genjobs\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        + f"authorization: Bearer {token}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+    )
+    for piece in (body[:20], body[20:40], body[40:]):
+        time.sleep(0.2)  # pacing a slow client, not synchronisation
+        slow.sendall(piece)
+    slow.settimeout(20)
+    answer = read_all(slow)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    assert b"slow but whole" in answer
+    slow.close()
 
 
 def test_open_http_connections_are_bounded(bounded: ServerThread) -> None:

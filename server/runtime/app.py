@@ -350,6 +350,7 @@ class App:
         limits = Limits(
             max_header_bytes=self.settings.http_max_header_bytes,
             header_timeout_seconds=self.settings.http_header_timeout_seconds,
+            body_timeout_seconds=self.settings.http_body_timeout_seconds,
             max_connections=self.settings.http_max_connections,
         )
         # The same one deadline for an HTTP call's database calls as DatabaseDeadline gives a gRPC call's.

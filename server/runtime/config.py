@@ -76,6 +76,7 @@ class Settings:
     # connections may be open at once (event streams included).
     http_max_header_bytes: int = 32768
     http_header_timeout_seconds: float = 10.0
+    http_body_timeout_seconds: float = 30.0
     http_idle_seconds: float = 5.0
     http_max_connections: int = 2000
     # The longest any database call may take when the RPC sets no shorter deadline;
@@ -149,6 +150,7 @@ _LEAST = {  # settings with a lower bound
     "mail_per_owner_per_hour": 1,
     "http_max_header_bytes": 1024,
     "http_header_timeout_seconds": 0.1,
+    "http_body_timeout_seconds": 0.1,
     "http_idle_seconds": 0.1,
     "http_max_connections": 1,
 }

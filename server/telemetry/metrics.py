@@ -221,5 +221,6 @@ def stream_gauge(method: str, transport: str) -> Any:
 
 
 def http_refused(reason: str) -> None:
-    """An HTTP connection closed by a guard: header_too_large, header_timeout, too_many_connections."""
+    """An HTTP connection closed by a guard: header_too_large, header_timeout,
+    body_timeout, too_many_connections."""
     _labelled(HTTP_REFUSED, reason).inc()

@@ -1,6 +1,6 @@
 """The HTTP port's guards, in the connection protocol under uvicorn: a cap on a
-request head's size (431), a deadline for a head to arrive, and a bound on
-open connections (503).
+request head's size (431), a deadline for a head to arrive, then one for its
+body (408), and a bound on open connections (503).
 
 The HTTP face shares the event loop with gRPC, so whatever one connection
 makes the loop do, every RPC waits for. httptools, uvicorn's fast parser,
@@ -10,13 +10,17 @@ connection that sends nothing, or half a head, is kept for good (uvicorn's
 keep-alive timer runs only after a response). These guards count the bytes
 fed to the parser until the head is complete, and close the connection as
 soon as it is too big or too slow; nothing else changes for a request that
-keeps to them.
+keeps to them. A body is read by the handler, which waits for it as long
+as the connection is open: a body that stops coming would hold the
+connection and its handler for good, so a request's body has a deadline
+of its own from the end of its head.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +35,7 @@ class Limits:
 
     max_header_bytes: int = 32768
     header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
     max_connections: int = 2000
 
 
@@ -134,6 +139,8 @@ class GuardedHttpTools(HttpToolsProtocol):
             self._too_large()
             return
         super().on_headers_complete()
+        # Disarmed by the message's end: in this same feed when it has no body.
+        self._arm(self.limits.body_timeout_seconds, self._body_too_slow)
 
     def on_body(self, body: bytes) -> None:
         if not self.transport.is_closing():
@@ -141,6 +148,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        self._disarm()
         if not self.transport.is_closing():
             super().on_message_complete()
 
@@ -152,9 +160,12 @@ class GuardedHttpTools(HttpToolsProtocol):
             f"the request head is over {self.limits.max_header_bytes} bytes",
         )
 
-    def _arm(self) -> None:
+    def _arm(self, seconds: float | None = None, then: Callable[[], None] | None = None) -> None:
+        """Call `then` (the head's deadline by default) in `seconds` unless disarmed first."""
         self._disarm()
-        self._deadline = self.loop.call_later(self.limits.header_timeout_seconds, self._too_slow)
+        self._deadline = self.loop.call_later(
+            self.limits.header_timeout_seconds if seconds is None else seconds, then or self._too_slow
+        )
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -172,9 +183,20 @@ class GuardedHttpTools(HttpToolsProtocol):
         else:  # a response is being sent (a stream): a refusal would garble it
             self.transport.close()
 
-    def _refuse(self, status: str, reason: str, message: str) -> None:
+    def _body_too_slow(self) -> None:
+        """The body did not arrive in time: answer 408 unless its handler answered already, and close."""
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        metrics.http_refused("body_timeout")
+        self._refuse("408 Request Timeout", "BODY_TIMEOUT", "the request body took too long", answering=True)
+
+    def _refuse(self, status: str, reason: str, message: str, answering: bool = False) -> None:
+        """Write a refusal when nothing else is being answered, then close.
+        `answering`: it answers the request being read (its handler has not started an answer)."""
         self._disarm()
-        if self.cycle is None or self.cycle.response_complete:
+        idle = self.cycle is None or self.cycle.response_complete
+        if idle or (answering and not self.cycle.response_started):
             self.transport.write(_refusal(status, reason, message))
         self.transport.close()
 
