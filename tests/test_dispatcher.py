@@ -7,12 +7,14 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import grpc
 import pymongo
 import pytest
+from bson import ObjectId
 
 from genjobs.client import GenJobsClient, Unavailable
 from genjobs.server.dispatch import dispatcher
@@ -400,6 +402,69 @@ def test_a_job_submitted_to_the_replica_that_is_not_the_leader_runs(
     finally:
         for server in servers:
             server.terminate()
+        database.client.close()
+
+
+def test_the_owner_stream_tells_each_change_once_though_the_poller_reads_them_too(
+    server: ServerThread,
+) -> None:
+    with server.client("alice") as alice:
+        stream = alice.jobs.WatchJobs(jobs_pb2.WatchJobsRequest(), metadata=alice._metadata, timeout=30)
+        next(stream)  # the first heartbeat: the stream is open
+        slow = {"demo_seconds": "1"}
+        jobs = {alice.submit("topic", topic=f"told once {i}", extra=slow).id for i in range(2)}
+        told: dict[str, list[tuple[int, int]]] = {job_id: [] for job_id in jobs}
+        try:
+            for event in stream:
+                if event.job.id in told:
+                    told[event.job.id].append((event.sequence, event.job.status))
+                    if all(t and t[-1][1] == jobs_pb2.JOB_STATUS_COMPLETED for t in told.values()):
+                        break
+        finally:
+            stream.cancel()
+    for changes in told.values():
+        sequences = [seq for seq, _ in changes]
+        assert sequences == sorted(set(sequences)), changes
+        assert jobs_pb2.JOB_STATUS_PROCESSING in [status for _, status in changes]
+
+
+def test_the_owner_stream_on_a_replica_hears_of_runs_made_by_the_leader(
+    mongo: MongoServer, tmp_path: Path
+) -> None:
+    """WatchJobs on a replica that is not the leader carries the runs the
+    leader makes of its owner's jobs (a dashboard behind a load balancer does
+    not show them queued for good), each change once and in order."""
+    settings = make_settings(mongo.uri, tmp_path / "a")
+    leader = ServerThread(settings).start()
+    database = pymongo.MongoClient(mongo.uri)[settings.db_name]
+    follower: ServerThread | None = None
+    try:
+        assert leader.app is not None
+        holder = leader.app.worker_id
+        wait_for(lambda: database.leases.find_one({"_id": "dispatcher", "holder": holder}), timeout=30)
+        follower = ServerThread(replace(settings, data_dir=tmp_path / "b")).start()
+        with follower.client("alice") as alice:
+            stream = alice.jobs.WatchJobs(jobs_pb2.WatchJobsRequest(), metadata=alice._metadata, timeout=30)
+            next(stream)  # the first heartbeat: the stream is open
+            job = alice.submit("topic", topic="queued here, run there", extra={"demo_seconds": "0.3"})
+            statuses, sequences = [], []
+            try:
+                for event in stream:
+                    if event.job.id == job.id:
+                        statuses.append(event.job.status)
+                        sequences.append(event.sequence)
+                        if event.job.status == jobs_pb2.JOB_STATUS_COMPLETED:
+                            break
+            except grpc.RpcError as exc:
+                pytest.fail(f"the stream never told of the run ({exc.code()}); it told {statuses}")
+            finally:
+                stream.cancel()
+        assert sequences == sorted(set(sequences)), sequences
+        assert database.jobs.find_one({"_id": ObjectId(job.id)}, {"worker": 1})["worker"] == holder
+    finally:
+        leader.stop()
+        if follower is not None:
+            follower.stop()
         database.client.close()
 
 

@@ -37,9 +37,12 @@ class Event:
         return self._message
 
 
+OWNER = "owner:"
+
+
 def owner_key(owner: str) -> str:
     """The hub key of every change of `owner`'s jobs (WatchJobs)."""
-    return f"owner:{owner}"
+    return OWNER + owner
 
 
 class EventHub:
@@ -49,6 +52,10 @@ class EventHub:
         self._loop = loop
         self._subscribers: dict[str, set[asyncio.Queue[Any]]] = {}
         self._last_seq: dict[str, int] = {}  # the newest sequence delivered per watched key
+        # An owner's key carries many jobs: the newest sequence delivered of
+        # each (and when), so that a change told here and read by the poller
+        # too is delivered once, and an older one never after a newer.
+        self._owner_seqs: dict[str, dict[str, tuple[int, float]]] = {}
         self._closed = False
 
     def publish(self, event: Event) -> None:
@@ -71,9 +78,32 @@ class EventHub:
         subscribers = self._subscribers.get(event.key)
         if not subscribers:
             return
+        if event.key.startswith(OWNER) and not self._newer_of_its_job(event):
+            return
         self._last_seq[event.key] = max(self._last_seq.get(event.key, 0), event.seq)
         for queue in subscribers:
             queue.put_nowait(event)
+
+    def _newer_of_its_job(self, event: Event) -> bool:
+        """Whether `event` is newer than any of its job delivered on its owner's key (noted if so)."""
+        seqs = self._owner_seqs.setdefault(event.key, {})
+        job_id = event.doc["job_id"]
+        if event.seq <= seqs.get(job_id, (0, 0.0))[0]:
+            return False
+        seqs[job_id] = (event.seq, self._loop.time())
+        return True
+
+    def delivered_seq(self, key: str, job_id: str) -> int:
+        """The newest sequence of `job_id` delivered on the owner key `key`."""
+        return self._owner_seqs.get(key, {}).get(job_id, (0, 0.0))[0]
+
+    def forget_job_seqs(self, older_than: float) -> None:
+        """Forget the owner keys' job sequences delivered more than `older_than`
+        seconds ago: the poller no longer reads changes that old."""
+        cutoff = self._loop.time() - older_than
+        for seqs in self._owner_seqs.values():
+            for job_id in [j for j, (_, at) in seqs.items() if at < cutoff]:
+                del seqs[job_id]
 
     def last_seq(self, key: str) -> int:
         """The newest sequence delivered (or noted) for a watched key."""
@@ -100,6 +130,7 @@ class EventHub:
                 if not subscribers:
                     del self._subscribers[key]
                     self._last_seq.pop(key, None)
+                    self._owner_seqs.pop(key, None)
 
     async def beat(self, interval: float) -> None:
         """Every `interval`, ask each idle stream to send a heartbeat (runs until cancelled)."""

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from pymongo.errors import PyMongoError
 
-from genjobs.server.model import channels
+from genjobs.server.model import channels, clock
 from genjobs.server.model.caller import Caller
 from genjobs.server.model.errors import FieldViolation, ServiceError, channel_not_configured, invalid
 from genjobs.server.model.records import NO_ORIGIN, Job, Origin, Params, Submission
@@ -30,7 +30,7 @@ from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.model.vocabulary import Lane, Mode, Priority
 from genjobs.server.services import entitlement, validation
 from genjobs.server.services.entitlement import Tiers
-from genjobs.server.services.events import Event, EventHub, owner_key
+from genjobs.server.services.events import OWNER, Event, EventHub, owner_key
 from genjobs.server.services.queue_cap import QueueCap
 from genjobs.server.services.written_behind import RUN_PATH
 from genjobs.server.storage import records
@@ -58,6 +58,11 @@ def _on_run_path() -> Iterator[None]:
 
 # Runs' ends waiting to be told (`Jobs.record_run_later`) beyond which a lane tells its own.
 MAX_DELIVERIES_BEHIND = 64
+# Owners' streams read what changed since the last read minus this (a write's
+# latency and replicas' clocks, as fair share's discovery), leaving the last
+# SETTLE_US to the next read: changes made here are told before then.
+CHANGE_MARGIN_US = 2_000_000
+SETTLE_US = 250_000
 
 MAX_BULK_OPERATION = 100
 SAMPLE_SIZE = 10
@@ -160,6 +165,7 @@ class Jobs:
         # Where `record_run_later` tells of changes: one thread, so in the order
         # recorded; named as the dispatcher's, whose runs' ends it tells.
         self._deliveries = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatcher-deliveries")
+        self._owners_read_us = 0  # when the owners' streams last read what changed (0: nobody watched)
         self._behind = 0  # changes handed to it and not yet told
         self._behind_lock = threading.Lock()
 
@@ -276,8 +282,39 @@ class Jobs:
                     )
 
     async def poll_remote(self) -> None:
-        """Other replicas' changes to watched jobs reach this server's watchers here:
-        stored events fill in the steps, a snapshot the rest."""
+        """Other replicas' changes reach this server's watchers here: those of
+        watched jobs (WatchJob) and of watched owners' jobs (WatchJobs)."""
+        await self._poll_watched_jobs()
+        await self._poll_watched_owners()
+
+    async def _poll_watched_owners(self) -> None:
+        """Each job of a watched owner that changed since the last read, as it is
+        now, on the owner's key; a sequence already delivered is not read again."""
+        owners = set(self.hub.watched(OWNER))
+        now_us = clock.now_us()
+        since_us = (self._owners_read_us or now_us) - CHANGE_MARGIN_US
+        self._owners_read_us = now_us if owners else 0
+        if not owners:
+            return
+        # Sequences delivered before the span this read covers (and a second more) cannot come again.
+        self.hub.forget_job_seqs((now_us - since_us) / 1e6 + 1.0)
+        changed = await asyncio.to_thread(self.store.jobs.changed_since, since_us)
+        wanted = [
+            str(row["_id"])
+            for row in changed
+            if row.get("owner") in owners
+            and row["updated_us"] <= now_us - SETTLE_US
+            and row["seq"] > self.hub.delivered_seq(owner_key(row["owner"]), str(row["_id"]))
+        ]
+        if not wanted:
+            return
+        for doc in await asyncio.to_thread(self.store.jobs.jobs_by_ids, wanted):
+            kind = STATUS_CHANGED if final(doc["status"]) else SNAPSHOT
+            event = self.store.events.event_doc(doc, kind)
+            self.hub.deliver(Event(owner_key(doc["owner"]), doc["seq"], event, False))
+
+    async def _poll_watched_jobs(self) -> None:
+        """Stored events fill in the steps of a watched job changed elsewhere, a snapshot the rest."""
         ids = self.hub.watched("job:")
         if not ids:
             return

@@ -105,6 +105,7 @@ class JobStore:
         jobs.create_index([(PENDING_FLAG, 1)])  # job notifications a crash left unstored
         jobs.create_index([("schedule_id", 1)])  # ListJobs of a schedule's runs
         jobs.create_index([("result.metadata.model", 1)])  # an estimate's recent jobs of a model
+        jobs.create_index([("updated_us", 1)])  # what changed lately: owners' streams on other replicas
 
     def repeated(self, doc: Doc) -> Doc | None:
         """The stored job with `doc`'s request key, if any (a repeat)."""
@@ -379,6 +380,13 @@ class JobStore:
     def stored_ids(self, oids: list[ObjectId]) -> set[ObjectId]:
         """Which of these job ids are stored (one search of `_id`)."""
         return {row["_id"] for row in self.jobs.find({"_id": {"$in": oids}}, {"_id": 1})}
+
+    def changed_since(self, since_us: int) -> list[Doc]:
+        """{_id, owner, seq, updated_us} of every live job changed at or after
+        `since_us`: an index search of what changed, not the history."""
+        return list(
+            self.jobs.find({"updated_us": {"$gte": since_us}}, {"owner": 1, "seq": 1, "updated_us": 1})
+        )
 
     def jobs_by_ids(self, ids: list[str]) -> list[Doc]:
         """The current documents of these jobs (the remote-event poller)."""
