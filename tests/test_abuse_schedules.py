@@ -7,6 +7,7 @@ the creator is entitled to it, on every path that creates a job."""
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -15,10 +16,14 @@ from typing import Any
 
 import grpc
 import httpx
+import pymongo
 import pytest
 
 from genjobs.client import GenJobsClient, GenJobsError
 from genjobs.client.client import params
+from genjobs.server.model.errors import ServiceError
+from genjobs.server.storage.schedules import SCHEDULES, ScheduleStore
+from genjobs.server.storage.store import Store
 from genjobs.v1 import bulk_pb2, jobs_pb2, jobs_pb2_grpc
 from tests.harness import MongoServer, ServerThread, make_settings, wait_for
 
@@ -138,6 +143,40 @@ def test_one_owners_schedules_stop_at_the_cap_under_concurrent_creates(capped: S
         first = mallory.create_schedule(EVERY_MINUTE, job=job(), request_id="r1")
         assert mallory.create_schedule(EVERY_MINUTE, job=job(), request_id="r1").id == first.id
         assert code(lambda: mallory.create_schedule(EVERY_MINUTE, job=job())) == "RESOURCE_EXHAUSTED"
+
+
+def test_places_left_taken_by_servers_that_died_are_given_back(
+    capped: ServerThread, mongo: MongoServer
+) -> None:
+    """A server that dies between counting a create and storing it leaves the
+    owner's count one high; dead servers' places pile up to the cap. A create
+    refused at the cap counts again what the owner has, and goes on."""
+    counts = pymongo.MongoClient(mongo.uri)[capped.settings.db_name]["owner_counts"]
+    with capped.client("carol") as carol:
+        kept = [carol.create_schedule(EVERY_MINUTE, job=job(f"kept {i}")).id for i in range(3)]
+        carol.create_template("kept", job=job("a template"))
+        # Left as servers dying mid-create leave it, long ago: every place taken.
+        counts.update_one({"_id": "schedules:carol"}, {"$set": {"n": 20}, "$unset": {"changed_us": ""}})
+        counts.update_one({"_id": "templates:carol"}, {"$set": {"n": 5}, "$unset": {"changed_us": ""}})
+        assert carol.create_schedule(EVERY_MINUTE, job=job("a fourth")).id not in kept
+        assert carol.create_template("another", job=job("a second template")).name == "another"
+        # Counted right from then on: the cap holds at what the owner really has.
+        made = [code(lambda: carol.create_schedule(EVERY_MINUTE, job=job("more"))) for _ in range(20)]
+        assert made.count("OK") == 16 and made.count("RESOURCE_EXHAUSTED") == 4, made
+    counts.database.client.close()
+
+
+def test_a_place_taken_by_a_create_still_in_flight_is_not_counted_away(mongo: MongoServer) -> None:
+    """The recount waits until the counter has not moved for a while: a
+    create that took its place and has not stored yet keeps it."""
+    store = Store(mongo.uri, "t_inflight_" + uuid.uuid4().hex[:8])
+    schedules = ScheduleStore(store.database)
+    schedules.ensure_indexes()
+    schedules.take_place(SCHEDULES, "dave", 1, "GENJOBS_MAX_SCHEDULES_PER_OWNER")  # not stored yet
+    with pytest.raises(ServiceError) as refused:
+        schedules.take_place(SCHEDULES, "dave", 1, "GENJOBS_MAX_SCHEDULES_PER_OWNER")
+    assert refused.value.reason == "TOO_MANY_SCHEDULES"
+    store.close()
 
 
 def test_another_owners_schedule_ticks_on_time_beside_a_flood(capped: ServerThread) -> None:

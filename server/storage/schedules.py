@@ -18,7 +18,9 @@ which this module borrows from the `Database`.
   back when nothing was stored; a delete gives it back. A counter starts from
   the owner's stored schedules (templates) through the owner index, so owners
   from before the caps are counted. A server that dies between taking a place
-  and storing leaves the count one high, never low.
+  and storing leaves the count one high, never low; a create refused at the
+  cap counts the owner's again once the counter has not moved for
+  RECOUNT_AFTER_US (no create can be in flight then), so such places come back.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ from genjobs.server.storage.paging import MAX_PAGE_BYTES, keyset_page, parse_id,
 
 ACTIVE, PAUSED = "ACTIVE", "PAUSED"
 SCHEDULES, TEMPLATES = "schedules", "templates"  # what owner_counts counts
+# A create takes its place and stores within the database's deadline (seconds):
+# a counter unchanged for longer has no create in flight.
+RECOUNT_AFTER_US = 60_000_000
 
 
 def template_key(owner: str, name: str) -> str:
@@ -83,19 +88,20 @@ class ScheduleStore:
         key = f"{kind}:{owner}"
         refused = True
         for _ in range(3):
-            if self.counts.find_one_and_update({"_id": key, "n": {"$lt": cap}}, {"$inc": {"n": 1}}):
+            taken = {"$inc": {"n": 1}, "$set": {"changed_us": clock.now_us()}}
+            if self.counts.find_one_and_update({"_id": key, "n": {"$lt": cap}}, taken):
                 refused = False
                 break
-            counter = self.counts.find_one({"_id": key}, {"n": 1})
+            counter = self.counts.find_one({"_id": key}, {"n": 1, "changed_us": 1})
             if counter is not None:
-                if int(counter["n"]) >= cap:
+                if int(counter["n"]) >= cap and not self._recounted(kind, owner, counter):
                     break  # full
-                continue  # made by a concurrent first create after our write: try again
+                continue  # made by a concurrent first create after our write, or recounted: try again
             # The owner's first counted create (or the first since counting began):
             # it starts from what they have, read through the owner index.
-            have = sum(1 for _ in self.collection(kind).find({"owner": owner}, {"_id": 1}))
+            started = {"_id": key, "n": self._have(kind, owner), "changed_us": clock.now_us()}
             with contextlib.suppress(DuplicateKeyError):  # another create started it first
-                self.counts.insert_one({"_id": key, "n": have})
+                self.counts.insert_one(started)
         if refused:
             what = kind[:-1]
             raise quota_exceeded(
@@ -106,13 +112,37 @@ class ScheduleStore:
                 {"owner": owner, "limit": str(cap), "setting": setting, "kind": what},
             )
 
+    def _have(self, kind: str, owner: str) -> int:
+        """How many `kind` `owner` has stored, read through the owner index."""
+        return sum(1 for _ in self.collection(kind).find({"owner": owner}, {"_id": 1}))
+
+    def _recounted(self, kind: str, owner: str, counter: Doc) -> bool:
+        """A full counter that has not moved for RECOUNT_AFTER_US set to what
+        the owner has, when that is less: whether it was. One conditional
+        update on the counter as read (a create or delete meanwhile wins); a
+        count found right is stamped too, so an owner at the cap retrying is
+        counted once a RECOUNT_AFTER_US, not on every refusal."""
+        stamp = counter.get("changed_us")
+        now_us = clock.now_us()
+        if stamp is not None and int(stamp) > now_us - RECOUNT_AFTER_US:
+            return False
+        have = self._have(kind, owner)
+        as_read = {"_id": counter["_id"], "n": counter["n"]}
+        as_read["changed_us"] = stamp if stamp is not None else {"$exists": False}
+        freed = have < int(counter["n"])
+        fix = {"n": have, "changed_us": now_us} if freed else {"changed_us": now_us}
+        return self.counts.update_one(as_read, {"$set": fix}).modified_count == 1 and freed
+
     def collection(self, kind: str) -> Collection[Doc]:
         """The collection `owner_counts` counts for `kind`."""
         return self.schedules if kind == SCHEDULES else self.templates
 
     def give_place(self, kind: str, owner: str) -> None:
         """Count one fewer of `owner`'s `kind` (never below 0)."""
-        self.counts.update_one({"_id": f"{kind}:{owner}", "n": {"$gt": 0}}, {"$inc": {"n": -1}})
+        self.counts.update_one(
+            {"_id": f"{kind}:{owner}", "n": {"$gt": 0}},
+            {"$inc": {"n": -1}, "$set": {"changed_us": clock.now_us()}},
+        )
 
     # ---- templates ----------------------------------------------------------
 
