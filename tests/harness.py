@@ -106,7 +106,21 @@ class MongoServer:
     def start(self) -> None:
         if self.external:
             return
-        self.port = self.port or free_port()
+        fresh = not self.port  # a restart keeps its port: its clients hold the URI
+        for _ in range(3):
+            self.port = self.port or free_port()
+            if self._launch():
+                return
+            if not fresh:
+                raise RuntimeError(f"nx-27017 exited at its restart on port {self.port}")
+            # The free port was taken before nx-27017 bound it (another test's
+            # server, an outgoing connection): another one.
+            self.port = 0
+        raise RuntimeError("nx-27017 found no free port in 3 tries")
+
+    def _launch(self) -> bool:
+        """Start nx-27017 on self.port and wait until it answers; False if it
+        exited instead (its port was taken)."""
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -128,16 +142,25 @@ class MongoServer:
         client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
             self.uri, serverSelectionTimeoutMS=200
         )
+        process = self.process
 
-        def answers() -> bool:
+        def answers_or_exited() -> bool:
+            if process.poll() is not None:
+                return True
             try:
                 client.admin.command("ping")
                 return True
             except pymongo.errors.PyMongoError:
                 return False
 
-        wait_for(answers, timeout=30)
-        client.close()
+        try:
+            wait_for(answers_or_exited, timeout=30)
+        finally:
+            client.close()
+        if process.poll() is None:
+            return True
+        self.process = None
+        return False
 
     def stop(self) -> None:
         if self.process is not None:
