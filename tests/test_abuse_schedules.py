@@ -176,6 +176,7 @@ def test_a_place_taken_by_a_create_still_in_flight_is_not_counted_away(mongo: Mo
     with pytest.raises(ServiceError) as refused:
         schedules.take_place(SCHEDULES, "dave", 1, "GENJOBS_MAX_SCHEDULES_PER_OWNER")
     assert refused.value.reason == "TOO_MANY_SCHEDULES"
+    store.database.client.drop_database(store.database.db_name)
     store.close()
 
 
