@@ -120,7 +120,7 @@ class MongoServer:
 
     def _launch(self) -> bool:
         """Start nx-27017 on self.port and wait until it answers; False if it
-        exited instead (its port was taken)."""
+        exited instead, or another process answers there (its port was taken)."""
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -155,10 +155,15 @@ class MongoServer:
 
         try:
             wait_for(answers_or_exited, timeout=30)
+            # Another test's server on the port would answer too: ours must be the one.
+            ours = process.poll() is None and client.admin.command("serverStatus").get("pid") == process.pid
         finally:
             client.close()
-        if process.poll() is None:
+        if ours:
             return True
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
         self.process = None
         return False
 

@@ -209,7 +209,7 @@ def test_a_body_that_stops_coming_is_refused_in_time(strict: ServerThread, caplo
         + f"authorization: Bearer {token}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
     )
     for piece in (body[:20], body[20:40], body[40:]):
-        time.sleep(0.2)  # pacing a slow client, not synchronisation
+        time.sleep(0.1)  # pacing a slow client, not synchronisation
         slow.sendall(piece)
     slow.settimeout(20)
     answer = read_all(slow)

@@ -176,6 +176,41 @@ def test_a_place_taken_by_a_create_still_in_flight_is_not_counted_away(mongo: Mo
     with pytest.raises(ServiceError) as refused:
         schedules.take_place(SCHEDULES, "dave", 1, "GENJOBS_MAX_SCHEDULES_PER_OWNER")
     assert refused.value.reason == "TOO_MANY_SCHEDULES"
+    store.database.client.drop_database(store.database.db_name)
+    store.close()
+
+
+def test_a_create_at_the_cap_during_a_delete_leaves_the_count_right(mongo: MongoServer) -> None:
+    """A create refused at the cap between a delete's removal and its giving
+    back does not count the deleted schedule gone twice (the count would end
+    low, and the owner over the cap)."""
+    store = Store(mongo.uri, "t_deleting_" + uuid.uuid4().hex[:8])
+    schedules = ScheduleStore(store.database)
+    schedules.ensure_indexes()
+    cap, setting = 2, "GENJOBS_MAX_SCHEDULES_PER_OWNER"
+    for _ in range(cap):
+        schedules.take_place(SCHEDULES, "erin", cap, setting)
+    ids = [str(schedules.schedules.insert_one({"owner": "erin"}).inserted_id) for _ in range(cap)]
+    # A minute and more later, nothing changed since: a recount may run.
+    schedules.counts.update_one({"_id": "schedules:erin"}, {"$unset": {"changed_us": ""}})
+    give_back, raced = schedules.give_place, []
+
+    def create_then_give_back(kind: str, owner: str) -> None:
+        try:  # a create at the cap, after the delete removed its schedule, before it gave back
+            schedules.take_place(kind, owner, cap, setting)
+            raced.append("OK")
+        except ServiceError:
+            raced.append("RESOURCE_EXHAUSTED")
+        give_back(kind, owner)
+
+    schedules.give_place = create_then_give_back  # type: ignore[method-assign]
+    schedules.delete_schedule("erin", ids[0])
+    schedules.give_place = give_back  # type: ignore[method-assign]
+    assert raced == ["RESOURCE_EXHAUSTED"]  # counted as still there: the count stays high, never low
+    schedules.take_place(SCHEDULES, "erin", cap, setting)  # the room the delete made
+    with pytest.raises(ServiceError):
+        schedules.take_place(SCHEDULES, "erin", cap, setting)
+    store.database.client.drop_database(store.database.db_name)
     store.close()
 
 

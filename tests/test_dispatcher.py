@@ -3,6 +3,7 @@ cancel, retries, the http generator and WatchJob resumption."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -18,6 +19,8 @@ from bson import ObjectId
 
 from genjobs.client import GenJobsClient, Unavailable
 from genjobs.server.dispatch import dispatcher
+from genjobs.server.model import clock
+from genjobs.server.services.events import Event, EventHub, owner_key
 from genjobs.server.storage.events import loaded
 from genjobs.server.storage.queue import READY
 from genjobs.server.storage.store import Store
@@ -434,7 +437,8 @@ def test_the_owner_stream_on_a_replica_hears_of_runs_made_by_the_leader(
     """WatchJobs on a replica that is not the leader carries the runs the
     leader makes of its owner's jobs (a dashboard behind a load balancer does
     not show them queued for good), each change once and in order."""
-    settings = make_settings(mongo.uri, tmp_path / "a")
+    # Leases long enough that the first server stays the leader on a loaded machine.
+    settings = replace(make_settings(mongo.uri, tmp_path / "a"), lease_seconds=30.0)
     leader = ServerThread(settings).start()
     database = pymongo.MongoClient(mongo.uri)[settings.db_name]
     follower: ServerThread | None = None
@@ -461,11 +465,64 @@ def test_the_owner_stream_on_a_replica_hears_of_runs_made_by_the_leader(
                 stream.cancel()
         assert sequences == sorted(set(sequences)), sequences
         assert database.jobs.find_one({"_id": ObjectId(job.id)}, {"worker": 1})["worker"] == holder
+
+        # An outcome written through an outage keeps the stamp of its first
+        # try, minutes old when it lands: a job told running is read again.
+        with follower.client("alice") as alice:
+            stream = alice.jobs.WatchJobs(jobs_pb2.WatchJobsRequest(), metadata=alice._metadata, timeout=60)
+            next(stream)
+            long = alice.submit("topic", topic="ends late", extra={"demo_seconds": "120"})
+            told = []
+            try:
+                for event in stream:
+                    if event.job.id != long.id:
+                        continue
+                    told.append(event.job.status)
+                    if event.job.status == jobs_pb2.JOB_STATUS_PROCESSING and len(told) == 2:
+                        landed = database.jobs.update_one(
+                            {"_id": ObjectId(long.id), "status": "PROCESSING"},
+                            {
+                                "$set": {"status": "CANCELLED", "updated_us": clock.now_us() - 600_000_000},
+                                "$inc": {"seq": 1},
+                            },
+                        )
+                        assert landed.modified_count == 1
+                    if event.job.status == jobs_pb2.JOB_STATUS_CANCELLED:
+                        break
+            except grpc.RpcError as exc:
+                pytest.fail(f"the late outcome was never told ({exc.code()}); it told {told}")
+            finally:
+                stream.cancel()
     finally:
         leader.stop()
         if follower is not None:
             follower.stop()
         database.client.close()
+
+
+def test_an_owner_stream_delivers_each_jobs_change_once_whoever_tells_it_first() -> None:
+    """The poller may read a change before the server that made it tells it:
+    the owner's key passes each job's sequence once, never an older after a newer."""
+    loop = asyncio.new_event_loop()
+    hub = EventHub(loop)
+    key = owner_key("alice")
+
+    def change(job_id: str, seq: int, status: str = "PROCESSING") -> Event:
+        return Event(key, seq, {"job_id": job_id, "seq": seq, "job": {"status": status}}, False)
+
+    with hub.subscribe(key) as queue:
+        hub.deliver(change("a", 3))  # the poller's snapshot
+        hub.deliver(change("a", 3))  # then the same change, told here
+        hub.deliver(change("a", 2))  # an older one, told late
+        hub.deliver(change("b", 1, "QUEUED"))  # another job's own sequence
+        hub.deliver(change("a", 4, "COMPLETED"))
+        told = []
+        while not queue.empty():
+            event = queue.get_nowait()
+            told.append((event.doc["job_id"], event.seq))
+        assert hub.running_on_owner_keys() == []  # "a" said COMPLETED last; "b" QUEUED
+    assert told == [("a", 3), ("b", 1), ("a", 4)]
+    loop.close()
 
 
 class SlowWakeups:

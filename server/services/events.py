@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from genjobs.server.model.states import Status
+
 log = logging.getLogger(__name__)
 
 # Put on every queue when the server shuts down: streams end with UNAVAILABLE.
@@ -53,9 +55,10 @@ class EventHub:
         self._subscribers: dict[str, set[asyncio.Queue[Any]]] = {}
         self._last_seq: dict[str, int] = {}  # the newest sequence delivered per watched key
         # An owner's key carries many jobs: the newest sequence delivered of
-        # each (and when), so that a change told here and read by the poller
-        # too is delivered once, and an older one never after a newer.
-        self._owner_seqs: dict[str, dict[str, tuple[int, float]]] = {}
+        # each, when, and whether it said the job was running, so that a
+        # change told here and read by the poller too is delivered once, an
+        # older one never after a newer, and a running job is read again.
+        self._owner_seqs: dict[str, dict[str, tuple[int, float, bool]]] = {}
         self._closed = False
 
     def publish(self, event: Event) -> None:
@@ -88,21 +91,26 @@ class EventHub:
         """Whether `event` is newer than any of its job delivered on its owner's key (noted if so)."""
         seqs = self._owner_seqs.setdefault(event.key, {})
         job_id = event.doc["job_id"]
-        if event.seq <= seqs.get(job_id, (0, 0.0))[0]:
+        if event.seq <= seqs.get(job_id, (0, 0.0, False))[0]:
             return False
-        seqs[job_id] = (event.seq, self._loop.time())
+        seqs[job_id] = (event.seq, self._loop.time(), event.doc["job"].get("status") == Status.PROCESSING)
         return True
 
     def delivered_seq(self, key: str, job_id: str) -> int:
         """The newest sequence of `job_id` delivered on the owner key `key`."""
-        return self._owner_seqs.get(key, {}).get(job_id, (0, 0.0))[0]
+        return self._owner_seqs.get(key, {}).get(job_id, (0, 0.0, False))[0]
+
+    def running_on_owner_keys(self) -> list[str]:
+        """The jobs whose newest change delivered on an owner's key said they were running."""
+        return [job_id for seqs in self._owner_seqs.values() for job_id, (_, _, on) in seqs.items() if on]
 
     def forget_job_seqs(self, older_than: float) -> None:
         """Forget the owner keys' job sequences delivered more than `older_than`
-        seconds ago: the poller no longer reads changes that old."""
-        cutoff = self._loop.time() - older_than
+        seconds ago (the poller no longer reads changes that old), but those of
+        running jobs (it reads them again until they say otherwise)."""
+        cutoff = self._loop.time() - max(0.0, older_than)
         for seqs in self._owner_seqs.values():
-            for job_id in [j for j, (_, at) in seqs.items() if at < cutoff]:
+            for job_id in [j for j, (_, at, on) in seqs.items() if at < cutoff and not on]:
                 del seqs[job_id]
 
     def last_seq(self, key: str) -> int:

@@ -58,10 +58,13 @@ def _on_run_path() -> Iterator[None]:
 
 # Runs' ends waiting to be told (`Jobs.record_run_later`) beyond which a lane tells its own.
 MAX_DELIVERIES_BEHIND = 64
-# Owners' streams read what changed since the last read minus this (a write's
-# latency and replicas' clocks, as fair share's discovery), leaving the last
-# SETTLE_US to the next read: changes made here are told before then.
-CHANGE_MARGIN_US = 2_000_000
+# Owners' streams read what changed since the last read minus this: a write
+# is stamped before it is sent, and may land up to the database's deadline
+# (5 s) later, on a replica whose clock differs by a second or two. A write
+# retried for longer (an outcome through an outage) keeps its first stamp:
+# jobs last told running are read again by id until they say otherwise.
+# The last SETTLE_US are left to the next read: changes made here are told before then.
+CHANGE_MARGIN_US = 7_000_000
 SETTLE_US = 250_000
 
 MAX_BULK_OPERATION = 100
@@ -288,30 +291,33 @@ class Jobs:
         await self._poll_watched_owners()
 
     async def _poll_watched_owners(self) -> None:
-        """Each job of a watched owner that changed since the last read, as it is
-        now, on the owner's key; a sequence already delivered is not read again."""
+        """Each job of a watched owner that changed since the last read (or was
+        last told running), as it is now, on the owner's key; a sequence
+        already delivered is not read again."""
         owners = set(self.hub.watched(OWNER))
+        if not owners:
+            self._owners_read_us = 0
+            return
         now_us = clock.now_us()
         since_us = (self._owners_read_us or now_us) - CHANGE_MARGIN_US
-        self._owners_read_us = now_us if owners else 0
-        if not owners:
-            return
-        # Sequences delivered before the span this read covers (and a second more) cannot come again.
-        self.hub.forget_job_seqs((now_us - since_us) / 1e6 + 1.0)
-        changed = await asyncio.to_thread(self.store.jobs.changed_since, since_us)
+        running = self.hub.running_on_owner_keys()
+        rows = await asyncio.to_thread(self.store.jobs.changed_since, since_us, running)
         wanted = [
             str(row["_id"])
-            for row in changed
+            for row in rows
             if row.get("owner") in owners
             and row["updated_us"] <= now_us - SETTLE_US
             and row["seq"] > self.hub.delivered_seq(owner_key(row["owner"]), str(row["_id"]))
         ]
-        if not wanted:
-            return
-        for doc in await asyncio.to_thread(self.store.jobs.jobs_by_ids, wanted):
+        docs = await asyncio.to_thread(self.store.jobs.jobs_by_ids, wanted) if wanted else []
+        for doc in docs:
             kind = STATUS_CHANGED if final(doc["status"]) else SNAPSHOT
             event = self.store.events.event_doc(doc, kind)
             self.hub.deliver(Event(owner_key(doc["owner"]), doc["seq"], event, False))
+        # Read: the next read starts here (a failed one is read again), and the
+        # sequences delivered before this read's span cannot come again.
+        self._owners_read_us = now_us
+        self.hub.forget_job_seqs((now_us - since_us) / 1e6 + 1.0)
 
     async def _poll_watched_jobs(self) -> None:
         """Stored events fill in the steps of a watched job changed elsewhere, a snapshot the rest."""

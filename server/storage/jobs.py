@@ -381,12 +381,16 @@ class JobStore:
         """Which of these job ids are stored (one search of `_id`)."""
         return {row["_id"] for row in self.jobs.find({"_id": {"$in": oids}}, {"_id": 1})}
 
-    def changed_since(self, since_us: int) -> list[Doc]:
+    def changed_since(self, since_us: int, also: Iterable[str] = ()) -> list[Doc]:
         """{_id, owner, seq, updated_us} of every live job changed at or after
-        `since_us`: an index search of what changed, not the history."""
-        return list(
-            self.jobs.find({"updated_us": {"$gte": since_us}}, {"owner": 1, "seq": 1, "updated_us": 1})
-        )
+        `since_us` (an index search of what changed, not the history), and of
+        the jobs `also` names (by `_id`)."""
+        fields = {"owner": 1, "seq": 1, "updated_us": 1}
+        rows = {row["_id"]: row for row in self.jobs.find({"updated_us": {"$gte": since_us}}, fields)}
+        named = [ObjectId(i) for i in also if ObjectId.is_valid(i)]
+        if named:
+            rows.update((row["_id"], row) for row in self.jobs.find({"_id": {"$in": named}}, fields))
+        return list(rows.values())
 
     def jobs_by_ids(self, ids: list[str]) -> list[Doc]:
         """The current documents of these jobs (the remote-event poller)."""

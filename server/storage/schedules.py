@@ -20,7 +20,8 @@ which this module borrows from the `Database`.
   from before the caps are counted. A server that dies between taking a place
   and storing leaves the count one high, never low; a create refused at the
   cap counts the owner's again once the counter has not moved for
-  RECOUNT_AFTER_US (no create can be in flight then), so such places come back.
+  RECOUNT_AFTER_US (no create or delete can be in flight then: a delete
+  stamps the counter before it deletes), so such places come back.
 """
 
 from __future__ import annotations
@@ -137,6 +138,11 @@ class ScheduleStore:
         """The collection `owner_counts` counts for `kind`."""
         return self.schedules if kind == SCHEDULES else self.templates
 
+    def _deleting(self, kind: str, owner: str) -> None:
+        """Stamp the counter before a delete: no recount for RECOUNT_AFTER_US,
+        so none counts the deleted one gone before `give_place` gives it back."""
+        self.counts.update_one({"_id": f"{kind}:{owner}"}, {"$set": {"changed_us": clock.now_us()}})
+
     def give_place(self, kind: str, owner: str) -> None:
         """Count one fewer of `owner`'s `kind` (never below 0)."""
         self.counts.update_one(
@@ -182,6 +188,7 @@ class ScheduleStore:
 
     def delete_template(self, owner: str, name: str) -> None:
         """Remove a template; NOT_FOUND when there is none of that name."""
+        self._deleting(TEMPLATES, owner)
         if self.templates.delete_one({"_id": template_key(owner, name)}).deleted_count == 0:
             raise not_found("template", name)
         self.give_place(TEMPLATES, owner)
@@ -260,6 +267,7 @@ class ScheduleStore:
     def delete_schedule(self, owner: str, schedule_id: str) -> None:
         """Remove a schedule; NOT_FOUND if `owner` has none of that id."""
         oid = parse_id(schedule_id, "schedule")
+        self._deleting(SCHEDULES, owner)
         if self.schedules.delete_one({"_id": oid, "owner": owner}).deleted_count == 0:
             raise not_found("schedule", schedule_id)
         self.give_place(SCHEDULES, owner)

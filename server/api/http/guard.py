@@ -193,10 +193,16 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def _refuse(self, status: str, reason: str, message: str, answering: bool = False) -> None:
         """Write a refusal when nothing else is being answered, then close.
-        `answering`: it answers the request being read (its handler has not started an answer)."""
+        `answering`: it answers the request whose body is being read, only
+        while its handler has not started an answer and no request is queued
+        behind another's answer (pipelined): else it would garble that one."""
         self._disarm()
-        idle = self.cycle is None or self.cycle.response_complete
-        if idle or (answering and not self.cycle.response_started):
+        cycle = self.cycle
+        if answering:
+            unanswered = cycle is not None and not cycle.response_started and not self.pipeline
+        else:
+            unanswered = cycle is None or cycle.response_complete
+        if unanswered:
             self.transport.write(_refusal(status, reason, message))
         self.transport.close()
 
