@@ -7,7 +7,7 @@ import asyncio
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -408,6 +408,32 @@ def test_a_job_submitted_to_the_replica_that_is_not_the_leader_runs(
         database.client.close()
 
 
+def _told_until(
+    stream: Any,
+    job_id: str,
+    last: int,
+    after_each: Callable[[list[jobs_pb2.JobEvent]], None] | None = None,
+) -> list[jobs_pb2.JobEvent]:
+    """The events of `job_id` an owner's stream tells until one with status
+    `last` (`after_each` is given those so far after each); fails when the
+    stream's deadline passes first."""
+    told: list[jobs_pb2.JobEvent] = []
+    try:
+        for event in stream:
+            if event.job.id != job_id:
+                continue
+            told.append(event)
+            if after_each is not None:
+                after_each(told)
+            if event.job.status == last:
+                return told
+    except grpc.RpcError as exc:
+        pytest.fail(f"the stream never told it ({exc.code()}); it told {[e.job.status for e in told]}")
+    finally:
+        stream.cancel()
+    pytest.fail("the stream ended")
+
+
 def test_the_owner_stream_tells_each_change_once_though_the_poller_reads_them_too(
     server: ServerThread,
 ) -> None:
@@ -451,18 +477,8 @@ def test_the_owner_stream_on_a_replica_hears_of_runs_made_by_the_leader(
             stream = alice.jobs.WatchJobs(jobs_pb2.WatchJobsRequest(), metadata=alice._metadata, timeout=30)
             next(stream)  # the first heartbeat: the stream is open
             job = alice.submit("topic", topic="queued here, run there", extra={"demo_seconds": "0.3"})
-            statuses, sequences = [], []
-            try:
-                for event in stream:
-                    if event.job.id == job.id:
-                        statuses.append(event.job.status)
-                        sequences.append(event.sequence)
-                        if event.job.status == jobs_pb2.JOB_STATUS_COMPLETED:
-                            break
-            except grpc.RpcError as exc:
-                pytest.fail(f"the stream never told of the run ({exc.code()}); it told {statuses}")
-            finally:
-                stream.cancel()
+            told = _told_until(stream, job.id, jobs_pb2.JOB_STATUS_COMPLETED)
+        sequences = [event.sequence for event in told]
         assert sequences == sorted(set(sequences)), sequences
         assert database.jobs.find_one({"_id": ObjectId(job.id)}, {"worker": 1})["worker"] == holder
 
@@ -472,27 +488,19 @@ def test_the_owner_stream_on_a_replica_hears_of_runs_made_by_the_leader(
             stream = alice.jobs.WatchJobs(jobs_pb2.WatchJobsRequest(), metadata=alice._metadata, timeout=60)
             next(stream)
             long = alice.submit("topic", topic="ends late", extra={"demo_seconds": "120"})
-            told = []
-            try:
-                for event in stream:
-                    if event.job.id != long.id:
-                        continue
-                    told.append(event.job.status)
-                    if event.job.status == jobs_pb2.JOB_STATUS_PROCESSING and len(told) == 2:
-                        landed = database.jobs.update_one(
-                            {"_id": ObjectId(long.id), "status": "PROCESSING"},
-                            {
-                                "$set": {"status": "CANCELLED", "updated_us": clock.now_us() - 600_000_000},
-                                "$inc": {"seq": 1},
-                            },
-                        )
-                        assert landed.modified_count == 1
-                    if event.job.status == jobs_pb2.JOB_STATUS_CANCELLED:
-                        break
-            except grpc.RpcError as exc:
-                pytest.fail(f"the late outcome was never told ({exc.code()}); it told {told}")
-            finally:
-                stream.cancel()
+
+            def land_late(told: list[jobs_pb2.JobEvent]) -> None:
+                if len(told) == 2 and told[-1].job.status == jobs_pb2.JOB_STATUS_PROCESSING:
+                    landed = database.jobs.update_one(
+                        {"_id": ObjectId(long.id), "status": "PROCESSING"},
+                        {
+                            "$set": {"status": "CANCELLED", "updated_us": clock.now_us() - 600_000_000},
+                            "$inc": {"seq": 1},
+                        },
+                    )
+                    assert landed.modified_count == 1
+
+            _told_until(stream, long.id, jobs_pb2.JOB_STATUS_CANCELLED, land_late)
     finally:
         leader.stop()
         if follower is not None:
