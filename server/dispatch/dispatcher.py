@@ -211,6 +211,12 @@ class Dispatcher:
             return True
         return False
 
+    def alone(self) -> bool:
+        """Whether no other server shares the database, as the leader last read
+        the wakeups document (where every follower notes itself once a tick). A
+        server that is not the leader is never alone: the leader is elsewhere."""
+        return self._is_leader() and not self._followers
+
     def running_job_ids(self) -> list[str]:
         """The ids of the jobs running here now."""
         return [str(run.oid) for run in self._current_runs()]

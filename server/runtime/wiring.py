@@ -78,6 +78,10 @@ class LaterDispatcher(Wakeable):
         """Stop `job_id` if it runs here; whether it did."""
         return self._dispatcher().request_cancel(job_id)
 
+    def alone(self) -> bool:
+        """Whether no other server shares the database."""
+        return self._dispatcher().alone()
+
 
 @dataclass(frozen=True)
 class Services:

@@ -93,6 +93,10 @@ class Wakeable(Protocol):
         """Stop `job_id` if it runs here; whether it did."""
         return False
 
+    def alone(self) -> bool:
+        """Whether no other server shares the database (as last read)."""
+        return False
+
 
 class SubmitLimits(Protocol):
     """What the jobs layer asks before queueing (server/services/budgets.py)."""
@@ -299,6 +303,11 @@ class Jobs:
             self._owners_read_us = 0
             return
         now_us = clock.now_us()
+        if self.dispatcher.alone():
+            # Every change is made here and told here. A server joining is
+            # heard of within a second: its changes are read from seven back.
+            self._owners_read_us = now_us
+            return
         since_us = (self._owners_read_us or now_us) - CHANGE_MARGIN_US
         running = self.hub.running_on_owner_keys()
         rows = await asyncio.to_thread(self.store.jobs.changed_since, since_us, running)
