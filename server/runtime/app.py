@@ -486,7 +486,7 @@ class App:
         while True:
             await asyncio.sleep(self.settings.poll_seconds)
             try:
-                await self.jobs.poll_remote()
+                await self.services.remote.poll()
                 await self.bulks.poll_remote()
             except PyMongoError as exc:
                 log.debug("remote event poll failed: %s", exc)

@@ -49,6 +49,7 @@ from genjobs.server.services.intake import Intake
 from genjobs.server.services.jobs import Jobs, Wakeable
 from genjobs.server.services.progress import ExternalProgress
 from genjobs.server.services.queue_cap import QueueCap
+from genjobs.server.services.remote import RemoteChanges
 from genjobs.server.services.schedules import Schedules
 from genjobs.server.services.templates import Templates
 from genjobs.server.storage.budgets import BudgetStore
@@ -78,10 +79,6 @@ class LaterDispatcher(Wakeable):
         """Stop `job_id` if it runs here; whether it did."""
         return self._dispatcher().request_cancel(job_id)
 
-    def alone(self) -> bool:
-        """Whether no other server shares the database."""
-        return self._dispatcher().alone()
-
 
 @dataclass(frozen=True)
 class Services:
@@ -99,6 +96,7 @@ class Services:
     schedules: Schedules
     dispatcher: Dispatcher
     progress: ExternalProgress
+    remote: RemoteChanges  # other servers' changes for the streams open here
 
 
 def build(
@@ -178,6 +176,7 @@ def build(
         gate=gate,
     )
     progress = ExternalProgress(store, progress_link.tokens, jobs.record)
+    remote = RemoteChanges(store, hub, dispatcher)
     return Services(
         notifier=notifier,
         job_notifications=job_notifications,
@@ -191,6 +190,7 @@ def build(
         schedules=schedules,
         dispatcher=dispatcher,
         progress=progress,
+        remote=remote,
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from pymongo.errors import PyMongoError
 
-from genjobs.server.model import channels, clock
+from genjobs.server.model import channels
 from genjobs.server.model.caller import Caller
 from genjobs.server.model.errors import FieldViolation, ServiceError, channel_not_configured, invalid
 from genjobs.server.model.records import NO_ORIGIN, Job, Origin, Params, Submission
@@ -30,7 +30,7 @@ from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.model.vocabulary import Lane, Mode, Priority
 from genjobs.server.services import entitlement, validation
 from genjobs.server.services.entitlement import Tiers
-from genjobs.server.services.events import OWNER, Event, EventHub, owner_key
+from genjobs.server.services.events import Event, EventHub, owner_key
 from genjobs.server.services.queue_cap import QueueCap
 from genjobs.server.services.written_behind import RUN_PATH
 from genjobs.server.storage import records
@@ -58,14 +58,6 @@ def _on_run_path() -> Iterator[None]:
 
 # Runs' ends waiting to be told (`Jobs.record_run_later`) beyond which a lane tells its own.
 MAX_DELIVERIES_BEHIND = 64
-# Owners' streams read what changed since the last read minus this: a write
-# is stamped before it is sent, and may land up to the database's deadline
-# (5 s) later, on a replica whose clock differs by a second or two. A write
-# retried for longer (an outcome through an outage) keeps its first stamp:
-# jobs last told running are read again by id until they say otherwise.
-# The last SETTLE_US are left to the next read: changes made here are told before then.
-CHANGE_MARGIN_US = 7_000_000
-SETTLE_US = 250_000
 
 MAX_BULK_OPERATION = 100
 SAMPLE_SIZE = 10
@@ -91,10 +83,6 @@ class Wakeable(Protocol):
 
     def request_cancel(self, job_id: str) -> bool:
         """Stop `job_id` if it runs here; whether it did."""
-        return False
-
-    def alone(self) -> bool:
-        """Whether no other server shares the database (as last read)."""
         return False
 
 
@@ -172,7 +160,6 @@ class Jobs:
         # Where `record_run_later` tells of changes: one thread, so in the order
         # recorded; named as the dispatcher's, whose runs' ends it tells.
         self._deliveries = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatcher-deliveries")
-        self._owners_read_us = 0  # when the owners' streams last read what changed (0: nobody watched)
         self._behind = 0  # changes handed to it and not yet told
         self._behind_lock = threading.Lock()
 
@@ -287,67 +274,6 @@ class Jobs:
                     log.warning(
                         "job %s: %s after a %s event failed (%s)", job.id, callback.__name__, kind, exc
                     )
-
-    async def poll_remote(self) -> None:
-        """Other replicas' changes reach this server's watchers here: those of
-        watched jobs (WatchJob) and of watched owners' jobs (WatchJobs)."""
-        await self._poll_watched_jobs()
-        await self._poll_watched_owners()
-
-    async def _poll_watched_owners(self) -> None:
-        """Each job of a watched owner that changed since the last read (or was
-        last told running), as it is now, on the owner's key; a sequence
-        already delivered is not read again."""
-        owners = set(self.hub.watched(OWNER))
-        if not owners:
-            self._owners_read_us = 0
-            return
-        now_us = clock.now_us()
-        if self.dispatcher.alone():
-            # Every change is made here and told here. A server joining is
-            # heard of within a second: its changes are read from seven back.
-            self._owners_read_us = now_us
-            return
-        since_us = (self._owners_read_us or now_us) - CHANGE_MARGIN_US
-        running = self.hub.running_on_owner_keys()
-        rows = await asyncio.to_thread(self.store.jobs.changed_since, since_us, running)
-        wanted = [
-            str(row["_id"])
-            for row in rows
-            if row.get("owner") in owners
-            and row["updated_us"] <= now_us - SETTLE_US
-            and row["seq"] > self.hub.delivered_seq(owner_key(row["owner"]), str(row["_id"]))
-        ]
-        docs = await asyncio.to_thread(self.store.jobs.jobs_by_ids, wanted) if wanted else []
-        for doc in docs:
-            kind = STATUS_CHANGED if final(doc["status"]) else SNAPSHOT
-            event = self.store.events.event_doc(doc, kind)
-            self.hub.deliver(Event(owner_key(doc["owner"]), doc["seq"], event, False))
-        # Read: the next read starts here (a failed one is read again), and the
-        # sequences delivered before this read's span cannot come again.
-        self._owners_read_us = now_us
-        self.hub.forget_job_seqs((now_us - since_us) / 1e6 + 1.0)
-
-    async def _poll_watched_jobs(self) -> None:
-        """Stored events fill in the steps of a watched job changed elsewhere, a snapshot the rest."""
-        ids = self.hub.watched("job:")
-        if not ids:
-            return
-        docs = await asyncio.to_thread(self.store.jobs.jobs_by_ids, ids)
-        for doc in docs:
-            key = f"job:{doc['_id']}"
-            last = self.hub.last_seq(key)
-            if doc["seq"] <= last:
-                continue
-            stored = await asyncio.to_thread(self.store.events.events_after, str(doc["_id"]), last)
-            for event in stored:
-                self.hub.deliver(Event(key, event["seq"], event, final(event["job"]["status"])))
-            if doc["seq"] > (stored[-1]["seq"] if stored else last):
-                # A final job's last change was its final status.
-                snapshot = self.store.events.event_doc(
-                    doc, STATUS_CHANGED if final(doc["status"]) else SNAPSHOT
-                )
-                self.hub.deliver(Event(key, doc["seq"], snapshot, final(doc["status"])))
 
     # ---- RPCs -----------------------------------------------------------
 
