@@ -39,12 +39,17 @@ class Event:
         return self._message
 
 
-OWNER = "owner:"
+OWNER, JOB = "owner:", "job:"  # the hub keys' prefixes
 
 
 def owner_key(owner: str) -> str:
     """The hub key of every change of `owner`'s jobs (WatchJobs)."""
     return OWNER + owner
+
+
+def job_key(job_id: object) -> str:
+    """The hub key of one job's changes (WatchJob)."""
+    return f"{JOB}{job_id}"
 
 
 class EventHub:

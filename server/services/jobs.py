@@ -30,7 +30,7 @@ from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.model.vocabulary import Lane, Mode, Priority
 from genjobs.server.services import entitlement, validation
 from genjobs.server.services.entitlement import Tiers
-from genjobs.server.services.events import Event, EventHub, owner_key
+from genjobs.server.services.events import Event, EventHub, job_key, owner_key
 from genjobs.server.services.queue_cap import QueueCap
 from genjobs.server.services.written_behind import RUN_PATH
 from genjobs.server.storage import records
@@ -254,7 +254,7 @@ class Jobs:
         """Tell watchers and listeners of a change (`ended`: it made the job final)."""
         # `doc` is the job as the storage write returned it and `event` the wire's
         # snapshot of it: both stay documents on purpose (watchers get the event as is).
-        self.hub.publish(Event(f"job:{event['job_id']}", event["seq"], event, ended))
+        self.hub.publish(Event(job_key(event["job_id"]), event["seq"], event, ended))
         # The owner's stream (WatchJobs) sees every job of theirs; it never ends with one.
         self.hub.publish(Event(owner_key(doc["owner"]), event["seq"], event, False))
         # The listeners hear a job's status changes that end it and every status

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from genjobs.server.model import clock
 from genjobs.server.model.states import final
-from genjobs.server.services.events import OWNER, Event, EventHub, owner_key
+from genjobs.server.services.events import JOB, OWNER, Event, EventHub, job_key, owner_key
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.events import SNAPSHOT, STATUS_CHANGED
 from genjobs.server.storage.store import Store
@@ -60,12 +60,12 @@ class RemoteChanges:
 
     async def _poll_watched_jobs(self) -> None:
         """Stored events fill in the steps of a watched job changed elsewhere, a snapshot the rest."""
-        ids = self.hub.watched("job:")
+        ids = self.hub.watched(JOB)
         if not ids:
             return
         docs = await asyncio.to_thread(self.store.jobs.jobs_by_ids, ids)
         for doc in docs:
-            key = f"job:{doc['_id']}"
+            key = job_key(doc["_id"])
             last = self.hub.last_seq(key)
             if doc["seq"] <= last:
                 continue

@@ -15,7 +15,7 @@ from genjobs.server.model.caller import current_caller
 from genjobs.server.model.records import Job
 from genjobs.server.model.states import final
 from genjobs.server.services.budgets import Budgets, Limit
-from genjobs.server.services.events import Event, EventHub, owner_key
+from genjobs.server.services.events import Event, EventHub, job_key, owner_key
 from genjobs.server.services.intake import Intake
 from genjobs.server.services.jobs import Jobs
 from genjobs.server.services.progress import ExternalProgress
@@ -167,7 +167,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     @rpc
     async def WatchJob(self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         caller = current_caller()
-        key = f"job:{request.id}"
+        key = job_key(request.id)
         after = max(0, request.after_sequence)
         with self.streams.hold(caller.user), self.hub.subscribe(key) as queue:
             doc, stored = await asyncio.to_thread(self.jobs.history, caller, request.id, after)
