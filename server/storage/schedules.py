@@ -50,6 +50,11 @@ SCHEDULES, TEMPLATES = "schedules", "templates"  # what owner_counts counts
 RECOUNT_AFTER_US = 60_000_000
 
 
+def counter_key(kind: str, owner: str) -> str:
+    """The `_id` of `owner`'s counter of `kind` in `owner_counts` ("schedules:alice")."""
+    return f"{kind}:{owner}"
+
+
 def template_key(owner: str, name: str) -> str:
     """A template's `_id`: its owner and name, unique together."""
     return json.dumps([owner, name], separators=(",", ":"))
@@ -86,7 +91,7 @@ class ScheduleStore:
     def take_place(self, kind: str, owner: str, cap: int, setting: str) -> None:
         """Count one more of `owner`'s `kind` ("schedules", "templates"), or
         RESOURCE_EXHAUSTED naming `setting` when they have `cap` already."""
-        key = f"{kind}:{owner}"
+        key = counter_key(kind, owner)
         refused = True
         for _ in range(3):
             taken = {"$inc": {"n": 1}, "$set": {"changed_us": clock.now_us()}}
@@ -141,12 +146,12 @@ class ScheduleStore:
     def _deleting(self, kind: str, owner: str) -> None:
         """Stamp the counter before a delete: no recount for RECOUNT_AFTER_US,
         so none counts the deleted one gone before `give_place` gives it back."""
-        self.counts.update_one({"_id": f"{kind}:{owner}"}, {"$set": {"changed_us": clock.now_us()}})
+        self.counts.update_one({"_id": counter_key(kind, owner)}, {"$set": {"changed_us": clock.now_us()}})
 
     def give_place(self, kind: str, owner: str) -> None:
         """Count one fewer of `owner`'s `kind` (never below 0)."""
         self.counts.update_one(
-            {"_id": f"{kind}:{owner}", "n": {"$gt": 0}},
+            {"_id": counter_key(kind, owner), "n": {"$gt": 0}},
             {"$inc": {"n": -1}, "$set": {"changed_us": clock.now_us()}},
         )
 
