@@ -173,23 +173,20 @@ class GuardedHttpTools(HttpToolsProtocol):
             self._deadline = None
 
     def _too_slow(self) -> None:
-        """The head did not arrive in time: close, answering 408 when nothing else is under way."""
-        self._deadline = None
-        if self.transport.is_closing():
-            return
-        metrics.http_refused("header_timeout")
-        if self.cycle is None or self.cycle.response_complete:
-            self._refuse("408 Request Timeout", "HEADER_TIMEOUT", "the request head took too long")
-        else:  # a response is being sent (a stream): a refusal would garble it
-            self.transport.close()
+        """The head did not arrive in time."""
+        self._timed_out("header_timeout", "HEADER_TIMEOUT", "the request head took too long")
 
     def _body_too_slow(self) -> None:
-        """The body did not arrive in time: answer 408 unless its handler answered already, and close."""
+        """The body did not arrive in time (its handler waits for it)."""
+        self._timed_out("body_timeout", "BODY_TIMEOUT", "the request body took too long", answering=True)
+
+    def _timed_out(self, counted: str, reason: str, message: str, answering: bool = False) -> None:
+        """Close, answering 408 where no other answer is under way (`_refuse`)."""
         self._deadline = None
         if self.transport.is_closing():
             return
-        metrics.http_refused("body_timeout")
-        self._refuse("408 Request Timeout", "BODY_TIMEOUT", "the request body took too long", answering=True)
+        metrics.http_refused(counted)
+        self._refuse("408 Request Timeout", reason, message, answering)
 
     def _refuse(self, status: str, reason: str, message: str, answering: bool = False) -> None:
         """Write a refusal when nothing else is being answered, then close.
