@@ -20,6 +20,7 @@ from bson import ObjectId
 from genjobs.client import GenJobsClient, Unavailable
 from genjobs.server.dispatch import dispatcher
 from genjobs.server.model import clock
+from genjobs.server.services import remote
 from genjobs.server.services.events import Event, EventHub, owner_key
 from genjobs.server.storage.events import loaded
 from genjobs.server.storage.queue import READY
@@ -501,6 +502,55 @@ def test_the_owner_stream_on_a_replica_hears_of_runs_made_by_the_leader(
                     assert landed.modified_count == 1
 
             _told_until(stream, long.id, jobs_pb2.JOB_STATUS_CANCELLED, land_late)
+    finally:
+        leader.stop()
+        if follower is not None:
+            follower.stop()
+        database.client.close()
+
+
+def test_the_owner_stream_on_a_replica_hears_of_jobs_held_by_a_budget(
+    mongo: MongoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A budget spent on the leader moves the owner's queued jobs to the
+    budget lane: WatchJobs on another replica tells each of them waiting."""
+    # The replica's reads look back half a second before their last, not
+    # seven: a move made two seconds after a job's submit is heard of only
+    # by its own stamp.
+    monkeypatch.setattr(remote, "CHANGE_MARGIN_US", 2 * remote.SETTLE_US)
+    settings = replace(make_settings(mongo.uri, tmp_path / "a"), lease_seconds=30.0)
+    leader = ServerThread(settings).start()
+    database = pymongo.MongoClient(mongo.uri)[settings.db_name]
+    follower: ServerThread | None = None
+    try:
+        assert leader.app is not None
+        holder = leader.app.worker_id
+        wait_for(lambda: database.leases.find_one({"_id": "dispatcher", "holder": holder}), timeout=30)
+        follower = ServerThread(replace(settings, data_dir=tmp_path / "b")).start()
+        with leader.client("root", admin=True) as admin, follower.client("alice") as alice:
+            admin.set_budget("alice", 5)  # one job of 500 words spends it
+            stream = alice.jobs.WatchJobs(jobs_pb2.WatchJobsRequest(), metadata=alice._metadata, timeout=30)
+            next(stream)  # the first heartbeat: the stream is open
+            alice.submit("topic", topic="spends it", word_count=500, extra={"demo_seconds": "2"})
+            # Queued behind the first: the first claimed after it goes to the
+            # budget lane by its claim, the other with the owner's ready jobs.
+            behind = {alice.submit("topic", topic=f"held {i}", word_count=500).id for i in range(2)}
+            waiting: set[str] = set()
+            try:
+                for event in stream:
+                    job = event.job
+                    if (
+                        job.id in behind
+                        and job.status == jobs_pb2.JOB_STATUS_QUEUED
+                        and "budget" in job.progress.message
+                    ):
+                        waiting.add(job.id)
+                        if waiting == behind:
+                            break
+            except grpc.RpcError as exc:
+                pytest.fail(f"the stream told {len(waiting)} of the 2 jobs waiting ({exc.code()})")
+            finally:
+                stream.cancel()
     finally:
         leader.stop()
         if follower is not None:

@@ -16,7 +16,7 @@ from genjobs.server.model.errors import not_found, wrong_status
 from genjobs.server.model.states import BULK_REFUSAL_REASON, BulkAction, BulkStatus, Status, bulk_allowed
 from genjobs.server.storage.database import Database, Doc, one_of, owned, raise_error
 from genjobs.server.storage.paging import Page, bulk_item_key, keyset_page, parse_id
-from genjobs.server.storage.places import PlaceTaken, is_place_taken
+from genjobs.server.storage.places import PlaceTaken, is_place_taken, state_update
 from genjobs.server.storage.queue import HELD, READY, SCHEDULED, QueueStore
 
 # What versions before issue 28 called PENDING_FLAG on bulk jobs (renamed at start).
@@ -222,7 +222,7 @@ class BulkStore:
             return None
         return self.jobs.find_one_and_update(
             {"_id": job["_id"], "status": str(Status.QUEUED), "queue": job["queue"]},
-            {"$set": {"queue": HELD}, "$inc": {"seq": 1}},
+            state_update({"queue": HELD}),
             return_document=ReturnDocument.AFTER,
         )
 

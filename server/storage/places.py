@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from pymongo.errors import DuplicateKeyError
 
+from genjobs.server.model import clock
 from genjobs.server.model.states import final
 from genjobs.server.storage.database import Doc
 
@@ -51,10 +52,15 @@ def place_number(value: object) -> int | None:
 def state_update(changes: Doc, bump: bool = True) -> Doc:
     """The update that writes `changes` to a job: `$set` them, count a change
     its watchers hear of (`bump`), and, when they make it final, give its
-    place back in the same command."""
+    place back in the same command.
+
+    A counted change is stamped (`updated_us`, unless `changes` carry their
+    own): other servers' owner streams find changes by that stamp."""
     update: Doc = {"$set": changes}
     if bump:
         update["$inc"] = {"seq": 1}
+        if "updated_us" not in changes:
+            update["$set"] = {**changes, "updated_us": clock.now_us()}
     if final(str(changes.get("status", ""))):
         update["$unset"] = {PLACE: ""}
     return update

@@ -302,8 +302,7 @@ class QueueStore:
                 "status": str(Status.QUEUED),
                 "queue": lane if isinstance(lane, str) else one_of(lane),
             }
-            update: Doc = {"$set": fields, "$inc": {"seq": 1}} if bump else {"$set": fields}
-            writes.append(pymongo.UpdateOne(query, update))
+            writes.append(pymongo.UpdateOne(query, state_update(fields, bump)))
         return self.jobs.bulk_write(writes, ordered=False).modified_count if writes else 0
 
     def hold_leader(self, lease_id: str, holder: str, lease_seconds: float) -> bool:
