@@ -12,9 +12,12 @@ from typing import Any
 
 import pymongo
 import pytest
+from bson import ObjectId
 
 from genjobs.client import GenJobsClient
+from genjobs.server.dispatch.dispatcher import Dispatcher
 from genjobs.server.dispatch.keeper import LEADER_LEASE
+from genjobs.server.generators.noop import NoopGenerator
 from genjobs.server.model.clock import now_us
 from genjobs.server.model.records import Params, Submission
 from genjobs.server.model.vocabulary import Mode
@@ -275,3 +278,36 @@ def test_end_and_claim_leaves_an_outcome_that_changed_to_the_usual_write(store: 
     ended, claimed = queue.end_and_claim(running, changes, ready, "w", 10.0)
     assert ended is None and queue.jobs.find_one({"_id": running["_id"]})["status"] == "PROCESSING"  # type: ignore[index]
     assert claimed == queue.jobs.find_one({"_id": ready["_id"]})
+
+
+def test_a_job_is_stored_claimed_only_when_it_would_be_the_next_claim(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`start_as_stored`: the claim a job's insert may carry, only while this
+    server leads alone, a lane is free, no job is known ready, and no budget
+    limit applies (each case below takes one of those away)."""
+    limits = {"alice": False}  # whether a budget limit applies to the owner
+    dispatcher = Dispatcher(
+        store, NoopGenerator(), "w1", lambda doc, kind: None, unlimited=lambda job: not limits[job["owner"]]
+    )
+    monkeypatch.setattr(dispatcher, "_is_leader", lambda: True)
+    dispatcher._needs_recovery = False
+    assert dispatcher._fair.next() is None  # the first look: nothing is ready
+    job = store.jobs.new_job(Submission(owner="alice", mode=Mode.TOPIC, params=Params(topic="tea")))
+
+    claim = dispatcher.start_as_stored(job)
+    assert claim is not None and claim["$set"]["status"] == "PROCESSING" and claim["$set"]["worker"] == "w1"
+    assert dispatcher.start_as_stored(job) is None  # its one lane is held for the first
+    dispatcher.not_stored()
+    assert dispatcher.start_as_stored(job) is not None  # free again
+    dispatcher.not_stored()
+
+    limits["alice"] = True
+    assert dispatcher.start_as_stored(job) is None
+    limits["alice"] = False
+    assert dispatcher.start_as_stored({**job, "queue": "scheduled"}) is None
+    dispatcher._followers = True  # another server shares the database: its jobs may be ready
+    assert dispatcher.start_as_stored(job) is None
+    dispatcher._followers = False
+    dispatcher.offer(job["ck"] - 1, ObjectId(), "bob")  # a job known ready goes first
+    assert dispatcher.start_as_stored(job) is None

@@ -97,6 +97,7 @@ class Dispatcher:
         gap_seconds: float = 0.0,
         admit: Callable[[Doc], bool] = lambda job: True,
         release: Callable[[], int] = lambda: 0,
+        unlimited: Callable[[Doc], bool] = lambda job: True,
         gate: ProviderGate | None = None,
         record_later: EventSink | None = None,
     ) -> None:
@@ -115,6 +116,8 @@ class Dispatcher:
         # was moved to the budget lane), and the release of jobs held there.
         self.admit = admit
         self.release = release
+        # Whether no budget limit applies to a job, from memory (`start_as_stored`).
+        self.unlimited = unlimited
         self._last_sweep = 0.0
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -142,6 +145,7 @@ class Dispatcher:
         # The runs going on here, by job; the condition is notified when one ends.
         self._runs: dict[ObjectId, Run] = {}
         self._runs_changed = threading.Condition()
+        self._held_lanes = 0  # lanes held for jobs being stored claimed (`start_as_stored`)
         self._hurried = False
         self._elsewhere = 0  # live runs of other servers at the last housekeeping pass
         self._last_end_us = 0  # when the last run ended (wall clock): the gap counts from it
@@ -195,6 +199,53 @@ class Dispatcher:
         else:
             self._fair.stale()
         self._signal = not self._is_leader()
+        self._wake.set()
+
+    def start_as_stored(self, doc: Doc) -> Doc | None:
+        """A job about to be stored on this server, queued in the ready lane
+        (`doc`): when it would be the next claim anyway, the claim its insert
+        is to carry (the update `QueueStore.claim` would send), and a lane held
+        for it until `stored` or `not_stored` says how the insert went. None:
+        store it queued, as usual.
+
+        It would be the next claim when this server leads and no other shares
+        the database (every job entering the ready lane is offered here), a
+        lane is free (no gap to keep), no job is known ready, and neither a
+        budget limit nor its provider holds it back. Then the job starts
+        without a claim's command of its own, nor the dispatcher's wakeup."""
+        if doc.get("queue") != READY or self._followers or not self._is_leader():
+            return None
+        if self._stopping.is_set() or self._hurried or self._needs_recovery:
+            return None
+        # Never waits (the caller is the event loop): the lock is held across
+        # a claim's command, and then the job is offered as usual.
+        if not self._claiming.acquire(blocking=False):
+            return None
+        try:
+            if self._claim_wait() > 0 or not self._fair.none_ready() or not self.unlimited(doc):
+                return None
+            if self.gate is not None and self.gate.hold(doc) is not None:
+                return None
+            self._fair.started(doc["owner"])
+            with self._runs_changed:
+                self._held_lanes += 1
+            return self.queue.claim_update(self.worker_id, self.lease_seconds)
+        finally:
+            self._claiming.release()
+
+    def stored(self, job: Doc) -> None:
+        """The job `start_as_stored` claimed is stored (`job`, running here): its lane runs it."""
+        run = self._register(job)  # counted among the runs before the held lane is let go
+        with self._runs_changed:
+            self._held_lanes -= 1
+        self._handoff.put((job, run))
+
+    def not_stored(self) -> None:
+        """The job `start_as_stored` claimed was not stored (a repeated
+        request, a refusal, an error): its lane is free again."""
+        with self._runs_changed:
+            self._held_lanes -= 1
+            self._runs_changed.notify_all()
         self._wake.set()
 
     def wake(self) -> None:
@@ -262,9 +313,12 @@ class Dispatcher:
             return list(self._runs.values())
 
     def _wait_for_runs(self, deadline: float) -> None:
-        """Until no run is left here, or the deadline (monotonic) passed."""
+        """Until no run is left here (nor a lane held for a job being stored),
+        or the deadline (monotonic) passed."""
         with self._runs_changed:
-            self._runs_changed.wait_for(lambda: not self._runs, max(0.0, deadline - time.monotonic()))
+            self._runs_changed.wait_for(
+                lambda: not self._runs and not self._held_lanes, max(0.0, deadline - time.monotonic())
+            )
 
     def _is_leader(self) -> bool:
         return self._keeper.is_leader()
@@ -333,7 +387,7 @@ class Dispatcher:
         lane of the deployment is taken (`freeing`: of this server's runs, those
         ending now), every provider is down or paused, or until the gap after
         the last end is over."""
-        if len(self._runs) - freeing + self._elsewhere >= self.concurrency:
+        if len(self._runs) + self._held_lanes - freeing + self._elsewhere >= self.concurrency:
             return self.poll_seconds  # a run ending here wakes the loop sooner
         closed = self.gate.claim_wait() if self.gate is not None else 0.0  # every provider down or paused
         return max(closed, (self._last_end_us + self.gap_us - clock.now_us()) / 1e6)

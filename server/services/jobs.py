@@ -39,7 +39,7 @@ from genjobs.server.storage.eventlog import EventLog
 from genjobs.server.storage.events import SNAPSHOT, STATUS_CHANGED
 from genjobs.server.storage.jobs import JobPage
 from genjobs.server.storage.paging import JobFilter
-from genjobs.server.storage.queue import READY
+from genjobs.server.storage.queue import READY, applied
 from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import context, metrics
 
@@ -84,6 +84,19 @@ class Wakeable(Protocol):
     def request_cancel(self, job_id: str) -> bool:
         """Stop `job_id` if it runs here; whether it did."""
         return False
+
+    def start_as_stored(self, doc: Doc) -> Doc | None:
+        """The claim a job about to be stored may carry in its insert, with a
+        lane held for it (None: store it queued)."""
+        return None
+
+    def stored(self, job: Doc) -> None:
+        """The job `start_as_stored` claimed is stored: run it."""
+        return None
+
+    def not_stored(self) -> None:
+        """The job `start_as_stored` claimed was not stored: let its lane go."""
+        return None
 
 
 class SubmitLimits(Protocol):
@@ -327,9 +340,19 @@ class Jobs:
             await self.limits.check_submit_async(caller.user, project, 1, estimate_cents)
             if validate_only:
                 return records.job(doc)
-            job, created = await self.cap.store_async(
-                caller.user, [doc], lambda docs: self.store.jobs.submit_job(docs[0])
-            )
+            # The answer, and the owner stream's first word: the job as submitted (sequence 1).
+            submitted = dict(doc)
+            start = self.dispatcher.start_as_stored(doc)
+            if start is not None:  # stored running: its claim is in its insert (sequence 2)
+                doc.update(applied(doc, start))
+            try:
+                job, created = await self.cap.store_async(
+                    caller.user, [doc], lambda docs: self.store.jobs.submit_job(docs[0])
+                )
+            except BaseException:
+                if start is not None:
+                    self.dispatcher.not_stored()
+                raise
         except ServiceError:
             # A repeat of a stored request is answered, not refused: the limit
             # counted that job already (a client's retry, a schedule's tick again).
@@ -340,13 +363,18 @@ class Jobs:
             return records.job(earlier)
         if not created:  # a repeated request: the earlier job holds its own place
             self.cap.unplaced(caller.user, [doc["_id"]])
-        if created:
-            metrics.job_submitted(mode)
-            # Sequence 1 is the job as submitted: watchers start from its
-            # snapshot, so it needs no stored event (SubmitJob stays one write).
+            if start is not None:
+                self.dispatcher.not_stored()
+            return records.job(job)
+        metrics.job_submitted(mode)
+        if start is not None:
+            self.dispatcher.stored(job)  # its start is told by its run, as a claim's is
+        else:
             self.offer(job)
-            self.announce(job)
-        return records.job(job)  # SubmitJob's one conversion (its answer)
+        # Sequence 1 is the job as submitted: watchers start from its
+        # snapshot, so it needs no stored event (SubmitJob stays one write).
+        self.announce(submitted)
+        return records.job(submitted)  # SubmitJob's one conversion (its answer)
 
     def offer(self, doc: Doc) -> None:
         """Hand a job that is in the ready lane to this server's dispatcher (no query)."""

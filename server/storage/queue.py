@@ -134,9 +134,15 @@ class QueueStore:
         """
         return self.jobs.find_one_and_update(
             {"_id": oid, "status": one_of(allowed(Action.CLAIM)), "queue": READY},
-            _claim_update(worker, lease_seconds, clock.now_us()),
+            self.claim_update(worker, lease_seconds),
             return_document=ReturnDocument.AFTER,
         )
+
+    @staticmethod
+    def claim_update(worker: str, lease_seconds: float) -> Doc:
+        """What a claim by `worker` writes now (a job stored already claimed
+        carries it in its insert: see `Dispatcher.start_as_stored`)."""
+        return _claim_update(worker, lease_seconds, clock.now_us())
 
     def end_and_claim(
         self, ended: Doc, changes: Doc, ready: Doc, worker: str, lease_seconds: float
