@@ -145,7 +145,9 @@ class Dispatcher:
         # The runs going on here, by job; the condition is notified when one ends.
         self._runs: dict[ObjectId, Run] = {}
         self._runs_changed = threading.Condition()
-        self._held_lanes = 0  # lanes held for jobs being stored claimed (`start_as_stored`)
+        # Jobs being stored claimed (`start_as_stored`), each holding a lane till its insert answers.
+        self._held: set[ObjectId] = set()
+        self._lanes_ended = False  # `stop` told the lanes to end: a job stored now is given back
         self._hurried = False
         self._elsewhere = 0  # live runs of other servers at the last housekeeping pass
         self._last_end_us = 0  # when the last run ended (wall clock): the gap counts from it
@@ -212,41 +214,72 @@ class Dispatcher:
         the database (every job entering the ready lane is offered here), a
         lane is free (no gap to keep), no job is known ready, and neither a
         budget limit nor its provider holds it back. Then the job starts
-        without a claim's command of its own, nor the dispatcher's wakeup."""
+        without a claim's command of its own, nor the dispatcher's wakeup.
+        Asked on the event loop, it never waits: while the claim lock or the
+        provider gate's is held (a claim's command, a mark being stored), the
+        job is stored queued."""
         if doc.get("queue") != READY or self._followers or not self._is_leader():
             return None
         if self._stopping.is_set() or self._hurried or self._needs_recovery:
             return None
-        # Never waits (the caller is the event loop): the lock is held across
-        # a claim's command, and then the job is offered as usual.
         if not self._claiming.acquire(blocking=False):
             return None
         try:
-            if self._claim_wait() > 0 or not self._fair.none_ready() or not self.unlimited(doc):
+            if self._lanes_taken() or self._gap_left() > 0:
                 return None
-            if self.gate is not None and self.gate.hold(doc) is not None:
+            if not self._fair.none_ready() or not self.unlimited(doc):
                 return None
+            if self.gate is not None and not self.gate.hold_now(doc):
+                return None
+            # The owner's turn is taken now, under the claim lock, as a claim takes it.
             self._fair.started(doc["owner"])
             with self._runs_changed:
-                self._held_lanes += 1
+                self._held.add(doc["_id"])
             return self.queue.claim_update(self.worker_id, self.lease_seconds)
         finally:
             self._claiming.release()
 
     def stored(self, job: Doc) -> None:
-        """The job `start_as_stored` claimed is stored (`job`, running here): its lane runs it."""
-        run = self._register(job)  # counted among the runs before the held lane is let go
+        """The job `start_as_stored` claimed is stored (`job`, as inserted): its lane runs it."""
         with self._runs_changed:
-            self._held_lanes -= 1
-        self._handoff.put((job, run))
+            ended = self._lanes_ended
+            # An insert slower than half a lease: its lease may lapse before
+            # the keeper renews it. It is left to housekeeping, which gives a
+            # job claimed here and never run back to the queue once it lapses.
+            late = job["lease_until_us"] - clock.now_us() < self.lease_seconds * 500_000
+            run = None if ended or late else self._register(job)  # counted before the held lane goes
+            self._held.discard(job["_id"])
+            self._runs_changed.notify_all()
+        if run is not None:
+            self._handoff.put((job, run))
+            return
+        self._wake.set()
+        if ended:  # stopping: no lane takes it; back to the queue, its attempt given back
+            threading.Thread(
+                target=self._give_back, args=(job,), name="dispatcher-give-back", daemon=True
+            ).start()
 
-    def not_stored(self) -> None:
+    def not_stored(self, oid: ObjectId) -> None:
         """The job `start_as_stored` claimed was not stored (a repeated
-        request, a refusal, an error): its lane is free again."""
+        request, a refusal), or its insert's outcome is unknown (then
+        housekeeping gives it back if it was stored): its lane is free again."""
         with self._runs_changed:
-            self._held_lanes -= 1
+            self._held.discard(oid)
             self._runs_changed.notify_all()
         self._wake.set()
+
+    def _give_back(self, job: Doc) -> None:
+        try:
+            self._lifecycle.give_back(Run(job["_id"], job["epoch"]), job)
+        except PyMongoError as exc:
+            self._database_error(
+                exc,
+                f"job {job['_id']}",
+                logging.INFO,
+                "job %s: recovered once its lease lapses (%s)",
+                job["_id"],
+                exc,
+            )
 
     def wake(self) -> None:
         """Something changed (resume, retry): look at the queue again now."""
@@ -287,6 +320,8 @@ class Dispatcher:
         if self._runs:
             self._thread.join(5.0)
         self._wait_for_runs(time.monotonic() + 5.0)
+        with self._runs_changed:
+            self._lanes_ended = True
         for _ in self._lanes:
             self._handoff.put(None)
         self._keeper.join(2.0)
@@ -317,7 +352,7 @@ class Dispatcher:
         or the deadline (monotonic) passed."""
         with self._runs_changed:
             self._runs_changed.wait_for(
-                lambda: not self._runs and not self._held_lanes, max(0.0, deadline - time.monotonic())
+                lambda: not self._runs and not self._held, max(0.0, deadline - time.monotonic())
             )
 
     def _is_leader(self) -> bool:
@@ -387,10 +422,20 @@ class Dispatcher:
         lane of the deployment is taken (`freeing`: of this server's runs, those
         ending now), every provider is down or paused, or until the gap after
         the last end is over."""
-        if len(self._runs) + self._held_lanes - freeing + self._elsewhere >= self.concurrency:
+        if self._lanes_taken(freeing):
             return self.poll_seconds  # a run ending here wakes the loop sooner
         closed = self.gate.claim_wait() if self.gate is not None else 0.0  # every provider down or paused
-        return max(closed, (self._last_end_us + self.gap_us - clock.now_us()) / 1e6)
+        return max(closed, self._gap_left())
+
+    def _lanes_taken(self, freeing: int = 0) -> bool:
+        """Whether every lane of the deployment is taken (`freeing`: of this
+        server's runs, those ending now), counting lanes held for jobs being stored."""
+        with self._runs_changed:  # a job stored running moves from held to run under it
+            return len(self._runs) + len(self._held) - freeing + self._elsewhere >= self.concurrency
+
+    def _gap_left(self) -> float:
+        """Seconds until the gap after the last run's end is over (0 or less: over)."""
+        return (self._last_end_us + self.gap_us - clock.now_us()) / 1e6
 
     def _ended(self, stamp_us: int) -> None:
         """A run ended at `stamp_us`: the next claim keeps the gap after it."""
@@ -480,6 +525,8 @@ class Dispatcher:
             here = self._runs.get(doc["_id"])
             if here is not None and here.epoch == doc["epoch"]:
                 continue  # running here: the keeper holds its lease
+            if doc["_id"] in self._held:
+                continue  # stored running here a moment ago: its lane takes it next
             if doc["lease_until_us"] < now_us and self._keeper.may_take_over(doc, now):
                 self._recover(doc)
             elif run_key not in self._started:

@@ -87,9 +87,9 @@ class LaterDispatcher(Wakeable):
         """The job `start_as_stored` claimed is stored: run it."""
         self._dispatcher().stored(job)
 
-    def not_stored(self) -> None:
+    def not_stored(self, oid: Any) -> None:
         """The job `start_as_stored` claimed was not stored: let its lane go."""
-        self._dispatcher().not_stored()
+        self._dispatcher().not_stored(oid)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from genjobs.server.storage.eventlog import EventLog
 from genjobs.server.storage.events import SNAPSHOT, STATUS_CHANGED
 from genjobs.server.storage.jobs import JobPage
 from genjobs.server.storage.paging import JobFilter
-from genjobs.server.storage.queue import READY, applied
+from genjobs.server.storage.queue import READY, applied, unclaimed
 from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import context, metrics
 
@@ -94,7 +94,7 @@ class Wakeable(Protocol):
         """The job `start_as_stored` claimed is stored: run it."""
         return None
 
-    def not_stored(self) -> None:
+    def not_stored(self, oid: Any) -> None:
         """The job `start_as_stored` claimed was not stored: let its lane go."""
         return None
 
@@ -340,19 +340,26 @@ class Jobs:
             await self.limits.check_submit_async(caller.user, project, 1, estimate_cents)
             if validate_only:
                 return records.job(doc)
-            # The answer, and the owner stream's first word: the job as submitted (sequence 1).
-            submitted = dict(doc)
+            before = dict(doc)  # the job as submitted, when it is stored running
             start = self.dispatcher.start_as_stored(doc)
-            if start is not None:  # stored running: its claim is in its insert (sequence 2)
-                doc.update(applied(doc, start))
-            try:
+            if start is None:
                 job, created = await self.cap.store_async(
                     caller.user, [doc], lambda docs: self.store.jobs.submit_job(docs[0])
                 )
-            except BaseException:
-                if start is not None:
-                    self.dispatcher.not_stored()
-                raise
+            else:  # stored running: its claim is in its insert (sequence 2)
+                doc.update(applied(doc, start))
+                # Settled when the insert is, whatever becomes of this call: the
+                # insert goes on if the caller gives up (shielded, and outside
+                # the call's context, whose deadline bounds its database work),
+                # so its outcome is known and the lane runs the job or goes.
+                storing = asyncio.get_running_loop().create_task(
+                    self.cap.store_async(
+                        caller.user, [doc], lambda docs: self.store.jobs.submit_job(docs[0])
+                    ),
+                    context=contextvars.Context(),
+                )
+                storing.add_done_callback(lambda done: self._stored_running(done, before, start))
+                job, created = await asyncio.shield(storing)
         except ServiceError:
             # A repeat of a stored request is answered, not refused: the limit
             # counted that job already (a client's retry, a schedule's tick again).
@@ -363,18 +370,30 @@ class Jobs:
             return records.job(earlier)
         if not created:  # a repeated request: the earlier job holds its own place
             self.cap.unplaced(caller.user, [doc["_id"]])
-            if start is not None:
-                self.dispatcher.not_stored()
             return records.job(job)
         metrics.job_submitted(mode)
-        if start is not None:
-            self.dispatcher.stored(job)  # its start is told by its run, as a claim's is
-        else:
-            self.offer(job)
+        if start is not None:  # told and run by `_stored_running`; the answer is the job as submitted
+            return records.job(unclaimed(job, before, start))
         # Sequence 1 is the job as submitted: watchers start from its
         # snapshot, so it needs no stored event (SubmitJob stays one write).
-        self.announce(submitted)
-        return records.job(submitted)  # SubmitJob's one conversion (its answer)
+        self.offer(job)
+        self.announce(job)
+        return records.job(job)  # SubmitJob's one conversion (its answer)
+
+    def _stored_running(self, done: asyncio.Future[tuple[Doc, bool]], before: Doc, claim: Doc) -> None:
+        """The insert of a job stored running ended (`done`). Stored: its
+        snapshot as submitted is told (sequence 1), then its lane runs it,
+        whose start is told as a claimed run's is. Otherwise its lane goes;
+        an insert whose outcome is unknown (a database error) that landed
+        after all is a job claimed here and never run: housekeeping gives it
+        back once its lease lapses."""
+        stored = not done.cancelled() and done.exception() is None and done.result()[1]
+        if not stored:
+            self.dispatcher.not_stored(before["_id"])
+            return
+        job = done.result()[0]
+        self.announce(unclaimed(job, before, claim))
+        self.dispatcher.stored(job)
 
     def offer(self, doc: Doc) -> None:
         """Hand a job that is in the ready lane to this server's dispatcher (no query)."""

@@ -407,6 +407,18 @@ def applied(doc: Doc, update: Doc) -> Doc:
     return after
 
 
+def unclaimed(job: Doc, before: Doc, claim: Doc) -> Doc:
+    """A job stored claimed (`claim` applied to `before` in its insert) as it
+    was submitted: each field the claim wrote as `before` had it."""
+    after = dict(job)
+    for name in (*claim.get("$set", {}), *claim.get("$inc", {})):
+        if name in before:
+            after[name] = before[name]
+        else:
+            after.pop(name, None)
+    return after
+
+
 def candidate(row: Doc) -> tuple[str, int, int, ObjectId]:
     """(owner, rank, order key, id) of a ready job."""
     return str(row["owner"]), _rank(row), int(row["ck"]), row["_id"]
