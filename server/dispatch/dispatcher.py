@@ -148,6 +148,7 @@ class Dispatcher:
         # Jobs being stored claimed (`start_as_stored`), each holding a lane till its insert answers.
         self._held: set[ObjectId] = set()
         self._lanes_ended = False  # `stop` told the lanes to end: a job stored now is given back
+        self._giving_back: list[threading.Thread] = []  # those give-backs, waited for by `stop`
         self._hurried = False
         self._elsewhere = 0  # live runs of other servers at the last housekeeping pass
         self._last_end_us = 0  # when the last run ended (wall clock): the gap counts from it
@@ -247,17 +248,19 @@ class Dispatcher:
             # the keeper renews it. It is left to housekeeping, which gives a
             # job claimed here and never run back to the queue once it lapses.
             late = job["lease_until_us"] - clock.now_us() < self.lease_seconds * 500_000
-            run = None if ended or late else self._register(job)  # counted before the held lane goes
+            if not (ended or late):  # counted among the runs before the held lane goes
+                self._handoff.put((job, self._register(job)))  # under the lock: before `stop` tells the lanes
             self._held.discard(job["_id"])
             self._runs_changed.notify_all()
-        if run is not None:
-            self._handoff.put((job, run))
+        if not (ended or late):
             return
         self._wake.set()
         if ended:  # stopping: no lane takes it; back to the queue, its attempt given back
-            threading.Thread(
+            giving_back = threading.Thread(
                 target=self._give_back, args=(job,), name="dispatcher-give-back", daemon=True
-            ).start()
+            )
+            self._giving_back.append(giving_back)
+            giving_back.start()
 
     def not_stored(self, oid: ObjectId) -> None:
         """The job `start_as_stored` claimed was not stored (a repeated
@@ -325,6 +328,8 @@ class Dispatcher:
         for _ in self._lanes:
             self._handoff.put(None)
         self._keeper.join(2.0)
+        for giving_back in list(self._giving_back):
+            giving_back.join(2.0)
         try:
             self.queue.release_leader(LEADER_LEASE, self.worker_id)
         except PyMongoError:
@@ -386,11 +391,14 @@ class Dispatcher:
                 if wait > 0:
                     self._wake.wait(wait)
                     continue
-                job = self._claim_next()
-                if job is None:
+                claimed = self._claim_next()
+                if claimed is None:
                     self._wake.wait(WAKEUP_POLL_SECONDS if self._followers else self.poll_seconds)
                     continue
-                self._dispatch(job)
+                # To a free lane (claims are made only while fewer than
+                # `concurrency` runs are here), so that claiming and the
+                # leader's housekeeping go on while it runs.
+                self._handoff.put(claimed)
                 with self._claiming:
                     self._catch_up()  # while the lane starts it, not before its claim
             except PyMongoError as exc:
@@ -441,13 +449,6 @@ class Dispatcher:
         """A run ended at `stamp_us`: the next claim keeps the gap after it."""
         with self._runs_changed:
             self._last_end_us = max(self._last_end_us, stamp_us)
-
-    def _dispatch(self, job: Doc) -> None:
-        """Hand a claimed job to a free lane, so that claiming (with more than
-        one lane) and the leader's housekeeping (schedules' ticks, due
-        retries, budget releases) go on while it runs. A lane is free: the
-        claim was made only while fewer than `concurrency` runs are here."""
-        self._handoff.put((job, self._register(job)))
 
     def _register(self, job: Doc) -> Run:
         """A claimed job's run, counted among the runs here from now on."""
@@ -602,7 +603,7 @@ class Dispatcher:
             if after["status"] == str(Status.QUEUED) and after["queue"] == READY:
                 self.offer(after["ck"], after["_id"], after["owner"], Priority.rank_of(after.get("rank")))
 
-    def _claim_next(self) -> Doc | None:
+    def _claim_next(self) -> tuple[Doc, Run] | None:
         """Claim the next ready job in fair-share order (see `fairshare`); None:
         nothing ready. The reads due once a poll interval wait for `_catch_up`
         unless nothing is known: after a run longer than that interval, they
@@ -622,7 +623,9 @@ class Dispatcher:
                     return None
                 job = self.queue.claim(pick.oid, self.worker_id, self.lease_seconds)
                 if job is not None and self._runnable(job):
-                    return job
+                    # Counted among the runs before the lock goes: a job
+                    # stored running meanwhile must find its lane taken.
+                    return job, self._register(job)
             return None
 
     def _catch_up(self) -> bool:

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import pymongo
 from pymongo.errors import PyMongoError
 
 from genjobs.server.model import channels
@@ -340,26 +341,12 @@ class Jobs:
             await self.limits.check_submit_async(caller.user, project, 1, estimate_cents)
             if validate_only:
                 return records.job(doc)
-            before = dict(doc)  # the job as submitted, when it is stored running
             start = self.dispatcher.start_as_stored(doc)
-            if start is None:
-                job, created = await self.cap.store_async(
-                    caller.user, [doc], lambda docs: self.store.jobs.submit_job(docs[0])
-                )
-            else:  # stored running: its claim is in its insert (sequence 2)
-                doc.update(applied(doc, start))
-                # Settled when the insert is, whatever becomes of this call: the
-                # insert goes on if the caller gives up (shielded, and outside
-                # the call's context, whose deadline bounds its database work),
-                # so its outcome is known and the lane runs the job or goes.
-                storing = asyncio.get_running_loop().create_task(
-                    self.cap.store_async(
-                        caller.user, [doc], lambda docs: self.store.jobs.submit_job(docs[0])
-                    ),
-                    context=contextvars.Context(),
-                )
-                storing.add_done_callback(lambda done: self._stored_running(done, before, start))
-                job, created = await asyncio.shield(storing)
+            if start is not None:
+                return await self._store_running(caller.user, doc, start)
+            job, created = await self.cap.store_async(
+                caller.user, [doc], lambda docs: self.store.jobs.submit_job(docs[0])
+            )
         except ServiceError:
             # A repeat of a stored request is answered, not refused: the limit
             # counted that job already (a client's retry, a schedule's tick again).
@@ -372,13 +359,33 @@ class Jobs:
             self.cap.unplaced(caller.user, [doc["_id"]])
             return records.job(job)
         metrics.job_submitted(mode)
-        if start is not None:  # told and run by `_stored_running`; the answer is the job as submitted
-            return records.job(unclaimed(job, before, start))
         # Sequence 1 is the job as submitted: watchers start from its
         # snapshot, so it needs no stored event (SubmitJob stays one write).
         self.offer(job)
         self.announce(job)
         return records.job(job)  # SubmitJob's one conversion (its answer)
+
+    async def _store_running(self, owner: str, doc: Doc, claim: Doc) -> Job:
+        """Store a job with its claim in its insert (sequence 2); the answer is
+        the job as submitted (sequence 1).
+
+        Settled when the insert is, whatever becomes of this call: the insert
+        goes on if the caller gives up (shielded, and bounded by the database's
+        own limit, not the call's deadline), so its outcome is known, and the
+        lane runs the job or goes (`_stored_running`)."""
+        before = dict(doc)
+        doc.update(applied(doc, claim))
+
+        async def insert() -> tuple[Doc, bool]:
+            with pymongo.timeout(self.store.database.timeout_seconds):
+                return await self.cap.store_async(
+                    owner, [doc], lambda docs: self.store.jobs.submit_job(docs[0])
+                )
+
+        storing = asyncio.get_running_loop().create_task(insert(), context=contextvars.Context())
+        storing.add_done_callback(lambda done: self._stored_running(done, before, claim))
+        job, created = await asyncio.shield(storing)
+        return records.job(unclaimed(job, before, claim) if created else job)
 
     def _stored_running(self, done: asyncio.Future[tuple[Doc, bool]], before: Doc, claim: Doc) -> None:
         """The insert of a job stored running ended (`done`). Stored: its
@@ -387,11 +394,15 @@ class Jobs:
         an insert whose outcome is unknown (a database error) that landed
         after all is a job claimed here and never run: housekeeping gives it
         back once its lease lapses."""
-        stored = not done.cancelled() and done.exception() is None and done.result()[1]
-        if not stored:
+        if done.cancelled() or done.exception() is not None:
             self.dispatcher.not_stored(before["_id"])
             return
-        job = done.result()[0]
+        job, created = done.result()
+        if not created:  # a repeated request: the earlier job holds its own place
+            self.cap.unplaced(before["owner"], [before["_id"]])
+            self.dispatcher.not_stored(before["_id"])
+            return
+        metrics.job_submitted(before["mode"])
         self.announce(unclaimed(job, before, claim))
         self.dispatcher.stored(job)
 
