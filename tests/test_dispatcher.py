@@ -23,9 +23,10 @@ from genjobs.server.model import clock
 from genjobs.server.services import remote
 from genjobs.server.services.events import Event, EventHub, owner_key
 from genjobs.server.storage.events import loaded
-from genjobs.server.storage.queue import READY
+from genjobs.server.storage.queue import READY, QueueStore
 from genjobs.server.storage.store import Store
 from genjobs.v1 import jobs_pb2
+from tests import harness
 from tests.harness import MongoServer, ServerProcess, ServerThread, make_settings, seed_job, wait_for
 from tests.receivers import JsonHandler, serving
 
@@ -54,6 +55,79 @@ def test_job_runs_with_increasing_progress_and_contiguous_events(alice: GenJobsC
     assert {"research", "drafting", "editing"} <= stages
     assert events[-1].job.status == S.JOB_STATUS_COMPLETED
     assert events[-1].job.progress.estimated_completion.seconds > 0 or len(events) > 3
+
+
+def test_a_job_submitted_to_an_idle_server_is_stored_running(
+    mongo: MongoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its insert carries its claim: no claim of its own. SubmitJob answers
+    the job as submitted (sequence 1), and its run tells the rest in order."""
+    claimed: list[str] = []  # the jobs claimed after their insert, alone or with a run's end
+    claim, end_and_claim = QueueStore.claim, QueueStore.end_and_claim
+
+    def claiming(store: QueueStore, oid: ObjectId, *rest: Any) -> Any:
+        claimed.append(str(oid))
+        return claim(store, oid, *rest)
+
+    def ending_and_claiming(store: QueueStore, ended: Any, changes: Any, ready: Any, *rest: Any) -> Any:
+        claimed.append(str(ready["_id"]))
+        return end_and_claim(store, ended, changes, ready, *rest)
+
+    monkeypatch.setattr(QueueStore, "claim", claiming)
+    monkeypatch.setattr(QueueStore, "end_and_claim", ending_and_claiming)
+    # The dispatcher's reads (a poll interval's, a new owner's turn) hold its
+    # claim lock a moment, and a submit meanwhile is stored queued: on a busy
+    # machine one may fall there, five in a row not.
+    settings = make_settings(mongo.uri, tmp_path, lease_seconds=30.0, poll_seconds=5.0)
+    with harness.serving(settings) as alice:
+        final(alice, alice.submit("topic", topic="the dispatcher has looked").id)
+        for _ in range(5):
+            first = alice.submit("topic", topic="idle lane", extra={"demo_seconds": "1"})
+            if alice.get(first.id).status == S.JOB_STATUS_PROCESSING and first.id not in claimed:
+                break  # running already, never claimed (checked again once it ended)
+            final(alice, first.id)
+        assert (first.status, first.attempt) == (S.JOB_STATUS_QUEUED, 0)
+        now = alice.get(first.id)
+        assert now.attempt == 1 and now.start_time.ToNanoseconds() >= first.create_time.ToNanoseconds()
+        # The lane is taken: the next job is stored queued, and waits for it.
+        second = alice.submit("topic", topic="busy lane")
+        assert alice.get(second.id).status == S.JOB_STATUS_QUEUED
+        events = list(alice.watch(first.id, after_sequence=1))
+        assert [e.sequence for e in events] == list(range(2, 2 + len(events)))
+        assert events[0].job.status == S.JOB_STATUS_PROCESSING
+        assert events[-1].job.status == S.JOB_STATUS_COMPLETED
+        assert final(alice, second.id).start_time.ToNanoseconds() >= events[-1].job.end_time.ToNanoseconds()
+    assert first.id not in claimed, (
+        "five jobs submitted to an idle server were each claimed after their insert"
+    )
+    assert second.id in claimed
+
+
+def test_submits_given_up_by_their_callers_leave_no_job_stuck_running(
+    mongo: MongoServer, tmp_path: Path
+) -> None:
+    """A call cancelled while its job is being stored running (a client's
+    deadline) still settles that job: stored, it runs; the lane goes on."""
+    settings = make_settings(mongo.uri, tmp_path, lease_seconds=30.0, generator="noop")
+    with harness.serving(settings) as alice:
+        request = jobs_pb2.SubmitJobRequest(
+            mode=S.MODE_TOPIC, params=jobs_pb2.GenerationParams(topic="given up")
+        )
+        given_up = 0
+        for _ in range(30):
+            try:
+                alice.jobs.SubmitJob(request, metadata=alice._metadata, timeout=0.002)
+            except grpc.RpcError as exc:
+                # (UNAVAILABLE: the call's deadline bounds its database writes, and one timed out.)
+                assert exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+                given_up += 1
+        assert given_up, "no call was given up: every submit answered within 2 ms"
+        last = alice.submit("topic", topic="after them")
+        assert final(alice, last.id, timeout=15).status == S.JOB_STATUS_COMPLETED
+        # Those stored run too (a lane held for one, or a job stored running
+        # and never run, would wait for its 30-second lease).
+        for job in alice.iter_jobs():
+            assert final(alice, job.id, timeout=15).status == S.JOB_STATUS_COMPLETED, job.id
 
 
 def test_jobs_run_fifo(alice: GenJobsClient) -> None:
@@ -618,7 +692,8 @@ def test_a_claim_that_finds_nothing_returns_however_slow_the_wakeups_read() -> N
     claims._followers, claims._wakeups_read, claims._wakeups = True, 0.0, 0
     slow = SlowWakeups(claims)
     claims.queue, claims._fair = slow, NothingReady()  # type: ignore[assignment]
-    claims._runs, claims._elsewhere, claims.concurrency, claims.gate = {}, 0, 1, None
+    claims._runs, claims._held, claims._elsewhere, claims.concurrency, claims.gate = {}, set(), 0, 1, None
+    claims._runs_changed = threading.Condition()
     claims._last_end_us, claims.gap_us, claims.poll_seconds = 0, 0, 0.5
     ended = threading.Event()
     threading.Thread(target=lambda: (claims._claim_next(), ended.set()), daemon=True).start()

@@ -12,9 +12,12 @@ from typing import Any
 
 import pymongo
 import pytest
+from bson import ObjectId
 
 from genjobs.client import GenJobsClient
+from genjobs.server.dispatch.dispatcher import Dispatcher
 from genjobs.server.dispatch.keeper import LEADER_LEASE
+from genjobs.server.generators.noop import NoopGenerator
 from genjobs.server.model.clock import now_us
 from genjobs.server.model.records import Params, Submission
 from genjobs.server.model.vocabulary import Mode
@@ -275,3 +278,57 @@ def test_end_and_claim_leaves_an_outcome_that_changed_to_the_usual_write(store: 
     ended, claimed = queue.end_and_claim(running, changes, ready, "w", 10.0)
     assert ended is None and queue.jobs.find_one({"_id": running["_id"]})["status"] == "PROCESSING"  # type: ignore[index]
     assert claimed == queue.jobs.find_one({"_id": ready["_id"]})
+
+
+def test_a_job_is_stored_claimed_only_when_it_would_be_the_next_claim(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`start_as_stored`: the claim a job's insert may carry, only while this
+    server leads alone, a lane is free, no job is known ready, and no budget
+    limit applies. Each case takes one of those away, after a check that the
+    job would be stored claimed just before."""
+    limits = {"alice": False}  # whether a budget limit applies to the owner
+    # Long intervals: what fair share last read stays fresh through the test.
+    dispatcher = Dispatcher(
+        store,
+        NoopGenerator(),
+        "w1",
+        lambda doc, kind: None,
+        lease_seconds=600.0,
+        poll_seconds=300.0,
+        unlimited=lambda job: not limits[job["owner"]],
+    )
+    monkeypatch.setattr(dispatcher, "_is_leader", lambda: True)
+    dispatcher._needs_recovery = False
+    assert dispatcher._fair.next() is None  # the first look: nothing is ready
+    job = store.jobs.new_job(Submission(owner="alice", mode=Mode.TOPIC, params=Params(topic="tea")))
+
+    def starts(doc: dict[str, Any] = job) -> bool:
+        claim = dispatcher.start_as_stored(doc)
+        if claim is None:
+            return False
+        assert claim["$set"]["status"] == "PROCESSING" and claim["$set"]["worker"] == "w1"
+        dispatcher.not_stored(doc["_id"])
+        return True
+
+    assert starts()
+    assert dispatcher.start_as_stored(job) is not None
+    assert not starts()  # its one lane is held for the first
+    dispatcher.not_stored(job["_id"])
+
+    assert starts()
+    limits["alice"] = True
+    assert not starts()
+    limits["alice"] = False
+
+    assert starts()
+    assert not starts({**job, "queue": "scheduled"})
+
+    assert starts()
+    dispatcher._followers = True  # another server shares the database: its jobs may be ready
+    assert not starts()
+    dispatcher._followers = False
+
+    assert starts()
+    dispatcher.offer(job["ck"] - 1, ObjectId(), "bob")  # a job known ready goes first
+    assert not starts()

@@ -52,7 +52,8 @@ def test_embedded_database_is_shared_by_servers_on_one_data_dir(tmp_path: Path) 
     try:
         pid = int((stale / "nx-27017.pid").read_text())
         assert pid != 999999
-        banner = (tmp_path / "b.log").read_text()
+        # The banner follows the health check's SERVING by a moment.
+        banner = wait_for(lambda: "genjobs --target" in (text := (tmp_path / "b.log").read_text()) and text)
         assert "joining the embedded database" in banner
         # How to call it: the address, a ready token, a grpcurl line and a genjobs line.
         assert f"genjobs is serving on {second.target}" in banner and "export GENJOBS_TOKEN=ey" in banner

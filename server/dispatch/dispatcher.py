@@ -97,6 +97,7 @@ class Dispatcher:
         gap_seconds: float = 0.0,
         admit: Callable[[Doc], bool] = lambda job: True,
         release: Callable[[], int] = lambda: 0,
+        unlimited: Callable[[Doc], bool] = lambda job: True,
         gate: ProviderGate | None = None,
         record_later: EventSink | None = None,
     ) -> None:
@@ -115,6 +116,8 @@ class Dispatcher:
         # was moved to the budget lane), and the release of jobs held there.
         self.admit = admit
         self.release = release
+        # Whether no budget limit applies to a job, from memory (`start_as_stored`).
+        self.unlimited = unlimited
         self._last_sweep = 0.0
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -142,6 +145,10 @@ class Dispatcher:
         # The runs going on here, by job; the condition is notified when one ends.
         self._runs: dict[ObjectId, Run] = {}
         self._runs_changed = threading.Condition()
+        # Jobs being stored claimed (`start_as_stored`), each holding a lane till its insert answers.
+        self._held: set[ObjectId] = set()
+        self._lanes_ended = False  # `stop` told the lanes to end: a job stored now is given back
+        self._giving_back: list[threading.Thread] = []  # those give-backs, waited for by `stop`
         self._hurried = False
         self._elsewhere = 0  # live runs of other servers at the last housekeeping pass
         self._last_end_us = 0  # when the last run ended (wall clock): the gap counts from it
@@ -197,6 +204,86 @@ class Dispatcher:
         self._signal = not self._is_leader()
         self._wake.set()
 
+    def start_as_stored(self, doc: Doc) -> Doc | None:
+        """A job about to be stored on this server, queued in the ready lane
+        (`doc`): when it would be the next claim anyway, the claim its insert
+        is to carry (the update `QueueStore.claim` would send), and a lane held
+        for it until `stored` or `not_stored` says how the insert went. None:
+        store it queued, as usual.
+
+        It would be the next claim when this server leads and no other shares
+        the database (every job entering the ready lane is offered here), a
+        lane is free (no gap to keep), no job is known ready, and neither a
+        budget limit nor its provider holds it back. Then the job starts
+        without a claim's command of its own, nor the dispatcher's wakeup.
+        Asked on the event loop, it never waits: while the claim lock or the
+        provider gate's is held (a claim's command, a mark being stored), the
+        job is stored queued."""
+        if doc.get("queue") != READY or self._followers or not self._is_leader():
+            return None
+        if self._stopping.is_set() or self._hurried or self._needs_recovery:
+            return None
+        if not self._claiming.acquire(blocking=False):
+            return None
+        try:
+            if self._lanes_taken() or self._gap_left() > 0:
+                return None
+            if not self._fair.none_ready() or not self.unlimited(doc):
+                return None
+            if self.gate is not None and not self.gate.hold_now(doc):
+                return None
+            # The owner's turn is taken now, under the claim lock, as a claim takes it.
+            self._fair.started(doc["owner"])
+            with self._runs_changed:
+                self._held.add(doc["_id"])
+            return self.queue.claim_update(self.worker_id, self.lease_seconds)
+        finally:
+            self._claiming.release()
+
+    def stored(self, job: Doc) -> None:
+        """The job `start_as_stored` claimed is stored (`job`, as inserted): its lane runs it."""
+        with self._runs_changed:
+            ended = self._lanes_ended
+            # An insert slower than half a lease: its lease may lapse before
+            # the keeper renews it. It is left to housekeeping, which gives a
+            # job claimed here and never run back to the queue once it lapses.
+            late = job["lease_until_us"] - clock.now_us() < self.lease_seconds * 500_000
+            if not (ended or late):  # counted among the runs before the held lane goes
+                self._handoff.put((job, self._register(job)))  # under the lock: before `stop` tells the lanes
+            self._held.discard(job["_id"])
+            self._runs_changed.notify_all()
+        if not (ended or late):
+            return
+        self._wake.set()
+        if ended:  # stopping: no lane takes it; back to the queue, its attempt given back
+            giving_back = threading.Thread(
+                target=self._give_back, args=(job,), name="dispatcher-give-back", daemon=True
+            )
+            self._giving_back.append(giving_back)
+            giving_back.start()
+
+    def not_stored(self, oid: ObjectId) -> None:
+        """The job `start_as_stored` claimed was not stored (a repeated
+        request, a refusal), or its insert's outcome is unknown (then
+        housekeeping gives it back if it was stored): its lane is free again."""
+        with self._runs_changed:
+            self._held.discard(oid)
+            self._runs_changed.notify_all()
+        self._wake.set()
+
+    def _give_back(self, job: Doc) -> None:
+        try:
+            self._lifecycle.give_back(Run(job["_id"], job["epoch"]), job)
+        except PyMongoError as exc:
+            self._database_error(
+                exc,
+                f"job {job['_id']}",
+                logging.INFO,
+                "job %s: recovered once its lease lapses (%s)",
+                job["_id"],
+                exc,
+            )
+
     def wake(self) -> None:
         """Something changed (resume, retry): look at the queue again now."""
         self._fair.stale()
@@ -236,9 +323,13 @@ class Dispatcher:
         if self._runs:
             self._thread.join(5.0)
         self._wait_for_runs(time.monotonic() + 5.0)
+        with self._runs_changed:
+            self._lanes_ended = True
         for _ in self._lanes:
             self._handoff.put(None)
         self._keeper.join(2.0)
+        for giving_back in list(self._giving_back):
+            giving_back.join(2.0)
         try:
             self.queue.release_leader(LEADER_LEASE, self.worker_id)
         except PyMongoError:
@@ -262,9 +353,12 @@ class Dispatcher:
             return list(self._runs.values())
 
     def _wait_for_runs(self, deadline: float) -> None:
-        """Until no run is left here, or the deadline (monotonic) passed."""
+        """Until no run is left here (nor a lane held for a job being stored),
+        or the deadline (monotonic) passed."""
         with self._runs_changed:
-            self._runs_changed.wait_for(lambda: not self._runs, max(0.0, deadline - time.monotonic()))
+            self._runs_changed.wait_for(
+                lambda: not self._runs and not self._held, max(0.0, deadline - time.monotonic())
+            )
 
     def _is_leader(self) -> bool:
         return self._keeper.is_leader()
@@ -297,11 +391,14 @@ class Dispatcher:
                 if wait > 0:
                     self._wake.wait(wait)
                     continue
-                job = self._claim_next()
-                if job is None:
+                claimed = self._claim_next()
+                if claimed is None:
                     self._wake.wait(WAKEUP_POLL_SECONDS if self._followers else self.poll_seconds)
                     continue
-                self._dispatch(job)
+                # To a free lane (claims are made only while fewer than
+                # `concurrency` runs are here), so that claiming and the
+                # leader's housekeeping go on while it runs.
+                self._handoff.put(claimed)
                 with self._claiming:
                     self._catch_up()  # while the lane starts it, not before its claim
             except PyMongoError as exc:
@@ -333,22 +430,25 @@ class Dispatcher:
         lane of the deployment is taken (`freeing`: of this server's runs, those
         ending now), every provider is down or paused, or until the gap after
         the last end is over."""
-        if len(self._runs) - freeing + self._elsewhere >= self.concurrency:
+        if self._lanes_taken(freeing):
             return self.poll_seconds  # a run ending here wakes the loop sooner
         closed = self.gate.claim_wait() if self.gate is not None else 0.0  # every provider down or paused
-        return max(closed, (self._last_end_us + self.gap_us - clock.now_us()) / 1e6)
+        return max(closed, self._gap_left())
+
+    def _lanes_taken(self, freeing: int = 0) -> bool:
+        """Whether every lane of the deployment is taken (`freeing`: of this
+        server's runs, those ending now), counting lanes held for jobs being stored."""
+        with self._runs_changed:  # a job stored running moves from held to run under it
+            return len(self._runs) + len(self._held) - freeing + self._elsewhere >= self.concurrency
+
+    def _gap_left(self) -> float:
+        """Seconds until the gap after the last run's end is over (0 or less: over)."""
+        return (self._last_end_us + self.gap_us - clock.now_us()) / 1e6
 
     def _ended(self, stamp_us: int) -> None:
         """A run ended at `stamp_us`: the next claim keeps the gap after it."""
         with self._runs_changed:
             self._last_end_us = max(self._last_end_us, stamp_us)
-
-    def _dispatch(self, job: Doc) -> None:
-        """Hand a claimed job to a free lane, so that claiming (with more than
-        one lane) and the leader's housekeeping (schedules' ticks, due
-        retries, budget releases) go on while it runs. A lane is free: the
-        claim was made only while fewer than `concurrency` runs are here."""
-        self._handoff.put((job, self._register(job)))
 
     def _register(self, job: Doc) -> Run:
         """A claimed job's run, counted among the runs here from now on."""
@@ -426,6 +526,8 @@ class Dispatcher:
             here = self._runs.get(doc["_id"])
             if here is not None and here.epoch == doc["epoch"]:
                 continue  # running here: the keeper holds its lease
+            if doc["_id"] in self._held:
+                continue  # stored running here a moment ago: its lane takes it next
             if doc["lease_until_us"] < now_us and self._keeper.may_take_over(doc, now):
                 self._recover(doc)
             elif run_key not in self._started:
@@ -501,7 +603,7 @@ class Dispatcher:
             if after["status"] == str(Status.QUEUED) and after["queue"] == READY:
                 self.offer(after["ck"], after["_id"], after["owner"], Priority.rank_of(after.get("rank")))
 
-    def _claim_next(self) -> Doc | None:
+    def _claim_next(self) -> tuple[Doc, Run] | None:
         """Claim the next ready job in fair-share order (see `fairshare`); None:
         nothing ready. The reads due once a poll interval wait for `_catch_up`
         unless nothing is known: after a run longer than that interval, they
@@ -521,7 +623,9 @@ class Dispatcher:
                     return None
                 job = self.queue.claim(pick.oid, self.worker_id, self.lease_seconds)
                 if job is not None and self._runnable(job):
-                    return job
+                    # Counted among the runs before the lock goes: a job
+                    # stored running meanwhile must find its lane taken.
+                    return job, self._register(job)
             return None
 
     def _catch_up(self) -> bool:

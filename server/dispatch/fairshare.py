@@ -253,6 +253,21 @@ class FairShare:
                 for offered in meanwhile:
                     self.candidates.add(*offered)
 
+    def none_ready(self) -> bool:
+        """Whether no job is ready, as far as a claim now could know: none is
+        known, the ready lane was read within about a poll interval, and no
+        rebuild is due (a pause, a stale mark, or the rebuild interval)."""
+        now = time.monotonic()
+        if not self._built or now - self._built > self.rebuild_seconds:
+            return False
+        if now - self._asked > self.pause_seconds:
+            return False
+        # The idle dispatcher reads the lane once a poll interval: its last read is at most about two old.
+        if not self._polled or now - self._polled > 2 * self.poll_seconds:
+            return False
+        with self._lock:
+            return not len(self.candidates)
+
     def stale(self) -> None:
         """Something changed that offers did not tell (a resume): read the lane at the next claim."""
         self._polled = 0.0

@@ -143,17 +143,31 @@ class ProviderGate:
     def hold(self, job: Doc) -> float | None:
         """A claimed job: None to run it now (it may be its provider's probe), or
         the seconds it must wait (its attempt is given back)."""
-        now, now_us = time.monotonic(), clock.now_us()
         with self._lock:
-            state = self._states[self.provider(job["params"])]
-            closed = self._closed_for(state, now, now_us)
-            if closed > 0:
-                return closed
-            if state.down_since_us:
-                state.next_probe = now + self.probe_seconds  # this job is the probe: the next one then
-            if state.requests is not None:
-                state.requests.take(1)
-            return None
+            return self._hold_locked(job)
+
+    def hold_now(self, job: Doc) -> bool:
+        """`hold` for a job about to be stored running, asked on the event loop:
+        whether it may run now (counted as `hold` counts it). Never waits: False
+        while the gate's lock is held (a lane may be storing a mark under it)."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            return self._hold_locked(job) is None
+        finally:
+            self._lock.release()
+
+    def _hold_locked(self, job: Doc) -> float | None:
+        now, now_us = time.monotonic(), clock.now_us()
+        state = self._states[self.provider(job["params"])]
+        closed = self._closed_for(state, now, now_us)
+        if closed > 0:
+            return closed
+        if state.down_since_us:
+            state.next_probe = now + self.probe_seconds  # this job is the probe: the next one then
+        if state.requests is not None:
+            state.requests.take(1)
+        return None
 
     def _closed_for(self, state: _State, now: float, now_us: int) -> float:
         """Seconds until `state`'s provider may take a job (0: now)."""

@@ -79,6 +79,18 @@ class LaterDispatcher(Wakeable):
         """Stop `job_id` if it runs here; whether it did."""
         return self._dispatcher().request_cancel(job_id)
 
+    def start_as_stored(self, doc: Doc) -> Doc | None:
+        """The claim a job about to be stored may carry in its insert (None: store it queued)."""
+        return self._dispatcher().start_as_stored(doc)
+
+    def stored(self, job: Doc) -> None:
+        """The job `start_as_stored` claimed is stored: run it."""
+        self._dispatcher().stored(job)
+
+    def not_stored(self, oid: Any) -> None:
+        """The job `start_as_stored` claimed was not stored: let its lane go."""
+        self._dispatcher().not_stored(oid)
+
 
 @dataclass(frozen=True)
 class Services:
@@ -173,6 +185,7 @@ def build(
         sweepers=[bulks.recover, job_notifications.recover, budgets.recover],
         admit=budgets.admit,
         release=budgets.release,
+        unlimited=budgets.unlimited,
         gate=gate,
     )
     progress = ExternalProgress(store, progress_link.tokens, jobs.record)

@@ -190,6 +190,15 @@ class Budgets:
 
     # ---- the dispatcher -----------------------------------------------------
 
+    def unlimited(self, job: Doc) -> bool:
+        """Whether no limit applies to `job`'s owner and project, as budgets read
+        at most CACHE_SECONDS ago say (no query: False when they are older).
+        Then `admit` would let it run without reading anything either."""
+        with self._lock:
+            return time.monotonic() - self._loaded <= CACHE_SECONDS and not self._scopes(
+                job["owner"], job.get("project", "")
+            )
+
     def admit(self, job: Doc) -> bool:
         """Whether a claimed job may run. False: a limit binds, and the job (and
         the owner's or project's other ready jobs) now wait in the budget lane."""

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import pymongo
 from pymongo.errors import PyMongoError
 
 from genjobs.server.model import channels
@@ -39,7 +40,7 @@ from genjobs.server.storage.eventlog import EventLog
 from genjobs.server.storage.events import SNAPSHOT, STATUS_CHANGED
 from genjobs.server.storage.jobs import JobPage
 from genjobs.server.storage.paging import JobFilter
-from genjobs.server.storage.queue import READY
+from genjobs.server.storage.queue import READY, applied, unclaimed
 from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import context, metrics
 
@@ -84,6 +85,19 @@ class Wakeable(Protocol):
     def request_cancel(self, job_id: str) -> bool:
         """Stop `job_id` if it runs here; whether it did."""
         return False
+
+    def start_as_stored(self, doc: Doc) -> Doc | None:
+        """The claim a job about to be stored may carry in its insert, with a
+        lane held for it (None: store it queued)."""
+        return None
+
+    def stored(self, job: Doc) -> None:
+        """The job `start_as_stored` claimed is stored: run it."""
+        return None
+
+    def not_stored(self, oid: Any) -> None:
+        """The job `start_as_stored` claimed was not stored: let its lane go."""
+        return None
 
 
 class SubmitLimits(Protocol):
@@ -327,6 +341,9 @@ class Jobs:
             await self.limits.check_submit_async(caller.user, project, 1, estimate_cents)
             if validate_only:
                 return records.job(doc)
+            start = self.dispatcher.start_as_stored(doc)
+            if start is not None:
+                return await self._store_running(caller.user, doc, start)
             job, created = await self.cap.store_async(
                 caller.user, [doc], lambda docs: self.store.jobs.submit_job(docs[0])
             )
@@ -340,13 +357,54 @@ class Jobs:
             return records.job(earlier)
         if not created:  # a repeated request: the earlier job holds its own place
             self.cap.unplaced(caller.user, [doc["_id"]])
-        if created:
-            metrics.job_submitted(mode)
-            # Sequence 1 is the job as submitted: watchers start from its
-            # snapshot, so it needs no stored event (SubmitJob stays one write).
-            self.offer(job)
-            self.announce(job)
+            return records.job(job)
+        metrics.job_submitted(mode)
+        # Sequence 1 is the job as submitted: watchers start from its
+        # snapshot, so it needs no stored event (SubmitJob stays one write).
+        self.offer(job)
+        self.announce(job)
         return records.job(job)  # SubmitJob's one conversion (its answer)
+
+    async def _store_running(self, owner: str, doc: Doc, claim: Doc) -> Job:
+        """Store a job with its claim in its insert (sequence 2); the answer is
+        the job as submitted (sequence 1).
+
+        Settled when the insert is, whatever becomes of this call: the insert
+        goes on if the caller gives up (shielded, and bounded by the database's
+        own limit, not the call's deadline), so its outcome is known, and the
+        lane runs the job or goes (`_stored_running`)."""
+        before = dict(doc)
+        doc.update(applied(doc, claim))
+
+        async def insert() -> tuple[Doc, bool]:
+            with pymongo.timeout(self.store.database.timeout_seconds):
+                return await self.cap.store_async(
+                    owner, [doc], lambda docs: self.store.jobs.submit_job(docs[0])
+                )
+
+        storing = asyncio.get_running_loop().create_task(insert(), context=contextvars.Context())
+        storing.add_done_callback(lambda done: self._stored_running(done, before, claim))
+        job, created = await asyncio.shield(storing)
+        return records.job(unclaimed(job, before, claim) if created else job)
+
+    def _stored_running(self, done: asyncio.Future[tuple[Doc, bool]], before: Doc, claim: Doc) -> None:
+        """The insert of a job stored running ended (`done`). Stored: its
+        snapshot as submitted is told (sequence 1), then its lane runs it,
+        whose start is told as a claimed run's is. Otherwise its lane goes;
+        an insert whose outcome is unknown (a database error) that landed
+        after all is a job claimed here and never run: housekeeping gives it
+        back once its lease lapses."""
+        if done.cancelled() or done.exception() is not None:
+            self.dispatcher.not_stored(before["_id"])
+            return
+        job, created = done.result()
+        if not created:  # a repeated request: the earlier job holds its own place
+            self.cap.unplaced(before["owner"], [before["_id"]])
+            self.dispatcher.not_stored(before["_id"])
+            return
+        metrics.job_submitted(before["mode"])
+        self.announce(unclaimed(job, before, claim))
+        self.dispatcher.stored(job)
 
     def offer(self, doc: Doc) -> None:
         """Hand a job that is in the ready lane to this server's dispatcher (no query)."""

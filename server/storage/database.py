@@ -75,6 +75,7 @@ class Database:
             "tz_aware": True,
         }
         self.uri, self.db_name = uri, db_name
+        self.timeout_seconds = timeout_seconds  # what a write that outlives its call is bounded by
         self.client: pymongo.MongoClient[Doc] = pymongo.MongoClient(uri, maxPoolSize=64, **self.options)
         self.db = self.client[db_name]
         self.loop_client = LoopClient(uri, db_name, **self.options)  # the event loop's commands

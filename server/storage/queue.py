@@ -134,9 +134,15 @@ class QueueStore:
         """
         return self.jobs.find_one_and_update(
             {"_id": oid, "status": one_of(allowed(Action.CLAIM)), "queue": READY},
-            _claim_update(worker, lease_seconds, clock.now_us()),
+            self.claim_update(worker, lease_seconds),
             return_document=ReturnDocument.AFTER,
         )
+
+    @staticmethod
+    def claim_update(worker: str, lease_seconds: float) -> Doc:
+        """What a claim by `worker` writes now (a job stored already claimed
+        carries it in its insert: see `Dispatcher.start_as_stored`)."""
+        return _claim_update(worker, lease_seconds, clock.now_us())
 
     def end_and_claim(
         self, ended: Doc, changes: Doc, ready: Doc, worker: str, lease_seconds: float
@@ -398,6 +404,18 @@ def applied(doc: Doc, update: Doc) -> Doc:
         after[name] = doc.get(name, 0) + by
     for name in update.get("$unset", {}):
         after.pop(name, None)
+    return after
+
+
+def unclaimed(job: Doc, before: Doc, claim: Doc) -> Doc:
+    """A job stored claimed (`claim` applied to `before` in its insert) as it
+    was submitted: each field the claim wrote as `before` had it."""
+    after = dict(job)
+    for name in (*claim.get("$set", {}), *claim.get("$inc", {})):
+        if name in before:
+            after[name] = before[name]
+        else:
+            after.pop(name, None)
     return after
 
 
