@@ -1,6 +1,7 @@
 """Issue 3 figures: no-op jobs end to end beside RQ's SimpleWorker and Celery's solo
 worker, enqueue-to-start latency, MongoDB commands per dispatched job; and
-(issue 30) the dispatcher alone draining a queue beside RQ's worker alone.
+(issue 30) the dispatcher alone draining a queue beside RQ's worker alone,
+enqueue to the generator's call, and the CPU a job costs each process end to end.
 
     .venv/bin/python bench/dispatch_bench.py
     .venv/bin/python bench/dispatch_bench.py --lanes   # the no-op rate at GENJOBS_CONCURRENCY 1, 2, 3
@@ -15,6 +16,7 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pymongo
 from common import (
@@ -26,6 +28,7 @@ from common import (
     median,
     noop,
     percentile,
+    process_cpu,
     scratch,
     start_mongo,
 )
@@ -203,6 +206,66 @@ def start_latency(mongo_uri: str) -> list[float]:
     return latencies
 
 
+def generator_latency(mongo_uri: str) -> list[float]:
+    """Enqueue to the generator's call (ms) on an idle dispatcher: what a user
+    waits for before work begins, beside `start_latency`'s started stamp
+    (taken when the claim is decided). In-process, the noop generator's
+    `generate` wrapped to note when it is called."""
+    from genjobs.server.generators.noop import NoopGenerator
+
+    called: dict[str, float] = {}
+    generate = NoopGenerator.generate
+
+    def noting(self: NoopGenerator, job: Any, report: Any, cancelled: Any) -> Any:
+        called[job.id] = time.time()
+        return generate(self, job, report, cancelled)
+
+    NoopGenerator.generate = noting  # type: ignore[method-assign]
+    server = ServerThread(make_settings(mongo_uri, scratch(), generator="noop")).start()
+    latencies = []
+    try:
+        with server.client("latency") as c:
+            for i in range(100):
+                time.sleep(0.02)  # idle dispatcher
+                t0 = time.time()
+                job = c.submit("topic", topic=f"g{i}")
+                wait_for(lambda job_id=job.id: job_id in called, timeout=10, interval=0.0005)
+                latencies.append((called[job.id] - t0) * 1000)
+    finally:
+        server.stop()
+        NoopGenerator.generate = generate  # type: ignore[method-assign]
+    return latencies
+
+
+def cpu_split(mongo_uri: str, jobs: int = 1000) -> dict[str, float]:
+    """End to end (submits one after another while the server runs them): µs
+    of CPU a job spent by the server, nx-27017 and this client process."""
+    settings = make_settings(mongo_uri, scratch(), generator="noop", max_queued_per_owner=jobs + 10)
+    server = ServerProcess(settings, scratch() / "split.log").start()
+    assert server.process is not None
+    mongo_pid = _mongo_pid(mongo_uri)
+    with server.client("bench") as c:
+        for _ in c.watch(c.submit("topic", topic="warm-up").id):
+            pass
+        before = process_cpu(server.process.pid), process_cpu(mongo_pid), time.process_time()
+        last = [c.submit("topic", topic=f"split {i}").id for i in range(jobs)][-1]
+        for _ in c.watch(last):
+            pass
+        after = process_cpu(server.process.pid), process_cpu(mongo_pid), time.process_time()
+    server.terminate()
+    spent = [(b - a) / jobs * 1e6 for a, b in zip(before, after, strict=True)]
+    return {"server": spent[0], "nx-27017": spent[1], "client": spent[2]}
+
+
+def _mongo_pid(mongo_uri: str) -> int:
+    """The pid of the nx-27017 serving `mongo_uri` (it says so in serverStatus)."""
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(mongo_uri)
+    try:
+        return int(client.admin.command("serverStatus")["pid"])
+    finally:
+        client.close()
+
+
 def lanes() -> None:
     """The rate of no-op jobs, and of demo jobs of DEMO_SECONDS, with 1, 2 and
     3 jobs running at once (GENJOBS_CONCURRENCY)."""
@@ -253,6 +316,13 @@ def main() -> None:
         f"Enqueue-to-start on an idle dispatcher: p50 {percentile(lat, 50):.1f} ms"
         f"  p99 {percentile(lat, 99):.1f} ms"
     )
+    lat = generator_latency(mongo.uri)
+    print(
+        f"Enqueue to the generator's call, idle: p50 {percentile(lat, 50):.1f} ms"
+        f"  p99 {percentile(lat, 99):.1f} ms"
+    )
+    split = cpu_split(mongo.uri)
+    print("End to end, CPU a job: " + ", ".join(f"{name} {micros:.0f} µs" for name, micros in split.items()))
     mongo.stop()
 
 

@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -532,13 +533,12 @@ def test_the_owner_stream_tells_each_change_once_though_the_poller_reads_them_to
         assert jobs_pb2.JOB_STATUS_PROCESSING in [status for _, status in changes]
 
 
-def test_the_owner_stream_on_a_replica_hears_of_runs_made_by_the_leader(
+@contextmanager
+def _leader_and_follower(
     mongo: MongoServer, tmp_path: Path
-) -> None:
-    """WatchJobs on a replica that is not the leader carries the runs the
-    leader makes of its owner's jobs (a dashboard behind a load balancer does
-    not show them queued for good), each change once and in order."""
-    # Leases long enough that the first server stays the leader on a loaded machine.
+) -> Iterator[tuple[ServerThread, ServerThread, Any]]:
+    """Two servers on one database, the first surely the leader (its lease
+    long enough that it stays so on a loaded machine); and the database."""
     settings = replace(make_settings(mongo.uri, tmp_path / "a"), lease_seconds=30.0)
     leader = ServerThread(settings).start()
     database = pymongo.MongoClient(mongo.uri)[settings.db_name]
@@ -548,6 +548,23 @@ def test_the_owner_stream_on_a_replica_hears_of_runs_made_by_the_leader(
         holder = leader.app.worker_id
         wait_for(lambda: database.leases.find_one({"_id": "dispatcher", "holder": holder}), timeout=30)
         follower = ServerThread(replace(settings, data_dir=tmp_path / "b")).start()
+        yield leader, follower, database
+    finally:
+        leader.stop()
+        if follower is not None:
+            follower.stop()
+        database.client.close()
+
+
+def test_the_owner_stream_on_a_replica_hears_of_runs_made_by_the_leader(
+    mongo: MongoServer, tmp_path: Path
+) -> None:
+    """WatchJobs on a replica that is not the leader carries the runs the
+    leader makes of its owner's jobs (a dashboard behind a load balancer does
+    not show them queued for good), each change once and in order."""
+    with _leader_and_follower(mongo, tmp_path) as (leader, follower, database):
+        assert leader.app is not None
+        holder = leader.app.worker_id
         with follower.client("alice") as alice:
             stream = alice.jobs.WatchJobs(jobs_pb2.WatchJobsRequest(), metadata=alice._metadata, timeout=30)
             next(stream)  # the first heartbeat: the stream is open
@@ -576,11 +593,6 @@ def test_the_owner_stream_on_a_replica_hears_of_runs_made_by_the_leader(
                     assert landed.modified_count == 1
 
             _told_until(stream, long.id, jobs_pb2.JOB_STATUS_CANCELLED, land_late)
-    finally:
-        leader.stop()
-        if follower is not None:
-            follower.stop()
-        database.client.close()
 
 
 def test_the_owner_stream_on_a_replica_hears_of_jobs_held_by_a_budget(
@@ -592,44 +604,34 @@ def test_the_owner_stream_on_a_replica_hears_of_jobs_held_by_a_budget(
     # seven: a move made two seconds after a job's submit is heard of only
     # by its own stamp.
     monkeypatch.setattr(remote, "CHANGE_MARGIN_US", 2 * remote.SETTLE_US)
-    settings = replace(make_settings(mongo.uri, tmp_path / "a"), lease_seconds=30.0)
-    leader = ServerThread(settings).start()
-    database = pymongo.MongoClient(mongo.uri)[settings.db_name]
-    follower: ServerThread | None = None
-    try:
-        assert leader.app is not None
-        holder = leader.app.worker_id
-        wait_for(lambda: database.leases.find_one({"_id": "dispatcher", "holder": holder}), timeout=30)
-        follower = ServerThread(replace(settings, data_dir=tmp_path / "b")).start()
-        with leader.client("root", admin=True) as admin, follower.client("alice") as alice:
-            admin.set_budget("alice", 5)  # one job of 500 words spends it
-            stream = alice.jobs.WatchJobs(jobs_pb2.WatchJobsRequest(), metadata=alice._metadata, timeout=30)
-            next(stream)  # the first heartbeat: the stream is open
-            alice.submit("topic", topic="spends it", word_count=500, extra={"demo_seconds": "2"})
-            # Queued behind the first: the first claimed after it goes to the
-            # budget lane by its claim, the other with the owner's ready jobs.
-            behind = {alice.submit("topic", topic=f"held {i}", word_count=500).id for i in range(2)}
-            waiting: set[str] = set()
-            try:
-                for event in stream:
-                    job = event.job
-                    if (
-                        job.id in behind
-                        and job.status == jobs_pb2.JOB_STATUS_QUEUED
-                        and "budget" in job.progress.message
-                    ):
-                        waiting.add(job.id)
-                        if waiting == behind:
-                            break
-            except grpc.RpcError as exc:
-                pytest.fail(f"the stream told {len(waiting)} of the 2 jobs waiting ({exc.code()})")
-            finally:
-                stream.cancel()
-    finally:
-        leader.stop()
-        if follower is not None:
-            follower.stop()
-        database.client.close()
+    with (
+        _leader_and_follower(mongo, tmp_path) as (leader, follower, _),
+        leader.client("root", admin=True) as admin,
+        follower.client("alice") as alice,
+    ):
+        admin.set_budget("alice", 5)  # one job of 500 words spends it
+        stream = alice.jobs.WatchJobs(jobs_pb2.WatchJobsRequest(), metadata=alice._metadata, timeout=30)
+        next(stream)  # the first heartbeat: the stream is open
+        alice.submit("topic", topic="spends it", word_count=500, extra={"demo_seconds": "2"})
+        # Queued behind the first: the first claimed after it goes to the
+        # budget lane by its claim, the other with the owner's ready jobs.
+        behind = {alice.submit("topic", topic=f"held {i}", word_count=500).id for i in range(2)}
+        waiting: set[str] = set()
+        try:
+            for event in stream:
+                job = event.job
+                if (
+                    job.id in behind
+                    and job.status == jobs_pb2.JOB_STATUS_QUEUED
+                    and "budget" in job.progress.message
+                ):
+                    waiting.add(job.id)
+                    if waiting == behind:
+                        break
+        except grpc.RpcError as exc:
+            pytest.fail(f"the stream told {len(waiting)} of the 2 jobs waiting ({exc.code()})")
+        finally:
+            stream.cancel()
 
 
 def test_an_owner_stream_delivers_each_jobs_change_once_whoever_tells_it_first() -> None:
