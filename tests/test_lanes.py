@@ -17,11 +17,14 @@ from bson import ObjectId
 from genjobs.client import GenJobsClient
 from genjobs.server.dispatch.dispatcher import Dispatcher
 from genjobs.server.dispatch.keeper import LEADER_LEASE
+from genjobs.server.dispatch.providers import Policy, ProviderGate
+from genjobs.server.generators.base import GenerationFailed
 from genjobs.server.generators.noop import NoopGenerator
 from genjobs.server.model.clock import now_us
 from genjobs.server.model.records import Params, Submission
 from genjobs.server.model.vocabulary import Mode
 from genjobs.server.runtime.config import Settings
+from genjobs.server.storage.providers import ProviderStore
 from genjobs.server.storage.store import Store
 from genjobs.v1 import jobs_pb2
 from tests.harness import MongoServer, ServerThread, make_settings, scratch_store, serving, wait_for
@@ -332,3 +335,24 @@ def test_a_job_is_stored_claimed_only_when_it_would_be_the_next_claim(
     assert starts()
     dispatcher.offer(job["ck"] - 1, ObjectId(), "bob")  # a job known ready goes first
     assert not starts()
+
+
+def test_the_gate_lets_a_job_be_stored_running_within_its_providers_rate_and_health(store: Store) -> None:
+    """`hold_now`: a request counted against the provider's rate, given back
+    when the job was not stored; never for a provider marked down (its probe
+    is the dispatcher's)."""
+    gate = ProviderGate(
+        ProviderStore(store.database),
+        ["only"],
+        lambda model: "only",
+        Policy(threshold=1),
+        {"only": (60, None)},
+    )
+    job = {"params": {"topic": "tea"}}
+    assert gate.hold_now(job)
+    assert not gate.hold_now(job)  # 60 a minute: the next in a second
+    gate.give_back(job)  # the first was not stored after all
+    assert gate.hold_now(job)
+    gate.give_back(job)
+    gate.settle(job, failure=GenerationFailed("GENERATOR_UNREACHABLE", "refused", True))
+    assert not gate.hold_now(job)

@@ -146,7 +146,7 @@ class Dispatcher:
         self._runs: dict[ObjectId, Run] = {}
         self._runs_changed = threading.Condition()
         # Jobs being stored claimed (`start_as_stored`), each holding a lane till its insert answers.
-        self._held: set[ObjectId] = set()
+        self._held: dict[ObjectId, Doc] = {}
         self._lanes_ended = False  # `stop` told the lanes to end: a job stored now is given back
         self._giving_back: list[threading.Thread] = []  # those give-backs, waited for by `stop`
         self._hurried = False
@@ -235,7 +235,7 @@ class Dispatcher:
             # The owner's turn is taken now, under the claim lock, as a claim takes it.
             self._fair.started(doc["owner"])
             with self._runs_changed:
-                self._held.add(doc["_id"])
+                self._held[doc["_id"]] = doc
             return self.queue.claim_update(self.worker_id, self.lease_seconds)
         finally:
             self._claiming.release()
@@ -250,7 +250,7 @@ class Dispatcher:
             late = job["lease_until_us"] - clock.now_us() < self.lease_seconds * 500_000
             if not (ended or late):  # counted among the runs before the held lane goes
                 self._handoff.put((job, self._register(job)))  # under the lock: before `stop` tells the lanes
-            self._held.discard(job["_id"])
+            self._held.pop(job["_id"], None)
             self._runs_changed.notify_all()
         if not (ended or late):
             return
@@ -267,8 +267,10 @@ class Dispatcher:
         request, a refusal), or its insert's outcome is unknown (then
         housekeeping gives it back if it was stored): its lane is free again."""
         with self._runs_changed:
-            self._held.discard(oid)
+            doc = self._held.pop(oid, None)
             self._runs_changed.notify_all()
+        if doc is not None and self.gate is not None:
+            self.gate.give_back(doc)  # its request was counted against its provider's rate
         self._wake.set()
 
     def _give_back(self, job: Doc) -> None:

@@ -64,6 +64,10 @@ class _Bucket:
     def take(self, units: float) -> None:
         self.level -= units
 
+    def give(self, units: float) -> None:
+        """Units taken for work that did not happen, back (up to `burst`)."""
+        self.level = min(self.burst, self.level + units)
+
 
 @dataclass
 class _State:
@@ -148,12 +152,28 @@ class ProviderGate:
 
     def hold_now(self, job: Doc) -> bool:
         """`hold` for a job about to be stored running, asked on the event loop:
-        whether it may run now (counted as `hold` counts it). Never waits: False
-        while the gate's lock is held (a lane may be storing a mark under it)."""
+        whether it may run now (counted as `hold` counts it; `give_back` if it
+        is not stored after all). False for a provider marked down (its probe
+        is the dispatcher's to pick), and while the gate's lock is held (a
+        lane may be storing a mark under it): it never waits."""
         if not self._lock.acquire(blocking=False):
             return False
         try:
+            if self._states[self.provider(job["params"])].down_since_us:
+                return False
             return self._hold_locked(job) is None
+        finally:
+            self._lock.release()
+
+    def give_back(self, job: Doc) -> None:
+        """`hold_now` let `job` run, and it was not stored: its request back
+        to its provider's rate (unless the lock is held: never waits)."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            requests = self._states[self.provider(job["params"])].requests
+            if requests is not None:
+                requests.give(1)
         finally:
             self._lock.release()
 
