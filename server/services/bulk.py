@@ -27,7 +27,7 @@ from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.model.vocabulary import Mode, Priority
 from genjobs.server.notify.ending import EndNotifications
 from genjobs.server.services import entitlement, validation
-from genjobs.server.services.events import Event, EventHub
+from genjobs.server.services.events import BULK, Event, EventHub, bulk_key
 from genjobs.server.services.jobs import Jobs, normalized
 from genjobs.server.storage import records
 from genjobs.server.storage.budgets import BUDGET
@@ -479,11 +479,11 @@ class Bulks:
 
     async def poll_remote(self) -> None:
         """Other replicas' bulk changes reach this server's watchers here."""
-        ids = self.hub.watched("bulk:")
+        ids = self.hub.watched(BULK)
         if not ids:
             return
         docs = await asyncio.to_thread(self.store.bulks.bulk_docs, ids)
-        changed = [str(d["_id"]) for d in docs if d["seq"] > self.hub.last_seq(f"bulk:{d['_id']}")]
+        changed = [str(d["_id"]) for d in docs if d["seq"] > self.hub.last_seq(bulk_key(d["_id"]))]
         if not changed:
             return
         # The items, then the bulk jobs again (as `get` reads them): an event's
@@ -523,7 +523,7 @@ def bulk_event(view: BulkView, kind: str) -> Event:
         "notification": notification if kind == COMPLETED else None,
         "at_us": clock.now_us(),
     }
-    return Event(f"bulk:{view.doc['_id']}", view.doc["seq"], payload, final)
+    return Event(bulk_key(view.doc["_id"]), view.doc["seq"], payload, final)
 
 
 def is_final(view: BulkView) -> bool:

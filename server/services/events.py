@@ -39,7 +39,7 @@ class Event:
         return self._message
 
 
-OWNER, JOB = "owner:", "job:"  # the hub keys' prefixes
+OWNER, JOB, BULK = "owner:", "job:", "bulk:"  # the hub keys' prefixes
 
 
 def owner_key(owner: str) -> str:
@@ -50,6 +50,11 @@ def owner_key(owner: str) -> str:
 def job_key(job_id: object) -> str:
     """The hub key of one job's changes (WatchJob)."""
     return f"{JOB}{job_id}"
+
+
+def bulk_key(bulk_id: object) -> str:
+    """The hub key of one bulk job's changes (WatchBulkJob)."""
+    return f"{BULK}{bulk_id}"
 
 
 class EventHub:

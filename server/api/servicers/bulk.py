@@ -11,7 +11,7 @@ from genjobs.server.api.servicers.common import rpc
 from genjobs.server.api.watch import Heartbeat, StreamCap, check_resume, follow
 from genjobs.server.model.caller import current_caller
 from genjobs.server.services.bulk import SNAPSHOT, Bulks, bulk_event, is_final
-from genjobs.server.services.events import EventHub
+from genjobs.server.services.events import EventHub, bulk_key
 from genjobs.server.services.intake import Intake
 from genjobs.v1 import bulk_pb2, bulk_pb2_grpc
 
@@ -106,7 +106,7 @@ class BulkServicer(bulk_pb2_grpc.BulkServiceServicer):
     async def WatchBulkJob(self, request: bulk_pb2.WatchBulkJobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         # Every bulk event is a whole snapshot (counts and items), so resuming
         # needs only the newest one: nothing between is lost by skipping it.
-        key = f"bulk:{request.id}"
+        key = bulk_key(request.id)
         after = max(0, request.after_sequence)
         caller = current_caller()
         with self.streams.hold(caller.user), self.hub.subscribe(key) as queue:
