@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from genjobs.server.model.records import Params, Submission
 from genjobs.server.model.vocabulary import Mode
 from genjobs.server.runtime.config import Settings
 from genjobs.server.storage.providers import ProviderStore
+from genjobs.server.storage.queue import applied
 from genjobs.server.storage.store import Store
 from genjobs.v1 import jobs_pb2
 from tests.harness import MongoServer, ServerThread, make_settings, scratch_store, serving, wait_for
@@ -283,6 +284,43 @@ def test_end_and_claim_leaves_an_outcome_that_changed_to_the_usual_write(store: 
     assert claimed == queue.jobs.find_one({"_id": ready["_id"]})
 
 
+def _idle_leader(
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    unlimited: Callable[[dict[str, Any]], bool] = lambda job: True,
+) -> Dispatcher:
+    """A dispatcher (its threads not started) that leads, has looked at the
+    queue and found nothing ready; long intervals keep that look fresh."""
+    dispatcher = Dispatcher(
+        store,
+        NoopGenerator(),
+        "w1",
+        lambda doc, kind: None,
+        lease_seconds=600.0,
+        poll_seconds=300.0,
+        unlimited=unlimited,
+    )
+    monkeypatch.setattr(dispatcher, "_is_leader", lambda: True)
+    dispatcher._needs_recovery = False
+    assert dispatcher._fair.next() is None  # the first look: nothing is ready
+    return dispatcher
+
+
+def test_a_job_stored_running_takes_its_owners_turn_only_once_stored(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dispatcher = _idle_leader(store, monkeypatch)
+    job = store.jobs.new_job(Submission(owner="alice", mode=Mode.TOPIC, params=Params(topic="tea")))
+    assert dispatcher.start_as_stored(job) is not None
+    dispatcher.not_stored(job["_id"])  # a repeated request, say
+    assert "alice" not in dispatcher._fair.candidates.turns
+    claim = dispatcher.start_as_stored(job)
+    assert claim is not None
+    dispatcher.stored(applied(job, claim))
+    assert "alice" in dispatcher._fair.candidates.turns
+    assert dispatcher.start_as_stored(job) is None  # its lane runs it now
+
+
 def test_a_job_is_stored_claimed_only_when_it_would_be_the_next_claim(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -291,19 +329,7 @@ def test_a_job_is_stored_claimed_only_when_it_would_be_the_next_claim(
     limit applies. Each case takes one of those away, after a check that the
     job would be stored claimed just before."""
     limits = {"alice": False}  # whether a budget limit applies to the owner
-    # Long intervals: what fair share last read stays fresh through the test.
-    dispatcher = Dispatcher(
-        store,
-        NoopGenerator(),
-        "w1",
-        lambda doc, kind: None,
-        lease_seconds=600.0,
-        poll_seconds=300.0,
-        unlimited=lambda job: not limits[job["owner"]],
-    )
-    monkeypatch.setattr(dispatcher, "_is_leader", lambda: True)
-    dispatcher._needs_recovery = False
-    assert dispatcher._fair.next() is None  # the first look: nothing is ready
+    dispatcher = _idle_leader(store, monkeypatch, unlimited=lambda job: not limits[job["owner"]])
     job = store.jobs.new_job(Submission(owner="alice", mode=Mode.TOPIC, params=Params(topic="tea")))
 
     def starts(doc: dict[str, Any] = job) -> bool:

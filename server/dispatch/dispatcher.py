@@ -232,8 +232,6 @@ class Dispatcher:
                 return None
             if self.gate is not None and not self.gate.hold_now(doc):
                 return None
-            # The owner's turn is taken now, under the claim lock, as a claim takes it.
-            self._fair.started(doc["owner"])
             with self._runs_changed:
                 self._held[doc["_id"]] = doc
             return self.queue.claim_update(self.worker_id, self.lease_seconds)
@@ -253,6 +251,7 @@ class Dispatcher:
             self._held.pop(job["_id"], None)
             self._runs_changed.notify_all()
         if not (ended or late):
+            self._fair.started(job["owner"])  # its owner's turn, once it runs (as a claim's)
             return
         self._wake.set()
         if ended:  # stopping: no lane takes it; back to the queue, its attempt given back

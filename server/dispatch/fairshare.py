@@ -187,7 +187,8 @@ class Candidates:
 class FairShare:
     """The claim order of one dispatcher: `Candidates` kept up to date from the store.
 
-    `offer` may be called from any thread; the rest from the dispatcher thread.
+    `offer` and `started` may be called from any thread; the rest from the
+    dispatcher thread (and lanes, under the dispatcher's claim lock).
     """
 
     def __init__(
@@ -310,10 +311,12 @@ class FairShare:
         return True
 
     def started(self, owner: str) -> None:
-        """A job of `owner` was claimed: its turn is now (stored at a streak start)."""
+        """A job of `owner` was claimed: its turn is now (stored at a streak
+        start). From any thread (a job stored running is told from the event loop)."""
         now_us = clock.now_us()
-        if self.candidates.started(owner, now_us):
-            self._unsaved[owner] = now_us
+        with self._lock:
+            if self.candidates.started(owner, now_us):
+                self._unsaved[owner] = now_us
 
     def _read_turns(self) -> None:
         """Read the stored turns of owners new here since the rebuild (one search of `_id`),
@@ -330,15 +333,17 @@ class FairShare:
 
     def save_turns(self) -> None:
         """Store the streak starts' turns not yet stored (one command)."""
-        if not self._unsaved:
-            return
-        unsaved, self._unsaved = self._unsaved, {}
+        with self._lock:
+            if not self._unsaved:
+                return
+            unsaved, self._unsaved = self._unsaved, {}
         try:
             self.queue.save_turns(unsaved)
         except PyMongoError as exc:  # claims go on; the turns are stored at the next try
             if not self.outage.failed(exc, "storing owners' turns"):
                 log.warning("could not store %d owners' turns: %s", len(unsaved), exc)
-            self._unsaved = {**unsaved, **self._unsaved}
+            with self._lock:
+                self._unsaved = {**unsaved, **self._unsaved}
 
     def rebuild(self) -> None:
         """Start over from the ready lane's owners and their stored turns."""
@@ -346,8 +351,9 @@ class FairShare:
         self.save_turns()  # what is read back below must include them
         with self._reading():
             heads = self.queue.ready_owners()
-            turns = {**self.queue.turns_of(list(heads)), **self._unsaved}  # unsaved if the save failed
+            stored = self.queue.turns_of(list(heads))
             with self._lock:
+                turns = {**stored, **self._unsaved}  # unsaved if the save failed
                 self.candidates.reset(heads, turns)
                 self._docs = {}
         self._reads = {}
