@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import grpc
@@ -694,7 +695,8 @@ def test_a_claim_that_finds_nothing_returns_however_slow_the_wakeups_read() -> N
     claims._followers, claims._wakeups_read, claims._wakeups = True, 0.0, 0
     slow = SlowWakeups(claims)
     claims.queue, claims._fair = slow, NothingReady()  # type: ignore[assignment]
-    claims._runs, claims._held, claims._elsewhere, claims.concurrency, claims.gate = {}, set(), 0, 1, None
+    claims._runs, claims._held, claims.concurrency, claims.gate = {}, {}, 1, None
+    claims._house = SimpleNamespace(elsewhere=0)  # type: ignore[assignment]
     claims._runs_changed = threading.Condition()
     claims._last_end_us, claims.gap_us, claims.poll_seconds = 0, 0, 0.5
     ended = threading.Event()

@@ -301,7 +301,7 @@ def _idle_leader(
         unlimited=unlimited,
     )
     monkeypatch.setattr(dispatcher, "_is_leader", lambda: True)
-    dispatcher._needs_recovery = False
+    dispatcher._house.needs_recovery = False
     assert dispatcher._fair.next() is None  # the first look: nothing is ready
     return dispatcher
 

@@ -24,11 +24,7 @@ leader reads that document by `_id` every WAKEUP_POLL_SECONDS while another
 replica is alive (each follower's keeper notes so there once a tick), else
 every poll interval, and on a new count reads what entered the ready lane up
 to now: a job queued on any replica starts about as soon as on the leader.
-Housekeeping, once a second, reads the
-running jobs (by status) and the due jobs of the waiting lanes (retry
-backoff, schedule time); once a sweep interval, the expired completed
-jobs, the unsettled bulk jobs and the pending notifications: each an index
-search of live documents only.
+Housekeeping (`housekeeping.py`) runs on this thread between claims.
 
 The claim path reads narrow projections of job documents ({owner, rank,
 ck}, a claimed job's fields), not `model.records.Job`: a record built per
@@ -45,11 +41,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-import pymongo
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from genjobs.server.dispatch.fairshare import FairShare
+from genjobs.server.dispatch.housekeeping import Housekeeping
 from genjobs.server.dispatch.keeper import LEADER_LEASE, WAKEUPS, LeaseKeeper
 from genjobs.server.dispatch.providers import ProviderGate
 from genjobs.server.dispatch.run import Followed, Run, RunLifecycle, database_error
@@ -57,20 +53,15 @@ from genjobs.server.generators.base import (
     Generator,
 )
 from genjobs.server.model import clock
-from genjobs.server.model.states import Status
 from genjobs.server.model.vocabulary import Priority
 from genjobs.server.storage.database import Doc
-from genjobs.server.storage.events import STATUS_CHANGED
-from genjobs.server.storage.jobs import job_error
-from genjobs.server.storage.queue import HELD, NONE, READY
+from genjobs.server.storage.queue import READY
 from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
 WAKEUP_POLL_SECONDS = 0.02
-HOUSEKEEPING_INTERVAL = 1.0
-SWEEP_TIMEOUT_SECONDS = 120.0
 RECENT_RUNS = 256  # runs remembered, to tell a claim whose answer was lost from a run
 
 EventSink = Callable[[Doc, str], None]
@@ -103,13 +94,9 @@ class Dispatcher:
     ) -> None:
         self.store = store
         self.queue = store.queue
-        self.bulks = store.bulks
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
-        self.sweep_seconds = sweep_seconds
-        self.sweepers = sweepers
-        self.tickers = tickers  # run on every housekeeping pass (schedules' ticks)
         self.concurrency = concurrency
         self.gap_us = int(gap_seconds * 1_000_000)
         # Budgets (server/services/budgets.py): whether a claimed job may run (False: it
@@ -118,7 +105,6 @@ class Dispatcher:
         self.release = release
         # Whether no budget limit applies to a job, from memory (`start_as_stored`).
         self.unlimited = unlimited
-        self._last_sweep = 0.0
         self._wake = threading.Event()
         self._stopping = threading.Event()
         # A claimed job's run, from the generator's call to its stored outcome.
@@ -140,8 +126,6 @@ class Dispatcher:
         # The claim order. Claims resuming after a pause of half a lease may
         # follow a spell as follower: it rebuilds from the database then.
         self._fair = FairShare(store.queue, store.outage, poll_seconds, sweep_seconds, lease_seconds / 2)
-        self._needs_recovery = True
-        self._last_housekeeping = 0.0
         # The runs going on here, by job; the condition is notified when one ends.
         self._runs: dict[ObjectId, Run] = {}
         self._runs_changed = threading.Condition()
@@ -150,13 +134,8 @@ class Dispatcher:
         self._lanes_ended = False  # `stop` told the lanes to end: a job stored now is given back
         self._giving_back: list[threading.Thread] = []  # those give-backs, waited for by `stop`
         self._hurried = False
-        self._elsewhere = 0  # live runs of other servers at the last housekeeping pass
         self._last_end_us = 0  # when the last run ended (wall clock): the gap counts from it
-        self._elected = False  # set by the keeper on election: read the former leader's last end
-        # (job, epoch) of the runs started here, and (the lifecycle's `abandoned`)
-        # of those whose outcome could not be stored: when such a lease lapses,
-        # the database, not the generator or a crash, cost the attempt, so it is given back.
-        self._started: deque[tuple[ObjectId, int]] = deque(maxlen=RECENT_RUNS)
+        self._started: deque[tuple[ObjectId, int]] = deque(maxlen=RECENT_RUNS)  # (job, epoch) run here
         self._signal = False  # a follower queued jobs since it last signalled the leader
         self._wakeups = -1  # the wakeups count the leader last heeded (-1: none yet)
         self._wakeups_read = 0.0  # monotonic time the leader last read the wakeups
@@ -168,6 +147,23 @@ class Dispatcher:
             threading.Thread(target=self._lane, name=f"dispatcher-lane-{n}", daemon=True)
             for n in range(concurrency)
         ]
+        self._house = Housekeeping(
+            store,
+            self._lifecycle,
+            worker_id,
+            may_take_over=lambda doc, now: self._keeper.may_take_over(doc, now),
+            runs_here=self._runs_here,
+            started_here=self._started,
+            ended=self._ended,
+            offer=lambda ck, oid, owner, rank: self.offer(ck, oid, owner, rank),
+            wake=self.wake,
+            release=release,
+            tickers=tickers,
+            gate=gate,
+            sweepers=sweepers,
+            sweep_seconds=sweep_seconds,
+            gap_us=self.gap_us,
+        )
         self._keeper = LeaseKeeper(
             store.queue,
             worker_id,
@@ -221,7 +217,7 @@ class Dispatcher:
         job is stored queued."""
         if doc.get("queue") != READY or self._followers or not self._is_leader():
             return None
-        if self._stopping.is_set() or self._hurried or self._needs_recovery:
+        if self._stopping.is_set() or self._hurried or self._house.needs_recovery:
             return None
         if not self._claiming.acquire(blocking=False):
             return None
@@ -366,8 +362,7 @@ class Dispatcher:
 
     def _on_elected(self) -> None:
         """The keeper took the leader lease: recover the former leader's runs now."""
-        self._needs_recovery = True
-        self._elected = True
+        self._house.elected()
         self._wake.set()
 
     # ---- the dispatcher thread ------------------------------------------
@@ -387,7 +382,7 @@ class Dispatcher:
                 # Cleared before looking: a run ending or a job offered from
                 # now on cuts the wait below short instead of being missed.
                 self._wake.clear()
-                self._housekeeping()
+                self._house.run()
                 wait = self._claim_wait()
                 if wait > 0:
                     self._wake.wait(wait)
@@ -440,7 +435,7 @@ class Dispatcher:
         """Whether every lane of the deployment is taken (`freeing`: of this
         server's runs, those ending now), counting lanes held for jobs being stored."""
         with self._runs_changed:  # a job stored running moves from held to run under it
-            return len(self._runs) + len(self._held) - freeing + self._elsewhere >= self.concurrency
+            return len(self._runs) + len(self._held) - freeing + self._house.elsewhere >= self.concurrency
 
     def _gap_left(self) -> float:
         """Seconds until the gap after the last run's end is over (0 or less: over)."""
@@ -450,6 +445,11 @@ class Dispatcher:
         """A run ended at `stamp_us`: the next claim keeps the gap after it."""
         with self._runs_changed:
             self._last_end_us = max(self._last_end_us, stamp_us)
+
+    def _runs_here(self, doc: Doc) -> bool:
+        """Whether a processing job is this server's run, or being stored running here."""
+        here = self._runs.get(doc["_id"])
+        return (here is not None and here.epoch == doc["epoch"]) or doc["_id"] in self._held
 
     def _register(self, job: Doc) -> Run:
         """A claimed job's run, counted among the runs here from now on."""
@@ -507,103 +507,6 @@ class Dispatcher:
                 self._wake.set()  # a lane is free
         return run.following
 
-    def _housekeeping(self) -> None:
-        """Recover lapsed runs, count the live runs of other servers, and
-        promote due retries; once a sweep interval purge expired jobs and run
-        the sweepers."""
-        now = time.monotonic()
-        if not self._needs_recovery and now - self._last_housekeeping < HOUSEKEEPING_INTERVAL:
-            return
-        self._last_housekeeping = now
-        now_us = clock.now_us()
-        if self._elected:
-            self._elected = False
-            self._elsewhere = 0
-            if self.gap_us:
-                self._ended(self.queue.last_run_end(LEADER_LEASE))
-        elsewhere = 0
-        for doc in self.queue.processing_jobs():
-            run_key = (doc["_id"], doc["epoch"])
-            here = self._runs.get(doc["_id"])
-            if here is not None and here.epoch == doc["epoch"]:
-                continue  # running here: the keeper holds its lease
-            if doc["_id"] in self._held:
-                continue  # stored running here a moment ago: its lane takes it next
-            if doc["lease_until_us"] < now_us and self._keeper.may_take_over(doc, now):
-                self._recover(doc)
-            elif run_key not in self._started:
-                elsewhere += 1  # another server's run (started here: ended since, or abandoned)
-        if elsewhere < self._elsewhere:
-            self._ended(now_us)  # a run elsewhere ended by now: the gap counts from here
-        self._elsewhere = elsewhere
-        self._promote_due(now_us)
-        for tick in self.tickers:
-            tick()
-        if self.gate is not None:
-            self.gate.tick(lambda doc: self._lifecycle.tell(doc, STATUS_CHANGED))
-        if self.release():
-            self.wake()
-        if now - self._last_sweep >= self.sweep_seconds:
-            self._last_sweep = now
-            # A purge of a long backlog may take longer than any one query may.
-            with pymongo.timeout(SWEEP_TIMEOUT_SECONDS):
-                purged = self.store.purge_expired(now_us)
-                if purged:
-                    log.info("retention: removed %d completed jobs", purged)
-                for sweep in self.sweepers:
-                    sweep()
-        self._needs_recovery = elsewhere > 0
-
-    def _promote_due(self, now_us: int) -> None:
-        """Make the due jobs of the waiting lanes ready; a paused bulk job's item
-        is held instead (its retry failure may have been written as the pause
-        moved its siblings): it waits for the resume like them."""
-        lanes: dict[str, str] = {}  # bulk job id -> the lane its items go to now (one read each)
-        for lane, oid, bulk_id in self.queue.due_waiting(now_us):
-            if bulk_id and lanes.setdefault(bulk_id, self.bulks.bulk_lane(bulk_id)) == HELD:
-                self.queue.move_queued([(oid, lane, HELD)], bump=True)
-                continue
-            promoted = self.queue.make_ready(oid, lane)
-            if promoted is not None:
-                self.offer(promoted["ck"], oid, promoted["owner"], Priority.rank_of(promoted.get("rank")))
-
-    def _recover(self, doc: Doc) -> None:
-        """A run whose lease lapsed (its server died): requeue it or fail it."""
-        run_key = (doc["_id"], doc["epoch"])
-        abandoned = self._lifecycle.abandoned
-        if doc["worker"] == self.worker_id and (run_key not in self._started or run_key in abandoned):
-            # Claimed here but never run (the claim's answer was lost), or run
-            # here with its outcome lost to a database outage: not an attempt.
-            abandoned.discard(run_key)
-            self._lifecycle.give_back(Run(doc["_id"], doc["epoch"]), doc)
-            return
-        attempt, limit = doc["attempt"], doc["max_attempts"]
-        lost = job_error("WORKER_LOST", "transient", "the server running this job stopped", True, attempt)
-        stamp = clock.now_us()
-        changes: Doc = {
-            "updated_us": stamp,
-            "worker": "",
-            "lease_until_us": 0,
-            "attempt_errors": [*doc.get("attempt_errors", []), lost],
-            "error": lost,
-        }
-        if doc.get("cancel_requested"):
-            changes.update(status=str(Status.CANCELLED), queue=NONE, ended_us=stamp)
-        elif attempt < limit:
-            changes.update(status=str(Status.QUEUED), queue=self.bulks.bulk_lane(doc.get("bulk_job_id", "")))
-            changes["ready_us"] = stamp  # found by the dispatcher's next read of the lane
-        else:
-            lost["retryable"] = False
-            changes.update(status=str(Status.FAILED), queue=NONE, ended_us=stamp)
-        after = self.queue.fenced_update(doc["_id"], doc["epoch"], changes)
-        if after is not None:
-            after = self._lifecycle.held_if_paused(after)
-            log.warning("job %s lost its worker; now %s", doc["_id"], after["status"])
-            metrics.attempt_lost(after)
-            self._lifecycle.tell(after, STATUS_CHANGED)
-            if after["status"] == str(Status.QUEUED) and after["queue"] == READY:
-                self.offer(after["ck"], after["_id"], after["owner"], Priority.rank_of(after.get("rank")))
-
     def _claim_next(self) -> tuple[Doc, Run] | None:
         """Claim the next ready job in fair-share order (see `fairshare`); None:
         nothing ready. The reads due once a poll interval wait for `_catch_up`
@@ -657,7 +560,7 @@ class Dispatcher:
         job may start now and its document is at hand (submitted here, or read
         with its owner's head). A run that cost something is not followed. The
         next job is registered as this lane's run."""
-        if self.gap_us or self._hurried or self._needs_recovery or not self._is_leader():
+        if self.gap_us or self._hurried or self._house.needs_recovery or not self._is_leader():
             return Followed(None)  # (with a gap: it starts at this run's end)
         if int(changes.get("cost_cents") or 0) > 0:
             # Its cost is counted before the lane's next claim, so that the

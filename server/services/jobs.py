@@ -344,9 +344,7 @@ class Jobs:
             start = self.dispatcher.start_as_stored(doc)
             if start is not None:
                 return await self._store_running(caller.user, doc, start)
-            job, created = await self.cap.store_async(
-                caller.user, [doc], lambda docs: self.store.jobs.submit_job(docs[0])
-            )
+            job, created = await self._store(caller.user, doc)
         except ServiceError:
             # A repeat of a stored request is answered, not refused: the limit
             # counted that job already (a client's retry, a schedule's tick again).
@@ -365,6 +363,11 @@ class Jobs:
         self.announce(job)
         return records.job(job)  # SubmitJob's one conversion (its answer)
 
+    async def _store(self, owner: str, doc: Doc) -> tuple[Doc, bool]:
+        """Insert a new job in its place under the owner's cap: (the job, True),
+        or (the earlier job, False) for a repeated request."""
+        return await self.cap.store_async(owner, [doc], lambda docs: self.store.jobs.submit_job(docs[0]))
+
     async def _store_running(self, owner: str, doc: Doc, claim: Doc) -> Job:
         """Store a job with its claim in its insert (sequence 2); the answer is
         the job as submitted (sequence 1).
@@ -378,9 +381,7 @@ class Jobs:
 
         async def insert() -> tuple[Doc, bool]:
             with pymongo.timeout(self.store.database.timeout_seconds):
-                return await self.cap.store_async(
-                    owner, [doc], lambda docs: self.store.jobs.submit_job(docs[0])
-                )
+                return await self._store(owner, doc)
 
         storing = asyncio.get_running_loop().create_task(insert(), context=contextvars.Context())
         storing.add_done_callback(lambda done: self._stored_running(done, before, claim))
