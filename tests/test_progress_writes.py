@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 from bson import ObjectId
-from pymongo.errors import ServerSelectionTimeoutError
+from pymongo.errors import BulkWriteError, NetworkTimeout, ServerSelectionTimeoutError
 
 from genjobs.server.dispatch.progress import ProgressWrites
 from genjobs.server.storage.queue import ProgressUpdate
@@ -310,3 +311,80 @@ def test_a_job_changed_by_another_hand_is_taken_as_stored(mongo: MongoServer) ->
         stored = {d["_id"]: d for d in store.jobs.jobs_by_ids([str(changed.oid), str(unchanged.oid)])}
         assert stored[changed.oid]["cancel_requested"] and stored[changed.oid]["seq"] == cancelled["seq"] + 1
         assert stored[unchanged.oid]["progress"]["message"] == "alone"
+
+
+class _Jobs:
+    """A queue store over jobs kept here, applying progress writes as the
+    database does; `fail` decides how a batch fails after being applied."""
+
+    def __init__(self, runs: list[_Run]) -> None:
+        self.jobs = {
+            run.oid: {"_id": run.oid, "epoch": run.epoch, "status": "PROCESSING", "seq": 2} for run in runs
+        }
+        self.fail: Callable[[list[ProgressUpdate]], None] = lambda writes: None
+        self.batches = 0
+
+    def write_progress(self, writes: list[ProgressUpdate]) -> int:
+        self.batches += 1
+        matched = 0
+        for write in writes:
+            job = self.jobs[write.oid]
+            if job["seq"] == write.seq and job["epoch"] == write.epoch:
+                job.update(write.changes, seq=job["seq"] + 1)
+                matched += 1
+        self.fail(writes)
+        return matched
+
+    def read_jobs(self, ids: list[str]) -> list[dict[str, Any]]:
+        return [dict(self.jobs[ObjectId(i)]) for i in ids]
+
+
+def _told_by(database: _Jobs, told: list[tuple[str, int]]) -> ProgressWrites:
+    return ProgressWrites(
+        cast(Any, database),
+        database.read_jobs,
+        lambda doc, kind: told.append((doc["progress"]["message"], doc["seq"])),
+        lambda *args: None,
+        interval=0.01,
+    )
+
+
+def test_a_write_refused_in_a_batch_leaves_the_others_told() -> None:
+    runs = [_Run(), _Run()]
+    database, told = _Jobs(runs), []
+    refused = runs[1].oid
+
+    def refuse_one(writes: list[ProgressUpdate]) -> None:
+        database.jobs[refused]["seq"] -= 1  # as if that write was refused (a write error)
+        database.jobs[refused].pop("progress")
+        database.fail = lambda writes: None
+        raise BulkWriteError({"writeErrors": [{"index": 1, "code": 2, "errmsg": "refused"}], "nMatched": 1})
+
+    database.fail = refuse_one
+    writes = _told_by(database, told)
+    first, second = (writes.writer(run, {**_JOB, "seq": 2}) for run in runs)
+    first.report(1, "drafting", 1, "first 1")
+    second.report(1, "drafting", 1, "second 1")
+    wait_for(lambda: ("first 1", 3) in told)  # told at once, though the other write failed
+    first.report(2, "drafting", 2, "first 2")  # and the next report is written as usual
+    second.report(2, "drafting", 2, "second 2")
+    wait_for(lambda: len(told) == 3)
+    assert told == [("first 1", 3), ("first 2", 4), ("second 2", 3)]
+    assert database.batches == 2
+
+
+def test_a_batch_applied_with_its_answer_lost_is_told_once() -> None:
+    run = _Run()
+    database, told = _Jobs([run]), []
+
+    def lose_the_answer(writes: list[ProgressUpdate]) -> None:
+        database.fail = lambda writes: None
+        raise NetworkTimeout("the answer was lost")
+
+    database.fail = lose_the_answer
+    writes = _told_by(database, told)
+    writes.writer(run, {**_JOB, "seq": 2}).report(1, "drafting", 1, "only report")
+    wait_for(lambda: told)  # after the pause: found applied, told, not written again
+    wait_for(lambda: database.batches == 2)
+    writes.close(run)
+    assert told == [("only report", 3)] and database.jobs[run.oid]["seq"] == 3

@@ -37,7 +37,7 @@ from typing import Protocol
 
 import pymongo
 from bson import ObjectId
-from pymongo.errors import PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from genjobs.server.model import clock
 from genjobs.server.model.progress import progress_fields
@@ -95,6 +95,7 @@ class ProgressWriter:
         self.writes = writes
         self.run = run
         self.job = job  # as stored, as far as this run knows: its claim, and its writes since
+        self.started_us = job["started_us"]
         self.started_mono = time.monotonic()
         # The claim wrote 0%: the first write is due an interval after the start.
         self.due = self.started_mono + writes.interval
@@ -102,6 +103,7 @@ class ProgressWriter:
         self.scheduled = False  # pending in the next batch, or in a batch in flight
         self.in_flight = False
         self.closed = False  # the outcome is being written: nothing more
+        self.unsure: _Write | None = None  # its last batch failed: perhaps applied all the same
 
     def report(self, percentage: int, stage: str, stage_progress: int, message: str) -> None:
         """Keep the latest report (the generator never waits for the database)."""
@@ -167,7 +169,8 @@ class ProgressWrites:
 
     def close(self, run: RunState) -> None:
         """The run's outcome is about to be written: drop its pending progress,
-        wait for a batch in flight with it (at most its timeout), and take no more."""
+        wait for a batch in flight with it (its commands bounded by their
+        timeout, then its events told), and take no more."""
         with self.changed:
             writer = self._writers.pop((run.oid, run.epoch), None)
             if writer is None:
@@ -233,7 +236,7 @@ class ProgressWrites:
             report.stage,
             report.stage_progress,
             report.message,
-            writer.job["started_us"],
+            writer.started_us,
             report.at - writer.started_mono,
         )
         now_us = clock.now_us()
@@ -265,7 +268,7 @@ class ProgressWrites:
 
     def _write(self, batch: list[_Write]) -> list[ProgressWriter]:
         """One command for the batch, and each applied write's PROGRESS event;
-        the writers whose job another hand changed meanwhile (to write again)."""
+        the writers whose report is to be written again."""
         sent = time.monotonic()
         updates = [
             ProgressUpdate(w.writer.run.oid, w.writer.run.epoch, w.writer.job["seq"], w.changes)
@@ -274,33 +277,54 @@ class ProgressWrites:
         try:
             # Briefly: a `close` (the outcome) may wait for this batch.
             with pymongo.timeout(PROGRESS_TIMEOUT_SECONDS):
-                whole = self.queue.write_progress(updates) == len(updates)
+                try:
+                    whole = self.queue.write_progress(updates) == len(updates)
+                except BulkWriteError:
+                    whole = False  # some applied, some refused: the read says which
                 stored = {} if whole else {d["_id"]: d for d in self.read_jobs([str(u.oid) for u in updates])}
         except PyMongoError as exc:
-            # Progress is advisory: a later report or the outcome supersedes it.
-            # (A batch applied with its answer lost is found out by the next: its sequences moved.)
+            # Progress is advisory: the reports are written after a pause, unless superseded.
             self.database_error(exc, "progress", logging.DEBUG, "progress not stored (%s)", exc)
             self._paused_until = time.monotonic() + PROGRESS_PAUSE_SECONDS  # no stall per report
-            return [write.writer for write in batch]  # written after the pause, unless superseded
+            for write in batch:
+                write.writer.unsure = write  # perhaps applied, its answer lost
+            return [write.writer for write in batch]
         again: list[ProgressWriter] = []
         for write in batch:
-            writer, run = write.writer, write.writer.run
-            if whole:  # each job was as its run knew it: it is that, with this write
-                self._written(writer, applied(writer.job, state_update(write.changes)), sent)
-                continue
-            after = stored.get(run.oid)
-            if after is None or after["epoch"] != run.epoch or after["status"] not in _RUNNING:
-                run.lost = True  # another run took the job over, or it ended meanwhile
-                run.cancel.set()
-            elif after["seq"] == writer.job["seq"] + 1 and stamped_by(after, run.epoch, write.changes):
-                self._written(writer, after, sent)  # this write, and nothing else
-            elif after["seq"] != writer.job["seq"]:  # changed by another hand
-                writer.job = after
-                if after.get("cancel_requested"):
-                    run.cancel.set()
-                again.append(writer)
-            # Else unchanged and not written: the stored progress is newer news than this report.
+            try:  # each on its own: a listener's error must not leave the others untold
+                if self._settle(write, None if whole else stored, sent):
+                    again.append(write.writer)
+            except Exception:
+                log.exception("job %s: telling of its progress failed", write.writer.run.oid)
         return again
+
+    def _settle(self, write: _Write, stored: dict[ObjectId, Doc] | None, sent: float) -> bool:
+        """Tell of `write` if it was applied (`stored`: the batch's jobs as read
+        after it, None when every write applied); whether its report is to be
+        written again."""
+        writer, run = write.writer, write.writer.run
+        unsure, writer.unsure = writer.unsure, None
+        if stored is None:  # the job was as its run knew it: it is that, with this write
+            self._written(writer, applied(writer.job, state_update(write.changes)), sent)
+            return False
+        after, known = stored.get(run.oid), writer.job["seq"]
+        if after is None or after["epoch"] != run.epoch or after["status"] not in _RUNNING:
+            run.lost = True  # another run took the job over, or it ended meanwhile
+            run.cancel.set()
+            return False
+        if after["seq"] == known + 1 and stamped_by(after, run.epoch, write.changes):
+            self._written(writer, after, sent)  # this write, and nothing else
+            return False
+        if after["seq"] == known:  # unchanged: the stored progress is newer news than this report
+            return False
+        if unsure is not None and after["seq"] == known + 1 and stamped_by(after, run.epoch, unsure.changes):
+            # A write of this run whose answer was lost, and nothing else: told now.
+            self._written(writer, after, sent)
+            return unsure.report is not write.report
+        writer.job = after  # changed by another hand: taken as stored, written again
+        if after.get("cancel_requested"):
+            run.cancel.set()
+        return True
 
     def _written(self, writer: ProgressWriter, after: Doc, sent: float) -> None:
         """A report is stored (`after`, the job now): tell of it."""
