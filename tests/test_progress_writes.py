@@ -85,13 +85,17 @@ class _SlowDatabase:
         return len(writes)
 
 
-def _writes(database: _SlowDatabase, told: list[str]) -> ProgressWrites:
+def _writes(
+    database: object, told: list[str], interval: float = 0.01, lease_seconds: float = 0.0
+) -> ProgressWrites:
+    """Progress writes to `database`, every write applied; `told`: the messages told."""
     return ProgressWrites(
         cast(Any, database),
         _no_reads,
         lambda doc, kind: told.append(doc["progress"]["message"]),
         lambda *args: None,
-        interval=0.01,
+        interval=interval,
+        lease_seconds=lease_seconds,
     )
 
 
@@ -198,14 +202,7 @@ def test_a_progress_write_extends_the_runs_lease_so_the_keeper_skips_it() -> Non
             return len(writes)
 
     told: list[str] = []
-    writes = ProgressWrites(
-        cast(Any, Recording()),
-        _no_reads,
-        lambda doc, kind: told.append(doc["progress"]["message"]),
-        lambda *args: None,
-        interval=0.01,
-        lease_seconds=30.0,
-    )
+    writes = _writes(Recording(), told, lease_seconds=30.0)
     run = _Run()
     before = time.monotonic()
     writes.writer(run, _JOB).report(5, "drafting", 5, "five words")
@@ -256,12 +253,8 @@ def test_every_runs_pending_report_goes_in_one_command() -> None:
             return len(writes)
 
     told: list[str] = []
-    writes = ProgressWrites(
-        cast(Any, Recording()),
-        _no_reads,
-        lambda doc, kind: told.append(doc["progress"]["message"]),
-        lambda *args: None,
-    )  # the usual interval: the runs below start within a few ms, well within half of it
+    # The usual interval: the runs below start within a few ms, well within half of it.
+    writes = _writes(Recording(), told, interval=0.2)
     first = writes.writer(_Run(), _JOB)
     first.report(1, "drafting", 1, "first run, 1")
     wait_for(lambda: first.in_flight)
