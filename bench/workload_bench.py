@@ -1,6 +1,7 @@
 """Issue 30 items 2 and 3: the work genjobs exists for. J jobs from 4 owners
 through the openai generator, each streaming N tokens over S seconds from an
-OpenAI-compatible server of the bench's own on 127.0.0.1, at concurrency 1, 8
+OpenAI-compatible server of the bench's own on 127.0.0.1 (a process of its
+own), at concurrency 1, 8
 and 32, a WatchJob on every job; beside the `openai` client alone reading the
 same streams (warmed by a first request as the server is, the median of three
 runs), and Celery (a threads pool of the same size, the `openai` client in the
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -60,9 +62,10 @@ class Listener(ThreadingHTTPServer):
     request_queue_size = 256
 
 
-class Streams:
+class StreamServer:
     """An OpenAI-compatible streaming server: every request gets `tokens` words
-    over `seconds`; it remembers when it sent each word of each topic."""
+    over `seconds`; it remembers when it sent each word of each topic (GET
+    /marks tells)."""
 
     def __init__(self, tokens: int, seconds: float) -> None:
         self.tokens, self.seconds = tokens, seconds
@@ -74,12 +77,18 @@ class Streams:
             def do_POST(self) -> None:
                 streams.answer(self)
 
+            def do_GET(self) -> None:
+                marks = json.dumps({"sent": streams.sent, "arrived": streams.arrived}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(marks)))
+                self.end_headers()
+                self.wfile.write(marks)
+
             def log_message(self, *args: object) -> None:
                 pass
 
         self.httpd = Listener(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True, name="streams").start()
 
     def answer(self, handler: BaseHTTPRequestHandler) -> None:
         body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
@@ -107,9 +116,35 @@ class Streams:
         except (BrokenPipeError, ConnectionResetError):
             pass
 
+
+class Streams:
+    """A `StreamServer` in a process of its own, as a model's server is never
+    the client's: its writing threads would take the GIL from the bench's
+    submits and watchers (and from Celery's). `refresh` reads its marks."""
+
+    def __init__(self, tokens: int, seconds: float) -> None:
+        command = [sys.executable, __file__, "--streams", str(tokens), str(seconds)]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        self.base_url = self.process.stdout.readline().strip()
+        self.sent: dict[str, list[float]] = {}  # topic -> wall time each word was sent
+        self.arrived: dict[str, float] = {}  # topic -> wall time its request was read
+
+    def refresh(self) -> None:
+        """Read when each word of each topic was sent, and each request read."""
+        with urllib.request.urlopen(self.base_url.removesuffix("/v1") + "/marks", timeout=30) as answer:
+            marks = json.load(answer)
+        self.sent, self.arrived = marks["sent"], marks["arrived"]
+
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def streams_main(tokens: int, seconds: float) -> None:
+    server = StreamServer(tokens, seconds)
+    print(f"http://127.0.0.1:{server.httpd.server_address[1]}/v1", flush=True)
+    server.httpd.serve_forever()
 
 
 def progress_latencies(sent: list[float], seen: list[tuple[int, float]]) -> list[float]:
@@ -127,6 +162,7 @@ def between_runs(streams: Streams, tag: int) -> float:
     """For a round at concurrency 1: ms from one stream's last word to the next
     stream's request reaching the streaming server, p50 (what a lane costs
     between two jobs: the outcome, the next claim, the request's way out)."""
+    streams.refresh()
     ours = [mark for mark in streams.arrived if mark.startswith(f"wb-{tag}-")]
     marks = sorted(ours, key=lambda mark: streams.arrived[mark])
     gaps = [(streams.arrived[b] - streams.sent[a][-1]) * 1000 for a, b in itertools.pairwise(marks)]
@@ -193,6 +229,7 @@ def genjobs_round(mongo: MongoServer, streams: Streams, jobs: int, lanes: int, t
         watcher.join(600)
     makespan = max(done.values()) - started
     busy = busy_share(machine)
+    streams.refresh()
     spent = process_cpu(server.process.pid) - cpu[0], process_cpu(mongo.process.pid) - cpu[1]
     # Where the makespan goes: the submits, the last start, how long runs took.
     ran = [clients[j % OWNERS].get(job_id) for j, job_id in enumerate(topics)]
@@ -415,5 +452,7 @@ def main() -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--bare"]:
         bare_main(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif sys.argv[1:2] == ["--streams"]:
+        streams_main(int(sys.argv[2]), float(sys.argv[3]))
     else:
         main()

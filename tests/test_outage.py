@@ -112,7 +112,9 @@ def test_a_429_pauses_the_next_job_too_across_lanes(
         with server.client("alice") as alice:
             fake.queue(Plan(status=429, error="slow down", headers={"Retry-After": "2"}))
             first = alice.submit("topic", topic="busy").id
-            wait_for(lambda: len(fake.requests) == 1)
+            # Its 429 answered and taken in: the first job waits (not only its request sent,
+            # or the next job may start, and end, before the 429 comes back).
+            wait_for(lambda: "rate limited" in alice.get(first).progress.message)
             second = alice.submit("topic", topic="next").id  # a lane is free, the provider is not
             paused = wait_for(lambda: (j := alice.get(second)).progress.message and j)
             assert paused.status == S.JOB_STATUS_QUEUED

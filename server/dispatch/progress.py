@@ -1,25 +1,32 @@
-"""A run's progress writes, off the generator's thread.
+"""Runs' progress writes, off the generators' threads, in batches.
 
 A generator reports progress as often as it likes (the `openai` generator
 once per streamed piece, on the one event loop that serves every job's
 stream). `ProgressWriter.report` only keeps the latest report and makes sure
-a write is scheduled; `ProgressWrites`, one per dispatcher, writes on
-threads of its own ("dispatcher-progress": one keeps the time, up to
-PROGRESS_WRITERS write at once) each run's latest report at most once per
-PROGRESS_WRITE_INTERVAL, and a report not yet written when its interval is
-up is written then (reports are coalesced, never lost). Each write is one
-fenced conditional update, and its PROGRESS event is told to watchers by the
-thread that wrote it.
+it is pending; `ProgressWrites`, one per dispatcher, writes on a thread of
+its own ("dispatcher-progress") the pending reports of every run together:
+a run's report is due an interval after its last write (or its start), and
+a batch takes every report due within half an interval more, so runs that
+stream fall into step, one batch every PROGRESS_WRITE_INTERVAL. A report
+waits at most that long (reports are coalesced, never lost).
+
+A batch is one command for every run in it (`QueueStore.write_progress`):
+on nx-27017 that costs the database less than half, and the server a tenth,
+of one command a run. Each write in it is conditional on the job's sequence
+as its run last knew it, so when all of them apply each job is known exactly
+(the job the run claimed, with every write since) and its PROGRESS event is
+told from memory. When some do not, one read of the batch's jobs says which
+run lost its job, which report was behind a stored one, and which job was
+changed by another hand (a cancel asked for, an external report): that run
+takes the job as stored and writes its report again in the next batch.
 
 A run's outcome supersedes its progress: `close` drops a pending write and
-waits for one in flight (its event told first), so no progress is written
-or told after the outcome.
+waits for a batch in flight (its events told first), so no progress is
+written or told after the outcome.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import threading
 import time
@@ -30,30 +37,34 @@ from typing import Protocol
 
 import pymongo
 from bson import ObjectId
-from pymongo.errors import PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from genjobs.server.model import clock
 from genjobs.server.model.progress import progress_fields
+from genjobs.server.model.states import Action, allowed
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.events import PROGRESS
-from genjobs.server.storage.outage import unreachable
-from genjobs.server.storage.queue import QueueStore
+from genjobs.server.storage.places import state_update
+from genjobs.server.storage.queue import ProgressUpdate, applied, stamped_by
 
 log = logging.getLogger("genjobs.server.dispatch.dispatcher")  # the dispatcher's lines, as run.py
 
 # A report waits at most this long to be written (latency to watchers is
 # about this plus a write), and a run writes at most 1/this times a second.
 PROGRESS_WRITE_INTERVAL = 0.2
-PROGRESS_TIMEOUT_SECONDS = 1.0  # a progress write waits at most this for the database
-PROGRESS_PAUSE_SECONDS = 2.0  # after a progress write failed, none for this long
-# Writes at once: a write mostly waits for the database (and, on a busy
-# process, for the GIL after each socket call); one thread cannot keep up with
-# 32 streams' writes on a loaded 2-core machine.
-PROGRESS_WRITERS = 4
-IDLE_SECONDS = 5.0  # the writer thread ends after this long with nothing scheduled
+PROGRESS_TIMEOUT_SECONDS = 1.0  # a batch waits at most this for the database
+PROGRESS_PAUSE_SECONDS = 2.0  # after a batch failed, none for this long
+IDLE_SECONDS = 5.0  # the writer thread ends after this long with nothing pending
 
 # (exc, what, quiet level, message, *args): the lifecycle's logging of database errors.
 ErrorLog = Callable[..., None]
+_RUNNING = set(allowed(Action.FINISH))  # the statuses of a job its run still holds
+
+
+class ProgressStore(Protocol):
+    """What progress writes need of storage (`QueueStore`)."""
+
+    def write_progress(self, writes: list[ProgressUpdate]) -> int: ...
 
 
 class RunState(Protocol):
@@ -76,21 +87,23 @@ class _Report:
 
 
 class ProgressWriter:
-    """One run's progress: the generator's `report` callback. All its state is
-    guarded by its `ProgressWrites`' lock."""
+    """One run's progress: the generator's `report` callback. Its report
+    state is guarded by its `ProgressWrites`' lock; `job` is the writer
+    thread's alone."""
 
     def __init__(self, writes: ProgressWrites, run: RunState, job: Doc) -> None:
         self.writes = writes
         self.run = run
+        self.job = job  # as stored, as far as this run knows: its claim, and its writes since
         self.started_us = job["started_us"]
         self.started_mono = time.monotonic()
-        # The claim already wrote 0%: the first write comes an interval after the start.
-        self.last_write = self.started_mono
-        self.paused_until = 0.0  # after this run's write failed
+        # The claim wrote 0%: the first write is due an interval after the start.
+        self.due = self.started_mono + writes.interval
         self.latest: _Report | None = None  # reported, not yet written
-        self.scheduled = False  # a write of this run is due (in the heap) or in flight
+        self.scheduled = False  # pending in the next batch, or in a batch in flight
         self.in_flight = False
         self.closed = False  # the outcome is being written: nothing more
+        self.unsure: _Write | None = None  # its last batch failed: perhaps applied all the same
 
     def report(self, percentage: int, stage: str, stage_progress: int, message: str) -> None:
         """Keep the latest report (the generator never waits for the database)."""
@@ -102,23 +115,33 @@ class ProgressWriter:
             self.latest = latest
             if not self.scheduled:
                 self.scheduled = True
-                writes.schedule(self, max(self.last_write + writes.interval, self.paused_until))
+                writes.pend(self)
+
+
+@dataclass
+class _Write:
+    """A report in a batch: its writer and the changes it writes."""
+
+    writer: ProgressWriter
+    report: _Report
+    changes: Doc
 
 
 class ProgressWrites:
-    """Every run's progress writes of one dispatcher, on a few threads of its own
-    (started when there is something to write, ended when idle)."""
+    """Every run's progress writes of one dispatcher, in batches on a thread of
+    its own (started when there is something to write, ended when idle)."""
 
     def __init__(
         self,
-        queue: QueueStore,
+        queue: ProgressStore,
+        read_jobs: Callable[[list[str]], list[Doc]],
         tell: Callable[[Doc, str], None],
         database_error: ErrorLog,
         interval: float = PROGRESS_WRITE_INTERVAL,
-        threads: int = PROGRESS_WRITERS,
         lease_seconds: float = 0.0,
     ) -> None:
         self.queue = queue
+        self.read_jobs = read_jobs  # the stored jobs by id, after a batch not wholly applied
         self.tell = tell
         self.database_error = database_error
         self.interval = interval
@@ -127,21 +150,18 @@ class ProgressWrites:
         # streaming runs that is 32 renewals a second fewer.
         self.lease_us = int(lease_seconds * 1_000_000)
         self.changed = threading.Condition()
-        self._due: list[tuple[float, int, ProgressWriter]] = []  # a heap of (due, order, writer)
-        self._order = itertools.count()  # ties in `_due` go first come, first served
+        # Writers with a report for the next batch, by (job, epoch), in order.
+        self._pending: dict[tuple[ObjectId, int], ProgressWriter] = {}
         # By (job, epoch), for `close`; weakly: a run ended without `close` (its
         # outcome written with its lane's next claim) leaves nothing behind.
         self._writers: weakref.WeakValueDictionary[tuple[ObjectId, int], ProgressWriter] = (
             weakref.WeakValueDictionary()
         )
-        self.threads = threads
-        self._threads = 0  # writer threads alive
-        self._timer = False  # one of them waits for the next due write
-        self._waking_at = float("inf")  # when that one wakes by itself (monotonic)
-        self._paused_until = 0.0  # the database was unreachable: no writes until then
+        self._thread = False  # the writer thread is alive
+        self._paused_until = 0.0  # a batch failed: no writes until then
 
     def writer(self, run: RunState, job: Doc) -> ProgressWriter:
-        """The progress writer of a run that starts now."""
+        """The progress writer of a run that starts now (`job`: as its claim stored it)."""
         writer = ProgressWriter(self, run, job)
         with self.changed:
             self._writers[(run.oid, run.epoch)] = writer
@@ -149,86 +169,68 @@ class ProgressWrites:
 
     def close(self, run: RunState) -> None:
         """The run's outcome is about to be written: drop its pending progress,
-        wait for a write in flight (at most its timeout), and take no more."""
+        wait for a batch in flight with it (its commands bounded by their
+        timeout, then its events told), and take no more."""
         with self.changed:
             writer = self._writers.pop((run.oid, run.epoch), None)
             if writer is None:
                 return  # no progress writer (a run given back, or given to wait), or gone
             writer.closed = True
             writer.latest = None
+            self._pending.pop((run.oid, run.epoch), None)
             self.changed.wait_for(lambda: not writer.in_flight)
 
-    def schedule(self, writer: ProgressWriter, due: float) -> None:
-        """A write of `writer` at `due` (monotonic); called holding `changed`."""
-        heapq.heappush(self._due, (due, next(self._order), writer))
-        if self._timer:
-            if due < self._waking_at:
-                self.changed.notify_all()  # the timekeeper wakes sooner (and `close` waiters check again)
-        elif self._threads < self.threads:
-            self._start()
-        # Else every thread is writing: the first to finish keeps the time.
-
-    def _start(self) -> None:
-        """Another writer thread; called holding `changed`."""
-        self._threads += 1
-        threading.Thread(target=self._work, name="dispatcher-progress", daemon=True).start()
+    def pend(self, writer: ProgressWriter) -> None:
+        """`writer`'s report goes in the next batch; called holding `changed`."""
+        self._pending[(writer.run.oid, writer.run.epoch)] = writer
+        if not self._thread:
+            self._thread = True
+            threading.Thread(target=self._work, name="dispatcher-progress", daemon=True).start()
+        elif len(self._pending) == 1:
+            self.changed.notify_all()  # the thread may be waiting for something to write
 
     def _work(self) -> None:
         with self.changed:
             try:
-                while (writer := self._next()) is not None:
-                    self._write_locked(writer)
+                while (batch := self._next_batch()) is not None:
+                    self._write_locked(batch)
             finally:
-                self._threads -= 1
+                self._thread = False
 
-    def _write_locked(self, writer: ProgressWriter) -> None:
-        """Write `writer`'s latest report; called holding `changed`, which it
-        releases meanwhile."""
-        report, writer.latest, writer.in_flight = writer.latest, None, True
-        assert report is not None
-        started = time.monotonic()
-        self.changed.release()
-        try:
-            self._write(writer, report)
-        except Exception:  # never the generator's: its next report is written all the same
-            log.exception("job %s: progress write failed", writer.run.oid)
-        finally:
-            self.changed.acquire()
-            writer.in_flight = False
-            writer.last_write = started
-            if writer.latest is not None and not writer.closed:
-                self.schedule(writer, max(started + self.interval, writer.paused_until))
-            else:
-                writer.scheduled = False
-            self.changed.notify_all()  # a `close` may wait for this write
-
-    def _next(self) -> ProgressWriter | None:
-        """The next writer due with a report to write, once due. One idle
-        thread at most keeps the time; another finding nothing due ends, and
-        so does the timekeeper after IDLE_SECONDS with nothing scheduled (None).
+    def _next_batch(self) -> list[_Write] | None:
+        """The next batch, once a pending report is due: every pending report
+        due within half an interval more (so runs that report all the time
+        fall into step, one batch an interval, and no run writes twice within
+        half an interval); None after IDLE_SECONDS with nothing pending.
         Called holding `changed`."""
+        idle_until = time.monotonic() + IDLE_SECONDS
         while True:
             now = time.monotonic()
-            if self._due and (due := max(self._due[0][0], self._paused_until)) <= now:
-                _, _, writer = heapq.heappop(self._due)
-                if writer.closed or writer.latest is None or writer.run.lost:
+            if not self._pending:
+                if now >= idle_until:
+                    return None
+                self.changed.wait(idle_until - now)
+                continue
+            due = max(min(writer.due for writer in self._pending.values()), self._paused_until)
+            if now < due:
+                self.changed.wait(due - now)
+                continue
+            batch: list[_Write] = []
+            for key, writer in list(self._pending.items()):
+                if writer.due > now + self.interval / 2:
+                    continue
+                del self._pending[key]
+                report, writer.latest = writer.latest, None
+                if report is None or writer.closed or writer.run.lost:
                     writer.scheduled = False
                     continue
-                if self._due and not self._timer and self._threads < self.threads:
-                    self._start()  # more to write: in parallel, the database's answers overlap
-                return writer
-            if self._timer:
-                return None
-            wake = due if self._due else now + IDLE_SECONDS
-            self._timer, self._waking_at = True, wake
-            self.changed.wait(wake - now)
-            self._timer, self._waking_at = False, float("inf")
-            if not self._due and time.monotonic() >= wake:
-                return None
+                writer.in_flight, writer.due = True, now + self.interval
+                batch.append(_Write(writer, report, self._changes(writer, report)))
+            if batch:
+                return batch
 
-    def _write(self, writer: ProgressWriter, report: _Report) -> None:
-        """One fenced update of the run's progress, and its PROGRESS event."""
-        run = writer.run
+    def _changes(self, writer: ProgressWriter, report: _Report) -> Doc:
+        """What writing `report` sets on the job."""
         progress = progress_fields(
             report.percentage,
             report.stage,
@@ -241,34 +243,94 @@ class ProgressWrites:
         changes: Doc = {"progress": progress, "updated_us": now_us}
         if self.lease_us:
             changes["lease_until_us"] = now_us + self.lease_us
-        sent = time.monotonic()
-        # Never backwards: an external service's ReportProgress may have stored
-        # a higher percentage since this report was made (http generator).
-        at_most = {"progress.percentage": {"$lte": report.percentage}}
+        return changes
+
+    def _write_locked(self, batch: list[_Write]) -> None:
+        """Write a batch; called holding `changed`, which it releases meanwhile."""
+        again: list[ProgressWriter] = []
+        self.changed.release()
         try:
-            # Briefly: a `close` (the outcome) may wait for this write.
+            again = self._write(batch)
+        except Exception:  # never the generators': their next reports are written all the same
+            log.exception("%d progress writes failed", len(batch))
+        finally:
+            self.changed.acquire()
+            for write in batch:
+                writer = write.writer
+                writer.in_flight = False
+                if writer in again and writer.latest is None:
+                    writer.latest = write.report  # the job changed meanwhile: written next time
+                if writer.latest is not None and not writer.closed and not writer.run.lost:
+                    self._pending[(writer.run.oid, writer.run.epoch)] = writer
+                else:
+                    writer.scheduled = False
+            self.changed.notify_all()  # a `close` may wait for this batch
+
+    def _write(self, batch: list[_Write]) -> list[ProgressWriter]:
+        """One command for the batch, and each applied write's PROGRESS event;
+        the writers whose report is to be written again."""
+        sent = time.monotonic()
+        updates = [
+            ProgressUpdate(w.writer.run.oid, w.writer.run.epoch, w.writer.job["seq"], w.changes)
+            for w in batch
+        ]
+        try:
+            # Briefly: a `close` (the outcome) may wait for this batch.
             with pymongo.timeout(PROGRESS_TIMEOUT_SECONDS):
-                after = self.queue.fenced_update(run.oid, run.epoch, changes, when=at_most)
-                # Not stored: the run lost the job, or the job is further along (rare: read which).
-                behind = after is None and self.queue.run_progress(run.oid, run.epoch) is not None
+                try:
+                    whole = self.queue.write_progress(updates) == len(updates)
+                except BulkWriteError:
+                    whole = False  # some applied, some refused: the read says which
+                stored = {} if whole else {d["_id"]: d for d in self.read_jobs([str(u.oid) for u in updates])}
         except PyMongoError as exc:
-            # Progress is advisory: a later report or the outcome supersedes it.
-            self.database_error(
-                exc, f"job {run.oid}", logging.DEBUG, "job %s: progress not stored (%s)", run.oid, exc
-            )
-            pause = time.monotonic() + PROGRESS_PAUSE_SECONDS  # no stall per report
-            writer.paused_until = pause
-            if unreachable(exc):  # every run's write would wait as long
-                self._paused_until = pause
-            return
-        if behind:  # the stored progress is newer news than this report
-            return
-        if after is None:  # another run took the job over, or it ended meanwhile
-            run.lost = True
+            # Progress is advisory: the reports are written after a pause, unless superseded.
+            self.database_error(exc, "progress", logging.DEBUG, "progress not stored (%s)", exc)
+            self._paused_until = time.monotonic() + PROGRESS_PAUSE_SECONDS  # no stall per report
+            for write in batch:
+                write.writer.unsure = write  # perhaps applied, its answer lost
+            return [write.writer for write in batch]
+        again: list[ProgressWriter] = []
+        for write in batch:
+            try:  # each on its own: a listener's error must not leave the others untold
+                if self._settle(write, None if whole else stored, sent):
+                    again.append(write.writer)
+            except Exception:
+                log.exception("job %s: telling of its progress failed", write.writer.run.oid)
+        return again
+
+    def _settle(self, write: _Write, stored: dict[ObjectId, Doc] | None, sent: float) -> bool:
+        """Tell of `write` if it was applied (`stored`: the batch's jobs as read
+        after it, None when every write applied); whether its report is to be
+        written again."""
+        writer, run = write.writer, write.writer.run
+        unsure, writer.unsure = writer.unsure, None
+        if stored is None:  # the job was as its run knew it: it is that, with this write
+            self._written(writer, applied(writer.job, state_update(write.changes)), sent)
+            return False
+        after, known = stored.get(run.oid), writer.job["seq"]
+        if after is None or after["epoch"] != run.epoch or after["status"] not in _RUNNING:
+            run.lost = True  # another run took the job over, or it ended meanwhile
             run.cancel.set()
-            return
-        if self.lease_us:
-            run.lease_renewed = sent
+            return False
+        if after["seq"] == known + 1 and stamped_by(after, run.epoch, write.changes):
+            self._written(writer, after, sent)  # this write, and nothing else
+            return False
+        if after["seq"] == known:  # unchanged: the stored progress is newer news than this report
+            return False
+        if unsure is not None and after["seq"] == known + 1 and stamped_by(after, run.epoch, unsure.changes):
+            # A write of this run whose answer was lost, and nothing else: told now.
+            self._written(writer, after, sent)
+            return unsure.report is not write.report
+        writer.job = after  # changed by another hand: taken as stored, written again
         if after.get("cancel_requested"):
             run.cancel.set()
+        return True
+
+    def _written(self, writer: ProgressWriter, after: Doc, sent: float) -> None:
+        """A report is stored (`after`, the job now): tell of it."""
+        writer.job = after
+        if self.lease_us:
+            writer.run.lease_renewed = sent
+        if after.get("cancel_requested"):
+            writer.run.cancel.set()
         self.tell(after, PROGRESS)

@@ -114,7 +114,7 @@ class RunLifecycle:
         self.abandoned: set[tuple[ObjectId, int]] = set()
         # On threads of its own; each write extends the run's lease too.
         self.progress = ProgressWrites(
-            self.queue, self.tell, self._database_error, lease_seconds=lease_seconds
+            self.queue, store.jobs.jobs_by_ids, self.tell, self._database_error, lease_seconds=lease_seconds
         )
 
     def execute(self, job: Doc, run: Run) -> None:

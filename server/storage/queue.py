@@ -10,6 +10,8 @@ bounded number of entries a claim however long the history or the queue.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pymongo
 from bson import ObjectId
 from pymongo import ReturnDocument
@@ -32,6 +34,16 @@ _CANDIDATE = {"owner": 1, "rank": 1, "ck": 1}  # what the dispatcher reads of a 
 # Where a read of jobs entering the ready lane got to: (ready_us, _id of the
 # last job read at it; None when every job of that microsecond was read).
 ReadyCursor = tuple[int, ObjectId | None]
+
+
+class ProgressUpdate(NamedTuple):
+    """One run's progress write: `changes` (`progress` among them) to the job
+    `oid` its run holds under `epoch`, known at sequence `seq`."""
+
+    oid: ObjectId
+    epoch: int
+    seq: int
+    changes: Doc
 
 
 class QueueStore:
@@ -204,6 +216,26 @@ class QueueStore:
             state_update(changes, bump),
             return_document=ReturnDocument.AFTER,
         )
+
+    def write_progress(self, writes: list[ProgressUpdate]) -> int:
+        """Several runs' progress in one command; how many were applied. Each
+        is applied only if its run still holds the job, nothing changed the
+        job since the run last knew it (its `seq`), and the stored percentage
+        is not higher (an external service's report may be ahead)."""
+        ops = [
+            pymongo.UpdateOne(
+                {
+                    "_id": write.oid,
+                    "epoch": write.epoch,
+                    "seq": write.seq,
+                    "status": one_of(allowed(Action.FINISH)),
+                    "progress.percentage": {"$lte": write.changes["progress"]["percentage"]},
+                },
+                state_update(write.changes),
+            )
+            for write in writes
+        ]
+        return self.jobs.bulk_write(ops, ordered=False).matched_count if ops else 0
 
     def run_progress(self, oid: ObjectId, epoch: int) -> Doc | None:
         """The progress of a job's run under `epoch` while it is processing; None once that run ended."""
