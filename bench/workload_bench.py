@@ -51,6 +51,7 @@ from tests.harness import MongoServer
 BENCH = Path(__file__).resolve().parent
 OWNERS = 4
 BARE_RUNS = 3  # bare client runs per concurrency; their median is the reference
+REST_SECONDS = 2.0  # how long the server's CPU at rest is measured before a round
 MARK = re.compile(r"wb-\d+-\d+")  # the topic of one job: wb-<round>-<job>
 WORDS = re.compile(r"^(\d+) of ")  # the openai generator's progress message
 
@@ -210,6 +211,10 @@ def genjobs_round(mongo: MongoServer, streams: Streams, jobs: int, lanes: int, t
     # Celery's warm-up task does nothing the worker had not made at its start).
     warm_up = clients[0].submit("topic", topic="warm-up").id
     watch(clients[0], warm_up, [], {})
+    # The server at rest (its polls, housekeeping, heartbeats): a cost per second, not per token.
+    rest = process_cpu(server.process.pid)
+    time.sleep(REST_SECONDS)
+    at_rest = (process_cpu(server.process.pid) - rest) / REST_SECONDS
     seen: dict[str, list[tuple[int, float]]] = defaultdict(list)
     done: dict[str, float] = {}
     watchers = []
@@ -249,6 +254,7 @@ def genjobs_round(mongo: MongoServer, streams: Streams, jobs: int, lanes: int, t
     return {
         "makespan": makespan,
         "server_cpu": spent[0],
+        "at_rest": at_rest,
         "db_cpu": spent[1],
         "busy": busy,
         "latencies": latencies,
@@ -416,6 +422,10 @@ def main() -> None:
                 f" {ours['lead_p50'] * 1000:.0f} ms (at most {ours['lead_max'] * 1000:.0f}),"
                 f" from the last word to its end {ours['tail_p50'] * 1000:.0f} ms"
                 f" (at most {ours['tail_max'] * 1000:.0f}); the machine's cores {ours['busy']:.0%} busy"
+            )
+            print(
+                f"            the server at rest: {ours['at_rest'] * 1000:.1f} ms of CPU a second, over the"
+                f" makespan {ours['at_rest'] * ours['makespan'] / tokens * 1e6:.0f} µs of its CPU per token"
             )
             if lanes == 1:
                 gap = between_runs(streams, tag)
