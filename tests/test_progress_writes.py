@@ -381,3 +381,17 @@ def test_a_batch_applied_with_its_answer_lost_is_told_once() -> None:
     wait_for(lambda: database.batches == 2)
     writes.close(run)
     assert told == [("only report", 3)] and database.jobs[run.oid]["seq"] == 3
+
+
+def test_a_report_that_cannot_be_written_stops_no_other_run() -> None:
+    database, told = _SlowDatabase(), []
+    database.release.set()
+    writes = _writes(database, told)
+    broken, sound = _Run(), _Run()
+    writes.writer(broken, _JOB).report(cast(Any, "half"), "drafting", 50, "not a number")
+    writes.writer(sound, _JOB).report(5, "drafting", 5, "five")
+    wait_for(lambda: told == ["five"])  # the writer thread goes on
+    closing = threading.Thread(target=writes.close, args=(broken,))
+    closing.start()
+    closing.join(5)
+    assert not closing.is_alive()  # the broken run's outcome is not held up

@@ -224,8 +224,14 @@ class ProgressWrites:
                 if report is None or writer.closed or writer.run.lost:
                     writer.scheduled = False
                     continue
+                try:
+                    changes = self._changes(writer, report)
+                except Exception:  # a generator's report the store cannot take: not the thread's end
+                    log.exception("job %s: progress report not written", writer.run.oid)
+                    writer.scheduled = False
+                    continue
                 writer.in_flight, writer.due = True, now + self.interval
-                batch.append(_Write(writer, report, self._changes(writer, report)))
+                batch.append(_Write(writer, report, changes))
             if batch:
                 return batch
 
