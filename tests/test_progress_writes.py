@@ -395,3 +395,22 @@ def test_a_report_that_cannot_be_written_stops_no_other_run() -> None:
     closing.start()
     closing.join(5)
     assert not closing.is_alive()  # the broken run's outcome is not held up
+
+
+def test_a_write_whose_answer_was_lost_is_told_once_after_two_failed_batches() -> None:
+    run = _Run()
+    database, told = _Jobs([run]), []
+    failures = iter([NetworkTimeout("the answer was lost"), NetworkTimeout("down again")])
+
+    def fail_twice(writes: list[ProgressUpdate]) -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+
+    database.fail = fail_twice  # the first batch applied, the second found it so and failed
+    writes = _told_by(database, told)
+    writes.writer(run, {**_JOB, "seq": 2}).report(1, "drafting", 1, "only report")
+    wait_for(lambda: told)
+    wait_for(lambda: database.batches == 3)
+    writes.close(run)
+    assert told == [("only report", 3)] and database.jobs[run.oid]["seq"] == 3

@@ -103,7 +103,8 @@ class ProgressWriter:
         self.scheduled = False  # pending in the next batch, or in a batch in flight
         self.in_flight = False
         self.closed = False  # the outcome is being written: nothing more
-        self.unsure: _Write | None = None  # its last batch failed: perhaps applied all the same
+        # Its writes since `job` in batches that failed: perhaps applied all the same.
+        self.unsure: list[_Write] = []
 
     def report(self, percentage: int, stage: str, stage_progress: int, message: str) -> None:
         """Keep the latest report (the generator never waits for the database)."""
@@ -125,6 +126,7 @@ class _Write:
     writer: ProgressWriter
     report: _Report
     changes: Doc
+    sent: float = 0.0  # when its batch was sent (monotonic)
 
 
 class ProgressWrites:
@@ -184,8 +186,14 @@ class ProgressWrites:
         """`writer`'s report goes in the next batch; called holding `changed`."""
         self._pending[(writer.run.oid, writer.run.epoch)] = writer
         if not self._thread:
+            try:
+                threading.Thread(target=self._work, name="dispatcher-progress", daemon=True).start()
+            except RuntimeError:  # no thread to be had (the interpreter is ending): never the generator's
+                log.exception("job %s: progress not written", writer.run.oid)
+                del self._pending[(writer.run.oid, writer.run.epoch)]
+                writer.scheduled = False
+                return
             self._thread = True
-            threading.Thread(target=self._work, name="dispatcher-progress", daemon=True).start()
         elif len(self._pending) == 1:
             self.changed.notify_all()  # the thread may be waiting for something to write
 
@@ -230,8 +238,10 @@ class ProgressWrites:
                     log.exception("job %s: progress report not written", writer.run.oid)
                     writer.scheduled = False
                     continue
-                writer.in_flight, writer.due = True, now + self.interval
+                writer.due = now + self.interval
                 batch.append(_Write(writer, report, changes))
+            for write in batch:  # only now: nothing between here and `_write_locked` raises
+                write.writer.in_flight = True
             if batch:
                 return batch
 
@@ -276,6 +286,8 @@ class ProgressWrites:
         """One command for the batch, and each applied write's PROGRESS event;
         the writers whose report is to be written again."""
         sent = time.monotonic()
+        for write in batch:
+            write.sent = sent
         updates = [
             ProgressUpdate(w.writer.run.oid, w.writer.run.epoch, w.writer.job["seq"], w.changes)
             for w in batch
@@ -290,28 +302,28 @@ class ProgressWrites:
                 stored = {} if whole else {d["_id"]: d for d in self.read_jobs([str(u.oid) for u in updates])}
         except PyMongoError as exc:
             # Progress is advisory: the reports are written after a pause, unless superseded.
-            self.database_error(exc, "progress", logging.DEBUG, "progress not stored (%s)", exc)
             self._paused_until = time.monotonic() + PROGRESS_PAUSE_SECONDS  # no stall per report
             for write in batch:
-                write.writer.unsure = write  # perhaps applied, its answer lost
+                write.writer.unsure.append(write)  # perhaps applied, its answer lost
+            self.database_error(exc, "progress", logging.DEBUG, "progress not stored (%s)", exc)
             return [write.writer for write in batch]
         again: list[ProgressWriter] = []
         for write in batch:
             try:  # each on its own: a listener's error must not leave the others untold
-                if self._settle(write, None if whole else stored, sent):
+                if self._settle(write, None if whole else stored):
                     again.append(write.writer)
             except Exception:
                 log.exception("job %s: telling of its progress failed", write.writer.run.oid)
         return again
 
-    def _settle(self, write: _Write, stored: dict[ObjectId, Doc] | None, sent: float) -> bool:
+    def _settle(self, write: _Write, stored: dict[ObjectId, Doc] | None) -> bool:
         """Tell of `write` if it was applied (`stored`: the batch's jobs as read
         after it, None when every write applied); whether its report is to be
         written again."""
         writer, run = write.writer, write.writer.run
-        unsure, writer.unsure = writer.unsure, None
+        unsure, writer.unsure = writer.unsure, []
         if stored is None:  # the job was as its run knew it: it is that, with this write
-            self._written(writer, applied(writer.job, state_update(write.changes)), sent)
+            self._written(writer, applied(writer.job, state_update(write.changes)), write)
             return False
         after, known = stored.get(run.oid), writer.job["seq"]
         if after is None or after["epoch"] != run.epoch or after["status"] not in _RUNNING:
@@ -319,24 +331,25 @@ class ProgressWrites:
             run.cancel.set()
             return False
         if after["seq"] == known + 1 and stamped_by(after, run.epoch, write.changes):
-            self._written(writer, after, sent)  # this write, and nothing else
+            self._written(writer, after, write)  # this write, and nothing else
             return False
         if after["seq"] == known:  # unchanged: the stored progress is newer news than this report
             return False
-        if unsure is not None and after["seq"] == known + 1 and stamped_by(after, run.epoch, unsure.changes):
+        lost = [earlier for earlier in unsure if stamped_by(after, run.epoch, earlier.changes)]
+        if lost and after["seq"] == known + 1:
             # A write of this run whose answer was lost, and nothing else: told now.
-            self._written(writer, after, sent)
-            return unsure.report is not write.report
+            self._written(writer, after, lost[0])
+            return lost[0].report is not write.report
         writer.job = after  # changed by another hand: taken as stored, written again
         if after.get("cancel_requested"):
             run.cancel.set()
         return True
 
-    def _written(self, writer: ProgressWriter, after: Doc, sent: float) -> None:
-        """A report is stored (`after`, the job now): tell of it."""
+    def _written(self, writer: ProgressWriter, after: Doc, write: _Write) -> None:
+        """`write` is stored (`after`, the job now): tell of it."""
         writer.job = after
         if self.lease_us:
-            writer.run.lease_renewed = sent
+            writer.run.lease_renewed = write.sent  # the lease it set runs from then
         if after.get("cancel_requested"):
             writer.run.cancel.set()
         self.tell(after, PROGRESS)
