@@ -41,11 +41,10 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from genjobs.server.model import clock
 from genjobs.server.model.progress import progress_fields
-from genjobs.server.model.states import Action, allowed
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.events import PROGRESS
 from genjobs.server.storage.places import state_update
-from genjobs.server.storage.queue import ProgressUpdate, applied, stamped_by
+from genjobs.server.storage.queue import ProgressUpdate, applied, holds, stamped_by
 
 log = logging.getLogger("genjobs.server.dispatch.dispatcher")  # the dispatcher's lines, as run.py
 
@@ -58,7 +57,6 @@ IDLE_SECONDS = 5.0  # the writer thread ends after this long with nothing pendin
 
 # (exc, what, quiet level, message, *args): the lifecycle's logging of database errors.
 ErrorLog = Callable[..., None]
-_RUNNING = set(allowed(Action.FINISH))  # the statuses of a job its run still holds
 
 
 class ProgressStore(Protocol):
@@ -100,7 +98,6 @@ class ProgressWriter:
         # The claim wrote 0%: the first write is due an interval after the start.
         self.due = self.started_mono + writes.interval
         self.latest: _Report | None = None  # reported, not yet written
-        self.scheduled = False  # pending in the next batch, or in a batch in flight
         self.in_flight = False
         self.closed = False  # the outcome is being written: nothing more
         # Its writes since `job` in batches that failed: perhaps applied all the same.
@@ -114,9 +111,13 @@ class ProgressWriter:
             if self.closed or self.run.lost:
                 return
             self.latest = latest
-            if not self.scheduled:
-                self.scheduled = True
+            if not self.in_flight:  # else pended again when its batch is done
                 writes.pend(self)
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether a report of this run is pending in the next batch, or in a batch in flight."""
+        return self.in_flight or (self.run.oid, self.run.epoch) in self.writes._pending
 
 
 @dataclass
@@ -191,7 +192,6 @@ class ProgressWrites:
             except RuntimeError:  # no thread to be had (the interpreter is ending): never the generator's
                 log.exception("job %s: progress not written", writer.run.oid)
                 del self._pending[(writer.run.oid, writer.run.epoch)]
-                writer.scheduled = False
                 return
             self._thread = True
         elif len(self._pending) == 1:
@@ -230,13 +230,11 @@ class ProgressWrites:
                 del self._pending[key]
                 report, writer.latest = writer.latest, None
                 if report is None or writer.closed or writer.run.lost:
-                    writer.scheduled = False
                     continue
                 try:
                     changes = self._changes(writer, report)
                 except Exception:  # a generator's report the store cannot take: not the thread's end
                     log.exception("job %s: progress report not written", writer.run.oid)
-                    writer.scheduled = False
                     continue
                 writer.due = now + self.interval
                 batch.append(_Write(writer, report, changes))
@@ -278,8 +276,6 @@ class ProgressWrites:
                     writer.latest = write.report  # the job changed meanwhile: written next time
                 if writer.latest is not None and not writer.closed and not writer.run.lost:
                     self._pending[(writer.run.oid, writer.run.epoch)] = writer
-                else:
-                    writer.scheduled = False
             self.changed.notify_all()  # a `close` may wait for this batch
 
     def _write(self, batch: list[_Write]) -> list[ProgressWriter]:
@@ -326,7 +322,7 @@ class ProgressWrites:
             self._written(writer, applied(writer.job, state_update(write.changes)), write)
             return False
         after, known = stored.get(run.oid), writer.job["seq"]
-        if after is None or after["epoch"] != run.epoch or after["status"] not in _RUNNING:
+        if after is None or not holds(after, run.epoch):
             run.lost = True  # another run took the job over, or it ended meanwhile
             run.cancel.set()
             return False

@@ -176,12 +176,7 @@ class QueueStore:
         result = self.jobs.bulk_write(
             [
                 pymongo.UpdateOne(
-                    {
-                        "_id": ended["_id"],
-                        "epoch": ended["epoch"],
-                        "seq": ended["seq"],
-                        "status": one_of(allowed(Action.FINISH)),
-                    },
+                    {**held_by(ended["_id"], ended["epoch"]), "seq": ended["seq"]},
                     outcome,
                 ),
                 pymongo.UpdateOne(
@@ -212,7 +207,7 @@ class QueueStore:
         """Update a running job only if this run still holds it (same epoch) and
         it matches `when` besides (a final status gives its place back)."""
         return self.jobs.find_one_and_update(
-            {"_id": oid, "epoch": epoch, "status": one_of(allowed(Action.FINISH)), **(when or {})},
+            {**held_by(oid, epoch), **(when or {})},
             state_update(changes, bump),
             return_document=ReturnDocument.AFTER,
         )
@@ -225,10 +220,8 @@ class QueueStore:
         ops = [
             pymongo.UpdateOne(
                 {
-                    "_id": write.oid,
-                    "epoch": write.epoch,
+                    **held_by(write.oid, write.epoch),
                     "seq": write.seq,
-                    "status": one_of(allowed(Action.FINISH)),
                     "progress.percentage": {"$lte": write.changes["progress"]["percentage"]},
                 },
                 state_update(write.changes),
@@ -421,6 +414,19 @@ def _claim_update(worker: str, lease_seconds: float, now_us: int) -> Doc:
         },
         "$inc": {"epoch": 1, "attempt": 1, "seq": 1},
     }
+
+
+_RUNNING = allowed(Action.FINISH)  # the statuses of a job its run still holds
+
+
+def held_by(oid: ObjectId, epoch: int) -> Doc:
+    """The filter of a job still held by its run of `epoch` (a run's writes are fenced by it)."""
+    return {"_id": oid, "epoch": epoch, "status": one_of(_RUNNING)}
+
+
+def holds(doc: Doc, epoch: int) -> bool:
+    """Whether the run of `epoch` still holds the job `doc` (`held_by`, in memory)."""
+    return bool(doc["epoch"] == epoch and doc["status"] in _RUNNING)
 
 
 def stamped_by(doc: Doc, epoch: int, changes: Doc) -> bool:
