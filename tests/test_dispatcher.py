@@ -25,7 +25,7 @@ from genjobs.server.model import clock
 from genjobs.server.services import remote
 from genjobs.server.services.events import Event, EventHub, owner_key
 from genjobs.server.storage.events import loaded
-from genjobs.server.storage.queue import READY, QueueStore
+from genjobs.server.storage.queue import READY, QueueStore, Wakeups
 from genjobs.server.storage.store import Store
 from genjobs.v1 import jobs_pb2
 from tests import harness
@@ -467,7 +467,7 @@ def test_a_job_submitted_to_the_replica_that_is_not_the_leader_runs(
     mongo: MongoServer, tmp_path: Path
 ) -> None:
     # Two server processes on one database: the follower queues jobs and
-    # signals the leader (the wakeups document); the leader runs them all.
+    # signals the leader (the wakeups in its lease); the leader runs them all.
     settings = make_settings(mongo.uri, tmp_path)
     servers = [ServerProcess(settings, tmp_path / f"server{i}.log").start() for i in range(2)]
     database = pymongo.MongoClient(mongo.uri)[settings.db_name]
@@ -661,7 +661,7 @@ def test_an_owner_stream_delivers_each_jobs_change_once_whoever_tells_it_first()
 
 
 class SlowWakeups:
-    """A wakeups document whose read takes longer than its interval (a loaded
+    """A leader lease whose wakeups read takes longer than its interval (a loaded
     database): each read leaves the next one due at once, as a read that
     outlasted WAKEUP_POLL_SECONDS does."""
 
@@ -672,7 +672,7 @@ class SlowWakeups:
     def wakeups(self, wakeups_id: str) -> tuple[int, int]:
         self.reads += 1
         self.claims._wakeups_read -= dispatcher.WAKEUP_POLL_SECONDS * 2  # stamped before the read
-        return 0, 2**62  # a follower alive: the check is due every WAKEUP_POLL_SECONDS
+        return Wakeups(0, 0, 2**62)  # a follower alive: the check is due every WAKEUP_POLL_SECONDS
 
 
 class NothingReady:

@@ -189,6 +189,7 @@ def hot_paths(store: Store) -> dict[str, Callable[[Store], object]]:
         "lease renewal": lambda s: s.queue.renew_job_lease(queued[1][1], 1, 10.0),
         "expired-lease recovery": lambda s: s.queue.processing_jobs(),
         "due backoff and scheduled": lambda s: s.queue.due_waiting(now_us),
+        "when the next backoff or scheduled job falls due": lambda s: s.queue.next_due(now_us),
         "promotion to ready": lambda s: s.queue.make_ready(ObjectId(), BACKOFF),
         "fair share: an owner's head": lambda s: s.queue.owner_head("big", 64),
         "fair share: entered the ready lane": lambda s: s.queue.entered_ready(
@@ -197,7 +198,7 @@ def hot_paths(store: Store) -> dict[str, Callable[[Store], object]]:
         "fair share: the rest of a run cut by a page": lambda s: s.queue.entered_ready(
             (now_us - 2_000_000, ObjectId()), now_us, 1000
         ),
-        "the leader's wakeups": lambda s: s.queue.wakeups("dispatcher-wakeups"),
+        "the leader's wakeups": lambda s: s.queue.wakeups("dispatcher"),
         "fair share: rebuild": lambda s: s.queue.ready_owners(),
         "fair share: turns": lambda s: (
             s.queue.turns_of(["big", "small"]),

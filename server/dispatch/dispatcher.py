@@ -18,12 +18,13 @@ owner whose last start is oldest, then that owner's order. What it reads
 stays the same size however long the history grows: each owner's first
 candidates through the (queue, owner, rank, ck) index, and a job queued on
 this server is offered to it at once (`offer`), without a query. A
-replica that is not the leader, having queued jobs, bumps the count of a
-wakeups document (one update, coalesced over the jobs queued meanwhile); the
-leader reads that document by `_id` every WAKEUP_POLL_SECONDS while another
-replica is alive (each follower's keeper notes so there once a tick), else
-every poll interval, and on a new count reads what entered the ready lane up
-to now: a job queued on any replica starts about as soon as on the leader.
+replica that is not the leader, having queued jobs, bumps the wakeups count
+in the leader lease (one update, coalesced over the jobs queued meanwhile);
+the leader hears that count as its keeper renews the lease, and while
+another replica is alive (each follower's keeper notes so there once a tick)
+also reads it by `_id` every WAKEUP_POLL_SECONDS; on a new count it reads
+what entered the ready lane up to now: a job queued on any replica starts
+about as soon as on the leader, and an idle leader alone reads nothing for it.
 Housekeeping (`housekeeping.py`) runs on this thread between claims.
 
 The claim path reads narrow projections of job documents ({owner, rank,
@@ -46,7 +47,7 @@ from pymongo.errors import PyMongoError
 
 from genjobs.server.dispatch.fairshare import FairShare
 from genjobs.server.dispatch.housekeeping import Housekeeping
-from genjobs.server.dispatch.keeper import LEADER_LEASE, WAKEUPS, LeaseKeeper
+from genjobs.server.dispatch.keeper import LEADER_LEASE, LeaseKeeper
 from genjobs.server.dispatch.providers import ProviderGate
 from genjobs.server.dispatch.run import Followed, Run, RunLifecycle, database_error
 from genjobs.server.generators.base import (
@@ -55,7 +56,7 @@ from genjobs.server.generators.base import (
 from genjobs.server.model import clock
 from genjobs.server.model.vocabulary import Priority
 from genjobs.server.storage.database import Doc
-from genjobs.server.storage.queue import READY
+from genjobs.server.storage.queue import READY, Wakeups
 from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import metrics
 
@@ -138,8 +139,9 @@ class Dispatcher:
         self._started: deque[tuple[ObjectId, int]] = deque(maxlen=RECENT_RUNS)  # (job, epoch) run here
         self._signal = False  # a follower queued jobs since it last signalled the leader
         self._wakeups = -1  # the wakeups count the leader last heeded (-1: none yet)
+        self._renewed: Wakeups | None = None  # the wakeups as the keeper's last renewal heard them
         self._wakeups_read = 0.0  # monotonic time the leader last read the wakeups
-        self._followers = False  # whether another replica was alive at that read
+        self._followers = False  # whether another replica was alive as the leader last heard
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
         # The lanes: one long-lived thread each, handed claimed jobs (None: stop).
         self._handoff: queue.SimpleQueue[tuple[Doc, Run] | None] = queue.SimpleQueue()
@@ -153,6 +155,7 @@ class Dispatcher:
             worker_id,
             may_take_over=lambda doc, now: self._keeper.may_take_over(doc, now),
             runs_here=self._runs_here,
+            alone=self.alone,
             started_here=self._started,
             ended=self._ended,
             offer=lambda ck, oid, owner, rank: self.offer(ck, oid, owner, rank),
@@ -171,6 +174,7 @@ class Dispatcher:
             self._current_runs,
             self._stopping,
             self._on_elected,
+            self._heard,
             self._database_error,
         )
 
@@ -249,6 +253,7 @@ class Dispatcher:
         if not (ended or late):
             self._fair.started(job["owner"])  # its owner's turn, once it runs (as a claim's)
             return
+        self._house.look_for_runs()
         self._wake.set()
         if ended:  # stopping: no lane takes it; back to the queue, its attempt given back
             giving_back = threading.Thread(
@@ -264,6 +269,7 @@ class Dispatcher:
         with self._runs_changed:
             doc = self._held.pop(oid, None)
             self._runs_changed.notify_all()
+        self._house.look_for_runs()  # a job whose insert landed unanswered runs nowhere
         if doc is not None and self.gate is not None:
             self.gate.give_back(doc)  # its request was counted against its provider's rate
         self._wake.set()
@@ -284,8 +290,18 @@ class Dispatcher:
     def wake(self) -> None:
         """Something changed (resume, retry): look at the queue again now."""
         self._fair.stale()
+        self._house.next_due.forget()
         self._signal = not self._is_leader()
         self._wake.set()
+
+    def waiting(self, at_us: int) -> None:
+        """A job entered a waiting lane on this server, due at `at_us` (wall
+        clock, µs): the leader promotes it then, with no read before; another
+        replica tells the leader (its wakeups) to read the waiting lanes."""
+        self._house.next_due.lower(at_us)  # (here, or here once this server leads)
+        if not self._is_leader():
+            self._signal = True
+            self._wake.set()
 
     def request_cancel(self, job_id: str) -> bool:
         """Stop the running job if it is `job_id`; True if it was running here."""
@@ -296,8 +312,8 @@ class Dispatcher:
         return False
 
     def alone(self) -> bool:
-        """Whether no other server shares the database, as the leader last read
-        the wakeups document (where every follower notes itself once a tick). A
+        """Whether no other server shares the database, as the leader last heard
+        its lease's wakeups (where every follower notes itself once a tick). A
         server that is not the leader is never alone: the leader is elsewhere."""
         return self._is_leader() and not self._followers
 
@@ -360,6 +376,14 @@ class Dispatcher:
     def _is_leader(self) -> bool:
         return self._keeper.is_leader()
 
+    def _heard(self, wakeups: Wakeups) -> None:
+        """The keeper renewed the leader lease and heard its wakeups: a new
+        count, or a follower come or gone, is heeded now (by this thread)."""
+        self._renewed = wakeups
+        followers = wakeups.followers_until_us > clock.now_us()
+        if wakeups.signals != self._wakeups or followers != self._followers:
+            self._wake.set()
+
     def _on_elected(self) -> None:
         """The keeper took the leader lease: recover the former leader's runs now."""
         self._house.elected()
@@ -375,13 +399,21 @@ class Dispatcher:
                         self.gate.refresh()  # what queued jobs say here: the leader's marks
                     if self._signal:  # jobs were queued here: the leader learns of them now
                         self._signal = False
-                        self.queue.signal_leader(WAKEUPS)
+                        try:
+                            self.queue.signal_leader(LEADER_LEASE)
+                        except PyMongoError:
+                            self._signal = True  # at the next try
+                            raise
                     self._wake.wait(self.poll_seconds)
                     self._wake.clear()
                     continue
                 # Cleared before looking: a run ending or a job offered from
                 # now on cuts the wait below short instead of being missed.
                 self._wake.clear()
+                if self._signal:  # queued here as a follower, unsignalled: look at everything
+                    self._signal = False
+                    self._fair.stale()
+                    self._house.next_due.forget()
                 self._house.run()
                 wait = self._claim_wait()
                 if wait > 0:
@@ -407,19 +439,29 @@ class Dispatcher:
                 self._stopping.wait(0.5)
 
     def _heed_wakeups(self) -> bool:
-        """Read the wakeups document when due (every WAKEUP_POLL_SECONDS while
-        another replica is alive, else every poll interval); when a replica
-        signalled since, read what entered the ready lane up to now. Whether it read."""
-        now = time.monotonic()
-        if now - self._wakeups_read < (WAKEUP_POLL_SECONDS if self._followers else self.poll_seconds):
-            return False
-        self._wakeups_read = now
-        count, followers_until_us = self.queue.wakeups(WAKEUPS)
-        self._followers = followers_until_us > clock.now_us()
-        if count != self._wakeups:
-            self._wakeups = count
+        """Heed the wakeups: as the keeper's last renewal heard them while no
+        other replica is alive (no read), else read by `_id` every
+        WAKEUP_POLL_SECONDS; when a replica signalled since, read what entered
+        the ready lane up to now. Whether it read."""
+        read = self._followers
+        if read:
+            now = time.monotonic()
+            if now - self._wakeups_read < WAKEUP_POLL_SECONDS:
+                return False
+            self._wakeups_read = now
+            wakeups: Wakeups | None = self.queue.wakeups(LEADER_LEASE)
+            self._renewed = wakeups  # the newest heard, should the followers go
+        else:
+            wakeups = self._renewed
+        if wakeups is None:
+            return False  # elected, the first renewal's wakeups not heard yet
+        self._followers = wakeups.followers_until_us > clock.now_us()
+        if wakeups.signals != self._wakeups:
+            self._wakeups = wakeups.signals
+            self._house.next_due.forget()  # a replica may have queued jobs to wait
             self._fair.fresh()
-        return True
+            return True
+        return read
 
     def _claim_wait(self, freeing: int = 0) -> float:
         """Seconds to wait before claiming (0 or less: claim now): while every
@@ -533,7 +575,7 @@ class Dispatcher:
             return None
 
     def _catch_up(self) -> bool:
-        """The reads due once a poll interval (the wakeups document, the turns'
+        """The reads due once a poll interval (the leader lease's wakeups, the turns'
         save, the ready lane's poll), made once a claimed job is on its way;
         whether any was made. Under the claim lock."""
         heeded = self._heed_wakeups()

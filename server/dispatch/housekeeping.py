@@ -5,11 +5,25 @@ due retries and schedule times made ready, schedules ticked, providers'
 marks refreshed, budget holds released; once a sweep interval, expired jobs
 purged and the sweepers run (the unsettled bulk jobs, the pending
 notifications, the uncounted costs). Each read is an index search of live
-documents: the running jobs by status, the waiting lanes' due jobs."""
+documents: the running jobs by status, the waiting lanes' due jobs.
+
+A leader alone (no other replica alive) reads less, trusting what it knows
+for up to RECHECK_SECONDS. Its runs are all its own, so the running jobs are
+read only after the database failed to answer (a claim's or an outcome's
+answer may have been lost), while a run's outcome could not be stored, and
+while runs of other servers are left; providers' marks, which only the
+leader stores, only after an election. The waiting lanes are read only when
+a job there may be due (`NextDue`): each read says when the next falls due,
+jobs entering a waiting lane on this server lower that time, and anything
+else (a wakeup from another replica, a resume, an election) makes it
+unknown. What was changed by hand (an operator, a server of an older
+version) is found within RECHECK_SECONDS."""
 
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 
@@ -25,16 +39,61 @@ from genjobs.server.model.vocabulary import Priority
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.events import STATUS_CHANGED
 from genjobs.server.storage.jobs import job_error
-from genjobs.server.storage.queue import HELD, NONE, READY
+from genjobs.server.storage.queue import DUE_LIMIT, HELD, NONE, READY
 from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import metrics
 
 log = logging.getLogger("genjobs.server.dispatch.dispatcher")  # the dispatcher's lines
 
 HOUSEKEEPING_INTERVAL = 1.0
+RECHECK_SECONDS = 5.0  # what a leader alone trusts its memory for at most
 SWEEP_TIMEOUT_SECONDS = 120.0
 
 Offer = Callable[[int, ObjectId, str, int], None]
+NEVER = sys.maxsize  # no job waits
+
+
+class NextDue:
+    """When the next job of the waiting lanes falls due (wall clock, µs), as
+    this server knows it: read with the due jobs, lowered as jobs enter a
+    waiting lane here, forgotten (read at the next pass) when something else
+    may have put one there. From any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._at_us: int | None = None  # None: not known
+        self._version = 0  # moves with every lowering or forgetting
+
+    def due(self, now_us: int) -> bool:
+        """Whether the waiting lanes must be read now."""
+        at_us = self._at_us
+        return at_us is None or at_us <= now_us
+
+    def reading(self) -> int:
+        """A read of the waiting lanes starts: what it finds is kept unless
+        a job entered one meanwhile (`read` gets the version returned)."""
+        with self._lock:
+            self._at_us = None
+            return self._version
+
+    def read(self, version: int, next_us: int | None) -> None:
+        """The read begun at `version` says the next job falls due at `next_us` (None: none waits)."""
+        with self._lock:
+            if version == self._version:
+                self._at_us = NEVER if next_us is None else next_us
+
+    def lower(self, at_us: int) -> None:
+        """A job entered a waiting lane here, due at `at_us`."""
+        with self._lock:
+            self._version += 1
+            if self._at_us is not None:
+                self._at_us = min(self._at_us, at_us)
+
+    def forget(self) -> None:
+        """Something may have put a job in a waiting lane: read them at the next pass."""
+        with self._lock:
+            self._version += 1
+            self._at_us = None
 
 
 class Housekeeping:
@@ -49,6 +108,7 @@ class Housekeeping:
         *,
         may_take_over: Callable[[Doc, float], bool],
         runs_here: Callable[[Doc], bool],
+        alone: Callable[[], bool],
         started_here: Collection[tuple[ObjectId, int]],
         ended: Callable[[int], None],
         offer: Offer,
@@ -65,6 +125,8 @@ class Housekeeping:
         self.worker_id = worker_id
         self._may_take_over = may_take_over
         self._runs_here = runs_here  # a processing job that runs here, or is being stored running here
+        self._alone = alone  # no other replica is alive
+        self.next_due = NextDue()
         # (job, epoch) of the runs started here, and (the lifecycle's `abandoned`)
         # of those whose outcome could not be stored: when such a lease lapses,
         # the database, not the generator or a crash, cost the attempt, so it is given back.
@@ -81,13 +143,22 @@ class Housekeeping:
         self.needs_recovery = True
         self.elsewhere = 0  # live runs of other servers at the last pass
         self._elected = False  # set on election: read the former leader's last end
+        self._failures_seen = -1  # the database's failures as of the last read of the running jobs
+        self._look = False  # a job may be running nowhere (`look_for_runs`)
         self._last_pass = 0.0
         self._last_sweep = 0.0
+        self._last_recheck = 0.0
 
     def elected(self) -> None:
         """This server took the leader lease: recover the former leader's runs at the next pass."""
         self.needs_recovery = True
         self._elected = True
+        self.next_due.forget()
+
+    def look_for_runs(self) -> None:
+        """A job may be left running nowhere (a stored-running insert whose
+        answer was lost, or one stored too late to run): read the running jobs at the next pass."""
+        self._look = True
 
     def run(self) -> None:
         """Recover lapsed runs, count the live runs of other servers, and
@@ -98,13 +169,51 @@ class Housekeeping:
             return
         self._last_pass = now
         now_us = clock.now_us()
-        if self._elected:
-            self._elected = False
+        elected, alone = self._elected, self._alone()
+        if elected:
             self.elsewhere = 0
             if self.gap_us:
                 self._ended(self.queue.last_run_end(LEADER_LEASE))
+        recheck = not alone or now - self._last_recheck >= RECHECK_SECONDS
+        failures = self.store.outage.failures
+        if failures != self._failures_seen:
+            self.next_due.forget()  # an insert's answer lost: a job may wait untold
+        # A run's answer may have been lost, or its outcome is not stored yet.
+        unsure = self._look or self._lifecycle.abandoned or failures != self._failures_seen
+        if self.needs_recovery or unsure or recheck:
+            self._look = False
+            self._count_runs(now, now_us)
+            self._failures_seen = failures  # (once read: a read that fails is made again)
+        if self.next_due.due(now_us) or recheck:
+            self._promote_due(now_us)
+        for tick in self.tickers:
+            tick()
+        if self.gate is not None:
+            self.gate.tick(lambda doc: self._lifecycle.tell(doc, STATUS_CHANGED), learn=elected or recheck)
+        self._elected = False  # (cleared once its reads are made: a pass that fails makes them again)
+        if recheck:
+            self._last_recheck = now
+        if self.release():
+            self.wake()
+        if now - self._last_sweep >= self.sweep_seconds:
+            self._last_sweep = now
+            # A purge of a long backlog may take longer than any one query may.
+            with pymongo.timeout(SWEEP_TIMEOUT_SECONDS):
+                purged = self.store.purge_expired(now_us)
+                if purged:
+                    log.info("retention: removed %d completed jobs", purged)
+                for sweeper in self.sweepers:
+                    sweeper()
+
+    def _count_runs(self, now: float, now_us: int) -> None:
+        """Recover the runs whose lease lapsed, and count the live runs of other servers."""
         elsewhere = 0
-        for doc in self.queue.processing_jobs():
+        running = self.queue.processing_jobs()
+        held = {(doc["_id"], doc["epoch"]) for doc in running}
+        # Stored after all (its answer lost), or recovered by another server: not ours to give back.
+        for gone in [key for key in list(self._lifecycle.abandoned) if key not in held]:
+            self._lifecycle.abandoned.discard(gone)
+        for doc in running:
             run_key = (doc["_id"], doc["epoch"])
             if self._runs_here(doc):
                 continue  # the keeper holds its lease (or its lane takes it next)
@@ -115,22 +224,6 @@ class Housekeeping:
         if elsewhere < self.elsewhere:
             self._ended(now_us)  # a run elsewhere ended by now: the gap counts from here
         self.elsewhere = elsewhere
-        self._promote_due(now_us)
-        for tick in self.tickers:
-            tick()
-        if self.gate is not None:
-            self.gate.tick(lambda doc: self._lifecycle.tell(doc, STATUS_CHANGED))
-        if self.release():
-            self.wake()
-        if now - self._last_sweep >= self.sweep_seconds:
-            self._last_sweep = now
-            # A purge of a long backlog may take longer than any one query may.
-            with pymongo.timeout(SWEEP_TIMEOUT_SECONDS):
-                purged = self.store.purge_expired(now_us)
-                if purged:
-                    log.info("retention: removed %d completed jobs", purged)
-                for sweep in self.sweepers:
-                    sweep()
         self.needs_recovery = elsewhere > 0
 
     def _promote_due(self, now_us: int) -> None:
@@ -138,13 +231,19 @@ class Housekeeping:
         is held instead (its retry failure may have been written as the pause
         moved its siblings): it waits for the resume like them."""
         lanes: dict[str, str] = {}  # bulk job id -> the lane its items go to now (one read each)
-        for lane, oid, bulk_id in self.queue.due_waiting(now_us):
+        version = self.next_due.reading()
+        due = self.queue.due_waiting(now_us)
+        for lane, oid, bulk_id in due:
             if bulk_id and lanes.setdefault(bulk_id, self.bulks.bulk_lane(bulk_id)) == HELD:
                 self.queue.move_queued([(oid, lane, HELD)], bump=True)
                 continue
             promoted = self.queue.make_ready(oid, lane)
             if promoted is not None:
                 self.offer(promoted["ck"], oid, promoted["owner"], Priority.rank_of(promoted.get("rank")))
+        # Once every due job is promoted (a pass that fails reads them again):
+        # when the next falls due; what entered a waiting lane meanwhile lowers it.
+        if len(due) < DUE_LIMIT:
+            self.next_due.read(version, self.queue.next_due(now_us))
 
     def _recover(self, doc: Doc) -> None:
         """A run whose lease lapsed (its server died): requeue it or fail it."""

@@ -1,8 +1,9 @@
 """The lease keeper: the dispatcher's thread that keeps its leases.
 
 Once a tick (a third of a lease, at most a second) it holds or takes the
-leader lease in `leases` (a follower notes instead that it is alive, next to
-the leader lease, so the leader reads the wakeups often), and renews the
+leader lease in `leases`, hearing as it does the wakeups other replicas
+left in it (a follower notes instead in the lease that it is alive, so that
+the leader reads the wakeups more often than it renews), and renews the
 lease of every run of this server that no progress write extended within
 the tick, noticing on the way runs taken over by another server and cancel
 requests. It also knows since when the database has answered it, which is
@@ -22,15 +23,13 @@ from genjobs.server.dispatch.progress import ErrorLog
 from genjobs.server.dispatch.run import Run
 from genjobs.server.model import clock
 from genjobs.server.storage.database import Doc
-from genjobs.server.storage.queue import QueueStore
+from genjobs.server.storage.queue import QueueStore, Wakeups
 from genjobs.server.telemetry import metrics
 
 log = logging.getLogger("genjobs.server.dispatch.dispatcher")  # the dispatcher's lines
 
+# The leader lease; replicas that queue jobs bump its wakeups count (see QueueStore.signal_leader).
 LEADER_LEASE = "dispatcher"
-# A document next to the leader lease: replicas that queue jobs bump its count,
-# and the leader reads it every WAKEUP_POLL_SECONDS while another replica is alive.
-WAKEUPS = "dispatcher-wakeups"
 
 
 class LeaseKeeper:
@@ -44,6 +43,7 @@ class LeaseKeeper:
         runs: Callable[[], list[Run]],
         stopping: threading.Event,
         elected: Callable[[], None],
+        heard: Callable[[Wakeups], None],
         database_error: ErrorLog,
     ) -> None:
         self.queue = queue
@@ -53,9 +53,10 @@ class LeaseKeeper:
         self._runs = runs  # the runs going on here now
         self._stopping = stopping  # the dispatcher's: kept on while runs are left
         self._elected = elected  # told when this server becomes the leader
+        self._heard = heard  # told the lease's wakeups at each renewal
         self._database_error = database_error
         self._leader_until = 0.0  # monotonic time until which our lease surely holds
-        self._was_leader = False
+        self._term = 0  # the leader lease's term this server last held it in (0: none)
         self._reachable_since: float | None = None  # monotonic; None while renewals fail
         self._thread = threading.Thread(target=self._keep, name="lease-keeper", daemon=True)
 
@@ -112,15 +113,17 @@ class LeaseKeeper:
                 run.cancel.set()
 
     def _hold_leader(self, before: float) -> None:
-        if self.queue.hold_leader(LEADER_LEASE, self.worker_id, self.lease_seconds):
+        wakeups = self.queue.hold_leader(LEADER_LEASE, self.worker_id, self.lease_seconds)
+        if wakeups is not None:
             # Trust the lease a little less long than it lasts (clock drift).
             self._leader_until = before + self.lease_seconds * 0.8
-            if not self._was_leader:
+            if wakeups.term != self._term:  # taken, not renewed (another server may have led meanwhile)
                 log.info("this server now runs the dispatcher (%s)", self.worker_id)
-                self._was_leader = True
+                self._term = wakeups.term
                 self._elected()
                 metrics.leader(True)
+            self._heard(wakeups)
         else:
-            self._was_leader = False
+            self._term = 0
             metrics.leader(False)
-            self.queue.note_follower(WAKEUPS, clock.now_us() + int(self.lease_seconds * 1_000_000))
+            self.queue.note_follower(LEADER_LEASE, clock.now_us() + int(self.lease_seconds * 1_000_000))

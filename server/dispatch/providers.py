@@ -333,10 +333,12 @@ class ProviderGate:
         with self._lock:
             return [(n, s.down_since_us) for n, s in self._states.items() if 0 < s.down_since_us <= limit_us]
 
-    def tick(self, record: Callable[[Doc], None]) -> None:
-        """Housekeeping: learn other replicas' marks; fail the waiting jobs of
-        providers down longer than the limit (each once; `record` tells of it)."""
-        self.refresh(force=True)
+    def tick(self, record: Callable[[Doc], None], learn: bool = True) -> None:
+        """Housekeeping: learn other replicas' marks (`learn`: some may have
+        stored marks); fail the waiting jobs of providers down longer than the
+        limit (each once; `record` tells of it)."""
+        if learn:
+            self.refresh(force=True)
         expired = dict(self.expired())
         if not expired:
             return

@@ -75,6 +75,10 @@ class LaterDispatcher(Wakeable):
         """Look at the queue again."""
         self._dispatcher().wake()
 
+    def waiting(self, at_us: int) -> None:
+        """A job entered a waiting lane here, due at `at_us`."""
+        self._dispatcher().waiting(at_us)
+
     def request_cancel(self, job_id: str) -> bool:
         """Stop `job_id` if it runs here; whether it did."""
         return self._dispatcher().request_cancel(job_id)

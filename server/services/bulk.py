@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bson import ObjectId
+from pymongo.errors import PyMongoError
 
 from genjobs.server.model import channels, clock
 from genjobs.server.model.caller import Caller
@@ -245,6 +246,9 @@ class Bulks:
             if validate_only:
                 return summarize(bulk, docs)
             self.jobs.cap.store(caller.user, docs, insert)
+        except PyMongoError:
+            self.jobs.dispatcher.wake()  # stored, its answer lost, perhaps: untold, found by a look
+            raise
         except ServiceError:
             if opened and opened[0][1]:
                 # Stored in part, when another replica's submits took some of its places.

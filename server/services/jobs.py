@@ -40,7 +40,7 @@ from genjobs.server.storage.eventlog import EventLog
 from genjobs.server.storage.events import SNAPSHOT, STATUS_CHANGED
 from genjobs.server.storage.jobs import JobPage
 from genjobs.server.storage.paging import JobFilter
-from genjobs.server.storage.queue import READY, applied, unclaimed
+from genjobs.server.storage.queue import READY, WAITING, applied, unclaimed
 from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import context, metrics
 
@@ -80,6 +80,10 @@ class Wakeable(Protocol):
 
     def wake(self) -> None:
         """Look at the queue again."""
+        return None
+
+    def waiting(self, at_us: int) -> None:
+        """A job entered a waiting lane here, due at `at_us`."""
         return None
 
     def request_cancel(self, job_id: str) -> bool:
@@ -245,8 +249,14 @@ class Jobs:
     def announce(self, doc: Doc) -> None:
         """Tell the owner's stream (WatchJobs) of a new job: its watchers
         start from its snapshot, so it is no event of its own."""
+        self._note_waiting(doc)
         event = self.store.events.event_doc(doc, SNAPSHOT, self.worker_id)
         self.hub.publish(Event(owner_key(doc["owner"]), doc["seq"], event, False))
+
+    def _note_waiting(self, doc: Doc) -> None:
+        """A job told of here in a waiting lane: the dispatcher learns when it falls due."""
+        if doc.get("queue") in WAITING:
+            self.dispatcher.waiting(doc.get("run_after_us", 0))
 
     def publish(self, doc: Doc, kind: str) -> None:
         """Hand a change to this server's watchers only (not kept for replay)."""
@@ -266,6 +276,7 @@ class Jobs:
 
     def _tell(self, doc: Doc, kind: str, event: Doc, ended: bool) -> None:
         """Tell watchers and listeners of a change (`ended`: it made the job final)."""
+        self._note_waiting(doc)
         # `doc` is the job as the storage write returned it and `event` the wire's
         # snapshot of it: both stay documents on purpose (watchers get the event as is).
         self.hub.publish(Event(job_key(event["job_id"]), event["seq"], event, ended))
@@ -366,7 +377,11 @@ class Jobs:
     async def _store(self, owner: str, doc: Doc) -> tuple[Doc, bool]:
         """Insert a new job in its place under the owner's cap: (the job, True),
         or (the earlier job, False) for a repeated request."""
-        return await self.cap.store_async(owner, [doc], lambda docs: self.store.jobs.submit_job(docs[0]))
+        try:
+            return await self.cap.store_async(owner, [doc], lambda docs: self.store.jobs.submit_job(docs[0]))
+        except PyMongoError:
+            self.dispatcher.wake()  # stored, its answer lost, perhaps: untold, found by a look
+            raise
 
     async def _store_running(self, owner: str, doc: Doc, claim: Doc) -> Job:
         """Store a job with its claim in its insert (sequence 2); the answer is

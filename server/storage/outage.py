@@ -40,6 +40,9 @@ class Outage:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._since: float | None = None
+        # How many times the database did not answer so far: a write's answer
+        # may have been lost then (what it left is looked for, see housekeeping).
+        self.failures = 0
 
     @property
     def on(self) -> bool:
@@ -53,6 +56,7 @@ class Outage:
         if not unreachable(exc):
             return False
         with self._lock:
+            self.failures += 1
             first = self._since is None
             if first:
                 self._since = time.monotonic()

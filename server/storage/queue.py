@@ -30,6 +30,7 @@ SCHEDULED = str(Lane.SCHEDULED)  # not before its schedule_time (run_after_us)
 # Lanes whose jobs become ready at their run_after_us (housekeeping promotes them).
 WAITING = (BACKOFF, SCHEDULED)
 
+DUE_LIMIT = 1000  # due jobs of a waiting lane read at a time (the rest at the next pass)
 _CANDIDATE = {"owner": 1, "rank": 1, "ck": 1}  # what the dispatcher reads of a ready job
 # Where a read of jobs entering the ready lane got to: (ready_us, _id of the
 # last job read at it; None when every job of that microsecond was read).
@@ -44,6 +45,23 @@ class ProgressUpdate(NamedTuple):
     epoch: int
     seq: int
     changes: Doc
+
+
+class Wakeups(NamedTuple):
+    """The leader lease as its holder reads it: its term (each taking of the
+    lease counts one), and what replicas that are not the leader left in it:
+    how many times they queued jobs, and until when one of them is alive."""
+
+    term: int
+    signals: int
+    followers_until_us: int
+
+
+_WAKEUPS = {"term": 1, "wakeups": 1, "followers_until_us": 1}
+
+
+def _wakeups(doc: Doc) -> Wakeups:
+    return Wakeups(int(doc.get("term", 0)), int(doc.get("wakeups", 0)), int(doc.get("followers_until_us", 0)))
 
 
 class QueueStore:
@@ -288,15 +306,31 @@ class QueueStore:
 
     def due_waiting(self, now_us: int) -> list[tuple[str, ObjectId, str]]:
         """(lane, id, bulk job id) of the jobs of the waiting lanes (retry backoff,
-        schedule time) whose time has come: one index search of (queue,
-        run_after_us) a lane."""
-        return [
-            (lane, row["_id"], row.get("bulk_job_id", ""))
+        schedule time) whose time has come, DUE_LIMIT at most: one index
+        search of (queue, run_after_us) a lane."""
+        due: list[tuple[str, ObjectId, str]] = []
+        for lane in WAITING:
+            rows = self.jobs.find(
+                {"queue": lane, "run_after_us": {"$lte": now_us}}, {"_id": 1, "bulk_job_id": 1}
+            ).limit(DUE_LIMIT - len(due))
+            due.extend((lane, row["_id"], row.get("bulk_job_id", "")) for row in rows)
+            if len(due) >= DUE_LIMIT:
+                break
+        return due
+
+    def next_due(self, now_us: int) -> int | None:
+        """When the next job of the waiting lanes falls due after `now_us`
+        (None: none waits): the first entry after it of (queue, run_after_us) a lane."""
+        times = [
+            row["run_after_us"]
             for lane in WAITING
             for row in self.jobs.find(
-                {"queue": lane, "run_after_us": {"$lte": now_us}}, {"_id": 1, "bulk_job_id": 1}
+                {"queue": lane, "run_after_us": {"$gt": now_us}}, {"_id": 0, "run_after_us": 1}
             )
+            .sort("run_after_us", 1)
+            .limit(1)
         ]
+        return min(times, default=None)
 
     def make_ready(self, oid: ObjectId, lane: str = BACKOFF) -> Doc | None:
         """Move a job from a waiting lane to the ready lane; the job's candidate
@@ -336,41 +370,48 @@ class QueueStore:
             writes.append(pymongo.UpdateOne(query, state_update(fields, bump)))
         return self.jobs.bulk_write(writes, ordered=False).modified_count if writes else 0
 
-    def hold_leader(self, lease_id: str, holder: str, lease_seconds: float) -> bool:
-        """Renew or take the named lease; True while `holder` has it."""
+    def hold_leader(self, lease_id: str, holder: str, lease_seconds: float) -> Wakeups | None:
+        """Renew or take the named lease: while `holder` has it, the wakeups
+        other replicas left in it (one command when renewed); else None."""
         now_us = clock.now_us()
         until = now_us + int(lease_seconds * 1_000_000)
-        renewed = self.leases.update_one({"_id": lease_id, "holder": holder}, {"$set": {"until_us": until}})
-        if renewed.matched_count:
-            return True
-        taken = self.leases.update_one(
-            {"_id": lease_id, "until_us": {"$lt": now_us}},
-            {"$set": {"holder": holder, "until_us": until}, "$inc": {"term": 1}},
-        )
-        if taken.matched_count:
-            return True
+        for query, update in (
+            ({"_id": lease_id, "holder": holder}, {"$set": {"until_us": until}}),
+            (
+                {"_id": lease_id, "until_us": {"$lt": now_us}},
+                {"$set": {"holder": holder, "until_us": until}, "$inc": {"term": 1}},
+            ),
+        ):
+            held = self.leases.find_one_and_update(
+                query, update, projection=_WAKEUPS, return_document=ReturnDocument.AFTER
+            )
+            if held is not None:
+                return _wakeups(held)
         try:
             self.leases.insert_one({"_id": lease_id, "holder": holder, "until_us": until, "term": 1})
-            return True
+            return Wakeups(1, 0, 0)
         except DuplicateKeyError:
-            return False
+            return None
 
     def release_leader(self, lease_id: str, holder: str) -> None:
         """Give the lease up at once (a clean shutdown), so another replica need not wait."""
         self.leases.update_one({"_id": lease_id, "holder": holder}, {"$set": {"until_us": 0}})
 
-    def signal_leader(self, wakeups_id: str) -> None:
-        """Tell the leader (polling `wakeups`) that jobs entered the ready lane here: one update."""
-        self.leases.update_one({"_id": wakeups_id}, {"$inc": {"count": 1}}, upsert=True)
+    def signal_leader(self, lease_id: str) -> None:
+        """Tell the leader that jobs entered the queue here: one update of its
+        lease, which it reads at each renewal (or more often, see `note_follower`).
+        No lease, no leader: the first one reads the queue as it is elected."""
+        self.leases.update_one({"_id": lease_id}, {"$inc": {"wakeups": 1}})
 
-    def note_follower(self, wakeups_id: str, until_us: int) -> None:
-        """A replica that is not the leader is alive until `until_us` (the leader polls quickly then)."""
-        self.leases.update_one({"_id": wakeups_id}, {"$set": {"followers_until_us": until_us}}, upsert=True)
+    def note_follower(self, lease_id: str, until_us: int) -> None:
+        """A replica that is not the leader is alive until `until_us`: the
+        leader reads its lease's wakeups often till then, not only as it renews it."""
+        self.leases.update_one({"_id": lease_id}, {"$max": {"followers_until_us": until_us}})
 
-    def wakeups(self, wakeups_id: str) -> tuple[int, int]:
-        """(signals so far, until when a follower is alive) of the wakeups document: one read by `_id`."""
-        doc = self.leases.find_one({"_id": wakeups_id})
-        return (int(doc.get("count", 0)), int(doc.get("followers_until_us", 0))) if doc else (0, 0)
+    def wakeups(self, lease_id: str) -> Wakeups:
+        """The wakeups of the named lease: one read by `_id`."""
+        doc = self.leases.find_one({"_id": lease_id}, _WAKEUPS)
+        return _wakeups(doc) if doc else Wakeups(0, 0, 0)
 
     def note_run_end(self, lease_id: str, ended_us: int) -> None:
         """Remember in the named lease when a run ended, unless a later end is there."""

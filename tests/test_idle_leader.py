@@ -1,0 +1,117 @@
+"""A leader alone at rest: what it reads, and what it must still find in time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pymongo
+from bson import ObjectId
+
+from genjobs.client import GenJobsClient
+from genjobs.server.dispatch.housekeeping import NEVER, RECHECK_SECONDS, NextDue
+from genjobs.server.model import clock
+from genjobs.server.storage.queue import BACKOFF, SCHEDULED, Wakeups
+from genjobs.v1 import jobs_pb2
+from tests.harness import MongoServer, ServerThread, scratch_store, seed_job, wait_for
+
+
+def test_the_next_due_time_is_read_lowered_and_forgotten() -> None:
+    due = NextDue()
+    assert due.due(0)  # nothing known yet: read
+    due.read(due.reading(), 5_000)
+    assert not due.due(4_999) and due.due(5_000)
+    due.lower(3_000)  # a job entered a waiting lane here, due sooner
+    assert due.due(3_000)
+    due.read(due.reading(), None)  # nothing waits
+    assert not due.due(NEVER - 1)
+    due.forget()  # another replica may have queued one
+    assert due.due(0)
+
+
+def test_a_job_entering_a_waiting_lane_during_a_read_is_not_missed() -> None:
+    due = NextDue()
+    version = due.reading()
+    due.lower(1_000)  # told while the read was on its way: the read may predate its write
+    due.read(version, 9_000)
+    assert due.due(1_000)  # read again at the next pass, not at 9,000
+
+
+def _calls(target: Any, name: str) -> list[float]:
+    """Record when `target.name` is called (monotonic times), calling through."""
+    original: Callable[..., Any] = getattr(target, name)
+    times: list[float] = []
+
+    def counted(*args: Any) -> Any:
+        times.append(time.monotonic())
+        return original(*args)
+
+    setattr(target, name, counted)
+    return times
+
+
+def test_an_idle_leader_alone_reads_the_waiting_lanes_when_a_job_falls_due(
+    server: ServerThread, alice: GenJobsClient
+) -> None:
+    assert server.app is not None
+    queue = server.app.store.queue
+    wait_for(lambda: server.app is not None and server.app.dispatcher.alone())
+    wait_for(lambda: alice.submit("topic", topic="warm") and True)
+    due_reads, run_reads = _calls(queue, "due_waiting"), _calls(queue, "processing_jobs")
+    at = datetime.now(UTC) + timedelta(seconds=4)
+    submitted = time.monotonic()
+    job = alice.submit("topic", topic="later", schedule_time=at)
+    started = wait_for(
+        lambda: (j := alice.get(job.id)).status != jobs_pb2.JOB_STATUS_QUEUED and j,
+        timeout=RECHECK_SECONDS + 10,
+    )
+    began = started.start_time.ToDatetime(tzinfo=UTC)
+    assert at <= began < at + timedelta(seconds=1.5), "not started at its schedule time"
+    # While it waited: at most one recheck read each, then the read at its time
+    # (every pass, a read a second, before).
+    waited = [t for t in due_reads if t - submitted < 3.5]
+    assert len(waited) <= 1, f"{len(waited)} reads of the waiting lanes while nothing was due"
+    assert len([t for t in run_reads if t - submitted < 3.5]) <= 1
+
+
+def test_a_leader_alone_finds_a_job_made_due_by_hand_within_the_recheck(
+    server: ServerThread, alice: GenJobsClient, mongo: MongoServer
+) -> None:
+    wait_for(lambda: server.app is not None and server.app.dispatcher.alone())
+    job = alice.submit("topic", topic="much later", schedule_time=datetime.now(UTC) + timedelta(days=1))
+    # An operator's hand, which nothing on the server hears of: due now.
+    jobs = pymongo.MongoClient(mongo.uri)[server.settings.db_name].jobs
+    jobs.update_one({"_id": ObjectId(job.id)}, {"$set": {"run_after_us": 0}})
+    made_due = time.monotonic()
+    wait_for(lambda: alice.get(job.id).status == jobs_pb2.JOB_STATUS_COMPLETED, timeout=RECHECK_SECONDS + 10)
+    assert time.monotonic() - made_due < RECHECK_SECONDS + 3
+
+
+def test_the_leader_lease_carries_the_wakeups_and_counts_each_taking(mongo: MongoServer) -> None:
+    with scratch_store(mongo.uri, "idle_lease") as store:
+        queue = store.queue
+        assert queue.hold_leader("lease", "a", 10.0) == Wakeups(1, 0, 0)
+        assert queue.hold_leader("lease", "b", 10.0) is None
+        queue.signal_leader("lease")
+        queue.note_follower("lease", 2_000)
+        queue.note_follower("lease", 1_000)  # a follower whose clock is behind: the later time holds
+        assert queue.hold_leader("lease", "a", 10.0) == Wakeups(1, 1, 2_000)  # renewed: the same term
+        queue.release_leader("lease", "a")
+        assert queue.hold_leader("lease", "b", 10.0) == Wakeups(2, 1, 2_000)  # taken: a new term
+        queue.signal_leader("no-lease")  # nobody leads: nothing to tell, nothing stored
+        assert queue.wakeups("no-lease") == Wakeups(0, 0, 0)
+
+
+def test_the_waiting_lanes_say_what_is_due_and_when_the_next_falls_due(mongo: MongoServer) -> None:
+    now_us = clock.now_us()
+    with scratch_store(mongo.uri, "idle_due") as store:
+        assert store.queue.next_due(now_us) is None  # nothing waits
+        lanes = [(BACKOFF, now_us - 1), (BACKOFF, now_us + 5_000_000), (SCHEDULED, now_us + 3_000_000)]
+        docs = [seed_job(store, "alice", {"topic": "t"}) for _ in lanes]
+        for doc, (lane, at_us) in zip(docs, lanes, strict=True):
+            doc.update(queue=lane, run_after_us=at_us)
+        store.database.jobs.insert_many(docs)
+        assert [oid for _, oid, _ in store.queue.due_waiting(now_us)] == [docs[0]["_id"]]
+        assert store.queue.next_due(now_us) == now_us + 3_000_000
