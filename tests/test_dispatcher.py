@@ -21,6 +21,7 @@ from bson import ObjectId
 
 from genjobs.client import GenJobsClient, Unavailable
 from genjobs.server.dispatch import dispatcher
+from genjobs.server.dispatch.signals import WAKEUP_POLL_SECONDS, LeaderSignals
 from genjobs.server.model import clock
 from genjobs.server.services import remote
 from genjobs.server.services.events import Event, EventHub, owner_key
@@ -665,13 +666,14 @@ class SlowWakeups:
     database): each read leaves the next one due at once, as a read that
     outlasted WAKEUP_POLL_SECONDS does."""
 
-    def __init__(self, claims: dispatcher.Dispatcher) -> None:
-        self.claims = claims
+    def __init__(self) -> None:
+        self.signals = LeaderSignals(self, lambda: None, lambda: None)  # type: ignore[arg-type]
+        self.signals.followers = True
         self.reads = 0
 
-    def wakeups(self, wakeups_id: str) -> tuple[int, int]:
+    def wakeups(self, wakeups_id: str) -> Wakeups:
         self.reads += 1
-        self.claims._wakeups_read -= dispatcher.WAKEUP_POLL_SECONDS * 2  # stamped before the read
+        self.signals._read_at -= WAKEUP_POLL_SECONDS * 2  # stamped before the read
         return Wakeups(0, 0, 2**62)  # a follower alive: the check is due every WAKEUP_POLL_SECONDS
 
 
@@ -692,9 +694,8 @@ def test_a_claim_that_finds_nothing_returns_however_slow_the_wakeups_read() -> N
     # lock (no run could store its end) and never letting housekeeping run.
     claims = dispatcher.Dispatcher.__new__(dispatcher.Dispatcher)
     claims._claiming = threading.Lock()
-    claims._followers, claims._wakeups_read, claims._wakeups = True, 0.0, 0
-    slow = SlowWakeups(claims)
-    claims.queue, claims._fair = slow, NothingReady()  # type: ignore[assignment]
+    slow = SlowWakeups()
+    claims._signals, claims._fair = slow.signals, NothingReady()  # type: ignore[assignment]
     claims._runs, claims._held, claims.concurrency, claims.gate = {}, {}, 1, None
     claims._house = SimpleNamespace(elsewhere=0)  # type: ignore[assignment]
     claims._runs_changed = threading.Condition()

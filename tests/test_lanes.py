@@ -354,9 +354,9 @@ def test_a_job_is_stored_claimed_only_when_it_would_be_the_next_claim(
     assert not starts({**job, "queue": "scheduled"})
 
     assert starts()
-    dispatcher._followers = True  # another server shares the database: its jobs may be ready
+    dispatcher._signals.followers = True  # another server shares the database: its jobs may be ready
     assert not starts()
-    dispatcher._followers = False
+    dispatcher._signals.followers = False
 
     assert starts()
     dispatcher.offer(job["ck"] - 1, ObjectId(), "bob")  # a job known ready goes first

@@ -17,14 +17,9 @@ Which job is next is `fairshare`'s choice: the best priority, then the
 owner whose last start is oldest, then that owner's order. What it reads
 stays the same size however long the history grows: each owner's first
 candidates through the (queue, owner, rank, ck) index, and a job queued on
-this server is offered to it at once (`offer`), without a query. A
-replica that is not the leader, having queued jobs, bumps the wakeups count
-in the leader lease (one update, coalesced over the jobs queued meanwhile);
-the leader hears that count as its keeper renews the lease, and while
-another replica is alive (each follower's keeper notes so there once a tick)
-also reads it by `_id` every WAKEUP_POLL_SECONDS; on a new count it reads
-what entered the ready lane up to now: a job queued on any replica starts
-about as soon as on the leader, and an idle leader alone reads nothing for it.
+this server is offered to it at once (`offer`), without a query; what
+other replicas queue, the leader learns of through the wakeups in its lease
+(`signals.py`).
 Housekeeping (`housekeeping.py`) runs on this thread between claims.
 
 The claim path reads narrow projections of job documents ({owner, rank,
@@ -50,19 +45,19 @@ from genjobs.server.dispatch.housekeeping import Housekeeping
 from genjobs.server.dispatch.keeper import LEADER_LEASE, LeaseKeeper
 from genjobs.server.dispatch.providers import ProviderGate
 from genjobs.server.dispatch.run import Followed, Run, RunLifecycle, database_error
+from genjobs.server.dispatch.signals import WAKEUP_POLL_SECONDS, LeaderSignals
 from genjobs.server.generators.base import (
     Generator,
 )
 from genjobs.server.model import clock
 from genjobs.server.model.vocabulary import Priority
 from genjobs.server.storage.database import Doc
-from genjobs.server.storage.queue import READY, Wakeups
+from genjobs.server.storage.queue import READY
 from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
-WAKEUP_POLL_SECONDS = 0.02
 RECENT_RUNS = 256  # runs remembered, to tell a claim whose answer was lost from a run
 
 EventSink = Callable[[Doc, str], None]
@@ -137,11 +132,7 @@ class Dispatcher:
         self._hurried = False
         self._last_end_us = 0  # when the last run ended (wall clock): the gap counts from it
         self._started: deque[tuple[ObjectId, int]] = deque(maxlen=RECENT_RUNS)  # (job, epoch) run here
-        self._signal = False  # a follower queued jobs since it last signalled the leader
-        self._wakeups = -1  # the wakeups count the leader last heeded (-1: none yet)
-        self._renewed: Wakeups | None = None  # the wakeups as the keeper's last renewal heard them
-        self._wakeups_read = 0.0  # monotonic time the leader last read the wakeups
-        self._followers = False  # whether another replica was alive as the leader last heard
+        self._signals = LeaderSignals(store.queue, self._signalled, self._wake.set)
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
         # The lanes: one long-lived thread each, handed claimed jobs (None: stop).
         self._handoff: queue.SimpleQueue[tuple[Doc, Run] | None] = queue.SimpleQueue()
@@ -174,7 +165,7 @@ class Dispatcher:
             self._current_runs,
             self._stopping,
             self._on_elected,
-            self._heard,
+            self._signals.heard,
             self._database_error,
         )
 
@@ -201,8 +192,7 @@ class Dispatcher:
             self._fair.offer(owner, rank, ck, oid, doc)
         else:
             self._fair.stale()
-        self._signal = not self._is_leader()
-        self._wake.set()
+        self._queued()
 
     def start_as_stored(self, doc: Doc) -> Doc | None:
         """A job about to be stored on this server, queued in the ready lane
@@ -219,7 +209,7 @@ class Dispatcher:
         Asked on the event loop, it never waits: while the claim lock or the
         provider gate's is held (a claim's command, a mark being stored), the
         job is stored queued."""
-        if doc.get("queue") != READY or self._followers or not self._is_leader():
+        if doc.get("queue") != READY or self._signals.followers or not self._is_leader():
             return None
         if self._stopping.is_set() or self._hurried or self._house.needs_recovery:
             return None
@@ -291,17 +281,21 @@ class Dispatcher:
         """Something changed (resume, retry): look at the queue again now."""
         self._fair.stale()
         self._house.next_due.forget()
-        self._signal = not self._is_leader()
-        self._wake.set()
+        self._queued()
 
     def waiting(self, at_us: int) -> None:
         """A job entered a waiting lane on this server, due at `at_us` (wall
         clock, µs): the leader promotes it then, with no read before; another
         replica tells the leader (its wakeups) to read the waiting lanes."""
         self._house.next_due.lower(at_us)  # (here, or here once this server leads)
+        self._queued()
+
+    def _queued(self) -> None:
+        """A job entered the queue here: the leader's loop looks now, or this
+        follower's tells the leader."""
         if not self._is_leader():
-            self._signal = True
-            self._wake.set()
+            self._signals.queued()
+        self._wake.set()
 
     def request_cancel(self, job_id: str) -> bool:
         """Stop the running job if it is `job_id`; True if it was running here."""
@@ -315,7 +309,7 @@ class Dispatcher:
         """Whether no other server shares the database, as the leader last heard
         its lease's wakeups (where every follower notes itself once a tick). A
         server that is not the leader is never alone: the leader is elsewhere."""
-        return self._is_leader() and not self._followers
+        return self._is_leader() and not self._signals.followers
 
     def running_job_ids(self) -> list[str]:
         """The ids of the jobs running here now."""
@@ -376,13 +370,10 @@ class Dispatcher:
     def _is_leader(self) -> bool:
         return self._keeper.is_leader()
 
-    def _heard(self, wakeups: Wakeups) -> None:
-        """The keeper renewed the leader lease and heard its wakeups: a new
-        count, or a follower come or gone, is heeded now (by this thread)."""
-        self._renewed = wakeups
-        followers = wakeups.followers_until_us > clock.now_us()
-        if wakeups.signals != self._wakeups or followers != self._followers:
-            self._wake.set()
+    def _signalled(self) -> None:
+        """Another replica queued jobs (a new wakeups count): what it queued counts for the next pick."""
+        self._house.next_due.forget()  # perhaps to wait
+        self._fair.fresh()
 
     def _on_elected(self) -> None:
         """The keeper took the leader lease: recover the former leader's runs now."""
@@ -397,21 +388,14 @@ class Dispatcher:
                 if not self._is_leader():
                     if self.gate is not None:
                         self.gate.refresh()  # what queued jobs say here: the leader's marks
-                    if self._signal:  # jobs were queued here: the leader learns of them now
-                        self._signal = False
-                        try:
-                            self.queue.signal_leader(LEADER_LEASE)
-                        except PyMongoError:
-                            self._signal = True  # at the next try
-                            raise
+                    self._signals.send()  # jobs were queued here: the leader learns of them now
                     self._wake.wait(self.poll_seconds)
                     self._wake.clear()
                     continue
                 # Cleared before looking: a run ending or a job offered from
                 # now on cuts the wait below short instead of being missed.
                 self._wake.clear()
-                if self._signal:  # queued here as a follower, unsignalled: look at everything
-                    self._signal = False
+                if self._signals.unsent():  # queued here as a follower: look at everything
                     self._fair.stale()
                     self._house.next_due.forget()
                 self._house.run()
@@ -421,7 +405,7 @@ class Dispatcher:
                     continue
                 claimed = self._claim_next()
                 if claimed is None:
-                    self._wake.wait(WAKEUP_POLL_SECONDS if self._followers else self.poll_seconds)
+                    self._wake.wait(WAKEUP_POLL_SECONDS if self._signals.followers else self.poll_seconds)
                     continue
                 # To a free lane (claims are made only while fewer than
                 # `concurrency` runs are here), so that claiming and the
@@ -437,31 +421,6 @@ class Dispatcher:
             except Exception:
                 log.exception("dispatcher: unexpected error")
                 self._stopping.wait(0.5)
-
-    def _heed_wakeups(self) -> bool:
-        """Heed the wakeups: as the keeper's last renewal heard them while no
-        other replica is alive (no read), else read by `_id` every
-        WAKEUP_POLL_SECONDS; when a replica signalled since, read what entered
-        the ready lane up to now. Whether it read."""
-        read = self._followers
-        if read:
-            now = time.monotonic()
-            if now - self._wakeups_read < WAKEUP_POLL_SECONDS:
-                return False
-            self._wakeups_read = now
-            wakeups: Wakeups | None = self.queue.wakeups(LEADER_LEASE)
-            self._renewed = wakeups  # the newest heard, should the followers go
-        else:
-            wakeups = self._renewed
-        if wakeups is None:
-            return False  # elected, the first renewal's wakeups not heard yet
-        self._followers = wakeups.followers_until_us > clock.now_us()
-        if wakeups.signals != self._wakeups:
-            self._wakeups = wakeups.signals
-            self._house.next_due.forget()  # a replica may have queued jobs to wait
-            self._fair.fresh()
-            return True
-        return read
 
     def _claim_wait(self, freeing: int = 0) -> float:
         """Seconds to wait before claiming (0 or less: claim now): while every
@@ -555,8 +514,8 @@ class Dispatcher:
         unless nothing is known: after a run longer than that interval, they
         would otherwise come between its end and the next job's start."""
         with self._claiming:
-            if self._followers:
-                self._heed_wakeups()  # what other replicas queued counts for this pick
+            if self._signals.followers:
+                self._signals.heed()  # what other replicas queued counts for this pick
             caught_up = False
             # A lane's follow-up may have taken the free lane meanwhile.
             while self._claim_wait() <= 0:
@@ -578,7 +537,7 @@ class Dispatcher:
         """The reads due once a poll interval (the leader lease's wakeups, the turns'
         save, the ready lane's poll), made once a claimed job is on its way;
         whether any was made. Under the claim lock."""
-        heeded = self._heed_wakeups()
+        heeded = self._signals.heed()
         return self._fair.catch_up() or heeded
 
     def _runnable(self, job: Doc) -> bool:
@@ -611,7 +570,7 @@ class Dispatcher:
         if self._stopping.is_set():
             return Followed(None)
         with self._claiming:
-            self._heed_wakeups()
+            self._signals.heed()
             if self._claim_wait(freeing=1) > 0:  # this run's lane is the one freed
                 return Followed(None)
             pick = self._fair.next()
