@@ -8,7 +8,7 @@ that was not an attempt), `held_if_paused` and `tell`. The claiming, the
 leadership and the housekeeping stay in `dispatcher`.
 
 A claimed job stays the document the claim returned, on purpose: the claim's
-hot path converts nothing. `Jobs.record` turns a change into a `Job` once, for
+hot path converts nothing. `JobChanges.record` turns a change into a `Job` once, for
 the listeners, when it ends a job or moves a bulk item.
 """
 

@@ -326,7 +326,7 @@ class App:
         lanes left to be told, and write what they left pending behind them (the
         counted costs' flags)."""
         await asyncio.to_thread(self.dispatcher.stop, grace)
-        await asyncio.to_thread(self.jobs.close, max(grace, 1.0))
+        await asyncio.to_thread(self.jobs.changes.close, max(grace, 1.0))
         await asyncio.to_thread(self.budgets.close)
 
     async def _end_tasks(self) -> None:

@@ -8,13 +8,13 @@ them is called before `build` has returned and the server serves):
 
 - budgets <-> jobs: `Jobs` asks `Budgets` before queueing and tells it of every
   change, and `Budgets` records the jobs it holds and releases through
-  `Jobs.record`: `Budgets` gets `record`, a callback to `Jobs.record`.
+  `JobChanges.record`: `Budgets` gets `record`, a callback to `JobChanges.record`.
 - bulk jobs <-> jobs: `Bulks` works through `Jobs`, and `Jobs` tells it of every
   item's change: `Jobs` gets `item_changed`, a callback to `Bulks.item_changed`.
 - dispatcher <-> jobs: `Jobs` offers new jobs to the dispatcher, which records
-  through `Jobs.record`, ticks the schedules (which submit through `Jobs`) and
+  through `JobChanges.record`, ticks the schedules (which submit through `Jobs`) and
   sweeps the bulk jobs: `Jobs` gets `LaterDispatcher`, the `Wakeable` interface
-  over the dispatcher. The dispatcher itself gets `Jobs.record` directly,
+  over the dispatcher. The dispatcher itself gets `JobChanges.record` directly,
   so its hot path has no extra call.
 """
 
@@ -130,7 +130,7 @@ def build(
 
     # The cycles' callbacks (see the module's docstring).
     def record(doc: Doc, kind: str) -> None:
-        jobs.record(doc, kind)
+        jobs.changes.record(doc, kind)
 
     def item_changed(job: Job, kind: str) -> None:
         bulks.item_changed(job, kind)
@@ -176,8 +176,8 @@ def build(
         store,
         generator,
         worker_id,
-        record=jobs.record_run,
-        record_later=jobs.record_run_later,
+        record=jobs.changes.record_run,
+        record_later=jobs.changes.record_run_later,
         lease_seconds=settings.lease_seconds,
         poll_seconds=settings.poll_seconds,
         retry_base_seconds=settings.retry_base_seconds,
@@ -192,7 +192,7 @@ def build(
         unlimited=budgets.unlimited,
         gate=gate,
     )
-    progress = ExternalProgress(store, progress_link.tokens, jobs.record)
+    progress = ExternalProgress(store, progress_link.tokens, jobs.changes.record)
     remote = RemoteChanges(store, hub, dispatcher)
     return Services(
         notifier=notifier,

@@ -269,7 +269,7 @@ class Bulks:
             metrics.job_submitted(mode, len(docs))
             for doc in docs:
                 self.jobs.offer(doc)
-                self.jobs.announce(doc)
+                self.jobs.changes.announce(doc)
         return summarize(
             stored, self.store.bulks.bulk_items([str(stored["_id"])]) if stored is not bulk else docs
         )
@@ -355,7 +355,7 @@ class Bulks:
             if item["status"] == str(Status.QUEUED):
                 cancelled = self.store.jobs.cancel_queued(item["_id"])
                 if cancelled is not None:
-                    self.jobs.publish(cancelled, STATUS_CHANGED)
+                    self.jobs.changes.publish(cancelled, STATUS_CHANGED)
         for item in items:
             if item["status"] == str(Status.PROCESSING):
                 with contextlib.suppress(ServiceError):  # it finished meanwhile

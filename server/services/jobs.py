@@ -1,5 +1,6 @@
 """Job operations as the RPCs need them: validation, the store's conditional
-updates, events to watchers and the local dispatcher's wake-ups, in one place.
+updates and the local dispatcher's wake-ups, in one place; each change is
+told through `changes.JobChanges`.
 
 Everything here but `submit` is synchronous (pymongo); servicers call it
 through `asyncio.to_thread`. `submit` runs on the event loop, so that
@@ -9,13 +10,10 @@ concurrent submits share one insert (see `store.LoopInsert`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import dataclasses
 import logging
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,39 +24,26 @@ from genjobs.server.model import channels
 from genjobs.server.model.caller import Caller
 from genjobs.server.model.errors import FieldViolation, ServiceError, channel_not_configured, invalid
 from genjobs.server.model.records import NO_ORIGIN, Job, Origin, Params, Submission
-from genjobs.server.model.states import Status, final
+from genjobs.server.model.states import Status
 from genjobs.server.model.targets import NotifyTarget
 from genjobs.server.model.vocabulary import Lane, Mode, Priority
 from genjobs.server.services import entitlement, validation
+from genjobs.server.services.changes import JobChanges
 from genjobs.server.services.entitlement import Tiers
-from genjobs.server.services.events import Event, EventHub, job_key, owner_key
+from genjobs.server.services.events import EventHub
 from genjobs.server.services.queue_cap import QueueCap
-from genjobs.server.services.written_behind import RUN_PATH
 from genjobs.server.storage import records
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.eventlog import EventLog
-from genjobs.server.storage.events import SNAPSHOT, STATUS_CHANGED
+from genjobs.server.storage.events import STATUS_CHANGED
 from genjobs.server.storage.jobs import JobPage
 from genjobs.server.storage.paging import JobFilter
-from genjobs.server.storage.queue import READY, WAITING, applied, unclaimed
+from genjobs.server.storage.queue import READY, applied, unclaimed
 from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import context, metrics
 
 log = logging.getLogger(__name__)
 
-
-@contextlib.contextmanager
-def _on_run_path() -> Iterator[None]:
-    """Mark what runs inside as the dispatcher's runs' bookkeeping (RUN_PATH)."""
-    token = RUN_PATH.set(True)
-    try:
-        yield
-    finally:
-        RUN_PATH.reset(token)
-
-
-# Runs' ends waiting to be told (`Jobs.record_run_later`) beyond which a lane tells its own.
-MAX_DELIVERIES_BEHIND = 64
 
 MAX_BULK_OPERATION = 100
 SAMPLE_SIZE = 10
@@ -163,7 +148,6 @@ class Jobs:
         # Why a queued job of this model waits (its provider down or rate limited; issue #31).
         self.waiting = waiting
         self.hub = hub
-        self.event_log = event_log
         self.worker_id = worker_id
         self.default_max_attempts = default_max_attempts
         self.dispatcher = dispatcher
@@ -173,132 +157,8 @@ class Jobs:
         # The channels this server has a sender for (mail needs GENJOBS_SMTP_URL);
         # a channel that always has one is never refused.
         self.notify_channels = frozenset(notify_channels)
-        # Bulk accounting, notifications, budgets: each gets the changed Job and the event's kind.
-        self.on_change = tuple(on_change)
-        # Where `record_run_later` tells of changes: one thread, so in the order
-        # recorded; named as the dispatcher's, whose runs' ends it tells.
-        self._deliveries = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatcher-deliveries")
-        self._behind = 0  # changes handed to it and not yet told
-        self._behind_lock = threading.Lock()
-
-    # ---- events ---------------------------------------------------------
-
-    def record(self, doc: Doc, kind: str) -> None:
-        """Tell watchers of a change, and keep it in job_events for replay (in the background)."""
-        self._deliver(doc, kind, self._keep(doc, kind))
-
-    def record_run(self, doc: Doc, kind: str) -> None:
-        """`record` for the dispatcher's runs: their counted costs' flags are
-        written behind them (see services/written_behind.py)."""
-        with _on_run_path():
-            self.record(doc, kind)
-
-    def record_run_later(self, doc: Doc, kind: str) -> None:
-        """`record_run`, with the change kept for replay now (a DeleteJob right
-        after finds it) and told to watchers and listeners off the caller's
-        thread, in order: for a lane whose next job is claimed already, so that
-        the telling overlaps its next command instead of preceding it."""
-        event = self._keep(doc, kind)
-        # Now, as `record` does: the end is stored, and GetJob or a replay may tell of it.
-        ended = self._free_place_if_ended(doc)
-        with self._behind_lock:
-            later = self._behind < MAX_DELIVERIES_BEHIND  # else the lane waits its turn: told here
-            if later:
-                self._behind += 1
-        if later:
-            try:
-                # In the lane's context: the attempt's log context and span.
-                context = contextvars.copy_context()
-                self._deliveries.submit(context.run, self._tell_run, doc, kind, event, ended, True)
-                return
-            except RuntimeError:  # closed (the server stops): told here
-                with self._behind_lock:
-                    self._behind -= 1
-        self._tell_run(doc, kind, event, ended)
-
-    def close(self, timeout: float) -> None:
-        """Tell what `record_run_later` still holds, within `timeout` seconds
-        (what is left is dropped: its events are stored, and the listeners'
-        sweeps repair what they missed); once the dispatcher stopped."""
-        try:
-            self._deliveries.submit(lambda: None).result(timeout)
-        except TimeoutError:
-            log.warning("stopping: %d job changes not told to watchers and listeners", self._behind)
-        self._deliveries.shutdown(wait=False, cancel_futures=True)
-
-    def _keep(self, doc: Doc, kind: str) -> Doc:
-        """The change's event, queued for storage (for replay) before anyone is
-        told of it: a DeleteJob that flushes the log right after the change finds
-        it there, and the callbacks' bookkeeping (spend, notifications) comes after."""
-        event = self.store.events.event_doc(doc, kind, self.worker_id)
-        self.event_log.append(event)
-        return event
-
-    def _tell_run(self, doc: Doc, kind: str, event: Doc, ended: bool, queued: bool = False) -> None:
-        """`_tell` for a run's end on the deliveries thread (`queued`) or the lane."""
-        try:
-            with _on_run_path():
-                self._tell(doc, kind, event, ended)
-        except Exception:  # on the deliveries' thread: nobody else would hear of it
-            log.exception("job %s: telling of a %s event failed", doc["_id"], kind)
-        finally:
-            if queued:
-                with self._behind_lock:
-                    self._behind -= 1
-
-    def announce(self, doc: Doc) -> None:
-        """Tell the owner's stream (WatchJobs) of a new job: its watchers
-        start from its snapshot, so it is no event of its own."""
-        self._note_waiting(doc)
-        event = self.store.events.event_doc(doc, SNAPSHOT, self.worker_id)
-        self.hub.publish(Event(owner_key(doc["owner"]), doc["seq"], event, False))
-
-    def _note_waiting(self, doc: Doc) -> None:
-        """A job told of here in a waiting lane: the dispatcher learns when it falls due."""
-        if doc.get("queue") in WAITING:
-            self.dispatcher.waiting(doc.get("run_after_us", 0))
-
-    def publish(self, doc: Doc, kind: str) -> None:
-        """Hand a change to this server's watchers only (not kept for replay)."""
-        self._deliver(doc, kind, self.store.events.event_doc(doc, kind, self.worker_id))
-
-    def _deliver(self, doc: Doc, kind: str, event: Doc) -> None:
-        # Before any watcher hears of an end: the submit it may prompt finds the place free.
-        self._tell(doc, kind, event, self._free_place_if_ended(doc))
-
-    def _free_place_if_ended(self, doc: Doc) -> bool:
-        """Whether the changed job is final; if so, its place under the
-        queued-jobs cap is free in this server's memory from now on."""
-        ended = final(doc["status"])
-        if ended:
-            self.cap.unplaced(doc["owner"], [doc["_id"]])
-        return ended
-
-    def _tell(self, doc: Doc, kind: str, event: Doc, ended: bool) -> None:
-        """Tell watchers and listeners of a change (`ended`: it made the job final)."""
-        self._note_waiting(doc)
-        # `doc` is the job as the storage write returned it and `event` the wire's
-        # snapshot of it: both stay documents on purpose (watchers get the event as is).
-        self.hub.publish(Event(job_key(event["job_id"]), event["seq"], event, ended))
-        # The owner's stream (WatchJobs) sees every job of theirs; it never ends with one.
-        self.hub.publish(Event(owner_key(doc["owner"]), event["seq"], event, False))
-        # The listeners hear a job's status changes that end it and every status
-        # change of a bulk item: the claim of a lone job (PROCESSING) and its
-        # progress reports convert nothing.
-        if kind != STATUS_CHANGED or not (ended or doc.get("bulk_job_id")):
-            return
-        job = records.job(doc)  # the one conversion of this change, for every listener
-        metrics.job_changed(job, kind)
-        for callback in self.on_change:
-            # Each on its own: a database error in one (bulk counts) must not skip
-            # the next (the job's notification); their sweeps repair what failed.
-            try:
-                callback(job, kind)
-            except PyMongoError as exc:
-                if not self.store.outage.failed(exc, f"job {job.id}'s {callback.__name__}"):
-                    log.warning(
-                        "job %s: %s after a %s event failed (%s)", job.id, callback.__name__, kind, exc
-                    )
+        # Where every change made here is told (watchers, replay, listeners).
+        self.changes = JobChanges(store, hub, event_log, worker_id, cap, dispatcher.waiting, on_change)
 
     # ---- RPCs -----------------------------------------------------------
 
@@ -371,7 +231,7 @@ class Jobs:
         # Sequence 1 is the job as submitted: watchers start from its
         # snapshot, so it needs no stored event (SubmitJob stays one write).
         self.offer(job)
-        self.announce(job)
+        self.changes.announce(job)
         return records.job(job)  # SubmitJob's one conversion (its answer)
 
     async def _store(self, owner: str, doc: Doc) -> tuple[Doc, bool]:
@@ -419,7 +279,7 @@ class Jobs:
             self.dispatcher.not_stored(before["_id"])
             return
         metrics.job_submitted(before["mode"])
-        self.announce(unclaimed(job, before, claim))
+        self.changes.announce(unclaimed(job, before, claim))
         self.dispatcher.stored(job)
 
     def offer(self, doc: Doc) -> None:
@@ -462,10 +322,10 @@ class Jobs:
         if running:
             # Stored: the dispatcher's CANCELLED follows, and a resumed watch
             # must see this step too.
-            self.record(doc, STATUS_CHANGED)
+            self.changes.record(doc, STATUS_CHANGED)
             self.dispatcher.request_cancel(job_id)
         else:
-            self.publish(doc, STATUS_CHANGED)
+            self.changes.publish(doc, STATUS_CHANGED)
         return records.job(doc)
 
     def retry(self, caller: Caller, job_id: str, request_id: str = "") -> Job:
@@ -493,12 +353,12 @@ class Jobs:
         if doc["_id"] != new_id:  # a repeat: the earlier retry holds its own place
             self.cap.unplaced(doc["owner"], [new_id])
         self.offer(doc)
-        self.publish(doc, STATUS_CHANGED)
+        self.changes.publish(doc, STATUS_CHANGED)
         return records.job(doc)
 
     def delete(self, caller: Caller, job_id: str) -> None:
         """Remove a final job and its events."""
-        self.event_log.flush()  # so that no event of this job is stored after the delete
+        self.changes.event_log.flush()  # so that no event of this job is stored after the delete
         self.store.jobs.delete(caller.owner_filter, job_id)
 
     def run_bulk_operation(
@@ -526,10 +386,10 @@ class Jobs:
                 doc = self.store.jobs.cancel_queued(oid)
                 if doc is not None:
                     done.append(str(oid))
-                    self.publish(doc, STATUS_CHANGED)
+                    self.changes.publish(doc, STATUS_CHANGED)
         elif operation == "DELETE_ALL_COMPLETED":
             if ids:
-                self.event_log.flush()
+                self.changes.event_log.flush()
                 self.store.jobs.delete_completed(ids)
             done = [str(i) for i in ids]
         else:
@@ -583,7 +443,7 @@ class Jobs:
         doc = self.store.jobs.document(caller.owner_filter, job_id)
         if not after:
             return doc, []
-        self.event_log.flush()  # what this server already published is stored too
+        self.changes.event_log.flush()  # what this server already published is stored too
         events = self.store.archive.events_after if doc.get("archived_us") else self.store.events.events_after
         return doc, events(job_id, after)
 

@@ -167,7 +167,7 @@ class QueueCap:
 
     def unplaced(self, owner: str, ids: list[ObjectId]) -> None:
         """These jobs are not open (not stored: a repeated request; or ended
-        here, `Jobs.record` says so before their end is told)."""
+        here, `JobChanges.record` says so before their end is told)."""
         with self._lock:
             known = self._owners.get(owner)
             if known is not None:

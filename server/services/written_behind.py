@@ -26,7 +26,7 @@ from genjobs.server.storage.outage import unreachable
 
 log = logging.getLogger(__name__)
 
-# Set while the dispatcher records its runs' changes (`Jobs.record_run`):
+# Set while the dispatcher records its runs' changes (`JobChanges.record_run`):
 # their ends' bookkeeping is written here, not by writes in the run's path.
 RUN_PATH: ContextVar[bool] = ContextVar("run_path", default=False)
 
