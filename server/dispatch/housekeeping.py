@@ -185,7 +185,7 @@ class Housekeeping:
             self._count_runs(now, now_us)
             self._failures_seen = failures  # (once read: a read that fails is made again)
         if self.next_due.due(now_us) or recheck:
-            self._promote_due(now_us)
+            self._promote_due(now_us, alone)
         for tick in self.tickers:
             tick()
         if self.gate is not None:
@@ -226,10 +226,12 @@ class Housekeeping:
         self.elsewhere = elsewhere
         self.needs_recovery = elsewhere > 0
 
-    def _promote_due(self, now_us: int) -> None:
+    def _promote_due(self, now_us: int, alone: bool) -> None:
         """Make the due jobs of the waiting lanes ready; a paused bulk job's item
         is held instead (its retry failure may have been written as the pause
-        moved its siblings): it waits for the resume like them."""
+        moved its siblings): it waits for the resume like them. A leader
+        `alone` then asks when the next falls due (with other replicas alive,
+        the lanes are read every pass: the time would go unused)."""
         lanes: dict[str, str] = {}  # bulk job id -> the lane its items go to now (one read each)
         version = self.next_due.reading()
         due = self.queue.due_waiting(now_us)
@@ -242,7 +244,7 @@ class Housekeeping:
                 self.offer(promoted["ck"], oid, promoted["owner"], Priority.rank_of(promoted.get("rank")))
         # Once every due job is promoted (a pass that fails reads them again):
         # when the next falls due; what entered a waiting lane meanwhile lowers it.
-        if len(due) < DUE_LIMIT:
+        if alone and len(due) < DUE_LIMIT:
             self.next_due.read(version, self.queue.next_due(now_us))
 
     def _recover(self, doc: Doc) -> None:
