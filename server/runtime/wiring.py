@@ -6,15 +6,15 @@ Three cycles run through `Jobs`; each is broken by a small callback handed
 in at construction that reaches an object built later in `build` (none of
 them is called before `build` has returned and the server serves):
 
-- budgets <-> jobs: `Jobs` asks `Budgets` before queueing and tells it of every
-  change, and `Budgets` records the jobs it holds and releases through
+- budgets <-> jobs: `Jobs` asks `Budgets` before queueing and `JobChanges`
+  tells it of every change, and `Budgets` records the jobs it holds and releases through
   `JobChanges.record`: `Budgets` gets `record`, a callback to `JobChanges.record`.
-- bulk jobs <-> jobs: `Bulks` works through `Jobs`, and `Jobs` tells it of every
-  item's change: `Jobs` gets `item_changed`, a callback to `Bulks.item_changed`.
+- bulk jobs <-> jobs: `Bulks` works through `Jobs`, and `JobChanges` tells it of
+  every item's change: it gets `item_changed`, a callback to `Bulks.item_changed`.
 - dispatcher <-> jobs: `Jobs` offers new jobs to the dispatcher, which records
   through `JobChanges.record`, ticks the schedules (which submit through `Jobs`) and
-  sweeps the bulk jobs: `Jobs` gets `LaterDispatcher`, the `Wakeable` interface
-  over the dispatcher. The dispatcher itself gets `JobChanges.record` directly,
+  sweeps the bulk jobs: `Jobs` (and `JobChanges`) get `LaterDispatcher`, the
+  `Wakeable` interface over the dispatcher. The dispatcher itself gets `JobChanges.record` directly,
   so its hot path has no extra call.
 """
 
@@ -42,6 +42,7 @@ from genjobs.server.runtime.config import Settings
 from genjobs.server.runtime.factories import make_notifier
 from genjobs.server.services.budgets import Budgets
 from genjobs.server.services.bulk import Bulks
+from genjobs.server.services.changes import JobChanges
 from genjobs.server.services.entitlement import Tiers
 from genjobs.server.services.estimates import Estimates
 from genjobs.server.services.events import EventHub
@@ -130,7 +131,7 @@ def build(
 
     # The cycles' callbacks (see the module's docstring).
     def record(doc: Doc, kind: str) -> None:
-        jobs.changes.record(doc, kind)
+        changes.record(doc, kind)
 
     def item_changed(job: Job, kind: str) -> None:
         bulks.item_changed(job, kind)
@@ -145,19 +146,19 @@ def build(
     )
     cap = QueueCap(store.jobs, settings.max_queued_per_owner)
     budgets = Budgets(BudgetStore(store), record, cap)
+    later = LaterDispatcher(lambda: dispatcher)
+    # In this order: a bulk job's counts, the job's notification, its spend.
+    listeners = [item_changed, job_notifications.job_changed, budgets.job_changed]
+    changes = JobChanges(store, hub, event_log, worker_id, cap, later.waiting, listeners)
     jobs = Jobs(
         store,
-        hub,
-        event_log,
-        worker_id,
+        changes,
         settings.max_attempts,
-        dispatcher=LaterDispatcher(lambda: dispatcher),
+        dispatcher=later,
         limits=budgets,
         cap=cap,
         tiers=tiers,
         notify_channels=notifier.channels,
-        # In this order: a bulk job's counts, the job's notification, its spend.
-        on_change=[item_changed, job_notifications.job_changed, budgets.job_changed],
         waiting=gate.waiting_reason,
     )
     bulks = Bulks(store, hub, jobs, job_notifications)
@@ -176,8 +177,8 @@ def build(
         store,
         generator,
         worker_id,
-        record=jobs.changes.record_run,
-        record_later=jobs.changes.record_run_later,
+        record=changes.record_run,
+        record_later=changes.record_run_later,
         lease_seconds=settings.lease_seconds,
         poll_seconds=settings.poll_seconds,
         retry_base_seconds=settings.retry_base_seconds,
@@ -192,7 +193,7 @@ def build(
         unlimited=budgets.unlimited,
         gate=gate,
     )
-    progress = ExternalProgress(store, progress_link.tokens, jobs.changes.record)
+    progress = ExternalProgress(store, progress_link.tokens, changes.record)
     remote = RemoteChanges(store, hub, dispatcher)
     return Services(
         notifier=notifier,

@@ -30,11 +30,9 @@ from genjobs.server.model.vocabulary import Lane, Mode, Priority
 from genjobs.server.services import entitlement, validation
 from genjobs.server.services.changes import JobChanges
 from genjobs.server.services.entitlement import Tiers
-from genjobs.server.services.events import EventHub
 from genjobs.server.services.queue_cap import QueueCap
 from genjobs.server.storage import records
 from genjobs.server.storage.database import Doc
-from genjobs.server.storage.eventlog import EventLog
 from genjobs.server.storage.events import STATUS_CHANGED
 from genjobs.server.storage.jobs import JobPage
 from genjobs.server.storage.paging import JobFilter
@@ -131,9 +129,7 @@ class Jobs:
     def __init__(
         self,
         store: Store,
-        hub: EventHub,
-        event_log: EventLog,
-        worker_id: str,
+        changes: JobChanges,
         default_max_attempts: int,
         *,
         dispatcher: Wakeable,
@@ -141,14 +137,12 @@ class Jobs:
         cap: QueueCap,
         tiers: Tiers,
         notify_channels: Iterable[str],
-        on_change: Sequence[Callable[[Job, str], None]],
         waiting: Callable[[str], str] = lambda model: "",
     ) -> None:
         self.store = store
         # Why a queued job of this model waits (its provider down or rate limited; issue #31).
         self.waiting = waiting
-        self.hub = hub
-        self.worker_id = worker_id
+        self.changes = changes  # where every change made here is told (watchers, replay, listeners)
         self.default_max_attempts = default_max_attempts
         self.dispatcher = dispatcher
         self.limits = limits  # budgets
@@ -157,8 +151,6 @@ class Jobs:
         # The channels this server has a sender for (mail needs GENJOBS_SMTP_URL);
         # a channel that always has one is never refused.
         self.notify_channels = frozenset(notify_channels)
-        # Where every change made here is told (watchers, replay, listeners).
-        self.changes = JobChanges(store, hub, event_log, worker_id, cap, dispatcher.waiting, on_change)
 
     # ---- RPCs -----------------------------------------------------------
 
