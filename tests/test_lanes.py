@@ -363,6 +363,73 @@ def test_a_job_is_stored_claimed_only_when_it_would_be_the_next_claim(
     assert not starts()
 
 
+def _stored_running(store: Store, dispatcher: Dispatcher, owner: str) -> dict[str, Any]:
+    """A job of `owner` submitted to `dispatcher` while it is idle: stored running, its lane taken."""
+    job = store.jobs.new_job(Submission(owner=owner, mode=Mode.TOPIC, params=Params(topic="tea")))
+    claim = dispatcher.start_as_stored(job)
+    assert claim is not None
+    running = applied(job, claim)
+    store.jobs.insert_job(running)
+    dispatcher.stored(running)
+    return running
+
+
+def _ending(
+    dispatcher: Dispatcher, store: Store, running: dict[str, Any]
+) -> tuple[threading.Thread, list[Any]]:
+    """The lane of `running` ending it with nothing ready, in a thread: what it
+    did (in a list of one) once the thread is done."""
+    run = dispatcher._runs[running["_id"]]
+    changes = store.queue.completion({"content": "done"}, running["started_us"])
+    followed: list[Any] = []
+    ending = threading.Thread(
+        target=lambda: followed.append(dispatcher._end_and_follow(run, running, changes))
+    )
+    ending.start()
+    # Until it waits (or, where nothing is waited for, has ended).
+    wait_for(lambda: dispatcher._coming.waiting or not ending.is_alive())
+    return ending, followed
+
+
+def test_a_run_ending_before_the_next_jobs_insert_claims_that_job_with_its_outcome(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quick jobs submitted one after another: the next arrives while the lane
+    runs, so it is stored queued, and the run ends before its insert is
+    answered. The run waits for it: its outcome carries the next job's claim,
+    which costs no command of its own."""
+    dispatcher = _idle_leader(store, monkeypatch)
+    dispatcher._coming.wait_seconds = 600.0  # the insert below answers when the test says
+    running = _stored_running(store, dispatcher, "alice")
+    following = store.jobs.new_job(Submission(owner="bob", mode=Mode.TOPIC, params=Params(topic="tea")))
+    assert dispatcher.start_as_stored(following) is None  # its one lane is taken: stored queued
+    ending, followed = _ending(dispatcher, store, running)
+    store.jobs.insert_job(following)
+    dispatcher.offer(following["ck"], following["_id"], "bob", following["rank"], following)
+    ending.join(30)
+    assert followed and followed[0].ended is not None and followed[0].ended["status"] == "COMPLETED"
+    claimed = dispatcher._runs[following["_id"]]
+    assert claimed.epoch == 1 and dispatcher._runs[running["_id"]].following is not None
+    stored = store.queue.jobs.find_one({"_id": following["_id"]})
+    assert stored is not None and (stored["status"], stored["worker"]) == ("PROCESSING", "w1")
+
+
+def test_a_run_waits_no_longer_for_an_insert_that_never_answers(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job expected whose insert failed (it is never offered) holds the
+    ending run only for the wait's bound: its outcome is then written alone."""
+    dispatcher = _idle_leader(store, monkeypatch)
+    dispatcher._coming.wait_seconds = 0.2
+    running = _stored_running(store, dispatcher, "alice")
+    lost = store.jobs.new_job(Submission(owner="bob", mode=Mode.TOPIC, params=Params(topic="tea")))
+    assert dispatcher.start_as_stored(lost) is None
+    ending, followed = _ending(dispatcher, store, running)
+    ending.join(30)
+    assert followed and followed[0].ended is None  # written the usual way, by the run
+    assert dispatcher._runs[running["_id"]].following is None
+
+
 def test_the_gate_lets_a_job_be_stored_running_within_its_providers_rate_and_health(store: Store) -> None:
     """`hold_now`: a request counted against the provider's rate, given back
     when the job was not stored; never for a provider marked down (its probe

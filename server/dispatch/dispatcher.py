@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
+from genjobs.server.dispatch.coming import ComingJobs
 from genjobs.server.dispatch.fairshare import FairShare
 from genjobs.server.dispatch.housekeeping import Housekeeping
 from genjobs.server.dispatch.keeper import LEADER_LEASE, LeaseKeeper
@@ -127,6 +128,8 @@ class Dispatcher:
         self._runs_changed = threading.Condition()
         # Jobs being stored claimed (`start_as_stored`), each holding a lane till its insert answers.
         self._held: dict[ObjectId, Doc] = {}
+        # Jobs being stored queued that would be claimed next: a lane ending meanwhile waits for them.
+        self._coming = ComingJobs()
         self._lanes_ended = False  # `stop` told the lanes to end: a job stored now is given back
         self._giving_back: list[threading.Thread] = []  # those give-backs, waited for by `stop`
         self._hurried = False
@@ -190,6 +193,7 @@ class Dispatcher:
         consider it without polling."""
         if owner:
             self._fair.offer(owner, rank, ck, oid, doc)
+            self._coming.arrived(oid)
         else:
             self._fair.stale()
         self._queued()
@@ -208,15 +212,21 @@ class Dispatcher:
         without a claim's command of its own, nor the dispatcher's wakeup.
         Asked on the event loop, it never waits: while the claim lock or the
         provider gate's is held (a claim's command, a mark being stored), the
-        job is stored queued."""
+        job is stored queued. Stored queued because a lane is taken or being
+        claimed for, it is expected (`ComingJobs`): a run ending before its
+        insert is answered waits for it, to claim it with its outcome."""
         if doc.get("queue") != READY or self._signals.followers or not self._is_leader():
             return None
         if self._stopping.is_set() or self._hurried or self._house.needs_recovery:
             return None
         if not self._claiming.acquire(blocking=False):
+            self._coming.expect(doc["_id"])  # a claim is on its way: its lane may end before this insert
             return None
         try:
-            if self._lanes_taken() or self._gap_left() > 0:
+            if self._gap_left() > 0:
+                return None
+            if self._lanes_taken():
+                self._coming.expect(doc["_id"])
                 return None
             if not self._fair.none_ready() or not self.unlimited(doc):
                 return None
@@ -569,6 +579,8 @@ class Dispatcher:
             return Followed(None)
         if self._stopping.is_set():
             return Followed(None)
+        if not self._fair.knows_ready():
+            self._coming.wait()  # a job being stored here would be next: its claim rides this outcome
         with self._claiming:
             self._signals.heed()
             if self._claim_wait(freeing=1) > 0:  # this run's lane is the one freed

@@ -269,6 +269,11 @@ class FairShare:
         with self._lock:
             return not len(self.candidates)
 
+    def knows_ready(self) -> bool:
+        """Whether a job is known ready (from memory, no read)."""
+        with self._lock:
+            return bool(len(self.candidates))
+
     def stale(self) -> None:
         """Something changed that offers did not tell (a resume): read the lane at the next claim."""
         self._polled = 0.0
