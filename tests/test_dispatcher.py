@@ -26,7 +26,7 @@ from genjobs.server.model import clock
 from genjobs.server.services import remote
 from genjobs.server.services.events import Event, EventHub, owner_key
 from genjobs.server.storage.events import loaded
-from genjobs.server.storage.queue import READY, QueueStore, Wakeups
+from genjobs.server.storage.queue import READY, LeaderLease, QueueStore
 from genjobs.server.storage.store import Store
 from genjobs.v1 import jobs_pb2
 from tests import harness
@@ -661,7 +661,7 @@ def test_an_owner_stream_delivers_each_jobs_change_once_whoever_tells_it_first()
     loop.close()
 
 
-class SlowWakeups:
+class SlowLeaseReads:
     """A leader lease whose wakeups read takes longer than its interval (a loaded
     database): each read leaves the next one due at once, as a read that
     outlasted WAKEUP_POLL_SECONDS does."""
@@ -671,10 +671,10 @@ class SlowWakeups:
         self.signals.followers = True
         self.reads = 0
 
-    def wakeups(self, wakeups_id: str) -> Wakeups:
+    def read_leader(self, lease_id: str) -> LeaderLease:
         self.reads += 1
         self.signals._read_at -= WAKEUP_POLL_SECONDS * 2  # stamped before the read
-        return Wakeups(0, 0, 2**62)  # a follower alive: the check is due every WAKEUP_POLL_SECONDS
+        return LeaderLease(0, 0, 2**62)  # a follower alive: the check is due every WAKEUP_POLL_SECONDS
 
 
 class NothingReady:
@@ -694,7 +694,7 @@ def test_a_claim_that_finds_nothing_returns_however_slow_the_wakeups_read() -> N
     # lock (no run could store its end) and never letting housekeeping run.
     claims = dispatcher.Dispatcher.__new__(dispatcher.Dispatcher)
     claims._claiming = threading.Lock()
-    slow = SlowWakeups()
+    slow = SlowLeaseReads()
     claims._signals, claims._fair = slow.signals, NothingReady()  # type: ignore[assignment]
     claims._runs, claims._held, claims.concurrency, claims.gate = {}, {}, 1, None
     claims._house = SimpleNamespace(elsewhere=0)  # type: ignore[assignment]

@@ -198,7 +198,7 @@ def hot_paths(store: Store) -> dict[str, Callable[[Store], object]]:
         "fair share: the rest of a run cut by a page": lambda s: s.queue.entered_ready(
             (now_us - 2_000_000, ObjectId()), now_us, 1000
         ),
-        "the leader's wakeups": lambda s: s.queue.wakeups("dispatcher"),
+        "the leader's wakeups": lambda s: s.queue.read_leader("dispatcher"),
         "fair share: rebuild": lambda s: s.queue.ready_owners(),
         "fair share: turns": lambda s: (
             s.queue.turns_of(["big", "small"]),

@@ -13,7 +13,7 @@ from bson import ObjectId
 from genjobs.client import GenJobsClient
 from genjobs.server.dispatch.housekeeping import NEVER, RECHECK_SECONDS, NextDue
 from genjobs.server.model import clock
-from genjobs.server.storage.queue import BACKOFF, SCHEDULED, Wakeups
+from genjobs.server.storage.queue import BACKOFF, SCHEDULED, LeaderLease
 from genjobs.v1 import jobs_pb2
 from tests.harness import MongoServer, ServerThread, scratch_store, seed_job, wait_for
 
@@ -92,16 +92,16 @@ def test_a_leader_alone_finds_a_job_made_due_by_hand_within_the_recheck(
 def test_the_leader_lease_carries_the_wakeups_and_counts_each_taking(mongo: MongoServer) -> None:
     with scratch_store(mongo.uri, "idle_lease") as store:
         queue = store.queue
-        assert queue.hold_leader("lease", "a", 10.0) == Wakeups(1, 0, 0)
+        assert queue.hold_leader("lease", "a", 10.0) == LeaderLease(1, 0, 0)
         assert queue.hold_leader("lease", "b", 10.0) is None
         queue.signal_leader("lease")
         queue.note_follower("lease", 2_000)
         queue.note_follower("lease", 1_000)  # a follower whose clock is behind: the later time holds
-        assert queue.hold_leader("lease", "a", 10.0) == Wakeups(1, 1, 2_000)  # renewed: the same term
+        assert queue.hold_leader("lease", "a", 10.0) == LeaderLease(1, 1, 2_000)  # renewed: the same term
         queue.release_leader("lease", "a")
-        assert queue.hold_leader("lease", "b", 10.0) == Wakeups(2, 1, 2_000)  # taken: a new term
+        assert queue.hold_leader("lease", "b", 10.0) == LeaderLease(2, 1, 2_000)  # taken: a new term
         queue.signal_leader("no-lease")  # nobody leads: nothing to tell, nothing stored
-        assert queue.wakeups("no-lease") == Wakeups(0, 0, 0)
+        assert queue.read_leader("no-lease") == LeaderLease(0, 0, 0)
 
 
 def test_the_waiting_lanes_say_what_is_due_and_when_the_next_falls_due(mongo: MongoServer) -> None:

@@ -23,7 +23,7 @@ from genjobs.server.dispatch.progress import ErrorLog
 from genjobs.server.dispatch.run import Run
 from genjobs.server.model import clock
 from genjobs.server.storage.database import Doc
-from genjobs.server.storage.queue import QueueStore, Wakeups
+from genjobs.server.storage.queue import LeaderLease, QueueStore
 from genjobs.server.telemetry import metrics
 
 log = logging.getLogger("genjobs.server.dispatch.dispatcher")  # the dispatcher's lines
@@ -43,7 +43,7 @@ class LeaseKeeper:
         runs: Callable[[], list[Run]],
         stopping: threading.Event,
         elected: Callable[[], None],
-        heard: Callable[[Wakeups], None],
+        heard: Callable[[LeaderLease], None],
         database_error: ErrorLog,
     ) -> None:
         self.queue = queue
@@ -113,16 +113,16 @@ class LeaseKeeper:
                 run.cancel.set()
 
     def _hold_leader(self, before: float) -> None:
-        wakeups = self.queue.hold_leader(LEADER_LEASE, self.worker_id, self.lease_seconds)
-        if wakeups is not None:
+        lease = self.queue.hold_leader(LEADER_LEASE, self.worker_id, self.lease_seconds)
+        if lease is not None:
             # Trust the lease a little less long than it lasts (clock drift).
             self._leader_until = before + self.lease_seconds * 0.8
-            if wakeups.term != self._term:  # taken, not renewed (another server may have led meanwhile)
+            if lease.term != self._term:  # taken, not renewed (another server may have led meanwhile)
                 log.info("this server now runs the dispatcher (%s)", self.worker_id)
-                self._term = wakeups.term
+                self._term = lease.term
                 self._elected()
                 metrics.leader(True)
-            self._heard(wakeups)
+            self._heard(lease)
         else:
             self._term = 0
             metrics.leader(False)

@@ -19,7 +19,7 @@ from pymongo.errors import PyMongoError
 
 from genjobs.server.dispatch.keeper import LEADER_LEASE
 from genjobs.server.model import clock
-from genjobs.server.storage.queue import QueueStore, Wakeups
+from genjobs.server.storage.queue import LeaderLease, QueueStore
 
 WAKEUP_POLL_SECONDS = 0.02
 
@@ -37,7 +37,9 @@ class LeaderSignals:
         self.pending = False  # jobs queued here as a follower, not yet told to the leader
         self.followers = False  # whether another replica was alive as the leader last heard
         self._heeded = -1  # the count last heeded (-1: none yet)
-        self._renewed: Wakeups | None = None  # the wakeups as last heard (the keeper's renewal, or a read)
+        self._renewed: LeaderLease | None = (
+            None  # the wakeups as last heard (the keeper's renewal, or a read)
+        )
         self._read_at = 0.0  # monotonic time of the last read
 
     # ---- as a follower ------------------------------------------------------
@@ -66,12 +68,12 @@ class LeaderSignals:
 
     # ---- as the leader ------------------------------------------------------
 
-    def heard(self, wakeups: Wakeups) -> None:
+    def heard(self, lease: LeaderLease) -> None:
         """The keeper renewed the leader lease and heard its wakeups: a new
         count, or a follower come or gone, is heeded now (on the dispatcher's thread)."""
-        self._renewed = wakeups
-        followers = wakeups.followers_until_us > clock.now_us()
-        if wakeups.signals != self._heeded or followers != self.followers:
+        self._renewed = lease
+        followers = lease.followers_until_us > clock.now_us()
+        if lease.signals != self._heeded or followers != self.followers:
             self._wake()
 
     def heed(self) -> bool:
@@ -84,13 +86,13 @@ class LeaderSignals:
             if now - self._read_at < WAKEUP_POLL_SECONDS:
                 return False
             self._read_at = now
-            self._renewed = self.queue.wakeups(LEADER_LEASE)  # the newest heard, should the followers go
-        wakeups = self._renewed
-        if wakeups is None:
+            self._renewed = self.queue.read_leader(LEADER_LEASE)  # the newest heard, should the followers go
+        lease = self._renewed
+        if lease is None:
             return False  # elected, the first renewal's wakeups not heard yet
-        self.followers = wakeups.followers_until_us > clock.now_us()
-        if wakeups.signals != self._heeded:
-            self._heeded = wakeups.signals
+        self.followers = lease.followers_until_us > clock.now_us()
+        if lease.signals != self._heeded:
+            self._heeded = lease.signals
             self._signalled()
             return True
         return read

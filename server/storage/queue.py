@@ -47,7 +47,7 @@ class ProgressUpdate(NamedTuple):
     changes: Doc
 
 
-class Wakeups(NamedTuple):
+class LeaderLease(NamedTuple):
     """The leader lease as its holder reads it: its term (each taking of the
     lease counts one), and what replicas that are not the leader left in it:
     how many times they queued jobs, and until when one of them is alive."""
@@ -57,11 +57,13 @@ class Wakeups(NamedTuple):
     followers_until_us: int
 
 
-_WAKEUPS = {"term": 1, "wakeups": 1, "followers_until_us": 1}
+_LEADER_LEASE_FIELDS = {"term": 1, "wakeups": 1, "followers_until_us": 1}
 
 
-def _wakeups(doc: Doc) -> Wakeups:
-    return Wakeups(int(doc.get("term", 0)), int(doc.get("wakeups", 0)), int(doc.get("followers_until_us", 0)))
+def _leader_lease(doc: Doc) -> LeaderLease:
+    return LeaderLease(
+        int(doc.get("term", 0)), int(doc.get("wakeups", 0)), int(doc.get("followers_until_us", 0))
+    )
 
 
 class QueueStore:
@@ -370,7 +372,7 @@ class QueueStore:
             writes.append(pymongo.UpdateOne(query, state_update(fields, bump)))
         return self.jobs.bulk_write(writes, ordered=False).modified_count if writes else 0
 
-    def hold_leader(self, lease_id: str, holder: str, lease_seconds: float) -> Wakeups | None:
+    def hold_leader(self, lease_id: str, holder: str, lease_seconds: float) -> LeaderLease | None:
         """Renew or take the named lease: while `holder` has it, the wakeups
         other replicas left in it (one command when renewed); else None."""
         now_us = clock.now_us()
@@ -383,13 +385,13 @@ class QueueStore:
             ),
         ):
             held = self.leases.find_one_and_update(
-                query, update, projection=_WAKEUPS, return_document=ReturnDocument.AFTER
+                query, update, projection=_LEADER_LEASE_FIELDS, return_document=ReturnDocument.AFTER
             )
             if held is not None:
-                return _wakeups(held)
+                return _leader_lease(held)
         try:
             self.leases.insert_one({"_id": lease_id, "holder": holder, "until_us": until, "term": 1})
-            return Wakeups(1, 0, 0)
+            return LeaderLease(1, 0, 0)
         except DuplicateKeyError:
             return None
 
@@ -408,10 +410,10 @@ class QueueStore:
         leader reads its lease's wakeups often till then, not only as it renews it."""
         self.leases.update_one({"_id": lease_id}, {"$max": {"followers_until_us": until_us}})
 
-    def wakeups(self, lease_id: str) -> Wakeups:
-        """The wakeups of the named lease: one read by `_id`."""
-        doc = self.leases.find_one({"_id": lease_id}, _WAKEUPS)
-        return _wakeups(doc) if doc else Wakeups(0, 0, 0)
+    def read_leader(self, lease_id: str) -> LeaderLease:
+        """The named lease's term and wakeups: one read by `_id`."""
+        doc = self.leases.find_one({"_id": lease_id}, _LEADER_LEASE_FIELDS)
+        return _leader_lease(doc) if doc else LeaderLease(0, 0, 0)
 
     def note_run_end(self, lease_id: str, ended_us: int) -> None:
         """Remember in the named lease when a run ended, unless a later end is there."""
