@@ -175,15 +175,7 @@ class Housekeeping:
             if self.gap_us:
                 self._ended(self.queue.last_run_end(LEADER_LEASE))
         recheck = not alone or now - self._last_recheck >= RECHECK_SECONDS
-        failures = self.store.outage.failures
-        if failures != self._failures_seen:
-            self.next_due.forget()  # an insert's answer lost: a job may wait untold
-        # A run's answer may have been lost, or its outcome is not stored yet.
-        unsure = self._look or self._lifecycle.abandoned or failures != self._failures_seen
-        if self.needs_recovery or unsure or recheck:
-            self._look = False
-            self._count_runs(now, now_us)
-            self._failures_seen = failures  # (once read: a read that fails is made again)
+        self._look_at_runs(now, now_us, recheck)
         if self.next_due.due(now_us) or recheck:
             self._promote_due(now_us, alone)
         for tick in self.tickers:
@@ -197,13 +189,31 @@ class Housekeeping:
             self.wake()
         if now - self._last_sweep >= self.sweep_seconds:
             self._last_sweep = now
-            # A purge of a long backlog may take longer than any one query may.
-            with pymongo.timeout(SWEEP_TIMEOUT_SECONDS):
-                purged = self.store.purge_expired(now_us)
-                if purged:
-                    log.info("retention: removed %d completed jobs", purged)
-                for sweeper in self.sweepers:
-                    sweeper()
+            self._sweep(now_us)
+
+    def _look_at_runs(self, now: float, now_us: int, recheck: bool) -> None:
+        """Read the running jobs (`_count_runs`) when what is known of them may
+        be wrong: recovery is due, the database failed to answer since the
+        last read (an answer may have been lost), a run's outcome is not
+        stored yet, a job stored running may run nowhere, or at a `recheck`."""
+        failures = self.store.outage.failures
+        if failures != self._failures_seen:
+            self.next_due.forget()  # an insert's answer lost: a job may wait untold
+        unsure = self._look or self._lifecycle.abandoned or failures != self._failures_seen
+        if self.needs_recovery or unsure or recheck:
+            self._look = False
+            self._count_runs(now, now_us)
+            self._failures_seen = failures  # (once read: a read that fails is made again)
+
+    def _sweep(self, now_us: int) -> None:
+        """Purge the jobs past their retention, and run the sweepers."""
+        # A purge of a long backlog may take longer than any one query may.
+        with pymongo.timeout(SWEEP_TIMEOUT_SECONDS):
+            purged = self.store.purge_expired(now_us)
+            if purged:
+                log.info("retention: removed %d completed jobs", purged)
+            for sweeper in self.sweepers:
+                sweeper()
 
     def _count_runs(self, now: float, now_us: int) -> None:
         """Recover the runs whose lease lapsed, and count the live runs of other servers."""
