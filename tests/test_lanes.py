@@ -414,20 +414,51 @@ def test_a_run_ending_before_the_next_jobs_insert_claims_that_job_with_its_outco
     assert stored is not None and (stored["status"], stored["worker"]) == ("PROCESSING", "w1")
 
 
-def test_a_run_waits_no_longer_for_an_insert_that_never_answers(
+def test_a_run_waits_no_longer_than_its_bound_while_submits_keep_coming(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A job expected whose insert failed (it is never offered) holds the
-    ending run only for the wait's bound: its outcome is then written alone."""
+    """Jobs expected whose inserts never answer (failed, or repeated requests),
+    one after another while the run waits: the wait ends at the bound of those
+    expected as it began, later ones do not make it longer, and the run's
+    outcome is then written alone."""
     dispatcher = _idle_leader(store, monkeypatch)
-    dispatcher._coming.wait_seconds = 0.2
+    dispatcher._coming.wait_seconds = 0.5
     running = _stored_running(store, dispatcher, "alice")
-    lost = store.jobs.new_job(Submission(owner="bob", mode=Mode.TOPIC, params=Params(topic="tea")))
-    assert dispatcher.start_as_stored(lost) is None
+
+    def submit() -> None:
+        lost = store.jobs.new_job(Submission(owner="bob", mode=Mode.TOPIC, params=Params(topic="tea")))
+        assert dispatcher.start_as_stored(lost) is None  # the lane is taken: expected
+
+    submit()
     ending, followed = _ending(dispatcher, store, running)
-    ending.join(30)
+    pacing, submits = threading.Event(), 0
+    while ending.is_alive() and submits < 600:  # a submit every 10 ms, for 6 s at most
+        submit()
+        submits += 1
+        pacing.wait(0.01)
+    assert not ending.is_alive(), "the run waited as long as submits kept coming"
     assert followed and followed[0].ended is None  # written the usual way, by the run
     assert dispatcher._runs[running["_id"]].following is None
+
+
+def test_a_job_made_ready_another_way_ends_a_runs_wait_for_an_insert(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run waiting for an expected job's insert claims with its outcome a job
+    that became ready meanwhile by another way (a due retry, say) at once."""
+    dispatcher = _idle_leader(store, monkeypatch)
+    dispatcher._coming.wait_seconds = 600.0
+    running = _stored_running(store, dispatcher, "alice")
+    expected = store.jobs.new_job(Submission(owner="bob", mode=Mode.TOPIC, params=Params(topic="tea")))
+    assert dispatcher.start_as_stored(expected) is None
+    ending, followed = _ending(dispatcher, store, running)
+    retried = store.jobs.new_job(Submission(owner="carol", mode=Mode.TOPIC, params=Params(topic="tea")))
+    store.jobs.insert_job(retried)
+    dispatcher.offer(retried["ck"], retried["_id"], "carol", retried["rank"], retried)
+    ending.join(30)
+    assert not ending.is_alive() and followed and followed[0].ended is not None
+    assert dispatcher._runs[running["_id"]].following is not None
+    assert dispatcher._runs[running["_id"]].following["_id"] == retried["_id"]
 
 
 def test_the_gate_lets_a_job_be_stored_running_within_its_providers_rate_and_health(store: Store) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from bson import ObjectId
 
@@ -26,7 +27,6 @@ class ComingJobs:
     def __init__(self, wait_seconds: float = COMING_WAIT_SECONDS) -> None:
         self.wait_seconds = wait_seconds
         self._until: dict[ObjectId, float] = {}  # job -> when a lane stops waiting for it (monotonic)
-        self._arrivals = 0
         self._changed = threading.Condition()
         self.waiting = 0  # lanes waiting now
 
@@ -37,28 +37,31 @@ class ComingJobs:
             self._forget(now)  # those whose insert failed, with no lane ending since
             self._until[oid] = now + self.wait_seconds
 
-    def arrived(self, oid: ObjectId) -> None:
-        """`oid` is stored and offered (or will not be: a failed insert need not
-        be told, it is waited for no longer than `wait_seconds`)."""
+    def offered(self, oid: ObjectId) -> None:
+        """A job entered the ready lane here (`oid`, expected or not): a waiting
+        lane looks again. A failed insert need not be told: it is waited for
+        no longer than `wait_seconds`."""
         with self._changed:
-            if self._until.pop(oid, None) is not None:
-                self._arrivals += 1
+            self._until.pop(oid, None)
+            if self.waiting:
                 self._changed.notify_all()
 
-    def wait(self) -> bool:
-        """Wait until a job expected arrives, or none is expected any more;
-        whether one arrived. At once when none is expected."""
+    def wait(self, ready: Callable[[], bool]) -> None:
+        """While jobs are expected, wait until `ready()` (a job is known ready),
+        at most until the latest of their bounds as the wait starts: jobs
+        expected meanwhile do not make it longer. At once when none is."""
         with self._changed:
-            arrivals = self._arrivals
+            if not self._until:
+                return
+            deadline = max(self._until.values())
             self.waiting += 1
             try:
-                while self._arrivals == arrivals:
+                while not ready():
                     now = time.monotonic()
                     self._forget(now)
-                    if not self._until:
-                        return False
-                    self._changed.wait(min(self._until.values()) - now)
-                return True
+                    if not self._until or now >= deadline:
+                        return
+                    self._changed.wait(min(deadline, *self._until.values()) - now)
             finally:
                 self.waiting -= 1
 

@@ -193,9 +193,9 @@ class Dispatcher:
         consider it without polling."""
         if owner:
             self._fair.offer(owner, rank, ck, oid, doc)
-            self._coming.arrived(oid)
         else:
             self._fair.stale()
+        self._coming.offered(oid)
         self._queued()
 
     def start_as_stored(self, doc: Doc) -> Doc | None:
@@ -579,8 +579,10 @@ class Dispatcher:
             return Followed(None)
         if self._stopping.is_set():
             return Followed(None)
-        if not self._fair.knows_ready():
-            self._coming.wait()  # a job being stored here would be next: its claim rides this outcome
+        # A job being stored here would be next: its claim rides this outcome.
+        self._coming.wait(self._fair.knows_ready)
+        if self._stopping.is_set() or self._hurried:
+            return Followed(None)  # (stopping meanwhile)
         with self._claiming:
             self._signals.heed()
             if self._claim_wait(freeing=1) > 0:  # this run's lane is the one freed
