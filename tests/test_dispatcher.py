@@ -21,6 +21,7 @@ from bson import ObjectId
 
 from genjobs.client import GenJobsClient, Unavailable
 from genjobs.server.dispatch import dispatcher
+from genjobs.server.dispatch.runs_here import RunsHere
 from genjobs.server.dispatch.signals import WAKEUP_POLL_SECONDS, LeaderSignals
 from genjobs.server.model import clock
 from genjobs.server.services import remote
@@ -696,9 +697,8 @@ def test_a_claim_that_finds_nothing_returns_however_slow_the_wakeups_read() -> N
     claims._claiming = threading.Lock()
     slow = SlowLeaseReads()
     claims._signals, claims._fair = slow.signals, NothingReady()  # type: ignore[assignment]
-    claims._runs, claims._held, claims.concurrency, claims.gate = {}, {}, 1, None
+    claims._here, claims.concurrency, claims.gate = RunsHere(), 1, None
     claims._house = SimpleNamespace(elsewhere=0)  # type: ignore[assignment]
-    claims._runs_changed = threading.Condition()
     claims._last_end_us, claims.gap_us, claims.poll_seconds = 0, 0, 0.5
     ended = threading.Event()
     threading.Thread(target=lambda: (claims._claim_next(), ended.set()), daemon=True).start()

@@ -379,7 +379,7 @@ def _ending(
 ) -> tuple[threading.Thread, list[Any]]:
     """The lane of `running` ending it with nothing ready, in a thread: what it
     did (in a list of one) once the thread is done."""
-    run = dispatcher._runs[running["_id"]]
+    run = dispatcher._here.runs[running["_id"]]
     changes = store.queue.completion({"content": "done"}, running["started_us"])
     followed: list[Any] = []
     ending = threading.Thread(
@@ -408,8 +408,8 @@ def test_a_run_ending_before_the_next_jobs_insert_claims_that_job_with_its_outco
     dispatcher.offer(following["ck"], following["_id"], "bob", following["rank"], following)
     ending.join(30)
     assert followed and followed[0].ended is not None and followed[0].ended["status"] == "COMPLETED"
-    claimed = dispatcher._runs[following["_id"]]
-    assert claimed.epoch == 1 and dispatcher._runs[running["_id"]].following is not None
+    claimed = dispatcher._here.runs[following["_id"]]
+    assert claimed.epoch == 1 and dispatcher._here.runs[running["_id"]].following is not None
     stored = store.queue.jobs.find_one({"_id": following["_id"]})
     assert stored is not None and (stored["status"], stored["worker"]) == ("PROCESSING", "w1")
 
@@ -438,7 +438,7 @@ def test_a_run_waits_no_longer_than_its_bound_while_submits_keep_coming(
         pacing.wait(0.01)
     assert not ending.is_alive(), "the run waited as long as submits kept coming"
     assert followed and followed[0].ended is None  # written the usual way, by the run
-    assert dispatcher._runs[running["_id"]].following is None
+    assert dispatcher._here.runs[running["_id"]].following is None
 
 
 def test_a_job_made_ready_another_way_ends_a_runs_wait_for_an_insert(
@@ -457,8 +457,8 @@ def test_a_job_made_ready_another_way_ends_a_runs_wait_for_an_insert(
     dispatcher.offer(retried["ck"], retried["_id"], "carol", retried["rank"], retried)
     ending.join(30)
     assert not ending.is_alive() and followed and followed[0].ended is not None
-    assert dispatcher._runs[running["_id"]].following is not None
-    assert dispatcher._runs[running["_id"]].following["_id"] == retried["_id"]
+    assert dispatcher._here.runs[running["_id"]].following is not None
+    assert dispatcher._here.runs[running["_id"]].following["_id"] == retried["_id"]
 
 
 def test_the_gate_lets_a_job_be_stored_running_within_its_providers_rate_and_health(store: Store) -> None:

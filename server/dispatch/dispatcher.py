@@ -34,7 +34,6 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 
 from bson import ObjectId
@@ -46,6 +45,7 @@ from genjobs.server.dispatch.housekeeping import Housekeeping
 from genjobs.server.dispatch.keeper import LEADER_LEASE, LeaseKeeper
 from genjobs.server.dispatch.providers import ProviderGate
 from genjobs.server.dispatch.run import Followed, Run, RunLifecycle, database_error
+from genjobs.server.dispatch.runs_here import RunsHere
 from genjobs.server.dispatch.signals import WAKEUP_POLL_SECONDS, LeaderSignals
 from genjobs.server.generators.base import (
     Generator,
@@ -58,8 +58,6 @@ from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import metrics
 
 log = logging.getLogger(__name__)
-
-RECENT_RUNS = 256  # runs remembered, to tell a claim whose answer was lost from a run
 
 EventSink = Callable[[Doc, str], None]
 
@@ -123,18 +121,13 @@ class Dispatcher:
         # The claim order. Claims resuming after a pause of half a lease may
         # follow a spell as follower: it rebuilds from the database then.
         self._fair = FairShare(store.queue, store.outage, poll_seconds, sweep_seconds, lease_seconds / 2)
-        # The runs going on here, by job; the condition is notified when one ends.
-        self._runs: dict[ObjectId, Run] = {}
-        self._runs_changed = threading.Condition()
-        # Jobs being stored claimed (`start_as_stored`), each holding a lane till its insert answers.
-        self._held: dict[ObjectId, Doc] = {}
+        # The runs going on here, and the lanes held for jobs being stored running.
+        self._here = RunsHere()
         # Jobs being stored queued that would be claimed next: a lane ending meanwhile waits for them.
         self._coming = ComingJobs()
         self._lanes_ended = False  # `stop` told the lanes to end: a job stored now is given back
         self._giving_back: list[threading.Thread] = []  # those give-backs, waited for by `stop`
-        self._hurried = False
         self._last_end_us = 0  # when the last run ended (wall clock): the gap counts from it
-        self._started: deque[tuple[ObjectId, int]] = deque(maxlen=RECENT_RUNS)  # (job, epoch) run here
         self._signals = LeaderSignals(store.queue, self._signalled, self._wake.set)
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
         # The lanes: one long-lived thread each, handed claimed jobs (None: stop).
@@ -148,9 +141,9 @@ class Dispatcher:
             self._lifecycle,
             worker_id,
             may_take_over=lambda doc, now: self._keeper.may_take_over(doc, now),
-            runs_here=self._runs_here,
+            runs_here=self._here.holds,
             alone=self.alone,
-            started_here=self._started,
+            started_here=self._here.started,
             ended=self._ended,
             offer=lambda ck, oid, owner, rank: self.offer(ck, oid, owner, rank),
             wake=self.wake,
@@ -165,7 +158,7 @@ class Dispatcher:
             store.queue,
             worker_id,
             lease_seconds,
-            self._current_runs,
+            self._here.current,
             self._stopping,
             self._on_elected,
             self._signals.heard,
@@ -217,7 +210,7 @@ class Dispatcher:
         insert is answered waits for it, to claim it with its outcome."""
         if doc.get("queue") != READY or self._signals.followers or not self._is_leader():
             return None
-        if self._stopping.is_set() or self._hurried or self._house.needs_recovery:
+        if self._stopping.is_set() or self._here.hurried or self._house.needs_recovery:
             return None
         if not self._claiming.acquire(blocking=False):
             self._coming.expect(doc["_id"])  # a claim is on its way: its lane may end before this insert
@@ -232,24 +225,26 @@ class Dispatcher:
                 return None
             if self.gate is not None and not self.gate.hold_now(doc):
                 return None
-            with self._runs_changed:
-                self._held[doc["_id"]] = doc
+            with self._here.changed:
+                self._here.held[doc["_id"]] = doc
             return self.queue.claim_update(self.worker_id, self.lease_seconds)
         finally:
             self._claiming.release()
 
     def stored(self, job: Doc) -> None:
         """The job `start_as_stored` claimed is stored (`job`, as inserted): its lane runs it."""
-        with self._runs_changed:
+        with self._here.changed:
             ended = self._lanes_ended
             # An insert slower than half a lease: its lease may lapse before
             # the keeper renews it. It is left to housekeeping, which gives a
             # job claimed here and never run back to the queue once it lapses.
             late = job["lease_until_us"] - clock.now_us() < self.lease_seconds * 500_000
             if not (ended or late):  # counted among the runs before the held lane goes
-                self._handoff.put((job, self._register(job)))  # under the lock: before `stop` tells the lanes
-            self._held.pop(job["_id"], None)
-            self._runs_changed.notify_all()
+                self._handoff.put(
+                    (job, self._here.register(job))
+                )  # under the lock: before `stop` tells the lanes
+            self._here.held.pop(job["_id"], None)
+            self._here.changed.notify_all()
         if not (ended or late):
             self._fair.started(job["owner"])  # its owner's turn, once it runs (as a claim's)
             return
@@ -266,9 +261,9 @@ class Dispatcher:
         """The job `start_as_stored` claimed was not stored (a repeated
         request, a refusal), or its insert's outcome is unknown (then
         housekeeping gives it back if it was stored): its lane is free again."""
-        with self._runs_changed:
-            doc = self._held.pop(oid, None)
-            self._runs_changed.notify_all()
+        with self._here.changed:
+            doc = self._here.held.pop(oid, None)
+            self._here.changed.notify_all()
         self._house.look_for_runs()  # a job whose insert landed unanswered runs nowhere
         if doc is not None and self.gate is not None:
             self.gate.give_back(doc)  # its request was counted against its provider's rate
@@ -309,11 +304,7 @@ class Dispatcher:
 
     def request_cancel(self, job_id: str) -> bool:
         """Stop the running job if it is `job_id`; True if it was running here."""
-        run = next((r for r in self._current_runs() if str(r.oid) == job_id), None)
-        if run is not None:
-            run.cancel.set()
-            return True
-        return False
+        return self._here.cancel(job_id)
 
     def alone(self) -> bool:
         """Whether no other server shares the database, as the leader last heard
@@ -323,7 +314,7 @@ class Dispatcher:
 
     def running_job_ids(self) -> list[str]:
         """The ids of the jobs running here now."""
-        return [str(run.oid) for run in self._current_runs()]
+        return [str(run.oid) for run in self._here.current()]
 
     def running_job_id(self) -> str:
         """The id of a job running here now (the one, with concurrency 1), or ""."""
@@ -335,12 +326,12 @@ class Dispatcher:
         self._stopping.set()
         self._wake.set()
         self._thread.join(grace_seconds)
-        self._wait_for_runs(deadline)
+        self._here.wait_for_none(deadline)
         self.hurry()
-        if self._runs:
+        if self._here.runs:
             self._thread.join(5.0)
-        self._wait_for_runs(time.monotonic() + 5.0)
-        with self._runs_changed:
+        self._here.wait_for_none(time.monotonic() + 5.0)
+        with self._here.changed:
             self._lanes_ended = True
         for _ in self._lanes:
             self._handoff.put(None)
@@ -355,27 +346,10 @@ class Dispatcher:
 
     def hurry(self) -> None:
         """Shutting down without waiting more: stop the running jobs and requeue them."""
-        with self._runs_changed:
-            self._hurried = True  # a run registered from now on is stopped at once too
-            runs = list(self._runs.values())
-        for run in runs:
-            run.stopping = True
-            run.cancel.set()
+        self._here.hurry()
 
     def _database_error(self, exc: PyMongoError, what: str, quiet: int, message: str, *args: object) -> None:
         database_error(self.store.outage, exc, what, quiet, message, *args)
-
-    def _current_runs(self) -> list[Run]:
-        with self._runs_changed:
-            return list(self._runs.values())
-
-    def _wait_for_runs(self, deadline: float) -> None:
-        """Until no run is left here (nor a lane held for a job being stored),
-        or the deadline (monotonic) passed."""
-        with self._runs_changed:
-            self._runs_changed.wait_for(
-                lambda: not self._runs and not self._held, max(0.0, deadline - time.monotonic())
-            )
 
     def _is_leader(self) -> bool:
         return self._keeper.is_leader()
@@ -445,8 +419,7 @@ class Dispatcher:
     def _lanes_taken(self, freeing: int = 0) -> bool:
         """Whether every lane of the deployment is taken (`freeing`: of this
         server's runs, those ending now), counting lanes held for jobs being stored."""
-        with self._runs_changed:  # a job stored running moves from held to run under it
-            return len(self._runs) + len(self._held) - freeing + self._house.elsewhere >= self.concurrency
+        return self._here.taken() - freeing + self._house.elsewhere >= self.concurrency
 
     def _gap_left(self) -> float:
         """Seconds until the gap after the last run's end is over (0 or less: over)."""
@@ -454,24 +427,8 @@ class Dispatcher:
 
     def _ended(self, stamp_us: int) -> None:
         """A run ended at `stamp_us`: the next claim keeps the gap after it."""
-        with self._runs_changed:
+        with self._here.changed:
             self._last_end_us = max(self._last_end_us, stamp_us)
-
-    def _runs_here(self, doc: Doc) -> bool:
-        """Whether a processing job is this server's run, or being stored running here."""
-        here = self._runs.get(doc["_id"])
-        return (here is not None and here.epoch == doc["epoch"]) or doc["_id"] in self._held
-
-    def _register(self, job: Doc) -> Run:
-        """A claimed job's run, counted among the runs here from now on."""
-        run = Run(job["_id"], job["epoch"])
-        with self._runs_changed:
-            self._runs[run.oid] = run
-            if self._hurried:
-                run.stopping = True
-                run.cancel.set()
-        self._started.append((run.oid, run.epoch))
-        return run
 
     def _lane(self) -> None:
         """A lane's thread: runs the jobs handed to it, and those it claimed as
@@ -479,8 +436,8 @@ class Dispatcher:
         while (handed := self._handoff.get()) is not None:
             job, run = handed
             while (following := self._run(job, run)) is not None:
-                with self._runs_changed:
-                    job, run = following, self._runs[following["_id"]]
+                with self._here.changed:
+                    job, run = following, self._here.runs[following["_id"]]
 
     def _run(self, job: Doc, run: Run) -> Doc | None:
         """Run a claimed job; the next job this lane claimed as it ended, if any."""
@@ -498,9 +455,7 @@ class Dispatcher:
         except Exception:
             log.exception("job %s: unexpected error", run.oid)
         finally:
-            with self._runs_changed:
-                del self._runs[run.oid]
-                self._runs_changed.notify_all()
+            self._here.ended(run)
             if run.generated:
                 self._ended(clock.now_us())
                 if self.gap_us:
@@ -540,7 +495,7 @@ class Dispatcher:
                 if job is not None and self._runnable(job):
                     # Counted among the runs before the lock goes: a job
                     # stored running meanwhile must find its lane taken.
-                    return job, self._register(job)
+                    return job, self._here.register(job)
             return None
 
     def _catch_up(self) -> bool:
@@ -571,7 +526,7 @@ class Dispatcher:
         job may start now and its document is at hand (submitted here, or read
         with its owner's head). A run that cost something is not followed. The
         next job is registered as this lane's run."""
-        if self.gap_us or self._hurried or self._house.needs_recovery or not self._is_leader():
+        if self.gap_us or self._here.hurried or self._house.needs_recovery or not self._is_leader():
             return Followed(None)  # (with a gap: it starts at this run's end)
         if int(changes.get("cost_cents") or 0) > 0:
             # Its cost is counted before the lane's next claim, so that the
@@ -581,7 +536,7 @@ class Dispatcher:
             return Followed(None)
         # A job being stored here would be next: its claim rides this outcome.
         self._coming.wait(self._fair.knows_ready)
-        if self._stopping.is_set() or self._hurried:
+        if self._stopping.is_set() or self._here.hurried:
             return Followed(None)  # (stopping meanwhile)
         with self._claiming:
             self._signals.heed()
@@ -607,6 +562,6 @@ class Dispatcher:
                 return Followed(ended)
             if not self._runnable(claimed):
                 return Followed(ended)
-            self._register(claimed)
+            self._here.register(claimed)
             run.following = claimed  # run next by this lane, whatever happens to the rest of this run
             return Followed(ended)
