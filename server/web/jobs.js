@@ -282,13 +282,19 @@ export function jobsPage(main) {
       actions: h("td", { class: "actions" }),
     };
     tr.append(...Object.values(cells));
+    // The link stays the same element as the row updates: a click between its
+    // press and release on a link replaced meanwhile would open nothing.
+    const link = h("a", {});
+    const sub = h("div", { class: "sub" });
+    cells.title.append(link, sub);
     const entry = { job, tr };
     entry.update = (next) => {
       entry.job = next;
       const status = jobStatus(next);
       tr.dataset.status = status;
-      replace(cells.title, h("a", { href: `/jobs/${next.id}` }, jobTitle(next)),
-        h("div", { class: "sub" }, jobNotes(next).join(" · ")));
+      link.setAttribute("href", `/jobs/${next.id}`);
+      link.textContent = jobTitle(next);
+      sub.textContent = jobNotes(next).join(" · ");
       replace(cells.mode, modeName(next.mode));
       replace(cells.status, badge(status));
       const pct = status === "completed" ? 100 : (next.progress && next.progress.percentage) || 0;
