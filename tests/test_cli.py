@@ -129,6 +129,8 @@ def test_cancel_retry_rm_and_their_refusals(cli: Cli, alice: GenJobsClient) -> N
     assert retried.startswith(f"retried {blocker.id} as ")
     new_id = retried.split()[-1]
     alice.cancel(new_id)
+    # The retry may start at once (the lane is free): it is refused only once it has stopped.
+    assert final_status(alice, new_id) == jobs_pb2.JOB_STATUS_CANCELLED
     again = cli("cancel", new_id, code=1)
     assert "JOB_NOT_CANCELLABLE" in again.stderr and "cancelled" in again.stderr
 
