@@ -167,6 +167,35 @@ def test_the_new_job_form_shows_the_estimate_before_submitting(
         page.screenshot(path=str(tmp_path / "usage.png"), full_page=True, animations="disabled")
 
 
+def test_a_submit_right_after_typing_leaves_no_estimate_behind(
+    page: Page, server: ServerThread, tmp_path: Path
+) -> None:
+    # The page's timers run on a clock the test moves, so "the estimate was due
+    # while the submit was on its way" happens every time.
+    page.clock.install()
+    sign_in(page, server)
+    page.evaluate(
+        """() => {
+            window.estimatesAsked = 0;
+            const real = window.fetch;
+            window.fetch = (url, init) => {
+                if (String(init && init.body).includes('"validateOnly":true')) window.estimatesAsked += 1;
+                return real(url, init);
+            };
+        }"""
+    )
+    page.locator("#new-topic").press_sequentially("Quick tea")
+    page.locator("#new-topic").press("Enter")
+    expect(page.locator("tr[data-job-id]", has_text="Quick tea")).to_have_count(1)
+    expect(page.locator("#new-topic")).to_have_value("")
+    page.clock.run_for(5_000)  # well past the pause an estimate waits for
+    # Before the fix the emptied form asked for one and said "params.topic: required".
+    assert page.evaluate("window.estimatesAsked") == 0
+    expect(page.locator("#new-estimate")).to_have_text("")
+    expect(page.locator("[data-stat=completed] .stat-value")).to_have_text("1")
+    page.screenshot(path=str(tmp_path / "submitted.png"), full_page=True, animations="disabled")
+
+
 def test_cancel_on_a_queued_job_from_the_keyboard(
     page: Page, server: ServerThread, alice: GenJobsClient, tmp_path: Path
 ) -> None:
@@ -187,6 +216,44 @@ def test_cancel_on_a_queued_job_from_the_keyboard(
     assert alice.get(queued.id).status == jobs_pb2.JOB_STATUS_CANCELLED
     page.screenshot(path=str(tmp_path / "cancelled.png"), full_page=True, animations="disabled")
     alice.cancel(blocker.id)
+
+
+def _progress_moves(page: Page, bar: Locator) -> None:
+    """Wait until `bar` shows more than it does now (a progress update arrived)."""
+    before = int(bar.get_attribute("aria-valuenow") or 0)
+    page.wait_for_function("([node, v]) => +node.getAttribute('aria-valuenow') > v", arg=[bar.element_handle(), before])
+
+
+def test_the_cancel_button_keeps_the_keyboard_focus_while_its_job_moves(
+    page: Page, server: ServerThread, alice: GenJobsClient
+) -> None:
+    # Before, every progress update built a job's buttons again: the focus
+    # (and a click half done) went with the old ones.
+    on_list = alice.submit("topic", topic="Slow green tea", extra={"demo_seconds": "30"})
+    sign_in(page, server)
+    row = page.locator(f'tr[data-job-id="{on_list.id}"]')
+    expect(row).to_have_attribute("data-status", "processing")
+    cancel = row.get_by_role("button", name="Cancel")
+    tab_to(page, cancel)
+    _progress_moves(page, row.get_by_role("progressbar"))
+    _progress_moves(page, row.get_by_role("progressbar"))
+    assert cancel.evaluate("node => node === document.activeElement")
+    page.keyboard.press("Enter")
+    expect(row).to_have_attribute("data-status", "cancelled")
+
+    on_page = alice.submit("topic", topic="Slow black tea", extra={"demo_seconds": "30"})
+    page.evaluate("where => { location.hash = where; }", f"#/jobs/{on_page.id}")
+    side = page.locator(".head-side")
+    expect(side).to_have_attribute("data-status", "processing")
+    cancel = side.get_by_role("button", name="Cancel")
+    tab_to(page, cancel)
+    _progress_moves(page, page.get_by_role("progressbar", name="Job progress"))
+    _progress_moves(page, page.get_by_role("progressbar", name="Job progress"))
+    assert cancel.evaluate("node => node === document.activeElement")
+    page.keyboard.press("Enter")
+    # The cancel's answer (still stopping) may come after the stream's "cancelled": the page keeps the newer.
+    expect(side).to_have_attribute("data-status", "cancelled")
+    expect(side.get_by_role("button", name="Retry")).to_be_visible()
 
 
 def test_a_bulk_job_counts_up_and_pause_stops_it(

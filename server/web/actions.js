@@ -1,7 +1,7 @@
 // The actions on one job, where its status allows each (as the server's rules do).
 
 import { api } from "./api.js";
-import { button, confirmDialog, jobStatus, toast } from "./ui.js";
+import { button, confirmDialog, jobStatus, replace, toast } from "./ui.js";
 
 const ALLOWED = {
   cancel: new Set(["queued", "processing"]),
@@ -47,4 +47,22 @@ export function jobActions(job, done) {
     );
   }
   return buttons;
+}
+
+/**
+ * Keeps `holder` showing the buttons of the job it is given. They are built
+ * again only when the job's status changes: a progress update leaves the same
+ * elements, so a click or the keyboard's focus on one survives it.
+ * `done(kind, answer, job)` gets the newest job given.
+ */
+export function liveJobActions(holder, done) {
+  let shown = "";
+  let newest = null;
+  return (job) => {
+    newest = job;
+    const key = `${job.id} ${jobStatus(job)}`;
+    if (key === shown) return;
+    shown = key;
+    replace(holder, jobActions(job, (kind, answer) => done(kind, answer, newest)));
+  };
 }

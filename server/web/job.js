@@ -2,10 +2,10 @@
 // time, every attempt's error, the article (as text), and the actions; live
 // from the job's event stream.
 
-import { jobActions } from "./actions.js";
+import { liveJobActions } from "./actions.js";
 import { api, follow } from "./api.js";
 import {
-  FINAL, badge, duration, emptyState, h, jobSeconds, jobStatus, jobTitle, modeName, money, navigate,
+  FINAL, badge, duration, emptyState, h, jobSeconds, jobStatus, jobTitle, modeName, money, navigate, olderJob,
   progressBar, replace, statusName, time, toast, when,
 } from "./ui.js";
 
@@ -16,6 +16,12 @@ export function jobPage(main, id) {
   let job = null;
 
   const head = h("div", { class: "page-head" });
+  // The head's parts stay the same elements as the job updates (see liveJobActions).
+  const title = h("h1");
+  const subtitle = h("p", { class: "muted" });
+  const actions = h("div", { class: "actions" });
+  const headSide = h("div", { class: "head-side" }, badge("unknown"), actions);
+  const showActions = liveJobActions(actions, acted);
   const bar = progressBar(0, "Job progress");
   const pct = h("div", { class: "big-pct" });
   const stages = h("ol", { class: "stages", "aria-label": "Stages" });
@@ -37,19 +43,17 @@ export function jobPage(main, id) {
   );
 
   function render(next) {
+    if (olderJob(next, job)) return;
     job = next;
     const status = jobStatus(job);
     const progress = job.progress || {};
     const percent = status === "completed" ? 100 : progress.percentage || 0;
-    replace(
-      head,
-      h("div", {},
-        h("h1", {}, jobTitle(job)),
-        h("p", { class: "muted" }, `${modeName(job.mode)} · job ${job.id}`)),
-      h("div", { class: "head-side", dataset: { jobId: job.id, status } },
-        badge(status),
-        h("div", { class: "actions" }, jobActions(job, acted))),
-    );
+    if (!head.contains(headSide)) replace(head, h("div", {}, title, subtitle), headSide);
+    title.textContent = jobTitle(job);
+    subtitle.textContent = `${modeName(job.mode)} · job ${job.id}`;
+    Object.assign(headSide.dataset, { jobId: job.id, status });
+    headSide.firstChild.replaceWith(badge(status));
+    showActions(job);
     bar.update(percent, status);
     const due = time(job.scheduleTime);
     const waiting = status === "queued" && due && due > Date.now();

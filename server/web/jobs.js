@@ -3,11 +3,11 @@
 // (WatchJobs), and the bulk operations behind a confirmation that shows the
 // dry-run count.
 
-import { jobActions } from "./actions.js";
+import { liveJobActions } from "./actions.js";
 import { api, follow } from "./api.js";
 import {
   ago, badge, button, confirmDialog, duration, emptyState, h, jobSeconds, jobStatus, jobTitle,
-  modeName, money, progressBar, replace, statusName, time, toast, when,
+  modeName, money, olderJob, progressBar, replace, statusName, time, toast, when,
 } from "./ui.js";
 
 const STATUSES = ["queued", "processing", "completed", "failed", "cancelled"];
@@ -84,7 +84,7 @@ export function jobsPage(main) {
       const job = await api("POST", "/v1/jobs", { body: newJob() });
       toast(`Queued “${jobTitle(job)}”.`, "good");
       topicInput.value = "";
-      showEstimate(null);
+      estimateSoon(); // the form is empty: an estimate still due or unanswered is dropped
       await reload();
     } catch (error) {
       toast(error.message, "bad");
@@ -287,8 +287,10 @@ export function jobsPage(main) {
     const link = h("a", {});
     const sub = h("div", { class: "sub" });
     cells.title.append(link, sub);
+    const showActions = liveJobActions(cells.actions, acted);
     const entry = { job, tr };
     entry.update = (next) => {
+      if (olderJob(next, entry.job)) return;
       entry.job = next;
       const status = jobStatus(next);
       tr.dataset.status = status;
@@ -302,7 +304,7 @@ export function jobsPage(main) {
       cells.progress.lastChild.textContent = `${pct}%`;
       replace(cells.created, h("time", { datetime: next.createTime, title: next.createTime }, ago(next.createTime)));
       replace(cells.duration, duration(jobSeconds(next)));
-      replace(cells.actions, jobActions(next, (kind, answer) => acted(kind, answer, next)));
+      showActions(next);
     };
     entry.update(job);
     rows.set(job.id, entry);

@@ -65,6 +65,13 @@ export function button(label, onclick, kind = "") {
 
 export const time = (text) => (text ? new Date(text) : null);
 
+/**
+ * Whether `next` is an older state of the job than `shown`: a cancel's answer
+ * can arrive after the stream's event of the job having stopped, and must not
+ * put the job back to running on the screen.
+ */
+export const olderJob = (next, shown) => Boolean(shown) && Date.parse(next.updateTime) < Date.parse(shown.updateTime);
+
 // The viewer's own zone, named: "7 Dec 2030, 09:00 CET".
 const WHEN = new Intl.DateTimeFormat(undefined, {
   year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", timeZoneName: "short",
