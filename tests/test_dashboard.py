@@ -221,7 +221,9 @@ def test_cancel_on_a_queued_job_from_the_keyboard(
 def _progress_moves(page: Page, bar: Locator) -> None:
     """Wait until `bar` shows more than it does now (a progress update arrived)."""
     before = int(bar.get_attribute("aria-valuenow") or 0)
-    page.wait_for_function("([node, v]) => +node.getAttribute('aria-valuenow') > v", arg=[bar.element_handle(), before])
+    page.wait_for_function(
+        "([node, v]) => +node.getAttribute('aria-valuenow') > v", arg=[bar.element_handle(), before]
+    )
 
 
 def test_the_cancel_button_keeps_the_keyboard_focus_while_its_job_moves(

@@ -31,6 +31,7 @@ from genjobs.server.generators.base import (
 )
 from genjobs.server.generators.prompts import Prompts
 from genjobs.server.generators.providers import Catalog, Model, Price, Providers, parse_prices
+from genjobs.server.model.loops import new_event_loop
 from genjobs.server.model.rules import DEFAULT_WORD_COUNT
 
 CANCEL_CHECK_SECONDS = 0.05
@@ -116,7 +117,7 @@ class OpenAIGenerator:
     def _started(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
-                loop = asyncio.new_event_loop()
+                loop = new_event_loop()
                 threading.Thread(target=loop.run_forever, name="openai-generator", daemon=True).start()
                 self._loop = loop
             return self._loop

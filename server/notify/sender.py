@@ -34,6 +34,7 @@ from typing import Any, Protocol, TypeVar
 
 from genjobs.server.model import clock
 from genjobs.server.model.channels import FAILED, PENDING, REFUSED, Channel, Doc
+from genjobs.server.model.loops import new_event_loop
 from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import metrics
 
@@ -142,7 +143,7 @@ class Notifier:
     # ---- the notifier's loop ------------------------------------------------
 
     def _run(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = new_event_loop()
         loop.set_default_executor(self._io)  # senders' to_thread calls too
         try:
             loop.run_until_complete(self._main(loop))

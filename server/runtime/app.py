@@ -26,6 +26,7 @@ from genjobs.server.api.http.face import HttpFace, make_api, port_setting
 from genjobs.server.api.http.guard import Limits
 from genjobs.server.api.servicers.common import RequestDecoding
 from genjobs.server.api.watch import StreamCap
+from genjobs.server.model.loops import new_event_loop
 from genjobs.server.model.progress import AttemptTokens, ProgressLink
 from genjobs.server.runtime import observability, wiring
 from genjobs.server.runtime.config import Settings
@@ -100,14 +101,9 @@ def _port_error(host: str, port: int, why: str, setting: str = "GENJOBS_PORT") -
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """Run `main` on the event loop genjobs serves from: uvloop where it is
-    installed (about 10% less server CPU per RPC than asyncio's own loop, with
-    grpc.aio and pymongo's async client alike), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:  # not built for this platform (Windows)
-        return asyncio.run(main)
-    return uvloop.run(main)
+    """Run `main` on the event loop genjobs serves from (`model.loops`)."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main)
 
 
 def advertised(host: str, port: int) -> str:
