@@ -170,10 +170,11 @@ def test_the_new_job_form_shows_the_estimate_before_submitting(
 def test_a_submit_right_after_typing_leaves_no_estimate_behind(
     page: Page, server: ServerThread, tmp_path: Path
 ) -> None:
-    # The page's timers run on a clock the test moves, so "the estimate was due
-    # while the submit was on its way" happens every time.
     page.clock.install()
     sign_in(page, server)
+    # From here the page's timers fire only as the test moves its clock: the
+    # estimate is still due when the submit comes, however slow the machine.
+    page.clock.pause_at(page.evaluate("Date.now()") + 1_000)
     page.evaluate(
         """() => {
             window.estimatesAsked = 0;
@@ -191,6 +192,7 @@ def test_a_submit_right_after_typing_leaves_no_estimate_behind(
     page.clock.run_for(5_000)  # well past the pause an estimate waits for
     # Before the fix the emptied form asked for one and said "params.topic: required".
     assert page.evaluate("window.estimatesAsked") == 0
+    page.clock.resume()
     expect(page.locator("#new-estimate")).to_have_text("")
     expect(page.locator("[data-stat=completed] .stat-value")).to_have_text("1")
     page.screenshot(path=str(tmp_path / "submitted.png"), full_page=True, animations="disabled")
@@ -232,12 +234,17 @@ def test_the_cancel_button_keeps_the_keyboard_focus_while_its_job_moves(
     # Before, every progress update built a job's buttons again: the focus
     # (and a click half done) went with the old ones.
     on_list = alice.submit("topic", topic="Slow green tea", extra={"demo_seconds": "30"})
+    # Running before the page opens: no change of its status re-reads the page meanwhile.
+    wait_for(lambda: alice.get(on_list.id).status == jobs_pb2.JOB_STATUS_PROCESSING)
     sign_in(page, server)
     row = page.locator(f'tr[data-job-id="{on_list.id}"]')
     expect(row).to_have_attribute("data-status", "processing")
     cancel = row.get_by_role("button", name="Cancel")
     tab_to(page, cancel)
     _progress_moves(page, row.get_by_role("progressbar"))
+    # A new job makes the page read the list again: the rows already shown stay the same elements.
+    queued = alice.submit("topic", topic="Waits its turn")
+    expect(page.locator(f'tr[data-job-id="{queued.id}"]')).to_have_attribute("data-status", "queued")
     _progress_moves(page, row.get_by_role("progressbar"))
     assert cancel.evaluate("node => node === document.activeElement")
     page.keyboard.press("Enter")

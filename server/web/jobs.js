@@ -40,7 +40,10 @@ export function jobsPage(main) {
 
   const cards = h("section", { class: "cards", "aria-label": "Jobs by status" });
   const tbody = h("tbody");
-  const pager = h("div", { class: "pager" });
+  const newer = button("Newer", () => { state.page -= 1; reload(); }, "ghost small");
+  const older = button("Older", () => { state.page += 1; reload(); }, "ghost small");
+  newer.disabled = older.disabled = true; // until the first page is read
+  const pager = h("div", { class: "pager" }, newer, older);
   const summary = h("p", { class: "muted", id: "jobs-summary", "aria-live": "polite" });
 
   // New job ------------------------------------------------------------
@@ -252,21 +255,40 @@ export function jobsPage(main) {
 
   function render(page) {
     const jobs = page.jobs || [];
-    rows.clear();
-    replace(tbody, jobs.length ? jobs.map(row) : h("tr", {}, h("td", { colspan: 7 }, emptyState("No jobs match."))));
+    if (jobs.length) showRows(jobs);
+    else {
+      rows.clear();
+      replace(tbody, h("tr", {}, h("td", { colspan: 7 }, emptyState("No jobs match."))));
+    }
     const first = state.page * PAGE_SIZE;
     // ListJobs counts to TOTAL_CAP at most: that total means "that many or more".
     const total = Number(page.totalSize || jobs.length);
     const of = total >= TOTAL_CAP ? `${total.toLocaleString()}+` : total;
     replace(summary, jobs.length ? `${first + 1}–${first + jobs.length} of ${of}` : "");
     if (page.nextPageToken) state.tokens[state.page + 1] = page.nextPageToken;
-    replace(
-      pager,
-      button("Newer", () => { state.page -= 1; reload(); }, "ghost small"),
-      button("Older", () => { state.page += 1; reload(); }, "ghost small"),
-    );
-    pager.children[0].disabled = state.page === 0;
-    pager.children[1].disabled = !page.nextPageToken;
+    newer.disabled = state.page === 0;
+    older.disabled = !page.nextPageToken;
+  }
+
+  // A job's row stays the same element from one read of the page to the
+  // next (updated in place, moved only if its place changed), so a reading of
+  // the page (a new job, a status change) leaves the focus or a click on it.
+  function showRows(jobs) {
+    const shown = new Map();
+    for (const job of jobs) {
+      const entry = rows.get(job.id);
+      if (entry) entry.update(job);
+      else row(job);
+      shown.set(job.id, rows.get(job.id));
+    }
+    rows.clear();
+    shown.forEach((entry, id) => rows.set(id, entry));
+    const wanted = [...shown.values()].map((entry) => entry.tr);
+    const kept = new Set(wanted);
+    for (const tr of [...tbody.children]) if (!kept.has(tr)) tr.remove();
+    wanted.forEach((tr, i) => {
+      if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
+    });
   }
 
   function row(job) {

@@ -66,11 +66,13 @@ export function button(label, onclick, kind = "") {
 export const time = (text) => (text ? new Date(text) : null);
 
 /**
- * Whether `next` is an older state of the job than `shown`: a cancel's answer
- * can arrive after the stream's event of the job having stopped, and must not
- * put the job back to running on the screen.
+ * Whether `next` is an older state of the job than `shown`: a job never leaves
+ * a final status (a retry is a new job), so a cancel's answer arriving after
+ * the stream's event of the job having stopped must not put it back to
+ * running on the screen. (Not by updateTime: the servers' clocks differ.)
  */
-export const olderJob = (next, shown) => Boolean(shown) && Date.parse(next.updateTime) < Date.parse(shown.updateTime);
+export const olderJob = (next, shown) =>
+  Boolean(shown) && FINAL.has(jobStatus(shown)) && !FINAL.has(jobStatus(next));
 
 // The viewer's own zone, named: "7 Dec 2030, 09:00 CET".
 const WHEN = new Intl.DateTimeFormat(undefined, {
