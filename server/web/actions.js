@@ -1,7 +1,7 @@
 // The actions on one job, where its status allows each (as the server's rules do).
 
 import { api } from "./api.js";
-import { button, confirmDialog, jobStatus, replace, toast } from "./ui.js";
+import { button, confirmDialog, jobStatus, keptUntil, toast } from "./ui.js";
 
 const ALLOWED = {
   cancel: new Set(["queued", "processing"]),
@@ -56,13 +56,10 @@ export function jobActions(job, done) {
  * `done(kind, answer, job)` gets the newest job given.
  */
 export function liveJobActions(holder, done) {
-  let shown = "";
+  const fill = keptUntil(holder);
   let newest = null;
   return (job) => {
     newest = job;
-    const key = `${job.id} ${jobStatus(job)}`;
-    if (key === shown) return;
-    shown = key;
-    replace(holder, jobActions(job, (kind, answer) => done(kind, answer, newest)));
+    fill(`${job.id} ${jobStatus(job)}`, () => jobActions(job, (kind, answer) => done(kind, answer, newest)));
   };
 }

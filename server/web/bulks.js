@@ -3,8 +3,8 @@
 
 import { api, follow } from "./api.js";
 import {
-  ago, badge, bulkStatus, button, confirmDialog, emptyState, h, jobStatus, jobTitle, modeName, progressBar,
-  replace, time, toast, when,
+  ago, badge, bulkStatus, button, confirmDialog, emptyState, h, jobStatus, jobTitle, keptUntil, modeName,
+  placeRows, progressBar, replace, time, toast, when,
 } from "./ui.js";
 
 const BULK_FINAL = new Set(["completed", "cancelled"]);
@@ -84,6 +84,14 @@ export function bulkPage(main, id) {
   let left = false;
   let stream = null;
   const head = h("div", { class: "page-head" });
+  // The head's parts and the items' rows stay the same elements as the bulk
+  // job updates (an event per item change): see keptUntil and placeRows.
+  const title = h("h1");
+  const subtitle = h("p", { class: "muted" });
+  const actions = h("div", { class: "actions" });
+  const headSide = h("div", { class: "head-side" }, badge("unknown"), actions);
+  const fillActions = keptUntil(actions);
+  const itemRows = new Map(); // item job id -> {tr, update}
   const bar = progressBar(0, "Bulk job progress");
   const counts = h("div", { class: "counts" });
   const tbody = h("tbody");
@@ -112,17 +120,19 @@ export function bulkPage(main, id) {
   function render(bulk) {
     shown = bulk;
     const status = bulkStatus(bulk);
-    const buttons = [];
-    if (status === "queued" || status === "processing") buttons.push(button("Pause", () => act("pause"), ""));
-    if (status === "paused") buttons.push(button("Resume", () => act("resume"), "primary"));
-    if (!BULK_FINAL.has(status)) buttons.push(button("Cancel", () => act("cancel"), "warn"));
-    replace(
-      head,
-      h("div", {}, h("h1", {}, bulkName(bulk, jobs)),
-        h("p", { class: "muted" }, [bulk.project && `project ${bulk.project}`,
-          `${bulk.totalItems || 0} ${modeName(bulk.mode)} items`, `bulk job ${bulk.id}`].filter(Boolean).join(" · "))),
-      h("div", { class: "head-side", dataset: { bulkJobId: bulk.id, status } }, badge(status), h("div", { class: "actions" }, buttons)),
-    );
+    if (!head.contains(headSide)) replace(head, h("div", {}, title, subtitle), headSide);
+    title.textContent = bulkName(bulk, jobs);
+    subtitle.textContent = [bulk.project && `project ${bulk.project}`,
+      `${bulk.totalItems || 0} ${modeName(bulk.mode)} items`, `bulk job ${bulk.id}`].filter(Boolean).join(" · ");
+    Object.assign(headSide.dataset, { bulkJobId: bulk.id, status });
+    headSide.firstChild.replaceWith(badge(status));
+    fillActions(status, () => {
+      const buttons = [];
+      if (status === "queued" || status === "processing") buttons.push(button("Pause", () => act("pause"), ""));
+      if (status === "paused") buttons.push(button("Resume", () => act("resume"), "primary"));
+      if (!BULK_FINAL.has(status)) buttons.push(button("Cancel", () => act("cancel"), "warn"));
+      return buttons;
+    });
     bar.update(bulk.percentage || 0, status);
     const eta = time(bulk.estimatedCompletion);
     replace(
@@ -137,21 +147,41 @@ export function bulkPage(main, id) {
           .map(([k, v]) => h("div", { dataset: { count: k.toLowerCase() } }, h("dt", {}, k), h("dd", {}, v)))),
     );
     if (bulk.items) {
-      replace(tbody, bulk.items.map((item) => {
-        const s = jobStatus(item);
-        return h("tr", { dataset: { jobId: item.id, status: s } },
-          h("td", { class: "num", "data-label": "#" }, item.queuePosition),
-          h("td", { class: "title", "data-label": "Job" }, h("a", { href: `/jobs/${item.id}` }, topicOf(item)),
-            h("div", { class: "sub" }, item.id.slice(-8))),
-          h("td", { "data-label": "Status" }, badge(s)),
-          h("td", { class: "error-cell", "data-label": "Error" }, item.error ? `${item.error.code}: ${item.error.message}` : ""));
-      }));
+      placeRows(tbody, bulk.items.map(itemRow));
+      const listed = new Set(bulk.items.map((item) => item.id));
+      for (const itemId of itemRows.keys()) if (!listed.has(itemId)) itemRows.delete(itemId);
     }
     // Errors by topic: the items that failed, named as the table names them.
     const failed = (bulk.items || []).filter((item) => jobStatus(item) === "failed" && item.error);
     summary.hidden = !failed.length;
     replace(summary, h("h2", { id: "summary-title" }, "Errors"), h("ul", { class: "errors", id: "bulk-errors" }, failed.map((item) =>
       h("li", {}, h("strong", {}, topicOf(item)), `: ${item.error.code}: ${item.error.message}`))));
+  }
+
+  // An item's row, made once and updated in place.
+  function itemRow(item) {
+    let entry = itemRows.get(item.id);
+    if (!entry) {
+      const position = h("td", { class: "num", "data-label": "#" });
+      const link = h("a", { href: `/jobs/${item.id}` });
+      const state = h("td", { "data-label": "Status" });
+      const error = h("td", { class: "error-cell", "data-label": "Error" });
+      const tr = h("tr", { dataset: { jobId: item.id } }, position,
+        h("td", { class: "title", "data-label": "Job" }, link, h("div", { class: "sub" }, item.id.slice(-8))),
+        state, error);
+      const update = (next) => {
+        const s = jobStatus(next);
+        tr.dataset.status = s;
+        position.textContent = next.queuePosition ?? "";
+        link.textContent = topicOf(next);
+        replace(state, badge(s));
+        error.textContent = next.error ? `${next.error.code}: ${next.error.message}` : "";
+      };
+      entry = { tr, update };
+      itemRows.set(item.id, entry);
+    }
+    entry.update(item);
+    return entry.tr;
   }
 
   // The items' topics, read again when an item is a job not seen yet (a retry).

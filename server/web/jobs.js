@@ -7,7 +7,7 @@ import { liveJobActions } from "./actions.js";
 import { api, follow } from "./api.js";
 import {
   ago, badge, button, confirmDialog, duration, emptyState, h, jobSeconds, jobStatus, jobTitle,
-  modeName, money, olderJob, progressBar, replace, statusName, time, toast, when,
+  modeName, money, olderJob, placeRows, progressBar, replace, statusName, time, toast, when,
 } from "./ui.js";
 
 const STATUSES = ["queued", "processing", "completed", "failed", "cancelled"];
@@ -271,8 +271,7 @@ export function jobsPage(main) {
   }
 
   // A job's row stays the same element from one read of the page to the
-  // next (updated in place, moved only if its place changed), so a reading of
-  // the page (a new job, a status change) leaves the focus or a click on it.
+  // next (updated in place, moved only if its place changed; see placeRows).
   function showRows(jobs) {
     const shown = new Map();
     for (const job of jobs) {
@@ -283,12 +282,7 @@ export function jobsPage(main) {
     }
     rows.clear();
     shown.forEach((entry, id) => rows.set(id, entry));
-    const wanted = [...shown.values()].map((entry) => entry.tr);
-    const kept = new Set(wanted);
-    for (const tr of [...tbody.children]) if (!kept.has(tr)) tr.remove();
-    wanted.forEach((tr, i) => {
-      if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
-    });
+    placeRows(tbody, [...shown.values()].map((entry) => entry.tr));
   }
 
   function row(job) {

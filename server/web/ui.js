@@ -28,6 +28,32 @@ export function replace(node, ...children) {
   return node;
 }
 
+/**
+ * Fills `holder` with what `build()` makes, and again only when `key` changes:
+ * while a page updates for other reasons the same elements stay, so a click
+ * or the keyboard's focus on one of them survives the update.
+ */
+export function keptUntil(holder) {
+  let shown;
+  return (key, build) => {
+    if (key === shown) return;
+    shown = key;
+    replace(holder, build());
+  };
+}
+
+/**
+ * Makes `tbody`'s rows exactly `rows`, in order, moving none already in its
+ * place (a row taken out of the page loses the focus and a click half done).
+ */
+export function placeRows(tbody, rows) {
+  const kept = new Set(rows);
+  for (const tr of [...tbody.children]) if (!kept.has(tr)) tr.remove();
+  rows.forEach((tr, i) => {
+    if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
+  });
+}
+
 /** "JOB_STATUS_PROCESSING" -> "processing". */
 export const statusName = (value, prefix) => (value || "").replace(prefix, "").toLowerCase();
 export const jobStatus = (job) => statusName(job.status, "JOB_STATUS_") || "unknown";
