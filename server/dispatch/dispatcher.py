@@ -225,8 +225,7 @@ class Dispatcher:
                 return None
             if self.gate is not None and not self.gate.hold_now(doc):
                 return None
-            with self._here.changed:
-                self._here.held[doc["_id"]] = doc
+            self._here.hold(doc)
             return self.queue.claim_update(self.worker_id, self.lease_seconds)
         finally:
             self._claiming.release()
@@ -239,12 +238,11 @@ class Dispatcher:
             # the keeper renews it. It is left to housekeeping, which gives a
             # job claimed here and never run back to the queue once it lapses.
             late = job["lease_until_us"] - clock.now_us() < self.lease_seconds * 500_000
-            if not (ended or late):  # counted among the runs before the held lane goes
-                self._handoff.put(
-                    (job, self._here.register(job))
-                )  # under the lock: before `stop` tells the lanes
-            self._here.held.pop(job["_id"], None)
-            self._here.changed.notify_all()
+            if not (ended or late):
+                # Counted among the runs before the held lane goes, and handed
+                # over under the lock: before `stop` tells the lanes to end.
+                self._handoff.put((job, self._here.register(job)))
+            self._here.release(job["_id"])
         if not (ended or late):
             self._fair.started(job["owner"])  # its owner's turn, once it runs (as a claim's)
             return
@@ -261,9 +259,7 @@ class Dispatcher:
         """The job `start_as_stored` claimed was not stored (a repeated
         request, a refusal), or its insert's outcome is unknown (then
         housekeeping gives it back if it was stored): its lane is free again."""
-        with self._here.changed:
-            doc = self._here.held.pop(oid, None)
-            self._here.changed.notify_all()
+        doc = self._here.release(oid)
         self._house.look_for_runs()  # a job whose insert landed unanswered runs nowhere
         if doc is not None and self.gate is not None:
             self.gate.give_back(doc)  # its request was counted against its provider's rate
@@ -436,8 +432,7 @@ class Dispatcher:
         while (handed := self._handoff.get()) is not None:
             job, run = handed
             while (following := self._run(job, run)) is not None:
-                with self._here.changed:
-                    job, run = following, self._here.runs[following["_id"]]
+                job, run = following, self._here.run_of(following["_id"])
 
     def _run(self, job: Doc, run: Run) -> Doc | None:
         """Run a claimed job; the next job this lane claimed as it ended, if any."""

@@ -39,6 +39,24 @@ class RunsHere:
         self.started.append((run.oid, run.epoch))
         return run
 
+    def hold(self, doc: Doc) -> None:
+        """A lane is held for `doc`, a job being stored running here."""
+        with self.changed:
+            self.held[doc["_id"]] = doc
+
+    def release(self, oid: ObjectId) -> Doc | None:
+        """The lane held for `oid` is free again (stored and registered, or not
+        stored): its document, if one was held."""
+        with self.changed:
+            doc = self.held.pop(oid, None)
+            self.changed.notify_all()
+        return doc
+
+    def run_of(self, oid: ObjectId) -> Run:
+        """The run registered here for the job `oid`."""
+        with self.changed:
+            return self.runs[oid]
+
     def ended(self, run: Run) -> None:
         """`run` is over: its lane is free."""
         with self.changed:

@@ -37,9 +37,8 @@ class LeaderSignals:
         self.pending = False  # jobs queued here as a follower, not yet told to the leader
         self.followers = False  # whether another replica was alive as the leader last heard
         self._heeded = -1  # the count last heeded (-1: none yet)
-        self._renewed: LeaderLease | None = (
-            None  # the wakeups as last heard (the keeper's renewal, or a read)
-        )
+        # The lease's wakeups as last heard (the keeper's renewal, or a read).
+        self._renewed: LeaderLease | None = None
         self._read_at = 0.0  # monotonic time of the last read
 
     # ---- as a follower ------------------------------------------------------

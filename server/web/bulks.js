@@ -3,8 +3,8 @@
 
 import { api, follow } from "./api.js";
 import {
-  ago, badge, bulkStatus, button, confirmDialog, emptyState, h, jobStatus, jobTitle, keptUntil, modeName,
-  placeRows, progressBar, replace, time, toast, when,
+  ago, badge, bulkStatus, button, confirmDialog, emptyState, h, jobStatus, jobTitle, keptUntil, livePageHead,
+  modeName, placeRows, progressBar, replace, time, toast, when,
 } from "./ui.js";
 
 const BULK_FINAL = new Set(["completed", "cancelled"]);
@@ -85,12 +85,9 @@ export function bulkPage(main, id) {
   let stream = null;
   const head = h("div", { class: "page-head" });
   // The head's parts and the items' rows stay the same elements as the bulk
-  // job updates (an event per item change): see keptUntil and placeRows.
-  const title = h("h1");
-  const subtitle = h("p", { class: "muted" });
-  const actions = h("div", { class: "actions" });
-  const headSide = h("div", { class: "head-side" }, badge("unknown"), actions);
-  const fillActions = keptUntil(actions);
+  // job updates (an event per item change): see livePageHead and placeRows.
+  const pageHead = livePageHead(head);
+  const fillActions = keptUntil(pageHead.actions);
   const itemRows = new Map(); // item job id -> {tr, update}
   const bar = progressBar(0, "Bulk job progress");
   const counts = h("div", { class: "counts" });
@@ -120,12 +117,9 @@ export function bulkPage(main, id) {
   function render(bulk) {
     shown = bulk;
     const status = bulkStatus(bulk);
-    if (!head.contains(headSide)) replace(head, h("div", {}, title, subtitle), headSide);
-    title.textContent = bulkName(bulk, jobs);
-    subtitle.textContent = [bulk.project && `project ${bulk.project}`,
+    const line = [bulk.project && `project ${bulk.project}`,
       `${bulk.totalItems || 0} ${modeName(bulk.mode)} items`, `bulk job ${bulk.id}`].filter(Boolean).join(" · ");
-    Object.assign(headSide.dataset, { bulkJobId: bulk.id, status });
-    headSide.firstChild.replaceWith(badge(status));
+    pageHead.show(bulkName(bulk, jobs), line, status, { bulkJobId: bulk.id });
     fillActions(status, () => {
       const buttons = [];
       if (status === "queued" || status === "processing") buttons.push(button("Pause", () => act("pause"), ""));

@@ -5,8 +5,8 @@
 import { liveJobActions } from "./actions.js";
 import { api, follow } from "./api.js";
 import {
-  FINAL, badge, duration, emptyState, h, jobSeconds, jobStatus, jobTitle, modeName, money, navigate, olderJob,
-  progressBar, replace, statusName, time, toast, when,
+  FINAL, duration, emptyState, h, jobSeconds, jobStatus, jobTitle, livePageHead, modeName, money, navigate,
+  olderJob, progressBar, replace, statusName, time, toast, when,
 } from "./ui.js";
 
 export function jobPage(main, id) {
@@ -16,12 +16,8 @@ export function jobPage(main, id) {
   let job = null;
 
   const head = h("div", { class: "page-head" });
-  // The head's parts stay the same elements as the job updates (see liveJobActions).
-  const title = h("h1");
-  const subtitle = h("p", { class: "muted" });
-  const actions = h("div", { class: "actions" });
-  const headSide = h("div", { class: "head-side" }, badge("unknown"), actions);
-  const showActions = liveJobActions(actions, acted);
+  const pageHead = livePageHead(head);
+  const showActions = liveJobActions(pageHead.actions, acted);
   const bar = progressBar(0, "Job progress");
   const pct = h("div", { class: "big-pct" });
   const stages = h("ol", { class: "stages", "aria-label": "Stages" });
@@ -48,11 +44,7 @@ export function jobPage(main, id) {
     const status = jobStatus(job);
     const progress = job.progress || {};
     const percent = status === "completed" ? 100 : progress.percentage || 0;
-    if (!head.contains(headSide)) replace(head, h("div", {}, title, subtitle), headSide);
-    title.textContent = jobTitle(job);
-    subtitle.textContent = `${modeName(job.mode)} · job ${job.id}`;
-    Object.assign(headSide.dataset, { jobId: job.id, status });
-    headSide.firstChild.replaceWith(badge(status));
+    pageHead.show(jobTitle(job), `${modeName(job.mode)} · job ${job.id}`, status, { jobId: job.id });
     showActions(job);
     bar.update(percent, status);
     const due = time(job.scheduleTime);

@@ -43,6 +43,26 @@ export function keptUntil(holder) {
 }
 
 /**
+ * A page's head in `head` (`.page-head`): a title, a line under it, and at
+ * its side the status badge and the `actions` holder. Its elements stay as
+ * the page updates; `show(title, line, status, dataset)` fills them.
+ */
+export function livePageHead(head) {
+  const title = h("h1");
+  const line = h("p", { class: "muted" });
+  const actions = h("div", { class: "actions" });
+  const side = h("div", { class: "head-side" }, badge("unknown"), actions);
+  function show(titleText, lineText, status, dataset) {
+    if (!head.contains(side)) replace(head, h("div", {}, title, line), side);
+    title.textContent = titleText;
+    line.textContent = lineText;
+    Object.assign(side.dataset, { ...dataset, status });
+    side.firstChild.replaceWith(badge(status));
+  }
+  return { actions, show };
+}
+
+/**
  * Makes `tbody`'s rows exactly `rows`, in order, moving none already in its
  * place (a row taken out of the page loses the focus and a click half done).
  */
