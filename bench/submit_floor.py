@@ -1,0 +1,265 @@
+"""Issue 30 item 1: how much of a SubmitJob's CPU is genjobs' own code.
+
+A submit is one unary gRPC call answered after one insert. This bench
+measures what the libraries alone charge for those, each in a process of its
+own on this machine, then genjobs' server doing the same calls:
+
+- a bare grpc.aio unary server on uvloop (no interceptors, no database):
+  its CPU a call, for a request and answer of a SubmitJob's size;
+- pymongo inserting one job-sized document at a time into nx-27017, with
+  the async client on uvloop (the submit's way) and the sync client (the
+  lanes' way): the client's CPU an insert;
+- genjobs' server (a process of its own, a job gap of an hour: it queues
+  and runs nothing, as `drain_rate` in dispatch_bench does before its drain):
+  its CPU a SubmitJob, and which of its threads spent it.
+
+The rest of the server's CPU, beyond the first two, is genjobs' own code
+(servicer, interceptors, validation, the cap, the job's document and its
+answer). Medians of R runs, the parts taken in turn.
+
+    .venv/bin/python bench/submit_floor.py [--calls 2000 --runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REQUEST = b"r" * 120  # about a SubmitJob request with a topic
+ANSWER = b"a" * 400  # about the Job it answers with
+DOC: dict[str, Any] = {  # about a job's stored document (storage/records.py)
+    "owner": "bench",
+    "mode": "TOPIC",
+    "params": {"topic": "a topic of a few words", "keywords": [], "word_count": 800, "extra": {}},
+    "status": "QUEUED",
+    "queue": "ready",
+    "ck": 0,
+    "rank": 1,
+    "ready_us": 0,
+    "attempt": 0,
+    "max_attempts": 3,
+    "attempt_errors": [],
+    "request_key": "",
+    "epoch": 0,
+    "seq": 1,
+    "updated_us": 0,
+    "progress": {"percentage": 0, "stage": "", "stage_progress": 0, "message": ""},
+    "result": None,
+    "error": None,
+}
+
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user and system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def serve_bare_grpc() -> None:
+    """A grpc.aio server on uvloop answering one unary method; prints its port."""
+    import grpc
+    import uvloop
+
+    async def submit(request: bytes, context: Any) -> bytes:
+        return ANSWER
+
+    async def main() -> None:
+        handler = grpc.method_handlers_generic_handler(
+            "floor.Floor", {"Submit": grpc.unary_unary_rpc_method_handler(submit)}
+        )
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((handler,))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(port, flush=True)
+        await server.wait_for_termination()
+
+    uvloop.run(main())
+
+
+def bare_grpc_cpu(calls: int) -> float:
+    """µs of the bare server's CPU a unary call, called one after another."""
+    import grpc
+
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--part", "serve-grpc"], stdout=subprocess.PIPE, text=True
+    )
+    assert server.stdout is not None
+    try:
+        port = int(server.stdout.readline())
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/floor.Floor/Submit")
+            for _ in range(200):  # warm
+                call(REQUEST)
+            before = cpu_of(server.pid)
+            for _ in range(calls):
+                call(REQUEST, metadata=(("authorization", "Bearer " + "t" * 180),))
+            return (cpu_of(server.pid) - before) / calls * 1e6
+    finally:
+        server.kill()
+        server.wait()
+
+
+def pymongo_cpu(uri: str, calls: int) -> None:
+    """Prints µs of this process's CPU an insert_one, async on uvloop then sync."""
+    import uvloop
+    from pymongo import AsyncMongoClient, MongoClient
+
+    async def inserts() -> float:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
+        collection = client.floor.async_jobs
+        for i in range(100):  # warm
+            await collection.insert_one(dict(DOC, ck=-i - 1))
+        before = time.process_time()
+        for i in range(calls):
+            await collection.insert_one(dict(DOC, ck=i))
+        spent = time.process_time() - before
+        await client.close()
+        return spent / calls * 1e6
+
+    async_us = uvloop.run(inserts())
+    client: MongoClient[dict[str, Any]] = MongoClient(uri)
+    collection = client.floor.sync_jobs
+    for i in range(100):
+        collection.insert_one(dict(DOC, ck=-i - 1))
+    before = time.process_time()
+    for i in range(calls):
+        collection.insert_one(dict(DOC, ck=i))
+    sync_us = (time.process_time() - before) / calls * 1e6
+    client.close()
+    print(f"{async_us:.1f} {sync_us:.1f}", flush=True)
+
+
+def library_inserts(uri: str, calls: int) -> tuple[float, float]:
+    """(async, sync) µs of pymongo's CPU an insert, in a process of its own
+    (the bench's own process counts every command, which costs CPU)."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--part", "pymongo", "--uri", uri, "--calls", str(calls)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return float(out[0]), float(out[1])
+
+
+def genjobs_submit_cpu(uri: str, calls: int) -> tuple[float, float, dict[str, float]]:
+    """Submits one after another to a server that runs nothing: submits a
+    second, µs of the server's CPU a submit, and that by thread."""
+    from common import ServerProcess, make_settings, scratch
+
+    settings = make_settings(
+        uri, scratch(), generator="noop", job_gap_seconds=3600.0, max_queued_per_owner=10 * calls + 1000
+    )
+    server = ServerProcess(settings, scratch() / "submit.log").start()
+    assert server.process is not None
+    pid = server.process.pid
+    try:
+        with server.client("bench") as client:
+            for _ in client.watch(client.submit("topic", topic="before the gap").id):
+                pass
+            for i in range(100):  # warm
+                client.submit("topic", topic=f"warm {i}")
+            before, started = thread_cpu(pid), time.monotonic()
+            for i in range(calls):
+                client.submit("topic", topic=f"a topic of a few words {i}")
+            elapsed, after = time.monotonic() - started, thread_cpu(pid)
+        names = thread_names(pid)
+    finally:
+        server.terminate()
+    by_thread: dict[str, float] = {}
+    for tid, spent in after.items():
+        name = names.get(tid, "other").split("_")[0]
+        by_thread[name] = by_thread.get(name, 0.0) + (spent - before.get(tid, 0.0)) / calls * 1e6
+    return calls / elapsed, sum(by_thread.values()), by_thread
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds each thread of a process has used so far, by thread id."""
+    found = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        found[tid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
+def thread_names(pid: int) -> dict[str, str]:
+    """Python's names of a process's threads by thread id (py-spy reads them;
+    the OS knows every one as `python`). Empty when py-spy is missing."""
+    import re
+
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        return {}
+    dump = subprocess.run([str(spy), "dump", "-p", str(pid)], capture_output=True, text=True).stdout
+    return dict(re.findall(r'^Thread (\d+) \([a-z]+\): "([^"]+)"', dump, re.MULTILINE))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000, help="calls a part, one after another")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--part", default="", help=argparse.SUPPRESS)  # the bench's own child processes
+    parser.add_argument("--uri", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.part == "serve-grpc":
+        serve_bare_grpc()
+        return
+    if args.part == "pymongo":
+        pymongo_cpu(args.uri, args.calls)
+        return
+    if args.calls <= 0 or args.runs <= 0:
+        raise SystemExit("--calls and --runs must be positive")
+    from common import median, start_mongo
+
+    mongo = start_mongo()
+    grpc_us, async_us, sync_us, ours_us, rates = [], [], [], [], []
+    threads: dict[str, list[float]] = {}
+    try:
+        for _ in range(args.runs):
+            grpc_us.append(bare_grpc_cpu(args.calls))
+            inserted = library_inserts(mongo.uri, args.calls)
+            async_us.append(inserted[0])
+            sync_us.append(inserted[1])
+            rate, spent, by_thread = genjobs_submit_cpu(mongo.uri, args.calls)
+            rates.append(rate)
+            ours_us.append(spent)
+            for name, us in by_thread.items():
+                threads.setdefault(name, []).append(us)
+    finally:
+        mongo.stop()
+    floor = median(grpc_us) + median(async_us)
+    when = time.strftime("%Y-%m-%d %H:%M")
+    print(f"{when}: {args.calls} calls a part, µs of CPU, medians of {args.runs} runs")
+    figure("a bare grpc.aio unary call (the server's)", grpc_us)
+    figure("pymongo's async insert_one on uvloop", async_us)
+    figure("pymongo's sync insert_one", sync_us)
+    figure("the libraries' floor of a submit (the first two)", [floor])
+    figure("genjobs' server, a SubmitJob", ours_us)
+    figure("of which genjobs' own code, about", [median(ours_us) - floor])
+    print(f"  submits a second: median {median(rates):.0f}, runs {[round(x) for x in rates]}")
+    print("  the server's CPU a SubmitJob by thread:")
+    for name, values in sorted(threads.items(), key=lambda item: -median(item[1])):
+        if median(values) >= 1:
+            print(f"    {name:30s} {median(values):6.0f}")
+
+
+def figure(what: str, values: list[float]) -> None:
+    """One line: a median, and the runs when there were several."""
+    from common import median
+
+    runs = f"  runs {[round(x) for x in values]}" if len(values) > 1 else ""
+    print(f"  {what:50s} {median(values):6.0f}{runs}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(BENCH))
+    main()
