@@ -70,9 +70,10 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user and system) another process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def process_cpu(pid: int, thread: int | None = None) -> float:
+    """CPU seconds (user and system) another process, or one `thread` of it, has used so far."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -55,12 +56,6 @@ DOC: dict[str, Any] = {  # about a job's stored document (storage/records.py)
 }
 
 
-def cpu_of(pid: int) -> float:
-    """CPU seconds (user and system) a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def serve_bare_grpc() -> None:
     """A grpc.aio server on uvloop answering one unary method; prints its port."""
     import grpc
@@ -86,6 +81,7 @@ def serve_bare_grpc() -> None:
 def bare_grpc_cpu(calls: int) -> float:
     """µs of the bare server's CPU a unary call, called one after another."""
     import grpc
+    from common import process_cpu
 
     server = subprocess.Popen(
         [sys.executable, __file__, "--part", "serve-grpc"], stdout=subprocess.PIPE, text=True
@@ -97,10 +93,10 @@ def bare_grpc_cpu(calls: int) -> float:
             call = channel.unary_unary("/floor.Floor/Submit")
             for _ in range(200):  # warm
                 call(REQUEST)
-            before = cpu_of(server.pid)
+            before = process_cpu(server.pid)
             for _ in range(calls):
                 call(REQUEST, metadata=(("authorization", "Bearer " + "t" * 180),))
-            return (cpu_of(server.pid) - before) / calls * 1e6
+            return (process_cpu(server.pid) - before) / calls * 1e6
     finally:
         server.kill()
         server.wait()
@@ -174,28 +170,28 @@ def genjobs_submit_cpu(uri: str, calls: int) -> tuple[float, float, dict[str, fl
         server.terminate()
     by_thread: dict[str, float] = {}
     for tid, spent in after.items():
-        name = names.get(tid, "other").split("_")[0]
+        # A pool's threads together; those without a Python name are gRPC's C++ ones.
+        name = re.sub(r"_\d+$", "", names.get(tid, "gRPC's own"))
         by_thread[name] = by_thread.get(name, 0.0) + (spent - before.get(tid, 0.0)) / calls * 1e6
     return calls / elapsed, sum(by_thread.values()), by_thread
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds each thread of a process has used so far, by thread id."""
+    from common import process_cpu
+
     found = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            found[tid] = process_cpu(pid, int(tid))
         except OSError:  # ended meanwhile
             continue
-        found[tid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return found
 
 
 def thread_names(pid: int) -> dict[str, str]:
     """Python's names of a process's threads by thread id (py-spy reads them;
     the OS knows every one as `python`). Empty when py-spy is missing."""
-    import re
-
     spy = Path(sys.executable).with_name("py-spy")
     if not spy.exists():
         return {}
