@@ -23,43 +23,46 @@ answer). Medians of R runs, the parts taken in turn.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 BENCH = Path(__file__).resolve().parent
+T = TypeVar("T")
 REQUEST = b"r" * 120  # about a SubmitJob request with a topic
 ANSWER = b"a" * 400  # about the Job it answers with
-DOC: dict[str, Any] = {  # about a job's stored document (storage/records.py)
-    "owner": "bench",
-    "mode": "TOPIC",
-    "params": {"topic": "a topic of a few words", "keywords": [], "word_count": 800, "extra": {}},
-    "status": "QUEUED",
-    "queue": "ready",
-    "ck": 0,
-    "rank": 1,
-    "ready_us": 0,
-    "attempt": 0,
-    "max_attempts": 3,
-    "attempt_errors": [],
-    "request_key": "",
-    "epoch": 0,
-    "seq": 1,
-    "updated_us": 0,
-    "progress": {"percentage": 0, "stage": "", "stage_progress": 0, "message": ""},
-    "result": None,
-    "error": None,
-}
+
+
+def job_document(ck: int) -> dict[str, Any]:
+    """A job's document as SubmitJob stores it (storage/records.py), with order key `ck`."""
+    from bson import ObjectId
+
+    from genjobs.server.model.records import Params, Submission
+    from genjobs.server.model.vocabulary import Mode
+    from genjobs.server.storage.records import job_doc
+
+    submission = Submission(owner="bench", mode=Mode.TOPIC, params=Params(topic="a topic of a few words"))
+    job_id = ObjectId()
+    return job_doc(submission, job_id, ck, "ready", f"bench {job_id}")
+
+
+def on_genjobs_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` on the event loop genjobs' server runs (uvloop where installed)."""
+    from genjobs.server.model.loops import new_event_loop
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main)
 
 
 def serve_bare_grpc() -> None:
     """A grpc.aio server on uvloop answering one unary method; prints its port."""
     import grpc
-    import uvloop
 
     async def submit(request: bytes, context: Any) -> bytes:
         return ANSWER
@@ -75,7 +78,7 @@ def serve_bare_grpc() -> None:
         print(port, flush=True)
         await server.wait_for_termination()
 
-    uvloop.run(main())
+    on_genjobs_loop(main())
 
 
 def bare_grpc_cpu(calls: int) -> float:
@@ -103,30 +106,36 @@ def bare_grpc_cpu(calls: int) -> float:
 
 
 def pymongo_cpu(uri: str, calls: int) -> None:
-    """Prints µs of this process's CPU an insert_one, async on uvloop then sync."""
-    import uvloop
+    """Prints µs of this process's CPU an insert_one, async on uvloop then sync
+    (the documents made beforehand: only the inserts are timed)."""
     from pymongo import AsyncMongoClient, MongoClient
 
-    async def inserts() -> float:
+    warm = 100
+
+    def documents() -> list[dict[str, Any]]:
+        return [job_document(ck) for ck in range(-warm, calls)]
+
+    async def inserts(docs: list[dict[str, Any]]) -> float:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
         collection = client.floor.async_jobs
-        for i in range(100):  # warm
-            await collection.insert_one(dict(DOC, ck=-i - 1))
+        for doc in docs[:warm]:
+            await collection.insert_one(doc)
         before = time.process_time()
-        for i in range(calls):
-            await collection.insert_one(dict(DOC, ck=i))
+        for doc in docs[warm:]:
+            await collection.insert_one(doc)
         spent = time.process_time() - before
         await client.close()
         return spent / calls * 1e6
 
-    async_us = uvloop.run(inserts())
+    async_us = on_genjobs_loop(inserts(documents()))
     client: MongoClient[dict[str, Any]] = MongoClient(uri)
     collection = client.floor.sync_jobs
-    for i in range(100):
-        collection.insert_one(dict(DOC, ck=-i - 1))
+    docs = documents()
+    for doc in docs[:warm]:
+        collection.insert_one(doc)
     before = time.process_time()
-    for i in range(calls):
-        collection.insert_one(dict(DOC, ck=i))
+    for doc in docs[warm:]:
+        collection.insert_one(doc)
     sync_us = (time.process_time() - before) / calls * 1e6
     client.close()
     print(f"{async_us:.1f} {sync_us:.1f}", flush=True)
