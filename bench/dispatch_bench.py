@@ -24,6 +24,8 @@ from common import (
     Redis,
     ServerProcess,
     ServerThread,
+    busy_share,
+    machine_cpu,
     make_settings,
     median,
     noop,
@@ -237,9 +239,10 @@ def generator_latency(mongo_uri: str) -> list[float]:
     return latencies
 
 
-def cpu_split(mongo_uri: str, jobs: int = 1000) -> dict[str, float]:
-    """End to end (submits one after another while the server runs them): µs
-    of CPU a job spent by the server, nx-27017 and this client process."""
+def cpu_split(mongo_uri: str, jobs: int = 1000) -> tuple[float, float, dict[str, float]]:
+    """End to end (submits one after another while the server runs them): jobs
+    a second, the machine's busy share, and µs of CPU a job spent by the
+    server, nx-27017 and this client process."""
     settings = make_settings(mongo_uri, scratch(), generator="noop", max_queued_per_owner=jobs + 10)
     server = ServerProcess(settings, scratch() / "split.log").start()
     assert server.process is not None
@@ -248,13 +251,15 @@ def cpu_split(mongo_uri: str, jobs: int = 1000) -> dict[str, float]:
         for _ in c.watch(c.submit("topic", topic="warm-up").id):
             pass
         before = process_cpu(server.process.pid), process_cpu(mongo_pid), time.process_time()
+        machine, started = machine_cpu(), time.monotonic()
         last = [c.submit("topic", topic=f"split {i}").id for i in range(jobs)][-1]
         for _ in c.watch(last):
             pass
+        elapsed, busy = time.monotonic() - started, busy_share(machine)
         after = process_cpu(server.process.pid), process_cpu(mongo_pid), time.process_time()
     server.terminate()
     spent = [(b - a) / jobs * 1e6 for a, b in zip(before, after, strict=True)]
-    return {"server": spent[0], "nx-27017": spent[1], "client": spent[2]}
+    return jobs / elapsed, busy, {"server": spent[0], "nx-27017": spent[1], "client": spent[2]}
 
 
 def _mongo_pid(mongo_uri: str) -> int:
@@ -321,8 +326,21 @@ def main() -> None:
         f"Enqueue to the generator's call, idle: p50 {percentile(lat, 50):.1f} ms"
         f"  p99 {percentile(lat, 99):.1f} ms"
     )
-    split = cpu_split(mongo.uri)
+    rate, busy, split = cpu_split(mongo.uri)
     print("End to end, CPU a job: " + ", ".join(f"{name} {micros:.0f} µs" for name, micros in split.items()))
+    # What 1.5x RQ would ask of the CPU a job, beside submit_floor.py's floor of it.
+    whole, cores = sum(split.values()), len(os.sched_getaffinity(0))
+    kept_busy, goal = rate * whole / 1e6, 1.5 * median(theirs)
+    print(
+        f"  {rate:.0f} jobs/s, so the three kept {kept_busy:.2f} of {cores} cores busy"
+        f" (the machine {busy:.0%} busy); 1.5x RQ ({goal:.0f} jobs/s) needs at most"
+        f" {kept_busy / goal * 1e6:.0f} µs of CPU a job at that,"
+        f" {cores / goal * 1e6:.0f} µs with every core busy"
+    )
+    # nx-27017 runs one database's commands one at a time (a lock a database,
+    # one interpreter), so its CPU a job alone bounds the rate.
+    database = split["nx-27017"]
+    print(f"  nx-27017's {database:.0f} µs a job alone bound it at {1e6 / database:.0f} jobs/s")
     mongo.stop()
 
 

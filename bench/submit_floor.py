@@ -17,6 +17,13 @@ The rest of the server's CPU, beyond the first two, is genjobs' own code
 (servicer, interceptors, validation, the cap, the job's document and its
 answer). Medians of R runs, the parts taken in turn.
 
+Last, the libraries' floor of a whole no-op job end to end, in all three
+processes: the caller's side of the bare call, the submit's floor and the
+lane's one command on the server, and nx-27017's CPU for the job's insert,
+its outcome with the next claim and its two events (floor_bench's steps).
+Their sum bounds no-op jobs a second on this machine, whatever genjobs' own
+code does.
+
     .venv/bin/python bench/submit_floor.py [--calls 2000 --runs 3]
 """
 
@@ -81,8 +88,9 @@ def serve_bare_grpc() -> None:
     on_genjobs_loop(main())
 
 
-def bare_grpc_cpu(calls: int) -> float:
-    """µs of the bare server's CPU a unary call, called one after another."""
+def bare_grpc_cpu(calls: int) -> tuple[float, float]:
+    """µs of CPU a unary call, called one after another: (the bare server's,
+    this calling process's)."""
     import grpc
     from common import process_cpu
 
@@ -96,10 +104,11 @@ def bare_grpc_cpu(calls: int) -> float:
             call = channel.unary_unary("/floor.Floor/Submit")
             for _ in range(200):  # warm
                 call(REQUEST)
-            before = process_cpu(server.pid)
+            before, caller_before = process_cpu(server.pid), time.process_time()
             for _ in range(calls):
                 call(REQUEST, metadata=(("authorization", "Bearer " + "t" * 180),))
-            return (process_cpu(server.pid) - before) / calls * 1e6
+            caller = time.process_time() - caller_before
+            return (process_cpu(server.pid) - before) / calls * 1e6, caller / calls * 1e6
     finally:
         server.kill()
         server.wait()
@@ -198,6 +207,34 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return found
 
 
+def nx_path_cpu(uri: str, pid: int) -> dict[str, float]:
+    """µs of nx-27017's CPU for the rest of a no-op job's commands, through
+    the server's own storage classes (floor_bench's steps): the insert, the
+    lane's outcome-and-next-claim, and the job's two events."""
+    from floor_bench import EVENT_JOBS, ROUNDS, events_steps, measure, path_steps
+
+    from genjobs.server.model.records import Params, Submission
+    from genjobs.server.model.vocabulary import Mode
+    from genjobs.server.storage.store import Store
+
+    store = Store(uri, "submit_floor")
+    store.ensure_indexes()
+    submission = Submission(owner="bench", mode=Mode.TOPIC, params=Params(topic="a topic of a few words"))
+    try:
+        steps = path_steps(store, submission)
+        events = events_steps(store, [store.jobs.new_job(submission) for _ in range(ROUNDS)])
+        return {
+            "insert": measure(pid, steps["insert the job (with its place)"])[1],
+            "end_and_claim": measure(pid, steps["outcome and next claim (end_and_claim)"])[1],
+            "events": measure(
+                pid, events["a job's 2 events, snapshots as BSON values"], ROUNDS // EVENT_JOBS
+            )[1]
+            / EVENT_JOBS,
+        }
+    finally:
+        store.close()
+
+
 def thread_names(pid: int) -> dict[str, str]:
     """Python's names of a process's threads by thread id (py-spy reads them;
     the OS knows every one as `python`). Empty when py-spy is missing."""
@@ -226,11 +263,15 @@ def main() -> None:
     from common import median, start_mongo
 
     mongo = start_mongo()
-    grpc_us, async_us, sync_us, ours_us, rates = [], [], [], [], []
+    grpc_us, caller_us, async_us, sync_us, ours_us, rates = [], [], [], [], [], []
     threads: dict[str, list[float]] = {}
+    nx: dict[str, list[float]] = {}
+    assert mongo.process is not None
     try:
         for _ in range(args.runs):
-            grpc_us.append(bare_grpc_cpu(args.calls))
+            server_side, caller_side = bare_grpc_cpu(args.calls)
+            grpc_us.append(server_side)
+            caller_us.append(caller_side)
             inserted = library_inserts(mongo.uri, args.calls)
             async_us.append(inserted[0])
             sync_us.append(inserted[1])
@@ -239,6 +280,8 @@ def main() -> None:
             ours_us.append(spent)
             for name, us in by_thread.items():
                 threads.setdefault(name, []).append(us)
+            for name, us in nx_path_cpu(mongo.uri, mongo.process.pid).items():
+                nx.setdefault(name, []).append(us)
     finally:
         mongo.stop()
     floor = median(grpc_us) + median(async_us)
@@ -255,6 +298,22 @@ def main() -> None:
     for name, values in sorted(threads.items(), key=lambda item: -median(item[1])):
         if median(values) >= 1:
             print(f"    {name:30s} {median(values):6.0f}")
+    # A no-op job end to end is this submit, then the lane's one command (its
+    # outcome and the next claim) and the job's two events: the libraries'
+    # CPU for all of it, in the three processes, bounds jobs a second on this
+    # machine whatever genjobs' own code does.
+    caller = median(caller_us)
+    server = floor + median(sync_us)  # the lane's command taken as a sync insert's client CPU
+    database = sum(median(values) for values in nx.values())
+    print("A no-op job end to end, the libraries' floor (genjobs' own code left out), µs of CPU:")
+    figure("the caller: a bare gRPC call", caller_us)
+    figure("the server: the submit's floor and one sync command", [server])
+    for name, values in nx.items():
+        figure(f"nx-27017: {name}", values)
+    whole = caller + server + database
+    figure("all three processes", [whole])
+    cores = len(os.sched_getaffinity(0))
+    print(f"  so at most {cores * 1e6 / whole:.0f} no-op jobs a second with all {cores} cores busy")
 
 
 def figure(what: str, values: list[float]) -> None:
