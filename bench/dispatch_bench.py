@@ -74,11 +74,12 @@ def drain(server: ServerProcess, jobs: int, lanes: int = 1, extra: dict[str, str
     return jobs / elapsed
 
 
-def drain_rate(mongo_uri: str, jobs: int = N) -> float:
+def drain_rate(mongo_uri: str, jobs: int = N) -> tuple[float, float]:
     """The dispatcher alone: `jobs` no-op jobs are queued on a server that
     keeps a gap of an hour after its one job, then a second server without
     the gap drains them. Jobs a second from the first start to the last end
-    (read from the database afterwards)."""
+    (read from the database afterwards), and the submits alone a second (to
+    the server that runs nothing meanwhile): end to end can be no quicker."""
     settings = make_settings(
         mongo_uri, scratch(), generator="noop", job_gap_seconds=3600.0, max_queued_per_owner=jobs + 10
     )
@@ -86,7 +87,9 @@ def drain_rate(mongo_uri: str, jobs: int = N) -> float:
     with holder.client("bench") as c:
         for _ in c.watch(c.submit("topic", topic="before the gap").id):
             pass
+        started = time.monotonic()
         last = [c.submit("topic", topic=f"queued {i}").id for i in range(jobs)][-1]
+        submits = jobs / (time.monotonic() - started)
     holder.terminate()
     drainer = ServerProcess(replace(settings, job_gap_seconds=0.0), scratch() / "drain.log").start()
     with drainer.client("bench") as c:
@@ -98,7 +101,7 @@ def drain_rate(mongo_uri: str, jobs: int = N) -> float:
     runs = sorted(runs, key=lambda d: int(d["started_us"]))[1:]  # type: ignore[call-overload]
     span = max(int(d["ended_us"]) for d in runs) - int(runs[0]["started_us"])  # type: ignore[call-overload]
     database.client.close()
-    return len(runs) / (span / 1e6)
+    return len(runs) / (span / 1e6), submits
 
 
 def commands_per_job(mongo_uri: str, jobs: int = 300) -> float:
@@ -305,14 +308,21 @@ def main() -> None:
         f"  ratio            {median(ours) / median(theirs):.2f}x RQ,"
         f" {median(ours) / median(celeries):.2f}x Celery"
     )
-    drains, workers = [], []
+    drains, submits, workers = [], [], []
     for _ in range(RUNS):
-        drains.append(drain_rate(mongo.uri))
+        drained, submitted = drain_rate(mongo.uri)
+        drains.append(drained)
+        submits.append(submitted)
         workers.append(rq_rate(redis, worker_alone=True))
     print(f"{N} queued no-op jobs drained, the dispatcher or the worker alone, {RUNS} runs:")
     print(f"  genjobs dispatcher  median {median(drains):6.0f} jobs/s  runs {[round(x) for x in drains]}")
     print(f"  RQ SimpleWorker     median {median(workers):6.0f} jobs/s  runs {[round(x) for x in workers]}")
     print(f"  ratio               {median(drains) / median(workers):.2f}x RQ")
+    print(
+        f"  the submits alone, one after another to a server running nothing: median {median(submits):.0f}/s"
+        f" runs {[round(x) for x in submits]}; end to end can be no quicker"
+        f" ({median(submits) / median(theirs):.2f}x RQ's end to end)"
+    )
     redis.stop()
     per_job = commands_per_job(mongo.uri)
     print(f"MongoDB commands per dispatched job (dispatcher, lease keeper, event log): {per_job:.2f}")
