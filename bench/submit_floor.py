@@ -38,7 +38,10 @@ import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from genjobs.server.model.records import Submission
 
 BENCH = Path(__file__).resolve().parent
 T = TypeVar("T")
@@ -46,17 +49,22 @@ REQUEST = b"r" * 120  # about a SubmitJob request with a topic
 ANSWER = b"a" * 400  # about the Job it answers with
 
 
+def bench_submission() -> Submission:
+    """The job every part of this bench stores: a topic of a few words."""
+    from genjobs.server.model.records import Params, Submission
+    from genjobs.server.model.vocabulary import Mode
+
+    return Submission(owner="bench", mode=Mode.TOPIC, params=Params(topic="a topic of a few words"))
+
+
 def job_document(ck: int) -> dict[str, Any]:
     """A job's document as SubmitJob stores it (storage/records.py), with order key `ck`."""
     from bson import ObjectId
 
-    from genjobs.server.model.records import Params, Submission
-    from genjobs.server.model.vocabulary import Mode
     from genjobs.server.storage.records import job_doc
 
-    submission = Submission(owner="bench", mode=Mode.TOPIC, params=Params(topic="a topic of a few words"))
     job_id = ObjectId()
-    return job_doc(submission, job_id, ck, "ready", f"bench {job_id}")
+    return job_doc(bench_submission(), job_id, ck, "ready", f"bench {job_id}")
 
 
 def on_genjobs_loop(main: Coroutine[Any, Any, T]) -> T:
@@ -213,13 +221,11 @@ def nx_path_cpu(uri: str, pid: int) -> dict[str, float]:
     lane's outcome-and-next-claim, and the job's two events."""
     from floor_bench import EVENT_JOBS, ROUNDS, events_steps, measure, path_steps
 
-    from genjobs.server.model.records import Params, Submission
-    from genjobs.server.model.vocabulary import Mode
     from genjobs.server.storage.store import Store
 
     store = Store(uri, "submit_floor")
     store.ensure_indexes()
-    submission = Submission(owner="bench", mode=Mode.TOPIC, params=Params(topic="a topic of a few words"))
+    submission = bench_submission()
     try:
         steps = path_steps(store, submission)
         events = events_steps(store, [store.jobs.new_job(submission) for _ in range(ROUNDS)])
