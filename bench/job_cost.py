@@ -44,36 +44,38 @@ def cost_round(
     server = ServerProcess(settings, scratch() / "s.log").start()
     assert server.process is not None and mongo.process is not None
     clients = [server.client(f"owner{k}") for k in range(OWNERS)]
-    for client in clients:  # warm: each owner's first job (its caches, the generator's client)
-        watch(client, client.submit("topic", topic="warm-up").id, [], {})
-    time.sleep(1.0)  # the warm-up's writes behind the runs are done
-    cpu = process_cpu(server.process.pid), process_cpu(mongo.process.pid)
-    watchers = []
-    submits = []
-    last = ""
-    for j in range(jobs):
-        client = clients[j % OWNERS]
-        started = time.perf_counter()
-        last = client.submit("topic", topic=f"jc-{j}").id
-        submits.append((time.perf_counter() - started) * 1000)
+    try:
+        for client in clients:  # warm: each owner's first job (its caches, the generator's client)
+            watch(client, client.submit("topic", topic="warm-up").id, [], {})
+        time.sleep(1.0)  # the warm-up's writes behind the runs are done
+        cpu = process_cpu(server.process.pid), process_cpu(mongo.process.pid)
+        watchers = []
+        submits = []
+        last = ""
+        for j in range(jobs):
+            client = clients[j % OWNERS]
+            started = time.perf_counter()
+            last = client.submit("topic", topic=f"jc-{j}").id
+            submits.append((time.perf_counter() - started) * 1000)
+            if watched:
+                watcher = threading.Thread(target=watch, args=(client, last, [], {}), daemon=True)
+                watcher.start()
+                watchers.append(watcher)
         if watched:
-            watcher = threading.Thread(target=watch, args=(client, last, [], {}), daemon=True)
-            watcher.start()
-            watchers.append(watcher)
-    if watched:
-        for watcher in watchers:
-            watcher.join(120)
-    else:
-        # The last job's end, then every job's, by each owner's counts: no call a job.
-        watch(clients[(jobs - 1) % OWNERS], last, [], {})
-        for k, client in enumerate(clients):
-            mine = 1 + len(range(k, jobs, OWNERS))
-            while completed(client) < mine:
-                time.sleep(POLL_SECONDS)
-    spent = process_cpu(server.process.pid) - cpu[0], process_cpu(mongo.process.pid) - cpu[1]
-    for client in clients:
-        client.close()
-    server.terminate()
+            for watcher in watchers:
+                watcher.join(120)
+        else:
+            # The last job's end, then every job's, by each owner's counts: no call a job.
+            watch(clients[(jobs - 1) % OWNERS], last, [], {})
+            for k, client in enumerate(clients):
+                mine = 1 + len(range(k, jobs, OWNERS))
+                while completed(client) < mine:
+                    time.sleep(POLL_SECONDS)
+        spent = process_cpu(server.process.pid) - cpu[0], process_cpu(mongo.process.pid) - cpu[1]
+    finally:  # a failed round leaves no server behind
+        for client in clients:
+            client.close()
+        server.terminate()
     return {
         "server": spent[0] / jobs * 1000,
         "database": spent[1] / jobs * 1000,
@@ -87,6 +89,8 @@ def main() -> None:
     parser.add_argument("--lanes", type=int, default=32, help="GENJOBS_CONCURRENCY")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each kind; medians are printed")
     args = parser.parse_args()
+    if args.jobs <= 0 or args.rounds <= 0 or args.lanes <= 0:
+        raise SystemExit("--jobs, --lanes and --rounds must be positive")
     mongo = start_mongo()
     streams = Streams(1, 0.001)  # one word, at once
     figures: dict[tuple[str, bool], list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
