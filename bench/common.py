@@ -86,6 +86,11 @@ def machine_cpu() -> tuple[float, float]:
     return (sum(ticks) - idle) / hertz, sum(ticks) / hertz
 
 
+def core_count() -> int:
+    """The cores the bench's processes may run on (what bounds their CPU a second)."""
+    return len(os.sched_getaffinity(0))
+
+
 def busy_share(before: tuple[float, float]) -> float:
     """The share of the machine's CPU (all cores) busy since `machine_cpu()` gave `before`."""
     busy, total = machine_cpu()

@@ -25,6 +25,7 @@ from common import (
     ServerProcess,
     ServerThread,
     busy_share,
+    core_count,
     machine_cpu,
     make_settings,
     median,
@@ -339,7 +340,7 @@ def main() -> None:
     rate, busy, split = cpu_split(mongo.uri)
     print("End to end, CPU a job: " + ", ".join(f"{name} {micros:.0f} µs" for name, micros in split.items()))
     # What 1.5x RQ would ask of the CPU a job, beside submit_floor.py's floor of it.
-    whole, cores = sum(split.values()), len(os.sched_getaffinity(0))
+    whole, cores = sum(split.values()), core_count()
     kept_busy, goal = rate * whole / 1e6, 1.5 * median(theirs)
     print(
         f"  {rate:.0f} jobs/s, so the three kept {kept_busy:.2f} of {cores} cores busy"

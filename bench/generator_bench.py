@@ -25,7 +25,7 @@ import time
 from dataclasses import replace
 
 import openai
-from common import ServerProcess, make_settings, median, process_cpu, scratch, start_mongo
+from common import ServerProcess, core_count, make_settings, median, process_cpu, scratch, start_mongo
 
 from genjobs.client import GenJobsClient
 from genjobs.v1 import jobs_pb2 as S
@@ -130,7 +130,7 @@ def main() -> None:
     print(f"  end to end / stream (server's view): {median(ratios):8.2f}x  (goal <= 1.10x)")
     print(f"  end to end / openai client alone:    {median(bare_ratios):8.2f}x")
     print(f"  CPU, whole job / openai client alone: {median(cpu_ratios):7.2f}x  (wall clock: idle box)")
-    print(f"  load average during the run:         {os.getloadavg()[0]:8.1f}  on {os.cpu_count()} cores")
+    print(f"  load average during the run:         {os.getloadavg()[0]:8.1f}  on {core_count()} cores")
     print(f"  progress writes a second, ~5 s stream: {median(rates):6.2f}  (goal <= 4)")
 
 

@@ -12,13 +12,12 @@ are this cost 32 times beside the streams already running.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import threading
 import time
 from dataclasses import replace
 
-from common import ServerProcess, process_cpu, scratch, start_mongo
+from common import ServerProcess, core_count, process_cpu, scratch, start_mongo
 from workload_bench import OWNERS, Streams, settings_for, watch
 
 from genjobs.client import GenJobsClient
@@ -121,7 +120,7 @@ def main() -> None:
     # is at least the last start plus one stream, and the 32 starts cannot
     # take less than their CPU spread over every core (the streams' reading,
     # which runs beside them, left out).
-    cores = os.cpu_count() or 1
+    cores = core_count()
     watched_stream = medians[("openai", True)]
     starts = 32 * (watched_stream["server"] + watched_stream["database"]) / 1000 / cores
     print(

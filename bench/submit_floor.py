@@ -266,7 +266,7 @@ def main() -> None:
         return
     if args.calls <= 0 or args.runs <= 0:
         raise SystemExit("--calls and --runs must be positive")
-    from common import median, start_mongo
+    from common import core_count, median, start_mongo
 
     mongo = start_mongo()
     grpc_us, caller_us, async_us, sync_us, ours_us, rates = [], [], [], [], [], []
@@ -318,7 +318,7 @@ def main() -> None:
         figure(f"nx-27017: {name}", values)
     whole = caller + server + database
     figure("all three processes", [whole])
-    cores = len(os.sched_getaffinity(0))
+    cores = core_count()
     print(f"  so at most {cores * 1e6 / whole:.0f} no-op jobs a second with all {cores} cores busy")
 
 
