@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -87,6 +88,42 @@ def test_a_leader_alone_finds_a_job_made_due_by_hand_within_the_recheck(
     made_due = time.monotonic()
     wait_for(lambda: alice.get(job.id).status == jobs_pb2.JOB_STATUS_COMPLETED, timeout=RECHECK_SECONDS + 10)
     assert time.monotonic() - made_due < RECHECK_SECONDS + 3
+
+
+def _watching(client: GenJobsClient, job_id: str) -> list[jobs_pb2.JobEvent]:
+    """Follow `job_id` in a thread of its own; the events as they come."""
+    events: list[jobs_pb2.JobEvent] = []
+    threading.Thread(target=lambda: events.extend(client.watch(job_id)), daemon=True).start()
+    wait_for(lambda: events)  # the first snapshot: the stream is open
+    return events
+
+
+def test_a_leader_alone_reads_its_watched_jobs_once_a_recheck(
+    server: ServerThread, alice: GenJobsClient
+) -> None:
+    assert server.app is not None
+    wait_for(lambda: server.app is not None and server.app.dispatcher.alone())
+    job = alice.submit("topic", topic="much later", schedule_time=datetime.now(UTC) + timedelta(days=1))
+    events = _watching(alice, job.id)
+    polls, reads = _calls(server.app.services.remote, "poll"), _calls(server.app.store.jobs, "jobs_by_ids")
+    # Ten of the other servers' polls (a tenth of a second apart here): every
+    # change was made and told here, so the job is read once at most (the recheck).
+    wait_for(lambda: len(polls) >= 10)
+    assert len(reads) <= 1, f"{len(reads)} reads of a watched job in {len(polls)} polls of a leader alone"
+    alice.cancel(job.id)  # a change made here: told at once, with no read
+    wait_for(lambda: events[-1].job.status == jobs_pb2.JOB_STATUS_CANCELLED, timeout=2)
+
+
+def test_a_change_by_hand_reaches_a_watcher_of_a_leader_alone_within_the_recheck(
+    server: ServerThread, alice: GenJobsClient, mongo: MongoServer
+) -> None:
+    wait_for(lambda: server.app is not None and server.app.dispatcher.alone())
+    job = alice.submit("topic", topic="much later", schedule_time=datetime.now(UTC) + timedelta(days=1))
+    events = _watching(alice, job.id)
+    # An operator's hand, which nothing on the server hears of: cancelled.
+    jobs = pymongo.MongoClient(mongo.uri)[server.settings.db_name].jobs
+    jobs.update_one({"_id": ObjectId(job.id)}, {"$set": {"status": "CANCELLED"}, "$inc": {"seq": 1}})
+    wait_for(lambda: events[-1].job.status == jobs_pb2.JOB_STATUS_CANCELLED, timeout=RECHECK_SECONDS + 3)
 
 
 def test_the_leader_lease_carries_the_wakeups_and_counts_each_taking(mongo: MongoServer) -> None:

@@ -3,6 +3,8 @@ every `GENJOBS_POLL_SECONDS` (the app's remote-events task).
 
 - A watched job (WatchJob) changed elsewhere: its stored events fill in the
   steps since what its watchers were told, a snapshot of the job the rest.
+  A leader alone makes every change and tells it here, so it reads them only
+  once every RECHECK_SECONDS (for a change made by hand in the database).
 - A watched owner's jobs (WatchJobs): those changed since the last read, by
   the index on `updated_us` (what changed, not the history), less
   CHANGE_MARGIN_US, and the jobs last told running, by `_id`; each is sent
@@ -12,8 +14,10 @@ every `GENJOBS_POLL_SECONDS` (the app's remote-events task).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Protocol
 
+from genjobs.server.dispatch.housekeeping import RECHECK_SECONDS
 from genjobs.server.model import clock
 from genjobs.server.model.states import final
 from genjobs.server.services.events import JOB, OWNER, Event, EventHub, job_key, owner_key
@@ -47,6 +51,7 @@ class RemoteChanges:
         self.hub = hub
         self.replicas = replicas
         self._owners_read_us = 0  # when the owners' streams last read what changed (0: nobody watched)
+        self._jobs_read_alone = -RECHECK_SECONDS  # when the watched jobs were last read alone (monotonic)
 
     async def poll(self) -> None:
         """One read for the watched jobs, then one for the watched owners."""
@@ -63,7 +68,12 @@ class RemoteChanges:
         ids = self.hub.watched(JOB)
         if not ids:
             return
+        alone, now = self.replicas.alone(), time.monotonic()
+        if alone and now - self._jobs_read_alone < RECHECK_SECONDS:
+            return
         docs = await asyncio.to_thread(self.store.jobs.jobs_by_ids, ids)
+        # Not alone: the first read alone comes at once (the last changes of the servers gone).
+        self._jobs_read_alone = now if alone else -RECHECK_SECONDS
         for doc in docs:
             key = job_key(doc["_id"])
             last = self.hub.last_seq(key)
