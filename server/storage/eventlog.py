@@ -5,20 +5,30 @@ replay (a resumed WatchJob, another replica's poller). So the dispatcher hands
 events here and goes on: a writer thread sends whatever has gathered as one
 insert_many. Losing unwritten events in a crash loses nothing a watcher needs:
 the job document is the truth, and WatchJob fills a gap with a snapshot of it.
+
+Progress events gather for up to PROGRESS_LINGER_SECONDS: a streaming run
+reports every PROGRESS_WRITE_INTERVAL, and at concurrency 1 a command an
+event was a third of a streamed job's commands. Any other event (a status
+change) sends the batch within LINGER_SECONDS, and so does a FULL_BATCH; a
+resumed WatchJob here flushes first, and another replica's watcher finds the
+steps not yet stored in the job's snapshot.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from genjobs.server.storage.database import Doc
-from genjobs.server.storage.events import EventStore
+from genjobs.server.storage.events import PROGRESS, EventStore
 from genjobs.server.storage.outage import Outage, time_left, unreachable
 
 log = logging.getLogger(__name__)
 
 LINGER_SECONDS = 0.05  # gather this long after the first event: one insert for many
+PROGRESS_LINGER_SECONDS = 1.0  # progress events alone gather this long
+FULL_BATCH = 32  # this many pending are sent at once (a long insert holds up the database's other commands)
 RETRY_SECONDS = 0.5
 MAX_PENDING = 100_000  # while the database is away; beyond this the oldest are dropped
 
@@ -35,6 +45,7 @@ class EventLog:
         self._settled = 0  # of those, how many are stored (or given up)
         self._stopping = False
         self._hurry = False  # someone waits in flush(): write without lingering
+        self._send_at = 0.0  # when the pending events are sent (monotonic)
         self._thread = threading.Thread(target=self._write_loop, name="event-log", daemon=True)
 
     def start(self) -> None:
@@ -43,10 +54,14 @@ class EventLog:
 
     def append(self, event: Doc) -> None:
         """Queue `event` for storing; returns at once."""
+        linger = PROGRESS_LINGER_SECONDS if event["type"] == PROGRESS else LINGER_SECONDS
         with self._changed:
             self._pending.append(event)
             self._appended += 1
-            self._changed.notify_all()
+            send_at = time.monotonic() + (linger if len(self._pending) < FULL_BATCH else 0.0)
+            if len(self._pending) == 1 or send_at < self._send_at:
+                self._send_at = send_at
+                self._changed.notify_all()  # the writer waits for the first, or till later
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every event appended before this call is stored; False on
@@ -76,7 +91,8 @@ class EventLog:
                 self._changed.wait_for(lambda: self._pending or self._stopping)
                 if self._stopping:
                     return
-                self._changed.wait_for(lambda: self._hurry or self._stopping, LINGER_SECONDS)
+                while not (self._hurry or self._stopping) and (left := self._send_at - time.monotonic()) > 0:
+                    self._changed.wait(left)  # an event sent sooner (a status change) wakes it
                 self._hurry = False
                 batch, self._pending = self._pending, []
             try:
