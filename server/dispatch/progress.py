@@ -185,17 +185,25 @@ class ProgressWrites:
 
     def pend(self, writer: ProgressWriter) -> None:
         """`writer`'s report goes in the next batch; called holding `changed`."""
-        self._pending[(writer.run.oid, writer.run.epoch)] = writer
+        key = (writer.run.oid, writer.run.epoch)
+        if key in self._pending and self._thread:
+            # Its due time is unchanged, and so is the thread's wait: a run that
+            # streams reports once a token, and waking the thread for each was
+            # a tenth of its CPU at concurrency 1.
+            return
+        # The thread waits for the earliest due time: woken only for an earlier one.
+        sooner = not self._pending or writer.due < min(w.due for w in self._pending.values())
+        self._pending[key] = writer
         if not self._thread:
             try:
                 threading.Thread(target=self._work, name="dispatcher-progress", daemon=True).start()
             except RuntimeError:  # no thread to be had (the interpreter is ending): never the generator's
                 log.exception("job %s: progress not written", writer.run.oid)
-                del self._pending[(writer.run.oid, writer.run.epoch)]
+                del self._pending[key]
                 return
             self._thread = True
-        elif len(self._pending) == 1:
-            self.changed.notify_all()  # the thread may be waiting for something to write
+        elif sooner:
+            self.changed.notify_all()
 
     def _work(self) -> None:
         with self.changed:
