@@ -17,6 +17,11 @@ the attempt that took over. Stopping gives attempts under way a short grace,
 then cancels them and gives their claims back, due at once, for another
 server or the next start. No failure of any kind, one delivery's or the
 database's, ends the notifier.
+
+It looks for due deliveries when woken (a notification stored here, a slot
+come free), when a retry it set falls due, and every POLL_SECONDS for what
+other servers left (a claim lapsed, a server stopped): another server sends
+what it stores itself.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import heapq
 import logging
 import secrets
 import threading
@@ -40,7 +46,7 @@ from genjobs.server.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 2.0
+POLL_SECONDS = 5.0
 WORKERS = 16  # attempts under way at once on one server
 PER_OWNER = 4  # of which one owner's: no owner's endpoints can take them all
 PER_ENDPOINT = 2  # of which to one of that owner's endpoints
@@ -110,6 +116,7 @@ class Notifier:
         self._grace = STOP_SECONDS
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._retries: list[float] = []  # when the retries set here fall due (the loop's time), a heap
         self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="notify")
         self._thread = threading.Thread(target=self._run, name="notifier", daemon=True)
 
@@ -161,9 +168,15 @@ class Notifier:
                 if not self.store.outage.failed(exc, "notifications"):
                     log.exception("notifications: scheduling failed")
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(POLL_SECONDS, self.backoff_seconds)):
+                async with asyncio.timeout(self._until_next_look(loop.time())):
                     await self._wake.wait()
         await self._wind_down()
+
+    def _until_next_look(self, now: float) -> float:
+        """Seconds to the next look unless woken: POLL_SECONDS, or less to a retry set here."""
+        while self._retries and self._retries[0] <= now:
+            heapq.heappop(self._retries)  # due: the look just made, or the next, finds it
+        return min(POLL_SECONDS, self._retries[0] - now) if self._retries else POLL_SECONDS
 
     async def _wind_down(self) -> None:
         pending = set(self._running)
@@ -266,7 +279,9 @@ class Notifier:
         finally:
             renewer.cancel()
         try:
-            await self._call(self._record, sender, doc, token, outcome)
+            retry = await self._call(self._record, sender, doc, token, outcome)
+            if retry is not None:
+                heapq.heappush(self._retries, asyncio.get_running_loop().time() + retry)
         except Exception as exc:
             # Unrecorded, the claim lapses and the attempt is made again.
             if not self.store.outage.failed(exc, f"notification {doc['_id']}"):
@@ -288,7 +303,8 @@ class Notifier:
                 attempt.cancel()
                 return
 
-    def _record(self, sender: Sender, doc: Doc, token: str, outcome: Outcome) -> None:
+    def _record(self, sender: Sender, doc: Doc, token: str, outcome: Outcome) -> float | None:
+        """Write the attempt's outcome; in how many seconds it is tried again (None: never)."""
         channel = sender.channel
         attempts = int(doc[channel.attempts])
         state, detail = outcome.state, outcome.detail[:500]
@@ -297,9 +313,11 @@ class Notifier:
         changes: Doc = {channel.state: state, channel.error: detail}
         if channel.name == "webhook":
             metrics.webhook_delivery("retry" if state == PENDING else state.lower())
+        delay = None
         if state == PENDING:
             delay = min(self.backoff_seconds * 2 ** (attempts - 1), MAX_BACKOFF_SECONDS)
             changes[channel.next_us] = clock.now_us() + int(delay * 1e6)
         elif state in (FAILED, REFUSED):
             log.warning("notification %s: %s %s: %s", doc["_id"], channel.name, state, detail)
         self.notifications.record_delivery(channel, doc["_id"], attempts, changes, token)
+        return delay
