@@ -126,6 +126,16 @@ def test_a_change_by_hand_reaches_a_watcher_of_a_leader_alone_within_the_recheck
     wait_for(lambda: events[-1].job.status == jobs_pb2.JOB_STATUS_CANCELLED, timeout=RECHECK_SECONDS + 3)
 
 
+def test_a_leader_alone_reads_the_budgets_once_a_recheck(server: ServerThread) -> None:
+    assert server.app is not None
+    wait_for(lambda: server.app is not None and server.app.dispatcher.alone())
+    passes = _calls(server.app.dispatcher._house, "release")  # once a housekeeping pass (a second)
+    reads = _calls(server.app.budgets.store, "changed_budgets")
+    # Every limit and hold is written here: the passes read them once a recheck.
+    wait_for(lambda: len(passes) >= 4)
+    assert len(reads) <= 1, f"{len(reads)} reads of the budgets in {len(passes)} passes of a leader alone"
+
+
 def test_the_leader_lease_carries_the_wakeups_and_counts_each_taking(mongo: MongoServer) -> None:
     with scratch_store(mongo.uri, "idle_lease") as store:
         queue = store.queue

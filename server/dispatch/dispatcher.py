@@ -82,7 +82,7 @@ class Dispatcher:
         concurrency: int = 1,
         gap_seconds: float = 0.0,
         admit: Callable[[Doc], bool] = lambda job: True,
-        release: Callable[[], int] = lambda: 0,
+        release: Callable[[bool], int] = lambda alone: 0,
         unlimited: Callable[[Doc], bool] = lambda job: True,
         gate: ProviderGate | None = None,
         record_later: EventSink | None = None,

@@ -113,7 +113,7 @@ class Housekeeping:
         ended: Callable[[int], None],
         offer: Offer,
         wake: Callable[[], None],
-        release: Callable[[], int],
+        release: Callable[[bool], int],
         tickers: Sequence[Callable[[], None]],
         gate: ProviderGate | None,
         sweepers: Sequence[Callable[[], None]],
@@ -185,7 +185,7 @@ class Housekeeping:
         self._elected = False  # (cleared once its reads are made: a pass that fails makes them again)
         if recheck:
             self._last_recheck = now
-        if self.release():
+        if self.release(alone):
             self.wake()
         if now - self._last_sweep >= self.sweep_seconds:
             self._last_sweep = now

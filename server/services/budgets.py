@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from genjobs.server.dispatch.housekeeping import RECHECK_SECONDS
 from genjobs.server.model import clock
 from genjobs.server.model.caller import Caller, subject_problem
 from genjobs.server.model.errors import FieldViolation, ServiceError, admins_only, invalid, quota_exceeded
@@ -226,11 +227,12 @@ class Budgets:
         log.info("job %s and %d more of %s wait: %s", job["_id"], moved, limit.subject, limit.describe())
         return False
 
-    def release(self) -> int:
+    def release(self, alone: bool = False) -> int:
         """Move jobs held by limits that no longer bind back to the ready lane;
         how many moved. Reads nothing from the database while nothing is held
-        (but the budgets, at most every CACHE_SECONDS)."""
-        self._reload_if_stale()
+        (but the budgets, at most every CACHE_SECONDS; for a leader `alone`,
+        whose every limit and hold is written here, once a RECHECK_SECONDS)."""
+        self._reload_if_stale(RECHECK_SECONDS if alone else CACHE_SECONDS)
         with self._lock:
             held = [budget for budget in self._budgets.values() if budget.holding]
         moved = 0
@@ -295,15 +297,15 @@ class Budgets:
         with self._lock:
             self._loaded = -1e9
 
-    def _reload_if_stale(self) -> None:
+    def _reload_if_stale(self, max_age: float = CACHE_SECONDS) -> None:
         """Re-read the limits changed since the last read, if that read is older
-        than CACHE_SECONDS (the first read takes them all). The window starts
+        than `max_age` or `stale` was called (the first read takes them all). The window starts
         from when the last read began, not from the newest stamp read: limits
         set in one burst long ago are not read again and again. The query runs
         without the lock: the event loop takes it on every submit."""
         now = time.monotonic()
         with self._lock:
-            if now - self._loaded <= CACHE_SECONDS:
+            if now - self._loaded <= max_age:
                 return
             since = 0 if self._last_read_us is None else self._last_read_us - CHANGE_MARGIN_US
         began_us = clock.now_us()
