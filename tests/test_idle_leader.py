@@ -12,6 +12,7 @@ import pymongo
 from bson import ObjectId
 
 from genjobs.client import GenJobsClient
+from genjobs.client.client import params
 from genjobs.server.dispatch.housekeeping import NEVER, RECHECK_SECONDS, NextDue
 from genjobs.server.model import clock
 from genjobs.server.storage.queue import BACKOFF, SCHEDULED, LeaderLease
@@ -134,6 +135,26 @@ def test_a_leader_alone_reads_the_budgets_once_a_recheck(server: ServerThread) -
     # Every limit and hold is written here: the passes read them once a recheck.
     wait_for(lambda: len(passes) >= 4)
     assert len(reads) <= 1, f"{len(reads)} reads of the budgets in {len(passes)} passes of a leader alone"
+
+
+def test_a_leader_alone_reads_the_schedules_when_one_falls_due(
+    server: ServerThread, alice: GenJobsClient
+) -> None:
+    assert server.app is not None
+    wait_for(lambda: server.app is not None and server.app.dispatcher.alone())
+    store = server.app.services.schedules.store
+    passes = _calls(server.app.dispatcher._house, "release")  # once a housekeeping pass (a second)
+    reads = _calls(store, "due_schedules")
+    wait_for(lambda: len(passes) >= 4)
+    assert len(reads) <= 1, f"{len(reads)} reads of the schedules in {len(passes)} passes with none due"
+    # One made here is known at once: it ticks on time, with no recheck between.
+    made = time.monotonic()
+    schedule = alice.create_schedule(
+        "* * * * * *",
+        job=jobs_pb2.SubmitJobRequest(mode=jobs_pb2.MODE_TOPIC, params=params(topic="every second")),
+    )
+    wait_for(lambda: list(alice.iter_jobs(schedule_id=schedule.id)), timeout=RECHECK_SECONDS)
+    assert time.monotonic() - made < 3
 
 
 def test_the_leader_lease_carries_the_wakeups_and_counts_each_taking(mongo: MongoServer) -> None:

@@ -78,7 +78,7 @@ class Dispatcher:
         retry_base_seconds: float = 1.0,
         sweep_seconds: float = 60.0,
         sweepers: Sequence[Callable[[], None]] = (),
-        tickers: Sequence[Callable[[], None]] = (),
+        tickers: Sequence[Callable[[bool, bool], None]] = (),
         concurrency: int = 1,
         gap_seconds: float = 0.0,
         admit: Callable[[Doc], bool] = lambda job: True,

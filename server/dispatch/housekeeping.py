@@ -114,7 +114,7 @@ class Housekeeping:
         offer: Offer,
         wake: Callable[[], None],
         release: Callable[[bool], int],
-        tickers: Sequence[Callable[[], None]],
+        tickers: Sequence[Callable[[bool, bool], None]],
         gate: ProviderGate | None,
         sweepers: Sequence[Callable[[], None]],
         sweep_seconds: float,
@@ -179,7 +179,7 @@ class Housekeeping:
         if self.next_due.due(now_us) or recheck:
             self._promote_due(now_us, alone)
         for tick in self.tickers:
-            tick()
+            tick(alone, recheck)
         if self.gate is not None:
             self.gate.tick(lambda doc: self._lifecycle.tell(doc, STATUS_CHANGED), learn=elected or recheck)
         self._elected = False  # (cleared once its reads are made: a pass that fails makes them again)

@@ -1,6 +1,8 @@
 """Schedules: a job or bulk job created on a cron schedule, once per tick.
 
-The dispatcher's leader calls `tick()` on each housekeeping pass. A due
+The dispatcher's leader calls `tick()` on each housekeeping pass (a leader
+alone only when the next tick it knows of falls due, a schedule is made or
+resumed here, or once a recheck: it keeps when that is). A due
 schedule (an index range search on `next_run_us`) fires its latest tick at
 or before now: ticks missed while no server ran are not replayed, only the
 latest of them is. What a tick creates carries a request key made of the
@@ -37,6 +39,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from pymongo.errors import PyMongoError
 
+from genjobs.server.dispatch.housekeeping import NextDue
 from genjobs.server.model import clock
 from genjobs.server.model.caller import Caller
 from genjobs.server.model.errors import FieldViolation, ServiceError, invalid
@@ -151,6 +154,7 @@ class Schedules:
         self.loop = loop
         self.max_per_owner = max_per_owner
         self.min_interval_seconds = min_interval_seconds
+        self.next_due = NextDue()  # a leader alone's: when the next tick falls due
 
     # ---- RPCs -----------------------------------------------------------------
 
@@ -227,6 +231,7 @@ class Schedules:
         stored: Schedule | None = None
         try:
             stored = self.store.insert_schedule(schedule)
+            self.next_due.lower(stored.next_run_us)
             return stored
         finally:
             if stored is None or stored.id != schedule.id:  # nothing new stored: give the place back
@@ -254,7 +259,9 @@ class Schedules:
         """Tick again from the first tick after now (an active schedule stays as it is)."""
         found = self.store.get_schedule(caller.user, schedule_id)
         next_run_us = next_tick(found.cron, found.time_zone, clock.now_us())
-        return self.store.set_state(caller.user, schedule_id, PAUSED, ACTIVE, next_run_us)
+        resumed = self.store.set_state(caller.user, schedule_id, PAUSED, ACTIVE, next_run_us)
+        self.next_due.lower(resumed.next_run_us)
+        return resumed
 
     def delete(self, caller: Caller, schedule_id: str) -> None:
         """Remove a schedule; the jobs it created stay."""
@@ -267,10 +274,25 @@ class Schedules:
 
     # ---- ticks (the dispatcher leader's thread) -------------------------------
 
-    def tick(self) -> None:
-        """Fire every due schedule once (the dispatcher leader, about once a second)."""
+    def tick(self, alone: bool = False, recheck: bool = True) -> None:
+        """Fire every due schedule once (the dispatcher leader, about once a
+        second). A leader `alone` writes every schedule here: it reads them
+        only when the next tick falls due, or at a `recheck` (for a schedule
+        written by hand), and then reads when the one after falls due."""
         now = clock.now_us()
-        for doc in self.store.due_schedules(now, DUE_SCAN, DUE_BATCH):
+        if not alone:
+            self.next_due.forget()  # another server may make or move one
+        elif not recheck and not self.next_due.due(now):
+            return
+        version = self.next_due.reading()
+        due = self.store.due_schedules(now, DUE_SCAN, DUE_BATCH)
+        self._fire_all(due, now)
+        if alone:
+            # Those left due (a failed tick, or more than a batch) are read again at the next pass.
+            self.next_due.read(version, now if len(due) >= DUE_BATCH else self.store.next_tick_us())
+
+    def _fire_all(self, due: list[Schedule], now: int) -> None:
+        for doc in due:
             try:
                 self._fire(doc, now)
             except (PyMongoError, TimeoutError) as exc:  # still due: the next pass tries again

@@ -293,6 +293,14 @@ class ScheduleStore:
         whole = {d["_id"]: d for d in self.schedules.find({"_id": {"$in": [d["_id"] for d in picked]}})}
         return [_schedule(whole[d["_id"]]) for d in picked if d["_id"] in whole]
 
+    def next_tick_us(self) -> int | None:
+        """When the earliest active schedule ticks next (None: none is active):
+        one search of the `next_run_us` index (a paused schedule's is 0)."""
+        doc = self.schedules.find_one(
+            {"next_run_us": {"$gte": 1}}, {"next_run_us": 1}, sort=[("next_run_us", pymongo.ASCENDING)]
+        )
+        return None if doc is None else int(doc["next_run_us"])
+
     def advance(self, schedule_id: str, expected_next_us: int, changes: Doc, ran: bool) -> bool:
         """Move a schedule past a tick, if no one has since (pause, resume,
         another replica's tick): one conditional update on its expected next tick.
