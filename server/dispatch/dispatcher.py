@@ -81,7 +81,7 @@ class Dispatcher:
         tickers: Sequence[Callable[[bool, bool], None]] = (),
         concurrency: int = 1,
         gap_seconds: float = 0.0,
-        admit: Callable[[Doc], bool] = lambda job: True,
+        admit: Callable[[Doc, bool], bool] = lambda job, alone: True,
         release: Callable[[bool], int] = lambda alone: 0,
         unlimited: Callable[[Doc], bool] = lambda job: True,
         gate: ProviderGate | None = None,
@@ -506,7 +506,7 @@ class Dispatcher:
         wait, its attempt given back). Here, under the claim lock: a job its
         budget sends back takes no turn, no lane and no gap, and never races
         the budgets' release."""
-        if not self.admit(job):
+        if not self.admit(job, self.alone()):
             return False
         wait = self.gate.hold(job) if self.gate is not None else None
         if wait is not None:

@@ -200,12 +200,13 @@ class Budgets:
                 job["owner"], job.get("project", "")
             )
 
-    def admit(self, job: Doc) -> bool:
+    def admit(self, job: Doc, alone: bool = False) -> bool:
         """Whether a claimed job may run. False: a limit binds, and the job (and
-        the owner's or project's other ready jobs) now wait in the budget lane."""
+        the owner's or project's other ready jobs) now wait in the budget lane.
+        A leader `alone` trusts its budgets as `release` does."""
         # `job` stays the claimed document on purpose: the claim's hot path converts nothing.
         owner, project = job["owner"], job.get("project", "")
-        self._reload_if_stale()
+        self._reload_if_stale(RECHECK_SECONDS if alone else CACHE_SECONDS)
         with self._lock:
             if not self._scopes(owner, project):
                 return True
