@@ -157,6 +157,17 @@ def test_a_leader_alone_reads_the_schedules_when_one_falls_due(
     assert time.monotonic() - made < 3
 
 
+def test_a_serving_server_pings_the_database_only_when_its_lease_keeper_did_not_hear_from_it(
+    server: ServerThread,
+) -> None:
+    assert server.app is not None
+    checks = _calls(server.app, "_answered_lately")  # once a health check (a second)
+    pings = _calls(server.app, "_ping")
+    # The lease keeper's renewal each second answers for the database.
+    wait_for(lambda: len(checks) >= 4)
+    assert len(pings) <= 1, f"{len(pings)} pings in {len(checks)} health checks"
+
+
 def test_the_leader_lease_carries_the_wakeups_and_counts_each_taking(mongo: MongoServer) -> None:
     with scratch_store(mongo.uri, "idle_lease") as store:
         queue = store.queue

@@ -163,6 +163,7 @@ class Dispatcher:
             self._on_elected,
             self._signals.heard,
             self._database_error,
+            store.outage.note_answer,
         )
 
     # ---- called from other threads --------------------------------------

@@ -45,6 +45,7 @@ class LeaseKeeper:
         elected: Callable[[], None],
         heard: Callable[[LeaderLease], None],
         database_error: ErrorLog,
+        answered: Callable[[], None] = lambda: None,
     ) -> None:
         self.queue = queue
         self.worker_id = worker_id
@@ -55,6 +56,7 @@ class LeaseKeeper:
         self._elected = elected  # told when this server becomes the leader
         self._heard = heard  # told the lease's wakeups at each renewal
         self._database_error = database_error
+        self._answered = answered  # told of each renewal the database answered (the health check's ping)
         self._leader_until = 0.0  # monotonic time until which our lease surely holds
         self._term = 0  # the leader lease's term this server last held it in (0: none)
         self._reachable_since: float | None = None  # monotonic; None while renewals fail
@@ -87,6 +89,7 @@ class LeaseKeeper:
             started = time.monotonic()
             try:
                 self._renew(started)
+                self._answered()
                 ended = time.monotonic()
                 if self._reachable_since is None or ended - started > self.tick:
                     # A renewal that took long may have waited out an outage (pymongo

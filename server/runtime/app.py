@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 import uuid
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +59,8 @@ SERVICE_NAMES = (
     templates_pb2.DESCRIPTOR.services_by_name["TemplateService"].full_name,
 )
 HEALTH_CHECK_SECONDS = 1.0
+# A lease renewal (once a second at most) this recent stands for the health check's ping.
+ANSWER_STANDS_SECONDS = 1.5
 DATABASE_START_SECONDS = 30.0  # a start gives up when the database has not answered by then
 HEALTH_PING_SECONDS = 2.0  # a database slower than this to answer a ping is NOT_SERVING
 INDEX_BUILD_SECONDS = 600.0
@@ -397,7 +400,8 @@ class App:
                     if self.embedded is not None and await loop.run_in_executor(pinger, self.embedded.dead):
                         # Dead for sure: no need to wait out a ping first.
                         await self._revive(hung=False)
-                    await loop.run_in_executor(pinger, self._ping, ping_seconds)
+                    if not self._answered_lately(serving):
+                        await loop.run_in_executor(pinger, self._ping, ping_seconds)
                     unanswered_since = None
                     self.store.outage.answered()
                     self._database_answered.set()
@@ -450,6 +454,14 @@ class App:
         if not self.port:
             return ""
         return self.settings.progress_target or advertised(self.settings.host, self.port)
+
+    def _answered_lately(self, serving: bool | None) -> bool:
+        """Whether the database answered the lease keeper lately while all
+        was well: then that answer stands for the ping (a frozen database
+        answers neither, and the next check pings)."""
+        outage = self.store.outage
+        recent = time.monotonic() - outage.answered_at < ANSWER_STANDS_SECONDS
+        return recent and bool(serving) and not outage.on and self._database_ready.is_set()
 
     def _ping(self, seconds: float) -> None:
         with pymongo.timeout(seconds):

@@ -43,6 +43,7 @@ class Outage:
         # How many times the database did not answer so far: a write's answer
         # may have been lost then (what it left is looked for, see housekeeping).
         self.failures = 0
+        self.answered_at = 0.0  # when a periodic command last answered (monotonic; `note_answer`)
 
     @property
     def on(self) -> bool:
@@ -65,6 +66,11 @@ class Outage:
         else:
             log.debug("database still unreachable (%s: %s)", what, brief(exc))
         return True
+
+    def note_answer(self) -> None:
+        """A periodic command (the lease keeper's, once a second) answered: the
+        health check needs no ping of its own meanwhile."""
+        self.answered_at = time.monotonic()
 
     def answered(self) -> None:
         """The database answered: the outage, if one was on, is over."""
