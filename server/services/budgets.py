@@ -206,7 +206,7 @@ class Budgets:
         A leader `alone` trusts its budgets as `release` does."""
         # `job` stays the claimed document on purpose: the claim's hot path converts nothing.
         owner, project = job["owner"], job.get("project", "")
-        self._reload_if_stale(RECHECK_SECONDS if alone else CACHE_SECONDS)
+        self._reload_if_stale(alone)
         with self._lock:
             if not self._scopes(owner, project):
                 return True
@@ -233,7 +233,7 @@ class Budgets:
         how many moved. Reads nothing from the database while nothing is held
         (but the budgets, at most every CACHE_SECONDS; for a leader `alone`,
         whose every limit and hold is written here, once a RECHECK_SECONDS)."""
-        self._reload_if_stale(RECHECK_SECONDS if alone else CACHE_SECONDS)
+        self._reload_if_stale(alone)
         with self._lock:
             held = [budget for budget in self._budgets.values() if budget.holding]
         moved = 0
@@ -298,13 +298,15 @@ class Budgets:
         with self._lock:
             self._loaded = -1e9
 
-    def _reload_if_stale(self, max_age: float = CACHE_SECONDS) -> None:
+    def _reload_if_stale(self, alone: bool = False) -> None:
         """Re-read the limits changed since the last read, if that read is older
-        than `max_age` or `stale` was called (the first read takes them all). The window starts
+        than CACHE_SECONDS (for a leader `alone`, whose every limit and hold is
+        written here, RECHECK_SECONDS) or `stale` was called (the first read
+        takes them all). The window starts
         from when the last read began, not from the newest stamp read: limits
         set in one burst long ago are not read again and again. The query runs
         without the lock: the event loop takes it on every submit."""
-        now = time.monotonic()
+        now, max_age = time.monotonic(), RECHECK_SECONDS if alone else CACHE_SECONDS
         with self._lock:
             if now - self._loaded <= max_age:
                 return
