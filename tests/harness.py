@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -31,6 +32,8 @@ from genjobs.server.storage.store import Store
 from genjobs.v1 import jobs_pb2
 
 SECRET = "test-secret-0123456789abcdef0123"
+# How a server says where it listens: its banner, or its JSON log line.
+SERVING_ON = re.compile(r"serving on [^\s:]+:(\d+)")
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
@@ -287,16 +290,23 @@ def server_env(settings: Settings) -> dict[str, str]:
 
 
 class ServerProcess:
-    """`python -m genjobs.server` in a subprocess (for kill -9 and multi-process tests)."""
+    """`python -m genjobs.server` in a subprocess (for kill -9 and multi-process tests).
+
+    Unless its settings name a port, the server binds a free one itself and
+    the harness reads it from the server's banner: a port chosen here and
+    bound later by the child could be taken meanwhile by another test's
+    server, which would then answer for this one (a JOB_NOT_FOUND from the
+    wrong database, seen once in CI)."""
 
     # A bench may run an older checkout's server from that checkout's folder:
     # before issue 28's packaging its module was the top-level `server`.
     module = "genjobs.server"
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
-        self.settings = replace(settings, port=free_port())
+        self.settings = settings
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
+        self._log_start = 0  # where this process's output begins in its log (a log may be reused)
 
     def start(self) -> ServerProcess:
         self.launch()
@@ -305,6 +315,7 @@ class ServerProcess:
 
     def launch(self) -> ServerProcess:
         """Start the process without waiting for it to serve."""
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", self.module],
@@ -314,11 +325,25 @@ class ServerProcess:
         )
         return self
 
+    def _announced_port(self) -> bool:
+        """Whether the port is known: named in the settings, or read from the
+        banner (or the JSON log's "serving on" line) once the server serves."""
+        if self.settings.port:
+            return True
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_start)
+            found = SERVING_ON.search(log.read().decode(errors="replace"))
+        if found:
+            self.settings = replace(self.settings, port=int(found.group(1)))
+        return found is not None
+
     def _serving(self) -> bool:
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         assert self.process is not None and self.process.poll() is None, self.log_path.read_text()
+        if not self._announced_port():
+            return False
         with grpc.insecure_channel(self.target) as channel:
             try:
                 answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
@@ -328,6 +353,8 @@ class ServerProcess:
 
     @property
     def target(self) -> str:
+        """host:port of the server; waits for its banner when only launched."""
+        wait_for(self._announced_port, timeout=60, interval=0.1)
         return f"127.0.0.1:{self.settings.port}"
 
     def token(self, user: str = "alice") -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from genjobs.server.runtime import observability
 from genjobs.server.runtime.embedded import free_port
 from genjobs.server.telemetry import context, metrics
 from genjobs.v1 import jobs_pb2, jobs_pb2_grpc
-from tests.harness import SECRET, MongoServer, ServerThread, make_settings, server_env, wait_for
+from tests.harness import SECRET, SERVING_ON, MongoServer, ServerThread, make_settings, server_env, wait_for
 from tests.receivers import Receiver
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -245,8 +246,8 @@ def test_json_logs_of_a_real_server_parse_line_by_line_and_hold_no_token(
     mongo: MongoServer, tmp_path: Path
 ) -> None:
     settings = make_settings(
-        mongo.uri, tmp_path, port=free_port(), log_format="json", db_name="t_" + uuid.uuid4().hex[:12]
-    )
+        mongo.uri, tmp_path, log_format="json", db_name="t_" + uuid.uuid4().hex[:12]
+    )  # port 0: the server binds a free one and logs it
     env = {**server_env(settings), "OTEL_TRACES_EXPORTER": "console"}
     stderr_path, stdout_path = tmp_path / "stderr", tmp_path / "stdout"
     with open(stderr_path, "wb") as stderr, open(stdout_path, "wb") as stdout:
@@ -254,13 +255,12 @@ def test_json_logs_of_a_real_server_parse_line_by_line_and_hold_no_token(
         process = subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr)
     try:
         token = make_token(SECRET, "alice")
-        target = f"127.0.0.1:{settings.port}"
 
-        def up() -> bool:
+        def serving_on() -> re.Match[str] | None:
             assert process.poll() is None, stderr_path.read_text()
-            return "serving on" in stderr_path.read_text()
+            return SERVING_ON.search(stderr_path.read_text())
 
-        wait_for(up, timeout=60, interval=0.1)
+        target = f"127.0.0.1:{wait_for(serving_on, timeout=60, interval=0.1).group(1)}"
         with GenJobsClient(target, token) as alice:
             done = alice.submit("topic", topic="Logged")
             failing = alice.submit("topic", topic="Fails", extra={"demo_fail": "permanent"})
