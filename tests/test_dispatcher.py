@@ -263,7 +263,9 @@ def test_cancel_reaches_the_replica_running_the_job(mongo: MongoServer, tmp_path
             job = one.submit("topic", topic="long", extra={"demo_seconds": "30"})
             # Stored running by its submit: the lane that runs it takes it up just after.
             runner = wait_for(
-                lambda: next((s for s in servers if s.app and s.app.dispatcher.running_job_id() == job.id), None)
+                lambda: next(
+                    (s for s in servers if s.app and s.app.dispatcher.running_job_id() == job.id), None
+                )
             )
             other = two if runner is servers[0] else one
             started = time.monotonic()
