@@ -685,10 +685,10 @@ class SlowLeaseReads:
 
 
 class NothingReady:
-    def next(self, polls: bool = True) -> None:
+    def next(self, polls: bool = True, alone: bool = False) -> None:
         return None
 
-    def catch_up(self) -> bool:
+    def catch_up(self, alone: bool = False) -> bool:
         return False
 
     def fresh(self) -> None:
@@ -705,6 +705,7 @@ def test_a_claim_that_finds_nothing_returns_however_slow_the_wakeups_read() -> N
     claims._signals, claims._fair = slow.signals, NothingReady()  # type: ignore[assignment]
     claims._here, claims.concurrency, claims.gate = RunsHere(), 1, None
     claims._house = SimpleNamespace(elsewhere=0)  # type: ignore[assignment]
+    claims._keeper = SimpleNamespace(is_leader=lambda: True)  # type: ignore[assignment]
     claims._last_end_us, claims.gap_us, claims.poll_seconds = 0, 0, 0.5
     ended = threading.Event()
     threading.Thread(target=lambda: (claims._claim_next(), ended.set()), daemon=True).start()

@@ -157,6 +157,43 @@ def test_a_leader_alone_reads_the_schedules_when_one_falls_due(
     assert time.monotonic() - made < 3
 
 
+def test_a_leader_alone_reads_its_ready_lane_once_a_recheck(
+    server: ServerThread, alice: GenJobsClient
+) -> None:
+    assert server.app is not None
+    wait_for(lambda: server.app is not None and server.app.dispatcher.alone())
+    queue = server.app.store.queue
+    passes = _calls(server.app.dispatcher._house, "release")  # once a housekeeping pass (a second)
+    wait_for(lambda: len(passes) >= 2)  # past its first reads alone (those of a server just gone)
+    entered, heads = _calls(queue, "entered_ready"), _calls(queue, "runnable_heads")
+    passes.clear()
+    # Every job entering the ready lane is offered here: the passes read it once a recheck.
+    wait_for(lambda: len(passes) >= 4)
+    reads = len(entered) + len(heads)
+    assert reads <= 1, f"{reads} reads of the ready lane in {len(passes)} passes of a leader alone"
+    made = time.monotonic()  # one submitted here is known at once
+    job = alice.submit("topic", topic="told")
+    wait_for(lambda: alice.get(job.id).status == jobs_pb2.JOB_STATUS_COMPLETED, timeout=RECHECK_SECONDS)
+    assert time.monotonic() - made < 3
+
+
+def test_a_leader_alone_finds_a_job_queued_by_hand_within_the_recheck(
+    server: ServerThread, alice: GenJobsClient
+) -> None:
+    assert server.app is not None
+    wait_for(lambda: server.app is not None and server.app.dispatcher.alone())
+    store = server.app.store
+    # An operator's hand (or a tool), which nothing on the server hears of: a job in the ready lane.
+    doc = seed_job(store, "alice", {"topic": "by hand"})
+    store.database.jobs.insert_one(doc)
+    stored = time.monotonic()
+    wait_for(
+        lambda: alice.get(str(doc["_id"])).status == jobs_pb2.JOB_STATUS_COMPLETED,
+        timeout=RECHECK_SECONDS + 10,
+    )
+    assert time.monotonic() - stored < RECHECK_SECONDS + 3
+
+
 def test_a_serving_server_pings_the_database_only_when_its_lease_keeper_did_not_hear_from_it(
     server: ServerThread,
 ) -> None:

@@ -226,3 +226,26 @@ def test_an_overloaded_529_costs_no_attempt_but_a_4xx_does(
             assert failed.attempt == 1 and failed.error.code == "GENERATOR_REJECTED"
     finally:
         server.stop()
+
+
+def test_a_job_an_outage_sent_back_to_the_ready_lane_runs_when_the_provider_is_back(
+    mongo: MongoServer, tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    """A leader alone reads its ready lane only once a recheck: a run its
+    provider's outage sends back there is offered to it as it is stored."""
+    server = start(mongo, tmp_path, fake)
+    try:
+        assert server.app is not None
+        dispatcher = server.app.dispatcher
+        wait_for(dispatcher.alone)
+        dispatcher._fair.recheck_seconds = 3600.0  # no read of the lane comes to the rescue
+        with server.client("alice") as alice:
+            fake.stop()  # the provider restarts: connections are refused
+            job = alice.submit("topic", topic="Sent back").id
+            # Its run failed against the provider marked down: back in the ready lane.
+            wait_for(lambda: WAITING.fullmatch(alice.get(job).progress.message))
+            fake.restart()
+            done = wait_for(lambda: (j := alice.get(job)).status == S.JOB_STATUS_COMPLETED and j, timeout=10)
+            assert done.attempt == 1 and not done.attempt_errors
+    finally:
+        server.stop()

@@ -41,7 +41,7 @@ from pymongo.errors import PyMongoError
 
 from genjobs.server.dispatch.coming import ComingJobs
 from genjobs.server.dispatch.fairshare import FairShare
-from genjobs.server.dispatch.housekeeping import Housekeeping
+from genjobs.server.dispatch.housekeeping import RECHECK_SECONDS, Housekeeping
 from genjobs.server.dispatch.keeper import LEADER_LEASE, LeaseKeeper
 from genjobs.server.dispatch.providers import ProviderGate
 from genjobs.server.dispatch.run import Followed, Run, RunLifecycle, database_error
@@ -113,6 +113,9 @@ class Dispatcher:
             follow=self._end_and_follow,
             lease_seconds=lease_seconds,
             record_later=record_later,
+            requeued=lambda doc: self.offer(
+                doc["ck"], doc["_id"], doc["owner"], Priority.rank_of(doc.get("rank")), doc
+            ),
         )
         # Claims are made by this thread and by lanes whose run ends (`_end_and_follow`).
         self._claiming = threading.Lock()
@@ -120,7 +123,14 @@ class Dispatcher:
         self.gate = gate
         # The claim order. Claims resuming after a pause of half a lease may
         # follow a spell as follower: it rebuilds from the database then.
-        self._fair = FairShare(store.queue, store.outage, poll_seconds, sweep_seconds, lease_seconds / 2)
+        self._fair = FairShare(
+            store.queue,
+            store.outage,
+            poll_seconds,
+            sweep_seconds,
+            lease_seconds / 2,
+            recheck_seconds=max(poll_seconds, RECHECK_SECONDS),
+        )
         # The runs going on here, and the lanes held for jobs being stored running.
         self._here = RunsHere()
         # Jobs being stored queued that would be claimed next: a lane ending meanwhile waits for them.
@@ -222,7 +232,7 @@ class Dispatcher:
             if self._lanes_taken():
                 self._coming.expect(doc["_id"])
                 return None
-            if not self._fair.none_ready() or not self.unlimited(doc):
+            if not self._fair.none_ready(alone=True) or not self.unlimited(doc):
                 return None
             if self.gate is not None and not self.gate.hold_now(doc):
                 return None
@@ -480,7 +490,7 @@ class Dispatcher:
             caught_up = False
             # A lane's follow-up may have taken the free lane meanwhile.
             while self._claim_wait() <= 0:
-                pick = self._fair.next(polls=False)
+                pick = self._fair.next(polls=False, alone=self.alone())
                 if pick is None or pick.oid is None:
                     # Once a call: a read slower than its interval would be due again at once.
                     if not caught_up and self._catch_up():
@@ -496,10 +506,10 @@ class Dispatcher:
 
     def _catch_up(self) -> bool:
         """The reads due once a poll interval (the leader lease's wakeups, the turns'
-        save, the ready lane's poll), made once a claimed job is on its way;
-        whether any was made. Under the claim lock."""
+        save, the ready lane's poll: once a recheck for a leader alone), made
+        once a claimed job is on its way; whether any was made. Under the claim lock."""
         heeded = self._signals.heed()
-        return self._fair.catch_up() or heeded
+        return self._fair.catch_up(self.alone()) or heeded
 
     def _runnable(self, job: Doc) -> bool:
         """A job just claimed may start: its budget admits it (else it was moved
@@ -538,7 +548,7 @@ class Dispatcher:
             self._signals.heed()
             if self._claim_wait(freeing=1) > 0:  # this run's lane is the one freed
                 return Followed(None)
-            pick = self._fair.next()
+            pick = self._fair.next(alone=self.alone())
             if pick is None or pick.doc is None:
                 if pick is not None:
                     self._fair.put_back(pick)  # not at hand: the dispatcher thread claims it

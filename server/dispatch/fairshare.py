@@ -199,10 +199,17 @@ class FairShare:
         rebuild_seconds: float,
         pause_seconds: float,
         batch: int = BATCH,
+        recheck_seconds: float | None = None,
     ) -> None:
         self.queue = queue
         self.outage = outage  # what the turns' writes log of a database outage
         self.poll_seconds = poll_seconds
+        # A leader alone is offered every job that enters the ready lane on
+        # this server (submits, requeues, promotions, recoveries; a resume or a
+        # release marks the lane stale), and no other server is there to add
+        # any: it polls the lane once this long, for a change made by hand.
+        self.recheck_seconds = poll_seconds if recheck_seconds is None else recheck_seconds
+        self._polled_alone = False  # whether the last poll was made alone
         self.rebuild_seconds = rebuild_seconds
         self.pause_seconds = pause_seconds
         self.candidates = Candidates(batch)
@@ -254,7 +261,13 @@ class FairShare:
                 for offered in meanwhile:
                     self.candidates.add(*offered)
 
-    def none_ready(self) -> bool:
+    def _poll_interval(self, alone: bool) -> float:
+        """How long a poll of the ready lane stands (0 when stale: `stale`)."""
+        if not self._polled:
+            return -1.0
+        return self.recheck_seconds if alone and self._polled_alone else self.poll_seconds
+
+    def none_ready(self, alone: bool = False) -> bool:
         """Whether no job is ready, as far as a claim now could know: none is
         known, the ready lane was read within about a poll interval, and no
         rebuild is due (a pause, a stale mark, or the rebuild interval)."""
@@ -264,7 +277,7 @@ class FairShare:
         if now - self._asked > self.pause_seconds:
             return False
         # The idle dispatcher reads the lane once a poll interval: its last read is at most about two old.
-        if not self._polled or now - self._polled > 2 * self.poll_seconds:
+        if not self._polled or now - self._polled > 2 * self._poll_interval(alone):
             return False
         with self._lock:
             return not len(self.candidates)
@@ -278,16 +291,17 @@ class FairShare:
         """Something changed that offers did not tell (a resume): read the lane at the next claim."""
         self._polled = 0.0
 
-    def next(self, polls: bool = True) -> Pick | None:
+    def next(self, polls: bool = True, alone: bool = False) -> Pick | None:
         """The next job to try to claim, reading the store only when due.
         `polls=False`: the poll interval's reads are left to `catch_up` after
-        the claim, unless nothing is known (then they are made first)."""
+        the claim, unless nothing is known (then they are made first).
+        `alone`: this server leads and no other shares the database."""
         now = time.monotonic()
         pause, self._asked = now - self._asked, now
         if not self._built or now - self._built > self.rebuild_seconds or pause > self.pause_seconds:
             self.rebuild()
         elif polls or not len(self.candidates) or not self._polled:
-            self.catch_up()  # (`stale` asked for the read before this pick)
+            self.catch_up(alone)  # (`stale` asked for the read before this pick)
         self._read_turns()
         while True:
             with self._lock:
@@ -306,11 +320,14 @@ class FairShare:
                     if len(self._docs) < MAX_DOCS:
                         self._docs.update((doc["_id"], doc) for doc in docs)
 
-    def catch_up(self) -> bool:
+    def catch_up(self, alone: bool = False) -> bool:
         """The poll interval's reads when due: the turns not yet stored, and the
-        jobs that entered the ready lane without an offer here. Whether it read."""
-        if time.monotonic() - self._polled <= self.poll_seconds:
+        jobs that entered the ready lane without an offer here (`alone`: once
+        a recheck; the first poll alone comes at once, for the last changes of
+        the servers gone). Whether it read."""
+        if time.monotonic() - self._polled <= self._poll_interval(alone):
             return False
+        self._polled_alone = alone
         self.save_turns()
         self.poll()
         return True

@@ -96,8 +96,12 @@ class RunLifecycle:
         follow: Callable[[Run, Doc, Doc], Followed] | None = None,
         lease_seconds: float = 0.0,
         record_later: Callable[[Doc, str], None] | None = None,
+        requeued: Callable[[Doc], None] | None = None,
     ) -> None:
         self.store = store
+        # The dispatcher's offer: a run sent back to the ready lane is known
+        # there without a read (a leader alone reads the lane once a recheck).
+        self.requeued = requeued
         # The dispatcher's: store a completed run's outcome with its lane's next claim.
         self.follow = follow
         self.gate = gate  # whether a failure was the provider's (an outage, a rate limit)
@@ -306,6 +310,8 @@ class RunLifecycle:
             return
         after = self.held_if_paused(after)
         self.tell(after, STATUS_CHANGED)
+        if self.requeued is not None and after["status"] == str(Status.QUEUED) and after["queue"] == READY:
+            self.requeued(after)
 
     def held_if_paused(self, after: Doc) -> Doc:
         """A bulk job's item just sent back to the queue (a retry's backoff, a
