@@ -15,6 +15,7 @@ from genjobs.client import GenJobsClient
 from genjobs.client.client import params
 from genjobs.server.dispatch.housekeeping import NEVER, RECHECK_SECONDS, NextDue
 from genjobs.server.model import clock
+from genjobs.server.runtime.app import App
 from genjobs.server.storage.queue import BACKOFF, SCHEDULED, LeaderLease
 from genjobs.v1 import jobs_pb2
 from tests.harness import MongoServer, ServerThread, scratch_store, seed_job, wait_for
@@ -41,6 +42,14 @@ def test_a_job_entering_a_waiting_lane_during_a_read_is_not_missed() -> None:
     assert due.due(1_000)  # read again at the next pass, not at 9,000
 
 
+def leader_alone(server: ServerThread) -> App:
+    """The server's app, once its dispatcher leads and no other server shares the database."""
+    app = server.app
+    assert app is not None
+    wait_for(app.dispatcher.alone)
+    return app
+
+
 def _calls(target: Any, name: str) -> list[float]:
     """Record when `target.name` is called (monotonic times), calling through."""
     original: Callable[..., Any] = getattr(target, name)
@@ -57,9 +66,8 @@ def _calls(target: Any, name: str) -> list[float]:
 def test_an_idle_leader_alone_reads_the_waiting_lanes_when_a_job_falls_due(
     server: ServerThread, alice: GenJobsClient
 ) -> None:
-    assert server.app is not None
-    queue = server.app.store.queue
-    wait_for(lambda: server.app is not None and server.app.dispatcher.alone())
+    app = leader_alone(server)
+    queue = app.store.queue
     wait_for(lambda: alice.submit("topic", topic="warm") and True)
     due_reads, run_reads = _calls(queue, "due_waiting"), _calls(queue, "processing_jobs")
     at = datetime.now(UTC) + timedelta(seconds=4)
@@ -81,7 +89,7 @@ def test_an_idle_leader_alone_reads_the_waiting_lanes_when_a_job_falls_due(
 def test_a_leader_alone_finds_a_job_made_due_by_hand_within_the_recheck(
     server: ServerThread, alice: GenJobsClient, mongo: MongoServer
 ) -> None:
-    wait_for(lambda: server.app is not None and server.app.dispatcher.alone())
+    leader_alone(server)
     job = alice.submit("topic", topic="much later", schedule_time=datetime.now(UTC) + timedelta(days=1))
     # An operator's hand, which nothing on the server hears of: due now.
     jobs = pymongo.MongoClient(mongo.uri)[server.settings.db_name].jobs
@@ -102,11 +110,10 @@ def _watching(client: GenJobsClient, job_id: str) -> list[jobs_pb2.JobEvent]:
 def test_a_leader_alone_reads_its_watched_jobs_once_a_recheck(
     server: ServerThread, alice: GenJobsClient
 ) -> None:
-    assert server.app is not None
-    wait_for(lambda: server.app is not None and server.app.dispatcher.alone())
+    app = leader_alone(server)
     job = alice.submit("topic", topic="much later", schedule_time=datetime.now(UTC) + timedelta(days=1))
     events = _watching(alice, job.id)
-    polls, reads = _calls(server.app.services.remote, "poll"), _calls(server.app.store.jobs, "jobs_by_ids")
+    polls, reads = _calls(app.services.remote, "poll"), _calls(app.store.jobs, "jobs_by_ids")
     # Ten of the other servers' polls (a tenth of a second apart here): every
     # change was made and told here, so the job is read once at most (the recheck).
     wait_for(lambda: len(polls) >= 10)
@@ -118,7 +125,7 @@ def test_a_leader_alone_reads_its_watched_jobs_once_a_recheck(
 def test_a_change_by_hand_reaches_a_watcher_of_a_leader_alone_within_the_recheck(
     server: ServerThread, alice: GenJobsClient, mongo: MongoServer
 ) -> None:
-    wait_for(lambda: server.app is not None and server.app.dispatcher.alone())
+    leader_alone(server)
     job = alice.submit("topic", topic="much later", schedule_time=datetime.now(UTC) + timedelta(days=1))
     events = _watching(alice, job.id)
     # An operator's hand, which nothing on the server hears of: cancelled.
@@ -128,10 +135,9 @@ def test_a_change_by_hand_reaches_a_watcher_of_a_leader_alone_within_the_recheck
 
 
 def test_a_leader_alone_reads_the_budgets_once_a_recheck(server: ServerThread) -> None:
-    assert server.app is not None
-    wait_for(lambda: server.app is not None and server.app.dispatcher.alone())
-    passes = _calls(server.app.dispatcher._house, "release")  # once a housekeeping pass (a second)
-    reads = _calls(server.app.budgets.store, "changed_budgets")
+    app = leader_alone(server)
+    passes = _calls(app.dispatcher._house, "release")  # once a housekeeping pass (a second)
+    reads = _calls(app.budgets.store, "changed_budgets")
     # Every limit and hold is written here: the passes read them once a recheck.
     wait_for(lambda: len(passes) >= 4)
     assert len(reads) <= 1, f"{len(reads)} reads of the budgets in {len(passes)} passes of a leader alone"
@@ -140,10 +146,9 @@ def test_a_leader_alone_reads_the_budgets_once_a_recheck(server: ServerThread) -
 def test_a_leader_alone_reads_the_schedules_when_one_falls_due(
     server: ServerThread, alice: GenJobsClient
 ) -> None:
-    assert server.app is not None
-    wait_for(lambda: server.app is not None and server.app.dispatcher.alone())
-    store = server.app.services.schedules.store
-    passes = _calls(server.app.dispatcher._house, "release")  # once a housekeeping pass (a second)
+    app = leader_alone(server)
+    store = app.services.schedules.store
+    passes = _calls(app.dispatcher._house, "release")  # once a housekeeping pass (a second)
     reads = _calls(store, "due_schedules")
     wait_for(lambda: len(passes) >= 4)
     assert len(reads) <= 1, f"{len(reads)} reads of the schedules in {len(passes)} passes with none due"
@@ -160,10 +165,9 @@ def test_a_leader_alone_reads_the_schedules_when_one_falls_due(
 def test_a_leader_alone_reads_its_ready_lane_once_a_recheck(
     server: ServerThread, alice: GenJobsClient
 ) -> None:
-    assert server.app is not None
-    wait_for(lambda: server.app is not None and server.app.dispatcher.alone())
-    queue = server.app.store.queue
-    passes = _calls(server.app.dispatcher._house, "release")  # once a housekeeping pass (a second)
+    app = leader_alone(server)
+    queue = app.store.queue
+    passes = _calls(app.dispatcher._house, "release")  # once a housekeeping pass (a second)
     wait_for(lambda: len(passes) >= 2)  # past its first reads alone (those of a server just gone)
     entered, heads = _calls(queue, "entered_ready"), _calls(queue, "runnable_heads")
     passes.clear()
@@ -180,9 +184,8 @@ def test_a_leader_alone_reads_its_ready_lane_once_a_recheck(
 def test_a_leader_alone_finds_a_job_queued_by_hand_within_the_recheck(
     server: ServerThread, alice: GenJobsClient
 ) -> None:
-    assert server.app is not None
-    wait_for(lambda: server.app is not None and server.app.dispatcher.alone())
-    store = server.app.store
+    app = leader_alone(server)
+    store = app.store
     # An operator's hand (or a tool), which nothing on the server hears of: a job in the ready lane.
     doc = seed_job(store, "alice", {"topic": "by hand"})
     store.database.jobs.insert_one(doc)
