@@ -262,21 +262,23 @@ class FairShare:
                     self.candidates.add(*offered)
 
     def _poll_interval(self, alone: bool) -> float:
-        """How long a poll of the ready lane stands (0 when stale: `stale`)."""
+        """How long a poll of the ready lane stands (-1 when none stands: never
+        polled, or `stale`); a recheck once a leader alone polled it alone."""
         if not self._polled:
             return -1.0
         return self.recheck_seconds if alone and self._polled_alone else self.poll_seconds
 
     def none_ready(self, alone: bool = False) -> bool:
         """Whether no job is ready, as far as a claim now could know: none is
-        known, the ready lane was read within about a poll interval, and no
-        rebuild is due (a pause, a stale mark, or the rebuild interval)."""
+        known, the ready lane was read within about a poll interval (a
+        recheck, `alone`), and no rebuild is due (a pause, a stale mark, or
+        the rebuild interval)."""
         now = time.monotonic()
         if not self._built or now - self._built > self.rebuild_seconds:
             return False
         if now - self._asked > self.pause_seconds:
             return False
-        # The idle dispatcher reads the lane once a poll interval: its last read is at most about two old.
+        # The idle dispatcher reads the lane once an interval: its last read is at most about two old.
         if not self._polled or now - self._polled > 2 * self._poll_interval(alone):
             return False
         with self._lock:
