@@ -39,7 +39,7 @@ from genjobs.server.model.vocabulary import Priority
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.events import STATUS_CHANGED
 from genjobs.server.storage.jobs import job_error
-from genjobs.server.storage.queue import DUE_LIMIT, HELD, NONE, READY
+from genjobs.server.storage.queue import DUE_LIMIT, HELD, NONE
 from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import metrics
 
@@ -291,5 +291,4 @@ class Housekeeping:
             log.warning("job %s lost its worker; now %s", doc["_id"], after["status"])
             metrics.attempt_lost(after)
             self._lifecycle.tell(after, STATUS_CHANGED)
-            if after["status"] == str(Status.QUEUED) and after["queue"] == READY:
-                self.offer(after["ck"], after["_id"], after["owner"], Priority.rank_of(after.get("rank")))
+            self._lifecycle.offer_if_ready(after)

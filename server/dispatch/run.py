@@ -99,8 +99,9 @@ class RunLifecycle:
         requeued: Callable[[Doc], None] | None = None,
     ) -> None:
         self.store = store
-        # The dispatcher's offer: a run sent back to the ready lane is known
-        # there without a read (a leader alone reads the lane once a recheck).
+        # The dispatcher's offer: a job sent back to the ready lane (a run's
+        # outcome, a recovery) is known there without a read (a leader alone
+        # reads the lane once a recheck).
         self.requeued = requeued
         # The dispatcher's: store a completed run's outcome with its lane's next claim.
         self.follow = follow
@@ -310,6 +311,11 @@ class RunLifecycle:
             return
         after = self.held_if_paused(after)
         self.tell(after, STATUS_CHANGED)
+        self.offer_if_ready(after)
+
+    def offer_if_ready(self, after: Doc) -> None:
+        """A job just sent back to the queue (`after`, as stored): offered to
+        the dispatcher if it is in the ready lane (not held, not waiting)."""
         if self.requeued is not None and after["status"] == str(Status.QUEUED) and after["queue"] == READY:
             self.requeued(after)
 
