@@ -61,6 +61,28 @@ def metered(mongo: MongoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     running.stop()
 
 
+def test_the_queue_gauges_cost_the_database_nothing_while_nobody_reads_the_metrics(
+    metered: ServerThread,
+) -> None:
+    app = metered.app
+    assert app is not None
+    queue = app.store.queue
+    counts: list[float] = []
+    count = queue.queue_counts
+
+    def counted() -> tuple[int, int]:
+        counts.append(time.monotonic())
+        return count()
+
+    queue.queue_counts = counted  # type: ignore[method-assign]
+    # Ten refresh intervals with no scrape: at most the count at the start.
+    time.sleep(10 * observability.QUEUE_REFRESH_SECONDS)
+    at_rest = len(counts)
+    assert at_rest <= 1
+    scrape(metered.settings.metrics_port)  # someone reads them: they are counted again
+    wait_for(lambda: len(counts) > at_rest, timeout=10)
+
+
 def test_metrics_move_as_jobs_are_submitted_run_fail_and_are_cancelled(metered: ServerThread) -> None:
     port = metered.settings.metrics_port
     receiver = Receiver()

@@ -475,14 +475,20 @@ class App:
             self.budgets.store.ensure_indexes()
 
     async def _count_queue(self) -> None:
-        """The queue gauges, from the database every few seconds (two indexed counts)."""
+        """The queue gauges, from the database (two indexed counts) at the
+        start and then every few seconds while the metrics are read: a server
+        nobody scrapes sends no command for them. A scrape after a pause finds
+        them as last counted, the next ones fresh."""
         await self._database_ready.wait()
+        counted_at = -1  # the metrics' reads as of the last count
         while True:
-            try:
-                queued, running = await asyncio.to_thread(self.store.queue.queue_counts)
-                metrics.queue_gauges(queued, running)
-            except PyMongoError as exc:
-                log.debug("queue count failed: %s", exc)
+            if metrics.scrapes() != counted_at:
+                counted_at = metrics.scrapes()
+                try:
+                    queued, running = await asyncio.to_thread(self.store.queue.queue_counts)
+                    metrics.queue_gauges(queued, running)
+                except PyMongoError as exc:
+                    log.debug("queue count failed: %s", exc)
             await asyncio.sleep(observability.QUEUE_REFRESH_SECONDS)
 
     async def _poll_remote_events(self) -> None:

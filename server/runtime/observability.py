@@ -4,7 +4,7 @@ Every layer records through server/telemetry/ (`metrics.job_submitted(mode)`,
 `context.job_attempt(job)`, ...); this module is what only the process does:
 
 - Metrics: serves telemetry's registry on GENJOBS_METRICS_PORT (`MetricsServer`);
-  the queue gauges are refreshed every QUEUE_REFRESH_SECONDS (runtime/app.py).
+  the queue gauges are counted every QUEUE_REFRESH_SECONDS while scraped (runtime/app.py).
 - RPCs: one grpc.aio interceptor (`RpcMetrics`) counts and times every call
   and names it in the log context.
 - Traces: OpenTelemetry, off unless OTEL_EXPORTER_OTLP_ENDPOINT or
@@ -38,7 +38,7 @@ from genjobs.server.telemetry import metrics
 
 Doc = dict[str, Any]
 
-# The queue gauges come from the database, at most this often.
+# The queue gauges come from the database, at most this often (and only while scraped).
 QUEUE_REFRESH_SECONDS = 5.0
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from genjobs.server.model.records import Job
 
@@ -25,6 +27,25 @@ Doc = dict[str, Any]
 log = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+class _Scrapes(Collector):
+    """Counts the reads of REGISTRY (a scrape of /metrics or of the metrics
+    port); it adds no metric of its own."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # (else registering it would collect it: a read nobody made)
+
+    def collect(self) -> Iterable[Metric]:
+        self.count += 1
+        return ()
+
+
+_SCRAPES = _Scrapes()
+REGISTRY.register(_SCRAPES)
 
 # Seconds: a job waits from under a second to hours; runs from milliseconds to minutes.
 WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 4 * 3600)
@@ -194,6 +215,12 @@ def provider_up(provider: str, up: bool) -> None:
 def webhook_delivery(outcome: str) -> None:
     """One webhook attempt's outcome (delivered, retry, failed, refused)."""
     _labelled(WEBHOOK_DELIVERIES, outcome).inc()
+
+
+def scrapes() -> int:
+    """How many times this process's metrics were read: the queue gauges,
+    which cost the database two counts, are counted only while someone reads them."""
+    return _SCRAPES.count
 
 
 def queue_gauges(queued: int, running: int) -> None:
