@@ -46,7 +46,7 @@ from genjobs.server.telemetry import metrics
 log = logging.getLogger("genjobs.server.dispatch.dispatcher")  # the dispatcher's lines
 
 HOUSEKEEPING_INTERVAL = 1.0
-RECHECK_SECONDS = 5.0  # what a leader alone trusts its memory for at most
+RECHECK_SECONDS = 10.0  # what a leader alone trusts its memory for at most (5 s before: 1 read a second more at rest)
 SWEEP_TIMEOUT_SECONDS = 120.0
 
 Offer = Callable[[int, ObjectId, str, int], None]
