@@ -46,7 +46,8 @@ from genjobs.server.telemetry import metrics
 log = logging.getLogger("genjobs.server.dispatch.dispatcher")  # the dispatcher's lines
 
 HOUSEKEEPING_INTERVAL = 1.0
-RECHECK_SECONDS = 10.0  # what a leader alone trusts its memory for at most (5 s before: 1 read a second more at rest)
+# What a leader alone trusts its memory for at most (5 s before: a read a second more at rest).
+RECHECK_SECONDS = 10.0
 SWEEP_TIMEOUT_SECONDS = 120.0
 
 Offer = Callable[[int, ObjectId, str, int], None]

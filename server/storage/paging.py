@@ -19,6 +19,7 @@ from pymongo.collection import Collection
 from genjobs.server.model.errors import invalid
 from genjobs.server.model.ids import check_id
 from genjobs.server.storage.database import Doc
+from genjobs.server.storage.database import count as count_matches
 from genjobs.server.storage.pagetoken import PageTokens
 
 # A listing's total_size counts at most this many (it reads what it counts):
@@ -201,11 +202,12 @@ def _first_total(collection: Collection[Doc], query: Doc, found: int, size: int)
     """How many documents match `query`, at most TOTAL_SIZE_CAP, for a first
     page that found `found` of them (asking for size + 1).
 
-    No aggregation: nx-27017 counts the whole collection before every
-    aggregate (40 ms at 1M jobs). A first page that holds every match is its
-    own count; else one step to the cap-th newest match through the
-    (owner, ck) index says whether the cap is reached, and only below it a
-    `count` command (a SQL COUNT over the matches' index) counts them.
+    Aggregate as little as may be: nx-27017 counts the whole collection
+    before every aggregate (40 ms at 1M jobs). A first page that holds every
+    match is its own count; else one step to the cap-th newest match through
+    the (owner, ck) index says whether the cap is reached, and only below it
+    an aggregate counts them. (Not the `count` command: nx-27017 reads the
+    whole collection for it, 85-190 ms at 50k jobs against 2-16 ms.)
     """
     if found <= size:
         return found
@@ -214,4 +216,4 @@ def _first_total(collection: Collection[Doc], query: Doc, found: int, size: int)
     )
     if next(iter(beyond), None) is not None:
         return TOTAL_SIZE_CAP
-    return int(collection.database.command("count", collection.name, query=query)["n"])
+    return count_matches(collection, query)
