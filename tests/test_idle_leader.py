@@ -19,7 +19,7 @@ from genjobs.server.dispatch.housekeeping import NEVER, RECHECK_SECONDS, NextDue
 from genjobs.server.model import clock
 from genjobs.server.runtime.app import App
 from genjobs.server.storage.queue import BACKOFF, SCHEDULED, LeaderLease
-from genjobs.v1 import jobs_pb2
+from genjobs.v1 import bulk_pb2, jobs_pb2
 from tests.harness import MongoServer, ServerThread, scratch_store, seed_job, wait_for
 
 
@@ -129,6 +129,30 @@ def test_a_leader_alone_reads_its_watched_jobs_once_a_recheck(
     assert len(reads) <= 1, f"{len(reads)} reads of a watched job in {len(polls)} polls of a leader alone"
     alice.cancel(job.id)  # a change made here: told at once, with no read
     wait_for(lambda: events[-1].job.status == jobs_pb2.JOB_STATUS_CANCELLED, timeout=2)
+
+
+def test_a_leader_alone_reads_its_watched_bulk_jobs_once_a_recheck(
+    server: ServerThread, alice: GenJobsClient
+) -> None:
+    app = leader_alone(server)
+    later = datetime.now(UTC) + timedelta(days=1)
+    bulk = alice.create_bulk("topic", [{"topic": f"item {n}"} for n in range(10)], schedule_time=later)
+    events: list[Any] = []
+
+    def follow() -> None:
+        with contextlib.suppress(ValueError, grpc.RpcError, GenJobsError):
+            events.extend(alice.watch_bulk(bulk.id))
+
+    threading.Thread(target=follow, daemon=True).start()
+    wait_for(lambda: events)  # the first snapshot: the stream is open
+    polls, reads = _calls(app.services.remote, "poll"), _calls(app.store.bulks, "bulk_docs")
+    # As for a watched job: every change is made and told here, so ten polls read it once at most.
+    wait_for(lambda: len(polls) >= 10)
+    assert len(reads) <= 1, (
+        f"{len(reads)} reads of a watched bulk job in {len(polls)} polls of a leader alone"
+    )
+    alice.cancel_bulk(bulk.id)  # a change made here: told at once, with no read
+    wait_for(lambda: events[-1].bulk_job.status == bulk_pb2.BULK_JOB_STATUS_CANCELLED, timeout=5)
 
 
 def test_a_change_by_hand_reaches_a_watcher_of_a_leader_alone_within_the_recheck(

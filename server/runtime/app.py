@@ -501,7 +501,6 @@ class App:
             await asyncio.sleep(self.settings.poll_seconds)
             try:
                 await self.services.remote.poll()
-                await self.bulks.poll_remote()
             except PyMongoError as exc:
                 log.debug("remote event poll failed: %s", exc)
 

@@ -194,7 +194,7 @@ def build(
         gate=gate,
     )
     progress = ExternalProgress(store, progress_link.tokens, changes.record)
-    remote = RemoteChanges(store, hub, dispatcher)
+    remote = RemoteChanges(store, hub, dispatcher, bulks.poll_remote)
     return Services(
         notifier=notifier,
         job_notifications=job_notifications,

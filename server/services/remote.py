@@ -5,6 +5,8 @@ every `GENJOBS_POLL_SECONDS` (the app's remote-events task).
   steps since what its watchers were told, a snapshot of the job the rest.
   A leader alone makes every change and tells it here, so it reads them only
   once every RECHECK_SECONDS (for a change made by hand in the database).
+- A watched bulk job (WatchBulkJob) changed elsewhere: `Bulks.poll_remote`,
+  as often as the watched jobs.
 - A watched owner's jobs (WatchJobs): those changed since the last read, by
   the index on `updated_us` (what changed, not the history), less
   CHANGE_MARGIN_US, and the jobs last told running, by `_id`; each is sent
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from genjobs.server.dispatch.housekeeping import RECHECK_SECONDS
@@ -43,20 +46,47 @@ class Replicas(Protocol):
         return False
 
 
+async def _nothing() -> None:
+    """No bulk jobs to read (a RemoteChanges of jobs alone)."""
+
+
 class RemoteChanges:
     """Reads what other servers changed for the streams open here."""
 
-    def __init__(self, store: Store, hub: EventHub, replicas: Replicas) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hub: EventHub,
+        replicas: Replicas,
+        watched_bulks: Callable[[], Awaitable[None]] = _nothing,
+    ) -> None:
         self.store = store
         self.hub = hub
         self.replicas = replicas
+        # Reads the watched bulk jobs changed elsewhere (`Bulks.poll_remote`).
+        self.watched_bulks = watched_bulks
         self._owners_read_us = 0  # when the owners' streams last read what changed (0: nobody watched)
-        self._jobs_read_alone = -RECHECK_SECONDS  # when the watched jobs were last read alone (monotonic)
+        self._read_alone = -RECHECK_SECONDS  # when the watched (bulk) jobs were last read alone (monotonic)
 
     async def poll(self) -> None:
-        """One read for the watched jobs, then one for the watched owners."""
-        await self._poll_watched_jobs()
+        """One read for the watched jobs and one for the watched bulk jobs
+        (`watched_bulks`), when due (`_read_due`), then one for the watched owners."""
+        if self._read_due():
+            await self._poll_watched_jobs()
+            await self.watched_bulks()
         await self._poll_watched_owners()
+
+    def _read_due(self) -> bool:
+        """Whether the watched jobs and bulk jobs are read at this poll: at
+        every one while other servers share the database; for a leader alone,
+        which makes and tells every change here, once every RECHECK_SECONDS
+        (for a change made by hand), the first at once (the last changes of
+        the servers gone)."""
+        alone, now = self.replicas.alone(), time.monotonic()
+        if alone and now - self._read_alone < RECHECK_SECONDS:
+            return False
+        self._read_alone = now if alone else -RECHECK_SECONDS
+        return True
 
     def _snapshot(self, doc: Doc) -> Doc:
         """The event standing for a job's changes not told one by one: a final
@@ -68,12 +98,7 @@ class RemoteChanges:
         ids = self.hub.watched(JOB)
         if not ids:
             return
-        alone, now = self.replicas.alone(), time.monotonic()
-        if alone and now - self._jobs_read_alone < RECHECK_SECONDS:
-            return
         docs = await asyncio.to_thread(self.store.jobs.jobs_by_ids, ids)
-        # Not alone: the first read alone comes at once (the last changes of the servers gone).
-        self._jobs_read_alone = now if alone else -RECHECK_SECONDS
         for doc in docs:
             key = job_key(doc["_id"])
             last = self.hub.last_seq(key)
