@@ -62,7 +62,7 @@ def metered(mongo: MongoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_the_queue_gauges_cost_the_database_nothing_while_nobody_reads_the_metrics(
-    metered: ServerThread,
+    metered: ServerThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = metered.app
     assert app is not None
@@ -74,9 +74,17 @@ def test_the_queue_gauges_cost_the_database_nothing_while_nobody_reads_the_metri
         counts.append(time.monotonic())
         return count()
 
+    passes: list[float] = []  # the gauges' loop asks once a pass whether the metrics were read
+    scrapes = metrics.scrapes
+
+    def asked() -> int:
+        passes.append(time.monotonic())
+        return scrapes()
+
     queue.queue_counts = counted  # type: ignore[method-assign]
-    # Ten refresh intervals with no scrape: at most the count at the start.
-    time.sleep(10 * observability.QUEUE_REFRESH_SECONDS)
+    monkeypatch.setattr(metrics, "scrapes", asked)
+    # Ten passes of the gauges' loop with no scrape: at most the count at the start.
+    wait_for(lambda: len(passes) >= 10, timeout=30)
     at_rest = len(counts)
     assert at_rest <= 1
     scrape(metered.settings.metrics_port)  # someone reads them: they are counted again

@@ -482,8 +482,9 @@ class App:
         await self._database_ready.wait()
         counted_at = -1  # the metrics' reads as of the last count
         while True:
-            if metrics.scrapes() != counted_at:
-                counted_at = metrics.scrapes()
+            read = metrics.scrapes()
+            if read != counted_at:
+                counted_at = read
                 try:
                     queued, running = await asyncio.to_thread(self.store.queue.queue_counts)
                     metrics.queue_gauges(queued, running)
