@@ -113,18 +113,17 @@ def list_latency(mongo_uri: str, settings_dir: object) -> tuple[list[float], lis
     store.ensure_indexes()
     total = 100_000
     params = {"topic": "", "keywords": [], "word_count": 800, "tone": "", "source_text": "", "extra": {}}
-    for start in range(0, total, 5000):
-        docs = [
-            seed_job(store, "heavy", {**params, "topic": f"topic {i}"}) for i in range(start, start + 5000)
-        ]
+
+    def store_completed(owner: str, numbers: range) -> None:
+        docs = [seed_job(store, owner, {**params, "topic": f"topic {i}"}) for i in numbers]
         for d in docs:
             d.update(status="COMPLETED", queue="none")
         store.database.jobs.insert_many(docs)
+
+    for start in range(0, total, 5000):
+        store_completed("heavy", range(start, start + 5000))
     # A user with a page's worth and more, below the total's cap: counted, not capped.
-    light = [seed_job(store, "light", {**params, "topic": f"light {i}"}) for i in range(LIGHT_JOBS)]
-    for d in light:
-        d.update(status="COMPLETED", queue="none")
-    store.database.jobs.insert_many(light)
+    store_completed("light", range(LIGHT_JOBS))
     store.close()
     server = ServerThread(settings).start()
     firsts, nexts, lights = [], [], []

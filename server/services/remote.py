@@ -46,10 +46,6 @@ class Replicas(Protocol):
         return False
 
 
-async def _nothing() -> None:
-    """No bulk jobs to read (a RemoteChanges of jobs alone)."""
-
-
 class RemoteChanges:
     """Reads what other servers changed for the streams open here."""
 
@@ -58,7 +54,7 @@ class RemoteChanges:
         store: Store,
         hub: EventHub,
         replicas: Replicas,
-        watched_bulks: Callable[[], Awaitable[None]] = _nothing,
+        watched_bulks: Callable[[], Awaitable[None]],
     ) -> None:
         self.store = store
         self.hub = hub
