@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -111,3 +112,16 @@ def test_failure_after_the_database_started_stops_it_and_says_why(tmp_path: Path
     assert len(lines) == 1 and lines[0].startswith("genjobs: cannot read a TLS file"), done.stderr
     assert (tmp_path / "data" / "mongo").exists()  # the embedded database had started
     assert not nx_processes(tmp_path / "data")
+
+
+def test_a_free_port_is_not_one_an_outgoing_connection_can_take() -> None:
+    # A listener's port picked from the kernel's range for outgoing connections
+    # can go to some client's connect (a test's pymongo, say) before the
+    # listener binds it, and that test fails with "address in use".
+    low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = [free_port() for _ in range(50)]
+    assert not [port for port in ports if low <= port <= high]
+    for port in ports[:5]:  # and each can be listened on
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+            sock.listen()

@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 # The embedded database's entry point: nx-27017 with a quiet, rotated log. A
 # pid is trusted as our database only when its command line runs this module.
 DATABASE_MODULE = "genjobs.server.runtime.quiet_nx"
+# Where free_port looks: above the well-known services, below the kernel's
+# range for outgoing connections on common systems (32768-60999 on Linux).
+LISTEN_PORTS = range(20000, 32768)
+FREE_PORT_TRIES = 200
 START_TIMEOUT_SECONDS = 30.0
 ANSWER_TIMEOUT_SECONDS = 5.0  # one ping's wait
 # An instance that is alive but has answered nothing for this long is hung, and
@@ -248,10 +253,28 @@ def _uri(port: int) -> str:
 
 
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on loopback that nothing listens on right now, chosen below
+    the range the kernel gives outgoing connections: a port from that range can
+    be taken by some client's connect before its listener binds it."""
+    below = min(_ephemeral_low(), LISTEN_PORTS.stop)
+    for _ in range(FREE_PORT_TRIES):
+        port = random.randrange(LISTEN_PORTS.start, below) if below > LISTEN_PORTS.start else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # taken: try another
+                continue
+            return int(sock.getsockname()[1])
+    raise OSError(f"no free port found in {FREE_PORT_TRIES} tries")
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (Linux's own
+    default where /proc does not say)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _alive(pid: int) -> bool:
