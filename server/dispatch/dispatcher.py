@@ -113,9 +113,7 @@ class Dispatcher:
             follow=self._end_and_follow,
             lease_seconds=lease_seconds,
             record_later=record_later,
-            requeued=lambda doc: self.offer(
-                doc["ck"], doc["_id"], doc["owner"], Priority.rank_of(doc.get("rank")), doc
-            ),
+            requeued=lambda doc: self.offer_ready(doc, doc),
         )
         # Claims are made by this thread and by lanes whose run ends (`_end_and_follow`).
         self._claiming = threading.Lock()
@@ -155,7 +153,7 @@ class Dispatcher:
             alone=self.alone,
             started_here=self._here.started,
             ended=self._ended,
-            offer=lambda ck, oid, owner, rank: self.offer(ck, oid, owner, rank),
+            offer=lambda fields: self.offer_ready(fields),
             wake=self.wake,
             release=release,
             tickers=tickers,
@@ -201,6 +199,11 @@ class Dispatcher:
             self._fair.stale()
         self._coming.offered(oid)
         self._queued()
+
+    def offer_ready(self, fields: Doc, stored: Doc | None = None) -> None:
+        """`offer` from a job's candidate fields (`_id`, `ck`, `owner`, `rank`);
+        `stored`: its whole document as stored, when the caller holds it."""
+        self.offer(fields["ck"], fields["_id"], fields["owner"], Priority.rank_of(fields.get("rank")), stored)
 
     def start_as_stored(self, doc: Doc) -> Doc | None:
         """A job about to be stored on this server, queued in the ready lane

@@ -35,7 +35,6 @@ from genjobs.server.dispatch.providers import ProviderGate
 from genjobs.server.dispatch.run import Run, RunLifecycle
 from genjobs.server.model import clock
 from genjobs.server.model.states import Status
-from genjobs.server.model.vocabulary import Priority
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.events import STATUS_CHANGED
 from genjobs.server.storage.jobs import job_error
@@ -50,7 +49,7 @@ HOUSEKEEPING_INTERVAL = 1.0
 RECHECK_SECONDS = 10.0
 SWEEP_TIMEOUT_SECONDS = 120.0
 
-Offer = Callable[[int, ObjectId, str, int], None]
+Offer = Callable[[Doc], None]  # a job entered the ready lane: its candidate fields
 NEVER = sys.maxsize  # no job waits
 
 
@@ -252,7 +251,7 @@ class Housekeeping:
                 continue
             promoted = self.queue.make_ready(oid, lane)
             if promoted is not None:
-                self.offer(promoted["ck"], oid, promoted["owner"], Priority.rank_of(promoted.get("rank")))
+                self.offer(promoted)
         # Once every due job is promoted (a pass that fails reads them again):
         # when the next falls due; what entered a waiting lane meanwhile lowers it.
         if alone and len(due) < DUE_LIMIT:
