@@ -56,6 +56,11 @@ MARK = re.compile(r"wb-\d+-\d+")  # the topic of one job: wb-<round>-<job>
 WORDS = re.compile(r"^(\d+) of ")  # the openai generator's progress message
 
 
+def framed(data: bytes) -> bytes:
+    """One piece of a chunked HTTP/1.1 body (an empty one ends the body)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
 class Listener(ThreadingHTTPServer):
     """A thread per stream, and a backlog for 32 clients connecting at once (the default is 5)."""
 
@@ -75,6 +80,10 @@ class StreamServer:
         streams = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive with chunked bodies, as a model's server answers: a
+            # client's connections are reused, not opened once a stream.
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:
                 streams.answer(self)
 
@@ -100,6 +109,7 @@ class StreamServer:
             self.arrived[found.group()] = time.time()
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Transfer-Encoding", "chunked")
         handler.end_headers()
         model = body.get("model", "")
         gap = self.seconds / self.tokens
@@ -108,12 +118,12 @@ class StreamServer:
             for i in range(self.tokens):
                 # On a schedule, not gap after gap: a slow reader does not stretch the stream.
                 time.sleep(max(0.0, started + (i + 1) * gap - time.monotonic()))
-                handler.wfile.write(_chunk(model, [{"index": 0, "delta": {"content": f"w{i} "}}]))
+                handler.wfile.write(framed(_chunk(model, [{"index": 0, "delta": {"content": f"w{i} "}}])))
                 times.append(time.time())
             usage = {"prompt_tokens": 10, "completion_tokens": self.tokens, "total_tokens": 10 + self.tokens}
-            handler.wfile.write(_chunk(model, [{"index": 0, "delta": {}, "finish_reason": "stop"}]))
-            handler.wfile.write(_chunk(model, [], usage))
-            handler.wfile.write(b"data: [DONE]\n\n")
+            handler.wfile.write(framed(_chunk(model, [{"index": 0, "delta": {}, "finish_reason": "stop"}])))
+            handler.wfile.write(framed(_chunk(model, [], usage)))
+            handler.wfile.write(framed(b"data: [DONE]\n\n") + framed(b""))
         except (BrokenPipeError, ConnectionResetError):
             pass
 
