@@ -15,8 +15,9 @@ from bson import ObjectId
 
 from genjobs.client import GenJobsClient, GenJobsError
 from genjobs.client.client import params
-from genjobs.server.dispatch.housekeeping import NEVER, RECHECK_SECONDS, NextDue
+from genjobs.server.dispatch.housekeeping import NEVER, NextDue
 from genjobs.server.model import clock
+from genjobs.server.model.recheck import RECHECK_SECONDS
 from genjobs.server.runtime.app import App
 from genjobs.server.storage.queue import BACKOFF, SCHEDULED, LeaderLease
 from genjobs.v1 import bulk_pb2, jobs_pb2

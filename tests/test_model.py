@@ -1,14 +1,17 @@
 """Pure logic of the domain model (issue 28): the priority vocabulary, what a
-retry keeps, the document round trip at the storage edge, and error codes
-that gRPC reads by number."""
+retry keeps, the document round trip at the storage edge, error codes that
+gRPC reads by number, and how long a read of what a server keeps stands."""
 
 from __future__ import annotations
+
+import time
 
 import grpc
 from bson import ObjectId
 
 import genjobs.server.notify  # noqa: F401  (the channels register themselves as it is imported)
 from genjobs.server.model.errors import Code
+from genjobs.server.model.recheck import RECHECK_SECONDS, Recheck
 from genjobs.server.model.records import Job, Params, Submission
 from genjobs.server.model.states import Status
 from genjobs.server.model.targets import NotifyTarget
@@ -85,3 +88,19 @@ def test_a_submission_reads_back_as_the_job_it_stored() -> None:
 
 def test_error_codes_are_grpc_status_numbers() -> None:
     assert {c.name: int(c) for c in Code} == {c.name: c.value[0] for c in grpc.StatusCode}
+
+
+def test_a_leader_alone_reads_again_once_a_recheck_and_the_first_time_at_once() -> None:
+    reads = Recheck(every=1.5)
+    assert reads.due(alone=True)  # never read
+    reads.read(alone=False, at=time.monotonic() - 2)
+    assert reads.due(alone=False)  # a read stands `every` while others share the database
+    assert reads.due(alone=True)  # alone now: the servers gone may have left changes
+    reads.read(alone=True, at=time.monotonic() - 2)
+    assert not reads.due(alone=True)  # read alone: it stands a recheck
+    assert reads.due(alone=False)  # a server joined
+    reads.read(alone=True, at=time.monotonic() - RECHECK_SECONDS)
+    assert reads.due(alone=True)
+    reads.read(alone=True)
+    reads.forget()  # a change nobody told
+    assert reads.due(alone=True)

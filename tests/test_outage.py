@@ -238,7 +238,7 @@ def test_a_job_an_outage_sent_back_to_the_ready_lane_runs_when_the_provider_is_b
         assert server.app is not None
         dispatcher = server.app.dispatcher
         wait_for(dispatcher.alone)
-        dispatcher._fair.recheck_seconds = 3600.0  # no read of the lane comes to the rescue
+        dispatcher._fair._polls.alone_every = 3600.0  # no read of the lane comes to the rescue
         with server.client("alice") as alice:
             fake.stop()  # the provider restarts: connections are refused
             job = alice.submit("topic", topic="Sent back").id

@@ -41,7 +41,7 @@ from pymongo.errors import PyMongoError
 
 from genjobs.server.dispatch.coming import ComingJobs
 from genjobs.server.dispatch.fairshare import FairShare
-from genjobs.server.dispatch.housekeeping import RECHECK_SECONDS, Housekeeping
+from genjobs.server.dispatch.housekeeping import Housekeeping
 from genjobs.server.dispatch.keeper import LEADER_LEASE, LeaseKeeper
 from genjobs.server.dispatch.providers import ProviderGate
 from genjobs.server.dispatch.run import Followed, Run, RunLifecycle, database_error
@@ -51,6 +51,7 @@ from genjobs.server.generators.base import (
     Generator,
 )
 from genjobs.server.model import clock
+from genjobs.server.model.recheck import RECHECK_SECONDS
 from genjobs.server.model.vocabulary import Priority
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.queue import READY

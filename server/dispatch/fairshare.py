@@ -51,6 +51,7 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from genjobs.server.model import clock
+from genjobs.server.model.recheck import Recheck
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.outage import Outage
 from genjobs.server.storage.queue import QueueStore, ReadyCursor, candidate
@@ -208,14 +209,12 @@ class FairShare:
         # this server (submits, requeues, promotions, recoveries; a resume or a
         # release marks the lane stale), and no other server is there to add
         # any: it polls the lane once this long, for a change made by hand.
-        self.recheck_seconds = poll_seconds if recheck_seconds is None else recheck_seconds
-        self._polled_alone = False  # whether the last poll was made alone
+        self._polls = Recheck(poll_seconds, poll_seconds if recheck_seconds is None else recheck_seconds)
         self.rebuild_seconds = rebuild_seconds
         self.pause_seconds = pause_seconds
         self.candidates = Candidates(batch)
         self._lock = threading.Lock()
         self._built = 0.0  # monotonic time of the last rebuild; 0: never
-        self._polled = 0.0  # monotonic time of the last read of the ready lane
         self._asked = 0.0  # monotonic time of the last `next`
         self._seen: ReadyCursor = (0, None)  # where the incremental (delayed) reads got to
         self._fresh: ReadyCursor = (0, None)  # where the reads another replica's wakeup asked for got to
@@ -261,13 +260,6 @@ class FairShare:
                 for offered in meanwhile:
                     self.candidates.add(*offered)
 
-    def _poll_interval(self, alone: bool) -> float:
-        """How long a poll of the ready lane stands (-1 when none stands: never
-        polled, or `stale`); a recheck once a leader alone polled it alone."""
-        if not self._polled:
-            return -1.0
-        return self.recheck_seconds if alone and self._polled_alone else self.poll_seconds
-
     def none_ready(self, alone: bool = False) -> bool:
         """Whether no job is ready, as far as a claim now could know: none is
         known, the ready lane was read within about a poll interval (a
@@ -279,7 +271,7 @@ class FairShare:
         if now - self._asked > self.pause_seconds:
             return False
         # The idle dispatcher reads the lane once an interval: its last read is at most about two old.
-        if not self._polled or now - self._polled > 2 * self._poll_interval(alone):
+        if not self._polls.last or now - self._polls.last > 2 * self._polls.interval(alone):
             return False
         with self._lock:
             return not len(self.candidates)
@@ -291,7 +283,7 @@ class FairShare:
 
     def stale(self) -> None:
         """Something changed that offers did not tell (a resume): read the lane at the next claim."""
-        self._polled = 0.0
+        self._polls.forget()
 
     def next(self, polls: bool = True, alone: bool = False) -> Pick | None:
         """The next job to try to claim, reading the store only when due.
@@ -302,7 +294,7 @@ class FairShare:
         pause, self._asked = now - self._asked, now
         if not self._built or now - self._built > self.rebuild_seconds or pause > self.pause_seconds:
             self.rebuild()
-        elif polls or not len(self.candidates) or not self._polled:
+        elif polls or not len(self.candidates) or not self._polls.last:
             self.catch_up(alone)  # (`stale` asked for the read before this pick)
         self._read_turns()
         while True:
@@ -327,9 +319,9 @@ class FairShare:
         jobs that entered the ready lane without an offer here (`alone`: once
         a recheck; the first poll alone comes at once, for the last changes of
         the servers gone). Whether it read."""
-        if time.monotonic() - self._polled <= self._poll_interval(alone):
+        if not self._polls.due(alone):
             return False
-        self._polled_alone = alone
+        self._polls.read(alone)
         self.save_turns()
         self.poll()
         return True
@@ -383,11 +375,12 @@ class FairShare:
         self._reads = {}
         self._turns_read = set(heads)
         self._seen = self._fresh = (clock.now_us() - DISCOVERY_DELAY_US, None)
-        self._built = self._polled = now
+        self._built = now
+        self._polls.read(at=now)
 
     def poll(self) -> None:
         """Learn of the jobs that entered the ready lane without an offer here."""
-        self._polled = time.monotonic()
+        self._polls.read()
         if not len(self.candidates):
             # Nothing known: the head of the lane says what there is, as cheaply.
             found = self.queue.runnable_heads(self.candidates.batch)

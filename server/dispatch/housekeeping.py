@@ -34,6 +34,7 @@ from genjobs.server.dispatch.keeper import LEADER_LEASE
 from genjobs.server.dispatch.providers import ProviderGate
 from genjobs.server.dispatch.run import Run, RunLifecycle
 from genjobs.server.model import clock
+from genjobs.server.model.recheck import Recheck
 from genjobs.server.model.states import Status
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.events import STATUS_CHANGED
@@ -45,8 +46,6 @@ from genjobs.server.telemetry import metrics
 log = logging.getLogger("genjobs.server.dispatch.dispatcher")  # the dispatcher's lines
 
 HOUSEKEEPING_INTERVAL = 1.0
-# What a leader alone trusts its memory for at most (5 s before: a read a second more at rest).
-RECHECK_SECONDS = 10.0
 SWEEP_TIMEOUT_SECONDS = 120.0
 
 Offer = Callable[[Doc], None]  # a job entered the ready lane: its candidate fields
@@ -147,7 +146,7 @@ class Housekeeping:
         self._look = False  # a job may be running nowhere (`look_for_runs`)
         self._last_pass = 0.0
         self._last_sweep = 0.0
-        self._last_recheck = 0.0
+        self._recheck = Recheck()  # the reads a leader alone makes once a recheck
 
     def elected(self) -> None:
         """This server took the leader lease: recover the former leader's runs at the next pass."""
@@ -174,7 +173,7 @@ class Housekeeping:
             self.elsewhere = 0
             if self.gap_us:
                 self._ended(self.queue.last_run_end(LEADER_LEASE))
-        recheck = not alone or now - self._last_recheck >= RECHECK_SECONDS
+        recheck = self._recheck.due(alone)
         self._look_at_runs(now, now_us, recheck)
         if self.next_due.due(now_us) or recheck:
             self._promote_due(now_us, alone)
@@ -184,7 +183,7 @@ class Housekeeping:
             self.gate.tick(lambda doc: self._lifecycle.tell(doc, STATUS_CHANGED), learn=elected or recheck)
         self._elected = False  # (cleared once its reads are made: a pass that fails makes them again)
         if recheck:
-            self._last_recheck = now
+            self._recheck.read(alone, now)
         if self.release(alone):
             self.wake()
         if now - self._last_sweep >= self.sweep_seconds:

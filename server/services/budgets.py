@@ -33,10 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from genjobs.server.dispatch.housekeeping import RECHECK_SECONDS
 from genjobs.server.model import clock
 from genjobs.server.model.caller import Caller, subject_problem
 from genjobs.server.model.errors import FieldViolation, ServiceError, admins_only, invalid, quota_exceeded
+from genjobs.server.model.recheck import Recheck
 from genjobs.server.model.records import Budget, Job, MonthSpend, Spend
 from genjobs.server.model.states import Status
 from genjobs.server.services import validation
@@ -122,7 +122,8 @@ class Budgets:
         self.cap = cap  # the queued-jobs cap: GetUsage counts it, a submit's check asks it
         self._lock = threading.Lock()
         self._budgets: dict[str, Budget] = {}  # by budget_key
-        self._loaded = -1e9  # monotonic time of the last read of what changed
+        # The reads of what changed: each stands CACHE_SECONDS, a recheck for a leader alone.
+        self._reloads = Recheck(CACHE_SECONDS)
         self._last_read_us: int | None = None  # clock time the last read began; None: nothing read yet
         self._spend: dict[str, tuple[float, MonthSpend]] = {}  # usage key -> (read at, spend)
         # Written behind the dispatcher's runs (services/written_behind.py): their counted costs' flags.
@@ -178,7 +179,7 @@ class Budgets:
         """True when the caches alone show the limits pass (no query needed)."""
         now = time.monotonic()
         with self._lock:
-            if now - self._loaded > CACHE_SECONDS:
+            if self._reloads.due(alone=False):  # the submit path trusts a read CACHE_SECONDS old
                 return False
             for doc in self._scopes(owner, project):
                 cached = self._spend.get(usage_key(owner, month_of(clock.now_us())))
@@ -196,7 +197,7 @@ class Budgets:
         at most CACHE_SECONDS ago say (no query: False when they are older).
         Then `admit` would let it run without reading anything either."""
         with self._lock:
-            return time.monotonic() - self._loaded <= CACHE_SECONDS and not self._scopes(
+            return not self._reloads.due(alone=False) and not self._scopes(
                 job["owner"], job.get("project", "")
             )
 
@@ -296,7 +297,7 @@ class Budgets:
     def stale(self) -> None:
         """Make the next check re-read what changed (this server wrote a limit)."""
         with self._lock:
-            self._loaded = -1e9
+            self._reloads.forget()
 
     def _reload_if_stale(self, alone: bool = False) -> None:
         """Re-read the limits changed since the last read, if that read is older
@@ -306,9 +307,9 @@ class Budgets:
         from when the last read began, not from the newest stamp read: limits
         set in one burst long ago are not read again and again. The query runs
         without the lock: the event loop takes it on every submit."""
-        now, max_age = time.monotonic(), RECHECK_SECONDS if alone else CACHE_SECONDS
+        now = time.monotonic()
         with self._lock:
-            if now - self._loaded <= max_age:
+            if not self._reloads.due(alone):
                 return
             since = 0 if self._last_read_us is None else self._last_read_us - CHANGE_MARGIN_US
         began_us = clock.now_us()
@@ -320,7 +321,7 @@ class Budgets:
                 kept = self._budgets.get(key)
                 if kept is None or budget.changed_us >= kept.changed_us:
                     self._budgets[key] = budget
-            self._loaded = now
+            self._reloads.read(alone, now)
             self._last_read_us = max(self._last_read_us or 0, began_us)
 
     def _scopes(self, owner: str, project: str) -> list[Budget]:

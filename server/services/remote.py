@@ -16,12 +16,11 @@ every `GENJOBS_POLL_SECONDS` (the app's remote-events task).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from genjobs.server.dispatch.housekeeping import RECHECK_SECONDS
 from genjobs.server.model import clock
+from genjobs.server.model.recheck import Recheck
 from genjobs.server.model.states import final
 from genjobs.server.services.events import JOB, OWNER, Event, EventHub, job_key, owner_key
 from genjobs.server.storage.database import Doc
@@ -62,7 +61,7 @@ class RemoteChanges:
         # Reads the watched bulk jobs changed elsewhere (`Bulks.poll_remote`).
         self.watched_bulks = watched_bulks
         self._owners_read_us = 0  # when the owners' streams last read what changed (0: nobody watched)
-        self._read_alone = -RECHECK_SECONDS  # when the watched (bulk) jobs were last read alone (monotonic)
+        self._recheck = Recheck()  # the watched (bulk) jobs' reads
 
     async def poll(self) -> None:
         """One read for the watched jobs and one for the watched bulk jobs
@@ -78,10 +77,10 @@ class RemoteChanges:
         which makes and tells every change here, once every RECHECK_SECONDS
         (for a change made by hand), the first at once (the last changes of
         the servers gone)."""
-        alone, now = self.replicas.alone(), time.monotonic()
-        if alone and now - self._read_alone < RECHECK_SECONDS:
+        alone = self.replicas.alone()
+        if not self._recheck.due(alone):
             return False
-        self._read_alone = now if alone else -RECHECK_SECONDS
+        self._recheck.read(alone)
         return True
 
     def _snapshot(self, doc: Doc) -> Doc:
