@@ -429,15 +429,6 @@ class Jobs:
             failure_rate=failed / (completed + failed) if completed + failed else 0.0,
         )
 
-    async def history_from_loop(self, caller: Caller, job_id: str, after: int) -> tuple[Doc, list[Doc]]:
-        """`history` from the event loop: a new watch (`after` 0) of a live
-        job is one read on the loop's client, with no hop to a thread."""
-        if not after:
-            doc = await self.store.jobs.live_document(caller.owner_filter, job_id)
-            if doc is not None:
-                return doc, []
-        return await asyncio.to_thread(self.history, caller, job_id, after)
-
     def history(self, caller: Caller, job_id: str, after: int) -> tuple[Doc, list[Doc]]:
         """The job now and its stored events after `after` (for WatchJob): the
         wire's event snapshots, documents on purpose (the API converts them once)."""

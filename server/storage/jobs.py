@@ -69,7 +69,6 @@ class JobStore:
         self.page_tokens = database.page_tokens
         self.retention_us = database.retention_us
         self.job_inserts = LoopInsert(database.loop_client, "jobs")
-        self.loop_client = database.loop_client
         self.events = events
         self.bulks = bulks
 
@@ -203,11 +202,6 @@ class JobStore:
         if found is None:
             raise not_found("job", job_id)
         return found
-
-    async def live_document(self, owner: str | None, job_id: str) -> Doc | None:
-        """`document` from the event loop, of a job not archived (no hop to a
-        thread and back); None when it is not among the live jobs."""
-        return await self.loop_client.collection("jobs").find_one(owned(owner, parse_id(job_id)))
 
     def list_jobs(self, owner: str | None, filters: JobFilter, size: int, token: str) -> JobPage:
         """A page of jobs, newest first, by keyset on `ck`.

@@ -170,7 +170,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         key = job_key(request.id)
         after = max(0, request.after_sequence)
         with self.streams.hold(caller.user), self.hub.subscribe(key) as queue:
-            doc, stored = await self.jobs.history_from_loop(caller, request.id, after)
+            doc, stored = await asyncio.to_thread(self.jobs.history, caller, request.id, after)
             check_resume("job", request.id, after, doc["seq"])
             if after == doc["seq"] and final(doc["status"]):
                 return  # resumed after the end: nothing more will come
