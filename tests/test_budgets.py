@@ -8,6 +8,7 @@ The demo generator charges max(1, word_count // 100) cents: 500 words cost 5.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -24,8 +25,11 @@ from pymongo.database import Database
 
 from genjobs.client import GenJobsClient, GenJobsError, ResourceExhausted
 from genjobs.server.model import clock
+from genjobs.server.model import recheck as recheck_module
+from genjobs.server.model.recheck import RECHECK_SECONDS
 from genjobs.server.model.records import Budget
-from genjobs.server.services.budgets import Budgets, month_of
+from genjobs.server.services import budgets as budgets_module
+from genjobs.server.services.budgets import CACHE_SECONDS, Budgets, month_of
 from genjobs.server.services.queue_cap import QueueCap
 from genjobs.server.services.written_behind import RUN_PATH, WrittenBehind
 from genjobs.server.storage import records
@@ -523,3 +527,32 @@ def test_counted_flags_do_not_wait_out_an_outage() -> None:
     assert flags.flush() == 0
     assert flags.flush() == 0  # nothing is kept to send again
     assert len(sent) == 1
+
+
+def test_a_leader_alone_rereads_limits_once_a_recheck_whatever_submits_read(
+    mongo: MongoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leader alone writes every limit itself: its housekeeping re-reads them
+    once a recheck, and a submit's re-read (which does not know whether the
+    server is alone) does not bring that read back to every CACHE_SECONDS."""
+    now = [1000.0]
+    fake_time = types.SimpleNamespace(monotonic=lambda: now[0])
+    monkeypatch.setattr(budgets_module, "time", fake_time)
+    monkeypatch.setattr(recheck_module, "time", fake_time)
+    store = Store(mongo.uri, "budget_rechecks")
+    try:
+        budget_store = CountingBudgetStore(store)
+        budget_store.ensure_indexes()
+        budgets = Budgets(budget_store, lambda job, kind: None, QueueCap(store.jobs, 1000))
+        budgets.release(alone=True)  # the first read
+        now[0] += 2 * CACHE_SECONDS
+        budgets.check_submit("owner0", "", 1)  # the submit path's read
+        now[0] += 2 * CACHE_SECONDS
+        budgets.release(alone=True)  # within a recheck of both: no read
+        assert len(budget_store.reads) == 2
+        now[0] += RECHECK_SECONDS
+        budgets.release(alone=True)
+        assert len(budget_store.reads) == 3
+    finally:
+        store.database.db.client.drop_database("budget_rechecks")
+        store.close()

@@ -321,7 +321,9 @@ class Budgets:
                 kept = self._budgets.get(key)
                 if kept is None or budget.changed_us >= kept.changed_us:
                     self._budgets[key] = budget
-            self._reloads.read(alone, now)
+            # The submit path's reads (`alone` False) do not know whether this
+            # server is alone: they leave the leader's rechecks as they were.
+            self._reloads.read(alone or None, now)
             self._last_read_us = max(self._last_read_us or 0, began_us)
 
     def _scopes(self, owner: str, project: str) -> list[Budget]:
