@@ -120,7 +120,9 @@ def test_a_free_port_is_not_one_an_outgoing_connection_can_take() -> None:
     # listener binds it, and that test fails with "address in use".
     low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     ports = [free_port() for _ in range(50)]
-    assert not [port for port in ports if low <= port <= high]
+    assert len(set(ports)) == len(ports)  # two servers of one test never get the same port
+    if low > 1024:  # (a kernel whose range starts at 1024 leaves no other port)
+        assert not [port for port in ports if low <= port <= high]
     for port in ports[:5]:  # and each can be listened on
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))

@@ -204,7 +204,6 @@ class FairShare:
     ) -> None:
         self.queue = queue
         self.outage = outage  # what the turns' writes log of a database outage
-        self.poll_seconds = poll_seconds
         # A leader alone is offered every job that enters the ready lane on
         # this server (submits, requeues, promotions, recoveries; a resume or a
         # release marks the lane stale), and no other server is there to add

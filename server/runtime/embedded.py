@@ -29,6 +29,8 @@ DATABASE_MODULE = "genjobs.server.runtime.quiet_nx"
 # range for outgoing connections on common systems (32768-60999 on Linux).
 LISTEN_PORTS = range(20000, 32768)
 FREE_PORT_TRIES = 200
+UNPRIVILEGED = 1024
+_GIVEN: set[int] = set()  # the ports free_port returned in this process: two callers never share one
 START_TIMEOUT_SECONDS = 30.0
 ANSWER_TIMEOUT_SECONDS = 5.0  # one ping's wait
 # An instance that is alive but has answered nothing for this long is hung, and
@@ -257,14 +259,21 @@ def free_port() -> int:
     the range the kernel gives outgoing connections: a port from that range can
     be taken by some client's connect before its listener binds it."""
     below = min(_ephemeral_low(), LISTEN_PORTS.stop)
+    # A kernel whose outgoing range starts low leaves the ports below it; one
+    # that takes them all (from 1024) leaves only its own choice (port 0).
+    start = LISTEN_PORTS.start if below > LISTEN_PORTS.start else UNPRIVILEGED
     for _ in range(FREE_PORT_TRIES):
-        port = random.randrange(LISTEN_PORTS.start, below) if below > LISTEN_PORTS.start else 0
+        port = random.randrange(start, below) if below > start else 0
+        if port in _GIVEN:  # handed out here already, perhaps not bound yet
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:  # taken: try another
                 continue
-            return int(sock.getsockname()[1])
+            found = int(sock.getsockname()[1])
+        _GIVEN.add(found)
+        return found
     raise OSError(f"no free port found in {FREE_PORT_TRIES} tries")
 
 
