@@ -4,6 +4,7 @@ crash in the middle of a move loses and doubles nothing."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from bson import ObjectId
 
 from genjobs.client import GenJobsClient, NotFound
 from genjobs.server.model import clock
+from genjobs.server.services.budgets import Budgets
 from genjobs.server.storage.archive import BATCH
 from genjobs.server.storage.store import Store
 from genjobs.v1 import jobs_pb2
@@ -236,3 +238,29 @@ def test_a_bulk_job_keeps_its_counts_when_its_items_are_archived(mongo: MongoSer
         after = alice.get_bulk(bulk.id)
         assert (after.total_items, after.completed_items, after.failed_items) == (10, 9, 1)
         assert [i.status for i in after.items] == [i.status for i in before.items]
+
+
+def test_a_slow_sweep_holds_no_retry_back(
+    mongo: MongoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader's sweeps (retention, the archive, the sweepers) may take
+    seconds: a retry that falls due meanwhile starts on time."""
+    sweeping, done_sweeping = threading.Event(), threading.Event()
+
+    def slow_recover(self: Budgets) -> None:
+        sweeping.set()
+        done_sweeping.wait(30)
+
+    monkeypatch.setattr(Budgets, "recover", slow_recover)  # one of the sweepers
+    settings = make_settings(mongo.uri, tmp_path, retention_days=1.0 * SECOND_DAYS)
+    server = ServerThread(settings).start()
+    try:
+        with server.client("alice") as alice:
+            assert sweeping.wait(10)
+            flaky = {"demo_fail": "transient", "demo_fail_attempts": "1"}  # a retry after the first attempt
+            job = alice.submit("topic", topic="flaky", extra=flaky)
+            wait_for(lambda: alice.get(job.id).status == jobs_pb2.JOB_STATUS_COMPLETED, timeout=10)
+            assert not done_sweeping.is_set()  # the sweep still under way
+    finally:
+        done_sweeping.set()
+        server.stop()

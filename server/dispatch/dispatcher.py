@@ -347,6 +347,7 @@ class Dispatcher:
         for _ in self._lanes:
             self._handoff.put(None)
         self._keeper.join(2.0)
+        self._house.finish(5.0)  # before the lease goes: a sweep is the leader's
         for giving_back in list(self._giving_back):
             giving_back.join(2.0)
         try:

@@ -29,10 +29,11 @@ from collections.abc import Callable, Collection, Sequence
 
 import pymongo
 from bson import ObjectId
+from pymongo.errors import PyMongoError
 
 from genjobs.server.dispatch.keeper import LEADER_LEASE
 from genjobs.server.dispatch.providers import ProviderGate
-from genjobs.server.dispatch.run import Run, RunLifecycle
+from genjobs.server.dispatch.run import Run, RunLifecycle, database_error
 from genjobs.server.model import clock
 from genjobs.server.model.recheck import Recheck
 from genjobs.server.model.states import Status
@@ -95,6 +96,46 @@ class NextDue:
             self._at_us = None
 
 
+class Sweeping:
+    """The leader's sweeps, one at a time on a thread of their own: a sweep may
+    take seconds (the archive moves for up to 2 s a step, a purge of a long
+    backlog longer), and the dispatcher's thread claims, promotes and
+    recovers meanwhile. Each sweep is idempotent, so one that a lost
+    leadership overlaps with the new leader's does no harm."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._thread: threading.Thread | None = None
+
+    def start(self, sweep: Callable[[], None]) -> bool:
+        """Run `sweep` now, unless the last one still runs; whether it started."""
+        if self._thread is not None and self._thread.is_alive():
+            return False
+        self._thread = threading.Thread(target=self._run, args=(sweep,), name="dispatcher-sweep", daemon=True)
+        self._thread.start()
+        return True
+
+    def join(self, timeout: float) -> None:
+        """Wait for the sweep under way, at most `timeout` seconds (the server is stopping)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self, sweep: Callable[[], None]) -> None:
+        try:
+            sweep()
+        except PyMongoError as exc:
+            database_error(
+                self.store.outage,
+                exc,
+                "sweep",
+                logging.DEBUG,
+                "sweep: database error (%s); the next retries",
+                exc,
+            )
+        except Exception:
+            log.exception("sweep: unexpected error")
+
+
 class Housekeeping:
     """One dispatcher's housekeeping (see the module); `needs_recovery` and
     `elsewhere` are what its claims read of it."""
@@ -138,6 +179,7 @@ class Housekeeping:
         self.gate = gate
         self.sweepers = sweepers
         self.sweep_seconds = sweep_seconds
+        self._sweeping = Sweeping(store)
         self.gap_us = gap_us
         self.needs_recovery = True
         self.elsewhere = 0  # live runs of other servers at the last pass
@@ -153,6 +195,10 @@ class Housekeeping:
         self.needs_recovery = True
         self._elected = True
         self.next_due.forget()
+
+    def finish(self, timeout: float) -> None:
+        """The server is stopping: wait for the sweep under way, at most `timeout` seconds."""
+        self._sweeping.join(timeout)
 
     def look_for_runs(self) -> None:
         """A job may be left running nowhere (a stored-running insert whose
@@ -186,9 +232,8 @@ class Housekeeping:
             self._recheck.read(alone, now)
         if self.release(alone):
             self.wake()
-        if now - self._last_sweep >= self.sweep_seconds:
+        if now - self._last_sweep >= self.sweep_seconds and self._sweeping.start(lambda: self._sweep(now_us)):
             self._last_sweep = now
-            self._sweep(now_us)
 
     def _look_at_runs(self, now: float, now_us: int, recheck: bool) -> None:
         """Read the running jobs (`_count_runs`) when what is known of them may
