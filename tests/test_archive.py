@@ -245,11 +245,12 @@ def test_a_slow_sweep_holds_no_retry_back(
 ) -> None:
     """The leader's sweeps (retention, the archive, the sweepers) may take
     seconds: a retry that falls due meanwhile starts on time."""
-    sweeping, done_sweeping = threading.Event(), threading.Event()
+    sweeping, done_sweeping, swept = threading.Event(), threading.Event(), threading.Event()
 
     def slow_recover(self: Budgets) -> None:
         sweeping.set()
         done_sweeping.wait(30)
+        swept.set()
 
     monkeypatch.setattr(Budgets, "recover", slow_recover)  # one of the sweepers
     settings = make_settings(mongo.uri, tmp_path, retention_days=1.0 * SECOND_DAYS)
@@ -260,7 +261,7 @@ def test_a_slow_sweep_holds_no_retry_back(
             flaky = {"demo_fail": "transient", "demo_fail_attempts": "1"}  # a retry after the first attempt
             job = alice.submit("topic", topic="flaky", extra=flaky)
             wait_for(lambda: alice.get(job.id).status == jobs_pb2.JOB_STATUS_COMPLETED, timeout=10)
-            assert not done_sweeping.is_set()  # the sweep still under way
+            assert not swept.is_set()  # the sweep still under way
     finally:
         done_sweeping.set()
         server.stop()

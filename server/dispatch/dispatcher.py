@@ -347,7 +347,8 @@ class Dispatcher:
         for _ in self._lanes:
             self._handoff.put(None)
         self._keeper.join(2.0)
-        self._house.finish(5.0)  # before the lease goes: a sweep is the leader's
+        # Before the lease goes: a sweep is the leader's (the grace, as when sweeps ran on this thread).
+        self._house.finish(max(deadline - time.monotonic(), 5.0))
         for giving_back in list(self._giving_back):
             giving_back.join(2.0)
         try:

@@ -100,8 +100,9 @@ class Sweeping:
     """The leader's sweeps, one at a time on a thread of their own: a sweep may
     take seconds (the archive moves for up to 2 s a step, a purge of a long
     backlog longer), and the dispatcher's thread claims, promotes and
-    recovers meanwhile. Each sweep is idempotent, so one that a lost
-    leadership overlaps with the new leader's does no harm."""
+    recovers meanwhile. A stopping server lets go of the leader lease once
+    the sweep under way ends, or its grace does: two servers' sweeps may
+    not overlap (two counts of a cost could both apply)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
