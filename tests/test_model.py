@@ -104,3 +104,4 @@ def test_a_leader_alone_reads_again_once_a_recheck_and_the_first_time_at_once() 
     reads.read(alone=True)
     reads.forget()  # a change nobody told
     assert reads.due(alone=True)
+    assert reads.take(alone=True) and not reads.take(alone=True)  # a read taken stands

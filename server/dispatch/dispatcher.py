@@ -154,7 +154,7 @@ class Dispatcher:
             alone=self.alone,
             started_here=self._here.started,
             ended=self._ended,
-            offer=lambda fields: self.offer_ready(fields),
+            offer=self.offer_ready,
             wake=self.wake,
             release=release,
             tickers=tickers,

@@ -318,9 +318,8 @@ class FairShare:
         jobs that entered the ready lane without an offer here (`alone`: once
         a recheck; the first poll alone comes at once, for the last changes of
         the servers gone). Whether it read."""
-        if not self._polls.due(alone):
+        if not self._polls.take(alone):
             return False
-        self._polls.read(alone)
         self.save_turns()
         self.poll()
         return True

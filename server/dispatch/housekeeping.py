@@ -40,6 +40,7 @@ from genjobs.server.model.states import Status
 from genjobs.server.storage.database import Doc
 from genjobs.server.storage.events import STATUS_CHANGED
 from genjobs.server.storage.jobs import job_error
+from genjobs.server.storage.outage import Outage
 from genjobs.server.storage.queue import DUE_LIMIT, HELD, NONE
 from genjobs.server.storage.store import Store
 from genjobs.server.telemetry import metrics
@@ -104,8 +105,8 @@ class Sweeping:
     the sweep under way ends, or its grace does: two servers' sweeps may
     not overlap (two counts of a cost could both apply)."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, outage: Outage) -> None:
+        self.outage = outage  # what a sweep's database error is logged through
         self._thread: threading.Thread | None = None
 
     def start(self, sweep: Callable[[], None]) -> bool:
@@ -126,7 +127,7 @@ class Sweeping:
             sweep()
         except PyMongoError as exc:
             database_error(
-                self.store.outage,
+                self.outage,
                 exc,
                 "sweep",
                 logging.DEBUG,
@@ -180,7 +181,7 @@ class Housekeeping:
         self.gate = gate
         self.sweepers = sweepers
         self.sweep_seconds = sweep_seconds
-        self._sweeping = Sweeping(store)
+        self._sweeping = Sweeping(store.outage)
         self.gap_us = gap_us
         self.needs_recovery = True
         self.elsewhere = 0  # live runs of other servers at the last pass

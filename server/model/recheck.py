@@ -34,6 +34,13 @@ class Recheck:
         """Whether a server that is `alone` now should read again."""
         return not self.last or time.monotonic() - self.last >= self.interval(alone)
 
+    def take(self, alone: bool) -> bool:
+        """`due`, and if so the read counts as made now (its keeper reads at once)."""
+        if not self.due(alone):
+            return False
+        self.read(alone)
+        return True
+
     def read(self, alone: bool | None = None, at: float | None = None) -> None:
         """A read was made (at `at`, monotonic; now by default), `alone` or not
         (None: as the last one)."""

@@ -65,23 +65,15 @@ class RemoteChanges:
 
     async def poll(self) -> None:
         """One read for the watched jobs and one for the watched bulk jobs
-        (`watched_bulks`), when due (`_read_due`), then one for the watched owners."""
-        if self._read_due():
+        (`watched_bulks`), then one for the watched owners. The first two are
+        made at every poll while other servers share the database; for a
+        leader alone, which makes and tells every change here, once every
+        RECHECK_SECONDS (for a change made by hand), the first at once (the
+        last changes of the servers gone)."""
+        if self._recheck.take(self.replicas.alone()):
             await self._poll_watched_jobs()
             await self.watched_bulks()
         await self._poll_watched_owners()
-
-    def _read_due(self) -> bool:
-        """Whether the watched jobs and bulk jobs are read at this poll: at
-        every one while other servers share the database; for a leader alone,
-        which makes and tells every change here, once every RECHECK_SECONDS
-        (for a change made by hand), the first at once (the last changes of
-        the servers gone)."""
-        alone = self.replicas.alone()
-        if not self._recheck.due(alone):
-            return False
-        self._recheck.read(alone)
-        return True
 
     def _snapshot(self, doc: Doc) -> Doc:
         """The event standing for a job's changes not told one by one: a final
