@@ -480,33 +480,52 @@ def test_a_repeated_request_at_the_cap_returns_the_earlier_job(mongo: MongoServe
 
 
 def test_costs_counted_behind_runs_count_once_and_settle_together(mongo: MongoServer) -> None:
-    """A run's cost is in its month at once (the next admission reads it);
-    its flag and marker are cleared behind the run, the flags in one command;
-    a sweep before that adds nothing."""
+    """A run's cost is in its month at once where a limit covers it (the next
+    admission reads it); an owner no limit covers has the costs of their runs
+    counted behind them, together, as GetUsage shows. A sweep meanwhile adds
+    nothing twice, and every flag and marker is cleared in the end."""
     store = Store(mongo.uri, "spend_behind")
     try:
         budgets = Budgets(BudgetStore(store), lambda doc, kind: None, QueueCap(store.jobs, 10))
-        ended = clock.now_us() - 20_000_000  # old enough for the sweep
-        docs = [
-            {"_id": ObjectId(), "owner": "alice", "mode": "TOPIC", "status": "COMPLETED", "ended_us": ended}
-            | {"cost_cents": cents, "spend_pending": True, "result": {"cost_cents": cents}}
-            for cents in (3, 4)
-        ]
-        store.jobs.jobs.insert_many(docs)
-        token = RUN_PATH.set(True)
-        try:
-            for doc in docs:
+        budgets.store.set_budget("bob", "", 1000)
+        budgets.check_submit("alice", "", 1)  # the budgets are read: bob has a limit, alice none
+        budgets.counted.window_seconds = 60.0  # written behind only when flushed
+        now = clock.now_us()
+
+        def complete(owner: str, cents: int, ended: int = now) -> None:
+            doc = {"_id": ObjectId(), "owner": owner, "mode": "TOPIC", "status": "COMPLETED"}
+            doc |= {
+                "ended_us": ended,
+                "cost_cents": cents,
+                "spend_pending": True,
+                "result": {"cost_cents": cents},
+            }
+            store.jobs.jobs.insert_one(doc)
+            token = RUN_PATH.set(True)
+            try:
                 budgets.job_changed(records.job(doc), STATUS_CHANGED)
-        finally:
-            RUN_PATH.reset(token)
-        month = month_of(ended)
-        assert budgets.store.month_spend("alice", month).spent_cents == 7
-        budgets.recover()  # a sweep while the flags may still be set
+            finally:
+                RUN_PATH.reset(token)
+
+        def spent(owner: str) -> int:
+            months = {month_of(now), month_of(now - 20_000_000)}
+            return sum(budgets.store.month_spend(owner, month).spent_cents for month in months)
+
+        complete("bob", 5)
+        complete("alice", 3)
+        complete("alice", 4)
+        assert (spent("bob"), spent("alice")) == (5, 0)  # alice's behind the runs
+        assert budgets.counted.flush() == 3
+        assert spent("alice") == 7
+
+        # A run whose end is old enough for the sweep (its server stalled): the sweep counts it.
+        complete("alice", 2, now - 20_000_000)
+        budgets.recover()
         budgets.close()  # what was written behind is written by now
-        assert budgets.store.month_spend("alice", month).spent_cents == 7
+        assert (spent("bob"), spent("alice")) == (5, 9)
         assert store.jobs.jobs.count_documents({"spend_pending": True}) == 0
-        stored = budgets.store.usage.find_one({"_id": usage_key("alice", month)})
-        assert stored is not None and stored["counted"] == {}
+        for stored in budgets.store.usage.find({}):
+            assert stored["counted"] == {}
     finally:
         store.database.db.client.drop_database("spend_behind")
         store.close()

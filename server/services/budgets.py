@@ -5,7 +5,11 @@ owner's queued jobs is queue_cap.py's).
   (UTC); completed jobs whose cost is unknown are counted apart, by the same
   write. A job that cost something, or whose cost is unknown, completes with
   `spend_pending` set (by the same write); `job_changed` then adds its cost to its owner's month
-  (`BudgetStore.count_spend`, idempotent) and clears the flag. A server that
+  (`BudgetStore.count_spend`, idempotent) and clears the flag: before the
+  lane's next claim where a limit covers the job, else behind the run, with
+  the other ends of a quarter second (written_behind.py). What reads the
+  spend here (admission under a limit, a release, GetUsage) writes what is
+  pending first. A server that
   stops in between leaves the flag: the leader's sweep (`recover`) counts
   such jobs. So each completed job is counted exactly once; a job that cost
   nothing costs no write.
@@ -31,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from genjobs.server.model import clock
 from genjobs.server.model.caller import Caller, subject_problem
@@ -99,6 +103,13 @@ class Limit:
         return f"the monthly budget of {self.limit_cents} cents for {whose} is spent"
 
 
+class Ended(NamedTuple):
+    """A completed job's cost written behind its run, `counted` already or not."""
+
+    spend: Spend
+    counted: bool
+
+
 @dataclass
 class Usage:
     """An owner's spend this month, their limits and their queue (GetUsage)."""
@@ -126,15 +137,22 @@ class Budgets:
         self._reloads = Recheck(CACHE_SECONDS)
         self._last_read_us: int | None = None  # clock time the last read began; None: nothing read yet
         self._spend: dict[str, tuple[float, MonthSpend]] = {}  # usage key -> (read at, spend)
-        # Written behind the dispatcher's runs (services/written_behind.py): their counted costs' flags.
-        self.counted = WrittenBehind(store.spend_counted_many, "counted costs' flags", FLAGS_THREAD)
+        # Written behind the dispatcher's runs (services/written_behind.py): the
+        # costs of owners no limit covers, and every counted cost's flag.
+        self.counted = WrittenBehind(self._settle, "completed jobs' costs", FLAGS_THREAD)
 
     # ---- spend ------------------------------------------------------------
 
     def job_changed(self, job: Job, kind: str) -> None:
-        """A job changed here: count its cost if it just completed with one."""
+        """A job changed here: count its cost if it just completed with one.
+        A run's cost is counted before the lane's next claim where a limit
+        covers it (admission reads it), else behind the run with others."""
         if kind == STATUS_CHANGED and job.spend_pending and job.status == Status.COMPLETED:
-            self._count(job.spend, RUN_PATH.get())
+            spend = job.spend
+            if RUN_PATH.get() and self._no_limit(spend.owner, spend.project):
+                self.counted.add(spend.owner, [Ended(spend, counted=False)])
+            else:
+                self._count(spend, RUN_PATH.get())
 
     def close(self) -> None:
         """Write what is pending behind the runs (the server is stopping)."""
@@ -152,11 +170,43 @@ class Budgets:
         or now."""
         self.store.count_spend(job)
         if behind:
-            self.counted.add(job.owner, [job])
+            self.counted.add(job.owner, [Ended(job, counted=True)])
         else:
             self.store.spend_counted(job)
+        self._forget_spend([job])
+
+    def _settle(self, by_owner: dict[str, list[Ended]]) -> int:
+        """What was written behind the runs: the costs not counted yet, in one
+        command a month document, then their flags and markers. How many jobs.
+
+        A cost not counted within half the sweep's delay is left to the sweep:
+        one counted here after the sweep had counted it and cleared its marker
+        would be counted twice."""
+        fresh_us = clock.now_us() - SWEEP_DELAY_US // 2
+        settled: dict[str, list[Spend]] = {}
+        uncounted: list[Spend] = []
+        for owner, listed in by_owner.items():
+            for ended in listed:
+                if not ended.counted:
+                    if ended.spend.ended_us < fresh_us:
+                        continue
+                    uncounted.append(ended.spend)
+                settled.setdefault(owner, []).append(ended.spend)
+        if uncounted:
+            self.store.count_spend_many(uncounted)
+            self._forget_spend(uncounted)
+        return self.store.spend_counted_many(settled)
+
+    def _forget_spend(self, jobs: list[Spend]) -> None:
+        """The cached spend of these jobs' months is out of date."""
         with self._lock:
-            self._spend.pop(usage_key(job.owner, month_of(job.ended_us)), None)
+            for job in jobs:
+                self._spend.pop(usage_key(job.owner, month_of(job.ended_us)), None)
+
+    def _no_limit(self, owner: str, project: str) -> bool:
+        """Whether the budgets, once read, show no limit over `owner`'s `project`."""
+        with self._lock:
+            return bool(self._reloads.last) and not self._scopes(owner, project)
 
     # ---- submits ------------------------------------------------------------
 
@@ -211,6 +261,7 @@ class Budgets:
         with self._lock:
             if not self._scopes(owner, project):
                 return True
+        self.counted.flush()  # a cost counted behind since the limit came is in the spend read
         binding = [limit for limit in self._limits(owner, project, 0.0) if limit.exhausted]
         if not binding:
             return True
@@ -237,6 +288,8 @@ class Budgets:
         self._reload_if_stale(alone)
         with self._lock:
             held = [budget for budget in self._budgets.values() if budget.holding]
+        if held:
+            self.counted.flush()  # the spend read below has every cost counted here
         moved = 0
         for cached in held:
             budget = self.store.budget(cached.owner, cached.project)
@@ -277,6 +330,7 @@ class Budgets:
         if owner != caller.user and not caller.admin:
             raise admins_only("reading another owner's usage")
         month = month_of(clock.now_us())
+        self.counted.flush()  # the costs of the runs that ended here are in
         spend = self.store.month_spend(owner, month)
         budgets = self.store.owner_budgets(owner)
         limits = [_limit(budget, spend) for budget in budgets if budget.limit_cents > 0]

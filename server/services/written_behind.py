@@ -1,11 +1,12 @@
 """Writes that follow a dispatcher run's end, sent behind it in batches.
 
 A run's end is followed by bookkeeping writes that need not stand between
-it and the lane's next claim: once its cost is counted, its `spend_pending`
-flag and its counting marker cleared (`BudgetStore.spend_counted_many`). On
-the run's path that was two more commands per job before the next claim;
-here the ends of a short window are written together, a command or two for
-every owner, by a thread of its own. Each write is idempotent, and a server
+it and the lane's next claim: its cost counted in its month where no limit
+covers it (`BudgetStore.count_spend_many`), then its `spend_pending` flag and
+its counting marker cleared (`BudgetStore.spend_counted_many`). On the run's
+path that was three commands per job before the next claim; here the ends of
+a short window are written together, a command or two for every month
+document, by a thread of its own. Each write is idempotent, and a server
 that stops before it leaves the work to the leader's sweep, as a crash right
 after a job's end always did. The writes do not wait out a database outage:
 a flag's clear that lands after another server's sweep read the flag would
@@ -53,6 +54,7 @@ class WrittenBehind(Generic[Item]):
         self.window_seconds = window_seconds
         self._pending: dict[str, list[Item]] = {}
         self._lock = threading.Lock()
+        self._writing = threading.Lock()  # held through a write: a flush returns once it landed
         self._due = threading.Event()
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
@@ -67,12 +69,14 @@ class WrittenBehind(Generic[Item]):
         self._due.set()
 
     def flush(self) -> int:
-        """Write every pending item now; how many were written. An error leaves
-        them to the leader's sweep."""
-        with self._lock:
-            batch, self._pending = self._pending, {}
-        if not batch:
-            return 0
+        """Write every pending item now, and wait for a write under way; how
+        many were written. An error leaves them to the leader's sweep."""
+        with self._writing:
+            with self._lock:
+                batch, self._pending = self._pending, {}
+            return self._write(batch) if batch else 0
+
+    def _write(self, batch: dict[str, list[Item]]) -> int:
         try:
             return self.write(batch)
         except PyMongoError as exc:

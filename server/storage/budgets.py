@@ -150,37 +150,68 @@ class BudgetStore:
     def count_spend(self, job: Spend) -> bool:
         """Add a completed job's cost to its owner's month, once however often
         this is called; True if this call added it."""
-        owner, job_id = job.owner, job.job_id
-        cents = job.cost_cents
-        month = month_of(job.ended_us)
-        key = usage_key(owner, month)
-        marker = f"counted.{job_id}"
-        counts = {"spent_cents": cents}
-        if cents:  # an unknown cost alone lists no project at 0
-            counts[f"projects.{project_field(job.project)}"] = cents
-        if job.cost_unknown:
-            counts["cost_unknown_jobs"] = 1
-        update = {"$inc": counts, "$set": {marker: True}}
+        key = usage_key(job.owner, month_of(job.ended_us))
         for _ in range(2):
             # One conditional update: the cost and its marker together, or neither.
-            if self.usage.update_one({"_id": key, marker: {"$exists": False}}, update).modified_count:
+            if self._count_together(key, [job]):
                 return True
             # Not applied: counted already, or the month's document is missing.
-            # (Not an upsert: nx-27017 stores a dotted $inc of an upsert as one flat key.)
-            try:
-                month_doc = {
-                    "owner": owner,
-                    "month": month,
-                    "spent_cents": 0,
-                    "cost_unknown_jobs": 0,
-                    "projects": {},
-                    "counted": {},
-                }
-                self.usage.insert_one({"_id": key, **month_doc})
-            except DuplicateKeyError:
-                if self.usage.find_one({"_id": key, marker: True}, {"_id": 1}) is not None:
-                    return False
+            if not self._new_month(key, job.owner, month_of(job.ended_us)) and self._marked(key, job):
+                return False
         return False
+
+    def count_spend_many(self, jobs: list[Spend]) -> int:
+        """`count_spend` for many jobs: one command a month document while none
+        of its jobs is counted yet (the usual case), else one by one. How many
+        this call added."""
+        by_month: dict[str, list[Spend]] = {}
+        for job in jobs:
+            by_month.setdefault(usage_key(job.owner, month_of(job.ended_us)), []).append(job)
+        added = 0
+        for key, listed in by_month.items():
+            if len(listed) > 1 and self._count_together(key, listed):
+                added += len(listed)
+            else:
+                added += sum(self.count_spend(job) for job in listed)
+        return added
+
+    def _count_together(self, key: str, jobs: list[Spend]) -> bool:
+        """Add these jobs' costs to the month document `key` with their markers,
+        all in one conditional update: applied only if none is counted yet."""
+        counts: dict[str, int] = {}
+        for job in jobs:
+            counts["spent_cents"] = counts.get("spent_cents", 0) + job.cost_cents
+            if job.cost_cents:  # an unknown cost alone lists no project at 0
+                field = f"projects.{project_field(job.project)}"
+                counts[field] = counts.get(field, 0) + job.cost_cents
+            if job.cost_unknown:
+                counts["cost_unknown_jobs"] = counts.get("cost_unknown_jobs", 0) + 1
+        markers = [f"counted.{job.job_id}" for job in jobs]
+        unmarked = {marker: {"$exists": False} for marker in markers}
+        update = {"$inc": counts, "$set": dict.fromkeys(markers, True)}
+        return bool(self.usage.update_one({"_id": key, **unmarked}, update).modified_count)
+
+    def _marked(self, key: str, job: Spend) -> bool:
+        """Whether the month document `key` has counted `job`."""
+        return self.usage.find_one({"_id": key, f"counted.{job.job_id}": True}, {"_id": 1}) is not None
+
+    def _new_month(self, key: str, owner: str, month: str) -> bool:
+        """Insert the month document `key` at nothing spent; False if it is there.
+        (Not an upsert of the count: nx-27017 stores a dotted $inc of an upsert
+        as one flat key.)"""
+        month_doc = {
+            "owner": owner,
+            "month": month,
+            "spent_cents": 0,
+            "cost_unknown_jobs": 0,
+            "projects": {},
+            "counted": {},
+        }
+        try:
+            self.usage.insert_one({"_id": key, **month_doc})
+        except DuplicateKeyError:
+            return False
+        return True
 
     def spend_counted(self, job: Spend) -> None:
         """The job's cost is in its month: clear its flag, then its marker."""
