@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -24,8 +25,9 @@ from genjobs.server.dispatch import dispatcher
 from genjobs.server.dispatch.runs_here import RunsHere
 from genjobs.server.dispatch.signals import WAKEUP_POLL_SECONDS, LeaderSignals
 from genjobs.server.model import clock
+from genjobs.server.services import events as events_module
 from genjobs.server.services import remote
-from genjobs.server.services.events import Event, EventHub, owner_key
+from genjobs.server.services.events import Event, EventHub, job_key, owner_key
 from genjobs.server.storage.events import loaded
 from genjobs.server.storage.queue import READY, LeaderLease, QueueStore
 from genjobs.server.storage.store import Store
@@ -565,6 +567,24 @@ def _leader_and_follower(
         database.client.close()
 
 
+def test_a_watch_on_the_leader_shows_a_change_just_made_on_another_replica(
+    mongo: MongoServer, tmp_path: Path
+) -> None:
+    """The leader keeps its own changes in memory, but while another replica
+    shares the database a watch reads the job: a cancel made there is the
+    first thing it shows."""
+    with _leader_and_follower(mongo, tmp_path) as (leader, follower, _):
+        assert leader.app is not None
+        dispatcher = leader.app.dispatcher
+        wait_for(lambda: not dispatcher.alone(), timeout=30)  # the follower is heard of
+        later = datetime.now(UTC) + timedelta(days=1)
+        with leader.client("alice") as here, follower.client("alice") as there:
+            job = here.submit("topic", topic="cancelled elsewhere", schedule_time=later)
+            there.cancel(job.id)
+            first = next(iter(here.watch(job.id)))
+            assert first.job.status == jobs_pb2.JOB_STATUS_CANCELLED
+
+
 def test_the_owner_stream_on_a_replica_hears_of_runs_made_by_the_leader(
     mongo: MongoServer, tmp_path: Path
 ) -> None:
@@ -665,6 +685,37 @@ def test_an_owner_stream_delivers_each_jobs_change_once_whoever_tells_it_first()
             told.append((event.doc["job_id"], event.seq))
         assert hub.running_on_owner_keys() == []  # "a" said COMPLETED last; "b" QUEUED
     assert told == [("a", 3), ("b", 1), ("a", 4)]
+    loop.close()
+
+
+def test_a_jobs_newest_change_told_here_is_known_for_a_moment_while_it_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What stands for a job as it is (a watch's snapshot on a leader alone): its
+    newest change told here, never an older one told late by another thread,
+    nothing once it ended (its document may be gone), nothing after KNOWN_SECONDS."""
+    now = [1000.0]
+    monkeypatch.setattr(events_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    loop = asyncio.new_event_loop()
+    hub = EventHub(loop)
+    key = job_key("a")
+
+    def change(seq: int, ended: bool = False) -> Event:
+        return Event(key, seq, {"job_id": "a", "seq": seq, "job": {"seq": seq}}, ended)
+
+    assert hub.known(key) is None
+    hub.publish(change(2))
+    hub.publish(change(1))  # told late
+    known = hub.known(key)
+    assert known is not None and known.seq == 2
+    now[0] += events_module.KNOWN_SECONDS + 0.1
+    assert hub.known(key) is None  # another server may have changed it since
+    hub.publish(change(3))
+    hub.publish(change(4, ended=True))
+    hub.publish(change(3))  # told late, after its end
+    assert hub.known(key) is None
+    hub.publish(Event(owner_key("alice"), 5, {"job_id": "a"}, False))  # an owner's key: not a job's
+    assert hub.known(owner_key("alice")) is None
     loop.close()
 
 

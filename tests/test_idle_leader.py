@@ -11,9 +11,10 @@ from typing import Any
 
 import grpc
 import pymongo
+import pytest
 from bson import ObjectId
 
-from genjobs.client import GenJobsClient, GenJobsError
+from genjobs.client import GenJobsClient, GenJobsError, NotFound
 from genjobs.client.client import params
 from genjobs.server.dispatch.housekeeping import NEVER, NextDue
 from genjobs.server.model import clock
@@ -154,6 +155,26 @@ def test_a_leader_alone_reads_its_watched_bulk_jobs_once_a_recheck(
     )
     alice.cancel_bulk(bulk.id)  # a change made here: told at once, with no read
     wait_for(lambda: events[-1].bulk_job.status == bulk_pb2.BULK_JOB_STATUS_CANCELLED, timeout=5)
+
+
+def test_a_leader_alone_answers_a_watch_of_a_job_it_just_changed_with_no_read(
+    server: ServerThread, alice: GenJobsClient, bob: GenJobsClient
+) -> None:
+    """A watch opened right after a submit (`genjobs submit --watch`) starts from
+    what the leader alone just told, not a read; another owner still finds no
+    such job, and a job that ended is read (its document may be gone)."""
+    app = leader_alone(server)
+    reads = _calls(app.store.jobs, "document")
+    job = alice.submit("topic", topic="much later", schedule_time=datetime.now(UTC) + timedelta(days=1))
+    first = next(iter(alice.watch(job.id)))
+    assert (first.sequence, first.job.status) == (1, jobs_pb2.JOB_STATUS_QUEUED)
+    assert first.job.params.topic == "much later"
+    assert reads == []
+    with pytest.raises(NotFound):
+        next(iter(bob.watch(job.id)))
+    alice.cancel(job.id)
+    assert [event.job.status for event in alice.watch(job.id)] == [jobs_pb2.JOB_STATUS_CANCELLED]
+    assert len(reads) == 2  # bob's watch, and the watch of the job that ended
 
 
 def test_a_change_by_hand_reaches_a_watcher_of_a_leader_alone_within_the_recheck(

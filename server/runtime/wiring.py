@@ -92,6 +92,10 @@ class LaterDispatcher(Wakeable):
         """The job `start_as_stored` claimed is stored: run it."""
         self._dispatcher().stored(job)
 
+    def alone(self) -> bool:
+        """Whether this server leads and no other shares the database."""
+        return self._dispatcher().alone()
+
     def not_stored(self, oid: Any) -> None:
         """The job `start_as_stored` claimed was not stored: let its lane go."""
         self._dispatcher().not_stored(oid)

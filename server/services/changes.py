@@ -142,6 +142,7 @@ class JobChanges:
         start from its snapshot, so it is no event of its own."""
         self._note_waiting(doc)
         event = self.store.events.event_doc(doc, SNAPSHOT, self.worker_id)
+        self.hub.remember(Event(job_key(event["job_id"]), doc["seq"], event, False))  # a watch comes next
         self.hub.publish(Event(owner_key(doc["owner"]), doc["seq"], event, False))
 
     def _note_waiting(self, doc: Doc) -> None:

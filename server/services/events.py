@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +44,12 @@ class Event:
 
 OWNER, JOB, BULK = "owner:", "job:", "bulk:"  # the hub keys' prefixes
 
+# How long the newest change of a job told here stands for the job as it is
+# (`EventHub.known`): well under a lease, which a server alive and writing
+# elsewhere keeps noted in the leader lease, so a leader alone knows of it.
+KNOWN_SECONDS = 1.0
+KNOWN_KEPT = 4096  # the most jobs whose newest change is kept (the oldest go first)
+
 
 def owner_key(owner: str) -> str:
     """The hub key of every change of `owner`'s jobs (WatchJobs)."""
@@ -69,10 +78,15 @@ class EventHub:
         # change told here and read by the poller too is delivered once, an
         # older one never after a newer, and a running job is read again.
         self._owner_seqs: dict[str, dict[str, tuple[int, float, bool]]] = {}
+        # The newest change of each job told here lately, by job key: when
+        # (monotonic), its sequence, and the event (None once the job ended).
+        self._known: OrderedDict[str, tuple[float, int, Event | None]] = OrderedDict()
+        self._known_lock = threading.Lock()
         self._closed = False
 
     def publish(self, event: Event) -> None:
         """Deliver `event` to its subscribers; safe to call from any thread."""
+        self.remember(event)  # before the subscribers are looked at, as a store's write is
         if self._closed or event.key not in self._subscribers:
             # Nobody watches it: the loop is not woken for nothing (most changes,
             # a job's own stream being open only while someone watches it). A
@@ -82,6 +96,29 @@ class EventHub:
         # A closed loop (RuntimeError) means nobody is listening any more.
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._deliver, event)
+
+    def remember(self, event: Event) -> None:
+        """Keep `event`, a change of a job made here, as the job's newest (an
+        older one told late by another thread is passed over); any thread."""
+        if not event.key.startswith(JOB):
+            return
+        with self._known_lock:
+            kept = self._known.pop(event.key, None)
+            if kept is not None and kept[1] > event.seq:
+                self._known[event.key] = kept
+                return
+            self._known[event.key] = (time.monotonic(), event.seq, None if event.final else event)
+            if len(self._known) > KNOWN_KEPT:
+                self._known.popitem(last=False)
+
+    def known(self, key: str) -> Event | None:
+        """The newest change of the job `key` remembered here in the last
+        KNOWN_SECONDS, unless it ended (then its document may be gone)."""
+        with self._known_lock:
+            kept = self._known.get(key)
+        if kept is None or time.monotonic() - kept[0] > KNOWN_SECONDS:
+            return None
+        return kept[2]
 
     def deliver(self, event: Event) -> None:
         """Deliver `event` from the event loop itself."""

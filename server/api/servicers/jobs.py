@@ -170,7 +170,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         key = job_key(request.id)
         after = max(0, request.after_sequence)
         with self.streams.hold(caller.user), self.hub.subscribe(key) as queue:
-            doc, stored = await asyncio.to_thread(self.jobs.history, caller, request.id, after)
+            known = None if after else self.jobs.known_now(caller, request.id)
+            if known is None:
+                doc, stored = await asyncio.to_thread(self.jobs.history, caller, request.id, after)
+            else:
+                doc, stored = known, []
             check_resume("job", request.id, after, doc["seq"])
             if after == doc["seq"] and final(doc["status"]):
                 return  # resumed after the end: nothing more will come
