@@ -7,7 +7,7 @@ owner's queued jobs is queue_cap.py's).
   `spend_pending` set (by the same write); `job_changed` then adds its cost to its owner's month
   (`BudgetStore.count_spend`, idempotent) and clears the flag: before the
   lane's next claim where a limit covers the job, else behind the run, with
-  the other ends of a quarter second (written_behind.py). What reads the
+  the other ends of a second (written_behind.py). What reads the
   spend here (admission under a limit, a release, GetUsage) writes what is
   pending first. A server that
   stops in between leaves the flag: the leader's sweep (`recover`) counts

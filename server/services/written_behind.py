@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 RUN_PATH: ContextVar[bool] = ContextVar("run_path", default=False)
 
 # Ends gathered into one write: nx-27017 rewrites a month's usage document, markers and all, per write.
-WINDOW_SECONDS = 0.25
+WINDOW_SECONDS = 1.0
 
 Item = TypeVar("Item")
 

@@ -26,7 +26,7 @@ from genjobs.server.storage.outage import Outage, time_left, unreachable
 
 log = logging.getLogger(__name__)
 
-LINGER_SECONDS = 0.05  # gather this long after the first event: one insert for many
+LINGER_SECONDS = 0.25  # gather this long after the first event: one insert for many
 PROGRESS_LINGER_SECONDS = 1.0  # progress events alone gather this long
 FULL_BATCH = 32  # this many pending are sent at once (a long insert holds up the database's other commands)
 RETRY_SECONDS = 0.5
