@@ -25,7 +25,7 @@ from genjobs.server.model.records import Params, Submission
 from genjobs.server.model.vocabulary import Mode
 from genjobs.server.runtime.config import Settings
 from genjobs.server.storage.providers import ProviderStore
-from genjobs.server.storage.queue import applied
+from genjobs.server.storage.queue import QueueStore, applied
 from genjobs.server.storage.store import Store
 from genjobs.v1 import jobs_pb2
 from tests.harness import MongoServer, ServerThread, make_settings, scratch_store, serving, wait_for
@@ -233,6 +233,38 @@ def test_back_to_back_jobs_run_once_each_in_order_and_never_overlap(
     assert most_at_once(spans) == 1
 
 
+def test_a_run_that_reported_progress_ends_with_its_lanes_next_claim(
+    mongo: MongoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A streamed run writes progress as it goes; its outcome is stored over
+    the job as its last write left it, with the next job's claim in the same
+    command, and watchers see every step in order."""
+    ends: list[tuple[str, bool, str]] = []  # (the ended job, its outcome stored, the job claimed)
+    end_and_claim = QueueStore.end_and_claim
+
+    def ending_and_claiming(store: QueueStore, ended: Any, changes: Any, ready: Any, *rest: Any) -> Any:
+        after, claimed = end_and_claim(store, ended, changes, ready, *rest)
+        ends.append((str(ended["_id"]), after is not None, str(claimed["_id"]) if claimed else ""))
+        return after, claimed
+
+    monkeypatch.setattr(QueueStore, "end_and_claim", ending_and_claiming)
+    with serving(make_settings(mongo.uri, tmp_path, lease_seconds=30.0)) as alice:
+        first = alice.submit("topic", topic="streamed", extra={"demo_seconds": "1"})
+        wait_for(lambda: alice.get(first.id).progress.percentage > 0)  # a progress write is stored
+        second = alice.submit("topic", topic="next")
+        done = final(alice, second.id)
+        assert done.status == jobs_pb2.JOB_STATUS_COMPLETED
+        assert (first.id, True, second.id) in ends
+        events = list(alice.watch(first.id, after_sequence=1))
+        assert [e.sequence for e in events] == list(range(2, 2 + len(events)))
+        assert jobs_pb2.JOB_EVENT_TYPE_PROGRESS in {e.type for e in events}
+        assert (events[-1].job.status, events[-1].job.progress.percentage) == (
+            jobs_pb2.JOB_STATUS_COMPLETED,
+            100,
+        )
+        assert alice.get(first.id) == events[-1].job
+
+
 @pytest.fixture
 def store(mongo: MongoServer) -> Iterator[Store]:
     with scratch_store(mongo.uri, "end_and_claim") as store:
@@ -287,7 +319,7 @@ def test_end_and_claim_leaves_an_outcome_that_changed_to_the_usual_write(store: 
 def _idle_leader(
     store: Store,
     monkeypatch: pytest.MonkeyPatch,
-    unlimited: Callable[[dict[str, Any]], bool] = lambda job: True,
+    unlimited: Callable[[dict[str, Any], bool], bool] = lambda job, alone: True,
 ) -> Dispatcher:
     """A dispatcher (its threads not started) that leads, has looked at the
     queue and found nothing ready; long intervals keep that look fresh."""
@@ -329,7 +361,7 @@ def test_a_job_is_stored_claimed_only_when_it_would_be_the_next_claim(
     limit applies. Each case takes one of those away, after a check that the
     job would be stored claimed just before."""
     limits = {"alice": False}  # whether a budget limit applies to the owner
-    dispatcher = _idle_leader(store, monkeypatch, unlimited=lambda job: not limits[job["owner"]])
+    dispatcher = _idle_leader(store, monkeypatch, unlimited=lambda job, alone: not limits[job["owner"]])
     job = store.jobs.new_job(Submission(owner="alice", mode=Mode.TOPIC, params=Params(topic="tea")))
 
     def starts(doc: dict[str, Any] = job) -> bool:

@@ -84,7 +84,7 @@ class Dispatcher:
         gap_seconds: float = 0.0,
         admit: Callable[[Doc, bool], bool] = lambda job, alone: True,
         release: Callable[[bool], int] = lambda alone: 0,
-        unlimited: Callable[[Doc], bool] = lambda job: True,
+        unlimited: Callable[[Doc, bool], bool] = lambda job, alone: True,
         gate: ProviderGate | None = None,
         record_later: EventSink | None = None,
     ) -> None:
@@ -99,7 +99,7 @@ class Dispatcher:
         # was moved to the budget lane), and the release of jobs held there.
         self.admit = admit
         self.release = release
-        # Whether no budget limit applies to a job, from memory (`start_as_stored`).
+        # Whether no budget limit applies to a job, from memory (`start_as_stored`, a run's end).
         self.unlimited = unlimited
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -236,7 +236,7 @@ class Dispatcher:
             if self._lanes_taken():
                 self._coming.expect(doc["_id"])
                 return None
-            if not self._fair.none_ready(alone=True) or not self.unlimited(doc):
+            if not self._fair.none_ready(alone=True) or not self.unlimited(doc, True):
                 return None
             if self.gate is not None and not self.gate.hold_now(doc):
                 return None
@@ -533,16 +533,17 @@ class Dispatcher:
         return True
 
     def _end_and_follow(self, run: Run, job: Doc, changes: Doc) -> Followed:
-        """A run that wrote nothing since its claim completed: store its outcome
-        and claim its lane's next job in one command (`end_and_claim`) when a
+        """A run completed (`job`: as its claim and its progress writes left
+        it): store its outcome and claim its lane's next job in one command
+        (`end_and_claim`, on that version of the job) when a
         job may start now and its document is at hand (submitted here, or read
-        with its owner's head). A run that cost something is not followed. The
+        with its owner's head). A run that cost something under a limit is not followed. The
         next job is registered as this lane's run."""
         if self.gap_us or self._here.hurried or self._house.needs_recovery or not self._is_leader():
             return Followed(None)  # (with a gap: it starts at this run's end)
-        if int(changes.get("cost_cents") or 0) > 0:
-            # Its cost is counted before the lane's next claim, so that the
-            # next job's admission reads it (a budget it spent holds that job).
+        if int(changes.get("cost_cents") or 0) > 0 and not self.unlimited(job, self.alone()):
+            # Under a limit its cost is counted before the lane's next claim, so
+            # that the next job's admission reads it (a budget it spent holds that job).
             return Followed(None)
         if self._stopping.is_set():
             return Followed(None)

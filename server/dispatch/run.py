@@ -145,15 +145,8 @@ class RunLifecycle:
             started_us=job["started_us"],
         )
         reporter = self.progress.writer(run, job)
-        reported = False
-
-        def report(percentage: int, stage: str, stage_progress: int, message: str) -> None:
-            nonlocal reported
-            reported = True  # the job may have changed since its claim: no end_and_claim
-            reporter.report(percentage, stage, stage_progress, message)
-
         try:
-            output = self.generator.generate(spec, report, run.cancel)
+            output = self.generator.generate(spec, reporter.report, run.cancel)
         except GenerationCancelled:
             self._finish_cancelled(run, job)
         except GenerationFailed as failure:
@@ -183,7 +176,13 @@ class RunLifecycle:
             if self.gate:
                 self.gate.settle(job, output=output)
             changes = self.queue.completion(output.as_doc(), job["started_us"])
-            followed = self.follow(run, job, changes) if self.follow and not reported else Followed(None)
+            followed = Followed(None)
+            if self.follow:
+                # Its progress written first (or dropped): the outcome is stored
+                # over the job as its last write left it, the version it knows.
+                self.progress.close(run)
+                if not reporter.unsure:
+                    followed = self.follow(run, reporter.job, changes)
             if followed.ended is not None:
                 self._stored(followed.ended, followed=True)
             else:

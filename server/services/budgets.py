@@ -242,14 +242,13 @@ class Budgets:
 
     # ---- the dispatcher -----------------------------------------------------
 
-    def unlimited(self, job: Doc) -> bool:
+    def unlimited(self, job: Doc, alone: bool = False) -> bool:
         """Whether no limit applies to `job`'s owner and project, as budgets read
-        at most CACHE_SECONDS ago say (no query: False when they are older).
-        Then `admit` would let it run without reading anything either."""
+        at most CACHE_SECONDS ago say (for a leader `alone`, a recheck; no
+        query: False when they are older). Then `admit` would let it run
+        without reading anything either, and its cost is counted behind."""
         with self._lock:
-            return not self._reloads.due(alone=False) and not self._scopes(
-                job["owner"], job.get("project", "")
-            )
+            return not self._reloads.due(alone) and not self._scopes(job["owner"], job.get("project", ""))
 
     def admit(self, job: Doc, alone: bool = False) -> bool:
         """Whether a claimed job may run. False: a limit binds, and the job (and
