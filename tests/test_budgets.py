@@ -512,17 +512,23 @@ def test_costs_counted_behind_runs_count_once_and_settle_together(mongo: MongoSe
             return sum(budgets.store.month_spend(owner, month).spent_cents for month in months)
 
         complete("bob", 5)
+        complete("alice", 1)
+        assert (spent("bob"), spent("alice")) == (5, 0)  # alice's behind the runs
+        assert budgets.counted.flush() == 2
+        assert spent("alice") == 1  # her month's document is there now
+        one_by_one: list[str] = []
+        count_spend = budgets.store.count_spend
+        budgets.store.count_spend = lambda job: one_by_one.append(job.job_id) or count_spend(job)  # type: ignore[method-assign]
         complete("alice", 3)
         complete("alice", 4)
-        assert (spent("bob"), spent("alice")) == (5, 0)  # alice's behind the runs
-        assert budgets.counted.flush() == 3
-        assert spent("alice") == 7
+        assert budgets.counted.flush(owner="alice") == 2
+        assert (spent("alice"), one_by_one) == (8, [])  # in one command
 
         # A run whose end is old enough for the sweep (its server stalled): the sweep counts it.
         complete("alice", 2, now - 20_000_000)
         budgets.recover()
         budgets.close()  # what was written behind is written by now
-        assert (spent("bob"), spent("alice")) == (5, 9)
+        assert (spent("bob"), spent("alice")) == (5, 10)
         assert store.jobs.jobs.count_documents({"spend_pending": True}) == 0
         for stored in budgets.store.usage.find({}):
             assert stored["counted"] == {}

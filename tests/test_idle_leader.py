@@ -157,24 +157,36 @@ def test_a_leader_alone_reads_its_watched_bulk_jobs_once_a_recheck(
     wait_for(lambda: events[-1].bulk_job.status == bulk_pb2.BULK_JOB_STATUS_CANCELLED, timeout=5)
 
 
-def test_a_leader_alone_answers_a_watch_of_a_job_it_just_changed_with_no_read(
+def test_a_leader_alone_answers_a_watch_of_a_job_it_runs_with_no_read(
     server: ServerThread, alice: GenJobsClient, bob: GenJobsClient
 ) -> None:
-    """A watch opened right after a submit (`genjobs submit --watch`) starts from
-    what the leader alone just told, not a read; another owner still finds no
-    such job, and a job that ended is read (its document may be gone)."""
+    """A watch of a running job (`genjobs submit --watch`, a dashboard's row)
+    starts from what the leader alone last told of it, not a read; another
+    owner still finds no such job; a queued job is read (a budget's hold
+    moves queued jobs untold), and so is one that ended (it may be gone)."""
     app = leader_alone(server)
     reads = _calls(app.store.jobs, "document")
-    job = alice.submit("topic", topic="much later", schedule_time=datetime.now(UTC) + timedelta(days=1))
-    first = next(iter(alice.watch(job.id)))
-    assert (first.sequence, first.job.status) == (1, jobs_pb2.JOB_STATUS_QUEUED)
-    assert first.job.params.topic == "much later"
-    assert reads == []
+
+    def read_by(watch: Callable[[], Any]) -> int:
+        """How many reads of a job `watch` made."""
+        before = len(reads)
+        watch()
+        return len(reads) - before
+
+    job = alice.submit("topic", topic="a long one", extra={"demo_seconds": "30"})
+    wait_for(lambda: app.dispatcher.running_job_id() == job.id)
+    first: list[jobs_pb2.JobEvent] = []
+    assert read_by(lambda: first.append(next(iter(alice.watch(job.id))))) == 0
+    assert first[0].job.status == jobs_pb2.JOB_STATUS_PROCESSING and first[0].job.params.topic == "a long one"
     with pytest.raises(NotFound):
-        next(iter(bob.watch(job.id)))
+        read_by(lambda: next(iter(bob.watch(job.id))))
+    later = alice.submit("topic", topic="much later", schedule_time=datetime.now(UTC) + timedelta(days=1))
+    assert read_by(lambda: first.append(next(iter(alice.watch(later.id))))) == 1
+    assert first[1].job.status == jobs_pb2.JOB_STATUS_QUEUED
     alice.cancel(job.id)
-    assert [event.job.status for event in alice.watch(job.id)] == [jobs_pb2.JOB_STATUS_CANCELLED]
-    assert len(reads) == 2  # bob's watch, and the watch of the job that ended
+    wait_for(lambda: alice.get(job.id).status == jobs_pb2.JOB_STATUS_CANCELLED)
+    assert read_by(lambda: first.extend(alice.watch(job.id))) == 1
+    assert first[2:] and [event.job.status for event in first[2:]] == [jobs_pb2.JOB_STATUS_CANCELLED]
 
 
 def test_a_change_by_hand_reaches_a_watcher_of_a_leader_alone_within_the_recheck(

@@ -303,7 +303,7 @@ class RunLifecycle:
     def _stored(self, after: Doc, followed: bool = False) -> None:
         """A run's outcome is stored (`after`): measure it and tell of it
         (`followed`: stored in the command that claims its lane's next job, a
-        completion that cost nothing: no listener's work must precede that job)."""
+        completion no budget limit covers: no listener's work must precede that job)."""
         metrics.attempt_ended(after, max(0.0, (clock.now_us() - after.get("started_us", 0)) / 1e6))
         if followed:
             self.record_later(after, STATUS_CHANGED)

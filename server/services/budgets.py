@@ -37,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import pymongo
+
 from genjobs.server.model import clock
 from genjobs.server.model.caller import Caller, subject_problem
 from genjobs.server.model.errors import FieldViolation, ServiceError, admins_only, invalid, quota_exceeded
@@ -62,6 +64,9 @@ SPEND_CACHE_SECONDS = 1.0  # how old an owner's spend read on the submit path ma
 # How long a job may stay completed with its cost uncounted before the sweep
 # counts it (a live server counts it at once).
 SWEEP_DELAY_US = 10_000_000
+# A cost counted behind its run is counted by half that delay after its end,
+# with at least this long left for the count's commands (else the sweep counts it).
+BEHIND_MARGIN_US = 500_000
 MAX_CACHED_OWNERS = 4096  # beyond this many, the caches drop their expired entries
 # Each re-read of the limits reads those stamped from this long before the
 # last read began: a replica whose clock is behind by less still gets seen.
@@ -179,21 +184,25 @@ class Budgets:
         """What was written behind the runs: the costs not counted yet, in one
         command a month document, then their flags and markers. How many jobs.
 
-        A cost not counted within half the sweep's delay is left to the sweep:
-        one counted here after the sweep had counted it and cleared its marker
-        would be counted twice."""
-        fresh_us = clock.now_us() - SWEEP_DELAY_US // 2
+        A cost is counted here only within half the sweep's delay of its end,
+        every command of it bounded by that deadline (sent with it, so the
+        database gives up too): one counted after the sweep had counted it
+        and cleared its marker would be counted twice. The rest, and a count
+        that failed, are left to the sweep, their flags kept."""
+        deadline_us = clock.now_us() + BEHIND_MARGIN_US  # the count may take until the oldest's deadline
         settled: dict[str, list[Spend]] = {}
         uncounted: list[Spend] = []
         for owner, listed in by_owner.items():
             for ended in listed:
                 if not ended.counted:
-                    if ended.spend.ended_us < fresh_us:
+                    if ended.spend.ended_us + SWEEP_DELAY_US // 2 < deadline_us:
                         continue
                     uncounted.append(ended.spend)
                 settled.setdefault(owner, []).append(ended.spend)
         if uncounted:
-            self.store.count_spend_many(uncounted)
+            oldest_us = min(job.ended_us for job in uncounted)
+            with pymongo.timeout((oldest_us + SWEEP_DELAY_US // 2 - clock.now_us()) / 1e6):
+                self.store.count_spend_many(uncounted)
             self._forget_spend(uncounted)
         return self.store.spend_counted_many(settled)
 
@@ -260,7 +269,7 @@ class Budgets:
         with self._lock:
             if not self._scopes(owner, project):
                 return True
-        self.counted.flush()  # a cost counted behind since the limit came is in the spend read
+        self.counted.flush(owner)  # a cost counted behind since the limit came is in the spend read
         binding = [limit for limit in self._limits(owner, project, 0.0) if limit.exhausted]
         if not binding:
             return True
@@ -329,7 +338,7 @@ class Budgets:
         if owner != caller.user and not caller.admin:
             raise admins_only("reading another owner's usage")
         month = month_of(clock.now_us())
-        self.counted.flush()  # the costs of the runs that ended here are in
+        self.counted.flush(owner)  # the costs of the runs that ended here are in
         spend = self.store.month_spend(owner, month)
         budgets = self.store.owner_budgets(owner)
         limits = [_limit(budget, spend) for budget in budgets if budget.limit_cents > 0]

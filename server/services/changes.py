@@ -79,8 +79,9 @@ class JobChanges:
         self._deliver(doc, kind, self._keep(doc, kind))
 
     def record_run(self, doc: Doc, kind: str) -> None:
-        """`record` for the dispatcher's runs: their counted costs' flags are
-        written behind them (see services/written_behind.py)."""
+        """`record` for the dispatcher's runs: their costs (where no limit
+        covers them) and the costs' flags are written behind them (see
+        services/written_behind.py)."""
         with _on_run_path():
             self.record(doc, kind)
 

@@ -45,8 +45,10 @@ class Event:
 OWNER, JOB, BULK = "owner:", "job:", "bulk:"  # the hub keys' prefixes
 
 # How long the newest change of a job told here stands for the job as it is
-# (`EventHub.known`): well under a lease, which a server alive and writing
-# elsewhere keeps noted in the leader lease, so a leader alone knows of it.
+# (`EventHub.known`). A server alive elsewhere notes itself in the leader
+# lease once a tick, for a lease's length: a leader that heard itself alone
+# at its last renewal heard of every server that could have changed the job
+# since (but one started in the last tick or two, heard of at its first).
 KNOWN_SECONDS = 1.0
 KNOWN_KEPT = 4096  # the most jobs whose newest change is kept (the oldest go first)
 

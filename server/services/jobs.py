@@ -438,12 +438,15 @@ class Jobs:
         """The caller's job as this server changed it last, when that stands for
         the job as stored (None: read it): on a leader alone, which makes every
         change and tells it here, within KNOWN_SECONDS of a change, while the
-        job has not ended. WatchJob's snapshot then costs no read."""
+        job runs (the moves of queued jobs in bulk, a budget's hold or a
+        pause, are not told one by one). WatchJob's snapshot then costs no read."""
         event = self.changes.hub.known(job_key(job_id))
         if event is None or not self.dispatcher.alone():
             return None
         job: Doc = event.doc["job"]
-        return job if caller.owner_filter in (None, job["owner"]) else None
+        if job["status"] != Status.PROCESSING or caller.owner_filter not in (None, job["owner"]):
+            return None
+        return job
 
     def history(self, caller: Caller, job_id: str, after: int) -> tuple[Doc, list[Doc]]:
         """The job now and its stored events after `after` (for WatchJob): the

@@ -6,11 +6,13 @@ covers it (`BudgetStore.count_spend_many`), then its `spend_pending` flag and
 its counting marker cleared (`BudgetStore.spend_counted_many`). On the run's
 path that was three commands per job before the next claim; here the ends of
 a short window are written together, a command or two for every month
-document, by a thread of its own. Each write is idempotent, and a server
-that stops before it leaves the work to the leader's sweep, as a crash right
-after a job's end always did. The writes do not wait out a database outage:
-a flag's clear that lands after another server's sweep read the flag would
-let that sweep count the cost again.
+document, by a thread of its own. Each write is idempotent while the job's
+counting marker stands, and a server that stops before it leaves the work to
+the leader's sweep, as a crash right after a job's end always did. The
+writes do not wait out a database outage, and a cost is counted here only
+by a deadline well before the sweep may take its job (`Budgets._settle`):
+a count or a flag's clear that lands after another server's sweep read the
+flag, and cleared the marker, would let the cost be counted twice.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class WrittenBehind(Generic[Item]):
         window_seconds: float = WINDOW_SECONDS,
     ) -> None:
         self.write = write
-        self.what = what  # for the log: "counted costs' flags"
+        self.what = what  # for the log: "completed jobs' costs"
         self.thread_name = thread  # named for the dispatcher: its commands are the runs'
         self.window_seconds = window_seconds
         self._pending: dict[str, list[Item]] = {}
@@ -68,12 +70,17 @@ class WrittenBehind(Generic[Item]):
                 self._thread.start()
         self._due.set()
 
-    def flush(self) -> int:
-        """Write every pending item now, and wait for a write under way; how
-        many were written. An error leaves them to the leader's sweep."""
+    def flush(self, owner: str | None = None) -> int:
+        """Write every pending item (of `owner` only, when given) now, and wait
+        for a write under way; how many were written. An error leaves them to
+        the leader's sweep."""
         with self._writing:
             with self._lock:
-                batch, self._pending = self._pending, {}
+                if owner is None:
+                    batch, self._pending = self._pending, {}
+                else:
+                    mine = self._pending.pop(owner, None)
+                    batch = {owner: mine} if mine else {}
             return self._write(batch) if batch else 0
 
     def _write(self, batch: dict[str, list[Item]]) -> int:

@@ -164,11 +164,12 @@ class BudgetStore:
         """`count_spend` for many jobs: one command a month document while none
         of its jobs is counted yet (the usual case), else one by one. How many
         this call added."""
-        by_month: dict[str, list[Spend]] = {}
-        for job in jobs:
-            by_month.setdefault(usage_key(job.owner, month_of(job.ended_us)), []).append(job)
+        by_month: dict[str, dict[str, Spend]] = {}
+        for job in jobs:  # each job once: a cost listed twice would be added twice
+            by_month.setdefault(usage_key(job.owner, month_of(job.ended_us)), {})[job.job_id] = job
         added = 0
-        for key, listed in by_month.items():
+        for key, by_id in by_month.items():
+            listed = list(by_id.values())
             if len(listed) > 1 and self._count_together(key, listed):
                 added += len(listed)
             else:

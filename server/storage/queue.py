@@ -185,9 +185,10 @@ class QueueStore:
         document with the update applied. (The ended job as stored, the
         claimed job), None for an update that did not apply.
 
-        `ended` is the run's job as the run knows it (its claim and its own
-        progress writes; a change by another hand since, a cancel request,
-        leaves the outcome unapplied); `ready` a ready job as read.
+        `ended` is the run's job as the run knows it (its claim, its own
+        progress writes, and what their read-backs brought; a change by
+        another hand it has not read, a cancel request, leaves the outcome
+        unapplied); `ready` a ready job as read.
         When only one update applied, the two documents are read back to
         tell which (rare: the next job changed since it was read).
         """
