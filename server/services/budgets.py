@@ -190,15 +190,12 @@ class Budgets:
         and cleared its marker would be counted twice. The rest, and a count
         that failed, are left to the sweep, their flags kept."""
         deadline_us = clock.now_us() + BEHIND_MARGIN_US  # the count may take until the oldest's deadline
-        settled: dict[str, list[Spend]] = {}
-        uncounted: list[Spend] = []
-        for owner, listed in by_owner.items():
-            for ended in listed:
-                if not ended.counted:
-                    if ended.spend.ended_us + SWEEP_DELAY_US // 2 < deadline_us:
-                        continue
-                    uncounted.append(ended.spend)
-                settled.setdefault(owner, []).append(ended.spend)
+        kept = {
+            owner: [e for e in listed if e.counted or e.spend.ended_us + SWEEP_DELAY_US // 2 >= deadline_us]
+            for owner, listed in by_owner.items()
+        }
+        uncounted = [ended.spend for listed in kept.values() for ended in listed if not ended.counted]
+        settled = {owner: [ended.spend for ended in listed] for owner, listed in kept.items() if listed}
         if uncounted:
             oldest_us = min(job.ended_us for job in uncounted)
             with pymongo.timeout((oldest_us + SWEEP_DELAY_US // 2 - clock.now_us()) / 1e6):
@@ -257,7 +254,8 @@ class Budgets:
         query: False when they are older). Then `admit` would let it run
         without reading anything either, and its cost is counted behind."""
         with self._lock:
-            return not self._reloads.due(alone) and not self._scopes(job["owner"], job.get("project", ""))
+            fresh = not self._reloads.due(alone)
+        return fresh and self._no_limit(job["owner"], job.get("project", ""))
 
     def admit(self, job: Doc, alone: bool = False) -> bool:
         """Whether a claimed job may run. False: a limit binds, and the job (and
